@@ -1,0 +1,197 @@
+//! Command-line and environment configuration, tracing set-up, and the server
+//! loop: listener (TCP or Unix socket), token check, services, shutdown.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tonic::transport::Server;
+
+use crate::State;
+
+/// The file-manager pod's command: serves the project volume over gRPC.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "agent", version, about)]
+pub struct Config {
+    /// Directory served as the root; every client path is relative to it.
+    #[arg(long, env = "AGENT_ROOT", default_value = "/app")]
+    pub root: PathBuf,
+
+    /// TCP address to listen on (e.g. 0.0.0.0:7070). Ignored when --socket is set.
+    #[arg(long, env = "AGENT_LISTEN", default_value = "0.0.0.0:7070")]
+    pub listen: std::net::SocketAddr,
+
+    /// Unix socket path to listen on instead of TCP.
+    #[arg(long, env = "AGENT_SOCKET")]
+    pub socket: Option<PathBuf>,
+
+    /// Shared token every RPC must carry as `authorization: Bearer <token>`.
+    #[arg(long, env = "AGENT_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// File holding the shared token (first line), instead of --token.
+    #[arg(long, env = "AGENT_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// Seconds to let in-flight writes and uploads finish after SIGTERM.
+    #[arg(long, env = "AGENT_GRACE_SECS", default_value_t = 20)]
+    pub grace_secs: u64,
+
+    /// Seconds a detached PTY session is kept before it is ended.
+    #[arg(long, env = "AGENT_PTY_KEEP_SECS", default_value_t = 300)]
+    pub pty_keep_secs: u64,
+
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "AGENT_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+}
+
+impl Config {
+    /// The token from --token or --token-file; a missing or empty one is an error.
+    pub fn resolve_token(&self) -> anyhow::Result<String> {
+        let token = match (&self.token, &self.token_file) {
+            (Some(t), _) => t.clone(),
+            (None, Some(f)) => std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read token file {}", f.display()))?
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_owned(),
+            (None, None) => anyhow::bail!("a token is required: --token, AGENT_TOKEN or --token-file"),
+        };
+        anyhow::ensure!(!token.is_empty(), "the token is empty");
+        Ok(token)
+    }
+}
+
+/// Starts `tracing` with `RUST_LOG` (default `info`) in the configured format.
+pub fn init_tracing(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if config.log_format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
+    let token = config.resolve_token()?;
+    let root = crate::paths::Root::open(&config.root)
+        .with_context(|| format!("cannot open root {}", config.root.display()))?;
+    let state = State {
+        config: Arc::new(config.clone()),
+        root: Arc::new(root),
+        shutdown: tokio_util::sync::CancellationToken::new(),
+        tasks: tokio_util::task::TaskTracker::new(),
+    };
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<proto::v1::filesystem_server::FilesystemServer<crate::fs::FsService>>()
+        .await;
+
+    let auth = Auth(Arc::from(format!("Bearer {token}")));
+    let router = Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_service(health_service)
+        .add_service(proto::v1::filesystem_server::FilesystemServer::with_interceptor(
+            crate::fs::FsService::new(state.clone()),
+            auth.clone(),
+        ))
+        .add_service(proto::v1::process_server::ProcessServer::with_interceptor(
+            crate::process::ProcessService::new(state.clone()),
+            auth.clone(),
+        ))
+        .add_service(proto::v1::git_server::GitServer::with_interceptor(
+            crate::git::GitService::new(state.clone()),
+            auth.clone(),
+        ))
+        .add_service(proto::v1::archive_server::ArchiveServer::with_interceptor(
+            crate::archive::ArchiveService::new(state.clone()),
+            auth,
+        ));
+
+    let shutdown = state.shutdown.clone();
+    let signal = async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        shutdown.cancel();
+    };
+
+    if let Some(path) = &config.socket {
+        // A stale socket from a previous run would make bind fail.
+        let _ = std::fs::remove_file(path);
+        let listener = tokio::net::UnixListener::bind(path)
+            .with_context(|| format!("cannot listen on {}", path.display()))?;
+        tracing::info!(socket = %path.display(), root = %config.root.display(), "agent listening");
+        router
+            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), signal)
+            .await?;
+    } else {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        tracing::info!(addr = %listener.local_addr()?, root = %config.root.display(), "agent listening");
+        router
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
+            .await?;
+    }
+
+    // Let in-flight writes and uploads finish, within the grace period.
+    state.tasks.close();
+    let grace = Duration::from_secs(config.grace_secs);
+    if tokio::time::timeout(grace, state.tasks.wait()).await.is_err() {
+        tracing::warn!("grace period over with work still in flight");
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(error) => {
+            tracing::error!(%error, "cannot listen for SIGTERM");
+            return std::future::pending().await;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// Checks the shared token on every request, in constant time.
+#[derive(Clone)]
+struct Auth(Arc<str>);
+
+impl tonic::service::Interceptor for Auth {
+    fn call(&mut self, req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let given = req
+            .metadata()
+            .get(proto::AUTH_METADATA_KEY)
+            .map(|v| v.as_bytes())
+            .unwrap_or_default();
+        if constant_time_eq(given, self.0.as_bytes()) {
+            Ok(req)
+        } else {
+            Err(tonic::Status::unauthenticated("missing or wrong token"))
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

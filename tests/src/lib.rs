@@ -1,0 +1,1 @@
+//! Builders that start the real binaries for the end-to-end tests.
