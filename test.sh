@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Runs every test: installs what the tests need, builds the binaries, runs the
+# Rust tests (agent, gateway, end-to-end) and the browser tests of the page.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+scripts/install-test-deps.sh
+# pyenv shims may live outside PATH in a non-login shell.
+export PATH="$HOME/.pyenv/shims:$PATH"
+
+echo "== cargo build"
+cargo build --workspace --bins --locked
+echo "== cargo test"
+cargo test --workspace --locked
