@@ -47,6 +47,9 @@ impl From<Error> for Status {
             Error::FailedPrecondition(_) => (Code::FailedPrecondition, None),
             Error::DeadlineExceeded(_) => (Code::DeadlineExceeded, None),
             Error::Unavailable(_) => (Code::Unavailable, None),
+            Error::Io(io) if crate::paths::is_escape(io) => {
+                (Code::InvalidArgument, Some(proto::PATH_OUTSIDE_ROOT))
+            }
             Error::Io(io) => match io.kind() {
                 std::io::ErrorKind::NotFound => (Code::NotFound, None),
                 std::io::ErrorKind::AlreadyExists => (Code::AlreadyExists, None),
