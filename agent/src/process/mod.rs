@@ -1,6 +1,11 @@
-//! The Process service. TODO: implement.
+//! The Process service: one-shot commands, PTY sessions that outlive their
+//! clients, and named background processes.
+
+pub mod spawn;
 
 use crate::State;
+
+pub use spawn::command;
 
 pub struct ProcessService {
     #[allow(dead_code)]
