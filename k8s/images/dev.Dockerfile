@@ -1,0 +1,26 @@
+# The dev-server image: node, python and git for Vite, Next.js and friends,
+# non-root (uid 1000, like the file-manager, so both write the volume). It
+# also carries the agent, so it can serve as the file-manager image when
+# install commands should run beside the files.
+# Build from the repository root:
+#   docker build -f k8s/images/dev.Dockerfile -t devgate/dev:dev .
+FROM rust:1.95-bookworm AS build
+RUN apt-get update && apt-get install -y --no-install-recommends musl-tools cmake clang \
+    && rm -rf /var/lib/apt/lists/* \
+    && rustup target add x86_64-unknown-linux-musl
+WORKDIR /src
+COPY . .
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked --target x86_64-unknown-linux-musl -p agent --bin agent \
+    && cp target/x86_64-unknown-linux-musl/release/agent /agent
+
+FROM node:20-bookworm-slim
+RUN apt-get update && apt-get install -y --no-install-recommends \
+        bash git ca-certificates python3 python3-pip python3-venv procps \
+    && rm -rf /var/lib/apt/lists/*
+COPY --from=build /agent /usr/local/bin/agent
+# node:20 already has uid 1000 (`node`); dev servers run as it.
+USER 1000:1000
+WORKDIR /app
+ENV HOME=/tmp NPM_CONFIG_CACHE=/tmp/.npm
