@@ -1,0 +1,134 @@
+// Small DOM helpers: element builder, toasts, and a modal dialog on <dialog>
+// (native focus trapping and Escape handling keep it keyboard reachable).
+
+export const $ = (id) => document.getElementById(id);
+
+/** h('button', {class: 'x', onclick}, 'text', child) */
+export function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k.startsWith('on') && typeof v === 'function') el.addEventListener(k.slice(2), v);
+    else if (k === 'class') el.className = v;
+    else if (k === 'dataset') Object.assign(el.dataset, v);
+    else if (v === true) el.setAttribute(k, '');
+    else el.setAttribute(k, String(v));
+  }
+  for (const c of children.flat()) {
+    if (c === null || c === undefined || c === false) continue;
+    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return el;
+}
+
+export function toast(message, kind = 'info', ms = 4500) {
+  const el = h('div', { class: `toast ${kind}` }, message);
+  $('toasts').append(el);
+  setTimeout(() => el.remove(), ms);
+}
+
+/** Reports an error to the person (never to the console: a failed request is
+ * an expected event, and the page keeps the console clean). */
+export function showError(prefix, err) {
+  const msg = err && err.message ? err.message : String(err);
+  toast(`${prefix}: ${msg}`, 'error', 7000);
+}
+
+/**
+ * Opens the modal dialog. `actions` is a list of {label, value, kind}; resolves
+ * with the value of the button pressed, or null on Escape.
+ * `body` is a Node or a string; `input` (optional) adds a labelled text field whose
+ * value is returned as {value, text}.
+ */
+export function dialog({ title, body, actions, input }) {
+  const dlg = $('dlg');
+  $('dlg-title').textContent = title;
+  const bodyEl = $('dlg-body');
+  bodyEl.replaceChildren();
+  if (typeof body === 'string') bodyEl.append(h('p', {}, body));
+  else if (body) bodyEl.append(body);
+  let field = null;
+  if (input) {
+    field = h('input', {
+      type: 'text',
+      id: 'dlg-input',
+      value: input.value || '',
+      'aria-label': input.label,
+      placeholder: input.placeholder || '',
+      autocomplete: 'off',
+      spellcheck: 'false',
+    });
+    bodyEl.append(h('label', { for: 'dlg-input', class: 'field-label' }, input.label), field);
+  }
+  const acts = $('dlg-actions');
+  acts.replaceChildren();
+  for (const a of actions) {
+    // Cancel is a plain button so that Enter in the text field submits the
+    // primary action (implicit submission uses the first submit button).
+    const cancel = a.value === 'cancel';
+    acts.append(
+      h(
+        'button',
+        {
+          type: cancel ? 'button' : 'submit',
+          value: a.value,
+          class: a.kind || '',
+          'aria-label': a.aria || a.label,
+          dataset: { action: a.value },
+          onclick: cancel ? () => dlg.close('cancel') : null,
+        },
+        a.label,
+      ),
+    );
+  }
+  return new Promise((resolve) => {
+    const done = () => {
+      dlg.removeEventListener('close', done);
+      const v = dlg.returnValue || null;
+      if (input) resolve(v && v !== 'cancel' ? { value: v, text: field.value.trim() } : null);
+      else resolve(v && v !== 'cancel' ? v : null);
+    };
+    dlg.returnValue = '';
+    dlg.addEventListener('close', done);
+    dlg.showModal();
+    if (field) {
+      field.focus();
+      field.select();
+    } else {
+      const primary = acts.querySelector('button.primary') || acts.querySelector('button');
+      if (primary) primary.focus();
+    }
+  });
+}
+
+export async function confirmDialog(title, text, label = 'Delete') {
+  const v = await dialog({
+    title,
+    body: text,
+    actions: [
+      { label: 'Cancel', value: 'cancel' },
+      { label, value: 'ok', kind: 'danger' },
+    ],
+  });
+  return v === 'ok';
+}
+
+export async function promptDialog(title, label, value = '', okLabel = 'OK') {
+  const v = await dialog({
+    title,
+    input: { label, value },
+    actions: [
+      { label: 'Cancel', value: 'cancel' },
+      { label: okLabel, value: 'ok', kind: 'primary' },
+    ],
+  });
+  return v ? v.text : null;
+}
+
+export function debounce(fn, ms) {
+  let t = null;
+  return (...args) => {
+    clearTimeout(t);
+    t = setTimeout(() => fn(...args), ms);
+  };
+}
