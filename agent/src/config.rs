@@ -44,9 +44,19 @@ pub struct Config {
     #[arg(long, env = "AGENT_PTY_KEEP_SECS", default_value_t = 300)]
     pub pty_keep_secs: u64,
 
+    /// Run as init (reap orphans, forward signals) in front of the server;
+    /// automatic when the agent is PID 1.
+    #[arg(long, env = "AGENT_INIT")]
+    pub init: bool,
+
     /// Log format: `text` or `json`.
     #[arg(long, env = "AGENT_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
+
+    /// End (SIGTERM) when the parent process ends: for an agent that is a
+    /// gateway's child process in the local runtime.
+    #[arg(long, env = "AGENT_DIE_WITH_PARENT")]
+    pub die_with_parent: bool,
 }
 
 impl Config {
@@ -83,14 +93,27 @@ pub fn init_tracing(config: &Config) {
 }
 
 pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
+    if config.die_with_parent {
+        let parent = rustix::process::getppid();
+        rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM))
+            .context("cannot ask for a parent-death signal")?;
+        // The parent may have died before the request above: then we were
+        // already re-parented and no signal will come.
+        if rustix::process::getppid() != parent {
+            anyhow::bail!("the parent process ended before the agent started");
+        }
+    }
     let token = config.resolve_token()?;
     let root = crate::paths::Root::open(&config.root)
         .with_context(|| format!("cannot open root {}", config.root.display()))?;
+    let root = Arc::new(root);
+    let watcher = crate::watch::Watcher::start(root.clone()).context("cannot start the file watcher")?;
     let state = State {
         config: Arc::new(config.clone()),
-        root: Arc::new(root),
+        root,
         shutdown: tokio_util::sync::CancellationToken::new(),
         tasks: tokio_util::task::TaskTracker::new(),
+        watcher,
     };
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -120,53 +143,80 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
             auth,
         ));
 
-    let shutdown = state.shutdown.clone();
-    let signal = async move {
-        wait_for_signal().await;
-        tracing::info!("shutting down");
-        shutdown.cancel();
-    };
+    // The server stops accepting as soon as the shutdown token fires; the
+    // same token ends long streams (watch, PTY attach) so that it can drain.
+    let stop = state.shutdown.clone().cancelled_owned();
+    let server: std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
+        if let Some(path) = &config.socket {
+            // A stale socket from a previous run would make bind fail.
+            let _ = std::fs::remove_file(path);
+            let listener = tokio::net::UnixListener::bind(path)
+                .with_context(|| format!("cannot listen on {}", path.display()))?;
+            tracing::info!(socket = %path.display(), root = %config.root.display(), "agent listening");
+            Box::pin(router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop))
+        } else {
+            let listener = tokio::net::TcpListener::bind(config.listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", config.listen))?;
+            tracing::info!(addr = %listener.local_addr()?, root = %config.root.display(), "agent listening");
+            Box::pin(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop))
+        };
+    let mut server = server;
 
-    if let Some(path) = &config.socket {
-        // A stale socket from a previous run would make bind fail.
-        let _ = std::fs::remove_file(path);
-        let listener = tokio::net::UnixListener::bind(path)
-            .with_context(|| format!("cannot listen on {}", path.display()))?;
-        tracing::info!(socket = %path.display(), root = %config.root.display(), "agent listening");
-        router
-            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), signal)
-            .await?;
-    } else {
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", config.listen))?;
-        tracing::info!(addr = %listener.local_addr()?, root = %config.root.display(), "agent listening");
-        router
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
-            .await?;
+    let mut signals = Signals::new()?;
+    tokio::select! {
+        res = &mut server => {
+            res.context("server failed")?;
+            return Ok(());
+        }
+        _ = signals.recv() => {}
     }
+    tracing::info!(grace_secs = config.grace_secs, "shutting down: draining in-flight work");
+    state.shutdown.cancel();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(config.grace_secs);
 
-    // Let in-flight writes and uploads finish, within the grace period.
+    // In-flight RPCs (writes among them) finish on their open connections;
+    // writes and uploads are also in `tasks`, which may outlive their RPC.
     state.tasks.close();
-    let grace = Duration::from_secs(config.grace_secs);
-    if tokio::time::timeout(grace, state.tasks.wait()).await.is_err() {
-        tracing::warn!("grace period over with work still in flight");
+    let drain = async {
+        if let Err(error) = server.await {
+            tracing::warn!(%error, "server error while draining");
+        }
+        state.tasks.wait().await;
+    };
+    tokio::select! {
+        () = drain => tracing::info!("drained; exiting"),
+        () = tokio::time::sleep_until(deadline) => {
+            tracing::warn!(in_flight = state.tasks.len(), "grace period over with work still in flight");
+        }
+        _ = signals.recv() => tracing::warn!("second signal: exiting without waiting"),
+    }
+    if let Some(path) = &config.socket {
+        let _ = std::fs::remove_file(path);
     }
     Ok(())
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(error) => {
-            tracing::error!(%error, "cannot listen for SIGTERM");
-            return std::future::pending().await;
+/// SIGTERM and SIGINT, as one stream.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
     }
 }
 

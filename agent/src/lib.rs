@@ -6,8 +6,11 @@ pub mod config;
 pub mod error;
 pub mod fs;
 pub mod git;
+pub mod init;
 pub mod paths;
 pub mod process;
+pub mod watch;
+pub mod s3;
 
 pub use config::{Config, init_tracing};
 
@@ -22,6 +25,8 @@ pub struct State {
     pub shutdown: tokio_util::sync::CancellationToken,
     /// In-flight writes and uploads that shutdown waits for.
     pub tasks: tokio_util::task::TaskTracker,
+    /// The file watcher actor (see `watch`).
+    pub watcher: watch::Watcher,
 }
 
 /// Validates the config, binds the listener, and serves until SIGTERM/SIGINT.

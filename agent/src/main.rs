@@ -1,9 +1,9 @@
-//! The `agent` binary: parse the config, start tracing, bind, serve until SIGTERM.
+//! The `agent` binary: parse the config, start tracing, then either act as
+//! init (PID 1, see `agent::init`) or serve until SIGTERM.
 
 use clap::Parser;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     let config = match agent::Config::try_parse() {
         Ok(c) => c,
         Err(e) if e.use_stderr() => {
@@ -20,11 +20,24 @@ async fn main() -> std::process::ExitCode {
         }
     };
     agent::init_tracing(&config);
-    match agent::serve(config).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+    if agent::init::should_run(config.init) {
+        return agent::init::run();
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(error) => {
+            eprintln!("agent: cannot start the runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let code = match rt.block_on(agent::serve(config)) {
+        Ok(()) => 0,
         Err(error) => {
             eprintln!("agent: {error:#}");
-            std::process::ExitCode::FAILURE
+            1
         }
-    }
+    };
+    // Exit without dropping the runtime: dropping it would wait for every
+    // blocking task, and a PTY reader blocked on a terminal may never return.
+    std::process::exit(code)
 }

@@ -92,12 +92,17 @@ impl Root {
         res.map_err(|e| Self::io_error(rel, e))
     }
 
-    /// Opens the file at the clean path `rel` for reading.
+    /// Opens the file at the clean path `rel` for reading. The open does not
+    /// block: a FIFO planted in the tree cannot hang the caller (check
+    /// `metadata().is_file()` on the result before reading).
     pub fn open_read(&self, rel: &str) -> Result<cap_std::fs::File> {
+        use cap_std::fs::OpenOptionsExt as _;
         if rel.is_empty() {
             return Err(Error::IsDirectory(String::new()));
         }
-        self.dir.open(rel).map_err(|e| Self::io_error(rel, e))
+        let mut opts = cap_std::fs::OpenOptions::new();
+        opts.read(true).custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32);
+        self.dir.open_with(rel, &opts).map_err(|e| Self::io_error(rel, e))
     }
 
     /// Metadata of `rel`, following symlinks (inside the root only).

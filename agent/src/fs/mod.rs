@@ -1,0 +1,311 @@
+//! The Filesystem service: stat, list, read, write, mkdir, remove, move and
+//! watch, every path through the one resolver ([`crate::paths::Root`]).
+//!
+//! Small operations run inline on the runtime: a 4 KiB read is an `openat2`,
+//! an `fstat` and a `pread`, cheaper than a hop to the blocking pool. Work
+//! that can take long (big reads, fsync, recursive list and remove) runs on
+//! the blocking pool.
+
+pub mod entry;
+pub mod write;
+
+use std::os::unix::fs::FileExt as _;
+
+use proto::v1::{self as pb, filesystem_server::Filesystem};
+use tonic::codegen::BoxStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use self::entry::Stat;
+use self::write::{AtomicWrite, WriteOptions};
+use crate::State;
+use crate::error::{Error, Result};
+use crate::paths::{self, Root};
+
+/// Size of the data chunks of a streamed read (256 KiB).
+pub const READ_CHUNK: usize = 256 * 1024;
+
+pub struct FsService {
+    state: State,
+}
+
+impl FsService {
+    pub fn new(state: State) -> Self {
+        Self { state }
+    }
+}
+
+#[tonic::async_trait]
+impl Filesystem for FsService {
+    async fn stat(&self, req: Request<pb::StatRequest>) -> Result<Response<pb::StatResponse>, Status> {
+        let rel = Root::clean(&req.get_ref().path)?;
+        let entry = stat_entry(&self.state.root, &rel)?;
+        Ok(Response::new(pb::StatResponse { entry: Some(entry) }))
+    }
+
+    async fn list(&self, req: Request<pb::ListRequest>) -> Result<Response<pb::ListResponse>, Status> {
+        let req = req.into_inner();
+        let rel = Root::clean(&req.path)?;
+        let root = self.state.root.clone();
+        let entries = blocking(move || list(&root, &rel, req.depth.max(1))).await?;
+        Ok(Response::new(pb::ListResponse { entries }))
+    }
+
+    async fn read(
+        &self,
+        req: Request<pb::ReadRequest>,
+    ) -> Result<Response<BoxStream<pb::ReadResponse>>, Status> {
+        let req = req.into_inner();
+        let rel = Root::clean(&req.path)?;
+        let file = self.state.root.open_read(&rel)?.into_std();
+        let meta = file.metadata().map_err(Error::Io)?;
+        if meta.is_dir() {
+            return Err(Error::IsDirectory(rel).into());
+        }
+        if !meta.is_file() {
+            return Err(Error::InvalidArgument(format!("{rel}: not a regular file")).into());
+        }
+        let stat = Stat::from(&meta);
+        let start = req.offset.min(stat.size);
+        let end = match req.length {
+            0 => stat.size,
+            n => stat.size.min(start.saturating_add(n)),
+        };
+        let first = pb::ReadResponse {
+            event: Some(pb::read_response::Event::Start(pb::ReadStart {
+                entry: Some(stat.to_entry(&rel, None)),
+            })),
+        };
+        let total = end - start;
+        if total <= READ_CHUNK as u64 {
+            // One chunk: read inline and answer with a ready-made stream.
+            let mut buf = vec![0u8; total as usize];
+            let n = read_full_at(&file, &mut buf, start).map_err(Error::Io)?;
+            buf.truncate(n);
+            let mut msgs = vec![Ok(first)];
+            if n > 0 {
+                msgs.push(Ok(data_msg(buf)));
+            }
+            return Ok(Response::new(Box::pin(futures::stream::iter(msgs))));
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        // The first message cannot fail: the channel is new and has room.
+        let _ = tx.try_send(Ok(first));
+        tokio::task::spawn_blocking(move || {
+            let mut pos = start;
+            while pos < end {
+                let want = (end - pos).min(READ_CHUNK as u64) as usize;
+                let mut buf = vec![0u8; want];
+                let msg = match read_full_at(&file, &mut buf, pos) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        buf.truncate(n);
+                        pos += n as u64;
+                        Ok(data_msg(buf))
+                    }
+                    Err(e) => Err(Status::from(Error::Io(e))),
+                };
+                let failed = msg.is_err();
+                // A send error means the client went away: stop reading.
+                if tx.blocking_send(msg).is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn write(
+        &self,
+        req: Request<Streaming<pb::WriteRequest>>,
+    ) -> Result<Response<pb::WriteResponse>, Status> {
+        let stream = req.into_inner();
+        // Tracked so that shutdown lets an in-flight write finish.
+        let entry = self.state.tasks.track_future(write(self.state.clone(), stream)).await?;
+        Ok(Response::new(pb::WriteResponse { entry: Some(entry) }))
+    }
+
+    async fn make_dir(
+        &self,
+        req: Request<pb::MakeDirRequest>,
+    ) -> Result<Response<pb::MakeDirResponse>, Status> {
+        let req = req.into_inner();
+        let rel = Root::clean(&req.path)?;
+        let root = &self.state.root;
+        if rel.is_empty() {
+            if !req.parents {
+                return Err(Error::AlreadyExists(String::new()).into());
+            }
+        } else if req.parents {
+            root.dir.create_dir_all(&rel).map_err(|e| Root::io_error(&rel, e))?;
+        } else {
+            root.dir.create_dir(&rel).map_err(|e| Root::io_error(&rel, e))?;
+        }
+        let meta = root.metadata(&rel)?;
+        if !meta.is_dir() {
+            return Err(Error::AlreadyExists(rel).into());
+        }
+        Ok(Response::new(pb::MakeDirResponse { entry: Some(Stat::from(&meta).to_entry(&rel, None)) }))
+    }
+
+    async fn remove(
+        &self,
+        req: Request<pb::RemoveRequest>,
+    ) -> Result<Response<pb::RemoveResponse>, Status> {
+        let req = req.into_inner();
+        let rel = Root::clean(&req.path)?;
+        if rel.is_empty() {
+            return Err(Error::InvalidArgument("the root cannot be removed".into()).into());
+        }
+        let root = self.state.root.clone();
+        // The final component is never followed: removing a symlink removes
+        // the link, whatever it points to.
+        let meta = root.symlink_metadata(&rel)?;
+        if meta.is_dir() {
+            if req.recursive {
+                blocking(move || root.dir.remove_dir_all(&rel).map_err(|e| Root::io_error(&rel, e)))
+                    .await?;
+            } else {
+                root.dir.remove_dir(&rel).map_err(|e| Root::io_error(&rel, e))?;
+            }
+        } else {
+            root.dir.remove_file(&rel).map_err(|e| Root::io_error(&rel, e))?;
+        }
+        Ok(Response::new(pb::RemoveResponse {}))
+    }
+
+    async fn r#move(&self, req: Request<pb::MoveRequest>) -> Result<Response<pb::MoveResponse>, Status> {
+        let req = req.into_inner();
+        let from = Root::clean(&req.from)?;
+        let to = Root::clean(&req.to)?;
+        if from.is_empty() || to.is_empty() {
+            return Err(Error::InvalidArgument("the root cannot be moved or replaced".into()).into());
+        }
+        if to.starts_with(&format!("{from}/")) {
+            return Err(Error::InvalidArgument(format!("cannot move {from} into itself")).into());
+        }
+        let root = &self.state.root;
+        if from != to {
+            let (from_dir, from_name) = root.open_parent(&from, false)?;
+            let (to_dir, to_name) = root.open_parent(&to, false)?;
+            write::rename(&from_dir, &from_name, &to_dir, &to_name, req.overwrite).map_err(|e| {
+                match e.kind() {
+                    std::io::ErrorKind::NotFound => Error::NotFound(from.clone()),
+                    _ => Root::io_error(&to, e),
+                }
+            })?;
+        }
+        let entry = stat_entry(root, &to)?;
+        Ok(Response::new(pb::MoveResponse { entry: Some(entry) }))
+    }
+
+    async fn watch(
+        &self,
+        req: Request<pb::WatchRequest>,
+    ) -> Result<Response<BoxStream<pb::WatchResponse>>, Status> {
+        let stream = crate::watch::subscribe(&self.state, req.into_inner()).await?;
+        Ok(Response::new(stream))
+    }
+}
+
+/// Receives a write stream (`start`, then `data`) and commits it atomically.
+async fn write(state: State, mut stream: Streaming<pb::WriteRequest>) -> Result<pb::Entry, Status> {
+    use pb::write_request::Msg;
+    let start = match stream.message().await? {
+        Some(pb::WriteRequest { msg: Some(Msg::Start(s)) }) => s,
+        _ => {
+            return Err(Error::InvalidArgument("a write stream must begin with `start`".into()).into());
+        }
+    };
+    let rel = Root::clean(&start.path)?;
+    let opts = WriteOptions {
+        expected_etag: start.expected_etag,
+        create_only: start.create_only,
+        make_parents: start.make_parents,
+        mode: start.mode,
+    };
+    let mut w = AtomicWrite::begin(&state.root, &rel, opts)?;
+    while let Some(msg) = stream.message().await? {
+        match msg.msg {
+            Some(Msg::Data(data)) => w.write_all(&data)?,
+            Some(Msg::Start(_)) => {
+                return Err(Error::InvalidArgument("`start` sent twice in one write".into()).into());
+            }
+            None => {}
+        }
+    }
+    let rel = w.rel().to_owned();
+    let kind = if w.existed() { pb::EventKind::Modified } else { pb::EventKind::Created };
+    let stat = blocking(move || w.commit()).await?;
+    state.watcher.changed(kind, &rel);
+    tracing::debug!(path = %rel, size = stat.size, "file written");
+    Ok(stat.to_entry(&rel, None))
+}
+
+/// The entry at `rel` itself (a symlink is reported as one, with its target).
+fn stat_entry(root: &Root, rel: &str) -> Result<pb::Entry> {
+    let meta = root.symlink_metadata(rel)?;
+    let target = if meta.file_type().is_symlink() { read_link(&root.dir, rel) } else { None };
+    Ok(Stat::from(&meta).to_entry(rel, target))
+}
+
+fn read_link(dir: &cap_std::fs::Dir, name: &str) -> Option<String> {
+    dir.read_link_contents(name).ok().map(|t| t.to_string_lossy().into_owned())
+}
+
+/// Entries under the directory `rel`, `depth` levels down, sorted by path.
+/// Symlinked directories are listed but not descended into.
+fn list(root: &Root, rel: &str, depth: u32) -> Result<Vec<pb::Entry>> {
+    let meta = root.metadata(rel)?;
+    if !meta.is_dir() {
+        return Err(Error::NotADirectory(rel.to_owned()));
+    }
+    let dir = root.resolve_dir(rel)?;
+    let mut out = Vec::new();
+    walk(&dir, rel, depth, &mut out)?;
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(out)
+}
+
+fn walk(dir: &cap_std::fs::Dir, rel: &str, depth: u32, out: &mut Vec<pb::Entry>) -> Result<()> {
+    for ent in dir.entries().map_err(|e| Root::io_error(rel, e))? {
+        let ent = ent.map_err(|e| Root::io_error(rel, e))?;
+        let name = ent.file_name().to_string_lossy().into_owned();
+        let path = paths::join(rel, &name);
+        // An entry removed while we walk is simply not listed.
+        let Ok(meta) = ent.metadata() else { continue };
+        let stat = Stat::from(&meta);
+        let target = if meta.file_type().is_symlink() { read_link(dir, &name) } else { None };
+        out.push(stat.to_entry(&path, target));
+        if meta.is_dir() && depth > 1 {
+            if let Ok(sub) = ent.open_dir() {
+                walk(&sub, &path, depth - 1, out)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads until `buf` is full or the file ends; returns the bytes read.
+fn read_full_at(file: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read_at(&mut buf[n..], offset + n as u64) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+fn data_msg(buf: Vec<u8>) -> pb::ReadResponse {
+    pb::ReadResponse { event: Some(pb::read_response::Event::Data(buf.into())) }
+}
+
+/// Runs blocking file work on the blocking pool.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Internal(format!("blocking task failed: {e}")))?
+}

@@ -1,0 +1,181 @@
+//! Atomic file writes: a temporary file beside the target, fsync, rename.
+
+use std::io::Write as _;
+
+use cap_std::fs::{Dir, OpenOptions, OpenOptionsExt as _};
+use proto::v1::EntryKind;
+
+use super::entry::Stat;
+use crate::error::{Error, Result};
+use crate::paths::Root;
+
+/// Prefix of the temporary files of in-progress writes; the watcher hides them.
+pub const TMP_PREFIX: &str = ".agent-tmp-";
+
+/// What a write may assume about the file it replaces.
+#[derive(Debug, Clone, Default)]
+pub struct WriteOptions {
+    /// The target's current etag must equal this (`""`: the target must not exist).
+    pub expected_etag: Option<String>,
+    /// Fail with `AlreadyExists` if the target exists (checked atomically at the rename).
+    pub create_only: bool,
+    /// Create missing parent directories.
+    pub make_parents: bool,
+    /// Mode of a new file (default 0o644); a replaced file keeps its own.
+    pub mode: Option<u32>,
+}
+
+/// A write in progress. Data goes to a temporary file in the target's
+/// directory, through a handle on that directory opened at [`AtomicWrite::begin`]:
+/// if the directory is later swapped for a symlink, the write still lands in
+/// the directory that was checked. Dropping it without [`AtomicWrite::commit`]
+/// removes the temporary file, so a cancelled write leaves nothing.
+pub struct AtomicWrite {
+    parent: Dir,
+    name: String,
+    rel: String,
+    tmp_name: String,
+    file: Option<std::fs::File>,
+    opts: WriteOptions,
+    mode: u32,
+    existed: bool,
+}
+
+impl AtomicWrite {
+    /// Checks the preconditions and creates the temporary file for the clean
+    /// path `rel`. A symlink at `rel` that stays inside the root is followed:
+    /// the file it points to is replaced, not the link.
+    pub fn begin(root: &Root, rel: &str, opts: WriteOptions) -> Result<AtomicWrite> {
+        if rel.is_empty() {
+            return Err(Error::IsDirectory(String::new()));
+        }
+        let mut rel = rel.to_owned();
+        let mut current = lstat_opt(root, &rel)?;
+        if current.is_some_and(|s| s.kind == EntryKind::Symlink) {
+            // Canonicalising through the root's handle cannot leave the root;
+            // a dangling or outside link fails here with a clear error.
+            let canon = root.dir.canonicalize(&rel).map_err(|e| Root::io_error(&rel, e))?;
+            rel = canon
+                .to_str()
+                .ok_or_else(|| Error::InvalidArgument(format!("{rel}: link target is not utf-8")))?
+                .to_owned();
+            current = lstat_opt(root, &rel)?;
+        }
+        check_preconditions(&rel, current.as_ref(), &opts)?;
+        let mode = match current {
+            Some(s) => s.mode,
+            None => opts.mode.unwrap_or(0o644) & 0o7777,
+        };
+        let (parent, name) = root.open_parent(&rel, opts.make_parents)?;
+        let tmp_name = format!("{TMP_PREFIX}{:016x}", rand::random::<u64>());
+        let file = parent
+            .open_with(&tmp_name, OpenOptions::new().write(true).create_new(true).mode(0o600))
+            .map_err(|e| Root::io_error(&rel, e))?
+            .into_std();
+        let existed = current.is_some();
+        Ok(AtomicWrite { parent, name, rel, tmp_name, file: Some(file), opts, mode, existed })
+    }
+
+    /// The clean path being written (after following a symlink at the target).
+    pub fn rel(&self) -> &str {
+        &self.rel
+    }
+
+    /// Whether the target existed when the write began (so the write will
+    /// modify rather than create it).
+    pub fn existed(&self) -> bool {
+        self.existed
+    }
+
+    /// Appends `data` to the temporary file.
+    pub fn write_all(&mut self, data: &[u8]) -> Result<()> {
+        match &mut self.file {
+            Some(f) => f.write_all(data).map_err(Error::Io),
+            None => Err(Error::Internal("write after commit".into())),
+        }
+    }
+
+    /// Makes the data durable and puts it in place: fsync, mode, the
+    /// precondition checked again against the directory handle, rename over
+    /// the target, fsync of the directory. Blocking: call it off the runtime.
+    pub fn commit(mut self) -> Result<Stat> {
+        let Some(file) = self.file.take() else {
+            return Err(Error::Internal("write committed twice".into()));
+        };
+        file.sync_data()?;
+        rustix::fs::fchmod(&file, rustix::fs::Mode::from_raw_mode(self.mode))
+            .map_err(std::io::Error::from)?;
+        // Checked again here because the file may have changed while the data
+        // streamed in; what remains is the window between this stat and the
+        // rename, microseconds instead of the whole upload.
+        let current = match self.parent.symlink_metadata(&self.name) {
+            Ok(m) => Some(Stat::from(&m)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(Root::io_error(&self.rel, e)),
+        };
+        check_preconditions(&self.rel, current.as_ref(), &self.opts)?;
+        rename(&self.parent, &self.tmp_name, &self.parent, &self.name, !self.opts.create_only)
+            .map_err(|e| Root::io_error(&self.rel, e))?;
+        // The temporary name is gone now; nothing for Drop to clean up.
+        self.tmp_name.clear();
+        rustix::fs::fsync(&self.parent).map_err(std::io::Error::from)?;
+        Ok(Stat::from(&file.metadata()?))
+    }
+}
+
+impl Drop for AtomicWrite {
+    fn drop(&mut self) {
+        if !self.tmp_name.is_empty() {
+            if let Err(error) = self.parent.remove_file(&self.tmp_name) {
+                tracing::warn!(%error, path = %self.rel, "cannot remove temporary file");
+            }
+        }
+    }
+}
+
+/// Renames `from` in `from_dir` to `to` in `to_dir` (single names, through
+/// the handles). Without `overwrite` an existing `to` is refused atomically
+/// (`RENAME_NOREPLACE`), or with a stat first on filesystems lacking it.
+pub fn rename(from_dir: &Dir, from: &str, to_dir: &Dir, to: &str, overwrite: bool) -> std::io::Result<()> {
+    use rustix::fs::{RenameFlags, renameat, renameat_with};
+    if overwrite {
+        return renameat(from_dir, from, to_dir, to).map_err(Into::into);
+    }
+    match renameat_with(from_dir, from, to_dir, to, RenameFlags::NOREPLACE) {
+        Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) => {
+            if to_dir.symlink_metadata(to).is_ok() {
+                return Err(std::io::ErrorKind::AlreadyExists.into());
+            }
+            renameat(from_dir, from, to_dir, to).map_err(Into::into)
+        }
+        other => other.map_err(Into::into),
+    }
+}
+
+fn lstat_opt(root: &Root, rel: &str) -> Result<Option<Stat>> {
+    match root.symlink_metadata(rel) {
+        Ok(m) => Ok(Some(Stat::from(&m))),
+        Err(Error::NotFound(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn check_preconditions(rel: &str, current: Option<&Stat>, opts: &WriteOptions) -> Result<()> {
+    if let Some(s) = current {
+        match s.kind {
+            EntryKind::File => {}
+            EntryKind::Dir => return Err(Error::IsDirectory(rel.to_owned())),
+            _ => return Err(Error::InvalidArgument(format!("{rel}: not a regular file"))),
+        }
+        if opts.create_only {
+            return Err(Error::AlreadyExists(rel.to_owned()));
+        }
+    }
+    if let Some(expected) = &opts.expected_etag {
+        let actual = current.map(Stat::etag).unwrap_or_default();
+        if *expected != actual {
+            return Err(Error::FailedPrecondition(format!("{rel}: etag does not match")));
+        }
+    }
+    Ok(())
+}
