@@ -1,0 +1,502 @@
+//! Extracting a zip into the root: the whole archive is spooled first (its
+//! central directory is at the end), every entry is checked before anything
+//! is written, then files are inflated and written in parallel through the
+//! root's directory handle, and modes and symlinks restored.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::{self, Read, Seek, SeekFrom, Write as _};
+use std::os::unix::fs::FileExt as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use cap_fs_ext::{FollowSymlinks, OpenOptionsFollowExt as _};
+use cap_std::fs::{Dir, OpenOptions, OpenOptionsExt as _, Permissions, PermissionsExt as _};
+use zip::ZipArchive;
+
+use super::create::zip_error;
+use crate::error::{Error, Result};
+
+/// Archives up to this size are spooled in memory; larger ones go to a
+/// temporary file outside the root.
+pub const MEMORY_SPOOL: u64 = 128 * 1024 * 1024;
+
+/// Longest symlink target accepted.
+const MAX_LINK: u64 = 4096;
+
+/// What an extract wrote.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Summary {
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// A whole archive, in memory or in an unnamed temporary file.
+#[derive(Clone)]
+pub enum Spool {
+    Memory(Bytes),
+    File(Arc<std::fs::File>, u64),
+}
+
+impl Spool {
+    fn len(&self) -> u64 {
+        match self {
+            Spool::Memory(b) => b.len() as u64,
+            Spool::File(_, len) => *len,
+        }
+    }
+}
+
+/// Collects an archive arriving in order (a client stream).
+pub struct SpoolWriter {
+    mem: Vec<u8>,
+    file: Option<std::fs::File>,
+    len: u64,
+}
+
+impl Default for SpoolWriter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SpoolWriter {
+    pub fn new() -> Self {
+        SpoolWriter { mem: Vec::new(), file: None, len: 0 }
+    }
+
+    pub fn push(&mut self, data: &[u8]) -> Result<()> {
+        if self.file.is_none() && self.len + data.len() as u64 > MEMORY_SPOOL {
+            let mut f = tempfile::tempfile()?;
+            f.write_all(&self.mem)?;
+            self.mem = Vec::new();
+            self.file = Some(f);
+        }
+        match &mut self.file {
+            Some(f) => f.write_all(data)?,
+            None => self.mem.extend_from_slice(data),
+        }
+        self.len += data.len() as u64;
+        Ok(())
+    }
+
+    pub fn finish(self) -> Spool {
+        match self.file {
+            Some(f) => Spool::File(Arc::new(f), self.len),
+            None => Spool::Memory(Bytes::from(self.mem)),
+        }
+    }
+}
+
+/// Collects an archive of known size arriving in parts at any offset (a
+/// parallel download).
+pub enum SpoolAt {
+    Memory(Vec<u8>),
+    File(std::fs::File, u64),
+}
+
+impl SpoolAt {
+    pub fn new(size: u64) -> Result<SpoolAt> {
+        if size <= MEMORY_SPOOL {
+            Ok(SpoolAt::Memory(vec![0; size as usize]))
+        } else {
+            let f = tempfile::tempfile()?;
+            f.set_len(size)?;
+            Ok(SpoolAt::File(f, size))
+        }
+    }
+
+    pub fn put(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        match self {
+            SpoolAt::Memory(m) => {
+                let at = offset as usize;
+                m.get_mut(at..at + data.len())
+                    .ok_or_else(|| Error::Internal("download part beyond the object".into()))?
+                    .copy_from_slice(data);
+            }
+            SpoolAt::File(f, _) => f.write_all_at(data, offset)?,
+        }
+        Ok(())
+    }
+
+    pub fn finish(self) -> Spool {
+        match self {
+            SpoolAt::Memory(m) => Spool::Memory(Bytes::from(m)),
+            SpoolAt::File(f, len) => Spool::File(Arc::new(f), len),
+        }
+    }
+}
+
+/// A reader over a spool with its own position; cheap to clone, so each
+/// extract thread reads the archive independently.
+#[derive(Clone)]
+struct SpoolReader {
+    spool: Spool,
+    pos: u64,
+}
+
+impl Read for SpoolReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = match &self.spool {
+            Spool::Memory(b) => {
+                let start = (self.pos as usize).min(b.len());
+                let n = buf.len().min(b.len() - start);
+                buf[..n].copy_from_slice(&b[start..start + n]);
+                n
+            }
+            Spool::File(f, len) => {
+                let want = (buf.len() as u64).min(len.saturating_sub(self.pos)) as usize;
+                f.read_at(&mut buf[..want], self.pos)?
+            }
+        };
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Seek for SpoolReader {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        let len = self.spool.len();
+        let p = match to {
+            SeekFrom::Start(p) => Some(p),
+            SeekFrom::End(d) => len.checked_add_signed(d),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        }
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek before start"))?;
+        self.pos = p;
+        Ok(p)
+    }
+}
+
+#[derive(Debug)]
+struct FilePlan {
+    index: usize,
+    path: String,
+    mode: u32,
+    /// An existing symlink sits where the file goes; it is replaced.
+    replace: bool,
+}
+
+#[derive(Debug, Default)]
+struct Plan {
+    /// Directories to create, parents first, with the mode to restore (None:
+    /// only implied by a deeper entry).
+    dirs: BTreeMap<String, Option<u32>>,
+    files: Vec<FilePlan>,
+    links: Vec<(String, String)>,
+}
+
+/// Checks every entry of `spool` against the tree under `base_rel` (the
+/// extract directory, relative to the root), then writes them all. Blocking.
+/// Nothing is written unless every entry passed.
+pub fn extract(root: &Dir, base_rel: &str, spool: Spool) -> Result<Summary> {
+    let reader = SpoolReader { spool, pos: 0 };
+    let mut archive = ZipArchive::new(reader).map_err(|e| match e {
+        zip::result::ZipError::Io(io) => Error::Io(io),
+        other => Error::InvalidArgument(format!("not a zip archive: {other}")),
+    })?;
+    let mut plan = plan(&mut archive, base_rel)?;
+    check_tree(root, base_rel, &mut plan)?;
+    write(root, base_rel, &archive, &plan)
+}
+
+/// Where a name goes, relative to the extract directory; None for the
+/// directory itself ("./"). Refuses what could leave it.
+fn clean_name(raw: &[u8]) -> Result<Option<String>> {
+    let shown = String::from_utf8_lossy(raw).replace('\0', "\\0");
+    let bad = |why: &str| Err(Error::PathOutsideRoot(format!("archive entry {shown:?}: {why}")));
+    let Ok(name) = std::str::from_utf8(raw) else {
+        return bad("name is not utf-8");
+    };
+    if name.contains('\0') {
+        return bad("name holds a nul byte");
+    }
+    if name.starts_with('/') {
+        return bad("absolute path");
+    }
+    if name.contains('\\') {
+        return bad("backslash in name");
+    }
+    let mut parts = Vec::new();
+    for seg in name.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => return bad("parent directory component"),
+            s => parts.push(s),
+        }
+    }
+    Ok(if parts.is_empty() { None } else { Some(parts.join("/")) })
+}
+
+/// Whether a symlink at `dir` (relative to the root) pointing to `target`
+/// would resolve, lexically, outside the root. Absolute targets always do.
+pub fn link_escapes(dir: &str, target: &str) -> bool {
+    if target.is_empty() || target.starts_with('/') || target.contains('\0') {
+        return true;
+    }
+    let mut depth: Vec<&str> = dir.split('/').filter(|s| !s.is_empty() && *s != ".").collect();
+    for seg in target.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                if depth.pop().is_none() {
+                    return true;
+                }
+            }
+            s => depth.push(s),
+        }
+    }
+    false
+}
+
+fn join(a: &str, b: &str) -> String {
+    match (a.is_empty(), b.is_empty()) {
+        (true, _) => b.to_owned(),
+        (_, true) => a.to_owned(),
+        _ => format!("{a}/{b}"),
+    }
+}
+
+fn ancestors(path: &str) -> impl Iterator<Item = &str> {
+    path.match_indices('/').map(move |(i, _)| &path[..i])
+}
+
+fn plan<R: Read + Seek>(archive: &mut ZipArchive<R>, base_rel: &str) -> Result<Plan> {
+    let mut plan = Plan::default();
+    let mut seen = HashSet::new();
+    let mut nondirs: HashSet<String> = HashSet::new();
+    for index in 0..archive.len() {
+        let entry = archive.by_index_raw(index).map_err(zip_error)?;
+        let Some(path) = clean_name(entry.name_raw())? else {
+            continue;
+        };
+        if !seen.insert(path.clone()) {
+            return Err(Error::InvalidArgument(format!("archive entry {path:?} appears twice")));
+        }
+        let mode = entry.unix_mode();
+        if entry.is_dir() {
+            plan.dirs.insert(path, Some(mode.map_or(0o755, |m| m & 0o777)));
+        } else if entry.is_symlink() {
+            if entry.size() > MAX_LINK {
+                return Err(Error::InvalidArgument(format!("archive entry {path:?}: symlink target too long")));
+            }
+            drop(entry);
+            let mut target = String::new();
+            archive
+                .by_index(index)
+                .map_err(zip_error)?
+                .read_to_string(&mut target)
+                .map_err(|_| Error::InvalidArgument(format!("archive entry {path:?}: bad symlink target")))?;
+            let at = join(base_rel, super::create::parent_of(&path));
+            if link_escapes(&at, &target) {
+                return Err(Error::PathOutsideRoot(format!(
+                    "archive entry {path:?}: symlink to {target:?} leaves the root"
+                )));
+            }
+            nondirs.insert(path.clone());
+            plan.links.push((path, target));
+        } else {
+            nondirs.insert(path.clone());
+            plan.files.push(FilePlan {
+                index,
+                path,
+                mode: mode.map_or(0o644, |m| m & 0o777),
+                replace: false,
+            });
+        }
+    }
+    // Every ancestor of an entry is a directory: not a file, not a symlink
+    // (writing under a symlink could land anywhere it points).
+    let paths: Vec<String> = plan
+        .dirs
+        .keys()
+        .cloned()
+        .chain(plan.files.iter().map(|f| f.path.clone()))
+        .chain(plan.links.iter().map(|l| l.0.clone()))
+        .collect();
+    for path in &paths {
+        for anc in ancestors(path) {
+            if nondirs.contains(anc) {
+                return Err(Error::InvalidArgument(format!(
+                    "archive entry {path:?} lies under {anc:?}, which is not a directory"
+                )));
+            }
+            plan.dirs.entry(anc.to_owned()).or_insert(None);
+        }
+    }
+    Ok(plan)
+}
+
+/// Checks the plan against what already exists: no directory of the plan is
+/// an existing file or symlink, no file or link lands on an existing
+/// directory. Reads only.
+fn check_tree(root: &Dir, base_rel: &str, plan: &mut Plan) -> Result<()> {
+    let mut base_so_far = String::new();
+    for seg in base_rel.split('/').filter(|s| !s.is_empty()) {
+        base_so_far = join(&base_so_far, seg);
+        match root.symlink_metadata(&base_so_far) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(Error::InvalidArgument(format!(
+                    "{base_so_far:?} is not a directory (symlinks are not followed)"
+                )));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => break,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    for dir in plan.dirs.keys() {
+        match root.symlink_metadata(join(base_rel, dir)) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(Error::InvalidArgument(format!(
+                    "{dir:?} exists and is not a directory (symlinks are not followed)"
+                )));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let check_leaf = |path: &str| -> Result<bool> {
+        match root.symlink_metadata(join(base_rel, path)) {
+            Ok(m) if m.is_dir() => Err(Error::IsDirectory(path.to_owned())),
+            Ok(m) => Ok(m.is_symlink()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    };
+    for f in &mut plan.files {
+        f.replace = check_leaf(&f.path)?;
+    }
+    for (path, _) in &plan.links {
+        check_leaf(path)?;
+    }
+    Ok(())
+}
+
+fn write<R: Read + Seek + Clone + Send + Sync>(
+    root: &Dir,
+    base_rel: &str,
+    archive: &ZipArchive<R>,
+    plan: &Plan,
+) -> Result<Summary> {
+    if !base_rel.is_empty() {
+        root.create_dir_all(base_rel)?;
+    }
+    let base = if base_rel.is_empty() { root.try_clone()? } else { root.open_dir(base_rel)? };
+    for dir in plan.dirs.keys() {
+        match base.create_dir(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+
+    let next = AtomicUsize::new(0);
+    let bytes = AtomicU64::new(0);
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 8);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| -> Result<()> {
+                    let mut archive = archive.clone();
+                    let mut buf = vec![0u8; 256 * 1024];
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(f) = plan.files.get(i) else { return Ok(()) };
+                        let n = write_file(&base, &mut archive, f, &mut buf)?;
+                        bytes.fetch_add(n, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        let mut first = Ok(());
+        for h in handles {
+            let res = h.join().unwrap_or_else(|_| Err(Error::Internal("extract thread panicked".into())));
+            if first.is_ok() {
+                first = res;
+            }
+        }
+        first
+    })?;
+
+    for (path, target) in &plan.links {
+        match base.symlink_metadata(path) {
+            Ok(_) => base.remove_file(path)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        // The target was checked in `plan` not to leave the root.
+        base.symlink_contents(target, path)?;
+    }
+    // Deepest first, so a read-only directory is set after its contents.
+    for (dir, mode) in plan.dirs.iter().rev() {
+        if let Some(mode) = mode {
+            base.set_permissions(dir, Permissions::from_mode(*mode))?;
+        }
+    }
+    Ok(Summary {
+        files: (plan.files.len() + plan.links.len()) as u64,
+        bytes: bytes.load(Ordering::Relaxed),
+    })
+}
+
+fn write_file<R: Read + Seek>(
+    base: &Dir,
+    archive: &mut ZipArchive<R>,
+    f: &FilePlan,
+    buf: &mut [u8],
+) -> Result<u64> {
+    if f.replace {
+        base.remove_file(&f.path)?;
+    }
+    let mut opts = OpenOptions::new();
+    opts.write(true)
+        .create(true)
+        .truncate(true)
+        .follow(FollowSymlinks::No)
+        .mode(f.mode);
+    let mut out = base.open_with(&f.path, &opts)?;
+    let mut entry = archive.by_index(f.index).map_err(zip_error)?;
+    let mut n = 0u64;
+    loop {
+        let got = match entry.read(buf) {
+            Ok(0) => break,
+            Ok(got) => got,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(Error::InvalidArgument(format!("archive entry {:?}: {e}", f.path)));
+            }
+        };
+        out.write_all(&buf[..got])?;
+        n += got as u64;
+    }
+    // The umask may have cut bits off the mode given at creation, and an
+    // existing file keeps its old mode: set it explicitly.
+    out.set_permissions(Permissions::from_mode(f.mode))?;
+    Ok(n)
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    #[test]
+    fn names_that_leave_are_refused() {
+        for bad in ["../x", "a/../../x", "/etc/passwd", "a\0b", "a\\..\\b", "a/.."] {
+            assert!(clean_name(bad.as_bytes()).is_err(), "{bad}");
+        }
+        assert_eq!(clean_name(b"./a//b/").unwrap().as_deref(), Some("a/b"));
+        assert_eq!(clean_name(b"./").unwrap(), None);
+    }
+
+    #[test]
+    fn link_targets_are_judged_from_their_directory() {
+        assert!(!link_escapes("a/b", "../c"));
+        assert!(!link_escapes("a", "../c"));
+        assert!(link_escapes("a", "../../c"));
+        assert!(link_escapes("", "../c"));
+        assert!(link_escapes("a", "/etc"));
+        assert!(!link_escapes("", "x/./y"));
+    }
+}
