@@ -125,19 +125,37 @@ impl MultipartUpload {
             .build())
     }
 
-    /// Makes the object visible, from the parts in any order.
-    pub async fn complete(&self, mut parts: Vec<CompletedPart>) -> Result<()> {
+    /// Makes the object visible, from the parts in any order; `size` is the
+    /// total of the parts.
+    pub async fn complete(&self, mut parts: Vec<CompletedPart>, size: u64) -> Result<()> {
         parts.sort_by_key(|p| p.part_number());
-        self.client
+        let res = self
+            .client
             .complete_multipart_upload()
             .bucket(&self.bucket)
             .key(&self.key)
             .upload_id(&self.upload_id)
             .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
             .send()
-            .await
-            .map_err(|e| s3_error("complete multipart upload", &self.bucket, &self.key, e))?;
-        Ok(())
+            .await;
+        match res {
+            Ok(_) => Ok(()),
+            // Some S3-compatible servers (moto among them) answer 200 with a
+            // body the SDK cannot parse: the object exists. Confirm by size
+            // rather than report a completed upload as failed.
+            Err(SdkError::ServiceError(e)) if e.raw().status().is_success() => {
+                match object_size(&self.bucket, &self.key).await {
+                    Ok(got) if got == size => Ok(()),
+                    _ => Err(s3_error(
+                        "complete multipart upload",
+                        &self.bucket,
+                        &self.key,
+                        SdkError::ServiceError(e),
+                    )),
+                }
+            }
+            Err(e) => Err(s3_error("complete multipart upload", &self.bucket, &self.key, e)),
+        }
     }
 
     /// Drops the upload and its parts. Errors are logged, not returned: the

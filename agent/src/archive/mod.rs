@@ -253,7 +253,7 @@ async fn upload(mpu: &MultipartUpload, spec: create::Spec, stop: Arc<AtomicBool>
         .map_err(|e| Error::Internal(format!("archive task failed: {e}")))?;
     let parts = res?;
     let summary = summary?;
-    mpu.complete(parts).await?;
+    mpu.complete(parts, summary.size).await?;
     Ok(summary)
 }
 
