@@ -1,2 +1,42 @@
-//! The gateway. TODO.
-fn main() {}
+//! The `gateway` binary: parse and validate the config, start tracing, bind,
+//! serve until SIGTERM/SIGINT.
+
+use clap::Parser as _;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let config = match gateway::Config::try_parse() {
+        Ok(c) => c,
+        Err(e) if e.use_stderr() => {
+            // One clear line, not clap's multi-line usage dump.
+            let msg = e.to_string();
+            let first = msg.lines().next().unwrap_or("invalid arguments");
+            eprintln!("gateway: {}", first.trim_start_matches("error: "));
+            return std::process::ExitCode::from(2);
+        }
+        Err(e) => {
+            // --help and --version.
+            let _ = e.print();
+            return std::process::ExitCode::SUCCESS;
+        }
+    };
+    if let Err(msg) = config.validate() {
+        eprintln!("gateway: {msg}");
+        return std::process::ExitCode::from(2);
+    }
+    gateway::init_tracing(&config);
+    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        Ok(l) => l,
+        Err(error) => {
+            eprintln!("gateway: cannot listen on {}: {error}", config.listen);
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match gateway::run(listener, config, gateway::shutdown_signal()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("gateway: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! One-shot commands (`POST /exec`) and the command log (`GET /logs`).
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, State};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{JsonBody, authorize};
+use crate::auth::Claims;
+use crate::error::{Error, Result};
+use crate::ids;
+use crate::runtime::ExecSpec;
+use crate::state::AppState;
+use crate::store::{CommandLogEntry, ProjectStatus};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/projects/{p}/exec", post(exec))
+        .route("/api/projects/{p}/logs", get(logs))
+}
+
+#[derive(Deserialize)]
+struct ExecBody {
+    argv: Vec<String>,
+    #[serde(default)]
+    cwd: Option<String>,
+    #[serde(default)]
+    container: Option<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    stdin: Option<String>,
+    #[serde(default)]
+    timeout_s: Option<u32>,
+    #[serde(default)]
+    label: Option<String>,
+}
+
+/// Longest timeout accepted for one command.
+const MAX_TIMEOUT_S: u32 = 3600;
+
+/// A command line for the log: words with spaces or quotes shown quoted.
+fn shell_join(argv: &[String]) -> String {
+    argv.iter()
+        .map(|a| {
+            if !a.is_empty() && a.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./=:,@%+".contains(&b)) {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+async fn exec(
+    claims: Claims,
+    State(state): State<AppState>,
+    Path(p): Path<String>,
+    JsonBody(body): JsonBody<ExecBody>,
+) -> Result<Json<Value>> {
+    authorize(&claims, &p)?;
+    if body.argv.is_empty() || body.argv[0].is_empty() {
+        return Err(Error::BadRequest("argv must name a program".into()));
+    }
+    if body.argv.iter().any(|a| a.contains('\0')) {
+        return Err(Error::BadRequest("argv must not contain NUL bytes".into()));
+    }
+    let cwd = ids::file_path(body.cwd.as_deref().unwrap_or(""))?;
+    let timeout_s = body.timeout_s.unwrap_or(60);
+    if timeout_s == 0 || timeout_s > MAX_TIMEOUT_S {
+        return Err(Error::BadRequest(format!("timeout_s must be 1..{MAX_TIMEOUT_S}")));
+    }
+    let project = state.project(&p).await?;
+    if project.status != ProjectStatus::Active {
+        return Err(Error::ProjectNotActive(p));
+    }
+    let spec = ExecSpec {
+        argv: body.argv.clone(),
+        cwd,
+        env: body.env,
+        stdin: body.stdin.unwrap_or_default().into_bytes(),
+        timeout_ms: timeout_s * 1000,
+    };
+    let out = match &body.container {
+        Some(c) => {
+            ids::container_name(c)?;
+            let container = state.container(&p, c).await?;
+            let mut spec = spec;
+            let mut env = container.env.clone();
+            env.extend(spec.env);
+            spec.env = env;
+            state.runtime.container_exec(&p, c, spec).await
+        }
+        None => state.agent_of_active(&p).await?.run(spec).await,
+    };
+    let out = match out {
+        Ok(o) => o,
+        Err(e) => {
+            state.metrics.agent_error("run", &e);
+            return Err(e);
+        }
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let label = body.label.unwrap_or_else(|| match &body.container {
+        Some(c) => format!("{c}: exec"),
+        None => "exec".into(),
+    });
+    state
+        .log_command(CommandLogEntry {
+            project: p.clone(),
+            ts: Utc::now(),
+            label,
+            command: shell_join(&body.argv),
+            exit_code: Some(out.exit_code),
+            duration_ms: out.duration_ms,
+            stdout: stdout.clone(),
+            stderr: stderr.clone(),
+        })
+        .await;
+    Ok(Json(json!({
+        "exit_code": out.exit_code,
+        "stdout": stdout,
+        "stderr": stderr,
+        "duration_ms": out.duration_ms,
+        "timed_out": out.timed_out,
+    })))
+}
+
+async fn logs(claims: Claims, State(state): State<AppState>, Path(p): Path<String>) -> Result<Json<Vec<CommandLogEntry>>> {
+    authorize(&claims, &p)?;
+    state.project(&p).await?;
+    Ok(Json(state.store.list_logs(&p).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn shell_join_quotes() {
+        let argv: Vec<String> = ["sh", "-c", "echo hi", "it's"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(super::shell_join(&argv), "sh -c 'echo hi' 'it'\\''s'");
+    }
+}

@@ -1,0 +1,192 @@
+//! The HTTP surface: the REST routes of the contract, the realtime routes
+//! (terminal and watch WebSockets, in their own modules), operations
+//! endpoints, the demo page, and the middleware stack (tracing with tokens
+//! redacted, per-route metrics, preview-host dispatch ahead of everything).
+
+pub mod containers;
+pub mod events;
+pub mod exec;
+pub mod files;
+pub mod projects;
+pub mod terminal;
+pub mod watch;
+
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{FromRequest, MatchedPath, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+use crate::auth::Claims;
+use crate::error::{Error, Result};
+use crate::metrics::{RequestLabels, RouteLabels};
+use crate::state::AppState;
+
+/// The whole application: every route and middleware, with state.
+pub fn router(state: AppState) -> Router {
+    let mut app = Router::new()
+        .merge(projects::routes())
+        .merge(files::routes())
+        .merge(containers::routes())
+        .merge(exec::routes())
+        .merge(events::routes())
+        .merge(terminal::routes())
+        .merge(watch::routes())
+        .route("/api/templates", get(templates))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics));
+    app = match state.config.web_dir() {
+        Some(dir) => app.fallback_service(
+            tower_http::services::ServeDir::new(&dir)
+                .append_index_html_on_directories(true)
+                .fallback(tower::service_fn(|_req: Request| async {
+                    Ok::<_, std::convert::Infallible>(Error::NotFound("no such route".into()).into_response())
+                })),
+        ),
+        None => app.fallback(|| async { Error::NotFound("no such route".into()) }),
+    };
+    app.layer(axum::middleware::from_fn_with_state(state.clone(), track))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), preview_dispatch))
+        .layer(axum::middleware::from_fn(trace))
+        .with_state(state)
+}
+
+/// Requests whose `Host` is a preview host go to the preview proxy, whatever their path.
+async fn preview_dispatch(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()));
+    if let Some(host) = host {
+        if let Some(target) = crate::preview::host::parse(&host, &state.config.preview_domain) {
+            return crate::preview::handle(state, target, req).await;
+        }
+    }
+    next.run(req).await
+}
+
+/// Counts requests and their latency by matched route (never the raw path).
+async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().as_str().to_owned();
+    let t0 = Instant::now();
+    let resp = next.run(req).await;
+    let m = &state.metrics;
+    m.request_seconds
+        .get_or_create(&RouteLabels { method: method.clone(), route: route.clone() })
+        .observe(t0.elapsed().as_secs_f64());
+    m.requests
+        .get_or_create(&RequestLabels { method, route, status: resp.status().as_u16() })
+        .inc();
+    resp
+}
+
+/// One span per request, with the URI's `token` redacted.
+async fn trace(req: Request, next: Next) -> Response {
+    let span = tracing::info_span!(
+        "request",
+        method = %req.method(),
+        uri = %crate::auth::redact_uri(req.uri()),
+    );
+    let t0 = Instant::now();
+    let resp = tracing::Instrument::instrument(next.run(req), span.clone()).await;
+    let status = resp.status().as_u16();
+    let _e = span.enter();
+    if status >= 500 {
+        tracing::warn!(status, ms = t0.elapsed().as_millis() as u64, "request failed");
+    } else {
+        tracing::debug!(status, ms = t0.elapsed().as_millis() as u64, "request");
+    }
+    resp
+}
+
+/// Checks a project id and that the token grants it: 400, then 403.
+pub fn authorize(claims: &Claims, project: &str) -> Result<()> {
+    crate::ids::project_id(project)?;
+    claims.require(project)
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    let store = state.store.ping().await;
+    let runtime = state.runtime.ready().await;
+    match (store, runtime) {
+        (Ok(()), Ok(())) => "ready\n".into_response(),
+        (s, r) => {
+            if let Err(error) = &s {
+                tracing::warn!(%error, "state store not ready");
+            }
+            if let Err(error) = &r {
+                tracing::warn!(%error, "runtime not ready");
+            }
+            let body = serde_json::json!({"error": {"code": "unavailable", "message": format!(
+                "state store: {}, runtime: {}",
+                if s.is_ok() { "ok" } else { "unreachable" },
+                if r.is_ok() { "ok" } else { "unreachable" },
+            )}});
+            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
+        }
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let mut resp = state.metrics.encode().into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    resp
+}
+
+async fn templates(_claims: Claims, State(state): State<AppState>) -> Response {
+    let list: Vec<serde_json::Value> = state
+        .templates
+        .iter()
+        .map(|(name, git)| serde_json::json!({"name": name, "git": git}))
+        .collect();
+    axum::Json(list).into_response()
+}
+
+/// A JSON request body, whatever its `Content-Type`; anything unreadable is 400.
+pub struct JsonBody<T>(pub T);
+
+impl<T, S> FromRequest<S> for JsonBody<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self> {
+        let bytes = bytes::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| match e {
+                axum::extract::rejection::BytesRejection::FailedToBufferBody(_) => {
+                    Error::PayloadTooLarge(JSON_LIMIT as u64)
+                }
+                other => Error::BadRequest(other.body_text()),
+            })?;
+        if bytes.is_empty() {
+            return Err(Error::BadRequest("expected a JSON body".into()));
+        }
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|e| Error::BadRequest(format!("invalid JSON body: {e}")))
+    }
+}
+
+/// Largest JSON body (axum's default body limit).
+const JSON_LIMIT: usize = 2 << 20;

@@ -1,0 +1,134 @@
+//! Project routes: create, list, get, open, hibernate, delete; and the JSON
+//! shapes of a project and a container.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{JsonBody, authorize};
+use crate::auth::Claims;
+use crate::error::Result;
+use crate::lifecycle;
+use crate::state::AppState;
+use crate::store::{Container, ContainerStatus, Project};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/projects", post(create).get(list))
+        .route("/api/projects/{p}", get(show).delete(delete))
+        .route("/api/projects/{p}/open", post(open))
+        .route("/api/projects/{p}/hibernate", post(hibernate))
+}
+
+#[derive(Deserialize)]
+struct CreateBody {
+    id: String,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+/// The contract's project object, with its containers and newest archive.
+pub async fn project_json(state: &AppState, p: &Project) -> Result<Value> {
+    let containers = state.store.list_containers(&p.id).await?;
+    let archive = state.store.list_archives(&p.id).await?.into_iter().next();
+    let mut v = json!({
+        "id": p.id,
+        "name": p.name,
+        "status": p.status.as_str(),
+        "containers": containers.iter().map(|c| container_json(state, c)).collect::<Vec<_>>(),
+        "created_at": p.created_at,
+    });
+    if let Some(a) = archive {
+        v["archive"] = json!({
+            "key": a.key,
+            "size": a.size,
+            "sha256": a.sha256,
+            "files": a.files,
+            "created_at": a.created_at,
+            "version": a.version,
+        });
+    }
+    if let Some(h) = p.hibernated_at {
+        v["hibernated_at"] = json!(h);
+    }
+    Ok(v)
+}
+
+/// The contract's container object.
+pub fn container_json(state: &AppState, c: &Container) -> Value {
+    let mut v = json!({
+        "name": c.name,
+        "status": c.status.as_str(),
+        "port": c.port,
+        "start": c.start,
+        "public": c.public,
+        "env": c.env,
+    });
+    if let Some(i) = &c.install {
+        v["install"] = json!(i);
+    }
+    if let Some(t) = &c.template {
+        v["template"] = json!(t);
+    }
+    if c.status == ContainerStatus::Running {
+        v["preview_url"] = json!(preview_url(state, &c.project, &c.name));
+    }
+    v
+}
+
+/// `http://{container}.{project}.{domain}[:port]/`.
+pub fn preview_url(state: &AppState, project: &str, container: &str) -> String {
+    let cfg = &state.config;
+    let port = cfg.preview_port.unwrap_or(state_listen_port(state));
+    let default_port = if cfg.preview_scheme == "https" { 443 } else { 80 };
+    let port = if port == default_port || port == 0 { String::new() } else { format!(":{port}") };
+    format!("{}://{container}.{project}.{}{port}/", cfg.preview_scheme, cfg.preview_domain)
+}
+
+fn state_listen_port(state: &AppState) -> u16 {
+    state.listen_port.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+async fn create(claims: Claims, State(state): State<AppState>, JsonBody(body): JsonBody<CreateBody>) -> Result<Response> {
+    authorize(&claims, &body.id)?;
+    let p = lifecycle::create(&state, &body.id, body.name).await?;
+    Ok((StatusCode::CREATED, Json(project_json(&state, &p).await?)).into_response())
+}
+
+async fn list(claims: Claims, State(state): State<AppState>) -> Result<Json<Vec<Value>>> {
+    let mut out = Vec::new();
+    for p in state.store.list_projects().await? {
+        if claims.allows(&p.id) {
+            out.push(project_json(&state, &p).await?);
+        }
+    }
+    Ok(Json(out))
+}
+
+async fn show(claims: Claims, State(state): State<AppState>, Path(p): Path<String>) -> Result<Json<Value>> {
+    authorize(&claims, &p)?;
+    let project = state.project(&p).await?;
+    Ok(Json(project_json(&state, &project).await?))
+}
+
+async fn open(claims: Claims, State(state): State<AppState>, Path(p): Path<String>) -> Result<Json<Value>> {
+    authorize(&claims, &p)?;
+    let project = lifecycle::open(&state, &p).await?;
+    Ok(Json(project_json(&state, &project).await?))
+}
+
+async fn hibernate(claims: Claims, State(state): State<AppState>, Path(p): Path<String>) -> Result<Json<Value>> {
+    authorize(&claims, &p)?;
+    let project = lifecycle::hibernate(&state, &p).await?;
+    Ok(Json(project_json(&state, &project).await?))
+}
+
+async fn delete(claims: Claims, State(state): State<AppState>, Path(p): Path<String>) -> Result<StatusCode> {
+    authorize(&claims, &p)?;
+    lifecycle::delete(&state, &p).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,221 @@
+//! The watch WebSocket (`GET /api/projects/{p}/watch`): file changes of a
+//! project, from this gateway or any process in the project, as JSON text
+//! frames `{"kind", "path", "to"?}` bridged from the agent's Watch stream.
+//! Also home of the keep-alive every long-lived WebSocket of the gateway
+//! shares (a ping every 30 s, a peer silent for too long is dropped).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, State};
+use axum::response::Response;
+use axum::routing::get;
+use futures::{SinkExt as _, StreamExt as _};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+use crate::agent_client::{FsEvent, FsEventKind};
+use crate::auth::QueryClaims;
+use crate::error::Result;
+use crate::metrics::KindLabels;
+use crate::state::AppState;
+
+/// How often every WebSocket of the gateway gets a ping, so idle sockets
+/// survive load balancers and dead peers are noticed.
+pub const PING_INTERVAL: Duration = Duration::from_secs(30);
+
+/// A peer that sent nothing (not even a pong) for this long is taken as gone.
+pub const PEER_TIMEOUT: Duration = Duration::from_secs(75);
+
+/// The watch routes.
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/api/projects/{p}/watch", get(watch))
+}
+
+/// One change, as the contract's text frame.
+#[derive(Debug, Serialize)]
+struct ChangeFrame<'a> {
+    kind: &'static str,
+    path: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    to: Option<&'a str>,
+}
+
+fn frame(ev: &FsEvent) -> String {
+    let kind = match ev.kind {
+        FsEventKind::Created => "created",
+        FsEventKind::Modified => "modified",
+        FsEventKind::Removed => "removed",
+        FsEventKind::Renamed => "renamed",
+    };
+    let to = match ev.kind {
+        FsEventKind::Renamed => ev.to.as_deref(),
+        _ => None,
+    };
+    // Serializing a struct of strings cannot fail.
+    serde_json::to_string(&ChangeFrame { kind, path: &ev.path, to }).unwrap_or_default()
+}
+
+async fn watch(
+    State(state): State<AppState>,
+    Path(project): Path<String>,
+    QueryClaims(claims): QueryClaims,
+    ws: WebSocketUpgrade,
+) -> Result<Response> {
+    super::authorize(&claims, &project)?;
+    let agent = state.active_agent(&project).await?;
+    // The agent's stream is opened before the upgrade so that an unknown or
+    // inactive project is an HTTP error rather than a socket that closes at once.
+    let events = agent.watch("").await.inspect_err(|e| state.metrics.agent_error("watch", e))?;
+    let span = tracing::info_span!("watch", project = %project);
+    Ok(ws.on_upgrade(move |socket| {
+        async move {
+            let gauge = WsGauge::new(&state, "watch");
+            serve(socket, events, state.shutdown.clone()).await;
+            drop(gauge);
+        }
+        .instrument(span)
+    }))
+}
+
+async fn serve(
+    socket: WebSocket,
+    mut events: futures::stream::BoxStream<'static, Result<FsEvent>>,
+    shutdown: CancellationToken,
+) {
+    let (mut sink, mut stream) = socket.split();
+    let alive = Liveness::new();
+    let done = shutdown.child_token();
+    // The reader only notices the peer: its pongs, and its close.
+    let reader = {
+        let alive = alive.clone();
+        let done = done.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(msg)) = stream.next().await {
+                alive.touch();
+                if matches!(msg, Message::Close(_)) {
+                    break;
+                }
+            }
+            done.cancel();
+        })
+    };
+    let mut ping = ping_interval();
+    let close = loop {
+        let msg = tokio::select! {
+            _ = done.cancelled() => break None,
+            ev = events.next() => match ev {
+                Some(Ok(ev)) => Message::Text(frame(&ev).into()),
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "watch stream of the agent failed");
+                    break Some(close_frame(1011, "the project's file watch ended"));
+                }
+                None => break Some(close_frame(1001, "the project's file watch ended")),
+            },
+            _ = ping.tick() => {
+                if alive.silent_for() > PEER_TIMEOUT {
+                    tracing::debug!("watch peer silent; closing");
+                    break None;
+                }
+                Message::Ping(Default::default())
+            }
+        };
+        // A send blocks while the peer is slow: then the agent's stream is not
+        // read either, and gRPC flow control holds the rest back.
+        let sent = tokio::select! {
+            r = sink.send(msg) => r,
+            _ = done.cancelled() => break None,
+        };
+        if sent.is_err() {
+            break None;
+        }
+    };
+    let shutting_down = shutdown.is_cancelled();
+    let close = close.or_else(|| shutting_down.then(|| close_frame(1001, "the gateway is shutting down")));
+    if let Some(close) = close {
+        let _ = tokio::time::timeout(Duration::from_secs(2), sink.send(close)).await;
+    }
+    reader.abort();
+}
+
+/// A ping interval whose first tick is one period from now.
+pub fn ping_interval() -> tokio::time::Interval {
+    let mut i = tokio::time::interval_at(tokio::time::Instant::now() + PING_INTERVAL, PING_INTERVAL);
+    i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    i
+}
+
+/// A close message with a code and a reason.
+pub fn close_frame(code: u16, reason: &str) -> Message {
+    Message::Close(Some(CloseFrame { code, reason: reason.to_owned().into() }))
+}
+
+/// When a peer was last heard from, shared by a socket's reader and writer.
+#[derive(Clone)]
+pub struct Liveness {
+    epoch: Instant,
+    last_ms: Arc<AtomicU64>,
+}
+
+impl Liveness {
+    pub fn new() -> Liveness {
+        Liveness { epoch: Instant::now(), last_ms: Arc::new(AtomicU64::new(0)) }
+    }
+
+    /// Records that the peer sent something.
+    pub fn touch(&self) {
+        self.last_ms.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// How long since the peer last sent anything.
+    pub fn silent_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        self.epoch.elapsed().saturating_sub(last)
+    }
+}
+
+impl Default for Liveness {
+    fn default() -> Liveness {
+        Liveness::new()
+    }
+}
+
+/// Counts an open WebSocket by kind in the metrics while it lives.
+pub struct WsGauge {
+    state: AppState,
+    kind: &'static str,
+}
+
+impl WsGauge {
+    pub fn new(state: &AppState, kind: &'static str) -> WsGauge {
+        state.metrics.open_websockets.get_or_create(&KindLabels { kind: kind.to_owned() }).inc();
+        WsGauge { state: state.clone(), kind }
+    }
+}
+
+impl Drop for WsGauge {
+    fn drop(&mut self) {
+        self.state.metrics.open_websockets.get_or_create(&KindLabels { kind: self.kind.to_owned() }).dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_follow_the_contract() {
+        let ev = |kind, path: &str, to: Option<&str>| FsEvent { kind, path: path.into(), to: to.map(Into::into) };
+        assert_eq!(frame(&ev(FsEventKind::Created, "a/b.txt", None)), r#"{"kind":"created","path":"a/b.txt"}"#);
+        assert_eq!(frame(&ev(FsEventKind::Modified, "x", None)), r#"{"kind":"modified","path":"x"}"#);
+        assert_eq!(frame(&ev(FsEventKind::Removed, "x", Some("ignored"))), r#"{"kind":"removed","path":"x"}"#);
+        assert_eq!(
+            frame(&ev(FsEventKind::Renamed, "old", Some("new"))),
+            r#"{"kind":"renamed","path":"old","to":"new"}"#
+        );
+    }
+}

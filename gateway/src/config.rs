@@ -1,0 +1,252 @@
+//! The gateway's configuration: one clap-derived `Config`, every flag also read
+//! from the environment variable beside it, validated before any port is bound.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, ValueEnum};
+
+/// The public HTTP/WebSocket API of devgate.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "gateway", version, about)]
+pub struct Config {
+    /// Address to serve on.
+    #[arg(long, env = "GATEWAY_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// State store, local project folders and local archives.
+    #[arg(long, env = "GATEWAY_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// HS256 secret for tokens; when unset a random one is made and kept in the data dir.
+    #[arg(long, env = "GATEWAY_SECRET", hide_env_values = true)]
+    pub secret: Option<String>,
+
+    /// `local` (projects are folders, the agent a child process) or `kubernetes`.
+    #[arg(long, env = "GATEWAY_RUNTIME", value_enum, default_value_t = RuntimeKind::Local)]
+    pub runtime: RuntimeKind,
+
+    /// Where hibernation archives go: a folder, or `s3://bucket/prefix`
+    /// (default `<data-dir>/archives`).
+    #[arg(long, env = "GATEWAY_ARCHIVE")]
+    pub archive: Option<String>,
+
+    /// The domain under which preview hosts live.
+    #[arg(long, env = "GATEWAY_PREVIEW_DOMAIN", default_value = "localhost")]
+    pub preview_domain: String,
+
+    /// Port written into preview URLs; default the port of --listen (none when 80).
+    #[arg(long, env = "GATEWAY_PREVIEW_PORT")]
+    pub preview_port: Option<u16>,
+
+    /// Scheme written into preview URLs.
+    #[arg(long, env = "GATEWAY_PREVIEW_SCHEME", default_value = "http")]
+    pub preview_scheme: String,
+
+    /// The `agent` binary for the local runtime (default: beside the gateway's executable).
+    #[arg(long, env = "GATEWAY_AGENT_BIN")]
+    pub agent_bin: Option<PathBuf>,
+
+    /// The built demo page served at `/` (default `web-demo/dist` when present).
+    #[arg(long, env = "GATEWAY_WEB_DIR")]
+    pub web_dir: Option<PathBuf>,
+
+    /// Bundled container templates, one folder each (default `./templates` when present).
+    #[arg(long, env = "GATEWAY_TEMPLATES_DIR")]
+    pub templates_dir: Option<PathBuf>,
+
+    /// Archive versions kept per project; an older one is removed only after a newer one is verified.
+    #[arg(long, env = "GATEWAY_ARCHIVE_KEEP", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub archive_keep: u32,
+
+    /// Days the command log keeps its entries.
+    #[arg(long, env = "GATEWAY_LOG_RETENTION_DAYS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub log_retention_days: u32,
+
+    /// Largest request body accepted for file writes and archive uploads, in bytes (413 above).
+    #[arg(long, env = "GATEWAY_MAX_BODY_BYTES", default_value_t = 1 << 30)]
+    pub max_body_bytes: u64,
+
+    /// Seconds a detached terminal session is kept for reattachment.
+    #[arg(long, env = "GATEWAY_TERMINAL_KEEP_SECS", default_value_t = 300)]
+    pub terminal_keep_secs: u64,
+
+    /// Seconds to let in-flight requests finish after SIGTERM.
+    #[arg(long, env = "GATEWAY_GRACE_SECS", default_value_t = 20)]
+    pub grace_secs: u64,
+
+    /// PostgreSQL URL for the state store (default: embedded SQLite in the data dir).
+    #[arg(long, env = "GATEWAY_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Kubernetes runtime: prefix of each project's namespace.
+    #[arg(long, env = "GATEWAY_K8S_NAMESPACE_PREFIX", default_value = "proj-")]
+    pub k8s_namespace_prefix: String,
+
+    /// Kubernetes runtime: image of the file-manager pod (the agent).
+    #[arg(long, env = "GATEWAY_AGENT_IMAGE", default_value = "devgate/agent:latest")]
+    pub agent_image: String,
+
+    /// Minutes without file, terminal or preview activity after which an
+    /// active project is hibernated; 0 never hibernates on idleness.
+    #[arg(long, env = "GATEWAY_IDLE_HIBERNATE_MINUTES", default_value_t = 30)]
+    pub idle_hibernate_minutes: u64,
+
+    /// The Kubernetes runtime's flags (`--k8s-*`).
+    #[command(flatten)]
+    pub kubernetes: crate::runtime::kubernetes::KubernetesArgs,
+
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "GATEWAY_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+}
+
+/// Which lifecycle implementation drives projects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RuntimeKind {
+    Local,
+    Kubernetes,
+}
+
+/// Where hibernation archives live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArchiveLocation {
+    Folder(PathBuf),
+    S3 { bucket: String, prefix: String },
+}
+
+impl ArchiveLocation {
+    /// Parses `s3://bucket/prefix` or a folder path.
+    pub fn parse(s: &str) -> Result<ArchiveLocation, String> {
+        if let Some(rest) = s.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(format!("archive location {s:?} names no bucket"));
+            }
+            let prefix = prefix.trim_matches('/').to_owned();
+            return Ok(ArchiveLocation::S3 { bucket: bucket.to_owned(), prefix });
+        }
+        if s.contains("://") {
+            return Err(format!("archive location {s:?} is neither a folder nor s3://bucket/prefix"));
+        }
+        if s.is_empty() {
+            return Err("archive location is empty".into());
+        }
+        Ok(ArchiveLocation::Folder(PathBuf::from(s)))
+    }
+}
+
+impl Config {
+    /// Checks everything that can be checked before binding; the error is one line.
+    pub fn validate(&self) -> Result<(), String> {
+        if !crate::ids::is_dns_label_domain(&self.preview_domain) {
+            return Err(format!("--preview-domain {:?} is not a domain name", self.preview_domain));
+        }
+        if let Some(a) = &self.archive {
+            ArchiveLocation::parse(a)?;
+        }
+        if let Some(s) = &self.secret {
+            if s.len() < 16 {
+                return Err("--secret must be at least 16 bytes".into());
+            }
+        }
+        if let Some(bin) = &self.agent_bin {
+            if !bin.is_file() {
+                return Err(format!("--agent-bin {} is not a file", bin.display()));
+            }
+        }
+        if let Some(dir) = &self.web_dir {
+            if !dir.is_dir() {
+                return Err(format!("--web-dir {} is not a directory", dir.display()));
+            }
+        }
+        if let Some(dir) = &self.templates_dir {
+            if !dir.is_dir() {
+                return Err(format!("--templates-dir {} is not a directory", dir.display()));
+            }
+        }
+        if self.preview_scheme != "http" && self.preview_scheme != "https" {
+            return Err("--preview-scheme must be http or https".into());
+        }
+        if self.runtime == RuntimeKind::Kubernetes && self.database_url.is_none() {
+            // Allowed: SQLite in the data dir works for a single gateway replica.
+            tracing::debug!("kubernetes runtime with the embedded state store");
+        }
+        Ok(())
+    }
+
+    /// The archive location, `<data-dir>/archives` by default.
+    pub fn archive_location(&self) -> ArchiveLocation {
+        match &self.archive {
+            Some(a) => ArchiveLocation::parse(a)
+                .unwrap_or_else(|_| ArchiveLocation::Folder(self.data_dir.join("archives"))),
+            None => ArchiveLocation::Folder(self.data_dir.join("archives")),
+        }
+    }
+
+    /// The demo page's folder, when one is configured or `web-demo/dist` exists.
+    pub fn web_dir(&self) -> Option<PathBuf> {
+        match &self.web_dir {
+            Some(d) => Some(d.clone()),
+            None => Some(PathBuf::from("web-demo/dist")).filter(|d| d.join("index.html").is_file()),
+        }
+    }
+
+    /// The templates folder, when one is configured or `./templates` exists.
+    pub fn templates_dir(&self) -> Option<PathBuf> {
+        match &self.templates_dir {
+            Some(d) => Some(d.clone()),
+            None => Some(PathBuf::from("templates")).filter(|d| d.is_dir()),
+        }
+    }
+
+    /// The agent binary for the local runtime.
+    pub fn agent_bin(&self) -> PathBuf {
+        if let Some(b) = &self.agent_bin {
+            return b.clone();
+        }
+        std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(|d| d.join("agent")))
+            .unwrap_or_else(|| PathBuf::from("agent"))
+    }
+
+    /// A config with defaults over `data_dir`, for tests.
+    pub fn for_data_dir(data_dir: &Path) -> Config {
+        let mut c = Config::parse_from(["gateway"]);
+        c.data_dir = data_dir.to_path_buf();
+        c
+    }
+}
+
+/// Starts `tracing` with `RUST_LOG` (default `info`) in the configured format, on stderr.
+pub fn init_tracing(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if config.log_format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn archive_locations() {
+        assert_eq!(
+            ArchiveLocation::parse("s3://b/p/q/").unwrap(),
+            ArchiveLocation::S3 { bucket: "b".into(), prefix: "p/q".into() }
+        );
+        assert_eq!(
+            ArchiveLocation::parse("s3://b").unwrap(),
+            ArchiveLocation::S3 { bucket: "b".into(), prefix: "".into() }
+        );
+        assert!(ArchiveLocation::parse("s3:///x").is_err());
+        assert!(ArchiveLocation::parse("http://x").is_err());
+        assert_eq!(ArchiveLocation::parse("/a").unwrap(), ArchiveLocation::Folder("/a".into()));
+    }
+}

@@ -1,0 +1,174 @@
+//! The gateway's error type and its one table mapping causes to HTTP answers:
+//! `{"error": {"code", "message"}}` with the contract's codes. Agent statuses
+//! are mapped by their code and `x-agent-error` metadata, never by message.
+//! A 5xx answer says something generic; its cause goes to the log.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use tonic::Code;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    PathOutsideProject(String),
+    #[error("{0}")]
+    IsDirectory(String),
+    #[error("{0}")]
+    NotADirectory(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    DirectoryNotEmpty(String),
+    #[error("project {0} is not active")]
+    ProjectNotActive(String),
+    #[error("{0}")]
+    PreconditionFailed(String),
+    #[error("request body larger than {0} bytes")]
+    PayloadTooLarge(u64),
+    #[error("requested range not satisfiable")]
+    RangeNotSatisfiable { size: u64 },
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("timed out: {0}")]
+    Timeout(String),
+    /// A status from an agent that maps to no client error.
+    #[error("agent error: {0}")]
+    Agent(tonic::Status),
+    #[error("state store: {0}")]
+    Store(String),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// An internal error with context, from anything displayable.
+    pub fn internal(e: impl std::fmt::Display) -> Error {
+        Error::Internal(e.to_string())
+    }
+
+    /// The HTTP status and the contract's error code.
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            Error::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            Error::PathOutsideProject(_) => (StatusCode::BAD_REQUEST, "path_outside_project"),
+            Error::IsDirectory(_) => (StatusCode::BAD_REQUEST, "is_directory"),
+            Error::NotADirectory(_) => (StatusCode::BAD_REQUEST, "not_a_directory"),
+            Error::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Error::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            Error::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Error::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            Error::DirectoryNotEmpty(_) => (StatusCode::CONFLICT, "directory_not_empty"),
+            Error::ProjectNotActive(_) => (StatusCode::CONFLICT, "project_not_active"),
+            Error::PreconditionFailed(_) => (StatusCode::PRECONDITION_FAILED, "precondition_failed"),
+            Error::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Error::RangeNotSatisfiable { .. } => {
+                (StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable")
+            }
+            Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Error::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+            Error::Agent(_) | Error::Store(_) | Error::Io(_) | Error::Internal(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            }
+        }
+    }
+}
+
+impl From<tonic::Status> for Error {
+    fn from(s: tonic::Status) -> Error {
+        let detail = s
+            .metadata()
+            .get(proto::ERROR_CODE_METADATA_KEY)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let msg = s.message().to_owned();
+        match (s.code(), detail.as_str()) {
+            (_, proto::PATH_OUTSIDE_ROOT) => Error::PathOutsideProject(msg),
+            (_, proto::IS_DIRECTORY) => Error::IsDirectory(msg),
+            (_, proto::NOT_A_DIRECTORY) => Error::NotADirectory(msg),
+            (_, proto::DIRECTORY_NOT_EMPTY) => Error::DirectoryNotEmpty(msg),
+            (Code::InvalidArgument | Code::OutOfRange, _) => Error::BadRequest(msg),
+            (Code::NotFound, _) => Error::NotFound(msg),
+            (Code::AlreadyExists, _) => Error::Conflict(msg),
+            (Code::FailedPrecondition | Code::Aborted, _) => Error::PreconditionFailed(msg),
+            (Code::PermissionDenied, _) => Error::Forbidden(msg),
+            (Code::Unavailable, _) => Error::Unavailable(format!("agent unavailable: {msg}")),
+            (Code::DeadlineExceeded, _) => Error::Timeout(msg),
+            _ => Error::Agent(s),
+        }
+    }
+}
+
+impl From<tonic::transport::Error> for Error {
+    fn from(e: tonic::transport::Error) -> Error {
+        Error::Unavailable(format!("agent unreachable: {e}"))
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let message = if status.is_server_error() {
+            match &self {
+                Error::Unavailable(_) | Error::Timeout(_) => {
+                    tracing::warn!(error = %self, "request failed");
+                    self.to_string()
+                }
+                _ => {
+                    tracing::error!(error = %self, "internal error");
+                    "internal error; see the gateway's log".to_owned()
+                }
+            }
+        } else {
+            self.to_string()
+        };
+        let body = serde_json::json!({"error": {"code": code, "message": message}});
+        let mut resp = (status, axum::Json(body)).into_response();
+        if let Error::RangeNotSatisfiable { size } = self {
+            if let Ok(v) = format!("bytes */{size}").parse() {
+                resp.headers_mut().insert(axum::http::header::CONTENT_RANGE, v);
+            }
+        }
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_code(code: Code, detail: &'static str) -> tonic::Status {
+        let mut s = tonic::Status::new(code, "x");
+        s.metadata_mut().insert(
+            proto::ERROR_CODE_METADATA_KEY,
+            tonic::metadata::MetadataValue::from_static(detail),
+        );
+        s
+    }
+
+    #[test]
+    fn agent_statuses_map_by_code() {
+        let e: Error = with_code(Code::InvalidArgument, proto::PATH_OUTSIDE_ROOT).into();
+        assert_eq!(e.status_and_code().1, "path_outside_project");
+        let e: Error = with_code(Code::FailedPrecondition, proto::DIRECTORY_NOT_EMPTY).into();
+        assert_eq!(e.status_and_code(), (StatusCode::CONFLICT, "directory_not_empty"));
+        let e: Error = tonic::Status::failed_precondition("etag").into();
+        assert_eq!(e.status_and_code().0, StatusCode::PRECONDITION_FAILED);
+        let e: Error = tonic::Status::already_exists("x").into();
+        assert_eq!(e.status_and_code().0, StatusCode::CONFLICT);
+        let e: Error = tonic::Status::internal("secret detail").into();
+        assert_eq!(e.status_and_code().0, StatusCode::INTERNAL_SERVER_ERROR);
+    }
+}

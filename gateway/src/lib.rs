@@ -1,0 +1,168 @@
+//! The gateway: the public HTTP/WebSocket API of devgate (shared/API.md).
+//! Browsers and product backends talk only to it; it speaks gRPC to each
+//! project's agent, proxies preview hosts to dev servers, and drives the
+//! project lifecycle through a [`runtime::Runtime`].
+
+pub mod agent_client;
+pub mod api;
+pub mod archive_store;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod ids;
+pub mod lifecycle;
+pub mod metrics;
+pub mod preview;
+pub mod runtime;
+pub mod state;
+pub mod store;
+pub mod templates;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+pub use config::{Config, init_tracing};
+pub use error::{Error, Result};
+
+use crate::config::RuntimeKind;
+use crate::state::AppState;
+use crate::store::Store;
+
+/// Builds the state (store, runtime, secret, templates) and serves on
+/// `listener` until `shutdown` resolves, then drains within the grace period.
+/// Prints `listening on http://ADDR` once it accepts connections.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    config.validate().map_err(anyhow::Error::msg)?;
+    let state = build_state(&config).await?;
+    let addr = listener.local_addr()?;
+    state.listen_port.store(addr.port(), std::sync::atomic::Ordering::Relaxed);
+
+    // Active projects get their agents back; in the background, since a
+    // request for one of them brings its agent up on its own anyway.
+    tokio::spawn(lifecycle::reconcile(state.clone()));
+    tokio::spawn(prune_logs_forever(state.clone()));
+
+    let app = api::router(state.clone());
+    let cancel = state.shutdown.clone();
+    let serve = axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
+        .with_graceful_shutdown({
+            let cancel = cancel.clone();
+            async move {
+                shutdown.await;
+                tracing::info!("shutting down");
+                cancel.cancel();
+            }
+        });
+    announce(&config, &state, addr);
+    let grace = Duration::from_secs(config.grace_secs);
+    let server = tokio::spawn(serve.into_future());
+    cancel.cancelled().await;
+    match tokio::time::timeout(grace, server).await {
+        Ok(r) => r.context("server task failed")??,
+        Err(_) => tracing::warn!("grace period over with requests still in flight"),
+    }
+    state.runtime.shutdown().await;
+    Ok(())
+}
+
+/// Prints the `listening on` line and, in local mode, the demo URL with an admin token.
+fn announce(config: &Config, state: &AppState, addr: std::net::SocketAddr) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "listening on http://{addr}");
+    if config.runtime == RuntimeKind::Local {
+        let host = if addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { addr.ip().to_string() };
+        let host = if host.contains(':') { format!("[{host}]") } else { host };
+        match state.keys.sign("admin", &["*"], 30 * 24 * 3600) {
+            Ok(token) => {
+                let _ = writeln!(out, "demo: http://{host}:{}/?token={token}", addr.port());
+            }
+            Err(error) => tracing::error!(%error, "cannot sign the admin token"),
+        }
+    }
+    let _ = out.flush();
+}
+
+/// Everything the handlers share, from the config.
+pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+    let secret = auth::load_or_create_secret(config.secret.as_deref(), &config.data_dir)?;
+    let store: Arc<dyn Store> = match &config.database_url {
+        Some(_) => anyhow::bail!("--database-url: this build has no PostgreSQL store yet"),
+        None => Arc::new(
+            store::sqlite::SqliteStore::open(&config.data_dir.join("state.sqlite3"))
+                .context("cannot open the state store")?,
+        ),
+    };
+    let runtime: Arc<dyn runtime::Runtime> = match config.runtime {
+        RuntimeKind::Local => Arc::new(
+            runtime::local::LocalRuntime::new(&config.data_dir, config.agent_bin())
+                .context("cannot prepare the local runtime")?,
+        ),
+        RuntimeKind::Kubernetes => anyhow::bail!("--runtime kubernetes: this build has no Kubernetes runtime yet"),
+    };
+    let archives = archive_store::ArchiveStore::new(config.archive_location());
+    archives.ready().await.context("cannot prepare the archive store")?;
+    let templates = match config.templates_dir() {
+        Some(dir) => {
+            let data_dir = config.data_dir.clone();
+            tokio::task::spawn_blocking(move || templates::build(&dir, &data_dir)).await??
+        }
+        None => Vec::new(),
+    };
+    Ok(AppState {
+        config: Arc::new(config.clone()),
+        keys: auth::Keys::new(&secret),
+        store,
+        runtime,
+        agents: agent_client::AgentPool::default(),
+        metrics: Arc::new(metrics::Metrics::new()),
+        events: state::Events::default(),
+        locks: state::ProjectLocks::default(),
+        archives: Arc::new(archives),
+        templates: Arc::new(templates),
+        shutdown: tokio_util::sync::CancellationToken::new(),
+        listen_port: Arc::default(),
+    })
+}
+
+/// Removes command-log entries older than the retention, hourly.
+async fn prune_logs_forever(state: AppState) {
+    let keep = chrono::Duration::days(state.config.log_retention_days as i64);
+    loop {
+        match state.store.prune_logs(chrono::Utc::now() - keep).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "command log pruned"),
+            Err(error) => tracing::warn!(%error, "cannot prune the command log"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+            _ = state.shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(error) => {
+            tracing::error!(%error, "cannot listen for SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

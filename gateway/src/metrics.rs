@@ -1,0 +1,144 @@
+//! Prometheus metrics, text format at `/metrics`. Every family the gateway
+//! exports is a field here so any module can update it; a module that needs a
+//! new family may also register it in [`Metrics::registry`] at start-up.
+
+use std::sync::Mutex;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub method: String,
+    /// The matched route pattern (`/api/projects/{p}/files/{*path}`), never the raw path.
+    pub route: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub method: String,
+    pub route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RpcLabels {
+    /// The gateway operation (e.g. `read`, `write`, `run`).
+    pub op: String,
+    /// The gRPC code name.
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LifecycleLabels {
+    /// `hibernate` or `restore`.
+    pub op: String,
+    /// `ok` or `error`.
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabels {
+    pub op: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    /// `terminal`, `watch`, `preview`, `events`.
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabels {
+    /// `upstream` (browser to dev server) or `downstream`.
+    pub direction: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 0.25 ms .. ~8 s.
+    Histogram::new(exponential_buckets(0.00025, 2.0, 16))
+}
+
+fn lifecycle_histogram() -> Histogram {
+    // 50 ms .. ~27 min.
+    Histogram::new(exponential_buckets(0.05, 2.0, 16))
+}
+
+/// Every metric of the gateway.
+pub struct Metrics {
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_seconds: HistogramFamily<RouteLabels>,
+    pub agent_rpc_errors: Family<RpcLabels, Counter>,
+    pub lifecycle_seconds: HistogramFamily<LifecycleLabels>,
+    /// Archive bytes written (hibernate) and read (restore).
+    pub archive_bytes: Family<OpLabels, Counter>,
+    pub open_terminals: Gauge,
+    pub open_websockets: Family<KindLabels, Gauge>,
+    pub proxied_bytes: Family<DirectionLabels, Counter>,
+    /// Other modules may register families here before the server starts.
+    pub registry: Mutex<Registry>,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("gateway");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register("http_requests", "HTTP requests by route and status", requests.clone());
+        let request_seconds: HistogramFamily<RouteLabels> = Family::new_with_constructor(latency_histogram);
+        registry.register("http_request_duration_seconds", "HTTP request latency by route (to the response head)", request_seconds.clone());
+        let agent_rpc_errors = Family::<RpcLabels, Counter>::default();
+        registry.register("agent_rpc_errors", "Failed calls to agents by operation and gRPC code", agent_rpc_errors.clone());
+        let lifecycle_seconds: HistogramFamily<LifecycleLabels> = Family::new_with_constructor(lifecycle_histogram);
+        registry.register("lifecycle_duration_seconds", "Hibernate and restore durations", lifecycle_seconds.clone());
+        let archive_bytes = Family::<OpLabels, Counter>::default();
+        registry.register("archive_bytes", "Archive bytes written by hibernation and read by restore", archive_bytes.clone());
+        let open_terminals = Gauge::default();
+        registry.register("open_terminals", "Terminal WebSockets open now", open_terminals.clone());
+        let open_websockets = Family::<KindLabels, Gauge>::default();
+        registry.register("open_websockets", "WebSockets and streams open now by kind", open_websockets.clone());
+        let proxied_bytes = Family::<DirectionLabels, Counter>::default();
+        registry.register("preview_proxied_bytes", "Bytes passed through the preview proxy", proxied_bytes.clone());
+        Metrics {
+            requests,
+            request_seconds,
+            agent_rpc_errors,
+            lifecycle_seconds,
+            archive_bytes,
+            open_terminals,
+            open_websockets,
+            proxied_bytes,
+            registry: Mutex::new(registry),
+        }
+    }
+
+    /// The text exposition of every registered family.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let reg = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(error) = prometheus_client::encoding::text::encode(&mut out, &reg) {
+            tracing::error!(%error, "cannot encode metrics");
+        }
+        out
+    }
+
+    /// Counts a failed agent call.
+    pub fn agent_error(&self, op: &str, err: &crate::error::Error) {
+        let code = match err {
+            crate::error::Error::Agent(s) => format!("{:?}", s.code()),
+            other => other.status_and_code().1.to_owned(),
+        };
+        self.agent_rpc_errors.get_or_create(&RpcLabels { op: op.to_owned(), code }).inc();
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}

@@ -1,0 +1,289 @@
+//! The local runtime, the embedded default: a project is the folder
+//! `<data-dir>/projects/<id>/`; opening it starts a real `agent` child process
+//! on a Unix socket with a token of its own; dev servers are the agent's named
+//! background processes, on their declared port when it is free on this
+//! machine and on another free one when it is not.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt as _;
+
+use super::{
+    AgentAddress, AgentEndpoint, ByteStream, ContainerRoute, ContainerSpec, ExecOutput, ExecSpec,
+    Runtime, ShellTarget,
+};
+use crate::agent_client::{AgentClient, AgentPool};
+use crate::error::{Error, Result};
+
+/// Longest Unix socket path the kernel accepts, minus the NUL.
+const MAX_SOCKET_PATH: usize = 107;
+
+/// Projects as folders, agents as child processes.
+pub struct LocalRuntime {
+    projects_dir: PathBuf,
+    sockets_dir: PathBuf,
+    agent_bin: PathBuf,
+    agents: tokio::sync::Mutex<HashMap<String, LocalAgent>>,
+    /// (project, container) → the port its dev server listens on.
+    routes: Mutex<HashMap<(String, String), u16>>,
+    pool: AgentPool,
+}
+
+struct LocalAgent {
+    child: tokio::process::Child,
+    endpoint: AgentEndpoint,
+}
+
+impl LocalRuntime {
+    /// A runtime keeping projects under `<data_dir>/projects`.
+    pub fn new(data_dir: &Path, agent_bin: PathBuf) -> std::io::Result<LocalRuntime> {
+        let data_dir = std::path::absolute(data_dir)?;
+        let projects_dir = data_dir.join("projects");
+        std::fs::create_dir_all(&projects_dir)?;
+        let mut sockets_dir = data_dir.join("run");
+        // Socket paths are limited to 107 bytes; a deep data dir would not fit
+        // `<run>/<40-char id>.sock`, so those go to a short private temp dir.
+        if sockets_dir.as_os_str().len() + 46 > MAX_SOCKET_PATH {
+            let tag = hex::encode(&<sha2::Sha256 as sha2::Digest>::digest(data_dir.as_os_str().as_encoded_bytes())[..6]);
+            sockets_dir = std::env::temp_dir().join(format!("devgate-{tag}"));
+        }
+        std::fs::create_dir_all(&sockets_dir)?;
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&sockets_dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+        Ok(LocalRuntime {
+            projects_dir,
+            sockets_dir,
+            agent_bin,
+            agents: tokio::sync::Mutex::new(HashMap::new()),
+            routes: Mutex::new(HashMap::new()),
+            pool: AgentPool::default(),
+        })
+    }
+
+    /// The folder of a project's files.
+    pub fn project_dir(&self, project: &str) -> PathBuf {
+        self.projects_dir.join(project)
+    }
+
+    async fn client(&self, project: &str) -> Result<AgentClient> {
+        let ep = self.agent(project).await?;
+        self.pool.get(project, &ep)
+    }
+
+    async fn spawn_agent(&self, project: &str) -> Result<LocalAgent> {
+        let root = self.project_dir(project);
+        tokio::fs::create_dir_all(&root).await?;
+        let socket = self.sockets_dir.join(format!("{project}.sock"));
+        let _ = tokio::fs::remove_file(&socket).await;
+        let token = hex::encode(rand::random::<[u8; 24]>());
+        let mut cmd = tokio::process::Command::new(&self.agent_bin);
+        cmd.arg("--root")
+            .arg(&root)
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--die-with-parent")
+            .env("AGENT_TOKEN", &token)
+            .env("RUST_LOG", std::env::var("AGENT_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        // The agent inherits the environment (AWS_* for S3) but never the
+        // gateway's own settings, its secret above all.
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("GATEWAY_") {
+                cmd.env_remove(k);
+            }
+        }
+        let mut child = cmd.spawn().map_err(|e| {
+            Error::Unavailable(format!("cannot start agent {}: {e}", self.agent_bin.display()))
+        })?;
+        let endpoint = AgentEndpoint { address: AgentAddress::Unix(socket), token };
+        let client = AgentClient::connect_lazy(&endpoint)?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Err(Error::Unavailable(format!("agent for {project} exited at start: {status}")));
+            }
+            match client.stat("").await {
+                Ok(_) => break,
+                Err(error) if Instant::now() > deadline => {
+                    let _ = child.start_kill();
+                    return Err(Error::Unavailable(format!("agent for {project} did not answer: {error}")));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+        tracing::info!(project, pid = child.id(), "agent started");
+        Ok(LocalAgent { child, endpoint })
+    }
+
+    async fn stop_agent(&self, project: &str) {
+        let agent = self.agents.lock().await.remove(project);
+        self.pool.forget(project);
+        self.routes.lock().unwrap_or_else(|p| p.into_inner()).retain(|(p, _), _| p != project);
+        if let Some(mut a) = agent {
+            terminate(&mut a.child).await;
+            if let AgentAddress::Unix(s) = &a.endpoint.address {
+                let _ = tokio::fs::remove_file(s).await;
+            }
+        }
+    }
+}
+
+/// SIGTERM (the agent stops its processes), SIGKILL after a grace period.
+async fn terminate(child: &mut tokio::process::Child) {
+    if let Some(pid) = child.id().and_then(|p| rustix::process::Pid::from_raw(p as i32)) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        if tokio::time::timeout(Duration::from_secs(5), child.wait()).await.is_ok() {
+            return;
+        }
+    }
+    let _ = child.kill().await;
+}
+
+/// Whether `port` can be bound on the loopback address right now.
+fn port_free(port: u16) -> bool {
+    std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind(("127.0.0.1", 0))?;
+    Ok(l.local_addr()?.port())
+}
+
+fn join_cwd(name: &str, cwd: &str) -> String {
+    let cwd = cwd.trim_matches('/');
+    if cwd.is_empty() { name.to_owned() } else { format!("{name}/{cwd}") }
+}
+
+#[async_trait::async_trait]
+impl Runtime for LocalRuntime {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    async fn ensure(&self, project: &str) -> Result<AgentEndpoint> {
+        let mut agents = self.agents.lock().await;
+        if let Some(a) = agents.get_mut(project) {
+            if a.child.try_wait()?.is_none() {
+                return Ok(a.endpoint.clone());
+            }
+            tracing::warn!(project, "agent had exited; starting a new one");
+            agents.remove(project);
+        }
+        let a = self.spawn_agent(project).await?;
+        let ep = a.endpoint.clone();
+        agents.insert(project.to_owned(), a);
+        Ok(ep)
+    }
+
+    async fn agent(&self, project: &str) -> Result<AgentEndpoint> {
+        let mut agents = self.agents.lock().await;
+        if let Some(a) = agents.get_mut(project) {
+            if a.child.try_wait()?.is_none() {
+                return Ok(a.endpoint.clone());
+            }
+        }
+        Err(Error::ProjectNotActive(project.to_owned()))
+    }
+
+    async fn start_container(&self, project: &str, spec: &ContainerSpec) -> Result<ContainerRoute> {
+        let client = self.client(project).await?;
+        let port = if port_free(spec.port) { spec.port } else { free_port()? };
+        let mut env = spec.env.clone();
+        env.insert("PORT".into(), port.to_string());
+        env.insert("HOST".into(), "127.0.0.1".into());
+        client.start_background(&spec.name, &spec.start, &spec.name, env).await?;
+        if port != spec.port {
+            tracing::info!(project, container = %spec.name, declared = spec.port, port, "declared port taken; using another");
+        }
+        self.routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((project.to_owned(), spec.name.clone()), port);
+        Ok(ContainerRoute { host: "127.0.0.1".into(), port })
+    }
+
+    async fn stop_container(&self, project: &str, name: &str) -> Result<()> {
+        self.routes.lock().unwrap_or_else(|p| p.into_inner()).remove(&(project.to_owned(), name.to_owned()));
+        let client = match self.client(project).await {
+            Ok(c) => c,
+            // No agent: nothing runs.
+            Err(Error::ProjectNotActive(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        match client.stop_background(name, 5000).await {
+            Ok(_) | Err(Error::NotFound(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn container_route(&self, project: &str, name: &str, port: Option<u16>) -> Result<ContainerRoute> {
+        let main = self
+            .routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(project.to_owned(), name.to_owned()))
+            .copied()
+            .ok_or_else(|| Error::Unavailable(format!("container {name} is not running")))?;
+        Ok(ContainerRoute { host: "127.0.0.1".into(), port: port.unwrap_or(main) })
+    }
+
+    async fn container_shell(&self, project: &str, name: &str, env: &BTreeMap<String, String>) -> Result<ShellTarget> {
+        let endpoint = self.agent(project).await?;
+        let mut env = env.clone();
+        if let Some(port) = self.routes.lock().unwrap_or_else(|p| p.into_inner()).get(&(project.to_owned(), name.to_owned())) {
+            env.insert("PORT".into(), port.to_string());
+        }
+        env.insert("HOST".into(), "127.0.0.1".into());
+        Ok(ShellTarget::Agent { endpoint, cwd: name.to_owned(), env })
+    }
+
+    async fn container_exec(&self, project: &str, name: &str, mut spec: ExecSpec) -> Result<ExecOutput> {
+        let client = self.client(project).await?;
+        spec.cwd = join_cwd(name, &spec.cwd);
+        if let Some(port) = self.routes.lock().unwrap_or_else(|p| p.into_inner()).get(&(project.to_owned(), name.to_owned())) {
+            spec.env.entry("PORT".into()).or_insert_with(|| port.to_string());
+        }
+        spec.env.entry("HOST".into()).or_insert_with(|| "127.0.0.1".into());
+        client.run(spec).await
+    }
+
+    async fn container_logs(&self, project: &str, name: &str, follow: bool) -> Result<ByteStream> {
+        let client = self.client(project).await?;
+        match client.background_logs(name, 0, follow).await {
+            Ok(s) => Ok(s),
+            // Never started: no output yet.
+            Err(Error::NotFound(_)) => Ok(futures::stream::empty().boxed()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn teardown(&self, project: &str) -> Result<()> {
+        self.stop_agent(project).await;
+        let dir = self.project_dir(project);
+        match tokio::fs::remove_dir_all(&dir).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::Io(e)),
+        }
+    }
+
+    async fn ready(&self) -> Result<()> {
+        if self.agent_bin.is_file() {
+            Ok(())
+        } else {
+            Err(Error::Unavailable(format!("agent binary {} not found", self.agent_bin.display())))
+        }
+    }
+
+    async fn shutdown(&self) {
+        let projects: Vec<String> = self.agents.lock().await.keys().cloned().collect();
+        futures::future::join_all(projects.iter().map(|p| self.stop_agent(p))).await;
+    }
+}

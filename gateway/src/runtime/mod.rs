@@ -1,0 +1,177 @@
+//! The project lifecycle behind one object-safe trait, held as
+//! `Arc<dyn Runtime>`: [`local::LocalRuntime`] (projects are folders, each
+//! agent a child process on a Unix socket, dev servers the agent's background
+//! processes) or the Kubernetes runtime (namespaces, pods; the only module
+//! that imports kube-rs). Hibernate and restore are orchestrated above this
+//! trait (`crate::lifecycle`), the same for both runtimes.
+
+pub mod kubernetes;
+pub mod local;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+
+use crate::error::Result;
+
+/// How to reach a project's agent.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AgentEndpoint {
+    pub address: AgentAddress,
+    /// The agent's shared token, sent as `authorization: Bearer <token>`.
+    pub token: String,
+}
+
+/// An agent's listening address.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum AgentAddress {
+    /// A Unix socket path (local runtime).
+    Unix(PathBuf),
+    /// An `http://host:port` URI (Kubernetes: the file-manager Service).
+    Tcp(String),
+}
+
+/// What starting a container needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerSpec {
+    pub name: String,
+    /// The declared port.
+    pub port: u16,
+    /// The start command, run with `sh -c` in `/{name}`.
+    pub start: String,
+    pub env: BTreeMap<String, String>,
+}
+
+/// Where the preview proxy dials a container's port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerRoute {
+    /// Host name or IP address.
+    pub host: String,
+    pub port: u16,
+}
+
+impl ContainerRoute {
+    /// `host:port`, for a connector or a `Host` header.
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Where an interactive shell for a container runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShellTarget {
+    /// A PTY session of the project's agent, started with this cwd and env.
+    Agent { endpoint: AgentEndpoint, cwd: String, env: BTreeMap<String, String> },
+    /// An exec into a pod's container (Kubernetes).
+    PodExec { namespace: String, pod: String, container: String },
+}
+
+/// An interactive process the runtime runs itself (a pod exec): keystrokes
+/// in, terminal output out, the exit code at the end. The gateway keeps the
+/// session (replay, reattach) exactly as it keeps an agent PTY session.
+pub struct ShellSession {
+    /// Keystrokes; dropping the sender closes the process's stdin (its output
+    /// is still read to the end).
+    pub input: tokio::sync::mpsc::Sender<Bytes>,
+    /// Terminal size changes, `(cols, rows)`.
+    pub resize: tokio::sync::mpsc::Sender<(u16, u16)>,
+    /// Output; ends once the process ended and everything it wrote was read.
+    pub output: tokio::sync::mpsc::Receiver<Bytes>,
+    /// The exit code, sent after the output ended (`None` when the process
+    /// was lost, e.g. its pod was deleted).
+    pub exit: tokio::sync::oneshot::Receiver<Option<i32>>,
+}
+
+/// A one-shot command.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecSpec {
+    pub argv: Vec<String>,
+    /// Relative to the project root; empty = the root.
+    pub cwd: String,
+    pub env: BTreeMap<String, String>,
+    pub stdin: Vec<u8>,
+    pub timeout_ms: u32,
+}
+
+/// What a one-shot command did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecOutput {
+    /// -1 when killed by a signal or the timeout.
+    pub exit_code: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub duration_ms: u64,
+    pub timed_out: bool,
+}
+
+/// A stream of raw output bytes (a dev server's log).
+pub type ByteStream = BoxStream<'static, Result<Bytes>>;
+
+/// The lifecycle of projects' environments. Implementations hold no project
+/// state that the store does not also know, except what they can rebuild
+/// (running agents, assigned ports) after a gateway restart.
+#[async_trait::async_trait]
+pub trait Runtime: Send + Sync + 'static {
+    /// `"local"` or `"kubernetes"`, for logs and metrics.
+    fn name(&self) -> &'static str;
+
+    /// Creates or converges the project's environment (folder or namespace,
+    /// volume) and starts its agent, waiting until it answers. Idempotent: an
+    /// environment already up is returned as is.
+    async fn ensure(&self, project: &str) -> Result<AgentEndpoint>;
+
+    /// The endpoint of the project's running agent, without starting anything;
+    /// `Error::ProjectNotActive` when it is not up.
+    async fn agent(&self, project: &str) -> Result<AgentEndpoint>;
+
+    /// Starts a container's dev server from its files in `/{name}/` (already
+    /// there) and answers where the preview proxy dials it. The port may differ
+    /// from the declared one when that one is taken (local runtime).
+    async fn start_container(&self, project: &str, spec: &ContainerSpec) -> Result<ContainerRoute>;
+
+    /// Stops a container's dev server (its process group or pods); its files stay.
+    /// Stopping a stopped container is not an error.
+    async fn stop_container(&self, project: &str, name: &str) -> Result<()>;
+
+    /// Where to dial a running container: its main port when `port` is `None`,
+    /// else that other port of it. `Error::Unavailable` when it is not running.
+    async fn container_route(&self, project: &str, name: &str, port: Option<u16>) -> Result<ContainerRoute>;
+
+    /// Where an interactive shell inside a running container runs (local: a PTY
+    /// of the agent with cwd `/{name}` and the container's env).
+    async fn container_shell(&self, project: &str, name: &str, env: &BTreeMap<String, String>) -> Result<ShellTarget>;
+
+    /// Runs a one-shot command inside a container (local: through the agent,
+    /// cwd `/{name}` joined with `spec.cwd`, the container's env under `spec.env`).
+    async fn container_exec(&self, project: &str, name: &str, spec: ExecSpec) -> Result<ExecOutput>;
+
+    /// Opens an interactive session for a shell target this runtime runs
+    /// itself (`ShellTarget::PodExec`: an exec over the Kubernetes WebSocket
+    /// protocol) with a TTY of `cols` x `rows`; `argv` empty = a login shell.
+    /// Runtimes whose shells are agent PTYs answer `Error::Unavailable`.
+    async fn open_shell(&self, target: &ShellTarget, argv: Vec<String>, cols: u16, rows: u16) -> Result<ShellSession> {
+        let _ = (target, argv, cols, rows);
+        Err(crate::error::Error::Unavailable(format!("the {} runtime opens no shells itself", self.name())))
+    }
+
+    /// A container's dev-server output from the start; with `follow`, the stream
+    /// stays open for new output until the server ends.
+    async fn container_logs(&self, project: &str, name: &str, follow: bool) -> Result<ByteStream>;
+
+    /// Stops the agent and removes the environment; the project's files are gone.
+    /// Tearing down a project that has no environment is not an error.
+    async fn teardown(&self, project: &str) -> Result<()>;
+
+    /// Checks the runtime can act (for `/readyz`).
+    async fn ready(&self) -> Result<()>;
+
+    /// Called once when the gateway stops: release what the runtime holds
+    /// (local: agents end with the gateway).
+    async fn shutdown(&self) {}
+}

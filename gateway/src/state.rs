@@ -1,0 +1,145 @@
+//! What every handler shares: config, token keys, the state store, the
+//! runtime, the agent client pool, metrics, per-project event broadcast and
+//! per-project lifecycle locks.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+use crate::agent_client::{AgentClient, AgentPool};
+use crate::archive_store::ArchiveStore;
+use crate::auth::Keys;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::runtime::Runtime;
+use crate::store::{CommandLogEntry, Container, Project, ProjectStatus, Store};
+
+/// Shared state of the gateway; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub keys: Keys,
+    pub store: Arc<dyn Store>,
+    pub runtime: Arc<dyn Runtime>,
+    pub agents: AgentPool,
+    pub metrics: Arc<Metrics>,
+    pub events: Events,
+    pub locks: ProjectLocks,
+    pub archives: Arc<ArchiveStore>,
+    /// Bundled templates: name → `file://` git URL.
+    pub templates: Arc<Vec<(String, String)>>,
+    /// Cancelled when the gateway begins shutting down; long streams end on it.
+    pub shutdown: tokio_util::sync::CancellationToken,
+    /// The port the gateway accepts on (for preview URLs), set once bound.
+    pub listen_port: Arc<std::sync::atomic::AtomicU16>,
+}
+
+impl AppState {
+    /// The project, or 404.
+    pub async fn project(&self, id: &str) -> Result<Project> {
+        self.store
+            .get_project(id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("project {id} not found")))
+    }
+
+    /// The container, or 404.
+    pub async fn container(&self, project: &str, name: &str) -> Result<Container> {
+        self.store
+            .get_container(project, name)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("container {name} not found in project {project}")))
+    }
+
+    /// A client of the project's agent; 404 for an unknown project, 409
+    /// `project_not_active` unless it is active.
+    pub async fn active_agent(&self, project: &str) -> Result<AgentClient> {
+        let p = self.project(project).await?;
+        if p.status != ProjectStatus::Active {
+            return Err(Error::ProjectNotActive(project.to_owned()));
+        }
+        self.agent_of_active(project).await
+    }
+
+    /// A client of the agent of a project known to be active.
+    pub async fn agent_of_active(&self, project: &str) -> Result<AgentClient> {
+        let endpoint = match self.runtime.agent(project).await {
+            Ok(e) => e,
+            // The store says active but the agent is gone (it crashed, or the
+            // machine rebooted): bring it back rather than fail the request.
+            Err(Error::ProjectNotActive(_)) => self.runtime.ensure(project).await?,
+            Err(e) => return Err(e),
+        };
+        self.agents.get(project, &endpoint)
+    }
+
+    /// Sends an event to the project's `/events` subscribers.
+    pub fn emit(&self, project: &str, event: &str, data: impl Serialize) {
+        let data = serde_json::to_value(data).unwrap_or(serde_json::Value::Null);
+        self.events.send(project, ProjectEvent { event: event.to_owned(), data });
+    }
+
+    /// Records a command in the project's log and streams it to subscribers.
+    /// A store failure is logged, not returned: the command itself already ran.
+    pub async fn log_command(&self, entry: CommandLogEntry) {
+        if let Err(error) = self.store.append_log(&entry).await {
+            tracing::error!(%error, project = %entry.project, "cannot record command");
+        }
+        let project = entry.project.clone();
+        self.emit(&project, "log", &entry);
+    }
+}
+
+/// One server-sent event of a project.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProjectEvent {
+    /// SSE event name: `status`, `progress` or `log`.
+    pub event: String,
+    pub data: serde_json::Value,
+}
+
+/// Per-project broadcast of [`ProjectEvent`]s.
+#[derive(Clone, Default)]
+pub struct Events {
+    channels: Arc<Mutex<HashMap<String, broadcast::Sender<ProjectEvent>>>>,
+}
+
+impl Events {
+    /// Subscribes to a project's events.
+    pub fn subscribe(&self, project: &str) -> broadcast::Receiver<ProjectEvent> {
+        let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(project.to_owned()).or_insert_with(|| broadcast::channel(256).0).subscribe()
+    }
+
+    /// Sends to current subscribers; none is fine.
+    pub fn send(&self, project: &str, event: ProjectEvent) {
+        let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = map.get(project) {
+            if tx.send(event).is_err() {
+                // Nobody listens any more: drop the channel.
+                map.remove(project);
+            }
+        }
+    }
+}
+
+/// One async mutex per project, so open, hibernate, delete and container
+/// changes of a project never interleave.
+#[derive(Clone, Default)]
+pub struct ProjectLocks {
+    locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+}
+
+impl ProjectLocks {
+    /// Waits for the project's lock.
+    pub async fn lock(&self, project: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let m = {
+            let mut map = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(project.to_owned()).or_default().clone()
+        };
+        m.lock_owned().await
+    }
+}

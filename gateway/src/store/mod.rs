@@ -1,0 +1,194 @@
+//! The state store: projects, containers, archive versions and the command
+//! log, behind the object-safe [`Store`] trait (embedded SQLite by default,
+//! PostgreSQL for several gateway replicas). Domain types live here; the
+//! JSON shapes of the contract are built from them in `api`.
+
+pub mod sqlite;
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+
+/// A project's lifecycle state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProjectStatus {
+    Created,
+    Starting,
+    Active,
+    Hibernating,
+    Hibernated,
+    Restoring,
+    Failed,
+}
+
+impl ProjectStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProjectStatus::Created => "created",
+            ProjectStatus::Starting => "starting",
+            ProjectStatus::Active => "active",
+            ProjectStatus::Hibernating => "hibernating",
+            ProjectStatus::Hibernated => "hibernated",
+            ProjectStatus::Restoring => "restoring",
+            ProjectStatus::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ProjectStatus> {
+        Some(match s {
+            "created" => ProjectStatus::Created,
+            "starting" => ProjectStatus::Starting,
+            "active" => ProjectStatus::Active,
+            "hibernating" => ProjectStatus::Hibernating,
+            "hibernated" => ProjectStatus::Hibernated,
+            "restoring" => ProjectStatus::Restoring,
+            "failed" => ProjectStatus::Failed,
+            _ => return None,
+        })
+    }
+}
+
+/// A user project.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Project {
+    pub id: String,
+    pub name: String,
+    pub status: ProjectStatus,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub hibernated_at: Option<DateTime<Utc>>,
+}
+
+/// A dev server's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContainerStatus {
+    Pending,
+    Stopped,
+    Starting,
+    Running,
+    Failed,
+}
+
+impl ContainerStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContainerStatus::Pending => "pending",
+            ContainerStatus::Stopped => "stopped",
+            ContainerStatus::Starting => "starting",
+            ContainerStatus::Running => "running",
+            ContainerStatus::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ContainerStatus> {
+        Some(match s {
+            "pending" => ContainerStatus::Pending,
+            "stopped" => ContainerStatus::Stopped,
+            "starting" => ContainerStatus::Starting,
+            "running" => ContainerStatus::Running,
+            "failed" => ContainerStatus::Failed,
+            _ => return None,
+        })
+    }
+}
+
+/// Where a container's files came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Template {
+    pub git: String,
+    #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub git_ref: Option<String>,
+}
+
+/// A dev server of a project; its files live in `/{name}/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Container {
+    pub project: String,
+    pub name: String,
+    pub status: ContainerStatus,
+    /// The port the dev server is declared to listen on.
+    pub port: u16,
+    pub start: String,
+    pub install: Option<String>,
+    pub env: BTreeMap<String, String>,
+    pub public: bool,
+    pub template: Option<Template>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// One verified hibernation archive of a project.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchiveVersion {
+    pub project: String,
+    /// Increases with each hibernation of the project.
+    pub version: i64,
+    /// The object key (S3) or file name (folder) within the archive location.
+    pub key: String,
+    pub size: u64,
+    pub sha256: String,
+    pub files: u64,
+    pub created_at: DateTime<Utc>,
+}
+
+/// One command the gateway ran for a project.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CommandLogEntry {
+    #[serde(skip)]
+    pub project: String,
+    pub ts: DateTime<Utc>,
+    pub label: String,
+    pub command: String,
+    pub exit_code: Option<i32>,
+    pub duration_ms: u64,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// The gateway's persistent state. Every method is a short transaction; an
+/// implementation must not block the async runtime.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Inserts a new project; `Error::Conflict` when the id exists.
+    async fn create_project(&self, project: &Project) -> Result<()>;
+    /// The project with this id, if any.
+    async fn get_project(&self, id: &str) -> Result<Option<Project>>;
+    /// Every project, ordered by id.
+    async fn list_projects(&self) -> Result<Vec<Project>>;
+    /// Replaces a project's name, status and timestamps; `Error::NotFound` when absent.
+    async fn update_project(&self, project: &Project) -> Result<()>;
+    /// Removes a project with its containers, archive versions and command log.
+    async fn delete_project(&self, id: &str) -> Result<()>;
+
+    /// Inserts a container; `Error::Conflict` when the name exists in the project.
+    async fn create_container(&self, container: &Container) -> Result<()>;
+    /// Replaces a container's fields; `Error::NotFound` when absent.
+    async fn update_container(&self, container: &Container) -> Result<()>;
+    /// One container of a project.
+    async fn get_container(&self, project: &str, name: &str) -> Result<Option<Container>>;
+    /// A project's containers, ordered by creation.
+    async fn list_containers(&self, project: &str) -> Result<Vec<Container>>;
+    /// Removes a container's record (not its files).
+    async fn delete_container(&self, project: &str, name: &str) -> Result<()>;
+
+    /// Records a verified archive version.
+    async fn add_archive(&self, archive: &ArchiveVersion) -> Result<()>;
+    /// A project's archive versions, newest first.
+    async fn list_archives(&self, project: &str) -> Result<Vec<ArchiveVersion>>;
+    /// Forgets one archive version (after its object was removed).
+    async fn delete_archive(&self, project: &str, version: i64) -> Result<()>;
+
+    /// Appends to a project's command log.
+    async fn append_log(&self, entry: &CommandLogEntry) -> Result<()>;
+    /// A project's command log, oldest first.
+    async fn list_logs(&self, project: &str) -> Result<Vec<CommandLogEntry>>;
+    /// Removes command-log entries older than `before`; answers how many.
+    async fn prune_logs(&self, before: DateTime<Utc>) -> Result<u64>;
+
+    /// Checks the store answers (for `/readyz`).
+    async fn ping(&self) -> Result<()>;
+}

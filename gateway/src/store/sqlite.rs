@@ -1,0 +1,490 @@
+//! The embedded state store: one SQLite file in the data dir, numbered
+//! migrations tracked in `PRAGMA user_version`, every call run on the
+//! blocking pool so the async runtime never waits on disk.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, TimeZone as _, Utc};
+use rusqlite::{Connection, OptionalExtension as _, params};
+
+use super::{
+    ArchiveVersion, CommandLogEntry, Container, ContainerStatus, Project, ProjectStatus, Store,
+};
+use crate::error::{Error, Result};
+
+/// Schema changes in order; entry `i` moves the database to version `i + 1`.
+/// Never edit a released entry: add a new one.
+const MIGRATIONS: &[&str] = &[
+    // 1: the first schema.
+    "CREATE TABLE projects (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        status TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        hibernated_at INTEGER
+    );
+    CREATE TABLE containers (
+        project TEXT NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        status TEXT NOT NULL,
+        port INTEGER NOT NULL,
+        start TEXT NOT NULL,
+        install TEXT,
+        env TEXT NOT NULL,
+        public INTEGER NOT NULL,
+        template TEXT,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (project, name)
+    );
+    CREATE TABLE archives (
+        project TEXT NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+        version INTEGER NOT NULL,
+        key TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        sha256 TEXT NOT NULL,
+        files INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (project, version)
+    );
+    CREATE TABLE command_log (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        project TEXT NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+        ts INTEGER NOT NULL,
+        label TEXT NOT NULL,
+        command TEXT NOT NULL,
+        exit_code INTEGER,
+        duration_ms INTEGER NOT NULL,
+        stdout TEXT NOT NULL,
+        stderr TEXT NOT NULL
+    );
+    CREATE INDEX command_log_project ON command_log(project, seq);
+    CREATE INDEX command_log_ts ON command_log(ts);",
+];
+
+/// SQLite behind the [`Store`] trait.
+#[derive(Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and applies pending migrations.
+    pub fn open(path: &Path) -> anyhow::Result<SqliteStore> {
+        let conn = Connection::open(path)?;
+        Self::init(conn)
+    }
+
+    /// An in-memory database, for unit tests.
+    pub fn in_memory() -> anyhow::Result<SqliteStore> {
+        Self::init(Connection::open_in_memory()?)
+    }
+
+    fn init(mut conn: Connection) -> anyhow::Result<SqliteStore> {
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+            let tx = conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+            tx.commit()?;
+            tracing::info!(version = i + 1, "state store migrated");
+        }
+        Ok(SqliteStore { conn: Arc::new(Mutex::new(conn)) })
+    }
+
+    /// Runs `f` with the connection on the blocking pool.
+    async fn with<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            // A poisoned lock means a panic mid-call; SQLite's own transactions
+            // kept the file consistent, so the connection is still usable.
+            let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| Error::Store(format!("store task failed: {e}")))?
+    }
+}
+
+fn db(e: rusqlite::Error) -> Error {
+    Error::Store(e.to_string())
+}
+
+fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn from_ms(v: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(v).single().unwrap_or_default()
+}
+
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _)
+        if f.code == rusqlite::ErrorCode::ConstraintViolation)
+}
+
+fn project_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Project> {
+    let status: String = r.get(2)?;
+    Ok(Project {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        status: ProjectStatus::parse(&status).unwrap_or(ProjectStatus::Failed),
+        created_at: from_ms(r.get(3)?),
+        updated_at: from_ms(r.get(4)?),
+        hibernated_at: r.get::<_, Option<i64>>(5)?.map(from_ms),
+    })
+}
+
+const CONTAINER_COLS: &str =
+    "project, name, status, port, start, install, env, public, template, created_at";
+
+fn container_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Container> {
+    let status: String = r.get(2)?;
+    let env: String = r.get(6)?;
+    let template: Option<String> = r.get(8)?;
+    Ok(Container {
+        project: r.get(0)?,
+        name: r.get(1)?,
+        status: ContainerStatus::parse(&status).unwrap_or(ContainerStatus::Failed),
+        port: r.get(3)?,
+        start: r.get(4)?,
+        install: r.get(5)?,
+        env: serde_json::from_str(&env).unwrap_or_default(),
+        public: r.get(7)?,
+        template: template.and_then(|t| serde_json::from_str(&t).ok()),
+        created_at: from_ms(r.get(9)?),
+    })
+}
+
+fn archive_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ArchiveVersion> {
+    Ok(ArchiveVersion {
+        project: r.get(0)?,
+        version: r.get(1)?,
+        key: r.get(2)?,
+        size: r.get::<_, i64>(3)? as u64,
+        sha256: r.get(4)?,
+        files: r.get::<_, i64>(5)? as u64,
+        created_at: from_ms(r.get(6)?),
+    })
+}
+
+#[async_trait::async_trait]
+impl Store for SqliteStore {
+    async fn create_project(&self, p: &Project) -> Result<()> {
+        let p = p.clone();
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO projects (id, name, status, created_at, updated_at, hibernated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![p.id, p.name, p.status.as_str(), ms(p.created_at), ms(p.updated_at),
+                    p.hibernated_at.map(ms)],
+            )
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    Error::Conflict(format!("project {} exists", p.id))
+                } else {
+                    db(e)
+                }
+            })?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_project(&self, id: &str) -> Result<Option<Project>> {
+        let id = id.to_owned();
+        self.with(move |c| {
+            c.query_row(
+                "SELECT id, name, status, created_at, updated_at, hibernated_at FROM projects WHERE id = ?1",
+                [id],
+                project_row,
+            )
+            .optional()
+            .map_err(db)
+        })
+        .await
+    }
+
+    async fn list_projects(&self) -> Result<Vec<Project>> {
+        self.with(|c| {
+            let mut st = c
+                .prepare("SELECT id, name, status, created_at, updated_at, hibernated_at FROM projects ORDER BY id")
+                .map_err(db)?;
+            let rows = st.query_map([], project_row).map_err(db)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db)
+        })
+        .await
+    }
+
+    async fn update_project(&self, p: &Project) -> Result<()> {
+        let p = p.clone();
+        self.with(move |c| {
+            let n = c
+                .execute(
+                    "UPDATE projects SET name = ?2, status = ?3, updated_at = ?4, hibernated_at = ?5 WHERE id = ?1",
+                    params![p.id, p.name, p.status.as_str(), ms(p.updated_at), p.hibernated_at.map(ms)],
+                )
+                .map_err(db)?;
+            if n == 0 {
+                return Err(Error::NotFound(format!("project {} not found", p.id)));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_project(&self, id: &str) -> Result<()> {
+        let id = id.to_owned();
+        self.with(move |c| {
+            c.execute("DELETE FROM projects WHERE id = ?1", [id]).map_err(db)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn create_container(&self, k: &Container) -> Result<()> {
+        let k = k.clone();
+        self.with(move |c| {
+            c.execute(
+                &format!("INSERT INTO containers ({CONTAINER_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
+                params![
+                    k.project, k.name, k.status.as_str(), k.port, k.start, k.install,
+                    serde_json::to_string(&k.env).unwrap_or_default(), k.public,
+                    k.template.as_ref().and_then(|t| serde_json::to_string(t).ok()),
+                    ms(k.created_at)
+                ],
+            )
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    Error::Conflict(format!("container {} exists", k.name))
+                } else {
+                    db(e)
+                }
+            })?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn update_container(&self, k: &Container) -> Result<()> {
+        let k = k.clone();
+        self.with(move |c| {
+            let n = c
+                .execute(
+                    "UPDATE containers SET status = ?3, port = ?4, start = ?5, install = ?6, env = ?7,
+                     public = ?8, template = ?9 WHERE project = ?1 AND name = ?2",
+                    params![
+                        k.project, k.name, k.status.as_str(), k.port, k.start, k.install,
+                        serde_json::to_string(&k.env).unwrap_or_default(), k.public,
+                        k.template.as_ref().and_then(|t| serde_json::to_string(t).ok())
+                    ],
+                )
+                .map_err(db)?;
+            if n == 0 {
+                return Err(Error::NotFound(format!("container {} not found", k.name)));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_container(&self, project: &str, name: &str) -> Result<Option<Container>> {
+        let (project, name) = (project.to_owned(), name.to_owned());
+        self.with(move |c| {
+            c.query_row(
+                &format!("SELECT {CONTAINER_COLS} FROM containers WHERE project = ?1 AND name = ?2"),
+                [project, name],
+                container_row,
+            )
+            .optional()
+            .map_err(db)
+        })
+        .await
+    }
+
+    async fn list_containers(&self, project: &str) -> Result<Vec<Container>> {
+        let project = project.to_owned();
+        self.with(move |c| {
+            let mut st = c
+                .prepare(&format!(
+                    "SELECT {CONTAINER_COLS} FROM containers WHERE project = ?1 ORDER BY created_at, name"
+                ))
+                .map_err(db)?;
+            let rows = st.query_map([project], container_row).map_err(db)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db)
+        })
+        .await
+    }
+
+    async fn delete_container(&self, project: &str, name: &str) -> Result<()> {
+        let (project, name) = (project.to_owned(), name.to_owned());
+        self.with(move |c| {
+            c.execute("DELETE FROM containers WHERE project = ?1 AND name = ?2", [project, name])
+                .map_err(db)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn add_archive(&self, a: &ArchiveVersion) -> Result<()> {
+        let a = a.clone();
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO archives (project, version, key, size, sha256, files, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![a.project, a.version, a.key, a.size as i64, a.sha256, a.files as i64,
+                    ms(a.created_at)],
+            )
+            .map_err(db)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_archives(&self, project: &str) -> Result<Vec<ArchiveVersion>> {
+        let project = project.to_owned();
+        self.with(move |c| {
+            let mut st = c
+                .prepare(
+                    "SELECT project, version, key, size, sha256, files, created_at FROM archives
+                     WHERE project = ?1 ORDER BY version DESC",
+                )
+                .map_err(db)?;
+            let rows = st.query_map([project], archive_row).map_err(db)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db)
+        })
+        .await
+    }
+
+    async fn delete_archive(&self, project: &str, version: i64) -> Result<()> {
+        let project = project.to_owned();
+        self.with(move |c| {
+            c.execute("DELETE FROM archives WHERE project = ?1 AND version = ?2", params![project, version])
+                .map_err(db)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn append_log(&self, e: &CommandLogEntry) -> Result<()> {
+        let e = e.clone();
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO command_log (project, ts, label, command, exit_code, duration_ms, stdout, stderr)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![e.project, ms(e.ts), e.label, e.command, e.exit_code, e.duration_ms as i64,
+                    e.stdout, e.stderr],
+            )
+            .map_err(db)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_logs(&self, project: &str) -> Result<Vec<CommandLogEntry>> {
+        let project = project.to_owned();
+        self.with(move |c| {
+            let mut st = c
+                .prepare(
+                    "SELECT project, ts, label, command, exit_code, duration_ms, stdout, stderr
+                     FROM command_log WHERE project = ?1 ORDER BY seq",
+                )
+                .map_err(db)?;
+            let rows = st
+                .query_map([project], |r| {
+                    Ok(CommandLogEntry {
+                        project: r.get(0)?,
+                        ts: from_ms(r.get(1)?),
+                        label: r.get(2)?,
+                        command: r.get(3)?,
+                        exit_code: r.get(4)?,
+                        duration_ms: r.get::<_, i64>(5)? as u64,
+                        stdout: r.get(6)?,
+                        stderr: r.get(7)?,
+                    })
+                })
+                .map_err(db)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db)
+        })
+        .await
+    }
+
+    async fn prune_logs(&self, before: DateTime<Utc>) -> Result<u64> {
+        self.with(move |c| {
+            let n = c.execute("DELETE FROM command_log WHERE ts < ?1", [ms(before)]).map_err(db)?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.with(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(db)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn project(id: &str) -> Project {
+        let now = Utc::now();
+        Project {
+            id: id.into(),
+            name: id.into(),
+            status: ProjectStatus::Created,
+            created_at: now,
+            updated_at: now,
+            hibernated_at: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn projects_containers_logs() {
+        let s = SqliteStore::in_memory().unwrap();
+        s.create_project(&project("a")).await.unwrap();
+        assert!(matches!(s.create_project(&project("a")).await, Err(Error::Conflict(_))));
+        let mut p = s.get_project("a").await.unwrap().unwrap();
+        p.status = ProjectStatus::Active;
+        s.update_project(&p).await.unwrap();
+        assert_eq!(s.get_project("a").await.unwrap().unwrap().status, ProjectStatus::Active);
+        let k = Container {
+            project: "a".into(),
+            name: "web".into(),
+            status: ContainerStatus::Stopped,
+            port: 5173,
+            start: "npm run dev".into(),
+            install: None,
+            env: [("K".to_owned(), "V".to_owned())].into(),
+            public: true,
+            template: None,
+            created_at: Utc::now(),
+        };
+        s.create_container(&k).await.unwrap();
+        assert_eq!(s.list_containers("a").await.unwrap()[0].env["K"], "V");
+        let e = CommandLogEntry {
+            project: "a".into(),
+            ts: Utc::now() - chrono::Duration::days(6),
+            label: "exec".into(),
+            command: "ls".into(),
+            exit_code: Some(0),
+            duration_ms: 3,
+            stdout: "x".into(),
+            stderr: "".into(),
+        };
+        s.append_log(&e).await.unwrap();
+        assert_eq!(s.list_logs("a").await.unwrap().len(), 1);
+        assert_eq!(s.prune_logs(Utc::now() - chrono::Duration::days(5)).await.unwrap(), 1);
+        s.delete_project("a").await.unwrap();
+        assert!(s.get_project("a").await.unwrap().is_none());
+        assert!(s.list_containers("a").await.unwrap().is_empty());
+    }
+}
