@@ -12,3 +12,8 @@ echo "== cargo build"
 cargo build --workspace --bins --locked
 echo "== cargo test"
 cargo test --workspace --locked
+
+echo "== web-demo build"
+(cd web-demo && npm run build --silent)
+echo "== browser tests (Chromium, against target/debug/gateway)"
+node --test tests/browser/

@@ -10,6 +10,9 @@ command -v chromium >/dev/null || need_apt+=(chromium)
 command -v git >/dev/null || need_apt+=(git)
 command -v curl >/dev/null || need_apt+=(curl)
 command -v zip >/dev/null || need_apt+=(zip unzip)
+# PostgreSQL for the PostgreSQL state store's tests (they run their own
+# throwaway server with initdb; the package's cluster is not used).
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresql)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== apt-get install ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -22,3 +25,14 @@ if ! command -v moto_server >/dev/null; then
   python3 -m pip install -q 'moto[server]'
   hash -r
 fi
+
+# The page (web-demo/) and its browser tests (tests/browser/): exact versions
+# from the committed lock files. playwright-core drives Debian's Chromium and
+# never downloads a browser of its own.
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
+for dir in web-demo tests/browser; do
+  if [ ! -d "$dir/node_modules" ] || [ "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]; then
+    echo "== npm ci in $dir"
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+done

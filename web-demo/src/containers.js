@@ -6,6 +6,7 @@
 
 import { api, getToken } from './api.js';
 import { $, h, dialog, showError, toast } from './ui.js';
+import { icon } from './icons.js';
 
 const MAX_LOG_CHARS = 200_000;
 // A dev server's "I am listening" line (Vite, Next.js, most others).
@@ -318,7 +319,7 @@ export class Containers {
       return;
     }
     if (this.list.length === 0) {
-      ul.replaceChildren(h('li', { class: 'empty' }, 'No containers yet. Add one from a template with ＋.'));
+      ul.replaceChildren(h('li', { class: 'empty' }, 'No containers yet. Add one from a template with the + button.'));
       return;
     }
     ul.replaceChildren(
@@ -341,7 +342,7 @@ export class Containers {
             running
               ? h('button', { disabled: busy, 'aria-label': `Stop container ${c.name}`, onclick: () => this.act(c, 'stop') }, 'Stop')
               : h('button', { class: 'primary', disabled: busy || c.status === 'starting', 'aria-label': `Start container ${c.name}`, onclick: () => this.act(c, 'start') }, busy ? '…' : 'Start'),
-            h('button', { class: 'icon', disabled: busy, 'aria-label': `Remove container ${c.name}`, title: 'Remove', onclick: () => this.act(c, 'delete') }, '🗑'),
+            h('button', { class: 'icon', disabled: busy, 'aria-label': `Remove container ${c.name}`, title: 'Remove', onclick: () => this.act(c, 'delete') }, icon('trash')),
           ),
         );
       }),

@@ -6,6 +6,7 @@ import './style.css';
 import { api, loadToken, setToken, eventsUrl } from './api.js';
 import { $, h, confirmDialog, showError, toast, debounce } from './ui.js';
 import { Editor } from './editor.js';
+import { icon, hydrateIcons } from './icons.js';
 import { FileTree } from './tree.js';
 import { Terminals } from './terminal.js';
 import { Containers } from './containers.js';
@@ -96,7 +97,7 @@ function renderProjects() {
           p.status === 'active'
             ? h('button', { disabled: busy, 'aria-label': `Hibernate project ${p.id}`, title: 'Hibernate: archive the files and free the environment', onclick: () => hibernate(p.id) }, 'Hibernate')
             : h('button', { disabled: busy, class: 'primary', 'aria-label': `Wake project ${p.id}`, title: 'Open: restore from the archive if hibernated', onclick: () => openProject(p.id) }, 'Open'),
-          h('button', { class: 'icon', disabled: busy, 'aria-label': `Delete project ${p.id}`, title: 'Delete', onclick: () => deleteProject(p.id) }, '🗑'),
+          h('button', { class: 'icon', disabled: busy, 'aria-label': `Delete project ${p.id}`, title: 'Delete', onclick: () => deleteProject(p.id) }, icon('trash')),
         ),
         busy || progress
           ? h(
@@ -346,6 +347,7 @@ if (!token) {
     if (!document.hidden && state.pending.size === 0) loadProjects();
   }, 15000);
 }
+hydrateIcons();
 containers.render();
 tree.render();
 terminals.render();

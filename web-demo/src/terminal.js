@@ -294,7 +294,7 @@ export class Terminals {
             onclick: () => this.activate(t),
           },
           h('span', { class: `dot ${t.state}`, 'aria-hidden': 'true' }),
-          t.container ? `⬢ ${t.container}` : '❯ project',
+          t.container ? `${t.container}` : 'project',
         ),
       ),
     );

@@ -3,6 +3,7 @@
 // directories it touches, so what is shown is always what the listing says.
 
 import { api, wsUrl, paths } from './api.js';
+import { icon } from './icons.js';
 import { $, h, confirmDialog, promptDialog, showError, toast } from './ui.js';
 
 const parentOf = (p) => (p.includes('/') ? p.slice(0, p.lastIndexOf('/')) : '');
@@ -296,11 +297,11 @@ export class FileTree {
               },
             },
             h('span', { class: 'twisty', 'aria-hidden': 'true' }, isDir ? (open ? '▾' : '▸') : ''),
-            h('span', { class: `ico ${isDir ? 'dir' : 'file'}`, 'aria-hidden': 'true' }, isDir ? '📁' : fileIcon(e.name)),
+            h('span', { class: `ico ${isDir ? 'dir' : 'file'}`, 'aria-hidden': 'true' }, isDir ? icon('folder') : fileIcon(e.name)),
             h('span', { class: 'label' }, e.name),
           ),
-          h('button', { class: 'mini', 'aria-label': `Rename ${e.path}`, title: 'Rename (F2)', onclick: () => this.rename(e) }, '✎'),
-          h('button', { class: 'mini', 'aria-label': `Delete ${e.path}`, title: 'Delete (Del)', onclick: () => this.remove(e) }, '🗑'),
+          h('button', { class: 'mini', 'aria-label': `Rename ${e.path}`, title: 'Rename (F2)', onclick: () => this.rename(e) }, icon('pencil')),
+          h('button', { class: 'mini', 'aria-label': `Delete ${e.path}`, title: 'Delete (Del)', onclick: () => this.remove(e) }, icon('trash')),
         );
         rows.push(row);
         if (open) walk(e.path, level + 1);
@@ -315,13 +316,16 @@ export class FileTree {
   }
 }
 
+/** A short coloured tag for the file's type (the editor's language modes). */
 function fileIcon(name) {
   const ext = name.includes('.') ? name.split('.').pop().toLowerCase() : '';
-  if (['js', 'mjs', 'cjs', 'jsx', 'ts', 'tsx'].includes(ext)) return '𝑗';
-  if (ext === 'json') return '{}';
-  if (['css', 'scss'].includes(ext)) return '#';
-  if (['html', 'htm'].includes(ext)) return '<>';
-  if (ext === 'md') return '¶';
-  if (ext === 'py') return 'π';
-  return '·';
+  const tag = (text, cls) => h('span', { class: `ftag ${cls}` }, text);
+  if (['js', 'mjs', 'cjs', 'jsx'].includes(ext)) return tag('JS', 'js');
+  if (['ts', 'tsx', 'mts', 'cts'].includes(ext)) return tag('TS', 'ts');
+  if (ext === 'json') return tag('{}', 'json');
+  if (['css', 'scss', 'less'].includes(ext)) return tag('#', 'css');
+  if (['html', 'htm'].includes(ext)) return tag('<>', 'html');
+  if (ext === 'md') return tag('MD', 'md');
+  if (ext === 'py') return tag('PY', 'py');
+  return icon('file');
 }
