@@ -3,6 +3,8 @@
 //! crate and the agent's own integration tests. Every process is killed when
 //! its handle drops.
 
+pub mod gateway;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

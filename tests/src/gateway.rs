@@ -1,0 +1,292 @@
+//! A real `gateway` process on loopback for end-to-end tests: a temp data
+//! dir, a known secret (so tests can sign their own tokens), an optional
+//! archive location and extra environment (S3), started and awaited until it
+//! prints `listening on http://ADDR`; killed on drop.
+
+use std::io::BufRead as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use serde::Serialize;
+
+use crate::{Proc, bin};
+
+/// How to start a gateway.
+#[derive(Clone, Default)]
+pub struct GatewayBuilder {
+    env: Vec<(String, String)>,
+    args: Vec<String>,
+    archive: Option<String>,
+    data_dir: Option<PathBuf>,
+}
+
+impl GatewayBuilder {
+    /// An extra environment variable (e.g. the S3 server's `AWS_*`).
+    pub fn env(mut self, k: impl Into<String>, v: impl Into<String>) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+
+    /// Several extra environment variables.
+    pub fn envs(mut self, vars: &[(String, String)]) -> Self {
+        self.env.extend(vars.iter().cloned());
+        self
+    }
+
+    /// An extra command-line argument.
+    pub fn arg(mut self, a: impl Into<String>) -> Self {
+        self.args.push(a.into());
+        self
+    }
+
+    /// `--archive`: a folder or `s3://bucket/prefix`.
+    pub fn archive(mut self, location: impl Into<String>) -> Self {
+        self.archive = Some(location.into());
+        self
+    }
+
+    /// Uses this data dir instead of a new temp dir (it is not removed).
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
+        self
+    }
+
+    /// Starts the gateway and waits for its `listening on` line.
+    pub async fn start(self) -> Result<Gateway> {
+        let (temp, data_dir) = match &self.data_dir {
+            Some(d) => (None, d.clone()),
+            None => {
+                let t = tempfile::tempdir()?;
+                let d = t.path().to_path_buf();
+                (Some(t), d)
+            }
+        };
+        let secret = format!("test-secret-{:032x}", rand::random::<u128>());
+        let mut gw = Gateway {
+            base: String::new(),
+            addr: "127.0.0.1:0".parse()?,
+            secret,
+            data_dir,
+            proc: None,
+            stdout: Arc::default(),
+            http: reqwest::Client::builder().no_proxy().build()?,
+            builder: self,
+            _temp: temp,
+        };
+        gw.spawn().await?;
+        Ok(gw)
+    }
+}
+
+/// A running gateway.
+pub struct Gateway {
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    pub addr: std::net::SocketAddr,
+    pub secret: String,
+    pub data_dir: PathBuf,
+    proc: Option<Proc>,
+    stdout: Arc<Mutex<Vec<String>>>,
+    http: reqwest::Client,
+    builder: GatewayBuilder,
+    _temp: Option<tempfile::TempDir>,
+}
+
+#[derive(Serialize)]
+struct Claims<'a> {
+    sub: &'a str,
+    projects: Vec<String>,
+    exp: i64,
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
+}
+
+impl Gateway {
+    /// A builder for a gateway with non-default settings.
+    pub fn builder() -> GatewayBuilder {
+        GatewayBuilder::default()
+    }
+
+    /// A gateway with defaults: temp data dir, archives in it.
+    pub async fn start() -> Result<Gateway> {
+        Self::builder().start().await
+    }
+
+    async fn spawn(&mut self) -> Result<()> {
+        let mut cmd = Command::new(bin("gateway"));
+        cmd.arg("--listen")
+            .arg(self.addr.to_string())
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--secret")
+            .arg(&self.secret)
+            .arg("--agent-bin")
+            .arg(bin("agent"));
+        if let Some(a) = &self.builder.archive {
+            cmd.arg("--archive").arg(a);
+        }
+        cmd.args(&self.builder.args)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .envs(self.builder.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = cmd.spawn().context("spawn gateway")?;
+        let out = child.stdout.take().context("gateway stdout")?;
+        let proc = Proc(child);
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let lines = self.stdout.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(|l| l.ok()) {
+                if let Some(addr) = line.strip_prefix("listening on http://") {
+                    let _ = tx.send(addr.to_owned());
+                }
+                lines.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+            }
+        });
+        let addr = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(60)))
+            .await?
+            .context("the gateway did not print `listening on` within 60 s")?;
+        self.addr = addr.parse().with_context(|| format!("bad listen address {addr}"))?;
+        self.base = format!("http://{addr}");
+        self.proc = Some(proc);
+        Ok(())
+    }
+
+    /// Kills the gateway (SIGKILL, as a crash would) and starts it again on
+    /// the same port with the same data dir and secret.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.kill();
+        self.stdout.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.spawn().await
+    }
+
+    /// Kills the gateway process (SIGKILL); its agents end with it.
+    pub fn kill(&mut self) {
+        self.proc.take();
+    }
+
+    /// Lines the gateway printed on stdout so far.
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.stdout.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// `base` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// A token for these projects, valid for an hour.
+    pub fn token(&self, projects: &[&str]) -> String {
+        self.token_with("test-user", projects, now() + 3600)
+    }
+
+    /// A token for every project.
+    pub fn admin_token(&self) -> String {
+        self.token(&["*"])
+    }
+
+    /// A token with any expiry (unix seconds), for expired-token tests.
+    pub fn token_with(&self, sub: &str, projects: &[&str], exp: i64) -> String {
+        sign(&self.secret, sub, projects, exp)
+    }
+
+    /// The HTTP client (no proxy).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// A request with the admin token.
+    pub fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, self.url(path)).bearer_auth(self.admin_token())
+    }
+
+    pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.req(reqwest::Method::GET, path)
+    }
+
+    pub fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        self.req(reqwest::Method::POST, path)
+    }
+
+    pub fn put(&self, path: &str) -> reqwest::RequestBuilder {
+        self.req(reqwest::Method::PUT, path)
+    }
+
+    pub fn delete(&self, path: &str) -> reqwest::RequestBuilder {
+        self.req(reqwest::Method::DELETE, path)
+    }
+
+    /// Creates and opens a project with the admin token; answers the opened project.
+    pub async fn open_project(&self, id: &str) -> Result<serde_json::Value> {
+        let r = self.post("/api/projects").json(&serde_json::json!({"id": id})).send().await?;
+        if r.status().as_u16() != 201 {
+            bail!("create {id}: {} {}", r.status(), r.text().await?);
+        }
+        let r = self.post(&format!("/api/projects/{id}/open")).send().await?;
+        if !r.status().is_success() {
+            bail!("open {id}: {} {}", r.status(), r.text().await?);
+        }
+        Ok(r.json().await?)
+    }
+
+    /// Where the local runtime keeps a project's files.
+    pub fn project_dir(&self, id: &str) -> PathBuf {
+        self.data_dir.join("projects").join(id)
+    }
+
+    /// Sends `request` verbatim over a new connection (for paths a URL
+    /// library would normalise, like `%2e%2e/`) and answers the status and body.
+    pub async fn raw(&self, request: &[u8]) -> Result<(u16, String)> {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut s = tokio::net::TcpStream::connect(self.addr).await?;
+        s.write_all(request).await?;
+        let mut buf = Vec::new();
+        tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut buf)).await??;
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .with_context(|| format!("no status line in {text:?}"))?;
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+        Ok((status, body))
+    }
+
+    /// A raw HTTP/1.1 request line + headers with the admin token, `Connection: close`.
+    pub fn raw_request(&self, method: &str, path: &str, body: &[u8]) -> Vec<u8> {
+        let mut r = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+            self.addr,
+            self.admin_token(),
+            body.len()
+        )
+        .into_bytes();
+        r.extend_from_slice(body);
+        r
+    }
+}
+
+/// Signs an HS256 token like the gateway's.
+pub fn sign(secret: &str, sub: &str, projects: &[&str], exp: i64) -> String {
+    let claims = Claims { sub, projects: projects.iter().map(|s| s.to_string()).collect(), exp };
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("HS256 signing cannot fail with an in-memory key")
+}
+
+/// The path of a file relative to `dir`, for assertions on the local runtime's folders.
+pub fn path_in(dir: &Path, rel: &str) -> PathBuf {
+    dir.join(rel)
+}
