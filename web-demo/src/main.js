@@ -351,3 +351,39 @@ hydrateIcons();
 containers.render();
 tree.render();
 terminals.render();
+
+// The editor/terminal splitter: drag it, or focus it and use the arrow keys.
+(function splitter() {
+  const sep = $('splitter');
+  const center = sep.parentElement;
+  const KEY = 'devgate.split';
+  const set = (pct) => {
+    const v = Math.max(15, Math.min(85, Math.round(pct)));
+    center.style.gridTemplateRows = `minmax(0, ${v}fr) 2px minmax(0, ${100 - v}fr)`;
+    sep.setAttribute('aria-valuenow', String(v));
+    localStorage.setItem(KEY, String(v));
+  };
+  const saved = Number(localStorage.getItem(KEY));
+  if (saved) set(saved);
+  sep.addEventListener('pointerdown', (ev) => {
+    ev.preventDefault();
+    sep.setPointerCapture(ev.pointerId);
+    const move = (e) => {
+      const r = center.getBoundingClientRect();
+      set(((e.clientY - r.top) / r.height) * 100);
+    };
+    const up = () => {
+      sep.removeEventListener('pointermove', move);
+      sep.removeEventListener('pointerup', up);
+    };
+    sep.addEventListener('pointermove', move);
+    sep.addEventListener('pointerup', up);
+  });
+  sep.addEventListener('keydown', (ev) => {
+    const now = Number(sep.getAttribute('aria-valuenow'));
+    if (ev.key === 'ArrowUp') set(now - 5);
+    else if (ev.key === 'ArrowDown') set(now + 5);
+    else return;
+    ev.preventDefault();
+  });
+})();

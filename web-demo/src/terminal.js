@@ -45,7 +45,8 @@ export class TermSession {
     this.label = label;
     this.onState = onState || (() => {});
     this.sessionId = null;
-    this.offset = 0; // output bytes received in this session
+    this.offset = 0; // position in the session's output stream of the next byte
+    this.skip = 0; // bytes of a replay we already have
     this.ws = null;
     this.exited = false;
     this.disposed = false;
@@ -128,6 +129,19 @@ export class TermSession {
             this.offset = 0;
             this.term.write('\r\n\x1b[33m[previous session ended; new shell]\x1b[0m\r\n');
           }
+          // The gateway says where in the session's output its stream starts.
+          // Bytes before our offset we already have (skip them); bytes between
+          // our offset and its start are gone from its replay buffer (say so).
+          if (typeof msg.offset === 'number') {
+            if (reattached && msg.offset < this.offset) this.skip = this.offset - msg.offset;
+            else this.skip = 0;
+            if (reattached && msg.offset > this.offset) {
+              this.term.write(`\r\n\x1b[33m[${msg.offset - this.offset} bytes of output were lost while disconnected]\x1b[0m\r\n`);
+            }
+            this.offset = msg.offset;
+          } else {
+            this.skip = 0;
+          }
           this.sessionId = msg.id;
           this.failures = 0;
           this.setState('connected');
@@ -141,8 +155,14 @@ export class TermSession {
         }
         return;
       }
-      const bytes = new Uint8Array(ev.data);
+      let bytes = new Uint8Array(ev.data);
       this.offset += bytes.byteLength;
+      if (this.skip > 0) {
+        const n = Math.min(this.skip, bytes.byteLength);
+        this.skip -= n;
+        bytes = bytes.subarray(n);
+        if (bytes.byteLength === 0) return;
+      }
       this.term.write(bytes);
     };
     ws.onclose = () => {
