@@ -261,6 +261,49 @@ describe('demo page in Chromium', { timeout: 15 * 60_000 }, () => {
     await shot('5-restored');
   });
 
+  test('every control is labelled and reachable by keyboard', async () => {
+    const unlabelled = await page.evaluate(() =>
+      [...document.querySelectorAll('button, input, select, a[href], [role="tab"], [role="separator"]')]
+        .filter((el) => !el.closest('[hidden]') && !el.closest('.xterm') && !el.closest('.cm-editor'))
+        .filter((el) => !(el.getAttribute('aria-label') || el.textContent.trim() || el.labels?.length))
+        .map((el) => el.outerHTML.slice(0, 120)),
+    );
+    assert.deepEqual(unlabelled, []);
+    // Tab from the top reaches the project form, the projects, the file tree and
+    // the editor; Escape then Tab leaves the editor (CodeMirror's way out of its
+    // Tab-indents) for the terminal tabs. The terminal keeps Tab for the shell's
+    // completion, so the right-hand panes are reached with Shift+Tab from the top.
+    const where = () =>
+      page.evaluate(() => {
+        const a = document.activeElement;
+        if (!a) return '';
+        if (a.closest('#project-create')) return 'project-form';
+        if (a.closest('#project-list')) return 'projects';
+        if (a.closest('#tree')) return 'tree';
+        if (a.closest('.cm-editor')) return 'editor';
+        if (a.closest('.xterm')) return 'terminal';
+        if (a.closest('#term-tabs')) return 'terminal-tabs';
+        if (a.closest('#container-list') || a.id === 'container-add') return 'containers';
+        if (a.id === 'logs') return 'logs';
+        return a.id || a.tagName;
+      });
+    const walk = async (key, want, stopAt) => {
+      await page.locator('.brand').click();
+      const reached = [];
+      for (let i = 0; i < 80 && !reached.includes(stopAt); i++) {
+        await page.keyboard.press(key);
+        const w = await where();
+        if (w === 'editor' && key === 'Tab') await page.keyboard.press('Escape');
+        reached.push(w);
+      }
+      for (const x of want) assert.ok(reached.includes(x), `${key} never reached ${x}; reached ${[...new Set(reached)].join(', ')}`);
+    };
+    const text = await page.evaluate(() => window.__devgate.editor.text);
+    await walk('Tab', ['project-form', 'projects', 'tree', 'editor-save', 'editor', 'splitter', 'terminal-tabs'], 'terminal');
+    await walk('Shift+Tab', ['logs', 'containers'], 'containers');
+    assert.equal(await page.evaluate(() => window.__devgate.editor.text), text, 'tabbing through changed the file');
+  });
+
   test('no errors in the browser console', () => {
     assert.deepEqual(consoleErrors, []);
   });
