@@ -119,6 +119,8 @@ export class Editor {
     state.textContent = this.path ? (this.saving ? 'saving…' : this.dirty ? 'modified' : 'saved') : '';
     state.className = 'badge ' + (this.dirty ? 'warn' : 'ok');
     $('editor-save').disabled = !this.path || this.saving;
+    $('editor').hidden = !this.path;
+    $('editor-empty').hidden = !!this.path;
   }
 
   setBanner(text) {

@@ -186,7 +186,8 @@ function watchEvents(id) {
     if (data && typeof data === 'object') {
       if (data.status && data.id === id) upsertProject(data);
       else if (data.project && data.project.id === id) upsertProject(data.project);
-      text = describeEvent(ev.type, data);
+      // A whole project (sent first on connect) or a lag notice has no progress to tell.
+      if (ev.type !== 'project' && ev.type !== 'lagged') text = describeEvent(ev.type, data);
     }
     if (text) {
       state.progress.set(id, text.length > 160 ? text.slice(0, 157) + '…' : text);
@@ -195,7 +196,7 @@ function watchEvents(id) {
     refreshCurrent();
   };
   es.onmessage = onEvent;
-  for (const name of ['status', 'progress', 'lifecycle', 'project', 'log', 'command', 'container']) {
+  for (const name of ['project', 'status', 'progress', 'container', 'log', 'lagged']) {
     es.addEventListener(name, onEvent);
   }
 }

@@ -53,7 +53,7 @@ export class TermSession {
     this.failures = 0;
     this.pending = [];
     this.pendingBytes = 0;
-    this.state = 'connecting';
+    this.state = 'idle'; // not connected until its tab is first shown
     this.reconnectTimer = null;
 
     this.el = h('div', { class: 'term', id: `${this.id}-panel`, role: 'tabpanel', 'aria-label': `Terminal ${label}` });
@@ -97,6 +97,7 @@ export class TermSession {
 
   connect() {
     if (this.ws || this.disposed) return;
+    if (this.state === 'idle') this.setState('connecting');
     this.refit();
     const params = {
       container: this.container,
