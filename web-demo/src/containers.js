@@ -132,7 +132,9 @@ export class Containers {
       this.pendingReady = null;
       clearTimeout(this.readyTimer);
       frame.hidden = true;
-      if (frame.getAttribute('src')) frame.removeAttribute('src');
+      // Navigate away (not just hide): the dev server's client in there would
+      // otherwise keep polling a server that is going away.
+      if (frame.getAttribute('src') && frame.getAttribute('src') !== 'about:blank') frame.src = 'about:blank';
       frame.dataset.container = '';
       empty.hidden = false;
       empty.textContent = message || 'Start a container to see its preview.';
@@ -290,6 +292,7 @@ export class Containers {
         // Fresh logs for the fresh run (the stream of the last run has ended).
         if (res) this.logsOf = null;
       } else if (what === 'stop') {
+        if (this.selected === c.name) this.setPreview(null, `Stopping ${c.name}…`);
         await api.stopContainer(project, c.name);
       } else if (what === 'delete') {
         const v = await dialog({
@@ -302,6 +305,7 @@ export class Containers {
           ],
         });
         if (!v) return;
+        if (this.selected === c.name) this.setPreview(null);
         await api.deleteContainer(project, c.name, v === 'files');
       }
     } catch (err) {

@@ -284,12 +284,14 @@ async function deleteProject(id) {
   if (!ok) return;
   state.pending.add(id);
   renderProjects();
+  // Close the project's streams first, so none of them retries against a
+  // project that is going away.
+  if (state.current === id) {
+    editor.close();
+    await selectProject(null);
+  }
   try {
     await api.deleteProject(id);
-    if (state.current === id) {
-      editor.close();
-      await selectProject(null);
-    }
     state.projects = state.projects.filter((p) => p.id !== id);
     toast(`Deleted ${id}`);
   } catch (err) {
