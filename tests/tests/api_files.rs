@@ -1,0 +1,277 @@
+//! File routes through the real gateway and a real agent: read/write with
+//! ETag, preconditions and ranges, list/stat/mkdir/move/delete, path escapes
+//! (encoded `..`, absolute paths, symlinks out of the project) refused with
+//! nothing read or written, and zip archive download and upload.
+
+use std::io::Write as _;
+use std::os::unix::fs::PermissionsExt as _;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tests::gateway::Gateway;
+
+async fn code(r: reqwest::Response) -> (StatusCode, String) {
+    let s = r.status();
+    let v: Value = r.json().await.unwrap_or(Value::Null);
+    (s, v["error"]["code"].as_str().unwrap_or_default().to_owned())
+}
+
+#[tokio::test]
+async fn write_read_etag_range_and_preconditions() {
+    let gw = Gateway::start().await.unwrap();
+    gw.open_project("p1").await.unwrap();
+
+    // PUT creates parents and answers etag and size.
+    let r = gw.put("/api/projects/p1/files/src/deep/a.txt").body("hello world").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let etag_header = r.headers()["etag"].to_str().unwrap().to_owned();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["size"], 11);
+    let etag = v["etag"].as_str().unwrap().to_owned();
+    assert_eq!(etag_header, format!("\"{etag}\""));
+    assert_eq!(std::fs::read(gw.project_dir("p1").join("src/deep/a.txt")).unwrap(), b"hello world");
+
+    // GET: bytes with ETag, Content-Length, Last-Modified.
+    let r = gw.get("/api/projects/p1/files/src/deep/a.txt").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["etag"].to_str().unwrap(), etag_header);
+    assert_eq!(r.headers()["content-length"], "11");
+    assert!(r.headers().contains_key("last-modified"));
+    assert_eq!(r.bytes().await.unwrap(), "hello world");
+
+    // Range → 206 with Content-Range.
+    let r = gw.get("/api/projects/p1/files/src/deep/a.txt").header("range", "bytes=6-").send().await.unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.headers()["content-range"], "bytes 6-10/11");
+    assert_eq!(r.bytes().await.unwrap(), "world");
+    let r = gw.get("/api/projects/p1/files/src/deep/a.txt").header("range", "bytes=0-4").send().await.unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.bytes().await.unwrap(), "hello");
+    let r = gw.get("/api/projects/p1/files/src/deep/a.txt").header("range", "bytes=-3").send().await.unwrap();
+    assert_eq!(r.bytes().await.unwrap(), "rld");
+    let r = gw.get("/api/projects/p1/files/src/deep/a.txt").header("range", "bytes=50-").send().await.unwrap();
+    assert_eq!(r.status(), 416);
+
+    // If-None-Match on GET → 304.
+    let r = gw.get("/api/projects/p1/files/src/deep/a.txt").header("if-none-match", &etag_header).send().await.unwrap();
+    assert_eq!(r.status(), 304);
+
+    // If-Match with the current etag succeeds; with an old one → 412, unchanged.
+    let r = gw.put("/api/projects/p1/files/src/deep/a.txt").header("if-match", &etag_header).body("v2").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = gw.put("/api/projects/p1/files/src/deep/a.txt").header("if-match", &etag_header).body("v3").send().await.unwrap();
+    assert_eq!(code(r).await, (StatusCode::PRECONDITION_FAILED, "precondition_failed".into()));
+    assert_eq!(std::fs::read(gw.project_dir("p1").join("src/deep/a.txt")).unwrap(), b"v2");
+
+    // If-None-Match: * → 412 when the file exists, 200 when it does not.
+    let r = gw.put("/api/projects/p1/files/src/deep/a.txt").header("if-none-match", "*").body("v4").send().await.unwrap();
+    assert_eq!(code(r).await, (StatusCode::PRECONDITION_FAILED, "precondition_failed".into()));
+    assert_eq!(std::fs::read(gw.project_dir("p1").join("src/deep/a.txt")).unwrap(), b"v2");
+    let r = gw.put("/api/projects/p1/files/new.txt").header("if-none-match", "*").body("n").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+
+    // A directory → 400 is_directory; a missing file → 404.
+    let r = gw.get("/api/projects/p1/files/src").send().await.unwrap();
+    assert_eq!(code(r).await, (StatusCode::BAD_REQUEST, "is_directory".into()));
+    let r = gw.get("/api/projects/p1/files/missing.txt").send().await.unwrap();
+    assert_eq!(code(r).await, (StatusCode::NOT_FOUND, "not_found".into()));
+
+    // A large body streams through intact.
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let r = gw.put("/api/projects/p1/files/big.bin").body(big.clone()).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let got = gw.get("/api/projects/p1/files/big.bin").send().await.unwrap().bytes().await.unwrap();
+    assert_eq!(got.len(), big.len());
+    assert!(got == big);
+}
+
+#[tokio::test]
+async fn list_stat_mkdir_move_delete() {
+    let gw = Gateway::start().await.unwrap();
+    gw.open_project("p1").await.unwrap();
+    for f in ["a/b/c.txt", "a/d.txt", "e.txt"] {
+        assert_eq!(gw.put(&format!("/api/projects/p1/files/{f}")).body("x").send().await.unwrap().status(), 200);
+    }
+
+    let v: Value = gw.get("/api/projects/p1/list").send().await.unwrap().json().await.unwrap();
+    let mut paths: Vec<&str> = v["entries"].as_array().unwrap().iter().map(|e| e["path"].as_str().unwrap()).collect();
+    paths.sort();
+    assert_eq!(paths, ["a", "e.txt"]);
+    let v: Value = gw.get("/api/projects/p1/list/?depth=3").send().await.unwrap().json().await.unwrap();
+    assert_eq!(v["entries"].as_array().unwrap().len(), 5);
+    let v: Value = gw.get("/api/projects/p1/list/a").send().await.unwrap().json().await.unwrap();
+    assert_eq!(v["entries"].as_array().unwrap().len(), 2);
+    let r = gw.get("/api/projects/p1/list/e.txt").send().await.unwrap();
+    assert_eq!(code(r).await, (StatusCode::BAD_REQUEST, "not_a_directory".into()));
+
+    let e: Value = gw.get("/api/projects/p1/stat/a/d.txt").send().await.unwrap().json().await.unwrap();
+    assert_eq!(e["kind"], "file");
+    assert_eq!(e["size"], 1);
+    assert_eq!(e["mode"], "0644");
+    assert!(e["etag"].is_string());
+    assert!(chrono_like(e["mtime"].as_str().unwrap()));
+
+    let r = gw.post("/api/projects/p1/mkdir/x/y/z").send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["kind"], "dir");
+    assert!(gw.project_dir("p1").join("x/y/z").is_dir());
+
+    // move: 409 when the target exists, 200 with overwrite.
+    let r = gw.post("/api/projects/p1/move").json(&json!({"from": "e.txt", "to": "a/d.txt"})).send().await.unwrap();
+    assert_eq!(code(r).await, (StatusCode::CONFLICT, "conflict".into()));
+    let r = gw.post("/api/projects/p1/move").json(&json!({"from": "e.txt", "to": "moved.txt"})).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["path"], "moved.txt");
+    let r = gw.post("/api/projects/p1/move").json(&json!({"from": "moved.txt", "to": "a/d.txt", "overwrite": true})).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(!gw.project_dir("p1").join("moved.txt").exists());
+
+    // delete: non-empty dir needs recursive.
+    let r = gw.delete("/api/projects/p1/files/a").send().await.unwrap();
+    assert_eq!(code(r).await, (StatusCode::CONFLICT, "directory_not_empty".into()));
+    assert!(gw.project_dir("p1").join("a/b/c.txt").exists());
+    let r = gw.delete("/api/projects/p1/files/a?recursive=true").send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    assert!(!gw.project_dir("p1").join("a").exists());
+    let r = gw.delete("/api/projects/p1/files/a").send().await.unwrap();
+    assert_eq!(r.status(), 404);
+}
+
+fn chrono_like(s: &str) -> bool {
+    s.len() >= 20 && s.as_bytes()[4] == b'-' && s.contains('T')
+}
+
+#[tokio::test]
+async fn path_escapes_are_refused_and_touch_nothing() {
+    let gw = Gateway::start().await.unwrap();
+    gw.open_project("p1").await.unwrap();
+    // A secret beside the project folder, and one far outside.
+    let outside = tempfile::tempdir().unwrap();
+    let secret = outside.path().join("secret.txt");
+    std::fs::write(&secret, "top secret").unwrap();
+    let beside = gw.data_dir.join("projects").join("secret.txt");
+    std::fs::write(&beside, "beside").unwrap();
+
+    let escapes = [
+        "/api/projects/p1/files/%2e%2e/secret.txt",
+        "/api/projects/p1/files/%2E%2E/secret.txt",
+        "/api/projects/p1/files/a/%2e%2e/%2e%2e/secret.txt",
+        "/api/projects/p1/files/..%2fsecret.txt",
+        "/api/projects/p1/files/../secret.txt",
+        "/api/projects/p1/files/%2fetc%2fpasswd",
+        "/api/projects/p1/files//etc/passwd",
+        "/api/projects/p1/files/a%00b",
+    ];
+    for path in escapes {
+        let (status, body) = gw.raw(&gw.raw_request("GET", path, b"")).await.unwrap();
+        assert_eq!(status, 400, "GET {path}: {body}");
+        assert!(body.contains("path_outside_project"), "GET {path}: {body}");
+        let (status, body) = gw.raw(&gw.raw_request("PUT", path, b"pwned")).await.unwrap();
+        assert_eq!(status, 400, "PUT {path}: {body}");
+        assert!(body.contains("path_outside_project"), "PUT {path}: {body}");
+    }
+    assert_eq!(std::fs::read_to_string(&beside).unwrap(), "beside");
+
+    // Symlinks whose target lies outside the root: a file and a directory.
+    let ln = json!({"argv": ["sh", "-c", format!("ln -s {} out.txt && ln -s {} outdir", secret.display(), outside.path().display())]});
+    let r = gw.post("/api/projects/p1/exec").json(&ln).send().await.unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["exit_code"], 0);
+    for path in ["out.txt", "outdir/secret.txt", "outdir/new.txt"] {
+        let r = gw.get(&format!("/api/projects/p1/files/{path}")).send().await.unwrap();
+        assert_eq!(code(r).await, (StatusCode::BAD_REQUEST, "path_outside_project".into()), "GET {path}");
+        let r = gw.put(&format!("/api/projects/p1/files/{path}")).body("pwned").send().await.unwrap();
+        assert_eq!(code(r).await, (StatusCode::BAD_REQUEST, "path_outside_project".into()), "PUT {path}");
+    }
+    assert_eq!(std::fs::read_to_string(&secret).unwrap(), "top secret");
+    assert!(!outside.path().join("new.txt").exists());
+
+    // Move and mkdir check both paths too.
+    let r = gw.post("/api/projects/p1/move").json(&json!({"from": "../x", "to": "y"})).send().await.unwrap();
+    assert_eq!(code(r).await, (StatusCode::BAD_REQUEST, "path_outside_project".into()));
+    let r = gw.post("/api/projects/p1/move").json(&json!({"from": "out.txt", "to": "/tmp/stolen"})).send().await.unwrap();
+    assert_eq!(code(r).await, (StatusCode::BAD_REQUEST, "path_outside_project".into()));
+    let (status, _) = gw.raw(&gw.raw_request("POST", "/api/projects/p1/mkdir/%2e%2e/evil", b"")).await.unwrap();
+    assert_eq!(status, 400);
+    assert!(!gw.data_dir.join("projects/evil").exists());
+}
+
+fn zip_of(entries: &[(&str, &[u8], u32)]) -> Vec<u8> {
+    let mut buf = std::io::Cursor::new(Vec::new());
+    {
+        let mut z = zip::ZipWriter::new(&mut buf);
+        for (name, data, mode) in entries {
+            let opts = zip::write::SimpleFileOptions::default().unix_permissions(*mode);
+            z.start_file(*name, opts).unwrap();
+            z.write_all(data).unwrap();
+        }
+        z.finish().unwrap();
+    }
+    buf.into_inner()
+}
+
+#[tokio::test]
+async fn archive_download_and_upload() {
+    let gw = Gateway::start().await.unwrap();
+    gw.open_project("p1").await.unwrap();
+
+    let good = zip_of(&[("src/main.rs", b"fn main() {}", 0o644), ("run.sh", b"#!/bin/sh\necho ok\n", 0o755)]);
+    let r = gw.post("/api/projects/p1/archive").body(good).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["files"], 2);
+    assert_eq!(std::fs::read(gw.project_dir("p1").join("src/main.rs")).unwrap(), b"fn main() {}");
+    let mode = std::fs::metadata(gw.project_dir("p1").join("run.sh")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o755);
+
+    // An entry that would land outside: 400 and nothing written, not even the good entries.
+    let bad = zip_of(&[("fine.txt", b"fine", 0o644), ("../escaped.txt", b"evil", 0o644)]);
+    let r = gw.post("/api/projects/p1/archive").body(bad).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(!gw.project_dir("p1").join("fine.txt").exists());
+    assert!(!gw.data_dir.join("projects/escaped.txt").exists());
+
+    // Download: a zip with the files (node_modules excluded), token in the query allowed.
+    std::fs::create_dir_all(gw.project_dir("p1").join("node_modules/x")).unwrap();
+    std::fs::write(gw.project_dir("p1").join("node_modules/x/i.js"), "x").unwrap();
+    let r = gw
+        .http()
+        .get(gw.url(&format!("/api/projects/p1/archive?token={}", gw.token(&["p1"]))))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/zip");
+    let bytes = r.bytes().await.unwrap();
+    let mut z = zip::ZipArchive::new(std::io::Cursor::new(bytes.to_vec())).unwrap();
+    let names: Vec<String> = (0..z.len()).map(|i| z.by_index(i).unwrap().name().to_owned()).collect();
+    assert!(names.iter().any(|n| n == "src/main.rs"), "{names:?}");
+    assert!(names.iter().any(|n| n == "run.sh"), "{names:?}");
+    assert!(!names.iter().any(|n| n.contains("node_modules")), "{names:?}");
+    let f = z.by_name("run.sh").unwrap();
+    assert_eq!(f.unix_mode().unwrap() & 0o777, 0o755);
+
+    // ?token= is not accepted on ordinary routes.
+    let r = gw
+        .http()
+        .get(gw.url(&format!("/api/projects/p1/files/run.sh?token={}", gw.token(&["p1"]))))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+}
+
+#[tokio::test]
+async fn file_routes_need_an_active_project() {
+    let gw = Gateway::start().await.unwrap();
+    let r = gw.post("/api/projects").json(&json!({"id": "idle"})).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let r = gw.put("/api/projects/idle/files/a.txt").body("x").send().await.unwrap();
+    assert_eq!(code(r).await, (StatusCode::CONFLICT, "project_not_active".into()));
+    let r = gw.get("/api/projects/idle/list").send().await.unwrap();
+    assert_eq!(code(r).await, (StatusCode::CONFLICT, "project_not_active".into()));
+    let r = gw.get("/api/projects/nope/files/a.txt").send().await.unwrap();
+    assert_eq!(code(r).await, (StatusCode::NOT_FOUND, "not_found".into()));
+    let r = gw.get("/api/projects/Bad_Id/files/a.txt").send().await.unwrap();
+    assert_eq!(code(r).await, (StatusCode::BAD_REQUEST, "bad_request".into()));
+}
