@@ -96,7 +96,7 @@ pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
     let secret = auth::load_or_create_secret(config.secret.as_deref(), &config.data_dir)?;
     let store: Arc<dyn Store> = match &config.database_url {
-        Some(_) => anyhow::bail!("--database-url: this build has no PostgreSQL store yet"),
+        Some(url) => Arc::new(store::postgres::PostgresStore::connect(url).await?),
         None => Arc::new(
             store::sqlite::SqliteStore::open(&config.data_dir.join("state.sqlite3"))
                 .context("cannot open the state store")?,
@@ -107,7 +107,16 @@ pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
             runtime::local::LocalRuntime::new(&config.data_dir, config.agent_bin())
                 .context("cannot prepare the local runtime")?,
         ),
-        RuntimeKind::Kubernetes => anyhow::bail!("--runtime kubernetes: this build has no Kubernetes runtime yet"),
+        RuntimeKind::Kubernetes => {
+            let settings = runtime::kubernetes::Settings::new(
+                &config.kubernetes,
+                &config.k8s_namespace_prefix,
+                &config.agent_image,
+                &secret,
+            )
+            .map_err(anyhow::Error::msg)?;
+            Arc::new(runtime::kubernetes::KubernetesRuntime::connect(settings).await?)
+        }
     };
     let archives = archive_store::ArchiveStore::new(config.archive_location());
     archives.ready().await.context("cannot prepare the archive store")?;

@@ -3,6 +3,7 @@
 //! PostgreSQL for several gateway replicas). Domain types live here; the
 //! JSON shapes of the contract are built from them in `api`.
 
+pub mod postgres;
 pub mod sqlite;
 
 use std::collections::BTreeMap;

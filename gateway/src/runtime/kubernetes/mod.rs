@@ -1,0 +1,455 @@
+//! The Kubernetes runtime: each project is a namespace `{prefix}{id}` with a
+//! NetworkPolicy, the `project-storage` volume, the agent's Secret and the
+//! file-manager Deployment and Service; each running dev server a Deployment
+//! and Service `dev-{name}`. Every write is a server-side apply with one field
+//! manager, so opening again converges a half-made project. The only module
+//! of the gateway that imports kube-rs.
+
+mod config;
+mod exec;
+mod forward;
+pub mod objects;
+mod pods;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{
+    Namespace, PersistentVolumeClaim, Pod, Secret, Service,
+};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::Api;
+use kube::api::{DeleteParams, LogParams, Patch, PatchParams};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sha2::{Digest as _, Sha256};
+
+pub use self::config::{Access, KubernetesArgs, Resources, Settings};
+use self::objects::{DEV_CONTAINER, FIELD_MANAGER, FILE_MANAGER};
+pub use self::pods::Kube;
+use super::{
+    AgentAddress, AgentEndpoint, ByteStream, ContainerRoute, ContainerSpec, ExecOutput, ExecSpec,
+    Runtime, ShellSession, ShellTarget,
+};
+use crate::error::{Error, Result};
+
+/// The lifecycle on a cluster, through the API server.
+pub struct KubernetesRuntime {
+    kube: Kube,
+    settings: Arc<Settings>,
+    /// Projects whose file-manager was seen ready by this gateway; others are
+    /// checked with the API server (after a restart, or on another replica).
+    ready: Mutex<HashSet<String>>,
+    /// Running dev servers seen by this gateway: (project, name) → port.
+    running: Mutex<HashMap<(String, String), u16>>,
+    forwards: Arc<forward::Forwards>,
+}
+
+impl KubernetesRuntime {
+    /// A runtime over an API client (in a pod: its service account; on a
+    /// laptop: the kubeconfig), or over a mock service in tests.
+    pub fn new(client: kube::Client, settings: Settings) -> KubernetesRuntime {
+        KubernetesRuntime {
+            kube: Kube { client, timeout: settings.api_timeout },
+            settings: Arc::new(settings),
+            ready: Mutex::default(),
+            running: Mutex::default(),
+            forwards: Arc::default(),
+        }
+    }
+
+    /// Connects with the ambient configuration (in-cluster or kubeconfig).
+    pub async fn connect(settings: Settings) -> anyhow::Result<KubernetesRuntime> {
+        let client = kube::Client::try_default()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot configure the kubernetes client: {e}"))?;
+        Ok(KubernetesRuntime::new(client, settings))
+    }
+
+    /// The namespace of a project.
+    pub fn namespace(&self, project: &str) -> String {
+        format!("{}{project}", self.settings.namespace_prefix)
+    }
+
+    /// The agent's token of a project: derived from the gateway's secret, so
+    /// every replica and a restarted gateway know it without reading the
+    /// Secret back (the ClusterRole grants no `get` on Secrets).
+    pub fn agent_token(&self, project: &str) -> String {
+        let mut h = Sha256::new();
+        h.update(b"devgate agent token\0");
+        h.update(&self.settings.token_key);
+        h.update(b"\0");
+        h.update(self.namespace(project).as_bytes());
+        hex::encode(h.finalize())
+    }
+
+    async fn apply<K>(&self, api: &Api<K>, name: &str, obj: &K) -> Result<K>
+    where
+        K: kube::Resource + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
+        K::DynamicType: Default,
+    {
+        let kind = K::kind(&K::DynamicType::default()).to_lowercase();
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        let what = format!("apply {kind} {name}");
+        match self.kube.call(&what, api.patch(name, &params, &Patch::Apply(obj))).await {
+            // An apply creates what is missing: a 404 means the API server
+            // lacks the resource type (or the namespace vanished meanwhile),
+            // never that the project is unknown.
+            Err(Error::NotFound(_)) => Err(Error::Internal(format!("{what}: the kubernetes api answered 404"))),
+            other => other,
+        }
+    }
+
+    /// Deletes an object; an absent one is not an error.
+    async fn delete<K>(&self, api: &Api<K>, name: &str) -> Result<()>
+    where
+        K: kube::Resource + Clone + DeserializeOwned + std::fmt::Debug,
+        K::DynamicType: Default,
+    {
+        let kind = K::kind(&K::DynamicType::default()).to_lowercase();
+        match self.kube.call(&format!("delete {kind} {name}"), api.delete(name, &DeleteParams::background())).await {
+            Ok(_) | Err(Error::NotFound(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn endpoint(&self, project: &str, address: String) -> AgentEndpoint {
+        AgentEndpoint { address: AgentAddress::Tcp(address), token: self.agent_token(project) }
+    }
+
+    /// Where the agent is reached: the Service's DNS name, or a loopback
+    /// listener carried through the API server's port-forward.
+    async fn agent_address(&self, project: &str) -> Result<String> {
+        let ns = self.namespace(project);
+        match self.settings.access {
+            Access::Service => Ok(format!("http://{FILE_MANAGER}.{ns}.svc:{}", self.settings.agent_port)),
+            Access::PortForward => {
+                let selector = objects::selector(&objects::file_manager_labels(project));
+                let addr = self.forwards.local(&self.kube, &ns, &selector, self.settings.agent_port).await?;
+                Ok(format!("http://{addr}"))
+            }
+        }
+    }
+
+    /// Polls a Deployment until its pod is ready, or fails after the ready
+    /// timeout saying why (pod states and the namespace's warning events).
+    async fn wait_ready(&self, ns: &str, name: &str, selector: &str) -> Result<()> {
+        let api: Api<Deployment> = Api::namespaced(self.kube.client.clone(), ns);
+        let deadline = Instant::now() + self.settings.ready_timeout;
+        loop {
+            let d = self.kube.call(&format!("get deployment {ns}/{name}"), api.get(name)).await?;
+            if deployment_ready(&d) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let why = pods::why_not_ready(&self.kube, ns, selector).await;
+                return Err(Error::Unavailable(format!(
+                    "{ns}/{name} not ready after {}s: {why}",
+                    self.settings.ready_timeout.as_secs()
+                )));
+            }
+            tokio::time::sleep(self.settings.poll_interval).await;
+        }
+    }
+
+    fn ready_lock(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        // Single inserts and removals: consistent even after a panic.
+        self.ready.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn running_lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), u16>> {
+        // Single inserts and removals: consistent even after a panic.
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A ready pod of a running dev server.
+    async fn dev_pod(&self, project: &str, name: &str) -> Result<(Api<Pod>, String)> {
+        let ns = self.namespace(project);
+        let pods: Api<Pod> = Api::namespaced(self.kube.client.clone(), &ns);
+        let selector = objects::selector(&objects::dev_labels(project, name));
+        match pods::ready_pod(&self.kube, &pods, &selector).await {
+            Ok(pod) => Ok((pods, pod)),
+            Err(Error::Unavailable(_) | Error::NotFound(_)) => {
+                Err(Error::Unavailable(format!("container {name} is not running")))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The declared port of a running dev server, from this gateway's memory
+    /// or from its Deployment.
+    async fn running_port(&self, project: &str, name: &str) -> Result<u16> {
+        if let Some(port) = self.running_lock().get(&(project.to_owned(), name.to_owned())) {
+            return Ok(*port);
+        }
+        let ns = self.namespace(project);
+        let api: Api<Deployment> = Api::namespaced(self.kube.client.clone(), &ns);
+        let dev = objects::dev_name(name);
+        let d = match self.kube.call(&format!("get deployment {ns}/{dev}"), api.get(&dev)).await {
+            Ok(d) => d,
+            Err(Error::NotFound(_)) => return Err(Error::Unavailable(format!("container {name} is not running"))),
+            Err(e) => return Err(e),
+        };
+        let port = d
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .and_then(|p| p.containers.first())
+            .and_then(|c| c.ports.as_ref()?.first())
+            .and_then(|p| u16::try_from(p.container_port).ok())
+            .ok_or_else(|| Error::internal(format!("deployment {ns}/{dev} declares no port")))?;
+        self.running_lock().insert((project.to_owned(), name.to_owned()), port);
+        Ok(port)
+    }
+}
+
+/// A Deployment whose current spec has a ready, updated pod.
+fn deployment_ready(d: &Deployment) -> bool {
+    let Some(status) = &d.status else { return false };
+    let generation = d.metadata.generation.unwrap_or(0);
+    status.observed_generation.unwrap_or(0) >= generation
+        && status.updated_replicas.unwrap_or(0) >= 1
+        && status.ready_replicas.unwrap_or(0) >= 1
+        && status.replicas.unwrap_or(0) == status.updated_replicas.unwrap_or(0)
+}
+
+#[async_trait::async_trait]
+impl Runtime for KubernetesRuntime {
+    fn name(&self) -> &'static str {
+        "kubernetes"
+    }
+
+    async fn ensure(&self, project: &str) -> Result<AgentEndpoint> {
+        let ns = self.namespace(project);
+        let s = &self.settings;
+        let client = &self.kube.client;
+        let token = self.agent_token(project);
+        let token_hash = hex::encode(Sha256::digest(token.as_bytes()));
+        tracing::info!(project, namespace = %ns, "opening project environment");
+
+        self.apply(&Api::<Namespace>::all(client.clone()), &ns, &objects::namespace(&ns, project)).await?;
+        self.apply(
+            &Api::<NetworkPolicy>::namespaced(client.clone(), &ns),
+            objects::NETWORK_POLICY,
+            &objects::network_policy(s, &ns, project),
+        )
+        .await?;
+        self.apply(
+            &Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns),
+            objects::STORAGE,
+            &objects::storage(s, &ns, project),
+        )
+        .await?;
+        self.apply(
+            &Api::<Secret>::namespaced(client.clone(), &ns),
+            objects::AGENT_SECRET,
+            &objects::agent_secret(s, &ns, project, &token),
+        )
+        .await?;
+        self.apply(
+            &Api::<Deployment>::namespaced(client.clone(), &ns),
+            FILE_MANAGER,
+            &objects::file_manager(s, &ns, project, &token_hash),
+        )
+        .await?;
+        self.apply(
+            &Api::<Service>::namespaced(client.clone(), &ns),
+            FILE_MANAGER,
+            &objects::file_manager_service(s, &ns, project),
+        )
+        .await?;
+        let selector = objects::selector(&objects::file_manager_labels(project));
+        self.wait_ready(&ns, FILE_MANAGER, &selector).await?;
+        self.ready_lock().insert(project.to_owned());
+        let address = self.agent_address(project).await?;
+        tracing::info!(project, namespace = %ns, "project environment ready");
+        Ok(self.endpoint(project, address))
+    }
+
+    async fn agent(&self, project: &str) -> Result<AgentEndpoint> {
+        if !self.ready_lock().contains(project) {
+            let ns = self.namespace(project);
+            let api: Api<Deployment> = Api::namespaced(self.kube.client.clone(), &ns);
+            let found = match self.kube.call(&format!("get deployment {ns}/{FILE_MANAGER}"), api.get(FILE_MANAGER)).await {
+                Ok(d) => deployment_ready(&d),
+                Err(Error::NotFound(_)) => false,
+                Err(e) => return Err(e),
+            };
+            if !found {
+                return Err(Error::ProjectNotActive(project.to_owned()));
+            }
+            self.ready_lock().insert(project.to_owned());
+        }
+        let address = self.agent_address(project).await?;
+        Ok(self.endpoint(project, address))
+    }
+
+    async fn start_container(&self, project: &str, spec: &ContainerSpec) -> Result<ContainerRoute> {
+        let ns = self.namespace(project);
+        let client = &self.kube.client;
+        let name = objects::dev_name(&spec.name);
+        tracing::info!(project, container = %spec.name, "starting dev server");
+        self.apply(
+            &Api::<Deployment>::namespaced(client.clone(), &ns),
+            &name,
+            &objects::dev_server(&self.settings, &ns, project, spec),
+        )
+        .await?;
+        self.apply(&Api::<Service>::namespaced(client.clone(), &ns), &name, &objects::dev_service(&ns, project, spec))
+            .await?;
+        let selector = objects::selector(&objects::dev_labels(project, &spec.name));
+        self.wait_ready(&ns, &name, &selector).await?;
+        self.running_lock().insert((project.to_owned(), spec.name.clone()), spec.port);
+        self.container_route(project, &spec.name, None).await
+    }
+
+    async fn stop_container(&self, project: &str, name: &str) -> Result<()> {
+        let ns = self.namespace(project);
+        let client = &self.kube.client;
+        let dev = objects::dev_name(name);
+        tracing::info!(project, container = name, "stopping dev server");
+        self.running_lock().remove(&(project.to_owned(), name.to_owned()));
+        let selector = objects::selector(&objects::dev_labels(project, name));
+        self.forwards.forget(&ns, Some(&selector));
+        self.delete(&Api::<Deployment>::namespaced(client.clone(), &ns), &dev).await?;
+        self.delete(&Api::<Service>::namespaced(client.clone(), &ns), &dev).await
+    }
+
+    async fn container_route(&self, project: &str, name: &str, port: Option<u16>) -> Result<ContainerRoute> {
+        let main = self.running_port(project, name).await?;
+        let port = port.unwrap_or(main);
+        let ns = self.namespace(project);
+        match self.settings.access {
+            // The declared port through the Service; another port of the
+            // same server straight to its pod (the Service exposes one port).
+            Access::Service if port == main => {
+                Ok(ContainerRoute { host: format!("{}.{ns}.svc", objects::dev_name(name)), port })
+            }
+            Access::Service => {
+                let (pods, pod) = self.dev_pod(project, name).await?;
+                let p = self.kube.call(&format!("get pod {ns}/{pod}"), pods.get(&pod)).await?;
+                let ip = p
+                    .status
+                    .and_then(|s| s.pod_ip)
+                    .ok_or_else(|| Error::Unavailable(format!("container {name} has no address yet")))?;
+                Ok(ContainerRoute { host: ip, port })
+            }
+            Access::PortForward => {
+                let selector = objects::selector(&objects::dev_labels(project, name));
+                let addr = self.forwards.local(&self.kube, &ns, &selector, port).await?;
+                Ok(ContainerRoute { host: addr.ip().to_string(), port: addr.port() })
+            }
+        }
+    }
+
+    async fn container_shell(&self, project: &str, name: &str, _env: &BTreeMap<String, String>) -> Result<ShellTarget> {
+        // The pod already has the container's env; a shell there sees it.
+        let (_, pod) = self.dev_pod(project, name).await?;
+        Ok(ShellTarget::PodExec { namespace: self.namespace(project), pod, container: DEV_CONTAINER.to_owned() })
+    }
+
+    async fn open_shell(&self, target: &ShellTarget, argv: Vec<String>, cols: u16, rows: u16) -> Result<ShellSession> {
+        let ShellTarget::PodExec { namespace, pod, container } = target else {
+            return Err(Error::internal("the kubernetes runtime opens pod shells only"));
+        };
+        let pods: Api<Pod> = Api::namespaced(self.kube.client.clone(), namespace);
+        exec::open_shell(&self.kube, &pods, pod, container, argv, cols, rows).await
+    }
+
+    async fn container_exec(&self, project: &str, name: &str, spec: ExecSpec) -> Result<ExecOutput> {
+        let (pods, pod) = self.dev_pod(project, name).await?;
+        if spec.argv.is_empty() {
+            return Err(Error::BadRequest("argv is empty".into()));
+        }
+        // cwd and env are applied inside the container by `sh` and `env`, so
+        // the argv itself reaches the program unchanged (no shell parsing).
+        let cwd = if spec.cwd.is_empty() {
+            format!("{}/{name}", objects::PROJECT_ROOT)
+        } else {
+            format!("{}/{name}/{}", objects::PROJECT_ROOT, spec.cwd.trim_start_matches('/'))
+        };
+        let mut argv = vec!["sh".to_owned(), "-c".to_owned(), "cd -- \"$0\" && exec \"$@\"".to_owned(), cwd];
+        if !spec.env.is_empty() {
+            argv.push("env".to_owned());
+            argv.extend(spec.env.iter().map(|(k, v)| format!("{k}={v}")));
+        }
+        argv.extend(spec.argv);
+        exec::run(&self.kube, &pods, &pod, DEV_CONTAINER, argv, spec.stdin, spec.timeout_ms).await
+    }
+
+    async fn container_logs(&self, project: &str, name: &str, follow: bool) -> Result<ByteStream> {
+        use futures::AsyncReadExt as _;
+        let (pods, pod) = self.dev_pod(project, name).await?;
+        let params = LogParams { container: Some(DEV_CONTAINER.to_owned()), follow, ..LogParams::default() };
+        let reader = self.kube.call(&format!("logs of {pod}"), pods.log_stream(&pod, &params)).await?;
+        let stream = futures::stream::unfold(Some(Box::pin(reader)), |reader| async move {
+            let mut reader = reader?;
+            let mut buf = vec![0u8; 16 * 1024];
+            match reader.read(&mut buf).await {
+                Ok(0) => None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    Some((Ok(bytes::Bytes::from(buf)), Some(reader)))
+                }
+                Err(e) => Some((Err(Error::Io(e)), None)),
+            }
+        });
+        Ok(Box::pin(stream))
+    }
+
+    async fn teardown(&self, project: &str) -> Result<()> {
+        let ns = self.namespace(project);
+        tracing::info!(project, namespace = %ns, "deleting project namespace");
+        self.ready_lock().remove(project);
+        self.running_lock().retain(|(p, _), _| p != project);
+        self.forwards.forget(&ns, None);
+        let api: Api<Namespace> = Api::all(self.kube.client.clone());
+        self.delete(&api, &ns).await?;
+        // Gone means gone: a restore right after must not meet the old
+        // namespace still terminating (its content cannot be re-created).
+        let deadline = Instant::now() + self.settings.ready_timeout;
+        loop {
+            match self.kube.call(&format!("get namespace {ns}"), api.get(&ns)).await {
+                Err(Error::NotFound(_)) => return Ok(()),
+                Err(e) => return Err(e),
+                Ok(_) if Instant::now() >= deadline => {
+                    return Err(Error::Timeout(format!(
+                        "namespace {ns} still terminating after {}s",
+                        self.settings.ready_timeout.as_secs()
+                    )));
+                }
+                Ok(_) => tokio::time::sleep(self.settings.poll_interval).await,
+            }
+        }
+    }
+
+    async fn ready(&self) -> Result<()> {
+        self.kube.call("get version", self.kube.client.apiserver_version()).await.map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_needs_an_updated_ready_pod() {
+        let mut d = Deployment::default();
+        assert!(!deployment_ready(&d));
+        d.metadata.generation = Some(2);
+        d.status = Some(k8s_openapi::api::apps::v1::DeploymentStatus {
+            observed_generation: Some(1),
+            replicas: Some(1),
+            updated_replicas: Some(1),
+            ready_replicas: Some(1),
+            ..Default::default()
+        });
+        assert!(!deployment_ready(&d), "status of an older spec");
+        d.status.as_mut().unwrap().observed_generation = Some(2);
+        assert!(deployment_ready(&d));
+        d.status.as_mut().unwrap().replicas = Some(2);
+        assert!(!deployment_ready(&d), "old pod still there");
+    }
+}

@@ -1,0 +1,415 @@
+//! The objects of a project's environment, built as k8s-openapi types by pure
+//! functions of the settings (so tests check them without a cluster): the
+//! namespace, its NetworkPolicy, the `project-storage` volume, the agent's
+//! Secret, the file-manager Deployment and Service, and one Deployment and
+//! Service per running dev server.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
+use k8s_openapi::api::core::v1::{
+    Affinity, Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvFromSource,
+    EnvVar, GRPCAction, Namespace, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PersistentVolumeClaimVolumeSource, PodAffinity, PodAffinityTerm, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret, SecretEnvSource,
+    SecurityContext, Service, ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount,
+    VolumeResourceRequirements,
+};
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
+    NetworkPolicyPort, NetworkPolicySpec,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::config::{Resources, Settings};
+use crate::runtime::ContainerSpec;
+
+/// The one field manager of every server-side apply.
+pub const FIELD_MANAGER: &str = "devgate-gateway";
+/// Names inside a project namespace.
+pub const NETWORK_POLICY: &str = "project-isolation";
+pub const STORAGE: &str = "project-storage";
+pub const AGENT_SECRET: &str = "agent";
+pub const FILE_MANAGER: &str = "file-manager";
+/// The container name in dev-server pods (exec and logs target it).
+pub const DEV_CONTAINER: &str = "dev";
+/// Where the project volume is mounted in every pod.
+pub const PROJECT_ROOT: &str = "/app";
+/// The uid and gid pods run as (the images' non-root user).
+pub const POD_USER: i64 = 1000;
+
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
+pub const LABEL_PROJECT: &str = "devgate.dev/project";
+pub const LABEL_CONTAINER: &str = "devgate.dev/container";
+/// Pod-template annotation holding a hash of the agent token: a new token
+/// rolls the file-manager so the agent reads it.
+pub const ANNOTATION_TOKEN_HASH: &str = "devgate.dev/token-sha256";
+
+/// The name of a dev server's Deployment and Service.
+pub fn dev_name(container: &str) -> String {
+    format!("dev-{container}")
+}
+
+/// Labels every object of the project carries.
+pub fn project_labels(project: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (LABEL_MANAGED_BY.to_owned(), "devgate".to_owned()),
+        (LABEL_PROJECT.to_owned(), project.to_owned()),
+    ])
+}
+
+/// Labels (and selector) of the file-manager pods.
+pub fn file_manager_labels(project: &str) -> BTreeMap<String, String> {
+    let mut l = project_labels(project);
+    l.insert(LABEL_COMPONENT.to_owned(), FILE_MANAGER.to_owned());
+    l
+}
+
+/// Labels (and selector) of a dev server's pods.
+pub fn dev_labels(project: &str, container: &str) -> BTreeMap<String, String> {
+    let mut l = project_labels(project);
+    l.insert(LABEL_COMPONENT.to_owned(), "dev-server".to_owned());
+    l.insert(LABEL_CONTAINER.to_owned(), container.to_owned());
+    l
+}
+
+/// A `k=v,k=v` label selector for list calls.
+pub fn selector(labels: &BTreeMap<String, String>) -> String {
+    labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+}
+
+fn meta(name: &str, namespace: Option<&str>, labels: BTreeMap<String, String>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_owned()),
+        namespace: namespace.map(str::to_owned),
+        labels: Some(labels),
+        ..ObjectMeta::default()
+    }
+}
+
+pub fn namespace(ns: &str, project: &str) -> Namespace {
+    Namespace { metadata: meta(ns, None, project_labels(project)), ..Namespace::default() }
+}
+
+/// Ingress only from the gateway's namespace, the ingress controller and the
+/// project's own pods; egress only DNS, HTTPS, the S3 endpoint's port and the
+/// project's own pods. Everything else is denied for every pod of the project.
+pub fn network_policy(s: &Settings, ns: &str, project: &str) -> NetworkPolicy {
+    let from_namespace = |name: &str| NetworkPolicyPeer {
+        namespace_selector: Some(LabelSelector {
+            match_labels: Some(BTreeMap::from([(
+                "kubernetes.io/metadata.name".to_owned(),
+                name.to_owned(),
+            )])),
+            ..LabelSelector::default()
+        }),
+        ..NetworkPolicyPeer::default()
+    };
+    let same_namespace =
+        NetworkPolicyPeer { pod_selector: Some(LabelSelector::default()), ..NetworkPolicyPeer::default() };
+    let port = |protocol: &str, port: u16| NetworkPolicyPort {
+        protocol: Some(protocol.to_owned()),
+        port: Some(IntOrString::Int(i32::from(port))),
+        ..NetworkPolicyPort::default()
+    };
+    let mut egress_ports = vec![port("TCP", 443)];
+    if let Some(p) = s.s3_port {
+        egress_ports.push(port("TCP", p));
+    }
+    NetworkPolicy {
+        metadata: meta(NETWORK_POLICY, Some(ns), project_labels(project)),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector::default()),
+            policy_types: Some(vec!["Ingress".to_owned(), "Egress".to_owned()]),
+            ingress: Some(vec![NetworkPolicyIngressRule {
+                from: Some(vec![
+                    from_namespace(&s.gateway_namespace),
+                    from_namespace(&s.ingress_namespace),
+                    same_namespace.clone(),
+                ]),
+                ports: None,
+            }]),
+            egress: Some(vec![
+                // DNS: the cluster's resolver, wherever it runs.
+                NetworkPolicyEgressRule {
+                    to: None,
+                    ports: Some(vec![port("UDP", 53), port("TCP", 53)]),
+                },
+                // HTTPS (git, package registries, S3) and the S3 endpoint's port.
+                NetworkPolicyEgressRule { to: None, ports: Some(egress_ports) },
+                // Dev servers of one project talk to each other.
+                NetworkPolicyEgressRule { to: Some(vec![same_namespace]), ports: None },
+            ]),
+        }),
+    }
+}
+
+pub fn storage(s: &Settings, ns: &str, project: &str) -> PersistentVolumeClaim {
+    PersistentVolumeClaim {
+        metadata: meta(STORAGE, Some(ns), project_labels(project)),
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec![s.access_mode.clone()]),
+            storage_class_name: s.storage_class.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([("storage".to_owned(), s.storage_size.clone())])),
+                ..VolumeResourceRequirements::default()
+            }),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        ..PersistentVolumeClaim::default()
+    }
+}
+
+/// The agent's token and S3 credentials, read by the agent as environment.
+pub fn agent_secret(s: &Settings, ns: &str, project: &str, token: &str) -> Secret {
+    let mut data = BTreeMap::from([("AGENT_TOKEN".to_owned(), ByteString(token.as_bytes().to_vec()))]);
+    for (k, v) in &s.s3_env {
+        data.insert(k.clone(), ByteString(v.as_bytes().to_vec()));
+    }
+    Secret {
+        metadata: meta(AGENT_SECRET, Some(ns), project_labels(project)),
+        type_: Some("Opaque".to_owned()),
+        data: Some(data),
+        ..Secret::default()
+    }
+}
+
+fn resources(r: &Resources) -> ResourceRequirements {
+    let pair = |cpu: &Quantity, memory: &Quantity| {
+        BTreeMap::from([("cpu".to_owned(), cpu.clone()), ("memory".to_owned(), memory.clone())])
+    };
+    ResourceRequirements {
+        requests: Some(pair(&r.cpu_request, &r.memory_request)),
+        limits: Some(pair(&r.cpu_limit, &r.memory_limit)),
+        ..ResourceRequirements::default()
+    }
+}
+
+fn container_security(read_only_root: bool) -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(read_only_root),
+        run_as_non_root: Some(true),
+        run_as_user: Some(POD_USER),
+        run_as_group: Some(POD_USER),
+        capabilities: Some(Capabilities { drop: Some(vec!["ALL".to_owned()]), add: None }),
+        ..SecurityContext::default()
+    }
+}
+
+fn pod_security() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(POD_USER),
+        run_as_group: Some(POD_USER),
+        fs_group: Some(POD_USER),
+        // A large volume is not re-chowned on every start.
+        fs_group_change_policy: Some("OnRootMismatch".to_owned()),
+        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".to_owned(), ..SeccompProfile::default() }),
+        ..PodSecurityContext::default()
+    }
+}
+
+fn volumes() -> Vec<Volume> {
+    vec![
+        Volume {
+            name: STORAGE.to_owned(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: STORAGE.to_owned(),
+                read_only: None,
+            }),
+            ..Volume::default()
+        },
+        Volume { name: "tmp".to_owned(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Volume::default() },
+    ]
+}
+
+fn mounts() -> Vec<VolumeMount> {
+    vec![
+        VolumeMount { name: STORAGE.to_owned(), mount_path: PROJECT_ROOT.to_owned(), ..VolumeMount::default() },
+        VolumeMount { name: "tmp".to_owned(), mount_path: "/tmp".to_owned(), ..VolumeMount::default() },
+    ]
+}
+
+fn env(pairs: impl IntoIterator<Item = (String, String)>) -> Vec<EnvVar> {
+    pairs.into_iter().map(|(name, value)| EnvVar { name, value: Some(value), value_from: None }).collect()
+}
+
+/// A Deployment of one replica: Recreate, since the volume is usually
+/// ReadWriteOnce and a rolling update would wait on the old pod's attachment.
+fn deployment(
+    name: &str,
+    ns: &str,
+    labels: BTreeMap<String, String>,
+    annotations: Option<BTreeMap<String, String>>,
+    pod: PodSpec,
+) -> Deployment {
+    Deployment {
+        metadata: meta(name, Some(ns), labels.clone()),
+        spec: Some(DeploymentSpec {
+            replicas: Some(1),
+            selector: LabelSelector { match_labels: Some(labels.clone()), ..LabelSelector::default() },
+            strategy: Some(DeploymentStrategy { type_: Some("Recreate".to_owned()), rolling_update: None }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta { labels: Some(labels), annotations, ..ObjectMeta::default() }),
+                spec: Some(pod),
+            },
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    }
+}
+
+/// The file-manager: the agent serving the volume at `/app` over gRPC.
+pub fn file_manager(s: &Settings, ns: &str, project: &str, token_sha256: &str) -> Deployment {
+    let grpc_probe = |period: i32, failures: i32| Probe {
+        grpc: Some(GRPCAction { port: i32::from(s.agent_port), service: None }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        ..Probe::default()
+    };
+    let container = Container {
+        name: "agent".to_owned(),
+        image: Some(s.agent_image.clone()),
+        image_pull_policy: Some(s.image_pull_policy.clone()),
+        command: Some(vec!["agent".to_owned()]),
+        env: Some(env([
+            ("AGENT_ROOT".to_owned(), PROJECT_ROOT.to_owned()),
+            ("AGENT_LISTEN".to_owned(), format!("0.0.0.0:{}", s.agent_port)),
+            ("AGENT_LOG_FORMAT".to_owned(), "json".to_owned()),
+            ("HOME".to_owned(), "/tmp".to_owned()),
+        ])),
+        env_from: Some(vec![EnvFromSource {
+            secret_ref: Some(SecretEnvSource { name: AGENT_SECRET.to_owned(), optional: Some(false) }),
+            ..EnvFromSource::default()
+        }]),
+        ports: Some(vec![ContainerPort {
+            name: Some("grpc".to_owned()),
+            container_port: i32::from(s.agent_port),
+            protocol: Some("TCP".to_owned()),
+            ..ContainerPort::default()
+        }]),
+        readiness_probe: Some(grpc_probe(2, 3)),
+        liveness_probe: Some(grpc_probe(10, 6)),
+        resources: Some(resources(&s.agent_resources)),
+        security_context: Some(container_security(true)),
+        volume_mounts: Some(mounts()),
+        ..Container::default()
+    };
+    let pod = PodSpec {
+        containers: vec![container],
+        volumes: Some(volumes()),
+        security_context: Some(pod_security()),
+        automount_service_account_token: Some(false),
+        enable_service_links: Some(false),
+        // The agent finishes writes and uploads within its own 20 s grace.
+        termination_grace_period_seconds: Some(30),
+        ..PodSpec::default()
+    };
+    let annotations = BTreeMap::from([(ANNOTATION_TOKEN_HASH.to_owned(), token_sha256.to_owned())]);
+    deployment(FILE_MANAGER, ns, file_manager_labels(project), Some(annotations), pod)
+}
+
+fn service(name: &str, ns: &str, labels: BTreeMap<String, String>, port_name: &str, port: u16) -> Service {
+    Service {
+        metadata: meta(name, Some(ns), labels.clone()),
+        spec: Some(ServiceSpec {
+            selector: Some(labels),
+            ports: Some(vec![ServicePort {
+                name: Some(port_name.to_owned()),
+                port: i32::from(port),
+                target_port: Some(IntOrString::Int(i32::from(port))),
+                protocol: Some("TCP".to_owned()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+pub fn file_manager_service(s: &Settings, ns: &str, project: &str) -> Service {
+    service(FILE_MANAGER, ns, file_manager_labels(project), "grpc", s.agent_port)
+}
+
+/// A dev server: its start command in `/app/{name}` with `PORT` and `HOST`,
+/// its env and the optional Secret `dev-{name}-env` (the platform may create
+/// it in the project namespace for API keys), on the file-manager's node
+/// when the volume is ReadWriteOnce.
+pub fn dev_server(s: &Settings, ns: &str, project: &str, spec: &ContainerSpec) -> Deployment {
+    let name = dev_name(&spec.name);
+    let mut vars: Vec<(String, String)> = vec![
+        ("PORT".to_owned(), spec.port.to_string()),
+        // The Service reaches the pod on its own address, not loopback.
+        ("HOST".to_owned(), "0.0.0.0".to_owned()),
+        ("HOME".to_owned(), "/tmp".to_owned()),
+    ];
+    // The container's own env wins over the defaults above.
+    for (k, v) in &spec.env {
+        vars.retain(|(name, _)| name != k);
+        vars.push((k.clone(), v.clone()));
+    }
+    let container = Container {
+        name: DEV_CONTAINER.to_owned(),
+        image: Some(s.dev_image.clone()),
+        image_pull_policy: Some(s.image_pull_policy.clone()),
+        command: Some(vec!["sh".to_owned(), "-c".to_owned(), spec.start.clone()]),
+        working_dir: Some(format!("{PROJECT_ROOT}/{}", spec.name)),
+        env: Some(env(vars)),
+        env_from: Some(vec![EnvFromSource {
+            secret_ref: Some(SecretEnvSource { name: format!("{name}-env"), optional: Some(true) }),
+            ..EnvFromSource::default()
+        }]),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".to_owned()),
+            container_port: i32::from(spec.port),
+            protocol: Some("TCP".to_owned()),
+            ..ContainerPort::default()
+        }]),
+        readiness_probe: Some(Probe {
+            tcp_socket: Some(TCPSocketAction { port: IntOrString::Int(i32::from(spec.port)), host: None }),
+            period_seconds: Some(2),
+            ..Probe::default()
+        }),
+        resources: Some(resources(&s.dev_resources)),
+        // Dev tools write caches outside the project (npm, pip, next); the
+        // root filesystem stays writable, everything else is locked down.
+        security_context: Some(container_security(false)),
+        volume_mounts: Some(mounts()),
+        ..Container::default()
+    };
+    let affinity = (s.access_mode == "ReadWriteOnce").then(|| Affinity {
+        pod_affinity: Some(PodAffinity {
+            required_during_scheduling_ignored_during_execution: Some(vec![PodAffinityTerm {
+                label_selector: Some(LabelSelector {
+                    match_labels: Some(file_manager_labels(project)),
+                    ..LabelSelector::default()
+                }),
+                topology_key: "kubernetes.io/hostname".to_owned(),
+                ..PodAffinityTerm::default()
+            }]),
+            ..PodAffinity::default()
+        }),
+        ..Affinity::default()
+    });
+    let pod = PodSpec {
+        containers: vec![container],
+        volumes: Some(volumes()),
+        security_context: Some(pod_security()),
+        affinity,
+        runtime_class_name: s.runtime_class.clone(),
+        automount_service_account_token: Some(false),
+        enable_service_links: Some(false),
+        termination_grace_period_seconds: Some(10),
+        ..PodSpec::default()
+    };
+    deployment(&name, ns, dev_labels(project, &spec.name), None, pod)
+}
+
+pub fn dev_service(ns: &str, project: &str, spec: &ContainerSpec) -> Service {
+    service(&dev_name(&spec.name), ns, dev_labels(project, &spec.name), "http", spec.port)
+}

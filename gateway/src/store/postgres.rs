@@ -1,0 +1,412 @@
+//! The state store in PostgreSQL, for several gateway replicas: the same
+//! tables and semantics as the SQLite store, numbered migrations recorded in
+//! `devgate_schema` and applied under an advisory lock (replicas starting
+//! together migrate once), one pipelined connection that is re-made when it
+//! drops.
+
+use chrono::{DateTime, TimeZone as _, Utc};
+use tokio::sync::RwLock;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, NoTls, Row};
+
+use super::{
+    ArchiveVersion, CommandLogEntry, Container, ContainerStatus, Project, ProjectStatus, Store,
+};
+use crate::error::{Error, Result};
+
+/// Schema changes in order; entry `i` moves the database to version `i + 1`.
+/// Never edit a released entry: add a new one. Times are unix milliseconds,
+/// as in the SQLite store, so both stores hold the same values.
+const MIGRATIONS: &[&str] = &[
+    // 1: the first schema.
+    "CREATE TABLE projects (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        status TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL,
+        hibernated_at BIGINT
+    );
+    CREATE TABLE containers (
+        project TEXT NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        status TEXT NOT NULL,
+        port INTEGER NOT NULL,
+        start TEXT NOT NULL,
+        install TEXT,
+        env TEXT NOT NULL,
+        public BOOLEAN NOT NULL,
+        template TEXT,
+        created_at BIGINT NOT NULL,
+        PRIMARY KEY (project, name)
+    );
+    CREATE TABLE archives (
+        project TEXT NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+        version BIGINT NOT NULL,
+        key TEXT NOT NULL,
+        size BIGINT NOT NULL,
+        sha256 TEXT NOT NULL,
+        files BIGINT NOT NULL,
+        created_at BIGINT NOT NULL,
+        PRIMARY KEY (project, version)
+    );
+    CREATE TABLE command_log (
+        seq BIGSERIAL PRIMARY KEY,
+        project TEXT NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+        ts BIGINT NOT NULL,
+        label TEXT NOT NULL,
+        command TEXT NOT NULL,
+        exit_code INTEGER,
+        duration_ms BIGINT NOT NULL,
+        stdout TEXT NOT NULL,
+        stderr TEXT NOT NULL
+    );
+    CREATE INDEX command_log_project ON command_log(project, seq);
+    CREATE INDEX command_log_ts ON command_log(ts);",
+];
+
+/// Key of the advisory lock held while migrating ("devgate" in ASCII).
+const MIGRATION_LOCK: i64 = 0x0064_6576_6761_7465;
+
+/// PostgreSQL behind the [`Store`] trait.
+pub struct PostgresStore {
+    url: String,
+    client: RwLock<Client>,
+}
+
+impl PostgresStore {
+    /// Connects to `url` (`postgres://user:pass@host:port/db`, or key=value
+    /// form) and applies pending migrations.
+    pub async fn connect(url: &str) -> anyhow::Result<PostgresStore> {
+        let mut client = connect(url).await.map_err(|e| anyhow::anyhow!("cannot connect to postgresql: {e}"))?;
+        migrate(&mut client).await.map_err(|e| anyhow::anyhow!("cannot migrate the postgresql schema: {e}"))?;
+        Ok(PostgresStore { url: url.to_owned(), client: RwLock::new(client) })
+    }
+
+    /// The schema version of the database.
+    pub async fn schema_version(&self) -> Result<i64> {
+        let c = self.client().await?;
+        let row = c.query_one("SELECT COALESCE(MAX(version), 0) FROM devgate_schema", &[]).await.map_err(db)?;
+        Ok(row.get(0))
+    }
+
+    /// The connection, re-made when the server closed it (a restart or
+    /// failover): one failed call, then the store works again.
+    async fn client(&self) -> Result<tokio::sync::RwLockReadGuard<'_, Client>> {
+        {
+            let c = self.client.read().await;
+            if !c.is_closed() {
+                return Ok(c);
+            }
+        }
+        let mut w = self.client.write().await;
+        if w.is_closed() {
+            tracing::warn!("postgresql connection lost; reconnecting");
+            *w = connect(&self.url).await.map_err(db)?;
+        }
+        Ok(w.downgrade())
+    }
+}
+
+async fn connect(url: &str) -> std::result::Result<Client, tokio_postgres::Error> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::warn!(%error, "postgresql connection ended");
+        }
+    });
+    Ok(client)
+}
+
+async fn migrate(client: &mut Client) -> std::result::Result<(), tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    // Held to the end of the transaction: another replica waits here and
+    // then finds the schema current.
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS devgate_schema (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+    )
+    .await?;
+    let current: i64 =
+        tx.query_one("SELECT COALESCE(MAX(version), 0) FROM devgate_schema", &[]).await?.get(0);
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(usize::try_from(current).unwrap_or(usize::MAX)) {
+        let version = i as i64 + 1;
+        tx.batch_execute(sql).await?;
+        tx.execute(
+            "INSERT INTO devgate_schema (version, applied_at) VALUES ($1, $2)",
+            &[&version, &Utc::now().timestamp_millis()],
+        )
+        .await?;
+        tracing::info!(version, "state store migrated");
+    }
+    tx.commit().await
+}
+
+fn db(e: tokio_postgres::Error) -> Error {
+    Error::Store(e.to_string())
+}
+
+fn is_unique_violation(e: &tokio_postgres::Error) -> bool {
+    e.code() == Some(&SqlState::UNIQUE_VIOLATION)
+}
+
+fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn from_ms(v: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(v).single().unwrap_or_default()
+}
+
+// `Row::get` panics on a column type mismatch; the columns and their types
+// are fixed by MIGRATIONS above and read back in the same order.
+
+const PROJECT_COLS: &str = "id, name, status, created_at, updated_at, hibernated_at";
+
+fn project_row(r: &Row) -> Project {
+    let status: String = r.get(2);
+    Project {
+        id: r.get(0),
+        name: r.get(1),
+        status: ProjectStatus::parse(&status).unwrap_or(ProjectStatus::Failed),
+        created_at: from_ms(r.get(3)),
+        updated_at: from_ms(r.get(4)),
+        hibernated_at: r.get::<_, Option<i64>>(5).map(from_ms),
+    }
+}
+
+const CONTAINER_COLS: &str =
+    "project, name, status, port, start, install, env, public, template, created_at";
+
+fn container_row(r: &Row) -> Container {
+    let status: String = r.get(2);
+    let env: String = r.get(6);
+    let template: Option<String> = r.get(8);
+    Container {
+        project: r.get(0),
+        name: r.get(1),
+        status: ContainerStatus::parse(&status).unwrap_or(ContainerStatus::Failed),
+        port: u16::try_from(r.get::<_, i32>(3)).unwrap_or_default(),
+        start: r.get(4),
+        install: r.get(5),
+        env: serde_json::from_str(&env).unwrap_or_default(),
+        public: r.get(7),
+        template: template.and_then(|t| serde_json::from_str(&t).ok()),
+        created_at: from_ms(r.get(9)),
+    }
+}
+
+fn archive_row(r: &Row) -> ArchiveVersion {
+    ArchiveVersion {
+        project: r.get(0),
+        version: r.get(1),
+        key: r.get(2),
+        size: r.get::<_, i64>(3) as u64,
+        sha256: r.get(4),
+        files: r.get::<_, i64>(5) as u64,
+        created_at: from_ms(r.get(6)),
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for PostgresStore {
+    async fn create_project(&self, p: &Project) -> Result<()> {
+        let c = self.client().await?;
+        c.execute(
+            &format!("INSERT INTO projects ({PROJECT_COLS}) VALUES ($1, $2, $3, $4, $5, $6)"),
+            &[&p.id, &p.name, &p.status.as_str(), &ms(p.created_at), &ms(p.updated_at), &p.hibernated_at.map(ms)],
+        )
+        .await
+        .map_err(|e| if is_unique_violation(&e) { Error::Conflict(format!("project {} exists", p.id)) } else { db(e) })?;
+        Ok(())
+    }
+
+    async fn get_project(&self, id: &str) -> Result<Option<Project>> {
+        let c = self.client().await?;
+        let row = c
+            .query_opt(&format!("SELECT {PROJECT_COLS} FROM projects WHERE id = $1"), &[&id])
+            .await
+            .map_err(db)?;
+        Ok(row.as_ref().map(project_row))
+    }
+
+    async fn list_projects(&self) -> Result<Vec<Project>> {
+        let c = self.client().await?;
+        let rows = c.query(&format!("SELECT {PROJECT_COLS} FROM projects ORDER BY id"), &[]).await.map_err(db)?;
+        Ok(rows.iter().map(project_row).collect())
+    }
+
+    async fn update_project(&self, p: &Project) -> Result<()> {
+        let c = self.client().await?;
+        let n = c
+            .execute(
+                "UPDATE projects SET name = $2, status = $3, updated_at = $4, hibernated_at = $5 WHERE id = $1",
+                &[&p.id, &p.name, &p.status.as_str(), &ms(p.updated_at), &p.hibernated_at.map(ms)],
+            )
+            .await
+            .map_err(db)?;
+        if n == 0 {
+            return Err(Error::NotFound(format!("project {} not found", p.id)));
+        }
+        Ok(())
+    }
+
+    async fn delete_project(&self, id: &str) -> Result<()> {
+        let c = self.client().await?;
+        c.execute("DELETE FROM projects WHERE id = $1", &[&id]).await.map_err(db)?;
+        Ok(())
+    }
+
+    async fn create_container(&self, k: &Container) -> Result<()> {
+        let c = self.client().await?;
+        let env = serde_json::to_string(&k.env).unwrap_or_default();
+        let template = k.template.as_ref().and_then(|t| serde_json::to_string(t).ok());
+        c.execute(
+            &format!("INSERT INTO containers ({CONTAINER_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"),
+            &[
+                &k.project, &k.name, &k.status.as_str(), &i32::from(k.port), &k.start, &k.install, &env,
+                &k.public, &template, &ms(k.created_at),
+            ],
+        )
+        .await
+        .map_err(|e| if is_unique_violation(&e) { Error::Conflict(format!("container {} exists", k.name)) } else { db(e) })?;
+        Ok(())
+    }
+
+    async fn update_container(&self, k: &Container) -> Result<()> {
+        let c = self.client().await?;
+        let env = serde_json::to_string(&k.env).unwrap_or_default();
+        let template = k.template.as_ref().and_then(|t| serde_json::to_string(t).ok());
+        let n = c
+            .execute(
+                "UPDATE containers SET status = $3, port = $4, start = $5, install = $6, env = $7,
+                 public = $8, template = $9 WHERE project = $1 AND name = $2",
+                &[
+                    &k.project, &k.name, &k.status.as_str(), &i32::from(k.port), &k.start, &k.install, &env,
+                    &k.public, &template,
+                ],
+            )
+            .await
+            .map_err(db)?;
+        if n == 0 {
+            return Err(Error::NotFound(format!("container {} not found", k.name)));
+        }
+        Ok(())
+    }
+
+    async fn get_container(&self, project: &str, name: &str) -> Result<Option<Container>> {
+        let c = self.client().await?;
+        let row = c
+            .query_opt(
+                &format!("SELECT {CONTAINER_COLS} FROM containers WHERE project = $1 AND name = $2"),
+                &[&project, &name],
+            )
+            .await
+            .map_err(db)?;
+        Ok(row.as_ref().map(container_row))
+    }
+
+    async fn list_containers(&self, project: &str) -> Result<Vec<Container>> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                &format!("SELECT {CONTAINER_COLS} FROM containers WHERE project = $1 ORDER BY created_at, name"),
+                &[&project],
+            )
+            .await
+            .map_err(db)?;
+        Ok(rows.iter().map(container_row).collect())
+    }
+
+    async fn delete_container(&self, project: &str, name: &str) -> Result<()> {
+        let c = self.client().await?;
+        c.execute("DELETE FROM containers WHERE project = $1 AND name = $2", &[&project, &name])
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    async fn add_archive(&self, a: &ArchiveVersion) -> Result<()> {
+        let c = self.client().await?;
+        c.execute(
+            "INSERT INTO archives (project, version, key, size, sha256, files, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &[&a.project, &a.version, &a.key, &(a.size as i64), &a.sha256, &(a.files as i64), &ms(a.created_at)],
+        )
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    async fn list_archives(&self, project: &str) -> Result<Vec<ArchiveVersion>> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                "SELECT project, version, key, size, sha256, files, created_at FROM archives
+                 WHERE project = $1 ORDER BY version DESC",
+                &[&project],
+            )
+            .await
+            .map_err(db)?;
+        Ok(rows.iter().map(archive_row).collect())
+    }
+
+    async fn delete_archive(&self, project: &str, version: i64) -> Result<()> {
+        let c = self.client().await?;
+        c.execute("DELETE FROM archives WHERE project = $1 AND version = $2", &[&project, &version])
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    async fn append_log(&self, e: &CommandLogEntry) -> Result<()> {
+        let c = self.client().await?;
+        c.execute(
+            "INSERT INTO command_log (project, ts, label, command, exit_code, duration_ms, stdout, stderr)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            &[
+                &e.project, &ms(e.ts), &e.label, &e.command, &e.exit_code, &(e.duration_ms as i64), &e.stdout,
+                &e.stderr,
+            ],
+        )
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    async fn list_logs(&self, project: &str) -> Result<Vec<CommandLogEntry>> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                "SELECT project, ts, label, command, exit_code, duration_ms, stdout, stderr
+                 FROM command_log WHERE project = $1 ORDER BY seq",
+                &[&project],
+            )
+            .await
+            .map_err(db)?;
+        Ok(rows
+            .iter()
+            .map(|r| CommandLogEntry {
+                project: r.get(0),
+                ts: from_ms(r.get(1)),
+                label: r.get(2),
+                command: r.get(3),
+                exit_code: r.get(4),
+                duration_ms: r.get::<_, i64>(5) as u64,
+                stdout: r.get(6),
+                stderr: r.get(7),
+            })
+            .collect())
+    }
+
+    async fn prune_logs(&self, before: DateTime<Utc>) -> Result<u64> {
+        let c = self.client().await?;
+        c.execute("DELETE FROM command_log WHERE ts < $1", &[&ms(before)]).await.map_err(db)
+    }
+
+    async fn ping(&self) -> Result<()> {
+        let c = self.client().await?;
+        c.query_one("SELECT 1", &[]).await.map_err(db)?;
+        Ok(())
+    }
+}

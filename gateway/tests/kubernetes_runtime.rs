@@ -1,0 +1,504 @@
+//! The Kubernetes runtime against kube-rs's mock service: every request it
+//! sends (method, path, body) for open (fresh and half-made), start, stop,
+//! hibernate's teardown, restore, readiness failures, and the API server
+//! answering 409, 403, 404, 500 or not at all; every object sent is checked
+//! against the Kubernetes schema (k8s-openapi types, no unknown field).
+
+#[path = "support/mock.rs"]
+mod mock;
+#[path = "support/schema.rs"]
+mod schema;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use gateway::error::Error;
+use gateway::runtime::kubernetes::{KubernetesArgs, KubernetesRuntime, Settings};
+use gateway::runtime::{AgentAddress, ContainerSpec, Runtime};
+use mock::{ApiServer, deployment, status_body};
+use serde_json::{Value, json};
+
+const NS: &str = "proj-demo";
+
+#[derive(Parser)]
+struct Args {
+    #[command(flatten)]
+    k: KubernetesArgs,
+}
+
+fn settings(extra: &[&str]) -> Settings {
+    let mut argv = vec!["test"];
+    argv.extend_from_slice(extra);
+    let args = Args::parse_from(argv);
+    let mut s = Settings::new(&args.k, "proj-", "devgate/agent:test", b"a gateway secret of some length")
+        .expect("settings");
+    s.poll_interval = Duration::from_millis(5);
+    s.ready_timeout = Duration::from_millis(400);
+    s.api_timeout = Duration::from_millis(300);
+    s.s3_env = vec![
+        ("AWS_ACCESS_KEY_ID".into(), "key".into()),
+        ("AWS_SECRET_ACCESS_KEY".into(), "secret".into()),
+        ("AWS_ENDPOINT_URL".into(), "http://minio.devgate.svc:9000".into()),
+    ];
+    s.s3_port = Some(9000);
+    s
+}
+
+fn runtime(extra: &[&str]) -> (Arc<KubernetesRuntime>, ApiServer) {
+    let (client, api) = mock::pair();
+    (Arc::new(KubernetesRuntime::new(client, settings(extra))), api)
+}
+
+fn spawn<T: Send + 'static>(
+    f: impl Future<Output = T> + Send + 'static,
+) -> tokio::task::JoinHandle<T> {
+    tokio::spawn(f)
+}
+
+/// The six applies of an open, in order; answers each with what was sent.
+async fn expect_open_applies(api: &mut ApiServer) -> Vec<Value> {
+    let mut sent = Vec::new();
+    sent.push(api.expect_apply(&format!("/api/v1/namespaces/{NS}")).await);
+    sent.push(
+        api.expect_apply(&format!("/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies/project-isolation"))
+            .await,
+    );
+    sent.push(api.expect_apply(&format!("/api/v1/namespaces/{NS}/persistentvolumeclaims/project-storage")).await);
+    sent.push(api.expect_apply(&format!("/api/v1/namespaces/{NS}/secrets/agent")).await);
+    sent.push(api.expect_apply(&format!("/apis/apps/v1/namespaces/{NS}/deployments/file-manager")).await);
+    sent.push(api.expect_apply(&format!("/api/v1/namespaces/{NS}/services/file-manager")).await);
+    sent
+}
+
+async fn expect_deployment_get(api: &mut ApiServer, name: &str, ready: bool) {
+    api.expect("GET", &format!("/apis/apps/v1/namespaces/{NS}/deployments/{name}"))
+        .await
+        .respond(200, deployment(NS, name, ready));
+}
+
+#[tokio::test]
+async fn open_fresh_applies_the_environment_and_waits_for_the_agent() {
+    let (rt, mut api) = runtime(&[]);
+    let call = spawn({
+        let rt = rt.clone();
+        async move { rt.ensure("demo").await }
+    });
+    let sent = expect_open_applies(&mut api).await;
+    expect_deployment_get(&mut api, "file-manager", false).await;
+    expect_deployment_get(&mut api, "file-manager", true).await;
+    let endpoint = call.await.unwrap().expect("open");
+
+    assert_eq!(endpoint.address, AgentAddress::Tcp("http://file-manager.proj-demo.svc:7070".into()));
+    assert_eq!(endpoint.token, rt.agent_token("demo"));
+    assert_eq!(endpoint.token.len(), 64);
+
+    let [ns, netpol, pvc, secret, fm, svc] = sent.as_slice() else { panic!("six objects") };
+    assert_eq!(ns["metadata"]["labels"]["devgate.dev/project"], "demo");
+    assert_eq!(ns["metadata"]["labels"]["app.kubernetes.io/managed-by"], "devgate");
+
+    // Ingress from the gateway's and the ingress controller's namespaces and
+    // the project itself; egress DNS, HTTPS and the S3 endpoint's port.
+    let spec = &netpol["spec"];
+    assert_eq!(spec["policyTypes"], json!(["Ingress", "Egress"]));
+    assert_eq!(spec["podSelector"], json!({}));
+    let from = &spec["ingress"][0]["from"];
+    assert_eq!(from[0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"], "devgate");
+    assert_eq!(from[1]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"], "ingress-nginx");
+    assert_eq!(spec["egress"][0]["ports"], json!([{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]));
+    assert_eq!(spec["egress"][1]["ports"], json!([{"protocol": "TCP", "port": 443}, {"protocol": "TCP", "port": 9000}]));
+
+    assert_eq!(pvc["spec"]["accessModes"], json!(["ReadWriteOnce"]));
+    assert_eq!(pvc["spec"]["resources"]["requests"]["storage"], "5Gi");
+    assert!(pvc["spec"].get("storageClassName").is_none(), "cluster default class");
+
+    // The Secret carries the token and the S3 credentials, base64.
+    let token_b64 = secret["data"]["AGENT_TOKEN"].as_str().unwrap();
+    assert_eq!(b64(token_b64), endpoint.token);
+    assert_eq!(b64(secret["data"]["AWS_SECRET_ACCESS_KEY"].as_str().unwrap()), "secret");
+
+    let pod = &fm["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    assert_eq!(c["command"], json!(["agent"]));
+    assert_eq!(c["image"], "devgate/agent:test");
+    assert_eq!(c["volumeMounts"][0], json!({"name": "project-storage", "mountPath": "/app"}));
+    assert_eq!(c["readinessProbe"]["grpc"]["port"], 7070);
+    assert_eq!(c["livenessProbe"]["grpc"]["port"], 7070);
+    assert_eq!(c["securityContext"]["capabilities"]["drop"], json!(["ALL"]));
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(c["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+    assert_eq!(c["resources"]["requests"], json!({"cpu": "100m", "memory": "128Mi"}));
+    assert_eq!(c["resources"]["limits"], json!({"cpu": "1", "memory": "1Gi"}));
+    assert_eq!(c["envFrom"][0]["secretRef"]["name"], "agent");
+    assert_eq!(pod["automountServiceAccountToken"], false);
+    assert_eq!(fm["spec"]["strategy"]["type"], "Recreate");
+    assert_eq!(pod["volumes"][0]["persistentVolumeClaim"]["claimName"], "project-storage");
+    assert_eq!(svc["spec"]["ports"][0]["port"], 7070);
+    assert_eq!(svc["spec"]["selector"]["app.kubernetes.io/component"], "file-manager");
+}
+
+fn b64(s: &str) -> String {
+    // The schema check already decoded it once; decode by hand here to
+    // compare contents.
+    let v: k8s_openapi::ByteString = serde_json::from_value(json!(s)).unwrap();
+    String::from_utf8(v.0).unwrap()
+}
+
+#[tokio::test]
+async fn open_again_converges_a_half_made_project() {
+    let (rt, mut api) = runtime(&[]);
+    // First open: the API server fails on the Secret; open fails, having
+    // made the namespace, policy and volume.
+    let call = spawn({
+        let rt = rt.clone();
+        async move { rt.ensure("demo").await }
+    });
+    let mut first = Vec::new();
+    first.push(api.expect_apply(&format!("/api/v1/namespaces/{NS}")).await);
+    first.push(
+        api.expect_apply(&format!("/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies/project-isolation"))
+            .await,
+    );
+    first.push(api.expect_apply(&format!("/api/v1/namespaces/{NS}/persistentvolumeclaims/project-storage")).await);
+    let ex = api.expect("PATCH", &format!("/api/v1/namespaces/{NS}/secrets/agent")).await;
+    ex.fail(500, "InternalError", "etcdserver: request timed out");
+    let err = call.await.unwrap().expect_err("open fails");
+    assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
+
+    // Opening again applies everything, the same objects, and converges.
+    let call = spawn({
+        let rt = rt.clone();
+        async move { rt.ensure("demo").await }
+    });
+    let second = expect_open_applies(&mut api).await;
+    expect_deployment_get(&mut api, "file-manager", true).await;
+    call.await.unwrap().expect("second open");
+    assert_eq!(first[..], second[..3], "the same objects are applied again");
+}
+
+#[tokio::test]
+async fn agent_of_a_project_after_a_gateway_restart() {
+    let (rt, mut api) = runtime(&[]);
+    let call = spawn({
+        let rt = rt.clone();
+        async move { rt.agent("demo").await }
+    });
+    expect_deployment_get(&mut api, "file-manager", true).await;
+    let endpoint = call.await.unwrap().expect("agent");
+    assert_eq!(endpoint.address, AgentAddress::Tcp("http://file-manager.proj-demo.svc:7070".into()));
+    // A second runtime (another replica, or after a restart) derives the same token.
+    let (other, _api2) = runtime(&[]);
+    assert_eq!(other.agent_token("demo"), endpoint.token);
+    assert_ne!(other.agent_token("other"), endpoint.token);
+    // Known ready now: no more API calls.
+    let again = rt.agent("demo").await.expect("cached");
+    assert_eq!(again, endpoint);
+    assert!(api.try_next(Duration::from_millis(50)).await.is_none());
+
+    // A project without a namespace is not active.
+    let call = spawn({
+        let rt = rt.clone();
+        async move { rt.agent("gone").await }
+    });
+    api.expect("GET", "/apis/apps/v1/namespaces/proj-gone/deployments/file-manager")
+        .await
+        .fail(404, "NotFound", "namespaces \"proj-gone\" not found");
+    assert!(matches!(call.await.unwrap(), Err(Error::ProjectNotActive(_))));
+}
+
+fn web() -> ContainerSpec {
+    ContainerSpec {
+        name: "web".into(),
+        port: 5173,
+        start: "npm run dev -- --host".into(),
+        env: BTreeMap::from([("VITE_FLAG".to_owned(), "1".to_owned()), ("HOST".to_owned(), "::".to_owned())]),
+    }
+}
+
+#[tokio::test]
+async fn start_applies_a_deployment_and_service_then_stop_deletes_them() {
+    let (rt, mut api) = runtime(&["--k8s-runtime-class", "gvisor"]);
+    let call = spawn({
+        let rt = rt.clone();
+        async move { rt.start_container("demo", &web()).await }
+    });
+    let d = api.expect_apply(&format!("/apis/apps/v1/namespaces/{NS}/deployments/dev-web")).await;
+    let s = api.expect_apply(&format!("/api/v1/namespaces/{NS}/services/dev-web")).await;
+    expect_deployment_get(&mut api, "dev-web", true).await;
+    let route = call.await.unwrap().expect("start");
+    assert_eq!((route.host.as_str(), route.port), ("dev-web.proj-demo.svc", 5173));
+
+    let labels = &d["spec"]["template"]["metadata"]["labels"];
+    assert_eq!(labels["devgate.dev/project"], "demo");
+    assert_eq!(labels["devgate.dev/container"], "web");
+    let pod = &d["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    assert_eq!(c["command"], json!(["sh", "-c", "npm run dev -- --host"]));
+    assert_eq!(c["workingDir"], "/app/web");
+    assert_eq!(c["ports"][0]["containerPort"], 5173);
+    let env: BTreeMap<String, String> = c["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap().to_owned(), e["value"].as_str().unwrap().to_owned()))
+        .collect();
+    assert_eq!(env["PORT"], "5173");
+    assert_eq!(env["HOST"], "::", "the container's env wins");
+    assert_eq!(env["VITE_FLAG"], "1");
+    assert_eq!(c["envFrom"][0]["secretRef"], json!({"name": "dev-web-env", "optional": true}));
+    assert_eq!(c["resources"]["limits"], json!({"cpu": "2", "memory": "2Gi"}));
+    assert_eq!(c["securityContext"]["capabilities"]["drop"], json!(["ALL"]));
+    assert_eq!(pod["runtimeClassName"], "gvisor");
+    let term = &pod["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0];
+    assert_eq!(term["topologyKey"], "kubernetes.io/hostname");
+    assert_eq!(term["labelSelector"]["matchLabels"]["app.kubernetes.io/component"], "file-manager");
+    assert_eq!(pod["volumes"][0]["persistentVolumeClaim"]["claimName"], "project-storage");
+    assert_eq!(s["spec"]["ports"][0]["port"], 5173);
+    assert_eq!(s["spec"]["selector"]["devgate.dev/container"], "web");
+
+    // The route is known without asking again.
+    let again = rt.container_route("demo", "web", None).await.expect("route");
+    assert_eq!(again, route);
+
+    // Stop: both deleted (the Service already gone counts as stopped).
+    let call = spawn({
+        let rt = rt.clone();
+        async move { rt.stop_container("demo", "web").await }
+    });
+    let ex = api.expect("DELETE", &format!("/apis/apps/v1/namespaces/{NS}/deployments/dev-web")).await;
+    assert_eq!(ex.body.as_ref().unwrap()["propagationPolicy"], "Background");
+    ex.respond(200, json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}));
+    api.expect("DELETE", &format!("/api/v1/namespaces/{NS}/services/dev-web"))
+        .await
+        .fail(404, "NotFound", "services \"dev-web\" not found");
+    call.await.unwrap().expect("stop");
+
+    // Stopped: the route asks the API server, which knows no Deployment.
+    let call = spawn({
+        let rt = rt.clone();
+        async move { rt.container_route("demo", "web", None).await }
+    });
+    api.expect("GET", &format!("/apis/apps/v1/namespaces/{NS}/deployments/dev-web"))
+        .await
+        .fail(404, "NotFound", "not found");
+    assert!(matches!(call.await.unwrap(), Err(Error::Unavailable(_))));
+}
+
+#[tokio::test]
+async fn read_write_many_volumes_need_no_affinity() {
+    let (rt, mut api) = runtime(&["--k8s-access-mode", "ReadWriteMany"]);
+    let call = spawn({
+        let rt = rt.clone();
+        async move { rt.start_container("demo", &web()).await }
+    });
+    let d = api.expect_apply(&format!("/apis/apps/v1/namespaces/{NS}/deployments/dev-web")).await;
+    api.expect_apply(&format!("/api/v1/namespaces/{NS}/services/dev-web")).await;
+    expect_deployment_get(&mut api, "dev-web", true).await;
+    call.await.unwrap().expect("start");
+    assert!(d["spec"]["template"]["spec"].get("affinity").is_none());
+    assert!(d["spec"]["template"]["spec"].get("runtimeClassName").is_none());
+}
+
+#[tokio::test]
+async fn teardown_deletes_the_namespace_and_waits_until_it_is_gone_then_restore_opens_afresh() {
+    let (rt, mut api) = runtime(&[]);
+    // Known active first.
+    let call = spawn({
+        let rt = rt.clone();
+        async move { rt.agent("demo").await }
+    });
+    expect_deployment_get(&mut api, "file-manager", true).await;
+    call.await.unwrap().expect("agent");
+
+    let call = spawn({
+        let rt = rt.clone();
+        async move { rt.teardown("demo").await }
+    });
+    let ex = api.expect("DELETE", &format!("/api/v1/namespaces/{NS}")).await;
+    assert_eq!(ex.body.as_ref().unwrap()["propagationPolicy"], "Background");
+    let terminating = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS},
+        "status": {"phase": "Terminating"}});
+    ex.respond(200, terminating.clone());
+    api.expect("GET", &format!("/api/v1/namespaces/{NS}")).await.respond(200, terminating.clone());
+    api.expect("GET", &format!("/api/v1/namespaces/{NS}")).await.respond(200, terminating);
+    api.expect("GET", &format!("/api/v1/namespaces/{NS}")).await.fail(404, "NotFound", "gone");
+    call.await.unwrap().expect("teardown");
+
+    // Not active any more: the agent is looked up again and is absent.
+    let call = spawn({
+        let rt = rt.clone();
+        async move { rt.agent("demo").await }
+    });
+    api.expect("GET", &format!("/apis/apps/v1/namespaces/{NS}/deployments/file-manager"))
+        .await
+        .fail(404, "NotFound", "gone");
+    assert!(matches!(call.await.unwrap(), Err(Error::ProjectNotActive(_))));
+
+    // Restore's runtime part: open makes the whole environment again.
+    let call = spawn({
+        let rt = rt.clone();
+        async move { rt.ensure("demo").await }
+    });
+    expect_open_applies(&mut api).await;
+    expect_deployment_get(&mut api, "file-manager", true).await;
+    call.await.unwrap().expect("restore opens");
+
+    // Tearing down what is already gone is fine.
+    let call = spawn({
+        let rt = rt.clone();
+        async move { rt.teardown("demo").await }
+    });
+    api.expect("DELETE", &format!("/api/v1/namespaces/{NS}")).await.fail(404, "NotFound", "gone");
+    api.expect("GET", &format!("/api/v1/namespaces/{NS}")).await.fail(404, "NotFound", "gone");
+    call.await.unwrap().expect("teardown of nothing");
+}
+
+#[tokio::test]
+async fn teardown_times_out_when_the_namespace_stays() {
+    let (rt, mut api) = runtime(&[]);
+    let call = spawn({
+        let rt = rt.clone();
+        async move { rt.teardown("demo").await }
+    });
+    let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}, "status": {"phase": "Terminating"}});
+    api.expect("DELETE", &format!("/api/v1/namespaces/{NS}")).await.respond(200, ns.clone());
+    let answer = async {
+        loop {
+            api.expect("GET", &format!("/api/v1/namespaces/{NS}")).await.respond(200, ns.clone());
+        }
+    };
+    let result = tokio::select! {
+        r = call => r.unwrap(),
+        () = answer => unreachable!(),
+    };
+    assert!(matches!(&result, Err(Error::Timeout(m)) if m.contains("still terminating")), "{result:?}");
+}
+
+#[tokio::test]
+async fn open_that_never_becomes_ready_says_why() {
+    let (rt, mut api) = runtime(&[]);
+    let call = spawn({
+        let rt = rt.clone();
+        async move { rt.ensure("demo").await }
+    });
+    expect_open_applies(&mut api).await;
+    let result = loop {
+        let ex = api.expect_any().await;
+        match ex.path.as_str() {
+            p if p.ends_with("/deployments/file-manager") => ex.respond(200, deployment(NS, "file-manager", false)),
+            p if p.ends_with("/pods") => {
+                assert!(ex.query.contains("labelSelector="), "{}", ex.query);
+                ex.respond(200, json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [{
+                    "metadata": {"name": "file-manager-abc"},
+                    "status": {"phase": "Pending", "containerStatuses": [{
+                        "name": "agent", "image": "devgate/agent:test", "imageID": "", "ready": false,
+                        "restartCount": 0,
+                        "state": {"waiting": {"reason": "ImagePullBackOff",
+                            "message": "Back-off pulling image \"devgate/agent:test\""}}
+                    }]}
+                }]}));
+            }
+            p if p.ends_with("/events") => {
+                assert!(ex.query.contains("fieldSelector=type%3DWarning"), "{}", ex.query);
+                ex.respond(200, json!({"apiVersion": "v1", "kind": "EventList", "metadata": {}, "items": [{
+                    "metadata": {"name": "e1"}, "involvedObject": {"name": "file-manager-abc", "kind": "Pod"},
+                    "reason": "Failed", "message": "Failed to pull image: not found", "type": "Warning"
+                }]}));
+                break call.await.unwrap();
+            }
+            other => panic!("unexpected request {} {other}", ex.method),
+        }
+    };
+    let err = result.expect_err("not ready");
+    let msg = err.to_string();
+    assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
+    assert!(msg.contains("ImagePullBackOff"), "{msg}");
+    assert!(msg.contains("Failed to pull image: not found"), "{msg}");
+    assert!(msg.contains("file-manager-abc"), "{msg}");
+}
+
+/// Each answer of the API server to the first apply of an open, and the
+/// error the runtime gives for it.
+#[tokio::test]
+async fn api_failures_map_to_clear_errors() {
+    for (code, reason) in [(409, "Conflict"), (403, "Forbidden"), (404, "NotFound"), (500, "InternalError")] {
+        let (rt, mut api) = runtime(&[]);
+        let call = spawn({
+            let rt = rt.clone();
+            async move { rt.ensure("demo").await }
+        });
+        api.expect("PATCH", &format!("/api/v1/namespaces/{NS}"))
+            .await
+            .respond(code, status_body(code, reason, "namespace proj-demo: refused"));
+        let err = call.await.unwrap().expect_err("fails");
+        let (status, _) = err.status_and_code();
+        match code {
+            409 => assert!(matches!(err, Error::Conflict(_)), "{err:?}"),
+            403 => {
+                assert!(matches!(err, Error::Internal(_)), "{err:?}");
+                assert!(err.to_string().contains("ClusterRole"), "{err}");
+            }
+            // An apply never meets 404 unless the API server lacks the
+            // resource: not the client's fault.
+            404 => assert!(matches!(err, Error::Internal(_)), "{err:?}"),
+            500 => assert!(matches!(err, Error::Unavailable(_)), "{err:?}"),
+            _ => unreachable!(),
+        }
+        assert_ne!(status.as_u16(), 404, "{code} must not read as an unknown project");
+        // Nothing more was attempted after the failure.
+        assert!(api.try_next(Duration::from_millis(30)).await.is_none(), "stopped after {code}");
+    }
+}
+
+#[tokio::test]
+async fn an_api_server_that_never_answers_times_out() {
+    let (rt, mut api) = runtime(&[]);
+    let call = spawn({
+        let rt = rt.clone();
+        async move { rt.ensure("demo").await }
+    });
+    let pending = api.expect("PATCH", &format!("/api/v1/namespaces/{NS}")).await.ignore();
+    let err = call.await.unwrap().expect_err("times out");
+    assert!(matches!(&err, Error::Timeout(m) if m.contains("did not answer")), "{err:?}");
+    drop(pending);
+
+    // And /readyz's probe fails the same way.
+    let call = spawn({
+        let rt = rt.clone();
+        async move { rt.ready().await }
+    });
+    let pending = api.expect("GET", "/version").await.ignore();
+    assert!(matches!(call.await.unwrap(), Err(Error::Timeout(_))));
+    drop(pending);
+}
+
+#[tokio::test]
+async fn port_forward_access_serves_agents_on_loopback() {
+    let (rt, mut api) = runtime(&["--k8s-agent-access", "port-forward"]);
+    let call = spawn({
+        let rt = rt.clone();
+        async move { rt.agent("demo").await }
+    });
+    expect_deployment_get(&mut api, "file-manager", true).await;
+    let endpoint = call.await.unwrap().expect("agent");
+    let AgentAddress::Tcp(url) = &endpoint.address else { panic!("tcp") };
+    let addr = url.strip_prefix("http://").expect("http url");
+    assert!(addr.starts_with("127.0.0.1:"), "{addr}");
+
+    // A connection to it finds a ready file-manager pod and asks the API
+    // server to port-forward to the agent's port.
+    let _conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let ex = api.expect("GET", &format!("/api/v1/namespaces/{NS}/pods")).await;
+    assert!(ex.query.contains("app.kubernetes.io%2Fcomponent%3Dfile-manager"), "{}", ex.query);
+    ex.respond(200, json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [{
+        "metadata": {"name": "file-manager-abc"},
+        "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
+    }]}));
+    let ex = api.expect("GET", &format!("/api/v1/namespaces/{NS}/pods/file-manager-abc/portforward")).await;
+    assert_eq!(ex.query.trim_start_matches('&'), "ports=7070");
+    // The same listener serves the next call.
+    let again = rt.agent("demo").await.expect("agent");
+    assert_eq!(again.address, endpoint.address);
+}
