@@ -44,6 +44,10 @@ pub struct Config {
     #[arg(long, env = "AGENT_PTY_KEEP_SECS", default_value_t = 300)]
     pub pty_keep_secs: u64,
 
+    /// Seconds of silence after which a watch stream gets a keep-alive message.
+    #[arg(long, env = "AGENT_WATCH_KEEPALIVE_SECS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
+    pub watch_keepalive_secs: u64,
+
     /// Run as init (reap orphans, forward signals) in front of the server;
     /// automatic when the agent is PID 1.
     #[arg(long, env = "AGENT_INIT")]
@@ -125,6 +129,7 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
     let router = Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .layer(crate::cancel::layer())
         .add_service(health_service)
         .add_service(proto::v1::filesystem_server::FilesystemServer::with_interceptor(
             crate::fs::FsService::new(state.clone()),

@@ -2,6 +2,7 @@
 //! Health services over a directory root (the project volume).
 
 pub mod archive;
+pub mod cancel;
 pub mod config;
 pub mod error;
 pub mod fs;

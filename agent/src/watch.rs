@@ -11,7 +11,7 @@
 //!
 //! Per subscription, a task filters the changes by directory and ignored
 //! names, coalesces them per path over the debounce window, sends a
-//! keep-alive after 15 s of silence and ends when the agent shuts down.
+//! keep-alive after 15 s of silence (`--watch-keepalive-secs`) and ends when the agent shuts down.
 //! Writes through the agent are reported by the Filesystem service itself
 //! (`created` or `modified` for the target), and the temporary files they use
 //! are hidden; a watcher that falls behind (or an inotify queue overflow)
@@ -37,8 +37,6 @@ use crate::paths::{self, Root};
 
 /// Names skipped anywhere in the tree unless a request says otherwise.
 pub const DEFAULT_IGNORES: &[&str] = &["node_modules", ".git"];
-/// Idle time after which a stream gets a keep-alive message.
-pub const KEEPALIVE: Duration = Duration::from_secs(15);
 /// Debounce window when the request gives none.
 pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(50);
 /// Longest debounce window a client may ask for.
@@ -122,7 +120,8 @@ pub async fn subscribe(state: &State, req: pb::WatchRequest) -> Result<BoxStream
     };
     let sub = state.watcher.subscribe(base, ignore).await?;
     let (tx, rx) = mpsc::channel(16);
-    tokio::spawn(forward(sub, tx, debounce, state.shutdown.clone()));
+    let keepalive = Duration::from_secs(state.config.watch_keepalive_secs);
+    tokio::spawn(forward(sub, tx, debounce, keepalive, state.shutdown.clone()));
     Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
 }
 
@@ -138,6 +137,7 @@ async fn forward(
     mut sub: Subscription,
     tx: mpsc::Sender<Result<pb::WatchResponse, Status>>,
     debounce: Duration,
+    keepalive: Duration,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     let msg = |event| Ok(pb::WatchResponse { event: Some(event) });
@@ -148,7 +148,7 @@ async fn forward(
     let mut flush_at: Option<tokio::time::Instant> = None;
     let mut last_sent = tokio::time::Instant::now();
     loop {
-        let keepalive_at = last_sent + KEEPALIVE;
+        let keepalive_at = last_sent + keepalive;
         let wake = flush_at.map_or(keepalive_at, |f| f.min(keepalive_at));
         tokio::select! {
             _ = shutdown.cancelled() => return,

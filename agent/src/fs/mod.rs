@@ -118,9 +118,10 @@ impl Filesystem for FsService {
         &self,
         req: Request<Streaming<pb::WriteRequest>>,
     ) -> Result<Response<pb::WriteResponse>, Status> {
+        let body = crate::cancel::body_state(&req);
         let stream = req.into_inner();
         // Tracked so that shutdown lets an in-flight write finish.
-        let entry = self.state.tasks.track_future(write(self.state.clone(), stream)).await?;
+        let entry = self.state.tasks.track_future(write(self.state.clone(), stream, body)).await?;
         Ok(Response::new(pb::WriteResponse { entry: Some(entry) }))
     }
 
@@ -208,7 +209,11 @@ impl Filesystem for FsService {
 }
 
 /// Receives a write stream (`start`, then `data`) and commits it atomically.
-async fn write(state: State, mut stream: Streaming<pb::WriteRequest>) -> Result<pb::Entry, Status> {
+async fn write(
+    state: State,
+    mut stream: Streaming<pb::WriteRequest>,
+    body: crate::cancel::BodyState,
+) -> Result<pb::Entry, Status> {
     use pb::write_request::Msg;
     let start = match stream.message().await? {
         Some(pb::WriteRequest { msg: Some(Msg::Start(s)) }) => s,
@@ -232,6 +237,10 @@ async fn write(state: State, mut stream: Streaming<pb::WriteRequest>) -> Result<
             }
             None => {}
         }
+    }
+    if body.cancelled() {
+        // Dropping `w` removes the temporary file: nothing was written.
+        return Err(Status::cancelled("the client cancelled the write"));
     }
     let rel = w.rel().to_owned();
     let kind = if w.existed() { pb::EventKind::Modified } else { pb::EventKind::Created };

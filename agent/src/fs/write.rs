@@ -118,7 +118,7 @@ impl AtomicWrite {
             .map_err(|e| Root::io_error(&self.rel, e))?;
         // The temporary name is gone now; nothing for Drop to clean up.
         self.tmp_name.clear();
-        rustix::fs::fsync(&self.parent).map_err(std::io::Error::from)?;
+        fsync_dir(&self.parent)?;
         Ok(Stat::from(&file.metadata()?))
     }
 }
@@ -150,6 +150,13 @@ pub fn rename(from_dir: &Dir, from: &str, to_dir: &Dir, to: &str, overwrite: boo
         }
         other => other.map_err(Into::into),
     }
+}
+
+/// Makes a rename in `dir` durable. cap-std holds directories as `O_PATH`
+/// handles, which cannot be fsynced, so the directory is opened for reading.
+fn fsync_dir(dir: &Dir) -> std::io::Result<()> {
+    let readable = dir.open_with(".", OpenOptions::new().read(true))?;
+    readable.sync_all()
 }
 
 fn lstat_opt(root: &Root, rel: &str) -> Result<Option<Stat>> {
