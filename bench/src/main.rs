@@ -121,6 +121,33 @@ async fn main() -> Result<()> {
     .await?;
     report.push(format!("| 4 KiB write, 64 concurrent | {:.0} writes/s ({ops} in {secs:.2} s) |", ops as f64 / secs));
 
+    // The same over a Unix socket (the local runtime's transport).
+    {
+        let uds = tests::Agent::start(&root, &[]).await?;
+        let ufs = FilesystemClient::new(uds.channel().await?);
+        let token = uds.token.clone();
+        let read_uds = move |mut fs: FilesystemClient<Channel>, token: String| async move {
+            let mut stream = fs
+                .read(tests::authed(ReadRequest { path: "ops/4k.bin".into(), offset: 0, length: 0 }, &token))
+                .await?
+                .into_inner();
+            while stream.message().await?.is_some() {}
+            Ok::<_, anyhow::Error>(())
+        };
+        for _ in 0..200 {
+            read_uds(ufs.clone(), token.clone()).await?;
+        }
+        let lat = series(args.latency_ops, || read_uds(ufs.clone(), token.clone())).await?;
+        report.push(format!(
+            "| 4 KiB read, one Unix-socket connection | p50 {:.3} ms, p99 {:.3} ms ({} reads) |",
+            ms(pct(&lat, 50.0)),
+            ms(pct(&lat, 99.0)),
+            lat.len()
+        ));
+        let (ops, secs) = concurrent(64, 400, &ufs, |fs, _, _| read_uds(fs, token.clone())).await?;
+        report.push(format!("| 4 KiB read, 64 concurrent, one Unix-socket connection | {:.0} reads/s ({ops} in {secs:.2} s) |", ops as f64 / secs));
+    }
+
     // --- streams
     let big: Vec<u8> = (0..100u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
     let t = Instant::now();
