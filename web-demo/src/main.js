@@ -88,7 +88,7 @@ function renderProjects() {
             onclick: () => openProject(p.id),
           },
           h('span', { class: `dot ${statusClass(p.status)}`, 'aria-hidden': 'true' }),
-          h('span', { class: 'pname' }, p.name && p.name !== p.id ? `${p.name} (${p.id})` : p.id),
+          h('span', { class: 'pname', title: p.id }, p.name || p.id),
           h('span', { class: `status ${statusClass(p.status)}`, 'data-status': p.status }, p.status),
         ),
         h(

@@ -272,6 +272,8 @@ export class Terminals {
           onState: () => this.render(),
         });
         this.tabs.push(t);
+        // Only the active tab's panel shows; the new one waits for its click.
+        t.el.hidden = true;
         if (!this.active) this.activate(t);
       }
     }
