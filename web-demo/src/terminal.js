@@ -301,6 +301,7 @@ export class Terminals {
   }
 
   render() {
+    $('terms-empty').hidden = this.tabs.length > 0;
     const bar = $('term-tabs');
     bar.replaceChildren(
       ...this.tabs.map((t) =>
