@@ -21,6 +21,7 @@ pub struct GatewayBuilder {
     args: Vec<String>,
     archive: Option<String>,
     data_dir: Option<PathBuf>,
+    stderr: Option<PathBuf>,
 }
 
 impl GatewayBuilder {
@@ -51,6 +52,12 @@ impl GatewayBuilder {
     /// Uses this data dir instead of a new temp dir (it is not removed).
     pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.data_dir = Some(dir.into());
+        self
+    }
+
+    /// Writes the gateway's log (stderr) to this file instead of the test's stderr.
+    pub fn stderr_to(mut self, path: impl Into<PathBuf>) -> Self {
+        self.stderr = Some(path.into());
         self
     }
 
@@ -137,8 +144,16 @@ impl Gateway {
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
             .envs(self.builder.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stdout(Stdio::piped());
+        match &self.builder.stderr {
+            Some(p) => {
+                let f = std::fs::OpenOptions::new().create(true).append(true).open(p)?;
+                cmd.stderr(f);
+            }
+            None => {
+                cmd.stderr(Stdio::inherit());
+            }
+        }
         let mut child = cmd.spawn().context("spawn gateway")?;
         let out = child.stdout.take().context("gateway stdout")?;
         let proc = Proc(child);

@@ -64,6 +64,7 @@ async fn create(
     JsonBody(body): JsonBody<CreateBody>,
 ) -> Result<Response> {
     authorize(&claims, &p)?;
+    let body = body?;
     ids::container_name(&body.name)?;
     if body.port == 0 {
         return Err(Error::BadRequest("port must be 1..65535".into()));

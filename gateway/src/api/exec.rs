@@ -64,6 +64,7 @@ async fn exec(
     JsonBody(body): JsonBody<ExecBody>,
 ) -> Result<Json<Value>> {
     authorize(&claims, &p)?;
+    let body = body?;
     if body.argv.is_empty() || body.argv[0].is_empty() {
         return Err(Error::BadRequest("argv must name a program".into()));
     }

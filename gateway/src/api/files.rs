@@ -316,6 +316,7 @@ async fn rename(
     JsonBody(body): JsonBody<MoveBody>,
 ) -> Result<Json<Entry>> {
     authorize(&claims, &p)?;
+    let body = body?;
     let from = ids::file_path(&body.from)?;
     let to = ids::file_path(&body.to)?;
     if from.is_empty() || to.is_empty() {

@@ -160,8 +160,10 @@ async fn templates(_claims: Claims, State(state): State<AppState>) -> Response {
     axum::Json(list).into_response()
 }
 
-/// A JSON request body, whatever its `Content-Type`; anything unreadable is 400.
-pub struct JsonBody<T>(pub T);
+/// A JSON request body, whatever its `Content-Type`. Parsing never rejects
+/// the request by itself: the handler checks the token's grants first and only
+/// then takes the parse result (`body?`), so 403 wins over 400.
+pub struct JsonBody<T>(pub Result<T>);
 
 impl<T, S> FromRequest<S> for JsonBody<T>
 where
@@ -171,6 +173,12 @@ where
     type Rejection = Error;
 
     async fn from_request(req: Request, state: &S) -> Result<Self> {
+        Ok(JsonBody(parse_json(req, state).await))
+    }
+}
+
+async fn parse_json<T: serde::de::DeserializeOwned, S: Send + Sync>(req: Request, state: &S) -> Result<T> {
+    {
         let bytes = bytes::Bytes::from_request(req, state)
             .await
             .map_err(|e| match e {
@@ -183,7 +191,6 @@ where
             return Err(Error::BadRequest("expected a JSON body".into()));
         }
         serde_json::from_slice(&bytes)
-            .map(JsonBody)
             .map_err(|e| Error::BadRequest(format!("invalid JSON body: {e}")))
     }
 }

@@ -94,6 +94,8 @@ fn state_listen_port(state: &AppState) -> u16 {
 }
 
 async fn create(claims: Claims, State(state): State<AppState>, JsonBody(body): JsonBody<CreateBody>) -> Result<Response> {
+    // The id comes from the body, so a body that does not parse is 400 first.
+    let body = body?;
     authorize(&claims, &body.id)?;
     let p = lifecycle::create(&state, &body.id, body.name).await?;
     Ok((StatusCode::CREATED, Json(project_json(&state, &p).await?)).into_response())

@@ -1,0 +1,246 @@
+//! Project routes on the real gateway: create/list/get/open/hibernate/delete
+//! with their error answers, the SSE event stream, operations endpoints,
+//! bundled templates, and a gateway restart that keeps every project.
+
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use serde_json::{Value, json};
+use tests::gateway::Gateway;
+
+#[tokio::test]
+async fn project_lifecycle_and_errors() {
+    let gw = Gateway::start().await.unwrap();
+
+    let r = gw.post("/api/projects").json(&json!({"id": "demo", "name": "Demo"})).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let p: Value = r.json().await.unwrap();
+    assert_eq!(p["id"], "demo");
+    assert_eq!(p["name"], "Demo");
+    assert_eq!(p["status"], "created");
+    assert_eq!(p["containers"], json!([]));
+
+    // Exists → 409; bad ids → 400; bad body → 400.
+    let r = gw.post("/api/projects").json(&json!({"id": "demo"})).send().await.unwrap();
+    assert_eq!(r.status(), 409);
+    for bad in ["Demo", "1abc", "a_b", "-a", "a-", &"a".repeat(41), ""] {
+        let r = gw.post("/api/projects").json(&json!({"id": bad})).send().await.unwrap();
+        assert_eq!(r.status(), 400, "id {bad:?}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "bad_request");
+        assert!(v["error"]["message"].is_string());
+    }
+    let r = gw.post("/api/projects").body("not json").send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(gw.get("/api/projects/Bad").send().await.unwrap().status(), 400);
+    assert_eq!(gw.get("/api/projects/nope").send().await.unwrap().status(), 404);
+    assert_eq!(gw.post("/api/projects/nope/open").send().await.unwrap().status(), 404);
+
+    // Open: active, idempotent; the folder exists.
+    let r = gw.post("/api/projects/demo/open").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["status"], "active");
+    let r = gw.post("/api/projects/demo/open").send().await.unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["status"], "active");
+    assert!(gw.project_dir("demo").is_dir());
+
+    let list: Vec<Value> = gw.get("/api/projects").send().await.unwrap().json().await.unwrap();
+    assert_eq!(list.len(), 1);
+
+    // Hibernate (to the default archive folder) and open again.
+    gw.put("/api/projects/demo/files/keep.txt").body("kept").send().await.unwrap();
+    let r = gw.post("/api/projects/demo/hibernate").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let p: Value = r.json().await.unwrap();
+    assert_eq!(p["status"], "hibernated");
+    assert!(p["archive"]["size"].as_u64().unwrap() > 0);
+    assert_eq!(p["archive"]["sha256"].as_str().unwrap().len(), 64);
+    assert!(p["hibernated_at"].is_string());
+    assert!(!gw.project_dir("demo").exists(), "the environment is gone");
+    let r = gw.get("/api/projects/demo/files/keep.txt").send().await.unwrap();
+    assert_eq!(r.status(), 409);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "project_not_active");
+    let r = gw.post("/api/projects/demo/open").send().await.unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["status"], "active");
+    let r = gw.get("/api/projects/demo/files/keep.txt").send().await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "kept");
+
+    // Delete: 204, then 404; folder and archives gone.
+    let r = gw.delete("/api/projects/demo").send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(gw.get("/api/projects/demo").send().await.unwrap().status(), 404);
+    assert!(!gw.project_dir("demo").exists());
+    let archives = gw.data_dir.join("archives/demo");
+    assert!(!archives.exists() || std::fs::read_dir(&archives).unwrap().next().is_none());
+}
+
+#[tokio::test]
+async fn archive_versions_are_kept_up_to_the_limit() {
+    let gw = Gateway::builder().arg("--archive-keep").arg("2").start().await.unwrap();
+    gw.open_project("v").await.unwrap();
+    for i in 0..3 {
+        gw.put("/api/projects/v/files/n.txt").body(format!("{i}")).send().await.unwrap();
+        let r = gw.post("/api/projects/v/hibernate").send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let r = gw.post("/api/projects/v/open").send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(gw.get("/api/projects/v/files/n.txt").send().await.unwrap().text().await.unwrap(), format!("{i}"));
+    }
+    let mut files: Vec<String> = std::fs::read_dir(gw.data_dir.join("archives/v"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(files, ["00000002.zip", "00000003.zip"]);
+}
+
+/// Reads SSE frames until one satisfies `pred`.
+async fn next_event<B: AsRef<[u8]>>(
+    stream: &mut (impl futures::Stream<Item = reqwest::Result<B>> + Unpin),
+    buf: &mut String,
+    pred: impl Fn(&str, &Value) -> bool,
+) -> (String, Value) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        while let Some(i) = buf.find("\n\n") {
+            let frame: String = buf.drain(..i + 2).collect();
+            let mut event = String::new();
+            let mut data = String::new();
+            for line in frame.lines() {
+                if let Some(e) = line.strip_prefix("event:") {
+                    event = e.trim().to_owned();
+                } else if let Some(d) = line.strip_prefix("data:") {
+                    data.push_str(d.trim());
+                }
+            }
+            let v: Value = serde_json::from_str(&data).unwrap_or(Value::Null);
+            if pred(&event, &v) {
+                return (event, v);
+            }
+        }
+        let chunk = tokio::time::timeout_at(deadline, stream.next()).await.expect("event in time").unwrap().unwrap();
+        buf.push_str(&String::from_utf8_lossy(chunk.as_ref()));
+    }
+}
+
+#[tokio::test]
+async fn events_stream_lifecycle_and_command_log() {
+    let gw = Gateway::start().await.unwrap();
+    gw.post("/api/projects").json(&json!({"id": "ev"})).send().await.unwrap();
+    let r = gw.get("/api/projects/ev/events").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    let mut s = r.bytes_stream();
+    let mut buf = String::new();
+    let (_, v) = next_event(&mut s, &mut buf, |e, _| e == "project").await;
+    assert_eq!(v["status"], "created");
+
+    gw.post("/api/projects/ev/open").send().await.unwrap();
+    next_event(&mut s, &mut buf, |e, v| e == "status" && v["status"] == "active").await;
+
+    let r = gw.post("/api/projects/ev/exec").json(&json!({"argv": ["echo", "from-exec"], "label": "greet"})).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let (_, v) = next_event(&mut s, &mut buf, |e, _| e == "log").await;
+    assert_eq!(v["label"], "greet");
+    assert_eq!(v["stdout"], "from-exec\n");
+
+    gw.post("/api/projects/ev/hibernate").send().await.unwrap();
+    next_event(&mut s, &mut buf, |e, v| e == "progress" && v["step"] == "verify").await;
+    next_event(&mut s, &mut buf, |e, v| e == "status" && v["status"] == "hibernated").await;
+}
+
+#[tokio::test]
+async fn exec_and_command_log() {
+    let gw = Gateway::start().await.unwrap();
+    gw.open_project("x").await.unwrap();
+    gw.post("/api/projects/x/mkdir/sub").send().await.unwrap();
+    let r = gw
+        .post("/api/projects/x/exec")
+        .json(&json!({"argv": ["sh", "-c", "pwd; echo $GREETING; cat; echo err >&2; exit 3"], "cwd": "sub", "env": {"GREETING": "hi"}, "stdin": "in\n"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["exit_code"], 3);
+    let out = v["stdout"].as_str().unwrap();
+    assert!(out.ends_with("/sub\nhi\nin\n"), "{out}");
+    assert_eq!(v["stderr"], "err\n");
+    assert!(v["duration_ms"].is_u64());
+
+    let r = gw.post("/api/projects/x/exec").json(&json!({"argv": ["sleep", "5"], "timeout_s": 1})).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["exit_code"], -1);
+
+    for bad in [json!({"argv": []}), json!({"argv": ["ls"], "cwd": "../.."}), json!({"nope": 1})] {
+        let r = gw.post("/api/projects/x/exec").json(&bad).send().await.unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+    }
+
+    let logs: Vec<Value> = gw.get("/api/projects/x/logs").send().await.unwrap().json().await.unwrap();
+    assert_eq!(logs.len(), 2);
+    assert_eq!(logs[0]["exit_code"], 3);
+    assert_eq!(logs[0]["command"], "sh -c 'pwd; echo $GREETING; cat; echo err >&2; exit 3'");
+    assert_eq!(logs[0]["stderr"], "err\n");
+    for k in ["ts", "label", "command", "exit_code", "duration_ms", "stdout", "stderr"] {
+        assert!(logs[0].get(k).is_some(), "{k}");
+    }
+    assert!(logs[0]["ts"].as_str().unwrap() <= logs[1]["ts"].as_str().unwrap());
+}
+
+#[tokio::test]
+async fn operations_endpoints_and_templates() {
+    let templates = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(templates.path().join("hello/src")).unwrap();
+    std::fs::write(templates.path().join("hello/src/index.txt"), "hi").unwrap();
+    let gw = Gateway::builder()
+        .arg("--templates-dir")
+        .arg(templates.path().to_str().unwrap())
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(gw.http().get(gw.url("/healthz")).send().await.unwrap().status(), 200);
+    assert_eq!(gw.http().get(gw.url("/readyz")).send().await.unwrap().status(), 200);
+    gw.get("/api/projects").send().await.unwrap();
+    let m = gw.http().get(gw.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(m.contains("gateway_http_requests_total{method=\"GET\",route=\"/api/projects\",status=\"200\"}"), "{m}");
+    assert!(m.contains("gateway_http_request_duration_seconds"));
+    assert!(m.contains("gateway_open_terminals"));
+
+    let t: Vec<Value> = gw.get("/api/templates").send().await.unwrap().json().await.unwrap();
+    assert_eq!(t.len(), 1);
+    assert_eq!(t[0]["name"], "hello");
+    assert!(t[0]["git"].as_str().unwrap().starts_with("file:///"));
+    assert_eq!(gw.http().get(gw.url("/api/templates")).send().await.unwrap().status(), 401);
+
+    // The demo URL with an admin token is printed in local mode.
+    assert!(gw.stdout_lines().iter().any(|l| l.contains("/?token=")), "{:?}", gw.stdout_lines());
+}
+
+#[tokio::test]
+async fn restart_keeps_projects() {
+    let mut gw = Gateway::start().await.unwrap();
+    gw.open_project("alive").await.unwrap();
+    gw.put("/api/projects/alive/files/a.txt").body("A").send().await.unwrap();
+    gw.open_project("sleepy").await.unwrap();
+    gw.put("/api/projects/sleepy/files/s.txt").body("S").send().await.unwrap();
+    assert_eq!(gw.post("/api/projects/sleepy/hibernate").send().await.unwrap().status(), 200);
+    gw.post("/api/projects").json(&json!({"id": "fresh"})).send().await.unwrap();
+
+    gw.restart().await.unwrap();
+
+    let list: Vec<Value> = gw.get("/api/projects").send().await.unwrap().json().await.unwrap();
+    let status = |id: &str| list.iter().find(|p| p["id"] == id).unwrap()["status"].clone();
+    assert_eq!(status("alive"), "active");
+    assert_eq!(status("sleepy"), "hibernated");
+    assert_eq!(status("fresh"), "created");
+    // The active one has an agent again, with its files.
+    let r = gw.get("/api/projects/alive/files/a.txt").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "A");
+    let r = gw.post("/api/projects/alive/exec").json(&json!({"argv": ["cat", "a.txt"]})).send().await.unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["stdout"], "A");
+    // The hibernated one restores from its archive.
+    gw.post("/api/projects/sleepy/open").send().await.unwrap();
+    assert_eq!(gw.get("/api/projects/sleepy/files/s.txt").send().await.unwrap().text().await.unwrap(), "S");
+}
