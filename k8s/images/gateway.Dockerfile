@@ -1,6 +1,13 @@
-# The gateway: a static (musl) binary on distroless, non-root.
-# Build from the repository root:
+# The gateway: a static (musl) binary on distroless, non-root, with the demo
+# page. Build from the repository root:
 #   docker build -f k8s/images/gateway.Dockerfile -t devgate/gateway:dev .
+FROM node:20-bookworm-slim AS web
+WORKDIR /src/web-demo
+COPY web-demo/package.json web-demo/package-lock.json ./
+RUN npm ci --no-audit --no-fund
+COPY web-demo/ ./
+RUN npm run build
+
 FROM rust:1.95-bookworm AS build
 RUN apt-get update && apt-get install -y --no-install-recommends musl-tools cmake clang \
     && rm -rf /var/lib/apt/lists/* \
@@ -14,8 +21,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 
 FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /gateway /usr/local/bin/gateway
-# The demo page, served at / when enabled.
-COPY web-demo /usr/share/devgate/web-demo
+COPY --from=web /src/web-demo/dist /usr/share/devgate/web-demo
 USER 65532:65532
 EXPOSE 8080
 ENTRYPOINT ["/usr/local/bin/gateway"]

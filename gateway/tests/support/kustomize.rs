@@ -4,7 +4,8 @@
 //! `images` and strategic-merge `patches` (lists whose items all carry a
 //! `name` merge by name, other lists are replaced, `null` deletes a key).
 //! Any other kustomization field is an error, so the subset cannot drift
-//! silently from what the files use.
+//! silently from what the files use. Its output for base and both overlays
+//! was compared with `kubectl kustomize` (v5.5.0): identical objects.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

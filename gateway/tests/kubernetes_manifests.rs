@@ -1,0 +1,242 @@
+//! Every manifest of `k8s/` against the Kubernetes API schema: each YAML
+//! document of the resource files, and each object that base and overlays
+//! render (with a small Kustomize renderer, no kubectl needed), deserializes
+//! into its k8s-openapi type with no field ignored. Plus what the manifests
+//! promise: every gateway setting in the ConfigMap and the configuration
+//! reference, least-privilege RBAC, non-root images.
+
+#[path = "support/kustomize.rs"]
+mod kustomize;
+#[path = "support/schema.rs"]
+mod schema;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use clap::CommandFactory as _;
+use serde_json::{Value, json};
+
+fn k8s_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../k8s")
+}
+
+fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).expect("read k8s dir") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            yaml_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            out.push(path);
+        }
+    }
+}
+
+/// Patch files named by any kustomization (partial objects, checked once
+/// rendered).
+fn patch_files(files: &[PathBuf]) -> BTreeSet<PathBuf> {
+    let mut patches = BTreeSet::new();
+    for f in files.iter().filter(|f| f.file_name().is_some_and(|n| n == "kustomization.yaml")) {
+        let doc = &kustomize::read_docs(f).unwrap()[0];
+        for p in doc["patches"].as_array().into_iter().flatten() {
+            let path = f.parent().unwrap().join(p["path"].as_str().expect("patch path"));
+            patches.insert(path.canonicalize().expect("patch file exists"));
+        }
+    }
+    patches
+}
+
+#[test]
+fn every_resource_document_matches_the_schema() {
+    let mut files = Vec::new();
+    yaml_files(&k8s_dir(), &mut files);
+    assert!(files.len() >= 15, "found only {files:?}");
+    let patches = patch_files(&files);
+    assert!(patches.len() >= 6, "{patches:?}");
+    let mut checked = 0;
+    let mut errors = Vec::new();
+    for f in &files {
+        let docs = kustomize::read_docs(f).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!docs.is_empty(), "{} is empty", f.display());
+        let is_kustomization = f.file_name().is_some_and(|n| n == "kustomization.yaml");
+        if is_kustomization || patches.contains(&f.canonicalize().unwrap()) {
+            continue;
+        }
+        for d in &docs {
+            checked += 1;
+            if let Err(e) = schema::check(d) {
+                errors.push(format!("{}: {e}", f.display()));
+            }
+        }
+    }
+    assert!(errors.is_empty(), "{}", errors.join("\n"));
+    assert!(checked >= 15, "checked {checked} documents");
+}
+
+#[test]
+fn the_schema_check_catches_unknown_and_misplaced_fields() {
+    // A typo'd field and a field at the wrong level must both fail, or the
+    // checks above prove nothing.
+    let typo = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x"},
+        "spec": {"selectr": {"a": "b"}}});
+    assert!(schema::check(&typo).unwrap_err().contains("selectr"));
+    let misplaced = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"},
+        "spec": {"selector": {}, "template": {"spec": {"containers": [{"name": "c", "image": "i",
+            "readOnlyRootFilesystem": true}]}}}});
+    assert!(schema::check(&misplaced).unwrap_err().contains("readOnlyRootFilesystem"));
+    let wrong_type = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x"},
+        "spec": {"ports": [{"port": "eighty"}]}});
+    assert!(schema::check(&wrong_type).is_err());
+    let unknown_kind = json!({"apiVersion": "v1", "kind": "Nonsense", "metadata": {"name": "x"}});
+    assert!(schema::check(&unknown_kind).is_err());
+}
+
+fn render(overlay: &str) -> Vec<Value> {
+    let objects = kustomize::render(&k8s_dir().join(overlay)).unwrap_or_else(|e| panic!("{overlay}: {e}"));
+    let mut seen = BTreeSet::new();
+    let mut errors = Vec::new();
+    for o in &objects {
+        let id = format!("{}/{}/{}", o["kind"], o["metadata"]["namespace"], o["metadata"]["name"]);
+        assert!(seen.insert(id.clone()), "{overlay}: {id} twice");
+        if let Err(e) = schema::check(o) {
+            errors.push(e);
+        }
+        assert_eq!(o["metadata"]["labels"]["app.kubernetes.io/part-of"], "devgate", "{overlay}: {id}");
+        let cluster_scoped = ["Namespace", "ClusterRole", "ClusterRoleBinding"].contains(&o["kind"].as_str().unwrap());
+        if !cluster_scoped {
+            assert_eq!(o["metadata"]["namespace"], "devgate", "{overlay}: {id}");
+        }
+    }
+    assert!(errors.is_empty(), "{overlay}:\n{}", errors.join("\n"));
+    objects
+}
+
+fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    objects
+        .iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+#[test]
+fn base_and_overlays_render_to_valid_objects() {
+    let base = render("base");
+    let gw = find(&base, "Deployment", "devgate-gateway");
+    let pod = &gw["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    assert_eq!(pod["serviceAccountName"], "devgate-gateway");
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(c["securityContext"]["capabilities"]["drop"], json!(["ALL"]));
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(c["env"][0]["valueFrom"]["fieldRef"]["fieldPath"], "metadata.namespace");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    // The preview wildcard: one rule without a host takes every preview host.
+    let ingress = find(&base, "Ingress", "devgate-gateway");
+    let rules = ingress["spec"]["rules"].as_array().unwrap();
+    assert!(rules.iter().any(|r| r.get("host").is_none()), "a catch-all rule for preview hosts");
+    assert_eq!(find(&base, "ConfigMap", "devgate-gateway")["data"]["GATEWAY_RUNTIME"], "kubernetes");
+
+    let mk = render("overlays/minikube");
+    let gw = find(&mk, "Deployment", "devgate-gateway");
+    let pod = &gw["spec"]["template"]["spec"];
+    assert_eq!(pod["containers"][0]["image"], "devgate/gateway:dev");
+    assert_eq!(pod["containers"][0]["imagePullPolicy"], "Never");
+    let data = pod["volumes"].as_array().unwrap().iter().find(|v| v["name"] == "data").unwrap();
+    assert_eq!(data["persistentVolumeClaim"]["claimName"], "devgate-gateway-data");
+    assert!(data.get("emptyDir").is_none(), "the patch replaced the emptyDir");
+    find(&mk, "PersistentVolumeClaim", "devgate-gateway-data");
+    find(&mk, "Deployment", "minio");
+    find(&mk, "Job", "minio-make-bucket");
+    let cm = &find(&mk, "ConfigMap", "devgate-gateway")["data"];
+    assert_eq!(cm["AWS_ENDPOINT_URL"], "http://minio.devgate.svc.cluster.local:9000");
+    assert_eq!(cm["GATEWAY_AGENT_IMAGE"], "devgate/agent:dev");
+    assert_eq!(cm["GATEWAY_K8S_AGENT_PORT"], "7070", "base values stay");
+
+    let prod = render("overlays/production");
+    let gw = find(&prod, "Deployment", "devgate-gateway");
+    assert_eq!(gw["spec"]["replicas"], 3);
+    assert_eq!(gw["spec"]["strategy"]["type"], "RollingUpdate");
+    assert_eq!(gw["spec"]["template"]["spec"]["containers"][0]["image"], "ghcr.io/devgate/gateway:0.1.0");
+    assert_eq!(gw["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"], "4");
+    find(&prod, "PodDisruptionBudget", "devgate-gateway");
+    assert!(find(&prod, "Ingress", "devgate-gateway")["spec"]["tls"].is_array());
+    assert!(!prod.iter().any(|o| o["kind"] == "Secret"), "production Secrets are made out of band");
+}
+
+/// Every variable the gateway reads, from its own flag definitions.
+fn gateway_variables() -> Vec<String> {
+    gateway::Config::command()
+        .get_arguments()
+        .filter_map(|a| a.get_env().map(|e| e.to_string_lossy().into_owned()))
+        .collect()
+}
+
+#[test]
+fn every_setting_is_in_the_configmap_and_the_reference() {
+    let vars = gateway_variables();
+    assert!(vars.len() >= 30, "{vars:?}");
+    assert!(vars.iter().any(|v| v == "GATEWAY_K8S_STORAGE_SIZE"));
+    let configmap = std::fs::read_to_string(k8s_dir().join("base/configmap.yaml")).unwrap();
+    let reference = std::fs::read_to_string(k8s_dir().join("../docs/configuration.md"))
+        .expect("docs/configuration.md");
+    let missing_cm: Vec<_> = vars.iter().filter(|v| !configmap.contains(v.as_str())).collect();
+    assert!(missing_cm.is_empty(), "not in k8s/base/configmap.yaml: {missing_cm:?}");
+    let missing_doc: Vec<_> = vars.iter().filter(|v| !reference.contains(&format!("`{v}`"))).collect();
+    assert!(missing_doc.is_empty(), "not in docs/configuration.md: {missing_doc:?}");
+    // And the reverse: the ConfigMap sets nothing the gateway ignores.
+    let cm = &kustomize::read_docs(&k8s_dir().join("base/configmap.yaml")).unwrap()[0]["data"];
+    for key in cm.as_object().unwrap().keys() {
+        let known = vars.contains(key) || key.starts_with("AWS_") || key == "RUST_LOG";
+        assert!(known, "the ConfigMap sets {key}, which nothing reads");
+    }
+}
+
+#[test]
+fn rbac_is_least_privilege() {
+    let objects = render("base");
+    let role = find(&objects, "ClusterRole", "devgate-gateway");
+    let rules = role["rules"].as_array().unwrap();
+    let verbs_of = |resource: &str| -> BTreeSet<String> {
+        rules
+            .iter()
+            .filter(|r| r["resources"].as_array().unwrap().iter().any(|x| x == resource))
+            .flat_map(|r| r["verbs"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()))
+            .collect()
+    };
+    for r in rules {
+        for field in ["verbs", "resources", "apiGroups"] {
+            assert!(!r[field].as_array().unwrap().iter().any(|v| v == "*"), "wildcard in {r}");
+        }
+    }
+    let set = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<BTreeSet<_>>();
+    assert_eq!(verbs_of("pods/exec"), set(&["create"]));
+    assert_eq!(verbs_of("pods/portforward"), set(&["create"]));
+    assert_eq!(verbs_of("secrets"), set(&["create", "patch", "delete"]), "secrets are never read back");
+    assert_eq!(verbs_of("pods"), set(&["get", "list", "watch"]));
+    assert!(verbs_of("events").is_superset(&set(&["get", "list"])));
+    for r in ["namespaces", "persistentvolumeclaims", "services", "deployments", "networkpolicies"] {
+        assert!(verbs_of(r).is_superset(&set(&["create", "patch", "delete"])), "{r}");
+        assert!(!verbs_of(r).contains("update"), "{r}: apply needs patch, not update");
+    }
+    let binding = find(&objects, "ClusterRoleBinding", "devgate-gateway");
+    assert_eq!(binding["subjects"][0]["name"], "devgate-gateway");
+    assert_eq!(binding["subjects"][0]["namespace"], "devgate");
+}
+
+#[test]
+fn images_run_as_non_root_and_e2e_script_parses() {
+    for name in ["gateway", "agent", "dev"] {
+        let path = k8s_dir().join(format!("images/{name}.Dockerfile"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let last_stage = text.rsplit("\nFROM ").next().unwrap();
+        let user = last_stage
+            .lines()
+            .filter_map(|l| l.strip_prefix("USER "))
+            .last()
+            .unwrap_or_else(|| panic!("{name}: the final stage sets no USER"));
+        assert!(!user.starts_with("0") && !user.starts_with("root"), "{name}: USER {user}");
+        assert!(text.matches("\nFROM ").count() >= 1, "{name}: multi-stage");
+    }
+    let out = std::process::Command::new("bash").arg("-n").arg(k8s_dir().join("e2e.sh")).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
