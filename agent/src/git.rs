@@ -145,7 +145,7 @@ async fn run_git(
 ) -> Result<(ExitStatus, Vec<String>)> {
     let mut cmd = crate::process::command(argv, &root.path, &git_env())?;
     cmd.stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|e| spawn_error(e))?;
+    let mut child = cmd.spawn().map_err(spawn_error)?;
     let mut stderr = child
         .stderr
         .take()
@@ -187,7 +187,7 @@ async fn run_git(
 async fn capture_git(argv: &[String], root: &Root) -> Result<(String, ExitStatus)> {
     let mut cmd = crate::process::command(argv, &root.path, &git_env())?;
     cmd.stdout(Stdio::piped());
-    let out = cmd.output().await.map_err(|e| spawn_error(e))?;
+    let out = cmd.output().await.map_err(spawn_error)?;
     Ok((String::from_utf8_lossy(&out.stdout).into_owned(), out.status))
 }
 

@@ -39,9 +39,7 @@ fn text(rng: &mut SmallRng, size: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(size + 128);
     let mut indent = 0usize;
     while out.len() < size {
-        for _ in 0..indent * 2 {
-            out.push(b' ');
-        }
+        out.resize(out.len() + indent * 2, b' ');
         let n = rng.random_range(3..12);
         for i in 0..n {
             out.extend_from_slice(WORDS[rng.random_range(0..WORDS.len())].as_bytes());
@@ -59,9 +57,7 @@ fn text(rng: &mut SmallRng, size: usize) -> Vec<u8> {
         } else if indent > 0 && rng.random_bool(0.2) {
             indent -= 1;
             out.extend_from_slice(b";\n");
-            for _ in 0..indent * 2 {
-                out.push(b' ');
-            }
+            out.resize(out.len() + indent * 2, b' ');
             out.push(b'}');
         } else {
             out.push(b';');

@@ -52,6 +52,7 @@ pub struct SpoolWriter {
     mem: Vec<u8>,
     file: Option<std::fs::File>,
     len: u64,
+    limit: u64,
 }
 
 impl Default for SpoolWriter {
@@ -62,11 +63,16 @@ impl Default for SpoolWriter {
 
 impl SpoolWriter {
     pub fn new() -> Self {
-        SpoolWriter { mem: Vec::new(), file: None, len: 0 }
+        Self::with_limit(MEMORY_SPOOL)
+    }
+
+    /// A spool that moves to a temporary file past `limit` bytes.
+    pub fn with_limit(limit: u64) -> Self {
+        SpoolWriter { mem: Vec::new(), file: None, len: 0, limit }
     }
 
     pub fn push(&mut self, data: &[u8]) -> Result<()> {
-        if self.file.is_none() && self.len + data.len() as u64 > MEMORY_SPOOL {
+        if self.file.is_none() && self.len + data.len() as u64 > self.limit {
             let mut f = tempfile::tempfile()?;
             f.write_all(&self.mem)?;
             self.mem = Vec::new();
@@ -97,7 +103,12 @@ pub enum SpoolAt {
 
 impl SpoolAt {
     pub fn new(size: u64) -> Result<SpoolAt> {
-        if size <= MEMORY_SPOOL {
+        Self::with_limit(size, MEMORY_SPOOL)
+    }
+
+    /// A spool in memory up to `limit` bytes, else in a temporary file.
+    pub fn with_limit(size: u64, limit: u64) -> Result<SpoolAt> {
+        if size <= limit {
             Ok(SpoolAt::Memory(vec![0; size as usize]))
         } else {
             let f = tempfile::tempfile()?;
@@ -394,7 +405,9 @@ fn write<R: Read + Seek + Clone + Send + Sync>(
 
     let next = AtomicUsize::new(0);
     let bytes = AtomicU64::new(0);
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 8);
+    // File creation blocks in the kernel as much as it computes: more
+    // threads than cores keep the cores busy.
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get() * 2).clamp(4, 16);
     std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
             .map(|_| {
@@ -488,6 +501,40 @@ mod unit {
         }
         assert_eq!(clean_name(b"./a//b/").unwrap().as_deref(), Some("a/b"));
         assert_eq!(clean_name(b"./").unwrap(), None);
+    }
+
+    fn sample_zip() -> Vec<u8> {
+        let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        let opts = zip::write::SimpleFileOptions::default().unix_permissions(0o755);
+        w.start_file("d/run.sh", opts).unwrap();
+        w.write_all(&b"#!/bin/sh\n".repeat(1000)).unwrap();
+        w.add_symlink("d/link", "run.sh", opts).unwrap();
+        w.finish().unwrap().into_inner()
+    }
+
+    /// Archives too big for memory go through a temporary file, streamed or
+    /// placed part by part; both extract the same.
+    #[test]
+    fn file_spools_extract_like_memory_ones() {
+        let zip = sample_zip();
+        let mut streamed = SpoolWriter::with_limit(100);
+        for chunk in zip.chunks(77) {
+            streamed.push(chunk).unwrap();
+        }
+        let mut placed = SpoolAt::with_limit(zip.len() as u64, 100).unwrap();
+        for (i, chunk) in zip.chunks(1000).enumerate().rev() {
+            placed.put(i as u64 * 1000, chunk).unwrap();
+        }
+        for spool in [streamed.finish(), placed.finish()] {
+            assert!(matches!(spool, Spool::File(..)));
+            let tmp = tempfile::tempdir().unwrap();
+            let root = Dir::open_ambient_dir(tmp.path(), cap_std::ambient_authority()).unwrap();
+            let s = extract(&root, "out", spool).unwrap();
+            assert_eq!((s.files, s.bytes), (2, 10_000));
+            let meta = std::fs::metadata(tmp.path().join("out/d/run.sh")).unwrap();
+            assert_eq!(std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777, 0o755);
+            assert_eq!(std::fs::read_link(tmp.path().join("out/d/link")).unwrap().to_str(), Some("run.sh"));
+        }
     }
 
     #[test]
