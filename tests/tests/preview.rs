@@ -1,0 +1,313 @@
+//! The preview proxy on the real gateway, with real dev servers (a small
+//! stdlib-only Python server started as the container's command): the
+//! private cookie flow (401 → /__preview/auth → cookie → 200), public
+//! previews, `X-Forwarded-*`, bodies both ways, WebSocket through a preview,
+//! the `{port}-` form, stopped 503, unknown 404, and the wake of a
+//! hibernated project on a preview request.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use futures::{SinkExt as _, StreamExt as _};
+use serde_json::{Value, json};
+use tests::eventually;
+use tests::gateway::Gateway;
+use tokio_tungstenite::tungstenite::Message;
+
+/// A dev server with only the Python standard library: GET answers the
+/// request it saw as JSON, POST echoes the body, `Upgrade: websocket` is
+/// answered with an echoing WebSocket.
+const SERVER: &str = r#"
+import base64, hashlib, json, os, struct
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a):
+        pass
+    def do_GET(self):
+        if self.headers.get("Upgrade", "").lower() == "websocket":
+            return self.websocket()
+        body = json.dumps({"path": self.path, "name": os.environ.get("NAME", ""),
+                           "headers": {k.lower(): v for k, v in self.headers.items()}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def do_POST(self):
+        n = int(self.headers.get("Content-Length", "0"))
+        data = self.rfile.read(n)
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+    def websocket(self):
+        key = self.headers["Sec-WebSocket-Key"]
+        accept = base64.b64encode(hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()).decode()
+        self.send_response(101)
+        self.send_header("Upgrade", "websocket")
+        self.send_header("Connection", "Upgrade")
+        self.send_header("Sec-WebSocket-Accept", accept)
+        self.end_headers()
+        self.wfile.flush()
+        self.close_connection = True
+        r, w = self.rfile, self.wfile
+        while True:
+            h = r.read(2)
+            if len(h) < 2:
+                return
+            op, n = h[0] & 0x0F, h[1] & 0x7F
+            if n == 126:
+                n = struct.unpack(">H", r.read(2))[0]
+            elif n == 127:
+                n = struct.unpack(">Q", r.read(8))[0]
+            mask = r.read(4)
+            data = bytes(b ^ mask[i % 4] for i, b in enumerate(r.read(n)))
+            if op == 8:
+                w.write(b"\x88\x00")
+                w.flush()
+                return
+            if op in (1, 2):
+                out = b"echo:" + data
+                hdr = bytes([0x80 | op])
+                if len(out) < 126:
+                    hdr += bytes([len(out)])
+                elif len(out) < 65536:
+                    hdr += bytes([126]) + struct.pack(">H", len(out))
+                else:
+                    hdr += bytes([127]) + struct.pack(">Q", len(out))
+                w.write(hdr + out)
+                w.flush()
+
+ThreadingHTTPServer((os.environ.get("HOST", "127.0.0.1"), int(os.environ["PORT"])), H).serve_forever()
+"#;
+
+/// An HTTP client that sends `*.localhost` names to the gateway, the way a
+/// browser resolves them to the loopback address; no redirects followed.
+fn browser(gw: &Gateway, hosts: &[&str]) -> reqwest::Client {
+    let mut b = reqwest::Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none());
+    for h in hosts {
+        b = b.resolve(h, gw.addr);
+    }
+    b.build().unwrap()
+}
+
+fn url(gw: &Gateway, host: &str, path: &str) -> String {
+    format!("http://{host}:{}{path}", gw.addr.port())
+}
+
+/// Creates a container serving [`SERVER`] from `/{name}/` and starts it.
+async fn dev_server(gw: &Gateway, project: &str, name: &str, public: bool) -> Result<()> {
+    let r = gw.put(&format!("/api/projects/{project}/files/{name}/server.py")).body(SERVER).send().await?;
+    anyhow::ensure!(r.status().is_success(), "write server.py: {}", r.status());
+    let r = gw
+        .post(&format!("/api/projects/{project}/containers"))
+        .json(&json!({"name": name, "port": tests::free_port(), "start": "exec python3 server.py",
+                      "env": {"NAME": name}, "public": public}))
+        .send()
+        .await?;
+    anyhow::ensure!(r.status().as_u16() == 201, "create {name}: {}", r.text().await?);
+    let r = gw.post(&format!("/api/projects/{project}/containers/{name}/start")).send().await?;
+    anyhow::ensure!(r.status().as_u16() == 200, "start {name}: {}", r.text().await?);
+    Ok(())
+}
+
+/// Waits until `url` answers `want` (the dev server takes a moment to listen).
+async fn wait_status(client: &reqwest::Client, url: &str, cookie: Option<&str>, want: u16) -> reqwest::Response {
+    let url = url.to_owned();
+    eventually(Duration::from_secs(30), &format!("{url} to answer {want}"), || {
+        let mut req = client.get(&url);
+        if let Some(c) = cookie {
+            req = req.header("cookie", c);
+        }
+        async move { req.send().await.ok().filter(|r| r.status().as_u16() == want) }
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn private_preview_cookie_flow_and_forwarded_headers() {
+    let gw = Gateway::start().await.unwrap();
+    gw.open_project("demo").await.unwrap();
+    gw.open_project("other").await.unwrap();
+    dev_server(&gw, "demo", "web", false).await.unwrap();
+    let host = "web.demo.localhost";
+    let b = browser(&gw, &[host]);
+
+    // Without the cookie: 401, whatever the path.
+    for path in ["/", "/some/page?x=1"] {
+        let r = b.get(url(&gw, host, path)).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 401, "{path}");
+        assert!(r.text().await.unwrap().contains("private"));
+    }
+    // Bad tokens on the auth path: 401; another project's token: 403; no cookie set.
+    for (token, status) in [("garbage", 401), (gw.token(&["other"]).as_str(), 403)] {
+        let r = b.get(url(&gw, host, &format!("/__preview/auth?token={token}"))).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), status);
+        assert!(r.headers().get("set-cookie").is_none());
+    }
+    // The API token itself is no cookie.
+    let raw = format!("devgate_preview={}", gw.token(&["demo"]));
+    assert_eq!(b.get(url(&gw, host, "/")).header("cookie", &raw).send().await.unwrap().status().as_u16(), 401);
+
+    // The cookie flow.
+    let token = gw.token(&["demo"]);
+    let r = b.get(url(&gw, host, &format!("/__preview/auth?token={token}"))).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 303);
+    assert_eq!(r.headers()["location"], "/");
+    let set = r.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(set.starts_with("devgate_preview="), "{set}");
+    for attr in ["HttpOnly", "Path=/", "Secure", "SameSite=None", "Partitioned", "Max-Age="] {
+        assert!(set.contains(attr), "{attr} missing in {set}");
+    }
+    let value = set.split(';').next().unwrap().to_owned();
+    assert!(!value.contains(&token), "the cookie is a minted token, not the bearer's");
+
+    let r = wait_status(&b, &url(&gw, host, "/some/page?x=1"), Some(&format!("theirs=1; {value}")), 200).await;
+    let seen: Value = r.json().await.unwrap();
+    assert_eq!(seen["name"], "web");
+    assert_eq!(seen["path"], "/some/page?x=1");
+    let h = &seen["headers"];
+    assert_eq!(h["x-forwarded-host"], format!("{host}:{}", gw.addr.port()));
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(h["host"], format!("{host}:{}", gw.addr.port()));
+    // The dev server keeps its own cookies and never sees the gateway's.
+    assert_eq!(h["cookie"], "theirs=1", "{h}");
+
+    // The cookie is bound to its host: another container of the project
+    // needs its own.
+    dev_server(&gw, "demo", "api", false).await.unwrap();
+    let b2 = browser(&gw, &["api.demo.localhost"]);
+    let r = b2.get(url(&gw, "api.demo.localhost", "/")).header("cookie", &value).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+
+    // Product backends may use a bearer token instead; it is not forwarded.
+    let r = b.get(url(&gw, host, "/")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let seen: Value = r.json().await.unwrap();
+    assert!(seen["headers"].get("authorization").is_none());
+
+    // Bodies go both ways, streamed: a 3 MiB POST comes back intact.
+    let body: Vec<u8> = (0..3 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let r = b.post(url(&gw, host, "/echo")).header("cookie", &value).body(body.clone()).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(r.bytes().await.unwrap() == body);
+
+    // The proxied bytes are counted.
+    let metrics = gw.get("/metrics").send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("gateway_preview_proxied_bytes_total{direction=\"downstream\"}"), "{metrics}");
+}
+
+#[tokio::test]
+async fn public_preview_websocket_port_form_stopped_and_unknown() {
+    let gw = Gateway::start().await.unwrap();
+    gw.open_project("demo").await.unwrap();
+    dev_server(&gw, "demo", "pub", true).await.unwrap();
+    let host = "pub.demo.localhost";
+    let b = browser(&gw, &[host, "nope.demo.localhost", "pub.nope.localhost", "x.y.z.localhost"]);
+
+    // Public: no cookie needed; host names are case-insensitive.
+    let r = wait_status(&b, &url(&gw, host, "/"), None, 200).await;
+    assert_eq!(r.json::<Value>().await.unwrap()["name"], "pub");
+    let r = b.get(url(&gw, host, "/")).header("host", format!("PUB.Demo.LOCALHOST:{}", gw.addr.port())).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+
+    // A WebSocket through the preview (what Vite's HMR does).
+    let stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (mut ws, resp) = tokio_tungstenite::client_async(format!("ws://{host}:{}/hmr", gw.addr.port()), stream)
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 101);
+    for i in 0..3 {
+        ws.send(Message::text(format!("hello-{i}"))).await.unwrap();
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await.unwrap() {
+            Some(Ok(Message::Text(t))) => assert_eq!(t.as_str(), format!("echo:hello-{i}")),
+            other => panic!("expected the echo, got {other:?}"),
+        }
+    }
+    let big = vec![7u8; 200_000];
+    ws.send(Message::binary(big.clone())).await.unwrap();
+    match tokio::time::timeout(Duration::from_secs(10), ws.next()).await.unwrap() {
+        Some(Ok(Message::Binary(d))) => assert!(d.len() == big.len() + 5 && d[5..] == big[..]),
+        other => panic!("expected the binary echo, got {other:?}"),
+    }
+    ws.close(None).await.unwrap();
+
+    // `{port}-{container}` reaches another port of the container: here a
+    // server this test runs on a port of its own.
+    let other = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let other_port = other.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        while let Ok((mut s, _)) = other.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nConnection: close\r\n\r\nother-port").await;
+            });
+        }
+    });
+    let port_host = format!("{other_port}-pub.demo.localhost");
+    let b3 = browser(&gw, &[port_host.as_str()]);
+    let r = b3.get(url(&gw, &port_host, "/")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.text().await.unwrap(), "other-port");
+
+    // Unknown container, unknown project: 404.
+    for h in ["nope.demo.localhost", "pub.nope.localhost"] {
+        let r = b.get(url(&gw, h, "/")).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 404, "{h}");
+    }
+    // Not a preview host (three labels before the domain): the API's 404.
+    let r = b.get(url(&gw, "x.y.z.localhost", "/api/nothing")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+
+    // Stopped: 503 with a short page saying so.
+    let r = gw.post("/api/projects/demo/containers/pub/stop").send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let r = b.get(url(&gw, host, "/")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(r.text().await.unwrap().contains("not running"));
+}
+
+#[tokio::test]
+async fn a_preview_request_wakes_a_hibernated_project() {
+    let gw = Gateway::start().await.unwrap();
+    gw.open_project("nap").await.unwrap();
+    dev_server(&gw, "nap", "web", false).await.unwrap();
+    let host = "web.nap.localhost";
+    let b = browser(&gw, &[host]);
+    let r = b.get(url(&gw, host, &format!("/__preview/auth?token={}", gw.token(&["nap"])))).send().await.unwrap();
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
+    wait_status(&b, &url(&gw, host, "/"), Some(&cookie), 200).await;
+
+    let r = gw.post("/api/projects/nap/hibernate").send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+    let p: Value = gw.get("/api/projects/nap").send().await.unwrap().json().await.unwrap();
+    assert_eq!(p["status"], "hibernated");
+
+    // Unauthenticated requests do not wake anything.
+    let r = b.get(url(&gw, host, "/")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let p: Value = gw.get("/api/projects/nap").send().await.unwrap().json().await.unwrap();
+    assert_eq!(p["status"], "hibernated");
+
+    // One request with the cookie: restored, dev server started, page served.
+    let r = b.get(url(&gw, host, "/woken")).header("cookie", &cookie).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["path"], "/woken");
+    let p: Value = gw.get("/api/projects/nap").send().await.unwrap().json().await.unwrap();
+    assert_eq!(p["status"], "active");
+    let c = &p["containers"].as_array().unwrap()[0];
+    assert_eq!(c["status"], "running", "{p}");
+}
