@@ -546,14 +546,14 @@ impl AgentClient {
     // ---- git ----
 
     /// Clones `url` at `git_ref` into `dir` (absent or empty).
-    pub async fn clone_repo(&self, url: &str, git_ref: &str, dir: &str, drop_git_dir: bool) -> Result<CloneResult> {
+    pub async fn clone_repo(&self, url: &str, git_ref: &str, dir: &str, drop_git_dir: bool, shallow: bool) -> Result<CloneResult> {
         let mut git = self.git();
         // `GitClient::clone` the RPC, not `Clone::clone`.
         let mut s = pb::git_client::GitClient::clone(&mut git, self.req(pb::CloneRequest {
                 url: url.to_owned(),
                 r#ref: git_ref.to_owned(),
                 dir: dir.to_owned(),
-                shallow: true,
+                shallow,
                 drop_git_dir,
             }))
         .await?

@@ -9,6 +9,7 @@ pub mod archive_store;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod idle;
 pub mod ids;
 pub mod lifecycle;
 pub mod metrics;
@@ -48,6 +49,11 @@ pub async fn run(
     // request for one of them brings its agent up on its own anyway.
     tokio::spawn(lifecycle::reconcile(state.clone()));
     tokio::spawn(prune_logs_forever(state.clone()));
+    tokio::spawn(idle::run(
+        state.clone(),
+        Duration::from_secs(config.idle_hibernate_minutes.saturating_mul(60)),
+        Duration::from_secs(60),
+    ));
 
     let app = api::router(state.clone());
     let cancel = state.shutdown.clone();
@@ -140,6 +146,7 @@ pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
         templates: Arc::new(templates),
         shutdown: tokio_util::sync::CancellationToken::new(),
         listen_port: Arc::default(),
+        activity: Arc::default(),
     })
 }
 

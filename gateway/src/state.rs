@@ -35,6 +35,8 @@ pub struct AppState {
     pub shutdown: tokio_util::sync::CancellationToken,
     /// The port the gateway accepts on (for preview URLs), set once bound.
     pub listen_port: Arc<std::sync::atomic::AtomicU16>,
+    /// File, terminal and preview activity per project, for idle hibernation.
+    pub activity: Arc<crate::idle::Activity>,
 }
 
 impl AppState {
@@ -61,6 +63,8 @@ impl AppState {
         if p.status != ProjectStatus::Active {
             return Err(Error::ProjectNotActive(project.to_owned()));
         }
+        // Every file, exec and terminal route comes through here.
+        crate::idle::touch(self, project);
         self.agent_of_active(project).await
     }
 

@@ -1,6 +1,8 @@
 //! Bundled container templates: each folder of `--templates-dir` is made into
-//! a bare git repository `<data-dir>/templates/<name>.git` at start-up, so a
-//! container can be created from it with the agent's ordinary git clone.
+//! a bare git repository `<data-dir>/templates/<name>.git` at start-up, served
+//! by the gateway over git's "dumb" HTTP protocol at `/templates/<name>.git`,
+//! so a container is created from it with the agent's ordinary git clone (an
+//! agent refuses `file://` repositories outside its root, rightly).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -67,6 +69,8 @@ fn build_one(src: &Path, repo: &Path) -> anyhow::Result<()> {
         let _ = std::fs::remove_dir_all(&tmp);
         bail!("git clone --bare failed: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
+    // The dumb HTTP protocol needs info/refs and objects/info/packs.
+    git(&["update-server-info"], &tmp)?;
     if repo.exists() {
         std::fs::remove_dir_all(repo)?;
     }

@@ -210,7 +210,7 @@ async fn operations_endpoints_and_templates() {
     let t: Vec<Value> = gw.get("/api/templates").send().await.unwrap().json().await.unwrap();
     assert_eq!(t.len(), 1);
     assert_eq!(t[0]["name"], "hello");
-    assert!(t[0]["git"].as_str().unwrap().starts_with("file:///"));
+    assert!(t[0]["git"].as_str().unwrap().starts_with("http://127.0.0.1:"));
     assert_eq!(gw.http().get(gw.url("/api/templates")).send().await.unwrap().status(), 401);
 
     // The demo URL with an admin token is printed in local mode.

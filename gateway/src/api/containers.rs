@@ -90,7 +90,18 @@ async fn create(
     let mut created_dir = false;
     if let Some(t) = &body.template {
         let t0 = Instant::now();
-        let r = client.clone_repo(&t.git, t.git_ref.as_deref().unwrap_or(""), &name, true).await;
+        // Bundled templates are served over git's dumb HTTP protocol, which
+        // cannot do shallow clones; they are small anyway.
+        let bundled = state.templates.iter().any(|(n, _)| t.git.ends_with(&format!("/templates/{n}.git")));
+        let r = client
+            .clone_repo(&t.git, t.git_ref.as_deref().unwrap_or(""), &name, true, !bundled)
+            .await
+            .map_err(|e| match e {
+                // The agent says "failed precondition" for a clone that failed
+                // (bad URL, unknown ref): to the caller that is a bad template.
+                Error::PreconditionFailed(m) | Error::NotFound(m) => Error::BadRequest(format!("template clone failed: {m}")),
+                other => other,
+            });
         state
             .log_command(CommandLogEntry {
                 project: p.clone(),

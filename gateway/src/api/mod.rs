@@ -38,7 +38,11 @@ pub fn router(state: AppState) -> Router {
         .route("/api/templates", get(templates))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics));
+        .route("/metrics", get(metrics))
+        .nest_service(
+            "/templates",
+            tower_http::services::ServeDir::new(state.config.data_dir.join("templates")),
+        );
     app = match state.config.web_dir() {
         Some(dir) => app.fallback_service(
             tower_http::services::ServeDir::new(&dir)
@@ -152,10 +156,17 @@ async fn metrics(State(state): State<AppState>) -> Response {
 }
 
 async fn templates(_claims: Claims, State(state): State<AppState>) -> Response {
+    // Agents reach the gateway on its listening address (loopback in local mode).
+    let ip = match state.config.listen.ip() {
+        ip if ip.is_unspecified() => "127.0.0.1".to_owned(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
+    };
+    let port = state.listen_port.load(std::sync::atomic::Ordering::Relaxed);
     let list: Vec<serde_json::Value> = state
         .templates
         .iter()
-        .map(|(name, git)| serde_json::json!({"name": name, "git": git}))
+        .map(|(name, _)| serde_json::json!({"name": name, "git": format!("http://{ip}:{port}/templates/{name}.git")}))
         .collect();
     axum::Json(list).into_response()
 }

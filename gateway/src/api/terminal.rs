@@ -172,8 +172,11 @@ async fn terminal(
             "terminal attached"
         )
     });
+    // A connected terminal keeps its project awake (idle hibernation).
+    let hold = state.activity.hold(&project);
     Ok(ws.on_upgrade(move |socket| {
         async move {
+            let _hold = hold;
             let _ws = WsGauge::new(&state, "terminal");
             state.metrics.open_terminals.inc();
             bridge(socket, attached, state.shutdown.clone()).await;

@@ -68,6 +68,7 @@ pub async fn ensure_active(state: &AppState, project: &str) -> Result<()> {
 
 /// Serves one request for a preview host.
 pub async fn handle(state: AppState, target: PreviewHost, req: Request) -> Response {
+    crate::idle::touch(&state, &target.project);
     let span = tracing::debug_span!("preview", project = %target.project, container = %target.container);
     match tracing::Instrument::instrument(serve(&state, &target, req), span).await {
         Ok(resp) => resp,

@@ -1,0 +1,211 @@
+//! Containers (dev servers) on the local runtime: created from a bundled git
+//! template (files in `/{name}/`, `install` run and logged), started on their
+//! declared port or another when it is taken, exec inside them, logs (with
+//! follow), stop, delete with files, and one port per project.
+
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use serde_json::{Value, json};
+use tests::gateway::Gateway;
+use tests::{eventually, free_port};
+
+async fn gateway_with_template() -> (Gateway, tempfile::TempDir) {
+    let templates = tempfile::tempdir().unwrap();
+    let web = templates.path().join("web");
+    std::fs::create_dir_all(&web).unwrap();
+    std::fs::write(web.join("index.html"), "<h1>template</h1>").unwrap();
+    let gw = Gateway::builder()
+        .arg("--templates-dir")
+        .arg(templates.path().to_str().unwrap())
+        .start()
+        .await
+        .unwrap();
+    (gw, templates)
+}
+
+async fn get_local(port: u16, path: &str) -> Option<String> {
+    let r = reqwest::Client::builder().no_proxy().build().ok()?.get(format!("http://127.0.0.1:{port}{path}")).send().await.ok()?;
+    r.status().is_success().then_some(())?;
+    r.text().await.ok()
+}
+
+#[tokio::test]
+async fn container_from_template_start_exec_logs_stop_delete() {
+    let (gw, _t) = gateway_with_template().await;
+    gw.open_project("app").await.unwrap();
+    let templates: Vec<Value> = gw.get("/api/templates").send().await.unwrap().json().await.unwrap();
+    let git = templates[0]["git"].as_str().unwrap().to_owned();
+    let port = free_port();
+
+    let r = gw
+        .post("/api/projects/app/containers")
+        .json(&json!({
+            "name": "web",
+            "template": {"git": git},
+            "port": port,
+            "start": "exec python3 -u -m http.server $PORT --bind $HOST",
+            "install": "echo installed > installed.txt",
+            "env": {"FOO": "bar"},
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let c: Value = r.json().await.unwrap();
+    assert_eq!(c["name"], "web");
+    assert_eq!(c["status"], "stopped");
+    assert_eq!(c["port"], port);
+    // Files are there now, not at start; the template's .git is not.
+    let dir = gw.project_dir("app").join("web");
+    assert_eq!(std::fs::read_to_string(dir.join("index.html")).unwrap(), "<h1>template</h1>");
+    assert_eq!(std::fs::read_to_string(dir.join("installed.txt")).unwrap(), "installed\n");
+    assert!(!dir.join(".git").exists());
+    let logs: Vec<Value> = gw.get("/api/projects/app/logs").send().await.unwrap().json().await.unwrap();
+    let labels: Vec<&str> = logs.iter().map(|l| l["label"].as_str().unwrap()).collect();
+    assert_eq!(labels, ["web: clone", "web: install"]);
+    assert_eq!(logs[1]["command"], "echo installed > installed.txt");
+
+    // Same name or same port: 409.
+    let r = gw.post("/api/projects/app/containers").json(&json!({"name": "web", "port": port + 1, "start": "true"})).send().await.unwrap();
+    assert_eq!(r.status(), 409);
+    let r = gw.post("/api/projects/app/containers").json(&json!({"name": "api", "port": port, "start": "true"})).send().await.unwrap();
+    assert_eq!(r.status(), 409);
+    let r = gw.post("/api/projects/app/containers").json(&json!({"name": "Bad_Name", "port": 1234, "start": "true"})).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+
+    // Start: running with a preview URL, serving on the declared port.
+    let r = gw.post("/api/projects/app/containers/web/start").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let c: Value = r.json().await.unwrap();
+    assert_eq!(c["status"], "running");
+    let url = c["preview_url"].as_str().unwrap();
+    assert!(url.starts_with("http://web.app.localhost:"), "{url}");
+    let body = eventually(Duration::from_secs(20), "the dev server", || get_local(port, "/index.html")).await.unwrap();
+    assert_eq!(body, "<h1>template</h1>");
+    let list: Vec<Value> = gw.get("/api/projects/app/containers").send().await.unwrap().json().await.unwrap();
+    assert_eq!(list[0]["status"], "running");
+
+    // Exec inside the container: cwd /web, its env, its PORT.
+    let r = gw
+        .post("/api/projects/app/exec")
+        .json(&json!({"argv": ["sh", "-c", "pwd; echo $FOO $PORT"], "container": "web"}))
+        .send()
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    let out = v["stdout"].as_str().unwrap();
+    assert!(out.ends_with(&format!("/web\nbar {port}\n")), "{out}");
+    let r = gw.post("/api/projects/app/exec").json(&json!({"argv": ["true"], "container": "nope"})).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+
+    // Logs, then following them while a new request comes in.
+    let text = eventually(Duration::from_secs(10), "the request in the logs", || async {
+        let t = gw.get("/api/projects/app/containers/web/logs").send().await.ok()?.text().await.ok()?;
+        t.contains("GET /index.html").then_some(t)
+    })
+    .await
+    .unwrap();
+    assert!(text.contains("Serving HTTP"), "{text}");
+    let r = gw.get("/api/projects/app/containers/web/logs?follow=true").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    let mut s = r.bytes_stream();
+    get_local(port, "/followed-path").await;
+    let mut seen = String::new();
+    let found = tokio::time::timeout(Duration::from_secs(15), async {
+        while let Some(Ok(chunk)) = s.next().await {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+            if seen.contains("/followed-path") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(found, Ok(true), "{seen}");
+    drop(s);
+
+    // Stop: stopped, the port closes, the files stay.
+    let r = gw.post("/api/projects/app/containers/web/stop").send().await.unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["status"], "stopped");
+    eventually(Duration::from_secs(10), "the port to close", || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err().then_some(())
+    })
+    .await
+    .unwrap();
+    assert!(dir.join("index.html").exists());
+
+    // Delete without files, then a second one with files.
+    let r = gw.delete("/api/projects/app/containers/web").send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    assert!(dir.exists());
+    let r = gw.post("/api/projects/app/containers").json(&json!({"name": "api", "port": port, "start": "sleep 60"})).send().await.unwrap();
+    assert_eq!(r.status(), 201, "the port is free again once web is gone");
+    assert!(gw.project_dir("app").join("api").is_dir());
+    let r = gw.delete("/api/projects/app/containers/api?delete_files=true").send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    assert!(!gw.project_dir("app").join("api").exists());
+    assert_eq!(gw.get("/api/projects/app/containers").send().await.unwrap().json::<Vec<Value>>().await.unwrap(), Vec::<Value>::new());
+}
+
+#[tokio::test]
+async fn taken_port_gets_another_and_failed_install_changes_nothing() {
+    let (gw, _t) = gateway_with_template().await;
+    gw.open_project("p").await.unwrap();
+    // Something else on this machine holds the declared port.
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = holder.local_addr().unwrap().port();
+    let r = gw
+        .post("/api/projects/p/containers")
+        .json(&json!({"name": "srv", "port": taken, "start": "exec python3 -m http.server $PORT --bind $HOST"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    std::fs::write(gw.project_dir("p").join("srv/hello.txt"), "moved port").unwrap();
+    let r = gw.post("/api/projects/p/containers/srv/start").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = gw
+        .post("/api/projects/p/exec")
+        .json(&json!({"argv": ["sh", "-c", "echo -n $PORT"], "container": "srv"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let actual: u16 = v["stdout"].as_str().unwrap().parse().unwrap();
+    assert_ne!(actual, taken);
+    let body = eventually(Duration::from_secs(20), "the moved dev server", || get_local(actual, "/hello.txt")).await.unwrap();
+    assert_eq!(body, "moved port");
+    drop(holder);
+
+    // A failing install: 400, no container, no files.
+    let r = gw
+        .post("/api/projects/p/containers")
+        .json(&json!({"name": "bad", "port": 4000, "start": "true", "install": "echo nope >&2; exit 7"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(!gw.project_dir("p").join("bad").exists());
+    let list: Vec<Value> = gw.get("/api/projects/p/containers").send().await.unwrap().json().await.unwrap();
+    assert_eq!(list.len(), 1);
+    let logs: Vec<Value> = gw.get("/api/projects/p/logs").send().await.unwrap().json().await.unwrap();
+    let last = logs.last().unwrap();
+    assert_eq!(last["label"], "bad: install");
+    assert_eq!(last["exit_code"], 7);
+    assert_eq!(last["stderr"], "nope\n");
+
+    // Hibernate and open: containers come back stopped.
+    assert_eq!(gw.post("/api/projects/p/hibernate").send().await.unwrap().status(), 200);
+    let p: Value = gw.post("/api/projects/p/open").send().await.unwrap().json().await.unwrap();
+    assert_eq!(p["containers"][0]["status"], "stopped");
+    assert_eq!(std::fs::read_to_string(gw.project_dir("p").join("srv/hello.txt")).unwrap(), "moved port");
+    // Container routes on a hibernated project: 409.
+    gw.post("/api/projects/p/hibernate").send().await.unwrap();
+    let r = gw.post("/api/projects/p/containers/srv/start").send().await.unwrap();
+    assert_eq!(r.status(), 409);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "project_not_active");
+}
