@@ -6,8 +6,15 @@
 # so this is for people who have one (minikube is enough:
 # docs/deploy-minikube.md).
 #
-#   k8s/e2e.sh                       # every end-to-end test
-#   k8s/e2e.sh --test projects       # arguments go to `cargo test -p tests`
+#   k8s/e2e.sh                          # every end-to-end test
+#   k8s/e2e.sh --test api_projects      # arguments go to `cargo test -p tests`
+#
+# The end-to-end tests were written for the local runtime first: the ones
+# that look into the local runtime's project folders (`project_dir`) or
+# hibernate to the S3 server the test starts on this machine's loopback
+# (unreachable from pods unless E2E_S3_ENDPOINT names an address they
+# reach) fail against a cluster for those reasons, not because of the
+# cluster. Select the others with `--test` / `--skip`.
 #
 # Needs: kubectl with a working context; the agent and dev images present in
 # the cluster (E2E_BUILD_IMAGES=1 builds them with `minikube image build`);
