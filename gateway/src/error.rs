@@ -85,6 +85,11 @@ impl Error {
     }
 }
 
+/// Response extension set on 5xx answers caused by an agent or another
+/// upstream, so the request middleware can count them.
+#[derive(Debug, Clone, Copy)]
+pub struct FailedUpstream(pub &'static str);
+
 impl From<tonic::Status> for Error {
     fn from(s: tonic::Status) -> Error {
         let detail = s
@@ -120,11 +125,16 @@ impl From<tonic::transport::Error> for Error {
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
+        // 5xx bodies say something generic; the cause goes to the log.
         let message = if status.is_server_error() {
             match &self {
-                Error::Unavailable(_) | Error::Timeout(_) => {
+                Error::Unavailable(_) => {
                     tracing::warn!(error = %self, "request failed");
-                    self.to_string()
+                    "the service or the project's environment is unavailable; try again".to_owned()
+                }
+                Error::Timeout(_) => {
+                    tracing::warn!(error = %self, "request timed out");
+                    "the operation timed out".to_owned()
                 }
                 _ => {
                     tracing::error!(error = %self, "internal error");
@@ -136,6 +146,18 @@ impl IntoResponse for Error {
         };
         let body = serde_json::json!({"error": {"code": code, "message": message}});
         let mut resp = (status, axum::Json(body)).into_response();
+        if status.is_server_error() {
+            // For the agent-RPC-errors metric, counted by the request middleware.
+            let kind = match &self {
+                Error::Agent(s) => Some(s.code().description()),
+                Error::Unavailable(_) => Some("unavailable"),
+                Error::Timeout(_) => Some("deadline exceeded"),
+                _ => None,
+            };
+            if let Some(kind) = kind {
+                resp.extensions_mut().insert(FailedUpstream(kind));
+            }
+        }
         if let Error::RangeNotSatisfiable { size } = self {
             if let Ok(v) = format!("bytes */{size}").parse() {
                 resp.headers_mut().insert(axum::http::header::CONTENT_RANGE, v);

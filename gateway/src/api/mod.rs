@@ -86,6 +86,11 @@ async fn track(State(state): State<AppState>, req: Request, next: Next) -> Respo
     let t0 = Instant::now();
     let resp = next.run(req).await;
     let m = &state.metrics;
+    if let Some(f) = resp.extensions().get::<crate::error::FailedUpstream>() {
+        m.agent_rpc_errors
+            .get_or_create(&crate::metrics::RpcLabels { op: route.clone(), code: f.0.to_owned() })
+            .inc();
+    }
     m.request_seconds
         .get_or_create(&RouteLabels { method: method.clone(), route: route.clone() })
         .observe(t0.elapsed().as_secs_f64());
