@@ -95,7 +95,7 @@ fn path_exists(p: &Path) -> bool {
 
 #[tokio::test]
 async fn round_trip_keeps_bytes_modes_and_symlinks() -> anyhow::Result<()> {
-    let (_tmp, agent, mut client) = start().await?;
+    let (tmp, agent, mut client) = start().await?;
     let proj = agent.root.join("proj");
     make_project(&proj);
 
@@ -104,8 +104,12 @@ async fn round_trip_keeps_bytes_modes_and_symlinks() -> anyhow::Result<()> {
     assert_eq!(summary.sha256, hex::encode(sha2::Sha256::digest(&zip)));
     let expected = snapshot(&proj, &["node_modules", ".git", "__pycache__"]);
     assert_eq!(summary.files, file_count(&expected));
-    // Any unzip reads it: check with the zip crate too.
+    // Any unzip reads it: Info-ZIP's checks every CRC.
     assert!(names(&zip).contains(&"bin/run.sh".to_owned()));
+    let file = tmp.path().join("out.zip");
+    std::fs::write(&file, &zip)?;
+    let out = std::process::Command::new("unzip").arg("-tq").arg(&file).output()?;
+    assert!(out.status.success(), "unzip -t: {}", String::from_utf8_lossy(&out.stdout));
 
     let out = extract(&agent, &mut client, "restored/here", zip).await?;
     assert_eq!(out.files, file_count(&expected));

@@ -27,6 +27,10 @@ pub const DEFAULT_EXCLUDES: [&str; 3] = ["node_modules", ".git", "__pycache__"];
 /// goes through, alone.
 const BUDGET: u64 = 48 * 1024 * 1024;
 
+/// Files larger than this are not read into memory but streamed from disk
+/// (twice: to hash, then to copy), stored rather than deflated.
+const BIG_FILE: u64 = 32 * 1024 * 1024;
+
 /// Deflate level: the fastest. On source trees it loses a few percent of size
 /// to level 6 and runs several times faster, and the upload is what waits.
 const LEVEL: i64 = 1;
@@ -61,13 +65,17 @@ pub fn excludes(exclude: &[String], no_defaults: bool) -> HashSet<String> {
 /// Writes the zip of `spec` into `sink`; blocking, runs on its own thread.
 /// `stop` ends it early with an error (the caller went away).
 pub fn write_zip(spec: &Spec, sink: ChunkSink, stop: &AtomicBool) -> Result<Summary> {
+    write_zip_with(spec, sink, stop, BIG_FILE)
+}
+
+fn write_zip_with(spec: &Spec, sink: ChunkSink, stop: &AtomicBool, big: u64) -> Result<Summary> {
     let entries = walk(spec)?;
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8);
     let (txs, rxs): (Vec<_>, Vec<_>) = entries.iter().map(|_| sync_channel(1)).unzip();
-    let budget = Budget::new(entries.iter().map(cost).collect());
+    let budget = Budget::new(entries.iter().map(|e| cost(e, big)).collect());
     std::thread::scope(|scope| {
         for _ in 0..workers {
-            scope.spawn(|| worker(spec, &entries, &txs, &budget, stop));
+            scope.spawn(|| worker(spec, &entries, &txs, &budget, stop, big));
         }
         let res = writer(&entries, rxs, &budget, sink, stop);
         if res.is_err() {
@@ -160,14 +168,18 @@ struct Entry {
 enum Prepared {
     /// A one-entry zip holding the compressed file.
     File(ZipArchive<Cursor<Vec<u8>>>),
+    /// A big file, to be streamed from disk by the writer.
+    Big(super::big::BigEntry),
     /// The entry needs nothing beyond its metadata (directory, symlink).
     Meta,
     /// The file went away between the walk and the read.
     Vanished,
 }
 
-fn cost(e: &Entry) -> u64 {
+fn cost(e: &Entry, big: u64) -> u64 {
     match e.kind {
+        // A big file is streamed: only its read buffer counts.
+        Kind::File { size, .. } if size > big => 1 << 20,
         Kind::File { size, .. } => size,
         _ => 0,
     }
@@ -294,17 +306,18 @@ fn worker(
     txs: &[SyncSender<Result<Prepared>>],
     budget: &Budget,
     stop: &AtomicBool,
+    big: u64,
 ) {
     while let Some(i) = budget.take(stop) {
         // An error goes to the writer in its place in the order, so the
         // caller learns which file failed.
-        let res = prepare(&spec.base, &entries[i]);
+        let res = prepare(&spec.base, &entries[i], big);
         // The writer may be gone after an error; nothing to do then.
         let _ = txs[i].send(res);
     }
 }
 
-fn prepare(base: &Dir, entry: &Entry) -> Result<Prepared> {
+fn prepare(base: &Dir, entry: &Entry, big: u64) -> Result<Prepared> {
     let Kind::File { size, mode } = entry.kind else {
         return Ok(Prepared::Meta);
     };
@@ -315,6 +328,9 @@ fn prepare(base: &Dir, entry: &Entry) -> Result<Prepared> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Prepared::Vanished),
         Err(e) => return Err(Error::Io(io::Error::new(e.kind(), format!("{}: {e}", entry.name)))),
     };
+    if size > big {
+        return Ok(Prepared::Big(super::big::prepare(&entry.name, file.into_std(), mode)?));
+    }
     let mut data = Vec::with_capacity(size as usize);
     file.read_to_end(&mut data)?;
     let method = if stored_by_name(&entry.name) || data.len() < 64 {
@@ -406,6 +422,12 @@ fn writer(
             (Prepared::File(mut one), _) => {
                 let file = one.by_index_raw(0).map_err(zip_error)?;
                 zip.raw_copy_file(file).map_err(zip_error)?;
+                files += 1;
+            }
+            (Prepared::Big(mut one), _) => {
+                let file = one.zip.by_index_raw(0).map_err(zip_error)?;
+                zip.raw_copy_file(file).map_err(zip_error)?;
+                super::big::verify(&mut one, &entry.name)?;
                 files += 1;
             }
             (Prepared::Meta, Kind::Dir { mode }) => {
@@ -519,6 +541,50 @@ mod unit {
         let out = w.into_inner().unwrap();
         assert_eq!(out.len(), FLUSH_AT + 11);
         assert_eq!(&out[out.len() - 5..], &[9, 9, 1, 1, 7]);
+    }
+
+    /// Big files are streamed from disk, the rest compressed in memory; the
+    /// archive reads back byte for byte (the zip crate checks each CRC).
+    #[test]
+    fn big_and_small_files_read_back() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let tmp = tempfile::tempdir().unwrap();
+        let big: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2654435761) >> 7) as u8).collect();
+        std::fs::write(tmp.path().join("big.bin"), &big).unwrap();
+        std::fs::set_permissions(tmp.path().join("big.bin"), std::fs::Permissions::from_mode(0o750)).unwrap();
+        std::fs::create_dir(tmp.path().join("d")).unwrap();
+        std::fs::write(tmp.path().join("d/small.txt"), "small ".repeat(100)).unwrap();
+        std::os::unix::fs::symlink("../big.bin", tmp.path().join("d/link")).unwrap();
+        let spec = Spec {
+            base: Dir::open_ambient_dir(tmp.path(), cap_std::ambient_authority()).unwrap(),
+            base_rel: String::new(),
+            excludes: HashSet::new(),
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+        let reader = std::thread::spawn(move || {
+            let mut out = Vec::new();
+            while let Some(chunk) = rx.blocking_recv() {
+                out.extend_from_slice(&chunk);
+            }
+            out
+        });
+        let summary =
+            write_zip_with(&spec, ChunkSink::new(tx, |_| 4096), &AtomicBool::new(false), 100_000).unwrap();
+        let bytes = reader.join().unwrap();
+        assert_eq!(summary.size, bytes.len() as u64);
+        assert_eq!(summary.files, 3);
+        let mut zip = ZipArchive::new(Cursor::new(bytes)).unwrap();
+        let mut f = zip.by_name("big.bin").unwrap();
+        assert_eq!(f.compression(), CompressionMethod::Stored);
+        assert_eq!(f.unix_mode().unwrap() & 0o777, 0o750);
+        let mut got = Vec::new();
+        f.read_to_end(&mut got).unwrap();
+        assert!(got == big, "big file content differs");
+        drop(f);
+        let mut got = String::new();
+        zip.by_name("d/small.txt").unwrap().read_to_string(&mut got).unwrap();
+        assert_eq!(got, "small ".repeat(100));
+        assert!(zip.by_name("d/link").unwrap().is_symlink());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! file), and extract a zip from the caller or from S3 after checking every
 //! entry. `create` writes zips, `extract` reads them; this module speaks gRPC.
 
+mod big;
 pub mod create;
 pub mod extract;
 
