@@ -181,3 +181,34 @@ async fn sigterm_during_upload_finishes_it() -> anyhow::Result<()> {
     assert_eq!(archive.len(), 48 + 8, "48 files in 8 directories");
     Ok(())
 }
+
+#[tokio::test]
+async fn cancelled_upload_is_aborted() -> anyhow::Result<()> {
+    let s3 = tests::S3Server::start().await?;
+    s3.create_bucket("archives").await?;
+    let tmp = tempfile::tempdir()?;
+    make_big(tmp.path(), 48, 1 << 20);
+    let agent = tests::Agent::start(tmp.path(), &s3.env()).await?;
+    let call = upload_in_flight(&s3, &agent).await?;
+
+    // The caller goes away: the agent aborts the multipart upload.
+    call.abort();
+    let s3c = s3_client(&s3);
+    tests::eventually(Duration::from_secs(30), "the multipart upload to be aborted", || {
+        let s3c = s3c.clone();
+        async move {
+            let out = s3c.list_multipart_uploads().bucket("archives").send().await.ok()?;
+            out.uploads().is_empty().then_some(())
+        }
+    })
+    .await?;
+    assert!(keys(&s3c, "archives").await.is_empty(), "no object may appear");
+    // The agent is still serving.
+    let mut client = ArchiveClient::new(agent.channel().await?);
+    let err = client
+        .upload(agent.req(UploadArchiveRequest { options: None, location: None }))
+        .await
+        .expect_err("no location");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    Ok(())
+}
