@@ -2,7 +2,8 @@
 // the five steps of the web demo issue, one screenshot each in tests/artifacts/,
 // and no error in the browser console anywhere along the way.
 
-import { describe, test, before, after } from 'node:test';
+import { describe, test, before, after, afterEach } from 'node:test';
+import { writeFileSync } from 'node:fs';
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
@@ -23,6 +24,7 @@ let gw;
 let browser;
 let page;
 const consoleErrors = [];
+const consoleLog = []; // everything, written to tests/artifacts/console.log
 
 async function shot(name) {
   await page.screenshot({ path: path.join(ARTIFACTS, `${name}.png`) });
@@ -105,6 +107,7 @@ describe('demo page in Chromium', { timeout: 15 * 60_000 }, () => {
     const context = await browser.newContext({ viewport: { width: 1440, height: 900 } });
     page = await context.newPage();
     page.on('console', (m) => {
+      consoleLog.push(`${new Date().toISOString()} ${m.type()} ${m.text()} (${m.location().url})`);
       if (m.type() !== 'error') return;
       const line = `${m.text()} (${m.location().url})`;
       if (!EXPECTED_CONSOLE.some((re) => re.test(line))) consoleErrors.push(line);
@@ -112,7 +115,13 @@ describe('demo page in Chromium', { timeout: 15 * 60_000 }, () => {
     page.on('pageerror', (e) => consoleErrors.push(`uncaught: ${e.message}`));
   });
 
+  afterEach(async (t) => {
+    // A failed step leaves its screenshot too.
+    if (page && t && t.passed === false) await shot(`failed-${t.name.split(':')[0]}`).catch(() => {});
+  });
+
   after(async () => {
+    writeFileSync(path.join(ARTIFACTS, 'console.log'), consoleLog.join('\n') + '\n');
     if (browser) await browser.close();
     if (gw) await gw.stop();
   });
@@ -133,9 +142,17 @@ describe('demo page in Chromium', { timeout: 15 * 60_000 }, () => {
     assert.ok(tplOptions.includes('vite-app'), `templates offered: ${tplOptions}`);
     await page.locator('#c-template').selectOption({ label: 'vite-app' });
     await page.getByRole('button', { name: 'Add the container' }).click();
-    // npm install of the template's one dependency happens here.
+    // npm install of the template's one dependency happens here. An error
+    // toast instead fails the step with the gateway's message.
     const item = page.locator(`#container-list li[data-name="${CONTAINER}"]`);
-    await item.waitFor({ timeout: 120_000 });
+    await Promise.race([
+      item.waitFor({ timeout: 120_000 }),
+      page
+        .locator('.toast.error')
+        .first()
+        .waitFor({ timeout: 120_000 })
+        .then(async () => assert.fail(`adding the container failed: ${await page.locator('.toast.error').first().textContent()}`)),
+    ]);
     await expandDir(CONTAINER);
     await page.locator(`#tree button.name[data-path="${CONTAINER}/package.json"]`).waitFor({ timeout: WAIT });
 
@@ -168,7 +185,8 @@ describe('demo page in Chromium', { timeout: 15 * 60_000 }, () => {
     await page.frameLocator('#preview-frame').locator('#message').filter({ hasText: 'Changed in the editor' }).waitFor({ timeout: WAIT });
     const after = previewFrame();
     assert.equal(await after.evaluate(() => window.__marker), 'kept', 'the preview reloaded instead of hot-updating');
-    assert.equal(await after.evaluate(() => document.getElementById('updates').textContent), '1');
+    // The template counts applied hot updates (a save can reach Vite as one or two file events).
+    assert.ok(Number(await after.evaluate(() => document.getElementById('updates').textContent)) >= 1, 'no hot update was applied');
     await shot('2-hmr');
   });
 

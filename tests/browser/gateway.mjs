@@ -34,6 +34,10 @@ export async function startGateway({ timeoutMs = 30_000 } = {}) {
     },
   );
   child.stderr.pipe(log, { end: false });
+  // If this process dies without stop() (a crash, Ctrl-C), take the gateway
+  // with it; its agents follow it (they die with their parent).
+  const killOnExit = () => child.kill('SIGKILL');
+  process.once('exit', killOnExit);
 
   let out = '';
   const ready = new Promise((resolve, reject) => {
@@ -75,10 +79,11 @@ export async function startGateway({ timeoutMs = 30_000 } = {}) {
       if (child.exitCode === null && child.signalCode === null) {
         const exited = new Promise((r) => child.once('exit', r));
         child.kill('SIGTERM');
-        const t = setTimeout(() => child.kill('SIGKILL'), 5000);
+        const t = setTimeout(() => child.kill('SIGKILL'), 10_000);
         await exited;
         clearTimeout(t);
       }
+      process.removeListener('exit', killOnExit);
       log.end();
       rmSync(dataDir, { recursive: true, force: true });
     },
