@@ -184,6 +184,8 @@ struct FilePlan {
     index: usize,
     path: String,
     mode: u32,
+    /// Size the archive declares; inflating past it is an error.
+    size: u64,
     /// An existing symlink sits where the file goes; it is replaced.
     replace: bool,
 }
@@ -208,6 +210,7 @@ pub fn extract(root: &Dir, base_rel: &str, spool: Spool) -> Result<Summary> {
     })?;
     let mut plan = plan(&mut archive, base_rel)?;
     check_tree(root, base_rel, &mut plan)?;
+    check_space(root, &plan)?;
     write(root, base_rel, &archive, &plan)
 }
 
@@ -312,6 +315,7 @@ fn plan<R: Read + Seek>(archive: &mut ZipArchive<R>, base_rel: &str) -> Result<P
                 index,
                 path,
                 mode: mode.map_or(0o644, |m| m & 0o777),
+                size: entry.size(),
                 replace: false,
             });
         }
@@ -381,6 +385,20 @@ fn check_tree(root: &Dir, base_rel: &str, plan: &mut Plan) -> Result<()> {
     }
     for (path, _) in &plan.links {
         check_leaf(path)?;
+    }
+    Ok(())
+}
+
+/// Refuses an archive whose declared content does not fit in the free space
+/// of the root's filesystem, before writing anything.
+fn check_space(root: &Dir, plan: &Plan) -> Result<()> {
+    let need: u64 = plan.files.iter().map(|f| f.size).sum();
+    let st = rustix::fs::fstatvfs(root).map_err(io::Error::from)?;
+    let free = st.f_bavail.saturating_mul(st.f_frsize);
+    if need > free {
+        return Err(Error::FailedPrecondition(format!(
+            "the archive holds {need} bytes and the volume has {free} free"
+        )));
     }
     Ok(())
 }
@@ -481,8 +499,16 @@ fn write_file<R: Read + Seek>(
                 return Err(Error::InvalidArgument(format!("archive entry {:?}: {e}", f.path)));
             }
         };
-        out.write_all(&buf[..got])?;
         n += got as u64;
+        // The declared sizes were checked against the free space: an entry
+        // that inflates past its own is a zip bomb, not a file.
+        if n > f.size {
+            return Err(Error::InvalidArgument(format!(
+                "archive entry {:?} is larger than it declares",
+                f.path
+            )));
+        }
+        out.write_all(&buf[..got])?;
     }
     // The umask may have cut bits off the mode given at creation, and an
     // existing file keeps its old mode: set it explicitly.
