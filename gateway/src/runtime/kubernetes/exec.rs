@@ -107,17 +107,23 @@ pub(crate) async fn run(
     timeout_ms: u32,
 ) -> Result<ExecOutput> {
     let started = Instant::now();
-    let params = AttachParams::default().container(container).stdin(true).stdout(true).stderr(true);
+    // stdin is attached only when there is input. Closing it races with a
+    // process that already ended: kube-rs then may drop the exit status
+    // (FIXME: reported as -1); without input there is nothing to close.
+    let with_stdin = !input.is_empty();
+    let params = AttachParams::default().container(container).stdin(with_stdin).stdout(true).stderr(true);
     let mut proc = kube.call(&format!("exec into {pod}"), pods.exec(pod, argv, &params)).await?;
-    let mut stdin = proc.stdin().ok_or_else(|| Error::internal("exec gave no stdin"))?;
+    let mut stdin = proc.stdin();
     let mut stdout = proc.stdout().ok_or_else(|| Error::internal("exec gave no stdout"))?;
     let mut stderr = proc.stderr().ok_or_else(|| Error::internal("exec gave no stderr"))?;
     let status = proc.take_status().ok_or_else(|| Error::internal("exec gave no status"))?;
 
     let work = async {
         let feed = async {
-            let _ = stdin.write_all(&input).await;
-            let _ = stdin.shutdown().await;
+            if let Some(stdin) = stdin.as_mut() {
+                let _ = stdin.write_all(&input).await;
+                let _ = stdin.shutdown().await;
+            }
         };
         let mut out = Vec::new();
         let mut err = Vec::new();
