@@ -42,7 +42,6 @@ tag=${E2E_IMAGE_TAG:-dev}
 if [ "${E2E_BUILD_IMAGES:-0}" = 1 ]; then
   command -v minikube >/dev/null || die "E2E_BUILD_IMAGES=1 needs minikube"
   echo "== building images into minikube (tag $tag)"
-  minikube image build -f k8s/images/agent.Dockerfile -t "devgate/agent:$tag" .
   minikube image build -f k8s/images/dev.Dockerfile -t "devgate/dev:$tag" .
 fi
 
@@ -52,7 +51,8 @@ prefix=${E2E_NAMESPACE_PREFIX:-e2e-$(date +%s)-}
 export GATEWAY_RUNTIME=kubernetes
 export GATEWAY_K8S_NAMESPACE_PREFIX="$prefix"
 export GATEWAY_K8S_AGENT_ACCESS=port-forward
-export GATEWAY_K8S_AGENT_IMAGE=${GATEWAY_K8S_AGENT_IMAGE:-devgate/agent:$tag}
+# The dev image carries the agent and the tools install commands need.
+export GATEWAY_AGENT_IMAGE=${GATEWAY_AGENT_IMAGE:-devgate/dev:$tag}
 export GATEWAY_K8S_DEV_IMAGE=${GATEWAY_K8S_DEV_IMAGE:-devgate/dev:$tag}
 export GATEWAY_K8S_IMAGE_PULL_POLICY=${GATEWAY_K8S_IMAGE_PULL_POLICY:-IfNotPresent}
 export GATEWAY_K8S_STORAGE_SIZE=${GATEWAY_K8S_STORAGE_SIZE:-256Mi}

@@ -148,7 +148,7 @@ fn base_and_overlays_render_to_valid_objects() {
     find(&mk, "Job", "minio-make-bucket");
     let cm = &find(&mk, "ConfigMap", "devgate-gateway")["data"];
     assert_eq!(cm["AWS_ENDPOINT_URL"], "http://minio.devgate.svc.cluster.local:9000");
-    assert_eq!(cm["GATEWAY_AGENT_IMAGE"], "devgate/agent:dev");
+    assert_eq!(cm["GATEWAY_AGENT_IMAGE"], "devgate/dev:dev", "install commands need node");
     assert_eq!(cm["GATEWAY_K8S_AGENT_PORT"], "7070", "base values stay");
 
     let prod = render("overlays/production");
