@@ -377,17 +377,23 @@ async fn write_chunked(fs: &mut FilesystemClient<Channel>, path: &str, data: &[u
     Ok(())
 }
 
-/// Runs `op` `n` times one after the other; the latency of each.
+/// Runs `op` up to `n` times (at most ~20 s) one after the other; the
+/// latency of each, sorted.
 async fn series<F, Fut>(n: usize, mut op: F) -> Result<Vec<Duration>>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<()>>,
 {
+    // Bounded in time too: a slow transport still gives its percentiles.
+    let deadline = Instant::now() + Duration::from_secs(20);
     let mut lat = Vec::with_capacity(n);
     for _ in 0..n {
         let t = Instant::now();
         op().await?;
         lat.push(t.elapsed());
+        if t > deadline {
+            break;
+        }
     }
     lat.sort();
     Ok(lat)

@@ -1,0 +1,535 @@
+//! `bench-gateway`: measures the release gateway on loopback, side by side
+//! with nginx, and prints a Markdown report for BENCHMARKS.md. Run through
+//! `bench/gateway/run.sh`, which installs wrk and nginx and builds this.
+//!
+//! In one run: the preview proxy (1 KiB upstream answer, `wrk -t2 -c64`)
+//! against nginx as a Host-routed reverse proxy to the same upstream; a 4 KiB
+//! file GET with a token on one connection against nginx serving the same
+//! file statically; 50 MB of terminal output through the PTY; keystroke echo
+//! over 500 keys; the gateway's RSS with 1,000 idle terminal WebSockets.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use clap::Parser;
+use futures::{SinkExt as _, StreamExt as _};
+use serde_json::{Value, json};
+use tests::gateway::Gateway;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Benchmarks the release gateway against nginx; run through `bench/gateway/run.sh`.
+#[derive(Debug, Parser)]
+#[command(name = "bench-gateway", about)]
+struct Args {
+    /// Seconds of each wrk run.
+    #[arg(long, default_value_t = 8)]
+    duration: u64,
+    /// Rounds of each wrk comparison, alternating gateway and nginx (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Megabytes of terminal output to push through the PTY.
+    #[arg(long, default_value_t = 50)]
+    terminal_mb: usize,
+    /// Keystrokes for the echo latency.
+    #[arg(long, default_value_t = 500)]
+    keys: usize,
+    /// Idle terminal WebSockets held open for the RSS figure.
+    #[arg(long, default_value_t = 1000)]
+    idle: usize,
+    /// Run only these parts (comma-separated: proxy, file, terminal, echo, idle).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+}
+
+impl Args {
+    fn runs(&self, part: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|p| p == part)
+    }
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    for tool in ["wrk", "nginx"] {
+        if Command::new("sh").args(["-c", &format!("command -v {tool}")]).stdout(Stdio::null()).status()?.code() != Some(0) {
+            bail!("{tool} is missing: run bench/gateway/run.sh, which installs it");
+        }
+    }
+    let gw = Gateway::builder().env("RUST_LOG", "warn").start().await?;
+    gw.open_project("bench").await?;
+    let project_dir = gw.project_dir("bench");
+    let work = tempfile::tempdir()?;
+    let mut report = vec![machine()?];
+
+    // The upstream dev server: nginx (one worker) serving a 1 KiB file, run
+    // as the container's start command like any dev server.
+    let up_port = tests::free_port();
+    let page: String = "x".repeat(1023) + "\n";
+    put(&gw, "up/www/index.html", page.as_bytes()).await?;
+    put(&gw, "up/nginx.conf.in", UPSTREAM_CONF.as_bytes()).await?;
+    let r = gw
+        .post("/api/projects/bench/containers")
+        .json(&json!({"name": "up", "port": up_port, "public": true,
+            "start": "mkdir -p tmp && sed \"s/__PORT__/$PORT/\" nginx.conf.in > nginx.conf && exec nginx -p \"$PWD/\" -c nginx.conf"}))
+        .send()
+        .await?;
+    anyhow::ensure!(r.status().as_u16() == 201, "create container: {}", r.text().await?);
+    let r = gw.post("/api/projects/bench/containers/up/start").send().await?;
+    anyhow::ensure!(r.status().is_success(), "start container: {}", r.text().await?);
+    wait_http(&format!("127.0.0.1:{up_port}"), "up.bench.localhost", "/index.html").await?;
+
+    // nginx beside it: the Host-routed reverse proxy, and a static server of
+    // the project folder.
+    let proxy_port = tests::free_port();
+    let static_port = tests::free_port();
+    let conf = NGINX_CONF
+        .replace("__PROXY_PORT__", &proxy_port.to_string())
+        .replace("__STATIC_PORT__", &static_port.to_string())
+        .replace("__UP_PORT__", &up_port.to_string())
+        .replace("__ROOT__", &project_dir.canonicalize()?.to_string_lossy());
+    std::fs::create_dir_all(work.path().join("tmp"))?;
+    std::fs::write(work.path().join("nginx.conf"), conf)?;
+    let _nginx = tests::Proc(
+        Command::new("nginx")
+            .arg("-p")
+            .arg(format!("{}/", work.path().display()))
+            .args(["-c", "nginx.conf"])
+            .stdin(Stdio::null())
+            .spawn()
+            .context("start nginx")?,
+    );
+    wait_http(&format!("127.0.0.1:{proxy_port}"), "up.bench.localhost", "/index.html").await?;
+
+    let gw_addr = gw.addr.to_string();
+    let token = gw.admin_token();
+
+    if args.runs("proxy") {
+        eprintln!("== preview proxy vs nginx");
+        let host = "Host: up.bench.localhost";
+        let gw_url = format!("http://{gw_addr}/index.html");
+        let ng_url = format!("http://127.0.0.1:{proxy_port}/index.html");
+        check_body(&gw_url, "up.bench.localhost", &page).await?;
+        let (g, n) = compare(&args, 2, 64, host, &gw_url, &ng_url)?;
+        report.push(format!(
+            "### Preview proxy, 1 KiB upstream answer, `wrk -t2 -c64 -d{}s` (median of {} rounds)\n\n\
+             | | req/s | p50 | p99 |\n|---|---|---|---|\n\
+             | gateway | {:.0} | {:.2} ms | {:.2} ms |\n| nginx (reverse proxy, keepalive pool) | {:.0} | {:.2} ms | {:.2} ms |\n\
+             | gateway / nginx | **{:.2}×** | | p99 {} |\n",
+            args.duration,
+            args.rounds,
+            g.rps,
+            g.p50_ms,
+            g.p99_ms,
+            n.rps,
+            n.p50_ms,
+            n.p99_ms,
+            g.rps / n.rps,
+            if g.p99_ms <= n.p99_ms { "no worse" } else { "worse" },
+        ));
+    }
+
+    if args.runs("file") {
+        eprintln!("== 4 KiB file GET vs nginx static");
+        let data: Vec<u8> = (0..4096u32).map(|i| b'a' + (i % 26) as u8).collect();
+        put(&gw, "f4k.bin", &data).await?;
+        let auth = format!("Authorization: Bearer {token}");
+        let gw_url = format!("http://{gw_addr}/api/projects/bench/files/f4k.bin");
+        let ng_url = format!("http://127.0.0.1:{static_port}/f4k.bin");
+        let (g, n) = compare(&args, 1, 1, &auth, &gw_url, &ng_url)?;
+        report.push(format!(
+            "### 4 KiB file GET with a token, one connection, `wrk -t1 -c1 -d{}s` (median of {} rounds)\n\n\
+             | | req/s | p50 | p99 |\n|---|---|---|---|\n\
+             | gateway (`GET /api/projects/p/files/f4k.bin`, bearer token) | {:.0} | {:.3} ms | {:.3} ms |\n\
+             | nginx (static file) | {:.0} | {:.3} ms | {:.3} ms |\n\
+             | gateway / nginx | **{:.0}%** | | |\n",
+            args.duration,
+            args.rounds,
+            g.rps,
+            g.p50_ms,
+            g.p99_ms,
+            n.rps,
+            n.p50_ms,
+            n.p99_ms,
+            100.0 * g.rps / n.rps,
+        ));
+    }
+
+    if args.runs("terminal") {
+        eprintln!("== terminal throughput");
+        let file = project_dir.join("big.txt");
+        write_text(&file, args.terminal_mb * 1_000_000)?;
+        let mut best: Option<(usize, f64)> = None;
+        for _ in 0..3 {
+            let (bytes, secs) = terminal_throughput(&gw, "cat big.txt").await?;
+            if best.is_none_or(|(b, s)| bytes as f64 / secs > b as f64 / s) {
+                best = Some((bytes, secs));
+            }
+        }
+        let (bytes, secs) = best.context("no terminal run")?;
+        std::fs::remove_file(&file)?;
+        report.push(format!(
+            "### Terminal output\n\n`cat` of a {} MB text file in a terminal session: {} bytes reached the \
+             WebSocket client (the PTY turns `\\n` into `\\r\\n`) in {:.3} s: **{:.0} MB/s** (best of 3).\n",
+            args.terminal_mb,
+            bytes,
+            secs,
+            bytes as f64 / 1e6 / secs,
+        ));
+    }
+
+    if args.runs("echo") {
+        eprintln!("== keystroke echo");
+        let mut lat = echo_latency(&gw, args.keys).await?;
+        lat.sort_by(f64::total_cmp);
+        report.push(format!(
+            "### Keystroke echo\n\n{} keys typed one at a time at a bash prompt (readline echoes each), \
+             time from the WebSocket send to the echoed byte: **p50 {:.3} ms**, p99 {:.3} ms, max {:.3} ms.\n",
+            lat.len(),
+            pct(&lat, 50.0),
+            pct(&lat, 99.0),
+            lat.last().copied().unwrap_or_default(),
+        ));
+    }
+
+    if args.runs("idle") {
+        eprintln!("== {} idle terminals", args.idle);
+        let gw_pid = pid_with_arg(&gw.data_dir).context("gateway process not found")?;
+        let before = rss_kib(gw_pid)?;
+        let t0 = Instant::now();
+        let mut open: Vec<Ws> = Vec::with_capacity(args.idle);
+        let mut pending = futures::stream::iter((0..args.idle).map(|_| {
+            let addr = gw_addr.clone();
+            let token = token.clone();
+            async move {
+                let url = format!("ws://{addr}/api/projects/bench/terminal?token={token}&cmd=cat");
+                let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
+                session(&mut ws).await?;
+                Ok::<_, anyhow::Error>(ws)
+            }
+        }))
+        .buffer_unordered(16);
+        while let Some(ws) = pending.next().await {
+            open.push(ws?);
+        }
+        let opened_in = t0.elapsed();
+        // Let allocations settle, then read the RSS with all of them open.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let with = rss_kib(gw_pid)?;
+        let agent_rss = pid_with_arg(&project_dir).and_then(|p| rss_kib(p).ok());
+        report.push(format!(
+            "### Idle terminals\n\n{} terminal WebSockets open at once (each a PTY session running `cat`, \
+             opened 16 at a time in {:.1} s): gateway RSS **{:.1} MB** (it was {:.1} MB before them){}.\n",
+            open.len(),
+            opened_in.as_secs_f64(),
+            with as f64 / 1024.0,
+            before as f64 / 1024.0,
+            agent_rss.map(|a| format!("; the agent holding the 1,000 PTYs: {:.1} MB", a as f64 / 1024.0)).unwrap_or_default(),
+        ));
+        for mut ws in open {
+            let _ = ws.close(None).await;
+        }
+    }
+
+    println!("{}", report.join("\n"));
+    Ok(())
+}
+
+const UPSTREAM_CONF: &str = r#"user root;
+worker_processes 1;
+daemon off;
+pid nginx.pid;
+error_log stderr warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path tmp; proxy_temp_path tmp; fastcgi_temp_path tmp; uwsgi_temp_path tmp; scgi_temp_path tmp;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:__PORT__;
+    root www;
+  }
+}
+"#;
+
+const NGINX_CONF: &str = r#"user root;
+worker_processes auto;
+daemon off;
+pid nginx.pid;
+error_log stderr warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path tmp; proxy_temp_path tmp; fastcgi_temp_path tmp; uwsgi_temp_path tmp; scgi_temp_path tmp;
+  keepalive_requests 1000000;
+  sendfile on;
+  upstream up_bench { server 127.0.0.1:__UP_PORT__; keepalive 128; keepalive_requests 1000000; }
+  map $host $preview {
+    hostnames;
+    default "";
+    up.bench.localhost up_bench;
+  }
+  server {
+    listen 127.0.0.1:__PROXY_PORT__;
+    location / {
+      if ($preview = "") { return 404; }
+      proxy_pass http://$preview;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $host;
+      proxy_set_header X-Forwarded-Host $host;
+      proxy_set_header X-Forwarded-Proto $scheme;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_buffering off;
+    }
+  }
+  server {
+    listen 127.0.0.1:__STATIC_PORT__;
+    root __ROOT__;
+  }
+}
+"#;
+
+/// Machine and method, for the report's head.
+fn machine() -> Result<String> {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")?
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned()))
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")?
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:").and_then(|v| v.trim().trim_end_matches(" kB").parse::<f64>().ok()))
+        .map(|kib| kib / 1024.0 / 1024.0)
+        .unwrap_or_default();
+    let out = |cmd: &str| {
+        Command::new("sh")
+            .args(["-c", cmd])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or_default().trim().to_owned())
+            .unwrap_or_default()
+    };
+    Ok(format!(
+        "Machine: {cores} cores ({cpu}), {mem_gib:.0} GiB, kernel {}; {}; {}. Everything (wrk, nginx, the gateway, \
+         the agent, the upstream) shares these cores on loopback.\n",
+        out("uname -r"),
+        out("nginx -v 2>&1"),
+        out("wrk -v 2>&1"),
+    ))
+}
+
+async fn put(gw: &Gateway, path: &str, data: &[u8]) -> Result<()> {
+    let r = gw.put(&format!("/api/projects/bench/files/{path}")).body(data.to_vec()).send().await?;
+    anyhow::ensure!(r.status().is_success(), "PUT {path}: {}", r.status());
+    Ok(())
+}
+
+/// Raw HTTP/1.1 GET with a Host header; answers status and body.
+async fn raw_get(addr: &str, host: &str, path: &str) -> Result<(u16, Vec<u8>)> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await??;
+    let text = String::from_utf8_lossy(&buf);
+    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| buf[i + 4..].to_vec()).unwrap_or_default();
+    Ok((status, body))
+}
+
+async fn wait_http(addr: &str, host: &str, path: &str) -> Result<()> {
+    tests::eventually(Duration::from_secs(30), &format!("{addr} to answer"), || async {
+        raw_get(addr, host, path).await.ok().filter(|(s, _)| *s == 200).map(|_| ())
+    })
+    .await
+}
+
+async fn check_body(url: &str, host: &str, want: &str) -> Result<()> {
+    let rest = url.strip_prefix("http://").context("http url")?;
+    let (addr, path) = rest.split_once('/').context("url path")?;
+    let (status, body) = raw_get(addr, host, &format!("/{path}")).await?;
+    anyhow::ensure!(status == 200 && body == want.as_bytes(), "{url} answered {status}");
+    Ok(())
+}
+
+/// One wrk result.
+#[derive(Debug, Clone, Copy, Default)]
+struct Wrk {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+fn wrk(threads: usize, conns: usize, secs: u64, header: &str, url: &str) -> Result<Wrk> {
+    let out = Command::new("wrk")
+        .args(["-t", &threads.to_string(), "-c", &conns.to_string(), "-d", &format!("{secs}s"), "--latency", "-H", header, url])
+        .output()
+        .context("run wrk")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    anyhow::ensure!(out.status.success(), "wrk failed: {text}");
+    if text.contains("Non-2xx") || text.contains("Socket errors") {
+        bail!("wrk saw errors against {url}:\n{text}");
+    }
+    let mut w = Wrk::default();
+    for line in text.lines() {
+        let mut f = line.split_whitespace();
+        match (f.next(), f.next()) {
+            (Some("50%"), Some(v)) => w.p50_ms = ms(v)?,
+            (Some("99%"), Some(v)) => w.p99_ms = ms(v)?,
+            (Some("Requests/sec:"), Some(v)) => w.rps = v.parse()?,
+            _ => {}
+        }
+    }
+    anyhow::ensure!(w.rps > 0.0, "no Requests/sec in wrk's output:\n{text}");
+    Ok(w)
+}
+
+fn ms(v: &str) -> Result<f64> {
+    let (num, unit) = v.split_at(v.find(|c: char| c.is_ascii_alphabetic()).context("latency unit")?);
+    let n: f64 = num.parse()?;
+    Ok(match unit {
+        "us" => n / 1000.0,
+        "ms" => n,
+        "s" => n * 1000.0,
+        "m" => n * 60_000.0,
+        other => bail!("unknown latency unit {other}"),
+    })
+}
+
+/// Alternates gateway and nginx runs (after a warm-up of each); medians.
+fn compare(args: &Args, threads: usize, conns: usize, header: &str, gw_url: &str, ng_url: &str) -> Result<(Wrk, Wrk)> {
+    wrk(threads, conns, 2, header, gw_url)?;
+    wrk(threads, conns, 2, header, ng_url)?;
+    let (mut g, mut n) = (Vec::new(), Vec::new());
+    for round in 0..args.rounds {
+        g.push(wrk(threads, conns, args.duration, header, gw_url)?);
+        n.push(wrk(threads, conns, args.duration, header, ng_url)?);
+        eprintln!("  round {round}: gateway {:?} nginx {:?}", g[round], n[round]);
+    }
+    Ok((median(g), median(n)))
+}
+
+fn median(mut v: Vec<Wrk>) -> Wrk {
+    v.sort_by(|a, b| a.rps.total_cmp(&b.rps));
+    v[v.len() / 2]
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// A text file of `bytes` bytes in lines of 100 characters.
+fn write_text(path: &Path, bytes: usize) -> Result<()> {
+    use std::io::Write as _;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut line = [0u8; 100];
+    let mut written = 0;
+    let mut n = 0usize;
+    while written < bytes {
+        for (i, b) in line.iter_mut().enumerate().take(99) {
+            *b = alphabet[(n + i * 7) % alphabet.len()];
+        }
+        line[99] = b'\n';
+        n += 1;
+        let take = (bytes - written).min(100);
+        f.write_all(&line[..take])?;
+        written += take;
+    }
+    f.flush()?;
+    Ok(())
+}
+
+async fn connect(gw: &Gateway, query: &str) -> Result<Ws> {
+    let url = format!("ws://{}/api/projects/bench/terminal?token={}&{query}", gw.addr, gw.admin_token());
+    Ok(tokio_tungstenite::connect_async(url).await?.0)
+}
+
+async fn session(ws: &mut Ws) -> Result<Value> {
+    match tokio::time::timeout(Duration::from_secs(30), ws.next()).await? {
+        Some(Ok(Message::Text(t))) => Ok(serde_json::from_str(&t)?),
+        other => bail!("expected the session frame, got {other:?}"),
+    }
+}
+
+/// Bytes of output and seconds from the session frame to the exit frame.
+async fn terminal_throughput(gw: &Gateway, cmd: &str) -> Result<(usize, f64)> {
+    let mut ws = connect(gw, &format!("cmd={}", cmd.replace(' ', "%20"))).await?;
+    session(&mut ws).await?;
+    let t0 = Instant::now();
+    let mut bytes = 0usize;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(60), ws.next()).await? {
+            Some(Ok(Message::Binary(b))) => bytes += b.len(),
+            Some(Ok(Message::Text(t))) if t.contains("\"exit\"") => break,
+            Some(Ok(_)) => {}
+            other => bail!("terminal ended early: {other:?}"),
+        }
+    }
+    Ok((bytes, t0.elapsed().as_secs_f64()))
+}
+
+/// Reads until nothing arrives for `quiet`.
+async fn drain(ws: &mut Ws, quiet: Duration) -> Result<()> {
+    while let Ok(m) = tokio::time::timeout(quiet, ws.next()).await {
+        if m.is_none() {
+            bail!("terminal closed");
+        }
+    }
+    Ok(())
+}
+
+/// Milliseconds from each keystroke's send to its echo.
+async fn echo_latency(gw: &Gateway, keys: usize) -> Result<Vec<f64>> {
+    let mut ws = connect(gw, "").await?;
+    session(&mut ws).await?;
+    drain(&mut ws, Duration::from_millis(500)).await?;
+    let mut lat = Vec::with_capacity(keys);
+    for i in 0..keys {
+        if i > 0 && i % 50 == 0 {
+            // Clear the line (Ctrl-U) so readline keeps a short one.
+            ws.send(Message::binary(vec![0x15])).await?;
+            drain(&mut ws, Duration::from_millis(100)).await?;
+        }
+        let t0 = Instant::now();
+        ws.send(Message::binary(b"a".to_vec())).await?;
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), ws.next()).await? {
+                Some(Ok(Message::Binary(b))) if b.contains(&b'a') => break,
+                Some(Ok(_)) => {}
+                other => bail!("terminal ended: {other:?}"),
+            }
+        }
+        lat.push(t0.elapsed().as_secs_f64() * 1000.0);
+    }
+    let _ = ws.close(None).await;
+    Ok(lat)
+}
+
+/// The process whose command line has `arg` as one of its arguments.
+fn pid_with_arg(arg: &Path) -> Option<u32> {
+    let want = arg.as_os_str().as_encoded_bytes();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        if pid != std::process::id() && cmdline.split(|b| *b == 0).any(|a| a == want) {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(PathBuf::from(format!("/proc/{pid}/status")))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:").and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok()))
+        .context("no VmRSS")
+}
