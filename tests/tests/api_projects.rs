@@ -244,3 +244,31 @@ async fn restart_keeps_projects() {
     gw.post("/api/projects/sleepy/open").send().await.unwrap();
     assert_eq!(gw.get("/api/projects/sleepy/files/s.txt").send().await.unwrap().text().await.unwrap(), "S");
 }
+
+#[tokio::test]
+async fn agents_end_with_the_gateway() {
+    let mut gw = Gateway::start().await.unwrap();
+    gw.open_project("orphan").await.unwrap();
+    let v: Value = gw
+        .post("/api/projects/orphan/exec")
+        .json(&json!({"argv": ["sh", "-c", "echo -n $PPID"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let agent_pid: u32 = v["stdout"].as_str().unwrap().parse().unwrap();
+    let cmdline = std::fs::read_to_string(format!("/proc/{agent_pid}/cmdline")).unwrap();
+    assert!(cmdline.contains("agent"), "{cmdline}");
+    gw.kill();
+    tests::eventually(Duration::from_secs(30), "the agent to exit", || async move {
+        // Gone, or a zombie nobody reaped yet.
+        match std::fs::read_to_string(format!("/proc/{agent_pid}/stat")) {
+            Err(_) => Some(()),
+            Ok(stat) => stat.split(") ").nth(1).filter(|rest| rest.starts_with('Z')).map(|_| ()),
+        }
+    })
+    .await
+    .unwrap();
+}

@@ -31,6 +31,40 @@ pub struct LocalRuntime {
     /// (project, container) → the port its dev server listens on.
     routes: Mutex<HashMap<(String, String), u16>>,
     pool: AgentPool,
+    spawner: Spawner,
+}
+
+type SpawnReply = tokio::sync::oneshot::Sender<std::io::Result<tokio::process::Child>>;
+
+/// Spawns agents from one thread that lives as long as the gateway. The
+/// agents' parent-death signal fires when the *thread* that forked them ends,
+/// and async worker threads may come and go; this one does not.
+struct Spawner {
+    tx: std::sync::mpsc::Sender<(tokio::process::Command, SpawnReply)>,
+}
+
+impl Spawner {
+    fn new() -> std::io::Result<Spawner> {
+        let (tx, rx) = std::sync::mpsc::channel::<(tokio::process::Command, SpawnReply)>();
+        // Child reaping is registered with the runtime that spawns, so the
+        // thread enters the gateway's runtime.
+        let handle = tokio::runtime::Handle::current();
+        std::thread::Builder::new().name("agent-spawner".into()).spawn(move || {
+            let _rt = handle.enter();
+            for (mut cmd, reply) in rx {
+                let _ = reply.send(cmd.spawn());
+            }
+        })?;
+        Ok(Spawner { tx })
+    }
+
+    async fn spawn(&self, cmd: tokio::process::Command) -> std::io::Result<tokio::process::Child> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.tx
+            .send((cmd, reply))
+            .map_err(|_| std::io::Error::other("the agent spawner thread is gone"))?;
+        rx.await.map_err(|_| std::io::Error::other("the agent spawner thread is gone"))?
+    }
 }
 
 struct LocalAgent {
@@ -39,7 +73,8 @@ struct LocalAgent {
 }
 
 impl LocalRuntime {
-    /// A runtime keeping projects under `<data_dir>/projects`.
+    /// A runtime keeping projects under `<data_dir>/projects`. Must be called
+    /// inside the gateway's tokio runtime.
     pub fn new(data_dir: &Path, agent_bin: PathBuf) -> std::io::Result<LocalRuntime> {
         let data_dir = std::path::absolute(data_dir)?;
         let projects_dir = data_dir.join("projects");
@@ -63,6 +98,7 @@ impl LocalRuntime {
             agents: tokio::sync::Mutex::new(HashMap::new()),
             routes: Mutex::new(HashMap::new()),
             pool: AgentPool::default(),
+            spawner: Spawner::new()?,
         })
     }
 
@@ -99,7 +135,7 @@ impl LocalRuntime {
                 cmd.env_remove(k);
             }
         }
-        let mut child = cmd.spawn().map_err(|e| {
+        let mut child = self.spawner.spawn(cmd).await.map_err(|e| {
             Error::Unavailable(format!("cannot start agent {}: {e}", self.agent_bin.display()))
         })?;
         let endpoint = AgentEndpoint { address: AgentAddress::Unix(socket), token };
