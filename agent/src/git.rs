@@ -43,7 +43,9 @@ impl Git for GitService {
         let req = request.into_inner();
         let rel = Root::clean(&req.dir)?;
         if rel.is_empty() {
-            return Err(Error::InvalidArgument("dir must name a directory inside the root".into()).into());
+            return Err(
+                Error::InvalidArgument("dir must name a directory inside the root".into()).into(),
+            );
         }
         check_ref(&req.r#ref)?;
         check_url(&req.url, &self.state.root)?;
@@ -99,13 +101,20 @@ async fn run_clone(
 
     let (status, tail) = run_git(&argv, root, rel, staging, Some(tx)).await?;
     if !status.success() {
-        return Err(Error::FailedPrecondition(format!("git clone failed: {}", tail.join(" | "))));
+        return Err(Error::FailedPrecondition(format!(
+            "git clone failed: {}",
+            tail.join(" | ")
+        )));
     }
 
-    let argv: Vec<String> = ["git", "-C", staging, "rev-parse", "HEAD"].map(String::from).into();
+    let argv: Vec<String> = ["git", "-C", staging, "rev-parse", "HEAD"]
+        .map(String::from)
+        .into();
     let (out, status) = capture_git(&argv, root).await?;
     if !status.success() {
-        return Err(Error::Internal("git rev-parse HEAD failed after clone".into()));
+        return Err(Error::Internal(
+            "git rev-parse HEAD failed after clone".into(),
+        ));
     }
     let commit = out.trim().to_owned();
 
@@ -123,10 +132,16 @@ async fn run_clone(
         if let Ok(m) = root2.dir.symlink_metadata(&rel2)
             && m.is_dir()
         {
-            root2.dir.remove_dir(&rel2).map_err(|e| Root::io_error(&rel2, e))?;
+            root2
+                .dir
+                .remove_dir(&rel2)
+                .map_err(|e| Root::io_error(&rel2, e))?;
         }
         let (parent, name) = root2.open_parent(&rel2, true)?;
-        root2.dir.rename(&staging2, &parent, &name).map_err(|e| Root::io_error(&rel2, e))?;
+        root2
+            .dir
+            .rename(&staging2, &parent, &name)
+            .map_err(|e| Root::io_error(&rel2, e))?;
         Ok(files)
     })
     .await
@@ -172,7 +187,9 @@ async fn run_git(
                 continue;
             }
             if let Some(tx) = tx {
-                let msg = CloneResponse { event: Some(clone_response::Event::Progress(line.clone())) };
+                let msg = CloneResponse {
+                    event: Some(clone_response::Event::Progress(line.clone())),
+                };
                 // A gone caller is noticed by the select around the clone.
                 let _ = tx.send(Ok(msg)).await;
             }
@@ -203,7 +220,10 @@ async fn capture_git(argv: &[String], root: &Root) -> Result<(String, ExitStatus
     let mut cmd = crate::process::command(argv, &root.path, &git_env())?;
     cmd.stdout(Stdio::piped());
     let out = cmd.output().await.map_err(spawn_error)?;
-    Ok((String::from_utf8_lossy(&out.stdout).into_owned(), out.status))
+    Ok((
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        out.status,
+    ))
 }
 
 fn spawn_error(e: io::Error) -> Error {
@@ -260,17 +280,29 @@ fn check_url(url: &str, root: &Root) -> Result<()> {
         return bad("not a url");
     }
     let lower = url.to_ascii_lowercase();
-    for scheme in ["https://", "http://", "ssh://", "git://", "git+ssh://", "ssh+git://"] {
+    for scheme in [
+        "https://",
+        "http://",
+        "ssh://",
+        "git://",
+        "git+ssh://",
+        "ssh+git://",
+    ] {
         if lower.starts_with(scheme) {
             return Ok(());
         }
     }
-    if let Some(path) = lower.strip_prefix("file://").map(|_| &url["file://".len()..]) {
+    if let Some(path) = lower
+        .strip_prefix("file://")
+        .map(|_| &url["file://".len()..])
+    {
         let canon = std::fs::canonicalize(path)
             .map_err(|_| Error::InvalidArgument(format!("bad url {url:?}: no such repository")))?;
         return match canon.strip_prefix(&root.path) {
             Ok(_) => Ok(()),
-            Err(_) => Err(Error::PathOutsideRoot(format!("{url}: a local repository must lie inside the root"))),
+            Err(_) => Err(Error::PathOutsideRoot(format!(
+                "{url}: a local repository must lie inside the root"
+            ))),
         };
     }
     // scp-like `user@host:path`: a colon before any slash, not a transport.

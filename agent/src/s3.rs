@@ -53,7 +53,9 @@ fn endpoint_is_set() -> bool {
 pub fn check_location(loc: Option<&proto::v1::S3Location>) -> Result<(String, String)> {
     let loc = loc.ok_or_else(|| Error::InvalidArgument("an s3 location is required".into()))?;
     if loc.bucket.is_empty() || loc.key.is_empty() {
-        return Err(Error::InvalidArgument("the s3 location needs a bucket and a key".into()));
+        return Err(Error::InvalidArgument(
+            "the s3 location needs a bucket and a key".into(),
+        ));
     }
     Ok((loc.bucket.clone(), loc.key.clone()))
 }
@@ -64,12 +66,15 @@ where
     E: ProvideErrorMetadata + std::error::Error + 'static,
     R: std::fmt::Debug,
 {
-    let code = err.as_service_error().and_then(|e| e.code()).map(str::to_owned);
+    let code = err
+        .as_service_error()
+        .and_then(|e| e.code())
+        .map(str::to_owned);
     let detail = DisplayErrorContext(&err).to_string();
     match code.as_deref() {
-        Some("NoSuchKey" | "NoSuchBucket" | "NotFound" | "NoSuchUpload") => {
-            Error::NotFound(format!("s3://{bucket}/{key}: {what}: {}", code.unwrap_or_default()))
-        }
+        Some("NoSuchKey" | "NoSuchBucket" | "NotFound" | "NoSuchUpload") => Error::NotFound(
+            format!("s3://{bucket}/{key}: {what}: {}", code.unwrap_or_default()),
+        ),
         _ if matches!(err, SdkError::ServiceError(_)) => {
             Error::FailedPrecondition(format!("s3://{bucket}/{key}: {what}: {detail}"))
         }
@@ -103,7 +108,12 @@ impl MultipartUpload {
             .upload_id()
             .ok_or_else(|| Error::Unavailable("s3 gave no upload id".into()))?
             .to_owned();
-        Ok(MultipartUpload { client, bucket: bucket.into(), key: key.into(), upload_id })
+        Ok(MultipartUpload {
+            client,
+            bucket: bucket.into(),
+            key: key.into(),
+            upload_id,
+        })
     }
 
     /// Uploads one part (numbered from 1) and returns it for `complete`.
@@ -135,7 +145,11 @@ impl MultipartUpload {
             .bucket(&self.bucket)
             .key(&self.key)
             .upload_id(&self.upload_id)
-            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
             .send()
             .await;
         match res {
@@ -154,7 +168,12 @@ impl MultipartUpload {
                     )),
                 }
             }
-            Err(e) => Err(s3_error("complete multipart upload", &self.bucket, &self.key, e)),
+            Err(e) => Err(s3_error(
+                "complete multipart upload",
+                &self.bucket,
+                &self.key,
+                e,
+            )),
         }
     }
 
@@ -171,7 +190,9 @@ impl MultipartUpload {
             .send()
             .await;
         match res {
-            Ok(_) => tracing::info!(bucket = %self.bucket, key = %self.key, "multipart upload aborted"),
+            Ok(_) => {
+                tracing::info!(bucket = %self.bucket, key = %self.key, "multipart upload aborted")
+            }
             Err(e) => {
                 let error = DisplayErrorContext(&e);
                 tracing::warn!(%error, bucket = %self.bucket, key = %self.key, "cannot abort multipart upload");

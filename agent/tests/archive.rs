@@ -11,8 +11,8 @@ use std::path::Path;
 use archive_tree::{Node, file_count, make_project, snapshot};
 use proto::v1::archive_client::ArchiveClient;
 use proto::v1::{
-    ArchiveOptions, ArchiveSummary, CreateArchiveRequest, ExtractRequest, ExtractStart, ExtractSummary,
-    create_archive_response, extract_request,
+    ArchiveOptions, ArchiveSummary, CreateArchiveRequest, ExtractRequest, ExtractStart,
+    ExtractSummary, create_archive_response, extract_request,
 };
 use sha2::Digest as _;
 use tonic::transport::Channel;
@@ -24,7 +24,9 @@ async fn create(
     options: ArchiveOptions,
 ) -> Result<(Vec<u8>, ArchiveSummary), tonic::Status> {
     let mut stream = client
-        .create(agent.req(CreateArchiveRequest { options: Some(options) }))
+        .create(agent.req(CreateArchiveRequest {
+            options: Some(options),
+        }))
         .await?
         .into_inner();
     let mut bytes = Vec::new();
@@ -49,10 +51,14 @@ async fn extract(
     zip: Vec<u8>,
 ) -> Result<ExtractSummary, tonic::Status> {
     let mut msgs = vec![ExtractRequest {
-        msg: Some(extract_request::Msg::Start(ExtractStart { path: path.into() })),
+        msg: Some(extract_request::Msg::Start(ExtractStart {
+            path: path.into(),
+        })),
     }];
     for chunk in zip.chunks(100_000) {
-        msgs.push(ExtractRequest { msg: Some(extract_request::Msg::Data(chunk.to_vec())) });
+        msgs.push(ExtractRequest {
+            msg: Some(extract_request::Msg::Data(chunk.to_vec())),
+        });
     }
     Ok(client
         .extract(agent.req(futures::stream::iter(msgs)))
@@ -70,7 +76,9 @@ fn hostile_zip(entries: &[(&str, &[u8], Option<&str>)]) -> Vec<u8> {
     let mut w = zip::ZipWriter::new(Cursor::new(Vec::new()));
     for (name, content, link) in entries {
         match link {
-            Some(target) => w.add_symlink(*name, *target, SimpleFileOptions::default()).unwrap(),
+            Some(target) => w
+                .add_symlink(*name, *target, SimpleFileOptions::default())
+                .unwrap(),
             None => {
                 w.start_file(*name, SimpleFileOptions::default()).unwrap();
                 w.write_all(content).unwrap();
@@ -99,7 +107,15 @@ async fn round_trip_keeps_bytes_modes_and_symlinks() -> anyhow::Result<()> {
     let proj = agent.root.join("proj");
     make_project(&proj);
 
-    let (zip, summary) = create(&agent, &mut client, ArchiveOptions { path: "proj".into(), ..Default::default() }).await?;
+    let (zip, summary) = create(
+        &agent,
+        &mut client,
+        ArchiveOptions {
+            path: "proj".into(),
+            ..Default::default()
+        },
+    )
+    .await?;
     assert_eq!(summary.size, zip.len() as u64);
     assert_eq!(summary.sha256, hex::encode(sha2::Sha256::digest(&zip)));
     let expected = snapshot(&proj, &["node_modules", ".git", "__pycache__"]);
@@ -108,24 +124,51 @@ async fn round_trip_keeps_bytes_modes_and_symlinks() -> anyhow::Result<()> {
     assert!(names(&zip).contains(&"bin/run.sh".to_owned()));
     let file = tmp.path().join("out.zip");
     std::fs::write(&file, &zip)?;
-    let out = std::process::Command::new("unzip").arg("-tq").arg(&file).output()?;
-    assert!(out.status.success(), "unzip -t: {}", String::from_utf8_lossy(&out.stdout));
+    let out = std::process::Command::new("unzip")
+        .arg("-tq")
+        .arg(&file)
+        .output()?;
+    assert!(
+        out.status.success(),
+        "unzip -t: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 
     let out = extract(&agent, &mut client, "restored/here", zip).await?;
     assert_eq!(out.files, file_count(&expected));
     let restored = snapshot(&agent.root.join("restored/here"), &[]);
     assert_eq!(restored, expected);
-    assert_eq!(restored["bin/run.sh"], Node::File { content: b"#!/bin/sh\necho run\n".to_vec(), mode: 0o755 });
+    assert_eq!(
+        restored["bin/run.sh"],
+        Node::File {
+            content: b"#!/bin/sh\necho run\n".to_vec(),
+            mode: 0o755
+        }
+    );
     assert_eq!(restored["main-link"], Node::Link("src/main.rs".into()));
     assert!(matches!(restored["empty/dir"], Node::Dir { .. }));
     let content_bytes: u64 = expected
         .values()
-        .map(|n| if let Node::File { content, .. } = n { content.len() as u64 } else { 0 })
+        .map(|n| {
+            if let Node::File { content, .. } = n {
+                content.len() as u64
+            } else {
+                0
+            }
+        })
         .sum();
     assert_eq!(out.bytes, content_bytes);
 
     // Extracting again over the same place replaces files and links.
-    let (zip, _) = create(&agent, &mut client, ArchiveOptions { path: "proj".into(), ..Default::default() }).await?;
+    let (zip, _) = create(
+        &agent,
+        &mut client,
+        ArchiveOptions {
+            path: "proj".into(),
+            ..Default::default()
+        },
+    )
+    .await?;
     extract(&agent, &mut client, "restored/here", zip).await?;
     assert_eq!(snapshot(&agent.root.join("restored/here"), &[]), expected);
     Ok(())
@@ -138,16 +181,34 @@ async fn exclusions_are_by_name_and_configurable() -> anyhow::Result<()> {
 
     let (zip, _) = create(&agent, &mut client, ArchiveOptions::default()).await?;
     let n = names(&zip);
-    assert!(n.iter().all(|p| !p.contains("node_modules") && !p.contains(".git") && !p.contains("__pycache__")), "{n:?}");
+    assert!(
+        n.iter().all(|p| !p.contains("node_modules")
+            && !p.contains(".git")
+            && !p.contains("__pycache__")),
+        "{n:?}"
+    );
     assert!(n.contains(&"dist/bundle.js".to_owned()));
 
-    let opts = ArchiveOptions { exclude: vec!["dist".into(), "blob.dat".into()], ..Default::default() };
+    let opts = ArchiveOptions {
+        exclude: vec!["dist".into(), "blob.dat".into()],
+        ..Default::default()
+    };
     let (zip, _) = create(&agent, &mut client, opts).await?;
     let n = names(&zip);
-    assert!(n.contains(&"node_modules/left-pad/index.js".to_owned()), "explicit list replaces the defaults");
-    assert!(!n.iter().any(|p| p.starts_with("dist") || p.ends_with("blob.dat")), "{n:?}");
+    assert!(
+        n.contains(&"node_modules/left-pad/index.js".to_owned()),
+        "explicit list replaces the defaults"
+    );
+    assert!(
+        !n.iter()
+            .any(|p| p.starts_with("dist") || p.ends_with("blob.dat")),
+        "{n:?}"
+    );
 
-    let opts = ArchiveOptions { no_default_excludes: true, ..Default::default() };
+    let opts = ArchiveOptions {
+        no_default_excludes: true,
+        ..Default::default()
+    };
     let (zip, _) = create(&agent, &mut client, opts).await?;
     assert!(names(&zip).contains(&".git/HEAD".to_owned()));
     Ok(())
@@ -156,18 +217,39 @@ async fn exclusions_are_by_name_and_configurable() -> anyhow::Result<()> {
 #[tokio::test]
 async fn create_error_paths() -> anyhow::Result<()> {
     let (_tmp, agent, mut client) = start().await?;
-    let err = create(&agent, &mut client, ArchiveOptions { path: "missing".into(), ..Default::default() })
-        .await
-        .expect_err("missing dir");
+    let err = create(
+        &agent,
+        &mut client,
+        ArchiveOptions {
+            path: "missing".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect_err("missing dir");
     assert_eq!(err.code(), tonic::Code::NotFound);
-    let err = create(&agent, &mut client, ArchiveOptions { path: "../".into(), ..Default::default() })
-        .await
-        .expect_err("outside");
+    let err = create(
+        &agent,
+        &mut client,
+        ArchiveOptions {
+            path: "../".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect_err("outside");
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     std::os::unix::fs::symlink("/etc", agent.root.join("etc-link"))?;
-    let err = create(&agent, &mut client, ArchiveOptions { path: "etc-link".into(), ..Default::default() })
-        .await
-        .expect_err("symlink out");
+    let err = create(
+        &agent,
+        &mut client,
+        ArchiveOptions {
+            path: "etc-link".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect_err("symlink out");
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     Ok(())
 }
@@ -184,31 +266,92 @@ async fn hostile_archives_are_refused_whole() -> anyhow::Result<()> {
     std::os::unix::fs::symlink("real", agent.root.join("in-link"))?;
     std::os::unix::fs::symlink("/tmp", agent.root.join("out-link"))?;
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-        ("dot-dot", hostile_zip(&[("ok.txt", b"ok", None), ("../evil.txt", b"evil", None)]), "x"),
-        ("deep dot-dot", hostile_zip(&[("ok.txt", b"ok", None), ("a/../../../evil.txt", b"evil", None)]), "x"),
-        ("absolute", hostile_zip(&[("ok.txt", b"ok", None), (&abs_name, b"evil", None)]), "x"),
-        ("nul", hostile_zip(&[("ok.txt", b"ok", None), ("a\0b", b"evil", None)]), "x"),
-        ("absolute link", hostile_zip(&[("ok.txt", b"ok", None), ("l", b"", Some("/etc"))]), "x"),
-        ("escaping link", hostile_zip(&[("ok.txt", b"ok", None), ("l", b"", Some("../../evil"))]), "x"),
-        ("under a link", hostile_zip(&[("l", b"", Some("sub")), ("sub/.keep", b"", None), ("l/x", b"evil", None)]), "x"),
-        ("under an existing link", hostile_zip(&[("ok.txt", b"ok", None), ("in-link/x", b"evil", None)]), ""),
-        ("into an outside link", hostile_zip(&[("ok.txt", b"ok", None)]), "out-link/sub"),
-        ("duplicate", hostile_zip(&[("ok.txt", b"ok", None), ("./ok.txt", b"two", None)]), "x"),
+        (
+            "dot-dot",
+            hostile_zip(&[("ok.txt", b"ok", None), ("../evil.txt", b"evil", None)]),
+            "x",
+        ),
+        (
+            "deep dot-dot",
+            hostile_zip(&[
+                ("ok.txt", b"ok", None),
+                ("a/../../../evil.txt", b"evil", None),
+            ]),
+            "x",
+        ),
+        (
+            "absolute",
+            hostile_zip(&[("ok.txt", b"ok", None), (&abs_name, b"evil", None)]),
+            "x",
+        ),
+        (
+            "nul",
+            hostile_zip(&[("ok.txt", b"ok", None), ("a\0b", b"evil", None)]),
+            "x",
+        ),
+        (
+            "absolute link",
+            hostile_zip(&[("ok.txt", b"ok", None), ("l", b"", Some("/etc"))]),
+            "x",
+        ),
+        (
+            "escaping link",
+            hostile_zip(&[("ok.txt", b"ok", None), ("l", b"", Some("../../evil"))]),
+            "x",
+        ),
+        (
+            "under a link",
+            hostile_zip(&[
+                ("l", b"", Some("sub")),
+                ("sub/.keep", b"", None),
+                ("l/x", b"evil", None),
+            ]),
+            "x",
+        ),
+        (
+            "under an existing link",
+            hostile_zip(&[("ok.txt", b"ok", None), ("in-link/x", b"evil", None)]),
+            "",
+        ),
+        (
+            "into an outside link",
+            hostile_zip(&[("ok.txt", b"ok", None)]),
+            "out-link/sub",
+        ),
+        (
+            "duplicate",
+            hostile_zip(&[("ok.txt", b"ok", None), ("./ok.txt", b"two", None)]),
+            "x",
+        ),
     ];
     for (what, zip, dest) in cases {
         let before = snapshot(&agent.root, &[]);
-        let err = extract(&agent, &mut client, dest, zip).await.expect_err(what);
+        let err = extract(&agent, &mut client, dest, zip)
+            .await
+            .expect_err(what);
         assert!(
-            matches!(err.code(), tonic::Code::InvalidArgument | tonic::Code::AlreadyExists),
+            matches!(
+                err.code(),
+                tonic::Code::InvalidArgument | tonic::Code::AlreadyExists
+            ),
             "{what}: {err:?}"
         );
-        assert_eq!(snapshot(&agent.root, &[]), before, "{what}: the tree changed");
-        assert!(!path_exists(&outside) && !path_exists(&abs), "{what}: wrote outside");
+        assert_eq!(
+            snapshot(&agent.root, &[]),
+            before,
+            "{what}: the tree changed"
+        );
+        assert!(
+            !path_exists(&outside) && !path_exists(&abs),
+            "{what}: wrote outside"
+        );
         assert!(!path_exists(&tmp.path().join("evil")), "{what}");
     }
     assert!(std::fs::read_dir("/tmp/sub").is_err() || !path_exists(Path::new("/tmp/sub/ok.txt")));
 
-    let err = extract(&agent, &mut client, "x", b"not a zip at all".to_vec()).await.expect_err("garbage");
+    let err = extract(&agent, &mut client, "x", b"not a zip at all".to_vec())
+        .await
+        .expect_err("garbage");
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(!path_exists(&agent.root.join("x")));
     Ok(())
@@ -217,12 +360,22 @@ async fn hostile_archives_are_refused_whole() -> anyhow::Result<()> {
 #[tokio::test]
 async fn extract_needs_start_first() -> anyhow::Result<()> {
     let (_tmp, agent, mut client) = start().await?;
-    let msgs = vec![ExtractRequest { msg: Some(extract_request::Msg::Data(b"PK".to_vec())) }];
-    let err = client.extract(agent.req(futures::stream::iter(msgs))).await.expect_err("no start");
-    assert_eq!(err.code(), tonic::Code::InvalidArgument);
-    let err = extract(&agent, &mut client, "../up", hostile_zip(&[("a", b"a", None)]))
+    let msgs = vec![ExtractRequest {
+        msg: Some(extract_request::Msg::Data(b"PK".to_vec())),
+    }];
+    let err = client
+        .extract(agent.req(futures::stream::iter(msgs)))
         .await
-        .expect_err("dest outside");
+        .expect_err("no start");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    let err = extract(
+        &agent,
+        &mut client,
+        "../up",
+        hostile_zip(&[("a", b"a", None)]),
+    )
+    .await
+    .expect_err("dest outside");
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     Ok(())
 }

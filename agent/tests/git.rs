@@ -11,12 +11,23 @@ use tonic::transport::Channel;
 
 fn git(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git")
-        .args(["-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=main"])
+        .args([
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "-c",
+            "init.defaultBranch=main",
+        ])
         .args(args)
         .current_dir(dir)
         .output()
         .expect("git runs");
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
@@ -73,41 +84,69 @@ async fn clone_local_repository() -> anyhow::Result<()> {
     let mut client = GitClient::new(agent.channel().await?);
     let url = format!("file://{}/upstream", root.display());
 
-    let (progress, done) = clone(&agent, &mut client, CloneRequest {
-        url: url.clone(),
-        dir: "work/app".into(),
-        ..Default::default()
-    })
+    let (progress, done) = clone(
+        &agent,
+        &mut client,
+        CloneRequest {
+            url: url.clone(),
+            dir: "work/app".into(),
+            ..Default::default()
+        },
+    )
     .await?;
     assert!(!progress.is_empty(), "progress lines");
-    assert!(progress.iter().all(|l| !l.contains(".agent-clone")), "{progress:?}");
+    assert!(
+        progress.iter().all(|l| !l.contains(".agent-clone")),
+        "{progress:?}"
+    );
     assert_eq!(done.commit, main);
     assert_eq!(done.files, 2);
-    assert_eq!(std::fs::read_to_string(root.join("work/app/src/app.js"))?, "console.log(1)\n");
+    assert_eq!(
+        std::fs::read_to_string(root.join("work/app/src/app.js"))?,
+        "console.log(1)\n"
+    );
     assert!(root.join("work/app/.git").is_dir());
-    assert_eq!(git(&root.join("work/app"), &["rev-list", "--count", "HEAD"]), "2");
+    assert_eq!(
+        git(&root.join("work/app"), &["rev-list", "--count", "HEAD"]),
+        "2"
+    );
 
     // A branch, shallow, into an existing empty directory.
     std::fs::create_dir(root.join("shallow"))?;
-    let (_, done) = clone(&agent, &mut client, CloneRequest {
-        url: url.clone(),
-        r#ref: "feature".into(),
-        dir: "shallow".into(),
-        shallow: true,
-        ..Default::default()
-    })
+    let (_, done) = clone(
+        &agent,
+        &mut client,
+        CloneRequest {
+            url: url.clone(),
+            r#ref: "feature".into(),
+            dir: "shallow".into(),
+            shallow: true,
+            ..Default::default()
+        },
+    )
     .await?;
     assert_eq!(done.files, 3);
-    assert_eq!(git(&root.join("shallow"), &["rev-list", "--count", "HEAD"]), "1", "depth 1");
-    assert_eq!(done.commit, git(&root.join("upstream"), &["rev-parse", "feature"]));
+    assert_eq!(
+        git(&root.join("shallow"), &["rev-list", "--count", "HEAD"]),
+        "1",
+        "depth 1"
+    );
+    assert_eq!(
+        done.commit,
+        git(&root.join("upstream"), &["rev-parse", "feature"])
+    );
 
     // A template copy: no .git.
-    let (_, done) = clone(&agent, &mut client, CloneRequest {
-        url,
-        dir: "template".into(),
-        drop_git_dir: true,
-        ..Default::default()
-    })
+    let (_, done) = clone(
+        &agent,
+        &mut client,
+        CloneRequest {
+            url,
+            dir: "template".into(),
+            drop_git_dir: true,
+            ..Default::default()
+        },
+    )
     .await?;
     assert_eq!(done.commit, main);
     assert!(root.join("template/README.md").is_file());
@@ -130,17 +169,29 @@ async fn failed_clones_leave_nothing() -> anyhow::Result<()> {
 
     // git itself fails: not a repository, then an unknown branch.
     let bad = format!("file://{}/not-a-repo", root.display());
-    let err = clone(&agent, &mut client, CloneRequest { url: bad, dir: "dest".into(), ..Default::default() })
-        .await
-        .expect_err("not a repo");
+    let err = clone(
+        &agent,
+        &mut client,
+        CloneRequest {
+            url: bad,
+            dir: "dest".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect_err("not a repo");
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
     assert!(err.message().contains("git clone failed"), "{err:?}");
-    let err = clone(&agent, &mut client, CloneRequest {
-        url: good.clone(),
-        r#ref: "no-such-branch".into(),
-        dir: "dest".into(),
-        ..Default::default()
-    })
+    let err = clone(
+        &agent,
+        &mut client,
+        CloneRequest {
+            url: good.clone(),
+            r#ref: "no-such-branch".into(),
+            dir: "dest".into(),
+            ..Default::default()
+        },
+    )
     .await
     .expect_err("bad ref");
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
@@ -150,8 +201,16 @@ async fn failed_clones_leave_nothing() -> anyhow::Result<()> {
     // Refused before git runs.
     let cases = [
         ("file:///etc", "dest", tonic::Code::InvalidArgument),
-        ("ext::sh -c touch% /tmp/pwned", "dest", tonic::Code::InvalidArgument),
-        ("--upload-pack=touch /tmp/pwned", "dest", tonic::Code::InvalidArgument),
+        (
+            "ext::sh -c touch% /tmp/pwned",
+            "dest",
+            tonic::Code::InvalidArgument,
+        ),
+        (
+            "--upload-pack=touch /tmp/pwned",
+            "dest",
+            tonic::Code::InvalidArgument,
+        ),
         ("/etc", "dest", tonic::Code::InvalidArgument),
         ("", "dest", tonic::Code::InvalidArgument),
         (good.as_str(), "../dest", tonic::Code::InvalidArgument),
@@ -159,17 +218,29 @@ async fn failed_clones_leave_nothing() -> anyhow::Result<()> {
         (good.as_str(), "busy", tonic::Code::AlreadyExists),
     ];
     for (url, dir, code) in cases {
-        let err = clone(&agent, &mut client, CloneRequest { url: url.into(), dir: dir.into(), ..Default::default() })
-            .await
-            .expect_err(url);
+        let err = clone(
+            &agent,
+            &mut client,
+            CloneRequest {
+                url: url.into(),
+                dir: dir.into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect_err(url);
         assert_eq!(err.code(), code, "{url} -> {dir}: {err:?}");
     }
-    let err = clone(&agent, &mut client, CloneRequest {
-        url: good,
-        r#ref: "--help".into(),
-        dir: "dest".into(),
-        ..Default::default()
-    })
+    let err = clone(
+        &agent,
+        &mut client,
+        CloneRequest {
+            url: good,
+            r#ref: "--help".into(),
+            dir: "dest".into(),
+            ..Default::default()
+        },
+    )
     .await
     .expect_err("option as ref");
     assert_eq!(err.code(), tonic::Code::InvalidArgument);

@@ -16,7 +16,8 @@ use clap::Parser;
 use proto::v1::archive_client::ArchiveClient;
 use proto::v1::filesystem_client::FilesystemClient;
 use proto::v1::{
-    ExtractFromS3Request, ReadRequest, S3Location, UploadArchiveRequest, WriteRequest, WriteStart, write_request,
+    ExtractFromS3Request, ReadRequest, S3Location, UploadArchiveRequest, WriteRequest, WriteStart,
+    write_request,
 };
 use tonic::transport::Channel;
 
@@ -113,13 +114,19 @@ async fn main() -> Result<()> {
         async move { read(&mut fs, "ops/4k.bin").await.map(|_| ()) }
     })
     .await?;
-    report.push(format!("| 4 KiB read, 64 concurrent over 4 connections | {:.0} reads/s ({ops} in {secs:.2} s) |", ops as f64 / secs));
+    report.push(format!(
+        "| 4 KiB read, 64 concurrent over 4 connections | {:.0} reads/s ({ops} in {secs:.2} s) |",
+        ops as f64 / secs
+    ));
     let (ops, secs) = concurrent(64, 30, &fs, |mut fs, task, _| {
         let data = kib4.clone();
         async move { write(&mut fs, &format!("ops/c/{task}.bin"), data).await }
     })
     .await?;
-    report.push(format!("| 4 KiB write, 64 concurrent | {:.0} writes/s ({ops} in {secs:.2} s) |", ops as f64 / secs));
+    report.push(format!(
+        "| 4 KiB write, 64 concurrent | {:.0} writes/s ({ops} in {secs:.2} s) |",
+        ops as f64 / secs
+    ));
 
     // The same over a Unix socket (the local runtime's transport).
     {
@@ -128,7 +135,14 @@ async fn main() -> Result<()> {
         let token = uds.token.clone();
         let read_uds = move |mut fs: FilesystemClient<Channel>, token: String| async move {
             let mut stream = fs
-                .read(tests::authed(ReadRequest { path: "ops/4k.bin".into(), offset: 0, length: 0 }, &token))
+                .read(tests::authed(
+                    ReadRequest {
+                        path: "ops/4k.bin".into(),
+                        offset: 0,
+                        length: 0,
+                    },
+                    &token,
+                ))
                 .await?
                 .into_inner();
             while stream.message().await?.is_some() {}
@@ -149,7 +163,9 @@ async fn main() -> Result<()> {
     }
 
     // --- streams
-    let big: Vec<u8> = (0..100u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let big: Vec<u8> = (0..100u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
     let t = Instant::now();
     write_chunked(&mut fs, "ops/100m.bin", &big, 1 << 20).await?;
     let w = t.elapsed();
@@ -160,17 +176,36 @@ async fn main() -> Result<()> {
         bail!("read {n} bytes of {}", big.len());
     }
     drop(big);
-    report.push(format!("| 100 MiB streamed write | {:.0} MB/s ({:.2} s) |", 104.8576 / w.as_secs_f64(), w.as_secs_f64()));
-    report.push(format!("| 100 MiB streamed read | {:.0} MB/s ({:.2} s) |", 104.8576 / r.as_secs_f64(), r.as_secs_f64()));
+    report.push(format!(
+        "| 100 MiB streamed write | {:.0} MB/s ({:.2} s) |",
+        104.8576 / w.as_secs_f64(),
+        w.as_secs_f64()
+    ));
+    report.push(format!(
+        "| 100 MiB streamed read | {:.0} MB/s ({:.2} s) |",
+        104.8576 / r.as_secs_f64(),
+        r.as_secs_f64()
+    ));
     std::fs::remove_dir_all(root.join("ops"))?;
 
     // --- archives
     let proj = root.join("proj");
     let t = Instant::now();
-    let stats = tree::generate(&proj, args.files, args.tree_mb * 1_000_000, args.node_modules_files)?;
+    let stats = tree::generate(
+        &proj,
+        args.files,
+        args.tree_mb * 1_000_000,
+        args.node_modules_files,
+    )?;
     eprintln!("generated tree in {:.1} s", t.elapsed().as_secs_f64());
     // Both sides start from a warm page cache.
-    Command::new("sh").arg("-c").arg(format!("find {} -type f -exec cat {{}} + > /dev/null", proj.display())).status()?;
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "find {} -type f -exec cat {{}} + > /dev/null",
+            proj.display()
+        ))
+        .status()?;
 
     let mut archive = ArchiveClient::new(ch.clone());
     let aws_env = aws_env(&s3);
@@ -186,8 +221,14 @@ async fn main() -> Result<()> {
         let s = archive
             .upload(tests::authed(
                 UploadArchiveRequest {
-                    options: Some(proto::v1::ArchiveOptions { path: "proj".into(), ..Default::default() }),
-                    location: Some(S3Location { bucket: BUCKET.into(), key: format!("agent-{run}.zip") }),
+                    options: Some(proto::v1::ArchiveOptions {
+                        path: "proj".into(),
+                        ..Default::default()
+                    }),
+                    location: Some(S3Location {
+                        bucket: BUCKET.into(),
+                        key: format!("agent-{run}.zip"),
+                    }),
                 },
                 TOKEN,
             ))
@@ -203,11 +244,22 @@ async fn main() -> Result<()> {
         let zip_path = work.join(format!("cli-{run}.zip"));
         let _ = std::fs::remove_file(&zip_path);
         let t = Instant::now();
-        sh(&proj, &format!(
-            "zip -r -q {} . -x '*node_modules/*' '*.git/*' '*__pycache__/*'",
-            zip_path.display()
-        ), &aws_env)?;
-        sh(&work, &format!("aws s3 cp --only-show-errors {} s3://{BUCKET}/cli-{run}.zip", zip_path.display()), &aws_env)?;
+        sh(
+            &proj,
+            &format!(
+                "zip -r -q {} . -x '*node_modules/*' '*.git/*' '*__pycache__/*'",
+                zip_path.display()
+            ),
+            &aws_env,
+        )?;
+        sh(
+            &work,
+            &format!(
+                "aws s3 cp --only-show-errors {} s3://{BUCKET}/cli-{run}.zip",
+                zip_path.display()
+            ),
+            &aws_env,
+        )?;
         cli_up.push(t.elapsed());
         sizes.1 = std::fs::metadata(&zip_path)?.len();
 
@@ -218,7 +270,10 @@ async fn main() -> Result<()> {
             .extract_from_s3(tests::authed(
                 ExtractFromS3Request {
                     path: dest.clone(),
-                    location: Some(S3Location { bucket: BUCKET.into(), key: format!("agent-{run}.zip") }),
+                    location: Some(S3Location {
+                        bucket: BUCKET.into(),
+                        key: format!("agent-{run}.zip"),
+                    }),
                 },
                 TOKEN,
             ))
@@ -226,7 +281,11 @@ async fn main() -> Result<()> {
             .into_inner();
         agent_down.push(t.elapsed());
         if x.files != stats.files as u64 {
-            bail!("agent extracted {} files, expected {}", x.files, stats.files);
+            bail!(
+                "agent extracted {} files, expected {}",
+                x.files,
+                stats.files
+            );
         }
         std::fs::remove_dir_all(root.join(&dest))?;
 
@@ -236,7 +295,10 @@ async fn main() -> Result<()> {
             .extract_from_s3(tests::authed(
                 ExtractFromS3Request {
                     path: dest.clone(),
-                    location: Some(S3Location { bucket: BUCKET.into(), key: format!("cli-{run}.zip") }),
+                    location: Some(S3Location {
+                        bucket: BUCKET.into(),
+                        key: format!("cli-{run}.zip"),
+                    }),
                 },
                 TOKEN,
             ))
@@ -248,8 +310,19 @@ async fn main() -> Result<()> {
         let dl = work.join(format!("dl-{run}.zip"));
         let out = work.join(format!("restore-cli-{run}"));
         let t = Instant::now();
-        sh(&work, &format!("aws s3 cp --only-show-errors s3://{BUCKET}/cli-{run}.zip {}", dl.display()), &aws_env)?;
-        sh(&work, &format!("unzip -q {} -d {}", dl.display(), out.display()), &aws_env)?;
+        sh(
+            &work,
+            &format!(
+                "aws s3 cp --only-show-errors s3://{BUCKET}/cli-{run}.zip {}",
+                dl.display()
+            ),
+            &aws_env,
+        )?;
+        sh(
+            &work,
+            &format!("unzip -q {} -d {}", dl.display(), out.display()),
+            &aws_env,
+        )?;
         cli_down.push(t.elapsed());
         std::fs::remove_dir_all(&out)?;
         std::fs::remove_file(&dl)?;
@@ -262,8 +335,13 @@ async fn main() -> Result<()> {
             cli_down[run].as_secs_f64()
         );
     }
-    let (au, cu, ad, cd, az) =
-        (median(&agent_up), median(&cli_up), median(&agent_down), median(&cli_down), median(&agent_on_zip));
+    let (au, cu, ad, cd, az) = (
+        median(&agent_up),
+        median(&cli_up),
+        median(&agent_down),
+        median(&cli_down),
+        median(&agent_on_zip),
+    );
     report.push(format!(
         "| archive + upload: agent (zip {:.1} MB) vs `zip -r` + `aws s3 cp` (zip {:.1} MB) | {:.2} s vs {:.2} s: **{:.1}x** |",
         sizes.0 as f64 / 1e6,
@@ -286,9 +364,18 @@ async fn main() -> Result<()> {
 
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_after = rss_kib(agent.0.id())?;
-    report.push(format!("| agent RSS, idle after start | {:.1} MiB |", rss_fresh as f64 / 1024.0));
-    report.push(format!("| agent RSS, idle after the benchmark | {:.1} MiB |", rss_after as f64 / 1024.0));
-    report.push(format!("| release binary size (`target/release/agent`) | {:.1} MB ({binary_size} bytes) |", binary_size as f64 / 1e6));
+    report.push(format!(
+        "| agent RSS, idle after start | {:.1} MiB |",
+        rss_fresh as f64 / 1024.0
+    ));
+    report.push(format!(
+        "| agent RSS, idle after the benchmark | {:.1} MiB |",
+        rss_after as f64 / 1024.0
+    ));
+    report.push(format!(
+        "| release binary size (`target/release/agent`) | {:.1} MB ({binary_size} bytes) |",
+        binary_size as f64 / 1e6
+    ));
 
     println!(
         "Tree: {} files, {:.1} MB (94% source-like text, 6% random binary assets), plus {} files in node_modules (excluded). Median of {} runs.\n",
@@ -307,7 +394,11 @@ async fn main() -> Result<()> {
 fn machine(report: &mut Vec<String>) {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
         .unwrap_or_default();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     report.push(format!("| machine | {cores} cores, {cpu} |"));
@@ -328,22 +419,34 @@ async fn start_agent(bin: &Path, root: &Path, s3: &tests::S3Server) -> Result<(t
         .context("spawn agent")?;
     let proc = tests::Proc(child);
     tests::eventually(Duration::from_secs(20), "agent to listen", || async move {
-        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok().map(|_| ())
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()
+            .map(|_| ())
     })
     .await?;
     Ok((proc, port))
 }
 
 async fn channel(port: u16) -> Result<Channel> {
-    Ok(tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))?
-        .tcp_nodelay(true)
-        .connect()
-        .await?)
+    Ok(
+        tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))?
+            .tcp_nodelay(true)
+            .connect()
+            .await?,
+    )
 }
 
 async fn read(fs: &mut FilesystemClient<Channel>, path: &str) -> Result<u64> {
     let mut stream = fs
-        .read(tests::authed(ReadRequest { path: path.into(), offset: 0, length: 0 }, TOKEN))
+        .read(tests::authed(
+            ReadRequest {
+                path: path.into(),
+                offset: 0,
+                length: 0,
+            },
+            TOKEN,
+        ))
         .await?
         .into_inner();
     let mut n = 0;
@@ -358,22 +461,40 @@ async fn read(fs: &mut FilesystemClient<Channel>, path: &str) -> Result<u64> {
 async fn write(fs: &mut FilesystemClient<Channel>, path: &str, data: Vec<u8>) -> Result<()> {
     let msgs = vec![
         WriteRequest {
-            msg: Some(write_request::Msg::Start(WriteStart { path: path.into(), make_parents: true, ..Default::default() })),
+            msg: Some(write_request::Msg::Start(WriteStart {
+                path: path.into(),
+                make_parents: true,
+                ..Default::default()
+            })),
         },
-        WriteRequest { msg: Some(write_request::Msg::Data(data)) },
+        WriteRequest {
+            msg: Some(write_request::Msg::Data(data)),
+        },
     ];
-    fs.write(tests::authed(futures::stream::iter(msgs), TOKEN)).await?;
+    fs.write(tests::authed(futures::stream::iter(msgs), TOKEN))
+        .await?;
     Ok(())
 }
 
-async fn write_chunked(fs: &mut FilesystemClient<Channel>, path: &str, data: &[u8], chunk: usize) -> Result<()> {
+async fn write_chunked(
+    fs: &mut FilesystemClient<Channel>,
+    path: &str,
+    data: &[u8],
+    chunk: usize,
+) -> Result<()> {
     let start = WriteRequest {
-        msg: Some(write_request::Msg::Start(WriteStart { path: path.into(), make_parents: true, ..Default::default() })),
+        msg: Some(write_request::Msg::Start(WriteStart {
+            path: path.into(),
+            make_parents: true,
+            ..Default::default()
+        })),
     };
     let chunks: Vec<Vec<u8>> = data.chunks(chunk).map(<[u8]>::to_vec).collect();
-    let msgs = std::iter::once(start)
-        .chain(chunks.into_iter().map(|c| WriteRequest { msg: Some(write_request::Msg::Data(c)) }));
-    fs.write(tests::authed(futures::stream::iter(msgs), TOKEN)).await?;
+    let msgs = std::iter::once(start).chain(chunks.into_iter().map(|c| WriteRequest {
+        msg: Some(write_request::Msg::Data(c)),
+    }));
+    fs.write(tests::authed(futures::stream::iter(msgs), TOKEN))
+        .await?;
     Ok(())
 }
 
@@ -444,8 +565,15 @@ fn ms(d: Duration) -> f64 {
 
 fn rss_kib(pid: u32) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS")?;
-    Ok(line.split_whitespace().nth(1).context("bad VmRSS")?.parse()?)
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .context("no VmRSS")?;
+    Ok(line
+        .split_whitespace()
+        .nth(1)
+        .context("bad VmRSS")?
+        .parse()?)
 }
 
 fn aws_env(s3: &tests::S3Server) -> Vec<(String, String)> {

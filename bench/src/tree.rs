@@ -17,22 +17,137 @@ pub(crate) struct TreeStats {
 }
 
 const WORDS: &[&str] = &[
-    "const", "let", "return", "function", "export", "import", "from", "async", "await", "if", "else",
-    "for", "while", "new", "this", "props", "state", "value", "items", "user", "project", "file",
-    "path", "config", "options", "result", "error", "data", "response", "request", "handler", "render",
-    "component", "useEffect", "useState", "setValue", "onClick", "className", "children", "index",
-    "length", "map", "filter", "reduce", "forEach", "push", "JSON", "parse", "stringify", "console",
-    "log", "Promise", "resolve", "reject", "fetch", "headers", "status", "message", "title", "button",
-    "input", "label", "style", "theme", "color", "width", "height", "margin", "padding", "display",
-    "flex", "grid", "token", "session", "router", "query", "params", "body", "method", "GET", "POST",
-    "true", "false", "null", "undefined", "number", "string", "boolean", "interface", "type", "class",
-    "extends", "implements", "public", "private", "static", "readonly", "default", "case", "switch",
-    "break", "continue", "try", "catch", "finally", "throw", "Error", "Date", "Math", "Object", "Array",
+    "const",
+    "let",
+    "return",
+    "function",
+    "export",
+    "import",
+    "from",
+    "async",
+    "await",
+    "if",
+    "else",
+    "for",
+    "while",
+    "new",
+    "this",
+    "props",
+    "state",
+    "value",
+    "items",
+    "user",
+    "project",
+    "file",
+    "path",
+    "config",
+    "options",
+    "result",
+    "error",
+    "data",
+    "response",
+    "request",
+    "handler",
+    "render",
+    "component",
+    "useEffect",
+    "useState",
+    "setValue",
+    "onClick",
+    "className",
+    "children",
+    "index",
+    "length",
+    "map",
+    "filter",
+    "reduce",
+    "forEach",
+    "push",
+    "JSON",
+    "parse",
+    "stringify",
+    "console",
+    "log",
+    "Promise",
+    "resolve",
+    "reject",
+    "fetch",
+    "headers",
+    "status",
+    "message",
+    "title",
+    "button",
+    "input",
+    "label",
+    "style",
+    "theme",
+    "color",
+    "width",
+    "height",
+    "margin",
+    "padding",
+    "display",
+    "flex",
+    "grid",
+    "token",
+    "session",
+    "router",
+    "query",
+    "params",
+    "body",
+    "method",
+    "GET",
+    "POST",
+    "true",
+    "false",
+    "null",
+    "undefined",
+    "number",
+    "string",
+    "boolean",
+    "interface",
+    "type",
+    "class",
+    "extends",
+    "implements",
+    "public",
+    "private",
+    "static",
+    "readonly",
+    "default",
+    "case",
+    "switch",
+    "break",
+    "continue",
+    "try",
+    "catch",
+    "finally",
+    "throw",
+    "Error",
+    "Date",
+    "Math",
+    "Object",
+    "Array",
 ];
-const PUNCT: &[&str] = &["(", ")", " = ", ", ", ".", ";", " => ", "{", "}", "[", "]", ": ", " + ", " && "];
-const TEXT_EXT: &[&str] = &["ts", "tsx", "js", "jsx", "css", "json", "md", "py", "rs", "html"];
+const PUNCT: &[&str] = &[
+    "(", ")", " = ", ", ", ".", ";", " => ", "{", "}", "[", "]", ": ", " + ", " && ",
+];
+const TEXT_EXT: &[&str] = &[
+    "ts", "tsx", "js", "jsx", "css", "json", "md", "py", "rs", "html",
+];
 const BIN_EXT: &[&str] = &["png", "jpg", "woff2", "ico", "webp"];
-const DIRS: &[&str] = &["components", "pages", "lib", "utils", "hooks", "styles", "api", "server", "tests", "assets"];
+const DIRS: &[&str] = &[
+    "components",
+    "pages",
+    "lib",
+    "utils",
+    "hooks",
+    "styles",
+    "api",
+    "server",
+    "tests",
+    "assets",
+];
 
 /// Source-like text of about `size` bytes.
 fn text(rng: &mut SmallRng, size: usize) -> Vec<u8> {
@@ -47,7 +162,11 @@ fn text(rng: &mut SmallRng, size: usize) -> Vec<u8> {
                 write!(out, "{}", rng.random_range(0..10_000)).ok();
             }
             if i + 1 < n {
-                let p = if rng.random_bool(0.5) { " " } else { PUNCT[rng.random_range(0..PUNCT.len())] };
+                let p = if rng.random_bool(0.5) {
+                    " "
+                } else {
+                    PUNCT[rng.random_range(0..PUNCT.len())]
+                };
                 out.extend_from_slice(p.as_bytes());
             }
         }
@@ -70,7 +189,12 @@ fn text(rng: &mut SmallRng, size: usize) -> Vec<u8> {
 
 /// Writes `files` files totalling about `total` bytes under `root`, plus
 /// `nm_files` small files under `root/node_modules`.
-pub(crate) fn generate(root: &Path, files: usize, total: u64, nm_files: usize) -> std::io::Result<TreeStats> {
+pub(crate) fn generate(
+    root: &Path,
+    files: usize,
+    total: u64,
+    nm_files: usize,
+) -> std::io::Result<TreeStats> {
     let mut rng = SmallRng::seed_from_u64(42);
     // 94% text, 6% binary assets carrying 30% of the bytes.
     let bin_files = files * 6 / 100;
@@ -89,16 +213,27 @@ pub(crate) fn generate(root: &Path, files: usize, total: u64, nm_files: usize) -
             (format!("asset{i}.{}", BIN_EXT[i % BIN_EXT.len()]), data)
         } else {
             let size = rng.random_range(text_mean / 4..text_mean * 7 / 4) as usize;
-            (format!("file{i}.{}", TEXT_EXT[i % TEXT_EXT.len()]), text(&mut rng, size))
+            (
+                format!("file{i}.{}", TEXT_EXT[i % TEXT_EXT.len()]),
+                text(&mut rng, size),
+            )
         };
         bytes += data.len() as u64;
         std::fs::write(dir.join(name), data)?;
     }
     for i in 0..nm_files {
-        let dir = root.join(format!("node_modules/pkg{}/{}", i / 40, if i % 2 == 0 { "lib" } else { "dist" }));
+        let dir = root.join(format!(
+            "node_modules/pkg{}/{}",
+            i / 40,
+            if i % 2 == 0 { "lib" } else { "dist" }
+        ));
         std::fs::create_dir_all(&dir)?;
         let size = rng.random_range(500..4000);
         std::fs::write(dir.join(format!("index{i}.js")), text(&mut rng, size))?;
     }
-    Ok(TreeStats { files, bytes, node_modules_files: nm_files })
+    Ok(TreeStats {
+        files,
+        bytes,
+        node_modules_files: nm_files,
+    })
 }

@@ -8,8 +8,8 @@
 
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt as _;
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use zip::write::SimpleFileOptions;
 use zip::{CompressionMethod, ZipArchive, ZipWriter};
@@ -29,7 +29,10 @@ pub(crate) struct BigEntry {
 pub(crate) fn prepare(name: &str, file: std::fs::File, mode: u32) -> Result<BigEntry> {
     let file = Arc::new(file);
     let in_data = Arc::new(AtomicBool::new(false));
-    let sink = HeaderSink { in_data: in_data.clone(), ..Default::default() };
+    let sink = HeaderSink {
+        in_data: in_data.clone(),
+        ..Default::default()
+    };
     let mut w = ZipWriter::new(sink);
     let size = file.metadata()?.len();
     let opts = SimpleFileOptions::default()
@@ -50,7 +53,9 @@ pub(crate) fn prepare(name: &str, file: std::fs::File, mode: u32) -> Result<BigE
     }
     in_data.store(false, Ordering::Relaxed);
     let sink = w.finish().map_err(zip_error)?;
-    let data_start = sink.data_start.ok_or_else(|| Error::Internal("big entry without data".into()))?;
+    let data_start = sink
+        .data_start
+        .ok_or_else(|| Error::Internal("big entry without data".into()))?;
     let check = Arc::new(Mutex::new((flate2::Crc::new(), 0)));
     let zip = VirtualZip {
         prefix: Arc::from(sink.prefix),
@@ -61,7 +66,10 @@ pub(crate) fn prepare(name: &str, file: std::fs::File, mode: u32) -> Result<BigE
         pos: 0,
         check: check.clone(),
     };
-    Ok(BigEntry { zip: ZipArchive::new(zip).map_err(zip_error)?, check })
+    Ok(BigEntry {
+        zip: ZipArchive::new(zip).map_err(zip_error)?,
+        check,
+    })
 }
 
 /// After the raw copy: the file read the second time must be the file that
@@ -74,7 +82,9 @@ pub(crate) fn verify(entry: &mut BigEntry, name: &str) -> Result<()> {
         .map_err(zip_error)?;
     let check = entry.check.lock().unwrap_or_else(|p| p.into_inner());
     if check.1 != len || check.0.sum() != expected {
-        return Err(Error::FailedPrecondition(format!("{name} changed while it was being archived")));
+        return Err(Error::FailedPrecondition(format!(
+            "{name} changed while it was being archived"
+        )));
     }
     Ok(())
 }
@@ -121,8 +131,12 @@ impl Write for HeaderSink {
                     let at = (self.pos - s - self.data_len) as usize;
                     put(&mut self.suffix, at, data);
                 }
-                Some(s) if self.pos + data.len() as u64 <= s => put(&mut self.prefix, self.pos as usize, data),
-                Some(_) => return Err(io::Error::other("zip writer patched inside big entry data")),
+                Some(s) if self.pos + data.len() as u64 <= s => {
+                    put(&mut self.prefix, self.pos as usize, data)
+                }
+                Some(_) => {
+                    return Err(io::Error::other("zip writer patched inside big entry data"));
+                }
                 None => put(&mut self.prefix, self.pos as usize, data),
             }
         }

@@ -7,8 +7,8 @@ use std::collections::HashSet;
 use std::io::{self, Cursor, Read as _, Seek, SeekFrom, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
-use std::time::Duration;
 use std::sync::{Condvar, Mutex};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use cap_fs_ext::{DirExt as _, FollowSymlinks, OpenOptionsFollowExt as _};
@@ -70,7 +70,9 @@ pub fn write_zip(spec: &Spec, sink: ChunkSink, stop: &AtomicBool) -> Result<Summ
 
 fn write_zip_with(spec: &Spec, sink: ChunkSink, stop: &AtomicBool, big: u64) -> Result<Summary> {
     let entries = walk(spec)?;
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8);
+    let workers = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(1, 8);
     let (txs, rxs): (Vec<_>, Vec<_>) = entries.iter().map(|_| sync_channel(1)).unzip();
     let budget = Budget::new(entries.iter().map(|e| cost(e, big)).collect());
     std::thread::scope(|scope| {
@@ -209,7 +211,11 @@ fn walk_dir(dir: &Dir, prefix: &str, spec: &Spec, out: &mut Vec<Entry>) -> Resul
     }
     names.sort_by(|a, b| a.0.cmp(&b.0));
     for (name, entry) in names {
-        let path = if prefix.is_empty() { name.clone() } else { format!("{prefix}/{name}") };
+        let path = if prefix.is_empty() {
+            name.clone()
+        } else {
+            format!("{prefix}/{name}")
+        };
         let meta = match entry.metadata() {
             Ok(m) => m,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
@@ -218,7 +224,10 @@ fn walk_dir(dir: &Dir, prefix: &str, spec: &Spec, out: &mut Vec<Entry>) -> Resul
         let ft = meta.file_type();
         let mode = meta.mode() & 0o7777;
         if ft.is_dir() {
-            out.push(Entry { name: path.clone(), kind: Kind::Dir { mode } });
+            out.push(Entry {
+                name: path.clone(),
+                kind: Kind::Dir { mode },
+            });
             let sub = match dir.open_dir_nofollow(&name) {
                 Ok(d) => d,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -245,9 +254,18 @@ fn walk_dir(dir: &Dir, prefix: &str, spec: &Spec, out: &mut Vec<Entry>) -> Resul
                 tracing::warn!(path = %path, target = %target, "skipping a symlink that points outside the root");
                 continue;
             }
-            out.push(Entry { name: path, kind: Kind::Symlink { target } });
+            out.push(Entry {
+                name: path,
+                kind: Kind::Symlink { target },
+            });
         } else if ft.is_file() {
-            out.push(Entry { name: path, kind: Kind::File { size: meta.len(), mode } });
+            out.push(Entry {
+                name: path,
+                kind: Kind::File {
+                    size: meta.len(),
+                    mode,
+                },
+            });
         }
         // Sockets, fifos and devices have no place in an archive.
     }
@@ -269,7 +287,11 @@ struct Budget {
 
 impl Budget {
     fn new(costs: Vec<u64>) -> Self {
-        Budget { costs, state: Mutex::new((0, 0)), cond: Condvar::new() }
+        Budget {
+            costs,
+            state: Mutex::new((0, 0)),
+            cond: Condvar::new(),
+        }
     }
 
     fn take(&self, stop: &AtomicBool) -> Option<usize> {
@@ -326,10 +348,19 @@ fn prepare(base: &Dir, entry: &Entry, big: u64) -> Result<Prepared> {
     let mut file = match base.open_with(&entry.name, &opts) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Prepared::Vanished),
-        Err(e) => return Err(Error::Io(io::Error::new(e.kind(), format!("{}: {e}", entry.name)))),
+        Err(e) => {
+            return Err(Error::Io(io::Error::new(
+                e.kind(),
+                format!("{}: {e}", entry.name),
+            )));
+        }
     };
     if size > big {
-        return Ok(Prepared::Big(super::big::prepare(&entry.name, file.into_std(), mode)?));
+        return Ok(Prepared::Big(super::big::prepare(
+            &entry.name,
+            file.into_std(),
+            mode,
+        )?));
     }
     let mut data = Vec::with_capacity(size as usize);
     file.read_to_end(&mut data)?;
@@ -432,11 +463,13 @@ fn writer(
             }
             (Prepared::Meta, Kind::Dir { mode }) => {
                 let opts = SimpleFileOptions::default().unix_permissions(*mode);
-                zip.add_directory(entry.name.as_str(), opts).map_err(zip_error)?;
+                zip.add_directory(entry.name.as_str(), opts)
+                    .map_err(zip_error)?;
             }
             (Prepared::Meta, Kind::Symlink { target }) => {
                 let opts = SimpleFileOptions::default().unix_permissions(0o777);
-                zip.add_symlink(entry.name.as_str(), target, opts).map_err(zip_error)?;
+                zip.add_symlink(entry.name.as_str(), target, opts)
+                    .map_err(zip_error)?;
                 files += 1;
             }
             (Prepared::Meta, Kind::File { .. }) => {
@@ -446,7 +479,11 @@ fn writer(
     }
     let tail = zip.finish().map_err(zip_error)?;
     let (size, sha256) = tail.into_inner()?.finish()?;
-    Ok(Summary { size, sha256, files })
+    Ok(Summary {
+        size,
+        sha256,
+        files,
+    })
 }
 
 pub(crate) fn zip_error(e: zip::result::ZipError) -> Error {
@@ -473,7 +510,12 @@ const FLUSH_AT: usize = 1024 * 1024;
 
 impl<W: Write> TailWriter<W> {
     fn new(inner: W) -> Self {
-        TailWriter { inner, buf: Vec::with_capacity(FLUSH_AT + KEEP), flushed: 0, pos: 0 }
+        TailWriter {
+            inner,
+            buf: Vec::with_capacity(FLUSH_AT + KEEP),
+            flushed: 0,
+            pos: 0,
+        }
     }
 
     fn into_inner(mut self) -> io::Result<W> {
@@ -549,9 +591,15 @@ mod unit {
     fn big_and_small_files_read_back() {
         use std::os::unix::fs::PermissionsExt as _;
         let tmp = tempfile::tempdir().unwrap();
-        let big: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2654435761) >> 7) as u8).collect();
+        let big: Vec<u8> = (0..300_000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 7) as u8)
+            .collect();
         std::fs::write(tmp.path().join("big.bin"), &big).unwrap();
-        std::fs::set_permissions(tmp.path().join("big.bin"), std::fs::Permissions::from_mode(0o750)).unwrap();
+        std::fs::set_permissions(
+            tmp.path().join("big.bin"),
+            std::fs::Permissions::from_mode(0o750),
+        )
+        .unwrap();
         std::fs::create_dir(tmp.path().join("d")).unwrap();
         std::fs::write(tmp.path().join("d/small.txt"), "small ".repeat(100)).unwrap();
         std::os::unix::fs::symlink("../big.bin", tmp.path().join("d/link")).unwrap();
@@ -568,8 +616,13 @@ mod unit {
             }
             out
         });
-        let summary =
-            write_zip_with(&spec, ChunkSink::new(tx, |_| 4096), &AtomicBool::new(false), 100_000).unwrap();
+        let summary = write_zip_with(
+            &spec,
+            ChunkSink::new(tx, |_| 4096),
+            &AtomicBool::new(false),
+            100_000,
+        )
+        .unwrap();
         let bytes = reader.join().unwrap();
         assert_eq!(summary.size, bytes.len() as u64);
         assert_eq!(summary.files, 3);
@@ -582,7 +635,10 @@ mod unit {
         assert!(got == big, "big file content differs");
         drop(f);
         let mut got = String::new();
-        zip.by_name("d/small.txt").unwrap().read_to_string(&mut got).unwrap();
+        zip.by_name("d/small.txt")
+            .unwrap()
+            .read_to_string(&mut got)
+            .unwrap();
         assert_eq!(got, "small ".repeat(100));
         assert!(zip.by_name("d/link").unwrap().is_symlink());
     }

@@ -68,7 +68,12 @@ impl SpoolWriter {
 
     /// A spool that moves to a temporary file past `limit` bytes.
     pub fn with_limit(limit: u64) -> Self {
-        SpoolWriter { mem: Vec::new(), file: None, len: 0, limit }
+        SpoolWriter {
+            mem: Vec::new(),
+            file: None,
+            len: 0,
+            limit,
+        }
     }
 
     pub fn push(&mut self, data: &[u8]) -> Result<()> {
@@ -218,7 +223,11 @@ pub fn extract(root: &Dir, base_rel: &str, spool: Spool) -> Result<Summary> {
 /// directory itself ("./"). Refuses what could leave it.
 fn clean_name(raw: &[u8]) -> Result<Option<String>> {
     let shown = String::from_utf8_lossy(raw).replace('\0', "\\0");
-    let bad = |why: &str| Err(Error::PathOutsideRoot(format!("archive entry {shown:?}: {why}")));
+    let bad = |why: &str| {
+        Err(Error::PathOutsideRoot(format!(
+            "archive entry {shown:?}: {why}"
+        )))
+    };
     let Ok(name) = std::str::from_utf8(raw) else {
         return bad("name is not utf-8");
     };
@@ -239,7 +248,11 @@ fn clean_name(raw: &[u8]) -> Result<Option<String>> {
             s => parts.push(s),
         }
     }
-    Ok(if parts.is_empty() { None } else { Some(parts.join("/")) })
+    Ok(if parts.is_empty() {
+        None
+    } else {
+        Some(parts.join("/"))
+    })
 }
 
 /// Whether a symlink at `dir` (relative to the root) pointing to `target`
@@ -248,7 +261,10 @@ pub fn link_escapes(dir: &str, target: &str) -> bool {
     if target.is_empty() || target.starts_with('/') || target.contains('\0') {
         return true;
     }
-    let mut depth: Vec<&str> = dir.split('/').filter(|s| !s.is_empty() && *s != ".").collect();
+    let mut depth: Vec<&str> = dir
+        .split('/')
+        .filter(|s| !s.is_empty() && *s != ".")
+        .collect();
     for seg in target.split('/') {
         match seg {
             "" | "." => {}
@@ -285,14 +301,19 @@ fn plan<R: Read + Seek>(archive: &mut ZipArchive<R>, base_rel: &str) -> Result<P
             continue;
         };
         if !seen.insert(path.clone()) {
-            return Err(Error::InvalidArgument(format!("archive entry {path:?} appears twice")));
+            return Err(Error::InvalidArgument(format!(
+                "archive entry {path:?} appears twice"
+            )));
         }
         let mode = entry.unix_mode();
         if entry.is_dir() {
-            plan.dirs.insert(path, Some(mode.map_or(0o755, |m| m & 0o777)));
+            plan.dirs
+                .insert(path, Some(mode.map_or(0o755, |m| m & 0o777)));
         } else if entry.is_symlink() {
             if entry.size() > MAX_LINK {
-                return Err(Error::InvalidArgument(format!("archive entry {path:?}: symlink target too long")));
+                return Err(Error::InvalidArgument(format!(
+                    "archive entry {path:?}: symlink target too long"
+                )));
             }
             drop(entry);
             let mut target = String::new();
@@ -300,7 +321,9 @@ fn plan<R: Read + Seek>(archive: &mut ZipArchive<R>, base_rel: &str) -> Result<P
                 .by_index(index)
                 .map_err(zip_error)?
                 .read_to_string(&mut target)
-                .map_err(|_| Error::InvalidArgument(format!("archive entry {path:?}: bad symlink target")))?;
+                .map_err(|_| {
+                    Error::InvalidArgument(format!("archive entry {path:?}: bad symlink target"))
+                })?;
             let at = join(base_rel, super::create::parent_of(&path));
             if link_escapes(&at, &target) {
                 return Err(Error::PathOutsideRoot(format!(
@@ -412,7 +435,11 @@ fn write<R: Read + Seek + Clone + Send + Sync>(
     if !base_rel.is_empty() {
         root.create_dir_all(base_rel)?;
     }
-    let base = if base_rel.is_empty() { root.try_clone()? } else { root.open_dir(base_rel)? };
+    let base = if base_rel.is_empty() {
+        root.try_clone()?
+    } else {
+        root.open_dir(base_rel)?
+    };
     for dir in plan.dirs.keys() {
         match base.create_dir(dir) {
             Ok(()) => {}
@@ -425,7 +452,9 @@ fn write<R: Read + Seek + Clone + Send + Sync>(
     let bytes = AtomicU64::new(0);
     // File creation blocks in the kernel as much as it computes: more
     // threads than cores keep the cores busy.
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get() * 2).clamp(4, 16);
+    let threads = std::thread::available_parallelism()
+        .map_or(2, |n| n.get() * 2)
+        .clamp(4, 16);
     std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
             .map(|_| {
@@ -434,7 +463,9 @@ fn write<R: Read + Seek + Clone + Send + Sync>(
                     let mut buf = vec![0u8; 256 * 1024];
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(f) = plan.files.get(i) else { return Ok(()) };
+                        let Some(f) = plan.files.get(i) else {
+                            return Ok(());
+                        };
                         let n = write_file(&base, &mut archive, f, &mut buf)?;
                         bytes.fetch_add(n, Ordering::Relaxed);
                     }
@@ -443,7 +474,9 @@ fn write<R: Read + Seek + Clone + Send + Sync>(
             .collect();
         let mut first = Ok(());
         for h in handles {
-            let res = h.join().unwrap_or_else(|_| Err(Error::Internal("extract thread panicked".into())));
+            let res = h
+                .join()
+                .unwrap_or_else(|_| Err(Error::Internal("extract thread panicked".into())));
             if first.is_ok() {
                 first = res;
             }
@@ -496,7 +529,10 @@ fn write_file<R: Read + Seek>(
             Ok(got) => got,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
-                return Err(Error::InvalidArgument(format!("archive entry {:?}: {e}", f.path)));
+                return Err(Error::InvalidArgument(format!(
+                    "archive entry {:?}: {e}",
+                    f.path
+                )));
             }
         };
         n += got as u64;
@@ -522,7 +558,14 @@ mod unit {
 
     #[test]
     fn names_that_leave_are_refused() {
-        for bad in ["../x", "a/../../x", "/etc/passwd", "a\0b", "a\\..\\b", "a/.."] {
+        for bad in [
+            "../x",
+            "a/../../x",
+            "/etc/passwd",
+            "a\0b",
+            "a\\..\\b",
+            "a/..",
+        ] {
             assert!(clean_name(bad.as_bytes()).is_err(), "{bad}");
         }
         assert_eq!(clean_name(b"./a//b/").unwrap().as_deref(), Some("a/b"));
@@ -558,8 +601,16 @@ mod unit {
             let s = extract(&root, "out", spool).unwrap();
             assert_eq!((s.files, s.bytes), (2, 10_000));
             let meta = std::fs::metadata(tmp.path().join("out/d/run.sh")).unwrap();
-            assert_eq!(std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777, 0o755);
-            assert_eq!(std::fs::read_link(tmp.path().join("out/d/link")).unwrap().to_str(), Some("run.sh"));
+            assert_eq!(
+                std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
+                0o755
+            );
+            assert_eq!(
+                std::fs::read_link(tmp.path().join("out/d/link"))
+                    .unwrap()
+                    .to_str(),
+                Some("run.sh")
+            );
         }
     }
 

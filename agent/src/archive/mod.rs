@@ -16,9 +16,9 @@ use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
 use proto::v1::archive_server::Archive;
 use proto::v1::{
-    ArchiveOptions, ArchiveSummary, CreateArchiveRequest, CreateArchiveResponse, ExtractFromS3Request,
-    ExtractRequest, ExtractSummary, S3Location, UploadArchiveRequest, create_archive_response,
-    extract_request,
+    ArchiveOptions, ArchiveSummary, CreateArchiveRequest, CreateArchiveResponse,
+    ExtractFromS3Request, ExtractRequest, ExtractSummary, S3Location, UploadArchiveRequest,
+    create_archive_response, extract_request,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -84,12 +84,18 @@ impl Archive for ArchiveService {
         let producer = {
             let stop = stop.clone();
             tokio::task::spawn_blocking(move || {
-                create::write_zip(&spec, create::ChunkSink::new(chunk_tx, |_| STREAM_CHUNK), &stop)
+                create::write_zip(
+                    &spec,
+                    create::ChunkSink::new(chunk_tx, |_| STREAM_CHUNK),
+                    &stop,
+                )
             })
         };
         tokio::spawn(async move {
             while let Some(chunk) = chunk_rx.recv().await {
-                let msg = CreateArchiveResponse { event: Some(create_archive_response::Event::Data(chunk.to_vec())) };
+                let msg = CreateArchiveResponse {
+                    event: Some(create_archive_response::Event::Data(chunk.to_vec())),
+                };
                 if out_tx.send(Ok(msg)).await.is_err() {
                     // The caller went away: stop compressing.
                     stop.store(true, Ordering::Relaxed);
@@ -101,7 +107,9 @@ impl Archive for ArchiveService {
                     event: Some(create_archive_response::Event::Summary(summary(&s, None))),
                 }),
                 Ok(Err(e)) => Err(Status::from(e)),
-                Err(e) => Err(Status::from(Error::Internal(format!("archive task failed: {e}")))),
+                Err(e) => Err(Status::from(Error::Internal(format!(
+                    "archive task failed: {e}"
+                )))),
             };
             let _ = out_tx.send(msg).await;
         });
@@ -150,7 +158,14 @@ impl Archive for ArchiveService {
         let res = task.await;
         guard.disarm();
         let s = res.map_err(|e| Error::Internal(format!("upload task failed: {e}")))??;
-        let location = S3Location { bucket: req.location.as_ref().map(|l| l.bucket.clone()).unwrap_or_default(), key: req.location.map(|l| l.key).unwrap_or_default() };
+        let location = S3Location {
+            bucket: req
+                .location
+                .as_ref()
+                .map(|l| l.bucket.clone())
+                .unwrap_or_default(),
+            key: req.location.map(|l| l.key).unwrap_or_default(),
+        };
         Ok(Response::new(summary(&s, Some(location))))
     }
 
@@ -178,7 +193,10 @@ impl Archive for ArchiveService {
             }
         }
         let s = self.run_extract(base_rel, spool.finish()).await?;
-        Ok(Response::new(ExtractSummary { files: s.files, bytes: s.bytes }))
+        Ok(Response::new(ExtractSummary {
+            files: s.files,
+            bytes: s.bytes,
+        }))
     }
 
     async fn extract_from_s3(
@@ -190,17 +208,27 @@ impl Archive for ArchiveService {
         let (bucket, key) = crate::s3::check_location(req.location.as_ref())?;
         let size = crate::s3::object_size(&bucket, &key).await?;
         let mut spool = extract::SpoolAt::new(size)?;
-        crate::s3::download(&bucket, &key, size, |offset, bytes| spool.put(offset, &bytes)).await?;
+        crate::s3::download(&bucket, &key, size, |offset, bytes| {
+            spool.put(offset, &bytes)
+        })
+        .await?;
         let s = self.run_extract(base_rel, spool.finish()).await?;
         tracing::info!(%bucket, %key, files = s.files, bytes = s.bytes, "archive extracted from s3");
-        Ok(Response::new(ExtractSummary { files: s.files, bytes: s.bytes }))
+        Ok(Response::new(ExtractSummary {
+            files: s.files,
+            bytes: s.bytes,
+        }))
     }
 }
 
 impl ArchiveService {
     /// Extracts on a blocking thread tracked by shutdown, which lets the
     /// writes finish.
-    async fn run_extract(&self, base_rel: String, spool: extract::Spool) -> Result<extract::Summary> {
+    async fn run_extract(
+        &self,
+        base_rel: String,
+        spool: extract::Spool,
+    ) -> Result<extract::Summary> {
         let root = self.state.root.clone();
         let rel = base_rel.clone();
         self.state
@@ -219,11 +247,17 @@ impl ArchiveService {
 /// parts on its own thread while earlier parts upload, up to
 /// `UPLOAD_CONCURRENCY` at a time. Completes the upload only when everything
 /// succeeded; the caller aborts it otherwise.
-async fn upload(mpu: &MultipartUpload, spec: create::Spec, stop: Arc<AtomicBool>) -> Result<create::Summary> {
+async fn upload(
+    mpu: &MultipartUpload,
+    spec: create::Spec,
+    stop: Arc<AtomicBool>,
+) -> Result<create::Summary> {
     let (tx, mut rx) = mpsc::channel::<Bytes>(2);
     let producer = {
         let stop = stop.clone();
-        tokio::task::spawn_blocking(move || create::write_zip(&spec, create::ChunkSink::new(tx, part_size), &stop))
+        tokio::task::spawn_blocking(move || {
+            create::write_zip(&spec, create::ChunkSink::new(tx, part_size), &stop)
+        })
     };
     let res: Result<Vec<_>> = async {
         let mut inflight = FuturesUnordered::new();
@@ -259,5 +293,10 @@ async fn upload(mpu: &MultipartUpload, spec: create::Spec, stop: Arc<AtomicBool>
 }
 
 fn summary(s: &create::Summary, location: Option<S3Location>) -> ArchiveSummary {
-    ArchiveSummary { size: s.size, sha256: s.sha256.clone(), files: s.files, location }
+    ArchiveSummary {
+        size: s.size,
+        sha256: s.sha256.clone(),
+        files: s.files,
+        location,
+    }
 }

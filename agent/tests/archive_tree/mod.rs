@@ -25,16 +25,29 @@ pub(crate) fn make_project(dir: &Path) {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, data).unwrap();
     };
-    w("src/main.rs", b"fn main() {\n    println!(\"hello\");\n}\n".repeat(50).as_slice());
+    w(
+        "src/main.rs",
+        b"fn main() {\n    println!(\"hello\");\n}\n"
+            .repeat(50)
+            .as_slice(),
+    );
     w("src/lib/util.ts", b"export const x = 1;\n");
     let mut bin = vec![0u8; 300_000];
     rand::rng().fill_bytes(&mut bin);
     w("assets/blob.dat", &bin);
     w("assets/empty.txt", b"");
     w("bin/run.sh", b"#!/bin/sh\necho run\n");
-    std::fs::set_permissions(dir.join("bin/run.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        dir.join("bin/run.sh"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
     w("secret.txt", b"owner only\n");
-    std::fs::set_permissions(dir.join("secret.txt"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(
+        dir.join("secret.txt"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
     std::fs::create_dir_all(dir.join("empty/dir")).unwrap();
     symlink("src/main.rs", dir.join("main-link")).unwrap();
     symlink("../src", dir.join("bin/src-dir-link")).unwrap();
@@ -59,7 +72,11 @@ fn walk(dir: &Path, prefix: &str, skip: &[&str], out: &mut BTreeMap<String, Node
         if skip.contains(&name.as_str()) {
             continue;
         }
-        let rel = if prefix.is_empty() { name.clone() } else { format!("{prefix}/{name}") };
+        let rel = if prefix.is_empty() {
+            name.clone()
+        } else {
+            format!("{prefix}/{name}")
+        };
         let meta = std::fs::symlink_metadata(e.path()).unwrap();
         let mode = meta.permissions().mode() & 0o777;
         if meta.file_type().is_symlink() {
@@ -69,14 +86,22 @@ fn walk(dir: &Path, prefix: &str, skip: &[&str], out: &mut BTreeMap<String, Node
             out.insert(rel.clone(), Node::Dir { mode });
             walk(&e.path(), &rel, skip, out);
         } else {
-            out.insert(rel, Node::File { content: std::fs::read(e.path()).unwrap(), mode });
+            out.insert(
+                rel,
+                Node::File {
+                    content: std::fs::read(e.path()).unwrap(),
+                    mode,
+                },
+            );
         }
     }
 }
 
 /// Files (not symlinks or directories) and symlinks in a snapshot.
 pub(crate) fn file_count(snap: &BTreeMap<String, Node>) -> u64 {
-    snap.values().filter(|n| !matches!(n, Node::Dir { .. })).count() as u64
+    snap.values()
+        .filter(|n| !matches!(n, Node::Dir { .. }))
+        .count() as u64
 }
 
 /// `n` files of `size` random (incompressible) bytes: an archive that takes
