@@ -275,3 +275,25 @@ async fn file_routes_need_an_active_project() {
     let r = gw.get("/api/projects/Bad_Id/files/a.txt").send().await.unwrap();
     assert_eq!(code(r).await, (StatusCode::BAD_REQUEST, "bad_request".into()));
 }
+
+#[tokio::test]
+async fn bodies_over_the_limit_are_413_and_write_nothing() {
+    let gw = Gateway::builder().arg("--max-body-bytes").arg("1000").start().await.unwrap();
+    gw.open_project("p1").await.unwrap();
+    // Declared length over the limit.
+    let r = gw.put("/api/projects/p1/files/big.txt").body(vec![b'x'; 2000]).send().await.unwrap();
+    assert_eq!(code(r).await, (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large".into()));
+    assert!(!gw.project_dir("p1").join("big.txt").exists());
+    // Chunked, so only counting finds out: the write is cancelled, nothing lands.
+    gw.put("/api/projects/p1/files/keep.txt").body("old").send().await.unwrap();
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..8).map(|_| Ok(vec![b'y'; 300])).collect();
+    let body = reqwest::Body::wrap_stream(futures::stream::iter(chunks));
+    let r = gw.put("/api/projects/p1/files/keep.txt").body(body).send().await.unwrap();
+    assert_eq!(r.status(), 413);
+    assert_eq!(std::fs::read_to_string(gw.project_dir("p1").join("keep.txt")).unwrap(), "old");
+    let leftovers: Vec<_> = std::fs::read_dir(gw.project_dir("p1")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+    // Under the limit is fine.
+    let r = gw.put("/api/projects/p1/files/small.txt").body(vec![b'z'; 999]).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
