@@ -74,14 +74,36 @@ pub fn pty_command(
     if argv.iter().any(|a| a.contains('\0')) {
         return Err(Error::InvalidArgument("argv contains a NUL byte".into()));
     }
+    let child_env = child_env(env)?;
+    // portable-pty reports a missing program only as text; look it up
+    // ourselves so the client gets a clear InvalidArgument.
+    let path = child_env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.clone());
+    if !program_exists(&argv[0], cwd, path.as_deref()) {
+        return Err(Error::InvalidArgument(format!("program not found: {}", argv[0])));
+    }
     let mut cmd = portable_pty::CommandBuilder::from_argv(argv.iter().map(OsString::from).collect());
     cmd.env_clear();
-    cmd.env("TERM", "xterm-256color");
-    for (k, v) in child_env(env)? {
+    for (k, v) in child_env {
         cmd.env(k, v);
+    }
+    // The agent's own TERM (if any) describes some other terminal.
+    if !env.contains_key("TERM") {
+        cmd.env("TERM", "xterm-256color");
     }
     cmd.cwd(cwd);
     Ok(cmd)
+}
+
+/// Whether `program` names an executable file: as a path (relative to
+/// `cwd`) when it holds a `/`, else found in `path` like `execvp` would.
+fn program_exists(program: &str, cwd: &Path, path: Option<&std::ffi::OsStr>) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    let is_exe = |p: &Path| p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    if program.contains('/') {
+        return is_exe(&cwd.join(program));
+    }
+    let path = path.unwrap_or_else(|| std::ffi::OsStr::new("/usr/local/bin:/usr/bin:/bin"));
+    std::env::split_paths(path).any(|dir| is_exe(&cwd.join(dir).join(program)))
 }
 
 /// The default program of a terminal: `$SHELL`, else `/bin/bash`, else `/bin/sh`.

@@ -1,0 +1,414 @@
+//! Interactive PTY sessions that outlive their clients.
+//!
+//! Each session has three helpers: a reader thread that reads the PTY master
+//! in 64 KiB chunks into the session's [`Log`] (a held 1 MiB ring: output
+//! reaching an attached client is never dropped), a writer thread that feeds
+//! client input to the master, and a supervisor task that turns the child's
+//! exit into the log's end and ends the session when nobody was attached for
+//! the keep window. Clients attach with a [`Cursor`] on the log, so any
+//! number of them can follow the same session, each at its own pace.
+
+use std::collections::HashMap;
+use std::io::{Read as _, Write as _};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use portable_pty::{MasterPty, PtySize};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::ring::{Cursor, Log};
+use super::spawn;
+use crate::error::{Error, Result};
+
+/// Size of each session's output ring.
+pub const RING_BYTES: usize = 1 << 20;
+/// Size of one read from the PTY master.
+const READ_CHUNK: usize = 64 * 1024;
+/// How long a session's output may lag its shell's exit (a background job
+/// still holding the terminal open) before the exit is reported anyway.
+const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
+/// Between SIGHUP and SIGKILL when a session is ended.
+pub const KILL_GRACE: Duration = Duration::from_secs(2);
+
+/// What a client asks for when starting a session.
+#[derive(Debug, Clone, Default)]
+pub struct StartSpec {
+    pub argv: Vec<String>,
+    pub cwd: std::path::PathBuf,
+    pub env: HashMap<String, String>,
+    pub cols: u16,
+    pub rows: u16,
+}
+
+/// A snapshot of a session, for listings and `started` messages.
+#[derive(Debug, Clone)]
+pub struct Info {
+    pub id: String,
+    pub pid: u32,
+    pub argv: Vec<String>,
+    pub cols: u16,
+    pub rows: u16,
+    pub created_unix_ms: i64,
+    pub exit: Option<i32>,
+    pub output_start: u64,
+    pub output_end: u64,
+    pub attached: u32,
+}
+
+/// All sessions of the agent.
+pub struct Sessions {
+    map: Mutex<HashMap<String, Arc<Session>>>,
+    keep: Duration,
+    shutdown: CancellationToken,
+}
+
+pub struct Session {
+    pub id: String,
+    pub pid: u32,
+    argv: Vec<String>,
+    created_unix_ms: i64,
+    size: Mutex<(u16, u16)>,
+    /// The master side; resize and foreground-group lookups go through it.
+    master: Mutex<Box<dyn MasterPty + Send>>,
+    input: mpsc::Sender<Vec<u8>>,
+    log: Arc<Log>,
+    attached: watch::Sender<u32>,
+    /// The child's exit code, as soon as it is known (before the output is
+    /// drained); the log's own exit comes after the last byte.
+    child_exit: watch::Sender<Option<i32>>,
+}
+
+impl Sessions {
+    pub fn new(keep: Duration, shutdown: CancellationToken) -> Arc<Sessions> {
+        Arc::new(Sessions { map: Mutex::new(HashMap::new()), keep, shutdown })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Session>>> {
+        // The map stays consistent across a panic (single inserts/removes).
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts a session: the program on a new PTY, in its own session and
+    /// process group, with its helpers.
+    pub fn start(self: &Arc<Self>, spec: StartSpec) -> Result<Arc<Session>> {
+        if self.shutdown.is_cancelled() {
+            return Err(Error::Unavailable("the agent is shutting down".into()));
+        }
+        let argv = if spec.argv.is_empty() { vec![spawn::default_shell()] } else { spec.argv };
+        let cmd = spawn::pty_command(&argv, &spec.cwd, &spec.env)?;
+        let size = PtySize { rows: spec.rows, cols: spec.cols, pixel_width: 0, pixel_height: 0 };
+        let pair = portable_pty::native_pty_system()
+            .openpty(size)
+            .map_err(|e| Error::Internal(format!("cannot open a pty: {e:#}")))?;
+        let child = pair.slave.spawn_command(cmd).map_err(|e| match e.downcast::<std::io::Error>() {
+            Ok(io) if io.kind() == std::io::ErrorKind::NotFound => {
+                Error::InvalidArgument(format!("program not found: {}", argv[0]))
+            }
+            Ok(io) => Error::Io(io),
+            Err(e) => Error::Internal(format!("cannot start {}: {e:#}", argv[0])),
+        })?;
+        // Our copy of the slave side must close, or the master never sees
+        // the end of the session's output.
+        drop(pair.slave);
+        let pid = child.process_id().unwrap_or(0);
+        let reader = pair.master.try_clone_reader().map_err(|e| Error::Internal(format!("{e:#}")))?;
+        let writer = pair.master.take_writer().map_err(|e| Error::Internal(format!("{e:#}")))?;
+
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let log = Log::new(RING_BYTES, true);
+        let (input, input_rx) = mpsc::channel::<Vec<u8>>(64);
+        let session = Arc::new(Session {
+            id: id.clone(),
+            pid,
+            argv,
+            created_unix_ms: super::now_unix_ms(),
+            size: Mutex::new((spec.cols, spec.rows)),
+            master: Mutex::new(pair.master),
+            input,
+            log: log.clone(),
+            attached: watch::channel(0).0,
+            child_exit: watch::channel(None).0,
+        });
+
+        let (read_done_tx, read_done) = oneshot::channel::<()>();
+        let span = tracing::info_span!("pty", session = %id, pid);
+        spawn_thread("pty-read", span.clone(), move || read_loop(reader, &log, read_done_tx))?;
+        spawn_thread("pty-write", span.clone(), move || write_loop(writer, input_rx))?;
+        let (exit_tx, exit_rx) = oneshot::channel::<i32>();
+        // portable-pty's own status loses the signal; its unix child is a
+        // std child, whose status keeps it.
+        let child: Box<dyn portable_pty::Child> = child;
+        let child = child
+            .downcast::<std::process::Child>()
+            .map_err(|_| Error::Internal("unexpected pty child type".into()))?;
+        spawn_thread("pty-wait", span.clone(), move || {
+            let _ = exit_tx.send(wait_child(*child));
+        })?;
+
+        self.lock().insert(id.clone(), session.clone());
+        tracing::info!(parent: &span, argv = ?session.argv, "pty session started");
+        let sessions = self.clone();
+        let s = session.clone();
+        tokio::spawn(tracing::Instrument::instrument(
+            async move { sessions.supervise(s, exit_rx, read_done).await },
+            span,
+        ));
+        Ok(session)
+    }
+
+    pub fn get(&self, id: &str) -> Result<Arc<Session>> {
+        self.lock()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("pty session {id}")))
+    }
+
+    pub fn list(&self) -> Vec<Info> {
+        let mut v: Vec<Info> = self.lock().values().map(|s| s.info()).collect();
+        v.sort_by_key(|i| i.created_unix_ms);
+        v
+    }
+
+    /// Ends a session: `signal` 0 = SIGHUP, then SIGKILL after a grace
+    /// period, answering once it exited; another signal is only sent. A
+    /// session that already exited is forgotten.
+    pub async fn kill(&self, id: &str, signal: i32) -> Result<Info> {
+        let s = self.get(id)?;
+        if s.exit().is_some() {
+            self.lock().remove(id);
+            return Ok(s.info());
+        }
+        if signal != 0 {
+            s.signal_group(signal)?;
+            return Ok(s.info());
+        }
+        s.end().await;
+        Ok(s.info())
+    }
+
+    /// Ends every session (agent shutdown); attached clients get the exit.
+    pub async fn end_all(&self) {
+        let all: Vec<Arc<Session>> = self.lock().values().cloned().collect();
+        futures::future::join_all(all.iter().map(|s| s.end())).await;
+    }
+
+    /// Turns the child's exit into the log's end, then removes the session
+    /// once nobody was attached for the keep window (killing it first if it
+    /// still runs).
+    async fn supervise(
+        self: Arc<Self>,
+        s: Arc<Session>,
+        exit_rx: oneshot::Receiver<i32>,
+        read_done: oneshot::Receiver<()>,
+    ) {
+        let exit_watch = {
+            let s = s.clone();
+            async move {
+                let code = exit_rx.await.unwrap_or(-1);
+                s.child_exit.send_replace(Some(code));
+                // The last output may still be in the PTY: wait for the
+                // reader to hit its end, within reason.
+                if tokio::time::timeout(DRAIN_AFTER_EXIT, read_done).await.is_err() {
+                    tracing::debug!("output still open after exit; reporting the exit anyway");
+                    s.log.release();
+                }
+                s.log.finish(code);
+                tracing::info!(code, "pty session exited");
+            }
+        };
+        let mut exit_task = tokio::spawn(exit_watch);
+        let mut attached = s.attached.subscribe();
+        loop {
+            if *attached.borrow_and_update() == 0 {
+                tokio::select! {
+                    _ = tokio::time::sleep(self.keep) => {
+                        if *attached.borrow() == 0 {
+                            break;
+                        }
+                    }
+                    _ = attached.changed() => {}
+                    _ = &mut exit_task, if !exit_task.is_finished() => {}
+                }
+            } else if attached.changed().await.is_err() {
+                break;
+            }
+        }
+        if s.exit().is_none() {
+            tracing::info!("nobody attached for the keep window; ending the session");
+            s.end().await;
+        }
+        let _ = exit_task.await;
+        let mut map = self.lock();
+        if map.get(&s.id).is_some_and(|x| Arc::ptr_eq(x, &s)) {
+            map.remove(&s.id);
+        }
+    }
+}
+
+impl Session {
+    pub fn info(&self) -> Info {
+        let (output_start, output_end) = self.log.bounds();
+        let (cols, rows) = *self.size.lock().unwrap_or_else(|p| p.into_inner());
+        Info {
+            id: self.id.clone(),
+            pid: self.pid,
+            argv: self.argv.clone(),
+            cols,
+            rows,
+            created_unix_ms: self.created_unix_ms,
+            exit: self.exit(),
+            output_start,
+            output_end,
+            attached: *self.attached.borrow(),
+        }
+    }
+
+    /// The exit code once the session's output is complete.
+    pub fn exit(&self) -> Option<i32> {
+        self.log.exit()
+    }
+
+    /// Registers a client: a cursor at `offset` (`None` = the oldest byte
+    /// held) and an attach guard that counts it for the keep window.
+    pub fn attach(self: &Arc<Self>, offset: Option<u64>) -> Result<(Attached, u64, bool)> {
+        let (_, end) = self.log.bounds();
+        if let Some(o) = offset
+            && o > end
+        {
+            return Err(Error::InvalidArgument(format!(
+                "offset {o} is past the session's output ({end} bytes)"
+            )));
+        }
+        let (cursor, from, truncated) = self.log.cursor(offset);
+        self.attached.send_modify(|n| *n += 1);
+        Ok((Attached { session: self.clone(), cursor }, from, truncated))
+    }
+
+    /// Queues client keystrokes for the writer thread; waits when the
+    /// program does not read its input (backpressure to the client).
+    pub async fn input(&self, data: Vec<u8>) -> Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.input
+            .send(data)
+            .await
+            .map_err(|_| Error::FailedPrecondition("the session has ended".into()))
+    }
+
+    pub fn resize(&self, cols: u16, rows: u16) -> Result<()> {
+        if cols == 0 || rows == 0 {
+            return Err(Error::InvalidArgument("cols and rows must be positive".into()));
+        }
+        let master = self.master.lock().unwrap_or_else(|p| p.into_inner());
+        master
+            .resize(PtySize { rows, cols, pixel_width: 0, pixel_height: 0 })
+            .map_err(|e| Error::Internal(format!("resize: {e:#}")))?;
+        *self.size.lock().unwrap_or_else(|p| p.into_inner()) = (cols, rows);
+        Ok(())
+    }
+
+    /// Sends `signal` to the terminal's foreground process group (what a
+    /// key like Ctrl-C reaches), falling back to the session's own group.
+    pub fn signal_foreground(&self, signal: i32) -> Result<()> {
+        let fg = {
+            let master = self.master.lock().unwrap_or_else(|p| p.into_inner());
+            master.process_group_leader()
+        };
+        match fg.and_then(|p| u32::try_from(p).ok()) {
+            Some(pgid) => spawn::signal_group(pgid, signal),
+            None => self.signal_group(signal),
+        }
+    }
+
+    fn signal_group(&self, signal: i32) -> Result<()> {
+        spawn::signal_group(self.pid, signal)
+    }
+
+    /// SIGHUP to the session's and the foreground group, SIGKILL after the
+    /// grace period; returns once the output is complete.
+    async fn end(&self) {
+        let mut child_exit = self.child_exit.subscribe();
+        if child_exit.borrow().is_none() {
+            let _ = self.signal_foreground(libc::SIGHUP);
+            let _ = self.signal_group(libc::SIGHUP);
+            let exited = tokio::time::timeout(KILL_GRACE, child_exit.wait_for(|e| e.is_some())).await;
+            if exited.is_err() {
+                let _ = self.signal_foreground(libc::SIGKILL);
+                let _ = self.signal_group(libc::SIGKILL);
+            }
+        }
+        // Nobody has to wait for slow readers any more: drain and finish.
+        self.log.release();
+        let _ = tokio::time::timeout(KILL_GRACE + DRAIN_AFTER_EXIT, self.log.finished()).await;
+    }
+}
+
+/// One attached client: its cursor, and its place in the attach count.
+pub struct Attached {
+    session: Arc<Session>,
+    pub cursor: Cursor,
+}
+
+impl Attached {
+    pub fn session(&self) -> &Arc<Session> {
+        &self.session
+    }
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        self.session.attached.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+fn spawn_thread(name: &str, span: tracing::Span, f: impl FnOnce() + Send + 'static) -> Result<()> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let _g = span.enter();
+            f()
+        })
+        .map(|_| ())
+        .map_err(Error::Io)
+}
+
+fn read_loop(mut reader: Box<dyn std::io::Read + Send>, log: &Log, done: oneshot::Sender<()>) {
+    let mut buf = vec![0u8; READ_CHUNK];
+    loop {
+        match reader.read(&mut buf) {
+            // portable-pty maps EIO (the slave side closed) to 0.
+            Ok(0) => break,
+            Ok(n) => log.push(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(error) => {
+                tracing::debug!(%error, "pty read ended");
+                break;
+            }
+        }
+    }
+    let _ = done.send(());
+}
+
+fn write_loop(mut writer: Box<dyn std::io::Write + Send>, mut input: mpsc::Receiver<Vec<u8>>) {
+    while let Some(data) = input.blocking_recv() {
+        if let Err(error) = writer.write_all(&data).and_then(|()| writer.flush()) {
+            tracing::debug!(%error, "pty write failed");
+            break;
+        }
+    }
+}
+
+/// Waits for the child and maps its status to one exit code: the code, or
+/// 128 + the signal that ended it (the shell convention).
+fn wait_child(mut child: std::process::Child) -> i32 {
+    use std::os::unix::process::ExitStatusExt as _;
+    match child.wait() {
+        Ok(status) => status.code().or_else(|| status.signal().map(|s| 128 + s)).unwrap_or(-1),
+        Err(error) => {
+            tracing::warn!(%error, "cannot wait for the pty child");
+            -1
+        }
+    }
+}
