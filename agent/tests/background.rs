@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use proto::v1::process_client::ProcessClient;
 use proto::v1::{
-    AttachPtyRequest, AttachStart, BackgroundLogsRequest, Empty, StartBackgroundRequest, StartPtyRequest,
-    StopBackgroundRequest, attach_pty_request, attach_pty_response, background_logs_response::Event,
+    AttachPtyRequest, AttachStart, BackgroundLogsRequest, Empty, StartBackgroundRequest,
+    StartPtyRequest, StopBackgroundRequest, attach_pty_request, attach_pty_response,
+    background_logs_response::Event,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -25,13 +26,28 @@ async fn fixture() -> anyhow::Result<Fixture> {
     let root = tempfile::tempdir()?;
     let agent = tests::Agent::start(root.path(), &[]).await?;
     let client = ProcessClient::new(agent.channel().await?);
-    Ok(Fixture { agent, client, root })
+    Ok(Fixture {
+        agent,
+        client,
+        root,
+    })
 }
 
 impl Fixture {
-    async fn start(&mut self, name: &str, command: &str) -> Result<proto::v1::BackgroundProcess, tonic::Status> {
-        let req = StartBackgroundRequest { name: name.into(), command: command.into(), ..Default::default() };
-        self.client.start_background(self.agent.req(req)).await.map(|r| r.into_inner())
+    async fn start(
+        &mut self,
+        name: &str,
+        command: &str,
+    ) -> Result<proto::v1::BackgroundProcess, tonic::Status> {
+        let req = StartBackgroundRequest {
+            name: name.into(),
+            command: command.into(),
+            ..Default::default()
+        };
+        self.client
+            .start_background(self.agent.req(req))
+            .await
+            .map(|r| r.into_inner())
     }
 
     async fn logs(
@@ -40,19 +56,37 @@ impl Fixture {
         offset: u64,
         follow: bool,
     ) -> Result<tonic::Streaming<proto::v1::BackgroundLogsResponse>, tonic::Status> {
-        let req = BackgroundLogsRequest { name: name.into(), offset, follow };
-        self.client.background_logs(self.agent.req(req)).await.map(|r| r.into_inner())
+        let req = BackgroundLogsRequest {
+            name: name.into(),
+            offset,
+            follow,
+        };
+        self.client
+            .background_logs(self.agent.req(req))
+            .await
+            .map(|r| r.into_inner())
     }
 
     async fn list(&mut self) -> anyhow::Result<Vec<proto::v1::BackgroundProcess>> {
-        Ok(self.client.list_background(self.agent.req(Empty {})).await?.into_inner().processes)
+        Ok(self
+            .client
+            .list_background(self.agent.req(Empty {}))
+            .await?
+            .into_inner()
+            .processes)
     }
 
     async fn pid_file(&self, name: &str) -> anyhow::Result<u32> {
         let path = self.root.path().join(name);
         tests::eventually(WAIT, "the pid file", || {
             let path = path.clone();
-            async move { std::fs::read_to_string(path).ok()?.trim().parse::<u32>().ok() }
+            async move {
+                std::fs::read_to_string(path)
+                    .ok()?
+                    .trim()
+                    .parse::<u32>()
+                    .ok()
+            }
         })
         .await
     }
@@ -75,7 +109,12 @@ async fn read_log(
         }
         let msg = tokio::time::timeout(WAIT, s.message())
             .await
-            .map_err(|_| anyhow::anyhow!("log stream idle; so far {:?}", String::from_utf8_lossy(&out)))??;
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "log stream idle; so far {:?}",
+                    String::from_utf8_lossy(&out)
+                )
+            })??;
         match msg.and_then(|m| m.event) {
             Some(Event::Output(o)) => {
                 assert_eq!(o.offset, offset, "contiguous log chunks");
@@ -93,7 +132,10 @@ async fn read_log(
 async fn logs_follow_and_offsets() -> anyhow::Result<()> {
     let mut f = fixture().await?;
     let p = f
-        .start("counter", "i=0; while [ $i -lt 40 ]; do i=$((i+1)); echo line$i; sleep 0.02; done; exit 4")
+        .start(
+            "counter",
+            "i=0; while [ $i -lt 40 ]; do i=$((i+1)); echo line$i; sleep 0.02; done; exit 4",
+        )
         .await?;
     assert!(p.running && p.pid > 0);
 
@@ -110,7 +152,12 @@ async fn logs_follow_and_offsets() -> anyhow::Result<()> {
     let want: String = (3..=40).map(|i| format!("line{i}\n")).collect();
     assert_eq!(String::from_utf8(rest)?, want);
 
-    let listed = f.list().await?.into_iter().find(|x| x.name == "counter").expect("listed");
+    let listed = f
+        .list()
+        .await?
+        .into_iter()
+        .find(|x| x.name == "counter")
+        .expect("listed");
     assert!(!listed.running);
     assert_eq!(listed.exit_code, 4);
     assert_eq!(listed.log_end, (want.len() + at as usize) as u64);
@@ -121,7 +168,10 @@ async fn logs_follow_and_offsets() -> anyhow::Result<()> {
     assert_eq!(all.len() as u64, listed.log_end);
     assert_eq!(exit, Some(4));
 
-    let err = f.logs("counter", listed.log_end + 1, false).await.expect_err("offset past the end");
+    let err = f
+        .logs("counter", listed.log_end + 1, false)
+        .await
+        .expect_err("offset past the end");
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     let err = f.logs("nope", 0, false).await.expect_err("unknown name");
     assert_eq!(err.code(), tonic::Code::NotFound);
@@ -131,7 +181,8 @@ async fn logs_follow_and_offsets() -> anyhow::Result<()> {
 #[tokio::test]
 async fn stdout_and_stderr_interleave_in_order() -> anyhow::Result<()> {
     let mut f = fixture().await?;
-    f.start("mixed", "echo 1; echo 2 >&2; echo 3; echo 4 >&2").await?;
+    f.start("mixed", "echo 1; echo 2 >&2; echo 3; echo 4 >&2")
+        .await?;
     let mut s = f.logs("mixed", 0, true).await?;
     let (out, exit) = read_log(&mut s, 0, None).await?;
     assert_eq!(out, b"1\n2\n3\n4\n");
@@ -155,13 +206,22 @@ async fn stop_kills_the_whole_group() -> anyhow::Result<()> {
     let err = f.start("server", "true").await.expect_err("duplicate name");
     assert_eq!(err.code(), tonic::Code::AlreadyExists);
 
-    let req = StopBackgroundRequest { name: "server".into(), grace_ms: 300 };
-    let stopped = f.client.stop_background(f.agent.req(req)).await?.into_inner();
+    let req = StopBackgroundRequest {
+        name: "server".into(),
+        grace_ms: 300,
+    };
+    let stopped = f
+        .client
+        .stop_background(f.agent.req(req))
+        .await?
+        .into_inner();
     assert!(!stopped.running);
     assert!(
-        tests::eventually(WAIT, "the grandchild to die", || async move { gone(grandchild).then_some(()) })
-            .await
-            .is_ok()
+        tests::eventually(WAIT, "the grandchild to die", || async move {
+            gone(grandchild).then_some(())
+        })
+        .await
+        .is_ok()
     );
     let mut s = f.logs("server", 0, false).await?;
     let (out, _) = read_log(&mut s, 0, None).await?;
@@ -173,7 +233,10 @@ async fn stop_kills_the_whole_group() -> anyhow::Result<()> {
 
     let err = f
         .client
-        .stop_background(f.agent.req(StopBackgroundRequest { name: "nope".into(), grace_ms: 0 }))
+        .stop_background(f.agent.req(StopBackgroundRequest {
+            name: "nope".into(),
+            grace_ms: 0,
+        }))
         .await
         .expect_err("unknown");
     assert_eq!(err.code(), tonic::Code::NotFound);
@@ -187,14 +250,38 @@ async fn bad_starts_are_refused() -> anyhow::Result<()> {
         let err = f.start(name, "true").await.expect_err(name);
         assert_eq!(err.code(), tonic::Code::InvalidArgument, "{name:?}");
     }
-    let req = StartBackgroundRequest { name: "x".into(), ..Default::default() };
-    let err = f.client.start_background(f.agent.req(req)).await.expect_err("no command");
+    let req = StartBackgroundRequest {
+        name: "x".into(),
+        ..Default::default()
+    };
+    let err = f
+        .client
+        .start_background(f.agent.req(req))
+        .await
+        .expect_err("no command");
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
-    let req = StartBackgroundRequest { name: "x".into(), command: "true".into(), cwd: "..".into(), ..Default::default() };
-    let err = f.client.start_background(f.agent.req(req)).await.expect_err("cwd outside");
+    let req = StartBackgroundRequest {
+        name: "x".into(),
+        command: "true".into(),
+        cwd: "..".into(),
+        ..Default::default()
+    };
+    let err = f
+        .client
+        .start_background(f.agent.req(req))
+        .await
+        .expect_err("cwd outside");
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
-    let req = StartBackgroundRequest { name: "x".into(), argv: vec!["/no/such".into()], ..Default::default() };
-    let err = f.client.start_background(f.agent.req(req)).await.expect_err("missing program");
+    let req = StartBackgroundRequest {
+        name: "x".into(),
+        argv: vec!["/no/such".into()],
+        ..Default::default()
+    };
+    let err = f
+        .client
+        .start_background(f.agent.req(req))
+        .await
+        .expect_err("missing program");
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(f.list().await?.is_empty());
 
@@ -211,7 +298,10 @@ async fn bad_starts_are_refused() -> anyhow::Result<()> {
     let mut s = f.logs("env", 0, true).await?;
     let (out, _) = read_log(&mut s, 0, None).await?;
     let web = f.root.path().canonicalize()?.join("web");
-    assert_eq!(String::from_utf8(out)?, format!("5173\n{}\n", web.display()));
+    assert_eq!(
+        String::from_utf8(out)?,
+        format!("5173\n{}\n", web.display())
+    );
     Ok(())
 }
 
@@ -223,17 +313,29 @@ async fn shutdown_ends_sessions_and_process_groups() -> anyhow::Result<()> {
 
     let session = f
         .client
-        .start_pty(f.agent.req(StartPtyRequest { argv: vec!["sh".into()], ..Default::default() }))
+        .start_pty(f.agent.req(StartPtyRequest {
+            argv: vec!["sh".into()],
+            ..Default::default()
+        }))
         .await?
         .into_inner();
     let (tx, rx) = mpsc::channel(4);
     tx.send(AttachPtyRequest {
-        msg: Some(attach_pty_request::Msg::Start(AttachStart { session_id: session.id.clone(), offset: None })),
+        msg: Some(attach_pty_request::Msg::Start(AttachStart {
+            session_id: session.id.clone(),
+            offset: None,
+        })),
     })
     .await?;
-    let mut stream = f.client.attach_pty(f.agent.req(ReceiverStream::new(rx))).await?.into_inner();
+    let mut stream = f
+        .client
+        .attach_pty(f.agent.req(ReceiverStream::new(rx)))
+        .await?
+        .into_inner();
 
-    let status = std::process::Command::new("kill").args(["-TERM", &f.agent.pid().to_string()]).status()?;
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &f.agent.pid().to_string()])
+        .status()?;
     assert!(status.success());
 
     // The attached client gets the session's exit.
@@ -267,6 +369,8 @@ async fn shutdown_ends_sessions_and_process_groups() -> anyhow::Result<()> {
 fn gone(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => true,
-        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
     }
 }

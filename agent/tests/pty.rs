@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use proto::v1::process_client::ProcessClient;
 use proto::v1::{
-    AttachPtyRequest, AttachPtyResponse, AttachStart, Empty, KillPtyRequest, Resize, StartPtyRequest,
-    attach_pty_request::Msg, attach_pty_response::Event,
+    AttachPtyRequest, AttachPtyResponse, AttachStart, Empty, KillPtyRequest, Resize,
+    StartPtyRequest, attach_pty_request::Msg, attach_pty_response::Event,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -25,7 +25,11 @@ async fn fixture_with(args: &[&str]) -> anyhow::Result<Fixture> {
     let root = tempfile::tempdir()?;
     let agent = tests::Agent::start_with_args(root.path(), &[], args).await?;
     let client = ProcessClient::new(agent.channel().await?);
-    Ok(Fixture { agent, client, _root: root })
+    Ok(Fixture {
+        agent,
+        client,
+        _root: root,
+    })
 }
 
 async fn fixture() -> anyhow::Result<Fixture> {
@@ -52,17 +56,31 @@ impl Fixture {
             rows: 24,
             ..Default::default()
         };
-        Ok(self.client.start_pty(self.agent.req(req)).await?.into_inner())
+        Ok(self
+            .client
+            .start_pty(self.agent.req(req))
+            .await?
+            .into_inner())
     }
 
     async fn attach(&mut self, id: &str, offset: Option<u64>) -> anyhow::Result<Attach> {
         let (tx, rx) = mpsc::channel(16);
         tx.send(AttachPtyRequest {
-            msg: Some(Msg::Start(AttachStart { session_id: id.into(), offset })),
+            msg: Some(Msg::Start(AttachStart {
+                session_id: id.into(),
+                offset,
+            })),
         })
         .await?;
-        let mut rx = self.client.attach_pty(self.agent.req(ReceiverStream::new(rx))).await?.into_inner();
-        let first = rx.message().await?.ok_or_else(|| anyhow::anyhow!("no started message"))?;
+        let mut rx = self
+            .client
+            .attach_pty(self.agent.req(ReceiverStream::new(rx)))
+            .await?
+            .into_inner();
+        let first = rx
+            .message()
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("no started message"))?;
         let Some(Event::Started(started)) = first.event else {
             anyhow::bail!("first message is not started: {first:?}");
         };
@@ -81,13 +99,22 @@ impl Fixture {
     }
 
     async fn list(&mut self) -> anyhow::Result<Vec<proto::v1::PtySession>> {
-        Ok(self.client.list_pty(self.agent.req(Empty {})).await?.into_inner().sessions)
+        Ok(self
+            .client
+            .list_pty(self.agent.req(Empty {}))
+            .await?
+            .into_inner()
+            .sessions)
     }
 }
 
 impl Attach {
     async fn send(&self, text: &str) -> anyhow::Result<()> {
-        self.tx.send(AttachPtyRequest { msg: Some(Msg::Input(text.as_bytes().to_vec())) }).await?;
+        self.tx
+            .send(AttachPtyRequest {
+                msg: Some(Msg::Input(text.as_bytes().to_vec())),
+            })
+            .await?;
         Ok(())
     }
 
@@ -95,7 +122,12 @@ impl Attach {
     async fn read_one(&mut self) -> anyhow::Result<bool> {
         let msg = tokio::time::timeout(WAIT, self.rx.message())
             .await
-            .map_err(|_| anyhow::anyhow!("no output for {WAIT:?}; so far: {:?}", String::from_utf8_lossy(&self.out)))??;
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "no output for {WAIT:?}; so far: {:?}",
+                    String::from_utf8_lossy(&self.out)
+                )
+            })??;
         match msg.and_then(|m| m.event) {
             Some(Event::Output(o)) => {
                 assert_eq!(o.offset, self.next, "chunks are contiguous");
@@ -133,7 +165,8 @@ impl Attach {
 
     async fn read_to_exit(&mut self) -> anyhow::Result<i32> {
         while self.read_one().await? {}
-        self.exit.ok_or_else(|| anyhow::anyhow!("stream ended without exit"))
+        self.exit
+            .ok_or_else(|| anyhow::anyhow!("stream ended without exit"))
     }
 }
 
@@ -159,7 +192,11 @@ async fn echo_round_trip_and_default_shell() -> anyhow::Result<()> {
 
     // No argv: the user's shell, with the terminal's TERM.
     let s = f.start(&[]).await?;
-    assert!(!s.argv.is_empty() && s.argv[0].ends_with("sh"), "{:?}", s.argv);
+    assert!(
+        !s.argv.is_empty() && s.argv[0].ends_with("sh"),
+        "{:?}",
+        s.argv
+    );
     let mut a = f.attach(&s.id, None).await?;
     a.send("echo sh''ell-ok\n").await?;
     a.read_until("shell-ok").await?;
@@ -173,10 +210,21 @@ async fn resize_shows_in_stty_size() -> anyhow::Result<()> {
     let mut a = f.attach(&s.id, None).await?;
     a.send("stty size\n").await?;
     a.read_until("24 80").await?;
-    a.tx.send(AttachPtyRequest { msg: Some(Msg::Resize(Resize { cols: 132, rows: 41 })) }).await?;
+    a.tx.send(AttachPtyRequest {
+        msg: Some(Msg::Resize(Resize {
+            cols: 132,
+            rows: 41,
+        })),
+    })
+    .await?;
     a.send("stty size\n").await?;
     a.read_until("41 132").await?;
-    let listed = f.list().await?.into_iter().find(|x| x.id == s.id).expect("listed");
+    let listed = f
+        .list()
+        .await?
+        .into_iter()
+        .find(|x| x.id == s.id)
+        .expect("listed");
     assert_eq!((listed.cols, listed.rows), (132, 41));
     Ok(())
 }
@@ -190,7 +238,12 @@ async fn exit_code_also_for_late_attaches() -> anyhow::Result<()> {
     assert_eq!(a.read_to_exit().await?, 7);
     assert!(contains(&a.out, b"byebye"));
 
-    let listed = f.list().await?.into_iter().find(|x| x.id == s.id).expect("still listed after exit");
+    let listed = f
+        .list()
+        .await?
+        .into_iter()
+        .find(|x| x.id == s.id)
+        .expect("still listed after exit");
     assert!(listed.exited);
     assert_eq!(listed.exit_code, 7);
     assert_eq!(listed.output_end, a.next);
@@ -203,7 +256,10 @@ async fn exit_code_also_for_late_attaches() -> anyhow::Result<()> {
     // A signal ends a session with 128 + the signal.
     let s = f.start(&["sleep", "60"]).await?;
     let mut a = f.attach(&s.id, None).await?;
-    a.tx.send(AttachPtyRequest { msg: Some(Msg::Signal(15)) }).await?;
+    a.tx.send(AttachPtyRequest {
+        msg: Some(Msg::Signal(15)),
+    })
+    .await?;
     assert_eq!(a.read_to_exit().await?, 128 + 15);
     Ok(())
 }
@@ -215,7 +271,8 @@ async fn reattach_from_offset_loses_and_repeats_nothing() -> anyhow::Result<()> 
     let mut a = f.attach(&s.id, Some(0)).await?;
     // Lines are produced while the first client reads part of them, and go
     // on after it dropped its stream.
-    a.send("for i in $(seq 1 3000); do echo line$i; done; echo first''-done\n").await?;
+    a.send("for i in $(seq 1 3000); do echo line$i; done; echo first''-done\n")
+        .await?;
     a.read_until("line100\r\n").await?;
     let (part1, at) = (std::mem::take(&mut a.out), a.next);
     drop(a);
@@ -224,7 +281,8 @@ async fn reattach_from_offset_loses_and_repeats_nothing() -> anyhow::Result<()> 
     assert!(!b.truncated);
     assert_eq!(b.from_offset, at);
     b.read_until("first-done").await?;
-    b.send("for i in $(seq 1 500); do echo more$i; done; echo second''-done\n").await?;
+    b.send("for i in $(seq 1 500); do echo more$i; done; echo second''-done\n")
+        .await?;
     b.read_until("second-done").await?;
 
     let mut got = part1;
@@ -249,7 +307,13 @@ async fn reattach_from_offset_loses_and_repeats_nothing() -> anyhow::Result<()> 
 async fn truncated_when_the_ring_no_longer_reaches_back() -> anyhow::Result<()> {
     let mut f = fixture().await?;
     // 1.5 MB into a 1 MiB ring with nobody attached.
-    let s = f.start(&["sh", "-c", "head -c 1500000 /dev/zero | tr '\\0' x; echo; echo END; sleep 60"]).await?;
+    let s = f
+        .start(&[
+            "sh",
+            "-c",
+            "head -c 1500000 /dev/zero | tr '\\0' x; echo; echo END; sleep 60",
+        ])
+        .await?;
     let id = s.id.clone();
     let client = f.client.clone();
     tests::eventually(WAIT, "1.5 MB of output", || {
@@ -258,20 +322,32 @@ async fn truncated_when_the_ring_no_longer_reaches_back() -> anyhow::Result<()> 
         let id = id.clone();
         async move {
             let list = client.list_pty(req).await.ok()?.into_inner();
-            list.sessions.into_iter().find(|x| x.id == id && x.output_end >= 1_500_000).map(|_| ())
+            list.sessions
+                .into_iter()
+                .find(|x| x.id == id && x.output_end >= 1_500_000)
+                .map(|_| ())
         }
     })
     .await?;
     let mut a = f.attach(&s.id, Some(10)).await?;
     assert!(a.truncated);
     assert!(a.from_offset > 10);
-    let listed = f.list().await?.into_iter().find(|x| x.id == s.id).expect("listed");
+    let listed = f
+        .list()
+        .await?
+        .into_iter()
+        .find(|x| x.id == s.id)
+        .expect("listed");
     assert!(listed.output_start > 0);
     assert!(listed.output_end - listed.output_start <= 1 << 20);
     a.read_until("END").await?;
 
     // An offset the session never reached is a client error.
-    let err = f.attach(&s.id, Some(u64::MAX / 2)).await.err().expect("offset past the end");
+    let err = f
+        .attach(&s.id, Some(u64::MAX / 2))
+        .await
+        .err()
+        .expect("offset past the end");
     let status = err.downcast::<tonic::Status>()?;
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
     Ok(())
@@ -297,33 +373,60 @@ async fn kill_and_list() -> anyhow::Result<()> {
         let id = one.id.clone();
         async move {
             let s = client.list_pty(req).await.ok()?.into_inner().sessions;
-            s.into_iter().find(|x| x.id == id && x.attached == 2).map(|_| ())
+            s.into_iter()
+                .find(|x| x.id == id && x.attached == 2)
+                .map(|_| ())
         }
     })
     .await?;
-    f.client.kill_pty(f.agent.req(KillPtyRequest { session_id: one.id.clone(), signal: 0 })).await?;
+    f.client
+        .kill_pty(f.agent.req(KillPtyRequest {
+            session_id: one.id.clone(),
+            signal: 0,
+        }))
+        .await?;
     // Every attached client gets the exit (SIGHUP: 128 + 1).
     assert_eq!(a.read_to_exit().await?, 129);
     assert_eq!(b.read_to_exit().await?, 129);
-    let listed = f.list().await?.into_iter().find(|x| x.id == one.id).expect("listed after kill");
+    let listed = f
+        .list()
+        .await?
+        .into_iter()
+        .find(|x| x.id == one.id)
+        .expect("listed after kill");
     assert!(listed.exited);
 
     // Killing an ended session forgets it.
-    f.client.kill_pty(f.agent.req(KillPtyRequest { session_id: one.id.clone(), signal: 0 })).await?;
+    f.client
+        .kill_pty(f.agent.req(KillPtyRequest {
+            session_id: one.id.clone(),
+            signal: 0,
+        }))
+        .await?;
     assert!(f.list().await?.iter().all(|x| x.id != one.id));
     let err = f
         .client
-        .kill_pty(f.agent.req(KillPtyRequest { session_id: one.id.clone(), signal: 0 }))
+        .kill_pty(f.agent.req(KillPtyRequest {
+            session_id: one.id.clone(),
+            signal: 0,
+        }))
         .await
         .expect_err("unknown session");
     assert_eq!(err.code(), tonic::Code::NotFound);
     assert!(wait_gone(one.pid).await, "the shell is gone");
 
     // A process that ignores SIGHUP is killed after the grace period.
-    let stubborn = f.start(&["sh", "-c", "trap '' HUP; echo ready; sleep 60"]).await?;
+    let stubborn = f
+        .start(&["sh", "-c", "trap '' HUP; echo ready; sleep 60"])
+        .await?;
     let mut c = f.attach(&stubborn.id, Some(0)).await?;
     c.read_until("ready").await?;
-    f.client.kill_pty(f.agent.req(KillPtyRequest { session_id: stubborn.id.clone(), signal: 0 })).await?;
+    f.client
+        .kill_pty(f.agent.req(KillPtyRequest {
+            session_id: stubborn.id.clone(),
+            signal: 0,
+        }))
+        .await?;
     assert_eq!(c.read_to_exit().await?, 128 + 9);
     Ok(())
 }
@@ -331,24 +434,62 @@ async fn kill_and_list() -> anyhow::Result<()> {
 #[tokio::test]
 async fn bad_requests_are_refused() -> anyhow::Result<()> {
     let mut f = fixture().await?;
-    let err = f.attach("nope", None).await.err().expect("unknown session").downcast::<tonic::Status>()?;
+    let err = f
+        .attach("nope", None)
+        .await
+        .err()
+        .expect("unknown session")
+        .downcast::<tonic::Status>()?;
     assert_eq!(err.code(), tonic::Code::NotFound);
 
-    let req = StartPtyRequest { argv: vec!["sh".into()], cwd: "../..".into(), ..Default::default() };
-    let err = f.client.start_pty(f.agent.req(req)).await.expect_err("cwd outside root");
+    let req = StartPtyRequest {
+        argv: vec!["sh".into()],
+        cwd: "../..".into(),
+        ..Default::default()
+    };
+    let err = f
+        .client
+        .start_pty(f.agent.req(req))
+        .await
+        .expect_err("cwd outside root");
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
-    let req = StartPtyRequest { argv: vec!["sh".into()], cols: 100_000, ..Default::default() };
-    let err = f.client.start_pty(f.agent.req(req)).await.expect_err("huge terminal");
+    let req = StartPtyRequest {
+        argv: vec!["sh".into()],
+        cols: 100_000,
+        ..Default::default()
+    };
+    let err = f
+        .client
+        .start_pty(f.agent.req(req))
+        .await
+        .expect_err("huge terminal");
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
-    let req = StartPtyRequest { argv: vec!["/no/such/program".into()], ..Default::default() };
-    let err = f.client.start_pty(f.agent.req(req)).await.expect_err("missing program");
+    let req = StartPtyRequest {
+        argv: vec!["/no/such/program".into()],
+        ..Default::default()
+    };
+    let err = f
+        .client
+        .start_pty(f.agent.req(req))
+        .await
+        .expect_err("missing program");
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
-    assert!(f.list().await?.is_empty(), "failed starts leave nothing behind");
+    assert!(
+        f.list().await?.is_empty(),
+        "failed starts leave nothing behind"
+    );
 
     // The first message must be `start`.
     let (tx, rx) = mpsc::channel(1);
-    tx.send(AttachPtyRequest { msg: Some(Msg::Input(b"x".to_vec())) }).await?;
-    let err = f.client.attach_pty(f.agent.req(ReceiverStream::new(rx))).await.expect_err("no start");
+    tx.send(AttachPtyRequest {
+        msg: Some(Msg::Input(b"x".to_vec())),
+    })
+    .await?;
+    let err = f
+        .client
+        .attach_pty(f.agent.req(ReceiverStream::new(rx)))
+        .await
+        .expect_err("no start");
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     Ok(())
 }
@@ -364,7 +505,16 @@ async fn detached_session_ends_after_the_keep_window() -> anyhow::Result<()> {
     tests::eventually(WAIT, "the session to be ended and forgotten", || {
         let mut client = f.client.clone();
         let req = f.agent.req(Empty {});
-        async move { client.list_pty(req).await.ok()?.into_inner().sessions.is_empty().then_some(()) }
+        async move {
+            client
+                .list_pty(req)
+                .await
+                .ok()?
+                .into_inner()
+                .sessions
+                .is_empty()
+                .then_some(())
+        }
     })
     .await?;
     assert!(wait_gone(s.pid).await);
@@ -372,15 +522,19 @@ async fn detached_session_ends_after_the_keep_window() -> anyhow::Result<()> {
 }
 
 async fn wait_gone(pid: u32) -> bool {
-    tests::eventually(WAIT, "process to exit", || async move { gone(pid).then_some(()) })
-        .await
-        .is_ok()
+    tests::eventually(WAIT, "process to exit", || async move {
+        gone(pid).then_some(())
+    })
+    .await
+    .is_ok()
 }
 
 /// Gone = no longer exists, or a zombie left for whatever reaps orphans.
 fn gone(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => true,
-        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
     }
 }

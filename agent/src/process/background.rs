@@ -64,7 +64,10 @@ pub struct Proc {
 
 impl Procs {
     pub fn new(shutdown: CancellationToken) -> Arc<Procs> {
-        Arc::new(Procs { map: Mutex::new(HashMap::new()), shutdown })
+        Arc::new(Procs {
+            map: Mutex::new(HashMap::new()),
+            shutdown,
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Proc>>> {
@@ -83,12 +86,17 @@ impl Procs {
         if let Some(p) = map.get(&spec.name)
             && p.running()
         {
-            return Err(Error::AlreadyExists(format!("background process {}", spec.name)));
+            return Err(Error::AlreadyExists(format!(
+                "background process {}",
+                spec.name
+            )));
         }
         let mut cmd = spawn::command(&spec.argv, &spec.cwd, &spec.env)?;
         // One pipe for both streams keeps their order exactly as written.
         let (reader, writer) = std::io::pipe()?;
-        cmd.stdout(writer.try_clone()?).stderr(writer).kill_on_drop(false);
+        cmd.stdout(writer.try_clone()?)
+            .stderr(writer)
+            .kill_on_drop(false);
         let mut child = cmd.spawn().map_err(|e| spawn_error(&spec.argv[0], e))?;
         // The command holds our copies of the pipe's write end: close them,
         // or the log would never see its end.
@@ -128,8 +136,13 @@ impl Procs {
                     }
                 };
                 p.leader_exit.send_replace(Some(code));
-                if tokio::time::timeout(DRAIN_AFTER_EXIT, read_done).await.is_err() {
-                    tracing::debug!("log still open after exit (children hold it); reporting the exit");
+                if tokio::time::timeout(DRAIN_AFTER_EXIT, read_done)
+                    .await
+                    .is_err()
+                {
+                    tracing::debug!(
+                        "log still open after exit (children hold it); reporting the exit"
+                    );
                 }
                 p.log.finish(code);
                 tracing::info!(code, "background process exited");
@@ -192,7 +205,9 @@ impl Proc {
         let deadline = tokio::time::Instant::now() + grace;
         // The group outlives its leader when children ignore SIGTERM; poll
         // for it (there is no event for "process group empty").
-        while (self.running() || spawn::group_alive(self.pid)) && tokio::time::Instant::now() < deadline {
+        while (self.running() || spawn::group_alive(self.pid))
+            && tokio::time::Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         if self.running() || spawn::group_alive(self.pid) {
@@ -238,7 +253,9 @@ pub fn exit_code(status: std::process::ExitStatus) -> i32 {
 /// Maps a spawn failure: a missing program is the client's mistake.
 pub fn spawn_error(program: &str, e: std::io::Error) -> Error {
     match e.kind() {
-        std::io::ErrorKind::NotFound => Error::InvalidArgument(format!("program not found: {program}")),
+        std::io::ErrorKind::NotFound => {
+            Error::InvalidArgument(format!("program not found: {program}"))
+        }
         std::io::ErrorKind::PermissionDenied => {
             Error::InvalidArgument(format!("program not executable: {program}"))
         }

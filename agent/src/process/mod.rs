@@ -5,9 +5,9 @@
 //! directory resolved by [`spawn::resolve_cwd`].
 
 pub mod background;
+pub mod pty;
 pub mod ring;
 pub mod run;
-pub mod pty;
 pub mod spawn;
 
 use std::sync::Arc;
@@ -63,7 +63,11 @@ impl ProcessService {
             tokio::join!(s.end_all(), p.stop_all(SHUTDOWN_GRACE));
             tracing::info!("pty sessions and background processes ended");
         });
-        Self { state, sessions, procs }
+        Self {
+            state,
+            sessions,
+            procs,
+        }
     }
 
     fn cwd(&self, cwd: &str) -> Result<std::path::PathBuf, Error> {
@@ -108,7 +112,10 @@ impl pb::process_server::Process for ProcessService {
         }))
     }
 
-    async fn start_pty(&self, req: Request<pb::StartPtyRequest>) -> Result<Response<pb::PtySession>, Status> {
+    async fn start_pty(
+        &self,
+        req: Request<pb::StartPtyRequest>,
+    ) -> Result<Response<pb::PtySession>, Status> {
         let r = req.into_inner();
         let spec = pty::StartSpec {
             cwd: self.cwd(&r.cwd)?,
@@ -129,7 +136,10 @@ impl pb::process_server::Process for ProcessService {
         let first = tokio::time::timeout(ATTACH_START_TIMEOUT, inbound.message())
             .await
             .map_err(|_| Status::deadline_exceeded("no start message"))??;
-        let Some(pb::AttachPtyRequest { msg: Some(attach_pty_request::Msg::Start(start)) }) = first else {
+        let Some(pb::AttachPtyRequest {
+            msg: Some(attach_pty_request::Msg::Start(start)),
+        }) = first
+        else {
             return Err(Error::InvalidArgument("the first message must be start".into()).into());
         };
         let session = self.sessions.get(&start.session_id)?;
@@ -154,14 +164,18 @@ impl pb::process_server::Process for ProcessService {
             while let Ok(Some(msg)) = inbound.message().await {
                 let res = match msg.msg {
                     Some(attach_pty_request::Msg::Input(data)) => input_session.input(data).await,
-                    Some(attach_pty_request::Msg::Resize(r)) => match (u16::try_from(r.cols), u16::try_from(r.rows)) {
-                        (Ok(c), Ok(rw)) => input_session.resize(c, rw),
-                        _ => Err(Error::InvalidArgument("size too large".into())),
-                    },
-                    Some(attach_pty_request::Msg::Signal(sig)) => input_session.signal_foreground(sig),
-                    Some(attach_pty_request::Msg::Start(_)) | None => {
-                        Err(Error::InvalidArgument("start may only be the first message".into()))
+                    Some(attach_pty_request::Msg::Resize(r)) => {
+                        match (u16::try_from(r.cols), u16::try_from(r.rows)) {
+                            (Ok(c), Ok(rw)) => input_session.resize(c, rw),
+                            _ => Err(Error::InvalidArgument("size too large".into())),
+                        }
                     }
+                    Some(attach_pty_request::Msg::Signal(sig)) => {
+                        input_session.signal_foreground(sig)
+                    }
+                    Some(attach_pty_request::Msg::Start(_)) | None => Err(Error::InvalidArgument(
+                        "start may only be the first message".into(),
+                    )),
                 };
                 if let Err(error) = res {
                     tracing::debug!(%error, session = %input_session.id, "attach input refused");
@@ -179,14 +193,23 @@ impl pb::process_server::Process for ProcessService {
                 let msg = match next {
                     Err(_) => Ok(attach_pty_response::Event::Keepalive(pb::KeepAlive {})),
                     Ok(Next::Data { offset, data }) => {
-                        Ok(attach_pty_response::Event::Output(pb::PtyOutput { offset, data }))
+                        Ok(attach_pty_response::Event::Output(pb::PtyOutput {
+                            offset,
+                            data,
+                        }))
                     }
-                    Ok(Next::Exit(code)) => Ok(attach_pty_response::Event::Exit(pb::PtyExit { code })),
+                    Ok(Next::Exit(code)) => {
+                        Ok(attach_pty_response::Event::Exit(pb::PtyExit { code }))
+                    }
                     Ok(Next::Evicted) => Err(Status::resource_exhausted(
                         "this client fell too far behind the session's output; attach again from your offset",
                     )),
                 };
-                let end = !matches!(msg, Ok(attach_pty_response::Event::Output(_) | attach_pty_response::Event::Keepalive(_)));
+                let end = !matches!(
+                    msg,
+                    Ok(attach_pty_response::Event::Output(_)
+                        | attach_pty_response::Event::Keepalive(_))
+                );
                 let msg = msg.map(|e| pb::AttachPtyResponse { event: Some(e) });
                 if tx.send(msg).await.is_err() || end {
                     tracing::debug!(session = %attached.session().id, "client detached");
@@ -197,13 +220,19 @@ impl pb::process_server::Process for ProcessService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn list_pty(&self, _: Request<pb::Empty>) -> Result<Response<pb::ListPtyResponse>, Status> {
+    async fn list_pty(
+        &self,
+        _: Request<pb::Empty>,
+    ) -> Result<Response<pb::ListPtyResponse>, Status> {
         Ok(Response::new(pb::ListPtyResponse {
             sessions: self.sessions.list().into_iter().map(pty_info).collect(),
         }))
     }
 
-    async fn kill_pty(&self, req: Request<pb::KillPtyRequest>) -> Result<Response<pb::Empty>, Status> {
+    async fn kill_pty(
+        &self,
+        req: Request<pb::KillPtyRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
         let r = req.into_inner();
         self.sessions.kill(&r.session_id, r.signal).await?;
         Ok(Response::new(pb::Empty {}))
@@ -218,11 +247,20 @@ impl pb::process_server::Process for ProcessService {
             (false, true) => r.argv,
             (true, false) => vec!["sh".into(), "-c".into(), r.command],
             (false, false) => {
-                return Err(Error::InvalidArgument("give either command or argv, not both".into()).into());
+                return Err(
+                    Error::InvalidArgument("give either command or argv, not both".into()).into(),
+                );
             }
-            (true, true) => return Err(Error::InvalidArgument("command or argv is required".into()).into()),
+            (true, true) => {
+                return Err(Error::InvalidArgument("command or argv is required".into()).into());
+            }
         };
-        let spec = background::StartSpec { name: r.name, argv, cwd: self.cwd(&r.cwd)?, env: r.env };
+        let spec = background::StartSpec {
+            name: r.name,
+            argv,
+            cwd: self.cwd(&r.cwd)?,
+            env: r.env,
+        };
         let p = self.procs.start(spec)?;
         Ok(Response::new(bg_info(p.info())))
     }
@@ -236,7 +274,9 @@ impl pb::process_server::Process for ProcessService {
             0 => background::DEFAULT_GRACE,
             ms => Duration::from_millis(ms.into()),
         };
-        Ok(Response::new(bg_info(self.procs.stop(&r.name, grace).await?)))
+        Ok(Response::new(bg_info(
+            self.procs.stop(&r.name, grace).await?,
+        )))
     }
 
     async fn list_background(
@@ -271,7 +311,9 @@ impl pb::process_server::Process for ProcessService {
                 if !follow && cursor.position() >= end_now {
                     if let Some(code) = p.log.exit() {
                         let _ = tx
-                            .send(Ok(background_logs_response::Event::Exit(pb::PtyExit { code })))
+                            .send(Ok(background_logs_response::Event::Exit(pb::PtyExit {
+                                code,
+                            })))
                             .await;
                     }
                     return;
@@ -281,14 +323,23 @@ impl pb::process_server::Process for ProcessService {
                     _ = tx.closed() => return,
                 };
                 let (event, end) = match next {
-                    Err(_) => (background_logs_response::Event::Keepalive(pb::KeepAlive {}), false),
+                    Err(_) => (
+                        background_logs_response::Event::Keepalive(pb::KeepAlive {}),
+                        false,
+                    ),
                     Ok(Next::Data { offset, mut data }) => {
                         if !follow {
                             data.truncate(end_now.saturating_sub(offset) as usize);
                         }
-                        (background_logs_response::Event::Output(pb::PtyOutput { offset, data }), false)
+                        (
+                            background_logs_response::Event::Output(pb::PtyOutput { offset, data }),
+                            false,
+                        )
                     }
-                    Ok(Next::Exit(code)) => (background_logs_response::Event::Exit(pb::PtyExit { code }), true),
+                    Ok(Next::Exit(code)) => (
+                        background_logs_response::Event::Exit(pb::PtyExit { code }),
+                        true,
+                    ),
                     // Background logs are not held; nobody is evicted.
                     Ok(Next::Evicted) => return,
                 };
@@ -297,8 +348,9 @@ impl pb::process_server::Process for ProcessService {
                 }
             }
         });
-        let stream = ReceiverStream::new(rx)
-            .map(|e: Result<_, Status>| e.map(|event| pb::BackgroundLogsResponse { event: Some(event) }));
+        let stream = ReceiverStream::new(rx).map(|e: Result<_, Status>| {
+            e.map(|event| pb::BackgroundLogsResponse { event: Some(event) })
+        });
         Ok(Response::new(Box::pin(stream)))
     }
 }
@@ -317,7 +369,9 @@ fn dimension(v: u32, default: u16, what: &str) -> Result<u16, Error> {
     match v {
         0 => Ok(default),
         1..=4096 => Ok(v as u16),
-        _ => Err(Error::InvalidArgument(format!("{what} must be at most 4096"))),
+        _ => Err(Error::InvalidArgument(format!(
+            "{what} must be at most 4096"
+        ))),
     }
 }
 

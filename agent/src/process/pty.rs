@@ -81,7 +81,11 @@ pub struct Session {
 
 impl Sessions {
     pub fn new(keep: Duration, shutdown: CancellationToken) -> Arc<Sessions> {
-        Arc::new(Sessions { map: Mutex::new(HashMap::new()), keep, shutdown })
+        Arc::new(Sessions {
+            map: Mutex::new(HashMap::new()),
+            keep,
+            shutdown,
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Session>>> {
@@ -95,25 +99,43 @@ impl Sessions {
         if self.shutdown.is_cancelled() {
             return Err(Error::Unavailable("the agent is shutting down".into()));
         }
-        let argv = if spec.argv.is_empty() { vec![spawn::default_shell()] } else { spec.argv };
+        let argv = if spec.argv.is_empty() {
+            vec![spawn::default_shell()]
+        } else {
+            spec.argv
+        };
         let cmd = spawn::pty_command(&argv, &spec.cwd, &spec.env)?;
-        let size = PtySize { rows: spec.rows, cols: spec.cols, pixel_width: 0, pixel_height: 0 };
+        let size = PtySize {
+            rows: spec.rows,
+            cols: spec.cols,
+            pixel_width: 0,
+            pixel_height: 0,
+        };
         let pair = portable_pty::native_pty_system()
             .openpty(size)
             .map_err(|e| Error::Internal(format!("cannot open a pty: {e:#}")))?;
-        let child = pair.slave.spawn_command(cmd).map_err(|e| match e.downcast::<std::io::Error>() {
-            Ok(io) if io.kind() == std::io::ErrorKind::NotFound => {
-                Error::InvalidArgument(format!("program not found: {}", argv[0]))
-            }
-            Ok(io) => Error::Io(io),
-            Err(e) => Error::Internal(format!("cannot start {}: {e:#}", argv[0])),
-        })?;
+        let child =
+            pair.slave
+                .spawn_command(cmd)
+                .map_err(|e| match e.downcast::<std::io::Error>() {
+                    Ok(io) if io.kind() == std::io::ErrorKind::NotFound => {
+                        Error::InvalidArgument(format!("program not found: {}", argv[0]))
+                    }
+                    Ok(io) => Error::Io(io),
+                    Err(e) => Error::Internal(format!("cannot start {}: {e:#}", argv[0])),
+                })?;
         // Our copy of the slave side must close, or the master never sees
         // the end of the session's output.
         drop(pair.slave);
         let pid = child.process_id().unwrap_or(0);
-        let reader = pair.master.try_clone_reader().map_err(|e| Error::Internal(format!("{e:#}")))?;
-        let writer = pair.master.take_writer().map_err(|e| Error::Internal(format!("{e:#}")))?;
+        let reader = pair
+            .master
+            .try_clone_reader()
+            .map_err(|e| Error::Internal(format!("{e:#}")))?;
+        let writer = pair
+            .master
+            .take_writer()
+            .map_err(|e| Error::Internal(format!("{e:#}")))?;
 
         let id = uuid::Uuid::new_v4().simple().to_string();
         let log = Log::new(RING_BYTES, true);
@@ -133,8 +155,12 @@ impl Sessions {
 
         let (read_done_tx, read_done) = oneshot::channel::<()>();
         let span = tracing::info_span!("pty", session = %id, pid);
-        spawn_thread("pty-read", span.clone(), move || read_loop(reader, &log, read_done_tx))?;
-        spawn_thread("pty-write", span.clone(), move || write_loop(writer, input_rx))?;
+        spawn_thread("pty-read", span.clone(), move || {
+            read_loop(reader, &log, read_done_tx)
+        })?;
+        spawn_thread("pty-write", span.clone(), move || {
+            write_loop(writer, input_rx)
+        })?;
         let (exit_tx, exit_rx) = oneshot::channel::<i32>();
         // portable-pty's own status loses the signal; its unix child is a
         // std child, whose status keeps it.
@@ -209,7 +235,10 @@ impl Sessions {
                 s.child_exit.send_replace(Some(code));
                 // The last output may still be in the PTY: wait for the
                 // reader to hit its end, within reason.
-                if tokio::time::timeout(DRAIN_AFTER_EXIT, read_done).await.is_err() {
+                if tokio::time::timeout(DRAIN_AFTER_EXIT, read_done)
+                    .await
+                    .is_err()
+                {
                     tracing::debug!("output still open after exit; reporting the exit anyway");
                     s.log.release();
                 }
@@ -282,7 +311,14 @@ impl Session {
         }
         let (cursor, from, truncated) = self.log.cursor(offset);
         self.attached.send_modify(|n| *n += 1);
-        Ok((Attached { session: self.clone(), cursor }, from, truncated))
+        Ok((
+            Attached {
+                session: self.clone(),
+                cursor,
+            },
+            from,
+            truncated,
+        ))
     }
 
     /// Queues client keystrokes for the writer thread; waits when the
@@ -299,11 +335,18 @@ impl Session {
 
     pub fn resize(&self, cols: u16, rows: u16) -> Result<()> {
         if cols == 0 || rows == 0 {
-            return Err(Error::InvalidArgument("cols and rows must be positive".into()));
+            return Err(Error::InvalidArgument(
+                "cols and rows must be positive".into(),
+            ));
         }
         let master = self.master.lock().unwrap_or_else(|p| p.into_inner());
         master
-            .resize(PtySize { rows, cols, pixel_width: 0, pixel_height: 0 })
+            .resize(PtySize {
+                rows,
+                cols,
+                pixel_width: 0,
+                pixel_height: 0,
+            })
             .map_err(|e| Error::Internal(format!("resize: {e:#}")))?;
         *self.size.lock().unwrap_or_else(|p| p.into_inner()) = (cols, rows);
         Ok(())
@@ -333,7 +376,8 @@ impl Session {
         if child_exit.borrow().is_none() {
             let _ = self.signal_foreground(libc::SIGHUP);
             let _ = self.signal_group(libc::SIGHUP);
-            let exited = tokio::time::timeout(KILL_GRACE, child_exit.wait_for(|e| e.is_some())).await;
+            let exited =
+                tokio::time::timeout(KILL_GRACE, child_exit.wait_for(|e| e.is_some())).await;
             if exited.is_err() {
                 let _ = self.signal_foreground(libc::SIGKILL);
                 let _ = self.signal_group(libc::SIGKILL);
@@ -359,7 +403,9 @@ impl Attached {
 
 impl Drop for Attached {
     fn drop(&mut self) {
-        self.session.attached.send_modify(|n| *n = n.saturating_sub(1));
+        self.session
+            .attached
+            .send_modify(|n| *n = n.saturating_sub(1));
     }
 }
 
@@ -405,7 +451,10 @@ fn write_loop(mut writer: Box<dyn std::io::Write + Send>, mut input: mpsc::Recei
 fn wait_child(mut child: std::process::Child) -> i32 {
     use std::os::unix::process::ExitStatusExt as _;
     match child.wait() {
-        Ok(status) => status.code().or_else(|| status.signal().map(|s| 128 + s)).unwrap_or(-1),
+        Ok(status) => status
+            .code()
+            .or_else(|| status.signal().map(|s| 128 + s))
+            .unwrap_or(-1),
         Err(error) => {
             tracing::warn!(%error, "cannot wait for the pty child");
             -1

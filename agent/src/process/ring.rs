@@ -40,7 +40,11 @@ pub struct Ring {
 impl Ring {
     pub fn new(capacity: usize) -> Ring {
         assert!(capacity > 0, "ring capacity must be positive");
-        Ring { buf: vec![0; capacity].into_boxed_slice(), start: 0, end: 0 }
+        Ring {
+            buf: vec![0; capacity].into_boxed_slice(),
+            start: 0,
+            end: 0,
+        }
     }
 
     pub fn capacity(&self) -> usize {
@@ -181,7 +185,13 @@ impl Log {
                 return;
             }
             let room = if self.held && !g.released {
-                match g.cursors.values().filter(|c| !c.evicted).map(|c| c.pos).min() {
+                match g
+                    .cursors
+                    .values()
+                    .filter(|c| !c.evicted)
+                    .map(|c| c.pos)
+                    .min()
+                {
                     Some(min) => cap - (g.ring.end() - min.max(g.ring.start())).min(cap),
                     None => cap,
                 }
@@ -189,7 +199,12 @@ impl Log {
                 cap
             };
             if room == 0 {
-                let min = g.cursors.values().filter(|c| !c.evicted).map(|c| c.pos).min();
+                let min = g
+                    .cursors
+                    .values()
+                    .filter(|c| !c.evicted)
+                    .map(|c| c.pos)
+                    .min();
                 let now = Instant::now();
                 match stalled_since {
                     Some((pos, since)) if Some(pos) == min => {
@@ -197,7 +212,9 @@ impl Log {
                             for c in g.cursors.values_mut().filter(|c| Some(c.pos) == min) {
                                 c.evicted = true;
                             }
-                            tracing::warn!("a terminal client made no progress for {STALL_LIMIT:?}; dropped it");
+                            tracing::warn!(
+                                "a terminal client made no progress for {STALL_LIMIT:?}; dropped it"
+                            );
                             self.bell.send_replace(());
                             stalled_since = None;
                             continue;
@@ -266,9 +283,20 @@ impl Log {
         let pos = wanted.max(start);
         let id = g.next_id;
         g.next_id += 1;
-        g.cursors.insert(id, CursorState { pos, evicted: false });
+        g.cursors.insert(
+            id,
+            CursorState {
+                pos,
+                evicted: false,
+            },
+        );
         drop(g);
-        let cursor = Cursor { log: self.clone(), id, pos, bell: self.bell.subscribe() };
+        let cursor = Cursor {
+            log: self.clone(),
+            id,
+            pos,
+            bell: self.bell.subscribe(),
+        };
         (cursor, pos, truncated)
     }
 
@@ -364,11 +392,23 @@ mod tests {
         log.push(b"hello ");
         let (mut c, from, truncated) = log.cursor(Some(2));
         assert_eq!((from, truncated), (2, false));
-        assert_eq!(c.next(100).await, Next::Data { offset: 2, data: b"llo ".to_vec() });
+        assert_eq!(
+            c.next(100).await,
+            Next::Data {
+                offset: 2,
+                data: b"llo ".to_vec()
+            }
+        );
         let l2 = log.clone();
         let t = tokio::spawn(async move { c.next(100).await });
         l2.push(b"world");
-        assert_eq!(t.await.unwrap(), Next::Data { offset: 6, data: b"world".to_vec() });
+        assert_eq!(
+            t.await.unwrap(),
+            Next::Data {
+                offset: 6,
+                data: b"world".to_vec()
+            }
+        );
         log.finish(3);
         let (mut c, from, _) = log.cursor(Some(11));
         assert_eq!(from, 11);
@@ -381,7 +421,13 @@ mod tests {
         log.push(b"abcdefgh");
         let (mut c, from, truncated) = log.cursor(Some(1));
         assert_eq!((from, truncated), (4, true));
-        assert_eq!(c.next(100).await, Next::Data { offset: 4, data: b"efgh".to_vec() });
+        assert_eq!(
+            c.next(100).await,
+            Next::Data {
+                offset: 4,
+                data: b"efgh".to_vec()
+            }
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -63,8 +63,16 @@ pub async fn run(spec: Spec, shutdown: tokio_util::sync::CancellationToken) -> R
     });
     let out_buf = Shared::default();
     let err_buf = Shared::default();
-    let out = tokio::spawn(read_capped(child.stdout.take(), spec.max_output, out_buf.clone()));
-    let err = tokio::spawn(read_capped(child.stderr.take(), spec.max_output, err_buf.clone()));
+    let out = tokio::spawn(read_capped(
+        child.stdout.take(),
+        spec.max_output,
+        out_buf.clone(),
+    ));
+    let err = tokio::spawn(read_capped(
+        child.stderr.take(),
+        spec.max_output,
+        err_buf.clone(),
+    ));
 
     let deadline = tokio::time::Instant::now() + spec.timeout;
     let mut timed_out = false;
@@ -91,7 +99,11 @@ pub async fn run(spec: Spec, shutdown: tokio_util::sync::CancellationToken) -> R
 
     use std::os::unix::process::ExitStatusExt as _;
     Ok(Outcome {
-        exit_code: if timed_out { -1 } else { status.code().unwrap_or(-1) },
+        exit_code: if timed_out {
+            -1
+        } else {
+            status.code().unwrap_or(-1)
+        },
         signal: status.signal().unwrap_or(0),
         stdout,
         stderr,

@@ -37,7 +37,11 @@ pub fn resolve_cwd(root: &Root, cwd: &str) -> Result<PathBuf> {
 /// killed (SIGKILL, the leader only) if its `Child` handle is dropped before
 /// it was waited for: callers that want the whole group gone on every path
 /// signal the group themselves.
-pub fn command(argv: &[String], cwd: &Path, env: &HashMap<String, String>) -> Result<tokio::process::Command> {
+pub fn command(
+    argv: &[String],
+    cwd: &Path,
+    env: &HashMap<String, String>,
+) -> Result<tokio::process::Command> {
     let (program, args) = argv
         .split_first()
         .ok_or_else(|| Error::InvalidArgument("argv is empty".into()))?;
@@ -77,11 +81,18 @@ pub fn pty_command(
     let child_env = child_env(env)?;
     // portable-pty reports a missing program only as text; look it up
     // ourselves so the client gets a clear InvalidArgument.
-    let path = child_env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.clone());
+    let path = child_env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.clone());
     if !program_exists(&argv[0], cwd, path.as_deref()) {
-        return Err(Error::InvalidArgument(format!("program not found: {}", argv[0])));
+        return Err(Error::InvalidArgument(format!(
+            "program not found: {}",
+            argv[0]
+        )));
     }
-    let mut cmd = portable_pty::CommandBuilder::from_argv(argv.iter().map(OsString::from).collect());
+    let mut cmd =
+        portable_pty::CommandBuilder::from_argv(argv.iter().map(OsString::from).collect());
     cmd.env_clear();
     for (k, v) in child_env {
         cmd.env(k, v);
@@ -98,7 +109,10 @@ pub fn pty_command(
 /// `cwd`) when it holds a `/`, else found in `path` like `execvp` would.
 fn program_exists(program: &str, cwd: &Path, path: Option<&std::ffi::OsStr>) -> bool {
     use std::os::unix::fs::PermissionsExt as _;
-    let is_exe = |p: &Path| p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    let is_exe = |p: &Path| {
+        p.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
     if program.contains('/') {
         return is_exe(&cwd.join(program));
     }
@@ -114,7 +128,11 @@ pub fn default_shell() -> String {
     {
         return shell;
     }
-    if Path::new("/bin/bash").exists() { "/bin/bash".into() } else { "/bin/sh".into() }
+    if Path::new("/bin/bash").exists() {
+        "/bin/bash".into()
+    } else {
+        "/bin/sh".into()
+    }
 }
 
 /// Sends `signal` (a signal number) to the process group `pgid`. An already
@@ -161,7 +179,9 @@ fn pid(raw: u32) -> Result<rustix::process::Pid> {
 fn child_env(extra: &HashMap<String, String>) -> Result<Vec<(OsString, OsString)>> {
     for (k, v) in extra {
         if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
-            return Err(Error::InvalidArgument(format!("bad environment variable name or value: {k:?}")));
+            return Err(Error::InvalidArgument(format!(
+                "bad environment variable name or value: {k:?}"
+            )));
         }
     }
     let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
@@ -170,7 +190,11 @@ fn child_env(extra: &HashMap<String, String>) -> Result<Vec<(OsString, OsString)
             !WITHHELD_PREFIXES.iter().any(|p| k.starts_with(p)) && !extra.contains_key(k.as_ref())
         })
         .collect();
-    env.extend(extra.iter().map(|(k, v)| (OsString::from(k), OsString::from(v))));
+    env.extend(
+        extra
+            .iter()
+            .map(|(k, v)| (OsString::from(k), OsString::from(v))),
+    );
     Ok(env)
 }
 
@@ -183,7 +207,10 @@ mod tests {
         let extra = HashMap::from([("FOO".to_owned(), "bar".to_owned())]);
         let env = child_env(&extra).unwrap();
         assert!(env.iter().any(|(k, v)| k == "FOO" && v == "bar"));
-        assert!(!env.iter().any(|(k, _)| k.to_string_lossy().starts_with("AGENT_")));
+        assert!(
+            !env.iter()
+                .any(|(k, _)| k.to_string_lossy().starts_with("AGENT_"))
+        );
         let bad = HashMap::from([("A=B".to_owned(), "x".to_owned())]);
         assert!(child_env(&bad).is_err());
     }
