@@ -231,7 +231,7 @@ fn images_run_as_non_root_and_e2e_script_parses() {
         let user = last_stage
             .lines()
             .filter_map(|l| l.strip_prefix("USER "))
-            .last()
+            .next_back()
             .unwrap_or_else(|| panic!("{name}: the final stage sets no USER"));
         assert!(!user.starts_with("0") && !user.starts_with("root"), "{name}: USER {user}");
         assert!(text.matches("\nFROM ").count() >= 1, "{name}: multi-stage");

@@ -130,7 +130,18 @@ fn free_port() -> u16 {
 }
 
 async fn create_db(pg: &Postgres, name: &str) {
-    let (client, conn) = tokio_postgres::connect(&pg.url("postgres"), tokio_postgres::NoTls).await.expect("connect");
+    // The port opens before the server accepts sessions ("the database
+    // system is starting up"): poll until a session begins.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (client, conn) = loop {
+        match tokio_postgres::connect(&pg.url("postgres"), tokio_postgres::NoTls).await {
+            Ok(c) => break c,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("postgres never accepted a session: {e}"),
+        }
+    };
     tokio::spawn(conn);
     client.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("create database");
 }

@@ -16,10 +16,13 @@ use tokio_util::sync::CancellationToken;
 use super::pods::{Kube, ready_pod};
 use crate::error::{Error, Result};
 
-/// The listeners of this gateway, keyed by (namespace, label selector, port).
+/// (namespace, label selector, port) → the loopback listener and its stop switch.
+type Listeners = HashMap<(String, String, u16), (SocketAddr, CancellationToken)>;
+
+/// The listeners of this gateway.
 #[derive(Default)]
 pub(crate) struct Forwards {
-    listeners: Mutex<HashMap<(String, String, u16), (SocketAddr, CancellationToken)>>,
+    listeners: Mutex<Listeners>,
 }
 
 impl Forwards {
@@ -87,7 +90,7 @@ impl Forwards {
         });
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String, u16), (SocketAddr, CancellationToken)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Listeners> {
         // The map stays consistent under a panic (single inserts and removals).
         self.listeners.lock().unwrap_or_else(|p| p.into_inner())
     }
