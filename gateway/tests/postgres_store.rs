@@ -288,6 +288,10 @@ async fn postgres_store_migrates_once_matches_sqlite_and_reconnects() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(one.get_project("b").await.unwrap().is_some(), "data survived the restart");
+
+    // `sslmode=require` against a server without TLS: refused, not silently plain.
+    let err = PostgresStore::connect(&format!("{url} sslmode=require")).await.err().expect("no tls");
+    assert!(err.to_string().starts_with("cannot connect to postgresql"), "{err}");
 }
 
 #[tokio::test]

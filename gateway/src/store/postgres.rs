@@ -2,12 +2,14 @@
 //! tables and semantics as the SQLite store, numbered migrations recorded in
 //! `devgate_schema` and applied under an advisory lock (replicas starting
 //! together migrate once), one pipelined connection that is re-made when it
-//! drops.
+//! drops. TLS follows the URL's `sslmode` (`prefer` by default: TLS when the
+//! server offers it; `require`; `disable`), with server certificates checked
+//! against the system's roots (`SSL_CERT_FILE` adds one) and Mozilla's.
 
 use chrono::{DateTime, TimeZone as _, Utc};
 use tokio::sync::RwLock;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, NoTls, Row};
+use tokio_postgres::{Client, Row};
 
 use super::{
     ArchiveVersion, CommandLogEntry, Container, ContainerStatus, Project, ProjectStatus, Store,
@@ -109,7 +111,7 @@ impl PostgresStore {
 }
 
 async fn connect(url: &str) -> std::result::Result<Client, tokio_postgres::Error> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+    let (client, connection) = tokio_postgres::connect(url, tls()).await?;
     tokio::spawn(async move {
         if let Err(error) = connection.await {
             tracing::warn!(%error, "postgresql connection ended");
@@ -140,6 +142,20 @@ async fn migrate(client: &mut Client) -> std::result::Result<(), tokio_postgres:
         tracing::info!(version, "state store migrated");
     }
     tx.commit().await
+}
+
+/// The TLS connector: server certificates verified against the system's
+/// roots and Mozilla's (the distroless image has no system store).
+fn tls() -> tokio_postgres_rustls::MakeRustlsConnect {
+    crate::runtime::kubernetes::install_tls_provider();
+    let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    let native = rustls_native_certs::load_native_certs();
+    for cert in native.certs {
+        // An unparsable system certificate is skipped, as browsers do.
+        let _ = roots.add(cert);
+    }
+    let config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    tokio_postgres_rustls::MakeRustlsConnect::new(config)
 }
 
 fn db(e: tokio_postgres::Error) -> Error {
