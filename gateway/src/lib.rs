@@ -147,6 +147,7 @@ pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
         shutdown: tokio_util::sync::CancellationToken::new(),
         listen_port: Arc::default(),
         activity: Arc::default(),
+        statuses: state::StatusCache::default(),
     })
 }
 

@@ -38,7 +38,10 @@ pub async fn create(state: &AppState, id: &str, name: Option<String>) -> Result<
 async fn set_status(state: &AppState, p: &mut Project, status: ProjectStatus) -> Result<()> {
     p.status = status;
     p.updated_at = Utc::now();
+    // Forget first: while the store write is in flight nobody may trust the old status.
+    state.statuses.forget(&p.id);
     state.store.update_project(p).await?;
+    state.statuses.put(&p.id, status);
     state.emit(&p.id, "status", serde_json::json!({"status": status.as_str()}));
     Ok(())
 }
@@ -70,11 +73,13 @@ pub async fn open(state: &AppState, id: &str) -> Result<Project> {
             // Hibernating here means a gateway stopped mid-hibernation: the
             // environment is only torn down after a verified archive, so the
             // files are still in place.
+            let previous = p.status;
             set_status(state, &mut p, ProjectStatus::Starting).await?;
             progress(state, id, "environment", "starting the environment");
             if let Err(e) = state.runtime.ensure(id).await {
                 tracing::warn!(project = id, error = %e, "cannot start the environment");
-                let _ = set_status(state, &mut p, ProjectStatus::Failed).await;
+                // A failed request changes nothing: back to where it was.
+                let _ = set_status(state, &mut p, previous).await;
                 return Err(e);
             }
             set_status(state, &mut p, ProjectStatus::Active).await?;
@@ -344,7 +349,9 @@ pub async fn delete(state: &AppState, id: &str) -> Result<()> {
             tracing::warn!(project = id, key = %a.key, %error, "cannot remove archive of a deleted project");
         }
     }
+    state.statuses.forget(id);
     state.store.delete_project(id).await?;
+    state.statuses.forget(id);
     state.emit(id, "status", serde_json::json!({"status": "deleted"}));
     tracing::info!(project = id, "project deleted");
     Ok(())

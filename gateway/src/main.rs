@@ -25,6 +25,10 @@ async fn main() -> std::process::ExitCode {
         return std::process::ExitCode::from(2);
     }
     gateway::init_tracing(&config);
+    if config.secret.as_ref().is_some_and(|s| s.len() < 16) {
+        // Allowed (tests and demos use short ones), but worth a word.
+        tracing::warn!("--secret is shorter than 16 bytes; use a long random one in production");
+    }
     let listener = match tokio::net::TcpListener::bind(config.listen).await {
         Ok(l) => l,
         Err(error) => {

@@ -37,6 +37,8 @@ pub struct AppState {
     pub listen_port: Arc<std::sync::atomic::AtomicU16>,
     /// File, terminal and preview activity per project, for idle hibernation.
     pub activity: Arc<crate::idle::Activity>,
+    /// Recent project statuses, so hot file routes skip a store round trip.
+    pub statuses: StatusCache,
 }
 
 impl AppState {
@@ -59,8 +61,15 @@ impl AppState {
     /// A client of the project's agent; 404 for an unknown project, 409
     /// `project_not_active` unless it is active.
     pub async fn active_agent(&self, project: &str) -> Result<AgentClient> {
-        let p = self.project(project).await?;
-        if p.status != ProjectStatus::Active {
+        let status = match self.statuses.get(project) {
+            Some(s) => s,
+            None => {
+                let p = self.project(project).await?;
+                self.statuses.put(project, p.status);
+                p.status
+            }
+        };
+        if status != ProjectStatus::Active {
             return Err(Error::ProjectNotActive(project.to_owned()));
         }
         // Every file, exec and terminal route comes through here.
@@ -94,6 +103,39 @@ impl AppState {
         }
         let project = entry.project.clone();
         self.emit(&project, "log", &entry);
+    }
+}
+
+/// Project statuses read from the store in the last [`StatusCache::TTL`], or
+/// set by this gateway since. Status changes made here update it at once;
+/// another replica's change (PostgreSQL store) is seen within the TTL, and a
+/// request that slips through meanwhile fails at the agent instead of with 409.
+#[derive(Clone, Default)]
+pub struct StatusCache {
+    map: Arc<Mutex<HashMap<String, (ProjectStatus, std::time::Instant)>>>,
+}
+
+impl StatusCache {
+    pub const TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
+    /// A fresh cached status.
+    pub fn get(&self, project: &str) -> Option<ProjectStatus> {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(project).filter(|(_, t)| t.elapsed() < Self::TTL).map(|(s, _)| *s)
+    }
+
+    /// Records a status just read or written.
+    pub fn put(&self, project: &str, status: ProjectStatus) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() > 10_000 {
+            map.retain(|_, (_, t)| t.elapsed() < Self::TTL);
+        }
+        map.insert(project.to_owned(), (status, std::time::Instant::now()));
+    }
+
+    /// Forgets a project (deleted).
+    pub fn forget(&self, project: &str) {
+        self.map.lock().unwrap_or_else(|p| p.into_inner()).remove(project);
     }
 }
 
