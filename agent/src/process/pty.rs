@@ -9,12 +9,13 @@
 //! number of them can follow the same session, each at its own pace.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::io::{Read as _, Write as _};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use portable_pty::{MasterPty, PtySize};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::ring::{Cursor, Log};
@@ -71,7 +72,10 @@ pub struct Session {
     size: Mutex<(u16, u16)>,
     /// The master side; resize and foreground-group lookups go through it.
     master: Mutex<Box<dyn MasterPty + Send>>,
-    input: mpsc::Sender<Vec<u8>>,
+    /// The master's write side. Writes run on the blocking pool, one at a
+    /// time in arrival order (the async mutex is fair), so keystrokes keep
+    /// their order without a writer thread per session.
+    writer: Arc<tokio::sync::Mutex<Box<dyn std::io::Write + Send>>>,
     log: Arc<Log>,
     attached: watch::Sender<u32>,
     /// The child's exit code, as soon as it is known (before the output is
@@ -139,7 +143,6 @@ impl Sessions {
 
         let id = uuid::Uuid::new_v4().simple().to_string();
         let log = Log::new(RING_BYTES, true);
-        let (input, input_rx) = mpsc::channel::<Vec<u8>>(64);
         let session = Arc::new(Session {
             id: id.clone(),
             pid,
@@ -147,7 +150,7 @@ impl Sessions {
             created_unix_ms: super::now_unix_ms(),
             size: Mutex::new((spec.cols, spec.rows)),
             master: Mutex::new(pair.master),
-            input,
+            writer: Arc::new(tokio::sync::Mutex::new(writer)),
             log: log.clone(),
             attached: watch::channel(0).0,
             child_exit: watch::channel(None).0,
@@ -158,9 +161,6 @@ impl Sessions {
         spawn_thread("pty-read", span.clone(), move || {
             read_loop(reader, &log, read_done_tx)
         })?;
-        spawn_thread("pty-write", span.clone(), move || {
-            write_loop(writer, input_rx)
-        })?;
         let (exit_tx, exit_rx) = oneshot::channel::<i32>();
         // portable-pty's own status loses the signal; its unix child is a
         // std child, whose status keeps it.
@@ -168,9 +168,27 @@ impl Sessions {
         let child = child
             .downcast::<std::process::Child>()
             .map_err(|_| Error::Internal("unexpected pty child type".into()))?;
-        spawn_thread("pty-wait", span.clone(), move || {
-            let _ = exit_tx.send(wait_child(*child));
-        })?;
+        match pidfd_waiter(pid) {
+            Ok(wait) => {
+                // The std handle is not needed: dropping it neither kills
+                // nor reaps; the pidfd waiter reaps the child.
+                drop(child);
+                tokio::spawn(async move {
+                    let code = wait.await.unwrap_or_else(|error| {
+                        tracing::warn!(%error, "cannot wait for the pty child");
+                        -1
+                    });
+                    let _ = exit_tx.send(code);
+                });
+            }
+            Err(error) => {
+                // Kernels before 5.3 have no pidfd: a thread waits instead.
+                tracing::debug!(%error, "no pidfd; waiting in a thread");
+                spawn_thread("pty-wait", span.clone(), move || {
+                    let _ = exit_tx.send(wait_child(*child));
+                })?;
+            }
+        }
 
         self.lock().insert(id.clone(), session.clone());
         tracing::info!(parent: &span, argv = ?session.argv, "pty session started");
@@ -321,15 +339,17 @@ impl Session {
         ))
     }
 
-    /// Queues client keystrokes for the writer thread; waits when the
-    /// program does not read its input (backpressure to the client).
+    /// Writes client keystrokes to the terminal, after any earlier input;
+    /// waits while the program does not read its input (backpressure to
+    /// the client).
     pub async fn input(&self, data: Vec<u8>) -> Result<()> {
         if data.is_empty() {
             return Ok(());
         }
-        self.input
-            .send(data)
+        let mut writer = self.writer.clone().lock_owned().await;
+        tokio::task::spawn_blocking(move || writer.write_all(&data).and_then(|()| writer.flush()))
             .await
+            .map_err(|e| Error::Internal(format!("pty writer: {e}")))?
             .map_err(|_| Error::FailedPrecondition("the session has ended".into()))
     }
 
@@ -437,13 +457,34 @@ fn read_loop(mut reader: Box<dyn std::io::Read + Send>, log: &Log, done: oneshot
     let _ = done.send(());
 }
 
-fn write_loop(mut writer: Box<dyn std::io::Write + Send>, mut input: mpsc::Receiver<Vec<u8>>) {
-    while let Some(data) = input.blocking_recv() {
-        if let Err(error) = writer.write_all(&data).and_then(|()| writer.flush()) {
-            tracing::debug!(%error, "pty write failed");
-            break;
+/// A future that resolves to the exit code of our child `pid` once it
+/// exited (reaping it), driven by a pidfd on the Tokio reactor: no thread.
+fn pidfd_waiter(pid: u32) -> std::io::Result<impl Future<Output = std::io::Result<i32>> + Send> {
+    use rustix::process::{Pid, PidfdFlags, WaitOptions};
+    let p = i32::try_from(pid)
+        .ok()
+        .and_then(Pid::from_raw)
+        .ok_or_else(|| std::io::Error::other(format!("bad pid {pid}")))?;
+    let fd = rustix::process::pidfd_open(p, PidfdFlags::empty())?;
+    // Deprecated because an arbitrary `AsRawFd` may change or close its fd
+    // behind the reactor's back; an `OwnedFd` cannot, so this use is sound,
+    // and the replacement is `unsafe`, which this crate forbids.
+    #[allow(deprecated)]
+    let fd = tokio::io::unix::AsyncFd::with_interest(fd, tokio::io::Interest::READABLE)?;
+    Ok(async move {
+        loop {
+            let mut ready = fd.readable().await?;
+            match rustix::process::waitpid(Some(p), WaitOptions::NOHANG)? {
+                Some((_, status)) => {
+                    return Ok(status
+                        .exit_status()
+                        .or_else(|| status.terminating_signal().map(|s| 128 + s))
+                        .unwrap_or(-1));
+                }
+                None => ready.clear_ready(),
+            }
         }
-    }
+    })
 }
 
 /// Waits for the child and maps its status to one exit code: the code, or
