@@ -168,6 +168,16 @@ impl Config {
         if self.preview_scheme != "http" && self.preview_scheme != "https" {
             return Err("--preview-scheme must be http or https".into());
         }
+        if self.runtime == RuntimeKind::Kubernetes {
+            // The runtime's own checks (quantities, names), without the
+            // secret it needs only later.
+            crate::runtime::kubernetes::Settings::new(
+                &self.kubernetes,
+                &self.k8s_namespace_prefix,
+                &self.agent_image,
+                b"",
+            )?;
+        }
         if self.runtime == RuntimeKind::Kubernetes && self.database_url.is_none() {
             // Allowed: SQLite in the data dir works for a single gateway replica.
             tracing::debug!("kubernetes runtime with the embedded state store");
