@@ -158,6 +158,8 @@ fn base_and_overlays_render_to_valid_objects() {
     assert_eq!(gw["spec"]["template"]["spec"]["containers"][0]["image"], "ghcr.io/devgate/gateway:0.1.0");
     assert_eq!(gw["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"], "4");
     find(&prod, "PodDisruptionBudget", "devgate-gateway");
+    let cm = &find(&prod, "ConfigMap", "devgate-gateway")["data"];
+    assert_eq!((cm["GATEWAY_PREVIEW_SCHEME"].as_str(), cm["GATEWAY_PREVIEW_PORT"].as_str()), (Some("https"), Some("443")));
     assert!(find(&prod, "Ingress", "devgate-gateway")["spec"]["tls"].is_array());
     assert!(!prod.iter().any(|o| o["kind"] == "Secret"), "production Secrets are made out of band");
 }
