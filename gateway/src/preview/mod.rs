@@ -68,7 +68,6 @@ pub async fn ensure_active(state: &AppState, project: &str) -> Result<()> {
 
 /// Serves one request for a preview host.
 pub async fn handle(state: AppState, target: PreviewHost, req: Request) -> Response {
-    crate::idle::touch(&state, &target.project);
     let span = tracing::debug_span!("preview", project = %target.project, container = %target.container);
     match tracing::Instrument::instrument(serve(&state, &target, req), span).await {
         Ok(resp) => resp,
@@ -153,6 +152,10 @@ async fn serve(state: &AppState, target: &PreviewHost, req: Request) -> std::res
             None => return Err(Refusal::Unauthorized),
         }
     };
+    // Only an allowed request to a known container is activity: a stranger
+    // spraying made-up hosts must neither grow the tracker nor reach the
+    // API server.
+    crate::idle::touch(state, &target.project);
     let route = match state.runtime.container_route(&target.project, &target.container, target.port).await {
         Ok(route) => route,
         Err(_) => wake_or_refuse(state, target).await?,
