@@ -3,6 +3,10 @@
 //! connects over a Unix socket (local runtime) or TCP (Kubernetes) with the
 //! agent's token, and [`AgentPool`] caches one channel per project.
 
+// `.into()` between proto byte fields and `Bytes`/`Vec<u8>` keeps compiling
+// whichever of the two the generated code uses.
+#![allow(clippy::useless_conversion)]
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

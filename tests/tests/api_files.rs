@@ -75,6 +75,8 @@ async fn write_read_etag_range_and_preconditions() {
     assert_eq!(code(r).await, (StatusCode::BAD_REQUEST, "is_directory".into()));
     let r = gw.get("/api/projects/p1/files/missing.txt").send().await.unwrap();
     assert_eq!(code(r).await, (StatusCode::NOT_FOUND, "not_found".into()));
+    let r = gw.get("/api/projects/p1/files/").send().await.unwrap();
+    assert_eq!(code(r).await, (StatusCode::BAD_REQUEST, "is_directory".into()));
 
     // A large body streams through intact.
     let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();

@@ -26,6 +26,8 @@ use crate::store::CommandLogEntry;
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/projects/{p}/files/{*path}", get(read).put(write).delete(remove))
+        .route("/api/projects/{p}/files", get(read_root).put(write_root).delete(remove_root))
+        .route("/api/projects/{p}/files/", get(read_root).put(write_root).delete(remove_root))
         .route("/api/projects/{p}/list", get(list_root))
         .route("/api/projects/{p}/list/", get(list_root))
         .route("/api/projects/{p}/list/{*path}", get(list))
@@ -112,6 +114,22 @@ fn entry_headers(resp: &mut Response, e: &Entry) {
 
 fn io_error(e: Error) -> std::io::Error {
     std::io::Error::other(e.to_string())
+}
+
+/// The project root is a directory: reading it is 400 `is_directory`.
+async fn read_root(claims: Claims, State(state): State<AppState>, Path(p): Path<String>) -> Result<Response> {
+    authorize(&claims, &p)?;
+    state.active_agent(&p).await?;
+    Err(Error::IsDirectory("the project root is a directory".into()))
+}
+
+async fn write_root(claims: Claims, state: State<AppState>, path: Path<String>) -> Result<Response> {
+    read_root(claims, state, path).await
+}
+
+async fn remove_root(claims: Claims, State(_state): State<AppState>, Path(p): Path<String>) -> Result<Response> {
+    authorize(&claims, &p)?;
+    Err(Error::BadRequest("the project root cannot be deleted".into()))
 }
 
 async fn read(

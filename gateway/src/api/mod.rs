@@ -106,6 +106,7 @@ async fn trace(req: Request, next: Next) -> Response {
         "request",
         method = %req.method(),
         uri = %crate::auth::redact_uri(req.uri()),
+        project = tracing::field::Empty,
     );
     let t0 = Instant::now();
     let resp = tracing::Instrument::instrument(next.run(req), span.clone()).await;
@@ -122,6 +123,7 @@ async fn trace(req: Request, next: Next) -> Response {
 /// Checks a project id and that the token grants it: 400, then 403.
 pub fn authorize(claims: &Claims, project: &str) -> Result<()> {
     crate::ids::project_id(project)?;
+    tracing::Span::current().record("project", project);
     claims.require(project)
 }
 
