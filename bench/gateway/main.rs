@@ -93,7 +93,7 @@ async fn main() -> Result<()> {
         .replace("__ROOT__", &project_dir.canonicalize()?.to_string_lossy());
     std::fs::create_dir_all(work.path().join("tmp"))?;
     std::fs::write(work.path().join("nginx.conf"), conf)?;
-    let _nginx = tests::Proc(
+    let _nginx = Nginx(
         Command::new("nginx")
             .arg("-p")
             .arg(format!("{}/", work.path().display()))
@@ -227,15 +227,28 @@ async fn main() -> Result<()> {
             opened_in.as_secs_f64(),
             with as f64 / 1024.0,
             before as f64 / 1024.0,
-            agent_rss.map(|a| format!("; the agent holding the 1,000 PTYs: {:.1} MB", a as f64 / 1024.0)).unwrap_or_default(),
+            agent_rss.map(|a| format!("; the agent holding the PTYs: {:.1} MB", a as f64 / 1024.0)).unwrap_or_default(),
         ));
         for mut ws in open {
             let _ = ws.close(None).await;
         }
     }
 
+    // Stop the upstream through the API, so its nginx ends with its process group.
+    let _ = gw.post("/api/projects/bench/containers/up/stop").send().await;
     println!("{}", report.join("\n"));
     Ok(())
+}
+
+/// An nginx master stopped with SIGTERM on drop: a SIGKILLed master would
+/// leave its workers running.
+struct Nginx(std::process::Child);
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        let _ = self.0.wait();
+    }
 }
 
 const UPSTREAM_CONF: &str = r#"user root;
