@@ -502,3 +502,45 @@ async fn port_forward_access_serves_agents_on_loopback() {
     let again = rt.agent("demo").await.expect("agent");
     assert_eq!(again.address, endpoint.address);
 }
+
+#[tokio::test]
+async fn failures_of_start_stop_and_teardown_are_reported_not_swallowed() {
+    let (rt, mut api) = runtime(&[]);
+    // Start: the Deployment's apply meets a conflict.
+    let call = spawn({
+        let rt = rt.clone();
+        async move { rt.start_container("demo", &web()).await }
+    });
+    api.expect("PATCH", &format!("/apis/apps/v1/namespaces/{NS}/deployments/dev-web"))
+        .await
+        .fail(409, "Conflict", "operation cannot be fulfilled");
+    assert!(matches!(call.await.unwrap(), Err(Error::Conflict(_))));
+
+    // Stop: deleting is forbidden (a ClusterRole without delete).
+    let call = spawn({
+        let rt = rt.clone();
+        async move { rt.stop_container("demo", "web").await }
+    });
+    api.expect("DELETE", &format!("/apis/apps/v1/namespaces/{NS}/deployments/dev-web"))
+        .await
+        .fail(403, "Forbidden", "cannot delete deployments");
+    let err = call.await.unwrap().expect_err("forbidden");
+    assert!(matches!(&err, Error::Internal(m) if m.contains("ClusterRole")), "{err:?}");
+
+    // Teardown: the API server fails the delete, then never answers the wait.
+    let call = spawn({
+        let rt = rt.clone();
+        async move { rt.teardown("demo").await }
+    });
+    api.expect("DELETE", &format!("/api/v1/namespaces/{NS}")).await.fail(500, "InternalError", "boom");
+    assert!(matches!(call.await.unwrap(), Err(Error::Unavailable(_))));
+    let call = spawn({
+        let rt = rt.clone();
+        async move { rt.teardown("demo").await }
+    });
+    let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}});
+    api.expect("DELETE", &format!("/api/v1/namespaces/{NS}")).await.respond(200, ns);
+    let pending = api.expect("GET", &format!("/api/v1/namespaces/{NS}")).await.ignore();
+    assert!(matches!(call.await.unwrap(), Err(Error::Timeout(_))));
+    drop(pending);
+}
