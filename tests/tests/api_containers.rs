@@ -209,3 +209,30 @@ async fn taken_port_gets_another_and_failed_install_changes_nothing() {
     assert_eq!(r.status(), 409);
     assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "project_not_active");
 }
+
+#[tokio::test]
+async fn a_dev_server_that_ends_by_itself_is_shown_failed_or_stopped() {
+    let gw = Gateway::start().await.unwrap();
+    gw.open_project("d").await.unwrap();
+    for (name, start) in [("crash", "echo boom >&2; exit 3"), ("done", "echo finished")] {
+        let port = free_port();
+        let r = gw.post("/api/projects/d/containers").json(&json!({"name": name, "port": port, "start": start})).send().await.unwrap();
+        assert_eq!(r.status(), 201);
+        let r = gw.post(&format!("/api/projects/d/containers/{name}/start")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let statuses = eventually(Duration::from_secs(15), "both dev servers to end", || async {
+        let list: Vec<Value> = gw.get("/api/projects/d/containers").send().await.ok()?.json().await.ok()?;
+        let st = |n: &str| list.iter().find(|c| c["name"] == n).map(|c| c["status"].as_str().unwrap_or_default().to_owned());
+        let (a, b) = (st("crash")?, st("done")?);
+        (a != "running" && b != "running").then_some((a, b))
+    })
+    .await
+    .unwrap();
+    assert_eq!(statuses, ("failed".to_owned(), "stopped".to_owned()));
+    let logs = gw.get("/api/projects/d/containers/crash/logs").send().await.unwrap().text().await.unwrap();
+    assert!(logs.contains("boom"), "{logs}");
+    // It can be started again.
+    let r = gw.post("/api/projects/d/containers/crash/start").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}

@@ -187,16 +187,52 @@ async fn create(
 
 async fn list(claims: Claims, State(state): State<AppState>, Path(p): Path<String>) -> Result<Json<Vec<Value>>> {
     authorize(&claims, &p)?;
-    state.project(&p).await?;
-    let cs = state.store.list_containers(&p).await?;
+    let project = state.project(&p).await?;
+    let mut cs = state.store.list_containers(&p).await?;
+    if project.status == ProjectStatus::Active {
+        for c in cs.iter_mut() {
+            refresh(&state, c).await;
+        }
+    }
     Ok(Json(cs.iter().map(|c| container_json(&state, c)).collect()))
 }
 
 async fn show(claims: Claims, State(state): State<AppState>, Path((p, c)): Path<(String, String)>) -> Result<Json<Value>> {
     authorize(&claims, &p)?;
     ids::container_name(&c)?;
-    let c = state.container(&p, &c).await?;
+    let mut c = state.container(&p, &c).await?;
+    refresh(&state, &mut c).await;
     Ok(Json(container_json(&state, &c)))
+}
+
+/// A dev server recorded as running that has since ended by itself becomes
+/// `failed` (non-zero exit) or `stopped`, in the store too.
+async fn refresh(state: &AppState, c: &mut Container) {
+    if c.status != ContainerStatus::Running {
+        return;
+    }
+    let now = match state.runtime.container_state(&c.project, &c.name).await {
+        Ok(Some(crate::runtime::ContainerState::Running)) | Ok(None) => return,
+        Ok(Some(crate::runtime::ContainerState::Exited(0))) | Ok(Some(crate::runtime::ContainerState::Absent)) => {
+            ContainerStatus::Stopped
+        }
+        Ok(Some(crate::runtime::ContainerState::Exited(_))) => ContainerStatus::Failed,
+        Err(error) => {
+            tracing::debug!(project = %c.project, container = %c.name, %error, "cannot read the dev server's state");
+            return;
+        }
+    };
+    let _guard = state.locks.lock(&c.project).await;
+    // Re-read under the lock: a start or stop may have happened meanwhile.
+    if let Ok(Some(mut fresh)) = state.store.get_container(&c.project, &c.name).await {
+        if fresh.status == ContainerStatus::Running {
+            fresh.status = now;
+            if state.store.update_container(&fresh).await.is_ok() {
+                state.emit(&c.project, "container", serde_json::json!({"name": c.name, "status": now.as_str()}));
+            }
+        }
+        *c = fresh;
+    }
 }
 
 async fn start(claims: Claims, State(state): State<AppState>, Path((p, c)): Path<(String, String)>) -> Result<Json<Value>> {

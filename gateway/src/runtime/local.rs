@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use futures::StreamExt as _;
 
 use super::{
-    AgentAddress, AgentEndpoint, ByteStream, ContainerRoute, ContainerSpec, ExecOutput, ExecSpec,
-    Runtime, ShellTarget,
+    AgentAddress, AgentEndpoint, ByteStream, ContainerRoute, ContainerSpec, ContainerState,
+    ExecOutput, ExecSpec, Runtime, ShellTarget,
 };
 use crate::agent_client::{AgentClient, AgentPool};
 use crate::error::{Error, Result};
@@ -298,6 +298,20 @@ impl Runtime for LocalRuntime {
             Err(Error::NotFound(_)) => Ok(futures::stream::empty().boxed()),
             Err(e) => Err(e),
         }
+    }
+
+    async fn container_state(&self, project: &str, name: &str) -> Result<Option<ContainerState>> {
+        let client = match self.client(project).await {
+            Ok(c) => c,
+            Err(Error::ProjectNotActive(_)) => return Ok(Some(ContainerState::Absent)),
+            Err(e) => return Err(e),
+        };
+        let procs = client.list_background().await?;
+        Ok(Some(match procs.iter().find(|p| p.name == name) {
+            Some(p) if p.running => ContainerState::Running,
+            Some(p) => ContainerState::Exited(p.exit_code),
+            None => ContainerState::Absent,
+        }))
     }
 
     async fn teardown(&self, project: &str) -> Result<()> {

@@ -110,6 +110,16 @@ pub struct ExecOutput {
     pub timed_out: bool,
 }
 
+/// What the runtime knows of a dev server's process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContainerState {
+    Running,
+    /// Ended by itself, with this exit code (-1: killed by a signal).
+    Exited(i32),
+    /// Never started, or stopped.
+    Absent,
+}
+
 /// A stream of raw output bytes (a dev server's log).
 pub type ByteStream = BoxStream<'static, Result<Bytes>>;
 
@@ -178,6 +188,13 @@ pub trait Runtime: Send + Sync + 'static {
     /// A container's dev-server output from the start; with `follow`, the stream
     /// stays open for new output until the server ends.
     async fn container_logs(&self, project: &str, name: &str, follow: bool) -> Result<ByteStream>;
+
+    /// Whether a container's dev server still runs, and its exit code when it
+    /// ended; `None` when the runtime cannot tell cheaply (the stored status
+    /// stands).
+    async fn container_state(&self, _project: &str, _name: &str) -> Result<Option<ContainerState>> {
+        Ok(None)
+    }
 
     /// Stops the agent and removes the environment; the project's files are gone.
     /// Tearing down a project that has no environment is not an error.
