@@ -304,6 +304,56 @@ async fn reattach_from_offset_loses_and_repeats_nothing() -> anyhow::Result<()> 
 }
 
 #[tokio::test]
+async fn an_attached_client_that_falls_behind_loses_nothing() -> anyhow::Result<()> {
+    let mut f = fixture().await?;
+    // About 7.9 MB, well over the ring plus every buffer on the way
+    // (the client's 2 MiB HTTP/2 window included), produced at once.
+    const LINES: usize = 1_000_000;
+    let s = f
+        .start(&["sh", "-c", &format!("read go; seq 1 {LINES}; echo END")])
+        .await?;
+    let mut a = f.attach(&s.id, Some(0)).await?;
+    a.send("go\n").await?;
+    // Read nothing until the session's output stops growing: the producer
+    // waits for this client. Had it not, the ring would have overwritten
+    // bytes this client has not read, and the offsets below would jump.
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut last = 0;
+    loop {
+        let list = f.list().await?;
+        let end = list
+            .iter()
+            .find(|x| x.id == s.id)
+            .map_or(0, |x| x.output_end);
+        if end >= 1 << 20 && end == last {
+            break;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "output never settled ({end} bytes)"
+        );
+        last = end;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        last < 7_000_000,
+        "the producer waited for the client ({last} bytes out)"
+    );
+    assert_eq!(a.read_to_exit().await?, 0);
+    let text = String::from_utf8(a.out)?;
+    let numbers: Vec<&str> = text
+        .split("\r\n")
+        .skip_while(|l| *l != "1")
+        .take_while(|l| *l != "END")
+        .collect();
+    assert_eq!(numbers.len(), LINES);
+    for (i, n) in numbers.iter().enumerate() {
+        assert_eq!(n.parse::<usize>()?, i + 1);
+    }
+    Ok(())
+}
+
+#[tokio::test]
 async fn truncated_when_the_ring_no_longer_reaches_back() -> anyhow::Result<()> {
     let mut f = fixture().await?;
     // 1.5 MB into a 1 MiB ring with nobody attached.

@@ -102,7 +102,7 @@ impl Procs {
         // or the log would never see its end.
         drop(cmd);
         let pid = child.id().unwrap_or(0);
-        let log = Log::new(RING_BYTES, false);
+        let log = Log::new(RING_BYTES, None);
         let proc = Arc::new(Proc {
             name: spec.name.clone(),
             pid,

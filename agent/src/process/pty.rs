@@ -142,7 +142,7 @@ impl Sessions {
             .map_err(|e| Error::Internal(format!("{e:#}")))?;
 
         let id = uuid::Uuid::new_v4().simple().to_string();
-        let log = Log::new(RING_BYTES, true);
+        let log = Log::new(RING_BYTES, Some(super::ring::STALL_LIMIT));
         let session = Arc::new(Session {
             id: id.clone(),
             pid,

@@ -118,7 +118,8 @@ pub struct Log {
     room: Condvar,
     /// Rung after each push and at the end, for async cursors.
     bell: watch::Sender<()>,
-    held: bool,
+    /// `Some(stall limit)` for a held log.
+    hold: Option<Duration>,
 }
 
 #[derive(Debug)]
@@ -146,8 +147,9 @@ fn lock(m: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
 }
 
 impl Log {
-    /// A log of `capacity` bytes; `held` = producers wait for slow cursors.
-    pub fn new(capacity: usize, held: bool) -> Arc<Log> {
+    /// A log of `capacity` bytes. With `hold` (a stall limit, normally
+    /// [`STALL_LIMIT`]) the producer waits for slow cursors.
+    pub fn new(capacity: usize, hold: Option<Duration>) -> Arc<Log> {
         Arc::new(Log {
             inner: Mutex::new(Inner {
                 ring: Ring::new(capacity),
@@ -158,7 +160,7 @@ impl Log {
             }),
             room: Condvar::new(),
             bell: watch::channel(()).0,
-            held,
+            hold,
         })
     }
 
@@ -184,7 +186,7 @@ impl Log {
                 // kept the terminal open) would come after the exit: drop it.
                 return;
             }
-            let room = if self.held && !g.released {
+            let room = if self.hold.is_some() && !g.released {
                 match g
                     .cursors
                     .values()
@@ -208,12 +210,13 @@ impl Log {
                 let now = Instant::now();
                 match stalled_since {
                     Some((pos, since)) if Some(pos) == min => {
-                        if now.duration_since(since) >= STALL_LIMIT {
+                        let limit = self.hold.unwrap_or(STALL_LIMIT);
+                        if now.duration_since(since) >= limit {
                             for c in g.cursors.values_mut().filter(|c| Some(c.pos) == min) {
                                 c.evicted = true;
                             }
                             tracing::warn!(
-                                "a terminal client made no progress for {STALL_LIMIT:?}; dropped it"
+                                "a terminal client made no progress for {limit:?}; dropped it"
                             );
                             self.bell.send_replace(());
                             stalled_since = None;
@@ -337,7 +340,7 @@ impl Cursor {
                 let (offset, data) = g.ring.read(self.pos, max);
                 if !data.is_empty() {
                     self.pos = offset + data.len() as u64;
-                    let producer_waits = self.log.held;
+                    let producer_waits = self.log.hold.is_some();
                     if let Some(c) = g.cursors.get_mut(&self.id) {
                         c.pos = self.pos;
                     }
@@ -388,7 +391,7 @@ mod tests {
 
     #[tokio::test]
     async fn cursor_reads_everything_then_exit() {
-        let log = Log::new(16, false);
+        let log = Log::new(16, None);
         log.push(b"hello ");
         let (mut c, from, truncated) = log.cursor(Some(2));
         assert_eq!((from, truncated), (2, false));
@@ -417,7 +420,7 @@ mod tests {
 
     #[tokio::test]
     async fn truncated_when_the_ring_moved_on() {
-        let log = Log::new(4, false);
+        let log = Log::new(4, None);
         log.push(b"abcdefgh");
         let (mut c, from, truncated) = log.cursor(Some(1));
         assert_eq!((from, truncated), (4, true));
@@ -432,7 +435,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn held_log_waits_for_a_slow_cursor() {
-        let log = Log::new(4, true);
+        let log = Log::new(4, Some(STALL_LIMIT));
         let (mut c, _, _) = log.cursor(Some(0));
         let producer = {
             let log = log.clone();
@@ -450,5 +453,26 @@ mod tests {
         }
         producer.join().unwrap();
         assert_eq!(got, b"0123456789");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stalled_cursor_is_evicted_and_others_go_on() {
+        let log = Log::new(4, Some(Duration::from_millis(200)));
+        let (mut stalled, _, _) = log.cursor(Some(0));
+        let (mut live, _, _) = log.cursor(Some(0));
+        let producer = {
+            let log = log.clone();
+            std::thread::spawn(move || log.push(b"0123456789"))
+        };
+        let mut got = Vec::new();
+        while got.len() < 10 {
+            match live.next(16).await {
+                Next::Data { data, .. } => got.extend(data),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        producer.join().unwrap();
+        assert_eq!(got, b"0123456789");
+        assert_eq!(stalled.next(16).await, Next::Evicted);
     }
 }
