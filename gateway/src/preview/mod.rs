@@ -431,8 +431,18 @@ fn strip_cookie(headers: &mut HeaderMap) {
     }
 }
 
-fn counter(state: &AppState, direction: &str) -> Counter {
-    state.metrics.proxied_bytes.get_or_create(&DirectionLabels { direction: direction.to_owned() }).clone()
+/// The proxied-bytes counters (upstream, downstream), looked up once: a
+/// family lookup hashes and allocates its labels, too much for every request.
+fn counters(state: &AppState) -> (Counter, Counter) {
+    // One gateway (one metrics registry) per process; a second one in the
+    // same process would count into the first's counters, never panic.
+    static COUNTERS: OnceLock<(Counter, Counter)> = OnceLock::new();
+    COUNTERS
+        .get_or_init(|| {
+            let get = |d: &str| state.metrics.proxied_bytes.get_or_create(&DirectionLabels { direction: d.to_owned() }).clone();
+            (get("upstream"), get("downstream"))
+        })
+        .clone()
 }
 
 async fn proxy(
@@ -482,8 +492,9 @@ async fn proxy(
         }
     }
 
-    let up = counter(state, "upstream");
-    let body = if upgrade {
+    let (up, down) = counters(state);
+    // Nothing to count in an empty body (most GETs): pass it as it is.
+    let body = if upgrade || axum::body::HttpBody::is_end_stream(&body) {
         body
     } else {
         let up = up.clone();
@@ -503,13 +514,14 @@ async fn proxy(
         }
     };
 
-    let down = counter(state, "downstream");
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(client_upgrade) = client_upgrade else {
             return Err(Refusal::BadGateway);
         };
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        let state = state.clone();
         tokio::spawn(async move {
+            let _open = crate::api::watch::WsGauge::new(&state, "preview");
             let (client_io, upstream_io) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
                 Ok(pair) => pair,
                 Err(error) => {
