@@ -215,6 +215,18 @@ mod tests {
     }
 
     #[test]
+    fn secret_is_made_once_and_kept() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let a = load_or_create_secret(None, dir.path()).unwrap();
+        assert_eq!(a.len(), 64);
+        let mode = std::fs::metadata(dir.path().join("secret")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(load_or_create_secret(None, dir.path()).unwrap(), a);
+        assert_eq!(load_or_create_secret(Some("given"), dir.path()).unwrap(), b"given");
+    }
+
+    #[test]
     fn redacts_tokens() {
         let uri: axum::http::Uri = "/api/x?a=1&token=secret&b=2".parse().unwrap();
         assert_eq!(redact_uri(&uri), "/api/x?a=1&token=REDACTED&b=2");

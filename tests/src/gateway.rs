@@ -22,6 +22,7 @@ pub struct GatewayBuilder {
     archive: Option<String>,
     data_dir: Option<PathBuf>,
     stderr: Option<PathBuf>,
+    no_secret: bool,
 }
 
 impl GatewayBuilder {
@@ -52,6 +53,13 @@ impl GatewayBuilder {
     /// Uses this data dir instead of a new temp dir (it is not removed).
     pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.data_dir = Some(dir.into());
+        self
+    }
+
+    /// Starts without `--secret`, so the gateway makes (or reuses) the one in
+    /// its data dir; tokens are then signed with that one.
+    pub fn without_secret(mut self) -> Self {
+        self.no_secret = true;
         self
     }
 
@@ -133,10 +141,11 @@ impl Gateway {
             .arg(self.addr.to_string())
             .arg("--data-dir")
             .arg(&self.data_dir)
-            .arg("--secret")
-            .arg(&self.secret)
             .arg("--agent-bin")
             .arg(bin("agent"));
+        if !self.builder.no_secret {
+            cmd.arg("--secret").arg(&self.secret);
+        }
         if let Some(a) = &self.builder.archive {
             cmd.arg("--archive").arg(a);
         }
@@ -173,6 +182,12 @@ impl Gateway {
         self.addr = addr.parse().with_context(|| format!("bad listen address {addr}"))?;
         self.base = format!("http://{addr}");
         self.proc = Some(proc);
+        if self.builder.no_secret {
+            self.secret = std::fs::read_to_string(self.data_dir.join("secret"))
+                .context("the gateway kept no secret in its data dir")?
+                .trim()
+                .to_owned();
+        }
         Ok(())
     }
 

@@ -272,3 +272,41 @@ async fn agents_end_with_the_gateway() {
     .await
     .unwrap();
 }
+
+#[tokio::test]
+async fn bad_config_is_one_line_and_a_non_zero_exit() {
+    let data = tempfile::tempdir().unwrap();
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy_addr = busy.local_addr().unwrap().to_string();
+    let cases: Vec<Vec<String>> = vec![
+        vec!["--archive".into(), "ftp://nope".into()],
+        vec!["--runtime".into(), "docker".into()],
+        vec!["--listen".into(), "not-an-address".into()],
+        vec!["--preview-domain".into(), "bad domain".into()],
+        vec!["--listen".into(), busy_addr],
+    ];
+    for args in cases {
+        let out = std::process::Command::new(tests::bin("gateway"))
+            .arg("--data-dir")
+            .arg(data.path())
+            .args(&args)
+            .env("RUST_LOG", "off")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.starts_with("gateway: "), "{args:?}: {err}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_made_secret_is_kept_across_restarts() {
+    let mut gw = Gateway::builder().without_secret().start().await.unwrap();
+    let token = gw.admin_token();
+    assert_eq!(gw.http().get(gw.url("/api/projects")).bearer_auth(&token).send().await.unwrap().status(), 200);
+    gw.restart().await.unwrap();
+    // The same secret: an old token still works.
+    assert_eq!(gw.http().get(gw.url("/api/projects")).bearer_auth(&token).send().await.unwrap().status(), 200);
+}
