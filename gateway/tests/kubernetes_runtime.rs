@@ -57,8 +57,21 @@ fn spawn<T: Send + 'static>(
     tokio::spawn(f)
 }
 
-/// The six applies of an open, in order; answers each with what was sent.
+/// The namespace check then the six applies of an open, in order; answers
+/// the check with "no such namespace" and each apply with what was sent.
 async fn expect_open_applies(api: &mut ApiServer) -> Vec<Value> {
+    expect_open_applies_over(api, false).await
+}
+
+/// The same, over a namespace that exists (`existing`) or not.
+async fn expect_open_applies_over(api: &mut ApiServer, existing: bool) -> Vec<Value> {
+    let check = api.expect("GET", &format!("/api/v1/namespaces/{NS}")).await;
+    if existing {
+        check.respond(200, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS},
+            "status": {"phase": "Active"}}));
+    } else {
+        check.fail(404, "NotFound", "not found");
+    }
     let mut sent = Vec::new();
     sent.push(api.expect_apply(&format!("/api/v1/namespaces/{NS}")).await);
     sent.push(
@@ -155,6 +168,7 @@ async fn open_again_converges_a_half_made_project() {
         let rt = rt.clone();
         async move { rt.ensure("demo").await }
     });
+    api.expect("GET", &format!("/api/v1/namespaces/{NS}")).await.fail(404, "NotFound", "not found");
     let mut first = Vec::new();
     first.push(api.expect_apply(&format!("/api/v1/namespaces/{NS}")).await);
     first.push(
@@ -172,7 +186,7 @@ async fn open_again_converges_a_half_made_project() {
         let rt = rt.clone();
         async move { rt.ensure("demo").await }
     });
-    let second = expect_open_applies(&mut api).await;
+    let second = expect_open_applies_over(&mut api, true).await;
     expect_deployment_get(&mut api, "file-manager", true).await;
     call.await.unwrap().expect("second open");
     assert_eq!(first[..], second[..3], "the same objects are applied again");
@@ -429,6 +443,7 @@ async fn api_failures_map_to_clear_errors() {
             let rt = rt.clone();
             async move { rt.ensure("demo").await }
         });
+        api.expect("GET", &format!("/api/v1/namespaces/{NS}")).await.fail(404, "NotFound", "not found");
         api.expect("PATCH", &format!("/api/v1/namespaces/{NS}"))
             .await
             .respond(code, status_body(code, reason, "namespace proj-demo: refused"));
@@ -459,7 +474,7 @@ async fn an_api_server_that_never_answers_times_out() {
         let rt = rt.clone();
         async move { rt.ensure("demo").await }
     });
-    let pending = api.expect("PATCH", &format!("/api/v1/namespaces/{NS}")).await.ignore();
+    let pending = api.expect("GET", &format!("/api/v1/namespaces/{NS}")).await.ignore();
     let err = call.await.unwrap().expect_err("times out");
     assert!(matches!(&err, Error::Timeout(m) if m.contains("did not answer")), "{err:?}");
     drop(pending);
@@ -543,4 +558,42 @@ async fn failures_of_start_stop_and_teardown_are_reported_not_swallowed() {
     let pending = api.expect("GET", &format!("/api/v1/namespaces/{NS}")).await.ignore();
     assert!(matches!(call.await.unwrap(), Err(Error::Timeout(_))));
     drop(pending);
+}
+
+#[tokio::test]
+async fn open_waits_for_a_namespace_still_terminating_then_makes_it_afresh() {
+    let (rt, mut api) = runtime(&[]);
+    let call = spawn({
+        let rt = rt.clone();
+        async move { rt.ensure("demo").await }
+    });
+    let terminating = json!({"apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": NS, "deletionTimestamp": "2026-01-01T00:00:00Z"}, "status": {"phase": "Terminating"}});
+    api.expect("GET", &format!("/api/v1/namespaces/{NS}")).await.respond(200, terminating.clone());
+    api.expect("GET", &format!("/api/v1/namespaces/{NS}")).await.respond(200, terminating);
+    // Gone now: the open goes on with its applies.
+    expect_open_applies(&mut api).await;
+    expect_deployment_get(&mut api, "file-manager", true).await;
+    call.await.unwrap().expect("open after the old namespace went");
+
+    // One that never goes: the open gives up saying so, having written nothing.
+    let (rt, mut api) = runtime(&[]);
+    let call = spawn({
+        let rt = rt.clone();
+        async move { rt.ensure("demo").await }
+    });
+    let terminating = json!({"apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": NS, "deletionTimestamp": "2026-01-01T00:00:00Z"}});
+    let answer = async {
+        loop {
+            let ex = api.expect_any().await;
+            assert_eq!((ex.method.as_str(), ex.path.as_str()), ("GET", "/api/v1/namespaces/proj-demo"), "only waits");
+            ex.respond(200, terminating.clone());
+        }
+    };
+    let result = tokio::select! {
+        r = call => r.unwrap(),
+        () = answer => unreachable!(),
+    };
+    assert!(matches!(&result, Err(Error::Unavailable(m)) if m.contains("still being deleted")), "{result:?}");
 }

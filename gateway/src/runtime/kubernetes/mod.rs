@@ -137,6 +137,27 @@ impl KubernetesRuntime {
         }
     }
 
+    /// Waits, up to the ready timeout, for a terminating namespace to be gone;
+    /// an absent or live namespace returns at once.
+    async fn wait_until_gone_if_terminating(&self, ns: &str) -> Result<()> {
+        let api: Api<Namespace> = Api::all(self.kube.client.clone());
+        let deadline = Instant::now() + self.settings.ready_timeout;
+        loop {
+            match self.kube.call(&format!("get namespace {ns}"), api.get(ns)).await {
+                Err(Error::NotFound(_)) => return Ok(()),
+                Err(e) => return Err(e),
+                Ok(n) if n.metadata.deletion_timestamp.is_none() => return Ok(()),
+                Ok(_) if Instant::now() >= deadline => {
+                    return Err(Error::Unavailable(format!(
+                        "namespace {ns} is still being deleted after {}s; open again later",
+                        self.settings.ready_timeout.as_secs()
+                    )));
+                }
+                Ok(_) => tokio::time::sleep(self.settings.poll_interval).await,
+            }
+        }
+    }
+
     /// Polls a Deployment until its pod is ready, or fails after the ready
     /// timeout saying why (pod states and the namespace's warning events).
     async fn wait_ready(&self, ns: &str, name: &str, selector: &str) -> Result<()> {
@@ -241,6 +262,9 @@ impl Runtime for KubernetesRuntime {
         let token_hash = hex::encode(Sha256::digest(token.as_bytes()));
         tracing::info!(project, namespace = %ns, "opening project environment");
 
+        // A namespace still terminating (a teardown that outlived its wait)
+        // refuses new content: wait for it to go, then make it afresh.
+        self.wait_until_gone_if_terminating(&ns).await?;
         self.apply(&Api::<Namespace>::all(client.clone()), &ns, &objects::namespace(&ns, project)).await?;
         self.apply(
             &Api::<NetworkPolicy>::namespaced(client.clone(), &ns),
