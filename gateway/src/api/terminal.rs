@@ -174,7 +174,7 @@ async fn terminal(
     });
     // A connected terminal keeps its project awake (idle hibernation).
     let hold = state.activity.hold(&project);
-    Ok(ws.on_upgrade(move |socket| {
+    Ok(ws.read_buffer_size(super::watch::READ_BUFFER).on_upgrade(move |socket| {
         async move {
             let _hold = hold;
             let _ws = WsGauge::new(&state, "terminal");

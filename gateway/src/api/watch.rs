@@ -31,6 +31,12 @@ pub const PING_INTERVAL: Duration = Duration::from_secs(30);
 /// A peer that sent nothing (not even a pong) for this long is taken as gone.
 pub const PEER_TIMEOUT: Duration = Duration::from_secs(75);
 
+/// Read buffer of the gateway's own WebSockets. tungstenite zero-fills its
+/// whole read buffer (128 KiB by default) on the first read, which would make
+/// 1,000 idle terminals cost 128 MB; keystrokes and control messages are
+/// small, and a large paste is still read whole, in chunks of this size.
+pub const READ_BUFFER: usize = 8 * 1024;
+
 /// The watch routes.
 pub fn routes() -> Router<AppState> {
     Router::new().route("/api/projects/{p}/watch", get(watch))
@@ -72,7 +78,7 @@ async fn watch(
     // inactive project is an HTTP error rather than a socket that closes at once.
     let events = agent.watch("").await.inspect_err(|e| state.metrics.agent_error("watch", e))?;
     let span = tracing::info_span!("watch", project = %project);
-    Ok(ws.on_upgrade(move |socket| {
+    Ok(ws.read_buffer_size(super::watch::READ_BUFFER).on_upgrade(move |socket| {
         async move {
             let gauge = WsGauge::new(&state, "watch");
             serve(socket, events, state.shutdown.clone()).await;
