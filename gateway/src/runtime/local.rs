@@ -27,7 +27,9 @@ pub struct LocalRuntime {
     projects_dir: PathBuf,
     sockets_dir: PathBuf,
     agent_bin: PathBuf,
-    agents: tokio::sync::Mutex<HashMap<String, LocalAgent>>,
+    /// One slot per project, so starting one project's agent (which waits for
+    /// it to answer) never holds up requests to another.
+    agents: Mutex<HashMap<String, Slot>>,
     /// (project, container) → the port its dev server listens on.
     routes: Mutex<HashMap<(String, String), u16>>,
     pool: AgentPool,
@@ -67,6 +69,8 @@ impl Spawner {
     }
 }
 
+type Slot = std::sync::Arc<tokio::sync::Mutex<Option<LocalAgent>>>;
+
 struct LocalAgent {
     child: tokio::process::Child,
     endpoint: AgentEndpoint,
@@ -95,7 +99,7 @@ impl LocalRuntime {
             projects_dir,
             sockets_dir,
             agent_bin,
-            agents: tokio::sync::Mutex::new(HashMap::new()),
+            agents: Mutex::new(HashMap::new()),
             routes: Mutex::new(HashMap::new()),
             pool: AgentPool::default(),
             spawner: Spawner::new()?,
@@ -158,8 +162,14 @@ impl LocalRuntime {
         Ok(LocalAgent { child, endpoint })
     }
 
+    fn slot(&self, project: &str) -> Slot {
+        let mut map = self.agents.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(project.to_owned()).or_default().clone()
+    }
+
     async fn stop_agent(&self, project: &str) {
-        let agent = self.agents.lock().await.remove(project);
+        let slot = self.slot(project);
+        let agent = slot.lock().await.take();
         self.pool.forget(project);
         self.routes.lock().unwrap_or_else(|p| p.into_inner()).retain(|(p, _), _| p != project);
         if let Some(mut a) = agent {
@@ -204,23 +214,25 @@ impl Runtime for LocalRuntime {
     }
 
     async fn ensure(&self, project: &str) -> Result<AgentEndpoint> {
-        let mut agents = self.agents.lock().await;
-        if let Some(a) = agents.get_mut(project) {
+        let slot = self.slot(project);
+        let mut agent = slot.lock().await;
+        if let Some(a) = agent.as_mut() {
             if a.child.try_wait()?.is_none() {
                 return Ok(a.endpoint.clone());
             }
             tracing::warn!(project, "agent had exited; starting a new one");
-            agents.remove(project);
+            *agent = None;
         }
         let a = self.spawn_agent(project).await?;
         let ep = a.endpoint.clone();
-        agents.insert(project.to_owned(), a);
+        *agent = Some(a);
         Ok(ep)
     }
 
     async fn agent(&self, project: &str) -> Result<AgentEndpoint> {
-        let mut agents = self.agents.lock().await;
-        if let Some(a) = agents.get_mut(project) {
+        let slot = self.slot(project);
+        let mut agent = slot.lock().await;
+        if let Some(a) = agent.as_mut() {
             if a.child.try_wait()?.is_none() {
                 return Ok(a.endpoint.clone());
             }
@@ -333,7 +345,8 @@ impl Runtime for LocalRuntime {
     }
 
     async fn shutdown(&self) {
-        let projects: Vec<String> = self.agents.lock().await.keys().cloned().collect();
+        let projects: Vec<String> =
+            self.agents.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
         futures::future::join_all(projects.iter().map(|p| self.stop_agent(p))).await;
     }
 }
