@@ -169,19 +169,22 @@ struct Record {
     public: bool,
 }
 
-fn record_cache() -> &'static Mutex<HashMap<(String, String), (Record, Instant)>> {
+/// (project, container) → the record and when it was read.
+type RecordCache = Mutex<HashMap<(String, String), (Record, Instant)>>;
+
+fn record_cache() -> &'static RecordCache {
     // One gateway per process; the cache only saves store reads, so sharing it
     // between gateways of one process (never done) would still be correct.
-    static CACHE: OnceLock<Mutex<HashMap<(String, String), (Record, Instant)>>> = OnceLock::new();
+    static CACHE: OnceLock<RecordCache> = OnceLock::new();
     CACHE.get_or_init(Default::default)
 }
 
 async fn record(state: &AppState, target: &PreviewHost) -> std::result::Result<Record, Refusal> {
     let key = (target.project.clone(), target.container.clone());
-    if let Some((r, at)) = record_cache().lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
-        if at.elapsed() < RECORD_TTL {
-            return Ok(*r);
-        }
+    if let Some((r, at)) = record_cache().lock().unwrap_or_else(|p| p.into_inner()).get(&key)
+        && at.elapsed() < RECORD_TTL
+    {
+        return Ok(*r);
     }
     let c = match state.store.get_container(&target.project, &target.container).await? {
         Some(c) => c,
@@ -250,12 +253,12 @@ async fn wait_until_listening(route: &ContainerRoute) {
 /// preview cookie of this host, or by a bearer token granting the project
 /// (product backends); `None` otherwise.
 fn authorize(state: &AppState, target: &PreviewHost, host_name: &str, headers: &HeaderMap) -> Option<bool> {
-    if let Some(token) = cookie(headers, COOKIE) {
-        if let Ok(claims) = state.keys.verify(token) {
-            if claims.allows(&target.project) && claims.sub == cookie_subject(host_name) {
-                return Some(false);
-            }
-        }
+    if let Some(token) = cookie(headers, COOKIE)
+        && let Ok(claims) = state.keys.verify(token)
+        && claims.allows(&target.project)
+        && claims.sub == cookie_subject(host_name)
+    {
+        return Some(false);
     }
     let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = v.split_once(' ')?;
@@ -424,10 +427,10 @@ fn strip_cookie(headers: &mut HeaderMap) {
         .map(str::to_owned)
         .collect();
     headers.remove(header::COOKIE);
-    if !rest.is_empty() {
-        if let Ok(v) = HeaderValue::from_str(&rest.join("; ")) {
-            headers.insert(header::COOKIE, v);
-        }
+    if !rest.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&rest.join("; "))
+    {
+        headers.insert(header::COOKIE, v);
     }
 }
 
