@@ -103,6 +103,15 @@ async fn hibernate_to_s3_and_open_with_identical_bytes_and_modes() {
     let logs: Vec<Value> = gw.get("/api/projects/s3p/logs").send().await.unwrap().json().await.unwrap();
     assert_eq!(logs.iter().filter(|l| l["label"] == "hibernate" && l["exit_code"] == 0).count(), 2);
     assert_eq!(logs.iter().filter(|l| l["label"] == "restore" && l["exit_code"] == 0).count(), 1);
+
+    // Delete removes the archives from the bucket.
+    let second = p["archive"]["key"].as_str().unwrap().to_owned();
+    assert_eq!(gw.delete("/api/projects/s3p").send().await.unwrap().status(), 204);
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    for k in [&key, &second] {
+        let r = http.get(format!("{}/archives/{k}", s3.endpoint)).send().await.unwrap();
+        assert_eq!(r.status(), 404, "{k} still in the bucket");
+    }
 }
 
 #[tokio::test]
