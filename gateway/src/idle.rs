@@ -131,7 +131,12 @@ pub async fn run(state: AppState, after: Duration, check: Duration) {
             tracing::info!(project = %id, minutes = after.as_secs() / 60, "hibernating idle project");
             match crate::lifecycle::hibernate(&state, &id).await {
                 Ok(_) => state.activity.forget(&id),
-                Err(error) => tracing::warn!(%error, project = %id, "idle hibernation failed"),
+                Err(error) => {
+                    tracing::warn!(%error, project = %id, "idle hibernation failed");
+                    // Retried after another idle period, not every minute
+                    // (an unreachable archive store would be hammered).
+                    state.activity.touch(&id);
+                }
             }
         }
     }
