@@ -96,6 +96,12 @@ async fn restore(state: &AppState, p: &mut Project) -> Result<()> {
     set_status(state, p, ProjectStatus::Restoring).await?;
     let newest = state.store.list_archives(&id).await?.into_iter().next();
     let result = async {
+        if newest.is_some() {
+            // Whatever a cut-short teardown or restore left behind goes first:
+            // the archive is extracted into an empty environment.
+            state.runtime.teardown(&id).await?;
+            state.agents.forget(&id);
+        }
         progress(state, &id, "environment", "starting the environment");
         let endpoint = state.runtime.ensure(&id).await?;
         let client = state.agents.get(&id, &endpoint)?;
@@ -231,6 +237,12 @@ pub async fn hibernate(state: &AppState, id: &str) -> Result<Project> {
     };
     state.store.add_archive(&archive).await?;
     state.metrics.archive_bytes.get_or_create(&OpLabels { op: "hibernate".into() }).inc_by(summary.size);
+    // Hibernated from here on: the files live in the verified archive. Were
+    // the gateway to stop during the teardown below, the next open restores
+    // from the archive into a clean environment rather than trusting a
+    // half-removed folder.
+    p.hibernated_at = Some(Utc::now());
+    set_status(state, &mut p, ProjectStatus::Hibernated).await?;
     progress(state, id, "teardown", "archive verified; stopping the environment");
     for mut c in state.store.list_containers(id).await? {
         if c.status != ContainerStatus::Stopped {
@@ -243,12 +255,10 @@ pub async fn hibernate(state: &AppState, id: &str) -> Result<Project> {
     }
     if let Err(error) = state.runtime.teardown(id).await {
         // The archive is verified, so nothing is lost; the leftovers are
-        // replaced by the next restore.
+        // removed before the next restore.
         tracing::error!(project = id, %error, "teardown after hibernation failed");
     }
     state.agents.forget(id);
-    p.hibernated_at = Some(Utc::now());
-    set_status(state, &mut p, ProjectStatus::Hibernated).await?;
     state
         .log_command(CommandLogEntry {
             project: id.to_owned(),

@@ -310,3 +310,18 @@ async fn a_made_secret_is_kept_across_restarts() {
     // The same secret: an old token still works.
     assert_eq!(gw.http().get(gw.url("/api/projects")).bearer_auth(&token).send().await.unwrap().status(), 200);
 }
+
+#[tokio::test]
+async fn restore_starts_from_a_clean_folder() {
+    let gw = Gateway::start().await.unwrap();
+    gw.open_project("clean").await.unwrap();
+    gw.put("/api/projects/clean/files/src/a.txt").body("archived").send().await.unwrap();
+    assert_eq!(gw.post("/api/projects/clean/hibernate").send().await.unwrap().status(), 200);
+    // What a teardown cut short by a crash would leave behind.
+    std::fs::create_dir_all(gw.project_dir("clean").join("src")).unwrap();
+    std::fs::write(gw.project_dir("clean").join("src/a.txt"), "half-removed").unwrap();
+    std::fs::write(gw.project_dir("clean").join("junk.txt"), "junk").unwrap();
+    assert_eq!(gw.post("/api/projects/clean/open").send().await.unwrap().status(), 200);
+    assert_eq!(std::fs::read_to_string(gw.project_dir("clean").join("src/a.txt")).unwrap(), "archived");
+    assert!(!gw.project_dir("clean").join("junk.txt").exists());
+}
