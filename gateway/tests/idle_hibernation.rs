@@ -1,0 +1,64 @@
+//! Idle hibernation end to end on the local runtime, with a real agent: an
+//! active project nobody touched is hibernated by the idle task (archive
+//! written and verified, environment gone) and opens again with its files;
+//! a project with a connected terminal stays active.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gateway::idle::{self, Activity};
+use gateway::lifecycle;
+use gateway::store::ProjectStatus;
+
+/// The workspace's `agent` binary (built by `cargo build --workspace --bins`,
+/// which the README's test command runs first).
+fn agent_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let bin = dir.join("agent");
+    assert!(bin.exists(), "{} not built: run `cargo build --workspace --bins` first", bin.display());
+    bin
+}
+
+async fn status(state: &gateway::state::AppState, id: &str) -> ProjectStatus {
+    state.store.get_project(id).await.unwrap().unwrap().status
+}
+
+#[tokio::test]
+async fn an_untouched_project_is_hibernated_and_opens_again_with_its_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = gateway::Config::for_data_dir(dir.path());
+    config.agent_bin = Some(agent_bin());
+    let mut state = gateway::build_state(&config).await.expect("state");
+    // This gateway "started" an hour ago and saw nothing since.
+    state.activity = Arc::new(Activity::started_at(Instant::now() - Duration::from_secs(3600)));
+
+    for id in ["quiet", "typing"] {
+        lifecycle::create(&state, id, None).await.unwrap();
+        lifecycle::open(&state, id).await.expect("open");
+    }
+    let file = dir.path().join("projects/quiet/src/main.sh");
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::write(&file, b"#!/bin/sh\necho kept\n").unwrap();
+    let _terminal = state.activity.hold("typing");
+
+    let idle_task = tokio::spawn(idle::run(state.clone(), Duration::from_secs(600), Duration::from_millis(20)));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while status(&state, "quiet").await != ProjectStatus::Hibernated {
+        assert!(Instant::now() < deadline, "not hibernated: {:?}", status(&state, "quiet").await);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    idle_task.abort();
+
+    assert_eq!(status(&state, "typing").await, ProjectStatus::Active, "a connected terminal keeps it awake");
+    let archives = state.store.list_archives("quiet").await.unwrap();
+    assert_eq!(archives.len(), 1);
+    assert!(archives[0].size > 0 && archives[0].files >= 1, "{:?}", archives[0]);
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("projects")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert!(!file.exists(), "the environment is gone: {left:?} {:?}", std::fs::read_dir(dir.path().join("projects/quiet")).map(|d| d.map(|e| e.unwrap().path()).collect::<Vec<_>>()));
+
+    lifecycle::open(&state, "quiet").await.expect("open again");
+    assert_eq!(std::fs::read(&file).unwrap(), b"#!/bin/sh\necho kept\n");
+    state.runtime.shutdown().await;
+}
