@@ -96,6 +96,12 @@ pub struct Config {
     #[command(flatten)]
     pub kubernetes: crate::runtime::kubernetes::KubernetesArgs,
 
+    /// Base URL at which agents reach this gateway, for cloning bundled
+    /// templates (`{url}/templates/<name>.git`); default `http://<listen address>`
+    /// (set it to the gateway's Service URL on Kubernetes).
+    #[arg(long, env = "GATEWAY_TEMPLATES_BASE_URL")]
+    pub templates_base_url: Option<String>,
+
     /// Log format: `text` or `json`.
     #[arg(long, env = "GATEWAY_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,

@@ -170,10 +170,14 @@ async fn templates(_claims: Claims, State(state): State<AppState>) -> Response {
         ip => ip.to_string(),
     };
     let port = state.listen_port.load(std::sync::atomic::Ordering::Relaxed);
+    let base = match &state.config.templates_base_url {
+        Some(u) => u.trim_end_matches('/').to_owned(),
+        None => format!("http://{ip}:{port}"),
+    };
     let list: Vec<serde_json::Value> = state
         .templates
         .iter()
-        .map(|(name, _)| serde_json::json!({"name": name, "git": format!("http://{ip}:{port}/templates/{name}.git")}))
+        .map(|(name, _)| serde_json::json!({"name": name, "git": format!("{base}/templates/{name}.git")}))
         .collect();
     axum::Json(list).into_response()
 }
