@@ -57,6 +57,9 @@ const MAX_FRAME: usize = 64 * 1024;
 /// Keystroke and resize messages queued towards the agent at most.
 const INPUT_QUEUE: usize = 64;
 
+/// Largest client message (a paste) accepted on a terminal socket.
+const MAX_INPUT_MESSAGE: usize = 1 << 20;
+
 /// Largest terminal accepted, in columns and rows.
 const MAX_DIMENSION: u32 = 1000;
 
@@ -174,7 +177,9 @@ async fn terminal(
     });
     // A connected terminal keeps its project awake (idle hibernation).
     let hold = state.activity.hold(&project);
-    Ok(ws.read_buffer_size(super::watch::READ_BUFFER).on_upgrade(move |socket| {
+    // A keystroke message is small; a paste may be large, but not unbounded.
+    let ws = ws.read_buffer_size(super::watch::READ_BUFFER).max_message_size(MAX_INPUT_MESSAGE);
+    Ok(ws.on_upgrade(move |socket| {
         async move {
             let _hold = hold;
             let _ws = WsGauge::new(&state, "terminal");

@@ -78,7 +78,9 @@ async fn watch(
     // inactive project is an HTTP error rather than a socket that closes at once.
     let events = agent.watch("").await.inspect_err(|e| state.metrics.agent_error("watch", e))?;
     let span = tracing::info_span!("watch", project = %project);
-    Ok(ws.read_buffer_size(super::watch::READ_BUFFER).on_upgrade(move |socket| {
+    // The client has nothing to say on this socket but pongs and a close.
+    let ws = ws.read_buffer_size(READ_BUFFER).max_message_size(64 * 1024);
+    Ok(ws.on_upgrade(move |socket| {
         async move {
             let gauge = WsGauge::new(&state, "watch");
             serve(socket, events, state.shutdown.clone()).await;
