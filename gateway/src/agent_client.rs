@@ -73,7 +73,8 @@ impl From<pb::Entry> for Entry {
 }
 
 fn entry(e: Option<pb::Entry>) -> Result<Entry> {
-    e.map(Entry::from).ok_or_else(|| Error::internal("agent answered without an entry"))
+    e.map(Entry::from)
+        .ok_or_else(|| Error::internal("agent answered without an entry"))
 }
 
 /// A change in a project's files.
@@ -196,9 +197,18 @@ pub enum PtyInput {
 /// Agent to client, on an attached PTY.
 #[derive(Debug, Clone)]
 pub enum PtyEvent {
-    Started { session: PtySession, from_offset: u64, truncated: bool },
-    Output { offset: u64, data: Bytes },
-    Exit { code: i32 },
+    Started {
+        session: PtySession,
+        from_offset: u64,
+        truncated: bool,
+    },
+    Output {
+        offset: u64,
+        data: Bytes,
+    },
+    Exit {
+        code: i32,
+    },
     KeepAlive,
 }
 
@@ -237,15 +247,14 @@ impl AgentClient {
         let channel = match &endpoint.address {
             AgentAddress::Unix(path) => {
                 let path = path.clone();
-                base_endpoint(Endpoint::from_static("http://agent.local")).connect_with_connector_lazy(
-                    tower::service_fn(move |_: http::Uri| {
+                base_endpoint(Endpoint::from_static("http://agent.local"))
+                    .connect_with_connector_lazy(tower::service_fn(move |_: http::Uri| {
                         let path = path.clone();
                         async move {
                             let s = tokio::net::UnixStream::connect(path).await?;
                             Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
                         }
-                    }),
-                )
+                    }))
             }
             AgentAddress::Tcp(uri) => base_endpoint(
                 Endpoint::from_shared(uri.clone())
@@ -253,7 +262,10 @@ impl AgentClient {
             )
             .connect_lazy(),
         };
-        Ok(AgentClient { channel, token: Arc::from(endpoint.token.as_str()) })
+        Ok(AgentClient {
+            channel,
+            token: Arc::from(endpoint.token.as_str()),
+        })
     }
 
     fn req<T>(&self, msg: T) -> tonic::Request<T> {
@@ -289,7 +301,12 @@ impl AgentClient {
 
     /// One entry.
     pub async fn stat(&self, path: &str) -> Result<Entry> {
-        let r = self.fs().stat(self.req(pb::StatRequest { path: path.to_owned() })).await?;
+        let r = self
+            .fs()
+            .stat(self.req(pb::StatRequest {
+                path: path.to_owned(),
+            }))
+            .await?;
         entry(r.into_inner().entry)
     }
 
@@ -297,16 +314,32 @@ impl AgentClient {
     pub async fn list(&self, path: &str, depth: u32) -> Result<Vec<Entry>> {
         let r = self
             .fs()
-            .list(self.req(pb::ListRequest { path: path.to_owned(), depth }))
+            .list(self.req(pb::ListRequest {
+                path: path.to_owned(),
+                depth,
+            }))
             .await?;
-        Ok(r.into_inner().entries.into_iter().map(Entry::from).collect())
+        Ok(r.into_inner()
+            .entries
+            .into_iter()
+            .map(Entry::from)
+            .collect())
     }
 
     /// A file's entry and its bytes from `offset`, at most `length` (0 = to the end).
-    pub async fn read(&self, path: &str, offset: u64, length: u64) -> Result<(Entry, BoxStream<'static, Result<Bytes>>)> {
+    pub async fn read(
+        &self,
+        path: &str,
+        offset: u64,
+        length: u64,
+    ) -> Result<(Entry, BoxStream<'static, Result<Bytes>>)> {
         let mut s = self
             .fs()
-            .read(self.req(pb::ReadRequest { path: path.to_owned(), offset, length }))
+            .read(self.req(pb::ReadRequest {
+                path: path.to_owned(),
+                offset,
+                length,
+            }))
             .await?
             .into_inner();
         let first = s
@@ -320,9 +353,9 @@ impl AgentClient {
         let data = s
             .filter_map(|m| async move {
                 match m {
-                    Ok(pb::ReadResponse { event: Some(pb::read_response::Event::Data(d)) }) => {
-                        Some(Ok(Bytes::from(d)))
-                    }
+                    Ok(pb::ReadResponse {
+                        event: Some(pb::read_response::Event::Data(d)),
+                    }) => Some(Ok(Bytes::from(d))),
                     Ok(_) => None,
                     Err(status) => Some(Err(Error::from(status))),
                 }
@@ -334,7 +367,13 @@ impl AgentClient {
     /// Writes a file atomically from a stream of chunks; the agent commits only
     /// when the whole body arrived. A body error or a body over `limit` bytes
     /// cancels the call, and nothing is written.
-    pub async fn write(&self, path: &str, opts: WriteOptions, body: BoxStream<'static, Result<Bytes>>, limit: u64) -> Result<Entry> {
+    pub async fn write(
+        &self,
+        path: &str,
+        opts: WriteOptions,
+        body: BoxStream<'static, Result<Bytes>>,
+        limit: u64,
+    ) -> Result<Entry> {
         let start = pb::WriteRequest {
             msg: Some(pb::write_request::Msg::Start(pb::WriteStart {
                 path: path.to_owned(),
@@ -347,9 +386,12 @@ impl AgentClient {
         let (tx, msgs) = upstream(start);
         let mut fs = self.fs();
         let rpc = fs.write(self.req(msgs));
-        let r = drive(rpc, pump(body, tx, limit, |d| pb::WriteRequest {
-            msg: Some(pb::write_request::Msg::Data(d.into())),
-        }))
+        let r = drive(
+            rpc,
+            pump(body, tx, limit, |d| pb::WriteRequest {
+                msg: Some(pb::write_request::Msg::Data(d.into())),
+            }),
+        )
         .await?;
         entry(r.entry)
     }
@@ -358,14 +400,22 @@ impl AgentClient {
     pub async fn mkdir(&self, path: &str, parents: bool) -> Result<Entry> {
         let r = self
             .fs()
-            .make_dir(self.req(pb::MakeDirRequest { path: path.to_owned(), parents }))
+            .make_dir(self.req(pb::MakeDirRequest {
+                path: path.to_owned(),
+                parents,
+            }))
             .await?;
         entry(r.into_inner().entry)
     }
 
     /// Removes a file or directory (a non-empty one only with `recursive`).
     pub async fn remove(&self, path: &str, recursive: bool) -> Result<()> {
-        self.fs().remove(self.req(pb::RemoveRequest { path: path.to_owned(), recursive })).await?;
+        self.fs()
+            .remove(self.req(pb::RemoveRequest {
+                path: path.to_owned(),
+                recursive,
+            }))
+            .await?;
         Ok(())
     }
 
@@ -373,7 +423,11 @@ impl AgentClient {
     pub async fn rename(&self, from: &str, to: &str, overwrite: bool) -> Result<Entry> {
         let r = self
             .fs()
-            .r#move(self.req(pb::MoveRequest { from: from.to_owned(), to: to.to_owned(), overwrite }))
+            .r#move(self.req(pb::MoveRequest {
+                from: from.to_owned(),
+                to: to.to_owned(),
+                overwrite,
+            }))
             .await?;
         entry(r.into_inner().entry)
     }
@@ -382,19 +436,28 @@ impl AgentClient {
     pub async fn watch(&self, path: &str) -> Result<BoxStream<'static, Result<FsEvent>>> {
         let s = self
             .fs()
-            .watch(self.req(pb::WatchRequest { path: path.to_owned(), ..Default::default() }))
+            .watch(self.req(pb::WatchRequest {
+                path: path.to_owned(),
+                ..Default::default()
+            }))
             .await?
             .into_inner();
         Ok(s.filter_map(|m| async move {
             match m {
-                Ok(pb::WatchResponse { event: Some(pb::watch_response::Event::Change(c)) }) => {
+                Ok(pb::WatchResponse {
+                    event: Some(pb::watch_response::Event::Change(c)),
+                }) => {
                     let kind = match pb::EventKind::try_from(c.kind) {
                         Ok(pb::EventKind::Created) => FsEventKind::Created,
                         Ok(pb::EventKind::Removed) => FsEventKind::Removed,
                         Ok(pb::EventKind::Renamed) => FsEventKind::Renamed,
                         _ => FsEventKind::Modified,
                     };
-                    Some(Ok(FsEvent { kind, path: c.path, to: Some(c.to).filter(|t| !t.is_empty()) }))
+                    Some(Ok(FsEvent {
+                        kind,
+                        path: c.path,
+                        to: Some(c.to).filter(|t| !t.is_empty()),
+                    }))
                 }
                 Ok(_) => None,
                 Err(status) => Some(Err(Error::from(status))),
@@ -445,7 +508,12 @@ impl AgentClient {
 
     /// Attaches to a PTY session: output from `offset` (None = the oldest
     /// byte held), input from `input`. Dropping the returned stream detaches.
-    pub async fn attach_pty<S>(&self, session_id: &str, offset: Option<u64>, input: S) -> Result<BoxStream<'static, Result<PtyEvent>>>
+    pub async fn attach_pty<S>(
+        &self,
+        session_id: &str,
+        offset: Option<u64>,
+        input: S,
+    ) -> Result<BoxStream<'static, Result<PtyEvent>>>
     where
         S: Stream<Item = PtyInput> + Send + 'static,
     {
@@ -464,7 +532,11 @@ impl AgentClient {
                 PtyInput::Signal(s) => pb::attach_pty_request::Msg::Signal(s),
             }),
         }));
-        let s = self.process().attach_pty(self.req(msgs)).await?.into_inner();
+        let s = self
+            .process()
+            .attach_pty(self.req(msgs))
+            .await?
+            .into_inner();
         Ok(s.filter_map(|m| async move {
             use pb::attach_pty_response::Event;
             match m {
@@ -474,7 +546,10 @@ impl AgentClient {
                         from_offset: s.from_offset,
                         truncated: s.truncated,
                     },
-                    Event::Output(o) => PtyEvent::Output { offset: o.offset, data: Bytes::from(o.data) },
+                    Event::Output(o) => PtyEvent::Output {
+                        offset: o.offset,
+                        data: Bytes::from(o.data),
+                    },
                     Event::Exit(x) => PtyEvent::Exit { code: x.code },
                     Event::Keepalive(_) => PtyEvent::KeepAlive,
                 })),
@@ -488,19 +563,32 @@ impl AgentClient {
     /// The agent's PTY sessions.
     pub async fn list_pty(&self) -> Result<Vec<PtySession>> {
         let r = self.process().list_pty(self.req(pb::Empty {})).await?;
-        Ok(r.into_inner().sessions.into_iter().map(PtySession::from).collect())
+        Ok(r.into_inner()
+            .sessions
+            .into_iter()
+            .map(PtySession::from)
+            .collect())
     }
 
     /// Ends a PTY session (`signal` 0: SIGHUP, then SIGKILL after a grace period).
     pub async fn kill_pty(&self, session_id: &str, signal: i32) -> Result<()> {
         self.process()
-            .kill_pty(self.req(pb::KillPtyRequest { session_id: session_id.to_owned(), signal }))
+            .kill_pty(self.req(pb::KillPtyRequest {
+                session_id: session_id.to_owned(),
+                signal,
+            }))
             .await?;
         Ok(())
     }
 
     /// Starts a named background process with `sh -c command` in `cwd`.
-    pub async fn start_background(&self, name: &str, command: &str, cwd: &str, env: BTreeMap<String, String>) -> Result<BackgroundProcess> {
+    pub async fn start_background(
+        &self,
+        name: &str,
+        command: &str,
+        cwd: &str,
+        env: BTreeMap<String, String>,
+    ) -> Result<BackgroundProcess> {
         let r = self
             .process()
             .start_background(self.req(pb::StartBackgroundRequest {
@@ -518,28 +606,49 @@ impl AgentClient {
     pub async fn stop_background(&self, name: &str, grace_ms: u32) -> Result<BackgroundProcess> {
         let r = self
             .process()
-            .stop_background(self.req(pb::StopBackgroundRequest { name: name.to_owned(), grace_ms }))
+            .stop_background(self.req(pb::StopBackgroundRequest {
+                name: name.to_owned(),
+                grace_ms,
+            }))
             .await?;
         Ok(r.into_inner().into())
     }
 
     /// The agent's background processes.
     pub async fn list_background(&self) -> Result<Vec<BackgroundProcess>> {
-        let r = self.process().list_background(self.req(pb::Empty {})).await?;
-        Ok(r.into_inner().processes.into_iter().map(BackgroundProcess::from).collect())
+        let r = self
+            .process()
+            .list_background(self.req(pb::Empty {}))
+            .await?;
+        Ok(r.into_inner()
+            .processes
+            .into_iter()
+            .map(BackgroundProcess::from)
+            .collect())
     }
 
     /// A background process's output from `offset`; with `follow`, open until it ends.
-    pub async fn background_logs(&self, name: &str, offset: u64, follow: bool) -> Result<BoxStream<'static, Result<Bytes>>> {
+    pub async fn background_logs(
+        &self,
+        name: &str,
+        offset: u64,
+        follow: bool,
+    ) -> Result<BoxStream<'static, Result<Bytes>>> {
         let s = self
             .process()
-            .background_logs(self.req(pb::BackgroundLogsRequest { name: name.to_owned(), offset, follow }))
+            .background_logs(self.req(pb::BackgroundLogsRequest {
+                name: name.to_owned(),
+                offset,
+                follow,
+            }))
             .await?
             .into_inner();
         Ok(s.filter_map(|m| async move {
             use pb::background_logs_response::Event;
             match m {
-                Ok(pb::BackgroundLogsResponse { event: Some(Event::Output(o)) }) => Some(Ok(Bytes::from(o.data))),
+                Ok(pb::BackgroundLogsResponse {
+                    event: Some(Event::Output(o)),
+                }) => Some(Ok(Bytes::from(o.data))),
                 Ok(_) => None,
                 Err(status) => Some(Err(Error::from(status))),
             }
@@ -550,16 +659,26 @@ impl AgentClient {
     // ---- git ----
 
     /// Clones `url` at `git_ref` into `dir` (absent or empty).
-    pub async fn clone_repo(&self, url: &str, git_ref: &str, dir: &str, drop_git_dir: bool, shallow: bool) -> Result<CloneResult> {
+    pub async fn clone_repo(
+        &self,
+        url: &str,
+        git_ref: &str,
+        dir: &str,
+        drop_git_dir: bool,
+        shallow: bool,
+    ) -> Result<CloneResult> {
         let mut git = self.git();
         // `GitClient::clone` the RPC, not `Clone::clone`.
-        let mut s = pb::git_client::GitClient::clone(&mut git, self.req(pb::CloneRequest {
+        let mut s = pb::git_client::GitClient::clone(
+            &mut git,
+            self.req(pb::CloneRequest {
                 url: url.to_owned(),
                 r#ref: git_ref.to_owned(),
                 dir: dir.to_owned(),
                 shallow,
                 drop_git_dir,
-            }))
+            }),
+        )
         .await?
         .into_inner();
         let mut out = CloneResult::default();
@@ -579,17 +698,26 @@ impl AgentClient {
     // ---- archives ----
 
     /// A zip of `opts.path`, streamed: data chunks, then the summary.
-    pub async fn create_archive(&self, opts: ArchiveOptions) -> Result<BoxStream<'static, Result<ArchiveChunk>>> {
+    pub async fn create_archive(
+        &self,
+        opts: ArchiveOptions,
+    ) -> Result<BoxStream<'static, Result<ArchiveChunk>>> {
         let s = self
             .archive()
-            .create(self.req(pb::CreateArchiveRequest { options: Some(archive_options(opts)) }))
+            .create(self.req(pb::CreateArchiveRequest {
+                options: Some(archive_options(opts)),
+            }))
             .await?
             .into_inner();
         Ok(s.filter_map(|m| async move {
             use pb::create_archive_response::Event;
             match m {
-                Ok(pb::CreateArchiveResponse { event: Some(Event::Data(d)) }) => Some(Ok(ArchiveChunk::Data(Bytes::from(d)))),
-                Ok(pb::CreateArchiveResponse { event: Some(Event::Summary(s)) }) => Some(Ok(ArchiveChunk::Summary(summary(s)))),
+                Ok(pb::CreateArchiveResponse {
+                    event: Some(Event::Data(d)),
+                }) => Some(Ok(ArchiveChunk::Data(Bytes::from(d)))),
+                Ok(pb::CreateArchiveResponse {
+                    event: Some(Event::Summary(s)),
+                }) => Some(Ok(ArchiveChunk::Summary(summary(s)))),
                 Ok(_) => None,
                 Err(status) => Some(Err(Error::from(status))),
             }
@@ -598,12 +726,20 @@ impl AgentClient {
     }
 
     /// Zips `opts.path` straight into S3 at `bucket`/`key`.
-    pub async fn upload_archive(&self, opts: ArchiveOptions, bucket: &str, key: &str) -> Result<ArchiveSummary> {
+    pub async fn upload_archive(
+        &self,
+        opts: ArchiveOptions,
+        bucket: &str,
+        key: &str,
+    ) -> Result<ArchiveSummary> {
         let r = self
             .archive()
             .upload(self.req(pb::UploadArchiveRequest {
                 options: Some(archive_options(opts)),
-                location: Some(pb::S3Location { bucket: bucket.to_owned(), key: key.to_owned() }),
+                location: Some(pb::S3Location {
+                    bucket: bucket.to_owned(),
+                    key: key.to_owned(),
+                }),
             }))
             .await?;
         Ok(summary(r.into_inner()))
@@ -611,31 +747,55 @@ impl AgentClient {
 
     /// Extracts a zip streamed from `body` into `path`; every entry is checked
     /// before anything is written. A body over `limit` bytes cancels the call.
-    pub async fn extract(&self, path: &str, body: BoxStream<'static, Result<Bytes>>, limit: u64) -> Result<ExtractSummary> {
+    pub async fn extract(
+        &self,
+        path: &str,
+        body: BoxStream<'static, Result<Bytes>>,
+        limit: u64,
+    ) -> Result<ExtractSummary> {
         let start = pb::ExtractRequest {
-            msg: Some(pb::extract_request::Msg::Start(pb::ExtractStart { path: path.to_owned() })),
+            msg: Some(pb::extract_request::Msg::Start(pb::ExtractStart {
+                path: path.to_owned(),
+            })),
         };
         let (tx, msgs) = upstream(start);
         let mut ac = self.archive();
         let rpc = ac.extract(self.req(msgs));
-        let r = drive(rpc, pump(body, tx, limit, |d| pb::ExtractRequest {
-            msg: Some(pb::extract_request::Msg::Data(d.into())),
-        }))
+        let r = drive(
+            rpc,
+            pump(body, tx, limit, |d| pb::ExtractRequest {
+                msg: Some(pb::extract_request::Msg::Data(d.into())),
+            }),
+        )
         .await?;
-        Ok(ExtractSummary { files: r.files, bytes: r.bytes })
+        Ok(ExtractSummary {
+            files: r.files,
+            bytes: r.bytes,
+        })
     }
 
     /// Extracts the zip at `bucket`/`key` into `path`.
-    pub async fn extract_from_s3(&self, path: &str, bucket: &str, key: &str) -> Result<ExtractSummary> {
+    pub async fn extract_from_s3(
+        &self,
+        path: &str,
+        bucket: &str,
+        key: &str,
+    ) -> Result<ExtractSummary> {
         let r = self
             .archive()
             .extract_from_s3(self.req(pb::ExtractFromS3Request {
                 path: path.to_owned(),
-                location: Some(pb::S3Location { bucket: bucket.to_owned(), key: key.to_owned() }),
+                location: Some(pb::S3Location {
+                    bucket: bucket.to_owned(),
+                    key: key.to_owned(),
+                }),
             }))
             .await?
             .into_inner();
-        Ok(ExtractSummary { files: r.files, bytes: r.bytes })
+        Ok(ExtractSummary {
+            files: r.files,
+            bytes: r.bytes,
+        })
     }
 }
 
@@ -649,15 +809,25 @@ fn base_endpoint(e: Endpoint) -> Endpoint {
 }
 
 fn archive_options(o: ArchiveOptions) -> pb::ArchiveOptions {
-    pb::ArchiveOptions { path: o.path, exclude: o.exclude, no_default_excludes: false }
+    pb::ArchiveOptions {
+        path: o.path,
+        exclude: o.exclude,
+        no_default_excludes: false,
+    }
 }
 
 fn summary(s: pb::ArchiveSummary) -> ArchiveSummary {
-    ArchiveSummary { size: s.size, sha256: s.sha256, files: s.files }
+    ArchiveSummary {
+        size: s.size,
+        sha256: s.sha256,
+        files: s.files,
+    }
 }
 
 /// The message stream of a client-streaming call: `first`, then what is sent on the sender.
-fn upstream<Req: Send + 'static>(first: Req) -> (tokio::sync::mpsc::Sender<Req>, ReceiverStream<Req>) {
+fn upstream<Req: Send + 'static>(
+    first: Req,
+) -> (tokio::sync::mpsc::Sender<Req>, ReceiverStream<Req>) {
     let (tx, rx) = tokio::sync::mpsc::channel::<Req>(4);
     // A new channel has room, so the first message is queued at once.
     let _ = tx.try_send(first);
@@ -666,7 +836,12 @@ fn upstream<Req: Send + 'static>(first: Req) -> (tokio::sync::mpsc::Sender<Req>,
 
 /// Sends the body's chunks, then drops the sender (half-closing the call's
 /// stream, which commits it). Fails on a body error or past `limit` bytes.
-async fn pump<Req>(mut body: BoxStream<'static, Result<Bytes>>, tx: tokio::sync::mpsc::Sender<Req>, limit: u64, wrap: fn(Bytes) -> Req) -> Result<()> {
+async fn pump<Req>(
+    mut body: BoxStream<'static, Result<Bytes>>,
+    tx: tokio::sync::mpsc::Sender<Req>,
+    limit: u64,
+    wrap: fn(Bytes) -> Req,
+) -> Result<()> {
     let mut total: u64 = 0;
     while let Some(chunk) = body.next().await {
         let chunk = chunk?;
@@ -711,10 +886,10 @@ impl AgentPool {
     /// The client for `project` at `endpoint`, reusing a cached channel.
     pub fn get(&self, project: &str, endpoint: &AgentEndpoint) -> Result<AgentClient> {
         let mut map = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((ep, c)) = map.get(project) {
-            if ep == endpoint {
-                return Ok(c.clone());
-            }
+        if let Some((ep, c)) = map.get(project)
+            && ep == endpoint
+        {
+            return Ok(c.clone());
         }
         let c = AgentClient::connect_lazy(endpoint)?;
         map.insert(project.to_owned(), (endpoint.clone(), c.clone()));
@@ -723,6 +898,9 @@ impl AgentPool {
 
     /// Forgets a project's client (its agent stopped).
     pub fn forget(&self, project: &str) {
-        self.clients.lock().unwrap_or_else(|p| p.into_inner()).remove(project);
+        self.clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(project);
     }
 }

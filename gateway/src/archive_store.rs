@@ -16,16 +16,22 @@ use crate::error::{Error, Result};
 /// The configured archive store.
 pub enum ArchiveStore {
     Folder(PathBuf),
-    S3 { bucket: String, prefix: String, client: tokio::sync::OnceCell<aws_sdk_s3::Client> },
+    S3 {
+        bucket: String,
+        prefix: String,
+        client: tokio::sync::OnceCell<aws_sdk_s3::Client>,
+    },
 }
 
 impl ArchiveStore {
     pub fn new(location: ArchiveLocation) -> ArchiveStore {
         match location {
             ArchiveLocation::Folder(p) => ArchiveStore::Folder(p),
-            ArchiveLocation::S3 { bucket, prefix } => {
-                ArchiveStore::S3 { bucket, prefix, client: tokio::sync::OnceCell::new() }
-            }
+            ArchiveLocation::S3 { bucket, prefix } => ArchiveStore::S3 {
+                bucket,
+                prefix,
+                client: tokio::sync::OnceCell::new(),
+            },
         }
     }
 
@@ -59,9 +65,12 @@ impl ArchiveStore {
             ArchiveStore::S3 { bucket, client, .. } => {
                 let c = client
                     .get_or_init(|| async {
-                        let conf = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+                        let conf =
+                            aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
                         let path_style = std::env::var_os("AWS_ENDPOINT_URL").is_some();
-                        let s3conf = aws_sdk_s3::config::Builder::from(&conf).force_path_style(path_style).build();
+                        let s3conf = aws_sdk_s3::config::Builder::from(&conf)
+                            .force_path_style(path_style)
+                            .build();
                         aws_sdk_s3::Client::from_conf(s3conf)
                     })
                     .await;
@@ -74,12 +83,19 @@ impl ArchiveStore {
     /// Writes a folder archive from a stream: to a temporary file, fsynced, then
     /// renamed into place. Answers size and sha256 of what was written. A
     /// stream error leaves nothing behind.
-    pub async fn write_file(&self, key: &str, mut data: BoxStream<'static, Result<Bytes>>) -> Result<(u64, String)> {
+    pub async fn write_file(
+        &self,
+        key: &str,
+        mut data: BoxStream<'static, Result<Bytes>>,
+    ) -> Result<(u64, String)> {
         let ArchiveStore::Folder(dir) = self else {
             return Err(Error::internal("not a folder archive store"));
         };
         let path = dir.join(key);
-        let parent = path.parent().map(PathBuf::from).unwrap_or_else(|| dir.clone());
+        let parent = path
+            .parent()
+            .map(PathBuf::from)
+            .unwrap_or_else(|| dir.clone());
         tokio::fs::create_dir_all(&parent).await?;
         let tmp = parent.join(format!(".{}.tmp", uuid::Uuid::new_v4()));
         let result = async {
@@ -145,12 +161,20 @@ impl ArchiveStore {
                     .key(key)
                     .send()
                     .await
-                    .map_err(|e| Error::Unavailable(format!("cannot read s3://{bucket}/{key}: {}", aws_sdk_s3::error::DisplayErrorContext(&e))))?;
+                    .map_err(|e| {
+                        Error::Unavailable(format!(
+                            "cannot read s3://{bucket}/{key}: {}",
+                            aws_sdk_s3::error::DisplayErrorContext(&e)
+                        ))
+                    })?;
                 let body = obj.body;
                 let s = futures::stream::unfold(body, |mut body| async move {
                     match body.next().await {
                         Some(Ok(b)) => Some((Ok(b), body)),
-                        Some(Err(e)) => Some((Err(Error::Unavailable(format!("s3 read failed: {e}"))), body)),
+                        Some(Err(e)) => Some((
+                            Err(Error::Unavailable(format!("s3 read failed: {e}"))),
+                            body,
+                        )),
                         None => None,
                     }
                 });
@@ -175,7 +199,12 @@ impl ArchiveStore {
                     .key(key)
                     .send()
                     .await
-                    .map_err(|e| Error::Unavailable(format!("cannot delete s3://{bucket}/{key}: {}", aws_sdk_s3::error::DisplayErrorContext(&e))))?;
+                    .map_err(|e| {
+                        Error::Unavailable(format!(
+                            "cannot delete s3://{bucket}/{key}: {}",
+                            aws_sdk_s3::error::DisplayErrorContext(&e)
+                        ))
+                    })?;
                 Ok(())
             }
         }

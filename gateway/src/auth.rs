@@ -37,7 +37,9 @@ impl Claims {
         if self.allows(project) {
             Ok(())
         } else {
-            Err(Error::Forbidden(format!("the token does not grant project {project}")))
+            Err(Error::Forbidden(format!(
+                "the token does not grant project {project}"
+            )))
         }
     }
 
@@ -88,7 +90,9 @@ impl Keys {
             .map_err(|e| {
                 let why = match e.kind() {
                     jsonwebtoken::errors::ErrorKind::ExpiredSignature => "the token has expired",
-                    jsonwebtoken::errors::ErrorKind::InvalidSignature => "the token's signature is wrong",
+                    jsonwebtoken::errors::ErrorKind::InvalidSignature => {
+                        "the token's signature is wrong"
+                    }
                     _ => "the token is malformed",
                 };
                 Error::Unauthorized(why.into())
@@ -105,9 +109,15 @@ fn now_secs() -> u64 {
 
 /// The bearer token of the `Authorization` header, if any.
 pub fn header_token(parts: &Parts) -> Option<&str> {
-    let v = parts.headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let v = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
     let (scheme, token) = v.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
 }
 
 /// The `token` query parameter, if any (percent-decoded).
@@ -126,7 +136,10 @@ pub fn query_token(query: Option<&str>) -> Option<String> {
 impl FromRequestParts<AppState> for Claims {
     type Rejection = Error;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let token = header_token(parts)
             .ok_or_else(|| Error::Unauthorized("missing bearer token".into()))?;
         state.keys.verify(token)
@@ -140,7 +153,10 @@ pub struct QueryClaims(pub Claims);
 impl FromRequestParts<AppState> for QueryClaims {
     type Rejection = Error;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         if let Some(token) = header_token(parts) {
             return state.keys.verify(token).map(QueryClaims);
         }
@@ -170,7 +186,10 @@ pub fn redact_uri(uri: &axum::http::Uri) -> String {
 
 /// Loads the secret: the configured one, else the one kept in the data dir,
 /// else a new random one written there (mode 0600).
-pub fn load_or_create_secret(configured: Option<&str>, data_dir: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+pub fn load_or_create_secret(
+    configured: Option<&str>,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<Vec<u8>> {
     use anyhow::Context as _;
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
@@ -211,7 +230,10 @@ mod tests {
         assert!(c.allows("p1") && !c.allows("p2"));
         let other = Keys::new(b"another-secret-0000");
         assert!(matches!(other.verify(&t), Err(Error::Unauthorized(_))));
-        assert!(matches!(keys.verify("garbage"), Err(Error::Unauthorized(_))));
+        assert!(matches!(
+            keys.verify("garbage"),
+            Err(Error::Unauthorized(_))
+        ));
     }
 
     #[test]
@@ -220,16 +242,25 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let a = load_or_create_secret(None, dir.path()).unwrap();
         assert_eq!(a.len(), 64);
-        let mode = std::fs::metadata(dir.path().join("secret")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join("secret"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         assert_eq!(load_or_create_secret(None, dir.path()).unwrap(), a);
-        assert_eq!(load_or_create_secret(Some("given"), dir.path()).unwrap(), b"given");
+        assert_eq!(
+            load_or_create_secret(Some("given"), dir.path()).unwrap(),
+            b"given"
+        );
     }
 
     #[test]
     fn redacts_tokens() {
         let uri: axum::http::Uri = "/api/x?a=1&token=secret&b=2".parse().unwrap();
         assert_eq!(redact_uri(&uri), "/api/x?a=1&token=REDACTED&b=2");
-        assert_eq!(query_token(Some("a=1&token=ab%2Ec")).as_deref(), Some("ab.c"));
+        assert_eq!(
+            query_token(Some("a=1&token=ab%2Ec")).as_deref(),
+            Some("ab.c")
+        );
     }
 }

@@ -84,7 +84,11 @@ pub struct Config {
     pub k8s_namespace_prefix: String,
 
     /// Kubernetes runtime: image of the file-manager pod (the agent).
-    #[arg(long, env = "GATEWAY_AGENT_IMAGE", default_value = "devgate/agent:latest")]
+    #[arg(
+        long,
+        env = "GATEWAY_AGENT_IMAGE",
+        default_value = "devgate/agent:latest"
+    )]
     pub agent_image: String,
 
     /// Minutes without file, terminal or preview activity after which an
@@ -130,10 +134,15 @@ impl ArchiveLocation {
                 return Err(format!("archive location {s:?} names no bucket"));
             }
             let prefix = prefix.trim_matches('/').to_owned();
-            return Ok(ArchiveLocation::S3 { bucket: bucket.to_owned(), prefix });
+            return Ok(ArchiveLocation::S3 {
+                bucket: bucket.to_owned(),
+                prefix,
+            });
         }
         if s.contains("://") {
-            return Err(format!("archive location {s:?} is neither a folder nor s3://bucket/prefix"));
+            return Err(format!(
+                "archive location {s:?} is neither a folder nor s3://bucket/prefix"
+            ));
         }
         if s.is_empty() {
             return Err("archive location is empty".into());
@@ -146,30 +155,36 @@ impl Config {
     /// Checks everything that can be checked before binding; the error is one line.
     pub fn validate(&self) -> Result<(), String> {
         if !crate::ids::is_dns_label_domain(&self.preview_domain) {
-            return Err(format!("--preview-domain {:?} is not a domain name", self.preview_domain));
+            return Err(format!(
+                "--preview-domain {:?} is not a domain name",
+                self.preview_domain
+            ));
         }
         if let Some(a) = &self.archive {
             ArchiveLocation::parse(a)?;
         }
-        if let Some(s) = &self.secret {
-            if s.is_empty() {
-                return Err("--secret is empty".into());
-            }
+        if let Some(s) = &self.secret
+            && s.is_empty()
+        {
+            return Err("--secret is empty".into());
         }
-        if let Some(bin) = &self.agent_bin {
-            if !bin.is_file() {
-                return Err(format!("--agent-bin {} is not a file", bin.display()));
-            }
+        if let Some(bin) = &self.agent_bin
+            && !bin.is_file()
+        {
+            return Err(format!("--agent-bin {} is not a file", bin.display()));
         }
-        if let Some(dir) = &self.web_dir {
-            if !dir.is_dir() {
-                return Err(format!("--web-dir {} is not a directory", dir.display()));
-            }
+        if let Some(dir) = &self.web_dir
+            && !dir.is_dir()
+        {
+            return Err(format!("--web-dir {} is not a directory", dir.display()));
         }
-        if let Some(dir) = &self.templates_dir {
-            if !dir.is_dir() {
-                return Err(format!("--templates-dir {} is not a directory", dir.display()));
-            }
+        if let Some(dir) = &self.templates_dir
+            && !dir.is_dir()
+        {
+            return Err(format!(
+                "--templates-dir {} is not a directory",
+                dir.display()
+            ));
         }
         if self.preview_scheme != "http" && self.preview_scheme != "https" {
             return Err("--preview-scheme must be http or https".into());
@@ -239,7 +254,9 @@ impl Config {
 pub fn init_tracing(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if config.log_format == "json" {
         builder.json().init();
     } else {
@@ -255,14 +272,23 @@ mod tests {
     fn archive_locations() {
         assert_eq!(
             ArchiveLocation::parse("s3://b/p/q/").unwrap(),
-            ArchiveLocation::S3 { bucket: "b".into(), prefix: "p/q".into() }
+            ArchiveLocation::S3 {
+                bucket: "b".into(),
+                prefix: "p/q".into()
+            }
         );
         assert_eq!(
             ArchiveLocation::parse("s3://b").unwrap(),
-            ArchiveLocation::S3 { bucket: "b".into(), prefix: "".into() }
+            ArchiveLocation::S3 {
+                bucket: "b".into(),
+                prefix: "".into()
+            }
         );
         assert!(ArchiveLocation::parse("s3:///x").is_err());
         assert!(ArchiveLocation::parse("http://x").is_err());
-        assert_eq!(ArchiveLocation::parse("/a").unwrap(), ArchiveLocation::Folder("/a".into()));
+        assert_eq!(
+            ArchiveLocation::parse("/a").unwrap(),
+            ArchiveLocation::Folder("/a".into())
+        );
     }
 }

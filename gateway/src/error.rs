@@ -71,7 +71,9 @@ impl Error {
             Error::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Error::DirectoryNotEmpty(_) => (StatusCode::CONFLICT, "directory_not_empty"),
             Error::ProjectNotActive(_) => (StatusCode::CONFLICT, "project_not_active"),
-            Error::PreconditionFailed(_) => (StatusCode::PRECONDITION_FAILED, "precondition_failed"),
+            Error::PreconditionFailed(_) => {
+                (StatusCode::PRECONDITION_FAILED, "precondition_failed")
+            }
             Error::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Error::RangeNotSatisfiable { .. } => {
                 (StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable")
@@ -158,10 +160,11 @@ impl IntoResponse for Error {
                 resp.extensions_mut().insert(FailedUpstream(kind));
             }
         }
-        if let Error::RangeNotSatisfiable { size } = self {
-            if let Ok(v) = format!("bytes */{size}").parse() {
-                resp.headers_mut().insert(axum::http::header::CONTENT_RANGE, v);
-            }
+        if let Error::RangeNotSatisfiable { size } = self
+            && let Ok(v) = format!("bytes */{size}").parse()
+        {
+            resp.headers_mut()
+                .insert(axum::http::header::CONTENT_RANGE, v);
         }
         resp
     }
@@ -185,7 +188,10 @@ mod tests {
         let e: Error = with_code(Code::InvalidArgument, proto::PATH_OUTSIDE_ROOT).into();
         assert_eq!(e.status_and_code().1, "path_outside_project");
         let e: Error = with_code(Code::FailedPrecondition, proto::DIRECTORY_NOT_EMPTY).into();
-        assert_eq!(e.status_and_code(), (StatusCode::CONFLICT, "directory_not_empty"));
+        assert_eq!(
+            e.status_and_code(),
+            (StatusCode::CONFLICT, "directory_not_empty")
+        );
         let e: Error = tonic::Status::failed_precondition("etag").into();
         assert_eq!(e.status_and_code().0, StatusCode::PRECONDITION_FAILED);
         let e: Error = tonic::Status::already_exists("x").into();

@@ -17,7 +17,8 @@ pub fn is_dns_label(s: &str) -> bool {
     if !(last.is_ascii_lowercase() || last.is_ascii_digit()) {
         return false;
     }
-    b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+    b.iter()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
 }
 
 /// A dotted domain whose labels are letters, digits and hyphens (for --preview-domain).
@@ -37,7 +38,9 @@ pub fn project_id(s: &str) -> Result<(), Error> {
     if is_dns_label(s) {
         Ok(())
     } else {
-        Err(Error::BadRequest(format!("invalid project id {s:?}: ids are DNS labels")))
+        Err(Error::BadRequest(format!(
+            "invalid project id {s:?}: ids are DNS labels"
+        )))
     }
 }
 
@@ -46,7 +49,9 @@ pub fn container_name(s: &str) -> Result<(), Error> {
     if is_dns_label(s) {
         Ok(())
     } else {
-        Err(Error::BadRequest(format!("invalid container name {s:?}: names are DNS labels")))
+        Err(Error::BadRequest(format!(
+            "invalid container name {s:?}: names are DNS labels"
+        )))
     }
 }
 
@@ -60,16 +65,24 @@ pub fn file_path(raw: &str) -> Result<String, Error> {
     }
     if raw.contains('\\') {
         // Not a separator on Unix, but nothing good comes of it in a web path.
-        return Err(Error::PathOutsideProject("path contains a backslash".into()));
+        return Err(Error::PathOutsideProject(
+            "path contains a backslash".into(),
+        ));
     }
     if raw.starts_with('/') {
-        return Err(Error::PathOutsideProject(format!("path {raw:?} is absolute")));
+        return Err(Error::PathOutsideProject(format!(
+            "path {raw:?} is absolute"
+        )));
     }
     let mut out: Vec<&str> = Vec::new();
     for seg in raw.split('/') {
         match seg {
             "" | "." => {}
-            ".." => return Err(Error::PathOutsideProject(format!("path {raw:?} leaves the project"))),
+            ".." => {
+                return Err(Error::PathOutsideProject(format!(
+                    "path {raw:?} leaves the project"
+                )));
+            }
             s => out.push(s),
         }
     }
@@ -85,7 +98,17 @@ mod tests {
         for ok in ["a", "demo", "a1", "my-app-2", &"a".repeat(40)] {
             assert!(is_dns_label(ok), "{ok}");
         }
-        for bad in ["", "1a", "-a", "a-", "A", "a_b", "a.b", &"a".repeat(41), "é"] {
+        for bad in [
+            "",
+            "1a",
+            "-a",
+            "a-",
+            "A",
+            "a_b",
+            "a.b",
+            &"a".repeat(41),
+            "é",
+        ] {
             assert!(!is_dns_label(bad), "{bad}");
         }
     }
@@ -94,11 +117,26 @@ mod tests {
     fn file_paths() {
         assert_eq!(file_path("a/b/c.txt").unwrap(), "a/b/c.txt");
         assert_eq!(file_path("a//./b/").unwrap(), "a/b");
-        assert!(matches!(file_path("/etc/passwd"), Err(Error::PathOutsideProject(_))));
+        assert!(matches!(
+            file_path("/etc/passwd"),
+            Err(Error::PathOutsideProject(_))
+        ));
         assert_eq!(file_path("").unwrap(), "");
-        assert!(matches!(file_path("../x"), Err(Error::PathOutsideProject(_))));
-        assert!(matches!(file_path("a/../../x"), Err(Error::PathOutsideProject(_))));
-        assert!(matches!(file_path("a/.."), Err(Error::PathOutsideProject(_))));
-        assert!(matches!(file_path("a\0b"), Err(Error::PathOutsideProject(_))));
+        assert!(matches!(
+            file_path("../x"),
+            Err(Error::PathOutsideProject(_))
+        ));
+        assert!(matches!(
+            file_path("a/../../x"),
+            Err(Error::PathOutsideProject(_))
+        ));
+        assert!(matches!(
+            file_path("a/.."),
+            Err(Error::PathOutsideProject(_))
+        ));
+        assert!(matches!(
+            file_path("a\0b"),
+            Err(Error::PathOutsideProject(_))
+        ));
     }
 }

@@ -23,7 +23,9 @@ pub async fn create(state: &AppState, id: &str, name: Option<String>) -> Result<
     let now = Utc::now();
     let p = Project {
         id: id.to_owned(),
-        name: name.filter(|n| !n.trim().is_empty()).unwrap_or_else(|| id.to_owned()),
+        name: name
+            .filter(|n| !n.trim().is_empty())
+            .unwrap_or_else(|| id.to_owned()),
         status: ProjectStatus::Created,
         created_at: now,
         updated_at: now,
@@ -31,7 +33,11 @@ pub async fn create(state: &AppState, id: &str, name: Option<String>) -> Result<
     };
     state.store.create_project(&p).await?;
     tracing::info!(project = id, "project created");
-    state.emit(id, "status", serde_json::json!({"status": p.status.as_str()}));
+    state.emit(
+        id,
+        "status",
+        serde_json::json!({"status": p.status.as_str()}),
+    );
     Ok(p)
 }
 
@@ -42,12 +48,20 @@ async fn set_status(state: &AppState, p: &mut Project, status: ProjectStatus) ->
     state.statuses.forget(&p.id);
     state.store.update_project(p).await?;
     state.statuses.put(&p.id, status);
-    state.emit(&p.id, "status", serde_json::json!({"status": status.as_str()}));
+    state.emit(
+        &p.id,
+        "status",
+        serde_json::json!({"status": status.as_str()}),
+    );
     Ok(())
 }
 
 fn progress(state: &AppState, project: &str, step: &str, message: impl Into<String>) {
-    state.emit(project, "progress", serde_json::json!({"step": step, "message": message.into()}));
+    state.emit(
+        project,
+        "progress",
+        serde_json::json!({"step": step, "message": message.into()}),
+    );
 }
 
 /// Makes the project active: starts its environment, restoring the newest
@@ -69,7 +83,10 @@ pub async fn open(state: &AppState, id: &str) -> Result<Project> {
             restore(state, &mut p).await?;
             Ok(p)
         }
-        ProjectStatus::Created | ProjectStatus::Starting | ProjectStatus::Hibernating | ProjectStatus::Failed => {
+        ProjectStatus::Created
+        | ProjectStatus::Starting
+        | ProjectStatus::Hibernating
+        | ProjectStatus::Failed => {
             // Hibernating here means a gateway stopped mid-hibernation: the
             // environment is only torn down after a verified archive, so the
             // files are still in place.
@@ -106,7 +123,12 @@ async fn restore(state: &AppState, p: &mut Project) -> Result<()> {
         let endpoint = state.runtime.ensure(&id).await?;
         let client = state.agents.get(&id, &endpoint)?;
         let Some(a) = &newest else { return Ok(None) };
-        progress(state, &id, "extract", format!("extracting archive version {}", a.version));
+        progress(
+            state,
+            &id,
+            "extract",
+            format!("extracting archive version {}", a.version),
+        );
         let summary = match state.archives.as_ref() {
             ArchiveStore::Folder(_) => {
                 let data = state.archives.read(&a.key).await?;
@@ -122,7 +144,10 @@ async fn restore(state: &AppState, p: &mut Project) -> Result<()> {
     state
         .metrics
         .lifecycle_seconds
-        .get_or_create(&LifecycleLabels { op: "restore".into(), outcome: outcome.into() })
+        .get_or_create(&LifecycleLabels {
+            op: "restore".into(),
+            outcome: outcome.into(),
+        })
         .observe(elapsed.as_secs_f64());
     match result {
         Ok(restored) => {
@@ -133,7 +158,13 @@ async fn restore(state: &AppState, p: &mut Project) -> Result<()> {
                 }
             }
             if let Some((a, summary)) = &restored {
-                state.metrics.archive_bytes.get_or_create(&OpLabels { op: "restore".into() }).inc_by(a.size);
+                state
+                    .metrics
+                    .archive_bytes
+                    .get_or_create(&OpLabels {
+                        op: "restore".into(),
+                    })
+                    .inc_by(a.size);
                 state
                     .log_command(CommandLogEntry {
                         project: id.clone(),
@@ -158,7 +189,11 @@ async fn restore(state: &AppState, p: &mut Project) -> Result<()> {
                 tracing::error!(project = %id, %error, "cannot clean up after a failed restore");
             }
             state.agents.forget(&id);
-            let back = if newest.is_some() { ProjectStatus::Hibernated } else { previous };
+            let back = if newest.is_some() {
+                ProjectStatus::Hibernated
+            } else {
+                previous
+            };
             let _ = set_status(state, p, back).await;
             state
                 .log_command(CommandLogEntry {
@@ -193,14 +228,25 @@ pub async fn hibernate(state: &AppState, id: &str) -> Result<Project> {
     let archives = state.store.list_archives(id).await?;
     let version = archives.first().map(|a| a.version + 1).unwrap_or(1);
     let key = state.archives.key(id, version);
-    progress(state, id, "archive", format!("writing archive version {version} to {}", state.archives.describe()));
+    progress(
+        state,
+        id,
+        "archive",
+        format!(
+            "writing archive version {version} to {}",
+            state.archives.describe()
+        ),
+    );
     let result = write_and_verify(state, id, &key).await;
     let elapsed = t0.elapsed();
     let outcome = if result.is_ok() { "ok" } else { "error" };
     state
         .metrics
         .lifecycle_seconds
-        .get_or_create(&LifecycleLabels { op: "hibernate".into(), outcome: outcome.into() })
+        .get_or_create(&LifecycleLabels {
+            op: "hibernate".into(),
+            outcome: outcome.into(),
+        })
         .observe(elapsed.as_secs_f64());
     let summary = match result {
         Ok(s) => s,
@@ -236,14 +282,25 @@ pub async fn hibernate(state: &AppState, id: &str) -> Result<Project> {
         created_at: Utc::now(),
     };
     state.store.add_archive(&archive).await?;
-    state.metrics.archive_bytes.get_or_create(&OpLabels { op: "hibernate".into() }).inc_by(summary.size);
+    state
+        .metrics
+        .archive_bytes
+        .get_or_create(&OpLabels {
+            op: "hibernate".into(),
+        })
+        .inc_by(summary.size);
     // Hibernated from here on: the files live in the verified archive. Were
     // the gateway to stop during the teardown below, the next open restores
     // from the archive into a clean environment rather than trusting a
     // half-removed folder.
     p.hibernated_at = Some(Utc::now());
     set_status(state, &mut p, ProjectStatus::Hibernated).await?;
-    progress(state, id, "teardown", "archive verified; stopping the environment");
+    progress(
+        state,
+        id,
+        "teardown",
+        "archive verified; stopping the environment",
+    );
     for mut c in state.store.list_containers(id).await? {
         if c.status != ContainerStatus::Stopped {
             if let Err(error) = state.runtime.stop_container(id, &c.name).await {
@@ -267,12 +324,21 @@ pub async fn hibernate(state: &AppState, id: &str) -> Result<Project> {
             command: format!("archive to {key}"),
             exit_code: Some(0),
             duration_ms: elapsed.as_millis() as u64,
-            stdout: format!("{} files, {} bytes, sha256 {}", summary.files, summary.size, summary.sha256),
+            stdout: format!(
+                "{} files, {} bytes, sha256 {}",
+                summary.files, summary.size, summary.sha256
+            ),
             stderr: String::new(),
         })
         .await;
     prune_archives(state, id).await;
-    tracing::info!(project = id, version, bytes = summary.size, ms = elapsed.as_millis() as u64, "project hibernated");
+    tracing::info!(
+        project = id,
+        version,
+        bytes = summary.size,
+        ms = elapsed.as_millis() as u64,
+        "project hibernated"
+    );
     Ok(p)
 }
 
@@ -330,7 +396,9 @@ async fn write_and_verify(state: &AppState, id: &str, key: &str) -> Result<Archi
 /// version was verified and recorded.
 async fn prune_archives(state: &AppState, id: &str) {
     let keep = state.config.archive_keep as usize;
-    let Ok(all) = state.store.list_archives(id).await else { return };
+    let Ok(all) = state.store.list_archives(id).await else {
+        return;
+    };
     for old in all.into_iter().skip(keep) {
         match state.archives.delete(&old.key).await {
             Ok(()) => {
@@ -338,7 +406,9 @@ async fn prune_archives(state: &AppState, id: &str) {
                     tracing::warn!(project = id, version = old.version, %error, "cannot forget archive");
                 }
             }
-            Err(error) => tracing::warn!(project = id, key = %old.key, %error, "cannot remove old archive"),
+            Err(error) => {
+                tracing::warn!(project = id, key = %old.key, %error, "cannot remove old archive")
+            }
         }
     }
 }
@@ -368,26 +438,50 @@ pub async fn delete(state: &AppState, id: &str) -> Result<()> {
 }
 
 /// Starts a container's dev server and records it running.
-pub async fn start_container(state: &AppState, id: &str, name: &str) -> Result<crate::store::Container> {
+pub async fn start_container(
+    state: &AppState,
+    id: &str,
+    name: &str,
+) -> Result<crate::store::Container> {
     let mut c = state.container(id, name).await?;
-    if c.status == ContainerStatus::Running && state.runtime.container_route(id, name, None).await.is_ok() {
+    if c.status == ContainerStatus::Running
+        && state.runtime.container_route(id, name, None).await.is_ok()
+    {
         return Ok(c);
     }
-    let spec = ContainerSpec { name: c.name.clone(), port: c.port, start: c.start.clone(), env: c.env.clone() };
+    let spec = ContainerSpec {
+        name: c.name.clone(),
+        port: c.port,
+        start: c.start.clone(),
+        env: c.env.clone(),
+    };
     c.status = ContainerStatus::Starting;
     state.store.update_container(&c).await?;
     match state.runtime.start_container(id, &spec).await {
         Ok(route) => {
-            tracing::info!(project = id, container = name, port = route.port, "container started");
+            tracing::info!(
+                project = id,
+                container = name,
+                port = route.port,
+                "container started"
+            );
             c.status = ContainerStatus::Running;
             state.store.update_container(&c).await?;
-            state.emit(id, "container", serde_json::json!({"name": name, "status": "running"}));
+            state.emit(
+                id,
+                "container",
+                serde_json::json!({"name": name, "status": "running"}),
+            );
             Ok(c)
         }
         Err(e) => {
             c.status = ContainerStatus::Failed;
             let _ = state.store.update_container(&c).await;
-            state.emit(id, "container", serde_json::json!({"name": name, "status": "failed"}));
+            state.emit(
+                id,
+                "container",
+                serde_json::json!({"name": name, "status": "failed"}),
+            );
             Err(e)
         }
     }
@@ -410,7 +504,10 @@ pub async fn reconcile(state: AppState) {
                 ProjectStatus::Active | ProjectStatus::Starting | ProjectStatus::Hibernating => {
                     open(&state, &id).await?;
                     for c in state.store.list_containers(&id).await? {
-                        if matches!(c.status, ContainerStatus::Running | ContainerStatus::Starting) {
+                        if matches!(
+                            c.status,
+                            ContainerStatus::Running | ContainerStatus::Starting
+                        ) {
                             let _guard = state.locks.lock(&id).await;
                             start_container(&state, &id, &c.name).await?;
                         }

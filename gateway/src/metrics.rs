@@ -89,21 +89,55 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("gateway");
         let requests = Family::<RequestLabels, Counter>::default();
-        registry.register("http_requests", "HTTP requests by route and status", requests.clone());
-        let request_seconds: HistogramFamily<RouteLabels> = Family::new_with_constructor(latency_histogram);
-        registry.register("http_request_duration_seconds", "HTTP request latency by route (to the response head)", request_seconds.clone());
+        registry.register(
+            "http_requests",
+            "HTTP requests by route and status",
+            requests.clone(),
+        );
+        let request_seconds: HistogramFamily<RouteLabels> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency by route (to the response head)",
+            request_seconds.clone(),
+        );
         let agent_rpc_errors = Family::<RpcLabels, Counter>::default();
-        registry.register("agent_rpc_errors", "Failed calls to agents by operation and gRPC code", agent_rpc_errors.clone());
-        let lifecycle_seconds: HistogramFamily<LifecycleLabels> = Family::new_with_constructor(lifecycle_histogram);
-        registry.register("lifecycle_duration_seconds", "Hibernate and restore durations", lifecycle_seconds.clone());
+        registry.register(
+            "agent_rpc_errors",
+            "Failed calls to agents by operation and gRPC code",
+            agent_rpc_errors.clone(),
+        );
+        let lifecycle_seconds: HistogramFamily<LifecycleLabels> =
+            Family::new_with_constructor(lifecycle_histogram);
+        registry.register(
+            "lifecycle_duration_seconds",
+            "Hibernate and restore durations",
+            lifecycle_seconds.clone(),
+        );
         let archive_bytes = Family::<OpLabels, Counter>::default();
-        registry.register("archive_bytes", "Archive bytes written by hibernation and read by restore", archive_bytes.clone());
+        registry.register(
+            "archive_bytes",
+            "Archive bytes written by hibernation and read by restore",
+            archive_bytes.clone(),
+        );
         let open_terminals = Gauge::default();
-        registry.register("open_terminals", "Terminal WebSockets open now", open_terminals.clone());
+        registry.register(
+            "open_terminals",
+            "Terminal WebSockets open now",
+            open_terminals.clone(),
+        );
         let open_websockets = Family::<KindLabels, Gauge>::default();
-        registry.register("open_websockets", "WebSockets and streams open now by kind", open_websockets.clone());
+        registry.register(
+            "open_websockets",
+            "WebSockets and streams open now by kind",
+            open_websockets.clone(),
+        );
         let proxied_bytes = Family::<DirectionLabels, Counter>::default();
-        registry.register("preview_proxied_bytes", "Bytes passed through the preview proxy", proxied_bytes.clone());
+        registry.register(
+            "preview_proxied_bytes",
+            "Bytes passed through the preview proxy",
+            proxied_bytes.clone(),
+        );
         Metrics {
             requests,
             request_seconds,
@@ -133,7 +167,12 @@ impl Metrics {
             crate::error::Error::Agent(s) => format!("{:?}", s.code()),
             other => other.status_and_code().1.to_owned(),
         };
-        self.agent_rpc_errors.get_or_create(&RpcLabels { op: op.to_owned(), code }).inc();
+        self.agent_rpc_errors
+            .get_or_create(&RpcLabels {
+                op: op.to_owned(),
+                code,
+            })
+            .inc();
     }
 }
 

@@ -55,7 +55,9 @@ impl AppState {
         self.store
             .get_container(project, name)
             .await?
-            .ok_or_else(|| Error::NotFound(format!("container {name} not found in project {project}")))
+            .ok_or_else(|| {
+                Error::NotFound(format!("container {name} not found in project {project}"))
+            })
     }
 
     /// A client of the project's agent; 404 for an unknown project, 409
@@ -92,7 +94,13 @@ impl AppState {
     /// Sends an event to the project's `/events` subscribers.
     pub fn emit(&self, project: &str, event: &str, data: impl Serialize) {
         let data = serde_json::to_value(data).unwrap_or(serde_json::Value::Null);
-        self.events.send(project, ProjectEvent { event: event.to_owned(), data });
+        self.events.send(
+            project,
+            ProjectEvent {
+                event: event.to_owned(),
+                data,
+            },
+        );
     }
 
     /// Records a command in the project's log and streams it to subscribers.
@@ -121,7 +129,9 @@ impl StatusCache {
     /// A fresh cached status.
     pub fn get(&self, project: &str) -> Option<ProjectStatus> {
         let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(project).filter(|(_, t)| t.elapsed() < Self::TTL).map(|(s, _)| *s)
+        map.get(project)
+            .filter(|(_, t)| t.elapsed() < Self::TTL)
+            .map(|(s, _)| *s)
     }
 
     /// Records a status just read or written.
@@ -135,7 +145,10 @@ impl StatusCache {
 
     /// Forgets a project (deleted).
     pub fn forget(&self, project: &str) {
-        self.map.lock().unwrap_or_else(|p| p.into_inner()).remove(project);
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(project);
     }
 }
 
@@ -157,17 +170,19 @@ impl Events {
     /// Subscribes to a project's events.
     pub fn subscribe(&self, project: &str) -> broadcast::Receiver<ProjectEvent> {
         let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(project.to_owned()).or_insert_with(|| broadcast::channel(256).0).subscribe()
+        map.entry(project.to_owned())
+            .or_insert_with(|| broadcast::channel(256).0)
+            .subscribe()
     }
 
     /// Sends to current subscribers; none is fine.
     pub fn send(&self, project: &str, event: ProjectEvent) {
         let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(tx) = map.get(project) {
-            if tx.send(event).is_err() {
-                // Nobody listens any more: drop the channel.
-                map.remove(project);
-            }
+        if let Some(tx) = map.get(project)
+            && tx.send(event).is_err()
+        {
+            // Nobody listens any more: drop the channel.
+            map.remove(project);
         }
     }
 }

@@ -23,7 +23,9 @@ pub fn build(templates_dir: &Path, data_dir: &Path) -> anyhow::Result<Vec<(Strin
         .collect();
     dirs.sort();
     for dir in dirs {
-        let Some(name) = dir.file_name().and_then(|n| n.to_str()).map(str::to_owned) else { continue };
+        let Some(name) = dir.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
+            continue;
+        };
         if !crate::ids::is_dns_label(&name) {
             tracing::warn!(template = %name, "skipping template: its name is not a DNS label");
             continue;
@@ -37,14 +39,25 @@ pub fn build(templates_dir: &Path, data_dir: &Path) -> anyhow::Result<Vec<(Strin
 
 fn git(args: &[&str], cwd: &Path) -> anyhow::Result<()> {
     let out = Command::new("git")
-        .args(["-c", "user.name=devgate", "-c", "user.email=devgate@localhost", "-c", "init.defaultBranch=main"])
+        .args([
+            "-c",
+            "user.name=devgate",
+            "-c",
+            "user.email=devgate@localhost",
+            "-c",
+            "init.defaultBranch=main",
+        ])
         .args(args)
         .current_dir(cwd)
         .env("GIT_TERMINAL_PROMPT", "0")
         .output()
         .context("cannot run git")?;
     if !out.status.success() {
-        bail!("git {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "git {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
@@ -67,7 +80,10 @@ fn build_one(src: &Path, repo: &Path) -> anyhow::Result<()> {
         .context("cannot run git")?;
     if !out.status.success() {
         let _ = std::fs::remove_dir_all(&tmp);
-        bail!("git clone --bare failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "git clone --bare failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     // The dumb HTTP protocol needs info/refs and objects/info/packs.
     git(&["update-server-info"], &tmp)?;
@@ -96,7 +112,10 @@ fn copy_tree(src: &Path, dst: &Path) -> anyhow::Result<()> {
             std::os::unix::fs::symlink(std::fs::read_link(&from)?, &to)?;
         } else {
             std::fs::copy(&from, &to)?;
-            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(meta.permissions().mode()))?;
+            std::fs::set_permissions(
+                &to,
+                std::fs::Permissions::from_mode(meta.permissions().mode()),
+            )?;
         }
     }
     Ok(())

@@ -150,13 +150,24 @@ impl Gateway {
             cmd.arg("--archive").arg(a);
         }
         cmd.args(&self.builder.args)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
-            .envs(self.builder.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .envs(
+                self.builder
+                    .env
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str())),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped());
         match &self.builder.stderr {
             Some(p) => {
-                let f = std::fs::OpenOptions::new().create(true).append(true).open(p)?;
+                let f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)?;
                 cmd.stderr(f);
             }
             None => {
@@ -179,7 +190,9 @@ impl Gateway {
         let addr = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(60)))
             .await?
             .context("the gateway did not print `listening on` within 60 s")?;
-        self.addr = addr.parse().with_context(|| format!("bad listen address {addr}"))?;
+        self.addr = addr
+            .parse()
+            .with_context(|| format!("bad listen address {addr}"))?;
         self.base = format!("http://{addr}");
         self.proc = Some(proc);
         if self.builder.no_secret {
@@ -195,7 +208,10 @@ impl Gateway {
     /// the same port with the same data dir and secret.
     pub async fn restart(&mut self) -> Result<()> {
         self.kill();
-        self.stdout.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.stdout
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         self.spawn().await
     }
 
@@ -206,7 +222,10 @@ impl Gateway {
 
     /// Lines the gateway printed on stdout so far.
     pub fn stdout_lines(&self) -> Vec<String> {
-        self.stdout.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.stdout
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// `base` + `path`.
@@ -236,7 +255,9 @@ impl Gateway {
 
     /// A request with the admin token.
     pub fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        self.http.request(method, self.url(path)).bearer_auth(self.admin_token())
+        self.http
+            .request(method, self.url(path))
+            .bearer_auth(self.admin_token())
     }
 
     pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
@@ -257,11 +278,18 @@ impl Gateway {
 
     /// Creates and opens a project with the admin token; answers the opened project.
     pub async fn open_project(&self, id: &str) -> Result<serde_json::Value> {
-        let r = self.post("/api/projects").json(&serde_json::json!({"id": id})).send().await?;
+        let r = self
+            .post("/api/projects")
+            .json(&serde_json::json!({"id": id}))
+            .send()
+            .await?;
         if r.status().as_u16() != 201 {
             bail!("create {id}: {} {}", r.status(), r.text().await?);
         }
-        let r = self.post(&format!("/api/projects/{id}/open")).send().await?;
+        let r = self
+            .post(&format!("/api/projects/{id}/open"))
+            .send()
+            .await?;
         if !r.status().is_success() {
             bail!("open {id}: {} {}", r.status(), r.text().await?);
         }
@@ -287,7 +315,10 @@ impl Gateway {
             .nth(1)
             .and_then(|s| s.parse().ok())
             .with_context(|| format!("no status line in {text:?}"))?;
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
         Ok((status, body))
     }
 
@@ -307,7 +338,11 @@ impl Gateway {
 
 /// Signs an HS256 token like the gateway's.
 pub fn sign(secret: &str, sub: &str, projects: &[&str], exp: i64) -> String {
-    let claims = Claims { sub, projects: projects.iter().map(|s| s.to_string()).collect(), exp };
+    let claims = Claims {
+        sub,
+        projects: projects.iter().map(|s| s.to_string()).collect(),
+        exp,
+    };
     jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
         &claims,

@@ -8,7 +8,10 @@ use tests::gateway::{Gateway, sign};
 async fn status_code(r: reqwest::Response) -> (u16, String) {
     let s = r.status().as_u16();
     let v: Value = r.json().await.unwrap_or(Value::Null);
-    (s, v["error"]["code"].as_str().unwrap_or_default().to_owned())
+    (
+        s,
+        v["error"]["code"].as_str().unwrap_or_default().to_owned(),
+    )
 }
 
 #[tokio::test]
@@ -16,7 +19,10 @@ async fn unauthorized_and_forbidden_matrix() {
     let gw = Gateway::start().await.unwrap();
     gw.open_project("p1").await.unwrap();
     gw.open_project("p2").await.unwrap();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
 
     let routes: Vec<(reqwest::Method, &str)> = vec![
         (reqwest::Method::GET, "/api/projects/p1"),
@@ -32,7 +38,10 @@ async fn unauthorized_and_forbidden_matrix() {
     let bad_tokens = [
         ("none", None),
         ("malformed", Some("not-a-jwt".to_owned())),
-        ("bad signature", Some(sign("another-secret-entirely", "u", &["*"], now + 3600))),
+        (
+            "bad signature",
+            Some(sign("another-secret-entirely", "u", &["*"], now + 3600)),
+        ),
         ("expired", Some(gw.token_with("u", &["*"], now - 3600))),
     ];
     for (method, path) in &routes {
@@ -42,7 +51,11 @@ async fn unauthorized_and_forbidden_matrix() {
                 req = req.bearer_auth(t);
             }
             let r = req.body("{}").send().await.unwrap();
-            assert_eq!(status_code(r).await, (401, "unauthorized".into()), "{what}: {method} {path}");
+            assert_eq!(
+                status_code(r).await,
+                (401, "unauthorized".into()),
+                "{what}: {method} {path}"
+            );
         }
         // Another project's token: 403.
         let r = gw
@@ -53,18 +66,34 @@ async fn unauthorized_and_forbidden_matrix() {
             .send()
             .await
             .unwrap();
-        assert_eq!(status_code(r).await, (403, "forbidden".into()), "p2 token: {method} {path}");
+        assert_eq!(
+            status_code(r).await,
+            (403, "forbidden".into()),
+            "p2 token: {method} {path}"
+        );
     }
     // Nothing happened to p1.
     let r = gw.get("/api/projects/p1").send().await.unwrap();
     assert_eq!(r.json::<Value>().await.unwrap()["status"], "active");
 
     // The right project's token works; the list shows only what it may see.
-    let r = gw.http().get(gw.url("/api/projects")).bearer_auth(gw.token(&["p1"])).send().await.unwrap();
+    let r = gw
+        .http()
+        .get(gw.url("/api/projects"))
+        .bearer_auth(gw.token(&["p1"]))
+        .send()
+        .await
+        .unwrap();
     let list: Vec<Value> = r.json().await.unwrap();
     assert_eq!(list.len(), 1);
     assert_eq!(list[0]["id"], "p1");
-    let r = gw.http().get(gw.url("/api/projects")).bearer_auth(gw.admin_token()).send().await.unwrap();
+    let r = gw
+        .http()
+        .get(gw.url("/api/projects"))
+        .bearer_auth(gw.admin_token())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.json::<Vec<Value>>().await.unwrap().len(), 2);
 
     // A token for p1 may not create p3; an admin token may.
@@ -81,7 +110,10 @@ async fn unauthorized_and_forbidden_matrix() {
     // ?token= works for the event stream (a browser's EventSource sends no headers) ...
     let r = gw
         .http()
-        .get(gw.url(&format!("/api/projects/p1/events?token={}", gw.token(&["p1"]))))
+        .get(gw.url(&format!(
+            "/api/projects/p1/events?token={}",
+            gw.token(&["p1"])
+        )))
         .send()
         .await
         .unwrap();
@@ -97,29 +129,72 @@ async fn unauthorized_and_forbidden_matrix() {
     assert_eq!(r.status(), 401);
 
     // Operations endpoints need no token.
-    assert_eq!(gw.http().get(gw.url("/healthz")).send().await.unwrap().status(), 200);
-    assert_eq!(gw.http().get(gw.url("/readyz")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        gw.http()
+            .get(gw.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        gw.http()
+            .get(gw.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 }
 
 #[tokio::test]
 async fn tokens_never_reach_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("gateway.log");
-    let gw = Gateway::builder().env("RUST_LOG", "debug").stderr_to(&log).start().await.unwrap();
+    let gw = Gateway::builder()
+        .env("RUST_LOG", "debug")
+        .stderr_to(&log)
+        .start()
+        .await
+        .unwrap();
     gw.open_project("p1").await.unwrap();
     let token = gw.token(&["p1"]);
-    let r = gw.http().get(gw.url(&format!("/api/projects/p1/archive?token={token}"))).send().await.unwrap();
+    let r = gw
+        .http()
+        .get(gw.url(&format!("/api/projects/p1/archive?token={token}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let _ = r.bytes().await.unwrap();
-    let r = gw.http().get(gw.url("/api/projects/p1/files/x")).bearer_auth(&token).send().await.unwrap();
+    let r = gw
+        .http()
+        .get(gw.url("/api/projects/p1/files/x"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
-    let text = tests::eventually(std::time::Duration::from_secs(10), "the request in the log", || {
-        let log = log.clone();
-        async move { std::fs::read_to_string(&log).ok().filter(|t| t.contains("token=REDACTED")) }
-    })
+    let text = tests::eventually(
+        std::time::Duration::from_secs(10),
+        "the request in the log",
+        || {
+            let log = log.clone();
+            async move {
+                std::fs::read_to_string(&log)
+                    .ok()
+                    .filter(|t| t.contains("token=REDACTED"))
+            }
+        },
+    )
     .await
     .unwrap();
     assert!(!text.contains(&token), "the token was logged");
-    assert!(!text.contains(&gw.admin_token()), "the admin token was logged");
+    assert!(
+        !text.contains(&gw.admin_token()),
+        "the admin token was logged"
+    );
     assert!(gw.stdout_lines().iter().all(|l| !l.contains(&token)));
 }

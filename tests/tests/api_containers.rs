@@ -25,7 +25,14 @@ async fn gateway_with_template() -> (Gateway, tempfile::TempDir) {
 }
 
 async fn get_local(port: u16, path: &str) -> Option<String> {
-    let r = reqwest::Client::builder().no_proxy().build().ok()?.get(format!("http://127.0.0.1:{port}{path}")).send().await.ok()?;
+    let r = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .ok()?
+        .get(format!("http://127.0.0.1:{port}{path}"))
+        .send()
+        .await
+        .ok()?;
     r.status().is_success().then_some(())?;
     r.text().await.ok()
 }
@@ -34,7 +41,14 @@ async fn get_local(port: u16, path: &str) -> Option<String> {
 async fn container_from_template_start_exec_logs_stop_delete() {
     let (gw, _t) = gateway_with_template().await;
     gw.open_project("app").await.unwrap();
-    let templates: Vec<Value> = gw.get("/api/templates").send().await.unwrap().json().await.unwrap();
+    let templates: Vec<Value> = gw
+        .get("/api/templates")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let git = templates[0]["git"].as_str().unwrap().to_owned();
     let port = free_port();
 
@@ -58,32 +72,75 @@ async fn container_from_template_start_exec_logs_stop_delete() {
     assert_eq!(c["port"], port);
     // Files are there now, not at start; the template's .git is not.
     let dir = gw.project_dir("app").join("web");
-    assert_eq!(std::fs::read_to_string(dir.join("index.html")).unwrap(), "<h1>template</h1>");
-    assert_eq!(std::fs::read_to_string(dir.join("installed.txt")).unwrap(), "installed\n");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("index.html")).unwrap(),
+        "<h1>template</h1>"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("installed.txt")).unwrap(),
+        "installed\n"
+    );
     assert!(!dir.join(".git").exists());
-    let logs: Vec<Value> = gw.get("/api/projects/app/logs").send().await.unwrap().json().await.unwrap();
+    let logs: Vec<Value> = gw
+        .get("/api/projects/app/logs")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let labels: Vec<&str> = logs.iter().map(|l| l["label"].as_str().unwrap()).collect();
     assert_eq!(labels, ["web: clone", "web: install"]);
     assert_eq!(logs[1]["command"], "echo installed > installed.txt");
 
     // Same name or same port: 409.
-    let r = gw.post("/api/projects/app/containers").json(&json!({"name": "web", "port": port + 1, "start": "true"})).send().await.unwrap();
+    let r = gw
+        .post("/api/projects/app/containers")
+        .json(&json!({"name": "web", "port": port + 1, "start": "true"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 409);
-    let r = gw.post("/api/projects/app/containers").json(&json!({"name": "api", "port": port, "start": "true"})).send().await.unwrap();
+    let r = gw
+        .post("/api/projects/app/containers")
+        .json(&json!({"name": "api", "port": port, "start": "true"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 409);
-    let r = gw.post("/api/projects/app/containers").json(&json!({"name": "Bad_Name", "port": 1234, "start": "true"})).send().await.unwrap();
+    let r = gw
+        .post("/api/projects/app/containers")
+        .json(&json!({"name": "Bad_Name", "port": 1234, "start": "true"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
 
     // Start: running with a preview URL, serving on the declared port.
-    let r = gw.post("/api/projects/app/containers/web/start").send().await.unwrap();
+    let r = gw
+        .post("/api/projects/app/containers/web/start")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let c: Value = r.json().await.unwrap();
     assert_eq!(c["status"], "running");
     let url = c["preview_url"].as_str().unwrap();
     assert!(url.starts_with("http://web.app.localhost:"), "{url}");
-    let body = eventually(Duration::from_secs(20), "the dev server", || get_local(port, "/index.html")).await.unwrap();
+    let body = eventually(Duration::from_secs(20), "the dev server", || {
+        get_local(port, "/index.html")
+    })
+    .await
+    .unwrap();
     assert_eq!(body, "<h1>template</h1>");
-    let list: Vec<Value> = gw.get("/api/projects/app/containers").send().await.unwrap().json().await.unwrap();
+    let list: Vec<Value> = gw
+        .get("/api/projects/app/containers")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(list[0]["status"], "running");
 
     // Exec inside the container: cwd /web, its env, its PORT.
@@ -96,20 +153,45 @@ async fn container_from_template_start_exec_logs_stop_delete() {
     let v: Value = r.json().await.unwrap();
     let out = v["stdout"].as_str().unwrap();
     assert!(out.ends_with(&format!("/web\nbar {port}\n")), "{out}");
-    let r = gw.post("/api/projects/app/exec").json(&json!({"argv": ["true"], "container": "nope"})).send().await.unwrap();
+    let r = gw
+        .post("/api/projects/app/exec")
+        .json(&json!({"argv": ["true"], "container": "nope"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
 
     // Logs, then following them while a new request comes in.
-    let text = eventually(Duration::from_secs(10), "the request in the logs", || async {
-        let t = gw.get("/api/projects/app/containers/web/logs").send().await.ok()?.text().await.ok()?;
-        t.contains("GET /index.html").then_some(t)
-    })
+    let text = eventually(
+        Duration::from_secs(10),
+        "the request in the logs",
+        || async {
+            let t = gw
+                .get("/api/projects/app/containers/web/logs")
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            t.contains("GET /index.html").then_some(t)
+        },
+    )
     .await
     .unwrap();
     assert!(text.contains("Serving HTTP"), "{text}");
-    let r = gw.get("/api/projects/app/containers/web/logs?follow=true").send().await.unwrap();
+    let r = gw
+        .get("/api/projects/app/containers/web/logs?follow=true")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
     let mut s = r.bytes_stream();
     get_local(port, "/followed-path").await;
     let mut seen = String::new();
@@ -127,26 +209,55 @@ async fn container_from_template_start_exec_logs_stop_delete() {
     drop(s);
 
     // Stop: stopped, the port closes, the files stay.
-    let r = gw.post("/api/projects/app/containers/web/stop").send().await.unwrap();
+    let r = gw
+        .post("/api/projects/app/containers/web/stop")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.json::<Value>().await.unwrap()["status"], "stopped");
     eventually(Duration::from_secs(10), "the port to close", || async {
-        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err().then_some(())
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+            .then_some(())
     })
     .await
     .unwrap();
     assert!(dir.join("index.html").exists());
 
     // Delete without files, then a second one with files.
-    let r = gw.delete("/api/projects/app/containers/web").send().await.unwrap();
+    let r = gw
+        .delete("/api/projects/app/containers/web")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 204);
     assert!(dir.exists());
-    let r = gw.post("/api/projects/app/containers").json(&json!({"name": "api", "port": port, "start": "sleep 60"})).send().await.unwrap();
+    let r = gw
+        .post("/api/projects/app/containers")
+        .json(&json!({"name": "api", "port": port, "start": "sleep 60"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 201, "the port is free again once web is gone");
     assert!(gw.project_dir("app").join("api").is_dir());
-    let r = gw.delete("/api/projects/app/containers/api?delete_files=true").send().await.unwrap();
+    let r = gw
+        .delete("/api/projects/app/containers/api?delete_files=true")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 204);
     assert!(!gw.project_dir("app").join("api").exists());
-    assert_eq!(gw.get("/api/projects/app/containers").send().await.unwrap().json::<Vec<Value>>().await.unwrap(), Vec::<Value>::new());
+    assert_eq!(
+        gw.get("/api/projects/app/containers")
+            .send()
+            .await
+            .unwrap()
+            .json::<Vec<Value>>()
+            .await
+            .unwrap(),
+        Vec::<Value>::new()
+    );
 }
 
 #[tokio::test]
@@ -164,7 +275,11 @@ async fn taken_port_gets_another_and_failed_install_changes_nothing() {
         .unwrap();
     assert_eq!(r.status(), 201);
     std::fs::write(gw.project_dir("p").join("srv/hello.txt"), "moved port").unwrap();
-    let r = gw.post("/api/projects/p/containers/srv/start").send().await.unwrap();
+    let r = gw
+        .post("/api/projects/p/containers/srv/start")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let v: Value = gw
         .post("/api/projects/p/exec")
@@ -177,7 +292,11 @@ async fn taken_port_gets_another_and_failed_install_changes_nothing() {
         .unwrap();
     let actual: u16 = v["stdout"].as_str().unwrap().parse().unwrap();
     assert_ne!(actual, taken);
-    let body = eventually(Duration::from_secs(20), "the moved dev server", || get_local(actual, "/hello.txt")).await.unwrap();
+    let body = eventually(Duration::from_secs(20), "the moved dev server", || {
+        get_local(actual, "/hello.txt")
+    })
+    .await
+    .unwrap();
     assert_eq!(body, "moved port");
     drop(holder);
 
@@ -190,49 +309,125 @@ async fn taken_port_gets_another_and_failed_install_changes_nothing() {
         .unwrap();
     assert_eq!(r.status(), 400);
     assert!(!gw.project_dir("p").join("bad").exists());
-    let list: Vec<Value> = gw.get("/api/projects/p/containers").send().await.unwrap().json().await.unwrap();
+    let list: Vec<Value> = gw
+        .get("/api/projects/p/containers")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(list.len(), 1);
-    let logs: Vec<Value> = gw.get("/api/projects/p/logs").send().await.unwrap().json().await.unwrap();
+    let logs: Vec<Value> = gw
+        .get("/api/projects/p/logs")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let last = logs.last().unwrap();
     assert_eq!(last["label"], "bad: install");
     assert_eq!(last["exit_code"], 7);
     assert_eq!(last["stderr"], "nope\n");
 
     // Hibernate and open: containers come back stopped.
-    assert_eq!(gw.post("/api/projects/p/hibernate").send().await.unwrap().status(), 200);
-    let p: Value = gw.post("/api/projects/p/open").send().await.unwrap().json().await.unwrap();
+    assert_eq!(
+        gw.post("/api/projects/p/hibernate")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let p: Value = gw
+        .post("/api/projects/p/open")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(p["containers"][0]["status"], "stopped");
-    assert_eq!(std::fs::read_to_string(gw.project_dir("p").join("srv/hello.txt")).unwrap(), "moved port");
+    assert_eq!(
+        std::fs::read_to_string(gw.project_dir("p").join("srv/hello.txt")).unwrap(),
+        "moved port"
+    );
     // Container routes on a hibernated project: 409.
     gw.post("/api/projects/p/hibernate").send().await.unwrap();
-    let r = gw.post("/api/projects/p/containers/srv/start").send().await.unwrap();
+    let r = gw
+        .post("/api/projects/p/containers/srv/start")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 409);
-    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "project_not_active");
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "project_not_active"
+    );
 }
 
 #[tokio::test]
 async fn a_dev_server_that_ends_by_itself_is_shown_failed_or_stopped() {
     let gw = Gateway::start().await.unwrap();
     gw.open_project("d").await.unwrap();
-    for (name, start) in [("crash", "echo boom >&2; exit 3"), ("done", "echo finished")] {
+    for (name, start) in [
+        ("crash", "echo boom >&2; exit 3"),
+        ("done", "echo finished"),
+    ] {
         let port = free_port();
-        let r = gw.post("/api/projects/d/containers").json(&json!({"name": name, "port": port, "start": start})).send().await.unwrap();
+        let r = gw
+            .post("/api/projects/d/containers")
+            .json(&json!({"name": name, "port": port, "start": start}))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 201);
-        let r = gw.post(&format!("/api/projects/d/containers/{name}/start")).send().await.unwrap();
+        let r = gw
+            .post(&format!("/api/projects/d/containers/{name}/start"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
     }
-    let statuses = eventually(Duration::from_secs(15), "both dev servers to end", || async {
-        let list: Vec<Value> = gw.get("/api/projects/d/containers").send().await.ok()?.json().await.ok()?;
-        let st = |n: &str| list.iter().find(|c| c["name"] == n).map(|c| c["status"].as_str().unwrap_or_default().to_owned());
-        let (a, b) = (st("crash")?, st("done")?);
-        (a != "running" && b != "running").then_some((a, b))
-    })
+    let statuses = eventually(
+        Duration::from_secs(15),
+        "both dev servers to end",
+        || async {
+            let list: Vec<Value> = gw
+                .get("/api/projects/d/containers")
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            let st = |n: &str| {
+                list.iter()
+                    .find(|c| c["name"] == n)
+                    .map(|c| c["status"].as_str().unwrap_or_default().to_owned())
+            };
+            let (a, b) = (st("crash")?, st("done")?);
+            (a != "running" && b != "running").then_some((a, b))
+        },
+    )
     .await
     .unwrap();
     assert_eq!(statuses, ("failed".to_owned(), "stopped".to_owned()));
-    let logs = gw.get("/api/projects/d/containers/crash/logs").send().await.unwrap().text().await.unwrap();
+    let logs = gw
+        .get("/api/projects/d/containers/crash/logs")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(logs.contains("boom"), "{logs}");
     // It can be started again.
-    let r = gw.post("/api/projects/d/containers/crash/start").send().await.unwrap();
+    let r = gw
+        .post("/api/projects/d/containers/crash/start")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
 }

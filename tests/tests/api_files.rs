@@ -13,7 +13,10 @@ use tests::gateway::Gateway;
 async fn code(r: reqwest::Response) -> (StatusCode, String) {
     let s = r.status();
     let v: Value = r.json().await.unwrap_or(Value::Null);
-    (s, v["error"]["code"].as_str().unwrap_or_default().to_owned())
+    (
+        s,
+        v["error"]["code"].as_str().unwrap_or_default().to_owned(),
+    )
 }
 
 #[tokio::test]
@@ -22,17 +25,29 @@ async fn write_read_etag_range_and_preconditions() {
     gw.open_project("p1").await.unwrap();
 
     // PUT creates parents and answers etag and size.
-    let r = gw.put("/api/projects/p1/files/src/deep/a.txt").body("hello world").send().await.unwrap();
+    let r = gw
+        .put("/api/projects/p1/files/src/deep/a.txt")
+        .body("hello world")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let etag_header = r.headers()["etag"].to_str().unwrap().to_owned();
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["size"], 11);
     let etag = v["etag"].as_str().unwrap().to_owned();
     assert_eq!(etag_header, format!("\"{etag}\""));
-    assert_eq!(std::fs::read(gw.project_dir("p1").join("src/deep/a.txt")).unwrap(), b"hello world");
+    assert_eq!(
+        std::fs::read(gw.project_dir("p1").join("src/deep/a.txt")).unwrap(),
+        b"hello world"
+    );
 
     // GET: bytes with ETag, Content-Length, Last-Modified.
-    let r = gw.get("/api/projects/p1/files/src/deep/a.txt").send().await.unwrap();
+    let r = gw
+        .get("/api/projects/p1/files/src/deep/a.txt")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["etag"].to_str().unwrap(), etag_header);
     assert_eq!(r.headers()["content-length"], "11");
@@ -40,49 +55,138 @@ async fn write_read_etag_range_and_preconditions() {
     assert_eq!(r.bytes().await.unwrap(), "hello world");
 
     // Range → 206 with Content-Range.
-    let r = gw.get("/api/projects/p1/files/src/deep/a.txt").header("range", "bytes=6-").send().await.unwrap();
+    let r = gw
+        .get("/api/projects/p1/files/src/deep/a.txt")
+        .header("range", "bytes=6-")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 206);
     assert_eq!(r.headers()["content-range"], "bytes 6-10/11");
     assert_eq!(r.bytes().await.unwrap(), "world");
-    let r = gw.get("/api/projects/p1/files/src/deep/a.txt").header("range", "bytes=0-4").send().await.unwrap();
+    let r = gw
+        .get("/api/projects/p1/files/src/deep/a.txt")
+        .header("range", "bytes=0-4")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 206);
     assert_eq!(r.bytes().await.unwrap(), "hello");
-    let r = gw.get("/api/projects/p1/files/src/deep/a.txt").header("range", "bytes=-3").send().await.unwrap();
+    let r = gw
+        .get("/api/projects/p1/files/src/deep/a.txt")
+        .header("range", "bytes=-3")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.bytes().await.unwrap(), "rld");
-    let r = gw.get("/api/projects/p1/files/src/deep/a.txt").header("range", "bytes=50-").send().await.unwrap();
+    let r = gw
+        .get("/api/projects/p1/files/src/deep/a.txt")
+        .header("range", "bytes=50-")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 416);
 
     // If-None-Match on GET → 304.
-    let r = gw.get("/api/projects/p1/files/src/deep/a.txt").header("if-none-match", &etag_header).send().await.unwrap();
+    let r = gw
+        .get("/api/projects/p1/files/src/deep/a.txt")
+        .header("if-none-match", &etag_header)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 304);
 
     // If-Match with the current etag succeeds; with an old one → 412, unchanged.
-    let r = gw.put("/api/projects/p1/files/src/deep/a.txt").header("if-match", &etag_header).body("v2").send().await.unwrap();
+    let r = gw
+        .put("/api/projects/p1/files/src/deep/a.txt")
+        .header("if-match", &etag_header)
+        .body("v2")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    let r = gw.put("/api/projects/p1/files/src/deep/a.txt").header("if-match", &etag_header).body("v3").send().await.unwrap();
-    assert_eq!(code(r).await, (StatusCode::PRECONDITION_FAILED, "precondition_failed".into()));
-    assert_eq!(std::fs::read(gw.project_dir("p1").join("src/deep/a.txt")).unwrap(), b"v2");
+    let r = gw
+        .put("/api/projects/p1/files/src/deep/a.txt")
+        .header("if-match", &etag_header)
+        .body("v3")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        code(r).await,
+        (
+            StatusCode::PRECONDITION_FAILED,
+            "precondition_failed".into()
+        )
+    );
+    assert_eq!(
+        std::fs::read(gw.project_dir("p1").join("src/deep/a.txt")).unwrap(),
+        b"v2"
+    );
 
     // If-None-Match: * → 412 when the file exists, 200 when it does not.
-    let r = gw.put("/api/projects/p1/files/src/deep/a.txt").header("if-none-match", "*").body("v4").send().await.unwrap();
-    assert_eq!(code(r).await, (StatusCode::PRECONDITION_FAILED, "precondition_failed".into()));
-    assert_eq!(std::fs::read(gw.project_dir("p1").join("src/deep/a.txt")).unwrap(), b"v2");
-    let r = gw.put("/api/projects/p1/files/new.txt").header("if-none-match", "*").body("n").send().await.unwrap();
+    let r = gw
+        .put("/api/projects/p1/files/src/deep/a.txt")
+        .header("if-none-match", "*")
+        .body("v4")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        code(r).await,
+        (
+            StatusCode::PRECONDITION_FAILED,
+            "precondition_failed".into()
+        )
+    );
+    assert_eq!(
+        std::fs::read(gw.project_dir("p1").join("src/deep/a.txt")).unwrap(),
+        b"v2"
+    );
+    let r = gw
+        .put("/api/projects/p1/files/new.txt")
+        .header("if-none-match", "*")
+        .body("n")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
 
     // A directory → 400 is_directory; a missing file → 404.
     let r = gw.get("/api/projects/p1/files/src").send().await.unwrap();
-    assert_eq!(code(r).await, (StatusCode::BAD_REQUEST, "is_directory".into()));
-    let r = gw.get("/api/projects/p1/files/missing.txt").send().await.unwrap();
+    assert_eq!(
+        code(r).await,
+        (StatusCode::BAD_REQUEST, "is_directory".into())
+    );
+    let r = gw
+        .get("/api/projects/p1/files/missing.txt")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(code(r).await, (StatusCode::NOT_FOUND, "not_found".into()));
     let r = gw.get("/api/projects/p1/files/").send().await.unwrap();
-    assert_eq!(code(r).await, (StatusCode::BAD_REQUEST, "is_directory".into()));
+    assert_eq!(
+        code(r).await,
+        (StatusCode::BAD_REQUEST, "is_directory".into())
+    );
 
     // A large body streams through intact.
     let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
-    let r = gw.put("/api/projects/p1/files/big.bin").body(big.clone()).send().await.unwrap();
+    let r = gw
+        .put("/api/projects/p1/files/big.bin")
+        .body(big.clone())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    let got = gw.get("/api/projects/p1/files/big.bin").send().await.unwrap().bytes().await.unwrap();
+    let got = gw
+        .get("/api/projects/p1/files/big.bin")
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
     assert_eq!(got.len(), big.len());
     assert!(got == big);
 }
@@ -92,48 +196,118 @@ async fn list_stat_mkdir_move_delete() {
     let gw = Gateway::start().await.unwrap();
     gw.open_project("p1").await.unwrap();
     for f in ["a/b/c.txt", "a/d.txt", "e.txt"] {
-        assert_eq!(gw.put(&format!("/api/projects/p1/files/{f}")).body("x").send().await.unwrap().status(), 200);
+        assert_eq!(
+            gw.put(&format!("/api/projects/p1/files/{f}"))
+                .body("x")
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
     }
 
-    let v: Value = gw.get("/api/projects/p1/list").send().await.unwrap().json().await.unwrap();
-    let mut paths: Vec<&str> = v["entries"].as_array().unwrap().iter().map(|e| e["path"].as_str().unwrap()).collect();
+    let v: Value = gw
+        .get("/api/projects/p1/list")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut paths: Vec<&str> = v["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
     paths.sort();
     assert_eq!(paths, ["a", "e.txt"]);
-    let v: Value = gw.get("/api/projects/p1/list/?depth=3").send().await.unwrap().json().await.unwrap();
+    let v: Value = gw
+        .get("/api/projects/p1/list/?depth=3")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(v["entries"].as_array().unwrap().len(), 5);
-    let v: Value = gw.get("/api/projects/p1/list/a").send().await.unwrap().json().await.unwrap();
+    let v: Value = gw
+        .get("/api/projects/p1/list/a")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(v["entries"].as_array().unwrap().len(), 2);
     let r = gw.get("/api/projects/p1/list/e.txt").send().await.unwrap();
-    assert_eq!(code(r).await, (StatusCode::BAD_REQUEST, "not_a_directory".into()));
+    assert_eq!(
+        code(r).await,
+        (StatusCode::BAD_REQUEST, "not_a_directory".into())
+    );
 
-    let e: Value = gw.get("/api/projects/p1/stat/a/d.txt").send().await.unwrap().json().await.unwrap();
+    let e: Value = gw
+        .get("/api/projects/p1/stat/a/d.txt")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(e["kind"], "file");
     assert_eq!(e["size"], 1);
     assert_eq!(e["mode"], "0644");
     assert!(e["etag"].is_string());
     assert!(chrono_like(e["mtime"].as_str().unwrap()));
 
-    let r = gw.post("/api/projects/p1/mkdir/x/y/z").send().await.unwrap();
+    let r = gw
+        .post("/api/projects/p1/mkdir/x/y/z")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 201);
     let e: Value = r.json().await.unwrap();
     assert_eq!(e["kind"], "dir");
     assert!(gw.project_dir("p1").join("x/y/z").is_dir());
 
     // move: 409 when the target exists, 200 with overwrite.
-    let r = gw.post("/api/projects/p1/move").json(&json!({"from": "e.txt", "to": "a/d.txt"})).send().await.unwrap();
+    let r = gw
+        .post("/api/projects/p1/move")
+        .json(&json!({"from": "e.txt", "to": "a/d.txt"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(code(r).await, (StatusCode::CONFLICT, "conflict".into()));
-    let r = gw.post("/api/projects/p1/move").json(&json!({"from": "e.txt", "to": "moved.txt"})).send().await.unwrap();
+    let r = gw
+        .post("/api/projects/p1/move")
+        .json(&json!({"from": "e.txt", "to": "moved.txt"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<Value>().await.unwrap()["path"], "moved.txt");
-    let r = gw.post("/api/projects/p1/move").json(&json!({"from": "moved.txt", "to": "a/d.txt", "overwrite": true})).send().await.unwrap();
+    let r = gw
+        .post("/api/projects/p1/move")
+        .json(&json!({"from": "moved.txt", "to": "a/d.txt", "overwrite": true}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert!(!gw.project_dir("p1").join("moved.txt").exists());
 
     // delete: non-empty dir needs recursive.
     let r = gw.delete("/api/projects/p1/files/a").send().await.unwrap();
-    assert_eq!(code(r).await, (StatusCode::CONFLICT, "directory_not_empty".into()));
+    assert_eq!(
+        code(r).await,
+        (StatusCode::CONFLICT, "directory_not_empty".into())
+    );
     assert!(gw.project_dir("p1").join("a/b/c.txt").exists());
-    let r = gw.delete("/api/projects/p1/files/a?recursive=true").send().await.unwrap();
+    let r = gw
+        .delete("/api/projects/p1/files/a?recursive=true")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 204);
     assert!(!gw.project_dir("p1").join("a").exists());
     let r = gw.delete("/api/projects/p1/files/a").send().await.unwrap();
@@ -169,7 +343,10 @@ async fn path_escapes_are_refused_and_touch_nothing() {
         let (status, body) = gw.raw(&gw.raw_request("GET", path, b"")).await.unwrap();
         assert_eq!(status, 400, "GET {path}: {body}");
         assert!(body.contains("path_outside_project"), "GET {path}: {body}");
-        let (status, body) = gw.raw(&gw.raw_request("PUT", path, b"pwned")).await.unwrap();
+        let (status, body) = gw
+            .raw(&gw.raw_request("PUT", path, b"pwned"))
+            .await
+            .unwrap();
         assert_eq!(status, 400, "PUT {path}: {body}");
         assert!(body.contains("path_outside_project"), "PUT {path}: {body}");
     }
@@ -177,23 +354,64 @@ async fn path_escapes_are_refused_and_touch_nothing() {
 
     // Symlinks whose target lies outside the root: a file and a directory.
     let ln = json!({"argv": ["sh", "-c", format!("ln -s {} out.txt && ln -s {} outdir", secret.display(), outside.path().display())]});
-    let r = gw.post("/api/projects/p1/exec").json(&ln).send().await.unwrap();
+    let r = gw
+        .post("/api/projects/p1/exec")
+        .json(&ln)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.json::<Value>().await.unwrap()["exit_code"], 0);
     for path in ["out.txt", "outdir/secret.txt", "outdir/new.txt"] {
-        let r = gw.get(&format!("/api/projects/p1/files/{path}")).send().await.unwrap();
-        assert_eq!(code(r).await, (StatusCode::BAD_REQUEST, "path_outside_project".into()), "GET {path}");
-        let r = gw.put(&format!("/api/projects/p1/files/{path}")).body("pwned").send().await.unwrap();
-        assert_eq!(code(r).await, (StatusCode::BAD_REQUEST, "path_outside_project".into()), "PUT {path}");
+        let r = gw
+            .get(&format!("/api/projects/p1/files/{path}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            code(r).await,
+            (StatusCode::BAD_REQUEST, "path_outside_project".into()),
+            "GET {path}"
+        );
+        let r = gw
+            .put(&format!("/api/projects/p1/files/{path}"))
+            .body("pwned")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            code(r).await,
+            (StatusCode::BAD_REQUEST, "path_outside_project".into()),
+            "PUT {path}"
+        );
     }
     assert_eq!(std::fs::read_to_string(&secret).unwrap(), "top secret");
     assert!(!outside.path().join("new.txt").exists());
 
     // Move and mkdir check both paths too.
-    let r = gw.post("/api/projects/p1/move").json(&json!({"from": "../x", "to": "y"})).send().await.unwrap();
-    assert_eq!(code(r).await, (StatusCode::BAD_REQUEST, "path_outside_project".into()));
-    let r = gw.post("/api/projects/p1/move").json(&json!({"from": "out.txt", "to": "/tmp/stolen"})).send().await.unwrap();
-    assert_eq!(code(r).await, (StatusCode::BAD_REQUEST, "path_outside_project".into()));
-    let (status, _) = gw.raw(&gw.raw_request("POST", "/api/projects/p1/mkdir/%2e%2e/evil", b"")).await.unwrap();
+    let r = gw
+        .post("/api/projects/p1/move")
+        .json(&json!({"from": "../x", "to": "y"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        code(r).await,
+        (StatusCode::BAD_REQUEST, "path_outside_project".into())
+    );
+    let r = gw
+        .post("/api/projects/p1/move")
+        .json(&json!({"from": "out.txt", "to": "/tmp/stolen"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        code(r).await,
+        (StatusCode::BAD_REQUEST, "path_outside_project".into())
+    );
+    let (status, _) = gw
+        .raw(&gw.raw_request("POST", "/api/projects/p1/mkdir/%2e%2e/evil", b""))
+        .await
+        .unwrap();
     assert_eq!(status, 400);
     assert!(!gw.data_dir.join("projects/evil").exists());
 }
@@ -217,18 +435,40 @@ async fn archive_download_and_upload() {
     let gw = Gateway::start().await.unwrap();
     gw.open_project("p1").await.unwrap();
 
-    let good = zip_of(&[("src/main.rs", b"fn main() {}", 0o644), ("run.sh", b"#!/bin/sh\necho ok\n", 0o755)]);
-    let r = gw.post("/api/projects/p1/archive").body(good).send().await.unwrap();
+    let good = zip_of(&[
+        ("src/main.rs", b"fn main() {}", 0o644),
+        ("run.sh", b"#!/bin/sh\necho ok\n", 0o755),
+    ]);
+    let r = gw
+        .post("/api/projects/p1/archive")
+        .body(good)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["files"], 2);
-    assert_eq!(std::fs::read(gw.project_dir("p1").join("src/main.rs")).unwrap(), b"fn main() {}");
-    let mode = std::fs::metadata(gw.project_dir("p1").join("run.sh")).unwrap().permissions().mode();
+    assert_eq!(
+        std::fs::read(gw.project_dir("p1").join("src/main.rs")).unwrap(),
+        b"fn main() {}"
+    );
+    let mode = std::fs::metadata(gw.project_dir("p1").join("run.sh"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o755);
 
     // An entry that would land outside: 400 and nothing written, not even the good entries.
-    let bad = zip_of(&[("fine.txt", b"fine", 0o644), ("../escaped.txt", b"evil", 0o644)]);
-    let r = gw.post("/api/projects/p1/archive").body(bad).send().await.unwrap();
+    let bad = zip_of(&[
+        ("fine.txt", b"fine", 0o644),
+        ("../escaped.txt", b"evil", 0o644),
+    ]);
+    let r = gw
+        .post("/api/projects/p1/archive")
+        .body(bad)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     assert!(!gw.project_dir("p1").join("fine.txt").exists());
     assert!(!gw.data_dir.join("projects/escaped.txt").exists());
@@ -238,7 +478,10 @@ async fn archive_download_and_upload() {
     std::fs::write(gw.project_dir("p1").join("node_modules/x/i.js"), "x").unwrap();
     let r = gw
         .http()
-        .get(gw.url(&format!("/api/projects/p1/archive?token={}", gw.token(&["p1"]))))
+        .get(gw.url(&format!(
+            "/api/projects/p1/archive?token={}",
+            gw.token(&["p1"])
+        )))
         .send()
         .await
         .unwrap();
@@ -246,17 +489,25 @@ async fn archive_download_and_upload() {
     assert_eq!(r.headers()["content-type"], "application/zip");
     let bytes = r.bytes().await.unwrap();
     let mut z = zip::ZipArchive::new(std::io::Cursor::new(bytes.to_vec())).unwrap();
-    let names: Vec<String> = (0..z.len()).map(|i| z.by_index(i).unwrap().name().to_owned()).collect();
+    let names: Vec<String> = (0..z.len())
+        .map(|i| z.by_index(i).unwrap().name().to_owned())
+        .collect();
     assert!(names.iter().any(|n| n == "src/main.rs"), "{names:?}");
     assert!(names.iter().any(|n| n == "run.sh"), "{names:?}");
-    assert!(!names.iter().any(|n| n.contains("node_modules")), "{names:?}");
+    assert!(
+        !names.iter().any(|n| n.contains("node_modules")),
+        "{names:?}"
+    );
     let f = z.by_name("run.sh").unwrap();
     assert_eq!(f.unix_mode().unwrap() & 0o777, 0o755);
 
     // ?token= is not accepted on ordinary routes.
     let r = gw
         .http()
-        .get(gw.url(&format!("/api/projects/p1/files/run.sh?token={}", gw.token(&["p1"]))))
+        .get(gw.url(&format!(
+            "/api/projects/p1/files/run.sh?token={}",
+            gw.token(&["p1"])
+        )))
         .send()
         .await
         .unwrap();
@@ -266,25 +517,65 @@ async fn archive_download_and_upload() {
 #[tokio::test]
 async fn file_routes_need_an_active_project() {
     let gw = Gateway::start().await.unwrap();
-    let r = gw.post("/api/projects").json(&json!({"id": "idle"})).send().await.unwrap();
+    let r = gw
+        .post("/api/projects")
+        .json(&json!({"id": "idle"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 201);
-    let r = gw.put("/api/projects/idle/files/a.txt").body("x").send().await.unwrap();
-    assert_eq!(code(r).await, (StatusCode::CONFLICT, "project_not_active".into()));
+    let r = gw
+        .put("/api/projects/idle/files/a.txt")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        code(r).await,
+        (StatusCode::CONFLICT, "project_not_active".into())
+    );
     let r = gw.get("/api/projects/idle/list").send().await.unwrap();
-    assert_eq!(code(r).await, (StatusCode::CONFLICT, "project_not_active".into()));
-    let r = gw.get("/api/projects/nope/files/a.txt").send().await.unwrap();
+    assert_eq!(
+        code(r).await,
+        (StatusCode::CONFLICT, "project_not_active".into())
+    );
+    let r = gw
+        .get("/api/projects/nope/files/a.txt")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(code(r).await, (StatusCode::NOT_FOUND, "not_found".into()));
-    let r = gw.get("/api/projects/Bad_Id/files/a.txt").send().await.unwrap();
-    assert_eq!(code(r).await, (StatusCode::BAD_REQUEST, "bad_request".into()));
+    let r = gw
+        .get("/api/projects/Bad_Id/files/a.txt")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        code(r).await,
+        (StatusCode::BAD_REQUEST, "bad_request".into())
+    );
 }
 
 #[tokio::test]
 async fn bodies_over_the_limit_are_413_and_write_nothing() {
-    let gw = Gateway::builder().arg("--max-body-bytes").arg("1000").start().await.unwrap();
+    let gw = Gateway::builder()
+        .arg("--max-body-bytes")
+        .arg("1000")
+        .start()
+        .await
+        .unwrap();
     gw.open_project("p1").await.unwrap();
     // Declared length over the limit.
-    let r = gw.put("/api/projects/p1/files/big.txt").body(vec![b'x'; 2000]).send().await.unwrap();
-    assert_eq!(code(r).await, (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large".into()));
+    let r = gw
+        .put("/api/projects/p1/files/big.txt")
+        .body(vec![b'x'; 2000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        code(r).await,
+        (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large".into())
+    );
     assert!(!gw.project_dir("p1").join("big.txt").exists());
     // Chunked, so only counting finds out: the write is cancelled, nothing lands.
     let r = reqwest::Client::new()
@@ -295,16 +586,29 @@ async fn bodies_over_the_limit_are_413_and_write_nothing() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..8).map(|_| Ok(vec![b'y'; 300])).collect();
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..8).map(|_| Ok(vec![b'y'; 300])).collect();
     let body = reqwest::Body::wrap_stream(futures::stream::iter(chunks));
     // The gateway answers before the body is done and drops the rest; the
     // client may see that as a reset instead of the 413, both are a refusal.
     let fresh = reqwest::Client::new();
-    if let Ok(r) = fresh.put(gw.url("/api/projects/p1/files/keep.txt")).bearer_auth(gw.admin_token()).body(body).send().await {
+    if let Ok(r) = fresh
+        .put(gw.url("/api/projects/p1/files/keep.txt"))
+        .bearer_auth(gw.admin_token())
+        .body(body)
+        .send()
+        .await
+    {
         assert_eq!(r.status(), 413);
     }
-    assert_eq!(std::fs::read_to_string(gw.project_dir("p1").join("keep.txt")).unwrap(), "old");
-    let leftovers: Vec<_> = std::fs::read_dir(gw.project_dir("p1")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(
+        std::fs::read_to_string(gw.project_dir("p1").join("keep.txt")).unwrap(),
+        "old"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(gw.project_dir("p1"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(leftovers.len(), 1, "{leftovers:?}");
     // Under the limit is fine (a new connection: the last one was cut).
     let r = reqwest::Client::new()

@@ -25,7 +25,11 @@ fn snapshot(root: &Path) -> BTreeMap<String, (String, u32, Vec<u8>)> {
             let m = std::fs::symlink_metadata(&p).unwrap();
             let mode = m.permissions().mode() & 0o7777;
             if m.file_type().is_symlink() {
-                let target = std::fs::read_link(&p).unwrap().to_string_lossy().into_owned().into_bytes();
+                let target = std::fs::read_link(&p)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned()
+                    .into_bytes();
                 out.insert(rel, ("symlink".into(), 0, target));
             } else if m.is_dir() {
                 out.insert(rel, ("dir".into(), mode, Vec::new()));
@@ -41,12 +45,22 @@ fn snapshot(root: &Path) -> BTreeMap<String, (String, u32, Vec<u8>)> {
 }
 
 async fn put(gw: &Gateway, p: &str, path: &str, body: impl Into<reqwest::Body>) {
-    let r = gw.put(&format!("/api/projects/{p}/files/{path}")).body(body).send().await.unwrap();
+    let r = gw
+        .put(&format!("/api/projects/{p}/files/{path}"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200, "PUT {path}");
 }
 
 async fn exec(gw: &Gateway, p: &str, script: &str) {
-    let r = gw.post(&format!("/api/projects/{p}/exec")).json(&json!({"argv": ["sh", "-c", script]})).send().await.unwrap();
+    let r = gw
+        .post(&format!("/api/projects/{p}/exec"))
+        .json(&json!({"argv": ["sh", "-c", script]}))
+        .send()
+        .await
+        .unwrap();
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["exit_code"], 0, "{script}: {v}");
 }
@@ -55,18 +69,30 @@ async fn exec(gw: &Gateway, p: &str, script: &str) {
 async fn hibernate_to_s3_and_open_with_identical_bytes_and_modes() {
     let s3 = S3Server::start().await.unwrap();
     s3.create_bucket("archives").await.unwrap();
-    let gw = Gateway::builder().envs(&s3.env()).archive("s3://archives/envs").start().await.unwrap();
+    let gw = Gateway::builder()
+        .envs(&s3.env())
+        .archive("s3://archives/envs")
+        .start()
+        .await
+        .unwrap();
     gw.open_project("s3p").await.unwrap();
 
     put(&gw, "s3p", "src/app/main.js", "console.log('hi')\n").await;
     put(&gw, "s3p", "bin/run.sh", "#!/bin/sh\necho run\n").await;
     put(&gw, "s3p", "secret.env", "TOKEN=x\n").await;
     put(&gw, "s3p", "empty.txt", Vec::<u8>::new()).await;
-    let binary: Vec<u8> = (0..200_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let binary: Vec<u8> = (0..200_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
     put(&gw, "s3p", "assets/blob.bin", binary).await;
     exec(&gw, "s3p", "chmod 755 bin/run.sh && chmod 600 secret.env && mkdir -p empty/dir && chmod 700 empty && ln -s src/app/main.js link.js").await;
     // Left out of archives by design: reinstalled, not restored.
-    exec(&gw, "s3p", "mkdir -p node_modules/dep && echo x > node_modules/dep/i.js").await;
+    exec(
+        &gw,
+        "s3p",
+        "mkdir -p node_modules/dep && echo x > node_modules/dep/i.js",
+    )
+    .await;
     let before = snapshot(&gw.project_dir("s3p"));
     assert!(before.len() >= 10, "{before:?}");
 
@@ -78,10 +104,19 @@ async fn hibernate_to_s3_and_open_with_identical_bytes_and_modes() {
     assert!(key.starts_with("envs/s3p/"), "{key}");
     assert!(!gw.project_dir("s3p").exists());
     // The object is in the bucket with the recorded size.
-    let obj = reqwest::Client::builder().no_proxy().build().unwrap()
-        .get(format!("{}/archives/{key}", s3.endpoint)).send().await.unwrap();
+    let obj = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(format!("{}/archives/{key}", s3.endpoint))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(obj.status(), 200);
-    assert_eq!(obj.bytes().await.unwrap().len() as u64, p["archive"]["size"].as_u64().unwrap());
+    assert_eq!(
+        obj.bytes().await.unwrap().len() as u64,
+        p["archive"]["size"].as_u64().unwrap()
+    );
 
     let r = gw.post("/api/projects/s3p/open").send().await.unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
@@ -91,25 +126,65 @@ async fn hibernate_to_s3_and_open_with_identical_bytes_and_modes() {
     assert!(!gw.project_dir("s3p").join("node_modules").exists());
 
     // Through the API as well: an executable stays executable.
-    let e: Value = gw.get("/api/projects/s3p/stat/bin/run.sh").send().await.unwrap().json().await.unwrap();
+    let e: Value = gw
+        .get("/api/projects/s3p/stat/bin/run.sh")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(e["mode"], "0755");
-    let r = gw.post("/api/projects/s3p/exec").json(&json!({"argv": ["./bin/run.sh"]})).send().await.unwrap();
+    let r = gw
+        .post("/api/projects/s3p/exec")
+        .json(&json!({"argv": ["./bin/run.sh"]}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.json::<Value>().await.unwrap()["stdout"], "run\n");
 
     // A second hibernation writes a new version; the log shows both.
     let r = gw.post("/api/projects/s3p/hibernate").send().await.unwrap();
     let p: Value = r.json().await.unwrap();
     assert_ne!(p["archive"]["key"].as_str().unwrap(), key);
-    let logs: Vec<Value> = gw.get("/api/projects/s3p/logs").send().await.unwrap().json().await.unwrap();
-    assert_eq!(logs.iter().filter(|l| l["label"] == "hibernate" && l["exit_code"] == 0).count(), 2);
-    assert_eq!(logs.iter().filter(|l| l["label"] == "restore" && l["exit_code"] == 0).count(), 1);
+    let logs: Vec<Value> = gw
+        .get("/api/projects/s3p/logs")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        logs.iter()
+            .filter(|l| l["label"] == "hibernate" && l["exit_code"] == 0)
+            .count(),
+        2
+    );
+    assert_eq!(
+        logs.iter()
+            .filter(|l| l["label"] == "restore" && l["exit_code"] == 0)
+            .count(),
+        1
+    );
 
     // Delete removes the archives from the bucket.
     let second = p["archive"]["key"].as_str().unwrap().to_owned();
-    assert_eq!(gw.delete("/api/projects/s3p").send().await.unwrap().status(), 204);
+    assert_eq!(
+        gw.delete("/api/projects/s3p")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     for k in [&key, &second] {
-        let r = http.get(format!("{}/archives/{k}", s3.endpoint)).send().await.unwrap();
+        let r = http
+            .get(format!("{}/archives/{k}", s3.endpoint))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 404, "{k} still in the bucket");
     }
 }
@@ -119,31 +194,71 @@ async fn hibernate_with_s3_unreachable_leaves_the_project_active_and_intact() {
     // Nothing listens on this port.
     let dead = tests::free_port();
     let env = vec![
-        ("AWS_ENDPOINT_URL".to_owned(), format!("http://127.0.0.1:{dead}")),
+        (
+            "AWS_ENDPOINT_URL".to_owned(),
+            format!("http://127.0.0.1:{dead}"),
+        ),
         ("AWS_ACCESS_KEY_ID".to_owned(), "test".to_owned()),
         ("AWS_SECRET_ACCESS_KEY".to_owned(), "test".to_owned()),
         ("AWS_REGION".to_owned(), "us-east-1".to_owned()),
         ("AWS_MAX_ATTEMPTS".to_owned(), "2".to_owned()),
     ];
-    let gw = Gateway::builder().envs(&env).archive("s3://archives/x").start().await.unwrap();
+    let gw = Gateway::builder()
+        .envs(&env)
+        .archive("s3://archives/x")
+        .start()
+        .await
+        .unwrap();
     gw.open_project("keep").await.unwrap();
     put(&gw, "keep", "a/b.txt", "precious").await;
-    exec(&gw, "keep", "printf '#!/bin/sh\\n' > x.sh && chmod 755 x.sh").await;
+    exec(
+        &gw,
+        "keep",
+        "printf '#!/bin/sh\\n' > x.sh && chmod 755 x.sh",
+    )
+    .await;
     let before = snapshot(&gw.project_dir("keep"));
 
-    let r = gw.post("/api/projects/keep/hibernate").send().await.unwrap();
+    let r = gw
+        .post("/api/projects/keep/hibernate")
+        .send()
+        .await
+        .unwrap();
     assert!(r.status().is_server_error(), "{}", r.status());
     let v: Value = r.json().await.unwrap();
     assert!(v["error"]["code"].is_string());
 
-    let p: Value = gw.get("/api/projects/keep").send().await.unwrap().json().await.unwrap();
+    let p: Value = gw
+        .get("/api/projects/keep")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(p["status"], "active");
     assert!(p.get("archive").is_none());
     assert_eq!(snapshot(&gw.project_dir("keep")), before);
     // Still usable.
-    assert_eq!(gw.get("/api/projects/keep/files/a/b.txt").send().await.unwrap().text().await.unwrap(), "precious");
+    assert_eq!(
+        gw.get("/api/projects/keep/files/a/b.txt")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "precious"
+    );
     put(&gw, "keep", "a/c.txt", "more").await;
-    let logs: Vec<Value> = gw.get("/api/projects/keep/logs").send().await.unwrap().json().await.unwrap();
+    let logs: Vec<Value> = gw
+        .get("/api/projects/keep/logs")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let h = logs.iter().find(|l| l["label"] == "hibernate").unwrap();
     assert_ne!(h["exit_code"], 0);
 }
@@ -151,12 +266,27 @@ async fn hibernate_with_s3_unreachable_leaves_the_project_active_and_intact() {
 #[tokio::test]
 async fn hibernate_to_a_missing_bucket_fails_cleanly() {
     let s3 = S3Server::start().await.unwrap();
-    let gw = Gateway::builder().envs(&s3.env()).archive("s3://no-such-bucket").start().await.unwrap();
+    let gw = Gateway::builder()
+        .envs(&s3.env())
+        .archive("s3://no-such-bucket")
+        .start()
+        .await
+        .unwrap();
     gw.open_project("nb").await.unwrap();
     put(&gw, "nb", "f.txt", "data").await;
     let r = gw.post("/api/projects/nb/hibernate").send().await.unwrap();
     assert!(!r.status().is_success());
-    let p: Value = gw.get("/api/projects/nb").send().await.unwrap().json().await.unwrap();
+    let p: Value = gw
+        .get("/api/projects/nb")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(p["status"], "active");
-    assert_eq!(std::fs::read_to_string(gw.project_dir("nb").join("f.txt")).unwrap(), "data");
+    assert_eq!(
+        std::fs::read_to_string(gw.project_dir("nb").join("f.txt")).unwrap(),
+        "data"
+    );
 }

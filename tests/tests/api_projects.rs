@@ -12,7 +12,12 @@ use tests::gateway::Gateway;
 async fn project_lifecycle_and_errors() {
     let gw = Gateway::start().await.unwrap();
 
-    let r = gw.post("/api/projects").json(&json!({"id": "demo", "name": "Demo"})).send().await.unwrap();
+    let r = gw
+        .post("/api/projects")
+        .json(&json!({"id": "demo", "name": "Demo"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 201);
     let p: Value = r.json().await.unwrap();
     assert_eq!(p["id"], "demo");
@@ -21,20 +26,48 @@ async fn project_lifecycle_and_errors() {
     assert_eq!(p["containers"], json!([]));
 
     // Exists → 409; bad ids → 400; bad body → 400.
-    let r = gw.post("/api/projects").json(&json!({"id": "demo"})).send().await.unwrap();
+    let r = gw
+        .post("/api/projects")
+        .json(&json!({"id": "demo"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 409);
     for bad in ["Demo", "1abc", "a_b", "-a", "a-", &"a".repeat(41), ""] {
-        let r = gw.post("/api/projects").json(&json!({"id": bad})).send().await.unwrap();
+        let r = gw
+            .post("/api/projects")
+            .json(&json!({"id": bad}))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 400, "id {bad:?}");
         let v: Value = r.json().await.unwrap();
         assert_eq!(v["error"]["code"], "bad_request");
         assert!(v["error"]["message"].is_string());
     }
-    let r = gw.post("/api/projects").body("not json").send().await.unwrap();
+    let r = gw
+        .post("/api/projects")
+        .body("not json")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
-    assert_eq!(gw.get("/api/projects/Bad").send().await.unwrap().status(), 400);
-    assert_eq!(gw.get("/api/projects/nope").send().await.unwrap().status(), 404);
-    assert_eq!(gw.post("/api/projects/nope/open").send().await.unwrap().status(), 404);
+    assert_eq!(
+        gw.get("/api/projects/Bad").send().await.unwrap().status(),
+        400
+    );
+    assert_eq!(
+        gw.get("/api/projects/nope").send().await.unwrap().status(),
+        404
+    );
+    assert_eq!(
+        gw.post("/api/projects/nope/open")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
 
     // Open: active, idempotent; the folder exists.
     let r = gw.post("/api/projects/demo/open").send().await.unwrap();
@@ -44,12 +77,27 @@ async fn project_lifecycle_and_errors() {
     assert_eq!(r.json::<Value>().await.unwrap()["status"], "active");
     assert!(gw.project_dir("demo").is_dir());
 
-    let list: Vec<Value> = gw.get("/api/projects").send().await.unwrap().json().await.unwrap();
+    let list: Vec<Value> = gw
+        .get("/api/projects")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(list.len(), 1);
 
     // Hibernate (to the default archive folder) and open again.
-    gw.put("/api/projects/demo/files/keep.txt").body("kept").send().await.unwrap();
-    let r = gw.post("/api/projects/demo/hibernate").send().await.unwrap();
+    gw.put("/api/projects/demo/files/keep.txt")
+        .body("kept")
+        .send()
+        .await
+        .unwrap();
+    let r = gw
+        .post("/api/projects/demo/hibernate")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let p: Value = r.json().await.unwrap();
     assert_eq!(p["status"], "hibernated");
@@ -57,18 +105,32 @@ async fn project_lifecycle_and_errors() {
     assert_eq!(p["archive"]["sha256"].as_str().unwrap().len(), 64);
     assert!(p["hibernated_at"].is_string());
     assert!(!gw.project_dir("demo").exists(), "the environment is gone");
-    let r = gw.get("/api/projects/demo/files/keep.txt").send().await.unwrap();
+    let r = gw
+        .get("/api/projects/demo/files/keep.txt")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 409);
-    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "project_not_active");
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "project_not_active"
+    );
     let r = gw.post("/api/projects/demo/open").send().await.unwrap();
     assert_eq!(r.json::<Value>().await.unwrap()["status"], "active");
-    let r = gw.get("/api/projects/demo/files/keep.txt").send().await.unwrap();
+    let r = gw
+        .get("/api/projects/demo/files/keep.txt")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.text().await.unwrap(), "kept");
 
     // Delete: 204, then 404; folder and archives gone.
     let r = gw.delete("/api/projects/demo").send().await.unwrap();
     assert_eq!(r.status(), 204);
-    assert_eq!(gw.get("/api/projects/demo").send().await.unwrap().status(), 404);
+    assert_eq!(
+        gw.get("/api/projects/demo").send().await.unwrap().status(),
+        404
+    );
     assert!(!gw.project_dir("demo").exists());
     let archives = gw.data_dir.join("archives/demo");
     assert!(!archives.exists() || std::fs::read_dir(&archives).unwrap().next().is_none());
@@ -76,15 +138,33 @@ async fn project_lifecycle_and_errors() {
 
 #[tokio::test]
 async fn archive_versions_are_kept_up_to_the_limit() {
-    let gw = Gateway::builder().arg("--archive-keep").arg("2").start().await.unwrap();
+    let gw = Gateway::builder()
+        .arg("--archive-keep")
+        .arg("2")
+        .start()
+        .await
+        .unwrap();
     gw.open_project("v").await.unwrap();
     for i in 0..3 {
-        gw.put("/api/projects/v/files/n.txt").body(format!("{i}")).send().await.unwrap();
+        gw.put("/api/projects/v/files/n.txt")
+            .body(format!("{i}"))
+            .send()
+            .await
+            .unwrap();
         let r = gw.post("/api/projects/v/hibernate").send().await.unwrap();
         assert_eq!(r.status(), 200);
         let r = gw.post("/api/projects/v/open").send().await.unwrap();
         assert_eq!(r.status(), 200);
-        assert_eq!(gw.get("/api/projects/v/files/n.txt").send().await.unwrap().text().await.unwrap(), format!("{i}"));
+        assert_eq!(
+            gw.get("/api/projects/v/files/n.txt")
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap(),
+            format!("{i}")
+        );
     }
     let mut files: Vec<String> = std::fs::read_dir(gw.data_dir.join("archives/v"))
         .unwrap()
@@ -118,7 +198,11 @@ async fn next_event<B: AsRef<[u8]>>(
                 return (event, v);
             }
         }
-        let chunk = tokio::time::timeout_at(deadline, stream.next()).await.expect("event in time").unwrap().unwrap();
+        let chunk = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .expect("event in time")
+            .unwrap()
+            .unwrap();
         buf.push_str(&String::from_utf8_lossy(chunk.as_ref()));
     }
 }
@@ -126,27 +210,50 @@ async fn next_event<B: AsRef<[u8]>>(
 #[tokio::test]
 async fn events_stream_lifecycle_and_command_log() {
     let gw = Gateway::start().await.unwrap();
-    gw.post("/api/projects").json(&json!({"id": "ev"})).send().await.unwrap();
+    gw.post("/api/projects")
+        .json(&json!({"id": "ev"}))
+        .send()
+        .await
+        .unwrap();
     let r = gw.get("/api/projects/ev/events").send().await.unwrap();
     assert_eq!(r.status(), 200);
-    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
     let mut s = r.bytes_stream();
     let mut buf = String::new();
     let (_, v) = next_event(&mut s, &mut buf, |e, _| e == "project").await;
     assert_eq!(v["status"], "created");
 
     gw.post("/api/projects/ev/open").send().await.unwrap();
-    next_event(&mut s, &mut buf, |e, v| e == "status" && v["status"] == "active").await;
+    next_event(&mut s, &mut buf, |e, v| {
+        e == "status" && v["status"] == "active"
+    })
+    .await;
 
-    let r = gw.post("/api/projects/ev/exec").json(&json!({"argv": ["echo", "from-exec"], "label": "greet"})).send().await.unwrap();
+    let r = gw
+        .post("/api/projects/ev/exec")
+        .json(&json!({"argv": ["echo", "from-exec"], "label": "greet"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let (_, v) = next_event(&mut s, &mut buf, |e, _| e == "log").await;
     assert_eq!(v["label"], "greet");
     assert_eq!(v["stdout"], "from-exec\n");
 
     gw.post("/api/projects/ev/hibernate").send().await.unwrap();
-    next_event(&mut s, &mut buf, |e, v| e == "progress" && v["step"] == "verify").await;
-    next_event(&mut s, &mut buf, |e, v| e == "status" && v["status"] == "hibernated").await;
+    next_event(&mut s, &mut buf, |e, v| {
+        e == "progress" && v["step"] == "verify"
+    })
+    .await;
+    next_event(&mut s, &mut buf, |e, v| {
+        e == "status" && v["status"] == "hibernated"
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -168,21 +275,53 @@ async fn exec_and_command_log() {
     assert_eq!(v["stderr"], "err\n");
     assert!(v["duration_ms"].is_u64());
 
-    let r = gw.post("/api/projects/x/exec").json(&json!({"argv": ["sleep", "5"], "timeout_s": 1})).send().await.unwrap();
+    let r = gw
+        .post("/api/projects/x/exec")
+        .json(&json!({"argv": ["sleep", "5"], "timeout_s": 1}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<Value>().await.unwrap()["exit_code"], -1);
 
-    for bad in [json!({"argv": []}), json!({"argv": ["ls"], "cwd": "../.."}), json!({"nope": 1})] {
-        let r = gw.post("/api/projects/x/exec").json(&bad).send().await.unwrap();
+    for bad in [
+        json!({"argv": []}),
+        json!({"argv": ["ls"], "cwd": "../.."}),
+        json!({"nope": 1}),
+    ] {
+        let r = gw
+            .post("/api/projects/x/exec")
+            .json(&bad)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 400, "{bad}");
     }
 
-    let logs: Vec<Value> = gw.get("/api/projects/x/logs").send().await.unwrap().json().await.unwrap();
+    let logs: Vec<Value> = gw
+        .get("/api/projects/x/logs")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(logs.len(), 2);
     assert_eq!(logs[0]["exit_code"], 3);
-    assert_eq!(logs[0]["command"], "sh -c 'pwd; echo $GREETING; cat; echo err >&2; exit 3'");
+    assert_eq!(
+        logs[0]["command"],
+        "sh -c 'pwd; echo $GREETING; cat; echo err >&2; exit 3'"
+    );
     assert_eq!(logs[0]["stderr"], "err\n");
-    for k in ["ts", "label", "command", "exit_code", "duration_ms", "stdout", "stderr"] {
+    for k in [
+        "ts",
+        "label",
+        "command",
+        "exit_code",
+        "duration_ms",
+        "stdout",
+        "stderr",
+    ] {
         assert!(logs[0].get(k).is_some(), "{k}");
     }
     assert!(logs[0]["ts"].as_str().unwrap() <= logs[1]["ts"].as_str().unwrap());
@@ -199,50 +338,147 @@ async fn operations_endpoints_and_templates() {
         .start()
         .await
         .unwrap();
-    assert_eq!(gw.http().get(gw.url("/healthz")).send().await.unwrap().status(), 200);
-    assert_eq!(gw.http().get(gw.url("/readyz")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        gw.http()
+            .get(gw.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        gw.http()
+            .get(gw.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     gw.get("/api/projects").send().await.unwrap();
-    let m = gw.http().get(gw.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(m.contains("gateway_http_requests_total{method=\"GET\",route=\"/api/projects\",status=\"200\"}"), "{m}");
+    let m = gw
+        .http()
+        .get(gw.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.contains(
+            "gateway_http_requests_total{method=\"GET\",route=\"/api/projects\",status=\"200\"}"
+        ),
+        "{m}"
+    );
     assert!(m.contains("gateway_http_request_duration_seconds"));
     assert!(m.contains("gateway_open_terminals"));
 
-    let t: Vec<Value> = gw.get("/api/templates").send().await.unwrap().json().await.unwrap();
+    let t: Vec<Value> = gw
+        .get("/api/templates")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(t.len(), 1);
     assert_eq!(t[0]["name"], "hello");
-    assert!(t[0]["git"].as_str().unwrap().starts_with("http://127.0.0.1:"));
-    assert_eq!(gw.http().get(gw.url("/api/templates")).send().await.unwrap().status(), 401);
+    assert!(
+        t[0]["git"]
+            .as_str()
+            .unwrap()
+            .starts_with("http://127.0.0.1:")
+    );
+    assert_eq!(
+        gw.http()
+            .get(gw.url("/api/templates"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
 
     // The demo URL with an admin token is printed in local mode.
-    assert!(gw.stdout_lines().iter().any(|l| l.contains("/?token=")), "{:?}", gw.stdout_lines());
+    assert!(
+        gw.stdout_lines().iter().any(|l| l.contains("/?token=")),
+        "{:?}",
+        gw.stdout_lines()
+    );
 }
 
 #[tokio::test]
 async fn restart_keeps_projects() {
     let mut gw = Gateway::start().await.unwrap();
     gw.open_project("alive").await.unwrap();
-    gw.put("/api/projects/alive/files/a.txt").body("A").send().await.unwrap();
+    gw.put("/api/projects/alive/files/a.txt")
+        .body("A")
+        .send()
+        .await
+        .unwrap();
     gw.open_project("sleepy").await.unwrap();
-    gw.put("/api/projects/sleepy/files/s.txt").body("S").send().await.unwrap();
-    assert_eq!(gw.post("/api/projects/sleepy/hibernate").send().await.unwrap().status(), 200);
-    gw.post("/api/projects").json(&json!({"id": "fresh"})).send().await.unwrap();
+    gw.put("/api/projects/sleepy/files/s.txt")
+        .body("S")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        gw.post("/api/projects/sleepy/hibernate")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    gw.post("/api/projects")
+        .json(&json!({"id": "fresh"}))
+        .send()
+        .await
+        .unwrap();
 
     gw.restart().await.unwrap();
 
-    let list: Vec<Value> = gw.get("/api/projects").send().await.unwrap().json().await.unwrap();
+    let list: Vec<Value> = gw
+        .get("/api/projects")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let status = |id: &str| list.iter().find(|p| p["id"] == id).unwrap()["status"].clone();
     assert_eq!(status("alive"), "active");
     assert_eq!(status("sleepy"), "hibernated");
     assert_eq!(status("fresh"), "created");
     // The active one has an agent again, with its files.
-    let r = gw.get("/api/projects/alive/files/a.txt").send().await.unwrap();
+    let r = gw
+        .get("/api/projects/alive/files/a.txt")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), "A");
-    let r = gw.post("/api/projects/alive/exec").json(&json!({"argv": ["cat", "a.txt"]})).send().await.unwrap();
+    let r = gw
+        .post("/api/projects/alive/exec")
+        .json(&json!({"argv": ["cat", "a.txt"]}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.json::<Value>().await.unwrap()["stdout"], "A");
     // The hibernated one restores from its archive.
     gw.post("/api/projects/sleepy/open").send().await.unwrap();
-    assert_eq!(gw.get("/api/projects/sleepy/files/s.txt").send().await.unwrap().text().await.unwrap(), "S");
+    assert_eq!(
+        gw.get("/api/projects/sleepy/files/s.txt")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "S"
+    );
 }
 
 #[tokio::test]
@@ -262,13 +498,21 @@ async fn agents_end_with_the_gateway() {
     let cmdline = std::fs::read_to_string(format!("/proc/{agent_pid}/cmdline")).unwrap();
     assert!(cmdline.contains("agent"), "{cmdline}");
     gw.kill();
-    tests::eventually(Duration::from_secs(30), "the agent to exit", || async move {
-        // Gone, or a zombie nobody reaped yet.
-        match std::fs::read_to_string(format!("/proc/{agent_pid}/stat")) {
-            Err(_) => Some(()),
-            Ok(stat) => stat.split(") ").nth(1).filter(|rest| rest.starts_with('Z')).map(|_| ()),
-        }
-    })
+    tests::eventually(
+        Duration::from_secs(30),
+        "the agent to exit",
+        || async move {
+            // Gone, or a zombie nobody reaped yet.
+            match std::fs::read_to_string(format!("/proc/{agent_pid}/stat")) {
+                Err(_) => Some(()),
+                Ok(stat) => stat
+                    .split(") ")
+                    .nth(1)
+                    .filter(|rest| rest.starts_with('Z'))
+                    .map(|_| ()),
+            }
+        },
+    )
     .await
     .unwrap();
 }
@@ -305,23 +549,62 @@ async fn bad_config_is_one_line_and_a_non_zero_exit() {
 async fn a_made_secret_is_kept_across_restarts() {
     let mut gw = Gateway::builder().without_secret().start().await.unwrap();
     let token = gw.admin_token();
-    assert_eq!(gw.http().get(gw.url("/api/projects")).bearer_auth(&token).send().await.unwrap().status(), 200);
+    assert_eq!(
+        gw.http()
+            .get(gw.url("/api/projects"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     gw.restart().await.unwrap();
     // The same secret: an old token still works.
-    assert_eq!(gw.http().get(gw.url("/api/projects")).bearer_auth(&token).send().await.unwrap().status(), 200);
+    assert_eq!(
+        gw.http()
+            .get(gw.url("/api/projects"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 }
 
 #[tokio::test]
 async fn restore_starts_from_a_clean_folder() {
     let gw = Gateway::start().await.unwrap();
     gw.open_project("clean").await.unwrap();
-    gw.put("/api/projects/clean/files/src/a.txt").body("archived").send().await.unwrap();
-    assert_eq!(gw.post("/api/projects/clean/hibernate").send().await.unwrap().status(), 200);
+    gw.put("/api/projects/clean/files/src/a.txt")
+        .body("archived")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        gw.post("/api/projects/clean/hibernate")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     // What a teardown cut short by a crash would leave behind.
     std::fs::create_dir_all(gw.project_dir("clean").join("src")).unwrap();
     std::fs::write(gw.project_dir("clean").join("src/a.txt"), "half-removed").unwrap();
     std::fs::write(gw.project_dir("clean").join("junk.txt"), "junk").unwrap();
-    assert_eq!(gw.post("/api/projects/clean/open").send().await.unwrap().status(), 200);
-    assert_eq!(std::fs::read_to_string(gw.project_dir("clean").join("src/a.txt")).unwrap(), "archived");
+    assert_eq!(
+        gw.post("/api/projects/clean/open")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        std::fs::read_to_string(gw.project_dir("clean").join("src/a.txt")).unwrap(),
+        "archived"
+    );
     assert!(!gw.project_dir("clean").join("junk.txt").exists());
 }

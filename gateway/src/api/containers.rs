@@ -72,8 +72,14 @@ async fn create(
     if body.start.trim().is_empty() {
         return Err(Error::BadRequest("start must be a command".into()));
     }
-    if body.env.keys().any(|k| k.is_empty() || k.contains('=') || k.contains('\0')) {
-        return Err(Error::BadRequest("env names must be non-empty and hold no '=' or NUL".into()));
+    if body
+        .env
+        .keys()
+        .any(|k| k.is_empty() || k.contains('=') || k.contains('\0'))
+    {
+        return Err(Error::BadRequest(
+            "env names must be non-empty and hold no '=' or NUL".into(),
+        ));
     }
     let _guard = state.locks.lock(&p).await;
     require_active(&state, &p).await?;
@@ -82,7 +88,10 @@ async fn create(
         return Err(Error::Conflict(format!("container {} exists", body.name)));
     }
     if let Some(other) = existing.iter().find(|c| c.port == body.port) {
-        return Err(Error::Conflict(format!("port {} is claimed by container {}", body.port, other.name)));
+        return Err(Error::Conflict(format!(
+            "port {} is claimed by container {}",
+            body.port, other.name
+        )));
     }
     let client = state.agent_of_active(&p).await?;
     let name = body.name.clone();
@@ -92,14 +101,25 @@ async fn create(
         let t0 = Instant::now();
         // Bundled templates are served over git's dumb HTTP protocol, which
         // cannot do shallow clones; they are small anyway.
-        let bundled = state.templates.iter().any(|(n, _)| t.git.ends_with(&format!("/templates/{n}.git")));
+        let bundled = state
+            .templates
+            .iter()
+            .any(|(n, _)| t.git.ends_with(&format!("/templates/{n}.git")));
         let r = client
-            .clone_repo(&t.git, t.git_ref.as_deref().unwrap_or(""), &name, true, !bundled)
+            .clone_repo(
+                &t.git,
+                t.git_ref.as_deref().unwrap_or(""),
+                &name,
+                true,
+                !bundled,
+            )
             .await
             .map_err(|e| match e {
                 // The agent says "failed precondition" for a clone that failed
                 // (bad URL, unknown ref): to the caller that is a bad template.
-                Error::PreconditionFailed(m) | Error::NotFound(m) => Error::BadRequest(format!("template clone failed: {m}")),
+                Error::PreconditionFailed(m) | Error::NotFound(m) => {
+                    Error::BadRequest(format!("template clone failed: {m}"))
+                }
                 other => other,
             });
         state
@@ -107,14 +127,25 @@ async fn create(
                 project: p.clone(),
                 ts: Utc::now(),
                 label: format!("{name}: clone"),
-                command: format!("git clone {} {}{}", t.git, name, t.git_ref.as_deref().map(|r| format!(" (ref {r})")).unwrap_or_default()),
+                command: format!(
+                    "git clone {} {}{}",
+                    t.git,
+                    name,
+                    t.git_ref
+                        .as_deref()
+                        .map(|r| format!(" (ref {r})"))
+                        .unwrap_or_default()
+                ),
                 exit_code: Some(if r.is_ok() { 0 } else { 1 }),
                 duration_ms: t0.elapsed().as_millis() as u64,
-                stdout: r.as_ref().map(|c| {
-                    let mut s = c.progress.join("\n");
-                    s.push_str(&format!("\ncommit {}, {} files", c.commit, c.files));
-                    s
-                }).unwrap_or_default(),
+                stdout: r
+                    .as_ref()
+                    .map(|c| {
+                        let mut s = c.progress.join("\n");
+                        s.push_str(&format!("\ncommit {}, {} files", c.commit, c.files));
+                        s
+                    })
+                    .unwrap_or_default(),
                 stderr: r.as_ref().err().map(|e| e.to_string()).unwrap_or_default(),
             })
             .await;
@@ -137,7 +168,12 @@ async fn create(
         };
         let r = client.run(spec).await;
         let (code, out, err, ms) = match &r {
-            Ok(o) => (o.exit_code, String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned(), o.duration_ms),
+            Ok(o) => (
+                o.exit_code,
+                String::from_utf8_lossy(&o.stdout).into_owned(),
+                String::from_utf8_lossy(&o.stderr).into_owned(),
+                o.duration_ms,
+            ),
             Err(e) => (-1, String::new(), e.to_string(), 0),
         };
         state
@@ -159,7 +195,9 @@ async fn create(
             }
             return Err(match r {
                 Err(e) => e,
-                Ok(_) => Error::BadRequest(format!("install exited with code {code}; see the command log")),
+                Ok(_) => Error::BadRequest(format!(
+                    "install exited with code {code}; see the command log"
+                )),
             });
         }
     }
@@ -181,11 +219,19 @@ async fn create(
         }
         return Err(e);
     }
-    state.emit(&p, "container", serde_json::json!({"name": name, "status": "stopped"}));
+    state.emit(
+        &p,
+        "container",
+        serde_json::json!({"name": name, "status": "stopped"}),
+    );
     Ok((StatusCode::CREATED, Json(container_json(&state, &c))).into_response())
 }
 
-async fn list(claims: Claims, State(state): State<AppState>, Path(p): Path<String>) -> Result<Json<Vec<Value>>> {
+async fn list(
+    claims: Claims,
+    State(state): State<AppState>,
+    Path(p): Path<String>,
+) -> Result<Json<Vec<Value>>> {
     authorize(&claims, &p)?;
     let project = state.project(&p).await?;
     let mut cs = state.store.list_containers(&p).await?;
@@ -197,7 +243,11 @@ async fn list(claims: Claims, State(state): State<AppState>, Path(p): Path<Strin
     Ok(Json(cs.iter().map(|c| container_json(&state, c)).collect()))
 }
 
-async fn show(claims: Claims, State(state): State<AppState>, Path((p, c)): Path<(String, String)>) -> Result<Json<Value>> {
+async fn show(
+    claims: Claims,
+    State(state): State<AppState>,
+    Path((p, c)): Path<(String, String)>,
+) -> Result<Json<Value>> {
     authorize(&claims, &p)?;
     ids::container_name(&c)?;
     let mut c = state.container(&p, &c).await?;
@@ -213,9 +263,8 @@ async fn refresh(state: &AppState, c: &mut Container) {
     }
     let now = match state.runtime.container_state(&c.project, &c.name).await {
         Ok(Some(crate::runtime::ContainerState::Running)) | Ok(None) => return,
-        Ok(Some(crate::runtime::ContainerState::Exited(0))) | Ok(Some(crate::runtime::ContainerState::Absent)) => {
-            ContainerStatus::Stopped
-        }
+        Ok(Some(crate::runtime::ContainerState::Exited(0)))
+        | Ok(Some(crate::runtime::ContainerState::Absent)) => ContainerStatus::Stopped,
         Ok(Some(crate::runtime::ContainerState::Exited(_))) => ContainerStatus::Failed,
         Err(error) => {
             tracing::debug!(project = %c.project, container = %c.name, %error, "cannot read the dev server's state");
@@ -228,14 +277,22 @@ async fn refresh(state: &AppState, c: &mut Container) {
         if fresh.status == ContainerStatus::Running {
             fresh.status = now;
             if state.store.update_container(&fresh).await.is_ok() {
-                state.emit(&c.project, "container", serde_json::json!({"name": c.name, "status": now.as_str()}));
+                state.emit(
+                    &c.project,
+                    "container",
+                    serde_json::json!({"name": c.name, "status": now.as_str()}),
+                );
             }
         }
         *c = fresh;
     }
 }
 
-async fn start(claims: Claims, State(state): State<AppState>, Path((p, c)): Path<(String, String)>) -> Result<Json<Value>> {
+async fn start(
+    claims: Claims,
+    State(state): State<AppState>,
+    Path((p, c)): Path<(String, String)>,
+) -> Result<Json<Value>> {
     authorize(&claims, &p)?;
     ids::container_name(&c)?;
     let _guard = state.locks.lock(&p).await;
@@ -244,7 +301,11 @@ async fn start(claims: Claims, State(state): State<AppState>, Path((p, c)): Path
     Ok(Json(container_json(&state, &c)))
 }
 
-async fn stop(claims: Claims, State(state): State<AppState>, Path((p, c)): Path<(String, String)>) -> Result<Json<Value>> {
+async fn stop(
+    claims: Claims,
+    State(state): State<AppState>,
+    Path((p, c)): Path<(String, String)>,
+) -> Result<Json<Value>> {
     authorize(&claims, &p)?;
     ids::container_name(&c)?;
     let _guard = state.locks.lock(&p).await;
@@ -253,7 +314,11 @@ async fn stop(claims: Claims, State(state): State<AppState>, Path((p, c)): Path<
     state.runtime.stop_container(&p, &c.name).await?;
     c.status = ContainerStatus::Stopped;
     state.store.update_container(&c).await?;
-    state.emit(&p, "container", serde_json::json!({"name": c.name, "status": "stopped"}));
+    state.emit(
+        &p,
+        "container",
+        serde_json::json!({"name": c.name, "status": "stopped"}),
+    );
     Ok(Json(container_json(&state, &c)))
 }
 
@@ -287,7 +352,11 @@ async fn remove(
         }
     }
     state.store.delete_container(&p, &c.name).await?;
-    state.emit(&p, "container", serde_json::json!({"name": c.name, "status": "deleted"}));
+    state.emit(
+        &p,
+        "container",
+        serde_json::json!({"name": c.name, "status": "deleted"}),
+    );
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -314,7 +383,11 @@ async fn logs(
         .map(|r| r.map_err(|e| std::io::Error::other(e.to_string())))
         .take_until(async move { shutdown.cancelled().await });
     let mut resp = Response::new(Body::from_stream(stream));
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     Ok(resp)
 }

@@ -39,8 +39,17 @@ async fn events(
     // Subscribe before reading the project, so no change falls in between.
     let rx = state.events.subscribe(&p);
     let project = state.project(&p).await?;
-    let first = Event::default().event("project").json_data(project_json(&state, &project).await?).ok();
-    let gauge = state.metrics.open_websockets.get_or_create(&KindLabels { kind: "events".into() }).clone();
+    let first = Event::default()
+        .event("project")
+        .json_data(project_json(&state, &project).await?)
+        .ok();
+    let gauge = state
+        .metrics
+        .open_websockets
+        .get_or_create(&KindLabels {
+            kind: "events".into(),
+        })
+        .clone();
     gauge.inc();
     let guard = OpenGuard(gauge);
     let shutdown = state.shutdown.clone();

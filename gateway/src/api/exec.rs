@@ -47,7 +47,10 @@ const MAX_TIMEOUT_S: u32 = 3600;
 fn shell_join(argv: &[String]) -> String {
     argv.iter()
         .map(|a| {
-            if !a.is_empty() && a.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./=:,@%+".contains(&b)) {
+            if !a.is_empty()
+                && a.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,@%+".contains(&b))
+            {
                 a.clone()
             } else {
                 format!("'{}'", a.replace('\'', "'\\''"))
@@ -74,7 +77,9 @@ async fn exec(
     let cwd = ids::file_path(body.cwd.as_deref().unwrap_or(""))?;
     let timeout_s = body.timeout_s.unwrap_or(60);
     if timeout_s == 0 || timeout_s > MAX_TIMEOUT_S {
-        return Err(Error::BadRequest(format!("timeout_s must be 1..{MAX_TIMEOUT_S}")));
+        return Err(Error::BadRequest(format!(
+            "timeout_s must be 1..{MAX_TIMEOUT_S}"
+        )));
     }
     let project = state.project(&p).await?;
     if project.status != ProjectStatus::Active {
@@ -133,7 +138,11 @@ async fn exec(
     })))
 }
 
-async fn logs(claims: Claims, State(state): State<AppState>, Path(p): Path<String>) -> Result<Json<Vec<CommandLogEntry>>> {
+async fn logs(
+    claims: Claims,
+    State(state): State<AppState>,
+    Path(p): Path<String>,
+) -> Result<Json<Vec<CommandLogEntry>>> {
     authorize(&claims, &p)?;
     state.project(&p).await?;
     Ok(Json(state.store.list_logs(&p).await?))
@@ -143,7 +152,10 @@ async fn logs(claims: Claims, State(state): State<AppState>, Path(p): Path<Strin
 mod tests {
     #[test]
     fn shell_join_quotes() {
-        let argv: Vec<String> = ["sh", "-c", "echo hi", "it's"].iter().map(|s| s.to_string()).collect();
+        let argv: Vec<String> = ["sh", "-c", "echo hi", "it's"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         assert_eq!(super::shell_join(&argv), "sh -c 'echo hi' 'it'\\''s'");
     }
 }

@@ -25,9 +25,18 @@ use crate::store::CommandLogEntry;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/api/projects/{p}/files/{*path}", get(read).put(write).delete(remove))
-        .route("/api/projects/{p}/files", get(read_root).put(write_root).delete(remove_root))
-        .route("/api/projects/{p}/files/", get(read_root).put(write_root).delete(remove_root))
+        .route(
+            "/api/projects/{p}/files/{*path}",
+            get(read).put(write).delete(remove),
+        )
+        .route(
+            "/api/projects/{p}/files",
+            get(read_root).put(write_root).delete(remove_root),
+        )
+        .route(
+            "/api/projects/{p}/files/",
+            get(read_root).put(write_root).delete(remove_root),
+        )
         .route("/api/projects/{p}/list", get(list_root))
         .route("/api/projects/{p}/list/", get(list_root))
         .route("/api/projects/{p}/list/{*path}", get(list))
@@ -51,8 +60,11 @@ fn unquote(tag: &str) -> &str {
     t.trim_matches('"')
 }
 
-fn header_str<'a>(headers: &'a HeaderMap, name: header::HeaderName) -> Option<&'a str> {
-    headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim)
+fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
 }
 
 /// A single byte range of a `Range` header. Several ranges, other units or
@@ -100,10 +112,10 @@ fn resolve_range(r: ByteRange, size: u64) -> Option<(u64, u64)> {
 
 fn entry_headers(resp: &mut Response, e: &Entry) {
     let h = resp.headers_mut();
-    if let Some(tag) = &e.etag {
-        if let Ok(v) = HeaderValue::from_str(&quoted(tag)) {
-            h.insert(header::ETAG, v);
-        }
+    if let Some(tag) = &e.etag
+        && let Ok(v) = HeaderValue::from_str(&quoted(tag))
+    {
+        h.insert(header::ETAG, v);
     }
     let mtime: std::time::SystemTime = e.mtime.into();
     if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(mtime)) {
@@ -117,19 +129,33 @@ fn io_error(e: Error) -> std::io::Error {
 }
 
 /// The project root is a directory: reading it is 400 `is_directory`.
-async fn read_root(claims: Claims, State(state): State<AppState>, Path(p): Path<String>) -> Result<Response> {
+async fn read_root(
+    claims: Claims,
+    State(state): State<AppState>,
+    Path(p): Path<String>,
+) -> Result<Response> {
     authorize(&claims, &p)?;
     state.active_agent(&p).await?;
     Err(Error::IsDirectory("the project root is a directory".into()))
 }
 
-async fn write_root(claims: Claims, state: State<AppState>, path: Path<String>) -> Result<Response> {
+async fn write_root(
+    claims: Claims,
+    state: State<AppState>,
+    path: Path<String>,
+) -> Result<Response> {
     read_root(claims, state, path).await
 }
 
-async fn remove_root(claims: Claims, State(_state): State<AppState>, Path(p): Path<String>) -> Result<Response> {
+async fn remove_root(
+    claims: Claims,
+    State(_state): State<AppState>,
+    Path(p): Path<String>,
+) -> Result<Response> {
     authorize(&claims, &p)?;
-    Err(Error::BadRequest("the project root cannot be deleted".into()))
+    Err(Error::BadRequest(
+        "the project root cannot be deleted".into(),
+    ))
 }
 
 async fn read(
@@ -149,15 +175,16 @@ async fn read(
         if e.kind == EntryKind::Dir {
             return Err(Error::IsDirectory(format!("{path} is a directory")));
         }
-        if let (Some(inm), Some(tag)) = (if_none_match, &e.etag) {
-            if inm == "*" || inm.split(',').any(|t| unquote(t) == tag) {
-                let mut resp = StatusCode::NOT_MODIFIED.into_response();
-                entry_headers(&mut resp, &e);
-                return Ok(resp);
-            }
+        if let (Some(inm), Some(tag)) = (if_none_match, &e.etag)
+            && (inm == "*" || inm.split(',').any(|t| unquote(t) == tag))
+        {
+            let mut resp = StatusCode::NOT_MODIFIED.into_response();
+            entry_headers(&mut resp, &e);
+            return Ok(resp);
         }
         if let Some(r) = range {
-            window = Some(resolve_range(r, e.size).ok_or(Error::RangeNotSatisfiable { size: e.size })?);
+            window =
+                Some(resolve_range(r, e.size).ok_or(Error::RangeNotSatisfiable { size: e.size })?);
         }
     }
     let (offset, length) = window.unwrap_or((0, 0));
@@ -173,12 +200,16 @@ async fn read(
     *resp.status_mut() = status;
     entry_headers(&mut resp, &e);
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    if let Some((start, len)) = window {
-        if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{}", start + len - 1, e.size)) {
-            h.insert(header::CONTENT_RANGE, v);
-        }
+    if let Some((start, len)) = window
+        && let Ok(v) =
+            HeaderValue::from_str(&format!("bytes {start}-{}/{}", start + len - 1, e.size))
+    {
+        h.insert(header::CONTENT_RANGE, v);
     }
     Ok(resp)
 }
@@ -196,21 +227,28 @@ async fn write(
         return Err(Error::IsDirectory("the project root is a directory".into()));
     }
     let max = state.config.max_body_bytes;
-    if let Some(len) = header_str(&headers, header::CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok()) {
-        if len > max {
-            return Err(Error::PayloadTooLarge(max));
-        }
+    if let Some(len) =
+        header_str(&headers, header::CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok())
+        && len > max
+    {
+        return Err(Error::PayloadTooLarge(max));
     }
     let client = state.active_agent(&p).await?;
     let if_match = header_str(&headers, header::IF_MATCH);
     let create_only = header_str(&headers, header::IF_NONE_MATCH) == Some("*");
-    let mut opts = WriteOptions { create_only, make_parents: true, ..Default::default() };
+    let mut opts = WriteOptions {
+        create_only,
+        make_parents: true,
+        ..Default::default()
+    };
     match if_match {
         Some("*") => {
             // "Any current version": the file must exist.
             match client.stat(&path).await {
                 Ok(_) => {}
-                Err(Error::NotFound(_)) => return Err(Error::PreconditionFailed(format!("{path} does not exist"))),
+                Err(Error::NotFound(_)) => {
+                    return Err(Error::PreconditionFailed(format!("{path} does not exist")));
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -232,7 +270,9 @@ async fn write(
         }
         Err(e) => return Err(e),
     };
-    let mut resp = Json(serde_json::json!({"etag": e.etag.clone().unwrap_or_default(), "size": e.size})).into_response();
+    let mut resp =
+        Json(serde_json::json!({"etag": e.etag.clone().unwrap_or_default(), "size": e.size}))
+            .into_response();
     entry_headers(&mut resp, &e);
     Ok(resp)
 }
@@ -252,7 +292,9 @@ async fn remove(
     authorize(&claims, &p)?;
     let path = ids::file_path(&raw)?;
     if path.is_empty() {
-        return Err(Error::BadRequest("the project root cannot be deleted".into()));
+        return Err(Error::BadRequest(
+            "the project root cannot be deleted".into(),
+        ));
     }
     let client = state.active_agent(&p).await?;
     let recursive = matches!(q.recursive.as_deref(), Some("true" | "1" | ""));
@@ -289,7 +331,11 @@ async fn list(
     Ok(Json(serde_json::json!({"entries": entries})))
 }
 
-async fn stat_root(claims: Claims, state: State<AppState>, Path(p): Path<String>) -> Result<Json<Entry>> {
+async fn stat_root(
+    claims: Claims,
+    state: State<AppState>,
+    Path(p): Path<String>,
+) -> Result<Json<Entry>> {
     stat(claims, state, Path((p, String::new()))).await
 }
 
@@ -338,13 +384,19 @@ async fn rename(
     let from = ids::file_path(&body.from)?;
     let to = ids::file_path(&body.to)?;
     if from.is_empty() || to.is_empty() {
-        return Err(Error::BadRequest("the project root cannot be moved or replaced".into()));
+        return Err(Error::BadRequest(
+            "the project root cannot be moved or replaced".into(),
+        ));
     }
     let client = state.active_agent(&p).await?;
     Ok(Json(client.rename(&from, &to, body.overwrite).await?))
 }
 
-async fn download(QueryClaims(claims): QueryClaims, State(state): State<AppState>, Path(p): Path<String>) -> Result<Response> {
+async fn download(
+    QueryClaims(claims): QueryClaims,
+    State(state): State<AppState>,
+    Path(p): Path<String>,
+) -> Result<Response> {
     authorize(&claims, &p)?;
     let client = state.active_agent(&p).await?;
     let t0 = Instant::now();
@@ -379,7 +431,10 @@ async fn download(QueryClaims(claims): QueryClaims, State(state): State<AppState
     });
     let mut resp = Response::new(Body::from_stream(data));
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/zip"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/zip"),
+    );
     if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{p}.zip\"")) {
         h.insert(header::CONTENT_DISPOSITION, v);
     }
@@ -395,10 +450,11 @@ async fn upload(
 ) -> Result<Json<serde_json::Value>> {
     authorize(&claims, &p)?;
     let max = state.config.max_body_bytes;
-    if let Some(len) = header_str(&headers, header::CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok()) {
-        if len > max {
-            return Err(Error::PayloadTooLarge(max));
-        }
+    if let Some(len) =
+        header_str(&headers, header::CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok())
+        && len > max
+    {
+        return Err(Error::PayloadTooLarge(max));
     }
     let client = state.active_agent(&p).await?;
     let t0 = Instant::now();
@@ -415,12 +471,21 @@ async fn upload(
             command: "extract uploaded zip".into(),
             exit_code: Some(if result.is_ok() { 0 } else { 1 }),
             duration_ms: t0.elapsed().as_millis() as u64,
-            stdout: result.as_ref().map(|s| format!("{} files, {} bytes", s.files, s.bytes)).unwrap_or_default(),
-            stderr: result.as_ref().err().map(|e| e.to_string()).unwrap_or_default(),
+            stdout: result
+                .as_ref()
+                .map(|s| format!("{} files, {} bytes", s.files, s.bytes))
+                .unwrap_or_default(),
+            stderr: result
+                .as_ref()
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default(),
         })
         .await;
     let s = result?;
-    Ok(Json(serde_json::json!({"files": s.files, "bytes": s.bytes})))
+    Ok(Json(
+        serde_json::json!({"files": s.files, "bytes": s.bytes}),
+    ))
 }
 
 #[cfg(test)]

@@ -67,10 +67,10 @@ async fn preview_dispatch(State(state): State<AppState>, req: Request, next: Nex
         .and_then(|h| h.to_str().ok())
         .map(str::to_owned)
         .or_else(|| req.uri().authority().map(|a| a.to_string()));
-    if let Some(host) = host {
-        if let Some(target) = crate::preview::host::parse(&host, &state.config.preview_domain) {
-            return crate::preview::handle(state, target, req).await;
-        }
+    if let Some(host) = host
+        && let Some(target) = crate::preview::host::parse(&host, &state.config.preview_domain)
+    {
+        return crate::preview::handle(state, target, req).await;
     }
     next.run(req).await
 }

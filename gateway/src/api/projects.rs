@@ -84,16 +84,31 @@ pub fn container_json(state: &AppState, c: &Container) -> Value {
 pub fn preview_url(state: &AppState, project: &str, container: &str) -> String {
     let cfg = &state.config;
     let port = cfg.preview_port.unwrap_or(state_listen_port(state));
-    let default_port = if cfg.preview_scheme == "https" { 443 } else { 80 };
-    let port = if port == default_port || port == 0 { String::new() } else { format!(":{port}") };
-    format!("{}://{container}.{project}.{}{port}/", cfg.preview_scheme, cfg.preview_domain)
+    let default_port = if cfg.preview_scheme == "https" {
+        443
+    } else {
+        80
+    };
+    let port = if port == default_port || port == 0 {
+        String::new()
+    } else {
+        format!(":{port}")
+    };
+    format!(
+        "{}://{container}.{project}.{}{port}/",
+        cfg.preview_scheme, cfg.preview_domain
+    )
 }
 
 fn state_listen_port(state: &AppState) -> u16 {
     state.listen_port.load(std::sync::atomic::Ordering::Relaxed)
 }
 
-async fn create(claims: Claims, State(state): State<AppState>, JsonBody(body): JsonBody<CreateBody>) -> Result<Response> {
+async fn create(
+    claims: Claims,
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<CreateBody>,
+) -> Result<Response> {
     // The id comes from the body, so a body that does not parse is 400 first.
     let body = body?;
     authorize(&claims, &body.id)?;
@@ -111,25 +126,41 @@ async fn list(claims: Claims, State(state): State<AppState>) -> Result<Json<Vec<
     Ok(Json(out))
 }
 
-async fn show(claims: Claims, State(state): State<AppState>, Path(p): Path<String>) -> Result<Json<Value>> {
+async fn show(
+    claims: Claims,
+    State(state): State<AppState>,
+    Path(p): Path<String>,
+) -> Result<Json<Value>> {
     authorize(&claims, &p)?;
     let project = state.project(&p).await?;
     Ok(Json(project_json(&state, &project).await?))
 }
 
-async fn open(claims: Claims, State(state): State<AppState>, Path(p): Path<String>) -> Result<Json<Value>> {
+async fn open(
+    claims: Claims,
+    State(state): State<AppState>,
+    Path(p): Path<String>,
+) -> Result<Json<Value>> {
     authorize(&claims, &p)?;
     let project = lifecycle::open(&state, &p).await?;
     Ok(Json(project_json(&state, &project).await?))
 }
 
-async fn hibernate(claims: Claims, State(state): State<AppState>, Path(p): Path<String>) -> Result<Json<Value>> {
+async fn hibernate(
+    claims: Claims,
+    State(state): State<AppState>,
+    Path(p): Path<String>,
+) -> Result<Json<Value>> {
     authorize(&claims, &p)?;
     let project = lifecycle::hibernate(&state, &p).await?;
     Ok(Json(project_json(&state, &project).await?))
 }
 
-async fn delete(claims: Claims, State(state): State<AppState>, Path(p): Path<String>) -> Result<StatusCode> {
+async fn delete(
+    claims: Claims,
+    State(state): State<AppState>,
+    Path(p): Path<String>,
+) -> Result<StatusCode> {
     authorize(&claims, &p)?;
     lifecycle::delete(&state, &p).await?;
     Ok(StatusCode::NO_CONTENT)

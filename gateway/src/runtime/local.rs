@@ -51,12 +51,14 @@ impl Spawner {
         // Child reaping is registered with the runtime that spawns, so the
         // thread enters the gateway's runtime.
         let handle = tokio::runtime::Handle::current();
-        std::thread::Builder::new().name("agent-spawner".into()).spawn(move || {
-            let _rt = handle.enter();
-            for (mut cmd, reply) in rx {
-                let _ = reply.send(cmd.spawn());
-            }
-        })?;
+        std::thread::Builder::new()
+            .name("agent-spawner".into())
+            .spawn(move || {
+                let _rt = handle.enter();
+                for (mut cmd, reply) in rx {
+                    let _ = reply.send(cmd.spawn());
+                }
+            })?;
         Ok(Spawner { tx })
     }
 
@@ -65,7 +67,8 @@ impl Spawner {
         self.tx
             .send((cmd, reply))
             .map_err(|_| std::io::Error::other("the agent spawner thread is gone"))?;
-        rx.await.map_err(|_| std::io::Error::other("the agent spawner thread is gone"))?
+        rx.await
+            .map_err(|_| std::io::Error::other("the agent spawner thread is gone"))?
     }
 }
 
@@ -87,7 +90,10 @@ impl LocalRuntime {
         // Socket paths are limited to 107 bytes; a deep data dir would not fit
         // `<run>/<40-char id>.sock`, so those go to a short private temp dir.
         if sockets_dir.as_os_str().len() + 46 > MAX_SOCKET_PATH {
-            let tag = hex::encode(&<sha2::Sha256 as sha2::Digest>::digest(data_dir.as_os_str().as_encoded_bytes())[..6]);
+            let tag = hex::encode(
+                &<sha2::Sha256 as sha2::Digest>::digest(data_dir.as_os_str().as_encoded_bytes())
+                    [..6],
+            );
             sockets_dir = std::env::temp_dir().join(format!("devgate-{tag}"));
         }
         std::fs::create_dir_all(&sockets_dir)?;
@@ -129,7 +135,10 @@ impl LocalRuntime {
             .arg(&socket)
             .arg("--die-with-parent")
             .env("AGENT_TOKEN", &token)
-            .env("RUST_LOG", std::env::var("AGENT_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("AGENT_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .kill_on_drop(true);
         // The agent inherits the environment (AWS_* for S3) but never the
@@ -140,20 +149,30 @@ impl LocalRuntime {
             }
         }
         let mut child = self.spawner.spawn(cmd).await.map_err(|e| {
-            Error::Unavailable(format!("cannot start agent {}: {e}", self.agent_bin.display()))
+            Error::Unavailable(format!(
+                "cannot start agent {}: {e}",
+                self.agent_bin.display()
+            ))
         })?;
-        let endpoint = AgentEndpoint { address: AgentAddress::Unix(socket), token };
+        let endpoint = AgentEndpoint {
+            address: AgentAddress::Unix(socket),
+            token,
+        };
         let client = AgentClient::connect_lazy(&endpoint)?;
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = child.try_wait()? {
-                return Err(Error::Unavailable(format!("agent for {project} exited at start: {status}")));
+                return Err(Error::Unavailable(format!(
+                    "agent for {project} exited at start: {status}"
+                )));
             }
             match client.stat("").await {
                 Ok(_) => break,
                 Err(error) if Instant::now() > deadline => {
                     let _ = child.start_kill();
-                    return Err(Error::Unavailable(format!("agent for {project} did not answer: {error}")));
+                    return Err(Error::Unavailable(format!(
+                        "agent for {project} did not answer: {error}"
+                    )));
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
             }
@@ -171,7 +190,10 @@ impl LocalRuntime {
         let slot = self.slot(project);
         let agent = slot.lock().await.take();
         self.pool.forget(project);
-        self.routes.lock().unwrap_or_else(|p| p.into_inner()).retain(|(p, _), _| p != project);
+        self.routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(p, _), _| p != project);
         if let Some(mut a) = agent {
             terminate(&mut a.child).await;
             if let AgentAddress::Unix(s) = &a.endpoint.address {
@@ -183,9 +205,15 @@ impl LocalRuntime {
 
 /// SIGTERM (the agent stops its processes), SIGKILL after a grace period.
 async fn terminate(child: &mut tokio::process::Child) {
-    if let Some(pid) = child.id().and_then(|p| rustix::process::Pid::from_raw(p as i32)) {
+    if let Some(pid) = child
+        .id()
+        .and_then(|p| rustix::process::Pid::from_raw(p as i32))
+    {
         let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        if tokio::time::timeout(Duration::from_secs(5), child.wait()).await.is_ok() {
+        if tokio::time::timeout(Duration::from_secs(5), child.wait())
+            .await
+            .is_ok()
+        {
             return;
         }
     }
@@ -204,7 +232,11 @@ fn free_port() -> Result<u16> {
 
 fn join_cwd(name: &str, cwd: &str) -> String {
     let cwd = cwd.trim_matches('/');
-    if cwd.is_empty() { name.to_owned() } else { format!("{name}/{cwd}") }
+    if cwd.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{name}/{cwd}")
+    }
 }
 
 #[async_trait::async_trait]
@@ -232,21 +264,27 @@ impl Runtime for LocalRuntime {
     async fn agent(&self, project: &str) -> Result<AgentEndpoint> {
         let slot = self.slot(project);
         let mut agent = slot.lock().await;
-        if let Some(a) = agent.as_mut() {
-            if a.child.try_wait()?.is_none() {
-                return Ok(a.endpoint.clone());
-            }
+        if let Some(a) = agent.as_mut()
+            && a.child.try_wait()?.is_none()
+        {
+            return Ok(a.endpoint.clone());
         }
         Err(Error::ProjectNotActive(project.to_owned()))
     }
 
     async fn start_container(&self, project: &str, spec: &ContainerSpec) -> Result<ContainerRoute> {
         let client = self.client(project).await?;
-        let port = if port_free(spec.port) { spec.port } else { free_port()? };
+        let port = if port_free(spec.port) {
+            spec.port
+        } else {
+            free_port()?
+        };
         let mut env = spec.env.clone();
         env.insert("PORT".into(), port.to_string());
         env.insert("HOST".into(), "127.0.0.1".into());
-        client.start_background(&spec.name, &spec.start, &spec.name, env).await?;
+        client
+            .start_background(&spec.name, &spec.start, &spec.name, env)
+            .await?;
         if port != spec.port {
             tracing::info!(project, container = %spec.name, declared = spec.port, port, "declared port taken; using another");
         }
@@ -254,11 +292,17 @@ impl Runtime for LocalRuntime {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert((project.to_owned(), spec.name.clone()), port);
-        Ok(ContainerRoute { host: "127.0.0.1".into(), port })
+        Ok(ContainerRoute {
+            host: "127.0.0.1".into(),
+            port,
+        })
     }
 
     async fn stop_container(&self, project: &str, name: &str) -> Result<()> {
-        self.routes.lock().unwrap_or_else(|p| p.into_inner()).remove(&(project.to_owned(), name.to_owned()));
+        self.routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(project.to_owned(), name.to_owned()));
         let client = match self.client(project).await {
             Ok(c) => c,
             // No agent: nothing runs.
@@ -271,7 +315,12 @@ impl Runtime for LocalRuntime {
         }
     }
 
-    async fn container_route(&self, project: &str, name: &str, port: Option<u16>) -> Result<ContainerRoute> {
+    async fn container_route(
+        &self,
+        project: &str,
+        name: &str,
+        port: Option<u16>,
+    ) -> Result<ContainerRoute> {
         let main = self
             .routes
             .lock()
@@ -279,26 +328,57 @@ impl Runtime for LocalRuntime {
             .get(&(project.to_owned(), name.to_owned()))
             .copied()
             .ok_or_else(|| Error::Unavailable(format!("container {name} is not running")))?;
-        Ok(ContainerRoute { host: "127.0.0.1".into(), port: port.unwrap_or(main) })
+        Ok(ContainerRoute {
+            host: "127.0.0.1".into(),
+            port: port.unwrap_or(main),
+        })
     }
 
-    async fn container_shell(&self, project: &str, name: &str, env: &BTreeMap<String, String>) -> Result<ShellTarget> {
+    async fn container_shell(
+        &self,
+        project: &str,
+        name: &str,
+        env: &BTreeMap<String, String>,
+    ) -> Result<ShellTarget> {
         let endpoint = self.agent(project).await?;
         let mut env = env.clone();
-        if let Some(port) = self.routes.lock().unwrap_or_else(|p| p.into_inner()).get(&(project.to_owned(), name.to_owned())) {
+        if let Some(port) = self
+            .routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(project.to_owned(), name.to_owned()))
+        {
             env.insert("PORT".into(), port.to_string());
         }
         env.insert("HOST".into(), "127.0.0.1".into());
-        Ok(ShellTarget::Agent { endpoint, cwd: name.to_owned(), env })
+        Ok(ShellTarget::Agent {
+            endpoint,
+            cwd: name.to_owned(),
+            env,
+        })
     }
 
-    async fn container_exec(&self, project: &str, name: &str, mut spec: ExecSpec) -> Result<ExecOutput> {
+    async fn container_exec(
+        &self,
+        project: &str,
+        name: &str,
+        mut spec: ExecSpec,
+    ) -> Result<ExecOutput> {
         let client = self.client(project).await?;
         spec.cwd = join_cwd(name, &spec.cwd);
-        if let Some(port) = self.routes.lock().unwrap_or_else(|p| p.into_inner()).get(&(project.to_owned(), name.to_owned())) {
-            spec.env.entry("PORT".into()).or_insert_with(|| port.to_string());
+        if let Some(port) = self
+            .routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(project.to_owned(), name.to_owned()))
+        {
+            spec.env
+                .entry("PORT".into())
+                .or_insert_with(|| port.to_string());
         }
-        spec.env.entry("HOST".into()).or_insert_with(|| "127.0.0.1".into());
+        spec.env
+            .entry("HOST".into())
+            .or_insert_with(|| "127.0.0.1".into());
         client.run(spec).await
     }
 
@@ -340,13 +420,21 @@ impl Runtime for LocalRuntime {
         if self.agent_bin.is_file() {
             Ok(())
         } else {
-            Err(Error::Unavailable(format!("agent binary {} not found", self.agent_bin.display())))
+            Err(Error::Unavailable(format!(
+                "agent binary {} not found",
+                self.agent_bin.display()
+            )))
         }
     }
 
     async fn shutdown(&self) {
-        let projects: Vec<String> =
-            self.agents.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
+        let projects: Vec<String> = self
+            .agents
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
         futures::future::join_all(projects.iter().map(|p| self.stop_agent(p))).await;
     }
 }

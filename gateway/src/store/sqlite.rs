@@ -94,7 +94,9 @@ impl SqliteStore {
             tx.commit()?;
             tracing::info!(version = i + 1, "state store migrated");
         }
-        Ok(SqliteStore { conn: Arc::new(Mutex::new(conn)) })
+        Ok(SqliteStore {
+            conn: Arc::new(Mutex::new(conn)),
+        })
     }
 
     /// Runs `f` with the connection on the blocking pool.
@@ -185,8 +187,14 @@ impl Store for SqliteStore {
             c.execute(
                 "INSERT INTO projects (id, name, status, created_at, updated_at, hibernated_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![p.id, p.name, p.status.as_str(), ms(p.created_at), ms(p.updated_at),
-                    p.hibernated_at.map(ms)],
+                params![
+                    p.id,
+                    p.name,
+                    p.status.as_str(),
+                    ms(p.created_at),
+                    ms(p.updated_at),
+                    p.hibernated_at.map(ms)
+                ],
             )
             .map_err(|e| {
                 if is_unique_violation(&e) {
@@ -245,7 +253,8 @@ impl Store for SqliteStore {
     async fn delete_project(&self, id: &str) -> Result<()> {
         let id = id.to_owned();
         self.with(move |c| {
-            c.execute("DELETE FROM projects WHERE id = ?1", [id]).map_err(db)?;
+            c.execute("DELETE FROM projects WHERE id = ?1", [id])
+                .map_err(db)?;
             Ok(())
         })
         .await
@@ -301,7 +310,9 @@ impl Store for SqliteStore {
         let (project, name) = (project.to_owned(), name.to_owned());
         self.with(move |c| {
             c.query_row(
-                &format!("SELECT {CONTAINER_COLS} FROM containers WHERE project = ?1 AND name = ?2"),
+                &format!(
+                    "SELECT {CONTAINER_COLS} FROM containers WHERE project = ?1 AND name = ?2"
+                ),
                 [project, name],
                 container_row,
             )
@@ -328,8 +339,11 @@ impl Store for SqliteStore {
     async fn delete_container(&self, project: &str, name: &str) -> Result<()> {
         let (project, name) = (project.to_owned(), name.to_owned());
         self.with(move |c| {
-            c.execute("DELETE FROM containers WHERE project = ?1 AND name = ?2", [project, name])
-                .map_err(db)?;
+            c.execute(
+                "DELETE FROM containers WHERE project = ?1 AND name = ?2",
+                [project, name],
+            )
+            .map_err(db)?;
             Ok(())
         })
         .await
@@ -341,8 +355,15 @@ impl Store for SqliteStore {
             c.execute(
                 "INSERT INTO archives (project, version, key, size, sha256, files, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![a.project, a.version, a.key, a.size as i64, a.sha256, a.files as i64,
-                    ms(a.created_at)],
+                params![
+                    a.project,
+                    a.version,
+                    a.key,
+                    a.size as i64,
+                    a.sha256,
+                    a.files as i64,
+                    ms(a.created_at)
+                ],
             )
             .map_err(db)?;
             Ok(())
@@ -368,8 +389,11 @@ impl Store for SqliteStore {
     async fn delete_archive(&self, project: &str, version: i64) -> Result<()> {
         let project = project.to_owned();
         self.with(move |c| {
-            c.execute("DELETE FROM archives WHERE project = ?1 AND version = ?2", params![project, version])
-                .map_err(db)?;
+            c.execute(
+                "DELETE FROM archives WHERE project = ?1 AND version = ?2",
+                params![project, version],
+            )
+            .map_err(db)?;
             Ok(())
         })
         .await
@@ -420,14 +444,17 @@ impl Store for SqliteStore {
 
     async fn prune_logs(&self, before: DateTime<Utc>) -> Result<u64> {
         self.with(move |c| {
-            let n = c.execute("DELETE FROM command_log WHERE ts < ?1", [ms(before)]).map_err(db)?;
+            let n = c
+                .execute("DELETE FROM command_log WHERE ts < ?1", [ms(before)])
+                .map_err(db)?;
             Ok(n as u64)
         })
         .await
     }
 
     async fn ping(&self) -> Result<()> {
-        self.with(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(db)).await
+        self.with(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(db))
+            .await
     }
 }
 
@@ -451,11 +478,17 @@ mod tests {
     async fn projects_containers_logs() {
         let s = SqliteStore::in_memory().unwrap();
         s.create_project(&project("a")).await.unwrap();
-        assert!(matches!(s.create_project(&project("a")).await, Err(Error::Conflict(_))));
+        assert!(matches!(
+            s.create_project(&project("a")).await,
+            Err(Error::Conflict(_))
+        ));
         let mut p = s.get_project("a").await.unwrap().unwrap();
         p.status = ProjectStatus::Active;
         s.update_project(&p).await.unwrap();
-        assert_eq!(s.get_project("a").await.unwrap().unwrap().status, ProjectStatus::Active);
+        assert_eq!(
+            s.get_project("a").await.unwrap().unwrap().status,
+            ProjectStatus::Active
+        );
         let k = Container {
             project: "a".into(),
             name: "web".into(),
@@ -482,7 +515,12 @@ mod tests {
         };
         s.append_log(&e).await.unwrap();
         assert_eq!(s.list_logs("a").await.unwrap().len(), 1);
-        assert_eq!(s.prune_logs(Utc::now() - chrono::Duration::days(5)).await.unwrap(), 1);
+        assert_eq!(
+            s.prune_logs(Utc::now() - chrono::Duration::days(5))
+                .await
+                .unwrap(),
+            1
+        );
         s.delete_project("a").await.unwrap();
         assert!(s.get_project("a").await.unwrap().is_none());
         assert!(s.list_containers("a").await.unwrap().is_empty());
