@@ -203,4 +203,13 @@ impl ProjectLocks {
         };
         m.lock_owned().await
     }
+
+    /// The project's lock if nobody holds it now.
+    pub fn try_lock(&self, project: &str) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        let m = {
+            let mut map = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(project.to_owned()).or_default().clone()
+        };
+        m.try_lock_owned().ok()
+    }
 }

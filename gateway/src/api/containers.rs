@@ -271,7 +271,11 @@ async fn refresh(state: &AppState, c: &mut Container) {
             return;
         }
     };
-    let _guard = state.locks.lock(&c.project).await;
+    // A create or start in progress (an install can take minutes) holds the
+    // lock; the listing must not wait for it, and that step sets the status anyway.
+    let Some(_guard) = state.locks.try_lock(&c.project) else {
+        return;
+    };
     // Re-read under the lock: a start or stop may have happened meanwhile.
     if let Ok(Some(mut fresh)) = state.store.get_container(&c.project, &c.name).await {
         if fresh.status == ContainerStatus::Running {
