@@ -3,7 +3,7 @@
 // and no error in the browser console anywhere along the way.
 
 import { describe, test, before, after, afterEach } from 'node:test';
-import { writeFileSync } from 'node:fs';
+import { writeFileSync, readdirSync, rmSync } from 'node:fs';
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
@@ -24,7 +24,8 @@ let gw;
 let browser;
 let page;
 const consoleErrors = [];
-const consoleLog = []; // everything, written to tests/artifacts/console.log
+const consoleLog = [];
+const sockets = []; // URLs of every WebSocket the page and its frames opened // everything, written to tests/artifacts/console.log
 
 async function shot(name) {
   await page.screenshot({ path: path.join(ARTIFACTS, `${name}.png`) });
@@ -113,6 +114,8 @@ describe('demo page in Chromium', { timeout: 15 * 60_000 }, () => {
       if (!EXPECTED_CONSOLE.some((re) => re.test(line))) consoleErrors.push(line);
     });
     page.on('pageerror', (e) => consoleErrors.push(`uncaught: ${e.message}`));
+    page.on('websocket', (ws) => sockets.push(ws.url()));
+    for (const f of readdirSync(ARTIFACTS)) if (f.endsWith('.png')) rmSync(path.join(ARTIFACTS, f));
   });
 
   afterEach(async (t) => {
@@ -185,6 +188,9 @@ describe('demo page in Chromium', { timeout: 15 * 60_000 }, () => {
     await page.frameLocator('#preview-frame').locator('#message').filter({ hasText: 'Changed in the editor' }).waitFor({ timeout: WAIT });
     const after = previewFrame();
     assert.equal(await after.evaluate(() => window.__marker), 'kept', 'the preview reloaded instead of hot-updating');
+    // Vite's HMR socket went through the gateway's preview host, not straight to the dev server.
+    const previewHost = new URL(after.url()).host;
+    assert.ok(sockets.some((u) => new URL(u).host === previewHost), `no WebSocket to ${previewHost}: ${sockets.join(', ')}`);
     // The template counts applied hot updates (a save can reach Vite as one or two file events).
     assert.ok(Number(await after.evaluate(() => document.getElementById('updates').textContent)) >= 1, 'no hot update was applied');
     await shot('2-hmr');
