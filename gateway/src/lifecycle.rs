@@ -67,6 +67,13 @@ fn progress(state: &AppState, project: &str, step: &str, message: impl Into<Stri
 /// Makes the project active: starts its environment, restoring the newest
 /// archive first when it is hibernated. Idempotent.
 pub async fn open(state: &AppState, id: &str) -> Result<Project> {
+    // Fast path, without the project's lock (a container's install may hold
+    // it for minutes): an active project only needs its agent up.
+    let p = state.project(id).await?;
+    if p.status == ProjectStatus::Active {
+        state.runtime.ensure(id).await?;
+        return Ok(p);
+    }
     let _guard = state.locks.lock(id).await;
     let mut p = state.project(id).await?;
     match p.status {
