@@ -202,6 +202,14 @@ describe('demo page in Chromium', { timeout: 15 * 60_000 }, () => {
     await typeInTerminal('echo ok-$((40+2))');
     await waitTerminal(/^ok-42\s*$/m);
 
+    // The container's own tab: a shell inside the running dev container.
+    await page.locator(`#term-tabs button[data-container="${CONTAINER}"]`).click();
+    await until(() => window.__devgate.terminals.active.container !== '' && window.__devgate.terminals.active.state === 'connected');
+    await typeInTerminal('echo in-$(basename "$PWD")');
+    await waitTerminal(new RegExp(`^in-${CONTAINER}\\s*$`, 'm'));
+    await page.locator('#term-tabs button[data-container=""]').click();
+    await until(() => window.__devgate.terminals.active.container === '');
+
     await typeInTerminal('touch newfile.txt');
     await page.locator('#tree button.name[data-path="newfile.txt"]').waitFor({ timeout: WAIT });
     await shot('3-terminal');
