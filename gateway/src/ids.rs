@@ -47,6 +47,7 @@ pub fn project_id(s: &str) -> Result<(), Error> {
 /// Checks a container name, 400 otherwise.
 pub fn container_name(s: &str) -> Result<(), Error> {
     if is_dns_label(s) {
+        tracing::Span::current().record("container", s);
         Ok(())
     } else {
         Err(Error::BadRequest(format!(

@@ -107,6 +107,7 @@ async fn trace(req: Request, next: Next) -> Response {
         method = %req.method(),
         uri = %crate::auth::redact_uri(req.uri()),
         project = tracing::field::Empty,
+        container = tracing::field::Empty,
     );
     let t0 = Instant::now();
     let resp = tracing::Instrument::instrument(next.run(req), span.clone()).await;
