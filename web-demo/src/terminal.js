@@ -176,7 +176,7 @@ export class TermSession {
         this.failures = 0;
       }
       this.setState('reconnecting');
-      const delay = BACKOFF_MS[Math.min(this.failures, BACKOFF_MS.length - 1)];
+      const delay = Math.max(BACKOFF_MS[Math.min(this.failures, BACKOFF_MS.length - 1)], (this.holdUntil || 0) - Date.now());
       clearTimeout(this.reconnectTimer);
       this.reconnectTimer = setTimeout(() => this.connectNow(), delay);
     };
@@ -222,8 +222,10 @@ export class TermSession {
     this.connectNow();
   }
 
-  /** Simulates a network drop (used by the tests and handy to try by hand). */
-  drop() {
+  /** Simulates a network drop (used by the tests and handy to try by hand),
+   * staying away at least `holdMs`, so output can pile up meanwhile. */
+  drop(holdMs = 0) {
+    this.holdUntil = Date.now() + holdMs;
     if (this.ws) this.ws.close(4000, 'client drop');
   }
 
