@@ -210,6 +210,11 @@ describe('demo page in Chromium', { timeout: 15 * 60_000 }, () => {
     await page.locator('#term-tabs button[data-container=""]').click();
     await until(() => window.__devgate.terminals.active.container === '');
 
+    // Binary-safe: a UTF-8 character split across two writes (and so across
+    // frames) still renders as one character.
+    await typeInTerminal("printf 'eu\\342\\202'; sleep 0.2; printf '\\254ro\\n'");
+    await waitTerminal(/^eu€ro\s*$/m);
+
     await typeInTerminal('touch newfile.txt');
     await page.locator('#tree button.name[data-path="newfile.txt"]').waitFor({ timeout: WAIT });
     await shot('3-terminal');
