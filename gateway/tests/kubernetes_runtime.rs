@@ -121,6 +121,9 @@ async fn open_fresh_applies_the_environment_and_waits_for_the_agent() {
     assert_eq!(from[1]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"], "ingress-nginx");
     assert_eq!(spec["egress"][0]["ports"], json!([{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]));
     assert_eq!(spec["egress"][1]["ports"], json!([{"protocol": "TCP", "port": 443}, {"protocol": "TCP", "port": 9000}]));
+    assert_eq!(spec["egress"][2]["to"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"], "devgate");
+    assert_eq!(spec["egress"][3]["to"], json!([{"podSelector": {}}]));
+    assert_eq!(spec["egress"].as_array().unwrap().len(), 4, "nothing else leaves the project");
 
     assert_eq!(pvc["spec"]["accessModes"], json!(["ReadWriteOnce"]));
     assert_eq!(pvc["spec"]["resources"]["requests"]["storage"], "5Gi");

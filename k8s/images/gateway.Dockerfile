@@ -22,6 +22,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /gateway /usr/local/bin/gateway
 COPY --from=web /src/web-demo/dist /usr/share/devgate/web-demo
+COPY templates /usr/share/devgate/templates
 USER 65532:65532
 EXPOSE 8080
 ENTRYPOINT ["/usr/local/bin/gateway"]

@@ -99,8 +99,10 @@ pub fn namespace(ns: &str, project: &str) -> Namespace {
 }
 
 /// Ingress only from the gateway's namespace, the ingress controller and the
-/// project's own pods; egress only DNS, HTTPS, the S3 endpoint's port and the
-/// project's own pods. Everything else is denied for every pod of the project.
+/// project's own pods; egress only DNS, HTTPS, the S3 endpoint's port, the
+/// gateway's namespace (bundled templates are cloned from the gateway) and
+/// the project's own pods. Everything else is denied for every pod of the
+/// project.
 pub fn network_policy(s: &Settings, ns: &str, project: &str) -> NetworkPolicy {
     let from_namespace = |name: &str| NetworkPolicyPeer {
         namespace_selector: Some(LabelSelector {
@@ -144,6 +146,8 @@ pub fn network_policy(s: &Settings, ns: &str, project: &str) -> NetworkPolicy {
                 },
                 // HTTPS (git, package registries, S3) and the S3 endpoint's port.
                 NetworkPolicyEgressRule { to: None, ports: Some(egress_ports) },
+                // Bundled templates: the agent clones them from the gateway.
+                NetworkPolicyEgressRule { to: Some(vec![from_namespace(&s.gateway_namespace)]), ports: None },
                 // Dev servers of one project talk to each other.
                 NetworkPolicyEgressRule { to: Some(vec![same_namespace]), ports: None },
             ]),
