@@ -13,8 +13,9 @@
 # that look into the local runtime's project folders (`project_dir`) or
 # hibernate to the S3 server the test starts on this machine's loopback
 # (unreachable from pods unless E2E_S3_ENDPOINT names an address they
-# reach) fail against a cluster for those reasons, not because of the
-# cluster. Select the others with `--test` / `--skip`.
+# reach), or clone bundled templates from the gateway (which runs on this
+# machine, out of the pods' reach) fail against a cluster for those
+# reasons, not because of the cluster. Select the others with `--test` / `--skip`.
 #
 # Needs: kubectl with a working context; the agent and dev images present in
 # the cluster (E2E_BUILD_IMAGES=1 builds them with `minikube image build`);
