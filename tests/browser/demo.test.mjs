@@ -281,6 +281,32 @@ describe('demo page in Chromium', { timeout: 15 * 60_000 }, () => {
     assert.equal(await apiText('notes.md'), '# Notes\n\noriginal\nmine\n');
   });
 
+  test('the tree creates, renames and deletes files', { timeout: STEP_TIMEOUT }, async () => {
+    // New file at the root (nothing selected in a folder).
+    await page.locator('#tree button.name[data-path="newfile.txt"]').click();
+    await page.getByRole('button', { name: 'New file' }).click();
+    await page.locator('#dlg-input').fill('made-in-tree.md');
+    await page.keyboard.press('Enter');
+    await page.locator('#tree button.name[data-path="made-in-tree.md"]').waitFor({ timeout: WAIT });
+    await until(() => window.__devgate.editor.path === 'made-in-tree.md');
+    assert.equal((await gw.api(`/api/projects/${PROJECT}/stat/made-in-tree.md`)).status, 200);
+
+    // Rename by keyboard (F2 on the focused item), delete by its button.
+    await page.locator('#tree button.name[data-path="made-in-tree.md"]').focus();
+    await page.keyboard.press('F2');
+    await page.locator('#dlg-input').fill('renamed.md');
+    await page.keyboard.press('Enter');
+    await page.locator('#tree button.name[data-path="renamed.md"]').waitFor({ timeout: WAIT });
+    await page.locator('#tree button.name[data-path="made-in-tree.md"]').waitFor({ state: 'detached', timeout: WAIT });
+    assert.equal((await gw.api(`/api/projects/${PROJECT}/stat/renamed.md`)).status, 200);
+
+    await page.locator('#tree button.name[data-path="renamed.md"]').hover();
+    await page.getByRole('button', { name: 'Delete renamed.md' }).click();
+    await page.locator('dialog[open]').getByRole('button', { name: 'Delete' }).click();
+    await page.locator('#tree button.name[data-path="renamed.md"]').waitFor({ state: 'detached', timeout: WAIT });
+    assert.equal((await gw.api(`/api/projects/${PROJECT}/stat/renamed.md`)).status, 404);
+  });
+
   test('5: hibernate, open again: files intact, the container stopped', { timeout: STEP_TIMEOUT }, async () => {
     const before = {
       notes: await apiText('notes.md'),
@@ -302,6 +328,18 @@ describe('demo page in Chromium', { timeout: 15 * 60_000 }, () => {
     await openFile('notes.md');
     assert.equal(await page.evaluate(() => window.__devgate.editor.text), before.notes);
     await shot('5-restored');
+  });
+
+  test('a project is deleted from the page', { timeout: STEP_TIMEOUT }, async () => {
+    const res = await gw.api('/api/projects', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ id: 'scratch' }) });
+    assert.equal(res.status, 201);
+    await page.getByRole('button', { name: 'Refresh projects' }).click();
+    await page.getByRole('button', { name: 'Delete project scratch' }).click();
+    await page.locator('dialog[open]').getByRole('button', { name: 'Delete' }).click();
+    await page.locator('#project-list li[data-id="scratch"]').waitFor({ state: 'detached', timeout: WAIT });
+    assert.equal((await gw.api('/api/projects/scratch')).status, 404);
+    // The open project is untouched.
+    await page.locator(`#project-list li[data-id="${PROJECT}"][data-status="active"]`).waitFor();
   });
 
   test('every control is labelled and reachable by keyboard', async () => {
