@@ -148,6 +148,7 @@ pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
         listen_port: Arc::default(),
         activity: Arc::default(),
         statuses: state::StatusCache::default(),
+        write_gates: state::WriteGates::default(),
     })
 }
 

@@ -232,6 +232,8 @@ pub async fn hibernate(state: &AppState, id: &str) -> Result<Project> {
     }
     let t0 = Instant::now();
     set_status(state, &mut p, ProjectStatus::Hibernating).await?;
+    // New file changes now get 409; wait for those in flight to finish.
+    let _writes = state.write_gates.exclusive(id).await;
     let archives = state.store.list_archives(id).await?;
     let version = archives.first().map(|a| a.version + 1).unwrap_or(1);
     let key = state.archives.key(id, version);

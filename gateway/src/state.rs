@@ -39,6 +39,10 @@ pub struct AppState {
     pub activity: Arc<crate::idle::Activity>,
     /// Recent project statuses, so hot file routes skip a store round trip.
     pub statuses: StatusCache,
+    /// Routes that change a project's files hold its gate shared; hibernation
+    /// holds it exclusively while it archives, so no acknowledged write can
+    /// miss the archive.
+    pub write_gates: WriteGates,
 }
 
 impl AppState {
@@ -111,6 +115,30 @@ impl AppState {
         }
         let project = entry.project.clone();
         self.emit(&project, "log", &entry);
+    }
+}
+
+/// One read-write lock per project: see [`AppState::write_gates`].
+#[derive(Clone, Default)]
+pub struct WriteGates {
+    gates: Arc<Mutex<HashMap<String, Arc<tokio::sync::RwLock<()>>>>>,
+}
+
+impl WriteGates {
+    fn gate(&self, project: &str) -> Arc<tokio::sync::RwLock<()>> {
+        let mut map = self.gates.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(project.to_owned()).or_default().clone()
+    }
+
+    /// Held by a request that changes files; waits while a hibernation archives.
+    pub async fn shared(&self, project: &str) -> tokio::sync::OwnedRwLockReadGuard<()> {
+        self.gate(project).read_owned().await
+    }
+
+    /// Held by a hibernation from before it archives until the environment is
+    /// gone; waits for the file changes in flight.
+    pub async fn exclusive(&self, project: &str) -> tokio::sync::OwnedRwLockWriteGuard<()> {
+        self.gate(project).write_owned().await
     }
 }
 

@@ -290,3 +290,48 @@ async fn hibernate_to_a_missing_bucket_fails_cleanly() {
         "data"
     );
 }
+
+#[tokio::test]
+async fn a_write_in_flight_is_in_the_archive_or_refused() {
+    let gw = Gateway::start().await.unwrap();
+    gw.open_project("race").await.unwrap();
+    // A slow upload: three chunks a few hundred milliseconds apart.
+    let chunks = futures::stream::unfold(0u32, |i| async move {
+        if i == 3 {
+            return None;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        Some((Ok::<_, std::io::Error>(format!("part{i};")), i + 1))
+    });
+    let put = gw
+        .put("/api/projects/race/files/slow.txt")
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send();
+    let hibernate = async {
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+        gw.post("/api/projects/race/hibernate").send().await.unwrap()
+    };
+    let (put, hib) = tokio::join!(put, hibernate);
+    let put = put.unwrap();
+    assert_eq!(hib.status(), 200);
+    assert_eq!(put.status(), 200, "the write began before the hibernation");
+    // Acknowledged, so it must be in the archive.
+    gw.post("/api/projects/race/open").send().await.unwrap();
+    let body = gw.get("/api/projects/race/files/slow.txt").send().await.unwrap().text().await.unwrap();
+    assert_eq!(body, "part0;part1;part2;");
+    // And a write after the hibernation began is refused, not lost.
+    let r = gw.post("/api/projects/race/hibernate").send();
+    let late = async {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        gw.put("/api/projects/race/files/late.txt").body("late").send().await.unwrap()
+    };
+    let (h, late) = tokio::join!(r, late);
+    assert_eq!(h.unwrap().status(), 200);
+    if late.status() == 200 {
+        gw.post("/api/projects/race/open").send().await.unwrap();
+        let r = gw.get("/api/projects/race/files/late.txt").send().await.unwrap();
+        assert_eq!(r.text().await.unwrap(), "late", "an acknowledged write was lost");
+    } else {
+        assert_eq!(late.status(), 409);
+    }
+}

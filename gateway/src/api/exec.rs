@@ -81,6 +81,8 @@ async fn exec(
             "timeout_s must be 1..{MAX_TIMEOUT_S}"
         )));
     }
+    // A command may change files: hibernation waits for it (see write_gates).
+    let _writing = state.write_gates.shared(&p).await;
     let project = state.project(&p).await?;
     if project.status != ProjectStatus::Active {
         return Err(Error::ProjectNotActive(p));
