@@ -307,13 +307,22 @@ describe('demo page in Chromium', { timeout: 15 * 60_000 }, () => {
     assert.equal((await gw.api(`/api/projects/${PROJECT}/stat/renamed.md`)).status, 404);
   });
 
-  test('5: hibernate, open again: files intact, the container stopped', { timeout: STEP_TIMEOUT }, async () => {
+  test('5: hibernate, open again: files intact, the container stopped', { timeout: STEP_TIMEOUT }, async (t) => {
     const before = {
       notes: await apiText('notes.md'),
       message: await apiText(`${CONTAINER}/src/message.js`),
     };
+    // Collect the progress lines shown while it runs: they come from the events stream.
+    await page.evaluate(() => {
+      window.__progressSeen = new Set();
+      const seen = () => document.querySelectorAll('#project-list .ptext').forEach((e) => window.__progressSeen.add(e.textContent));
+      new MutationObserver(seen).observe(document.getElementById('project-list'), { childList: true, subtree: true, characterData: true });
+    });
     await page.getByRole('button', { name: `Hibernate project ${PROJECT}` }).click();
     await page.locator(`#project-list li[data-id="${PROJECT}"][data-status="hibernated"]`).waitFor({ timeout: 120_000 });
+    const progress = await page.evaluate(() => [...window.__progressSeen]);
+    t.diagnostic(`progress shown: ${JSON.stringify(progress)}`);
+    assert.ok(progress.some((p) => p !== 'archiving…'), `no progress from the events stream was shown: ${JSON.stringify(progress)}`);
     // The workspace panes let go of the hibernated project.
     await until(() => !window.__devgate.tree.project && window.__devgate.terminals.tabs.length === 0);
     await shot('5-hibernated');
