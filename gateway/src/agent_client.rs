@@ -301,24 +301,20 @@ impl AgentClient {
 
     /// One entry.
     pub async fn stat(&self, path: &str) -> Result<Entry> {
-        let r = self
-            .fs()
-            .stat(self.req(pb::StatRequest {
-                path: path.to_owned(),
-            }))
-            .await?;
+        let r = unary(self.fs().stat(self.req(pb::StatRequest {
+            path: path.to_owned(),
+        })))
+        .await?;
         entry(r.into_inner().entry)
     }
 
     /// A directory's entries, `depth` levels down (0 and 1: its own entries).
     pub async fn list(&self, path: &str, depth: u32) -> Result<Vec<Entry>> {
-        let r = self
-            .fs()
-            .list(self.req(pb::ListRequest {
-                path: path.to_owned(),
-                depth,
-            }))
-            .await?;
+        let r = unary(self.fs().list(self.req(pb::ListRequest {
+            path: path.to_owned(),
+            depth,
+        })))
+        .await?;
         Ok(r.into_inner()
             .entries
             .into_iter()
@@ -398,37 +394,32 @@ impl AgentClient {
 
     /// Makes a directory (and its parents when asked).
     pub async fn mkdir(&self, path: &str, parents: bool) -> Result<Entry> {
-        let r = self
-            .fs()
-            .make_dir(self.req(pb::MakeDirRequest {
-                path: path.to_owned(),
-                parents,
-            }))
-            .await?;
+        let r = unary(self.fs().make_dir(self.req(pb::MakeDirRequest {
+            path: path.to_owned(),
+            parents,
+        })))
+        .await?;
         entry(r.into_inner().entry)
     }
 
     /// Removes a file or directory (a non-empty one only with `recursive`).
     pub async fn remove(&self, path: &str, recursive: bool) -> Result<()> {
-        self.fs()
-            .remove(self.req(pb::RemoveRequest {
-                path: path.to_owned(),
-                recursive,
-            }))
-            .await?;
+        unary(self.fs().remove(self.req(pb::RemoveRequest {
+            path: path.to_owned(),
+            recursive,
+        })))
+        .await?;
         Ok(())
     }
 
     /// Renames; an existing `to` is 409 unless `overwrite`.
     pub async fn rename(&self, from: &str, to: &str, overwrite: bool) -> Result<Entry> {
-        let r = self
-            .fs()
-            .r#move(self.req(pb::MoveRequest {
-                from: from.to_owned(),
-                to: to.to_owned(),
-                overwrite,
-            }))
-            .await?;
+        let r = unary(self.fs().r#move(self.req(pb::MoveRequest {
+            from: from.to_owned(),
+            to: to.to_owned(),
+            overwrite,
+        })))
+        .await?;
         entry(r.into_inner().entry)
     }
 
@@ -493,16 +484,14 @@ impl AgentClient {
 
     /// Starts a PTY session that outlives its clients.
     pub async fn start_pty(&self, spec: PtySpec) -> Result<PtySession> {
-        let r = self
-            .process()
-            .start_pty(self.req(pb::StartPtyRequest {
-                argv: spec.argv,
-                cwd: spec.cwd,
-                env: spec.env.into_iter().collect(),
-                cols: spec.cols,
-                rows: spec.rows,
-            }))
-            .await?;
+        let r = unary(self.process().start_pty(self.req(pb::StartPtyRequest {
+            argv: spec.argv,
+            cwd: spec.cwd,
+            env: spec.env.into_iter().collect(),
+            cols: spec.cols,
+            rows: spec.rows,
+        })))
+        .await?;
         Ok(r.into_inner().into())
     }
 
@@ -562,7 +551,7 @@ impl AgentClient {
 
     /// The agent's PTY sessions.
     pub async fn list_pty(&self) -> Result<Vec<PtySession>> {
-        let r = self.process().list_pty(self.req(pb::Empty {})).await?;
+        let r = unary(self.process().list_pty(self.req(pb::Empty {}))).await?;
         Ok(r.into_inner()
             .sessions
             .into_iter()
@@ -572,12 +561,11 @@ impl AgentClient {
 
     /// Ends a PTY session (`signal` 0: SIGHUP, then SIGKILL after a grace period).
     pub async fn kill_pty(&self, session_id: &str, signal: i32) -> Result<()> {
-        self.process()
-            .kill_pty(self.req(pb::KillPtyRequest {
-                session_id: session_id.to_owned(),
-                signal,
-            }))
-            .await?;
+        unary(self.process().kill_pty(self.req(pb::KillPtyRequest {
+            session_id: session_id.to_owned(),
+            signal,
+        })))
+        .await?;
         Ok(())
     }
 
@@ -589,37 +577,36 @@ impl AgentClient {
         cwd: &str,
         env: BTreeMap<String, String>,
     ) -> Result<BackgroundProcess> {
-        let r = self
-            .process()
-            .start_background(self.req(pb::StartBackgroundRequest {
-                name: name.to_owned(),
-                command: command.to_owned(),
-                argv: Vec::new(),
-                cwd: cwd.to_owned(),
-                env: env.into_iter().collect(),
-            }))
-            .await?;
+        let r = unary(
+            self.process()
+                .start_background(self.req(pb::StartBackgroundRequest {
+                    name: name.to_owned(),
+                    command: command.to_owned(),
+                    argv: Vec::new(),
+                    cwd: cwd.to_owned(),
+                    env: env.into_iter().collect(),
+                })),
+        )
+        .await?;
         Ok(r.into_inner().into())
     }
 
     /// Stops a background process's group (SIGTERM, SIGKILL after `grace_ms`).
     pub async fn stop_background(&self, name: &str, grace_ms: u32) -> Result<BackgroundProcess> {
-        let r = self
-            .process()
-            .stop_background(self.req(pb::StopBackgroundRequest {
-                name: name.to_owned(),
-                grace_ms,
-            }))
-            .await?;
+        let r = unary(
+            self.process()
+                .stop_background(self.req(pb::StopBackgroundRequest {
+                    name: name.to_owned(),
+                    grace_ms,
+                })),
+        )
+        .await?;
         Ok(r.into_inner().into())
     }
 
     /// The agent's background processes.
     pub async fn list_background(&self) -> Result<Vec<BackgroundProcess>> {
-        let r = self
-            .process()
-            .list_background(self.req(pb::Empty {}))
-            .await?;
+        let r = unary(self.process().list_background(self.req(pb::Empty {}))).await?;
         Ok(r.into_inner()
             .processes
             .into_iter()
@@ -796,6 +783,20 @@ impl AgentClient {
             files: r.files,
             bytes: r.bytes,
         })
+    }
+}
+
+/// How long a unary call (stat, list, mkdir, ...) may take before the request
+/// fails with 504, so a hung agent cannot hang requests forever.
+const UNARY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A unary call with [`UNARY_TIMEOUT`].
+async fn unary<T>(
+    call: impl std::future::Future<Output = std::result::Result<T, tonic::Status>>,
+) -> Result<T> {
+    match tokio::time::timeout(UNARY_TIMEOUT, call).await {
+        Ok(r) => r.map_err(Error::from),
+        Err(_) => Err(Error::Timeout("the agent did not answer in time".into())),
     }
 }
 
