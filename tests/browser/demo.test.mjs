@@ -147,7 +147,7 @@ describe('demo page in Chromium', { timeout: 15 * 60_000 }, () => {
     await page.getByRole('button', { name: 'Add the container' }).click();
     // npm install of the template's one dependency happens here. An error
     // toast instead fails the step with the gateway's message.
-    const item = page.locator(`#container-list li[data-name="${CONTAINER}"]`);
+    const item = page.locator(`#container-list li[data-name="${CONTAINER}"][data-status="stopped"]`);
     await Promise.race([
       item.waitFor({ timeout: 120_000 }),
       page

@@ -322,11 +322,22 @@ export class Containers {
       ul.replaceChildren(h('li', { class: 'empty' }, 'Open a project to manage its containers.'));
       return;
     }
-    if (this.list.length === 0) {
+    // Containers being added: the clone and install run inside the request.
+    const adding = [...this.busy].filter((n) => !this.list.find((c) => c.name === n));
+    const pending = adding.map((n) =>
+      h(
+        'li',
+        { class: 'container', dataset: { name: n, status: 'adding' } },
+        h('div', { class: 'name' }, h('span', { class: 'dot starting', 'aria-hidden': 'true' }), h('strong', {}, n), h('span', { class: 'meta' }, 'cloning the template, installing…')),
+        h('div', { class: 'progress', role: 'status', 'aria-label': `Adding ${n}` }, h('div', { class: 'bar', 'aria-hidden': 'true' }, h('div', { class: 'fill' }))),
+      ),
+    );
+    if (this.list.length === 0 && pending.length === 0) {
       ul.replaceChildren(h('li', { class: 'empty' }, 'No containers yet. Add one from a template with the + button.'));
       return;
     }
     ul.replaceChildren(
+      ...pending,
       ...this.list.map((c) => {
         const busy = this.busy.has(c.name);
         const running = c.status === 'running';
