@@ -608,3 +608,24 @@ async fn restore_starts_from_a_clean_folder() {
     );
     assert!(!gw.project_dir("clean").join("junk.txt").exists());
 }
+
+#[tokio::test]
+async fn every_error_has_the_json_body() {
+    let gw = Gateway::start().await.unwrap();
+    gw.open_project("j").await.unwrap();
+    let cases = [
+        gw.req(reqwest::Method::PATCH, "/api/projects/j"),
+        gw.get("/api/projects/j/list?depth=lots"),
+        gw.get("/api/nothing-here"),
+        gw.post("/api/projects/j/containers/web/logs"),
+    ];
+    for req in cases {
+        let r = req.send().await.unwrap();
+        let status = r.status();
+        assert!(status.is_client_error(), "{status}");
+        assert!(r.headers()["content-type"].to_str().unwrap().starts_with("application/json"));
+        let v: Value = r.json().await.unwrap();
+        assert!(v["error"]["code"].is_string(), "{v}");
+        assert!(v["error"]["message"].is_string(), "{v}");
+    }
+}

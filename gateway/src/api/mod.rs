@@ -53,7 +53,8 @@ pub fn router(state: AppState) -> Router {
         ),
         None => app.fallback(|| async { Error::NotFound("no such route".into()) }),
     };
-    app.layer(axum::middleware::from_fn_with_state(state.clone(), track))
+    app.layer(axum::middleware::from_fn(json_errors))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), track))
         .layer(axum::middleware::from_fn_with_state(state.clone(), preview_dispatch))
         .layer(axum::middleware::from_fn(trace))
         .with_state(state)
@@ -73,6 +74,52 @@ async fn preview_dispatch(State(state): State<AppState>, req: Request, next: Nex
         return crate::preview::handle(state, target, req).await;
     }
     next.run(req).await
+}
+
+/// Every error answer has the contract's JSON body, including axum's own
+/// (405, extractor rejections such as a bad query string), which are plain text.
+async fn json_errors(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text).trim().to_owned();
+    let code = match status {
+        StatusCode::BAD_REQUEST => "bad_request",
+        StatusCode::UNAUTHORIZED => "unauthorized",
+        StatusCode::FORBIDDEN => "forbidden",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::CONFLICT => "conflict",
+        StatusCode::PRECONDITION_FAILED => "precondition_failed",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        s if s.is_server_error() => "internal",
+        _ => "bad_request",
+    };
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_lowercase()
+    } else {
+        text
+    };
+    let mut out = (status, axum::Json(serde_json::json!({"error": {"code": code, "message": message}})))
+        .into_response();
+    // Keep headers like Allow and Content-Range.
+    for (k, v) in parts.headers.iter() {
+        if k != header::CONTENT_TYPE && k != header::CONTENT_LENGTH {
+            out.headers_mut().insert(k.clone(), v.clone());
+        }
+    }
+    out
 }
 
 /// Counts requests and their latency by matched route (never the raw path).
