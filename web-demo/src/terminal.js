@@ -317,7 +317,17 @@ export class Terminals {
             'aria-controls': `${t.id}-panel`,
             'aria-label': t.container ? `Shell in container ${t.container}` : 'Project shell',
             dataset: { container: t.container },
+            tabindex: t === this.active ? '0' : '-1',
             onclick: () => this.activate(t),
+            onkeydown: (ev) => {
+              // The tabs pattern: arrows move between tabs, Tab moves on to the panel.
+              const i = this.tabs.indexOf(t);
+              const next = ev.key === 'ArrowRight' ? this.tabs[(i + 1) % this.tabs.length] : ev.key === 'ArrowLeft' ? this.tabs[(i - 1 + this.tabs.length) % this.tabs.length] : null;
+              if (!next) return;
+              ev.preventDefault();
+              this.activate(next);
+              requestAnimationFrame(() => document.getElementById(`${next.id}-tab`)?.focus());
+            },
           },
           h('span', { class: `dot ${t.state}`, 'aria-hidden': 'true' }),
           t.container ? `${t.container}` : 'project',
