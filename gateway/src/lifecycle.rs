@@ -191,8 +191,12 @@ async fn restore(state: &AppState, p: &mut Project) -> Result<()> {
         }
         Err(e) => {
             tracing::error!(project = %id, error = %e, "restore failed; the archive is untouched");
-            // Remove whatever was half extracted; the archive still holds everything.
-            if let Err(error) = state.runtime.teardown(&id).await {
+            // Remove whatever was half extracted; the archive still holds
+            // everything. Without an archive there is nothing to restore from,
+            // so nothing is removed.
+            if newest.is_some()
+                && let Err(error) = state.runtime.teardown(&id).await
+            {
                 tracing::error!(project = %id, %error, "cannot clean up after a failed restore");
             }
             state.agents.forget(&id);
