@@ -196,6 +196,7 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
         }
         _ = signals.recv() => tracing::warn!("second signal: exiting without waiting"),
     }
+    crate::fs::write::abandon_all();
     if let Some(path) = &config.socket {
         let _ = std::fs::remove_file(path);
     }

@@ -19,8 +19,23 @@ use std::process::ExitCode;
 use rustix::process::{Pid, Signal, WaitOptions};
 use tokio::signal::unix::{SignalKind, signal};
 
-/// Set in the server child's environment so it serves instead of re-spawning.
+/// Set in the server child's environment (to the init's pid) so it serves
+/// instead of re-spawning.
 pub const CHILD_ENV: &str = "AGENT_INIT_CHILD";
+
+/// In the server child of an init: ask for SIGTERM when the init dies, so a
+/// killed init (SIGKILL) does not leave the server running unsupervised.
+pub fn child_setup() -> anyhow::Result<()> {
+    let Some(init) = std::env::var_os(CHILD_ENV) else { return Ok(()) };
+    rustix::process::set_parent_process_death_signal(Some(Signal::TERM))?;
+    // The init may have died before the line above: then our parent changed.
+    let parent = rustix::process::getppid().map(|p| p.as_raw_nonzero().get().to_string());
+    anyhow::ensure!(
+        parent.as_deref() == init.to_str(),
+        "the init that started this server is gone"
+    );
+    Ok(())
+}
 
 /// Whether this process should be the init: PID 1 or `--init`, unless it is
 /// already the server child of an init.
@@ -80,13 +95,13 @@ async fn supervise() -> anyhow::Result<u8> {
     let exe = std::env::current_exe().context("cannot find the agent executable")?;
     let child = std::process::Command::new(exe)
         .args(std::env::args_os().skip(1))
-        .env(CHILD_ENV, "1")
+        .env(CHILD_ENV, std::process::id().to_string())
         .spawn()
         .context("cannot start the agent server")?;
     let server = Pid::from_child(&child);
     // The child is reaped below by waitpid(-1), never through `child`.
     drop(child);
-    tracing::info!(pid = server.as_raw_nonzero().get(), "init started the agent server");
+    tracing::debug!(pid = server.as_raw_nonzero().get(), "init started the agent server");
 
     loop {
         if let Some(code) = reap(server) {
@@ -110,7 +125,9 @@ async fn supervise() -> anyhow::Result<u8> {
 fn reap(server: Pid) -> Option<u8> {
     let mut server_code = None;
     loop {
-        match rustix::process::waitpid(None, WaitOptions::NOHANG) {
+        // `wait`, i.e. waitpid(-1): any child. (rustix's `waitpid(None, ..)`
+        // is waitpid(0), our own process group only, which orphans are not in.)
+        match rustix::process::wait(WaitOptions::NOHANG) {
             Ok(Some((pid, status))) => {
                 if pid == server {
                     let code = match (status.exit_status(), status.terminating_signal()) {

@@ -23,6 +23,10 @@ fn main() -> std::process::ExitCode {
     if agent::init::should_run(config.init) {
         return agent::init::run();
     }
+    if let Err(error) = agent::init::child_setup() {
+        eprintln!("agent: {error:#}");
+        return std::process::ExitCode::FAILURE;
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(error) => {

@@ -1,6 +1,8 @@
 //! Atomic file writes: a temporary file beside the target, fsync, rename.
 
+use std::collections::HashMap;
 use std::io::Write as _;
+use std::sync::{Arc, LazyLock, Mutex};
 
 use cap_std::fs::{Dir, OpenOptions, OpenOptionsExt as _};
 use proto::v1::EntryKind;
@@ -31,10 +33,12 @@ pub struct WriteOptions {
 /// the directory that was checked. Dropping it without [`AtomicWrite::commit`]
 /// removes the temporary file, so a cancelled write leaves nothing.
 pub struct AtomicWrite {
-    parent: Dir,
+    parent: Arc<Dir>,
     name: String,
     rel: String,
     tmp_name: String,
+    /// Key of this write's entry in the pending registry.
+    id: u64,
     file: Option<std::fs::File>,
     opts: WriteOptions,
     mode: u32,
@@ -67,13 +71,16 @@ impl AtomicWrite {
             None => opts.mode.unwrap_or(0o644) & 0o7777,
         };
         let (parent, name) = root.open_parent(&rel, opts.make_parents)?;
-        let tmp_name = format!("{TMP_PREFIX}{:016x}", rand::random::<u64>());
+        let parent = Arc::new(parent);
+        let id = rand::random::<u64>();
+        let tmp_name = format!("{TMP_PREFIX}{id:016x}");
         let file = parent
             .open_with(&tmp_name, OpenOptions::new().write(true).create_new(true).mode(0o600))
             .map_err(|e| Root::io_error(&rel, e))?
             .into_std();
         let existed = current.is_some();
-        Ok(AtomicWrite { parent, name, rel, tmp_name, file: Some(file), opts, mode, existed })
+        pending().insert(id, (parent.clone(), tmp_name.clone()));
+        Ok(AtomicWrite { parent, name, rel, tmp_name, id, file: Some(file), opts, mode, existed })
     }
 
     /// The clean path being written (after following a symlink at the target).
@@ -118,6 +125,7 @@ impl AtomicWrite {
             .map_err(|e| Root::io_error(&self.rel, e))?;
         // The temporary name is gone now; nothing for Drop to clean up.
         self.tmp_name.clear();
+        pending().remove(&self.id);
         fsync_dir(&self.parent)?;
         Ok(Stat::from(&file.metadata()?))
     }
@@ -125,12 +133,31 @@ impl AtomicWrite {
 
 impl Drop for AtomicWrite {
     fn drop(&mut self) {
+        pending().remove(&self.id);
         if !self.tmp_name.is_empty() {
             if let Err(error) = self.parent.remove_file(&self.tmp_name) {
                 tracing::warn!(%error, path = %self.rel, "cannot remove temporary file");
             }
         }
     }
+}
+
+/// Removes the temporary files of writes still in progress. Called when the
+/// agent exits with writes unfinished (the grace period ran out): their
+/// handlers are never dropped, so their own cleanup would not run.
+pub fn abandon_all() {
+    let all: Vec<_> = pending().drain().map(|(_, v)| v).collect();
+    for (dir, tmp) in all {
+        let _ = dir.remove_file(&tmp);
+    }
+}
+
+/// Temporary files of the writes in progress, by write id.
+fn pending() -> std::sync::MutexGuard<'static, HashMap<u64, (Arc<Dir>, String)>> {
+    static PENDING: LazyLock<Mutex<HashMap<u64, (Arc<Dir>, String)>>> = LazyLock::new(Mutex::default);
+    // A panic while holding this lock cannot leave the map inconsistent
+    // (single insert/remove calls), so a poisoned lock is still usable.
+    PENDING.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Renames `from` in `from_dir` to `to` in `to_dir` (single names, through
