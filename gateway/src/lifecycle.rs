@@ -526,8 +526,9 @@ pub async fn reconcile(state: AppState) {
                         }
                     }
                 }
-                ProjectStatus::Restoring => {
-                    // open() redoes the restore from scratch.
+                ProjectStatus::Restoring if !state.store.list_archives(&id).await?.is_empty() => {
+                    // A restore cut short: back to hibernated; the next open
+                    // clears the leftovers and restores from scratch.
                     let _guard = state.locks.lock(&id).await;
                     state.runtime.teardown(&id).await?;
                     let mut p = p.clone();
