@@ -27,3 +27,56 @@ async fn health_and_token() -> anyhow::Result<()> {
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
     Ok(())
 }
+
+/// Runs the agent binary with `args` and no AGENT_* variables from outside.
+fn agent_cli(args: &[&str], token: Option<&str>) -> std::process::Output {
+    let mut cmd = std::process::Command::new(tests::bin("agent"));
+    cmd.args(args);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("AGENT_") {
+            cmd.env_remove(k);
+        }
+    }
+    if let Some(t) = token {
+        cmd.env("AGENT_TOKEN", t);
+    }
+    cmd.output().expect("run agent")
+}
+
+#[test]
+fn help_lists_the_flags() {
+    let out = agent_cli(&["--help"], None);
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    for flag in ["--root", "--listen", "--socket", "--token", "--token-file", "--grace-secs", "--init", "AGENT_ROOT"] {
+        assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
+    }
+}
+
+#[test]
+fn bad_flags_and_config_give_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_str().unwrap();
+    let sock = dir.path().join("s.sock");
+    let sock = sock.to_str().unwrap();
+    let cases: &[(&[&str], Option<&str>, &str)] = &[
+        (&["--bogus"], Some("t"), "--bogus"),
+        (&["--grace-secs", "soon", "--root", root], Some("t"), "soon"),
+        (&["--log-format", "xml", "--root", root], Some("t"), "xml"),
+        (&["--listen", "not-an-address"], Some("t"), "not-an-address"),
+        (&["--root", root, "--socket", sock], None, "token"),
+        (&["--root", root, "--socket", sock], Some(""), "token"),
+        (&["--root", root, "--socket", sock, "--token-file", "/nonexistent/token"], None, "token file"),
+        (&["--root", "/nonexistent/root", "--socket", sock], Some("t"), "cannot open root"),
+        (&["--root", root, "--socket", "/nonexistent/dir/s.sock"], Some("t"), "cannot listen"),
+    ];
+    for (args, token, needle) in cases {
+        let out = agent_cli(args, *token);
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.contains(" INFO ")).collect();
+        assert_eq!(lines.len(), 1, "{args:?}: not one line:\n{stderr}");
+        assert!(lines[0].starts_with("agent: "), "{args:?}: {stderr}");
+        assert!(lines[0].contains(needle), "{args:?}: {stderr} lacks {needle}");
+    }
+}
