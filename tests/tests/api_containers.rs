@@ -425,8 +425,14 @@ async fn a_dev_server_that_ends_by_itself_is_shown_failed_or_stopped() {
     assert!(logs.contains("boom"), "{logs}");
     // Unknown containers: 404 on every route.
     for (m, path) in [
-        (reqwest::Method::POST, "/api/projects/d/containers/nope/start"),
-        (reqwest::Method::POST, "/api/projects/d/containers/nope/stop"),
+        (
+            reqwest::Method::POST,
+            "/api/projects/d/containers/nope/start",
+        ),
+        (
+            reqwest::Method::POST,
+            "/api/projects/d/containers/nope/stop",
+        ),
         (reqwest::Method::GET, "/api/projects/d/containers/nope/logs"),
         (reqwest::Method::DELETE, "/api/projects/d/containers/nope"),
     ] {

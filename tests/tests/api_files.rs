@@ -247,9 +247,20 @@ async fn list_stat_mkdir_move_delete() {
         (StatusCode::BAD_REQUEST, "not_a_directory".into())
     );
 
-    let r = gw.get("/api/projects/p1/stat/nope.txt").send().await.unwrap();
+    let r = gw
+        .get("/api/projects/p1/stat/nope.txt")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(code(r).await, (StatusCode::NOT_FOUND, "not_found".into()));
-    let root: Value = gw.get("/api/projects/p1/stat/").send().await.unwrap().json().await.unwrap();
+    let root: Value = gw
+        .get("/api/projects/p1/stat/")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(root["kind"], "dir");
     let e: Value = gw
         .get("/api/projects/p1/stat/a/d.txt")

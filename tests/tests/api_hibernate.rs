@@ -309,7 +309,10 @@ async fn a_write_in_flight_is_in_the_archive_or_refused() {
         .send();
     let hibernate = async {
         tokio::time::sleep(std::time::Duration::from_millis(150)).await;
-        gw.post("/api/projects/race/hibernate").send().await.unwrap()
+        gw.post("/api/projects/race/hibernate")
+            .send()
+            .await
+            .unwrap()
     };
     let (put, hib) = tokio::join!(put, hibernate);
     let put = put.unwrap();
@@ -317,20 +320,39 @@ async fn a_write_in_flight_is_in_the_archive_or_refused() {
     assert_eq!(put.status(), 200, "the write began before the hibernation");
     // Acknowledged, so it must be in the archive.
     gw.post("/api/projects/race/open").send().await.unwrap();
-    let body = gw.get("/api/projects/race/files/slow.txt").send().await.unwrap().text().await.unwrap();
+    let body = gw
+        .get("/api/projects/race/files/slow.txt")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert_eq!(body, "part0;part1;part2;");
     // And a write after the hibernation began is refused, not lost.
     let r = gw.post("/api/projects/race/hibernate").send();
     let late = async {
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        gw.put("/api/projects/race/files/late.txt").body("late").send().await.unwrap()
+        gw.put("/api/projects/race/files/late.txt")
+            .body("late")
+            .send()
+            .await
+            .unwrap()
     };
     let (h, late) = tokio::join!(r, late);
     assert_eq!(h.unwrap().status(), 200);
     if late.status() == 200 {
         gw.post("/api/projects/race/open").send().await.unwrap();
-        let r = gw.get("/api/projects/race/files/late.txt").send().await.unwrap();
-        assert_eq!(r.text().await.unwrap(), "late", "an acknowledged write was lost");
+        let r = gw
+            .get("/api/projects/race/files/late.txt")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.text().await.unwrap(),
+            "late",
+            "an acknowledged write was lost"
+        );
     } else {
         assert_eq!(late.status(), 409);
     }

@@ -623,7 +623,12 @@ async fn every_error_has_the_json_body() {
         let r = req.send().await.unwrap();
         let status = r.status();
         assert!(status.is_client_error(), "{status}");
-        assert!(r.headers()["content-type"].to_str().unwrap().starts_with("application/json"));
+        assert!(
+            r.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("application/json")
+        );
         let v: Value = r.json().await.unwrap();
         assert!(v["error"]["code"].is_string(), "{v}");
         assert!(v["error"]["message"].is_string(), "{v}");
