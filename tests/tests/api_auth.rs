@@ -43,6 +43,8 @@ async fn unauthorized_and_forbidden_matrix() {
             Some(sign("another-secret-entirely", "u", &["*"], now + 3600)),
         ),
         ("expired", Some(gw.token_with("u", &["*"], now - 3600))),
+        ("unsigned (alg none)", Some(unsigned(now + 3600))),
+        ("no exp", Some(no_exp(&gw.secret))),
     ];
     for (method, path) in &routes {
         for (what, token) in &bad_tokens {
@@ -197,4 +199,44 @@ async fn tokens_never_reach_the_log() {
         "the admin token was logged"
     );
     assert!(gw.stdout_lines().iter().all(|l| !l.contains(&token)));
+}
+
+/// A token with `"alg": "none"` and no signature.
+fn unsigned(exp: i64) -> String {
+    use base64_like::encode;
+    format!(
+        "{}.{}.",
+        encode(br#"{"alg":"none","typ":"JWT"}"#),
+        encode(format!(r#"{{"sub":"u","projects":["*"],"exp":{exp}}}"#).as_bytes())
+    )
+}
+
+/// A correctly signed token without `exp`.
+fn no_exp(secret: &str) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"sub": "u", "projects": ["*"]}),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// Unpadded base64url, enough for a forged token.
+mod base64_like {
+    pub fn encode(data: &[u8]) -> String {
+        const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut out = String::new();
+        for chunk in data.chunks(3) {
+            let b = [
+                chunk[0],
+                *chunk.get(1).unwrap_or(&0),
+                *chunk.get(2).unwrap_or(&0),
+            ];
+            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+            for i in 0..=chunk.len() {
+                out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            }
+        }
+        out
+    }
 }
