@@ -447,3 +447,64 @@ async fn a_dev_server_that_ends_by_itself_is_shown_failed_or_stopped() {
         .unwrap();
     assert_eq!(r.status(), 200);
 }
+
+#[tokio::test]
+async fn running_dev_servers_come_back_after_a_gateway_restart() {
+    let mut gw = Gateway::start().await.unwrap();
+    gw.open_project("r").await.unwrap();
+    let port = free_port();
+    let r = gw
+        .post("/api/projects/r/containers")
+        .json(&json!({"name": "srv", "port": port, "start": "exec python3 -m http.server $PORT --bind $HOST"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    std::fs::write(gw.project_dir("r").join("srv/ok.txt"), "back").unwrap();
+    assert_eq!(
+        gw.post("/api/projects/r/containers/srv/start")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    eventually(Duration::from_secs(20), "the dev server", || {
+        get_local(port, "/ok.txt")
+    })
+    .await
+    .unwrap();
+
+    gw.restart().await.unwrap();
+
+    // Its agent died with the old gateway, so the new one starts it again.
+    let body = eventually(
+        Duration::from_secs(30),
+        "the dev server after the restart",
+        || async {
+            let v: Value = gw
+                .post("/api/projects/r/exec")
+                .json(&json!({"argv": ["sh", "-c", "echo -n $PORT"], "container": "srv"}))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            let port: u16 = v["stdout"].as_str()?.parse().ok()?;
+            get_local(port, "/ok.txt").await
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(body, "back");
+    let list: Vec<Value> = gw
+        .get("/api/projects/r/containers")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list[0]["status"], "running");
+}
