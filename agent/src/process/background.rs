@@ -7,7 +7,6 @@
 //! reader that falls more than the ring behind sees the offsets jump.
 
 use std::collections::HashMap;
-use std::io::Read as _;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,7 +20,6 @@ use crate::error::{Error, Result};
 
 /// Size of each process's log ring.
 pub const RING_BYTES: usize = 1 << 20;
-const READ_CHUNK: usize = 64 * 1024;
 /// Default time between SIGTERM and SIGKILL on stop.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
 /// How long the log may stay open after the leader exited (children still
@@ -120,7 +118,7 @@ impl Procs {
                 .name("bg-read".into())
                 .spawn(move || {
                     let _g = span.enter();
-                    read_loop(reader, &log);
+                    log.pump(reader);
                     let _ = read_done_tx.send(());
                 })
                 .map_err(Error::Io)?;
@@ -228,21 +226,6 @@ fn validate_name(name: &str) -> Result<()> {
         )));
     }
     Ok(())
-}
-
-fn read_loop(mut reader: std::io::PipeReader, log: &Log) {
-    let mut buf = vec![0u8; READ_CHUNK];
-    loop {
-        match reader.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => log.push(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(error) => {
-                tracing::debug!(%error, "log read ended");
-                break;
-            }
-        }
-    }
 }
 
 /// The exit code, or -1 when a signal ended the process.

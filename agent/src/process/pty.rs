@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::io::{Read as _, Write as _};
+use std::io::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,8 +24,6 @@ use crate::error::{Error, Result};
 
 /// Size of each session's output ring.
 pub const RING_BYTES: usize = 1 << 20;
-/// Size of one read from the PTY master.
-const READ_CHUNK: usize = 64 * 1024;
 /// How long a session's output may lag its shell's exit (a background job
 /// still holding the terminal open) before the exit is reported anyway.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
@@ -440,20 +438,9 @@ fn spawn_thread(name: &str, span: tracing::Span, f: impl FnOnce() + Send + 'stat
         .map_err(Error::Io)
 }
 
-fn read_loop(mut reader: Box<dyn std::io::Read + Send>, log: &Log, done: oneshot::Sender<()>) {
-    let mut buf = vec![0u8; READ_CHUNK];
-    loop {
-        match reader.read(&mut buf) {
-            // portable-pty maps EIO (the slave side closed) to 0.
-            Ok(0) => break,
-            Ok(n) => log.push(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(error) => {
-                tracing::debug!(%error, "pty read ended");
-                break;
-            }
-        }
-    }
+fn read_loop(reader: Box<dyn std::io::Read + Send>, log: &Log, done: oneshot::Sender<()>) {
+    // portable-pty maps EIO (the slave side closed) to the end of input.
+    log.pump(reader);
     let _ = done.send(());
 }
 

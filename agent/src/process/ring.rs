@@ -27,6 +27,9 @@ use tokio::sync::watch;
 /// progress at all before it evicts that cursor and moves on.
 pub const STALL_LIMIT: Duration = Duration::from_secs(30);
 
+/// Largest single read of a producer.
+pub const MAX_READ: usize = 64 * 1024;
+
 /// A fixed-capacity byte ring addressed by absolute offsets.
 #[derive(Debug)]
 pub struct Ring {
@@ -237,6 +240,30 @@ impl Log {
             data = &data[n..];
             // Ring while still holding the lock is fine: send_replace never blocks.
             self.bell.send_replace(());
+        }
+    }
+
+    /// Reads `reader` to its end into the log, blocking (call it on the
+    /// producer's own thread). The buffer starts at 4 KiB, so an idle
+    /// session costs little memory, and doubles up to [`MAX_READ`] whenever a
+    /// read fills it, so a busy one is read in large chunks.
+    pub fn pump(&self, mut reader: impl std::io::Read) {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    self.push(&buf[..n]);
+                    if n == buf.len() && buf.len() < MAX_READ {
+                        buf.resize(buf.len() * 2, 0);
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(error) => {
+                    tracing::debug!(%error, "output read ended");
+                    break;
+                }
+            }
         }
     }
 
@@ -474,5 +501,21 @@ mod tests {
         producer.join().unwrap();
         assert_eq!(got, b"0123456789");
         assert_eq!(stalled.next(16).await, Next::Evicted);
+    }
+
+    #[tokio::test]
+    async fn pump_reads_everything_in_growing_chunks() {
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let log = Log::new(1 << 20, None);
+        log.pump(&data[..]);
+        assert_eq!(log.bounds(), (0, data.len() as u64));
+        let (mut c, _, _) = log.cursor(Some(0));
+        match c.next(1 << 20).await {
+            Next::Data {
+                offset: 0,
+                data: got,
+            } => assert_eq!(got, data),
+            other => panic!("unexpected {other:?}"),
+        }
     }
 }
