@@ -25,7 +25,10 @@ impl BodyState {
 
 /// The body state of a tonic request (never cancelled when the layer is absent).
 pub fn body_state<T>(req: &tonic::Request<T>) -> BodyState {
-    req.extensions().get::<BodyState>().cloned().unwrap_or_default()
+    req.extensions()
+        .get::<BodyState>()
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// The layer for `Server::builder().layer(..)`.

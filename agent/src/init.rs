@@ -26,7 +26,9 @@ pub const CHILD_ENV: &str = "AGENT_INIT_CHILD";
 /// In the server child of an init: ask for SIGTERM when the init dies, so a
 /// killed init (SIGKILL) does not leave the server running unsupervised.
 pub fn child_setup() -> anyhow::Result<()> {
-    let Some(init) = std::env::var_os(CHILD_ENV) else { return Ok(()) };
+    let Some(init) = std::env::var_os(CHILD_ENV) else {
+        return Ok(());
+    };
     rustix::process::set_parent_process_death_signal(Some(Signal::TERM))?;
     // The init may have died before the line above: then our parent changed.
     let parent = rustix::process::getppid().map(|p| p.as_raw_nonzero().get().to_string());
@@ -46,7 +48,10 @@ pub fn should_run(flag: bool) -> bool {
 /// Runs the init until the server child exits; returns the child's code
 /// (128 + signal number when a signal ended it).
 pub fn run() -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(error) => {
             eprintln!("agent: cannot start the init runtime: {error}");
@@ -101,7 +106,10 @@ async fn supervise() -> anyhow::Result<u8> {
     let server = Pid::from_child(&child);
     // The child is reaped below by waitpid(-1), never through `child`.
     drop(child);
-    tracing::debug!(pid = server.as_raw_nonzero().get(), "init started the agent server");
+    tracing::debug!(
+        pid = server.as_raw_nonzero().get(),
+        "init started the agent server"
+    );
 
     loop {
         if let Some(code) = reap(server) {

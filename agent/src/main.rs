@@ -27,7 +27,10 @@ fn main() -> std::process::ExitCode {
         eprintln!("agent: {error:#}");
         return std::process::ExitCode::FAILURE;
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(error) => {
             eprintln!("agent: cannot start the runtime: {error}");

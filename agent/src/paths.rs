@@ -55,7 +55,10 @@ impl Root {
     /// Opens `path` as the root.
     pub fn open(path: &Path) -> std::io::Result<Root> {
         let dir = Dir::open_ambient_dir(path, cap_std::ambient_authority())?;
-        Ok(Root { dir, path: path.canonicalize()? })
+        Ok(Root {
+            dir,
+            path: path.canonicalize()?,
+        })
     }
 
     /// Checks a client path's syntax and returns it normalised: no leading or
@@ -88,7 +91,11 @@ impl Root {
     /// Opens the directory at the clean path `rel` (`""` = a new handle on the
     /// root), following symlinks that stay inside the root.
     pub fn resolve_dir(&self, rel: &str) -> Result<Dir> {
-        let res = if rel.is_empty() { self.dir.try_clone() } else { self.dir.open_dir(rel) };
+        let res = if rel.is_empty() {
+            self.dir.try_clone()
+        } else {
+            self.dir.open_dir(rel)
+        };
         res.map_err(|e| Self::io_error(rel, e))
     }
 
@@ -101,20 +108,30 @@ impl Root {
             return Err(Error::IsDirectory(String::new()));
         }
         let mut opts = cap_std::fs::OpenOptions::new();
-        opts.read(true).custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32);
-        self.dir.open_with(rel, &opts).map_err(|e| Self::io_error(rel, e))
+        opts.read(true)
+            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32);
+        self.dir
+            .open_with(rel, &opts)
+            .map_err(|e| Self::io_error(rel, e))
     }
 
     /// Metadata of `rel`, following symlinks (inside the root only).
     pub fn metadata(&self, rel: &str) -> Result<cap_std::fs::Metadata> {
-        let res = if rel.is_empty() { self.dir.dir_metadata() } else { self.dir.metadata(rel) };
+        let res = if rel.is_empty() {
+            self.dir.dir_metadata()
+        } else {
+            self.dir.metadata(rel)
+        };
         res.map_err(|e| Self::io_error(rel, e))
     }
 
     /// Metadata of `rel` itself: a symlink is reported as a symlink.
     pub fn symlink_metadata(&self, rel: &str) -> Result<cap_std::fs::Metadata> {
-        let res =
-            if rel.is_empty() { self.dir.dir_metadata() } else { self.dir.symlink_metadata(rel) };
+        let res = if rel.is_empty() {
+            self.dir.dir_metadata()
+        } else {
+            self.dir.symlink_metadata(rel)
+        };
         res.map_err(|e| Self::io_error(rel, e))
     }
 
@@ -124,10 +141,14 @@ impl Root {
     /// `make_parents`, missing parent directories are created first.
     pub fn open_parent(&self, rel: &str, make_parents: bool) -> Result<(Dir, String)> {
         let Some((parent, name)) = split_parent(rel) else {
-            return Err(Error::InvalidArgument("the root itself cannot be used here".into()));
+            return Err(Error::InvalidArgument(
+                "the root itself cannot be used here".into(),
+            ));
         };
         if make_parents && !parent.is_empty() {
-            self.dir.create_dir_all(parent).map_err(|e| Self::io_error(parent, e))?;
+            self.dir
+                .create_dir_all(parent)
+                .map_err(|e| Self::io_error(parent, e))?;
         }
         let dir = self.resolve_dir(parent)?;
         Ok((dir, name.to_owned()))
@@ -142,7 +163,9 @@ impl Root {
         let canon = if rel.is_empty() {
             PathBuf::new()
         } else {
-            self.dir.canonicalize(rel).map_err(|e| Self::io_error(rel, e))?
+            self.dir
+                .canonicalize(rel)
+                .map_err(|e| Self::io_error(rel, e))?
         };
         let meta = self.metadata(rel)?;
         if !meta.is_dir() {
@@ -190,7 +213,11 @@ pub fn split_parent(rel: &str) -> Option<(&str, &str)> {
 
 /// Joins a clean directory path and a single name.
 pub fn join(dir: &str, name: &str) -> String {
-    if dir.is_empty() { name.to_owned() } else { format!("{dir}/{name}") }
+    if dir.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{dir}/{name}")
+    }
 }
 
 #[cfg(test)]
@@ -203,7 +230,15 @@ mod tests {
         assert_eq!(Root::clean("./a//b/./c/").unwrap(), "a/b/c");
         assert_eq!(Root::clean("..%2fx").unwrap(), "..%2fx");
         assert_eq!(Root::clean("...").unwrap(), "...");
-        for bad in ["..", "../x", "a/../../x", "a/..", "/etc/passwd", "/", "a\0b"] {
+        for bad in [
+            "..",
+            "../x",
+            "a/../../x",
+            "a/..",
+            "/etc/passwd",
+            "/",
+            "a\0b",
+        ] {
             assert!(
                 matches!(Root::clean(bad), Err(Error::PathOutsideRoot(_))),
                 "{bad:?} must be refused"

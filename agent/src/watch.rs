@@ -76,28 +76,42 @@ impl Watcher {
             subs: Vec::new(),
             pending_from: HashMap::new(),
         };
-        std::thread::Builder::new().name("watch".into()).spawn(move || actor.run(rx))?;
+        std::thread::Builder::new()
+            .name("watch".into())
+            .spawn(move || actor.run(rx))?;
         Ok(Watcher { tx })
     }
 
     /// Reports a change the agent made itself (an atomic write, whose own
     /// inotify events are hidden because they name a temporary file).
     pub fn changed(&self, kind: EventKind, path: &str) {
-        let _ = self.tx.send(Command::Local(Change { kind, path: path.to_owned(), to: String::new() }));
+        let _ = self.tx.send(Command::Local(Change {
+            kind,
+            path: path.to_owned(),
+            to: String::new(),
+        }));
     }
 
     async fn subscribe(&self, base: String, ignore: HashSet<String>) -> Result<Subscription> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Command::Subscribe { base, ignore, reply })
+            .send(Command::Subscribe {
+                base,
+                ignore,
+                reply,
+            })
             .map_err(|_| Error::Unavailable("the watcher has stopped".into()))?;
-        rx.await.map_err(|_| Error::Unavailable("the watcher has stopped".into()))?
+        rx.await
+            .map_err(|_| Error::Unavailable("the watcher has stopped".into()))?
     }
 }
 
 /// Serves one Watch RPC: checks the directory, subscribes, and returns the
 /// stream (`start`, then changes, keep-alives).
-pub async fn subscribe(state: &State, req: pb::WatchRequest) -> Result<BoxStream<pb::WatchResponse>> {
+pub async fn subscribe(
+    state: &State,
+    req: pb::WatchRequest,
+) -> Result<BoxStream<pb::WatchResponse>> {
     let rel = Root::clean(&req.path)?;
     if !state.root.metadata(&rel)?.is_dir() {
         return Err(Error::NotADirectory(rel));
@@ -107,7 +121,11 @@ pub async fn subscribe(state: &State, req: pb::WatchRequest) -> Result<BoxStream
     let base = if rel.is_empty() {
         rel
     } else {
-        let canon = state.root.dir.canonicalize(&rel).map_err(|e| Root::io_error(&rel, e))?;
+        let canon = state
+            .root
+            .dir
+            .canonicalize(&rel)
+            .map_err(|e| Root::io_error(&rel, e))?;
         canon.to_string_lossy().into_owned()
     };
     let mut ignore: HashSet<String> = req.ignore.into_iter().filter(|s| !s.is_empty()).collect();
@@ -121,7 +139,13 @@ pub async fn subscribe(state: &State, req: pb::WatchRequest) -> Result<BoxStream
     let sub = state.watcher.subscribe(base, ignore).await?;
     let (tx, rx) = mpsc::channel(16);
     let keepalive = Duration::from_secs(state.config.watch_keepalive_secs);
-    tokio::spawn(forward(sub, tx, debounce, keepalive, state.shutdown.clone()));
+    tokio::spawn(forward(
+        sub,
+        tx,
+        debounce,
+        keepalive,
+        state.shutdown.clone(),
+    ));
     Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
 }
 
@@ -141,7 +165,11 @@ async fn forward(
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     let msg = |event| Ok(pb::WatchResponse { event: Some(event) });
-    if tx.send(msg(pb::watch_response::Event::Start(pb::Empty {}))).await.is_err() {
+    if tx
+        .send(msg(pb::watch_response::Event::Start(pb::Empty {})))
+        .await
+        .is_err()
+    {
         return;
     }
     let mut batch = Coalescer::default();
@@ -205,25 +233,25 @@ impl Coalescer {
             self.events.push(Some(c));
             return;
         }
-        if let Some(&i) = self.index.get(&c.path) {
-            if let Some(prev) = self.events[i].as_mut() {
-                use EventKind::{Created, Modified, Removed};
-                let merged = match (prev.kind, c.kind) {
-                    // Created and gone within one window: never observable.
-                    (Created, Removed) => None,
-                    (Created, _) => Some(Created),
-                    (Removed, Created | Modified) => Some(Modified),
-                    (_, k) => Some(k),
-                };
-                match merged {
-                    Some(k) => prev.kind = k,
-                    None => {
-                        self.events[i] = None;
-                        self.index.remove(&c.path);
-                    }
+        if let Some(&i) = self.index.get(&c.path)
+            && let Some(prev) = self.events[i].as_mut()
+        {
+            use EventKind::{Created, Modified, Removed};
+            let merged = match (prev.kind, c.kind) {
+                // Created and gone within one window: never observable.
+                (Created, Removed) => None,
+                (Created, _) => Some(Created),
+                (Removed, Created | Modified) => Some(Modified),
+                (_, k) => Some(k),
+            };
+            match merged {
+                Some(k) => prev.kind = k,
+                None => {
+                    self.events[i] = None;
+                    self.index.remove(&c.path);
                 }
-                return;
             }
+            return;
         }
         self.index.insert(c.path.clone(), self.events.len());
         self.events.push(Some(c));
@@ -231,12 +259,19 @@ impl Coalescer {
 
     fn take(&mut self) -> Vec<Change> {
         self.index.clear();
-        std::mem::take(&mut self.events).into_iter().flatten().collect()
+        std::mem::take(&mut self.events)
+            .into_iter()
+            .flatten()
+            .collect()
     }
 }
 
 enum Command {
-    Subscribe { base: String, ignore: HashSet<String>, reply: oneshot::Sender<Result<Subscription>> },
+    Subscribe {
+        base: String,
+        ignore: HashSet<String>,
+        reply: oneshot::Sender<Result<Subscription>>,
+    },
     Raw(notify::Result<notify::Event>),
     Local(Change),
 }
@@ -252,7 +287,9 @@ impl Sub {
     fn sees(&self, path: &str) -> bool {
         let inside = self.base.is_empty()
             || path == self.base
-            || path.strip_prefix(&self.base).is_some_and(|r| r.starts_with('/'));
+            || path
+                .strip_prefix(&self.base)
+                .is_some_and(|r| r.starts_with('/'));
         inside && !path.split('/').any(|seg| self.ignore.contains(seg))
     }
 }
@@ -273,9 +310,17 @@ struct Actor {
 impl Actor {
     fn run(mut self, rx: std::sync::mpsc::Receiver<Command>) {
         loop {
-            let timeout = if self.pending_from.is_empty() { Duration::from_secs(3600) } else { RENAME_PAIRING };
+            let timeout = if self.pending_from.is_empty() {
+                Duration::from_secs(3600)
+            } else {
+                RENAME_PAIRING
+            };
             match rx.recv_timeout(timeout) {
-                Ok(Command::Subscribe { base, ignore, reply }) => {
+                Ok(Command::Subscribe {
+                    base,
+                    ignore,
+                    reply,
+                }) => {
                     let res = self.add_subscriber(base, ignore);
                     let _ = reply.send(res);
                 }
@@ -316,7 +361,12 @@ impl Actor {
         }
         let (tx, rx) = mpsc::channel(SUBSCRIBER_BUFFER);
         let lost = Arc::new(AtomicBool::new(false));
-        self.subs.push(Sub { base, ignore, tx, lost: lost.clone() });
+        self.subs.push(Sub {
+            base,
+            ignore,
+            tx,
+            lost: lost.clone(),
+        });
         Ok(Subscription { rx, lost })
     }
 
@@ -324,12 +374,16 @@ impl Actor {
     /// skipped; with `report`, every entry found is reported as created
     /// (they appeared before their directory's watch existed).
     fn watch_tree(&mut self, rel: &str, report: bool) {
-        let Some(watcher) = self.watcher.as_mut() else { return };
+        let Some(watcher) = self.watcher.as_mut() else {
+            return;
+        };
         let skip = self.skip.clone().unwrap_or_default();
         let mut found = Vec::new();
         let mut stack = vec![rel.to_owned()];
         while let Some(dir_rel) = stack.pop() {
-            let Ok(dir) = self.root.resolve_dir(&dir_rel) else { continue };
+            let Ok(dir) = self.root.resolve_dir(&dir_rel) else {
+                continue;
+            };
             if !self.watched.contains(&dir_rel) {
                 match watcher.watch(&self.root.path.join(&dir_rel), RecursiveMode::NonRecursive) {
                     Ok(()) => {
@@ -358,7 +412,11 @@ impl Actor {
             }
         }
         for path in found {
-            self.dispatch(Change { kind: EventKind::Created, path, to: String::new() });
+            self.dispatch(Change {
+                kind: EventKind::Created,
+                path,
+                to: String::new(),
+            });
         }
     }
 
@@ -399,14 +457,21 @@ impl Actor {
             return;
         }
         let paths: Vec<Option<String>> = event.paths.iter().map(|p| self.rel(p)).collect();
-        let Some(Some(path)) = paths.first().cloned() else { return };
-        let created = |path: String| Change { kind: EventKind::Created, path, to: String::new() };
+        let Some(Some(path)) = paths.first().cloned() else {
+            return;
+        };
+        let created = |path: String| Change {
+            kind: EventKind::Created,
+            path,
+            to: String::new(),
+        };
         match event.kind {
             NK::Create(kind) => {
                 if is_tmp(&path) {
                     return;
                 }
-                let dir = kind == CreateKind::Folder || (kind != CreateKind::File && self.is_dir(&path));
+                let dir =
+                    kind == CreateKind::Folder || (kind != CreateKind::File && self.is_dir(&path));
                 self.dispatch(created(path.clone()));
                 if dir && !self.skipped(&path) {
                     self.watch_tree(&path, true);
@@ -421,7 +486,10 @@ impl Actor {
             }
             NK::Modify(ModifyKind::Name(RenameMode::To)) => {
                 // With a known first half, the `Both` that follows reports it.
-                if event.tracker().is_some_and(|c| self.pending_from.contains_key(&c)) {
+                if event
+                    .tracker()
+                    .is_some_and(|c| self.pending_from.contains_key(&c))
+                {
                     return;
                 }
                 if !is_tmp(&path) {
@@ -442,18 +510,30 @@ impl Actor {
                     Some(_) if is_tmp(&path) => {}
                     Some(to) => {
                         let is_dir = self.is_dir(&to);
-                        self.dispatch(Change { kind: EventKind::Renamed, path, to: to.clone() });
+                        self.dispatch(Change {
+                            kind: EventKind::Renamed,
+                            path,
+                            to: to.clone(),
+                        });
                         if is_dir && !self.skipped(&to) {
                             self.watch_tree(&to, false);
                         }
                     }
-                    None => self.dispatch(Change { kind: EventKind::Removed, path, to: String::new() }),
+                    None => self.dispatch(Change {
+                        kind: EventKind::Removed,
+                        path,
+                        to: String::new(),
+                    }),
                 }
             }
             NK::Modify(ModifyKind::Name(_)) => {}
             NK::Modify(_) => {
                 if !is_tmp(&path) {
-                    self.dispatch(Change { kind: EventKind::Modified, path, to: String::new() });
+                    self.dispatch(Change {
+                        kind: EventKind::Modified,
+                        path,
+                        to: String::new(),
+                    });
                 }
             }
             NK::Remove(kind) => {
@@ -463,7 +543,11 @@ impl Actor {
                 if kind != RemoveKind::File {
                     self.unwatch_tree(&path);
                 }
-                self.dispatch(Change { kind: EventKind::Removed, path, to: String::new() });
+                self.dispatch(Change {
+                    kind: EventKind::Removed,
+                    path,
+                    to: String::new(),
+                });
             }
             NK::Access(_) | NK::Any | NK::Other => {}
         }
@@ -483,7 +567,11 @@ impl Actor {
             if let Some((path, _)) = self.pending_from.remove(&c) {
                 self.unwatch_tree(&path);
                 if !is_tmp(&path) {
-                    self.dispatch(Change { kind: EventKind::Removed, path, to: String::new() });
+                    self.dispatch(Change {
+                        kind: EventKind::Removed,
+                        path,
+                        to: String::new(),
+                    });
                 }
             }
         }
@@ -491,7 +579,8 @@ impl Actor {
 
     fn skipped(&self, rel: &str) -> bool {
         let skip = self.skip.as_ref();
-        rel.split('/').any(|seg| skip.is_some_and(|s| s.contains(seg)))
+        rel.split('/')
+            .any(|seg| skip.is_some_and(|s| s.contains(seg)))
     }
 
     /// Sends a change to every subscriber that sees it. A rename half
@@ -501,8 +590,16 @@ impl Actor {
             let c = if c.kind == EventKind::Renamed {
                 match (s.sees(&c.path), s.sees(&c.to)) {
                     (true, true) => c.clone(),
-                    (true, false) => Change { kind: EventKind::Removed, path: c.path.clone(), to: String::new() },
-                    (false, true) => Change { kind: EventKind::Created, path: c.to.clone(), to: String::new() },
+                    (true, false) => Change {
+                        kind: EventKind::Removed,
+                        path: c.path.clone(),
+                        to: String::new(),
+                    },
+                    (false, true) => Change {
+                        kind: EventKind::Created,
+                        path: c.to.clone(),
+                        to: String::new(),
+                    },
                     (false, false) => continue,
                 }
             } else if s.sees(&c.path) {
@@ -519,13 +616,18 @@ impl Actor {
         let before = self.subs.len();
         self.subs.retain(|s| !s.lost.load(Ordering::Relaxed));
         if self.subs.len() != before {
-            tracing::warn!(dropped = before - self.subs.len(), "watch subscriber fell behind");
+            tracing::warn!(
+                dropped = before - self.subs.len(),
+                "watch subscriber fell behind"
+            );
         }
     }
 }
 
 fn is_tmp(rel: &str) -> bool {
-    rel.rsplit('/').next().is_some_and(|n| n.starts_with(TMP_PREFIX))
+    rel.rsplit('/')
+        .next()
+        .is_some_and(|n| n.starts_with(TMP_PREFIX))
 }
 
 #[cfg(test)]
@@ -533,7 +635,11 @@ mod tests {
     use super::*;
 
     fn ch(kind: EventKind, path: &str) -> Change {
-        Change { kind, path: path.into(), to: String::new() }
+        Change {
+            kind,
+            path: path.into(),
+            to: String::new(),
+        }
     }
 
     #[test]
@@ -548,7 +654,10 @@ mod tests {
         c.push(ch(Removed, "gone"));
         c.push(ch(Removed, "r"));
         c.push(ch(Created, "r"));
-        assert_eq!(c.take(), vec![ch(Created, "a"), ch(Modified, "b"), ch(Modified, "r")]);
+        assert_eq!(
+            c.take(),
+            vec![ch(Created, "a"), ch(Modified, "b"), ch(Modified, "r")]
+        );
         assert!(c.take().is_empty());
     }
 
@@ -557,7 +666,11 @@ mod tests {
         use EventKind::*;
         let mut c = Coalescer::default();
         c.push(ch(Modified, "a"));
-        c.push(Change { kind: Renamed, path: "a".into(), to: "b".into() });
+        c.push(Change {
+            kind: Renamed,
+            path: "a".into(),
+            to: "b".into(),
+        });
         c.push(ch(Modified, "a"));
         let out = c.take();
         assert_eq!(out.len(), 3);

@@ -24,15 +24,26 @@ async fn start() -> anyhow::Result<Fixture> {
     std::fs::create_dir(&root)?;
     let agent = tests::Agent::start(&root, &[]).await?;
     let fs = FilesystemClient::new(agent.channel().await?);
-    Ok(Fixture { agent, fs, root, _dir: dir })
+    Ok(Fixture {
+        agent,
+        fs,
+        root,
+        _dir: dir,
+    })
 }
 
 fn code_of(s: &tonic::Status) -> &str {
-    s.metadata().get(proto::ERROR_CODE_METADATA_KEY).and_then(|v| v.to_str().ok()).unwrap_or("")
+    s.metadata()
+        .get(proto::ERROR_CODE_METADATA_KEY)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
 }
 
 fn start_msg(path: &str) -> pb::WriteStart {
-    pb::WriteStart { path: path.into(), ..Default::default() }
+    pb::WriteStart {
+        path: path.into(),
+        ..Default::default()
+    }
 }
 
 async fn write(
@@ -40,16 +51,34 @@ async fn write(
     start: pb::WriteStart,
     chunks: Vec<Vec<u8>>,
 ) -> Result<pb::Entry, tonic::Status> {
-    let mut msgs = vec![pb::WriteRequest { msg: Some(pb::write_request::Msg::Start(start)) }];
-    msgs.extend(chunks.into_iter().map(|c| pb::WriteRequest { msg: Some(pb::write_request::Msg::Data(c)) }));
+    let mut msgs = vec![pb::WriteRequest {
+        msg: Some(pb::write_request::Msg::Start(start)),
+    }];
+    msgs.extend(chunks.into_iter().map(|c| pb::WriteRequest {
+        msg: Some(pb::write_request::Msg::Data(c)),
+    }));
     let req = f.agent.req(tokio_stream::iter(msgs));
     Ok(f.fs.write(req).await?.into_inner().entry.expect("entry"))
 }
 
-async fn read(f: &mut Fixture, path: &str, offset: u64, length: u64) -> Result<(pb::Entry, Vec<u8>, usize), tonic::Status> {
-    let mut stream = f.fs.read(f.agent.req(pb::ReadRequest { path: path.into(), offset, length })).await?.into_inner();
+async fn read(
+    f: &mut Fixture,
+    path: &str,
+    offset: u64,
+    length: u64,
+) -> Result<(pb::Entry, Vec<u8>, usize), tonic::Status> {
+    let mut stream =
+        f.fs.read(f.agent.req(pb::ReadRequest {
+            path: path.into(),
+            offset,
+            length,
+        }))
+        .await?
+        .into_inner();
     let first = stream.message().await?.expect("start message");
-    let Some(pb::read_response::Event::Start(start)) = first.event else { panic!("first message is not start") };
+    let Some(pb::read_response::Event::Start(start)) = first.event else {
+        panic!("first message is not start")
+    };
     let mut data = Vec::new();
     let mut chunks = 0;
     while let Some(msg) = stream.message().await? {
@@ -66,7 +95,12 @@ async fn read(f: &mut Fixture, path: &str, offset: u64, length: u64) -> Result<(
 }
 
 async fn stat(f: &mut Fixture, path: &str) -> Result<pb::Entry, tonic::Status> {
-    Ok(f.fs.stat(f.agent.req(pb::StatRequest { path: path.into() })).await?.into_inner().entry.expect("entry"))
+    Ok(f.fs
+        .stat(f.agent.req(pb::StatRequest { path: path.into() }))
+        .await?
+        .into_inner()
+        .entry
+        .expect("entry"))
 }
 
 fn tmp_files(dir: &std::path::Path) -> Vec<String> {
@@ -85,7 +119,10 @@ async fn stat_and_list() -> anyhow::Result<()> {
     std::fs::write(f.root.join("src/main.rs"), b"fn main() {}")?;
     std::fs::write(f.root.join("src/deep/x.txt"), b"x")?;
     std::fs::write(f.root.join("README"), b"hello")?;
-    std::fs::set_permissions(f.root.join("README"), std::fs::Permissions::from_mode(0o640))?;
+    std::fs::set_permissions(
+        f.root.join("README"),
+        std::fs::Permissions::from_mode(0o640),
+    )?;
     std::os::unix::fs::symlink("src/main.rs", f.root.join("link"))?;
 
     let e = stat(&mut f, "README").await?;
@@ -111,21 +148,52 @@ async fn stat_and_list() -> anyhow::Result<()> {
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     assert_eq!(code_of(&err), proto::NOT_A_DIRECTORY);
 
-    let list = |depth| pb::ListRequest { path: String::new(), depth };
+    let list = |depth| pb::ListRequest {
+        path: String::new(),
+        depth,
+    };
     let names = |r: pb::ListResponse| r.entries.into_iter().map(|e| e.path).collect::<Vec<_>>();
     let one = names(f.fs.list(f.agent.req(list(0))).await?.into_inner());
     assert_eq!(one, ["README", "link", "src"]);
     let two = names(f.fs.list(f.agent.req(list(2))).await?.into_inner());
     assert_eq!(two, ["README", "link", "src", "src/deep", "src/main.rs"]);
     let all = names(f.fs.list(f.agent.req(list(10))).await?.into_inner());
-    assert_eq!(all, ["README", "link", "src", "src/deep", "src/deep/x.txt", "src/main.rs"]);
-    let sub = f.fs.list(f.agent.req(pb::ListRequest { path: "src".into(), depth: 1 })).await?.into_inner();
+    assert_eq!(
+        all,
+        [
+            "README",
+            "link",
+            "src",
+            "src/deep",
+            "src/deep/x.txt",
+            "src/main.rs"
+        ]
+    );
+    let sub =
+        f.fs.list(f.agent.req(pb::ListRequest {
+            path: "src".into(),
+            depth: 1,
+        }))
+        .await?
+        .into_inner();
     assert_eq!(names(sub), ["src/deep", "src/main.rs"]);
 
-    let err = f.fs.list(f.agent.req(pb::ListRequest { path: "README".into(), depth: 1 })).await.unwrap_err();
+    let err =
+        f.fs.list(f.agent.req(pb::ListRequest {
+            path: "README".into(),
+            depth: 1,
+        }))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert_eq!(code_of(&err), proto::NOT_A_DIRECTORY);
-    let err = f.fs.list(f.agent.req(pb::ListRequest { path: "nope".into(), depth: 1 })).await.unwrap_err();
+    let err =
+        f.fs.list(f.agent.req(pb::ListRequest {
+            path: "nope".into(),
+            depth: 1,
+        }))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
     Ok(())
 }
@@ -134,7 +202,9 @@ async fn stat_and_list() -> anyhow::Result<()> {
 async fn read_whole_ranges_and_big_files() -> anyhow::Result<()> {
     let mut f = start().await?;
     std::fs::write(f.root.join("small.txt"), b"0123456789")?;
-    let big: Vec<u8> = (0..(1024 * 1024 + 12345)).map(|i| (i * 7 % 251) as u8).collect();
+    let big: Vec<u8> = (0..(1024 * 1024 + 12345))
+        .map(|i| (i * 7 % 251) as u8)
+        .collect();
     std::fs::write(f.root.join("big.bin"), &big)?;
     std::fs::create_dir(f.root.join("dir"))?;
     std::fs::write(f.root.join("empty"), b"")?;
@@ -166,9 +236,13 @@ async fn read_whole_ranges_and_big_files() -> anyhow::Result<()> {
     assert_eq!(err.code(), Code::NotFound);
 
     // A FIFO would block a plain open forever; it is refused instead.
-    let status = std::process::Command::new("mkfifo").arg(f.root.join("fifo")).status()?;
+    let status = std::process::Command::new("mkfifo")
+        .arg(f.root.join("fifo"))
+        .status()?;
     assert!(status.success());
-    let err = tokio::time::timeout(Duration::from_secs(5), read(&mut f, "fifo", 0, 0)).await?.unwrap_err();
+    let err = tokio::time::timeout(Duration::from_secs(5), read(&mut f, "fifo", 0, 0))
+        .await?
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     Ok(())
 }
@@ -176,12 +250,21 @@ async fn read_whole_ranges_and_big_files() -> anyhow::Result<()> {
 #[tokio::test]
 async fn write_new_replace_and_modes() -> anyhow::Result<()> {
     let mut f = start().await?;
-    let e = write(&mut f, start_msg("a.txt"), vec![b"hello ".to_vec(), b"world".to_vec()]).await?;
+    let e = write(
+        &mut f,
+        start_msg("a.txt"),
+        vec![b"hello ".to_vec(), b"world".to_vec()],
+    )
+    .await?;
     assert_eq!(std::fs::read(f.root.join("a.txt"))?, b"hello world");
     assert_eq!(e.size, 11);
     assert_eq!(e.mode, 0o644);
     assert_eq!(e.path, "a.txt");
-    assert_eq!(e.etag, stat(&mut f, "a.txt").await?.etag, "the write answers the new etag");
+    assert_eq!(
+        e.etag,
+        stat(&mut f, "a.txt").await?.etag,
+        "the write answers the new etag"
+    );
     let meta = std::fs::metadata(f.root.join("a.txt"))?;
     assert_eq!(meta.permissions().mode() & 0o7777, 0o644);
 
@@ -189,13 +272,28 @@ async fn write_new_replace_and_modes() -> anyhow::Result<()> {
     std::fs::set_permissions(f.root.join("a.txt"), std::fs::Permissions::from_mode(0o755))?;
     let e2 = write(&mut f, start_msg("a.txt"), vec![b"#!/bin/sh\n".to_vec()]).await?;
     assert_eq!(e2.mode, 0o755);
-    assert_eq!(std::fs::metadata(f.root.join("a.txt"))?.permissions().mode() & 0o7777, 0o755);
+    assert_eq!(
+        std::fs::metadata(f.root.join("a.txt"))?
+            .permissions()
+            .mode()
+            & 0o7777,
+        0o755
+    );
     assert_ne!(e2.etag, e.etag);
 
     // The mode of a new file can be chosen.
-    let s = pb::WriteStart { mode: Some(0o600), ..start_msg("secret") };
+    let s = pb::WriteStart {
+        mode: Some(0o600),
+        ..start_msg("secret")
+    };
     assert_eq!(write(&mut f, s, vec![b"s".to_vec()]).await?.mode, 0o600);
-    assert_eq!(std::fs::metadata(f.root.join("secret"))?.permissions().mode() & 0o7777, 0o600);
+    assert_eq!(
+        std::fs::metadata(f.root.join("secret"))?
+            .permissions()
+            .mode()
+            & 0o7777,
+        0o600
+    );
 
     // Empty file, and no temporary files left behind.
     write(&mut f, start_msg("empty"), vec![]).await?;
@@ -204,7 +302,12 @@ async fn write_new_replace_and_modes() -> anyhow::Result<()> {
 
     // A big streamed write.
     let big: Vec<u8> = (0..5 * 1024 * 1024).map(|i| (i % 253) as u8).collect();
-    let e = write(&mut f, start_msg("big.bin"), big.chunks(64 * 1024).map(<[u8]>::to_vec).collect()).await?;
+    let e = write(
+        &mut f,
+        start_msg("big.bin"),
+        big.chunks(64 * 1024).map(<[u8]>::to_vec).collect(),
+    )
+    .await?;
     assert_eq!(e.size, big.len() as u64);
     assert!(std::fs::read(f.root.join("big.bin"))? == big);
 
@@ -212,7 +315,11 @@ async fn write_new_replace_and_modes() -> anyhow::Result<()> {
     std::os::unix::fs::symlink("a.txt", f.root.join("alias"))?;
     let e = write(&mut f, start_msg("alias"), vec![b"via link".to_vec()]).await?;
     assert_eq!(e.path, "a.txt");
-    assert!(std::fs::symlink_metadata(f.root.join("alias"))?.file_type().is_symlink());
+    assert!(
+        std::fs::symlink_metadata(f.root.join("alias"))?
+            .file_type()
+            .is_symlink()
+    );
     assert_eq!(std::fs::read(f.root.join("a.txt"))?, b"via link");
     Ok(())
 }
@@ -223,12 +330,18 @@ async fn write_preconditions_change_nothing() -> anyhow::Result<()> {
     let e = write(&mut f, start_msg("doc"), vec![b"v1".to_vec()]).await?;
 
     // Matching etag: accepted.
-    let s = pb::WriteStart { expected_etag: Some(e.etag.clone()), ..start_msg("doc") };
+    let s = pb::WriteStart {
+        expected_etag: Some(e.etag.clone()),
+        ..start_msg("doc")
+    };
     let e2 = write(&mut f, s, vec![b"v2".to_vec()]).await?;
     assert_eq!(std::fs::read(f.root.join("doc"))?, b"v2");
 
     // Stale etag: FAILED_PRECONDITION, content unchanged.
-    let s = pb::WriteStart { expected_etag: Some(e.etag.clone()), ..start_msg("doc") };
+    let s = pb::WriteStart {
+        expected_etag: Some(e.etag.clone()),
+        ..start_msg("doc")
+    };
     let err = write(&mut f, s, vec![b"v3".to_vec()]).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert_eq!(std::fs::read(f.root.join("doc"))?, b"v2");
@@ -236,46 +349,99 @@ async fn write_preconditions_change_nothing() -> anyhow::Result<()> {
 
     // A change by another process in place changes the etag too.
     std::fs::write(f.root.join("doc"), b"v2-other")?;
-    let s = pb::WriteStart { expected_etag: Some(e2.etag.clone()), ..start_msg("doc") };
+    let s = pb::WriteStart {
+        expected_etag: Some(e2.etag.clone()),
+        ..start_msg("doc")
+    };
     let err = write(&mut f, s, vec![b"v3".to_vec()]).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert_eq!(std::fs::read(f.root.join("doc"))?, b"v2-other");
 
     // An etag for a file that does not exist: FAILED_PRECONDITION, nothing created.
-    let s = pb::WriteStart { expected_etag: Some(e.etag.clone()), ..start_msg("new") };
-    assert_eq!(write(&mut f, s, vec![b"x".to_vec()]).await.unwrap_err().code(), Code::FailedPrecondition);
+    let s = pb::WriteStart {
+        expected_etag: Some(e.etag.clone()),
+        ..start_msg("new")
+    };
+    assert_eq!(
+        write(&mut f, s, vec![b"x".to_vec()])
+            .await
+            .unwrap_err()
+            .code(),
+        Code::FailedPrecondition
+    );
     assert!(!f.root.join("new").exists());
     // The empty etag means "must not exist".
-    let s = pb::WriteStart { expected_etag: Some(String::new()), ..start_msg("doc") };
-    assert_eq!(write(&mut f, s, vec![b"x".to_vec()]).await.unwrap_err().code(), Code::FailedPrecondition);
-    let s = pb::WriteStart { expected_etag: Some(String::new()), ..start_msg("new") };
+    let s = pb::WriteStart {
+        expected_etag: Some(String::new()),
+        ..start_msg("doc")
+    };
+    assert_eq!(
+        write(&mut f, s, vec![b"x".to_vec()])
+            .await
+            .unwrap_err()
+            .code(),
+        Code::FailedPrecondition
+    );
+    let s = pb::WriteStart {
+        expected_etag: Some(String::new()),
+        ..start_msg("new")
+    };
     write(&mut f, s, vec![b"x".to_vec()]).await?;
     assert_eq!(std::fs::read(f.root.join("new"))?, b"x");
 
     // create_only.
-    let s = pb::WriteStart { create_only: true, ..start_msg("doc") };
-    assert_eq!(write(&mut f, s, vec![b"x".to_vec()]).await.unwrap_err().code(), Code::AlreadyExists);
+    let s = pb::WriteStart {
+        create_only: true,
+        ..start_msg("doc")
+    };
+    assert_eq!(
+        write(&mut f, s, vec![b"x".to_vec()])
+            .await
+            .unwrap_err()
+            .code(),
+        Code::AlreadyExists
+    );
     assert_eq!(std::fs::read(f.root.join("doc"))?, b"v2-other");
-    let s = pb::WriteStart { create_only: true, ..start_msg("fresh") };
+    let s = pb::WriteStart {
+        create_only: true,
+        ..start_msg("fresh")
+    };
     write(&mut f, s, vec![b"f".to_vec()]).await?;
     assert_eq!(std::fs::read(f.root.join("fresh"))?, b"f");
 
     // Parents: missing without make_parents, created with it.
-    let err = write(&mut f, start_msg("x/y/z.txt"), vec![b"z".to_vec()]).await.unwrap_err();
+    let err = write(&mut f, start_msg("x/y/z.txt"), vec![b"z".to_vec()])
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
     assert!(!f.root.join("x").exists());
-    let s = pb::WriteStart { make_parents: true, ..start_msg("x/y/z.txt") };
+    let s = pb::WriteStart {
+        make_parents: true,
+        ..start_msg("x/y/z.txt")
+    };
     write(&mut f, s, vec![b"z".to_vec()]).await?;
     assert_eq!(std::fs::read(f.root.join("x/y/z.txt"))?, b"z");
 
     // A directory cannot be written over; the root cannot be written.
-    let err = write(&mut f, start_msg("x"), vec![b"z".to_vec()]).await.unwrap_err();
-    assert_eq!((err.code(), code_of(&err)), (Code::InvalidArgument, proto::IS_DIRECTORY));
-    let err = write(&mut f, start_msg(""), vec![b"z".to_vec()]).await.unwrap_err();
+    let err = write(&mut f, start_msg("x"), vec![b"z".to_vec()])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), code_of(&err)),
+        (Code::InvalidArgument, proto::IS_DIRECTORY)
+    );
+    let err = write(&mut f, start_msg(""), vec![b"z".to_vec()])
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     // A file used as a directory.
-    let err = write(&mut f, start_msg("doc/inner"), vec![b"z".to_vec()]).await.unwrap_err();
-    assert_eq!((err.code(), code_of(&err)), (Code::InvalidArgument, proto::NOT_A_DIRECTORY));
+    let err = write(&mut f, start_msg("doc/inner"), vec![b"z".to_vec()])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), code_of(&err)),
+        (Code::InvalidArgument, proto::NOT_A_DIRECTORY)
+    );
     assert!(tmp_files(&f.root).is_empty());
     assert!(tmp_files(&f.root.join("x/y")).is_empty());
     Ok(())
@@ -285,15 +451,31 @@ async fn write_preconditions_change_nothing() -> anyhow::Result<()> {
 async fn malformed_and_cancelled_writes_leave_nothing() -> anyhow::Result<()> {
     let mut f = start().await?;
     // No `start` first.
-    let msgs = vec![pb::WriteRequest { msg: Some(pb::write_request::Msg::Data(b"x".to_vec())) }];
-    let err = f.fs.write(f.agent.req(tokio_stream::iter(msgs))).await.unwrap_err();
+    let msgs = vec![pb::WriteRequest {
+        msg: Some(pb::write_request::Msg::Data(b"x".to_vec())),
+    }];
+    let err =
+        f.fs.write(f.agent.req(tokio_stream::iter(msgs)))
+            .await
+            .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     // An empty stream.
-    let err = f.fs.write(f.agent.req(tokio_stream::iter(Vec::<pb::WriteRequest>::new()))).await.unwrap_err();
+    let err =
+        f.fs.write(
+            f.agent
+                .req(tokio_stream::iter(Vec::<pb::WriteRequest>::new())),
+        )
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     // `start` twice.
-    let st = || pb::WriteRequest { msg: Some(pb::write_request::Msg::Start(start_msg("twice"))) };
-    let err = f.fs.write(f.agent.req(tokio_stream::iter(vec![st(), st()]))).await.unwrap_err();
+    let st = || pb::WriteRequest {
+        msg: Some(pb::write_request::Msg::Start(start_msg("twice"))),
+    };
+    let err =
+        f.fs.write(f.agent.req(tokio_stream::iter(vec![st(), st()])))
+            .await
+            .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(!f.root.join("twice").exists());
     assert!(tmp_files(&f.root).is_empty());
@@ -306,8 +488,14 @@ async fn malformed_and_cancelled_writes_leave_nothing() -> anyhow::Result<()> {
         let (channel, socket) = breakable_channel(&f.agent.socket).await?;
         let mut fs = FilesystemClient::new(channel);
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tx.send(pb::WriteRequest { msg: Some(pb::write_request::Msg::Start(start_msg("kept"))) }).await?;
-        tx.send(pb::WriteRequest { msg: Some(pb::write_request::Msg::Data(vec![b'x'; 100_000])) }).await?;
+        tx.send(pb::WriteRequest {
+            msg: Some(pb::write_request::Msg::Start(start_msg("kept"))),
+        })
+        .await?;
+        tx.send(pb::WriteRequest {
+            msg: Some(pb::write_request::Msg::Data(vec![b'x'; 100_000])),
+        })
+        .await?;
         let mut req = f.agent.req(tokio_stream::wrappers::ReceiverStream::new(rx));
         if how == "deadline" {
             req.set_timeout(Duration::from_millis(500));
@@ -320,7 +508,12 @@ async fn malformed_and_cancelled_writes_leave_nothing() -> anyhow::Result<()> {
         })
         .await?;
         if how == "broken connection" {
-            socket.lock().unwrap().take().expect("connected").shutdown(std::net::Shutdown::Both)?;
+            socket
+                .lock()
+                .unwrap()
+                .take()
+                .expect("connected")
+                .shutdown(std::net::Shutdown::Both)?;
         }
         let res = tokio::time::timeout(Duration::from_secs(10), call).await??;
         assert!(res.is_err(), "{how}: the write must fail");
@@ -330,10 +523,18 @@ async fn malformed_and_cancelled_writes_leave_nothing() -> anyhow::Result<()> {
         })
         .await?;
         let now = std::fs::read(f.root.join("kept"))?;
-        assert!(now == b"original", "{how}: the cancelled write committed early ({} bytes, {:?})", now.len(), &now[..now.len().min(20)]);
+        assert!(
+            now == b"original",
+            "{how}: the cancelled write committed early ({} bytes, {:?})",
+            now.len(),
+            &now[..now.len().min(20)]
+        );
         // The client may still end its stream now: the server has dropped the write.
         drop(tx);
-        assert!(std::fs::read(f.root.join("kept"))? == b"original", "{how}: the cancelled write committed");
+        assert!(
+            std::fs::read(f.root.join("kept"))? == b"original",
+            "{how}: the cancelled write committed"
+        );
     }
     Ok(())
 }
@@ -342,7 +543,10 @@ async fn malformed_and_cancelled_writes_leave_nothing() -> anyhow::Result<()> {
 /// connection as a crashing client would.
 async fn breakable_channel(
     socket: &std::path::Path,
-) -> anyhow::Result<(Channel, std::sync::Arc<std::sync::Mutex<Option<std::os::unix::net::UnixStream>>>)> {
+) -> anyhow::Result<(
+    Channel,
+    std::sync::Arc<std::sync::Mutex<Option<std::os::unix::net::UnixStream>>>,
+)> {
     let handle = std::sync::Arc::new(std::sync::Mutex::new(None));
     let (path, h) = (socket.to_path_buf(), handle.clone());
     let channel = tonic::transport::Endpoint::try_from("http://agent.local")?
@@ -363,27 +567,50 @@ async fn breakable_channel(
 #[tokio::test]
 async fn make_dir() -> anyhow::Result<()> {
     let mut f = start().await?;
-    let mk = |path: &str, parents| pb::MakeDirRequest { path: path.into(), parents };
-    let e = f.fs.make_dir(f.agent.req(mk("a", false))).await?.into_inner().entry.unwrap();
+    let mk = |path: &str, parents| pb::MakeDirRequest {
+        path: path.into(),
+        parents,
+    };
+    let e =
+        f.fs.make_dir(f.agent.req(mk("a", false)))
+            .await?
+            .into_inner()
+            .entry
+            .unwrap();
     assert_eq!((e.path.as_str(), e.kind), ("a", EntryKind::Dir as i32));
     assert!(f.root.join("a").is_dir());
 
-    let err = f.fs.make_dir(f.agent.req(mk("a", false))).await.unwrap_err();
+    let err =
+        f.fs.make_dir(f.agent.req(mk("a", false)))
+            .await
+            .unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists);
     f.fs.make_dir(f.agent.req(mk("a", true))).await?;
 
-    let err = f.fs.make_dir(f.agent.req(mk("b/c/d", false))).await.unwrap_err();
+    let err =
+        f.fs.make_dir(f.agent.req(mk("b/c/d", false)))
+            .await
+            .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
     assert!(!f.root.join("b").exists());
     f.fs.make_dir(f.agent.req(mk("b/c/d", true))).await?;
     assert!(f.root.join("b/c/d").is_dir());
 
     std::fs::write(f.root.join("file"), b"x")?;
-    let err = f.fs.make_dir(f.agent.req(mk("file", true))).await.unwrap_err();
+    let err =
+        f.fs.make_dir(f.agent.req(mk("file", true)))
+            .await
+            .unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists);
-    let err = f.fs.make_dir(f.agent.req(mk("file", false))).await.unwrap_err();
+    let err =
+        f.fs.make_dir(f.agent.req(mk("file", false)))
+            .await
+            .unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists);
-    let err = f.fs.make_dir(f.agent.req(mk("file/sub", true))).await.unwrap_err();
+    let err =
+        f.fs.make_dir(f.agent.req(mk("file/sub", true)))
+            .await
+            .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert_eq!(std::fs::read(f.root.join("file"))?, b"x");
     Ok(())
@@ -397,15 +624,24 @@ async fn remove() -> anyhow::Result<()> {
     std::fs::create_dir(f.root.join("empty"))?;
     std::fs::write(f.root.join("file"), b"x")?;
     std::os::unix::fs::symlink("full", f.root.join("link"))?;
-    let rm = |path: &str, recursive| pb::RemoveRequest { path: path.into(), recursive };
+    let rm = |path: &str, recursive| pb::RemoveRequest {
+        path: path.into(),
+        recursive,
+    };
 
     f.fs.remove(f.agent.req(rm("file", false))).await?;
     assert!(!f.root.join("file").exists());
     f.fs.remove(f.agent.req(rm("empty", false))).await?;
     assert!(!f.root.join("empty").exists());
 
-    let err = f.fs.remove(f.agent.req(rm("full", false))).await.unwrap_err();
-    assert_eq!((err.code(), code_of(&err)), (Code::FailedPrecondition, proto::DIRECTORY_NOT_EMPTY));
+    let err =
+        f.fs.remove(f.agent.req(rm("full", false)))
+            .await
+            .unwrap_err();
+    assert_eq!(
+        (err.code(), code_of(&err)),
+        (Code::FailedPrecondition, proto::DIRECTORY_NOT_EMPTY)
+    );
     assert!(f.root.join("full/inner/x").exists());
 
     // Removing a symlink removes the link, not what it points to.
@@ -416,7 +652,10 @@ async fn remove() -> anyhow::Result<()> {
     f.fs.remove(f.agent.req(rm("full", true))).await?;
     assert!(!f.root.join("full").exists());
 
-    let err = f.fs.remove(f.agent.req(rm("missing", false))).await.unwrap_err();
+    let err =
+        f.fs.remove(f.agent.req(rm("missing", false)))
+            .await
+            .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
     let err = f.fs.remove(f.agent.req(rm("", true))).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
@@ -431,15 +670,27 @@ async fn move_entries() -> anyhow::Result<()> {
     std::fs::write(f.root.join("b"), b"B")?;
     std::fs::create_dir_all(f.root.join("d/sub"))?;
     std::fs::write(f.root.join("d/sub/f"), b"F")?;
-    let mv = |from: &str, to: &str, overwrite| pb::MoveRequest { from: from.into(), to: to.into(), overwrite };
+    let mv = |from: &str, to: &str, overwrite| pb::MoveRequest {
+        from: from.into(),
+        to: to.into(),
+        overwrite,
+    };
 
-    let e = f.fs.r#move(f.agent.req(mv("a", "c", false))).await?.into_inner().entry.unwrap();
+    let e =
+        f.fs.r#move(f.agent.req(mv("a", "c", false)))
+            .await?
+            .into_inner()
+            .entry
+            .unwrap();
     assert_eq!((e.path.as_str(), e.size), ("c", 1));
     assert!(!f.root.join("a").exists());
     assert_eq!(std::fs::read(f.root.join("c"))?, b"A");
 
     // No overwrite: ALREADY_EXISTS, both unchanged.
-    let err = f.fs.r#move(f.agent.req(mv("c", "b", false))).await.unwrap_err();
+    let err =
+        f.fs.r#move(f.agent.req(mv("c", "b", false)))
+            .await
+            .unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists);
     assert_eq!(std::fs::read(f.root.join("c"))?, b"A");
     assert_eq!(std::fs::read(f.root.join("b"))?, b"B");
@@ -451,18 +702,36 @@ async fn move_entries() -> anyhow::Result<()> {
     f.fs.r#move(f.agent.req(mv("d", "d2", false))).await?;
     assert_eq!(std::fs::read(f.root.join("d2/sub/f"))?, b"F");
 
-    let err = f.fs.r#move(f.agent.req(mv("missing", "x", false))).await.unwrap_err();
+    let err =
+        f.fs.r#move(f.agent.req(mv("missing", "x", false)))
+            .await
+            .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
-    let err = f.fs.r#move(f.agent.req(mv("d2", "d2/sub/inside", false))).await.unwrap_err();
+    let err =
+        f.fs.r#move(f.agent.req(mv("d2", "d2/sub/inside", false)))
+            .await
+            .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    let err = f.fs.r#move(f.agent.req(mv("b", "nodir/b", false))).await.unwrap_err();
+    let err =
+        f.fs.r#move(f.agent.req(mv("b", "nodir/b", false)))
+            .await
+            .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
-    let err = f.fs.r#move(f.agent.req(mv("", "x", false))).await.unwrap_err();
+    let err =
+        f.fs.r#move(f.agent.req(mv("", "x", false)))
+            .await
+            .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     // Overwriting a non-empty directory is refused even with overwrite.
     std::fs::create_dir(f.root.join("e"))?;
-    let err = f.fs.r#move(f.agent.req(mv("e", "d2", true))).await.unwrap_err();
-    assert_eq!((err.code(), code_of(&err)), (Code::FailedPrecondition, proto::DIRECTORY_NOT_EMPTY));
+    let err =
+        f.fs.r#move(f.agent.req(mv("e", "d2", true)))
+            .await
+            .unwrap_err();
+    assert_eq!(
+        (err.code(), code_of(&err)),
+        (Code::FailedPrecondition, proto::DIRECTORY_NOT_EMPTY)
+    );
     assert!(f.root.join("d2/sub/f").exists());
     Ok(())
 }
@@ -472,9 +741,21 @@ async fn every_rpc_needs_the_token() -> anyhow::Result<()> {
     let f = start().await?;
     let mut fs = f.fs.clone();
     let codes = [
-        fs.stat(pb::StatRequest::default()).await.map(|_| ()).unwrap_err().code(),
-        fs.list(pb::ListRequest::default()).await.map(|_| ()).unwrap_err().code(),
-        fs.read(pb::ReadRequest::default()).await.map(|_| ()).unwrap_err().code(),
+        fs.stat(pb::StatRequest::default())
+            .await
+            .map(|_| ())
+            .unwrap_err()
+            .code(),
+        fs.list(pb::ListRequest::default())
+            .await
+            .map(|_| ())
+            .unwrap_err()
+            .code(),
+        fs.read(pb::ReadRequest::default())
+            .await
+            .map(|_| ())
+            .unwrap_err()
+            .code(),
         fs.write(tokio_stream::iter(vec![pb::WriteRequest {
             msg: Some(pb::write_request::Msg::Start(start_msg("t"))),
         }]))
@@ -482,12 +763,34 @@ async fn every_rpc_needs_the_token() -> anyhow::Result<()> {
         .map(|_| ())
         .unwrap_err()
         .code(),
-        fs.make_dir(pb::MakeDirRequest { path: "t".into(), parents: false }).await.map(|_| ()).unwrap_err().code(),
-        fs.remove(pb::RemoveRequest::default()).await.map(|_| ()).unwrap_err().code(),
-        fs.r#move(pb::MoveRequest::default()).await.map(|_| ()).unwrap_err().code(),
-        fs.watch(pb::WatchRequest::default()).await.map(|_| ()).unwrap_err().code(),
+        fs.make_dir(pb::MakeDirRequest {
+            path: "t".into(),
+            parents: false,
+        })
+        .await
+        .map(|_| ())
+        .unwrap_err()
+        .code(),
+        fs.remove(pb::RemoveRequest::default())
+            .await
+            .map(|_| ())
+            .unwrap_err()
+            .code(),
+        fs.r#move(pb::MoveRequest::default())
+            .await
+            .map(|_| ())
+            .unwrap_err()
+            .code(),
+        fs.watch(pb::WatchRequest::default())
+            .await
+            .map(|_| ())
+            .unwrap_err()
+            .code(),
     ];
-    assert!(codes.iter().all(|c| *c == Code::Unauthenticated), "{codes:?}");
+    assert!(
+        codes.iter().all(|c| *c == Code::Unauthenticated),
+        "{codes:?}"
+    );
     assert!(!f.root.join("t").exists());
     Ok(())
 }

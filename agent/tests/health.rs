@@ -10,18 +10,27 @@ async fn health_and_token() -> anyhow::Result<()> {
     let ch = agent.channel().await?;
 
     let resp = HealthClient::new(ch.clone())
-        .check(HealthCheckRequest { service: String::new() })
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
         .await?;
     assert_eq!(resp.into_inner().status, 1, "SERVING");
 
     let mut fs = FilesystemClient::new(ch);
     let err = fs
-        .stat(proto::v1::StatRequest { path: String::new() })
+        .stat(proto::v1::StatRequest {
+            path: String::new(),
+        })
         .await
         .expect_err("no token");
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
     let err = fs
-        .stat(tests::authed(proto::v1::StatRequest { path: String::new() }, "wrong"))
+        .stat(tests::authed(
+            proto::v1::StatRequest {
+                path: String::new(),
+            },
+            "wrong",
+        ))
         .await
         .expect_err("wrong token");
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
@@ -48,7 +57,16 @@ fn help_lists_the_flags() {
     let out = agent_cli(&["--help"], None);
     assert!(out.status.success());
     let help = String::from_utf8(out.stdout).unwrap();
-    for flag in ["--root", "--listen", "--socket", "--token", "--token-file", "--grace-secs", "--init", "AGENT_ROOT"] {
+    for flag in [
+        "--root",
+        "--listen",
+        "--socket",
+        "--token",
+        "--token-file",
+        "--grace-secs",
+        "--init",
+        "AGENT_ROOT",
+    ] {
         assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
     }
 }
@@ -66,9 +84,28 @@ fn bad_flags_and_config_give_one_clear_line() {
         (&["--listen", "not-an-address"], Some("t"), "not-an-address"),
         (&["--root", root, "--socket", sock], None, "token"),
         (&["--root", root, "--socket", sock], Some(""), "token"),
-        (&["--root", root, "--socket", sock, "--token-file", "/nonexistent/token"], None, "token file"),
-        (&["--root", "/nonexistent/root", "--socket", sock], Some("t"), "cannot open root"),
-        (&["--root", root, "--socket", "/nonexistent/dir/s.sock"], Some("t"), "cannot listen"),
+        (
+            &[
+                "--root",
+                root,
+                "--socket",
+                sock,
+                "--token-file",
+                "/nonexistent/token",
+            ],
+            None,
+            "token file",
+        ),
+        (
+            &["--root", "/nonexistent/root", "--socket", sock],
+            Some("t"),
+            "cannot open root",
+        ),
+        (
+            &["--root", root, "--socket", "/nonexistent/dir/s.sock"],
+            Some("t"),
+            "cannot listen",
+        ),
     ];
     for (args, token, needle) in cases {
         let out = agent_cli(args, *token);
@@ -77,6 +114,9 @@ fn bad_flags_and_config_give_one_clear_line() {
         let lines: Vec<&str> = stderr.lines().filter(|l| !l.contains(" INFO ")).collect();
         assert_eq!(lines.len(), 1, "{args:?}: not one line:\n{stderr}");
         assert!(lines[0].starts_with("agent: "), "{args:?}: {stderr}");
-        assert!(lines[0].contains(needle), "{args:?}: {stderr} lacks {needle}");
+        assert!(
+            lines[0].contains(needle),
+            "{args:?}: {stderr} lacks {needle}"
+        );
     }
 }

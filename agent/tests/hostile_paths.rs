@@ -41,7 +41,13 @@ async fn start() -> anyhow::Result<Fixture> {
     std::os::unix::fs::symlink("sub", root.join("ok_link"))?;
     let agent = tests::Agent::start(&root, &[]).await?;
     let fs = FilesystemClient::new(agent.channel().await?);
-    Ok(Fixture { agent, fs, root, outside, _dir: dir })
+    Ok(Fixture {
+        agent,
+        fs,
+        root,
+        outside,
+        _dir: dir,
+    })
 }
 
 /// The outside directory holds exactly the untouched canary.
@@ -50,21 +56,42 @@ fn assert_outside_untouched(outside: &Path, case: &str) {
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(names, ["canary.txt"], "{case}: something appeared outside the root");
-    assert!(std::fs::read(outside.join("canary.txt")).unwrap() == CANARY, "{case}: canary changed");
+    assert_eq!(
+        names,
+        ["canary.txt"],
+        "{case}: something appeared outside the root"
+    );
+    assert!(
+        std::fs::read(outside.join("canary.txt")).unwrap() == CANARY,
+        "{case}: canary changed"
+    );
     assert!(!Path::new("/etc/evil").exists(), "{case}: wrote into /etc");
 }
 
 fn assert_outside_root(res: Result<(), tonic::Status>, case: &str) {
     let err = res.expect_err(case);
     assert_eq!(err.code(), Code::InvalidArgument, "{case}: {err:?}");
-    let code = err.metadata().get(proto::ERROR_CODE_METADATA_KEY).map(|v| v.to_str().unwrap().to_owned());
-    assert_eq!(code.as_deref(), Some(proto::PATH_OUTSIDE_ROOT), "{case}: {err:?}");
+    let code = err
+        .metadata()
+        .get(proto::ERROR_CODE_METADATA_KEY)
+        .map(|v| v.to_str().unwrap().to_owned());
+    assert_eq!(
+        code.as_deref(),
+        Some(proto::PATH_OUTSIDE_ROOT),
+        "{case}: {err:?}"
+    );
 }
 
 impl Fixture {
     async fn read(&mut self, path: &str) -> Result<(), tonic::Status> {
-        let mut s = self.fs.read(self.agent.req(pb::ReadRequest { path: path.into(), ..Default::default() })).await?.into_inner();
+        let mut s = self
+            .fs
+            .read(self.agent.req(pb::ReadRequest {
+                path: path.into(),
+                ..Default::default()
+            }))
+            .await?
+            .into_inner();
         // A read that got through would stream data: fail loudly on any.
         while let Some(m) = s.message().await? {
             if let Some(pb::read_response::Event::Data(d)) = m.event {
@@ -74,32 +101,74 @@ impl Fixture {
         Ok(())
     }
     async fn stat(&mut self, path: &str) -> Result<(), tonic::Status> {
-        self.fs.stat(self.agent.req(pb::StatRequest { path: path.into() })).await.map(|_| ())
+        self.fs
+            .stat(self.agent.req(pb::StatRequest { path: path.into() }))
+            .await
+            .map(|_| ())
     }
     async fn list(&mut self, path: &str) -> Result<(), tonic::Status> {
-        let r = self.fs.list(self.agent.req(pb::ListRequest { path: path.into(), depth: 3 })).await?;
+        let r = self
+            .fs
+            .list(self.agent.req(pb::ListRequest {
+                path: path.into(),
+                depth: 3,
+            }))
+            .await?;
         panic!("{path}: listed {:?}", r.into_inner().entries);
     }
     async fn write(&mut self, path: &str, make_parents: bool) -> Result<(), tonic::Status> {
-        let start = pb::WriteStart { path: path.into(), make_parents, ..Default::default() };
+        let start = pb::WriteStart {
+            path: path.into(),
+            make_parents,
+            ..Default::default()
+        };
         let msgs = vec![
-            pb::WriteRequest { msg: Some(pb::write_request::Msg::Start(start)) },
-            pb::WriteRequest { msg: Some(pb::write_request::Msg::Data(b"evil".to_vec())) },
+            pb::WriteRequest {
+                msg: Some(pb::write_request::Msg::Start(start)),
+            },
+            pb::WriteRequest {
+                msg: Some(pb::write_request::Msg::Data(b"evil".to_vec())),
+            },
         ];
-        self.fs.write(self.agent.req(tokio_stream::iter(msgs))).await.map(|_| ())
+        self.fs
+            .write(self.agent.req(tokio_stream::iter(msgs)))
+            .await
+            .map(|_| ())
     }
     async fn mkdir(&mut self, path: &str) -> Result<(), tonic::Status> {
-        self.fs.make_dir(self.agent.req(pb::MakeDirRequest { path: path.into(), parents: true })).await.map(|_| ())
+        self.fs
+            .make_dir(self.agent.req(pb::MakeDirRequest {
+                path: path.into(),
+                parents: true,
+            }))
+            .await
+            .map(|_| ())
     }
     async fn remove(&mut self, path: &str) -> Result<(), tonic::Status> {
-        self.fs.remove(self.agent.req(pb::RemoveRequest { path: path.into(), recursive: true })).await.map(|_| ())
+        self.fs
+            .remove(self.agent.req(pb::RemoveRequest {
+                path: path.into(),
+                recursive: true,
+            }))
+            .await
+            .map(|_| ())
     }
     async fn mv(&mut self, from: &str, to: &str) -> Result<(), tonic::Status> {
-        let req = pb::MoveRequest { from: from.into(), to: to.into(), overwrite: true };
+        let req = pb::MoveRequest {
+            from: from.into(),
+            to: to.into(),
+            overwrite: true,
+        };
         self.fs.r#move(self.agent.req(req)).await.map(|_| ())
     }
     async fn watch(&mut self, path: &str) -> Result<(), tonic::Status> {
-        self.fs.watch(self.agent.req(pb::WatchRequest { path: path.into(), ..Default::default() })).await.map(|_| ())
+        self.fs
+            .watch(self.agent.req(pb::WatchRequest {
+                path: path.into(),
+                ..Default::default()
+            }))
+            .await
+            .map(|_| ())
     }
 }
 
@@ -121,13 +190,19 @@ async fn escapes_are_refused_and_touch_nothing_outside() -> anyhow::Result<()> {
     refused!("read bare ..", f.read(".."));
     refused!("read trailing ..", f.read("sub/.."));
     refused!("read absolute", f.read("/etc/passwd"));
-    refused!("read absolute outside", f.read(&out.join("canary.txt").to_string_lossy()));
+    refused!(
+        "read absolute outside",
+        f.read(&out.join("canary.txt").to_string_lossy())
+    );
     refused!("read NUL", f.read("sub/file.txt\0../../outside/canary.txt"));
     refused!("read via /etc link", f.read("etc_link/passwd"));
     refused!("read file link out", f.read("out_file"));
     refused!("read via dir link out", f.read("out_link/canary.txt"));
     refused!("read via nested link out", f.read("sub/up_link/canary.txt"));
-    refused!("read via inside link then out", f.read("ok_link/up_link/canary.txt"));
+    refused!(
+        "read via inside link then out",
+        f.read("ok_link/up_link/canary.txt")
+    );
     // Stat, list, watch.
     refused!("stat via link out", f.stat("out_link/canary.txt"));
     refused!("stat ..", f.stat("../outside"));
@@ -138,21 +213,39 @@ async fn escapes_are_refused_and_touch_nothing_outside() -> anyhow::Result<()> {
     refused!("watch ..", f.watch(".."));
     // Writes: `..`, absolute, symlinked parent, symlinked target, make_parents through a link.
     refused!("write ../", f.write("../outside/new.txt", false));
-    refused!("write absolute", f.write("/tmp/agent-hostile-absolute", true));
+    refused!(
+        "write absolute",
+        f.write("/tmp/agent-hostile-absolute", true)
+    );
     refused!("write symlinked parent", f.write("out_link/new.txt", false));
-    refused!("write over canary via parent", f.write("out_link/canary.txt", false));
+    refused!(
+        "write over canary via parent",
+        f.write("out_link/canary.txt", false)
+    );
     refused!("write through file link", f.write("out_file", false));
     refused!("write into /etc", f.write("etc_link/evil", false));
-    refused!("write make_parents via link", f.write("out_link/deep/er/x.txt", true));
+    refused!(
+        "write make_parents via link",
+        f.write("out_link/deep/er/x.txt", true)
+    );
     refused!("write NUL", f.write("x\0y", false));
     // Directories, removal, moves.
     refused!("mkdir via link", f.mkdir("out_link/newdir"));
     refused!("mkdir ..", f.mkdir("../outside/newdir"));
     refused!("remove via link", f.remove("out_link/canary.txt"));
     refused!("remove ..", f.remove("../outside/canary.txt"));
-    refused!("remove absolute", f.remove(&out.join("canary.txt").to_string_lossy()));
-    refused!("move from outside", f.mv("out_link/canary.txt", "stolen.txt"));
-    refused!("move to outside", f.mv("sub/file.txt", "out_link/moved.txt"));
+    refused!(
+        "remove absolute",
+        f.remove(&out.join("canary.txt").to_string_lossy())
+    );
+    refused!(
+        "move from outside",
+        f.mv("out_link/canary.txt", "stolen.txt")
+    );
+    refused!(
+        "move to outside",
+        f.mv("sub/file.txt", "out_link/moved.txt")
+    );
     refused!("move to ..", f.mv("sub/file.txt", "../outside/moved.txt"));
     assert!(!f.root.join("stolen.txt").exists());
     assert_eq!(std::fs::read(f.root.join("sub/file.txt"))?, b"inside");
@@ -165,7 +258,12 @@ async fn encoded_dots_are_just_names() -> anyhow::Result<()> {
     let mut f = start().await?;
     // Nothing decodes percent-encoding or backslashes at this layer: these are
     // ordinary (missing) names inside the root.
-    for path in ["..%2foutside%2fcanary.txt", "%2e%2e/outside/canary.txt", "..\\outside\\canary.txt", "....//outside"] {
+    for path in [
+        "..%2foutside%2fcanary.txt",
+        "%2e%2e/outside/canary.txt",
+        "..\\outside\\canary.txt",
+        "....//outside",
+    ] {
         let err = f.read(path).await.unwrap_err();
         assert_eq!(err.code(), Code::NotFound, "{path}: {err:?}");
         assert_outside_untouched(&f.outside, path);
@@ -181,7 +279,13 @@ async fn encoded_dots_are_just_names() -> anyhow::Result<()> {
 async fn links_themselves_are_handled_inside() -> anyhow::Result<()> {
     let mut f = start().await?;
     // A symlink inside the root to inside the root works.
-    let mut s = f.fs.read(f.agent.req(pb::ReadRequest { path: "ok_link/file.txt".into(), ..Default::default() })).await?.into_inner();
+    let mut s =
+        f.fs.read(f.agent.req(pb::ReadRequest {
+            path: "ok_link/file.txt".into(),
+            ..Default::default()
+        }))
+        .await?
+        .into_inner();
     let mut data = Vec::new();
     while let Some(m) = s.message().await? {
         if let Some(pb::read_response::Event::Data(d)) = m.event {
@@ -191,13 +295,30 @@ async fn links_themselves_are_handled_inside() -> anyhow::Result<()> {
     assert_eq!(data, b"inside");
 
     // Stat of a link reports the link (its stored target), without following it.
-    let e = f.fs.stat(f.agent.req(pb::StatRequest { path: "etc_link".into() })).await?.into_inner().entry.unwrap();
+    let e =
+        f.fs.stat(f.agent.req(pb::StatRequest {
+            path: "etc_link".into(),
+        }))
+        .await?
+        .into_inner()
+        .entry
+        .unwrap();
     assert_eq!(e.kind, pb::EntryKind::Symlink as i32);
 
     // A deep list shows links but does not descend through them.
-    let entries = f.fs.list(f.agent.req(pb::ListRequest { path: String::new(), depth: 5 })).await?.into_inner().entries;
+    let entries =
+        f.fs.list(f.agent.req(pb::ListRequest {
+            path: String::new(),
+            depth: 5,
+        }))
+        .await?
+        .into_inner()
+        .entries;
     assert!(entries.iter().any(|e| e.path == "out_link"));
-    assert!(entries.iter().all(|e| !e.path.contains("canary")), "{entries:?}");
+    assert!(
+        entries.iter().all(|e| !e.path.contains("canary")),
+        "{entries:?}"
+    );
     assert!(entries.iter().all(|e| !e.path.starts_with("etc_link/")));
 
     // Removing a link (or a tree holding one) removes the link, never its target.
@@ -209,7 +330,10 @@ async fn links_themselves_are_handled_inside() -> anyhow::Result<()> {
     assert_outside_untouched(&f.outside, "remove tree with link");
     // Moving a link moves the link.
     f.mv("etc_link", "etc_link2").await?;
-    assert_eq!(std::fs::read_link(f.root.join("etc_link2"))?, Path::new("/etc"));
+    assert_eq!(
+        std::fs::read_link(f.root.join("etc_link2"))?,
+        Path::new("/etc")
+    );
     assert!(Path::new("/etc/passwd").exists());
     Ok(())
 }
@@ -223,24 +347,40 @@ async fn symlink_swapped_in_during_a_long_write() -> anyhow::Result<()> {
     let f = start().await?;
     std::fs::create_dir(f.root.join("d"))?;
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let start = pb::WriteStart { path: "d/f".into(), ..Default::default() };
-    tx.send(pb::WriteRequest { msg: Some(pb::write_request::Msg::Start(start)) }).await?;
-    tx.send(pb::WriteRequest { msg: Some(pb::write_request::Msg::Data(vec![b'a'; 64 * 1024])) }).await?;
+    let start = pb::WriteStart {
+        path: "d/f".into(),
+        ..Default::default()
+    };
+    tx.send(pb::WriteRequest {
+        msg: Some(pb::write_request::Msg::Start(start)),
+    })
+    .await?;
+    tx.send(pb::WriteRequest {
+        msg: Some(pb::write_request::Msg::Data(vec![b'a'; 64 * 1024])),
+    })
+    .await?;
     let mut fs = f.fs.clone();
     let req = f.agent.req(tokio_stream::wrappers::ReceiverStream::new(rx));
     let call = tokio::spawn(async move { fs.write(req).await });
 
     // Wait until the temporary file exists in d: the write has resolved d.
     let d = f.root.join("d");
-    tests::eventually(Duration::from_secs(10), "the write's temporary file", || {
-        let d = d.clone();
-        async move { std::fs::read_dir(&d).ok()?.next().map(|_| ()) }
-    })
+    tests::eventually(
+        Duration::from_secs(10),
+        "the write's temporary file",
+        || {
+            let d = d.clone();
+            async move { std::fs::read_dir(&d).ok()?.next().map(|_| ()) }
+        },
+    )
     .await?;
     std::fs::rename(f.root.join("d"), f.root.join("d_old"))?;
     std::os::unix::fs::symlink("../outside", f.root.join("d"))?;
     for _ in 0..8 {
-        tx.send(pb::WriteRequest { msg: Some(pb::write_request::Msg::Data(vec![b'b'; 64 * 1024])) }).await?;
+        tx.send(pb::WriteRequest {
+            msg: Some(pb::write_request::Msg::Data(vec![b'b'; 64 * 1024])),
+        })
+        .await?;
     }
     drop(tx);
     let res = tokio::time::timeout(Duration::from_secs(20), call).await??;

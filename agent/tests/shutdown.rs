@@ -21,11 +21,15 @@ async fn exit_code(agent: &mut tests::Agent, within: Duration) -> anyhow::Result
         async move { st }
     })
     .await?;
-    status.code().ok_or_else(|| anyhow::anyhow!("killed by a signal: {status:?}"))
+    status
+        .code()
+        .ok_or_else(|| anyhow::anyhow!("killed by a signal: {status:?}"))
 }
 
 fn data(chunk: Vec<u8>) -> pb::WriteRequest {
-    pb::WriteRequest { msg: Some(pb::write_request::Msg::Data(chunk)) }
+    pb::WriteRequest {
+        msg: Some(pb::write_request::Msg::Data(chunk)),
+    }
 }
 
 async fn setup(args: &[&str]) -> anyhow::Result<(tests::Agent, tempfile::TempDir)> {
@@ -39,8 +43,14 @@ async fn sigterm_lets_a_slow_write_finish_then_exits_0() -> anyhow::Result<()> {
     let (mut agent, dir) = setup(&[]).await?;
     let mut fs = FilesystemClient::new(agent.channel().await?);
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let start = pb::WriteStart { path: "slow.bin".into(), ..Default::default() };
-    tx.send(pb::WriteRequest { msg: Some(pb::write_request::Msg::Start(start)) }).await?;
+    let start = pb::WriteStart {
+        path: "slow.bin".into(),
+        ..Default::default()
+    };
+    tx.send(pb::WriteRequest {
+        msg: Some(pb::write_request::Msg::Start(start)),
+    })
+    .await?;
     tx.send(data(vec![1; 256 * 1024])).await?;
     let req = agent.req(tokio_stream::wrappers::ReceiverStream::new(rx));
     let call = tokio::spawn(async move { fs.write(req).await });
@@ -56,7 +66,12 @@ async fn sigterm_lets_a_slow_write_finish_then_exits_0() -> anyhow::Result<()> {
     let socket = agent.socket.clone();
     tests::eventually(Duration::from_secs(10), "the listener to close", || {
         let socket = socket.clone();
-        async move { tokio::net::UnixStream::connect(&socket).await.is_err().then_some(()) }
+        async move {
+            tokio::net::UnixStream::connect(&socket)
+                .await
+                .is_err()
+                .then_some(())
+        }
     })
     .await?;
     // ...while the write in flight goes on and completes.
@@ -77,7 +92,10 @@ async fn sigterm_lets_a_slow_write_finish_then_exits_0() -> anyhow::Result<()> {
 async fn sigterm_ends_watch_streams_and_exits_0() -> anyhow::Result<()> {
     let (mut agent, _dir) = setup(&[]).await?;
     let mut fs = FilesystemClient::new(agent.channel().await?);
-    let mut watch = fs.watch(agent.req(pb::WatchRequest::default())).await?.into_inner();
+    let mut watch = fs
+        .watch(agent.req(pb::WatchRequest::default()))
+        .await?
+        .into_inner();
     watch.message().await?.expect("start");
     sigterm(agent.pid());
     // The stream ends (cleanly or with an error), so the server can stop.
@@ -100,8 +118,14 @@ async fn grace_period_bounds_the_wait_and_leaves_no_temp_file() -> anyhow::Resul
     let (mut agent, dir) = setup(&["--grace-secs", "1"]).await?;
     let mut fs = FilesystemClient::new(agent.channel().await?);
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let start = pb::WriteStart { path: "never.bin".into(), ..Default::default() };
-    tx.send(pb::WriteRequest { msg: Some(pb::write_request::Msg::Start(start)) }).await?;
+    let start = pb::WriteStart {
+        path: "never.bin".into(),
+        ..Default::default()
+    };
+    tx.send(pb::WriteRequest {
+        msg: Some(pb::write_request::Msg::Start(start)),
+    })
+    .await?;
     tx.send(data(vec![1; 1024])).await?;
     let req = agent.req(tokio_stream::wrappers::ReceiverStream::new(rx));
     let _call = tokio::spawn(async move { fs.write(req).await });
@@ -115,8 +139,14 @@ async fn grace_period_bounds_the_wait_and_leaves_no_temp_file() -> anyhow::Resul
     sigterm(agent.pid());
     // The client never finishes: the agent gives up after the grace period.
     assert_eq!(exit_code(&mut agent, Duration::from_secs(10)).await?, 0);
-    assert!(t0.elapsed() >= Duration::from_millis(900), "exited before the grace period: {:?}", t0.elapsed());
-    let left: Vec<_> = std::fs::read_dir(dir.path())?.map(|e| e.unwrap().file_name()).collect();
+    assert!(
+        t0.elapsed() >= Duration::from_millis(900),
+        "exited before the grace period: {:?}",
+        t0.elapsed()
+    );
+    let left: Vec<_> = std::fs::read_dir(dir.path())?
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
     drop(tx);
     Ok(())
@@ -131,7 +161,11 @@ async fn init_reaps_orphans_and_forwards_sigterm() -> anyhow::Result<()> {
     // The shell backgrounds a sleep and exits at once: the sleep is orphaned
     // and re-parented to the init, which must reap it when it ends.
     let req = pb::RunRequest {
-        argv: vec!["sh".into(), "-c".into(), "sleep 1 </dev/null >/dev/null 2>&1 & echo $!".into()],
+        argv: vec![
+            "sh".into(),
+            "-c".into(),
+            "sleep 1 </dev/null >/dev/null 2>&1 & echo $!".into(),
+        ],
         ..Default::default()
     };
     let out = proc.run(agent.req(req)).await?.into_inner();
@@ -142,13 +176,21 @@ async fn init_reaps_orphans_and_forwards_sigterm() -> anyhow::Result<()> {
     let mut parent = None;
     tests::eventually(Duration::from_secs(15), "the orphan to be reaped", || {
         let s = std::fs::read_to_string(&status).ok();
-        if let Some(ppid) = s.as_deref().and_then(|s| s.lines().find(|l| l.starts_with("PPid:"))) {
+        if let Some(ppid) = s
+            .as_deref()
+            .and_then(|s| s.lines().find(|l| l.starts_with("PPid:")))
+        {
             parent = Some(ppid.trim_start_matches("PPid:").trim().to_owned());
         }
         async move { s.is_none().then_some(()) }
     })
     .await
-    .map_err(|e| anyhow::anyhow!("{e}: orphan {orphan}, init {init_pid}, {:?}", std::fs::read_to_string(&status)))?;
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "{e}: orphan {orphan}, init {init_pid}, {:?}",
+            std::fs::read_to_string(&status)
+        )
+    })?;
     // The last time it was seen alive (or as a zombie), its parent was the init.
     if let Some(parent) = parent {
         assert_eq!(parent, init_pid.to_string());
@@ -204,7 +246,12 @@ fn children_of(pid: &str) -> Vec<String> {
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
             let status = std::fs::read_to_string(e.path().join("status")).ok()?;
-            let ppid = status.lines().find(|l| l.starts_with("PPid:"))?.trim_start_matches("PPid:").trim().to_owned();
+            let ppid = status
+                .lines()
+                .find(|l| l.starts_with("PPid:"))?
+                .trim_start_matches("PPid:")
+                .trim()
+                .to_owned();
             (ppid == pid).then_some(name)
         })
         .collect()

@@ -25,7 +25,10 @@ impl Stat {
         if self.kind != EntryKind::File {
             return String::new();
         }
-        format!("{:x}-{:x}-{:x}-{:x}", self.ino, self.size, self.mtime_nanos, self.ctime_nanos)
+        format!(
+            "{:x}-{:x}-{:x}-{:x}",
+            self.ino, self.size, self.mtime_nanos, self.ctime_nanos
+        )
     }
 
     /// The wire entry for this metadata at the clean path `rel`.

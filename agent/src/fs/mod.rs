@@ -36,13 +36,19 @@ impl FsService {
 
 #[tonic::async_trait]
 impl Filesystem for FsService {
-    async fn stat(&self, req: Request<pb::StatRequest>) -> Result<Response<pb::StatResponse>, Status> {
+    async fn stat(
+        &self,
+        req: Request<pb::StatRequest>,
+    ) -> Result<Response<pb::StatResponse>, Status> {
         let rel = Root::clean(&req.get_ref().path)?;
         let entry = stat_entry(&self.state.root, &rel)?;
         Ok(Response::new(pb::StatResponse { entry: Some(entry) }))
     }
 
-    async fn list(&self, req: Request<pb::ListRequest>) -> Result<Response<pb::ListResponse>, Status> {
+    async fn list(
+        &self,
+        req: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::ListResponse>, Status> {
         let req = req.into_inner();
         let rel = Root::clean(&req.path)?;
         let root = self.state.root.clone();
@@ -111,7 +117,9 @@ impl Filesystem for FsService {
                 }
             }
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn write(
@@ -121,7 +129,11 @@ impl Filesystem for FsService {
         let body = crate::cancel::body_state(&req);
         let stream = req.into_inner();
         // Tracked so that shutdown lets an in-flight write finish.
-        let entry = self.state.tasks.track_future(write(self.state.clone(), stream, body)).await?;
+        let entry = self
+            .state
+            .tasks
+            .track_future(write(self.state.clone(), stream, body))
+            .await?;
         Ok(Response::new(pb::WriteResponse { entry: Some(entry) }))
     }
 
@@ -137,15 +149,21 @@ impl Filesystem for FsService {
                 return Err(Error::AlreadyExists(String::new()).into());
             }
         } else if req.parents {
-            root.dir.create_dir_all(&rel).map_err(|e| Root::io_error(&rel, e))?;
+            root.dir
+                .create_dir_all(&rel)
+                .map_err(|e| Root::io_error(&rel, e))?;
         } else {
-            root.dir.create_dir(&rel).map_err(|e| Root::io_error(&rel, e))?;
+            root.dir
+                .create_dir(&rel)
+                .map_err(|e| Root::io_error(&rel, e))?;
         }
         let meta = root.metadata(&rel)?;
         if !meta.is_dir() {
             return Err(Error::AlreadyExists(rel).into());
         }
-        Ok(Response::new(pb::MakeDirResponse { entry: Some(Stat::from(&meta).to_entry(&rel, None)) }))
+        Ok(Response::new(pb::MakeDirResponse {
+            entry: Some(Stat::from(&meta).to_entry(&rel, None)),
+        }))
     }
 
     async fn remove(
@@ -163,23 +181,36 @@ impl Filesystem for FsService {
         let meta = root.symlink_metadata(&rel)?;
         if meta.is_dir() {
             if req.recursive {
-                blocking(move || root.dir.remove_dir_all(&rel).map_err(|e| Root::io_error(&rel, e)))
-                    .await?;
+                blocking(move || {
+                    root.dir
+                        .remove_dir_all(&rel)
+                        .map_err(|e| Root::io_error(&rel, e))
+                })
+                .await?;
             } else {
-                root.dir.remove_dir(&rel).map_err(|e| Root::io_error(&rel, e))?;
+                root.dir
+                    .remove_dir(&rel)
+                    .map_err(|e| Root::io_error(&rel, e))?;
             }
         } else {
-            root.dir.remove_file(&rel).map_err(|e| Root::io_error(&rel, e))?;
+            root.dir
+                .remove_file(&rel)
+                .map_err(|e| Root::io_error(&rel, e))?;
         }
         Ok(Response::new(pb::RemoveResponse {}))
     }
 
-    async fn r#move(&self, req: Request<pb::MoveRequest>) -> Result<Response<pb::MoveResponse>, Status> {
+    async fn r#move(
+        &self,
+        req: Request<pb::MoveRequest>,
+    ) -> Result<Response<pb::MoveResponse>, Status> {
         let req = req.into_inner();
         let from = Root::clean(&req.from)?;
         let to = Root::clean(&req.to)?;
         if from.is_empty() || to.is_empty() {
-            return Err(Error::InvalidArgument("the root cannot be moved or replaced".into()).into());
+            return Err(
+                Error::InvalidArgument("the root cannot be moved or replaced".into()).into(),
+            );
         }
         if to.starts_with(&format!("{from}/")) {
             return Err(Error::InvalidArgument(format!("cannot move {from} into itself")).into());
@@ -188,12 +219,12 @@ impl Filesystem for FsService {
         if from != to {
             let (from_dir, from_name) = root.open_parent(&from, false)?;
             let (to_dir, to_name) = root.open_parent(&to, false)?;
-            write::rename(&from_dir, &from_name, &to_dir, &to_name, req.overwrite).map_err(|e| {
-                match e.kind() {
+            write::rename(&from_dir, &from_name, &to_dir, &to_name, req.overwrite).map_err(
+                |e| match e.kind() {
                     std::io::ErrorKind::NotFound => Error::NotFound(from.clone()),
                     _ => Root::io_error(&to, e),
-                }
-            })?;
+                },
+            )?;
         }
         let entry = stat_entry(root, &to)?;
         Ok(Response::new(pb::MoveResponse { entry: Some(entry) }))
@@ -216,9 +247,13 @@ async fn write(
 ) -> Result<pb::Entry, Status> {
     use pb::write_request::Msg;
     let start = match stream.message().await? {
-        Some(pb::WriteRequest { msg: Some(Msg::Start(s)) }) => s,
+        Some(pb::WriteRequest {
+            msg: Some(Msg::Start(s)),
+        }) => s,
         _ => {
-            return Err(Error::InvalidArgument("a write stream must begin with `start`".into()).into());
+            return Err(
+                Error::InvalidArgument("a write stream must begin with `start`".into()).into(),
+            );
         }
     };
     let rel = Root::clean(&start.path)?;
@@ -233,7 +268,9 @@ async fn write(
         match msg.msg {
             Some(Msg::Data(data)) => w.write_all(&data)?,
             Some(Msg::Start(_)) => {
-                return Err(Error::InvalidArgument("`start` sent twice in one write".into()).into());
+                return Err(
+                    Error::InvalidArgument("`start` sent twice in one write".into()).into(),
+                );
             }
             None => {}
         }
@@ -243,7 +280,11 @@ async fn write(
         return Err(Status::cancelled("the client cancelled the write"));
     }
     let rel = w.rel().to_owned();
-    let kind = if w.existed() { pb::EventKind::Modified } else { pb::EventKind::Created };
+    let kind = if w.existed() {
+        pb::EventKind::Modified
+    } else {
+        pb::EventKind::Created
+    };
     let stat = blocking(move || w.commit()).await?;
     state.watcher.changed(kind, &rel);
     tracing::debug!(path = %rel, size = stat.size, "file written");
@@ -253,12 +294,18 @@ async fn write(
 /// The entry at `rel` itself (a symlink is reported as one, with its target).
 fn stat_entry(root: &Root, rel: &str) -> Result<pb::Entry> {
     let meta = root.symlink_metadata(rel)?;
-    let target = if meta.file_type().is_symlink() { read_link(&root.dir, rel) } else { None };
+    let target = if meta.file_type().is_symlink() {
+        read_link(&root.dir, rel)
+    } else {
+        None
+    };
     Ok(Stat::from(&meta).to_entry(rel, target))
 }
 
 fn read_link(dir: &cap_std::fs::Dir, name: &str) -> Option<String> {
-    dir.read_link_contents(name).ok().map(|t| t.to_string_lossy().into_owned())
+    dir.read_link_contents(name)
+        .ok()
+        .map(|t| t.to_string_lossy().into_owned())
 }
 
 /// Entries under the directory `rel`, `depth` levels down, sorted by path.
@@ -283,12 +330,17 @@ fn walk(dir: &cap_std::fs::Dir, rel: &str, depth: u32, out: &mut Vec<pb::Entry>)
         // An entry removed while we walk is simply not listed.
         let Ok(meta) = ent.metadata() else { continue };
         let stat = Stat::from(&meta);
-        let target = if meta.file_type().is_symlink() { read_link(dir, &name) } else { None };
+        let target = if meta.file_type().is_symlink() {
+            read_link(dir, &name)
+        } else {
+            None
+        };
         out.push(stat.to_entry(&path, target));
-        if meta.is_dir() && depth > 1 {
-            if let Ok(sub) = ent.open_dir() {
-                walk(&sub, &path, depth - 1, out)?;
-            }
+        if meta.is_dir()
+            && depth > 1
+            && let Ok(sub) = ent.open_dir()
+        {
+            walk(&sub, &path, depth - 1, out)?;
         }
     }
     Ok(())
@@ -309,7 +361,9 @@ fn read_full_at(file: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::R
 }
 
 fn data_msg(buf: Vec<u8>) -> pb::ReadResponse {
-    pb::ReadResponse { event: Some(pb::read_response::Event::Data(buf.into())) }
+    pb::ReadResponse {
+        event: Some(pb::read_response::Event::Data(buf)),
+    }
 }
 
 /// Runs blocking file work on the blocking pool.

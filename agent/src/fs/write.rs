@@ -58,7 +58,10 @@ impl AtomicWrite {
         if current.is_some_and(|s| s.kind == EntryKind::Symlink) {
             // Canonicalising through the root's handle cannot leave the root;
             // a dangling or outside link fails here with a clear error.
-            let canon = root.dir.canonicalize(&rel).map_err(|e| Root::io_error(&rel, e))?;
+            let canon = root
+                .dir
+                .canonicalize(&rel)
+                .map_err(|e| Root::io_error(&rel, e))?;
             rel = canon
                 .to_str()
                 .ok_or_else(|| Error::InvalidArgument(format!("{rel}: link target is not utf-8")))?
@@ -75,12 +78,25 @@ impl AtomicWrite {
         let id = rand::random::<u64>();
         let tmp_name = format!("{TMP_PREFIX}{id:016x}");
         let file = parent
-            .open_with(&tmp_name, OpenOptions::new().write(true).create_new(true).mode(0o600))
+            .open_with(
+                &tmp_name,
+                OpenOptions::new().write(true).create_new(true).mode(0o600),
+            )
             .map_err(|e| Root::io_error(&rel, e))?
             .into_std();
         let existed = current.is_some();
         pending().insert(id, (parent.clone(), tmp_name.clone()));
-        Ok(AtomicWrite { parent, name, rel, tmp_name, id, file: Some(file), opts, mode, existed })
+        Ok(AtomicWrite {
+            parent,
+            name,
+            rel,
+            tmp_name,
+            id,
+            file: Some(file),
+            opts,
+            mode,
+            existed,
+        })
     }
 
     /// The clean path being written (after following a symlink at the target).
@@ -121,8 +137,14 @@ impl AtomicWrite {
             Err(e) => return Err(Root::io_error(&self.rel, e)),
         };
         check_preconditions(&self.rel, current.as_ref(), &self.opts)?;
-        rename(&self.parent, &self.tmp_name, &self.parent, &self.name, !self.opts.create_only)
-            .map_err(|e| Root::io_error(&self.rel, e))?;
+        rename(
+            &self.parent,
+            &self.tmp_name,
+            &self.parent,
+            &self.name,
+            !self.opts.create_only,
+        )
+        .map_err(|e| Root::io_error(&self.rel, e))?;
         // The temporary name is gone now; nothing for Drop to clean up.
         self.tmp_name.clear();
         pending().remove(&self.id);
@@ -134,10 +156,10 @@ impl AtomicWrite {
 impl Drop for AtomicWrite {
     fn drop(&mut self) {
         pending().remove(&self.id);
-        if !self.tmp_name.is_empty() {
-            if let Err(error) = self.parent.remove_file(&self.tmp_name) {
-                tracing::warn!(%error, path = %self.rel, "cannot remove temporary file");
-            }
+        if !self.tmp_name.is_empty()
+            && let Err(error) = self.parent.remove_file(&self.tmp_name)
+        {
+            tracing::warn!(%error, path = %self.rel, "cannot remove temporary file");
         }
     }
 }
@@ -152,18 +174,29 @@ pub fn abandon_all() {
     }
 }
 
+/// A temporary file: its directory and name.
+type PendingTmp = (Arc<Dir>, String);
+
 /// Temporary files of the writes in progress, by write id.
-fn pending() -> std::sync::MutexGuard<'static, HashMap<u64, (Arc<Dir>, String)>> {
-    static PENDING: LazyLock<Mutex<HashMap<u64, (Arc<Dir>, String)>>> = LazyLock::new(Mutex::default);
+fn pending() -> std::sync::MutexGuard<'static, HashMap<u64, PendingTmp>> {
+    static PENDING: LazyLock<Mutex<HashMap<u64, PendingTmp>>> = LazyLock::new(Mutex::default);
     // A panic while holding this lock cannot leave the map inconsistent
     // (single insert/remove calls), so a poisoned lock is still usable.
-    PENDING.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    PENDING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Renames `from` in `from_dir` to `to` in `to_dir` (single names, through
 /// the handles). Without `overwrite` an existing `to` is refused atomically
 /// (`RENAME_NOREPLACE`), or with a stat first on filesystems lacking it.
-pub fn rename(from_dir: &Dir, from: &str, to_dir: &Dir, to: &str, overwrite: bool) -> std::io::Result<()> {
+pub fn rename(
+    from_dir: &Dir,
+    from: &str,
+    to_dir: &Dir,
+    to: &str,
+    overwrite: bool,
+) -> std::io::Result<()> {
     use rustix::fs::{RenameFlags, renameat, renameat_with};
     if overwrite {
         return renameat(from_dir, from, to_dir, to).map_err(Into::into);
@@ -208,7 +241,9 @@ fn check_preconditions(rel: &str, current: Option<&Stat>, opts: &WriteOptions) -
     if let Some(expected) = &opts.expected_etag {
         let actual = current.map(Stat::etag).unwrap_or_default();
         if *expected != actual {
-            return Err(Error::FailedPrecondition(format!("{rel}: etag does not match")));
+            return Err(Error::FailedPrecondition(format!(
+                "{rel}: etag does not match"
+            )));
         }
     }
     Ok(())
