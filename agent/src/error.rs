@@ -50,6 +50,10 @@ impl From<Error> for Status {
             Error::Io(io) if crate::paths::is_escape(io) => {
                 (Code::InvalidArgument, Some(proto::PATH_OUTSIDE_ROOT))
             }
+            // A symlink loop (ErrorKind::FilesystemLoop is not stable yet).
+            Error::Io(io) if io.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
+                (Code::InvalidArgument, None)
+            }
             Error::Io(io) => match io.kind() {
                 std::io::ErrorKind::NotFound => (Code::NotFound, None),
                 std::io::ErrorKind::AlreadyExists => (Code::AlreadyExists, None),
@@ -63,6 +67,15 @@ impl From<Error> for Status {
                 std::io::ErrorKind::DirectoryNotEmpty => {
                     (Code::FailedPrecondition, Some(proto::DIRECTORY_NOT_EMPTY))
                 }
+                // A name too long, a symlink loop, a move into itself: the
+                // client's input, not our failure.
+                std::io::ErrorKind::InvalidInput
+                | std::io::ErrorKind::InvalidFilename
+                | std::io::ErrorKind::CrossesDevices => (Code::InvalidArgument, None),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
+                    (Code::ResourceExhausted, None)
+                }
+                std::io::ErrorKind::ReadOnlyFilesystem => (Code::FailedPrecondition, None),
                 _ => (Code::Internal, None),
             },
             Error::Internal(_) => (Code::Internal, None),

@@ -794,3 +794,19 @@ async fn every_rpc_needs_the_token() -> anyhow::Result<()> {
     assert!(!f.root.join("t").exists());
     Ok(())
 }
+
+#[tokio::test]
+async fn bad_names_are_invalid_arguments() -> anyhow::Result<()> {
+    let mut f = start().await?;
+    let long = "n".repeat(300);
+    let err = stat(&mut f, &long).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    let err = write(&mut f, start_msg(&long), vec![b"x".to_vec()]).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    std::os::unix::fs::symlink("loop2", f.root.join("loop1"))?;
+    std::os::unix::fs::symlink("loop1", f.root.join("loop2"))?;
+    let err = read(&mut f, "loop1", 0, 0).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(std::fs::read_dir(&f.root)?.count() == 2, "nothing was created");
+    Ok(())
+}
