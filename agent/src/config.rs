@@ -107,6 +107,9 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
             anyhow::bail!("the parent process ended before the agent started");
         }
     }
+    // Handlers first: a SIGTERM during start-up then means "shut down
+    // cleanly", not death by the default action.
+    let mut signals = Signals::new()?;
     let token = config.resolve_token()?;
     let root = crate::paths::Root::open(&config.root)
         .with_context(|| format!("cannot open root {}", config.root.display()))?;
@@ -168,7 +171,6 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
         };
     let mut server = server;
 
-    let mut signals = Signals::new()?;
     tokio::select! {
         res = &mut server => {
             res.context("server failed")?;
