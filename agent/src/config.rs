@@ -75,7 +75,9 @@ impl Config {
                 .unwrap_or_default()
                 .trim()
                 .to_owned(),
-            (None, None) => anyhow::bail!("a token is required: --token, AGENT_TOKEN or --token-file"),
+            (None, None) => {
+                anyhow::bail!("a token is required: --token, AGENT_TOKEN or --token-file")
+            }
         };
         anyhow::ensure!(!token.is_empty(), "the token is empty");
         Ok(token)
@@ -114,7 +116,8 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
     let root = crate::paths::Root::open(&config.root)
         .with_context(|| format!("cannot open root {}", config.root.display()))?;
     let root = Arc::new(root);
-    let watcher = crate::watch::Watcher::start(root.clone()).context("cannot start the file watcher")?;
+    let watcher =
+        crate::watch::Watcher::start(root.clone()).context("cannot start the file watcher")?;
     let state = State {
         config: Arc::new(config.clone()),
         root,
@@ -134,10 +137,12 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .layer(crate::cancel::layer())
         .add_service(health_service)
-        .add_service(proto::v1::filesystem_server::FilesystemServer::with_interceptor(
-            crate::fs::FsService::new(state.clone()),
-            auth.clone(),
-        ))
+        .add_service(
+            proto::v1::filesystem_server::FilesystemServer::with_interceptor(
+                crate::fs::FsService::new(state.clone()),
+                auth.clone(),
+            ),
+        )
         .add_service(proto::v1::process_server::ProcessServer::with_interceptor(
             crate::process::ProcessService::new(state.clone()),
             auth.clone(),
@@ -154,21 +159,22 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
     // The server stops accepting as soon as the shutdown token fires; the
     // same token ends long streams (watch, PTY attach) so that it can drain.
     let stop = state.shutdown.clone().cancelled_owned();
-    let server: std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
-        if let Some(path) = &config.socket {
-            // A stale socket from a previous run would make bind fail.
-            let _ = std::fs::remove_file(path);
-            let listener = tokio::net::UnixListener::bind(path)
-                .with_context(|| format!("cannot listen on {}", path.display()))?;
-            tracing::info!(socket = %path.display(), root = %config.root.display(), "agent listening");
-            Box::pin(router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop))
-        } else {
-            let listener = tokio::net::TcpListener::bind(config.listen)
-                .await
-                .with_context(|| format!("cannot listen on {}", config.listen))?;
-            tracing::info!(addr = %listener.local_addr()?, root = %config.root.display(), "agent listening");
-            Box::pin(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop))
-        };
+    let server: std::pin::Pin<
+        Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>,
+    > = if let Some(path) = &config.socket {
+        // A stale socket from a previous run would make bind fail.
+        let _ = std::fs::remove_file(path);
+        let listener = tokio::net::UnixListener::bind(path)
+            .with_context(|| format!("cannot listen on {}", path.display()))?;
+        tracing::info!(socket = %path.display(), root = %config.root.display(), "agent listening");
+        Box::pin(router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop))
+    } else {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        tracing::info!(addr = %listener.local_addr()?, root = %config.root.display(), "agent listening");
+        Box::pin(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop))
+    };
     let mut server = server;
 
     tokio::select! {
@@ -178,7 +184,10 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
         }
         _ = signals.recv() => {}
     }
-    tracing::info!(grace_secs = config.grace_secs, "shutting down: draining in-flight work");
+    tracing::info!(
+        grace_secs = config.grace_secs,
+        "shutting down: draining in-flight work"
+    );
     state.shutdown.cancel();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(config.grace_secs);
 

@@ -801,12 +801,53 @@ async fn bad_names_are_invalid_arguments() -> anyhow::Result<()> {
     let long = "n".repeat(300);
     let err = stat(&mut f, &long).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
-    let err = write(&mut f, start_msg(&long), vec![b"x".to_vec()]).await.unwrap_err();
+    let err = write(&mut f, start_msg(&long), vec![b"x".to_vec()])
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     std::os::unix::fs::symlink("loop2", f.root.join("loop1"))?;
     std::os::unix::fs::symlink("loop1", f.root.join("loop2"))?;
     let err = read(&mut f, "loop1", 0, 0).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
-    assert!(std::fs::read_dir(&f.root)?.count() == 2, "nothing was created");
+    assert!(
+        std::fs::read_dir(&f.root)?.count() == 2,
+        "nothing was created"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn concurrent_writes_with_one_etag_have_one_winner() -> anyhow::Result<()> {
+    let mut f = start().await?;
+    let e = write(&mut f, start_msg("shared"), vec![b"v0".to_vec()]).await?;
+    let mut calls = Vec::new();
+    for i in 0..8 {
+        let mut fs = f.fs.clone();
+        let s = pb::WriteStart {
+            expected_etag: Some(e.etag.clone()),
+            ..start_msg("shared")
+        };
+        let msgs = vec![
+            pb::WriteRequest {
+                msg: Some(pb::write_request::Msg::Start(s)),
+            },
+            pb::WriteRequest {
+                msg: Some(pb::write_request::Msg::Data(
+                    format!("v{}", i + 1).into_bytes(),
+                )),
+            },
+        ];
+        let req = f.agent.req(tokio_stream::iter(msgs));
+        calls.push(tokio::spawn(async move { fs.write(req).await }));
+    }
+    let mut won = 0;
+    for c in calls {
+        match c.await? {
+            Ok(_) => won += 1,
+            Err(s) => assert_eq!(s.code(), Code::FailedPrecondition, "{s:?}"),
+        }
+    }
+    assert_eq!(won, 1, "exactly one write may win");
+    assert!(tmp_files(&f.root).is_empty());
     Ok(())
 }

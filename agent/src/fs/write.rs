@@ -129,8 +129,15 @@ impl AtomicWrite {
         rustix::fs::fchmod(&file, rustix::fs::Mode::from_raw_mode(self.mode))
             .map_err(std::io::Error::from)?;
         // Checked again here because the file may have changed while the data
-        // streamed in; what remains is the window between this stat and the
-        // rename, microseconds instead of the whole upload.
+        // streamed in. The check and the rename run under one lock, so agent
+        // writes with preconditions are serialised (two writes holding the
+        // same etag: exactly one wins); only another process writing in those
+        // microseconds can still slip between them.
+        static COMMIT: Mutex<()> = Mutex::new(());
+        // The lock guards no data, so a poisoned lock is still usable.
+        let serial = COMMIT
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let current = match self.parent.symlink_metadata(&self.name) {
             Ok(m) => Some(Stat::from(&m)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
@@ -145,6 +152,7 @@ impl AtomicWrite {
             !self.opts.create_only,
         )
         .map_err(|e| Root::io_error(&self.rel, e))?;
+        drop(serial);
         // The temporary name is gone now; nothing for Drop to clean up.
         self.tmp_name.clear();
         pending().remove(&self.id);
