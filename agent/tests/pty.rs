@@ -548,11 +548,25 @@ async fn bad_requests_are_refused() -> anyhow::Result<()> {
 async fn detached_session_ends_after_the_keep_window() -> anyhow::Result<()> {
     let mut f = fixture_with(&["--pty-keep-secs", "1"]).await?;
     let s = f.start(&["sh"]).await?;
+    // One that ends on its own while nobody is attached.
+    let ends = f.start(&["sh", "-c", "sleep 0.2; exit 3"]).await?;
     let mut a = f.attach(&s.id, None).await?;
     a.send("echo still''here\n").await?;
     a.read_until("stillhere").await?;
     drop(a);
-    tests::eventually(WAIT, "the session to be ended and forgotten", || {
+    tests::eventually(WAIT, "the ended session to report its exit", || {
+        let mut client = f.client.clone();
+        let req = f.agent.req(Empty {});
+        let id = ends.id.clone();
+        async move {
+            let list = client.list_pty(req).await.ok()?.into_inner().sessions;
+            list.into_iter()
+                .find(|x| x.id == id && x.exited && x.exit_code == 3)
+                .map(|_| ())
+        }
+    })
+    .await?;
+    tests::eventually(WAIT, "both sessions to be ended and forgotten", || {
         let mut client = f.client.clone();
         let req = f.agent.req(Empty {});
         async move {

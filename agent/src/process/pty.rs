@@ -263,6 +263,8 @@ impl Sessions {
             }
         };
         let mut exit_task = tokio::spawn(exit_watch);
+        // A JoinHandle must not be polled again once it returned.
+        let mut exit_done = false;
         let mut attached = s.attached.subscribe();
         loop {
             if *attached.borrow_and_update() == 0 {
@@ -273,7 +275,9 @@ impl Sessions {
                         }
                     }
                     _ = attached.changed() => {}
-                    _ = &mut exit_task, if !exit_task.is_finished() => {}
+                    // The exit restarts the keep window: a detached client
+                    // gets the whole window to come back for the exit code.
+                    _ = &mut exit_task, if !exit_done => exit_done = true,
                 }
             } else if attached.changed().await.is_err() {
                 break;
@@ -283,7 +287,9 @@ impl Sessions {
             tracing::info!("nobody attached for the keep window; ending the session");
             s.end().await;
         }
-        let _ = exit_task.await;
+        if !exit_done {
+            let _ = exit_task.await;
+        }
         let mut map = self.lock();
         if map.get(&s.id).is_some_and(|x| Arc::ptr_eq(x, &s)) {
             map.remove(&s.id);
