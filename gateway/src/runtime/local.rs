@@ -88,8 +88,8 @@ impl LocalRuntime {
         std::fs::create_dir_all(&projects_dir)?;
         let mut sockets_dir = data_dir.join("run");
         // Socket paths are limited to 107 bytes; a deep data dir would not fit
-        // `<run>/<40-char id>.sock`, so those go to a short private temp dir.
-        if sockets_dir.as_os_str().len() + 46 > MAX_SOCKET_PATH {
+        // `<run>/<40-char id>-<8 hex>.sock`, so those go to a short private temp dir.
+        if sockets_dir.as_os_str().len() + 56 > MAX_SOCKET_PATH {
             let tag = hex::encode(
                 &<sha2::Sha256 as sha2::Digest>::digest(data_dir.as_os_str().as_encoded_bytes())
                     [..6],
@@ -97,6 +97,14 @@ impl LocalRuntime {
             sockets_dir = std::env::temp_dir().join(format!("devgate-{tag}"));
         }
         std::fs::create_dir_all(&sockets_dir)?;
+        // Sockets of agents of a previous run: those agents are ending.
+        if let Ok(entries) = std::fs::read_dir(&sockets_dir) {
+            for e in entries.flatten() {
+                if e.path().extension().is_some_and(|x| x == "sock") {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
         {
             use std::os::unix::fs::PermissionsExt as _;
             std::fs::set_permissions(&sockets_dir, std::fs::Permissions::from_mode(0o700))?;
@@ -125,7 +133,12 @@ impl LocalRuntime {
     async fn spawn_agent(&self, project: &str) -> Result<LocalAgent> {
         let root = self.project_dir(project);
         tokio::fs::create_dir_all(&root).await?;
-        let socket = self.sockets_dir.join(format!("{project}.sock"));
+        // A new path per agent: an agent of a previous gateway, still ending,
+        // removes its own socket path when it exits, which must not be ours.
+        let socket = self.sockets_dir.join(format!(
+            "{project}-{}.sock",
+            hex::encode(rand::random::<[u8; 4]>())
+        ));
         let _ = tokio::fs::remove_file(&socket).await;
         let token = hex::encode(rand::random::<[u8; 24]>());
         let mut cmd = tokio::process::Command::new(&self.agent_bin);
