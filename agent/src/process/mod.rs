@@ -201,9 +201,18 @@ impl pb::process_server::Process for ProcessService {
                     Ok(Next::Exit(code)) => {
                         Ok(attach_pty_response::Event::Exit(pb::PtyExit { code }))
                     }
-                    Ok(Next::Evicted) => Err(Status::resource_exhausted(
-                        "this client fell too far behind the session's output; attach again from your offset",
-                    )),
+                    Ok(Next::Evicted) => {
+                        // Leave the session at once (it may expire), then
+                        // tell the client if it ever reads again.
+                        tracing::info!(session = %attached.session().id, "client evicted");
+                        drop(attached);
+                        let _ = tx
+                            .send(Err(Status::resource_exhausted(
+                                "this client fell too far behind the session's output; attach again from your offset",
+                            )))
+                            .await;
+                        return;
+                    }
                 };
                 let end = !matches!(
                     msg,
