@@ -678,6 +678,71 @@ mod tests {
     }
 
     #[test]
+    fn a_subscriber_that_falls_behind_is_dropped_and_flagged() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Arc::new(Root::open(dir.path()).unwrap());
+        let (tx, _rx) = std::sync::mpsc::channel();
+        let mut actor = Actor {
+            root,
+            tx,
+            watcher: None,
+            watched: BTreeSet::new(),
+            skip: None,
+            subs: Vec::new(),
+            pending_from: HashMap::new(),
+        };
+        let (stx, mut srx) = mpsc::channel(1);
+        let lost = Arc::new(AtomicBool::new(false));
+        actor.subs.push(Sub {
+            base: String::new(),
+            ignore: HashSet::new(),
+            tx: stx,
+            lost: lost.clone(),
+        });
+        actor.dispatch(ch(EventKind::Created, "a"));
+        assert!(!lost.load(Ordering::Relaxed));
+        actor.dispatch(ch(EventKind::Created, "b"));
+        assert!(
+            lost.load(Ordering::Relaxed),
+            "the second change did not fit"
+        );
+        assert!(actor.subs.is_empty(), "the subscriber is dropped");
+        // Its stream sees what fitted, then the end (which `forward` turns into ABORTED).
+        assert_eq!(srx.try_recv().unwrap(), ch(EventKind::Created, "a"));
+        assert!(matches!(
+            srx.try_recv(),
+            Err(mpsc::error::TryRecvError::Disconnected)
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_lost_subscription_ends_with_aborted() {
+        let (tx, rx) = mpsc::channel(4);
+        tx.try_send(ch(EventKind::Modified, "x")).unwrap();
+        drop(tx);
+        let sub = Subscription {
+            rx,
+            lost: Arc::new(AtomicBool::new(true)),
+        };
+        let (out, mut got) = mpsc::channel(16);
+        let cancel = tokio_util::sync::CancellationToken::new();
+        forward(
+            sub,
+            out,
+            Duration::from_millis(1),
+            Duration::from_secs(60),
+            cancel,
+        )
+        .await;
+        let mut msgs = Vec::new();
+        while let Ok(m) = got.try_recv() {
+            msgs.push(m);
+        }
+        assert_eq!(msgs.len(), 2, "start and the end: {msgs:?}");
+        assert_eq!(msgs[1].as_ref().unwrap_err().code(), tonic::Code::Aborted);
+    }
+
+    #[test]
     fn subscriber_filter() {
         let (tx, _rx) = mpsc::channel(1);
         let s = Sub {
