@@ -326,7 +326,7 @@ async fn a_write_in_flight_is_in_the_archive_or_refused() {
         .send()
         .await
         .unwrap();
-    if put.status() == 200 {
+    if put_status == 200 {
         assert_eq!(
             r.text().await.unwrap(),
             "part0;part1;part2;",
