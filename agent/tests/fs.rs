@@ -851,3 +851,24 @@ async fn concurrent_writes_with_one_etag_have_one_winner() -> anyhow::Result<()>
     assert!(tmp_files(&f.root).is_empty());
     Ok(())
 }
+
+#[tokio::test]
+async fn a_replaced_file_keeps_its_owner_when_the_agent_may() -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut f = start().await?;
+    std::fs::write(f.root.join("owned"), b"v1")?;
+    let root_user = rustix::process::geteuid().is_root();
+    if root_user {
+        std::os::unix::fs::chown(f.root.join("owned"), Some(1234), Some(2345))?;
+    }
+    write(&mut f, start_msg("owned"), vec![b"v2".to_vec()]).await?;
+    let meta = std::fs::metadata(f.root.join("owned"))?;
+    assert_eq!(std::fs::read(f.root.join("owned"))?, b"v2");
+    if root_user {
+        assert_eq!((meta.uid(), meta.gid()), (1234, 2345));
+    } else {
+        // Without the privilege the file is the agent's, like any atomic save.
+        assert_eq!(meta.uid(), rustix::process::geteuid().as_raw());
+    }
+    Ok(())
+}

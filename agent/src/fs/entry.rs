@@ -13,6 +13,8 @@ pub struct Stat {
     pub ino: u64,
     /// Permission bits only (`mode & 0o7777`).
     pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
 }
 
 impl Stat {
@@ -73,6 +75,8 @@ impl From<&cap_std::fs::Metadata> for Stat {
             ctime_nanos: nanos(m.ctime(), m.ctime_nsec()),
             ino: m.ino(),
             mode: m.mode() & 0o7777,
+            uid: m.uid(),
+            gid: m.gid(),
         }
     }
 }
@@ -88,6 +92,8 @@ impl From<&std::fs::Metadata> for Stat {
             ctime_nanos: nanos(m.ctime(), m.ctime_nsec()),
             ino: m.ino(),
             mode: m.mode() & 0o7777,
+            uid: m.uid(),
+            gid: m.gid(),
         }
     }
 }

@@ -42,6 +42,8 @@ pub struct AtomicWrite {
     file: Option<std::fs::File>,
     opts: WriteOptions,
     mode: u32,
+    /// Owner of the replaced file, kept when the agent may (as root).
+    owner: Option<(u32, u32)>,
     existed: bool,
 }
 
@@ -85,6 +87,9 @@ impl AtomicWrite {
             .map_err(|e| Root::io_error(&rel, e))?
             .into_std();
         let existed = current.is_some();
+        let owner = current
+            .filter(|s| Some((s.uid, s.gid)) != own_ids())
+            .map(|s| (s.uid, s.gid));
         pending().insert(id, (parent.clone(), tmp_name.clone()));
         Ok(AtomicWrite {
             parent,
@@ -95,6 +100,7 @@ impl AtomicWrite {
             file: Some(file),
             opts,
             mode,
+            owner,
             existed,
         })
     }
@@ -126,6 +132,16 @@ impl AtomicWrite {
             return Err(Error::Internal("write committed twice".into()));
         };
         file.sync_data()?;
+        if let Some((uid, gid)) = self.owner {
+            // Keeps a project file owned by the project's user when a root
+            // agent replaces it. Without the privilege (EPERM) the new file
+            // is simply ours, as any editor's atomic save would leave it.
+            let _ = rustix::fs::fchown(
+                &file,
+                rustix::process::Uid::from_raw(uid).into(),
+                rustix::process::Gid::from_raw(gid).into(),
+            );
+        }
         rustix::fs::fchmod(&file, rustix::fs::Mode::from_raw_mode(self.mode))
             .map_err(std::io::Error::from)?;
         // Checked again here because the file may have changed while the data
@@ -170,6 +186,14 @@ impl Drop for AtomicWrite {
             tracing::warn!(%error, path = %self.rel, "cannot remove temporary file");
         }
     }
+}
+
+/// This process's effective uid and gid.
+fn own_ids() -> Option<(u32, u32)> {
+    Some((
+        rustix::process::geteuid().as_raw(),
+        rustix::process::getegid().as_raw(),
+    ))
 }
 
 /// Removes the temporary files of writes still in progress. Called when the
