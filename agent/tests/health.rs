@@ -120,3 +120,64 @@ fn bad_flags_and_config_give_one_clear_line() {
         );
     }
 }
+
+#[tokio::test]
+async fn token_from_a_file_and_tcp_listener() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    std::fs::write(
+        dir.path().join("token"),
+        "file-token\nignored second line\n",
+    )?;
+    let port = tests::free_port();
+    let mut cmd = std::process::Command::new(tests::bin("agent"));
+    cmd.arg("--root")
+        .arg(dir.path())
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--token-file")
+        .arg(dir.path().join("token"))
+        .env_remove("AGENT_TOKEN")
+        .env_remove("AGENT_SOCKET")
+        .env("RUST_LOG", "warn");
+    let _agent = tests::Proc(cmd.spawn()?);
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let channel = tests::eventually(
+        std::time::Duration::from_secs(20),
+        "the agent on TCP",
+        || {
+            let endpoint = endpoint.clone();
+            async move {
+                tonic::transport::Endpoint::try_from(endpoint)
+                    .ok()?
+                    .connect()
+                    .await
+                    .ok()
+            }
+        },
+    )
+    .await?;
+    let mut fs = FilesystemClient::new(channel);
+    let entry = fs
+        .stat(tests::authed(
+            proto::v1::StatRequest {
+                path: "token".into(),
+            },
+            "file-token",
+        ))
+        .await?
+        .into_inner()
+        .entry
+        .expect("entry");
+    assert_eq!(entry.path, "token");
+    let err = fs
+        .stat(tests::authed(
+            proto::v1::StatRequest {
+                path: "token".into(),
+            },
+            "ignored second line",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    Ok(())
+}
