@@ -20,6 +20,8 @@ pub enum ArchiveStore {
         bucket: String,
         prefix: String,
         client: tokio::sync::OnceCell<aws_sdk_s3::Client>,
+        /// Set once the bucket is known to exist.
+        bucket_ready: std::sync::atomic::AtomicBool,
     },
 }
 
@@ -31,6 +33,7 @@ impl ArchiveStore {
                 bucket,
                 prefix,
                 client: tokio::sync::OnceCell::new(),
+                bucket_ready: std::sync::atomic::AtomicBool::new(false),
             },
         }
     }
@@ -208,6 +211,55 @@ impl ArchiveStore {
                 Ok(())
             }
         }
+    }
+
+    /// Creates the S3 bucket when it does not exist (a fresh MinIO or moto);
+    /// an existing one is left alone. A folder store has nothing to do.
+    pub async fn ensure_bucket(&self) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        let ArchiveStore::S3 { bucket_ready, .. } = self else {
+            return Ok(());
+        };
+        if bucket_ready.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let (client, bucket) = self.s3().await?;
+        match client.head_bucket().bucket(bucket).send().await {
+            Ok(_) => {}
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => {
+                let mut req = client.create_bucket().bucket(bucket);
+                let region = client.config().region().map(|r| r.as_ref().to_owned());
+                if let Some(region) = region.filter(|r| r != "us-east-1") {
+                    req = req.create_bucket_configuration(
+                        aws_sdk_s3::types::CreateBucketConfiguration::builder()
+                            .location_constraint(aws_sdk_s3::types::BucketLocationConstraint::from(
+                                region.as_str(),
+                            ))
+                            .build(),
+                    );
+                }
+                req.send().await.map_err(|e| {
+                    Error::Unavailable(format!(
+                        "cannot create bucket {bucket}: {}",
+                        aws_sdk_s3::error::DisplayErrorContext(&e)
+                    ))
+                })?;
+                tracing::info!(bucket, "archive bucket created");
+            }
+            // Any other answer (403 for a role without s3:ListBucket, say):
+            // the upload itself will tell.
+            Err(e) if e.as_service_error().is_some() => {
+                tracing::debug!(bucket, error = %aws_sdk_s3::error::DisplayErrorContext(&e), "cannot inspect the bucket");
+            }
+            Err(e) => {
+                return Err(Error::Unavailable(format!(
+                    "cannot reach bucket {bucket}: {}",
+                    aws_sdk_s3::error::DisplayErrorContext(&e)
+                )));
+            }
+        }
+        bucket_ready.store(true, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Checks the store can be reached (folder exists or can be made).

@@ -392,7 +392,10 @@ async fn write_and_verify(state: &AppState, id: &str, key: &str) -> Result<Archi
             }
             s
         }
-        ArchiveStore::S3 { bucket, .. } => client.upload_archive(opts, bucket, key).await?,
+        ArchiveStore::S3 { bucket, .. } => {
+            state.archives.ensure_bucket().await?;
+            client.upload_archive(opts, bucket, key).await?
+        }
     };
     progress(state, id, "verify", "reading the archive back");
     let (size, sha256) = state.archives.verify(key).await?;

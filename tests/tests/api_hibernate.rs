@@ -264,27 +264,28 @@ async fn hibernate_with_s3_unreachable_leaves_the_project_active_and_intact() {
 }
 
 #[tokio::test]
-async fn hibernate_to_a_missing_bucket_fails_cleanly() {
+async fn a_missing_bucket_is_created() {
     let s3 = S3Server::start().await.unwrap();
     let gw = Gateway::builder()
         .envs(&s3.env())
-        .archive("s3://no-such-bucket")
+        .archive("s3://fresh-bucket/p")
         .start()
         .await
         .unwrap();
     gw.open_project("nb").await.unwrap();
     put(&gw, "nb", "f.txt", "data").await;
     let r = gw.post("/api/projects/nb/hibernate").send().await.unwrap();
-    assert!(!r.status().is_success());
-    let p: Value = gw
-        .get("/api/projects/nb")
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let p: Value = r.json().await.unwrap();
+    let key = p["archive"]["key"].as_str().unwrap();
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let obj = http
+        .get(format!("{}/fresh-bucket/{key}", s3.endpoint))
         .send()
         .await
-        .unwrap()
-        .json()
-        .await
         .unwrap();
-    assert_eq!(p["status"], "active");
+    assert_eq!(obj.status(), 200);
+    gw.post("/api/projects/nb/open").send().await.unwrap();
     assert_eq!(
         std::fs::read_to_string(gw.project_dir("nb").join("f.txt")).unwrap(),
         "data"
