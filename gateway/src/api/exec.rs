@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::ids;
 use crate::runtime::ExecSpec;
 use crate::state::AppState;
-use crate::store::{CommandLogEntry, ProjectStatus};
+use crate::store::CommandLogEntry;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -83,10 +83,8 @@ async fn exec(
     }
     // A command may change files: hibernation waits for it (see write_gates).
     let _writing = state.write_gates.shared(&p).await;
-    let project = state.project(&p).await?;
-    if project.status != ProjectStatus::Active {
-        return Err(Error::ProjectNotActive(p));
-    }
+    // 404 / 409 project_not_active, and counts as activity (idle hibernation).
+    let agent = state.active_agent(&p).await?;
     let spec = ExecSpec {
         argv: body.argv.clone(),
         cwd,
@@ -104,7 +102,7 @@ async fn exec(
             spec.env = env;
             state.runtime.container_exec(&p, c, spec).await
         }
-        None => state.agent_of_active(&p).await?.run(spec).await,
+        None => agent.run(spec).await,
     };
     let out = match out {
         Ok(o) => o,
