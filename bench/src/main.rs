@@ -28,6 +28,10 @@ struct Args {
     /// Work directory (trees, zips); default: a new temporary directory.
     #[arg(long, env = "BENCH_DIR")]
     dir: Option<PathBuf>,
+    /// Separate directory for the archive comparisons (tree, zips, restores),
+    /// served by a second agent, e.g. on tmpfs when the disk is short.
+    #[arg(long, env = "BENCH_ARCHIVE_DIR")]
+    archive_dir: Option<PathBuf>,
     /// Files in the archived tree (node_modules aside).
     #[arg(long, default_value_t = 5000)]
     files: usize,
@@ -189,6 +193,16 @@ async fn main() -> Result<()> {
     std::fs::remove_dir_all(root.join("ops"))?;
 
     // --- archives
+    let (work, root, ch, _archive_agent) = match &args.archive_dir {
+        Some(dir) => {
+            let root = dir.join("root");
+            let _ = std::fs::remove_dir_all(&root);
+            std::fs::create_dir_all(&root)?;
+            let (a, port) = start_agent(&agent_bin, &root, &s3).await?;
+            (dir.clone(), root, channel(port).await?, Some(a))
+        }
+        None => (work.clone(), root.clone(), ch.clone(), None),
+    };
     let proj = root.join("proj");
     let t = Instant::now();
     let stats = tree::generate(
@@ -387,6 +401,9 @@ async fn main() -> Result<()> {
     println!("| measure | result |\n| --- | --- |");
     for line in report {
         println!("{line}");
+    }
+    if args.archive_dir.is_some() {
+        std::fs::remove_dir_all(&root)?;
     }
     Ok(())
 }
