@@ -15,7 +15,7 @@
 //!
 //! # How to use it (for every module that touches files)
 //!
-//! ```ignore
+//! ```text
 //! let rel = Root::clean(&req.path)?;            // "" is the root itself
 //! let file = state.root.open_read(&rel)?;       // read a file
 //! let dir = state.root.resolve_dir(&rel)?;      // a Dir handle beneath the root

@@ -346,17 +346,38 @@ impl AgentClient {
             Some(pb::read_response::Event::Start(st)) => entry(st.entry)?,
             _ => return Err(Error::internal("read stream did not begin with start")),
         };
-        let data = s
-            .filter_map(|m| async move {
-                match m {
-                    Ok(pb::ReadResponse {
-                        event: Some(pb::read_response::Event::Data(d)),
-                    }) => Some(Ok(Bytes::from(d))),
-                    Ok(_) => None,
-                    Err(status) => Some(Err(Error::from(status))),
+        // Each chunk is handed out only once the next message (or the end of
+        // the call, with its trailers) has arrived. A response with a
+        // Content-Length stops polling its body after the last byte; without
+        // this look-ahead the gRPC call would be dropped before its trailers,
+        // every read would reset its HTTP/2 stream, and after enough resets h2
+        // closes the whole connection (ENHANCE_YOUR_CALM), failing the reads in
+        // flight on it.
+        let data = futures::stream::unfold(
+            (s, None::<Bytes>, false),
+            |(mut s, mut held, done)| async move {
+                if done {
+                    return None;
                 }
-            })
-            .boxed();
+                loop {
+                    match s.message().await {
+                        Ok(Some(pb::ReadResponse {
+                            event: Some(pb::read_response::Event::Data(d)),
+                        })) => {
+                            if let Some(prev) = held.replace(Bytes::from(d)) {
+                                return Some((Ok(prev), (s, held, false)));
+                            }
+                        }
+                        Ok(Some(_)) => {}
+                        Ok(None) => return held.map(|last| (Ok(last), (s, None, true))),
+                        Err(status) => {
+                            return Some((Err(Error::from(status)), (s, None, true)));
+                        }
+                    }
+                }
+            },
+        )
+        .boxed();
         Ok((e, data))
     }
 
