@@ -10,8 +10,8 @@ pub mod git;
 pub mod init;
 pub mod paths;
 pub mod process;
-pub mod watch;
 pub mod s3;
+pub mod watch;
 
 pub use config::{Config, init_tracing};
 

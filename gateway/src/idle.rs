@@ -34,7 +34,10 @@ struct Entry {
 
 impl Default for Activity {
     fn default() -> Activity {
-        Activity { started: Instant::now(), projects: Mutex::default() }
+        Activity {
+            started: Instant::now(),
+            projects: Mutex::default(),
+        }
     }
 }
 
@@ -58,7 +61,10 @@ impl Activity {
     /// A tracker whose gateway started at `started` (no activity seen
     /// counts as idle since then).
     pub fn started_at(started: Instant) -> Activity {
-        Activity { started, projects: Mutex::default() }
+        Activity {
+            started,
+            projects: Mutex::default(),
+        }
     }
 
     /// Records activity on a project now; answers whether the shared time
@@ -68,7 +74,9 @@ impl Activity {
         let mut map = self.lock();
         let e = map.entry(project.to_owned()).or_default();
         e.last = Some(now);
-        let due = e.shared.is_none_or(|t| now.duration_since(t) >= SHARE_EVERY);
+        let due = e
+            .shared
+            .is_none_or(|t| now.duration_since(t) >= SHARE_EVERY);
         if due {
             e.shared = Some(now);
         }
@@ -79,7 +87,10 @@ impl Activity {
     pub fn hold(self: &Arc<Self>, project: &str) -> Hold {
         self.touch(project);
         self.lock().entry(project.to_owned()).or_default().holds += 1;
-        Hold { activity: self.clone(), project: project.to_owned() }
+        Hold {
+            activity: self.clone(),
+            project: project.to_owned(),
+        }
     }
 
     /// How long this gateway has seen no activity on the project (since its
@@ -153,7 +164,10 @@ pub async fn idle_projects(state: &AppState, after: Duration) -> Vec<String> {
         }
     };
     let mut idle = Vec::new();
-    for p in projects.into_iter().filter(|p| p.status == ProjectStatus::Active) {
+    for p in projects
+        .into_iter()
+        .filter(|p| p.status == ProjectStatus::Active)
+    {
         if state.activity.idle_for(&p.id) < after {
             continue;
         }

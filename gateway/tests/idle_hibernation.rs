@@ -17,7 +17,11 @@ fn agent_bin() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap().parent().unwrap();
     let bin = dir.join("agent");
-    assert!(bin.exists(), "{} not built: run `cargo build --workspace --bins` first", bin.display());
+    assert!(
+        bin.exists(),
+        "{} not built: run `cargo build --workspace --bins` first",
+        bin.display()
+    );
     bin
 }
 
@@ -32,7 +36,9 @@ async fn an_untouched_project_is_hibernated_and_opens_again_with_its_files() {
     config.agent_bin = Some(agent_bin());
     let mut state = gateway::build_state(&config).await.expect("state");
     // This gateway "started" an hour ago and saw nothing since.
-    state.activity = Arc::new(Activity::started_at(Instant::now() - Duration::from_secs(3600)));
+    state.activity = Arc::new(Activity::started_at(
+        Instant::now() - Duration::from_secs(3600),
+    ));
 
     for id in ["quiet", "typing"] {
         lifecycle::create(&state, id, None).await.unwrap();
@@ -43,20 +49,44 @@ async fn an_untouched_project_is_hibernated_and_opens_again_with_its_files() {
     std::fs::write(&file, b"#!/bin/sh\necho kept\n").unwrap();
     let _terminal = state.activity.hold("typing");
 
-    let idle_task = tokio::spawn(idle::run(state.clone(), Duration::from_secs(600), Duration::from_millis(20)));
+    let idle_task = tokio::spawn(idle::run(
+        state.clone(),
+        Duration::from_secs(600),
+        Duration::from_millis(20),
+    ));
     let deadline = Instant::now() + Duration::from_secs(30);
     while status(&state, "quiet").await != ProjectStatus::Hibernated {
-        assert!(Instant::now() < deadline, "not hibernated: {:?}", status(&state, "quiet").await);
+        assert!(
+            Instant::now() < deadline,
+            "not hibernated: {:?}",
+            status(&state, "quiet").await
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     idle_task.abort();
 
-    assert_eq!(status(&state, "typing").await, ProjectStatus::Active, "a connected terminal keeps it awake");
+    assert_eq!(
+        status(&state, "typing").await,
+        ProjectStatus::Active,
+        "a connected terminal keeps it awake"
+    );
     let archives = state.store.list_archives("quiet").await.unwrap();
     assert_eq!(archives.len(), 1);
-    assert!(archives[0].size > 0 && archives[0].files >= 1, "{:?}", archives[0]);
-    let left: Vec<_> = std::fs::read_dir(dir.path().join("projects")).unwrap().map(|e| e.unwrap().path()).collect();
-    assert!(!file.exists(), "the environment is gone: {left:?} {:?}", std::fs::read_dir(dir.path().join("projects/quiet")).map(|d| d.map(|e| e.unwrap().path()).collect::<Vec<_>>()));
+    assert!(
+        archives[0].size > 0 && archives[0].files >= 1,
+        "{:?}",
+        archives[0]
+    );
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("projects"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(
+        !file.exists(),
+        "the environment is gone: {left:?} {:?}",
+        std::fs::read_dir(dir.path().join("projects/quiet"))
+            .map(|d| d.map(|e| e.unwrap().path()).collect::<Vec<_>>())
+    );
 
     lifecycle::open(&state, "quiet").await.expect("open again");
     assert_eq!(std::fs::read(&file).unwrap(), b"#!/bin/sh\necho kept\n");

@@ -7,20 +7,29 @@ use std::process::Command;
 fn gateway(args: &[&str], envs: &[(&str, &str)]) -> (i32, String) {
     let data = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
-    cmd.args(["--runtime", "kubernetes", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data.path())
-        .args(args)
-        // No kubeconfig and no in-cluster service account: nothing to reach.
-        .env("KUBECONFIG", data.path().join("no-kubeconfig"))
-        .env("HOME", data.path())
-        .env_remove("KUBERNETES_SERVICE_HOST")
-        .env_remove("KUBERNETES_SERVICE_PORT")
-        .env("RUST_LOG", "off");
+    cmd.args([
+        "--runtime",
+        "kubernetes",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+    ])
+    .arg(data.path())
+    .args(args)
+    // No kubeconfig and no in-cluster service account: nothing to reach.
+    .env("KUBECONFIG", data.path().join("no-kubeconfig"))
+    .env("HOME", data.path())
+    .env_remove("KUBERNETES_SERVICE_HOST")
+    .env_remove("KUBERNETES_SERVICE_PORT")
+    .env("RUST_LOG", "off");
     for (k, v) in envs {
         cmd.env(k, v);
     }
     let out = cmd.output().expect("run gateway");
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -28,7 +37,10 @@ fn a_bad_runtime_setting_is_one_line_naming_the_flag() {
     let (code, err) = gateway(&["--k8s-storage-size", "5GB"], &[]);
     assert_eq!(code, 2, "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.contains("--k8s-storage-size") && err.contains("5GB"), "{err}");
+    assert!(
+        err.contains("--k8s-storage-size") && err.contains("5GB"),
+        "{err}"
+    );
 
     let (code, err) = gateway(&[], &[("GATEWAY_K8S_NAMESPACE_PREFIX", "Proj_")]);
     assert_eq!(code, 2, "{err}");
@@ -43,6 +55,9 @@ fn a_bad_runtime_setting_is_one_line_naming_the_flag() {
 fn no_cluster_to_talk_to_fails_at_start_up_saying_so() {
     let (code, err) = gateway(&[], &[]);
     assert_ne!(code, 0, "{err}");
-    assert!(err.contains("cannot configure the kubernetes client"), "{err}");
+    assert!(
+        err.contains("cannot configure the kubernetes client"),
+        "{err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
 }

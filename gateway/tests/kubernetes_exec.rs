@@ -46,7 +46,10 @@ struct Server {
 
 async fn start(protocols: &'static [&'static str]) -> (Arc<KubernetesRuntime>, Arc<Mutex<Seen>>) {
     let seen = Arc::new(Mutex::new(Seen::default()));
-    let server = Server { seen: seen.clone(), protocols };
+    let server = Server {
+        seen: seen.clone(),
+        protocols,
+    };
     let app = Router::new()
         .route("/api/v1/namespaces/{ns}/pods", get(list_pods))
         .route("/api/v1/namespaces/{ns}/pods/{pod}/exec", get(exec))
@@ -58,7 +61,13 @@ async fn start(protocols: &'static [&'static str]) -> (Arc<KubernetesRuntime>, A
     let config = kube::Config::new(format!("http://{addr}").parse().unwrap());
     let client = kube::Client::try_from(config).unwrap();
     let args = Args::parse_from(["test"]);
-    let settings = Settings::new(&args.k, "proj-", "devgate/agent:test", b"a secret of enough length").unwrap();
+    let settings = Settings::new(
+        &args.k,
+        "proj-",
+        "devgate/agent:test",
+        b"a secret of enough length",
+    )
+    .unwrap();
     (Arc::new(KubernetesRuntime::new(client, settings)), seen)
 }
 
@@ -66,12 +75,14 @@ async fn list_pods(Path(ns): Path<String>, RawQuery(q): RawQuery) -> impl IntoRe
     assert_eq!(ns, "proj-demo");
     let q = q.unwrap_or_default();
     assert!(q.contains("devgate.dev%2Fcontainer%3Dweb"), "{q}");
-    axum::Json(json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [
-        {"metadata": {"name": "dev-web-old", "deletionTimestamp": "2026-01-01T00:00:00Z"},
-         "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}},
-        {"metadata": {"name": "dev-web-abc"},
-         "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}}
-    ]}))
+    axum::Json(
+        json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [
+            {"metadata": {"name": "dev-web-old", "deletionTimestamp": "2026-01-01T00:00:00Z"},
+             "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}},
+            {"metadata": {"name": "dev-web-abc"},
+             "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}}
+        ]}),
+    )
 }
 
 async fn exec(
@@ -81,7 +92,12 @@ async fn exec(
     ws: WebSocketUpgrade,
 ) -> impl IntoResponse {
     assert_eq!((ns.as_str(), pod.as_str()), ("proj-demo", "dev-web-abc"));
-    server.seen.lock().unwrap().queries.push(q.unwrap_or_default());
+    server
+        .seen
+        .lock()
+        .unwrap()
+        .queries
+        .push(q.unwrap_or_default());
     let offered = ws.protocols(server.protocols.iter().copied());
     offered.on_upgrade(move |socket| shell(socket, server))
 }
@@ -95,7 +111,10 @@ fn frame(channel: u8, data: &[u8]) -> Message {
 /// A pretend shell: echoes stdin, reports resizes, and on `exit N\r` (or,
 /// with v5, when stdin is closed) writes a last line and ends with exit N.
 async fn shell(mut socket: WebSocket, server: Server) {
-    let protocol = socket.protocol().and_then(|p| p.to_str().ok()).map(str::to_owned);
+    let protocol = socket
+        .protocol()
+        .and_then(|p| p.to_str().ok())
+        .map(str::to_owned);
     let query = {
         let mut seen = server.seen.lock().unwrap();
         seen.protocol = protocol;
@@ -108,9 +127,18 @@ async fn shell(mut socket: WebSocket, server: Server) {
     }
     // Without stdin a command runs to its end on its own.
     if !query.contains("stdin=true") {
-        let argv: Vec<String> = query_pairs(&query).into_iter().filter(|(k, _)| k == "command").map(|(_, v)| v).collect();
+        let argv: Vec<String> = query_pairs(&query)
+            .into_iter()
+            .filter(|(k, _)| k == "command")
+            .map(|(_, v)| v)
+            .collect();
         let _ = socket.send(frame(2, b"to stderr\n")).await;
-        end(&mut socket, 0, format!("ran {}\n", argv.join(" ")).as_bytes()).await;
+        end(
+            &mut socket,
+            0,
+            format!("ran {}\n", argv.join(" ")).as_bytes(),
+        )
+        .await;
         return;
     }
     let mut line = Vec::new();
@@ -122,7 +150,10 @@ async fn shell(mut socket: WebSocket, server: Server) {
                 server.seen.lock().unwrap().stdin.extend_from_slice(data);
                 let _ = socket.send(frame(1, data)).await;
                 line.extend_from_slice(data);
-                if let Some(code) = line.strip_prefix(b"exit ").and_then(|r| r.strip_suffix(b"\r")) {
+                if let Some(code) = line
+                    .strip_prefix(b"exit ")
+                    .and_then(|r| r.strip_suffix(b"\r"))
+                {
                     let code: i32 = std::str::from_utf8(code).unwrap().parse().unwrap();
                     end(&mut socket, code, b"bye\r\n").await;
                     return;
@@ -133,9 +164,14 @@ async fn shell(mut socket: WebSocket, server: Server) {
             }
             4 => {
                 let size: serde_json::Value = serde_json::from_slice(data).unwrap();
-                let (w, h) = (size["Width"].as_u64().unwrap() as u16, size["Height"].as_u64().unwrap() as u16);
+                let (w, h) = (
+                    size["Width"].as_u64().unwrap() as u16,
+                    size["Height"].as_u64().unwrap() as u16,
+                );
                 server.seen.lock().unwrap().sizes.push((w, h));
-                let _ = socket.send(frame(1, format!("size {w}x{h}\r\n").as_bytes())).await;
+                let _ = socket
+                    .send(frame(1, format!("size {w}x{h}\r\n").as_bytes()))
+                    .await;
             }
             255 if data == [0] => {
                 server.seen.lock().unwrap().stdin_closed = true;
@@ -158,12 +194,18 @@ async fn end(socket: &mut WebSocket, code: i32, last: &[u8]) {
                "message": format!("command terminated with non-zero exit code: {code}"),
                "details": {"causes": [{"reason": "ExitCode", "message": code.to_string()}]}})
     };
-    let _ = socket.send(frame(3, &serde_json::to_vec(&status).unwrap())).await;
+    let _ = socket
+        .send(frame(3, &serde_json::to_vec(&status).unwrap()))
+        .await;
     let _ = socket.send(Message::Close(None)).await;
 }
 
 fn target() -> ShellTarget {
-    ShellTarget::PodExec { namespace: "proj-demo".into(), pod: "dev-web-abc".into(), container: "dev".into() }
+    ShellTarget::PodExec {
+        namespace: "proj-demo".into(),
+        pod: "dev-web-abc".into(),
+        container: "dev".into(),
+    }
 }
 
 async fn read_until(output: &mut tokio::sync::mpsc::Receiver<Bytes>, want: &str, got: &mut String) {
@@ -181,7 +223,9 @@ fn query_pairs(q: &str) -> Vec<(String, String)> {
     q.split('&')
         .filter_map(|p| p.split_once('='))
         .map(|(k, v)| {
-            let v = percent_encoding::percent_decode_str(&v.replace('+', " ")).decode_utf8_lossy().into_owned();
+            let v = percent_encoding::percent_decode_str(&v.replace('+', " "))
+                .decode_utf8_lossy()
+                .into_owned();
             (k.to_owned(), v)
         })
         .collect()
@@ -190,11 +234,18 @@ fn query_pairs(q: &str) -> Vec<(String, String)> {
 #[tokio::test]
 async fn terminal_over_v5_resizes_and_reads_output_after_stdin_closes() {
     let (rt, seen) = start(&["v5.channel.k8s.io"]).await;
-    let mut shell = rt.open_shell(&target(), vec![], 100, 30).await.expect("open shell");
+    let mut shell = rt
+        .open_shell(&target(), vec![], 100, 30)
+        .await
+        .expect("open shell");
     let mut got = String::new();
     // The first size goes out before any keystroke.
     read_until(&mut shell.output, "size 100x30", &mut got).await;
-    shell.input.send(Bytes::from_static(b"echo hi\r")).await.unwrap();
+    shell
+        .input
+        .send(Bytes::from_static(b"echo hi\r"))
+        .await
+        .unwrap();
     read_until(&mut shell.output, "echo hi", &mut got).await;
     shell.resize.send((120, 40)).await.unwrap();
     read_until(&mut shell.output, "size 120x40", &mut got).await;
@@ -210,11 +261,26 @@ async fn terminal_over_v5_resizes_and_reads_output_after_stdin_closes() {
     assert_eq!(seen.stdin, b"echo hi\r");
     assert!(seen.stdin_closed);
     let q = query_pairs(&seen.queries[0]);
-    for want in [("container", "dev"), ("tty", "true"), ("stdin", "true"), ("stdout", "true")] {
-        assert!(q.contains(&(want.0.into(), want.1.into())), "{want:?} not in {q:?}");
+    for want in [
+        ("container", "dev"),
+        ("tty", "true"),
+        ("stdin", "true"),
+        ("stdout", "true"),
+    ] {
+        assert!(
+            q.contains(&(want.0.into(), want.1.into())),
+            "{want:?} not in {q:?}"
+        );
     }
-    assert!(!q.iter().any(|(k, v)| k == "stderr" && v == "true"), "a tty merges stderr: {q:?}");
-    let command: Vec<&str> = q.iter().filter(|(k, _)| k == "command").map(|(_, v)| v.as_str()).collect();
+    assert!(
+        !q.iter().any(|(k, v)| k == "stderr" && v == "true"),
+        "a tty merges stderr: {q:?}"
+    );
+    let command: Vec<&str> = q
+        .iter()
+        .filter(|(k, _)| k == "command")
+        .map(|(_, v)| v.as_str())
+        .collect();
     assert_eq!(command[..2], ["sh", "-c"]);
     assert!(command[2].contains("bash -l"), "{command:?}");
 }
@@ -222,10 +288,17 @@ async fn terminal_over_v5_resizes_and_reads_output_after_stdin_closes() {
 #[tokio::test]
 async fn terminal_falls_back_to_v4_and_carries_the_exit_code() {
     let (rt, seen) = start(&["v4.channel.k8s.io"]).await;
-    let mut shell = rt.open_shell(&target(), vec!["bash".into()], 80, 24).await.expect("open shell");
+    let mut shell = rt
+        .open_shell(&target(), vec!["bash".into()], 80, 24)
+        .await
+        .expect("open shell");
     let mut got = String::new();
     read_until(&mut shell.output, "size 80x24", &mut got).await;
-    shell.input.send(Bytes::from_static(b"exit 7\r")).await.unwrap();
+    shell
+        .input
+        .send(Bytes::from_static(b"exit 7\r"))
+        .await
+        .unwrap();
     read_until(&mut shell.output, "bye", &mut got).await;
     assert_eq!(shell.exit.await.unwrap(), Some(7));
     let seen = seen.lock().unwrap();
@@ -237,10 +310,17 @@ async fn terminal_falls_back_to_v4_and_carries_the_exit_code() {
 #[tokio::test]
 async fn container_shell_picks_a_ready_pod_that_is_not_terminating() {
     let (rt, _seen) = start(&["v5.channel.k8s.io"]).await;
-    let target = rt.container_shell("demo", "web", &BTreeMap::new()).await.expect("shell target");
+    let target = rt
+        .container_shell("demo", "web", &BTreeMap::new())
+        .await
+        .expect("shell target");
     assert_eq!(
         target,
-        ShellTarget::PodExec { namespace: "proj-demo".into(), pod: "dev-web-abc".into(), container: "dev".into() }
+        ShellTarget::PodExec {
+            namespace: "proj-demo".into(),
+            pod: "dev-web-abc".into(),
+            container: "dev".into()
+        }
     );
 }
 
@@ -264,11 +344,33 @@ async fn one_shot_exec_in_a_container_sends_cwd_and_env() {
     assert!(!out.timed_out);
     let seen = seen.lock().unwrap();
     let q = query_pairs(&seen.queries[0]);
-    let command: Vec<&str> = q.iter().filter(|(k, _)| k == "command").map(|(_, v)| v.as_str()).collect();
-    assert_eq!(command, ["sh", "-c", "cd -- \"$0\" && exec \"$@\"", "/app/web/src", "env", "MODE=test", "cat", "-"]);
-    assert!(q.contains(&("tty".into(), "false".into())) || !q.iter().any(|(k, _)| k == "tty"), "{q:?}");
+    let command: Vec<&str> = q
+        .iter()
+        .filter(|(k, _)| k == "command")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(
+        command,
+        [
+            "sh",
+            "-c",
+            "cd -- \"$0\" && exec \"$@\"",
+            "/app/web/src",
+            "env",
+            "MODE=test",
+            "cat",
+            "-"
+        ]
+    );
+    assert!(
+        q.contains(&("tty".into(), "false".into())) || !q.iter().any(|(k, _)| k == "tty"),
+        "{q:?}"
+    );
     assert!(q.contains(&("stderr".into(), "true".into())), "{q:?}");
-    assert!(!q.contains(&("stdin".into(), "true".into())), "no input, no stdin: {q:?}");
+    assert!(
+        !q.contains(&("stdin".into(), "true".into())),
+        "no input, no stdin: {q:?}"
+    );
 }
 
 #[tokio::test]
@@ -276,20 +378,35 @@ async fn one_shot_exec_with_stdin_reads_output_written_after_stdin_closes() {
     let (rt, _seen) = start(&["v5.channel.k8s.io"]).await;
     // stdin without `exit`: the pretend shell ends only on the close
     // signal, after writing to stderr and stdout.
-    let spec = ExecSpec { argv: vec!["sh".into()], stdin: b"true\r".to_vec(), timeout_ms: 10_000, ..ExecSpec::default() };
+    let spec = ExecSpec {
+        argv: vec!["sh".into()],
+        stdin: b"true\r".to_vec(),
+        timeout_ms: 10_000,
+        ..ExecSpec::default()
+    };
     let out = rt.container_exec("demo", "web", spec).await.expect("exec");
     assert_eq!(out.exit_code, 3);
-    assert_eq!(String::from_utf8_lossy(&out.stderr), "warning: stdin closed\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "warning: stdin closed\n"
+    );
     assert!(String::from_utf8_lossy(&out.stdout).ends_with("output after stdin closed\r\n"));
 }
 
 #[tokio::test]
 async fn one_shot_exec_past_its_timeout_is_reported_as_timed_out() {
     let (rt, _seen) = start(&["v5.channel.k8s.io"]).await;
-    let spec = ExecSpec { argv: vec!["sleep".into(), "1000".into()], timeout_ms: 200, ..ExecSpec::default() };
+    let spec = ExecSpec {
+        argv: vec!["sleep".into(), "1000".into()],
+        timeout_ms: 200,
+        ..ExecSpec::default()
+    };
     let started = std::time::Instant::now();
     let out = rt.container_exec("demo", "web", spec).await.expect("exec");
     assert!(out.timed_out, "{out:?}");
     assert_eq!(out.exit_code, -1);
-    assert!(started.elapsed() < Duration::from_secs(5), "gave up near the deadline");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "gave up near the deadline"
+    );
 }

@@ -29,7 +29,13 @@ async fn state_with_mock() -> (gateway::state::AppState, mock::ApiServer, tempfi
     let config = gateway::Config::for_data_dir(dir.path());
     let mut state = gateway::build_state(&config).await.expect("state");
     let args = Args::parse_from(["test"]);
-    let mut settings = Settings::new(&args.k, "proj-", "devgate/agent:test", b"a secret of enough length").unwrap();
+    let mut settings = Settings::new(
+        &args.k,
+        "proj-",
+        "devgate/agent:test",
+        b"a secret of enough length",
+    )
+    .unwrap();
     settings.api_timeout = Duration::from_millis(300);
     let (client, api) = mock::pair();
     state.runtime = Arc::new(KubernetesRuntime::new(client, settings));
@@ -38,7 +44,14 @@ async fn state_with_mock() -> (gateway::state::AppState, mock::ApiServer, tempfi
 
 async fn add_project(state: &gateway::state::AppState, id: &str, status: ProjectStatus) {
     let now = Utc::now();
-    let p = Project { id: id.into(), name: id.into(), status, created_at: now, updated_at: now, hibernated_at: None };
+    let p = Project {
+        id: id.into(),
+        name: id.into(),
+        status,
+        created_at: now,
+        updated_at: now,
+        hibernated_at: None,
+    };
     state.store.create_project(&p).await.unwrap();
 }
 
@@ -55,7 +68,9 @@ async fn idle_projects_are_those_quiet_here_and_on_every_replica() {
     let (mut state, mut api, _dir) = state_with_mock().await;
     // This gateway started two hours ago and saw no activity since, except
     // on `busy` (touched now) and `typing` (a connected terminal).
-    state.activity = Arc::new(Activity::started_at(Instant::now() - Duration::from_secs(7200)));
+    state.activity = Arc::new(Activity::started_at(
+        Instant::now() - Duration::from_secs(7200),
+    ));
     for id in ["busy", "typing", "elsewhere", "idle", "fresh", "unknown"] {
         add_project(&state, id, ProjectStatus::Active).await;
     }
@@ -71,11 +86,20 @@ async fn idle_projects_are_those_quiet_here_and_on_every_replica() {
     // Only the projects quiet here are asked about, in id order; `busy`,
     // `typing` and the hibernated one cost no API call.
     let ex = api.expect("GET", "/api/v1/namespaces/proj-elsewhere").await;
-    ex.respond(200, namespace("proj-elsewhere", Some(Utc::now() - chrono::Duration::minutes(5))));
+    ex.respond(
+        200,
+        namespace(
+            "proj-elsewhere",
+            Some(Utc::now() - chrono::Duration::minutes(5)),
+        ),
+    );
     let ex = api.expect("GET", "/api/v1/namespaces/proj-fresh").await;
     ex.fail(500, "InternalError", "etcd down");
     let ex = api.expect("GET", "/api/v1/namespaces/proj-idle").await;
-    ex.respond(200, namespace("proj-idle", Some(Utc::now() - chrono::Duration::hours(3))));
+    ex.respond(
+        200,
+        namespace("proj-idle", Some(Utc::now() - chrono::Duration::hours(3))),
+    );
     let ex = api.expect("GET", "/api/v1/namespaces/proj-unknown").await;
     ex.respond(200, namespace("proj-unknown", None));
     let idle = check.await.unwrap();
@@ -91,7 +115,11 @@ async fn activity_is_shared_on_the_namespace_at_most_once_a_minute() {
     idle::touch(&state, "demo");
     let ex = api.expect("PATCH", "/api/v1/namespaces/proj-demo").await;
     assert_eq!(ex.content_type, "application/merge-patch+json");
-    assert!(ex.query.contains("fieldManager=devgate-gateway-activity"), "{}", ex.query);
+    assert!(
+        ex.query.contains("fieldManager=devgate-gateway-activity"),
+        "{}",
+        ex.query
+    );
     let stamp = ex.body.as_ref().unwrap()["metadata"]["annotations"]["devgate.dev/last-activity"]
         .as_str()
         .expect("annotation")
@@ -111,8 +139,11 @@ async fn idle_hibernation_off_when_minutes_is_zero() {
     let (state, mut api, _dir) = state_with_mock().await;
     add_project(&state, "demo", ProjectStatus::Active).await;
     // Returns at once without a single check.
-    tokio::time::timeout(Duration::from_secs(5), idle::run(state.clone(), Duration::ZERO, Duration::from_millis(1)))
-        .await
-        .expect("returns at once");
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        idle::run(state.clone(), Duration::ZERO, Duration::from_millis(1)),
+    )
+    .await
+    .expect("returns at once");
     assert!(api.try_next(Duration::from_millis(30)).await.is_none());
 }

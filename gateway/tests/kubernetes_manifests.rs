@@ -35,10 +35,16 @@ fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
 /// rendered).
 fn patch_files(files: &[PathBuf]) -> BTreeSet<PathBuf> {
     let mut patches = BTreeSet::new();
-    for f in files.iter().filter(|f| f.file_name().is_some_and(|n| n == "kustomization.yaml")) {
+    for f in files
+        .iter()
+        .filter(|f| f.file_name().is_some_and(|n| n == "kustomization.yaml"))
+    {
         let doc = &kustomize::read_docs(f).unwrap()[0];
         for p in doc["patches"].as_array().into_iter().flatten() {
-            let path = f.parent().unwrap().join(p["path"].as_str().expect("patch path"));
+            let path = f
+                .parent()
+                .unwrap()
+                .join(p["path"].as_str().expect("patch path"));
             patches.insert(path.canonicalize().expect("patch file exists"));
         }
     }
@@ -82,7 +88,11 @@ fn the_schema_check_catches_unknown_and_misplaced_fields() {
     let misplaced = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"},
         "spec": {"selector": {}, "template": {"spec": {"containers": [{"name": "c", "image": "i",
             "readOnlyRootFilesystem": true}]}}}});
-    assert!(schema::check(&misplaced).unwrap_err().contains("readOnlyRootFilesystem"));
+    assert!(
+        schema::check(&misplaced)
+            .unwrap_err()
+            .contains("readOnlyRootFilesystem")
+    );
     let wrong_type = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x"},
         "spec": {"ports": [{"port": "eighty"}]}});
     assert!(schema::check(&wrong_type).is_err());
@@ -91,17 +101,25 @@ fn the_schema_check_catches_unknown_and_misplaced_fields() {
 }
 
 fn render(overlay: &str) -> Vec<Value> {
-    let objects = kustomize::render(&k8s_dir().join(overlay)).unwrap_or_else(|e| panic!("{overlay}: {e}"));
+    let objects =
+        kustomize::render(&k8s_dir().join(overlay)).unwrap_or_else(|e| panic!("{overlay}: {e}"));
     let mut seen = BTreeSet::new();
     let mut errors = Vec::new();
     for o in &objects {
-        let id = format!("{}/{}/{}", o["kind"], o["metadata"]["namespace"], o["metadata"]["name"]);
+        let id = format!(
+            "{}/{}/{}",
+            o["kind"], o["metadata"]["namespace"], o["metadata"]["name"]
+        );
         assert!(seen.insert(id.clone()), "{overlay}: {id} twice");
         if let Err(e) = schema::check(o) {
             errors.push(e);
         }
-        assert_eq!(o["metadata"]["labels"]["app.kubernetes.io/part-of"], "devgate", "{overlay}: {id}");
-        let cluster_scoped = ["Namespace", "ClusterRole", "ClusterRoleBinding"].contains(&o["kind"].as_str().unwrap());
+        assert_eq!(
+            o["metadata"]["labels"]["app.kubernetes.io/part-of"], "devgate",
+            "{overlay}: {id}"
+        );
+        let cluster_scoped = ["Namespace", "ClusterRole", "ClusterRoleBinding"]
+            .contains(&o["kind"].as_str().unwrap());
         if !cluster_scoped {
             assert_eq!(o["metadata"]["namespace"], "devgate", "{overlay}: {id}");
         }
@@ -127,41 +145,82 @@ fn base_and_overlays_render_to_valid_objects() {
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
     assert_eq!(c["securityContext"]["capabilities"]["drop"], json!(["ALL"]));
     assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
-    assert_eq!(c["env"][0]["valueFrom"]["fieldRef"]["fieldPath"], "metadata.namespace");
+    assert_eq!(
+        c["env"][0]["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.namespace"
+    );
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
     // The preview wildcard: one rule without a host takes every preview host.
     let ingress = find(&base, "Ingress", "devgate-gateway");
     let rules = ingress["spec"]["rules"].as_array().unwrap();
-    assert!(rules.iter().any(|r| r.get("host").is_none()), "a catch-all rule for preview hosts");
-    assert_eq!(find(&base, "ConfigMap", "devgate-gateway")["data"]["GATEWAY_RUNTIME"], "kubernetes");
+    assert!(
+        rules.iter().any(|r| r.get("host").is_none()),
+        "a catch-all rule for preview hosts"
+    );
+    assert_eq!(
+        find(&base, "ConfigMap", "devgate-gateway")["data"]["GATEWAY_RUNTIME"],
+        "kubernetes"
+    );
 
     let mk = render("overlays/minikube");
     let gw = find(&mk, "Deployment", "devgate-gateway");
     let pod = &gw["spec"]["template"]["spec"];
     assert_eq!(pod["containers"][0]["image"], "devgate/gateway:dev");
     assert_eq!(pod["containers"][0]["imagePullPolicy"], "Never");
-    let data = pod["volumes"].as_array().unwrap().iter().find(|v| v["name"] == "data").unwrap();
-    assert_eq!(data["persistentVolumeClaim"]["claimName"], "devgate-gateway-data");
-    assert!(data.get("emptyDir").is_none(), "the patch replaced the emptyDir");
+    let data = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "data")
+        .unwrap();
+    assert_eq!(
+        data["persistentVolumeClaim"]["claimName"],
+        "devgate-gateway-data"
+    );
+    assert!(
+        data.get("emptyDir").is_none(),
+        "the patch replaced the emptyDir"
+    );
     find(&mk, "PersistentVolumeClaim", "devgate-gateway-data");
     find(&mk, "Deployment", "minio");
     find(&mk, "Job", "minio-make-bucket");
     let cm = &find(&mk, "ConfigMap", "devgate-gateway")["data"];
-    assert_eq!(cm["AWS_ENDPOINT_URL"], "http://minio.devgate.svc.cluster.local:9000");
-    assert_eq!(cm["GATEWAY_AGENT_IMAGE"], "devgate/dev:dev", "install commands need node");
+    assert_eq!(
+        cm["AWS_ENDPOINT_URL"],
+        "http://minio.devgate.svc.cluster.local:9000"
+    );
+    assert_eq!(
+        cm["GATEWAY_AGENT_IMAGE"], "devgate/dev:dev",
+        "install commands need node"
+    );
     assert_eq!(cm["GATEWAY_K8S_AGENT_PORT"], "7070", "base values stay");
 
     let prod = render("overlays/production");
     let gw = find(&prod, "Deployment", "devgate-gateway");
     assert_eq!(gw["spec"]["replicas"], 3);
     assert_eq!(gw["spec"]["strategy"]["type"], "RollingUpdate");
-    assert_eq!(gw["spec"]["template"]["spec"]["containers"][0]["image"], "ghcr.io/devgate/gateway:0.1.0");
-    assert_eq!(gw["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"], "4");
+    assert_eq!(
+        gw["spec"]["template"]["spec"]["containers"][0]["image"],
+        "ghcr.io/devgate/gateway:0.1.0"
+    );
+    assert_eq!(
+        gw["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"],
+        "4"
+    );
     find(&prod, "PodDisruptionBudget", "devgate-gateway");
     let cm = &find(&prod, "ConfigMap", "devgate-gateway")["data"];
-    assert_eq!((cm["GATEWAY_PREVIEW_SCHEME"].as_str(), cm["GATEWAY_PREVIEW_PORT"].as_str()), (Some("https"), Some("443")));
+    assert_eq!(
+        (
+            cm["GATEWAY_PREVIEW_SCHEME"].as_str(),
+            cm["GATEWAY_PREVIEW_PORT"].as_str()
+        ),
+        (Some("https"), Some("443"))
+    );
     assert!(find(&prod, "Ingress", "devgate-gateway")["spec"]["tls"].is_array());
-    assert!(!prod.iter().any(|o| o["kind"] == "Secret"), "production Secrets are made out of band");
+    assert!(
+        !prod.iter().any(|o| o["kind"] == "Secret"),
+        "production Secrets are made out of band"
+    );
 }
 
 /// Every variable the gateway reads, from its own flag definitions.
@@ -180,10 +239,22 @@ fn every_setting_is_in_the_configmap_and_the_reference() {
     let configmap = std::fs::read_to_string(k8s_dir().join("base/configmap.yaml")).unwrap();
     let reference = std::fs::read_to_string(k8s_dir().join("../docs/configuration.md"))
         .expect("docs/configuration.md");
-    let missing_cm: Vec<_> = vars.iter().filter(|v| !configmap.contains(v.as_str())).collect();
-    assert!(missing_cm.is_empty(), "not in k8s/base/configmap.yaml: {missing_cm:?}");
-    let missing_doc: Vec<_> = vars.iter().filter(|v| !reference.contains(&format!("`{v}`"))).collect();
-    assert!(missing_doc.is_empty(), "not in docs/configuration.md: {missing_doc:?}");
+    let missing_cm: Vec<_> = vars
+        .iter()
+        .filter(|v| !configmap.contains(v.as_str()))
+        .collect();
+    assert!(
+        missing_cm.is_empty(),
+        "not in k8s/base/configmap.yaml: {missing_cm:?}"
+    );
+    let missing_doc: Vec<_> = vars
+        .iter()
+        .filter(|v| !reference.contains(&format!("`{v}`")))
+        .collect();
+    assert!(
+        missing_doc.is_empty(),
+        "not in docs/configuration.md: {missing_doc:?}"
+    );
     // And the reverse: the ConfigMap sets nothing the gateway ignores.
     let cm = &kustomize::read_docs(&k8s_dir().join("base/configmap.yaml")).unwrap()[0]["data"];
     for key in cm.as_object().unwrap().keys() {
@@ -200,24 +271,55 @@ fn rbac_is_least_privilege() {
     let verbs_of = |resource: &str| -> BTreeSet<String> {
         rules
             .iter()
-            .filter(|r| r["resources"].as_array().unwrap().iter().any(|x| x == resource))
-            .flat_map(|r| r["verbs"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()))
+            .filter(|r| {
+                r["resources"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|x| x == resource)
+            })
+            .flat_map(|r| {
+                r["verbs"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_str().unwrap().to_owned())
+            })
             .collect()
     };
     for r in rules {
         for field in ["verbs", "resources", "apiGroups"] {
-            assert!(!r[field].as_array().unwrap().iter().any(|v| v == "*"), "wildcard in {r}");
+            assert!(
+                !r[field].as_array().unwrap().iter().any(|v| v == "*"),
+                "wildcard in {r}"
+            );
         }
     }
     let set = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<BTreeSet<_>>();
     assert_eq!(verbs_of("pods/exec"), set(&["create"]));
     assert_eq!(verbs_of("pods/portforward"), set(&["create"]));
-    assert_eq!(verbs_of("secrets"), set(&["create", "patch", "delete"]), "secrets are never read back");
+    assert_eq!(
+        verbs_of("secrets"),
+        set(&["create", "patch", "delete"]),
+        "secrets are never read back"
+    );
     assert_eq!(verbs_of("pods"), set(&["get", "list", "watch"]));
     assert!(verbs_of("events").is_superset(&set(&["get", "list"])));
-    for r in ["namespaces", "persistentvolumeclaims", "services", "deployments", "networkpolicies"] {
-        assert!(verbs_of(r).is_superset(&set(&["create", "patch", "delete"])), "{r}");
-        assert!(!verbs_of(r).contains("update"), "{r}: apply needs patch, not update");
+    for r in [
+        "namespaces",
+        "persistentvolumeclaims",
+        "services",
+        "deployments",
+        "networkpolicies",
+    ] {
+        assert!(
+            verbs_of(r).is_superset(&set(&["create", "patch", "delete"])),
+            "{r}"
+        );
+        assert!(
+            !verbs_of(r).contains("update"),
+            "{r}: apply needs patch, not update"
+        );
     }
     let binding = find(&objects, "ClusterRoleBinding", "devgate-gateway");
     assert_eq!(binding["subjects"][0]["name"], "devgate-gateway");
@@ -235,10 +337,20 @@ fn images_run_as_non_root_and_e2e_script_parses() {
             .filter_map(|l| l.strip_prefix("USER "))
             .next_back()
             .unwrap_or_else(|| panic!("{name}: the final stage sets no USER"));
-        assert!(!user.starts_with("0") && !user.starts_with("root"), "{name}: USER {user}");
+        assert!(
+            !user.starts_with("0") && !user.starts_with("root"),
+            "{name}: USER {user}"
+        );
         assert!(text.matches("\nFROM ").count() >= 1, "{name}: multi-stage");
     }
-    let out = std::process::Command::new("bash").arg("-n").arg(k8s_dir().join("e2e.sh")).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new("bash")
+        .arg("-n")
+        .arg(k8s_dir().join("e2e.sh"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
-

@@ -32,15 +32,23 @@ fn settings(extra: &[&str]) -> Settings {
     let mut argv = vec!["test"];
     argv.extend_from_slice(extra);
     let args = Args::parse_from(argv);
-    let mut s = Settings::new(&args.k, "proj-", "devgate/agent:test", b"a gateway secret of some length")
-        .expect("settings");
+    let mut s = Settings::new(
+        &args.k,
+        "proj-",
+        "devgate/agent:test",
+        b"a gateway secret of some length",
+    )
+    .expect("settings");
     s.poll_interval = Duration::from_millis(5);
     s.ready_timeout = Duration::from_millis(400);
     s.api_timeout = Duration::from_millis(300);
     s.s3_env = vec![
         ("AWS_ACCESS_KEY_ID".into(), "key".into()),
         ("AWS_SECRET_ACCESS_KEY".into(), "secret".into()),
-        ("AWS_ENDPOINT_URL".into(), "http://minio.devgate.svc:9000".into()),
+        (
+            "AWS_ENDPOINT_URL".into(),
+            "http://minio.devgate.svc:9000".into(),
+        ),
     ];
     s.s3_port = Some(9000);
     s
@@ -48,7 +56,10 @@ fn settings(extra: &[&str]) -> Settings {
 
 fn runtime(extra: &[&str]) -> (Arc<KubernetesRuntime>, ApiServer) {
     let (client, api) = mock::pair();
-    (Arc::new(KubernetesRuntime::new(client, settings(extra))), api)
+    (
+        Arc::new(KubernetesRuntime::new(client, settings(extra))),
+        api,
+    )
 }
 
 fn spawn<T: Send + 'static>(
@@ -67,28 +78,52 @@ async fn expect_open_applies(api: &mut ApiServer) -> Vec<Value> {
 async fn expect_open_applies_over(api: &mut ApiServer, existing: bool) -> Vec<Value> {
     let check = api.expect("GET", &format!("/api/v1/namespaces/{NS}")).await;
     if existing {
-        check.respond(200, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS},
-            "status": {"phase": "Active"}}));
+        check.respond(
+            200,
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS},
+            "status": {"phase": "Active"}}),
+        );
     } else {
         check.fail(404, "NotFound", "not found");
     }
     let mut sent = Vec::new();
     sent.push(api.expect_apply(&format!("/api/v1/namespaces/{NS}")).await);
     sent.push(
-        api.expect_apply(&format!("/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies/project-isolation"))
+        api.expect_apply(&format!(
+            "/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies/project-isolation"
+        ))
+        .await,
+    );
+    sent.push(
+        api.expect_apply(&format!(
+            "/api/v1/namespaces/{NS}/persistentvolumeclaims/project-storage"
+        ))
+        .await,
+    );
+    sent.push(
+        api.expect_apply(&format!("/api/v1/namespaces/{NS}/secrets/agent"))
             .await,
     );
-    sent.push(api.expect_apply(&format!("/api/v1/namespaces/{NS}/persistentvolumeclaims/project-storage")).await);
-    sent.push(api.expect_apply(&format!("/api/v1/namespaces/{NS}/secrets/agent")).await);
-    sent.push(api.expect_apply(&format!("/apis/apps/v1/namespaces/{NS}/deployments/file-manager")).await);
-    sent.push(api.expect_apply(&format!("/api/v1/namespaces/{NS}/services/file-manager")).await);
+    sent.push(
+        api.expect_apply(&format!(
+            "/apis/apps/v1/namespaces/{NS}/deployments/file-manager"
+        ))
+        .await,
+    );
+    sent.push(
+        api.expect_apply(&format!("/api/v1/namespaces/{NS}/services/file-manager"))
+            .await,
+    );
     sent
 }
 
 async fn expect_deployment_get(api: &mut ApiServer, name: &str, ready: bool) {
-    api.expect("GET", &format!("/apis/apps/v1/namespaces/{NS}/deployments/{name}"))
-        .await
-        .respond(200, deployment(NS, name, ready));
+    api.expect(
+        "GET",
+        &format!("/apis/apps/v1/namespaces/{NS}/deployments/{name}"),
+    )
+    .await
+    .respond(200, deployment(NS, name, ready));
 }
 
 #[tokio::test]
@@ -103,13 +138,21 @@ async fn open_fresh_applies_the_environment_and_waits_for_the_agent() {
     expect_deployment_get(&mut api, "file-manager", true).await;
     let endpoint = call.await.unwrap().expect("open");
 
-    assert_eq!(endpoint.address, AgentAddress::Tcp("http://file-manager.proj-demo.svc:7070".into()));
+    assert_eq!(
+        endpoint.address,
+        AgentAddress::Tcp("http://file-manager.proj-demo.svc:7070".into())
+    );
     assert_eq!(endpoint.token, rt.agent_token("demo"));
     assert_eq!(endpoint.token.len(), 64);
 
-    let [ns, netpol, pvc, secret, fm, svc] = sent.as_slice() else { panic!("six objects") };
+    let [ns, netpol, pvc, secret, fm, svc] = sent.as_slice() else {
+        panic!("six objects")
+    };
     assert_eq!(ns["metadata"]["labels"]["devgate.dev/project"], "demo");
-    assert_eq!(ns["metadata"]["labels"]["app.kubernetes.io/managed-by"], "devgate");
+    assert_eq!(
+        ns["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "devgate"
+    );
 
     // Ingress from the gateway's and the ingress controller's namespaces and
     // the project itself; egress DNS, HTTPS and the S3 endpoint's port.
@@ -117,42 +160,82 @@ async fn open_fresh_applies_the_environment_and_waits_for_the_agent() {
     assert_eq!(spec["policyTypes"], json!(["Ingress", "Egress"]));
     assert_eq!(spec["podSelector"], json!({}));
     let from = &spec["ingress"][0]["from"];
-    assert_eq!(from[0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"], "devgate");
-    assert_eq!(from[1]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"], "ingress-nginx");
-    assert_eq!(spec["egress"][0]["ports"], json!([{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]));
-    assert_eq!(spec["egress"][1]["ports"], json!([{"protocol": "TCP", "port": 443}, {"protocol": "TCP", "port": 9000}]));
-    assert_eq!(spec["egress"][2]["to"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"], "devgate");
+    assert_eq!(
+        from[0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        "devgate"
+    );
+    assert_eq!(
+        from[1]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        "ingress-nginx"
+    );
+    assert_eq!(
+        spec["egress"][0]["ports"],
+        json!([{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}])
+    );
+    assert_eq!(
+        spec["egress"][1]["ports"],
+        json!([{"protocol": "TCP", "port": 443}, {"protocol": "TCP", "port": 9000}])
+    );
+    assert_eq!(
+        spec["egress"][2]["to"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        "devgate"
+    );
     assert_eq!(spec["egress"][3]["to"], json!([{"podSelector": {}}]));
-    assert_eq!(spec["egress"].as_array().unwrap().len(), 4, "nothing else leaves the project");
+    assert_eq!(
+        spec["egress"].as_array().unwrap().len(),
+        4,
+        "nothing else leaves the project"
+    );
 
     assert_eq!(pvc["spec"]["accessModes"], json!(["ReadWriteOnce"]));
     assert_eq!(pvc["spec"]["resources"]["requests"]["storage"], "5Gi");
-    assert!(pvc["spec"].get("storageClassName").is_none(), "cluster default class");
+    assert!(
+        pvc["spec"].get("storageClassName").is_none(),
+        "cluster default class"
+    );
 
     // The Secret carries the token and the S3 credentials, base64.
     let token_b64 = secret["data"]["AGENT_TOKEN"].as_str().unwrap();
     assert_eq!(b64(token_b64), endpoint.token);
-    assert_eq!(b64(secret["data"]["AWS_SECRET_ACCESS_KEY"].as_str().unwrap()), "secret");
+    assert_eq!(
+        b64(secret["data"]["AWS_SECRET_ACCESS_KEY"].as_str().unwrap()),
+        "secret"
+    );
 
     let pod = &fm["spec"]["template"]["spec"];
     let c = &pod["containers"][0];
     assert_eq!(c["command"], json!(["agent"]));
     assert_eq!(c["image"], "devgate/agent:test");
-    assert_eq!(c["volumeMounts"][0], json!({"name": "project-storage", "mountPath": "/app"}));
+    assert_eq!(
+        c["volumeMounts"][0],
+        json!({"name": "project-storage", "mountPath": "/app"})
+    );
     assert_eq!(c["readinessProbe"]["grpc"]["port"], 7070);
     assert_eq!(c["livenessProbe"]["grpc"]["port"], 7070);
     assert_eq!(c["securityContext"]["capabilities"]["drop"], json!(["ALL"]));
     assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
     assert_eq!(c["securityContext"]["runAsNonRoot"], true);
     assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
-    assert_eq!(c["resources"]["requests"], json!({"cpu": "100m", "memory": "128Mi"}));
-    assert_eq!(c["resources"]["limits"], json!({"cpu": "1", "memory": "1Gi"}));
+    assert_eq!(
+        c["resources"]["requests"],
+        json!({"cpu": "100m", "memory": "128Mi"})
+    );
+    assert_eq!(
+        c["resources"]["limits"],
+        json!({"cpu": "1", "memory": "1Gi"})
+    );
     assert_eq!(c["envFrom"][0]["secretRef"]["name"], "agent");
     assert_eq!(pod["automountServiceAccountToken"], false);
     assert_eq!(fm["spec"]["strategy"]["type"], "Recreate");
-    assert_eq!(pod["volumes"][0]["persistentVolumeClaim"]["claimName"], "project-storage");
+    assert_eq!(
+        pod["volumes"][0]["persistentVolumeClaim"]["claimName"],
+        "project-storage"
+    );
     assert_eq!(svc["spec"]["ports"][0]["port"], 7070);
-    assert_eq!(svc["spec"]["selector"]["app.kubernetes.io/component"], "file-manager");
+    assert_eq!(
+        svc["spec"]["selector"]["app.kubernetes.io/component"],
+        "file-manager"
+    );
 }
 
 fn b64(s: &str) -> String {
@@ -171,15 +254,26 @@ async fn open_again_converges_a_half_made_project() {
         let rt = rt.clone();
         async move { rt.ensure("demo").await }
     });
-    api.expect("GET", &format!("/api/v1/namespaces/{NS}")).await.fail(404, "NotFound", "not found");
+    api.expect("GET", &format!("/api/v1/namespaces/{NS}"))
+        .await
+        .fail(404, "NotFound", "not found");
     let mut first = Vec::new();
     first.push(api.expect_apply(&format!("/api/v1/namespaces/{NS}")).await);
     first.push(
-        api.expect_apply(&format!("/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies/project-isolation"))
-            .await,
+        api.expect_apply(&format!(
+            "/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies/project-isolation"
+        ))
+        .await,
     );
-    first.push(api.expect_apply(&format!("/api/v1/namespaces/{NS}/persistentvolumeclaims/project-storage")).await);
-    let ex = api.expect("PATCH", &format!("/api/v1/namespaces/{NS}/secrets/agent")).await;
+    first.push(
+        api.expect_apply(&format!(
+            "/api/v1/namespaces/{NS}/persistentvolumeclaims/project-storage"
+        ))
+        .await,
+    );
+    let ex = api
+        .expect("PATCH", &format!("/api/v1/namespaces/{NS}/secrets/agent"))
+        .await;
     ex.fail(500, "InternalError", "etcdserver: request timed out");
     let err = call.await.unwrap().expect_err("open fails");
     assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
@@ -204,7 +298,10 @@ async fn agent_of_a_project_after_a_gateway_restart() {
     });
     expect_deployment_get(&mut api, "file-manager", true).await;
     let endpoint = call.await.unwrap().expect("agent");
-    assert_eq!(endpoint.address, AgentAddress::Tcp("http://file-manager.proj-demo.svc:7070".into()));
+    assert_eq!(
+        endpoint.address,
+        AgentAddress::Tcp("http://file-manager.proj-demo.svc:7070".into())
+    );
     // A second runtime (another replica, or after a restart) derives the same token.
     let (other, _api2) = runtime(&[]);
     assert_eq!(other.agent_token("demo"), endpoint.token);
@@ -219,10 +316,16 @@ async fn agent_of_a_project_after_a_gateway_restart() {
         let rt = rt.clone();
         async move { rt.agent("gone").await }
     });
-    api.expect("GET", "/apis/apps/v1/namespaces/proj-gone/deployments/file-manager")
-        .await
-        .fail(404, "NotFound", "namespaces \"proj-gone\" not found");
-    assert!(matches!(call.await.unwrap(), Err(Error::ProjectNotActive(_))));
+    api.expect(
+        "GET",
+        "/apis/apps/v1/namespaces/proj-gone/deployments/file-manager",
+    )
+    .await
+    .fail(404, "NotFound", "namespaces \"proj-gone\" not found");
+    assert!(matches!(
+        call.await.unwrap(),
+        Err(Error::ProjectNotActive(_))
+    ));
 }
 
 fn web() -> ContainerSpec {
@@ -230,7 +333,10 @@ fn web() -> ContainerSpec {
         name: "web".into(),
         port: 5173,
         start: "npm run dev -- --host".into(),
-        env: BTreeMap::from([("VITE_FLAG".to_owned(), "1".to_owned()), ("HOST".to_owned(), "::".to_owned())]),
+        env: BTreeMap::from([
+            ("VITE_FLAG".to_owned(), "1".to_owned()),
+            ("HOST".to_owned(), "::".to_owned()),
+        ]),
     }
 }
 
@@ -241,11 +347,20 @@ async fn start_applies_a_deployment_and_service_then_stop_deletes_them() {
         let rt = rt.clone();
         async move { rt.start_container("demo", &web()).await }
     });
-    let d = api.expect_apply(&format!("/apis/apps/v1/namespaces/{NS}/deployments/dev-web")).await;
-    let s = api.expect_apply(&format!("/api/v1/namespaces/{NS}/services/dev-web")).await;
+    let d = api
+        .expect_apply(&format!(
+            "/apis/apps/v1/namespaces/{NS}/deployments/dev-web"
+        ))
+        .await;
+    let s = api
+        .expect_apply(&format!("/api/v1/namespaces/{NS}/services/dev-web"))
+        .await;
     expect_deployment_get(&mut api, "dev-web", true).await;
     let route = call.await.unwrap().expect("start");
-    assert_eq!((route.host.as_str(), route.port), ("dev-web.proj-demo.svc", 5173));
+    assert_eq!(
+        (route.host.as_str(), route.port),
+        ("dev-web.proj-demo.svc", 5173)
+    );
 
     let labels = &d["spec"]["template"]["metadata"]["labels"];
     assert_eq!(labels["devgate.dev/project"], "demo");
@@ -259,24 +374,44 @@ async fn start_applies_a_deployment_and_service_then_stop_deletes_them() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|e| (e["name"].as_str().unwrap().to_owned(), e["value"].as_str().unwrap().to_owned()))
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap().to_owned(),
+                e["value"].as_str().unwrap().to_owned(),
+            )
+        })
         .collect();
     assert_eq!(env["PORT"], "5173");
     assert_eq!(env["HOST"], "::", "the container's env wins");
     assert_eq!(env["VITE_FLAG"], "1");
-    assert_eq!(c["envFrom"][0]["secretRef"], json!({"name": "dev-web-env", "optional": true}));
-    assert_eq!(c["resources"]["limits"], json!({"cpu": "2", "memory": "2Gi"}));
+    assert_eq!(
+        c["envFrom"][0]["secretRef"],
+        json!({"name": "dev-web-env", "optional": true})
+    );
+    assert_eq!(
+        c["resources"]["limits"],
+        json!({"cpu": "2", "memory": "2Gi"})
+    );
     assert_eq!(c["securityContext"]["capabilities"]["drop"], json!(["ALL"]));
     assert_eq!(pod["runtimeClassName"], "gvisor");
     let term = &pod["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0];
     assert_eq!(term["topologyKey"], "kubernetes.io/hostname");
-    assert_eq!(term["labelSelector"]["matchLabels"]["app.kubernetes.io/component"], "file-manager");
-    assert_eq!(pod["volumes"][0]["persistentVolumeClaim"]["claimName"], "project-storage");
+    assert_eq!(
+        term["labelSelector"]["matchLabels"]["app.kubernetes.io/component"],
+        "file-manager"
+    );
+    assert_eq!(
+        pod["volumes"][0]["persistentVolumeClaim"]["claimName"],
+        "project-storage"
+    );
     assert_eq!(s["spec"]["ports"][0]["port"], 5173);
     assert_eq!(s["spec"]["selector"]["devgate.dev/container"], "web");
 
     // The route is known without asking again.
-    let again = rt.container_route("demo", "web", None).await.expect("route");
+    let again = rt
+        .container_route("demo", "web", None)
+        .await
+        .expect("route");
     assert_eq!(again, route);
 
     // Stop: both deleted (the Service already gone counts as stopped).
@@ -284,12 +419,23 @@ async fn start_applies_a_deployment_and_service_then_stop_deletes_them() {
         let rt = rt.clone();
         async move { rt.stop_container("demo", "web").await }
     });
-    let ex = api.expect("DELETE", &format!("/apis/apps/v1/namespaces/{NS}/deployments/dev-web")).await;
+    let ex = api
+        .expect(
+            "DELETE",
+            &format!("/apis/apps/v1/namespaces/{NS}/deployments/dev-web"),
+        )
+        .await;
     assert_eq!(ex.body.as_ref().unwrap()["propagationPolicy"], "Background");
-    ex.respond(200, json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}));
-    api.expect("DELETE", &format!("/api/v1/namespaces/{NS}/services/dev-web"))
-        .await
-        .fail(404, "NotFound", "services \"dev-web\" not found");
+    ex.respond(
+        200,
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}),
+    );
+    api.expect(
+        "DELETE",
+        &format!("/api/v1/namespaces/{NS}/services/dev-web"),
+    )
+    .await
+    .fail(404, "NotFound", "services \"dev-web\" not found");
     call.await.unwrap().expect("stop");
 
     // Stopped: the route asks the API server, which knows no Deployment.
@@ -297,9 +443,12 @@ async fn start_applies_a_deployment_and_service_then_stop_deletes_them() {
         let rt = rt.clone();
         async move { rt.container_route("demo", "web", None).await }
     });
-    api.expect("GET", &format!("/apis/apps/v1/namespaces/{NS}/deployments/dev-web"))
-        .await
-        .fail(404, "NotFound", "not found");
+    api.expect(
+        "GET",
+        &format!("/apis/apps/v1/namespaces/{NS}/deployments/dev-web"),
+    )
+    .await
+    .fail(404, "NotFound", "not found");
     assert!(matches!(call.await.unwrap(), Err(Error::Unavailable(_))));
 }
 
@@ -310,12 +459,21 @@ async fn read_write_many_volumes_need_no_affinity() {
         let rt = rt.clone();
         async move { rt.start_container("demo", &web()).await }
     });
-    let d = api.expect_apply(&format!("/apis/apps/v1/namespaces/{NS}/deployments/dev-web")).await;
-    api.expect_apply(&format!("/api/v1/namespaces/{NS}/services/dev-web")).await;
+    let d = api
+        .expect_apply(&format!(
+            "/apis/apps/v1/namespaces/{NS}/deployments/dev-web"
+        ))
+        .await;
+    api.expect_apply(&format!("/api/v1/namespaces/{NS}/services/dev-web"))
+        .await;
     expect_deployment_get(&mut api, "dev-web", true).await;
     call.await.unwrap().expect("start");
     assert!(d["spec"]["template"]["spec"].get("affinity").is_none());
-    assert!(d["spec"]["template"]["spec"].get("runtimeClassName").is_none());
+    assert!(
+        d["spec"]["template"]["spec"]
+            .get("runtimeClassName")
+            .is_none()
+    );
 }
 
 #[tokio::test]
@@ -333,14 +491,22 @@ async fn teardown_deletes_the_namespace_and_waits_until_it_is_gone_then_restore_
         let rt = rt.clone();
         async move { rt.teardown("demo").await }
     });
-    let ex = api.expect("DELETE", &format!("/api/v1/namespaces/{NS}")).await;
+    let ex = api
+        .expect("DELETE", &format!("/api/v1/namespaces/{NS}"))
+        .await;
     assert_eq!(ex.body.as_ref().unwrap()["propagationPolicy"], "Background");
     let terminating = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS},
         "status": {"phase": "Terminating"}});
     ex.respond(200, terminating.clone());
-    api.expect("GET", &format!("/api/v1/namespaces/{NS}")).await.respond(200, terminating.clone());
-    api.expect("GET", &format!("/api/v1/namespaces/{NS}")).await.respond(200, terminating);
-    api.expect("GET", &format!("/api/v1/namespaces/{NS}")).await.fail(404, "NotFound", "gone");
+    api.expect("GET", &format!("/api/v1/namespaces/{NS}"))
+        .await
+        .respond(200, terminating.clone());
+    api.expect("GET", &format!("/api/v1/namespaces/{NS}"))
+        .await
+        .respond(200, terminating);
+    api.expect("GET", &format!("/api/v1/namespaces/{NS}"))
+        .await
+        .fail(404, "NotFound", "gone");
     call.await.unwrap().expect("teardown");
 
     // Not active any more: the agent is looked up again and is absent.
@@ -348,10 +514,16 @@ async fn teardown_deletes_the_namespace_and_waits_until_it_is_gone_then_restore_
         let rt = rt.clone();
         async move { rt.agent("demo").await }
     });
-    api.expect("GET", &format!("/apis/apps/v1/namespaces/{NS}/deployments/file-manager"))
-        .await
-        .fail(404, "NotFound", "gone");
-    assert!(matches!(call.await.unwrap(), Err(Error::ProjectNotActive(_))));
+    api.expect(
+        "GET",
+        &format!("/apis/apps/v1/namespaces/{NS}/deployments/file-manager"),
+    )
+    .await
+    .fail(404, "NotFound", "gone");
+    assert!(matches!(
+        call.await.unwrap(),
+        Err(Error::ProjectNotActive(_))
+    ));
 
     // Restore's runtime part: open makes the whole environment again.
     let call = spawn({
@@ -367,8 +539,12 @@ async fn teardown_deletes_the_namespace_and_waits_until_it_is_gone_then_restore_
         let rt = rt.clone();
         async move { rt.teardown("demo").await }
     });
-    api.expect("DELETE", &format!("/api/v1/namespaces/{NS}")).await.fail(404, "NotFound", "gone");
-    api.expect("GET", &format!("/api/v1/namespaces/{NS}")).await.fail(404, "NotFound", "gone");
+    api.expect("DELETE", &format!("/api/v1/namespaces/{NS}"))
+        .await
+        .fail(404, "NotFound", "gone");
+    api.expect("GET", &format!("/api/v1/namespaces/{NS}"))
+        .await
+        .fail(404, "NotFound", "gone");
     call.await.unwrap().expect("teardown of nothing");
 }
 
@@ -380,17 +556,24 @@ async fn teardown_times_out_when_the_namespace_stays() {
         async move { rt.teardown("demo").await }
     });
     let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}, "status": {"phase": "Terminating"}});
-    api.expect("DELETE", &format!("/api/v1/namespaces/{NS}")).await.respond(200, ns.clone());
+    api.expect("DELETE", &format!("/api/v1/namespaces/{NS}"))
+        .await
+        .respond(200, ns.clone());
     let answer = async {
         loop {
-            api.expect("GET", &format!("/api/v1/namespaces/{NS}")).await.respond(200, ns.clone());
+            api.expect("GET", &format!("/api/v1/namespaces/{NS}"))
+                .await
+                .respond(200, ns.clone());
         }
     };
     let result = tokio::select! {
         r = call => r.unwrap(),
         () = answer => unreachable!(),
     };
-    assert!(matches!(&result, Err(Error::Timeout(m)) if m.contains("still terminating")), "{result:?}");
+    assert!(
+        matches!(&result, Err(Error::Timeout(m)) if m.contains("still terminating")),
+        "{result:?}"
+    );
 }
 
 #[tokio::test]
@@ -404,7 +587,9 @@ async fn open_that_never_becomes_ready_says_why() {
     let result = loop {
         let ex = api.expect_any().await;
         match ex.path.as_str() {
-            p if p.ends_with("/deployments/file-manager") => ex.respond(200, deployment(NS, "file-manager", false)),
+            p if p.ends_with("/deployments/file-manager") => {
+                ex.respond(200, deployment(NS, "file-manager", false))
+            }
             p if p.ends_with("/pods") => {
                 assert!(ex.query.contains("labelSelector="), "{}", ex.query);
                 ex.respond(200, json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [{
@@ -418,7 +603,11 @@ async fn open_that_never_becomes_ready_says_why() {
                 }]}));
             }
             p if p.ends_with("/events") => {
-                assert!(ex.query.contains("fieldSelector=type%3DWarning"), "{}", ex.query);
+                assert!(
+                    ex.query.contains("fieldSelector=type%3DWarning"),
+                    "{}",
+                    ex.query
+                );
                 ex.respond(200, json!({"apiVersion": "v1", "kind": "EventList", "metadata": {}, "items": [{
                     "metadata": {"name": "e1"}, "involvedObject": {"name": "file-manager-abc", "kind": "Pod"},
                     "reason": "Failed", "message": "Failed to pull image: not found", "type": "Warning"
@@ -440,16 +629,26 @@ async fn open_that_never_becomes_ready_says_why() {
 /// error the runtime gives for it.
 #[tokio::test]
 async fn api_failures_map_to_clear_errors() {
-    for (code, reason) in [(409, "Conflict"), (403, "Forbidden"), (404, "NotFound"), (500, "InternalError")] {
+    for (code, reason) in [
+        (409, "Conflict"),
+        (403, "Forbidden"),
+        (404, "NotFound"),
+        (500, "InternalError"),
+    ] {
         let (rt, mut api) = runtime(&[]);
         let call = spawn({
             let rt = rt.clone();
             async move { rt.ensure("demo").await }
         });
-        api.expect("GET", &format!("/api/v1/namespaces/{NS}")).await.fail(404, "NotFound", "not found");
+        api.expect("GET", &format!("/api/v1/namespaces/{NS}"))
+            .await
+            .fail(404, "NotFound", "not found");
         api.expect("PATCH", &format!("/api/v1/namespaces/{NS}"))
             .await
-            .respond(code, status_body(code, reason, "namespace proj-demo: refused"));
+            .respond(
+                code,
+                status_body(code, reason, "namespace proj-demo: refused"),
+            );
         let err = call.await.unwrap().expect_err("fails");
         let (status, _) = err.status_and_code();
         match code {
@@ -464,9 +663,16 @@ async fn api_failures_map_to_clear_errors() {
             500 => assert!(matches!(err, Error::Unavailable(_)), "{err:?}"),
             _ => unreachable!(),
         }
-        assert_ne!(status.as_u16(), 404, "{code} must not read as an unknown project");
+        assert_ne!(
+            status.as_u16(),
+            404,
+            "{code} must not read as an unknown project"
+        );
         // Nothing more was attempted after the failure.
-        assert!(api.try_next(Duration::from_millis(30)).await.is_none(), "stopped after {code}");
+        assert!(
+            api.try_next(Duration::from_millis(30)).await.is_none(),
+            "stopped after {code}"
+        );
     }
 }
 
@@ -477,9 +683,15 @@ async fn an_api_server_that_never_answers_times_out() {
         let rt = rt.clone();
         async move { rt.ensure("demo").await }
     });
-    let pending = api.expect("GET", &format!("/api/v1/namespaces/{NS}")).await.ignore();
+    let pending = api
+        .expect("GET", &format!("/api/v1/namespaces/{NS}"))
+        .await
+        .ignore();
     let err = call.await.unwrap().expect_err("times out");
-    assert!(matches!(&err, Error::Timeout(m) if m.contains("did not answer")), "{err:?}");
+    assert!(
+        matches!(&err, Error::Timeout(m) if m.contains("did not answer")),
+        "{err:?}"
+    );
     drop(pending);
 
     // And /readyz's probe fails the same way.
@@ -501,20 +713,37 @@ async fn port_forward_access_serves_agents_on_loopback() {
     });
     expect_deployment_get(&mut api, "file-manager", true).await;
     let endpoint = call.await.unwrap().expect("agent");
-    let AgentAddress::Tcp(url) = &endpoint.address else { panic!("tcp") };
+    let AgentAddress::Tcp(url) = &endpoint.address else {
+        panic!("tcp")
+    };
     let addr = url.strip_prefix("http://").expect("http url");
     assert!(addr.starts_with("127.0.0.1:"), "{addr}");
 
     // A connection to it finds a ready file-manager pod and asks the API
     // server to port-forward to the agent's port.
     let _conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let ex = api.expect("GET", &format!("/api/v1/namespaces/{NS}/pods")).await;
-    assert!(ex.query.contains("app.kubernetes.io%2Fcomponent%3Dfile-manager"), "{}", ex.query);
-    ex.respond(200, json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [{
-        "metadata": {"name": "file-manager-abc"},
-        "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
-    }]}));
-    let ex = api.expect("GET", &format!("/api/v1/namespaces/{NS}/pods/file-manager-abc/portforward")).await;
+    let ex = api
+        .expect("GET", &format!("/api/v1/namespaces/{NS}/pods"))
+        .await;
+    assert!(
+        ex.query
+            .contains("app.kubernetes.io%2Fcomponent%3Dfile-manager"),
+        "{}",
+        ex.query
+    );
+    ex.respond(
+        200,
+        json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [{
+            "metadata": {"name": "file-manager-abc"},
+            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
+        }]}),
+    );
+    let ex = api
+        .expect(
+            "GET",
+            &format!("/api/v1/namespaces/{NS}/pods/file-manager-abc/portforward"),
+        )
+        .await;
     assert_eq!(ex.query.trim_start_matches('&'), "ports=7070");
     // The same listener serves the next call.
     let again = rt.agent("demo").await.expect("agent");
@@ -529,9 +758,12 @@ async fn failures_of_start_stop_and_teardown_are_reported_not_swallowed() {
         let rt = rt.clone();
         async move { rt.start_container("demo", &web()).await }
     });
-    api.expect("PATCH", &format!("/apis/apps/v1/namespaces/{NS}/deployments/dev-web"))
-        .await
-        .fail(409, "Conflict", "operation cannot be fulfilled");
+    api.expect(
+        "PATCH",
+        &format!("/apis/apps/v1/namespaces/{NS}/deployments/dev-web"),
+    )
+    .await
+    .fail(409, "Conflict", "operation cannot be fulfilled");
     assert!(matches!(call.await.unwrap(), Err(Error::Conflict(_))));
 
     // Stop: deleting is forbidden (a ClusterRole without delete).
@@ -539,26 +771,39 @@ async fn failures_of_start_stop_and_teardown_are_reported_not_swallowed() {
         let rt = rt.clone();
         async move { rt.stop_container("demo", "web").await }
     });
-    api.expect("DELETE", &format!("/apis/apps/v1/namespaces/{NS}/deployments/dev-web"))
-        .await
-        .fail(403, "Forbidden", "cannot delete deployments");
+    api.expect(
+        "DELETE",
+        &format!("/apis/apps/v1/namespaces/{NS}/deployments/dev-web"),
+    )
+    .await
+    .fail(403, "Forbidden", "cannot delete deployments");
     let err = call.await.unwrap().expect_err("forbidden");
-    assert!(matches!(&err, Error::Internal(m) if m.contains("ClusterRole")), "{err:?}");
+    assert!(
+        matches!(&err, Error::Internal(m) if m.contains("ClusterRole")),
+        "{err:?}"
+    );
 
     // Teardown: the API server fails the delete, then never answers the wait.
     let call = spawn({
         let rt = rt.clone();
         async move { rt.teardown("demo").await }
     });
-    api.expect("DELETE", &format!("/api/v1/namespaces/{NS}")).await.fail(500, "InternalError", "boom");
+    api.expect("DELETE", &format!("/api/v1/namespaces/{NS}"))
+        .await
+        .fail(500, "InternalError", "boom");
     assert!(matches!(call.await.unwrap(), Err(Error::Unavailable(_))));
     let call = spawn({
         let rt = rt.clone();
         async move { rt.teardown("demo").await }
     });
     let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}});
-    api.expect("DELETE", &format!("/api/v1/namespaces/{NS}")).await.respond(200, ns);
-    let pending = api.expect("GET", &format!("/api/v1/namespaces/{NS}")).await.ignore();
+    api.expect("DELETE", &format!("/api/v1/namespaces/{NS}"))
+        .await
+        .respond(200, ns);
+    let pending = api
+        .expect("GET", &format!("/api/v1/namespaces/{NS}"))
+        .await
+        .ignore();
     assert!(matches!(call.await.unwrap(), Err(Error::Timeout(_))));
     drop(pending);
 }
@@ -572,12 +817,18 @@ async fn open_waits_for_a_namespace_still_terminating_then_makes_it_afresh() {
     });
     let terminating = json!({"apiVersion": "v1", "kind": "Namespace",
         "metadata": {"name": NS, "deletionTimestamp": "2026-01-01T00:00:00Z"}, "status": {"phase": "Terminating"}});
-    api.expect("GET", &format!("/api/v1/namespaces/{NS}")).await.respond(200, terminating.clone());
-    api.expect("GET", &format!("/api/v1/namespaces/{NS}")).await.respond(200, terminating);
+    api.expect("GET", &format!("/api/v1/namespaces/{NS}"))
+        .await
+        .respond(200, terminating.clone());
+    api.expect("GET", &format!("/api/v1/namespaces/{NS}"))
+        .await
+        .respond(200, terminating);
     // Gone now: the open goes on with its applies.
     expect_open_applies(&mut api).await;
     expect_deployment_get(&mut api, "file-manager", true).await;
-    call.await.unwrap().expect("open after the old namespace went");
+    call.await
+        .unwrap()
+        .expect("open after the old namespace went");
 
     // One that never goes: the open gives up saying so, having written nothing.
     let (rt, mut api) = runtime(&[]);
@@ -590,7 +841,11 @@ async fn open_waits_for_a_namespace_still_terminating_then_makes_it_afresh() {
     let answer = async {
         loop {
             let ex = api.expect_any().await;
-            assert_eq!((ex.method.as_str(), ex.path.as_str()), ("GET", "/api/v1/namespaces/proj-demo"), "only waits");
+            assert_eq!(
+                (ex.method.as_str(), ex.path.as_str()),
+                ("GET", "/api/v1/namespaces/proj-demo"),
+                "only waits"
+            );
             ex.respond(200, terminating.clone());
         }
     };
@@ -598,5 +853,8 @@ async fn open_waits_for_a_namespace_still_terminating_then_makes_it_afresh() {
         r = call => r.unwrap(),
         () = answer => unreachable!(),
     };
-    assert!(matches!(&result, Err(Error::Unavailable(m)) if m.contains("still being deleted")), "{result:?}");
+    assert!(
+        matches!(&result, Err(Error::Unavailable(m)) if m.contains("still being deleted")),
+        "{result:?}"
+    );
 }

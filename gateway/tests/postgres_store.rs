@@ -13,7 +13,8 @@ use gateway::error::Error;
 use gateway::store::postgres::PostgresStore;
 use gateway::store::sqlite::SqliteStore;
 use gateway::store::{
-    ArchiveVersion, CommandLogEntry, Container, ContainerStatus, Project, ProjectStatus, Store, Template,
+    ArchiveVersion, CommandLogEntry, Container, ContainerStatus, Project, ProjectStatus, Store,
+    Template,
 };
 
 /// A throwaway PostgreSQL server; stopped (fast shutdown) on drop.
@@ -37,14 +38,30 @@ fn pg_bin() -> PathBuf {
 /// PostgreSQL refuses to run as root: as root, the server runs as the
 /// `postgres` system user the Debian package creates.
 fn run_as() -> Option<(u32, u32)> {
-    let root = String::from_utf8(Command::new("id").arg("-u").output().ok()?.stdout).ok()?.trim() == "0";
+    let root = String::from_utf8(Command::new("id").arg("-u").output().ok()?.stdout)
+        .ok()?
+        .trim()
+        == "0";
     if !root {
         return None;
     }
     let id = |flag: &str| -> Option<u32> {
-        String::from_utf8(Command::new("id").args([flag, "postgres"]).output().ok()?.stdout).ok()?.trim().parse().ok()
+        String::from_utf8(
+            Command::new("id")
+                .args([flag, "postgres"])
+                .output()
+                .ok()?
+                .stdout,
+        )
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
     };
-    Some((id("-u").expect("a postgres user (Debian's package makes it)"), id("-g")?))
+    Some((
+        id("-u").expect("a postgres user (Debian's package makes it)"),
+        id("-g")?,
+    ))
 }
 
 fn command(program: &Path) -> Command {
@@ -61,7 +78,11 @@ impl Postgres {
         let bin = pg_bin();
         let dir = tempfile::tempdir().expect("tempdir");
         if let Some((uid, gid)) = run_as() {
-            let ok = Command::new("chown").arg(format!("{uid}:{gid}")).arg(dir.path()).status().expect("chown");
+            let ok = Command::new("chown")
+                .arg(format!("{uid}:{gid}"))
+                .arg(dir.path())
+                .status()
+                .expect("chown");
             assert!(ok.success());
         }
         let data = dir.path().join("data");
@@ -71,9 +92,18 @@ impl Postgres {
             .args(["-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8"])
             .output()
             .expect("run initdb");
-        assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let port = free_port();
-        let mut pg = Postgres { dir, port, child: None, bin };
+        let mut pg = Postgres {
+            dir,
+            port,
+            child: None,
+            bin,
+        };
         pg.spawn();
         pg
     }
@@ -93,7 +123,11 @@ impl Postgres {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "postgres did not listen on {}", self.port);
+            assert!(
+                Instant::now() < deadline,
+                "postgres did not listen on {}",
+                self.port
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -101,7 +135,9 @@ impl Postgres {
     /// Fast shutdown (SIGINT), waiting for the server to exit.
     fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status();
             let deadline = Instant::now() + Duration::from_secs(20);
             while child.try_wait().ok().flatten().is_none() {
                 if Instant::now() > deadline {
@@ -115,7 +151,10 @@ impl Postgres {
     }
 
     fn url(&self, db: &str) -> String {
-        format!("host=127.0.0.1 port={} user=postgres dbname={db}", self.port)
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname={db}",
+            self.port
+        )
     }
 }
 
@@ -126,7 +165,10 @@ impl Drop for Postgres {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port")
 }
 
 async fn create_db(pg: &Postgres, name: &str) {
@@ -143,7 +185,10 @@ async fn create_db(pg: &Postgres, name: &str) {
         }
     };
     tokio::spawn(conn);
-    client.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("create database");
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("create database");
 }
 
 fn t(ms: i64) -> chrono::DateTime<Utc> {
@@ -163,7 +208,10 @@ async fn exercise(s: &dyn Store) -> Vec<String> {
     };
     s.create_project(&project("b")).await.unwrap();
     s.create_project(&project("a")).await.unwrap();
-    out.push(format!("dup project: {:?}", s.create_project(&project("a")).await.map_err(|e| kind(&e))));
+    out.push(format!(
+        "dup project: {:?}",
+        s.create_project(&project("a")).await.map_err(|e| kind(&e))
+    ));
     let mut a = s.get_project("a").await.unwrap().unwrap();
     out.push(format!("{a:?}"));
     a.status = ProjectStatus::Hibernated;
@@ -173,7 +221,10 @@ async fn exercise(s: &dyn Store) -> Vec<String> {
     out.push(format!("missing: {:?}", s.get_project("zz").await.unwrap()));
     let mut ghost = project("ghost");
     ghost.status = ProjectStatus::Active;
-    out.push(format!("update missing: {:?}", s.update_project(&ghost).await.map_err(|e| kind(&e))));
+    out.push(format!(
+        "update missing: {:?}",
+        s.update_project(&ghost).await.map_err(|e| kind(&e))
+    ));
 
     let container = |name: &str, port: u16| Container {
         project: "a".into(),
@@ -184,12 +235,20 @@ async fn exercise(s: &dyn Store) -> Vec<String> {
         install: Some("npm ci".into()),
         env: [("K".to_owned(), "V é".to_owned())].into(),
         public: false,
-        template: Some(Template { git: "https://example.com/x.git".into(), git_ref: Some("main".into()) }),
+        template: Some(Template {
+            git: "https://example.com/x.git".into(),
+            git_ref: Some("main".into()),
+        }),
         created_at: t(1_700_000_000_000 + i64::from(port)),
     };
     s.create_container(&container("web", 5173)).await.unwrap();
     s.create_container(&container("api", 3000)).await.unwrap();
-    out.push(format!("dup container: {:?}", s.create_container(&container("web", 1)).await.map_err(|e| kind(&e))));
+    out.push(format!(
+        "dup container: {:?}",
+        s.create_container(&container("web", 1))
+            .await
+            .map_err(|e| kind(&e))
+    ));
     let mut web = s.get_container("a", "web").await.unwrap().unwrap();
     web.status = ContainerStatus::Running;
     web.public = true;
@@ -229,9 +288,18 @@ async fn exercise(s: &dyn Store) -> Vec<String> {
         .await
         .unwrap();
     }
-    let labels = |v: Vec<CommandLogEntry>| v.into_iter().map(|e| (e.label, e.exit_code)).collect::<Vec<_>>();
+    let labels = |v: Vec<CommandLogEntry>| {
+        v.into_iter()
+            .map(|e| (e.label, e.exit_code))
+            .collect::<Vec<_>>()
+    };
     out.push(format!("{:?}", labels(s.list_logs("a").await.unwrap())));
-    out.push(format!("pruned {}", s.prune_logs(Utc::now() - chrono::Duration::days(5)).await.unwrap()));
+    out.push(format!(
+        "pruned {}",
+        s.prune_logs(Utc::now() - chrono::Duration::days(5))
+            .await
+            .unwrap()
+    ));
     out.push(format!("{:?}", labels(s.list_logs("a").await.unwrap())));
 
     s.delete_project("a").await.unwrap();
@@ -287,19 +355,33 @@ async fn postgres_store_migrates_once_matches_sqlite_and_reconnects() {
         assert!(Instant::now() < deadline, "store did not reconnect");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(one.get_project("b").await.unwrap().is_some(), "data survived the restart");
+    assert!(
+        one.get_project("b").await.unwrap().is_some(),
+        "data survived the restart"
+    );
 
     // `sslmode=require` against a server without TLS: refused, not silently plain.
-    let err = PostgresStore::connect(&format!("{url} sslmode=require")).await.err().expect("no tls");
-    assert!(err.to_string().starts_with("cannot connect to postgresql"), "{err}");
+    let err = PostgresStore::connect(&format!("{url} sslmode=require"))
+        .await
+        .err()
+        .expect("no tls");
+    assert!(
+        err.to_string().starts_with("cannot connect to postgresql"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
 async fn postgres_store_refuses_a_bad_url_with_one_clear_error() {
     let port = free_port();
-    let err = PostgresStore::connect(&format!("host=127.0.0.1 port={port} user=postgres connect_timeout=2"))
-        .await
-        .err()
-        .expect("nothing listens");
-    assert!(err.to_string().starts_with("cannot connect to postgresql"), "{err}");
+    let err = PostgresStore::connect(&format!(
+        "host=127.0.0.1 port={port} user=postgres connect_timeout=2"
+    ))
+    .await
+    .err()
+    .expect("nothing listens");
+    assert!(
+        err.to_string().starts_with("cannot connect to postgresql"),
+        "{err}"
+    );
 }

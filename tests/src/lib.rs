@@ -97,7 +97,10 @@ impl S3Server {
             async move { tokio::net::TcpStream::connect(addr).await.ok().map(|_| ()) }
         })
         .await?;
-        Ok(S3Server { endpoint, _proc: proc })
+        Ok(S3Server {
+            endpoint,
+            _proc: proc,
+        })
     }
 
     /// The standard AWS variables that point a process at this server.
@@ -154,7 +157,10 @@ impl Agent {
             .arg(&socket)
             .args(args)
             .env("AGENT_TOKEN", &token)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .spawn()

@@ -86,7 +86,9 @@ ThreadingHTTPServer((os.environ.get("HOST", "127.0.0.1"), int(os.environ["PORT"]
 /// An HTTP client that sends `*.localhost` names to the gateway, the way a
 /// browser resolves them to the loopback address; no redirects followed.
 fn browser(gw: &Gateway, hosts: &[&str]) -> reqwest::Client {
-    let mut b = reqwest::Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none());
+    let mut b = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none());
     for h in hosts {
         b = b.resolve(h, gw.addr);
     }
@@ -99,30 +101,61 @@ fn url(gw: &Gateway, host: &str, path: &str) -> String {
 
 /// Creates a container serving [`SERVER`] from `/{name}/` and starts it.
 async fn dev_server(gw: &Gateway, project: &str, name: &str, public: bool) -> Result<()> {
-    let r = gw.put(&format!("/api/projects/{project}/files/{name}/server.py")).body(SERVER).send().await?;
+    let r = gw
+        .put(&format!("/api/projects/{project}/files/{name}/server.py"))
+        .body(SERVER)
+        .send()
+        .await?;
     anyhow::ensure!(r.status().is_success(), "write server.py: {}", r.status());
     let r = gw
         .post(&format!("/api/projects/{project}/containers"))
-        .json(&json!({"name": name, "port": tests::free_port(), "start": "exec python3 server.py",
-                      "env": {"NAME": name}, "public": public}))
+        .json(
+            &json!({"name": name, "port": tests::free_port(), "start": "exec python3 server.py",
+                      "env": {"NAME": name}, "public": public}),
+        )
         .send()
         .await?;
-    anyhow::ensure!(r.status().as_u16() == 201, "create {name}: {}", r.text().await?);
-    let r = gw.post(&format!("/api/projects/{project}/containers/{name}/start")).send().await?;
-    anyhow::ensure!(r.status().as_u16() == 200, "start {name}: {}", r.text().await?);
+    anyhow::ensure!(
+        r.status().as_u16() == 201,
+        "create {name}: {}",
+        r.text().await?
+    );
+    let r = gw
+        .post(&format!("/api/projects/{project}/containers/{name}/start"))
+        .send()
+        .await?;
+    anyhow::ensure!(
+        r.status().as_u16() == 200,
+        "start {name}: {}",
+        r.text().await?
+    );
     Ok(())
 }
 
 /// Waits until `url` answers `want` (the dev server takes a moment to listen).
-async fn wait_status(client: &reqwest::Client, url: &str, cookie: Option<&str>, want: u16) -> reqwest::Response {
+async fn wait_status(
+    client: &reqwest::Client,
+    url: &str,
+    cookie: Option<&str>,
+    want: u16,
+) -> reqwest::Response {
     let url = url.to_owned();
-    eventually(Duration::from_secs(30), &format!("{url} to answer {want}"), || {
-        let mut req = client.get(&url);
-        if let Some(c) = cookie {
-            req = req.header("cookie", c);
-        }
-        async move { req.send().await.ok().filter(|r| r.status().as_u16() == want) }
-    })
+    eventually(
+        Duration::from_secs(30),
+        &format!("{url} to answer {want}"),
+        || {
+            let mut req = client.get(&url);
+            if let Some(c) = cookie {
+                req = req.header("cookie", c);
+            }
+            async move {
+                req.send()
+                    .await
+                    .ok()
+                    .filter(|r| r.status().as_u16() == want)
+            }
+        },
+    )
     .await
     .unwrap()
 }
@@ -144,28 +177,61 @@ async fn private_preview_cookie_flow_and_forwarded_headers() {
     }
     // Bad tokens on the auth path: 401; another project's token: 403; no cookie set.
     for (token, status) in [("garbage", 401), (gw.token(&["other"]).as_str(), 403)] {
-        let r = b.get(url(&gw, host, &format!("/__preview/auth?token={token}"))).send().await.unwrap();
+        let r = b
+            .get(url(&gw, host, &format!("/__preview/auth?token={token}")))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status().as_u16(), status);
         assert!(r.headers().get("set-cookie").is_none());
     }
     // The API token itself is no cookie.
     let raw = format!("devgate_preview={}", gw.token(&["demo"]));
-    assert_eq!(b.get(url(&gw, host, "/")).header("cookie", &raw).send().await.unwrap().status().as_u16(), 401);
+    assert_eq!(
+        b.get(url(&gw, host, "/"))
+            .header("cookie", &raw)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        401
+    );
 
     // The cookie flow.
     let token = gw.token(&["demo"]);
-    let r = b.get(url(&gw, host, &format!("/__preview/auth?token={token}"))).send().await.unwrap();
+    let r = b
+        .get(url(&gw, host, &format!("/__preview/auth?token={token}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 303);
     assert_eq!(r.headers()["location"], "/");
     let set = r.headers()["set-cookie"].to_str().unwrap().to_owned();
     assert!(set.starts_with("devgate_preview="), "{set}");
-    for attr in ["HttpOnly", "Path=/", "Secure", "SameSite=None", "Partitioned", "Max-Age="] {
+    for attr in [
+        "HttpOnly",
+        "Path=/",
+        "Secure",
+        "SameSite=None",
+        "Partitioned",
+        "Max-Age=",
+    ] {
         assert!(set.contains(attr), "{attr} missing in {set}");
     }
     let value = set.split(';').next().unwrap().to_owned();
-    assert!(!value.contains(&token), "the cookie is a minted token, not the bearer's");
+    assert!(
+        !value.contains(&token),
+        "the cookie is a minted token, not the bearer's"
+    );
 
-    let r = wait_status(&b, &url(&gw, host, "/some/page?x=1"), Some(&format!("theirs=1; {value}")), 200).await;
+    let r = wait_status(
+        &b,
+        &url(&gw, host, "/some/page?x=1"),
+        Some(&format!("theirs=1; {value}")),
+        200,
+    )
+    .await;
     let seen: Value = r.json().await.unwrap();
     assert_eq!(seen["name"], "web");
     assert_eq!(seen["path"], "/some/page?x=1");
@@ -181,24 +247,50 @@ async fn private_preview_cookie_flow_and_forwarded_headers() {
     // needs its own.
     dev_server(&gw, "demo", "api", false).await.unwrap();
     let b2 = browser(&gw, &["api.demo.localhost"]);
-    let r = b2.get(url(&gw, "api.demo.localhost", "/")).header("cookie", &value).send().await.unwrap();
+    let r = b2
+        .get(url(&gw, "api.demo.localhost", "/"))
+        .header("cookie", &value)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 401);
 
     // Product backends may use a bearer token instead; it is not forwarded.
-    let r = b.get(url(&gw, host, "/")).bearer_auth(&token).send().await.unwrap();
+    let r = b
+        .get(url(&gw, host, "/"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 200);
     let seen: Value = r.json().await.unwrap();
     assert!(seen["headers"].get("authorization").is_none());
 
     // Bodies go both ways, streamed: a 3 MiB POST comes back intact.
     let body: Vec<u8> = (0..3 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
-    let r = b.post(url(&gw, host, "/echo")).header("cookie", &value).body(body.clone()).send().await.unwrap();
+    let r = b
+        .post(url(&gw, host, "/echo"))
+        .header("cookie", &value)
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 200);
     assert!(r.bytes().await.unwrap() == body);
 
     // The proxied bytes are counted.
-    let metrics = gw.get("/metrics").send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("gateway_preview_proxied_bytes_total{direction=\"downstream\"}"), "{metrics}");
+    let metrics = gw
+        .get("/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("gateway_preview_proxied_bytes_total{direction=\"downstream\"}"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -207,30 +299,50 @@ async fn public_preview_websocket_port_form_stopped_and_unknown() {
     gw.open_project("demo").await.unwrap();
     dev_server(&gw, "demo", "pub", true).await.unwrap();
     let host = "pub.demo.localhost";
-    let b = browser(&gw, &[host, "nope.demo.localhost", "pub.nope.localhost", "x.y.z.localhost"]);
+    let b = browser(
+        &gw,
+        &[
+            host,
+            "nope.demo.localhost",
+            "pub.nope.localhost",
+            "x.y.z.localhost",
+        ],
+    );
 
     // Public: no cookie needed; host names are case-insensitive.
     let r = wait_status(&b, &url(&gw, host, "/"), None, 200).await;
     assert_eq!(r.json::<Value>().await.unwrap()["name"], "pub");
-    let r = b.get(url(&gw, host, "/")).header("host", format!("PUB.Demo.LOCALHOST:{}", gw.addr.port())).send().await.unwrap();
+    let r = b
+        .get(url(&gw, host, "/"))
+        .header("host", format!("PUB.Demo.LOCALHOST:{}", gw.addr.port()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 200);
 
     // A WebSocket through the preview (what Vite's HMR does).
     let stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    let (mut ws, resp) = tokio_tungstenite::client_async(format!("ws://{host}:{}/hmr", gw.addr.port()), stream)
-        .await
-        .unwrap();
+    let (mut ws, resp) =
+        tokio_tungstenite::client_async(format!("ws://{host}:{}/hmr", gw.addr.port()), stream)
+            .await
+            .unwrap();
     assert_eq!(resp.status().as_u16(), 101);
     for i in 0..3 {
         ws.send(Message::text(format!("hello-{i}"))).await.unwrap();
-        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await.unwrap() {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .unwrap()
+        {
             Some(Ok(Message::Text(t))) => assert_eq!(t.as_str(), format!("echo:hello-{i}")),
             other => panic!("expected the echo, got {other:?}"),
         }
     }
     let big = vec![7u8; 200_000];
     ws.send(Message::binary(big.clone())).await.unwrap();
-    match tokio::time::timeout(Duration::from_secs(10), ws.next()).await.unwrap() {
+    match tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .unwrap()
+    {
         Some(Ok(Message::Binary(d))) => assert!(d.len() == big.len() + 5 && d[5..] == big[..]),
         other => panic!("expected the binary echo, got {other:?}"),
     }
@@ -268,15 +380,28 @@ async fn public_preview_websocket_port_form_stopped_and_unknown() {
         assert_eq!(r.status().as_u16(), 404, "{h}");
     }
     // Not a preview host (three labels before the domain): the API's 404.
-    let r = b.get(url(&gw, "x.y.z.localhost", "/api/nothing")).send().await.unwrap();
+    let r = b
+        .get(url(&gw, "x.y.z.localhost", "/api/nothing"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 404);
 
     // Stopped: 503 with a short page saying so.
-    let r = gw.post("/api/projects/demo/containers/pub/stop").send().await.unwrap();
+    let r = gw
+        .post("/api/projects/demo/containers/pub/stop")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 200);
     let r = b.get(url(&gw, host, "/")).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 503);
-    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
     assert!(r.text().await.unwrap().contains("not running"));
 }
 
@@ -287,26 +412,66 @@ async fn a_preview_request_wakes_a_hibernated_project() {
     dev_server(&gw, "nap", "web", false).await.unwrap();
     let host = "web.nap.localhost";
     let b = browser(&gw, &[host]);
-    let r = b.get(url(&gw, host, &format!("/__preview/auth?token={}", gw.token(&["nap"])))).send().await.unwrap();
-    let cookie = r.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
+    let r = b
+        .get(url(
+            &gw,
+            host,
+            &format!("/__preview/auth?token={}", gw.token(&["nap"])),
+        ))
+        .send()
+        .await
+        .unwrap();
+    let cookie = r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
     wait_status(&b, &url(&gw, host, "/"), Some(&cookie), 200).await;
 
     let r = gw.post("/api/projects/nap/hibernate").send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
-    let p: Value = gw.get("/api/projects/nap").send().await.unwrap().json().await.unwrap();
+    let p: Value = gw
+        .get("/api/projects/nap")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(p["status"], "hibernated");
 
     // Unauthenticated requests do not wake anything.
     let r = b.get(url(&gw, host, "/")).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 401);
-    let p: Value = gw.get("/api/projects/nap").send().await.unwrap().json().await.unwrap();
+    let p: Value = gw
+        .get("/api/projects/nap")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(p["status"], "hibernated");
 
     // One request with the cookie: restored, dev server started, page served.
-    let r = b.get(url(&gw, host, "/woken")).header("cookie", &cookie).send().await.unwrap();
+    let r = b
+        .get(url(&gw, host, "/woken"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 200);
     assert_eq!(r.json::<Value>().await.unwrap()["path"], "/woken");
-    let p: Value = gw.get("/api/projects/nap").send().await.unwrap().json().await.unwrap();
+    let p: Value = gw
+        .get("/api/projects/nap")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(p["status"], "active");
     let c = &p["containers"].as_array().unwrap()[0];
     assert_eq!(c["status"], "running", "{p}");

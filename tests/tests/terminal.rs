@@ -11,7 +11,8 @@ use serde_json::{Value, json};
 use tests::gateway::Gateway;
 use tokio_tungstenite::tungstenite::Message;
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 const T: Duration = Duration::from_secs(20);
 
@@ -22,7 +23,9 @@ async fn connect(gw: &Gateway, project: &str, query: &str) -> Result<Ws> {
         gw.addr,
         gw.token(&[project])
     );
-    let (ws, _) = tokio_tungstenite::connect_async(url).await.context("terminal upgrade")?;
+    let (ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .context("terminal upgrade")?;
     Ok(ws)
 }
 
@@ -93,32 +96,55 @@ async fn echo_resize_and_exit_code() {
     gw.open_project("term").await.unwrap();
     let mut ws = connect(&gw, "term", "cols=80&rows=24").await.unwrap();
     let hello = session(&mut ws).await.unwrap();
-    assert!(!hello["id"].as_str().unwrap_or_default().is_empty(), "{hello}");
+    assert!(
+        !hello["id"].as_str().unwrap_or_default().is_empty(),
+        "{hello}"
+    );
     assert_eq!(hello["offset"], 0);
 
     let mut seen = Seen::default();
     // The shell computes the answer, so the match cannot be the echo of the input.
     keys(&mut ws, "echo hi-$((40+2))\n").await.unwrap();
-    read_until(&mut ws, &mut seen, |s| s.text().contains("hi-42")).await.unwrap();
+    read_until(&mut ws, &mut seen, |s| s.text().contains("hi-42"))
+        .await
+        .unwrap();
 
     // The working directory is the project root.
     keys(&mut ws, "pwd\n").await.unwrap();
     let root = gw.project_dir("term").canonicalize().unwrap();
     let root = root.to_string_lossy().into_owned();
-    read_until(&mut ws, &mut seen, |s| s.text().contains(&format!("{root}\r\n"))).await.unwrap();
+    read_until(&mut ws, &mut seen, |s| {
+        s.text().contains(&format!("{root}\r\n"))
+    })
+    .await
+    .unwrap();
 
-    ws.send(Message::text(json!({"type": "resize", "cols": 100, "rows": 30}).to_string())).await.unwrap();
+    ws.send(Message::text(
+        json!({"type": "resize", "cols": 100, "rows": 30}).to_string(),
+    ))
+    .await
+    .unwrap();
     keys(&mut ws, "stty size\n").await.unwrap();
-    read_until(&mut ws, &mut seen, |s| s.text().contains("30 100")).await.unwrap();
+    read_until(&mut ws, &mut seen, |s| s.text().contains("30 100"))
+        .await
+        .unwrap();
 
     keys(&mut ws, "exit 7\n").await.unwrap();
     read_until(&mut ws, &mut seen, |s| s.closed).await.unwrap();
-    assert_eq!(seen.exit, Some(7), "exit frame before the close; output {:?}", seen.text());
+    assert_eq!(
+        seen.exit,
+        Some(7),
+        "exit frame before the close; output {:?}",
+        seen.text()
+    );
 }
 
 /// `1\r\n2\r\n...n\r\n`: what `seq 1 n` shows through a PTY.
 fn seq_text(n: u32) -> Vec<u8> {
-    (1..=n).map(|i| format!("{i}\r\n")).collect::<String>().into_bytes()
+    (1..=n)
+        .map(|i| format!("{i}\r\n"))
+        .collect::<String>()
+        .into_bytes()
 }
 
 #[tokio::test]
@@ -133,24 +159,46 @@ async fn reattach_with_offset_and_with_replay_loses_and_repeats_nothing() {
 
     // First client: reads part of the output, then drops mid-stream.
     let mut a = connect(&gw, "re", &q).await.unwrap();
-    let id = session(&mut a).await.unwrap()["id"].as_str().unwrap().to_owned();
+    let id = session(&mut a).await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let mut first = Seen::default();
-    read_until(&mut a, &mut first, |s| s.bytes.len() >= 50_000).await.unwrap();
+    read_until(&mut a, &mut first, |s| s.bytes.len() >= 50_000)
+        .await
+        .unwrap();
     drop(a);
     let had = first.bytes.len();
-    assert!(had < expected.len(), "the first client should not have everything");
+    assert!(
+        had < expected.len(),
+        "the first client should not have everything"
+    );
 
     // Second client: names the bytes it has and gets exactly the rest.
-    let mut b = connect(&gw, "re", &format!("session={id}&offset={had}")).await.unwrap();
+    let mut b = connect(&gw, "re", &format!("session={id}&offset={had}"))
+        .await
+        .unwrap();
     let hello = session(&mut b).await.unwrap();
-    assert_eq!((hello["id"].as_str(), hello["offset"].as_u64(), hello["truncated"].as_bool()), (Some(id.as_str()), Some(had as u64), Some(false)));
+    assert_eq!(
+        (
+            hello["id"].as_str(),
+            hello["offset"].as_u64(),
+            hello["truncated"].as_bool()
+        ),
+        (Some(id.as_str()), Some(had as u64), Some(false))
+    );
     let mut rest = Seen::default();
     let need = expected.len() - had;
-    read_until(&mut b, &mut rest, |s| s.bytes.len() >= need).await.unwrap();
+    read_until(&mut b, &mut rest, |s| s.bytes.len() >= need)
+        .await
+        .unwrap();
     let mut joined = first.bytes.clone();
     joined.extend_from_slice(&rest.bytes);
     assert_eq!(joined.len(), expected.len(), "no byte twice, none missing");
-    assert!(joined == expected, "the output joined across the reattach is the command's output");
+    assert!(
+        joined == expected,
+        "the output joined across the reattach is the command's output"
+    );
     drop(b);
 
     // Third client, no offset: the replay starts from the oldest byte held,
@@ -159,13 +207,22 @@ async fn reattach_with_offset_and_with_replay_loses_and_repeats_nothing() {
     let hello = session(&mut c).await.unwrap();
     assert_eq!(hello["offset"], 0);
     let mut replay = Seen::default();
-    read_until(&mut c, &mut replay, |s| s.bytes.len() >= expected.len()).await.unwrap();
-    assert!(replay.bytes[..expected.len()] == expected[..], "replay is the whole output, in order");
+    read_until(&mut c, &mut replay, |s| s.bytes.len() >= expected.len())
+        .await
+        .unwrap();
+    assert!(
+        replay.bytes[..expected.len()] == expected[..],
+        "replay is the whole output, in order"
+    );
 
     // The same shell is still there: it takes input and exits with code 0.
     keys(&mut c, "again\n").await.unwrap();
     read_until(&mut c, &mut replay, |s| s.closed).await.unwrap();
-    assert!(replay.text().contains("end-again"), "{:?}", &replay.text()[expected.len()..]);
+    assert!(
+        replay.text().contains("end-again"),
+        "{:?}",
+        &replay.text()[expected.len()..]
+    );
     assert_eq!(replay.exit, Some(0));
 }
 
@@ -182,24 +239,51 @@ async fn shell_inside_a_container_and_unknown_sessions() {
     assert_eq!(r.status().as_u16(), 201, "{}", r.text().await.unwrap());
 
     // A stopped container has no shell.
-    let url = format!("ws://{}/api/projects/ct/terminal?token={}&container=web", gw.addr, gw.admin_token());
+    let url = format!(
+        "ws://{}/api/projects/ct/terminal?token={}&container=web",
+        gw.addr,
+        gw.admin_token()
+    );
     match tokio_tungstenite::connect_async(url).await {
-        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status().as_u16(), 409),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status().as_u16(), 409)
+        }
         other => panic!("expected 409, got {:?}", other.map(|_| ())),
     }
 
-    let r = gw.post("/api/projects/ct/containers/web/start").send().await.unwrap();
+    let r = gw
+        .post("/api/projects/ct/containers/web/start")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
     let mut ws = connect(&gw, "ct", "container=web").await.unwrap();
     session(&mut ws).await.unwrap();
-    keys(&mut ws, "echo \"[$(basename \"$PWD\")|$GREETING|${PORT:+port}]\"\n").await.unwrap();
+    keys(
+        &mut ws,
+        "echo \"[$(basename \"$PWD\")|$GREETING|${PORT:+port}]\"\n",
+    )
+    .await
+    .unwrap();
     let mut seen = Seen::default();
-    read_until(&mut ws, &mut seen, |s| s.text().contains("[web|from-web|port]")).await.unwrap();
+    read_until(&mut ws, &mut seen, |s| {
+        s.text().contains("[web|from-web|port]")
+    })
+    .await
+    .unwrap();
     drop(ws);
 
     // Unknown sessions and bad parameters are HTTP errors, before any upgrade.
-    for (query, status) in [("session=nosuchsession", 404), ("cols=0", 400), ("container=Bad_Name", 400)] {
-        let url = format!("ws://{}/api/projects/ct/terminal?token={}&{query}", gw.addr, gw.admin_token());
+    for (query, status) in [
+        ("session=nosuchsession", 404),
+        ("cols=0", 400),
+        ("container=Bad_Name", 400),
+    ] {
+        let url = format!(
+            "ws://{}/api/projects/ct/terminal?token={}&{query}",
+            gw.addr,
+            gw.admin_token()
+        );
         match tokio_tungstenite::connect_async(url).await {
             Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
                 assert_eq!(resp.status().as_u16(), status, "{query}")
@@ -210,7 +294,9 @@ async fn shell_inside_a_container_and_unknown_sessions() {
     // Without a token: 401.
     let url = format!("ws://{}/api/projects/ct/terminal", gw.addr);
     match tokio_tungstenite::connect_async(url).await {
-        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status().as_u16(), 401),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status().as_u16(), 401)
+        }
         other => panic!("expected 401, got {:?}", other.map(|_| ())),
     }
 }
@@ -219,26 +305,55 @@ async fn shell_inside_a_container_and_unknown_sessions() {
 async fn a_terminal_wakes_a_hibernated_project() {
     let gw = Gateway::start().await.unwrap();
     gw.open_project("sleepy").await.unwrap();
-    let r = gw.put("/api/projects/sleepy/files/note.txt").body("kept across hibernation").send().await.unwrap();
+    let r = gw
+        .put("/api/projects/sleepy/files/note.txt")
+        .body("kept across hibernation")
+        .send()
+        .await
+        .unwrap();
     assert!(r.status().is_success());
-    let r = gw.post("/api/projects/sleepy/hibernate").send().await.unwrap();
+    let r = gw
+        .post("/api/projects/sleepy/hibernate")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
-    let p: Value = gw.get("/api/projects/sleepy").send().await.unwrap().json().await.unwrap();
+    let p: Value = gw
+        .get("/api/projects/sleepy")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(p["status"], "hibernated");
 
     let mut ws = connect(&gw, "sleepy", "").await.unwrap();
     session(&mut ws).await.unwrap();
     keys(&mut ws, "cat note.txt; echo\n").await.unwrap();
     let mut seen = Seen::default();
-    read_until(&mut ws, &mut seen, |s| s.text().contains("kept across hibernation")).await.unwrap();
-    let p: Value = gw.get("/api/projects/sleepy").send().await.unwrap().json().await.unwrap();
+    read_until(&mut ws, &mut seen, |s| {
+        s.text().contains("kept across hibernation")
+    })
+    .await
+    .unwrap();
+    let p: Value = gw
+        .get("/api/projects/sleepy")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(p["status"], "active");
 }
 
 fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()

@@ -10,10 +10,15 @@ use serde_json::{Value, json};
 use tests::gateway::Gateway;
 use tokio_tungstenite::tungstenite::Message;
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn connect(gw: &Gateway, project: &str) -> Result<Ws> {
-    let url = format!("ws://{}/api/projects/{project}/watch?token={}", gw.addr, gw.token(&[project]));
+    let url = format!(
+        "ws://{}/api/projects/{project}/watch?token={}",
+        gw.addr,
+        gw.token(&[project])
+    );
     Ok(tokio_tungstenite::connect_async(url).await?.0)
 }
 
@@ -31,7 +36,10 @@ async fn wait_for(ws: &mut Ws, what: &str, pred: impl Fn(&Value) -> bool) -> Res
                 let v: Value = serde_json::from_str(&t)?;
                 // Every frame has the contract's shape.
                 let kind = v["kind"].as_str().unwrap_or_default();
-                assert!(["created", "modified", "removed", "renamed"].contains(&kind), "{v}");
+                assert!(
+                    ["created", "modified", "removed", "renamed"].contains(&kind),
+                    "{v}"
+                );
                 assert!(v["path"].is_string(), "{v}");
                 assert_eq!(v.get("to").is_some(), kind == "renamed", "{v}");
                 if pred(&v) {
@@ -52,38 +60,86 @@ async fn events_from_the_api_and_from_processes() {
     let mut ws = connect(&gw, "w").await.unwrap();
 
     // A write through the API.
-    let r = gw.put("/api/projects/w/files/src/app.js").body("console.log(1)").send().await.unwrap();
-    assert!(r.status().is_success());
-    wait_for(&mut ws, "the API write", |v| v["path"] == "src/app.js" && (v["kind"] == "created" || v["kind"] == "modified"))
+    let r = gw
+        .put("/api/projects/w/files/src/app.js")
+        .body("console.log(1)")
+        .send()
         .await
         .unwrap();
+    assert!(r.status().is_success());
+    wait_for(&mut ws, "the API write", |v| {
+        v["path"] == "src/app.js" && (v["kind"] == "created" || v["kind"] == "modified")
+    })
+    .await
+    .unwrap();
 
     // A process in the project writes, renames and removes files.
-    let run = |argv: Value| gw.post("/api/projects/w/exec").json(&json!({ "argv": argv })).send();
-    let r = run(json!(["sh", "-c", "echo hi > from-proc.txt"])).await.unwrap();
+    let run = |argv: Value| {
+        gw.post("/api/projects/w/exec")
+            .json(&json!({ "argv": argv }))
+            .send()
+    };
+    let r = run(json!(["sh", "-c", "echo hi > from-proc.txt"]))
+        .await
+        .unwrap();
     assert_eq!(r.json::<Value>().await.unwrap()["exit_code"], 0);
-    wait_for(&mut ws, "the process's write", |v| v["path"] == "from-proc.txt").await.unwrap();
+    wait_for(&mut ws, "the process's write", |v| {
+        v["path"] == "from-proc.txt"
+    })
+    .await
+    .unwrap();
 
-    let r = run(json!(["mv", "from-proc.txt", "moved.txt"])).await.unwrap();
+    let r = run(json!(["mv", "from-proc.txt", "moved.txt"]))
+        .await
+        .unwrap();
     assert_eq!(r.json::<Value>().await.unwrap()["exit_code"], 0);
     // A rename shows as `renamed` (path → to), or as the new name appearing.
-    wait_for(&mut ws, "the rename", |v| v["to"] == "moved.txt" || v["path"] == "moved.txt").await.unwrap();
+    wait_for(&mut ws, "the rename", |v| {
+        v["to"] == "moved.txt" || v["path"] == "moved.txt"
+    })
+    .await
+    .unwrap();
 
     let r = run(json!(["rm", "moved.txt"])).await.unwrap();
     assert_eq!(r.json::<Value>().await.unwrap()["exit_code"], 0);
-    wait_for(&mut ws, "the removal", |v| v["path"] == "moved.txt" && v["kind"] == "removed").await.unwrap();
+    wait_for(&mut ws, "the removal", |v| {
+        v["path"] == "moved.txt" && v["kind"] == "removed"
+    })
+    .await
+    .unwrap();
 
     // A deletion through the API.
-    let r = gw.delete("/api/projects/w/files/src/app.js").send().await.unwrap();
+    let r = gw
+        .delete("/api/projects/w/files/src/app.js")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 204);
-    wait_for(&mut ws, "the API delete", |v| v["path"] == "src/app.js" && v["kind"] == "removed").await.unwrap();
+    wait_for(&mut ws, "the API delete", |v| {
+        v["path"] == "src/app.js" && v["kind"] == "removed"
+    })
+    .await
+    .unwrap();
 
     // A second watcher sees the same changes independently.
     let mut other = connect(&gw, "w").await.unwrap();
-    let r = gw.put("/api/projects/w/files/second.txt").body("2").send().await.unwrap();
+    let r = gw
+        .put("/api/projects/w/files/second.txt")
+        .body("2")
+        .send()
+        .await
+        .unwrap();
     assert!(r.status().is_success());
-    wait_for(&mut other, "the write, second watcher", |v| v["path"] == "second.txt").await.unwrap();
-    wait_for(&mut ws, "the write, first watcher", |v| v["path"] == "second.txt").await.unwrap();
+    wait_for(&mut other, "the write, second watcher", |v| {
+        v["path"] == "second.txt"
+    })
+    .await
+    .unwrap();
+    wait_for(&mut ws, "the write, first watcher", |v| {
+        v["path"] == "second.txt"
+    })
+    .await
+    .unwrap();
 }
 
 #[tokio::test]
@@ -92,12 +148,28 @@ async fn errors_come_before_the_upgrade() {
     gw.open_project("w2").await.unwrap();
     let cases = [
         (format!("ws://{}/api/projects/w2/watch", gw.addr), 401),
-        (format!("ws://{}/api/projects/w2/watch?token={}", gw.addr, gw.token(&["other"])), 403),
-        (format!("ws://{}/api/projects/nope/watch?token={}", gw.addr, gw.admin_token()), 404),
+        (
+            format!(
+                "ws://{}/api/projects/w2/watch?token={}",
+                gw.addr,
+                gw.token(&["other"])
+            ),
+            403,
+        ),
+        (
+            format!(
+                "ws://{}/api/projects/nope/watch?token={}",
+                gw.addr,
+                gw.admin_token()
+            ),
+            404,
+        ),
     ];
     for (url, status) in cases {
         match tokio_tungstenite::connect_async(url.clone()).await {
-            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status().as_u16(), status, "{url}"),
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                assert_eq!(resp.status().as_u16(), status, "{url}")
+            }
             other => panic!("{url}: expected {status}, got {:?}", other.map(|_| ())),
         }
     }

@@ -20,11 +20,11 @@ pub mod hosted;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use axum::Router;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Extension, Path, Query, State};
 use axum::response::Response;
 use axum::routing::get;
-use axum::Router;
 use bytes::{Bytes, BytesMut};
 use futures::stream::BoxStream;
 use futures::{FutureExt as _, SinkExt as _, StreamExt as _};
@@ -76,13 +76,20 @@ struct Params {
 
 impl Params {
     fn parse(q: &BTreeMap<String, String>) -> Result<Params> {
-        let nonempty = |k: &str| q.get(k).map(|v| v.trim()).filter(|v| !v.is_empty()).map(str::to_owned);
+        let nonempty = |k: &str| {
+            q.get(k)
+                .map(|v| v.trim())
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned)
+        };
         let dimension = |k: &str, default: u32| -> Result<u32> {
             match nonempty(k) {
                 None => Ok(default),
                 Some(v) => match v.parse::<u32>() {
                     Ok(n) if (1..=MAX_DIMENSION).contains(&n) => Ok(n),
-                    _ => Err(Error::BadRequest(format!("{k} must be a number from 1 to {MAX_DIMENSION}"))),
+                    _ => Err(Error::BadRequest(format!(
+                        "{k} must be a number from 1 to {MAX_DIMENSION}"
+                    ))),
                 },
             }
         };
@@ -92,7 +99,9 @@ impl Params {
         }
         let session = nonempty("session");
         if let Some(s) = &session {
-            let ok = s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            let ok = s.len() <= 128
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
             if !ok {
                 return Err(Error::BadRequest(format!("invalid session id {s:?}")));
             }
@@ -105,7 +114,9 @@ impl Params {
             ),
         };
         if offset.is_some() && session.is_none() {
-            return Err(Error::BadRequest("offset needs a session to reattach to".into()));
+            return Err(Error::BadRequest(
+                "offset needs a session to reattach to".into(),
+            ));
         }
         Ok(Params {
             container,
@@ -149,7 +160,10 @@ async fn terminal(
     Extension(hosted): Extension<hosted::Sessions>,
     Path(project): Path<String>,
     QueryClaims(claims): QueryClaims,
-    query: std::result::Result<Query<BTreeMap<String, String>>, axum::extract::rejection::QueryRejection>,
+    query: std::result::Result<
+        Query<BTreeMap<String, String>>,
+        axum::extract::rejection::QueryRejection,
+    >,
     ws: WebSocketUpgrade,
 ) -> Result<Response> {
     authorize(&claims, &project)?;
@@ -178,7 +192,9 @@ async fn terminal(
     // A connected terminal keeps its project awake (idle hibernation).
     let hold = state.activity.hold(&project);
     // A keystroke message is small; a paste may be large, but not unbounded.
-    let ws = ws.read_buffer_size(super::watch::READ_BUFFER).max_message_size(MAX_INPUT_MESSAGE);
+    let ws = ws
+        .read_buffer_size(super::watch::READ_BUFFER)
+        .max_message_size(MAX_INPUT_MESSAGE);
     Ok(ws.on_upgrade(move |socket| {
         async move {
             let _hold = hold;
@@ -194,11 +210,22 @@ async fn terminal(
 
 /// Starts a new session (a shell at the project root, or in a container) and
 /// attaches to it from its first byte.
-async fn open(state: &AppState, hosted: &hosted::Sessions, project: &str, p: &Params) -> Result<Attached> {
+async fn open(
+    state: &AppState,
+    hosted: &hosted::Sessions,
+    project: &str,
+    p: &Params,
+) -> Result<Attached> {
     let Some(name) = &p.container else {
         let agent = state.agent_of_active(project).await?;
         let session = agent
-            .start_pty(PtySpec { argv: p.argv(), cwd: String::new(), env: BTreeMap::new(), cols: p.cols, rows: p.rows })
+            .start_pty(PtySpec {
+                argv: p.argv(),
+                cwd: String::new(),
+                env: BTreeMap::new(),
+                cols: p.cols,
+                rows: p.rows,
+            })
             .await
             .inspect_err(|e| state.metrics.agent_error("start_pty", e))?;
         return attach_agent(state, &agent, &session.id, Some(0)).await;
@@ -211,7 +238,13 @@ async fn open(state: &AppState, hosted: &hosted::Sessions, project: &str, p: &Pa
         ShellTarget::Agent { endpoint, cwd, env } => {
             let agent = state.agents.get(project, &endpoint)?;
             let session = agent
-                .start_pty(PtySpec { argv: p.argv(), cwd, env, cols: p.cols, rows: p.rows })
+                .start_pty(PtySpec {
+                    argv: p.argv(),
+                    cwd,
+                    env,
+                    cols: p.cols,
+                    rows: p.rows,
+                })
                 .await
                 .inspect_err(|e| state.metrics.agent_error("start_pty", e))?;
             attach_agent(state, &agent, &session.id, Some(0)).await
@@ -219,7 +252,10 @@ async fn open(state: &AppState, hosted: &hosted::Sessions, project: &str, p: &Pa
         target @ ShellTarget::PodExec { .. } => {
             let cols = u16::try_from(p.cols).unwrap_or(80);
             let rows = u16::try_from(p.rows).unwrap_or(24);
-            let shell = state.runtime.open_shell(&target, p.argv(), cols, rows).await?;
+            let shell = state
+                .runtime
+                .open_shell(&target, p.argv(), cols, rows)
+                .await?;
             let id = hosted.insert(project, shell);
             hosted.attach(project, &id, Some(0))
         }
@@ -255,8 +291,16 @@ async fn attach_agent(
     // The agent answers `started` first; anything else is a broken stream,
     // and an error here (unknown session) still becomes an HTTP answer.
     match events.next().await {
-        Some(Ok(PtyEvent::Started { session, from_offset, truncated })) => Ok(Attached {
-            id: if session.id.is_empty() { id.to_owned() } else { session.id },
+        Some(Ok(PtyEvent::Started {
+            session,
+            from_offset,
+            truncated,
+        })) => Ok(Attached {
+            id: if session.id.is_empty() {
+                id.to_owned()
+            } else {
+                session.id
+            },
             from_offset,
             truncated,
             events,
@@ -266,14 +310,24 @@ async fn attach_agent(
             state.metrics.agent_error("attach_pty", &e);
             Err(e)
         }
-        Some(Ok(other)) => Err(Error::internal(format!("agent began an attach with {other:?}"))),
-        None => Err(Error::Unavailable("the agent ended the attach at once".into())),
+        Some(Ok(other)) => Err(Error::internal(format!(
+            "agent began an attach with {other:?}"
+        ))),
+        None => Err(Error::Unavailable(
+            "the agent ended the attach at once".into(),
+        )),
     }
 }
 
 /// Moves bytes between the WebSocket and the session until either ends.
 async fn bridge(socket: WebSocket, attached: Attached, shutdown: CancellationToken) {
-    let Attached { id, from_offset, truncated, mut events, input } = attached;
+    let Attached {
+        id,
+        from_offset,
+        truncated,
+        mut events,
+        input,
+    } = attached;
     let (mut sink, mut stream) = socket.split();
     let alive = Liveness::new();
     let done = shutdown.child_token();
@@ -354,7 +408,9 @@ async fn bridge(socket: WebSocket, attached: Attached, shutdown: CancellationTok
         };
         match ev {
             Some(Ok(PtyEvent::Output { offset, data })) => {
-                let Some(data) = in_order(&mut next_offset, offset, data) else { continue };
+                let Some(data) = in_order(&mut next_offset, offset, data) else {
+                    continue;
+                };
                 if data.len() >= MAX_FRAME {
                     out.push(Message::Binary(data));
                     continue;
@@ -385,7 +441,11 @@ async fn bridge(socket: WebSocket, attached: Attached, shutdown: CancellationTok
                     }
                 }
                 let exit = serde_json::json!({"type": "exit", "code": code});
-                if sink.send(Message::Text(exit.to_string().into())).await.is_err() {
+                if sink
+                    .send(Message::Text(exit.to_string().into()))
+                    .await
+                    .is_err()
+                {
                     break None;
                 }
                 tracing::info!(code, "terminal session ended");
@@ -401,7 +461,9 @@ async fn bridge(socket: WebSocket, attached: Attached, shutdown: CancellationTok
         }
     };
     let close = close.or_else(|| {
-        shutdown.is_cancelled().then(|| close_frame(1001, "the gateway is shutting down"))
+        shutdown
+            .is_cancelled()
+            .then(|| close_frame(1001, "the gateway is shutting down"))
     });
     if let Some(close) = close {
         let _ = tokio::time::timeout(Duration::from_secs(2), sink.send(close)).await;
@@ -421,7 +483,11 @@ fn in_order(next: &mut u64, offset: u64, data: Bytes) -> Option<Bytes> {
         return None;
     }
     if offset > *next {
-        tracing::warn!(expected = *next, got = offset, "terminal output skipped bytes");
+        tracing::warn!(
+            expected = *next,
+            got = offset,
+            "terminal output skipped bytes"
+        );
         *next = end;
         return Some(data);
     }
@@ -435,19 +501,38 @@ mod tests {
     use super::*;
 
     fn q(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn params_defaults_and_checks() {
         let p = Params::parse(&q(&[])).expect("defaults");
-        assert_eq!((p.cols, p.rows, p.container, p.session, p.offset), (80, 24, None, None, None));
-        let p = Params::parse(&q(&[("container", ""), ("session", ""), ("cols", "120"), ("rows", "40")]))
-            .expect("empty values mean absent");
+        assert_eq!(
+            (p.cols, p.rows, p.container, p.session, p.offset),
+            (80, 24, None, None, None)
+        );
+        let p = Params::parse(&q(&[
+            ("container", ""),
+            ("session", ""),
+            ("cols", "120"),
+            ("rows", "40"),
+        ]))
+        .expect("empty values mean absent");
         assert_eq!((p.cols, p.rows, p.container), (120, 40, None));
         let p = Params::parse(&q(&[("session", "abc-1"), ("offset", "1234")])).expect("reattach");
-        assert_eq!((p.session.as_deref(), p.offset), (Some("abc-1"), Some(1234)));
-        assert_eq!(Params::parse(&q(&[("cmd", "echo hi")])).expect("cmd").argv(), ["/bin/sh", "-c", "echo hi"]);
+        assert_eq!(
+            (p.session.as_deref(), p.offset),
+            (Some("abc-1"), Some(1234))
+        );
+        assert_eq!(
+            Params::parse(&q(&[("cmd", "echo hi")]))
+                .expect("cmd")
+                .argv(),
+            ["/bin/sh", "-c", "echo hi"]
+        );
         for bad in [
             vec![("cols", "0")],
             vec![("rows", "1001")],
@@ -464,12 +549,21 @@ mod tests {
     #[test]
     fn in_order_drops_repeats_and_keeps_the_rest() {
         let mut next = 10;
-        assert_eq!(in_order(&mut next, 10, Bytes::from_static(b"abc")).as_deref(), Some(&b"abc"[..]));
+        assert_eq!(
+            in_order(&mut next, 10, Bytes::from_static(b"abc")).as_deref(),
+            Some(&b"abc"[..])
+        );
         assert_eq!(next, 13);
         assert_eq!(in_order(&mut next, 11, Bytes::from_static(b"bc")), None);
-        assert_eq!(in_order(&mut next, 12, Bytes::from_static(b"cde")).as_deref(), Some(&b"de"[..]));
+        assert_eq!(
+            in_order(&mut next, 12, Bytes::from_static(b"cde")).as_deref(),
+            Some(&b"de"[..])
+        );
         assert_eq!(next, 15);
-        assert_eq!(in_order(&mut next, 20, Bytes::from_static(b"z")).as_deref(), Some(&b"z"[..]));
+        assert_eq!(
+            in_order(&mut next, 20, Bytes::from_static(b"z")).as_deref(),
+            Some(&b"z"[..])
+        );
         assert_eq!(next, 21);
     }
 
@@ -477,7 +571,10 @@ mod tests {
     fn control_messages() {
         assert!(matches!(
             serde_json::from_str::<Control>(r#"{"type":"resize","cols":100,"rows":30}"#),
-            Ok(Control::Resize { cols: 100, rows: 30 })
+            Ok(Control::Resize {
+                cols: 100,
+                rows: 30
+            })
         ));
         assert!(matches!(
             serde_json::from_str::<Control>(r#"{"type":"signal","signal":2}"#),

@@ -63,7 +63,12 @@ fn frame(ev: &FsEvent) -> String {
         _ => None,
     };
     // Serializing a struct of strings cannot fail.
-    serde_json::to_string(&ChangeFrame { kind, path: &ev.path, to }).unwrap_or_default()
+    serde_json::to_string(&ChangeFrame {
+        kind,
+        path: &ev.path,
+        to,
+    })
+    .unwrap_or_default()
 }
 
 async fn watch(
@@ -76,7 +81,10 @@ async fn watch(
     let agent = state.active_agent(&project).await?;
     // The agent's stream is opened before the upgrade so that an unknown or
     // inactive project is an HTTP error rather than a socket that closes at once.
-    let events = agent.watch("").await.inspect_err(|e| state.metrics.agent_error("watch", e))?;
+    let events = agent
+        .watch("")
+        .await
+        .inspect_err(|e| state.metrics.agent_error("watch", e))?;
     let span = tracing::info_span!("watch", project = %project);
     // The client has nothing to say on this socket but pongs and a close.
     let ws = ws.read_buffer_size(READ_BUFFER).max_message_size(64 * 1024);
@@ -143,7 +151,8 @@ async fn serve(
         }
     };
     let shutting_down = shutdown.is_cancelled();
-    let close = close.or_else(|| shutting_down.then(|| close_frame(1001, "the gateway is shutting down")));
+    let close =
+        close.or_else(|| shutting_down.then(|| close_frame(1001, "the gateway is shutting down")));
     if let Some(close) = close {
         let _ = tokio::time::timeout(Duration::from_secs(2), sink.send(close)).await;
     }
@@ -152,14 +161,18 @@ async fn serve(
 
 /// A ping interval whose first tick is one period from now.
 pub fn ping_interval() -> tokio::time::Interval {
-    let mut i = tokio::time::interval_at(tokio::time::Instant::now() + PING_INTERVAL, PING_INTERVAL);
+    let mut i =
+        tokio::time::interval_at(tokio::time::Instant::now() + PING_INTERVAL, PING_INTERVAL);
     i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     i
 }
 
 /// A close message with a code and a reason.
 pub fn close_frame(code: u16, reason: &str) -> Message {
-    Message::Close(Some(CloseFrame { code, reason: reason.to_owned().into() }))
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: reason.to_owned().into(),
+    }))
 }
 
 /// When a peer was last heard from, shared by a socket's reader and writer.
@@ -171,12 +184,16 @@ pub struct Liveness {
 
 impl Liveness {
     pub fn new() -> Liveness {
-        Liveness { epoch: Instant::now(), last_ms: Arc::new(AtomicU64::new(0)) }
+        Liveness {
+            epoch: Instant::now(),
+            last_ms: Arc::new(AtomicU64::new(0)),
+        }
     }
 
     /// Records that the peer sent something.
     pub fn touch(&self) {
-        self.last_ms.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.last_ms
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
     /// How long since the peer last sent anything.
@@ -200,14 +217,29 @@ pub struct WsGauge {
 
 impl WsGauge {
     pub fn new(state: &AppState, kind: &'static str) -> WsGauge {
-        state.metrics.open_websockets.get_or_create(&KindLabels { kind: kind.to_owned() }).inc();
-        WsGauge { state: state.clone(), kind }
+        state
+            .metrics
+            .open_websockets
+            .get_or_create(&KindLabels {
+                kind: kind.to_owned(),
+            })
+            .inc();
+        WsGauge {
+            state: state.clone(),
+            kind,
+        }
     }
 }
 
 impl Drop for WsGauge {
     fn drop(&mut self) {
-        self.state.metrics.open_websockets.get_or_create(&KindLabels { kind: self.kind.to_owned() }).dec();
+        self.state
+            .metrics
+            .open_websockets
+            .get_or_create(&KindLabels {
+                kind: self.kind.to_owned(),
+            })
+            .dec();
     }
 }
 
@@ -217,10 +249,23 @@ mod tests {
 
     #[test]
     fn frames_follow_the_contract() {
-        let ev = |kind, path: &str, to: Option<&str>| FsEvent { kind, path: path.into(), to: to.map(Into::into) };
-        assert_eq!(frame(&ev(FsEventKind::Created, "a/b.txt", None)), r#"{"kind":"created","path":"a/b.txt"}"#);
-        assert_eq!(frame(&ev(FsEventKind::Modified, "x", None)), r#"{"kind":"modified","path":"x"}"#);
-        assert_eq!(frame(&ev(FsEventKind::Removed, "x", Some("ignored"))), r#"{"kind":"removed","path":"x"}"#);
+        let ev = |kind, path: &str, to: Option<&str>| FsEvent {
+            kind,
+            path: path.into(),
+            to: to.map(Into::into),
+        };
+        assert_eq!(
+            frame(&ev(FsEventKind::Created, "a/b.txt", None)),
+            r#"{"kind":"created","path":"a/b.txt"}"#
+        );
+        assert_eq!(
+            frame(&ev(FsEventKind::Modified, "x", None)),
+            r#"{"kind":"modified","path":"x"}"#
+        );
+        assert_eq!(
+            frame(&ev(FsEventKind::Removed, "x", Some("ignored"))),
+            r#"{"kind":"removed","path":"x"}"#
+        );
         assert_eq!(
             frame(&ev(FsEventKind::Renamed, "old", Some("new"))),
             r#"{"kind":"renamed","path":"old","to":"new"}"#

@@ -67,9 +67,17 @@ impl ContainerRoute {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ShellTarget {
     /// A PTY session of the project's agent, started with this cwd and env.
-    Agent { endpoint: AgentEndpoint, cwd: String, env: BTreeMap<String, String> },
+    Agent {
+        endpoint: AgentEndpoint,
+        cwd: String,
+        env: BTreeMap<String, String>,
+    },
     /// An exec into a pod's container (Kubernetes).
-    PodExec { namespace: String, pod: String, container: String },
+    PodExec {
+        namespace: String,
+        pod: String,
+        container: String,
+    },
 }
 
 /// An interactive process the runtime runs itself (a pod exec): keystrokes
@@ -151,29 +159,53 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Where to dial a running container: its main port when `port` is `None`,
     /// else that other port of it. `Error::Unavailable` when it is not running.
-    async fn container_route(&self, project: &str, name: &str, port: Option<u16>) -> Result<ContainerRoute>;
+    async fn container_route(
+        &self,
+        project: &str,
+        name: &str,
+        port: Option<u16>,
+    ) -> Result<ContainerRoute>;
 
     /// Where an interactive shell inside a running container runs (local: a PTY
     /// of the agent with cwd `/{name}` and the container's env).
-    async fn container_shell(&self, project: &str, name: &str, env: &BTreeMap<String, String>) -> Result<ShellTarget>;
+    async fn container_shell(
+        &self,
+        project: &str,
+        name: &str,
+        env: &BTreeMap<String, String>,
+    ) -> Result<ShellTarget>;
 
     /// Runs a one-shot command inside a container (local: through the agent,
     /// cwd `/{name}` joined with `spec.cwd`, the container's env under `spec.env`).
-    async fn container_exec(&self, project: &str, name: &str, spec: ExecSpec) -> Result<ExecOutput>;
+    async fn container_exec(&self, project: &str, name: &str, spec: ExecSpec)
+    -> Result<ExecOutput>;
 
     /// Opens an interactive session for a shell target this runtime runs
     /// itself (`ShellTarget::PodExec`: an exec over the Kubernetes WebSocket
     /// protocol) with a TTY of `cols` x `rows`; `argv` empty = a login shell.
     /// Runtimes whose shells are agent PTYs answer `Error::Unavailable`.
-    async fn open_shell(&self, target: &ShellTarget, argv: Vec<String>, cols: u16, rows: u16) -> Result<ShellSession> {
+    async fn open_shell(
+        &self,
+        target: &ShellTarget,
+        argv: Vec<String>,
+        cols: u16,
+        rows: u16,
+    ) -> Result<ShellSession> {
         let _ = (target, argv, cols, rows);
-        Err(crate::error::Error::Unavailable(format!("the {} runtime opens no shells itself", self.name())))
+        Err(crate::error::Error::Unavailable(format!(
+            "the {} runtime opens no shells itself",
+            self.name()
+        )))
     }
 
     /// Shares the time of the latest activity on a project with the other
     /// gateway replicas (Kubernetes: an annotation on its namespace); the
     /// idle hibernator calls it at most once a minute per project.
-    async fn record_activity(&self, project: &str, at: chrono::DateTime<chrono::Utc>) -> Result<()> {
+    async fn record_activity(
+        &self,
+        project: &str,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<()> {
         let _ = (project, at);
         Ok(())
     }

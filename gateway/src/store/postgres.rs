@@ -80,15 +80,25 @@ impl PostgresStore {
     /// Connects to `url` (`postgres://user:pass@host:port/db`, or key=value
     /// form) and applies pending migrations.
     pub async fn connect(url: &str) -> anyhow::Result<PostgresStore> {
-        let mut client = connect(url).await.map_err(|e| anyhow::anyhow!("cannot connect to postgresql: {e}"))?;
-        migrate(&mut client).await.map_err(|e| anyhow::anyhow!("cannot migrate the postgresql schema: {e}"))?;
-        Ok(PostgresStore { url: url.to_owned(), client: RwLock::new(client) })
+        let mut client = connect(url)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot connect to postgresql: {e}"))?;
+        migrate(&mut client)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot migrate the postgresql schema: {e}"))?;
+        Ok(PostgresStore {
+            url: url.to_owned(),
+            client: RwLock::new(client),
+        })
     }
 
     /// The schema version of the database.
     pub async fn schema_version(&self) -> Result<i64> {
         let c = self.client().await?;
-        let row = c.query_one("SELECT COALESCE(MAX(version), 0) FROM devgate_schema", &[]).await.map_err(db)?;
+        let row = c
+            .query_one("SELECT COALESCE(MAX(version), 0) FROM devgate_schema", &[])
+            .await
+            .map_err(db)?;
         Ok(row.get(0))
     }
 
@@ -124,14 +134,21 @@ async fn migrate(client: &mut Client) -> std::result::Result<(), tokio_postgres:
     let tx = client.transaction().await?;
     // Held to the end of the transaction: another replica waits here and
     // then finds the schema current.
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
     tx.batch_execute(
         "CREATE TABLE IF NOT EXISTS devgate_schema (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
     )
     .await?;
-    let current: i64 =
-        tx.query_one("SELECT COALESCE(MAX(version), 0) FROM devgate_schema", &[]).await?.get(0);
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(usize::try_from(current).unwrap_or(usize::MAX)) {
+    let current: i64 = tx
+        .query_one("SELECT COALESCE(MAX(version), 0) FROM devgate_schema", &[])
+        .await?
+        .get(0);
+    for (i, sql) in MIGRATIONS
+        .iter()
+        .enumerate()
+        .skip(usize::try_from(current).unwrap_or(usize::MAX))
+    {
         let version = i as i64 + 1;
         tx.batch_execute(sql).await?;
         tx.execute(
@@ -148,13 +165,17 @@ async fn migrate(client: &mut Client) -> std::result::Result<(), tokio_postgres:
 /// roots and Mozilla's (the distroless image has no system store).
 fn tls() -> tokio_postgres_rustls::MakeRustlsConnect {
     crate::runtime::kubernetes::install_tls_provider();
-    let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
     let native = rustls_native_certs::load_native_certs();
     for cert in native.certs {
         // An unparsable system certificate is skipped, as browsers do.
         let _ = roots.add(cert);
     }
-    let config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     tokio_postgres_rustls::MakeRustlsConnect::new(config)
 }
 
@@ -230,17 +251,33 @@ impl Store for PostgresStore {
         let c = self.client().await?;
         c.execute(
             &format!("INSERT INTO projects ({PROJECT_COLS}) VALUES ($1, $2, $3, $4, $5, $6)"),
-            &[&p.id, &p.name, &p.status.as_str(), &ms(p.created_at), &ms(p.updated_at), &p.hibernated_at.map(ms)],
+            &[
+                &p.id,
+                &p.name,
+                &p.status.as_str(),
+                &ms(p.created_at),
+                &ms(p.updated_at),
+                &p.hibernated_at.map(ms),
+            ],
         )
         .await
-        .map_err(|e| if is_unique_violation(&e) { Error::Conflict(format!("project {} exists", p.id)) } else { db(e) })?;
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                Error::Conflict(format!("project {} exists", p.id))
+            } else {
+                db(e)
+            }
+        })?;
         Ok(())
     }
 
     async fn get_project(&self, id: &str) -> Result<Option<Project>> {
         let c = self.client().await?;
         let row = c
-            .query_opt(&format!("SELECT {PROJECT_COLS} FROM projects WHERE id = $1"), &[&id])
+            .query_opt(
+                &format!("SELECT {PROJECT_COLS} FROM projects WHERE id = $1"),
+                &[&id],
+            )
             .await
             .map_err(db)?;
         Ok(row.as_ref().map(project_row))
@@ -248,7 +285,13 @@ impl Store for PostgresStore {
 
     async fn list_projects(&self) -> Result<Vec<Project>> {
         let c = self.client().await?;
-        let rows = c.query(&format!("SELECT {PROJECT_COLS} FROM projects ORDER BY id"), &[]).await.map_err(db)?;
+        let rows = c
+            .query(
+                &format!("SELECT {PROJECT_COLS} FROM projects ORDER BY id"),
+                &[],
+            )
+            .await
+            .map_err(db)?;
         Ok(rows.iter().map(project_row).collect())
     }
 
@@ -269,14 +312,19 @@ impl Store for PostgresStore {
 
     async fn delete_project(&self, id: &str) -> Result<()> {
         let c = self.client().await?;
-        c.execute("DELETE FROM projects WHERE id = $1", &[&id]).await.map_err(db)?;
+        c.execute("DELETE FROM projects WHERE id = $1", &[&id])
+            .await
+            .map_err(db)?;
         Ok(())
     }
 
     async fn create_container(&self, k: &Container) -> Result<()> {
         let c = self.client().await?;
         let env = serde_json::to_string(&k.env).unwrap_or_default();
-        let template = k.template.as_ref().and_then(|t| serde_json::to_string(t).ok());
+        let template = k
+            .template
+            .as_ref()
+            .and_then(|t| serde_json::to_string(t).ok());
         c.execute(
             &format!("INSERT INTO containers ({CONTAINER_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"),
             &[
@@ -292,14 +340,24 @@ impl Store for PostgresStore {
     async fn update_container(&self, k: &Container) -> Result<()> {
         let c = self.client().await?;
         let env = serde_json::to_string(&k.env).unwrap_or_default();
-        let template = k.template.as_ref().and_then(|t| serde_json::to_string(t).ok());
+        let template = k
+            .template
+            .as_ref()
+            .and_then(|t| serde_json::to_string(t).ok());
         let n = c
             .execute(
                 "UPDATE containers SET status = $3, port = $4, start = $5, install = $6, env = $7,
                  public = $8, template = $9 WHERE project = $1 AND name = $2",
                 &[
-                    &k.project, &k.name, &k.status.as_str(), &i32::from(k.port), &k.start, &k.install, &env,
-                    &k.public, &template,
+                    &k.project,
+                    &k.name,
+                    &k.status.as_str(),
+                    &i32::from(k.port),
+                    &k.start,
+                    &k.install,
+                    &env,
+                    &k.public,
+                    &template,
                 ],
             )
             .await
@@ -314,7 +372,9 @@ impl Store for PostgresStore {
         let c = self.client().await?;
         let row = c
             .query_opt(
-                &format!("SELECT {CONTAINER_COLS} FROM containers WHERE project = $1 AND name = $2"),
+                &format!(
+                    "SELECT {CONTAINER_COLS} FROM containers WHERE project = $1 AND name = $2"
+                ),
                 &[&project, &name],
             )
             .await
@@ -336,9 +396,12 @@ impl Store for PostgresStore {
 
     async fn delete_container(&self, project: &str, name: &str) -> Result<()> {
         let c = self.client().await?;
-        c.execute("DELETE FROM containers WHERE project = $1 AND name = $2", &[&project, &name])
-            .await
-            .map_err(db)?;
+        c.execute(
+            "DELETE FROM containers WHERE project = $1 AND name = $2",
+            &[&project, &name],
+        )
+        .await
+        .map_err(db)?;
         Ok(())
     }
 
@@ -347,7 +410,15 @@ impl Store for PostgresStore {
         c.execute(
             "INSERT INTO archives (project, version, key, size, sha256, files, created_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            &[&a.project, &a.version, &a.key, &(a.size as i64), &a.sha256, &(a.files as i64), &ms(a.created_at)],
+            &[
+                &a.project,
+                &a.version,
+                &a.key,
+                &(a.size as i64),
+                &a.sha256,
+                &(a.files as i64),
+                &ms(a.created_at),
+            ],
         )
         .await
         .map_err(db)?;
@@ -369,9 +440,12 @@ impl Store for PostgresStore {
 
     async fn delete_archive(&self, project: &str, version: i64) -> Result<()> {
         let c = self.client().await?;
-        c.execute("DELETE FROM archives WHERE project = $1 AND version = $2", &[&project, &version])
-            .await
-            .map_err(db)?;
+        c.execute(
+            "DELETE FROM archives WHERE project = $1 AND version = $2",
+            &[&project, &version],
+        )
+        .await
+        .map_err(db)?;
         Ok(())
     }
 
@@ -417,7 +491,9 @@ impl Store for PostgresStore {
 
     async fn prune_logs(&self, before: DateTime<Utc>) -> Result<u64> {
         let c = self.client().await?;
-        c.execute("DELETE FROM command_log WHERE ts < $1", &[&ms(before)]).await.map_err(db)
+        c.execute("DELETE FROM command_log WHERE ts < $1", &[&ms(before)])
+            .await
+            .map_err(db)
     }
 
     async fn ping(&self) -> Result<()> {

@@ -57,8 +57,8 @@ const CLUSTER_SCOPED: &[&str] = &["Namespace", "ClusterRole", "ClusterRoleBindin
 
 /// Every YAML document of a file, as JSON values (empty documents skipped).
 pub(crate) fn read_docs(path: &Path) -> Result<Vec<Value>, String> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let mut out = Vec::new();
     for doc in serde_yaml::Deserializer::from_str(&text) {
         let v: Value = Value::deserialize(doc)
@@ -77,8 +77,8 @@ pub(crate) fn render(dir: &Path) -> Result<Vec<Value>, String> {
     let [doc] = docs.as_slice() else {
         return Err(format!("{} must hold one document", file.display()));
     };
-    let k: Kustomization = serde_json::from_value(doc.clone())
-        .map_err(|e| format!("{}: {e}", file.display()))?;
+    let k: Kustomization =
+        serde_json::from_value(doc.clone()).map_err(|e| format!("{}: {e}", file.display()))?;
     if k.api_version != "kustomize.config.k8s.io/v1beta1" || k.kind != "Kustomization" {
         return Err(format!("{}: not a v1beta1 Kustomization", file.display()));
     }
@@ -165,7 +165,10 @@ fn merge(target: &mut Value, patch: &Value) {
 }
 
 fn by_name(items: &[Value]) -> bool {
-    !items.is_empty() && items.iter().all(|i| i.get("name").is_some_and(Value::is_string))
+    !items.is_empty()
+        && items
+            .iter()
+            .all(|i| i.get("name").is_some_and(Value::is_string))
 }
 
 /// Kustomize's `images`: every container whose image is `name`, `name:tag`
@@ -181,7 +184,9 @@ fn set_images(o: &mut Value, image: &Image) {
             continue;
         };
         for c in containers {
-            let Some(current) = c["image"].as_str() else { continue };
+            let Some(current) = c["image"].as_str() else {
+                continue;
+            };
             let (name, tag) = match current.rsplit_once(':') {
                 Some((n, t)) if !t.contains('/') => (n, Some(t)),
                 _ => (current, None),

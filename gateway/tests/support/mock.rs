@@ -73,7 +73,8 @@ impl ApiServer {
             ex.query
         );
         if let Some(b) = ex.body.as_ref().filter(|b| b.get("kind").is_some()) {
-            schema::check(b).unwrap_or_else(|e| panic!("{method} {path} sent an invalid object: {e}"));
+            schema::check(b)
+                .unwrap_or_else(|e| panic!("{method} {path} sent an invalid object: {e}"));
         }
         ex
     }
@@ -118,7 +119,11 @@ impl ApiServer {
 impl Exchange {
     /// A server-side apply, forced, by the one field manager.
     pub(crate) fn assert_apply(&self) {
-        assert_eq!(self.content_type, "application/apply-patch+yaml", "{} is not an apply", self.path);
+        assert_eq!(
+            self.content_type, "application/apply-patch+yaml",
+            "{} is not an apply",
+            self.path
+        );
         let pairs: Vec<(String, String)> = form_urlencoded(&self.query);
         assert!(
             pairs.contains(&("fieldManager".into(), "devgate-gateway".into())),
@@ -126,7 +131,12 @@ impl Exchange {
             self.path,
             self.query
         );
-        assert!(pairs.contains(&("force".into(), "true".into())), "{}: not forced: {:?}", self.path, self.query);
+        assert!(
+            pairs.contains(&("force".into(), "true".into())),
+            "{}: not forced: {:?}",
+            self.path,
+            self.query
+        );
     }
 
     /// Answers with a status and a JSON body.

@@ -96,7 +96,10 @@ impl Sessions {
             grew,
             drained: Notify::new(),
         });
-        self.map.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), session.clone());
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), session.clone());
         tokio::spawn(pump(session.clone(), shell.output, shell.exit));
         tokio::spawn(reap(self.clone(), id.clone(), session));
         id
@@ -127,7 +130,10 @@ impl Sessions {
             log.cursors.insert(cursor, from);
             (cursor, from, wanted < log.start)
         };
-        let guard = CursorGuard { session: session.clone(), cursor };
+        let guard = CursorGuard {
+            session: session.clone(),
+            cursor,
+        };
         let events = futures::stream::unfold(
             (guard, from, session.grew.subscribe(), false),
             |(guard, pos, mut grew, done)| async move {
@@ -139,14 +145,26 @@ impl Sessions {
                         let s = &guard.session;
                         let log = s.log();
                         if log.evicted.contains(&guard.cursor) || pos < log.start {
-                            Some((Err(Error::Unavailable("the client fell too far behind".into())), true, pos))
+                            Some((
+                                Err(Error::Unavailable("the client fell too far behind".into())),
+                                true,
+                                pos,
+                            ))
                         } else if pos < log.end() {
                             let skip = (pos - log.start) as usize;
                             let n = (log.buf.len() - skip).min(CHUNK);
                             let data: Vec<u8> = log.buf.range(skip..skip + n).copied().collect();
-                            Some((Ok(PtyEvent::Output { offset: pos, data: Bytes::from(data) }), false, pos + n as u64))
+                            Some((
+                                Ok(PtyEvent::Output {
+                                    offset: pos,
+                                    data: Bytes::from(data),
+                                }),
+                                false,
+                                pos + n as u64,
+                            ))
                         } else {
-                            log.exit.map(|code| (Ok(PtyEvent::Exit { code }), true, pos))
+                            log.exit
+                                .map(|code| (Ok(PtyEvent::Exit { code }), true, pos))
                         }
                     };
                     match step {
@@ -171,7 +189,10 @@ impl Sessions {
                 let ok = match item {
                     PtyInput::Data(d) => s.input.send(d).await.is_ok(),
                     PtyInput::Resize { cols, rows } => {
-                        let size = (u16::try_from(cols).unwrap_or(u16::MAX), u16::try_from(rows).unwrap_or(u16::MAX));
+                        let size = (
+                            u16::try_from(cols).unwrap_or(u16::MAX),
+                            u16::try_from(rows).unwrap_or(u16::MAX),
+                        );
                         s.resize.send(size).await.is_ok()
                     }
                     // An exec stream carries no signals; Ctrl-C arrives as a keystroke.
@@ -182,7 +203,13 @@ impl Sessions {
                 }
             }
         });
-        Ok(Attached { id: id.to_owned(), from_offset: from, truncated, events, input: tx })
+        Ok(Attached {
+            id: id.to_owned(),
+            from_offset: from,
+            truncated,
+            events,
+            input: tx,
+        })
     }
 
     /// What a session looks like, as the agent would describe it.
@@ -232,7 +259,11 @@ impl Drop for CursorGuard {
 
 /// Moves the shell's output into the ring, waiting for clients that are a
 /// whole ring behind, then records the exit code.
-async fn pump(s: Arc<Session>, mut output: mpsc::Receiver<Bytes>, exit: tokio::sync::oneshot::Receiver<Option<i32>>) {
+async fn pump(
+    s: Arc<Session>,
+    mut output: mpsc::Receiver<Bytes>,
+    exit: tokio::sync::oneshot::Receiver<Option<i32>>,
+) {
     while let Some(chunk) = output.recv().await {
         let stalled_since = Instant::now();
         loop {
@@ -257,7 +288,10 @@ async fn pump(s: Arc<Session>, mut output: mpsc::Receiver<Bytes>, exit: tokio::s
                         .filter(|(_, pos)| (end - **pos) as usize + chunk.len() > RING_BYTES)
                         .map(|(c, _)| *c)
                         .collect();
-                    tracing::warn!(clients = lagging.len(), "terminal client stalled; letting it go");
+                    tracing::warn!(
+                        clients = lagging.len(),
+                        "terminal client stalled; letting it go"
+                    );
                     log.evicted.extend(lagging);
                     break;
                 }
@@ -292,7 +326,11 @@ async fn reap(sessions: Sessions, id: String, s: Arc<Session>) {
                     || log.idle_since.elapsed() > KEEP_WINDOW)
         };
         if gone {
-            sessions.map.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+            sessions
+                .map
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
             tracing::info!(session = %id, "terminal session forgotten");
             return;
         }
@@ -304,13 +342,28 @@ mod tests {
     use super::*;
 
     /// A shell made of channels: what a runtime hands over.
-    fn shell() -> (ShellSession, mpsc::Receiver<Bytes>, mpsc::Sender<Bytes>, tokio::sync::oneshot::Sender<Option<i32>>) {
+    fn shell() -> (
+        ShellSession,
+        mpsc::Receiver<Bytes>,
+        mpsc::Sender<Bytes>,
+        tokio::sync::oneshot::Sender<Option<i32>>,
+    ) {
         let (in_tx, in_rx) = mpsc::channel(8);
         let (rs_tx, _rs_rx) = mpsc::channel(8);
         let (out_tx, out_rx) = mpsc::channel(8);
         let (exit_tx, exit_rx) = tokio::sync::oneshot::channel();
         std::mem::forget(_rs_rx);
-        (ShellSession { input: in_tx, resize: rs_tx, output: out_rx, exit: exit_rx }, in_rx, out_tx, exit_tx)
+        (
+            ShellSession {
+                input: in_tx,
+                resize: rs_tx,
+                output: out_rx,
+                exit: exit_rx,
+            },
+            in_rx,
+            out_tx,
+            exit_tx,
+        )
     }
 
     async fn collect(a: &mut Attached, want: usize) -> Vec<u8> {
@@ -332,7 +385,10 @@ mod tests {
         out.send(Bytes::from_static(b"hello ")).await.unwrap();
         let mut a = sessions.attach("p", &id, Some(0)).unwrap();
         assert_eq!(collect(&mut a, 6).await, b"hello ");
-        a.input.send(PtyInput::Data(Bytes::from_static(b"k"))).await.unwrap();
+        a.input
+            .send(PtyInput::Data(Bytes::from_static(b"k")))
+            .await
+            .unwrap();
         assert_eq!(input.recv().await.unwrap(), Bytes::from_static(b"k"));
         drop(a);
         out.send(Bytes::from_static(b"world")).await.unwrap();
@@ -342,7 +398,10 @@ mod tests {
         assert_eq!(collect(&mut b, 5).await, b"world");
         drop(out);
         exit.send(Some(3)).unwrap();
-        assert!(matches!(b.events.next().await, Some(Ok(PtyEvent::Exit { code: 3 }))));
+        assert!(matches!(
+            b.events.next().await,
+            Some(Ok(PtyEvent::Exit { code: 3 }))
+        ));
         assert!(b.events.next().await.is_none());
         // Another project cannot see it.
         assert!(sessions.attach("other", &id, None).is_err());

@@ -11,7 +11,11 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 #[command(next_help_heading = "Kubernetes runtime")]
 pub struct KubernetesArgs {
     /// Image of dev-server pods (node, python, git).
-    #[arg(long = "k8s-dev-image", env = "GATEWAY_K8S_DEV_IMAGE", default_value = "devgate/dev:latest")]
+    #[arg(
+        long = "k8s-dev-image",
+        env = "GATEWAY_K8S_DEV_IMAGE",
+        default_value = "devgate/dev:latest"
+    )]
     pub dev_image: String,
 
     /// Pull policy of project images: Always, IfNotPresent or Never.
@@ -20,11 +24,19 @@ pub struct KubernetesArgs {
     pub image_pull_policy: String,
 
     /// The gateway's own namespace: project NetworkPolicies admit traffic from it.
-    #[arg(long = "k8s-gateway-namespace", env = "GATEWAY_K8S_GATEWAY_NAMESPACE", default_value = "devgate")]
+    #[arg(
+        long = "k8s-gateway-namespace",
+        env = "GATEWAY_K8S_GATEWAY_NAMESPACE",
+        default_value = "devgate"
+    )]
     pub gateway_namespace: String,
 
     /// The ingress controller's namespace: project NetworkPolicies admit traffic from it.
-    #[arg(long = "k8s-ingress-namespace", env = "GATEWAY_K8S_INGRESS_NAMESPACE", default_value = "ingress-nginx")]
+    #[arg(
+        long = "k8s-ingress-namespace",
+        env = "GATEWAY_K8S_INGRESS_NAMESPACE",
+        default_value = "ingress-nginx"
+    )]
     pub ingress_namespace: String,
 
     /// How the gateway reaches agents and dev servers: `service` (in-cluster DNS)
@@ -33,15 +45,27 @@ pub struct KubernetesArgs {
     pub access: Access,
 
     /// TCP port the agent listens on in the file-manager pod.
-    #[arg(long = "k8s-agent-port", env = "GATEWAY_K8S_AGENT_PORT", default_value_t = 7070)]
+    #[arg(
+        long = "k8s-agent-port",
+        env = "GATEWAY_K8S_AGENT_PORT",
+        default_value_t = 7070
+    )]
     pub agent_port: u16,
 
     /// Size of each project's volume (`project-storage`).
-    #[arg(long = "k8s-storage-size", env = "GATEWAY_K8S_STORAGE_SIZE", default_value = "5Gi")]
+    #[arg(
+        long = "k8s-storage-size",
+        env = "GATEWAY_K8S_STORAGE_SIZE",
+        default_value = "5Gi"
+    )]
     pub storage_size: String,
 
     /// StorageClass of project volumes; empty = the cluster's default.
-    #[arg(long = "k8s-storage-class", env = "GATEWAY_K8S_STORAGE_CLASS", default_value = "")]
+    #[arg(
+        long = "k8s-storage-class",
+        env = "GATEWAY_K8S_STORAGE_CLASS",
+        default_value = ""
+    )]
     pub storage_class: String,
 
     /// Access mode of project volumes. ReadWriteOnce pins dev servers to the
@@ -51,41 +75,85 @@ pub struct KubernetesArgs {
     pub access_mode: String,
 
     /// CPU request of the file-manager pod.
-    #[arg(long = "k8s-agent-cpu-request", env = "GATEWAY_K8S_AGENT_CPU_REQUEST", default_value = "100m")]
+    #[arg(
+        long = "k8s-agent-cpu-request",
+        env = "GATEWAY_K8S_AGENT_CPU_REQUEST",
+        default_value = "100m"
+    )]
     pub agent_cpu_request: String,
     /// Memory request of the file-manager pod.
-    #[arg(long = "k8s-agent-memory-request", env = "GATEWAY_K8S_AGENT_MEMORY_REQUEST", default_value = "128Mi")]
+    #[arg(
+        long = "k8s-agent-memory-request",
+        env = "GATEWAY_K8S_AGENT_MEMORY_REQUEST",
+        default_value = "128Mi"
+    )]
     pub agent_memory_request: String,
     /// CPU limit of the file-manager pod.
-    #[arg(long = "k8s-agent-cpu-limit", env = "GATEWAY_K8S_AGENT_CPU_LIMIT", default_value = "1")]
+    #[arg(
+        long = "k8s-agent-cpu-limit",
+        env = "GATEWAY_K8S_AGENT_CPU_LIMIT",
+        default_value = "1"
+    )]
     pub agent_cpu_limit: String,
     /// Memory limit of the file-manager pod.
-    #[arg(long = "k8s-agent-memory-limit", env = "GATEWAY_K8S_AGENT_MEMORY_LIMIT", default_value = "1Gi")]
+    #[arg(
+        long = "k8s-agent-memory-limit",
+        env = "GATEWAY_K8S_AGENT_MEMORY_LIMIT",
+        default_value = "1Gi"
+    )]
     pub agent_memory_limit: String,
 
     /// CPU request of each dev-server pod.
-    #[arg(long = "k8s-dev-cpu-request", env = "GATEWAY_K8S_DEV_CPU_REQUEST", default_value = "250m")]
+    #[arg(
+        long = "k8s-dev-cpu-request",
+        env = "GATEWAY_K8S_DEV_CPU_REQUEST",
+        default_value = "250m"
+    )]
     pub dev_cpu_request: String,
     /// Memory request of each dev-server pod.
-    #[arg(long = "k8s-dev-memory-request", env = "GATEWAY_K8S_DEV_MEMORY_REQUEST", default_value = "512Mi")]
+    #[arg(
+        long = "k8s-dev-memory-request",
+        env = "GATEWAY_K8S_DEV_MEMORY_REQUEST",
+        default_value = "512Mi"
+    )]
     pub dev_memory_request: String,
     /// CPU limit of each dev-server pod.
-    #[arg(long = "k8s-dev-cpu-limit", env = "GATEWAY_K8S_DEV_CPU_LIMIT", default_value = "2")]
+    #[arg(
+        long = "k8s-dev-cpu-limit",
+        env = "GATEWAY_K8S_DEV_CPU_LIMIT",
+        default_value = "2"
+    )]
     pub dev_cpu_limit: String,
     /// Memory limit of each dev-server pod.
-    #[arg(long = "k8s-dev-memory-limit", env = "GATEWAY_K8S_DEV_MEMORY_LIMIT", default_value = "2Gi")]
+    #[arg(
+        long = "k8s-dev-memory-limit",
+        env = "GATEWAY_K8S_DEV_MEMORY_LIMIT",
+        default_value = "2Gi"
+    )]
     pub dev_memory_limit: String,
 
     /// RuntimeClass of dev-server pods (e.g. `gvisor`); empty = the cluster's default.
-    #[arg(long = "k8s-runtime-class", env = "GATEWAY_K8S_RUNTIME_CLASS", default_value = "")]
+    #[arg(
+        long = "k8s-runtime-class",
+        env = "GATEWAY_K8S_RUNTIME_CLASS",
+        default_value = ""
+    )]
     pub runtime_class: String,
 
     /// Seconds to wait for a project's pods to become ready.
-    #[arg(long = "k8s-ready-timeout-secs", env = "GATEWAY_K8S_READY_TIMEOUT_SECS", default_value_t = 180)]
+    #[arg(
+        long = "k8s-ready-timeout-secs",
+        env = "GATEWAY_K8S_READY_TIMEOUT_SECS",
+        default_value_t = 180
+    )]
     pub ready_timeout_secs: u64,
 
     /// Seconds one call to the API server may take before it counts as unanswered.
-    #[arg(long = "k8s-api-timeout-secs", env = "GATEWAY_K8S_API_TIMEOUT_SECS", default_value_t = 30)]
+    #[arg(
+        long = "k8s-api-timeout-secs",
+        env = "GATEWAY_K8S_API_TIMEOUT_SECS",
+        default_value_t = 30
+    )]
     pub api_timeout_secs: u64,
 }
 
@@ -138,8 +206,13 @@ pub struct Resources {
 }
 
 /// The AWS SDK's variables forwarded to agents (they do the S3 transfers).
-const S3_VARS: &[&str] =
-    &["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_ENDPOINT_URL"];
+const S3_VARS: &[&str] = &[
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_REGION",
+    "AWS_ENDPOINT_URL",
+];
 
 impl Settings {
     /// Builds and checks the settings; the error is one line naming the flag.
@@ -151,7 +224,12 @@ impl Settings {
     ) -> Result<Settings, String> {
         let s3_env: Vec<(String, String)> = S3_VARS
             .iter()
-            .filter_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()).map(|v| ((*k).to_owned(), v)))
+            .filter_map(|k| {
+                std::env::var(k)
+                    .ok()
+                    .filter(|v| !v.is_empty())
+                    .map(|v| ((*k).to_owned(), v))
+            })
             .collect();
         let s3_port = s3_env
             .iter()
@@ -197,7 +275,11 @@ impl Settings {
                 .namespace_prefix
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            && settings.namespace_prefix.bytes().next().is_some_and(|b| b.is_ascii_lowercase());
+            && settings
+                .namespace_prefix
+                .bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_lowercase());
         if !prefix_ok {
             return Err(format!(
                 "--k8s-namespace-prefix {:?} must be up to 23 lowercase letters, digits or '-', starting with a letter",
@@ -224,7 +306,8 @@ fn is_namespace_name(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && b.len() <= 63
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b[0] != b'-'
         && b[b.len() - 1] != b'-'
 }
@@ -232,9 +315,12 @@ fn is_namespace_name(s: &str) -> bool {
 /// A Kubernetes quantity (`500m`, `2Gi`, `1.5`): digits with an optional
 /// fraction, then an optional suffix the API server accepts.
 fn quantity(flag: &str, v: &str) -> Result<Quantity, String> {
-    const SUFFIXES: &[&str] =
-        &["", "m", "k", "M", "G", "T", "P", "E", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"];
-    let digits_end = v.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(v.len());
+    const SUFFIXES: &[&str] = &[
+        "", "m", "k", "M", "G", "T", "P", "E", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei",
+    ];
+    let digits_end = v
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(v.len());
     let (number, suffix) = v.split_at(digits_end);
     let number_ok = !number.is_empty()
         && number.matches('.').count() <= 1
@@ -243,7 +329,9 @@ fn quantity(flag: &str, v: &str) -> Result<Quantity, String> {
     if number_ok && SUFFIXES.contains(&suffix) {
         Ok(Quantity(v.to_owned()))
     } else {
-        Err(format!("{flag} {v:?} is not a Kubernetes quantity (e.g. 500m, 2Gi)"))
+        Err(format!(
+            "{flag} {v:?} is not a Kubernetes quantity (e.g. 500m, 2Gi)"
+        ))
     }
 }
 

@@ -34,20 +34,39 @@ pub(crate) async fn open_shell(
     let argv = if argv.is_empty() {
         // bash when the image has it, else sh; both as login shells in the
         // container's working directory.
-        vec!["sh".to_owned(), "-c".to_owned(), "command -v bash >/dev/null && exec bash -l || exec sh -l".to_owned()]
+        vec![
+            "sh".to_owned(),
+            "-c".to_owned(),
+            "command -v bash >/dev/null && exec bash -l || exec sh -l".to_owned(),
+        ]
     } else {
         argv
     };
     let params = AttachParams::interactive_tty().container(container);
-    let mut proc = kube.call(&format!("exec into {pod}"), pods.exec(pod, argv, &params)).await?;
-    let mut stdin = proc.stdin().ok_or_else(|| Error::internal("exec gave no stdin"))?;
-    let mut stdout = proc.stdout().ok_or_else(|| Error::internal("exec gave no stdout"))?;
-    let mut sizes = proc.terminal_size().ok_or_else(|| Error::internal("exec gave no tty"))?;
-    let status = proc.take_status().ok_or_else(|| Error::internal("exec gave no status"))?;
+    let mut proc = kube
+        .call(&format!("exec into {pod}"), pods.exec(pod, argv, &params))
+        .await?;
+    let mut stdin = proc
+        .stdin()
+        .ok_or_else(|| Error::internal("exec gave no stdin"))?;
+    let mut stdout = proc
+        .stdout()
+        .ok_or_else(|| Error::internal("exec gave no stdout"))?;
+    let mut sizes = proc
+        .terminal_size()
+        .ok_or_else(|| Error::internal("exec gave no tty"))?;
+    let status = proc
+        .take_status()
+        .ok_or_else(|| Error::internal("exec gave no status"))?;
 
     // The first size goes out before any keystroke, so the shell draws its
     // prompt for the right width.
-    let _ = sizes.send(TerminalSize { width: cols, height: rows }).await;
+    let _ = sizes
+        .send(TerminalSize {
+            width: cols,
+            height: rows,
+        })
+        .await;
 
     let (input_tx, mut input_rx) = mpsc::channel::<Bytes>(64);
     let (resize_tx, mut resize_rx) = mpsc::channel::<(u16, u16)>(8);
@@ -66,7 +85,14 @@ pub(crate) async fn open_shell(
     });
     tokio::spawn(async move {
         while let Some((cols, rows)) = resize_rx.recv().await {
-            if sizes.send(TerminalSize { width: cols, height: rows }).await.is_err() {
+            if sizes
+                .send(TerminalSize {
+                    width: cols,
+                    height: rows,
+                })
+                .await
+                .is_err()
+            {
                 return;
             }
         }
@@ -79,7 +105,11 @@ pub(crate) async fn open_shell(
                 Ok(n) => {
                     // A full queue waits: the gateway reads as fast as the
                     // browser takes output, and so does the exec stream.
-                    if output_tx.send(Bytes::copy_from_slice(&buf[..n])).await.is_err() {
+                    if output_tx
+                        .send(Bytes::copy_from_slice(&buf[..n]))
+                        .await
+                        .is_err()
+                    {
                         break;
                     }
                 }
@@ -92,7 +122,12 @@ pub(crate) async fn open_shell(
         drop(proc);
     });
 
-    Ok(ShellSession { input: input_tx, resize: resize_tx, output: output_rx, exit: exit_rx })
+    Ok(ShellSession {
+        input: input_tx,
+        resize: resize_tx,
+        output: output_rx,
+        exit: exit_rx,
+    })
 }
 
 /// Runs a command to its end: stdin written then closed, stdout and stderr
@@ -111,12 +146,24 @@ pub(crate) async fn run(
     // process that already ended: kube-rs then may drop the exit status
     // (FIXME: reported as -1); without input there is nothing to close.
     let with_stdin = !input.is_empty();
-    let params = AttachParams::default().container(container).stdin(with_stdin).stdout(true).stderr(true);
-    let mut proc = kube.call(&format!("exec into {pod}"), pods.exec(pod, argv, &params)).await?;
+    let params = AttachParams::default()
+        .container(container)
+        .stdin(with_stdin)
+        .stdout(true)
+        .stderr(true);
+    let mut proc = kube
+        .call(&format!("exec into {pod}"), pods.exec(pod, argv, &params))
+        .await?;
     let mut stdin = proc.stdin();
-    let mut stdout = proc.stdout().ok_or_else(|| Error::internal("exec gave no stdout"))?;
-    let mut stderr = proc.stderr().ok_or_else(|| Error::internal("exec gave no stderr"))?;
-    let status = proc.take_status().ok_or_else(|| Error::internal("exec gave no status"))?;
+    let mut stdout = proc
+        .stdout()
+        .ok_or_else(|| Error::internal("exec gave no stdout"))?;
+    let mut stderr = proc
+        .stderr()
+        .ok_or_else(|| Error::internal("exec gave no stderr"))?;
+    let status = proc
+        .take_status()
+        .ok_or_else(|| Error::internal("exec gave no status"))?;
 
     let work = async {
         let feed = async {
@@ -127,14 +174,22 @@ pub(crate) async fn run(
         };
         let mut out = Vec::new();
         let mut err = Vec::new();
-        let (_, o, e) = tokio::join!(feed, stdout.read_to_end(&mut out), stderr.read_to_end(&mut err));
+        let (_, o, e) = tokio::join!(
+            feed,
+            stdout.read_to_end(&mut out),
+            stderr.read_to_end(&mut err)
+        );
         o?;
         e?;
         let code = exit_code(status.await.as_ref());
         Ok::<_, Error>((code, out, err))
     };
     let deadline = std::time::Duration::from_millis(u64::from(timeout_ms.max(1)));
-    let result = if timeout_ms == 0 { Ok(work.await) } else { tokio::time::timeout(deadline, work).await };
+    let result = if timeout_ms == 0 {
+        Ok(work.await)
+    } else {
+        tokio::time::timeout(deadline, work).await
+    };
     let duration_ms = started.elapsed().as_millis() as u64;
     match result {
         Ok(Ok((code, stdout, stderr))) => Ok(ExecOutput {
@@ -147,7 +202,12 @@ pub(crate) async fn run(
         Ok(Err(e)) => Err(e),
         Err(_) => {
             proc.abort();
-            Ok(ExecOutput { exit_code: -1, duration_ms, timed_out: true, ..ExecOutput::default() })
+            Ok(ExecOutput {
+                exit_code: -1,
+                duration_ms,
+                timed_out: true,
+                ..ExecOutput::default()
+            })
         }
     }
 }

@@ -96,15 +96,28 @@ impl Forwards {
     }
 }
 
-async fn carry(kube: &Kube, pods: &Api<Pod>, selector: &str, port: u16, mut stream: TcpStream) -> Result<()> {
+async fn carry(
+    kube: &Kube,
+    pods: &Api<Pod>,
+    selector: &str,
+    port: u16,
+    mut stream: TcpStream,
+) -> Result<()> {
     let pod = ready_pod(kube, pods, selector).await?;
-    let mut forwarder =
-        kube.call(&format!("port-forward {pod}:{port}"), pods.portforward(&pod, &[port])).await?;
+    let mut forwarder = kube
+        .call(
+            &format!("port-forward {pod}:{port}"),
+            pods.portforward(&pod, &[port]),
+        )
+        .await?;
     let mut upstream = forwarder
         .take_stream(port)
         .ok_or_else(|| Error::internal("port-forward gave no stream"))?;
     tokio::io::copy_bidirectional(&mut stream, &mut upstream).await?;
     drop(upstream);
-    forwarder.join().await.map_err(|e| Error::Unavailable(format!("port-forward ended: {e}")))?;
+    forwarder
+        .join()
+        .await
+        .map_err(|e| Error::Unavailable(format!("port-forward ended: {e}")))?;
     Ok(())
 }

@@ -16,9 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{
-    Namespace, PersistentVolumeClaim, Pod, Secret, Service,
-};
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::Api;
 use kube::api::{DeleteParams, LogParams, Patch, PatchParams};
@@ -55,7 +53,10 @@ impl KubernetesRuntime {
     /// laptop: the kubeconfig), or over a mock service in tests.
     pub fn new(client: kube::Client, settings: Settings) -> KubernetesRuntime {
         KubernetesRuntime {
-            kube: Kube { client, timeout: settings.api_timeout },
+            kube: Kube {
+                client,
+                timeout: settings.api_timeout,
+            },
             settings: Arc::new(settings),
             ready: Mutex::default(),
             running: Mutex::default(),
@@ -97,11 +98,17 @@ impl KubernetesRuntime {
         let kind = K::kind(&K::DynamicType::default()).to_lowercase();
         let params = PatchParams::apply(FIELD_MANAGER).force();
         let what = format!("apply {kind} {name}");
-        match self.kube.call(&what, api.patch(name, &params, &Patch::Apply(obj))).await {
+        match self
+            .kube
+            .call(&what, api.patch(name, &params, &Patch::Apply(obj)))
+            .await
+        {
             // An apply creates what is missing: a 404 means the API server
             // lacks the resource type (or the namespace vanished meanwhile),
             // never that the project is unknown.
-            Err(Error::NotFound(_)) => Err(Error::Internal(format!("{what}: the kubernetes api answered 404"))),
+            Err(Error::NotFound(_)) => Err(Error::Internal(format!(
+                "{what}: the kubernetes api answered 404"
+            ))),
             other => other,
         }
     }
@@ -113,14 +120,24 @@ impl KubernetesRuntime {
         K::DynamicType: Default,
     {
         let kind = K::kind(&K::DynamicType::default()).to_lowercase();
-        match self.kube.call(&format!("delete {kind} {name}"), api.delete(name, &DeleteParams::background())).await {
+        match self
+            .kube
+            .call(
+                &format!("delete {kind} {name}"),
+                api.delete(name, &DeleteParams::background()),
+            )
+            .await
+        {
             Ok(_) | Err(Error::NotFound(_)) => Ok(()),
             Err(e) => Err(e),
         }
     }
 
     fn endpoint(&self, project: &str, address: String) -> AgentEndpoint {
-        AgentEndpoint { address: AgentAddress::Tcp(address), token: self.agent_token(project) }
+        AgentEndpoint {
+            address: AgentAddress::Tcp(address),
+            token: self.agent_token(project),
+        }
     }
 
     /// Where the agent is reached: the Service's DNS name, or a loopback
@@ -128,10 +145,16 @@ impl KubernetesRuntime {
     async fn agent_address(&self, project: &str) -> Result<String> {
         let ns = self.namespace(project);
         match self.settings.access {
-            Access::Service => Ok(format!("http://{FILE_MANAGER}.{ns}.svc:{}", self.settings.agent_port)),
+            Access::Service => Ok(format!(
+                "http://{FILE_MANAGER}.{ns}.svc:{}",
+                self.settings.agent_port
+            )),
             Access::PortForward => {
                 let selector = objects::selector(&objects::file_manager_labels(project));
-                let addr = self.forwards.local(&self.kube, &ns, &selector, self.settings.agent_port).await?;
+                let addr = self
+                    .forwards
+                    .local(&self.kube, &ns, &selector, self.settings.agent_port)
+                    .await?;
                 Ok(format!("http://{addr}"))
             }
         }
@@ -143,7 +166,11 @@ impl KubernetesRuntime {
         let api: Api<Namespace> = Api::all(self.kube.client.clone());
         let deadline = Instant::now() + self.settings.ready_timeout;
         loop {
-            match self.kube.call(&format!("get namespace {ns}"), api.get(ns)).await {
+            match self
+                .kube
+                .call(&format!("get namespace {ns}"), api.get(ns))
+                .await
+            {
                 Err(Error::NotFound(_)) => return Ok(()),
                 Err(e) => return Err(e),
                 Ok(n) if n.metadata.deletion_timestamp.is_none() => return Ok(()),
@@ -164,7 +191,10 @@ impl KubernetesRuntime {
         let api: Api<Deployment> = Api::namespaced(self.kube.client.clone(), ns);
         let deadline = Instant::now() + self.settings.ready_timeout;
         loop {
-            let d = self.kube.call(&format!("get deployment {ns}/{name}"), api.get(name)).await?;
+            let d = self
+                .kube
+                .call(&format!("get deployment {ns}/{name}"), api.get(name))
+                .await?;
             if deployment_ready(&d) {
                 return Ok(());
             }
@@ -196,9 +226,9 @@ impl KubernetesRuntime {
         let selector = objects::selector(&objects::dev_labels(project, name));
         match pods::ready_pod(&self.kube, &pods, &selector).await {
             Ok(pod) => Ok((pods, pod)),
-            Err(Error::Unavailable(_) | Error::NotFound(_)) => {
-                Err(Error::Unavailable(format!("container {name} is not running")))
-            }
+            Err(Error::Unavailable(_) | Error::NotFound(_)) => Err(Error::Unavailable(format!(
+                "container {name} is not running"
+            ))),
             Err(e) => Err(e),
         }
     }
@@ -206,15 +236,26 @@ impl KubernetesRuntime {
     /// The declared port of a running dev server, from this gateway's memory
     /// or from its Deployment.
     async fn running_port(&self, project: &str, name: &str) -> Result<u16> {
-        if let Some(port) = self.running_lock().get(&(project.to_owned(), name.to_owned())) {
+        if let Some(port) = self
+            .running_lock()
+            .get(&(project.to_owned(), name.to_owned()))
+        {
             return Ok(*port);
         }
         let ns = self.namespace(project);
         let api: Api<Deployment> = Api::namespaced(self.kube.client.clone(), &ns);
         let dev = objects::dev_name(name);
-        let d = match self.kube.call(&format!("get deployment {ns}/{dev}"), api.get(&dev)).await {
+        let d = match self
+            .kube
+            .call(&format!("get deployment {ns}/{dev}"), api.get(&dev))
+            .await
+        {
             Ok(d) => d,
-            Err(Error::NotFound(_)) => return Err(Error::Unavailable(format!("container {name} is not running"))),
+            Err(Error::NotFound(_)) => {
+                return Err(Error::Unavailable(format!(
+                    "container {name} is not running"
+                )));
+            }
             Err(e) => return Err(e),
         };
         let port = d
@@ -225,7 +266,8 @@ impl KubernetesRuntime {
             .and_then(|c| c.ports.as_ref()?.first())
             .and_then(|p| u16::try_from(p.container_port).ok())
             .ok_or_else(|| Error::internal(format!("deployment {ns}/{dev} declares no port")))?;
-        self.running_lock().insert((project.to_owned(), name.to_owned()), port);
+        self.running_lock()
+            .insert((project.to_owned(), name.to_owned()), port);
         Ok(port)
     }
 }
@@ -240,7 +282,9 @@ pub fn install_tls_provider() {
 
 /// A Deployment whose current spec has a ready, updated pod.
 fn deployment_ready(d: &Deployment) -> bool {
-    let Some(status) = &d.status else { return false };
+    let Some(status) = &d.status else {
+        return false;
+    };
     let generation = d.metadata.generation.unwrap_or(0);
     status.observed_generation.unwrap_or(0) >= generation
         && status.updated_replicas.unwrap_or(0) >= 1
@@ -265,7 +309,12 @@ impl Runtime for KubernetesRuntime {
         // A namespace still terminating (a teardown that outlived its wait)
         // refuses new content: wait for it to go, then make it afresh.
         self.wait_until_gone_if_terminating(&ns).await?;
-        self.apply(&Api::<Namespace>::all(client.clone()), &ns, &objects::namespace(&ns, project)).await?;
+        self.apply(
+            &Api::<Namespace>::all(client.clone()),
+            &ns,
+            &objects::namespace(&ns, project),
+        )
+        .await?;
         self.apply(
             &Api::<NetworkPolicy>::namespaced(client.clone(), &ns),
             objects::NETWORK_POLICY,
@@ -308,7 +357,14 @@ impl Runtime for KubernetesRuntime {
         if !self.ready_lock().contains(project) {
             let ns = self.namespace(project);
             let api: Api<Deployment> = Api::namespaced(self.kube.client.clone(), &ns);
-            let found = match self.kube.call(&format!("get deployment {ns}/{FILE_MANAGER}"), api.get(FILE_MANAGER)).await {
+            let found = match self
+                .kube
+                .call(
+                    &format!("get deployment {ns}/{FILE_MANAGER}"),
+                    api.get(FILE_MANAGER),
+                )
+                .await
+            {
                 Ok(d) => deployment_ready(&d),
                 Err(Error::NotFound(_)) => false,
                 Err(e) => return Err(e),
@@ -333,11 +389,16 @@ impl Runtime for KubernetesRuntime {
             &objects::dev_server(&self.settings, &ns, project, spec),
         )
         .await?;
-        self.apply(&Api::<Service>::namespaced(client.clone(), &ns), &name, &objects::dev_service(&ns, project, spec))
-            .await?;
+        self.apply(
+            &Api::<Service>::namespaced(client.clone(), &ns),
+            &name,
+            &objects::dev_service(&ns, project, spec),
+        )
+        .await?;
         let selector = objects::selector(&objects::dev_labels(project, &spec.name));
         self.wait_ready(&ns, &name, &selector).await?;
-        self.running_lock().insert((project.to_owned(), spec.name.clone()), spec.port);
+        self.running_lock()
+            .insert((project.to_owned(), spec.name.clone()), spec.port);
         self.container_route(project, &spec.name, None).await
     }
 
@@ -346,55 +407,99 @@ impl Runtime for KubernetesRuntime {
         let client = &self.kube.client;
         let dev = objects::dev_name(name);
         tracing::info!(project, container = name, "stopping dev server");
-        self.running_lock().remove(&(project.to_owned(), name.to_owned()));
+        self.running_lock()
+            .remove(&(project.to_owned(), name.to_owned()));
         let selector = objects::selector(&objects::dev_labels(project, name));
         self.forwards.forget(&ns, Some(&selector));
-        self.delete(&Api::<Deployment>::namespaced(client.clone(), &ns), &dev).await?;
-        self.delete(&Api::<Service>::namespaced(client.clone(), &ns), &dev).await
+        self.delete(&Api::<Deployment>::namespaced(client.clone(), &ns), &dev)
+            .await?;
+        self.delete(&Api::<Service>::namespaced(client.clone(), &ns), &dev)
+            .await
     }
 
-    async fn container_route(&self, project: &str, name: &str, port: Option<u16>) -> Result<ContainerRoute> {
+    async fn container_route(
+        &self,
+        project: &str,
+        name: &str,
+        port: Option<u16>,
+    ) -> Result<ContainerRoute> {
         let main = self.running_port(project, name).await?;
         let port = port.unwrap_or(main);
         let ns = self.namespace(project);
         match self.settings.access {
             // The declared port through the Service; another port of the
             // same server straight to its pod (the Service exposes one port).
-            Access::Service if port == main => {
-                Ok(ContainerRoute { host: format!("{}.{ns}.svc", objects::dev_name(name)), port })
-            }
+            Access::Service if port == main => Ok(ContainerRoute {
+                host: format!("{}.{ns}.svc", objects::dev_name(name)),
+                port,
+            }),
             Access::Service => {
                 let (pods, pod) = self.dev_pod(project, name).await?;
-                let p = self.kube.call(&format!("get pod {ns}/{pod}"), pods.get(&pod)).await?;
-                let ip = p
-                    .status
-                    .and_then(|s| s.pod_ip)
-                    .ok_or_else(|| Error::Unavailable(format!("container {name} has no address yet")))?;
+                let p = self
+                    .kube
+                    .call(&format!("get pod {ns}/{pod}"), pods.get(&pod))
+                    .await?;
+                let ip = p.status.and_then(|s| s.pod_ip).ok_or_else(|| {
+                    Error::Unavailable(format!("container {name} has no address yet"))
+                })?;
                 Ok(ContainerRoute { host: ip, port })
             }
             Access::PortForward => {
                 let selector = objects::selector(&objects::dev_labels(project, name));
-                let addr = self.forwards.local(&self.kube, &ns, &selector, port).await?;
-                Ok(ContainerRoute { host: addr.ip().to_string(), port: addr.port() })
+                let addr = self
+                    .forwards
+                    .local(&self.kube, &ns, &selector, port)
+                    .await?;
+                Ok(ContainerRoute {
+                    host: addr.ip().to_string(),
+                    port: addr.port(),
+                })
             }
         }
     }
 
-    async fn container_shell(&self, project: &str, name: &str, _env: &BTreeMap<String, String>) -> Result<ShellTarget> {
+    async fn container_shell(
+        &self,
+        project: &str,
+        name: &str,
+        _env: &BTreeMap<String, String>,
+    ) -> Result<ShellTarget> {
         // The pod already has the container's env; a shell there sees it.
         let (_, pod) = self.dev_pod(project, name).await?;
-        Ok(ShellTarget::PodExec { namespace: self.namespace(project), pod, container: DEV_CONTAINER.to_owned() })
+        Ok(ShellTarget::PodExec {
+            namespace: self.namespace(project),
+            pod,
+            container: DEV_CONTAINER.to_owned(),
+        })
     }
 
-    async fn open_shell(&self, target: &ShellTarget, argv: Vec<String>, cols: u16, rows: u16) -> Result<ShellSession> {
-        let ShellTarget::PodExec { namespace, pod, container } = target else {
-            return Err(Error::internal("the kubernetes runtime opens pod shells only"));
+    async fn open_shell(
+        &self,
+        target: &ShellTarget,
+        argv: Vec<String>,
+        cols: u16,
+        rows: u16,
+    ) -> Result<ShellSession> {
+        let ShellTarget::PodExec {
+            namespace,
+            pod,
+            container,
+        } = target
+        else {
+            return Err(Error::internal(
+                "the kubernetes runtime opens pod shells only",
+            ));
         };
         let pods: Api<Pod> = Api::namespaced(self.kube.client.clone(), namespace);
         exec::open_shell(&self.kube, &pods, pod, container, argv, cols, rows).await
     }
 
-    async fn container_exec(&self, project: &str, name: &str, spec: ExecSpec) -> Result<ExecOutput> {
+    async fn container_exec(
+        &self,
+        project: &str,
+        name: &str,
+        spec: ExecSpec,
+    ) -> Result<ExecOutput> {
         let (pods, pod) = self.dev_pod(project, name).await?;
         if spec.argv.is_empty() {
             return Err(Error::BadRequest("argv is empty".into()));
@@ -404,22 +509,47 @@ impl Runtime for KubernetesRuntime {
         let cwd = if spec.cwd.is_empty() {
             format!("{}/{name}", objects::PROJECT_ROOT)
         } else {
-            format!("{}/{name}/{}", objects::PROJECT_ROOT, spec.cwd.trim_start_matches('/'))
+            format!(
+                "{}/{name}/{}",
+                objects::PROJECT_ROOT,
+                spec.cwd.trim_start_matches('/')
+            )
         };
-        let mut argv = vec!["sh".to_owned(), "-c".to_owned(), "cd -- \"$0\" && exec \"$@\"".to_owned(), cwd];
+        let mut argv = vec![
+            "sh".to_owned(),
+            "-c".to_owned(),
+            "cd -- \"$0\" && exec \"$@\"".to_owned(),
+            cwd,
+        ];
         if !spec.env.is_empty() {
             argv.push("env".to_owned());
             argv.extend(spec.env.iter().map(|(k, v)| format!("{k}={v}")));
         }
         argv.extend(spec.argv);
-        exec::run(&self.kube, &pods, &pod, DEV_CONTAINER, argv, spec.stdin, spec.timeout_ms).await
+        exec::run(
+            &self.kube,
+            &pods,
+            &pod,
+            DEV_CONTAINER,
+            argv,
+            spec.stdin,
+            spec.timeout_ms,
+        )
+        .await
     }
 
     async fn container_logs(&self, project: &str, name: &str, follow: bool) -> Result<ByteStream> {
         use futures::AsyncReadExt as _;
         let (pods, pod) = self.dev_pod(project, name).await?;
-        let params = LogParams { container: Some(DEV_CONTAINER.to_owned()), follow, ..LogParams::default() };
-        let reader = self.kube.call(&format!("logs of {pod}"), pods.log_stream(&pod, &params)).await?;
+        let params = LogParams {
+            container: Some(DEV_CONTAINER.to_owned()),
+            follow,
+            ..LogParams::default()
+        };
+        let reader = self
+            .kube
+            .call(&format!("logs of {pod}"), pods.log_stream(&pod, &params))
+            .await?;
         let stream = futures::stream::unfold(Some(Box::pin(reader)), |reader| async move {
             let mut reader = reader?;
             let mut buf = vec![0u8; 16 * 1024];
@@ -447,7 +577,11 @@ impl Runtime for KubernetesRuntime {
         // namespace still terminating (its content cannot be re-created).
         let deadline = Instant::now() + self.settings.ready_timeout;
         loop {
-            match self.kube.call(&format!("get namespace {ns}"), api.get(&ns)).await {
+            match self
+                .kube
+                .call(&format!("get namespace {ns}"), api.get(&ns))
+                .await
+            {
                 Err(Error::NotFound(_)) => return Ok(()),
                 Err(e) => return Err(e),
                 Ok(_) if Instant::now() >= deadline => {
@@ -461,7 +595,11 @@ impl Runtime for KubernetesRuntime {
         }
     }
 
-    async fn record_activity(&self, project: &str, at: chrono::DateTime<chrono::Utc>) -> Result<()> {
+    async fn record_activity(
+        &self,
+        project: &str,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<()> {
         let ns = self.namespace(project);
         let api: Api<Namespace> = Api::all(self.kube.client.clone());
         // A merge patch under its own manager: the open's apply (manager
@@ -469,15 +607,27 @@ impl Runtime for KubernetesRuntime {
         let patch = serde_json::json!({"metadata": {"annotations": {
             objects::ANNOTATION_LAST_ACTIVITY: at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
         }}});
-        let params = PatchParams { field_manager: Some(ACTIVITY_MANAGER.to_owned()), ..PatchParams::default() };
-        self.kube.call(&format!("annotate namespace {ns}"), api.patch(&ns, &params, &Patch::Merge(&patch))).await?;
+        let params = PatchParams {
+            field_manager: Some(ACTIVITY_MANAGER.to_owned()),
+            ..PatchParams::default()
+        };
+        self.kube
+            .call(
+                &format!("annotate namespace {ns}"),
+                api.patch(&ns, &params, &Patch::Merge(&patch)),
+            )
+            .await?;
         Ok(())
     }
 
     async fn last_activity(&self, project: &str) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
         let ns = self.namespace(project);
         let api: Api<Namespace> = Api::all(self.kube.client.clone());
-        let namespace = match self.kube.call(&format!("get namespace {ns}"), api.get(&ns)).await {
+        let namespace = match self
+            .kube
+            .call(&format!("get namespace {ns}"), api.get(&ns))
+            .await
+        {
             Ok(n) => n,
             Err(Error::NotFound(_)) => return Ok(None),
             Err(e) => return Err(e),
@@ -492,7 +642,10 @@ impl Runtime for KubernetesRuntime {
     }
 
     async fn ready(&self) -> Result<()> {
-        self.kube.call("get version", self.kube.client.apiserver_version()).await.map(|_| ())
+        self.kube
+            .call("get version", self.kube.client.apiserver_version())
+            .await
+            .map(|_| ())
     }
 }
 

@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
 use k8s_openapi::api::core::v1::{
-    Affinity, Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvFromSource,
-    EnvVar, GRPCAction, Namespace, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    Affinity, Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvFromSource, EnvVar,
+    GRPCAction, Namespace, PersistentVolumeClaim, PersistentVolumeClaimSpec,
     PersistentVolumeClaimVolumeSource, PodAffinity, PodAffinityTerm, PodSecurityContext, PodSpec,
     PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret, SecretEnvSource,
     SecurityContext, Service, ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount,
@@ -82,7 +82,11 @@ pub fn dev_labels(project: &str, container: &str) -> BTreeMap<String, String> {
 
 /// A `k=v,k=v` label selector for list calls.
 pub fn selector(labels: &BTreeMap<String, String>) -> String {
-    labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn meta(name: &str, namespace: Option<&str>, labels: BTreeMap<String, String>) -> ObjectMeta {
@@ -95,7 +99,10 @@ fn meta(name: &str, namespace: Option<&str>, labels: BTreeMap<String, String>) -
 }
 
 pub fn namespace(ns: &str, project: &str) -> Namespace {
-    Namespace { metadata: meta(ns, None, project_labels(project)), ..Namespace::default() }
+    Namespace {
+        metadata: meta(ns, None, project_labels(project)),
+        ..Namespace::default()
+    }
 }
 
 /// Ingress only from the gateway's namespace, the ingress controller and the
@@ -114,8 +121,10 @@ pub fn network_policy(s: &Settings, ns: &str, project: &str) -> NetworkPolicy {
         }),
         ..NetworkPolicyPeer::default()
     };
-    let same_namespace =
-        NetworkPolicyPeer { pod_selector: Some(LabelSelector::default()), ..NetworkPolicyPeer::default() };
+    let same_namespace = NetworkPolicyPeer {
+        pod_selector: Some(LabelSelector::default()),
+        ..NetworkPolicyPeer::default()
+    };
     let port = |protocol: &str, port: u16| NetworkPolicyPort {
         protocol: Some(protocol.to_owned()),
         port: Some(IntOrString::Int(i32::from(port))),
@@ -145,11 +154,20 @@ pub fn network_policy(s: &Settings, ns: &str, project: &str) -> NetworkPolicy {
                     ports: Some(vec![port("UDP", 53), port("TCP", 53)]),
                 },
                 // HTTPS (git, package registries, S3) and the S3 endpoint's port.
-                NetworkPolicyEgressRule { to: None, ports: Some(egress_ports) },
+                NetworkPolicyEgressRule {
+                    to: None,
+                    ports: Some(egress_ports),
+                },
                 // Bundled templates: the agent clones them from the gateway.
-                NetworkPolicyEgressRule { to: Some(vec![from_namespace(&s.gateway_namespace)]), ports: None },
+                NetworkPolicyEgressRule {
+                    to: Some(vec![from_namespace(&s.gateway_namespace)]),
+                    ports: None,
+                },
                 // Dev servers of one project talk to each other.
-                NetworkPolicyEgressRule { to: Some(vec![same_namespace]), ports: None },
+                NetworkPolicyEgressRule {
+                    to: Some(vec![same_namespace]),
+                    ports: None,
+                },
             ]),
         }),
     }
@@ -162,7 +180,10 @@ pub fn storage(s: &Settings, ns: &str, project: &str) -> PersistentVolumeClaim {
             access_modes: Some(vec![s.access_mode.clone()]),
             storage_class_name: s.storage_class.clone(),
             resources: Some(VolumeResourceRequirements {
-                requests: Some(BTreeMap::from([("storage".to_owned(), s.storage_size.clone())])),
+                requests: Some(BTreeMap::from([(
+                    "storage".to_owned(),
+                    s.storage_size.clone(),
+                )])),
                 ..VolumeResourceRequirements::default()
             }),
             ..PersistentVolumeClaimSpec::default()
@@ -173,7 +194,10 @@ pub fn storage(s: &Settings, ns: &str, project: &str) -> PersistentVolumeClaim {
 
 /// The agent's token and S3 credentials, read by the agent as environment.
 pub fn agent_secret(s: &Settings, ns: &str, project: &str, token: &str) -> Secret {
-    let mut data = BTreeMap::from([("AGENT_TOKEN".to_owned(), ByteString(token.as_bytes().to_vec()))]);
+    let mut data = BTreeMap::from([(
+        "AGENT_TOKEN".to_owned(),
+        ByteString(token.as_bytes().to_vec()),
+    )]);
     for (k, v) in &s.s3_env {
         data.insert(k.clone(), ByteString(v.as_bytes().to_vec()));
     }
@@ -187,7 +211,10 @@ pub fn agent_secret(s: &Settings, ns: &str, project: &str, token: &str) -> Secre
 
 fn resources(r: &Resources) -> ResourceRequirements {
     let pair = |cpu: &Quantity, memory: &Quantity| {
-        BTreeMap::from([("cpu".to_owned(), cpu.clone()), ("memory".to_owned(), memory.clone())])
+        BTreeMap::from([
+            ("cpu".to_owned(), cpu.clone()),
+            ("memory".to_owned(), memory.clone()),
+        ])
     };
     ResourceRequirements {
         requests: Some(pair(&r.cpu_request, &r.memory_request)),
@@ -203,7 +230,10 @@ fn container_security(read_only_root: bool) -> SecurityContext {
         run_as_non_root: Some(true),
         run_as_user: Some(POD_USER),
         run_as_group: Some(POD_USER),
-        capabilities: Some(Capabilities { drop: Some(vec!["ALL".to_owned()]), add: None }),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_owned()]),
+            add: None,
+        }),
         ..SecurityContext::default()
     }
 }
@@ -216,7 +246,10 @@ fn pod_security() -> PodSecurityContext {
         fs_group: Some(POD_USER),
         // A large volume is not re-chowned on every start.
         fs_group_change_policy: Some("OnRootMismatch".to_owned()),
-        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".to_owned(), ..SeccompProfile::default() }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".to_owned(),
+            ..SeccompProfile::default()
+        }),
         ..PodSecurityContext::default()
     }
 }
@@ -231,19 +264,38 @@ fn volumes() -> Vec<Volume> {
             }),
             ..Volume::default()
         },
-        Volume { name: "tmp".to_owned(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Volume::default() },
+        Volume {
+            name: "tmp".to_owned(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        },
     ]
 }
 
 fn mounts() -> Vec<VolumeMount> {
     vec![
-        VolumeMount { name: STORAGE.to_owned(), mount_path: PROJECT_ROOT.to_owned(), ..VolumeMount::default() },
-        VolumeMount { name: "tmp".to_owned(), mount_path: "/tmp".to_owned(), ..VolumeMount::default() },
+        VolumeMount {
+            name: STORAGE.to_owned(),
+            mount_path: PROJECT_ROOT.to_owned(),
+            ..VolumeMount::default()
+        },
+        VolumeMount {
+            name: "tmp".to_owned(),
+            mount_path: "/tmp".to_owned(),
+            ..VolumeMount::default()
+        },
     ]
 }
 
 fn env(pairs: impl IntoIterator<Item = (String, String)>) -> Vec<EnvVar> {
-    pairs.into_iter().map(|(name, value)| EnvVar { name, value: Some(value), value_from: None }).collect()
+    pairs
+        .into_iter()
+        .map(|(name, value)| EnvVar {
+            name,
+            value: Some(value),
+            value_from: None,
+        })
+        .collect()
 }
 
 /// A Deployment of one replica: Recreate, since the volume is usually
@@ -259,10 +311,20 @@ fn deployment(
         metadata: meta(name, Some(ns), labels.clone()),
         spec: Some(DeploymentSpec {
             replicas: Some(1),
-            selector: LabelSelector { match_labels: Some(labels.clone()), ..LabelSelector::default() },
-            strategy: Some(DeploymentStrategy { type_: Some("Recreate".to_owned()), rolling_update: None }),
+            selector: LabelSelector {
+                match_labels: Some(labels.clone()),
+                ..LabelSelector::default()
+            },
+            strategy: Some(DeploymentStrategy {
+                type_: Some("Recreate".to_owned()),
+                rolling_update: None,
+            }),
             template: PodTemplateSpec {
-                metadata: Some(ObjectMeta { labels: Some(labels), annotations, ..ObjectMeta::default() }),
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    annotations,
+                    ..ObjectMeta::default()
+                }),
                 spec: Some(pod),
             },
             ..DeploymentSpec::default()
@@ -274,7 +336,10 @@ fn deployment(
 /// The file-manager: the agent serving the volume at `/app` over gRPC.
 pub fn file_manager(s: &Settings, ns: &str, project: &str, token_sha256: &str) -> Deployment {
     let grpc_probe = |period: i32, failures: i32| Probe {
-        grpc: Some(GRPCAction { port: i32::from(s.agent_port), service: None }),
+        grpc: Some(GRPCAction {
+            port: i32::from(s.agent_port),
+            service: None,
+        }),
         period_seconds: Some(period),
         failure_threshold: Some(failures),
         ..Probe::default()
@@ -286,12 +351,18 @@ pub fn file_manager(s: &Settings, ns: &str, project: &str, token_sha256: &str) -
         command: Some(vec!["agent".to_owned()]),
         env: Some(env([
             ("AGENT_ROOT".to_owned(), PROJECT_ROOT.to_owned()),
-            ("AGENT_LISTEN".to_owned(), format!("0.0.0.0:{}", s.agent_port)),
+            (
+                "AGENT_LISTEN".to_owned(),
+                format!("0.0.0.0:{}", s.agent_port),
+            ),
             ("AGENT_LOG_FORMAT".to_owned(), "json".to_owned()),
             ("HOME".to_owned(), "/tmp".to_owned()),
         ])),
         env_from: Some(vec![EnvFromSource {
-            secret_ref: Some(SecretEnvSource { name: AGENT_SECRET.to_owned(), optional: Some(false) }),
+            secret_ref: Some(SecretEnvSource {
+                name: AGENT_SECRET.to_owned(),
+                optional: Some(false),
+            }),
             ..EnvFromSource::default()
         }]),
         ports: Some(vec![ContainerPort {
@@ -318,10 +389,22 @@ pub fn file_manager(s: &Settings, ns: &str, project: &str, token_sha256: &str) -
         ..PodSpec::default()
     };
     let annotations = BTreeMap::from([(ANNOTATION_TOKEN_HASH.to_owned(), token_sha256.to_owned())]);
-    deployment(FILE_MANAGER, ns, file_manager_labels(project), Some(annotations), pod)
+    deployment(
+        FILE_MANAGER,
+        ns,
+        file_manager_labels(project),
+        Some(annotations),
+        pod,
+    )
 }
 
-fn service(name: &str, ns: &str, labels: BTreeMap<String, String>, port_name: &str, port: u16) -> Service {
+fn service(
+    name: &str,
+    ns: &str,
+    labels: BTreeMap<String, String>,
+    port_name: &str,
+    port: u16,
+) -> Service {
     Service {
         metadata: meta(name, Some(ns), labels.clone()),
         spec: Some(ServiceSpec {
@@ -340,7 +423,13 @@ fn service(name: &str, ns: &str, labels: BTreeMap<String, String>, port_name: &s
 }
 
 pub fn file_manager_service(s: &Settings, ns: &str, project: &str) -> Service {
-    service(FILE_MANAGER, ns, file_manager_labels(project), "grpc", s.agent_port)
+    service(
+        FILE_MANAGER,
+        ns,
+        file_manager_labels(project),
+        "grpc",
+        s.agent_port,
+    )
 }
 
 /// A dev server: its start command in `/app/{name}` with `PORT` and `HOST`,
@@ -368,7 +457,10 @@ pub fn dev_server(s: &Settings, ns: &str, project: &str, spec: &ContainerSpec) -
         working_dir: Some(format!("{PROJECT_ROOT}/{}", spec.name)),
         env: Some(env(vars)),
         env_from: Some(vec![EnvFromSource {
-            secret_ref: Some(SecretEnvSource { name: format!("{name}-env"), optional: Some(true) }),
+            secret_ref: Some(SecretEnvSource {
+                name: format!("{name}-env"),
+                optional: Some(true),
+            }),
             ..EnvFromSource::default()
         }]),
         ports: Some(vec![ContainerPort {
@@ -378,7 +470,10 @@ pub fn dev_server(s: &Settings, ns: &str, project: &str, spec: &ContainerSpec) -
             ..ContainerPort::default()
         }]),
         readiness_probe: Some(Probe {
-            tcp_socket: Some(TCPSocketAction { port: IntOrString::Int(i32::from(spec.port)), host: None }),
+            tcp_socket: Some(TCPSocketAction {
+                port: IntOrString::Int(i32::from(spec.port)),
+                host: None,
+            }),
             period_seconds: Some(2),
             ..Probe::default()
         }),
@@ -418,5 +513,11 @@ pub fn dev_server(s: &Settings, ns: &str, project: &str, spec: &ContainerSpec) -
 }
 
 pub fn dev_service(ns: &str, project: &str, spec: &ContainerSpec) -> Service {
-    service(&dev_name(&spec.name), ns, dev_labels(project, &spec.name), "http", spec.port)
+    service(
+        &dev_name(&spec.name),
+        ns,
+        dev_labels(project, &spec.name),
+        "http",
+        spec.port,
+    )
 }

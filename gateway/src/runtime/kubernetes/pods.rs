@@ -21,7 +21,11 @@ pub struct Kube {
 impl Kube {
     /// Runs one API call with the deadline, mapping its error; `what` names
     /// the call for the message ("apply deployment proj-a/file-manager").
-    pub async fn call<T>(&self, what: &str, fut: impl Future<Output = kube::Result<T>>) -> Result<T> {
+    pub async fn call<T>(
+        &self,
+        what: &str,
+        fut: impl Future<Output = kube::Result<T>>,
+    ) -> Result<T> {
         match tokio::time::timeout(self.timeout, fut).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(map_error(what, e)),
@@ -47,9 +51,17 @@ pub(crate) fn map_error(what: &str, e: kube::Error) -> Error {
                 "{what}: forbidden by the kubernetes api ({}); check the gateway's ClusterRole",
                 s.message
             )),
-            422 | 400 => Error::Internal(format!("{what}: rejected by the kubernetes api: {}", s.message)),
-            429 | 500..=599 => Error::Unavailable(format!("{what}: kubernetes api error {}", s.code)),
-            code => Error::Internal(format!("{what}: kubernetes api answered {code}: {}", s.message)),
+            422 | 400 => Error::Internal(format!(
+                "{what}: rejected by the kubernetes api: {}",
+                s.message
+            )),
+            429 | 500..=599 => {
+                Error::Unavailable(format!("{what}: kubernetes api error {}", s.code))
+            }
+            code => Error::Internal(format!(
+                "{what}: kubernetes api answered {code}: {}",
+                s.message
+            )),
         },
         _ => Error::Unavailable(format!("{what}: kubernetes api unreachable: {e}")),
     }
@@ -57,7 +69,9 @@ pub(crate) fn map_error(what: &str, e: kube::Error) -> Error {
 
 /// Whether a pod is running and its Ready condition is true.
 pub(crate) fn is_ready(pod: &Pod) -> bool {
-    let Some(status) = &pod.status else { return false };
+    let Some(status) = &pod.status else {
+        return false;
+    };
     pod.metadata.deletion_timestamp.is_none()
         && status.phase.as_deref() == Some("Running")
         && status
@@ -70,7 +84,10 @@ pub(crate) fn is_ready(pod: &Pod) -> bool {
 /// The name of a ready pod matching `selector`; `Unavailable` when none is.
 pub(crate) async fn ready_pod(kube: &Kube, pods: &Api<Pod>, selector: &str) -> Result<String> {
     let list = kube
-        .call(&format!("list pods {selector}"), pods.list(&ListParams::default().labels(selector)))
+        .call(
+            &format!("list pods {selector}"),
+            pods.list(&ListParams::default().labels(selector)),
+        )
         .await?;
     list.items
         .iter()
@@ -85,14 +102,27 @@ pub(crate) async fn ready_pod(kube: &Kube, pods: &Api<Pod>, selector: &str) -> R
 pub(crate) async fn why_not_ready(kube: &Kube, ns: &str, selector: &str) -> String {
     let mut parts = Vec::new();
     let pods: Api<Pod> = Api::namespaced(kube.client.clone(), ns);
-    match kube.call("list pods", pods.list(&ListParams::default().labels(selector))).await {
+    match kube
+        .call(
+            "list pods",
+            pods.list(&ListParams::default().labels(selector)),
+        )
+        .await
+    {
         Ok(list) if list.items.is_empty() => parts.push("no pod was created".to_owned()),
         Ok(list) => {
             for pod in &list.items {
                 let name = pod.metadata.name.as_deref().unwrap_or("?");
-                let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("Unknown");
+                let phase = pod
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.phase.as_deref())
+                    .unwrap_or("Unknown");
                 let mut line = format!("pod {name} is {phase}");
-                let statuses = pod.status.as_ref().and_then(|s| s.container_statuses.as_ref());
+                let statuses = pod
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.container_statuses.as_ref());
                 for cs in statuses.into_iter().flatten() {
                     let state = cs.state.as_ref();
                     if let Some(w) = state.and_then(|s| s.waiting.as_ref()) {
@@ -118,7 +148,13 @@ pub(crate) async fn why_not_ready(kube: &Kube, ns: &str, selector: &str) -> Stri
         Err(error) => parts.push(format!("pods unreadable: {error}")),
     }
     let events: Api<Event> = Api::namespaced(kube.client.clone(), ns);
-    match kube.call("list events", events.list(&ListParams::default().fields("type=Warning"))).await {
+    match kube
+        .call(
+            "list events",
+            events.list(&ListParams::default().fields("type=Warning")),
+        )
+        .await
+    {
         Ok(list) => {
             let mut items = list.items;
             items.sort_by_key(|e| e.last_timestamp.clone().map(|t| t.0));
