@@ -20,10 +20,11 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
-if ! command -v moto_server >/dev/null; then
+if ! python3 -c 'import moto.server, flask' 2>/dev/null; then
   echo "== pip install moto[server]"
   python3 -m pip install -q 'moto[server]'
-  hash -r
+  # pyenv makes shims for new scripts only on a rehash.
+  if command -v pyenv >/dev/null; then pyenv rehash || true; fi
 fi
 
 # The page (web-demo/) and its browser tests (tests/browser/): exact versions

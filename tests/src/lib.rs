@@ -83,8 +83,17 @@ pub const S3_REGION: &str = "us-east-1";
 impl S3Server {
     pub async fn start() -> Result<S3Server> {
         let port = free_port();
-        let child = Command::new("moto_server")
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        // `python3 -m` rather than the `moto_server` script: a fresh pyenv
+        // install may not have made a shim for the script yet.
+        let child = Command::new("python3")
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
