@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
 
 use crate::State;
 
@@ -173,7 +174,11 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         tracing::info!(addr = %listener.local_addr()?, root = %config.root.display(), "agent listening");
-        Box::pin(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop))
+        // The builder's `tcp_nodelay` applies only to listeners tonic binds
+        // itself; sockets handed in need it here, or every small answer waits
+        // for Nagle's delayed ACK (~40 ms per request).
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        Box::pin(router.serve_with_incoming_shutdown(incoming, stop))
     };
     let mut server = server;
 
