@@ -43,7 +43,9 @@ pub async fn run(
     config.validate().map_err(anyhow::Error::msg)?;
     let state = build_state(&config).await?;
     let addr = listener.local_addr()?;
-    state.listen_port.store(addr.port(), std::sync::atomic::Ordering::Relaxed);
+    state
+        .listen_port
+        .store(addr.port(), std::sync::atomic::Ordering::Relaxed);
 
     // Active projects get their agents back; in the background, since a
     // request for one of them brings its agent up on its own anyway.
@@ -55,17 +57,28 @@ pub async fn run(
         Duration::from_secs(60),
     ));
 
-    let app = api::router(state.clone());
+    // Preview hosts are dispatched ahead of the API's router and middleware.
+    let app = preview::in_front(state.clone(), api::router(state.clone()));
     let cancel = state.shutdown.clone();
-    let serve = axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
-        .with_graceful_shutdown({
-            let cancel = cancel.clone();
-            async move {
-                shutdown.await;
-                tracing::info!("shutting down");
-                cancel.cancel();
-            }
-        });
+    // Answers are small writes the client waits for: no Nagle delay
+    // (axum::serve leaves it on).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+    });
+    let serve = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown({
+        let cancel = cancel.clone();
+        async move {
+            shutdown.await;
+            tracing::info!("shutting down");
+            cancel.cancel();
+        }
+    });
     announce(&config, &state, addr);
     let grace = Duration::from_secs(config.grace_secs);
     let server = tokio::spawn(serve.into_future());
@@ -84,8 +97,16 @@ fn announce(config: &Config, state: &AppState, addr: std::net::SocketAddr) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "listening on http://{addr}");
     if config.runtime == RuntimeKind::Local {
-        let host = if addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { addr.ip().to_string() };
-        let host = if host.contains(':') { format!("[{host}]") } else { host };
+        let host = if addr.ip().is_unspecified() {
+            "127.0.0.1".to_owned()
+        } else {
+            addr.ip().to_string()
+        };
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host
+        };
         match state.keys.sign("admin", &["*"], 30 * 24 * 3600) {
             Ok(token) => {
                 let _ = writeln!(out, "demo: http://{host}:{}/?token={token}", addr.port());
@@ -125,7 +146,10 @@ pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
         }
     };
     let archives = archive_store::ArchiveStore::new(config.archive_location());
-    archives.ready().await.context("cannot prepare the archive store")?;
+    archives
+        .ready()
+        .await
+        .context("cannot prepare the archive store")?;
     let templates = match config.templates_dir() {
         Some(dir) => {
             let data_dir = config.data_dir.clone();

@@ -66,9 +66,35 @@ pub async fn ensure_active(state: &AppState, project: &str) -> Result<()> {
     }
 }
 
+/// Puts preview dispatch in front of `app`: a request whose `Host` names a
+/// preview host goes straight to the proxy, before the API's router and its
+/// middleware (tracing span, metrics, JSON errors), which it never needs and
+/// which cost a proxied request more than the proxying itself; every other
+/// request goes to `app` unchanged.
+pub fn in_front(state: AppState, app: axum::Router) -> axum::Router {
+    use tower::Service as _;
+    let svc = tower::service_fn(move |req: Request| {
+        let (state, mut app) = (state.clone(), app.clone());
+        async move {
+            let target = req
+                .headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .or_else(|| req.uri().authority().map(|a| a.as_str()))
+                .and_then(|h| host::parse(h, &state.config.preview_domain));
+            match target {
+                Some(target) => Ok(handle(state, target, req).await),
+                None => app.call(req).await,
+            }
+        }
+    });
+    axum::Router::new().fallback_service(svc)
+}
+
 /// Serves one request for a preview host.
 pub async fn handle(state: AppState, target: PreviewHost, req: Request) -> Response {
-    let span = tracing::debug_span!("preview", project = %target.project, container = %target.container);
+    let span =
+        tracing::debug_span!("preview", project = %target.project, container = %target.container);
     match tracing::Instrument::instrument(serve(&state, &target, req), span).await {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
@@ -89,13 +115,23 @@ enum Refusal {
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
         let (status, title, text) = match self {
-            Refusal::NotFound(what) => (StatusCode::NOT_FOUND, "Preview not found", format!("There is no {what}.")),
+            Refusal::NotFound(what) => (
+                StatusCode::NOT_FOUND,
+                "Preview not found",
+                format!("There is no {what}."),
+            ),
             Refusal::Unauthorized => (
                 StatusCode::UNAUTHORIZED,
                 "Sign-in needed",
-                format!("This preview is private. Open {AUTH_PATH}?token=&lt;token&gt; on this host to get in."),
+                format!(
+                    "This preview is private. Open {AUTH_PATH}?token=&lt;token&gt; on this host to get in."
+                ),
             ),
-            Refusal::Forbidden => (StatusCode::FORBIDDEN, "Not allowed", "Your token does not grant this project.".to_owned()),
+            Refusal::Forbidden => (
+                StatusCode::FORBIDDEN,
+                "Not allowed",
+                "Your token does not grant this project.".to_owned(),
+            ),
             Refusal::Stopped(name) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "Dev server stopped",
@@ -104,14 +140,19 @@ impl IntoResponse for Refusal {
             Refusal::BadGateway => (
                 StatusCode::BAD_GATEWAY,
                 "Dev server not answering",
-                "The container is running but its dev server does not answer on its port yet.".to_owned(),
+                "The container is running but its dev server does not answer on its port yet."
+                    .to_owned(),
             ),
             Refusal::Internal(error) => {
                 let status = error.status_and_code().0;
                 if status.is_server_error() {
                     tracing::warn!(%error, "preview failed");
                 }
-                let text = if status.is_server_error() { "Something went wrong; see the gateway's log.".to_owned() } else { escape(&error.to_string()) };
+                let text = if status.is_server_error() {
+                    "Something went wrong; see the gateway's log.".to_owned()
+                } else {
+                    escape(&error.to_string())
+                };
                 (status, "Preview unavailable", text)
             }
         };
@@ -119,10 +160,17 @@ impl IntoResponse for Refusal {
             "<!doctype html><html><head><meta charset=\"utf-8\"><title>{title}</title></head>\
              <body style=\"font-family:system-ui,sans-serif;margin:3em\"><h1>{title}</h1><p>{text}</p></body></html>\n"
         );
-        let mut resp = (status, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response();
-        resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        let mut resp = (
+            status,
+            [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+            body,
+        )
+            .into_response();
+        resp.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if status == StatusCode::SERVICE_UNAVAILABLE {
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         }
         resp
     }
@@ -135,18 +183,29 @@ impl From<Error> for Refusal {
 }
 
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
-async fn serve(state: &AppState, target: &PreviewHost, req: Request) -> std::result::Result<Response, Refusal> {
-    let host_name = target.to_host(&state.config.preview_domain);
+async fn serve(
+    state: &AppState,
+    target: &PreviewHost,
+    req: Request,
+) -> std::result::Result<Response, Refusal> {
     let record = record(state, target).await?;
     if req.uri().path() == AUTH_PATH {
-        return auth_flow(state, target, &host_name, &req);
+        return auth_flow(
+            state,
+            target,
+            &target.to_host(&state.config.preview_domain),
+            &req,
+        );
     }
     let authorized_by_header = if record.public {
         false
     } else {
+        let host_name = target.to_host(&state.config.preview_domain);
         match authorize(state, target, &host_name, req.headers()) {
             Some(by_header) => by_header,
             None => return Err(Refusal::Unauthorized),
@@ -156,7 +215,11 @@ async fn serve(state: &AppState, target: &PreviewHost, req: Request) -> std::res
     // spraying made-up hosts must neither grow the tracker nor reach the
     // API server.
     crate::idle::touch(state, &target.project);
-    let route = match state.runtime.container_route(&target.project, &target.container, target.port).await {
+    let route = match state
+        .runtime
+        .container_route(&target.project, &target.container, target.port)
+        .await
+    {
         Ok(route) => route,
         Err(_) => wake_or_refuse(state, target).await?,
     };
@@ -181,15 +244,25 @@ fn record_cache() -> &'static RecordCache {
 
 async fn record(state: &AppState, target: &PreviewHost) -> std::result::Result<Record, Refusal> {
     let key = (target.project.clone(), target.container.clone());
-    if let Some((r, at)) = record_cache().lock().unwrap_or_else(|p| p.into_inner()).get(&key)
+    if let Some((r, at)) = record_cache()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&key)
         && at.elapsed() < RECORD_TTL
     {
         return Ok(*r);
     }
-    let c = match state.store.get_container(&target.project, &target.container).await? {
+    let c = match state
+        .store
+        .get_container(&target.project, &target.container)
+        .await?
+    {
         Some(c) => c,
         None => {
-            return Err(Refusal::NotFound(format!("container {} in project {}", target.container, target.project)));
+            return Err(Refusal::NotFound(format!(
+                "container {} in project {}",
+                target.container, target.project
+            )));
         }
     };
     let r = Record { public: c.public };
@@ -203,7 +276,10 @@ async fn record(state: &AppState, target: &PreviewHost) -> std::result::Result<R
 
 /// The runtime has no route: wake a hibernated project (and start the
 /// container asked for), or say why there is nothing to show.
-async fn wake_or_refuse(state: &AppState, target: &PreviewHost) -> std::result::Result<ContainerRoute, Refusal> {
+async fn wake_or_refuse(
+    state: &AppState,
+    target: &PreviewHost,
+) -> std::result::Result<ContainerRoute, Refusal> {
     let (p, c) = (target.project.as_str(), target.container.as_str());
     let project = state.project(p).await?;
     match project.status {
@@ -232,7 +308,10 @@ async fn wake_or_refuse(state: &AppState, target: &PreviewHost) -> std::result::
                 _ => Err(Refusal::Stopped(c.to_owned())),
             }
         }
-        other => Err(Refusal::Internal(Error::Unavailable(format!("project {p} is {}", other.as_str())))),
+        other => Err(Refusal::Internal(Error::Unavailable(format!(
+            "project {p} is {}",
+            other.as_str()
+        )))),
     }
 }
 
@@ -252,7 +331,12 @@ async fn wait_until_listening(route: &ContainerRoute) {
 /// `Some(by_header)` when the request may see a private preview: by the
 /// preview cookie of this host, or by a bearer token granting the project
 /// (product backends); `None` otherwise.
-fn authorize(state: &AppState, target: &PreviewHost, host_name: &str, headers: &HeaderMap) -> Option<bool> {
+fn authorize(
+    state: &AppState,
+    target: &PreviewHost,
+    host_name: &str,
+    headers: &HeaderMap,
+) -> Option<bool> {
     if let Some(token) = cookie(headers, COOKIE)
         && let Ok(claims) = state.keys.verify(token)
         && claims.allows(&target.project)
@@ -306,7 +390,10 @@ fn auth_flow(
         .or(bearer)
         .filter(|t| !t.is_empty())
         .ok_or(Refusal::Unauthorized)?;
-    let claims: Claims = state.keys.verify(&token).map_err(|_| Refusal::Unauthorized)?;
+    let claims: Claims = state
+        .keys
+        .verify(&token)
+        .map_err(|_| Refusal::Unauthorized)?;
     if !claims.allows(&target.project) {
         return Err(Refusal::Forbidden);
     }
@@ -318,7 +405,9 @@ fn auth_flow(
     if ttl == 0 {
         return Err(Refusal::Unauthorized);
     }
-    let minted = state.keys.sign(&cookie_subject(host_name), &[target.project.as_str()], ttl)?;
+    let minted = state
+        .keys
+        .sign(&cookie_subject(host_name), &[target.project.as_str()], ttl)?;
     let attrs = if secure_context(host_name, req.headers()) {
         // The demo page embeds the preview in an iframe of another site
         // (localhost vs web.demo.localhost): Chromium sends a cookie there only
@@ -338,7 +427,10 @@ fn auth_flow(
     let h = resp.headers_mut();
     h.insert(header::LOCATION, HeaderValue::from_static("/"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(header::SET_COOKIE, HeaderValue::from_str(&cookie).map_err(Error::internal)?);
+    h.insert(
+        header::SET_COOKIE,
+        HeaderValue::from_str(&cookie).map_err(Error::internal)?,
+    );
     tracing::info!(project = %target.project, container = %target.container, sub = %claims.sub, "preview cookie set");
     Ok(resp)
 }
@@ -414,7 +506,11 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
 /// Removes the preview cookie from the `Cookie` headers: the dev server
 /// (user code) must never see the gateway's token.
 fn strip_cookie(headers: &mut HeaderMap) {
-    if !headers.get_all(header::COOKIE).iter().any(|v| v.as_bytes().windows(COOKIE.len()).any(|w| w == COOKIE.as_bytes())) {
+    if !headers.get_all(header::COOKIE).iter().any(|v| {
+        v.as_bytes()
+            .windows(COOKIE.len())
+            .any(|w| w == COOKIE.as_bytes())
+    }) {
         return;
     }
     let rest: Vec<String> = headers
@@ -442,7 +538,15 @@ fn counters(state: &AppState) -> (Counter, Counter) {
     static COUNTERS: OnceLock<(Counter, Counter)> = OnceLock::new();
     COUNTERS
         .get_or_init(|| {
-            let get = |d: &str| state.metrics.proxied_bytes.get_or_create(&DirectionLabels { direction: d.to_owned() }).clone();
+            let get = |d: &str| {
+                state
+                    .metrics
+                    .proxied_bytes
+                    .get_or_create(&DirectionLabels {
+                        direction: d.to_owned(),
+                    })
+                    .clone()
+            };
             (get("upstream"), get("downstream"))
         })
         .clone()
@@ -456,16 +560,25 @@ async fn proxy(
 ) -> std::result::Result<Response, Refusal> {
     let upgrade = is_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
     let (mut parts, body) = req.into_parts();
 
-    let original_host = parts
-        .headers
-        .get(header::HOST)
-        .cloned()
-        .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
-    let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    parts.uri = Uri::try_from(format!("http://{}{}", route.authority(), path)).map_err(Error::internal)?;
+    let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    parts.uri =
+        Uri::try_from(format!("http://{}{}", route.authority(), path)).map_err(Error::internal)?;
     parts.version = Version::HTTP_11;
 
     let h = &mut parts.headers;
@@ -525,7 +638,8 @@ async fn proxy(
         let state = state.clone();
         tokio::spawn(async move {
             let _open = crate::api::watch::WsGauge::new(&state, "preview");
-            let (client_io, upstream_io) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
+            let (client_io, upstream_io) = match tokio::try_join!(client_upgrade, upstream_upgrade)
+            {
                 Ok(pair) => pair,
                 Err(error) => {
                     tracing::debug!(%error, "preview upgrade failed");
@@ -564,14 +678,20 @@ mod tests {
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
         }
         h
     }
 
     #[test]
     fn cookie_lookup_and_strip() {
-        let mut h = headers(&[("cookie", "a=1; devgate_preview=tok; b=2"), ("cookie", "c=3")]);
+        let mut h = headers(&[
+            ("cookie", "a=1; devgate_preview=tok; b=2"),
+            ("cookie", "c=3"),
+        ]);
         assert_eq!(cookie(&h, COOKIE), Some("tok"));
         assert_eq!(cookie(&h, "c"), Some("3"));
         strip_cookie(&mut h);
@@ -600,7 +720,11 @@ mod tests {
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("accept"));
 
-        let mut ws = headers(&[("connection", "Upgrade"), ("upgrade", "websocket"), ("sec-websocket-key", "k")]);
+        let mut ws = headers(&[
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+            ("sec-websocket-key", "k"),
+        ]);
         assert!(is_upgrade(&ws));
         strip_hop_by_hop(&mut ws, true);
         assert!(ws.contains_key(header::UPGRADE) && ws.contains_key("sec-websocket-key"));
@@ -610,6 +734,9 @@ mod tests {
     fn secure_contexts() {
         assert!(secure_context("web.demo.localhost", &HeaderMap::new()));
         assert!(!secure_context("web.demo.example.com", &HeaderMap::new()));
-        assert!(secure_context("web.demo.example.com", &headers(&[("x-forwarded-proto", "https")])));
+        assert!(secure_context(
+            "web.demo.example.com",
+            &headers(&[("x-forwarded-proto", "https")])
+        ));
     }
 }
