@@ -49,13 +49,20 @@ impl Args {
     }
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
     for tool in ["wrk", "nginx"] {
-        if Command::new("sh").args(["-c", &format!("command -v {tool}")]).stdout(Stdio::null()).status()?.code() != Some(0) {
+        if Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .stdout(Stdio::null())
+            .status()?
+            .code()
+            != Some(0)
+        {
             bail!("{tool} is missing: run bench/gateway/run.sh, which installs it");
         }
     }
@@ -77,10 +84,26 @@ async fn main() -> Result<()> {
             "start": "mkdir -p tmp && sed \"s/__PORT__/$PORT/\" nginx.conf.in > nginx.conf && exec nginx -p \"$PWD/\" -c nginx.conf"}))
         .send()
         .await?;
-    anyhow::ensure!(r.status().as_u16() == 201, "create container: {}", r.text().await?);
-    let r = gw.post("/api/projects/bench/containers/up/start").send().await?;
-    anyhow::ensure!(r.status().is_success(), "start container: {}", r.text().await?);
-    wait_http(&format!("127.0.0.1:{up_port}"), "up.bench.localhost", "/index.html").await?;
+    anyhow::ensure!(
+        r.status().as_u16() == 201,
+        "create container: {}",
+        r.text().await?
+    );
+    let r = gw
+        .post("/api/projects/bench/containers/up/start")
+        .send()
+        .await?;
+    anyhow::ensure!(
+        r.status().is_success(),
+        "start container: {}",
+        r.text().await?
+    );
+    wait_http(
+        &format!("127.0.0.1:{up_port}"),
+        "up.bench.localhost",
+        "/index.html",
+    )
+    .await?;
 
     // nginx beside it: the Host-routed reverse proxy, and a static server of
     // the project folder.
@@ -102,7 +125,12 @@ async fn main() -> Result<()> {
             .spawn()
             .context("start nginx")?,
     );
-    wait_http(&format!("127.0.0.1:{proxy_port}"), "up.bench.localhost", "/index.html").await?;
+    wait_http(
+        &format!("127.0.0.1:{proxy_port}"),
+        "up.bench.localhost",
+        "/index.html",
+    )
+    .await?;
 
     let gw_addr = gw.addr.to_string();
     let token = gw.admin_token();
@@ -237,7 +265,10 @@ async fn main() -> Result<()> {
     }
 
     // Stop the upstream through the API, so its nginx ends with its process group.
-    let _ = gw.post("/api/projects/bench/containers/up/stop").send().await;
+    let _ = gw
+        .post("/api/projects/bench/containers/up/stop")
+        .send()
+        .await;
     println!("{}", report.join("\n"));
     Ok(())
 }
@@ -248,7 +279,9 @@ struct Nginx(std::process::Child);
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
         let _ = self.0.wait();
     }
 }
@@ -312,19 +345,34 @@ http {
 fn machine() -> Result<String> {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")?
         .lines()
-        .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned()))
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
         .unwrap_or_default();
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let mem_gib = std::fs::read_to_string("/proc/meminfo")?
         .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:").and_then(|v| v.trim().trim_end_matches(" kB").parse::<f64>().ok()))
+        .find_map(|l| {
+            l.strip_prefix("MemTotal:")
+                .and_then(|v| v.trim().trim_end_matches(" kB").parse::<f64>().ok())
+        })
         .map(|kib| kib / 1024.0 / 1024.0)
         .unwrap_or_default();
     let out = |cmd: &str| {
         Command::new("sh")
             .args(["-c", cmd])
             .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or_default().trim().to_owned())
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_owned()
+            })
             .unwrap_or_default()
     };
     Ok(format!(
@@ -337,7 +385,11 @@ fn machine() -> Result<String> {
 }
 
 async fn put(gw: &Gateway, path: &str, data: &[u8]) -> Result<()> {
-    let r = gw.put(&format!("/api/projects/bench/files/{path}")).body(data.to_vec()).send().await?;
+    let r = gw
+        .put(&format!("/api/projects/bench/files/{path}"))
+        .body(data.to_vec())
+        .send()
+        .await?;
     anyhow::ensure!(r.status().is_success(), "PUT {path}: {}", r.status());
     Ok(())
 }
@@ -346,19 +398,38 @@ async fn put(gw: &Gateway, path: &str, data: &[u8]) -> Result<()> {
 async fn raw_get(addr: &str, host: &str, path: &str) -> Result<(u16, Vec<u8>)> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
     let mut buf = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await??;
     let text = String::from_utf8_lossy(&buf);
-    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| buf[i + 4..].to_vec()).unwrap_or_default();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| buf[i + 4..].to_vec())
+        .unwrap_or_default();
     Ok((status, body))
 }
 
 async fn wait_http(addr: &str, host: &str, path: &str) -> Result<()> {
-    tests::eventually(Duration::from_secs(30), &format!("{addr} to answer"), || async {
-        raw_get(addr, host, path).await.ok().filter(|(s, _)| *s == 200).map(|_| ())
-    })
+    tests::eventually(
+        Duration::from_secs(30),
+        &format!("{addr} to answer"),
+        || async {
+            raw_get(addr, host, path)
+                .await
+                .ok()
+                .filter(|(s, _)| *s == 200)
+                .map(|_| ())
+        },
+    )
     .await
 }
 
@@ -366,7 +437,10 @@ async fn check_body(url: &str, host: &str, want: &str) -> Result<()> {
     let rest = url.strip_prefix("http://").context("http url")?;
     let (addr, path) = rest.split_once('/').context("url path")?;
     let (status, body) = raw_get(addr, host, &format!("/{path}")).await?;
-    anyhow::ensure!(status == 200 && body == want.as_bytes(), "{url} answered {status}");
+    anyhow::ensure!(
+        status == 200 && body == want.as_bytes(),
+        "{url} answered {status}"
+    );
     Ok(())
 }
 
@@ -382,7 +456,18 @@ struct Wrk {
 
 fn wrk(threads: usize, conns: usize, secs: u64, header: &str, url: &str) -> Result<Wrk> {
     let out = Command::new("wrk")
-        .args(["-t", &threads.to_string(), "-c", &conns.to_string(), "-d", &format!("{secs}s"), "--latency", "-H", header, url])
+        .args([
+            "-t",
+            &threads.to_string(),
+            "-c",
+            &conns.to_string(),
+            "-d",
+            &format!("{secs}s"),
+            "--latency",
+            "-H",
+            header,
+            url,
+        ])
         .output()
         .context("run wrk")?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -412,7 +497,10 @@ fn wrk(threads: usize, conns: usize, secs: u64, header: &str, url: &str) -> Resu
 }
 
 fn ms(v: &str) -> Result<f64> {
-    let (num, unit) = v.split_at(v.find(|c: char| c.is_ascii_alphabetic()).context("latency unit")?);
+    let (num, unit) = v.split_at(
+        v.find(|c: char| c.is_ascii_alphabetic())
+            .context("latency unit")?,
+    );
     let n: f64 = num.parse()?;
     Ok(match unit {
         "us" => n / 1000.0,
@@ -424,14 +512,24 @@ fn ms(v: &str) -> Result<f64> {
 }
 
 /// Alternates gateway and nginx runs (after a warm-up of each); medians.
-fn compare(args: &Args, threads: usize, conns: usize, header: &str, gw_url: &str, ng_url: &str) -> Result<(Wrk, Wrk)> {
+fn compare(
+    args: &Args,
+    threads: usize,
+    conns: usize,
+    header: &str,
+    gw_url: &str,
+    ng_url: &str,
+) -> Result<(Wrk, Wrk)> {
     wrk(threads, conns, 2, header, gw_url)?;
     wrk(threads, conns, 2, header, ng_url)?;
     let (mut g, mut n) = (Vec::new(), Vec::new());
     for round in 0..args.rounds {
         g.push(wrk(threads, conns, args.duration, header, gw_url)?);
         n.push(wrk(threads, conns, args.duration, header, ng_url)?);
-        eprintln!("  round {round}: gateway {:?} nginx {:?}", g[round], n[round]);
+        eprintln!(
+            "  round {round}: gateway {:?} nginx {:?}",
+            g[round], n[round]
+        );
     }
     Ok((median(g), median(n)))
 }
@@ -472,7 +570,11 @@ fn write_text(path: &Path, bytes: usize) -> Result<()> {
 }
 
 async fn connect(gw: &Gateway, query: &str) -> Result<Ws> {
-    let url = format!("ws://{}/api/projects/bench/terminal?token={}&{query}", gw.addr, gw.admin_token());
+    let url = format!(
+        "ws://{}/api/projects/bench/terminal?token={}&{query}",
+        gw.addr,
+        gw.admin_token()
+    );
     Ok(tokio_tungstenite::connect_async(url).await?.0)
 }
 
@@ -541,8 +643,12 @@ async fn echo_latency(gw: &Gateway, keys: usize) -> Result<Vec<f64>> {
 fn pid_with_arg(arg: &Path) -> Option<u32> {
     let want = arg.as_os_str().as_encoded_bytes();
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
         if pid != std::process::id() && cmdline.split(|b| *b == 0).any(|a| a == want) {
             return Some(pid);
         }
@@ -554,6 +660,9 @@ fn rss_kib(pid: u32) -> Result<u64> {
     let status = std::fs::read_to_string(PathBuf::from(format!("/proc/{pid}/status")))?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:").and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok()))
+        .find_map(|l| {
+            l.strip_prefix("VmRSS:")
+                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        })
         .context("no VmRSS")
 }

@@ -48,32 +48,17 @@ pub fn router(state: AppState) -> Router {
             tower_http::services::ServeDir::new(&dir)
                 .append_index_html_on_directories(true)
                 .fallback(tower::service_fn(|_req: Request| async {
-                    Ok::<_, std::convert::Infallible>(Error::NotFound("no such route".into()).into_response())
+                    Ok::<_, std::convert::Infallible>(
+                        Error::NotFound("no such route".into()).into_response(),
+                    )
                 })),
         ),
         None => app.fallback(|| async { Error::NotFound("no such route".into()) }),
     };
     app.layer(axum::middleware::from_fn(json_errors))
         .layer(axum::middleware::from_fn_with_state(state.clone(), track))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), preview_dispatch))
         .layer(axum::middleware::from_fn(trace))
         .with_state(state)
-}
-
-/// Requests whose `Host` is a preview host go to the preview proxy, whatever their path.
-async fn preview_dispatch(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| req.uri().authority().map(|a| a.to_string()));
-    if let Some(host) = host
-        && let Some(target) = crate::preview::host::parse(&host, &state.config.preview_domain)
-    {
-        return crate::preview::handle(state, target, req).await;
-    }
-    next.run(req).await
 }
 
 /// Every error answer has the contract's JSON body, including axum's own
@@ -111,7 +96,10 @@ async fn json_errors(req: Request, next: Next) -> Response {
     } else {
         text
     };
-    let mut out = (status, axum::Json(serde_json::json!({"error": {"code": code, "message": message}})))
+    let mut out = (
+        status,
+        axum::Json(serde_json::json!({"error": {"code": code, "message": message}})),
+    )
         .into_response();
     // Keep headers like Allow and Content-Range.
     for (k, v) in parts.headers.iter() {
@@ -135,14 +123,24 @@ async fn track(State(state): State<AppState>, req: Request, next: Next) -> Respo
     let m = &state.metrics;
     if let Some(f) = resp.extensions().get::<crate::error::FailedUpstream>() {
         m.agent_rpc_errors
-            .get_or_create(&crate::metrics::RpcLabels { op: route.clone(), code: f.0.to_owned() })
+            .get_or_create(&crate::metrics::RpcLabels {
+                op: route.clone(),
+                code: f.0.to_owned(),
+            })
             .inc();
     }
     m.request_seconds
-        .get_or_create(&RouteLabels { method: method.clone(), route: route.clone() })
+        .get_or_create(&RouteLabels {
+            method: method.clone(),
+            route: route.clone(),
+        })
         .observe(t0.elapsed().as_secs_f64());
     m.requests
-        .get_or_create(&RequestLabels { method, route, status: resp.status().as_u16() })
+        .get_or_create(&RequestLabels {
+            method,
+            route,
+            status: resp.status().as_u16(),
+        })
         .inc();
     resp
 }
@@ -161,7 +159,11 @@ async fn trace(req: Request, next: Next) -> Response {
     let status = resp.status().as_u16();
     let _e = span.enter();
     if status >= 500 {
-        tracing::warn!(status, ms = t0.elapsed().as_millis() as u64, "request failed");
+        tracing::warn!(
+            status,
+            ms = t0.elapsed().as_millis() as u64,
+            "request failed"
+        );
     } else {
         tracing::debug!(status, ms = t0.elapsed().as_millis() as u64, "request");
     }
@@ -214,7 +216,8 @@ async fn metrics(State(state): State<AppState>, headers: axum::http::HeaderMap) 
     } else {
         "text/plain; version=0.0.4; charset=utf-8"
     };
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
     resp
 }
 
@@ -255,7 +258,10 @@ where
     }
 }
 
-async fn parse_json<T: serde::de::DeserializeOwned, S: Send + Sync>(req: Request, state: &S) -> Result<T> {
+async fn parse_json<T: serde::de::DeserializeOwned, S: Send + Sync>(
+    req: Request,
+    state: &S,
+) -> Result<T> {
     {
         let bytes = bytes::Bytes::from_request(req, state)
             .await

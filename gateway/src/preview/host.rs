@@ -112,21 +112,61 @@ mod tests {
         let cases: &[(&str, &str, Option<PreviewHost>)] = &[
             // The two forms, with and without a port in the Host header.
             ("web.demo.localhost", "localhost", ph("web", "demo", None)),
-            ("web.demo.localhost:8080", "localhost", ph("web", "demo", None)),
-            ("3000-web.demo.localhost", "localhost", ph("web", "demo", Some(3000))),
-            ("3000-web.demo.localhost:80", "localhost", ph("web", "demo", Some(3000))),
-            ("65535-web.demo.localhost", "localhost", ph("web", "demo", Some(65535))),
+            (
+                "web.demo.localhost:8080",
+                "localhost",
+                ph("web", "demo", None),
+            ),
+            (
+                "3000-web.demo.localhost",
+                "localhost",
+                ph("web", "demo", Some(3000)),
+            ),
+            (
+                "3000-web.demo.localhost:80",
+                "localhost",
+                ph("web", "demo", Some(3000)),
+            ),
+            (
+                "65535-web.demo.localhost",
+                "localhost",
+                ph("web", "demo", Some(65535)),
+            ),
             // Case-insensitive, a trailing dot is the same name.
             ("WEB.Demo.LocalHost", "localhost", ph("web", "demo", None)),
             ("web.demo.localhost.", "localhost", ph("web", "demo", None)),
-            ("web.demo.localhost.:9000", "localhost", ph("web", "demo", None)),
+            (
+                "web.demo.localhost.:9000",
+                "localhost",
+                ph("web", "demo", None),
+            ),
             // Multi-label domains, given in any case or with dots around.
-            ("web.demo.preview.example.com", "preview.example.com", ph("web", "demo", None)),
-            ("web.demo.preview.example.com", "Preview.Example.COM.", ph("web", "demo", None)),
-            ("web.demo.preview.example.com", ".preview.example.com", ph("web", "demo", None)),
+            (
+                "web.demo.preview.example.com",
+                "preview.example.com",
+                ph("web", "demo", None),
+            ),
+            (
+                "web.demo.preview.example.com",
+                "Preview.Example.COM.",
+                ph("web", "demo", None),
+            ),
+            (
+                "web.demo.preview.example.com",
+                ".preview.example.com",
+                ph("web", "demo", None),
+            ),
             // Hyphens and digits inside labels.
-            ("my-app2.proj-1.localhost", "localhost", ph("my-app2", "proj-1", None)),
-            ("8080-my-app.p.localhost", "localhost", ph("my-app", "p", Some(8080))),
+            (
+                "my-app2.proj-1.localhost",
+                "localhost",
+                ph("my-app2", "proj-1", None),
+            ),
+            (
+                "8080-my-app.p.localhost",
+                "localhost",
+                ph("my-app", "p", Some(8080)),
+            ),
             // Longest labels (40 characters).
             (
                 "a234567890123456789012345678901234567890.b234567890123456789012345678901234567890.localhost",
@@ -176,7 +216,11 @@ mod tests {
             ("web.demo.localhost", "", None),
         ];
         for (host, domain, want) in cases {
-            assert_eq!(&parse(host, domain), want, "host {host:?} domain {domain:?}");
+            assert_eq!(
+                &parse(host, domain),
+                want,
+                "host {host:?} domain {domain:?}"
+            );
         }
     }
 
