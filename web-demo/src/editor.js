@@ -273,6 +273,19 @@ export class Editor {
       this.etag = null;
       return;
     }
+    // Look in the parent's listing first: watch events are debounced, so the
+    // file may have been renamed or deleted since, and reading it then would
+    // only produce a 404 (and a console error); an unchanged etag needs no read.
+    const slash = path.lastIndexOf('/');
+    let entry;
+    try {
+      const listing = await api.list(project, slash < 0 ? '' : path.slice(0, slash));
+      entry = (listing.entries || []).find((e) => e.path === path);
+    } catch {
+      return;
+    }
+    if (!entry || entry.kind !== 'file') return;
+    if (entry.etag && `"${entry.etag}"` === this.etag) return;
     try {
       const { bytes, etag } = await api.readFile(project, path);
       if (this.project !== project || this.path !== path || etag === this.etag) return;
