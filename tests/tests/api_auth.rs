@@ -223,7 +223,7 @@ fn no_exp(secret: &str) -> String {
 
 /// Unpadded base64url, enough for a forged token.
 mod base64_like {
-    pub fn encode(data: &[u8]) -> String {
+    pub(super) fn encode(data: &[u8]) -> String {
         const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
         let mut out = String::new();
         for chunk in data.chunks(3) {
