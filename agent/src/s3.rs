@@ -24,7 +24,10 @@ static CLIENT: tokio::sync::OnceCell<Client> = tokio::sync::OnceCell::const_new(
 pub async fn client() -> &'static Client {
     CLIENT
         .get_or_init(|| async {
-            let shared = aws_config::load_from_env().await;
+            let shared = aws_config::from_env()
+                .http_client(http_client())
+                .load()
+                .await;
             let mut builder = aws_sdk_s3::config::Builder::from(&shared)
                 // Checksums beyond what S3 requires cost CPU on every part and
                 // are not understood by every S3-compatible server; the archive
@@ -41,6 +44,16 @@ pub async fn client() -> &'static Client {
             Client::from_conf(builder.build())
         })
         .await
+}
+
+/// The HTTPS client under the SDK (for S3 and for the credential providers:
+/// STS, IMDS): hyper on rustls with ring, the workspace's one crypto library.
+/// The SDK's default client would link aws-lc, a second and much larger one.
+pub fn http_client() -> aws_sdk_s3::config::SharedHttpClient {
+    use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::Ring))
+        .build_https()
 }
 
 fn endpoint_is_set() -> bool {

@@ -17,6 +17,7 @@ use sha2::Digest as _;
 fn s3_client(s3: &tests::S3Server) -> aws_sdk_s3::Client {
     let conf = aws_sdk_s3::Config::builder()
         .behavior_version(BehaviorVersion::latest())
+        .http_client(agent::s3::http_client())
         .endpoint_url(&s3.endpoint)
         .region(Region::new(tests::S3_REGION))
         .credentials_provider(Credentials::new(

@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 
+use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
 use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt as _};
 use sha2::{Digest as _, Sha256};
@@ -68,8 +69,15 @@ impl ArchiveStore {
             ArchiveStore::S3 { bucket, client, .. } => {
                 let c = client
                     .get_or_init(|| async {
-                        let conf =
-                            aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+                        // An HTTPS client on rustls + ring: the SDK's default
+                        // one would link aws-lc beside kube's ring.
+                        let http = aws_smithy_http_client::Builder::new()
+                            .tls_provider(Provider::Rustls(CryptoMode::Ring))
+                            .build_https();
+                        let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+                            .http_client(http)
+                            .load()
+                            .await;
                         let path_style = std::env::var_os("AWS_ENDPOINT_URL").is_some();
                         let s3conf = aws_sdk_s3::config::Builder::from(&conf)
                             .force_path_style(path_style)
