@@ -3,7 +3,8 @@
 //! `bench/gateway/run.sh`, which installs wrk and nginx and builds this.
 //!
 //! In one run: the preview proxy (1 KiB upstream answer, `wrk -t2 -c64`)
-//! against nginx as a Host-routed reverse proxy to the same upstream; a 4 KiB
+//! against nginx as a Host-routed reverse proxy to the same upstream (plain
+//! `proxy_pass`, and with an upstream keepalive pool); a 4 KiB
 //! file GET with a token on one connection against nginx serving the same
 //! file statically; 50 MB of terminal output through the PTY; keystroke echo
 //! over 500 keys; the gateway's RSS with 1,000 idle terminal WebSockets.
@@ -109,9 +110,11 @@ async fn main() -> Result<()> {
     // the project folder.
     let proxy_port = tests::free_port();
     let static_port = tests::free_port();
+    let plain_port = tests::free_port();
     let conf = NGINX_CONF
         .replace("__PROXY_PORT__", &proxy_port.to_string())
         .replace("__STATIC_PORT__", &static_port.to_string())
+        .replace("__PLAIN_PORT__", &plain_port.to_string())
         .replace("__UP_PORT__", &up_port.to_string())
         .replace("__ROOT__", &project_dir.canonicalize()?.to_string_lossy());
     std::fs::create_dir_all(work.path().join("tmp"))?;
@@ -140,23 +143,51 @@ async fn main() -> Result<()> {
         let host = "Host: up.bench.localhost";
         let gw_url = format!("http://{gw_addr}/index.html");
         let ng_url = format!("http://127.0.0.1:{proxy_port}/index.html");
+        let plain_url = format!("http://127.0.0.1:{plain_port}/index.html");
         check_body(&gw_url, "up.bench.localhost", &page).await?;
-        let (g, n) = compare(&args, 2, 64, host, &gw_url, &ng_url)?;
+        check_body(&plain_url, "up.bench.localhost", &page).await?;
+        let r = compare(
+            &args,
+            2,
+            64,
+            host,
+            &[
+                ("gateway", &gw_url),
+                ("nginx-keepalive", &ng_url),
+                ("nginx-plain", &plain_url),
+            ],
+        )?;
+        let (g, n, p) = (r[0], r[1], r[2]);
+        let verdict = |o: &Wrk| {
+            format!(
+                "**{:.2}×**, p99 {}",
+                g.rps / o.rps,
+                if g.p99_ms <= o.p99_ms {
+                    "no worse"
+                } else {
+                    "worse"
+                }
+            )
+        };
         report.push(format!(
             "### Preview proxy, 1 KiB upstream answer, `wrk -t2 -c64 -d{}s` (median of {} rounds)\n\n\
-             | | req/s | p50 | p99 |\n|---|---|---|---|\n\
-             | gateway | {:.0} | {:.2} ms | {:.2} ms |\n| nginx (reverse proxy, keepalive pool) | {:.0} | {:.2} ms | {:.2} ms |\n\
-             | gateway / nginx | **{:.2}×** | | p99 {} |\n",
+             | | req/s | p50 | p99 | gateway vs it |\n|---|---|---|---|---|\n\
+             | gateway | {:.0} | {:.2} ms | {:.2} ms | |\n\
+             | nginx, plain `proxy_pass` (a new upstream connection per request) | {:.0} | {:.2} ms | {:.2} ms | {} |\n\
+             | nginx, upstream `keepalive 128` pool | {:.0} | {:.2} ms | {:.2} ms | {} |\n",
             args.duration,
             args.rounds,
             g.rps,
             g.p50_ms,
             g.p99_ms,
+            p.rps,
+            p.p50_ms,
+            p.p99_ms,
+            verdict(&p),
             n.rps,
             n.p50_ms,
             n.p99_ms,
-            g.rps / n.rps,
-            if g.p99_ms <= n.p99_ms { "no worse" } else { "worse" },
+            verdict(&n),
         ));
     }
 
@@ -167,7 +198,14 @@ async fn main() -> Result<()> {
         let auth = format!("Authorization: Bearer {token}");
         let gw_url = format!("http://{gw_addr}/api/projects/bench/files/f4k.bin");
         let ng_url = format!("http://127.0.0.1:{static_port}/f4k.bin");
-        let (g, n) = compare(&args, 1, 1, &auth, &gw_url, &ng_url)?;
+        let r = compare(
+            &args,
+            1,
+            1,
+            &auth,
+            &[("gateway", &gw_url), ("nginx-static", &ng_url)],
+        )?;
+        let (g, n) = (r[0], r[1]);
         report.push(format!(
             "### 4 KiB file GET with a token, one connection, `wrk -t1 -c1 -d{}s` (median of {} rounds)\n\n\
              | | req/s | p50 | p99 |\n|---|---|---|---|\n\
@@ -320,6 +358,11 @@ http {
     default "";
     up.bench.localhost up_bench;
   }
+  map $host $preview_plain {
+    hostnames;
+    default "";
+    up.bench.localhost 127.0.0.1:__UP_PORT__;
+  }
   server {
     listen 127.0.0.1:__PROXY_PORT__;
     location / {
@@ -332,6 +375,19 @@ http {
       proxy_set_header X-Forwarded-Proto $scheme;
       proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
       proxy_buffering off;
+    }
+  }
+  # The same routing with nginx's defaults for `proxy_pass`: HTTP/1.0 and a
+  # new connection to the upstream for every request.
+  server {
+    listen 127.0.0.1:__PLAIN_PORT__;
+    location / {
+      if ($preview_plain = "") { return 404; }
+      proxy_pass http://$preview_plain;
+      proxy_set_header Host $host;
+      proxy_set_header X-Forwarded-Host $host;
+      proxy_set_header X-Forwarded-Proto $scheme;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
     }
   }
   server {
@@ -511,27 +567,27 @@ fn ms(v: &str) -> Result<f64> {
     })
 }
 
-/// Alternates gateway and nginx runs (after a warm-up of each); medians.
+/// Alternates the targets' runs (after a warm-up of each); the median
+/// round of each target by req/s.
 fn compare(
     args: &Args,
     threads: usize,
     conns: usize,
     header: &str,
-    gw_url: &str,
-    ng_url: &str,
-) -> Result<(Wrk, Wrk)> {
-    wrk(threads, conns, 2, header, gw_url)?;
-    wrk(threads, conns, 2, header, ng_url)?;
-    let (mut g, mut n) = (Vec::new(), Vec::new());
-    for round in 0..args.rounds {
-        g.push(wrk(threads, conns, args.duration, header, gw_url)?);
-        n.push(wrk(threads, conns, args.duration, header, ng_url)?);
-        eprintln!(
-            "  round {round}: gateway {:?} nginx {:?}",
-            g[round], n[round]
-        );
+    urls: &[(&str, &str)],
+) -> Result<Vec<Wrk>> {
+    for (_, url) in urls {
+        wrk(threads, conns, 2, header, url)?;
     }
-    Ok((median(g), median(n)))
+    let mut runs = vec![Vec::new(); urls.len()];
+    for round in 0..args.rounds {
+        for (i, (name, url)) in urls.iter().enumerate() {
+            let w = wrk(threads, conns, args.duration, header, url)?;
+            eprintln!("  round {round}: {name} {w:?}");
+            runs[i].push(w);
+        }
+    }
+    Ok(runs.into_iter().map(median).collect())
 }
 
 fn median(mut v: Vec<Wrk>) -> Wrk {

@@ -72,7 +72,14 @@ impl Activity {
     pub fn touch(&self, project: &str) -> bool {
         let now = Instant::now();
         let mut map = self.lock();
-        let e = map.entry(project.to_owned()).or_default();
+        // Looked up before inserting: this runs on every file, terminal and
+        // preview request, and the owned key is only needed the first time.
+        if !map.contains_key(project) {
+            map.insert(project.to_owned(), Default::default());
+        }
+        let Some(e) = map.get_mut(project) else {
+            return false;
+        };
         e.last = Some(now);
         let due = e
             .shared

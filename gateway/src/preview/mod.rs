@@ -9,10 +9,11 @@
 //! and a hibernated project is woken (restored, the container started).
 
 pub mod host;
+mod pool;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -20,9 +21,7 @@ use axum::extract::{ConnectInfo, Request};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, Version, header};
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt as _;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::counter::Counter;
 
 use crate::auth::{Claims, query_token};
@@ -73,18 +72,24 @@ pub async fn ensure_active(state: &AppState, project: &str) -> Result<()> {
 /// request goes to `app` unchanged.
 pub fn in_front(state: AppState, app: axum::Router) -> axum::Router {
     use tower::Service as _;
+    // One reference count per request rather than a clone of every handle
+    // the state holds: this runs for every request the gateway serves.
+    let state = Arc::new(state);
     let svc = tower::service_fn(move |req: Request| {
-        let (state, mut app) = (state.clone(), app.clone());
+        let target = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri().authority().map(|a| a.as_str()))
+            .and_then(|h| host::parse(h, &state.config.preview_domain));
+        let routed = match target {
+            Some(target) => Ok((state.clone(), target)),
+            None => Err(app.clone()),
+        };
         async move {
-            let target = req
-                .headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .or_else(|| req.uri().authority().map(|a| a.as_str()))
-                .and_then(|h| host::parse(h, &state.config.preview_domain));
-            match target {
-                Some(target) => Ok(handle(state, target, req).await),
-                None => app.call(req).await,
+            match routed {
+                Ok((state, target)) => Ok(handle(&state, target, req).await),
+                Err(mut app) => app.call(req).await,
             }
         }
     });
@@ -92,10 +97,10 @@ pub fn in_front(state: AppState, app: axum::Router) -> axum::Router {
 }
 
 /// Serves one request for a preview host.
-pub async fn handle(state: AppState, target: PreviewHost, req: Request) -> Response {
+pub async fn handle(state: &AppState, target: PreviewHost, req: Request) -> Response {
     let span =
         tracing::debug_span!("preview", project = %target.project, container = %target.container);
-    match tracing::Instrument::instrument(serve(&state, &target, req), span).await {
+    match tracing::Instrument::instrument(serve(state, &target, req), span).await {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
     }
@@ -232,8 +237,9 @@ struct Record {
     public: bool,
 }
 
-/// (project, container) → the record and when it was read.
-type RecordCache = Mutex<HashMap<(String, String), (Record, Instant)>>;
+/// project → container → the record and when it was read (nested so a
+/// lookup needs no owned key).
+type RecordCache = Mutex<HashMap<String, HashMap<String, (Record, Instant)>>>;
 
 fn record_cache() -> &'static RecordCache {
     // One gateway per process; the cache only saves store reads, so sharing it
@@ -243,11 +249,11 @@ fn record_cache() -> &'static RecordCache {
 }
 
 async fn record(state: &AppState, target: &PreviewHost) -> std::result::Result<Record, Refusal> {
-    let key = (target.project.clone(), target.container.clone());
     if let Some((r, at)) = record_cache()
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .get(&key)
+        .get(&target.project)
+        .and_then(|m| m.get(&target.container))
         && at.elapsed() < RECORD_TTL
     {
         return Ok(*r);
@@ -267,10 +273,16 @@ async fn record(state: &AppState, target: &PreviewHost) -> std::result::Result<R
     };
     let r = Record { public: c.public };
     let mut cache = record_cache().lock().unwrap_or_else(|p| p.into_inner());
-    if cache.len() > 10_000 {
-        cache.retain(|_, (_, at)| at.elapsed() < RECORD_TTL);
+    if cache.values().map(HashMap::len).sum::<usize>() > 10_000 {
+        cache.retain(|_, m| {
+            m.retain(|_, (_, at)| at.elapsed() < RECORD_TTL);
+            !m.is_empty()
+        });
     }
-    cache.insert(key, (r, Instant::now()));
+    cache
+        .entry(target.project.clone())
+        .or_default()
+        .insert(target.container.clone(), (r, Instant::now()));
     Ok(r)
 }
 
@@ -445,20 +457,12 @@ fn secure_context(host_name: &str, headers: &HeaderMap) -> bool {
     https || host_name == "localhost" || host_name.ends_with(".localhost")
 }
 
-/// The pooled HTTP/1 client to dev servers.
-fn client() -> &'static Client<HttpConnector, Body> {
+/// The keep-alive pool of connections to dev servers.
+fn pool() -> &'static Arc<pool::Pool> {
     // A connection pool is process-wide by nature (like a resolver); one
     // gateway runs per process.
-    static CLIENT: OnceLock<Client<HttpConnector, Body>> = OnceLock::new();
-    CLIENT.get_or_init(|| {
-        let mut http = HttpConnector::new();
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(Duration::from_secs(5)));
-        Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(1024)
-            .build(http)
-    })
+    static POOL: OnceLock<Arc<pool::Pool>> = OnceLock::new();
+    POOL.get_or_init(Default::default)
 }
 
 /// Headers that describe one hop, never forwarded (RFC 9110 section 7.6.1).
@@ -572,13 +576,15 @@ async fn proxy(
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
-    let path = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
-    parts.uri =
-        Uri::try_from(format!("http://{}{}", route.authority(), path)).map_err(Error::internal)?;
+    // Upstream requests are origin-form (`/path?query`); the authority goes
+    // in `Host`.
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        parts.uri = parts
+            .uri
+            .path_and_query()
+            .map(|p| Uri::from(p.clone()))
+            .unwrap_or_else(|| Uri::from_static("/"));
+    }
     parts.version = Version::HTTP_11;
 
     let h = &mut parts.headers;
@@ -622,10 +628,13 @@ async fn proxy(
         }))
     };
     let upstream_req = axum::http::Request::from_parts(parts, body);
-    let mut resp = match client().request(upstream_req).await {
+    let mut resp = match pool()
+        .send(&route.authority(), upstream_req, upgrade, down.clone())
+        .await
+    {
         Ok(r) => r,
         Err(error) => {
-            tracing::debug!(%error, upstream = %route.authority(), "dev server did not answer");
+            tracing::debug!(%error, "dev server did not answer");
             return Err(Refusal::BadGateway);
         }
     };
@@ -662,13 +671,7 @@ async fn proxy(
 
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers, false);
-    let body = Body::new(body.map_frame(move |f| {
-        if let Some(d) = f.data_ref() {
-            down.inc_by(d.len() as u64);
-        }
-        f
-    }));
-    Ok(Response::from_parts(parts, body))
+    Ok(Response::from_parts(parts, Body::new(body)))
 }
 
 #[cfg(test)]
