@@ -2,8 +2,10 @@
 //! stdlib-only Python server started as the container's command): the
 //! private cookie flow (401 → /__preview/auth → cookie → 200), public
 //! previews, `X-Forwarded-*`, bodies both ways, WebSocket through a preview,
-//! the `{port}-` form, stopped 503, unknown 404, and the wake of a
-//! hibernated project on a preview request.
+//! the `{port}-` form, stopped 503, unknown 404, the wake of a hibernated
+//! project on a preview request, and the keep-alive pool to dev servers
+//! (connections reused, answers without a body handing theirs back, a
+//! connection the dev server closed while idle replaced without an error).
 
 use std::time::Duration;
 
@@ -101,9 +103,20 @@ fn url(gw: &Gateway, host: &str, path: &str) -> String {
 
 /// Creates a container serving [`SERVER`] from `/{name}/` and starts it.
 async fn dev_server(gw: &Gateway, project: &str, name: &str, public: bool) -> Result<()> {
+    dev_server_with(gw, project, name, public, SERVER).await
+}
+
+/// Creates a container running the Python `script` from `/{name}/` and starts it.
+async fn dev_server_with(
+    gw: &Gateway,
+    project: &str,
+    name: &str,
+    public: bool,
+    script: &str,
+) -> Result<()> {
     let r = gw
         .put(&format!("/api/projects/{project}/files/{name}/server.py"))
-        .body(SERVER)
+        .body(script.to_owned())
         .send()
         .await?;
     anyhow::ensure!(r.status().is_success(), "write server.py: {}", r.status());
@@ -475,4 +488,108 @@ async fn a_preview_request_wakes_a_hibernated_project() {
     assert_eq!(p["status"], "active");
     let c = &p["containers"].as_array().unwrap()[0];
     assert_eq!(c["status"], "running", "{p}");
+}
+
+/// A dev server that names the connection each answer went out on (its
+/// client port, in `X-Conn`) and closes a keep-alive connection after 0.5 s
+/// without a request, as dev servers with short idle timeouts do. HEAD and
+/// DELETE (204) answer without a body.
+const CONN_SERVER: &str = r#"
+import os
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    timeout = 0.5
+    def log_message(self, *a):
+        pass
+    def reply(self, code, body=b""):
+        self.send_response(code)
+        self.send_header("X-Conn", str(self.client_address[1]))
+        if code != 204:
+            self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD" and body:
+            self.wfile.write(body)
+    def do_GET(self):
+        self.reply(200, b"hello " + self.path.encode())
+    def do_HEAD(self):
+        self.reply(200, b"hello")
+    def do_DELETE(self):
+        self.reply(204)
+    def do_POST(self):
+        n = int(self.headers.get("Content-Length", "0"))
+        self.reply(200, self.rfile.read(n))
+
+ThreadingHTTPServer((os.environ.get("HOST", "127.0.0.1"), int(os.environ["PORT"])), H).serve_forever()
+"#;
+
+#[tokio::test]
+async fn the_keep_alive_pool_reuses_connections_and_replaces_closed_ones() {
+    let gw = Gateway::start().await.unwrap();
+    gw.open_project("pool").await.unwrap();
+    dev_server_with(&gw, "pool", "ka", true, CONN_SERVER)
+        .await
+        .unwrap();
+    let host = "ka.pool.localhost";
+    let b = browser(&gw, &[host]);
+    wait_status(&b, &url(&gw, host, "/"), None, 200).await;
+
+    let get = |path: &'static str| {
+        let req = b.get(url(&gw, host, path));
+        async move {
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            let conn = r.headers()["x-conn"].to_str().unwrap().to_owned();
+            (status, conn, r.text().await.unwrap())
+        }
+    };
+
+    // One request at a time: every answer comes over the same upstream
+    // connection.
+    let (_, first, _) = get("/a").await;
+    for i in 0..5 {
+        let (status, conn, body) = get("/b").await;
+        assert_eq!((status, body.as_str()), (200, "hello /b"), "request {i}");
+        assert_eq!(
+            conn, first,
+            "request {i} went over a new upstream connection"
+        );
+    }
+
+    // Answers without a body (HEAD, 204) give their connection back too.
+    let r = b.head(url(&gw, host, "/h")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.headers()["x-conn"], first.as_str());
+    let r = b.delete(url(&gw, host, "/d")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    assert_eq!(r.headers()["x-conn"], first.as_str());
+    let (status, conn, _) = get("/after-bodyless").await;
+    assert_eq!((status, conn.as_str()), (200, first.as_str()));
+
+    // A 256 KiB body both ways on the pooled connection.
+    let big: Vec<u8> = (0..256 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let r = b
+        .post(url(&gw, host, "/echo"))
+        .body(big.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.bytes().await.unwrap().as_ref(), big.as_slice());
+
+    // The dev server closes idle connections after 0.5 s: the next request
+    // must not see that (no 502), and goes over a new connection.
+    let mut seen = first.clone();
+    for round in 0..3 {
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let (status, conn, body) = get("/later").await;
+        assert_eq!(
+            (status, body.as_str()),
+            (200, "hello /later"),
+            "round {round} after the dev server closed the idle connection"
+        );
+        assert_ne!(conn, seen, "round {round} reused a closed connection");
+        seen = conn;
+    }
 }
