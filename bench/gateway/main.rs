@@ -42,6 +42,12 @@ struct Args {
     /// Run only these parts (comma-separated: proxy, file, terminal, echo, idle).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Keep the CPUs out of deep idle states during the run (Linux PM QoS:
+    /// `/dev/cpu_dma_latency` held at 0; needs root). On a VM whose idle
+    /// CPUs halt, every wake-up of a sleeping process costs tens of
+    /// microseconds, which dominates one-connection latencies.
+    #[arg(long)]
+    no_deep_idle: bool,
 }
 
 impl Args {
@@ -56,6 +62,19 @@ type Ws =
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    // Held open for the whole run: the kernel keeps the latency bound only
+    // while the file is open.
+    let _qos = if args.no_deep_idle {
+        use std::io::Write as _;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/cpu_dma_latency")
+            .context("open /dev/cpu_dma_latency (--no-deep-idle needs root)")?;
+        f.write_all(&0i32.to_ne_bytes())?;
+        Some(f)
+    } else {
+        None
+    };
     for tool in ["wrk", "nginx"] {
         if Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
@@ -71,7 +90,7 @@ async fn main() -> Result<()> {
     gw.open_project("bench").await?;
     let project_dir = gw.project_dir("bench");
     let work = tempfile::tempdir()?;
-    let mut report = vec![machine()?];
+    let mut report = vec![machine(args.no_deep_idle)?];
 
     // The upstream dev server: nginx (one worker) serving a 1 KiB file, run
     // as the container's start command like any dev server.
@@ -398,7 +417,7 @@ http {
 "#;
 
 /// Machine and method, for the report's head.
-fn machine() -> Result<String> {
+fn machine(no_deep_idle: bool) -> Result<String> {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")?
         .lines()
         .find_map(|l| {
@@ -431,9 +450,17 @@ fn machine() -> Result<String> {
             })
             .unwrap_or_default()
     };
+    let idle = if no_deep_idle {
+        "deep idle states off (`--no-deep-idle`: PM QoS 0)".to_owned()
+    } else {
+        format!(
+            "CPU idle driver {} (deep idle allowed)",
+            out("cat /sys/devices/system/cpu/cpuidle/current_driver")
+        )
+    };
     Ok(format!(
-        "Machine: {cores} cores ({cpu}), {mem_gib:.0} GiB, kernel {}; {}; {}. Everything (wrk, nginx, the gateway, \
-         the agent, the upstream) shares these cores on loopback.\n",
+        "Machine: {cores} cores ({cpu}), {mem_gib:.0} GiB, kernel {}; {}; {}; {idle}. Everything (wrk, nginx, the \
+         gateway, the agent, the upstream) shares these cores on loopback.\n",
         out("uname -r"),
         out("nginx -v 2>&1"),
         out("wrk -v 2>&1"),
