@@ -448,6 +448,7 @@ pub async fn delete(state: &AppState, id: &str) -> Result<()> {
     state.statuses.forget(id);
     state.store.delete_project(id).await?;
     state.statuses.forget(id);
+    state.activity.forget(id);
     state.emit(id, "status", serde_json::json!({"status": "deleted"}));
     tracing::info!(project = id, "project deleted");
     Ok(())
