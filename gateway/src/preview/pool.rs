@@ -45,6 +45,11 @@ const READY_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often every upstream's expired idle connections are closed.
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
+/// A reused connection idle at least this long may have been closed by the
+/// dev server just as a request goes out on it (keep-alive timeouts are a
+/// second or more; Python's test servers here use 0.5 s).
+const REPLAY_AFTER_IDLE: Duration = Duration::from_millis(100);
+
 /// How long dialing a dev server may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -110,14 +115,10 @@ impl Conn {
     ) -> Result<Response<Incoming>, TrySendError<Request<Body>>> {
         let mut answer = std::pin::pin!(self.sender.try_send_request(req));
         poll_fn(|cx| {
-            self.drive_only(cx);
+            let _ = self.drive(cx);
             answer.as_mut().poll(cx)
         })
         .await
-    }
-
-    fn drive_only(&mut self, cx: &mut Context<'_>) {
-        let _ = self.drive(cx);
     }
 }
 
@@ -148,11 +149,19 @@ impl Pool {
             };
             return Ok(Response::from_parts(parts, body));
         }
-        // Only a request that can be sent twice safely: no body, and a method
-        // whose repeat changes nothing more (RFC 9110 section 9.2.2).
-        let replayable =
-            req.method().is_idempotent() && axum::body::HttpBody::is_end_stream(req.body());
-        let replay = replayable.then(|| {
+        let (mut conn, idle_for) = match self.checkout(authority).await {
+            Some((c, idle_for)) => (c, Some(idle_for)),
+            None => (connect(authority).await?, None),
+        };
+        // Kept for a second try only when it can be sent twice safely (no
+        // body, a method whose repeat changes nothing more: RFC 9110 section
+        // 9.2.2) and the connection sat idle long enough for the dev server
+        // to time it out; a connection reused at once (the busy case) costs
+        // no copy of the headers.
+        let replay = (idle_for.is_some_and(|d| d >= REPLAY_AFTER_IDLE)
+            && req.method().is_idempotent()
+            && axum::body::HttpBody::is_end_stream(req.body()))
+        .then(|| {
             let mut copy = Request::new(Body::empty());
             *copy.method_mut() = req.method().clone();
             *copy.uri_mut() = req.uri().clone();
@@ -160,13 +169,9 @@ impl Pool {
             *copy.headers_mut() = req.headers().clone();
             copy
         });
-        let (mut conn, reused) = match self.checkout(authority).await {
-            Some(c) => (c, true),
-            None => (connect(authority).await?, false),
-        };
         let resp = match conn.exchange(req).await {
             Ok(resp) => resp,
-            Err(mut e) => match e.take_message().or(replay.filter(|_| reused)) {
+            Err(mut e) => match e.take_message().or(replay) {
                 Some(req) => {
                     conn = connect(authority).await?;
                     conn.exchange(req)
@@ -196,14 +201,16 @@ impl Pool {
         Ok(Response::from_parts(parts, body))
     }
 
-    /// The newest idle connection to `authority` that is still open.
-    async fn checkout(&self, authority: &str) -> Option<Conn> {
+    /// The newest idle connection to `authority` that is still open, and
+    /// how long it sat idle.
+    async fn checkout(&self, authority: &str) -> Option<(Conn, Duration)> {
         loop {
             let idle = {
                 let mut map = self.idle.lock().unwrap_or_else(|p| p.into_inner());
                 map.get_mut(authority)?.pop()?
             };
-            if idle.since.elapsed() >= IDLE_TIMEOUT || idle.conn.sender.is_closed() {
+            let idle_for = idle.since.elapsed();
+            if idle_for >= IDLE_TIMEOUT || idle.conn.sender.is_closed() {
                 continue;
             }
             let mut conn = idle.conn;
@@ -220,7 +227,7 @@ impl Pool {
                 .await
                 .unwrap_or(false)
             {
-                return Some(conn);
+                return Some((conn, idle_for));
             }
         }
     }
@@ -334,7 +341,7 @@ impl hyper::body::Body for PooledBody {
         // The connection's reads feed the body: drive it first. Once it has
         // ended, what it read is already in the body's channel.
         if let Some(b) = &mut this.back {
-            b.conn.drive_only(cx);
+            let _ = b.conn.drive(cx);
         }
         let polled = Pin::new(&mut this.body).poll_frame(cx);
         match &polled {
