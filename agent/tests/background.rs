@@ -250,39 +250,41 @@ async fn bad_starts_are_refused() -> anyhow::Result<()> {
         let err = f.start(name, "true").await.expect_err(name);
         assert_eq!(err.code(), tonic::Code::InvalidArgument, "{name:?}");
     }
-    let req = StartBackgroundRequest {
-        name: "x".into(),
-        ..Default::default()
-    };
-    let err = f
-        .client
-        .start_background(f.agent.req(req))
-        .await
-        .expect_err("no command");
-    assert_eq!(err.code(), tonic::Code::InvalidArgument);
-    let req = StartBackgroundRequest {
-        name: "x".into(),
-        command: "true".into(),
-        cwd: "..".into(),
-        ..Default::default()
-    };
-    let err = f
-        .client
-        .start_background(f.agent.req(req))
-        .await
-        .expect_err("cwd outside");
-    assert_eq!(err.code(), tonic::Code::InvalidArgument);
-    let req = StartBackgroundRequest {
-        name: "x".into(),
-        argv: vec!["/no/such".into()],
-        ..Default::default()
-    };
-    let err = f
-        .client
-        .start_background(f.agent.req(req))
-        .await
-        .expect_err("missing program");
-    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    let x = || "x".to_owned();
+    let refused = [
+        (
+            "no command",
+            StartBackgroundRequest {
+                name: x(),
+                ..Default::default()
+            },
+        ),
+        (
+            "cwd outside",
+            StartBackgroundRequest {
+                name: x(),
+                command: "true".into(),
+                cwd: "..".into(),
+                ..Default::default()
+            },
+        ),
+        (
+            "missing program",
+            StartBackgroundRequest {
+                name: x(),
+                argv: vec!["/no/such".into()],
+                ..Default::default()
+            },
+        ),
+    ];
+    for (why, req) in refused {
+        let err = f
+            .client
+            .start_background(f.agent.req(req))
+            .await
+            .expect_err(why);
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{why}");
+    }
     assert!(f.list().await?.is_empty());
 
     // argv, env and cwd.

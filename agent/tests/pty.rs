@@ -492,38 +492,36 @@ async fn bad_requests_are_refused() -> anyhow::Result<()> {
         .downcast::<tonic::Status>()?;
     assert_eq!(err.code(), tonic::Code::NotFound);
 
-    let req = StartPtyRequest {
-        argv: vec!["sh".into()],
-        cwd: "../..".into(),
-        ..Default::default()
-    };
-    let err = f
-        .client
-        .start_pty(f.agent.req(req))
-        .await
-        .expect_err("cwd outside root");
-    assert_eq!(err.code(), tonic::Code::InvalidArgument);
-    let req = StartPtyRequest {
-        argv: vec!["sh".into()],
-        cols: 100_000,
-        ..Default::default()
-    };
-    let err = f
-        .client
-        .start_pty(f.agent.req(req))
-        .await
-        .expect_err("huge terminal");
-    assert_eq!(err.code(), tonic::Code::InvalidArgument);
-    let req = StartPtyRequest {
-        argv: vec!["/no/such/program".into()],
-        ..Default::default()
-    };
-    let err = f
-        .client
-        .start_pty(f.agent.req(req))
-        .await
-        .expect_err("missing program");
-    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    let sh = || vec!["sh".to_owned()];
+    let refused = [
+        (
+            "cwd outside root",
+            StartPtyRequest {
+                argv: sh(),
+                cwd: "../..".into(),
+                ..Default::default()
+            },
+        ),
+        (
+            "huge terminal",
+            StartPtyRequest {
+                argv: sh(),
+                cols: 100_000,
+                ..Default::default()
+            },
+        ),
+        (
+            "missing program",
+            StartPtyRequest {
+                argv: vec!["/no/such/program".into()],
+                ..Default::default()
+            },
+        ),
+    ];
+    for (why, req) in refused {
+        let err = f.client.start_pty(f.agent.req(req)).await.expect_err(why);
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{why}");
+    }
     assert!(
         f.list().await?.is_empty(),
         "failed starts leave nothing behind"
