@@ -338,6 +338,7 @@ async fn operations_endpoints_and_templates() {
         .start()
         .await
         .unwrap();
+    // `gw.http()` sends no token: operations endpoints need none.
     assert_eq!(
         gw.http()
             .get(gw.url("/healthz"))
