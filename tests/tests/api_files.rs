@@ -463,6 +463,7 @@ async fn archive_download_and_upload() {
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["files"], 2);
+    assert_eq!(v["bytes"], 12 + 18, "the entries' sizes");
     assert_eq!(
         std::fs::read(gw.project_dir("p1").join("src/main.rs")).unwrap(),
         b"fn main() {}"
@@ -554,6 +555,41 @@ async fn file_routes_need_an_active_project() {
         code(r).await,
         (StatusCode::CONFLICT, "project_not_active".into())
     );
+    // Every other file, exec, terminal and watch route of a project that was
+    // created but never opened.
+    let others = [
+        gw.get("/api/projects/idle/files/a.txt"),
+        gw.delete("/api/projects/idle/files/a.txt"),
+        gw.get("/api/projects/idle/stat/a.txt"),
+        gw.post("/api/projects/idle/mkdir/d"),
+        gw.post("/api/projects/idle/move")
+            .json(&json!({"from": "a.txt", "to": "b.txt"})),
+        gw.get("/api/projects/idle/archive"),
+        gw.post("/api/projects/idle/exec")
+            .json(&json!({"argv": ["true"]})),
+    ];
+    for req in others {
+        let r = req.send().await.unwrap();
+        let what = format!("{} {}", r.url().path(), r.status());
+        assert_eq!(
+            code(r).await,
+            (StatusCode::CONFLICT, "project_not_active".into()),
+            "{what}"
+        );
+    }
+    for route in ["terminal", "watch"] {
+        let url = format!(
+            "ws://{}/api/projects/idle/{route}?token={}",
+            gw.addr,
+            gw.admin_token()
+        );
+        match tokio_tungstenite::connect_async(url).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                assert_eq!(resp.status().as_u16(), 409, "{route}")
+            }
+            other => panic!("{route}: expected 409, got {:?}", other.map(|_| ())),
+        }
+    }
     let r = gw
         .get("/api/projects/nope/files/a.txt")
         .send()

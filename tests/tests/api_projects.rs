@@ -105,6 +105,12 @@ async fn project_lifecycle_and_errors() {
     assert_eq!(p["archive"]["sha256"].as_str().unwrap().len(), 64);
     assert!(p["hibernated_at"].is_string());
     assert!(!gw.project_dir("demo").exists(), "the environment is gone");
+    let archives = gw.data_dir.join("archives/demo");
+    assert!(
+        std::fs::read_dir(&archives).unwrap().next().is_some(),
+        "the archive is in {}",
+        archives.display()
+    );
     let r = gw
         .get("/api/projects/demo/files/keep.txt")
         .send()
@@ -132,7 +138,6 @@ async fn project_lifecycle_and_errors() {
         404
     );
     assert!(!gw.project_dir("demo").exists());
-    let archives = gw.data_dir.join("archives/demo");
     assert!(!archives.exists() || std::fs::read_dir(&archives).unwrap().next().is_none());
 }
 

@@ -399,6 +399,9 @@ async fn public_preview_websocket_port_form_stopped_and_unknown() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 404);
+    // The API answers JSON; the preview's own 404 is an HTML page.
+    let v: Value = r.json().await.expect("a JSON error, not the preview page");
+    assert_eq!(v["error"]["code"], "not_found");
 
     // Stopped: 503 with a short page saying so.
     let r = gw

@@ -291,13 +291,15 @@ async fn shell_inside_a_container_and_unknown_sessions() {
             other => panic!("{query}: expected {status}, got {:?}", other.map(|_| ())),
         }
     }
-    // Without a token: 401.
-    let url = format!("ws://{}/api/projects/ct/terminal", gw.addr);
-    match tokio_tungstenite::connect_async(url).await {
-        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
-            assert_eq!(resp.status().as_u16(), 401)
+    // Without a token: 401; with a valid token for another project: 403.
+    for (token, status) in [(String::new(), 401), (gw.token(&["other"]), 403)] {
+        let url = format!("ws://{}/api/projects/ct/terminal?token={token}", gw.addr);
+        match tokio_tungstenite::connect_async(url).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                assert_eq!(resp.status().as_u16(), status)
+            }
+            other => panic!("expected {status}, got {:?}", other.map(|_| ())),
         }
-        other => panic!("expected 401, got {:?}", other.map(|_| ())),
     }
 }
 

@@ -93,9 +93,9 @@ async fn events_from_the_api_and_from_processes() {
         .await
         .unwrap();
     assert_eq!(r.json::<Value>().await.unwrap()["exit_code"], 0);
-    // A rename shows as `renamed` (path → to), or as the new name appearing.
+    // A rename inside the project is one `renamed` event, path → to.
     wait_for(&mut ws, "the rename", |v| {
-        v["to"] == "moved.txt" || v["path"] == "moved.txt"
+        v["kind"] == "renamed" && v["path"] == "from-proc.txt" && v["to"] == "moved.txt"
     })
     .await
     .unwrap();
