@@ -163,7 +163,7 @@ async fn run_git(
     let mut child = cmd.spawn().map_err(spawn_error)?;
     // git runs helpers (remote-https, index-pack) in its process group: a
     // cancelled clone kills them all, not just git.
-    let mut group = GroupGuard(child.id());
+    let mut group = crate::process::spawn::GroupGuard::new(child.id());
     let mut stderr = child
         .stderr
         .take()
@@ -201,19 +201,8 @@ async fn run_git(
         }
     }
     let status = child.wait().await?;
-    group.0 = None;
+    group.disarm();
     Ok((status, tail))
-}
-
-/// Kills a process group when dropped, unless disarmed (`.0 = None`).
-struct GroupGuard(Option<u32>);
-
-impl Drop for GroupGuard {
-    fn drop(&mut self) {
-        if let Some(pgid) = self.0 {
-            let _ = crate::process::spawn::signal_group(pgid, libc::SIGKILL);
-        }
-    }
 }
 
 async fn capture_git(argv: &[String], root: &Root) -> Result<(String, ExitStatus)> {

@@ -174,6 +174,26 @@ async fn run_refuses_bad_cwd_and_argv() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
+async fn a_run_its_client_abandons_kills_the_whole_group() -> anyhow::Result<()> {
+    let mut f = fixture().await?;
+    let req = sh("sleep 30 & echo $! > child.pid; wait");
+    // The client gives up (its future is dropped, the call reset) while the
+    // command still runs.
+    let gave_up = tokio::time::timeout(Duration::from_millis(800), f.run(req)).await;
+    assert!(gave_up.is_err(), "the run ended by itself: {gave_up:?}");
+    let pid: u32 = std::fs::read_to_string(f.root.path().join("child.pid"))?
+        .trim()
+        .parse()?;
+    tests::eventually(
+        Duration::from_secs(5),
+        "the abandoned run's background child to die",
+        || async move { gone(pid).then_some(()) },
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
 async fn run_timeout_kills_the_whole_group() -> anyhow::Result<()> {
     let mut f = fixture().await?;
     let mut req = sh("sleep 30 & echo $! > child.pid; echo started; wait");

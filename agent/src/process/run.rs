@@ -52,6 +52,9 @@ pub async fn run(spec: Spec, shutdown: tokio_util::sync::CancellationToken) -> R
     }
     let mut child = cmd.spawn().map_err(|e| spawn_error(&spec.argv[0], e))?;
     let pgid = child.id().unwrap_or(0);
+    // A client that goes away mid-run (cancel, deadline) drops this future:
+    // the guard then kills the whole group, not just the leader.
+    let mut group = spawn::GroupGuard::new(child.id());
 
     let stdin_task = child.stdin.take().map(|mut w| {
         let data = spec.stdin;
@@ -88,6 +91,9 @@ pub async fn run(spec: Spec, shutdown: tokio_util::sync::CancellationToken) -> R
             child.wait().await?
         }
     };
+    // The leader ended (by itself or killed above); what it left running on
+    // purpose (`cmd &`) is the caller's business.
+    group.disarm();
     if let Some(t) = stdin_task {
         t.abort();
     }

@@ -135,6 +135,32 @@ pub fn default_shell() -> String {
     }
 }
 
+/// Kills a process group with SIGKILL when dropped, unless disarmed: a call
+/// dropped by its client (a cancelled clone or run) takes the helpers and
+/// children it started with it, not just the leader (`kill_on_drop` reaches
+/// only the leader).
+pub struct GroupGuard(Option<u32>);
+
+impl GroupGuard {
+    /// Guards the group led by `pgid` (a child's id; `None` guards nothing).
+    pub fn new(pgid: Option<u32>) -> GroupGuard {
+        GroupGuard(pgid)
+    }
+
+    /// The leader ended by itself: leave the group alone.
+    pub fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0 {
+            let _ = signal_group(pgid, libc::SIGKILL);
+        }
+    }
+}
+
 /// Sends `signal` (a signal number) to the process group `pgid`. An already
 /// gone group is not an error.
 pub fn signal_group(pgid: u32, signal: i32) -> Result<()> {
