@@ -67,7 +67,9 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_MAX_BODY_BYTES", default_value_t = 1 << 30)]
     pub max_body_bytes: u64,
 
-    /// Seconds a detached terminal session is kept for reattachment.
+    /// Seconds a detached terminal session is kept for reattachment (agent
+    /// terminals of the local runtime; Kubernetes agents use their own
+    /// `AGENT_PTY_KEEP_SECS`, pod-exec shells a fixed 5 minutes).
     #[arg(long, env = "GATEWAY_TERMINAL_KEEP_SECS", default_value_t = 300)]
     pub terminal_keep_secs: u64,
 

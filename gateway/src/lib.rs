@@ -132,7 +132,8 @@ pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
     let runtime: Arc<dyn runtime::Runtime> = match config.runtime {
         RuntimeKind::Local => Arc::new(
             runtime::local::LocalRuntime::new(&config.data_dir, config.agent_bin())
-                .context("cannot prepare the local runtime")?,
+                .context("cannot prepare the local runtime")?
+                .with_terminal_keep_secs(config.terminal_keep_secs),
         ),
         RuntimeKind::Kubernetes => {
             let settings = runtime::kubernetes::Settings::new(

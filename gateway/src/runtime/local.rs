@@ -34,6 +34,8 @@ pub struct LocalRuntime {
     routes: Mutex<HashMap<(String, String), u16>>,
     pool: AgentPool,
     spawner: Spawner,
+    /// Seconds an agent keeps a detached terminal session (`--pty-keep-secs`).
+    pty_keep_secs: u64,
 }
 
 type SpawnReply = tokio::sync::oneshot::Sender<std::io::Result<tokio::process::Child>>;
@@ -82,6 +84,12 @@ struct LocalAgent {
 impl LocalRuntime {
     /// A runtime keeping projects under `<data_dir>/projects`. Must be called
     /// inside the gateway's tokio runtime.
+    /// How long its agents keep a detached terminal session (default 300 s).
+    pub fn with_terminal_keep_secs(mut self, secs: u64) -> LocalRuntime {
+        self.pty_keep_secs = secs;
+        self
+    }
+
     pub fn new(data_dir: &Path, agent_bin: PathBuf) -> std::io::Result<LocalRuntime> {
         let data_dir = std::path::absolute(data_dir)?;
         let projects_dir = data_dir.join("projects");
@@ -116,6 +124,7 @@ impl LocalRuntime {
             agents: Mutex::new(HashMap::new()),
             routes: Mutex::new(HashMap::new()),
             pool: AgentPool::default(),
+            pty_keep_secs: 300,
             spawner: Spawner::new()?,
         })
     }
@@ -147,6 +156,8 @@ impl LocalRuntime {
             .arg("--socket")
             .arg(&socket)
             .arg("--die-with-parent")
+            .arg("--pty-keep-secs")
+            .arg(self.pty_keep_secs.to_string())
             .env("AGENT_TOKEN", &token)
             .env(
                 "RUST_LOG",
