@@ -445,7 +445,6 @@ pub async fn delete(state: &AppState, id: &str) -> Result<()> {
             tracing::warn!(project = id, key = %a.key, %error, "cannot remove archive of a deleted project");
         }
     }
-    state.statuses.forget(id);
     state.store.delete_project(id).await?;
     state.statuses.forget(id);
     state.activity.forget(id);

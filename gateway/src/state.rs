@@ -71,8 +71,9 @@ impl AppState {
             Some(s) => s,
             None => {
                 let p = self.project(project).await?;
-                self.statuses.put(project, p.status);
-                p.status
+                // A status this gateway set while the read was in flight (a
+                // hibernation began) is newer than what was read: keep it.
+                self.statuses.put_if_absent(project, p.status)
             }
         };
         if status != ProjectStatus::Active {
@@ -87,9 +88,17 @@ impl AppState {
     pub async fn agent_of_active(&self, project: &str) -> Result<AgentClient> {
         let endpoint = match self.runtime.agent(project).await {
             Ok(e) => e,
-            // The store says active but the agent is gone (it crashed, or the
-            // machine rebooted): bring it back rather than fail the request.
-            Err(Error::ProjectNotActive(_)) => self.runtime.ensure(project).await?,
+            // The agent is gone. If the store (read now, not the cache: another
+            // replica may have hibernated the project within the cache's TTL)
+            // still says active, it crashed or the machine rebooted: bring it
+            // back rather than fail the request. Never revive an environment
+            // a hibernation took down.
+            Err(Error::ProjectNotActive(_)) => {
+                if self.project(project).await?.status != ProjectStatus::Active {
+                    return Err(Error::ProjectNotActive(project.to_owned()));
+                }
+                self.runtime.ensure(project).await?
+            }
             Err(e) => return Err(e),
         };
         self.agents.get(project, &endpoint)
@@ -130,9 +139,14 @@ impl WriteGates {
         map.entry(project.to_owned()).or_default().clone()
     }
 
-    /// Held by a request that changes files; waits while a hibernation archives.
-    pub async fn shared(&self, project: &str) -> tokio::sync::OwnedRwLockReadGuard<()> {
-        self.gate(project).read_owned().await
+    /// Held by a request that changes files. While a hibernation holds the
+    /// gate, or waits for it (the lock is fair: a waiting writer keeps new
+    /// readers out), the request is refused at once with 409
+    /// `project_not_active` rather than left waiting for the whole archive.
+    pub fn shared(&self, project: &str) -> Result<tokio::sync::OwnedRwLockReadGuard<()>> {
+        self.gate(project)
+            .try_read_owned()
+            .map_err(|_| Error::ProjectNotActive(project.to_owned()))
     }
 
     /// Held by a hibernation from before it archives until the environment is
@@ -145,7 +159,8 @@ impl WriteGates {
 /// Project statuses read from the store in the last [`StatusCache::TTL`], or
 /// set by this gateway since. Status changes made here update it at once;
 /// another replica's change (PostgreSQL store) is seen within the TTL, and a
-/// request that slips through meanwhile fails at the agent instead of with 409.
+/// request that slips through meanwhile finds no agent and gets 409 after a
+/// fresh store read (see [`AppState::agent_of_active`]).
 #[derive(Clone, Default)]
 pub struct StatusCache {
     map: Arc<Mutex<HashMap<String, (ProjectStatus, std::time::Instant)>>>,
@@ -169,6 +184,22 @@ impl StatusCache {
             map.retain(|_, (_, t)| t.elapsed() < Self::TTL);
         }
         map.insert(project.to_owned(), (status, std::time::Instant::now()));
+    }
+
+    /// Records a status just read unless a fresh one is already known (set
+    /// by this gateway meanwhile); answers the status that holds.
+    pub fn put_if_absent(&self, project: &str, status: ProjectStatus) -> ProjectStatus {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() > 10_000 {
+            map.retain(|_, (_, t)| t.elapsed() < Self::TTL);
+        }
+        if let Some((known, t)) = map.get(project)
+            && t.elapsed() < Self::TTL
+        {
+            return *known;
+        }
+        map.insert(project.to_owned(), (status, std::time::Instant::now()));
+        status
     }
 
     /// Forgets a project (deleted).
@@ -239,5 +270,44 @@ impl ProjectLocks {
             map.entry(project.to_owned()).or_default().clone()
         };
         m.try_lock_owned().ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_read_does_not_overwrite_a_newer_one() {
+        let c = StatusCache::default();
+        // A request read "active" from the store while a hibernation began.
+        c.put("p", ProjectStatus::Hibernating);
+        assert_eq!(
+            c.put_if_absent("p", ProjectStatus::Active),
+            ProjectStatus::Hibernating
+        );
+        assert_eq!(c.get("p"), Some(ProjectStatus::Hibernating));
+        assert_eq!(
+            c.put_if_absent("q", ProjectStatus::Active),
+            ProjectStatus::Active
+        );
+    }
+
+    #[tokio::test]
+    async fn writes_are_refused_while_a_hibernation_holds_or_awaits_the_gate() {
+        let g = WriteGates::default();
+        let writing = g.shared("p").unwrap();
+        // The hibernation waits for the write in flight...
+        let gates = g.clone();
+        let hibernation = tokio::spawn(async move { gates.exclusive("p").await });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        // ...and a new write is refused at once rather than queued behind it.
+        assert!(matches!(g.shared("p"), Err(Error::ProjectNotActive(_))));
+        assert!(g.shared("other").is_ok());
+        drop(writing);
+        let held = hibernation.await.unwrap();
+        assert!(matches!(g.shared("p"), Err(Error::ProjectNotActive(_))));
+        drop(held);
+        assert!(g.shared("p").is_ok());
     }
 }

@@ -82,7 +82,7 @@ async fn exec(
         )));
     }
     // A command may change files: hibernation waits for it (see write_gates).
-    let _writing = state.write_gates.shared(&p).await;
+    let _writing = state.write_gates.shared(&p)?;
     // 404 / 409 project_not_active, and counts as activity (idle hibernation).
     let agent = state.active_agent(&p).await?;
     let spec = ExecSpec {

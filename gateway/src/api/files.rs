@@ -233,7 +233,7 @@ async fn write(
     {
         return Err(Error::PayloadTooLarge(max));
     }
-    let _writing = state.write_gates.shared(&p).await;
+    let _writing = state.write_gates.shared(&p)?;
     let client = state.active_agent(&p).await?;
     let if_match = header_str(&headers, header::IF_MATCH);
     let create_only = header_str(&headers, header::IF_NONE_MATCH) == Some("*");
@@ -297,7 +297,7 @@ async fn remove(
             "the project root cannot be deleted".into(),
         ));
     }
-    let _writing = state.write_gates.shared(&p).await;
+    let _writing = state.write_gates.shared(&p)?;
     let client = state.active_agent(&p).await?;
     let recursive = matches!(q.recursive.as_deref(), Some("true" | "1" | ""));
     client.remove(&path, recursive).await?;
@@ -362,7 +362,7 @@ async fn mkdir(
     if path.is_empty() {
         return Err(Error::Conflict("the project root exists".into()));
     }
-    let _writing = state.write_gates.shared(&p).await;
+    let _writing = state.write_gates.shared(&p)?;
     let client = state.active_agent(&p).await?;
     let e = client.mkdir(&path, true).await?;
     Ok((StatusCode::CREATED, Json(e)).into_response())
@@ -391,7 +391,7 @@ async fn rename(
             "the project root cannot be moved or replaced".into(),
         ));
     }
-    let _writing = state.write_gates.shared(&p).await;
+    let _writing = state.write_gates.shared(&p)?;
     let client = state.active_agent(&p).await?;
     Ok(Json(client.rename(&from, &to, body.overwrite).await?))
 }
@@ -460,7 +460,7 @@ async fn upload(
     {
         return Err(Error::PayloadTooLarge(max));
     }
-    let _writing = state.write_gates.shared(&p).await;
+    let _writing = state.write_gates.shared(&p)?;
     let client = state.active_agent(&p).await?;
     let t0 = Instant::now();
     let data = body
