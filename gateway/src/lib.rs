@@ -136,13 +136,14 @@ pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
                 .with_terminal_keep_secs(config.terminal_keep_secs),
         ),
         RuntimeKind::Kubernetes => {
-            let settings = runtime::kubernetes::Settings::new(
+            let mut settings = runtime::kubernetes::Settings::new(
                 &config.kubernetes,
                 &config.k8s_namespace_prefix,
                 &config.agent_image,
                 &secret,
             )
             .map_err(anyhow::Error::msg)?;
+            settings.gateway_port = config.listen.port();
             Arc::new(runtime::kubernetes::KubernetesRuntime::connect(settings).await?)
         }
     };

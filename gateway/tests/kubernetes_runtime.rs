@@ -155,7 +155,8 @@ async fn open_fresh_applies_the_environment_and_waits_for_the_agent() {
     );
 
     // Ingress from the gateway's and the ingress controller's namespaces and
-    // the project itself; egress DNS, HTTPS and the S3 endpoint's port.
+    // the project itself; egress DNS, HTTPS, the S3 endpoint's port, the
+    // gateway's pods and the project itself.
     let spec = &netpol["spec"];
     assert_eq!(spec["policyTypes"], json!(["Ingress", "Egress"]));
     assert_eq!(spec["podSelector"], json!({}));
@@ -176,9 +177,17 @@ async fn open_fresh_applies_the_environment_and_waits_for_the_agent() {
         spec["egress"][1]["ports"],
         json!([{"protocol": "TCP", "port": 443}, {"protocol": "TCP", "port": 9000}])
     );
+    // The gateway (bundled templates): its pods on its port, not its whole
+    // namespace.
     assert_eq!(
-        spec["egress"][2]["to"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
-        "devgate"
+        spec["egress"][2],
+        json!({
+            "to": [{
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "devgate"}},
+                "podSelector": {"matchLabels": {"app.kubernetes.io/name": "devgate-gateway"}}
+            }],
+            "ports": [{"protocol": "TCP", "port": 8080}]
+        })
     );
     assert_eq!(spec["egress"][3]["to"], json!([{"podSelector": {}}]));
     assert_eq!(

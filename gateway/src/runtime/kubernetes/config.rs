@@ -175,6 +175,9 @@ pub struct Settings {
     pub dev_image: String,
     pub image_pull_policy: String,
     pub gateway_namespace: String,
+    /// The port the gateway's pods listen on (its `--listen` port): project
+    /// pods may reach the gateway there and nowhere else in its namespace.
+    pub gateway_port: u16,
     pub ingress_namespace: String,
     pub access: Access,
     pub agent_port: u16,
@@ -242,6 +245,7 @@ impl Settings {
             dev_image: args.dev_image.clone(),
             image_pull_policy: args.image_pull_policy.clone(),
             gateway_namespace: args.gateway_namespace.clone(),
+            gateway_port: 8080,
             ingress_namespace: args.ingress_namespace.clone(),
             access: args.access,
             agent_port: args.agent_port,

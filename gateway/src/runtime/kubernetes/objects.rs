@@ -107,9 +107,12 @@ pub fn namespace(ns: &str, project: &str) -> Namespace {
 
 /// Ingress only from the gateway's namespace, the ingress controller and the
 /// project's own pods; egress only DNS, HTTPS, the S3 endpoint's port, the
-/// gateway's namespace (bundled templates are cloned from the gateway) and
-/// the project's own pods. Everything else is denied for every pod of the
+/// gateway's pods on the gateway's port (bundled templates are cloned from
+/// the gateway) and the project's own pods. Everything else is denied for every pod of the
 /// project.
+/// The `app.kubernetes.io/name` label of the gateway's pods (k8s/base).
+pub const GATEWAY_APP: &str = "devgate-gateway";
+
 pub fn network_policy(s: &Settings, ns: &str, project: &str) -> NetworkPolicy {
     let from_namespace = |name: &str| NetworkPolicyPeer {
         namespace_selector: Some(LabelSelector {
@@ -158,10 +161,21 @@ pub fn network_policy(s: &Settings, ns: &str, project: &str) -> NetworkPolicy {
                     to: None,
                     ports: Some(egress_ports),
                 },
-                // Bundled templates: the agent clones them from the gateway.
+                // Bundled templates: the agent clones them from the gateway,
+                // and only that: the gateway's pods on its own port, not
+                // everything else in its namespace (user code runs here).
                 NetworkPolicyEgressRule {
-                    to: Some(vec![from_namespace(&s.gateway_namespace)]),
-                    ports: None,
+                    to: Some(vec![NetworkPolicyPeer {
+                        pod_selector: Some(LabelSelector {
+                            match_labels: Some(BTreeMap::from([(
+                                "app.kubernetes.io/name".to_owned(),
+                                GATEWAY_APP.to_owned(),
+                            )])),
+                            ..LabelSelector::default()
+                        }),
+                        ..from_namespace(&s.gateway_namespace)
+                    }]),
+                    ports: Some(vec![port("TCP", s.gateway_port)]),
                 },
                 // Dev servers of one project talk to each other.
                 NetworkPolicyEgressRule {
