@@ -169,6 +169,21 @@ async fn write_read_etag_range_and_preconditions() {
         code(r).await,
         (StatusCode::BAD_REQUEST, "is_directory".into())
     );
+    for root in ["/api/projects/p1/files", "/api/projects/p1/files/"] {
+        let r = gw.put(root).body("x").send().await.unwrap();
+        assert_eq!(
+            code(r).await,
+            (StatusCode::BAD_REQUEST, "is_directory".into()),
+            "PUT {root}"
+        );
+        let r = gw.delete(root).send().await.unwrap();
+        assert_eq!(
+            code(r).await,
+            (StatusCode::BAD_REQUEST, "bad_request".into()),
+            "DELETE {root}"
+        );
+    }
+    assert!(gw.project_dir("p1").is_dir(), "the root is still there");
 
     // A large body streams through intact.
     let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();

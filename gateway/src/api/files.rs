@@ -128,34 +128,35 @@ fn io_error(e: Error) -> std::io::Error {
     std::io::Error::other(e.to_string())
 }
 
-/// The project root is a directory: reading it is 400 `is_directory`.
+// `/files` and `/files/` name the project root: the same handlers with an
+// empty path (a read or write answers 400 `is_directory`, a delete 400).
+
 async fn read_root(
     claims: Claims,
-    State(state): State<AppState>,
+    state: State<AppState>,
     Path(p): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Response> {
-    authorize(&claims, &p)?;
-    state.active_agent(&p).await?;
-    Err(Error::IsDirectory("the project root is a directory".into()))
+    read(claims, state, Path((p, String::new())), headers).await
 }
 
 async fn write_root(
     claims: Claims,
     state: State<AppState>,
-    path: Path<String>,
+    Path(p): Path<String>,
+    headers: HeaderMap,
+    body: Body,
 ) -> Result<Response> {
-    read_root(claims, state, path).await
+    write(claims, state, Path((p, String::new())), headers, body).await
 }
 
 async fn remove_root(
     claims: Claims,
-    State(_state): State<AppState>,
+    state: State<AppState>,
     Path(p): Path<String>,
-) -> Result<Response> {
-    authorize(&claims, &p)?;
-    Err(Error::BadRequest(
-        "the project root cannot be deleted".into(),
-    ))
+    query: Query<RemoveQuery>,
+) -> Result<StatusCode> {
+    remove(claims, state, Path((p, String::new())), query).await
 }
 
 async fn read(
