@@ -87,6 +87,27 @@ impl Error {
     }
 }
 
+/// The contract's error code for an answer made without an [`Error`] (axum's
+/// own 405, extractor rejections), agreeing with [`Error::status_and_code`]
+/// for every status both produce.
+pub fn code_for_status(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::UNAUTHORIZED => "unauthorized",
+        StatusCode::FORBIDDEN => "forbidden",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::CONFLICT => "conflict",
+        StatusCode::PRECONDITION_FAILED => "precondition_failed",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::RANGE_NOT_SATISFIABLE => "range_not_satisfiable",
+        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        StatusCode::GATEWAY_TIMEOUT => "timeout",
+        s if s.is_server_error() => "internal",
+        _ => "bad_request",
+    }
+}
+
 /// Response extension set on 5xx answers caused by an agent or another
 /// upstream, so the request middleware can count them.
 #[derive(Debug, Clone, Copy)]
@@ -198,5 +219,31 @@ mod tests {
         assert_eq!(e.status_and_code().0, StatusCode::CONFLICT);
         let e: Error = tonic::Status::internal("secret detail").into();
         assert_eq!(e.status_and_code().0, StatusCode::INTERNAL_SERVER_ERROR);
+    }
+}
+
+#[cfg(test)]
+mod status_codes {
+    use super::*;
+
+    #[test]
+    fn codes_for_bare_statuses_agree_with_the_errors() {
+        let errors = [
+            Error::BadRequest(String::new()),
+            Error::Unauthorized(String::new()),
+            Error::Forbidden(String::new()),
+            Error::NotFound(String::new()),
+            Error::Conflict(String::new()),
+            Error::PreconditionFailed(String::new()),
+            Error::PayloadTooLarge(1),
+            Error::RangeNotSatisfiable { size: 1 },
+            Error::Unavailable(String::new()),
+            Error::Timeout(String::new()),
+            Error::Internal(String::new()),
+        ];
+        for e in errors {
+            let (status, code) = e.status_and_code();
+            assert_eq!(code_for_status(status), code, "{status}");
+        }
     }
 }
