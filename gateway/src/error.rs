@@ -108,6 +108,30 @@ pub fn code_for_status(status: StatusCode) -> &'static str {
     }
 }
 
+/// A gRPC code as a short label value (`deadline_exceeded`).
+fn grpc_code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Ok => "ok",
+        Code::Cancelled => "cancelled",
+        Code::Unknown => "unknown",
+        Code::InvalidArgument => "invalid_argument",
+        Code::DeadlineExceeded => "deadline_exceeded",
+        Code::NotFound => "not_found",
+        Code::AlreadyExists => "already_exists",
+        Code::PermissionDenied => "permission_denied",
+        Code::ResourceExhausted => "resource_exhausted",
+        Code::FailedPrecondition => "failed_precondition",
+        Code::Aborted => "aborted",
+        Code::OutOfRange => "out_of_range",
+        Code::Unimplemented => "unimplemented",
+        Code::Internal => "internal",
+        Code::Unavailable => "unavailable",
+        Code::DataLoss => "data_loss",
+        Code::Unauthenticated => "unauthenticated",
+    }
+}
+
 /// Response extension set on 5xx answers caused by an agent or another
 /// upstream, so the request middleware can count them.
 #[derive(Debug, Clone, Copy)]
@@ -172,9 +196,9 @@ impl IntoResponse for Error {
         if status.is_server_error() {
             // For the agent-RPC-errors metric, counted by the request middleware.
             let kind = match &self {
-                Error::Agent(s) => Some(s.code().description()),
+                Error::Agent(s) => Some(grpc_code_name(s.code())),
                 Error::Unavailable(_) => Some("unavailable"),
-                Error::Timeout(_) => Some("deadline exceeded"),
+                Error::Timeout(_) => Some("deadline_exceeded"),
                 _ => None,
             };
             if let Some(kind) = kind {

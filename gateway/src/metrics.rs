@@ -27,9 +27,10 @@ pub struct RouteLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RpcLabels {
-    /// The gateway operation (e.g. `read`, `write`, `run`).
+    /// The route whose answer the failure became (e.g.
+    /// `/api/projects/{p}/exec`).
     pub op: String,
-    /// The gRPC code name.
+    /// The gRPC code (`deadline_exceeded`, `unavailable`, ...).
     pub code: String,
 }
 
@@ -104,7 +105,7 @@ impl Metrics {
         let agent_rpc_errors = Family::<RpcLabels, Counter>::default();
         registry.register(
             "agent_rpc_errors",
-            "Failed calls to agents by operation and gRPC code",
+            "Agent and upstream failures that became a 5xx answer, by route and gRPC code",
             agent_rpc_errors.clone(),
         );
         let lifecycle_seconds: HistogramFamily<LifecycleLabels> =
@@ -159,20 +160,6 @@ impl Metrics {
             tracing::error!(%error, "cannot encode metrics");
         }
         out
-    }
-
-    /// Counts a failed agent call.
-    pub fn agent_error(&self, op: &str, err: &crate::error::Error) {
-        let code = match err {
-            crate::error::Error::Agent(s) => format!("{:?}", s.code()),
-            other => other.status_and_code().1.to_owned(),
-        };
-        self.agent_rpc_errors
-            .get_or_create(&RpcLabels {
-                op: op.to_owned(),
-                code,
-            })
-            .inc();
     }
 }
 

@@ -104,13 +104,9 @@ async fn exec(
         }
         None => agent.run(spec).await,
     };
-    let out = match out {
-        Ok(o) => o,
-        Err(e) => {
-            state.metrics.agent_error("run", &e);
-            return Err(e);
-        }
-    };
+    // A failure is counted by the request middleware (agent RPC errors by
+    // route), as every agent failure that becomes the answer is.
+    let out = out?;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let label = body.label.unwrap_or_else(|| match &body.container {

@@ -226,9 +226,8 @@ async fn open(
                 cols: p.cols,
                 rows: p.rows,
             })
-            .await
-            .inspect_err(|e| state.metrics.agent_error("start_pty", e))?;
-        return attach_agent(state, &agent, &session.id, Some(0)).await;
+            .await?;
+        return attach_agent(&agent, &session.id, Some(0)).await;
     };
     let c = state.container(project, name).await?;
     if c.status != ContainerStatus::Running {
@@ -245,9 +244,8 @@ async fn open(
                     cols: p.cols,
                     rows: p.rows,
                 })
-                .await
-                .inspect_err(|e| state.metrics.agent_error("start_pty", e))?;
-            attach_agent(state, &agent, &session.id, Some(0)).await
+                .await?;
+            attach_agent(&agent, &session.id, Some(0)).await
         }
         target @ ShellTarget::PodExec { .. } => {
             let cols = u16::try_from(p.cols).unwrap_or(80);
@@ -274,11 +272,10 @@ async fn reattach(
         return hosted.attach(project, id, offset);
     }
     let agent = state.agent_of_active(project).await?;
-    attach_agent(state, &agent, id, offset).await
+    attach_agent(&agent, id, offset).await
 }
 
 async fn attach_agent(
-    state: &AppState,
     agent: &crate::agent_client::AgentClient,
     id: &str,
     offset: Option<u64>,
@@ -286,8 +283,7 @@ async fn attach_agent(
     let (tx, rx) = mpsc::channel(INPUT_QUEUE);
     let mut events = agent
         .attach_pty(id, offset, tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .inspect_err(|e| state.metrics.agent_error("attach_pty", e))?;
+        .await?;
     // The agent answers `started` first; anything else is a broken stream,
     // and an error here (unknown session) still becomes an HTTP answer.
     match events.next().await {
@@ -306,10 +302,7 @@ async fn attach_agent(
             events,
             input: tx,
         }),
-        Some(Err(e)) => {
-            state.metrics.agent_error("attach_pty", &e);
-            Err(e)
-        }
+        Some(Err(e)) => Err(e),
         Some(Ok(other)) => Err(Error::internal(format!(
             "agent began an attach with {other:?}"
         ))),

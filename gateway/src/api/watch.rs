@@ -81,10 +81,7 @@ async fn watch(
     let agent = state.active_agent(&project).await?;
     // The agent's stream is opened before the upgrade so that an unknown or
     // inactive project is an HTTP error rather than a socket that closes at once.
-    let events = agent
-        .watch("")
-        .await
-        .inspect_err(|e| state.metrics.agent_error("watch", e))?;
+    let events = agent.watch("").await?;
     let span = tracing::info_span!("watch", project = %project);
     // The client has nothing to say on this socket but pongs and a close.
     let ws = ws.read_buffer_size(READ_BUFFER).max_message_size(64 * 1024);
