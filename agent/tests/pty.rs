@@ -226,6 +226,18 @@ async fn resize_shows_in_stty_size() -> anyhow::Result<()> {
         .find(|x| x.id == s.id)
         .expect("listed");
     assert_eq!((listed.cols, listed.rows), (132, 41));
+
+    // Out-of-bounds sizes (the same bounds as at start) are refused and
+    // change nothing.
+    for (cols, rows) in [(0, 10), (10, 0), (5000, 10), (10, 70_000)] {
+        a.tx.send(AttachPtyRequest {
+            msg: Some(Msg::Resize(Resize { cols, rows })),
+        })
+        .await?;
+    }
+    a.send("echo mark''er; stty size\n").await?;
+    a.read_until("marker").await?;
+    a.read_until("41 132").await?;
     Ok(())
 }
 

@@ -165,9 +165,11 @@ impl pb::process_server::Process for ProcessService {
                 let res = match msg.msg {
                     Some(attach_pty_request::Msg::Input(data)) => input_session.input(data).await,
                     Some(attach_pty_request::Msg::Resize(r)) => {
-                        match (u16::try_from(r.cols), u16::try_from(r.rows)) {
+                        // The same bounds as at start, but no default: a
+                        // zero size is refused.
+                        match (size(r.cols, "cols"), size(r.rows, "rows")) {
                             (Ok(c), Ok(rw)) => input_session.resize(c, rw),
-                            _ => Err(Error::InvalidArgument("size too large".into())),
+                            (Err(e), _) | (_, Err(e)) => Err(e),
                         }
                     }
                     Some(attach_pty_request::Msg::Signal(sig)) => {
@@ -377,9 +379,16 @@ impl Drop for AbortOnDrop {
 fn dimension(v: u32, default: u16, what: &str) -> Result<u16, Error> {
     match v {
         0 => Ok(default),
+        v => size(v, what),
+    }
+}
+
+/// A terminal dimension: 1 to 4096.
+fn size(v: u32, what: &str) -> Result<u16, Error> {
+    match v {
         1..=4096 => Ok(v as u16),
         _ => Err(Error::InvalidArgument(format!(
-            "{what} must be at most 4096"
+            "{what} must be between 1 and 4096"
         ))),
     }
 }

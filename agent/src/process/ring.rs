@@ -329,11 +329,6 @@ impl Log {
         };
         (cursor, pos, truncated)
     }
-
-    /// Registered cursors right now.
-    pub fn cursors(&self) -> usize {
-        lock(&self.inner).cursors.len()
-    }
 }
 
 /// A reader's position in a [`Log`]; unregisters itself on drop.
