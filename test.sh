@@ -8,8 +8,9 @@ scripts/install-test-deps.sh
 # pyenv shims may live outside PATH in a non-login shell.
 export PATH="$HOME/.pyenv/shims:$PATH"
 
-echo "== cargo build"
-cargo build --workspace --bins --locked
+# One build: `cargo test` also builds the agent and gateway binaries the tests
+# start (a separate `cargo build` first compiled the dependency tree twice, with
+# and without the dev-dependencies' features).
 echo "== cargo test"
 cargo test --workspace --locked
 
