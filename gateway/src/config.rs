@@ -73,6 +73,13 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_TERMINAL_KEEP_SECS", default_value_t = 300)]
     pub terminal_keep_secs: u64,
 
+    /// Local runtime: file reads (`GET .../files/...`) open the project's
+    /// folder directly, with the agent's resolver, instead of asking its
+    /// agent (one process hop less per read). `false`: every file operation
+    /// goes through the agent, as on Kubernetes.
+    #[arg(long, env = "GATEWAY_LOCAL_READS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub local_reads: bool,
+
     /// Seconds to let in-flight requests finish after SIGTERM.
     #[arg(long, env = "GATEWAY_GRACE_SECS", default_value_t = 20)]
     pub grace_secs: u64,

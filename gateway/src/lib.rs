@@ -12,6 +12,7 @@ pub mod error;
 pub mod idle;
 pub mod ids;
 pub mod lifecycle;
+pub mod local_files;
 pub mod metrics;
 pub mod preview;
 pub mod runtime;
@@ -133,7 +134,8 @@ pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
         RuntimeKind::Local => Arc::new(
             runtime::local::LocalRuntime::new(&config.data_dir, config.agent_bin())
                 .context("cannot prepare the local runtime")?
-                .with_terminal_keep_secs(config.terminal_keep_secs),
+                .with_terminal_keep_secs(config.terminal_keep_secs)
+                .with_local_reads(config.local_reads),
         ),
         RuntimeKind::Kubernetes => {
             let mut settings = runtime::kubernetes::Settings::new(

@@ -67,6 +67,13 @@ impl AppState {
     /// A client of the project's agent; 404 for an unknown project, 409
     /// `project_not_active` unless it is active.
     pub async fn active_agent(&self, project: &str) -> Result<AgentClient> {
+        self.require_active(project).await?;
+        self.agent_of_active(project).await
+    }
+
+    /// 404 for an unknown project, 409 `project_not_active` unless it is
+    /// active; counts as activity on it.
+    pub async fn require_active(&self, project: &str) -> Result<()> {
         let status = match self.statuses.get(project) {
             Some(s) => s,
             None => {
@@ -81,7 +88,7 @@ impl AppState {
         }
         // Every file, exec and terminal route comes through here.
         crate::idle::touch(self, project);
-        self.agent_of_active(project).await
+        Ok(())
     }
 
     /// A client of the agent of a project known to be active.

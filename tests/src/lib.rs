@@ -27,7 +27,7 @@ pub fn bin(name: &str) -> PathBuf {
     let p = bin_dir().join(name);
     assert!(
         p.exists(),
-        "{} not built: run `cargo build --workspace --bins` first (the README's test command does)",
+        "{} not built: run `cargo build --workspace --bins` first (`cargo test --workspace`, the README's test command, builds them)",
         p.display()
     );
     p

@@ -19,9 +19,28 @@ async fn code(r: reqwest::Response) -> (StatusCode, String) {
     )
 }
 
+/// A gateway whose file reads go through the agent, as on Kubernetes (the
+/// local runtime's default reads files itself).
+async fn gateway_reading_through_the_agent() -> Gateway {
+    Gateway::builder()
+        .arg("--local-reads")
+        .arg("false")
+        .start()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn write_read_etag_range_and_preconditions() {
-    let gw = Gateway::start().await.unwrap();
+    etag_range_and_preconditions(Gateway::start().await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn write_read_etag_range_and_preconditions_through_the_agent() {
+    etag_range_and_preconditions(gateway_reading_through_the_agent().await).await;
+}
+
+async fn etag_range_and_preconditions(gw: Gateway) {
     gw.open_project("p1").await.unwrap();
 
     // PUT creates parents and answers etag and size.
@@ -350,7 +369,15 @@ fn chrono_like(s: &str) -> bool {
 
 #[tokio::test]
 async fn path_escapes_are_refused_and_touch_nothing() {
-    let gw = Gateway::start().await.unwrap();
+    path_escapes(Gateway::start().await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn path_escapes_are_refused_through_the_agent_too() {
+    path_escapes(gateway_reading_through_the_agent().await).await;
+}
+
+async fn path_escapes(gw: Gateway) {
     gw.open_project("p1").await.unwrap();
     // A secret beside the project folder, and one far outside.
     let outside = tempfile::tempdir().unwrap();
@@ -701,7 +728,7 @@ async fn bodies_over_the_limit_are_413_and_write_nothing() {
 /// the read path in general, not that race.)
 #[tokio::test]
 async fn many_reads_keep_the_agent_connection() {
-    let gw = Gateway::start().await.unwrap();
+    let gw = gateway_reading_through_the_agent().await;
     gw.open_project("p1").await.unwrap();
     let body = "x".repeat(4096);
     let r = gw
@@ -733,4 +760,82 @@ async fn many_reads_keep_the_agent_connection() {
         }
     }
     assert!(failures.is_empty(), "failed reads: {failures:?}");
+}
+
+/// The local runtime's reads do not wait on the agent: with the project's
+/// agent stopped (SIGSTOP), a GET still answers the file's bytes and etag,
+/// while a write (always through the agent) waits until it runs again.
+#[tokio::test]
+async fn local_reads_skip_the_agent() {
+    let gw = Gateway::start().await.unwrap();
+    gw.open_project("p1").await.unwrap();
+    let r = gw
+        .put("/api/projects/p1/files/a/b.txt")
+        .body("local bytes")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let etag = r.headers()["etag"].to_str().unwrap().to_owned();
+    let v: Value = gw
+        .post("/api/projects/p1/exec")
+        .json(&json!({"argv": ["sh", "-c", "echo -n $PPID"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let agent_pid = v["stdout"].as_str().unwrap().to_owned();
+    let cmdline = std::fs::read_to_string(format!("/proc/{agent_pid}/cmdline")).unwrap();
+    assert!(cmdline.contains("agent"), "{cmdline}");
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &agent_pid])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig} {agent_pid}");
+    };
+    signal("-STOP");
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        gw.get("/api/projects/p1/files/a/b.txt").send(),
+    )
+    .await;
+    let write = tokio::time::timeout(
+        std::time::Duration::from_millis(500),
+        gw.put("/api/projects/p1/files/c.txt").body("x").send(),
+    )
+    .await;
+    signal("-CONT");
+    let r = read.expect("a read waited on the stopped agent").unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["etag"].to_str().unwrap(), etag);
+    assert_eq!(r.text().await.unwrap(), "local bytes");
+    assert!(write.is_err(), "a write answered without the agent");
+    // Ranges, 304 and errors keep the agent's answers.
+    let r = gw
+        .get("/api/projects/p1/files/a/b.txt")
+        .header("range", "bytes=6-")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.text().await.unwrap(), "bytes");
+    let r = gw
+        .get("/api/projects/p1/files/a/b.txt")
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 304);
+    assert_eq!(
+        code(gw.get("/api/projects/p1/files/a").send().await.unwrap()).await,
+        (StatusCode::BAD_REQUEST, "is_directory".to_owned())
+    );
+    assert_eq!(
+        code(gw.get("/api/projects/p1/files/nope").send().await.unwrap()).await,
+        (StatusCode::NOT_FOUND, "not_found".to_owned())
+    );
 }

@@ -1,7 +1,8 @@
 //! File routes: read (ETag, Range), atomic write (If-Match, If-None-Match),
 //! delete, list, stat, mkdir, move, and the project's zip archive download and
 //! upload. Every path is checked by `ids::file_path` here and resolved by the
-//! agent, which alone sees symlinks; the gateway never touches files itself.
+//! agent's resolver: in the agent, or, for reads of a project whose folder is
+//! on this machine (local runtime), in `local_files` with the same code.
 
 use std::time::Instant;
 
@@ -20,6 +21,7 @@ use crate::agent_client::{ArchiveChunk, ArchiveOptions, Entry, EntryKind, WriteO
 use crate::auth::{Claims, QueryClaims};
 use crate::error::{Error, Result};
 use crate::ids;
+use crate::local_files;
 use crate::state::AppState;
 use crate::store::CommandLogEntry;
 
@@ -159,6 +161,13 @@ async fn remove_root(
     remove(claims, state, Path((p, String::new())), query).await
 }
 
+/// Where a read gets its bytes: the project's folder on this machine, or
+/// its agent.
+enum Source {
+    Local(local_files::LocalFile),
+    Agent(crate::agent_client::AgentClient),
+}
+
 async fn read(
     claims: Claims,
     State(state): State<AppState>,
@@ -167,12 +176,21 @@ async fn read(
 ) -> Result<Response> {
     authorize(&claims, &p)?;
     let path = ids::file_path(&raw)?;
-    let client = state.active_agent(&p).await?;
+    let source = match state.runtime.local_files(&p) {
+        Some(folder) => {
+            state.require_active(&p).await?;
+            Source::Local(local_files::open(&folder, &path)?)
+        }
+        None => Source::Agent(state.active_agent(&p).await?),
+    };
     let range = header_str(&headers, header::RANGE).and_then(parse_range);
     let if_none_match = header_str(&headers, header::IF_NONE_MATCH);
     let mut window = None;
     if range.is_some() || if_none_match.is_some() {
-        let e = client.stat(&path).await?;
+        let e = match &source {
+            Source::Local(f) => f.entry.clone(),
+            Source::Agent(client) => client.stat(&path).await?,
+        };
         if e.kind == EntryKind::Dir {
             return Err(Error::IsDirectory(format!("{path} is a directory")));
         }
@@ -189,7 +207,10 @@ async fn read(
         }
     }
     let (offset, length) = window.unwrap_or((0, 0));
-    let (e, data) = client.read(&path, offset, length).await?;
+    let (e, data) = match source {
+        Source::Local(f) => (f.entry.clone(), f.read(offset, length)?),
+        Source::Agent(client) => client.read(&path, offset, length).await?,
+    };
     if e.kind == EntryKind::Dir {
         return Err(Error::IsDirectory(format!("{path} is a directory")));
     }

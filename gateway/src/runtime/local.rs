@@ -36,6 +36,7 @@ pub struct LocalRuntime {
     spawner: Spawner,
     /// Seconds an agent keeps a detached terminal session (`--pty-keep-secs`).
     pty_keep_secs: u64,
+    local_reads: bool,
 }
 
 type SpawnReply = tokio::sync::oneshot::Sender<std::io::Result<tokio::process::Child>>;
@@ -82,14 +83,21 @@ struct LocalAgent {
 }
 
 impl LocalRuntime {
-    /// A runtime keeping projects under `<data_dir>/projects`. Must be called
-    /// inside the gateway's tokio runtime.
+    /// Whether the gateway reads project files itself (`local_files`;
+    /// default on).
+    pub fn with_local_reads(mut self, on: bool) -> LocalRuntime {
+        self.local_reads = on;
+        self
+    }
+
     /// How long its agents keep a detached terminal session (default 300 s).
     pub fn with_terminal_keep_secs(mut self, secs: u64) -> LocalRuntime {
         self.pty_keep_secs = secs;
         self
     }
 
+    /// A runtime keeping projects under `<data_dir>/projects`. Must be called
+    /// inside the gateway's tokio runtime.
     pub fn new(data_dir: &Path, agent_bin: PathBuf) -> std::io::Result<LocalRuntime> {
         let data_dir = std::path::absolute(data_dir)?;
         let projects_dir = data_dir.join("projects");
@@ -125,6 +133,7 @@ impl LocalRuntime {
             routes: Mutex::new(HashMap::new()),
             pool: AgentPool::default(),
             pty_keep_secs: 300,
+            local_reads: true,
             spawner: Spawner::new()?,
         })
     }
@@ -283,6 +292,10 @@ impl Runtime for LocalRuntime {
         let ep = a.endpoint.clone();
         *agent = Some(a);
         Ok(ep)
+    }
+
+    fn local_files(&self, project: &str) -> Option<PathBuf> {
+        self.local_reads.then(|| self.project_dir(project))
     }
 
     async fn agent(&self, project: &str) -> Result<AgentEndpoint> {

@@ -235,6 +235,15 @@ pub trait Runtime: Send + Sync + 'static {
     /// Checks the runtime can act (for `/readyz`).
     async fn ready(&self) -> Result<()>;
 
+    /// The folder holding a project's files, when it is on this gateway's
+    /// machine (local runtime): file reads then skip the agent and go
+    /// through the agent's resolver here (`local_files`). `None` (the
+    /// default): every file operation goes to the agent.
+    fn local_files(&self, project: &str) -> Option<std::path::PathBuf> {
+        let _ = project;
+        None
+    }
+
     /// Called once when the gateway stops: release what the runtime holds
     /// (local: agents end with the gateway).
     async fn shutdown(&self) {}
