@@ -1,20 +1,26 @@
 //! Interactive PTY sessions that outlive their clients.
 //!
-//! Each session has three helpers: a reader thread that reads the PTY master
-//! in 64 KiB chunks into the session's [`Log`] (a held 1 MiB ring: output
-//! reaching an attached client is never dropped), a writer thread that feeds
-//! client input to the master, and a supervisor task that turns the child's
-//! exit into the log's end and ends the session when nobody was attached for
-//! the keep window. Clients attach with a [`Cursor`] on the log, so any
-//! number of them can follow the same session, each at its own pace.
+//! The PTY master is non-blocking and driven by the Tokio reactor, with no
+//! thread per session: a reader task reads it (up to 64 KiB at a time) into
+//! the session's [`Log`] (a held 1 MiB ring: output reaching an attached
+//! client is never dropped; when the ring is full the rest waits for the
+//! slowest client on a blocking thread), client input is written on the task
+//! that received it (waiting for the terminal to take it, which is the
+//! backpressure), and a supervisor task turns the child's exit into the log's
+//! end and ends the session when nobody was attached for the keep window.
+//! With no thread hand-off on either side, a keystroke's echo pays no extra
+//! wake-up. Clients attach with a [`Cursor`] on the log, so any number of
+//! them can follow the same session, each at its own pace.
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::io::Write as _;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use filedescriptor::FileDescriptor;
 use portable_pty::{MasterPty, PtySize};
+use tokio::io::unix::AsyncFd;
 use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -70,10 +76,12 @@ pub struct Session {
     size: Mutex<(u16, u16)>,
     /// The master side; resize and foreground-group lookups go through it.
     master: Mutex<Box<dyn MasterPty + Send>>,
-    /// The master's write side. Writes run on the blocking pool, one at a
-    /// time in arrival order (the async mutex is fair), so keystrokes keep
-    /// their order without a writer thread per session.
-    writer: Arc<tokio::sync::Mutex<Box<dyn std::io::Write + Send>>>,
+    /// A non-blocking duplicate of the master on the reactor, for output
+    /// and input.
+    io: Arc<AsyncFd<FileDescriptor>>,
+    /// Input is written one message at a time in arrival order (the async
+    /// mutex is fair), so keystrokes keep their order.
+    input_order: tokio::sync::Mutex<()>,
     log: Arc<Log>,
     attached: watch::Sender<u32>,
     /// The child's exit code, as soon as it is known (before the output is
@@ -130,14 +138,7 @@ impl Sessions {
         // the end of the session's output.
         drop(pair.slave);
         let pid = child.process_id().unwrap_or(0);
-        let reader = pair
-            .master
-            .try_clone_reader()
-            .map_err(|e| Error::Internal(format!("{e:#}")))?;
-        let writer = pair
-            .master
-            .take_writer()
-            .map_err(|e| Error::Internal(format!("{e:#}")))?;
+        let io = Arc::new(nonblocking_master(pair.master.as_ref())?);
 
         let id = uuid::Uuid::new_v4().simple().to_string();
         let log = Log::new(RING_BYTES, Some(super::ring::STALL_LIMIT));
@@ -148,7 +149,8 @@ impl Sessions {
             created_unix_ms: super::now_unix_ms(),
             size: Mutex::new((spec.cols, spec.rows)),
             master: Mutex::new(pair.master),
-            writer: Arc::new(tokio::sync::Mutex::new(writer)),
+            io: io.clone(),
+            input_order: tokio::sync::Mutex::new(()),
             log: log.clone(),
             attached: watch::channel(0).0,
             child_exit: watch::channel(None).0,
@@ -156,9 +158,13 @@ impl Sessions {
 
         let (read_done_tx, read_done) = oneshot::channel::<()>();
         let span = tracing::info_span!("pty", session = %id, pid);
-        spawn_thread("pty-read", span.clone(), move || {
-            read_loop(reader, &log, read_done_tx)
-        })?;
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                read_output(&io, &log).await;
+                let _ = read_done_tx.send(());
+            },
+            span.clone(),
+        ));
         let (exit_tx, exit_rx) = oneshot::channel::<i32>();
         // portable-pty's own status loses the signal; its unix child is a
         // std child, whose status keeps it.
@@ -350,11 +356,20 @@ impl Session {
         if data.is_empty() {
             return Ok(());
         }
-        let mut writer = self.writer.clone().lock_owned().await;
-        tokio::task::spawn_blocking(move || writer.write_all(&data).and_then(|()| writer.flush()))
-            .await
-            .map_err(|e| Error::Internal(format!("pty writer: {e}")))?
-            .map_err(|_| Error::FailedPrecondition("the session has ended".into()))
+        let _order = self.input_order.lock().await;
+        let ended = || Error::FailedPrecondition("the session has ended".into());
+        let mut rest = &data[..];
+        while !rest.is_empty() {
+            let mut ready = self.io.writable().await.map_err(|_| ended())?;
+            match ready.try_io(|fd| Ok(rustix::io::write(fd.get_ref(), rest)?)) {
+                Ok(Ok(n)) => rest = &rest[n..],
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Ok(Err(_)) => return Err(ended()),
+                // Not ready after all: `try_io` cleared the readiness; wait again.
+                Err(_) => {}
+            }
+        }
+        Ok(())
     }
 
     /// Resizes the terminal; the caller checked the bounds.
@@ -440,10 +455,71 @@ fn spawn_thread(name: &str, span: tracing::Span, f: impl FnOnce() + Send + 'stat
         .map_err(Error::Io)
 }
 
-fn read_loop(reader: Box<dyn std::io::Read + Send>, log: &Log, done: oneshot::Sender<()>) {
-    // portable-pty maps EIO (the slave side closed) to the end of input.
-    log.pump(reader);
-    let _ = done.send(());
+/// A non-blocking duplicate of `master`, registered with the reactor.
+/// `O_NONBLOCK` belongs to the open file description, which the duplicate
+/// shares with portable-pty's handle (kept for resizes and the foreground
+/// group, neither of which reads or writes).
+fn nonblocking_master(master: &(dyn MasterPty + Send)) -> Result<AsyncFd<FileDescriptor>> {
+    /// portable-pty lends the master only as a descriptor number.
+    struct Number(RawFd);
+    impl AsRawFd for Number {
+        fn as_raw_fd(&self) -> RawFd {
+            self.0
+        }
+    }
+    let raw = master
+        .as_raw_fd()
+        .ok_or_else(|| Error::Internal("the pty master has no descriptor".into()))?;
+    let fd = FileDescriptor::dup(&Number(raw))
+        .and_then(|mut fd| fd.set_non_blocking(true).map(|()| fd))
+        .map_err(|e| Error::Internal(format!("cannot set up the pty master: {e:#}")))?;
+    // `new` is deprecated for `register`, which is `unsafe` (this crate
+    // forbids it) because it cannot check what it is given. Its condition
+    // holds here: the `FileDescriptor` owns its descriptor, closes it only
+    // when dropped with the `AsyncFd`, and always reports the same number.
+    #[allow(deprecated)]
+    let io = AsyncFd::new(fd)?;
+    Ok(io)
+}
+
+/// Reads the master into `log` until the slave side is closed by every
+/// process (EIO) or the master fails. The buffer starts at 4 KiB, so an idle
+/// session costs little memory, and doubles up to 64 KiB whenever a read
+/// fills it, so a busy one is read in large chunks.
+async fn read_output(io: &AsyncFd<FileDescriptor>, log: &Arc<Log>) {
+    const MAX_READ: usize = 64 * 1024;
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let Ok(mut ready) = io.readable().await else {
+            return;
+        };
+        let n = match ready.try_io(|fd| Ok(rustix::io::read(fd.get_ref(), &mut buf[..])?)) {
+            Ok(Ok(0)) => return,
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "output read ended");
+                return;
+            }
+            Err(_) => continue,
+        };
+        let taken = log.try_push(&buf[..n]);
+        if taken < n {
+            // A held ring is full: wait for the slowest client on a blocking
+            // thread (stalled clients are dropped there after the limit).
+            let rest = buf[taken..n].to_vec();
+            let log = log.clone();
+            if tokio::task::spawn_blocking(move || log.push(&rest))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        if n == buf.len() && buf.len() < MAX_READ {
+            buf.resize(buf.len() * 2, 0);
+        }
+    }
 }
 
 /// A future that resolves to the exit code of our child `pid` once it

@@ -179,7 +179,20 @@ impl Log {
 
     /// Appends output. Blocking (call it from the producer's thread): in a
     /// held log it waits until no registered cursor would lose unread bytes.
-    pub fn push(&self, mut data: &[u8]) {
+    pub fn push(&self, data: &[u8]) {
+        self.append(data, true);
+    }
+
+    /// Appends as much of `data` as fits without waiting for a cursor (all
+    /// of it unless a held log is full) and returns how many bytes that was.
+    /// Never blocks: for producers on an async task, which hand the rest to
+    /// [`Log::push`] on a blocking thread.
+    pub fn try_push(&self, data: &[u8]) -> usize {
+        self.append(data, false)
+    }
+
+    fn append(&self, mut data: &[u8], wait: bool) -> usize {
+        let total = data.len();
         let mut g = lock(&self.inner);
         let cap = g.ring.capacity() as u64;
         let mut stalled_since: Option<(u64, Instant)> = None;
@@ -187,7 +200,7 @@ impl Log {
             if g.exit.is_some() {
                 // Output after the end was reported (a background job that
                 // kept the terminal open) would come after the exit: drop it.
-                return;
+                return total;
             }
             let room = if self.hold.is_some() && !g.released {
                 match g
@@ -204,6 +217,9 @@ impl Log {
                 cap
             };
             if room == 0 {
+                if !wait {
+                    return total - data.len();
+                }
                 let min = g
                     .cursors
                     .values()
@@ -241,6 +257,7 @@ impl Log {
             // Ring while still holding the lock is fine: send_replace never blocks.
             self.bell.send_replace(());
         }
+        total
     }
 
     /// Reads `reader` to its end into the log, blocking (call it on the
