@@ -282,9 +282,12 @@ async fn reattach_from_offset_loses_and_repeats_nothing() -> anyhow::Result<()> 
     let s = f.start(&["sh"]).await?;
     let mut a = f.attach(&s.id, Some(0)).await?;
     // Lines are produced while the first client reads part of them, and go
-    // on after it dropped its stream.
-    a.send("for i in $(seq 1 3000); do echo line$i; done; echo first''-done\n")
-        .await?;
+    // on after it dropped its stream (the pause makes sure of that: without
+    // it the whole loop can reach the first client before it drops).
+    a.send(
+        "for i in $(seq 1 3000); do echo line$i; [ $i = 1500 ] && sleep 0.5; done; echo first''-done\n",
+    )
+    .await?;
     a.read_until("line100\r\n").await?;
     let (part1, at) = (std::mem::take(&mut a.out), a.next);
     drop(a);

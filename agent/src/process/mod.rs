@@ -146,7 +146,6 @@ impl pb::process_server::Process for ProcessService {
         let (attached, from, truncated) = session.attach(start.offset)?;
         tracing::debug!(session = %session.id, from, truncated, "client attached");
 
-        let (tx, rx) = mpsc::channel::<Result<pb::AttachPtyResponse, Status>>(4);
         let started = pb::AttachPtyResponse {
             event: Some(attach_pty_response::Event::Started(pb::AttachStarted {
                 session: Some(pty_info(session.info())),
@@ -154,8 +153,6 @@ impl pb::process_server::Process for ProcessService {
                 truncated,
             })),
         };
-        // Cannot fail: the channel is new and has room.
-        let _ = tx.try_send(Ok(started));
 
         // Client input runs beside the output; it ends with the client's
         // half of the stream, the output ends with the session or the client.
@@ -184,51 +181,45 @@ impl pb::process_server::Process for ProcessService {
                 }
             }
         });
-        tokio::spawn(async move {
-            let mut attached = attached;
-            let _abort_input = AbortOnDrop(input_task);
-            loop {
-                let next = tokio::select! {
-                    n = tokio::time::timeout(KEEPALIVE, attached.cursor.next(STREAM_CHUNK)) => n,
-                    _ = tx.closed() => return,
-                };
-                let msg = match next {
-                    Err(_) => Ok(attach_pty_response::Event::Keepalive(pb::KeepAlive {})),
-                    Ok(Next::Data { offset, data }) => {
-                        Ok(attach_pty_response::Event::Output(pb::PtyOutput {
-                            offset,
-                            data,
-                        }))
-                    }
-                    Ok(Next::Exit(code)) => {
-                        Ok(attach_pty_response::Event::Exit(pb::PtyExit { code }))
-                    }
-                    Ok(Next::Evicted) => {
-                        // Leave the session at once (it may expire), then
-                        // tell the client if it ever reads again.
-                        tracing::info!(session = %attached.session().id, "client evicted");
-                        drop(attached);
-                        let _ = tx
-                            .send(Err(Status::resource_exhausted(
-                                "this client fell too far behind the session's output; attach again from your offset",
-                            )))
-                            .await;
-                        return;
-                    }
-                };
-                let end = !matches!(
-                    msg,
-                    Ok(attach_pty_response::Event::Output(_)
-                        | attach_pty_response::Event::Keepalive(_))
-                );
-                let msg = msg.map(|e| pb::AttachPtyResponse { event: Some(e) });
-                if tx.send(msg).await.is_err() || end {
-                    tracing::debug!(session = %attached.session().id, "client detached");
-                    return;
+        // The output is read from the cursor by the response stream itself,
+        // on the connection's task: no task or channel in between, so new
+        // output wakes the connection directly. Dropping the stream (the
+        // client left) detaches the cursor and stops the input.
+        let output = AttachOutput {
+            attached,
+            _input: AbortOnDrop(input_task),
+        };
+        let first = futures::stream::once(async move { Ok(started) });
+        let rest = futures::stream::unfold(Some(output), |state| async move {
+            let mut st = state?;
+            let next = tokio::time::timeout(KEEPALIVE, st.attached.cursor.next(STREAM_CHUNK)).await;
+            let event = match next {
+                Err(_) => attach_pty_response::Event::Keepalive(pb::KeepAlive {}),
+                Ok(Next::Data { offset, data }) => {
+                    attach_pty_response::Event::Output(pb::PtyOutput { offset, data })
                 }
-            }
+                Ok(Next::Exit(code)) => attach_pty_response::Event::Exit(pb::PtyExit { code }),
+                Ok(Next::Evicted) => {
+                    // Leave the session at once (it may expire), then tell
+                    // the client if it ever reads again.
+                    tracing::info!(session = %st.attached.session().id, "client evicted");
+                    drop(st);
+                    return Some((
+                        Err(Status::resource_exhausted(
+                            "this client fell too far behind the session's output; attach again from your offset",
+                        )),
+                        None,
+                    ));
+                }
+            };
+            let more = matches!(
+                event,
+                attach_pty_response::Event::Output(_) | attach_pty_response::Event::Keepalive(_)
+            );
+            let msg = pb::AttachPtyResponse { event: Some(event) };
+            Some((Ok(msg), more.then_some(st)))
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(first.chain(rest))))
     }
 
     async fn list_pty(
@@ -368,6 +359,19 @@ impl pb::process_server::Process for ProcessService {
 
 /// Aborts a task when dropped (the attach's input reader, when the output
 /// side ends).
+/// An attached client's side of an `AttachPty` call, held by its response
+/// stream.
+struct AttachOutput {
+    attached: pty::Attached,
+    _input: AbortOnDrop,
+}
+
+impl Drop for AttachOutput {
+    fn drop(&mut self) {
+        tracing::debug!(session = %self.attached.session().id, "client detached");
+    }
+}
+
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
