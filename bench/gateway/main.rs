@@ -22,7 +22,10 @@ use tokio_tungstenite::tungstenite::Message;
 
 /// Benchmarks the release gateway against nginx; run through `bench/gateway/run.sh`.
 #[derive(Debug, Parser)]
-#[command(name = "bench-gateway", about)]
+#[command(
+    name = "bench-gateway",
+    about = "Benchmarks the release gateway against nginx: preview proxy, file GET, terminal throughput and echo, RSS with idle terminals"
+)]
 struct Args {
     /// Seconds of each wrk run.
     #[arg(long, default_value_t = 8)]
