@@ -343,6 +343,19 @@ fn images_run_as_non_root_and_e2e_script_parses() {
         );
         assert!(text.matches("\nFROM ").count() >= 1, "{name}: multi-stage");
     }
+    // The gateway runs `git` at start when it has templates to serve, so its
+    // image must carry git if the base configuration names a templates dir.
+    let configmap = std::fs::read_to_string(k8s_dir().join("base/configmap.yaml")).unwrap();
+    if configmap.contains("\n  GATEWAY_TEMPLATES_DIR:") {
+        let text = std::fs::read_to_string(k8s_dir().join("images/gateway.Dockerfile")).unwrap();
+        let last_stage = text.rsplit("\nFROM ").next().unwrap();
+        assert!(
+            last_stage
+                .lines()
+                .any(|l| l.contains("apt-get install") && l.split_whitespace().any(|w| w == "git")),
+            "the gateway image's final stage installs no git:\n{last_stage}"
+        );
+    }
     let out = std::process::Command::new("bash")
         .arg("-n")
         .arg(k8s_dir().join("e2e.sh"))

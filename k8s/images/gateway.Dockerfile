@@ -1,5 +1,5 @@
-# The gateway: a static (musl) binary on distroless, non-root, with the demo
-# page. Build from the repository root:
+# The gateway: a static (musl) binary on Debian slim with git, non-root, with
+# the demo page and the bundled templates. Build from the repository root:
 #   docker build -f k8s/images/gateway.Dockerfile -t devgate/gateway:dev .
 FROM node:20-bookworm-slim AS web
 WORKDIR /src/web-demo
@@ -19,7 +19,12 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --release --locked --target x86_64-unknown-linux-musl -p gateway --bin gateway \
     && cp target/x86_64-unknown-linux-musl/release/gateway /gateway
 
-FROM gcr.io/distroless/static-debian12:nonroot
+# Debian slim rather than distroless: at start the gateway makes each bundled
+# template folder into a git repository with the git CLI (templates.rs).
+FROM debian:bookworm-slim
+RUN apt-get update && apt-get install -y --no-install-recommends git ca-certificates \
+    && rm -rf /var/lib/apt/lists/*
+ENV HOME=/tmp
 COPY --from=build /gateway /usr/local/bin/gateway
 COPY --from=web /src/web-demo/dist /usr/share/devgate/web-demo
 COPY templates /usr/share/devgate/templates
