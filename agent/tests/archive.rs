@@ -106,6 +106,27 @@ async fn round_trip_keeps_bytes_modes_and_symlinks() -> anyhow::Result<()> {
     let (tmp, agent, mut client) = start().await?;
     let proj = agent.root.join("proj");
     make_project(&proj);
+    // Modification times come back too, to 2 seconds (an entry's DOS time;
+    // an odd second comes back one lower).
+    let mtimes = [
+        ("bin/run.sh", 1_600_000_001_u64),
+        ("src/main.rs", 1_700_000_000),
+    ];
+    for (path, secs) in mtimes {
+        std::fs::File::options()
+            .write(true)
+            .open(proj.join(path))?
+            .set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))?;
+    }
+    let mtime_of = |p: &Path| -> u64 {
+        std::fs::metadata(p)
+            .unwrap()
+            .modified()
+            .unwrap()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
 
     let (zip, summary) = create(
         &agent,
@@ -133,6 +154,23 @@ async fn round_trip_keeps_bytes_modes_and_symlinks() -> anyhow::Result<()> {
         "unzip -t: {}",
         String::from_utf8_lossy(&out.stdout)
     );
+    // Info-ZIP's unzip restores the same times.
+    let by_unzip = tmp.path().join("by-unzip");
+    let out = std::process::Command::new("unzip")
+        .env("TZ", "UTC")
+        .arg("-q")
+        .arg(&file)
+        .arg("-d")
+        .arg(&by_unzip)
+        .output()?;
+    assert!(
+        out.status.success(),
+        "unzip: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (path, secs) in mtimes {
+        assert_eq!(mtime_of(&by_unzip.join(path)), secs & !1, "unzip: {path}");
+    }
 
     let out = extract(&agent, &mut client, "restored/here", zip).await?;
     assert_eq!(out.files, file_count(&expected));
@@ -146,6 +184,10 @@ async fn round_trip_keeps_bytes_modes_and_symlinks() -> anyhow::Result<()> {
         }
     );
     assert_eq!(restored["main-link"], Node::Link("src/main.rs".into()));
+    for (path, secs) in mtimes {
+        let at = agent.root.join("restored/here").join(path);
+        assert_eq!(mtime_of(&at), secs & !1, "{path}");
+    }
     assert!(matches!(restored["empty/dir"], Node::Dir { .. }));
     let content_bytes: u64 = expected
         .values()
@@ -377,5 +419,40 @@ async fn extract_needs_start_first() -> anyhow::Result<()> {
     .await
     .expect_err("dest outside");
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    Ok(())
+}
+
+/// An archive from Info-ZIP's `zip` carries exact seconds in its
+/// extended-timestamp fields: an extract restores them, odd seconds included.
+#[tokio::test]
+async fn extract_restores_extended_timestamps() -> anyhow::Result<()> {
+    let (tmp, agent, mut client) = start().await?;
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(src.join("d"))?;
+    std::fs::write(src.join("d/f.txt"), "f")?;
+    let secs = 1_650_000_003_u64;
+    std::fs::File::options()
+        .write(true)
+        .open(src.join("d/f.txt"))?
+        .set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))?;
+    let file = tmp.path().join("by-zip.zip");
+    let out = std::process::Command::new("zip")
+        .env("TZ", "UTC")
+        .current_dir(&src)
+        .arg("-qr")
+        .arg(&file)
+        .arg(".")
+        .output()?;
+    assert!(
+        out.status.success(),
+        "zip: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    extract(&agent, &mut client, "x", std::fs::read(&file)?).await?;
+    let got = std::fs::metadata(agent.root.join("x/d/f.txt"))?
+        .modified()?
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    assert_eq!(got, secs);
     Ok(())
 }

@@ -11,7 +11,6 @@ use std::os::unix::fs::FileExt as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use zip::write::SimpleFileOptions;
 use zip::{CompressionMethod, ZipArchive, ZipWriter};
 
 use super::create::zip_error;
@@ -26,7 +25,7 @@ pub(crate) struct BigEntry {
 
 /// Builds the one-entry zip of a big file (stored, not deflated: big files
 /// in a project are mostly media and binaries already compressed).
-pub(crate) fn prepare(name: &str, file: std::fs::File, mode: u32) -> Result<BigEntry> {
+pub(crate) fn prepare(name: &str, file: std::fs::File, mode: u32, mtime: i64) -> Result<BigEntry> {
     let file = Arc::new(file);
     let in_data = Arc::new(AtomicBool::new(false));
     let sink = HeaderSink {
@@ -35,7 +34,7 @@ pub(crate) fn prepare(name: &str, file: std::fs::File, mode: u32) -> Result<BigE
     };
     let mut w = ZipWriter::new(sink);
     let size = file.metadata()?.len();
-    let opts = SimpleFileOptions::default()
+    let opts = super::mtime::stamped(mtime)
         .compression_method(CompressionMethod::Stored)
         .unix_permissions(mode)
         .large_file(size >= u32::MAX as u64 - 65536);

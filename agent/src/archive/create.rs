@@ -154,9 +154,18 @@ impl Write for ChunkSink {
 
 #[derive(Debug)]
 enum Kind {
-    File { size: u64, mode: u32 },
-    Dir { mode: u32 },
-    Symlink { target: String },
+    /// `mtime`: Unix seconds.
+    File {
+        size: u64,
+        mode: u32,
+        mtime: i64,
+    },
+    Dir {
+        mode: u32,
+    },
+    Symlink {
+        target: String,
+    },
 }
 
 #[derive(Debug)]
@@ -264,6 +273,7 @@ fn walk_dir(dir: &Dir, prefix: &str, spec: &Spec, out: &mut Vec<Entry>) -> Resul
                 kind: Kind::File {
                     size: meta.len(),
                     mode,
+                    mtime: meta.mtime(),
                 },
             });
         }
@@ -340,7 +350,7 @@ fn worker(
 }
 
 fn prepare(base: &Dir, entry: &Entry, big: u64) -> Result<Prepared> {
-    let Kind::File { size, mode } = entry.kind else {
+    let Kind::File { size, mode, mtime } = entry.kind else {
         return Ok(Prepared::Meta);
     };
     let mut opts = OpenOptions::new();
@@ -360,6 +370,7 @@ fn prepare(base: &Dir, entry: &Entry, big: u64) -> Result<Prepared> {
             &entry.name,
             file.into_std(),
             mode,
+            mtime,
         )?));
     }
     let mut data = Vec::with_capacity(size as usize);
@@ -369,7 +380,7 @@ fn prepare(base: &Dir, entry: &Entry, big: u64) -> Result<Prepared> {
     } else {
         CompressionMethod::Deflated
     };
-    let zip = one_entry_zip(&entry.name, &data, mode, method)?;
+    let zip = one_entry_zip(&entry.name, &data, mode, mtime, method)?;
     if method == CompressionMethod::Deflated {
         let mut zip = zip;
         let compressed = zip.by_index_raw(0).map_err(zip_error)?.compressed_size();
@@ -379,6 +390,7 @@ fn prepare(base: &Dir, entry: &Entry, big: u64) -> Result<Prepared> {
                 &entry.name,
                 &data,
                 mode,
+                mtime,
                 CompressionMethod::Stored,
             )?));
         }
@@ -391,6 +403,7 @@ fn one_entry_zip(
     name: &str,
     data: &[u8],
     mode: u32,
+    mtime: i64,
     method: CompressionMethod,
 ) -> Result<ZipArchive<Cursor<Vec<u8>>>> {
     let cap = match method {
@@ -398,7 +411,7 @@ fn one_entry_zip(
         _ => data.len() / 2 + name.len() * 2 + 256,
     };
     let mut w = ZipWriter::new(Cursor::new(Vec::with_capacity(cap)));
-    let mut opts = SimpleFileOptions::default()
+    let mut opts = super::mtime::stamped(mtime)
         .compression_method(method)
         .unix_permissions(mode)
         .large_file(data.len() as u64 >= u32::MAX as u64 - 65536);

@@ -193,6 +193,8 @@ struct FilePlan {
     size: u64,
     /// An existing symlink sits where the file goes; it is replaced.
     replace: bool,
+    /// Modification time the entry carries (Unix seconds), restored.
+    mtime: Option<i64>,
 }
 
 #[derive(Debug, Default)]
@@ -340,6 +342,7 @@ fn plan<R: Read + Seek>(archive: &mut ZipArchive<R>, base_rel: &str) -> Result<P
                 mode: mode.map_or(0o644, |m| m & 0o777),
                 size: entry.size(),
                 replace: false,
+                mtime: super::mtime::of_entry(&entry),
             });
         }
     }
@@ -549,6 +552,13 @@ fn write_file<R: Read + Seek>(
     // The umask may have cut bits off the mode given at creation, and an
     // existing file keeps its old mode: set it explicitly.
     out.set_permissions(Permissions::from_mode(f.mode))?;
+    if let Some(secs) = f.mtime {
+        let at =
+            std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(secs.max(0) as u64));
+        if let Some(at) = at {
+            out.into_std().set_modified(at)?;
+        }
+    }
     Ok(n)
 }
 

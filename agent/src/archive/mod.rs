@@ -6,6 +6,7 @@
 mod big;
 pub mod create;
 pub mod extract;
+mod mtime;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
