@@ -44,6 +44,11 @@ struct Args {
     /// Repetitions of each archive comparison (the median is reported).
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// Remove each restored tree right after its timed step (the method
+    /// before 2026-11-25 15:00), so the next extract runs just after 5,000
+    /// files were freed: what a restore soon after a hibernation meets.
+    #[arg(long)]
+    delete_between: bool,
     /// Operations of each one-connection latency series.
     #[arg(long, default_value_t = 5000)]
     latency_ops: usize,
@@ -307,6 +312,9 @@ async fn main() -> Result<()> {
         // extract right after removing 5,000 files measured the removal too
         // (both tools slowed 2-4x over consecutive runs).
         restored.push(root.join(&dest));
+        if args.delete_between {
+            clear(&mut restored)?;
+        }
 
         // The agent on the archive zip -r made (same input as unzip's).
         let dest = format!("restore-agent-zip-{run}");
@@ -325,6 +333,9 @@ async fn main() -> Result<()> {
             .await?;
         agent_on_zip.push(t.elapsed());
         restored.push(root.join(&dest));
+        if args.delete_between {
+            clear(&mut restored)?;
+        }
 
         // aws s3 cp + unzip.
         let dl = work.join(format!("dl-{run}.zip"));
@@ -345,6 +356,9 @@ async fn main() -> Result<()> {
         )?;
         cli_down.push(t.elapsed());
         restored.push(out);
+        if args.delete_between {
+            clear(&mut restored)?;
+        }
         std::fs::remove_file(&dl)?;
         std::fs::remove_file(&zip_path)?;
         eprintln!(
@@ -355,9 +369,7 @@ async fn main() -> Result<()> {
             cli_down[run].as_secs_f64()
         );
     }
-    for dir in restored {
-        std::fs::remove_dir_all(dir)?;
-    }
+    clear(&mut restored)?;
     let (au, cu, ad, cd, az) = (
         median(&agent_up),
         median(&cli_up),
@@ -413,6 +425,14 @@ async fn main() -> Result<()> {
     }
     if args.archive_dir.is_some() {
         std::fs::remove_dir_all(&root)?;
+    }
+    Ok(())
+}
+
+/// Removes the restored trees listed so far.
+fn clear(restored: &mut Vec<PathBuf>) -> Result<()> {
+    for dir in restored.drain(..) {
+        std::fs::remove_dir_all(dir)?;
     }
     Ok(())
 }
