@@ -117,6 +117,16 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
     let root = crate::paths::Root::open(&config.root)
         .with_context(|| format!("cannot open root {}", config.root.display()))?;
     let root = Arc::new(root);
+    // Temporary files of writes cut short by a kill, in the background.
+    if let Ok(dir) = root.dir.try_clone() {
+        let started = std::time::SystemTime::now();
+        tokio::task::spawn_blocking(move || {
+            let n = crate::fs::write::sweep_temporaries(&dir, started);
+            if n > 0 {
+                tracing::info!(removed = n, "removed temporary files of unfinished writes");
+            }
+        });
+    }
     let watcher =
         crate::watch::Watcher::start(root.clone()).context("cannot start the file watcher")?;
     let state = State {

@@ -220,9 +220,16 @@ async fn round_trip_keeps_bytes_modes_and_symlinks() -> anyhow::Result<()> {
 async fn exclusions_are_by_name_and_configurable() -> anyhow::Result<()> {
     let (_tmp, agent, mut client) = start().await?;
     make_project(&agent.root);
+    // A write's temporary file (made after the agent started, so not swept)
+    // is never archived, whatever the exclusions.
+    std::fs::write(
+        agent.root.join("src/.agent-tmp-0000000000000001"),
+        "partial",
+    )?;
 
     let (zip, _) = create(&agent, &mut client, ArchiveOptions::default()).await?;
     let n = names(&zip);
+    assert!(n.iter().all(|p| !p.contains(".agent-tmp-")), "{n:?}");
     assert!(
         n.iter().all(|p| !p.contains("node_modules")
             && !p.contains(".git")
@@ -253,6 +260,7 @@ async fn exclusions_are_by_name_and_configurable() -> anyhow::Result<()> {
     };
     let (zip, _) = create(&agent, &mut client, opts).await?;
     assert!(names(&zip).contains(&".git/HEAD".to_owned()));
+    assert!(names(&zip).iter().all(|p| !p.contains(".agent-tmp-")));
     Ok(())
 }
 

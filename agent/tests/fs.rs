@@ -872,3 +872,49 @@ async fn a_replaced_file_keeps_its_owner_when_the_agent_may() -> anyhow::Result<
     }
     Ok(())
 }
+
+/// The temporary file of a write cut short by a kill (left in the tree) is
+/// never listed, and the next agent removes it at start; a name that only
+/// starts alike stays.
+#[tokio::test]
+async fn temporaries_of_killed_writes_are_hidden_and_swept() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(root.join("src"))?;
+    std::fs::write(root.join("src/main.rs"), "fn main() {}")?;
+    std::fs::write(root.join("src/.agent-tmp-00000000000000ab"), "half a wri")?;
+    std::fs::write(root.join(".agent-tmp-00000000000000cd"), "half")?;
+    std::fs::write(root.join("src/.agent-tmpnot"), "kept")?;
+    let agent = tests::Agent::start(&root, &[]).await?;
+    let mut fs = FilesystemClient::new(agent.channel().await?);
+    let listed: Vec<String> = fs
+        .list(agent.req(pb::ListRequest {
+            path: String::new(),
+            depth: 10,
+        }))
+        .await?
+        .into_inner()
+        .entries
+        .into_iter()
+        .map(|e| e.path)
+        .collect();
+    assert_eq!(listed, ["src", "src/.agent-tmpnot", "src/main.rs"]);
+    tests::eventually(Duration::from_secs(10), "the sweep", || {
+        let root = root.clone();
+        async move {
+            (!root.join("src/.agent-tmp-00000000000000ab").exists()
+                && !root.join(".agent-tmp-00000000000000cd").exists())
+            .then_some(())
+        }
+    })
+    .await?;
+    assert_eq!(
+        std::fs::read_to_string(root.join("src/.agent-tmpnot"))?,
+        "kept"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("src/main.rs"))?,
+        "fn main() {}"
+    );
+    Ok(())
+}

@@ -213,7 +213,8 @@ fn walk_dir(dir: &Dir, prefix: &str, spec: &Spec, out: &mut Vec<Entry>) -> Resul
             tracing::warn!(dir = %prefix, name = ?name, "skipping a name that is not utf-8");
             continue;
         };
-        if spec.excludes.contains(name) {
+        // Excluded names, and the temporary files of writes in progress.
+        if spec.excludes.contains(name) || name.starts_with(crate::fs::write::TMP_PREFIX) {
             continue;
         }
         names.push((name.to_owned(), entry));

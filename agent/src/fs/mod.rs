@@ -326,6 +326,10 @@ fn walk(dir: &cap_std::fs::Dir, rel: &str, depth: u32, out: &mut Vec<pb::Entry>)
     for ent in dir.entries().map_err(|e| Root::io_error(rel, e))? {
         let ent = ent.map_err(|e| Root::io_error(rel, e))?;
         let name = ent.file_name().to_string_lossy().into_owned();
+        // A write's temporary file is not part of the tree.
+        if name.starts_with(write::TMP_PREFIX) {
+            continue;
+        }
         let path = paths::join(rel, &name);
         // An entry removed while we walk is simply not listed.
         let Ok(meta) = ent.metadata() else { continue };

@@ -14,6 +14,37 @@ use crate::paths::Root;
 /// Prefix of the temporary files of in-progress writes; the watcher hides them.
 pub const TMP_PREFIX: &str = ".agent-tmp-";
 
+/// Removes the temporary files of writes that never finished (the agent was
+/// killed mid-write) anywhere under the root; only files older than
+/// `before`, so the temporary file of a write begun since is left alone.
+/// Returns how many were removed. Listings, archives and watch events skip
+/// these names anyway.
+pub fn sweep_temporaries(dir: &cap_std::fs::Dir, before: std::time::SystemTime) -> usize {
+    let mut removed = 0;
+    let Ok(entries) = dir.entries() else {
+        return 0;
+    };
+    for ent in entries.flatten() {
+        let name = ent.file_name();
+        let Ok(ft) = ent.file_type() else { continue };
+        if ft.is_dir() {
+            if let Ok(sub) = ent.open_dir() {
+                removed += sweep_temporaries(&sub, before);
+            }
+        } else if ft.is_file()
+            && name.to_str().is_some_and(|n| n.starts_with(TMP_PREFIX))
+            && ent
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.into_std() < before)
+            && dir.remove_file(&name).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 /// What a write may assume about the file it replaces.
 #[derive(Debug, Clone, Default)]
 pub struct WriteOptions {
