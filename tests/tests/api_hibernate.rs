@@ -86,6 +86,13 @@ async fn hibernate_to_s3_and_open_with_identical_bytes_and_modes() {
         .collect();
     put(&gw, "s3p", "assets/blob.bin", binary).await;
     exec(&gw, "s3p", "chmod 755 bin/run.sh && chmod 600 secret.env && mkdir -p empty/dir && chmod 700 empty && ln -s src/app/main.js link.js").await;
+    // Files keep their modification times (to 2 seconds: an even one here).
+    exec(
+        &gw,
+        "s3p",
+        "touch -d @1600000000 src/app/main.js assets/blob.bin",
+    )
+    .await;
     // Left out of archives by design: reinstalled, not restored.
     exec(
         &gw,
@@ -124,6 +131,17 @@ async fn hibernate_to_s3_and_open_with_identical_bytes_and_modes() {
     let after = snapshot(&gw.project_dir("s3p"));
     assert_eq!(before, after);
     assert!(!gw.project_dir("s3p").join("node_modules").exists());
+    for path in ["src/app/main.js", "assets/blob.bin"] {
+        let mtime = std::fs::metadata(gw.project_dir("s3p").join(path))
+            .unwrap()
+            .modified()
+            .unwrap();
+        assert_eq!(
+            mtime,
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_600_000_000),
+            "{path}"
+        );
+    }
 
     // Through the API as well: an executable stays executable.
     let e: Value = gw
