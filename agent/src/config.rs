@@ -45,6 +45,15 @@ pub struct Config {
     #[arg(long, env = "AGENT_PTY_KEEP_SECS", default_value_t = 300)]
     pub pty_keep_secs: u64,
 
+    /// Most PTY sessions running at once (each is a process on a terminal);
+    /// a start beyond it is refused until one ends.
+    #[arg(long, env = "AGENT_MAX_PTY_SESSIONS", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_pty_sessions: u64,
+
+    /// Most named background processes (dev servers) running at once.
+    #[arg(long, env = "AGENT_MAX_BACKGROUND", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_background: u64,
+
     /// Seconds of silence after which a watch stream gets a keep-alive message.
     #[arg(long, env = "AGENT_WATCH_KEEPALIVE_SECS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
     pub watch_keepalive_secs: u64,

@@ -26,6 +26,10 @@ pub enum Error {
     DeadlineExceeded(String),
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// A limit on running sessions or processes (`--max-pty-sessions`,
+    /// `--max-background`).
+    #[error("limit reached: {0}")]
+    LimitReached(String),
     #[error("io error: {0}")]
     Io(#[from] std::io::Error),
     #[error("{0}")]
@@ -47,6 +51,7 @@ impl From<Error> for Status {
             Error::FailedPrecondition(_) => (Code::FailedPrecondition, None),
             Error::DeadlineExceeded(_) => (Code::DeadlineExceeded, None),
             Error::Unavailable(_) => (Code::Unavailable, None),
+            Error::LimitReached(_) => (Code::ResourceExhausted, Some(proto::LIMIT_REACHED)),
             Error::Io(io) if crate::paths::is_escape(io) => {
                 (Code::InvalidArgument, Some(proto::PATH_OUTSIDE_ROOT))
             }

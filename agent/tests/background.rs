@@ -376,3 +376,36 @@ fn gone(pid: u32) -> bool {
             .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
     }
 }
+
+/// `--max-background`: a start beyond the running processes' limit is
+/// refused (RESOURCE_EXHAUSTED, `limit_reached`) and runs nothing; an ended
+/// process does not count.
+#[tokio::test]
+async fn running_processes_are_limited() -> anyhow::Result<()> {
+    let root = tempfile::tempdir()?;
+    let agent = tests::Agent::start_with_args(root.path(), &[], &["--max-background", "1"]).await?;
+    let mut f = Fixture {
+        client: ProcessClient::new(agent.channel().await?),
+        agent,
+        root,
+    };
+    f.start("a", "sleep 300").await?;
+    let err = f
+        .start("b", "touch ran; sleep 300")
+        .await
+        .expect_err("over the limit");
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+    assert_eq!(
+        err.metadata().get(proto::ERROR_CODE_METADATA_KEY).unwrap(),
+        proto::LIMIT_REACHED
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!f.root.path().join("ran").exists());
+    let req = StopBackgroundRequest {
+        name: "a".into(),
+        grace_ms: 300,
+    };
+    f.client.stop_background(f.agent.req(req)).await?;
+    f.start("b", "touch ran; sleep 300").await?;
+    Ok(())
+}

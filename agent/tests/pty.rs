@@ -615,3 +615,37 @@ fn gone(pid: u32) -> bool {
             .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
     }
 }
+
+/// `--max-pty-sessions`: a start beyond the running sessions' limit is
+/// refused (RESOURCE_EXHAUSTED, `limit_reached`) and starts nothing; once a
+/// session ends, a new one starts.
+#[tokio::test]
+async fn running_sessions_are_limited() -> anyhow::Result<()> {
+    let mut f = fixture_with(&["--max-pty-sessions", "2"]).await?;
+    let one = f.start(&["sleep", "300"]).await?;
+    f.start(&["sleep", "300"]).await?;
+    let err = f
+        .start(&["sleep", "300"])
+        .await
+        .expect_err("over the limit");
+    let status = err.downcast_ref::<tonic::Status>().expect("a gRPC status");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+    assert_eq!(
+        status
+            .metadata()
+            .get(proto::ERROR_CODE_METADATA_KEY)
+            .unwrap(),
+        proto::LIMIT_REACHED
+    );
+    assert_eq!(f.list().await?.len(), 2);
+    f.client
+        .kill_pty(f.agent.req(KillPtyRequest {
+            session_id: one.id.clone(),
+            signal: 0,
+        }))
+        .await?;
+    // The killed session is still listed (exited); it no longer counts.
+    let started = f.start(&["sleep", "300"]).await?;
+    assert!(f.list().await?.iter().any(|s| s.id == started.id));
+    Ok(())
+}

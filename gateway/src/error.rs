@@ -151,6 +151,9 @@ impl From<tonic::Status> for Error {
             (_, proto::IS_DIRECTORY) => Error::IsDirectory(msg),
             (_, proto::NOT_A_DIRECTORY) => Error::NotADirectory(msg),
             (_, proto::DIRECTORY_NOT_EMPTY) => Error::DirectoryNotEmpty(msg),
+            // Too many terminals or dev servers running in the project: the
+            // client can end one and retry.
+            (_, proto::LIMIT_REACHED) => Error::Conflict(msg),
             (Code::InvalidArgument | Code::OutOfRange, _) => Error::BadRequest(msg),
             (Code::NotFound, _) => Error::NotFound(msg),
             (Code::AlreadyExists, _) => Error::Conflict(msg),
@@ -241,6 +244,12 @@ mod tests {
         assert_eq!(e.status_and_code().0, StatusCode::PRECONDITION_FAILED);
         let e: Error = tonic::Status::already_exists("x").into();
         assert_eq!(e.status_and_code().0, StatusCode::CONFLICT);
+        // A limit on running terminals or dev servers: 409, the client can
+        // end one; a full disk (no detail) is not that.
+        let e: Error = with_code(Code::ResourceExhausted, proto::LIMIT_REACHED).into();
+        assert_eq!(e.status_and_code(), (StatusCode::CONFLICT, "conflict"));
+        let e: Error = tonic::Status::resource_exhausted("disk full").into();
+        assert_ne!(e.status_and_code().0, StatusCode::CONFLICT);
         let e: Error = tonic::Status::internal("secret detail").into();
         assert_eq!(e.status_and_code().0, StatusCode::INTERNAL_SERVER_ERROR);
     }

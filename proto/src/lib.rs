@@ -23,6 +23,9 @@ pub const DIRECTORY_NOT_EMPTY: &str = "directory_not_empty";
 pub const IS_DIRECTORY: &str = "is_directory";
 /// Error code of an `InvalidArgument` when a directory operation hits a file.
 pub const NOT_A_DIRECTORY: &str = "not_a_directory";
+/// Error code of a `ResourceExhausted` when a limit on running PTY sessions
+/// or background processes is reached (the caller ends one first).
+pub const LIMIT_REACHED: &str = "limit_reached";
 
 /// Status metadata key whose value is one of the codes above, so the gateway
 /// maps errors by code rather than by matching message strings.

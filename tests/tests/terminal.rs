@@ -360,3 +360,32 @@ fn urlencode(s: &str) -> String {
         })
         .collect()
 }
+
+/// The agent's limit on running terminal sessions (here 1, through the
+/// environment the local runtime's agents inherit) answers 409 before any
+/// upgrade.
+#[tokio::test]
+async fn a_terminal_beyond_the_agents_limit_is_409() {
+    let gw = Gateway::builder()
+        .env("AGENT_MAX_PTY_SESSIONS", "1")
+        .start()
+        .await
+        .unwrap();
+    gw.open_project("lim").await.unwrap();
+    let mut ws = connect(&gw, "lim", "").await.unwrap();
+    session(&mut ws).await.unwrap();
+    let url = format!(
+        "ws://{}/api/projects/lim/terminal?token={}",
+        gw.addr,
+        gw.token(&["lim"])
+    );
+    match tokio_tungstenite::connect_async(url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status().as_u16(), 409);
+            let body =
+                String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default()).into_owned();
+            assert!(body.contains("\"conflict\""), "{body}");
+        }
+        other => panic!("expected 409, got {:?}", other.map(|_| ())),
+    }
+}

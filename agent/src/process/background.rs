@@ -48,6 +48,8 @@ pub struct Info {
 
 pub struct Procs {
     map: Mutex<HashMap<String, Arc<Proc>>>,
+    /// Most processes running at once.
+    max: usize,
     shutdown: CancellationToken,
 }
 
@@ -61,9 +63,10 @@ pub struct Proc {
 }
 
 impl Procs {
-    pub fn new(shutdown: CancellationToken) -> Arc<Procs> {
+    pub fn new(max: usize, shutdown: CancellationToken) -> Arc<Procs> {
         Arc::new(Procs {
             map: Mutex::new(HashMap::new()),
+            max,
             shutdown,
         })
     }
@@ -87,6 +90,12 @@ impl Procs {
             return Err(Error::AlreadyExists(format!(
                 "background process {}",
                 spec.name
+            )));
+        }
+        let running = map.values().filter(|p| p.running()).count();
+        if running >= self.max {
+            return Err(Error::LimitReached(format!(
+                "{running} background processes are running, the most this agent allows; stop one first"
             )));
         }
         let mut cmd = spawn::command(&spec.argv, &spec.cwd, &spec.env)?;

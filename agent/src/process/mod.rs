@@ -54,9 +54,11 @@ impl ProcessService {
     pub fn new(state: State) -> Self {
         let sessions = pty::Sessions::new(
             Duration::from_secs(state.config.pty_keep_secs),
+            state.config.max_pty_sessions as usize,
             state.shutdown.clone(),
         );
-        let procs = background::Procs::new(state.shutdown.clone());
+        let procs =
+            background::Procs::new(state.config.max_background as usize, state.shutdown.clone());
         let (s, p, shutdown) = (sessions.clone(), procs.clone(), state.shutdown.clone());
         state.tasks.spawn(async move {
             shutdown.cancelled().await;

@@ -65,6 +65,8 @@ pub struct Info {
 pub struct Sessions {
     map: Mutex<HashMap<String, Arc<Session>>>,
     keep: Duration,
+    /// Most sessions whose program still runs.
+    max: usize,
     shutdown: CancellationToken,
 }
 
@@ -90,10 +92,11 @@ pub struct Session {
 }
 
 impl Sessions {
-    pub fn new(keep: Duration, shutdown: CancellationToken) -> Arc<Sessions> {
+    pub fn new(keep: Duration, max: usize, shutdown: CancellationToken) -> Arc<Sessions> {
         Arc::new(Sessions {
             map: Mutex::new(HashMap::new()),
             keep,
+            max,
             shutdown,
         })
     }
@@ -108,6 +111,16 @@ impl Sessions {
     pub fn start(self: &Arc<Self>, spec: StartSpec) -> Result<Arc<Session>> {
         if self.shutdown.is_cancelled() {
             return Err(Error::Unavailable("the agent is shutting down".into()));
+        }
+        let running = self
+            .lock()
+            .values()
+            .filter(|s| s.child_exit.borrow().is_none())
+            .count();
+        if running >= self.max {
+            return Err(Error::LimitReached(format!(
+                "{running} terminal sessions are running, the most this agent allows; end one first"
+            )));
         }
         let argv = if spec.argv.is_empty() {
             vec![spawn::default_shell()]
