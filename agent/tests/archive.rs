@@ -108,15 +108,24 @@ async fn round_trip_keeps_bytes_modes_and_symlinks() -> anyhow::Result<()> {
     make_project(&proj);
     // Modification times come back too, to 2 seconds (an entry's DOS time;
     // an odd second comes back one lower).
+    // Directories as well (`src` holds files, `empty/dir` nothing).
     let mtimes = [
         ("bin/run.sh", 1_600_000_001_u64),
         ("src/main.rs", 1_700_000_000),
+        ("src", 1_500_000_000),
+        ("empty/dir", 1_400_000_000),
     ];
     for (path, secs) in mtimes {
-        std::fs::File::options()
-            .write(true)
-            .open(proj.join(path))?
-            .set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))?;
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+        let p = proj.join(path);
+        if p.is_dir() {
+            std::fs::File::open(p)?.set_modified(at)?;
+        } else {
+            std::fs::File::options()
+                .write(true)
+                .open(p)?
+                .set_modified(at)?;
+        }
     }
     let mtime_of = |p: &Path| -> u64 {
         std::fs::metadata(p)

@@ -162,6 +162,7 @@ enum Kind {
     },
     Dir {
         mode: u32,
+        mtime: i64,
     },
     Symlink {
         target: String,
@@ -236,7 +237,10 @@ fn walk_dir(dir: &Dir, prefix: &str, spec: &Spec, out: &mut Vec<Entry>) -> Resul
         if ft.is_dir() {
             out.push(Entry {
                 name: path.clone(),
-                kind: Kind::Dir { mode },
+                kind: Kind::Dir {
+                    mode,
+                    mtime: meta.mtime(),
+                },
             });
             let sub = match dir.open_dir_nofollow(&name) {
                 Ok(d) => d,
@@ -475,8 +479,8 @@ fn writer(
                 super::big::verify(&mut one, &entry.name)?;
                 files += 1;
             }
-            (Prepared::Meta, Kind::Dir { mode }) => {
-                let opts = SimpleFileOptions::default().unix_permissions(*mode);
+            (Prepared::Meta, Kind::Dir { mode, mtime }) => {
+                let opts = super::mtime::stamped(*mtime).unix_permissions(*mode);
                 zip.add_directory(entry.name.as_str(), opts)
                     .map_err(zip_error)?;
             }

@@ -199,9 +199,9 @@ struct FilePlan {
 
 #[derive(Debug, Default)]
 struct Plan {
-    /// Directories to create, parents first, with the mode to restore (None:
-    /// only implied by a deeper entry).
-    dirs: BTreeMap<String, Option<u32>>,
+    /// Directories to create, parents first, with the mode and modification
+    /// time to restore (None: only implied by a deeper entry).
+    dirs: BTreeMap<String, Option<(u32, Option<i64>)>>,
     files: Vec<FilePlan>,
     links: Vec<(String, String)>,
 }
@@ -309,8 +309,9 @@ fn plan<R: Read + Seek>(archive: &mut ZipArchive<R>, base_rel: &str) -> Result<P
         }
         let mode = entry.unix_mode();
         if entry.is_dir() {
+            let mtime = super::mtime::of_entry(&entry);
             plan.dirs
-                .insert(path, Some(mode.map_or(0o755, |m| m & 0o777)));
+                .insert(path, Some((mode.map_or(0o755, |m| m & 0o777), mtime)));
         } else if entry.is_symlink() {
             if entry.size() > MAX_LINK {
                 return Err(Error::InvalidArgument(format!(
@@ -496,9 +497,18 @@ fn write<R: Read + Seek + Clone + Send + Sync>(
         // The target was checked in `plan` not to leave the root.
         base.symlink_contents(target, path)?;
     }
-    // Deepest first, so a read-only directory is set after its contents.
-    for (dir, mode) in plan.dirs.iter().rev() {
-        if let Some(mode) = mode {
+    // Deepest first, after everything inside was made (which touches a
+    // directory's mtime), so a read-only directory is set after its contents.
+    // The time first: the mode may forbid opening the directory.
+    for (dir, restore) in plan.dirs.iter().rev() {
+        if let Some((mode, mtime)) = restore {
+            if let Some(at) = mtime.and_then(system_time) {
+                // A read-only open, not `open_dir` (an O_PATH handle,
+                // which cannot set times).
+                let mut read = OpenOptions::new();
+                read.read(true).follow(FollowSymlinks::No);
+                base.open_with(dir, &read)?.into_std().set_modified(at)?;
+            }
             base.set_permissions(dir, Permissions::from_mode(*mode))?;
         }
     }
@@ -552,14 +562,15 @@ fn write_file<R: Read + Seek>(
     // The umask may have cut bits off the mode given at creation, and an
     // existing file keeps its old mode: set it explicitly.
     out.set_permissions(Permissions::from_mode(f.mode))?;
-    if let Some(secs) = f.mtime {
-        let at =
-            std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(secs.max(0) as u64));
-        if let Some(at) = at {
-            out.into_std().set_modified(at)?;
-        }
+    if let Some(at) = f.mtime.and_then(system_time) {
+        out.into_std().set_modified(at)?;
     }
     Ok(n)
+}
+
+/// Unix seconds as a time (before 1970: the epoch).
+fn system_time(secs: i64) -> Option<std::time::SystemTime> {
+    std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(secs.max(0) as u64))
 }
 
 #[cfg(test)]

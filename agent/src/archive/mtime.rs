@@ -1,5 +1,5 @@
-//! Modification times in zip entries. Each entry the agent writes carries its
-//! file's mtime as the DOS date and time of its header, in UTC: whole seconds
+//! Modification times in zip entries. Each file and directory entry the agent
+//! writes carries its mtime as the DOS date and time of its header, in UTC: whole seconds
 //! rounded down to even ones (DOS time has 2-second steps), 1980..2107. The
 //! extended-timestamp extra field (0x5455, whole seconds) would be finer, but
 //! the archive's entries are copied raw from per-file zips and the zip crate's
