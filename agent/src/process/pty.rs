@@ -506,21 +506,34 @@ async fn read_output(io: &AsyncFd<FileDescriptor>, log: &Arc<Log>) {
         let Ok(mut ready) = io.readable().await else {
             return;
         };
-        let n = match ready.try_io(|fd| Ok(rustix::io::read(fd.get_ref(), &mut buf[..])?)) {
-            Ok(Ok(0)) => return,
-            Ok(Ok(n)) => n,
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Ok(Err(error)) => {
-                tracing::debug!(%error, "output read ended");
-                return;
+        // Everything there is now, up to the buffer, as one chunk: a PTY
+        // hands out at most 4 KiB per read, and one push means one message
+        // downstream instead of one per read.
+        let mut filled = 0;
+        let mut ended = false;
+        while filled < buf.len() {
+            match ready.try_io(|fd| Ok(rustix::io::read(fd.get_ref(), &mut buf[filled..])?)) {
+                Ok(Ok(0)) => {
+                    ended = true;
+                    break;
+                }
+                Ok(Ok(n)) => filled += n,
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Ok(Err(error)) => {
+                    // EIO: every process closed the terminal.
+                    tracing::debug!(%error, "output read ended");
+                    ended = true;
+                    break;
+                }
+                // Drained: `try_io` cleared the readiness.
+                Err(_) => break,
             }
-            Err(_) => continue,
-        };
-        let taken = log.try_push(&buf[..n]);
-        if taken < n {
+        }
+        let taken = log.try_push(&buf[..filled]);
+        if taken < filled {
             // A held ring is full: wait for the slowest client on a blocking
             // thread (stalled clients are dropped there after the limit).
-            let rest = buf[taken..n].to_vec();
+            let rest = buf[taken..filled].to_vec();
             let log = log.clone();
             if tokio::task::spawn_blocking(move || log.push(&rest))
                 .await
@@ -529,8 +542,87 @@ async fn read_output(io: &AsyncFd<FileDescriptor>, log: &Arc<Log>) {
                 return;
             }
         }
-        if n == buf.len() && buf.len() < MAX_READ {
-            buf.resize(buf.len() * 2, 0);
+        if ended {
+            return;
+        }
+        if filled == buf.len() {
+            // Bulk output (a build log, `cat` of a file): read it on a
+            // blocking thread while it lasts, in parallel with the workers
+            // that send it on. Keystroke echoes stay on the reactor, with no
+            // hand-off between threads.
+            let Ok(fd) = io.get_ref().try_clone() else {
+                return;
+            };
+            let log = log.clone();
+            let mut taken = std::mem::take(&mut buf);
+            if taken.len() < MAX_READ {
+                taken.resize(taken.len() * 2, 0);
+            }
+            match tokio::task::spawn_blocking(move || {
+                let ended = read_bulk(&fd, &log, &mut taken);
+                (ended, taken)
+            })
+            .await
+            {
+                Ok((false, back)) => buf = back,
+                Ok((true, _)) | Err(_) => return,
+            }
+        }
+    }
+}
+
+/// How long the bulk reader waits for more output before handing the
+/// session back to the reactor.
+const BULK_IDLE_MS: i64 = 20;
+
+/// Reads the (non-blocking) master into `log` on a blocking thread while
+/// output keeps coming: all there is, then `poll` for more, until nothing
+/// came for [`BULK_IDLE_MS`] (`false`) or the terminal closed (`true`).
+fn read_bulk(fd: &FileDescriptor, log: &Log, buf: &mut Vec<u8>) -> bool {
+    const MAX_READ: usize = 64 * 1024;
+    let idle = rustix::time::Timespec {
+        tv_sec: 0,
+        tv_nsec: BULK_IDLE_MS * 1_000_000,
+    };
+    loop {
+        let mut filled = 0;
+        let mut ended = false;
+        while filled < buf.len() {
+            match rustix::io::read(fd, &mut buf[filled..]) {
+                Ok(0) => {
+                    ended = true;
+                    break;
+                }
+                Ok(n) => filled += n,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(rustix::io::Errno::AGAIN) => break,
+                Err(error) => {
+                    tracing::debug!(%error, "output read ended");
+                    ended = true;
+                    break;
+                }
+            }
+        }
+        if filled > 0 {
+            log.push(&buf[..filled]);
+        }
+        if ended {
+            return true;
+        }
+        if filled == buf.len() {
+            if buf.len() < MAX_READ {
+                buf.resize(buf.len() * 2, 0);
+            }
+            continue;
+        }
+        let mut fds = [rustix::event::PollFd::new(fd, rustix::event::PollFlags::IN)];
+        match rustix::event::poll(&mut fds, Some(&idle)) {
+            Ok(0) => return false,
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(error) => {
+                tracing::debug!(%error, "output poll failed");
+                return true;
+            }
         }
     }
 }
