@@ -11,7 +11,6 @@
 //! gRPC status), so the answer is the one the agent would have given.
 //! Writes, listings and everything else still go to the agent.
 
-use std::os::unix::fs::FileExt as _;
 use std::path::Path;
 
 use agent::fs::entry::Stat;
@@ -23,10 +22,11 @@ use futures::stream::BoxStream;
 use crate::agent_client::Entry;
 use crate::error::{Error, Result};
 
-/// Larger reads are streamed from a blocking thread in chunks of this size;
-/// smaller ones are read at once on the calling task (page-cache reads of a
-/// few KiB take microseconds, less than a hand-off to another thread).
-const CHUNK: u64 = 256 * 1024;
+/// Reads up to this size are done at once on the calling task (page-cache
+/// reads of a few KiB take microseconds, less than a hand-off to another
+/// thread); larger ones are streamed from a blocking thread in chunks of it,
+/// as the agent does.
+const CHUNK: u64 = agent::fs::READ_CHUNK as u64;
 
 /// An agent error as the gateway would have received it over gRPC.
 fn agent_error(e: agent::error::Error) -> Error {
@@ -36,7 +36,6 @@ fn agent_error(e: agent::error::Error) -> Error {
 /// A regular file opened for reading below a project folder.
 pub struct LocalFile {
     file: std::fs::File,
-    stat: Stat,
     /// The entry the agent would report for it.
     pub entry: Entry,
 }
@@ -62,24 +61,18 @@ pub fn open(folder: &Path, path: &str) -> Result<LocalFile> {
             "{rel}: not a regular file"
         ))));
     }
-    let stat = Stat::from(&meta);
-    let entry = Entry::from(stat.to_entry(&rel, None));
-    Ok(LocalFile { file, stat, entry })
+    let entry = Entry::from(Stat::from(&meta).to_entry(&rel, None));
+    Ok(LocalFile { file, entry })
 }
 
 impl LocalFile {
     /// The bytes from `offset`, at most `length` (0 = to the end), as the
     /// agent's read would stream them.
     pub fn read(self, offset: u64, length: u64) -> Result<BoxStream<'static, Result<Bytes>>> {
-        let size = self.stat.size;
-        let start = offset.min(size);
-        let end = match length {
-            0 => size,
-            n => size.min(start.saturating_add(n)),
-        };
+        let (start, end) = agent::fs::read_window(self.entry.size, offset, length);
         if end - start <= CHUNK {
             let mut buf = vec![0u8; (end - start) as usize];
-            let n = read_full_at(&self.file, &mut buf, start)
+            let n = agent::fs::read_full_at(&self.file, &mut buf, start)
                 .map_err(|e| agent_error(agent::error::Error::Io(e)))?;
             buf.truncate(n);
             return Ok(futures::stream::once(async move { Ok(Bytes::from(buf)) }).boxed());
@@ -87,40 +80,14 @@ impl LocalFile {
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes>>(4);
         let file = self.file;
         tokio::task::spawn_blocking(move || {
-            let mut pos = start;
-            while pos < end {
-                let want = (end - pos).min(CHUNK) as usize;
-                let mut buf = vec![0u8; want];
-                let msg = match read_full_at(&file, &mut buf, pos) {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        buf.truncate(n);
-                        pos += n as u64;
-                        Ok(Bytes::from(buf))
-                    }
-                    Err(e) => Err(agent_error(agent::error::Error::Io(e))),
-                };
-                let failed = msg.is_err();
+            agent::fs::read_range(&file, start, end, |chunk| {
+                let msg = chunk
+                    .map(Bytes::from)
+                    .map_err(|e| agent_error(agent::error::Error::Io(e)));
                 // A send error: the browser went away; stop reading.
-                if tx.blocking_send(msg).is_err() || failed {
-                    break;
-                }
-            }
+                tx.blocking_send(msg).is_ok()
+            });
         });
         Ok(tokio_stream::wrappers::ReceiverStream::new(rx).boxed())
     }
-}
-
-/// Reads until `buf` is full or the file ends; returns the bytes read.
-fn read_full_at(file: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match file.read_at(&mut buf[n..], offset + n as u64) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }

@@ -71,11 +71,7 @@ impl Filesystem for FsService {
             return Err(Error::InvalidArgument(format!("{rel}: not a regular file")).into());
         }
         let stat = Stat::from(&meta);
-        let start = req.offset.min(stat.size);
-        let end = match req.length {
-            0 => stat.size,
-            n => stat.size.min(start.saturating_add(n)),
-        };
+        let (start, end) = read_window(stat.size, req.offset, req.length);
         let first = pb::ReadResponse {
             event: Some(pb::read_response::Event::Start(pb::ReadStart {
                 entry: Some(stat.to_entry(&rel, None)),
@@ -97,25 +93,11 @@ impl Filesystem for FsService {
         // The first message cannot fail: the channel is new and has room.
         let _ = tx.try_send(Ok(first));
         tokio::task::spawn_blocking(move || {
-            let mut pos = start;
-            while pos < end {
-                let want = (end - pos).min(READ_CHUNK as u64) as usize;
-                let mut buf = vec![0u8; want];
-                let msg = match read_full_at(&file, &mut buf, pos) {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        buf.truncate(n);
-                        pos += n as u64;
-                        Ok(data_msg(buf))
-                    }
-                    Err(e) => Err(Status::from(Error::Io(e))),
-                };
-                let failed = msg.is_err();
+            read_range(&file, start, end, |chunk| {
+                let msg = chunk.map(data_msg).map_err(|e| Status::from(Error::Io(e)));
                 // A send error means the client went away: stop reading.
-                if tx.blocking_send(msg).is_err() || failed {
-                    break;
-                }
-            }
+                tx.blocking_send(msg).is_ok()
+            });
         });
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
@@ -350,8 +332,49 @@ fn walk(dir: &cap_std::fs::Dir, rel: &str, depth: u32, out: &mut Vec<pb::Entry>)
     Ok(())
 }
 
+/// The bytes `start..end` a read of `length` bytes (0: to the end) from
+/// `offset` gets of a file of `size` bytes.
+pub fn read_window(size: u64, offset: u64, length: u64) -> (u64, u64) {
+    let start = offset.min(size);
+    let end = match length {
+        0 => size,
+        n => size.min(start.saturating_add(n)),
+    };
+    (start, end)
+}
+
+/// Reads `file` from `start` to `end` in chunks of at most [`READ_CHUNK`]
+/// bytes, handing each to `each`, which answers whether to go on; an error
+/// is handed over and ends it. Blocking. The agent's streamed reads and the
+/// gateway's local reads (`gateway/src/local_files.rs`) both use it.
+pub fn read_range(
+    file: &std::fs::File,
+    start: u64,
+    end: u64,
+    mut each: impl FnMut(std::io::Result<Vec<u8>>) -> bool,
+) {
+    let mut pos = start;
+    while pos < end {
+        let mut buf = vec![0u8; (end - pos).min(READ_CHUNK as u64) as usize];
+        match read_full_at(file, &mut buf, pos) {
+            Ok(0) => break,
+            Ok(n) => {
+                buf.truncate(n);
+                pos += n as u64;
+                if !each(Ok(buf)) {
+                    break;
+                }
+            }
+            Err(e) => {
+                each(Err(e));
+                break;
+            }
+        }
+    }
+}
+
 /// Reads until `buf` is full or the file ends; returns the bytes read.
-fn read_full_at(file: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+pub fn read_full_at(file: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match file.read_at(&mut buf[n..], offset + n as u64) {
