@@ -500,34 +500,15 @@ fn nonblocking_master(master: &(dyn MasterPty + Send)) -> Result<AsyncFd<FileDes
 /// session costs little memory, and doubles up to 64 KiB whenever a read
 /// fills it, so a busy one is read in large chunks.
 async fn read_output(io: &AsyncFd<FileDescriptor>, log: &Arc<Log>) {
-    const MAX_READ: usize = 64 * 1024;
     let mut buf = vec![0u8; 4096];
     loop {
         let Ok(mut ready) = io.readable().await else {
             return;
         };
-        // Everything there is now, up to the buffer, as one chunk: a PTY
-        // hands out at most 4 KiB per read, and one push means one message
-        // downstream instead of one per read.
-        let mut filled = 0;
-        let mut ended = false;
-        while filled < buf.len() {
-            match ready.try_io(|fd| Ok(rustix::io::read(fd.get_ref(), &mut buf[filled..])?)) {
-                Ok(Ok(0)) => {
-                    ended = true;
-                    break;
-                }
-                Ok(Ok(n)) => filled += n,
-                Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Ok(Err(error)) => {
-                    // EIO: every process closed the terminal.
-                    tracing::debug!(%error, "output read ended");
-                    ended = true;
-                    break;
-                }
-                // Drained: `try_io` cleared the readiness.
-                Err(_) => break,
-            }
+        let (filled, ended) = drain(io.get_ref(), &mut buf);
+        if filled < buf.len() && !ended {
+            // `drain` stopped at EAGAIN.
+            ready.clear_ready();
         }
         let taken = log.try_push(&buf[..filled]);
         if taken < filled {
@@ -555,9 +536,7 @@ async fn read_output(io: &AsyncFd<FileDescriptor>, log: &Arc<Log>) {
             };
             let log = log.clone();
             let mut taken = std::mem::take(&mut buf);
-            if taken.len() < MAX_READ {
-                taken.resize(taken.len() * 2, 0);
-            }
+            grow(&mut taken);
             match tokio::task::spawn_blocking(move || {
                 let ended = read_bulk(&fd, &log, &mut taken);
                 (ended, taken)
@@ -571,38 +550,52 @@ async fn read_output(io: &AsyncFd<FileDescriptor>, log: &Arc<Log>) {
     }
 }
 
+/// Largest read buffer of a session's output.
+const MAX_READ: usize = 64 * 1024;
+
+/// Doubles a read buffer that a wake-up filled, up to [`MAX_READ`].
+fn grow(buf: &mut Vec<u8>) {
+    if buf.len() < MAX_READ {
+        buf.resize(buf.len() * 2, 0);
+    }
+}
+
+/// Reads the non-blocking master into `buf` until it is full, nothing is
+/// left (EAGAIN) or the terminal closed. One chunk for all of it: a PTY hands
+/// out at most 4 KiB per read, and one push means one message downstream.
+/// Returns the bytes read and whether the terminal closed (EIO once every
+/// process closed it).
+fn drain(fd: &FileDescriptor, buf: &mut [u8]) -> (usize, bool) {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match rustix::io::read(fd, &mut buf[filled..]) {
+            Ok(0) => return (filled, true),
+            Ok(n) => filled += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(rustix::io::Errno::AGAIN) => break,
+            Err(error) => {
+                tracing::debug!(%error, "output read ended");
+                return (filled, true);
+            }
+        }
+    }
+    (filled, false)
+}
+
 /// How long the bulk reader waits for more output before handing the
 /// session back to the reactor.
 const BULK_IDLE_MS: i64 = 20;
 
-/// Reads the (non-blocking) master into `log` on a blocking thread while
-/// output keeps coming: all there is, then `poll` for more, until nothing
-/// came for [`BULK_IDLE_MS`] (`false`) or the terminal closed (`true`).
+/// Reads the master into `log` on a blocking thread while output keeps
+/// coming: all there is, then `poll` for more, until nothing came for
+/// [`BULK_IDLE_MS`] (`false`) or the terminal closed (`true`).
 fn read_bulk(fd: &FileDescriptor, log: &Log, buf: &mut Vec<u8>) -> bool {
-    const MAX_READ: usize = 64 * 1024;
     let idle = rustix::time::Timespec {
         tv_sec: 0,
         tv_nsec: BULK_IDLE_MS * 1_000_000,
     };
     loop {
-        let mut filled = 0;
-        let mut ended = false;
-        while filled < buf.len() {
-            match rustix::io::read(fd, &mut buf[filled..]) {
-                Ok(0) => {
-                    ended = true;
-                    break;
-                }
-                Ok(n) => filled += n,
-                Err(rustix::io::Errno::INTR) => {}
-                Err(rustix::io::Errno::AGAIN) => break,
-                Err(error) => {
-                    tracing::debug!(%error, "output read ended");
-                    ended = true;
-                    break;
-                }
-            }
-        }
+        let (filled, ended) = drain(fd, buf);
         if filled > 0 {
             log.push(&buf[..filled]);
         }
@@ -610,9 +603,7 @@ fn read_bulk(fd: &FileDescriptor, log: &Log, buf: &mut Vec<u8>) -> bool {
             return true;
         }
         if filled == buf.len() {
-            if buf.len() < MAX_READ {
-                buf.resize(buf.len() * 2, 0);
-            }
+            grow(buf);
             continue;
         }
         let mut fds = [rustix::event::PollFd::new(fd, rustix::event::PollFlags::IN)];
