@@ -296,6 +296,35 @@ impl Gateway {
         Ok(r.json().await?)
     }
 
+    /// The pid of a project's agent (the parent of a command it runs),
+    /// checked to be an `agent` process.
+    pub async fn agent_pid(&self, project: &str) -> Result<u32> {
+        let v: serde_json::Value = self
+            .post(&format!("/api/projects/{project}/exec"))
+            .json(&serde_json::json!({"argv": ["sh", "-c", "echo -n $PPID"]}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let pid: u32 = v["stdout"].as_str().unwrap_or_default().parse()?;
+        let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline"))?;
+        if !cmdline.contains("agent") {
+            bail!("pid {pid} is not an agent: {cmdline}");
+        }
+        Ok(pid)
+    }
+
+    /// The text of `/metrics`.
+    pub async fn metrics(&self) -> Result<String> {
+        Ok(self
+            .http()
+            .get(self.url("/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?)
+    }
+
     /// Where the local runtime keeps a project's files.
     pub fn project_dir(&self, id: &str) -> PathBuf {
         self.data_dir.join("projects").join(id)

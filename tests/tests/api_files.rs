@@ -777,18 +777,7 @@ async fn local_reads_skip_the_agent() {
         .unwrap();
     assert_eq!(r.status(), 200);
     let etag = r.headers()["etag"].to_str().unwrap().to_owned();
-    let v: Value = gw
-        .post("/api/projects/p1/exec")
-        .json(&json!({"argv": ["sh", "-c", "echo -n $PPID"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let agent_pid = v["stdout"].as_str().unwrap().to_owned();
-    let cmdline = std::fs::read_to_string(format!("/proc/{agent_pid}/cmdline")).unwrap();
-    assert!(cmdline.contains("agent"), "{cmdline}");
+    let agent_pid = gw.agent_pid("p1").await.unwrap().to_string();
     let signal = |sig: &str| {
         let ok = std::process::Command::new("kill")
             .args([sig, &agent_pid])

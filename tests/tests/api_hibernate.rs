@@ -249,15 +249,7 @@ async fn hibernate_with_s3_unreachable_leaves_the_project_active_and_intact() {
         (503, Some("unavailable")),
         "{v}"
     );
-    let m = gw
-        .http()
-        .get(gw.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = gw.metrics().await.unwrap();
     assert!(
         m.contains(
             "gateway_agent_rpc_errors_total{op=\"/api/projects/{p}/hibernate\",code=\"unavailable\"} 1"

@@ -363,15 +363,7 @@ async fn operations_endpoints_and_templates() {
         200
     );
     gw.get("/api/projects").send().await.unwrap();
-    let m = gw
-        .http()
-        .get(gw.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = gw.metrics().await.unwrap();
     assert!(
         m.contains(
             "gateway_http_requests_total{method=\"GET\",route=\"/api/projects\",status=\"200\"}"
@@ -491,18 +483,7 @@ async fn restart_keeps_projects() {
 async fn agents_end_with_the_gateway() {
     let mut gw = Gateway::start().await.unwrap();
     gw.open_project("orphan").await.unwrap();
-    let v: Value = gw
-        .post("/api/projects/orphan/exec")
-        .json(&json!({"argv": ["sh", "-c", "echo -n $PPID"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let agent_pid: u32 = v["stdout"].as_str().unwrap().parse().unwrap();
-    let cmdline = std::fs::read_to_string(format!("/proc/{agent_pid}/cmdline")).unwrap();
-    assert!(cmdline.contains("agent"), "{cmdline}");
+    let agent_pid = gw.agent_pid("orphan").await.unwrap();
     gw.kill();
     tests::eventually(
         Duration::from_secs(30),

@@ -292,14 +292,7 @@ async fn private_preview_cookie_flow_and_forwarded_headers() {
     assert!(r.bytes().await.unwrap() == body);
 
     // The proxied bytes are counted.
-    let metrics = gw
-        .get("/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await.unwrap();
     assert!(
         metrics.contains("gateway_preview_proxied_bytes_total{direction=\"downstream\"}"),
         "{metrics}"
