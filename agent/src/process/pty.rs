@@ -1,10 +1,12 @@
 //! Interactive PTY sessions that outlive their clients.
 //!
 //! The PTY master is non-blocking and driven by the Tokio reactor, with no
-//! thread per session: a reader task reads it (up to 64 KiB at a time) into
-//! the session's [`Log`] (a held 1 MiB ring: output reaching an attached
+//! thread per idle session: a reader task reads it (up to 64 KiB at a time)
+//! into the session's [`Log`] (a held 1 MiB ring: output reaching an attached
 //! client is never dropped; when the ring is full the rest waits for the
-//! slowest client on a blocking thread), client input is written on the task
+//! slowest client on a blocking thread), and hands bulk output (a wake-up
+//! that fills its buffer) to a blocking thread until it goes quiet, so that
+//! reading and sending run in parallel; client input is written on the task
 //! that received it (waiting for the terminal to take it, which is the
 //! backpressure), and a supervisor task turns the child's exit into the log's
 //! end and ends the session when nobody was attached for the keep window.
@@ -497,8 +499,8 @@ fn nonblocking_master(master: &(dyn MasterPty + Send)) -> Result<AsyncFd<FileDes
 
 /// Reads the master into `log` until the slave side is closed by every
 /// process (EIO) or the master fails. The buffer starts at 4 KiB, so an idle
-/// session costs little memory, and doubles up to 64 KiB whenever a read
-/// fills it, so a busy one is read in large chunks.
+/// session costs little memory, and doubles up to 64 KiB whenever a wake-up
+/// fills it, so a busy one is read in large chunks (then by [`read_bulk`]).
 async fn read_output(io: &AsyncFd<FileDescriptor>, log: &Arc<Log>) {
     let mut buf = vec![0u8; 4096];
     loop {
