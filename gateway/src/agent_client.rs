@@ -490,7 +490,7 @@ impl AgentClient {
                 env: spec.env.into_iter().collect(),
                 stdin: spec.stdin.into(),
                 timeout_ms: spec.timeout_ms,
-                max_output_bytes: 0,
+                max_output_bytes: spec.max_output_bytes,
             }))
             .await?
             .into_inner();
@@ -500,6 +500,7 @@ impl AgentClient {
             stderr: r.stderr.into(),
             duration_ms: r.duration_ms,
             timed_out: r.timed_out,
+            truncated: r.stdout_truncated || r.stderr_truncated,
         })
     }
 

@@ -276,6 +276,8 @@ async fn exercise(s: &dyn Store) -> Vec<String> {
 
     for (i, days) in [(0, 6), (1, 1)] {
         s.append_log(&CommandLogEntry {
+            id: 0,
+            truncated: false,
             project: "a".into(),
             ts: Utc::now() - chrono::Duration::days(days),
             label: format!("exec {i}"),

@@ -143,8 +143,10 @@ impl Gateway {
             .arg(&self.data_dir)
             .arg("--agent-bin")
             .arg(bin("agent"));
+        // The secret goes in the environment, never on the command line,
+        // which every process on the machine can read.
         if !self.builder.no_secret {
-            cmd.arg("--secret").arg(&self.secret);
+            cmd.env("GATEWAY_SECRET", &self.secret);
         }
         if let Some(a) = &self.builder.archive {
             cmd.arg("--archive").arg(a);

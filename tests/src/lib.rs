@@ -3,6 +3,7 @@
 //! crate and the agent's own integration tests. Every process is killed when
 //! its handle drops.
 
+pub mod devserver;
 pub mod gateway;
 
 use std::path::{Path, PathBuf};

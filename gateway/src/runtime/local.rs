@@ -102,6 +102,11 @@ impl LocalRuntime {
         let data_dir = std::path::absolute(data_dir)?;
         let projects_dir = data_dir.join("projects");
         std::fs::create_dir_all(&projects_dir)?;
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            // Project folders are the gateway user's alone.
+            std::fs::set_permissions(&projects_dir, std::fs::Permissions::from_mode(0o700))?;
+        }
         let mut sockets_dir = data_dir.join("run");
         // Socket paths are limited to 107 bytes; a deep data dir would not fit
         // `<run>/<40-char id>-<8 hex>.sock`, so those go to a short private temp dir.
