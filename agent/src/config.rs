@@ -33,7 +33,9 @@ pub struct Config {
     #[arg(long, env = "AGENT_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 
-    /// File holding the shared token (first line), instead of --token.
+    /// File holding the shared token (first line), instead of --token; `-`
+    /// reads it from standard input (how the local runtime hands it over,
+    /// so it is in neither the command line nor the environment).
     #[arg(long, env = "AGENT_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
 
@@ -78,6 +80,13 @@ impl Config {
     pub fn resolve_token(&self) -> anyhow::Result<String> {
         let token = match (&self.token, &self.token_file) {
             (Some(t), _) => t.clone(),
+            (None, Some(f)) if f.as_os_str() == "-" => {
+                let mut line = String::new();
+                std::io::stdin()
+                    .read_line(&mut line)
+                    .context("cannot read the token from standard input")?;
+                line.trim().to_owned()
+            }
             (None, Some(f)) => std::fs::read_to_string(f)
                 .with_context(|| format!("cannot read token file {}", f.display()))?
                 .lines()

@@ -166,6 +166,15 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_LOG_OUTPUT_CAP", default_value_t = 64 << 10, value_parser = clap::value_parser!(u64).range(256..=(16 << 20)))]
     pub log_output_cap: u64,
 
+    /// Local runtime: run each project as a user of its own (`auto`: when
+    /// the gateway runs as root), so projects cannot read each other's files.
+    #[arg(long, env = "GATEWAY_ISOLATE_PROJECTS", value_enum, default_value_t = crate::runtime::isolation::IsolationMode::Auto)]
+    pub isolate_projects: crate::runtime::isolation::IsolationMode,
+
+    /// Local runtime: the first uid (and gid) given to a project's user.
+    #[arg(long, env = "GATEWAY_PROJECT_UID_BASE", default_value_t = 200_000)]
+    pub project_uid_base: u32,
+
     /// Least time between two wakes of one hibernated project by requests
     /// without credentials (public previews, share links); sooner ones get 429.
     #[arg(long, env = "GATEWAY_PUBLIC_WAKE_INTERVAL", default_value = "5m", value_parser = parse_duration)]

@@ -138,10 +138,15 @@ pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
     restrict_data_dir(&config.data_dir)?;
     let runtime: Arc<dyn runtime::Runtime> = match config.runtime {
         RuntimeKind::Local => Arc::new(
-            runtime::local::LocalRuntime::new(&config.data_dir, config.agent_bin())
-                .context("cannot prepare the local runtime")?
-                .with_terminal_keep_secs(config.terminal_keep_secs)
-                .with_local_reads(config.local_reads),
+            runtime::local::LocalRuntime::new(
+                &config.data_dir,
+                config.agent_bin(),
+                config.isolate_projects,
+                config.project_uid_base,
+            )
+            .context("cannot prepare the local runtime")?
+            .with_terminal_keep_secs(config.terminal_keep_secs)
+            .with_local_reads(config.local_reads),
         ),
         RuntimeKind::Kubernetes => {
             let mut settings = runtime::kubernetes::Settings::new(

@@ -10,8 +10,9 @@ use serde_json::json;
 use crate::eventually;
 use crate::gateway::Gateway;
 
-/// A dev server with only the Python standard library: GET answers the
-/// request it saw as JSON, POST echoes the body, `Upgrade: websocket` is
+/// A dev server with only the Python standard library, on `PORT` and, when
+/// set, also on `EXTRA_PORT`: GET answers the request it saw (and the port
+/// it came in on) as JSON, POST echoes the body, `Upgrade: websocket` is
 /// answered with an echoing WebSocket.
 pub const SERVER: &str = r#"
 import base64, hashlib, json, os, struct
@@ -25,6 +26,7 @@ class H(BaseHTTPRequestHandler):
         if self.headers.get("Upgrade", "").lower() == "websocket":
             return self.websocket()
         body = json.dumps({"path": self.path, "name": os.environ.get("NAME", ""),
+                           "port": self.server.server_address[1],
                            "headers": {k.lower(): v for k, v in self.headers.items()}}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -76,6 +78,10 @@ class H(BaseHTTPRequestHandler):
                 w.write(hdr + out)
                 w.flush()
 
+if os.environ.get("EXTRA_PORT"):
+    import threading
+    extra = ThreadingHTTPServer((os.environ.get("HOST", "127.0.0.1"), int(os.environ["EXTRA_PORT"])), H)
+    threading.Thread(target=extra.serve_forever, daemon=True).start()
 ThreadingHTTPServer((os.environ.get("HOST", "127.0.0.1"), int(os.environ["PORT"])), H).serve_forever()
 "#;
 
@@ -101,7 +107,8 @@ pub async fn dev_server(gw: &Gateway, project: &str, name: &str, public: bool) -
 }
 
 /// Creates a container running the Python `script` from `/{name}/`, with
-/// these other declared `ports`, and starts it.
+/// these other declared `ports` (the first one also as `EXTRA_PORT`), and
+/// starts it.
 pub async fn dev_server_with(
     gw: &Gateway,
     project: &str,
@@ -110,6 +117,10 @@ pub async fn dev_server_with(
     script: &str,
     ports: &[u16],
 ) -> Result<()> {
+    let mut env = json!({"NAME": name});
+    if let Some(extra) = ports.first() {
+        env["EXTRA_PORT"] = json!(extra.to_string());
+    }
     let r = gw
         .put(&format!("/api/projects/{project}/files/{name}/server.py"))
         .body(script.to_owned())
@@ -120,7 +131,8 @@ pub async fn dev_server_with(
         .post(&format!("/api/projects/{project}/containers"))
         .json(
             &json!({"name": name, "port": crate::free_port(), "ports": ports,
-                      "start": "exec python3 server.py", "env": {"NAME": name}, "public": public}),
+                      "start": "exec python3 server.py",
+                      "env": env, "public": public}),
         )
         .send()
         .await?;

@@ -5,6 +5,7 @@
 
 pub mod devserver;
 pub mod gateway;
+pub mod postgres;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -145,10 +145,8 @@ async fn private_preview_cookie_flow_and_forwarded_headers() {
 async fn public_preview_websocket_port_form_stopped_and_unknown() {
     let gw = Gateway::start().await.unwrap();
     gw.open_project("demo").await.unwrap();
-    // Another port the container declares: here a server this test runs on a
-    // port of its own.
-    let other = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let other_port = other.local_addr().unwrap().port();
+    // Another port the container declares, where its server listens too.
+    let other_port = tests::free_port();
     dev_server_with(&gw, "demo", "pub", true, SERVER, &[other_port])
         .await
         .unwrap();
@@ -203,27 +201,10 @@ async fn public_preview_websocket_port_form_stopped_and_unknown() {
     ws.close(None).await.unwrap();
 
     // `{port}-{container}` reaches another port the container declared.
-    tokio::spawn(async move {
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        while let Ok((mut s, _)) = other.accept().await {
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let mut got = Vec::new();
-                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => got.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nConnection: close\r\n\r\nother-port").await;
-            });
-        }
-    });
     let port_host = format!("{other_port}-pub.demo.localhost");
     let b3 = browser(&gw, &[port_host.as_str()]);
-    let r = b3.get(url(&gw, &port_host, "/")).send().await.unwrap();
-    assert_eq!(r.status().as_u16(), 200);
-    assert_eq!(r.text().await.unwrap(), "other-port");
+    let r = wait_status(&b3, &url(&gw, &port_host, "/"), None, 200).await;
+    assert_eq!(r.json::<Value>().await.unwrap()["port"], other_port);
 
     // Unknown container, unknown project: 404.
     for h in ["nope.demo.localhost", "pub.nope.localhost"] {

@@ -5,6 +5,7 @@
 //! that imports kube-rs). Hibernate and restore are orchestrated above this
 //! trait (`crate::lifecycle`), the same for both runtimes.
 
+pub mod isolation;
 pub mod kubernetes;
 pub mod local;
 

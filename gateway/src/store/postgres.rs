@@ -92,6 +92,9 @@ const MIGRATIONS: &[&str] = &[
     );",
 ];
 
+/// The schema version this build migrates to.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
 /// Key of the advisory lock held while migrating ("devgate" in ASCII).
 const MIGRATION_LOCK: i64 = 0x0064_6576_6761_7465;
 
