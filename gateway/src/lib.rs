@@ -84,6 +84,7 @@ pub async fn run(
                 reason: "connections".into(),
             })
             .clone(),
+        open: state.metrics.open_connections.clone(),
     };
     let grace = Duration::from_secs(config.grace_secs);
     let server = tokio::spawn(server::serve(listener, app, limits, cancel, grace));

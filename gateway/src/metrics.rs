@@ -87,6 +87,8 @@ pub struct Metrics {
     pub open_terminals: Gauge,
     pub open_websockets: Family<KindLabels, Gauge>,
     pub proxied_bytes: Family<DirectionLabels, Counter>,
+    /// Client connections open now.
+    pub open_connections: Gauge,
     /// Requests and connections refused by a limit, by reason
     /// (`connections`, `public_wake`, `preview_loop`, ...).
     pub refused: Family<ReasonLabels, Counter>,
@@ -147,6 +149,12 @@ impl Metrics {
             "Bytes passed through the preview proxy",
             proxied_bytes.clone(),
         );
+        let open_connections = Gauge::default();
+        registry.register(
+            "open_connections",
+            "Client connections open now",
+            open_connections.clone(),
+        );
         let refused = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "refused",
@@ -154,6 +162,7 @@ impl Metrics {
             refused.clone(),
         );
         Metrics {
+            open_connections,
             refused,
             requests,
             request_seconds,

@@ -36,6 +36,8 @@ pub struct Limits {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Counts connections refused by a cap.
     pub refused: prometheus_client::metrics::counter::Counter,
+    /// Open client connections now.
+    pub open: prometheus_client::metrics::gauge::Gauge,
 }
 
 /// Serves `app` on `listener` until `shutdown` is cancelled, then lets open
@@ -49,7 +51,10 @@ pub async fn serve(
     grace: Duration,
 ) {
     let limits = Arc::new(limits);
-    let counts = Arc::new(Counts::default());
+    let counts = Arc::new(Counts {
+        open: limits.open.clone(),
+        ..Counts::default()
+    });
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     // Refusals write a few bytes and linger briefly; bound how many do so at
     // once, so a flood of refused connections costs a fixed amount.
@@ -147,12 +152,15 @@ impl hyper::service::Service<Request<hyper::body::Incoming>> for ConnectionServi
 struct Counts {
     total: AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
+    open: prometheus_client::metrics::gauge::Gauge,
 }
 
 /// A connection's place in [`Counts`], given back when dropped.
 struct Slot {
     counts: Arc<Counts>,
     key: Option<IpAddr>,
+    /// Whether the connection was admitted (counted in the open gauge).
+    admitted: bool,
 }
 
 impl Counts {
@@ -165,8 +173,11 @@ impl Counts {
         let mut slot = Slot {
             counts: self.clone(),
             key: None,
+            admitted: false,
         };
         if limits.trusted_proxies.iter().any(|n| n.contains(&ip)) {
+            self.open.inc();
+            slot.admitted = true;
             return Some(slot);
         }
         let key = client_key(ip);
@@ -178,6 +189,8 @@ impl Counts {
         }
         *n += 1;
         slot.key = Some(key);
+        slot.admitted = true;
+        self.open.inc();
         Some(slot)
     }
 }
@@ -185,6 +198,9 @@ impl Counts {
 impl Drop for Slot {
     fn drop(&mut self) {
         self.counts.total.fetch_sub(1, Ordering::AcqRel);
+        if self.admitted {
+            self.counts.open.dec();
+        }
         if let Some(key) = self.key {
             let mut per_ip = self.counts.per_ip.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(n) = per_ip.get_mut(&key) {
@@ -260,6 +276,7 @@ mod tests {
             max_connections_per_ip: per_ip,
             trusted_proxies: vec!["10.0.0.0/8".parse().unwrap()],
             refused: Default::default(),
+            open: Default::default(),
         }
     }
 
@@ -284,6 +301,7 @@ mod tests {
         assert_eq!(counts.total.load(Ordering::Relaxed), 5);
         assert!(counts.admit(p, &l).is_none(), "over the total");
         assert_eq!(counts.total.load(Ordering::Relaxed), 5);
+        assert_eq!(counts.open.get(), 5);
     }
 
     #[test]
@@ -292,8 +310,10 @@ mod tests {
         let l = limits(10, 10);
         let ip: IpAddr = "192.0.2.9".parse().unwrap();
         let slots: Vec<_> = (0..10).map(|_| counts.admit(ip, &l).unwrap()).collect();
+        assert_eq!(counts.open.get(), 10);
         drop(slots);
         assert_eq!(counts.total.load(Ordering::Relaxed), 0);
+        assert_eq!(counts.open.get(), 0);
         assert!(counts.per_ip.lock().unwrap().is_empty());
     }
 

@@ -43,7 +43,7 @@ pub fn routes() -> Router<AppState> {
 const CODE_TTL_SECS: i64 = 60;
 
 /// Bounds of a share link's lifetime.
-const MIN_SHARE_SECS: u64 = 60;
+const MIN_SHARE_SECS: u64 = 5;
 const MAX_SHARE_SECS: u64 = 30 * 24 * 3600;
 
 /// Share links a container may have at once.

@@ -413,6 +413,8 @@ async fn serve(
         .await
     {
         Ok(route) => route,
+        // A port this container may not use (another project's).
+        Err(Error::NotFound(why)) => return Err(Refusal::NotFound(why)),
         Err(_) => wake_or_refuse(state, target, port, &access).await?,
     };
     if is_own_address(state, &route) {

@@ -277,7 +277,7 @@ impl LocalRuntime {
     /// container holds it (as its port or one it declared) and, with a user
     /// per project, only when what listens there is this project's.
     fn check_extra_port(&self, project: &str, port: u16) -> Result<()> {
-        let taken = || Error::NotFound(format!("port {port} is not this project's"));
+        let taken = || Error::NotFound(format!("port {port} of project {project}"));
         if self
             .routes
             .lock()
