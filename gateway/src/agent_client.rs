@@ -571,26 +571,6 @@ impl AgentClient {
         .boxed())
     }
 
-    /// The agent's PTY sessions.
-    pub async fn list_pty(&self) -> Result<Vec<PtySession>> {
-        let r = unary(self.process().list_pty(self.req(pb::Empty {}))).await?;
-        Ok(r.into_inner()
-            .sessions
-            .into_iter()
-            .map(PtySession::from)
-            .collect())
-    }
-
-    /// Ends a PTY session (`signal` 0: SIGHUP, then SIGKILL after a grace period).
-    pub async fn kill_pty(&self, session_id: &str, signal: i32) -> Result<()> {
-        unary(self.process().kill_pty(self.req(pb::KillPtyRequest {
-            session_id: session_id.to_owned(),
-            signal,
-        })))
-        .await?;
-        Ok(())
-    }
-
     /// Starts a named background process with `sh -c command` in `cwd`.
     pub async fn start_background(
         &self,
