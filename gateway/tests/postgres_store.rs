@@ -240,6 +240,7 @@ async fn exercise(s: &dyn Store) -> Vec<String> {
             git_ref: Some("main".into()),
         }),
         created_at: t(1_700_000_000_000 + i64::from(port)),
+        running_at_hibernation: port == 3000,
     };
     s.create_container(&container("web", 5173)).await.unwrap();
     s.create_container(&container("api", 3000)).await.unwrap();
@@ -253,6 +254,7 @@ async fn exercise(s: &dyn Store) -> Vec<String> {
     web.status = ContainerStatus::Running;
     web.public = true;
     web.template = None;
+    web.running_at_hibernation = true;
     s.update_container(&web).await.unwrap();
     out.push(format!("{:?}", s.list_containers("a").await.unwrap()));
     s.delete_container("a", "api").await.unwrap();
@@ -327,11 +329,11 @@ async fn postgres_store_migrates_once_matches_sqlite_and_reconnects() {
     // Two replicas starting at once: both come up, the schema is made once.
     let (one, two) = tokio::join!(PostgresStore::connect(&url), PostgresStore::connect(&url));
     let (one, two) = (one.expect("first replica"), two.expect("second replica"));
-    assert_eq!(one.schema_version().await.unwrap(), 1);
+    assert_eq!(one.schema_version().await.unwrap(), 2);
     drop(two);
     // Connecting again finds the schema current and changes nothing.
     let again = PostgresStore::connect(&url).await.expect("again");
-    assert_eq!(again.schema_version().await.unwrap(), 1);
+    assert_eq!(again.schema_version().await.unwrap(), 2);
 
     // The same calls give the same answers as the SQLite store.
     let sqlite = SqliteStore::in_memory().unwrap();

@@ -65,6 +65,8 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX command_log_project ON command_log(project, seq);
     CREATE INDEX command_log_ts ON command_log(ts);",
+    // 2: which dev servers ran when the project was hibernated.
+    "ALTER TABLE containers ADD COLUMN running_at_hibernation BOOLEAN NOT NULL DEFAULT FALSE;",
 ];
 
 /// Key of the advisory lock held while migrating ("devgate" in ASCII).
@@ -212,8 +214,7 @@ fn project_row(r: &Row) -> Project {
     }
 }
 
-const CONTAINER_COLS: &str =
-    "project, name, status, port, start, install, env, public, template, created_at";
+const CONTAINER_COLS: &str = "project, name, status, port, start, install, env, public, template, created_at, running_at_hibernation";
 
 fn container_row(r: &Row) -> Container {
     let status: String = r.get(2);
@@ -230,6 +231,7 @@ fn container_row(r: &Row) -> Container {
         public: r.get(7),
         template: template.and_then(|t| serde_json::from_str(&t).ok()),
         created_at: from_ms(r.get(9)),
+        running_at_hibernation: r.get(10),
     }
 }
 
@@ -326,10 +328,10 @@ impl Store for PostgresStore {
             .as_ref()
             .and_then(|t| serde_json::to_string(t).ok());
         c.execute(
-            &format!("INSERT INTO containers ({CONTAINER_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"),
+            &format!("INSERT INTO containers ({CONTAINER_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"),
             &[
                 &k.project, &k.name, &k.status.as_str(), &i32::from(k.port), &k.start, &k.install, &env,
-                &k.public, &template, &ms(k.created_at),
+                &k.public, &template, &ms(k.created_at), &k.running_at_hibernation,
             ],
         )
         .await
@@ -347,7 +349,8 @@ impl Store for PostgresStore {
         let n = c
             .execute(
                 "UPDATE containers SET status = $3, port = $4, start = $5, install = $6, env = $7,
-                 public = $8, template = $9 WHERE project = $1 AND name = $2",
+                 public = $8, template = $9, running_at_hibernation = $10
+                 WHERE project = $1 AND name = $2",
                 &[
                     &k.project,
                     &k.name,
@@ -358,6 +361,7 @@ impl Store for PostgresStore {
                     &env,
                     &k.public,
                     &template,
+                    &k.running_at_hibernation,
                 ],
             )
             .await

@@ -61,6 +61,8 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX command_log_project ON command_log(project, seq);
     CREATE INDEX command_log_ts ON command_log(ts);",
+    // 2: which dev servers ran when the project was hibernated.
+    "ALTER TABLE containers ADD COLUMN running_at_hibernation INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// SQLite behind the [`Store`] trait.
@@ -146,8 +148,7 @@ fn project_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Project> {
     })
 }
 
-const CONTAINER_COLS: &str =
-    "project, name, status, port, start, install, env, public, template, created_at";
+const CONTAINER_COLS: &str = "project, name, status, port, start, install, env, public, template, created_at, running_at_hibernation";
 
 fn container_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Container> {
     let status: String = r.get(2)?;
@@ -164,6 +165,7 @@ fn container_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Container> {
         public: r.get(7)?,
         template: template.and_then(|t| serde_json::from_str(&t).ok()),
         created_at: from_ms(r.get(9)?),
+        running_at_hibernation: r.get(10)?,
     })
 }
 
@@ -264,12 +266,12 @@ impl Store for SqliteStore {
         let k = k.clone();
         self.with(move |c| {
             c.execute(
-                &format!("INSERT INTO containers ({CONTAINER_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
+                &format!("INSERT INTO containers ({CONTAINER_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
                 params![
                     k.project, k.name, k.status.as_str(), k.port, k.start, k.install,
                     serde_json::to_string(&k.env).unwrap_or_default(), k.public,
                     k.template.as_ref().and_then(|t| serde_json::to_string(t).ok()),
-                    ms(k.created_at)
+                    ms(k.created_at), k.running_at_hibernation
                 ],
             )
             .map_err(|e| {
@@ -290,11 +292,13 @@ impl Store for SqliteStore {
             let n = c
                 .execute(
                     "UPDATE containers SET status = ?3, port = ?4, start = ?5, install = ?6, env = ?7,
-                     public = ?8, template = ?9 WHERE project = ?1 AND name = ?2",
+                     public = ?8, template = ?9, running_at_hibernation = ?10
+                     WHERE project = ?1 AND name = ?2",
                     params![
                         k.project, k.name, k.status.as_str(), k.port, k.start, k.install,
                         serde_json::to_string(&k.env).unwrap_or_default(), k.public,
-                        k.template.as_ref().and_then(|t| serde_json::to_string(t).ok())
+                        k.template.as_ref().and_then(|t| serde_json::to_string(t).ok()),
+                        k.running_at_hibernation
                     ],
                 )
                 .map_err(db)?;
@@ -500,9 +504,15 @@ mod tests {
             public: true,
             template: None,
             created_at: Utc::now(),
+            running_at_hibernation: false,
         };
         s.create_container(&k).await.unwrap();
         assert_eq!(s.list_containers("a").await.unwrap()[0].env["K"], "V");
+        let mut k2 = k.clone();
+        k2.running_at_hibernation = true;
+        s.update_container(&k2).await.unwrap();
+        let got = s.get_container("a", "web").await.unwrap().unwrap();
+        assert!(got.running_at_hibernation, "{got:?}");
         let e = CommandLogEntry {
             project: "a".into(),
             ts: Utc::now() - chrono::Duration::days(6),
