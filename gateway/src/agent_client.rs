@@ -43,10 +43,31 @@ pub struct Entry {
     pub mtime: DateTime<Utc>,
     #[serde(serialize_with = "octal_mode")]
     pub mode: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The agent's etag, bare. It is shown (entries, the PUT answer, the
+    /// `ETag` header) in its quoted HTTP form, the same string everywhere.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "quoted_etag"
+    )]
     pub etag: Option<String>,
     #[serde(skip)]
     pub symlink_target: Option<String>,
+}
+
+/// `"etag"`: an entity tag as HTTP writes it (RFC 9110 section 8.8.3), so
+/// that a client can send back in `If-Match` exactly what it was given.
+pub fn quote_etag(etag: &str) -> String {
+    format!("\"{etag}\"")
+}
+
+fn quoted_etag<S: serde::Serializer>(
+    etag: &Option<String>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    match etag {
+        Some(t) => s.serialize_str(&quote_etag(t)),
+        None => s.serialize_none(),
+    }
 }
 
 fn octal_mode<S: serde::Serializer>(mode: &u32, s: S) -> std::result::Result<S::Ok, S::Error> {

@@ -1,6 +1,8 @@
 //! Bearer tokens: HS256 JWTs with claims `sub`, `projects`, `exp` and
-//! optionally `nbf` and `iat`, checked by two axum extractors. [`Claims`] reads only the `Authorization` header;
-//! [`QueryClaims`] also takes `?token=`, and is used only where a browser
+//! optionally `nbf` and `iat`, checked by two axum extractors. [`Claims`]
+//! reads only the `Authorization` header; [`QueryClaims`] also takes the
+//! WebSocket subprotocol offer `devgate.bearer.<token>` and `?token=`, and is
+//! used only where a browser
 //! cannot set headers (WebSocket upgrades, SSE, the preview cookie flow, the
 //! archive download). Tokens never reach the log: see [`redact_uri`].
 
@@ -216,6 +218,26 @@ pub fn header_token(parts: &Parts) -> Option<&str> {
         .then_some(token.trim())
 }
 
+/// The subprotocol a browser offers to say "my token follows in the offer".
+pub const WS_PROTOCOL: &str = "devgate";
+const WS_BEARER_PREFIX: &str = "devgate.bearer.";
+
+/// The token a browser put in its WebSocket subprotocol offer
+/// (`Sec-WebSocket-Protocol: devgate, devgate.bearer.<token>`), if any. A
+/// browser cannot set `Authorization` on a WebSocket, and a token in the URL
+/// shows wherever the URL does (Chromium prints the URL of a failed socket
+/// in the console). A JWT is made of token characters (RFC 9110 section
+/// 5.6.2), so it fits in a protocol name.
+pub fn protocol_token(parts: &Parts) -> Option<&str> {
+    parts
+        .headers
+        .get_all(axum::http::header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|p| p.trim().strip_prefix(WS_BEARER_PREFIX))
+}
+
 /// The `token` query parameter, if any (percent-decoded).
 pub fn query_token(query: Option<&str>) -> Option<String> {
     let q = query?;
@@ -242,7 +264,8 @@ impl FromRequestParts<AppState> for Claims {
     }
 }
 
-/// Claims from the `Authorization` header or, failing that, `?token=`.
+/// Claims from the `Authorization` header or, failing that, the WebSocket
+/// subprotocol offer or `?token=`.
 #[derive(Debug, Clone)]
 pub struct QueryClaims(pub Claims);
 
@@ -253,7 +276,7 @@ impl FromRequestParts<AppState> for QueryClaims {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        if let Some(token) = header_token(parts) {
+        if let Some(token) = header_token(parts).or_else(|| protocol_token(parts)) {
             return state.keys.verify(token).map(QueryClaims);
         }
         let token = query_token(parts.uri.query())

@@ -64,6 +64,55 @@ fn progress(state: &AppState, project: &str, step: &str, message: impl Into<Stri
     );
 }
 
+/// What `POST /open` may ask for besides making the project active.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OpenOptions {
+    /// Start again the containers that were running when the project was
+    /// hibernated.
+    pub start_containers: bool,
+}
+
+/// Makes the project active, then does what `opts` asks.
+pub async fn open_with(state: &AppState, id: &str, opts: OpenOptions) -> Result<Project> {
+    let p = open(state, id).await?;
+    if opts.start_containers {
+        resume_containers(state, id).await?;
+    }
+    Ok(p)
+}
+
+/// Starts again the containers that were running at the last hibernation,
+/// and clears that mark. A container that does not start is recorded
+/// `failed` (by `start_container`); the project stays active, and the
+/// answer's containers say which ones run.
+async fn resume_containers(state: &AppState, id: &str) -> Result<()> {
+    let _guard = state.locks.lock(id).await;
+    // Hibernated again meanwhile: nothing to start now; the marks stay.
+    if state.project(id).await?.status != ProjectStatus::Active {
+        return Ok(());
+    }
+    for c in state.store.list_containers(id).await? {
+        if !c.running_at_hibernation {
+            continue;
+        }
+        progress(
+            state,
+            id,
+            "containers",
+            format!("starting {} (it was running at hibernation)", c.name),
+        );
+        if let Err(error) = start_container(state, id, &c.name).await {
+            tracing::warn!(project = id, container = %c.name, %error, "cannot start the container again after hibernation");
+        }
+        // start_container recorded the outcome; read it back to clear the mark.
+        if let Some(mut fresh) = state.store.get_container(id, &c.name).await? {
+            fresh.running_at_hibernation = false;
+            state.store.update_container(&fresh).await?;
+        }
+    }
+    Ok(())
+}
+
 /// Makes the project active: starts its environment, restoring the newest
 /// archive first when it is hibernated. Idempotent.
 pub async fn open(state: &AppState, id: &str) -> Result<Project> {
@@ -321,11 +370,21 @@ pub async fn hibernate(state: &AppState, id: &str) -> Result<Project> {
         "archive verified; stopping the environment",
     );
     for mut c in state.store.list_containers(id).await? {
+        // Remembered, so that an open can start it again (`start_containers`).
+        let was_running = matches!(
+            c.status,
+            ContainerStatus::Running | ContainerStatus::Starting
+        );
+        let changed =
+            c.status != ContainerStatus::Stopped || c.running_at_hibernation != was_running;
         if c.status != ContainerStatus::Stopped {
             if let Err(error) = state.runtime.stop_container(id, &c.name).await {
                 tracing::warn!(project = id, container = %c.name, %error, "cannot stop container");
             }
             c.status = ContainerStatus::Stopped;
+        }
+        if changed {
+            c.running_at_hibernation = was_running;
             state.store.update_container(&c).await?;
         }
     }

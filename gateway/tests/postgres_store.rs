@@ -66,6 +66,7 @@ async fn exercise(s: &dyn Store) -> Vec<String> {
         }),
         created_at: t(1_700_000_000_000 + i64::from(port)),
         ports: vec![port + 1, 24678],
+        running_at_hibernation: port == 3000,
     };
     s.create_container(&container("web", 5173)).await.unwrap();
     s.create_container(&container("api", 3000)).await.unwrap();
@@ -79,6 +80,7 @@ async fn exercise(s: &dyn Store) -> Vec<String> {
     web.status = ContainerStatus::Running;
     web.public = true;
     web.template = None;
+    web.running_at_hibernation = true;
     s.update_container(&web).await.unwrap();
     out.push(format!("{:?}", s.list_containers("a").await.unwrap()));
     s.delete_container("a", "api").await.unwrap();

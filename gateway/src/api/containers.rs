@@ -242,6 +242,7 @@ async fn create(
         public: body.public,
         template: body.template,
         created_at: Utc::now(),
+        running_at_hibernation: false,
     };
     if let Err(e) = state.store.create_container(&c).await {
         if created_dir {
@@ -265,12 +266,16 @@ async fn list(
     authorize(&claims, &p)?;
     let project = state.project(&p).await?;
     let mut cs = state.store.list_containers(&p).await?;
-    if project.status == ProjectStatus::Active {
-        for c in cs.iter_mut() {
-            refresh(&state, c).await;
-        }
+    let mut out = Vec::with_capacity(cs.len());
+    for c in cs.iter_mut() {
+        let exit = if project.status == ProjectStatus::Active {
+            refresh(&state, c).await
+        } else {
+            None
+        };
+        out.push(with_exit_code(container_json(&state, c), c, exit));
     }
-    Ok(Json(cs.iter().map(|c| container_json(&state, c)).collect()))
+    Ok(Json(out))
 }
 
 async fn show(
@@ -281,45 +286,67 @@ async fn show(
     authorize(&claims, &p)?;
     ids::container_name(&c)?;
     let mut c = state.container(&p, &c).await?;
-    refresh(&state, &mut c).await;
-    Ok(Json(container_json(&state, &c)))
+    let exit = refresh(&state, &mut c).await;
+    Ok(Json(with_exit_code(container_json(&state, &c), &c, exit)))
+}
+
+/// A failed container's JSON carries the exit code of its dev server, when
+/// the runtime still knows it.
+fn with_exit_code(mut v: Value, c: &Container, exit: Option<i32>) -> Value {
+    if c.status == ContainerStatus::Failed
+        && let Some(code) = exit
+    {
+        v["exit_code"] = serde_json::json!(code);
+    }
+    v
 }
 
 /// A dev server recorded as running that has since ended by itself becomes
-/// `failed` (non-zero exit) or `stopped`, in the store too.
-async fn refresh(state: &AppState, c: &mut Container) {
-    if c.status != ContainerStatus::Running {
-        return;
+/// `failed` (non-zero exit) or `stopped`, in the store too. Answers the exit
+/// code of a dev server that has ended (running or failed ones are asked).
+async fn refresh(state: &AppState, c: &mut Container) -> Option<i32> {
+    if c.status != ContainerStatus::Running && c.status != ContainerStatus::Failed {
+        return None;
     }
-    let now = match state.runtime.container_state(&c.project, &c.name).await {
-        Ok(Some(crate::runtime::ContainerState::Running)) | Ok(None) => return,
-        Ok(Some(crate::runtime::ContainerState::Exited(0)))
-        | Ok(Some(crate::runtime::ContainerState::Absent)) => ContainerStatus::Stopped,
-        Ok(Some(crate::runtime::ContainerState::Exited(_))) => ContainerStatus::Failed,
+    let (now, exit) = match state.runtime.container_state(&c.project, &c.name).await {
+        Ok(Some(crate::runtime::ContainerState::Running)) | Ok(None) => return None,
+        Ok(Some(crate::runtime::ContainerState::Exited(0))) => (ContainerStatus::Stopped, Some(0)),
+        Ok(Some(crate::runtime::ContainerState::Absent)) => (ContainerStatus::Stopped, None),
+        Ok(Some(crate::runtime::ContainerState::Exited(code))) => {
+            (ContainerStatus::Failed, Some(code))
+        }
         Err(error) => {
             tracing::debug!(project = %c.project, container = %c.name, %error, "cannot read the dev server's state");
-            return;
+            return None;
         }
     };
+    if c.status == ContainerStatus::Failed {
+        // Already recorded; only the code was wanted.
+        return exit;
+    }
     // A create or start in progress (an install can take minutes) holds the
     // lock; the listing must not wait for it, and that step sets the status anyway.
-    let Some(_guard) = state.locks.try_lock(&c.project) else {
-        return;
-    };
+    let _guard = state.locks.try_lock(&c.project)?;
     // Re-read under the lock: a start or stop may have happened meanwhile.
-    if let Ok(Some(mut fresh)) = state.store.get_container(&c.project, &c.name).await {
-        if fresh.status == ContainerStatus::Running {
-            fresh.status = now;
-            if state.store.update_container(&fresh).await.is_ok() {
-                state.emit(
-                    &c.project,
-                    "container",
-                    serde_json::json!({"name": c.name, "status": now.as_str()}),
-                );
-            }
+    let Ok(Some(mut fresh)) = state.store.get_container(&c.project, &c.name).await else {
+        return None;
+    };
+    let ended = matches!(
+        fresh.status,
+        ContainerStatus::Running | ContainerStatus::Failed
+    );
+    if fresh.status == ContainerStatus::Running {
+        fresh.status = now;
+        if state.store.update_container(&fresh).await.is_ok() {
+            state.emit(
+                &c.project,
+                "container",
+                serde_json::json!({"name": c.name, "status": now.as_str()}),
+            );
         }
-        *c = fresh;
     }
+    *c = fresh;
+    ended.then_some(exit).flatten()
 }
 
 async fn start(

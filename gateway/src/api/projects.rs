@@ -1,6 +1,7 @@
 //! Project routes: create, list, get, open, hibernate, delete; and the JSON
 //! shapes of a project and a container.
 
+use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -11,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::{JsonBody, authorize};
 use crate::auth::Claims;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::lifecycle;
 use crate::state::AppState;
 use crate::store::{Container, ContainerStatus, Project};
@@ -22,6 +23,13 @@ pub fn routes() -> Router<AppState> {
         .route("/api/projects/{p}", get(show).delete(delete))
         .route("/api/projects/{p}/open", post(open))
         .route("/api/projects/{p}/hibernate", post(hibernate))
+}
+
+/// `POST /open`: every field optional, and so is the body.
+#[derive(Deserialize, Default)]
+struct OpenBody {
+    #[serde(default)]
+    start_containers: bool,
 }
 
 #[derive(Deserialize)]
@@ -71,6 +79,9 @@ pub fn container_json(state: &AppState, c: &Container) -> Value {
     });
     if let Some(i) = &c.install {
         v["install"] = json!(i);
+    }
+    if c.running_at_hibernation {
+        v["running_at_hibernation"] = json!(true);
     }
     if let Some(t) = &c.template {
         v["template"] = json!(t);
@@ -127,9 +138,19 @@ async fn open(
     claims: Claims,
     State(state): State<AppState>,
     Path(p): Path<String>,
+    body: Bytes,
 ) -> Result<Json<Value>> {
     authorize(&claims, &p)?;
-    let project = lifecycle::open(&state, &p).await?;
+    let body: OpenBody = if body.iter().all(u8::is_ascii_whitespace) {
+        OpenBody::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| Error::BadRequest(format!("invalid JSON body: {e}")))?
+    };
+    let opts = lifecycle::OpenOptions {
+        start_containers: body.start_containers,
+    };
+    let project = lifecycle::open_with(&state, &p, opts).await?;
     Ok(Json(project_json(&state, &project).await?))
 }
 

@@ -123,6 +123,9 @@ pub struct Container {
     pub public: bool,
     pub template: Option<Template>,
     pub created_at: DateTime<Utc>,
+    /// It was running when the project was last hibernated, so that
+    /// `POST /open {"start_containers": true}` can start it again.
+    pub running_at_hibernation: bool,
 }
 
 /// One verified hibernation archive of a project.

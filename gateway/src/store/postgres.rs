@@ -90,6 +90,8 @@ const MIGRATIONS: &[&str] = &[
         expires_at BIGINT NOT NULL,
         token_exp BIGINT NOT NULL
     );",
+    // 3: which dev servers ran when the project was hibernated.
+    "ALTER TABLE containers ADD COLUMN running_at_hibernation BOOLEAN NOT NULL DEFAULT FALSE;",
 ];
 
 /// The schema version this build migrates to.
@@ -240,8 +242,7 @@ fn project_row(r: &Row) -> Project {
     }
 }
 
-const CONTAINER_COLS: &str =
-    "project, name, status, port, start, install, env, public, template, created_at, ports";
+const CONTAINER_COLS: &str = "project, name, status, port, start, install, env, public, template, created_at, ports, running_at_hibernation";
 
 fn container_row(r: &Row) -> Container {
     let status: String = r.get(2);
@@ -259,6 +260,7 @@ fn container_row(r: &Row) -> Container {
         template: template.and_then(|t| serde_json::from_str(&t).ok()),
         created_at: from_ms(r.get(9)),
         ports: serde_json::from_str(r.get::<_, &str>(10)).unwrap_or_default(),
+        running_at_hibernation: r.get(11),
     }
 }
 
@@ -388,10 +390,10 @@ impl Store for PostgresStore {
             .as_ref()
             .and_then(|t| serde_json::to_string(t).ok());
         c.execute(
-            &format!("INSERT INTO containers ({CONTAINER_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"),
+            &format!("INSERT INTO containers ({CONTAINER_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"),
             &[
                 &k.project, &k.name, &k.status.as_str(), &i32::from(k.port), &k.start, &k.install, &env,
-                &k.public, &template, &ms(k.created_at), &ports,
+                &k.public, &template, &ms(k.created_at), &ports, &k.running_at_hibernation,
             ],
         )
         .await
@@ -410,7 +412,8 @@ impl Store for PostgresStore {
         let n = c
             .execute(
                 "UPDATE containers SET status = $3, port = $4, start = $5, install = $6, env = $7,
-                 public = $8, template = $9, ports = $10 WHERE project = $1 AND name = $2",
+                 public = $8, template = $9, ports = $10, running_at_hibernation = $11
+                 WHERE project = $1 AND name = $2",
                 &[
                     &k.project,
                     &k.name,
@@ -422,6 +425,7 @@ impl Store for PostgresStore {
                     &k.public,
                     &template,
                     &ports,
+                    &k.running_at_hibernation,
                 ],
             )
             .await

@@ -86,6 +86,8 @@ const MIGRATIONS: &[&str] = &[
         expires_at INTEGER NOT NULL,
         token_exp INTEGER NOT NULL
     );",
+    // 3: which dev servers ran when the project was hibernated.
+    "ALTER TABLE containers ADD COLUMN running_at_hibernation INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// SQLite behind the [`Store`] trait.
@@ -171,8 +173,7 @@ fn project_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Project> {
     })
 }
 
-const CONTAINER_COLS: &str =
-    "project, name, status, port, start, install, env, public, template, created_at, ports";
+const CONTAINER_COLS: &str = "project, name, status, port, start, install, env, public, template, created_at, ports, running_at_hibernation";
 
 fn container_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Container> {
     let status: String = r.get(2)?;
@@ -190,6 +191,7 @@ fn container_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Container> {
         template: template.and_then(|t| serde_json::from_str(&t).ok()),
         created_at: from_ms(r.get(9)?),
         ports: serde_json::from_str(&r.get::<_, String>(10)?).unwrap_or_default(),
+        running_at_hibernation: r.get(11)?,
     })
 }
 
@@ -307,12 +309,13 @@ impl Store for SqliteStore {
         let k = k.clone();
         self.with(move |c| {
             c.execute(
-                &format!("INSERT INTO containers ({CONTAINER_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
+                &format!("INSERT INTO containers ({CONTAINER_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"),
                 params![
                     k.project, k.name, k.status.as_str(), k.port, k.start, k.install,
                     serde_json::to_string(&k.env).unwrap_or_default(), k.public,
                     k.template.as_ref().and_then(|t| serde_json::to_string(t).ok()),
-                    ms(k.created_at), serde_json::to_string(&k.ports).unwrap_or_default()
+                    ms(k.created_at), serde_json::to_string(&k.ports).unwrap_or_default(),
+                    k.running_at_hibernation
                 ],
             )
             .map_err(|e| {
@@ -333,12 +336,14 @@ impl Store for SqliteStore {
             let n = c
                 .execute(
                     "UPDATE containers SET status = ?3, port = ?4, start = ?5, install = ?6, env = ?7,
-                     public = ?8, template = ?9, ports = ?10 WHERE project = ?1 AND name = ?2",
+                     public = ?8, template = ?9, ports = ?10, running_at_hibernation = ?11
+                     WHERE project = ?1 AND name = ?2",
                     params![
                         k.project, k.name, k.status.as_str(), k.port, k.start, k.install,
                         serde_json::to_string(&k.env).unwrap_or_default(), k.public,
                         k.template.as_ref().and_then(|t| serde_json::to_string(t).ok()),
-                        serde_json::to_string(&k.ports).unwrap_or_default()
+                        serde_json::to_string(&k.ports).unwrap_or_default(),
+                        k.running_at_hibernation
                     ],
                 )
                 .map_err(db)?;
@@ -702,10 +707,16 @@ mod tests {
             template: None,
             created_at: Utc::now(),
             ports: vec![24678],
+            running_at_hibernation: false,
         };
         s.create_container(&k).await.unwrap();
         assert_eq!(s.list_containers("a").await.unwrap()[0].ports, [24678]);
         assert_eq!(s.list_containers("a").await.unwrap()[0].env["K"], "V");
+        let mut k2 = k.clone();
+        k2.running_at_hibernation = true;
+        s.update_container(&k2).await.unwrap();
+        let got = s.get_container("a", "web").await.unwrap().unwrap();
+        assert!(got.running_at_hibernation, "{got:?}");
         let e = CommandLogEntry {
             id: 0,
             truncated: false,
