@@ -36,4 +36,21 @@ fi
 
 # From the repository root the gateway's defaults are the demo's: data in
 # ./data, templates from ./templates, the page from ./web-demo/dist.
-exec "target/$profile/gateway" "$@"
+#
+# As root the gateway gives each project a user of its own, which needs the
+# folders above ./data to be searchable by other users. A checkout under
+# /root (0700) is not: the demo then runs every project as root, which suits
+# one person trying it on their own machine, and says so.
+extra=()
+if [ "$(id -u)" = 0 ]; then
+  dir="$PWD"
+  while [ "$dir" != / ]; do
+    if [ "$(( 0$(stat -c %a "$dir") & 1 ))" = 0 ]; then
+      echo "run.sh: $dir is not searchable by other users: every project runs as root (one trusted user); for a user per project, put the data dir elsewhere (--data-dir /var/lib/devgate)" >&2
+      extra=(--isolate-projects off)
+      break
+    fi
+    dir="$(dirname "$dir")"
+  done
+fi
+exec "target/$profile/gateway" "${extra[@]}" "$@"

@@ -20,6 +20,9 @@ fn main() -> std::process::ExitCode {
         }
     };
     agent::init_tracing(&config);
+    // Project files are made with the usual modes (the local gateway runs
+    // with umask 077 and the agent inherits it).
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
     // Not dumpable: another process of the same user (a project's shell)
     // can neither attach to the agent nor read its memory or
     // `/proc/<pid>/environ`. The agent's children become dumpable again at

@@ -147,9 +147,9 @@ impl Keys {
                 Error::Unauthorized(why.into())
             })?;
         if let Some(max) = self.0.max_ttl {
-            let lifetime = claims
-                .exp
-                .saturating_sub(claims.iat.unwrap_or_else(now_secs));
+            // An `iat` in the future would shorten the lifetime at will.
+            let issued = claims.iat.unwrap_or(u64::MAX).min(now_secs());
+            let lifetime = claims.exp.saturating_sub(issued);
             if lifetime > max {
                 return Err(Error::Unauthorized(format!(
                     "the token lives {lifetime} s, longer than the {max} s this gateway accepts"
@@ -285,8 +285,8 @@ impl FromRequestParts<AppState> for QueryClaims {
     }
 }
 
-/// The URI as it may be logged: the value of any `token` or `code`
-/// parameter replaced.
+/// The URI as it may be logged: the value of any `token`, `code` or
+/// `share` parameter replaced.
 pub fn redact_uri(uri: &axum::http::Uri) -> String {
     let path = uri.path();
     match uri.query() {
@@ -296,7 +296,9 @@ pub fn redact_uri(uri: &axum::http::Uri) -> String {
                 .split('&')
                 .map(|kv| match kv.split_once('=') {
                     Some((k, _))
-                        if k.eq_ignore_ascii_case("token") || k.eq_ignore_ascii_case("code") =>
+                        if ["token", "code", "share"]
+                            .iter()
+                            .any(|n| k.eq_ignore_ascii_case(n)) =>
                     {
                         format!("{k}=REDACTED")
                     }
@@ -409,6 +411,14 @@ mod tests {
             secret,
             &serde_json::json!({"sub": "u", "projects": ["p"], "exp": now + 7200}),
         );
+        let issued_later = encode(
+            secret,
+            &serde_json::json!({"sub": "u", "projects": ["p"], "exp": now + 7200, "iat": now + 7000}),
+        );
+        assert!(matches!(
+            keys.verify(&issued_later),
+            Err(Error::Unauthorized(_))
+        ));
         assert!(matches!(keys.verify(&far), Err(Error::Unauthorized(_))));
         assert!(Keys::new(secret, None).verify(&far).is_ok());
     }

@@ -110,7 +110,11 @@ fn announce(config: &Config, state: &AppState, addr: std::net::SocketAddr) {
         } else {
             host
         };
-        match state.keys.sign("admin", &["*"], 30 * 24 * 3600) {
+        // 30 days, or the longest lifetime the gateway accepts.
+        let ttl = config
+            .max_token_ttl
+            .map_or(30 * 24 * 3600, |max| max.as_secs().min(30 * 24 * 3600));
+        match state.keys.sign("admin", &["*"], ttl) {
             Ok(token) => {
                 let _ = writeln!(out, "demo: http://{host}:{}/?token={token}", addr.port());
             }
@@ -200,8 +204,17 @@ pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
 fn restrict_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
     let private = std::fs::Permissions::from_mode(0o700);
-    std::fs::set_permissions(dir, private)
+    std::fs::set_permissions(dir, private.clone())
         .with_context(|| format!("cannot restrict {} to its owner", dir.display()))?;
+    // Made by earlier versions with the umask's 0755; the binary now runs
+    // with umask 077, but folders already there keep their mode.
+    for name in ["archives", "templates"] {
+        let path = dir.join(name);
+        if path.is_dir() {
+            std::fs::set_permissions(&path, private.clone())
+                .with_context(|| format!("cannot restrict {}", path.display()))?;
+        }
+    }
     for name in ["state.sqlite3", "state.sqlite3-wal", "state.sqlite3-shm"] {
         let path = dir.join(name);
         if path.exists() {

@@ -9,6 +9,28 @@ use clap::Parser as _;
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Raises the soft limit of open files to the hard one: every client
+/// connection is a descriptor (an upgraded preview connection two), and the
+/// default soft limit (1024) is far below `--max-connections`.
+fn raise_open_files_limit(max_connections: u64) {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(error) = setrlimit(Resource::Nofile, limit) {
+            tracing::warn!(%error, "cannot raise the open files limit");
+        }
+    }
+    let current = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
+    if current < max_connections.saturating_mul(2) {
+        tracing::warn!(
+            open_files = current,
+            max_connections,
+            "the open files limit is below twice --max-connections; connections beyond it fail at accept"
+        );
+    }
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let config = match gateway::Config::try_parse() {
@@ -31,6 +53,12 @@ async fn main() -> std::process::ExitCode {
         return std::process::ExitCode::from(2);
     }
     gateway::init_tracing(&config);
+    // Everything the gateway creates (state, archives, templates, homes) is
+    // its own user's alone unless made otherwise on purpose: with a user
+    // per project, the data dir is searchable by them. Agents set their own
+    // umask back to 022 for the project's files.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    raise_open_files_limit(config.max_connections);
     // The process is not dumpable: another process of the same user (a
     // project's shell in the local runtime) cannot read its memory or
     // `/proc/<pid>/environ`, where `GATEWAY_SECRET` and S3 keys may be.

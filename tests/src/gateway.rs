@@ -105,6 +105,7 @@ impl GatewayBuilder {
             stdout: Arc::default(),
             http: reqwest::Client::builder().no_proxy().build()?,
             builder: self,
+            uid_base: 300_000 + rand::random_range(0..100_000u32) * 2048,
             _temp: temp,
         };
         gw.spawn().await?;
@@ -123,6 +124,8 @@ pub struct Gateway {
     stdout: Arc<Mutex<Vec<String>>>,
     http: reqwest::Client,
     builder: GatewayBuilder,
+    /// `--project-uid-base`: random, kept across restarts.
+    uid_base: u32,
     _temp: Option<tempfile::TempDir>,
 }
 
@@ -166,6 +169,11 @@ impl Gateway {
         }
         if let Some(a) = &self.builder.archive {
             cmd.arg("--archive").arg(a);
+        }
+        // Gateways of one test run each give their projects uids of their
+        // own (as root), as two gateways on one machine must.
+        if !self.builder.args.iter().any(|a| a == "--project-uid-base") {
+            cmd.arg("--project-uid-base").arg(self.uid_base.to_string());
         }
         cmd.args(&self.builder.args)
             .env(

@@ -159,14 +159,26 @@ async fn previews_reach_only_declared_ports_of_their_own_project_and_never_loop(
         assert!(accepted.is_err(), "the outsider's port was dialled");
     }
 
-    // A request that already passed through the gateway: 508, not a hop more.
+    // A request that went round through the gateway three times: 508, not a
+    // hop more (a dev server proxying to another preview is one round).
     let r = c
         .get(url(&gw, pub_host, "/"))
-        .header("via", "1.1 corp-proxy, 1.1 devgate")
+        .header(
+            "via",
+            "1.1 devgate, 1.1 corp-proxy, 1.1 devgate, 1.1 devgate",
+        )
         .send()
         .await
         .unwrap();
     assert_eq!(error_code(r).await, (508, "loop_detected".to_owned()));
+    let r = c
+        .get(url(&gw, pub_host, "/"))
+        .header("via", "1.1 devgate")
+        .send()
+        .await
+        .unwrap();
+    let seen: Value = r.json().await.unwrap();
+    assert_eq!(seen["headers"]["via"], "1.1 devgate, 1.1 devgate");
     // What the dev server sees carries the gateway in `Via`.
     let r = c
         .get(url(&gw, pub_host, "/"))
@@ -290,11 +302,26 @@ async fn gateway_credentials_never_reach_the_dev_server_and_preview_cookies_are_
     let r = b
         .get(url(&gw, public, "/"))
         .header("authorization", "Basic YXBwOnNlY3JldA==")
+        .header("authorization", format!("Bearer {}", gw.admin_token()))
+        .header("x-forwarded-ssl", "on")
+        .header("x-forwarded-scheme", "https")
+        .header(
+            "sec-websocket-protocol",
+            format!("chat, devgate.bearer.{}", gw.admin_token()),
+        )
         .send()
         .await
         .unwrap();
     let seen: Value = r.json().await.unwrap();
-    assert_eq!(seen["headers"]["authorization"], "Basic YXBwOnNlY3JldA==");
+    let h = &seen["headers"];
+    // A second Authorization with a gateway token is dropped too; the
+    // app's own credential passes.
+    assert_eq!(h["authorization"], "Basic YXBwOnNlY3JldA==");
+    assert!(
+        h.get("x-forwarded-ssl").is_none() && h.get("x-forwarded-scheme").is_none(),
+        "{h}"
+    );
+    assert_eq!(h["sec-websocket-protocol"], "chat");
 }
 
 #[tokio::test]
@@ -946,7 +973,44 @@ async fn the_data_dir_is_private_and_projects_cannot_reach_each_other() {
     // Reading another project, the gateway's secrets or any agent's memory fails.
     let two_agent = gw.agent_pid("two").await.unwrap();
     let data = gw.data_dir.display().to_string();
+    // And another project's hibernation archive.
+    gw.open_project("three").await.unwrap();
+    let r = gw
+        .put("/api/projects/three/files/secret.txt")
+        .body("three's secret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let r = gw
+        .post("/api/projects/three/hibernate")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+    let archives = gw.data_dir.join("archives");
+    let mut archive_files = Vec::new();
+    for e in walk(&archives) {
+        if e.is_file() {
+            archive_files.push(e.display().to_string());
+        }
+    }
+    assert!(
+        !archive_files.is_empty(),
+        "no archive under {}",
+        archives.display()
+    );
+    for f in &archive_files {
+        let v = exec("one", format!("cat {f} | head -c 100 | wc -c")).await;
+        assert_eq!(
+            v["stdout"].as_str().unwrap().trim(),
+            "0",
+            "{f} is readable: {v}"
+        );
+    }
     for probe in [
+        format!("ls {data}/archives"),
+        format!("ls {data}/archives/three"),
         format!("ls {data}/projects/two"),
         format!("cat {data}/secret"),
         format!("cat {data}/state.sqlite3"),
@@ -959,4 +1023,158 @@ async fn the_data_dir_is_private_and_projects_cannot_reach_each_other() {
         assert_ne!(v["exit_code"], 0, "{probe}: {v}");
         assert!(v["stdout"].as_str().unwrap().is_empty(), "{probe}: {v}");
     }
+}
+
+/// Every path under `dir`, depth first (as root).
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            }
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_project_never_serves_another_projects_port_as_its_own() {
+    let gw = Gateway::start().await.unwrap();
+    gw.open_project("a").await.unwrap();
+    gw.open_project("b").await.unwrap();
+    // a's public container claims a port but nothing listens there yet (a
+    // slow install, a crash).
+    let port = tests::free_port();
+    let r = gw
+        .post("/api/projects/a/containers")
+        .json(&json!({"name": "web", "port": port, "start": "sleep 600", "public": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    assert_eq!(
+        gw.post("/api/projects/a/containers/web/start")
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        200
+    );
+    // b's private dev server declares the same port: it gets another one,
+    // and a's preview never shows b's page.
+    let r = gw
+        .put("/api/projects/b/files/web/server.py")
+        .body(SERVER)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let r = gw
+        .post("/api/projects/b/containers")
+        .json(
+            &json!({"name": "web", "port": port, "start": "exec python3 server.py",
+                      "env": {"NAME": "b-private"}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    assert_eq!(
+        gw.post("/api/projects/b/containers/web/start")
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        200
+    );
+    let c = browser(&gw, &["web.a.localhost", "web.b.localhost"]);
+    let r = eventually(Duration::from_secs(30), "b's dev server", || {
+        let req = c
+            .get(url(&gw, "web.b.localhost", "/"))
+            .bearer_auth(gw.admin_token());
+        async move { req.send().await.ok().filter(|r| r.status() == 200) }
+    })
+    .await
+    .unwrap();
+    let b_port = r.json::<Value>().await.unwrap()["port"].as_u64().unwrap();
+    assert_ne!(b_port, u64::from(port), "b was given a's port");
+    let r = c
+        .get(url(&gw, "web.a.localhost", "/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 502, "a's preview showed something");
+    if is_root() {
+        // Another user's server on a's port (here this test's own, as
+        // root): not a's, so not served.
+        let squatter = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let r = c
+            .get(url(&gw, "web.a.localhost", "/"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(error_code(r).await, (404, "not_found".to_owned()));
+        let dialled = tokio::time::timeout(Duration::from_millis(300), squatter.accept()).await;
+        assert!(dialled.is_err(), "the squatter was dialled");
+    }
+}
+
+#[tokio::test]
+async fn websockets_count_against_the_connection_caps() {
+    let gw = Gateway::builder()
+        .args(&["--max-connections-per-ip", "4"])
+        .start()
+        .await
+        .unwrap();
+    gw.open_project("w").await.unwrap();
+    dev_server(&gw, "w", "pub", true).await.unwrap();
+    let host = "pub.w.localhost";
+    let c = browser(&gw, &[host]);
+    wait_status(&c, &url(&gw, host, "/"), None, 200).await;
+    drop(c);
+    // From an address of their own: the test's other clients keep pooled
+    // connections from 127.0.0.1.
+    let from = || async {
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.bind("127.0.0.9:0".parse().unwrap()).unwrap();
+        s.connect(gw.addr).await.unwrap()
+    };
+    let mut sockets = Vec::new();
+    for _ in 0..4 {
+        let stream = from().await;
+        let (ws, _) =
+            tokio_tungstenite::client_async(format!("ws://{host}:{}/hmr", gw.addr.port()), stream)
+                .await
+                .unwrap();
+        sockets.push(ws);
+    }
+    // The four upgraded connections still count: a fifth is refused.
+    let mut s = from().await;
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_until_closed(&mut s, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    // Closing one frees its place.
+    sockets.pop().unwrap().close(None).await.unwrap();
+    let r = eventually(Duration::from_secs(10), "a place to free up", || async {
+        let mut s = from().await;
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        read_until_closed(&mut s, Duration::from_secs(5))
+            .await
+            .filter(|a| a.starts_with("HTTP/1.1 200"))
+    })
+    .await;
+    assert!(r.is_ok());
 }

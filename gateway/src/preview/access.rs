@@ -66,19 +66,24 @@ pub async fn check(
     host_name: &str,
     headers: &HeaderMap,
 ) -> Access {
-    if let Some(value) = cookie(headers, COOKIE)
-        && let Some(claims) = state.keys.verify_preview(value)
-        && claims.project == target.project
-        && claims.host == host_name
-    {
-        match claims.share {
-            None => return Access::User { by_header: false },
-            Some(id) => {
-                if let Some(wake) = state.preview.shares.valid(state, &id, target).await {
-                    return Access::Share { id, wake };
-                }
+    // Every value counts: a dev server may set a cookie of the same name
+    // (for its whole domain, or another path) to shadow the gateway's.
+    let mut share = None;
+    for value in cookies(headers, COOKIE) {
+        if let Some(claims) = state.keys.verify_preview(value)
+            && claims.project == target.project
+            && claims.host == host_name
+        {
+            match claims.share {
+                None => return Access::User { by_header: false },
+                Some(id) => share = share.or(Some(id)),
             }
         }
+    }
+    if let Some(id) = share
+        && let Some(wake) = state.preview.shares.valid(state, &id, target).await
+    {
+        return Access::Share { id, wake };
     }
     if let Some(token) = bearer(headers)
         && let Ok(claims) = state.keys.verify(token)
@@ -98,14 +103,14 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
         .then_some(token.trim())
 }
 
-/// The value of cookie `name` in the request's `Cookie` headers.
-pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+/// Every value of cookie `name` in the request's `Cookie` headers.
+pub fn cookies<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator<Item = &'a str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .find_map(|pair| {
+        .filter_map(move |pair| {
             let (k, v) = pair.trim().split_once('=')?;
             (k == name).then_some(v.trim())
         })
@@ -378,8 +383,13 @@ mod tests {
             ("cookie", "a=1; devgate_preview=tok; b=2"),
             ("cookie", "c=3"),
         ]);
-        assert_eq!(cookie(&h, COOKIE), Some("tok"));
-        assert_eq!(cookie(&h, "c"), Some("3"));
+        assert_eq!(cookies(&h, COOKIE).collect::<Vec<_>>(), ["tok"]);
+        assert_eq!(cookies(&h, "c").collect::<Vec<_>>(), ["3"]);
+        let tossed = headers(&[("cookie", "devgate_preview=junk; devgate_preview=real")]);
+        assert_eq!(
+            cookies(&tossed, COOKIE).collect::<Vec<_>>(),
+            ["junk", "real"]
+        );
         assert_eq!(
             query_param(Some("x=1&code=ab%2Ec"), "code").as_deref(),
             Some("ab.c")

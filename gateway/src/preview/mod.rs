@@ -31,7 +31,6 @@ use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt as _;
 use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::counter::Counter;
-use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
 use crate::metrics::{DirectionLabels, Metrics};
@@ -343,14 +342,22 @@ fn escape(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
-/// Whether `headers` carry this gateway's pseudonym in `Via`.
+/// How many times a request may have passed through a devgate gateway
+/// already: a dev server may proxy to another preview (Vite's
+/// `server.proxy`), but a request going round and round is a loop.
+const MAX_HOPS: usize = 3;
+
+/// Whether `headers` show the request went through a devgate gateway
+/// [`MAX_HOPS`] times already (`Via` pseudonyms).
 fn looped(headers: &HeaderMap) -> bool {
     headers
         .get_all(header::VIA)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|hop| hop.split_whitespace().nth(1) == Some(VIA_NAME))
+        .filter(|hop| hop.split_whitespace().nth(1) == Some(VIA_NAME))
+        .count()
+        >= MAX_HOPS
 }
 
 /// Whether the peer is a configured trusted proxy.
@@ -403,10 +410,12 @@ async fn serve(
     if !record.public && access == Access::Anonymous {
         return Err(Refusal::Unauthorized);
     }
-    // Only an allowed request to a known container is activity: a stranger
-    // spraying made-up hosts must neither grow the tracker nor reach the
-    // API server.
-    crate::idle::touch(state, &target.project);
+    // Only the project's users keep it awake: strangers (public previews,
+    // share links) may wake a project, but not keep it from sleeping; and
+    // made-up hosts never reach the tracker.
+    if access.is_user() {
+        crate::idle::touch(state, &target.project);
+    }
     let route = match state
         .runtime
         .container_route(&target.project, &target.container, port)
@@ -423,8 +432,8 @@ async fn serve(
             route.port, target.container
         )));
     }
-    let share = match &access {
-        Access::Share { id, .. } => Some(state.preview.shares.track(id)),
+    let share = match access {
+        Access::Share { id, .. } => Some(id),
         _ => None,
     };
     proxy(state, route, req, trusted_peer, share).await
@@ -453,12 +462,19 @@ struct Record {
     ports: Vec<u16>,
 }
 
-/// project → container → the record and when it was read (nested so a
-/// lookup needs no owned key).
-type RecordCache = Mutex<HashMap<String, HashMap<String, (Record, Instant)>>>;
+/// project → container → the record (`None`: no such container) and when it
+/// was read (nested so a lookup needs no owned key). Misses are cached too,
+/// so made-up container names cost one store read a second, not one each.
+type RecordCache = Mutex<HashMap<String, HashMap<String, (Option<Record>, Instant)>>>;
 
 async fn record(state: &AppState, target: &PreviewHost) -> std::result::Result<Record, Refusal> {
     let records = &state.preview.records;
+    let missing = || {
+        Refusal::NotFound(format!(
+            "container {} in project {}",
+            target.container, target.project
+        ))
+    };
     if let Some((r, at)) = records
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -466,26 +482,17 @@ async fn record(state: &AppState, target: &PreviewHost) -> std::result::Result<R
         .and_then(|m| m.get(&target.container))
         && at.elapsed() < RECORD_TTL
     {
-        return Ok(r.clone());
+        return r.clone().ok_or_else(missing);
     }
-    let c = match state
+    let r = state
         .store
         .get_container(&target.project, &target.container)
         .await?
-    {
-        Some(c) => c,
-        None => {
-            return Err(Refusal::NotFound(format!(
-                "container {} in project {}",
-                target.container, target.project
-            )));
-        }
-    };
-    let r = Record {
-        public: c.public,
-        port: c.port,
-        ports: c.ports,
-    };
+        .map(|c| Record {
+            public: c.public,
+            port: c.port,
+            ports: c.ports,
+        });
     let mut cache = records.lock().unwrap_or_else(|p| p.into_inner());
     if cache.values().map(HashMap::len).sum::<usize>() > 10_000 {
         cache.retain(|_, m| {
@@ -497,7 +504,7 @@ async fn record(state: &AppState, target: &PreviewHost) -> std::result::Result<R
         .entry(target.project.clone())
         .or_default()
         .insert(target.container.clone(), (r.clone(), Instant::now()));
-    Ok(r)
+    r.ok_or_else(missing)
 }
 
 /// The runtime has no route: wake a hibernated project (and start the
@@ -641,6 +648,52 @@ fn strip_cookie(headers: &mut HeaderMap) {
     }
 }
 
+/// Removes what of the gateway's credentials the request carries besides its
+/// cookie: every `Authorization` value that is a token the gateway signed
+/// (whoever sent it, valid or not), and `devgate.bearer.*` WebSocket
+/// subprotocol offers. The app's own credentials pass.
+fn strip_gateway_credentials(state: &AppState, h: &mut HeaderMap) {
+    let auth: Vec<HeaderValue> = h.get_all(header::AUTHORIZATION).iter().cloned().collect();
+    if !auth.is_empty() {
+        h.remove(header::AUTHORIZATION);
+        for v in auth {
+            let ours = v
+                .to_str()
+                .ok()
+                .and_then(|v| v.split_once(' '))
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                .is_some_and(|(_, t)| state.keys.is_ours(t.trim()));
+            if !ours {
+                h.append(header::AUTHORIZATION, v);
+            }
+        }
+    }
+    let protocols: Vec<HeaderValue> = h
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .cloned()
+        .collect();
+    if protocols
+        .iter()
+        .any(|v| v.as_bytes().windows(15).any(|w| w == b"devgate.bearer."))
+    {
+        h.remove(header::SEC_WEBSOCKET_PROTOCOL);
+        let kept: Vec<String> = protocols
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|p| !p.is_empty() && !p.starts_with("devgate.bearer."))
+            .map(str::to_owned)
+            .collect();
+        if !kept.is_empty()
+            && let Ok(v) = HeaderValue::from_str(&kept.join(", "))
+        {
+            h.insert(header::SEC_WEBSOCKET_PROTOCOL, v);
+        }
+    }
+}
+
 /// Sets the headers that say where the request came from. From a trusted
 /// proxy, what it says is kept and extended; from anyone else, the client's
 /// own `X-Forwarded-*`, `Forwarded` and `X-Real-IP` are replaced by what the
@@ -653,14 +706,19 @@ fn set_forwarded(
     trusted_peer: bool,
 ) {
     if !trusted_peer {
-        for name in [
-            "x-forwarded-for",
-            "x-forwarded-proto",
-            "x-forwarded-host",
-            "x-forwarded-port",
-            "x-real-ip",
-            "forwarded",
-        ] {
+        let spoofable: Vec<HeaderName> = h
+            .keys()
+            .filter(|n| {
+                let n = n.as_str();
+                n.starts_with("x-forwarded-")
+                    || matches!(
+                        n,
+                        "forwarded" | "x-real-ip" | "true-client-ip" | "x-client-ip"
+                    )
+            })
+            .cloned()
+            .collect();
+        for name in spoofable {
             h.remove(name);
         }
     }
@@ -697,7 +755,7 @@ async fn proxy(
     route: ContainerRoute,
     mut req: Request,
     trusted_peer: bool,
-    share: Option<CancellationToken>,
+    share: Option<String>,
 ) -> std::result::Result<Response, Refusal> {
     let upgrade = is_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -730,11 +788,7 @@ async fn proxy(
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
     strip_cookie(h);
-    // A token of this gateway never reaches user code, whoever sent it;
-    // any other `Authorization` (the app's own) passes.
-    if access::bearer(h).is_some_and(|t| state.keys.is_ours(t)) {
-        h.remove(header::AUTHORIZATION);
-    }
+    strip_gateway_credentials(state, h);
     set_forwarded(h, original_host, peer, trusted_peer);
 
     let (up, down) = (state.preview.up.clone(), state.preview.down.clone());
@@ -770,7 +824,12 @@ async fn proxy(
         };
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         let state = state.clone();
+        // Only an upgraded connection opened through a share link is
+        // tracked (a plain request is checked against the share on each
+        // request); its entry goes when the connection ends.
+        let share = share.map(|id| state.preview.shares.track(&id));
         tokio::spawn(async move {
+            let _tracked = share.as_ref().map(|t| t.clone().drop_guard());
             let _open = crate::api::watch::WsGauge::new(&state, "preview");
             let (client_io, upstream_io) = match tokio::try_join!(client_upgrade, upstream_upgrade)
             {
@@ -896,9 +955,17 @@ mod tests {
 
     #[test]
     fn loops_are_seen_in_via() {
-        assert!(looped(&headers(&[("via", "1.1 devgate")])));
-        assert!(looped(&headers(&[("via", "1.0 corp, 1.1 devgate (x)")])));
-        assert!(!looped(&headers(&[("via", "1.1 devgate-like")])));
+        let thrice = "1.1 devgate, 1.0 corp, 1.1 devgate (x), 1.1 devgate";
+        assert!(looped(&headers(&[("via", thrice)])));
+        assert!(looped(&headers(&[
+            ("via", "1.1 devgate"),
+            ("via", "1.1 devgate, 1.1 devgate")
+        ])));
+        assert!(!looped(&headers(&[("via", "1.1 devgate, 1.1 devgate")])));
+        assert!(!looped(&headers(&[(
+            "via",
+            "1.1 devgate-like, 1.1 devgate-like, 1.1 devgate-like"
+        )])));
         assert!(!looped(&headers(&[("via", "1.1 corp")])));
         assert!(!looped(&HeaderMap::new()));
     }

@@ -18,8 +18,8 @@ use std::sync::Mutex;
 /// Whether projects get users of their own (`--isolate-projects`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum IsolationMode {
-    /// On when the gateway runs as root and the data dir is reachable by
-    /// other users; off (with a warning) otherwise.
+    /// On when the gateway runs as root (which then refuses to start when
+    /// the data dir is not reachable by other users); off for an ordinary user.
     #[default]
     Auto,
     /// Always; the gateway refuses to start when it cannot.
@@ -30,10 +30,16 @@ pub enum IsolationMode {
 
 /// The users of projects: allocation, folders and homes.
 pub struct Isolation {
+    /// Held for the gateway's life: no other gateway on this machine hands
+    /// out uids from the same base (their projects would share users).
+    _range_lock: std::fs::File,
     base: u32,
     file: PathBuf,
     homes: PathBuf,
     uids: Mutex<BTreeMap<String, u32>>,
+    /// port → the uids listening there and when that was read: the tables
+    /// are read at most once a second per port, however many requests come.
+    listeners: Mutex<std::collections::HashMap<u16, (Vec<u32>, std::time::Instant)>>,
 }
 
 /// The uid range a gateway hands out, from its base.
@@ -62,23 +68,20 @@ impl Isolation {
             return Ok(None);
         }
         if let Some(blocked) = unsearchable_ancestor(data_dir) {
-            let why = format!(
-                "{} is not searchable by other users, so project users could not reach their folders under {}",
+            // As root, falling back would run every project as root: a
+            // project's shell could read the secret and every project.
+            anyhow::bail!(
+                "{} is not searchable by other users, so project users could not reach their folders under {}: \
+                 move --data-dir (e.g. to /var/lib/devgate), or pass --isolate-projects off to run every project as root (one trusted user only)",
                 blocked.display(),
                 data_dir.display()
             );
-            if mode == IsolationMode::On {
-                anyhow::bail!("--isolate-projects on: {why}");
-            }
-            tracing::warn!(
-                "projects run as root, all as one user: {why}; move --data-dir (e.g. to /var/lib/devgate) to give each project a user of its own"
-            );
-            return Ok(None);
         }
         anyhow::ensure!(
             base >= 1000 && base.checked_add(RANGE).is_some(),
             "--project-uid-base {base} must be at least 1000 and leave room for {RANGE} users"
         );
+        let range_lock = lock_range(base)?;
         let homes = data_dir.join("homes");
         std::fs::create_dir_all(&homes)?;
         for dir in dirs.iter().copied().chain([data_dir, homes.as_path()]) {
@@ -92,10 +95,12 @@ impl Isolation {
         };
         tracing::info!(base, "each project runs as a user of its own");
         Ok(Some(Isolation {
+            _range_lock: range_lock,
             base,
             file,
             homes,
             uids: Mutex::new(uids),
+            listeners: Mutex::default(),
         }))
     }
 
@@ -129,9 +134,12 @@ impl Isolation {
         }
         std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700))?;
         let home = self.homes.join(project);
-        std::fs::create_dir_all(&home)?;
-        std::os::unix::fs::lchown(&home, Some(uid), Some(uid))?;
-        std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700))?;
+        // `$HOME/tmp` is the project's TMPDIR: /tmp is shared by every user.
+        std::fs::create_dir_all(home.join("tmp"))?;
+        for dir in [home.join("tmp"), home.clone()] {
+            std::os::unix::fs::lchown(&dir, Some(uid), Some(uid))?;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+        }
         Ok((uid, home))
     }
 
@@ -145,6 +153,26 @@ impl Isolation {
         Ok(dir)
     }
 
+    /// Ends every process of the project's user, including any that left
+    /// the agent's process groups (a daemonised server, a `setsid` shell):
+    /// `kill -KILL -1` run as that user signals exactly its processes.
+    /// Blocking.
+    pub fn kill_all(&self, project: &str) -> io::Result<()> {
+        use std::os::unix::process::CommandExt as _;
+        let uid = self.uid(project)?;
+        let status = std::process::Command::new("kill")
+            .args(["-KILL", "-1"])
+            .uid(uid)
+            .gid(uid)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()?;
+        // `kill -1` fails when there was nothing left to signal: fine.
+        let _ = status;
+        Ok(())
+    }
+
     /// Removes the project's home (its environment is gone).
     pub fn clear_home(&self, project: &str) -> io::Result<()> {
         match std::fs::remove_dir_all(self.homes.join(project)) {
@@ -153,26 +181,77 @@ impl Isolation {
         }
     }
 
-    /// Whether the uid owns a listening TCP socket on `port` (any local
-    /// address); `None` when nothing listens there.
+    /// Whether the project's user owns the TCP sockets listening on `port`
+    /// (any local address); `None` when nothing listens there. Blocking (it
+    /// may read `/proc/net/tcp*`).
     pub fn port_owned_by(&self, project: &str, port: u16) -> Option<bool> {
         let uid = self.uid(project).ok()?;
-        let owners = listener_uids(port);
+        let cached = {
+            let map = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
+            map.get(&port)
+                .filter(|(_, at)| at.elapsed() < std::time::Duration::from_secs(1))
+                .map(|(owners, _)| owners.clone())
+        };
+        let owners = match cached {
+            Some(owners) => owners,
+            None => {
+                let owners = listener_uids(port);
+                // "Nothing listens" is not kept: whoever binds next is seen
+                // by the next request.
+                if !owners.is_empty() {
+                    let mut map = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
+                    if map.len() > 4096 {
+                        map.retain(|_, (_, at)| at.elapsed() < std::time::Duration::from_secs(1));
+                    }
+                    map.insert(port, (owners.clone(), std::time::Instant::now()));
+                }
+                owners
+            }
+        };
         (!owners.is_empty()).then(|| owners.iter().all(|&o| o == uid))
     }
 }
 
+/// Takes the machine-wide lock of the uid range starting at `base`
+/// (`/run/devgate/uid-base-<base>.lock`, an advisory `flock` held while the
+/// gateway runs).
+fn lock_range(base: u32) -> anyhow::Result<std::fs::File> {
+    let dir = Path::new("/run/devgate");
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(format!("uid-base-{base}.lock"));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)?;
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
+        |_| {
+            anyhow::anyhow!(
+                "another gateway on this machine gives projects uids from --project-uid-base {base}; give each gateway a base of its own"
+            )
+        },
+    )?;
+    Ok(file)
+}
+
 /// Hands `dir` and everything below it to `uid` (and gid `uid`), without
-/// following symlinks.
+/// following symlinks. Only folders, symlinks and regular files with one
+/// link are handed over: a hard link could be another name of a file
+/// outside the project (`/etc/shadow`, the gateway's secret), and devices,
+/// FIFOs and sockets have no business in a project; those stay as they are.
 fn chown_tree(dir: &Path, uid: u32) -> io::Result<()> {
     std::os::unix::fs::lchown(dir, Some(uid), Some(uid))?;
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let path = entry.path();
-        if entry.file_type()?.is_dir() {
+        let meta = std::fs::symlink_metadata(&path)?;
+        let kind = meta.file_type();
+        if kind.is_dir() {
             chown_tree(&path, uid)?;
-        } else {
+        } else if kind.is_symlink() || (kind.is_file() && meta.nlink() == 1) {
             std::os::unix::fs::lchown(&path, Some(uid), Some(uid))?;
+        } else {
+            tracing::warn!(path = %path.display(), "not handed to the project's user (hard link or special file)");
         }
     }
     Ok(())

@@ -232,7 +232,10 @@ impl LocalRuntime {
             }
         }
         if let Some((uid, home, _)) = &user {
-            cmd.uid(*uid).gid(*uid).env("HOME", home);
+            cmd.uid(*uid)
+                .gid(*uid)
+                .env("HOME", home)
+                .env("TMPDIR", home.join("tmp"));
         }
         let mut child = self.spawner.spawn(cmd).await.map_err(|e| {
             Error::Unavailable(format!(
@@ -272,36 +275,46 @@ impl LocalRuntime {
         Ok(LocalAgent { child, endpoint })
     }
 
-    /// All projects share this machine's ports: another port a container
-    /// declared is reachable only while no other project's running
-    /// container holds it (as its port or one it declared) and, with a user
-    /// per project, only when what listens there is this project's.
-    fn check_extra_port(&self, project: &str, port: u16) -> Result<()> {
+    /// All projects share this machine's ports. With a user per project, a
+    /// port is reachable only when what listens there is the project's user
+    /// (or nothing listens yet). Without, another port a container declared
+    /// is reachable only while no other project's running container holds it.
+    async fn check_port(&self, project: &str, port: u16, main: bool) -> Result<()> {
         let taken = || Error::NotFound(format!("port {port} of project {project}"));
-        if self
-            .routes
+        match &self.isolation {
+            // With a user per project, what listens there decides.
+            Some(iso) => {
+                let (iso, id) = (iso.clone(), project.to_owned());
+                let owned = tokio::task::spawn_blocking(move || iso.port_owned_by(&id, port))
+                    .await
+                    .map_err(Error::internal)?;
+                tracing::debug!(project, port, ?owned, "port owner checked");
+                if owned == Some(false) {
+                    return Err(taken());
+                }
+            }
+            // One user for every project: the ports other projects' running
+            // containers hold are theirs.
+            None if !main && self.claimed_elsewhere(project, port) => return Err(taken()),
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// Whether another project's running container holds `port` (as its
+    /// port or one it declared).
+    fn claimed_elsewhere(&self, project: &str, port: u16) -> bool {
+        self.routes
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
             .any(|((p, _), &main)| p != project && main == port)
-        {
-            return Err(taken());
-        }
-        if self
-            .extra_ports
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .any(|((p, _), ports)| p != project && ports.contains(&port))
-        {
-            return Err(taken());
-        }
-        if let Some(iso) = &self.isolation
-            && iso.port_owned_by(project, port) == Some(false)
-        {
-            return Err(taken());
-        }
-        Ok(())
+            || self
+                .extra_ports
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .any(|((p, _), ports)| p != project && ports.contains(&port))
     }
 
     fn slot(&self, project: &str) -> Slot {
@@ -405,7 +418,9 @@ impl Runtime for LocalRuntime {
 
     async fn start_container(&self, project: &str, spec: &ContainerSpec) -> Result<ContainerRoute> {
         let client = self.client(project).await?;
-        let port = if port_free(spec.port) {
+        // The declared port when nothing listens there and no other
+        // project's container claims it (one may be starting up).
+        let port = if port_free(spec.port) && !self.claimed_elsewhere(project, spec.port) {
             spec.port
         } else {
             free_port()?
@@ -468,14 +483,8 @@ impl Runtime for LocalRuntime {
             .get(&(project.to_owned(), name.to_owned()))
             .copied()
             .ok_or_else(|| Error::Unavailable(format!("container {name} is not running")))?;
-        let port = match port {
-            None => main,
-            Some(p) if p == main => main,
-            Some(p) => {
-                self.check_extra_port(project, p)?;
-                p
-            }
-        };
+        let port = port.unwrap_or(main);
+        self.check_port(project, port, port == main).await?;
         Ok(ContainerRoute {
             host: "127.0.0.1".into(),
             port,
@@ -558,9 +567,12 @@ impl Runtime for LocalRuntime {
         self.stop_agent(project).await;
         if let Some(iso) = &self.isolation {
             let (iso, id) = (iso.clone(), project.to_owned());
-            tokio::task::spawn_blocking(move || iso.clear_home(&id))
-                .await
-                .map_err(Error::internal)??;
+            tokio::task::spawn_blocking(move || {
+                iso.kill_all(&id)?;
+                iso.clear_home(&id)
+            })
+            .await
+            .map_err(Error::internal)??;
         }
         let dir = self.project_dir(project);
         match tokio::fs::remove_dir_all(&dir).await {
