@@ -6,6 +6,7 @@
 
 pub(crate) mod background;
 pub(crate) mod pty;
+mod reactor;
 pub(crate) mod ring;
 pub(crate) mod run;
 pub(crate) mod spawn;

@@ -488,13 +488,10 @@ fn nonblocking_master(master: &(dyn MasterPty + Send)) -> Result<AsyncFd<FileDes
     let fd = FileDescriptor::dup(&Number(raw))
         .and_then(|mut fd| fd.set_non_blocking(true).map(|()| fd))
         .map_err(|e| Error::Internal(format!("cannot set up the pty master: {e:#}")))?;
-    // `new` is deprecated for `register`, which is `unsafe` (this crate
-    // forbids it) because it cannot check what it is given. Its condition
-    // holds here: the `FileDescriptor` owns its descriptor, closes it only
-    // when dropped with the `AsyncFd`, and always reports the same number.
-    #[allow(deprecated)]
-    let io = AsyncFd::new(fd)?;
-    Ok(io)
+    Ok(super::reactor::register(
+        fd,
+        tokio::io::Interest::READABLE | tokio::io::Interest::WRITABLE,
+    )?)
 }
 
 /// Reads the master into `log` until the slave side is closed by every
@@ -629,11 +626,7 @@ fn pidfd_waiter(pid: u32) -> std::io::Result<impl Future<Output = std::io::Resul
         .and_then(Pid::from_raw)
         .ok_or_else(|| std::io::Error::other(format!("bad pid {pid}")))?;
     let fd = rustix::process::pidfd_open(p, PidfdFlags::empty())?;
-    // Deprecated because an arbitrary `AsRawFd` may change or close its fd
-    // behind the reactor's back; an `OwnedFd` cannot, so this use is sound,
-    // and the replacement is `unsafe`, which this crate forbids.
-    #[allow(deprecated)]
-    let fd = tokio::io::unix::AsyncFd::with_interest(fd, tokio::io::Interest::READABLE)?;
+    let fd = super::reactor::register(fd, tokio::io::Interest::READABLE)?;
     Ok(async move {
         loop {
             let mut ready = fd.readable().await?;
