@@ -8,6 +8,12 @@ scripts/install-test-deps.sh
 # pyenv shims may live outside PATH in a non-login shell.
 export PATH="$HOME/.pyenv/shims:$PATH"
 
+# The house style first: formatting and every clippy warning are errors.
+echo "== cargo fmt --check"
+cargo fmt --all --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
 # One build: `cargo test` also builds the agent and gateway binaries the tests
 # start (a separate `cargo build` first compiled the dependency tree twice, with
 # and without the dev-dependencies' features).

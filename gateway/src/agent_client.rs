@@ -511,7 +511,7 @@ impl AgentClient {
                 env: spec.env.into_iter().collect(),
                 stdin: spec.stdin.into(),
                 timeout_ms: spec.timeout_ms,
-                max_output_bytes: 0,
+                max_output_bytes: spec.max_output_bytes,
             }))
             .await?
             .into_inner();
@@ -521,6 +521,7 @@ impl AgentClient {
             stderr: r.stderr.into(),
             duration_ms: r.duration_ms,
             timed_out: r.timed_out,
+            truncated: r.stdout_truncated || r.stderr_truncated,
         })
     }
 
@@ -589,26 +590,6 @@ impl AgentClient {
             }
         })
         .boxed())
-    }
-
-    /// The agent's PTY sessions.
-    pub async fn list_pty(&self) -> Result<Vec<PtySession>> {
-        let r = unary(self.process().list_pty(self.req(pb::Empty {}))).await?;
-        Ok(r.into_inner()
-            .sessions
-            .into_iter()
-            .map(PtySession::from)
-            .collect())
-    }
-
-    /// Ends a PTY session (`signal` 0: SIGHUP, then SIGKILL after a grace period).
-    pub async fn kill_pty(&self, session_id: &str, signal: i32) -> Result<()> {
-        unary(self.process().kill_pty(self.req(pb::KillPtyRequest {
-            session_id: session_id.to_owned(),
-            signal,
-        })))
-        .await?;
-        Ok(())
     }
 
     /// Starts a named background process with `sh -c command` in `cwd`.

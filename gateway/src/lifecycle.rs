@@ -223,6 +223,8 @@ async fn restore(state: &AppState, p: &mut Project) -> Result<()> {
                     .inc_by(a.size);
                 state
                     .log_command(CommandLogEntry {
+                        id: 0,
+                        truncated: false,
                         project: id.clone(),
                         ts: Utc::now(),
                         label: "restore".into(),
@@ -257,6 +259,8 @@ async fn restore(state: &AppState, p: &mut Project) -> Result<()> {
             let _ = set_status(state, p, back).await;
             state
                 .log_command(CommandLogEntry {
+                    id: 0,
+                    truncated: false,
                     project: id.clone(),
                     ts: Utc::now(),
                     label: "restore".into(),
@@ -321,6 +325,8 @@ pub async fn hibernate(state: &AppState, id: &str) -> Result<Project> {
             set_status(state, &mut p, ProjectStatus::Active).await?;
             state
                 .log_command(CommandLogEntry {
+                    id: 0,
+                    truncated: false,
                     project: id.to_owned(),
                     ts: Utc::now(),
                     label: "hibernate".into(),
@@ -390,6 +396,8 @@ pub async fn hibernate(state: &AppState, id: &str) -> Result<Project> {
     state.agents.forget(id);
     state
         .log_command(CommandLogEntry {
+            id: 0,
+            truncated: false,
             project: id.to_owned(),
             ts: Utc::now(),
             label: "hibernate".into(),
@@ -507,6 +515,7 @@ pub async fn delete(state: &AppState, id: &str) -> Result<()> {
     state.store.delete_project(id).await?;
     state.statuses.forget(id);
     state.activity.forget(id);
+    state.preview.forget(id);
     state.emit(id, "status", serde_json::json!({"status": "deleted"}));
     tracing::info!(project = id, "project deleted");
     Ok(())
@@ -527,6 +536,7 @@ pub async fn start_container(
     let spec = ContainerSpec {
         name: c.name.clone(),
         port: c.port,
+        ports: c.ports.clone(),
         start: c.start.clone(),
         env: c.env.clone(),
     };

@@ -40,6 +40,8 @@ struct CreateBody {
     #[serde(default)]
     template: Option<Template>,
     port: u16,
+    #[serde(default)]
+    ports: Vec<u16>,
     start: String,
     #[serde(default)]
     install: Option<String>,
@@ -48,6 +50,9 @@ struct CreateBody {
     #[serde(default)]
     public: bool,
 }
+
+/// Ports a container may declare besides its main one.
+const MAX_EXTRA_PORTS: usize = 16;
 
 /// Checks the project is active (409 `project_not_active` otherwise).
 async fn require_active(state: &AppState, p: &str) -> Result<()> {
@@ -66,8 +71,22 @@ async fn create(
     authorize(&claims, &p)?;
     let body = body?;
     ids::container_name(&body.name)?;
-    if body.port == 0 {
-        return Err(Error::BadRequest("port must be 1..65535".into()));
+    if body.port == 0 || body.ports.contains(&0) {
+        return Err(Error::BadRequest("ports must be 1..65535".into()));
+    }
+    if body.ports.len() > MAX_EXTRA_PORTS {
+        return Err(Error::BadRequest(format!(
+            "a container may declare at most {MAX_EXTRA_PORTS} other ports"
+        )));
+    }
+    let mut ports = body.ports.clone();
+    ports.sort_unstable();
+    ports.dedup();
+    ports.retain(|&p| p != body.port);
+    if let Some(problem) =
+        crate::preview::host::flat_host_problem(&body.name, &p, state.config.preview_host_style)
+    {
+        return Err(Error::BadRequest(problem));
     }
     if body.start.trim().is_empty() {
         return Err(Error::BadRequest("start must be a command".into()));
@@ -87,11 +106,16 @@ async fn create(
     if existing.iter().any(|c| c.name == body.name) {
         return Err(Error::Conflict(format!("container {} exists", body.name)));
     }
-    if let Some(other) = existing.iter().find(|c| c.port == body.port) {
-        return Err(Error::Conflict(format!(
-            "port {} is claimed by container {}",
-            body.port, other.name
-        )));
+    for port in std::iter::once(body.port).chain(ports.iter().copied()) {
+        if let Some(other) = existing
+            .iter()
+            .find(|c| c.port == port || c.ports.contains(&port))
+        {
+            return Err(Error::Conflict(format!(
+                "port {port} is claimed by container {}",
+                other.name
+            )));
+        }
     }
     let client = state.agent_of_active(&p).await?;
     let name = body.name.clone();
@@ -124,6 +148,8 @@ async fn create(
             });
         state
             .log_command(CommandLogEntry {
+                id: 0,
+                truncated: false,
                 project: p.clone(),
                 ts: Utc::now(),
                 label: format!("{name}: clone"),
@@ -165,6 +191,7 @@ async fn create(
             env: body.env.clone(),
             stdin: Vec::new(),
             timeout_ms: 15 * 60 * 1000,
+            max_output_bytes: 0,
         };
         let r = client.run(spec).await;
         let (code, out, err, ms) = match &r {
@@ -178,6 +205,8 @@ async fn create(
         };
         state
             .log_command(CommandLogEntry {
+                id: 0,
+                truncated: false,
                 project: p.clone(),
                 ts: Utc::now(),
                 label: format!("{name}: install"),
@@ -206,6 +235,7 @@ async fn create(
         name: name.clone(),
         status: ContainerStatus::Stopped,
         port: body.port,
+        ports,
         start: body.start,
         install: body.install,
         env: body.env,

@@ -435,6 +435,8 @@ async fn download(
                 Ok(ArchiveChunk::Summary(s)) => {
                     tokio::spawn(async move {
                         st.log_command(CommandLogEntry {
+                            id: 0,
+                            truncated: false,
                             project,
                             ts: Utc::now(),
                             label: "archive".into(),
@@ -489,6 +491,8 @@ async fn upload(
     let result = client.extract("", data, max).await;
     state
         .log_command(CommandLogEntry {
+            id: 0,
+            truncated: false,
             project: p.clone(),
             ts: Utc::now(),
             label: "archive".into(),

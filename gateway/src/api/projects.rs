@@ -72,6 +72,7 @@ pub fn container_json(state: &AppState, c: &Container) -> Value {
         "name": c.name,
         "status": c.status.as_str(),
         "port": c.port,
+        "ports": c.ports,
         "start": c.start,
         "public": c.public,
         "env": c.env,
@@ -91,28 +92,14 @@ pub fn container_json(state: &AppState, c: &Container) -> Value {
     v
 }
 
-/// `http://{container}.{project}.{domain}[:port]/`.
+/// `http://{container}.{project}.{domain}[:port]/` (or the flat host).
 pub fn preview_url(state: &AppState, project: &str, container: &str) -> String {
-    let cfg = &state.config;
-    let port = cfg.preview_port.unwrap_or(state_listen_port(state));
-    let default_port = if cfg.preview_scheme == "https" {
-        443
-    } else {
-        80
+    let target = crate::preview::host::PreviewHost {
+        project: project.to_owned(),
+        container: container.to_owned(),
+        port: None,
     };
-    let port = if port == default_port || port == 0 {
-        String::new()
-    } else {
-        format!(":{port}")
-    };
-    format!(
-        "{}://{container}.{project}.{}{port}/",
-        cfg.preview_scheme, cfg.preview_domain
-    )
-}
-
-fn state_listen_port(state: &AppState) -> u16 {
-    state.listen_port.load(std::sync::atomic::Ordering::Relaxed)
+    format!("{}/", crate::preview::origin(state, &target))
 }
 
 async fn create(

@@ -534,6 +534,10 @@ impl Runtime for KubernetesRuntime {
             argv,
             spec.stdin,
             spec.timeout_ms,
+            match spec.max_output_bytes {
+                0 => 1 << 20,
+                n => n,
+            },
         )
         .await
     }
