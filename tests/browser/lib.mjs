@@ -46,6 +46,9 @@ export async function watchedPage(context, { name, secret, expected = [] }) {
   page.on('websocket', (ws) => note(`websocket ${ws.url()}`, false));
   page.on('requestfailed', (r) => note(`requestfailed ${r.url()} ${r.failure() && r.failure().errorText}`, false));
   page.on('framenavigated', (f) => note(`navigated ${f === page.mainFrame() ? 'main' : 'frame'} ${f.url()}`, false));
+  page.on('request', (r) => {
+    if (r.isNavigationRequest()) note(`request ${r.method()} ${r.url()}`, false);
+  });
   return {
     page,
     log,
@@ -72,10 +75,12 @@ export async function axeCheck(page, step) {
 }
 
 /** Screenshots of the page at 400, 820 and 1440 px wide (axe checked at
- * each width), leaving it at `restore` wide. */
-export async function shots(page, name, { restore = 1440, height = 900, axe = true } = {}) {
+ * each width), leaving it at `restore` wide. Where panes take turns (below
+ * 1200 px), `view` picks the one shown. */
+export async function shots(page, name, { restore = 1440, height = 900, axe = true, view = null } = {}) {
   for (const w of WIDTHS) {
     await page.setViewportSize({ width: w, height });
+    if (view && w < 1200) await page.locator(`#views [data-view="${view}"]`).click();
     // Layout changes are synchronous; let the terminals refit and paint.
     await page.evaluate(() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r))));
     if (axe) await axeCheck(page, `${name} at ${w}px`);

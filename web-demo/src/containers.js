@@ -13,6 +13,8 @@ import { $, h, dialog, showError, toast, plainText } from './ui.js';
 import { icon } from './icons.js';
 
 const MAX_LOG_CHARS = 200_000;
+// A dev server's "I am listening" line (Vite, Next.js, most others).
+const READY_RE = /ready in|Local:\s|listening on|started server on|compiled successfully|Serving HTTP on/i;
 const TAIL_LINES = 12;
 // While a container runs, its status is read again this often (a dev server
 // that dies by itself becomes `failed` on the next read).
@@ -32,7 +34,10 @@ export class Containers {
     this.templates = null;
     this.logAbort = null;
     this.logsOf = null;
-    this.cmdLog = ''; // clone/install/reinstall output of the selected container
+    this.entries = new Map(); // command-log entries of the selected container: key -> {at, text}
+    this.cmdLog = ''; // live output (a reinstall) of the selected container
+    this.ready = new Set(); // containers whose dev server said it listens (this run)
+    this.readyTimer = null;
     this.runLog = ''; // the dev server's output
     this.pollTimer = null;
     this.busy = new Map(); // name -> what is going on ("adding", "starting", "reinstalling", ...)
@@ -44,28 +49,50 @@ export class Containers {
     });
   }
 
+  /** Points the pane at a project. The project's own container list (from
+   * the project object) is used when it changes; after that the container
+   * routes are asked, as only they carry exit codes. */
   setProject(project, containers) {
-    if (project !== this.project) {
-      this.project = project;
-      this.selected = null;
-      this.busy.clear();
-      this.tails.clear();
-      this.stopLogs();
-      this.preview.show(null, null);
-    }
     $('container-add').disabled = !project;
+    if (project === this.project) {
+      if (project) this.refreshSoon();
+      return;
+    }
+    this.project = project;
+    this.selected = null;
+    this.busy.clear();
+    this.tails.clear();
+    this.ready.clear();
+    this.stopLogs();
+    this.preview.show(null, null);
     this.update(containers || []);
+    if (project) this.refreshSoon();
   }
 
-  /** Resolves at the next list update (or after `ms`). */
-  nextUpdate(ms) {
+  refreshSoon() {
+    clearTimeout(this.refreshTimer);
+    this.refreshTimer = setTimeout(() => this.refresh(), 100);
+  }
+
+  /** Resolves when the container's status is no longer `status` (or after `ms`). */
+  statusChange(name, status, ms) {
     return new Promise((resolve) => {
       const t = setTimeout(resolve, ms);
-      this.waiters.push(() => {
-        clearTimeout(t);
-        resolve();
-      });
+      const check = () => {
+        const c = this.list.find((x) => x.name === name);
+        if (!c || c.status !== status) {
+          clearTimeout(t);
+          resolve();
+        } else this.waiters.push(check);
+      };
+      this.waiters.push(check);
     });
+  }
+
+  /** The dev server said it listens: its preview can load. */
+  markReady(name) {
+    this.ready.add(name);
+    if (this.selected === name) this.syncSelected();
   }
 
   update(list) {
@@ -78,6 +105,8 @@ export class Containers {
     for (const c of list) {
       if (c.status === 'failed' && !this.tails.has(c.name)) this.loadTail(c.name);
       if (c.status !== 'failed') this.tails.delete(c.name);
+      // A dev server that is not running is not listening either.
+      if (c.status !== 'running') this.ready.delete(c.name);
     }
     this.render();
     this.syncSelected();
@@ -120,8 +149,25 @@ export class Containers {
       return;
     }
     if (this.logsOf !== c.name) this.followLogs(c.name);
-    if (c.status === 'running') this.preview.show(this.project, c);
-    else {
+    if (c.status !== 'running' || this.readyTimerFor !== c.name) {
+      clearTimeout(this.readyTimer);
+      this.readyTimerFor = null;
+    }
+    if (c.status === 'running' && this.ready.has(c.name)) this.preview.show(this.project, c);
+    else if (c.status === 'running') {
+      // Not listening yet (a dev server takes a moment): the preview loads
+      // when its output says it is ready, or after 20 s whatever it says.
+      if (!this.preview.key) this.preview.show(null, null, `${c.name} is starting; the preview opens when it listens…`);
+      else this.preview.show(this.project, c);
+      if (this.readyTimerFor !== c.name) {
+        const name = c.name;
+        this.readyTimerFor = name;
+        this.readyTimer = setTimeout(() => {
+          this.readyTimerFor = null;
+          this.markReady(name);
+        }, 20_000);
+      }
+    } else {
       const msg =
         c.status === 'failed'
           ? `${c.name} failed${exitText(c)}. See its row for the last log lines, or Restart it.`
@@ -138,22 +184,36 @@ export class Containers {
     if (this.logAbort) this.logAbort.abort();
     this.logAbort = null;
     this.logsOf = null;
+    this.entries.clear();
     this.cmdLog = '';
     this.runLog = '';
     this.renderLogs();
   }
 
+  /** Adds a command-log entry (from the listing or the events stream; the
+   * same entry from both is shown once). */
+  addEntry(e) {
+    const at = Date.parse(e.ts) || 0;
+    const key = `${e.label}|${e.command}|${at}`;
+    if (this.entries.has(key)) return;
+    this.entries.set(key, { at, text: formatEntry(e) });
+  }
+
   /** Follows a container's output, after its clone/install commands (kept
    * when it is the same container again). */
   async followLogs(name) {
-    const keep = this.logsOf === name ? this.cmdLog : '';
+    const same = this.logsOf === name;
+    const keep = same ? { entries: new Map(this.entries), live: this.cmdLog } : null;
     this.stopLogs();
     const project = this.project;
     const ctrl = new AbortController();
     this.logAbort = ctrl;
     this.logsOf = name;
-    this.cmdLog = keep;
-    if (!keep) this.loadCommandLog(name);
+    if (keep) {
+      this.entries = keep.entries;
+      this.cmdLog = keep.live;
+    }
+    this.loadCommandLog(name);
     let attempt = 0;
     // The stream ends when the dev server stops; follow again when it restarts.
     while (!ctrl.signal.aborted) {
@@ -168,15 +228,18 @@ export class Containers {
         const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
         // The stream starts at the beginning of the output each time.
         this.runLog = '';
+        this.ready.delete(name);
         attempt = 0;
         for (;;) {
           const { value, done } = await reader.read();
           if (done) break;
           this.runLog = trimLog(this.runLog + value);
+          if (!this.ready.has(name) && READY_RE.test(plainText(this.runLog))) this.markReady(name);
           this.renderLogs();
         }
         // The output ended: the dev server stopped or died. Its status says which.
-        if (!ctrl.signal.aborted) this.refresh();
+        const was = this.list.find((x) => x.name === name);
+        if (!ctrl.signal.aborted && was && ['running', 'starting'].includes(was.status)) this.refresh();
       } catch (err) {
         if (ctrl.signal.aborted) return;
         if (err.code && err.code !== 'project_not_active' && err.status !== 404 && err.status !== 401 && attempt === 0) {
@@ -189,7 +252,7 @@ export class Containers {
       // A dev server that is not running has no more output: wait for its
       // status to move (a start, a restart) rather than asking again and again.
       const now = this.list.find((x) => x.name === name);
-      if (now && !['running', 'starting', 'pending'].includes(now.status)) await this.nextUpdate(30_000);
+      if (now && !['running', 'starting', 'pending'].includes(now.status)) await this.statusChange(name, now.status, 60_000);
       await sleep(Math.min(5000, 250 * attempt));
     }
   }
@@ -204,9 +267,7 @@ export class Containers {
       return;
     }
     if (project !== this.project || this.logsOf !== name) return;
-    const mine = entries.filter((e) => typeof e.label === 'string' && e.label.startsWith(`${name}: `)).slice(-4);
-    // Entries that arrived by the events stream meanwhile are already shown.
-    if (!this.cmdLog) this.cmdLog = mine.map(formatEntry).join('');
+    for (const e of entries.filter((x) => typeof x.label === 'string' && x.label.startsWith(`${name}: `)).slice(-6)) this.addEntry(e);
     this.renderLogs();
   }
 
@@ -217,17 +278,24 @@ export class Containers {
     if (this.logsOf !== name && !(this.busy.has(name) && this.selected === name)) return;
     if (this.logsOf !== name) {
       this.logsOf = name;
+      this.entries.clear();
       this.cmdLog = '';
     }
-    this.cmdLog = trimLog(this.cmdLog + formatEntry(entry));
+    this.addEntry(entry);
     this.renderLogs();
   }
 
   renderLogs() {
     const pre = $('logs');
     const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 8;
-    const sep = this.cmdLog && this.runLog ? '\n── dev server output ──\n' : '';
-    pre.textContent = this.cmdLog + sep + this.runLog;
+    const cmds = trimLog(
+      [...this.entries.values()]
+        .sort((a, b) => a.at - b.at)
+        .map((e) => e.text)
+        .join('') + this.cmdLog,
+    );
+    const sep = cmds && this.runLog ? '\n── dev server output ──\n' : '';
+    pre.textContent = cmds + sep + this.runLog;
     $('logs-of').textContent = this.logsOf || '';
     if (atBottom) pre.scrollTop = pre.scrollHeight;
   }
@@ -361,6 +429,7 @@ export class Containers {
       }
       if (what === 'start' || what === 'restart') {
         this.tails.delete(name);
+        this.ready.delete(name);
         this.selected = name;
         // The log stream of the last run has ended; its loop follows the new run.
         await api.startContainer(project, name);

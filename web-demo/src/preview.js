@@ -10,6 +10,10 @@
 import { api } from './api.js';
 import { $, h, dialog, showError, toast } from './ui.js';
 
+// The gateway answers a share link's URL once, when it is made (it keeps only
+// a digest); the page keeps those it made for as long as it is open.
+const shareUrls = new Map(); // share id -> URL
+
 const EXPIRIES = [
   [15 * 60, '15 minutes'],
   [60 * 60, '1 hour'],
@@ -182,7 +186,9 @@ export class Preview {
         return;
       }
       const now = Date.now();
-      const live = shares.filter((s) => !s.revoked && (!s.expires_at || Date.parse(s.expires_at) > now));
+      const live = shares
+        .filter((s) => !s.revoked && (!s.expires_at || Date.parse(s.expires_at) > now))
+        .map((s) => ({ ...s, url: s.url || shareUrls.get(s.id) || null }));
       list.replaceChildren(
         ...(live.length
           ? live.map((s) =>
@@ -190,7 +196,9 @@ export class Preview {
                 'li',
                 { dataset: { id: s.id } },
                 h('div', { class: 'share-meta' }, h('strong', {}, s.label || 'Share link'), h('span', {}, `expires ${fmtWhen(s.expires_at)}${s.wake ? ' · wakes the project' : ''}`)),
-                s.url ? h('input', { type: 'text', readonly: true, value: s.url, 'aria-label': `Share link ${s.label || s.id}`, class: 'share-url', onfocus: (ev) => ev.target.select() }) : null,
+                s.url
+                  ? h('input', { type: 'text', readonly: true, value: s.url, 'aria-label': `Share link ${s.label || s.id}`, class: 'share-url', onfocus: (ev) => ev.target.select() })
+                  : h('span', { class: 'share-note' }, `made by ${s.created_by || 'someone'}; its URL was shown to them only`),
                 h(
                   'div',
                   { class: 'actions' },
@@ -234,7 +242,8 @@ export class Preview {
           if (wake.checked) spec.wake = true;
           try {
             const s = await api.createShare(project, c.name, spec);
-            status.textContent = `Link made; it expires ${fmtWhen(s.expires_at)}.`;
+            if (s.url) shareUrls.set(s.id, s.url);
+            status.textContent = `Link made; it expires ${fmtWhen(s.expires_at)}. Copy it now: its URL is shown only while this page is open.`;
             label.value = '';
             await refresh();
             list.querySelector(`li[data-id="${CSS.escape(s.id)}"] .share-url`)?.focus();
