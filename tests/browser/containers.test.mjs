@@ -10,7 +10,7 @@ import { describe, test, before, after, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import { startGateway, ARTIFACTS } from './gateway.mjs';
-import { launch, watchedPage, shots, until, apiText, WAIT } from './lib.mjs';
+import { launch, watchedPage, shots, until, apiText, typeInTerminal, waitTerminal, WAIT } from './lib.mjs';
 
 const PROJECT = 'demo';
 const CONTAINER = 'web';
@@ -117,6 +117,14 @@ describe('a dev server and its preview', { timeout: 20 * 60_000 }, () => {
     const previewHost = new URL(after.url()).host;
     assert.ok(w.log.some((l) => l.includes(`websocket ws://${previewHost}/`)), 'no HMR WebSocket through the preview host');
     assert.ok(Number(await after.evaluate(() => document.getElementById('updates').textContent)) >= 1, 'no hot update was applied');
+    // The picture of the README (docs/web-demo.png is a copy of it): a file
+    // open, a command in the terminal, the dev server's preview and logs.
+    await page.locator('#term-tabs [role="tab"][data-container=""]').click();
+    await until(page, () => window.__devgate.terminals.active.state === 'connected');
+    await typeInTerminal(page, `ls ${CONTAINER} && grep -c . ${CONTAINER}/src/*.js`);
+    await waitTerminal(page, /message\.js:1/);
+    await page.locator('.cm-content').click();
+    await page.screenshot({ path: path.join(ARTIFACTS, 'readme-1440.png') });
   });
 
   test('4: the address bar: a path, back, forward, reload; open in a new tab without the token', { timeout: STEP }, async () => {
