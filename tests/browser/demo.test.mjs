@@ -101,7 +101,7 @@ describe('the demo page as an IDE', { timeout: 20 * 60_000 }, () => {
     await until(page, () => window.__devgate.terminals.active && window.__devgate.terminals.active.state === 'connected');
     // Opening a project does not grab the focus for the terminal.
     assert.equal(await page.evaluate(() => !!document.activeElement.closest('.xterm')), false);
-    await shots(page, '02-project');
+    await shots(page, '02-project', { view: 'files' });
   });
 
   test('3: save, then type at the cursor: the text lands where the cursor was, no banner, undo works', { timeout: STEP }, async () => {
@@ -231,6 +231,7 @@ describe('the demo page as an IDE', { timeout: 20 * 60_000 }, () => {
     await page.locator('#editor-tabs [role="tab"][data-path="notes.md"]').focus();
     await page.keyboard.press('Delete');
     await dlg.getByRole('button', { name: 'Discard changes to notes.md' }).click();
+    await until(page, () => window.__devgate.editor.tabs.length === 1);
     assert.deepEqual(await page.locator('#editor-tabs [role="tab"]').evaluateAll((els) => els.map((e) => e.dataset.path)), ['src/app.js']);
     assert.equal(await apiText(gw, PROJECT, 'notes.md'), 'mine\n# Notes\n\nchanged through the API\n');
   });
@@ -294,7 +295,7 @@ describe('the demo page as an IDE', { timeout: 20 * 60_000 }, () => {
     assert.equal((await api('/stat/omega.txt')).status, 404);
     // The tree keeps one Tab stop after all that.
     assert.equal(await page.locator('#tree [role="treeitem"][tabindex="0"]').count(), 1);
-    await shots(page, '08-tree');
+    await shots(page, '08-tree', { view: 'files' });
   });
 
   test('9: upload files and a folder, download a file, a folder and the project: round trips', { timeout: STEP }, async () => {
@@ -346,7 +347,7 @@ describe('the demo page as an IDE', { timeout: 20 * 60_000 }, () => {
     await dl.saveAs(path.join(tmp, 'project.zip'));
     assert.equal(unzip(path.join(tmp, 'project.zip'), 'site/index.html'), '<h1>site</h1>\n');
     assert.equal(unzip(path.join(tmp, 'project.zip'), 'notes.md'), 'mine\n# Notes\n\nchanged through the API\n');
-    await shots(page, '09-files');
+    await shots(page, '09-files', { view: 'files' });
   });
 
   test('10: several terminals; a reload and a project switch reattach the same shells with their scrollback', { timeout: STEP }, async () => {
@@ -360,7 +361,7 @@ describe('the demo page as an IDE', { timeout: 20 * 60_000 }, () => {
     await typeInTerminal(page, 'echo pid-$$-two');
     const pidTwo = (await waitTerminal(page, /^pid-(\d+)-two\s*$/m)).match(/^pid-(\d+)-two\s*$/m)[1];
     assert.notEqual(pidOne, pidTwo);
-    await shots(page, '10-terminals');
+    await shots(page, '10-terminals', { view: 'terminal' });
 
     // Reload: the project, its files and both shells come back.
     await page.reload();
@@ -444,7 +445,7 @@ describe('the demo page as an IDE', { timeout: 20 * 60_000 }, () => {
     await until(page, () => /exit 3/.test(document.querySelector('#container-list li[data-name="crashy"] .cstatus').textContent));
     await until(page, () => /boom-42/.test(document.querySelector('#container-list li[data-name="crashy"] pre.tail').textContent));
     assert.match(await row.locator('.failure').textContent(), /exited with code 3/);
-    await shots(page, '12-failed');
+    await shots(page, '12-failed', { view: 'preview' });
     // Reinstall: its output appears live in Logs, then the container starts (and fails again).
     await page.getByRole('button', { name: /^Reinstall crashy/ }).click();
     await until(page, () => /\[install done\]/.test(document.getElementById('logs').textContent));
@@ -589,7 +590,7 @@ describe('the demo page as an IDE', { timeout: 20 * 60_000 }, () => {
     await page.getByRole('button', { name: `Hibernate project ${PROJECT}` }).click();
     await page.locator(`#project-list li[data-id="${PROJECT}"][data-status="hibernated"]`).waitFor({ timeout: 120_000 });
     await until(page, () => !window.__devgate.tree.project && window.__devgate.terminals.tabs.length === 0);
-    await shots(page, '15-hibernated');
+    await shots(page, '15-hibernated', { view: 'files' });
     await page.getByRole('button', { name: `Open project ${PROJECT}` }).click();
     await page.locator(`#project-list li[data-id="${PROJECT}"][data-status="active"]`).waitFor({ timeout: 120_000 });
     await treeItem(page, 'notes.md').waitFor({ timeout: WAIT });

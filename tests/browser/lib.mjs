@@ -80,13 +80,18 @@ export async function axeCheck(page, step) {
 export async function shots(page, name, { restore = 1440, height = 900, axe = true, view = null } = {}) {
   for (const w of WIDTHS) {
     await page.setViewportSize({ width: w, height });
-    if (view && w < 1200) await page.locator(`#views [data-view="${view}"]`).click();
-    // Layout changes are synchronous; let the terminals refit and paint.
+    const layout = w >= 1200 ? 'wide' : w >= 760 ? 'medium' : 'narrow';
+    await until(page, (l) => document.body.dataset.layout === l, layout);
+    // (Files has no tab of its own at medium widths: the sidebar stays.)
+    const tab = page.locator(`#views [data-view="${view}"]`);
+    if (view && layout !== 'wide' && (await tab.isVisible())) await tab.click();
+    // Let the terminals refit and paint.
     await page.evaluate(() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r))));
     if (axe) await axeCheck(page, `${name} at ${w}px`);
     await page.screenshot({ path: path.join(ARTIFACTS, `${name}-${w}.png`) });
   }
   await page.setViewportSize({ width: restore, height });
+  await until(page, (l) => document.body.dataset.layout === l, restore >= 1200 ? 'wide' : restore >= 760 ? 'medium' : 'narrow');
   await page.evaluate(() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r))));
 }
 

@@ -23,7 +23,10 @@ export function h(tag, attrs = {}, ...children) {
 
 export function toast(message, kind = 'info', ms = 4500) {
   const el = h('div', { class: `toast ${kind}` }, message);
-  $('toasts').append(el);
+  const box = $('toasts');
+  box.append(el);
+  // A few at a time: the oldest make room.
+  while (box.children.length > 4) box.firstElementChild.remove();
   setTimeout(() => el.remove(), ms);
 }
 
