@@ -1,7 +1,8 @@
 //! Bearer tokens: HS256 JWTs with claims `sub`, `projects`, `exp` and
-//! optionally `nbf` and `iat`, checked by two axum extractors. [`Claims`] reads only the `Authorization` header;
-//! [`QueryClaims`] also takes the WebSocket subprotocol offer
-//! `devgate.bearer.<token>` and `?token=`, and is used only where a browser
+//! optionally `nbf` and `iat`, checked by two axum extractors. [`Claims`]
+//! reads only the `Authorization` header; [`QueryClaims`] also takes the
+//! WebSocket subprotocol offer `devgate.bearer.<token>` and `?token=`, and is
+//! used only where a browser
 //! cannot set headers (WebSocket upgrades, SSE, the preview cookie flow, the
 //! archive download). Tokens never reach the log: see [`redact_uri`].
 
