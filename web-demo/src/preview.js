@@ -212,8 +212,9 @@ export class Preview {
                       onclick: async () => {
                         try {
                           await api.revokeShare(project, c.name, s.id);
+                          shareUrls.delete(s.id);
+                          await refresh();
                           status.textContent = 'Revoked: the link stopped working.';
-                          refresh();
                         } catch (err) {
                           status.textContent = `Could not revoke: ${err.message}`;
                         }
