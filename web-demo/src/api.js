@@ -1,28 +1,66 @@
 // The gateway's public interface (shared/API.md), and nothing else.
-// Every request carries the token: a Bearer header where fetch can set one,
-// `?token=` where the browser cannot (WebSocket, EventSource, iframe navigation).
+// This is the only module that holds the token. It goes on requests as
+// `Authorization: Bearer` (fetch, including the events stream, read as a
+// streaming fetch rather than an EventSource) and, for WebSockets, in the
+// `Sec-WebSocket-Protocol` offer: never in a URL, so it never shows in the
+// console (Chromium prints the URL of a failed WebSocket), in history or in
+// anything a person could copy.
 
 const TOKEN_KEY = 'devgate.token';
 
-/** Takes `?token=` from the page URL into sessionStorage and removes it from
- * the address bar, so the token is not left in history or shared screenshots. */
+/** Takes `?token=` from the page URL into localStorage (kept per origin, so
+ * a new tab is signed in too) and removes it from the address bar. */
 export function loadToken() {
   const url = new URL(window.location.href);
   const fromUrl = url.searchParams.get('token');
   if (fromUrl) {
-    sessionStorage.setItem(TOKEN_KEY, fromUrl);
+    localStorage.setItem(TOKEN_KEY, fromUrl);
     url.searchParams.delete('token');
     window.history.replaceState(null, '', url.pathname + url.search + url.hash);
   }
-  return sessionStorage.getItem(TOKEN_KEY) || '';
+  // A token an older page version kept in this tab only.
+  const old = sessionStorage.getItem(TOKEN_KEY);
+  if (old) {
+    sessionStorage.removeItem(TOKEN_KEY);
+    if (!localStorage.getItem(TOKEN_KEY)) localStorage.setItem(TOKEN_KEY, old);
+  }
+  return localStorage.getItem(TOKEN_KEY) || '';
 }
 
 let token = '';
 export function setToken(t) {
-  token = t;
+  token = t || '';
+  if (token) localStorage.setItem(TOKEN_KEY, token);
+  else localStorage.removeItem(TOKEN_KEY);
 }
-export function getToken() {
-  return token;
+export function hasToken() {
+  return token !== '';
+}
+
+/** What the page can tell about a token without asking the gateway: its
+ * claims, or why it cannot be used (not a JWT, expired, not valid yet). */
+export function inspectToken(t, now = Date.now() / 1000) {
+  if (!t) return { ok: false, reason: 'missing' };
+  const parts = t.split('.');
+  if (parts.length !== 3) return { ok: false, reason: 'malformed' };
+  let claims;
+  try {
+    const b64 = parts[1].replace(/-/g, '+').replace(/_/g, '/');
+    claims = JSON.parse(atob(b64 + '='.repeat((4 - (b64.length % 4)) % 4)));
+  } catch {
+    return { ok: false, reason: 'malformed' };
+  }
+  if (!claims || typeof claims !== 'object') return { ok: false, reason: 'malformed' };
+  if (typeof claims.exp === 'number' && claims.exp <= now) return { ok: false, reason: 'expired', claims };
+  if (typeof claims.nbf === 'number' && claims.nbf > now + 60) return { ok: false, reason: 'not_yet_valid', claims };
+  return { ok: true, claims };
+}
+
+// Listeners told when the gateway refuses the token (401): the page then
+// shows its signed-out state instead of carrying on as if all was well.
+const unauthorized = new Set();
+export function onUnauthorized(fn) {
+  unauthorized.add(fn);
 }
 
 /** An error answer of the gateway: `{"error": {"code", "message"}}`. */
@@ -69,7 +107,11 @@ export async function request(method, path, { body, headers = {}, json, signal }
     payload = JSON.stringify(json);
   }
   const res = await fetch(path, { method, headers: h, body: payload, signal });
-  if (!res.ok) throw await toError(res);
+  if (!res.ok) {
+    const err = await toError(res);
+    if (res.status === 401) for (const fn of unauthorized) fn(err);
+    throw err;
+  }
   return res;
 }
 
@@ -81,6 +123,7 @@ async function getJson(method, path, opts) {
 }
 
 const P = (p) => `/api/projects/${encodeURIComponent(p)}`;
+const C = (p, c) => `${P(p)}/containers/${encodeURIComponent(c)}`;
 
 export const api = {
   templates: () => getJson('GET', '/api/templates'),
@@ -88,7 +131,10 @@ export const api = {
   listProjects: () => getJson('GET', '/api/projects'),
   getProject: (p) => getJson('GET', P(p)),
   createProject: (id, name) => getJson('POST', '/api/projects', { json: name ? { id, name } : { id } }),
-  openProject: (p) => getJson('POST', `${P(p)}/open`),
+  /** Opens (wakes) a project; `startContainers` also starts again the dev
+   * servers that were running when it was hibernated. */
+  openProject: (p, { startContainers = false } = {}) =>
+    getJson('POST', `${P(p)}/open`, { json: startContainers ? { start_containers: true } : {} }),
   hibernateProject: (p) => getJson('POST', `${P(p)}/hibernate`),
   deleteProject: (p) => getJson('DELETE', P(p)),
 
@@ -99,15 +145,16 @@ export const api = {
   remove: (p, path, recursive = false) =>
     getJson('DELETE', `${P(p)}/files/${encPath(path)}${recursive ? '?recursive=true' : ''}`),
 
-  /** Reads a file: its bytes and its ETag. */
-  async readFile(p, path) {
-    const res = await request('GET', `${P(p)}/files/${encPath(path)}`, { headers: { 'Cache-Control': 'no-cache' } });
+  /** Reads a file: its bytes, its ETag and its type. */
+  async readFile(p, path, { signal } = {}) {
+    const res = await request('GET', `${P(p)}/files/${encPath(path)}`, { headers: { 'Cache-Control': 'no-cache' }, signal });
     const bytes = new Uint8Array(await res.arrayBuffer());
     return { bytes, etag: res.headers.get('ETag') };
   },
 
   /** Writes a file. `ifMatch` makes the write conditional on the file being
-   * unchanged; `ifNoneMatch` ("*") on it not existing yet. */
+   * unchanged; `ifNoneMatch` ("*") on it not existing yet. Answers
+   * `{etag, size}`, the etag in the same form as the ETag header. */
   writeFile: (p, path, bytes, { ifMatch, ifNoneMatch } = {}) => {
     const headers = { 'Content-Type': 'application/octet-stream' };
     if (ifMatch) headers['If-Match'] = ifMatch;
@@ -115,32 +162,88 @@ export const api = {
     return getJson('PUT', `${P(p)}/files/${encPath(path)}`, { body: bytes, headers });
   },
 
+  /** The project as a zip (a Blob), through a fetch with the token in a header. */
+  async downloadArchive(p) {
+    const res = await request('GET', `${P(p)}/archive`);
+    return res.blob();
+  },
+  /** Extracts a zip into the project, all or nothing. */
+  uploadArchive: (p, bytes) =>
+    getJson('POST', `${P(p)}/archive`, { body: bytes, headers: { 'Content-Type': 'application/zip' } }),
+
+  /** The command log, oldest first. */
+  commandLog: (p, limit = 100) => getJson('GET', `${P(p)}/logs?limit=${limit}`),
+
   listContainers: (p) => getJson('GET', `${P(p)}/containers`),
   addContainer: (p, spec) => getJson('POST', `${P(p)}/containers`, { json: spec }),
-  startContainer: (p, c) => getJson('POST', `${P(p)}/containers/${encodeURIComponent(c)}/start`),
-  stopContainer: (p, c) => getJson('POST', `${P(p)}/containers/${encodeURIComponent(c)}/stop`),
-  deleteContainer: (p, c, deleteFiles = false) =>
-    getJson('DELETE', `${P(p)}/containers/${encodeURIComponent(c)}${deleteFiles ? '?delete_files=true' : ''}`),
+  startContainer: (p, c) => getJson('POST', `${C(p, c)}/start`),
+  stopContainer: (p, c) => getJson('POST', `${C(p, c)}/stop`),
+  deleteContainer: (p, c, deleteFiles = false) => getJson('DELETE', `${C(p, c)}${deleteFiles ? '?delete_files=true' : ''}`),
   /** The logs of a container as a streaming Response (`?follow=true`). */
-  followLogs: (p, c, signal) =>
-    request('GET', `${P(p)}/containers/${encodeURIComponent(c)}/logs?follow=true`, { signal }),
+  followLogs: (p, c, signal) => request('GET', `${C(p, c)}/logs?follow=true`, { signal }),
+  /** The logs of a container so far, as text. */
+  async logsText(p, c) {
+    const res = await request('GET', `${C(p, c)}/logs`);
+    return res.text();
+  },
+
+  /** A one-time URL that lets this browser into a private preview (60 s,
+   * single use): the user's own token never goes to the preview's origin. */
+  previewLink: (p, c) => getJson('POST', `${C(p, c)}/preview-link`),
+  listShares: (p, c) => getJson('GET', `${C(p, c)}/shares`),
+  createShare: (p, c, spec) => getJson('POST', `${C(p, c)}/shares`, { json: spec }),
+  revokeShare: (p, c, id) => getJson('DELETE', `${C(p, c)}/shares/${encodeURIComponent(id)}`),
 };
 
-/** A ws:// or wss:// URL on this origin, with the token in the query. */
-export function wsUrl(path, params = {}) {
+/** Opens a WebSocket on this origin. The token travels in the subprotocol
+ * offer (`devgate.bearer.<token>`, beside `devgate`, which the gateway picks),
+ * so the URL carries none. */
+export function openSocket(path, params = {}) {
   const u = new URL(path, window.location.href);
   u.protocol = u.protocol === 'https:' ? 'wss:' : 'ws:';
   for (const [k, v] of Object.entries(params)) {
     if (v !== undefined && v !== null && v !== '') u.searchParams.set(k, String(v));
   }
-  u.searchParams.set('token', token);
-  return u.toString();
+  return new WebSocket(u.toString(), ['devgate', `devgate.bearer.${token}`]);
 }
 
-export function eventsUrl(p) {
-  const u = new URL(`${P(p)}/events`, window.location.href);
-  u.searchParams.set('token', token);
-  return u.toString();
+/**
+ * Reads the project's events stream (`text/event-stream`) through fetch, so
+ * the token goes in a header. Calls `onEvent(type, data)` per event and
+ * `onOpen()` once connected; resolves when the stream ends, rejects on error.
+ */
+export async function readEvents(p, { onEvent, onOpen, signal }) {
+  const res = await request('GET', `${P(p)}/events`, { headers: { Accept: 'text/event-stream' }, signal });
+  if (onOpen) onOpen();
+  const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buf = '';
+  let type = 'message';
+  let data = [];
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buf += value;
+    let nl;
+    while ((nl = buf.indexOf('\n')) >= 0) {
+      let line = buf.slice(0, nl);
+      buf = buf.slice(nl + 1);
+      if (line.endsWith('\r')) line = line.slice(0, -1);
+      if (line === '') {
+        if (data.length) onEvent(type, data.join('\n'));
+        type = 'message';
+        data = [];
+      } else if (line.startsWith(':')) {
+        // A comment: the keep-alive.
+      } else {
+        const colon = line.indexOf(':');
+        const field = colon < 0 ? line : line.slice(0, colon);
+        let v = colon < 0 ? '' : line.slice(colon + 1);
+        if (v.startsWith(' ')) v = v.slice(1);
+        if (field === 'event') type = v;
+        else if (field === 'data') data.push(v);
+      }
+    }
+  }
 }
 
-export const paths = { project: P };
+export const paths = { project: P, container: C };

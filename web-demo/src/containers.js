@@ -1,57 +1,121 @@
-// Containers (dev servers): add from a bundled template, start, stop, remove,
-// follow the logs (a streaming fetch of `/logs?follow=true`), and show the
-// preview in an iframe through the contract's cookie flow: the iframe first
-// opens `/__preview/auth?token=` on the preview host, which sets an HttpOnly
-// cookie for that host and redirects to `/`.
+// Containers (dev servers): add from a bundled template, start, stop,
+// restart, reinstall, remove. A row shows the status the API gives, as it is
+// (the list is read again whenever the events stream, the end of a log
+// stream or a short poll says it may have moved). A failed dev server shows
+// its exit code and last log lines, with Restart and Reinstall. The Logs
+// pane shows, for the selected container, its clone and install commands
+// (from the command log and the events stream, as they finish), a reinstall
+// live as it runs, and the dev server's own output (a streaming fetch of
+// `/logs?follow=true`). The preview pane follows the selected container.
 
-import { api, getToken } from './api.js';
-import { $, h, dialog, showError, toast } from './ui.js';
+import { api, openSocket, paths } from './api.js';
+import { $, h, dialog, showError, toast, plainText } from './ui.js';
 import { icon } from './icons.js';
 
 const MAX_LOG_CHARS = 200_000;
 // A dev server's "I am listening" line (Vite, Next.js, most others).
-const READY_RE = /ready in|Local:\s|listening on|started server on|compiled successfully/i;
+const READY_RE = /ready in|Local:\s|listening on|started server on|compiled successfully|Serving HTTP on/i;
+const TAIL_LINES = 12;
+// While a container runs, its status is read again this often (a dev server
+// that dies by itself becomes `failed` on the next read).
+const POLL_MS = 3000;
+
+/** `'it'\''s'`: one word for sh. */
+const shq = (s) => `'${String(s).replace(/'/g, `'\\''`)}'`;
 
 export class Containers {
-  constructor({ onChange }) {
-    this.onChange = onChange || (() => {}); // (containers) => void
+  /** onChange(list): the list changed. preview: the Preview pane. */
+  constructor({ onChange, preview }) {
+    this.onChange = onChange || (() => {});
+    this.preview = preview;
     this.project = null;
     this.list = [];
     this.selected = null; // container name
     this.templates = null;
     this.logAbort = null;
     this.logsOf = null;
-    this.previewKey = null; // `${project}/${name}` currently in the iframe
+    this.entries = new Map(); // command-log entries of the selected container: key -> {at, text}
+    this.cmdLog = ''; // live output (a reinstall) of the selected container
+    this.ready = new Set(); // containers whose dev server said it listens (this run)
     this.readyTimer = null;
+    this.runLog = ''; // the dev server's output
     this.pollTimer = null;
-    this.busy = new Set();
+    this.busy = new Map(); // name -> what is going on ("adding", "starting", "reinstalling", ...)
+    this.tails = new Map(); // name -> last log lines of a failed run
+    this.waiters = []; // resolved at the next list update
     $('container-add').addEventListener('click', () => this.add());
-    $('preview-reload').addEventListener('click', () => this.reloadPreview());
+    document.addEventListener('visibilitychange', () => {
+      if (!document.hidden) this.refresh();
+    });
   }
 
+  /** Points the pane at a project. The project's own container list (from
+   * the project object) is used when it changes; after that the container
+   * routes are asked, as only they carry exit codes. */
   setProject(project, containers) {
-    if (project !== this.project) {
-      this.project = project;
-      this.selected = null;
-      this.stopLogs();
-      this.setPreview(null);
-    }
     $('container-add').disabled = !project;
+    if (project === this.project) {
+      if (project) this.refreshSoon();
+      return;
+    }
+    this.project = project;
+    this.selected = null;
+    this.busy.clear();
+    this.tails.clear();
+    this.ready.clear();
+    this.stopLogs();
+    this.preview.show(null, null);
     this.update(containers || []);
+    if (project) this.refreshSoon();
+  }
+
+  refreshSoon() {
+    clearTimeout(this.refreshTimer);
+    this.refreshTimer = setTimeout(() => this.refresh(), 100);
+  }
+
+  /** Resolves when the container's status is no longer `status` (or after `ms`). */
+  statusChange(name, status, ms) {
+    return new Promise((resolve) => {
+      const t = setTimeout(resolve, ms);
+      const check = () => {
+        const c = this.list.find((x) => x.name === name);
+        if (!c || c.status !== status) {
+          clearTimeout(t);
+          resolve();
+        } else this.waiters.push(check);
+      };
+      this.waiters.push(check);
+    });
+  }
+
+  /** The dev server said it listens: its preview can load. */
+  markReady(name) {
+    this.ready.add(name);
+    if (this.selected === name) this.syncSelected();
   }
 
   update(list) {
     this.list = list;
-    if (this.selected && !list.find((c) => c.name === this.selected)) this.selected = null;
+    const waiters = this.waiters;
+    this.waiters = [];
+    for (const w of waiters) w();
+    if (this.selected && !list.find((c) => c.name === this.selected) && !this.busy.has(this.selected)) this.selected = null;
     if (!this.selected && list.length) this.selected = (list.find((c) => c.status === 'running') || list[0]).name;
+    for (const c of list) {
+      if (c.status === 'failed' && !this.tails.has(c.name)) this.loadTail(c.name);
+      if (c.status !== 'failed') this.tails.delete(c.name);
+      // A dev server that is not running is not listening either.
+      if (c.status !== 'running') this.ready.delete(c.name);
+    }
     this.render();
     this.syncSelected();
     this.onChange(list);
-    // A container on its way somewhere: look again soon (the events stream
-    // also triggers refreshes; this covers a gateway that reports less).
     clearTimeout(this.pollTimer);
-    if (list.some((c) => c.status === 'starting' || c.status === 'pending')) {
-      this.pollTimer = setTimeout(() => this.refresh(), 1000);
+    if (this.project && list.some((c) => ['running', 'starting', 'pending'].includes(c.status))) {
+      this.pollTimer = setTimeout(() => {
+        if (!document.hidden) this.refresh();
+      }, POLL_MS);
     }
   }
 
@@ -62,7 +126,7 @@ export class Containers {
       const list = await api.listContainers(project);
       if (project === this.project) this.update(list || []);
     } catch (err) {
-      if (err.code !== 'project_not_active' && project === this.project) showError('Could not list containers', err);
+      if (err.code !== 'project_not_active' && err.status !== 401 && project === this.project) showError('Could not list containers', err);
     }
   }
 
@@ -80,136 +144,177 @@ export class Containers {
   syncSelected() {
     const c = this.current();
     if (!c) {
-      this.stopLogs();
-      this.setPreview(null);
+      if (!this.busy.has(this.selected)) this.stopLogs();
+      this.preview.show(null, null);
       return;
     }
     if (this.logsOf !== c.name) this.followLogs(c.name);
-    if (c.status === 'running') {
-      const key = `${this.project}/${c.name}`;
-      if (this.previewKey !== key) this.previewWhenReady(c);
+    if (c.status !== 'running' || this.readyTimerFor !== c.name) {
+      clearTimeout(this.readyTimer);
+      this.readyTimerFor = null;
+    }
+    if (c.status === 'running' && this.ready.has(c.name)) this.preview.show(this.project, c);
+    else if (c.status === 'running') {
+      // Not listening yet (a dev server takes a moment): the preview loads
+      // when its output says it is ready, or after 20 s whatever it says.
+      if (!this.preview.key) this.preview.show(null, null, `${c.name} is starting; the preview opens when it listens…`);
+      else this.preview.show(this.project, c);
+      if (this.readyTimerFor !== c.name) {
+        const name = c.name;
+        this.readyTimerFor = name;
+        this.readyTimer = setTimeout(() => {
+          this.readyTimerFor = null;
+          this.markReady(name);
+        }, 20_000);
+      }
     } else {
-      this.setPreview(null, c.status === 'stopped' ? `${c.name} is stopped. Start it to see the preview.` : `${c.name} is ${c.status}…`);
+      const msg =
+        c.status === 'failed'
+          ? `${c.name} failed${exitText(c)}. See its row for the last log lines, or Restart it.`
+          : c.status === 'stopped'
+            ? `${c.name} is stopped. Start it to see the preview.`
+            : `${c.name} is ${c.status}…`;
+      this.preview.show(null, null, msg);
     }
   }
 
-  previewRoot(c) {
-    if (c.preview_url) return new URL('/', c.preview_url).toString();
-    // The contract's default: {container}.{project}.localhost on the gateway's port.
-    const port = window.location.port ? `:${window.location.port}` : '';
-    return `${window.location.protocol}//${c.name}.${this.project}.localhost${port}/`;
-  }
-
-  authUrl(c) {
-    const u = new URL('/__preview/auth', this.previewRoot(c));
-    u.searchParams.set('token', getToken());
-    return u.toString();
-  }
-
-  /** Loads the preview once the dev server says it listens (from its log), or
-   * after a few seconds at the latest. */
-  previewWhenReady(c) {
-    const key = `${this.project}/${c.name}`;
-    this.setPreview(null, `Waiting for ${c.name} to listen…`);
-    this.previewKey = key;
-    const go = () => {
-      clearTimeout(this.readyTimer);
-      this.readyTimer = null;
-      const now = this.current();
-      if (this.previewKey === key && now && now.name === c.name && now.status === 'running') this.setPreview(now);
-    };
-    this.pendingReady = go;
-    if (READY_RE.test($('logs').textContent)) go();
-    else this.readyTimer = setTimeout(go, 8000);
-  }
-
-  setPreview(c, message) {
-    const frame = $('preview-frame');
-    const empty = $('preview-empty');
-    const open = $('preview-open');
-    if (!c) {
-      this.previewKey = null;
-      this.pendingReady = null;
-      clearTimeout(this.readyTimer);
-      frame.hidden = true;
-      // Navigate away (not just hide): the dev server's client in there would
-      // otherwise keep polling a server that is going away.
-      if (frame.getAttribute('src') && frame.getAttribute('src') !== 'about:blank') frame.src = 'about:blank';
-      frame.dataset.container = '';
-      empty.hidden = false;
-      empty.textContent = message || 'Start a container to see its preview.';
-      $('preview-url').textContent = '';
-      $('preview-reload').disabled = true;
-      open.hidden = true;
-      return;
-    }
-    this.previewKey = `${this.project}/${c.name}`;
-    this.pendingReady = null;
-    const root = this.previewRoot(c);
-    $('preview-url').textContent = root;
-    $('preview-reload').disabled = false;
-    open.hidden = false;
-    open.href = this.authUrl(c);
-    empty.hidden = true;
-    frame.hidden = false;
-    frame.dataset.container = c.name;
-    frame.src = this.authUrl(c);
-  }
-
-  reloadPreview() {
-    const c = this.current();
-    if (c && c.status === 'running') this.setPreview(c);
-  }
+  // --- logs ------------------------------------------------------------------
 
   stopLogs() {
     if (this.logAbort) this.logAbort.abort();
     this.logAbort = null;
     this.logsOf = null;
-    $('logs').textContent = '';
-    $('logs-of').textContent = '';
+    this.entries.clear();
+    this.cmdLog = '';
+    this.runLog = '';
+    this.renderLogs();
   }
 
+  /** Adds a command-log entry (from the listing or the events stream; the
+   * same entry from both is shown once). */
+  addEntry(e) {
+    const at = Date.parse(e.ts) || 0;
+    const key = `${e.label}|${e.command}|${at}`;
+    if (this.entries.has(key)) return;
+    this.entries.set(key, { at, text: formatEntry(e) });
+  }
+
+  /** Follows a container's output, after its clone/install commands (kept
+   * when it is the same container again). */
   async followLogs(name) {
+    const same = this.logsOf === name;
+    const keep = same ? { entries: new Map(this.entries), live: this.cmdLog } : null;
     this.stopLogs();
     const project = this.project;
     const ctrl = new AbortController();
     this.logAbort = ctrl;
     this.logsOf = name;
-    $('logs-of').textContent = name;
-    const pre = $('logs');
+    if (keep) {
+      this.entries = keep.entries;
+      this.cmdLog = keep.live;
+    }
+    this.loadCommandLog(name);
     let attempt = 0;
     // The stream ends when the dev server stops; follow again when it restarts.
     while (!ctrl.signal.aborted) {
+      const c = this.list.find((x) => x.name === name);
+      if (!c) {
+        // Being added: its commands arrive on the events stream.
+        await sleep(1000);
+        continue;
+      }
       try {
         const res = await api.followLogs(project, name, ctrl.signal);
         const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
-        pre.textContent = '';
+        // The stream starts at the beginning of the output each time.
+        this.runLog = '';
+        this.ready.delete(name);
         attempt = 0;
         for (;;) {
           const { value, done } = await reader.read();
           if (done) break;
-          this.appendLog(pre, value);
+          this.runLog = trimLog(this.runLog + value);
+          if (!this.ready.has(name) && READY_RE.test(plainText(this.runLog))) this.markReady(name);
+          this.renderLogs();
         }
+        // The output ended: the dev server stopped or died. Its status says which.
+        const was = this.list.find((x) => x.name === name);
+        if (!ctrl.signal.aborted && was && ['running', 'starting'].includes(was.status)) this.refresh();
       } catch (err) {
         if (ctrl.signal.aborted) return;
-        if (err.code && err.code !== 'project_not_active' && err.status !== 404 && attempt === 0) {
-          this.appendLog(pre, `\n[logs unavailable: ${err.message}]\n`);
+        if (err.code && err.code !== 'project_not_active' && err.status !== 404 && err.status !== 401 && attempt === 0) {
+          this.runLog += `\n[logs unavailable: ${err.message}]\n`;
+          this.renderLogs();
         }
       }
       if (ctrl.signal.aborted) return;
       attempt++;
-      await new Promise((r) => setTimeout(r, Math.min(5000, 500 * attempt)));
+      // A dev server that is not running has no more output: wait for its
+      // status to move (a start, a restart) rather than asking again and again.
+      const now = this.list.find((x) => x.name === name);
+      if (now && !['running', 'starting', 'pending'].includes(now.status)) await this.statusChange(name, now.status, 60_000);
+      await sleep(Math.min(5000, 250 * attempt));
     }
   }
 
-  appendLog(pre, text) {
-    const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 8;
-    let all = pre.textContent + text;
-    if (all.length > MAX_LOG_CHARS) all = all.slice(all.length - MAX_LOG_CHARS);
-    pre.textContent = all;
-    if (atBottom) pre.scrollTop = pre.scrollHeight;
-    if (this.pendingReady && READY_RE.test(text)) this.pendingReady();
+  /** The container's earlier clone and install commands, from the command log. */
+  async loadCommandLog(name) {
+    const project = this.project;
+    let entries;
+    try {
+      entries = (await api.commandLog(project, 200)) || [];
+    } catch {
+      return;
+    }
+    if (project !== this.project || this.logsOf !== name) return;
+    for (const e of entries.filter((x) => typeof x.label === 'string' && x.label.startsWith(`${name}: `)).slice(-6)) this.addEntry(e);
+    this.renderLogs();
   }
+
+  /** A command-log entry from the events stream (clone, install, exec...). */
+  onCommandLog(entry) {
+    if (!entry || typeof entry.label !== 'string') return;
+    const name = entry.label.split(': ')[0];
+    if (this.logsOf !== name && !(this.busy.has(name) && this.selected === name)) return;
+    if (this.logsOf !== name) {
+      this.logsOf = name;
+      this.entries.clear();
+      this.cmdLog = '';
+    }
+    this.addEntry(entry);
+    this.renderLogs();
+  }
+
+  renderLogs() {
+    const pre = $('logs');
+    const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 8;
+    const cmds = trimLog(
+      [...this.entries.values()]
+        .sort((a, b) => a.at - b.at)
+        .map((e) => e.text)
+        .join('') + this.cmdLog,
+    );
+    const sep = cmds && this.runLog ? '\n── dev server output ──\n' : '';
+    pre.textContent = cmds + sep + this.runLog;
+    $('logs-of').textContent = this.logsOf || '';
+    if (atBottom) pre.scrollTop = pre.scrollHeight;
+  }
+
+  async loadTail(name) {
+    const project = this.project;
+    this.tails.set(name, null);
+    try {
+      const text = plainText(await api.logsText(project, name));
+      if (project !== this.project) return;
+      const lines = text.split('\n').filter((l) => l.trim() !== '');
+      this.tails.set(name, lines.slice(-TAIL_LINES));
+    } catch {
+      this.tails.set(name, []);
+    }
+    this.render();
+  }
+
+  // --- actions -----------------------------------------------------------------
 
   async loadTemplates() {
     if (this.templates) return this.templates;
@@ -231,21 +336,23 @@ export class Containers {
     while (used.has(port)) port++;
     const defaultName = this.list.find((c) => c.name === 'web') ? `web${this.list.length + 1}` : 'web';
     const field = (id, label, value, attrs = {}) =>
-      h('label', { class: 'field' }, h('span', {}, label), h('input', { id, name: id, value, 'aria-label': label, autocomplete: 'off', spellcheck: 'false', ...attrs }));
+      h('label', { class: 'field' }, h('span', {}, label), h('input', { id, name: id, value, autocomplete: 'off', spellcheck: 'false', ...attrs }));
     const tplSelect = h(
       'select',
-      { id: 'c-template', 'aria-label': 'Template' },
+      { id: 'c-template' },
       h('option', { value: '' }, '(none: empty folder)'),
       ...templates.map((t, i) => h('option', { value: String(i), selected: i === 0 }, t.name)),
     );
     const body = h(
       'div',
       { class: 'form-grid' },
-      field('c-name', 'Name', defaultName, { pattern: '[a-z]([a-z0-9\\-]{0,38}[a-z0-9])?', required: true }),
+      field('c-name', 'Name', defaultName, { pattern: '[a-z]([a-z0-9\\-]{0,38}[a-z0-9])?', required: true, 'aria-describedby': 'c-name-hint' }),
+      h('small', { id: 'c-name-hint', class: 'hint' }, 'Lowercase letters, digits and dashes; starts with a letter.'),
       h('label', { class: 'field' }, h('span', {}, 'Template'), tplSelect),
       field('c-port', 'Port', String(port), { type: 'number', min: 1, max: 65535 }),
       field('c-install', 'Install command', 'npm install'),
       field('c-start', 'Start command', 'npm run dev'),
+      h('label', { class: 'check' }, h('input', { type: 'checkbox', id: 'c-public' }), h('span', {}, 'Public preview (anyone with the URL, no sign-in)')),
     );
     const v = await dialog({
       title: 'Add a container',
@@ -262,59 +369,141 @@ export class Containers {
       port: Number(body.querySelector('#c-port').value),
       start: body.querySelector('#c-start').value.trim(),
     };
+    if (body.querySelector('#c-public').checked) spec.public = true;
     const install = body.querySelector('#c-install').value.trim();
     if (install) spec.install = install;
     const t = templates[Number(tplSelect.value)];
     if (tplSelect.value !== '' && t) spec.template = t.ref ? { git: t.git, ref: t.ref } : { git: t.git };
-    this.busy.add(name);
+    this.busy.set(name, spec.template ? 'cloning the template, then installing…' : 'installing…');
+    // Logs shows this container's clone and install as they finish.
+    this.stopLogs();
+    this.selected = name;
+    this.logsOf = name;
+    this.renderLogs();
     this.render();
-    toast(`Adding ${name}…`);
     try {
       await api.addContainer(project, spec);
-      this.selected = name;
-      toast(`Added ${name}`);
+      toast(`Added ${name}`, 'ok');
     } catch (err) {
       showError(`Could not add ${name}`, err);
     } finally {
       this.busy.delete(name);
+      this.logsOf = null;
       await this.refresh();
     }
   }
 
   async act(c, what) {
     const project = this.project;
-    this.busy.add(c.name);
+    const name = c.name;
+    if (what === 'delete') {
+      const v = await dialog({
+        title: `Remove ${name}?`,
+        body: `The container ${name} will be removed. Its files in /${name}/ can stay or go.`,
+        actions: [
+          { label: 'Cancel', value: 'cancel' },
+          { label: 'Remove, delete files', value: 'files', kind: 'danger' },
+          { label: 'Remove, keep files', value: 'keep', kind: 'primary' },
+        ],
+      });
+      if (!v) return;
+      this.busy.set(name, 'removing…');
+      this.render();
+      try {
+        if (this.selected === name) this.preview.show(null, null);
+        await api.deleteContainer(project, name, v === 'files');
+      } catch (err) {
+        showError(`Could not remove ${name}`, err);
+      } finally {
+        this.busy.delete(name);
+        if (project === this.project) await this.refresh();
+      }
+      return;
+    }
+    this.busy.set(name, { start: 'starting…', stop: 'stopping…', restart: 'restarting…' }[what]);
     this.render();
     try {
-      if (what === 'start') {
-        const res = await api.startContainer(project, c.name);
-        this.selected = c.name;
-        // Fresh logs for the fresh run (the stream of the last run has ended).
-        if (res) this.logsOf = null;
-      } else if (what === 'stop') {
-        if (this.selected === c.name) this.setPreview(null, `Stopping ${c.name}…`);
-        await api.stopContainer(project, c.name);
-      } else if (what === 'delete') {
-        const v = await dialog({
-          title: `Remove ${c.name}?`,
-          body: `The container ${c.name} will be removed. Its files in /${c.name}/ can stay or go.`,
-          actions: [
-            { label: 'Cancel', value: 'cancel' },
-            { label: 'Remove, delete files', value: 'files', kind: 'danger' },
-            { label: 'Remove, keep files', value: 'keep', kind: 'primary' },
-          ],
-        });
-        if (!v) return;
-        if (this.selected === c.name) this.setPreview(null);
-        await api.deleteContainer(project, c.name, v === 'files');
+      if (what === 'stop' || what === 'restart') {
+        if (this.selected === name) this.preview.show(null, null, `Stopping ${name}…`);
+        await api.stopContainer(project, name);
+      }
+      if (what === 'start' || what === 'restart') {
+        this.tails.delete(name);
+        this.ready.delete(name);
+        this.selected = name;
+        // The log stream of the last run has ended; its loop follows the new run.
+        await api.startContainer(project, name);
       }
     } catch (err) {
-      showError(`Could not ${what} ${c.name}`, err);
+      showError(`Could not ${what} ${name}`, err);
     } finally {
-      this.busy.delete(c.name);
+      this.busy.delete(name);
       if (project === this.project) await this.refresh();
     }
   }
+
+  /**
+   * Runs the container's install command again, its output live in Logs
+   * (a terminal session running `sh -c`, whose exit frame carries the exit
+   * code), then starts the container when the install succeeded.
+   */
+  async reinstall(c) {
+    const project = this.project;
+    const name = c.name;
+    const install = c.install || 'npm install';
+    const env = Object.entries(c.env || {})
+      .map(([k, v]) => shq(`${k}=${v}`))
+      .join(' ');
+    const cmd = `cd ${shq(name)} && ${env ? `env ${env} ` : ''}sh -c ${shq(install)}`;
+    this.busy.set(name, 'reinstalling…');
+    this.select(name);
+    this.cmdLog = trimLog(`${this.cmdLog}$ ${install}   (reinstall, in /${name})\n`);
+    this.renderLogs();
+    this.render();
+    const code = await new Promise((resolve) => {
+      const ws = openSocket(`${paths.project(project)}/terminal`, { cmd, cols: 120, rows: 40 });
+      ws.binaryType = 'arraybuffer';
+      const dec = new TextDecoder();
+      let exit = null;
+      let pending = '';
+      ws.onmessage = (ev) => {
+        if (typeof ev.data === 'string') {
+          try {
+            const m = JSON.parse(ev.data);
+            if (m.type === 'exit') exit = m.code;
+          } catch {
+            // Not a control message.
+          }
+          return;
+        }
+        // Whole lines only, so that a progress line's redraws collapse.
+        pending += dec.decode(new Uint8Array(ev.data), { stream: true });
+        const nl = pending.lastIndexOf('\n');
+        if (nl >= 0) {
+          this.cmdLog = trimLog(this.cmdLog + plainText(pending.slice(0, nl + 1)));
+          pending = pending.slice(nl + 1);
+          if (this.logsOf === name) this.renderLogs();
+        }
+      };
+      ws.onclose = () => {
+        if (pending) this.cmdLog = trimLog(this.cmdLog + plainText(pending) + '\n');
+        resolve(exit);
+      };
+    });
+    this.busy.delete(name);
+    this.cmdLog = trimLog(`${this.cmdLog}[install ${code === 0 ? 'done' : code === null ? 'lost its connection' : `exited with code ${code}`}]\n`);
+    this.renderLogs();
+    if (project !== this.project) return;
+    if (code === 0) {
+      toast(`Reinstalled ${name}; starting it`, 'ok');
+      await this.act({ name }, 'restart');
+    } else {
+      toast(`Reinstall of ${name} failed${code === null ? '' : ` (exit ${code})`}; see Logs`, 'error');
+      this.render();
+    }
+  }
+
+  // --- rendering -----------------------------------------------------------------
 
   render() {
     const ul = $('container-list');
@@ -323,12 +512,12 @@ export class Containers {
       return;
     }
     // Containers being added: the clone and install run inside the request.
-    const adding = [...this.busy].filter((n) => !this.list.find((c) => c.name === n));
+    const adding = [...this.busy.keys()].filter((n) => !this.list.find((c) => c.name === n));
     const pending = adding.map((n) =>
       h(
         'li',
         { class: 'container', dataset: { name: n, status: 'adding' } },
-        h('div', { class: 'name' }, h('span', { class: 'dot starting', 'aria-hidden': 'true' }), h('strong', {}, n), h('span', { class: 'meta' }, 'cloning the template, installing…')),
+        h('div', { class: 'crow' }, h('span', { class: 'dot starting', 'aria-hidden': 'true' }), h('strong', {}, n), h('span', { class: 'meta' }, this.busy.get(n))),
         h('div', { class: 'progress', role: 'status', 'aria-label': `Adding ${n}` }, h('div', { class: 'bar', 'aria-hidden': 'true' }, h('div', { class: 'fill' }))),
       ),
     );
@@ -339,28 +528,71 @@ export class Containers {
     ul.replaceChildren(
       ...pending,
       ...this.list.map((c) => {
-        const busy = this.busy.has(c.name);
+        const busy = this.busy.get(c.name);
         const running = c.status === 'running';
+        const failed = c.status === 'failed';
+        const tail = this.tails.get(c.name);
+        const status = busy || `${c.status}${failed ? exitText(c) : ''}`;
         return h(
           'li',
-          { class: 'container' + (c.name === this.selected ? ' selected' : ''), dataset: { name: c.name, status: c.status } },
-          h(
-            'button',
-            { class: 'name', 'aria-label': `Select container ${c.name}`, 'aria-pressed': String(c.name === this.selected), onclick: () => this.select(c.name) },
-            h('span', { class: `dot ${c.status}`, 'aria-hidden': 'true' }),
-            h('strong', {}, c.name),
-            h('span', { class: 'meta' }, `:${c.port} · ${c.status}`),
-          ),
+          { class: 'container' + (c.name === this.selected ? ' selected' : '') + (failed ? ' failed' : ''), dataset: { name: c.name, status: c.status } },
           h(
             'div',
-            { class: 'actions' },
-            running
-              ? h('button', { disabled: busy, 'aria-label': `Stop container ${c.name}`, onclick: () => this.act(c, 'stop') }, 'Stop')
-              : h('button', { class: 'primary', disabled: busy || c.status === 'starting', 'aria-label': `Start container ${c.name}`, onclick: () => this.act(c, 'start') }, busy ? '…' : 'Start'),
-            h('button', { class: 'icon', disabled: busy, 'aria-label': `Remove container ${c.name}`, title: 'Remove', onclick: () => this.act(c, 'delete') }, icon('trash')),
+            { class: 'crow' },
+            h(
+              'button',
+              { type: 'button', class: 'name', 'aria-pressed': String(c.name === this.selected), onclick: () => this.select(c.name) },
+              h('span', { class: `dot ${busy ? 'starting' : c.status}`, 'aria-hidden': 'true' }),
+              h('span', { class: 'sr-only' }, 'Select container '),
+              h('strong', {}, c.name),
+              h('span', { class: 'meta' }, `:${c.port} · `, h('span', { class: 'cstatus', 'data-status': c.status }, status)),
+              c.public ? h('span', { class: 'pill' }, 'public') : null,
+            ),
+            h(
+              'div',
+              { class: 'actions' },
+              running
+                ? h('button', { type: 'button', disabled: !!busy, 'aria-label': `Stop container ${c.name}`, onclick: () => this.act(c, 'stop') }, 'Stop')
+                : h('button', { type: 'button', class: 'primary', disabled: !!busy || c.status === 'starting', 'aria-label': `${failed ? 'Restart' : 'Start'} container ${c.name}`, onclick: () => this.act(c, failed ? 'restart' : 'start') }, failed ? 'Restart' : 'Start'),
+              h('button', { type: 'button', class: 'icon', disabled: !!busy, 'aria-label': `Remove container ${c.name}`, title: 'Remove', onclick: () => this.act(c, 'delete') }, icon('trash')),
+            ),
           ),
+          failed
+            ? h(
+                'div',
+                { class: 'failure', role: 'group', 'aria-label': `${c.name} failed` },
+                h('p', {}, h('strong', {}, `${c.name} exited${c.exit_code !== undefined && c.exit_code !== null ? ` with code ${c.exit_code}` : ''}.`), ' Last lines of its output:'),
+                h('pre', { class: 'tail', tabindex: '0', role: 'region', 'aria-label': `Last log lines of ${c.name}` }, tail === undefined || tail === null ? 'loading…' : tail.length ? tail.join('\n') : '(no output)'),
+                h(
+                  'div',
+                  { class: 'actions' },
+                  h('button', { type: 'button', class: 'primary', disabled: !!busy, 'aria-label': `Restart ${c.name}`, onclick: () => this.act(c, 'restart') }, 'Restart'),
+                  h('button', { type: 'button', disabled: !!busy, 'aria-label': `Reinstall ${c.name} (${c.install || 'npm install'}), then start it`, title: `Runs ${c.install || 'npm install'} in /${c.name}, then starts it`, onclick: () => this.reinstall(c) }, 'Reinstall'),
+                ),
+              )
+            : null,
         );
       }),
     );
   }
+}
+
+function exitText(c) {
+  return c.exit_code !== undefined && c.exit_code !== null ? ` (exit ${c.exit_code})` : '';
+}
+
+function sleep(ms) {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+function trimLog(s) {
+  return s.length > MAX_LOG_CHARS ? s.slice(s.length - MAX_LOG_CHARS) : s;
+}
+
+/** A command-log entry as Logs shows it: the command, its output, how it ended. */
+function formatEntry(e) {
+  const out = [e.stdout, e.stderr].filter((x) => x && x.trim()).map((x) => plainText(x).replace(/\n*$/, '\n')).join('');
+  const secs = typeof e.duration_ms === 'number' ? `, ${(e.duration_ms / 1000).toFixed(1)} s` : '';
+  const code = e.exit_code === null || e.exit_code === undefined ? '' : `exit ${e.exit_code}`;
+  return `$ ${e.command}   (${e.label})\n${out}[${code}${secs}${e.truncated ? ', output cut' : ''}]\n`;
 }

@@ -2,13 +2,16 @@
 // Bytes in and out are raw (Uint8Array both ways), so binary output and any
 // UTF-8 split across frames render right. The page counts the output bytes it
 // has received; after a drop it reconnects to the same session with
-// `?session=&offset=` and the gateway sends exactly what follows: no gap, no repeat.
+// `?session=&offset=` and the gateway sends exactly what follows: no gap, no
+// repeat. Session ids are remembered per project, so a reload or a project
+// switch reattaches to the same shells (the gateway replays their output).
+// Focus leaves a terminal with F6 (next pane) or Escape then Tab.
 
 import { Terminal } from '@xterm/xterm';
 import { FitAddon } from '@xterm/addon-fit';
 import '@xterm/xterm/css/xterm.css';
-import { wsUrl, paths } from './api.js';
-import { $, h } from './ui.js';
+import { openSocket, paths } from './api.js';
+import { $, h, dialog } from './ui.js';
 
 const enc = new TextEncoder();
 // Keystrokes typed while the socket is down are held (bounded) and sent on reconnect.
@@ -17,6 +20,14 @@ const BACKOFF_MS = [250, 500, 1000, 2000, 4000];
 // After this many failed reattaches in a row the session is taken as gone
 // (its keep window passed, or the gateway restarted) and a fresh shell starts.
 const MAX_REATTACH_FAILURES = 6;
+// A session remembered from before a reload gets fewer tries.
+const MAX_RESTORE_FAILURES = 2;
+// Never narrower than this: a shell squeezed to a few columns is useless.
+// The pane scrolls sideways instead.
+export const MIN_COLS = 20;
+const MIN_ROWS = 5;
+// Escape then Tab (within this long) moves focus out of the terminal.
+const ESC_TAB_MS = 1000;
 
 const THEME = {
   background: '#0d1117',
@@ -38,13 +49,16 @@ const THEME = {
 let seq = 0;
 
 export class TermSession {
-  constructor({ project, container, label, onState }) {
+  constructor({ project, container, label, sessionId = null, onState, onSession }) {
     this.id = `term-${++seq}`;
     this.project = project;
     this.container = container || '';
     this.label = label;
     this.onState = onState || (() => {});
-    this.sessionId = null;
+    this.onSession = onSession || (() => {});
+    this.sessionId = sessionId;
+    this.restoring = !!sessionId; // remembered from before a reload
+    this.lost = false; // the previous session could not be reattached
     this.offset = 0; // position in the session's output stream of the next byte
     this.skip = 0; // bytes of a replay we already have
     this.ws = null;
@@ -55,8 +69,9 @@ export class TermSession {
     this.pendingBytes = 0;
     this.state = 'idle'; // not connected until its tab is first shown
     this.reconnectTimer = null;
+    this.escAt = 0;
 
-    this.el = h('div', { class: 'term', id: `${this.id}-panel`, role: 'tabpanel', 'aria-label': `Terminal ${label}` });
+    this.el = h('div', { class: 'term', id: `${this.id}-panel`, role: 'tabpanel', 'aria-labelledby': `${this.id}-tab` });
     $('terms').append(this.el);
     this.term = new Terminal({
       fontFamily: '"JetBrains Mono", "Fira Code", "DejaVu Sans Mono", Menlo, monospace',
@@ -65,10 +80,25 @@ export class TermSession {
       scrollback: 10000,
       theme: THEME,
       allowProposedApi: false,
+      screenReaderMode: false,
     });
     this.fit = new FitAddon();
     this.term.loadAddon(this.fit);
     this.term.open(this.el);
+    this.term.textarea?.setAttribute('aria-label', `Terminal ${label}: Escape then Tab, or F6, moves focus out`);
+    this.term.attachCustomKeyEventHandler((ev) => {
+      if (ev.type !== 'keydown') return true;
+      if (ev.key === 'Escape') {
+        this.escAt = Date.now();
+        return true;
+      }
+      // Escape then Tab: let the browser move focus (xterm does not take it).
+      if (ev.key === 'Tab' && !ev.ctrlKey && !ev.altKey && !ev.metaKey && Date.now() - this.escAt < ESC_TAB_MS) {
+        this.escAt = 0;
+        return false;
+      }
+      return true;
+    });
     this.term.onData((d) => this.send(enc.encode(d)));
     // onBinary carries bytes as a string of char codes 0-255 (e.g. mouse reports).
     this.term.onBinary((d) => this.send(Uint8Array.from(d, (c) => c.charCodeAt(0) & 0xff)));
@@ -81,13 +111,19 @@ export class TermSession {
     window.addEventListener('online', this.onOnline);
   }
 
+  /** Fits the terminal to its pane, never below MIN_COLS x MIN_ROWS. */
   refit() {
     if (this.disposed || this.el.offsetParent === null) return;
+    let dims;
     try {
-      this.fit.fit();
+      dims = this.fit.proposeDimensions();
     } catch {
-      // Not laid out yet; the next resize observation fits it.
+      return;
     }
+    if (!dims || !Number.isFinite(dims.cols) || !Number.isFinite(dims.rows)) return;
+    const cols = Math.max(MIN_COLS, dims.cols);
+    const rows = Math.max(MIN_ROWS, dims.rows);
+    if (cols !== this.term.cols || rows !== this.term.rows) this.term.resize(cols, rows);
   }
 
   setState(s) {
@@ -108,7 +144,7 @@ export class TermSession {
       params.session = this.sessionId;
       params.offset = this.offset;
     }
-    const ws = new WebSocket(wsUrl(`${paths.project(this.project)}/terminal`, params));
+    const ws = openSocket(`${paths.project(this.project)}/terminal`, params);
     ws.binaryType = 'arraybuffer';
     this.ws = ws;
     let opened = false;
@@ -123,36 +159,13 @@ export class TermSession {
         } catch {
           return;
         }
-        if (msg.type === 'session') {
-          const reattached = this.sessionId !== null && this.sessionId === msg.id;
-          if (this.sessionId !== null && !reattached) {
-            // A fresh shell: its output counts from zero.
-            this.offset = 0;
-            this.term.write('\r\n\x1b[33m[previous session ended; new shell]\x1b[0m\r\n');
-          }
-          // The gateway says where in the session's output its stream starts.
-          // Bytes before our offset we already have (skip them); bytes between
-          // our offset and its start are gone from its replay buffer (say so).
-          if (typeof msg.offset === 'number') {
-            if (reattached && msg.offset < this.offset) this.skip = this.offset - msg.offset;
-            else this.skip = 0;
-            if (reattached && msg.offset > this.offset) {
-              this.term.write(`\r\n\x1b[33m[${msg.offset - this.offset} bytes of output were lost while disconnected]\x1b[0m\r\n`);
-            }
-            this.offset = msg.offset;
-          } else {
-            this.skip = 0;
-          }
-          this.sessionId = msg.id;
-          this.failures = 0;
-          this.setState('connected');
-          this.flushPending();
-          // The pane may have changed size while we were away.
-          this.sendControl({ type: 'resize', cols: this.term.cols, rows: this.term.rows });
-        } else if (msg.type === 'exit') {
+        if (msg.type === 'session') this.onSessionFrame(msg);
+        else if (msg.type === 'exit') {
           this.exited = true;
-          this.term.write(`\r\n\x1b[90m[process exited with code ${msg.code}]\x1b[0m\r\n`);
+          const why = msg.reason === 'hibernated' ? 'the project was hibernated' : `process exited with code ${msg.code}`;
+          this.term.write(`\r\n\x1b[90m[${why}; press Enter for a new shell]\x1b[0m\r\n`);
           this.setState('exited');
+          this.onSession(this);
         }
         return;
       }
@@ -170,16 +183,52 @@ export class TermSession {
       if (this.ws === ws) this.ws = null;
       if (this.disposed || this.exited) return;
       if (!opened || this.state !== 'connected') this.failures++;
-      if (this.sessionId && this.failures >= MAX_REATTACH_FAILURES) {
+      const limit = this.restoring ? MAX_RESTORE_FAILURES : MAX_REATTACH_FAILURES;
+      if (this.sessionId && this.failures >= limit) {
         // Start over with a new shell rather than retrying a dead session forever.
         this.sessionId = null;
+        this.restoring = false;
+        this.lost = true;
         this.failures = 0;
+        this.offset = 0;
+        this.skip = 0;
       }
       this.setState('reconnecting');
       const delay = Math.max(BACKOFF_MS[Math.min(this.failures, BACKOFF_MS.length - 1)], (this.holdUntil || 0) - Date.now());
       clearTimeout(this.reconnectTimer);
-      this.reconnectTimer = setTimeout(() => this.connectNow(), delay);
+      this.reconnectTimer = setTimeout(() => this.connectNow(), this.lost ? 0 : delay);
     };
+  }
+
+  onSessionFrame(msg) {
+    const reattached = this.sessionId !== null && this.sessionId === msg.id;
+    if (!reattached && (this.lost || this.sessionId !== null)) {
+      // A fresh shell where the person expected the old one: say so, on its own line.
+      this.offset = 0;
+      this.term.write('\r\n\x1b[33m[previous session ended; this is a new shell]\x1b[0m\r\n');
+    }
+    this.lost = false;
+    // The gateway says where in the session's output its stream starts.
+    // Bytes before our offset we already have (skip them); bytes between
+    // our offset and its start are gone from its replay buffer (say so).
+    if (typeof msg.offset === 'number') {
+      this.skip = reattached && msg.offset < this.offset ? this.offset - msg.offset : 0;
+      if (reattached && msg.offset > this.offset) {
+        const note = this.restoring ? `${msg.offset} bytes of older output are no longer kept` : `${msg.offset - this.offset} bytes of output were lost while disconnected`;
+        this.term.write(`\x1b[33m[${note}]\x1b[0m\r\n`);
+      }
+      this.offset = msg.offset;
+    } else {
+      this.skip = 0;
+    }
+    this.restoring = false;
+    this.sessionId = msg.id;
+    this.failures = 0;
+    this.setState('connected');
+    this.onSession(this);
+    this.flushPending();
+    // The pane may have changed size while we were away.
+    this.sendControl({ type: 'resize', cols: this.term.cols, rows: this.term.rows });
   }
 
   connectNow() {
@@ -229,6 +278,12 @@ export class TermSession {
     if (this.ws) this.ws.close(4000, 'client drop');
   }
 
+  /** Ends the shell (SIGHUP to its foreground group, as closing a terminal
+   * window does) and lets go of the tab. */
+  hangUp() {
+    if (!this.exited) this.sendControl({ type: 'signal', signal: 1 });
+  }
+
   dispose() {
     this.disposed = true;
     clearTimeout(this.reconnectTimer);
@@ -240,71 +295,153 @@ export class TermSession {
   }
 }
 
-/** The tab strip: one tab for the project shell and one per running container. */
+/** The terminal tabs of the current project: shells beside its files and in
+ * its running containers, as many as wanted, each closeable. */
 export class Terminals {
-  constructor() {
+  /** onRemember(project, terms, activeIndex): the set of sessions changed. */
+  constructor({ onRemember } = {}) {
     this.tabs = [];
     this.active = null;
     this.project = null;
-    this.renderTimer = null;
+    this.onRemember = onRemember || (() => {});
+    this.running = [];
+    this.dismissed = new Set(); // container tabs closed by hand
+    $('term-new').addEventListener('click', () => this.newTerminal());
   }
 
-  /** Makes the tab set match the project and its running containers. */
-  sync(project, runningContainers) {
-    if (project !== this.project) {
-      for (const t of this.tabs) t.dispose();
-      this.tabs = [];
-      this.active = null;
-      this.project = project;
-    }
-    if (!project) {
-      this.render();
-      return;
-    }
-    const want = ['', ...runningContainers];
-    for (const t of [...this.tabs]) {
-      if (!want.includes(t.container)) this.close(t);
-    }
-    for (const c of want) {
-      if (!this.tabs.find((t) => t.container === c)) {
-        const t = new TermSession({
-          project,
-          container: c,
-          label: c ? c : 'project',
-          onState: () => this.render(),
-        });
-        this.tabs.push(t);
-        // Only the active tab's panel shows; the new one waits for its click.
-        t.el.hidden = true;
-        if (!this.active) this.activate(t);
+  /** Points the tabs at a project (null: none), reattaching to the sessions
+   * it remembers. Sessions of the project left behind stay alive in the
+   * gateway for its keep window. */
+  setProject(project, memory = {}) {
+    if (project === this.project) return;
+    for (const t of this.tabs) t.dispose();
+    this.tabs = [];
+    this.active = null;
+    this.project = project;
+    this.running = [];
+    this.dismissed.clear();
+    $('term-new').disabled = !project;
+    if (project) {
+      const terms = Array.isArray(memory.terms) ? memory.terms : [];
+      for (const m of terms) {
+        if (!m || typeof m.session !== 'string') continue;
+        this.addTab({ container: m.container || '', label: m.label, sessionId: m.session });
       }
+      if (!this.tabs.some((t) => !t.container)) this.addTab({ container: '', first: true });
+      const idx = Number.isInteger(memory.activeTerm) ? memory.activeTerm : 0;
+      this.activate(this.tabs[idx] || this.tabs[0], { focus: false });
     }
     this.render();
   }
 
-  close(t) {
+  nextLabel(container) {
+    if (container) {
+      const n = this.tabs.filter((t) => t.container === container).length;
+      return n ? `${container} ${n + 1}` : container;
+    }
+    let i = 1;
+    while (this.tabs.some((t) => t.label === `shell ${i}`)) i++;
+    return `shell ${i}`;
+  }
+
+  addTab({ container = '', label, sessionId = null }) {
+    const t = new TermSession({
+      project: this.project,
+      container,
+      label: label || this.nextLabel(container),
+      sessionId,
+      onState: () => this.render(),
+      onSession: () => this.remember(),
+    });
+    // Only the active tab's panel shows.
+    t.el.hidden = true;
+    this.tabs.push(t);
+    return t;
+  }
+
+  /** Running containers get a shell tab when they start running (unless
+   * closed by hand); tabs of containers no longer running close. */
+  syncContainers(project, running) {
+    if (project !== this.project) return;
+    const before = new Set(this.running);
+    this.running = running;
+    for (const t of [...this.tabs]) {
+      if (t.container && !running.includes(t.container)) this.close(t, { hangUp: false });
+    }
+    for (const c of running) {
+      if (!before.has(c)) this.dismissed.delete(c);
+      if (!this.dismissed.has(c) && !this.tabs.some((t) => t.container === c)) this.addTab({ container: c });
+    }
+    if (!this.active && this.tabs[0]) this.activate(this.tabs[0], { focus: false });
+    this.render();
+    this.remember();
+  }
+
+  async newTerminal() {
+    if (!this.project) return;
+    let container = '';
+    if (this.running.length) {
+      const v = await dialog({
+        title: 'New terminal',
+        body: 'Where should the shell run?',
+        actions: [
+          { label: 'Cancel', value: 'cancel' },
+          ...this.running.map((c) => ({ label: `In container ${c}`, value: `c:${c}` })),
+          { label: 'Beside the project files', value: 'project', kind: 'primary' },
+        ],
+      });
+      if (!v) return;
+      container = v.startsWith('c:') ? v.slice(2) : '';
+    }
+    const t = this.addTab({ container });
+    this.activate(t, { focus: true });
+    this.remember();
+  }
+
+  close(t, { hangUp = true } = {}) {
+    if (hangUp) t.hangUp();
+    if (t.container && hangUp) this.dismissed.add(t.container);
+    const i = this.tabs.indexOf(t);
     t.dispose();
     this.tabs = this.tabs.filter((x) => x !== t);
     if (this.active === t) {
       this.active = null;
-      if (this.tabs[0]) this.activate(this.tabs[0]);
+      const next = this.tabs[i] || this.tabs[i - 1];
+      if (next) this.activate(next, { focus: false });
     }
+    this.render();
+    this.remember();
   }
 
-  activate(t) {
+  activate(t, { focus = false } = {}) {
+    if (!t) return;
     this.active = t;
     for (const x of this.tabs) x.el.hidden = x !== t;
     t.connect();
     requestAnimationFrame(() => {
       t.refit();
-      t.term.focus();
+      if (focus) t.term.focus();
     });
     this.render();
+    this.remember();
+  }
+
+  remember() {
+    if (!this.project) return;
+    const terms = this.tabs.filter((t) => t.sessionId && !t.exited).map((t) => ({ session: t.sessionId, container: t.container, label: t.label }));
+    const remembered = this.tabs.filter((t) => t.sessionId && !t.exited);
+    this.onRemember(this.project, terms, Math.max(0, remembered.indexOf(this.active)));
+  }
+
+  /** Refits the visible terminal (its pane was shown or resized). */
+  refit() {
+    if (this.active) requestAnimationFrame(() => this.active && this.active.refit());
   }
 
   render() {
     $('terms-empty').hidden = this.tabs.length > 0;
     const bar = $('term-tabs');
+    const focused = bar.contains(document.activeElement) ? document.activeElement.id : null;
     bar.replaceChildren(
       ...this.tabs.map((t) =>
         h(
@@ -315,25 +452,45 @@ export class Terminals {
             class: 'tab' + (t === this.active ? ' active' : ''),
             'aria-selected': t === this.active ? 'true' : 'false',
             'aria-controls': `${t.id}-panel`,
-            'aria-label': t.container ? `Shell in container ${t.container}` : 'Project shell',
-            dataset: { container: t.container },
+            'aria-label': `${t.container ? `Shell in container ${t.container}` : 'Project shell'} ${t.label} (${t.state})`,
+            title: `${t.label}: ${t.state} · Delete closes`,
+            dataset: { container: t.container, label: t.label },
             tabindex: t === this.active ? '0' : '-1',
-            onclick: () => this.activate(t),
+            onclick: (ev) => {
+              if (ev.target.closest('.x')) this.close(t);
+              else this.activate(t, { focus: true });
+            },
+            onauxclick: (ev) => {
+              if (ev.button === 1) this.close(t);
+            },
             onkeydown: (ev) => {
               // The tabs pattern: arrows move between tabs, Tab moves on to the panel.
               const i = this.tabs.indexOf(t);
-              const next = ev.key === 'ArrowRight' ? this.tabs[(i + 1) % this.tabs.length] : ev.key === 'ArrowLeft' ? this.tabs[(i - 1 + this.tabs.length) % this.tabs.length] : null;
+              let next = null;
+              if (ev.key === 'ArrowRight') next = this.tabs[(i + 1) % this.tabs.length];
+              else if (ev.key === 'ArrowLeft') next = this.tabs[(i - 1 + this.tabs.length) % this.tabs.length];
+              else if (ev.key === 'Home') next = this.tabs[0];
+              else if (ev.key === 'End') next = this.tabs[this.tabs.length - 1];
+              else if (ev.key === 'Delete') {
+                ev.preventDefault();
+                this.close(t);
+                const a = this.active;
+                if (a) requestAnimationFrame(() => document.getElementById(`${a.id}-tab`)?.focus());
+                return;
+              }
               if (!next) return;
               ev.preventDefault();
-              this.activate(next);
+              this.activate(next, { focus: false });
               requestAnimationFrame(() => document.getElementById(`${next.id}-tab`)?.focus());
             },
           },
           h('span', { class: `dot ${t.state}`, 'aria-hidden': 'true' }),
-          t.container ? `${t.container}` : 'project',
+          h('span', { class: 'tlabel' }, t.label),
+          h('span', { class: 'x', 'aria-hidden': 'true', title: 'Close' }, '×'),
         ),
       ),
     );
+    if (focused) document.getElementById(focused)?.focus();
     const st = $('term-state');
     const a = this.active;
     st.textContent = a ? a.state : '';

@@ -23,7 +23,10 @@ export function h(tag, attrs = {}, ...children) {
 
 export function toast(message, kind = 'info', ms = 4500) {
   const el = h('div', { class: `toast ${kind}` }, message);
-  $('toasts').append(el);
+  const box = $('toasts');
+  box.append(el);
+  // A few at a time: the oldest make room.
+  while (box.children.length > 4) box.firstElementChild.remove();
   setTimeout(() => el.remove(), ms);
 }
 
@@ -40,8 +43,9 @@ export function showError(prefix, err) {
  * `body` is a Node or a string; `input` (optional) adds a labelled text field whose
  * value is returned as {value, text}.
  */
-export function dialog({ title, body, actions, input }) {
+export function dialog({ title, body, actions, input, wide = false }) {
   const dlg = $('dlg');
+  dlg.classList.toggle('wide', !!wide);
   $('dlg-title').textContent = title;
   const bodyEl = $('dlg-body');
   bodyEl.replaceChildren();
@@ -73,7 +77,8 @@ export function dialog({ title, body, actions, input }) {
           type: cancel ? 'button' : 'submit',
           value: a.value,
           class: a.kind || '',
-          'aria-label': a.aria || a.label,
+          // The visible label is part of the name (WCAG 2.5.3).
+          'aria-label': a.aria && !a.aria.toLowerCase().includes(a.label.toLowerCase()) ? `${a.label} (${a.aria})` : a.aria || a.label,
           dataset: { action: a.value },
           onclick: cancel ? () => dlg.close('cancel') : null,
         },
@@ -131,4 +136,37 @@ export function debounce(fn, ms) {
     clearTimeout(t);
     t = setTimeout(() => fn(...args), ms);
   };
+}
+
+/** Human-readable byte count. */
+export function fmtBytes(n) {
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KiB`;
+  if (n < 1024 * 1024 * 1024) return `${(n / 1024 / 1024).toFixed(1)} MiB`;
+  return `${(n / 1024 / 1024 / 1024).toFixed(2)} GiB`;
+}
+
+/** Offers a Blob to the person as a download named `name`. */
+export function saveBlob(blob, name) {
+  const url = URL.createObjectURL(blob);
+  const a = h('a', { href: url, download: name, hidden: true });
+  document.body.append(a);
+  a.click();
+  a.remove();
+  // The download has its own reference by now; give it a moment anyway.
+  setTimeout(() => URL.revokeObjectURL(url), 60_000);
+}
+
+/** Removes terminal escape sequences and handles carriage returns well
+ * enough for a log view (progress bars redraw their line). */
+export function plainText(s) {
+  // eslint-disable-next-line no-control-regex
+  const noEsc = s.replace(/\x1b\[[0-9;?]*[ -\/]*[@-~]|\x1b\][^\x07\x1b]*(\x07|\x1b\\)|\x1b[()][0-9A-B]|\x1b[=>]/g, '');
+  return noEsc
+    .split('\n')
+    .map((line) => {
+      const parts = line.split('\r').filter((p) => p !== '');
+      return parts.length ? parts[parts.length - 1] : '';
+    })
+    .join('\n');
 }
