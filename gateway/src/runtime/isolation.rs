@@ -257,6 +257,21 @@ fn chown_tree(dir: &Path, uid: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// `PATH` as a project's user can use it: the gateway's own entries that
+/// user can search (a folder under `/root` would make every command found
+/// only later in `PATH` fail with "Permission denied" instead of running).
+pub fn reachable_path(path: &str) -> String {
+    path.split(':')
+        .filter(|dir| {
+            !dir.is_empty()
+                && Path::new(dir).is_absolute()
+                && std::fs::metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o001 != 0)
+                && unsearchable_ancestor(Path::new(dir)).is_none()
+        })
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
 /// The first folder on the way to `path` (itself excluded) that other users
 /// cannot search (no `o+x`), if any.
 fn unsearchable_ancestor(path: &Path) -> Option<PathBuf> {
@@ -307,6 +322,26 @@ mod tests {
         assert_eq!(listener_uids(port), [me]);
         drop(l);
         assert!(listener_uids(port).is_empty());
+    }
+
+    #[test]
+    fn path_keeps_only_what_others_can_search() {
+        let dir = tempfile::tempdir().unwrap();
+        let closed = dir.path().join("closed");
+        let open = dir.path().join("open");
+        std::fs::create_dir_all(closed.join("bin")).unwrap();
+        std::fs::create_dir_all(&open).unwrap();
+        std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = format!(
+            "{}:{}/bin::relative:/usr/bin",
+            open.display(),
+            closed.display()
+        );
+        assert_eq!(
+            reachable_path(&path),
+            format!("{}:/usr/bin", open.display())
+        );
     }
 
     #[test]

@@ -235,7 +235,11 @@ impl LocalRuntime {
             cmd.uid(*uid)
                 .gid(*uid)
                 .env("HOME", home)
-                .env("TMPDIR", home.join("tmp"));
+                .env("TMPDIR", home.join("tmp"))
+                .env(
+                    "PATH",
+                    super::isolation::reachable_path(&std::env::var("PATH").unwrap_or_default()),
+                );
         }
         let mut child = self.spawner.spawn(cmd).await.map_err(|e| {
             Error::Unavailable(format!(
