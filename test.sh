@@ -7,6 +7,9 @@ cd "$(dirname "$0")"
 scripts/install-test-deps.sh
 # pyenv shims may live outside PATH in a non-login shell.
 export PATH="$HOME/.pyenv/shims:$PATH"
+# One build on a fresh machine: incremental caches would only double the
+# target directory (a CI run once died of a full disk).
+export CARGO_INCREMENTAL=0
 
 # The house style first: formatting and every clippy warning are errors.
 echo "== cargo fmt --check"

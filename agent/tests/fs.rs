@@ -325,6 +325,64 @@ async fn write_new_replace_and_modes() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
+async fn must_exist_is_checked_at_the_start_and_again_at_the_commit() -> anyhow::Result<()> {
+    let mut f = start().await?;
+    let must = |path: &str| pb::WriteStart {
+        must_exist: true,
+        ..start_msg(path)
+    };
+    // Missing: refused, nothing made.
+    let err = write(&mut f, must("gone"), vec![b"x".to_vec()])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(!f.root.join("gone").exists());
+    // Present: replaced.
+    std::fs::write(f.root.join("doc"), b"v1")?;
+    write(&mut f, must("doc"), vec![b"v2".to_vec()]).await?;
+    assert_eq!(std::fs::read(f.root.join("doc"))?, b"v2");
+    // Removed while the data streams in: refused at the commit, not made
+    // again (the stat-then-write the gateway did before could not see this).
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(pb::WriteRequest {
+        msg: Some(pb::write_request::Msg::Start(must("doc"))),
+    })
+    .await?;
+    tx.send(pb::WriteRequest {
+        msg: Some(pb::write_request::Msg::Data(b"half".to_vec())),
+    })
+    .await?;
+    let mut fs = f.fs.clone();
+    let call = tokio::spawn({
+        let req = f.agent.req(tokio_stream::wrappers::ReceiverStream::new(rx));
+        async move { fs.write(req).await }
+    });
+    // Wait until the agent has begun (its temporary file is there).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while tmp_files(&f.root).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the write never began"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    std::fs::remove_file(f.root.join("doc"))?;
+    tx.send(pb::WriteRequest {
+        msg: Some(pb::write_request::Msg::Data(b" and the rest".to_vec())),
+    })
+    .await?;
+    drop(tx);
+    let err = call.await?.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(
+        !f.root.join("doc").exists(),
+        "the removed file was made again"
+    );
+    assert!(tmp_files(&f.root).is_empty());
+    Ok(())
+}
+
+#[tokio::test]
 async fn write_preconditions_change_nothing() -> anyhow::Result<()> {
     let mut f = start().await?;
     let e = write(&mut f, start_msg("doc"), vec![b"v1".to_vec()]).await?;

@@ -123,6 +123,9 @@ pub struct WriteOptions {
     pub expected_etag: Option<String>,
     /// Fail with 412 if the path exists.
     pub create_only: bool,
+    /// Fail with 412 unless the path exists (`If-Match: *`), checked by the
+    /// agent at the start and at the commit.
+    pub must_exist: bool,
     pub make_parents: bool,
     pub mode: Option<u32>,
 }
@@ -417,6 +420,7 @@ impl AgentClient {
                 path: path.to_owned(),
                 expected_etag: opts.expected_etag,
                 create_only: opts.create_only,
+                must_exist: opts.must_exist,
                 make_parents: opts.make_parents,
                 mode: opts.mode,
             })),

@@ -181,6 +181,30 @@ async fn etag_range_and_preconditions(gw: Gateway) {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    // `If-Match: *`: any current version; a missing file → 412, not made.
+    let r = gw
+        .put("/api/projects/p1/files/src/deep/a.txt")
+        .header("if-match", "*")
+        .body("v2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = gw
+        .put("/api/projects/p1/files/src/deep/missing.txt")
+        .header("if-match", "*")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        code(r).await,
+        (
+            StatusCode::PRECONDITION_FAILED,
+            "precondition_failed".into()
+        )
+    );
+    assert!(!gw.project_dir("p1").join("src/deep/missing.txt").exists());
     // With an old one → 412, unchanged.
     let r = gw
         .put("/api/projects/p1/files/src/deep/a.txt")

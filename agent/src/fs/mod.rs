@@ -244,6 +244,7 @@ async fn write(
     let opts = WriteOptions {
         expected_etag: start.expected_etag,
         create_only: start.create_only,
+        must_exist: start.must_exist,
         make_parents: start.make_parents,
         mode: start.mode,
     };

@@ -16,6 +16,9 @@ pub(crate) struct WriteOptions {
     pub(crate) expected_etag: Option<String>,
     /// Fail with `AlreadyExists` if the target exists (checked atomically at the rename).
     pub(crate) create_only: bool,
+    /// Fail with `FailedPrecondition` unless the target exists (at the start
+    /// and again at the commit).
+    pub(crate) must_exist: bool,
     /// Create missing parent directories.
     pub(crate) make_parents: bool,
     /// Mode of a new file (default 0o644); a replaced file keeps its own.
@@ -266,6 +269,9 @@ fn check_preconditions(rel: &str, current: Option<&Stat>, opts: &WriteOptions) -
         if opts.create_only {
             return Err(Error::AlreadyExists(rel.to_owned()));
         }
+    }
+    if opts.must_exist && current.is_none() {
+        return Err(Error::FailedPrecondition(format!("{rel} does not exist")));
     }
     if let Some(expected) = &opts.expected_etag {
         let actual = current.map(Stat::etag).unwrap_or_default();

@@ -262,20 +262,13 @@ async fn write(
         ..Default::default()
     };
     match if_match {
-        Some("*") => {
-            // "Any current version": the file must exist.
-            match client.stat(&path).await {
-                Ok(_) => {}
-                Err(Error::NotFound(_)) => {
-                    return Err(Error::PreconditionFailed(format!("{path} does not exist")));
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        // "Any current version": the file must exist, which the agent checks
+        // in the same call (at the start and again at the commit).
+        Some("*") => opts.must_exist = true,
         Some(tag) => opts.expected_etag = Some(unquote(tag).to_owned()),
         None => {}
     }
-    let has_etag = opts.expected_etag.is_some();
+    let has_etag = opts.expected_etag.is_some() || opts.must_exist;
     let data = body
         .into_data_stream()
         .map(|r| r.map_err(|e| Error::BadRequest(format!("cannot read the request body: {e}"))))
