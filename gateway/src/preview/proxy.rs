@@ -1,0 +1,398 @@
+//! Sending one request to a dev server and its answer back: hop-by-hop
+//! headers dropped, the gateway's credentials removed (its cookie, every
+//! `Authorization` token it signed, `devgate.bearer.*` subprotocol offers),
+//! `X-Forwarded-*` and `Via` set, bodies streamed both ways and counted,
+//! WebSocket upgrades joined and copied until either side (or, for a share
+//! link, its revocation) ends them.
+
+use std::net::SocketAddr;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, Version, header};
+use axum::response::Response;
+use http_body_util::BodyExt as _;
+use hyper_util::rt::TokioIo;
+
+use super::{COOKIE, Refusal};
+use crate::runtime::ContainerRoute;
+use crate::state::AppState;
+
+/// The pseudonym this gateway adds to `Via` (RFC 9110 section 7.6.3) on
+/// requests it sends to dev servers; see `looped` for the loop guard.
+pub(super) const VIA_NAME: &str = "devgate";
+
+/// Headers that describe one hop, never forwarded (RFC 9110 section 7.6.1).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .filter(|n| !(keep_upgrade && n == header::UPGRADE))
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    for n in HOP_BY_HOP {
+        headers.remove(n);
+    }
+    if !keep_upgrade {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Removes the preview cookie from the `Cookie` headers: the dev server
+/// (user code) must never see the gateway's credentials.
+fn strip_cookie(headers: &mut HeaderMap) {
+    if !headers.get_all(header::COOKIE).iter().any(|v| {
+        v.as_bytes()
+            .windows(COOKIE.len())
+            .any(|w| w == COOKIE.as_bytes())
+    }) {
+        return;
+    }
+    let rest: Vec<String> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty() && pair.split_once('=').map(|(k, _)| k) != Some(COOKIE))
+        .map(str::to_owned)
+        .collect();
+    headers.remove(header::COOKIE);
+    if !rest.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&rest.join("; "))
+    {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
+/// Removes what of the gateway's credentials the request carries besides its
+/// cookie: every `Authorization` value that is a token the gateway signed
+/// (whoever sent it, valid or not), and `devgate.bearer.*` WebSocket
+/// subprotocol offers. The app's own credentials pass.
+fn strip_gateway_credentials(state: &AppState, h: &mut HeaderMap) {
+    let auth: Vec<HeaderValue> = h.get_all(header::AUTHORIZATION).iter().cloned().collect();
+    if !auth.is_empty() {
+        h.remove(header::AUTHORIZATION);
+        for v in auth {
+            let ours = v
+                .to_str()
+                .ok()
+                .and_then(|v| v.split_once(' '))
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                .is_some_and(|(_, t)| state.keys.is_ours(t.trim()));
+            if !ours {
+                h.append(header::AUTHORIZATION, v);
+            }
+        }
+    }
+    let protocols: Vec<HeaderValue> = h
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .cloned()
+        .collect();
+    if protocols
+        .iter()
+        .any(|v| v.as_bytes().windows(15).any(|w| w == b"devgate.bearer."))
+    {
+        h.remove(header::SEC_WEBSOCKET_PROTOCOL);
+        let kept: Vec<String> = protocols
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|p| !p.is_empty() && !p.starts_with("devgate.bearer."))
+            .map(str::to_owned)
+            .collect();
+        if !kept.is_empty()
+            && let Ok(v) = HeaderValue::from_str(&kept.join(", "))
+        {
+            h.insert(header::SEC_WEBSOCKET_PROTOCOL, v);
+        }
+    }
+}
+
+/// Sets the headers that say where the request came from. From a trusted
+/// proxy, what it says is kept and extended; from anyone else, the client's
+/// own `X-Forwarded-*`, `Forwarded` and `X-Real-IP` are replaced by what the
+/// gateway saw, so a dev server cannot be lied to about the client's address
+/// or scheme.
+fn set_forwarded(
+    h: &mut HeaderMap,
+    host: Option<HeaderValue>,
+    peer: Option<SocketAddr>,
+    trusted_peer: bool,
+) {
+    if !trusted_peer {
+        let spoofable: Vec<HeaderName> = h
+            .keys()
+            .filter(|n| {
+                let n = n.as_str();
+                n.starts_with("x-forwarded-")
+                    || matches!(
+                        n,
+                        "forwarded" | "x-real-ip" | "true-client-ip" | "x-client-ip"
+                    )
+            })
+            .cloned()
+            .collect();
+        for name in spoofable {
+            h.remove(name);
+        }
+    }
+    if let Some(host) = host {
+        if !h.contains_key("x-forwarded-host") {
+            h.insert("x-forwarded-host", host.clone());
+        }
+        h.insert(header::HOST, host);
+    }
+    if !h.contains_key("x-forwarded-proto") {
+        h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    }
+    if let Some(peer) = peer {
+        let ip = peer.ip().to_string();
+        let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
+            _ => ip,
+        };
+        if let Ok(v) = HeaderValue::from_str(&xff) {
+            h.insert("x-forwarded-for", v);
+        }
+    }
+    let via = match h.get(header::VIA).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.is_empty() => format!("{prev}, 1.1 {VIA_NAME}"),
+        _ => format!("1.1 {VIA_NAME}"),
+    };
+    if let Ok(v) = HeaderValue::from_str(&via) {
+        h.insert(header::VIA, v);
+    }
+}
+
+pub(super) async fn proxy(
+    state: &AppState,
+    route: ContainerRoute,
+    mut req: Request,
+    trusted_peer: bool,
+    share: Option<String>,
+) -> std::result::Result<Response, Refusal> {
+    let upgrade = is_upgrade(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let (mut parts, body) = req.into_parts();
+
+    let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    // Upstream requests are origin-form (`/path?query`); the authority goes
+    // in `Host`.
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        parts.uri = parts
+            .uri
+            .path_and_query()
+            .map(|p| Uri::from(p.clone()))
+            .unwrap_or_else(|| Uri::from_static("/"));
+    }
+    parts.version = Version::HTTP_11;
+
+    let h = &mut parts.headers;
+    strip_hop_by_hop(h, upgrade);
+    if upgrade {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    strip_cookie(h);
+    strip_gateway_credentials(state, h);
+    set_forwarded(h, original_host, peer, trusted_peer);
+
+    let (up, down) = (state.preview.up.clone(), state.preview.down.clone());
+    // Nothing to count in an empty body (most GETs): pass it as it is.
+    let body = if upgrade || axum::body::HttpBody::is_end_stream(&body) {
+        body
+    } else {
+        let up = up.clone();
+        Body::new(body.map_frame(move |f| {
+            if let Some(d) = f.data_ref() {
+                up.inc_by(d.len() as u64);
+            }
+            f
+        }))
+    };
+    let upstream_req = axum::http::Request::from_parts(parts, body);
+    let mut resp = match state
+        .preview
+        .pool
+        .send(&route.authority(), upstream_req, upgrade, down.clone())
+        .await
+    {
+        Ok(r) => r,
+        Err(error) => {
+            tracing::debug!(%error, "dev server did not answer");
+            return Err(Refusal::BadGateway);
+        }
+    };
+
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let Some(client_upgrade) = client_upgrade else {
+            return Err(Refusal::BadGateway);
+        };
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        let state = state.clone();
+        // Only an upgraded connection opened through a share link is
+        // tracked (a plain request is checked against the share on each
+        // request); its entry goes when the connection ends.
+        let share = share.map(|id| state.preview.shares.track(&id));
+        tokio::spawn(async move {
+            let _tracked = share.as_ref().map(|t| t.clone().drop_guard());
+            let _open = crate::api::watch::WsGauge::new(&state, "preview");
+            let (client_io, upstream_io) = match tokio::try_join!(client_upgrade, upstream_upgrade)
+            {
+                Ok(pair) => pair,
+                Err(error) => {
+                    tracing::debug!(%error, "preview upgrade failed");
+                    return;
+                }
+            };
+            let mut client_io = TokioIo::new(client_io);
+            let mut upstream_io = TokioIo::new(upstream_io);
+            // A connection opened through a share link ends when the link is
+            // revoked or expires; the others when either side closes.
+            let revoked = async {
+                match &share {
+                    Some(token) => token.cancelled().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                copied = tokio::io::copy_bidirectional(&mut client_io, &mut upstream_io) => match copied {
+                    Ok((to_upstream, to_client)) => {
+                        up.inc_by(to_upstream);
+                        down.inc_by(to_client);
+                    }
+                    Err(error) => tracing::debug!(%error, "preview upgraded connection ended"),
+                },
+                _ = revoked => tracing::debug!("share link revoked: upgraded connection closed"),
+            }
+        });
+        let (parts, _) = resp.into_parts();
+        return Ok(Response::from_parts(parts, Body::empty()));
+    }
+
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers, false);
+    Ok(Response::from_parts(parts, Body::new(body)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn preview_cookie_is_stripped() {
+        let mut h = headers(&[
+            ("cookie", "a=1; devgate_preview=tok; b=2"),
+            ("cookie", "c=3"),
+        ]);
+        strip_cookie(&mut h);
+        assert_eq!(h.get_all(header::COOKIE).iter().count(), 1);
+        assert_eq!(h.get(header::COOKIE).unwrap(), "a=1; b=2; c=3");
+        let mut only = headers(&[("cookie", "devgate_preview=tok")]);
+        strip_cookie(&mut only);
+        assert!(only.get(header::COOKIE).is_none());
+        let mut other = headers(&[("cookie", "x=devgate_preview")]);
+        strip_cookie(&mut other);
+        assert_eq!(other.get(header::COOKIE).unwrap(), "x=devgate_preview");
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_dropped() {
+        let mut h = headers(&[
+            ("connection", "keep-alive, x-custom"),
+            ("x-custom", "1"),
+            ("keep-alive", "timeout=5"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("accept", "*/*"),
+        ]);
+        assert!(!is_upgrade(&h));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("accept"));
+
+        let mut ws = headers(&[
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+            ("sec-websocket-key", "k"),
+        ]);
+        assert!(is_upgrade(&ws));
+        strip_hop_by_hop(&mut ws, true);
+        assert!(ws.contains_key(header::UPGRADE) && ws.contains_key("sec-websocket-key"));
+    }
+
+    #[test]
+    fn forwarded_headers_from_strangers_are_replaced() {
+        let peer: SocketAddr = "192.0.2.5:40000".parse().unwrap();
+        let host = HeaderValue::from_static("web.demo.localhost:8080");
+        let sent = [
+            ("x-forwarded-for", "10.9.9.9"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "evil.example"),
+            ("x-real-ip", "10.9.9.9"),
+            ("forwarded", "for=10.9.9.9;proto=https"),
+            ("via", "1.1 corp-proxy"),
+        ];
+        let mut h = headers(&sent);
+        set_forwarded(&mut h, Some(host.clone()), Some(peer), false);
+        assert_eq!(h["x-forwarded-for"], "192.0.2.5");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "web.demo.localhost:8080");
+        assert!(!h.contains_key("x-real-ip") && !h.contains_key("forwarded"));
+        assert_eq!(h["via"], "1.1 corp-proxy, 1.1 devgate");
+        // A trusted proxy's word is kept and extended.
+        let mut h = headers(&sent);
+        set_forwarded(&mut h, Some(host), Some(peer), true);
+        assert_eq!(h["x-forwarded-for"], "10.9.9.9, 192.0.2.5");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "evil.example");
+    }
+}
