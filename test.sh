@@ -8,6 +8,12 @@ scripts/install-test-deps.sh
 # pyenv shims may live outside PATH in a non-login shell.
 export PATH="$HOME/.pyenv/shims:$PATH"
 
+# The house style first: formatting and every clippy warning are errors.
+echo "== cargo fmt --check"
+cargo fmt --all --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
 # The Kubernetes control plane of gateway/tests/kubernetes_real.rs, built
 # from Go modules into ~/.cache/devgate-testenv and checked by sha256 (the
 # first build takes minutes, later runs a few seconds; README, "Testing").

@@ -14,17 +14,17 @@ use http_body_util::BodyExt as _;
 
 /// Set when the request body ended with an error (reset, broken connection).
 #[derive(Clone, Default, Debug)]
-pub struct BodyState(Arc<AtomicBool>);
+pub(crate) struct BodyState(Arc<AtomicBool>);
 
 impl BodyState {
     /// Whether the body ended with an error rather than a clean half-close.
-    pub fn cancelled(&self) -> bool {
+    pub(crate) fn cancelled(&self) -> bool {
         self.0.load(Ordering::Acquire)
     }
 }
 
 /// The body state of a tonic request (never cancelled when the layer is absent).
-pub fn body_state<T>(req: &tonic::Request<T>) -> BodyState {
+pub(crate) fn body_state<T>(req: &tonic::Request<T>) -> BodyState {
     req.extensions()
         .get::<BodyState>()
         .cloned()
@@ -32,7 +32,7 @@ pub fn body_state<T>(req: &tonic::Request<T>) -> BodyState {
 }
 
 /// The layer for `Server::builder().layer(..)`.
-pub fn layer() -> tower::util::MapRequestLayer<fn(HttpRequest) -> HttpRequest> {
+pub(crate) fn layer() -> tower::util::MapRequestLayer<fn(HttpRequest) -> HttpRequest> {
     tower::util::MapRequestLayer::new(watch_body as fn(HttpRequest) -> HttpRequest)
 }
 

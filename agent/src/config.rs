@@ -33,7 +33,9 @@ pub struct Config {
     #[arg(long, env = "AGENT_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 
-    /// File holding the shared token (first line), instead of --token.
+    /// File holding the shared token (first line), instead of --token; `-`
+    /// reads it from standard input (how the local runtime hands it over,
+    /// so it is in neither the command line nor the environment).
     #[arg(long, env = "AGENT_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
 
@@ -75,9 +77,16 @@ pub struct Config {
 
 impl Config {
     /// The token from --token or --token-file; a missing or empty one is an error.
-    pub fn resolve_token(&self) -> anyhow::Result<String> {
+    pub(crate) fn resolve_token(&self) -> anyhow::Result<String> {
         let token = match (&self.token, &self.token_file) {
             (Some(t), _) => t.clone(),
+            (None, Some(f)) if f.as_os_str() == "-" => {
+                let mut line = String::new();
+                std::io::stdin()
+                    .read_line(&mut line)
+                    .context("cannot read the token from standard input")?;
+                line.trim().to_owned()
+            }
             (None, Some(f)) => std::fs::read_to_string(f)
                 .with_context(|| format!("cannot read token file {}", f.display()))?
                 .lines()
@@ -123,14 +132,14 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
     // cleanly", not death by the default action.
     let mut signals = Signals::new()?;
     let token = config.resolve_token()?;
-    let root = crate::paths::Root::open(&config.root)
+    let root = devgate_fs::Root::open(&config.root)
         .with_context(|| format!("cannot open root {}", config.root.display()))?;
     let root = Arc::new(root);
     // Temporary files of writes cut short by a kill, in the background.
-    if let Ok(dir) = root.dir.try_clone() {
+    if let Ok(dir) = root.dir().try_clone() {
         let started = std::time::SystemTime::now();
         tokio::task::spawn_blocking(move || {
-            let n = crate::fs::write::sweep_temporaries(&dir, started);
+            let n = devgate_fs::temp::sweep_temporaries(&dir, started);
             if n > 0 {
                 tracing::info!(removed = n, "removed temporary files of unfinished writes");
             }

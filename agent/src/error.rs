@@ -1,11 +1,12 @@
 //! The agent's error type and its one mapping to gRPC statuses.
 
+use devgate_fs::ErrorKind;
 use tonic::{Code, Status};
 
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub(crate) enum Error {
     #[error("path leaves the root: {0}")]
     PathOutsideRoot(String),
     #[error("invalid argument: {0}")]
@@ -22,8 +23,6 @@ pub enum Error {
     DirectoryNotEmpty(String),
     #[error("precondition failed: {0}")]
     FailedPrecondition(String),
-    #[error("deadline exceeded: {0}")]
-    DeadlineExceeded(String),
     #[error("unavailable: {0}")]
     Unavailable(String),
     /// A limit on running sessions or processes (`--max-pty-sessions`,
@@ -36,53 +35,58 @@ pub enum Error {
     Internal(String),
 }
 
+impl From<devgate_fs::Error> for Error {
+    fn from(e: devgate_fs::Error) -> Error {
+        use devgate_fs::Error as Fs;
+        match e {
+            Fs::PathOutsideRoot(p) => Error::PathOutsideRoot(p),
+            Fs::InvalidArgument(m) => Error::InvalidArgument(m),
+            Fs::NotFound(p) => Error::NotFound(p),
+            Fs::AlreadyExists(p) => Error::AlreadyExists(p),
+            Fs::IsDirectory(p) => Error::IsDirectory(p),
+            Fs::NotADirectory(p) => Error::NotADirectory(p),
+            Fs::DirectoryNotEmpty(p) => Error::DirectoryNotEmpty(p),
+            Fs::Io(io) => Error::Io(io),
+        }
+    }
+}
+
+/// The status code and `x-agent-error` detail of a class of file errors.
+fn fs_code(kind: ErrorKind) -> (Code, Option<&'static str>) {
+    match kind {
+        ErrorKind::PathOutsideRoot => (Code::InvalidArgument, Some(proto::PATH_OUTSIDE_ROOT)),
+        ErrorKind::InvalidArgument => (Code::InvalidArgument, None),
+        ErrorKind::NotFound => (Code::NotFound, None),
+        ErrorKind::AlreadyExists => (Code::AlreadyExists, None),
+        ErrorKind::IsDirectory => (Code::InvalidArgument, Some(proto::IS_DIRECTORY)),
+        ErrorKind::NotADirectory => (Code::InvalidArgument, Some(proto::NOT_A_DIRECTORY)),
+        ErrorKind::DirectoryNotEmpty => {
+            (Code::FailedPrecondition, Some(proto::DIRECTORY_NOT_EMPTY))
+        }
+        ErrorKind::PermissionDenied => (Code::PermissionDenied, None),
+        ErrorKind::StorageFull => (Code::ResourceExhausted, None),
+        ErrorKind::ReadOnly => (Code::FailedPrecondition, None),
+        ErrorKind::Other => (Code::Internal, None),
+    }
+}
+
 impl From<Error> for Status {
     fn from(e: Error) -> Status {
         let (code, detail) = match &e {
-            Error::PathOutsideRoot(_) => (Code::InvalidArgument, Some(proto::PATH_OUTSIDE_ROOT)),
-            Error::InvalidArgument(_) => (Code::InvalidArgument, None),
-            Error::NotFound(_) => (Code::NotFound, None),
-            Error::AlreadyExists(_) => (Code::AlreadyExists, None),
-            Error::IsDirectory(_) => (Code::InvalidArgument, Some(proto::IS_DIRECTORY)),
-            Error::NotADirectory(_) => (Code::InvalidArgument, Some(proto::NOT_A_DIRECTORY)),
-            Error::DirectoryNotEmpty(_) => {
-                (Code::FailedPrecondition, Some(proto::DIRECTORY_NOT_EMPTY))
-            }
+            Error::PathOutsideRoot(_) => fs_code(ErrorKind::PathOutsideRoot),
+            Error::InvalidArgument(_) => fs_code(ErrorKind::InvalidArgument),
+            Error::NotFound(_) => fs_code(ErrorKind::NotFound),
+            Error::AlreadyExists(_) => fs_code(ErrorKind::AlreadyExists),
+            Error::IsDirectory(_) => fs_code(ErrorKind::IsDirectory),
+            Error::NotADirectory(_) => fs_code(ErrorKind::NotADirectory),
+            Error::DirectoryNotEmpty(_) => fs_code(ErrorKind::DirectoryNotEmpty),
             Error::FailedPrecondition(_) => (Code::FailedPrecondition, None),
-            Error::DeadlineExceeded(_) => (Code::DeadlineExceeded, None),
             Error::Unavailable(_) => (Code::Unavailable, None),
             Error::LimitReached(_) => (Code::ResourceExhausted, Some(proto::LIMIT_REACHED)),
-            Error::Io(io) if crate::paths::is_escape(io) => {
-                (Code::InvalidArgument, Some(proto::PATH_OUTSIDE_ROOT))
-            }
-            // A symlink loop (ErrorKind::FilesystemLoop is not stable yet).
-            Error::Io(io) if io.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
-                (Code::InvalidArgument, None)
-            }
-            Error::Io(io) => match io.kind() {
-                std::io::ErrorKind::NotFound => (Code::NotFound, None),
-                std::io::ErrorKind::AlreadyExists => (Code::AlreadyExists, None),
-                std::io::ErrorKind::PermissionDenied => (Code::PermissionDenied, None),
-                std::io::ErrorKind::IsADirectory => {
-                    (Code::InvalidArgument, Some(proto::IS_DIRECTORY))
-                }
-                std::io::ErrorKind::NotADirectory => {
-                    (Code::InvalidArgument, Some(proto::NOT_A_DIRECTORY))
-                }
-                std::io::ErrorKind::DirectoryNotEmpty => {
-                    (Code::FailedPrecondition, Some(proto::DIRECTORY_NOT_EMPTY))
-                }
-                // A name too long, a symlink loop, a move into itself: the
-                // client's input, not our failure.
-                std::io::ErrorKind::InvalidInput
-                | std::io::ErrorKind::InvalidFilename
-                | std::io::ErrorKind::CrossesDevices => (Code::InvalidArgument, None),
-                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
-                    (Code::ResourceExhausted, None)
-                }
-                std::io::ErrorKind::ReadOnlyFilesystem => (Code::FailedPrecondition, None),
-                _ => (Code::Internal, None),
-            },
+            // A name too long, a symlink loop, a move into itself: the
+            // client's input, not our failure (the classification is
+            // devgate-fs's, shared with the gateway's local reads).
+            Error::Io(io) => fs_code(ErrorKind::of_io(io)),
             Error::Internal(_) => (Code::Internal, None),
         };
         if code == Code::Internal {
@@ -97,4 +101,11 @@ impl From<Error> for Status {
         }
         status
     }
+}
+
+/// Maps an `io::Error` from an operation on the clean path `rel` (through the
+/// root's handles) to the agent's error: an escape becomes `PathOutsideRoot`
+/// (see [`devgate_fs::Root::io_error`]).
+pub(crate) fn io_error(rel: &str, e: std::io::Error) -> Error {
+    devgate_fs::Root::io_error(rel, e).into()
 }

@@ -19,17 +19,17 @@ use tonic::{Request, Response, Status};
 
 use crate::State;
 use crate::error::{Error, Result};
-use crate::paths::Root;
+use devgate_fs::Root;
 
 /// Lines of git's stderr kept to explain a failure.
 const KEEP_LINES: usize = 8;
 
-pub struct GitService {
+pub(crate) struct GitService {
     state: State,
 }
 
 impl GitService {
-    pub fn new(state: State) -> Self {
+    pub(crate) fn new(state: State) -> Self {
         Self { state }
     }
 }
@@ -41,7 +41,7 @@ impl Git for GitService {
         request: Request<CloneRequest>,
     ) -> Result<Response<BoxStream<CloneResponse>>, Status> {
         let req = request.into_inner();
-        let rel = Root::clean(&req.dir)?;
+        let rel = Root::clean(&req.dir).map_err(Error::from)?;
         if rel.is_empty() {
             return Err(
                 Error::InvalidArgument("dir must name a directory inside the root".into()).into(),
@@ -54,7 +54,11 @@ impl Git for GitService {
         let (tx, rx) = mpsc::channel(16);
         let state = self.state.clone();
         self.state.tasks.spawn(async move {
-            let staging = format!(".agent-clone-{}", uuid::Uuid::new_v4().simple());
+            let staging = format!(
+                "{}{}",
+                devgate_fs::temp::CLONE_PREFIX,
+                uuid::Uuid::new_v4().simple()
+            );
             let res = tokio::select! {
                 res = run_clone(&state, &req, &rel, &staging, &tx) => res,
                 _ = tx.closed() => Err(Error::Unavailable("clone cancelled by the caller".into())),
@@ -64,7 +68,7 @@ impl Git for GitService {
             if res.is_err() {
                 let root = state.root.clone();
                 let staging = staging.clone();
-                let _ = tokio::task::spawn_blocking(move || remove_all(&root.dir, &staging)).await;
+                let _ = tokio::task::spawn_blocking(move || remove_all(root.dir(), &staging)).await;
             }
             let msg = match res {
                 Ok(done) => {
@@ -121,7 +125,7 @@ async fn run_clone(
     let root2 = root.clone();
     let (staging2, rel2, drop_git) = (staging.to_owned(), rel.to_owned(), req.drop_git_dir);
     let files = tokio::task::spawn_blocking(move || -> Result<u64> {
-        let dir = root2.dir.open_dir_nofollow(&staging2)?;
+        let dir = root2.dir().open_dir_nofollow(&staging2)?;
         if drop_git {
             remove_all(&dir, ".git")?;
         }
@@ -129,19 +133,19 @@ async fn run_clone(
         // The target was free before the clone; an empty directory there is
         // replaced, anything else is a conflict.
         target_is_free(&root2, &rel2)?;
-        if let Ok(m) = root2.dir.symlink_metadata(&rel2)
+        if let Ok(m) = root2.dir().symlink_metadata(&rel2)
             && m.is_dir()
         {
             root2
-                .dir
+                .dir()
                 .remove_dir(&rel2)
-                .map_err(|e| Root::io_error(&rel2, e))?;
+                .map_err(|e| crate::error::io_error(&rel2, e))?;
         }
-        let (parent, name) = root2.open_parent(&rel2, true)?;
+        let (parent, name) = root2.open_parent(&rel2, true).map_err(Error::from)?;
         root2
-            .dir
+            .dir()
             .rename(&staging2, &parent, &name)
-            .map_err(|e| Root::io_error(&rel2, e))?;
+            .map_err(|e| crate::error::io_error(&rel2, e))?;
         Ok(files)
     })
     .await
@@ -158,7 +162,7 @@ async fn run_git(
     staging: &str,
     tx: Option<&mpsc::Sender<Result<CloneResponse, Status>>>,
 ) -> Result<(ExitStatus, Vec<String>)> {
-    let mut cmd = crate::process::command(argv, &root.path, &git_env())?;
+    let mut cmd = crate::process::command(argv, root.path(), &git_env())?;
     cmd.stderr(Stdio::piped());
     let mut child = cmd.spawn().map_err(spawn_error)?;
     // git runs helpers (remote-https, index-pack) in its process group: a
@@ -206,7 +210,7 @@ async fn run_git(
 }
 
 async fn capture_git(argv: &[String], root: &Root) -> Result<(String, ExitStatus)> {
-    let mut cmd = crate::process::command(argv, &root.path, &git_env())?;
+    let mut cmd = crate::process::command(argv, root.path(), &git_env())?;
     cmd.stdout(Stdio::piped());
     let out = cmd.output().await.map_err(spawn_error)?;
     Ok((
@@ -234,11 +238,14 @@ fn git_env() -> HashMap<String, String> {
 
 /// The target must be absent or an empty directory.
 fn target_is_free(root: &Root, rel: &str) -> Result<()> {
-    match root.dir.symlink_metadata(rel) {
+    match root.dir().symlink_metadata(rel) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Root::io_error(rel, e)),
+        Err(e) => Err(crate::error::io_error(rel, e)),
         Ok(m) if m.is_dir() => {
-            let mut entries = root.dir.read_dir(rel).map_err(|e| Root::io_error(rel, e))?;
+            let mut entries = root
+                .dir()
+                .read_dir(rel)
+                .map_err(|e| crate::error::io_error(rel, e))?;
             if entries.next().is_some() {
                 Err(Error::AlreadyExists(format!("{rel} is not empty")))
             } else {
@@ -287,7 +294,7 @@ fn check_url(url: &str, root: &Root) -> Result<()> {
     {
         let canon = std::fs::canonicalize(path)
             .map_err(|_| Error::InvalidArgument(format!("bad url {url:?}: no such repository")))?;
-        return match canon.strip_prefix(&root.path) {
+        return match canon.strip_prefix(root.path()) {
             Ok(_) => Ok(()),
             Err(_) => Err(Error::PathOutsideRoot(format!(
                 "{url}: a local repository must lie inside the root"

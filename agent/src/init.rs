@@ -21,7 +21,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 /// Set in the server child's environment (to the init's pid) so it serves
 /// instead of re-spawning.
-pub const CHILD_ENV: &str = "AGENT_INIT_CHILD";
+pub(crate) const CHILD_ENV: &str = "AGENT_INIT_CHILD";
 
 /// In the server child of an init: ask for SIGTERM when the init dies, so a
 /// killed init (SIGKILL) does not leave the server running unsupervised.

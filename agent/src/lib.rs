@@ -1,17 +1,18 @@
 //! The agent: one gRPC server with the Filesystem, Process, Git, Archive and
-//! Health services over a directory root (the project volume).
+//! Health services over a directory root (the project volume). The library
+//! exposes only what `main.rs` needs: the config, tracing, the init and
+//! `serve`; every module is private, so the compiler reports dead code.
 
-pub mod archive;
-pub mod cancel;
-pub mod config;
-pub mod error;
-pub mod fs;
-pub mod git;
+mod archive;
+mod cancel;
+mod config;
+mod error;
+mod fs;
+mod git;
 pub mod init;
-pub mod paths;
-pub mod process;
-pub mod s3;
-pub mod watch;
+mod process;
+mod s3;
+mod watch;
 
 pub use config::{Config, init_tracing};
 
@@ -19,15 +20,15 @@ use std::sync::Arc;
 
 /// Everything the services share.
 #[derive(Clone)]
-pub struct State {
-    pub config: Arc<Config>,
-    pub root: Arc<paths::Root>,
+pub(crate) struct State {
+    pub(crate) config: Arc<Config>,
+    pub(crate) root: Arc<devgate_fs::Root>,
     /// Cancelled when the agent begins shutting down.
-    pub shutdown: tokio_util::sync::CancellationToken,
+    pub(crate) shutdown: tokio_util::sync::CancellationToken,
     /// In-flight writes and uploads that shutdown waits for.
-    pub tasks: tokio_util::task::TaskTracker,
+    pub(crate) tasks: tokio_util::task::TaskTracker,
     /// The file watcher actor (see `watch`).
-    pub watcher: watch::Watcher,
+    pub(crate) watcher: watch::Watcher,
 }
 
 /// Validates the config, binds the listener, and serves until SIGTERM/SIGINT.

@@ -20,6 +20,16 @@ fn main() -> std::process::ExitCode {
         }
     };
     agent::init_tracing(&config);
+    // Not dumpable: another process of the same user (a project's shell)
+    // can neither attach to the agent nor read its memory or
+    // `/proc/<pid>/environ`. The agent's children become dumpable again at
+    // their exec, as usual.
+    if let Err(error) =
+        rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+    {
+        eprintln!("agent: cannot make the process non-dumpable: {error}");
+        return std::process::ExitCode::FAILURE;
+    }
     if agent::init::should_run(config.init) {
         return agent::init::run();
     }

@@ -12,16 +12,16 @@ use futures::{StreamExt as _, TryStreamExt as _};
 use crate::error::{Error, Result};
 
 /// Size of each ranged GET of a download.
-pub const DOWNLOAD_PART: u64 = 8 * 1024 * 1024;
+pub(crate) const DOWNLOAD_PART: u64 = 8 * 1024 * 1024;
 /// Ranged GETs in flight at once during a download.
-pub const DOWNLOAD_CONCURRENCY: usize = 8;
+pub(crate) const DOWNLOAD_CONCURRENCY: usize = 8;
 
 static CLIENT: tokio::sync::OnceCell<Client> = tokio::sync::OnceCell::const_new();
 
 /// The shared client, built on first use from `AWS_*` variables (region,
 /// credentials, `AWS_ENDPOINT_URL`). With an explicit endpoint the client uses
 /// path-style addressing, which MinIO, moto and most S3-compatible servers need.
-pub async fn client() -> &'static Client {
+pub(crate) async fn client() -> &'static Client {
     CLIENT
         .get_or_init(|| async {
             let shared = aws_config::from_env()
@@ -49,7 +49,7 @@ pub async fn client() -> &'static Client {
 /// The HTTPS client under the SDK (for S3 and for the credential providers:
 /// STS, IMDS): hyper on rustls with ring, the workspace's one crypto library.
 /// The SDK's default client would link aws-lc, a second and much larger one.
-pub fn http_client() -> aws_sdk_s3::config::SharedHttpClient {
+pub(crate) fn http_client() -> aws_sdk_s3::config::SharedHttpClient {
     use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
     aws_smithy_http_client::Builder::new()
         .tls_provider(Provider::Rustls(CryptoMode::Ring))
@@ -63,7 +63,7 @@ fn endpoint_is_set() -> bool {
 }
 
 /// Checks a bucket and key given by a client.
-pub fn check_location(loc: Option<&proto::v1::S3Location>) -> Result<(String, String)> {
+pub(crate) fn check_location(loc: Option<&proto::v1::S3Location>) -> Result<(String, String)> {
     let loc = loc.ok_or_else(|| Error::InvalidArgument("an s3 location is required".into()))?;
     if loc.bucket.is_empty() || loc.key.is_empty() {
         return Err(Error::InvalidArgument(
@@ -99,15 +99,15 @@ where
 /// [`MultipartUpload::complete`]; every other ending must call
 /// [`MultipartUpload::abort`] so no part lingers and nothing ever appears
 /// under the key.
-pub struct MultipartUpload {
+pub(crate) struct MultipartUpload {
     client: &'static Client,
-    pub bucket: String,
-    pub key: String,
+    pub(crate) bucket: String,
+    pub(crate) key: String,
     upload_id: String,
 }
 
 impl MultipartUpload {
-    pub async fn create(bucket: &str, key: &str) -> Result<MultipartUpload> {
+    pub(crate) async fn create(bucket: &str, key: &str) -> Result<MultipartUpload> {
         let client = client().await;
         let out = client
             .create_multipart_upload()
@@ -130,7 +130,7 @@ impl MultipartUpload {
     }
 
     /// Uploads one part (numbered from 1) and returns it for `complete`.
-    pub async fn upload_part(&self, number: i32, body: Bytes) -> Result<CompletedPart> {
+    pub(crate) async fn upload_part(&self, number: i32, body: Bytes) -> Result<CompletedPart> {
         let out = self
             .client
             .upload_part()
@@ -150,7 +150,7 @@ impl MultipartUpload {
 
     /// Makes the object visible, from the parts in any order; `size` is the
     /// total of the parts.
-    pub async fn complete(&self, mut parts: Vec<CompletedPart>, size: u64) -> Result<()> {
+    pub(crate) async fn complete(&self, mut parts: Vec<CompletedPart>, size: u64) -> Result<()> {
         parts.sort_by_key(|p| p.part_number());
         let res = self
             .client
@@ -193,7 +193,7 @@ impl MultipartUpload {
     /// Drops the upload and its parts. Errors are logged, not returned: the
     /// caller is already failing for another reason, and an unfinished upload
     /// never becomes visible under the key anyway.
-    pub async fn abort(&self) {
+    pub(crate) async fn abort(&self) {
         let res = self
             .client
             .abort_multipart_upload()
@@ -215,7 +215,7 @@ impl MultipartUpload {
 }
 
 /// The object's size in bytes.
-pub async fn object_size(bucket: &str, key: &str) -> Result<u64> {
+pub(crate) async fn object_size(bucket: &str, key: &str) -> Result<u64> {
     let out = client()
         .await
         .head_object()
@@ -229,7 +229,7 @@ pub async fn object_size(bucket: &str, key: &str) -> Result<u64> {
 
 /// Downloads `size` bytes of an object with parallel ranged GETs, handing each
 /// part to `sink(offset, bytes)` as it arrives (in any order).
-pub async fn download<F>(bucket: &str, key: &str, size: u64, mut sink: F) -> Result<()>
+pub(crate) async fn download<F>(bucket: &str, key: &str, size: u64, mut sink: F) -> Result<()>
 where
     F: FnMut(u64, Bytes) -> Result<()>,
 {

@@ -32,13 +32,12 @@ use tonic::codegen::BoxStream;
 
 use crate::State;
 use crate::error::{Error, Result};
-use crate::fs::write::TMP_PREFIX;
-use crate::paths::{self, Root};
+use devgate_fs::Root;
 
 /// Names skipped anywhere in the tree unless a request says otherwise.
-pub const DEFAULT_IGNORES: &[&str] = &["node_modules", ".git"];
+pub(crate) const DEFAULT_IGNORES: &[&str] = &["node_modules", ".git"];
 /// Debounce window when the request gives none.
-pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(50);
+pub(crate) const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(50);
 /// Longest debounce window a client may ask for.
 const MAX_DEBOUNCE: Duration = Duration::from_secs(10);
 /// Changes buffered per subscriber before it counts as fallen behind.
@@ -49,23 +48,23 @@ const RENAME_PAIRING: Duration = Duration::from_millis(50);
 
 /// One change, path relative to the root.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Change {
-    pub kind: EventKind,
-    pub path: String,
+pub(crate) struct Change {
+    pub(crate) kind: EventKind,
+    pub(crate) path: String,
     /// For a rename: the new path.
-    pub to: String,
+    pub(crate) to: String,
 }
 
 /// Handle on the watch actor; cheap to clone.
 #[derive(Clone)]
-pub struct Watcher {
+pub(crate) struct Watcher {
     tx: std::sync::mpsc::Sender<Command>,
 }
 
 impl Watcher {
     /// Starts the actor thread for `root`. Nothing is watched until the
     /// first subscription.
-    pub fn start(root: Arc<Root>) -> std::io::Result<Watcher> {
+    pub(crate) fn start(root: Arc<Root>) -> std::io::Result<Watcher> {
         let (tx, rx) = std::sync::mpsc::channel();
         let actor = Actor {
             root,
@@ -84,7 +83,7 @@ impl Watcher {
 
     /// Reports a change the agent made itself (an atomic write, whose own
     /// inotify events are hidden because they name a temporary file).
-    pub fn changed(&self, kind: EventKind, path: &str) {
+    pub(crate) fn changed(&self, kind: EventKind, path: &str) {
         let _ = self.tx.send(Command::Local(Change {
             kind,
             path: path.to_owned(),
@@ -108,12 +107,12 @@ impl Watcher {
 
 /// Serves one Watch RPC: checks the directory, subscribes, and returns the
 /// stream (`start`, then changes, keep-alives).
-pub async fn subscribe(
+pub(crate) async fn subscribe(
     state: &State,
     req: pb::WatchRequest,
 ) -> Result<BoxStream<pb::WatchResponse>> {
-    let rel = Root::clean(&req.path)?;
-    if !state.root.metadata(&rel)?.is_dir() {
+    let rel = Root::clean(&req.path).map_err(Error::from)?;
+    if !state.root.metadata(&rel).map_err(Error::from)?.is_dir() {
         return Err(Error::NotADirectory(rel));
     }
     // Events name real paths, so a base reached through a symlink is
@@ -123,9 +122,9 @@ pub async fn subscribe(
     } else {
         let canon = state
             .root
-            .dir
+            .dir()
             .canonicalize(&rel)
-            .map_err(|e| Root::io_error(&rel, e))?;
+            .map_err(|e| crate::error::io_error(&rel, e))?;
         canon.to_string_lossy().into_owned()
     };
     let mut ignore: HashSet<String> = req.ignore.into_iter().filter(|s| !s.is_empty()).collect();
@@ -385,7 +384,10 @@ impl Actor {
                 continue;
             };
             if !self.watched.contains(&dir_rel) {
-                match watcher.watch(&self.root.path.join(&dir_rel), RecursiveMode::NonRecursive) {
+                match watcher.watch(
+                    &self.root.path().join(&dir_rel),
+                    RecursiveMode::NonRecursive,
+                ) {
                     Ok(()) => {
                         self.watched.insert(dir_rel.clone());
                     }
@@ -398,10 +400,10 @@ impl Actor {
             let Ok(entries) = dir.entries() else { continue };
             for ent in entries.flatten() {
                 let name = ent.file_name().to_string_lossy().into_owned();
-                if name.starts_with(TMP_PREFIX) {
+                if devgate_fs::temp::is_temporary(&name) {
                     continue;
                 }
-                let child = paths::join(&dir_rel, &name);
+                let child = devgate_fs::join(&dir_rel, &name);
                 let is_dir = ent.file_type().is_ok_and(|t| t.is_dir());
                 if report {
                     found.push(child.clone());
@@ -433,13 +435,13 @@ impl Actor {
             self.watched.remove(&p);
             if let Some(w) = self.watcher.as_mut() {
                 // Already gone when inotify dropped it with the directory.
-                let _ = w.unwatch(&self.root.path.join(&p));
+                let _ = w.unwatch(&self.root.path().join(&p));
             }
         }
     }
 
     fn rel(&self, p: &Path) -> Option<String> {
-        let rel = p.strip_prefix(&self.root.path).ok()?;
+        let rel = p.strip_prefix(self.root.path()).ok()?;
         let rel = rel.to_string_lossy().into_owned();
         (!rel.is_empty()).then_some(rel)
     }
@@ -627,7 +629,7 @@ impl Actor {
 fn is_tmp(rel: &str) -> bool {
     rel.rsplit('/')
         .next()
-        .is_some_and(|n| n.starts_with(TMP_PREFIX))
+        .is_some_and(devgate_fs::temp::is_temporary)
 }
 
 #[cfg(test)]

@@ -15,9 +15,13 @@ use proto::v1::{ArchiveOptions, ExtractFromS3Request, S3Location, UploadArchiveR
 use sha2::Digest as _;
 
 fn s3_client(s3: &tests::S3Server) -> aws_sdk_s3::Client {
+    use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+    let http = aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::Ring))
+        .build_https();
     let conf = aws_sdk_s3::Config::builder()
         .behavior_version(BehaviorVersion::latest())
-        .http_client(agent::s3::http_client())
+        .http_client(http)
         .endpoint_url(&s3.endpoint)
         .region(Region::new(tests::S3_REGION))
         .credentials_provider(Credentials::new(

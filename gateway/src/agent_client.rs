@@ -43,10 +43,31 @@ pub struct Entry {
     pub mtime: DateTime<Utc>,
     #[serde(serialize_with = "octal_mode")]
     pub mode: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The agent's etag, bare. It is shown (entries, the PUT answer, the
+    /// `ETag` header) in its quoted HTTP form, the same string everywhere.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "quoted_etag"
+    )]
     pub etag: Option<String>,
     #[serde(skip)]
     pub symlink_target: Option<String>,
+}
+
+/// `"etag"`: an entity tag as HTTP writes it (RFC 9110 section 8.8.3), so
+/// that a client can send back in `If-Match` exactly what it was given.
+pub fn quote_etag(etag: &str) -> String {
+    format!("\"{etag}\"")
+}
+
+fn quoted_etag<S: serde::Serializer>(
+    etag: &Option<String>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    match etag {
+        Some(t) => s.serialize_str(&quote_etag(t)),
+        None => s.serialize_none(),
+    }
 }
 
 fn octal_mode<S: serde::Serializer>(mode: &u32, s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -490,7 +511,7 @@ impl AgentClient {
                 env: spec.env.into_iter().collect(),
                 stdin: spec.stdin.into(),
                 timeout_ms: spec.timeout_ms,
-                max_output_bytes: 0,
+                max_output_bytes: spec.max_output_bytes,
             }))
             .await?
             .into_inner();
@@ -500,6 +521,7 @@ impl AgentClient {
             stderr: r.stderr.into(),
             duration_ms: r.duration_ms,
             timed_out: r.timed_out,
+            truncated: r.stdout_truncated || r.stderr_truncated,
         })
     }
 
@@ -568,26 +590,6 @@ impl AgentClient {
             }
         })
         .boxed())
-    }
-
-    /// The agent's PTY sessions.
-    pub async fn list_pty(&self) -> Result<Vec<PtySession>> {
-        let r = unary(self.process().list_pty(self.req(pb::Empty {}))).await?;
-        Ok(r.into_inner()
-            .sessions
-            .into_iter()
-            .map(PtySession::from)
-            .collect())
-    }
-
-    /// Ends a PTY session (`signal` 0: SIGHUP, then SIGKILL after a grace period).
-    pub async fn kill_pty(&self, session_id: &str, signal: i32) -> Result<()> {
-        unary(self.process().kill_pty(self.req(pb::KillPtyRequest {
-            session_id: session_id.to_owned(),
-            signal,
-        })))
-        .await?;
-        Ok(())
     }
 
     /// Starts a named background process with `sh -c command` in `cwd`.

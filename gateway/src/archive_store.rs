@@ -56,14 +56,6 @@ impl ArchiveStore {
         }
     }
 
-    /// The bucket, when the store is S3.
-    pub fn s3_bucket(&self) -> Option<&str> {
-        match self {
-            ArchiveStore::S3 { bucket, .. } => Some(bucket),
-            ArchiveStore::Folder(_) => None,
-        }
-    }
-
     async fn s3(&self) -> Result<(&aws_sdk_s3::Client, &str)> {
         match self {
             ArchiveStore::S3 { bucket, client, .. } => {

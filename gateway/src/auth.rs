@@ -1,6 +1,8 @@
-//! Bearer tokens: HS256 JWTs with claims `sub`, `projects` and `exp`, checked
-//! by two axum extractors. [`Claims`] reads only the `Authorization` header;
-//! [`QueryClaims`] also takes `?token=`, and is used only where a browser
+//! Bearer tokens: HS256 JWTs with claims `sub`, `projects`, `exp` and
+//! optionally `nbf` and `iat`, checked by two axum extractors. [`Claims`]
+//! reads only the `Authorization` header; [`QueryClaims`] also takes the
+//! WebSocket subprotocol offer `devgate.bearer.<token>` and `?token=`, and is
+//! used only where a browser
 //! cannot set headers (WebSocket upgrades, SSE, the preview cookie flow, the
 //! archive download). Tokens never reach the log: see [`redact_uri`].
 
@@ -24,6 +26,13 @@ pub struct Claims {
     pub projects: Vec<String>,
     /// Expiry, unix seconds.
     pub exp: u64,
+    /// Not before, unix seconds (honoured when present).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+    /// Issued at, unix seconds; with `--max-token-ttl` the lifetime is
+    /// `exp - iat` when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
 }
 
 impl Claims {
@@ -42,14 +51,13 @@ impl Claims {
             )))
         }
     }
-
-    /// Whether the token grants every project.
-    pub fn is_admin(&self) -> bool {
-        self.projects.iter().any(|p| p == "*")
-    }
 }
 
-/// The gateway's signing and checking keys.
+/// The gateway's signing and checking keys: one key for bearer tokens (the
+/// platform's, signed with the secret) and one derived from it for the
+/// credentials the gateway mints for previews (cookies, one-time codes,
+/// share links). A preview credential therefore never verifies as a bearer
+/// token: every `/api` route refuses it, whatever its claims say.
 #[derive(Clone)]
 pub struct Keys(Arc<KeysInner>);
 
@@ -57,50 +65,140 @@ struct KeysInner {
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
+    /// Signature only: whether a token is ours at all, expired or not.
+    signature_only: Validation,
+    preview_encoding: EncodingKey,
+    preview_decoding: DecodingKey,
+    max_ttl: Option<u64>,
+}
+
+/// What a preview credential grants: previews of one project, on one host.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PreviewClaims {
+    /// Who it was minted for: the bearer's `sub`, or `share:{id}`.
+    pub sub: String,
+    /// The one project it opens.
+    pub project: String,
+    /// The preview host name it is bound to (no port).
+    pub host: String,
+    /// The share link it came from; checked on every request, so that a
+    /// revoked link stops working at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share: Option<String>,
+    /// Expiry, unix seconds.
+    pub exp: u64,
 }
 
 impl Keys {
-    pub fn new(secret: &[u8]) -> Keys {
+    /// Keys from the secret; `max_ttl` refuses bearer tokens that live longer.
+    pub fn new(secret: &[u8], max_ttl: Option<std::time::Duration>) -> Keys {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 5;
         validation.validate_exp = true;
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp"]);
+        let mut signature_only = Validation::new(Algorithm::HS256);
+        signature_only.validate_exp = false;
+        signature_only.validate_nbf = false;
+        signature_only.validate_aud = false;
+        signature_only.required_spec_claims.clear();
+        let preview_key = preview_key(secret);
         Keys(Arc::new(KeysInner {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
             validation,
+            signature_only,
+            preview_encoding: EncodingKey::from_secret(&preview_key),
+            preview_decoding: DecodingKey::from_secret(&preview_key),
+            max_ttl: max_ttl.map(|d| d.as_secs()),
         }))
     }
 
     /// Signs a token for `sub` valid for `ttl_secs`.
     pub fn sign(&self, sub: &str, projects: &[&str], ttl_secs: u64) -> Result<String, Error> {
+        let now = now_secs();
         let claims = Claims {
             sub: sub.to_owned(),
             projects: projects.iter().map(|s| s.to_string()).collect(),
-            exp: now_secs() + ttl_secs,
+            exp: now + ttl_secs,
+            nbf: None,
+            iat: Some(now),
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.0.encoding)
             .map_err(Error::internal)
     }
 
-    /// Checks signature and expiry; any failure is 401.
+    /// Checks signature, expiry, not-before and the longest lifetime; any
+    /// failure is 401.
     pub fn verify(&self, token: &str) -> Result<Claims, Error> {
-        jsonwebtoken::decode::<Claims>(token, &self.0.decoding, &self.0.validation)
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.0.decoding, &self.0.validation)
             .map(|d| d.claims)
             .map_err(|e| {
                 let why = match e.kind() {
                     jsonwebtoken::errors::ErrorKind::ExpiredSignature => "the token has expired",
+                    jsonwebtoken::errors::ErrorKind::ImmatureSignature => {
+                        "the token is not valid yet (nbf)"
+                    }
                     jsonwebtoken::errors::ErrorKind::InvalidSignature => {
                         "the token's signature is wrong"
                     }
                     _ => "the token is malformed",
                 };
                 Error::Unauthorized(why.into())
-            })
+            })?;
+        if let Some(max) = self.0.max_ttl {
+            let lifetime = claims
+                .exp
+                .saturating_sub(claims.iat.unwrap_or_else(now_secs));
+            if lifetime > max {
+                return Err(Error::Unauthorized(format!(
+                    "the token lives {lifetime} s, longer than the {max} s this gateway accepts"
+                )));
+            }
+        }
+        Ok(claims)
+    }
+
+    /// Whether `token` was signed by this gateway (a bearer token or a
+    /// preview credential), valid or not: such a token is never passed on
+    /// to user code.
+    pub fn is_ours(&self, token: &str) -> bool {
+        let signed_by = |key: &DecodingKey| {
+            jsonwebtoken::decode::<serde_json::Value>(token, key, &self.0.signature_only).is_ok()
+        };
+        signed_by(&self.0.decoding) || signed_by(&self.0.preview_decoding)
+    }
+
+    /// Signs a preview credential.
+    pub fn sign_preview(&self, claims: &PreviewClaims) -> Result<String, Error> {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            claims,
+            &self.0.preview_encoding,
+        )
+        .map_err(Error::internal)
+    }
+
+    /// Checks a preview credential's signature and expiry.
+    pub fn verify_preview(&self, token: &str) -> Option<PreviewClaims> {
+        jsonwebtoken::decode::<PreviewClaims>(token, &self.0.preview_decoding, &self.0.validation)
+            .ok()
+            .map(|d| d.claims)
     }
 }
 
-fn now_secs() -> u64 {
+/// The key of preview credentials, derived from the secret with a label of
+/// its own, so the two kinds of token can never stand in for each other.
+fn preview_key(secret: &[u8]) -> [u8; 32] {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    h.update(b"devgate preview credentials v1\0");
+    h.update(secret);
+    h.finalize().into()
+}
+
+/// Unix seconds now.
+pub fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -118,6 +216,26 @@ pub fn header_token(parts: &Parts) -> Option<&str> {
     scheme
         .eq_ignore_ascii_case("bearer")
         .then_some(token.trim())
+}
+
+/// The subprotocol a browser offers to say "my token follows in the offer".
+pub const WS_PROTOCOL: &str = "devgate";
+const WS_BEARER_PREFIX: &str = "devgate.bearer.";
+
+/// The token a browser put in its WebSocket subprotocol offer
+/// (`Sec-WebSocket-Protocol: devgate, devgate.bearer.<token>`), if any. A
+/// browser cannot set `Authorization` on a WebSocket, and a token in the URL
+/// shows wherever the URL does (Chromium prints the URL of a failed socket
+/// in the console). A JWT is made of token characters (RFC 9110 section
+/// 5.6.2), so it fits in a protocol name.
+pub fn protocol_token(parts: &Parts) -> Option<&str> {
+    parts
+        .headers
+        .get_all(axum::http::header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|p| p.trim().strip_prefix(WS_BEARER_PREFIX))
 }
 
 /// The `token` query parameter, if any (percent-decoded).
@@ -146,7 +264,8 @@ impl FromRequestParts<AppState> for Claims {
     }
 }
 
-/// Claims from the `Authorization` header or, failing that, `?token=`.
+/// Claims from the `Authorization` header or, failing that, the WebSocket
+/// subprotocol offer or `?token=`.
 #[derive(Debug, Clone)]
 pub struct QueryClaims(pub Claims);
 
@@ -157,7 +276,7 @@ impl FromRequestParts<AppState> for QueryClaims {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        if let Some(token) = header_token(parts) {
+        if let Some(token) = header_token(parts).or_else(|| protocol_token(parts)) {
             return state.keys.verify(token).map(QueryClaims);
         }
         let token = query_token(parts.uri.query())
@@ -166,7 +285,8 @@ impl FromRequestParts<AppState> for QueryClaims {
     }
 }
 
-/// The URI as it may be logged: the value of any `token` parameter replaced.
+/// The URI as it may be logged: the value of any `token` or `code`
+/// parameter replaced.
 pub fn redact_uri(uri: &axum::http::Uri) -> String {
     let path = uri.path();
     match uri.query() {
@@ -175,13 +295,29 @@ pub fn redact_uri(uri: &axum::http::Uri) -> String {
             let q: Vec<String> = q
                 .split('&')
                 .map(|kv| match kv.split_once('=') {
-                    Some((k, _)) if k.eq_ignore_ascii_case("token") => format!("{k}=REDACTED"),
+                    Some((k, _))
+                        if k.eq_ignore_ascii_case("token") || k.eq_ignore_ascii_case("code") =>
+                    {
+                        format!("{k}=REDACTED")
+                    }
                     _ => kv.to_owned(),
                 })
                 .collect();
             format!("{path}?{}", q.join("&"))
         }
     }
+}
+
+/// The secret in a file (`--secret-file`): its first line, which must not be empty.
+pub fn read_secret_file(path: &std::path::Path) -> anyhow::Result<String> {
+    use anyhow::Context as _;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the secret file {}", path.display()))?;
+    let line = text.lines().next().unwrap_or_default().trim();
+    if line.is_empty() {
+        anyhow::bail!("the secret file {} is empty", path.display());
+    }
+    Ok(line.to_owned())
 }
 
 /// Loads the secret: the configured one, else the one kept in the data dir,
@@ -224,16 +360,83 @@ mod tests {
 
     #[test]
     fn sign_verify_and_reject() {
-        let keys = Keys::new(b"0123456789abcdef0123");
+        let keys = Keys::new(b"0123456789abcdef0123", None);
         let t = keys.sign("u", &["p1"], 60).unwrap();
         let c = keys.verify(&t).unwrap();
         assert!(c.allows("p1") && !c.allows("p2"));
-        let other = Keys::new(b"another-secret-0000");
+        let other = Keys::new(b"another-secret-0000", None);
         assert!(matches!(other.verify(&t), Err(Error::Unauthorized(_))));
         assert!(matches!(
             keys.verify("garbage"),
             Err(Error::Unauthorized(_))
         ));
+    }
+
+    fn encode(secret: &[u8], claims: &serde_json::Value) -> String {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            claims,
+            &EncodingKey::from_secret(secret),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn not_before_and_longest_lifetime() {
+        let secret = b"0123456789abcdef0123";
+        let now = now_secs();
+        let keys = Keys::new(secret, Some(std::time::Duration::from_secs(3600)));
+        let early = encode(
+            secret,
+            &serde_json::json!({"sub": "u", "projects": ["p"], "exp": now + 600, "nbf": now + 300}),
+        );
+        let Err(Error::Unauthorized(why)) = keys.verify(&early) else {
+            panic!("a token before its nbf was accepted");
+        };
+        assert!(why.contains("nbf"), "{why}");
+        let ok = encode(
+            secret,
+            &serde_json::json!({"sub": "u", "projects": ["p"], "exp": now + 600, "nbf": now - 10}),
+        );
+        assert!(keys.verify(&ok).is_ok());
+        // Lifetime: exp - iat when iat is given, else exp - now.
+        let long = encode(
+            secret,
+            &serde_json::json!({"sub": "u", "projects": ["p"], "exp": now + 600, "iat": now - 7200}),
+        );
+        assert!(matches!(keys.verify(&long), Err(Error::Unauthorized(_))));
+        let far = encode(
+            secret,
+            &serde_json::json!({"sub": "u", "projects": ["p"], "exp": now + 7200}),
+        );
+        assert!(matches!(keys.verify(&far), Err(Error::Unauthorized(_))));
+        assert!(Keys::new(secret, None).verify(&far).is_ok());
+    }
+
+    #[test]
+    fn preview_credentials_are_not_bearer_tokens() {
+        let keys = Keys::new(b"0123456789abcdef0123", None);
+        let claims = PreviewClaims {
+            sub: "u".into(),
+            project: "p".into(),
+            host: "web.p.localhost".into(),
+            share: None,
+            exp: now_secs() + 60,
+        };
+        let cookie = keys.sign_preview(&claims).unwrap();
+        assert_eq!(keys.verify_preview(&cookie), Some(claims));
+        assert!(matches!(keys.verify(&cookie), Err(Error::Unauthorized(_))));
+        let bearer = keys.sign("u", &["*"], 60).unwrap();
+        assert_eq!(keys.verify_preview(&bearer), None);
+        // Both are the gateway's own, expired or not; anything else is not.
+        assert!(keys.is_ours(&cookie) && keys.is_ours(&bearer));
+        let expired = encode(
+            b"0123456789abcdef0123",
+            &serde_json::json!({"sub": "u", "exp": 1}),
+        );
+        assert!(keys.is_ours(&expired));
+        assert!(!keys.is_ours(&encode(b"someone else's", &serde_json::json!({"exp": 1}))));
+        assert!(!keys.is_ours("not-a-jwt"));
     }
 
     #[test]

@@ -35,6 +35,11 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_PREVIEW_DOMAIN", default_value = "localhost")]
     pub preview_domain: String,
 
+    /// `dotted` (`{container}.{project}.{domain}`) or `flat`
+    /// (`{container}--{project}.{domain}`, which one wildcard certificate covers).
+    #[arg(long, env = "GATEWAY_PREVIEW_HOST_STYLE", value_enum, default_value_t = crate::preview::host::HostStyle::Dotted)]
+    pub preview_host_style: crate::preview::host::HostStyle,
+
     /// Port written into preview URLs; default the port of --listen (none when 80).
     #[arg(long, env = "GATEWAY_PREVIEW_PORT")]
     pub preview_port: Option<u16>,
@@ -118,6 +123,62 @@ pub struct Config {
     /// Log format: `text` or `json`.
     #[arg(long, env = "GATEWAY_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
+
+    /// A file holding the HS256 secret (its first line). Prefer it, or
+    /// `GATEWAY_SECRET`, to `--secret`: a command line is readable by every
+    /// process on the machine.
+    #[arg(long, env = "GATEWAY_SECRET_FILE", conflicts_with = "secret")]
+    pub secret_file: Option<PathBuf>,
+
+    /// Seconds a client has to send a request's headers; also how long an idle
+    /// keep-alive connection is kept open between requests.
+    #[arg(long, env = "GATEWAY_HEADER_READ_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub header_read_timeout_secs: u64,
+
+    /// Open client connections allowed in total; above it a new connection
+    /// gets 503 and is closed.
+    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: u64,
+
+    /// Open client connections allowed per client address (IPv6: per /64);
+    /// trusted proxies are counted only in the total.
+    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS_PER_IP", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections_per_ip: u64,
+
+    /// Peers (comma-separated CIDRs, e.g. the ingress controller's pod range)
+    /// whose `X-Forwarded-*` headers are believed; from anyone else they are
+    /// replaced.
+    #[arg(long, env = "GATEWAY_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_cidr)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+
+    /// Refuse tokens that live longer than this (`exp - iat`, or `exp - now`
+    /// without `iat`), e.g. `24h`; unset: no limit.
+    #[arg(long, env = "GATEWAY_MAX_TOKEN_TTL", value_parser = parse_duration)]
+    pub max_token_ttl: Option<std::time::Duration>,
+
+    /// Bytes of stdout and of stderr an exec answer carries at most (the rest
+    /// is dropped and the answer says `"truncated": true`); at most 16 MiB.
+    #[arg(long, env = "GATEWAY_MAX_EXEC_OUTPUT", default_value_t = 16 << 20, value_parser = clap::value_parser!(u64).range(1..=(16 << 20)))]
+    pub max_exec_output: u64,
+
+    /// Bytes of stdout and of stderr kept per command-log entry (head and
+    /// tail, `"truncated": true` when cut).
+    #[arg(long, env = "GATEWAY_LOG_OUTPUT_CAP", default_value_t = 64 << 10, value_parser = clap::value_parser!(u64).range(256..=(16 << 20)))]
+    pub log_output_cap: u64,
+
+    /// Local runtime: run each project as a user of its own (`auto`: when
+    /// the gateway runs as root), so projects cannot read each other's files.
+    #[arg(long, env = "GATEWAY_ISOLATE_PROJECTS", value_enum, default_value_t = crate::runtime::isolation::IsolationMode::Auto)]
+    pub isolate_projects: crate::runtime::isolation::IsolationMode,
+
+    /// Local runtime: the first uid (and gid) given to a project's user.
+    #[arg(long, env = "GATEWAY_PROJECT_UID_BASE", default_value_t = 200_000)]
+    pub project_uid_base: u32,
+
+    /// Least time between two wakes of one hibernated project by requests
+    /// without credentials (public previews, share links); sooner ones get 429.
+    #[arg(long, env = "GATEWAY_PUBLIC_WAKE_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    pub public_wake_interval: std::time::Duration,
 }
 
 /// Which lifecycle implementation drives projects.
@@ -260,6 +321,25 @@ impl Config {
 }
 
 /// Starts `tracing` with `RUST_LOG` (default `info`) in the configured format, on stderr.
+/// A CIDR (`10.0.0.0/8`) or a single address (`10.0.0.1`).
+fn parse_cidr(s: &str) -> Result<ipnet::IpNet, String> {
+    let s = s.trim();
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{s:?} is not an address or CIDR"))
+}
+
+/// A duration such as `90s`, `5m`, `6h`, `7d` or `1h 30m` (humantime's
+/// format); a bare number is seconds.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(std::time::Duration::from_secs(secs));
+    }
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration like 90s, 5m or 6h: {e}"))
+}
+
 pub fn init_tracing(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));

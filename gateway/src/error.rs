@@ -166,6 +166,32 @@ impl From<tonic::Status> for Error {
     }
 }
 
+/// A file error of the gateway's own reads (`local_files`), answered as the
+/// agent's status for the same cause would have been (`From<tonic::Status>`
+/// above; both map devgate-fs's one classification).
+impl From<devgate_fs::Error> for Error {
+    fn from(e: devgate_fs::Error) -> Error {
+        use devgate_fs::ErrorKind as K;
+        let kind = e.kind();
+        let msg = e.to_string();
+        match kind {
+            K::PathOutsideRoot => Error::PathOutsideProject(msg),
+            K::InvalidArgument => Error::BadRequest(msg),
+            K::NotFound => Error::NotFound(msg),
+            K::AlreadyExists => Error::Conflict(msg),
+            K::IsDirectory => Error::IsDirectory(msg),
+            K::NotADirectory => Error::NotADirectory(msg),
+            K::DirectoryNotEmpty => Error::DirectoryNotEmpty(msg),
+            K::PermissionDenied => Error::Forbidden(msg),
+            K::ReadOnly => Error::PreconditionFailed(msg),
+            K::StorageFull | K::Other => match e {
+                devgate_fs::Error::Io(io) => Error::Io(io),
+                other => Error::Internal(other.to_string()),
+            },
+        }
+    }
+}
+
 impl From<tonic::transport::Error> for Error {
     fn from(e: tonic::transport::Error) -> Error {
         Error::Unavailable(format!("agent unreachable: {e}"))

@@ -16,6 +16,7 @@ pub mod local_files;
 pub mod metrics;
 pub mod preview;
 pub mod runtime;
+pub mod server;
 pub mod state;
 pub mod store;
 pub mod templates;
@@ -52,6 +53,7 @@ pub async fn run(
     // request for one of them brings its agent up on its own anyway.
     tokio::spawn(lifecycle::reconcile(state.clone()));
     tokio::spawn(prune_logs_forever(state.clone()));
+    tokio::spawn(preview::access::watch(state.clone()));
     tokio::spawn(idle::run(
         state.clone(),
         Duration::from_secs(config.idle_hibernate_minutes.saturating_mul(60)),
@@ -61,18 +63,7 @@ pub async fn run(
     // Preview hosts are dispatched ahead of the API's router and middleware.
     let app = preview::in_front(state.clone(), api::router(state.clone()));
     let cancel = state.shutdown.clone();
-    // Answers are small writes the client waits for: no Nagle delay
-    // (axum::serve leaves it on).
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
-        if let Err(error) = tcp.set_nodelay(true) {
-            tracing::debug!(%error, "cannot set TCP_NODELAY");
-        }
-    });
-    let serve = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown({
+    tokio::spawn({
         let cancel = cancel.clone();
         async move {
             shutdown.await;
@@ -80,14 +71,25 @@ pub async fn run(
             cancel.cancel();
         }
     });
-    announce(&config, &state, addr);
+    let limits = server::Limits {
+        header_read_timeout: Duration::from_secs(config.header_read_timeout_secs),
+        max_connections: usize::try_from(config.max_connections).unwrap_or(usize::MAX),
+        max_connections_per_ip: usize::try_from(config.max_connections_per_ip)
+            .unwrap_or(usize::MAX),
+        trusted_proxies: config.trusted_proxies.clone(),
+        refused: state
+            .metrics
+            .refused
+            .get_or_create(&metrics::ReasonLabels {
+                reason: "connections".into(),
+            })
+            .clone(),
+        open: state.metrics.open_connections.clone(),
+    };
     let grace = Duration::from_secs(config.grace_secs);
-    let server = tokio::spawn(serve.into_future());
-    cancel.cancelled().await;
-    match tokio::time::timeout(grace, server).await {
-        Ok(r) => r.context("server task failed")??,
-        Err(_) => tracing::warn!("grace period over with requests still in flight"),
-    }
+    let server = tokio::spawn(server::serve(listener, app, limits, cancel, grace));
+    announce(&config, &state, addr);
+    server.await.context("server task failed")?;
     state.runtime.shutdown().await;
     Ok(())
 }
@@ -122,7 +124,11 @@ fn announce(config: &Config, state: &AppState, addr: std::net::SocketAddr) {
 pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
-    let secret = auth::load_or_create_secret(config.secret.as_deref(), &config.data_dir)?;
+    let configured = match &config.secret_file {
+        Some(path) => Some(auth::read_secret_file(path)?),
+        None => config.secret.clone(),
+    };
+    let secret = auth::load_or_create_secret(configured.as_deref(), &config.data_dir)?;
     let store: Arc<dyn Store> = match &config.database_url {
         Some(url) => Arc::new(store::postgres::PostgresStore::connect(url).await?),
         None => Arc::new(
@@ -130,12 +136,18 @@ pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
                 .context("cannot open the state store")?,
         ),
     };
+    restrict_data_dir(&config.data_dir)?;
     let runtime: Arc<dyn runtime::Runtime> = match config.runtime {
         RuntimeKind::Local => Arc::new(
-            runtime::local::LocalRuntime::new(&config.data_dir, config.agent_bin())
-                .context("cannot prepare the local runtime")?
-                .with_terminal_keep_secs(config.terminal_keep_secs)
-                .with_local_reads(config.local_reads),
+            runtime::local::LocalRuntime::new(
+                &config.data_dir,
+                config.agent_bin(),
+                config.isolate_projects,
+                config.project_uid_base,
+            )
+            .context("cannot prepare the local runtime")?
+            .with_terminal_keep_secs(config.terminal_keep_secs)
+            .with_local_reads(config.local_reads),
         ),
         RuntimeKind::Kubernetes => {
             let mut settings = runtime::kubernetes::Settings::new(
@@ -161,13 +173,15 @@ pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
         }
         None => Vec::new(),
     };
+    let metrics = Arc::new(metrics::Metrics::new());
     Ok(AppState {
+        preview: Arc::new(preview::PreviewState::new(&metrics)),
+        metrics,
         config: Arc::new(config.clone()),
-        keys: auth::Keys::new(&secret),
+        keys: auth::Keys::new(&secret, config.max_token_ttl),
         store,
         runtime,
         agents: agent_client::AgentPool::default(),
-        metrics: Arc::new(metrics::Metrics::new()),
         events: state::Events::default(),
         locks: state::ProjectLocks::default(),
         archives: Arc::new(archives),
@@ -180,7 +194,26 @@ pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
     })
 }
 
-/// Removes command-log entries older than the retention, hourly.
+/// The data dir holds the secret, the state store and every local project:
+/// only the gateway's user may enter it (0700), and the state store's files
+/// are 0600 (SQLite creates them with the umask's mode).
+fn restrict_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let private = std::fs::Permissions::from_mode(0o700);
+    std::fs::set_permissions(dir, private)
+        .with_context(|| format!("cannot restrict {} to its owner", dir.display()))?;
+    for name in ["state.sqlite3", "state.sqlite3-wal", "state.sqlite3-shm"] {
+        let path = dir.join(name);
+        if path.exists() {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("cannot restrict {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes command-log entries older than the retention, and expired share
+/// links and preview codes, hourly.
 async fn prune_logs_forever(state: AppState) {
     let keep = chrono::Duration::days(state.config.log_retention_days as i64);
     loop {
@@ -188,6 +221,9 @@ async fn prune_logs_forever(state: AppState) {
             Ok(0) => {}
             Ok(n) => tracing::info!(removed = n, "command log pruned"),
             Err(error) => tracing::warn!(%error, "cannot prune the command log"),
+        }
+        if let Err(error) = state.store.prune_previews(chrono::Utc::now()).await {
+            tracing::warn!(%error, "cannot prune expired share links and preview codes");
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(3600)) => {}

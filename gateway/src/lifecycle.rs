@@ -64,6 +64,55 @@ fn progress(state: &AppState, project: &str, step: &str, message: impl Into<Stri
     );
 }
 
+/// What `POST /open` may ask for besides making the project active.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OpenOptions {
+    /// Start again the containers that were running when the project was
+    /// hibernated.
+    pub start_containers: bool,
+}
+
+/// Makes the project active, then does what `opts` asks.
+pub async fn open_with(state: &AppState, id: &str, opts: OpenOptions) -> Result<Project> {
+    let p = open(state, id).await?;
+    if opts.start_containers {
+        resume_containers(state, id).await?;
+    }
+    Ok(p)
+}
+
+/// Starts again the containers that were running at the last hibernation,
+/// and clears that mark. A container that does not start is recorded
+/// `failed` (by `start_container`); the project stays active, and the
+/// answer's containers say which ones run.
+async fn resume_containers(state: &AppState, id: &str) -> Result<()> {
+    let _guard = state.locks.lock(id).await;
+    // Hibernated again meanwhile: nothing to start now; the marks stay.
+    if state.project(id).await?.status != ProjectStatus::Active {
+        return Ok(());
+    }
+    for c in state.store.list_containers(id).await? {
+        if !c.running_at_hibernation {
+            continue;
+        }
+        progress(
+            state,
+            id,
+            "containers",
+            format!("starting {} (it was running at hibernation)", c.name),
+        );
+        if let Err(error) = start_container(state, id, &c.name).await {
+            tracing::warn!(project = id, container = %c.name, %error, "cannot start the container again after hibernation");
+        }
+        // start_container recorded the outcome; read it back to clear the mark.
+        if let Some(mut fresh) = state.store.get_container(id, &c.name).await? {
+            fresh.running_at_hibernation = false;
+            state.store.update_container(&fresh).await?;
+        }
+    }
+    Ok(())
+}
+
 /// Makes the project active: starts its environment, restoring the newest
 /// archive first when it is hibernated. Idempotent.
 pub async fn open(state: &AppState, id: &str) -> Result<Project> {
@@ -174,6 +223,8 @@ async fn restore(state: &AppState, p: &mut Project) -> Result<()> {
                     .inc_by(a.size);
                 state
                     .log_command(CommandLogEntry {
+                        id: 0,
+                        truncated: false,
                         project: id.clone(),
                         ts: Utc::now(),
                         label: "restore".into(),
@@ -208,6 +259,8 @@ async fn restore(state: &AppState, p: &mut Project) -> Result<()> {
             let _ = set_status(state, p, back).await;
             state
                 .log_command(CommandLogEntry {
+                    id: 0,
+                    truncated: false,
                     project: id.clone(),
                     ts: Utc::now(),
                     label: "restore".into(),
@@ -272,6 +325,8 @@ pub async fn hibernate(state: &AppState, id: &str) -> Result<Project> {
             set_status(state, &mut p, ProjectStatus::Active).await?;
             state
                 .log_command(CommandLogEntry {
+                    id: 0,
+                    truncated: false,
                     project: id.to_owned(),
                     ts: Utc::now(),
                     label: "hibernate".into(),
@@ -315,11 +370,21 @@ pub async fn hibernate(state: &AppState, id: &str) -> Result<Project> {
         "archive verified; stopping the environment",
     );
     for mut c in state.store.list_containers(id).await? {
+        // Remembered, so that an open can start it again (`start_containers`).
+        let was_running = matches!(
+            c.status,
+            ContainerStatus::Running | ContainerStatus::Starting
+        );
+        let changed =
+            c.status != ContainerStatus::Stopped || c.running_at_hibernation != was_running;
         if c.status != ContainerStatus::Stopped {
             if let Err(error) = state.runtime.stop_container(id, &c.name).await {
                 tracing::warn!(project = id, container = %c.name, %error, "cannot stop container");
             }
             c.status = ContainerStatus::Stopped;
+        }
+        if changed {
+            c.running_at_hibernation = was_running;
             state.store.update_container(&c).await?;
         }
     }
@@ -331,6 +396,8 @@ pub async fn hibernate(state: &AppState, id: &str) -> Result<Project> {
     state.agents.forget(id);
     state
         .log_command(CommandLogEntry {
+            id: 0,
+            truncated: false,
             project: id.to_owned(),
             ts: Utc::now(),
             label: "hibernate".into(),
@@ -448,6 +515,7 @@ pub async fn delete(state: &AppState, id: &str) -> Result<()> {
     state.store.delete_project(id).await?;
     state.statuses.forget(id);
     state.activity.forget(id);
+    state.preview.forget(id);
     state.emit(id, "status", serde_json::json!({"status": "deleted"}));
     tracing::info!(project = id, "project deleted");
     Ok(())
@@ -468,6 +536,7 @@ pub async fn start_container(
     let spec = ContainerSpec {
         name: c.name.clone(),
         port: c.port,
+        ports: c.ports.clone(),
         start: c.start.clone(),
         env: c.env.clone(),
     };

@@ -31,6 +31,20 @@ async fn main() -> std::process::ExitCode {
         return std::process::ExitCode::from(2);
     }
     gateway::init_tracing(&config);
+    // The process is not dumpable: another process of the same user (a
+    // project's shell in the local runtime) cannot read its memory or
+    // `/proc/<pid>/environ`, where `GATEWAY_SECRET` and S3 keys may be.
+    if let Err(error) =
+        rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+    {
+        tracing::warn!(%error, "cannot make the gateway non-dumpable");
+    }
+    if std::env::args().any(|a| a == "--secret" || a.starts_with("--secret=")) {
+        // `/proc/<pid>/cmdline` is readable by every process on the machine.
+        tracing::warn!(
+            "--secret on the command line is readable by every local process; use GATEWAY_SECRET or --secret-file"
+        );
+    }
     if config.secret.as_ref().is_some_and(|s| s.len() < 16) {
         // Allowed (tests and demos use short ones), but worth a word.
         tracing::warn!("--secret is shorter than 16 bytes; use a long random one in production");

@@ -54,6 +54,11 @@ pub struct KindLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DirectionLabels {
     /// `upstream` (browser to dev server) or `downstream`.
     pub direction: String,
@@ -82,6 +87,11 @@ pub struct Metrics {
     pub open_terminals: Gauge,
     pub open_websockets: Family<KindLabels, Gauge>,
     pub proxied_bytes: Family<DirectionLabels, Counter>,
+    /// Client connections open now.
+    pub open_connections: Gauge,
+    /// Requests and connections refused by a limit, by reason
+    /// (`connections`, `public_wake`, `preview_loop`, ...).
+    pub refused: Family<ReasonLabels, Counter>,
     /// Other modules may register families here before the server starts.
     pub registry: Mutex<Registry>,
 }
@@ -139,7 +149,21 @@ impl Metrics {
             "Bytes passed through the preview proxy",
             proxied_bytes.clone(),
         );
+        let open_connections = Gauge::default();
+        registry.register(
+            "open_connections",
+            "Client connections open now",
+            open_connections.clone(),
+        );
+        let refused = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "refused",
+            "Connections and requests refused by a limit, by reason",
+            refused.clone(),
+        );
         Metrics {
+            open_connections,
+            refused,
             requests,
             request_seconds,
             agent_rpc_errors,
@@ -150,6 +174,15 @@ impl Metrics {
             proxied_bytes,
             registry: Mutex::new(registry),
         }
+    }
+
+    /// Counts one refusal by a limit.
+    pub fn refuse(&self, reason: &str) {
+        self.refused
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
     }
 
     /// The text exposition of every registered family.

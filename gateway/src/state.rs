@@ -43,6 +43,8 @@ pub struct AppState {
     /// holds it exclusively while it archives, so no acknowledged write can
     /// miss the archive.
     pub write_gates: WriteGates,
+    /// The preview proxy's pool, caches, wake limits and share links in use.
+    pub preview: Arc<crate::preview::PreviewState>,
 }
 
 impl AppState {
@@ -123,15 +125,52 @@ impl AppState {
         );
     }
 
-    /// Records a command in the project's log and streams it to subscribers.
-    /// A store failure is logged, not returned: the command itself already ran.
-    pub async fn log_command(&self, entry: CommandLogEntry) {
+    /// Records a command in the project's log and streams it to subscribers,
+    /// with its `stdout` and `stderr` cut to `--log-output-cap` bytes each
+    /// (head and tail kept). A store failure is logged, not returned: the
+    /// command itself already ran.
+    pub async fn log_command(&self, mut entry: CommandLogEntry) {
+        let cap = usize::try_from(self.config.log_output_cap).unwrap_or(usize::MAX);
+        let (out, cut_out) = head_and_tail(&entry.stdout, cap);
+        let (err, cut_err) = head_and_tail(&entry.stderr, cap);
+        if cut_out || cut_err {
+            entry.stdout = out;
+            entry.stderr = err;
+            entry.truncated = true;
+        }
         if let Err(error) = self.store.append_log(&entry).await {
             tracing::error!(%error, project = %entry.project, "cannot record command");
         }
         let project = entry.project.clone();
         self.emit(&project, "log", &entry);
     }
+}
+
+/// `text` cut to at most `cap` bytes: its first and last halves around a
+/// line saying how much was left out (cuts fall on character boundaries);
+/// `true` when something was cut.
+pub fn head_and_tail(text: &str, cap: usize) -> (String, bool) {
+    if text.len() <= cap {
+        return (text.to_owned(), false);
+    }
+    let half = cap / 2;
+    let mut head = half;
+    while !text.is_char_boundary(head) {
+        head -= 1;
+    }
+    let mut tail = text.len() - half;
+    while !text.is_char_boundary(tail) {
+        tail += 1;
+    }
+    let cut = tail - head;
+    (
+        format!(
+            "{}\n[... {cut} bytes left out ...]\n{}",
+            &text[..head],
+            &text[tail..]
+        ),
+        true,
+    )
 }
 
 /// One read-write lock per project: see [`AppState::write_gates`].
@@ -283,6 +322,19 @@ impl ProjectLocks {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn output_keeps_head_and_tail() {
+        assert_eq!(head_and_tail("short", 10), ("short".to_owned(), false));
+        let text = format!("{}{}", "a".repeat(100), "z".repeat(100));
+        let (cut, truncated) = head_and_tail(&text, 20);
+        assert!(truncated);
+        assert!(cut.starts_with("aaaaaaaaaa\n[... 180 bytes left out ...]\n"));
+        assert!(cut.ends_with("zzzzzzzzzz"));
+        // Never inside a character: é is two bytes.
+        let (cut, _) = head_and_tail(&"é".repeat(50), 11);
+        assert!(cut.starts_with("éé\n") && cut.ends_with("\néé"), "{cut}");
+    }
 
     #[test]
     fn a_status_read_does_not_overwrite_a_newer_one() {

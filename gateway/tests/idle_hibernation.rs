@@ -77,16 +77,17 @@ async fn an_untouched_project_is_hibernated_and_opens_again_with_its_files() {
         "{:?}",
         archives[0]
     );
-    let left: Vec<_> = std::fs::read_dir(dir.path().join("projects"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    assert!(
-        !file.exists(),
-        "the environment is gone: {left:?} {:?}",
-        std::fs::read_dir(dir.path().join("projects/quiet"))
-            .map(|d| d.map(|e| e.unwrap().path()).collect::<Vec<_>>())
-    );
+    // The project is marked hibernated before its environment is torn
+    // down; the folder goes a moment later.
+    while file.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the environment is still there: {:?}",
+            std::fs::read_dir(dir.path().join("projects/quiet"))
+                .map(|d| d.map(|e| e.unwrap().path()).collect::<Vec<_>>())
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     lifecycle::open(&state, "quiet").await.expect("open again");
     assert_eq!(std::fs::read(&file).unwrap(), b"#!/bin/sh\necho kept\n");

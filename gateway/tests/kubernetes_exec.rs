@@ -333,6 +333,7 @@ async fn one_shot_exec_in_a_container_sends_cwd_and_env() {
         env: BTreeMap::from([("MODE".to_owned(), "test".to_owned())]),
         stdin: Vec::new(),
         timeout_ms: 10_000,
+        max_output_bytes: 0,
     };
     let out = rt.container_exec("demo", "web", spec).await.expect("exec");
     assert_eq!(out.exit_code, 0, "{out:?}");

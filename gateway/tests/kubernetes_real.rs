@@ -12,8 +12,6 @@
 
 #[path = "support/kustomize.rs"]
 mod kustomize;
-#[path = "support/postgres.rs"]
-mod postgres;
 #[path = "support/testenv.rs"]
 mod testenv;
 
@@ -932,8 +930,8 @@ async fn the_service_account_and_kube_system() {
 
 #[tokio::test]
 async fn two_replicas_on_one_postgresql_take_turns() {
-    let pg = postgres::Postgres::start();
-    postgres::create_db(&pg, "devgate").await;
+    let pg = tests::postgres::Postgres::start();
+    tests::postgres::create_db(&pg, "devgate").await;
     let url = pg.url("devgate");
     // What replicas share in production: the database, the secret and the
     // archive bucket (the agents upload to it themselves).

@@ -366,6 +366,7 @@ fn web() -> ContainerSpec {
     ContainerSpec {
         name: "web".into(),
         port: 5173,
+        ports: vec![],
         start: "npm run dev -- --host".into(),
         env: BTreeMap::from([
             ("VITE_FLAG".to_owned(), "1".to_owned()),

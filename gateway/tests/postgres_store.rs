@@ -4,20 +4,17 @@
 //! with two replicas starting together), the same answers as the SQLite
 //! store for the same calls, and reconnection after a server restart.
 
-#[path = "support/postgres.rs"]
-mod postgres;
-
 use std::time::{Duration, Instant};
 
 use chrono::{TimeZone as _, Utc};
 use gateway::error::Error;
-use gateway::store::postgres::PostgresStore;
+use gateway::store::postgres::{PostgresStore, SCHEMA_VERSION};
 use gateway::store::sqlite::SqliteStore;
 use gateway::store::{
-    ArchiveVersion, CommandLogEntry, Container, ContainerStatus, Project, ProjectStatus, Store,
-    Template,
+    ArchiveVersion, CommandLogEntry, Container, ContainerStatus, LogPage, PreviewCode, Project,
+    ProjectStatus, Share, Store, Template,
 };
-use postgres::{Postgres, create_db, free_port};
+use tests::postgres::{Postgres, create_db};
 
 fn t(ms: i64) -> chrono::DateTime<Utc> {
     Utc.timestamp_millis_opt(ms).single().unwrap()
@@ -68,6 +65,8 @@ async fn exercise(s: &dyn Store) -> Vec<String> {
             git_ref: Some("main".into()),
         }),
         created_at: t(1_700_000_000_000 + i64::from(port)),
+        ports: vec![port + 1, 24678],
+        running_at_hibernation: port == 3000,
     };
     s.create_container(&container("web", 5173)).await.unwrap();
     s.create_container(&container("api", 3000)).await.unwrap();
@@ -81,6 +80,7 @@ async fn exercise(s: &dyn Store) -> Vec<String> {
     web.status = ContainerStatus::Running;
     web.public = true;
     web.template = None;
+    web.running_at_hibernation = true;
     s.update_container(&web).await.unwrap();
     out.push(format!("{:?}", s.list_containers("a").await.unwrap()));
     s.delete_container("a", "api").await.unwrap();
@@ -102,8 +102,10 @@ async fn exercise(s: &dyn Store) -> Vec<String> {
     s.delete_archive("a", 1).await.unwrap();
     out.push(format!("{:?}", s.list_archives("a").await.unwrap()));
 
-    for (i, days) in [(0, 6), (1, 1)] {
+    for (i, days) in [(0, 6), (1, 1), (2, 1), (3, 1)] {
         s.append_log(&CommandLogEntry {
+            id: 0,
+            truncated: i == 3,
             project: "a".into(),
             ts: Utc::now() - chrono::Duration::days(days),
             label: format!("exec {i}"),
@@ -118,17 +120,124 @@ async fn exercise(s: &dyn Store) -> Vec<String> {
     }
     let labels = |v: Vec<CommandLogEntry>| {
         v.into_iter()
-            .map(|e| (e.label, e.exit_code))
+            .map(|e| (e.label, e.exit_code, e.truncated))
             .collect::<Vec<_>>()
     };
-    out.push(format!("{:?}", labels(s.list_logs("a").await.unwrap())));
+    let all = LogPage {
+        limit: 100,
+        before: None,
+    };
+    out.push(format!(
+        "{:?}",
+        labels(s.list_logs("a", all).await.unwrap())
+    ));
+    // Pages: the newest two, then the two before the first of them.
+    let page = s
+        .list_logs(
+            "a",
+            LogPage {
+                limit: 2,
+                before: None,
+            },
+        )
+        .await
+        .unwrap();
+    let first = page[0].id;
+    out.push(format!("page {:?}", labels(page)));
+    let older = s
+        .list_logs(
+            "a",
+            LogPage {
+                limit: 2,
+                before: Some(first),
+            },
+        )
+        .await
+        .unwrap();
+    out.push(format!("older {:?}", labels(older)));
     out.push(format!(
         "pruned {}",
         s.prune_logs(Utc::now() - chrono::Duration::days(5))
             .await
             .unwrap()
     ));
-    out.push(format!("{:?}", labels(s.list_logs("a").await.unwrap())));
+    out.push(format!(
+        "{:?}",
+        labels(s.list_logs("a", all).await.unwrap())
+    ));
+
+    // Share links and one-time preview codes.
+    let share = |id: &str, expires: i64| Share {
+        id: id.into(),
+        project: "a".into(),
+        container: "web".into(),
+        label: Some("for Bob".into()),
+        secret_sha256: "cd".repeat(32),
+        created_by: "alice".into(),
+        created_at: t(1_700_000_300_000),
+        expires_at: t(expires),
+        wake: id == "s1",
+    };
+    s.create_share(&share("s1", 1_700_000_900_000))
+        .await
+        .unwrap();
+    s.create_share(&share("s2", 1_700_000_400_000))
+        .await
+        .unwrap();
+    out.push(format!(
+        "dup share: {:?}",
+        s.create_share(&share("s1", 1)).await.map_err(|e| kind(&e))
+    ));
+    out.push(format!("{:?}", s.get_share("s1").await.unwrap()));
+    out.push(format!(
+        "live at 500: {:?}",
+        s.list_shares("a", "web", t(1_700_000_500_000))
+            .await
+            .unwrap()
+            .iter()
+            .map(|x| x.id.clone())
+            .collect::<Vec<_>>()
+    ));
+    out.push(format!(
+        "revoke {:?} {:?} {:?}",
+        s.delete_share("a", "api", "s1").await.unwrap(),
+        s.delete_share("a", "web", "s1").await.unwrap(),
+        s.delete_share("a", "web", "s1").await.unwrap()
+    ));
+    let code = |hash: &str, expires: i64| PreviewCode {
+        code_sha256: hash.into(),
+        project: "a".into(),
+        container: "web".into(),
+        sub: "alice".into(),
+        expires_at: t(expires),
+        token_exp: 1_700_003_600,
+    };
+    s.add_preview_code(&code("c1", 1_700_000_060_000))
+        .await
+        .unwrap();
+    s.add_preview_code(&code("c2", 1_700_000_060_000))
+        .await
+        .unwrap();
+    out.push(format!(
+        "take {:?} {:?} {:?}",
+        s.take_preview_code("c1", t(1_700_000_010_000))
+            .await
+            .unwrap(),
+        s.take_preview_code("c1", t(1_700_000_010_000))
+            .await
+            .unwrap(),
+        // Expired: gone, and not answered.
+        s.take_preview_code("c2", t(1_700_000_070_000))
+            .await
+            .unwrap()
+    ));
+    s.add_preview_code(&code("c3", 1_700_000_060_000))
+        .await
+        .unwrap();
+    out.push(format!(
+        "pruned previews {}",
+        s.prune_previews(t(1_700_000_450_000)).await.unwrap()
+    ));
 
     s.delete_project("a").await.unwrap();
     out.push(format!(
@@ -136,7 +245,7 @@ async fn exercise(s: &dyn Store) -> Vec<String> {
         s.get_project("a").await.unwrap(),
         s.list_containers("a").await.unwrap(),
         s.list_archives("a").await.unwrap(),
-        s.list_logs("a").await.unwrap().len()
+        s.list_logs("a", all).await.unwrap().len()
     ));
     s.ping().await.unwrap();
     out
@@ -155,11 +264,11 @@ async fn postgres_store_migrates_once_matches_sqlite_and_reconnects() {
     // Two replicas starting at once: both come up, the schema is made once.
     let (one, two) = tokio::join!(PostgresStore::connect(&url), PostgresStore::connect(&url));
     let (one, two) = (one.expect("first replica"), two.expect("second replica"));
-    assert_eq!(one.schema_version().await.unwrap(), 1);
+    assert_eq!(one.schema_version().await.unwrap(), SCHEMA_VERSION);
     drop(two);
     // Connecting again finds the schema current and changes nothing.
     let again = PostgresStore::connect(&url).await.expect("again");
-    assert_eq!(again.schema_version().await.unwrap(), 1);
+    assert_eq!(again.schema_version().await.unwrap(), SCHEMA_VERSION);
 
     // The same calls give the same answers as the SQLite store.
     let sqlite = SqliteStore::in_memory().unwrap();
@@ -201,7 +310,7 @@ async fn postgres_store_migrates_once_matches_sqlite_and_reconnects() {
 
 #[tokio::test]
 async fn postgres_store_refuses_a_bad_url_with_one_clear_error() {
-    let port = free_port();
+    let port = tests::free_port();
     let err = PostgresStore::connect(&format!(
         "host=127.0.0.1 port={port} user=postgres connect_timeout=2"
     ))

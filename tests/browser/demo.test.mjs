@@ -36,14 +36,20 @@ function until(fn, arg, timeout = WAIT) {
   return page.waitForFunction(fn, arg, { timeout, polling: 100 });
 }
 
-/** The active terminal's buffer as text, one line per row. */
+/** The active terminal's buffer as text, one line per logical line (rows
+ * the terminal wrapped are joined back, so a long prompt changes nothing). */
 function terminalText() {
   return page.evaluate(() => {
     const t = window.__devgate.terminals.active;
     if (!t) return '';
     const b = t.term.buffer.active;
     const lines = [];
-    for (let i = 0; i < b.length; i++) lines.push(b.getLine(i).translateToString(true));
+    for (let i = 0; i < b.length; i++) {
+      const line = b.getLine(i);
+      const text = line.translateToString(true);
+      if (line.isWrapped && lines.length > 0) lines[lines.length - 1] += text;
+      else lines.push(text);
+    }
     return lines.join('\n');
   });
 }

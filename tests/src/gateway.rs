@@ -24,6 +24,7 @@ pub struct GatewayBuilder {
     data_dir: Option<PathBuf>,
     stderr: Option<PathBuf>,
     no_secret: bool,
+    secret: Option<String>,
 }
 
 impl GatewayBuilder {
@@ -45,6 +46,12 @@ impl GatewayBuilder {
         self
     }
 
+    /// Extra command-line arguments.
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
     /// `--archive`: a folder or `s3://bucket/prefix`.
     pub fn archive(mut self, location: impl Into<String>) -> Self {
         self.archive = Some(location.into());
@@ -61,6 +68,12 @@ impl GatewayBuilder {
     /// Uses this data dir instead of a new temp dir (it is not removed).
     pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.data_dir = Some(dir.into());
+        self
+    }
+
+    /// Uses this secret (replicas that must accept each other's tokens).
+    pub fn secret(mut self, secret: impl Into<String>) -> Self {
+        self.secret = Some(secret.into());
         self
     }
 
@@ -87,7 +100,10 @@ impl GatewayBuilder {
                 (Some(t), d)
             }
         };
-        let secret = format!("test-secret-{:032x}", rand::random::<u128>());
+        let secret = self
+            .secret
+            .clone()
+            .unwrap_or_else(|| format!("test-secret-{:032x}", rand::random::<u128>()));
         let mut gw = Gateway {
             base: String::new(),
             addr: match self.listen {
@@ -154,8 +170,10 @@ impl Gateway {
             .arg(&self.data_dir)
             .arg("--agent-bin")
             .arg(bin("agent"));
+        // The secret goes in the environment, never on the command line,
+        // which every process on the machine can read.
         if !self.builder.no_secret {
-            cmd.arg("--secret").arg(&self.secret);
+            cmd.env("GATEWAY_SECRET", &self.secret);
         }
         if let Some(a) = &self.builder.archive {
             cmd.arg("--archive").arg(a);

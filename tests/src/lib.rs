@@ -3,7 +3,9 @@
 //! crate and the agent's own integration tests. Every process is killed when
 //! its handle drops.
 
+pub mod devserver;
 pub mod gateway;
+pub mod postgres;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -414,6 +414,28 @@ async fn a_dev_server_that_ends_by_itself_is_shown_failed_or_stopped() {
     .await
     .unwrap();
     assert_eq!(statuses, ("failed".to_owned(), "stopped".to_owned()));
+    // A failed container says how its dev server ended.
+    let list: Vec<Value> = gw
+        .get("/api/projects/d/containers")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let crash = list.iter().find(|c| c["name"] == "crash").unwrap();
+    assert_eq!(crash["exit_code"], 3, "{crash}");
+    let done = list.iter().find(|c| c["name"] == "done").unwrap();
+    assert!(done.get("exit_code").is_none(), "{done}");
+    let one: Value = gw
+        .get("/api/projects/d/containers/crash")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(one["exit_code"], 3, "{one}");
     let logs = gw
         .get("/api/projects/d/containers/crash/logs")
         .send()
@@ -507,4 +529,156 @@ async fn running_dev_servers_come_back_after_a_gateway_restart() {
         .await
         .unwrap();
     assert_eq!(list[0]["status"], "running");
+}
+
+/// The port a container's dev server got (its declared one, or another when
+/// that was taken), from inside it.
+async fn port_of(gw: &Gateway, p: &str, c: &str) -> Option<u16> {
+    let v: Value = gw
+        .post(&format!("/api/projects/{p}/exec"))
+        .json(&json!({"argv": ["sh", "-c", "echo -n $PORT"], "container": c}))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    v["stdout"].as_str()?.parse().ok()
+}
+
+async fn containers_of(gw: &Gateway, p: &str) -> Vec<Value> {
+    gw.get(&format!("/api/projects/{p}/containers"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+fn find<'a>(list: &'a [Value], name: &str) -> &'a Value {
+    list.iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("{name} not in {list:?}"))
+}
+
+/// Hibernation remembers which dev servers ran; `POST /open` with
+/// `{"start_containers": true}` starts those again (and only those), and an
+/// open without it leaves them stopped, still marked.
+#[tokio::test]
+async fn open_with_start_containers_restarts_what_ran_at_hibernation() {
+    let gw = Gateway::start().await.unwrap();
+    gw.open_project("h").await.unwrap();
+    for (name, start) in [
+        ("srv", "exec python3 -m http.server $PORT --bind $HOST"),
+        ("idle", "exec python3 -m http.server $PORT --bind $HOST"),
+    ] {
+        let r = gw
+            .post("/api/projects/h/containers")
+            .json(&json!({"name": name, "port": free_port(), "start": start}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    std::fs::write(gw.project_dir("h").join("srv/ok.txt"), "kept").unwrap();
+    let r = gw
+        .post("/api/projects/h/containers/srv/start")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    eventually(Duration::from_secs(20), "the dev server", || async {
+        get_local(port_of(&gw, "h", "srv").await?, "/ok.txt").await
+    })
+    .await
+    .unwrap();
+
+    let hibernate = |gw: &Gateway| {
+        let r = gw.post("/api/projects/h/hibernate").send();
+        async move {
+            let r = r.await.unwrap();
+            assert_eq!(r.status(), 200);
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    let v = hibernate(&gw).await;
+    assert_eq!(v["status"], "hibernated");
+    let cs = v["containers"].as_array().unwrap();
+    assert_eq!(find(cs, "srv")["status"], "stopped");
+    assert_eq!(find(cs, "srv")["running_at_hibernation"], true);
+    assert!(find(cs, "idle").get("running_at_hibernation").is_none());
+
+    // A body that is not JSON: 400, and the project stays hibernated.
+    let r = gw
+        .post("/api/projects/h/open")
+        .body("{start_containers")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let v: Value = gw
+        .get("/api/projects/h")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["status"], "hibernated");
+
+    let r = gw
+        .post("/api/projects/h/open")
+        .json(&json!({"start_containers": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["status"], "active");
+    let cs = v["containers"].as_array().unwrap();
+    assert_eq!(find(cs, "srv")["status"], "running", "{v}");
+    assert!(find(cs, "srv").get("running_at_hibernation").is_none());
+    assert_eq!(find(cs, "idle")["status"], "stopped");
+    // It serves the restored files again.
+    let body = eventually(
+        Duration::from_secs(20),
+        "the restarted dev server",
+        || async { get_local(port_of(&gw, "h", "srv").await?, "/ok.txt").await },
+    )
+    .await
+    .unwrap();
+    assert_eq!(body, "kept");
+    assert_eq!(
+        find(&containers_of(&gw, "h").await, "srv")["status"],
+        "running"
+    );
+
+    // Without the option the open leaves it stopped, and the mark stays...
+    let v = hibernate(&gw).await;
+    assert_eq!(
+        find(v["containers"].as_array().unwrap(), "srv")["running_at_hibernation"],
+        true
+    );
+    let r = gw.post("/api/projects/h/open").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let cs = containers_of(&gw, "h").await;
+    assert_eq!(find(&cs, "srv")["status"], "stopped");
+    assert_eq!(find(&cs, "srv")["running_at_hibernation"], true);
+    // ...so asking later, on the active project, still starts it.
+    let r = gw
+        .post("/api/projects/h/open")
+        .json(&json!({"start_containers": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        find(v["containers"].as_array().unwrap(), "srv")["status"],
+        "running"
+    );
+    let cs = containers_of(&gw, "h").await;
+    assert!(find(&cs, "srv").get("running_at_hibernation").is_none());
+    assert_eq!(find(&cs, "idle")["status"], "stopped");
 }

@@ -54,8 +54,36 @@ async fn etag_range_and_preconditions(gw: Gateway) {
     let etag_header = r.headers()["etag"].to_str().unwrap().to_owned();
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["size"], 11);
+    // One string, character for character, in the answer and the header: a
+    // quoted entity tag, which a client sends back in If-Match as it got it.
     let etag = v["etag"].as_str().unwrap().to_owned();
-    assert_eq!(etag_header, format!("\"{etag}\""));
+    assert_eq!(etag, etag_header);
+    assert!(etag.len() > 2 && etag.starts_with('"') && etag.ends_with('"'));
+    // The same string again in stat and in the parent's listing.
+    let e: Value = gw
+        .get("/api/projects/p1/stat/src/deep/a.txt")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(e["etag"], etag.as_str());
+    let l: Value = gw
+        .get("/api/projects/p1/list/src/deep")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let listed = l["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["path"] == "src/deep/a.txt")
+        .unwrap_or_else(|| panic!("a.txt not listed: {l}"));
+    assert_eq!(listed["etag"], etag.as_str());
     assert_eq!(
         std::fs::read(gw.project_dir("p1").join("src/deep/a.txt")).unwrap(),
         b"hello world"
@@ -115,15 +143,45 @@ async fn etag_range_and_preconditions(gw: Gateway) {
         .unwrap();
     assert_eq!(r.status(), 304);
 
-    // If-Match with the current etag succeeds; with an old one → 412, unchanged.
+    // If-Match with the current etag, as the JSON answer gave it, succeeds;
+    // the new etag is again one string in body, header, stat and listing.
     let r = gw
         .put("/api/projects/p1/files/src/deep/a.txt")
-        .header("if-match", &etag_header)
+        .header("if-match", &etag)
         .body("v2")
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    let v2_header = r.headers()["etag"].to_str().unwrap().to_owned();
+    let v2: Value = r.json().await.unwrap();
+    assert_eq!(v2["etag"], v2_header.as_str());
+    assert_ne!(v2_header, etag_header);
+    let e: Value = gw
+        .get("/api/projects/p1/stat/src/deep/a.txt")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(e["etag"], v2_header.as_str());
+    let r = gw
+        .get("/api/projects/p1/files/src/deep/a.txt")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["etag"].to_str().unwrap(), v2_header);
+    // A bare etag (what this gateway answered before) is still understood.
+    let r = gw
+        .put("/api/projects/p1/files/src/deep/a.txt")
+        .header("if-match", v2_header.trim_matches('"'))
+        .body("v2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // With an old one → 412, unchanged.
     let r = gw
         .put("/api/projects/p1/files/src/deep/a.txt")
         .header("if-match", &etag_header)

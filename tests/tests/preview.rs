@@ -9,169 +9,11 @@
 
 use std::time::Duration;
 
-use anyhow::Result;
 use futures::{SinkExt as _, StreamExt as _};
-use serde_json::{Value, json};
-use tests::eventually;
+use serde_json::Value;
+use tests::devserver::{SERVER, browser, dev_server, dev_server_with, url, wait_status};
 use tests::gateway::Gateway;
 use tokio_tungstenite::tungstenite::Message;
-
-/// A dev server with only the Python standard library: GET answers the
-/// request it saw as JSON, POST echoes the body, `Upgrade: websocket` is
-/// answered with an echoing WebSocket.
-const SERVER: &str = r#"
-import base64, hashlib, json, os, struct
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-class H(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def log_message(self, *a):
-        pass
-    def do_GET(self):
-        if self.headers.get("Upgrade", "").lower() == "websocket":
-            return self.websocket()
-        body = json.dumps({"path": self.path, "name": os.environ.get("NAME", ""),
-                           "headers": {k.lower(): v for k, v in self.headers.items()}}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def do_POST(self):
-        n = int(self.headers.get("Content-Length", "0"))
-        data = self.rfile.read(n)
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-    def websocket(self):
-        key = self.headers["Sec-WebSocket-Key"]
-        accept = base64.b64encode(hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()).decode()
-        self.send_response(101)
-        self.send_header("Upgrade", "websocket")
-        self.send_header("Connection", "Upgrade")
-        self.send_header("Sec-WebSocket-Accept", accept)
-        self.end_headers()
-        self.wfile.flush()
-        self.close_connection = True
-        r, w = self.rfile, self.wfile
-        while True:
-            h = r.read(2)
-            if len(h) < 2:
-                return
-            op, n = h[0] & 0x0F, h[1] & 0x7F
-            if n == 126:
-                n = struct.unpack(">H", r.read(2))[0]
-            elif n == 127:
-                n = struct.unpack(">Q", r.read(8))[0]
-            mask = r.read(4)
-            data = bytes(b ^ mask[i % 4] for i, b in enumerate(r.read(n)))
-            if op == 8:
-                w.write(b"\x88\x00")
-                w.flush()
-                return
-            if op in (1, 2):
-                out = b"echo:" + data
-                hdr = bytes([0x80 | op])
-                if len(out) < 126:
-                    hdr += bytes([len(out)])
-                elif len(out) < 65536:
-                    hdr += bytes([126]) + struct.pack(">H", len(out))
-                else:
-                    hdr += bytes([127]) + struct.pack(">Q", len(out))
-                w.write(hdr + out)
-                w.flush()
-
-ThreadingHTTPServer((os.environ.get("HOST", "127.0.0.1"), int(os.environ["PORT"])), H).serve_forever()
-"#;
-
-/// An HTTP client that sends `*.localhost` names to the gateway, the way a
-/// browser resolves them to the loopback address; no redirects followed.
-fn browser(gw: &Gateway, hosts: &[&str]) -> reqwest::Client {
-    let mut b = reqwest::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none());
-    for h in hosts {
-        b = b.resolve(h, gw.addr);
-    }
-    b.build().unwrap()
-}
-
-fn url(gw: &Gateway, host: &str, path: &str) -> String {
-    format!("http://{host}:{}{path}", gw.addr.port())
-}
-
-/// Creates a container serving [`SERVER`] from `/{name}/` and starts it.
-async fn dev_server(gw: &Gateway, project: &str, name: &str, public: bool) -> Result<()> {
-    dev_server_with(gw, project, name, public, SERVER).await
-}
-
-/// Creates a container running the Python `script` from `/{name}/` and starts it.
-async fn dev_server_with(
-    gw: &Gateway,
-    project: &str,
-    name: &str,
-    public: bool,
-    script: &str,
-) -> Result<()> {
-    let r = gw
-        .put(&format!("/api/projects/{project}/files/{name}/server.py"))
-        .body(script.to_owned())
-        .send()
-        .await?;
-    anyhow::ensure!(r.status().is_success(), "write server.py: {}", r.status());
-    let r = gw
-        .post(&format!("/api/projects/{project}/containers"))
-        .json(
-            &json!({"name": name, "port": tests::free_port(), "start": "exec python3 server.py",
-                      "env": {"NAME": name}, "public": public}),
-        )
-        .send()
-        .await?;
-    anyhow::ensure!(
-        r.status().as_u16() == 201,
-        "create {name}: {}",
-        r.text().await?
-    );
-    let r = gw
-        .post(&format!("/api/projects/{project}/containers/{name}/start"))
-        .send()
-        .await?;
-    anyhow::ensure!(
-        r.status().as_u16() == 200,
-        "start {name}: {}",
-        r.text().await?
-    );
-    Ok(())
-}
-
-/// Waits until `url` answers `want` (the dev server takes a moment to listen).
-async fn wait_status(
-    client: &reqwest::Client,
-    url: &str,
-    cookie: Option<&str>,
-    want: u16,
-) -> reqwest::Response {
-    let url = url.to_owned();
-    eventually(
-        Duration::from_secs(30),
-        &format!("{url} to answer {want}"),
-        || {
-            let mut req = client.get(&url);
-            if let Some(c) = cookie {
-                req = req.header("cookie", c);
-            }
-            async move {
-                req.send()
-                    .await
-                    .ok()
-                    .filter(|r| r.status().as_u16() == want)
-            }
-        },
-    )
-    .await
-    .unwrap()
-}
 
 #[tokio::test]
 async fn private_preview_cookie_flow_and_forwarded_headers() {
@@ -303,7 +145,11 @@ async fn private_preview_cookie_flow_and_forwarded_headers() {
 async fn public_preview_websocket_port_form_stopped_and_unknown() {
     let gw = Gateway::start().await.unwrap();
     gw.open_project("demo").await.unwrap();
-    dev_server(&gw, "demo", "pub", true).await.unwrap();
+    // Another port the container declares, where its server listens too.
+    let other_port = tests::free_port();
+    dev_server_with(&gw, "demo", "pub", true, SERVER, &[other_port])
+        .await
+        .unwrap();
     let host = "pub.demo.localhost";
     let b = browser(
         &gw,
@@ -354,31 +200,11 @@ async fn public_preview_websocket_port_form_stopped_and_unknown() {
     }
     ws.close(None).await.unwrap();
 
-    // `{port}-{container}` reaches another port of the container: here a
-    // server this test runs on a port of its own.
-    let other = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let other_port = other.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        while let Ok((mut s, _)) = other.accept().await {
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let mut got = Vec::new();
-                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => got.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nConnection: close\r\n\r\nother-port").await;
-            });
-        }
-    });
+    // `{port}-{container}` reaches another port the container declared.
     let port_host = format!("{other_port}-pub.demo.localhost");
     let b3 = browser(&gw, &[port_host.as_str()]);
-    let r = b3.get(url(&gw, &port_host, "/")).send().await.unwrap();
-    assert_eq!(r.status().as_u16(), 200);
-    assert_eq!(r.text().await.unwrap(), "other-port");
+    let r = wait_status(&b3, &url(&gw, &port_host, "/"), None, 200).await;
+    assert_eq!(r.json::<Value>().await.unwrap()["port"], other_port);
 
     // Unknown container, unknown project: 404.
     for h in ["nope.demo.localhost", "pub.nope.localhost"] {
@@ -396,14 +222,20 @@ async fn public_preview_websocket_port_form_stopped_and_unknown() {
     let v: Value = r.json().await.expect("a JSON error, not the preview page");
     assert_eq!(v["error"]["code"], "not_found");
 
-    // Stopped: 503 with a short page saying so.
+    // Stopped: 503, a short page saying so for a browser, the contract's
+    // JSON error for anything else.
     let r = gw
         .post("/api/projects/demo/containers/pub/stop")
         .send()
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
-    let r = b.get(url(&gw, host, "/")).send().await.unwrap();
+    let r = b
+        .get(url(&gw, host, "/"))
+        .header("accept", "text/html,application/xhtml+xml")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 503);
     assert!(
         r.headers()["content-type"]
@@ -412,6 +244,10 @@ async fn public_preview_websocket_port_form_stopped_and_unknown() {
             .starts_with("text/html")
     );
     assert!(r.text().await.unwrap().contains("not running"));
+    let r = b.get(url(&gw, host, "/")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "unavailable");
 }
 
 #[tokio::test]
@@ -524,7 +360,7 @@ ThreadingHTTPServer((os.environ.get("HOST", "127.0.0.1"), int(os.environ["PORT"]
 async fn the_keep_alive_pool_reuses_connections_and_replaces_closed_ones() {
     let gw = Gateway::start().await.unwrap();
     gw.open_project("pool").await.unwrap();
-    dev_server_with(&gw, "pool", "ka", true, CONN_SERVER)
+    dev_server_with(&gw, "pool", "ka", true, CONN_SERVER, &[])
         .await
         .unwrap();
     let host = "ka.pool.localhost";

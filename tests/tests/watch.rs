@@ -174,3 +174,53 @@ async fn errors_come_before_the_upgrade() {
         }
     }
 }
+
+/// A browser cannot set `Authorization` on a WebSocket; the demo page offers
+/// the subprotocols `devgate, devgate.bearer.<token>` instead of putting the
+/// token in the URL. The gateway takes the token from the offer and picks
+/// `devgate` (a browser fails a socket whose answer picks none it offered).
+#[tokio::test]
+async fn token_in_the_subprotocol_offer() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    let gw = Gateway::start().await.unwrap();
+    gw.open_project("w3").await.unwrap();
+    let request = |token: String| {
+        let mut req = format!("ws://{}/api/projects/w3/watch", gw.addr)
+            .into_client_request()
+            .unwrap();
+        req.headers_mut().insert(
+            "sec-websocket-protocol",
+            format!("devgate, devgate.bearer.{token}").parse().unwrap(),
+        );
+        req
+    };
+    let (mut ws, resp) = tokio_tungstenite::connect_async(request(gw.token(&["w3"])))
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["sec-websocket-protocol"], "devgate");
+    let r = gw
+        .put("/api/projects/w3/files/seen.txt")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    wait_for(&mut ws, "the write", |v| v["path"] == "seen.txt")
+        .await
+        .unwrap();
+
+    // A bad token, or one for another project, in the offer: the same
+    // answers as anywhere else, before the upgrade.
+    for (token, status) in [
+        ("not-a-jwt".to_owned(), 401),
+        (gw.token_with("u", &["w3"], 1), 401),
+        (gw.token(&["other"]), 403),
+    ] {
+        match tokio_tungstenite::connect_async(request(token)).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                assert_eq!(resp.status().as_u16(), status)
+            }
+            other => panic!("expected {status}, got {:?}", other.map(|_| ())),
+        }
+    }
+}

@@ -20,7 +20,7 @@ use zip::{CompressionMethod, ZipArchive, ZipWriter};
 use crate::error::{Error, Result};
 
 /// Names left out of an archive when the caller names none.
-pub const DEFAULT_EXCLUDES: [&str; 3] = ["node_modules", ".git", "__pycache__"];
+pub(crate) const DEFAULT_EXCLUDES: [&str; 3] = ["node_modules", ".git", "__pycache__"];
 
 /// Bytes of file content read but not yet written out, across all workers.
 /// Bounds memory whatever the tree holds; one file larger than this still
@@ -37,24 +37,24 @@ const LEVEL: i64 = 1;
 
 /// What a finished archive was.
 #[derive(Debug, Clone)]
-pub struct Summary {
-    pub size: u64,
-    pub sha256: String,
+pub(crate) struct Summary {
+    pub(crate) size: u64,
+    pub(crate) sha256: String,
     /// Regular files and symlinks in the archive.
-    pub files: u64,
+    pub(crate) files: u64,
 }
 
 /// What to archive.
-pub struct Spec {
+pub(crate) struct Spec {
     /// Open handle of the directory to archive (inside the root).
-    pub base: Dir,
+    pub(crate) base: Dir,
     /// The base's path relative to the root, to judge symlink targets.
-    pub base_rel: String,
-    pub excludes: HashSet<String>,
+    pub(crate) base_rel: String,
+    pub(crate) excludes: HashSet<String>,
 }
 
 /// The names to exclude from a request's options.
-pub fn excludes(exclude: &[String], no_defaults: bool) -> HashSet<String> {
+pub(crate) fn excludes(exclude: &[String], no_defaults: bool) -> HashSet<String> {
     let mut set: HashSet<String> = exclude.iter().filter(|s| !s.is_empty()).cloned().collect();
     if exclude.is_empty() && !no_defaults {
         set.extend(DEFAULT_EXCLUDES.iter().map(|s| s.to_string()));
@@ -64,7 +64,7 @@ pub fn excludes(exclude: &[String], no_defaults: bool) -> HashSet<String> {
 
 /// Writes the zip of `spec` into `sink`; blocking, runs on its own thread.
 /// `stop` ends it early with an error (the caller went away).
-pub fn write_zip(spec: &Spec, sink: ChunkSink, stop: &AtomicBool) -> Result<Summary> {
+pub(crate) fn write_zip(spec: &Spec, sink: ChunkSink, stop: &AtomicBool) -> Result<Summary> {
     write_zip_with(spec, sink, stop, BIG_FILE)
 }
 
@@ -90,7 +90,7 @@ fn write_zip_with(spec: &Spec, sink: ChunkSink, stop: &AtomicBool, big: u64) -> 
 
 /// A `Write` that hashes and counts everything and sends it on in chunks of
 /// `chunk_size(n)` bytes (n = chunk index from 0), the last one shorter.
-pub struct ChunkSink {
+pub(crate) struct ChunkSink {
     tx: tokio::sync::mpsc::Sender<Bytes>,
     buf: BytesMut,
     chunk_size: fn(usize) -> usize,
@@ -100,7 +100,10 @@ pub struct ChunkSink {
 }
 
 impl ChunkSink {
-    pub fn new(tx: tokio::sync::mpsc::Sender<Bytes>, chunk_size: fn(usize) -> usize) -> Self {
+    pub(crate) fn new(
+        tx: tokio::sync::mpsc::Sender<Bytes>,
+        chunk_size: fn(usize) -> usize,
+    ) -> Self {
         ChunkSink {
             tx,
             buf: BytesMut::with_capacity(chunk_size(0)),
@@ -215,7 +218,7 @@ fn walk_dir(dir: &Dir, prefix: &str, spec: &Spec, out: &mut Vec<Entry>) -> Resul
             continue;
         };
         // Excluded names, and the temporary files of writes in progress.
-        if spec.excludes.contains(name) || name.starts_with(crate::fs::write::TMP_PREFIX) {
+        if spec.excludes.contains(name) || devgate_fs::temp::is_temporary(name) {
             continue;
         }
         names.push((name.to_owned(), entry));

@@ -19,21 +19,21 @@ use crate::error::{Error, Result};
 
 /// Archives up to this size are spooled in memory; larger ones go to a
 /// temporary file outside the root.
-pub const MEMORY_SPOOL: u64 = 128 * 1024 * 1024;
+pub(crate) const MEMORY_SPOOL: u64 = 128 * 1024 * 1024;
 
 /// Longest symlink target accepted.
 const MAX_LINK: u64 = 4096;
 
 /// What an extract wrote.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Summary {
-    pub files: u64,
-    pub bytes: u64,
+pub(crate) struct Summary {
+    pub(crate) files: u64,
+    pub(crate) bytes: u64,
 }
 
 /// A whole archive, in memory or in an unnamed temporary file.
 #[derive(Clone)]
-pub enum Spool {
+pub(crate) enum Spool {
     Memory(Bytes),
     File(Arc<std::fs::File>, u64),
 }
@@ -48,7 +48,7 @@ impl Spool {
 }
 
 /// Collects an archive arriving in order (a client stream).
-pub struct SpoolWriter {
+pub(crate) struct SpoolWriter {
     mem: Vec<u8>,
     file: Option<std::fs::File>,
     len: u64,
@@ -62,12 +62,12 @@ impl Default for SpoolWriter {
 }
 
 impl SpoolWriter {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::with_limit(MEMORY_SPOOL)
     }
 
     /// A spool that moves to a temporary file past `limit` bytes.
-    pub fn with_limit(limit: u64) -> Self {
+    pub(crate) fn with_limit(limit: u64) -> Self {
         SpoolWriter {
             mem: Vec::new(),
             file: None,
@@ -76,7 +76,7 @@ impl SpoolWriter {
         }
     }
 
-    pub fn push(&mut self, data: &[u8]) -> Result<()> {
+    pub(crate) fn push(&mut self, data: &[u8]) -> Result<()> {
         if self.file.is_none() && self.len + data.len() as u64 > self.limit {
             let mut f = tempfile::tempfile()?;
             f.write_all(&self.mem)?;
@@ -91,7 +91,7 @@ impl SpoolWriter {
         Ok(())
     }
 
-    pub fn finish(self) -> Spool {
+    pub(crate) fn finish(self) -> Spool {
         match self.file {
             Some(f) => Spool::File(Arc::new(f), self.len),
             None => Spool::Memory(Bytes::from(self.mem)),
@@ -101,18 +101,18 @@ impl SpoolWriter {
 
 /// Collects an archive of known size arriving in parts at any offset (a
 /// parallel download).
-pub enum SpoolAt {
+pub(crate) enum SpoolAt {
     Memory(Vec<u8>),
     File(std::fs::File, u64),
 }
 
 impl SpoolAt {
-    pub fn new(size: u64) -> Result<SpoolAt> {
+    pub(crate) fn new(size: u64) -> Result<SpoolAt> {
         Self::with_limit(size, MEMORY_SPOOL)
     }
 
     /// A spool in memory up to `limit` bytes, else in a temporary file.
-    pub fn with_limit(size: u64, limit: u64) -> Result<SpoolAt> {
+    pub(crate) fn with_limit(size: u64, limit: u64) -> Result<SpoolAt> {
         if size <= limit {
             Ok(SpoolAt::Memory(vec![0; size as usize]))
         } else {
@@ -122,7 +122,7 @@ impl SpoolAt {
         }
     }
 
-    pub fn put(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+    pub(crate) fn put(&mut self, offset: u64, data: &[u8]) -> Result<()> {
         match self {
             SpoolAt::Memory(m) => {
                 let at = offset as usize;
@@ -135,7 +135,7 @@ impl SpoolAt {
         Ok(())
     }
 
-    pub fn finish(self) -> Spool {
+    pub(crate) fn finish(self) -> Spool {
         match self {
             SpoolAt::Memory(m) => Spool::Memory(Bytes::from(m)),
             SpoolAt::File(f, len) => Spool::File(Arc::new(f), len),
@@ -209,7 +209,7 @@ struct Plan {
 /// Checks every entry of `spool` against the tree under `base_rel` (the
 /// extract directory, relative to the root), then writes them all. Blocking.
 /// Nothing is written unless every entry passed.
-pub fn extract(root: &Dir, base_rel: &str, spool: Spool) -> Result<Summary> {
+pub(crate) fn extract(root: &Dir, base_rel: &str, spool: Spool) -> Result<Summary> {
     let reader = SpoolReader { spool, pos: 0 };
     let mut archive = ZipArchive::new(reader).map_err(|e| match e {
         zip::result::ZipError::Io(io) => Error::Io(io),
@@ -259,7 +259,7 @@ fn clean_name(raw: &[u8]) -> Result<Option<String>> {
 
 /// Whether a symlink at `dir` (relative to the root) pointing to `target`
 /// would resolve, lexically, outside the root. Absolute targets always do.
-pub fn link_escapes(dir: &str, target: &str) -> bool {
+pub(crate) fn link_escapes(dir: &str, target: &str) -> bool {
     if target.is_empty() || target.starts_with('/') || target.contains('\0') {
         return true;
     }

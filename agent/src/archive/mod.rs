@@ -4,8 +4,8 @@
 //! entry. `create` writes zips, `extract` reads them; this module speaks gRPC.
 
 mod big;
-pub mod create;
-pub mod extract;
+pub(crate) mod create;
+pub(crate) mod extract;
 mod mtime;
 
 use std::sync::Arc;
@@ -27,12 +27,12 @@ use tokio_util::sync::CancellationToken;
 use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status, Streaming};
 
-pub use extract::link_escapes;
+pub(crate) use extract::link_escapes;
 
 use crate::State;
 use crate::error::{Error, Result};
-use crate::paths::Root;
 use crate::s3::MultipartUpload;
+use devgate_fs::Root;
 
 /// Chunk size of an archive streamed to the caller.
 const STREAM_CHUNK: usize = 1024 * 1024;
@@ -45,19 +45,23 @@ fn part_size(n: usize) -> usize {
     8 * 1024 * 1024 * (1 + n / 1000)
 }
 
-pub struct ArchiveService {
+pub(crate) struct ArchiveService {
     state: State,
 }
 
 impl ArchiveService {
-    pub fn new(state: State) -> Self {
+    pub(crate) fn new(state: State) -> Self {
         Self { state }
     }
 
     fn spec(&self, options: Option<ArchiveOptions>) -> Result<create::Spec> {
         let options = options.unwrap_or_default();
-        let base_rel = Root::clean(&options.path)?;
-        let base = self.state.root.resolve_dir(&base_rel)?;
+        let base_rel = Root::clean(&options.path).map_err(Error::from)?;
+        let base = self
+            .state
+            .root
+            .resolve_dir(&base_rel)
+            .map_err(Error::from)?;
         Ok(create::Spec {
             base,
             base_rel,
@@ -182,7 +186,7 @@ impl Archive for ArchiveService {
         let Some(extract_request::Msg::Start(start)) = first.msg else {
             return Err(Error::InvalidArgument("the first message must be `start`".into()).into());
         };
-        let base_rel = Root::clean(&start.path)?;
+        let base_rel = Root::clean(&start.path).map_err(Error::from)?;
         let mut spool = extract::SpoolWriter::new();
         while let Some(msg) = stream.message().await? {
             match msg.msg {
@@ -205,7 +209,7 @@ impl Archive for ArchiveService {
         request: Request<ExtractFromS3Request>,
     ) -> Result<Response<ExtractSummary>, Status> {
         let req = request.into_inner();
-        let base_rel = Root::clean(&req.path)?;
+        let base_rel = Root::clean(&req.path).map_err(Error::from)?;
         let (bucket, key) = crate::s3::check_location(req.location.as_ref())?;
         let size = crate::s3::object_size(&bucket, &key).await?;
         let mut spool = extract::SpoolAt::new(size)?;
@@ -234,11 +238,11 @@ impl ArchiveService {
         let rel = base_rel.clone();
         self.state
             .tasks
-            .spawn_blocking(move || extract::extract(&root.dir, &rel, spool))
+            .spawn_blocking(move || extract::extract(root.dir(), &rel, spool))
             .await
             .map_err(|e| Error::Internal(format!("extract task failed: {e}")))?
             .map_err(|e| match e {
-                Error::Io(io) => Root::io_error(&base_rel, io),
+                Error::Io(io) => crate::error::io_error(&base_rel, io),
                 other => other,
             })
     }

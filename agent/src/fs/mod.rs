@@ -1,35 +1,32 @@
 //! The Filesystem service: stat, list, read, write, mkdir, remove, move and
-//! watch, every path through the one resolver ([`crate::paths::Root`]).
+//! watch, every path through the one resolver ([`devgate_fs::Root`]).
 //!
 //! Small operations run inline on the runtime: a 4 KiB read is an `openat2`,
 //! an `fstat` and a `pread`, cheaper than a hop to the blocking pool. Work
 //! that can take long (big reads, fsync, recursive list and remove) runs on
 //! the blocking pool.
 
-pub mod entry;
-pub mod write;
-
-use std::os::unix::fs::FileExt as _;
+pub(crate) mod entry;
+pub(crate) mod write;
 
 use proto::v1::{self as pb, filesystem_server::Filesystem};
 use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use self::entry::Stat;
+use devgate_fs::read::{READ_CHUNK, read_full_at, read_range, read_window};
+use devgate_fs::{Root, Stat};
+
+use self::entry::to_entry;
 use self::write::{AtomicWrite, WriteOptions};
 use crate::State;
 use crate::error::{Error, Result};
-use crate::paths::{self, Root};
 
-/// Size of the data chunks of a streamed read (256 KiB).
-pub const READ_CHUNK: usize = 256 * 1024;
-
-pub struct FsService {
+pub(crate) struct FsService {
     state: State,
 }
 
 impl FsService {
-    pub fn new(state: State) -> Self {
+    pub(crate) fn new(state: State) -> Self {
         Self { state }
     }
 }
@@ -40,7 +37,7 @@ impl Filesystem for FsService {
         &self,
         req: Request<pb::StatRequest>,
     ) -> Result<Response<pb::StatResponse>, Status> {
-        let rel = Root::clean(&req.get_ref().path)?;
+        let rel = Root::clean(&req.get_ref().path).map_err(Error::from)?;
         let entry = stat_entry(&self.state.root, &rel)?;
         Ok(Response::new(pb::StatResponse { entry: Some(entry) }))
     }
@@ -50,7 +47,7 @@ impl Filesystem for FsService {
         req: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListResponse>, Status> {
         let req = req.into_inner();
-        let rel = Root::clean(&req.path)?;
+        let rel = Root::clean(&req.path).map_err(Error::from)?;
         let root = self.state.root.clone();
         let entries = blocking(move || list(&root, &rel, req.depth.max(1))).await?;
         Ok(Response::new(pb::ListResponse { entries }))
@@ -61,8 +58,13 @@ impl Filesystem for FsService {
         req: Request<pb::ReadRequest>,
     ) -> Result<Response<BoxStream<pb::ReadResponse>>, Status> {
         let req = req.into_inner();
-        let rel = Root::clean(&req.path)?;
-        let file = self.state.root.open_read(&rel)?.into_std();
+        let rel = Root::clean(&req.path).map_err(Error::from)?;
+        let file = self
+            .state
+            .root
+            .open_read(&rel)
+            .map_err(Error::from)?
+            .into_std();
         let meta = file.metadata().map_err(Error::Io)?;
         if meta.is_dir() {
             return Err(Error::IsDirectory(rel).into());
@@ -74,7 +76,7 @@ impl Filesystem for FsService {
         let (start, end) = read_window(stat.size, req.offset, req.length);
         let first = pb::ReadResponse {
             event: Some(pb::read_response::Event::Start(pb::ReadStart {
-                entry: Some(stat.to_entry(&rel, None)),
+                entry: Some(to_entry(&stat, &rel, None)),
             })),
         };
         let total = end - start;
@@ -124,27 +126,27 @@ impl Filesystem for FsService {
         req: Request<pb::MakeDirRequest>,
     ) -> Result<Response<pb::MakeDirResponse>, Status> {
         let req = req.into_inner();
-        let rel = Root::clean(&req.path)?;
+        let rel = Root::clean(&req.path).map_err(Error::from)?;
         let root = &self.state.root;
         if rel.is_empty() {
             if !req.parents {
                 return Err(Error::AlreadyExists(String::new()).into());
             }
         } else if req.parents {
-            root.dir
+            root.dir()
                 .create_dir_all(&rel)
-                .map_err(|e| Root::io_error(&rel, e))?;
+                .map_err(|e| crate::error::io_error(&rel, e))?;
         } else {
-            root.dir
+            root.dir()
                 .create_dir(&rel)
-                .map_err(|e| Root::io_error(&rel, e))?;
+                .map_err(|e| crate::error::io_error(&rel, e))?;
         }
-        let meta = root.metadata(&rel)?;
+        let meta = root.metadata(&rel).map_err(Error::from)?;
         if !meta.is_dir() {
             return Err(Error::AlreadyExists(rel).into());
         }
         Ok(Response::new(pb::MakeDirResponse {
-            entry: Some(Stat::from(&meta).to_entry(&rel, None)),
+            entry: Some(to_entry(&Stat::from(&meta), &rel, None)),
         }))
     }
 
@@ -153,31 +155,31 @@ impl Filesystem for FsService {
         req: Request<pb::RemoveRequest>,
     ) -> Result<Response<pb::RemoveResponse>, Status> {
         let req = req.into_inner();
-        let rel = Root::clean(&req.path)?;
+        let rel = Root::clean(&req.path).map_err(Error::from)?;
         if rel.is_empty() {
             return Err(Error::InvalidArgument("the root cannot be removed".into()).into());
         }
         let root = self.state.root.clone();
         // The final component is never followed: removing a symlink removes
         // the link, whatever it points to.
-        let meta = root.symlink_metadata(&rel)?;
+        let meta = root.symlink_metadata(&rel).map_err(Error::from)?;
         if meta.is_dir() {
             if req.recursive {
                 blocking(move || {
-                    root.dir
+                    root.dir()
                         .remove_dir_all(&rel)
-                        .map_err(|e| Root::io_error(&rel, e))
+                        .map_err(|e| crate::error::io_error(&rel, e))
                 })
                 .await?;
             } else {
-                root.dir
+                root.dir()
                     .remove_dir(&rel)
-                    .map_err(|e| Root::io_error(&rel, e))?;
+                    .map_err(|e| crate::error::io_error(&rel, e))?;
             }
         } else {
-            root.dir
+            root.dir()
                 .remove_file(&rel)
-                .map_err(|e| Root::io_error(&rel, e))?;
+                .map_err(|e| crate::error::io_error(&rel, e))?;
         }
         Ok(Response::new(pb::RemoveResponse {}))
     }
@@ -187,8 +189,8 @@ impl Filesystem for FsService {
         req: Request<pb::MoveRequest>,
     ) -> Result<Response<pb::MoveResponse>, Status> {
         let req = req.into_inner();
-        let from = Root::clean(&req.from)?;
-        let to = Root::clean(&req.to)?;
+        let from = Root::clean(&req.from).map_err(Error::from)?;
+        let to = Root::clean(&req.to).map_err(Error::from)?;
         if from.is_empty() || to.is_empty() {
             return Err(
                 Error::InvalidArgument("the root cannot be moved or replaced".into()).into(),
@@ -199,12 +201,12 @@ impl Filesystem for FsService {
         }
         let root = &self.state.root;
         if from != to {
-            let (from_dir, from_name) = root.open_parent(&from, false)?;
-            let (to_dir, to_name) = root.open_parent(&to, false)?;
+            let (from_dir, from_name) = root.open_parent(&from, false).map_err(Error::from)?;
+            let (to_dir, to_name) = root.open_parent(&to, false).map_err(Error::from)?;
             write::rename(&from_dir, &from_name, &to_dir, &to_name, req.overwrite).map_err(
                 |e| match e.kind() {
                     std::io::ErrorKind::NotFound => Error::NotFound(from.clone()),
-                    _ => Root::io_error(&to, e),
+                    _ => crate::error::io_error(&to, e),
                 },
             )?;
         }
@@ -238,7 +240,7 @@ async fn write(
             );
         }
     };
-    let rel = Root::clean(&start.path)?;
+    let rel = Root::clean(&start.path).map_err(Error::from)?;
     let opts = WriteOptions {
         expected_etag: start.expected_etag,
         create_only: start.create_only,
@@ -270,18 +272,18 @@ async fn write(
     let stat = blocking(move || w.commit()).await?;
     state.watcher.changed(kind, &rel);
     tracing::debug!(path = %rel, size = stat.size, "file written");
-    Ok(stat.to_entry(&rel, None))
+    Ok(to_entry(&stat, &rel, None))
 }
 
 /// The entry at `rel` itself (a symlink is reported as one, with its target).
 fn stat_entry(root: &Root, rel: &str) -> Result<pb::Entry> {
-    let meta = root.symlink_metadata(rel)?;
+    let meta = root.symlink_metadata(rel).map_err(Error::from)?;
     let target = if meta.file_type().is_symlink() {
-        read_link(&root.dir, rel)
+        read_link(root.dir(), rel)
     } else {
         None
     };
-    Ok(Stat::from(&meta).to_entry(rel, target))
+    Ok(to_entry(&Stat::from(&meta), rel, target))
 }
 
 fn read_link(dir: &cap_std::fs::Dir, name: &str) -> Option<String> {
@@ -293,11 +295,11 @@ fn read_link(dir: &cap_std::fs::Dir, name: &str) -> Option<String> {
 /// Entries under the directory `rel`, `depth` levels down, sorted by path.
 /// Symlinked directories are listed but not descended into.
 fn list(root: &Root, rel: &str, depth: u32) -> Result<Vec<pb::Entry>> {
-    let meta = root.metadata(rel)?;
+    let meta = root.metadata(rel).map_err(Error::from)?;
     if !meta.is_dir() {
         return Err(Error::NotADirectory(rel.to_owned()));
     }
-    let dir = root.resolve_dir(rel)?;
+    let dir = root.resolve_dir(rel).map_err(Error::from)?;
     let mut out = Vec::new();
     walk(&dir, rel, depth, &mut out)?;
     out.sort_by(|a, b| a.path.cmp(&b.path));
@@ -305,14 +307,14 @@ fn list(root: &Root, rel: &str, depth: u32) -> Result<Vec<pb::Entry>> {
 }
 
 fn walk(dir: &cap_std::fs::Dir, rel: &str, depth: u32, out: &mut Vec<pb::Entry>) -> Result<()> {
-    for ent in dir.entries().map_err(|e| Root::io_error(rel, e))? {
-        let ent = ent.map_err(|e| Root::io_error(rel, e))?;
+    for ent in dir.entries().map_err(|e| crate::error::io_error(rel, e))? {
+        let ent = ent.map_err(|e| crate::error::io_error(rel, e))?;
         let name = ent.file_name().to_string_lossy().into_owned();
         // A write's temporary file is not part of the tree.
-        if name.starts_with(write::TMP_PREFIX) {
+        if devgate_fs::temp::is_temporary(&name) {
             continue;
         }
-        let path = paths::join(rel, &name);
+        let path = devgate_fs::join(rel, &name);
         // An entry removed while we walk is simply not listed.
         let Ok(meta) = ent.metadata() else { continue };
         let stat = Stat::from(&meta);
@@ -321,7 +323,7 @@ fn walk(dir: &cap_std::fs::Dir, rel: &str, depth: u32, out: &mut Vec<pb::Entry>)
         } else {
             None
         };
-        out.push(stat.to_entry(&path, target));
+        out.push(to_entry(&stat, &path, target));
         if meta.is_dir()
             && depth > 1
             && let Ok(sub) = ent.open_dir()
@@ -330,61 +332,6 @@ fn walk(dir: &cap_std::fs::Dir, rel: &str, depth: u32, out: &mut Vec<pb::Entry>)
         }
     }
     Ok(())
-}
-
-/// The bytes `start..end` a read of `length` bytes (0: to the end) from
-/// `offset` gets of a file of `size` bytes.
-pub fn read_window(size: u64, offset: u64, length: u64) -> (u64, u64) {
-    let start = offset.min(size);
-    let end = match length {
-        0 => size,
-        n => size.min(start.saturating_add(n)),
-    };
-    (start, end)
-}
-
-/// Reads `file` from `start` to `end` in chunks of at most [`READ_CHUNK`]
-/// bytes, handing each to `each`, which answers whether to go on; an error
-/// is handed over and ends it. Blocking. The agent's streamed reads and the
-/// gateway's local reads (`gateway/src/local_files.rs`) both use it.
-pub fn read_range(
-    file: &std::fs::File,
-    start: u64,
-    end: u64,
-    mut each: impl FnMut(std::io::Result<Vec<u8>>) -> bool,
-) {
-    let mut pos = start;
-    while pos < end {
-        let mut buf = vec![0u8; (end - pos).min(READ_CHUNK as u64) as usize];
-        match read_full_at(file, &mut buf, pos) {
-            Ok(0) => break,
-            Ok(n) => {
-                buf.truncate(n);
-                pos += n as u64;
-                if !each(Ok(buf)) {
-                    break;
-                }
-            }
-            Err(e) => {
-                each(Err(e));
-                break;
-            }
-        }
-    }
-}
-
-/// Reads until `buf` is full or the file ends; returns the bytes read.
-pub fn read_full_at(file: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match file.read_at(&mut buf[n..], offset + n as u64) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 fn data_msg(buf: Vec<u8>) -> pb::ReadResponse {

@@ -5,57 +5,21 @@ use std::io::Write as _;
 use std::sync::{Arc, LazyLock, Mutex};
 
 use cap_std::fs::{Dir, OpenOptions, OpenOptionsExt as _};
-use proto::v1::EntryKind;
+use devgate_fs::{Kind, Root, Stat};
 
-use super::entry::Stat;
 use crate::error::{Error, Result};
-use crate::paths::Root;
-
-/// Prefix of the temporary files of in-progress writes; the watcher hides them.
-pub const TMP_PREFIX: &str = ".agent-tmp-";
-
-/// Removes the temporary files of writes that never finished (the agent was
-/// killed mid-write) anywhere under the root; only files older than
-/// `before`, so the temporary file of a write begun since is left alone.
-/// Returns how many were removed. Listings, archives and watch events skip
-/// these names anyway.
-pub fn sweep_temporaries(dir: &cap_std::fs::Dir, before: std::time::SystemTime) -> usize {
-    let mut removed = 0;
-    let Ok(entries) = dir.entries() else {
-        return 0;
-    };
-    for ent in entries.flatten() {
-        let name = ent.file_name();
-        let Ok(ft) = ent.file_type() else { continue };
-        if ft.is_dir() {
-            if let Ok(sub) = ent.open_dir() {
-                removed += sweep_temporaries(&sub, before);
-            }
-        } else if ft.is_file()
-            && name.to_str().is_some_and(|n| n.starts_with(TMP_PREFIX))
-            && ent
-                .metadata()
-                .and_then(|m| m.modified())
-                .is_ok_and(|t| t.into_std() < before)
-            && dir.remove_file(&name).is_ok()
-        {
-            removed += 1;
-        }
-    }
-    removed
-}
 
 /// What a write may assume about the file it replaces.
 #[derive(Debug, Clone, Default)]
-pub struct WriteOptions {
+pub(crate) struct WriteOptions {
     /// The target's current etag must equal this (`""`: the target must not exist).
-    pub expected_etag: Option<String>,
+    pub(crate) expected_etag: Option<String>,
     /// Fail with `AlreadyExists` if the target exists (checked atomically at the rename).
-    pub create_only: bool,
+    pub(crate) create_only: bool,
     /// Create missing parent directories.
-    pub make_parents: bool,
+    pub(crate) make_parents: bool,
     /// Mode of a new file (default 0o644); a replaced file keeps its own.
-    pub mode: Option<u32>,
+    pub(crate) mode: Option<u32>,
 }
 
 /// A write in progress. Data goes to a temporary file in the target's
@@ -63,7 +27,7 @@ pub struct WriteOptions {
 /// if the directory is later swapped for a symlink, the write still lands in
 /// the directory that was checked. Dropping it without [`AtomicWrite::commit`]
 /// removes the temporary file, so a cancelled write leaves nothing.
-pub struct AtomicWrite {
+pub(crate) struct AtomicWrite {
     parent: Arc<Dir>,
     name: String,
     rel: String,
@@ -82,19 +46,19 @@ impl AtomicWrite {
     /// Checks the preconditions and creates the temporary file for the clean
     /// path `rel`. A symlink at `rel` that stays inside the root is followed:
     /// the file it points to is replaced, not the link.
-    pub fn begin(root: &Root, rel: &str, opts: WriteOptions) -> Result<AtomicWrite> {
+    pub(crate) fn begin(root: &Root, rel: &str, opts: WriteOptions) -> Result<AtomicWrite> {
         if rel.is_empty() {
             return Err(Error::IsDirectory(String::new()));
         }
         let mut rel = rel.to_owned();
         let mut current = lstat_opt(root, &rel)?;
-        if current.is_some_and(|s| s.kind == EntryKind::Symlink) {
+        if current.is_some_and(|s| s.kind == Kind::Symlink) {
             // Canonicalising through the root's handle cannot leave the root;
             // a dangling or outside link fails here with a clear error.
             let canon = root
-                .dir
+                .dir()
                 .canonicalize(&rel)
-                .map_err(|e| Root::io_error(&rel, e))?;
+                .map_err(|e| crate::error::io_error(&rel, e))?;
             rel = canon
                 .to_str()
                 .ok_or_else(|| Error::InvalidArgument(format!("{rel}: link target is not utf-8")))?
@@ -106,16 +70,18 @@ impl AtomicWrite {
             Some(s) => s.mode,
             None => opts.mode.unwrap_or(0o644) & 0o7777,
         };
-        let (parent, name) = root.open_parent(&rel, opts.make_parents)?;
+        let (parent, name) = root
+            .open_parent(&rel, opts.make_parents)
+            .map_err(Error::from)?;
         let parent = Arc::new(parent);
         let id = rand::random::<u64>();
-        let tmp_name = format!("{TMP_PREFIX}{id:016x}");
+        let tmp_name = devgate_fs::temp::tmp_name(id);
         let file = parent
             .open_with(
                 &tmp_name,
                 OpenOptions::new().write(true).create_new(true).mode(0o600),
             )
-            .map_err(|e| Root::io_error(&rel, e))?
+            .map_err(|e| crate::error::io_error(&rel, e))?
             .into_std();
         let existed = current.is_some();
         let owner = current
@@ -137,18 +103,18 @@ impl AtomicWrite {
     }
 
     /// The clean path being written (after following a symlink at the target).
-    pub fn rel(&self) -> &str {
+    pub(crate) fn rel(&self) -> &str {
         &self.rel
     }
 
     /// Whether the target existed when the write began (so the write will
     /// modify rather than create it).
-    pub fn existed(&self) -> bool {
+    pub(crate) fn existed(&self) -> bool {
         self.existed
     }
 
     /// Appends `data` to the temporary file.
-    pub fn write_all(&mut self, data: &[u8]) -> Result<()> {
+    pub(crate) fn write_all(&mut self, data: &[u8]) -> Result<()> {
         match &mut self.file {
             Some(f) => f.write_all(data).map_err(Error::Io),
             None => Err(Error::Internal("write after commit".into())),
@@ -158,7 +124,7 @@ impl AtomicWrite {
     /// Makes the data durable and puts it in place: fsync, mode, the
     /// precondition checked again against the directory handle, rename over
     /// the target, fsync of the directory. Blocking: call it off the runtime.
-    pub fn commit(mut self) -> Result<Stat> {
+    pub(crate) fn commit(mut self) -> Result<Stat> {
         let Some(file) = self.file.take() else {
             return Err(Error::Internal("write committed twice".into()));
         };
@@ -188,7 +154,7 @@ impl AtomicWrite {
         let current = match self.parent.symlink_metadata(&self.name) {
             Ok(m) => Some(Stat::from(&m)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(Root::io_error(&self.rel, e)),
+            Err(e) => return Err(crate::error::io_error(&self.rel, e)),
         };
         check_preconditions(&self.rel, current.as_ref(), &self.opts)?;
         rename(
@@ -198,7 +164,7 @@ impl AtomicWrite {
             &self.name,
             !self.opts.create_only,
         )
-        .map_err(|e| Root::io_error(&self.rel, e))?;
+        .map_err(|e| crate::error::io_error(&self.rel, e))?;
         drop(serial);
         // The temporary name is gone now; nothing for Drop to clean up.
         self.tmp_name.clear();
@@ -230,7 +196,7 @@ fn own_ids() -> Option<(u32, u32)> {
 /// Removes the temporary files of writes still in progress. Called when the
 /// agent exits with writes unfinished (the grace period ran out): their
 /// handlers are never dropped, so their own cleanup would not run.
-pub fn abandon_all() {
+pub(crate) fn abandon_all() {
     let all: Vec<_> = pending().drain().map(|(_, v)| v).collect();
     for (dir, tmp) in all {
         let _ = dir.remove_file(&tmp);
@@ -253,7 +219,7 @@ fn pending() -> std::sync::MutexGuard<'static, HashMap<u64, PendingTmp>> {
 /// Renames `from` in `from_dir` to `to` in `to_dir` (single names, through
 /// the handles). Without `overwrite` an existing `to` is refused atomically
 /// (`RENAME_NOREPLACE`), or with a stat first on filesystems lacking it.
-pub fn rename(
+pub(crate) fn rename(
     from_dir: &Dir,
     from: &str,
     to_dir: &Dir,
@@ -285,16 +251,16 @@ fn fsync_dir(dir: &Dir) -> std::io::Result<()> {
 fn lstat_opt(root: &Root, rel: &str) -> Result<Option<Stat>> {
     match root.symlink_metadata(rel) {
         Ok(m) => Ok(Some(Stat::from(&m))),
-        Err(Error::NotFound(_)) => Ok(None),
-        Err(e) => Err(e),
+        Err(devgate_fs::Error::NotFound(_)) => Ok(None),
+        Err(e) => Err(e.into()),
     }
 }
 
 fn check_preconditions(rel: &str, current: Option<&Stat>, opts: &WriteOptions) -> Result<()> {
     if let Some(s) = current {
         match s.kind {
-            EntryKind::File => {}
-            EntryKind::Dir => return Err(Error::IsDirectory(rel.to_owned())),
+            Kind::File => {}
+            Kind::Dir => return Err(Error::IsDirectory(rel.to_owned())),
             _ => return Err(Error::InvalidArgument(format!("{rel}: not a regular file"))),
         }
         if opts.create_only {

@@ -19,51 +19,51 @@ use super::spawn;
 use crate::error::{Error, Result};
 
 /// Size of each process's log ring.
-pub const RING_BYTES: usize = 1 << 20;
+pub(crate) const RING_BYTES: usize = 1 << 20;
 /// Default time between SIGTERM and SIGKILL on stop.
-pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_GRACE: Duration = Duration::from_secs(5);
 /// How long the log may stay open after the leader exited (children still
 /// holding the pipe) before the exit is reported anyway.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(1);
 
 /// What a client asks for.
 #[derive(Debug, Clone, Default)]
-pub struct StartSpec {
-    pub name: String,
-    pub argv: Vec<String>,
-    pub cwd: PathBuf,
-    pub env: HashMap<String, String>,
+pub(crate) struct StartSpec {
+    pub(crate) name: String,
+    pub(crate) argv: Vec<String>,
+    pub(crate) cwd: PathBuf,
+    pub(crate) env: HashMap<String, String>,
 }
 
 /// A snapshot of one process.
 #[derive(Debug, Clone)]
-pub struct Info {
-    pub name: String,
-    pub pid: u32,
+pub(crate) struct Info {
+    pub(crate) name: String,
+    pub(crate) pid: u32,
     /// `None` while running.
-    pub exit: Option<i32>,
-    pub started_unix_ms: i64,
-    pub log_end: u64,
+    pub(crate) exit: Option<i32>,
+    pub(crate) started_unix_ms: i64,
+    pub(crate) log_end: u64,
 }
 
-pub struct Procs {
+pub(crate) struct Procs {
     map: Mutex<HashMap<String, Arc<Proc>>>,
     /// Most processes running at once.
     max: usize,
     shutdown: CancellationToken,
 }
 
-pub struct Proc {
-    pub name: String,
-    pub pid: u32,
+pub(crate) struct Proc {
+    pub(crate) name: String,
+    pub(crate) pid: u32,
     started_unix_ms: i64,
-    pub log: Arc<Log>,
+    pub(crate) log: Arc<Log>,
     /// The leader's exit code as soon as it is known.
     leader_exit: watch::Sender<Option<i32>>,
 }
 
 impl Procs {
-    pub fn new(max: usize, shutdown: CancellationToken) -> Arc<Procs> {
+    pub(crate) fn new(max: usize, shutdown: CancellationToken) -> Arc<Procs> {
         Arc::new(Procs {
             map: Mutex::new(HashMap::new()),
             max,
@@ -78,7 +78,7 @@ impl Procs {
 
     /// Starts `spec`; a running process of that name is `AlreadyExists`,
     /// an ended one is replaced.
-    pub fn start(&self, spec: StartSpec) -> Result<Arc<Proc>> {
+    pub(crate) fn start(&self, spec: StartSpec) -> Result<Arc<Proc>> {
         if self.shutdown.is_cancelled() {
             return Err(Error::Unavailable("the agent is shutting down".into()));
         }
@@ -161,14 +161,14 @@ impl Procs {
         Ok(proc)
     }
 
-    pub fn get(&self, name: &str) -> Result<Arc<Proc>> {
+    pub(crate) fn get(&self, name: &str) -> Result<Arc<Proc>> {
         self.lock()
             .get(name)
             .cloned()
             .ok_or_else(|| Error::NotFound(format!("background process {name}")))
     }
 
-    pub fn list(&self) -> Vec<Info> {
+    pub(crate) fn list(&self) -> Vec<Info> {
         let mut v: Vec<Info> = self.lock().values().map(|p| p.info()).collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
@@ -176,25 +176,25 @@ impl Procs {
 
     /// Stops `name`: SIGTERM to its whole group, SIGKILL after `grace`;
     /// answers once the leader exited and the group is gone (or killed).
-    pub async fn stop(&self, name: &str, grace: Duration) -> Result<Info> {
+    pub(crate) async fn stop(&self, name: &str, grace: Duration) -> Result<Info> {
         let p = self.get(name)?;
         p.stop(grace).await;
         Ok(p.info())
     }
 
     /// Stops every process (agent shutdown).
-    pub async fn stop_all(&self, grace: Duration) {
+    pub(crate) async fn stop_all(&self, grace: Duration) {
         let all: Vec<Arc<Proc>> = self.lock().values().cloned().collect();
         futures::future::join_all(all.iter().map(|p| p.stop(grace))).await;
     }
 }
 
 impl Proc {
-    pub fn running(&self) -> bool {
+    pub(crate) fn running(&self) -> bool {
         self.leader_exit.borrow().is_none()
     }
 
-    pub fn info(&self) -> Info {
+    pub(crate) fn info(&self) -> Info {
         Info {
             name: self.name.clone(),
             pid: self.pid,
@@ -238,12 +238,12 @@ fn validate_name(name: &str) -> Result<()> {
 }
 
 /// The exit code, or -1 when a signal ended the process.
-pub fn exit_code(status: std::process::ExitStatus) -> i32 {
+pub(crate) fn exit_code(status: std::process::ExitStatus) -> i32 {
     status.code().unwrap_or(-1)
 }
 
 /// Maps a spawn failure: a missing program is the client's mistake.
-pub fn spawn_error(program: &str, e: std::io::Error) -> Error {
+pub(crate) fn spawn_error(program: &str, e: std::io::Error) -> Error {
     match e.kind() {
         std::io::ErrorKind::NotFound => {
             Error::InvalidArgument(format!("program not found: {program}"))

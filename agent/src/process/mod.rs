@@ -4,11 +4,11 @@
 //! built by [`spawn::command`] (or its PTY flavour) and every working
 //! directory resolved by [`spawn::resolve_cwd`].
 
-pub mod background;
-pub mod pty;
-pub mod ring;
-pub mod run;
-pub mod spawn;
+pub(crate) mod background;
+pub(crate) mod pty;
+pub(crate) mod ring;
+pub(crate) mod run;
+pub(crate) mod spawn;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +23,7 @@ use crate::State;
 use crate::error::Error;
 use ring::Next;
 
-pub use spawn::command;
+pub(crate) use spawn::command;
 
 /// Idle time after which a long-lived stream sends a keep-alive.
 const KEEPALIVE: Duration = Duration::from_secs(15);
@@ -39,7 +39,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 type Stream<T> = std::pin::Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send + 'static>>;
 
-pub struct ProcessService {
+pub(crate) struct ProcessService {
     state: State,
     sessions: Arc<pty::Sessions>,
     procs: Arc<background::Procs>,
@@ -51,7 +51,7 @@ impl ProcessService {
     /// SIGKILL; attached clients get the exit) and background process groups
     /// are stopped, and the agent waits for that before exiting. Must be
     /// called inside the Tokio runtime.
-    pub fn new(state: State) -> Self {
+    pub(crate) fn new(state: State) -> Self {
         let sessions = pty::Sessions::new(
             Duration::from_secs(state.config.pty_keep_secs),
             state.config.max_pty_sessions as usize,

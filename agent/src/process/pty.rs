@@ -31,40 +31,40 @@ use super::spawn;
 use crate::error::{Error, Result};
 
 /// Size of each session's output ring.
-pub const RING_BYTES: usize = 1 << 20;
+pub(crate) const RING_BYTES: usize = 1 << 20;
 /// How long a session's output may lag its shell's exit (a background job
 /// still holding the terminal open) before the exit is reported anyway.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
 /// Between SIGHUP and SIGKILL when a session is ended.
-pub const KILL_GRACE: Duration = Duration::from_secs(2);
+pub(crate) const KILL_GRACE: Duration = Duration::from_secs(2);
 
 /// What a client asks for when starting a session.
 #[derive(Debug, Clone, Default)]
-pub struct StartSpec {
-    pub argv: Vec<String>,
-    pub cwd: std::path::PathBuf,
-    pub env: HashMap<String, String>,
-    pub cols: u16,
-    pub rows: u16,
+pub(crate) struct StartSpec {
+    pub(crate) argv: Vec<String>,
+    pub(crate) cwd: std::path::PathBuf,
+    pub(crate) env: HashMap<String, String>,
+    pub(crate) cols: u16,
+    pub(crate) rows: u16,
 }
 
 /// A snapshot of a session, for listings and `started` messages.
 #[derive(Debug, Clone)]
-pub struct Info {
-    pub id: String,
-    pub pid: u32,
-    pub argv: Vec<String>,
-    pub cols: u16,
-    pub rows: u16,
-    pub created_unix_ms: i64,
-    pub exit: Option<i32>,
-    pub output_start: u64,
-    pub output_end: u64,
-    pub attached: u32,
+pub(crate) struct Info {
+    pub(crate) id: String,
+    pub(crate) pid: u32,
+    pub(crate) argv: Vec<String>,
+    pub(crate) cols: u16,
+    pub(crate) rows: u16,
+    pub(crate) created_unix_ms: i64,
+    pub(crate) exit: Option<i32>,
+    pub(crate) output_start: u64,
+    pub(crate) output_end: u64,
+    pub(crate) attached: u32,
 }
 
 /// All sessions of the agent.
-pub struct Sessions {
+pub(crate) struct Sessions {
     map: Mutex<HashMap<String, Arc<Session>>>,
     keep: Duration,
     /// Most sessions whose program still runs.
@@ -72,9 +72,9 @@ pub struct Sessions {
     shutdown: CancellationToken,
 }
 
-pub struct Session {
-    pub id: String,
-    pub pid: u32,
+pub(crate) struct Session {
+    pub(crate) id: String,
+    pub(crate) pid: u32,
     argv: Vec<String>,
     created_unix_ms: i64,
     size: Mutex<(u16, u16)>,
@@ -94,7 +94,7 @@ pub struct Session {
 }
 
 impl Sessions {
-    pub fn new(keep: Duration, max: usize, shutdown: CancellationToken) -> Arc<Sessions> {
+    pub(crate) fn new(keep: Duration, max: usize, shutdown: CancellationToken) -> Arc<Sessions> {
         Arc::new(Sessions {
             map: Mutex::new(HashMap::new()),
             keep,
@@ -110,7 +110,7 @@ impl Sessions {
 
     /// Starts a session: the program on a new PTY, in its own session and
     /// process group, with its helpers.
-    pub fn start(self: &Arc<Self>, spec: StartSpec) -> Result<Arc<Session>> {
+    pub(crate) fn start(self: &Arc<Self>, spec: StartSpec) -> Result<Arc<Session>> {
         if self.shutdown.is_cancelled() {
             return Err(Error::Unavailable("the agent is shutting down".into()));
         }
@@ -220,14 +220,14 @@ impl Sessions {
         Ok(session)
     }
 
-    pub fn get(&self, id: &str) -> Result<Arc<Session>> {
+    pub(crate) fn get(&self, id: &str) -> Result<Arc<Session>> {
         self.lock()
             .get(id)
             .cloned()
             .ok_or_else(|| Error::NotFound(format!("pty session {id}")))
     }
 
-    pub fn list(&self) -> Vec<Info> {
+    pub(crate) fn list(&self) -> Vec<Info> {
         let mut v: Vec<Info> = self.lock().values().map(|s| s.info()).collect();
         v.sort_by_key(|i| i.created_unix_ms);
         v
@@ -236,7 +236,7 @@ impl Sessions {
     /// Ends a session: `signal` 0 = SIGHUP, then SIGKILL after a grace
     /// period, answering once it exited; another signal is only sent. A
     /// session that already exited is forgotten.
-    pub async fn kill(&self, id: &str, signal: i32) -> Result<Info> {
+    pub(crate) async fn kill(&self, id: &str, signal: i32) -> Result<Info> {
         let s = self.get(id)?;
         if s.exit().is_some() {
             self.lock().remove(id);
@@ -251,7 +251,7 @@ impl Sessions {
     }
 
     /// Ends every session (agent shutdown); attached clients get the exit.
-    pub async fn end_all(&self) {
+    pub(crate) async fn end_all(&self) {
         let all: Vec<Arc<Session>> = self.lock().values().cloned().collect();
         futures::future::join_all(all.iter().map(|s| s.end())).await;
     }
@@ -319,7 +319,7 @@ impl Sessions {
 }
 
 impl Session {
-    pub fn info(&self) -> Info {
+    pub(crate) fn info(&self) -> Info {
         let (output_start, output_end) = self.log.bounds();
         let (cols, rows) = *self.size.lock().unwrap_or_else(|p| p.into_inner());
         Info {
@@ -337,13 +337,13 @@ impl Session {
     }
 
     /// The exit code once the session's output is complete.
-    pub fn exit(&self) -> Option<i32> {
+    pub(crate) fn exit(&self) -> Option<i32> {
         self.log.exit()
     }
 
     /// Registers a client: a cursor at `offset` (`None` = the oldest byte
     /// held) and an attach guard that counts it for the keep window.
-    pub fn attach(self: &Arc<Self>, offset: Option<u64>) -> Result<(Attached, u64, bool)> {
+    pub(crate) fn attach(self: &Arc<Self>, offset: Option<u64>) -> Result<(Attached, u64, bool)> {
         let (_, end) = self.log.bounds();
         if let Some(o) = offset
             && o > end
@@ -367,7 +367,7 @@ impl Session {
     /// Writes client keystrokes to the terminal, after any earlier input;
     /// waits while the program does not read its input (backpressure to
     /// the client).
-    pub async fn input(&self, data: Vec<u8>) -> Result<()> {
+    pub(crate) async fn input(&self, data: Vec<u8>) -> Result<()> {
         if data.is_empty() {
             return Ok(());
         }
@@ -388,7 +388,7 @@ impl Session {
     }
 
     /// Resizes the terminal; the caller checked the bounds.
-    pub fn resize(&self, cols: u16, rows: u16) -> Result<()> {
+    pub(crate) fn resize(&self, cols: u16, rows: u16) -> Result<()> {
         let master = self.master.lock().unwrap_or_else(|p| p.into_inner());
         master
             .resize(PtySize {
@@ -404,7 +404,7 @@ impl Session {
 
     /// Sends `signal` to the terminal's foreground process group (what a
     /// key like Ctrl-C reaches), falling back to the session's own group.
-    pub fn signal_foreground(&self, signal: i32) -> Result<()> {
+    pub(crate) fn signal_foreground(&self, signal: i32) -> Result<()> {
         let fg = {
             let master = self.master.lock().unwrap_or_else(|p| p.into_inner());
             master.process_group_leader()
@@ -440,13 +440,13 @@ impl Session {
 }
 
 /// One attached client: its cursor, and its place in the attach count.
-pub struct Attached {
+pub(crate) struct Attached {
     session: Arc<Session>,
-    pub cursor: Cursor,
+    pub(crate) cursor: Cursor,
 }
 
 impl Attached {
-    pub fn session(&self) -> &Arc<Session> {
+    pub(crate) fn session(&self) -> &Arc<Session> {
         &self.session
     }
 }

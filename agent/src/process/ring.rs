@@ -25,14 +25,14 @@ use tokio::sync::watch;
 
 /// How long the producer of a held log waits for a cursor that makes no
 /// progress at all before it evicts that cursor and moves on.
-pub const STALL_LIMIT: Duration = Duration::from_secs(30);
+pub(crate) const STALL_LIMIT: Duration = Duration::from_secs(30);
 
 /// Largest single read of a producer.
-pub const MAX_READ: usize = 64 * 1024;
+pub(crate) const MAX_READ: usize = 64 * 1024;
 
 /// A fixed-capacity byte ring addressed by absolute offsets.
 #[derive(Debug)]
-pub struct Ring {
+pub(crate) struct Ring {
     buf: Box<[u8]>,
     /// Offset of the oldest byte held.
     start: u64,
@@ -41,7 +41,7 @@ pub struct Ring {
 }
 
 impl Ring {
-    pub fn new(capacity: usize) -> Ring {
+    pub(crate) fn new(capacity: usize) -> Ring {
         assert!(capacity > 0, "ring capacity must be positive");
         Ring {
             buf: vec![0; capacity].into_boxed_slice(),
@@ -50,20 +50,20 @@ impl Ring {
         }
     }
 
-    pub fn capacity(&self) -> usize {
+    pub(crate) fn capacity(&self) -> usize {
         self.buf.len()
     }
 
-    pub fn start(&self) -> u64 {
+    pub(crate) fn start(&self) -> u64 {
         self.start
     }
 
-    pub fn end(&self) -> u64 {
+    pub(crate) fn end(&self) -> u64 {
         self.end
     }
 
     /// Appends `data`, dropping the oldest bytes when full.
-    pub fn push(&mut self, mut data: &[u8]) {
+    pub(crate) fn push(&mut self, mut data: &[u8]) {
         let cap = self.buf.len();
         if data.len() > cap {
             // Only the last `cap` bytes can survive; account for the rest.
@@ -86,7 +86,7 @@ impl Ring {
     /// Copies up to `max` bytes from offset `from` (clamped to the oldest
     /// byte held). Returns the offset of the first byte copied and the bytes;
     /// empty when `from` is at or past the end.
-    pub fn read(&self, from: u64, max: usize) -> (u64, Vec<u8>) {
+    pub(crate) fn read(&self, from: u64, max: usize) -> (u64, Vec<u8>) {
         let from = from.max(self.start);
         if from >= self.end {
             return (from, Vec::new());
@@ -104,7 +104,7 @@ impl Ring {
 
 /// What a cursor gets next.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Next {
+pub(crate) enum Next {
     /// Bytes starting at `offset`.
     Data { offset: u64, data: Vec<u8> },
     /// The producer is done and every byte was read: the process's exit code.
@@ -115,7 +115,7 @@ pub enum Next {
 
 /// A ring shared by one producer and many cursors.
 #[derive(Debug)]
-pub struct Log {
+pub(crate) struct Log {
     inner: Mutex<Inner>,
     /// Wakes a producer waiting for room in a held log.
     room: Condvar,
@@ -152,7 +152,7 @@ fn lock(m: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
 impl Log {
     /// A log of `capacity` bytes. With `hold` (a stall limit, normally
     /// [`STALL_LIMIT`]) the producer waits for slow cursors.
-    pub fn new(capacity: usize, hold: Option<Duration>) -> Arc<Log> {
+    pub(crate) fn new(capacity: usize, hold: Option<Duration>) -> Arc<Log> {
         Arc::new(Log {
             inner: Mutex::new(Inner {
                 ring: Ring::new(capacity),
@@ -168,18 +168,18 @@ impl Log {
     }
 
     /// (oldest offset held, total bytes produced).
-    pub fn bounds(&self) -> (u64, u64) {
+    pub(crate) fn bounds(&self) -> (u64, u64) {
         let g = lock(&self.inner);
         (g.ring.start(), g.ring.end())
     }
 
-    pub fn exit(&self) -> Option<i32> {
+    pub(crate) fn exit(&self) -> Option<i32> {
         lock(&self.inner).exit
     }
 
     /// Appends output. Blocking (call it from the producer's thread): in a
     /// held log it waits until no registered cursor would lose unread bytes.
-    pub fn push(&self, data: &[u8]) {
+    pub(crate) fn push(&self, data: &[u8]) {
         self.append(data, true);
     }
 
@@ -187,7 +187,7 @@ impl Log {
     /// of it unless a held log is full) and returns how many bytes that was.
     /// Never blocks: for producers on an async task, which hand the rest to
     /// [`Log::push`] on a blocking thread.
-    pub fn try_push(&self, data: &[u8]) -> usize {
+    pub(crate) fn try_push(&self, data: &[u8]) -> usize {
         self.append(data, false)
     }
 
@@ -264,7 +264,7 @@ impl Log {
     /// producer's own thread). The buffer starts at 4 KiB, so an idle
     /// session costs little memory, and doubles up to [`MAX_READ`] whenever a
     /// read fills it, so a busy one is read in large chunks.
-    pub fn pump(&self, mut reader: impl std::io::Read) {
+    pub(crate) fn pump(&self, mut reader: impl std::io::Read) {
         let mut buf = vec![0u8; 4096];
         loop {
             match reader.read(&mut buf) {
@@ -286,7 +286,7 @@ impl Log {
 
     /// Marks the end of output with the process's exit code; cursors that
     /// read everything then get [`Next::Exit`].
-    pub fn finish(&self, code: i32) {
+    pub(crate) fn finish(&self, code: i32) {
         let mut g = lock(&self.inner);
         if g.exit.is_none() {
             g.exit = Some(code);
@@ -298,7 +298,7 @@ impl Log {
     }
 
     /// Waits until the log is finished and returns the exit code.
-    pub async fn finished(&self) -> i32 {
+    pub(crate) async fn finished(&self) -> i32 {
         let mut bell = self.bell.subscribe();
         loop {
             bell.borrow_and_update();
@@ -313,7 +313,7 @@ impl Log {
 
     /// Stops a held log from waiting for its cursors (kill, shutdown), so the
     /// producer can drain what is left of the process's output.
-    pub fn release(&self) {
+    pub(crate) fn release(&self) {
         lock(&self.inner).released = true;
         self.room.notify_all();
     }
@@ -322,7 +322,7 @@ impl Log {
     /// held log keeps its unread bytes. Returns the cursor, the offset it
     /// really starts at, and whether bytes between `offset` and that start
     /// are gone.
-    pub fn cursor(self: &Arc<Self>, offset: Option<u64>) -> (Cursor, u64, bool) {
+    pub(crate) fn cursor(self: &Arc<Self>, offset: Option<u64>) -> (Cursor, u64, bool) {
         let mut g = lock(&self.inner);
         let (start, end) = (g.ring.start(), g.ring.end());
         let wanted = offset.unwrap_or(start).min(end);
@@ -350,7 +350,7 @@ impl Log {
 
 /// A reader's position in a [`Log`]; unregisters itself on drop.
 #[derive(Debug)]
-pub struct Cursor {
+pub(crate) struct Cursor {
     log: Arc<Log>,
     id: u64,
     pos: u64,
@@ -358,14 +358,14 @@ pub struct Cursor {
 }
 
 impl Cursor {
-    pub fn position(&self) -> u64 {
+    pub(crate) fn position(&self) -> u64 {
         self.pos
     }
 
     /// Waits for and returns the next bytes (at most `max`), or the exit
     /// once everything was read. If the ring moved past this cursor (an
     /// unheld log), the returned offset jumps forward: the gap is visible.
-    pub async fn next(&mut self, max: usize) -> Next {
+    pub(crate) async fn next(&mut self, max: usize) -> Next {
         loop {
             // Mark the bell seen *before* looking, so a push after the look
             // still wakes us.

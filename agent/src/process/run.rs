@@ -11,39 +11,42 @@ use super::background::spawn_error;
 use super::spawn;
 use crate::error::Result;
 
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
-pub const DEFAULT_MAX_OUTPUT: usize = 1 << 20;
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_MAX_OUTPUT: usize = 1 << 20;
 /// How long stdout/stderr may stay open after the process exited (a child it
 /// left running still holds them) before we stop reading.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Clone, Default)]
-pub struct Spec {
-    pub argv: Vec<String>,
-    pub cwd: PathBuf,
-    pub env: HashMap<String, String>,
-    pub stdin: Vec<u8>,
-    pub timeout: Duration,
-    pub max_output: usize,
+pub(crate) struct Spec {
+    pub(crate) argv: Vec<String>,
+    pub(crate) cwd: PathBuf,
+    pub(crate) env: HashMap<String, String>,
+    pub(crate) stdin: Vec<u8>,
+    pub(crate) timeout: Duration,
+    pub(crate) max_output: usize,
 }
 
 #[derive(Debug, Clone, Default)]
-pub struct Outcome {
+pub(crate) struct Outcome {
     /// -1 when a signal or the timeout ended the process.
-    pub exit_code: i32,
-    pub signal: i32,
-    pub stdout: Vec<u8>,
-    pub stderr: Vec<u8>,
-    pub stdout_truncated: bool,
-    pub stderr_truncated: bool,
-    pub timed_out: bool,
-    pub duration: Duration,
+    pub(crate) exit_code: i32,
+    pub(crate) signal: i32,
+    pub(crate) stdout: Vec<u8>,
+    pub(crate) stderr: Vec<u8>,
+    pub(crate) stdout_truncated: bool,
+    pub(crate) stderr_truncated: bool,
+    pub(crate) timed_out: bool,
+    pub(crate) duration: Duration,
 }
 
 /// Runs `spec` to completion. At the timeout the whole process group gets
 /// SIGKILL. Output past the cap is read and discarded, so the process never
 /// blocks on a full pipe.
-pub async fn run(spec: Spec, shutdown: tokio_util::sync::CancellationToken) -> Result<Outcome> {
+pub(crate) async fn run(
+    spec: Spec,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Result<Outcome> {
     let started = Instant::now();
     let mut cmd = spawn::command(&spec.argv, &spec.cwd, &spec.env)?;
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use crate::error::{Error, Result};
-use crate::paths::Root;
+use devgate_fs::Root;
 
 /// Environment variables of the agent itself that no child inherits: the
 /// agent's shared token and its S3 credentials belong to the platform, not
@@ -21,9 +21,9 @@ const WITHHELD_PREFIXES: &[&str] = &["AGENT_", "AWS_"];
 /// Resolves a client-given working directory (relative to the root, `""` =
 /// the root) to a host path, refusing anything that leaves the root or is not
 /// a directory. Every cwd of every child goes through this.
-pub fn resolve_cwd(root: &Root, cwd: &str) -> Result<PathBuf> {
-    let rel = Root::clean(cwd)?;
-    root.host_path(&rel)
+pub(crate) fn resolve_cwd(root: &Root, cwd: &str) -> Result<PathBuf> {
+    let rel = Root::clean(cwd).map_err(Error::from)?;
+    Ok(root.host_path(&rel)?)
 }
 
 /// Builds the command for `argv` (program and arguments) in `cwd` (a host
@@ -37,7 +37,7 @@ pub fn resolve_cwd(root: &Root, cwd: &str) -> Result<PathBuf> {
 /// killed (SIGKILL, the leader only) if its `Child` handle is dropped before
 /// it was waited for: callers that want the whole group gone on every path
 /// signal the group themselves.
-pub fn command(
+pub(crate) fn command(
     argv: &[String],
     cwd: &Path,
     env: &HashMap<String, String>,
@@ -67,7 +67,7 @@ pub fn command(
 /// The PTY flavour of [`command`]: the same environment policy and cwd,
 /// plus `TERM=xterm-256color`. portable-pty makes the child a session leader
 /// with the PTY as its controlling terminal (so its pgid is its pid too).
-pub fn pty_command(
+pub(crate) fn pty_command(
     argv: &[String],
     cwd: &Path,
     env: &HashMap<String, String>,
@@ -121,7 +121,7 @@ fn program_exists(program: &str, cwd: &Path, path: Option<&std::ffi::OsStr>) -> 
 }
 
 /// The default program of a terminal: `$SHELL`, else `/bin/bash`, else `/bin/sh`.
-pub fn default_shell() -> String {
+pub(crate) fn default_shell() -> String {
     if let Ok(shell) = std::env::var("SHELL")
         && !shell.is_empty()
         && Path::new(&shell).exists()
@@ -139,16 +139,16 @@ pub fn default_shell() -> String {
 /// dropped by its client (a cancelled clone or run) takes the helpers and
 /// children it started with it, not just the leader (`kill_on_drop` reaches
 /// only the leader).
-pub struct GroupGuard(Option<u32>);
+pub(crate) struct GroupGuard(Option<u32>);
 
 impl GroupGuard {
     /// Guards the group led by `pgid` (a child's id; `None` guards nothing).
-    pub fn new(pgid: Option<u32>) -> GroupGuard {
+    pub(crate) fn new(pgid: Option<u32>) -> GroupGuard {
         GroupGuard(pgid)
     }
 
     /// The leader ended by itself: leave the group alone.
-    pub fn disarm(&mut self) {
+    pub(crate) fn disarm(&mut self) {
         self.0 = None;
     }
 }
@@ -163,7 +163,7 @@ impl Drop for GroupGuard {
 
 /// Sends `signal` (a signal number) to the process group `pgid`. An already
 /// gone group is not an error.
-pub fn signal_group(pgid: u32, signal: i32) -> Result<()> {
+pub(crate) fn signal_group(pgid: u32, signal: i32) -> Result<()> {
     let pid = pid(pgid)?;
     let sig = rustix::process::Signal::from_named_raw(signal)
         .ok_or_else(|| Error::InvalidArgument(format!("unknown signal {signal}")))?;
@@ -173,19 +173,8 @@ pub fn signal_group(pgid: u32, signal: i32) -> Result<()> {
     }
 }
 
-/// Sends `signal` to the single process `pid`; a gone process is not an error.
-pub fn signal_process(pid_: u32, signal: i32) -> Result<()> {
-    let pid = pid(pid_)?;
-    let sig = rustix::process::Signal::from_named_raw(signal)
-        .ok_or_else(|| Error::InvalidArgument(format!("unknown signal {signal}")))?;
-    match rustix::process::kill_process(pid, sig) {
-        Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(()),
-        Err(e) => Err(Error::Io(e.into())),
-    }
-}
-
 /// Whether any process (zombies included) is left in the group `pgid`.
-pub fn group_alive(pgid: u32) -> bool {
+pub(crate) fn group_alive(pgid: u32) -> bool {
     match pid(pgid) {
         Ok(p) => rustix::process::test_kill_process_group(p).is_ok(),
         Err(_) => false,

@@ -40,6 +40,8 @@ struct CreateBody {
     #[serde(default)]
     template: Option<Template>,
     port: u16,
+    #[serde(default)]
+    ports: Vec<u16>,
     start: String,
     #[serde(default)]
     install: Option<String>,
@@ -48,6 +50,9 @@ struct CreateBody {
     #[serde(default)]
     public: bool,
 }
+
+/// Ports a container may declare besides its main one.
+const MAX_EXTRA_PORTS: usize = 16;
 
 /// Checks the project is active (409 `project_not_active` otherwise).
 async fn require_active(state: &AppState, p: &str) -> Result<()> {
@@ -66,8 +71,22 @@ async fn create(
     authorize(&claims, &p)?;
     let body = body?;
     ids::container_name(&body.name)?;
-    if body.port == 0 {
-        return Err(Error::BadRequest("port must be 1..65535".into()));
+    if body.port == 0 || body.ports.contains(&0) {
+        return Err(Error::BadRequest("ports must be 1..65535".into()));
+    }
+    if body.ports.len() > MAX_EXTRA_PORTS {
+        return Err(Error::BadRequest(format!(
+            "a container may declare at most {MAX_EXTRA_PORTS} other ports"
+        )));
+    }
+    let mut ports = body.ports.clone();
+    ports.sort_unstable();
+    ports.dedup();
+    ports.retain(|&p| p != body.port);
+    if let Some(problem) =
+        crate::preview::host::flat_host_problem(&body.name, &p, state.config.preview_host_style)
+    {
+        return Err(Error::BadRequest(problem));
     }
     if body.start.trim().is_empty() {
         return Err(Error::BadRequest("start must be a command".into()));
@@ -87,11 +106,16 @@ async fn create(
     if existing.iter().any(|c| c.name == body.name) {
         return Err(Error::Conflict(format!("container {} exists", body.name)));
     }
-    if let Some(other) = existing.iter().find(|c| c.port == body.port) {
-        return Err(Error::Conflict(format!(
-            "port {} is claimed by container {}",
-            body.port, other.name
-        )));
+    for port in std::iter::once(body.port).chain(ports.iter().copied()) {
+        if let Some(other) = existing
+            .iter()
+            .find(|c| c.port == port || c.ports.contains(&port))
+        {
+            return Err(Error::Conflict(format!(
+                "port {port} is claimed by container {}",
+                other.name
+            )));
+        }
     }
     let client = state.agent_of_active(&p).await?;
     let name = body.name.clone();
@@ -124,6 +148,8 @@ async fn create(
             });
         state
             .log_command(CommandLogEntry {
+                id: 0,
+                truncated: false,
                 project: p.clone(),
                 ts: Utc::now(),
                 label: format!("{name}: clone"),
@@ -165,6 +191,7 @@ async fn create(
             env: body.env.clone(),
             stdin: Vec::new(),
             timeout_ms: 15 * 60 * 1000,
+            max_output_bytes: 0,
         };
         let r = client.run(spec).await;
         let (code, out, err, ms) = match &r {
@@ -178,6 +205,8 @@ async fn create(
         };
         state
             .log_command(CommandLogEntry {
+                id: 0,
+                truncated: false,
                 project: p.clone(),
                 ts: Utc::now(),
                 label: format!("{name}: install"),
@@ -206,12 +235,14 @@ async fn create(
         name: name.clone(),
         status: ContainerStatus::Stopped,
         port: body.port,
+        ports,
         start: body.start,
         install: body.install,
         env: body.env,
         public: body.public,
         template: body.template,
         created_at: Utc::now(),
+        running_at_hibernation: false,
     };
     if let Err(e) = state.store.create_container(&c).await {
         if created_dir {
@@ -235,12 +266,16 @@ async fn list(
     authorize(&claims, &p)?;
     let project = state.project(&p).await?;
     let mut cs = state.store.list_containers(&p).await?;
-    if project.status == ProjectStatus::Active {
-        for c in cs.iter_mut() {
-            refresh(&state, c).await;
-        }
+    let mut out = Vec::with_capacity(cs.len());
+    for c in cs.iter_mut() {
+        let exit = if project.status == ProjectStatus::Active {
+            refresh(&state, c).await
+        } else {
+            None
+        };
+        out.push(with_exit_code(container_json(&state, c), c, exit));
     }
-    Ok(Json(cs.iter().map(|c| container_json(&state, c)).collect()))
+    Ok(Json(out))
 }
 
 async fn show(
@@ -251,45 +286,67 @@ async fn show(
     authorize(&claims, &p)?;
     ids::container_name(&c)?;
     let mut c = state.container(&p, &c).await?;
-    refresh(&state, &mut c).await;
-    Ok(Json(container_json(&state, &c)))
+    let exit = refresh(&state, &mut c).await;
+    Ok(Json(with_exit_code(container_json(&state, &c), &c, exit)))
+}
+
+/// A failed container's JSON carries the exit code of its dev server, when
+/// the runtime still knows it.
+fn with_exit_code(mut v: Value, c: &Container, exit: Option<i32>) -> Value {
+    if c.status == ContainerStatus::Failed
+        && let Some(code) = exit
+    {
+        v["exit_code"] = serde_json::json!(code);
+    }
+    v
 }
 
 /// A dev server recorded as running that has since ended by itself becomes
-/// `failed` (non-zero exit) or `stopped`, in the store too.
-async fn refresh(state: &AppState, c: &mut Container) {
-    if c.status != ContainerStatus::Running {
-        return;
+/// `failed` (non-zero exit) or `stopped`, in the store too. Answers the exit
+/// code of a dev server that has ended (running or failed ones are asked).
+async fn refresh(state: &AppState, c: &mut Container) -> Option<i32> {
+    if c.status != ContainerStatus::Running && c.status != ContainerStatus::Failed {
+        return None;
     }
-    let now = match state.runtime.container_state(&c.project, &c.name).await {
-        Ok(Some(crate::runtime::ContainerState::Running)) | Ok(None) => return,
-        Ok(Some(crate::runtime::ContainerState::Exited(0)))
-        | Ok(Some(crate::runtime::ContainerState::Absent)) => ContainerStatus::Stopped,
-        Ok(Some(crate::runtime::ContainerState::Exited(_))) => ContainerStatus::Failed,
+    let (now, exit) = match state.runtime.container_state(&c.project, &c.name).await {
+        Ok(Some(crate::runtime::ContainerState::Running)) | Ok(None) => return None,
+        Ok(Some(crate::runtime::ContainerState::Exited(0))) => (ContainerStatus::Stopped, Some(0)),
+        Ok(Some(crate::runtime::ContainerState::Absent)) => (ContainerStatus::Stopped, None),
+        Ok(Some(crate::runtime::ContainerState::Exited(code))) => {
+            (ContainerStatus::Failed, Some(code))
+        }
         Err(error) => {
             tracing::debug!(project = %c.project, container = %c.name, %error, "cannot read the dev server's state");
-            return;
+            return None;
         }
     };
+    if c.status == ContainerStatus::Failed {
+        // Already recorded; only the code was wanted.
+        return exit;
+    }
     // A create or start in progress (an install can take minutes) holds the
     // lock; the listing must not wait for it, and that step sets the status anyway.
-    let Some(_guard) = state.locks.try_lock(&c.project) else {
-        return;
-    };
+    let _guard = state.locks.try_lock(&c.project)?;
     // Re-read under the lock: a start or stop may have happened meanwhile.
-    if let Ok(Some(mut fresh)) = state.store.get_container(&c.project, &c.name).await {
-        if fresh.status == ContainerStatus::Running {
-            fresh.status = now;
-            if state.store.update_container(&fresh).await.is_ok() {
-                state.emit(
-                    &c.project,
-                    "container",
-                    serde_json::json!({"name": c.name, "status": now.as_str()}),
-                );
-            }
+    let Ok(Some(mut fresh)) = state.store.get_container(&c.project, &c.name).await else {
+        return None;
+    };
+    let ended = matches!(
+        fresh.status,
+        ContainerStatus::Running | ContainerStatus::Failed
+    );
+    if fresh.status == ContainerStatus::Running {
+        fresh.status = now;
+        if state.store.update_container(&fresh).await.is_ok() {
+            state.emit(
+                &c.project,
+                "container",
+                serde_json::json!({"name": c.name, "status": now.as_str()}),
+            );
         }
-        *c = fresh;
     }
+    *c = fresh;
+    ended.then_some(exit).flatten()
 }
 
 async fn start(

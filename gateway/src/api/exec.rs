@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::Utc;
@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::ids;
 use crate::runtime::ExecSpec;
 use crate::state::AppState;
-use crate::store::CommandLogEntry;
+use crate::store::{CommandLogEntry, LogPage};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -91,6 +91,7 @@ async fn exec(
         env: body.env,
         stdin: body.stdin.unwrap_or_default().into_bytes(),
         timeout_ms: timeout_s * 1000,
+        max_output_bytes: state.config.max_exec_output,
     };
     let out = match &body.container {
         Some(c) => {
@@ -115,6 +116,8 @@ async fn exec(
     });
     state
         .log_command(CommandLogEntry {
+            id: 0,
+            truncated: false,
             project: p.clone(),
             ts: Utc::now(),
             label,
@@ -131,17 +134,45 @@ async fn exec(
         "stderr": stderr,
         "duration_ms": out.duration_ms,
         "timed_out": out.timed_out,
+        "truncated": out.truncated,
     })))
 }
 
+/// `?limit=&before=` of `GET /logs`.
+#[derive(Deserialize)]
+struct LogQuery {
+    #[serde(default)]
+    limit: Option<u32>,
+    #[serde(default)]
+    before: Option<i64>,
+}
+
+/// Entries per page of `GET /logs` by default, and at most.
+const LOG_PAGE: u32 = 100;
+const MAX_LOG_PAGE: u32 = 1000;
+
+/// `GET /logs`: the newest `limit` entries (100 by default, at most 1000)
+/// with an id below `before`, oldest first; the next page back is
+/// `?before=<the first entry's id>`.
 async fn logs(
     claims: Claims,
     State(state): State<AppState>,
     Path(p): Path<String>,
+    Query(q): Query<LogQuery>,
 ) -> Result<Json<Vec<CommandLogEntry>>> {
     authorize(&claims, &p)?;
+    let limit = q.limit.unwrap_or(LOG_PAGE);
+    if limit == 0 || limit > MAX_LOG_PAGE {
+        return Err(Error::BadRequest(format!(
+            "limit must be 1..{MAX_LOG_PAGE}"
+        )));
+    }
     state.project(&p).await?;
-    Ok(Json(state.store.list_logs(&p).await?))
+    let page = LogPage {
+        limit,
+        before: q.before,
+    };
+    Ok(Json(state.store.list_logs(&p, page).await?))
 }
 
 #[cfg(test)]

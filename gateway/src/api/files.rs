@@ -17,7 +17,9 @@ use futures::StreamExt as _;
 use serde::Deserialize;
 
 use super::{JsonBody, authorize};
-use crate::agent_client::{ArchiveChunk, ArchiveOptions, Entry, EntryKind, WriteOptions};
+use crate::agent_client::{
+    ArchiveChunk, ArchiveOptions, Entry, EntryKind, WriteOptions, quote_etag,
+};
 use crate::auth::{Claims, QueryClaims};
 use crate::error::{Error, Result};
 use crate::ids;
@@ -48,11 +50,6 @@ pub fn routes() -> Router<AppState> {
         .route("/api/projects/{p}/mkdir/{*path}", post(mkdir))
         .route("/api/projects/{p}/move", post(rename))
         .route("/api/projects/{p}/archive", get(download).post(upload))
-}
-
-/// `"etag"`, as the ETag header carries it.
-fn quoted(etag: &str) -> String {
-    format!("\"{etag}\"")
 }
 
 /// An entity tag from a precondition header, without `W/` and quotes.
@@ -115,7 +112,7 @@ fn resolve_range(r: ByteRange, size: u64) -> Option<(u64, u64)> {
 fn entry_headers(resp: &mut Response, e: &Entry) {
     let h = resp.headers_mut();
     if let Some(tag) = &e.etag
-        && let Ok(v) = HeaderValue::from_str(&quoted(tag))
+        && let Ok(v) = HeaderValue::from_str(&quote_etag(tag))
     {
         h.insert(header::ETAG, v);
     }
@@ -293,9 +290,9 @@ async fn write(
         }
         Err(e) => return Err(e),
     };
-    let mut resp =
-        Json(serde_json::json!({"etag": e.etag.clone().unwrap_or_default(), "size": e.size}))
-            .into_response();
+    // The same quoted string as the `ETag` header and the entries' `etag`.
+    let etag = e.etag.as_deref().map(quote_etag).unwrap_or_default();
+    let mut resp = Json(serde_json::json!({"etag": etag, "size": e.size})).into_response();
     entry_headers(&mut resp, &e);
     Ok(resp)
 }
@@ -438,6 +435,8 @@ async fn download(
                 Ok(ArchiveChunk::Summary(s)) => {
                     tokio::spawn(async move {
                         st.log_command(CommandLogEntry {
+                            id: 0,
+                            truncated: false,
                             project,
                             ts: Utc::now(),
                             label: "archive".into(),
@@ -492,6 +491,8 @@ async fn upload(
     let result = client.extract("", data, max).await;
     state
         .log_command(CommandLogEntry {
+            id: 0,
+            truncated: false,
             project: p.clone(),
             ts: Utc::now(),
             label: "archive".into(),

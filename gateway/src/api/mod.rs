@@ -7,6 +7,7 @@ pub mod containers;
 pub mod events;
 pub mod exec;
 pub mod files;
+pub mod previews;
 pub mod projects;
 pub mod terminal;
 pub mod watch;
@@ -31,6 +32,7 @@ pub fn router(state: AppState) -> Router {
         .merge(projects::routes())
         .merge(files::routes())
         .merge(containers::routes())
+        .merge(previews::routes())
         .merge(exec::routes())
         .merge(events::routes())
         .merge(terminal::routes())

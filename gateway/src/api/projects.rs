@@ -1,6 +1,7 @@
 //! Project routes: create, list, get, open, hibernate, delete; and the JSON
 //! shapes of a project and a container.
 
+use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -11,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::{JsonBody, authorize};
 use crate::auth::Claims;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::lifecycle;
 use crate::state::AppState;
 use crate::store::{Container, ContainerStatus, Project};
@@ -22,6 +23,13 @@ pub fn routes() -> Router<AppState> {
         .route("/api/projects/{p}", get(show).delete(delete))
         .route("/api/projects/{p}/open", post(open))
         .route("/api/projects/{p}/hibernate", post(hibernate))
+}
+
+/// `POST /open`: every field optional, and so is the body.
+#[derive(Deserialize, Default)]
+struct OpenBody {
+    #[serde(default)]
+    start_containers: bool,
 }
 
 #[derive(Deserialize)]
@@ -64,12 +72,16 @@ pub fn container_json(state: &AppState, c: &Container) -> Value {
         "name": c.name,
         "status": c.status.as_str(),
         "port": c.port,
+        "ports": c.ports,
         "start": c.start,
         "public": c.public,
         "env": c.env,
     });
     if let Some(i) = &c.install {
         v["install"] = json!(i);
+    }
+    if c.running_at_hibernation {
+        v["running_at_hibernation"] = json!(true);
     }
     if let Some(t) = &c.template {
         v["template"] = json!(t);
@@ -80,28 +92,14 @@ pub fn container_json(state: &AppState, c: &Container) -> Value {
     v
 }
 
-/// `http://{container}.{project}.{domain}[:port]/`.
+/// `http://{container}.{project}.{domain}[:port]/` (or the flat host).
 pub fn preview_url(state: &AppState, project: &str, container: &str) -> String {
-    let cfg = &state.config;
-    let port = cfg.preview_port.unwrap_or(state_listen_port(state));
-    let default_port = if cfg.preview_scheme == "https" {
-        443
-    } else {
-        80
+    let target = crate::preview::host::PreviewHost {
+        project: project.to_owned(),
+        container: container.to_owned(),
+        port: None,
     };
-    let port = if port == default_port || port == 0 {
-        String::new()
-    } else {
-        format!(":{port}")
-    };
-    format!(
-        "{}://{container}.{project}.{}{port}/",
-        cfg.preview_scheme, cfg.preview_domain
-    )
-}
-
-fn state_listen_port(state: &AppState) -> u16 {
-    state.listen_port.load(std::sync::atomic::Ordering::Relaxed)
+    format!("{}/", crate::preview::origin(state, &target))
 }
 
 async fn create(
@@ -140,9 +138,19 @@ async fn open(
     claims: Claims,
     State(state): State<AppState>,
     Path(p): Path<String>,
+    body: Bytes,
 ) -> Result<Json<Value>> {
     authorize(&claims, &p)?;
-    let project = lifecycle::open(&state, &p).await?;
+    let body: OpenBody = if body.iter().all(u8::is_ascii_whitespace) {
+        OpenBody::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| Error::BadRequest(format!("invalid JSON body: {e}")))?
+    };
+    let opts = lifecycle::OpenOptions {
+        start_containers: body.start_containers,
+    };
+    let project = lifecycle::open_with(&state, &p, opts).await?;
     Ok(Json(project_json(&state, &project).await?))
 }
 

@@ -194,7 +194,9 @@ async fn terminal(
     // A keystroke message is small; a paste may be large, but not unbounded.
     let ws = ws
         .read_buffer_size(super::watch::READ_BUFFER)
-        .max_message_size(MAX_INPUT_MESSAGE);
+        .max_message_size(MAX_INPUT_MESSAGE)
+        // Answers `devgate` to a browser that sent its token in the offer.
+        .protocols([crate::auth::WS_PROTOCOL]);
     Ok(ws.on_upgrade(move |socket| {
         async move {
             let _hold = hold;

@@ -84,7 +84,11 @@ async fn watch(
     let events = agent.watch("").await?;
     let span = tracing::info_span!("watch", project = %project);
     // The client has nothing to say on this socket but pongs and a close.
-    let ws = ws.read_buffer_size(READ_BUFFER).max_message_size(64 * 1024);
+    let ws = ws
+        .read_buffer_size(READ_BUFFER)
+        .max_message_size(64 * 1024)
+        // Answers `devgate` to a browser that sent its token in the offer.
+        .protocols([crate::auth::WS_PROTOCOL]);
     Ok(ws.on_upgrade(move |socket| {
         async move {
             let gauge = WsGauge::new(&state, "watch");

@@ -1,10 +1,14 @@
 //! Preview hostnames: which project, container and port a `Host` header names.
 //!
-//! A preview host is `{container}.{project}.{domain}` (the container's declared
-//! port) or `{port}-{container}.{project}.{domain}` (another port of it), with
-//! any `:port` suffix of the Host header ignored. Matching is case-insensitive,
-//! as DNS is. This module is pure so it can be tested as a table, like coder's
-//! `coderd/workspaceapps/appurl`.
+//! In the `dotted` style a preview host is `{container}.{project}.{domain}`
+//! (the container's declared port) or `{port}-{container}.{project}.{domain}`
+//! (another port it declared). In the `flat` style it is one label,
+//! `{container}--{project}.{domain}` or `{port}-{container}--{project}.{domain}`,
+//! so that one wildcard certificate (`*.{domain}`) covers every preview; the
+//! label splits at the first `--`, so a container name holding `--` has no
+//! flat host (creating one is refused). Any `:port` suffix of the Host header
+//! is ignored. Matching is case-insensitive, as DNS is. This module is pure so
+//! it can be tested as a table, like coder's `coderd/workspaceapps/appurl`.
 
 use crate::ids::is_dns_label;
 
@@ -20,20 +24,55 @@ pub struct PreviewHost {
     pub port: Option<u16>,
 }
 
+/// How preview host names are made from a container and a project.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum HostStyle {
+    /// `{container}.{project}.{domain}`: two labels below the domain.
+    #[default]
+    Dotted,
+    /// `{container}--{project}.{domain}`: one label, for one wildcard certificate.
+    Flat,
+}
+
+/// The longest DNS label (RFC 1035): a flat host's one label must fit.
+pub const MAX_LABEL: usize = 63;
+
 impl PreviewHost {
     /// The host name (without any port) that names this preview under `domain`.
-    pub fn to_host(&self, domain: &str) -> String {
+    pub fn to_host(&self, domain: &str, style: HostStyle) -> String {
         let domain = normalize_domain(domain);
-        match self.port {
-            Some(port) => format!("{port}-{}.{}.{domain}", self.container, self.project),
-            None => format!("{}.{}.{domain}", self.container, self.project),
+        let port = self.port.map(|p| format!("{p}-")).unwrap_or_default();
+        match style {
+            HostStyle::Dotted => format!("{port}{}.{}.{domain}", self.container, self.project),
+            HostStyle::Flat => format!("{port}{}--{}.{domain}", self.container, self.project),
         }
     }
 }
 
+/// Why a container cannot have a preview host in `style`, if it cannot: a
+/// flat label splits at its first `--` and holds at most 63 characters
+/// (with room for a `{port}-` prefix of 6).
+pub fn flat_host_problem(container: &str, project: &str, style: HostStyle) -> Option<String> {
+    if style != HostStyle::Flat {
+        return None;
+    }
+    if container.contains("--") {
+        return Some(format!(
+            "container name {container:?} holds \"--\", which flat preview hosts use to separate it from the project"
+        ));
+    }
+    let len = container.len() + 2 + project.len() + "65535-".len();
+    (len > MAX_LABEL).then(|| {
+        format!(
+            "container and project names together are too long for a flat preview host (at most {} characters)",
+            MAX_LABEL - 2 - "65535-".len()
+        )
+    })
+}
+
 /// Parses a `Host` header value against the preview `domain`. `None` means the
 /// host is not a preview host (the API or the demo page live there instead).
-pub fn parse(host: &str, domain: &str) -> Option<PreviewHost> {
+pub fn parse(host: &str, domain: &str, style: HostStyle) -> Option<PreviewHost> {
     let name = strip_port(host.trim())?;
     let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
     let domain = normalize_domain(domain);
@@ -41,8 +80,17 @@ pub fn parse(host: &str, domain: &str) -> Option<PreviewHost> {
         return None;
     }
     let prefix = name.strip_suffix(domain.as_str())?.strip_suffix('.')?;
-    // Exactly two labels in front of the domain: `{first}.{project}`.
-    let (first, project) = prefix.split_once('.')?;
+    let (first, project) = match style {
+        // Exactly two labels in front of the domain: `{first}.{project}`.
+        HostStyle::Dotted => prefix.split_once('.')?,
+        // One label: `{first}--{project}`.
+        HostStyle::Flat => {
+            if prefix.contains('.') || prefix.len() > MAX_LABEL {
+                return None;
+            }
+            prefix.split_once("--")?
+        }
+    };
     if project.contains('.') || !is_dns_label(project) {
         return None;
     }
@@ -217,11 +265,54 @@ mod tests {
         ];
         for (host, domain, want) in cases {
             assert_eq!(
-                &parse(host, domain),
+                &parse(host, domain, HostStyle::Dotted),
                 want,
                 "host {host:?} domain {domain:?}"
             );
         }
+    }
+
+    #[test]
+    fn parse_flat_table() {
+        let cases: &[(&str, Option<PreviewHost>)] = &[
+            ("web--demo.localhost", ph("web", "demo", None)),
+            ("web--demo.localhost:8080", ph("web", "demo", None)),
+            ("3000-web--demo.localhost", ph("web", "demo", Some(3000))),
+            ("WEB--Demo.LOCALHOST.", ph("web", "demo", None)),
+            ("my-app--proj-1.localhost", ph("my-app", "proj-1", None)),
+            // Splits at the first `--`: the project may hold one, the container not.
+            ("web--my--proj.localhost", ph("web", "my--proj", None)),
+            // Not flat preview hosts.
+            ("web.demo.localhost", None),
+            ("webdemo.localhost", None),
+            ("--demo.localhost", None),
+            ("web--.localhost", None),
+            ("web---demo.localhost", None),
+            ("0-web--demo.localhost", None),
+            ("3000-web--demo.x.localhost", None),
+            ("web--demo", None),
+            ("localhost", None),
+        ];
+        for (host, want) in cases {
+            assert_eq!(
+                &parse(host, "localhost", HostStyle::Flat),
+                want,
+                "host {host:?}"
+            );
+        }
+        // A label longer than DNS allows is no host at all.
+        let long = format!("{}--{}.localhost", "a".repeat(30), "b".repeat(34));
+        assert_eq!(parse(&long, "localhost", HostStyle::Flat), None);
+    }
+
+    #[test]
+    fn flat_host_limits() {
+        assert_eq!(flat_host_problem("web", "demo", HostStyle::Flat), None);
+        assert!(flat_host_problem("a--b", "demo", HostStyle::Flat).is_some());
+        assert!(flat_host_problem("a--b", "demo", HostStyle::Dotted).is_none());
+        let (c, p) = ("c".repeat(27), "p".repeat(28));
+        assert!(flat_host_problem(&c, &p, HostStyle::Flat).is_none());
+        assert!(flat_host_problem(&c, &format!("{p}p"), HostStyle::Flat).is_some());
     }
 
     #[test]
@@ -231,8 +322,12 @@ mod tests {
             ("3000-web.demo.localhost", "localhost"),
             ("web.demo.preview.example.com", "Preview.Example.com"),
         ] {
-            let parsed = parse(host, domain).expect("a preview host");
-            assert_eq!(parsed.to_host(domain), host);
+            let parsed = parse(host, domain, HostStyle::Dotted).expect("a preview host");
+            assert_eq!(parsed.to_host(domain, HostStyle::Dotted), host);
+        }
+        for host in ["web--demo.localhost", "3000-web--demo.localhost"] {
+            let parsed = parse(host, "localhost", HostStyle::Flat).expect("a flat host");
+            assert_eq!(parsed.to_host("localhost", HostStyle::Flat), host);
         }
     }
 }

@@ -1,19 +1,27 @@
 //! The preview proxy: requests whose `Host` names a container of a project
 //! (see [`host`]) go to that dev server, on hyper with a keep-alive pool,
 //! bodies streamed both ways, WebSocket upgrades passed through (Vite and
-//! Next.js HMR), `X-Forwarded-Host/Proto/For` added.
+//! Next.js HMR).
 //!
-//! Private previews need the cookie that `/__preview/auth?token=` sets: a
-//! short-lived token the gateway mints for that project and host, never the
-//! bearer's own token. A stopped container answers 503, an unknown one 404,
-//! and a hibernated project is woken (restored, the container started).
+//! What reaches the dev server is only what it should see: a request goes to
+//! the container's declared port or one of its declared `ports` and nowhere
+//! else (never the gateway itself, and a `Via` loop guard stops a request
+//! that came back round); the gateway's credentials (its tokens in
+//! `Authorization`, its preview cookie) are removed; `X-Forwarded-*` are set
+//! by the gateway, believed from the client only when it is a trusted proxy.
+//! Private previews need a preview cookie (see [`access`]). A stopped
+//! container answers 503, an unknown one or an undeclared port 404, and a
+//! hibernated project is woken (restored, the container started) when the
+//! request may wake it: a user's always, a public or share-link request at
+//! most once per `--public-wake-interval` per project.
 
+pub mod access;
 pub mod host;
 mod pool;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -23,31 +31,116 @@ use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt as _;
 use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::counter::Counter;
+use tokio_util::sync::CancellationToken;
 
-use crate::auth::{Claims, query_token};
 use crate::error::{Error, Result};
-use crate::metrics::DirectionLabels;
+use crate::metrics::{DirectionLabels, Metrics};
 use crate::runtime::ContainerRoute;
 use crate::state::AppState;
 use crate::store::{ContainerStatus, ProjectStatus};
+use access::Access;
+pub use access::{AUTH_PATH, COOKIE};
 use host::PreviewHost;
 
-/// The cookie that lets a browser into a private preview.
-pub const COOKIE: &str = "devgate_preview";
-
-/// Path of the cookie flow on every preview host.
-pub const AUTH_PATH: &str = "/__preview/auth";
-
-/// Lifetime of a preview cookie (never beyond the token it came from).
-const COOKIE_TTL: Duration = Duration::from_secs(3600);
-
-/// How long a container's store record (exists, public) is reused between
-/// requests. Routing itself is asked of the runtime on every request, so a
-/// stopped container is noticed at once; this only saves a store read.
+/// How long a container's store record (exists, public, ports) is reused
+/// between requests. Routing itself is asked of the runtime on every
+/// request, so a stopped container is noticed at once; this only saves a
+/// store read.
 const RECORD_TTL: Duration = Duration::from_secs(1);
 
 /// How long a woken container may take to accept connections.
 const WAKE_DEADLINE: Duration = Duration::from_secs(60);
+
+/// The pseudonym this gateway adds to `Via` (RFC 9110 section 7.6.3) on
+/// requests it sends to dev servers; a request that arrives already
+/// carrying it went round in a loop and is refused.
+const VIA_NAME: &str = "devgate";
+
+/// What the proxy keeps between requests: the dev-server connection pool,
+/// container records, the last wake by a request without credentials per
+/// project, share links in use, and the byte counters.
+pub struct PreviewState {
+    pool: Arc<pool::Pool>,
+    records: RecordCache,
+    public_wakes: Mutex<HashMap<String, Instant>>,
+    /// Share links in use on this replica (see [`access::Shares`]).
+    pub shares: access::Shares,
+    up: Counter,
+    down: Counter,
+}
+
+impl PreviewState {
+    pub fn new(metrics: &Metrics) -> PreviewState {
+        let counter = |d: &str| {
+            metrics
+                .proxied_bytes
+                .get_or_create(&DirectionLabels {
+                    direction: d.to_owned(),
+                })
+                .clone()
+        };
+        PreviewState {
+            pool: Arc::default(),
+            records: RecordCache::default(),
+            public_wakes: Mutex::default(),
+            shares: access::Shares::default(),
+            up: counter("upstream"),
+            down: counter("downstream"),
+        }
+    }
+
+    /// Forgets what is kept about a deleted project.
+    pub fn forget(&self, project: &str) {
+        self.records
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(project);
+        self.public_wakes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(project);
+    }
+
+    /// Takes the project's one wake by a request without credentials for
+    /// this interval: `Err(seconds to wait)` when it was taken already.
+    fn take_public_wake(&self, project: &str, interval: Duration) -> std::result::Result<(), u64> {
+        let mut wakes = self.public_wakes.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(at) = wakes.get(project)
+            && at.elapsed() < interval
+        {
+            return Err((interval - at.elapsed()).as_secs().max(1));
+        }
+        if wakes.len() > 10_000 {
+            wakes.retain(|_, at| at.elapsed() < interval);
+        }
+        wakes.insert(project.to_owned(), Instant::now());
+        Ok(())
+    }
+}
+
+/// `{scheme}://{preview host}[:port]` of a preview, as browsers reach it
+/// (`--preview-scheme`, `--preview-port` or the listening port).
+pub fn origin(state: &AppState, target: &PreviewHost) -> String {
+    let cfg = &state.config;
+    let port = cfg
+        .preview_port
+        .unwrap_or_else(|| state.listen_port.load(std::sync::atomic::Ordering::Relaxed));
+    let default_port = if cfg.preview_scheme == "https" {
+        443
+    } else {
+        80
+    };
+    let port = if port == default_port || port == 0 {
+        String::new()
+    } else {
+        format!(":{port}")
+    };
+    format!(
+        "{}://{}{port}",
+        cfg.preview_scheme,
+        target.to_host(&cfg.preview_domain, cfg.preview_host_style)
+    )
+}
 
 /// Makes sure a project is active, restoring it first when it is
 /// hibernated (terminals and previews wake their project). Other states
@@ -81,7 +174,13 @@ pub fn in_front(state: AppState, app: axum::Router) -> axum::Router {
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
             .or_else(|| req.uri().authority().map(|a| a.as_str()))
-            .and_then(|h| host::parse(h, &state.config.preview_domain));
+            .and_then(|h| {
+                host::parse(
+                    h,
+                    &state.config.preview_domain,
+                    state.config.preview_host_style,
+                )
+            });
         let routed = match target {
             Some(target) => Ok((state.clone(), target)),
             None => Err(app.clone()),
@@ -100,82 +199,133 @@ pub fn in_front(state: AppState, app: axum::Router) -> axum::Router {
 pub async fn handle(state: &AppState, target: PreviewHost, req: Request) -> Response {
     let span =
         tracing::debug_span!("preview", project = %target.project, container = %target.container);
+    let html = prefers_html(req.headers());
     match tracing::Instrument::instrument(serve(state, &target, req), span).await {
         Ok(resp) => resp,
-        Err(e) => e.into_response(),
+        Err(refusal) => refusal.answer(html),
     }
 }
 
-/// What a preview request can end in besides a proxied answer: short HTML
-/// pages, since a person in a browser reads them.
-enum Refusal {
+/// Whether the client reads HTML (a browser navigating), from `Accept`.
+fn prefers_html(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("text/html"))
+}
+
+/// What a preview request can end in besides a proxied answer: a short HTML
+/// page for a person in a browser, else the contract's JSON error.
+pub enum Refusal {
     NotFound(String),
     Unauthorized,
     Forbidden,
     Stopped(String),
+    /// A hibernated project this request may not wake.
+    Hibernated,
+    /// Woken by a request without credentials too recently.
+    WakeLimited(u64),
+    /// The request came back round through this gateway.
+    Loop,
     BadGateway,
     Internal(Error),
 }
 
-impl IntoResponse for Refusal {
-    fn into_response(self) -> Response {
-        let (status, title, text) = match self {
+impl Refusal {
+    fn answer(self, html: bool) -> Response {
+        let retry = match &self {
+            Refusal::WakeLimited(secs) => Some(*secs),
+            Refusal::Stopped(_) | Refusal::Hibernated => Some(5),
+            _ => None,
+        };
+        let (status, code, title, text) = match self {
             Refusal::NotFound(what) => (
                 StatusCode::NOT_FOUND,
+                "not_found",
                 "Preview not found",
                 format!("There is no {what}."),
             ),
             Refusal::Unauthorized => (
                 StatusCode::UNAUTHORIZED,
+                "unauthorized",
                 "Sign-in needed",
-                format!(
-                    "This preview is private. Open {AUTH_PATH}?token=&lt;token&gt; on this host to get in."
-                ),
+                "This preview is private. Open it from its project (a preview link) or a share link."
+                    .to_owned(),
             ),
             Refusal::Forbidden => (
                 StatusCode::FORBIDDEN,
+                "forbidden",
                 "Not allowed",
-                "Your token does not grant this project.".to_owned(),
+                "Your credentials do not grant this preview.".to_owned(),
             ),
             Refusal::Stopped(name) => (
                 StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
                 "Dev server stopped",
                 format!("The container {name} is not running. Start it, then reload this page."),
             ),
+            Refusal::Hibernated => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Project asleep",
+                "This project is hibernated. Its owner can open it again.".to_owned(),
+            ),
+            Refusal::WakeLimited(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_requests",
+                "Project asleep",
+                "This project was woken a moment ago and went back to sleep; try again later."
+                    .to_owned(),
+            ),
+            Refusal::Loop => (
+                StatusCode::LOOP_DETECTED,
+                "loop_detected",
+                "Loop detected",
+                "This request already passed through this gateway.".to_owned(),
+            ),
             Refusal::BadGateway => (
                 StatusCode::BAD_GATEWAY,
+                "bad_gateway",
                 "Dev server not answering",
                 "The container is running but its dev server does not answer on its port yet."
                     .to_owned(),
             ),
             Refusal::Internal(error) => {
-                let status = error.status_and_code().0;
+                let (status, code) = error.status_and_code();
                 if status.is_server_error() {
                     tracing::warn!(%error, "preview failed");
                 }
                 let text = if status.is_server_error() {
                     "Something went wrong; see the gateway's log.".to_owned()
                 } else {
-                    escape(&error.to_string())
+                    error.to_string()
                 };
-                (status, "Preview unavailable", text)
+                (status, code, "Preview unavailable", text)
             }
         };
-        let body = format!(
-            "<!doctype html><html><head><meta charset=\"utf-8\"><title>{title}</title></head>\
-             <body style=\"font-family:system-ui,sans-serif;margin:3em\"><h1>{title}</h1><p>{text}</p></body></html>\n"
-        );
-        let mut resp = (
-            status,
-            [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-            body,
-        )
-            .into_response();
+        let mut resp = if html {
+            let body = format!(
+                "<!doctype html><html><head><meta charset=\"utf-8\"><title>{title}</title></head>\
+                 <body style=\"font-family:system-ui,sans-serif;margin:3em\"><h1>{title}</h1><p>{}</p></body></html>\n",
+                escape(&text)
+            );
+            (
+                status,
+                [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+                body,
+            )
+                .into_response()
+        } else {
+            let body = serde_json::json!({"error": {"code": code, "message": text}});
+            (status, axum::Json(body)).into_response()
+        };
         resp.headers_mut()
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        if let Some(secs) = retry
+            && let Ok(v) = HeaderValue::from_str(&secs.to_string())
+        {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
         }
         resp
     }
@@ -193,70 +343,130 @@ fn escape(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
+/// Whether `headers` carry this gateway's pseudonym in `Via`.
+fn looped(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::VIA)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|hop| hop.split_whitespace().nth(1) == Some(VIA_NAME))
+}
+
+/// Whether the peer is a configured trusted proxy.
+fn trusted(state: &AppState, peer: Option<SocketAddr>) -> bool {
+    peer.is_some_and(|p| {
+        state
+            .config
+            .trusted_proxies
+            .iter()
+            .any(|n| n.contains(&p.ip()))
+    })
+}
+
 async fn serve(
     state: &AppState,
     target: &PreviewHost,
     req: Request,
 ) -> std::result::Result<Response, Refusal> {
+    if looped(req.headers()) {
+        state.metrics.refuse("preview_loop");
+        return Err(Refusal::Loop);
+    }
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let trusted_peer = trusted(state, peer);
+    let host_name = target.to_host(
+        &state.config.preview_domain,
+        state.config.preview_host_style,
+    );
     let record = record(state, target).await?;
     if req.uri().path() == AUTH_PATH {
-        return auth_flow(
-            state,
-            target,
-            &target.to_host(&state.config.preview_domain),
-            &req,
-        );
+        let (headers, query) = (req.headers(), req.uri().query());
+        return access::auth_flow(state, target, &host_name, headers, query, trusted_peer).await;
     }
-    let authorized_by_header = if record.public {
-        false
-    } else {
-        let host_name = target.to_host(&state.config.preview_domain);
-        match authorize(state, target, &host_name, req.headers()) {
-            Some(by_header) => by_header,
-            None => return Err(Refusal::Unauthorized),
+    // Only a port the container declared: its main one, or one of `ports`.
+    let port = match target.port {
+        None => None,
+        Some(p) if p == record.port => None,
+        Some(p) if record.ports.contains(&p) => Some(p),
+        Some(p) => {
+            return Err(Refusal::NotFound(format!(
+                "port {p} declared by container {} in project {}",
+                target.container, target.project
+            )));
         }
     };
+    let access = access::check(state, target, &host_name, req.headers()).await;
+    if !record.public && access == Access::Anonymous {
+        return Err(Refusal::Unauthorized);
+    }
     // Only an allowed request to a known container is activity: a stranger
     // spraying made-up hosts must neither grow the tracker nor reach the
     // API server.
     crate::idle::touch(state, &target.project);
     let route = match state
         .runtime
-        .container_route(&target.project, &target.container, target.port)
+        .container_route(&target.project, &target.container, port)
         .await
     {
         Ok(route) => route,
-        Err(_) => wake_or_refuse(state, target).await?,
+        // A port this container may not use (another project's).
+        Err(Error::NotFound(why)) => return Err(Refusal::NotFound(why)),
+        Err(_) => wake_or_refuse(state, target, port, &access).await?,
     };
-    proxy(state, route, req, authorized_by_header).await
+    if is_own_address(state, &route) {
+        return Err(Refusal::NotFound(format!(
+            "port {} declared by container {}",
+            route.port, target.container
+        )));
+    }
+    let share = match &access {
+        Access::Share { id, .. } => Some(state.preview.shares.track(id)),
+        _ => None,
+    };
+    proxy(state, route, req, trusted_peer, share).await
+}
+
+/// Whether `route` would dial this gateway's own listener.
+fn is_own_address(state: &AppState, route: &ContainerRoute) -> bool {
+    let own_port = state.listen_port.load(std::sync::atomic::Ordering::Relaxed);
+    if route.port != own_port {
+        return false;
+    }
+    let listen = state.config.listen.ip();
+    match route.host.parse::<IpAddr>() {
+        Ok(ip) => {
+            ip.is_loopback() || ip.is_unspecified() || ip == listen || listen.is_unspecified()
+        }
+        Err(_) => route.host.eq_ignore_ascii_case("localhost"),
+    }
 }
 
 /// The parts of a container's record the proxy needs, cached briefly.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Record {
     public: bool,
+    port: u16,
+    ports: Vec<u16>,
 }
 
 /// project → container → the record and when it was read (nested so a
 /// lookup needs no owned key).
 type RecordCache = Mutex<HashMap<String, HashMap<String, (Record, Instant)>>>;
 
-fn record_cache() -> &'static RecordCache {
-    // One gateway per process; the cache only saves store reads, so sharing it
-    // between gateways of one process (never done) would still be correct.
-    static CACHE: OnceLock<RecordCache> = OnceLock::new();
-    CACHE.get_or_init(Default::default)
-}
-
 async fn record(state: &AppState, target: &PreviewHost) -> std::result::Result<Record, Refusal> {
-    if let Some((r, at)) = record_cache()
+    let records = &state.preview.records;
+    if let Some((r, at)) = records
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .get(&target.project)
         .and_then(|m| m.get(&target.container))
         && at.elapsed() < RECORD_TTL
     {
-        return Ok(*r);
+        return Ok(r.clone());
     }
     let c = match state
         .store
@@ -271,8 +481,12 @@ async fn record(state: &AppState, target: &PreviewHost) -> std::result::Result<R
             )));
         }
     };
-    let r = Record { public: c.public };
-    let mut cache = record_cache().lock().unwrap_or_else(|p| p.into_inner());
+    let r = Record {
+        public: c.public,
+        port: c.port,
+        ports: c.ports,
+    };
+    let mut cache = records.lock().unwrap_or_else(|p| p.into_inner());
     if cache.values().map(HashMap::len).sum::<usize>() > 10_000 {
         cache.retain(|_, m| {
             m.retain(|_, (_, at)| at.elapsed() < RECORD_TTL);
@@ -282,20 +496,38 @@ async fn record(state: &AppState, target: &PreviewHost) -> std::result::Result<R
     cache
         .entry(target.project.clone())
         .or_default()
-        .insert(target.container.clone(), (r, Instant::now()));
+        .insert(target.container.clone(), (r.clone(), Instant::now()));
     Ok(r)
 }
 
 /// The runtime has no route: wake a hibernated project (and start the
-/// container asked for), or say why there is nothing to show.
+/// container asked for) when this request may, or say why there is nothing
+/// to show.
 async fn wake_or_refuse(
     state: &AppState,
     target: &PreviewHost,
+    port: Option<u16>,
+    access: &Access,
 ) -> std::result::Result<ContainerRoute, Refusal> {
     let (p, c) = (target.project.as_str(), target.container.as_str());
     let project = state.project(p).await?;
     match project.status {
         ProjectStatus::Hibernated => {
+            match access {
+                Access::User { .. } => {}
+                Access::Share { wake: false, .. } => return Err(Refusal::Hibernated),
+                // A public preview or a share link made to wake: strangers
+                // may wake a project, but not keep it from sleeping.
+                Access::Share { wake: true, .. } | Access::Anonymous => {
+                    if let Err(secs) = state
+                        .preview
+                        .take_public_wake(p, state.config.public_wake_interval)
+                    {
+                        state.metrics.refuse("public_wake");
+                        return Err(Refusal::WakeLimited(secs));
+                    }
+                }
+            }
             ensure_active(state, p).await?;
             {
                 let _guard = state.locks.lock(p).await;
@@ -303,7 +535,7 @@ async fn wake_or_refuse(
             }
             let route = state
                 .runtime
-                .container_route(p, c, target.port)
+                .container_route(p, c, port)
                 .await
                 .map_err(|_| Refusal::Stopped(c.to_owned()))?;
             wait_until_listening(&route).await;
@@ -338,131 +570,6 @@ async fn wait_until_listening(route: &ContainerRoute) {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// `Some(by_header)` when the request may see a private preview: by the
-/// preview cookie of this host, or by a bearer token granting the project
-/// (product backends); `None` otherwise.
-fn authorize(
-    state: &AppState,
-    target: &PreviewHost,
-    host_name: &str,
-    headers: &HeaderMap,
-) -> Option<bool> {
-    if let Some(token) = cookie(headers, COOKIE)
-        && let Ok(claims) = state.keys.verify(token)
-        && claims.allows(&target.project)
-        && claims.sub == cookie_subject(host_name)
-    {
-        return Some(false);
-    }
-    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = v.split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return None;
-    }
-    let claims = state.keys.verify(token.trim()).ok()?;
-    claims.allows(&target.project).then_some(true)
-}
-
-/// The subject of a preview cookie's token: it binds the token to one host.
-fn cookie_subject(host_name: &str) -> String {
-    format!("preview:{host_name}")
-}
-
-/// The value of cookie `name` in the request's `Cookie` headers.
-fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|pair| {
-            let (k, v) = pair.trim().split_once('=')?;
-            (k == name).then_some(v.trim())
-        })
-}
-
-/// `GET /__preview/auth?token=`: checks the token grants the project, sets
-/// this host's cookie and sends the browser to `/`.
-fn auth_flow(
-    state: &AppState,
-    target: &PreviewHost,
-    host_name: &str,
-    req: &Request,
-) -> std::result::Result<Response, Refusal> {
-    let bearer = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, t)| t.trim().to_owned());
-    let token = query_token(req.uri().query())
-        .or(bearer)
-        .filter(|t| !t.is_empty())
-        .ok_or(Refusal::Unauthorized)?;
-    let claims: Claims = state
-        .keys
-        .verify(&token)
-        .map_err(|_| Refusal::Unauthorized)?;
-    if !claims.allows(&target.project) {
-        return Err(Refusal::Forbidden);
-    }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default();
-    let ttl = claims.exp.saturating_sub(now).min(COOKIE_TTL.as_secs());
-    if ttl == 0 {
-        return Err(Refusal::Unauthorized);
-    }
-    let minted = state
-        .keys
-        .sign(&cookie_subject(host_name), &[target.project.as_str()], ttl)?;
-    let attrs = if secure_context(host_name, req.headers()) {
-        // The demo page embeds the preview in an iframe of another site
-        // (localhost vs web.demo.localhost): Chromium sends a cookie there only
-        // when it is `SameSite=None; Secure`, and, with third-party cookies
-        // blocked (its default now), only when it is also `Partitioned`.
-        // `Secure` works on http://*.localhost (a potentially trustworthy
-        // origin) and on https.
-        "; Secure; SameSite=None; Partitioned"
-    } else {
-        // Plain http on a real domain: browsers refuse `Secure` there, so the
-        // cookie can only work first-party (the preview opened in its own tab).
-        "; SameSite=Lax"
-    };
-    let cookie = format!("{COOKIE}={minted}; Path=/; Max-Age={ttl}; HttpOnly{attrs}");
-    let mut resp = Response::new(Body::empty());
-    *resp.status_mut() = StatusCode::SEE_OTHER;
-    let h = resp.headers_mut();
-    h.insert(header::LOCATION, HeaderValue::from_static("/"));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(
-        header::SET_COOKIE,
-        HeaderValue::from_str(&cookie).map_err(Error::internal)?,
-    );
-    tracing::info!(project = %target.project, container = %target.container, sub = %claims.sub, "preview cookie set");
-    Ok(resp)
-}
-
-/// Whether the browser treats this origin as secure: https (as told by a
-/// proxy in front), or a `localhost` name, which browsers trust on http too.
-fn secure_context(host_name: &str, headers: &HeaderMap) -> bool {
-    let https = headers
-        .get("x-forwarded-proto")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("https"));
-    https || host_name == "localhost" || host_name.ends_with(".localhost")
-}
-
-/// The keep-alive pool of connections to dev servers.
-fn pool() -> &'static Arc<pool::Pool> {
-    // A connection pool is process-wide by nature (like a resolver); one
-    // gateway runs per process.
-    static POOL: OnceLock<Arc<pool::Pool>> = OnceLock::new();
-    POOL.get_or_init(Default::default)
 }
 
 /// Headers that describe one hop, never forwarded (RFC 9110 section 7.6.1).
@@ -508,7 +615,7 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
 }
 
 /// Removes the preview cookie from the `Cookie` headers: the dev server
-/// (user code) must never see the gateway's token.
+/// (user code) must never see the gateway's credentials.
 fn strip_cookie(headers: &mut HeaderMap) {
     if !headers.get_all(header::COOKIE).iter().any(|v| {
         v.as_bytes()
@@ -534,33 +641,63 @@ fn strip_cookie(headers: &mut HeaderMap) {
     }
 }
 
-/// The proxied-bytes counters (upstream, downstream), looked up once: a
-/// family lookup hashes and allocates its labels, too much for every request.
-fn counters(state: &AppState) -> (Counter, Counter) {
-    // One gateway (one metrics registry) per process; a second one in the
-    // same process would count into the first's counters, never panic.
-    static COUNTERS: OnceLock<(Counter, Counter)> = OnceLock::new();
-    COUNTERS
-        .get_or_init(|| {
-            let get = |d: &str| {
-                state
-                    .metrics
-                    .proxied_bytes
-                    .get_or_create(&DirectionLabels {
-                        direction: d.to_owned(),
-                    })
-                    .clone()
-            };
-            (get("upstream"), get("downstream"))
-        })
-        .clone()
+/// Sets the headers that say where the request came from. From a trusted
+/// proxy, what it says is kept and extended; from anyone else, the client's
+/// own `X-Forwarded-*`, `Forwarded` and `X-Real-IP` are replaced by what the
+/// gateway saw, so a dev server cannot be lied to about the client's address
+/// or scheme.
+fn set_forwarded(
+    h: &mut HeaderMap,
+    host: Option<HeaderValue>,
+    peer: Option<SocketAddr>,
+    trusted_peer: bool,
+) {
+    if !trusted_peer {
+        for name in [
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+            "x-forwarded-port",
+            "x-real-ip",
+            "forwarded",
+        ] {
+            h.remove(name);
+        }
+    }
+    if let Some(host) = host {
+        if !h.contains_key("x-forwarded-host") {
+            h.insert("x-forwarded-host", host.clone());
+        }
+        h.insert(header::HOST, host);
+    }
+    if !h.contains_key("x-forwarded-proto") {
+        h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    }
+    if let Some(peer) = peer {
+        let ip = peer.ip().to_string();
+        let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
+            _ => ip,
+        };
+        if let Ok(v) = HeaderValue::from_str(&xff) {
+            h.insert("x-forwarded-for", v);
+        }
+    }
+    let via = match h.get(header::VIA).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.is_empty() => format!("{prev}, 1.1 {VIA_NAME}"),
+        _ => format!("1.1 {VIA_NAME}"),
+    };
+    if let Ok(v) = HeaderValue::from_str(&via) {
+        h.insert(header::VIA, v);
+    }
 }
 
 async fn proxy(
     state: &AppState,
     route: ContainerRoute,
     mut req: Request,
-    authorized_by_header: bool,
+    trusted_peer: bool,
+    share: Option<CancellationToken>,
 ) -> std::result::Result<Response, Refusal> {
     let upgrade = is_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -593,28 +730,14 @@ async fn proxy(
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
     strip_cookie(h);
-    if authorized_by_header {
+    // A token of this gateway never reaches user code, whoever sent it;
+    // any other `Authorization` (the app's own) passes.
+    if access::bearer(h).is_some_and(|t| state.keys.is_ours(t)) {
         h.remove(header::AUTHORIZATION);
     }
-    if let Some(host) = original_host {
-        h.insert("x-forwarded-host", host.clone());
-        h.insert(header::HOST, host);
-    }
-    if !h.contains_key("x-forwarded-proto") {
-        h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
-    }
-    if let Some(peer) = peer {
-        let ip = peer.ip().to_string();
-        let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
-            _ => ip,
-        };
-        if let Ok(v) = HeaderValue::from_str(&xff) {
-            h.insert("x-forwarded-for", v);
-        }
-    }
+    set_forwarded(h, original_host, peer, trusted_peer);
 
-    let (up, down) = counters(state);
+    let (up, down) = (state.preview.up.clone(), state.preview.down.clone());
     // Nothing to count in an empty body (most GETs): pass it as it is.
     let body = if upgrade || axum::body::HttpBody::is_end_stream(&body) {
         body
@@ -628,7 +751,9 @@ async fn proxy(
         }))
     };
     let upstream_req = axum::http::Request::from_parts(parts, body);
-    let mut resp = match pool()
+    let mut resp = match state
+        .preview
+        .pool
         .send(&route.authority(), upstream_req, upgrade, down.clone())
         .await
     {
@@ -657,12 +782,23 @@ async fn proxy(
             };
             let mut client_io = TokioIo::new(client_io);
             let mut upstream_io = TokioIo::new(upstream_io);
-            match tokio::io::copy_bidirectional(&mut client_io, &mut upstream_io).await {
-                Ok((to_upstream, to_client)) => {
-                    up.inc_by(to_upstream);
-                    down.inc_by(to_client);
+            // A connection opened through a share link ends when the link is
+            // revoked or expires; the others when either side closes.
+            let revoked = async {
+                match &share {
+                    Some(token) => token.cancelled().await,
+                    None => std::future::pending().await,
                 }
-                Err(error) => tracing::debug!(%error, "preview upgraded connection ended"),
+            };
+            tokio::select! {
+                copied = tokio::io::copy_bidirectional(&mut client_io, &mut upstream_io) => match copied {
+                    Ok((to_upstream, to_client)) => {
+                        up.inc_by(to_upstream);
+                        down.inc_by(to_client);
+                    }
+                    Err(error) => tracing::debug!(%error, "preview upgraded connection ended"),
+                },
+                _ = revoked => tracing::debug!("share link revoked: upgraded connection closed"),
             }
         });
         let (parts, _) = resp.into_parts();
@@ -690,13 +826,11 @@ mod tests {
     }
 
     #[test]
-    fn cookie_lookup_and_strip() {
+    fn preview_cookie_is_stripped() {
         let mut h = headers(&[
             ("cookie", "a=1; devgate_preview=tok; b=2"),
             ("cookie", "c=3"),
         ]);
-        assert_eq!(cookie(&h, COOKIE), Some("tok"));
-        assert_eq!(cookie(&h, "c"), Some("3"));
         strip_cookie(&mut h);
         assert_eq!(h.get_all(header::COOKIE).iter().count(), 1);
         assert_eq!(h.get(header::COOKIE).unwrap(), "a=1; b=2; c=3");
@@ -734,12 +868,48 @@ mod tests {
     }
 
     #[test]
-    fn secure_contexts() {
-        assert!(secure_context("web.demo.localhost", &HeaderMap::new()));
-        assert!(!secure_context("web.demo.example.com", &HeaderMap::new()));
-        assert!(secure_context(
-            "web.demo.example.com",
-            &headers(&[("x-forwarded-proto", "https")])
-        ));
+    fn forwarded_headers_from_strangers_are_replaced() {
+        let peer: SocketAddr = "192.0.2.5:40000".parse().unwrap();
+        let host = HeaderValue::from_static("web.demo.localhost:8080");
+        let sent = [
+            ("x-forwarded-for", "10.9.9.9"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "evil.example"),
+            ("x-real-ip", "10.9.9.9"),
+            ("forwarded", "for=10.9.9.9;proto=https"),
+            ("via", "1.1 corp-proxy"),
+        ];
+        let mut h = headers(&sent);
+        set_forwarded(&mut h, Some(host.clone()), Some(peer), false);
+        assert_eq!(h["x-forwarded-for"], "192.0.2.5");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "web.demo.localhost:8080");
+        assert!(!h.contains_key("x-real-ip") && !h.contains_key("forwarded"));
+        assert_eq!(h["via"], "1.1 corp-proxy, 1.1 devgate");
+        // A trusted proxy's word is kept and extended.
+        let mut h = headers(&sent);
+        set_forwarded(&mut h, Some(host), Some(peer), true);
+        assert_eq!(h["x-forwarded-for"], "10.9.9.9, 192.0.2.5");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "evil.example");
+    }
+
+    #[test]
+    fn loops_are_seen_in_via() {
+        assert!(looped(&headers(&[("via", "1.1 devgate")])));
+        assert!(looped(&headers(&[("via", "1.0 corp, 1.1 devgate (x)")])));
+        assert!(!looped(&headers(&[("via", "1.1 devgate-like")])));
+        assert!(!looped(&headers(&[("via", "1.1 corp")])));
+        assert!(!looped(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn accept_decides_the_error_format() {
+        assert!(prefers_html(&headers(&[(
+            "accept",
+            "text/html,application/xhtml+xml"
+        )])));
+        assert!(!prefers_html(&headers(&[("accept", "application/json")])));
+        assert!(!prefers_html(&HeaderMap::new()));
     }
 }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 
+use super::isolation::{Isolation, IsolationMode};
 use super::{
     AgentAddress, AgentEndpoint, ByteStream, ContainerRoute, ContainerSpec, ContainerState,
     ExecOutput, ExecSpec, Runtime, ShellTarget,
@@ -37,6 +38,10 @@ pub struct LocalRuntime {
     /// Seconds an agent keeps a detached terminal session (`--pty-keep-secs`).
     pty_keep_secs: u64,
     local_reads: bool,
+    /// A user per project, when the gateway runs as root.
+    isolation: Option<std::sync::Arc<Isolation>>,
+    /// (project, container) → other ports it declared, while it runs.
+    extra_ports: Mutex<HashMap<(String, String), Vec<u16>>>,
 }
 
 type SpawnReply = tokio::sync::oneshot::Sender<std::io::Result<tokio::process::Child>>;
@@ -96,12 +101,23 @@ impl LocalRuntime {
         self
     }
 
-    /// A runtime keeping projects under `<data_dir>/projects`. Must be called
-    /// inside the gateway's tokio runtime.
-    pub fn new(data_dir: &Path, agent_bin: PathBuf) -> std::io::Result<LocalRuntime> {
+    /// A runtime keeping projects under `<data_dir>/projects`, each run by a
+    /// user of its own as `isolation` says (see `runtime::isolation`). Must
+    /// be called inside the gateway's tokio runtime.
+    pub fn new(
+        data_dir: &Path,
+        agent_bin: PathBuf,
+        isolation: IsolationMode,
+        uid_base: u32,
+    ) -> anyhow::Result<LocalRuntime> {
         let data_dir = std::path::absolute(data_dir)?;
         let projects_dir = data_dir.join("projects");
         std::fs::create_dir_all(&projects_dir)?;
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            // Project folders are the gateway user's alone.
+            std::fs::set_permissions(&projects_dir, std::fs::Permissions::from_mode(0o700))?;
+        }
         let mut sockets_dir = data_dir.join("run");
         // Socket paths are limited to 107 bytes; a deep data dir would not fit
         // `<run>/<40-char id>-<8 hex>.sock`, so those go to a short private temp dir.
@@ -125,7 +141,16 @@ impl LocalRuntime {
             use std::os::unix::fs::PermissionsExt as _;
             std::fs::set_permissions(&sockets_dir, std::fs::Permissions::from_mode(0o700))?;
         }
+        let isolation = Isolation::new(
+            isolation,
+            &data_dir,
+            &[&projects_dir, &sockets_dir],
+            uid_base,
+        )?
+        .map(std::sync::Arc::new);
         Ok(LocalRuntime {
+            isolation,
+            extra_ports: Mutex::new(HashMap::new()),
             projects_dir,
             sockets_dir,
             agent_bin,
@@ -150,36 +175,64 @@ impl LocalRuntime {
 
     async fn spawn_agent(&self, project: &str) -> Result<LocalAgent> {
         let root = self.project_dir(project);
-        tokio::fs::create_dir_all(&root).await?;
+        // With isolation, the folder, the home and the socket's folder are
+        // the project user's; without, the folder is the gateway user's.
+        let user = match &self.isolation {
+            Some(iso) => {
+                let (iso, root, project) = (iso.clone(), root.clone(), project.to_owned());
+                let sockets = self.sockets_dir.clone();
+                let prepared = tokio::task::spawn_blocking(move || {
+                    let (uid, home) = iso.prepare(&project, &root)?;
+                    let sockets = iso.socket_dir(&project, &sockets)?;
+                    std::io::Result::Ok((uid, home, sockets))
+                })
+                .await
+                .map_err(Error::internal)??;
+                Some(prepared)
+            }
+            None => {
+                tokio::fs::create_dir_all(&root).await?;
+                None
+            }
+        };
         // A new path per agent: an agent of a previous gateway, still ending,
         // removes its own socket path when it exits, which must not be ours.
-        let socket = self.sockets_dir.join(format!(
-            "{project}-{}.sock",
-            hex::encode(rand::random::<[u8; 4]>())
-        ));
+        let random = hex::encode(rand::random::<[u8; 4]>());
+        let socket = match &user {
+            Some((_, _, dir)) => dir.join(format!("{random}.sock")),
+            None => self.sockets_dir.join(format!("{project}-{random}.sock")),
+        };
         let _ = tokio::fs::remove_file(&socket).await;
         let token = hex::encode(rand::random::<[u8; 24]>());
         let mut cmd = tokio::process::Command::new(&self.agent_bin);
+        // The token goes in on standard input: it is then in neither the
+        // agent's command line nor its environment, both of which other
+        // processes of the machine may read.
         cmd.arg("--root")
             .arg(&root)
             .arg("--socket")
             .arg(&socket)
+            .arg("--token-file")
+            .arg("-")
             .arg("--die-with-parent")
             .arg("--pty-keep-secs")
             .arg(self.pty_keep_secs.to_string())
-            .env("AGENT_TOKEN", &token)
             .env(
                 "RUST_LOG",
                 std::env::var("AGENT_LOG").unwrap_or_else(|_| "warn".into()),
             )
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .kill_on_drop(true);
         // The agent inherits the environment (AWS_* for S3) but never the
         // gateway's own settings, its secret above all.
         for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("GATEWAY_") {
+            let k_str = k.to_string_lossy();
+            if k_str.starts_with("GATEWAY_") || k_str.starts_with("AGENT_TOKEN") {
                 cmd.env_remove(k);
             }
+        }
+        if let Some((uid, home, _)) = &user {
+            cmd.uid(*uid).gid(*uid).env("HOME", home);
         }
         let mut child = self.spawner.spawn(cmd).await.map_err(|e| {
             Error::Unavailable(format!(
@@ -187,6 +240,11 @@ impl LocalRuntime {
                 self.agent_bin.display()
             ))
         })?;
+        if let Some(mut stdin) = child.stdin.take() {
+            use tokio::io::AsyncWriteExt as _;
+            stdin.write_all(format!("{token}\n").as_bytes()).await?;
+            stdin.shutdown().await?;
+        }
         let endpoint = AgentEndpoint {
             address: AgentAddress::Unix(socket),
             token,
@@ -214,6 +272,38 @@ impl LocalRuntime {
         Ok(LocalAgent { child, endpoint })
     }
 
+    /// All projects share this machine's ports: another port a container
+    /// declared is reachable only while no other project's running
+    /// container holds it (as its port or one it declared) and, with a user
+    /// per project, only when what listens there is this project's.
+    fn check_extra_port(&self, project: &str, port: u16) -> Result<()> {
+        let taken = || Error::NotFound(format!("port {port} of project {project}"));
+        if self
+            .routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|((p, _), &main)| p != project && main == port)
+        {
+            return Err(taken());
+        }
+        if self
+            .extra_ports
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|((p, _), ports)| p != project && ports.contains(&port))
+        {
+            return Err(taken());
+        }
+        if let Some(iso) = &self.isolation
+            && iso.port_owned_by(project, port) == Some(false)
+        {
+            return Err(taken());
+        }
+        Ok(())
+    }
+
     fn slot(&self, project: &str) -> Slot {
         let mut map = self.agents.lock().unwrap_or_else(|p| p.into_inner());
         map.entry(project.to_owned()).or_default().clone()
@@ -224,6 +314,10 @@ impl LocalRuntime {
         let agent = slot.lock().await.take();
         self.pool.forget(project);
         self.routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(p, _), _| p != project);
+        self.extra_ports
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|(p, _), _| p != project);
@@ -329,6 +423,10 @@ impl Runtime for LocalRuntime {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert((project.to_owned(), spec.name.clone()), port);
+        self.extra_ports
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((project.to_owned(), spec.name.clone()), spec.ports.clone());
         Ok(ContainerRoute {
             host: "127.0.0.1".into(),
             port,
@@ -336,10 +434,15 @@ impl Runtime for LocalRuntime {
     }
 
     async fn stop_container(&self, project: &str, name: &str) -> Result<()> {
+        let key = (project.to_owned(), name.to_owned());
         self.routes
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&(project.to_owned(), name.to_owned()));
+            .remove(&key);
+        self.extra_ports
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
         let client = match self.client(project).await {
             Ok(c) => c,
             // No agent: nothing runs.
@@ -365,9 +468,17 @@ impl Runtime for LocalRuntime {
             .get(&(project.to_owned(), name.to_owned()))
             .copied()
             .ok_or_else(|| Error::Unavailable(format!("container {name} is not running")))?;
+        let port = match port {
+            None => main,
+            Some(p) if p == main => main,
+            Some(p) => {
+                self.check_extra_port(project, p)?;
+                p
+            }
+        };
         Ok(ContainerRoute {
             host: "127.0.0.1".into(),
-            port: port.unwrap_or(main),
+            port,
         })
     }
 
@@ -445,6 +556,12 @@ impl Runtime for LocalRuntime {
 
     async fn teardown(&self, project: &str) -> Result<()> {
         self.stop_agent(project).await;
+        if let Some(iso) = &self.isolation {
+            let (iso, id) = (iso.clone(), project.to_owned());
+            tokio::task::spawn_blocking(move || iso.clear_home(&id))
+                .await
+                .map_err(Error::internal)??;
+        }
         let dir = self.project_dir(project);
         match tokio::fs::remove_dir_all(&dir).await {
             Ok(()) => Ok(()),

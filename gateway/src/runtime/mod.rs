@@ -5,6 +5,7 @@
 //! that imports kube-rs). Hibernate and restore are orchestrated above this
 //! trait (`crate::lifecycle`), the same for both runtimes.
 
+pub mod isolation;
 pub mod kubernetes;
 pub mod local;
 
@@ -39,6 +40,8 @@ pub struct ContainerSpec {
     pub name: String,
     /// The declared port.
     pub port: u16,
+    /// Other ports it declared (reachable as `{port}-{name}` preview hosts).
+    pub ports: Vec<u16>,
     /// The start command, run with `sh -c` in `/{name}`.
     pub start: String,
     pub env: BTreeMap<String, String>,
@@ -105,6 +108,8 @@ pub struct ExecSpec {
     pub env: BTreeMap<String, String>,
     pub stdin: Vec<u8>,
     pub timeout_ms: u32,
+    /// Cap for each of stdout and stderr; 0 = the agent's default (1 MiB).
+    pub max_output_bytes: u64,
 }
 
 /// What a one-shot command did.
@@ -116,6 +121,8 @@ pub struct ExecOutput {
     pub stderr: Vec<u8>,
     pub duration_ms: u64,
     pub timed_out: bool,
+    /// Whether stdout or stderr was cut at the cap.
+    pub truncated: bool,
 }
 
 /// What the runtime knows of a dev server's process.

@@ -114,12 +114,18 @@ pub struct Container {
     pub status: ContainerStatus,
     /// The port the dev server is declared to listen on.
     pub port: u16,
+    /// Other ports it serves (an HMR socket, an API), reachable as
+    /// `{port}-{name}` preview hosts; no other port is.
+    pub ports: Vec<u16>,
     pub start: String,
     pub install: Option<String>,
     pub env: BTreeMap<String, String>,
     pub public: bool,
     pub template: Option<Template>,
     pub created_at: DateTime<Utc>,
+    /// It was running when the project was last hibernated, so that
+    /// `POST /open {"start_containers": true}` can start it again.
+    pub running_at_hibernation: bool,
 }
 
 /// One verified hibernation archive of a project.
@@ -139,6 +145,9 @@ pub struct ArchiveVersion {
 /// One command the gateway ran for a project.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CommandLogEntry {
+    /// Increases with each entry of the store; `?before=` pages by it. Set by
+    /// the store (0 in an entry not stored yet).
+    pub id: i64,
     #[serde(skip)]
     pub project: String,
     pub ts: DateTime<Utc>,
@@ -148,6 +157,50 @@ pub struct CommandLogEntry {
     pub duration_ms: u64,
     pub stdout: String,
     pub stderr: String,
+    /// Whether `stdout` or `stderr` was cut (to its head and tail).
+    pub truncated: bool,
+}
+
+/// Which page of a command log: the `limit` newest entries with an id
+/// below `before` (all when `None`), answered oldest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogPage {
+    pub limit: u32,
+    pub before: Option<i64>,
+}
+
+/// A share link: a preview of one container for people without an
+/// account, until it expires or is revoked (deleted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Share {
+    /// Public id (in the URL and the API).
+    pub id: String,
+    pub project: String,
+    pub container: String,
+    pub label: Option<String>,
+    /// SHA-256 (hex) of the link's secret; the secret itself is never stored.
+    pub secret_sha256: String,
+    /// The `sub` of the token that made it.
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    /// Whether a request through it may wake a hibernated project.
+    pub wake: bool,
+}
+
+/// A one-time preview code (`POST .../preview-link`), valid once, briefly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreviewCode {
+    /// SHA-256 (hex) of the code; the code itself is never stored.
+    pub code_sha256: String,
+    pub project: String,
+    pub container: String,
+    /// The `sub` of the token that asked for it.
+    pub sub: String,
+    /// When the code stops being valid.
+    pub expires_at: DateTime<Utc>,
+    /// The expiry of the token that asked for it: the cookie never outlives it.
+    pub token_exp: u64,
 }
 
 /// The gateway's persistent state. Every method is a short transaction; an
@@ -185,10 +238,36 @@ pub trait Store: Send + Sync + 'static {
 
     /// Appends to a project's command log.
     async fn append_log(&self, entry: &CommandLogEntry) -> Result<()>;
-    /// A project's command log, oldest first.
-    async fn list_logs(&self, project: &str) -> Result<Vec<CommandLogEntry>>;
+    /// One page of a project's command log, oldest first.
+    async fn list_logs(&self, project: &str, page: LogPage) -> Result<Vec<CommandLogEntry>>;
     /// Removes command-log entries older than `before`; answers how many.
     async fn prune_logs(&self, before: DateTime<Utc>) -> Result<u64>;
+
+    /// Records a share link; `Error::Conflict` when the id exists.
+    async fn create_share(&self, share: &Share) -> Result<()>;
+    /// One share link by id (expired ones included).
+    async fn get_share(&self, id: &str) -> Result<Option<Share>>;
+    /// A container's share links that have not expired at `now`, oldest first.
+    async fn list_shares(
+        &self,
+        project: &str,
+        container: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Share>>;
+    /// Revokes (removes) a share link of that container; `false` when there was none.
+    async fn delete_share(&self, project: &str, container: &str, id: &str) -> Result<bool>;
+    /// Removes share links and preview codes that expired before `before`.
+    async fn prune_previews(&self, before: DateTime<Utc>) -> Result<u64>;
+
+    /// Records a one-time preview code.
+    async fn add_preview_code(&self, code: &PreviewCode) -> Result<()>;
+    /// Takes (removes) a preview code by its hash: answered at most once,
+    /// and only while it is valid at `now`.
+    async fn take_preview_code(
+        &self,
+        code_sha256: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<PreviewCode>>;
 
     /// Checks the store answers (for `/readyz`).
     async fn ping(&self) -> Result<()>;

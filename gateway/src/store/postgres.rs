@@ -12,7 +12,8 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Row};
 
 use super::{
-    ArchiveVersion, CommandLogEntry, Container, ContainerStatus, Project, ProjectStatus, Store,
+    ArchiveVersion, CommandLogEntry, Container, ContainerStatus, LogPage, PreviewCode, Project,
+    ProjectStatus, Share, Store,
 };
 use crate::error::{Error, Result};
 
@@ -65,7 +66,36 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX command_log_project ON command_log(project, seq);
     CREATE INDEX command_log_ts ON command_log(ts);",
+    // 2: declared extra ports, cut log output, share links, one-time preview codes.
+    "ALTER TABLE containers ADD COLUMN ports TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE command_log ADD COLUMN truncated BOOLEAN NOT NULL DEFAULT FALSE;
+    CREATE TABLE shares (
+        id TEXT PRIMARY KEY,
+        project TEXT NOT NULL,
+        container TEXT NOT NULL,
+        label TEXT,
+        secret_sha256 TEXT NOT NULL,
+        created_by TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        wake BOOLEAN NOT NULL,
+        FOREIGN KEY (project, container) REFERENCES containers(project, name) ON DELETE CASCADE
+    );
+    CREATE INDEX shares_container ON shares(project, container);
+    CREATE TABLE preview_codes (
+        code_sha256 TEXT PRIMARY KEY,
+        project TEXT NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+        container TEXT NOT NULL,
+        sub TEXT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        token_exp BIGINT NOT NULL
+    );",
+    // 3: which dev servers ran when the project was hibernated.
+    "ALTER TABLE containers ADD COLUMN running_at_hibernation BOOLEAN NOT NULL DEFAULT FALSE;",
 ];
+
+/// The schema version this build migrates to.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// Key of the advisory lock held while migrating ("devgate" in ASCII).
 const MIGRATION_LOCK: i64 = 0x0064_6576_6761_7465;
@@ -212,8 +242,7 @@ fn project_row(r: &Row) -> Project {
     }
 }
 
-const CONTAINER_COLS: &str =
-    "project, name, status, port, start, install, env, public, template, created_at";
+const CONTAINER_COLS: &str = "project, name, status, port, start, install, env, public, template, created_at, ports, running_at_hibernation";
 
 fn container_row(r: &Row) -> Container {
     let status: String = r.get(2);
@@ -230,6 +259,40 @@ fn container_row(r: &Row) -> Container {
         public: r.get(7),
         template: template.and_then(|t| serde_json::from_str(&t).ok()),
         created_at: from_ms(r.get(9)),
+        ports: serde_json::from_str(r.get::<_, &str>(10)).unwrap_or_default(),
+        running_at_hibernation: r.get(11),
+    }
+}
+
+const SHARE_COLS: &str =
+    "id, project, container, label, secret_sha256, created_by, created_at, expires_at, wake";
+
+fn share_row(r: &Row) -> Share {
+    Share {
+        id: r.get(0),
+        project: r.get(1),
+        container: r.get(2),
+        label: r.get(3),
+        secret_sha256: r.get(4),
+        created_by: r.get(5),
+        created_at: from_ms(r.get(6)),
+        expires_at: from_ms(r.get(7)),
+        wake: r.get(8),
+    }
+}
+
+fn log_row(r: &Row) -> CommandLogEntry {
+    CommandLogEntry {
+        id: r.get(0),
+        project: r.get(1),
+        ts: from_ms(r.get(2)),
+        label: r.get(3),
+        command: r.get(4),
+        exit_code: r.get(5),
+        duration_ms: r.get::<_, i64>(6) as u64,
+        stdout: r.get(7),
+        stderr: r.get(8),
+        truncated: r.get(9),
     }
 }
 
@@ -321,15 +384,16 @@ impl Store for PostgresStore {
     async fn create_container(&self, k: &Container) -> Result<()> {
         let c = self.client().await?;
         let env = serde_json::to_string(&k.env).unwrap_or_default();
+        let ports = serde_json::to_string(&k.ports).unwrap_or_default();
         let template = k
             .template
             .as_ref()
             .and_then(|t| serde_json::to_string(t).ok());
         c.execute(
-            &format!("INSERT INTO containers ({CONTAINER_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"),
+            &format!("INSERT INTO containers ({CONTAINER_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"),
             &[
                 &k.project, &k.name, &k.status.as_str(), &i32::from(k.port), &k.start, &k.install, &env,
-                &k.public, &template, &ms(k.created_at),
+                &k.public, &template, &ms(k.created_at), &ports, &k.running_at_hibernation,
             ],
         )
         .await
@@ -340,6 +404,7 @@ impl Store for PostgresStore {
     async fn update_container(&self, k: &Container) -> Result<()> {
         let c = self.client().await?;
         let env = serde_json::to_string(&k.env).unwrap_or_default();
+        let ports = serde_json::to_string(&k.ports).unwrap_or_default();
         let template = k
             .template
             .as_ref()
@@ -347,7 +412,8 @@ impl Store for PostgresStore {
         let n = c
             .execute(
                 "UPDATE containers SET status = $3, port = $4, start = $5, install = $6, env = $7,
-                 public = $8, template = $9 WHERE project = $1 AND name = $2",
+                 public = $8, template = $9, ports = $10, running_at_hibernation = $11
+                 WHERE project = $1 AND name = $2",
                 &[
                     &k.project,
                     &k.name,
@@ -358,6 +424,8 @@ impl Store for PostgresStore {
                     &env,
                     &k.public,
                     &template,
+                    &ports,
+                    &k.running_at_hibernation,
                 ],
             )
             .await
@@ -452,11 +520,11 @@ impl Store for PostgresStore {
     async fn append_log(&self, e: &CommandLogEntry) -> Result<()> {
         let c = self.client().await?;
         c.execute(
-            "INSERT INTO command_log (project, ts, label, command, exit_code, duration_ms, stdout, stderr)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO command_log (project, ts, label, command, exit_code, duration_ms, stdout, stderr, truncated)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             &[
                 &e.project, &ms(e.ts), &e.label, &e.command, &e.exit_code, &(e.duration_ms as i64), &e.stdout,
-                &e.stderr,
+                &e.stderr, &e.truncated,
             ],
         )
         .await
@@ -464,29 +532,22 @@ impl Store for PostgresStore {
         Ok(())
     }
 
-    async fn list_logs(&self, project: &str) -> Result<Vec<CommandLogEntry>> {
+    async fn list_logs(&self, project: &str, page: LogPage) -> Result<Vec<CommandLogEntry>> {
         let c = self.client().await?;
         let rows = c
             .query(
-                "SELECT project, ts, label, command, exit_code, duration_ms, stdout, stderr
-                 FROM command_log WHERE project = $1 ORDER BY seq",
-                &[&project],
+                "SELECT seq, project, ts, label, command, exit_code, duration_ms, stdout, stderr, truncated
+                 FROM command_log WHERE project = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3",
+                &[
+                    &project,
+                    &page.before.unwrap_or(i64::MAX),
+                    &i64::from(page.limit),
+                ],
             )
             .await
             .map_err(db)?;
-        Ok(rows
-            .iter()
-            .map(|r| CommandLogEntry {
-                project: r.get(0),
-                ts: from_ms(r.get(1)),
-                label: r.get(2),
-                command: r.get(3),
-                exit_code: r.get(4),
-                duration_ms: r.get::<_, i64>(5) as u64,
-                stdout: r.get(6),
-                stderr: r.get(7),
-            })
-            .collect())
+        // The newest page, turned oldest first.
+        Ok(rows.iter().rev().map(log_row).collect())
     }
 
     async fn prune_logs(&self, before: DateTime<Utc>) -> Result<u64> {
@@ -494,6 +555,142 @@ impl Store for PostgresStore {
         c.execute("DELETE FROM command_log WHERE ts < $1", &[&ms(before)])
             .await
             .map_err(db)
+    }
+
+    async fn create_share(&self, sh: &Share) -> Result<()> {
+        let c = self.client().await?;
+        c.execute(
+            &format!(
+                "INSERT INTO shares ({SHARE_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+            ),
+            &[
+                &sh.id,
+                &sh.project,
+                &sh.container,
+                &sh.label,
+                &sh.secret_sha256,
+                &sh.created_by,
+                &ms(sh.created_at),
+                &ms(sh.expires_at),
+                &sh.wake,
+            ],
+        )
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                Error::Conflict(format!("share {} exists", sh.id))
+            } else {
+                db(e)
+            }
+        })?;
+        Ok(())
+    }
+
+    async fn get_share(&self, id: &str) -> Result<Option<Share>> {
+        let c = self.client().await?;
+        let row = c
+            .query_opt(
+                &format!("SELECT {SHARE_COLS} FROM shares WHERE id = $1"),
+                &[&id],
+            )
+            .await
+            .map_err(db)?;
+        Ok(row.as_ref().map(share_row))
+    }
+
+    async fn list_shares(
+        &self,
+        project: &str,
+        container: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Share>> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                &format!(
+                    "SELECT {SHARE_COLS} FROM shares WHERE project = $1 AND container = $2
+                     AND expires_at > $3 ORDER BY created_at, id"
+                ),
+                &[&project, &container, &ms(now)],
+            )
+            .await
+            .map_err(db)?;
+        Ok(rows.iter().map(share_row).collect())
+    }
+
+    async fn delete_share(&self, project: &str, container: &str, id: &str) -> Result<bool> {
+        let c = self.client().await?;
+        let n = c
+            .execute(
+                "DELETE FROM shares WHERE id = $1 AND project = $2 AND container = $3",
+                &[&id, &project, &container],
+            )
+            .await
+            .map_err(db)?;
+        Ok(n > 0)
+    }
+
+    async fn prune_previews(&self, before: DateTime<Utc>) -> Result<u64> {
+        let c = self.client().await?;
+        let a = c
+            .execute("DELETE FROM shares WHERE expires_at < $1", &[&ms(before)])
+            .await
+            .map_err(db)?;
+        let b = c
+            .execute(
+                "DELETE FROM preview_codes WHERE expires_at < $1",
+                &[&ms(before)],
+            )
+            .await
+            .map_err(db)?;
+        Ok(a + b)
+    }
+
+    async fn add_preview_code(&self, code: &PreviewCode) -> Result<()> {
+        let c = self.client().await?;
+        c.execute(
+            "INSERT INTO preview_codes (code_sha256, project, container, sub, expires_at, token_exp)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            &[
+                &code.code_sha256,
+                &code.project,
+                &code.container,
+                &code.sub,
+                &ms(code.expires_at),
+                &(code.token_exp as i64),
+            ],
+        )
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    async fn take_preview_code(
+        &self,
+        code_sha256: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<PreviewCode>> {
+        let c = self.client().await?;
+        // DELETE ... RETURNING: one statement reads and removes the row, so
+        // two replicas redeeming one code cannot both get it.
+        let row = c
+            .query_opt(
+                "DELETE FROM preview_codes WHERE code_sha256 = $1
+                 RETURNING code_sha256, project, container, sub, expires_at, token_exp",
+                &[&code_sha256],
+            )
+            .await
+            .map_err(db)?;
+        Ok(row
+            .map(|r| PreviewCode {
+                code_sha256: r.get(0),
+                project: r.get(1),
+                container: r.get(2),
+                sub: r.get(3),
+                expires_at: from_ms(r.get(4)),
+                token_exp: r.get::<_, i64>(5) as u64,
+            })
+            .filter(|code| code.expires_at > now))
     }
 
     async fn ping(&self) -> Result<()> {

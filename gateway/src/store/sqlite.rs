@@ -9,7 +9,8 @@ use chrono::{DateTime, TimeZone as _, Utc};
 use rusqlite::{Connection, OptionalExtension as _, params};
 
 use super::{
-    ArchiveVersion, CommandLogEntry, Container, ContainerStatus, Project, ProjectStatus, Store,
+    ArchiveVersion, CommandLogEntry, Container, ContainerStatus, LogPage, PreviewCode, Project,
+    ProjectStatus, Share, Store,
 };
 use crate::error::{Error, Result};
 
@@ -61,6 +62,32 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX command_log_project ON command_log(project, seq);
     CREATE INDEX command_log_ts ON command_log(ts);",
+    // 2: declared extra ports, cut log output, share links, one-time preview codes.
+    "ALTER TABLE containers ADD COLUMN ports TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE command_log ADD COLUMN truncated INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE shares (
+        id TEXT PRIMARY KEY,
+        project TEXT NOT NULL,
+        container TEXT NOT NULL,
+        label TEXT,
+        secret_sha256 TEXT NOT NULL,
+        created_by TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        wake INTEGER NOT NULL,
+        FOREIGN KEY (project, container) REFERENCES containers(project, name) ON DELETE CASCADE
+    );
+    CREATE INDEX shares_container ON shares(project, container);
+    CREATE TABLE preview_codes (
+        code_sha256 TEXT PRIMARY KEY,
+        project TEXT NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+        container TEXT NOT NULL,
+        sub TEXT NOT NULL,
+        expires_at INTEGER NOT NULL,
+        token_exp INTEGER NOT NULL
+    );",
+    // 3: which dev servers ran when the project was hibernated.
+    "ALTER TABLE containers ADD COLUMN running_at_hibernation INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// SQLite behind the [`Store`] trait.
@@ -146,8 +173,7 @@ fn project_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Project> {
     })
 }
 
-const CONTAINER_COLS: &str =
-    "project, name, status, port, start, install, env, public, template, created_at";
+const CONTAINER_COLS: &str = "project, name, status, port, start, install, env, public, template, created_at, ports, running_at_hibernation";
 
 fn container_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Container> {
     let status: String = r.get(2)?;
@@ -164,6 +190,25 @@ fn container_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Container> {
         public: r.get(7)?,
         template: template.and_then(|t| serde_json::from_str(&t).ok()),
         created_at: from_ms(r.get(9)?),
+        ports: serde_json::from_str(&r.get::<_, String>(10)?).unwrap_or_default(),
+        running_at_hibernation: r.get(11)?,
+    })
+}
+
+const SHARE_COLS: &str =
+    "id, project, container, label, secret_sha256, created_by, created_at, expires_at, wake";
+
+fn share_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Share> {
+    Ok(Share {
+        id: r.get(0)?,
+        project: r.get(1)?,
+        container: r.get(2)?,
+        label: r.get(3)?,
+        secret_sha256: r.get(4)?,
+        created_by: r.get(5)?,
+        created_at: from_ms(r.get(6)?),
+        expires_at: from_ms(r.get(7)?),
+        wake: r.get(8)?,
     })
 }
 
@@ -264,12 +309,13 @@ impl Store for SqliteStore {
         let k = k.clone();
         self.with(move |c| {
             c.execute(
-                &format!("INSERT INTO containers ({CONTAINER_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
+                &format!("INSERT INTO containers ({CONTAINER_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"),
                 params![
                     k.project, k.name, k.status.as_str(), k.port, k.start, k.install,
                     serde_json::to_string(&k.env).unwrap_or_default(), k.public,
                     k.template.as_ref().and_then(|t| serde_json::to_string(t).ok()),
-                    ms(k.created_at)
+                    ms(k.created_at), serde_json::to_string(&k.ports).unwrap_or_default(),
+                    k.running_at_hibernation
                 ],
             )
             .map_err(|e| {
@@ -290,11 +336,14 @@ impl Store for SqliteStore {
             let n = c
                 .execute(
                     "UPDATE containers SET status = ?3, port = ?4, start = ?5, install = ?6, env = ?7,
-                     public = ?8, template = ?9 WHERE project = ?1 AND name = ?2",
+                     public = ?8, template = ?9, ports = ?10, running_at_hibernation = ?11
+                     WHERE project = ?1 AND name = ?2",
                     params![
                         k.project, k.name, k.status.as_str(), k.port, k.start, k.install,
                         serde_json::to_string(&k.env).unwrap_or_default(), k.public,
-                        k.template.as_ref().and_then(|t| serde_json::to_string(t).ok())
+                        k.template.as_ref().and_then(|t| serde_json::to_string(t).ok()),
+                        serde_json::to_string(&k.ports).unwrap_or_default(),
+                        k.running_at_hibernation
                     ],
                 )
                 .map_err(db)?;
@@ -403,10 +452,10 @@ impl Store for SqliteStore {
         let e = e.clone();
         self.with(move |c| {
             c.execute(
-                "INSERT INTO command_log (project, ts, label, command, exit_code, duration_ms, stdout, stderr)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO command_log (project, ts, label, command, exit_code, duration_ms, stdout, stderr, truncated)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 params![e.project, ms(e.ts), e.label, e.command, e.exit_code, e.duration_ms as i64,
-                    e.stdout, e.stderr],
+                    e.stdout, e.stderr, e.truncated],
             )
             .map_err(db)?;
             Ok(())
@@ -414,30 +463,38 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn list_logs(&self, project: &str) -> Result<Vec<CommandLogEntry>> {
+    async fn list_logs(&self, project: &str, page: LogPage) -> Result<Vec<CommandLogEntry>> {
         let project = project.to_owned();
         self.with(move |c| {
+            // The newest `limit` below the cursor, then turned oldest first.
             let mut st = c
                 .prepare(
-                    "SELECT project, ts, label, command, exit_code, duration_ms, stdout, stderr
-                     FROM command_log WHERE project = ?1 ORDER BY seq",
+                    "SELECT seq, project, ts, label, command, exit_code, duration_ms, stdout, stderr, truncated
+                     FROM command_log WHERE project = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3",
                 )
                 .map_err(db)?;
             let rows = st
-                .query_map([project], |r| {
-                    Ok(CommandLogEntry {
-                        project: r.get(0)?,
-                        ts: from_ms(r.get(1)?),
-                        label: r.get(2)?,
-                        command: r.get(3)?,
-                        exit_code: r.get(4)?,
-                        duration_ms: r.get::<_, i64>(5)? as u64,
-                        stdout: r.get(6)?,
-                        stderr: r.get(7)?,
-                    })
-                })
+                .query_map(
+                    params![project, page.before.unwrap_or(i64::MAX), page.limit],
+                    |r| {
+                        Ok(CommandLogEntry {
+                            id: r.get(0)?,
+                            project: r.get(1)?,
+                            ts: from_ms(r.get(2)?),
+                            label: r.get(3)?,
+                            command: r.get(4)?,
+                            exit_code: r.get(5)?,
+                            duration_ms: r.get::<_, i64>(6)? as u64,
+                            stdout: r.get(7)?,
+                            stderr: r.get(8)?,
+                            truncated: r.get(9)?,
+                        })
+                    },
+                )
                 .map_err(db)?;
-            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db)
+            let mut entries = rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db)?;
+            entries.reverse();
+            Ok(entries)
         })
         .await
     }
@@ -448,6 +505,155 @@ impl Store for SqliteStore {
                 .execute("DELETE FROM command_log WHERE ts < ?1", [ms(before)])
                 .map_err(db)?;
             Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn create_share(&self, sh: &Share) -> Result<()> {
+        let sh = sh.clone();
+        self.with(move |c| {
+            c.execute(
+                &format!(
+                    "INSERT INTO shares ({SHARE_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+                ),
+                params![
+                    sh.id,
+                    sh.project,
+                    sh.container,
+                    sh.label,
+                    sh.secret_sha256,
+                    sh.created_by,
+                    ms(sh.created_at),
+                    ms(sh.expires_at),
+                    sh.wake
+                ],
+            )
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    Error::Conflict(format!("share {} exists", sh.id))
+                } else {
+                    db(e)
+                }
+            })?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_share(&self, id: &str) -> Result<Option<Share>> {
+        let id = id.to_owned();
+        self.with(move |c| {
+            c.query_row(
+                &format!("SELECT {SHARE_COLS} FROM shares WHERE id = ?1"),
+                [id],
+                share_row,
+            )
+            .optional()
+            .map_err(db)
+        })
+        .await
+    }
+
+    async fn list_shares(
+        &self,
+        project: &str,
+        container: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Share>> {
+        let (project, container) = (project.to_owned(), container.to_owned());
+        self.with(move |c| {
+            let mut st = c
+                .prepare(&format!(
+                    "SELECT {SHARE_COLS} FROM shares WHERE project = ?1 AND container = ?2
+                     AND expires_at > ?3 ORDER BY created_at, id"
+                ))
+                .map_err(db)?;
+            let rows = st
+                .query_map(params![project, container, ms(now)], share_row)
+                .map_err(db)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db)
+        })
+        .await
+    }
+
+    async fn delete_share(&self, project: &str, container: &str, id: &str) -> Result<bool> {
+        let (project, container, id) = (project.to_owned(), container.to_owned(), id.to_owned());
+        self.with(move |c| {
+            let n = c
+                .execute(
+                    "DELETE FROM shares WHERE id = ?1 AND project = ?2 AND container = ?3",
+                    params![id, project, container],
+                )
+                .map_err(db)?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn prune_previews(&self, before: DateTime<Utc>) -> Result<u64> {
+        self.with(move |c| {
+            let a = c
+                .execute("DELETE FROM shares WHERE expires_at < ?1", [ms(before)])
+                .map_err(db)?;
+            let b = c
+                .execute(
+                    "DELETE FROM preview_codes WHERE expires_at < ?1",
+                    [ms(before)],
+                )
+                .map_err(db)?;
+            Ok((a + b) as u64)
+        })
+        .await
+    }
+
+    async fn add_preview_code(&self, code: &PreviewCode) -> Result<()> {
+        let code = code.clone();
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO preview_codes (code_sha256, project, container, sub, expires_at, token_exp)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    code.code_sha256,
+                    code.project,
+                    code.container,
+                    code.sub,
+                    ms(code.expires_at),
+                    code.token_exp as i64
+                ],
+            )
+            .map_err(db)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn take_preview_code(
+        &self,
+        code_sha256: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<PreviewCode>> {
+        let hash = code_sha256.to_owned();
+        self.with(move |c| {
+            // DELETE ... RETURNING: the row goes in the same statement that
+            // reads it, so two requests with one code cannot both get it.
+            c.query_row(
+                "DELETE FROM preview_codes WHERE code_sha256 = ?1
+                 RETURNING code_sha256, project, container, sub, expires_at, token_exp",
+                [hash],
+                |r| {
+                    Ok(PreviewCode {
+                        code_sha256: r.get(0)?,
+                        project: r.get(1)?,
+                        container: r.get(2)?,
+                        sub: r.get(3)?,
+                        expires_at: from_ms(r.get(4)?),
+                        token_exp: r.get::<_, i64>(5)? as u64,
+                    })
+                },
+            )
+            .optional()
+            .map(|code| code.filter(|code| code.expires_at > now))
+            .map_err(db)
         })
         .await
     }
@@ -500,10 +706,20 @@ mod tests {
             public: true,
             template: None,
             created_at: Utc::now(),
+            ports: vec![24678],
+            running_at_hibernation: false,
         };
         s.create_container(&k).await.unwrap();
+        assert_eq!(s.list_containers("a").await.unwrap()[0].ports, [24678]);
         assert_eq!(s.list_containers("a").await.unwrap()[0].env["K"], "V");
+        let mut k2 = k.clone();
+        k2.running_at_hibernation = true;
+        s.update_container(&k2).await.unwrap();
+        let got = s.get_container("a", "web").await.unwrap().unwrap();
+        assert!(got.running_at_hibernation, "{got:?}");
         let e = CommandLogEntry {
+            id: 0,
+            truncated: false,
             project: "a".into(),
             ts: Utc::now() - chrono::Duration::days(6),
             label: "exec".into(),
@@ -514,7 +730,11 @@ mod tests {
             stderr: "".into(),
         };
         s.append_log(&e).await.unwrap();
-        assert_eq!(s.list_logs("a").await.unwrap().len(), 1);
+        let all = LogPage {
+            limit: 100,
+            before: None,
+        };
+        assert_eq!(s.list_logs("a", all).await.unwrap().len(), 1);
         assert_eq!(
             s.prune_logs(Utc::now() - chrono::Duration::days(5))
                 .await

@@ -132,6 +132,9 @@ pub(crate) async fn open_shell(
 
 /// Runs a command to its end: stdin written then closed, stdout and stderr
 /// collected, killed (by closing the connection) after `timeout_ms`.
+// Eight plain arguments at its one call site; this pod-exec path goes away
+// when dev pods run the agent (issue 11), so no struct is made for it.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn run(
     kube: &Kube,
     pods: &Api<Pod>,
@@ -140,6 +143,7 @@ pub(crate) async fn run(
     argv: Vec<String>,
     input: Vec<u8>,
     timeout_ms: u32,
+    max_output: u64,
 ) -> Result<ExecOutput> {
     let started = Instant::now();
     // stdin is attached only when there is input. Closing it races with a
@@ -172,17 +176,15 @@ pub(crate) async fn run(
                 let _ = stdin.shutdown().await;
             }
         };
-        let mut out = Vec::new();
-        let mut err = Vec::new();
-        let (_, o, e) = tokio::join!(
+        let (_, out, err) = tokio::join!(
             feed,
-            stdout.read_to_end(&mut out),
-            stderr.read_to_end(&mut err)
+            read_capped(&mut stdout, max_output),
+            read_capped(&mut stderr, max_output)
         );
-        o?;
-        e?;
+        let (out, out_cut) = out?;
+        let (err, err_cut) = err?;
         let code = exit_code(status.await.as_ref());
-        Ok::<_, Error>((code, out, err))
+        Ok::<_, Error>((code, out, err, out_cut || err_cut))
     };
     let deadline = std::time::Duration::from_millis(u64::from(timeout_ms.max(1)));
     let result = if timeout_ms == 0 {
@@ -192,12 +194,13 @@ pub(crate) async fn run(
     };
     let duration_ms = started.elapsed().as_millis() as u64;
     match result {
-        Ok(Ok((code, stdout, stderr))) => Ok(ExecOutput {
+        Ok(Ok((code, stdout, stderr, truncated))) => Ok(ExecOutput {
             exit_code: code.unwrap_or(-1),
             stdout,
             stderr,
             duration_ms,
             timed_out: false,
+            truncated,
         }),
         Ok(Err(e)) => Err(e),
         Err(_) => {
@@ -210,6 +213,18 @@ pub(crate) async fn run(
             })
         }
     }
+}
+
+/// Reads `r` to its end, keeping at most `max` bytes (the rest is read and
+/// dropped, so the process never blocks on a full pipe); `true` when cut.
+async fn read_capped<R: tokio::io::AsyncRead + Unpin>(
+    r: &mut R,
+    max: u64,
+) -> std::io::Result<(Vec<u8>, bool)> {
+    let mut kept = Vec::new();
+    (&mut *r).take(max).read_to_end(&mut kept).await?;
+    let dropped = tokio::io::copy(r, &mut tokio::io::sink()).await?;
+    Ok((kept, dropped > 0))
 }
 
 /// The exit code in the status the API server sends on the error channel:

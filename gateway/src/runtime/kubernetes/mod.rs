@@ -573,6 +573,10 @@ impl Runtime for KubernetesRuntime {
             argv,
             spec.stdin,
             spec.timeout_ms,
+            match spec.max_output_bytes {
+                0 => 1 << 20,
+                n => n,
+            },
         )
         .await
     }

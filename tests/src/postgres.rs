@@ -1,14 +1,14 @@
 //! A throwaway PostgreSQL server from Debian's packages
-//! (`scripts/install-test-deps.sh` installs them) in a temporary directory on a
-//! free loopback port, for the tests of the PostgreSQL store and of gateway
-//! replicas sharing one.
+//! (`scripts/install-test-deps.sh` installs them), in a temporary directory
+//! on a free loopback port, for the PostgreSQL store's tests and for
+//! several gateway replicas sharing one store.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// A throwaway PostgreSQL server; stopped (fast shutdown) on drop.
-pub(crate) struct Postgres {
+pub struct Postgres {
     dir: tempfile::TempDir,
     port: u16,
     child: Option<Child>,
@@ -64,7 +64,8 @@ fn command(program: &Path) -> Command {
 }
 
 impl Postgres {
-    pub(crate) fn start() -> Postgres {
+    /// Initialises a cluster and starts its server.
+    pub fn start() -> Postgres {
         let bin = pg_bin();
         let dir = tempfile::tempdir().expect("tempdir");
         if let Some((uid, gid)) = run_as() {
@@ -87,7 +88,7 @@ impl Postgres {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let port = free_port();
+        let port = crate::free_port();
         let mut pg = Postgres {
             dir,
             port,
@@ -98,7 +99,8 @@ impl Postgres {
         pg
     }
 
-    pub(crate) fn spawn(&mut self) {
+    /// Starts the server (again, after [`Postgres::stop`]).
+    pub fn spawn(&mut self) {
         let data = self.dir.path().join("data");
         let child = command(&self.bin.join("postgres"))
             .arg("-D")
@@ -123,7 +125,7 @@ impl Postgres {
     }
 
     /// Fast shutdown (SIGINT), waiting for the server to exit.
-    pub(crate) fn stop(&mut self) {
+    pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = Command::new("kill")
                 .args(["-INT", &child.id().to_string()])
@@ -140,7 +142,8 @@ impl Postgres {
         }
     }
 
-    pub(crate) fn url(&self, db: &str) -> String {
+    /// A connection string for database `db`.
+    pub fn url(&self, db: &str) -> String {
         format!(
             "host=127.0.0.1 port={} user=postgres dbname={db}",
             self.port
@@ -154,14 +157,8 @@ impl Drop for Postgres {
     }
 }
 
-pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port")
-}
-
-pub(crate) async fn create_db(pg: &Postgres, name: &str) {
+/// Creates database `name`, waiting for the server to accept sessions.
+pub async fn create_db(pg: &Postgres, name: &str) {
     // The port opens before the server accepts sessions ("the database
     // system is starting up"): poll until a session begins.
     let deadline = Instant::now() + Duration::from_secs(30);

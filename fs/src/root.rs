@@ -1,9 +1,10 @@
-//! The one resolver of client paths: every RPC opens files through [`Root`].
+//! The one resolver of client paths: every project file is opened through
+//! [`Root`], in the agent and in the gateway's local reads alike.
 //!
 //! # The invariant
 //!
-//! Nothing in the agent touches a client-named file except through the root's
-//! directory handle (`Root::dir`, a [`cap_std::fs::Dir`]). Every path handed
+//! Nothing touches a client-named file except through the root's directory
+//! handle ([`Root::dir`], a [`cap_std::fs::Dir`]). Every path handed
 //! to that handle is first checked by [`Root::clean`] (no `..`, no absolute
 //! path, no NUL byte), and then resolved by the kernel *relative to the
 //! handle* with `openat2(RESOLVE_BENEATH)` (cap-std falls back to a careful
@@ -17,15 +18,15 @@
 //!
 //! ```text
 //! let rel = Root::clean(&req.path)?;            // "" is the root itself
-//! let file = state.root.open_read(&rel)?;       // read a file
-//! let dir = state.root.resolve_dir(&rel)?;      // a Dir handle beneath the root
-//! let (parent, name) = state.root.open_parent(&rel, false)?; // to create `name`
-//! state.root.dir.create_dir_all(&rel)           // any cap-std call on `dir`,
+//! let file = root.open_read(&rel)?;             // read a file
+//! let dir = root.resolve_dir(&rel)?;            // a Dir handle beneath the root
+//! let (parent, name) = root.open_parent(&rel, false)?; // to create `name`
+//! root.dir().create_dir_all(&rel)               // any cap-std call on `dir()`,
 //!     .map_err(|e| Root::io_error(&rel, e))?;   // with errors mapped like this
 //! ```
 //!
-//! Every method of `Root::dir` (and of any `Dir` obtained from it) is confined
-//! beneath that directory, so walking with `root.dir.entries()` /
+//! Every method of `Root::dir()` (and of any `Dir` obtained from it) is confined
+//! beneath that directory, so walking with `root.dir().entries()` /
 //! `read_dir(rel)` and creating with `create`, `create_dir_all`, `symlink`,
 //! `rename` are all safe. Map the `io::Error`s they return with
 //! [`Root::io_error`] so that an escape becomes [`Error::PathOutsideRoot`].
@@ -40,25 +41,37 @@ use std::path::{Path, PathBuf};
 
 use cap_std::fs::Dir;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, is_escape};
 
-/// The served directory, held open as a capability.
+/// The served directory, held open as a capability. Built only by
+/// [`Root::open`], so its host path is always canonical.
 pub struct Root {
     /// Handle on the root directory; every cap-std call on it stays beneath it.
-    pub dir: Dir,
-    /// The root's host path (canonical), for logs and for process working
-    /// directories via [`Root::host_path`]; never open files through it.
-    pub path: PathBuf,
+    dir: Dir,
+    /// The root's canonical host path, for logs, inotify and process working
+    /// directories (via [`Root::host_path`]); never open files through it.
+    path: PathBuf,
 }
 
 impl Root {
-    /// Opens `path` as the root.
+    /// Opens `path` as the root: canonicalised first (symlinks in the path
+    /// to the root itself are the operator's choice), then held open.
     pub fn open(path: &Path) -> std::io::Result<Root> {
-        let dir = Dir::open_ambient_dir(path, cap_std::ambient_authority())?;
-        Ok(Root {
-            dir,
-            path: path.canonicalize()?,
-        })
+        let path = path.canonicalize()?;
+        let dir = Dir::open_ambient_dir(&path, cap_std::ambient_authority())?;
+        Ok(Root { dir, path })
+    }
+
+    /// The handle on the root directory. Every cap-std call on it (and on any
+    /// `Dir` opened through it) stays beneath the root.
+    pub fn dir(&self) -> &Dir {
+        &self.dir
+    }
+
+    /// The root's canonical host path. Not for opening files: only for logs,
+    /// inotify watches and what needs a host path (see [`Root::host_path`]).
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Checks a client path's syntax and returns it normalised: no leading or
@@ -174,7 +187,7 @@ impl Root {
         Ok(self.path.join(canon))
     }
 
-    /// Maps an `io::Error` from an operation on `rel` to the agent's error:
+    /// Maps an `io::Error` from an operation on `rel` to this crate's error:
     /// a sandbox escape becomes `PathOutsideRoot`; `NotFound` keeps the client
     /// path; everything else stays an I/O error.
     pub fn io_error(rel: &str, e: std::io::Error) -> Error {
@@ -190,14 +203,6 @@ impl Root {
             _ => Error::Io(e),
         }
     }
-}
-
-/// Whether `e` is cap-std's "a path led outside of the filesystem". cap-std
-/// builds that error by hand as `PermissionDenied` without an OS error code,
-/// while a real `EACCES`/`EPERM` from the kernel always carries one. This is
-/// the only way to tell them apart: cap-std exposes no error type for it.
-pub fn is_escape(e: &std::io::Error) -> bool {
-    e.kind() == std::io::ErrorKind::PermissionDenied && e.raw_os_error().is_none()
 }
 
 /// Splits a clean, non-empty path into (parent, last component).
@@ -244,6 +249,29 @@ mod tests {
                 "{bad:?} must be refused"
             );
         }
+    }
+
+    #[test]
+    fn open_canonicalises_and_symlinks_out_fail_the_open() {
+        let tmp = tempfile::tempdir().unwrap();
+        let real = tmp.path().join("real");
+        std::fs::create_dir_all(real.join("d")).unwrap();
+        std::fs::write(tmp.path().join("secret"), "s").unwrap();
+        std::fs::write(real.join("d/f"), "f").unwrap();
+        std::os::unix::fs::symlink("../secret", real.join("out")).unwrap();
+        std::os::unix::fs::symlink("d/f", real.join("in")).unwrap();
+        std::os::unix::fs::symlink("real", tmp.path().join("alias")).unwrap();
+        let root = Root::open(&tmp.path().join("alias/./d/..")).unwrap();
+        assert_eq!(root.path(), real.canonicalize().unwrap());
+        assert!(root.open_read("in").is_ok(), "a link inside the root works");
+        assert!(matches!(
+            root.open_read("out"),
+            Err(Error::PathOutsideRoot(p)) if p == "out"
+        ));
+        assert!(matches!(root.open_read("nope"), Err(Error::NotFound(_))));
+        assert!(matches!(root.open_read(""), Err(Error::IsDirectory(_))));
+        assert_eq!(root.host_path("d").unwrap(), root.path().join("d"));
+        assert!(matches!(root.host_path("in"), Err(Error::NotADirectory(_))));
     }
 
     #[test]

@@ -1,0 +1,79 @@
+//! The names of the agent's own temporary entries inside a project, and the
+//! sweep that removes those a killed agent left behind. Listings, archives
+//! and watch events never show a temporary file.
+
+/// Prefix of the temporary files of in-progress writes.
+pub const TMP_PREFIX: &str = ".agent-tmp-";
+
+/// Prefix of the staging directory of a git clone in progress.
+pub const CLONE_PREFIX: &str = ".agent-clone-";
+
+/// The temporary file name of write number `id`.
+pub fn tmp_name(id: u64) -> String {
+    format!("{TMP_PREFIX}{id:016x}")
+}
+
+/// Whether `name` (one path component) is a write's temporary file, which
+/// listings, archives and watch events leave out.
+pub fn is_temporary(name: &str) -> bool {
+    name.starts_with(TMP_PREFIX)
+}
+
+/// Removes the temporary files of writes that never finished (the agent was
+/// killed mid-write) anywhere under `dir`; only files older than `before`, so
+/// the temporary file of a write begun since is left alone. Returns how many
+/// were removed.
+pub fn sweep_temporaries(dir: &cap_std::fs::Dir, before: std::time::SystemTime) -> usize {
+    let mut removed = 0;
+    let Ok(entries) = dir.entries() else {
+        return 0;
+    };
+    for ent in entries.flatten() {
+        let name = ent.file_name();
+        let Ok(ft) = ent.file_type() else { continue };
+        if ft.is_dir() {
+            if let Ok(sub) = ent.open_dir() {
+                removed += sweep_temporaries(&sub, before);
+            }
+        } else if ft.is_file()
+            && name.to_str().is_some_and(is_temporary)
+            && ent
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.into_std() < before)
+            && dir.remove_file(&name).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(is_temporary(&tmp_name(7)));
+        assert_eq!(tmp_name(255), ".agent-tmp-00000000000000ff");
+        assert!(!is_temporary("agent-tmp-1"));
+        assert!(!is_temporary(".agent-clone-x"));
+    }
+
+    #[test]
+    fn sweep_removes_only_old_temporaries() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join("d")).unwrap();
+        std::fs::write(tmp.path().join("d").join(tmp_name(1)), "x").unwrap();
+        std::fs::write(tmp.path().join("keep.txt"), "x").unwrap();
+        let dir =
+            cap_std::fs::Dir::open_ambient_dir(tmp.path(), cap_std::ambient_authority()).unwrap();
+        let long_ago = std::time::SystemTime::UNIX_EPOCH;
+        assert_eq!(sweep_temporaries(&dir, long_ago), 0, "newer than `before`");
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
+        assert_eq!(sweep_temporaries(&dir, later), 1);
+        assert!(tmp.path().join("keep.txt").exists());
+        assert!(!tmp.path().join("d").join(tmp_name(1)).exists());
+    }
+}

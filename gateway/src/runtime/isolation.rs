@@ -1,0 +1,244 @@
+//! Per-project users for the local runtime. When the gateway runs as root,
+//! each project's agent (and so every shell, dev server and command of the
+//! project) runs under a uid of its own, allocated from `--project-uid-base`
+//! and kept in `<data-dir>/uids.json`; its folder is that uid's (0700), so no
+//! project can read another's files, signal its processes or read their
+//! `/proc` entries. The folders above a project folder (the data dir,
+//! `projects/`) are 0711: searchable, not listable. `HOME` is
+//! `<data-dir>/homes/<id>` (the uid's, 0700), removed with the environment,
+//! as a pod's `/tmp` would be. Without root there is one user for every
+//! project, and local mode is for one trusted user (the README says so).
+
+use std::collections::BTreeMap;
+use std::io;
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// Whether projects get users of their own (`--isolate-projects`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum IsolationMode {
+    /// On when the gateway runs as root and the data dir is reachable by
+    /// other users; off (with a warning) otherwise.
+    #[default]
+    Auto,
+    /// Always; the gateway refuses to start when it cannot.
+    On,
+    /// Never: every project runs as the gateway's user.
+    Off,
+}
+
+/// The users of projects: allocation, folders and homes.
+pub struct Isolation {
+    base: u32,
+    file: PathBuf,
+    homes: PathBuf,
+    uids: Mutex<BTreeMap<String, u32>>,
+}
+
+/// The uid range a gateway hands out, from its base.
+const RANGE: u32 = 1 << 20;
+
+impl Isolation {
+    /// Isolation for the projects under `data_dir`, or `None` when `mode`
+    /// and the machine say there is none. Sets the modes of the folders
+    /// every project's user must pass through.
+    pub fn new(
+        mode: IsolationMode,
+        data_dir: &Path,
+        dirs: &[&Path],
+        base: u32,
+    ) -> anyhow::Result<Option<Isolation>> {
+        if mode == IsolationMode::Off {
+            return Ok(None);
+        }
+        if !rustix::process::geteuid().is_root() {
+            if mode == IsolationMode::On {
+                anyhow::bail!("--isolate-projects on needs the gateway to run as root");
+            }
+            tracing::info!(
+                "local projects run as the gateway's own user: local mode is for one trusted user (run as root for a user per project)"
+            );
+            return Ok(None);
+        }
+        if let Some(blocked) = unsearchable_ancestor(data_dir) {
+            let why = format!(
+                "{} is not searchable by other users, so project users could not reach their folders under {}",
+                blocked.display(),
+                data_dir.display()
+            );
+            if mode == IsolationMode::On {
+                anyhow::bail!("--isolate-projects on: {why}");
+            }
+            tracing::warn!(
+                "projects run as root, all as one user: {why}; move --data-dir (e.g. to /var/lib/devgate) to give each project a user of its own"
+            );
+            return Ok(None);
+        }
+        anyhow::ensure!(
+            base >= 1000 && base.checked_add(RANGE).is_some(),
+            "--project-uid-base {base} must be at least 1000 and leave room for {RANGE} users"
+        );
+        let homes = data_dir.join("homes");
+        std::fs::create_dir_all(&homes)?;
+        for dir in dirs.iter().copied().chain([data_dir, homes.as_path()]) {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))?;
+        }
+        let file = data_dir.join("uids.json");
+        let uids = match std::fs::read(&file) {
+            Ok(bytes) => serde_json::from_slice(&bytes)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => return Err(e.into()),
+        };
+        tracing::info!(base, "each project runs as a user of its own");
+        Ok(Some(Isolation {
+            base,
+            file,
+            homes,
+            uids: Mutex::new(uids),
+        }))
+    }
+
+    /// The project's uid (also its gid), allocated and recorded on first use.
+    pub fn uid(&self, project: &str) -> io::Result<u32> {
+        let mut uids = self.uids.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(&uid) = uids.get(project) {
+            return Ok(uid);
+        }
+        let next = uids.values().copied().max().map_or(self.base, |m| m + 1);
+        if next >= self.base + RANGE {
+            return Err(io::Error::other("no project uid left in the range"));
+        }
+        uids.insert(project.to_owned(), next);
+        // Written before the uid is used: a crash cannot hand it out twice.
+        let tmp = self.file.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&*uids)?)?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&tmp, &self.file)?;
+        Ok(next)
+    }
+
+    /// Makes `root` (the project folder) and the project's home that uid's,
+    /// 0700; a tree made before isolation was on is handed over entry by
+    /// entry (symlinks themselves, never what they point to). Blocking.
+    pub fn prepare(&self, project: &str, root: &Path) -> io::Result<(u32, PathBuf)> {
+        let uid = self.uid(project)?;
+        std::fs::create_dir_all(root)?;
+        if std::fs::symlink_metadata(root)?.uid() != uid {
+            chown_tree(root, uid)?;
+        }
+        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700))?;
+        let home = self.homes.join(project);
+        std::fs::create_dir_all(&home)?;
+        std::os::unix::fs::lchown(&home, Some(uid), Some(uid))?;
+        std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700))?;
+        Ok((uid, home))
+    }
+
+    /// A folder for the project's agent socket, the project's alone.
+    pub fn socket_dir(&self, project: &str, sockets: &Path) -> io::Result<PathBuf> {
+        let uid = self.uid(project)?;
+        let dir = sockets.join(project);
+        std::fs::create_dir_all(&dir)?;
+        std::os::unix::fs::lchown(&dir, Some(uid), Some(uid))?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+        Ok(dir)
+    }
+
+    /// Removes the project's home (its environment is gone).
+    pub fn clear_home(&self, project: &str) -> io::Result<()> {
+        match std::fs::remove_dir_all(self.homes.join(project)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether the uid owns a listening TCP socket on `port` (any local
+    /// address); `None` when nothing listens there.
+    pub fn port_owned_by(&self, project: &str, port: u16) -> Option<bool> {
+        let uid = self.uid(project).ok()?;
+        let owners = listener_uids(port);
+        (!owners.is_empty()).then(|| owners.iter().all(|&o| o == uid))
+    }
+}
+
+/// Hands `dir` and everything below it to `uid` (and gid `uid`), without
+/// following symlinks.
+fn chown_tree(dir: &Path, uid: u32) -> io::Result<()> {
+    std::os::unix::fs::lchown(dir, Some(uid), Some(uid))?;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            chown_tree(&path, uid)?;
+        } else {
+            std::os::unix::fs::lchown(&path, Some(uid), Some(uid))?;
+        }
+    }
+    Ok(())
+}
+
+/// The first folder on the way to `path` (itself excluded) that other users
+/// cannot search (no `o+x`), if any.
+fn unsearchable_ancestor(path: &Path) -> Option<PathBuf> {
+    let path = std::path::absolute(path).ok()?;
+    path.ancestors()
+        .skip(1)
+        .find(|dir| {
+            std::fs::metadata(dir)
+                .map(|m| m.permissions().mode() & 0o001 == 0)
+                .unwrap_or(true)
+        })
+        .map(Path::to_path_buf)
+}
+
+/// The uids of TCP sockets listening on `port`, from `/proc/net/tcp` and
+/// `/proc/net/tcp6`.
+fn listener_uids(port: u16) -> Vec<u32> {
+    let want = format!(":{port:04X}");
+    let mut uids = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            // local_address rem_address st ... uid: st 0A is LISTEN.
+            if cols.len() > 7
+                && cols[1].ends_with(&want)
+                && cols[3] == "0A"
+                && let Ok(uid) = cols[7].parse()
+            {
+                uids.push(uid);
+            }
+        }
+    }
+    uids
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listeners_are_found_with_their_owner() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let me = rustix::process::geteuid().as_raw();
+        assert_eq!(listener_uids(port), [me]);
+        drop(l);
+        assert!(listener_uids(port).is_empty());
+    }
+
+    #[test]
+    fn ancestors_must_be_searchable() {
+        let dir = tempfile::tempdir().unwrap();
+        let inner = dir.path().join("a/b/data");
+        std::fs::create_dir_all(&inner).unwrap();
+        assert_eq!(unsearchable_ancestor(&inner), None);
+        let a = dir.path().join("a");
+        std::fs::set_permissions(&a, std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert_eq!(unsearchable_ancestor(&inner), Some(a.clone()));
+        std::fs::set_permissions(&a, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+}

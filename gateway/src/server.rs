@@ -1,0 +1,330 @@
+//! The listener: accepts TCP connections and serves HTTP/1.1 on each, with the
+//! limits a public server needs before any request reaches the router: a
+//! header-read timeout (which also closes keep-alive connections idle between
+//! requests), a cap on open connections per client address and in total (a
+//! connection above either cap gets 503 with the contract's JSON error and is
+//! closed, while the others go on being served), and 400 for a request with
+//! two `Host` headers (RFC 9112 section 3.2), which would otherwise be routed
+//! by the first.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{Request, Response, header};
+use axum::response::IntoResponse as _;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::Error;
+
+/// The connection limits (from the config).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub header_read_timeout: Duration,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    /// Peers counted only in the total (a proxy carries many clients).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Counts connections refused by a cap.
+    pub refused: prometheus_client::metrics::counter::Counter,
+    /// Open client connections now.
+    pub open: prometheus_client::metrics::gauge::Gauge,
+}
+
+/// Serves `app` on `listener` until `shutdown` is cancelled, then lets open
+/// requests finish within `grace` (WebSocket and other upgraded connections
+/// end on their own, through the same cancellation).
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: Limits,
+    shutdown: CancellationToken,
+    grace: Duration,
+) {
+    let limits = Arc::new(limits);
+    let counts = Arc::new(Counts {
+        open: limits.open.clone(),
+        ..Counts::default()
+    });
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // Refusals write a few bytes and linger briefly; bound how many do so at
+    // once, so a flood of refused connections costs a fixed amount.
+    let refusals = Arc::new(tokio::sync::Semaphore::new(256));
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(error) => {
+                    // Out of file descriptors and the like: the condition
+                    // passes as connections close; do not spin meanwhile.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Some(slot) = counts.admit(peer.ip(), &limits) else {
+            limits.refused.inc();
+            if let Ok(permit) = refusals.clone().try_acquire_owned() {
+                tokio::spawn(async move {
+                    refuse(tcp).await;
+                    drop(permit);
+                });
+            }
+            continue;
+        };
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+        let svc = ConnectionService {
+            app: app.clone(),
+            peer,
+        };
+        // HTTP/1.1 only: browsers speak it to a plain-http listener, and
+        // HTTP/2's streams would need limits of their own.
+        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        let mut builder = builder.http1_only();
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .keep_alive(true);
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(error) = conn.await {
+                tracing::debug!(%error, "connection ended with an error");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("grace period over with requests still in flight");
+    }
+}
+
+/// One connection's service: the router, with the peer's address in the
+/// request's extensions (as axum's `ConnectInfo`) and the duplicate-`Host` check.
+#[derive(Clone)]
+struct ConnectionService {
+    app: Router,
+    peer: SocketAddr,
+}
+
+impl hyper::service::Service<Request<hyper::body::Incoming>> for ConnectionService {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Response<Body>, Infallible>> + Send>,
+    >;
+
+    fn call(&self, req: Request<hyper::body::Incoming>) -> Self::Future {
+        use tower::ServiceExt as _;
+        let mut req = req.map(Body::new);
+        if req.headers().get_all(header::HOST).iter().nth(1).is_some() {
+            let resp = Error::BadRequest("a request may carry only one Host header".into())
+                .into_response();
+            return Box::pin(async move { Ok(resp) });
+        }
+        req.extensions_mut().insert(ConnectInfo(self.peer));
+        Box::pin(self.app.clone().oneshot(req))
+    }
+}
+
+/// Open connections, in total and per client address.
+#[derive(Default)]
+struct Counts {
+    total: AtomicUsize,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    open: prometheus_client::metrics::gauge::Gauge,
+}
+
+/// A connection's place in [`Counts`], given back when dropped.
+struct Slot {
+    counts: Arc<Counts>,
+    key: Option<IpAddr>,
+    /// Whether the connection was admitted (counted in the open gauge).
+    admitted: bool,
+}
+
+impl Counts {
+    /// A slot for a new connection from `ip`, unless a cap is reached.
+    fn admit(self: &Arc<Self>, ip: IpAddr, limits: &Limits) -> Option<Slot> {
+        if self.total.fetch_add(1, Ordering::AcqRel) >= limits.max_connections {
+            self.total.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        let mut slot = Slot {
+            counts: self.clone(),
+            key: None,
+            admitted: false,
+        };
+        if limits.trusted_proxies.iter().any(|n| n.contains(&ip)) {
+            self.open.inc();
+            slot.admitted = true;
+            return Some(slot);
+        }
+        let key = client_key(ip);
+        let mut per_ip = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        let n = per_ip.entry(key).or_default();
+        if *n >= limits.max_connections_per_ip {
+            // `slot` gives the total back when dropped here.
+            return None;
+        }
+        *n += 1;
+        slot.key = Some(key);
+        slot.admitted = true;
+        self.open.inc();
+        Some(slot)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.counts.total.fetch_sub(1, Ordering::AcqRel);
+        if self.admitted {
+            self.counts.open.dec();
+        }
+        if let Some(key) = self.key {
+            let mut per_ip = self.counts.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = per_ip.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    per_ip.remove(&key);
+                }
+            }
+        }
+    }
+}
+
+/// The address a client is counted under: IPv4 as is (IPv4-mapped IPv6
+/// too), IPv6 by its /64, the smallest block one subscriber usually gets.
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut o = v6.octets();
+                o[8..].fill(0);
+                IpAddr::V6(o.into())
+            }
+        },
+    }
+}
+
+/// Answers a connection over a cap: 503 with the contract's JSON error, then
+/// closes it. What the client already sent is read first (briefly), so that
+/// closing does not reset the connection before the answer is read.
+async fn refuse(mut tcp: TcpStream) {
+    let body = serde_json::json!({"error": {
+        "code": "unavailable",
+        "message": "too many open connections; retry later",
+    }})
+    .to_string();
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut buf = [0u8; 8192];
+    let _ = tokio::time::timeout(Duration::from_millis(100), tcp.read(&mut buf)).await;
+    let written = tokio::time::timeout(Duration::from_secs(1), async {
+        tcp.write_all(answer.as_bytes()).await?;
+        tcp.shutdown().await
+    })
+    .await;
+    if matches!(written, Ok(Ok(()))) {
+        // Drain (bounded) until the client closes, as a lingering close does.
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            let mut total = 0usize;
+            while let Ok(n) = tcp.read(&mut buf).await {
+                total += n;
+                if n == 0 || total > 64 << 10 {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(total: usize, per_ip: usize) -> Limits {
+        Limits {
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: total,
+            max_connections_per_ip: per_ip,
+            trusted_proxies: vec!["10.0.0.0/8".parse().unwrap()],
+            refused: Default::default(),
+            open: Default::default(),
+        }
+    }
+
+    #[test]
+    fn caps_per_ip_and_in_total() {
+        let counts = Arc::new(Counts::default());
+        let l = limits(5, 2);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let a1 = counts.admit(a, &l).unwrap();
+        let _a2 = counts.admit(a, &l).unwrap();
+        assert!(counts.admit(a, &l).is_none(), "third from one address");
+        let _b1 = counts.admit(b, &l).unwrap();
+        drop(a1);
+        let _a3 = counts
+            .admit(a, &l)
+            .expect("a slot given back is free again");
+        // A trusted proxy counts only in the total.
+        let p: IpAddr = "10.1.2.3".parse().unwrap();
+        let _p1 = counts.admit(p, &l).unwrap();
+        let _p2 = counts.admit(p, &l).unwrap();
+        assert_eq!(counts.total.load(Ordering::Relaxed), 5);
+        assert!(counts.admit(p, &l).is_none(), "over the total");
+        assert_eq!(counts.total.load(Ordering::Relaxed), 5);
+        assert_eq!(counts.open.get(), 5);
+    }
+
+    #[test]
+    fn slots_are_given_back() {
+        let counts = Arc::new(Counts::default());
+        let l = limits(10, 10);
+        let ip: IpAddr = "192.0.2.9".parse().unwrap();
+        let slots: Vec<_> = (0..10).map(|_| counts.admit(ip, &l).unwrap()).collect();
+        assert_eq!(counts.open.get(), 10);
+        drop(slots);
+        assert_eq!(counts.total.load(Ordering::Relaxed), 0);
+        assert_eq!(counts.open.get(), 0);
+        assert!(counts.per_ip.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_by_their_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(client_key(a), client_key(b));
+        assert_ne!(client_key(a), client_key(c));
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(client_key(mapped), "192.0.2.7".parse::<IpAddr>().unwrap());
+    }
+}
