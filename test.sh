@@ -17,6 +17,12 @@ cargo fmt --all --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+# The Kubernetes control plane of gateway/tests/kubernetes_real.rs, built
+# from Go modules into ~/.cache/devgate-testenv and checked by sha256 (the
+# first build takes minutes, later runs a few seconds; README, "Testing").
+echo "== test control plane (k8s/testenv/build.sh)"
+k8s/testenv/build.sh
+
 # One build: `cargo test` also builds the agent and gateway binaries the tests
 # start (a separate `cargo build` first compiled the dependency tree twice, with
 # and without the dev-dependencies' features).

@@ -34,7 +34,7 @@ echo "== cluster: context '$context'"
 
 # The gateway's service account rules, so a test failing for lack of a
 # permission fails the same way it would in the cluster.
-for check in "create namespaces" "create pods/exec" "create pods/portforward" "patch deployments.apps"; do
+for check in "create namespaces" "create pods/exec" "get pods/exec" "create pods/portforward" "get pods/portforward" "patch deployments.apps"; do
   kubectl auth can-i $check --all-namespaces >/dev/null \
     || die "the current user may not '$check' (the gateway's ClusterRole grants it)"
 done

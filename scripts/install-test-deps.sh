@@ -10,6 +10,10 @@ command -v chromium >/dev/null || need_apt+=(chromium)
 command -v git >/dev/null || need_apt+=(git)
 command -v curl >/dev/null || need_apt+=(curl)
 command -v zip >/dev/null || need_apt+=(zip unzip)
+# The test control plane (k8s/testenv): certificates, and setpriv for the
+# processes its local kubelet runs.
+command -v openssl >/dev/null || need_apt+=(openssl)
+command -v setpriv >/dev/null || need_apt+=(util-linux)
 # PostgreSQL for the PostgreSQL state store's tests (they run their own
 # throwaway server with initdb; the package's cluster is not used).
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresql)
@@ -25,6 +29,14 @@ if ! python3 -c 'import moto.server, flask' 2>/dev/null; then
   python3 -m pip install -q 'moto[server]'
   # pyenv makes shims for new scripts only on a rehash.
   if command -v pyenv >/dev/null; then pyenv rehash || true; fi
+fi
+
+# Go builds the test control plane from Go modules (k8s/testenv/build.sh);
+# GOTOOLCHAIN fetches the pinned toolchain as a module when this go differs,
+# which needs go >= 1.21 (Debian's golang-go is older, so it is not used).
+if ! command -v go >/dev/null; then
+  echo "install-test-deps: go (>= 1.21) is needed to build the test control plane (k8s/testenv)" >&2
+  exit 1
 fi
 
 # The page (web-demo/) and its browser tests (tests/browser/): exact versions

@@ -63,7 +63,6 @@ async fn an_untouched_project_is_hibernated_and_opens_again_with_its_files() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    idle_task.abort();
 
     assert_eq!(
         status(&state, "typing").await,
@@ -88,6 +87,9 @@ async fn an_untouched_project_is_hibernated_and_opens_again_with_its_files() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Only now: aborting the idle task earlier could cut the teardown short
+    // (it runs in that task, after the status is written).
+    idle_task.abort();
 
     lifecycle::open(&state, "quiet").await.expect("open again");
     assert_eq!(std::fs::read(&file).unwrap(), b"#!/bin/sh\necho kept\n");

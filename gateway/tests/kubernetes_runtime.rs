@@ -94,12 +94,22 @@ async fn expect_open_applies_over(api: &mut ApiServer, existing: bool) -> Vec<Va
         ))
         .await,
     );
-    sent.push(
-        api.expect_apply(&format!(
-            "/api/v1/namespaces/{NS}/persistentvolumeclaims/project-storage"
-        ))
-        .await,
-    );
+    // The claim is created only when absent (its spec is immutable once bound).
+    let pvc = format!("/api/v1/namespaces/{NS}/persistentvolumeclaims/project-storage");
+    let get = api.expect("GET", &pvc).await;
+    if existing {
+        get.respond(
+            200,
+            json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "project-storage", "namespace": NS},
+            "spec": {"storageClassName": "an-older-class", "accessModes": ["ReadWriteOnce"],
+                "resources": {"requests": {"storage": "5Gi"}}},
+            "status": {"phase": "Bound"}}),
+        );
+    } else {
+        get.fail(404, "NotFound", "not found");
+        sent.push(api.expect_apply(&pvc).await);
+    }
     sent.push(
         api.expect_apply(&format!("/api/v1/namespaces/{NS}/secrets/agent"))
             .await,
@@ -152,6 +162,12 @@ async fn open_fresh_applies_the_environment_and_waits_for_the_agent() {
     assert_eq!(
         ns["metadata"]["labels"]["app.kubernetes.io/managed-by"],
         "devgate"
+    );
+    // Pod Security admission: `restricted` (kubernetes_real.rs shows the
+    // project's pods admitted and others refused by a real API server).
+    assert_eq!(
+        ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
+        "restricted"
     );
 
     // Ingress from the gateway's and the ingress controller's namespaces and
@@ -274,12 +290,11 @@ async fn open_again_converges_a_half_made_project() {
         ))
         .await,
     );
-    first.push(
-        api.expect_apply(&format!(
-            "/api/v1/namespaces/{NS}/persistentvolumeclaims/project-storage"
-        ))
-        .await,
-    );
+    let pvc = format!("/api/v1/namespaces/{NS}/persistentvolumeclaims/project-storage");
+    api.expect("GET", &pvc)
+        .await
+        .fail(404, "NotFound", "not found");
+    first.push(api.expect_apply(&pvc).await);
     let ex = api
         .expect("PATCH", &format!("/api/v1/namespaces/{NS}/secrets/agent"))
         .await;
@@ -295,7 +310,17 @@ async fn open_again_converges_a_half_made_project() {
     let second = expect_open_applies_over(&mut api, true).await;
     expect_deployment_get(&mut api, "file-manager", true).await;
     call.await.unwrap().expect("second open");
-    assert_eq!(first[..], second[..3], "the same objects are applied again");
+    // The same namespace and policy are applied again; the claim, which now
+    // exists, is left as it is (never re-applied: its spec is immutable).
+    assert_eq!(
+        first[..2],
+        second[..2],
+        "the same objects are applied again"
+    );
+    assert!(
+        second.iter().all(|o| o["kind"] != "PersistentVolumeClaim"),
+        "an existing claim is not applied again"
+    );
 }
 
 #[tokio::test]

@@ -20,6 +20,7 @@ pub struct GatewayBuilder {
     env: Vec<(String, String)>,
     args: Vec<String>,
     archive: Option<String>,
+    listen: Option<std::net::SocketAddr>,
     data_dir: Option<PathBuf>,
     stderr: Option<PathBuf>,
     no_secret: bool,
@@ -54,6 +55,13 @@ impl GatewayBuilder {
     /// `--archive`: a folder or `s3://bucket/prefix`.
     pub fn archive(mut self, location: impl Into<String>) -> Self {
         self.archive = Some(location.into());
+        self
+    }
+
+    /// Listens on this address instead of a free port picked by the gateway
+    /// (the Kubernetes runtime puts the port in project NetworkPolicies).
+    pub fn listen(mut self, addr: std::net::SocketAddr) -> Self {
+        self.listen = Some(addr);
         self
     }
 
@@ -98,7 +106,10 @@ impl GatewayBuilder {
             .unwrap_or_else(|| format!("test-secret-{:032x}", rand::random::<u128>()));
         let mut gw = Gateway {
             base: String::new(),
-            addr: "127.0.0.1:0".parse()?,
+            addr: match self.listen {
+                Some(a) => a,
+                None => "127.0.0.1:0".parse()?,
+            },
             secret,
             data_dir,
             proc: None,

@@ -209,6 +209,50 @@ impl KubernetesRuntime {
         }
     }
 
+    /// Creates the project's volume claim when it is absent, and leaves an
+    /// existing one alone: a claim's spec is immutable once bound (the API
+    /// server answers 422 to a changed storage class or access mode), so a
+    /// changed `--k8s-storage-class` applies to new projects only, and the
+    /// files of existing ones stay where they are.
+    async fn ensure_storage(&self, ns: &str, project: &str) -> Result<()> {
+        let api = Api::<PersistentVolumeClaim>::namespaced(self.kube.client.clone(), ns);
+        let wanted = objects::storage(&self.settings, ns, project);
+        match self
+            .kube
+            .call(
+                &format!("get persistentvolumeclaim {ns}/{}", objects::STORAGE),
+                api.get(objects::STORAGE),
+            )
+            .await
+        {
+            Err(Error::NotFound(_)) => {
+                self.apply(&api, objects::STORAGE, &wanted).await?;
+                Ok(())
+            }
+            Err(e) => Err(e),
+            Ok(existing) => {
+                let class = |c: &PersistentVolumeClaim| {
+                    c.spec.as_ref().and_then(|s| s.storage_class_name.clone())
+                };
+                if wanted
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.storage_class_name.as_ref())
+                    .is_some()
+                    && class(&existing) != class(&wanted)
+                {
+                    tracing::info!(
+                        project,
+                        existing = ?class(&existing),
+                        configured = ?class(&wanted),
+                        "keeping the project volume's storage class (immutable)"
+                    );
+                }
+                Ok(())
+            }
+        }
+    }
+
     fn ready_lock(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
         // Single inserts and removals: consistent even after a panic.
         self.ready.lock().unwrap_or_else(|p| p.into_inner())
@@ -321,12 +365,7 @@ impl Runtime for KubernetesRuntime {
             &objects::network_policy(s, &ns, project),
         )
         .await?;
-        self.apply(
-            &Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns),
-            objects::STORAGE,
-            &objects::storage(s, &ns, project),
-        )
-        .await?;
+        self.ensure_storage(&ns, project).await?;
         self.apply(
             &Api::<Secret>::namespaced(client.clone(), &ns),
             objects::AGENT_SECRET,

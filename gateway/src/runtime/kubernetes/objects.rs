@@ -98,9 +98,21 @@ fn meta(name: &str, namespace: Option<&str>, labels: BTreeMap<String, String>) -
     }
 }
 
+/// Pod Security admission labels of project namespaces: `restricted`, the
+/// strictest profile, which every pod the runtime makes satisfies (non-root,
+/// no privilege escalation, all capabilities dropped, RuntimeDefault seccomp).
+pub const POD_SECURITY: [(&str, &str); 2] = [
+    ("pod-security.kubernetes.io/enforce", "restricted"),
+    ("pod-security.kubernetes.io/enforce-version", "latest"),
+];
+
 pub fn namespace(ns: &str, project: &str) -> Namespace {
+    let mut labels = project_labels(project);
+    for (k, v) in POD_SECURITY {
+        labels.insert(k.to_owned(), v.to_owned());
+    }
     Namespace {
-        metadata: meta(ns, None, project_labels(project)),
+        metadata: meta(ns, None, labels),
         ..Namespace::default()
     }
 }
