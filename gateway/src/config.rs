@@ -312,10 +312,13 @@ impl Config {
             .unwrap_or_else(|| PathBuf::from("agent"))
     }
 
-    /// A config with defaults over `data_dir`, for tests.
+    /// A config with defaults over `data_dir`, for tests. Its project uids
+    /// start at a random base: gateways of one test run may share a
+    /// machine, as two gateways only may with bases of their own.
     pub fn for_data_dir(data_dir: &Path) -> Config {
         let mut c = Config::parse_from(["gateway"]);
         c.data_dir = data_dir.to_path_buf();
+        c.project_uid_base = 500_000_000 + rand::random_range(0..500_000u32) * 2048;
         c
     }
 }

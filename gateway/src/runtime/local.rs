@@ -570,13 +570,19 @@ impl Runtime for LocalRuntime {
     async fn teardown(&self, project: &str) -> Result<()> {
         self.stop_agent(project).await;
         if let Some(iso) = &self.isolation {
+            // Best effort: the folder below goes whatever happens here.
             let (iso, id) = (iso.clone(), project.to_owned());
-            tokio::task::spawn_blocking(move || {
-                iso.kill_all(&id)?;
+            let cleared = tokio::task::spawn_blocking(move || {
+                if let Err(error) = iso.kill_all(&id) {
+                    tracing::warn!(%error, project = %id, "cannot end the processes of the project's user");
+                }
                 iso.clear_home(&id)
             })
             .await
-            .map_err(Error::internal)??;
+            .map_err(Error::internal)?;
+            if let Err(error) = cleared {
+                tracing::warn!(%error, project, "cannot remove the project's home");
+            }
         }
         let dir = self.project_dir(project);
         match tokio::fs::remove_dir_all(&dir).await {
