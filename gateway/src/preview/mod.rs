@@ -575,6 +575,7 @@ async fn wait_until_listening(route: &ContainerRoute) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::http::HeaderName;
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
