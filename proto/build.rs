@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/process.proto",
         "proto/git.proto",
         "proto/archive.proto",
+        "proto/snapshot.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");

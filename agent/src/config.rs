@@ -182,8 +182,14 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
         ))
         .add_service(proto::v1::archive_server::ArchiveServer::with_interceptor(
             crate::archive::ArchiveService::new(state.clone()),
-            auth,
-        ));
+            auth.clone(),
+        ))
+        .add_service(
+            proto::v1::snapshot_server::SnapshotServer::with_interceptor(
+                crate::snapshot::SnapshotService::new(state.clone()),
+                auth,
+            ),
+        );
 
     // The server stops accepting as soon as the shutdown token fires; the
     // same token ends long streams (watch, PTY attach) so that it can drain.

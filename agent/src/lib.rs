@@ -1,5 +1,5 @@
-//! The agent: one gRPC server with the Filesystem, Process, Git, Archive and
-//! Health services over a directory root (the project volume). The library
+//! The agent: one gRPC server with the Filesystem, Process, Git, Archive,
+//! Snapshot and Health services over a directory root (the project volume). The library
 //! exposes only what `main.rs` needs: the config, tracing, the init and
 //! `serve`; every module is private, so the compiler reports dead code.
 
@@ -11,7 +11,7 @@ mod fs;
 mod git;
 pub mod init;
 mod process;
-mod s3;
+mod snapshot;
 mod watch;
 
 pub use config::{Config, init_tracing};
@@ -25,7 +25,7 @@ pub(crate) struct State {
     pub(crate) root: Arc<devgate_fs::Root>,
     /// Cancelled when the agent begins shutting down.
     pub(crate) shutdown: tokio_util::sync::CancellationToken,
-    /// In-flight writes and uploads that shutdown waits for.
+    /// In-flight writes, snapshots and restores that shutdown waits for.
     pub(crate) tasks: tokio_util::task::TaskTracker,
     /// The file watcher actor (see `watch`).
     pub(crate) watcher: watch::Watcher,

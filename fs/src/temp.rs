@@ -13,6 +13,18 @@ pub fn tmp_name(id: u64) -> String {
     format!("{TMP_PREFIX}{id:016x}")
 }
 
+/// The staging directory of a snapshot restore in progress: a temporary
+/// name, so listings, archives, snapshots and watch events leave it out.
+pub fn restore_dir_name(id: u64) -> String {
+    format!("{TMP_PREFIX}restore-{id:016x}")
+}
+
+/// Whether `name` is one of the agent's own entries (a write's temporary
+/// file, a restore's or a clone's staging directory), which snapshots leave out.
+pub fn is_agent_entry(name: &str) -> bool {
+    is_temporary(name) || name.starts_with(CLONE_PREFIX)
+}
+
 /// Whether `name` (one path component) is a write's temporary file, which
 /// listings, archives and watch events leave out.
 pub fn is_temporary(name: &str) -> bool {
@@ -59,6 +71,8 @@ mod tests {
         assert_eq!(tmp_name(255), ".agent-tmp-00000000000000ff");
         assert!(!is_temporary("agent-tmp-1"));
         assert!(!is_temporary(".agent-clone-x"));
+        assert!(is_temporary(&restore_dir_name(1)));
+        assert!(is_agent_entry(".agent-clone-x") && !is_agent_entry("agent-clone"));
     }
 
     #[test]

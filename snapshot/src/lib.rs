@@ -13,7 +13,7 @@ mod manifest;
 mod pack;
 
 pub use chunk::{CHUNK_AVG, CHUNK_MAX, CHUNK_MIN, Chunker};
-pub use manifest::{Entry, FORMAT, Kind, MANIFEST_MAX, Manifest, PackRef};
+pub use manifest::{Entry, FORMAT, Kind, MANIFEST_MAX, Manifest, PackChunk, PackRef};
 pub use pack::{PACK_MAX, PACK_TARGET, Pack, PackBuilder, compress};
 
 use std::fmt;

@@ -52,8 +52,15 @@ pub struct PackRef {
     pub id: Id,
     /// Bytes of the pack object.
     pub size: u64,
-    /// The ids of the chunks in it that this snapshot uses.
-    pub chunks: Vec<Id>,
+    /// The chunks in it (all of them, used by this snapshot or not).
+    pub chunks: Vec<PackChunk>,
+}
+
+/// A chunk of a pack: its id and its length in plaintext.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackChunk {
+    pub id: Id,
+    pub len: u32,
 }
 
 /// A snapshot's manifest.
@@ -119,7 +126,12 @@ impl Manifest {
                 self.format
             )));
         }
-        let stored: HashSet<&Id> = self.packs.iter().flat_map(|p| p.chunks.iter()).collect();
+        let stored: HashMap<&Id, u32> = self
+            .packs
+            .iter()
+            .flat_map(|p| p.chunks.iter())
+            .map(|c| (&c.id, c.len))
+            .collect();
         let mut dirs: HashSet<&str> = HashSet::new();
         let mut seen: HashSet<&str> = HashSet::new();
         for e in &self.entries {
@@ -156,10 +168,20 @@ impl Manifest {
                     if e.size > 0 && e.chunks.is_empty() {
                         return Err(Error::Invalid(format!("{:?}: no chunks", e.path)));
                     }
-                    if let Some(c) = e.chunks.iter().find(|c| !stored.contains(c)) {
+                    let mut total = 0u64;
+                    for c in &e.chunks {
+                        let Some(len) = stored.get(c) else {
+                            return Err(Error::Invalid(format!(
+                                "{:?}: chunk {c} is in no pack",
+                                e.path
+                            )));
+                        };
+                        total += u64::from(*len);
+                    }
+                    if total != e.size {
                         return Err(Error::Invalid(format!(
-                            "{:?}: chunk {c} is in no pack",
-                            e.path
+                            "{:?}: chunks add up to {total} bytes, not {}",
+                            e.path, e.size
                         )));
                     }
                 }
@@ -176,7 +198,7 @@ impl Manifest {
         let mut m = HashMap::new();
         for (i, p) in self.packs.iter().enumerate() {
             for c in &p.chunks {
-                m.entry(*c).or_insert(i);
+                m.entry(c.id).or_insert(i);
             }
         }
         m

@@ -59,8 +59,13 @@ impl PackBuilder {
         self.buf.len() >= PACK_TARGET
     }
 
-    /// The finished pack: its id, bytes and chunk ids.
-    pub fn finish(mut self) -> (Id, Vec<u8>, Vec<Id>) {
+    /// Bytes so far.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The finished pack: its id, bytes and chunks.
+    pub fn finish(mut self) -> (Id, Vec<u8>, Vec<crate::PackChunk>) {
         let index_offset = self.buf.len() as u64;
         for (id, off, clen, len) in &self.index {
             self.buf.extend_from_slice(&id.0);
@@ -73,7 +78,12 @@ impl PackBuilder {
         self.buf.extend_from_slice(&index_offset.to_le_bytes());
         self.buf.extend_from_slice(INDEX_MAGIC);
         let id = Id::of(&self.buf);
-        (id, self.buf, self.index.into_iter().map(|e| e.0).collect())
+        let chunks = self
+            .index
+            .into_iter()
+            .map(|(id, _, _, len)| crate::PackChunk { id, len })
+            .collect();
+        (id, self.buf, chunks)
     }
 }
 

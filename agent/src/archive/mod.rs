@@ -1,7 +1,7 @@
-//! The Archive service: zip a directory of the root to the caller or straight
-//! to S3 (a multipart upload fed while the zip is written, no temporary
-//! file), and extract a zip from the caller or from S3 after checking every
-//! entry. `create` writes zips, `extract` reads them; this module speaks gRPC.
+//! The Archive service: zip a directory of the root to the caller, and
+//! extract a zip from the caller after checking every entry (uploads, and
+//! projects hibernated as zips before snapshots). `create` writes zips,
+//! `extract` reads them; this module speaks gRPC.
 
 mod big;
 pub(crate) mod create;
@@ -10,20 +10,16 @@ mod mtime;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use bytes::Bytes;
-use futures::StreamExt as _;
-use futures::stream::FuturesUnordered;
 use proto::v1::archive_server::Archive;
 use proto::v1::{
     ArchiveOptions, ArchiveSummary, CreateArchiveRequest, CreateArchiveResponse,
-    ExtractFromS3Request, ExtractRequest, ExtractSummary, S3Location, UploadArchiveRequest,
+    ExtractRequest, ExtractSummary,
     create_archive_response, extract_request,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_util::sync::CancellationToken;
 use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -31,20 +27,10 @@ pub(crate) use extract::link_escapes;
 
 use crate::State;
 use crate::error::{Error, Result};
-use crate::s3::MultipartUpload;
 use devgate_fs::Root;
 
 /// Chunk size of an archive streamed to the caller.
 const STREAM_CHUNK: usize = 1024 * 1024;
-/// Part uploads in flight at once.
-const UPLOAD_CONCURRENCY: usize = 4;
-
-/// Size of upload part `n` (from 0): 8 MiB, growing by 8 MiB every 1000
-/// parts so that S3's limit of 10,000 parts still allows archives of ~400 GiB.
-fn part_size(n: usize) -> usize {
-    8 * 1024 * 1024 * (1 + n / 1000)
-}
-
 pub(crate) struct ArchiveService {
     state: State,
 }
@@ -67,12 +53,6 @@ impl ArchiveService {
             base_rel,
             excludes: create::excludes(&options.exclude, options.no_default_excludes),
         })
-    }
-
-    /// How long an upload may still run once shutdown began: a little less
-    /// than the grace period, so its abort is sent before the agent exits.
-    fn upload_grace(&self) -> Duration {
-        Duration::from_secs(self.state.config.grace_secs).saturating_sub(Duration::from_secs(1))
     }
 }
 
@@ -109,7 +89,7 @@ impl Archive for ArchiveService {
             }
             let msg = match producer.await {
                 Ok(Ok(s)) => Ok(CreateArchiveResponse {
-                    event: Some(create_archive_response::Event::Summary(summary(&s, None))),
+                    event: Some(create_archive_response::Event::Summary(summary(&s))),
                 }),
                 Ok(Err(e)) => Err(Status::from(e)),
                 Err(e) => Err(Status::from(Error::Internal(format!(
@@ -119,59 +99,6 @@ impl Archive for ArchiveService {
             let _ = out_tx.send(msg).await;
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(out_rx))))
-    }
-
-    async fn upload(
-        &self,
-        request: Request<UploadArchiveRequest>,
-    ) -> Result<Response<ArchiveSummary>, Status> {
-        let req = request.into_inner();
-        let (bucket, key) = crate::s3::check_location(req.location.as_ref())?;
-        let spec = self.spec(req.options)?;
-        // The upload runs as a tracked task so that shutdown waits for it; if
-        // this handler is dropped (the caller cancelled), the guard cancels it
-        // and the upload is aborted.
-        let cancel = CancellationToken::new();
-        let guard = cancel.clone().drop_guard();
-        let shutdown = self.state.shutdown.clone();
-        let grace = self.upload_grace();
-        let task = self.state.tasks.spawn(async move {
-            let mpu = MultipartUpload::create(&bucket, &key).await?;
-            let stop = Arc::new(AtomicBool::new(false));
-            let out_of_time = async {
-                shutdown.cancelled().await;
-                tokio::time::sleep(grace).await;
-            };
-            let res = tokio::select! {
-                res = upload(&mpu, spec, stop.clone()) => res,
-                _ = cancel.cancelled() => Err(Error::Unavailable("upload cancelled".into())),
-                _ = out_of_time => Err(Error::Unavailable("agent shutting down: upload not finished within the grace period".into())),
-            };
-            stop.store(true, Ordering::Relaxed);
-            match res {
-                Ok(s) => {
-                    tracing::info!(bucket = %mpu.bucket, key = %mpu.key, size = s.size, files = s.files, "archive uploaded");
-                    Ok(s)
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, bucket = %mpu.bucket, key = %mpu.key, "archive upload failed");
-                    mpu.abort().await;
-                    Err(e)
-                }
-            }
-        });
-        let res = task.await;
-        guard.disarm();
-        let s = res.map_err(|e| Error::Internal(format!("upload task failed: {e}")))??;
-        let location = S3Location {
-            bucket: req
-                .location
-                .as_ref()
-                .map(|l| l.bucket.clone())
-                .unwrap_or_default(),
-            key: req.location.map(|l| l.key).unwrap_or_default(),
-        };
-        Ok(Response::new(summary(&s, Some(location))))
     }
 
     async fn extract(
@@ -203,27 +130,6 @@ impl Archive for ArchiveService {
             bytes: s.bytes,
         }))
     }
-
-    async fn extract_from_s3(
-        &self,
-        request: Request<ExtractFromS3Request>,
-    ) -> Result<Response<ExtractSummary>, Status> {
-        let req = request.into_inner();
-        let base_rel = Root::clean(&req.path).map_err(Error::from)?;
-        let (bucket, key) = crate::s3::check_location(req.location.as_ref())?;
-        let size = crate::s3::object_size(&bucket, &key).await?;
-        let mut spool = extract::SpoolAt::new(size)?;
-        crate::s3::download(&bucket, &key, size, |offset, bytes| {
-            spool.put(offset, &bytes)
-        })
-        .await?;
-        let s = self.run_extract(base_rel, spool.finish()).await?;
-        tracing::info!(%bucket, %key, files = s.files, bytes = s.bytes, "archive extracted from s3");
-        Ok(Response::new(ExtractSummary {
-            files: s.files,
-            bytes: s.bytes,
-        }))
-    }
 }
 
 impl ArchiveService {
@@ -248,60 +154,10 @@ impl ArchiveService {
     }
 }
 
-/// Writes the zip of `spec` into a multipart upload: the zip writer fills
-/// parts on its own thread while earlier parts upload, up to
-/// `UPLOAD_CONCURRENCY` at a time. Completes the upload only when everything
-/// succeeded; the caller aborts it otherwise.
-async fn upload(
-    mpu: &MultipartUpload,
-    spec: create::Spec,
-    stop: Arc<AtomicBool>,
-) -> Result<create::Summary> {
-    let (tx, mut rx) = mpsc::channel::<Bytes>(2);
-    let producer = {
-        let stop = stop.clone();
-        tokio::task::spawn_blocking(move || {
-            create::write_zip(&spec, create::ChunkSink::new(tx, part_size), &stop)
-        })
-    };
-    let res: Result<Vec<_>> = async {
-        let mut inflight = FuturesUnordered::new();
-        let mut parts = Vec::new();
-        let mut number = 0i32;
-        let mut open = true;
-        while open || !inflight.is_empty() {
-            tokio::select! {
-                Some(done) = inflight.next(), if !inflight.is_empty() => parts.push(done?),
-                chunk = rx.recv(), if open && inflight.len() < UPLOAD_CONCURRENCY => match chunk {
-                    Some(bytes) => {
-                        number += 1;
-                        inflight.push(mpu.upload_part(number, bytes));
-                    }
-                    None => open = false,
-                },
-            }
-        }
-        Ok(parts)
-    }
-    .await;
-    if res.is_err() {
-        stop.store(true, Ordering::Relaxed);
-    }
-    drop(rx);
-    let summary = producer
-        .await
-        .map_err(|e| Error::Internal(format!("archive task failed: {e}")))?;
-    let parts = res?;
-    let summary = summary?;
-    mpu.complete(parts, summary.size).await?;
-    Ok(summary)
-}
-
-fn summary(s: &create::Summary, location: Option<S3Location>) -> ArchiveSummary {
+fn summary(s: &create::Summary) -> ArchiveSummary {
     ArchiveSummary {
         size: s.size,
         sha256: s.sha256.clone(),
         files: s.files,
-        location,
     }
 }

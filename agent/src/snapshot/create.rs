@@ -1,0 +1,267 @@
+//! Cutting a snapshot: walk the whole root (never following a symlink,
+//! leaving out only the agent's own temporary entries), chunk every file,
+//! and pack the chunks the project's previous snapshot does not hold. Runs
+//! on a blocking thread; finished packs go to the uploader on a channel.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use cap_fs_ext::{DirExt as _, FollowSymlinks, OpenOptionsFollowExt as _};
+use cap_std::fs::{Dir, MetadataExt as _, OpenOptions};
+use devgate_snapshot::{Chunker, Entry, FORMAT, Id, Kind, Manifest, PackBuilder, PackRef};
+
+use crate::error::{Error, Result};
+
+/// How often a file that changes while it is read is read again.
+const REREADS: usize = 5;
+
+/// A finished pack for the uploader.
+pub(crate) struct NewPack {
+    pub(crate) id: Id,
+    pub(crate) bytes: Vec<u8>,
+}
+
+/// Cuts the snapshot of `root`, reusing the chunks of `previous`.
+pub(crate) fn cut(
+    root: &Dir,
+    previous: Option<&Manifest>,
+    packs_out: tokio::sync::mpsc::Sender<NewPack>,
+    stop: &AtomicBool,
+) -> Result<Manifest> {
+    let created_ns = now_ns();
+    let mut w = Writer {
+        known: previous.map(Manifest::chunk_packs).unwrap_or_default(),
+        previous_packs: previous.map(|m| m.packs.clone()).unwrap_or_default(),
+        used_previous: BTreeSet::new(),
+        fresh: HashSet::new(),
+        pack: PackBuilder::new(),
+        new_packs: Vec::new(),
+        out: packs_out,
+        stop,
+    };
+    let meta = root.dir_metadata()?;
+    let mut entries = vec![Entry {
+        path: String::new(),
+        kind: Kind::Dir,
+        size: 0,
+        mode: meta.mode() & 0o7777,
+        mtime_ns: mtime_ns(&meta),
+        target: None,
+        chunks: vec![],
+    }];
+    walk(root, "", &mut w, &mut entries)?;
+    w.flush()?;
+    let mut packs: Vec<PackRef> = w
+        .used_previous
+        .iter()
+        .map(|&i| w.previous_packs[i].clone())
+        .collect();
+    packs.extend(w.new_packs);
+    let mut m = Manifest {
+        format: FORMAT,
+        created_ns,
+        entries,
+        packs,
+    };
+    m.sort();
+    m.validate()
+        .map_err(|e| Error::Internal(format!("the snapshot cut is invalid: {e}")))?;
+    Ok(m)
+}
+
+struct Writer<'a> {
+    /// Chunks of the previous snapshot: id to index in `previous_packs`.
+    known: HashMap<Id, usize>,
+    previous_packs: Vec<PackRef>,
+    used_previous: BTreeSet<usize>,
+    /// Chunks packed by this snapshot.
+    fresh: HashSet<Id>,
+    pack: PackBuilder,
+    new_packs: Vec<PackRef>,
+    out: tokio::sync::mpsc::Sender<NewPack>,
+    stop: &'a AtomicBool,
+}
+
+impl Writer<'_> {
+    fn chunk(&mut self, data: &[u8]) -> Result<Id> {
+        let id = Id::of(data);
+        if let Some(&i) = self.known.get(&id) {
+            self.used_previous.insert(i);
+        } else if self.fresh.insert(id) {
+            let compressed = devgate_snapshot::compress(data)
+                .map_err(|e| Error::Internal(format!("compress: {e}")))?;
+            self.pack.add(id, &compressed, data.len() as u32);
+            if self.pack.is_full() {
+                self.flush()?;
+            }
+        }
+        Ok(id)
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if self.pack.is_empty() {
+            return Ok(());
+        }
+        let pack = std::mem::take(&mut self.pack);
+        let (id, bytes, chunks) = pack.finish();
+        self.new_packs.push(PackRef {
+            id,
+            size: bytes.len() as u64,
+            chunks,
+        });
+        self.out
+            .blocking_send(NewPack { id, bytes })
+            .map_err(|_| Error::Unavailable("snapshot upload ended".into()))
+    }
+}
+
+fn walk(dir: &Dir, prefix: &str, w: &mut Writer<'_>, out: &mut Vec<Entry>) -> Result<()> {
+    if w.stop.load(Ordering::Relaxed) {
+        return Err(Error::Unavailable("snapshot cancelled".into()));
+    }
+    let mut names = Vec::new();
+    for entry in dir.entries()? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            // Never left out silently: the hibernation fails and the project
+            // stays active with its files.
+            return Err(Error::FailedPrecondition(format!(
+                "{prefix}/{}: file names that are not UTF-8 cannot be snapshotted yet",
+                name.to_string_lossy()
+            )));
+        };
+        if devgate_fs::temp::is_agent_entry(name) {
+            continue;
+        }
+        names.push(name.to_owned());
+    }
+    names.sort();
+    for name in names {
+        let path = if prefix.is_empty() {
+            name.clone()
+        } else {
+            format!("{prefix}/{name}")
+        };
+        let meta = match dir.symlink_metadata(&name) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let ft = meta.file_type();
+        let mode = meta.mode() & 0o7777;
+        let mtime = mtime_ns(&meta);
+        if ft.is_dir() {
+            let sub = match dir.open_dir_nofollow(&name) {
+                Ok(d) => d,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e.into()),
+            };
+            out.push(Entry {
+                path: path.clone(),
+                kind: Kind::Dir,
+                size: 0,
+                mode,
+                mtime_ns: mtime,
+                target: None,
+                chunks: vec![],
+            });
+            walk(&sub, &path, w, out)?;
+        } else if ft.is_symlink() {
+            let target = match dir.read_link_contents(&name) {
+                Ok(t) => t,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let Some(target) = target.to_str() else {
+                return Err(Error::FailedPrecondition(format!(
+                    "{path}: symlink targets that are not UTF-8 cannot be snapshotted yet"
+                )));
+            };
+            out.push(Entry {
+                path,
+                size: target.len() as u64,
+                kind: Kind::Symlink,
+                mode,
+                mtime_ns: mtime,
+                target: Some(target.to_owned()),
+                chunks: vec![],
+            });
+        } else if ft.is_file() {
+            match read_file(dir, &name, &path, w)? {
+                Some((size, mode, mtime_ns, chunks)) => out.push(Entry {
+                    path,
+                    kind: Kind::File,
+                    size,
+                    mode,
+                    mtime_ns,
+                    target: None,
+                    chunks,
+                }),
+                None => continue,
+            }
+        } else {
+            // Sockets, FIFOs and devices hold no data and mean nothing
+            // after a restart.
+            tracing::info!(path = %path, "snapshot leaves out a socket, fifo or device");
+        }
+    }
+    Ok(())
+}
+
+type FileRead = (u64, u32, i64, Vec<Id>);
+
+/// Reads a file's chunks; reads again when the file changed meanwhile
+/// (size, mtime or ctime differ before and after), so each file is
+/// consistent. `None` when it went away.
+fn read_file(dir: &Dir, name: &str, path: &str, w: &mut Writer<'_>) -> Result<Option<FileRead>> {
+    let mut opts = OpenOptions::new();
+    opts.read(true).follow(FollowSymlinks::No);
+    for _ in 0..REREADS {
+        let f = match dir.open_with(name, &opts) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let before = f.metadata()?;
+        if !before.file_type().is_file() {
+            return Ok(None);
+        }
+        let mut chunks = Vec::new();
+        let mut size = 0u64;
+        for data in Chunker::new(f.try_clone()?.into_std()) {
+            let data = data?;
+            size += data.len() as u64;
+            chunks.push(w.chunk(&data)?);
+        }
+        let after = f.metadata()?;
+        let stable = size == after.len()
+            && before.len() == after.len()
+            && mtime_ns(&before) == mtime_ns(&after)
+            && (before.ctime(), before.ctime_nsec()) == (after.ctime(), after.ctime_nsec());
+        if stable {
+            return Ok(Some((
+                size,
+                after.mode() & 0o7777,
+                mtime_ns(&after),
+                chunks,
+            )));
+        }
+        tracing::debug!(path, "file changed while read; reading it again");
+    }
+    Err(Error::Unavailable(format!(
+        "{path} kept changing while it was read ({REREADS} times)"
+    )))
+}
+
+fn mtime_ns(m: &cap_std::fs::Metadata) -> i64 {
+    m.mtime().saturating_mul(1_000_000_000).saturating_add(m.mtime_nsec())
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}

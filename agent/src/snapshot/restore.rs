@@ -1,0 +1,218 @@
+//! Restoring a snapshot into the root, all or nothing: everything is made
+//! in a staging directory inside the root (a temporary name, hidden from
+//! listings), each pack and chunk is checked against its id before a byte
+//! of it is written, and only when every file is complete are the entries
+//! moved into place. Any failure removes the staging directory.
+
+use std::collections::HashMap;
+use std::io;
+
+use cap_std::fs::{Dir, FileExt as _, OpenOptions, Permissions, PermissionsExt as _};
+use devgate_snapshot::{Id, Kind, Manifest, Pack};
+use rustix::fs::{AtFlags, Timespec, Timestamps};
+
+use crate::error::{Error, Result};
+
+/// Where a chunk's bytes go: entry index and offset in the file.
+type Targets = HashMap<Id, Vec<(usize, u64)>>;
+
+/// A restore in progress.
+pub(crate) struct Staging {
+    pub(crate) name: String,
+    pub(crate) dir: Dir,
+    targets: Targets,
+}
+
+/// Makes the staging directory with every directory and (empty, sized)
+/// file of the manifest, and answers which packs are needed.
+pub(crate) fn prepare(root: &Dir, m: &Manifest) -> Result<(Staging, Vec<usize>)> {
+    // Nothing of the snapshot may exist in the root already: the restore
+    // never overwrites.
+    for e in &m.entries {
+        if !e.path.is_empty()
+            && !e.path.contains('/')
+            && root.symlink_metadata(&e.path).is_ok()
+        {
+            return Err(Error::AlreadyExists(format!(
+                "{} exists already: a snapshot is restored into an empty project",
+                e.path
+            )));
+        }
+    }
+    let name = devgate_fs::temp::restore_dir_name(rand::random());
+    root.create_dir(&name)?;
+    let dir = root.open_dir(&name)?;
+    let staging = Staging {
+        name,
+        dir,
+        targets: HashMap::new(),
+    };
+    match fill(&staging, m) {
+        Ok((targets, packs)) => Ok((Staging { targets, ..staging }, packs)),
+        Err(e) => {
+            discard(root, &staging.name);
+            Err(e)
+        }
+    }
+}
+
+fn fill(s: &Staging, m: &Manifest) -> Result<(Targets, Vec<usize>)> {
+    let where_ = m.chunk_packs();
+    let mut targets: Targets = HashMap::new();
+    let mut packs = Vec::new();
+    let mut lens: HashMap<Id, u32> = HashMap::new();
+    for p in &m.packs {
+        for c in &p.chunks {
+            lens.insert(c.id, c.len);
+        }
+    }
+    for (i, e) in m.entries.iter().enumerate() {
+        match e.kind {
+            Kind::Dir if e.path.is_empty() => {}
+            Kind::Dir => s.dir.create_dir(&e.path)?,
+            Kind::File => {
+                let f = s
+                    .dir
+                    .open_with(&e.path, OpenOptions::new().write(true).create_new(true))?;
+                f.set_len(e.size)?;
+                let mut offset = 0u64;
+                for c in &e.chunks {
+                    targets.entry(*c).or_default().push((i, offset));
+                    offset += u64::from(lens.get(c).copied().unwrap_or(0));
+                }
+            }
+            // Made last, so nothing is ever written through one.
+            Kind::Symlink => {}
+        }
+    }
+    for c in targets.keys() {
+        if let Some(&p) = where_.get(c) {
+            packs.push(p);
+        }
+    }
+    packs.sort_unstable();
+    packs.dedup();
+    Ok((targets, packs))
+}
+
+/// Writes every chunk of `bytes` (pack `id`, checked against its id) that
+/// the snapshot's files need. Answers how many chunk placements it wrote.
+pub(crate) fn apply_pack(s: &Staging, m: &Manifest, id: &Id, bytes: Vec<u8>) -> Result<usize> {
+    let pack = Pack::open(bytes, id).map_err(snapshot_error)?;
+    let mut written = 0;
+    for c in pack.chunk_ids().copied().collect::<Vec<_>>() {
+        let Some(places) = s.targets.get(&c) else {
+            continue;
+        };
+        let data = pack.chunk(&c).map_err(snapshot_error)?;
+        for &(entry, offset) in places {
+            let path = &m.entries[entry].path;
+            let f = s.dir.open_with(path, OpenOptions::new().write(true))?;
+            f.write_all_at(&data, offset)?;
+            written += 1;
+        }
+    }
+    Ok(written)
+}
+
+/// How many chunk placements the restore must write.
+pub(crate) fn placements(s: &Staging) -> usize {
+    s.targets.values().map(Vec::len).sum()
+}
+
+/// Makes the symlinks, sets modes and times (deepest first), then moves
+/// every top-level entry from the staging directory into the root.
+pub(crate) fn finish(root: &Dir, s: Staging, m: &Manifest) -> Result<()> {
+    let res = settle(&s, m).and_then(|()| move_in(root, &s, m));
+    discard(root, &s.name);
+    res
+}
+
+fn settle(s: &Staging, m: &Manifest) -> Result<()> {
+    for e in &m.entries {
+        if e.kind == Kind::Symlink {
+            let target = e.target.as_deref().unwrap_or_default();
+            rustix::fs::symlinkat(target, &s.dir, e.path.as_str()).map_err(io::Error::from)?;
+        }
+    }
+    // Deepest first, so setting a directory's time comes after its content.
+    for e in m.entries.iter().rev() {
+        if e.path.is_empty() {
+            continue;
+        }
+        // A top-level directory gets its mode and time once moved into
+        // place: moving a directory needs write access to it.
+        let top_dir = e.kind == Kind::Dir && !e.path.contains('/');
+        if top_dir {
+            continue;
+        }
+        if e.kind != Kind::Symlink {
+            s.dir
+                .set_permissions(&e.path, Permissions::from_mode(e.mode))?;
+        }
+        set_mtime(&s.dir, &e.path, e.mtime_ns)?;
+    }
+    Ok(())
+}
+
+fn move_in(root: &Dir, s: &Staging, m: &Manifest) -> Result<()> {
+    for e in &m.entries {
+        if e.path.is_empty() || e.path.contains('/') {
+            continue;
+        }
+        // renameat2(RENAME_NOREPLACE): an entry that appeared meanwhile is
+        // never replaced.
+        rustix::fs::renameat_with(
+            &s.dir,
+            e.path.as_str(),
+            root,
+            e.path.as_str(),
+            rustix::fs::RenameFlags::NOREPLACE,
+        )
+        .map_err(|err| {
+            Error::Io(io::Error::new(
+                io::Error::from(err).kind(),
+                format!("cannot move {} into place: {err}", e.path),
+            ))
+        })?;
+    }
+    for e in m.entries.iter().rev() {
+        if e.kind == Kind::Dir && !e.path.is_empty() && !e.path.contains('/') {
+            root.set_permissions(&e.path, Permissions::from_mode(e.mode))?;
+            set_mtime(root, &e.path, e.mtime_ns)?;
+        }
+    }
+    if let Some(r) = m.entries.iter().find(|e| e.path.is_empty()) {
+        set_mtime(root, ".", r.mtime_ns)?;
+    }
+    Ok(())
+}
+
+/// Removes a staging directory, best effort.
+pub(crate) fn discard(root: &Dir, name: &str) {
+    if let Err(error) = root.remove_dir_all(name)
+        && error.kind() != io::ErrorKind::NotFound
+    {
+        tracing::warn!(%error, name, "cannot remove the staging directory of a restore");
+    }
+}
+
+fn set_mtime(dir: &Dir, path: &str, ns: i64) -> Result<()> {
+    let t = Timespec {
+        tv_sec: ns.div_euclid(1_000_000_000),
+        tv_nsec: ns.rem_euclid(1_000_000_000) as _,
+    };
+    let times = Timestamps {
+        last_access: t,
+        last_modification: t,
+    };
+    rustix::fs::utimensat(dir, path, &times, AtFlags::SYMLINK_NOFOLLOW)
+        .map_err(|e| Error::Io(io::Error::from(e)))
+}
+
+fn snapshot_error(e: devgate_snapshot::Error) -> Error {
+    match e {
+        devgate_snapshot::Error::Io(io) => Error::Io(io),
+        other => Error::FailedPrecondition(other.to_string()),
+    }
+}
