@@ -739,26 +739,6 @@ impl AgentClient {
         .boxed())
     }
 
-    /// Zips `opts.path` straight into S3 at `bucket`/`key`.
-    pub async fn upload_archive(
-        &self,
-        opts: ArchiveOptions,
-        bucket: &str,
-        key: &str,
-    ) -> Result<ArchiveSummary> {
-        let r = self
-            .archive()
-            .upload(self.req(pb::UploadArchiveRequest {
-                options: Some(archive_options(opts)),
-                location: Some(pb::S3Location {
-                    bucket: bucket.to_owned(),
-                    key: key.to_owned(),
-                }),
-            }))
-            .await?;
-        Ok(summary(r.into_inner()))
-    }
-
     /// Extracts a zip streamed from `body` into `path`; every entry is checked
     /// before anything is written. A body over `limit` bytes cancels the call.
     pub async fn extract(
@@ -788,28 +768,139 @@ impl AgentClient {
         })
     }
 
-    /// Extracts the zip at `bucket`/`key` into `path`.
-    pub async fn extract_from_s3(
+    // ---- snapshots ----
+
+    fn snapshot(&self) -> pb::snapshot_client::SnapshotClient<Channel> {
+        pb::snapshot_client::SnapshotClient::new(self.channel.clone())
+            .max_decoding_message_size(MAX_MESSAGE)
+    }
+
+    /// Cuts a snapshot of the whole project. `previous` is the newest
+    /// snapshot (its id and stored manifest), whose chunks are not uploaded
+    /// again. `sign` answers the agent's requests for upload URLs of new
+    /// packs. Answers the agent's summary and the new manifest's bytes.
+    pub async fn snapshot_create(
         &self,
-        path: &str,
-        bucket: &str,
-        key: &str,
-    ) -> Result<ExtractSummary> {
-        let r = self
-            .archive()
-            .extract_from_s3(self.req(pb::ExtractFromS3Request {
-                path: path.to_owned(),
-                location: Some(pb::S3Location {
-                    bucket: bucket.to_owned(),
-                    key: key.to_owned(),
-                }),
-            }))
-            .await?
-            .into_inner();
-        Ok(ExtractSummary {
-            files: r.files,
-            bytes: r.bytes,
-        })
+        previous: Option<(String, Bytes)>,
+        sign: &PackSigner<'_>,
+    ) -> Result<(SnapshotDone, Bytes)> {
+        let (id, manifest) = previous.unwrap_or_default();
+        self.snapshot_call(true, id, manifest, sign).await
+    }
+
+    /// Restores snapshot `id` (its stored manifest `manifest`) into the
+    /// project, which must be empty. `sign` answers the agent's requests for
+    /// download URLs.
+    pub async fn snapshot_restore(
+        &self,
+        id: String,
+        manifest: Bytes,
+        sign: &PackSigner<'_>,
+    ) -> Result<SnapshotDone> {
+        Ok(self.snapshot_call(false, id, manifest, sign).await?.0)
+    }
+
+    async fn snapshot_call(
+        &self,
+        create: bool,
+        id: String,
+        manifest: Bytes,
+        sign: &PackSigner<'_>,
+    ) -> Result<(SnapshotDone, Bytes)> {
+        use pb::snapshot_control::Msg;
+        let (tx, rx) = tokio::sync::mpsc::channel::<pb::SnapshotControl>(4);
+        let control = |m: Msg| pb::SnapshotControl { msg: Some(m) };
+        let mut first = Vec::new();
+        for piece in manifest.chunks(1 << 20) {
+            first.push(control(Msg::Manifest(piece.to_vec())));
+        }
+        first.push(control(Msg::Start(pb::SnapshotStart { id })));
+        let sender = tx.clone();
+        let feed = tokio::spawn(async move {
+            for m in first {
+                if sender.send(m).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut client = self.snapshot();
+        let req = self.req(ReceiverStream::new(rx));
+        let call = if create {
+            client.create(req).await
+        } else {
+            client.restore(req).await
+        };
+        let mut events = call.map_err(snapshot_status)?.into_inner();
+        let mut out = Vec::new();
+        let mut done = None;
+        while let Some(ev) = events.message().await.map_err(snapshot_status)? {
+            match ev.event {
+                Some(pb::snapshot_event::Event::NeedUrls(n)) => {
+                    if n.packs.is_empty() || n.packs.len() > 64 {
+                        return Err(Error::internal("the agent asked for a bad batch of urls"));
+                    }
+                    let urls = sign(n.packs.clone()).await?;
+                    let urls = n
+                        .packs
+                        .into_iter()
+                        .zip(urls)
+                        .map(|(pack, url)| pb::PackUrl { pack, url })
+                        .collect();
+                    if tx
+                        .send(control(Msg::Urls(pb::PackUrls { urls })))
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+                Some(pb::snapshot_event::Event::Manifest(piece)) => {
+                    if (out.len() + piece.len()) as u64 > devgate_snapshot::MANIFEST_MAX {
+                        return Err(Error::internal("the agent's manifest is too large"));
+                    }
+                    out.extend_from_slice(&piece);
+                }
+                Some(pb::snapshot_event::Event::Done(d)) => {
+                    done = Some(SnapshotDone {
+                        id: d.id,
+                        files: d.files,
+                        bytes: d.bytes,
+                        uploaded_bytes: d.uploaded_bytes,
+                        packs_uploaded: d.packs_uploaded,
+                    });
+                }
+                None => {}
+            }
+        }
+        feed.abort();
+        let done =
+            done.ok_or_else(|| Error::internal("the snapshot stream ended without its summary"))?;
+        Ok((done, Bytes::from(out)))
+    }
+}
+
+/// Signs URLs for a batch of pack ids (hex), one per id, in order.
+pub type PackSigner<'a> =
+    dyn Fn(Vec<String>) -> futures::future::BoxFuture<'a, Result<Vec<String>>> + Send + Sync + 'a;
+
+/// What the agent reports at the end of a snapshot or a restore.
+#[derive(Debug, Clone, Default)]
+pub struct SnapshotDone {
+    pub id: String,
+    pub files: u64,
+    pub bytes: u64,
+    pub uploaded_bytes: u64,
+    pub packs_uploaded: u64,
+}
+
+/// A snapshot call's failure: the agent's integrity and format errors
+/// (failed precondition) name the snapshot and say what is wrong, and are
+/// kept as such; anything else maps as usual.
+fn snapshot_status(s: tonic::Status) -> Error {
+    if s.code() == tonic::Code::FailedPrecondition {
+        Error::SnapshotUnusable(s.message().to_owned())
+    } else {
+        Error::from(s)
     }
 }
 

@@ -1,176 +1,236 @@
-//! Where hibernation archives live: a folder or an S3 bucket. The agent writes
-//! to S3 itself (Upload); for a folder the gateway writes the agent's archive
-//! stream to a file atomically. Either way the gateway verifies an archive by
-//! reading it back from the store (size and sha256) before trusting it.
+//! Where snapshots live: a folder or an S3 bucket (`s3://bucket/prefix`).
+//! Every object of a project is under `{prefix}/{project}/`: manifests at
+//! `snapshots/{id}`, packs at `packs/{id}`, and the zip archives of versions
+//! hibernated before snapshots at `{version:08}.zip`.
+//!
+//! Agents hold no credentials: the gateway signs short-lived URLs for the
+//! pack objects of one operation. For S3 they are presigned URLs; for a
+//! folder they point at the gateway's own `/_objects/{key}` route with an
+//! HMAC over method, key and expiry (`sign_url`, `check_url`).
 
 use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
 
-use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
 use bytes::Bytes;
+use devgate_snapshot::Id;
 use futures::stream::{BoxStream, StreamExt as _};
-use sha2::{Digest as _, Sha256};
+use hmac::{Hmac, Mac as _};
+use sha2::Sha256;
 use tokio::io::AsyncWriteExt as _;
 
 use crate::config::ArchiveLocation;
 use crate::error::{Error, Result};
 
+/// How long a signed URL stays valid.
+pub const URL_TTL: Duration = Duration::from_secs(15 * 60);
+
 /// The configured archive store.
-pub enum ArchiveStore {
+pub struct ArchiveStore {
+    kind: Kind,
+    /// The key of folder URL signatures (derived from the gateway's secret).
+    url_key: Vec<u8>,
+    /// `http://host:port` of this gateway, for folder URLs.
+    base: OnceLock<String>,
+    bucket_ready: std::sync::atomic::AtomicBool,
+}
+
+enum Kind {
     Folder(PathBuf),
-    S3 {
-        bucket: String,
-        prefix: String,
-        client: tokio::sync::OnceCell<aws_sdk_s3::Client>,
-        /// Set once the bucket is known to exist.
-        bucket_ready: std::sync::atomic::AtomicBool,
-    },
+    S3 { bucket: String, prefix: String },
+}
+
+/// A signed URL's method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Put,
+}
+
+impl Method {
+    fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Put => "PUT",
+        }
+    }
 }
 
 impl ArchiveStore {
-    pub fn new(location: ArchiveLocation) -> ArchiveStore {
-        match location {
-            ArchiveLocation::Folder(p) => ArchiveStore::Folder(p),
-            ArchiveLocation::S3 { bucket, prefix } => ArchiveStore::S3 {
-                bucket,
-                prefix,
-                client: tokio::sync::OnceCell::new(),
-                bucket_ready: std::sync::atomic::AtomicBool::new(false),
-            },
+    pub fn new(location: ArchiveLocation, secret: &[u8]) -> ArchiveStore {
+        let mut mac = <Hmac<Sha256>>::new_from_slice(secret).expect("hmac takes any key length");
+        mac.update(b"devgate object urls v1");
+        let url_key = mac.finalize().into_bytes().to_vec();
+        let kind = match location {
+            ArchiveLocation::Folder(p) => Kind::Folder(p),
+            ArchiveLocation::S3 { bucket, prefix } => Kind::S3 { bucket, prefix },
+        };
+        ArchiveStore {
+            kind,
+            url_key,
+            base: OnceLock::new(),
+            bucket_ready: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Where agents reach this gateway's object route (`http://host:port`).
+    pub fn set_base_url(&self, base: String) {
+        let _ = self.base.set(base);
+    }
+
+    pub fn is_folder(&self) -> bool {
+        matches!(self.kind, Kind::Folder(_))
     }
 
     /// A human-readable description, for logs.
     pub fn describe(&self) -> String {
-        match self {
-            ArchiveStore::Folder(p) => p.display().to_string(),
-            ArchiveStore::S3 { bucket, prefix, .. } => format!("s3://{bucket}/{prefix}"),
+        match &self.kind {
+            Kind::Folder(p) => p.display().to_string(),
+            Kind::S3 { bucket, prefix } => format!("s3://{bucket}/{prefix}"),
         }
     }
 
-    /// The key of a project's archive version (relative to the folder or bucket).
-    pub fn key(&self, project: &str, version: i64) -> String {
-        let name = format!("{project}/{version:08}.zip");
-        match self {
-            ArchiveStore::S3 { prefix, .. } if !prefix.is_empty() => format!("{prefix}/{name}"),
-            _ => name,
+    /// The key of everything of a project, with a trailing slash.
+    fn project_prefix(&self, project: &str) -> String {
+        match &self.kind {
+            Kind::S3 { prefix, .. } if !prefix.is_empty() => format!("{prefix}/{project}/"),
+            _ => format!("{project}/"),
         }
     }
 
-    async fn s3(&self) -> Result<(&aws_sdk_s3::Client, &str)> {
-        match self {
-            ArchiveStore::S3 { bucket, client, .. } => {
-                let c = client
-                    .get_or_init(|| async {
-                        // An HTTPS client on rustls + ring: the SDK's default
-                        // one would link aws-lc beside kube's ring.
-                        let http = aws_smithy_http_client::Builder::new()
-                            .tls_provider(Provider::Rustls(CryptoMode::Ring))
-                            .build_https();
-                        let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
-                            .http_client(http)
-                            .load()
-                            .await;
-                        let path_style = std::env::var_os("AWS_ENDPOINT_URL").is_some();
-                        let s3conf = aws_sdk_s3::config::Builder::from(&conf)
-                            .force_path_style(path_style)
-                            .build();
-                        aws_sdk_s3::Client::from_conf(s3conf)
-                    })
-                    .await;
-                Ok((c, bucket.as_str()))
+    pub fn pack_key(&self, project: &str, id: &Id) -> String {
+        format!("{}packs/{id}", self.project_prefix(project))
+    }
+
+    pub fn manifest_key(&self, project: &str, id: &Id) -> String {
+        format!("{}snapshots/{id}", self.project_prefix(project))
+    }
+
+    /// A URL the agent may `method` the object `key` at, for [`URL_TTL`].
+    pub async fn sign_url(&self, method: Method, key: &str) -> Result<String> {
+        match &self.kind {
+            Kind::S3 { bucket, .. } => {
+                crate::s3::presign(method == Method::Put, bucket, key, URL_TTL).await
             }
-            ArchiveStore::Folder(_) => Err(Error::internal("not an s3 archive store")),
-        }
-    }
-
-    /// Writes a folder archive from a stream: to a temporary file, fsynced, then
-    /// renamed into place. Answers size and sha256 of what was written. A
-    /// stream error leaves nothing behind.
-    pub async fn write_file(
-        &self,
-        key: &str,
-        mut data: BoxStream<'static, Result<Bytes>>,
-    ) -> Result<(u64, String)> {
-        let ArchiveStore::Folder(dir) = self else {
-            return Err(Error::internal("not a folder archive store"));
-        };
-        let path = dir.join(key);
-        let parent = path
-            .parent()
-            .map(PathBuf::from)
-            .unwrap_or_else(|| dir.clone());
-        tokio::fs::create_dir_all(&parent).await?;
-        let tmp = parent.join(format!(".{}.tmp", uuid::Uuid::new_v4()));
-        let result = async {
-            let mut f = tokio::fs::File::create(&tmp).await?;
-            let mut hash = Sha256::new();
-            let mut size = 0u64;
-            while let Some(chunk) = data.next().await {
-                let chunk = chunk?;
-                hash.update(&chunk);
-                size += chunk.len() as u64;
-                f.write_all(&chunk).await?;
-            }
-            f.flush().await?;
-            f.sync_all().await?;
-            drop(f);
-            tokio::fs::rename(&tmp, &path).await?;
-            // The rename is durable only once the directory is synced.
-            if let Ok(d) = tokio::fs::File::open(&parent).await {
-                let _ = d.sync_all().await;
-            }
-            Ok::<_, Error>((size, hex::encode(hash.finalize())))
-        }
-        .await;
-        if result.is_err() {
-            let _ = tokio::fs::remove_file(&tmp).await;
-        }
-        result
-    }
-
-    /// Reads an archive back from the store: its size and sha256.
-    pub async fn verify(&self, key: &str) -> Result<(u64, String)> {
-        let mut s = self.read(key).await?;
-        let mut hash = Sha256::new();
-        let mut size = 0u64;
-        while let Some(chunk) = s.next().await {
-            let chunk = chunk?;
-            hash.update(&chunk);
-            size += chunk.len() as u64;
-        }
-        Ok((size, hex::encode(hash.finalize())))
-    }
-
-    /// An archive's bytes.
-    pub async fn read(&self, key: &str) -> Result<BoxStream<'static, Result<Bytes>>> {
-        match self {
-            ArchiveStore::Folder(dir) => {
-                let f = tokio::fs::File::open(dir.join(key)).await.map_err(|e| {
-                    if e.kind() == std::io::ErrorKind::NotFound {
-                        Error::NotFound(format!("archive {key} not found"))
-                    } else {
-                        Error::Io(e)
-                    }
+            Kind::Folder(_) => {
+                let base = self.base.get().ok_or_else(|| {
+                    Error::internal("the object route's address is not known yet")
                 })?;
+                let exp = now_secs() + URL_TTL.as_secs();
+                let sig = hex::encode(self.mac(method, key, exp).finalize().into_bytes());
+                Ok(format!("{base}/_objects/{key}?exp={exp}&sig={sig}"))
+            }
+        }
+    }
+
+    fn mac(&self, method: Method, key: &str, exp: u64) -> Hmac<Sha256> {
+        let mut mac =
+            <Hmac<Sha256>>::new_from_slice(&self.url_key).expect("hmac takes any key length");
+        mac.update(format!("{}\n{key}\n{exp}", method.as_str()).as_bytes());
+        mac
+    }
+
+    /// Whether a folder URL's signature is good and unexpired.
+    pub fn check_url(&self, method: Method, key: &str, exp: u64, sig: &str) -> bool {
+        let now = now_secs();
+        if exp < now || exp > now + URL_TTL.as_secs() {
+            return false;
+        }
+        let Ok(sig) = hex::decode(sig) else {
+            return false;
+        };
+        // Constant-time comparison.
+        self.mac(method, key, exp).verify_slice(&sig).is_ok()
+    }
+
+    fn folder_path(&self, key: &str) -> Result<PathBuf> {
+        match &self.kind {
+            Kind::Folder(dir) => Ok(dir.join(key)),
+            Kind::S3 { .. } => Err(Error::internal("not a folder archive store")),
+        }
+    }
+
+    /// Writes an object: for a folder, to a temporary file, fsynced, then
+    /// renamed into place.
+    pub async fn put(&self, key: &str, body: Bytes) -> Result<()> {
+        match &self.kind {
+            Kind::S3 { bucket, .. } => crate::s3::put(bucket, key, body).await,
+            Kind::Folder(_) => {
+                let path = self.folder_path(key)?;
+                let parent = path
+                    .parent()
+                    .map(PathBuf::from)
+                    .ok_or_else(|| Error::internal("object key without a parent"))?;
+                tokio::fs::create_dir_all(&parent).await?;
+                let tmp = parent.join(format!(".{}.tmp", uuid::Uuid::new_v4()));
+                let result = async {
+                    let mut f = tokio::fs::File::create(&tmp).await?;
+                    f.write_all(&body).await?;
+                    f.sync_all().await?;
+                    drop(f);
+                    tokio::fs::rename(&tmp, &path).await?;
+                    if let Ok(d) = tokio::fs::File::open(&parent).await {
+                        let _ = d.sync_all().await;
+                    }
+                    Ok::<_, Error>(())
+                }
+                .await;
+                if result.is_err() {
+                    let _ = tokio::fs::remove_file(&tmp).await;
+                }
+                result
+            }
+        }
+    }
+
+    /// An object's bytes, at most `limit`.
+    pub async fn get(&self, key: &str, limit: u64) -> Result<Bytes> {
+        match &self.kind {
+            Kind::S3 { bucket, .. } => crate::s3::get(bucket, key, limit).await,
+            Kind::Folder(_) => {
+                let path = self.folder_path(key)?;
+                let meta = tokio::fs::metadata(&path)
+                    .await
+                    .map_err(|e| not_found(key, e))?;
+                if meta.len() > limit {
+                    return Err(Error::internal(format!(
+                        "{key} is larger than {limit} bytes"
+                    )));
+                }
+                Ok(Bytes::from(
+                    tokio::fs::read(&path)
+                        .await
+                        .map_err(|e| not_found(key, e))?,
+                ))
+            }
+        }
+    }
+
+    /// An object's size; `None` when there is none.
+    pub async fn size(&self, key: &str) -> Result<Option<u64>> {
+        match &self.kind {
+            Kind::S3 { bucket, .. } => crate::s3::size(bucket, key).await,
+            Kind::Folder(_) => match tokio::fs::metadata(self.folder_path(key)?).await {
+                Ok(m) => Ok(Some(m.len())),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(Error::Io(e)),
+            },
+        }
+    }
+
+    /// A zip archive's bytes as a stream (versions hibernated before snapshots).
+    pub async fn read(&self, key: &str) -> Result<BoxStream<'static, Result<Bytes>>> {
+        match &self.kind {
+            Kind::Folder(_) => {
+                let f = tokio::fs::File::open(self.folder_path(key)?)
+                    .await
+                    .map_err(|e| not_found(key, e))?;
                 Ok(tokio_util::io::ReaderStream::with_capacity(f, 256 << 10)
                     .map(|r| r.map_err(Error::Io))
                     .boxed())
             }
-            ArchiveStore::S3 { .. } => {
-                let (client, bucket) = self.s3().await?;
-                let obj = client
-                    .get_object()
-                    .bucket(bucket)
-                    .key(key)
-                    .send()
-                    .await
-                    .map_err(|e| {
-                        Error::Unavailable(format!(
-                            "cannot read s3://{bucket}/{key}: {}",
-                            aws_sdk_s3::error::DisplayErrorContext(&e)
-                        ))
-                    })?;
-                let body = obj.body;
+            Kind::S3 { bucket, .. } => {
+                let body = crate::s3::stream(bucket, key).await?;
                 let s = futures::stream::unfold(body, |mut body| async move {
                     match body.next().await {
                         Some(Ok(b)) => Some((Ok(b), body)),
@@ -186,90 +246,99 @@ impl ArchiveStore {
         }
     }
 
-    /// Removes an archive; an absent one is fine.
+    /// Removes an object; an absent one is fine.
     pub async fn delete(&self, key: &str) -> Result<()> {
-        match self {
-            ArchiveStore::Folder(dir) => match tokio::fs::remove_file(dir.join(key)).await {
+        match &self.kind {
+            Kind::Folder(_) => match tokio::fs::remove_file(self.folder_path(key)?).await {
                 Ok(()) => Ok(()),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
                 Err(e) => Err(Error::Io(e)),
             },
-            ArchiveStore::S3 { .. } => {
-                let (client, bucket) = self.s3().await?;
-                client
-                    .delete_object()
-                    .bucket(bucket)
-                    .key(key)
-                    .send()
-                    .await
-                    .map_err(|e| {
-                        Error::Unavailable(format!(
-                            "cannot delete s3://{bucket}/{key}: {}",
-                            aws_sdk_s3::error::DisplayErrorContext(&e)
-                        ))
-                    })?;
+            Kind::S3 { bucket, .. } => crate::s3::delete(bucket, key).await,
+        }
+    }
+
+    /// Removes every object of a project.
+    pub async fn delete_project(&self, project: &str) -> Result<()> {
+        let prefix = self.project_prefix(project);
+        match &self.kind {
+            Kind::Folder(dir) => match tokio::fs::remove_dir_all(dir.join(&prefix)).await {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(Error::Io(e)),
+            },
+            Kind::S3 { bucket, .. } => {
+                for key in crate::s3::list(bucket, &prefix).await? {
+                    crate::s3::delete(bucket, &key).await?;
+                }
                 Ok(())
             }
         }
     }
 
-    /// Creates the S3 bucket when it does not exist (a fresh MinIO or moto);
-    /// an existing one is left alone. A folder store has nothing to do.
+    /// Creates the S3 bucket when it does not exist; a folder store has
+    /// nothing to do.
     pub async fn ensure_bucket(&self) -> Result<()> {
         use std::sync::atomic::Ordering;
-        let ArchiveStore::S3 { bucket_ready, .. } = self else {
+        let Kind::S3 { bucket, .. } = &self.kind else {
             return Ok(());
         };
-        if bucket_ready.load(Ordering::Relaxed) {
+        if self.bucket_ready.load(Ordering::Relaxed) {
             return Ok(());
         }
-        let (client, bucket) = self.s3().await?;
-        match client.head_bucket().bucket(bucket).send().await {
-            Ok(_) => {}
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => {
-                let mut req = client.create_bucket().bucket(bucket);
-                let region = client.config().region().map(|r| r.as_ref().to_owned());
-                if let Some(region) = region.filter(|r| r != "us-east-1") {
-                    req = req.create_bucket_configuration(
-                        aws_sdk_s3::types::CreateBucketConfiguration::builder()
-                            .location_constraint(aws_sdk_s3::types::BucketLocationConstraint::from(
-                                region.as_str(),
-                            ))
-                            .build(),
-                    );
-                }
-                req.send().await.map_err(|e| {
-                    Error::Unavailable(format!(
-                        "cannot create bucket {bucket}: {}",
-                        aws_sdk_s3::error::DisplayErrorContext(&e)
-                    ))
-                })?;
-                tracing::info!(bucket, "archive bucket created");
-            }
-            // Any other answer (403 for a role without s3:ListBucket, say):
-            // the upload itself will tell.
-            Err(e) if e.as_service_error().is_some() => {
-                tracing::debug!(bucket, error = %aws_sdk_s3::error::DisplayErrorContext(&e), "cannot inspect the bucket");
-            }
-            Err(e) => {
-                return Err(Error::Unavailable(format!(
-                    "cannot reach bucket {bucket}: {}",
-                    aws_sdk_s3::error::DisplayErrorContext(&e)
-                )));
-            }
-        }
-        bucket_ready.store(true, Ordering::Relaxed);
+        crate::s3::ensure_bucket(bucket).await?;
+        self.bucket_ready.store(true, Ordering::Relaxed);
         Ok(())
     }
 
     /// Checks the store can be reached (folder exists or can be made).
     pub async fn ready(&self) -> Result<()> {
-        match self {
-            ArchiveStore::Folder(dir) => {
+        match &self.kind {
+            Kind::Folder(dir) => {
                 tokio::fs::create_dir_all(dir).await?;
                 Ok(())
             }
-            ArchiveStore::S3 { .. } => Ok(()),
+            Kind::S3 { .. } => Ok(()),
         }
+    }
+}
+
+fn not_found(key: &str, e: std::io::Error) -> Error {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        Error::NotFound(format!("object {key} not found"))
+    } else {
+        Error::Io(e)
+    }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn folder_signatures_bind_method_key_and_expiry() {
+        let s = ArchiveStore::new(ArchiveLocation::Folder("/x".into()), b"secret");
+        let other = ArchiveStore::new(ArchiveLocation::Folder("/x".into()), b"other");
+        let key = "a/packs/00";
+        let exp = now_secs() + 60;
+        let sig = hex::encode(s.mac(Method::Put, key, exp).finalize().into_bytes());
+        assert!(s.check_url(Method::Put, key, exp, &sig));
+        assert!(!s.check_url(Method::Get, key, exp, &sig));
+        assert!(!s.check_url(Method::Put, "b/packs/00", exp, &sig));
+        assert!(!s.check_url(Method::Put, key, exp + 1, &sig));
+        assert!(!other.check_url(Method::Put, key, exp, &sig));
+        let old = now_secs() - 1;
+        let sig = hex::encode(s.mac(Method::Put, key, old).finalize().into_bytes());
+        assert!(!s.check_url(Method::Put, key, old, &sig), "expired");
+        let far = now_secs() + 10 * URL_TTL.as_secs();
+        let sig = hex::encode(s.mac(Method::Put, key, far).finalize().into_bytes());
+        assert!(!s.check_url(Method::Put, key, far, &sig), "too far ahead");
     }
 }

@@ -50,6 +50,10 @@ pub enum Error {
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Internal(String),
+    /// A snapshot that cannot be restored (it fails its integrity checks,
+    /// or is not a valid snapshot): the message names it and says why.
+    #[error("{0}")]
+    SnapshotUnusable(String),
 }
 
 impl Error {
@@ -80,6 +84,7 @@ impl Error {
             }
             Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Error::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+            Error::SnapshotUnusable(_) => (StatusCode::INTERNAL_SERVER_ERROR, "snapshot_unusable"),
             Error::Agent(_) | Error::Store(_) | Error::Io(_) | Error::Internal(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
             }
@@ -211,6 +216,11 @@ impl IntoResponse for Error {
                 Error::Timeout(_) => {
                     tracing::warn!(error = %self, "request timed out");
                     "the operation timed out".to_owned()
+                }
+                // Names the snapshot and the failed check; no secret in it.
+                Error::SnapshotUnusable(m) => {
+                    tracing::error!(error = %self, "snapshot unusable");
+                    m.clone()
                 }
                 _ => {
                     tracing::error!(error = %self, "internal error");

@@ -16,6 +16,7 @@ pub mod local_files;
 pub mod metrics;
 pub mod preview;
 pub mod runtime;
+pub mod s3;
 pub mod server;
 pub mod state;
 pub mod store;
@@ -48,6 +49,16 @@ pub async fn run(
     state
         .listen_port
         .store(addr.port(), std::sync::atomic::Ordering::Relaxed);
+    // Agents of a folder archive store move packs through this listener.
+    let host = if addr.ip().is_unspecified() {
+        std::net::IpAddr::from([127, 0, 0, 1])
+    } else {
+        addr.ip()
+    };
+    state.archives.set_base_url(format!(
+        "http://{}",
+        std::net::SocketAddr::new(host, addr.port())
+    ));
 
     // Active projects get their agents back; in the background, since a
     // request for one of them brings its agent up on its own anyway.
@@ -165,7 +176,7 @@ pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
             Arc::new(runtime::kubernetes::KubernetesRuntime::connect(settings).await?)
         }
     };
-    let archives = archive_store::ArchiveStore::new(config.archive_location());
+    let archives = archive_store::ArchiveStore::new(config.archive_location(), &secret);
     archives
         .ready()
         .await

@@ -1,17 +1,20 @@
 //! Project lifecycle above the runtime, the same for every runtime: create,
-//! open (restoring the newest archive when hibernated), hibernate (archive via
-//! the agent, verify from the archive store, only then tear down), delete, and
-//! the start-up pass that gives active projects their agents back. Every step
-//! of a project holds its lock, so they never interleave.
+//! open (restoring the newest snapshot when hibernated), hibernate (a
+//! snapshot cut by the agent, verified in the archive store, only then tear
+//! down), delete, and the start-up pass that gives active projects their
+//! agents back. Every step of a project holds its lock, so they never
+//! interleave.
 
-use std::sync::{Arc, Mutex};
+use std::collections::HashSet;
 use std::time::Instant;
 
+use bytes::Bytes;
 use chrono::Utc;
-use futures::StreamExt as _;
+use devgate_snapshot::{Id, MANIFEST_MAX, Manifest};
+use futures::FutureExt as _;
 
-use crate::agent_client::{ArchiveChunk, ArchiveOptions, ArchiveSummary};
-use crate::archive_store::ArchiveStore;
+use crate::agent_client::{AgentClient, ExtractSummary};
+use crate::archive_store::Method;
 use crate::error::{Error, Result};
 use crate::metrics::{LifecycleLabels, OpLabels};
 use crate::runtime::ContainerSpec;
@@ -179,18 +182,28 @@ async fn restore(state: &AppState, p: &mut Project) -> Result<()> {
         let endpoint = state.runtime.ensure(&id).await?;
         let client = state.agents.get(&id, &endpoint)?;
         let Some(a) = &newest else { return Ok(None) };
-        progress(
-            state,
-            &id,
-            "extract",
-            format!("extracting archive version {}", a.version),
-        );
-        let summary = match state.archives.as_ref() {
-            ArchiveStore::Folder(_) => {
+        let summary = match &a.snapshot {
+            Some(sid) => {
+                progress(
+                    state,
+                    &id,
+                    "restore",
+                    format!("restoring snapshot {sid} (version {})", a.version),
+                );
+                restore_snapshot(state, &id, &client, &a.key, sid).await?
+            }
+            None => {
+                // A zip of a version hibernated before snapshots: read by
+                // the gateway, extracted by the agent.
+                progress(
+                    state,
+                    &id,
+                    "extract",
+                    format!("extracting archive version {}", a.version),
+                );
                 let data = state.archives.read(&a.key).await?;
                 client.extract("", data, u64::MAX).await?
             }
-            ArchiveStore::S3 { bucket, .. } => client.extract_from_s3("", bucket, &a.key).await?,
         };
         Ok::<_, Error>(Some((a.clone(), summary)))
     }
@@ -228,7 +241,12 @@ async fn restore(state: &AppState, p: &mut Project) -> Result<()> {
                         project: id.clone(),
                         ts: Utc::now(),
                         label: "restore".into(),
-                        command: format!("extract archive version {} ({})", a.version, a.key),
+                        command: match &a.snapshot {
+                            Some(sid) => format!("restore snapshot {sid} (version {})", a.version),
+                            None => {
+                                format!("extract archive version {} ({})", a.version, a.key)
+                            }
+                        },
                         exit_code: Some(0),
                         duration_ms: elapsed.as_millis() as u64,
                         stdout: format!("{} files, {} bytes", summary.files, summary.bytes),
@@ -264,7 +282,7 @@ async fn restore(state: &AppState, p: &mut Project) -> Result<()> {
                     project: id.clone(),
                     ts: Utc::now(),
                     label: "restore".into(),
-                    command: "extract newest archive".into(),
+                    command: "restore newest snapshot".into(),
                     exit_code: Some(1),
                     duration_ms: elapsed.as_millis() as u64,
                     stdout: String::new(),
@@ -293,17 +311,17 @@ pub async fn hibernate(state: &AppState, id: &str) -> Result<Project> {
     let _writes = state.write_gates.exclusive(id).await;
     let archives = state.store.list_archives(id).await?;
     let version = archives.first().map(|a| a.version + 1).unwrap_or(1);
-    let key = state.archives.key(id, version);
+    let previous = archives.iter().find(|a| a.snapshot.is_some()).cloned();
     progress(
         state,
         id,
-        "archive",
+        "snapshot",
         format!(
-            "writing archive version {version} to {}",
+            "taking snapshot version {version} into {}",
             state.archives.describe()
         ),
     );
-    let result = write_and_verify(state, id, &key).await;
+    let result = take_snapshot(state, id, previous.as_ref()).await;
     let elapsed = t0.elapsed();
     let outcome = if result.is_ok() { "ok" } else { "error" };
     state
@@ -314,14 +332,13 @@ pub async fn hibernate(state: &AppState, id: &str) -> Result<Project> {
             outcome: outcome.into(),
         })
         .observe(elapsed.as_secs_f64());
-    let summary = match result {
+    let taken = match result {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(project = id, error = %e, "hibernation failed; the project stays active");
-            // A half-written object is worth nothing; best effort to remove it.
-            if let Err(error) = state.archives.delete(&key).await {
-                tracing::debug!(project = id, %error, "cannot remove the failed archive");
-            }
+            // Packs already uploaded stay: they are named by their content,
+            // so one may be shared with a snapshot that references it; no
+            // manifest references the others, and retention removes them.
             set_status(state, &mut p, ProjectStatus::Active).await?;
             state
                 .log_command(CommandLogEntry {
@@ -330,7 +347,7 @@ pub async fn hibernate(state: &AppState, id: &str) -> Result<Project> {
                     project: id.to_owned(),
                     ts: Utc::now(),
                     label: "hibernate".into(),
-                    command: format!("archive to {key}"),
+                    command: format!("snapshot version {version}"),
                     exit_code: Some(1),
                     duration_ms: elapsed.as_millis() as u64,
                     stdout: String::new(),
@@ -343,11 +360,14 @@ pub async fn hibernate(state: &AppState, id: &str) -> Result<Project> {
     let archive = ArchiveVersion {
         project: id.to_owned(),
         version,
-        key: key.clone(),
-        size: summary.size,
-        sha256: summary.sha256.clone(),
-        files: summary.files,
+        key: taken.key.clone(),
+        size: taken.bytes,
+        sha256: String::new(),
+        files: taken.files,
         created_at: Utc::now(),
+        snapshot: Some(taken.id.clone()),
+        reason: "hibernate".into(),
+        uploaded_bytes: taken.uploaded_bytes,
     };
     state.store.add_archive(&archive).await?;
     state
@@ -356,8 +376,8 @@ pub async fn hibernate(state: &AppState, id: &str) -> Result<Project> {
         .get_or_create(&OpLabels {
             op: "hibernate".into(),
         })
-        .inc_by(summary.size);
-    // Hibernated from here on: the files live in the verified archive. Were
+        .inc_by(taken.uploaded_bytes);
+    // Hibernated from here on: the files live in the verified snapshot. Were
     // the gateway to stop during the teardown below, the next open restores
     // from the archive into a clean environment rather than trusting a
     // half-removed folder.
@@ -367,7 +387,7 @@ pub async fn hibernate(state: &AppState, id: &str) -> Result<Project> {
         state,
         id,
         "teardown",
-        "archive verified; stopping the environment",
+        "snapshot verified; stopping the environment",
     );
     for mut c in state.store.list_containers(id).await? {
         // Remembered, so that an open can start it again (`start_containers`).
@@ -401,12 +421,12 @@ pub async fn hibernate(state: &AppState, id: &str) -> Result<Project> {
             project: id.to_owned(),
             ts: Utc::now(),
             label: "hibernate".into(),
-            command: format!("archive to {key}"),
+            command: format!("snapshot version {version}"),
             exit_code: Some(0),
             duration_ms: elapsed.as_millis() as u64,
             stdout: format!(
-                "{} files, {} bytes, sha256 {}",
-                summary.files, summary.size, summary.sha256
+                "snapshot {}: {} files, {} bytes, {} bytes uploaded",
+                taken.id, taken.files, taken.bytes, taken.uploaded_bytes
             ),
             stderr: String::new(),
         })
@@ -415,82 +435,218 @@ pub async fn hibernate(state: &AppState, id: &str) -> Result<Project> {
     tracing::info!(
         project = id,
         version,
-        bytes = summary.size,
+        snapshot = %taken.id,
+        bytes = taken.bytes,
+        uploaded = taken.uploaded_bytes,
         ms = elapsed.as_millis() as u64,
         "project hibernated"
     );
     Ok(p)
 }
 
-async fn write_and_verify(state: &AppState, id: &str, key: &str) -> Result<ArchiveSummary> {
+/// A snapshot taken and verified.
+struct Taken {
+    id: String,
+    key: String,
+    files: u64,
+    bytes: u64,
+    uploaded_bytes: u64,
+}
+
+/// Has the agent cut a snapshot of the whole project (chunks of the newest
+/// snapshot, `previous`, are not uploaded again: dedup within this project
+/// only), then checks it in the store before trusting it: the manifest
+/// hashes to its id and follows the format's rules, every new pack it
+/// names is in the store with its size, and the manifest stored reads back
+/// the same.
+async fn take_snapshot(
+    state: &AppState,
+    id: &str,
+    previous: Option<&ArchiveVersion>,
+) -> Result<Taken> {
     let client = state.agent_of_active(id).await?;
-    let opts = ArchiveOptions::default();
-    let summary = match state.archives.as_ref() {
-        ArchiveStore::Folder(_) => {
-            let seen: Arc<Mutex<Option<ArchiveSummary>>> = Arc::default();
-            let seen2 = seen.clone();
-            let data = client
-                .create_archive(opts)
-                .await?
-                .filter_map(move |c| {
-                    let seen = seen2.clone();
-                    async move {
-                        match c {
-                            Ok(ArchiveChunk::Data(d)) => Some(Ok(d)),
-                            Ok(ArchiveChunk::Summary(s)) => {
-                                *seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(s);
-                                None
-                            }
-                            Err(e) => Some(Err(e)),
-                        }
-                    }
-                })
-                .boxed();
-            let (size, sha256) = state.archives.write_file(key, data).await?;
-            let agent_says = seen.lock().unwrap_or_else(|p| p.into_inner()).take();
-            let Some(s) = agent_says else {
-                return Err(Error::internal("archive stream ended without its summary"));
-            };
-            if s.size != size || s.sha256 != sha256 {
+    state.archives.ensure_bucket().await?;
+    let mut prev = None;
+    let mut known_packs = HashSet::new();
+    if let Some(a) = previous
+        && let Some(sid) = &a.snapshot
+    {
+        match load_manifest(state, &a.key, sid).await {
+            Ok((bytes, m)) => {
+                known_packs = m.packs.iter().map(|p| p.id).collect();
+                prev = Some((sid.clone(), bytes));
+            }
+            Err(error) => {
+                tracing::warn!(project = id, snapshot = %sid, %error, "cannot read the previous snapshot; every chunk is uploaded again");
+            }
+        }
+    }
+    let sign = |packs: Vec<String>| sign_packs(state, id, Method::Put, packs, None).boxed();
+    let (done, manifest) = client.snapshot_create(prev, &sign).await?;
+    progress(state, id, "verify", "checking the snapshot in the store");
+    let sid = Id::parse(&done.id)
+        .map_err(|e| Error::internal(format!("the agent's snapshot id: {e}")))?;
+    let m = decode_manifest(manifest.clone(), sid)
+        .await
+        .map_err(|e| Error::internal(format!("the agent's manifest: {e}")))?;
+    for p in m.packs.iter().filter(|p| !known_packs.contains(&p.id)) {
+        let key = state.archives.pack_key(id, &p.id);
+        match state.archives.size(&key).await? {
+            Some(n) if n == p.size => {}
+            other => {
                 return Err(Error::internal(format!(
-                    "archive written differs from the agent's: {size} bytes {sha256} vs {} bytes {}",
-                    s.size, s.sha256
+                    "pack {key} is {other:?} bytes in the store, the manifest says {}",
+                    p.size
                 )));
             }
-            s
         }
-        ArchiveStore::S3 { bucket, .. } => {
-            state.archives.ensure_bucket().await?;
-            client.upload_archive(opts, bucket, key).await?
-        }
-    };
-    progress(state, id, "verify", "reading the archive back");
-    let (size, sha256) = state.archives.verify(key).await?;
-    if size != summary.size || sha256 != summary.sha256 {
+    }
+    let key = state.archives.manifest_key(id, &sid);
+    state.archives.put(&key, manifest.clone()).await?;
+    let back = state.archives.get(&key, MANIFEST_MAX).await?;
+    if Id::of(&back) != sid {
         return Err(Error::internal(format!(
-            "archive {key} read back as {size} bytes {sha256}, expected {} bytes {}",
-            summary.size, summary.sha256
+            "manifest {key} reads back differently"
         )));
     }
-    Ok(summary)
+    let (files, bytes) = m.totals();
+    Ok(Taken {
+        id: done.id,
+        key,
+        files,
+        bytes,
+        uploaded_bytes: done.uploaded_bytes + manifest.len() as u64,
+    })
+}
+
+/// Restores snapshot `sid` (manifest at `key`) into the project's empty
+/// folder. The agent gets URLs for the packs this manifest names, and no
+/// others.
+async fn restore_snapshot(
+    state: &AppState,
+    id: &str,
+    client: &AgentClient,
+    key: &str,
+    sid: &str,
+) -> Result<ExtractSummary> {
+    let (bytes, m) = load_manifest(state, key, sid).await?;
+    let allowed: HashSet<Id> = m.packs.iter().map(|p| p.id).collect();
+    let sign =
+        |packs: Vec<String>| sign_packs(state, id, Method::Get, packs, Some(&allowed)).boxed();
+    let done = client
+        .snapshot_restore(sid.to_owned(), bytes, &sign)
+        .await?;
+    Ok(ExtractSummary {
+        files: done.files,
+        bytes: done.bytes,
+    })
+}
+
+/// Signed URLs for a batch of the project's packs.
+async fn sign_packs(
+    state: &AppState,
+    project: &str,
+    method: Method,
+    packs: Vec<String>,
+    allowed: Option<&HashSet<Id>>,
+) -> Result<Vec<String>> {
+    let mut urls = Vec::with_capacity(packs.len());
+    for p in packs {
+        let pack = Id::parse(&p)
+            .map_err(|e| Error::internal(format!("the agent asked for a bad pack: {e}")))?;
+        if allowed.is_some_and(|a| !a.contains(&pack)) {
+            return Err(Error::internal(format!(
+                "the agent asked for pack {pack}, which the snapshot does not name"
+            )));
+        }
+        let key = state.archives.pack_key(project, &pack);
+        urls.push(state.archives.sign_url(method, &key).await?);
+    }
+    Ok(urls)
+}
+
+/// A stored manifest, checked against its id and the format's rules.
+async fn load_manifest(state: &AppState, key: &str, sid: &str) -> Result<(Bytes, Manifest)> {
+    let unusable = |e: String| Error::SnapshotUnusable(format!("snapshot {sid}: {e}"));
+    let id = Id::parse(sid).map_err(|e| unusable(e.to_string()))?;
+    let bytes = state
+        .archives
+        .get(key, MANIFEST_MAX)
+        .await
+        .map_err(|e| match e {
+            Error::NotFound(_) => unusable(format!("its manifest {key} is missing")),
+            other => other,
+        })?;
+    let m = decode_manifest(bytes.clone(), id)
+        .await
+        .map_err(|e| unusable(e.to_string()))?;
+    Ok((bytes, m))
+}
+
+async fn decode_manifest(bytes: Bytes, id: Id) -> Result<Manifest, devgate_snapshot::Error> {
+    tokio::task::spawn_blocking(move || Manifest::decode(&bytes, &id))
+        .await
+        .map_err(|e| devgate_snapshot::Error::Io(std::io::Error::other(e)))?
 }
 
 /// Keeps the newest `archive_keep` versions. Called only after a newer
-/// version was verified and recorded.
+/// version was verified and recorded. The packs of a removed snapshot go
+/// too, unless a version that stays references them (when one of those
+/// cannot be read, no pack is removed).
 async fn prune_archives(state: &AppState, id: &str) {
     let keep = state.config.archive_keep as usize;
     let Ok(all) = state.store.list_archives(id).await else {
         return;
     };
-    for old in all.into_iter().skip(keep) {
+    if all.len() <= keep {
+        return;
+    }
+    let (kept, old) = all.split_at(keep);
+    let mut live: HashSet<Id> = HashSet::new();
+    let mut live_known = true;
+    for a in kept {
+        if let Some(sid) = &a.snapshot {
+            match load_manifest(state, &a.key, sid).await {
+                Ok((_, m)) => live.extend(m.packs.iter().map(|p| p.id)),
+                Err(error) => {
+                    tracing::warn!(project = id, snapshot = %sid, %error, "cannot read a kept snapshot; no pack is removed");
+                    live_known = false;
+                }
+            }
+        }
+    }
+    for old in old {
+        let mut dead = Vec::new();
+        if let Some(sid) = &old.snapshot
+            && live_known
+            && let Ok((_, m)) = load_manifest(state, &old.key, sid).await
+        {
+            dead = m
+                .packs
+                .iter()
+                .filter(|p| !live.contains(&p.id))
+                .map(|p| p.id)
+                .collect();
+        }
         match state.archives.delete(&old.key).await {
             Ok(()) => {
                 if let Err(error) = state.store.delete_archive(id, old.version).await {
                     tracing::warn!(project = id, version = old.version, %error, "cannot forget archive");
+                    continue;
                 }
             }
             Err(error) => {
-                tracing::warn!(project = id, key = %old.key, %error, "cannot remove old archive")
+                tracing::warn!(project = id, key = %old.key, %error, "cannot remove old archive");
+                continue;
+            }
+        }
+        for pack in dead {
+            if let Err(error) = state
+                .archives
+                .delete(&state.archives.pack_key(id, &pack))
+                .await
+            {
+                tracing::warn!(project = id, %pack, %error, "cannot remove an unreferenced pack");
             }
         }
     }
@@ -507,10 +663,8 @@ pub async fn delete(state: &AppState, id: &str) -> Result<()> {
     }
     state.runtime.teardown(id).await?;
     state.agents.forget(id);
-    for a in state.store.list_archives(id).await? {
-        if let Err(error) = state.archives.delete(&a.key).await {
-            tracing::warn!(project = id, key = %a.key, %error, "cannot remove archive of a deleted project");
-        }
+    if let Err(error) = state.archives.delete_project(id).await {
+        tracing::warn!(project = id, %error, "cannot remove the snapshots of a deleted project");
     }
     state.store.delete_project(id).await?;
     state.statuses.forget(id);

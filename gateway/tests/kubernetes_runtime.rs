@@ -42,14 +42,6 @@ fn settings(extra: &[&str]) -> Settings {
     s.poll_interval = Duration::from_millis(5);
     s.ready_timeout = Duration::from_millis(400);
     s.api_timeout = Duration::from_millis(300);
-    s.s3_env = vec![
-        ("AWS_ACCESS_KEY_ID".into(), "key".into()),
-        ("AWS_SECRET_ACCESS_KEY".into(), "secret".into()),
-        (
-            "AWS_ENDPOINT_URL".into(),
-            "http://minio.devgate.svc:9000".into(),
-        ),
-    ];
     s.s3_port = Some(9000);
     s
 }
@@ -219,12 +211,17 @@ async fn open_fresh_applies_the_environment_and_waits_for_the_agent() {
         "cluster default class"
     );
 
-    // The Secret carries the token and the S3 credentials, base64.
+    // The Secret carries the token, base64, and nothing else: no storage
+    // credentials in a project's namespace.
     let token_b64 = secret["data"]["AGENT_TOKEN"].as_str().unwrap();
     assert_eq!(b64(token_b64), endpoint.token);
     assert_eq!(
-        b64(secret["data"]["AWS_SECRET_ACCESS_KEY"].as_str().unwrap()),
-        "secret"
+        secret["data"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect::<Vec<_>>(),
+        vec!["AGENT_TOKEN"]
     );
 
     let pod = &fm["spec"]["template"]["spec"];

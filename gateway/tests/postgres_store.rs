@@ -95,6 +95,9 @@ async fn exercise(s: &dyn Store) -> Vec<String> {
             sha256: "ab".repeat(32),
             files: 12,
             created_at: t(1_700_000_200_000 + v),
+            snapshot: (v % 2 == 0).then(|| "cd".repeat(32)),
+            reason: "hibernate".into(),
+            uploaded_bytes: 7 * v as u64,
         })
         .await
         .unwrap();

@@ -66,9 +66,13 @@ mod tests {
     #[test]
     fn a_small_edit_changes_few_chunks() {
         let mut d = data(8 << 20, 2);
-        let before: Vec<_> = Chunker::new(&d[..]).map(|c| crate::Id::of(&c.unwrap())).collect();
+        let before: Vec<_> = Chunker::new(&d[..])
+            .map(|c| crate::Id::of(&c.unwrap()))
+            .collect();
         d[4 << 20] ^= 0xff;
-        let after: Vec<_> = Chunker::new(&d[..]).map(|c| crate::Id::of(&c.unwrap())).collect();
+        let after: Vec<_> = Chunker::new(&d[..])
+            .map(|c| crate::Id::of(&c.unwrap()))
+            .collect();
         let changed = after.iter().filter(|id| !before.contains(id)).count();
         assert!(changed >= 1 && changed <= 2, "{changed} chunks changed");
     }

@@ -32,7 +32,9 @@ impl Id {
     /// Parses 64 lowercase hex digits.
     pub fn parse(s: &str) -> Result<Id> {
         if s.len() != 64 || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-            return Err(Error::Invalid(format!("not an id (64 lowercase hex digits): {s:?}")));
+            return Err(Error::Invalid(format!(
+                "not an id (64 lowercase hex digits): {s:?}"
+            )));
         }
         let mut out = [0u8; 32];
         hex::decode_to_slice(s, &mut out)

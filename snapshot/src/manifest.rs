@@ -187,7 +187,10 @@ impl Manifest {
                 }
             }
             if e.kind != Kind::File && !e.chunks.is_empty() {
-                return Err(Error::Invalid(format!("{:?}: chunks on a non-file", e.path)));
+                return Err(Error::Invalid(format!(
+                    "{:?}: chunks on a non-file",
+                    e.path
+                )));
             }
         }
         Ok(())
@@ -219,9 +222,7 @@ fn check_path(p: &str) -> Result<()> {
     if p.is_empty() {
         return Ok(());
     }
-    let bad = p.contains('\0')
-        || p.split('/')
-            .any(|c| c.is_empty() || c == "." || c == "..");
+    let bad = p.contains('\0') || p.split('/').any(|c| c.is_empty() || c == "." || c == "..");
     if bad {
         return Err(Error::Invalid(format!("unsafe path {p:?}")));
     }
@@ -263,7 +264,10 @@ mod tests {
         assert_eq!(Manifest::decode(&bytes, &id).unwrap(), m);
         let mut bad = bytes.clone();
         bad[bytes.len() / 2] ^= 1;
-        assert!(matches!(Manifest::decode(&bad, &id), Err(Error::Corrupt(_))));
+        assert!(matches!(
+            Manifest::decode(&bad, &id),
+            Err(Error::Corrupt(_))
+        ));
     }
 
     #[test]
@@ -273,12 +277,20 @@ mod tests {
             assert!(m.validate().is_err(), "{p}");
         }
         // A child before its parent, a child of a symlink.
-        assert!(manifest(vec![dir(""), dir("a/b"), dir("a")]).validate().is_err());
+        assert!(
+            manifest(vec![dir(""), dir("a/b"), dir("a")])
+                .validate()
+                .is_err()
+        );
         let mut link = dir("l");
         link.kind = Kind::Symlink;
         link.target = Some("/etc".into());
         assert!(manifest(vec![dir(""), link.clone()]).validate().is_ok());
-        assert!(manifest(vec![dir(""), link, dir("l/x")]).validate().is_err());
+        assert!(
+            manifest(vec![dir(""), link, dir("l/x")])
+                .validate()
+                .is_err()
+        );
         // A file whose chunk is in no pack.
         let f = Entry {
             path: "f".into(),

@@ -116,7 +116,9 @@ impl Pack {
         o.copy_from_slice(&t[4..12]);
         let index_offset = u64::from_le_bytes(o) as usize;
         if index_offset < MAGIC.len()
-            || count.checked_mul(INDEX_ENTRY).and_then(|l| l.checked_add(index_offset))
+            || count
+                .checked_mul(INDEX_ENTRY)
+                .and_then(|l| l.checked_add(index_offset))
                 != Some(n - TRAILER)
         {
             return Err(bad("index out of bounds"));

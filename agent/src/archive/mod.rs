@@ -14,9 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use bytes::Bytes;
 use proto::v1::archive_server::Archive;
 use proto::v1::{
-    ArchiveOptions, ArchiveSummary, CreateArchiveRequest, CreateArchiveResponse,
-    ExtractRequest, ExtractSummary,
-    create_archive_response, extract_request,
+    ArchiveOptions, ArchiveSummary, CreateArchiveRequest, CreateArchiveResponse, ExtractRequest,
+    ExtractSummary, create_archive_response, extract_request,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;

@@ -256,7 +256,9 @@ fn read_file(dir: &Dir, name: &str, path: &str, w: &mut Writer<'_>) -> Result<Op
 }
 
 fn mtime_ns(m: &cap_std::fs::Metadata) -> i64 {
-    m.mtime().saturating_mul(1_000_000_000).saturating_add(m.mtime_nsec())
+    m.mtime()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(m.mtime_nsec())
 }
 
 fn now_ns() -> i64 {

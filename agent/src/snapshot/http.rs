@@ -65,7 +65,9 @@ pub(crate) async fn put(url: &str, body: Bytes) -> Result<()> {
         .map_err(|e| Error::Unavailable(format!("PUT {}: {e}", redact(url))))?;
     let status = res.status();
     if !status.is_success() {
-        let body = read_limited(res.into_body(), 4096).await.unwrap_or_default();
+        let body = read_limited(res.into_body(), 4096)
+            .await
+            .unwrap_or_default();
         return Err(Error::Unavailable(format!(
             "PUT {}: {status}: {}",
             redact(url),

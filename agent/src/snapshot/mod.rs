@@ -113,9 +113,7 @@ async fn begin(mut stream: Streaming<SnapshotControl>) -> Result<(Option<(Id, Ma
         let m = tokio::task::spawn_blocking(move || Manifest::decode(&bytes, &id))
             .await
             .map_err(|e| Error::Internal(format!("manifest task failed: {e}")))?
-            .map_err(|e| {
-                Error::FailedPrecondition(format!("snapshot {}: {e}", start.id))
-            })?;
+            .map_err(|e| Error::FailedPrecondition(format!("snapshot {}: {e}", start.id)))?;
         Some((id, m))
     };
     let (tx, rx) = mpsc::channel(2);
@@ -336,7 +334,9 @@ async fn fetch_pack(
         .await
         .map_err(|e| Error::Internal(format!("restore task failed: {e}")))?
         .map_err(|e| match e {
-            Error::FailedPrecondition(m) => Error::FailedPrecondition(format!("snapshot {id}: {m}")),
+            Error::FailedPrecondition(m) => {
+                Error::FailedPrecondition(format!("snapshot {id}: {m}"))
+            }
             other => other,
         })
 }

@@ -29,10 +29,7 @@ pub(crate) fn prepare(root: &Dir, m: &Manifest) -> Result<(Staging, Vec<usize>)>
     // Nothing of the snapshot may exist in the root already: the restore
     // never overwrites.
     for e in &m.entries {
-        if !e.path.is_empty()
-            && !e.path.contains('/')
-            && root.symlink_metadata(&e.path).is_ok()
-        {
+        if !e.path.is_empty() && !e.path.contains('/') && root.symlink_metadata(&e.path).is_ok() {
             return Err(Error::AlreadyExists(format!(
                 "{} exists already: a snapshot is restored into an empty project",
                 e.path

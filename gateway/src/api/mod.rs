@@ -7,6 +7,7 @@ pub mod containers;
 pub mod events;
 pub mod exec;
 pub mod files;
+pub mod objects;
 pub mod previews;
 pub mod projects;
 pub mod terminal;
@@ -37,6 +38,7 @@ pub fn router(state: AppState) -> Router {
         .merge(events::routes())
         .merge(terminal::routes())
         .merge(watch::routes())
+        .merge(objects::routes())
         .route("/api/templates", get(templates))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

@@ -51,19 +51,33 @@ pub async fn project_json(state: &AppState, p: &Project) -> Result<Value> {
         "created_at": p.created_at,
     });
     if let Some(a) = archive {
-        v["archive"] = json!({
-            "key": a.key,
-            "size": a.size,
-            "sha256": a.sha256,
-            "files": a.files,
-            "created_at": a.created_at,
-            "version": a.version,
-        });
+        // `archive` is the same object under its old name, for one release.
+        let snapshot = snapshot_json(&a);
+        v["archive"] = snapshot.clone();
+        v["snapshot"] = snapshot;
     }
     if let Some(h) = p.hibernated_at {
         v["hibernated_at"] = json!(h);
     }
     Ok(v)
+}
+
+/// A version of the project's files: a snapshot (`id` set), or the zip
+/// archive of a version hibernated before snapshots (`id` null). `key`,
+/// `size` and `sha256` are the fields `archive` had.
+pub fn snapshot_json(a: &crate::store::ArchiveVersion) -> Value {
+    json!({
+        "id": a.snapshot,
+        "version": a.version,
+        "created_at": a.created_at,
+        "reason": a.reason,
+        "files": a.files,
+        "bytes": a.size,
+        "uploaded_bytes": a.uploaded_bytes,
+        "key": a.key,
+        "size": a.size,
+        "sha256": a.sha256,
+    })
 }
 
 /// The contract's container object.

@@ -223,11 +223,15 @@ impl LocalRuntime {
             )
             .stdin(Stdio::piped())
             .kill_on_drop(true);
-        // The agent inherits the environment (AWS_* for S3) but never the
-        // gateway's own settings, its secret above all.
+        // The agent inherits the environment but never the gateway's own
+        // settings, its secret above all, nor storage credentials (AWS_*:
+        // the agent moves snapshot packs on URLs the gateway signs).
         for (k, _) in std::env::vars_os() {
             let k_str = k.to_string_lossy();
-            if k_str.starts_with("GATEWAY_") || k_str.starts_with("AGENT_TOKEN") {
+            if k_str.starts_with("GATEWAY_")
+                || k_str.starts_with("AGENT_TOKEN")
+                || k_str.starts_with("AWS_")
+            {
                 cmd.env_remove(k);
             }
         }

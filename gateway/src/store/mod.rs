@@ -128,18 +128,29 @@ pub struct Container {
     pub running_at_hibernation: bool,
 }
 
-/// One verified hibernation archive of a project.
+/// One verified version of a project's files: a snapshot (its manifest's
+/// id in `snapshot`), or a zip archive of a version hibernated before
+/// snapshots (`snapshot` is `None`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ArchiveVersion {
     pub project: String,
-    /// Increases with each hibernation of the project.
+    /// Increases with each version of the project.
     pub version: i64,
-    /// The object key (S3) or file name (folder) within the archive location.
+    /// The object key (S3) or file name (folder) within the archive
+    /// location: the manifest's, for a snapshot.
     pub key: String,
+    /// Bytes: of the zip, or of the files of a snapshot.
     pub size: u64,
+    /// Hex sha256 of a zip; empty for a snapshot (its id is its hash).
     pub sha256: String,
     pub files: u64,
     pub created_at: DateTime<Utc>,
+    /// The snapshot's id (blake3 of its stored manifest, hex).
+    pub snapshot: Option<String>,
+    /// Why it was taken: `hibernate`, `scheduled` or `manual`.
+    pub reason: String,
+    /// Bytes the snapshot added to the store (new packs and its manifest).
+    pub uploaded_bytes: u64,
 }
 
 /// One command the gateway ran for a project.

@@ -92,6 +92,10 @@ const MIGRATIONS: &[&str] = &[
     );",
     // 3: which dev servers ran when the project was hibernated.
     "ALTER TABLE containers ADD COLUMN running_at_hibernation BOOLEAN NOT NULL DEFAULT FALSE;",
+    // 4: snapshots: a version's snapshot id, why it was taken, what it uploaded.
+    "ALTER TABLE archives ADD COLUMN snapshot TEXT;
+    ALTER TABLE archives ADD COLUMN reason TEXT NOT NULL DEFAULT 'hibernate';
+    ALTER TABLE archives ADD COLUMN uploaded_bytes BIGINT NOT NULL DEFAULT 0;",
 ];
 
 /// The schema version this build migrates to.
@@ -305,6 +309,9 @@ fn archive_row(r: &Row) -> ArchiveVersion {
         sha256: r.get(4),
         files: r.get::<_, i64>(5) as u64,
         created_at: from_ms(r.get(6)),
+        snapshot: r.get(7),
+        reason: r.get(8),
+        uploaded_bytes: r.get::<_, i64>(9) as u64,
     }
 }
 
@@ -476,8 +483,8 @@ impl Store for PostgresStore {
     async fn add_archive(&self, a: &ArchiveVersion) -> Result<()> {
         let c = self.client().await?;
         c.execute(
-            "INSERT INTO archives (project, version, key, size, sha256, files, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO archives (project, version, key, size, sha256, files, created_at, snapshot, reason, uploaded_bytes)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             &[
                 &a.project,
                 &a.version,
@@ -486,6 +493,9 @@ impl Store for PostgresStore {
                 &a.sha256,
                 &(a.files as i64),
                 &ms(a.created_at),
+                &a.snapshot,
+                &a.reason,
+                &(a.uploaded_bytes as i64),
             ],
         )
         .await
@@ -497,7 +507,7 @@ impl Store for PostgresStore {
         let c = self.client().await?;
         let rows = c
             .query(
-                "SELECT project, version, key, size, sha256, files, created_at FROM archives
+                "SELECT project, version, key, size, sha256, files, created_at, snapshot, reason, uploaded_bytes FROM archives
                  WHERE project = $1 ORDER BY version DESC",
                 &[&project],
             )

@@ -88,6 +88,10 @@ const MIGRATIONS: &[&str] = &[
     );",
     // 3: which dev servers ran when the project was hibernated.
     "ALTER TABLE containers ADD COLUMN running_at_hibernation INTEGER NOT NULL DEFAULT 0;",
+    // 4: snapshots: a version's snapshot id, why it was taken, what it uploaded.
+    "ALTER TABLE archives ADD COLUMN snapshot TEXT;
+    ALTER TABLE archives ADD COLUMN reason TEXT NOT NULL DEFAULT 'hibernate';
+    ALTER TABLE archives ADD COLUMN uploaded_bytes INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// SQLite behind the [`Store`] trait.
@@ -221,6 +225,9 @@ fn archive_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ArchiveVersion> {
         sha256: r.get(4)?,
         files: r.get::<_, i64>(5)? as u64,
         created_at: from_ms(r.get(6)?),
+        snapshot: r.get(7)?,
+        reason: r.get(8)?,
+        uploaded_bytes: r.get::<_, i64>(9)? as u64,
     })
 }
 
@@ -402,8 +409,8 @@ impl Store for SqliteStore {
         let a = a.clone();
         self.with(move |c| {
             c.execute(
-                "INSERT INTO archives (project, version, key, size, sha256, files, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO archives (project, version, key, size, sha256, files, created_at, snapshot, reason, uploaded_bytes)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 params![
                     a.project,
                     a.version,
@@ -411,7 +418,10 @@ impl Store for SqliteStore {
                     a.size as i64,
                     a.sha256,
                     a.files as i64,
-                    ms(a.created_at)
+                    ms(a.created_at),
+                    a.snapshot,
+                    a.reason,
+                    a.uploaded_bytes as i64
                 ],
             )
             .map_err(db)?;
@@ -425,7 +435,7 @@ impl Store for SqliteStore {
         self.with(move |c| {
             let mut st = c
                 .prepare(
-                    "SELECT project, version, key, size, sha256, files, created_at FROM archives
+                    "SELECT project, version, key, size, sha256, files, created_at, snapshot, reason, uploaded_bytes FROM archives
                      WHERE project = ?1 ORDER BY version DESC",
                 )
                 .map_err(db)?;

@@ -191,9 +191,8 @@ pub struct Settings {
     pub api_timeout: Duration,
     /// How often readiness and deletion are polled.
     pub poll_interval: Duration,
-    /// Environment handed to the agent for S3 (the AWS SDK's variables).
-    pub s3_env: Vec<(String, String)>,
-    /// A port the S3 endpoint listens on other than 443, opened for egress.
+    /// A port the S3 endpoint listens on other than 443, opened for egress
+    /// (agents GET and PUT snapshot packs on URLs the gateway signed).
     pub s3_port: Option<u16>,
     /// Secret from which each project's agent token is derived.
     pub token_key: Vec<u8>,
@@ -208,15 +207,6 @@ pub struct Resources {
     pub memory_limit: Quantity,
 }
 
-/// The AWS SDK's variables forwarded to agents (they do the S3 transfers).
-const S3_VARS: &[&str] = &[
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_REGION",
-    "AWS_ENDPOINT_URL",
-];
-
 impl Settings {
     /// Builds and checks the settings; the error is one line naming the flag.
     pub fn new(
@@ -225,19 +215,10 @@ impl Settings {
         agent_image: &str,
         token_key: &[u8],
     ) -> Result<Settings, String> {
-        let s3_env: Vec<(String, String)> = S3_VARS
-            .iter()
-            .filter_map(|k| {
-                std::env::var(k)
-                    .ok()
-                    .filter(|v| !v.is_empty())
-                    .map(|v| ((*k).to_owned(), v))
-            })
-            .collect();
-        let s3_port = s3_env
-            .iter()
-            .find(|(k, _)| k == "AWS_ENDPOINT_URL")
-            .and_then(|(_, v)| endpoint_port(v))
+        let s3_port = std::env::var("AWS_ENDPOINT_URL")
+            .ok()
+            .filter(|v| !v.is_empty())
+            .and_then(|v| endpoint_port(&v))
             .filter(|p| *p != 443);
         let settings = Settings {
             namespace_prefix: namespace_prefix.to_owned(),
@@ -268,7 +249,6 @@ impl Settings {
             ready_timeout: Duration::from_secs(args.ready_timeout_secs),
             api_timeout: Duration::from_secs(args.api_timeout_secs.max(1)),
             poll_interval: Duration::from_secs(1),
-            s3_env,
             s3_port,
             token_key: token_key.to_vec(),
         };

@@ -218,15 +218,13 @@ pub fn storage(s: &Settings, ns: &str, project: &str) -> PersistentVolumeClaim {
     }
 }
 
-/// The agent's token and S3 credentials, read by the agent as environment.
-pub fn agent_secret(s: &Settings, ns: &str, project: &str, token: &str) -> Secret {
-    let mut data = BTreeMap::from([(
+/// The agent's token, read by the agent as environment. Nothing else: the
+/// agent holds no storage credentials (the gateway signs URLs for it).
+pub fn agent_secret(_s: &Settings, ns: &str, project: &str, token: &str) -> Secret {
+    let data = BTreeMap::from([(
         "AGENT_TOKEN".to_owned(),
         ByteString(token.as_bytes().to_vec()),
     )]);
-    for (k, v) in &s.s3_env {
-        data.insert(k.clone(), ByteString(v.as_bytes().to_vec()));
-    }
     Secret {
         metadata: meta(AGENT_SECRET, Some(ns), project_labels(project)),
         type_: Some("Opaque".to_owned()),
