@@ -2,8 +2,9 @@
 //! it replaces, and prints a Markdown report for BENCHMARKS.md. It starts
 //! moto (S3) and the agent (TCP on 127.0.0.1), then measures 4 KiB reads and
 //! writes (one connection: p50/p99; 64 concurrent: ops/s), 100 MiB streamed
-//! read and write, archive+upload against `zip -r` + `aws s3 cp`,
-//! download+extract against `aws s3 cp` + `unzip`, idle RSS and binary size.
+//! read and write, hibernation (a snapshot through a gateway, to S3) against
+//! `zip -r` + `aws s3 cp`, open against `aws s3 cp` + `unzip`, idle RSS and
+//! binary size.
 
 mod tree;
 
@@ -13,11 +14,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use clap::Parser;
-use proto::v1::archive_client::ArchiveClient;
 use proto::v1::filesystem_client::FilesystemClient;
 use proto::v1::{
-    ExtractFromS3Request, ReadRequest, S3Location, UploadArchiveRequest, WriteRequest, WriteStart,
-    write_request,
+    ReadRequest, WriteRequest, WriteStart, write_request,
 };
 use tonic::transport::Channel;
 
@@ -28,10 +27,6 @@ struct Args {
     /// Work directory (trees, zips); default: a new temporary directory.
     #[arg(long, env = "BENCH_DIR")]
     dir: Option<PathBuf>,
-    /// Separate directory for the archive comparisons (tree, zips, restores),
-    /// served by a second agent, e.g. on tmpfs when the disk is short.
-    #[arg(long, env = "BENCH_ARCHIVE_DIR")]
-    archive_dir: Option<PathBuf>,
     /// Files in the archived tree (node_modules aside).
     #[arg(long, default_value_t = 5000)]
     files: usize,
@@ -44,11 +39,6 @@ struct Args {
     /// Repetitions of each archive comparison (the median is reported).
     #[arg(long, default_value_t = 3)]
     runs: usize,
-    /// Remove each restored tree right after its timed step (the method
-    /// before 2026-11-25 15:00), so the next extract runs just after 5,000
-    /// files were freed: what a restore soon after a hibernation meets.
-    #[arg(long)]
-    delete_between: bool,
     /// Operations of each one-connection latency series.
     #[arg(long, default_value_t = 5000)]
     latency_ops: usize,
@@ -197,18 +187,14 @@ async fn main() -> Result<()> {
     ));
     std::fs::remove_dir_all(root.join("ops"))?;
 
-    // --- archives
-    let (work, root, ch, _archive_agent) = match &args.archive_dir {
-        Some(dir) => {
-            let root = dir.join("root");
-            let _ = std::fs::remove_dir_all(&root);
-            std::fs::create_dir_all(&root)?;
-            let (a, port) = start_agent(&agent_bin, &root, &s3).await?;
-            (dir.clone(), root, channel(port).await?, Some(a))
-        }
-        None => (work.clone(), root.clone(), ch.clone(), None),
-    };
-    let proj = root.join("proj");
+    // --- snapshots (through a gateway on S3) vs zip + aws
+    let gw = tests::gateway::Gateway::builder()
+        .envs(&s3.env())
+        .archive(format!("s3://{BUCKET}/snapshots"))
+        .start()
+        .await?;
+    gw.open_project("bench").await?;
+    let proj = gw.project_dir("bench");
     let t = Instant::now();
     let stats = tree::generate(
         &proj,
@@ -217,6 +203,12 @@ async fn main() -> Result<()> {
         args.node_modules_files,
     )?;
     eprintln!("generated tree in {:.1} s", t.elapsed().as_secs_f64());
+    // The project's agent may run as the project's own user.
+    sh(
+        &proj,
+        &format!("chown -R --reference={0} {0}", proj.display()),
+        &[],
+    )?;
     // Both sides start from a warm page cache.
     Command::new("sh")
         .arg("-c")
@@ -226,41 +218,16 @@ async fn main() -> Result<()> {
         ))
         .status()?;
 
-    let mut archive = ArchiveClient::new(ch.clone());
     let aws_env = aws_env(&s3);
-    let mut agent_up = Vec::new();
+    let mut snap_up = Vec::new();
+    let mut snap_again = Vec::new();
     let mut cli_up = Vec::new();
-    let mut agent_down = Vec::new();
+    let mut snap_down = Vec::new();
     let mut cli_down = Vec::new();
-    let mut agent_on_zip = Vec::new();
-    let mut sizes = (0u64, 0u64);
-    let mut restored = Vec::new();
+    let mut uploaded = (0u64, 0u64);
+    let mut zip_size = 0u64;
     for run in 0..args.runs {
-        // Agent: archive + multipart upload in one call.
-        let t = Instant::now();
-        let s = archive
-            .upload(tests::authed(
-                UploadArchiveRequest {
-                    options: Some(proto::v1::ArchiveOptions {
-                        path: "proj".into(),
-                        ..Default::default()
-                    }),
-                    location: Some(S3Location {
-                        bucket: BUCKET.into(),
-                        key: format!("agent-{run}.zip"),
-                    }),
-                },
-                TOKEN,
-            ))
-            .await?
-            .into_inner();
-        agent_up.push(t.elapsed());
-        sizes.0 = s.size;
-        if s.files != stats.files as u64 {
-            bail!("agent archived {} files, expected {}", s.files, stats.files);
-        }
-
-        // zip -r + aws s3 cp.
+        // zip -r + aws s3 cp, of the tree without node_modules and .git.
         let zip_path = work.join(format!("cli-{run}.zip"));
         let _ = std::fs::remove_file(&zip_path);
         let t = Instant::now();
@@ -281,61 +248,30 @@ async fn main() -> Result<()> {
             &aws_env,
         )?;
         cli_up.push(t.elapsed());
-        sizes.1 = std::fs::metadata(&zip_path)?.len();
+        zip_size = std::fs::metadata(&zip_path)?.len();
 
-        // Agent: ranged parallel download + checked parallel extract.
-        let dest = format!("restore-agent-{run}");
+        // Hibernation: a snapshot of everything, node_modules and .git
+        // included (the first run uploads it all; later ones find every
+        // chunk in the previous snapshot).
         let t = Instant::now();
-        let x = archive
-            .extract_from_s3(tests::authed(
-                ExtractFromS3Request {
-                    path: dest.clone(),
-                    location: Some(S3Location {
-                        bucket: BUCKET.into(),
-                        key: format!("agent-{run}.zip"),
-                    }),
-                },
-                TOKEN,
-            ))
-            .await?
-            .into_inner();
-        agent_down.push(t.elapsed());
-        if x.files != stats.files as u64 {
-            bail!(
-                "agent extracted {} files, expected {}",
-                x.files,
-                stats.files
-            );
+        let p = hibernate(&gw).await?;
+        snap_up.push(t.elapsed());
+        let up = p["snapshot"]["uploaded_bytes"].as_u64().unwrap_or(0);
+        if run == 0 {
+            uploaded.0 = up;
         }
-        // Restored trees are removed only after the last run: ext4 searches
-        // past recently freed inodes when it allocates new ones, so a timed
-        // extract right after removing 5,000 files measured the removal too
-        // (both tools slowed 2-4x over consecutive runs).
-        restored.push(root.join(&dest));
-        if args.delete_between {
-            clear(&mut restored)?;
+        if p["snapshot"]["files"].as_u64() < Some(stats.files as u64) {
+            bail!("snapshot holds fewer files than the tree: {p}");
         }
-
-        // The agent on the archive zip -r made (same input as unzip's).
-        let dest = format!("restore-agent-zip-{run}");
         let t = Instant::now();
-        archive
-            .extract_from_s3(tests::authed(
-                ExtractFromS3Request {
-                    path: dest.clone(),
-                    location: Some(S3Location {
-                        bucket: BUCKET.into(),
-                        key: format!("cli-{run}.zip"),
-                    }),
-                },
-                TOKEN,
-            ))
-            .await?;
-        agent_on_zip.push(t.elapsed());
-        restored.push(root.join(&dest));
-        if args.delete_between {
-            clear(&mut restored)?;
-        }
+        open(&gw).await?;
+        snap_down.push(t.elapsed());
+        // Nothing changed since the restore.
+        let t = Instant::now();
+        let p = hibernate(&gw).await?;
+        snap_again.push(t.elapsed());
+        uploaded.1 = p["snapshot"]["uploaded_bytes"].as_u64().unwrap_or(0);
+        open(&gw).await?;
 
         // aws s3 cp + unzip.
         let dl = work.join(format!("dl-{run}.zip"));
@@ -355,46 +291,43 @@ async fn main() -> Result<()> {
             &aws_env,
         )?;
         cli_down.push(t.elapsed());
-        restored.push(out);
-        if args.delete_between {
-            clear(&mut restored)?;
-        }
+        std::fs::remove_dir_all(&out)?;
         std::fs::remove_file(&dl)?;
         std::fs::remove_file(&zip_path)?;
         eprintln!(
-            "run {run}: agent up {:.2}s, zip+cp {:.2}s, agent down {:.2}s, cp+unzip {:.2}s",
-            agent_up[run].as_secs_f64(),
+            "run {run}: hibernate {:.2}s, zip+cp {:.2}s, open {:.2}s, cp+unzip {:.2}s, unchanged hibernate {:.2}s",
+            snap_up[run].as_secs_f64(),
             cli_up[run].as_secs_f64(),
-            agent_down[run].as_secs_f64(),
-            cli_down[run].as_secs_f64()
+            snap_down[run].as_secs_f64(),
+            cli_down[run].as_secs_f64(),
+            snap_again[run].as_secs_f64()
         );
     }
-    clear(&mut restored)?;
-    let (au, cu, ad, cd, az) = (
-        median(&agent_up),
+    let (su, cu, sd, cd, sa) = (
+        median(&snap_up),
         median(&cli_up),
-        median(&agent_down),
+        median(&snap_down),
         median(&cli_down),
-        median(&agent_on_zip),
+        median(&snap_again),
     );
     report.push(format!(
-        "| archive + upload: agent (zip {:.1} MB) vs `zip -r` + `aws s3 cp` (zip {:.1} MB) | {:.2} s vs {:.2} s: **{:.1}x** |",
-        sizes.0 as f64 / 1e6,
-        sizes.1 as f64 / 1e6,
-        au.as_secs_f64(),
+        "| hibernate (snapshot of everything, first run uploads {:.1} MB) vs `zip -r` + `aws s3 cp` without node_modules and .git (zip {:.1} MB) | {:.2} s vs {:.2} s: **{:.1}x** |",
+        uploaded.0 as f64 / 1e6,
+        zip_size as f64 / 1e6,
+        su.as_secs_f64(),
         cu.as_secs_f64(),
-        cu.as_secs_f64() / au.as_secs_f64()
+        cu.as_secs_f64() / su.as_secs_f64()
     ));
     report.push(format!(
-        "| download + extract: agent vs `aws s3 cp` + `unzip` | {:.2} s vs {:.2} s: **{:.1}x** |",
-        ad.as_secs_f64(),
+        "| hibernate with nothing changed | {:.2} s, {} bytes uploaded |",
+        sa.as_secs_f64(),
+        uploaded.1
+    ));
+    report.push(format!(
+        "| open (restore of everything) vs `aws s3 cp` + `unzip` of the smaller zip | {:.2} s vs {:.2} s: **{:.1}x** |",
+        sd.as_secs_f64(),
         cd.as_secs_f64(),
-        cd.as_secs_f64() / ad.as_secs_f64()
-    ));
-    report.push(format!(
-        "| download + extract by the agent of the `zip -r` archive | {:.2} s ({:.1}x `aws s3 cp` + `unzip`) |",
-        az.as_secs_f64(),
-        cd.as_secs_f64() / az.as_secs_f64()
+        cd.as_secs_f64() / sd.as_secs_f64()
     ));
 
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -413,7 +346,7 @@ async fn main() -> Result<()> {
     ));
 
     println!(
-        "Tree: {} files, {:.1} MB (94% source-like text, 6% random binary assets), plus {} files in node_modules (excluded). Median of {} runs.\n",
+        "Tree: {} files, {:.1} MB (94% source-like text, 6% random binary assets), plus {} files in node_modules (in snapshots, left out of the zips). Median of {} runs.\n",
         stats.files,
         stats.bytes as f64 / 1e6,
         stats.node_modules_files,
@@ -422,17 +355,6 @@ async fn main() -> Result<()> {
     println!("| measure | result |\n| --- | --- |");
     for line in report {
         println!("{line}");
-    }
-    if args.archive_dir.is_some() {
-        std::fs::remove_dir_all(&root)?;
-    }
-    Ok(())
-}
-
-/// Removes the restored trees listed so far.
-fn clear(restored: &mut Vec<PathBuf>) -> Result<()> {
-    for dir in restored.drain(..) {
-        std::fs::remove_dir_all(dir)?;
     }
     Ok(())
 }
@@ -638,6 +560,22 @@ fn sh(dir: &Path, cmd: &str, env: &[(String, String)]) -> Result<()> {
         .with_context(|| format!("run {cmd}"))?;
     if !status.success() {
         bail!("{cmd}: {status}");
+    }
+    Ok(())
+}
+
+async fn hibernate(gw: &tests::gateway::Gateway) -> Result<serde_json::Value> {
+    let r = gw.post("/api/projects/bench/hibernate").send().await?;
+    if !r.status().is_success() {
+        bail!("hibernate: {} {}", r.status(), r.text().await?);
+    }
+    Ok(r.json().await?)
+}
+
+async fn open(gw: &tests::gateway::Gateway) -> Result<()> {
+    let r = gw.post("/api/projects/bench/open").send().await?;
+    if !r.status().is_success() {
+        bail!("open: {} {}", r.status(), r.text().await?);
     }
     Ok(())
 }
