@@ -15,9 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use clap::Parser;
 use proto::v1::filesystem_client::FilesystemClient;
-use proto::v1::{
-    ReadRequest, WriteRequest, WriteStart, write_request,
-};
+use proto::v1::{ReadRequest, WriteRequest, WriteStart, write_request};
 use tonic::transport::Channel;
 
 /// Benchmarks the release agent; run through `bench/run.sh`.

@@ -1,0 +1,350 @@
+//! Hibernation as snapshots, end to end with the real gateway and agent:
+//! nothing is left out (every byte, mode, nanosecond mtime, symlink target
+//! and empty directory comes back, `.git` and `node_modules` included), a
+//! second hibernation uploads next to nothing, a tampered pack fails the
+//! open and leaves the project hibernated, agents hold no storage
+//! credentials, and a signed object URL reaches its own object only.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+use std::path::Path;
+
+use serde_json::{Value, json};
+use tests::S3Server;
+use tests::gateway::Gateway;
+
+/// path → (kind, mode, mtime in ns, content or link target) of every entry
+/// under `root`, nothing left out.
+type Tree = BTreeMap<String, (&'static str, u32, i64, Vec<u8>)>;
+
+fn tree(root: &Path) -> Tree {
+    fn walk(root: &Path, dir: &Path, out: &mut Tree) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let mtime = m.mtime() * 1_000_000_000 + m.mtime_nsec();
+            let mode = m.permissions().mode() & 0o7777;
+            if m.file_type().is_symlink() {
+                let target = std::fs::read_link(&p).unwrap();
+                let target = target.to_string_lossy().into_owned().into_bytes();
+                out.insert(rel, ("symlink", 0, mtime, target));
+            } else if m.is_dir() {
+                walk(root, &p, out);
+                out.insert(rel, ("dir", mode, mtime, Vec::new()));
+            } else {
+                out.insert(rel, ("file", mode, mtime, std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+async fn exec(gw: &Gateway, p: &str, script: &str) -> Value {
+    let r = gw
+        .post(&format!("/api/projects/{p}/exec"))
+        .json(&json!({"argv": ["sh", "-c", script]}))
+        .send()
+        .await
+        .unwrap();
+    r.json().await.unwrap()
+}
+
+async fn exec_ok(gw: &Gateway, p: &str, script: &str) -> String {
+    let v = exec(gw, p, script).await;
+    assert_eq!(v["exit_code"], 0, "{script}: {v}");
+    v["stdout"].as_str().unwrap().to_owned()
+}
+
+async fn hibernate(gw: &Gateway, p: &str) -> Value {
+    let r = gw
+        .post(&format!("/api/projects/{p}/hibernate"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["status"], "hibernated");
+    v
+}
+
+async fn open(gw: &Gateway, p: &str) -> reqwest::Response {
+    gw.post(&format!("/api/projects/{p}/open"))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// A project with everything a zip used to lose.
+const EVERYTHING: &str = r#"set -e
+git init -q repo
+cd repo
+git config user.email dev@example.com
+git config user.name dev
+echo hello > README.md
+git add README.md
+git commit -qm first
+cd ..
+mkdir -p node_modules/dep __pycache__ .cache/x empty/deeper
+echo 'module.exports = 1' > node_modules/dep/index.js
+printf 'pyc' > __pycache__/m.pyc
+printf '#!/bin/sh\necho ran\n' > run.sh
+chmod 755 run.sh
+printf 'secret' > private
+chmod 600 private
+: > zero
+head -c 3000000 /dev/urandom > big.bin
+ln -s /etc/hostname outside
+ln -s repo/README.md inside
+ln -s does/not/exist dangling
+chmod 700 empty
+touch -d '@1600000000.123456789' run.sh big.bin
+touch -h -d '@1500000000.5' outside
+touch -d '@1400000000.25' empty/deeper
+touch -d '@1400000000.75' empty
+"#;
+
+#[tokio::test]
+async fn hibernation_keeps_everything_and_the_second_one_uploads_next_to_nothing() {
+    let gw = Gateway::start().await.unwrap();
+    gw.open_project("full").await.unwrap();
+    exec_ok(&gw, "full", EVERYTHING).await;
+    let dir = gw.project_dir("full");
+    let before = tree(&dir);
+    for p in [
+        "repo/.git/HEAD",
+        "node_modules/dep/index.js",
+        "__pycache__/m.pyc",
+        "empty/deeper",
+        "outside",
+        "dangling",
+        "zero",
+    ] {
+        assert!(
+            before.contains_key(p),
+            "{p} missing from {:?}",
+            before.keys()
+        );
+    }
+
+    let p = hibernate(&gw, "full").await;
+    let snap = &p["snapshot"];
+    let id = snap["id"].as_str().unwrap().to_owned();
+    assert_eq!(id.len(), 64, "{snap}");
+    assert_eq!(p["archive"], *snap, "archive is an alias of snapshot");
+    let first_upload = snap["uploaded_bytes"].as_u64().unwrap();
+    assert!(
+        first_upload > 3_000_000,
+        "random bytes do not shrink: {snap}"
+    );
+    assert!(snap["files"].as_u64().unwrap() >= 10, "{snap}");
+    assert!(!dir.exists(), "the environment is torn down");
+
+    let r = open(&gw, "full").await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    assert_eq!(tree(&dir), before, "every path, byte, mode, mtime and link");
+
+    // The repository works; the executable runs.
+    let log = exec_ok(&gw, "full", "git -C repo log --oneline").await;
+    assert!(log.contains("first"), "{log}");
+    let status = exec_ok(&gw, "full", "git -C repo status --porcelain").await;
+    assert_eq!(status, "", "a clean work tree");
+    assert_eq!(exec_ok(&gw, "full", "./run.sh").await, "ran\n");
+    let e: Value = gw
+        .get("/api/projects/full/stat/run.sh")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(e["mode"], "0755");
+
+    // Nothing changed: only a new manifest is stored.
+    let before = tree(&dir);
+    let p = hibernate(&gw, "full").await;
+    let again = p["snapshot"]["uploaded_bytes"].as_u64().unwrap();
+    assert!(
+        again < 64 * 1024,
+        "uploaded {again} bytes for an unchanged project"
+    );
+    assert_ne!(p["snapshot"]["id"], json!(id));
+    let r = open(&gw, "full").await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    assert_eq!(tree(&dir), before);
+}
+
+#[tokio::test]
+async fn a_tampered_pack_fails_the_open_and_the_project_stays_hibernated() {
+    let gw = Gateway::start().await.unwrap();
+    gw.open_project("tamper").await.unwrap();
+    exec_ok(
+        &gw,
+        "tamper",
+        "head -c 400000 /dev/urandom > data.bin && echo keep > a.txt",
+    )
+    .await;
+    let before = tree(&gw.project_dir("tamper"));
+    let p = hibernate(&gw, "tamper").await;
+    let id = p["snapshot"]["id"].as_str().unwrap().to_owned();
+
+    let packs: Vec<_> = std::fs::read_dir(gw.data_dir.join("archives/tamper/packs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(packs.len(), 1, "{packs:?}");
+    let original = std::fs::read(&packs[0]).unwrap();
+    let mut bad = original.clone();
+    bad[original.len() / 2] ^= 0x40;
+    std::fs::write(&packs[0], &bad).unwrap();
+
+    let r = open(&gw, "tamper").await;
+    assert_eq!(r.status(), 500);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "snapshot_unusable", "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains(&id) && msg.contains("pack"), "{msg}");
+    let p: Value = gw
+        .get("/api/projects/tamper")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(p["status"], "hibernated");
+    let dir = gw.project_dir("tamper");
+    assert!(
+        !dir.exists() || std::fs::read_dir(&dir).unwrap().next().is_none(),
+        "nothing half-written"
+    );
+
+    // The snapshot itself was never touched: with the pack repaired, it opens.
+    std::fs::write(&packs[0], &original).unwrap();
+    let r = open(&gw, "tamper").await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    assert_eq!(tree(&dir), before);
+}
+
+#[tokio::test]
+async fn s3_snapshots_with_no_credentials_in_the_agent() {
+    let s3 = S3Server::start().await.unwrap();
+    s3.create_bucket("snaps").await.unwrap();
+    let gw = Gateway::builder()
+        .envs(&s3.env())
+        .archive("s3://snaps/pre")
+        .start()
+        .await
+        .unwrap();
+    gw.open_project("s3p").await.unwrap();
+    exec_ok(&gw, "s3p", EVERYTHING).await;
+
+    // The agent and everything it runs see no storage credentials, and a
+    // process of the project cannot read the agent's environment
+    // (non-dumpable: /proc/<pid>/environ belongs to root).
+    let pid = gw.agent_pid("s3p").await.unwrap();
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let environ = String::from_utf8_lossy(&environ);
+    assert!(!environ.contains("AWS_"), "{environ}");
+    assert!(!environ.contains(tests::S3_SECRET_KEY), "{environ}");
+    let env = exec_ok(&gw, "s3p", "env").await;
+    assert!(!env.contains("AWS_"), "{env}");
+    let v = exec(&gw, "s3p", "cat /proc/$PPID/environ").await;
+    assert_ne!(
+        v["exit_code"], 0,
+        "the agent's environment is readable: {v}"
+    );
+
+    let before = tree(&gw.project_dir("s3p"));
+    let p = hibernate(&gw, "s3p").await;
+    let key = p["snapshot"]["key"].as_str().unwrap().to_owned();
+    assert!(key.starts_with("pre/s3p/snapshots/"), "{key}");
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let list = |prefix: &str| {
+        http.get(format!("{}/snaps?list-type=2&prefix={prefix}", s3.endpoint))
+            .send()
+    };
+    let listing = list("pre/s3p/").await.unwrap().text().await.unwrap();
+    assert!(listing.contains("pre/s3p/packs/"), "{listing}");
+    assert!(listing.contains(&key), "{listing}");
+
+    let r = open(&gw, "s3p").await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    assert_eq!(tree(&gw.project_dir("s3p")), before);
+    let p = hibernate(&gw, "s3p").await;
+    assert!(
+        p["snapshot"]["uploaded_bytes"].as_u64().unwrap() < 64 * 1024,
+        "{p}"
+    );
+
+    // Delete removes every object of the project.
+    let r = gw.delete("/api/projects/s3p").send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    let listing = list("pre/s3p/").await.unwrap().text().await.unwrap();
+    assert!(!listing.contains("<Key>"), "{listing}");
+}
+
+#[tokio::test]
+async fn a_signed_object_url_reaches_its_own_object_only() {
+    use gateway::archive_store::{ArchiveStore, Method};
+    use gateway::config::ArchiveLocation;
+
+    let gw = Gateway::start().await.unwrap();
+    // Signed with the gateway's own code and secret, as the gateway signs
+    // the URLs it hands its agents.
+    let store = ArchiveStore::new(
+        ArchiveLocation::Folder(gw.data_dir.join("archives")),
+        gw.secret.as_bytes(),
+    );
+    store.set_base_url(gw.base.clone());
+    let body = b"a pack's bytes".to_vec();
+    let id = devgate_snapshot::Id::of(&body);
+    let put_a = store
+        .sign_url(Method::Put, &format!("alpha/packs/{id}"))
+        .await
+        .unwrap();
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+
+    // Project B's object with project A's signature: refused, nothing written.
+    let put_b = put_a.replace("/alpha/packs/", "/beta/packs/");
+    let r = http.put(&put_b).body(body.clone()).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(
+        !gw.data_dir
+            .join(format!("archives/beta/packs/{id}"))
+            .exists()
+    );
+    // Another method, a changed expiry, a body that is not the named pack.
+    let r = http.get(&put_a).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    let later = put_a.replace("exp=", "exp=1");
+    let r = http.put(&later).body(body.clone()).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    let r = http.put(&put_a).body("other bytes").send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(
+        !gw.data_dir
+            .join(format!("archives/alpha/packs/{id}"))
+            .exists()
+    );
+    // Only pack keys are served, whatever the signature.
+    let manifest = store
+        .sign_url(Method::Put, &format!("alpha/snapshots/{id}"))
+        .await
+        .unwrap();
+    let r = http.put(&manifest).body(body.clone()).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+
+    // The URL itself works, for its object.
+    let r = http.put(&put_a).body(body.clone()).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let get_a = store
+        .sign_url(Method::Get, &format!("alpha/packs/{id}"))
+        .await
+        .unwrap();
+    let r = http.get(&get_a).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap().to_vec(), body);
+}
