@@ -68,16 +68,19 @@ fn progress(state: &AppState, project: &str, step: &str, message: impl Into<Stri
 }
 
 /// What `POST /open` may ask for besides making the project active.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct OpenOptions {
     /// Start again the containers that were running when the project was
     /// hibernated.
     pub start_containers: bool,
+    /// Restore this snapshot (an id) rather than the newest one; only for a
+    /// hibernated project.
+    pub snapshot: Option<String>,
 }
 
 /// Makes the project active, then does what `opts` asks.
 pub async fn open_with(state: &AppState, id: &str, opts: OpenOptions) -> Result<Project> {
-    let p = open(state, id).await?;
+    let p = open_at(state, id, opts.snapshot.as_deref()).await?;
     if opts.start_containers {
         resume_containers(state, id).await?;
     }
@@ -119,15 +122,39 @@ async fn resume_containers(state: &AppState, id: &str) -> Result<()> {
 /// Makes the project active: starts its environment, restoring the newest
 /// archive first when it is hibernated. Idempotent.
 pub async fn open(state: &AppState, id: &str) -> Result<Project> {
+    open_at(state, id, None).await
+}
+
+/// [`open`], restoring snapshot `snapshot` (an id) rather than the newest
+/// when one is named: only a hibernated project can go back to an older
+/// snapshot (409 otherwise), and an unknown id is 404.
+async fn open_at(state: &AppState, id: &str, snapshot: Option<&str>) -> Result<Project> {
     // Fast path, without the project's lock (a container's install may hold
     // it for minutes): an active project only needs its agent up.
     let p = state.project(id).await?;
-    if p.status == ProjectStatus::Active {
+    if p.status == ProjectStatus::Active && snapshot.is_none() {
         state.runtime.ensure(id).await?;
         return Ok(p);
     }
     let _guard = state.locks.lock(id).await;
     let mut p = state.project(id).await?;
+    if let Some(sid) = snapshot {
+        if !matches!(
+            p.status,
+            ProjectStatus::Hibernated | ProjectStatus::Restoring | ProjectStatus::Failed
+        ) {
+            return Err(Error::Conflict(format!(
+                "project {id} is {}: hibernate it before opening an older snapshot",
+                p.status.as_str()
+            )));
+        }
+        let versions = state.store.list_archives(id).await?;
+        if !versions.iter().any(|a| a.snapshot.as_deref() == Some(sid)) {
+            return Err(Error::NotFound(format!(
+                "project {id} has no snapshot {sid}"
+            )));
+        }
+    }
     match p.status {
         ProjectStatus::Active => {
             // The agent may have died with a previous gateway: bring it back.
@@ -135,11 +162,11 @@ pub async fn open(state: &AppState, id: &str) -> Result<Project> {
             Ok(p)
         }
         ProjectStatus::Hibernated | ProjectStatus::Restoring => {
-            restore(state, &mut p).await?;
+            restore(state, &mut p, snapshot).await?;
             Ok(p)
         }
         ProjectStatus::Failed if !state.store.list_archives(id).await?.is_empty() => {
-            restore(state, &mut p).await?;
+            restore(state, &mut p, snapshot).await?;
             Ok(p)
         }
         ProjectStatus::Created
@@ -165,12 +192,19 @@ pub async fn open(state: &AppState, id: &str) -> Result<Project> {
     }
 }
 
-async fn restore(state: &AppState, p: &mut Project) -> Result<()> {
+/// Restores the newest version, or snapshot `wanted`.
+async fn restore(state: &AppState, p: &mut Project, wanted: Option<&str>) -> Result<()> {
     let id = p.id.clone();
     let t0 = Instant::now();
     let previous = p.status;
     set_status(state, p, ProjectStatus::Restoring).await?;
-    let newest = state.store.list_archives(&id).await?.into_iter().next();
+    let versions = state.store.list_archives(&id).await?;
+    let newest = match wanted {
+        Some(sid) => versions
+            .into_iter()
+            .find(|a| a.snapshot.as_deref() == Some(sid)),
+        None => versions.into_iter().next(),
+    };
     let result = async {
         if newest.is_some() {
             // Whatever a cut-short teardown or restore left behind goes first:
@@ -442,6 +476,64 @@ pub async fn hibernate(state: &AppState, id: &str) -> Result<Project> {
         "project hibernated"
     );
     Ok(p)
+}
+
+/// Takes a snapshot of an active project now, without stopping anything
+/// (`POST /snapshots`): each file is read consistently (one that changes
+/// while it is read is read again), files written meanwhile may or may not
+/// be in it. Recorded as the newest version, with `reason`.
+pub async fn snapshot_now(state: &AppState, id: &str, reason: &str) -> Result<ArchiveVersion> {
+    let _guard = state.locks.lock(id).await;
+    let p = state.project(id).await?;
+    if p.status != ProjectStatus::Active {
+        return Err(Error::ProjectNotActive(id.to_owned()));
+    }
+    let t0 = Instant::now();
+    let versions = state.store.list_archives(id).await?;
+    let version = versions.first().map(|a| a.version + 1).unwrap_or(1);
+    let previous = versions.iter().find(|a| a.snapshot.is_some()).cloned();
+    let result = take_snapshot(state, id, previous.as_ref()).await;
+    let (exit_code, stdout, stderr) = match &result {
+        Ok(t) => (
+            0,
+            format!(
+                "snapshot {}: {} files, {} bytes, {} bytes uploaded",
+                t.id, t.files, t.bytes, t.uploaded_bytes
+            ),
+            String::new(),
+        ),
+        Err(e) => (1, String::new(), e.to_string()),
+    };
+    state
+        .log_command(CommandLogEntry {
+            id: 0,
+            truncated: false,
+            project: id.to_owned(),
+            ts: Utc::now(),
+            label: "snapshot".into(),
+            command: format!("snapshot version {version} ({reason})"),
+            exit_code: Some(exit_code),
+            duration_ms: t0.elapsed().as_millis() as u64,
+            stdout,
+            stderr,
+        })
+        .await;
+    let taken = result?;
+    let v = ArchiveVersion {
+        project: id.to_owned(),
+        version,
+        key: taken.key,
+        size: taken.bytes,
+        sha256: String::new(),
+        files: taken.files,
+        created_at: Utc::now(),
+        snapshot: Some(taken.id),
+        reason: reason.to_owned(),
+        uploaded_bytes: taken.uploaded_bytes,
+    };
+    state.store.add_archive(&v).await?;
+    prune_archives(state, id).await;
+    Ok(v)
 }
 
 /// A snapshot taken and verified.

@@ -74,6 +74,6 @@ mod tests {
             .map(|c| crate::Id::of(&c.unwrap()))
             .collect();
         let changed = after.iter().filter(|id| !before.contains(id)).count();
-        assert!(changed >= 1 && changed <= 2, "{changed} chunks changed");
+        assert!((1..=2).contains(&changed), "{changed} chunks changed");
     }
 }

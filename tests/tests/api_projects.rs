@@ -101,8 +101,9 @@ async fn project_lifecycle_and_errors() {
     assert_eq!(r.status(), 200);
     let p: Value = r.json().await.unwrap();
     assert_eq!(p["status"], "hibernated");
-    assert!(p["archive"]["size"].as_u64().unwrap() > 0);
-    assert_eq!(p["archive"]["sha256"].as_str().unwrap().len(), 64);
+    assert!(p["snapshot"]["bytes"].as_u64().unwrap() > 0);
+    assert_eq!(p["snapshot"]["id"].as_str().unwrap().len(), 64);
+    assert_eq!(p["archive"], p["snapshot"], "the old name, for one release");
     assert!(p["hibernated_at"].is_string());
     assert!(!gw.project_dir("demo").exists(), "the environment is gone");
     let archives = gw.data_dir.join("archives/demo");
@@ -150,6 +151,7 @@ async fn archive_versions_are_kept_up_to_the_limit() {
         .await
         .unwrap();
     gw.open_project("v").await.unwrap();
+    let mut ids = Vec::new();
     for i in 0..3 {
         gw.put("/api/projects/v/files/n.txt")
             .body(format!("{i}"))
@@ -158,6 +160,8 @@ async fn archive_versions_are_kept_up_to_the_limit() {
             .unwrap();
         let r = gw.post("/api/projects/v/hibernate").send().await.unwrap();
         assert_eq!(r.status(), 200);
+        let p: Value = r.json().await.unwrap();
+        ids.push(p["snapshot"]["id"].as_str().unwrap().to_owned());
         let r = gw.post("/api/projects/v/open").send().await.unwrap();
         assert_eq!(r.status(), 200);
         assert_eq!(
@@ -171,12 +175,20 @@ async fn archive_versions_are_kept_up_to_the_limit() {
             format!("{i}")
         );
     }
-    let mut files: Vec<String> = std::fs::read_dir(gw.data_dir.join("archives/v"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    files.sort();
-    assert_eq!(files, ["00000002.zip", "00000003.zip"]);
+    let names = |dir: &str| {
+        let mut v: Vec<String> = std::fs::read_dir(gw.data_dir.join("archives/v").join(dir))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let mut kept = ids[1..].to_vec();
+    kept.sort();
+    assert_eq!(names("snapshots"), kept);
+    // Each version added one pack (n.txt changed); the first one's is used
+    // by no kept snapshot, so it went with its manifest.
+    assert_eq!(names("packs").len(), 2, "{:?}", names("packs"));
 }
 
 /// Reads SSE frames until one satisfies `pred`.

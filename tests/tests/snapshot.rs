@@ -348,3 +348,71 @@ async fn a_signed_object_url_reaches_its_own_object_only() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.unwrap().to_vec(), body);
 }
+
+#[tokio::test]
+async fn snapshots_are_listed_taken_while_active_and_opened_by_id() {
+    let gw = Gateway::start().await.unwrap();
+    gw.open_project("ver").await.unwrap();
+    exec_ok(&gw, "ver", "echo one > a.txt").await;
+
+    // Taken now, without stopping anything: the project stays active.
+    let r = gw.post("/api/projects/ver/snapshots").send().await.unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let manual: Value = r.json().await.unwrap();
+    assert_eq!(manual["reason"], "manual");
+    let first = manual["id"].as_str().unwrap().to_owned();
+    assert_eq!(exec_ok(&gw, "ver", "cat a.txt").await, "one\n");
+
+    exec_ok(&gw, "ver", "echo two > a.txt").await;
+    let p = hibernate(&gw, "ver").await;
+    let second = p["snapshot"]["id"].as_str().unwrap().to_owned();
+    let list: Vec<Value> = gw
+        .get("/api/projects/ver/snapshots")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = list.iter().map(|s| s["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, [second.as_str(), first.as_str()], "newest first");
+    assert_eq!(list[0]["reason"], "hibernate");
+    for s in &list {
+        for field in ["created_at", "files", "bytes", "uploaded_bytes"] {
+            assert!(!s[field].is_null(), "{field} in {s}");
+        }
+    }
+
+    // An unknown id: 404, and the project stays hibernated.
+    let r = gw
+        .post("/api/projects/ver/open")
+        .json(&json!({"snapshot": "0".repeat(64)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    // The older one, by id.
+    let r = gw
+        .post("/api/projects/ver/open")
+        .json(&json!({"snapshot": first}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    assert_eq!(exec_ok(&gw, "ver", "cat a.txt").await, "one\n");
+    // An active project does not jump to another snapshot.
+    let r = gw
+        .post("/api/projects/ver/open")
+        .json(&json!({"snapshot": second}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    assert_eq!(exec_ok(&gw, "ver", "cat a.txt").await, "one\n");
+
+    hibernate(&gw, "ver").await;
+    let r = gw.post("/api/projects/ver/snapshots").send().await.unwrap();
+    assert_eq!(r.status(), 409);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "project_not_active");
+}

@@ -109,10 +109,6 @@ pub(crate) enum SpoolAt {
 
 #[cfg(test)]
 impl SpoolAt {
-    pub(crate) fn new(size: u64) -> Result<SpoolAt> {
-        Self::with_limit(size, MEMORY_SPOOL)
-    }
-
     /// A spool in memory up to `limit` bytes, else in a temporary file.
     pub(crate) fn with_limit(size: u64, limit: u64) -> Result<SpoolAt> {
         if size <= limit {

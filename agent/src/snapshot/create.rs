@@ -132,7 +132,9 @@ fn walk(dir: &Dir, prefix: &str, w: &mut Writer<'_>, out: &mut Vec<Entry>) -> Re
                 name.to_string_lossy()
             )));
         };
-        if devgate_fs::temp::is_agent_entry(name) {
+        // The agent's own entries; and a volume's `lost+found` (root's,
+        // unreadable, made again by the file system), at the root only.
+        if devgate_fs::temp::is_agent_entry(name) || (prefix.is_empty() && name == "lost+found") {
             continue;
         }
         names.push(name.to_owned());

@@ -1,5 +1,5 @@
-//! Project routes: create, list, get, open, hibernate, delete; and the JSON
-//! shapes of a project and a container.
+//! Project routes: create, list, get, open, hibernate, snapshots, delete;
+//! and the JSON shapes of a project, a snapshot and a container.
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -23,6 +23,10 @@ pub fn routes() -> Router<AppState> {
         .route("/api/projects/{p}", get(show).delete(delete))
         .route("/api/projects/{p}/open", post(open))
         .route("/api/projects/{p}/hibernate", post(hibernate))
+        .route(
+            "/api/projects/{p}/snapshots",
+            get(list_snapshots).post(take_snapshot),
+        )
 }
 
 /// `POST /open`: every field optional, and so is the body.
@@ -30,6 +34,8 @@ pub fn routes() -> Router<AppState> {
 struct OpenBody {
     #[serde(default)]
     start_containers: bool,
+    #[serde(default)]
+    snapshot: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -163,6 +169,7 @@ async fn open(
     };
     let opts = lifecycle::OpenOptions {
         start_containers: body.start_containers,
+        snapshot: body.snapshot,
     };
     let project = lifecycle::open_with(&state, &p, opts).await?;
     Ok(Json(project_json(&state, &project).await?))
@@ -176,6 +183,31 @@ async fn hibernate(
     authorize(&claims, &p)?;
     let project = lifecycle::hibernate(&state, &p).await?;
     Ok(Json(project_json(&state, &project).await?))
+}
+
+/// `GET /snapshots`: the project's versions, newest first.
+async fn list_snapshots(
+    claims: Claims,
+    State(state): State<AppState>,
+    Path(p): Path<String>,
+) -> Result<Json<Value>> {
+    authorize(&claims, &p)?;
+    state.project(&p).await?;
+    let versions = state.store.list_archives(&p).await?;
+    Ok(Json(Value::Array(
+        versions.iter().map(snapshot_json).collect(),
+    )))
+}
+
+/// `POST /snapshots`: a snapshot of the active project, now.
+async fn take_snapshot(
+    claims: Claims,
+    State(state): State<AppState>,
+    Path(p): Path<String>,
+) -> Result<Response> {
+    authorize(&claims, &p)?;
+    let v = lifecycle::snapshot_now(&state, &p, "manual").await?;
+    Ok((StatusCode::CREATED, Json(snapshot_json(&v))).into_response())
 }
 
 async fn delete(
