@@ -39,6 +39,13 @@ async fn an_untouched_project_is_hibernated_and_opens_again_with_its_files() {
     state.activity = Arc::new(Activity::started_at(
         Instant::now() - Duration::from_secs(3600),
     ));
+    // Agents move snapshot packs of a folder store through the gateway's
+    // listener (`/_objects`): serve the router on loopback, as `run` does.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    state
+        .archives
+        .set_base_url(format!("http://{}", listener.local_addr().unwrap()));
+    tokio::spawn(axum::serve(listener, gateway::api::router(state.clone())).into_future());
 
     for id in ["quiet", "typing"] {
         lifecycle::create(&state, id, None).await.unwrap();
