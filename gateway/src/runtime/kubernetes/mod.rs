@@ -33,9 +33,6 @@ use super::{
 };
 use crate::error::{Error, Result};
 
-/// Field manager of the activity annotation (a merge patch, not the apply).
-const ACTIVITY_MANAGER: &str = "devgate-gateway-activity";
-
 /// The lifecycle on a cluster, through the API server.
 pub struct KubernetesRuntime {
     kube: Kube,
@@ -636,52 +633,6 @@ impl Runtime for KubernetesRuntime {
                 Ok(_) => tokio::time::sleep(self.settings.poll_interval).await,
             }
         }
-    }
-
-    async fn record_activity(
-        &self,
-        project: &str,
-        at: chrono::DateTime<chrono::Utc>,
-    ) -> Result<()> {
-        let ns = self.namespace(project);
-        let api: Api<Namespace> = Api::all(self.kube.client.clone());
-        // A merge patch under its own manager: the open's apply (manager
-        // `devgate-gateway`) neither owns nor removes this annotation.
-        let patch = serde_json::json!({"metadata": {"annotations": {
-            objects::ANNOTATION_LAST_ACTIVITY: at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-        }}});
-        let params = PatchParams {
-            field_manager: Some(ACTIVITY_MANAGER.to_owned()),
-            ..PatchParams::default()
-        };
-        self.kube
-            .call(
-                &format!("annotate namespace {ns}"),
-                api.patch(&ns, &params, &Patch::Merge(&patch)),
-            )
-            .await?;
-        Ok(())
-    }
-
-    async fn last_activity(&self, project: &str) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
-        let ns = self.namespace(project);
-        let api: Api<Namespace> = Api::all(self.kube.client.clone());
-        let namespace = match self
-            .kube
-            .call(&format!("get namespace {ns}"), api.get(&ns))
-            .await
-        {
-            Ok(n) => n,
-            Err(Error::NotFound(_)) => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        Ok(namespace
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(objects::ANNOTATION_LAST_ACTIVITY))
-            .and_then(|v| chrono::DateTime::parse_from_rfc3339(v).ok())
-            .map(|t| t.with_timezone(&chrono::Utc)))
     }
 
     async fn ready(&self) -> Result<()> {

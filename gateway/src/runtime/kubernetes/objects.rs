@@ -48,9 +48,6 @@ pub const LABEL_CONTAINER: &str = "devgate.dev/container";
 /// Pod-template annotation holding a hash of the agent token: a new token
 /// rolls the file-manager so the agent reads it.
 pub const ANNOTATION_TOKEN_HASH: &str = "devgate.dev/token-sha256";
-/// Namespace annotation: the latest file, terminal or preview activity seen
-/// by any gateway replica (RFC 3339), read by idle hibernation.
-pub const ANNOTATION_LAST_ACTIVITY: &str = "devgate.dev/last-activity";
 
 /// The name of a dev server's Deployment and Service.
 pub fn dev_name(container: &str) -> String {
