@@ -504,7 +504,15 @@ pub async fn hibernate_unless_busy(
 }
 
 async fn write_and_verify(state: &AppState, id: &str, key: &str) -> Result<ArchiveSummary> {
-    let client = state.agent_of_active(id).await?;
+    // The project is `hibernating` (by this call, under its lock), so not
+    // `agent_of_active`: the agent may run for another replica (the local
+    // runtime, or a restarted gateway) and this one may have no endpoint.
+    let endpoint = match state.runtime.agent(id).await {
+        Ok(e) => e,
+        Err(Error::ProjectNotActive(_)) => state.runtime.ensure(id).await?,
+        Err(e) => return Err(e),
+    };
+    let client = state.agents.get(id, &endpoint)?;
     let opts = ArchiveOptions::default();
     let summary = match state.archives.as_ref() {
         ArchiveStore::Folder(_) => {

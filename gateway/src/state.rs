@@ -83,7 +83,15 @@ impl AppState {
     /// active; counts as activity on it.
     pub async fn require_active(&self, project: &str) -> Result<()> {
         let status = match self.statuses.get(project) {
-            Some(s) => s,
+            Some(ProjectStatus::Active) => ProjectStatus::Active,
+            // Not active here: read the store again, since another replica
+            // may have opened it within the cache's TTL (refusals are the
+            // rare path; the hot one stays without a round trip).
+            Some(_) => {
+                let p = self.project(project).await?;
+                self.statuses.put(project, p.status);
+                p.status
+            }
             None => {
                 let p = self.project(project).await?;
                 // A status this gateway set while the read was in flight (a
