@@ -223,6 +223,23 @@ fn base_and_overlays_render_to_valid_objects() {
         !prod.iter().any(|o| o["kind"] == "Secret"),
         "production Secrets are made out of band"
     );
+    // Replicas never split into brains of their own: shared state is
+    // required, and the Secret holding it is not optional.
+    assert_eq!(cm["GATEWAY_REQUIRE_SHARED_STATE"], "true");
+    for objects in [&prod, &render("base"), &render("overlays/minikube")] {
+        let gw = find(objects, "Deployment", "devgate-gateway");
+        let from = gw["spec"]["template"]["spec"]["containers"][0]["envFrom"]
+            .as_array()
+            .unwrap();
+        let secret = from
+            .iter()
+            .find(|f| f["secretRef"]["name"] == "devgate-gateway")
+            .expect("the Secret's variables");
+        assert!(
+            secret["secretRef"]["optional"].is_null() || secret["secretRef"]["optional"] == false,
+            "{secret}"
+        );
+    }
 }
 
 /// Every variable the gateway reads, from its own flag definitions.
