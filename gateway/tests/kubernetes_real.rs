@@ -979,9 +979,9 @@ async fn two_replicas_on_one_postgresql_take_turns() {
         b.get_file(p, "from-b.txt").await,
         (200, "written through replica b".to_owned())
     );
-    // FIXME(issue 11): the replicas take turns here; nothing coordinates them
-    // beyond the shared rows yet (project locks and write gates are per
-    // process, status writes are blind), so open, hibernate and writes racing
-    // on two replicas can still lose data. The race tests come with the
-    // store-based coordination.
+    // The replicas take turns here. Racing them (hibernate on one against
+    // open and writes on the other) is tested with the local runtime in
+    // tests/tests/replicas.rs: the coordination (compare-and-set statuses,
+    // store leases, the PostgreSQL write gate) is the runtime-independent
+    // lifecycle's.
 }
