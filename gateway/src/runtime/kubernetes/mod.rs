@@ -16,7 +16,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{
+    LimitRange, Namespace, PersistentVolumeClaim, Pod, ResourceQuota, Secret, Service,
+};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::Api;
 use kube::api::{DeleteParams, LogParams, Patch, PatchParams};
@@ -360,6 +362,18 @@ impl Runtime for KubernetesRuntime {
             &Api::<NetworkPolicy>::namespaced(client.clone(), &ns),
             objects::NETWORK_POLICY,
             &objects::network_policy(s, &ns, project),
+        )
+        .await?;
+        self.apply(
+            &Api::<ResourceQuota>::namespaced(client.clone(), &ns),
+            objects::QUOTA,
+            &objects::quota(s, &ns, project),
+        )
+        .await?;
+        self.apply(
+            &Api::<LimitRange>::namespaced(client.clone(), &ns),
+            objects::LIMITS,
+            &objects::limit_range(s, &ns, project),
         )
         .await?;
         self.ensure_storage(&ns, project).await?;
