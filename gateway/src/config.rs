@@ -105,10 +105,29 @@ pub struct Config {
     )]
     pub agent_image: String,
 
-    /// Minutes without file, terminal or preview activity after which an
-    /// active project is hibernated; 0 never hibernates on idleness.
-    #[arg(long, env = "GATEWAY_IDLE_HIBERNATE_MINUTES", default_value_t = 30)]
-    pub idle_hibernate_minutes: u64,
+    /// Minutes without file, terminal, watch or preview activity after
+    /// which an active project is hibernated (or a duration such as `90s`);
+    /// 0 never hibernates on idleness.
+    #[arg(long, env = "GATEWAY_IDLE_HIBERNATE_MINUTES", default_value = "30", value_parser = parse_minutes)]
+    pub idle_hibernate_minutes: std::time::Duration,
+
+    /// How often each replica writes a project's activity to the state
+    /// store at most, refreshes the projects it holds awake (terminals,
+    /// watches), and the elected replica checks for idle projects.
+    #[arg(long, env = "GATEWAY_ACTIVITY_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    pub activity_interval: std::time::Duration,
+
+    /// Seconds a lease in the state store (a project's lock, the election
+    /// of the replica that runs the idle loop and GC) outlives its last
+    /// renewal: how soon a dead replica's locks are free again.
+    #[arg(long, env = "GATEWAY_LEASE_SECS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(2..=3600))]
+    pub lease_secs: u64,
+
+    /// Refuse to start without shared state: a PostgreSQL state store
+    /// (`--database-url`) and an explicit secret (`--secret` or
+    /// `--secret-file`), so that replicas never run each on their own.
+    #[arg(long, env = "GATEWAY_REQUIRE_SHARED_STATE", default_value_t = false, action = clap::ArgAction::Set)]
+    pub require_shared_state: bool,
 
     /// The Kubernetes runtime's flags (`--k8s-*`).
     #[command(flatten)]
@@ -269,6 +288,17 @@ impl Config {
                 b"",
             )?;
         }
+        if self.require_shared_state {
+            if self.database_url.is_none() {
+                return Err("--require-shared-state: no --database-url (GATEWAY_DATABASE_URL); replicas would each keep their own state".into());
+            }
+            if self.secret.is_none() && self.secret_file.is_none() {
+                return Err("--require-shared-state: no --secret or --secret-file (GATEWAY_SECRET, GATEWAY_SECRET_FILE); replicas would each make their own".into());
+            }
+        }
+        if self.activity_interval.is_zero() {
+            return Err("--activity-interval must be more than 0".into());
+        }
         if self.runtime == RuntimeKind::Kubernetes && self.database_url.is_none() {
             // Allowed: SQLite in the data dir works for a single gateway replica.
             tracing::debug!("kubernetes runtime with the embedded state store");
@@ -332,6 +362,15 @@ fn parse_cidr(s: &str) -> Result<ipnet::IpNet, String> {
         .map_err(|_| format!("{s:?} is not an address or CIDR"))
 }
 
+/// Minutes (a bare number), or a duration such as `90s`.
+fn parse_minutes(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    if let Ok(minutes) = s.parse::<u64>() {
+        return Ok(std::time::Duration::from_secs(minutes.saturating_mul(60)));
+    }
+    parse_duration(s)
+}
+
 /// A duration such as `90s`, `5m`, `6h`, `7d` or `1h 30m` (humantime's
 /// format); a bare number is seconds.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -361,6 +400,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn shared_state_is_required_when_asked() {
+        let mut c = Config::parse_from(["gateway", "--require-shared-state", "true"]);
+        assert!(c.validate().unwrap_err().contains("--database-url"));
+        c.database_url = Some("host=db".into());
+        assert!(c.validate().unwrap_err().contains("--secret"));
+        c.secret = Some("a secret of enough length".into());
+        assert_eq!(c.validate(), Ok(()));
+    }
+
+    #[test]
     fn archive_locations() {
         assert_eq!(
             ArchiveLocation::parse("s3://b/p/q/").unwrap(),
@@ -377,6 +426,12 @@ mod tests {
             }
         );
         assert!(ArchiveLocation::parse("s3:///x").is_err());
+        assert_eq!(
+            parse_minutes("30"),
+            Ok(std::time::Duration::from_secs(1800))
+        );
+        assert_eq!(parse_minutes("90s"), Ok(std::time::Duration::from_secs(90)));
+        assert!(parse_minutes("soon").is_err());
         assert!(ArchiveLocation::parse("http://x").is_err());
         assert_eq!(
             ArchiveLocation::parse("/a").unwrap(),

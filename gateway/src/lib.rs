@@ -11,6 +11,7 @@ pub mod config;
 pub mod error;
 pub mod idle;
 pub mod ids;
+pub mod lease;
 pub mod lifecycle;
 pub mod local_files;
 pub mod metrics;
@@ -63,12 +64,15 @@ pub async fn run(
     // Active projects get their agents back; in the background, since a
     // request for one of them brings its agent up on its own anyway.
     tokio::spawn(lifecycle::reconcile(state.clone()));
+    // One replica, elected through a store lease, runs the idle loop and GC.
+    tokio::spawn(idle::elect(state.clone()));
     tokio::spawn(prune_logs_forever(state.clone()));
     tokio::spawn(preview::access::watch(state.clone()));
+    tokio::spawn(idle::share(state.clone(), config.activity_interval));
     tokio::spawn(idle::run(
         state.clone(),
-        Duration::from_secs(config.idle_hibernate_minutes.saturating_mul(60)),
-        Duration::from_secs(60),
+        config.idle_hibernate_minutes,
+        config.activity_interval,
     ));
 
     // Preview hosts are dispatched ahead of the API's router and middleware.
@@ -189,6 +193,19 @@ pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
         None => Vec::new(),
     };
     let metrics = Arc::new(metrics::Metrics::new());
+    // A name of this process alone, for its leases: the pod's name (or the
+    // machine's) and a random part, since a restarted pod keeps its name.
+    let replica = format!(
+        "{}-{}",
+        std::env::var("HOSTNAME").unwrap_or_else(|_| "gateway".into()),
+        hex::encode(rand::random::<[u8; 4]>())
+    );
+    let leases = lease::Leases::new(
+        store.clone(),
+        &replica,
+        Duration::from_secs(config.lease_secs),
+    );
+    let write_gates = state::WriteGates::new(store.clone());
     Ok(AppState {
         preview: Arc::new(preview::PreviewState::new(&metrics)),
         metrics,
@@ -198,14 +215,19 @@ pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
         runtime,
         agents: agent_client::AgentPool::default(),
         events: state::Events::default(),
-        locks: state::ProjectLocks::default(),
+        locks: state::ProjectLocks::new(leases.clone()),
+        leases,
+        leader: Arc::default(),
         archives: Arc::new(archives),
         templates: Arc::new(templates),
         shutdown: tokio_util::sync::CancellationToken::new(),
         listen_port: Arc::default(),
-        activity: Arc::default(),
+        activity: Arc::new(idle::Activity::new(
+            std::time::Instant::now(),
+            config.activity_interval,
+        )),
         statuses: state::StatusCache::default(),
-        write_gates: state::WriteGates::default(),
+        write_gates,
     })
 }
 
@@ -237,10 +259,20 @@ fn restrict_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
 }
 
 /// Removes command-log entries older than the retention, and expired share
-/// links and preview codes, hourly.
+/// links and preview codes, hourly, on the elected replica.
 async fn prune_logs_forever(state: AppState) {
     let keep = chrono::Duration::days(state.config.log_retention_days as i64);
+    let mut last: Option<std::time::Instant> = None;
     loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = state.shutdown.cancelled() => return,
+        }
+        let due = last.is_none_or(|t| t.elapsed() >= Duration::from_secs(3600));
+        if !due || !state.leader.load(std::sync::atomic::Ordering::SeqCst) {
+            continue;
+        }
+        last = Some(std::time::Instant::now());
         match state.store.prune_logs(chrono::Utc::now() - keep).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(removed = n, "command log pruned"),
@@ -248,10 +280,6 @@ async fn prune_logs_forever(state: AppState) {
         }
         if let Err(error) = state.store.prune_previews(chrono::Utc::now()).await {
             tracing::warn!(%error, "cannot prune expired share links and preview codes");
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
-            _ = state.shutdown.cancelled() => return,
         }
     }
 }

@@ -2,8 +2,11 @@
 //! open (restoring the newest snapshot when hibernated), hibernate (a
 //! snapshot cut by the agent, verified in the archive store, only then tear
 //! down), delete, and the start-up pass that gives active projects their
-//! agents back. Every step of a project holds its lock, so they never
-//! interleave.
+//! agents back. Every step of a project holds its lock (in this process and
+//! the store lease, so replicas never interleave either), and every status
+//! change is a compare-and-set from the status read under that lock
+//! (`Store::transition`): a replica that lost its lease cannot undo
+//! another's step.
 
 use std::collections::HashSet;
 use std::time::Instant;
@@ -19,7 +22,9 @@ use crate::error::{Error, Result};
 use crate::metrics::{LifecycleLabels, OpLabels};
 use crate::runtime::ContainerSpec;
 use crate::state::AppState;
-use crate::store::{ArchiveVersion, CommandLogEntry, ContainerStatus, Project, ProjectStatus};
+use crate::store::{
+    ArchiveVersion, CommandLogEntry, ContainerStatus, Project, ProjectStatus, Transition,
+};
 
 /// Records a new project, status `created` (no environment yet).
 pub async fn create(state: &AppState, id: &str, name: Option<String>) -> Result<Project> {
@@ -44,19 +49,38 @@ pub async fn create(state: &AppState, id: &str, name: Option<String>) -> Result<
     Ok(p)
 }
 
+/// Moves the project from the status `p` holds (read under its lock) to
+/// `status`, by compare-and-set in the store; `Error::Conflict` when the
+/// store holds another status (another replica moved it meanwhile), and
+/// `p` then holds nothing new.
 async fn set_status(state: &AppState, p: &mut Project, status: ProjectStatus) -> Result<()> {
-    p.status = status;
-    p.updated_at = Utc::now();
     // Forget first: while the store write is in flight nobody may trust the old status.
     state.statuses.forget(&p.id);
-    state.store.update_project(p).await?;
-    state.statuses.put(&p.id, status);
-    state.emit(
-        &p.id,
-        "status",
-        serde_json::json!({"status": status.as_str()}),
-    );
-    Ok(())
+    match state
+        .store
+        .transition(&p.id, &[p.status], status, Utc::now())
+        .await?
+    {
+        Transition::Done(now) => {
+            *p = now;
+            state.statuses.put(&p.id, status);
+            state.emit(
+                &p.id,
+                "status",
+                serde_json::json!({"status": status.as_str()}),
+            );
+            Ok(())
+        }
+        Transition::Refused(actual) => {
+            tracing::warn!(project = %p.id, expected = p.status.as_str(), actual = actual.as_str(), to = status.as_str(), "status changed elsewhere; step refused");
+            Err(Error::Conflict(format!(
+                "project {} is {} now, not {}",
+                p.id,
+                actual.as_str(),
+                p.status.as_str()
+            )))
+        }
+    }
 }
 
 fn progress(state: &AppState, project: &str, step: &str, message: impl Into<String>) {
@@ -92,7 +116,7 @@ pub async fn open_with(state: &AppState, id: &str, opts: OpenOptions) -> Result<
 /// `failed` (by `start_container`); the project stays active, and the
 /// answer's containers say which ones run.
 async fn resume_containers(state: &AppState, id: &str) -> Result<()> {
-    let _guard = state.locks.lock(id).await;
+    let _guard = state.locks.lock(id).await?;
     // Hibernated again meanwhile: nothing to start now; the marks stay.
     if state.project(id).await?.status != ProjectStatus::Active {
         return Ok(());
@@ -136,7 +160,12 @@ async fn open_at(state: &AppState, id: &str, snapshot: Option<&str>) -> Result<P
         state.runtime.ensure(id).await?;
         return Ok(p);
     }
-    let _guard = state.locks.lock(id).await;
+    let _guard = state.locks.lock(id).await?;
+    open_locked(state, id, snapshot).await
+}
+
+/// [`open_at`]'s work, under the project's lock.
+async fn open_locked(state: &AppState, id: &str, snapshot: Option<&str>) -> Result<Project> {
     let mut p = state.project(id).await?;
     if let Some(sid) = snapshot {
         if !matches!(
@@ -173,9 +202,11 @@ async fn open_at(state: &AppState, id: &str, snapshot: Option<&str>) -> Result<P
         | ProjectStatus::Starting
         | ProjectStatus::Hibernating
         | ProjectStatus::Failed => {
-            // Hibernating here means a gateway stopped mid-hibernation: the
-            // environment is only torn down after a verified archive, so the
-            // files are still in place.
+            // Hibernating here, under the project's lock (which a live
+            // hibernation holds from start to end, on whichever replica),
+            // means the hibernating replica died and its lease expired: the
+            // environment is only torn down after a verified archive and
+            // the `hibernated` mark, so the files are still in place.
             let previous = p.status;
             set_status(state, &mut p, ProjectStatus::Starting).await?;
             progress(state, id, "environment", "starting the environment");
@@ -332,17 +363,44 @@ async fn restore(state: &AppState, p: &mut Project, wanted: Option<&str>) -> Res
 /// reading it back, and only then stops its environment. A failure at any
 /// step before the verification leaves the project active and intact.
 pub async fn hibernate(state: &AppState, id: &str) -> Result<Project> {
-    let _guard = state.locks.lock(id).await;
+    hibernate_unless_busy(state, id, None)
+        .await?
+        .ok_or_else(|| Error::internal("hibernation skipped without an idleness check"))
+}
+
+/// Hibernates the project if it has been idle for `idle_for` (checked
+/// under its lock, right before the hibernation starts: the last activity
+/// in the store and this replica's own); `None` when it was not idle.
+/// Without `idle_for`, as [`hibernate`].
+pub async fn hibernate_unless_busy(
+    state: &AppState,
+    id: &str,
+    idle_for: Option<std::time::Duration>,
+) -> Result<Option<Project>> {
+    let guard = state.locks.lock(id).await?;
     let mut p = state.project(id).await?;
     match p.status {
-        ProjectStatus::Hibernated => return Ok(p),
+        ProjectStatus::Hibernated if idle_for.is_none() => return Ok(Some(p)),
         ProjectStatus::Active => {}
+        _ if idle_for.is_some() => return Ok(None),
         _ => return Err(Error::ProjectNotActive(id.to_owned())),
+    }
+    if let Some(after) = idle_for
+        && !crate::idle::is_idle(state, id, after).await?
+    {
+        return Ok(None);
     }
     let t0 = Instant::now();
     set_status(state, &mut p, ProjectStatus::Hibernating).await?;
-    // New file changes now get 409; wait for those in flight to finish.
-    let _writes = state.write_gates.exclusive(id).await;
+    // New file changes now get 409, here and on every replica; wait for
+    // those in flight to finish.
+    let writes = match state.write_gates.exclusive(id).await {
+        Ok(w) => w,
+        Err(e) => {
+            set_status(state, &mut p, ProjectStatus::Active).await?;
+            return Err(e);
+        }
+    };
     let archives = state.store.list_archives(id).await?;
     let version = archives.first().map(|a| a.version + 1).unwrap_or(1);
     let previous = archives.iter().find(|a| a.snapshot.is_some()).cloned();
@@ -355,7 +413,21 @@ pub async fn hibernate(state: &AppState, id: &str) -> Result<Project> {
             state.archives.describe()
         ),
     );
-    let result = take_snapshot(state, id, previous.as_ref()).await;
+    let mut result = take_snapshot(state, id, previous.as_ref()).await;
+    if result.is_ok() {
+        // Still the only one: the lease and the write gate held throughout
+        // (a replica that stalled past its lease, or lost its store
+        // session, may have let another step or change in).
+        if guard.lost() {
+            result = Err(Error::Unavailable(
+                "the project's lease was lost during the hibernation".into(),
+            ));
+        } else if !writes.still_closed().await.unwrap_or(false) {
+            result = Err(Error::Unavailable(
+                "the write gate was lost during the hibernation".into(),
+            ));
+        }
+    }
     let elapsed = t0.elapsed();
     let outcome = if result.is_ok() { "ok" } else { "error" };
     state
@@ -415,7 +487,6 @@ pub async fn hibernate(state: &AppState, id: &str) -> Result<Project> {
     // the gateway to stop during the teardown below, the next open restores
     // from the archive into a clean environment rather than trusting a
     // half-removed folder.
-    p.hibernated_at = Some(Utc::now());
     set_status(state, &mut p, ProjectStatus::Hibernated).await?;
     progress(
         state,
@@ -475,7 +546,8 @@ pub async fn hibernate(state: &AppState, id: &str) -> Result<Project> {
         ms = elapsed.as_millis() as u64,
         "project hibernated"
     );
-    Ok(p)
+    drop(writes);
+    Ok(Some(p))
 }
 
 /// Takes a snapshot of an active project now, without stopping anything
@@ -483,7 +555,7 @@ pub async fn hibernate(state: &AppState, id: &str) -> Result<Project> {
 /// while it is read is read again), files written meanwhile may or may not
 /// be in it. Recorded as the newest version, with `reason`.
 pub async fn snapshot_now(state: &AppState, id: &str, reason: &str) -> Result<ArchiveVersion> {
-    let _guard = state.locks.lock(id).await;
+    let _guard = state.locks.lock(id).await?;
     let p = state.project(id).await?;
     if p.status != ProjectStatus::Active {
         return Err(Error::ProjectNotActive(id.to_owned()));
@@ -556,7 +628,15 @@ async fn take_snapshot(
     id: &str,
     previous: Option<&ArchiveVersion>,
 ) -> Result<Taken> {
-    let client = state.agent_of_active(id).await?;
+    // The project may be `hibernating` (by this replica, under its lock), so
+    // not `agent_of_active`: the agent may run for another replica (the local
+    // runtime, or a restarted gateway) and this one may have no endpoint.
+    let endpoint = match state.runtime.agent(id).await {
+        Ok(e) => e,
+        Err(Error::ProjectNotActive(_)) => state.runtime.ensure(id).await?,
+        Err(e) => return Err(e),
+    };
+    let client = state.agents.get(id, &endpoint)?;
     state.archives.ensure_bucket().await?;
     let mut prev = None;
     let mut known_packs = HashSet::new();
@@ -746,7 +826,7 @@ async fn prune_archives(state: &AppState, id: &str) {
 
 /// Removes the project: environment, archives, records.
 pub async fn delete(state: &AppState, id: &str) -> Result<()> {
-    let _guard = state.locks.lock(id).await;
+    let _guard = state.locks.lock(id).await?;
     state.project(id).await?;
     for c in state.store.list_containers(id).await? {
         if c.status == ContainerStatus::Running || c.status == ContainerStatus::Starting {
@@ -832,25 +912,40 @@ pub async fn reconcile(state: AppState) {
         let id = p.id.clone();
         let result = async {
             match p.status {
-                ProjectStatus::Active | ProjectStatus::Starting | ProjectStatus::Hibernating => {
+                ProjectStatus::Active => {
                     open(&state, &id).await?;
                     for c in state.store.list_containers(&id).await? {
                         if matches!(
                             c.status,
                             ContainerStatus::Running | ContainerStatus::Starting
                         ) {
-                            let _guard = state.locks.lock(&id).await;
+                            let _guard = state.locks.lock(&id).await?;
                             start_container(&state, &id, &c.name).await?;
                         }
                     }
                 }
-                ProjectStatus::Restoring if !state.store.list_archives(&id).await?.is_empty() => {
-                    // A restore cut short: back to hibernated; the next open
-                    // clears the leftovers and restores from scratch.
-                    let _guard = state.locks.lock(&id).await;
-                    state.runtime.teardown(&id).await?;
-                    let mut p = p.clone();
-                    set_status(&state, &mut p, ProjectStatus::Hibernated).await?;
+                ProjectStatus::Starting | ProjectStatus::Hibernating | ProjectStatus::Restoring => {
+                    // A step in progress, here before a restart or on another
+                    // replica. Only a step whose holder is gone (its lease
+                    // free) is a leftover; a live one is left to finish.
+                    let Some(_guard) = state.locks.try_lock(&id).await else {
+                        return Ok(());
+                    };
+                    let mut p = state.project(&id).await?;
+                    match p.status {
+                        ProjectStatus::Starting | ProjectStatus::Hibernating => {
+                            open_locked(&state, &id, None).await?;
+                        }
+                        ProjectStatus::Restoring
+                            if !state.store.list_archives(&id).await?.is_empty() =>
+                        {
+                            // A restore cut short: back to hibernated; the next
+                            // open clears the leftovers and restores from scratch.
+                            state.runtime.teardown(&id).await?;
+                            set_status(&state, &mut p, ProjectStatus::Hibernated).await?;
+                        }
+                        _ => {}
+                    }
                 }
                 _ => {}
             }

@@ -1,6 +1,7 @@
 //! What every handler shares: config, token keys, the state store, the
-//! runtime, the agent client pool, metrics, per-project event broadcast and
-//! per-project lifecycle locks.
+//! runtime, the agent client pool, metrics, per-project event broadcast,
+//! per-project lifecycle locks and write gates (in this process, and through
+//! the store across replicas).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -41,8 +42,13 @@ pub struct AppState {
     pub statuses: StatusCache,
     /// Routes that change a project's files hold its gate shared; hibernation
     /// holds it exclusively while it archives, so no acknowledged write can
-    /// miss the archive.
+    /// miss the archive, whichever replica took it.
     pub write_gates: WriteGates,
+    /// This replica's leases in the store (project locks, the election).
+    pub leases: crate::lease::Leases,
+    /// Whether this replica holds the election lease: it alone runs the idle
+    /// loop and GC.
+    pub leader: Arc<std::sync::atomic::AtomicBool>,
     /// The preview proxy's pool, caches, wake limits and share links in use.
     pub preview: Arc<crate::preview::PreviewState>,
 }
@@ -77,7 +83,15 @@ impl AppState {
     /// active; counts as activity on it.
     pub async fn require_active(&self, project: &str) -> Result<()> {
         let status = match self.statuses.get(project) {
-            Some(s) => s,
+            Some(ProjectStatus::Active) => ProjectStatus::Active,
+            // Not active here: read the store again, since another replica
+            // may have opened it within the cache's TTL (refusals are the
+            // rare path; the hot one stays without a round trip).
+            Some(_) => {
+                let p = self.project(project).await?;
+                self.statuses.put(project, p.status);
+                p.status
+            }
             None => {
                 let p = self.project(project).await?;
                 // A status this gateway set while the read was in flight (a
@@ -173,32 +187,166 @@ pub fn head_and_tail(text: &str, cap: usize) -> (String, bool) {
     )
 }
 
-/// One read-write lock per project: see [`AppState::write_gates`].
-#[derive(Clone, Default)]
+/// The write gate of every project: see [`AppState::write_gates`]. Two
+/// layers: a read-write lock per project in this process (a hibernation
+/// here waits for the changes in flight here), and the store's gate
+/// ([`Store::enter_write`]), which makes a hibernation on any replica wait
+/// for changes in flight on every other, and reads the project's status
+/// from the store in the same step (not a cache of this process).
+#[derive(Clone)]
 pub struct WriteGates {
     gates: Arc<Mutex<HashMap<String, Arc<tokio::sync::RwLock<()>>>>>,
+    store: Arc<dyn Store>,
 }
 
+/// How long a hibernation waits for file changes in flight on other
+/// replicas before it gives up (the project stays active).
+const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(600);
+
 impl WriteGates {
+    pub fn new(store: Arc<dyn Store>) -> WriteGates {
+        WriteGates {
+            gates: Arc::default(),
+            store,
+        }
+    }
+
     fn gate(&self, project: &str) -> Arc<tokio::sync::RwLock<()>> {
         let mut map = self.gates.lock().unwrap_or_else(|p| p.into_inner());
         map.entry(project.to_owned()).or_default().clone()
     }
 
-    /// Held by a request that changes files. While a hibernation holds the
-    /// gate, or waits for it (the lock is fair: a waiting writer keeps new
-    /// readers out), the request is refused at once with 409
-    /// `project_not_active` rather than left waiting for the whole archive.
-    pub fn shared(&self, project: &str) -> Result<tokio::sync::OwnedRwLockReadGuard<()>> {
-        self.gate(project)
+    /// Held by a request that changes files. While a hibernation (on any
+    /// replica) holds the gate or waits for it, or the project is not
+    /// active in the store, the request is refused at once with 409
+    /// `project_not_active` rather than left waiting for the whole archive;
+    /// 404 for an unknown project. Call [`WriteGuard::finish`] before
+    /// acknowledging the change.
+    pub async fn enter(&self, project: &str) -> Result<WriteGuard> {
+        // Locally first: a waiting hibernation (the lock is fair: a waiting
+        // writer keeps new readers out) refuses without a store round trip.
+        let local = self
+            .gate(project)
             .try_read_owned()
-            .map_err(|_| Error::ProjectNotActive(project.to_owned()))
+            .map_err(|_| Error::ProjectNotActive(project.to_owned()))?;
+        let entry = self.store.enter_write(project).await?;
+        if !entry.allowed {
+            return Err(match entry.status {
+                None => Error::NotFound(format!("project {project} not found")),
+                Some(_) => Error::ProjectNotActive(project.to_owned()),
+            });
+        }
+        Ok(WriteGuard {
+            project: project.to_owned(),
+            session: entry.session,
+            store: Some(self.store.clone()),
+            _local: local,
+        })
     }
 
-    /// Held by a hibernation from before it archives until the environment is
-    /// gone; waits for the file changes in flight.
-    pub async fn exclusive(&self, project: &str) -> tokio::sync::OwnedRwLockWriteGuard<()> {
-        self.gate(project).write_owned().await
+    /// Held by a hibernation from before it archives until the environment
+    /// is gone: waits for the file changes in flight here, then on the
+    /// other replicas (at most [`DRAIN_LIMIT`]).
+    pub async fn exclusive(&self, project: &str) -> Result<ExclusiveGuard> {
+        let local = self.gate(project).write_owned().await;
+        let deadline = tokio::time::Instant::now() + DRAIN_LIMIT;
+        let mut pause = std::time::Duration::from_millis(10);
+        loop {
+            if let Some(session) = self.store.close_writes(project).await? {
+                return Ok(ExclusiveGuard {
+                    project: project.to_owned(),
+                    session,
+                    store: self.store.clone(),
+                    _local: local,
+                });
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Unavailable(format!(
+                    "file changes of project {project} still in flight on another replica"
+                )));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(std::time::Duration::from_millis(200));
+        }
+    }
+}
+
+/// A file change's hold on its project's gate.
+pub struct WriteGuard {
+    project: String,
+    session: u64,
+    store: Option<Arc<dyn Store>>,
+    _local: tokio::sync::OwnedRwLockReadGuard<()>,
+}
+
+impl WriteGuard {
+    /// Leaves the gate; an error when the store's hold was lost meanwhile
+    /// (a hibernation elsewhere may have missed the change), so that the
+    /// change is not acknowledged.
+    pub async fn finish(mut self) -> Result<()> {
+        let Some(store) = self.store.take() else {
+            return Ok(());
+        };
+        if store.leave_write(&self.project, self.session).await? {
+            Ok(())
+        } else {
+            Err(Error::Unavailable(
+                "the state store connection was lost during the change; its outcome is unknown"
+                    .into(),
+            ))
+        }
+    }
+}
+
+impl Drop for WriteGuard {
+    fn drop(&mut self) {
+        // Not finished (an error answer, a client gone): leave in the
+        // background.
+        if let Some(store) = self.store.take()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            let (project, session) = (std::mem::take(&mut self.project), self.session);
+            rt.spawn(async move {
+                if let Err(error) = store.leave_write(&project, session).await {
+                    tracing::warn!(%error, project, "cannot leave the write gate");
+                }
+            });
+        }
+    }
+}
+
+/// A hibernation's exclusive hold on its project's gate; opened again when
+/// dropped.
+pub struct ExclusiveGuard {
+    project: String,
+    session: u64,
+    store: Arc<dyn Store>,
+    _local: tokio::sync::OwnedRwLockWriteGuard<()>,
+}
+
+impl ExclusiveGuard {
+    /// Whether the store still holds the gate closed (its session lives).
+    pub async fn still_closed(&self) -> Result<bool> {
+        self.store
+            .writes_still_closed(&self.project, self.session)
+            .await
+    }
+}
+
+impl Drop for ExclusiveGuard {
+    fn drop(&mut self) {
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let (store, project, session) = (
+                self.store.clone(),
+                std::mem::take(&mut self.project),
+                self.session,
+            );
+            rt.spawn(async move {
+                if let Err(error) = store.open_writes(&project, session).await {
+                    tracing::warn!(%error, project, "cannot open the write gate");
+                }
+            });
+        }
     }
 }
 
@@ -292,31 +440,75 @@ impl Events {
     }
 }
 
-/// One async mutex per project, so open, hibernate, delete and container
-/// changes of a project never interleave.
-#[derive(Clone, Default)]
+/// One lock per project, so open, hibernate, restore, delete and container
+/// changes of a project never interleave, on this replica or any other: an
+/// async mutex in this process (a fast local layer: tasks here queue on it
+/// without asking the store), then the store lease `project:{id}`.
+#[derive(Clone)]
 pub struct ProjectLocks {
     locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    leases: crate::lease::Leases,
+}
+
+/// A project's lock, held until dropped.
+pub struct ProjectGuard {
+    // Dropped in this order: the lease, then the local lock, so that the
+    // next local task finds the lease released (or releasing).
+    lease: crate::lease::LeaseGuard,
+    _local: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl ProjectGuard {
+    /// Whether the store lease was lost while held (this replica stalled
+    /// past its expiry): the caller must not go on with destructive steps.
+    pub fn lost(&self) -> bool {
+        self.lease.lost()
+    }
 }
 
 impl ProjectLocks {
-    /// Waits for the project's lock.
-    pub async fn lock(&self, project: &str) -> tokio::sync::OwnedMutexGuard<()> {
-        let m = {
-            let mut map = self.locks.lock().unwrap_or_else(|p| p.into_inner());
-            map.entry(project.to_owned()).or_default().clone()
-        };
-        m.lock_owned().await
+    pub fn new(leases: crate::lease::Leases) -> ProjectLocks {
+        ProjectLocks {
+            locks: Arc::default(),
+            leases,
+        }
     }
 
-    /// The project's lock if nobody holds it now.
-    pub fn try_lock(&self, project: &str) -> Option<tokio::sync::OwnedMutexGuard<()>> {
-        let m = {
-            let mut map = self.locks.lock().unwrap_or_else(|p| p.into_inner());
-            map.entry(project.to_owned()).or_default().clone()
-        };
-        m.try_lock_owned().ok()
+    fn local(&self, project: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(project.to_owned()).or_default().clone()
     }
+
+    /// Waits for the project's lock.
+    pub async fn lock(&self, project: &str) -> Result<ProjectGuard> {
+        let local = self.local(project).lock_owned().await;
+        let lease = self.leases.acquire(&lease_name(project)).await?;
+        Ok(ProjectGuard {
+            lease,
+            _local: local,
+        })
+    }
+
+    /// The project's lock if nobody holds it now, here or elsewhere.
+    pub async fn try_lock(&self, project: &str) -> Option<ProjectGuard> {
+        let local = self.local(project).try_lock_owned().ok()?;
+        match self.leases.try_acquire(&lease_name(project)).await {
+            Ok(Some(lease)) => Some(ProjectGuard {
+                lease,
+                _local: local,
+            }),
+            Ok(None) => None,
+            Err(error) => {
+                tracing::warn!(%error, project, "cannot take the project's lease");
+                None
+            }
+        }
+    }
+}
+
+/// The store lease of a project's lock.
+pub fn lease_name(project: &str) -> String {
+    format!("project:{project}")
 }
 
 #[cfg(test)]
@@ -354,19 +546,55 @@ mod tests {
 
     #[tokio::test]
     async fn writes_are_refused_while_a_hibernation_holds_or_awaits_the_gate() {
-        let g = WriteGates::default();
-        let writing = g.shared("p").unwrap();
+        let store = Arc::new(crate::store::sqlite::SqliteStore::in_memory().unwrap());
+        for id in ["p", "other"] {
+            let now = chrono::Utc::now();
+            store
+                .create_project(&Project {
+                    id: id.into(),
+                    name: id.into(),
+                    status: ProjectStatus::Active,
+                    created_at: now,
+                    updated_at: now,
+                    hibernated_at: None,
+                })
+                .await
+                .unwrap();
+        }
+        let g = WriteGates::new(store.clone());
+        let writing = g.enter("p").await.unwrap();
         // The hibernation waits for the write in flight...
         let gates = g.clone();
         let hibernation = tokio::spawn(async move { gates.exclusive("p").await });
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         // ...and a new write is refused at once rather than queued behind it.
-        assert!(matches!(g.shared("p"), Err(Error::ProjectNotActive(_))));
-        assert!(g.shared("other").is_ok());
-        drop(writing);
-        let held = hibernation.await.unwrap();
-        assert!(matches!(g.shared("p"), Err(Error::ProjectNotActive(_))));
+        assert!(matches!(
+            g.enter("p").await,
+            Err(Error::ProjectNotActive(_))
+        ));
+        assert!(g.enter("other").await.is_ok());
+        assert!(matches!(g.enter("ghost").await, Err(Error::NotFound(_))));
+        writing.finish().await.unwrap();
+        let held = hibernation.await.unwrap().unwrap();
+        assert!(matches!(
+            g.enter("p").await,
+            Err(Error::ProjectNotActive(_))
+        ));
         drop(held);
-        assert!(g.shared("p").is_ok());
+        assert!(g.enter("p").await.is_ok());
+        // The status in the store counts, not only this process's gate.
+        store
+            .transition(
+                "p",
+                &[ProjectStatus::Active],
+                ProjectStatus::Hibernating,
+                chrono::Utc::now(),
+            )
+            .await
+            .unwrap();
+        assert!(matches!(
+            g.enter("p").await,
+            Err(Error::ProjectNotActive(_))
+        ));
     }
 }

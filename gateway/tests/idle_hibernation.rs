@@ -1,7 +1,8 @@
 //! Idle hibernation end to end on the local runtime, with a real agent: an
 //! active project nobody touched is hibernated by the idle task (archive
 //! written and verified, environment gone) and opens again with its files;
-//! a project with a connected terminal stays active.
+//! a project with a connected terminal stays active. The loop runs on the
+//! replica elected through the store's lease.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -56,9 +57,11 @@ async fn an_untouched_project_is_hibernated_and_opens_again_with_its_files() {
     std::fs::write(&file, b"#!/bin/sh\necho kept\n").unwrap();
     let _terminal = state.activity.hold("typing");
 
+    // The idle loop runs on the elected replica: this one, alone on its store.
+    tokio::spawn(idle::elect(state.clone()));
     let idle_task = tokio::spawn(idle::run(
         state.clone(),
-        Duration::from_secs(600),
+        Duration::from_secs(2),
         Duration::from_millis(20),
     ));
     let deadline = Instant::now() + Duration::from_secs(30);

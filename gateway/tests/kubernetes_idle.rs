@@ -1,7 +1,8 @@
 //! Idle hibernation with the Kubernetes runtime over kube-rs's mock
 //! service: which active projects count as idle (this gateway's own activity
-//! first, then the activity time shared on the namespace by every replica),
-//! and activity shared at most once a minute as a namespace annotation.
+//! and the activity every replica shares in the state store), activity
+//! shared in the store at most once a minute, and none of it costing a
+//! call to the API server.
 
 #[path = "support/mock.rs"]
 mod mock;
@@ -16,7 +17,6 @@ use clap::Parser;
 use gateway::idle::{self, Activity};
 use gateway::runtime::kubernetes::{KubernetesArgs, KubernetesRuntime, Settings};
 use gateway::store::{Project, ProjectStatus};
-use serde_json::json;
 
 #[derive(Parser)]
 struct Args {
@@ -42,102 +42,92 @@ async fn state_with_mock() -> (gateway::state::AppState, mock::ApiServer, tempfi
     (state, api, dir)
 }
 
-async fn add_project(state: &gateway::state::AppState, id: &str, status: ProjectStatus) {
-    let now = Utc::now();
+async fn add_project(
+    state: &gateway::state::AppState,
+    id: &str,
+    status: ProjectStatus,
+    since: chrono::DateTime<Utc>,
+) {
     let p = Project {
         id: id.into(),
         name: id.into(),
         status,
-        created_at: now,
-        updated_at: now,
+        created_at: since,
+        updated_at: since,
         hibernated_at: None,
     };
     state.store.create_project(&p).await.unwrap();
 }
 
-fn namespace(name: &str, last_activity: Option<chrono::DateTime<Utc>>) -> serde_json::Value {
-    let mut ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
-    if let Some(t) = last_activity {
-        ns["metadata"]["annotations"] = json!({"devgate.dev/last-activity": t.to_rfc3339()});
-    }
-    ns
-}
-
 #[tokio::test]
-async fn idle_projects_are_those_quiet_here_and_on_every_replica() {
+async fn idle_projects_are_those_quiet_here_and_in_the_store() {
     let (mut state, mut api, _dir) = state_with_mock().await;
     // This gateway started two hours ago and saw no activity since, except
     // on `busy` (touched now) and `typing` (a connected terminal).
     state.activity = Arc::new(Activity::started_at(
         Instant::now() - Duration::from_secs(7200),
     ));
-    for id in ["busy", "typing", "elsewhere", "idle", "fresh", "unknown"] {
-        add_project(&state, id, ProjectStatus::Active).await;
+    let long_ago = Utc::now() - chrono::Duration::hours(3);
+    for id in ["busy", "typing", "elsewhere", "idle"] {
+        add_project(&state, id, ProjectStatus::Active, long_ago).await;
     }
-    add_project(&state, "asleep", ProjectStatus::Hibernated).await;
+    // Opened a minute ago, no activity recorded since.
+    add_project(&state, "fresh", ProjectStatus::Active, Utc::now()).await;
+    add_project(&state, "asleep", ProjectStatus::Hibernated, long_ago).await;
     state.activity.touch("busy");
     let _terminal = state.activity.hold("typing");
+    // Another replica shared activity on `elsewhere` five minutes ago.
+    state
+        .store
+        .touch_project("elsewhere", Utc::now() - chrono::Duration::minutes(5))
+        .await
+        .unwrap();
+    state.store.touch_project("idle", long_ago).await.unwrap();
 
     let after = Duration::from_secs(30 * 60);
-    let check = tokio::spawn({
-        let state = state.clone();
-        async move { idle::idle_projects(&state, after).await }
-    });
-    // Only the projects quiet here are asked about, in id order; `busy`,
-    // `typing` and the hibernated one cost no API call.
-    let ex = api.expect("GET", "/api/v1/namespaces/proj-elsewhere").await;
-    ex.respond(
-        200,
-        namespace(
-            "proj-elsewhere",
-            Some(Utc::now() - chrono::Duration::minutes(5)),
-        ),
-    );
-    let ex = api.expect("GET", "/api/v1/namespaces/proj-fresh").await;
-    ex.fail(500, "InternalError", "etcd down");
-    let ex = api.expect("GET", "/api/v1/namespaces/proj-idle").await;
-    ex.respond(
-        200,
-        namespace("proj-idle", Some(Utc::now() - chrono::Duration::hours(3))),
-    );
-    let ex = api.expect("GET", "/api/v1/namespaces/proj-unknown").await;
-    ex.respond(200, namespace("proj-unknown", None));
-    let idle = check.await.unwrap();
-    // `elsewhere` is used through another replica; `fresh` could not be
-    // checked, so it is kept rather than risked.
-    assert_eq!(idle, vec!["idle".to_owned(), "unknown".to_owned()]);
+    assert_eq!(idle::idle_projects(&state, after).await, ["idle"]);
+    assert!(idle::is_idle(&state, "idle", after).await.unwrap());
+    assert!(!idle::is_idle(&state, "elsewhere", after).await.unwrap());
+    assert!(!idle::is_idle(&state, "typing", after).await.unwrap());
+    // Activity lives in the state store now: not one call to the API
+    // server (the namespace annotation it replaced churned etcd).
     assert!(api.try_next(Duration::from_millis(30)).await.is_none());
 }
 
 #[tokio::test]
-async fn activity_is_shared_on_the_namespace_at_most_once_a_minute() {
+async fn activity_is_shared_in_the_store_at_most_once_a_minute() {
     let (state, mut api, _dir) = state_with_mock().await;
+    add_project(&state, "demo", ProjectStatus::Active, Utc::now()).await;
     idle::touch(&state, "demo");
-    let ex = api.expect("PATCH", "/api/v1/namespaces/proj-demo").await;
-    assert_eq!(ex.content_type, "application/merge-patch+json");
-    assert!(
-        ex.query.contains("fieldManager=devgate-gateway-activity"),
-        "{}",
-        ex.query
-    );
-    let stamp = ex.body.as_ref().unwrap()["metadata"]["annotations"]["devgate.dev/last-activity"]
-        .as_str()
-        .expect("annotation")
-        .to_owned();
-    let t = chrono::DateTime::parse_from_rfc3339(&stamp).expect("rfc 3339");
-    assert!((Utc::now() - t.with_timezone(&Utc)).num_seconds().abs() < 60);
-    ex.respond(200, namespace("proj-demo", Some(t.with_timezone(&Utc))));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let first = loop {
+        if let Some(t) = state.store.last_activity("demo").await.unwrap() {
+            break t;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the touch never reached the store"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!((Utc::now() - first).num_seconds().abs() < 60);
     // Further touches within the minute stay in memory.
+    tokio::time::sleep(Duration::from_millis(20)).await;
     idle::touch(&state, "demo");
     idle::touch(&state, "demo");
-    assert!(api.try_next(Duration::from_millis(50)).await.is_none());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        state.store.last_activity("demo").await.unwrap(),
+        Some(first)
+    );
     assert!(state.activity.idle_for("demo") < Duration::from_secs(5));
+    assert!(api.try_next(Duration::from_millis(30)).await.is_none());
 }
 
 #[tokio::test]
 async fn idle_hibernation_off_when_minutes_is_zero() {
     let (state, mut api, _dir) = state_with_mock().await;
-    add_project(&state, "demo", ProjectStatus::Active).await;
+    add_project(&state, "demo", ProjectStatus::Active, Utc::now()).await;
     // Returns at once without a single check.
     tokio::time::timeout(
         Duration::from_secs(5),

@@ -120,8 +120,14 @@ fn render(overlay: &str) -> Vec<Value> {
             o["metadata"]["labels"]["app.kubernetes.io/part-of"], "devgate",
             "{overlay}: {id}"
         );
-        let cluster_scoped = ["Namespace", "ClusterRole", "ClusterRoleBinding"]
-            .contains(&o["kind"].as_str().unwrap());
+        let cluster_scoped = [
+            "Namespace",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding",
+        ]
+        .contains(&o["kind"].as_str().unwrap());
         if !cluster_scoped {
             assert_eq!(o["metadata"]["namespace"], "devgate", "{overlay}: {id}");
         }
@@ -223,6 +229,23 @@ fn base_and_overlays_render_to_valid_objects() {
         !prod.iter().any(|o| o["kind"] == "Secret"),
         "production Secrets are made out of band"
     );
+    // Replicas never split into brains of their own: shared state is
+    // required, and the Secret holding it is not optional.
+    assert_eq!(cm["GATEWAY_REQUIRE_SHARED_STATE"], "true");
+    for objects in [&prod, &render("base"), &render("overlays/minikube")] {
+        let gw = find(objects, "Deployment", "devgate-gateway");
+        let from = gw["spec"]["template"]["spec"]["containers"][0]["envFrom"]
+            .as_array()
+            .unwrap();
+        let secret = from
+            .iter()
+            .find(|f| f["secretRef"]["name"] == "devgate-gateway")
+            .expect("the Secret's variables");
+        assert!(
+            secret["secretRef"]["optional"].is_null() || secret["secretRef"]["optional"] == false,
+            "{secret}"
+        );
+    }
 }
 
 /// Every variable the gateway reads, from its own flag definitions.
@@ -309,6 +332,9 @@ fn rbac_is_least_privilege() {
         "secrets are never read back"
     );
     assert_eq!(verbs_of("pods"), set(&["get", "list", "watch"]));
+    // Applied into each project namespace, never read back; they go with it.
+    assert_eq!(verbs_of("resourcequotas"), set(&["create", "patch"]));
+    assert_eq!(verbs_of("limitranges"), set(&["create", "patch"]));
     assert!(verbs_of("events").is_superset(&set(&["get", "list"])));
     for r in [
         "namespaces",
@@ -371,4 +397,64 @@ fn images_run_as_non_root_and_e2e_script_parses() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn an_admission_policy_confines_the_gateway_to_devgate_namespaces() {
+    for overlay in ["base", "overlays/minikube", "overlays/production"] {
+        let objects = render(overlay);
+        let policy = find(
+            &objects,
+            "ValidatingAdmissionPolicy",
+            "devgate-gateway-namespaces",
+        );
+        let binding = find(
+            &objects,
+            "ValidatingAdmissionPolicyBinding",
+            "devgate-gateway-namespaces",
+        );
+        assert_eq!(binding["spec"]["policyName"], "devgate-gateway-namespaces");
+        assert_eq!(binding["spec"]["validationActions"], json!(["Deny"]));
+        let spec = &policy["spec"];
+        assert_eq!(spec["failurePolicy"], "Fail", "{overlay}");
+        // It applies to the service account the ClusterRole is bound to...
+        let subject = &find(&objects, "ClusterRoleBinding", "devgate-gateway")["subjects"][0];
+        let user = format!(
+            "system:serviceaccount:{}:{}",
+            subject["namespace"].as_str().unwrap(),
+            subject["name"].as_str().unwrap()
+        );
+        let conditions = spec["matchConditions"].to_string();
+        assert!(conditions.contains(&format!("'{user}'")), "{conditions}");
+        // ...on every resource and subresource, exec and port-forward included.
+        let rule = &spec["matchConstraints"]["resourceRules"][0];
+        assert_eq!(rule["apiGroups"], json!(["*"]));
+        assert_eq!(rule["resources"], json!(["*/*"]));
+        for op in ["CREATE", "UPDATE", "DELETE", "CONNECT"] {
+            assert!(
+                rule["operations"].as_array().unwrap().contains(&json!(op)),
+                "{op}"
+            );
+        }
+        // The label it requires is the one the runtime puts on project
+        // namespaces.
+        let labels = gateway::runtime::kubernetes::objects::project_labels("demo");
+        let key = gateway::runtime::kubernetes::objects::LABEL_MANAGED_BY;
+        assert!(
+            spec["variables"][0]["expression"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("'{key}'"))
+        );
+        let check = spec["validations"][0]["expression"].as_str().unwrap();
+        assert!(check.contains(&format!("== '{}'", labels[key])), "{check}");
+        for needed in [
+            "oldObject",
+            "object",
+            "namespaceObject",
+            "request.resource.resource == 'namespaces'",
+        ] {
+            assert!(check.contains(needed), "{needed}: {check}");
+        }
+    }
 }

@@ -28,7 +28,7 @@ use k8s_openapi::api::core::v1::{
     ConfigMap, Namespace, PersistentVolumeClaim, Pod, ResourceQuota, Secret, Service,
 };
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 use testenv::{Cluster, cluster, eventually};
@@ -841,27 +841,22 @@ async fn pod_security_restricted_admits_the_projects_pods_and_refuses_others() {
 
 #[tokio::test]
 async fn a_project_over_its_quota() {
-    let env = Env::start(&["--k8s-ready-timeout-secs", "6"]).await;
+    // The runtime's own quota for each project namespace, here one pod.
+    let env = Env::start(&["--k8s-ready-timeout-secs", "6", "--k8s-quota-pods", "1"]).await;
     let (p, ns) = ("quota", "proj-quota");
     env.gw
         .open_project(p)
         .await
         .unwrap_or_else(|e| panic!("open: {e}; gateway log:\n{}", env.log()));
-    // FIXME(issue 11): the runtime makes no ResourceQuota or LimitRange of
-    // its own yet; the platform's quota is made here by the admin.
-    let quota: ResourceQuota = serde_json::from_value(json!({
-        "metadata": {"name": "project"},
-        "spec": {"hard": {"pods": "1"}}
-    }))
-    .expect("quota");
-    Api::<ResourceQuota>::namespaced(env.admin.clone(), ns)
-        .create(&PostParams::default(), &quota)
+    let limits = Api::<k8s_openapi::api::core::v1::LimitRange>::namespaced(env.admin.clone(), ns)
+        .get("project-limits")
         .await
-        .expect("quota");
+        .expect("the runtime's LimitRange");
+    assert!(limits.spec.is_some());
     // The quota controller counts the file-manager before admission refuses.
     eventually(T, "the quota's usage", || async {
         let q = Api::<ResourceQuota>::namespaced(env.admin.clone(), ns)
-            .get("project")
+            .get("project-quota")
             .await
             .ok()?;
         let used = q.status?.used?;
@@ -909,23 +904,32 @@ async fn the_service_account_and_kube_system() {
         .await
         .expect_err("no list on secrets");
     assert_eq!(api_code(&e), 403, "{e}");
-    // FIXME(issue 11): no ValidatingAdmissionPolicy confines the service
-    // account to devgate's namespaces yet, so its cluster-wide ClusterRole
-    // lets it write into kube-system. When the policy lands (k8s/), this
-    // create must fail with 403/422 from admission.
+    // Writes: RBAC allows them cluster-wide (the gateway makes namespaces),
+    // the ValidatingAdmissionPolicy of k8s/base refuses them outside
+    // namespaces labelled as devgate's: in kube-system, and relabelling a
+    // namespace it does not own.
     let probe: Secret = serde_json::from_value(json!({
         "metadata": {"name": "devgate-test-probe"},
         "stringData": {"k": "v"}
     }))
     .expect("secret");
-    secrets
+    let e = secrets
         .create(&PostParams::default(), &probe)
         .await
-        .expect("today the service account can create a Secret in kube-system");
-    secrets
-        .delete("devgate-test-probe", &DeleteParams::default())
+        .expect_err("the policy refuses a Secret in kube-system");
+    assert_eq!(api_code(&e), 403, "{e}");
+    assert!(e.to_string().contains("devgate-gateway-namespaces"), "{e}");
+    let namespaces = Api::<Namespace>::all(sa.clone());
+    let adopt = json!({"metadata": {"labels": {"app.kubernetes.io/managed-by": "devgate"}}});
+    let e = namespaces
+        .patch(
+            "kube-system",
+            &PatchParams::default(),
+            &Patch::Merge(&adopt),
+        )
         .await
-        .expect("and delete it");
+        .expect_err("the policy refuses adopting kube-system");
+    assert_eq!(api_code(&e), 403, "{e}");
 }
 
 #[tokio::test]
@@ -979,9 +983,9 @@ async fn two_replicas_on_one_postgresql_take_turns() {
         b.get_file(p, "from-b.txt").await,
         (200, "written through replica b".to_owned())
     );
-    // FIXME(issue 11): the replicas take turns here; nothing coordinates them
-    // beyond the shared rows yet (project locks and write gates are per
-    // process, status writes are blind), so open, hibernate and writes racing
-    // on two replicas can still lose data. The race tests come with the
-    // store-based coordination.
+    // The replicas take turns here. Racing them (hibernate on one against
+    // open and writes on the other) is tested with the local runtime in
+    // tests/tests/replicas.rs: the coordination (compare-and-set statuses,
+    // store leases, the PostgreSQL write gate) is the runtime-independent
+    // lifecycle's.
 }

@@ -86,6 +86,22 @@ async fn expect_open_applies_over(api: &mut ApiServer, existing: bool) -> Vec<Va
         ))
         .await,
     );
+    // Bounds of the whole namespace: a quota, and limits for containers
+    // that declare none.
+    let quota = api
+        .expect_apply(&format!(
+            "/api/v1/namespaces/{NS}/resourcequotas/project-quota"
+        ))
+        .await;
+    assert_eq!(quota["spec"]["hard"]["limits.ephemeral-storage"], "20Gi");
+    assert_eq!(quota["spec"]["hard"]["pods"], "20");
+    sent.push(quota);
+    sent.push(
+        api.expect_apply(&format!(
+            "/api/v1/namespaces/{NS}/limitranges/project-limits"
+        ))
+        .await,
+    );
     // The claim is created only when absent (its spec is immutable once bound).
     let pvc = format!("/api/v1/namespaces/{NS}/persistentvolumeclaims/project-storage");
     let get = api.expect("GET", &pvc).await;
@@ -147,9 +163,21 @@ async fn open_fresh_applies_the_environment_and_waits_for_the_agent() {
     assert_eq!(endpoint.token, rt.agent_token("demo"));
     assert_eq!(endpoint.token.len(), 64);
 
-    let [ns, netpol, pvc, secret, fm, svc] = sent.as_slice() else {
-        panic!("six objects")
+    let [ns, netpol, quota, limits, pvc, secret, fm, svc] = sent.as_slice() else {
+        panic!("eight objects")
     };
+    assert_eq!(quota["kind"], "ResourceQuota");
+    assert_eq!(
+        quota["spec"]["hard"],
+        json!({"pods": "20", "limits.cpu": "8", "limits.memory": "16Gi",
+            "limits.ephemeral-storage": "20Gi", "requests.storage": "50Gi"})
+    );
+    assert_eq!(limits["kind"], "LimitRange");
+    assert_eq!(limits["spec"]["limits"][0]["type"], "Container");
+    assert_eq!(
+        limits["spec"]["limits"][0]["default"]["ephemeral-storage"],
+        "2Gi"
+    );
     assert_eq!(ns["metadata"]["labels"]["devgate.dev/project"], "demo");
     assert_eq!(
         ns["metadata"]["labels"]["app.kubernetes.io/managed-by"],
@@ -244,10 +272,18 @@ async fn open_fresh_applies_the_environment_and_waits_for_the_agent() {
     );
     assert_eq!(
         c["resources"]["limits"],
-        json!({"cpu": "1", "memory": "1Gi"})
+        json!({"cpu": "1", "memory": "1Gi", "ephemeral-storage": "2Gi"})
     );
     assert_eq!(c["envFrom"][0]["secretRef"]["name"], "agent");
     assert_eq!(pod["automountServiceAccountToken"], false);
+    // `/tmp` is bounded too: one project cannot fill the node's disk.
+    let tmp = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "tmp")
+        .expect("a /tmp volume");
+    assert_eq!(tmp["emptyDir"]["sizeLimit"], "1Gi");
     assert_eq!(fm["spec"]["strategy"]["type"], "Recreate");
     assert_eq!(
         pod["volumes"][0]["persistentVolumeClaim"]["claimName"],
@@ -287,6 +323,12 @@ async fn open_again_converges_a_half_made_project() {
         ))
         .await,
     );
+    for path in ["resourcequotas/project-quota", "limitranges/project-limits"] {
+        first.push(
+            api.expect_apply(&format!("/api/v1/namespaces/{NS}/{path}"))
+                .await,
+        );
+    }
     let pvc = format!("/api/v1/namespaces/{NS}/persistentvolumeclaims/project-storage");
     api.expect("GET", &pvc)
         .await
@@ -422,7 +464,7 @@ async fn start_applies_a_deployment_and_service_then_stop_deletes_them() {
     );
     assert_eq!(
         c["resources"]["limits"],
-        json!({"cpu": "2", "memory": "2Gi"})
+        json!({"cpu": "2", "memory": "2Gi", "ephemeral-storage": "2Gi"})
     );
     assert_eq!(c["securityContext"]["capabilities"]["drop"], json!(["ALL"]));
     assert_eq!(pod["runtimeClassName"], "gvisor");

@@ -37,19 +37,106 @@ async fn exercise(s: &dyn Store) -> Vec<String> {
         "dup project: {:?}",
         s.create_project(&project("a")).await.map_err(|e| kind(&e))
     ));
-    let mut a = s.get_project("a").await.unwrap().unwrap();
+    let a = s.get_project("a").await.unwrap().unwrap();
     out.push(format!("{a:?}"));
-    a.status = ProjectStatus::Hibernated;
-    a.hibernated_at = Some(t(1_700_000_100_000));
-    s.update_project(&a).await.unwrap();
+    // Compare-and-set: from an expected status only; `hibernated_at` comes
+    // with `hibernated`.
+    use ProjectStatus::*;
+    for (from, to, at) in [
+        (&[Created][..], Active, 1_700_000_050_000),
+        (&[Created][..], Starting, 1_700_000_060_000),
+        (&[Active, Starting][..], Hibernating, 1_700_000_070_000),
+        (&[Hibernating][..], Hibernated, 1_700_000_100_000),
+        (&[Active][..], Hibernating, 1_700_000_110_000),
+    ] {
+        out.push(format!(
+            "transition {from:?} -> {to:?}: {:?}",
+            s.transition("a", from, to, t(at)).await
+        ));
+    }
     out.push(format!("{:?}", s.list_projects().await.unwrap()));
     out.push(format!("missing: {:?}", s.get_project("zz").await.unwrap()));
-    let mut ghost = project("ghost");
-    ghost.status = ProjectStatus::Active;
     out.push(format!(
-        "update missing: {:?}",
-        s.update_project(&ghost).await.map_err(|e| kind(&e))
+        "transition missing: {:?}",
+        s.transition("ghost", &[Created], Active, t(1))
+            .await
+            .map_err(|e| kind(&e))
     ));
+
+    // Leases: free, held, renewed by its holder, taken once expired,
+    // released only by its holder.
+    let lease = |holder: &'static str, until: i64, now: i64| {
+        s.acquire_lease("project:a", holder, t(until), t(now))
+    };
+    out.push(format!(
+        "lease r1 {:?}, r2 {:?}, r1 renews {:?}, holder {:?}",
+        lease("r1", 1_000, 0).await.unwrap(),
+        lease("r2", 1_500, 500).await.unwrap(),
+        lease("r1", 2_000, 900).await.unwrap(),
+        s.lease_holder("project:a", t(1_000)).await.unwrap()
+    ));
+    out.push(format!(
+        "at expiry r2 {:?}, holder {:?}, r1 renews {:?}",
+        lease("r2", 3_000, 2_000).await.unwrap(),
+        s.lease_holder("project:a", t(2_500)).await.unwrap(),
+        lease("r1", 4_000, 2_500).await.unwrap()
+    ));
+    s.release_lease("project:a", "r1").await.unwrap();
+    out.push(format!(
+        "r1 cannot release r2's: {:?}",
+        s.lease_holder("project:a", t(2_500)).await.unwrap()
+    ));
+    s.release_lease("project:a", "r2").await.unwrap();
+    out.push(format!(
+        "released: {:?}, expired holder: {:?}, r3 {:?}",
+        s.lease_holder("project:a", t(2_500)).await.unwrap(),
+        s.lease_holder("other", t(0)).await.unwrap(),
+        lease("r3", 5_000, 2_600).await.unwrap()
+    ));
+
+    // Activity: the newest time is kept; idle = active and quiet since.
+    s.transition("b", &[Created], Active, t(1_700_000_000_000))
+        .await
+        .unwrap();
+    out.push(format!(
+        "idle before any activity: {:?}",
+        s.idle_projects(t(1_700_000_000_001)).await.unwrap()
+    ));
+    s.touch_project("b", t(1_700_000_500_000)).await.unwrap();
+    s.touch_project("b", t(1_700_000_400_000)).await.unwrap();
+    s.touch_project("ghost", t(1)).await.unwrap();
+    out.push(format!(
+        "last {:?}, idle at 450: {:?}, at 600: {:?}, none: {:?}",
+        s.last_activity("b").await.unwrap(),
+        s.idle_projects(t(1_700_000_450_000)).await.unwrap(),
+        s.idle_projects(t(1_700_000_600_000)).await.unwrap(),
+        s.last_activity("a").await.unwrap()
+    ));
+
+    // The write gate's store side: allowed only while active.
+    let w = s.enter_write("b").await.unwrap();
+    out.push(format!(
+        "enter b {:?} {:?}, a {:?}, ghost {:?}",
+        w.allowed,
+        w.status,
+        s.enter_write("a").await.map(|e| (e.allowed, e.status)),
+        s.enter_write("ghost").await.map(|e| (e.allowed, e.status))
+    ));
+    out.push(format!(
+        "leave {:?}",
+        s.leave_write("b", w.session).await.unwrap()
+    ));
+    let closed = s.close_writes("b").await.unwrap();
+    out.push(format!(
+        "closed {:?}, still {:?}",
+        closed.is_some(),
+        s.writes_still_closed("b", closed.unwrap_or_default())
+            .await
+            .unwrap()
+    ));
+    s.open_writes("b", closed.unwrap_or_default())
+        .await
+        .unwrap();
 
     let container = |name: &str, port: u16| Container {
         project: "a".into(),
@@ -324,4 +411,110 @@ async fn postgres_store_refuses_a_bad_url_with_one_clear_error() {
         err.to_string().starts_with("cannot connect to postgresql"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn postgres_write_gate_and_leases_span_replicas() {
+    let mut pg = Postgres::start();
+    create_db(&pg, "devgate").await;
+    let url = pg.url("devgate");
+    let (a, b) = tokio::join!(PostgresStore::connect(&url), PostgresStore::connect(&url));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let now = Utc::now();
+    a.create_project(&Project {
+        id: "p".into(),
+        name: "p".into(),
+        status: ProjectStatus::Active,
+        created_at: now,
+        updated_at: now,
+        hibernated_at: None,
+    })
+    .await
+    .unwrap();
+
+    // A change in flight on replica a: b's hibernation cannot close the gate.
+    let w1 = a.enter_write("p").await.unwrap();
+    let w2 = a.enter_write("p").await.unwrap();
+    assert!(w1.allowed && w2.allowed);
+    assert_eq!(b.close_writes("p").await.unwrap(), None);
+    assert!(a.leave_write("p", w1.session).await.unwrap());
+    assert_eq!(
+        b.close_writes("p").await.unwrap(),
+        None,
+        "one of a's two changes is still in flight"
+    );
+    assert!(a.leave_write("p", w2.session).await.unwrap());
+    let closed = b
+        .close_writes("p")
+        .await
+        .unwrap()
+        .expect("no change in flight");
+    // Closed: a's next change is refused although the status says active.
+    let refused = a.enter_write("p").await.unwrap();
+    assert!(!refused.allowed);
+    assert_eq!(refused.status, Some(ProjectStatus::Active));
+    assert!(b.writes_still_closed("p", closed).await.unwrap());
+    b.open_writes("p", closed).await.unwrap();
+    assert!(a.enter_write("p").await.unwrap().allowed);
+
+    // Only one of two replicas moves the project out of `active`.
+    let (x, y) = tokio::join!(
+        a.transition(
+            "p",
+            &[ProjectStatus::Active],
+            ProjectStatus::Hibernating,
+            Utc::now()
+        ),
+        b.transition(
+            "p",
+            &[ProjectStatus::Active],
+            ProjectStatus::Starting,
+            Utc::now()
+        ),
+    );
+    let done = [&x, &y]
+        .iter()
+        .filter(|r| matches!(r, Ok(gateway::store::Transition::Done(_))))
+        .count();
+    assert_eq!(done, 1, "{x:?} {y:?}");
+
+    // A lease of replica a stays a's until it expires.
+    let t0 = Utc::now();
+    let until = t0 + chrono::Duration::seconds(5);
+    assert!(
+        a.acquire_lease("project:p", "a/1", until, t0)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !b.acquire_lease("project:p", "b/1", until, t0)
+            .await
+            .unwrap()
+    );
+    assert!(
+        b.acquire_lease("project:p", "b/1", until, until)
+            .await
+            .unwrap()
+    );
+
+    // A session lost (server restart) took a's shared hold with it: the
+    // change must not be acknowledged.
+    a.transition(
+        "p",
+        &[ProjectStatus::Hibernating, ProjectStatus::Starting],
+        ProjectStatus::Active,
+        Utc::now(),
+    )
+    .await
+    .unwrap();
+    let held = a.enter_write("p").await.unwrap();
+    assert!(held.allowed);
+    pg.stop();
+    pg.spawn();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while a.ping().await.is_err() {
+        assert!(Instant::now() < deadline, "store did not reconnect");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!a.leave_write("p", held.session).await.unwrap());
 }

@@ -100,7 +100,7 @@ async fn create(
             "env names must be non-empty and hold no '=' or NUL".into(),
         ));
     }
-    let _guard = state.locks.lock(&p).await;
+    let _guard = state.locks.lock(&p).await?;
     require_active(&state, &p).await?;
     let existing = state.store.list_containers(&p).await?;
     if existing.iter().any(|c| c.name == body.name) {
@@ -326,7 +326,7 @@ async fn refresh(state: &AppState, c: &mut Container) -> Option<i32> {
     }
     // A create or start in progress (an install can take minutes) holds the
     // lock; the listing must not wait for it, and that step sets the status anyway.
-    let _guard = state.locks.try_lock(&c.project)?;
+    let _guard = state.locks.try_lock(&c.project).await?;
     // Re-read under the lock: a start or stop may have happened meanwhile.
     let Ok(Some(mut fresh)) = state.store.get_container(&c.project, &c.name).await else {
         return None;
@@ -356,7 +356,7 @@ async fn start(
 ) -> Result<Json<Value>> {
     authorize(&claims, &p)?;
     ids::container_name(&c)?;
-    let _guard = state.locks.lock(&p).await;
+    let _guard = state.locks.lock(&p).await?;
     require_active(&state, &p).await?;
     let c = lifecycle::start_container(&state, &p, &c).await?;
     Ok(Json(container_json(&state, &c)))
@@ -369,7 +369,7 @@ async fn stop(
 ) -> Result<Json<Value>> {
     authorize(&claims, &p)?;
     ids::container_name(&c)?;
-    let _guard = state.locks.lock(&p).await;
+    let _guard = state.locks.lock(&p).await?;
     require_active(&state, &p).await?;
     let mut c = state.container(&p, &c).await?;
     state.runtime.stop_container(&p, &c.name).await?;
@@ -397,7 +397,7 @@ async fn remove(
 ) -> Result<StatusCode> {
     authorize(&claims, &p)?;
     ids::container_name(&c)?;
-    let _guard = state.locks.lock(&p).await;
+    let _guard = state.locks.lock(&p).await?;
     let project = state.project(&p).await?;
     let c = state.container(&p, &c).await?;
     let delete_files = matches!(q.delete_files.as_deref(), Some("true" | "1" | ""));

@@ -82,7 +82,7 @@ async fn exec(
         )));
     }
     // A command may change files: hibernation waits for it (see write_gates).
-    let _writing = state.write_gates.shared(&p)?;
+    let writing = state.write_gates.enter(&p).await?;
     // 404 / 409 project_not_active, and counts as activity (idle hibernation).
     let agent = state.active_agent(&p).await?;
     let spec = ExecSpec {
@@ -108,6 +108,7 @@ async fn exec(
     // A failure is counted by the request middleware (agent RPC errors by
     // route), as every agent failure that becomes the answer is.
     let out = out?;
+    writing.finish().await?;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let label = body.label.unwrap_or_else(|| match &body.container {

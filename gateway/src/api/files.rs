@@ -252,7 +252,7 @@ async fn write(
     {
         return Err(Error::PayloadTooLarge(max));
     }
-    let _writing = state.write_gates.shared(&p)?;
+    let writing = state.write_gates.enter(&p).await?;
     let client = state.active_agent(&p).await?;
     let if_match = header_str(&headers, header::IF_MATCH);
     let create_only = header_str(&headers, header::IF_NONE_MATCH) == Some("*");
@@ -283,6 +283,7 @@ async fn write(
         }
         Err(e) => return Err(e),
     };
+    writing.finish().await?;
     // The same quoted string as the `ETag` header and the entries' `etag`.
     let etag = e.etag.as_deref().map(quote_etag).unwrap_or_default();
     let mut resp = Json(serde_json::json!({"etag": etag, "size": e.size})).into_response();
@@ -309,10 +310,11 @@ async fn remove(
             "the project root cannot be deleted".into(),
         ));
     }
-    let _writing = state.write_gates.shared(&p)?;
+    let writing = state.write_gates.enter(&p).await?;
     let client = state.active_agent(&p).await?;
     let recursive = matches!(q.recursive.as_deref(), Some("true" | "1" | ""));
     client.remove(&path, recursive).await?;
+    writing.finish().await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -374,9 +376,10 @@ async fn mkdir(
     if path.is_empty() {
         return Err(Error::Conflict("the project root exists".into()));
     }
-    let _writing = state.write_gates.shared(&p)?;
+    let writing = state.write_gates.enter(&p).await?;
     let client = state.active_agent(&p).await?;
     let e = client.mkdir(&path, true).await?;
+    writing.finish().await?;
     Ok((StatusCode::CREATED, Json(e)).into_response())
 }
 
@@ -403,9 +406,11 @@ async fn rename(
             "the project root cannot be moved or replaced".into(),
         ));
     }
-    let _writing = state.write_gates.shared(&p)?;
+    let writing = state.write_gates.enter(&p).await?;
     let client = state.active_agent(&p).await?;
-    Ok(Json(client.rename(&from, &to, body.overwrite).await?))
+    let e = client.rename(&from, &to, body.overwrite).await?;
+    writing.finish().await?;
+    Ok(Json(e))
 }
 
 async fn download(
@@ -474,7 +479,7 @@ async fn upload(
     {
         return Err(Error::PayloadTooLarge(max));
     }
-    let _writing = state.write_gates.shared(&p)?;
+    let writing = state.write_gates.enter(&p).await?;
     let client = state.active_agent(&p).await?;
     let t0 = Instant::now();
     let data = body
@@ -504,6 +509,7 @@ async fn upload(
         })
         .await;
     let s = result?;
+    writing.finish().await?;
     Ok(Json(
         serde_json::json!({"files": s.files, "bytes": s.bytes}),
     ))

@@ -89,8 +89,11 @@ async fn watch(
         .max_message_size(64 * 1024)
         // Answers `devgate` to a browser that sent its token in the offer.
         .protocols([crate::auth::WS_PROTOCOL]);
+    // An open watch (an editor showing the project) keeps it awake.
+    let hold = state.activity.hold(&project);
     Ok(ws.on_upgrade(move |socket| {
         async move {
+            let _hold = hold;
             let gauge = WsGauge::new(&state, "watch");
             serve(socket, events, state.shutdown.clone()).await;
             drop(gauge);

@@ -530,7 +530,7 @@ async fn wake_or_refuse(
             }
             ensure_active(state, p).await?;
             {
-                let _guard = state.locks.lock(p).await;
+                let _guard = state.locks.lock(p).await?;
                 crate::lifecycle::start_container(state, p, c).await?;
             }
             let route = state

@@ -85,6 +85,27 @@ type Slot = std::sync::Arc<tokio::sync::Mutex<Option<LocalAgent>>>;
 struct LocalAgent {
     child: tokio::process::Child,
     endpoint: AgentEndpoint,
+    /// Device and inode of the project folder it serves.
+    root: Option<(u64, u64)>,
+}
+
+impl LocalAgent {
+    /// Whether the agent still runs and still serves the project folder that
+    /// is there now. Another gateway on the same data dir (replicas sharing
+    /// one PostgreSQL store) may have hibernated the project, which removes
+    /// the folder, and restored it, which makes a new one: an agent holding
+    /// the old folder would write where nobody reads.
+    fn serves(&mut self, folder: &Path) -> Result<bool> {
+        Ok(self.child.try_wait()?.is_none()
+            && self.root.is_some()
+            && self.root == folder_id(folder))
+    }
+}
+
+/// Device and inode of a folder, if it exists.
+fn folder_id(folder: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(folder).ok().map(|m| (m.dev(), m.ino()))
 }
 
 impl LocalRuntime {
@@ -280,7 +301,11 @@ impl LocalRuntime {
             }
         }
         tracing::info!(project, pid = child.id(), "agent started");
-        Ok(LocalAgent { child, endpoint })
+        Ok(LocalAgent {
+            child,
+            endpoint,
+            root: folder_id(&root),
+        })
     }
 
     /// All projects share this machine's ports. With a user per project, a
@@ -397,11 +422,17 @@ impl Runtime for LocalRuntime {
         let slot = self.slot(project);
         let mut agent = slot.lock().await;
         if let Some(a) = agent.as_mut() {
-            if a.child.try_wait()?.is_none() {
+            if a.serves(&self.project_dir(project))? {
                 return Ok(a.endpoint.clone());
             }
-            tracing::warn!(project, "agent had exited; starting a new one");
-            *agent = None;
+            tracing::warn!(
+                project,
+                "agent had exited or serves a removed folder; starting a new one"
+            );
+            if let Some(mut old) = agent.take() {
+                terminate(&mut old.child).await;
+            }
+            self.pool.forget(project);
         }
         let a = self.spawn_agent(project).await?;
         let ep = a.endpoint.clone();
@@ -417,7 +448,7 @@ impl Runtime for LocalRuntime {
         let slot = self.slot(project);
         let mut agent = slot.lock().await;
         if let Some(a) = agent.as_mut()
-            && a.child.try_wait()?.is_none()
+            && a.serves(&self.project_dir(project))?
         {
             return Ok(a.endpoint.clone());
         }

@@ -205,25 +205,6 @@ pub trait Runtime: Send + Sync + 'static {
         )))
     }
 
-    /// Shares the time of the latest activity on a project with the other
-    /// gateway replicas (Kubernetes: an annotation on its namespace); the
-    /// idle hibernator calls it at most once a minute per project.
-    async fn record_activity(
-        &self,
-        project: &str,
-        at: chrono::DateTime<chrono::Utc>,
-    ) -> Result<()> {
-        let _ = (project, at);
-        Ok(())
-    }
-
-    /// The shared time of the latest activity on a project, if the runtime
-    /// keeps one (a single local gateway sees all activity itself).
-    async fn last_activity(&self, project: &str) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
-        let _ = project;
-        Ok(None)
-    }
-
     /// A container's dev-server output from the start; with `follow`, the stream
     /// stays open for new output until the server ends.
     async fn container_logs(&self, project: &str, name: &str, follow: bool) -> Result<ByteStream>;

@@ -2,6 +2,13 @@
 //! log, behind the object-safe [`Store`] trait (embedded SQLite by default,
 //! PostgreSQL for several gateway replicas). Domain types live here; the
 //! JSON shapes of the contract are built from them in `api`.
+//!
+//! The store is also how replicas coordinate (see ARCHITECTURE.md,
+//! "Replicas"): a project's status changes only by compare-and-set
+//! ([`Store::transition`]), leases with an expiry serialise lifecycle steps
+//! and elect the replica that runs the idle loop and GC, the write gate
+//! ([`Store::enter_write`]) lets a hibernation on one replica wait for file
+//! changes in flight on every other, and activity is shared in the store.
 
 pub mod postgres;
 pub mod sqlite;
@@ -51,6 +58,28 @@ impl ProjectStatus {
             _ => return None,
         })
     }
+}
+
+/// The outcome of [`Store::transition`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transition {
+    /// The status was one of those expected; the project as it is now.
+    Done(Project),
+    /// The status was this other one; nothing changed.
+    Refused(ProjectStatus),
+}
+
+/// The answer of [`Store::enter_write`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteEntry {
+    /// The change may go ahead: the project is active and no hibernation
+    /// holds its writes. Only then must [`Store::leave_write`] follow.
+    pub allowed: bool,
+    /// The project's status when entering (`None`: no such project).
+    pub status: Option<ProjectStatus>,
+    /// Identifies the store session that holds the entry; a session lost
+    /// meanwhile (PostgreSQL reconnected) released it.
+    pub session: u64,
 }
 
 /// A user project.
@@ -224,8 +253,18 @@ pub trait Store: Send + Sync + 'static {
     async fn get_project(&self, id: &str) -> Result<Option<Project>>;
     /// Every project, ordered by id.
     async fn list_projects(&self) -> Result<Vec<Project>>;
-    /// Replaces a project's name, status and timestamps; `Error::NotFound` when absent.
-    async fn update_project(&self, project: &Project) -> Result<()>;
+    /// Compare-and-set of a project's status: sets `to` (and `updated_at`;
+    /// `hibernated_at` too when `to` is `hibernated`) only when the status is
+    /// one of `from`. Every lifecycle status change goes through it, so two
+    /// replicas can never both move a project out of one state.
+    /// `Error::NotFound` when absent.
+    async fn transition(
+        &self,
+        id: &str,
+        from: &[ProjectStatus],
+        to: ProjectStatus,
+        at: DateTime<Utc>,
+    ) -> Result<Transition>;
     /// Removes a project with its containers, archive versions and command log.
     async fn delete_project(&self, id: &str) -> Result<()>;
 
@@ -279,6 +318,51 @@ pub trait Store: Send + Sync + 'static {
         code_sha256: &str,
         now: DateTime<Utc>,
     ) -> Result<Option<PreviewCode>>;
+
+    /// Takes the lease `name` for `holder` until `until`, or renews it:
+    /// succeeds when nobody holds it, its holder's expiry is at or before
+    /// `now`, or `holder` holds it already. Answers whether `holder` holds it.
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<bool>;
+    /// Gives up a lease `holder` holds (nothing when another holds it).
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<()>;
+    /// Who holds the lease at `now`, if anyone (an expired lease is free).
+    async fn lease_holder(&self, name: &str, now: DateTime<Utc>) -> Result<Option<String>>;
+
+    /// Records activity on a project at `at` (kept when newer than the
+    /// recorded one).
+    async fn touch_project(&self, id: &str, at: DateTime<Utc>) -> Result<()>;
+    /// Active projects whose last activity (or, with none recorded, their
+    /// last status change) is before `before`, ordered by id.
+    async fn idle_projects(&self, before: DateTime<Utc>) -> Result<Vec<String>>;
+    /// The last recorded activity on a project.
+    async fn last_activity(&self, id: &str) -> Result<Option<DateTime<Utc>>>;
+
+    /// Enters a change of a project's files (write, delete, move, upload,
+    /// exec), with the project's status read in the same step. Allowed only
+    /// when the project is active and no [`Store::close_writes`] holds its
+    /// gate; an allowed entry holds the gate shared until `leave_write`.
+    /// One process (SQLite) has nothing to share: the entry only reads the
+    /// status, and the in-process gate (`state::WriteGates`) does the rest.
+    async fn enter_write(&self, project: &str) -> Result<WriteEntry>;
+    /// Leaves an allowed entry; `false` when its session was lost meanwhile
+    /// (the gate was not held to the end: the change must not be
+    /// acknowledged).
+    async fn leave_write(&self, project: &str, session: u64) -> Result<bool>;
+    /// Closes the project's gate to new changes if no change holds it on any
+    /// replica: `Some(session)` when closed, `None` when changes are in
+    /// flight (call again).
+    async fn close_writes(&self, project: &str) -> Result<Option<u64>>;
+    /// Whether the gate closed in `session` is still closed (its session
+    /// lives).
+    async fn writes_still_closed(&self, project: &str, session: u64) -> Result<bool>;
+    /// Opens the gate closed in `session` again.
+    async fn open_writes(&self, project: &str, session: u64) -> Result<()>;
 
     /// Checks the store answers (for `/readyz`).
     async fn ping(&self) -> Result<()>;

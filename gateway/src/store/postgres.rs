@@ -13,7 +13,7 @@ use tokio_postgres::{Client, Row};
 
 use super::{
     ArchiveVersion, CommandLogEntry, Container, ContainerStatus, LogPage, PreviewCode, Project,
-    ProjectStatus, Share, Store,
+    ProjectStatus, Share, Store, Transition, WriteEntry,
 };
 use crate::error::{Error, Result};
 
@@ -96,6 +96,14 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE archives ADD COLUMN snapshot TEXT;
     ALTER TABLE archives ADD COLUMN reason TEXT NOT NULL DEFAULT 'hibernate';
     ALTER TABLE archives ADD COLUMN uploaded_bytes BIGINT NOT NULL DEFAULT 0;",
+    // 5: coordination of replicas: leases (project locks, the elected
+    // replica) and the last activity on each project.
+    "CREATE TABLE leases (
+        name TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        expires_at BIGINT NOT NULL
+    );
+    ALTER TABLE projects ADD COLUMN last_activity BIGINT;",
 ];
 
 /// The schema version this build migrates to.
@@ -104,10 +112,28 @@ pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 /// Key of the advisory lock held while migrating ("devgate" in ASCII).
 const MIGRATION_LOCK: i64 = 0x0064_6576_6761_7465;
 
+/// The advisory-lock key of a project's write gate: 64 bits of a hash of
+/// the id (a collision only makes two projects wait for each other's writes).
+fn write_gate_key(project: &str) -> i64 {
+    use sha2::Digest as _;
+    let d = sha2::Sha256::digest(format!("devgate write gate {project}").as_bytes());
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&d[..8]);
+    i64::from_be_bytes(b)
+}
+
 /// PostgreSQL behind the [`Store`] trait.
+///
+/// The write gate is a session-level advisory lock on the one connection:
+/// file changes hold it shared (PostgreSQL counts each hold, so many
+/// changes of one replica share it), a hibernation exclusively. Session
+/// locks end with the session: a replica that dies releases them at once,
+/// and a replica whose connection was re-made knows (the `session` number
+/// changed) that what it held is gone.
 pub struct PostgresStore {
     url: String,
     client: RwLock<Client>,
+    session: std::sync::atomic::AtomicU64,
 }
 
 impl PostgresStore {
@@ -123,6 +149,7 @@ impl PostgresStore {
         Ok(PostgresStore {
             url: url.to_owned(),
             client: RwLock::new(client),
+            session: std::sync::atomic::AtomicU64::new(1),
         })
     }
 
@@ -134,6 +161,10 @@ impl PostgresStore {
             .await
             .map_err(db)?;
         Ok(row.get(0))
+    }
+
+    fn session(&self) -> u64 {
+        self.session.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The connection, re-made when the server closed it (a restart or
@@ -149,6 +180,9 @@ impl PostgresStore {
         if w.is_closed() {
             tracing::warn!("postgresql connection lost; reconnecting");
             *w = connect(&self.url).await.map_err(db)?;
+            // Advisory locks of the old session are gone with it.
+            self.session
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
         Ok(w.downgrade())
     }
@@ -365,19 +399,41 @@ impl Store for PostgresStore {
         Ok(rows.iter().map(project_row).collect())
     }
 
-    async fn update_project(&self, p: &Project) -> Result<()> {
+    async fn transition(
+        &self,
+        id: &str,
+        from: &[ProjectStatus],
+        to: ProjectStatus,
+        at: DateTime<Utc>,
+    ) -> Result<Transition> {
         let c = self.client().await?;
-        let n = c
-            .execute(
-                "UPDATE projects SET name = $2, status = $3, updated_at = $4, hibernated_at = $5 WHERE id = $1",
-                &[&p.id, &p.name, &p.status.as_str(), &ms(p.updated_at), &p.hibernated_at.map(ms)],
+        let from: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
+        // One statement: the row is locked between the check and the write,
+        // so of two replicas moving a project out of one state only one can.
+        let row = c
+            .query_opt(
+                &format!(
+                    "UPDATE projects SET status = $2, updated_at = $3,
+                     hibernated_at = CASE WHEN $2 = 'hibernated' THEN $3 ELSE hibernated_at END
+                     WHERE id = $1 AND status = ANY($4) RETURNING {PROJECT_COLS}"
+                ),
+                &[&id, &to.as_str(), &ms(at), &from],
             )
             .await
             .map_err(db)?;
-        if n == 0 {
-            return Err(Error::NotFound(format!("project {} not found", p.id)));
+        if let Some(r) = row {
+            return Ok(Transition::Done(project_row(&r)));
         }
-        Ok(())
+        match c
+            .query_opt("SELECT status FROM projects WHERE id = $1", &[&id])
+            .await
+            .map_err(db)?
+        {
+            Some(r) => Ok(Transition::Refused(
+                ProjectStatus::parse(r.get(0)).unwrap_or(ProjectStatus::Failed),
+            )),
+            None => Err(Error::NotFound(format!("project {id} not found"))),
+        }
     }
 
     async fn delete_project(&self, id: &str) -> Result<()> {
@@ -701,6 +757,163 @@ impl Store for PostgresStore {
                 token_exp: r.get::<_, i64>(5) as u64,
             })
             .filter(|code| code.expires_at > now))
+    }
+
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let c = self.client().await?;
+        let n = c
+            .execute(
+                "INSERT INTO leases (name, holder, expires_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
+                 WHERE leases.holder = excluded.holder OR leases.expires_at <= $4",
+                &[&name, &holder, &ms(until), &ms(now)],
+            )
+            .await
+            .map_err(db)?;
+        Ok(n == 1)
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<()> {
+        let c = self.client().await?;
+        c.execute(
+            "DELETE FROM leases WHERE name = $1 AND holder = $2",
+            &[&name, &holder],
+        )
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    async fn lease_holder(&self, name: &str, now: DateTime<Utc>) -> Result<Option<String>> {
+        let c = self.client().await?;
+        let row = c
+            .query_opt(
+                "SELECT holder FROM leases WHERE name = $1 AND expires_at > $2",
+                &[&name, &ms(now)],
+            )
+            .await
+            .map_err(db)?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    async fn touch_project(&self, id: &str, at: DateTime<Utc>) -> Result<()> {
+        let c = self.client().await?;
+        c.execute(
+            "UPDATE projects SET last_activity = GREATEST(COALESCE(last_activity, 0), $2) WHERE id = $1",
+            &[&id, &ms(at)],
+        )
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    async fn idle_projects(&self, before: DateTime<Utc>) -> Result<Vec<String>> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                "SELECT id FROM projects WHERE status = 'active'
+                 AND COALESCE(last_activity, updated_at) < $1 ORDER BY id",
+                &[&ms(before)],
+            )
+            .await
+            .map_err(db)?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    async fn last_activity(&self, id: &str) -> Result<Option<DateTime<Utc>>> {
+        let c = self.client().await?;
+        let row = c
+            .query_opt("SELECT last_activity FROM projects WHERE id = $1", &[&id])
+            .await
+            .map_err(db)?;
+        Ok(row.and_then(|r| r.get::<_, Option<i64>>(0)).map(from_ms))
+    }
+
+    async fn enter_write(&self, project: &str) -> Result<WriteEntry> {
+        let c = self.client().await?;
+        let session = self.session();
+        let key = write_gate_key(project);
+        // The shared hold and the status in one round trip. A hibernation
+        // sets `hibernating` before it takes the gate exclusively, so a
+        // change either holds the gate first (the hibernation waits for
+        // it) or sees the status (and is refused).
+        let row = c
+            .query_one(
+                "SELECT pg_try_advisory_lock_shared($1),
+                        (SELECT status FROM projects WHERE id = $2)",
+                &[&key, &project],
+            )
+            .await
+            .map_err(db)?;
+        let held: bool = row.get(0);
+        let status = row
+            .get::<_, Option<String>>(1)
+            .map(|s| ProjectStatus::parse(&s).unwrap_or(ProjectStatus::Failed));
+        let allowed = held && status == Some(ProjectStatus::Active);
+        if held && !allowed {
+            c.execute("SELECT pg_advisory_unlock_shared($1)", &[&key])
+                .await
+                .map_err(db)?;
+        }
+        Ok(WriteEntry {
+            allowed,
+            status,
+            session,
+        })
+    }
+
+    async fn leave_write(&self, project: &str, session: u64) -> Result<bool> {
+        if session != self.session() {
+            return Ok(false);
+        }
+        let c = self.client().await?;
+        let released: bool = c
+            .query_one(
+                "SELECT pg_advisory_unlock_shared($1)",
+                &[&write_gate_key(project)],
+            )
+            .await
+            .map_err(db)?
+            .get(0);
+        Ok(released && session == self.session())
+    }
+
+    async fn close_writes(&self, project: &str) -> Result<Option<u64>> {
+        let c = self.client().await?;
+        let session = self.session();
+        let got: bool = c
+            .query_one(
+                "SELECT pg_try_advisory_lock($1)",
+                &[&write_gate_key(project)],
+            )
+            .await
+            .map_err(db)?
+            .get(0);
+        Ok(got.then_some(session))
+    }
+
+    async fn writes_still_closed(&self, _project: &str, session: u64) -> Result<bool> {
+        // A round trip proves the session still lives.
+        let c = self.client().await?;
+        c.query_one("SELECT 1", &[]).await.map_err(db)?;
+        Ok(session == self.session())
+    }
+
+    async fn open_writes(&self, project: &str, session: u64) -> Result<()> {
+        if session != self.session() {
+            return Ok(());
+        }
+        let c = self.client().await?;
+        c.execute("SELECT pg_advisory_unlock($1)", &[&write_gate_key(project)])
+            .await
+            .map_err(db)?;
+        Ok(())
     }
 
     async fn ping(&self) -> Result<()> {

@@ -10,7 +10,7 @@ use rusqlite::{Connection, OptionalExtension as _, params};
 
 use super::{
     ArchiveVersion, CommandLogEntry, Container, ContainerStatus, LogPage, PreviewCode, Project,
-    ProjectStatus, Share, Store,
+    ProjectStatus, Share, Store, Transition, WriteEntry,
 };
 use crate::error::{Error, Result};
 
@@ -92,6 +92,14 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE archives ADD COLUMN snapshot TEXT;
     ALTER TABLE archives ADD COLUMN reason TEXT NOT NULL DEFAULT 'hibernate';
     ALTER TABLE archives ADD COLUMN uploaded_bytes INTEGER NOT NULL DEFAULT 0;",
+    // 5: coordination of replicas: leases (project locks, the elected
+    // replica) and the last activity on each project.
+    "CREATE TABLE leases (
+        name TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        expires_at INTEGER NOT NULL
+    );
+    ALTER TABLE projects ADD COLUMN last_activity INTEGER;",
 ];
 
 /// SQLite behind the [`Store`] trait.
@@ -285,19 +293,47 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn update_project(&self, p: &Project) -> Result<()> {
-        let p = p.clone();
+    async fn transition(
+        &self,
+        id: &str,
+        from: &[ProjectStatus],
+        to: ProjectStatus,
+        at: DateTime<Utc>,
+    ) -> Result<Transition> {
+        let (id, from) = (id.to_owned(), from.to_vec());
         self.with(move |c| {
-            let n = c
-                .execute(
-                    "UPDATE projects SET name = ?2, status = ?3, updated_at = ?4, hibernated_at = ?5 WHERE id = ?1",
-                    params![p.id, p.name, p.status.as_str(), ms(p.updated_at), p.hibernated_at.map(ms)],
+            // One connection behind a mutex, and one transaction: nothing
+            // runs between the read and the write.
+            let tx = c.transaction().map_err(db)?;
+            let current: Option<String> = tx
+                .query_row("SELECT status FROM projects WHERE id = ?1", [&id], |r| {
+                    r.get(0)
+                })
+                .optional()
+                .map_err(db)?;
+            let Some(current) = current else {
+                return Err(Error::NotFound(format!("project {id} not found")));
+            };
+            let current = ProjectStatus::parse(&current).unwrap_or(ProjectStatus::Failed);
+            if !from.contains(&current) {
+                return Ok(Transition::Refused(current));
+            }
+            tx.execute(
+                "UPDATE projects SET status = ?2, updated_at = ?3,
+                 hibernated_at = CASE WHEN ?2 = 'hibernated' THEN ?3 ELSE hibernated_at END
+                 WHERE id = ?1",
+                params![id, to.as_str(), ms(at)],
+            )
+            .map_err(db)?;
+            let p = tx
+                .query_row(
+                    "SELECT id, name, status, created_at, updated_at, hibernated_at FROM projects WHERE id = ?1",
+                    [&id],
+                    project_row,
                 )
                 .map_err(db)?;
-            if n == 0 {
-                return Err(Error::NotFound(format!("project {} not found", p.id)));
-            }
-            Ok(())
+            tx.commit().map_err(db)?;
+            Ok(Transition::Done(p))
         })
         .await
     }
@@ -668,6 +704,125 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let (name, holder) = (name.to_owned(), holder.to_owned());
+        self.with(move |c| {
+            let n = c
+                .execute(
+                    "INSERT INTO leases (name, holder, expires_at) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
+                     WHERE leases.holder = excluded.holder OR leases.expires_at <= ?4",
+                    params![name, holder, ms(until), ms(now)],
+                )
+                .map_err(db)?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<()> {
+        let (name, holder) = (name.to_owned(), holder.to_owned());
+        self.with(move |c| {
+            c.execute(
+                "DELETE FROM leases WHERE name = ?1 AND holder = ?2",
+                [name, holder],
+            )
+            .map_err(db)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn lease_holder(&self, name: &str, now: DateTime<Utc>) -> Result<Option<String>> {
+        let name = name.to_owned();
+        self.with(move |c| {
+            c.query_row(
+                "SELECT holder FROM leases WHERE name = ?1 AND expires_at > ?2",
+                params![name, ms(now)],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db)
+        })
+        .await
+    }
+
+    async fn touch_project(&self, id: &str, at: DateTime<Utc>) -> Result<()> {
+        let id = id.to_owned();
+        self.with(move |c| {
+            c.execute(
+                "UPDATE projects SET last_activity = MAX(COALESCE(last_activity, 0), ?2) WHERE id = ?1",
+                params![id, ms(at)],
+            )
+            .map_err(db)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn idle_projects(&self, before: DateTime<Utc>) -> Result<Vec<String>> {
+        self.with(move |c| {
+            let mut st = c
+                .prepare(
+                    "SELECT id FROM projects WHERE status = 'active'
+                     AND COALESCE(last_activity, updated_at) < ?1 ORDER BY id",
+                )
+                .map_err(db)?;
+            let rows = st.query_map([ms(before)], |r| r.get(0)).map_err(db)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db)
+        })
+        .await
+    }
+
+    async fn last_activity(&self, id: &str) -> Result<Option<DateTime<Utc>>> {
+        let id = id.to_owned();
+        self.with(move |c| {
+            let v: Option<Option<i64>> = c
+                .query_row(
+                    "SELECT last_activity FROM projects WHERE id = ?1",
+                    [id],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(db)?;
+            Ok(v.flatten().map(from_ms))
+        })
+        .await
+    }
+
+    async fn enter_write(&self, project: &str) -> Result<WriteEntry> {
+        // One process: the in-process gate orders hibernations and writes;
+        // the store answers the status.
+        let status = self.get_project(project).await?.map(|p| p.status);
+        Ok(WriteEntry {
+            allowed: status == Some(ProjectStatus::Active),
+            status,
+            session: 0,
+        })
+    }
+
+    async fn leave_write(&self, _project: &str, _session: u64) -> Result<bool> {
+        Ok(true)
+    }
+
+    async fn close_writes(&self, _project: &str) -> Result<Option<u64>> {
+        Ok(Some(0))
+    }
+
+    async fn writes_still_closed(&self, _project: &str, _session: u64) -> Result<bool> {
+        Ok(true)
+    }
+
+    async fn open_writes(&self, _project: &str, _session: u64) -> Result<()> {
+        Ok(())
+    }
+
     async fn ping(&self) -> Result<()> {
         self.with(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(db))
             .await
@@ -698,9 +853,14 @@ mod tests {
             s.create_project(&project("a")).await,
             Err(Error::Conflict(_))
         ));
-        let mut p = s.get_project("a").await.unwrap().unwrap();
-        p.status = ProjectStatus::Active;
-        s.update_project(&p).await.unwrap();
+        s.transition(
+            "a",
+            &[ProjectStatus::Created],
+            ProjectStatus::Active,
+            Utc::now(),
+        )
+        .await
+        .unwrap();
         assert_eq!(
             s.get_project("a").await.unwrap().unwrap().status,
             ProjectStatus::Active

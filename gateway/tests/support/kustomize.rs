@@ -53,7 +53,13 @@ struct Patch {
 }
 
 /// Kinds that are not namespaced, among those `k8s/` uses.
-const CLUSTER_SCOPED: &[&str] = &["Namespace", "ClusterRole", "ClusterRoleBinding"];
+const CLUSTER_SCOPED: &[&str] = &[
+    "Namespace",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding",
+];
 
 /// Every YAML document of a file, as JSON values (empty documents skipped).
 pub(crate) fn read_docs(path: &Path) -> Result<Vec<Value>, String> {

@@ -13,7 +13,7 @@ pub(crate) fn check(obj: &Value) -> Result<(), String> {
     let kind = obj["kind"].as_str().unwrap_or_default();
     let name = obj["metadata"]["name"].as_str().unwrap_or("<no name>");
     let what = format!("{api_version}/{kind} {name}");
-    use k8s_openapi::api::{apps, batch, core, networking, policy, rbac};
+    use k8s_openapi::api::{admissionregistration, apps, batch, core, networking, policy, rbac};
     let res = match (api_version, kind) {
         ("v1", "Namespace") => typed::<core::v1::Namespace>(obj),
         ("v1", "ServiceAccount") => typed::<core::v1::ServiceAccount>(obj),
@@ -22,6 +22,8 @@ pub(crate) fn check(obj: &Value) -> Result<(), String> {
         ("v1", "Service") => typed::<core::v1::Service>(obj),
         ("v1", "PersistentVolumeClaim") => typed::<core::v1::PersistentVolumeClaim>(obj),
         ("v1", "Pod") => typed::<core::v1::Pod>(obj),
+        ("v1", "ResourceQuota") => typed::<core::v1::ResourceQuota>(obj),
+        ("v1", "LimitRange") => typed::<core::v1::LimitRange>(obj),
         ("apps/v1", "Deployment") => typed::<apps::v1::Deployment>(obj),
         ("batch/v1", "Job") => typed::<batch::v1::Job>(obj),
         ("networking.k8s.io/v1", "Ingress") => typed::<networking::v1::Ingress>(obj),
@@ -30,6 +32,12 @@ pub(crate) fn check(obj: &Value) -> Result<(), String> {
         ("rbac.authorization.k8s.io/v1", "ClusterRole") => typed::<rbac::v1::ClusterRole>(obj),
         ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => {
             typed::<rbac::v1::ClusterRoleBinding>(obj)
+        }
+        ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicy") => {
+            typed::<admissionregistration::v1::ValidatingAdmissionPolicy>(obj)
+        }
+        ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicyBinding") => {
+            typed::<admissionregistration::v1::ValidatingAdmissionPolicyBinding>(obj)
         }
         ("v1", "DeleteOptions") | ("meta/v1", "DeleteOptions") => {
             typed::<k8s_openapi::apimachinery::pkg::apis::meta::v1::DeleteOptions>(obj)

@@ -103,6 +103,23 @@ pub struct KubernetesArgs {
     )]
     pub agent_memory_limit: String,
 
+    /// Ephemeral storage (writable layer, logs, `/tmp`) each project pod
+    /// may use before the kubelet evicts it, so one project cannot fill a
+    /// node's disk.
+    #[arg(
+        long = "k8s-ephemeral-storage-limit",
+        env = "GATEWAY_K8S_EPHEMERAL_STORAGE_LIMIT",
+        default_value = "2Gi"
+    )]
+    pub ephemeral_storage_limit: String,
+    /// Size limit of each project pod's `/tmp` (an emptyDir).
+    #[arg(
+        long = "k8s-tmp-size",
+        env = "GATEWAY_K8S_TMP_SIZE",
+        default_value = "1Gi"
+    )]
+    pub tmp_size: String,
+
     /// CPU request of each dev-server pod.
     #[arg(
         long = "k8s-dev-cpu-request",
@@ -139,6 +156,42 @@ pub struct KubernetesArgs {
         default_value = ""
     )]
     pub runtime_class: String,
+
+    /// Pods a project namespace may hold (its ResourceQuota).
+    #[arg(
+        long = "k8s-quota-pods",
+        env = "GATEWAY_K8S_QUOTA_PODS",
+        default_value = "20"
+    )]
+    pub quota_pods: String,
+    /// Sum of the CPU limits of a project's pods (its ResourceQuota).
+    #[arg(
+        long = "k8s-quota-cpu",
+        env = "GATEWAY_K8S_QUOTA_CPU",
+        default_value = "8"
+    )]
+    pub quota_cpu: String,
+    /// Sum of the memory limits of a project's pods (its ResourceQuota).
+    #[arg(
+        long = "k8s-quota-memory",
+        env = "GATEWAY_K8S_QUOTA_MEMORY",
+        default_value = "16Gi"
+    )]
+    pub quota_memory: String,
+    /// Sum of the ephemeral-storage limits of a project's pods (its ResourceQuota).
+    #[arg(
+        long = "k8s-quota-ephemeral-storage",
+        env = "GATEWAY_K8S_QUOTA_EPHEMERAL_STORAGE",
+        default_value = "20Gi"
+    )]
+    pub quota_ephemeral_storage: String,
+    /// Sum of the storage its volume claims may request (its ResourceQuota).
+    #[arg(
+        long = "k8s-quota-storage",
+        env = "GATEWAY_K8S_QUOTA_STORAGE",
+        default_value = "50Gi"
+    )]
+    pub quota_storage: String,
 
     /// Seconds to wait for a project's pods to become ready.
     #[arg(
@@ -186,6 +239,12 @@ pub struct Settings {
     pub access_mode: String,
     pub agent_resources: Resources,
     pub dev_resources: Resources,
+    /// Ephemeral-storage limit of every project container.
+    pub ephemeral_storage_limit: Quantity,
+    /// `sizeLimit` of every project pod's `/tmp`.
+    pub tmp_size: Quantity,
+    /// The ResourceQuota of each project namespace.
+    pub quota: Quota,
     pub runtime_class: Option<String>,
     pub ready_timeout: Duration,
     pub api_timeout: Duration,
@@ -199,6 +258,16 @@ pub struct Settings {
 }
 
 /// Requests and limits of one kind of pod.
+#[derive(Debug, Clone)]
+pub struct Quota {
+    pub pods: Quantity,
+    pub cpu: Quantity,
+    pub memory: Quantity,
+    pub ephemeral_storage: Quantity,
+    pub storage: Quantity,
+}
+
+/// Requests and limits of one kind of project pod.
 #[derive(Debug, Clone)]
 pub struct Resources {
     pub cpu_request: Quantity,
@@ -244,6 +313,21 @@ impl Settings {
                 memory_request: quantity("--k8s-dev-memory-request", &args.dev_memory_request)?,
                 cpu_limit: quantity("--k8s-dev-cpu-limit", &args.dev_cpu_limit)?,
                 memory_limit: quantity("--k8s-dev-memory-limit", &args.dev_memory_limit)?,
+            },
+            ephemeral_storage_limit: quantity(
+                "--k8s-ephemeral-storage-limit",
+                &args.ephemeral_storage_limit,
+            )?,
+            tmp_size: quantity("--k8s-tmp-size", &args.tmp_size)?,
+            quota: Quota {
+                pods: quantity("--k8s-quota-pods", &args.quota_pods)?,
+                cpu: quantity("--k8s-quota-cpu", &args.quota_cpu)?,
+                memory: quantity("--k8s-quota-memory", &args.quota_memory)?,
+                ephemeral_storage: quantity(
+                    "--k8s-quota-ephemeral-storage",
+                    &args.quota_ephemeral_storage,
+                )?,
+                storage: quantity("--k8s-quota-storage", &args.quota_storage)?,
             },
             runtime_class: Some(args.runtime_class.clone()).filter(|s| !s.is_empty()),
             ready_timeout: Duration::from_secs(args.ready_timeout_secs),

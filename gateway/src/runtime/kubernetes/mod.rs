@@ -16,7 +16,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{
+    LimitRange, Namespace, PersistentVolumeClaim, Pod, ResourceQuota, Secret, Service,
+};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::Api;
 use kube::api::{DeleteParams, LogParams, Patch, PatchParams};
@@ -32,9 +34,6 @@ use super::{
     Runtime, ShellSession, ShellTarget,
 };
 use crate::error::{Error, Result};
-
-/// Field manager of the activity annotation (a merge patch, not the apply).
-const ACTIVITY_MANAGER: &str = "devgate-gateway-activity";
 
 /// The lifecycle on a cluster, through the API server.
 pub struct KubernetesRuntime {
@@ -365,6 +364,18 @@ impl Runtime for KubernetesRuntime {
             &objects::network_policy(s, &ns, project),
         )
         .await?;
+        self.apply(
+            &Api::<ResourceQuota>::namespaced(client.clone(), &ns),
+            objects::QUOTA,
+            &objects::quota(s, &ns, project),
+        )
+        .await?;
+        self.apply(
+            &Api::<LimitRange>::namespaced(client.clone(), &ns),
+            objects::LIMITS,
+            &objects::limit_range(s, &ns, project),
+        )
+        .await?;
         self.ensure_storage(&ns, project).await?;
         self.apply(
             &Api::<Secret>::namespaced(client.clone(), &ns),
@@ -636,52 +647,6 @@ impl Runtime for KubernetesRuntime {
                 Ok(_) => tokio::time::sleep(self.settings.poll_interval).await,
             }
         }
-    }
-
-    async fn record_activity(
-        &self,
-        project: &str,
-        at: chrono::DateTime<chrono::Utc>,
-    ) -> Result<()> {
-        let ns = self.namespace(project);
-        let api: Api<Namespace> = Api::all(self.kube.client.clone());
-        // A merge patch under its own manager: the open's apply (manager
-        // `devgate-gateway`) neither owns nor removes this annotation.
-        let patch = serde_json::json!({"metadata": {"annotations": {
-            objects::ANNOTATION_LAST_ACTIVITY: at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-        }}});
-        let params = PatchParams {
-            field_manager: Some(ACTIVITY_MANAGER.to_owned()),
-            ..PatchParams::default()
-        };
-        self.kube
-            .call(
-                &format!("annotate namespace {ns}"),
-                api.patch(&ns, &params, &Patch::Merge(&patch)),
-            )
-            .await?;
-        Ok(())
-    }
-
-    async fn last_activity(&self, project: &str) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
-        let ns = self.namespace(project);
-        let api: Api<Namespace> = Api::all(self.kube.client.clone());
-        let namespace = match self
-            .kube
-            .call(&format!("get namespace {ns}"), api.get(&ns))
-            .await
-        {
-            Ok(n) => n,
-            Err(Error::NotFound(_)) => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        Ok(namespace
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(objects::ANNOTATION_LAST_ACTIVITY))
-            .and_then(|v| chrono::DateTime::parse_from_rfc3339(v).ok())
-            .map(|t| t.with_timezone(&chrono::Utc)))
     }
 
     async fn ready(&self) -> Result<()> {

@@ -31,6 +31,9 @@ use crate::runtime::ContainerSpec;
 pub const FIELD_MANAGER: &str = "devgate-gateway";
 /// Names inside a project namespace.
 pub const NETWORK_POLICY: &str = "project-isolation";
+/// The ResourceQuota and LimitRange of each project namespace.
+pub const QUOTA: &str = "project-quota";
+pub const LIMITS: &str = "project-limits";
 pub const STORAGE: &str = "project-storage";
 pub const AGENT_SECRET: &str = "agent";
 pub const FILE_MANAGER: &str = "file-manager";
@@ -48,9 +51,6 @@ pub const LABEL_CONTAINER: &str = "devgate.dev/container";
 /// Pod-template annotation holding a hash of the agent token: a new token
 /// rolls the file-manager so the agent reads it.
 pub const ANNOTATION_TOKEN_HASH: &str = "devgate.dev/token-sha256";
-/// Namespace annotation: the latest file, terminal or preview activity seen
-/// by any gateway replica (RFC 3339), read by idle hibernation.
-pub const ANNOTATION_LAST_ACTIVITY: &str = "devgate.dev/last-activity";
 
 /// The name of a dev server's Deployment and Service.
 pub fn dev_name(container: &str) -> String {
@@ -199,6 +199,61 @@ pub fn network_policy(s: &Settings, ns: &str, project: &str) -> NetworkPolicy {
     }
 }
 
+/// What a project namespace may hold in total, so one project cannot take
+/// a node (or the cluster): pods, CPU, memory, ephemeral storage, volumes.
+pub fn quota(s: &Settings, ns: &str, project: &str) -> k8s_openapi::api::core::v1::ResourceQuota {
+    let q = &s.quota;
+    let hard = BTreeMap::from([
+        ("pods".to_owned(), q.pods.clone()),
+        ("limits.cpu".to_owned(), q.cpu.clone()),
+        ("limits.memory".to_owned(), q.memory.clone()),
+        (
+            "limits.ephemeral-storage".to_owned(),
+            q.ephemeral_storage.clone(),
+        ),
+        ("requests.storage".to_owned(), q.storage.clone()),
+    ]);
+    k8s_openapi::api::core::v1::ResourceQuota {
+        metadata: meta(QUOTA, Some(ns), project_labels(project)),
+        spec: Some(k8s_openapi::api::core::v1::ResourceQuotaSpec {
+            hard: Some(hard),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Requests and limits for a container that declares none (the quota
+/// above counts only what is declared): the dev-server ones.
+pub fn limit_range(
+    s: &Settings,
+    ns: &str,
+    project: &str,
+) -> k8s_openapi::api::core::v1::LimitRange {
+    let r = &s.dev_resources;
+    k8s_openapi::api::core::v1::LimitRange {
+        metadata: meta(LIMITS, Some(ns), project_labels(project)),
+        spec: Some(k8s_openapi::api::core::v1::LimitRangeSpec {
+            limits: vec![k8s_openapi::api::core::v1::LimitRangeItem {
+                type_: "Container".to_owned(),
+                default: Some(BTreeMap::from([
+                    ("cpu".to_owned(), r.cpu_limit.clone()),
+                    ("memory".to_owned(), r.memory_limit.clone()),
+                    (
+                        "ephemeral-storage".to_owned(),
+                        s.ephemeral_storage_limit.clone(),
+                    ),
+                ])),
+                default_request: Some(BTreeMap::from([
+                    ("cpu".to_owned(), r.cpu_request.clone()),
+                    ("memory".to_owned(), r.memory_request.clone()),
+                ])),
+                ..Default::default()
+            }],
+        }),
+    }
+}
+
 pub fn storage(s: &Settings, ns: &str, project: &str) -> PersistentVolumeClaim {
     PersistentVolumeClaim {
         metadata: meta(STORAGE, Some(ns), project_labels(project)),
@@ -233,16 +288,18 @@ pub fn agent_secret(_s: &Settings, ns: &str, project: &str, token: &str) -> Secr
     }
 }
 
-fn resources(r: &Resources) -> ResourceRequirements {
+fn resources(r: &Resources, ephemeral_storage: &Quantity) -> ResourceRequirements {
     let pair = |cpu: &Quantity, memory: &Quantity| {
         BTreeMap::from([
             ("cpu".to_owned(), cpu.clone()),
             ("memory".to_owned(), memory.clone()),
         ])
     };
+    let mut limits = pair(&r.cpu_limit, &r.memory_limit);
+    limits.insert("ephemeral-storage".to_owned(), ephemeral_storage.clone());
     ResourceRequirements {
         requests: Some(pair(&r.cpu_request, &r.memory_request)),
-        limits: Some(pair(&r.cpu_limit, &r.memory_limit)),
+        limits: Some(limits),
         ..ResourceRequirements::default()
     }
 }
@@ -278,7 +335,7 @@ fn pod_security() -> PodSecurityContext {
     }
 }
 
-fn volumes() -> Vec<Volume> {
+fn volumes(s: &Settings) -> Vec<Volume> {
     vec![
         Volume {
             name: STORAGE.to_owned(),
@@ -290,7 +347,10 @@ fn volumes() -> Vec<Volume> {
         },
         Volume {
             name: "tmp".to_owned(),
-            empty_dir: Some(EmptyDirVolumeSource::default()),
+            empty_dir: Some(EmptyDirVolumeSource {
+                size_limit: Some(s.tmp_size.clone()),
+                ..EmptyDirVolumeSource::default()
+            }),
             ..Volume::default()
         },
     ]
@@ -397,14 +457,14 @@ pub fn file_manager(s: &Settings, ns: &str, project: &str, token_sha256: &str) -
         }]),
         readiness_probe: Some(grpc_probe(2, 3)),
         liveness_probe: Some(grpc_probe(10, 6)),
-        resources: Some(resources(&s.agent_resources)),
+        resources: Some(resources(&s.agent_resources, &s.ephemeral_storage_limit)),
         security_context: Some(container_security(true)),
         volume_mounts: Some(mounts()),
         ..Container::default()
     };
     let pod = PodSpec {
         containers: vec![container],
-        volumes: Some(volumes()),
+        volumes: Some(volumes(s)),
         security_context: Some(pod_security()),
         automount_service_account_token: Some(false),
         enable_service_links: Some(false),
@@ -501,7 +561,7 @@ pub fn dev_server(s: &Settings, ns: &str, project: &str, spec: &ContainerSpec) -
             period_seconds: Some(2),
             ..Probe::default()
         }),
-        resources: Some(resources(&s.dev_resources)),
+        resources: Some(resources(&s.dev_resources, &s.ephemeral_storage_limit)),
         // Dev tools write caches outside the project (npm, pip, next); the
         // root filesystem stays writable, everything else is locked down.
         security_context: Some(container_security(false)),
@@ -524,7 +584,7 @@ pub fn dev_server(s: &Settings, ns: &str, project: &str, spec: &ContainerSpec) -
     });
     let pod = PodSpec {
         containers: vec![container],
-        volumes: Some(volumes()),
+        volumes: Some(volumes(s)),
         security_context: Some(pod_security()),
         affinity,
         runtime_class_name: s.runtime_class.clone(),
