@@ -153,6 +153,15 @@ pub enum ArchiveChunk {
     Summary(ArchiveSummary),
 }
 
+/// Caps the agent enforces on a zip from outside (0 = none); over one, the
+/// extract fails with 413 and writes nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExtractCaps {
+    pub max_entries: u64,
+    pub max_bytes: u64,
+    pub max_ratio: u64,
+}
+
 /// What an extraction wrote.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct ExtractSummary {
@@ -766,10 +775,16 @@ impl AgentClient {
         path: &str,
         body: BoxStream<'static, Result<Bytes>>,
         limit: u64,
+        caps: Option<ExtractCaps>,
     ) -> Result<ExtractSummary> {
         let start = pb::ExtractRequest {
             msg: Some(pb::extract_request::Msg::Start(pb::ExtractStart {
                 path: path.to_owned(),
+                limits: caps.map(|c| pb::ExtractLimits {
+                    max_entries: c.max_entries,
+                    max_bytes: c.max_bytes,
+                    max_ratio: c.max_ratio,
+                }),
             })),
         };
         let (tx, msgs) = upstream(start);

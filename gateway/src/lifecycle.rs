@@ -188,7 +188,7 @@ async fn restore(state: &AppState, p: &mut Project) -> Result<()> {
         let summary = match state.archives.as_ref() {
             ArchiveStore::Folder(_) => {
                 let data = state.archives.read(&a.key).await?;
-                client.extract("", data, u64::MAX).await?
+                client.extract("", data, u64::MAX, None).await?
             }
             ArchiveStore::S3 { bucket, .. } => client.extract_from_s3("", bucket, &a.key).await?,
         };

@@ -18,7 +18,7 @@ use serde::Deserialize;
 
 use super::{JsonBody, authorize};
 use crate::agent_client::{
-    ArchiveChunk, ArchiveOptions, Entry, EntryKind, WriteOptions, quote_etag,
+    ArchiveChunk, ArchiveOptions, Entry, EntryKind, ExtractCaps, WriteOptions, quote_etag,
 };
 use crate::auth::{Claims, QueryClaims};
 use crate::error::{Error, Result};
@@ -481,7 +481,12 @@ async fn upload(
         .into_data_stream()
         .map(|r| r.map_err(|e| Error::BadRequest(format!("cannot read the request body: {e}"))))
         .boxed();
-    let result = client.extract("", data, max).await;
+    let caps = ExtractCaps {
+        max_entries: state.config.max_upload_entries,
+        max_bytes: state.config.max_upload_expanded_bytes,
+        max_ratio: state.config.max_upload_ratio,
+    };
+    let result = client.extract("", data, max, Some(caps)).await;
     state
         .log_command(CommandLogEntry {
             id: 0,
