@@ -135,6 +135,9 @@ pub struct WriteOptions {
 pub struct ArchiveOptions {
     pub path: String,
     pub exclude: Vec<String>,
+    /// Everything: no default exclusions, and symlinks pointing outside the
+    /// project kept as symlinks.
+    pub all: bool,
 }
 
 /// What an archive held.
@@ -855,7 +858,8 @@ fn archive_options(o: ArchiveOptions) -> pb::ArchiveOptions {
     pb::ArchiveOptions {
         path: o.path,
         exclude: o.exclude,
-        no_default_excludes: false,
+        no_default_excludes: o.all,
+        keep_outside_links: o.all,
     }
 }
 

@@ -66,6 +66,7 @@ impl ArchiveService {
             base,
             base_rel,
             excludes: create::excludes(&options.exclude, options.no_default_excludes),
+            keep_outside_links: options.keep_outside_links,
         })
     }
 

@@ -408,15 +408,37 @@ async fn rename(
     Ok(Json(client.rename(&from, &to, body.overwrite).await?))
 }
 
+#[derive(Deserialize)]
+struct DownloadQuery {
+    /// Everything: `.git`, `node_modules`, `__pycache__` and symlinks that
+    /// point outside the project (as symlinks) included.
+    #[serde(default)]
+    all: Option<String>,
+}
+
 async fn download(
     QueryClaims(claims): QueryClaims,
     State(state): State<AppState>,
     Path(p): Path<String>,
+    Query(q): Query<DownloadQuery>,
 ) -> Result<Response> {
     authorize(&claims, &p)?;
+    let all = match q.all.as_deref() {
+        None | Some("false" | "0") => false,
+        Some("true" | "1" | "") => true,
+        Some(other) => {
+            return Err(Error::BadRequest(format!(
+                "all must be true or false, not {other:?}"
+            )));
+        }
+    };
     let client = state.active_agent(&p).await?;
     let t0 = Instant::now();
-    let chunks = client.create_archive(ArchiveOptions::default()).await?;
+    let opts = ArchiveOptions {
+        all,
+        ..ArchiveOptions::default()
+    };
+    let chunks = client.create_archive(opts).await?;
     let st = state.clone();
     let project = p.clone();
     let data = chunks.filter_map(move |c| {
@@ -433,7 +455,11 @@ async fn download(
                             project,
                             ts: Utc::now(),
                             label: "archive".into(),
-                            command: "download zip of the project".into(),
+                            command: if all {
+                                "download zip of the whole project".into()
+                            } else {
+                                "download zip of the project".into()
+                            },
                             exit_code: Some(0),
                             duration_ms: t0.elapsed().as_millis() as u64,
                             stdout: format!("{} files, {} bytes", s.files, s.size),
