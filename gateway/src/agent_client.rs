@@ -244,6 +244,9 @@ pub enum PtyEvent {
     },
     Exit {
         code: i32,
+        /// Why the session was ended, when it was ended for a reason
+        /// ("hibernated").
+        reason: Option<String>,
     },
     KeepAlive,
 }
@@ -598,7 +601,10 @@ impl AgentClient {
                         offset: o.offset,
                         data: Bytes::from(o.data),
                     },
-                    Event::Exit(x) => PtyEvent::Exit { code: x.code },
+                    Event::Exit(x) => PtyEvent::Exit {
+                        code: x.code,
+                        reason: Some(x.reason).filter(|r| !r.is_empty()),
+                    },
                     Event::Keepalive(_) => PtyEvent::KeepAlive,
                 })),
                 Ok(_) => None,
@@ -641,6 +647,28 @@ impl AgentClient {
         )
         .await?;
         Ok(r.into_inner().into())
+    }
+
+    /// The agent's terminal sessions.
+    pub async fn list_pty(&self) -> Result<Vec<PtySession>> {
+        let r = unary(self.process().list_pty(self.req(pb::Empty {}))).await?;
+        Ok(r.into_inner()
+            .sessions
+            .into_iter()
+            .map(PtySession::from)
+            .collect())
+    }
+
+    /// Ends a terminal session (SIGHUP, SIGKILL after the agent's grace) and
+    /// returns once it exited; attached clients get `reason` with the exit.
+    pub async fn end_pty(&self, id: &str, reason: &str) -> Result<()> {
+        unary(self.process().kill_pty(self.req(pb::KillPtyRequest {
+            session_id: id.to_owned(),
+            signal: 0,
+            reason: reason.to_owned(),
+        })))
+        .await?;
+        Ok(())
     }
 
     /// The agent's background processes.

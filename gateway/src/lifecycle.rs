@@ -291,6 +291,11 @@ pub async fn hibernate(state: &AppState, id: &str) -> Result<Project> {
     set_status(state, &mut p, ProjectStatus::Hibernating).await?;
     // New file changes now get 409; wait for those in flight to finish.
     let _writes = state.write_gates.exclusive(id).await;
+    if let Err(e) = quiesce(state, id).await {
+        tracing::error!(project = id, error = %e, "cannot stop the project's processes; the project stays active");
+        set_status(state, &mut p, ProjectStatus::Active).await?;
+        return Err(e);
+    }
     let archives = state.store.list_archives(id).await?;
     let version = archives.first().map(|a| a.version + 1).unwrap_or(1);
     let key = state.archives.key(id, version);
@@ -370,11 +375,13 @@ pub async fn hibernate(state: &AppState, id: &str) -> Result<Project> {
         "archive verified; stopping the environment",
     );
     for mut c in state.store.list_containers(id).await? {
-        // Remembered, so that an open can start it again (`start_containers`).
-        let was_running = matches!(
-            c.status,
-            ContainerStatus::Running | ContainerStatus::Starting
-        );
+        // Remembered, so that an open can start it again (`start_containers`);
+        // `quiesce` already stopped and marked those that ran.
+        let was_running = c.running_at_hibernation
+            || matches!(
+                c.status,
+                ContainerStatus::Running | ContainerStatus::Starting
+            );
         let changed =
             c.status != ContainerStatus::Stopped || c.running_at_hibernation != was_running;
         if c.status != ContainerStatus::Stopped {
@@ -473,6 +480,66 @@ async fn write_and_verify(state: &AppState, id: &str, key: &str) -> Result<Archi
         )));
     }
     Ok(summary)
+}
+
+/// Why a hibernation ends a terminal session: the `reason` of its exit frame.
+pub const HIBERNATED: &str = "hibernated";
+
+/// Stops everything that runs in the project before its files are cut: dev
+/// servers (recorded stopped, and marked `running_at_hibernation` so an open
+/// can start them again), the agent's other background processes, then
+/// every terminal session (each attached client gets the exit with the
+/// reason `hibernated`). Each stop returns once the process group is gone,
+/// so nothing of the project writes while it is archived; new file changes
+/// are already refused (409) by the write gate. A failure stops the
+/// hibernation, with the project left active.
+async fn quiesce(state: &AppState, id: &str) -> Result<()> {
+    progress(
+        state,
+        id,
+        "quiesce",
+        "stopping dev servers, processes and terminals",
+    );
+    for mut c in state.store.list_containers(id).await? {
+        if !matches!(
+            c.status,
+            ContainerStatus::Running | ContainerStatus::Starting
+        ) {
+            // A mark left by an earlier hibernation: this one did not see it
+            // run.
+            if c.running_at_hibernation {
+                c.running_at_hibernation = false;
+                state.store.update_container(&c).await?;
+            }
+            continue;
+        }
+        state.runtime.stop_container(id, &c.name).await?;
+        c.status = ContainerStatus::Stopped;
+        c.running_at_hibernation = true;
+        state.store.update_container(&c).await?;
+    }
+    let client = state.agent_of_active(id).await?;
+    for p in client.list_background().await? {
+        if p.running {
+            match client.stop_background(&p.name, 5000).await {
+                Ok(_) | Err(Error::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    let sessions = client.list_pty().await?;
+    let ends = sessions
+        .iter()
+        .filter(|s| !s.exited)
+        .map(|s| client.end_pty(&s.id, HIBERNATED));
+    for res in futures::future::join_all(ends).await {
+        match res {
+            Ok(()) | Err(Error::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    tracing::info!(project = id, terminals = sessions.len(), "project quiesced");
+    Ok(())
 }
 
 /// Keeps the newest `archive_keep` versions. Called only after a newer
