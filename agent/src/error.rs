@@ -29,6 +29,9 @@ pub(crate) enum Error {
     /// `--max-background`).
     #[error("limit reached: {0}")]
     LimitReached(String),
+    /// An archive over an extract cap (entries, expanded bytes, ratio).
+    #[error("too large: {0}")]
+    TooLarge(String),
     #[error("io error: {0}")]
     Io(#[from] std::io::Error),
     #[error("{0}")]
@@ -83,6 +86,7 @@ impl From<Error> for Status {
             Error::FailedPrecondition(_) => (Code::FailedPrecondition, None),
             Error::Unavailable(_) => (Code::Unavailable, None),
             Error::LimitReached(_) => (Code::ResourceExhausted, Some(proto::LIMIT_REACHED)),
+            Error::TooLarge(_) => (Code::ResourceExhausted, Some(proto::TOO_LARGE)),
             // A name too long, a symlink loop, a move into itself: the
             // client's input, not our failure (the classification is
             // devgate-fs's, shared with the gateway's local reads).

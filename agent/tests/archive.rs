@@ -1,7 +1,7 @@
 //! The Archive service through a real agent: zip round trips keep bytes,
 //! modes and symlinks; exclusions; hostile archives (`../`, absolute paths,
-//! escaping symlinks, entries under a symlink) are refused with nothing
-//! written.
+//! escaping symlinks, entries under a symlink, sizes or CRCs that lie) are
+//! refused with nothing written; the upload caps refuse before writing.
 
 mod archive_tree;
 
@@ -11,8 +11,8 @@ use std::path::Path;
 use archive_tree::{Node, file_count, make_project, snapshot};
 use proto::v1::archive_client::ArchiveClient;
 use proto::v1::{
-    ArchiveOptions, ArchiveSummary, CreateArchiveRequest, ExtractRequest, ExtractStart,
-    ExtractSummary, create_archive_response, extract_request,
+    ArchiveOptions, ArchiveSummary, CreateArchiveRequest, ExtractLimits, ExtractRequest,
+    ExtractStart, ExtractSummary, create_archive_response, extract_request,
 };
 use sha2::Digest as _;
 use tonic::transport::Channel;
@@ -50,9 +50,20 @@ async fn extract(
     path: &str,
     zip: Vec<u8>,
 ) -> Result<ExtractSummary, tonic::Status> {
+    extract_with(agent, client, path, zip, None).await
+}
+
+async fn extract_with(
+    agent: &tests::Agent,
+    client: &mut ArchiveClient<Channel>,
+    path: &str,
+    zip: Vec<u8>,
+    limits: Option<ExtractLimits>,
+) -> Result<ExtractSummary, tonic::Status> {
     let mut msgs = vec![ExtractRequest {
         msg: Some(extract_request::Msg::Start(ExtractStart {
             path: path.into(),
+            limits,
         })),
     }];
     for chunk in zip.chunks(100_000) {
@@ -471,5 +482,169 @@ async fn extract_restores_extended_timestamps() -> anyhow::Result<()> {
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();
     assert_eq!(got, secs);
+    Ok(())
+}
+
+/// Rewrites, in the central directory and the local header of entry `name`,
+/// the CRC (`crc`) or the uncompressed size (`size`).
+fn patch_entry(zip: &mut [u8], name: &str, crc: Option<u32>, size: Option<u32>) {
+    let mut patched = 0;
+    for at in 0..zip.len().saturating_sub(46) {
+        let (sig, name_len_at, name_at, crc_at, size_at) = match zip[at..at + 4] {
+            [0x50, 0x4b, 0x01, 0x02] => ("cd", at + 28, at + 46, at + 16, at + 24),
+            [0x50, 0x4b, 0x03, 0x04] => ("local", at + 26, at + 30, at + 14, at + 22),
+            _ => continue,
+        };
+        let len = u16::from_le_bytes([zip[name_len_at], zip[name_len_at + 1]]) as usize;
+        if zip.get(name_at..name_at + len) != Some(name.as_bytes()) {
+            continue;
+        }
+        if let Some(c) = crc {
+            zip[crc_at..crc_at + 4].copy_from_slice(&c.to_le_bytes());
+        }
+        if let Some(sz) = size {
+            zip[size_at..size_at + 4].copy_from_slice(&sz.to_le_bytes());
+        }
+        patched += 1;
+        let _ = sig;
+    }
+    assert_eq!(patched, 2, "{name}: one central and one local header");
+}
+
+/// The reproduction of the snapshot issue: an entry whose declared size lies
+/// used to truncate an existing file in place and then fail ("PRECIOUS" went
+/// to 0 bytes). Every lie (longer, shorter, a bad CRC) now fails the whole
+/// extract with the tree exactly as it was: the other entries' replacements
+/// of existing files included, and no staging directory left.
+#[tokio::test]
+async fn lying_entries_change_nothing() -> anyhow::Result<()> {
+    let (_tmp, agent, mut client) = start().await?;
+    std::fs::write(agent.root.join("keep.txt"), "PRECIOUS")?;
+    std::fs::create_dir(agent.root.join("d"))?;
+    std::fs::write(agent.root.join("d/old.txt"), "old")?;
+    let before = snapshot(&agent.root, &[]);
+    let body = b"this entry inflates to more bytes than it declares ".repeat(100);
+    let honest = hostile_zip(&[
+        ("keep.txt", b"replaced", None),
+        ("d/old.txt", b"replaced too", None),
+        ("d/new/deep.txt", b"new", None),
+        ("fresh/a.txt", b"new dir", None),
+        ("liar.txt", &body, None),
+    ]);
+    let cases: [(&str, Option<u32>, Option<u32>); 3] = [
+        ("declares fewer bytes", None, Some(10)),
+        ("declares more bytes", None, Some(body.len() as u32 + 10)),
+        ("bad crc", Some(0xdead_beef), None),
+    ];
+    for (what, crc, size) in cases {
+        let mut zip = honest.clone();
+        patch_entry(&mut zip, "liar.txt", crc, size);
+        let err = extract(&agent, &mut client, "", zip).await.expect_err(what);
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{what}: {err:?}");
+        assert_eq!(
+            snapshot(&agent.root, &[]),
+            before,
+            "{what}: the tree changed"
+        );
+        assert_eq!(std::fs::read(agent.root.join("keep.txt"))?, b"PRECIOUS");
+    }
+    // The honest archive replaces, adds, and leaves nothing behind.
+    let s = extract(&agent, &mut client, "", honest).await?;
+    assert_eq!(s.files, 5);
+    assert_eq!(std::fs::read(agent.root.join("keep.txt"))?, b"replaced");
+    assert_eq!(
+        std::fs::read(agent.root.join("d/old.txt"))?,
+        b"replaced too"
+    );
+    assert_eq!(std::fs::read(agent.root.join("d/new/deep.txt"))?, b"new");
+    assert_eq!(std::fs::read(agent.root.join("liar.txt"))?, body);
+    let names: Vec<String> = std::fs::read_dir(&agent.root)?
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(
+        !names.iter().any(|n| n.starts_with(".agent-tmp-")),
+        "staging left: {names:?}"
+    );
+    Ok(())
+}
+
+/// A zip of `copies` entries of `each` zero bytes, compressed once and
+/// raw-copied (cheap to make, honest sizes).
+fn zeros_zip(copies: usize, each: usize) -> Vec<u8> {
+    let mut one = zip::ZipWriter::new(Cursor::new(Vec::new()));
+    one.start_file("z0", SimpleFileOptions::default()).unwrap();
+    one.write_all(&vec![0u8; each]).unwrap();
+    let one = one.finish().unwrap().into_inner();
+    let mut src = zip::ZipArchive::new(Cursor::new(one)).unwrap();
+    let mut w = zip::ZipWriter::new(Cursor::new(Vec::new()));
+    for i in 0..copies {
+        let f = src.by_index_raw(0).unwrap();
+        w.raw_copy_file_rename(f, format!("z{i}")).unwrap();
+    }
+    w.finish().unwrap().into_inner()
+}
+
+/// The caps, from the request: too many entries (read from the end record),
+/// too many expanded bytes, too high a ratio: RESOURCE_EXHAUSTED with the
+/// `payload_too_large` code and nothing written; without caps (a restore)
+/// the same archives extract.
+#[tokio::test]
+async fn caps_refuse_before_writing() -> anyhow::Result<()> {
+    let (_tmp, agent, mut client) = start().await?;
+    std::fs::write(agent.root.join("keep.txt"), "PRECIOUS")?;
+    let before = snapshot(&agent.root, &[]);
+    let caps = |entries, bytes, ratio| {
+        Some(ExtractLimits {
+            max_entries: entries,
+            max_bytes: bytes,
+            max_ratio: ratio,
+        })
+    };
+    // 64 MiB of zeros in about 70 KiB: a ratio near 1,000.
+    let bomb = zeros_zip(64, 1 << 20);
+    assert!(bomb.len() < 100_000, "{}", bomb.len());
+    let many = hostile_zip(&[("a", b"a", None), ("b", b"b", None), ("c", b"c", None)]);
+    let cases = [
+        ("entries", many.clone(), caps(2, 0, 0), "3 entries"),
+        (
+            "bytes",
+            bomb.clone(),
+            caps(0, 32 << 20, 0),
+            "expands to 67108864 bytes",
+        ),
+        (
+            "ratio",
+            bomb.clone(),
+            caps(0, 0, 100),
+            "more than 100 times",
+        ),
+    ];
+    for (what, zip, limits, says) in cases {
+        let err = extract_with(&agent, &mut client, "", zip, limits)
+            .await
+            .expect_err(what);
+        assert_eq!(
+            err.code(),
+            tonic::Code::ResourceExhausted,
+            "{what}: {err:?}"
+        );
+        assert_eq!(
+            err.metadata()
+                .get(proto::ERROR_CODE_METADATA_KEY)
+                .and_then(|v| v.to_str().ok()),
+            Some(proto::TOO_LARGE),
+            "{what}"
+        );
+        assert!(err.message().contains(says), "{what}: {}", err.message());
+        assert_eq!(
+            snapshot(&agent.root, &[]),
+            before,
+            "{what}: the tree changed"
+        );
+    }
+    // Within the caps, and without any, they extract.
+    extract_with(&agent, &mut client, "m", many, caps(3, 3, 100)).await?;
+    let s = extract_with(&agent, &mut client, "b", bomb, None).await?;
+    assert_eq!((s.files, s.bytes), (64, 64 << 20));
     Ok(())
 }

@@ -44,6 +44,8 @@ struct Attach {
     next: u64,
     out: Vec<u8>,
     exit: Option<i32>,
+    /// The exit event's reason ("" when none).
+    reason: String,
     from_offset: u64,
     truncated: bool,
 }
@@ -93,6 +95,7 @@ impl Fixture {
             next: started.from_offset,
             out: Vec::new(),
             exit: None,
+            reason: String::new(),
             from_offset: started.from_offset,
             truncated: started.truncated,
         })
@@ -137,6 +140,7 @@ impl Attach {
             }
             Some(Event::Exit(e)) => {
                 self.exit = Some(e.code);
+                self.reason = e.reason;
                 Ok(false)
             }
             Some(Event::Keepalive(_)) => Ok(true),
@@ -448,11 +452,16 @@ async fn kill_and_list() -> anyhow::Result<()> {
         .kill_pty(f.agent.req(KillPtyRequest {
             session_id: one.id.clone(),
             signal: 0,
+            reason: "hibernated".into(),
         }))
         .await?;
-    // Every attached client gets the exit (SIGHUP: 128 + 1).
+    // Every attached client gets the exit (SIGHUP: 128 + 1), with the reason.
     assert_eq!(a.read_to_exit().await?, 129);
     assert_eq!(b.read_to_exit().await?, 129);
+    assert_eq!(
+        (a.reason.as_str(), b.reason.as_str()),
+        ("hibernated", "hibernated")
+    );
     let listed = f
         .list()
         .await?
@@ -466,6 +475,7 @@ async fn kill_and_list() -> anyhow::Result<()> {
         .kill_pty(f.agent.req(KillPtyRequest {
             session_id: one.id.clone(),
             signal: 0,
+            reason: String::new(),
         }))
         .await?;
     assert!(f.list().await?.iter().all(|x| x.id != one.id));
@@ -474,6 +484,7 @@ async fn kill_and_list() -> anyhow::Result<()> {
         .kill_pty(f.agent.req(KillPtyRequest {
             session_id: one.id.clone(),
             signal: 0,
+            reason: String::new(),
         }))
         .await
         .expect_err("unknown session");
@@ -490,9 +501,11 @@ async fn kill_and_list() -> anyhow::Result<()> {
         .kill_pty(f.agent.req(KillPtyRequest {
             session_id: stubborn.id.clone(),
             signal: 0,
+            reason: String::new(),
         }))
         .await?;
     assert_eq!(c.read_to_exit().await?, 128 + 9);
+    assert_eq!(c.reason, "", "no reason given, none told");
     Ok(())
 }
 
@@ -642,6 +655,7 @@ async fn running_sessions_are_limited() -> anyhow::Result<()> {
         .kill_pty(f.agent.req(KillPtyRequest {
             session_id: one.id.clone(),
             signal: 0,
+            reason: String::new(),
         }))
         .await?;
     // The killed session is still listed (exited); it no longer counts.

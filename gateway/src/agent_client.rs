@@ -135,6 +135,9 @@ pub struct WriteOptions {
 pub struct ArchiveOptions {
     pub path: String,
     pub exclude: Vec<String>,
+    /// Everything: no default exclusions, and symlinks pointing outside the
+    /// project kept as symlinks.
+    pub all: bool,
 }
 
 /// What an archive held.
@@ -151,6 +154,15 @@ pub enum ArchiveChunk {
     Data(Bytes),
     /// The last item.
     Summary(ArchiveSummary),
+}
+
+/// Caps the agent enforces on a zip from outside (0 = none); over one, the
+/// extract fails with 413 and writes nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExtractCaps {
+    pub max_entries: u64,
+    pub max_bytes: u64,
+    pub max_ratio: u64,
 }
 
 /// What an extraction wrote.
@@ -232,6 +244,9 @@ pub enum PtyEvent {
     },
     Exit {
         code: i32,
+        /// Why the session was ended, when it was ended for a reason
+        /// ("hibernated").
+        reason: Option<String>,
     },
     KeepAlive,
 }
@@ -586,7 +601,10 @@ impl AgentClient {
                         offset: o.offset,
                         data: Bytes::from(o.data),
                     },
-                    Event::Exit(x) => PtyEvent::Exit { code: x.code },
+                    Event::Exit(x) => PtyEvent::Exit {
+                        code: x.code,
+                        reason: Some(x.reason).filter(|r| !r.is_empty()),
+                    },
                     Event::Keepalive(_) => PtyEvent::KeepAlive,
                 })),
                 Ok(_) => None,
@@ -629,6 +647,28 @@ impl AgentClient {
         )
         .await?;
         Ok(r.into_inner().into())
+    }
+
+    /// The agent's terminal sessions.
+    pub async fn list_pty(&self) -> Result<Vec<PtySession>> {
+        let r = unary(self.process().list_pty(self.req(pb::Empty {}))).await?;
+        Ok(r.into_inner()
+            .sessions
+            .into_iter()
+            .map(PtySession::from)
+            .collect())
+    }
+
+    /// Ends a terminal session (SIGHUP, SIGKILL after the agent's grace) and
+    /// returns once it exited; attached clients get `reason` with the exit.
+    pub async fn end_pty(&self, id: &str, reason: &str) -> Result<()> {
+        unary(self.process().kill_pty(self.req(pb::KillPtyRequest {
+            session_id: id.to_owned(),
+            signal: 0,
+            reason: reason.to_owned(),
+        })))
+        .await?;
+        Ok(())
     }
 
     /// The agent's background processes.
@@ -746,10 +786,16 @@ impl AgentClient {
         path: &str,
         body: BoxStream<'static, Result<Bytes>>,
         limit: u64,
+        caps: Option<ExtractCaps>,
     ) -> Result<ExtractSummary> {
         let start = pb::ExtractRequest {
             msg: Some(pb::extract_request::Msg::Start(pb::ExtractStart {
                 path: path.to_owned(),
+                limits: caps.map(|c| pb::ExtractLimits {
+                    max_entries: c.max_entries,
+                    max_bytes: c.max_bytes,
+                    max_ratio: c.max_ratio,
+                }),
             })),
         };
         let (tx, msgs) = upstream(start);
@@ -931,7 +977,8 @@ fn archive_options(o: ArchiveOptions) -> pb::ArchiveOptions {
     pb::ArchiveOptions {
         path: o.path,
         exclude: o.exclude,
-        no_default_excludes: false,
+        no_default_excludes: o.all,
+        keep_outside_links: o.all,
     }
 }
 

@@ -72,6 +72,20 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_MAX_BODY_BYTES", default_value_t = 1 << 30)]
     pub max_body_bytes: u64,
 
+    /// Most entries a zip upload (`POST .../archive`) may hold (413 above;
+    /// read from the zip's end record before anything else).
+    #[arg(long, env = "GATEWAY_MAX_UPLOAD_ENTRIES", default_value_t = 50_000)]
+    pub max_upload_entries: u64,
+
+    /// Most bytes a zip upload may expand to (413 above, nothing written).
+    #[arg(long, env = "GATEWAY_MAX_UPLOAD_EXPANDED_BYTES", default_value_t = 1 << 30)]
+    pub max_upload_expanded_bytes: u64,
+
+    /// Most expanded bytes per byte of zip upload, over the whole zip, once
+    /// it expands past 16 MiB (413 above).
+    #[arg(long, env = "GATEWAY_MAX_UPLOAD_RATIO", default_value_t = 100)]
+    pub max_upload_ratio: u64,
+
     /// Seconds a detached terminal session is kept for reattachment (agent
     /// terminals of the local runtime; Kubernetes agents use their own
     /// `AGENT_PTY_KEEP_SECS`, pod-exec shells a fixed 5 minutes).

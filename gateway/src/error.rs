@@ -35,6 +35,9 @@ pub enum Error {
     PreconditionFailed(String),
     #[error("request body larger than {0} bytes")]
     PayloadTooLarge(u64),
+    /// Over a cap other than the body's size (a zip's entries or expansion).
+    #[error("{0}")]
+    TooLarge(String),
     #[error("requested range not satisfiable")]
     RangeNotSatisfiable { size: u64 },
     #[error("{0}")]
@@ -78,7 +81,9 @@ impl Error {
             Error::PreconditionFailed(_) => {
                 (StatusCode::PRECONDITION_FAILED, "precondition_failed")
             }
-            Error::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Error::PayloadTooLarge(_) | Error::TooLarge(_) => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+            }
             Error::RangeNotSatisfiable { .. } => {
                 (StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable")
             }
@@ -159,6 +164,8 @@ impl From<tonic::Status> for Error {
             // Too many terminals or dev servers running in the project: the
             // client can end one and retry.
             (_, proto::LIMIT_REACHED) => Error::Conflict(msg),
+            // A zip over the upload caps: nothing was written.
+            (_, proto::TOO_LARGE) => Error::TooLarge(msg),
             (Code::InvalidArgument | Code::OutOfRange, _) => Error::BadRequest(msg),
             (Code::NotFound, _) => Error::NotFound(msg),
             (Code::AlreadyExists, _) => Error::Conflict(msg),

@@ -267,7 +267,7 @@ async fn restore(state: &AppState, p: &mut Project, wanted: Option<&str>) -> Res
                     format!("extracting archive version {}", a.version),
                 );
                 let data = state.archives.read(&a.key).await?;
-                client.extract("", data, u64::MAX).await?
+                client.extract("", data, u64::MAX, None).await?
             }
         };
         Ok::<_, Error>(Some((a.clone(), summary)))
@@ -401,6 +401,12 @@ pub async fn hibernate_unless_busy(
             return Err(e);
         }
     };
+    if let Err(e) = quiesce(state, id).await {
+        tracing::error!(project = id, error = %e, "cannot stop the project's processes; the project stays active");
+        drop(writes);
+        set_status(state, &mut p, ProjectStatus::Active).await?;
+        return Err(e);
+    }
     let archives = state.store.list_archives(id).await?;
     let version = archives.first().map(|a| a.version + 1).unwrap_or(1);
     let previous = archives.iter().find(|a| a.snapshot.is_some()).cloned();
@@ -495,11 +501,13 @@ pub async fn hibernate_unless_busy(
         "snapshot verified; stopping the environment",
     );
     for mut c in state.store.list_containers(id).await? {
-        // Remembered, so that an open can start it again (`start_containers`).
-        let was_running = matches!(
-            c.status,
-            ContainerStatus::Running | ContainerStatus::Starting
-        );
+        // Remembered, so that an open can start it again (`start_containers`);
+        // `quiesce` already stopped and marked those that ran.
+        let was_running = c.running_at_hibernation
+            || matches!(
+                c.status,
+                ContainerStatus::Running | ContainerStatus::Starting
+            );
         let changed =
             c.status != ContainerStatus::Stopped || c.running_at_hibernation != was_running;
         if c.status != ContainerStatus::Stopped {
@@ -608,6 +616,19 @@ pub async fn snapshot_now(state: &AppState, id: &str, reason: &str) -> Result<Ar
     Ok(v)
 }
 
+/// The agent of a project this replica is hibernating or snapshotting, under
+/// its lock. Not `agent_of_active`: the project may be `hibernating`, and its
+/// agent may run for another replica (the local runtime, or a restarted
+/// gateway), so this one may have no endpoint yet.
+async fn step_agent(state: &AppState, id: &str) -> Result<AgentClient> {
+    let endpoint = match state.runtime.agent(id).await {
+        Ok(e) => e,
+        Err(Error::ProjectNotActive(_)) => state.runtime.ensure(id).await?,
+        Err(e) => return Err(e),
+    };
+    state.agents.get(id, &endpoint)
+}
+
 /// A snapshot taken and verified.
 struct Taken {
     id: String,
@@ -628,15 +649,7 @@ async fn take_snapshot(
     id: &str,
     previous: Option<&ArchiveVersion>,
 ) -> Result<Taken> {
-    // The project may be `hibernating` (by this replica, under its lock), so
-    // not `agent_of_active`: the agent may run for another replica (the local
-    // runtime, or a restarted gateway) and this one may have no endpoint.
-    let endpoint = match state.runtime.agent(id).await {
-        Ok(e) => e,
-        Err(Error::ProjectNotActive(_)) => state.runtime.ensure(id).await?,
-        Err(e) => return Err(e),
-    };
-    let client = state.agents.get(id, &endpoint)?;
+    let client = step_agent(state, id).await?;
     state.archives.ensure_bucket().await?;
     let mut prev = None;
     let mut known_packs = HashSet::new();
@@ -759,6 +772,66 @@ async fn decode_manifest(bytes: Bytes, id: Id) -> Result<Manifest, devgate_snaps
     tokio::task::spawn_blocking(move || Manifest::decode(&bytes, &id))
         .await
         .map_err(|e| devgate_snapshot::Error::Io(std::io::Error::other(e)))?
+}
+
+/// Why a hibernation ends a terminal session: the `reason` of its exit frame.
+pub const HIBERNATED: &str = "hibernated";
+
+/// Stops everything that runs in the project before its files are cut: dev
+/// servers (recorded stopped, and marked `running_at_hibernation` so an open
+/// can start them again), the agent's other background processes, then
+/// every terminal session (each attached client gets the exit with the
+/// reason `hibernated`). Each stop returns once the process group is gone,
+/// so nothing of the project writes while it is archived; new file changes
+/// are already refused (409) by the write gate. A failure stops the
+/// hibernation, with the project left active.
+async fn quiesce(state: &AppState, id: &str) -> Result<()> {
+    progress(
+        state,
+        id,
+        "quiesce",
+        "stopping dev servers, processes and terminals",
+    );
+    for mut c in state.store.list_containers(id).await? {
+        if !matches!(
+            c.status,
+            ContainerStatus::Running | ContainerStatus::Starting
+        ) {
+            // A mark left by an earlier hibernation: this one did not see it
+            // run.
+            if c.running_at_hibernation {
+                c.running_at_hibernation = false;
+                state.store.update_container(&c).await?;
+            }
+            continue;
+        }
+        state.runtime.stop_container(id, &c.name).await?;
+        c.status = ContainerStatus::Stopped;
+        c.running_at_hibernation = true;
+        state.store.update_container(&c).await?;
+    }
+    let client = step_agent(state, id).await?;
+    for p in client.list_background().await? {
+        if p.running {
+            match client.stop_background(&p.name, 5000).await {
+                Ok(_) | Err(Error::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    let sessions = client.list_pty().await?;
+    let ends = sessions
+        .iter()
+        .filter(|s| !s.exited)
+        .map(|s| client.end_pty(&s.id, HIBERNATED));
+    for res in futures::future::join_all(ends).await {
+        match res {
+            Ok(()) | Err(Error::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    tracing::info!(project = id, terminals = sessions.len(), "project quiesced");
+    Ok(())
 }
 
 /// Keeps the newest `archive_keep` versions. Called only after a newer

@@ -26,6 +26,9 @@ pub const NOT_A_DIRECTORY: &str = "not_a_directory";
 /// Error code of a `ResourceExhausted` when a limit on running PTY sessions
 /// or background processes is reached (the caller ends one first).
 pub const LIMIT_REACHED: &str = "limit_reached";
+/// Error code of a `ResourceExhausted` when an archive is over an extract cap
+/// (entries, expanded bytes, expansion ratio): the gateway answers 413.
+pub const TOO_LARGE: &str = "payload_too_large";
 
 /// Status metadata key whose value is one of the codes above, so the gateway
 /// maps errors by code rather than by matching message strings.

@@ -910,3 +910,228 @@ async fn local_reads_skip_the_agent() {
         (StatusCode::NOT_FOUND, "not_found".to_owned())
     );
 }
+
+/// Rewrites the declared uncompressed size of entry `name` in both its
+/// central directory record and its local header.
+fn lie_about_size(zip: &mut [u8], name: &str, size: u32) {
+    let mut patched = 0;
+    for at in 0..zip.len().saturating_sub(46) {
+        let (name_len_at, name_at, size_at) = match zip[at..at + 4] {
+            [0x50, 0x4b, 0x01, 0x02] => (at + 28, at + 46, at + 24),
+            [0x50, 0x4b, 0x03, 0x04] => (at + 26, at + 30, at + 22),
+            _ => continue,
+        };
+        let len = u16::from_le_bytes([zip[name_len_at], zip[name_len_at + 1]]) as usize;
+        if zip.get(name_at..name_at + len) == Some(name.as_bytes()) {
+            zip[size_at..size_at + 4].copy_from_slice(&size.to_le_bytes());
+            patched += 1;
+        }
+    }
+    assert_eq!(patched, 2);
+}
+
+/// `copies` entries of `each` zero bytes, compressed once and raw-copied:
+/// honest sizes, cheap to make.
+fn zeros_zip(copies: usize, each: usize) -> Vec<u8> {
+    let mut one = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    one.start_file("z", zip::write::SimpleFileOptions::default())
+        .unwrap();
+    one.write_all(&vec![0u8; each]).unwrap();
+    let one = one.finish().unwrap().into_inner();
+    let mut src = zip::ZipArchive::new(std::io::Cursor::new(one)).unwrap();
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for i in 0..copies {
+        let f = src.by_index_raw(0).unwrap();
+        w.raw_copy_file_rename(f, format!("{i:06}")).unwrap();
+    }
+    w.finish().unwrap().into_inner()
+}
+
+fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// Issue 10's and issue 9's reproductions through the API: a zip entry whose
+/// declared size lies no longer truncates an existing file (400, "PRECIOUS"
+/// intact, no staging left); a 1 MB zip of 1 GiB and a 9 MB zip of 100,000
+/// entries get 413 `payload_too_large` with nothing written, and the agent's
+/// peak memory stays far below the 85 MB the entries used to cost.
+#[tokio::test]
+async fn archive_upload_is_all_or_nothing_and_capped() {
+    let gw = Gateway::start().await.unwrap();
+    gw.open_project("up").await.unwrap();
+    let dir = gw.project_dir("up");
+    std::fs::write(dir.join("keep.txt"), "PRECIOUS").unwrap();
+    let listing = |dir: &std::path::Path| {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    };
+    let before = listing(&dir);
+
+    let big = b"more than declared ".repeat(1000);
+    let mut liar = zip_of(&[
+        ("keep.txt", b"overwritten", 0o644),
+        ("new/file.txt", b"new", 0o644),
+        ("liar.bin", &big, 0o644),
+    ]);
+    lie_about_size(&mut liar, "liar.bin", 3);
+    let r = gw
+        .post("/api/projects/up/archive")
+        .body(liar)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        code(r).await,
+        (StatusCode::BAD_REQUEST, "bad_request".into())
+    );
+    assert_eq!(std::fs::read(dir.join("keep.txt")).unwrap(), b"PRECIOUS");
+    assert_eq!(listing(&dir), before, "nothing added, no staging left");
+
+    let agent = gw.agent_pid("up").await.unwrap();
+    let rss_before = proc_status_kib(agent, "VmRSS:");
+
+    // 1,024 entries of 1 MiB of zeros: 1 GiB from about a megabyte.
+    let bomb = zeros_zip(1024, 1 << 20);
+    assert!(bomb.len() < 1_500_000, "{}", bomb.len());
+    let r = gw
+        .post("/api/projects/up/archive")
+        .body(bomb)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
+    assert_eq!(v["error"]["code"], "payload_too_large");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("more than 100 times"),
+        "{v}"
+    );
+    assert_eq!(listing(&dir), before);
+
+    // 100,000 empty entries, about 9 MB.
+    let many = zeros_zip(100_000, 0);
+    assert!(
+        many.len() > 8_000_000 && many.len() < 10_000_000,
+        "{}",
+        many.len()
+    );
+    let r = gw
+        .post("/api/projects/up/archive")
+        .body(many)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("100000 entries; at most 50000"),
+        "{v}"
+    );
+    assert_eq!(listing(&dir), before);
+    let peak = proc_status_kib(agent, "VmHWM:");
+    eprintln!("agent RSS before {rss_before} KiB, peak after both refusals {peak} KiB");
+    assert!(
+        peak < rss_before + 40 * 1024,
+        "agent peak {peak} KiB vs {rss_before} KiB before"
+    );
+
+    // Within the caps the same kind of archive extracts.
+    let r = gw
+        .post("/api/projects/up/archive")
+        .body(zeros_zip(3, 1000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(std::fs::read(dir.join("000002")).unwrap(), vec![0u8; 1000]);
+}
+
+/// `GET /archive` leaves out `.git`, `node_modules`, `__pycache__` and links
+/// out of the project; `?all=true` has everything, links as links.
+#[tokio::test]
+async fn archive_download_of_everything() {
+    let gw = Gateway::start().await.unwrap();
+    gw.open_project("all").await.unwrap();
+    let dir = gw.project_dir("all");
+    for (path, data) in [
+        (".git/HEAD", "ref: refs/heads/main\n"),
+        ("node_modules/x/i.js", "x"),
+        ("__pycache__/m.pyc", "pyc"),
+        ("src/a.txt", "a"),
+    ] {
+        std::fs::create_dir_all(dir.join(path).parent().unwrap()).unwrap();
+        std::fs::write(dir.join(path), data).unwrap();
+    }
+    std::os::unix::fs::symlink("/etc/hostname", dir.join("abs-link")).unwrap();
+    std::os::unix::fs::symlink("src/a.txt", dir.join("in-link")).unwrap();
+    let entries = |q: &'static str| {
+        let gw = &gw;
+        async move {
+            let r = gw
+                .get(&format!("/api/projects/all/archive{q}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "{q}");
+            let bytes = r.bytes().await.unwrap();
+            let mut z = zip::ZipArchive::new(std::io::Cursor::new(bytes.to_vec())).unwrap();
+            let mut out = std::collections::BTreeMap::new();
+            for i in 0..z.len() {
+                let mut f = z.by_index(i).unwrap();
+                let mut body = String::new();
+                if !f.is_dir() {
+                    std::io::Read::read_to_string(&mut f, &mut body).unwrap();
+                }
+                out.insert(f.name().to_owned(), (f.is_symlink(), body));
+            }
+            out
+        }
+    };
+    let default = entries("").await;
+    assert!(default.contains_key("src/a.txt"), "{default:?}");
+    assert_eq!(default["in-link"], (true, "src/a.txt".to_owned()));
+    for left_out in [
+        ".git/HEAD",
+        "node_modules/x/i.js",
+        "__pycache__/m.pyc",
+        "abs-link",
+    ] {
+        assert!(!default.contains_key(left_out), "{left_out}: {default:?}");
+    }
+    let all = entries("?all=true").await;
+    assert_eq!(
+        all[".git/HEAD"],
+        (false, "ref: refs/heads/main\n".to_owned())
+    );
+    assert_eq!(all["node_modules/x/i.js"], (false, "x".to_owned()));
+    assert_eq!(all["__pycache__/m.pyc"], (false, "pyc".to_owned()));
+    assert_eq!(all["abs-link"], (true, "/etc/hostname".to_owned()));
+    assert_eq!(all["in-link"], (true, "src/a.txt".to_owned()));
+    let r = gw
+        .get("/api/projects/all/archive?all=maybe")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        code(r).await,
+        (StatusCode::BAD_REQUEST, "bad_request".into())
+    );
+}

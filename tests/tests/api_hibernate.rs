@@ -509,3 +509,109 @@ async fn a_zip_of_an_earlier_version_opens_from_s3() {
     let s3 = S3Server::start().await.unwrap();
     a_zip_of_an_earlier_version_opens(Some(&s3)).await;
 }
+
+/// Issue 10's reproduction: a detached terminal writes a counter into the
+/// project every 5 ms while the project hibernates. The hibernation first
+/// ends every terminal (an attached one gets `{"type":"exit","reason":
+/// "hibernated"}`), and only then cuts the archive: after reopening, the
+/// file holds exactly the last value the process wrote before it ended
+/// (which it also wrote, from its SIGHUP trap, to a file outside the
+/// project).
+#[tokio::test]
+async fn hibernation_stops_terminals_before_the_archive() {
+    use futures::StreamExt as _;
+    use tokio_tungstenite::tungstenite::Message;
+    let gw = Gateway::start().await.unwrap();
+    gw.open_project("quiet").await.unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    // The project's processes may run as a user of their own.
+    std::fs::set_permissions(outside.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let last_file = outside.path().join("last");
+    let connect = |cmd: String| {
+        let gw = &gw;
+        async move {
+            let url = reqwest::Url::parse_with_params(
+                &format!("ws://{}/api/projects/quiet/terminal", gw.addr),
+                &[("token", gw.token(&["quiet"])), ("cmd", cmd)],
+            )
+            .unwrap();
+            let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+                .await
+                .unwrap();
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) => assert!(t.contains("\"session\""), "{t}"),
+                other => panic!("no session frame: {other:?}"),
+            }
+            ws
+        }
+    };
+    // One command per iteration increments and writes, so the trap (run
+    // between commands) sees the value that is in the file.
+    let counter = connect(format!(
+        "i=0; trap 'echo $i > {}; exit 0' HUP; while :; do echo $((i=i+1)) > counter.txt; sleep 0.005; done",
+        last_file.display()
+    ))
+    .await;
+    drop(counter); // detached: the session lives on
+    let mut attached = connect("sleep 987654".into()).await;
+    let counter_path = gw.project_dir("quiet").join("counter.txt");
+    tests::eventually(
+        std::time::Duration::from_secs(20),
+        "the counter runs",
+        || async {
+            let n: u64 = std::fs::read_to_string(&counter_path)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(0);
+            (n >= 20).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+
+    let r = gw
+        .post("/api/projects/quiet/hibernate")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut exit = None;
+    while let Ok(Some(msg)) =
+        tokio::time::timeout(std::time::Duration::from_secs(10), attached.next()).await
+    {
+        match msg {
+            Ok(Message::Text(t)) => {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                if v["type"] == "exit" {
+                    exit = Some(v);
+                }
+            }
+            Ok(Message::Close(_)) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    let exit = exit.expect("an exit frame on the attached terminal");
+    assert_eq!(exit["reason"], "hibernated", "{exit}");
+    assert!(exit["code"].is_i64(), "{exit}");
+    let last: u64 = std::fs::read_to_string(&last_file)
+        .expect("the process's SIGHUP trap ran")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(last >= 20, "{last}");
+    let sleeping = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+        .any(|c| c == b"sleep\0987654\0");
+    assert!(!sleeping, "a terminal's process outlived the hibernation");
+
+    gw.post("/api/projects/quiet/open").send().await.unwrap();
+    let r = gw
+        .get("/api/projects/quiet/files/counter.txt")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let restored: u64 = r.text().await.unwrap().trim().parse().unwrap();
+    assert_eq!(restored, last, "the archive holds the process's last value");
+}

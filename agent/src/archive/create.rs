@@ -51,6 +51,9 @@ pub(crate) struct Spec {
     /// The base's path relative to the root, to judge symlink targets.
     pub(crate) base_rel: String,
     pub(crate) excludes: HashSet<String>,
+    /// Keep symlinks that point outside the root (a download of
+    /// everything); else they are left out, so the archive extracts.
+    pub(crate) keep_outside_links: bool,
 }
 
 /// The names to exclude from a request's options.
@@ -265,9 +268,11 @@ fn walk_dir(dir: &Dir, prefix: &str, spec: &Spec, out: &mut Vec<Entry>) -> Resul
                 continue;
             };
             // An extract refuses links that leave the root, so an archive that
-            // carried one could never be restored; such a link is left out.
+            // carried one could never be restored; such a link is left out,
+            // unless asked for (only its target string is read: the link is
+            // never followed).
             let in_root = format!("{}/{}", spec.base_rel, parent_of(&path));
-            if crate::archive::link_escapes(&in_root, &target) {
+            if !spec.keep_outside_links && crate::archive::link_escapes(&in_root, &target) {
                 tracing::warn!(path = %path, target = %target, "skipping a symlink that points outside the root");
                 continue;
             }
@@ -628,6 +633,7 @@ mod unit {
             base: Dir::open_ambient_dir(tmp.path(), cap_std::ambient_authority()).unwrap(),
             base_rel: String::new(),
             excludes: HashSet::new(),
+            keep_outside_links: false,
         };
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(1);
         let reader = std::thread::spawn(move || {

@@ -1,7 +1,11 @@
-//! Extracting a zip into the root: the whole archive is spooled first (its
-//! central directory is at the end), every entry is checked before anything
-//! is written, then files are inflated and written in parallel through the
-//! root's directory handle, and modes and symlinks restored.
+//! Extracting a zip into the root, all or nothing: the whole archive is
+//! spooled first (its central directory is at the end); the caps (entries,
+//! expanded bytes, ratio) and every entry are checked before anything is
+//! written; files are inflated in parallel into a staging directory inside
+//! the root (a temporary name: hidden, swept at start), each checked against
+//! its declared size and CRC; only then is everything renamed into place,
+//! and any failure up to the last rename moves back what was moved and
+//! removes the staging directory.
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::{self, Read, Seek, SeekFrom, Write as _};
@@ -10,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use bytes::Bytes;
-use cap_fs_ext::{FollowSymlinks, OpenOptionsFollowExt as _};
+use cap_fs_ext::{DirExt as _, FollowSymlinks, OpenOptionsFollowExt as _};
 use cap_std::fs::{Dir, OpenOptions, OpenOptionsExt as _, Permissions, PermissionsExt as _};
 use zip::ZipArchive;
 
@@ -23,6 +27,22 @@ pub(crate) const MEMORY_SPOOL: u64 = 128 * 1024 * 1024;
 
 /// Longest symlink target accepted.
 const MAX_LINK: u64 = 4096;
+
+/// Expanded bytes below which the ratio cap does not apply: a tiny zip of a
+/// zero-filled file is harmless, and the cap is about amplification.
+const RATIO_FLOOR: u64 = 16 * 1024 * 1024;
+
+/// Caps on an archive from outside (an upload); 0 = no cap. The platform's
+/// own archives (restores) are extracted without them.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Limits {
+    /// Entries in the central directory.
+    pub(crate) max_entries: u64,
+    /// Bytes of file content once expanded.
+    pub(crate) max_bytes: u64,
+    /// Expanded bytes per byte of archive, once past [`RATIO_FLOOR`].
+    pub(crate) max_ratio: u64,
+}
 
 /// What an extract wrote.
 #[derive(Debug, Clone, Copy, Default)]
@@ -187,10 +207,9 @@ struct FilePlan {
     index: usize,
     path: String,
     mode: u32,
-    /// Size the archive declares; inflating past it is an error.
+    /// Size the archive declares; inflating past it, or ending before it,
+    /// is an error.
     size: u64,
-    /// An existing symlink sits where the file goes; it is replaced.
-    replace: bool,
     /// Modification time the entry carries (Unix seconds), restored.
     mtime: Option<i64>,
 }
@@ -202,21 +221,113 @@ struct Plan {
     dirs: BTreeMap<String, Option<(u32, Option<i64>)>>,
     files: Vec<FilePlan>,
     links: Vec<(String, String)>,
+    /// Directories of the plan that already exist under the extract
+    /// directory (filled by `check_tree`); the others are made new.
+    existing: HashSet<String>,
 }
 
-/// Checks every entry of `spool` against the tree under `base_rel` (the
-/// extract directory, relative to the root), then writes them all. Blocking.
-/// Nothing is written unless every entry passed.
-pub(crate) fn extract(root: &Dir, base_rel: &str, spool: Spool) -> Result<Summary> {
+/// Checks `spool` against `limits` and every entry against the tree under
+/// `base_rel` (the extract directory, relative to the root), stages them all,
+/// then moves them into place. Blocking. The tree changes only if everything
+/// passed.
+pub(crate) fn extract(root: &Dir, base_rel: &str, spool: Spool, limits: Limits) -> Result<Summary> {
+    let archive_len = spool.len();
+    // From the end record alone, before the central directory is parsed
+    // (which costs memory per entry).
+    if limits.max_entries > 0
+        && let Some(n) = declared_entries(&spool)?
+        && n > limits.max_entries
+    {
+        return Err(too_many(n, limits.max_entries));
+    }
     let reader = SpoolReader { spool, pos: 0 };
     let mut archive = ZipArchive::new(reader).map_err(|e| match e {
         zip::result::ZipError::Io(io) => Error::Io(io),
         other => Error::InvalidArgument(format!("not a zip archive: {other}")),
     })?;
+    // The reader may have trusted another end record than ours.
+    if limits.max_entries > 0 && archive.len() as u64 > limits.max_entries {
+        return Err(too_many(archive.len() as u64, limits.max_entries));
+    }
     let mut plan = plan(&mut archive, base_rel)?;
+    check_caps(&plan, archive_len, limits)?;
     check_tree(root, base_rel, &mut plan)?;
     check_space(root, &plan)?;
     write(root, base_rel, &archive, &plan)
+}
+
+fn too_many(n: u64, max: u64) -> Error {
+    Error::TooLarge(format!(
+        "the archive holds {n} entries; at most {max} are accepted"
+    ))
+}
+
+/// The expanded size the entries declare (what inflating may reach: an entry
+/// inflating past its own declared size fails) against the byte and ratio
+/// caps.
+fn check_caps(plan: &Plan, archive_len: u64, limits: Limits) -> Result<()> {
+    let expanded: u64 = plan
+        .files
+        .iter()
+        .map(|f| f.size)
+        .fold(0u64, u64::saturating_add);
+    if limits.max_bytes > 0 && expanded > limits.max_bytes {
+        return Err(Error::TooLarge(format!(
+            "the archive expands to {expanded} bytes; at most {} are accepted",
+            limits.max_bytes
+        )));
+    }
+    if limits.max_ratio > 0
+        && expanded > RATIO_FLOOR
+        && expanded > archive_len.saturating_mul(limits.max_ratio)
+    {
+        return Err(Error::TooLarge(format!(
+            "the archive ({archive_len} bytes) expands to {expanded} bytes, more than {} times its size",
+            limits.max_ratio
+        )));
+    }
+    Ok(())
+}
+
+/// The entry count the archive's end record declares (the zip64 record's
+/// when the classic one says it overflowed), from the last 64 KiB only.
+/// None when there is no end record (the zip reader then refuses the
+/// archive).
+fn declared_entries(spool: &Spool) -> Result<Option<u64>> {
+    const EOCD: [u8; 4] = [0x50, 0x4b, 0x05, 0x06];
+    const LOCATOR: [u8; 4] = [0x50, 0x4b, 0x06, 0x07];
+    const EOCD64: [u8; 4] = [0x50, 0x4b, 0x06, 0x06];
+    let len = spool.len();
+    let tail_len = len.min(22 + 0xFFFF + 20);
+    let mut tail = vec![0u8; tail_len as usize];
+    let mut r = SpoolReader {
+        spool: spool.clone(),
+        pos: len - tail_len,
+    };
+    r.read_exact(&mut tail)?;
+    let Some(at) = (0..tail.len().saturating_sub(21))
+        .rev()
+        .find(|&i| tail[i..i + 4] == EOCD)
+    else {
+        return Ok(None);
+    };
+    let count = u16::from_le_bytes([tail[at + 10], tail[at + 11]]);
+    if count != 0xFFFF || at < 20 || tail[at - 20..at - 16] != LOCATOR {
+        return Ok(Some(count.into()));
+    }
+    let mut offset = [0u8; 8];
+    offset.copy_from_slice(&tail[at - 12..at - 4]);
+    let mut record = [0u8; 40];
+    let mut r = SpoolReader {
+        spool: spool.clone(),
+        pos: u64::from_le_bytes(offset),
+    };
+    if r.read_exact(&mut record).is_err() || record[..4] != EOCD64 {
+        return Ok(Some(count.into()));
+    }
+    let mut total = [0u8; 8];
+    total.copy_from_slice(&record[32..40]);
+    Ok(Some(u64::from_le_bytes(total)))
 }
 
 /// Where a name goes, relative to the extract directory; None for the
@@ -340,7 +451,6 @@ fn plan<R: Read + Seek>(archive: &mut ZipArchive<R>, base_rel: &str) -> Result<P
                 path,
                 mode: mode.map_or(0o644, |m| m & 0o777),
                 size: entry.size(),
-                replace: false,
                 mtime: super::mtime::of_entry(&entry),
             });
         }
@@ -387,7 +497,9 @@ fn check_tree(root: &Dir, base_rel: &str, plan: &mut Plan) -> Result<()> {
     }
     for dir in plan.dirs.keys() {
         match root.symlink_metadata(join(base_rel, dir)) {
-            Ok(m) if m.is_dir() => {}
+            Ok(m) if m.is_dir() => {
+                plan.existing.insert(dir.clone());
+            }
             Ok(_) => {
                 return Err(Error::InvalidArgument(format!(
                     "{dir:?} exists and is not a directory (symlinks are not followed)"
@@ -397,16 +509,16 @@ fn check_tree(root: &Dir, base_rel: &str, plan: &mut Plan) -> Result<()> {
             Err(e) => return Err(e.into()),
         }
     }
-    let check_leaf = |path: &str| -> Result<bool> {
+    let check_leaf = |path: &str| -> Result<()> {
         match root.symlink_metadata(join(base_rel, path)) {
             Ok(m) if m.is_dir() => Err(Error::IsDirectory(path.to_owned())),
-            Ok(m) => Ok(m.is_symlink()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e.into()),
         }
     };
-    for f in &mut plan.files {
-        f.replace = check_leaf(&f.path)?;
+    for f in &plan.files {
+        check_leaf(&f.path)?;
     }
     for (path, _) in &plan.links {
         check_leaf(path)?;
@@ -428,26 +540,49 @@ fn check_space(root: &Dir, plan: &Plan) -> Result<()> {
     Ok(())
 }
 
+/// The staging directory of one extract, at the root under a temporary
+/// name. Dropping it removes it with whatever it still holds: everything on
+/// failure, the entries that were replaced after a commit.
+struct Staging<'a> {
+    root: &'a Dir,
+    name: String,
+    dir: Dir,
+}
+
+impl<'a> Staging<'a> {
+    fn new(root: &'a Dir) -> Result<Staging<'a>> {
+        let name = devgate_fs::temp::staging_name(rand::random());
+        root.create_dir(&name)?;
+        let dir = match root.open_dir_nofollow(&name) {
+            Ok(d) => d,
+            Err(e) => {
+                let _ = root.remove_dir_all(&name);
+                return Err(e.into());
+            }
+        };
+        Ok(Staging { root, name, dir })
+    }
+}
+
+impl Drop for Staging<'_> {
+    fn drop(&mut self) {
+        if let Err(error) = self.root.remove_dir_all(&self.name) {
+            tracing::warn!(%error, name = %self.name, "cannot remove an extract's staging directory; the next start sweeps it");
+        }
+    }
+}
+
 fn write<R: Read + Seek + Clone + Send + Sync>(
     root: &Dir,
     base_rel: &str,
     archive: &ZipArchive<R>,
     plan: &Plan,
 ) -> Result<Summary> {
-    if !base_rel.is_empty() {
-        root.create_dir_all(base_rel)?;
-    }
-    let base = if base_rel.is_empty() {
-        root.try_clone()?
-    } else {
-        root.open_dir(base_rel)?
-    };
+    let staging = Staging::new(root)?;
+    let stage = &staging.dir;
+    // Parents first (a BTreeMap orders "a" before "a/b").
     for dir in plan.dirs.keys() {
-        match base.create_dir(dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(e.into()),
-        }
+        stage.create_dir(dir)?;
     }
 
     let next = AtomicUsize::new(0);
@@ -468,7 +603,7 @@ fn write<R: Read + Seek + Clone + Send + Sync>(
                         let Some(f) = plan.files.get(i) else {
                             return Ok(());
                         };
-                        let n = write_file(&base, &mut archive, f, &mut buf)?;
+                        let n = write_file(stage, &mut archive, f, &mut buf)?;
                         bytes.fetch_add(n, Ordering::Relaxed);
                     }
                 })
@@ -485,53 +620,226 @@ fn write<R: Read + Seek + Clone + Send + Sync>(
         }
         first
     })?;
-
     for (path, target) in &plan.links {
-        match base.symlink_metadata(path) {
-            Ok(_) => base.remove_file(path)?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e.into()),
-        }
         // The target was checked in `plan` not to leave the root.
-        base.symlink_contents(target, path)?;
+        stage.symlink_contents(target, path)?;
     }
-    // Deepest first, after everything inside was made (which touches a
-    // directory's mtime), so a read-only directory is set after its contents.
-    // The time first: the mode may forbid opening the directory.
-    for (dir, restore) in plan.dirs.iter().rev() {
-        if let Some((mode, mtime)) = restore {
-            if let Some(at) = mtime.and_then(system_time) {
-                // A read-only open, not `open_dir` (an O_PATH handle,
-                // which cannot set times).
-                let mut read = OpenOptions::new();
-                read.read(true).follow(FollowSymlinks::No);
-                base.open_with(dir, &read)?.into_std().set_modified(at)?;
-            }
-            base.set_permissions(dir, Permissions::from_mode(*mode))?;
-        }
-    }
+    commit(root, base_rel, stage, plan)?;
     Ok(Summary {
         files: (plan.files.len() + plan.links.len()) as u64,
         bytes: bytes.load(Ordering::Relaxed),
     })
 }
 
-fn write_file<R: Read + Seek>(
+/// One rename done by a commit, undone by renaming back.
+struct Moved {
+    /// Path relative to the staging directory and to the extract directory.
+    path: String,
+    /// Swapped with an existing entry (`RENAME_EXCHANGE`), which now sits in
+    /// the staging directory.
+    exchanged: bool,
+}
+
+/// Moves the staged tree into place: a new directory whose parent exists is
+/// moved whole, a file or symlink into an existing directory on its own
+/// (exchanged with what it replaces, which lands in the staging directory);
+/// then directory modes and times, deepest first. On any failure everything
+/// done is undone in reverse order and the error returned.
+fn commit(root: &Dir, base_rel: &str, stage: &Dir, plan: &Plan) -> Result<()> {
+    let mut made_base = Vec::new();
+    let mut so_far = String::new();
+    for seg in base_rel.split('/').filter(|s| !s.is_empty()) {
+        so_far = join(&so_far, seg);
+        match root.create_dir(&so_far) {
+            Ok(()) => made_base.push(so_far.clone()),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                remove_made(root, &made_base);
+                return Err(e.into());
+            }
+        }
+    }
+    let base = if base_rel.is_empty() {
+        root.try_clone()
+    } else {
+        root.open_dir(base_rel)
+    };
+    let base = match base {
+        Ok(b) => b,
+        Err(e) => {
+            remove_made(root, &made_base);
+            return Err(e.into());
+        }
+    };
+    let mut moved = Vec::new();
+    let mut touched = Vec::new();
+    let res = place(stage, &base, plan, &mut moved)
+        .and_then(|()| set_dir_attributes(&base, plan, &mut touched));
+    if let Err(e) = res {
+        undo(stage, &base, &moved, &touched);
+        remove_made(root, &made_base);
+        return Err(e);
+    }
+    Ok(())
+}
+
+fn place(stage: &Dir, base: &Dir, plan: &Plan, moved: &mut Vec<Moved>) -> Result<()> {
+    let in_place = |path: &str| {
+        let parent = super::create::parent_of(path);
+        parent.is_empty() || plan.existing.contains(parent)
+    };
+    let new_dirs = plan
+        .dirs
+        .keys()
+        .filter(|d| !plan.existing.contains(*d) && in_place(d));
+    let leaves = plan
+        .files
+        .iter()
+        .map(|f| &f.path)
+        .chain(plan.links.iter().map(|l| &l.0))
+        .filter(|p| in_place(p));
+    // Grouped by parent, so each pair of parent handles is opened once.
+    let mut by_parent: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for path in new_dirs.chain(leaves) {
+        let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
+        by_parent.entry(parent).or_default().push(name);
+    }
+    for (parent, names) in by_parent {
+        let (from, to) = parents(stage, base, parent)?;
+        for name in names {
+            let exchanged = rename_in(&from, &to, name)?;
+            moved.push(Moved {
+                path: join(parent, name),
+                exchanged,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Handles on `parent` in the staging and the extract directory.
+fn parents(stage: &Dir, base: &Dir, parent: &str) -> Result<(Dir, Dir)> {
+    if parent.is_empty() {
+        return Ok((stage.try_clone()?, base.try_clone()?));
+    }
+    Ok((stage.open_dir(parent)?, base.open_dir(parent)?))
+}
+
+/// Moves `name` from `from` to `to`; an existing entry there is swapped
+/// into `from` (true), so that undoing puts it back. What is swapped out must
+/// be a file or symlink: a directory that appeared since the checks is
+/// swapped back and the commit fails.
+fn rename_in(from: &Dir, to: &Dir, name: &str) -> Result<bool> {
+    use rustix::fs::{RenameFlags, renameat_with};
+    match renameat_with(from, name, to, name, RenameFlags::NOREPLACE) {
+        Ok(()) => return Ok(false),
+        Err(rustix::io::Errno::EXIST) => {}
+        Err(e) => return Err(io::Error::from(e).into()),
+    }
+    renameat_with(from, name, to, name, RenameFlags::EXCHANGE).map_err(io::Error::from)?;
+    if from.symlink_metadata(name).is_ok_and(|m| m.is_dir()) {
+        renameat_with(from, name, to, name, RenameFlags::EXCHANGE).map_err(io::Error::from)?;
+        return Err(Error::IsDirectory(name.to_owned()));
+    }
+    Ok(true)
+}
+
+/// Restores the mode and time of each directory the archive describes,
+/// deepest first (after its content was moved in, which touches a
+/// directory's time; a read-only directory after its content). What an
+/// existing directory had is recorded in `touched` for `undo`.
+fn set_dir_attributes(
     base: &Dir,
+    plan: &Plan,
+    touched: &mut Vec<(String, Option<(u32, std::time::SystemTime)>)>,
+) -> Result<()> {
+    for (dir, restore) in plan.dirs.iter().rev() {
+        let Some((mode, mtime)) = restore else {
+            continue;
+        };
+        let before = if plan.existing.contains(dir) {
+            let m = base.symlink_metadata(dir)?;
+            Some((m.permissions().mode() & 0o7777, m.modified()?.into_std()))
+        } else {
+            None
+        };
+        touched.push((dir.clone(), before));
+        set_dir(base, dir, *mode, mtime.and_then(system_time))?;
+    }
+    Ok(())
+}
+
+fn set_dir(base: &Dir, dir: &str, mode: u32, at: Option<std::time::SystemTime>) -> Result<()> {
+    // The time first: the mode may forbid opening the directory. A
+    // read-only open, not `open_dir` (an O_PATH handle, which cannot set
+    // times).
+    if let Some(at) = at {
+        let mut read = OpenOptions::new();
+        read.read(true).follow(FollowSymlinks::No);
+        base.open_with(dir, &read)?.into_std().set_modified(at)?;
+    }
+    base.set_permissions(dir, Permissions::from_mode(mode))?;
+    Ok(())
+}
+
+/// Undoes a failed commit, best effort, in reverse order: directory modes
+/// and times (new directories made writable again, so they can move back
+/// and be removed), then each rename.
+fn undo(
+    stage: &Dir,
+    base: &Dir,
+    moved: &[Moved],
+    touched: &[(String, Option<(u32, std::time::SystemTime)>)],
+) {
+    for (dir, before) in touched.iter().rev() {
+        let res = match before {
+            Some((mode, at)) => set_dir(base, dir, *mode, Some(*at)),
+            None => set_dir(base, dir, 0o700, None),
+        };
+        if let Err(error) = res {
+            tracing::warn!(%error, %dir, "cannot restore a directory's mode after a failed extract");
+        }
+    }
+    for m in moved.iter().rev() {
+        let (parent, name) = m.path.rsplit_once('/').unwrap_or(("", &m.path));
+        let res = parents(stage, base, parent).and_then(|(from, to)| {
+            use rustix::fs::{RenameFlags, renameat_with};
+            let flags = if m.exchanged {
+                RenameFlags::EXCHANGE
+            } else {
+                RenameFlags::NOREPLACE
+            };
+            renameat_with(&to, name, &from, name, flags).map_err(|e| io::Error::from(e).into())
+        });
+        if let Err(error) = res {
+            tracing::error!(%error, path = %m.path, "cannot undo a move of a failed extract");
+        }
+    }
+}
+
+/// Removes the directories a commit made for the extract directory itself,
+/// deepest first (they are empty again after `undo`).
+fn remove_made(root: &Dir, made: &[String]) {
+    for dir in made.iter().rev() {
+        let _ = root.remove_dir(dir);
+    }
+}
+
+/// Inflates one entry into the staging directory, checking its size against
+/// the declared one (the CRC is checked by the zip reader at the end of the
+/// entry). Returns the bytes written.
+fn write_file<R: Read + Seek>(
+    stage: &Dir,
     archive: &mut ZipArchive<R>,
     f: &FilePlan,
     buf: &mut [u8],
 ) -> Result<u64> {
-    if f.replace {
-        base.remove_file(&f.path)?;
-    }
     let mut opts = OpenOptions::new();
     opts.write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .follow(FollowSymlinks::No)
         .mode(f.mode);
-    let mut out = base.open_with(&f.path, &opts)?;
+    let mut out = stage.open_with(&f.path, &opts)?;
     let mut entry = archive.by_index(f.index).map_err(zip_error)?;
     let mut n = 0u64;
     loop {
@@ -547,18 +855,25 @@ fn write_file<R: Read + Seek>(
             }
         };
         n += got as u64;
-        // The declared sizes were checked against the free space: an entry
-        // that inflates past its own is a zip bomb, not a file.
+        // The declared sizes were checked against the caps and the free
+        // space: an entry that inflates past its own is a zip bomb, not a
+        // file, and is refused before the excess is written.
         if n > f.size {
             return Err(Error::InvalidArgument(format!(
-                "archive entry {:?} is larger than it declares",
-                f.path
+                "archive entry {:?} is larger than it declares ({} bytes)",
+                f.path, f.size
             )));
         }
         out.write_all(&buf[..got])?;
     }
-    // The umask may have cut bits off the mode given at creation, and an
-    // existing file keeps its old mode: set it explicitly.
+    if n != f.size {
+        return Err(Error::InvalidArgument(format!(
+            "archive entry {:?} is {n} bytes, not the {} it declares",
+            f.path, f.size
+        )));
+    }
+    // The umask may have cut bits off the mode given at creation: set it
+    // explicitly.
     out.set_permissions(Permissions::from_mode(f.mode))?;
     if let Some(at) = f.mtime.and_then(system_time) {
         out.into_std().set_modified(at)?;
@@ -617,7 +932,7 @@ mod unit {
             assert!(matches!(spool, Spool::File(..)));
             let tmp = tempfile::tempdir().unwrap();
             let root = Dir::open_ambient_dir(tmp.path(), cap_std::ambient_authority()).unwrap();
-            let s = extract(&root, "out", spool).unwrap();
+            let s = extract(&root, "out", spool, Limits::default()).unwrap();
             assert_eq!((s.files, s.bytes), (2, 10_000));
             let meta = std::fs::metadata(tmp.path().join("out/d/run.sh")).unwrap();
             assert_eq!(

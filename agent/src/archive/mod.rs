@@ -51,6 +51,7 @@ impl ArchiveService {
             base,
             base_rel,
             excludes: create::excludes(&options.exclude, options.no_default_excludes),
+            keep_outside_links: options.keep_outside_links,
         })
     }
 }
@@ -113,6 +114,11 @@ impl Archive for ArchiveService {
             return Err(Error::InvalidArgument("the first message must be `start`".into()).into());
         };
         let base_rel = Root::clean(&start.path).map_err(Error::from)?;
+        let limits = start.limits.map(|l| extract::Limits {
+            max_entries: l.max_entries,
+            max_bytes: l.max_bytes,
+            max_ratio: l.max_ratio,
+        });
         let mut spool = extract::SpoolWriter::new();
         while let Some(msg) = stream.message().await? {
             match msg.msg {
@@ -123,7 +129,9 @@ impl Archive for ArchiveService {
                 None => {}
             }
         }
-        let s = self.run_extract(base_rel, spool.finish()).await?;
+        let s = self
+            .run_extract(base_rel, spool.finish(), limits.unwrap_or_default())
+            .await?;
         Ok(Response::new(ExtractSummary {
             files: s.files,
             bytes: s.bytes,
@@ -138,12 +146,13 @@ impl ArchiveService {
         &self,
         base_rel: String,
         spool: extract::Spool,
+        limits: extract::Limits,
     ) -> Result<extract::Summary> {
         let root = self.state.root.clone();
         let rel = base_rel.clone();
         self.state
             .tasks
-            .spawn_blocking(move || extract::extract(root.dir(), &rel, spool))
+            .spawn_blocking(move || extract::extract(root.dir(), &rel, spool, limits))
             .await
             .map_err(|e| Error::Internal(format!("extract task failed: {e}")))?
             .map_err(|e| match e {

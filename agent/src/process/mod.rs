@@ -201,7 +201,10 @@ impl pb::process_server::Process for ProcessService {
                 Ok(Next::Data { offset, data }) => {
                     attach_pty_response::Event::Output(pb::PtyOutput { offset, data })
                 }
-                Ok(Next::Exit(code)) => attach_pty_response::Event::Exit(pb::PtyExit { code }),
+                Ok(Next::Exit(code)) => attach_pty_response::Event::Exit(pb::PtyExit {
+                    code,
+                    reason: st.attached.session().end_reason(),
+                }),
                 Ok(Next::Evicted) => {
                     // Leave the session at once (it may expire), then tell
                     // the client if it ever reads again.
@@ -239,7 +242,9 @@ impl pb::process_server::Process for ProcessService {
         req: Request<pb::KillPtyRequest>,
     ) -> Result<Response<pb::Empty>, Status> {
         let r = req.into_inner();
-        self.sessions.kill(&r.session_id, r.signal).await?;
+        self.sessions
+            .kill(&r.session_id, r.signal, &r.reason)
+            .await?;
         Ok(Response::new(pb::Empty {}))
     }
 
@@ -317,6 +322,7 @@ impl pb::process_server::Process for ProcessService {
                     if let Some(code) = p.log.exit() {
                         let _ = tx
                             .send(Ok(background_logs_response::Event::Exit(pb::PtyExit {
+                                reason: String::new(),
                                 code,
                             })))
                             .await;
@@ -342,7 +348,10 @@ impl pb::process_server::Process for ProcessService {
                         )
                     }
                     Ok(Next::Exit(code)) => (
-                        background_logs_response::Event::Exit(pb::PtyExit { code }),
+                        background_logs_response::Event::Exit(pb::PtyExit {
+                            code,
+                            reason: String::new(),
+                        }),
                         true,
                     ),
                     // Background logs are not held; nobody is evicted.

@@ -91,6 +91,8 @@ pub(crate) struct Session {
     /// The child's exit code, as soon as it is known (before the output is
     /// drained); the log's own exit comes after the last byte.
     child_exit: watch::Sender<Option<i32>>,
+    /// Why the session was ended (KillPty's reason), for the exit event.
+    end_reason: std::sync::OnceLock<String>,
 }
 
 impl Sessions {
@@ -169,6 +171,7 @@ impl Sessions {
             log: log.clone(),
             attached: watch::channel(0).0,
             child_exit: watch::channel(None).0,
+            end_reason: std::sync::OnceLock::new(),
         });
 
         let (read_done_tx, read_done) = oneshot::channel::<()>();
@@ -234,9 +237,10 @@ impl Sessions {
     }
 
     /// Ends a session: `signal` 0 = SIGHUP, then SIGKILL after a grace
-    /// period, answering once it exited; another signal is only sent. A
-    /// session that already exited is forgotten.
-    pub(crate) async fn kill(&self, id: &str, signal: i32) -> Result<Info> {
+    /// period, answering once it exited (attached clients get `reason` with
+    /// the exit, when not empty); another signal is only sent. A session
+    /// that already exited is forgotten.
+    pub(crate) async fn kill(&self, id: &str, signal: i32, reason: &str) -> Result<Info> {
         let s = self.get(id)?;
         if s.exit().is_some() {
             self.lock().remove(id);
@@ -245,6 +249,9 @@ impl Sessions {
         if signal != 0 {
             s.signal_group(signal)?;
             return Ok(s.info());
+        }
+        if !reason.is_empty() {
+            let _ = s.end_reason.set(reason.to_owned());
         }
         s.end().await;
         Ok(s.info())
@@ -334,6 +341,11 @@ impl Session {
             output_end,
             attached: *self.attached.borrow(),
         }
+    }
+
+    /// Why the session was ended, if KillPty said ("" otherwise).
+    pub(crate) fn end_reason(&self) -> String {
+        self.end_reason.get().cloned().unwrap_or_default()
     }
 
     /// The exit code once the session's output is complete.

@@ -18,7 +18,7 @@ use serde::Deserialize;
 
 use super::{JsonBody, authorize};
 use crate::agent_client::{
-    ArchiveChunk, ArchiveOptions, Entry, EntryKind, WriteOptions, quote_etag,
+    ArchiveChunk, ArchiveOptions, Entry, EntryKind, ExtractCaps, WriteOptions, quote_etag,
 };
 use crate::auth::{Claims, QueryClaims};
 use crate::error::{Error, Result};
@@ -413,15 +413,37 @@ async fn rename(
     Ok(Json(e))
 }
 
+#[derive(Deserialize)]
+struct DownloadQuery {
+    /// Everything: `.git`, `node_modules`, `__pycache__` and symlinks that
+    /// point outside the project (as symlinks) included.
+    #[serde(default)]
+    all: Option<String>,
+}
+
 async fn download(
     QueryClaims(claims): QueryClaims,
     State(state): State<AppState>,
     Path(p): Path<String>,
+    Query(q): Query<DownloadQuery>,
 ) -> Result<Response> {
     authorize(&claims, &p)?;
+    let all = match q.all.as_deref() {
+        None | Some("false" | "0") => false,
+        Some("true" | "1" | "") => true,
+        Some(other) => {
+            return Err(Error::BadRequest(format!(
+                "all must be true or false, not {other:?}"
+            )));
+        }
+    };
     let client = state.active_agent(&p).await?;
     let t0 = Instant::now();
-    let chunks = client.create_archive(ArchiveOptions::default()).await?;
+    let opts = ArchiveOptions {
+        all,
+        ..ArchiveOptions::default()
+    };
+    let chunks = client.create_archive(opts).await?;
     let st = state.clone();
     let project = p.clone();
     let data = chunks.filter_map(move |c| {
@@ -438,7 +460,11 @@ async fn download(
                             project,
                             ts: Utc::now(),
                             label: "archive".into(),
-                            command: "download zip of the project".into(),
+                            command: if all {
+                                "download zip of the whole project".into()
+                            } else {
+                                "download zip of the project".into()
+                            },
                             exit_code: Some(0),
                             duration_ms: t0.elapsed().as_millis() as u64,
                             stdout: format!("{} files, {} bytes", s.files, s.size),
@@ -486,7 +512,12 @@ async fn upload(
         .into_data_stream()
         .map(|r| r.map_err(|e| Error::BadRequest(format!("cannot read the request body: {e}"))))
         .boxed();
-    let result = client.extract("", data, max).await;
+    let caps = ExtractCaps {
+        max_entries: state.config.max_upload_entries,
+        max_bytes: state.config.max_upload_expanded_bytes,
+        max_ratio: state.config.max_upload_ratio,
+    };
+    let result = client.extract("", data, max, Some(caps)).await;
     state
         .log_command(CommandLogEntry {
             id: 0,

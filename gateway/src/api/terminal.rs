@@ -429,13 +429,16 @@ async fn bridge(socket: WebSocket, attached: Attached, shutdown: CancellationTok
                 }
                 out.push(Message::Binary(buf.freeze()));
             }
-            Some(Ok(PtyEvent::Exit { code })) => {
+            Some(Ok(PtyEvent::Exit { code, reason })) => {
                 for msg in out.drain(..) {
                     if sink.send(msg).await.is_err() {
                         break 'outer None;
                     }
                 }
-                let exit = serde_json::json!({"type": "exit", "code": code});
+                let mut exit = serde_json::json!({"type": "exit", "code": code});
+                if let Some(reason) = reason {
+                    exit["reason"] = reason.into();
+                }
                 if sink
                     .send(Message::Text(exit.to_string().into()))
                     .await

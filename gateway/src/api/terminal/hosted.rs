@@ -164,7 +164,7 @@ impl Sessions {
                             ))
                         } else {
                             log.exit
-                                .map(|code| (Ok(PtyEvent::Exit { code }), true, pos))
+                                .map(|code| (Ok(PtyEvent::Exit { code, reason: None }), true, pos))
                         }
                     };
                     match step {
@@ -400,7 +400,10 @@ mod tests {
         exit.send(Some(3)).unwrap();
         assert!(matches!(
             b.events.next().await,
-            Some(Ok(PtyEvent::Exit { code: 3 }))
+            Some(Ok(PtyEvent::Exit {
+                code: 3,
+                reason: None
+            }))
         ));
         assert!(b.events.next().await.is_none());
         // Another project cannot see it.
