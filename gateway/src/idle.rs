@@ -128,7 +128,7 @@ pub fn touch(state: &AppState, project: &str) {
         let (runtime, project) = (state.runtime.clone(), project.to_owned());
         tokio::spawn(async move {
             if let Err(error) = runtime.record_activity(&project, Utc::now()).await {
-                tracing::debug!(%error, project, "cannot share the activity time");
+                tracing::debug!(error = %crate::error::Chain(&error), project, "cannot share the activity time");
             }
         });
     }
@@ -150,7 +150,7 @@ pub async fn run(state: AppState, after: Duration, check: Duration) {
             match crate::lifecycle::hibernate(&state, &id).await {
                 Ok(_) => state.activity.forget(&id),
                 Err(error) => {
-                    tracing::warn!(%error, project = %id, "idle hibernation failed");
+                    tracing::warn!(error = %crate::error::Chain(&error), project = %id, "idle hibernation failed");
                     // Retried after another idle period, not every minute
                     // (an unreachable archive store would be hammered).
                     state.activity.touch(&id);
@@ -166,7 +166,7 @@ pub async fn idle_projects(state: &AppState, after: Duration) -> Vec<String> {
     let projects = match state.store.list_projects().await {
         Ok(p) => p,
         Err(error) => {
-            tracing::warn!(%error, "idle check: cannot list projects");
+            tracing::warn!(error = %crate::error::Chain(&error), "idle check: cannot list projects");
             return Vec::new();
         }
     };
@@ -184,7 +184,7 @@ pub async fn idle_projects(state: &AppState, after: Duration) -> Vec<String> {
             Err(error) => {
                 // Unknown elsewhere: keep the project rather than risk
                 // hibernating one another replica serves.
-                tracing::warn!(%error, project = %p.id, "idle check: cannot read the shared activity time");
+                tracing::warn!(error = %crate::error::Chain(&error), project = %p.id, "idle check: cannot read the shared activity time");
                 continue;
             }
         }

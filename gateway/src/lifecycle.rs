@@ -102,7 +102,7 @@ async fn resume_containers(state: &AppState, id: &str) -> Result<()> {
             format!("starting {} (it was running at hibernation)", c.name),
         );
         if let Err(error) = start_container(state, id, &c.name).await {
-            tracing::warn!(project = id, container = %c.name, %error, "cannot start the container again after hibernation");
+            tracing::warn!(project = id, container = %c.name, error = %crate::error::Chain(&error), "cannot start the container again after hibernation");
         }
         // start_container recorded the outcome; read it back to clear the mark.
         if let Some(mut fresh) = state.store.get_container(id, &c.name).await? {
@@ -150,7 +150,7 @@ pub async fn open(state: &AppState, id: &str) -> Result<Project> {
             set_status(state, &mut p, ProjectStatus::Starting).await?;
             progress(state, id, "environment", "starting the environment");
             if let Err(e) = state.runtime.ensure(id).await {
-                tracing::warn!(project = id, error = %e, "cannot start the environment");
+                tracing::warn!(project = id, error = %crate::error::Chain(&e), "cannot start the environment");
                 // A failed request changes nothing: back to where it was.
                 let _ = set_status(state, &mut p, previous).await;
                 return Err(e);
@@ -241,14 +241,14 @@ async fn restore(state: &AppState, p: &mut Project) -> Result<()> {
             Ok(())
         }
         Err(e) => {
-            tracing::error!(project = %id, error = %e, "restore failed; the archive is untouched");
+            tracing::error!(project = %id, error = %crate::error::Chain(&e), "restore failed; the archive is untouched");
             // Remove whatever was half extracted; the archive still holds
             // everything. Without an archive there is nothing to restore from,
             // so nothing is removed.
             if newest.is_some()
                 && let Err(error) = state.runtime.teardown(&id).await
             {
-                tracing::error!(project = %id, %error, "cannot clean up after a failed restore");
+                tracing::error!(project = %id, error = %crate::error::Chain(&error), "cannot clean up after a failed restore");
             }
             state.agents.forget(&id);
             let back = if newest.is_some() {
@@ -317,10 +317,10 @@ pub async fn hibernate(state: &AppState, id: &str) -> Result<Project> {
     let summary = match result {
         Ok(s) => s,
         Err(e) => {
-            tracing::error!(project = id, error = %e, "hibernation failed; the project stays active");
+            tracing::error!(project = id, error = %crate::error::Chain(&e), "hibernation failed; the project stays active");
             // A half-written object is worth nothing; best effort to remove it.
             if let Err(error) = state.archives.delete(&key).await {
-                tracing::debug!(project = id, %error, "cannot remove the failed archive");
+                tracing::debug!(project = id, error = %crate::error::Chain(&error), "cannot remove the failed archive");
             }
             set_status(state, &mut p, ProjectStatus::Active).await?;
             state
@@ -379,7 +379,7 @@ pub async fn hibernate(state: &AppState, id: &str) -> Result<Project> {
             c.status != ContainerStatus::Stopped || c.running_at_hibernation != was_running;
         if c.status != ContainerStatus::Stopped {
             if let Err(error) = state.runtime.stop_container(id, &c.name).await {
-                tracing::warn!(project = id, container = %c.name, %error, "cannot stop container");
+                tracing::warn!(project = id, container = %c.name, error = %crate::error::Chain(&error), "cannot stop container");
             }
             c.status = ContainerStatus::Stopped;
         }
@@ -391,7 +391,7 @@ pub async fn hibernate(state: &AppState, id: &str) -> Result<Project> {
     if let Err(error) = state.runtime.teardown(id).await {
         // The archive is verified, so nothing is lost; the leftovers are
         // removed before the next restore.
-        tracing::error!(project = id, %error, "teardown after hibernation failed");
+        tracing::error!(project = id, error = %crate::error::Chain(&error), "teardown after hibernation failed");
     }
     state.agents.forget(id);
     state
@@ -486,11 +486,11 @@ async fn prune_archives(state: &AppState, id: &str) {
         match state.archives.delete(&old.key).await {
             Ok(()) => {
                 if let Err(error) = state.store.delete_archive(id, old.version).await {
-                    tracing::warn!(project = id, version = old.version, %error, "cannot forget archive");
+                    tracing::warn!(project = id, version = old.version, error = %crate::error::Chain(&error), "cannot forget archive");
                 }
             }
             Err(error) => {
-                tracing::warn!(project = id, key = %old.key, %error, "cannot remove old archive")
+                tracing::warn!(project = id, key = %old.key, error = %crate::error::Chain(&error), "cannot remove old archive")
             }
         }
     }
@@ -509,7 +509,7 @@ pub async fn delete(state: &AppState, id: &str) -> Result<()> {
     state.agents.forget(id);
     for a in state.store.list_archives(id).await? {
         if let Err(error) = state.archives.delete(&a.key).await {
-            tracing::warn!(project = id, key = %a.key, %error, "cannot remove archive of a deleted project");
+            tracing::warn!(project = id, key = %a.key, error = %crate::error::Chain(&error), "cannot remove archive of a deleted project");
         }
     }
     state.store.delete_project(id).await?;
@@ -578,7 +578,7 @@ pub async fn reconcile(state: AppState) {
     let projects = match state.store.list_projects().await {
         Ok(p) => p,
         Err(error) => {
-            tracing::error!(%error, "cannot list projects at start-up");
+            tracing::error!(error = %crate::error::Chain(&error), "cannot list projects at start-up");
             return;
         }
     };
@@ -612,7 +612,7 @@ pub async fn reconcile(state: AppState) {
         }
         .await;
         if let Err(error) = result {
-            tracing::error!(project = %id, %error, "cannot bring the project back at start-up");
+            tracing::error!(project = %id, error = %crate::error::Chain(&error), "cannot bring the project back at start-up");
         }
     }
 }

@@ -139,7 +139,7 @@ impl AppState {
             entry.truncated = true;
         }
         if let Err(error) = self.store.append_log(&entry).await {
-            tracing::error!(%error, project = %entry.project, "cannot record command");
+            tracing::error!(error = %crate::error::Chain(&error), project = %entry.project, "cannot record command");
         }
         let project = entry.project.clone();
         self.emit(&project, "log", &entry);

@@ -34,11 +34,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use super::authorize;
-use super::watch::{Liveness, PEER_TIMEOUT, WsGauge, close_frame, ping_interval};
+use super::watch::{Liveness, PEER_TIMEOUT, close_frame, ping_interval};
 use crate::agent_client::{PtyEvent, PtyInput, PtySpec};
 use crate::auth::QueryClaims;
 use crate::error::{Error, Result};
 use crate::ids;
+use crate::metrics::WsGauge;
 use crate::runtime::ShellTarget;
 use crate::state::AppState;
 use crate::store::ContainerStatus;
@@ -200,7 +201,7 @@ async fn terminal(
     Ok(ws.on_upgrade(move |socket| {
         async move {
             let _hold = hold;
-            let _ws = WsGauge::new(&state, "terminal");
+            let _ws = WsGauge::new(&state.metrics, "terminal");
             state.metrics.open_terminals.inc();
             bridge(socket, attached, state.shutdown.clone()).await;
             state.metrics.open_terminals.dec();

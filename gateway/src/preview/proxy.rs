@@ -273,7 +273,7 @@ pub(super) async fn proxy(
         let share = share.map(|id| state.preview.shares.track(&id));
         tokio::spawn(async move {
             let _tracked = share.as_ref().map(|t| t.clone().drop_guard());
-            let _open = crate::api::watch::WsGauge::new(&state, "preview");
+            let _open = crate::metrics::WsGauge::new(&state.metrics, "preview");
             let (client_io, upstream_io) = match tokio::try_join!(client_upgrade, upstream_upgrade)
             {
                 Ok(pair) => pair,
