@@ -9,6 +9,9 @@ use tonic::Code;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Any cause an [`Error`] keeps for the log.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{0}")]
@@ -42,13 +45,19 @@ pub enum Error {
     RangeNotSatisfiable { size: u64 },
     #[error("{0}")]
     Unavailable(String),
+    /// An agent's channel could not be opened or broke (503, like
+    /// `Unavailable`); the transport error stays as the cause.
+    #[error("agent unreachable")]
+    AgentUnreachable(#[source] tonic::transport::Error),
     #[error("timed out: {0}")]
     Timeout(String),
     /// A status from an agent that maps to no client error.
-    #[error("agent error: {0}")]
-    Agent(tonic::Status),
-    #[error("state store: {0}")]
-    Store(String),
+    #[error("agent error")]
+    Agent(#[source] tonic::Status),
+    /// The state store failed; the driver's error (PostgreSQL's server
+    /// message, SQLite's code) stays as the cause.
+    #[error("state store")]
+    Store(#[source] BoxError),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
     #[error("{0}")]
@@ -87,7 +96,9 @@ impl Error {
             Error::RangeNotSatisfiable { .. } => {
                 (StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable")
             }
-            Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Error::Unavailable(_) | Error::AgentUnreachable(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+            }
             Error::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
             Error::SnapshotUnusable(_) => (StatusCode::INTERNAL_SERVER_ERROR, "snapshot_unusable"),
             Error::Agent(_) | Error::Store(_) | Error::Io(_) | Error::Internal(_) => {
@@ -206,7 +217,23 @@ impl From<devgate_fs::Error> for Error {
 
 impl From<tonic::transport::Error> for Error {
     fn from(e: tonic::transport::Error) -> Error {
-        Error::Unavailable(format!("agent unreachable: {e}"))
+        Error::AgentUnreachable(e)
+    }
+}
+
+/// An error and its causes, `outer: cause: root cause`, for logs: a
+/// driver's or transport's own message often sits only in a source.
+pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(e) = cause {
+            write!(f, ": {e}")?;
+            cause = e.source();
+        }
+        Ok(())
     }
 }
 
@@ -216,12 +243,12 @@ impl IntoResponse for Error {
         // 5xx bodies say something generic; the cause goes to the log.
         let message = if status.is_server_error() {
             match &self {
-                Error::Unavailable(_) => {
-                    tracing::warn!(error = %self, "request failed");
+                Error::Unavailable(_) | Error::AgentUnreachable(_) => {
+                    tracing::warn!(error = %Chain(&self), "request failed");
                     "the service or the project's environment is unavailable; try again".to_owned()
                 }
                 Error::Timeout(_) => {
-                    tracing::warn!(error = %self, "request timed out");
+                    tracing::warn!(error = %Chain(&self), "request timed out");
                     "the operation timed out".to_owned()
                 }
                 // Names the snapshot and the failed check; no secret in it.
@@ -230,7 +257,7 @@ impl IntoResponse for Error {
                     m.clone()
                 }
                 _ => {
-                    tracing::error!(error = %self, "internal error");
+                    tracing::error!(error = %Chain(&self), "internal error");
                     "internal error; see the gateway's log".to_owned()
                 }
             }
@@ -243,7 +270,7 @@ impl IntoResponse for Error {
             // For the agent-RPC-errors metric, counted by the request middleware.
             let kind = match &self {
                 Error::Agent(s) => Some(grpc_code_name(s.code())),
-                Error::Unavailable(_) => Some("unavailable"),
+                Error::Unavailable(_) | Error::AgentUnreachable(_) => Some("unavailable"),
                 Error::Timeout(_) => Some("deadline_exceeded"),
                 _ => None,
             };

@@ -159,7 +159,7 @@ pub fn touch(state: &AppState, project: &str) {
         let (store, project) = (state.store.clone(), project.to_owned());
         tokio::spawn(async move {
             if let Err(error) = store.touch_project(&project, Utc::now()).await {
-                tracing::debug!(%error, project, "cannot share the activity time");
+                tracing::debug!(error = %crate::error::Chain(&error), project, "cannot share the activity time");
             }
         });
     }
@@ -177,7 +177,7 @@ pub async fn share(state: AppState, every: Duration) {
         for (project, ago) in state.activity.due() {
             let at = Utc::now() - chrono::Duration::from_std(ago).unwrap_or_default();
             if let Err(error) = state.store.touch_project(&project, at).await {
-                tracing::debug!(%error, project, "cannot share the activity time");
+                tracing::debug!(error = %crate::error::Chain(&error), project, "cannot share the activity time");
             }
         }
     }
@@ -202,7 +202,9 @@ pub async fn elect(state: AppState) {
                     held = Some(g);
                 }
                 Ok(None) => {}
-                Err(error) => tracing::warn!(%error, "cannot take part in the election"),
+                Err(error) => {
+                    tracing::warn!(error = %crate::error::Chain(&error), "cannot take part in the election")
+                }
             }
         }
         state.leader.store(held.is_some(), Ordering::SeqCst);
@@ -238,7 +240,7 @@ pub async fn run(state: AppState, after: Duration, check: Duration) {
                 }
                 Ok(None) => {}
                 Err(error) => {
-                    tracing::warn!(%error, project = %id, "idle hibernation failed");
+                    tracing::warn!(error = %crate::error::Chain(&error), project = %id, "idle hibernation failed");
                     // Retried after another idle period, not every minute
                     // (an unreachable archive store would be hammered).
                     touch(&state, &id);
@@ -258,7 +260,7 @@ pub async fn idle_projects(state: &AppState, after: Duration) -> Vec<String> {
             .filter(|id| state.activity.idle_for(id) >= after)
             .collect(),
         Err(error) => {
-            tracing::warn!(%error, "idle check: cannot list idle projects");
+            tracing::warn!(error = %crate::error::Chain(&error), "idle check: cannot list idle projects");
             Vec::new()
         }
     }

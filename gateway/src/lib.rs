@@ -22,6 +22,7 @@ pub mod server;
 pub mod state;
 pub mod store;
 pub mod templates;
+pub mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -141,6 +142,16 @@ fn announce(config: &Config, state: &AppState, addr: std::net::SocketAddr) {
 
 /// Everything the handlers share, from the config.
 pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
+    build_state_with(config, None).await
+}
+
+/// [`build_state`], with `runtime` instead of the one the config names when
+/// given: the fast test tier drives the router in process against a fake
+/// runtime (`gateway/tests/router.rs`).
+pub async fn build_state_with(
+    config: &Config,
+    runtime: Option<Arc<dyn runtime::Runtime>>,
+) -> anyhow::Result<AppState> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
     let configured = match &config.secret_file {
@@ -156,29 +167,9 @@ pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
         ),
     };
     restrict_data_dir(&config.data_dir)?;
-    let runtime: Arc<dyn runtime::Runtime> = match config.runtime {
-        RuntimeKind::Local => Arc::new(
-            runtime::local::LocalRuntime::new(
-                &config.data_dir,
-                config.agent_bin(),
-                config.isolate_projects,
-                config.project_uid_base,
-            )
-            .context("cannot prepare the local runtime")?
-            .with_terminal_keep_secs(config.terminal_keep_secs)
-            .with_local_reads(config.local_reads),
-        ),
-        RuntimeKind::Kubernetes => {
-            let mut settings = runtime::kubernetes::Settings::new(
-                &config.kubernetes,
-                &config.k8s_namespace_prefix,
-                &config.agent_image,
-                &secret,
-            )
-            .map_err(anyhow::Error::msg)?;
-            settings.gateway_port = config.listen.port();
-            Arc::new(runtime::kubernetes::KubernetesRuntime::connect(settings).await?)
-        }
+    let runtime = match runtime {
+        Some(runtime) => runtime,
+        None => configured_runtime(config, &secret).await?,
     };
     let archives = archive_store::ArchiveStore::new(config.archive_location(), &secret);
     archives
@@ -231,6 +222,37 @@ pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
     })
 }
 
+/// The runtime the config names.
+async fn configured_runtime(
+    config: &Config,
+    secret: &[u8],
+) -> anyhow::Result<Arc<dyn runtime::Runtime>> {
+    Ok(match config.runtime {
+        RuntimeKind::Local => Arc::new(
+            runtime::local::LocalRuntime::new(
+                &config.data_dir,
+                config.agent_bin(),
+                config.isolate_projects,
+                config.project_uid_base,
+            )
+            .context("cannot prepare the local runtime")?
+            .with_terminal_keep_secs(config.terminal_keep_secs)
+            .with_local_reads(config.local_reads),
+        ),
+        RuntimeKind::Kubernetes => {
+            let mut settings = runtime::kubernetes::Settings::new(
+                &config.kubernetes,
+                &config.k8s_namespace_prefix,
+                &config.agent_image,
+                secret,
+            )
+            .map_err(anyhow::Error::msg)?;
+            settings.gateway_port = config.listen.port();
+            Arc::new(runtime::kubernetes::KubernetesRuntime::connect(settings).await?)
+        }
+    })
+}
+
 /// The data dir holds the secret, the state store and every local project:
 /// only the gateway's user may enter it (0700), and the state store's files
 /// are 0600 (SQLite creates them with the umask's mode).
@@ -276,10 +298,12 @@ async fn prune_logs_forever(state: AppState) {
         match state.store.prune_logs(chrono::Utc::now() - keep).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(removed = n, "command log pruned"),
-            Err(error) => tracing::warn!(%error, "cannot prune the command log"),
+            Err(error) => {
+                tracing::warn!(error = %crate::error::Chain(&error), "cannot prune the command log")
+            }
         }
         if let Err(error) = state.store.prune_previews(chrono::Utc::now()).await {
-            tracing::warn!(%error, "cannot prune expired share links and preview codes");
+            tracing::warn!(error = %crate::error::Chain(&error), "cannot prune expired share links and preview codes");
         }
     }
 }

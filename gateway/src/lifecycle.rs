@@ -132,7 +132,7 @@ async fn resume_containers(state: &AppState, id: &str) -> Result<()> {
             format!("starting {} (it was running at hibernation)", c.name),
         );
         if let Err(error) = start_container(state, id, &c.name).await {
-            tracing::warn!(project = id, container = %c.name, %error, "cannot start the container again after hibernation");
+            tracing::warn!(project = id, container = %c.name, error = %crate::error::Chain(&error), "cannot start the container again after hibernation");
         }
         // start_container recorded the outcome; read it back to clear the mark.
         if let Some(mut fresh) = state.store.get_container(id, &c.name).await? {
@@ -211,7 +211,7 @@ async fn open_locked(state: &AppState, id: &str, snapshot: Option<&str>) -> Resu
             set_status(state, &mut p, ProjectStatus::Starting).await?;
             progress(state, id, "environment", "starting the environment");
             if let Err(e) = state.runtime.ensure(id).await {
-                tracing::warn!(project = id, error = %e, "cannot start the environment");
+                tracing::warn!(project = id, error = %crate::error::Chain(&e), "cannot start the environment");
                 // A failed request changes nothing: back to where it was.
                 let _ = set_status(state, &mut p, previous).await;
                 return Err(e);
@@ -324,14 +324,14 @@ async fn restore(state: &AppState, p: &mut Project, wanted: Option<&str>) -> Res
             Ok(())
         }
         Err(e) => {
-            tracing::error!(project = %id, error = %e, "restore failed; the archive is untouched");
+            tracing::error!(project = %id, error = %crate::error::Chain(&e), "restore failed; the archive is untouched");
             // Remove whatever was half extracted; the archive still holds
             // everything. Without an archive there is nothing to restore from,
             // so nothing is removed.
             if newest.is_some()
                 && let Err(error) = state.runtime.teardown(&id).await
             {
-                tracing::error!(project = %id, %error, "cannot clean up after a failed restore");
+                tracing::error!(project = %id, error = %crate::error::Chain(&error), "cannot clean up after a failed restore");
             }
             state.agents.forget(&id);
             let back = if newest.is_some() {
@@ -402,7 +402,7 @@ pub async fn hibernate_unless_busy(
         }
     };
     if let Err(e) = quiesce(state, id).await {
-        tracing::error!(project = id, error = %e, "cannot stop the project's processes; the project stays active");
+        tracing::error!(project = id, error = %crate::error::Chain(&e), "cannot stop the project's processes; the project stays active");
         drop(writes);
         set_status(state, &mut p, ProjectStatus::Active).await?;
         return Err(e);
@@ -447,7 +447,7 @@ pub async fn hibernate_unless_busy(
     let taken = match result {
         Ok(s) => s,
         Err(e) => {
-            tracing::error!(project = id, error = %e, "hibernation failed; the project stays active");
+            tracing::error!(project = id, error = %crate::error::Chain(&e), "hibernation failed; the project stays active");
             // Packs already uploaded stay: they are named by their content,
             // so one may be shared with a snapshot that references it; no
             // manifest references the others, and retention removes them.
@@ -512,7 +512,7 @@ pub async fn hibernate_unless_busy(
             c.status != ContainerStatus::Stopped || c.running_at_hibernation != was_running;
         if c.status != ContainerStatus::Stopped {
             if let Err(error) = state.runtime.stop_container(id, &c.name).await {
-                tracing::warn!(project = id, container = %c.name, %error, "cannot stop container");
+                tracing::warn!(project = id, container = %c.name, error = %crate::error::Chain(&error), "cannot stop container");
             }
             c.status = ContainerStatus::Stopped;
         }
@@ -524,7 +524,7 @@ pub async fn hibernate_unless_busy(
     if let Err(error) = state.runtime.teardown(id).await {
         // The archive is verified, so nothing is lost; the leftovers are
         // removed before the next restore.
-        tracing::error!(project = id, %error, "teardown after hibernation failed");
+        tracing::error!(project = id, error = %crate::error::Chain(&error), "teardown after hibernation failed");
     }
     state.agents.forget(id);
     state
@@ -662,7 +662,7 @@ async fn take_snapshot(
                 prev = Some((sid.clone(), bytes));
             }
             Err(error) => {
-                tracing::warn!(project = id, snapshot = %sid, %error, "cannot read the previous snapshot; every chunk is uploaded again");
+                tracing::warn!(project = id, snapshot = %sid, error = %crate::error::Chain(&error), "cannot read the previous snapshot; every chunk is uploaded again");
             }
         }
     }
@@ -854,7 +854,7 @@ async fn prune_archives(state: &AppState, id: &str) {
             match load_manifest(state, &a.key, sid).await {
                 Ok((_, m)) => live.extend(m.packs.iter().map(|p| p.id)),
                 Err(error) => {
-                    tracing::warn!(project = id, snapshot = %sid, %error, "cannot read a kept snapshot; no pack is removed");
+                    tracing::warn!(project = id, snapshot = %sid, error = %crate::error::Chain(&error), "cannot read a kept snapshot; no pack is removed");
                     live_known = false;
                 }
             }
@@ -876,12 +876,12 @@ async fn prune_archives(state: &AppState, id: &str) {
         match state.archives.delete(&old.key).await {
             Ok(()) => {
                 if let Err(error) = state.store.delete_archive(id, old.version).await {
-                    tracing::warn!(project = id, version = old.version, %error, "cannot forget archive");
+                    tracing::warn!(project = id, version = old.version, error = %crate::error::Chain(&error), "cannot forget archive");
                     continue;
                 }
             }
             Err(error) => {
-                tracing::warn!(project = id, key = %old.key, %error, "cannot remove old archive");
+                tracing::warn!(project = id, key = %old.key, error = %crate::error::Chain(&error), "cannot remove old archive");
                 continue;
             }
         }
@@ -891,7 +891,7 @@ async fn prune_archives(state: &AppState, id: &str) {
                 .delete(&state.archives.pack_key(id, &pack))
                 .await
             {
-                tracing::warn!(project = id, %pack, %error, "cannot remove an unreferenced pack");
+                tracing::warn!(project = id, %pack, error = %crate::error::Chain(&error), "cannot remove an unreferenced pack");
             }
         }
     }
@@ -909,7 +909,7 @@ pub async fn delete(state: &AppState, id: &str) -> Result<()> {
     state.runtime.teardown(id).await?;
     state.agents.forget(id);
     if let Err(error) = state.archives.delete_project(id).await {
-        tracing::warn!(project = id, %error, "cannot remove the snapshots of a deleted project");
+        tracing::warn!(project = id, error = %crate::error::Chain(&error), "cannot remove the snapshots of a deleted project");
     }
     state.store.delete_project(id).await?;
     state.statuses.forget(id);
@@ -977,7 +977,7 @@ pub async fn reconcile(state: AppState) {
     let projects = match state.store.list_projects().await {
         Ok(p) => p,
         Err(error) => {
-            tracing::error!(%error, "cannot list projects at start-up");
+            tracing::error!(error = %crate::error::Chain(&error), "cannot list projects at start-up");
             return;
         }
     };
@@ -1026,7 +1026,7 @@ pub async fn reconcile(state: AppState) {
         }
         .await;
         if let Err(error) = result {
-            tracing::error!(project = %id, %error, "cannot bring the project back at start-up");
+            tracing::error!(project = %id, error = %crate::error::Chain(&error), "cannot bring the project back at start-up");
         }
     }
 }

@@ -201,3 +201,35 @@ impl Default for Metrics {
         Metrics::new()
     }
 }
+
+/// Counts an open WebSocket by kind in the metrics while it lives.
+pub struct WsGauge {
+    metrics: std::sync::Arc<Metrics>,
+    kind: &'static str,
+}
+
+impl WsGauge {
+    pub fn new(metrics: &std::sync::Arc<Metrics>, kind: &'static str) -> WsGauge {
+        metrics
+            .open_websockets
+            .get_or_create(&KindLabels {
+                kind: kind.to_owned(),
+            })
+            .inc();
+        WsGauge {
+            metrics: metrics.clone(),
+            kind,
+        }
+    }
+}
+
+impl Drop for WsGauge {
+    fn drop(&mut self) {
+        self.metrics
+            .open_websockets
+            .get_or_create(&KindLabels {
+                kind: self.kind.to_owned(),
+            })
+            .dec();
+    }
+}

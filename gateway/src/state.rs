@@ -153,7 +153,7 @@ impl AppState {
             entry.truncated = true;
         }
         if let Err(error) = self.store.append_log(&entry).await {
-            tracing::error!(%error, project = %entry.project, "cannot record command");
+            tracing::error!(error = %crate::error::Chain(&error), project = %entry.project, "cannot record command");
         }
         let project = entry.project.clone();
         self.emit(&project, "log", &entry);
@@ -308,7 +308,7 @@ impl Drop for WriteGuard {
             let (project, session) = (std::mem::take(&mut self.project), self.session);
             rt.spawn(async move {
                 if let Err(error) = store.leave_write(&project, session).await {
-                    tracing::warn!(%error, project, "cannot leave the write gate");
+                    tracing::warn!(error = %crate::error::Chain(&error), project, "cannot leave the write gate");
                 }
             });
         }
@@ -343,7 +343,7 @@ impl Drop for ExclusiveGuard {
             );
             rt.spawn(async move {
                 if let Err(error) = store.open_writes(&project, session).await {
-                    tracing::warn!(%error, project, "cannot open the write gate");
+                    tracing::warn!(error = %crate::error::Chain(&error), project, "cannot open the write gate");
                 }
             });
         }
@@ -499,7 +499,7 @@ impl ProjectLocks {
             }),
             Ok(None) => None,
             Err(error) => {
-                tracing::warn!(%error, project, "cannot take the project's lease");
+                tracing::warn!(error = %crate::error::Chain(&error), project, "cannot take the project's lease");
                 None
             }
         }

@@ -57,7 +57,7 @@ async fn start(protocols: &'static [&'static str]) -> (Arc<KubernetesRuntime>, A
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
-    gateway::runtime::kubernetes::install_tls_provider();
+    gateway::tls::install_provider();
     let config = kube::Config::new(format!("http://{addr}").parse().unwrap());
     let client = kube::Client::try_from(config).unwrap();
     let args = Args::parse_from(["test"]);

@@ -316,7 +316,7 @@ async fn refresh(state: &AppState, c: &mut Container) -> Option<i32> {
             (ContainerStatus::Failed, Some(code))
         }
         Err(error) => {
-            tracing::debug!(project = %c.project, container = %c.name, %error, "cannot read the dev server's state");
+            tracing::debug!(project = %c.project, container = %c.name, error = %crate::error::Chain(&error), "cannot read the dev server's state");
             return None;
         }
     };

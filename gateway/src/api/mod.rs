@@ -179,10 +179,10 @@ async fn readyz(State(state): State<AppState>) -> Response {
         (Ok(()), Ok(())) => "ready\n".into_response(),
         (s, r) => {
             if let Err(error) = &s {
-                tracing::warn!(%error, "state store not ready");
+                tracing::warn!(error = %crate::error::Chain(error), "state store not ready");
             }
             if let Err(error) = &r {
-                tracing::warn!(%error, "runtime not ready");
+                tracing::warn!(error = %crate::error::Chain(error), "runtime not ready");
             }
             let body = serde_json::json!({"error": {"code": "unavailable", "message": format!(
                 "state store: {}, runtime: {}",

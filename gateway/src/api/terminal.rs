@@ -34,11 +34,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use super::authorize;
-use super::watch::{Liveness, PEER_TIMEOUT, WsGauge, close_frame, ping_interval};
+use super::watch::{Liveness, PEER_TIMEOUT, close_frame, ping_interval};
 use crate::agent_client::{PtyEvent, PtyInput, PtySpec};
 use crate::auth::QueryClaims;
 use crate::error::{Error, Result};
 use crate::ids;
+use crate::metrics::WsGauge;
 use crate::runtime::ShellTarget;
 use crate::state::AppState;
 use crate::store::ContainerStatus;
@@ -200,7 +201,7 @@ async fn terminal(
     Ok(ws.on_upgrade(move |socket| {
         async move {
             let _hold = hold;
-            let _ws = WsGauge::new(&state, "terminal");
+            let _ws = WsGauge::new(&state.metrics, "terminal");
             state.metrics.open_terminals.inc();
             bridge(socket, attached, state.shutdown.clone()).await;
             state.metrics.open_terminals.dec();
@@ -349,7 +350,7 @@ async fn bridge(socket: WebSocket, attached: Attached, shutdown: CancellationTok
                         },
                         Ok(Control::Signal { signal }) => PtyInput::Signal(signal),
                         Err(error) => {
-                            tracing::debug!(%error, "ignored a control message");
+                            tracing::debug!(error = %crate::error::Chain(&error), "ignored a control message");
                             continue;
                         }
                     },
@@ -452,7 +453,7 @@ async fn bridge(socket: WebSocket, attached: Attached, shutdown: CancellationTok
             Some(Ok(PtyEvent::KeepAlive)) => {}
             Some(Ok(PtyEvent::Started { .. })) => {}
             Some(Err(error)) => {
-                tracing::warn!(%error, "the session's stream failed");
+                tracing::warn!(error = %crate::error::Chain(&error), "the session's stream failed");
                 break Some(close_frame(1011, "the terminal session's stream failed"));
             }
             None => break Some(close_frame(1011, "the terminal session's stream ended")),

@@ -21,7 +21,7 @@ use tracing::Instrument as _;
 use crate::agent_client::{FsEvent, FsEventKind};
 use crate::auth::QueryClaims;
 use crate::error::Result;
-use crate::metrics::KindLabels;
+use crate::metrics::WsGauge;
 use crate::state::AppState;
 
 /// How often every WebSocket of the gateway gets a ping, so idle sockets
@@ -94,7 +94,7 @@ async fn watch(
     Ok(ws.on_upgrade(move |socket| {
         async move {
             let _hold = hold;
-            let gauge = WsGauge::new(&state, "watch");
+            let gauge = WsGauge::new(&state.metrics, "watch");
             serve(socket, events, state.shutdown.clone()).await;
             drop(gauge);
         }
@@ -131,7 +131,7 @@ async fn serve(
             ev = events.next() => match ev {
                 Some(Ok(ev)) => Message::Text(frame(&ev).into()),
                 Some(Err(error)) => {
-                    tracing::warn!(%error, "watch stream of the agent failed");
+                    tracing::warn!(error = %crate::error::Chain(&error), "watch stream of the agent failed");
                     break Some(close_frame(1011, "the project's file watch ended"));
                 }
                 None => break Some(close_frame(1001, "the project's file watch ended")),
@@ -210,40 +210,6 @@ impl Liveness {
 impl Default for Liveness {
     fn default() -> Liveness {
         Liveness::new()
-    }
-}
-
-/// Counts an open WebSocket by kind in the metrics while it lives.
-pub struct WsGauge {
-    state: AppState,
-    kind: &'static str,
-}
-
-impl WsGauge {
-    pub fn new(state: &AppState, kind: &'static str) -> WsGauge {
-        state
-            .metrics
-            .open_websockets
-            .get_or_create(&KindLabels {
-                kind: kind.to_owned(),
-            })
-            .inc();
-        WsGauge {
-            state: state.clone(),
-            kind,
-        }
-    }
-}
-
-impl Drop for WsGauge {
-    fn drop(&mut self) {
-        self.state
-            .metrics
-            .open_websockets
-            .get_or_create(&KindLabels {
-                kind: self.kind.to_owned(),
-            })
-            .dec();
     }
 }
 

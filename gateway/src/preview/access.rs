@@ -355,7 +355,9 @@ pub async fn watch(state: AppState) {
                     state.preview.shares.revoke(&id);
                 }
                 // Unknown: keep the connections until the store answers.
-                Err(error) => tracing::warn!(%error, share = %id, "cannot check a share link"),
+                Err(error) => {
+                    tracing::warn!(error = %crate::error::Chain(&error), share = %id, "cannot check a share link")
+                }
             }
         }
     }

@@ -286,7 +286,7 @@ impl Refusal {
             Refusal::Internal(error) => {
                 let (status, code) = error.status_and_code();
                 if status.is_server_error() {
-                    tracing::warn!(%error, "preview failed");
+                    tracing::warn!(error = %crate::error::Chain(&error), "preview failed");
                 }
                 let text = if status.is_server_error() {
                     "Something went wrong; see the gateway's log.".to_owned()

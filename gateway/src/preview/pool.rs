@@ -101,7 +101,7 @@ impl Conn {
         }
         if let Poll::Ready(r) = Pin::new(&mut self.driver).poll(cx) {
             if let Err(error) = r {
-                tracing::debug!(%error, "dev server connection ended");
+                tracing::debug!(error = %crate::error::Chain(&error), "dev server connection ended");
             }
             self.closed = true;
         }
@@ -299,7 +299,7 @@ async fn connect_upgradable(authority: &str) -> Result<SendRequest<Body>, PoolEr
     let authority = authority.to_owned();
     tokio::spawn(async move {
         if let Err(error) = driver.with_upgrades().await {
-            tracing::debug!(%error, upstream = %authority, "dev server connection ended");
+            tracing::debug!(error = %crate::error::Chain(&error), upstream = %authority, "dev server connection ended");
         }
     });
     Ok(sender)

@@ -256,7 +256,7 @@ pub(super) async fn proxy(
     {
         Ok(r) => r,
         Err(error) => {
-            tracing::debug!(%error, "dev server did not answer");
+            tracing::debug!(error = %crate::error::Chain(&error), "dev server did not answer");
             return Err(Refusal::BadGateway);
         }
     };
@@ -273,12 +273,12 @@ pub(super) async fn proxy(
         let share = share.map(|id| state.preview.shares.track(&id));
         tokio::spawn(async move {
             let _tracked = share.as_ref().map(|t| t.clone().drop_guard());
-            let _open = crate::api::watch::WsGauge::new(&state, "preview");
+            let _open = crate::metrics::WsGauge::new(&state.metrics, "preview");
             let (client_io, upstream_io) = match tokio::try_join!(client_upgrade, upstream_upgrade)
             {
                 Ok(pair) => pair,
                 Err(error) => {
-                    tracing::debug!(%error, "preview upgrade failed");
+                    tracing::debug!(error = %crate::error::Chain(&error), "preview upgrade failed");
                     return;
                 }
             };
@@ -298,7 +298,7 @@ pub(super) async fn proxy(
                         up.inc_by(to_upstream);
                         down.inc_by(to_client);
                     }
-                    Err(error) => tracing::debug!(%error, "preview upgraded connection ended"),
+                    Err(error) => tracing::debug!(error = %crate::error::Chain(&error), "preview upgraded connection ended"),
                 },
                 _ = revoked => tracing::debug!("share link revoked: upgraded connection closed"),
             }

@@ -232,7 +232,7 @@ async fn migrate(client: &mut Client) -> std::result::Result<(), tokio_postgres:
 /// The TLS connector: server certificates verified against the system's
 /// roots and Mozilla's (the distroless image has no system store).
 fn tls() -> tokio_postgres_rustls::MakeRustlsConnect {
-    crate::runtime::kubernetes::install_tls_provider();
+    crate::tls::install_provider();
     let mut roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
@@ -248,7 +248,7 @@ fn tls() -> tokio_postgres_rustls::MakeRustlsConnect {
 }
 
 fn db(e: tokio_postgres::Error) -> Error {
-    Error::Store(e.to_string())
+    Error::Store(Box::new(e))
 }
 
 fn is_unique_violation(e: &tokio_postgres::Error) -> bool {

@@ -152,12 +152,12 @@ impl SqliteStore {
             f(&mut guard)
         })
         .await
-        .map_err(|e| Error::Store(format!("store task failed: {e}")))?
+        .map_err(|e| Error::Store(Box::new(e)))?
     }
 }
 
 fn db(e: rusqlite::Error) -> Error {
-    Error::Store(e.to_string())
+    Error::Store(Box::new(e))
 }
 
 fn ms(t: DateTime<Utc>) -> i64 {

@@ -50,7 +50,7 @@ pub(crate) async fn cluster() -> &'static Cluster {
 }
 
 fn start() -> Result<Cluster, String> {
-    gateway::runtime::kubernetes::install_tls_provider();
+    gateway::tls::install_provider();
     let t0 = Instant::now();
     let up = repo().join("k8s/testenv/up.sh");
     let out = Command::new("bash")

@@ -65,7 +65,7 @@ impl KubernetesRuntime {
 
     /// Connects with the ambient configuration (in-cluster or kubeconfig).
     pub async fn connect(settings: Settings) -> anyhow::Result<KubernetesRuntime> {
-        install_tls_provider();
+        crate::tls::install_provider();
         let client = kube::Client::try_default()
             .await
             .map_err(|e| anyhow::anyhow!("cannot configure the kubernetes client: {e}"))?;
@@ -313,14 +313,6 @@ impl KubernetesRuntime {
             .insert((project.to_owned(), name.to_owned()), port);
         Ok(port)
     }
-}
-
-/// Picks rustls's process-wide crypto provider. Both ring (kube) and aws-lc
-/// (the AWS SDK) are linked, so rustls cannot choose one itself and a kube
-/// client would panic when it builds its TLS connector. Idempotent.
-pub fn install_tls_provider() {
-    // An error only says a provider is already installed, which is fine.
-    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// A Deployment whose current spec has a ready, updated pod.
