@@ -56,21 +56,27 @@ impl Method {
     }
 }
 
+/// HMAC-SHA256 keyed with `key` (HMAC takes keys of any length, so the
+/// error cannot happen; it is carried rather than unwrapped).
+fn keyed(key: &[u8]) -> Result<Hmac<Sha256>> {
+    <Hmac<Sha256>>::new_from_slice(key).map_err(|e| Error::internal(format!("hmac key: {e}")))
+}
+
 impl ArchiveStore {
-    pub fn new(location: ArchiveLocation, secret: &[u8]) -> ArchiveStore {
-        let mut mac = <Hmac<Sha256>>::new_from_slice(secret).expect("hmac takes any key length");
+    pub fn new(location: ArchiveLocation, secret: &[u8]) -> Result<ArchiveStore> {
+        let mut mac = keyed(secret)?;
         mac.update(b"devgate object urls v1");
         let url_key = mac.finalize().into_bytes().to_vec();
         let kind = match location {
             ArchiveLocation::Folder(p) => Kind::Folder(p),
             ArchiveLocation::S3 { bucket, prefix } => Kind::S3 { bucket, prefix },
         };
-        ArchiveStore {
+        Ok(ArchiveStore {
             kind,
             url_key,
             base: OnceLock::new(),
             bucket_ready: std::sync::atomic::AtomicBool::new(false),
-        }
+        })
     }
 
     /// Where agents reach this gateway's object route (`http://host:port`).
@@ -117,17 +123,16 @@ impl ArchiveStore {
                     Error::internal("the object route's address is not known yet")
                 })?;
                 let exp = now_secs() + URL_TTL.as_secs();
-                let sig = hex::encode(self.mac(method, key, exp).finalize().into_bytes());
+                let sig = hex::encode(self.mac(method, key, exp)?.finalize().into_bytes());
                 Ok(format!("{base}/_objects/{key}?exp={exp}&sig={sig}"))
             }
         }
     }
 
-    fn mac(&self, method: Method, key: &str, exp: u64) -> Hmac<Sha256> {
-        let mut mac =
-            <Hmac<Sha256>>::new_from_slice(&self.url_key).expect("hmac takes any key length");
+    fn mac(&self, method: Method, key: &str, exp: u64) -> Result<Hmac<Sha256>> {
+        let mut mac = keyed(&self.url_key)?;
         mac.update(format!("{}\n{key}\n{exp}", method.as_str()).as_bytes());
-        mac
+        Ok(mac)
     }
 
     /// Whether a folder URL's signature is good and unexpired.
@@ -140,7 +145,8 @@ impl ArchiveStore {
             return false;
         };
         // Constant-time comparison.
-        self.mac(method, key, exp).verify_slice(&sig).is_ok()
+        self.mac(method, key, exp)
+            .is_ok_and(|mac| mac.verify_slice(&sig).is_ok())
     }
 
     fn folder_path(&self, key: &str) -> Result<PathBuf> {
@@ -324,21 +330,36 @@ mod tests {
 
     #[test]
     fn folder_signatures_bind_method_key_and_expiry() {
-        let s = ArchiveStore::new(ArchiveLocation::Folder("/x".into()), b"secret");
-        let other = ArchiveStore::new(ArchiveLocation::Folder("/x".into()), b"other");
+        let s = ArchiveStore::new(ArchiveLocation::Folder("/x".into()), b"secret").unwrap();
+        let other = ArchiveStore::new(ArchiveLocation::Folder("/x".into()), b"other").unwrap();
         let key = "a/packs/00";
         let exp = now_secs() + 60;
-        let sig = hex::encode(s.mac(Method::Put, key, exp).finalize().into_bytes());
+        let sig = hex::encode(
+            s.mac(Method::Put, key, exp)
+                .unwrap()
+                .finalize()
+                .into_bytes(),
+        );
         assert!(s.check_url(Method::Put, key, exp, &sig));
         assert!(!s.check_url(Method::Get, key, exp, &sig));
         assert!(!s.check_url(Method::Put, "b/packs/00", exp, &sig));
         assert!(!s.check_url(Method::Put, key, exp + 1, &sig));
         assert!(!other.check_url(Method::Put, key, exp, &sig));
         let old = now_secs() - 1;
-        let sig = hex::encode(s.mac(Method::Put, key, old).finalize().into_bytes());
+        let sig = hex::encode(
+            s.mac(Method::Put, key, old)
+                .unwrap()
+                .finalize()
+                .into_bytes(),
+        );
         assert!(!s.check_url(Method::Put, key, old, &sig), "expired");
         let far = now_secs() + 10 * URL_TTL.as_secs();
-        let sig = hex::encode(s.mac(Method::Put, key, far).finalize().into_bytes());
+        let sig = hex::encode(
+            s.mac(Method::Put, key, far)
+                .unwrap()
+                .finalize()
+                .into_bytes(),
+        );
         assert!(!s.check_url(Method::Put, key, far, &sig), "too far ahead");
     }
 }

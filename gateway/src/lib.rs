@@ -171,7 +171,7 @@ pub async fn build_state_with(
         Some(runtime) => runtime,
         None => configured_runtime(config, &secret).await?,
     };
-    let archives = archive_store::ArchiveStore::new(config.archive_location(), &secret);
+    let archives = archive_store::ArchiveStore::new(config.archive_location(), &secret)?;
     archives
         .ready()
         .await
