@@ -267,11 +267,29 @@ impl Pool {
     }
 }
 
+/// How long a dial keeps trying a port that refuses connections. Routes
+/// lead only to containers the runtime says run, so a refusal almost always
+/// means a dev server that was just started (a start, a wake, a restart
+/// after hibernation) and does not listen yet: the request waits for it
+/// rather than showing the browser a 502. Nothing was sent yet, so waiting
+/// is safe for any method; the connection caps bound what waiting costs.
+const STARTING_WAIT: Duration = Duration::from_secs(15);
+
 async fn dial(authority: &str) -> Result<TokioIo<TcpStream>, PoolError> {
-    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(authority))
-        .await
-        .map_err(|_| PoolError::ConnectTimeout(authority.to_owned()))?
-        .map_err(|e| PoolError::Connect(authority.to_owned(), e))?;
+    let deadline = tokio::time::Instant::now() + STARTING_WAIT;
+    let tcp = loop {
+        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(authority)).await {
+            Err(_) => return Err(PoolError::ConnectTimeout(authority.to_owned())),
+            Ok(Ok(tcp)) => break tcp,
+            Ok(Err(e))
+                if e.kind() == std::io::ErrorKind::ConnectionRefused
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Ok(Err(e)) => return Err(PoolError::Connect(authority.to_owned(), e)),
+        }
+    };
     // Small answers must not wait for Nagle's algorithm.
     let _ = tcp.set_nodelay(true);
     Ok(TokioIo::new(tcp))
