@@ -297,7 +297,8 @@ async fn a_signed_object_url_reaches_its_own_object_only() {
     let store = ArchiveStore::new(
         ArchiveLocation::Folder(gw.data_dir.join("archives")),
         gw.secret.as_bytes(),
-    );
+    )
+    .unwrap();
     store.set_base_url(gw.base.clone());
     let body = b"a pack's bytes".to_vec();
     let id = devgate_snapshot::Id::of(&body);
