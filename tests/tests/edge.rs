@@ -658,7 +658,17 @@ async fn slow_and_idle_connections_are_closed_by_the_header_read_timeout() {
 #[tokio::test]
 async fn connections_above_the_caps_get_503_and_others_are_still_served() {
     let gw = Gateway::builder()
-        .args(&["--max-connections-per-ip", "20", "--max-connections", "30"])
+        // Held connections send nothing: a header-read timeout longer than
+        // the test keeps them open however slow a loaded machine makes it
+        // (with the default 10 s they were closed before the count).
+        .args(&[
+            "--max-connections-per-ip",
+            "20",
+            "--max-connections",
+            "30",
+            "--header-read-timeout-secs",
+            "300",
+        ])
         .start()
         .await
         .unwrap();
