@@ -706,7 +706,7 @@ async fn connections_above_the_caps_get_503_and_others_are_still_served() {
                 .ok()
         }
     };
-    let base = eventually(Duration::from_secs(10), "the metrics", || open_total())
+    let base = eventually(Duration::from_secs(10), "the metrics", open_total)
         .await
         .unwrap()
         - 1;
