@@ -51,6 +51,13 @@ struct Args {
     /// microseconds, which dominates one-connection latencies.
     #[arg(long)]
     no_deep_idle: bool,
+    /// A folder holding the `gateway` and `agent` binaries of another build
+    /// (e.g. `git worktree add ../base <commit>` built with `cargo build
+    /// --release`). Its gateway runs beside the current one, with its own
+    /// project and upstream, and takes part in every proxy and file-GET
+    /// round, interleaved with the others.
+    #[arg(long)]
+    baseline: Option<PathBuf>,
 }
 
 impl Args {
@@ -89,44 +96,24 @@ async fn main() -> Result<()> {
             bail!("{tool} is missing: run bench/gateway/run.sh, which installs it");
         }
     }
-    let gw = Gateway::builder().env("RUST_LOG", "warn").start().await?;
-    gw.open_project("bench").await?;
+    let (gw, up_port) = start_with_upstream(Gateway::builder()).await?;
+    let base = match &args.baseline {
+        Some(dir) => {
+            for name in ["gateway", "agent"] {
+                anyhow::ensure!(
+                    dir.join(name).is_file(),
+                    "{}/{name} is missing",
+                    dir.display()
+                );
+            }
+            Some(start_with_upstream(Gateway::builder().bins(dir)).await?)
+        }
+        None => None,
+    };
     let project_dir = gw.project_dir("bench");
     let work = tempfile::tempdir()?;
     let mut report = vec![machine(args.no_deep_idle)?];
-
-    // The upstream dev server: nginx (one worker) serving a 1 KiB file, run
-    // as the container's start command like any dev server.
-    let up_port = tests::free_port();
     let page: String = "x".repeat(1023) + "\n";
-    put(&gw, "up/www/index.html", page.as_bytes()).await?;
-    put(&gw, "up/nginx.conf.in", UPSTREAM_CONF.as_bytes()).await?;
-    let r = gw
-        .post("/api/projects/bench/containers")
-        .json(&json!({"name": "up", "port": up_port, "public": true,
-            "start": "mkdir -p tmp && sed \"s/__PORT__/$PORT/\" nginx.conf.in > nginx.conf && exec nginx -p \"$PWD/\" -c nginx.conf"}))
-        .send()
-        .await?;
-    anyhow::ensure!(
-        r.status().as_u16() == 201,
-        "create container: {}",
-        r.text().await?
-    );
-    let r = gw
-        .post("/api/projects/bench/containers/up/start")
-        .send()
-        .await?;
-    anyhow::ensure!(
-        r.status().is_success(),
-        "start container: {}",
-        r.text().await?
-    );
-    wait_http(
-        &format!("127.0.0.1:{up_port}"),
-        "up.bench.localhost",
-        "/index.html",
-    )
-    .await?;
 
     // nginx beside it: the Host-routed reverse proxy, and a static server of
     // the project folder.
@@ -168,18 +155,19 @@ async fn main() -> Result<()> {
         let plain_url = format!("http://127.0.0.1:{plain_port}/index.html");
         check_body(&gw_url, "up.bench.localhost", &page).await?;
         check_body(&plain_url, "up.bench.localhost", &page).await?;
-        let r = compare(
-            &args,
-            2,
-            64,
-            host,
-            &[
-                ("gateway", &gw_url),
-                ("nginx-keepalive", &ng_url),
-                ("nginx-plain", &plain_url),
-            ],
-        )?;
-        let (g, n, p) = (r[0], r[1], r[2]);
+        let mut urls = vec![
+            ("gateway", gw_url),
+            ("nginx-keepalive", ng_url),
+            ("nginx-plain", plain_url),
+        ];
+        if let Some((b, _)) = &base {
+            let url = format!("http://{}/index.html", b.addr);
+            check_body(&url, "up.bench.localhost", &page).await?;
+            urls.insert(1, ("baseline", url));
+        }
+        let (r, rounds) = compare(&args, 2, 64, host, &urls)?;
+        let g = r[0];
+        let (n, p) = (r[urls.len() - 2], r[urls.len() - 1]);
         let verdict = |o: &Wrk| {
             format!(
                 "**{:.2}×**, p99 {}",
@@ -191,12 +179,25 @@ async fn main() -> Result<()> {
                 }
             )
         };
+        let base_row = match &base {
+            Some(_) => format!(
+                "| baseline build (`--baseline`) | {:.0} | {:.2} ms | {:.2} ms | {} ({:+.1}% req/s) |\n",
+                r[1].rps,
+                r[1].p50_ms,
+                r[1].p99_ms,
+                verdict(&r[1]),
+                100.0 * (g.rps / r[1].rps - 1.0),
+            ),
+            None => String::new(),
+        };
         report.push(format!(
             "### Preview proxy, 1 KiB upstream answer, `wrk -t2 -c64 -d{}s` (median of {} rounds)\n\n\
              | | req/s | p50 | p99 | gateway vs it |\n|---|---|---|---|---|\n\
              | gateway | {:.0} | {:.2} ms | {:.2} ms | |\n\
+             {base_row}\
              | nginx, plain `proxy_pass` (a new upstream connection per request) | {:.0} | {:.2} ms | {:.2} ms | {} |\n\
-             | nginx, upstream `keepalive 128` pool | {:.0} | {:.2} ms | {:.2} ms | {} |\n",
+             | nginx, upstream `keepalive 128` pool | {:.0} | {:.2} ms | {:.2} ms | {} |\n\n\
+             Every round, req/s: {rounds}\n",
             args.duration,
             args.rounds,
             g.rps,
@@ -218,23 +219,59 @@ async fn main() -> Result<()> {
         let data: Vec<u8> = (0..4096u32).map(|i| b'a' + (i % 26) as u8).collect();
         put(&gw, "f4k.bin", &data).await?;
         let auth = format!("Authorization: Bearer {token}");
-        let gw_url = format!("http://{gw_addr}/api/projects/bench/files/f4k.bin");
-        let ng_url = format!("http://127.0.0.1:{static_port}/f4k.bin");
-        let r = compare(
-            &args,
-            1,
-            1,
-            &auth,
-            &[("gateway", &gw_url), ("nginx-static", &ng_url)],
-        )?;
-        let (g, n) = (r[0], r[1]);
+        let mut urls = vec![
+            (
+                "gateway",
+                format!("http://{gw_addr}/api/projects/bench/files/f4k.bin"),
+            ),
+            (
+                "nginx-static",
+                format!("http://127.0.0.1:{static_port}/f4k.bin"),
+            ),
+        ];
+        if let Some((b, _)) = &base {
+            put(b, "f4k.bin", &data).await?;
+            // Both gateways accept the same token: the baseline's is signed
+            // with its own secret, so the header names each one's.
+            urls.insert(
+                1,
+                (
+                    "baseline",
+                    format!("http://{}/api/projects/bench/files/f4k.bin", b.addr),
+                ),
+            );
+        }
+        let headers: Vec<String> = urls
+            .iter()
+            .map(|(name, _)| match (name, &base) {
+                (&"baseline", Some((b, _))) => {
+                    format!("Authorization: Bearer {}", b.admin_token())
+                }
+                _ => auth.clone(),
+            })
+            .collect();
+        let (r, rounds) = compare_with(&args, 1, 1, &headers, &urls)?;
+        let g = r[0];
+        let n = r[urls.len() - 1];
+        let base_row = match &base {
+            Some(_) => format!(
+                "| baseline build (`--baseline`) | {:.0} | {:.3} ms | {:.3} ms |\n\
+                 | gateway / baseline | **{:.1}%** | | |\n",
+                r[1].rps,
+                r[1].p50_ms,
+                r[1].p99_ms,
+                100.0 * g.rps / r[1].rps,
+            ),
+            None => String::new(),
+        };
         report.push(format!(
             "### 4 KiB file GET with a token, one connection, `wrk -t1 -c1 -d{}s` (median of {} rounds)\n\n\
              | | req/s | p50 | p99 |\n|---|---|---|---|\n\
              | gateway (`GET /api/projects/p/files/f4k.bin`, bearer token) | {:.0} | {:.3} ms | {:.3} ms |\n\
+             {base_row}\
              | nginx (static file) | {:.0} | {:.3} ms | {:.3} ms |\n\
              | gateway / nginx | **{:.0}%** | | |\n\n\
-             Non-2xx answers in the median gateway run: {}.\n",
+             Non-2xx answers in the median gateway run: {}. Every round, req/s: {rounds}\n",
             args.duration,
             args.rounds,
             g.rps,
@@ -470,6 +507,45 @@ fn machine(no_deep_idle: bool) -> Result<String> {
     ))
 }
 
+/// Starts a gateway with project `bench` and its public container `up`: an
+/// nginx (one worker) serving a 1 KiB file, run as the container's start
+/// command like any dev server. Returns the gateway and the upstream's port.
+async fn start_with_upstream(builder: tests::gateway::GatewayBuilder) -> Result<(Gateway, u16)> {
+    let gw = builder.env("RUST_LOG", "warn").start().await?;
+    gw.open_project("bench").await?;
+    let up_port = tests::free_port();
+    let page: String = "x".repeat(1023) + "\n";
+    put(&gw, "up/www/index.html", page.as_bytes()).await?;
+    put(&gw, "up/nginx.conf.in", UPSTREAM_CONF.as_bytes()).await?;
+    let r = gw
+        .post("/api/projects/bench/containers")
+        .json(&json!({"name": "up", "port": up_port, "public": true,
+            "start": "mkdir -p tmp && sed \"s/__PORT__/$PORT/\" nginx.conf.in > nginx.conf && exec nginx -p \"$PWD/\" -c nginx.conf"}))
+        .send()
+        .await?;
+    anyhow::ensure!(
+        r.status().as_u16() == 201,
+        "create container: {}",
+        r.text().await?
+    );
+    let r = gw
+        .post("/api/projects/bench/containers/up/start")
+        .send()
+        .await?;
+    anyhow::ensure!(
+        r.status().is_success(),
+        "start container: {}",
+        r.text().await?
+    );
+    wait_http(
+        &format!("127.0.0.1:{up_port}"),
+        "up.bench.localhost",
+        "/index.html",
+    )
+    .await?;
+    Ok((gw, up_port))
+}
+
 async fn put(gw: &Gateway, path: &str, data: &[u8]) -> Result<()> {
     let r = gw
         .put(&format!("/api/projects/bench/files/{path}"))
@@ -599,25 +675,49 @@ fn ms(v: &str) -> Result<f64> {
 
 /// Alternates the targets' runs (after a warm-up of each); the median
 /// round of each target by req/s.
+/// `wrk` against each URL in turn, `args.rounds` times (the URLs
+/// interleaved in every round, after a 2 s warm-up of each). Returns each
+/// URL's median run and every round's req/s, for the report.
 fn compare(
     args: &Args,
     threads: usize,
     conns: usize,
     header: &str,
-    urls: &[(&str, &str)],
-) -> Result<Vec<Wrk>> {
-    for (_, url) in urls {
+    urls: &[(&str, String)],
+) -> Result<(Vec<Wrk>, String)> {
+    let headers = vec![header.to_string(); urls.len()];
+    compare_with(args, threads, conns, &headers, urls)
+}
+
+/// [`compare`] with one header per URL.
+fn compare_with(
+    args: &Args,
+    threads: usize,
+    conns: usize,
+    headers: &[String],
+    urls: &[(&str, String)],
+) -> Result<(Vec<Wrk>, String)> {
+    for ((_, url), header) in urls.iter().zip(headers) {
         wrk(threads, conns, 2, header, url)?;
     }
     let mut runs = vec![Vec::new(); urls.len()];
     for round in 0..args.rounds {
-        for (i, (name, url)) in urls.iter().enumerate() {
+        for (i, ((name, url), header)) in urls.iter().zip(headers).enumerate() {
             let w = wrk(threads, conns, args.duration, header, url)?;
             eprintln!("  round {round}: {name} {w:?}");
             runs[i].push(w);
         }
     }
-    Ok(runs.into_iter().map(median).collect())
+    let rounds = urls
+        .iter()
+        .zip(&runs)
+        .map(|((name, _), r)| {
+            let v: Vec<String> = r.iter().map(|w| format!("{:.0}", w.rps)).collect();
+            format!("{name} {}", v.join(" / "))
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    Ok((runs.into_iter().map(median).collect(), rounds))
 }
 
 fn median(mut v: Vec<Wrk>) -> Wrk {

@@ -58,12 +58,12 @@ async fn main() -> Result<()> {
     let mut report = Vec::<String>::new();
     machine(&mut report);
 
-    let s3 = tests::S3Server::start().await?;
-    s3.create_bucket(BUCKET).await?;
+    let s3 = Moto::start(&work).await?;
+    s3.create_bucket(BUCKET)?;
 
     let agent_bin = tests::bin("agent");
     let binary_size = std::fs::metadata(&agent_bin)?.len();
-    let (agent, port) = start_agent(&agent_bin, &root, &s3).await?;
+    let (agent, port) = start_agent(&agent_bin, &root).await?;
     let ch = channel(port).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_fresh = rss_kib(agent.0.id())?;
@@ -200,7 +200,18 @@ async fn main() -> Result<()> {
         args.tree_mb * 1_000_000,
         args.node_modules_files,
     )?;
-    eprintln!("generated tree in {:.1} s", t.elapsed().as_secs_f64());
+    // A real history beside it: one commit of everything but node_modules
+    // (the snapshots keep `.git`, the zips leave it out).
+    sh(
+        &proj,
+        "printf 'node_modules/\\n' > .gitignore && git init -q && git add -A && \
+         git -c user.email=bench@example.com -c user.name=bench commit -q -m tree",
+        &[],
+    )?;
+    eprintln!(
+        "generated tree and its .git in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
     // The project's agent may run as the project's own user.
     sh(
         &proj,
@@ -224,6 +235,7 @@ async fn main() -> Result<()> {
     let mut cli_down = Vec::new();
     let mut uploaded = (0u64, 0u64);
     let mut zip_size = 0u64;
+    let mut first_requests = 0usize;
     for run in 0..args.runs {
         // zip -r + aws s3 cp, of the tree without node_modules and .git.
         let zip_path = work.join(format!("cli-{run}.zip"));
@@ -251,9 +263,13 @@ async fn main() -> Result<()> {
         // Hibernation: a snapshot of everything, node_modules and .git
         // included (the first run uploads it all; later ones find every
         // chunk in the previous snapshot).
+        let requests_before = s3.requests()?;
         let t = Instant::now();
         let p = hibernate(&gw).await?;
         snap_up.push(t.elapsed());
+        if run == 0 {
+            first_requests = s3.requests()? - requests_before;
+        }
         let up = p["snapshot"]["uploaded_bytes"].as_u64().unwrap_or(0);
         if run == 0 {
             uploaded.0 = up;
@@ -328,6 +344,89 @@ async fn main() -> Result<()> {
         cd.as_secs_f64() / sd.as_secs_f64()
     ));
 
+    report.push(format!(
+        "| S3 requests of the first hibernation (every request moto logged: HEAD, GET, PUT, LIST) | {first_requests} |"
+    ));
+
+    // The incremental cases, each a hibernation then an open of the same
+    // project, as a user's day runs them (the project is open here).
+    // 10 source files changed (a few bytes appended to each).
+    let sources: Vec<PathBuf> = walk_files(&proj)?
+        .into_iter()
+        .filter(|p| {
+            let s = p.to_string_lossy();
+            !s.contains("node_modules") && !s.contains("/.git/") && s.ends_with(".ts")
+        })
+        .take(10)
+        .collect();
+    anyhow::ensure!(sources.len() == 10, "the tree has fewer than 10 .ts files");
+    let mut ten = Vec::new();
+    let mut ten_up = Vec::new();
+    for run in 0..args.runs {
+        for f in &sources {
+            append(f, format!("\n// edit {run}\n").as_bytes())?;
+        }
+        let t = Instant::now();
+        let p = hibernate(&gw).await?;
+        ten.push(t.elapsed());
+        ten_up.push(p["snapshot"]["uploaded_bytes"].as_u64().unwrap_or(0));
+        open(&gw).await?;
+    }
+    report.push(format!(
+        "| hibernate after 10 source files changed | {:.2} s (runs: {}), {} bytes uploaded (median) |",
+        median(&ten).as_secs_f64(),
+        ten.iter().map(|d| format!("{:.2}", d.as_secs_f64())).collect::<Vec<_>>().join(", "),
+        {
+            ten_up.sort_unstable();
+            ten_up[ten_up.len() / 2]
+        }
+    ));
+
+    // 1 KiB changed inside a 100 MB file: the file goes in (one hibernation
+    // uploads it), then 1 KiB in its middle changes.
+    let big_path = proj.join("assets/big.bin");
+    std::fs::create_dir_all(proj.join("assets"))?;
+    let mut rng_state = 0x9e37_79b9_7f4a_7c15u64;
+    let big: Vec<u8> = (0..100_000_000usize)
+        .map(|_| {
+            rng_state ^= rng_state << 13;
+            rng_state ^= rng_state >> 7;
+            rng_state ^= rng_state << 17;
+            rng_state as u8
+        })
+        .collect();
+    std::fs::write(&big_path, &big)?;
+    drop(big);
+    sh(
+        &proj,
+        &format!("chown -R --reference={0} {0}", proj.display()),
+        &[],
+    )?;
+    let p = hibernate(&gw).await?;
+    let big_first = p["snapshot"]["uploaded_bytes"].as_u64().unwrap_or(0);
+    open(&gw).await?;
+    let mut kib_up = Vec::new();
+    let mut kib_t = Vec::new();
+    for run in 0..args.runs {
+        {
+            use std::io::{Seek as _, SeekFrom, Write as _};
+            let mut f = std::fs::OpenOptions::new().write(true).open(&big_path)?;
+            f.seek(SeekFrom::Start(50_000_000 + run as u64 * 4096))?;
+            f.write_all(&[b'k' + run as u8; 1024])?;
+        }
+        let t = Instant::now();
+        let p = hibernate(&gw).await?;
+        kib_t.push(t.elapsed());
+        kib_up.push(p["snapshot"]["uploaded_bytes"].as_u64().unwrap_or(0));
+        open(&gw).await?;
+    }
+    report.push(format!(
+        "| 1 KiB changed inside a 100 MB file (random bytes; its first hibernation uploaded {:.1} MB) | uploaded per run: {} bytes; hibernate {} s |",
+        big_first as f64 / 1e6,
+        kib_up.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(", "),
+        kib_t.iter().map(|d| format!("{:.2}", d.as_secs_f64())).collect::<Vec<_>>().join(", "),
+    ));
+
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_after = rss_kib(agent.0.id())?;
     report.push(format!(
@@ -344,7 +443,7 @@ async fn main() -> Result<()> {
     ));
 
     println!(
-        "Tree: {} files, {:.1} MB (94% source-like text, 6% random binary assets), plus {} files in node_modules (in snapshots, left out of the zips). Median of {} runs.\n",
+        "Tree: {} files, {:.1} MB (94% source-like text, 6% random binary assets), plus {} files in node_modules and a `.git` of one commit of the rest (both in snapshots, left out of the zips). Median of {} runs.\n",
         stats.files,
         stats.bytes as f64 / 1e6,
         stats.node_modules_files,
@@ -370,7 +469,7 @@ fn machine(report: &mut Vec<String>) {
     report.push(format!("| machine | {cores} cores, {cpu} |"));
 }
 
-async fn start_agent(bin: &Path, root: &Path, s3: &tests::S3Server) -> Result<(tests::Proc, u16)> {
+async fn start_agent(bin: &Path, root: &Path) -> Result<(tests::Proc, u16)> {
     let port = tests::free_port();
     let child = Command::new(bin)
         .arg("--root")
@@ -379,7 +478,6 @@ async fn start_agent(bin: &Path, root: &Path, s3: &tests::S3Server) -> Result<(t
         .arg(format!("127.0.0.1:{port}"))
         .env("AGENT_TOKEN", TOKEN)
         .env("RUST_LOG", "warn")
-        .envs(s3.env())
         .stdin(Stdio::null())
         .spawn()
         .context("spawn agent")?;
@@ -542,10 +640,106 @@ fn rss_kib(pid: u32) -> Result<u64> {
         .parse()?)
 }
 
-fn aws_env(s3: &tests::S3Server) -> Vec<(String, String)> {
+fn aws_env(s3: &Moto) -> Vec<(String, String)> {
     let mut env = s3.env();
     env.push(("AWS_DEFAULT_REGION".into(), tests::S3_REGION.into()));
     env
+}
+
+/// moto (S3) on loopback, its request log in a file so that the benchmark
+/// can count the requests of one operation.
+struct Moto {
+    endpoint: String,
+    log: PathBuf,
+    _proc: tests::Proc,
+}
+
+impl Moto {
+    async fn start(work: &Path) -> Result<Moto> {
+        let port = tests::free_port();
+        let log = work.join("moto.log");
+        let child = Command::new("python3")
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .context("start moto (pip install 'moto[server]')")?;
+        let proc = tests::Proc(child);
+        tests::eventually(Duration::from_secs(30), "moto to listen", || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()
+                .map(|_| ())
+        })
+        .await?;
+        Ok(Moto {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            log,
+            _proc: proc,
+        })
+    }
+
+    fn env(&self) -> Vec<(String, String)> {
+        [
+            ("AWS_ENDPOINT_URL", self.endpoint.as_str()),
+            ("AWS_ACCESS_KEY_ID", tests::S3_ACCESS_KEY),
+            ("AWS_SECRET_ACCESS_KEY", tests::S3_SECRET_KEY),
+            ("AWS_REGION", tests::S3_REGION),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+    }
+
+    fn create_bucket(&self, bucket: &str) -> Result<()> {
+        let status = Command::new("curl")
+            .args(["-sf", "-X", "PUT", &format!("{}/{bucket}", self.endpoint)])
+            .stdout(Stdio::null())
+            .status()?;
+        anyhow::ensure!(status.success(), "cannot create bucket {bucket}");
+        Ok(())
+    }
+
+    /// Requests served so far (one access-log line each).
+    fn requests(&self) -> Result<usize> {
+        Ok(std::fs::read_to_string(&self.log)?
+            .lines()
+            .filter(|l| l.contains("\" HTTP/1.1\" "))
+            .count())
+    }
+}
+
+/// Every regular file under `dir`, sorted.
+fn walk_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d)? {
+            let e = e?;
+            let t = e.file_type()?;
+            if t.is_dir() {
+                stack.push(e.path());
+            } else if t.is_file() {
+                out.push(e.path());
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn append(path: &Path, data: &[u8]) -> Result<()> {
+    use std::io::Write as _;
+    let mut f = std::fs::OpenOptions::new().append(true).open(path)?;
+    f.write_all(data)?;
+    Ok(())
 }
 
 fn sh(dir: &Path, cmd: &str, env: &[(String, String)]) -> Result<()> {

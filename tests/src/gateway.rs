@@ -25,6 +25,7 @@ pub struct GatewayBuilder {
     stderr: Option<PathBuf>,
     no_secret: bool,
     secret: Option<String>,
+    bins: Option<PathBuf>,
 }
 
 impl GatewayBuilder {
@@ -81,6 +82,13 @@ impl GatewayBuilder {
     /// its data dir; tokens are then signed with that one.
     pub fn without_secret(mut self) -> Self {
         self.no_secret = true;
+        self
+    }
+
+    /// Starts the `gateway` and `agent` binaries of this folder (another
+    /// build, for a benchmark's A/B) instead of the workspace's.
+    pub fn bins(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.bins = Some(dir.into());
         self
     }
 
@@ -166,6 +174,10 @@ impl Gateway {
     }
 
     async fn spawn(&mut self) -> Result<()> {
+        let bin = |name: &str| match &self.builder.bins {
+            Some(dir) => dir.join(name),
+            None => bin(name),
+        };
         let mut cmd = Command::new(bin("gateway"));
         cmd.arg("--listen")
             .arg(self.addr.to_string())

@@ -417,3 +417,40 @@ async fn snapshots_are_listed_taken_while_active_and_opened_by_id() {
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], "project_not_active");
 }
+
+/// A cut does not read again a file whose inode, ctime, size and mtime are
+/// those the agent recorded; a write that keeps the size and puts the mtime
+/// back still moves ctime, so it is read and kept.
+#[tokio::test]
+async fn a_file_rewritten_with_its_size_and_mtime_kept_is_read_again() {
+    let gw = Gateway::start().await.unwrap();
+    gw.open_project("stamps").await.unwrap();
+    exec_ok(
+        &gw,
+        "stamps",
+        "printf AAAAAAAA > same.txt && printf keep > other.txt && touch -d '@1600000000.5' same.txt",
+    )
+    .await;
+    // The agent keeps a file's stamp once its ctime is 100 ms old.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let r = gw
+        .post("/api/projects/stamps/snapshots")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    exec_ok(
+        &gw,
+        "stamps",
+        "printf BBBBBBBB > same.txt && touch -d '@1600000000.5' same.txt",
+    )
+    .await;
+    hibernate(&gw, "stamps").await;
+    let r = open(&gw, "stamps").await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let dir = gw.project_dir("stamps");
+    assert_eq!(std::fs::read(dir.join("same.txt")).unwrap(), b"BBBBBBBB");
+    assert_eq!(std::fs::read(dir.join("other.txt")).unwrap(), b"keep");
+    let m = std::fs::metadata(dir.join("same.txt")).unwrap();
+    assert_eq!((m.mtime(), m.mtime_nsec()), (1_600_000_000, 500_000_000));
+}

@@ -16,21 +16,88 @@ use crate::error::{Error, Result};
 /// How often a file that changes while it is read is read again.
 const REREADS: usize = 5;
 
+/// A regular file's identity as last seen by a cut or a restore of this
+/// agent: while inode, ctime, size and mtime are all unchanged, its content
+/// is the one recorded (the kernel moves ctime on every write, truncate,
+/// chmod and utimes, and no caller can set it).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct Stamp {
+    pub(crate) dev: u64,
+    pub(crate) ino: u64,
+    pub(crate) ctime_ns: i64,
+    pub(crate) size: u64,
+    pub(crate) mtime_ns: i64,
+}
+
+/// How far a file's ctime must lie before the moment it was stat'ed for
+/// its stamp to be kept: a write in the same tick of the kernel's coarse
+/// clock could leave ctime unchanged (the "racy" case of git's index).
+const RACY_NS: i64 = 100_000_000;
+
+impl Stamp {
+    pub(crate) fn of(m: &cap_std::fs::Metadata) -> Stamp {
+        Stamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            ctime_ns: m
+                .ctime()
+                .saturating_mul(1_000_000_000)
+                .saturating_add(m.ctime_nsec()),
+            size: m.len(),
+            mtime_ns: mtime_ns(m),
+        }
+    }
+
+    /// The stamp of `m`, stat'ed at `seen_ns`, unless its ctime is too
+    /// recent to tell a later write apart.
+    pub(crate) fn settled(m: &cap_std::fs::Metadata, seen_ns: i64) -> Option<Stamp> {
+        let s = Stamp::of(m);
+        (s.ctime_ns < seen_ns.saturating_sub(RACY_NS)).then_some(s)
+    }
+}
+
+/// Stamps of the files of one snapshot, aligned with its manifest's
+/// entries (`None` where no stamp could be kept).
+pub(crate) struct Stamps {
+    pub(crate) manifest: Id,
+    pub(crate) by_entry: Vec<Option<Stamp>>,
+}
+
 /// A finished pack for the uploader.
 pub(crate) struct NewPack {
     pub(crate) id: Id,
     pub(crate) bytes: Vec<u8>,
 }
 
-/// Cuts the snapshot of `root`, reusing the chunks of `previous`.
+/// Cuts the snapshot of `root`, reusing the chunks of `previous`. With
+/// `stamps` of that same manifest, a file whose stamp is unchanged is not
+/// read again: its chunks are the previous entry's. Returns the manifest
+/// and the stamps of its entries.
 pub(crate) fn cut(
     root: &Dir,
     previous: Option<&Manifest>,
+    stamps: Option<&[Option<Stamp>]>,
     packs_out: tokio::sync::mpsc::Sender<NewPack>,
     stop: &AtomicBool,
-) -> Result<Manifest> {
+) -> Result<(Manifest, Vec<Option<Stamp>>)> {
     let created_ns = now_ns();
+    let unchanged = match (previous, stamps) {
+        (Some(m), Some(st)) if st.len() == m.entries.len() => m
+            .entries
+            .iter()
+            .zip(st)
+            .filter_map(|(e, s)| {
+                let s = (*s)?;
+                (e.kind == Kind::File && e.size == s.size && e.mtime_ns == s.mtime_ns)
+                    .then(|| (e.path.clone(), (s, e.chunks.clone())))
+            })
+            .collect(),
+        _ => HashMap::new(),
+    };
     let mut w = Writer {
+        unchanged,
+        stamps: HashMap::new(),
+        reused_files: 0,
         known: previous.map(Manifest::chunk_packs).unwrap_or_default(),
         previous_packs: previous.map(|m| m.packs.clone()).unwrap_or_default(),
         used_previous: BTreeSet::new(),
@@ -52,6 +119,10 @@ pub(crate) fn cut(
     }];
     walk(root, "", &mut w, &mut entries)?;
     w.flush()?;
+    tracing::debug!(
+        reused = w.reused_files,
+        "files whose stamp was unchanged, not read again"
+    );
     let mut packs: Vec<PackRef> = w
         .used_previous
         .iter()
@@ -67,10 +138,17 @@ pub(crate) fn cut(
     m.sort();
     m.validate()
         .map_err(|e| Error::Internal(format!("the snapshot cut is invalid: {e}")))?;
-    Ok(m)
+    let stamps = m.entries.iter().map(|e| w.stamps.remove(&e.path)).collect();
+    Ok((m, stamps))
 }
 
 struct Writer<'a> {
+    /// Files of the previous snapshot with the stamp they had: path to
+    /// (stamp, chunks).
+    unchanged: HashMap<String, (Stamp, Vec<Id>)>,
+    /// Stamps of this cut's files, by path.
+    stamps: HashMap<String, Stamp>,
+    reused_files: usize,
     /// Chunks of the previous snapshot: id to index in `previous_packs`.
     known: HashMap<Id, usize>,
     previous_packs: Vec<PackRef>,
@@ -84,6 +162,19 @@ struct Writer<'a> {
 }
 
 impl Writer<'_> {
+    /// The chunks of a file the previous snapshot holds unchanged (same
+    /// stamp), marking their packs as used; `None` when it must be read.
+    fn reuse(&mut self, path: &str, now: &Stamp) -> Option<Vec<Id>> {
+        let (stamp, chunks) = self.unchanged.remove(path)?;
+        if stamp != *now {
+            return None;
+        }
+        let packs: Option<Vec<usize>> = chunks.iter().map(|c| self.known.get(c).copied()).collect();
+        self.used_previous.extend(packs?);
+        self.reused_files += 1;
+        Some(chunks)
+    }
+
     fn chunk(&mut self, data: &[u8]) -> Result<Id> {
         let id = Id::of(data);
         if let Some(&i) = self.known.get(&id) {
@@ -191,6 +282,20 @@ fn walk(dir: &Dir, prefix: &str, w: &mut Writer<'_>, out: &mut Vec<Entry>) -> Re
                 chunks: vec![],
             });
         } else if ft.is_file() {
+            let now = Stamp::of(&meta);
+            if let Some(chunks) = w.reuse(&path, &now) {
+                w.stamps.insert(path.clone(), now);
+                out.push(Entry {
+                    path,
+                    kind: Kind::File,
+                    size: now.size,
+                    mode,
+                    mtime_ns: now.mtime_ns,
+                    target: None,
+                    chunks,
+                });
+                continue;
+            }
             match read_file(dir, &name, &path, w)? {
                 Some((size, mode, mtime_ns, chunks)) => out.push(Entry {
                     path,
@@ -237,12 +342,16 @@ fn read_file(dir: &Dir, name: &str, path: &str, w: &mut Writer<'_>) -> Result<Op
             size += data.len() as u64;
             chunks.push(w.chunk(&data)?);
         }
+        let seen_ns = now_ns();
         let after = f.metadata()?;
         let stable = size == after.len()
             && before.len() == after.len()
             && mtime_ns(&before) == mtime_ns(&after)
             && (before.ctime(), before.ctime_nsec()) == (after.ctime(), after.ctime_nsec());
         if stable {
+            if let Some(stamp) = Stamp::settled(&after, seen_ns) {
+                w.stamps.insert(path.to_owned(), stamp);
+            }
             return Ok(Some((
                 size,
                 after.mode() & 0o7777,
@@ -263,7 +372,7 @@ fn mtime_ns(m: &cap_std::fs::Metadata) -> i64 {
         .saturating_add(m.mtime_nsec())
 }
 
-fn now_ns() -> i64 {
+pub(crate) fn now_ns() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)

@@ -39,12 +39,35 @@ const MANIFEST_PIECE: usize = 1024 * 1024;
 
 pub(crate) struct SnapshotService {
     state: State,
+    /// Stamps of the files of the snapshot this agent last cut or
+    /// restored: the next cut from that snapshot reads only the files
+    /// whose stamp moved.
+    stamps: Arc<std::sync::Mutex<Option<create::Stamps>>>,
 }
 
 impl SnapshotService {
     pub(crate) fn new(state: State) -> Self {
-        Self { state }
+        Self {
+            state,
+            stamps: Arc::default(),
+        }
     }
+}
+
+/// Takes the stamps when they describe snapshot `id`.
+fn take_stamps(
+    stamps: &std::sync::Mutex<Option<create::Stamps>>,
+    id: &Id,
+) -> Option<Vec<Option<create::Stamp>>> {
+    let mut guard = stamps.lock().unwrap_or_else(|p| p.into_inner());
+    match guard.take() {
+        Some(s) if s.manifest == *id => Some(s.by_entry),
+        _ => None,
+    }
+}
+
+fn keep_stamps(stamps: &std::sync::Mutex<Option<create::Stamps>>, new: create::Stamps) {
+    *stamps.lock().unwrap_or_else(|p| p.into_inner()) = Some(new);
 }
 
 type Events = mpsc::Sender<std::result::Result<SnapshotEvent, Status>>;
@@ -138,8 +161,17 @@ impl Snapshot for SnapshotService {
         let (previous, urls) = begin(request.into_inner()).await?;
         let (tx, rx) = mpsc::channel(4);
         let state = self.state.clone();
+        let stamps = self.stamps.clone();
         self.state.tasks.spawn(async move {
-            let res = run_create(&state, previous.map(|(_, m)| m), urls, &tx).await;
+            let prior = previous
+                .as_ref()
+                .and_then(|(id, _)| take_stamps(&stamps, id));
+            let res = run_create(&state, previous.map(|(_, m)| m), prior, urls, &tx)
+                .await
+                .map(|(done, new)| {
+                    keep_stamps(&stamps, new);
+                    done
+                });
             match res {
                 Ok(done) => {
                     let _ = tx
@@ -167,8 +199,14 @@ impl Snapshot for SnapshotService {
         };
         let (tx, rx) = mpsc::channel(4);
         let state = self.state.clone();
+        let stamps = self.stamps.clone();
         self.state.tasks.spawn(async move {
-            let res = run_restore(&state, id, Arc::new(manifest), urls, &tx).await;
+            let res = run_restore(&state, id, Arc::new(manifest), urls, &tx)
+                .await
+                .map(|(done, new)| {
+                    keep_stamps(&stamps, new);
+                    done
+                });
             let msg = match res {
                 Ok(done) => Ok(SnapshotEvent {
                     event: Some(snapshot_event::Event::Done(done)),
@@ -187,15 +225,18 @@ impl Snapshot for SnapshotService {
 async fn run_create(
     state: &State,
     previous: Option<Manifest>,
+    prior: Option<Vec<Option<create::Stamp>>>,
     mut urls: Urls,
     events: &Events,
-) -> Result<SnapshotDone> {
+) -> Result<(SnapshotDone, create::Stamps)> {
     let (pack_tx, mut pack_rx) = mpsc::channel::<create::NewPack>(2);
     let stop = Arc::new(AtomicBool::new(false));
     let producer = {
         let stop = stop.clone();
         let root = state.root.dir().try_clone()?;
-        tokio::task::spawn_blocking(move || create::cut(&root, previous.as_ref(), pack_tx, &stop))
+        tokio::task::spawn_blocking(move || {
+            create::cut(&root, previous.as_ref(), prior.as_deref(), pack_tx, &stop)
+        })
     };
     let uploads = async {
         let mut uploaded = 0u64;
@@ -229,7 +270,7 @@ async fn run_create(
         .await
         .map_err(|e| Error::Internal(format!("snapshot task failed: {e}")))?;
     let (uploaded, count) = uploaded?;
-    let manifest = manifest?;
+    let (manifest, by_entry) = manifest?;
     let (files, bytes) = manifest.totals();
     let (id, encoded) = tokio::task::spawn_blocking(move || manifest.encode())
         .await
@@ -244,13 +285,19 @@ async fn run_create(
             .map_err(|_| Error::Unavailable("the gateway went away".into()))?;
     }
     tracing::info!(snapshot = %id, files, bytes, uploaded, packs = count, "snapshot cut");
-    Ok(SnapshotDone {
-        id: id.to_hex(),
-        files,
-        bytes,
-        uploaded_bytes: uploaded,
-        packs_uploaded: count,
-    })
+    Ok((
+        SnapshotDone {
+            id: id.to_hex(),
+            files,
+            bytes,
+            uploaded_bytes: uploaded,
+            packs_uploaded: count,
+        },
+        create::Stamps {
+            manifest: id,
+            by_entry,
+        },
+    ))
 }
 
 async fn run_restore(
@@ -259,7 +306,7 @@ async fn run_restore(
     manifest: Arc<Manifest>,
     mut urls: Urls,
     events: &Events,
-) -> Result<SnapshotDone> {
+) -> Result<(SnapshotDone, create::Stamps)> {
     let root = state.root.dir().try_clone()?;
     let (staging, packs) = {
         let root = root.try_clone()?;
@@ -298,18 +345,27 @@ async fn run_restore(
     let staging = Arc::try_unwrap(staging)
         .map_err(|_| Error::Internal("restore staging still shared".into()))?;
     let m = manifest.clone();
-    tokio::task::spawn_blocking(move || restore::finish(&root, staging, &m))
-        .await
-        .map_err(|e| Error::Internal(format!("restore task failed: {e}")))??;
+    let by_entry = tokio::task::spawn_blocking(move || {
+        restore::finish(&root, staging, &m)?;
+        Ok::<_, Error>(restore::stamps(&root, &m))
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("restore task failed: {e}")))??;
     let (files, bytes) = manifest.totals();
     tracing::info!(snapshot = %id, files, bytes, "snapshot restored");
-    Ok(SnapshotDone {
-        id: id.to_hex(),
-        files,
-        bytes,
-        uploaded_bytes: 0,
-        packs_uploaded: 0,
-    })
+    Ok((
+        SnapshotDone {
+            id: id.to_hex(),
+            files,
+            bytes,
+            uploaded_bytes: 0,
+            packs_uploaded: 0,
+        },
+        create::Stamps {
+            manifest: id,
+            by_entry,
+        },
+    ))
 }
 
 /// Downloads pack `i` of the manifest, checks it, and writes its chunks.

@@ -125,6 +125,25 @@ pub(crate) fn finish(root: &Dir, s: Staging, m: &Manifest) -> Result<()> {
     res
 }
 
+/// The stamps of the files just restored (see `create::Stamp`): a file
+/// whose size or mtime is not the manifest's, or that cannot be stat'ed,
+/// gets none and is read by the next cut.
+pub(crate) fn stamps(root: &Dir, m: &Manifest) -> Vec<Option<super::create::Stamp>> {
+    let seen_ns = super::create::now_ns();
+    m.entries
+        .iter()
+        .map(|e| {
+            if e.kind != Kind::File {
+                return None;
+            }
+            let meta = root.symlink_metadata(&e.path).ok()?;
+            let stamp = super::create::Stamp::settled(&meta, seen_ns)?;
+            (meta.is_file() && stamp.size == e.size && stamp.mtime_ns == e.mtime_ns)
+                .then_some(stamp)
+        })
+        .collect()
+}
+
 fn settle(s: &Staging, m: &Manifest) -> Result<()> {
     for e in &m.entries {
         if e.kind == Kind::Symlink {
