@@ -58,7 +58,7 @@ async fn main() -> Result<()> {
     let mut report = Vec::<String>::new();
     machine(&mut report);
 
-    let s3 = tests::S3Server::start().await?;
+    let s3 = tests::S3Server::moto().await?;
     s3.create_bucket(BUCKET).await?;
 
     let agent_bin = tests::bin("agent");
