@@ -950,7 +950,12 @@ async fn two_replicas_on_one_postgresql_take_turns(s3: &tests::S3Server) {
     };
     let a = replica().await;
     let b = replica().await;
-    let (p, ns) = ("twin", "proj-twin");
+    // One project name per server: both variants run at once on the one
+    // control plane.
+    let (p, ns) = match s3.kind {
+        tests::S3Kind::Moto => ("twin", "proj-twin"),
+        tests::S3Kind::S3sFs => ("twin-s3s", "proj-twin-s3s"),
+    };
     a.gw.open_project(p)
         .await
         .unwrap_or_else(|e| panic!("open on a: {e}; log:\n{}", a.log()));
