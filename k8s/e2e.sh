@@ -19,8 +19,8 @@
 #
 # Needs: kubectl with a working context; the agent and dev images present in
 # the cluster (E2E_BUILD_IMAGES=1 builds them with `minikube image build`);
-# an S3-compatible server for the hibernation tests (the tests start moto on
-# this machine; the project pods then reach it at E2E_S3_ENDPOINT, which
+# S3-compatible servers for the hibernation tests (the tests start moto and s3s-fs on
+# this machine; the project pods then reach them at E2E_S3_ENDPOINT, which
 # defaults to minikube's host address).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs what the tests need on a fresh Debian machine: an S3-compatible
-# server (moto, from PyPI), Debian's Chromium for the page tests, and the npm
-# packages of web-demo/ and the browser tests. Safe to run again.
+# Installs what the tests need on a fresh Debian machine: two independent
+# S3-compatible servers (moto from PyPI, s3s-fs from crates.io), Debian's
+# Chromium for the page tests, and the npm packages of web-demo/ and the
+# browser tests. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,6 +30,17 @@ if ! python3 -c 'import moto.server, flask' 2>/dev/null; then
   python3 -m pip install -q 'moto[server]'
   # pyenv makes shims for new scripts only on a rehash.
   if command -v pyenv >/dev/null; then pyenv rehash || true; fi
+fi
+
+# s3s-fs, the second S3 server of the S3 tests (it checks SigV4 signatures,
+# presigned URLs included, which moto does not). Pinned: 0.14.1 is the newest
+# release whose rust-version (1.92) this toolchain meets (0.15 and later want
+# 1.96). Built once into ~/.cargo/bin with its own lock file (a few minutes on
+# 2 cores), skipped when that version is installed.
+S3S_FS_VERSION=0.14.1
+if [ "$(s3s-fs --version 2>/dev/null)" != "s3s-fs $S3S_FS_VERSION" ]; then
+  echo "== cargo install s3s-fs $S3S_FS_VERSION"
+  cargo install s3s-fs --features binary --version "$S3S_FS_VERSION" --locked --quiet
 fi
 
 # Go builds the test control plane from Go modules (k8s/testenv/build.sh);

@@ -1,6 +1,6 @@
 //! The one S3 client of the platform (only the gateway holds storage
 //! credentials): built once from the standard `AWS_*` variables, path-style
-//! addressing when an endpoint is set (MinIO, moto), checksums only where S3
+//! addressing when an endpoint is set (MinIO, moto, s3s-fs), checksums only where S3
 //! requires them, HTTPS on rustls with ring. Besides plain object calls it
 //! presigns the short-lived URLs agents move snapshot packs with.
 
@@ -17,37 +17,46 @@ use crate::error::{Error, Result};
 
 static CLIENT: tokio::sync::OnceCell<Client> = tokio::sync::OnceCell::const_new();
 
-/// The shared client.
+/// The shared client, from the standard `AWS_*` variables.
 pub async fn client() -> &'static Client {
     CLIENT
         .get_or_init(|| async {
-            // An HTTPS client on rustls + ring: the SDK's default one would
-            // link aws-lc beside kube's ring.
-            let http = aws_smithy_http_client::Builder::new()
-                .tls_provider(Provider::Rustls(CryptoMode::Ring))
-                .build_https();
             let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
-                .http_client(http)
+                .http_client(https())
                 .load()
                 .await;
             let path_style = ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]
                 .iter()
                 .any(|k| std::env::var_os(k).is_some_and(|v| !v.is_empty()));
-            let s3conf = aws_sdk_s3::config::Builder::from(&conf)
-                .force_path_style(path_style)
-                // Objects carry their own hashes (blake3 names); extra
-                // checksums would also end up in presigned URLs as headers
-                // the agent does not send.
-                .request_checksum_calculation(
-                    aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired,
-                )
-                .response_checksum_validation(
-                    aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired,
-                )
-                .build();
-            Client::from_conf(s3conf)
+            configure(aws_sdk_s3::config::Builder::from(&conf), path_style)
         })
         .await
+}
+
+/// An HTTPS client on rustls + ring: the SDK's default one would link
+/// aws-lc beside kube's ring.
+fn https() -> aws_sdk_s3::config::SharedHttpClient {
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::Ring))
+        .build_https()
+}
+
+/// A client with this module's one set of settings over `builder` (which
+/// holds the endpoint, region and credentials): path-style addressing when
+/// `path_style` (an endpoint is set: MinIO, moto, s3s-fs), checksums only
+/// where S3 requires them. [`client`] is built with it, and so is the client
+/// the end-to-end tests presign with against their own servers.
+pub fn configure(builder: aws_sdk_s3::config::Builder, path_style: bool) -> Client {
+    let s3conf = builder
+        .http_client(https())
+        .force_path_style(path_style)
+        // Objects carry their own hashes (blake3 names); extra
+        // checksums would also end up in presigned URLs as headers
+        // the agent does not send.
+        .request_checksum_calculation(aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired)
+        .response_checksum_validation(aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired)
+        .build();
+    Client::from_conf(s3conf)
 }
 
 fn unavailable(what: &str, bucket: &str, key: &str, e: impl std::error::Error) -> Error {
@@ -59,7 +68,17 @@ fn unavailable(what: &str, bucket: &str, key: &str, e: impl std::error::Error) -
 
 /// A presigned URL for one `PUT` or `GET` of `key`, valid for `ttl`.
 pub async fn presign(put: bool, bucket: &str, key: &str, ttl: Duration) -> Result<String> {
-    let c = client().await;
+    presign_with(client().await, put, bucket, key, ttl).await
+}
+
+/// [`presign`] with the client `c`.
+pub async fn presign_with(
+    c: &Client,
+    put: bool,
+    bucket: &str,
+    key: &str,
+    ttl: Duration,
+) -> Result<String> {
     let cfg = PresigningConfig::expires_in(ttl).map_err(Error::internal)?;
     let req = if put {
         c.put_object()
@@ -183,7 +202,7 @@ pub async fn list(bucket: &str, prefix: &str) -> Result<Vec<String>> {
     Ok(keys)
 }
 
-/// Creates the bucket when it does not exist (a fresh MinIO or moto); an
+/// Creates the bucket when it does not exist (a fresh MinIO, moto or s3s-fs); an
 /// existing one is left alone.
 pub async fn ensure_bucket(bucket: &str) -> Result<()> {
     let client = client().await;

@@ -933,14 +933,14 @@ async fn the_service_account_and_kube_system() {
     assert_eq!(api_code(&e), 403, "{e}");
 }
 
-#[tokio::test]
-async fn two_replicas_on_one_postgresql_take_turns() {
+tests::on_both_s3_servers!(two_replicas_on_one_postgresql_take_turns);
+
+async fn two_replicas_on_one_postgresql_take_turns(s3: &tests::S3Server) {
     let pg = tests::postgres::Postgres::start();
     tests::postgres::create_db(&pg, "devgate").await;
     let url = pg.url("devgate");
     // What replicas share in production: the database, the secret and the
     // archive bucket (the agents upload to it themselves).
-    let s3 = tests::S3Server::start().await.expect("moto");
     s3.create_bucket("twins").await.expect("bucket");
     let secret = format!("replica-secret-{:032x}", rand::random::<u128>());
     let replica = || async {
@@ -950,7 +950,12 @@ async fn two_replicas_on_one_postgresql_take_turns() {
     };
     let a = replica().await;
     let b = replica().await;
-    let (p, ns) = ("twin", "proj-twin");
+    // One project name per server: both variants run at once on the one
+    // control plane.
+    let (p, ns) = match s3.kind {
+        tests::S3Kind::Moto => ("twin", "proj-twin"),
+        tests::S3Kind::S3sFs => ("twin-s3s", "proj-twin-s3s"),
+    };
     a.gw.open_project(p)
         .await
         .unwrap_or_else(|e| panic!("open on a: {e}; log:\n{}", a.log()));

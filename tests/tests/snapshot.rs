@@ -3,7 +3,9 @@
 //! and empty directory comes back, `.git` and `node_modules` included), a
 //! second hibernation uploads next to nothing, a tampered pack fails the
 //! open and leaves the project hibernated, agents hold no storage
-//! credentials, and a signed object URL reaches its own object only.
+//! credentials, and a signed object URL reaches its own object only (the
+//! folder store's HMAC URLs, and S3 presigned URLs against s3s-fs, which
+//! checks them). The S3 tests run against moto and against s3s-fs.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
@@ -228,9 +230,9 @@ async fn a_tampered_pack_fails_the_open_and_the_project_stays_hibernated() {
     assert_eq!(tree(&dir), before);
 }
 
-#[tokio::test]
-async fn s3_snapshots_with_no_credentials_in_the_agent() {
-    let s3 = S3Server::start().await.unwrap();
+tests::on_both_s3_servers!(s3_snapshots_with_no_credentials_in_the_agent);
+
+async fn s3_snapshots_with_no_credentials_in_the_agent(s3: &S3Server) {
     s3.create_bucket("snaps").await.unwrap();
     let gw = Gateway::builder()
         .envs(&s3.env())
@@ -251,6 +253,10 @@ async fn s3_snapshots_with_no_credentials_in_the_agent() {
     assert!(!environ.contains(tests::S3_SECRET_KEY), "{environ}");
     let env = exec_ok(&gw, "s3p", "env").await;
     assert!(!env.contains("AWS_"), "{env}");
+    let own = exec_ok(&gw, "s3p", "tr '\\0' '\\n' < /proc/self/environ").await;
+    assert!(own.contains("PATH="), "{own}");
+    assert!(!own.contains("AWS_"), "{own}");
+    assert!(!own.contains(tests::S3_SECRET_KEY), "{own}");
     let v = exec(&gw, "s3p", "cat /proc/$PPID/environ").await;
     assert_ne!(
         v["exit_code"], 0,
@@ -261,14 +267,12 @@ async fn s3_snapshots_with_no_credentials_in_the_agent() {
     let p = hibernate(&gw, "s3p").await;
     let key = p["snapshot"]["key"].as_str().unwrap().to_owned();
     assert!(key.starts_with("pre/s3p/snapshots/"), "{key}");
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    let list = |prefix: &str| {
-        http.get(format!("{}/snaps?list-type=2&prefix={prefix}", s3.endpoint))
-            .send()
-    };
-    let listing = list("pre/s3p/").await.unwrap().text().await.unwrap();
-    assert!(listing.contains("pre/s3p/packs/"), "{listing}");
-    assert!(listing.contains(&key), "{listing}");
+    let listing = s3.keys("snaps", "pre/s3p/").await.unwrap();
+    assert!(
+        listing.iter().any(|k| k.starts_with("pre/s3p/packs/")),
+        "{listing:?}"
+    );
+    assert!(listing.contains(&key), "{listing:?}");
 
     let r = open(&gw, "s3p").await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
@@ -282,8 +286,101 @@ async fn s3_snapshots_with_no_credentials_in_the_agent() {
     // Delete removes every object of the project.
     let r = gw.delete("/api/projects/s3p").send().await.unwrap();
     assert_eq!(r.status(), 204);
-    let listing = list("pre/s3p/").await.unwrap().text().await.unwrap();
-    assert!(!listing.contains("<Key>"), "{listing}");
+    let listing = s3.keys("snaps", "pre/s3p/").await.unwrap();
+    assert!(listing.is_empty(), "{listing:?}");
+}
+
+/// A presigned URL for project A's pack, made with the gateway's own S3
+/// settings and presign code, against s3s-fs (which checks SigV4 signatures
+/// and expiry; moto checks neither, so this runs on s3s-fs only): it writes
+/// A's object and nothing else.
+#[tokio::test]
+async fn a_presigned_url_reaches_its_own_object_only() {
+    use gateway::archive_store::{ArchiveStore, URL_TTL};
+    use gateway::config::ArchiveLocation;
+
+    let s3 = S3Server::s3s_fs().await.unwrap();
+    s3.create_bucket("snaps").await.unwrap();
+    let store = ArchiveStore::new(
+        ArchiveLocation::S3 {
+            bucket: "snaps".into(),
+            prefix: "pre".into(),
+        },
+        b"secret",
+    )
+    .unwrap();
+    let client = gateway::s3::configure(s3.sdk_config(), true);
+    let presign = |put: bool, key: String, ttl: std::time::Duration| {
+        let client = client.clone();
+        async move {
+            gateway::s3::presign_with(&client, put, "snaps", &key, ttl)
+                .await
+                .unwrap()
+        }
+    };
+    let body = b"a pack's bytes".to_vec();
+    let id = devgate_snapshot::Id::of(&body);
+    let (key_a, key_b) = (store.pack_key("alpha", &id), store.pack_key("beta", &id));
+    assert_eq!(key_a, format!("pre/alpha/packs/{id}"));
+    let put_a = presign(true, key_a.clone(), URL_TTL).await;
+    assert!(put_a.contains("X-Amz-Signature="), "{put_a}");
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+
+    // Project B's object with project A's URL: refused, nothing written.
+    let put_b = put_a.replace("/alpha/packs/", "/beta/packs/");
+    assert_ne!(put_b, put_a);
+    let r = http.put(&put_b).body(body.clone()).send().await.unwrap();
+    assert_eq!(r.status(), 403, "{}", r.text().await.unwrap());
+    assert_eq!(s3.get_object("snaps", &key_b).await.unwrap(), None);
+    // Nor without a signature at all.
+    let r = http
+        .put(format!("{}/snaps/{key_b}", s3.endpoint))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    // Another method, or a longer expiry than signed.
+    let r = http.get(&put_a).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    let longer = put_a.replace(
+        &format!("X-Amz-Expires={}", URL_TTL.as_secs()),
+        &format!("X-Amz-Expires={}", 10 * URL_TTL.as_secs()),
+    );
+    assert_ne!(longer, put_a);
+    let r = http.put(&longer).body(body.clone()).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(s3.get_object("snaps", &key_a).await.unwrap(), None);
+
+    // An expired URL for A's own object: refused.
+    let short = presign(true, key_a.clone(), std::time::Duration::from_secs(1)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let r = http.put(&short).body(body.clone()).send().await.unwrap();
+    assert_eq!(r.status(), 403, "{}", r.text().await.unwrap());
+    assert_eq!(s3.get_object("snaps", &key_a).await.unwrap(), None);
+
+    // The URL itself works, for its object, and a GET URL reads it back.
+    let r = http.put(&put_a).body(body.clone()).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    assert_eq!(
+        s3.get_object("snaps", &key_a).await.unwrap(),
+        Some(body.clone())
+    );
+    assert_eq!(s3.get_object("snaps", &key_b).await.unwrap(), None);
+    let get_a = presign(false, key_a.clone(), URL_TTL).await;
+    let r = http.get(&get_a).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap().to_vec(), body);
+    // A's GET URL does not read B's object either (B's exists now).
+    s3.put_object("snaps", &key_b, b"project b's pack".to_vec())
+        .await
+        .unwrap();
+    let r = http
+        .get(get_a.replace("/alpha/packs/", "/beta/packs/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
 }
 
 #[tokio::test]
