@@ -10,7 +10,7 @@
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use devgate_snapshot::Id;
@@ -97,7 +97,7 @@ impl ArchiveStore {
     }
 
     /// The key of everything of a project, with a trailing slash.
-    fn project_prefix(&self, project: &str) -> String {
+    pub fn project_prefix(&self, project: &str) -> String {
         match &self.kind {
             Kind::S3 { prefix, .. } if !prefix.is_empty() => format!("{prefix}/{project}/"),
             _ => format!("{project}/"),
@@ -278,6 +278,39 @@ impl ArchiveStore {
                     crate::s3::delete(bucket, &key).await?;
                 }
                 Ok(())
+            }
+        }
+    }
+
+    /// A project's manifests and packs (and, in a folder, the temporary
+    /// files of writes cut short), each with its key and the time it was
+    /// last written (a file's mtime, an S3 object's `LastModified`).
+    pub async fn list_objects(&self, project: &str) -> Result<Vec<(String, SystemTime)>> {
+        let prefix = self.project_prefix(project);
+        match &self.kind {
+            Kind::S3 { bucket, .. } => crate::s3::list_with_times(bucket, &prefix).await,
+            Kind::Folder(dir) => {
+                let mut out = Vec::new();
+                for sub in ["packs", "snapshots"] {
+                    let mut rd = match tokio::fs::read_dir(dir.join(&prefix).join(sub)).await {
+                        Ok(rd) => rd,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                        Err(e) => return Err(Error::Io(e)),
+                    };
+                    while let Some(e) = rd.next_entry().await? {
+                        let meta = match e.metadata().await {
+                            Ok(m) if m.is_file() => m,
+                            Ok(_) => continue,
+                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                            Err(e) => return Err(Error::Io(e)),
+                        };
+                        let Some(name) = e.file_name().to_str().map(str::to_owned) else {
+                            continue;
+                        };
+                        out.push((format!("{prefix}{sub}/{name}"), meta.modified()?));
+                    }
+                }
+                Ok(out)
             }
         }
     }

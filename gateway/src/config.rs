@@ -60,9 +60,37 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_TEMPLATES_DIR")]
     pub templates_dir: Option<PathBuf>,
 
-    /// Archive versions kept per project; an older one is removed only after a newer one is verified.
-    #[arg(long, env = "GATEWAY_ARCHIVE_KEEP", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
-    pub archive_keep: u32,
+    /// Deprecated (use `--snapshot-keep`): the newest N versions are kept
+    /// and older ones removed whatever their age, i.e. `--snapshot-keep N`
+    /// with `--snapshot-retention-days 0` unless that is given.
+    #[arg(long, env = "GATEWAY_ARCHIVE_KEEP", hide = true, value_parser = clap::value_parser!(u32).range(1..))]
+    pub archive_keep: Option<u32>,
+
+    /// Snapshot versions never removed by retention: the newest N (default 3).
+    #[arg(long, env = "GATEWAY_SNAPSHOT_KEEP", value_parser = clap::value_parser!(u32).range(1..))]
+    pub snapshot_keep: Option<u32>,
+
+    /// Days a snapshot version is kept (or a duration such as `12h`); an
+    /// older one is removed unless it is among the newest `--snapshot-keep`
+    /// (default 7).
+    #[arg(long, env = "GATEWAY_SNAPSHOT_RETENTION_DAYS", value_parser = parse_days)]
+    pub snapshot_retention_days: Option<std::time::Duration>,
+
+    /// How often an active project is snapshotted without stopping anything
+    /// (reason `scheduled`), e.g. `6h`; `0` or `off` never.
+    #[arg(long, env = "GATEWAY_SNAPSHOT_INTERVAL", default_value = "6h", value_parser = parse_duration_or_off)]
+    pub snapshot_interval: std::time::Duration,
+
+    /// How old a pack or manifest that no recorded snapshot references must
+    /// be before garbage collection removes it (a snapshot in progress
+    /// uploads packs before its manifest is recorded).
+    #[arg(long, env = "GATEWAY_SNAPSHOT_GC_GRACE", default_value = "1h", value_parser = parse_duration)]
+    pub snapshot_gc_grace: std::time::Duration,
+
+    /// How often the elected replica applies retention and collects
+    /// unreferenced pack data of every project.
+    #[arg(long, env = "GATEWAY_SNAPSHOT_GC_INTERVAL", default_value = "1h", value_parser = parse_duration)]
+    pub snapshot_gc_interval: std::time::Duration,
 
     /// Days the command log keeps its entries.
     #[arg(long, env = "GATEWAY_LOG_RETENTION_DAYS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
@@ -310,6 +338,9 @@ impl Config {
                 return Err("--require-shared-state: no --secret or --secret-file (GATEWAY_SECRET, GATEWAY_SECRET_FILE); replicas would each make their own".into());
             }
         }
+        if self.snapshot_gc_interval.is_zero() {
+            return Err("--snapshot-gc-interval must be more than 0".into());
+        }
         if self.activity_interval.is_zero() {
             return Err("--activity-interval must be more than 0".into());
         }
@@ -318,6 +349,22 @@ impl Config {
             tracing::debug!("kubernetes runtime with the embedded state store");
         }
         Ok(())
+    }
+
+    /// Versions never removed by retention (`--snapshot-keep`, or the
+    /// deprecated `--archive-keep`; 3).
+    pub fn snapshot_keep(&self) -> usize {
+        self.snapshot_keep.or(self.archive_keep).unwrap_or(3) as usize
+    }
+
+    /// How long a version is kept (`--snapshot-retention-days`; 7 days, or
+    /// none when only the deprecated `--archive-keep` is given, as before).
+    pub fn snapshot_retention(&self) -> std::time::Duration {
+        match (self.snapshot_retention_days, self.archive_keep) {
+            (Some(d), _) => d,
+            (None, Some(_)) => std::time::Duration::ZERO,
+            (None, None) => std::time::Duration::from_secs(7 * 24 * 3600),
+        }
     }
 
     /// The archive location, `<data-dir>/archives` by default.
@@ -385,6 +432,25 @@ fn parse_minutes(s: &str) -> Result<std::time::Duration, String> {
     parse_duration(s)
 }
 
+/// Days (a bare number), or a duration such as `12h`.
+fn parse_days(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    if let Ok(days) = s.parse::<u64>() {
+        return Ok(std::time::Duration::from_secs(
+            days.saturating_mul(24 * 3600),
+        ));
+    }
+    parse_duration(s)
+}
+
+/// A duration as [`parse_duration`], or `off` (zero).
+fn parse_duration_or_off(s: &str) -> Result<std::time::Duration, String> {
+    if s.trim().eq_ignore_ascii_case("off") {
+        return Ok(std::time::Duration::ZERO);
+    }
+    parse_duration(s)
+}
+
 /// A duration such as `90s`, `5m`, `6h`, `7d` or `1h 30m` (humantime's
 /// format); a bare number is seconds.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -424,6 +490,35 @@ mod tests {
     }
 
     #[test]
+    fn retention_and_the_deprecated_archive_keep() {
+        let c = Config::parse_from(["gateway"]);
+        assert_eq!(c.snapshot_keep(), 3);
+        assert_eq!(c.snapshot_retention().as_secs(), 7 * 86400);
+        assert_eq!(c.snapshot_interval.as_secs(), 6 * 3600);
+        // The old flag meant "the newest N, whatever their age".
+        let c = Config::parse_from(["gateway", "--archive-keep", "2"]);
+        assert_eq!(
+            (c.snapshot_keep(), c.snapshot_retention().as_secs()),
+            (2, 0)
+        );
+        let c = Config::parse_from([
+            "gateway",
+            "--archive-keep",
+            "2",
+            "--snapshot-keep",
+            "5",
+            "--snapshot-retention-days",
+            "1",
+        ]);
+        assert_eq!(
+            (c.snapshot_keep(), c.snapshot_retention().as_secs()),
+            (5, 86400)
+        );
+        let c = Config::parse_from(["gateway", "--snapshot-interval", "off"]);
+        assert!(c.snapshot_interval.is_zero());
+    }
+
+    #[test]
     fn archive_locations() {
         assert_eq!(
             ArchiveLocation::parse("s3://b/p/q/").unwrap(),
@@ -446,6 +541,20 @@ mod tests {
         );
         assert_eq!(parse_minutes("90s"), Ok(std::time::Duration::from_secs(90)));
         assert!(parse_minutes("soon").is_err());
+        assert_eq!(
+            parse_days("7"),
+            Ok(std::time::Duration::from_secs(7 * 86400))
+        );
+        assert_eq!(
+            parse_days("12h"),
+            Ok(std::time::Duration::from_secs(12 * 3600))
+        );
+        assert_eq!(parse_duration_or_off("off"), Ok(std::time::Duration::ZERO));
+        assert_eq!(parse_duration_or_off("0"), Ok(std::time::Duration::ZERO));
+        assert_eq!(
+            parse_duration_or_off("6h"),
+            Ok(std::time::Duration::from_secs(6 * 3600))
+        );
         assert!(ArchiveLocation::parse("http://x").is_err());
         assert_eq!(
             ArchiveLocation::parse("/a").unwrap(),

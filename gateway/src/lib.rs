@@ -75,6 +75,8 @@ pub async fn run(
         config.idle_hibernate_minutes,
         config.activity_interval,
     ));
+    // Scheduled snapshots, retention and pack collection, on the elected replica.
+    tokio::spawn(lifecycle::snapshots::run(state.clone()));
 
     // Preview hosts are dispatched ahead of the API's router and middleware.
     let app = preview::in_front(state.clone(), api::router(state.clone()));

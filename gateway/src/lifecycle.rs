@@ -8,6 +8,10 @@
 //! (`Store::transition`): a replica that lost its lease cannot undo
 //! another's step.
 
+pub mod snapshots;
+
+pub use snapshots::snapshot_now;
+
 use std::collections::HashSet;
 use std::time::Instant;
 
@@ -544,7 +548,7 @@ pub async fn hibernate_unless_busy(
             stderr: String::new(),
         })
         .await;
-    prune_archives(state, id).await;
+    snapshots::retain(state, id).await;
     tracing::info!(
         project = id,
         version,
@@ -556,64 +560,6 @@ pub async fn hibernate_unless_busy(
     );
     drop(writes);
     Ok(Some(p))
-}
-
-/// Takes a snapshot of an active project now, without stopping anything
-/// (`POST /snapshots`): each file is read consistently (one that changes
-/// while it is read is read again), files written meanwhile may or may not
-/// be in it. Recorded as the newest version, with `reason`.
-pub async fn snapshot_now(state: &AppState, id: &str, reason: &str) -> Result<ArchiveVersion> {
-    let _guard = state.locks.lock(id).await?;
-    let p = state.project(id).await?;
-    if p.status != ProjectStatus::Active {
-        return Err(Error::ProjectNotActive(id.to_owned()));
-    }
-    let t0 = Instant::now();
-    let versions = state.store.list_archives(id).await?;
-    let version = versions.first().map(|a| a.version + 1).unwrap_or(1);
-    let previous = versions.iter().find(|a| a.snapshot.is_some()).cloned();
-    let result = take_snapshot(state, id, previous.as_ref()).await;
-    let (exit_code, stdout, stderr) = match &result {
-        Ok(t) => (
-            0,
-            format!(
-                "snapshot {}: {} files, {} bytes, {} bytes uploaded",
-                t.id, t.files, t.bytes, t.uploaded_bytes
-            ),
-            String::new(),
-        ),
-        Err(e) => (1, String::new(), e.to_string()),
-    };
-    state
-        .log_command(CommandLogEntry {
-            id: 0,
-            truncated: false,
-            project: id.to_owned(),
-            ts: Utc::now(),
-            label: "snapshot".into(),
-            command: format!("snapshot version {version} ({reason})"),
-            exit_code: Some(exit_code),
-            duration_ms: t0.elapsed().as_millis() as u64,
-            stdout,
-            stderr,
-        })
-        .await;
-    let taken = result?;
-    let v = ArchiveVersion {
-        project: id.to_owned(),
-        version,
-        key: taken.key,
-        size: taken.bytes,
-        sha256: String::new(),
-        files: taken.files,
-        created_at: Utc::now(),
-        snapshot: Some(taken.id),
-        reason: reason.to_owned(),
-        uploaded_bytes: taken.uploaded_bytes,
-    };
-    state.store.add_archive(&v).await?;
-    prune_archives(state, id).await;
-    Ok(v)
 }
 
 /// The agent of a project this replica is hibernating or snapshotting, under
@@ -832,69 +778,6 @@ async fn quiesce(state: &AppState, id: &str) -> Result<()> {
     }
     tracing::info!(project = id, terminals = sessions.len(), "project quiesced");
     Ok(())
-}
-
-/// Keeps the newest `archive_keep` versions. Called only after a newer
-/// version was verified and recorded. The packs of a removed snapshot go
-/// too, unless a version that stays references them (when one of those
-/// cannot be read, no pack is removed).
-async fn prune_archives(state: &AppState, id: &str) {
-    let keep = state.config.archive_keep as usize;
-    let Ok(all) = state.store.list_archives(id).await else {
-        return;
-    };
-    if all.len() <= keep {
-        return;
-    }
-    let (kept, old) = all.split_at(keep);
-    let mut live: HashSet<Id> = HashSet::new();
-    let mut live_known = true;
-    for a in kept {
-        if let Some(sid) = &a.snapshot {
-            match load_manifest(state, &a.key, sid).await {
-                Ok((_, m)) => live.extend(m.packs.iter().map(|p| p.id)),
-                Err(error) => {
-                    tracing::warn!(project = id, snapshot = %sid, error = %crate::error::Chain(&error), "cannot read a kept snapshot; no pack is removed");
-                    live_known = false;
-                }
-            }
-        }
-    }
-    for old in old {
-        let mut dead = Vec::new();
-        if let Some(sid) = &old.snapshot
-            && live_known
-            && let Ok((_, m)) = load_manifest(state, &old.key, sid).await
-        {
-            dead = m
-                .packs
-                .iter()
-                .filter(|p| !live.contains(&p.id))
-                .map(|p| p.id)
-                .collect();
-        }
-        match state.archives.delete(&old.key).await {
-            Ok(()) => {
-                if let Err(error) = state.store.delete_archive(id, old.version).await {
-                    tracing::warn!(project = id, version = old.version, error = %crate::error::Chain(&error), "cannot forget archive");
-                    continue;
-                }
-            }
-            Err(error) => {
-                tracing::warn!(project = id, key = %old.key, error = %crate::error::Chain(&error), "cannot remove old archive");
-                continue;
-            }
-        }
-        for pack in dead {
-            if let Err(error) = state
-                .archives
-                .delete(&state.archives.pack_key(id, &pack))
-                .await
-            {
-                tracing::warn!(project = id, %pack, error = %crate::error::Chain(&error), "cannot remove an unreferenced pack");
-            }
-        }
-    }
 }
 
 /// Removes the project: environment, archives, records.

@@ -202,6 +202,34 @@ pub async fn list(bucket: &str, prefix: &str) -> Result<Vec<String>> {
     Ok(keys)
 }
 
+/// Every key under `prefix`, with its `LastModified` time.
+pub async fn list_with_times(
+    bucket: &str,
+    prefix: &str,
+) -> Result<Vec<(String, std::time::SystemTime)>> {
+    let mut keys = Vec::new();
+    let mut pages = client()
+        .await
+        .list_objects_v2()
+        .bucket(bucket)
+        .prefix(prefix)
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| unavailable("list", bucket, prefix, e))?;
+        for o in page.contents() {
+            let (Some(key), Some(at)) = (o.key(), o.last_modified()) else {
+                continue;
+            };
+            let at = std::time::SystemTime::try_from(*at).map_err(|e| {
+                Error::Unavailable(format!("s3 list {bucket}/{prefix}: {key}'s time: {e}"))
+            })?;
+            keys.push((key.to_owned(), at));
+        }
+    }
+    Ok(keys)
+}
+
 /// Creates the bucket when it does not exist (a fresh MinIO, moto or s3s-fs); an
 /// existing one is left alone.
 pub async fn ensure_bucket(bucket: &str) -> Result<()> {

@@ -147,6 +147,9 @@ async fn archive_versions_are_kept_up_to_the_limit() {
     let gw = Gateway::builder()
         .arg("--archive-keep")
         .arg("2")
+        // Unreferenced packs go once older than the grace period.
+        .arg("--snapshot-gc-grace")
+        .arg("0s")
         .start()
         .await
         .unwrap();

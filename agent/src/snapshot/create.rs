@@ -323,9 +323,21 @@ type FileRead = (u64, u32, i64, Vec<Id>);
 /// (size, mtime or ctime differ before and after), so each file is
 /// consistent. `None` when it went away.
 fn read_file(dir: &Dir, name: &str, path: &str, w: &mut Writer<'_>) -> Result<Option<FileRead>> {
+    read_file_with(dir, name, path, w, &mut |_| {})
+}
+
+/// [`read_file`], calling `between(attempt)` after each read and before
+/// the file's metadata is looked at again (the tests change the file there).
+fn read_file_with(
+    dir: &Dir,
+    name: &str,
+    path: &str,
+    w: &mut Writer<'_>,
+    between: &mut dyn FnMut(usize),
+) -> Result<Option<FileRead>> {
     let mut opts = OpenOptions::new();
     opts.read(true).follow(FollowSymlinks::No);
-    for _ in 0..REREADS {
+    for attempt in 0..REREADS {
         let f = match dir.open_with(name, &opts) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -342,6 +354,7 @@ fn read_file(dir: &Dir, name: &str, path: &str, w: &mut Writer<'_>) -> Result<Op
             size += data.len() as u64;
             chunks.push(w.chunk(&data)?);
         }
+        between(attempt);
         let seen_ns = now_ns();
         let after = f.metadata()?;
         let stable = size == after.len()
@@ -377,4 +390,102 @@ pub(crate) fn now_ns() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn writer(stop: &AtomicBool) -> (Writer<'_>, tokio::sync::mpsc::Receiver<NewPack>) {
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let w = Writer {
+            unchanged: HashMap::new(),
+            stamps: HashMap::new(),
+            reused_files: 0,
+            known: HashMap::new(),
+            previous_packs: Vec::new(),
+            used_previous: BTreeSet::new(),
+            fresh: HashSet::new(),
+            pack: PackBuilder::new(),
+            new_packs: Vec::new(),
+            out: tx,
+            stop,
+        };
+        (w, rx)
+    }
+
+    fn open_root(tmp: &std::path::Path) -> Dir {
+        Dir::open_ambient_dir(tmp, cap_std::ambient_authority()).unwrap()
+    }
+
+    #[test]
+    fn a_file_changed_while_read_is_read_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("f.txt");
+        std::fs::write(&file, b"old content").unwrap();
+        let root = open_root(tmp.path());
+        let stop = AtomicBool::new(false);
+        let (mut w, _rx) = writer(&stop);
+        let mut calls = 0;
+        let got = read_file_with(&root, "f.txt", "f.txt", &mut w, &mut |attempt| {
+            calls += 1;
+            if attempt == 0 {
+                std::fs::write(&file, b"the new, longer content").unwrap();
+            }
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(calls, 2, "read once more after the change");
+        assert_eq!(got.0, 23);
+        assert_eq!(got.3, vec![Id::of(b"the new, longer content")]);
+    }
+
+    #[test]
+    fn a_same_size_rewrite_with_its_mtime_put_back_is_caught_by_ctime() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("f.txt");
+        std::fs::write(&file, b"AAAA").unwrap();
+        let mtime = std::fs::metadata(&file).unwrap().modified().unwrap();
+        let root = open_root(tmp.path());
+        let stop = AtomicBool::new(false);
+        let (mut w, _rx) = writer(&stop);
+        let got = read_file_with(&root, "f.txt", "f.txt", &mut w, &mut |attempt| {
+            if attempt == 0 {
+                // Same size, same mtime: only the ctime tells.
+                std::fs::write(&file, b"BBBB").unwrap();
+                let f = std::fs::File::options().write(true).open(&file).unwrap();
+                f.set_modified(mtime).unwrap();
+            }
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(got.3, vec![Id::of(b"BBBB")], "never the torn read");
+        let ns = mtime
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as i64;
+        assert_eq!(got.2, ns, "the mtime put back");
+    }
+
+    #[test]
+    fn a_file_that_never_settles_fails_the_snapshot() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("busy.log");
+        std::fs::write(&file, b"0").unwrap();
+        let root = open_root(tmp.path());
+        let stop = AtomicBool::new(false);
+        let (mut w, _rx) = writer(&stop);
+        let mut calls = 0;
+        let err = read_file_with(&root, "busy.log", "logs/busy.log", &mut w, &mut |attempt| {
+            calls += 1;
+            std::fs::write(&file, "x".repeat(attempt + 2)).unwrap();
+        })
+        .unwrap_err();
+        assert_eq!(calls, REREADS, "bounded");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("logs/busy.log") && msg.contains("kept changing"),
+            "{msg}"
+        );
+    }
 }
