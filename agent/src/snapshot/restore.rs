@@ -172,6 +172,7 @@ fn move_in(root: &Dir, s: &Staging, m: &Manifest) -> Result<()> {
                 format!("cannot move {} into place: {err}", e.path),
             ))
         })?;
+        crate::pause::at_blocking("restore-commit");
     }
     for e in m.entries.iter().rev() {
         if e.kind == Kind::Dir && !e.path.is_empty() && !e.path.contains('/') {
