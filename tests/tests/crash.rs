@@ -136,8 +136,19 @@ async fn call(gw: &Gateway, p: &str, what: &str) -> Result<Value> {
     Ok(serde_json::from_str(&body)?)
 }
 
+/// A process: its id and its start time (field 22 of `/proc/<pid>/stat`),
+/// so that an id the system gave to another process since is never killed.
+type Process = (i32, String);
+
+/// The start time of `pid`, while it runs.
+fn started(pid: i32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(") ")?;
+    rest.split_whitespace().nth(19).map(str::to_owned)
+}
+
 /// The agents the gateway started (children named `agent`).
-fn agents_of(gateway: u32) -> Vec<i32> {
+fn agents_of(gateway: u32) -> Vec<Process> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
@@ -151,18 +162,26 @@ fn agents_of(gateway: u32) -> Vec<i32> {
             continue;
         };
         let ppid = rest.split_whitespace().nth(1).and_then(|s| s.parse().ok());
-        if ppid == Some(gateway) && head.ends_with("(agent") {
-            out.push(pid);
+        if ppid == Some(gateway)
+            && head.ends_with("(agent")
+            && let Some(t) = started(pid)
+        {
+            out.push((pid, t));
         }
     }
     out
 }
 
-fn sigkill(pid: i32) -> Result<()> {
+/// SIGKILL, when `p` is still the process it was.
+fn sigkill(p: &Process) -> Result<()> {
+    if started(p.0).as_ref() != Some(&p.1) {
+        bail!("process {} is gone", p.0);
+    }
     let st = std::process::Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
+        .args(["-KILL", &p.0.to_string()])
+        .stderr(std::process::Stdio::null())
         .status()?;
-    ensure!(st.success(), "kill -KILL {pid}: {st}");
+    ensure!(st.success(), "kill -KILL {}: {st}", p.0);
     Ok(())
 }
 
@@ -183,9 +202,19 @@ fn archive_temporaries(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// One step: set up, hold the step, SIGKILL the agent then the gateway,
-/// start the gateway again, check.
-async fn kill_at(op: Op, step: &str) -> Result<()> {
+/// Which processes a case kills at the held step.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Kill {
+    /// The agent, then (half a second later) the gateway.
+    AgentThenGateway,
+    /// The gateway alone: the agent, held in its step, gets its
+    /// parent-death SIGTERM and may go on for its grace period.
+    Gateway,
+}
+
+/// One step: set up, hold the step, SIGKILL as `kill` says, start the
+/// gateway again, check.
+async fn kill_at(op: Op, step: &str, kill: Kill) -> Result<()> {
     let pauses = tempfile::tempdir()?;
     // The agent runs as the project's user and writes its marker there too.
     std::fs::set_permissions(pauses.path(), std::fs::Permissions::from_mode(0o777))?;
@@ -237,11 +266,13 @@ async fn kill_at(op: Op, step: &str) -> Result<()> {
     let gateway = gw.pid().context("gateway pid")?;
     let agents = agents_of(gateway);
     ensure!(!agents.is_empty(), "no agent runs at {step}");
-    for agent in agents {
-        sigkill(agent)?;
+    if kill == Kill::AgentThenGateway {
+        for agent in &agents {
+            sigkill(agent)?;
+        }
+        // The gateway may see the agent go (a step it was waiting for fails).
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    // The gateway may see the agent go (a step it was waiting for fails).
-    tokio::time::sleep(Duration::from_millis(500)).await;
     gw.kill();
     in_flight.abort();
     let archives = gw.data_dir.join("archives");
@@ -299,19 +330,32 @@ async fn kill_at(op: Op, step: &str) -> Result<()> {
     );
     call(&gw, p, "open").await?;
     check(&want, "after one more hibernation")?;
+    // An agent of the killed gateway may still be in its grace period.
+    for agent in &agents {
+        let _ = sigkill(agent);
+    }
     Ok(())
 }
 
-async fn all(op: Op, steps: &[&'static str]) {
-    let runs = steps.iter().map(|&s| async move {
-        let r = kill_at(op, s).await;
-        (s, r)
+/// Every step with both kills where the agent holds it (the gateway alone
+/// dying is then a case of its own), the agent then the gateway elsewhere.
+async fn all(op: Op, steps: &[(&'static str, bool)]) {
+    let mut cases = Vec::new();
+    for &(step, agent_step) in steps {
+        cases.push((step, Kill::AgentThenGateway));
+        if agent_step {
+            cases.push((step, Kill::Gateway));
+        }
+    }
+    let runs = cases.iter().map(|&(s, k)| async move {
+        let r = kill_at(op, s, k).await;
+        (s, k, r)
     });
     let mut failed = Vec::new();
-    for (step, r) in futures::future::join_all(runs).await {
+    for (step, kill, r) in futures::future::join_all(runs).await {
         match r {
-            Ok(()) => eprintln!("{op:?} killed at {step}: ok"),
-            Err(e) => failed.push(format!("{op:?} killed at {step}: {e:#}")),
+            Ok(()) => eprintln!("{op:?}, {kill:?} killed at {step}: ok"),
+            Err(e) => failed.push(format!("{op:?}, {kill:?} killed at {step}: {e:#}")),
         }
     }
     assert!(failed.is_empty(), "{failed:#?}");
@@ -323,19 +367,19 @@ async fn sigkill_at_every_step_of_a_hibernation() {
         Op::Hibernate,
         &[
             // gateway: processes being stopped
-            "hibernate-quiesce",
+            ("hibernate-quiesce", false),
             // agent: a batch of packs uploaded, more to come
-            "snapshot-upload",
+            ("snapshot-upload", true),
             // gateway: a pack's temporary file written, not renamed
-            "archive-rename",
+            ("archive-rename", false),
             // gateway: packs uploaded, manifest not stored
-            "hibernate-verify",
+            ("hibernate-verify", false),
             // gateway: manifest stored, not recorded
-            "hibernate-manifest",
+            ("hibernate-manifest", false),
             // gateway: recorded, not marked hibernated
-            "hibernate-record",
+            ("hibernate-record", false),
             // gateway: marked hibernated, folder half removed
-            "hibernate-teardown",
+            ("hibernate-teardown", false),
         ],
     )
     .await;
@@ -347,11 +391,11 @@ async fn sigkill_at_every_step_of_a_restore() {
         Op::Restore,
         &[
             // agent: a batch of packs fetched into the staging folder
-            "restore-download",
+            ("restore-download", true),
             // agent: the first entry moved into place, the others not
-            "restore-commit",
+            ("restore-commit", true),
             // gateway: every file in place, not marked active
-            "restore-files",
+            ("restore-files", false),
         ],
     )
     .await;
