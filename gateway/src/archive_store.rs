@@ -395,6 +395,41 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_sweep_takes_only_abandoned_temporaries() {
+        let dir = tempfile::tempdir().unwrap();
+        let packs = dir.path().join("p1/packs");
+        std::fs::create_dir_all(&packs).unwrap();
+        let dead = packs.join(".dead.tmp");
+        let live = packs.join(".live.tmp");
+        let object = packs.join("00ff");
+        for f in [&dead, &live, &object] {
+            std::fs::write(f, "x").unwrap();
+        }
+        // A writer that still runs holds its lock (any process: flock is
+        // per open file, so this one counts as another writer).
+        let writer = std::fs::File::open(&live).unwrap();
+        rustix::fs::flock(
+            &writer,
+            rustix::fs::FlockOperation::NonBlockingLockExclusive,
+        )
+        .unwrap();
+        let later = std::time::SystemTime::now() + Duration::from_secs(5);
+        assert_eq!(
+            sweep_dir(dir.path(), std::time::UNIX_EPOCH, 0),
+            0,
+            "newer than the sweep"
+        );
+        assert_eq!(sweep_dir(dir.path(), later, 0), 1);
+        assert!(!dead.exists() && live.exists() && object.exists());
+        drop(writer);
+        assert_eq!(sweep_dir(dir.path(), later, 0), 1);
+        assert!(!live.exists() && object.exists());
+        // A put leaves no temporary behind.
+        write_atomic(&packs.join("0100"), b"data").unwrap();
+        assert_eq!(std::fs::read_dir(&packs).unwrap().count(), 2);
+    }
+
+    #[test]
     fn folder_signatures_bind_method_key_and_expiry() {
         let s = ArchiveStore::new(ArchiveLocation::Folder("/x".into()), b"secret").unwrap();
         let other = ArchiveStore::new(ArchiveLocation::Folder("/x".into()), b"other").unwrap();
