@@ -8,7 +8,8 @@
 //! acknowledged just before the hibernation is there, and no temporary file
 //! is left: no `.agent-tmp-*` in the project, no `.*.tmp` in the archive
 //! folder. A hibernation and an open after that still round-trip the tree.
-//! The steps run side by side, each on a gateway of its own.
+//! The steps run side by side, each on a gateway of its own; a few of them
+//! again with the archive store in S3 (moto).
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
@@ -17,8 +18,8 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail, ensure};
 use serde_json::{Value, json};
-use tests::eventually;
 use tests::gateway::Gateway;
+use tests::{S3Server, eventually};
 
 /// path → (kind, mode, mtime in ns, content or link target) of every entry.
 type Tree = BTreeMap<String, (&'static str, u32, i64, Vec<u8>)>;
@@ -96,6 +97,9 @@ ln -s repo/README.md inside
 ln -s /etc/hostname outside
 touch -d '@1600000000.123456789' run.sh big.bin
 "#;
+
+/// The bucket of the S3 cases (one prefix per case).
+const BUCKET: &str = "crash";
 
 const PAUSE_AT: &str = "DEVGATE_TEST_PAUSE_AT";
 const PAUSE_DIR: &str = "DEVGATE_TEST_PAUSE_DIR";
@@ -214,16 +218,20 @@ enum Kill {
 
 /// One step: set up, hold the step, SIGKILL as `kill` says, start the
 /// gateway again, check.
-async fn kill_at(op: Op, step: &str, kill: Kill) -> Result<()> {
+async fn kill_at(op: Op, step: &str, kill: Kill, s3: Option<&S3Server>) -> Result<()> {
     let pauses = tempfile::tempdir()?;
     // The agent runs as the project's user and writes its marker there too.
     std::fs::set_permissions(pauses.path(), std::fs::Permissions::from_mode(0o777))?;
-    let mut gw = Gateway::builder()
+    let mut builder = Gateway::builder()
         .args(&["--lease-secs", "2"])
         .env(PAUSE_AT, step)
-        .env(PAUSE_DIR, pauses.path().to_string_lossy())
-        .start()
-        .await?;
+        .env(PAUSE_DIR, pauses.path().to_string_lossy());
+    if let Some(s3) = s3 {
+        builder = builder
+            .envs(&s3.env())
+            .archive(format!("s3://{BUCKET}/{step}-{kill:?}"));
+    }
+    let mut gw = builder.start().await?;
     let p = "keep";
     gw.open_project(p).await?;
     exec_ok(&gw, p, TREE).await?;
@@ -339,7 +347,7 @@ async fn kill_at(op: Op, step: &str, kill: Kill) -> Result<()> {
 
 /// Every step with both kills where the agent holds it (the gateway alone
 /// dying is then a case of its own), the agent then the gateway elsewhere.
-async fn all(op: Op, steps: &[(&'static str, bool)]) {
+async fn all(op: Op, steps: &[(&'static str, bool)], s3: Option<&S3Server>) {
     let mut cases = Vec::new();
     for &(step, agent_step) in steps {
         cases.push((step, Kill::AgentThenGateway));
@@ -348,13 +356,16 @@ async fn all(op: Op, steps: &[(&'static str, bool)]) {
         }
     }
     let runs = cases.iter().map(|&(s, k)| async move {
-        let r = kill_at(op, s, k).await;
+        let r = kill_at(op, s, k, s3).await;
         (s, k, r)
     });
     let mut failed = Vec::new();
     for (step, kill, r) in futures::future::join_all(runs).await {
         match r {
-            Ok(()) => eprintln!("{op:?}, {kill:?} killed at {step}: ok"),
+            Ok(()) => eprintln!(
+                "{op:?}, {kill:?} killed at {step} (s3: {}): ok",
+                s3.is_some()
+            ),
             Err(e) => failed.push(format!("{op:?}, {kill:?} killed at {step}: {e:#}")),
         }
     }
@@ -381,6 +392,7 @@ async fn sigkill_at_every_step_of_a_hibernation() {
             // gateway: marked hibernated, folder half removed
             ("hibernate-teardown", false),
         ],
+        None,
     )
     .await;
 }
@@ -397,6 +409,30 @@ async fn sigkill_at_every_step_of_a_restore() {
             // gateway: every file in place, not marked active
             ("restore-files", false),
         ],
+        None,
     )
     .await;
+}
+
+/// The same with the archive store in S3 (moto): packs go up and down on
+/// presigned URLs, the manifest through the gateway's client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_with_an_s3_archive_store() {
+    let s3 = S3Server::start().await.unwrap();
+    s3.create_bucket(BUCKET).await.unwrap();
+    let hibernate = all(
+        Op::Hibernate,
+        &[
+            ("snapshot-upload", true),
+            ("hibernate-manifest", false),
+            ("hibernate-record", false),
+        ],
+        Some(&s3),
+    );
+    let restore = all(
+        Op::Restore,
+        &[("restore-download", true), ("restore-files", false)],
+        Some(&s3),
+    );
+    futures::future::join(hibernate, restore).await;
 }
