@@ -70,7 +70,7 @@ fn diff(want: &Tree, got: &Tree) -> Vec<String> {
 }
 
 /// A project worth keeping: a git repository, an executable, a symlink
-/// inside and one outside, an empty directory, a file big enough for a few
+/// inside and one outside, an empty directory, read-only directories, a file big enough for a few
 /// chunks, several top-level entries (so a restore's moves can be cut
 /// between two of them).
 const TREE: &str = r#"set -e
@@ -95,6 +95,9 @@ echo 'module.exports = 1' > node_modules/dep/index.js
 head -c 2500000 /dev/urandom > big.bin
 ln -s repo/README.md inside
 ln -s /etc/hostname outside
+mkdir -p tools/ro/sub
+echo x > tools/ro/sub/f
+chmod 555 tools/ro/sub tools/ro
 touch -d '@1600000000.123456789' run.sh big.bin
 "#;
 
