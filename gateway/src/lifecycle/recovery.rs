@@ -29,16 +29,8 @@ use crate::store::{ContainerStatus, ProjectStatus};
 /// After a restart: active projects get their agents back and their running
 /// containers restarted; a step cut short is settled (see the module).
 pub async fn reconcile(state: AppState) {
-    match state.archives.sweep_temporaries().await {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(
-            removed = n,
-            "removed temporary files of unfinished archive writes"
-        ),
-        Err(error) => {
-            tracing::warn!(error = %crate::error::Chain(&error), "cannot sweep the archive store's temporary files");
-        }
-    }
+    // Beside the projects' pass: a large folder store takes a while to walk.
+    tokio::spawn(sweep(state.clone()));
     let projects = match state.store.list_projects().await {
         Ok(p) => p,
         Err(error) => {
@@ -65,6 +57,20 @@ pub async fn reconcile(state: AppState) {
         };
         if let Err(error) = result {
             tracing::error!(project = %p.id, error = %crate::error::Chain(&error), "cannot bring the project back at start-up");
+        }
+    }
+}
+
+/// The folder archive store's temporary files of puts cut short.
+async fn sweep(state: AppState) {
+    match state.archives.sweep_temporaries().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            removed = n,
+            "removed temporary files of unfinished archive writes"
+        ),
+        Err(error) => {
+            tracing::warn!(error = %crate::error::Chain(&error), "cannot sweep the archive store's temporary files");
         }
     }
 }
