@@ -10,6 +10,7 @@ mod error;
 mod fs;
 mod git;
 pub mod init;
+mod pause;
 mod process;
 mod snapshot;
 mod watch;

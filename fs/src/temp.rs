@@ -40,6 +40,57 @@ pub fn is_temporary(name: &str) -> bool {
     name.starts_with(TMP_PREFIX)
 }
 
+/// Removes the directory `name` in `dir` with everything in it, like
+/// `remove_dir_all`, also when a directory inside is read-only: without
+/// root, the entries of a directory without write permission cannot be
+/// removed, and a restore's staging directory carries the snapshot's modes
+/// (a project may hold a `0555` folder, such as Go's module cache). On such
+/// a refusal every directory under `name` is made writable by its owner and
+/// the removal tried again. Symlinks are never followed.
+pub fn remove_tree(dir: &cap_std::fs::Dir, name: &str) -> std::io::Result<()> {
+    match dir.remove_dir_all(name) {
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            make_writable(dir, std::path::Path::new(name))?;
+            dir.remove_dir_all(name)
+        }
+        other => other,
+    }
+}
+
+/// [`remove_tree`] of a folder named by its path.
+pub fn remove_tree_at(path: &std::path::Path) -> std::io::Result<()> {
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{} has no parent", path.display()),
+        ));
+    };
+    let dir = cap_std::fs::Dir::open_ambient_dir(parent, cap_std::ambient_authority())?;
+    remove_tree(&dir, &name.to_string_lossy())
+}
+
+/// Gives the owner full access to directory `name` and every directory
+/// under it (not following symlinks).
+fn make_writable(dir: &cap_std::fs::Dir, name: &std::path::Path) -> std::io::Result<()> {
+    use cap_std::fs::PermissionsExt as _;
+    let m = dir.symlink_metadata(name)?;
+    if !m.is_dir() {
+        return Ok(());
+    }
+    let mode = m.permissions().mode();
+    if mode & 0o700 != 0o700 {
+        dir.set_permissions(name, cap_std::fs::Permissions::from_mode(mode | 0o700))?;
+    }
+    let sub = dir.open_dir(name)?;
+    for e in sub.entries()? {
+        let e = e?;
+        if e.file_type()?.is_dir() {
+            make_writable(&sub, std::path::Path::new(&e.file_name()))?;
+        }
+    }
+    Ok(())
+}
+
 /// Removes the temporary files of writes and the staging directories of
 /// extracts that never finished (the agent was killed) anywhere under `dir`;
 /// only entries older than `before`, so those of work begun since are left
@@ -62,7 +113,7 @@ pub fn sweep_temporaries(dir: &cap_std::fs::Dir, before: std::time::SystemTime) 
             // its content was never part of the tree. Its modes are still
             // the writable ones it was made with (modes are set only once
             // its entries are in place).
-            if old() && dir.remove_dir_all(&name).is_ok() {
+            if old() && name.to_str().is_some_and(|n| remove_tree(dir, n).is_ok()) {
                 removed += 1;
             }
         } else if ft.is_dir() {
@@ -113,5 +164,60 @@ mod tests {
         assert!(!staging.exists());
         assert!(tmp.path().join("keep.txt").exists());
         assert!(!tmp.path().join("d").join(tmp_name(1)).exists());
+    }
+
+    /// As a user other than root (the test runs itself again as `nobody`
+    /// when it runs as root, whom permissions do not stop).
+    #[test]
+    fn remove_tree_takes_read_only_directories() {
+        const INNER: &str = "DEVGATE_FS_TEST_AS_USER";
+        if rustix::process::geteuid().is_root() && std::env::var_os(INNER).is_none() {
+            use std::os::unix::process::CommandExt as _;
+            let st = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "temp::tests::remove_tree_takes_read_only_directories",
+                ])
+                .env(INNER, "1")
+                .env("TMPDIR", "/tmp")
+                .uid(65534)
+                .gid(65534)
+                .status()
+                .unwrap();
+            assert!(st.success(), "as nobody: {st}");
+            return;
+        }
+        use std::os::unix::fs::PermissionsExt as _;
+        let tmp = tempfile::tempdir().unwrap();
+        let ro = tmp.path().join("a/ro");
+        std::fs::create_dir_all(ro.join("sub")).unwrap();
+        std::fs::write(ro.join("f"), "x").unwrap();
+        std::fs::write(ro.join("sub/g"), "x").unwrap();
+        std::os::unix::fs::symlink("/", ro.join("up")).unwrap();
+        for d in [ro.join("sub"), ro.clone()] {
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o555)).unwrap();
+        }
+        let dir =
+            cap_std::fs::Dir::open_ambient_dir(tmp.path(), cap_std::ambient_authority()).unwrap();
+        let plain = dir.remove_dir_all("a").unwrap_err();
+        assert_eq!(
+            plain.kind(),
+            std::io::ErrorKind::PermissionDenied,
+            "{plain}"
+        );
+        remove_tree(&dir, "a").unwrap();
+        assert!(!tmp.path().join("a").exists());
+        // By path, as the gateway's teardown does.
+        std::fs::create_dir_all(tmp.path().join("b/ro")).unwrap();
+        std::fs::set_permissions(
+            tmp.path().join("b/ro"),
+            std::fs::Permissions::from_mode(0o500),
+        )
+        .unwrap();
+        std::fs::write(tmp.path().join("b/f"), "x").unwrap();
+        std::fs::set_permissions(tmp.path().join("b"), std::fs::Permissions::from_mode(0o555))
+            .unwrap();
+        remove_tree_at(&tmp.path().join("b")).unwrap();
+        assert!(!tmp.path().join("b").exists());
     }
 }

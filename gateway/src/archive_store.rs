@@ -8,7 +8,8 @@
 //! folder they point at the gateway's own `/_objects/{key}` route with an
 //! HMAC over method, key and expiry (`sign_url`, `check_url`).
 
-use std::path::PathBuf;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
@@ -17,7 +18,6 @@ use devgate_snapshot::Id;
 use futures::stream::{BoxStream, StreamExt as _};
 use hmac::{Hmac, Mac as _};
 use sha2::Sha256;
-use tokio::io::AsyncWriteExt as _;
 
 use crate::config::ArchiveLocation;
 use crate::error::{Error, Result};
@@ -157,36 +157,32 @@ impl ArchiveStore {
     }
 
     /// Writes an object: for a folder, to a temporary file, fsynced, then
-    /// renamed into place.
+    /// renamed into place (`write_atomic`).
     pub async fn put(&self, key: &str, body: Bytes) -> Result<()> {
         match &self.kind {
             Kind::S3 { bucket, .. } => crate::s3::put(bucket, key, body).await,
             Kind::Folder(_) => {
                 let path = self.folder_path(key)?;
-                let parent = path
-                    .parent()
-                    .map(PathBuf::from)
-                    .ok_or_else(|| Error::internal("object key without a parent"))?;
-                tokio::fs::create_dir_all(&parent).await?;
-                let tmp = parent.join(format!(".{}.tmp", uuid::Uuid::new_v4()));
-                let result = async {
-                    let mut f = tokio::fs::File::create(&tmp).await?;
-                    f.write_all(&body).await?;
-                    f.sync_all().await?;
-                    drop(f);
-                    tokio::fs::rename(&tmp, &path).await?;
-                    if let Ok(d) = tokio::fs::File::open(&parent).await {
-                        let _ = d.sync_all().await;
-                    }
-                    Ok::<_, Error>(())
-                }
-                .await;
-                if result.is_err() {
-                    let _ = tokio::fs::remove_file(&tmp).await;
-                }
-                result
+                tokio::task::spawn_blocking(move || write_atomic(&path, &body))
+                    .await
+                    .map_err(Error::internal)?
             }
         }
+    }
+
+    /// Removes the temporary files of folder puts that never finished (the
+    /// gateway was killed): those older than this call whose writer is gone
+    /// (a live writer holds a lock on its file, whichever process it is).
+    /// Answers how many were removed; an S3 store has none (a PUT is whole
+    /// or absent).
+    pub async fn sweep_temporaries(&self) -> Result<usize> {
+        let Kind::Folder(dir) = &self.kind else {
+            return Ok(0);
+        };
+        let (dir, before) = (dir.clone(), std::time::SystemTime::now());
+        tokio::task::spawn_blocking(move || sweep_dir(&dir, before, 0))
+            .await
+            .map_err(Error::internal)
     }
 
     /// An object's bytes, at most `limit`.
@@ -342,6 +338,76 @@ impl ArchiveStore {
     }
 }
 
+/// Writes `body` at `path` through a temporary file beside it (`.{uuid}.tmp`),
+/// fsynced, then renamed into place. The temporary file is locked while it
+/// is written, so that a sweep never removes the file of a live writer.
+fn write_atomic(path: &Path, body: &[u8]) -> Result<()> {
+    let parent = path
+        .parent()
+        .ok_or_else(|| Error::internal("object key without a parent"))?;
+    std::fs::create_dir_all(parent)?;
+    let tmp = parent.join(format!(".{}{TMP_SUFFIX}", uuid::Uuid::new_v4()));
+    let result = (|| {
+        let mut f = std::fs::File::create_new(&tmp)?;
+        rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+            .map_err(std::io::Error::from)?;
+        f.write_all(body)?;
+        f.sync_all()?;
+        crate::pause::at_blocking("archive-rename");
+        std::fs::rename(&tmp, path)?;
+        if let Ok(d) = std::fs::File::open(parent) {
+            let _ = d.sync_all();
+        }
+        Ok::<_, Error>(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// The end of the name of a folder put's temporary file.
+const TMP_SUFFIX: &str = ".tmp";
+
+/// Objects lie at most this deep in the folder (`{project}/packs/{id}`).
+const DEPTH: u32 = 3;
+
+/// [`ArchiveStore::sweep_temporaries`] in `dir`, `depth` levels down.
+fn sweep_dir(dir: &Path, before: std::time::SystemTime, depth: u32) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let Ok(ft) = e.file_type() else { continue };
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if ft.is_dir() && depth + 1 < DEPTH {
+            removed += sweep_dir(&e.path(), before, depth + 1);
+        } else if ft.is_file()
+            && name.starts_with('.')
+            && name.ends_with(TMP_SUFFIX)
+            && abandoned(&e.path(), before)
+            && std::fs::remove_file(e.path()).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+/// Whether a temporary file is older than `before` and no writer holds it.
+fn abandoned(path: &Path, before: std::time::SystemTime) -> bool {
+    let Ok(f) = std::fs::File::open(path) else {
+        return false;
+    };
+    let old = f
+        .metadata()
+        .and_then(|m| m.modified())
+        .is_ok_and(|t| t < before);
+    old && rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok()
+}
+
 fn not_found(key: &str, e: std::io::Error) -> Error {
     if e.kind() == std::io::ErrorKind::NotFound {
         Error::NotFound(format!("object {key} not found"))
@@ -360,6 +426,41 @@ fn now_secs() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sweep_takes_only_abandoned_temporaries() {
+        let dir = tempfile::tempdir().unwrap();
+        let packs = dir.path().join("p1/packs");
+        std::fs::create_dir_all(&packs).unwrap();
+        let dead = packs.join(".dead.tmp");
+        let live = packs.join(".live.tmp");
+        let object = packs.join("00ff");
+        for f in [&dead, &live, &object] {
+            std::fs::write(f, "x").unwrap();
+        }
+        // A writer that still runs holds its lock (any process: flock is
+        // per open file, so this one counts as another writer).
+        let writer = std::fs::File::open(&live).unwrap();
+        rustix::fs::flock(
+            &writer,
+            rustix::fs::FlockOperation::NonBlockingLockExclusive,
+        )
+        .unwrap();
+        let later = std::time::SystemTime::now() + Duration::from_secs(5);
+        assert_eq!(
+            sweep_dir(dir.path(), std::time::UNIX_EPOCH, 0),
+            0,
+            "newer than the sweep"
+        );
+        assert_eq!(sweep_dir(dir.path(), later, 0), 1);
+        assert!(!dead.exists() && live.exists() && object.exists());
+        drop(writer);
+        assert_eq!(sweep_dir(dir.path(), later, 0), 1);
+        assert!(!live.exists() && object.exists());
+        // A put leaves no temporary behind.
+        write_atomic(&packs.join("0100"), b"data").unwrap();
+        assert_eq!(std::fs::read_dir(&packs).unwrap().count(), 2);
+    }
 
     #[test]
     fn folder_signatures_bind_method_key_and_expiry() {

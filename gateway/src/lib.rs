@@ -15,6 +15,7 @@ pub mod lease;
 pub mod lifecycle;
 pub mod local_files;
 pub mod metrics;
+pub mod pause;
 pub mod preview;
 pub mod runtime;
 pub mod s3;
@@ -76,7 +77,7 @@ pub async fn run(
         config.activity_interval,
     ));
     // Scheduled snapshots, retention and pack collection, on the elected replica.
-    tokio::spawn(lifecycle::snapshots::run(state.clone()));
+    tokio::spawn(lifecycle::upkeep::run(state.clone()));
 
     // Preview hosts are dispatched ahead of the API's router and middleware.
     let app = preview::in_front(state.clone(), api::router(state.clone()));

@@ -8,20 +8,10 @@
 //! (`Store::transition`): a replica that lost its lease cannot undo
 //! another's step.
 
-pub mod snapshots;
-
-pub use snapshots::snapshot_now;
-
-use std::collections::HashSet;
 use std::time::Instant;
 
-use bytes::Bytes;
 use chrono::Utc;
-use devgate_snapshot::{Id, MANIFEST_MAX, Manifest};
-use futures::FutureExt as _;
 
-use crate::agent_client::{AgentClient, ExtractSummary};
-use crate::archive_store::Method;
 use crate::error::{Error, Result};
 use crate::metrics::{LifecycleLabels, OpLabels};
 use crate::runtime::ContainerSpec;
@@ -29,6 +19,14 @@ use crate::state::AppState;
 use crate::store::{
     ArchiveVersion, CommandLogEntry, ContainerStatus, Project, ProjectStatus, Transition,
 };
+
+mod recovery;
+mod snapshots;
+pub mod upkeep;
+
+pub use recovery::reconcile;
+use snapshots::{restore_snapshot, step_agent, take_snapshot};
+pub use upkeep::snapshot_now;
 
 /// Records a new project, status `created` (no environment yet).
 pub async fn create(state: &AppState, id: &str, name: Option<String>) -> Result<Project> {
@@ -289,6 +287,7 @@ async fn restore(state: &AppState, p: &mut Project, wanted: Option<&str>) -> Res
         .observe(elapsed.as_secs_f64());
     match result {
         Ok(restored) => {
+            crate::pause::at("restore-files").await;
             for mut c in state.store.list_containers(&id).await? {
                 if c.status != ContainerStatus::Stopped {
                     c.status = ContainerStatus::Stopped;
@@ -405,6 +404,7 @@ pub async fn hibernate_unless_busy(
             return Err(e);
         }
     };
+    crate::pause::at("hibernate-quiesce").await;
     if let Err(e) = quiesce(state, id).await {
         tracing::error!(project = id, error = %crate::error::Chain(&e), "cannot stop the project's processes; the project stays active");
         drop(writes);
@@ -486,6 +486,7 @@ pub async fn hibernate_unless_busy(
         uploaded_bytes: taken.uploaded_bytes,
     };
     state.store.add_archive(&archive).await?;
+    crate::pause::at("hibernate-record").await;
     state
         .metrics
         .archive_bytes
@@ -498,6 +499,7 @@ pub async fn hibernate_unless_busy(
     // from the archive into a clean environment rather than trusting a
     // half-removed folder.
     set_status(state, &mut p, ProjectStatus::Hibernated).await?;
+    crate::pause::at("hibernate-teardown").await;
     progress(
         state,
         id,
@@ -548,7 +550,7 @@ pub async fn hibernate_unless_busy(
             stderr: String::new(),
         })
         .await;
-    snapshots::retain(state, id).await;
+    upkeep::retain(state, id).await;
     tracing::info!(
         project = id,
         version,
@@ -560,164 +562,6 @@ pub async fn hibernate_unless_busy(
     );
     drop(writes);
     Ok(Some(p))
-}
-
-/// The agent of a project this replica is hibernating or snapshotting, under
-/// its lock. Not `agent_of_active`: the project may be `hibernating`, and its
-/// agent may run for another replica (the local runtime, or a restarted
-/// gateway), so this one may have no endpoint yet.
-async fn step_agent(state: &AppState, id: &str) -> Result<AgentClient> {
-    let endpoint = match state.runtime.agent(id).await {
-        Ok(e) => e,
-        Err(Error::ProjectNotActive(_)) => state.runtime.ensure(id).await?,
-        Err(e) => return Err(e),
-    };
-    state.agents.get(id, &endpoint)
-}
-
-/// A snapshot taken and verified.
-struct Taken {
-    id: String,
-    key: String,
-    files: u64,
-    bytes: u64,
-    uploaded_bytes: u64,
-}
-
-/// Has the agent cut a snapshot of the whole project (chunks of the newest
-/// snapshot, `previous`, are not uploaded again: dedup within this project
-/// only), then checks it in the store before trusting it: the manifest
-/// hashes to its id and follows the format's rules, every new pack it
-/// names is in the store with its size, and the manifest stored reads back
-/// the same.
-async fn take_snapshot(
-    state: &AppState,
-    id: &str,
-    previous: Option<&ArchiveVersion>,
-) -> Result<Taken> {
-    let client = step_agent(state, id).await?;
-    state.archives.ensure_bucket().await?;
-    let mut prev = None;
-    let mut known_packs = HashSet::new();
-    if let Some(a) = previous
-        && let Some(sid) = &a.snapshot
-    {
-        match load_manifest(state, &a.key, sid).await {
-            Ok((bytes, m)) => {
-                known_packs = m.packs.iter().map(|p| p.id).collect();
-                prev = Some((sid.clone(), bytes));
-            }
-            Err(error) => {
-                tracing::warn!(project = id, snapshot = %sid, error = %crate::error::Chain(&error), "cannot read the previous snapshot; every chunk is uploaded again");
-            }
-        }
-    }
-    let sign = |packs: Vec<String>| sign_packs(state, id, Method::Put, packs, None).boxed();
-    let (done, manifest) = client.snapshot_create(prev, &sign).await?;
-    progress(state, id, "verify", "checking the snapshot in the store");
-    let sid = Id::parse(&done.id)
-        .map_err(|e| Error::internal(format!("the agent's snapshot id: {e}")))?;
-    let m = decode_manifest(manifest.clone(), sid)
-        .await
-        .map_err(|e| Error::internal(format!("the agent's manifest: {e}")))?;
-    for p in m.packs.iter().filter(|p| !known_packs.contains(&p.id)) {
-        let key = state.archives.pack_key(id, &p.id);
-        match state.archives.size(&key).await? {
-            Some(n) if n == p.size => {}
-            other => {
-                return Err(Error::internal(format!(
-                    "pack {key} is {other:?} bytes in the store, the manifest says {}",
-                    p.size
-                )));
-            }
-        }
-    }
-    let key = state.archives.manifest_key(id, &sid);
-    state.archives.put(&key, manifest.clone()).await?;
-    let back = state.archives.get(&key, MANIFEST_MAX).await?;
-    if Id::of(&back) != sid {
-        return Err(Error::internal(format!(
-            "manifest {key} reads back differently"
-        )));
-    }
-    let (files, bytes) = m.totals();
-    Ok(Taken {
-        id: done.id,
-        key,
-        files,
-        bytes,
-        uploaded_bytes: done.uploaded_bytes + manifest.len() as u64,
-    })
-}
-
-/// Restores snapshot `sid` (manifest at `key`) into the project's empty
-/// folder. The agent gets URLs for the packs this manifest names, and no
-/// others.
-async fn restore_snapshot(
-    state: &AppState,
-    id: &str,
-    client: &AgentClient,
-    key: &str,
-    sid: &str,
-) -> Result<ExtractSummary> {
-    let (bytes, m) = load_manifest(state, key, sid).await?;
-    let allowed: HashSet<Id> = m.packs.iter().map(|p| p.id).collect();
-    let sign =
-        |packs: Vec<String>| sign_packs(state, id, Method::Get, packs, Some(&allowed)).boxed();
-    let done = client
-        .snapshot_restore(sid.to_owned(), bytes, &sign)
-        .await?;
-    Ok(ExtractSummary {
-        files: done.files,
-        bytes: done.bytes,
-    })
-}
-
-/// Signed URLs for a batch of the project's packs.
-async fn sign_packs(
-    state: &AppState,
-    project: &str,
-    method: Method,
-    packs: Vec<String>,
-    allowed: Option<&HashSet<Id>>,
-) -> Result<Vec<String>> {
-    let mut urls = Vec::with_capacity(packs.len());
-    for p in packs {
-        let pack = Id::parse(&p)
-            .map_err(|e| Error::internal(format!("the agent asked for a bad pack: {e}")))?;
-        if allowed.is_some_and(|a| !a.contains(&pack)) {
-            return Err(Error::internal(format!(
-                "the agent asked for pack {pack}, which the snapshot does not name"
-            )));
-        }
-        let key = state.archives.pack_key(project, &pack);
-        urls.push(state.archives.sign_url(method, &key).await?);
-    }
-    Ok(urls)
-}
-
-/// A stored manifest, checked against its id and the format's rules.
-async fn load_manifest(state: &AppState, key: &str, sid: &str) -> Result<(Bytes, Manifest)> {
-    let unusable = |e: String| Error::SnapshotUnusable(format!("snapshot {sid}: {e}"));
-    let id = Id::parse(sid).map_err(|e| unusable(e.to_string()))?;
-    let bytes = state
-        .archives
-        .get(key, MANIFEST_MAX)
-        .await
-        .map_err(|e| match e {
-            Error::NotFound(_) => unusable(format!("its manifest {key} is missing")),
-            other => other,
-        })?;
-    let m = decode_manifest(bytes.clone(), id)
-        .await
-        .map_err(|e| unusable(e.to_string()))?;
-    Ok((bytes, m))
-}
-
-async fn decode_manifest(bytes: Bytes, id: Id) -> Result<Manifest, devgate_snapshot::Error> {
-    tokio::task::spawn_blocking(move || Manifest::decode(&bytes, &id))
-        .await
-        .map_err(|e| devgate_snapshot::Error::Io(std::io::Error::other(e)))?
 }
 
 /// Why a hibernation ends a terminal session: the `reason` of its exit frame.
@@ -850,66 +694,6 @@ pub async fn start_container(
                 serde_json::json!({"name": name, "status": "failed"}),
             );
             Err(e)
-        }
-    }
-}
-
-/// After a restart: active projects get their agents back and their running
-/// containers restarted; a restore cut short is undone.
-pub async fn reconcile(state: AppState) {
-    let projects = match state.store.list_projects().await {
-        Ok(p) => p,
-        Err(error) => {
-            tracing::error!(error = %crate::error::Chain(&error), "cannot list projects at start-up");
-            return;
-        }
-    };
-    for p in projects {
-        let id = p.id.clone();
-        let result = async {
-            match p.status {
-                ProjectStatus::Active => {
-                    open(&state, &id).await?;
-                    for c in state.store.list_containers(&id).await? {
-                        if matches!(
-                            c.status,
-                            ContainerStatus::Running | ContainerStatus::Starting
-                        ) {
-                            let _guard = state.locks.lock(&id).await?;
-                            start_container(&state, &id, &c.name).await?;
-                        }
-                    }
-                }
-                ProjectStatus::Starting | ProjectStatus::Hibernating | ProjectStatus::Restoring => {
-                    // A step in progress, here before a restart or on another
-                    // replica. Only a step whose holder is gone (its lease
-                    // free) is a leftover; a live one is left to finish.
-                    let Some(_guard) = state.locks.try_lock(&id).await else {
-                        return Ok(());
-                    };
-                    let mut p = state.project(&id).await?;
-                    match p.status {
-                        ProjectStatus::Starting | ProjectStatus::Hibernating => {
-                            open_locked(&state, &id, None).await?;
-                        }
-                        ProjectStatus::Restoring
-                            if !state.store.list_archives(&id).await?.is_empty() =>
-                        {
-                            // A restore cut short: back to hibernated; the next
-                            // open clears the leftovers and restores from scratch.
-                            state.runtime.teardown(&id).await?;
-                            set_status(&state, &mut p, ProjectStatus::Hibernated).await?;
-                        }
-                        _ => {}
-                    }
-                }
-                _ => {}
-            }
-            Ok::<_, Error>(())
-        }
-        .await;
-        if let Err(error) = result {
-            tracing::error!(project = %id, error = %crate::error::Chain(&error), "cannot bring the project back at start-up");
         }
     }
 }

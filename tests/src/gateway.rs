@@ -269,6 +269,20 @@ impl Gateway {
         self.proc.take();
     }
 
+    /// The gateway's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.as_ref().map(|p| p.0.id())
+    }
+
+    /// Sets (`Some`) or removes (`None`) an environment variable of the
+    /// next start ([`Gateway::restart`]).
+    pub fn set_env(&mut self, k: &str, v: Option<&str>) {
+        self.builder.env.retain(|(name, _)| name != k);
+        if let Some(v) = v {
+            self.builder.env.push((k.to_owned(), v.to_owned()));
+        }
+    }
+
     /// Lines the gateway printed on stdout so far.
     pub fn stdout_lines(&self) -> Vec<String> {
         self.stdout

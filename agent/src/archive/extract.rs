@@ -556,7 +556,7 @@ impl<'a> Staging<'a> {
         let dir = match root.open_dir_nofollow(&name) {
             Ok(d) => d,
             Err(e) => {
-                let _ = root.remove_dir_all(&name);
+                let _ = devgate_fs::temp::remove_tree(root, &name);
                 return Err(e.into());
             }
         };
@@ -566,7 +566,7 @@ impl<'a> Staging<'a> {
 
 impl Drop for Staging<'_> {
     fn drop(&mut self) {
-        if let Err(error) = self.root.remove_dir_all(&self.name) {
+        if let Err(error) = devgate_fs::temp::remove_tree(self.root, &self.name) {
             tracing::warn!(%error, name = %self.name, "cannot remove an extract's staging directory; the next start sweeps it");
         }
     }

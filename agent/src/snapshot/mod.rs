@@ -258,6 +258,7 @@ async fn run_create(
                 .buffer_unordered(TRANSFERS)
                 .try_collect::<Vec<()>>()
                 .await?;
+            crate::pause::at("snapshot-upload").await;
         }
         Ok::<_, Error>((uploaded, count))
     };
@@ -328,6 +329,7 @@ async fn run_restore(
                 .try_collect()
                 .await?;
             written += counts.iter().sum::<usize>();
+            crate::pause::at("restore-download").await;
         }
         if written != restore::placements(&staging) {
             return Err(Error::FailedPrecondition(format!(

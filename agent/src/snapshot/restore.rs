@@ -191,6 +191,7 @@ fn move_in(root: &Dir, s: &Staging, m: &Manifest) -> Result<()> {
                 format!("cannot move {} into place: {err}", e.path),
             ))
         })?;
+        crate::pause::at_blocking("restore-commit");
     }
     for e in m.entries.iter().rev() {
         if e.kind == Kind::Dir && !e.path.is_empty() && !e.path.contains('/') {
@@ -206,7 +207,7 @@ fn move_in(root: &Dir, s: &Staging, m: &Manifest) -> Result<()> {
 
 /// Removes a staging directory, best effort.
 pub(crate) fn discard(root: &Dir, name: &str) {
-    if let Err(error) = root.remove_dir_all(name)
+    if let Err(error) = devgate_fs::temp::remove_tree(root, name)
         && error.kind() != io::ErrorKind::NotFound
     {
         tracing::warn!(%error, name, "cannot remove the staging directory of a restore");

@@ -1,384 +1,181 @@
-//! Versions of a project besides hibernation, and their upkeep: snapshots
-//! of an active project taken now (`POST /snapshots`, reason `manual`) or
-//! on a schedule (`--snapshot-interval`, reason `scheduled`), without
-//! stopping anything; retention (a version goes only when it is older than
-//! `--snapshot-retention-days` and not among the newest `--snapshot-keep`);
-//! and garbage collection of the packs and manifests no recorded version
-//! references, once older than `--snapshot-gc-grace`. The schedule and the
-//! periodic retention and collection run on the elected replica only. Every
-//! step holds the project's lock (its store lease), like every lifecycle
-//! step, so a collection never runs beside a snapshot of the same project;
-//! the grace period covers what a lock cannot: an agent still uploading for
-//! a step whose replica stalled past its lease.
+//! The snapshot half of a hibernation and of a restore, as the gateway sees
+//! it: the agent cuts or restores the snapshot on URLs signed here, one
+//! batch at a time, and the gateway checks the manifest and the packs in
+//! the store before a hibernation trusts them.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, LazyLock, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::collections::HashSet;
 
-use chrono::Utc;
-use devgate_snapshot::Id;
+use bytes::Bytes;
+use devgate_snapshot::{Id, MANIFEST_MAX, Manifest};
+use futures::FutureExt as _;
 
-use super::{load_manifest, take_snapshot};
+use super::progress;
+use crate::agent_client::{AgentClient, ExtractSummary};
+use crate::archive_store::Method;
 use crate::error::{Error, Result};
-use crate::state::{AppState, ProjectGuard};
-use crate::store::{ArchiveVersion, CommandLogEntry, ContainerStatus, ProjectStatus};
+use crate::state::AppState;
+use crate::store::ArchiveVersion;
 
-/// Takes a snapshot of an active project now, without stopping anything
-/// (`POST /snapshots`): each file is read consistently (one that changes
-/// while it is read is read again), files written meanwhile may or may not
-/// be in it. Recorded as the newest version, with `reason`; its
-/// `created_at` is when the cut started (its files are from then on).
-pub async fn snapshot_now(state: &AppState, id: &str, reason: &str) -> Result<ArchiveVersion> {
-    let guard = state.locks.lock(id).await?;
-    snapshot_locked(state, id, reason, &guard).await
-}
-
-/// [`snapshot_now`], under the project's lock.
-async fn snapshot_locked(
-    state: &AppState,
-    id: &str,
-    reason: &str,
-    guard: &ProjectGuard,
-) -> Result<ArchiveVersion> {
-    let p = state.project(id).await?;
-    if p.status != ProjectStatus::Active {
-        return Err(Error::ProjectNotActive(id.to_owned()));
-    }
-    let (t0, started) = (Instant::now(), Utc::now());
-    let versions = state.store.list_archives(id).await?;
-    let version = versions.first().map(|a| a.version + 1).unwrap_or(1);
-    let previous = versions.iter().find(|a| a.snapshot.is_some()).cloned();
-    let mut result = take_snapshot(state, id, previous.as_ref()).await;
-    if result.is_ok() && guard.lost() {
-        result = Err(Error::Unavailable(
-            "the project's lease was lost during the snapshot".into(),
-        ));
-    }
-    let (exit_code, stdout, stderr) = match &result {
-        Ok(t) => (
-            0,
-            format!(
-                "snapshot {}: {} files, {} bytes, {} bytes uploaded",
-                t.id, t.files, t.bytes, t.uploaded_bytes
-            ),
-            String::new(),
-        ),
-        Err(e) => (1, String::new(), e.to_string()),
-    };
-    state
-        .log_command(CommandLogEntry {
-            id: 0,
-            truncated: false,
-            project: id.to_owned(),
-            ts: Utc::now(),
-            label: "snapshot".into(),
-            command: format!("snapshot version {version} ({reason})"),
-            exit_code: Some(exit_code),
-            duration_ms: t0.elapsed().as_millis() as u64,
-            stdout,
-            stderr,
-        })
-        .await;
-    let taken = result?;
-    let v = ArchiveVersion {
-        project: id.to_owned(),
-        version,
-        key: taken.key,
-        size: taken.bytes,
-        sha256: String::new(),
-        files: taken.files,
-        created_at: started,
-        snapshot: Some(taken.id),
-        reason: reason.to_owned(),
-        uploaded_bytes: taken.uploaded_bytes,
-    };
-    state.store.add_archive(&v).await?;
-    retain(state, id).await;
-    Ok(v)
-}
-
-/// On the elected replica, every `--activity-interval` until shutdown:
-/// snapshots the active projects that are due (`--snapshot-interval`, not
-/// when `off`), and every `--snapshot-gc-interval` applies retention and
-/// collects unreferenced pack data in every project.
-pub async fn run(state: AppState) {
-    let check = state.config.activity_interval;
-    let interval = state.config.snapshot_interval;
-    let mut last_gc: Option<Instant> = None;
-    // Projects whose scheduled snapshot failed, and when: retried after a
-    // while, not at every check (an unreachable store would be hammered).
-    let mut failed: HashMap<String, Instant> = HashMap::new();
-    loop {
-        tokio::select! {
-            () = tokio::time::sleep(check) => {}
-            () = state.shutdown.cancelled() => return,
-        }
-        if !state.leader.load(Ordering::SeqCst) {
-            continue;
-        }
-        if !interval.is_zero() {
-            let retry = interval.min(Duration::from_secs(15 * 60));
-            failed.retain(|_, at| at.elapsed() < retry);
-            scheduled(&state, interval, &mut failed).await;
-        }
-        if last_gc.is_none_or(|t| t.elapsed() >= state.config.snapshot_gc_interval) {
-            last_gc = Some(Instant::now());
-            upkeep(&state).await;
-        }
-    }
-}
-
-/// Whether this replica should stop its pass (shutdown, or no longer elected).
-fn stopping(state: &AppState) -> bool {
-    state.shutdown.is_cancelled() || !state.leader.load(Ordering::SeqCst)
-}
-
-/// One pass of scheduled snapshots over the active projects.
-async fn scheduled(state: &AppState, interval: Duration, failed: &mut HashMap<String, Instant>) {
-    let projects = match state.store.list_projects().await {
-        Ok(p) => p,
-        Err(error) => {
-            tracing::warn!(error = %crate::error::Chain(&error), "scheduled snapshots: cannot list projects");
-            return;
-        }
-    };
-    for p in projects {
-        if stopping(state) {
-            return;
-        }
-        if p.status != ProjectStatus::Active || failed.contains_key(&p.id) {
-            continue;
-        }
-        match due(state, &p.id, interval).await {
-            Ok(true) => {}
-            Ok(false) => continue,
-            Err(error) => {
-                tracing::debug!(project = %p.id, error = %crate::error::Chain(&error), "scheduled snapshots: cannot tell whether due");
-                continue;
-            }
-        }
-        // A project busy with another step (an open, a container's
-        // install, a hibernation) is left for the next check.
-        let Some(guard) = state.locks.try_lock(&p.id).await else {
-            continue;
-        };
-        // Checked again under the lock: another replica may have taken
-        // one, or hibernated the project, meanwhile.
-        if !matches!(due(state, &p.id, interval).await, Ok(true)) {
-            continue;
-        }
-        match snapshot_locked(state, &p.id, "scheduled", &guard).await {
-            Ok(v) => tracing::info!(
-                project = %p.id,
-                version = v.version,
-                snapshot = v.snapshot.as_deref().unwrap_or_default(),
-                uploaded = v.uploaded_bytes,
-                "scheduled snapshot taken"
-            ),
-            Err(Error::ProjectNotActive(_)) => {}
-            Err(error) => {
-                tracing::warn!(project = %p.id, error = %crate::error::Chain(&error), "scheduled snapshot failed");
-                failed.insert(p.id.clone(), Instant::now());
-            }
-        }
-    }
-}
-
-/// Whether an active project's scheduled snapshot is due: its newest
-/// version is older than `interval` (or it has none), and something may
-/// have changed since. Nothing changed when no activity was recorded after
-/// that version (file, exec and terminal routes record it; an attached
-/// terminal or watch refreshes it), this replica saw none either, no dev
-/// server runs, and the agent runs no background process or terminal.
-async fn due(state: &AppState, id: &str, interval: Duration) -> Result<bool> {
-    if state.project(id).await?.status != ProjectStatus::Active {
-        return Ok(false);
-    }
-    let versions = state.store.list_archives(id).await?;
-    let Some(newest) = versions.first() else {
-        return Ok(true);
-    };
-    let age = (Utc::now() - newest.created_at)
-        .to_std()
-        .unwrap_or_default();
-    if age < interval {
-        return Ok(false);
-    }
-    let active_since = state
-        .store
-        .last_activity(id)
-        .await?
-        .is_some_and(|t| t >= newest.created_at);
-    if active_since || state.activity.idle_for(id) < age {
-        return Ok(true);
-    }
-    let running = state.store.list_containers(id).await?.iter().any(|c| {
-        matches!(
-            c.status,
-            ContainerStatus::Running | ContainerStatus::Starting
-        )
-    });
-    if running {
-        return Ok(true);
-    }
+/// The agent of a project this replica is hibernating or snapshotting, under
+/// its lock. Not `agent_of_active`: the project may be `hibernating`, and its
+/// agent may run for another replica (the local runtime, or a restarted
+/// gateway), so this one may have no endpoint yet.
+pub(super) async fn step_agent(state: &AppState, id: &str) -> Result<AgentClient> {
     let endpoint = match state.runtime.agent(id).await {
         Ok(e) => e,
-        // No agent: nothing of the project runs.
-        Err(Error::ProjectNotActive(_)) => return Ok(false),
+        Err(Error::ProjectNotActive(_)) => state.runtime.ensure(id).await?,
         Err(e) => return Err(e),
     };
-    let client = state.agents.get(id, &endpoint)?;
-    let background = client.list_background().await?.iter().any(|p| p.running);
-    let terminals = client.list_pty().await?.iter().any(|s| !s.exited);
-    Ok(background || terminals)
+    state.agents.get(id, &endpoint)
 }
 
-/// Retention, then collection, of every project, each under its lock
-/// (a project busy with another step is left for the next pass).
-async fn upkeep(state: &AppState) {
-    let projects = match state.store.list_projects().await {
-        Ok(p) => p,
-        Err(error) => {
-            tracing::warn!(error = %crate::error::Chain(&error), "snapshot upkeep: cannot list projects");
-            return;
-        }
-    };
-    for p in projects {
-        if stopping(state) {
-            return;
-        }
-        let Some(_guard) = state.locks.try_lock(&p.id).await else {
-            continue;
-        };
-        retain(state, &p.id).await;
-    }
+/// A snapshot taken and verified.
+pub(super) struct Taken {
+    pub(super) id: String,
+    pub(super) key: String,
+    pub(super) files: u64,
+    pub(super) bytes: u64,
+    pub(super) uploaded_bytes: u64,
 }
 
-/// Applies retention to a project's versions, then collects its
-/// unreferenced pack data. The caller holds the project's lock, and a
-/// newer version was verified and recorded before any is removed.
-pub(super) async fn retain(state: &AppState, id: &str) {
-    prune(state, id).await;
-    match collect(state, id).await {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(
-            project = id,
-            removed = n,
-            "unreferenced snapshot objects removed"
-        ),
-        Err(error) => {
-            tracing::warn!(project = id, error = %crate::error::Chain(&error), "snapshot collection skipped")
-        }
-    }
-}
-
-/// Removes the versions older than the retention that are not among the
-/// newest `--snapshot-keep`: the record first, then its manifest (or zip).
-/// A manifest left behind by a failed removal is an orphan for
-/// [`collect`]; a record whose manifest was gone would stop collection.
-async fn prune(state: &AppState, id: &str) {
-    let keep = state.config.snapshot_keep();
-    let Some(cutoff) = chrono::Duration::from_std(state.config.snapshot_retention())
-        .ok()
-        .and_then(|d| Utc::now().checked_sub_signed(d))
-    else {
-        return;
-    };
-    let versions = match state.store.list_archives(id).await {
-        Ok(v) => v,
-        Err(error) => {
-            tracing::warn!(project = id, error = %crate::error::Chain(&error), "retention: cannot list versions");
-            return;
-        }
-    };
-    for old in versions.iter().skip(keep).filter(|a| a.created_at < cutoff) {
-        if let Err(error) = state.store.delete_archive(id, old.version).await {
-            tracing::warn!(project = id, version = old.version, error = %crate::error::Chain(&error), "retention: cannot forget a version");
-            continue;
-        }
-        if let Err(error) = state.archives.delete(&old.key).await {
-            tracing::warn!(project = id, key = %old.key, error = %crate::error::Chain(&error), "retention: cannot remove a version's manifest; collection will");
-        }
-        tracing::info!(
-            project = id,
-            version = old.version,
-            reason = %old.reason,
-            "version removed by retention"
-        );
-    }
-}
-
-/// Removes the project's packs that no recorded snapshot references, the
-/// manifests no version records, and temporary files of writes cut short,
-/// each only once it is older than `--snapshot-gc-grace`. The references
-/// are read now, under the caller's lock of the project; when one recorded
-/// manifest cannot be read, nothing is removed. Answers how many objects
-/// went.
-pub async fn collect(state: &AppState, id: &str) -> Result<usize> {
-    let grace = state.config.snapshot_gc_grace;
-    let mut live: HashSet<Id> = HashSet::new();
-    let mut recorded: HashSet<String> = HashSet::new();
-    for a in state.store.list_archives(id).await? {
-        if let Some(sid) = &a.snapshot {
-            live.extend(packs_of(state, &a.key, sid).await?.iter().copied());
-            recorded.insert(a.key.clone());
-        }
-    }
-    let prefix = state.archives.project_prefix(id);
-    let now = SystemTime::now();
-    let mut removed = 0;
-    for (key, written) in state.archives.list_objects(id).await? {
-        // A time ahead of this clock counts as young.
-        if now.duration_since(written).map_or(true, |age| age < grace) {
-            continue;
-        }
-        let Some(rest) = key.strip_prefix(&prefix) else {
-            continue;
-        };
-        let temporary = |name: &str| name.starts_with('.') && name.ends_with(".tmp");
-        let dead = if let Some(name) = rest.strip_prefix("packs/") {
-            match Id::parse(name) {
-                Ok(pack) => !live.contains(&pack),
-                Err(_) => temporary(name),
+/// Has the agent cut a snapshot of the whole project (chunks of the newest
+/// snapshot, `previous`, are not uploaded again: dedup within this project
+/// only), then checks it in the store before trusting it: the manifest
+/// hashes to its id and follows the format's rules, every new pack it
+/// names is in the store with its size, and the manifest stored reads back
+/// the same.
+pub(super) async fn take_snapshot(
+    state: &AppState,
+    id: &str,
+    previous: Option<&ArchiveVersion>,
+) -> Result<Taken> {
+    let client = step_agent(state, id).await?;
+    state.archives.ensure_bucket().await?;
+    let mut prev = None;
+    let mut known_packs = HashSet::new();
+    if let Some(a) = previous
+        && let Some(sid) = &a.snapshot
+    {
+        match load_manifest(state, &a.key, sid).await {
+            Ok((bytes, m)) => {
+                known_packs = m.packs.iter().map(|p| p.id).collect();
+                prev = Some((sid.clone(), bytes));
             }
-        } else if let Some(name) = rest.strip_prefix("snapshots/") {
-            match Id::parse(name) {
-                Ok(_) => !recorded.contains(&key),
-                Err(_) => temporary(name),
+            Err(error) => {
+                tracing::warn!(project = id, snapshot = %sid, error = %crate::error::Chain(&error), "cannot read the previous snapshot; every chunk is uploaded again");
             }
-        } else {
-            false
-        };
-        if dead {
-            state.archives.delete(&key).await?;
-            tracing::debug!(project = id, key, "unreferenced snapshot object removed");
-            removed += 1;
         }
     }
-    Ok(removed)
+    let sign = |packs: Vec<String>| sign_packs(state, id, Method::Put, packs, None).boxed();
+    let (done, manifest) = client.snapshot_create(prev, &sign).await?;
+    crate::pause::at("hibernate-verify").await;
+    progress(state, id, "verify", "checking the snapshot in the store");
+    let sid = Id::parse(&done.id)
+        .map_err(|e| Error::internal(format!("the agent's snapshot id: {e}")))?;
+    let m = decode_manifest(manifest.clone(), sid)
+        .await
+        .map_err(|e| Error::internal(format!("the agent's manifest: {e}")))?;
+    for p in m.packs.iter().filter(|p| !known_packs.contains(&p.id)) {
+        let key = state.archives.pack_key(id, &p.id);
+        match state.archives.size(&key).await? {
+            Some(n) if n == p.size => {}
+            other => {
+                return Err(Error::internal(format!(
+                    "pack {key} is {other:?} bytes in the store, the manifest says {}",
+                    p.size
+                )));
+            }
+        }
+    }
+    let key = state.archives.manifest_key(id, &sid);
+    state.archives.put(&key, manifest.clone()).await?;
+    let back = state.archives.get(&key, MANIFEST_MAX).await?;
+    if Id::of(&back) != sid {
+        return Err(Error::internal(format!(
+            "manifest {key} reads back differently"
+        )));
+    }
+    crate::pause::at("hibernate-manifest").await;
+    let (files, bytes) = m.totals();
+    Ok(Taken {
+        id: done.id,
+        key,
+        files,
+        bytes,
+        uploaded_bytes: done.uploaded_bytes + manifest.len() as u64,
+    })
 }
 
-/// Manifests' pack ids, by manifest key. A manifest's key names its
-/// content's hash, so an entry never goes stale; the map is emptied when
-/// it grows past this many.
-const PACKS_CACHED: usize = 4096;
-type PackCache = Mutex<HashMap<String, Arc<Vec<Id>>>>;
-static PACKS: LazyLock<PackCache> = LazyLock::new(Mutex::default);
+/// Restores snapshot `sid` (manifest at `key`) into the project's empty
+/// folder. The agent gets URLs for the packs this manifest names, and no
+/// others.
+pub(super) async fn restore_snapshot(
+    state: &AppState,
+    id: &str,
+    client: &AgentClient,
+    key: &str,
+    sid: &str,
+) -> Result<ExtractSummary> {
+    let (bytes, m) = load_manifest(state, key, sid).await?;
+    let allowed: HashSet<Id> = m.packs.iter().map(|p| p.id).collect();
+    let sign =
+        |packs: Vec<String>| sign_packs(state, id, Method::Get, packs, Some(&allowed)).boxed();
+    let done = client
+        .snapshot_restore(sid.to_owned(), bytes, &sign)
+        .await?;
+    Ok(ExtractSummary {
+        files: done.files,
+        bytes: done.bytes,
+    })
+}
 
-/// The packs snapshot `sid` (manifest at `key`) references, read and
-/// checked once per process.
-async fn packs_of(state: &AppState, key: &str, sid: &str) -> Result<Arc<Vec<Id>>> {
-    let cache = || PACKS.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(p) = cache().get(key) {
-        return Ok(p.clone());
+/// Signed URLs for a batch of the project's packs.
+async fn sign_packs(
+    state: &AppState,
+    project: &str,
+    method: Method,
+    packs: Vec<String>,
+    allowed: Option<&HashSet<Id>>,
+) -> Result<Vec<String>> {
+    let mut urls = Vec::with_capacity(packs.len());
+    for p in packs {
+        let pack = Id::parse(&p)
+            .map_err(|e| Error::internal(format!("the agent asked for a bad pack: {e}")))?;
+        if allowed.is_some_and(|a| !a.contains(&pack)) {
+            return Err(Error::internal(format!(
+                "the agent asked for pack {pack}, which the snapshot does not name"
+            )));
+        }
+        let key = state.archives.pack_key(project, &pack);
+        urls.push(state.archives.sign_url(method, &key).await?);
     }
-    let (_, m) = load_manifest(state, key, sid).await?;
-    let packs: Arc<Vec<Id>> = Arc::new(m.packs.iter().map(|p| p.id).collect());
-    let mut c = cache();
-    if c.len() >= PACKS_CACHED {
-        c.clear();
-    }
-    c.insert(key.to_owned(), packs.clone());
-    Ok(packs)
+    Ok(urls)
+}
+
+/// A stored manifest, checked against its id and the format's rules.
+pub(super) async fn load_manifest(
+    state: &AppState,
+    key: &str,
+    sid: &str,
+) -> Result<(Bytes, Manifest)> {
+    let unusable = |e: String| Error::SnapshotUnusable(format!("snapshot {sid}: {e}"));
+    let id = Id::parse(sid).map_err(|e| unusable(e.to_string()))?;
+    let bytes = state
+        .archives
+        .get(key, MANIFEST_MAX)
+        .await
+        .map_err(|e| match e {
+            Error::NotFound(_) => unusable(format!("its manifest {key} is missing")),
+            other => other,
+        })?;
+    let m = decode_manifest(bytes.clone(), id)
+        .await
+        .map_err(|e| unusable(e.to_string()))?;
+    Ok((bytes, m))
+}
+
+async fn decode_manifest(bytes: Bytes, id: Id) -> Result<Manifest, devgate_snapshot::Error> {
+    tokio::task::spawn_blocking(move || Manifest::decode(&bytes, &id))
+        .await
+        .map_err(|e| devgate_snapshot::Error::Io(std::io::Error::other(e)))?
 }

@@ -619,8 +619,13 @@ impl Runtime for LocalRuntime {
                 tracing::warn!(%error, project, "cannot remove the project's home");
             }
         }
+        // Read-only folders of the project (Go's module cache, say) are made
+        // writable first: without root, their entries cannot go otherwise.
         let dir = self.project_dir(project);
-        match tokio::fs::remove_dir_all(&dir).await {
+        match tokio::task::spawn_blocking(move || devgate_fs::temp::remove_tree_at(&dir))
+            .await
+            .map_err(Error::internal)?
+        {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(Error::Io(e)),
