@@ -421,7 +421,7 @@ async fn sigkill_at_every_step_of_a_restore() {
 /// presigned URLs, the manifest through the gateway's client.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_with_an_s3_archive_store() {
-    let s3 = S3Server::start().await.unwrap();
+    let s3 = S3Server::moto().await.unwrap();
     s3.create_bucket(BUCKET).await.unwrap();
     let hibernate = all(
         Op::Hibernate,

@@ -380,7 +380,7 @@ async fn collection_removes_old_orphans_only() {
 
 #[tokio::test]
 async fn collection_in_s3_removes_an_orphan_once_past_the_grace() {
-    let s3 = S3Server::start().await.unwrap();
+    let s3 = S3Server::moto().await.unwrap();
     s3.create_bucket("gcb").await.unwrap();
     let gw = Gateway::builder()
         .envs(&s3.env())
