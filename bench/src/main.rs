@@ -206,7 +206,12 @@ async fn main() -> Result<()> {
         &proj,
         "printf 'node_modules/\\n' > .gitignore && git init -q && git add -A && \
          git -c user.email=bench@example.com -c user.name=bench commit -q -m tree",
-        &[],
+        // The folder belongs to the project's user, not to this process.
+        &[
+            ("GIT_CONFIG_COUNT".into(), "1".into()),
+            ("GIT_CONFIG_KEY_0".into(), "safe.directory".into()),
+            ("GIT_CONFIG_VALUE_0".into(), "*".into()),
+        ],
     )?;
     eprintln!(
         "generated tree and its .git in {:.1} s",

@@ -195,7 +195,10 @@ impl Gateway {
         }
         // Gateways of one test run each give their projects uids of their
         // own (as root), as two gateways on one machine must.
-        if !self.builder.args.iter().any(|a| a == "--project-uid-base") {
+        // (Not for another build's binaries: older gateways lack the flag.)
+        if self.builder.bins.is_none()
+            && !self.builder.args.iter().any(|a| a == "--project-uid-base")
+        {
             cmd.arg("--project-uid-base").arg(self.uid_base.to_string());
         }
         cmd.args(&self.builder.args)
