@@ -106,6 +106,12 @@ impl Budget {
                 found.push((pack, n));
             }
         }
+        self.take(found, batch)
+    }
+
+    /// [`Budget::admit`] once the outstanding packs found in the store
+    /// (`found`, with their sizes) are known.
+    fn take(&self, found: Vec<(Id, u64)>, batch: &[Id]) -> Result<()> {
         let mut s = self.lock();
         for (pack, n) in found {
             s.outstanding.remove(&pack);
@@ -175,4 +181,62 @@ pub(super) async fn sign_packs(
         urls.push(state.archives.sign_url(method, &key).await?);
     }
     Ok(urls)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u32) -> Id {
+        Id::of(&n.to_le_bytes())
+    }
+
+    #[test]
+    fn a_create_is_refused_past_the_cap_measured_or_estimated() {
+        let b = Budget::new(10 << 20);
+        b.take(vec![], &[id(1)]).unwrap();
+        // Not uploaded yet: counts 4 MiB; a second batch is admitted.
+        b.take(vec![], &[id(2)]).unwrap();
+        // Both stored, 9 MiB in all: under the cap, admitted.
+        b.take(vec![(id(1), 5 << 20), (id(2), 4 << 20)], &[id(3)])
+            .unwrap();
+        // The third stored too: 13 MiB, refused, and so is every later batch.
+        let e = b.take(vec![(id(3), 4 << 20)], &[id(4)]).unwrap_err();
+        assert!(matches!(e, Error::TooLarge(_)), "{e}");
+        assert!(e.to_string().contains("--snapshot-max-bytes"), "{e}");
+        assert!(b.take(vec![], &[id(5)]).is_err());
+        b.check_total(10 << 20).unwrap();
+        assert!(b.check_total((10 << 20) + 1).is_err());
+    }
+
+    #[test]
+    fn outstanding_packs_and_urls_are_bounded() {
+        // A large cap: an agent asking for URLs it never uses stops at
+        // OUTSTANDING_MAX packs not uploaded.
+        let b = Budget::new(1 << 40);
+        let mut n = 0;
+        let refused = loop {
+            let batch: Vec<Id> = (n..n + 64).map(id).collect();
+            n += 64;
+            if let Err(e) = b.take(vec![], &batch) {
+                break e;
+            }
+        };
+        assert!(refused.to_string().contains("not uploaded"), "{refused}");
+        assert_eq!(n as usize, OUTSTANDING_MAX + 64);
+        // One URL per MiB of the cap (at least OUTSTANDING_MAX), repeats
+        // included: asking for the same stored pack again and again.
+        let b = Budget::new(1 << 20);
+        let same = [id(0)];
+        b.take(vec![], &same).unwrap();
+        let mut urls = 1;
+        let refused = loop {
+            urls += 1;
+            if let Err(e) = b.take(vec![(id(0), 1)], &same) {
+                break e;
+            }
+        };
+        assert!(refused.to_string().contains("pack URLs"), "{refused}");
+        assert_eq!(urls, OUTSTANDING_MAX as u64 + 1);
+    }
 }
