@@ -14,9 +14,11 @@
 //!   against the cap again. What a refused operation uploaded is named by
 //!   no manifest, and garbage collection removes it after its grace.
 //!
-//! A pack is at most `PACK_MAX` bytes (the folder store's `PUT /_objects`
+//! In a folder store a pack is at most `PACK_MAX` bytes (`PUT /_objects`
 //! reads no more), so an operation stores at most the cap plus
-//! [`OUTSTANDING_MAX`] packs.
+//! [`OUTSTANDING_MAX`] packs. An S3 presigned PUT binds no body size, so
+//! there the overshoot is [`OUTSTANDING_MAX`] objects of S3's own largest
+//! PUT, stopped at the next batch.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;

@@ -1,7 +1,8 @@
 //! The snapshot half of a hibernation and of a restore, as the gateway sees
-//! it: the agent cuts or restores the snapshot on URLs signed here, one
-//! batch at a time and within `--snapshot-max-bytes` (`signing.rs`), and the gateway checks the manifest and the packs in
-//! the store before a hibernation trusts them.
+//! it: the agent cuts or restores the snapshot on URLs signed for it, one
+//! batch at a time and within what `signing.rs` allows the operation, and
+//! the gateway checks the manifest and the packs in the store before a
+//! hibernation trusts them.
 
 use std::collections::HashSet;
 
