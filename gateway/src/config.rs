@@ -92,6 +92,27 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_SNAPSHOT_GC_INTERVAL", default_value = "1h", value_parser = parse_duration)]
     pub snapshot_gc_interval: std::time::Duration,
 
+    /// Most bytes of new packs one snapshot may store (a hostile agent
+    /// cannot make the gateway sign more; 413 `payload_too_large` above,
+    /// and the snapshot or hibernation fails, changing nothing). Default
+    /// 50 GiB.
+    #[arg(long, env = "GATEWAY_SNAPSHOT_MAX_BYTES", default_value_t = 50 << 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub snapshot_max_bytes: u64,
+
+    /// Base URL at which agents reach this gateway's `/_objects` route (the
+    /// packs of a folder archive store), e.g. `http://devgate-gateway.devgate.svc.cluster.local`.
+    /// Default: `http://<listen address>` locally; on Kubernetes the
+    /// gateway's Service, `http://devgate-gateway.<gateway namespace>.svc.cluster.local`.
+    #[arg(long, env = "GATEWAY_OBJECTS_BASE_URL")]
+    pub objects_base_url: Option<String>,
+
+    /// The folder archive store is shared by every gateway replica (a
+    /// ReadWriteMany volume), or only one replica runs. Required for a
+    /// folder archive store on Kubernetes: replicas with a folder each of
+    /// their own would each hold part of the packs.
+    #[arg(long, env = "GATEWAY_ARCHIVE_SHARED", default_value_t = false, action = clap::ArgAction::Set)]
+    pub archive_shared: bool,
+
     /// Days the command log keeps its entries.
     #[arg(long, env = "GATEWAY_LOG_RETENTION_DAYS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     pub log_retention_days: u32,
@@ -338,6 +359,17 @@ impl Config {
                 return Err("--require-shared-state: no --secret or --secret-file (GATEWAY_SECRET, GATEWAY_SECRET_FILE); replicas would each make their own".into());
             }
         }
+        if self.runtime == RuntimeKind::Kubernetes
+            && matches!(self.archive_location(), ArchiveLocation::Folder(_))
+            && !self.archive_shared
+        {
+            return Err("a folder archive store on Kubernetes needs --archive-shared (GATEWAY_ARCHIVE_SHARED=true): the folder must be one volume every gateway replica mounts (ReadWriteMany), or only one replica may run; otherwise use --archive s3://bucket/prefix".into());
+        }
+        if let Some(u) = &self.objects_base_url
+            && !(u.starts_with("http://") || u.starts_with("https://"))
+        {
+            return Err(format!("--objects-base-url {u:?} is not an http(s) URL"));
+        }
         if self.snapshot_gc_interval.is_zero() {
             return Err("--snapshot-gc-interval must be more than 0".into());
         }
@@ -365,6 +397,29 @@ impl Config {
             (None, Some(_)) => std::time::Duration::ZERO,
             (None, None) => std::time::Duration::from_secs(7 * 24 * 3600),
         }
+    }
+
+    /// Where agents reach the `/_objects` route of a gateway listening on
+    /// `port`: `--objects-base-url`, else the gateway's Service on
+    /// Kubernetes (project NetworkPolicies allow egress to the gateway's
+    /// pods on its port), else the listen address (loopback when it is
+    /// unspecified).
+    pub fn objects_base_url(&self, port: u16) -> String {
+        if let Some(u) = &self.objects_base_url {
+            return u.trim_end_matches('/').to_owned();
+        }
+        if self.runtime == RuntimeKind::Kubernetes {
+            return format!(
+                "http://{}.{}.svc.cluster.local",
+                crate::runtime::kubernetes::objects::GATEWAY_APP,
+                self.kubernetes.gateway_namespace
+            );
+        }
+        let ip = match self.listen.ip() {
+            ip if ip.is_unspecified() => std::net::IpAddr::from([127, 0, 0, 1]),
+            ip => ip,
+        };
+        format!("http://{}", std::net::SocketAddr::new(ip, port))
     }
 
     /// The archive location, `<data-dir>/archives` by default.
@@ -516,6 +571,49 @@ mod tests {
         );
         let c = Config::parse_from(["gateway", "--snapshot-interval", "off"]);
         assert!(c.snapshot_interval.is_zero());
+    }
+
+    #[test]
+    fn agents_reach_the_object_route_at_the_service_on_kubernetes() {
+        let local = Config::parse_from(["gateway", "--listen", "0.0.0.0:0"]);
+        assert_eq!(local.objects_base_url(4321), "http://127.0.0.1:4321");
+        let k8s = Config::parse_from([
+            "gateway",
+            "--runtime",
+            "kubernetes",
+            "--k8s-gateway-namespace",
+            "platform",
+        ]);
+        assert_eq!(
+            k8s.objects_base_url(8080),
+            "http://devgate-gateway.platform.svc.cluster.local"
+        );
+        let set = Config::parse_from([
+            "gateway",
+            "--runtime",
+            "kubernetes",
+            "--objects-base-url",
+            "http://gw.internal:8080/",
+        ]);
+        assert_eq!(set.objects_base_url(1), "http://gw.internal:8080");
+    }
+
+    #[test]
+    fn a_folder_store_on_kubernetes_must_be_declared_shared() {
+        let mut c = Config::parse_from(["gateway", "--runtime", "kubernetes"]);
+        let e = c.validate().unwrap_err();
+        assert!(e.contains("--archive-shared"), "{e}");
+        c.archive = Some("s3://bucket/prefix".into());
+        assert_eq!(c.validate(), Ok(()));
+        c.archive = None;
+        c.archive_shared = true;
+        assert_eq!(c.validate(), Ok(()));
+        c.objects_base_url = Some("gw:8080".into());
+        assert!(c.validate().unwrap_err().contains("--objects-base-url"));
+        // The local runtime: one gateway, its own folder.
+        let c = Config::parse_from(["gateway"]);
+        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(c.snapshot_max_bytes, 50 << 30);
     }
 
     #[test]

@@ -53,15 +53,9 @@ pub async fn run(
         .listen_port
         .store(addr.port(), std::sync::atomic::Ordering::Relaxed);
     // Agents of a folder archive store move packs through this listener.
-    let host = if addr.ip().is_unspecified() {
-        std::net::IpAddr::from([127, 0, 0, 1])
-    } else {
-        addr.ip()
-    };
-    state.archives.set_base_url(format!(
-        "http://{}",
-        std::net::SocketAddr::new(host, addr.port())
-    ));
+    state
+        .archives
+        .set_base_url(config.objects_base_url(addr.port()));
 
     // Active projects get their agents back; in the background, since a
     // request for one of them brings its agent up on its own anyway.

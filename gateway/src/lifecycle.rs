@@ -21,6 +21,7 @@ use crate::store::{
 };
 
 mod recovery;
+mod signing;
 mod snapshots;
 pub mod upkeep;
 

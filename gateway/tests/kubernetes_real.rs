@@ -124,6 +124,13 @@ impl Env {
                 "kubernetes",
                 "--k8s-agent-access",
                 "port-forward",
+                // One replica (the twins share an S3 store), and agents
+                // run as local processes that reach the gateway on
+                // loopback, not at its Service's name.
+                "--archive-shared",
+                "true",
+                "--objects-base-url",
+                &format!("http://127.0.0.1:{port}"),
             ]);
         if !extra.contains(&"--k8s-ready-timeout-secs") {
             b = b.args_from(&["--k8s-ready-timeout-secs", "60"]);

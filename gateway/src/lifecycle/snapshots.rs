@@ -1,7 +1,8 @@
 //! The snapshot half of a hibernation and of a restore, as the gateway sees
-//! it: the agent cuts or restores the snapshot on URLs signed here, one
-//! batch at a time, and the gateway checks the manifest and the packs in
-//! the store before a hibernation trusts them.
+//! it: the agent cuts or restores the snapshot on URLs signed for it, one
+//! batch at a time and within what `signing.rs` allows the operation, and
+//! the gateway checks the manifest and the packs in the store before a
+//! hibernation trusts them.
 
 use std::collections::HashSet;
 
@@ -10,6 +11,7 @@ use devgate_snapshot::{Id, MANIFEST_MAX, Manifest};
 use futures::FutureExt as _;
 
 use super::progress;
+use super::signing::{Budget, Scope, sign_packs};
 use crate::agent_client::{AgentClient, ExtractSummary};
 use crate::archive_store::Method;
 use crate::error::{Error, Result};
@@ -66,7 +68,8 @@ pub(super) async fn take_snapshot(
             }
         }
     }
-    let sign = |packs: Vec<String>| sign_packs(state, id, Method::Put, packs, None).boxed();
+    let budget = Budget::new(state.config.snapshot_max_bytes);
+    let sign = |packs| sign_packs(state, id, Method::Put, packs, Scope::Create(&budget)).boxed();
     let (done, manifest) = client.snapshot_create(prev, &sign).await?;
     crate::pause::at("hibernate-verify").await;
     progress(state, id, "verify", "checking the snapshot in the store");
@@ -75,7 +78,10 @@ pub(super) async fn take_snapshot(
     let m = decode_manifest(manifest.clone(), sid)
         .await
         .map_err(|e| Error::internal(format!("the agent's manifest: {e}")))?;
+    let mut new_bytes = 0;
     for p in m.packs.iter().filter(|p| !known_packs.contains(&p.id)) {
+        new_bytes += p.size;
+        budget.check_total(new_bytes)?;
         let key = state.archives.pack_key(id, &p.id);
         match state.archives.size(&key).await? {
             Some(n) if n == p.size => {}
@@ -118,8 +124,7 @@ pub(super) async fn restore_snapshot(
 ) -> Result<ExtractSummary> {
     let (bytes, m) = load_manifest(state, key, sid).await?;
     let allowed: HashSet<Id> = m.packs.iter().map(|p| p.id).collect();
-    let sign =
-        |packs: Vec<String>| sign_packs(state, id, Method::Get, packs, Some(&allowed)).boxed();
+    let sign = |packs| sign_packs(state, id, Method::Get, packs, Scope::Restore(&allowed)).boxed();
     let done = client
         .snapshot_restore(sid.to_owned(), bytes, &sign)
         .await?;
@@ -127,29 +132,6 @@ pub(super) async fn restore_snapshot(
         files: done.files,
         bytes: done.bytes,
     })
-}
-
-/// Signed URLs for a batch of the project's packs.
-async fn sign_packs(
-    state: &AppState,
-    project: &str,
-    method: Method,
-    packs: Vec<String>,
-    allowed: Option<&HashSet<Id>>,
-) -> Result<Vec<String>> {
-    let mut urls = Vec::with_capacity(packs.len());
-    for p in packs {
-        let pack = Id::parse(&p)
-            .map_err(|e| Error::internal(format!("the agent asked for a bad pack: {e}")))?;
-        if allowed.is_some_and(|a| !a.contains(&pack)) {
-            return Err(Error::internal(format!(
-                "the agent asked for pack {pack}, which the snapshot does not name"
-            )));
-        }
-        let key = state.archives.pack_key(project, &pack);
-        urls.push(state.archives.sign_url(method, &key).await?);
-    }
-    Ok(urls)
 }
 
 /// A stored manifest, checked against its id and the format's rules.

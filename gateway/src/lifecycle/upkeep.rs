@@ -118,7 +118,7 @@ pub async fn run(state: AppState) {
             continue;
         }
         if !interval.is_zero() {
-            let retry = interval.min(Duration::from_secs(15 * 60));
+            let retry = retry_after(interval);
             failed.retain(|_, at| at.elapsed() < retry);
             scheduled(&state, interval, &mut failed).await;
         }
@@ -127,6 +127,12 @@ pub async fn run(state: AppState) {
             upkeep(&state).await;
         }
     }
+}
+
+/// How long a project whose scheduled snapshot failed is left alone (the
+/// failure's time may be set ahead to leave it longer).
+fn retry_after(interval: Duration) -> Duration {
+    interval.min(Duration::from_secs(15 * 60))
 }
 
 /// Whether this replica should stop its pass (shutdown, or no longer elected).
@@ -179,7 +185,17 @@ async fn scheduled(state: &AppState, interval: Duration, failed: &mut HashMap<St
             Err(Error::ProjectNotActive(_)) => {}
             Err(error) => {
                 tracing::warn!(project = %p.id, error = %crate::error::Chain(&error), "scheduled snapshot failed");
-                failed.insert(p.id.clone(), Instant::now());
+                // Over --snapshot-max-bytes: the project does not shrink by
+                // itself, so it is tried again after a whole interval, not
+                // after the retry delay (each try uploads up to the cap).
+                let now = Instant::now();
+                let at = match error {
+                    Error::TooLarge(_) => now
+                        .checked_add(interval.saturating_sub(retry_after(interval)))
+                        .unwrap_or(now),
+                    _ => now,
+                };
+                failed.insert(p.id.clone(), at);
             }
         }
     }
