@@ -40,6 +40,11 @@ pub struct Isolation {
     /// port → the uids listening there and when that was read: the tables
     /// are read at most once a second per port, however many requests come.
     listeners: Mutex<std::collections::HashMap<u16, (Vec<u32>, std::time::Instant)>>,
+    /// Held while the tables are read: when the cached answer expires under
+    /// load, one request reads them and the others wait for its answer
+    /// (each read walks every socket of the machine, TIME_WAIT included:
+    /// 64 at once stalled previews for a second).
+    reading: Mutex<()>,
 }
 
 /// The uid range a gateway hands out, from its base.
@@ -101,6 +106,7 @@ impl Isolation {
             homes,
             uids: Mutex::new(uids),
             listeners: Mutex::default(),
+            reading: Mutex::default(),
         }))
     }
 
@@ -186,13 +192,8 @@ impl Isolation {
     /// may read `/proc/net/tcp*`).
     pub fn port_owned_by(&self, project: &str, port: u16) -> Option<bool> {
         let uid = self.uid(project).ok()?;
-        let cached = {
-            let map = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
-            map.get(&port)
-                .filter(|(_, at)| at.elapsed() < std::time::Duration::from_secs(1))
-                .map(|(owners, _)| owners.clone())
-        };
-        let owners = match cached {
+        let _reading = self.reading.lock().unwrap_or_else(|p| p.into_inner());
+        let owners = match self.cached_owners(port) {
             Some(owners) => owners,
             None => {
                 let owners = listener_uids(port);
@@ -209,6 +210,26 @@ impl Isolation {
             }
         };
         (!owners.is_empty()).then(|| owners.iter().all(|&o| o == uid))
+    }
+
+    /// [`Self::port_owned_by`] from the cache alone, without blocking:
+    /// `None` when the tables must be read.
+    pub fn port_owned_by_cached(&self, project: &str, port: u16) -> Option<Option<bool>> {
+        let uid = *self
+            .uids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(project)?;
+        let owners = self.cached_owners(port)?;
+        Some((!owners.is_empty()).then(|| owners.iter().all(|&o| o == uid)))
+    }
+
+    /// The listeners of `port` read less than a second ago.
+    fn cached_owners(&self, port: u16) -> Option<Vec<u32>> {
+        let map = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&port)
+            .filter(|(_, at)| at.elapsed() < std::time::Duration::from_secs(1))
+            .map(|(owners, _)| owners.clone())
     }
 }
 

@@ -317,10 +317,15 @@ impl LocalRuntime {
         match &self.isolation {
             // With a user per project, what listens there decides.
             Some(iso) => {
-                let (iso, id) = (iso.clone(), project.to_owned());
-                let owned = tokio::task::spawn_blocking(move || iso.port_owned_by(&id, port))
-                    .await
-                    .map_err(Error::internal)?;
+                let owned = match iso.port_owned_by_cached(project, port) {
+                    Some(owned) => owned,
+                    None => {
+                        let (iso, id) = (iso.clone(), project.to_owned());
+                        tokio::task::spawn_blocking(move || iso.port_owned_by(&id, port))
+                            .await
+                            .map_err(Error::internal)?
+                    }
+                };
                 tracing::debug!(project, port, ?owned, "port owner checked");
                 if owned == Some(false) {
                     return Err(taken());
