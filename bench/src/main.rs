@@ -672,6 +672,8 @@ impl Moto {
                 "-p",
                 &port.to_string(),
             ])
+            // Each request's log line reaches the file when it is served.
+            .env("PYTHONUNBUFFERED", "1")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)
             .spawn()
