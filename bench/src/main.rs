@@ -718,7 +718,7 @@ impl Moto {
     fn requests(&self) -> Result<usize> {
         Ok(std::fs::read_to_string(&self.log)?
             .lines()
-            .filter(|l| l.contains("\" HTTP/1.1\" "))
+            .filter(|l| l.contains(" HTTP/1.1\" "))
             .count())
     }
 }
