@@ -13,7 +13,10 @@ use std::collections::BTreeMap;
 use std::io;
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::listeners;
 
 /// Whether projects get users of their own (`--isolate-projects`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -37,15 +40,38 @@ pub struct Isolation {
     file: PathBuf,
     homes: PathBuf,
     uids: Mutex<BTreeMap<String, u32>>,
-    /// port → the uids listening there and when that was read: the tables
-    /// are read at most once a second per port, however many requests come.
-    listeners: Mutex<std::collections::HashMap<u16, (Vec<u32>, std::time::Instant)>>,
-    /// Held while the tables are read: when the cached answer expires under
-    /// load, one request reads them and the others wait for its answer
-    /// (each read walks every socket of the machine, TIME_WAIT included:
-    /// 64 at once stalled previews for a second).
+    /// Every listening socket's port and owner, and when that was read: the
+    /// kernel is asked at most once a second, however many requests come.
+    listeners: std::sync::RwLock<Arc<Listeners>>,
+    /// Held while the listeners are read: when the answer expires under
+    /// load, one request reads and the others wait for its answer.
     reading: Mutex<()>,
 }
+
+/// One reading of the machine's listening sockets.
+struct Listeners {
+    at: Instant,
+    owners: listeners::Owners,
+}
+
+impl Listeners {
+    /// Whether `uid` owns every socket listening on `port`, `None` when
+    /// nothing does; from this reading when it is fresh enough to answer.
+    /// "Nothing listens" is answered only by a reading made after `since`:
+    /// whoever binds next is seen by the next request.
+    fn answer(&self, port: u16, uid: u32, since: Option<Instant>) -> Option<Option<bool>> {
+        if self.at.elapsed() >= FRESH {
+            return None;
+        }
+        match self.owners.get(&port) {
+            Some(owners) => Some(Some(owners.iter().all(|&o| o == uid))),
+            None => since.filter(|&t| self.at >= t).map(|_| None),
+        }
+    }
+}
+
+/// How long a reading of the listeners answers for ports found listening.
+const FRESH: Duration = Duration::from_secs(1);
 
 /// The uid range a gateway hands out, from its base.
 const RANGE: u32 = 1 << 20;
@@ -105,7 +131,12 @@ impl Isolation {
             file,
             homes,
             uids: Mutex::new(uids),
-            listeners: Mutex::default(),
+            listeners: std::sync::RwLock::new(Arc::new(Listeners {
+                at: Instant::now()
+                    .checked_sub(FRESH)
+                    .unwrap_or_else(Instant::now),
+                owners: Default::default(),
+            })),
             reading: Mutex::default(),
         }))
     }
@@ -189,47 +220,40 @@ impl Isolation {
 
     /// Whether the project's user owns the TCP sockets listening on `port`
     /// (any local address); `None` when nothing listens there. Blocking (it
-    /// may read `/proc/net/tcp*`).
+    /// may ask the kernel for the machine's listening sockets).
     pub fn port_owned_by(&self, project: &str, port: u16) -> Option<bool> {
         let uid = self.uid(project).ok()?;
+        let arrived = Instant::now();
         let _reading = self.reading.lock().unwrap_or_else(|p| p.into_inner());
-        let owners = match self.cached_owners(port) {
-            Some(owners) => owners,
-            None => {
-                let owners = listener_uids(port);
-                // "Nothing listens" is not kept: whoever binds next is seen
-                // by the next request.
-                if !owners.is_empty() {
-                    let mut map = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
-                    if map.len() > 4096 {
-                        map.retain(|_, (_, at)| at.elapsed() < std::time::Duration::from_secs(1));
-                    }
-                    map.insert(port, (owners.clone(), std::time::Instant::now()));
-                }
-                owners
-            }
-        };
-        (!owners.is_empty()).then(|| owners.iter().all(|&o| o == uid))
+        // Another request may have read them while this one waited.
+        if let Some(owned) = self.current().answer(port, uid, Some(arrived)) {
+            return owned;
+        }
+        let fresh = Arc::new(Listeners {
+            at: Instant::now(),
+            owners: listeners::read(),
+        });
+        let owned = fresh.answer(port, uid, Some(arrived)).flatten();
+        *self.listeners.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        owned
     }
 
-    /// [`Self::port_owned_by`] from the cache alone, without blocking:
-    /// `None` when the tables must be read.
+    /// [`Self::port_owned_by`] from the last reading alone, without
+    /// blocking: `None` when the listeners must be read again.
     pub fn port_owned_by_cached(&self, project: &str, port: u16) -> Option<Option<bool>> {
         let uid = *self
             .uids
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(project)?;
-        let owners = self.cached_owners(port)?;
-        Some((!owners.is_empty()).then(|| owners.iter().all(|&o| o == uid)))
+        self.current().answer(port, uid, None)
     }
 
-    /// The listeners of `port` read less than a second ago.
-    fn cached_owners(&self, port: u16) -> Option<Vec<u32>> {
-        let map = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(&port)
-            .filter(|(_, at)| at.elapsed() < std::time::Duration::from_secs(1))
-            .map(|(owners, _)| owners.clone())
+    fn current(&self) -> Arc<Listeners> {
+        self.listeners
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -307,43 +331,9 @@ fn unsearchable_ancestor(path: &Path) -> Option<PathBuf> {
         .map(Path::to_path_buf)
 }
 
-/// The uids of TCP sockets listening on `port`, from `/proc/net/tcp` and
-/// `/proc/net/tcp6`.
-fn listener_uids(port: u16) -> Vec<u32> {
-    let want = format!(":{port:04X}");
-    let mut uids = Vec::new();
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(table) else {
-            continue;
-        };
-        for line in text.lines().skip(1) {
-            let cols: Vec<&str> = line.split_whitespace().collect();
-            // local_address rem_address st ... uid: st 0A is LISTEN.
-            if cols.len() > 7
-                && cols[1].ends_with(&want)
-                && cols[3] == "0A"
-                && let Ok(uid) = cols[7].parse()
-            {
-                uids.push(uid);
-            }
-        }
-    }
-    uids
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn listeners_are_found_with_their_owner() {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        let me = rustix::process::geteuid().as_raw();
-        assert_eq!(listener_uids(port), [me]);
-        drop(l);
-        assert!(listener_uids(port).is_empty());
-    }
 
     #[test]
     fn path_keeps_only_what_others_can_search() {

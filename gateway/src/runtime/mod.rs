@@ -7,6 +7,7 @@
 
 pub mod isolation;
 pub mod kubernetes;
+mod listeners;
 pub mod local;
 
 use std::collections::BTreeMap;
