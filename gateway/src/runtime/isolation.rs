@@ -45,7 +45,7 @@ pub struct Isolation {
     listeners: std::sync::RwLock<Arc<Listeners>>,
     /// Held while the listeners are read: when the answer expires under
     /// load, one request reads and the others wait for its answer.
-    reading: Mutex<()>,
+    reading: tokio::sync::Mutex<()>,
 }
 
 /// One reading of the machine's listening sockets.
@@ -137,7 +137,7 @@ impl Isolation {
                     .unwrap_or_else(Instant::now),
                 owners: Default::default(),
             })),
-            reading: Mutex::default(),
+            reading: tokio::sync::Mutex::default(),
         }))
     }
 
@@ -219,28 +219,39 @@ impl Isolation {
     }
 
     /// Whether the project's user owns the TCP sockets listening on `port`
-    /// (any local address); `None` when nothing listens there. Blocking (it
-    /// may ask the kernel for the machine's listening sockets).
-    pub fn port_owned_by(&self, project: &str, port: u16) -> Option<bool> {
+    /// (any local address); `None` when nothing listens there. Answered
+    /// from the last reading of the machine's listeners when it is fresh
+    /// enough; otherwise one request reads them again (on a blocking
+    /// thread) while the others wait for it without holding a thread: a
+    /// blocking task per waiting request once spawned a thread each, every
+    /// second, under load.
+    pub async fn port_owned_by(self: &Arc<Self>, project: &str, port: u16) -> Option<bool> {
+        if let Some(owned) = self.port_owned_by_cached(project, port) {
+            return owned;
+        }
         let uid = self.uid(project).ok()?;
         let arrived = Instant::now();
-        let _reading = self.reading.lock().unwrap_or_else(|p| p.into_inner());
+        let _reading = self.reading.lock().await;
         // Another request may have read them while this one waited.
         if let Some(owned) = self.current().answer(port, uid, Some(arrived)) {
             return owned;
         }
+        let Ok(owners) = tokio::task::spawn_blocking(listeners::read).await else {
+            // Not known: refused, as another user's port would be.
+            return Some(false);
+        };
         let fresh = Arc::new(Listeners {
             at: Instant::now(),
-            owners: listeners::read(),
+            owners,
         });
         let owned = fresh.answer(port, uid, Some(arrived)).flatten();
         *self.listeners.write().unwrap_or_else(|p| p.into_inner()) = fresh;
         owned
     }
 
-    /// [`Self::port_owned_by`] from the last reading alone, without
-    /// blocking: `None` when the listeners must be read again.
-    pub fn port_owned_by_cached(&self, project: &str, port: u16) -> Option<Option<bool>> {
+    /// [`Self::port_owned_by`] from the last reading alone: `None` when
+    /// the listeners must be read again.
+    fn port_owned_by_cached(&self, project: &str, port: u16) -> Option<Option<bool>> {
         let uid = *self
             .uids
             .lock()

@@ -317,15 +317,7 @@ impl LocalRuntime {
         match &self.isolation {
             // With a user per project, what listens there decides.
             Some(iso) => {
-                let owned = match iso.port_owned_by_cached(project, port) {
-                    Some(owned) => owned,
-                    None => {
-                        let (iso, id) = (iso.clone(), project.to_owned());
-                        tokio::task::spawn_blocking(move || iso.port_owned_by(&id, port))
-                            .await
-                            .map_err(Error::internal)?
-                    }
-                };
+                let owned = iso.port_owned_by(project, port).await;
                 tracing::debug!(project, port, ?owned, "port owner checked");
                 if owned == Some(false) {
                     return Err(taken());
