@@ -2,8 +2,8 @@
 //! test does it: plain text scans, no compilation, milliseconds.
 //!
 //! - every Rust file opens with a `//!` comment saying what it is for;
-//! - product code (each crate's `src/`, unit-test modules aside) has no
-//!   `unwrap()`/`expect(`: errors are handled or carried;
+//! - product code (each crate's `src/`, unit-test modules and files aside)
+//!   has no `unwrap()`/`expect(`: errors are handled or carried;
 //! - `allow(deprecated)` states its reason (`reason = "..."`);
 //! - no product source file is longer than 800 lines;
 //! - the gateway's modules import each other along the layering that
@@ -87,6 +87,21 @@ fn product_lines(text: &str) -> Vec<(usize, &str)> {
     out
 }
 
+/// A unit-test module in a file of its own: `x/tests.rs`, declared as
+/// `#[cfg(test)] mod tests;` by `x.rs` or `x/mod.rs`.
+fn is_test_module(path: &Path) -> bool {
+    let (Some(name), Some(dir)) = (path.file_name(), path.parent()) else {
+        return false;
+    };
+    name == "tests.rs"
+        && [dir.with_extension("rs"), dir.join("mod.rs")]
+            .iter()
+            .any(|parent| {
+                std::fs::read_to_string(parent)
+                    .is_ok_and(|text| text.contains("#[cfg(test)]\nmod tests;"))
+            })
+}
+
 #[test]
 fn every_file_opens_with_a_module_comment() {
     let mut bad = Vec::new();
@@ -107,6 +122,9 @@ fn every_file_opens_with_a_module_comment() {
 fn no_unwrap_or_expect_in_product_code() {
     let mut bad = Vec::new();
     for path in files_under(PRODUCT_CRATES, "src") {
+        if is_test_module(&path) {
+            continue;
+        }
         let text = read(&path);
         for (n, line) in product_lines(&text) {
             if line.contains(".unwrap()") || line.contains(".expect(") {
@@ -138,12 +156,7 @@ fn allow_deprecated_states_a_reason() {
 /// Files over the cap today, each with the length it may not pass, to be
 /// split (issue 13): a file on this list may shrink, never grow, and one
 /// that fits the cap must leave the list.
-const TOO_LONG: &[(&str, usize)] = &[
-    ("agent/src/archive/extract.rs", 960),
-    ("gateway/src/agent_client.rs", 1072),
-    ("gateway/src/store/postgres.rs", 924),
-    ("gateway/src/store/sqlite.rs", 918),
-];
+const TOO_LONG: &[(&str, usize)] = &[];
 
 #[test]
 fn no_product_file_over_800_lines() {
