@@ -22,8 +22,8 @@ use proto::v1 as pb;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::agent_types::{AgentAddress, AgentEndpoint};
 use crate::error::{Error, Result};
-use crate::runtime::{AgentAddress, AgentEndpoint};
 pub use types::{
     ArchiveChunk, ArchiveOptions, ArchiveSummary, BackgroundProcess, CloneResult, Entry, EntryKind,
     ExtractCaps, ExtractSummary, FsEvent, FsEventKind, PtyEvent, PtyInput, PtySession, PtySpec,

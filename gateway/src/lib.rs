@@ -4,6 +4,7 @@
 //! project lifecycle through a [`runtime::Runtime`].
 
 pub mod agent_client;
+pub mod agent_types;
 pub mod api;
 pub mod archive_store;
 pub mod auth;

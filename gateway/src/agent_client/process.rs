@@ -12,8 +12,8 @@ use futures::stream::{BoxStream, Stream, StreamExt as _};
 use proto::v1 as pb;
 
 use super::{AgentClient, BackgroundProcess, PtyEvent, PtyInput, PtySession, PtySpec, unary};
+use crate::agent_types::{ExecOutput, ExecSpec};
 use crate::error::{Error, Result};
-use crate::runtime::{ExecOutput, ExecSpec};
 
 impl AgentClient {
     /// Runs a command to completion.
