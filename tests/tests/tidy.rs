@@ -239,6 +239,7 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
     ("ids", &["*except error"]),
     ("tls", &["*"]),
     ("agent_types", &["*"]),
+    ("activity", &["*"]),
     ("metrics", &["*except error"]),
     (
         "store",
@@ -298,28 +299,39 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
         "templates",
         &["state", "lifecycle", "idle", "preview", "api", "runtime"],
     ),
-    ("lifecycle", &["api", "preview", "server"]),
+    (
+        "config",
+        &[
+            "state",
+            "lifecycle",
+            "idle",
+            "preview",
+            "api",
+            "auth",
+            "server",
+            "store",
+            "archive_store",
+            "agent_client",
+        ],
+    ),
+    (
+        "auth",
+        &["state", "lifecycle", "idle", "preview", "api", "server"],
+    ),
+    ("lifecycle", &["api", "preview", "server", "idle"]),
     ("idle", &["api", "preview", "server"]),
-    ("state", &["api", "server", "lifecycle"]),
+    ("state", &["api", "server", "lifecycle", "idle"]),
     ("preview", &["api", "server"]),
     ("api", &["server"]),
 ];
 
-/// Import cycles that exist and are to be broken (issue 13), the hub of
-/// shared state. `state::AppState` holds the idle tracker, the preview
-/// proxy's state, the auth keys and the config, and those modules take an
-/// `AppState` (the config names the preview host style). The set may only
-/// shrink: the test fails when one of these modules leaves the cycle
-/// without the list being updated.
-const KNOWN_CYCLES: &[&[&str]] = &[&[
-    "archive_store",
-    "auth",
-    "config",
-    "idle",
-    "lifecycle",
-    "preview",
-    "state",
-]];
+/// Import cycles that exist and are to be broken (issue 13); the set may
+/// only shrink: the test fails when a module leaves a cycle without the list
+/// being updated. What is left of the state hub: `state::AppState` holds the
+/// preview proxy's state (its connection pool, record caches and share
+/// links), the preview handlers take an `AppState`, and a preview wakes its
+/// project through `lifecycle`, which takes an `AppState` too.
+const KNOWN_CYCLES: &[&[&str]] = &[&["lifecycle", "preview", "state"]];
 
 #[test]
 fn gateway_modules_follow_the_layering() {
