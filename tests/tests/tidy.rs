@@ -17,11 +17,11 @@ use std::path::{Path, PathBuf};
 const MAX_LINES: usize = 800;
 
 /// Crates whose `src/` is product code (shipped in a binary or a library).
-const PRODUCT_CRATES: &[&str] = &["agent", "gateway", "fs", "proto", "snapshot"];
+const PRODUCT_CRATES: &[&str] = &["agent", "gateway", "fs", "pause", "proto", "snapshot"];
 
 /// Folders holding Rust files of the workspace (product, tests, benches).
 const ALL_RUST: &[&str] = &[
-    "agent", "gateway", "fs", "proto", "snapshot", "tests", "bench", "fuzz",
+    "agent", "gateway", "fs", "pause", "proto", "snapshot", "tests", "bench", "fuzz",
 ];
 
 fn workspace() -> PathBuf {
