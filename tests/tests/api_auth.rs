@@ -3,16 +3,8 @@
 //! and `?token=` accepted only where a browser cannot send headers.
 
 use serde_json::{Value, json};
+use tests::error_of;
 use tests::gateway::{Gateway, sign};
-
-async fn status_code(r: reqwest::Response) -> (u16, String) {
-    let s = r.status().as_u16();
-    let v: Value = r.json().await.unwrap_or(Value::Null);
-    (
-        s,
-        v["error"]["code"].as_str().unwrap_or_default().to_owned(),
-    )
-}
 
 #[tokio::test]
 async fn unauthorized_and_forbidden_matrix() {
@@ -54,7 +46,7 @@ async fn unauthorized_and_forbidden_matrix() {
             }
             let r = req.body("{}").send().await.unwrap();
             assert_eq!(
-                status_code(r).await,
+                error_of(r).await,
                 (401, "unauthorized".into()),
                 "{what}: {method} {path}"
             );
@@ -69,7 +61,7 @@ async fn unauthorized_and_forbidden_matrix() {
             .await
             .unwrap();
         assert_eq!(
-            status_code(r).await,
+            error_of(r).await,
             (403, "forbidden".into()),
             "p2 token: {method} {path}"
         );

@@ -9,15 +9,7 @@ use std::os::unix::fs::PermissionsExt as _;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tests::gateway::Gateway;
-
-async fn code(r: reqwest::Response) -> (StatusCode, String) {
-    let s = r.status();
-    let v: Value = r.json().await.unwrap_or(Value::Null);
-    (
-        s,
-        v["error"]["code"].as_str().unwrap_or_default().to_owned(),
-    )
-}
+use tests::{error_of, expect_error};
 
 /// A gateway whose file reads go through the agent, as on Kubernetes (the
 /// local runtime's default reads files itself).
@@ -197,13 +189,7 @@ async fn etag_range_and_preconditions(gw: Gateway) {
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        code(r).await,
-        (
-            StatusCode::PRECONDITION_FAILED,
-            "precondition_failed".into()
-        )
-    );
+    assert_eq!(error_of(r).await, (412, "precondition_failed".into()));
     assert!(!gw.project_dir("p1").join("src/deep/missing.txt").exists());
     // With an old one → 412, unchanged.
     let r = gw
@@ -213,13 +199,7 @@ async fn etag_range_and_preconditions(gw: Gateway) {
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        code(r).await,
-        (
-            StatusCode::PRECONDITION_FAILED,
-            "precondition_failed".into()
-        )
-    );
+    assert_eq!(error_of(r).await, (412, "precondition_failed".into()));
     assert_eq!(
         std::fs::read(gw.project_dir("p1").join("src/deep/a.txt")).unwrap(),
         b"v2"
@@ -233,13 +213,7 @@ async fn etag_range_and_preconditions(gw: Gateway) {
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        code(r).await,
-        (
-            StatusCode::PRECONDITION_FAILED,
-            "precondition_failed".into()
-        )
-    );
+    assert_eq!(error_of(r).await, (412, "precondition_failed".into()));
     assert_eq!(
         std::fs::read(gw.project_dir("p1").join("src/deep/a.txt")).unwrap(),
         b"v2"
@@ -255,32 +229,26 @@ async fn etag_range_and_preconditions(gw: Gateway) {
 
     // A directory → 400 is_directory; a missing file → 404.
     let r = gw.get("/api/projects/p1/files/src").send().await.unwrap();
-    assert_eq!(
-        code(r).await,
-        (StatusCode::BAD_REQUEST, "is_directory".into())
-    );
+    assert_eq!(error_of(r).await, (400, "is_directory".into()));
     let r = gw
         .get("/api/projects/p1/files/missing.txt")
         .send()
         .await
         .unwrap();
-    assert_eq!(code(r).await, (StatusCode::NOT_FOUND, "not_found".into()));
+    assert_eq!(error_of(r).await, (404, "not_found".into()));
     let r = gw.get("/api/projects/p1/files/").send().await.unwrap();
-    assert_eq!(
-        code(r).await,
-        (StatusCode::BAD_REQUEST, "is_directory".into())
-    );
+    assert_eq!(error_of(r).await, (400, "is_directory".into()));
     for root in ["/api/projects/p1/files", "/api/projects/p1/files/"] {
         let r = gw.put(root).body("x").send().await.unwrap();
         assert_eq!(
-            code(r).await,
-            (StatusCode::BAD_REQUEST, "is_directory".into()),
+            error_of(r).await,
+            (400, "is_directory".into()),
             "PUT {root}"
         );
         let r = gw.delete(root).send().await.unwrap();
         assert_eq!(
-            code(r).await,
-            (StatusCode::BAD_REQUEST, "bad_request".into()),
+            error_of(r).await,
+            (400, "bad_request".into()),
             "DELETE {root}"
         );
     }
@@ -358,17 +326,14 @@ async fn list_stat_mkdir_move_delete() {
         .unwrap();
     assert_eq!(v["entries"].as_array().unwrap().len(), 2);
     let r = gw.get("/api/projects/p1/list/e.txt").send().await.unwrap();
-    assert_eq!(
-        code(r).await,
-        (StatusCode::BAD_REQUEST, "not_a_directory".into())
-    );
+    assert_eq!(error_of(r).await, (400, "not_a_directory".into()));
 
     let r = gw
         .get("/api/projects/p1/stat/nope.txt")
         .send()
         .await
         .unwrap();
-    assert_eq!(code(r).await, (StatusCode::NOT_FOUND, "not_found".into()));
+    assert_eq!(error_of(r).await, (404, "not_found".into()));
     let root: Value = gw
         .get("/api/projects/p1/stat/")
         .send()
@@ -409,7 +374,7 @@ async fn list_stat_mkdir_move_delete() {
         .send()
         .await
         .unwrap();
-    assert_eq!(code(r).await, (StatusCode::CONFLICT, "conflict".into()));
+    assert_eq!(error_of(r).await, (409, "conflict".into()));
     let r = gw
         .post("/api/projects/p1/move")
         .json(&json!({"from": "e.txt", "to": "moved.txt"}))
@@ -429,10 +394,7 @@ async fn list_stat_mkdir_move_delete() {
 
     // delete: non-empty dir needs recursive.
     let r = gw.delete("/api/projects/p1/files/a").send().await.unwrap();
-    assert_eq!(
-        code(r).await,
-        (StatusCode::CONFLICT, "directory_not_empty".into())
-    );
+    assert_eq!(error_of(r).await, (409, "directory_not_empty".into()));
     assert!(gw.project_dir("p1").join("a/b/c.txt").exists());
     let r = gw
         .delete("/api/projects/p1/files/a?recursive=true")
@@ -507,8 +469,8 @@ async fn path_escapes(gw: Gateway) {
             .await
             .unwrap();
         assert_eq!(
-            code(r).await,
-            (StatusCode::BAD_REQUEST, "path_outside_project".into()),
+            error_of(r).await,
+            (400, "path_outside_project".into()),
             "GET {path}"
         );
         let r = gw
@@ -518,8 +480,8 @@ async fn path_escapes(gw: Gateway) {
             .await
             .unwrap();
         assert_eq!(
-            code(r).await,
-            (StatusCode::BAD_REQUEST, "path_outside_project".into()),
+            error_of(r).await,
+            (400, "path_outside_project".into()),
             "PUT {path}"
         );
     }
@@ -533,20 +495,14 @@ async fn path_escapes(gw: Gateway) {
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        code(r).await,
-        (StatusCode::BAD_REQUEST, "path_outside_project".into())
-    );
+    assert_eq!(error_of(r).await, (400, "path_outside_project".into()));
     let r = gw
         .post("/api/projects/p1/move")
         .json(&json!({"from": "out.txt", "to": "/tmp/stolen"}))
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        code(r).await,
-        (StatusCode::BAD_REQUEST, "path_outside_project".into())
-    );
+    assert_eq!(error_of(r).await, (400, "path_outside_project".into()));
     let (status, _) = gw
         .raw(&gw.raw_request("POST", "/api/projects/p1/mkdir/%2e%2e/evil", b""))
         .await
@@ -670,15 +626,9 @@ async fn file_routes_need_an_active_project() {
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        code(r).await,
-        (StatusCode::CONFLICT, "project_not_active".into())
-    );
+    assert_eq!(error_of(r).await, (409, "project_not_active".into()));
     let r = gw.get("/api/projects/idle/list").send().await.unwrap();
-    assert_eq!(
-        code(r).await,
-        (StatusCode::CONFLICT, "project_not_active".into())
-    );
+    assert_eq!(error_of(r).await, (409, "project_not_active".into()));
     // Every other file, exec, terminal and watch route of a project that was
     // created but never opened.
     let others = [
@@ -696,8 +646,8 @@ async fn file_routes_need_an_active_project() {
         let r = req.send().await.unwrap();
         let what = format!("{} {}", r.url().path(), r.status());
         assert_eq!(
-            code(r).await,
-            (StatusCode::CONFLICT, "project_not_active".into()),
+            error_of(r).await,
+            (409, "project_not_active".into()),
             "{what}"
         );
     }
@@ -719,16 +669,13 @@ async fn file_routes_need_an_active_project() {
         .send()
         .await
         .unwrap();
-    assert_eq!(code(r).await, (StatusCode::NOT_FOUND, "not_found".into()));
+    assert_eq!(error_of(r).await, (404, "not_found".into()));
     let r = gw
         .get("/api/projects/Bad_Id/files/a.txt")
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        code(r).await,
-        (StatusCode::BAD_REQUEST, "bad_request".into())
-    );
+    assert_eq!(error_of(r).await, (400, "bad_request".into()));
 }
 
 #[tokio::test]
@@ -747,10 +694,7 @@ async fn bodies_over_the_limit_are_413_and_write_nothing() {
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        code(r).await,
-        (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large".into())
-    );
+    assert_eq!(error_of(r).await, (413, "payload_too_large".into()));
     assert!(!gw.project_dir("p1").join("big.txt").exists());
     // Chunked, so only counting finds out: the write is cancelled, nothing lands.
     let r = reqwest::Client::new()
@@ -901,14 +845,10 @@ async fn local_reads_skip_the_agent() {
         .await
         .unwrap();
     assert_eq!(r.status(), 304);
-    assert_eq!(
-        code(gw.get("/api/projects/p1/files/a").send().await.unwrap()).await,
-        (StatusCode::BAD_REQUEST, "is_directory".to_owned())
-    );
-    assert_eq!(
-        code(gw.get("/api/projects/p1/files/nope").send().await.unwrap()).await,
-        (StatusCode::NOT_FOUND, "not_found".to_owned())
-    );
+    let r = gw.get("/api/projects/p1/files/a").send().await.unwrap();
+    expect_error(r, 400, "is_directory").await;
+    let r = gw.get("/api/projects/p1/files/nope").send().await.unwrap();
+    expect_error(r, 404, "not_found").await;
 }
 
 /// Rewrites the declared uncompressed size of entry `name` in both its
@@ -990,10 +930,7 @@ async fn archive_upload_is_all_or_nothing_and_capped() {
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        code(r).await,
-        (StatusCode::BAD_REQUEST, "bad_request".into())
-    );
+    assert_eq!(error_of(r).await, (400, "bad_request".into()));
     assert_eq!(std::fs::read(dir.join("keep.txt")).unwrap(), b"PRECIOUS");
     assert_eq!(listing(&dir), before, "nothing added, no staging left");
 
@@ -1130,8 +1067,5 @@ async fn archive_download_of_everything() {
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        code(r).await,
-        (StatusCode::BAD_REQUEST, "bad_request".into())
-    );
+    assert_eq!(error_of(r).await, (400, "bad_request".into()));
 }

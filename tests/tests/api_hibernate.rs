@@ -41,30 +41,9 @@ fn snapshot(root: &Path) -> BTreeMap<String, (String, u32, Vec<u8>)> {
     out
 }
 
-async fn put(gw: &Gateway, p: &str, path: &str, body: impl Into<reqwest::Body>) {
-    let r = gw
-        .put(&format!("/api/projects/{p}/files/{path}"))
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "PUT {path}");
-}
-
 /// The keys of a bucket under `prefix`, listed with a signed request.
 async fn list(s3: &S3Server, bucket: &str, prefix: &str) -> Vec<String> {
     s3.keys(bucket, prefix).await.unwrap()
-}
-
-async fn exec(gw: &Gateway, p: &str, script: &str) {
-    let r = gw
-        .post(&format!("/api/projects/{p}/exec"))
-        .json(&json!({"argv": ["sh", "-c", script]}))
-        .send()
-        .await
-        .unwrap();
-    let v: Value = r.json().await.unwrap();
-    assert_eq!(v["exit_code"], 0, "{script}: {v}");
 }
 
 tests::on_both_s3_servers!(
@@ -83,29 +62,35 @@ async fn hibernate_to_s3_and_open_with_identical_bytes_and_modes(s3: &S3Server) 
         .unwrap();
     gw.open_project("s3p").await.unwrap();
 
-    put(&gw, "s3p", "src/app/main.js", "console.log('hi')\n").await;
-    put(&gw, "s3p", "bin/run.sh", "#!/bin/sh\necho run\n").await;
-    put(&gw, "s3p", "secret.env", "TOKEN=x\n").await;
-    put(&gw, "s3p", "empty.txt", Vec::<u8>::new()).await;
+    gw.put_file("s3p", "src/app/main.js", "console.log('hi')\n")
+        .await
+        .unwrap();
+    gw.put_file("s3p", "bin/run.sh", "#!/bin/sh\necho run\n")
+        .await
+        .unwrap();
+    gw.put_file("s3p", "secret.env", "TOKEN=x\n").await.unwrap();
+    gw.put_file("s3p", "empty.txt", Vec::<u8>::new())
+        .await
+        .unwrap();
     let binary: Vec<u8> = (0..200_000u32)
         .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
         .collect();
-    put(&gw, "s3p", "assets/blob.bin", binary).await;
-    exec(&gw, "s3p", "chmod 755 bin/run.sh && chmod 600 secret.env && mkdir -p empty/dir && chmod 700 empty && ln -s src/app/main.js link.js").await;
+    gw.put_file("s3p", "assets/blob.bin", binary).await.unwrap();
+    gw.exec_ok("s3p", "chmod 755 bin/run.sh && chmod 600 secret.env && mkdir -p empty/dir && chmod 700 empty && ln -s src/app/main.js link.js").await.unwrap();
     // Files keep their modification times.
-    exec(
-        &gw,
+    gw.exec_ok(
         "s3p",
         "touch -d @1600000000 src/app/main.js assets/blob.bin",
     )
-    .await;
+    .await
+    .unwrap();
     // Kept too: nothing is left out of a hibernation.
-    exec(
-        &gw,
+    gw.exec_ok(
         "s3p",
         "mkdir -p node_modules/dep && echo x > node_modules/dep/i.js",
     )
-    .await;
+    .await
+    .unwrap();
     let before = snapshot(&gw.project_dir("s3p"));
     assert!(before.len() >= 10, "{before:?}");
 
@@ -219,13 +204,10 @@ async fn hibernate_with_s3_unreachable_leaves_the_project_active_and_intact() {
         .await
         .unwrap();
     gw.open_project("keep").await.unwrap();
-    put(&gw, "keep", "a/b.txt", "precious").await;
-    exec(
-        &gw,
-        "keep",
-        "printf '#!/bin/sh\\n' > x.sh && chmod 755 x.sh",
-    )
-    .await;
+    gw.put_file("keep", "a/b.txt", "precious").await.unwrap();
+    gw.exec_ok("keep", "printf '#!/bin/sh\\n' > x.sh && chmod 755 x.sh")
+        .await
+        .unwrap();
     let before = snapshot(&gw.project_dir("keep"));
 
     let r = gw
@@ -270,7 +252,7 @@ async fn hibernate_with_s3_unreachable_leaves_the_project_active_and_intact() {
             .unwrap(),
         "precious"
     );
-    put(&gw, "keep", "a/c.txt", "more").await;
+    gw.put_file("keep", "a/c.txt", "more").await.unwrap();
     let logs: Vec<Value> = gw
         .get("/api/projects/keep/logs")
         .send()
@@ -291,7 +273,7 @@ async fn a_missing_bucket_is_created(s3: &S3Server) {
         .await
         .unwrap();
     gw.open_project("nb").await.unwrap();
-    put(&gw, "nb", "f.txt", "data").await;
+    gw.put_file("nb", "f.txt", "data").await.unwrap();
     let r = gw.post("/api/projects/nb/hibernate").send().await.unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     let p: Value = r.json().await.unwrap();
@@ -408,13 +390,15 @@ async fn a_zip_of_an_earlier_version_opens(s3: Option<&S3Server>) {
     }
     let mut gw = b.start().await.unwrap();
     gw.open_project("old").await.unwrap();
-    put(&gw, "old", "src/a.txt", "from the zip era\n").await;
-    exec(
-        &gw,
+    gw.put_file("old", "src/a.txt", "from the zip era\n")
+        .await
+        .unwrap();
+    gw.exec_ok(
         "old",
         "mkdir -p bin && printf '#!/bin/sh\\n' > bin/x.sh && chmod 755 bin/x.sh",
     )
-    .await;
+    .await
+    .unwrap();
     let before = snapshot(&gw.project_dir("old"));
     // A zip of the project, as hibernation wrote them before snapshots.
     let zip = gw

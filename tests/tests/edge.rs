@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use futures::{SinkExt as _, StreamExt as _};
 use serde_json::{Value, json};
 use tests::devserver::{SERVER, browser, dev_server, dev_server_with, url, wait_status};
+use tests::error_of;
 use tests::eventually;
 use tests::gateway::Gateway;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -25,15 +26,6 @@ fn is_root() -> bool {
                 .map(|l| l.split_whitespace().nth(1) == Some("0"))
         })
         .unwrap_or(false)
-}
-
-async fn error_code(r: reqwest::Response) -> (u16, String) {
-    let status = r.status().as_u16();
-    let v: Value = r.json().await.expect("a JSON error body");
-    (
-        status,
-        v["error"]["code"].as_str().unwrap_or_default().to_owned(),
-    )
 }
 
 /// Reads what the server sends on `s` until it closes (or `limit` passes).
@@ -98,7 +90,7 @@ async fn previews_reach_only_declared_ports_of_their_own_project_and_never_loop(
             "{host} took {:?}",
             t0.elapsed()
         );
-        assert_eq!(error_code(r).await, (404, "not_found".to_owned()), "{host}");
+        assert_eq!(error_of(r).await, (404, "not_found".to_owned()), "{host}");
     }
 
     // Declaring them changes nothing: b's running port stays b's, and the
@@ -130,7 +122,7 @@ async fn previews_reach_only_declared_ports_of_their_own_project_and_never_loop(
             "{host} took {:?}",
             t0.elapsed()
         );
-        assert_eq!(error_code(r).await, (404, "not_found".to_owned()), "{host}");
+        assert_eq!(error_of(r).await, (404, "not_found".to_owned()), "{host}");
     }
     if is_root() {
         // A port this test (another user) listens on, declared by a
@@ -154,7 +146,7 @@ async fn previews_reach_only_declared_ports_of_their_own_project_and_never_loop(
         let host = format!("{port}-peek.a.localhost");
         let p = browser(&gw, &[&host]);
         let r = p.get(url(&gw, &host, "/")).send().await.unwrap();
-        assert_eq!(error_code(r).await, (404, "not_found".to_owned()));
+        assert_eq!(error_of(r).await, (404, "not_found".to_owned()));
         let accepted = tokio::time::timeout(Duration::from_millis(300), outsider.accept()).await;
         assert!(accepted.is_err(), "the outsider's port was dialled");
     }
@@ -170,7 +162,7 @@ async fn previews_reach_only_declared_ports_of_their_own_project_and_never_loop(
         .send()
         .await
         .unwrap();
-    assert_eq!(error_code(r).await, (508, "loop_detected".to_owned()));
+    assert_eq!(error_of(r).await, (508, "loop_detected".to_owned()));
     let r = c
         .get(url(&gw, pub_host, "/"))
         .header("via", "1.1 devgate")
@@ -198,7 +190,7 @@ async fn previews_reach_only_declared_ports_of_their_own_project_and_never_loop(
         .send()
         .await
         .unwrap();
-    assert_eq!(error_code(r).await, (409, "conflict".to_owned()));
+    assert_eq!(error_of(r).await, (409, "conflict".to_owned()));
 }
 
 #[tokio::test]
@@ -263,7 +255,7 @@ async fn gateway_credentials_never_reach_the_dev_server_and_preview_cookies_are_
             .await
             .unwrap();
         assert_eq!(
-            error_code(r).await,
+            error_of(r).await,
             (401, "unauthorized".to_owned()),
             "{path}"
         );
@@ -526,7 +518,7 @@ async fn share_links_expire_are_revoked_everywhere_and_wake_only_when_made_to() 
         .send()
         .await
         .unwrap();
-    assert_eq!(error_code(r).await, (503, "unavailable".to_owned()));
+    assert_eq!(error_of(r).await, (503, "unavailable".to_owned()));
     let p: Value = a
         .get("/api/projects/s")
         .send()
@@ -589,7 +581,7 @@ async fn strangers_wake_a_public_preview_at_most_once_per_interval() {
         .parse()
         .unwrap();
     assert!(retry > 500 && retry <= 600, "{retry}");
-    assert_eq!(error_code(r).await, (429, "too_many_requests".to_owned()));
+    assert_eq!(error_of(r).await, (429, "too_many_requests".to_owned()));
     let p: Value = gw
         .get("/api/projects/w")
         .send()
@@ -948,7 +940,7 @@ async fn the_command_log_and_exec_answers_are_bounded() {
         .unwrap();
     assert_eq!(all.len(), 20);
     let r = gw.get("/api/projects/l/logs?limit=0").send().await.unwrap();
-    assert_eq!(error_code(r).await, (400, "bad_request".to_owned()));
+    assert_eq!(error_of(r).await, (400, "bad_request".to_owned()));
 }
 
 #[tokio::test]
@@ -1158,7 +1150,7 @@ async fn a_project_never_serves_another_projects_port_as_its_own() {
             .send()
             .await
             .unwrap();
-        assert_eq!(error_code(r).await, (404, "not_found".to_owned()));
+        assert_eq!(error_of(r).await, (404, "not_found".to_owned()));
         let dialled = tokio::time::timeout(Duration::from_millis(300), squatter.accept()).await;
         assert!(dialled.is_err(), "the squatter was dialled");
     }

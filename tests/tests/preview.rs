@@ -12,6 +12,7 @@ use std::time::Duration;
 use futures::{SinkExt as _, StreamExt as _};
 use serde_json::Value;
 use tests::devserver::{SERVER, browser, dev_server, dev_server_with, url, wait_status};
+use tests::expect_error;
 use tests::gateway::Gateway;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -245,9 +246,7 @@ async fn public_preview_websocket_port_form_stopped_and_unknown() {
     );
     assert!(r.text().await.unwrap().contains("not running"));
     let r = b.get(url(&gw, host, "/")).send().await.unwrap();
-    assert_eq!(r.status().as_u16(), 503);
-    let v: Value = r.json().await.unwrap();
-    assert_eq!(v["error"]["code"], "unavailable");
+    expect_error(r, 503, "unavailable").await;
 }
 
 #[tokio::test]
