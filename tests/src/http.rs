@@ -26,3 +26,19 @@ pub async fn expect_error(r: reqwest::Response, status: u16, code: &str) -> Stri
         .unwrap_or_default()
         .to_owned()
 }
+
+/// Sends a test's request: `gw.get(path).fetch().await` is the response,
+/// and a request that could not be sent panics with reqwest's error, which
+/// names the URL (what `.send().await.unwrap()` spelled out every time).
+pub trait Fetch {
+    fn fetch(self) -> impl std::future::Future<Output = reqwest::Response> + Send;
+}
+
+impl Fetch for reqwest::RequestBuilder {
+    async fn fetch(self) -> reqwest::Response {
+        match self.send().await {
+            Ok(r) => r,
+            Err(e) => panic!("request not sent: {e:?}"),
+        }
+    }
+}

@@ -7,7 +7,7 @@ pub mod devserver;
 pub mod gateway;
 pub mod postgres;
 
-pub use http::{error_of, expect_error};
+pub use http::{Fetch, error_of, expect_error};
 mod http;
 
 use std::path::{Path, PathBuf};

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt as _;
 use rand::{Rng as _, SeedableRng as _};
 use serde_json::{Value, json};
+use tests::Fetch as _;
 use tests::gateway::Gateway;
 use tests::postgres::{Postgres, create_db};
 
@@ -158,9 +159,8 @@ async fn hibernate_races_open_and_writes_on_another_replica_and_loses_nothing() 
                 let resp = other
                     .put(&format!("/api/projects/{p}/files/{path}"))
                     .body(content.clone())
-                    .send()
-                    .await
-                    .unwrap();
+                    .fetch()
+                    .await;
                 let status = resp.status().as_u16();
                 out.push((path, content, status, resp.text().await.unwrap()));
             }
@@ -203,9 +203,8 @@ async fn hibernate_races_open_and_writes_on_another_replica_and_loses_nothing() 
         let gw = r.pick(i % 2 == 1);
         let resp = gw
             .get(&format!("/api/projects/{p}/files/{path}"))
-            .send()
-            .await
-            .unwrap();
+            .fetch()
+            .await;
         assert_eq!(
             resp.status().as_u16(),
             200,

@@ -12,6 +12,7 @@ use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::Path;
 
 use serde_json::{Value, json};
+use tests::Fetch as _;
 use tests::S3Server;
 use tests::expect_error;
 use tests::gateway::Gateway;
@@ -128,9 +129,8 @@ async fn hibernation_keeps_everything_and_the_second_one_uploads_next_to_nothing
     assert_eq!(gw.exec_ok("full", "./run.sh").await.unwrap(), "ran\n");
     let e: Value = gw
         .get("/api/projects/full/stat/run.sh")
-        .send()
+        .fetch()
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -182,9 +182,8 @@ async fn a_tampered_pack_fails_the_open_and_the_project_stays_hibernated() {
     assert!(msg.contains(&id) && msg.contains("pack"), "{msg}");
     let p: Value = gw
         .get("/api/projects/tamper")
-        .send()
+        .fetch()
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -259,7 +258,7 @@ async fn s3_snapshots_with_no_credentials_in_the_agent(s3: &S3Server) {
     );
 
     // Delete removes every object of the project.
-    let r = gw.delete("/api/projects/s3p").send().await.unwrap();
+    let r = gw.delete("/api/projects/s3p").fetch().await;
     assert_eq!(r.status(), 204);
     let listing = s3.keys("snaps", "pre/s3p/").await.unwrap();
     assert!(listing.is_empty(), "{listing:?}");
@@ -304,38 +303,37 @@ async fn a_presigned_url_reaches_its_own_object_only() {
     // Project B's object with project A's URL: refused, nothing written.
     let put_b = put_a.replace("/alpha/packs/", "/beta/packs/");
     assert_ne!(put_b, put_a);
-    let r = http.put(&put_b).body(body.clone()).send().await.unwrap();
+    let r = http.put(&put_b).body(body.clone()).fetch().await;
     assert_eq!(r.status(), 403, "{}", r.text().await.unwrap());
     assert_eq!(s3.get_object("snaps", &key_b).await.unwrap(), None);
     // Nor without a signature at all.
     let r = http
         .put(format!("{}/snaps/{key_b}", s3.endpoint))
         .body(body.clone())
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status(), 403);
     // Another method, or a longer expiry than signed.
-    let r = http.get(&put_a).send().await.unwrap();
+    let r = http.get(&put_a).fetch().await;
     assert_eq!(r.status(), 403);
     let longer = put_a.replace(
         &format!("X-Amz-Expires={}", URL_TTL.as_secs()),
         &format!("X-Amz-Expires={}", 10 * URL_TTL.as_secs()),
     );
     assert_ne!(longer, put_a);
-    let r = http.put(&longer).body(body.clone()).send().await.unwrap();
+    let r = http.put(&longer).body(body.clone()).fetch().await;
     assert_eq!(r.status(), 403);
     assert_eq!(s3.get_object("snaps", &key_a).await.unwrap(), None);
 
     // An expired URL for A's own object: refused.
     let short = presign(true, key_a.clone(), std::time::Duration::from_secs(1)).await;
     tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
-    let r = http.put(&short).body(body.clone()).send().await.unwrap();
+    let r = http.put(&short).body(body.clone()).fetch().await;
     assert_eq!(r.status(), 403, "{}", r.text().await.unwrap());
     assert_eq!(s3.get_object("snaps", &key_a).await.unwrap(), None);
 
     // The URL itself works, for its object, and a GET URL reads it back.
-    let r = http.put(&put_a).body(body.clone()).send().await.unwrap();
+    let r = http.put(&put_a).body(body.clone()).fetch().await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     assert_eq!(
         s3.get_object("snaps", &key_a).await.unwrap(),
@@ -343,7 +341,7 @@ async fn a_presigned_url_reaches_its_own_object_only() {
     );
     assert_eq!(s3.get_object("snaps", &key_b).await.unwrap(), None);
     let get_a = presign(false, key_a.clone(), URL_TTL).await;
-    let r = http.get(&get_a).send().await.unwrap();
+    let r = http.get(&get_a).fetch().await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.unwrap().to_vec(), body);
     // A's GET URL does not read B's object either (B's exists now).
@@ -352,9 +350,8 @@ async fn a_presigned_url_reaches_its_own_object_only() {
         .unwrap();
     let r = http
         .get(get_a.replace("/alpha/packs/", "/beta/packs/"))
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status(), 403);
 }
 
@@ -382,7 +379,7 @@ async fn a_signed_object_url_reaches_its_own_object_only() {
 
     // Project B's object with project A's signature: refused, nothing written.
     let put_b = put_a.replace("/alpha/packs/", "/beta/packs/");
-    let r = http.put(&put_b).body(body.clone()).send().await.unwrap();
+    let r = http.put(&put_b).body(body.clone()).fetch().await;
     assert_eq!(r.status(), 403);
     assert!(
         !gw.data_dir
@@ -390,12 +387,12 @@ async fn a_signed_object_url_reaches_its_own_object_only() {
             .exists()
     );
     // Another method, a changed expiry, a body that is not the named pack.
-    let r = http.get(&put_a).send().await.unwrap();
+    let r = http.get(&put_a).fetch().await;
     assert_eq!(r.status(), 403);
     let later = put_a.replace("exp=", "exp=1");
-    let r = http.put(&later).body(body.clone()).send().await.unwrap();
+    let r = http.put(&later).body(body.clone()).fetch().await;
     assert_eq!(r.status(), 403);
-    let r = http.put(&put_a).body("other bytes").send().await.unwrap();
+    let r = http.put(&put_a).body("other bytes").fetch().await;
     assert_eq!(r.status(), 400);
     assert!(
         !gw.data_dir
@@ -407,17 +404,17 @@ async fn a_signed_object_url_reaches_its_own_object_only() {
         .sign_url(Method::Put, &format!("alpha/snapshots/{id}"))
         .await
         .unwrap();
-    let r = http.put(&manifest).body(body.clone()).send().await.unwrap();
+    let r = http.put(&manifest).body(body.clone()).fetch().await;
     assert_eq!(r.status(), 404);
 
     // The URL itself works, for its object.
-    let r = http.put(&put_a).body(body.clone()).send().await.unwrap();
+    let r = http.put(&put_a).body(body.clone()).fetch().await;
     assert_eq!(r.status(), 200);
     let get_a = store
         .sign_url(Method::Get, &format!("alpha/packs/{id}"))
         .await
         .unwrap();
-    let r = http.get(&get_a).send().await.unwrap();
+    let r = http.get(&get_a).fetch().await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.unwrap().to_vec(), body);
 }
@@ -429,7 +426,7 @@ async fn snapshots_are_listed_taken_while_active_and_opened_by_id() {
     gw.exec_ok("ver", "echo one > a.txt").await.unwrap();
 
     // Taken now, without stopping anything: the project stays active.
-    let r = gw.post("/api/projects/ver/snapshots").send().await.unwrap();
+    let r = gw.post("/api/projects/ver/snapshots").fetch().await;
     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
     let manual: Value = r.json().await.unwrap();
     assert_eq!(manual["reason"], "manual");
@@ -441,9 +438,8 @@ async fn snapshots_are_listed_taken_while_active_and_opened_by_id() {
     let second = p["snapshot"]["id"].as_str().unwrap().to_owned();
     let list: Vec<Value> = gw
         .get("/api/projects/ver/snapshots")
-        .send()
+        .fetch()
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -460,31 +456,28 @@ async fn snapshots_are_listed_taken_while_active_and_opened_by_id() {
     let r = gw
         .post("/api/projects/ver/open")
         .json(&json!({"snapshot": "0".repeat(64)}))
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status(), 404);
     // The older one, by id.
     let r = gw
         .post("/api/projects/ver/open")
         .json(&json!({"snapshot": first}))
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     assert_eq!(gw.exec_ok("ver", "cat a.txt").await.unwrap(), "one\n");
     // An active project does not jump to another snapshot.
     let r = gw
         .post("/api/projects/ver/open")
         .json(&json!({"snapshot": second}))
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status(), 409);
     assert_eq!(gw.exec_ok("ver", "cat a.txt").await.unwrap(), "one\n");
 
     gw.hibernate("ver").await.unwrap();
-    let r = gw.post("/api/projects/ver/snapshots").send().await.unwrap();
+    let r = gw.post("/api/projects/ver/snapshots").fetch().await;
     expect_error(r, 409, "project_not_active").await;
 }
 
@@ -501,11 +494,7 @@ async fn a_file_rewritten_with_its_size_and_mtime_kept_is_read_again() {
     .await.unwrap();
     // The agent keeps a file's stamp once its ctime is 100 ms old.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let r = gw
-        .post("/api/projects/stamps/snapshots")
-        .send()
-        .await
-        .unwrap();
+    let r = gw.post("/api/projects/stamps/snapshots").fetch().await;
     assert!(r.status().is_success(), "{}", r.text().await.unwrap());
     gw.exec_ok(
         "stamps",

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde_json::Value;
+use tests::Fetch as _;
 use tests::expect_error;
 use tests::gateway::Gateway;
 
@@ -59,13 +60,12 @@ async fn a_snapshot_over_the_cap_fails_and_changes_nothing() {
     let before = files(&dir);
     let sum = gw.exec_ok("big", "sha256sum big.bin").await.unwrap();
 
-    let r = gw.post("/api/projects/big/hibernate").send().await.unwrap();
+    let r = gw.post("/api/projects/big/hibernate").fetch().await;
     assert_over_cap(r).await;
     let p: Value = gw
         .get("/api/projects/big")
-        .send()
+        .fetch()
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -84,7 +84,7 @@ async fn a_snapshot_over_the_cap_fails_and_changes_nothing() {
     assert!(packs <= 3, "{packs} packs stored");
 
     // A snapshot taken now: the same refusal, the project as it was.
-    let r = gw.post("/api/projects/big/snapshots").send().await.unwrap();
+    let r = gw.post("/api/projects/big/snapshots").fetch().await;
     assert_over_cap(r).await;
     assert!(gw.snapshots("big").await.unwrap().is_empty());
     assert_eq!(files(&dir), before);
@@ -95,13 +95,9 @@ async fn a_snapshot_over_the_cap_fails_and_changes_nothing() {
         .await
         .unwrap();
     let small = files(&gw.project_dir("small"));
-    let r = gw
-        .post("/api/projects/small/hibernate")
-        .send()
-        .await
-        .unwrap();
+    let r = gw.post("/api/projects/small/hibernate").fetch().await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
-    let r = gw.post("/api/projects/small/open").send().await.unwrap();
+    let r = gw.post("/api/projects/small/open").fetch().await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     assert_eq!(files(&gw.project_dir("small")), small);
 }
@@ -127,7 +123,7 @@ async fn an_object_put_reads_no_more_than_a_pack() {
         .await
         .unwrap();
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    let r = http.put(&url).body(body).send().await.unwrap();
+    let r = http.put(&url).body(body).fetch().await;
     expect_error(r, 413, "payload_too_large").await;
     assert!(
         !gw.data_dir

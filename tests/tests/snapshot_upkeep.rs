@@ -13,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures::{SinkExt as _, StreamExt as _};
 use serde_json::{Value, json};
+use tests::Fetch as _;
 use tests::S3Server;
 use tests::gateway::Gateway;
 use tests::postgres::{Postgres, create_db};
@@ -157,9 +158,8 @@ async fn an_unchanged_project_is_not_snapshotted_again() {
     let r = gw
         .put("/api/projects/calm/files/a.txt")
         .body("one")
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert!(r.status().is_success());
     // One may come before the write (a project with no version is due at
     // once); then one with it.
@@ -180,9 +180,8 @@ async fn an_unchanged_project_is_not_snapshotted_again() {
     let r = gw
         .put("/api/projects/calm/files/a.txt")
         .body("two!")
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert!(r.status().is_success());
     versions_until(&gw, "calm", "a snapshot after the change", |l| {
         scheduled(l) > n && l[0]["reason"] == "scheduled" && l[0]["bytes"] == 4
@@ -216,7 +215,7 @@ async fn retention_removes_versions_older_than_the_days_beyond_the_newest_kept()
         gw.exec_ok("ret", &format!("echo {i} > a.txt"))
             .await
             .unwrap();
-        let r = gw.post("/api/projects/ret/snapshots").send().await.unwrap();
+        let r = gw.post("/api/projects/ret/snapshots").fetch().await;
         assert_eq!(r.status(), 201);
         let v: Value = r.json().await.unwrap();
         ids.push(v["id"].as_str().unwrap().to_owned());
@@ -356,9 +355,8 @@ async fn collection_in_s3_removes_an_orphan_once_past_the_grace() {
     let (http, endpoint) = (&http, &s3.endpoint);
     let listing = || async move {
         http.get(format!("{endpoint}/gcb?list-type=2&prefix=pre/s3gc/"))
-            .send()
+            .fetch()
             .await
-            .unwrap()
             .text()
             .await
             .unwrap()
@@ -371,9 +369,8 @@ async fn collection_in_s3_removes_an_orphan_once_past_the_grace() {
     let put = http
         .put(format!("{}/gcb/{orphan}", s3.endpoint))
         .body("orphan")
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert!(put.status().is_success(), "{}", put.status());
     // Young: still there a few collections later.
     tokio::time::sleep(Duration::from_secs(2)).await;
