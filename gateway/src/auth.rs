@@ -8,13 +8,12 @@
 
 use std::sync::Arc;
 
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRef, FromRequestParts};
 use axum::http::request::Parts;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
-use crate::state::AppState;
 
 /// What a token grants.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -251,16 +250,17 @@ pub fn query_token(query: Option<&str>) -> Option<String> {
     })
 }
 
-impl FromRequestParts<AppState> for Claims {
+impl<S> FromRequestParts<S> for Claims
+where
+    S: Send + Sync,
+    Keys: FromRef<S>,
+{
     type Rejection = Error;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let token = header_token(parts)
             .ok_or_else(|| Error::Unauthorized("missing bearer token".into()))?;
-        state.keys.verify(token)
+        Keys::from_ref(state).verify(token)
     }
 }
 
@@ -269,19 +269,21 @@ impl FromRequestParts<AppState> for Claims {
 #[derive(Debug, Clone)]
 pub struct QueryClaims(pub Claims);
 
-impl FromRequestParts<AppState> for QueryClaims {
+impl<S> FromRequestParts<S> for QueryClaims
+where
+    S: Send + Sync,
+    Keys: FromRef<S>,
+{
     type Rejection = Error;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let keys = Keys::from_ref(state);
         if let Some(token) = header_token(parts).or_else(|| protocol_token(parts)) {
-            return state.keys.verify(token).map(QueryClaims);
+            return keys.verify(token).map(QueryClaims);
         }
         let token = query_token(parts.uri.query())
             .ok_or_else(|| Error::Unauthorized("missing bearer token".into()))?;
-        state.keys.verify(&token).map(QueryClaims)
+        keys.verify(&token).map(QueryClaims)
     }
 }
 

@@ -37,8 +37,8 @@ pub struct Config {
 
     /// `dotted` (`{container}.{project}.{domain}`) or `flat`
     /// (`{container}--{project}.{domain}`, which one wildcard certificate covers).
-    #[arg(long, env = "GATEWAY_PREVIEW_HOST_STYLE", value_enum, default_value_t = crate::preview::host::HostStyle::Dotted)]
-    pub preview_host_style: crate::preview::host::HostStyle,
+    #[arg(long, env = "GATEWAY_PREVIEW_HOST_STYLE", value_enum, default_value_t = HostStyle::Dotted)]
+    pub preview_host_style: HostStyle,
 
     /// Port written into preview URLs; default the port of --listen (none when 80).
     #[arg(long, env = "GATEWAY_PREVIEW_PORT")]
@@ -528,6 +528,17 @@ pub fn init_tracing(config: &Config) {
     } else {
         builder.init();
     }
+}
+
+/// How preview host names are made from a container and a project (the
+/// names themselves: `preview::host`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum HostStyle {
+    /// `{container}.{project}.{domain}`: two labels below the domain.
+    #[default]
+    Dotted,
+    /// `{container}--{project}.{domain}`: one label, for one wildcard certificate.
+    Flat,
 }
 
 #[cfg(test)]

@@ -3,7 +3,9 @@
 //! project's agent, proxies preview hosts to dev servers, and drives the
 //! project lifecycle through a [`runtime::Runtime`].
 
+pub mod activity;
 pub mod agent_client;
+pub mod agent_types;
 pub mod api;
 pub mod archive_store;
 pub mod auth;
@@ -210,7 +212,7 @@ pub async fn build_state_with(
         templates: Arc::new(templates),
         shutdown: tokio_util::sync::CancellationToken::new(),
         listen_port: Arc::default(),
-        activity: Arc::new(idle::Activity::new(
+        activity: Arc::new(activity::Activity::new(
             std::time::Instant::now(),
             config.activity_interval,
         )),

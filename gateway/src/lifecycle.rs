@@ -390,7 +390,7 @@ pub async fn hibernate_unless_busy(
         _ => return Err(Error::ProjectNotActive(id.to_owned())),
     }
     if let Some(after) = idle_for
-        && !crate::idle::is_idle(state, id, after).await?
+        && !state.is_idle(id, after).await?
     {
         return Ok(None);
     }

@@ -37,7 +37,7 @@ pub struct AppState {
     /// The port the gateway accepts on (for preview URLs), set once bound.
     pub listen_port: Arc<std::sync::atomic::AtomicU16>,
     /// File, terminal and preview activity per project, for idle hibernation.
-    pub activity: Arc<crate::idle::Activity>,
+    pub activity: Arc<crate::activity::Activity>,
     /// Recent project statuses, so hot file routes skip a store round trip.
     pub statuses: StatusCache,
     /// Routes that change a project's files hold its gate shared; hibernation
@@ -53,7 +53,43 @@ pub struct AppState {
     pub preview: Arc<crate::preview::PreviewState>,
 }
 
+/// The token extractors (`auth::Claims`, `auth::QueryClaims`) take the keys
+/// from the state.
+impl axum::extract::FromRef<AppState> for Keys {
+    fn from_ref(state: &AppState) -> Keys {
+        state.keys.clone()
+    }
+}
+
 impl AppState {
+    /// Records activity on a project and, once per interval, shares it
+    /// through the store (for idle hibernation, `idle`).
+    pub fn touch(&self, project: &str) {
+        if self.activity.touch(project) {
+            let (store, project) = (self.store.clone(), project.to_owned());
+            tokio::spawn(async move {
+                if let Err(error) = store.touch_project(&project, chrono::Utc::now()).await {
+                    tracing::debug!(error = %crate::error::Chain(&error), project, "cannot share the activity time");
+                }
+            });
+        }
+    }
+
+    /// Whether the project has been idle for `after`, here and in the store
+    /// (its last activity, or its last status change when none was recorded).
+    pub async fn is_idle(&self, project: &str, after: std::time::Duration) -> Result<bool> {
+        if self.activity.idle_for(project) < after {
+            return Ok(false);
+        }
+        let p = self.project(project).await?;
+        let last = self
+            .store
+            .last_activity(project)
+            .await?
+            .map_or(p.updated_at, |t| t.max(p.updated_at));
+        Ok((chrono::Utc::now() - last).to_std().unwrap_or_default() >= after)
+    }
+
     /// The project, or 404.
     pub async fn project(&self, id: &str) -> Result<Project> {
         self.store
@@ -103,7 +139,7 @@ impl AppState {
             return Err(Error::ProjectNotActive(project.to_owned()));
         }
         // Every file, exec and terminal route comes through here.
-        crate::idle::touch(self, project);
+        self.touch(project);
         Ok(())
     }
 

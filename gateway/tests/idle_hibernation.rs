@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gateway::idle::{self, Activity};
+use gateway::activity::Activity;
+use gateway::idle;
 use gateway::lifecycle;
 use gateway::store::ProjectStatus;
 

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use clap::Parser;
-use gateway::idle::{self, Activity};
+use gateway::activity::Activity;
+use gateway::idle;
 use gateway::runtime::kubernetes::{KubernetesArgs, KubernetesRuntime, Settings};
 use gateway::store::{Project, ProjectStatus};
 
@@ -86,9 +87,9 @@ async fn idle_projects_are_those_quiet_here_and_in_the_store() {
 
     let after = Duration::from_secs(30 * 60);
     assert_eq!(idle::idle_projects(&state, after).await, ["idle"]);
-    assert!(idle::is_idle(&state, "idle", after).await.unwrap());
-    assert!(!idle::is_idle(&state, "elsewhere", after).await.unwrap());
-    assert!(!idle::is_idle(&state, "typing", after).await.unwrap());
+    assert!(state.is_idle("idle", after).await.unwrap());
+    assert!(!state.is_idle("elsewhere", after).await.unwrap());
+    assert!(!state.is_idle("typing", after).await.unwrap());
     // Activity lives in the state store now: not one call to the API
     // server (the namespace annotation it replaced churned etcd).
     assert!(api.try_next(Duration::from_millis(30)).await.is_none());
@@ -98,7 +99,7 @@ async fn idle_projects_are_those_quiet_here_and_in_the_store() {
 async fn activity_is_shared_in_the_store_at_most_once_a_minute() {
     let (state, mut api, _dir) = state_with_mock().await;
     add_project(&state, "demo", ProjectStatus::Active, Utc::now()).await;
-    idle::touch(&state, "demo");
+    state.touch("demo");
     let deadline = Instant::now() + Duration::from_secs(10);
     let first = loop {
         if let Some(t) = state.store.last_activity("demo").await.unwrap() {
@@ -113,8 +114,8 @@ async fn activity_is_shared_in_the_store_at_most_once_a_minute() {
     assert!((Utc::now() - first).num_seconds().abs() < 60);
     // Further touches within the minute stay in memory.
     tokio::time::sleep(Duration::from_millis(20)).await;
-    idle::touch(&state, "demo");
-    idle::touch(&state, "demo");
+    state.touch("demo");
+    state.touch("demo");
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(
         state.store.last_activity("demo").await.unwrap(),

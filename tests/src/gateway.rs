@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, bail, ensure};
 use serde::Serialize;
 
 use crate::{Proc, bin};
@@ -359,6 +359,116 @@ impl Gateway {
         if !r.status().is_success() {
             bail!("open {id}: {} {}", r.status(), r.text().await?);
         }
+        Ok(r.json().await?)
+    }
+
+    /// Runs `sh -c script` in the project (`POST /api/projects/{p}/exec`):
+    /// the JSON answer (exit code, stdout, stderr, ...).
+    pub async fn exec(&self, project: &str, script: &str) -> Result<serde_json::Value> {
+        Ok(self
+            .post(&format!("/api/projects/{project}/exec"))
+            .json(&serde_json::json!({"argv": ["sh", "-c", script]}))
+            .send()
+            .await?
+            .json()
+            .await?)
+    }
+
+    /// [`exec`](Self::exec) of a script that must exit 0: its stdout.
+    pub async fn exec_ok(&self, project: &str, script: &str) -> Result<String> {
+        let v = self.exec(project, script).await?;
+        ensure!(v["exit_code"] == 0, "{script}: {v}");
+        v["stdout"]
+            .as_str()
+            .map(str::to_owned)
+            .with_context(|| format!("{script}: no stdout in {v}"))
+    }
+
+    /// The project's status (`GET /api/projects/{p}`).
+    pub async fn status(&self, project: &str) -> Result<String> {
+        let v: serde_json::Value = self
+            .get(&format!("/api/projects/{project}"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        Ok(v["status"].as_str().unwrap_or_default().to_owned())
+    }
+
+    /// `POST /api/projects/{p}/{action}` (`hibernate`, `open`, ...) with a
+    /// JSON body (none when `body` is null), which must answer 200: the
+    /// JSON answer.
+    pub async fn call(
+        &self,
+        project: &str,
+        action: &str,
+        body: &serde_json::Value,
+    ) -> Result<serde_json::Value> {
+        let mut req = self.post(&format!("/api/projects/{project}/{action}"));
+        if !body.is_null() {
+            req = req.json(body);
+        }
+        let r = req.send().await?;
+        let code = r.status();
+        let text = r.text().await?;
+        ensure!(code == 200, "{action} {project}: {code} {text}");
+        Ok(serde_json::from_str(&text)?)
+    }
+
+    /// Writes a file (`PUT /api/projects/{p}/files/{path}`, no
+    /// precondition), which must answer 200: the entry written.
+    pub async fn put_file(
+        &self,
+        project: &str,
+        path: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> Result<serde_json::Value> {
+        let r = self
+            .put(&format!("/api/projects/{project}/files/{path}"))
+            .body(body)
+            .send()
+            .await?;
+        let code = r.status();
+        let text = r.text().await?;
+        ensure!(code == 200, "PUT {path}: {code} {text}");
+        Ok(serde_json::from_str(&text)?)
+    }
+
+    /// `POST /api/projects/{p}/{action}` (`open`, `hibernate`, ...) without
+    /// a body: the response, whatever its status.
+    pub async fn action(&self, project: &str, action: &str) -> Result<reqwest::Response> {
+        Ok(self
+            .post(&format!("/api/projects/{project}/{action}"))
+            .send()
+            .await?)
+    }
+
+    /// [`action`](Self::action) `open`.
+    pub async fn open(&self, project: &str) -> Result<reqwest::Response> {
+        self.action(project, "open").await
+    }
+
+    /// Hibernates the project, which must end `hibernated`: the project.
+    pub async fn hibernate(&self, project: &str) -> Result<serde_json::Value> {
+        let v = self
+            .call(project, "hibernate", &serde_json::Value::Null)
+            .await?;
+        ensure!(v["status"] == "hibernated", "hibernate {project}: {v}");
+        Ok(v)
+    }
+
+    /// The project's versions, newest first (`GET /api/projects/{p}/snapshots`).
+    pub async fn snapshots(&self, project: &str) -> Result<Vec<serde_json::Value>> {
+        let r = self
+            .get(&format!("/api/projects/{project}/snapshots"))
+            .send()
+            .await?;
+        let code = r.status();
+        ensure!(
+            code == 200,
+            "snapshots of {project}: {code} {}",
+            r.text().await?
+        );
         Ok(r.json().await?)
     }
 

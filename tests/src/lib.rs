@@ -7,6 +7,9 @@ pub mod devserver;
 pub mod gateway;
 pub mod postgres;
 
+pub use http::{Fetch, error_of, expect_error};
+mod http;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

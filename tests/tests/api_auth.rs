@@ -3,16 +3,9 @@
 //! and `?token=` accepted only where a browser cannot send headers.
 
 use serde_json::{Value, json};
+use tests::Fetch as _;
+use tests::error_of;
 use tests::gateway::{Gateway, sign};
-
-async fn status_code(r: reqwest::Response) -> (u16, String) {
-    let s = r.status().as_u16();
-    let v: Value = r.json().await.unwrap_or(Value::Null);
-    (
-        s,
-        v["error"]["code"].as_str().unwrap_or_default().to_owned(),
-    )
-}
 
 #[tokio::test]
 async fn unauthorized_and_forbidden_matrix() {
@@ -52,9 +45,9 @@ async fn unauthorized_and_forbidden_matrix() {
             if let Some(t) = token {
                 req = req.bearer_auth(t);
             }
-            let r = req.body("{}").send().await.unwrap();
+            let r = req.body("{}").fetch().await;
             assert_eq!(
-                status_code(r).await,
+                error_of(r).await,
                 (401, "unauthorized".into()),
                 "{what}: {method} {path}"
             );
@@ -65,17 +58,16 @@ async fn unauthorized_and_forbidden_matrix() {
             .request(method.clone(), gw.url(path))
             .bearer_auth(gw.token(&["p2"]))
             .body("{}")
-            .send()
-            .await
-            .unwrap();
+            .fetch()
+            .await;
         assert_eq!(
-            status_code(r).await,
+            error_of(r).await,
             (403, "forbidden".into()),
             "p2 token: {method} {path}"
         );
     }
     // Nothing happened to p1.
-    let r = gw.get("/api/projects/p1").send().await.unwrap();
+    let r = gw.get("/api/projects/p1").fetch().await;
     assert_eq!(r.json::<Value>().await.unwrap()["status"], "active");
 
     // The right project's token works; the list shows only what it may see.
@@ -83,9 +75,8 @@ async fn unauthorized_and_forbidden_matrix() {
         .http()
         .get(gw.url("/api/projects"))
         .bearer_auth(gw.token(&["p1"]))
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     let list: Vec<Value> = r.json().await.unwrap();
     assert_eq!(list.len(), 1);
     assert_eq!(list[0]["id"], "p1");
@@ -93,9 +84,8 @@ async fn unauthorized_and_forbidden_matrix() {
         .http()
         .get(gw.url("/api/projects"))
         .bearer_auth(gw.admin_token())
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.json::<Vec<Value>>().await.unwrap().len(), 2);
 
     // A token for p1 may not create p3; an admin token may.
@@ -104,9 +94,8 @@ async fn unauthorized_and_forbidden_matrix() {
         .post(gw.url("/api/projects"))
         .bearer_auth(gw.token(&["p1"]))
         .json(&json!({"id": "p3"}))
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status(), 403);
 
     // ?token= works for the event stream (a browser's EventSource sends no headers) ...
@@ -116,18 +105,16 @@ async fn unauthorized_and_forbidden_matrix() {
             "/api/projects/p1/events?token={}",
             gw.token(&["p1"])
         )))
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status(), 200);
     drop(r);
     // ... but not for JSON routes.
     let r = gw
         .http()
         .get(gw.url(&format!("/api/projects/p1?token={}", gw.token(&["p1"]))))
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status(), 401);
 
     // Operations endpoints need no token: api_projects.rs
@@ -149,18 +136,16 @@ async fn tokens_never_reach_the_log() {
     let r = gw
         .http()
         .get(gw.url(&format!("/api/projects/p1/archive?token={token}")))
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status(), 200);
     let _ = r.bytes().await.unwrap();
     let r = gw
         .http()
         .get(gw.url("/api/projects/p1/files/x"))
         .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status(), 404);
     let text = tests::eventually(
         std::time::Duration::from_secs(10),

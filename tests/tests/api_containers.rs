@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use futures::StreamExt as _;
 use serde_json::{Value, json};
+use tests::Fetch as _;
 use tests::gateway::Gateway;
 use tests::{eventually, free_port};
 
@@ -41,14 +42,7 @@ async fn get_local(port: u16, path: &str) -> Option<String> {
 async fn container_from_template_start_exec_logs_stop_delete() {
     let (gw, _t) = gateway_with_template().await;
     gw.open_project("app").await.unwrap();
-    let templates: Vec<Value> = gw
-        .get("/api/templates")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let templates: Vec<Value> = gw.get("/api/templates").fetch().await.json().await.unwrap();
     let git = templates[0]["git"].as_str().unwrap().to_owned();
     let port = free_port();
 
@@ -62,9 +56,8 @@ async fn container_from_template_start_exec_logs_stop_delete() {
             "install": "echo installed > installed.txt",
             "env": {"FOO": "bar"},
         }))
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
     let c: Value = r.json().await.unwrap();
     assert_eq!(c["name"], "web");
@@ -83,9 +76,8 @@ async fn container_from_template_start_exec_logs_stop_delete() {
     assert!(!dir.join(".git").exists());
     let logs: Vec<Value> = gw
         .get("/api/projects/app/logs")
-        .send()
+        .fetch()
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -97,31 +89,27 @@ async fn container_from_template_start_exec_logs_stop_delete() {
     let r = gw
         .post("/api/projects/app/containers")
         .json(&json!({"name": "web", "port": port + 1, "start": "true"}))
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status(), 409);
     let r = gw
         .post("/api/projects/app/containers")
         .json(&json!({"name": "api", "port": port, "start": "true"}))
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status(), 409);
     let r = gw
         .post("/api/projects/app/containers")
         .json(&json!({"name": "Bad_Name", "port": 1234, "start": "true"}))
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status(), 400);
 
     // Start: running with a preview URL, serving on the declared port.
     let r = gw
         .post("/api/projects/app/containers/web/start")
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status(), 200);
     let c: Value = r.json().await.unwrap();
     assert_eq!(c["status"], "running");
@@ -135,9 +123,8 @@ async fn container_from_template_start_exec_logs_stop_delete() {
     assert_eq!(body, "<h1>template</h1>");
     let list: Vec<Value> = gw
         .get("/api/projects/app/containers")
-        .send()
+        .fetch()
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -147,18 +134,16 @@ async fn container_from_template_start_exec_logs_stop_delete() {
     let r = gw
         .post("/api/projects/app/exec")
         .json(&json!({"argv": ["sh", "-c", "pwd; echo $FOO $PORT"], "container": "web"}))
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     let v: Value = r.json().await.unwrap();
     let out = v["stdout"].as_str().unwrap();
     assert!(out.ends_with(&format!("/web\nbar {port}\n")), "{out}");
     let r = gw
         .post("/api/projects/app/exec")
         .json(&json!({"argv": ["true"], "container": "nope"}))
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status(), 404);
 
     // Logs, then following them while a new request comes in.
@@ -182,9 +167,8 @@ async fn container_from_template_start_exec_logs_stop_delete() {
     assert!(text.contains("Serving HTTP"), "{text}");
     let r = gw
         .get("/api/projects/app/containers/web/logs?follow=true")
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status(), 200);
     assert!(
         r.headers()["content-type"]
@@ -211,9 +195,8 @@ async fn container_from_template_start_exec_logs_stop_delete() {
     // Stop: stopped, the port closes, the files stay.
     let r = gw
         .post("/api/projects/app/containers/web/stop")
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.json::<Value>().await.unwrap()["status"], "stopped");
     eventually(Duration::from_secs(10), "the port to close", || async {
         tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -226,33 +209,26 @@ async fn container_from_template_start_exec_logs_stop_delete() {
     assert!(dir.join("index.html").exists());
 
     // Delete without files, then a second one with files.
-    let r = gw
-        .delete("/api/projects/app/containers/web")
-        .send()
-        .await
-        .unwrap();
+    let r = gw.delete("/api/projects/app/containers/web").fetch().await;
     assert_eq!(r.status(), 204);
     assert!(dir.exists());
     let r = gw
         .post("/api/projects/app/containers")
         .json(&json!({"name": "api", "port": port, "start": "sleep 60"}))
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status(), 201, "the port is free again once web is gone");
     assert!(gw.project_dir("app").join("api").is_dir());
     let r = gw
         .delete("/api/projects/app/containers/api?delete_files=true")
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status(), 204);
     assert!(!gw.project_dir("app").join("api").exists());
     assert_eq!(
         gw.get("/api/projects/app/containers")
-            .send()
+            .fetch()
             .await
-            .unwrap()
             .json::<Vec<Value>>()
             .await
             .unwrap(),
@@ -270,23 +246,20 @@ async fn taken_port_gets_another_and_failed_install_changes_nothing() {
     let r = gw
         .post("/api/projects/p/containers")
         .json(&json!({"name": "srv", "port": taken, "start": "exec python3 -m http.server $PORT --bind $HOST"}))
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status(), 201);
     std::fs::write(gw.project_dir("p").join("srv/hello.txt"), "moved port").unwrap();
     let r = gw
         .post("/api/projects/p/containers/srv/start")
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status(), 200);
     let v: Value = gw
         .post("/api/projects/p/exec")
         .json(&json!({"argv": ["sh", "-c", "echo -n $PORT"], "container": "srv"}))
-        .send()
+        .fetch()
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -304,25 +277,22 @@ async fn taken_port_gets_another_and_failed_install_changes_nothing() {
     let r = gw
         .post("/api/projects/p/containers")
         .json(&json!({"name": "bad", "port": 4000, "start": "true", "install": "echo nope >&2; exit 7"}))
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status(), 400);
     assert!(!gw.project_dir("p").join("bad").exists());
     let list: Vec<Value> = gw
         .get("/api/projects/p/containers")
-        .send()
+        .fetch()
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
     assert_eq!(list.len(), 1);
     let logs: Vec<Value> = gw
         .get("/api/projects/p/logs")
-        .send()
+        .fetch()
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -333,18 +303,13 @@ async fn taken_port_gets_another_and_failed_install_changes_nothing() {
 
     // Hibernate and open: containers come back stopped.
     assert_eq!(
-        gw.post("/api/projects/p/hibernate")
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        gw.post("/api/projects/p/hibernate").fetch().await.status(),
         200
     );
     let p: Value = gw
         .post("/api/projects/p/open")
-        .send()
+        .fetch()
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -354,12 +319,11 @@ async fn taken_port_gets_another_and_failed_install_changes_nothing() {
         "moved port"
     );
     // Container routes on a hibernated project: 409.
-    gw.post("/api/projects/p/hibernate").send().await.unwrap();
+    gw.post("/api/projects/p/hibernate").fetch().await;
     let r = gw
         .post("/api/projects/p/containers/srv/start")
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status(), 409);
     assert_eq!(
         r.json::<Value>().await.unwrap()["error"]["code"],
@@ -379,15 +343,13 @@ async fn a_dev_server_that_ends_by_itself_is_shown_failed_or_stopped() {
         let r = gw
             .post("/api/projects/d/containers")
             .json(&json!({"name": name, "port": port, "start": start}))
-            .send()
-            .await
-            .unwrap();
+            .fetch()
+            .await;
         assert_eq!(r.status(), 201);
         let r = gw
             .post(&format!("/api/projects/d/containers/{name}/start"))
-            .send()
-            .await
-            .unwrap();
+            .fetch()
+            .await;
         assert_eq!(r.status(), 200);
     }
     let statuses = eventually(
@@ -417,9 +379,8 @@ async fn a_dev_server_that_ends_by_itself_is_shown_failed_or_stopped() {
     // A failed container says how its dev server ended.
     let list: Vec<Value> = gw
         .get("/api/projects/d/containers")
-        .send()
+        .fetch()
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -429,18 +390,16 @@ async fn a_dev_server_that_ends_by_itself_is_shown_failed_or_stopped() {
     assert!(done.get("exit_code").is_none(), "{done}");
     let one: Value = gw
         .get("/api/projects/d/containers/crash")
-        .send()
+        .fetch()
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
     assert_eq!(one["exit_code"], 3, "{one}");
     let logs = gw
         .get("/api/projects/d/containers/crash/logs")
-        .send()
+        .fetch()
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();
@@ -458,15 +417,14 @@ async fn a_dev_server_that_ends_by_itself_is_shown_failed_or_stopped() {
         (reqwest::Method::GET, "/api/projects/d/containers/nope/logs"),
         (reqwest::Method::DELETE, "/api/projects/d/containers/nope"),
     ] {
-        let r = gw.req(m.clone(), path).send().await.unwrap();
+        let r = gw.req(m.clone(), path).fetch().await;
         assert_eq!(r.status(), 404, "{m} {path}");
     }
     // It can be started again.
     let r = gw
         .post("/api/projects/d/containers/crash/start")
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status(), 200);
 }
 
@@ -478,16 +436,14 @@ async fn running_dev_servers_come_back_after_a_gateway_restart() {
     let r = gw
         .post("/api/projects/r/containers")
         .json(&json!({"name": "srv", "port": port, "start": "exec python3 -m http.server $PORT --bind $HOST"}))
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status(), 201);
     std::fs::write(gw.project_dir("r").join("srv/ok.txt"), "back").unwrap();
     assert_eq!(
         gw.post("/api/projects/r/containers/srv/start")
-            .send()
+            .fetch()
             .await
-            .unwrap()
             .status(),
         200
     );
@@ -522,9 +478,8 @@ async fn running_dev_servers_come_back_after_a_gateway_restart() {
     assert_eq!(body, "back");
     let list: Vec<Value> = gw
         .get("/api/projects/r/containers")
-        .send()
+        .fetch()
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -548,9 +503,8 @@ async fn port_of(gw: &Gateway, p: &str, c: &str) -> Option<u16> {
 
 async fn containers_of(gw: &Gateway, p: &str) -> Vec<Value> {
     gw.get(&format!("/api/projects/{p}/containers"))
-        .send()
+        .fetch()
         .await
-        .unwrap()
         .json()
         .await
         .unwrap()
@@ -576,17 +530,15 @@ async fn open_with_start_containers_restarts_what_ran_at_hibernation() {
         let r = gw
             .post("/api/projects/h/containers")
             .json(&json!({"name": name, "port": free_port(), "start": start}))
-            .send()
-            .await
-            .unwrap();
+            .fetch()
+            .await;
         assert_eq!(r.status(), 201);
     }
     std::fs::write(gw.project_dir("h").join("srv/ok.txt"), "kept").unwrap();
     let r = gw
         .post("/api/projects/h/containers/srv/start")
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status(), 200);
     eventually(Duration::from_secs(20), "the dev server", || async {
         get_local(port_of(&gw, "h", "srv").await?, "/ok.txt").await
@@ -613,15 +565,13 @@ async fn open_with_start_containers_restarts_what_ran_at_hibernation() {
     let r = gw
         .post("/api/projects/h/open")
         .body("{start_containers")
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status(), 400);
     let v: Value = gw
         .get("/api/projects/h")
-        .send()
+        .fetch()
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -630,9 +580,8 @@ async fn open_with_start_containers_restarts_what_ran_at_hibernation() {
     let r = gw
         .post("/api/projects/h/open")
         .json(&json!({"start_containers": true}))
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["status"], "active");
@@ -660,7 +609,7 @@ async fn open_with_start_containers_restarts_what_ran_at_hibernation() {
         find(v["containers"].as_array().unwrap(), "srv")["running_at_hibernation"],
         true
     );
-    let r = gw.post("/api/projects/h/open").send().await.unwrap();
+    let r = gw.post("/api/projects/h/open").fetch().await;
     assert_eq!(r.status(), 200);
     let cs = containers_of(&gw, "h").await;
     assert_eq!(find(&cs, "srv")["status"], "stopped");
@@ -669,9 +618,8 @@ async fn open_with_start_containers_restarts_what_ran_at_hibernation() {
     let r = gw
         .post("/api/projects/h/open")
         .json(&json!({"start_containers": true}))
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
     assert_eq!(

@@ -8,16 +8,9 @@ use std::os::unix::fs::PermissionsExt as _;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use tests::Fetch as _;
 use tests::gateway::Gateway;
-
-async fn code(r: reqwest::Response) -> (StatusCode, String) {
-    let s = r.status();
-    let v: Value = r.json().await.unwrap_or(Value::Null);
-    (
-        s,
-        v["error"]["code"].as_str().unwrap_or_default().to_owned(),
-    )
-}
+use tests::{error_of, expect_error};
 
 /// A gateway whose file reads go through the agent, as on Kubernetes (the
 /// local runtime's default reads files itself).
@@ -47,9 +40,8 @@ async fn etag_range_and_preconditions(gw: Gateway) {
     let r = gw
         .put("/api/projects/p1/files/src/deep/a.txt")
         .body("hello world")
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status(), 200);
     let etag_header = r.headers()["etag"].to_str().unwrap().to_owned();
     let v: Value = r.json().await.unwrap();
@@ -62,18 +54,16 @@ async fn etag_range_and_preconditions(gw: Gateway) {
     // The same string again in stat and in the parent's listing.
     let e: Value = gw
         .get("/api/projects/p1/stat/src/deep/a.txt")
-        .send()
+        .fetch()
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
     assert_eq!(e["etag"], etag.as_str());
     let l: Value = gw
         .get("/api/projects/p1/list/src/deep")
-        .send()
+        .fetch()
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -92,9 +82,8 @@ async fn etag_range_and_preconditions(gw: Gateway) {
     // GET: bytes with ETag, Content-Length, Last-Modified.
     let r = gw
         .get("/api/projects/p1/files/src/deep/a.txt")
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["etag"].to_str().unwrap(), etag_header);
     assert_eq!(r.headers()["content-length"], "11");
@@ -105,42 +94,37 @@ async fn etag_range_and_preconditions(gw: Gateway) {
     let r = gw
         .get("/api/projects/p1/files/src/deep/a.txt")
         .header("range", "bytes=6-")
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status(), 206);
     assert_eq!(r.headers()["content-range"], "bytes 6-10/11");
     assert_eq!(r.bytes().await.unwrap(), "world");
     let r = gw
         .get("/api/projects/p1/files/src/deep/a.txt")
         .header("range", "bytes=0-4")
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status(), 206);
     assert_eq!(r.bytes().await.unwrap(), "hello");
     let r = gw
         .get("/api/projects/p1/files/src/deep/a.txt")
         .header("range", "bytes=-3")
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.bytes().await.unwrap(), "rld");
     let r = gw
         .get("/api/projects/p1/files/src/deep/a.txt")
         .header("range", "bytes=50-")
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status(), 416);
 
     // If-None-Match on GET → 304.
     let r = gw
         .get("/api/projects/p1/files/src/deep/a.txt")
         .header("if-none-match", &etag_header)
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status(), 304);
 
     // If-Match with the current etag, as the JSON answer gave it, succeeds;
@@ -149,9 +133,8 @@ async fn etag_range_and_preconditions(gw: Gateway) {
         .put("/api/projects/p1/files/src/deep/a.txt")
         .header("if-match", &etag)
         .body("v2")
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status(), 200);
     let v2_header = r.headers()["etag"].to_str().unwrap().to_owned();
     let v2: Value = r.json().await.unwrap();
@@ -159,67 +142,49 @@ async fn etag_range_and_preconditions(gw: Gateway) {
     assert_ne!(v2_header, etag_header);
     let e: Value = gw
         .get("/api/projects/p1/stat/src/deep/a.txt")
-        .send()
+        .fetch()
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
     assert_eq!(e["etag"], v2_header.as_str());
     let r = gw
         .get("/api/projects/p1/files/src/deep/a.txt")
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.headers()["etag"].to_str().unwrap(), v2_header);
     // A bare etag (what this gateway answered before) is still understood.
     let r = gw
         .put("/api/projects/p1/files/src/deep/a.txt")
         .header("if-match", v2_header.trim_matches('"'))
         .body("v2")
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status(), 200);
     // `If-Match: *`: any current version; a missing file → 412, not made.
     let r = gw
         .put("/api/projects/p1/files/src/deep/a.txt")
         .header("if-match", "*")
         .body("v2")
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status(), 200);
     let r = gw
         .put("/api/projects/p1/files/src/deep/missing.txt")
         .header("if-match", "*")
         .body("x")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        code(r).await,
-        (
-            StatusCode::PRECONDITION_FAILED,
-            "precondition_failed".into()
-        )
-    );
+        .fetch()
+        .await;
+    assert_eq!(error_of(r).await, (412, "precondition_failed".into()));
     assert!(!gw.project_dir("p1").join("src/deep/missing.txt").exists());
     // With an old one → 412, unchanged.
     let r = gw
         .put("/api/projects/p1/files/src/deep/a.txt")
         .header("if-match", &etag_header)
         .body("v3")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        code(r).await,
-        (
-            StatusCode::PRECONDITION_FAILED,
-            "precondition_failed".into()
-        )
-    );
+        .fetch()
+        .await;
+    assert_eq!(error_of(r).await, (412, "precondition_failed".into()));
     assert_eq!(
         std::fs::read(gw.project_dir("p1").join("src/deep/a.txt")).unwrap(),
         b"v2"
@@ -230,16 +195,9 @@ async fn etag_range_and_preconditions(gw: Gateway) {
         .put("/api/projects/p1/files/src/deep/a.txt")
         .header("if-none-match", "*")
         .body("v4")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        code(r).await,
-        (
-            StatusCode::PRECONDITION_FAILED,
-            "precondition_failed".into()
-        )
-    );
+        .fetch()
+        .await;
+    assert_eq!(error_of(r).await, (412, "precondition_failed".into()));
     assert_eq!(
         std::fs::read(gw.project_dir("p1").join("src/deep/a.txt")).unwrap(),
         b"v2"
@@ -248,39 +206,28 @@ async fn etag_range_and_preconditions(gw: Gateway) {
         .put("/api/projects/p1/files/new.txt")
         .header("if-none-match", "*")
         .body("n")
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status(), 200);
 
     // A directory → 400 is_directory; a missing file → 404.
-    let r = gw.get("/api/projects/p1/files/src").send().await.unwrap();
-    assert_eq!(
-        code(r).await,
-        (StatusCode::BAD_REQUEST, "is_directory".into())
-    );
-    let r = gw
-        .get("/api/projects/p1/files/missing.txt")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(code(r).await, (StatusCode::NOT_FOUND, "not_found".into()));
-    let r = gw.get("/api/projects/p1/files/").send().await.unwrap();
-    assert_eq!(
-        code(r).await,
-        (StatusCode::BAD_REQUEST, "is_directory".into())
-    );
+    let r = gw.get("/api/projects/p1/files/src").fetch().await;
+    assert_eq!(error_of(r).await, (400, "is_directory".into()));
+    let r = gw.get("/api/projects/p1/files/missing.txt").fetch().await;
+    assert_eq!(error_of(r).await, (404, "not_found".into()));
+    let r = gw.get("/api/projects/p1/files/").fetch().await;
+    assert_eq!(error_of(r).await, (400, "is_directory".into()));
     for root in ["/api/projects/p1/files", "/api/projects/p1/files/"] {
-        let r = gw.put(root).body("x").send().await.unwrap();
+        let r = gw.put(root).body("x").fetch().await;
         assert_eq!(
-            code(r).await,
-            (StatusCode::BAD_REQUEST, "is_directory".into()),
+            error_of(r).await,
+            (400, "is_directory".into()),
             "PUT {root}"
         );
-        let r = gw.delete(root).send().await.unwrap();
+        let r = gw.delete(root).fetch().await;
         assert_eq!(
-            code(r).await,
-            (StatusCode::BAD_REQUEST, "bad_request".into()),
+            error_of(r).await,
+            (400, "bad_request".into()),
             "DELETE {root}"
         );
     }
@@ -291,15 +238,13 @@ async fn etag_range_and_preconditions(gw: Gateway) {
     let r = gw
         .put("/api/projects/p1/files/big.bin")
         .body(big.clone())
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status(), 200);
     let got = gw
         .get("/api/projects/p1/files/big.bin")
-        .send()
+        .fetch()
         .await
-        .unwrap()
         .bytes()
         .await
         .unwrap();
@@ -315,9 +260,8 @@ async fn list_stat_mkdir_move_delete() {
         assert_eq!(
             gw.put(&format!("/api/projects/p1/files/{f}"))
                 .body("x")
-                .send()
+                .fetch()
                 .await
-                .unwrap()
                 .status(),
             200
         );
@@ -325,9 +269,8 @@ async fn list_stat_mkdir_move_delete() {
 
     let v: Value = gw
         .get("/api/projects/p1/list")
-        .send()
+        .fetch()
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -341,48 +284,37 @@ async fn list_stat_mkdir_move_delete() {
     assert_eq!(paths, ["a", "e.txt"]);
     let v: Value = gw
         .get("/api/projects/p1/list/?depth=3")
-        .send()
+        .fetch()
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
     assert_eq!(v["entries"].as_array().unwrap().len(), 5);
     let v: Value = gw
         .get("/api/projects/p1/list/a")
-        .send()
+        .fetch()
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
     assert_eq!(v["entries"].as_array().unwrap().len(), 2);
-    let r = gw.get("/api/projects/p1/list/e.txt").send().await.unwrap();
-    assert_eq!(
-        code(r).await,
-        (StatusCode::BAD_REQUEST, "not_a_directory".into())
-    );
+    let r = gw.get("/api/projects/p1/list/e.txt").fetch().await;
+    assert_eq!(error_of(r).await, (400, "not_a_directory".into()));
 
-    let r = gw
-        .get("/api/projects/p1/stat/nope.txt")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(code(r).await, (StatusCode::NOT_FOUND, "not_found".into()));
+    let r = gw.get("/api/projects/p1/stat/nope.txt").fetch().await;
+    assert_eq!(error_of(r).await, (404, "not_found".into()));
     let root: Value = gw
         .get("/api/projects/p1/stat/")
-        .send()
+        .fetch()
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
     assert_eq!(root["kind"], "dir");
     let e: Value = gw
         .get("/api/projects/p1/stat/a/d.txt")
-        .send()
+        .fetch()
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -392,11 +324,7 @@ async fn list_stat_mkdir_move_delete() {
     assert!(e["etag"].is_string());
     assert!(chrono_like(e["mtime"].as_str().unwrap()));
 
-    let r = gw
-        .post("/api/projects/p1/mkdir/x/y/z")
-        .send()
-        .await
-        .unwrap();
+    let r = gw.post("/api/projects/p1/mkdir/x/y/z").fetch().await;
     assert_eq!(r.status(), 201);
     let e: Value = r.json().await.unwrap();
     assert_eq!(e["kind"], "dir");
@@ -406,42 +334,35 @@ async fn list_stat_mkdir_move_delete() {
     let r = gw
         .post("/api/projects/p1/move")
         .json(&json!({"from": "e.txt", "to": "a/d.txt"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(code(r).await, (StatusCode::CONFLICT, "conflict".into()));
+        .fetch()
+        .await;
+    assert_eq!(error_of(r).await, (409, "conflict".into()));
     let r = gw
         .post("/api/projects/p1/move")
         .json(&json!({"from": "e.txt", "to": "moved.txt"}))
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<Value>().await.unwrap()["path"], "moved.txt");
     let r = gw
         .post("/api/projects/p1/move")
         .json(&json!({"from": "moved.txt", "to": "a/d.txt", "overwrite": true}))
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status(), 200);
     assert!(!gw.project_dir("p1").join("moved.txt").exists());
 
     // delete: non-empty dir needs recursive.
-    let r = gw.delete("/api/projects/p1/files/a").send().await.unwrap();
-    assert_eq!(
-        code(r).await,
-        (StatusCode::CONFLICT, "directory_not_empty".into())
-    );
+    let r = gw.delete("/api/projects/p1/files/a").fetch().await;
+    assert_eq!(error_of(r).await, (409, "directory_not_empty".into()));
     assert!(gw.project_dir("p1").join("a/b/c.txt").exists());
     let r = gw
         .delete("/api/projects/p1/files/a?recursive=true")
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status(), 204);
     assert!(!gw.project_dir("p1").join("a").exists());
-    let r = gw.delete("/api/projects/p1/files/a").send().await.unwrap();
+    let r = gw.delete("/api/projects/p1/files/a").fetch().await;
     assert_eq!(r.status(), 404);
 }
 
@@ -493,33 +414,26 @@ async fn path_escapes(gw: Gateway) {
 
     // Symlinks whose target lies outside the root: a file and a directory.
     let ln = json!({"argv": ["sh", "-c", format!("ln -s {} out.txt && ln -s {} outdir", secret.display(), outside.path().display())]});
-    let r = gw
-        .post("/api/projects/p1/exec")
-        .json(&ln)
-        .send()
-        .await
-        .unwrap();
+    let r = gw.post("/api/projects/p1/exec").json(&ln).fetch().await;
     assert_eq!(r.json::<Value>().await.unwrap()["exit_code"], 0);
     for path in ["out.txt", "outdir/secret.txt", "outdir/new.txt"] {
         let r = gw
             .get(&format!("/api/projects/p1/files/{path}"))
-            .send()
-            .await
-            .unwrap();
+            .fetch()
+            .await;
         assert_eq!(
-            code(r).await,
-            (StatusCode::BAD_REQUEST, "path_outside_project".into()),
+            error_of(r).await,
+            (400, "path_outside_project".into()),
             "GET {path}"
         );
         let r = gw
             .put(&format!("/api/projects/p1/files/{path}"))
             .body("pwned")
-            .send()
-            .await
-            .unwrap();
+            .fetch()
+            .await;
         assert_eq!(
-            code(r).await,
-            (StatusCode::BAD_REQUEST, "path_outside_project".into()),
+            error_of(r).await,
+            (400, "path_outside_project".into()),
             "PUT {path}"
         );
     }
@@ -530,23 +444,15 @@ async fn path_escapes(gw: Gateway) {
     let r = gw
         .post("/api/projects/p1/move")
         .json(&json!({"from": "../x", "to": "y"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        code(r).await,
-        (StatusCode::BAD_REQUEST, "path_outside_project".into())
-    );
+        .fetch()
+        .await;
+    assert_eq!(error_of(r).await, (400, "path_outside_project".into()));
     let r = gw
         .post("/api/projects/p1/move")
         .json(&json!({"from": "out.txt", "to": "/tmp/stolen"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        code(r).await,
-        (StatusCode::BAD_REQUEST, "path_outside_project".into())
-    );
+        .fetch()
+        .await;
+    assert_eq!(error_of(r).await, (400, "path_outside_project".into()));
     let (status, _) = gw
         .raw(&gw.raw_request("POST", "/api/projects/p1/mkdir/%2e%2e/evil", b""))
         .await
@@ -578,12 +484,7 @@ async fn archive_download_and_upload() {
         ("src/main.rs", b"fn main() {}", 0o644),
         ("run.sh", b"#!/bin/sh\necho ok\n", 0o755),
     ]);
-    let r = gw
-        .post("/api/projects/p1/archive")
-        .body(good)
-        .send()
-        .await
-        .unwrap();
+    let r = gw.post("/api/projects/p1/archive").body(good).fetch().await;
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["files"], 2);
@@ -603,12 +504,7 @@ async fn archive_download_and_upload() {
         ("fine.txt", b"fine", 0o644),
         ("../escaped.txt", b"evil", 0o644),
     ]);
-    let r = gw
-        .post("/api/projects/p1/archive")
-        .body(bad)
-        .send()
-        .await
-        .unwrap();
+    let r = gw.post("/api/projects/p1/archive").body(bad).fetch().await;
     assert_eq!(r.status(), 400);
     assert!(!gw.project_dir("p1").join("fine.txt").exists());
     assert!(!gw.data_dir.join("projects/escaped.txt").exists());
@@ -622,9 +518,8 @@ async fn archive_download_and_upload() {
             "/api/projects/p1/archive?token={}",
             gw.token(&["p1"])
         )))
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "application/zip");
     let bytes = r.bytes().await.unwrap();
@@ -648,9 +543,8 @@ async fn archive_download_and_upload() {
             "/api/projects/p1/files/run.sh?token={}",
             gw.token(&["p1"])
         )))
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status(), 401);
 }
 
@@ -660,25 +554,17 @@ async fn file_routes_need_an_active_project() {
     let r = gw
         .post("/api/projects")
         .json(&json!({"id": "idle"}))
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status(), 201);
     let r = gw
         .put("/api/projects/idle/files/a.txt")
         .body("x")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        code(r).await,
-        (StatusCode::CONFLICT, "project_not_active".into())
-    );
-    let r = gw.get("/api/projects/idle/list").send().await.unwrap();
-    assert_eq!(
-        code(r).await,
-        (StatusCode::CONFLICT, "project_not_active".into())
-    );
+        .fetch()
+        .await;
+    assert_eq!(error_of(r).await, (409, "project_not_active".into()));
+    let r = gw.get("/api/projects/idle/list").fetch().await;
+    assert_eq!(error_of(r).await, (409, "project_not_active".into()));
     // Every other file, exec, terminal and watch route of a project that was
     // created but never opened.
     let others = [
@@ -693,11 +579,11 @@ async fn file_routes_need_an_active_project() {
             .json(&json!({"argv": ["true"]})),
     ];
     for req in others {
-        let r = req.send().await.unwrap();
+        let r = req.fetch().await;
         let what = format!("{} {}", r.url().path(), r.status());
         assert_eq!(
-            code(r).await,
-            (StatusCode::CONFLICT, "project_not_active".into()),
+            error_of(r).await,
+            (409, "project_not_active".into()),
             "{what}"
         );
     }
@@ -714,21 +600,10 @@ async fn file_routes_need_an_active_project() {
             other => panic!("{route}: expected 409, got {:?}", other.map(|_| ())),
         }
     }
-    let r = gw
-        .get("/api/projects/nope/files/a.txt")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(code(r).await, (StatusCode::NOT_FOUND, "not_found".into()));
-    let r = gw
-        .get("/api/projects/Bad_Id/files/a.txt")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        code(r).await,
-        (StatusCode::BAD_REQUEST, "bad_request".into())
-    );
+    let r = gw.get("/api/projects/nope/files/a.txt").fetch().await;
+    assert_eq!(error_of(r).await, (404, "not_found".into()));
+    let r = gw.get("/api/projects/Bad_Id/files/a.txt").fetch().await;
+    assert_eq!(error_of(r).await, (400, "bad_request".into()));
 }
 
 #[tokio::test]
@@ -744,22 +619,17 @@ async fn bodies_over_the_limit_are_413_and_write_nothing() {
     let r = gw
         .put("/api/projects/p1/files/big.txt")
         .body(vec![b'x'; 2000])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        code(r).await,
-        (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large".into())
-    );
+        .fetch()
+        .await;
+    assert_eq!(error_of(r).await, (413, "payload_too_large".into()));
     assert!(!gw.project_dir("p1").join("big.txt").exists());
     // Chunked, so only counting finds out: the write is cancelled, nothing lands.
     let r = reqwest::Client::new()
         .put(gw.url("/api/projects/p1/files/keep.txt"))
         .bearer_auth(gw.admin_token())
         .body("old")
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status(), 200);
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
         (0..8).map(|_| Ok(vec![b'y'; 300])).collect();
@@ -796,9 +666,8 @@ async fn bodies_over_the_limit_are_413_and_write_nothing() {
         .put(gw.url("/api/projects/p1/files/small.txt"))
         .bearer_auth(gw.admin_token())
         .body(vec![b'z'; 999])
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status(), 200);
 }
 
@@ -816,9 +685,8 @@ async fn many_reads_keep_the_agent_connection() {
     let r = gw
         .put("/api/projects/p1/files/f.txt")
         .body(body.clone())
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status(), 200);
     // Bounded: 1,504 reads, 16 at a time.
     let gw = std::sync::Arc::new(gw);
@@ -828,7 +696,7 @@ async fn many_reads_keep_the_agent_connection() {
         for _ in 0..16 {
             let gw = gw.clone();
             set.spawn(async move {
-                let r = gw.get("/api/projects/p1/files/f.txt").send().await.unwrap();
+                let r = gw.get("/api/projects/p1/files/f.txt").fetch().await;
                 let status = r.status();
                 let len = r.bytes().await.map(|b| b.len()).unwrap_or(0);
                 (status, len)
@@ -854,9 +722,8 @@ async fn local_reads_skip_the_agent() {
     let r = gw
         .put("/api/projects/p1/files/a/b.txt")
         .body("local bytes")
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status(), 200);
     let etag = r.headers()["etag"].to_str().unwrap().to_owned();
     let agent_pid = gw.agent_pid("p1").await.unwrap().to_string();
@@ -889,26 +756,20 @@ async fn local_reads_skip_the_agent() {
     let r = gw
         .get("/api/projects/p1/files/a/b.txt")
         .header("range", "bytes=6-")
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status(), 206);
     assert_eq!(r.text().await.unwrap(), "bytes");
     let r = gw
         .get("/api/projects/p1/files/a/b.txt")
         .header("if-none-match", &etag)
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status(), 304);
-    assert_eq!(
-        code(gw.get("/api/projects/p1/files/a").send().await.unwrap()).await,
-        (StatusCode::BAD_REQUEST, "is_directory".to_owned())
-    );
-    assert_eq!(
-        code(gw.get("/api/projects/p1/files/nope").send().await.unwrap()).await,
-        (StatusCode::NOT_FOUND, "not_found".to_owned())
-    );
+    let r = gw.get("/api/projects/p1/files/a").fetch().await;
+    expect_error(r, 400, "is_directory").await;
+    let r = gw.get("/api/projects/p1/files/nope").fetch().await;
+    expect_error(r, 404, "not_found").await;
 }
 
 /// Rewrites the declared uncompressed size of entry `name` in both its
@@ -984,16 +845,8 @@ async fn archive_upload_is_all_or_nothing_and_capped() {
         ("liar.bin", &big, 0o644),
     ]);
     lie_about_size(&mut liar, "liar.bin", 3);
-    let r = gw
-        .post("/api/projects/up/archive")
-        .body(liar)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        code(r).await,
-        (StatusCode::BAD_REQUEST, "bad_request".into())
-    );
+    let r = gw.post("/api/projects/up/archive").body(liar).fetch().await;
+    assert_eq!(error_of(r).await, (400, "bad_request".into()));
     assert_eq!(std::fs::read(dir.join("keep.txt")).unwrap(), b"PRECIOUS");
     assert_eq!(listing(&dir), before, "nothing added, no staging left");
 
@@ -1003,12 +856,7 @@ async fn archive_upload_is_all_or_nothing_and_capped() {
     // 1,024 entries of 1 MiB of zeros: 1 GiB from about a megabyte.
     let bomb = zeros_zip(1024, 1 << 20);
     assert!(bomb.len() < 1_500_000, "{}", bomb.len());
-    let r = gw
-        .post("/api/projects/up/archive")
-        .body(bomb)
-        .send()
-        .await
-        .unwrap();
+    let r = gw.post("/api/projects/up/archive").body(bomb).fetch().await;
     let status = r.status();
     let v: Value = r.json().await.unwrap();
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
@@ -1029,12 +877,7 @@ async fn archive_upload_is_all_or_nothing_and_capped() {
         "{}",
         many.len()
     );
-    let r = gw
-        .post("/api/projects/up/archive")
-        .body(many)
-        .send()
-        .await
-        .unwrap();
+    let r = gw.post("/api/projects/up/archive").body(many).fetch().await;
     let status = r.status();
     let v: Value = r.json().await.unwrap();
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
@@ -1057,9 +900,8 @@ async fn archive_upload_is_all_or_nothing_and_capped() {
     let r = gw
         .post("/api/projects/up/archive")
         .body(zeros_zip(3, 1000))
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status(), 200);
     assert_eq!(std::fs::read(dir.join("000002")).unwrap(), vec![0u8; 1000]);
 }
@@ -1087,9 +929,8 @@ async fn archive_download_of_everything() {
         async move {
             let r = gw
                 .get(&format!("/api/projects/all/archive{q}"))
-                .send()
-                .await
-                .unwrap();
+                .fetch()
+                .await;
             assert_eq!(r.status(), 200, "{q}");
             let bytes = r.bytes().await.unwrap();
             let mut z = zip::ZipArchive::new(std::io::Cursor::new(bytes.to_vec())).unwrap();
@@ -1125,13 +966,6 @@ async fn archive_download_of_everything() {
     assert_eq!(all["__pycache__/m.pyc"], (false, "pyc".to_owned()));
     assert_eq!(all["abs-link"], (true, "/etc/hostname".to_owned()));
     assert_eq!(all["in-link"], (true, "src/a.txt".to_owned()));
-    let r = gw
-        .get("/api/projects/all/archive?all=maybe")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        code(r).await,
-        (StatusCode::BAD_REQUEST, "bad_request".into())
-    );
+    let r = gw.get("/api/projects/all/archive?all=maybe").fetch().await;
+    assert_eq!(error_of(r).await, (400, "bad_request".into()));
 }

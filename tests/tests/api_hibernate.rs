@@ -9,6 +9,7 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 
 use serde_json::{Value, json};
+use tests::Fetch as _;
 use tests::S3Server;
 use tests::gateway::Gateway;
 
@@ -41,30 +42,9 @@ fn snapshot(root: &Path) -> BTreeMap<String, (String, u32, Vec<u8>)> {
     out
 }
 
-async fn put(gw: &Gateway, p: &str, path: &str, body: impl Into<reqwest::Body>) {
-    let r = gw
-        .put(&format!("/api/projects/{p}/files/{path}"))
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "PUT {path}");
-}
-
 /// The keys of a bucket under `prefix`, listed with a signed request.
 async fn list(s3: &S3Server, bucket: &str, prefix: &str) -> Vec<String> {
     s3.keys(bucket, prefix).await.unwrap()
-}
-
-async fn exec(gw: &Gateway, p: &str, script: &str) {
-    let r = gw
-        .post(&format!("/api/projects/{p}/exec"))
-        .json(&json!({"argv": ["sh", "-c", script]}))
-        .send()
-        .await
-        .unwrap();
-    let v: Value = r.json().await.unwrap();
-    assert_eq!(v["exit_code"], 0, "{script}: {v}");
 }
 
 tests::on_both_s3_servers!(
@@ -83,33 +63,39 @@ async fn hibernate_to_s3_and_open_with_identical_bytes_and_modes(s3: &S3Server) 
         .unwrap();
     gw.open_project("s3p").await.unwrap();
 
-    put(&gw, "s3p", "src/app/main.js", "console.log('hi')\n").await;
-    put(&gw, "s3p", "bin/run.sh", "#!/bin/sh\necho run\n").await;
-    put(&gw, "s3p", "secret.env", "TOKEN=x\n").await;
-    put(&gw, "s3p", "empty.txt", Vec::<u8>::new()).await;
+    gw.put_file("s3p", "src/app/main.js", "console.log('hi')\n")
+        .await
+        .unwrap();
+    gw.put_file("s3p", "bin/run.sh", "#!/bin/sh\necho run\n")
+        .await
+        .unwrap();
+    gw.put_file("s3p", "secret.env", "TOKEN=x\n").await.unwrap();
+    gw.put_file("s3p", "empty.txt", Vec::<u8>::new())
+        .await
+        .unwrap();
     let binary: Vec<u8> = (0..200_000u32)
         .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
         .collect();
-    put(&gw, "s3p", "assets/blob.bin", binary).await;
-    exec(&gw, "s3p", "chmod 755 bin/run.sh && chmod 600 secret.env && mkdir -p empty/dir && chmod 700 empty && ln -s src/app/main.js link.js").await;
+    gw.put_file("s3p", "assets/blob.bin", binary).await.unwrap();
+    gw.exec_ok("s3p", "chmod 755 bin/run.sh && chmod 600 secret.env && mkdir -p empty/dir && chmod 700 empty && ln -s src/app/main.js link.js").await.unwrap();
     // Files keep their modification times.
-    exec(
-        &gw,
+    gw.exec_ok(
         "s3p",
         "touch -d @1600000000 src/app/main.js assets/blob.bin",
     )
-    .await;
+    .await
+    .unwrap();
     // Kept too: nothing is left out of a hibernation.
-    exec(
-        &gw,
+    gw.exec_ok(
         "s3p",
         "mkdir -p node_modules/dep && echo x > node_modules/dep/i.js",
     )
-    .await;
+    .await
+    .unwrap();
     let before = snapshot(&gw.project_dir("s3p"));
     assert!(before.len() >= 10, "{before:?}");
 
-    let r = gw.post("/api/projects/s3p/hibernate").send().await.unwrap();
+    let r = gw.post("/api/projects/s3p/hibernate").fetch().await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     let p: Value = r.json().await.unwrap();
     assert_eq!(p["status"], "hibernated");
@@ -120,7 +106,7 @@ async fn hibernate_to_s3_and_open_with_identical_bytes_and_modes(s3: &S3Server) 
     assert!(key.ends_with(p["snapshot"]["id"].as_str().unwrap()));
     assert!(list(s3, "archives", "envs/s3p/").await.contains(&key));
 
-    let r = gw.post("/api/projects/s3p/open").send().await.unwrap();
+    let r = gw.post("/api/projects/s3p/open").fetch().await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     assert_eq!(r.json::<Value>().await.unwrap()["status"], "active");
     let after = snapshot(&gw.project_dir("s3p"));
@@ -141,9 +127,8 @@ async fn hibernate_to_s3_and_open_with_identical_bytes_and_modes(s3: &S3Server) 
     // Through the API as well: an executable stays executable.
     let e: Value = gw
         .get("/api/projects/s3p/stat/bin/run.sh")
-        .send()
+        .fetch()
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -151,20 +136,18 @@ async fn hibernate_to_s3_and_open_with_identical_bytes_and_modes(s3: &S3Server) 
     let r = gw
         .post("/api/projects/s3p/exec")
         .json(&json!({"argv": ["./bin/run.sh"]}))
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.json::<Value>().await.unwrap()["stdout"], "run\n");
 
     // A second hibernation writes a new version; the log shows both.
-    let r = gw.post("/api/projects/s3p/hibernate").send().await.unwrap();
+    let r = gw.post("/api/projects/s3p/hibernate").fetch().await;
     let p: Value = r.json().await.unwrap();
     assert_ne!(p["archive"]["key"].as_str().unwrap(), key);
     let logs: Vec<Value> = gw
         .get("/api/projects/s3p/logs")
-        .send()
+        .fetch()
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -183,14 +166,7 @@ async fn hibernate_to_s3_and_open_with_identical_bytes_and_modes(s3: &S3Server) 
 
     // Delete removes the snapshots from the bucket.
     let second = p["archive"]["key"].as_str().unwrap().to_owned();
-    assert_eq!(
-        gw.delete("/api/projects/s3p")
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        204
-    );
+    assert_eq!(gw.delete("/api/projects/s3p").fetch().await.status(), 204);
     let left = list(s3, "archives", "envs/s3p/").await;
     for k in [&key, &second] {
         assert!(!left.contains(k), "{k} still in the bucket");
@@ -219,20 +195,13 @@ async fn hibernate_with_s3_unreachable_leaves_the_project_active_and_intact() {
         .await
         .unwrap();
     gw.open_project("keep").await.unwrap();
-    put(&gw, "keep", "a/b.txt", "precious").await;
-    exec(
-        &gw,
-        "keep",
-        "printf '#!/bin/sh\\n' > x.sh && chmod 755 x.sh",
-    )
-    .await;
-    let before = snapshot(&gw.project_dir("keep"));
-
-    let r = gw
-        .post("/api/projects/keep/hibernate")
-        .send()
+    gw.put_file("keep", "a/b.txt", "precious").await.unwrap();
+    gw.exec_ok("keep", "printf '#!/bin/sh\\n' > x.sh && chmod 755 x.sh")
         .await
         .unwrap();
+    let before = snapshot(&gw.project_dir("keep"));
+
+    let r = gw.post("/api/projects/keep/hibernate").fetch().await;
     let status = r.status().as_u16();
     let v: Value = r.json().await.unwrap();
     assert_eq!(
@@ -250,9 +219,8 @@ async fn hibernate_with_s3_unreachable_leaves_the_project_active_and_intact() {
 
     let p: Value = gw
         .get("/api/projects/keep")
-        .send()
+        .fetch()
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -262,20 +230,18 @@ async fn hibernate_with_s3_unreachable_leaves_the_project_active_and_intact() {
     // Still usable.
     assert_eq!(
         gw.get("/api/projects/keep/files/a/b.txt")
-            .send()
+            .fetch()
             .await
-            .unwrap()
             .text()
             .await
             .unwrap(),
         "precious"
     );
-    put(&gw, "keep", "a/c.txt", "more").await;
+    gw.put_file("keep", "a/c.txt", "more").await.unwrap();
     let logs: Vec<Value> = gw
         .get("/api/projects/keep/logs")
-        .send()
+        .fetch()
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -291,8 +257,8 @@ async fn a_missing_bucket_is_created(s3: &S3Server) {
         .await
         .unwrap();
     gw.open_project("nb").await.unwrap();
-    put(&gw, "nb", "f.txt", "data").await;
-    let r = gw.post("/api/projects/nb/hibernate").send().await.unwrap();
+    gw.put_file("nb", "f.txt", "data").await.unwrap();
+    let r = gw.post("/api/projects/nb/hibernate").fetch().await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     let p: Value = r.json().await.unwrap();
     let key = p["archive"]["key"].as_str().unwrap();
@@ -302,7 +268,7 @@ async fn a_missing_bucket_is_created(s3: &S3Server) {
             .iter()
             .any(|k| k == key)
     );
-    gw.post("/api/projects/nb/open").send().await.unwrap();
+    gw.post("/api/projects/nb/open").fetch().await;
     assert_eq!(
         std::fs::read_to_string(gw.project_dir("nb").join("f.txt")).unwrap(),
         "data"
@@ -327,10 +293,7 @@ async fn a_write_in_flight_is_in_the_archive_or_refused() {
         .send();
     let hibernate = async {
         tokio::time::sleep(std::time::Duration::from_millis(150)).await;
-        gw.post("/api/projects/race/hibernate")
-            .send()
-            .await
-            .unwrap()
+        gw.post("/api/projects/race/hibernate").fetch().await
     };
     let (put, hib) = tokio::join!(put, hibernate);
     // A refused upload may also show as a reset connection (`None`).
@@ -352,12 +315,8 @@ async fn a_write_in_flight_is_in_the_archive_or_refused() {
     assert_eq!(hib.status(), 200);
     // Normally the write began first (200) and must then be in the archive;
     // on a starved machine the hibernation may have begun first (409).
-    gw.post("/api/projects/race/open").send().await.unwrap();
-    let r = gw
-        .get("/api/projects/race/files/slow.txt")
-        .send()
-        .await
-        .unwrap();
+    gw.post("/api/projects/race/open").fetch().await;
+    let r = gw.get("/api/projects/race/files/slow.txt").fetch().await;
     if put_status == Some(200) {
         assert_eq!(
             r.text().await.unwrap(),
@@ -374,19 +333,14 @@ async fn a_write_in_flight_is_in_the_archive_or_refused() {
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         gw.put("/api/projects/race/files/late.txt")
             .body("late")
-            .send()
+            .fetch()
             .await
-            .unwrap()
     };
     let (h, late) = tokio::join!(r, late);
     assert_eq!(h.unwrap().status(), 200);
     if late.status() == 200 {
-        gw.post("/api/projects/race/open").send().await.unwrap();
-        let r = gw
-            .get("/api/projects/race/files/late.txt")
-            .send()
-            .await
-            .unwrap();
+        gw.post("/api/projects/race/open").fetch().await;
+        let r = gw.get("/api/projects/race/files/late.txt").fetch().await;
         assert_eq!(
             r.text().await.unwrap(),
             "late",
@@ -408,20 +362,21 @@ async fn a_zip_of_an_earlier_version_opens(s3: Option<&S3Server>) {
     }
     let mut gw = b.start().await.unwrap();
     gw.open_project("old").await.unwrap();
-    put(&gw, "old", "src/a.txt", "from the zip era\n").await;
-    exec(
-        &gw,
+    gw.put_file("old", "src/a.txt", "from the zip era\n")
+        .await
+        .unwrap();
+    gw.exec_ok(
         "old",
         "mkdir -p bin && printf '#!/bin/sh\\n' > bin/x.sh && chmod 755 bin/x.sh",
     )
-    .await;
+    .await
+    .unwrap();
     let before = snapshot(&gw.project_dir("old"));
     // A zip of the project, as hibernation wrote them before snapshots.
     let zip = gw
         .get("/api/projects/old/archive")
-        .send()
+        .fetch()
         .await
-        .unwrap()
         .bytes()
         .await
         .unwrap();
@@ -462,24 +417,23 @@ async fn a_zip_of_an_earlier_version_opens(s3: Option<&S3Server>) {
 
     let p: Value = gw
         .get("/api/projects/old")
-        .send()
+        .fetch()
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
     assert_eq!(p["status"], "hibernated");
     assert_eq!(p["snapshot"]["id"], Value::Null, "{p}");
-    let r = gw.post("/api/projects/old/open").send().await.unwrap();
+    let r = gw.post("/api/projects/old/open").fetch().await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     assert_eq!(snapshot(&gw.project_dir("old")), before);
 
     // From now on, snapshots.
-    let r = gw.post("/api/projects/old/hibernate").send().await.unwrap();
+    let r = gw.post("/api/projects/old/hibernate").fetch().await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     let p: Value = r.json().await.unwrap();
     assert_eq!(p["snapshot"]["id"].as_str().unwrap().len(), 64, "{p}");
-    let r = gw.post("/api/projects/old/open").send().await.unwrap();
+    let r = gw.post("/api/projects/old/open").fetch().await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     assert_eq!(snapshot(&gw.project_dir("old")), before);
 }
@@ -552,11 +506,7 @@ async fn hibernation_stops_terminals_before_the_archive() {
     .await
     .unwrap();
 
-    let r = gw
-        .post("/api/projects/quiet/hibernate")
-        .send()
-        .await
-        .unwrap();
+    let r = gw.post("/api/projects/quiet/hibernate").fetch().await;
     assert_eq!(r.status(), 200);
     let mut exit = None;
     while let Ok(Some(msg)) =
@@ -588,12 +538,11 @@ async fn hibernation_stops_terminals_before_the_archive() {
         .any(|c| c == b"sleep\0987654\0");
     assert!(!sleeping, "a terminal's process outlived the hibernation");
 
-    gw.post("/api/projects/quiet/open").send().await.unwrap();
+    gw.post("/api/projects/quiet/open").fetch().await;
     let r = gw
         .get("/api/projects/quiet/files/counter.txt")
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status(), 200);
     let restored: u64 = r.text().await.unwrap().trim().parse().unwrap();
     assert_eq!(restored, last, "the archive holds the process's last value");

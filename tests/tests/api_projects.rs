@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use futures::StreamExt as _;
 use serde_json::{Value, json};
+use tests::Fetch as _;
 use tests::gateway::Gateway;
 
 #[tokio::test]
@@ -15,9 +16,8 @@ async fn project_lifecycle_and_errors() {
     let r = gw
         .post("/api/projects")
         .json(&json!({"id": "demo", "name": "Demo"}))
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status(), 201);
     let p: Value = r.json().await.unwrap();
     assert_eq!(p["id"], "demo");
@@ -29,75 +29,46 @@ async fn project_lifecycle_and_errors() {
     let r = gw
         .post("/api/projects")
         .json(&json!({"id": "demo"}))
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status(), 409);
     for bad in ["Demo", "1abc", "a_b", "-a", "a-", &"a".repeat(41), ""] {
         let r = gw
             .post("/api/projects")
             .json(&json!({"id": bad}))
-            .send()
-            .await
-            .unwrap();
+            .fetch()
+            .await;
         assert_eq!(r.status(), 400, "id {bad:?}");
         let v: Value = r.json().await.unwrap();
         assert_eq!(v["error"]["code"], "bad_request");
         assert!(v["error"]["message"].is_string());
     }
-    let r = gw
-        .post("/api/projects")
-        .body("not json")
-        .send()
-        .await
-        .unwrap();
+    let r = gw.post("/api/projects").body("not json").fetch().await;
     assert_eq!(r.status(), 400);
+    assert_eq!(gw.get("/api/projects/Bad").fetch().await.status(), 400);
+    assert_eq!(gw.get("/api/projects/nope").fetch().await.status(), 404);
     assert_eq!(
-        gw.get("/api/projects/Bad").send().await.unwrap().status(),
-        400
-    );
-    assert_eq!(
-        gw.get("/api/projects/nope").send().await.unwrap().status(),
-        404
-    );
-    assert_eq!(
-        gw.post("/api/projects/nope/open")
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        gw.post("/api/projects/nope/open").fetch().await.status(),
         404
     );
 
     // Open: active, idempotent; the folder exists.
-    let r = gw.post("/api/projects/demo/open").send().await.unwrap();
+    let r = gw.post("/api/projects/demo/open").fetch().await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<Value>().await.unwrap()["status"], "active");
-    let r = gw.post("/api/projects/demo/open").send().await.unwrap();
+    let r = gw.post("/api/projects/demo/open").fetch().await;
     assert_eq!(r.json::<Value>().await.unwrap()["status"], "active");
     assert!(gw.project_dir("demo").is_dir());
 
-    let list: Vec<Value> = gw
-        .get("/api/projects")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Vec<Value> = gw.get("/api/projects").fetch().await.json().await.unwrap();
     assert_eq!(list.len(), 1);
 
     // Hibernate (to the default archive folder) and open again.
     gw.put("/api/projects/demo/files/keep.txt")
         .body("kept")
-        .send()
-        .await
-        .unwrap();
-    let r = gw
-        .post("/api/projects/demo/hibernate")
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
+    let r = gw.post("/api/projects/demo/hibernate").fetch().await;
     assert_eq!(r.status(), 200);
     let p: Value = r.json().await.unwrap();
     assert_eq!(p["status"], "hibernated");
@@ -112,32 +83,21 @@ async fn project_lifecycle_and_errors() {
         "the archive is in {}",
         archives.display()
     );
-    let r = gw
-        .get("/api/projects/demo/files/keep.txt")
-        .send()
-        .await
-        .unwrap();
+    let r = gw.get("/api/projects/demo/files/keep.txt").fetch().await;
     assert_eq!(r.status(), 409);
     assert_eq!(
         r.json::<Value>().await.unwrap()["error"]["code"],
         "project_not_active"
     );
-    let r = gw.post("/api/projects/demo/open").send().await.unwrap();
+    let r = gw.post("/api/projects/demo/open").fetch().await;
     assert_eq!(r.json::<Value>().await.unwrap()["status"], "active");
-    let r = gw
-        .get("/api/projects/demo/files/keep.txt")
-        .send()
-        .await
-        .unwrap();
+    let r = gw.get("/api/projects/demo/files/keep.txt").fetch().await;
     assert_eq!(r.text().await.unwrap(), "kept");
 
     // Delete: 204, then 404; folder and archives gone.
-    let r = gw.delete("/api/projects/demo").send().await.unwrap();
+    let r = gw.delete("/api/projects/demo").fetch().await;
     assert_eq!(r.status(), 204);
-    assert_eq!(
-        gw.get("/api/projects/demo").send().await.unwrap().status(),
-        404
-    );
+    assert_eq!(gw.get("/api/projects/demo").fetch().await.status(), 404);
     assert!(!gw.project_dir("demo").exists());
     assert!(!archives.exists() || std::fs::read_dir(&archives).unwrap().next().is_none());
 }
@@ -158,20 +118,18 @@ async fn archive_versions_are_kept_up_to_the_limit() {
     for i in 0..3 {
         gw.put("/api/projects/v/files/n.txt")
             .body(format!("{i}"))
-            .send()
-            .await
-            .unwrap();
-        let r = gw.post("/api/projects/v/hibernate").send().await.unwrap();
+            .fetch()
+            .await;
+        let r = gw.post("/api/projects/v/hibernate").fetch().await;
         assert_eq!(r.status(), 200);
         let p: Value = r.json().await.unwrap();
         ids.push(p["snapshot"]["id"].as_str().unwrap().to_owned());
-        let r = gw.post("/api/projects/v/open").send().await.unwrap();
+        let r = gw.post("/api/projects/v/open").fetch().await;
         assert_eq!(r.status(), 200);
         assert_eq!(
             gw.get("/api/projects/v/files/n.txt")
-                .send()
+                .fetch()
                 .await
-                .unwrap()
                 .text()
                 .await
                 .unwrap(),
@@ -232,10 +190,9 @@ async fn events_stream_lifecycle_and_command_log() {
     let gw = Gateway::start().await.unwrap();
     gw.post("/api/projects")
         .json(&json!({"id": "ev"}))
-        .send()
-        .await
-        .unwrap();
-    let r = gw.get("/api/projects/ev/events").send().await.unwrap();
+        .fetch()
+        .await;
+    let r = gw.get("/api/projects/ev/events").fetch().await;
     assert_eq!(r.status(), 200);
     assert!(
         r.headers()["content-type"]
@@ -248,7 +205,7 @@ async fn events_stream_lifecycle_and_command_log() {
     let (_, v) = next_event(&mut s, &mut buf, |e, _| e == "project").await;
     assert_eq!(v["status"], "created");
 
-    gw.post("/api/projects/ev/open").send().await.unwrap();
+    gw.post("/api/projects/ev/open").fetch().await;
     next_event(&mut s, &mut buf, |e, v| {
         e == "status" && v["status"] == "active"
     })
@@ -257,15 +214,14 @@ async fn events_stream_lifecycle_and_command_log() {
     let r = gw
         .post("/api/projects/ev/exec")
         .json(&json!({"argv": ["echo", "from-exec"], "label": "greet"}))
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status(), 200);
     let (_, v) = next_event(&mut s, &mut buf, |e, _| e == "log").await;
     assert_eq!(v["label"], "greet");
     assert_eq!(v["stdout"], "from-exec\n");
 
-    gw.post("/api/projects/ev/hibernate").send().await.unwrap();
+    gw.post("/api/projects/ev/hibernate").fetch().await;
     next_event(&mut s, &mut buf, |e, v| {
         e == "progress" && v["step"] == "verify"
     })
@@ -280,13 +236,12 @@ async fn events_stream_lifecycle_and_command_log() {
 async fn exec_and_command_log() {
     let gw = Gateway::start().await.unwrap();
     gw.open_project("x").await.unwrap();
-    gw.post("/api/projects/x/mkdir/sub").send().await.unwrap();
+    gw.post("/api/projects/x/mkdir/sub").fetch().await;
     let r = gw
         .post("/api/projects/x/exec")
         .json(&json!({"argv": ["sh", "-c", "pwd; echo $GREETING; cat; echo err >&2; exit 3"], "cwd": "sub", "env": {"GREETING": "hi"}, "stdin": "in\n"}))
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["exit_code"], 3);
@@ -298,9 +253,8 @@ async fn exec_and_command_log() {
     let r = gw
         .post("/api/projects/x/exec")
         .json(&json!({"argv": ["sleep", "5"], "timeout_s": 1}))
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<Value>().await.unwrap()["exit_code"], -1);
 
@@ -309,20 +263,14 @@ async fn exec_and_command_log() {
         json!({"argv": ["ls"], "cwd": "../.."}),
         json!({"nope": 1}),
     ] {
-        let r = gw
-            .post("/api/projects/x/exec")
-            .json(&bad)
-            .send()
-            .await
-            .unwrap();
+        let r = gw.post("/api/projects/x/exec").json(&bad).fetch().await;
         assert_eq!(r.status(), 400, "{bad}");
     }
 
     let logs: Vec<Value> = gw
         .get("/api/projects/x/logs")
-        .send()
+        .fetch()
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -360,24 +308,11 @@ async fn operations_endpoints_and_templates() {
         .unwrap();
     // `gw.http()` sends no token: operations endpoints need none.
     assert_eq!(
-        gw.http()
-            .get(gw.url("/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        gw.http().get(gw.url("/healthz")).fetch().await.status(),
         200
     );
-    assert_eq!(
-        gw.http()
-            .get(gw.url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    gw.get("/api/projects").send().await.unwrap();
+    assert_eq!(gw.http().get(gw.url("/readyz")).fetch().await.status(), 200);
+    gw.get("/api/projects").fetch().await;
     let m = gw.metrics().await.unwrap();
     assert!(
         m.contains(
@@ -388,14 +323,7 @@ async fn operations_endpoints_and_templates() {
     assert!(m.contains("gateway_http_request_duration_seconds"));
     assert!(m.contains("gateway_open_terminals"));
 
-    let t: Vec<Value> = gw
-        .get("/api/templates")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let t: Vec<Value> = gw.get("/api/templates").fetch().await.json().await.unwrap();
     assert_eq!(t.len(), 1);
     assert_eq!(t[0]["name"], "hello");
     assert!(
@@ -407,9 +335,8 @@ async fn operations_endpoints_and_templates() {
     assert_eq!(
         gw.http()
             .get(gw.url("/api/templates"))
-            .send()
+            .fetch()
             .await
-            .unwrap()
             .status(),
         401
     );
@@ -428,65 +355,48 @@ async fn restart_keeps_projects() {
     gw.open_project("alive").await.unwrap();
     gw.put("/api/projects/alive/files/a.txt")
         .body("A")
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     gw.open_project("sleepy").await.unwrap();
     gw.put("/api/projects/sleepy/files/s.txt")
         .body("S")
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(
         gw.post("/api/projects/sleepy/hibernate")
-            .send()
+            .fetch()
             .await
-            .unwrap()
             .status(),
         200
     );
     gw.post("/api/projects")
         .json(&json!({"id": "fresh"}))
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
 
     gw.restart().await.unwrap();
 
-    let list: Vec<Value> = gw
-        .get("/api/projects")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Vec<Value> = gw.get("/api/projects").fetch().await.json().await.unwrap();
     let status = |id: &str| list.iter().find(|p| p["id"] == id).unwrap()["status"].clone();
     assert_eq!(status("alive"), "active");
     assert_eq!(status("sleepy"), "hibernated");
     assert_eq!(status("fresh"), "created");
     // The active one has an agent again, with its files.
-    let r = gw
-        .get("/api/projects/alive/files/a.txt")
-        .send()
-        .await
-        .unwrap();
+    let r = gw.get("/api/projects/alive/files/a.txt").fetch().await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), "A");
     let r = gw
         .post("/api/projects/alive/exec")
         .json(&json!({"argv": ["cat", "a.txt"]}))
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.json::<Value>().await.unwrap()["stdout"], "A");
     // The hibernated one restores from its archive.
-    gw.post("/api/projects/sleepy/open").send().await.unwrap();
+    gw.post("/api/projects/sleepy/open").fetch().await;
     assert_eq!(
         gw.get("/api/projects/sleepy/files/s.txt")
-            .send()
+            .fetch()
             .await
-            .unwrap()
             .text()
             .await
             .unwrap(),
@@ -555,9 +465,8 @@ async fn a_made_secret_is_kept_across_restarts() {
         gw.http()
             .get(gw.url("/api/projects"))
             .bearer_auth(&token)
-            .send()
+            .fetch()
             .await
-            .unwrap()
             .status(),
         200
     );
@@ -567,9 +476,8 @@ async fn a_made_secret_is_kept_across_restarts() {
         gw.http()
             .get(gw.url("/api/projects"))
             .bearer_auth(&token)
-            .send()
+            .fetch()
             .await
-            .unwrap()
             .status(),
         200
     );
@@ -581,14 +489,12 @@ async fn restore_starts_from_a_clean_folder() {
     gw.open_project("clean").await.unwrap();
     gw.put("/api/projects/clean/files/src/a.txt")
         .body("archived")
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(
         gw.post("/api/projects/clean/hibernate")
-            .send()
+            .fetch()
             .await
-            .unwrap()
             .status(),
         200
     );
@@ -597,11 +503,7 @@ async fn restore_starts_from_a_clean_folder() {
     std::fs::write(gw.project_dir("clean").join("src/a.txt"), "half-removed").unwrap();
     std::fs::write(gw.project_dir("clean").join("junk.txt"), "junk").unwrap();
     assert_eq!(
-        gw.post("/api/projects/clean/open")
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        gw.post("/api/projects/clean/open").fetch().await.status(),
         200
     );
     assert_eq!(
@@ -622,7 +524,7 @@ async fn every_error_has_the_json_body() {
         gw.post("/api/projects/j/containers/web/logs"),
     ];
     for req in cases {
-        let r = req.send().await.unwrap();
+        let r = req.fetch().await;
         let status = r.status();
         assert!(status.is_client_error(), "{status}");
         assert!(

@@ -1,6 +1,6 @@
 //! SIGKILL at every step of a hibernation and of a restore, end to end with
 //! the real gateway and agent: the step is held with the test-only fault
-//! hook (`DEVGATE_TEST_PAUSE_AT`, see `gateway/src/pause.rs`), then the agent
+//! hook (`DEVGATE_TEST_PAUSE_AT`, see `pause/src/lib.rs`), then the agent
 //! is killed, then the gateway, and the gateway is started again on the same
 //! data dir. Afterwards the project settles by itself (no status stays
 //! `hibernating` or `restoring`), opens complete (every path's bytes, mode,
@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail, ensure};
-use serde_json::{Value, json};
+use serde_json::Value;
 use tests::gateway::Gateway;
 use tests::{S3Server, eventually};
 
@@ -111,36 +111,6 @@ const PAUSE_DIR: &str = "DEVGATE_TEST_PAUSE_DIR";
 enum Op {
     Hibernate,
     Restore,
-}
-
-async fn exec_ok(gw: &Gateway, p: &str, script: &str) -> Result<String> {
-    let v: Value = gw
-        .post(&format!("/api/projects/{p}/exec"))
-        .json(&json!({"argv": ["sh", "-c", script]}))
-        .send()
-        .await?
-        .json()
-        .await?;
-    ensure!(v["exit_code"] == 0, "{script}: {v}");
-    Ok(v["stdout"].as_str().unwrap_or_default().to_owned())
-}
-
-async fn status(gw: &Gateway, p: &str) -> Result<String> {
-    let v: Value = gw
-        .get(&format!("/api/projects/{p}"))
-        .send()
-        .await?
-        .json()
-        .await?;
-    Ok(v["status"].as_str().unwrap_or_default().to_owned())
-}
-
-async fn call(gw: &Gateway, p: &str, what: &str) -> Result<Value> {
-    let r = gw.post(&format!("/api/projects/{p}/{what}")).send().await?;
-    let code = r.status();
-    let body = r.text().await?;
-    ensure!(code.is_success(), "{what} {p}: {code} {body}");
-    Ok(serde_json::from_str(&body)?)
 }
 
 /// A process: its id and its start time (field 22 of `/proc/<pid>/stat`),
@@ -237,7 +207,7 @@ async fn kill_at(op: Op, step: &str, kill: Kill, s3: Option<&S3Server>) -> Resul
     let mut gw = builder.start().await?;
     let p = "keep";
     gw.open_project(p).await?;
-    exec_ok(&gw, p, TREE).await?;
+    gw.exec_ok(p, TREE).await?;
     // The acknowledged write, just before the hibernation.
     let r = gw
         .put(&format!("/api/projects/{p}/files/notes/ack.txt"))
@@ -249,7 +219,7 @@ async fn kill_at(op: Op, step: &str, kill: Kill, s3: Option<&S3Server>) -> Resul
     let mut want = tree(&dir)?;
     ensure!(want.contains_key("notes/ack.txt") && want.contains_key("inside"));
     if op == Op::Restore {
-        call(&gw, p, "hibernate").await?;
+        gw.call(p, "hibernate", &Value::Null).await?;
     }
 
     // The step in flight, held.
@@ -299,7 +269,7 @@ async fn kill_at(op: Op, step: &str, kill: Kill, s3: Option<&S3Server>) -> Resul
 
     // It settles without being asked.
     let settled = eventually(Duration::from_secs(30), "a settled status", || async {
-        let s = status(&gw, p).await.ok()?;
+        let s = gw.status(p).await.ok()?;
         matches!(s.as_str(), "active" | "hibernated").then_some(s)
     })
     .await?;
@@ -316,7 +286,7 @@ async fn kill_at(op: Op, step: &str, kill: Kill, s3: Option<&S3Server>) -> Resul
     }
 
     // Opens complete, with the acknowledged write.
-    let v = call(&gw, p, "open").await?;
+    let v = gw.call(p, "open", &Value::Null).await?;
     ensure!(v["status"] == "active", "open: {v}");
     let check = |want: &Tree, when: &str| -> Result<()> {
         let got = tree(&dir)?;
@@ -328,18 +298,20 @@ async fn kill_at(op: Op, step: &str, kill: Kill, s3: Option<&S3Server>) -> Resul
     };
     check(&want, "after the kill")?;
     if want.contains_key("repo/.git") {
-        let log = exec_ok(&gw, p, "cd repo && git log --oneline && git status --short").await?;
+        let log = gw
+            .exec_ok(p, "cd repo && git log --oneline && git status --short")
+            .await?;
         ensure!(log.trim().ends_with("first"), "git log and status: {log}");
         // git status refreshes its index: that is the tree from now on.
         want = tree(&dir)?;
     }
     // Still a project like any other: a full round trip.
-    call(&gw, p, "hibernate").await?;
+    gw.call(p, "hibernate", &Value::Null).await?;
     ensure!(
         !dir.exists(),
         "the folder of a hibernated project is torn down"
     );
-    call(&gw, p, "open").await?;
+    gw.call(p, "open", &Value::Null).await?;
     check(&want, "after one more hibernation")?;
     // An agent of the killed gateway may still be in its grace period.
     for agent in &agents {

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use futures::{SinkExt as _, StreamExt as _};
 use serde_json::{Value, json};
+use tests::Fetch as _;
 use tests::devserver::{SERVER, browser, dev_server, dev_server_with, url, wait_status};
+use tests::error_of;
 use tests::eventually;
 use tests::gateway::Gateway;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -25,15 +27,6 @@ fn is_root() -> bool {
                 .map(|l| l.split_whitespace().nth(1) == Some("0"))
         })
         .unwrap_or(false)
-}
-
-async fn error_code(r: reqwest::Response) -> (u16, String) {
-    let status = r.status().as_u16();
-    let v: Value = r.json().await.expect("a JSON error body");
-    (
-        status,
-        v["error"]["code"].as_str().unwrap_or_default().to_owned(),
-    )
 }
 
 /// Reads what the server sends on `s` until it closes (or `limit` passes).
@@ -92,13 +85,13 @@ async fn previews_reach_only_declared_ports_of_their_own_project_and_never_loop(
     // of b's.
     for host in [&b_via_a, &undeclared, &own] {
         let t0 = Instant::now();
-        let r = c.get(url(&gw, host, "/")).send().await.unwrap();
+        let r = c.get(url(&gw, host, "/")).fetch().await;
         assert!(
             t0.elapsed() < Duration::from_secs(2),
             "{host} took {:?}",
             t0.elapsed()
         );
-        assert_eq!(error_code(r).await, (404, "not_found".to_owned()), "{host}");
+        assert_eq!(error_of(r).await, (404, "not_found".to_owned()), "{host}");
     }
 
     // Declaring them changes nothing: b's running port stays b's, and the
@@ -109,28 +102,26 @@ async fn previews_reach_only_declared_ports_of_their_own_project_and_never_loop(
             &json!({"name": "grab", "port": tests::free_port(), "ports": [b_port, gw.addr.port()],
                       "start": "sleep 600", "public": true}),
         )
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status().as_u16(), 201, "{}", r.text().await.unwrap());
     let r = gw
         .post("/api/projects/a/containers/grab/start")
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status().as_u16(), 200);
     let grab_b = format!("{b_port}-grab.a.localhost");
     let grab_own = format!("{}-grab.a.localhost", gw.addr.port());
     let g = browser(&gw, &[&grab_b, &grab_own]);
     for host in [&grab_b, &grab_own] {
         let t0 = Instant::now();
-        let r = g.get(url(&gw, host, "/")).send().await.unwrap();
+        let r = g.get(url(&gw, host, "/")).fetch().await;
         assert!(
             t0.elapsed() < Duration::from_secs(2),
             "{host} took {:?}",
             t0.elapsed()
         );
-        assert_eq!(error_code(r).await, (404, "not_found".to_owned()), "{host}");
+        assert_eq!(error_of(r).await, (404, "not_found".to_owned()), "{host}");
     }
     if is_root() {
         // A port this test (another user) listens on, declared by a
@@ -143,18 +134,16 @@ async fn previews_reach_only_declared_ports_of_their_own_project_and_never_loop(
                 &json!({"name": "peek", "port": tests::free_port(), "ports": [port],
                           "start": "sleep 600", "public": true}),
             )
-            .send()
-            .await
-            .unwrap();
+            .fetch()
+            .await;
         assert_eq!(r.status().as_u16(), 201);
         gw.post("/api/projects/a/containers/peek/start")
-            .send()
-            .await
-            .unwrap();
+            .fetch()
+            .await;
         let host = format!("{port}-peek.a.localhost");
         let p = browser(&gw, &[&host]);
-        let r = p.get(url(&gw, &host, "/")).send().await.unwrap();
-        assert_eq!(error_code(r).await, (404, "not_found".to_owned()));
+        let r = p.get(url(&gw, &host, "/")).fetch().await;
+        assert_eq!(error_of(r).await, (404, "not_found".to_owned()));
         let accepted = tokio::time::timeout(Duration::from_millis(300), outsider.accept()).await;
         assert!(accepted.is_err(), "the outsider's port was dialled");
     }
@@ -167,25 +156,22 @@ async fn previews_reach_only_declared_ports_of_their_own_project_and_never_loop(
             "via",
             "1.1 devgate, 1.1 corp-proxy, 1.1 devgate, 1.1 devgate",
         )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(error_code(r).await, (508, "loop_detected".to_owned()));
+        .fetch()
+        .await;
+    assert_eq!(error_of(r).await, (508, "loop_detected".to_owned()));
     let r = c
         .get(url(&gw, pub_host, "/"))
         .header("via", "1.1 devgate")
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     let seen: Value = r.json().await.unwrap();
     assert_eq!(seen["headers"]["via"], "1.1 devgate, 1.1 devgate");
     // What the dev server sees carries the gateway in `Via`.
     let r = c
         .get(url(&gw, pub_host, "/"))
         .header("via", "1.1 corp-proxy")
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     let seen: Value = r.json().await.unwrap();
     assert_eq!(seen["headers"]["via"], "1.1 corp-proxy, 1.1 devgate");
 
@@ -195,10 +181,9 @@ async fn previews_reach_only_declared_ports_of_their_own_project_and_never_loop(
         .json(
             &json!({"name": "dup", "port": tests::free_port(), "ports": [extra], "start": "true"}),
         )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(error_code(r).await, (409, "conflict".to_owned()));
+        .fetch()
+        .await;
+    assert_eq!(error_of(r).await, (409, "conflict".to_owned()));
 }
 
 #[tokio::test]
@@ -214,9 +199,8 @@ async fn gateway_credentials_never_reach_the_dev_server_and_preview_cookies_are_
     // A one-time link: no token in it, good once, for its own host only.
     let r = gw
         .post("/api/projects/a/containers/web/preview-link")
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status().as_u16(), 200);
     let link: Value = r.json().await.unwrap();
     let link_url = link["url"].as_str().unwrap().to_owned();
@@ -225,26 +209,25 @@ async fn gateway_credentials_never_reach_the_dev_server_and_preview_cookies_are_
         "{link_url}"
     );
     assert!(!link_url.contains(&gw.admin_token()));
-    let r = b.get(&link_url).send().await.unwrap();
+    let r = b.get(&link_url).fetch().await;
     assert_eq!(r.status().as_u16(), 303);
     assert_eq!(r.headers()["referrer-policy"], "no-referrer");
     let set = r.headers()["set-cookie"].to_str().unwrap().to_owned();
     assert!(set.contains("HttpOnly"), "{set}");
     let cookie = set.split(';').next().unwrap().to_owned();
     let value = cookie.split_once('=').unwrap().1.to_owned();
-    let again = b.get(&link_url).send().await.unwrap();
+    let again = b.get(&link_url).fetch().await;
     assert_eq!(again.status().as_u16(), 401, "a code works once");
     // A code made for `web` is spent, and refused, on another host.
     let r = gw
         .post("/api/projects/a/containers/web/preview-link")
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     let other = r.json::<Value>().await.unwrap()["url"]
         .as_str()
         .unwrap()
         .replace("web.a.localhost", "pub.a.localhost");
-    assert_eq!(b.get(&other).send().await.unwrap().status().as_u16(), 403);
+    assert_eq!(b.get(&other).fetch().await.status().as_u16(), 403);
 
     // The cookie opens the preview, not the API.
     let r = wait_status(&b, &url(&gw, web, "/"), Some(&cookie), 200).await;
@@ -259,11 +242,10 @@ async fn gateway_credentials_never_reach_the_dev_server_and_preview_cookies_are_
             .request(method.parse().unwrap(), gw.url(path))
             .bearer_auth(&value)
             .json(&json!({"argv": ["id"]}))
-            .send()
-            .await
-            .unwrap();
+            .fetch()
+            .await;
         assert_eq!(
-            error_code(r).await,
+            error_of(r).await,
             (401, "unauthorized".to_owned()),
             "{path}"
         );
@@ -283,9 +265,8 @@ async fn gateway_credentials_never_reach_the_dev_server_and_preview_cookies_are_
             .header("x-forwarded-proto", "https")
             .header("x-forwarded-host", "evil.example")
             .header("forwarded", "for=203.0.113.9")
-            .send()
-            .await
-            .unwrap();
+            .fetch()
+            .await;
         assert_eq!(r.status().as_u16(), 200);
         let seen: Value = r.json().await.unwrap();
         let h = &seen["headers"];
@@ -309,9 +290,8 @@ async fn gateway_credentials_never_reach_the_dev_server_and_preview_cookies_are_
             "sec-websocket-protocol",
             format!("chat, devgate.bearer.{}", gw.admin_token()),
         )
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     let seen: Value = r.json().await.unwrap();
     let h = &seen["headers"];
     // A second Authorization with a gateway token is dropped too; the
@@ -345,9 +325,8 @@ async fn forwarded_proto_is_believed_only_from_trusted_proxies() {
                 &format!("/__preview/auth?token={}", gw.admin_token()),
             ))
             .header("x-forwarded-proto", "https")
-            .send()
-            .await
-            .unwrap();
+            .fetch()
+            .await;
         assert_eq!(r.status().as_u16(), 303);
         let set = r.headers()["set-cookie"].to_str().unwrap().to_owned();
         assert_eq!(set.contains("; Secure"), secure, "trusted={trusted}: {set}");
@@ -385,7 +364,7 @@ async fn share_links_expire_are_revoked_everywhere_and_wake_only_when_made_to() 
             .post("/api/projects/s/containers/web/shares")
             .json(&json!({"expires_in_s": expires, "label": "for Bob", "wake": wake}));
         async move {
-            let r = req.send().await.unwrap();
+            let r = req.fetch().await;
             assert_eq!(r.status().as_u16(), 201);
             r.json::<Value>().await.unwrap()
         }
@@ -395,7 +374,7 @@ async fn share_links_expire_are_revoked_everywhere_and_wake_only_when_made_to() 
         let link = link["url"].as_str().unwrap().to_owned();
         let c = c.clone();
         async move {
-            let r = c.get(&link).send().await.unwrap();
+            let r = c.get(&link).fetch().await;
             assert_eq!(r.status().as_u16(), 303, "{link}");
             let set = r.headers()["set-cookie"].to_str().unwrap().to_owned();
             set.split(';').next().unwrap().to_owned()
@@ -441,9 +420,8 @@ async fn share_links_expire_are_revoked_everywhere_and_wake_only_when_made_to() 
     let link = share(3600, false).await;
     let listed: Value = b
         .get("/api/projects/s/containers/web/shares")
-        .send()
+        .fetch()
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -461,24 +439,21 @@ async fn share_links_expire_are_revoked_everywhere_and_wake_only_when_made_to() 
             "/api/projects/s/containers/web/shares/{}",
             link["id"].as_str().unwrap()
         ))
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status().as_u16(), 204);
     let took = closes_within(&mut sock, Duration::from_secs(5)).await;
     eprintln!("revoked on the other replica: WebSocket closed after {took:?}");
     let r = c
         .get(url(&a, host, "/"))
         .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status().as_u16(), 401);
     assert_eq!(
         c.get(link["url"].as_str().unwrap())
-            .send()
+            .fetch()
             .await
-            .unwrap()
             .status()
             .as_u16(),
         401
@@ -493,9 +468,8 @@ async fn share_links_expire_are_revoked_everywhere_and_wake_only_when_made_to() 
     let r = c
         .get(url(&a, host, "/"))
         .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status().as_u16(), 401);
 
     // Bad input changes nothing.
@@ -507,9 +481,8 @@ async fn share_links_expire_are_revoked_everywhere_and_wake_only_when_made_to() 
         let r = a
             .post("/api/projects/s/containers/web/shares")
             .json(&body)
-            .send()
-            .await
-            .unwrap();
+            .fetch()
+            .await;
         assert_eq!(r.status().as_u16(), 400, "{body}");
     }
 
@@ -518,39 +491,23 @@ async fn share_links_expire_are_revoked_everywhere_and_wake_only_when_made_to() 
     let sleepy = share(3600, false).await;
     let wakes = share(3600, true).await;
     let (sleepy, wakes) = (open(&sleepy).await, open(&wakes).await);
-    let r = a.post("/api/projects/s/hibernate").send().await.unwrap();
+    let r = a.post("/api/projects/s/hibernate").fetch().await;
     assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
     let r = c
         .get(url(&a, host, "/"))
         .header("cookie", &sleepy)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(error_code(r).await, (503, "unavailable".to_owned()));
-    let p: Value = a
-        .get("/api/projects/s")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
+    assert_eq!(error_of(r).await, (503, "unavailable".to_owned()));
+    let p: Value = a.get("/api/projects/s").fetch().await.json().await.unwrap();
     assert_eq!(p["status"], "hibernated");
     let r = c
         .get(url(&a, host, "/"))
         .header("cookie", &wakes)
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status().as_u16(), 200);
-    let p: Value = a
-        .get("/api/projects/s")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let p: Value = a.get("/api/projects/s").fetch().await.json().await.unwrap();
     assert_eq!(p["status"], "active");
 }
 
@@ -568,33 +525,27 @@ async fn strangers_wake_a_public_preview_at_most_once_per_interval() {
     let c = browser(&gw, &[host]);
     wait_status(&c, &url(&gw, host, "/"), None, 200).await;
     let hibernate = || async {
-        let r = gw.post("/api/projects/w/hibernate").send().await.unwrap();
+        let r = gw.post("/api/projects/w/hibernate").fetch().await;
         assert_eq!(r.status().as_u16(), 200);
     };
     hibernate().await;
     assert_eq!(
-        c.get(url(&gw, host, "/"))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16(),
+        c.get(url(&gw, host, "/")).fetch().await.status().as_u16(),
         200
     );
     hibernate().await;
-    let r = c.get(url(&gw, host, "/")).send().await.unwrap();
+    let r = c.get(url(&gw, host, "/")).fetch().await;
     let retry: u64 = r.headers()["retry-after"]
         .to_str()
         .unwrap()
         .parse()
         .unwrap();
     assert!(retry > 500 && retry <= 600, "{retry}");
-    assert_eq!(error_code(r).await, (429, "too_many_requests".to_owned()));
+    assert_eq!(error_of(r).await, (429, "too_many_requests".to_owned()));
     let p: Value = gw
         .get("/api/projects/w")
-        .send()
+        .fetch()
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -603,9 +554,8 @@ async fn strangers_wake_a_public_preview_at_most_once_per_interval() {
     let r = c
         .get(url(&gw, host, "/"))
         .bearer_auth(gw.admin_token())
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status().as_u16(), 200);
     assert!(
         gw.metrics()
@@ -651,7 +601,7 @@ async fn slow_and_idle_connections_are_closed_by_the_header_read_timeout() {
         t0.elapsed()
     );
     // The gateway is fine.
-    let r = gw.http().get(gw.url("/healthz")).send().await.unwrap();
+    let r = gw.http().get(gw.url("/healthz")).fetch().await;
     assert_eq!(r.status().as_u16(), 200);
 }
 
@@ -863,9 +813,8 @@ async fn malformed_requests_and_tokens_are_refused() {
             .http()
             .get(gw.url("/api/projects"))
             .bearer_auth(sign(claims.clone()))
-            .send()
-            .await
-            .unwrap();
+            .fetch()
+            .await;
         assert_eq!(r.status().as_u16(), want, "{claims}");
     }
 }
@@ -895,9 +844,8 @@ async fn the_command_log_and_exec_answers_are_bounded() {
             .post("/api/projects/l/exec")
             .json(&json!({"argv": ["sh", "-c", format!("head -c 1048576 /dev/zero | tr '\\0' {}; echo err >&2", (b'a' + i) as char)],
                           "label": format!("big {i}")}))
-            .send()
-            .await
-            .unwrap();
+            .fetch()
+            .await;
         assert_eq!(r.status().as_u16(), 200);
         let v: Value = r.json().await.unwrap();
         assert_eq!(v["stdout"].as_str().unwrap().len(), 100_000);
@@ -910,9 +858,8 @@ async fn the_command_log_and_exec_answers_are_bounded() {
     // to its head and tail.
     let page: Vec<Value> = gw
         .get("/api/projects/l/logs?limit=5")
-        .send()
+        .fetch()
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -930,9 +877,8 @@ async fn the_command_log_and_exec_answers_are_bounded() {
             "/api/projects/l/logs?limit=5&before={}",
             page[0]["id"]
         ))
-        .send()
+        .fetch()
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -940,15 +886,14 @@ async fn the_command_log_and_exec_answers_are_bounded() {
     assert_eq!(labels, ["big 10", "big 11", "big 12", "big 13", "big 14"]);
     let all: Vec<Value> = gw
         .get("/api/projects/l/logs")
-        .send()
+        .fetch()
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
     assert_eq!(all.len(), 20);
-    let r = gw.get("/api/projects/l/logs?limit=0").send().await.unwrap();
-    assert_eq!(error_code(r).await, (400, "bad_request".to_owned()));
+    let r = gw.get("/api/projects/l/logs?limit=0").fetch().await;
+    assert_eq!(error_of(r).await, (400, "bad_request".to_owned()));
 }
 
 #[tokio::test]
@@ -981,7 +926,7 @@ async fn the_data_dir_is_private_and_projects_cannot_reach_each_other() {
         let req = gw
             .post(&format!("/api/projects/{project}/exec"))
             .json(&json!({"argv": ["sh", "-c", script]}));
-        async move { req.send().await.unwrap().json::<Value>().await.unwrap() }
+        async move { req.fetch().await.json::<Value>().await.unwrap() }
     };
     let env = exec("one", "env".into()).await;
     let env = env["stdout"].as_str().unwrap();
@@ -1016,15 +961,10 @@ async fn the_data_dir_is_private_and_projects_cannot_reach_each_other() {
     let r = gw
         .put("/api/projects/three/files/secret.txt")
         .body("three's secret")
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status().as_u16(), 200);
-    let r = gw
-        .post("/api/projects/three/hibernate")
-        .send()
-        .await
-        .unwrap();
+    let r = gw.post("/api/projects/three/hibernate").fetch().await;
     assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
     let archives = gw.data_dir.join("archives");
     let mut archive_files = Vec::new();
@@ -1089,15 +1029,13 @@ async fn a_project_never_serves_another_projects_port_as_its_own() {
     let r = gw
         .post("/api/projects/a/containers")
         .json(&json!({"name": "web", "port": port, "start": "sleep 600", "public": true}))
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status().as_u16(), 201);
     assert_eq!(
         gw.post("/api/projects/a/containers/web/start")
-            .send()
+            .fetch()
             .await
-            .unwrap()
             .status()
             .as_u16(),
         200
@@ -1107,9 +1045,8 @@ async fn a_project_never_serves_another_projects_port_as_its_own() {
     let r = gw
         .put("/api/projects/b/files/web/server.py")
         .body(SERVER)
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status().as_u16(), 200);
     let r = gw
         .post("/api/projects/b/containers")
@@ -1117,15 +1054,13 @@ async fn a_project_never_serves_another_projects_port_as_its_own() {
             &json!({"name": "web", "port": port, "start": "exec python3 server.py",
                       "env": {"NAME": "b-private"}}),
         )
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status().as_u16(), 201);
     assert_eq!(
         gw.post("/api/projects/b/containers/web/start")
-            .send()
+            .fetch()
             .await
-            .unwrap()
             .status()
             .as_u16(),
         200
@@ -1141,11 +1076,7 @@ async fn a_project_never_serves_another_projects_port_as_its_own() {
     .unwrap();
     let b_port = r.json::<Value>().await.unwrap()["port"].as_u64().unwrap();
     assert_ne!(b_port, u64::from(port), "b was given a's port");
-    let r = c
-        .get(url(&gw, "web.a.localhost", "/"))
-        .send()
-        .await
-        .unwrap();
+    let r = c.get(url(&gw, "web.a.localhost", "/")).fetch().await;
     assert_eq!(r.status().as_u16(), 502, "a's preview showed something");
     if is_root() {
         // Another user's server on a's port (here this test's own, as
@@ -1153,12 +1084,8 @@ async fn a_project_never_serves_another_projects_port_as_its_own() {
         let squatter = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
             .unwrap();
-        let r = c
-            .get(url(&gw, "web.a.localhost", "/"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(error_code(r).await, (404, "not_found".to_owned()));
+        let r = c.get(url(&gw, "web.a.localhost", "/")).fetch().await;
+        assert_eq!(error_of(r).await, (404, "not_found".to_owned()));
         let dialled = tokio::time::timeout(Duration::from_millis(300), squatter.accept()).await;
         assert!(dialled.is_err(), "the squatter was dialled");
     }

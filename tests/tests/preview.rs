@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use futures::{SinkExt as _, StreamExt as _};
 use serde_json::Value;
+use tests::Fetch as _;
 use tests::devserver::{SERVER, browser, dev_server, dev_server_with, url, wait_status};
+use tests::expect_error;
 use tests::gateway::Gateway;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -26,7 +28,7 @@ async fn private_preview_cookie_flow_and_forwarded_headers() {
 
     // Without the cookie: 401, whatever the path.
     for path in ["/", "/some/page?x=1"] {
-        let r = b.get(url(&gw, host, path)).send().await.unwrap();
+        let r = b.get(url(&gw, host, path)).fetch().await;
         assert_eq!(r.status().as_u16(), 401, "{path}");
         assert!(r.text().await.unwrap().contains("private"));
     }
@@ -34,9 +36,8 @@ async fn private_preview_cookie_flow_and_forwarded_headers() {
     for (token, status) in [("garbage", 401), (gw.token(&["other"]).as_str(), 403)] {
         let r = b
             .get(url(&gw, host, &format!("/__preview/auth?token={token}")))
-            .send()
-            .await
-            .unwrap();
+            .fetch()
+            .await;
         assert_eq!(r.status().as_u16(), status);
         assert!(r.headers().get("set-cookie").is_none());
     }
@@ -45,9 +46,8 @@ async fn private_preview_cookie_flow_and_forwarded_headers() {
     assert_eq!(
         b.get(url(&gw, host, "/"))
             .header("cookie", &raw)
-            .send()
+            .fetch()
             .await
-            .unwrap()
             .status()
             .as_u16(),
         401
@@ -57,9 +57,8 @@ async fn private_preview_cookie_flow_and_forwarded_headers() {
     let token = gw.token(&["demo"]);
     let r = b
         .get(url(&gw, host, &format!("/__preview/auth?token={token}")))
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status().as_u16(), 303);
     assert_eq!(r.headers()["location"], "/");
     let set = r.headers()["set-cookie"].to_str().unwrap().to_owned();
@@ -105,18 +104,12 @@ async fn private_preview_cookie_flow_and_forwarded_headers() {
     let r = b2
         .get(url(&gw, "api.demo.localhost", "/"))
         .header("cookie", &value)
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status().as_u16(), 401);
 
     // Product backends may use a bearer token instead; it is not forwarded.
-    let r = b
-        .get(url(&gw, host, "/"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let r = b.get(url(&gw, host, "/")).bearer_auth(&token).fetch().await;
     assert_eq!(r.status().as_u16(), 200);
     let seen: Value = r.json().await.unwrap();
     assert!(seen["headers"].get("authorization").is_none());
@@ -127,9 +120,8 @@ async fn private_preview_cookie_flow_and_forwarded_headers() {
         .post(url(&gw, host, "/echo"))
         .header("cookie", &value)
         .body(body.clone())
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status().as_u16(), 200);
     assert!(r.bytes().await.unwrap() == body);
 
@@ -167,9 +159,8 @@ async fn public_preview_websocket_port_form_stopped_and_unknown() {
     let r = b
         .get(url(&gw, host, "/"))
         .header("host", format!("PUB.Demo.LOCALHOST:{}", gw.addr.port()))
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status().as_u16(), 200);
 
     // A WebSocket through the preview (what Vite's HMR does).
@@ -208,15 +199,14 @@ async fn public_preview_websocket_port_form_stopped_and_unknown() {
 
     // Unknown container, unknown project: 404.
     for h in ["nope.demo.localhost", "pub.nope.localhost"] {
-        let r = b.get(url(&gw, h, "/")).send().await.unwrap();
+        let r = b.get(url(&gw, h, "/")).fetch().await;
         assert_eq!(r.status().as_u16(), 404, "{h}");
     }
     // Not a preview host (three labels before the domain): the API's 404.
     let r = b
         .get(url(&gw, "x.y.z.localhost", "/api/nothing"))
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status().as_u16(), 404);
     // The API answers JSON; the preview's own 404 is an HTML page.
     let v: Value = r.json().await.expect("a JSON error, not the preview page");
@@ -226,16 +216,14 @@ async fn public_preview_websocket_port_form_stopped_and_unknown() {
     // JSON error for anything else.
     let r = gw
         .post("/api/projects/demo/containers/pub/stop")
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status().as_u16(), 200);
     let r = b
         .get(url(&gw, host, "/"))
         .header("accept", "text/html,application/xhtml+xml")
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status().as_u16(), 503);
     assert!(
         r.headers()["content-type"]
@@ -244,10 +232,8 @@ async fn public_preview_websocket_port_form_stopped_and_unknown() {
             .starts_with("text/html")
     );
     assert!(r.text().await.unwrap().contains("not running"));
-    let r = b.get(url(&gw, host, "/")).send().await.unwrap();
-    assert_eq!(r.status().as_u16(), 503);
-    let v: Value = r.json().await.unwrap();
-    assert_eq!(v["error"]["code"], "unavailable");
+    let r = b.get(url(&gw, host, "/")).fetch().await;
+    expect_error(r, 503, "unavailable").await;
 }
 
 #[tokio::test]
@@ -263,9 +249,8 @@ async fn a_preview_request_wakes_a_hibernated_project() {
             host,
             &format!("/__preview/auth?token={}", gw.token(&["nap"])),
         ))
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     let cookie = r.headers()["set-cookie"]
         .to_str()
         .unwrap()
@@ -275,26 +260,24 @@ async fn a_preview_request_wakes_a_hibernated_project() {
         .to_owned();
     wait_status(&b, &url(&gw, host, "/"), Some(&cookie), 200).await;
 
-    let r = gw.post("/api/projects/nap/hibernate").send().await.unwrap();
+    let r = gw.post("/api/projects/nap/hibernate").fetch().await;
     assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
     let p: Value = gw
         .get("/api/projects/nap")
-        .send()
+        .fetch()
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
     assert_eq!(p["status"], "hibernated");
 
     // Unauthenticated requests do not wake anything.
-    let r = b.get(url(&gw, host, "/")).send().await.unwrap();
+    let r = b.get(url(&gw, host, "/")).fetch().await;
     assert_eq!(r.status().as_u16(), 401);
     let p: Value = gw
         .get("/api/projects/nap")
-        .send()
+        .fetch()
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -304,16 +287,14 @@ async fn a_preview_request_wakes_a_hibernated_project() {
     let r = b
         .get(url(&gw, host, "/woken"))
         .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status().as_u16(), 200);
     assert_eq!(r.json::<Value>().await.unwrap()["path"], "/woken");
     let p: Value = gw
         .get("/api/projects/nap")
-        .send()
+        .fetch()
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -370,7 +351,7 @@ async fn the_keep_alive_pool_reuses_connections_and_replaces_closed_ones() {
     let get = |path: &'static str| {
         let req = b.get(url(&gw, host, path));
         async move {
-            let r = req.send().await.unwrap();
+            let r = req.fetch().await;
             let status = r.status().as_u16();
             let conn = r.headers()["x-conn"].to_str().unwrap().to_owned();
             (status, conn, r.text().await.unwrap())
@@ -390,10 +371,10 @@ async fn the_keep_alive_pool_reuses_connections_and_replaces_closed_ones() {
     }
 
     // Answers without a body (HEAD, 204) give their connection back too.
-    let r = b.head(url(&gw, host, "/h")).send().await.unwrap();
+    let r = b.head(url(&gw, host, "/h")).fetch().await;
     assert_eq!(r.status().as_u16(), 200);
     assert_eq!(r.headers()["x-conn"], first.as_str());
-    let r = b.delete(url(&gw, host, "/d")).send().await.unwrap();
+    let r = b.delete(url(&gw, host, "/d")).fetch().await;
     assert_eq!(r.status().as_u16(), 204);
     assert_eq!(r.headers()["x-conn"], first.as_str());
     let (status, conn, _) = get("/after-bodyless").await;
@@ -404,9 +385,8 @@ async fn the_keep_alive_pool_reuses_connections_and_replaces_closed_ones() {
     let r = b
         .post(url(&gw, host, "/echo"))
         .body(big.clone())
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status().as_u16(), 200);
     assert_eq!(r.bytes().await.unwrap().as_ref(), big.as_slice());
 

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt as _;
 use rand::{Rng as _, SeedableRng as _};
 use serde_json::{Value, json};
+use tests::Fetch as _;
 use tests::gateway::Gateway;
 use tests::postgres::{Postgres, create_db};
 
@@ -71,16 +72,7 @@ impl Replicas {
     }
 
     async fn status(&self, p: &str) -> String {
-        let v: Value = self
-            .a
-            .get(&format!("/api/projects/{p}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        v["status"].as_str().unwrap_or_default().to_owned()
+        self.a.status(p).await.unwrap()
     }
 
     /// Every archive the store references exists: a zip of an earlier
@@ -148,21 +140,13 @@ async fn hibernate_races_open_and_writes_on_another_replica_and_loses_nothing() 
         let other = r.pick(!hib_on_b);
         let hibernate = async {
             tokio::time::sleep(Duration::from_millis(hib_delay)).await;
-            let resp = hib
-                .post(&format!("/api/projects/{p}/hibernate"))
-                .send()
-                .await
-                .unwrap();
+            let resp = hib.action(p, "hibernate").await.unwrap();
             let status = resp.status().as_u16();
             (status, resp.text().await.unwrap())
         };
         let open = async {
             tokio::time::sleep(Duration::from_millis(open_delay)).await;
-            let resp = other
-                .post(&format!("/api/projects/{p}/open"))
-                .send()
-                .await
-                .unwrap();
+            let resp = other.open(p).await.unwrap();
             let status = resp.status().as_u16();
             (status, resp.text().await.unwrap())
         };
@@ -175,9 +159,8 @@ async fn hibernate_races_open_and_writes_on_another_replica_and_loses_nothing() 
                 let resp = other
                     .put(&format!("/api/projects/{p}/files/{path}"))
                     .body(content.clone())
-                    .send()
-                    .await
-                    .unwrap();
+                    .fetch()
+                    .await;
                 let status = resp.status().as_u16();
                 out.push((path, content, status, resp.text().await.unwrap()));
             }
@@ -205,42 +188,23 @@ async fn hibernate_races_open_and_writes_on_another_replica_and_loses_nothing() 
         }
         r.archives_referenced_exist().await;
         // The next round starts from an active project.
-        let resp = r
-            .pick(rng.random_bool(0.5))
-            .post(&format!("/api/projects/{p}/open"))
-            .send()
+        r.pick(rng.random_bool(0.5))
+            .call(p, "open", &Value::Null)
             .await
-            .unwrap();
-        assert_eq!(resp.status().as_u16(), 200, "round {round} (seed {seed})");
+            .unwrap_or_else(|e| panic!("round {round} (seed {seed}): {e}"));
     }
     // Everything acknowledged survives a last hibernation and restore,
     // read through either replica.
-    let resp =
-        r.b.post(&format!("/api/projects/{p}/hibernate"))
-            .send()
-            .await
-            .unwrap();
-    assert_eq!(
-        resp.status().as_u16(),
-        200,
-        "{}",
-        resp.text().await.unwrap()
-    );
+    r.b.hibernate(p).await.unwrap();
     assert_eq!(r.status(p).await, "hibernated");
     let archives = r.archives_referenced_exist().await;
-    let resp =
-        r.a.post(&format!("/api/projects/{p}/open"))
-            .send()
-            .await
-            .unwrap();
-    assert_eq!(resp.status().as_u16(), 200);
+    r.a.call(p, "open", &Value::Null).await.unwrap();
     for (i, (path, content)) in acknowledged.iter().enumerate() {
         let gw = r.pick(i % 2 == 1);
         let resp = gw
             .get(&format!("/api/projects/{p}/files/{path}"))
-            .send()
-            .await
-            .unwrap();
+            .fetch()
+            .await;
         assert_eq!(
             resp.status().as_u16(),
             200,
@@ -351,15 +315,6 @@ async fn a_killed_lock_holder_frees_the_lock_within_its_lease() {
 
 impl Replicas {
     async fn status_b(&self, p: &str) -> String {
-        let v: Value = self
-            .b
-            .get(&format!("/api/projects/{p}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        v["status"].as_str().unwrap_or_default().to_owned()
+        self.b.status(p).await.unwrap()
     }
 }

@@ -12,7 +12,9 @@ use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::Path;
 
 use serde_json::{Value, json};
+use tests::Fetch as _;
 use tests::S3Server;
+use tests::expect_error;
 use tests::gateway::Gateway;
 
 /// path → (kind, mode, mtime in ns, content or link target) of every entry
@@ -42,41 +44,6 @@ fn tree(root: &Path) -> Tree {
     let mut out = BTreeMap::new();
     walk(root, root, &mut out);
     out
-}
-
-async fn exec(gw: &Gateway, p: &str, script: &str) -> Value {
-    let r = gw
-        .post(&format!("/api/projects/{p}/exec"))
-        .json(&json!({"argv": ["sh", "-c", script]}))
-        .send()
-        .await
-        .unwrap();
-    r.json().await.unwrap()
-}
-
-async fn exec_ok(gw: &Gateway, p: &str, script: &str) -> String {
-    let v = exec(gw, p, script).await;
-    assert_eq!(v["exit_code"], 0, "{script}: {v}");
-    v["stdout"].as_str().unwrap().to_owned()
-}
-
-async fn hibernate(gw: &Gateway, p: &str) -> Value {
-    let r = gw
-        .post(&format!("/api/projects/{p}/hibernate"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
-    let v: Value = r.json().await.unwrap();
-    assert_eq!(v["status"], "hibernated");
-    v
-}
-
-async fn open(gw: &Gateway, p: &str) -> reqwest::Response {
-    gw.post(&format!("/api/projects/{p}/open"))
-        .send()
-        .await
-        .unwrap()
 }
 
 /// A project with everything a zip used to lose.
@@ -112,7 +79,7 @@ touch -d '@1400000000.75' empty
 async fn hibernation_keeps_everything_and_the_second_one_uploads_next_to_nothing() {
     let gw = Gateway::start().await.unwrap();
     gw.open_project("full").await.unwrap();
-    exec_ok(&gw, "full", EVERYTHING).await;
+    gw.exec_ok("full", EVERYTHING).await.unwrap();
     let dir = gw.project_dir("full");
     let before = tree(&dir);
     for p in [
@@ -131,7 +98,7 @@ async fn hibernation_keeps_everything_and_the_second_one_uploads_next_to_nothing
         );
     }
 
-    let p = hibernate(&gw, "full").await;
+    let p = gw.hibernate("full").await.unwrap();
     let snap = &p["snapshot"];
     let id = snap["id"].as_str().unwrap().to_owned();
     assert_eq!(id.len(), 64, "{snap}");
@@ -144,21 +111,26 @@ async fn hibernation_keeps_everything_and_the_second_one_uploads_next_to_nothing
     assert!(snap["files"].as_u64().unwrap() >= 10, "{snap}");
     assert!(!dir.exists(), "the environment is torn down");
 
-    let r = open(&gw, "full").await;
+    let r = gw.open("full").await.unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     assert_eq!(tree(&dir), before, "every path, byte, mode, mtime and link");
 
     // The repository works; the executable runs.
-    let log = exec_ok(&gw, "full", "git -C repo log --oneline").await;
+    let log = gw
+        .exec_ok("full", "git -C repo log --oneline")
+        .await
+        .unwrap();
     assert!(log.contains("first"), "{log}");
-    let status = exec_ok(&gw, "full", "git -C repo status --porcelain").await;
+    let status = gw
+        .exec_ok("full", "git -C repo status --porcelain")
+        .await
+        .unwrap();
     assert_eq!(status, "", "a clean work tree");
-    assert_eq!(exec_ok(&gw, "full", "./run.sh").await, "ran\n");
+    assert_eq!(gw.exec_ok("full", "./run.sh").await.unwrap(), "ran\n");
     let e: Value = gw
         .get("/api/projects/full/stat/run.sh")
-        .send()
+        .fetch()
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -166,14 +138,14 @@ async fn hibernation_keeps_everything_and_the_second_one_uploads_next_to_nothing
 
     // Nothing changed: only a new manifest is stored.
     let before = tree(&dir);
-    let p = hibernate(&gw, "full").await;
+    let p = gw.hibernate("full").await.unwrap();
     let again = p["snapshot"]["uploaded_bytes"].as_u64().unwrap();
     assert!(
         again < 64 * 1024,
         "uploaded {again} bytes for an unchanged project"
     );
     assert_ne!(p["snapshot"]["id"], json!(id));
-    let r = open(&gw, "full").await;
+    let r = gw.open("full").await.unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     assert_eq!(tree(&dir), before);
 }
@@ -182,14 +154,14 @@ async fn hibernation_keeps_everything_and_the_second_one_uploads_next_to_nothing
 async fn a_tampered_pack_fails_the_open_and_the_project_stays_hibernated() {
     let gw = Gateway::start().await.unwrap();
     gw.open_project("tamper").await.unwrap();
-    exec_ok(
-        &gw,
+    gw.exec_ok(
         "tamper",
         "head -c 400000 /dev/urandom > data.bin && echo keep > a.txt",
     )
-    .await;
+    .await
+    .unwrap();
     let before = tree(&gw.project_dir("tamper"));
-    let p = hibernate(&gw, "tamper").await;
+    let p = gw.hibernate("tamper").await.unwrap();
     let id = p["snapshot"]["id"].as_str().unwrap().to_owned();
 
     let packs: Vec<_> = std::fs::read_dir(gw.data_dir.join("archives/tamper/packs"))
@@ -202,7 +174,7 @@ async fn a_tampered_pack_fails_the_open_and_the_project_stays_hibernated() {
     bad[original.len() / 2] ^= 0x40;
     std::fs::write(&packs[0], &bad).unwrap();
 
-    let r = open(&gw, "tamper").await;
+    let r = gw.open("tamper").await.unwrap();
     assert_eq!(r.status(), 500);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], "snapshot_unusable", "{v}");
@@ -210,9 +182,8 @@ async fn a_tampered_pack_fails_the_open_and_the_project_stays_hibernated() {
     assert!(msg.contains(&id) && msg.contains("pack"), "{msg}");
     let p: Value = gw
         .get("/api/projects/tamper")
-        .send()
+        .fetch()
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -225,7 +196,7 @@ async fn a_tampered_pack_fails_the_open_and_the_project_stays_hibernated() {
 
     // The snapshot itself was never touched: with the pack repaired, it opens.
     std::fs::write(&packs[0], &original).unwrap();
-    let r = open(&gw, "tamper").await;
+    let r = gw.open("tamper").await.unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     assert_eq!(tree(&dir), before);
 }
@@ -241,7 +212,7 @@ async fn s3_snapshots_with_no_credentials_in_the_agent(s3: &S3Server) {
         .await
         .unwrap();
     gw.open_project("s3p").await.unwrap();
-    exec_ok(&gw, "s3p", EVERYTHING).await;
+    gw.exec_ok("s3p", EVERYTHING).await.unwrap();
 
     // The agent and everything it runs see no storage credentials, and a
     // process of the project cannot read the agent's environment
@@ -251,20 +222,23 @@ async fn s3_snapshots_with_no_credentials_in_the_agent(s3: &S3Server) {
     let environ = String::from_utf8_lossy(&environ);
     assert!(!environ.contains("AWS_"), "{environ}");
     assert!(!environ.contains(tests::S3_SECRET_KEY), "{environ}");
-    let env = exec_ok(&gw, "s3p", "env").await;
+    let env = gw.exec_ok("s3p", "env").await.unwrap();
     assert!(!env.contains("AWS_"), "{env}");
-    let own = exec_ok(&gw, "s3p", "tr '\\0' '\\n' < /proc/self/environ").await;
+    let own = gw
+        .exec_ok("s3p", "tr '\\0' '\\n' < /proc/self/environ")
+        .await
+        .unwrap();
     assert!(own.contains("PATH="), "{own}");
     assert!(!own.contains("AWS_"), "{own}");
     assert!(!own.contains(tests::S3_SECRET_KEY), "{own}");
-    let v = exec(&gw, "s3p", "cat /proc/$PPID/environ").await;
+    let v = gw.exec("s3p", "cat /proc/$PPID/environ").await.unwrap();
     assert_ne!(
         v["exit_code"], 0,
         "the agent's environment is readable: {v}"
     );
 
     let before = tree(&gw.project_dir("s3p"));
-    let p = hibernate(&gw, "s3p").await;
+    let p = gw.hibernate("s3p").await.unwrap();
     let key = p["snapshot"]["key"].as_str().unwrap().to_owned();
     assert!(key.starts_with("pre/s3p/snapshots/"), "{key}");
     let listing = s3.keys("snaps", "pre/s3p/").await.unwrap();
@@ -274,17 +248,17 @@ async fn s3_snapshots_with_no_credentials_in_the_agent(s3: &S3Server) {
     );
     assert!(listing.contains(&key), "{listing:?}");
 
-    let r = open(&gw, "s3p").await;
+    let r = gw.open("s3p").await.unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     assert_eq!(tree(&gw.project_dir("s3p")), before);
-    let p = hibernate(&gw, "s3p").await;
+    let p = gw.hibernate("s3p").await.unwrap();
     assert!(
         p["snapshot"]["uploaded_bytes"].as_u64().unwrap() < 64 * 1024,
         "{p}"
     );
 
     // Delete removes every object of the project.
-    let r = gw.delete("/api/projects/s3p").send().await.unwrap();
+    let r = gw.delete("/api/projects/s3p").fetch().await;
     assert_eq!(r.status(), 204);
     let listing = s3.keys("snaps", "pre/s3p/").await.unwrap();
     assert!(listing.is_empty(), "{listing:?}");
@@ -329,38 +303,37 @@ async fn a_presigned_url_reaches_its_own_object_only() {
     // Project B's object with project A's URL: refused, nothing written.
     let put_b = put_a.replace("/alpha/packs/", "/beta/packs/");
     assert_ne!(put_b, put_a);
-    let r = http.put(&put_b).body(body.clone()).send().await.unwrap();
+    let r = http.put(&put_b).body(body.clone()).fetch().await;
     assert_eq!(r.status(), 403, "{}", r.text().await.unwrap());
     assert_eq!(s3.get_object("snaps", &key_b).await.unwrap(), None);
     // Nor without a signature at all.
     let r = http
         .put(format!("{}/snaps/{key_b}", s3.endpoint))
         .body(body.clone())
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status(), 403);
     // Another method, or a longer expiry than signed.
-    let r = http.get(&put_a).send().await.unwrap();
+    let r = http.get(&put_a).fetch().await;
     assert_eq!(r.status(), 403);
     let longer = put_a.replace(
         &format!("X-Amz-Expires={}", URL_TTL.as_secs()),
         &format!("X-Amz-Expires={}", 10 * URL_TTL.as_secs()),
     );
     assert_ne!(longer, put_a);
-    let r = http.put(&longer).body(body.clone()).send().await.unwrap();
+    let r = http.put(&longer).body(body.clone()).fetch().await;
     assert_eq!(r.status(), 403);
     assert_eq!(s3.get_object("snaps", &key_a).await.unwrap(), None);
 
     // An expired URL for A's own object: refused.
     let short = presign(true, key_a.clone(), std::time::Duration::from_secs(1)).await;
     tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
-    let r = http.put(&short).body(body.clone()).send().await.unwrap();
+    let r = http.put(&short).body(body.clone()).fetch().await;
     assert_eq!(r.status(), 403, "{}", r.text().await.unwrap());
     assert_eq!(s3.get_object("snaps", &key_a).await.unwrap(), None);
 
     // The URL itself works, for its object, and a GET URL reads it back.
-    let r = http.put(&put_a).body(body.clone()).send().await.unwrap();
+    let r = http.put(&put_a).body(body.clone()).fetch().await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     assert_eq!(
         s3.get_object("snaps", &key_a).await.unwrap(),
@@ -368,7 +341,7 @@ async fn a_presigned_url_reaches_its_own_object_only() {
     );
     assert_eq!(s3.get_object("snaps", &key_b).await.unwrap(), None);
     let get_a = presign(false, key_a.clone(), URL_TTL).await;
-    let r = http.get(&get_a).send().await.unwrap();
+    let r = http.get(&get_a).fetch().await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.unwrap().to_vec(), body);
     // A's GET URL does not read B's object either (B's exists now).
@@ -377,9 +350,8 @@ async fn a_presigned_url_reaches_its_own_object_only() {
         .unwrap();
     let r = http
         .get(get_a.replace("/alpha/packs/", "/beta/packs/"))
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status(), 403);
 }
 
@@ -407,7 +379,7 @@ async fn a_signed_object_url_reaches_its_own_object_only() {
 
     // Project B's object with project A's signature: refused, nothing written.
     let put_b = put_a.replace("/alpha/packs/", "/beta/packs/");
-    let r = http.put(&put_b).body(body.clone()).send().await.unwrap();
+    let r = http.put(&put_b).body(body.clone()).fetch().await;
     assert_eq!(r.status(), 403);
     assert!(
         !gw.data_dir
@@ -415,12 +387,12 @@ async fn a_signed_object_url_reaches_its_own_object_only() {
             .exists()
     );
     // Another method, a changed expiry, a body that is not the named pack.
-    let r = http.get(&put_a).send().await.unwrap();
+    let r = http.get(&put_a).fetch().await;
     assert_eq!(r.status(), 403);
     let later = put_a.replace("exp=", "exp=1");
-    let r = http.put(&later).body(body.clone()).send().await.unwrap();
+    let r = http.put(&later).body(body.clone()).fetch().await;
     assert_eq!(r.status(), 403);
-    let r = http.put(&put_a).body("other bytes").send().await.unwrap();
+    let r = http.put(&put_a).body("other bytes").fetch().await;
     assert_eq!(r.status(), 400);
     assert!(
         !gw.data_dir
@@ -432,17 +404,17 @@ async fn a_signed_object_url_reaches_its_own_object_only() {
         .sign_url(Method::Put, &format!("alpha/snapshots/{id}"))
         .await
         .unwrap();
-    let r = http.put(&manifest).body(body.clone()).send().await.unwrap();
+    let r = http.put(&manifest).body(body.clone()).fetch().await;
     assert_eq!(r.status(), 404);
 
     // The URL itself works, for its object.
-    let r = http.put(&put_a).body(body.clone()).send().await.unwrap();
+    let r = http.put(&put_a).body(body.clone()).fetch().await;
     assert_eq!(r.status(), 200);
     let get_a = store
         .sign_url(Method::Get, &format!("alpha/packs/{id}"))
         .await
         .unwrap();
-    let r = http.get(&get_a).send().await.unwrap();
+    let r = http.get(&get_a).fetch().await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.unwrap().to_vec(), body);
 }
@@ -451,24 +423,23 @@ async fn a_signed_object_url_reaches_its_own_object_only() {
 async fn snapshots_are_listed_taken_while_active_and_opened_by_id() {
     let gw = Gateway::start().await.unwrap();
     gw.open_project("ver").await.unwrap();
-    exec_ok(&gw, "ver", "echo one > a.txt").await;
+    gw.exec_ok("ver", "echo one > a.txt").await.unwrap();
 
     // Taken now, without stopping anything: the project stays active.
-    let r = gw.post("/api/projects/ver/snapshots").send().await.unwrap();
+    let r = gw.post("/api/projects/ver/snapshots").fetch().await;
     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
     let manual: Value = r.json().await.unwrap();
     assert_eq!(manual["reason"], "manual");
     let first = manual["id"].as_str().unwrap().to_owned();
-    assert_eq!(exec_ok(&gw, "ver", "cat a.txt").await, "one\n");
+    assert_eq!(gw.exec_ok("ver", "cat a.txt").await.unwrap(), "one\n");
 
-    exec_ok(&gw, "ver", "echo two > a.txt").await;
-    let p = hibernate(&gw, "ver").await;
+    gw.exec_ok("ver", "echo two > a.txt").await.unwrap();
+    let p = gw.hibernate("ver").await.unwrap();
     let second = p["snapshot"]["id"].as_str().unwrap().to_owned();
     let list: Vec<Value> = gw
         .get("/api/projects/ver/snapshots")
-        .send()
+        .fetch()
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -485,34 +456,29 @@ async fn snapshots_are_listed_taken_while_active_and_opened_by_id() {
     let r = gw
         .post("/api/projects/ver/open")
         .json(&json!({"snapshot": "0".repeat(64)}))
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status(), 404);
     // The older one, by id.
     let r = gw
         .post("/api/projects/ver/open")
         .json(&json!({"snapshot": first}))
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
-    assert_eq!(exec_ok(&gw, "ver", "cat a.txt").await, "one\n");
+    assert_eq!(gw.exec_ok("ver", "cat a.txt").await.unwrap(), "one\n");
     // An active project does not jump to another snapshot.
     let r = gw
         .post("/api/projects/ver/open")
         .json(&json!({"snapshot": second}))
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status(), 409);
-    assert_eq!(exec_ok(&gw, "ver", "cat a.txt").await, "one\n");
+    assert_eq!(gw.exec_ok("ver", "cat a.txt").await.unwrap(), "one\n");
 
-    hibernate(&gw, "ver").await;
-    let r = gw.post("/api/projects/ver/snapshots").send().await.unwrap();
-    assert_eq!(r.status(), 409);
-    let v: Value = r.json().await.unwrap();
-    assert_eq!(v["error"]["code"], "project_not_active");
+    gw.hibernate("ver").await.unwrap();
+    let r = gw.post("/api/projects/ver/snapshots").fetch().await;
+    expect_error(r, 409, "project_not_active").await;
 }
 
 /// A cut does not read again a file whose inode, ctime, size and mtime are
@@ -522,28 +488,22 @@ async fn snapshots_are_listed_taken_while_active_and_opened_by_id() {
 async fn a_file_rewritten_with_its_size_and_mtime_kept_is_read_again() {
     let gw = Gateway::start().await.unwrap();
     gw.open_project("stamps").await.unwrap();
-    exec_ok(
-        &gw,
-        "stamps",
+    gw.exec_ok("stamps",
         "printf AAAAAAAA > same.txt && printf keep > other.txt && touch -d '@1600000000.5' same.txt",
     )
-    .await;
+    .await.unwrap();
     // The agent keeps a file's stamp once its ctime is 100 ms old.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let r = gw
-        .post("/api/projects/stamps/snapshots")
-        .send()
-        .await
-        .unwrap();
+    let r = gw.post("/api/projects/stamps/snapshots").fetch().await;
     assert!(r.status().is_success(), "{}", r.text().await.unwrap());
-    exec_ok(
-        &gw,
+    gw.exec_ok(
         "stamps",
         "printf BBBBBBBB > same.txt && touch -d '@1600000000.5' same.txt",
     )
-    .await;
-    hibernate(&gw, "stamps").await;
-    let r = open(&gw, "stamps").await;
+    .await
+    .unwrap();
+    gw.hibernate("stamps").await.unwrap();
+    let r = gw.open("stamps").await.unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     let dir = gw.project_dir("stamps");
     assert_eq!(std::fs::read(dir.join("same.txt")).unwrap(), b"BBBBBBBB");

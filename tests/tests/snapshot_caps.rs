@@ -9,7 +9,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use serde_json::{Value, json};
+use serde_json::Value;
+use tests::Fetch as _;
+use tests::expect_error;
 use tests::gateway::Gateway;
 
 const CAP: u64 = 1 << 20;
@@ -33,34 +35,9 @@ fn files(root: &Path) -> BTreeMap<String, Vec<u8>> {
     out
 }
 
-async fn exec_ok(gw: &Gateway, p: &str, script: &str) -> String {
-    let r = gw
-        .post(&format!("/api/projects/{p}/exec"))
-        .json(&json!({"argv": ["sh", "-c", script]}))
-        .send()
-        .await
-        .unwrap();
-    let v: Value = r.json().await.unwrap();
-    assert_eq!(v["exit_code"], 0, "{script}: {v}");
-    v["stdout"].as_str().unwrap().to_owned()
-}
-
-async fn versions(gw: &Gateway, p: &str) -> Vec<Value> {
-    let r = gw
-        .get(&format!("/api/projects/{p}/snapshots"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    r.json().await.unwrap()
-}
-
 /// Asserts a 413 with the contract's JSON error naming the cap.
 async fn assert_over_cap(r: reqwest::Response) {
-    assert_eq!(r.status(), 413);
-    let v: Value = r.json().await.unwrap();
-    assert_eq!(v["error"]["code"], "payload_too_large", "{v}");
-    let msg = v["error"]["message"].as_str().unwrap();
+    let msg = expect_error(r, 413, "payload_too_large").await;
     assert!(msg.contains("--snapshot-max-bytes"), "{msg}");
 }
 
@@ -73,30 +50,29 @@ async fn a_snapshot_over_the_cap_fails_and_changes_nothing() {
         .unwrap();
     gw.open_project("big").await.unwrap();
     // Random bytes do not compress: several packs of about 4 MiB.
-    exec_ok(
-        &gw,
+    gw.exec_ok(
         "big",
         "head -c 20000000 /dev/urandom > big.bin && mkdir -p src && echo keep > src/a.txt",
     )
-    .await;
+    .await
+    .unwrap();
     let dir = gw.project_dir("big");
     let before = files(&dir);
-    let sum = exec_ok(&gw, "big", "sha256sum big.bin").await;
+    let sum = gw.exec_ok("big", "sha256sum big.bin").await.unwrap();
 
-    let r = gw.post("/api/projects/big/hibernate").send().await.unwrap();
+    let r = gw.post("/api/projects/big/hibernate").fetch().await;
     assert_over_cap(r).await;
     let p: Value = gw
         .get("/api/projects/big")
-        .send()
+        .fetch()
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
     assert_eq!(p["status"], "active", "{p}");
     assert_eq!(files(&dir), before);
-    assert_eq!(exec_ok(&gw, "big", "sha256sum big.bin").await, sum);
-    assert!(versions(&gw, "big").await.is_empty());
+    assert_eq!(gw.exec_ok("big", "sha256sum big.bin").await.unwrap(), sum);
+    assert!(gw.snapshots("big").await.unwrap().is_empty());
     let manifests = gw.data_dir.join("archives/big/snapshots");
     let none = std::fs::read_dir(&manifests).map_or(0, |d| d.count());
     assert_eq!(none, 0, "no manifest is stored");
@@ -108,22 +84,20 @@ async fn a_snapshot_over_the_cap_fails_and_changes_nothing() {
     assert!(packs <= 3, "{packs} packs stored");
 
     // A snapshot taken now: the same refusal, the project as it was.
-    let r = gw.post("/api/projects/big/snapshots").send().await.unwrap();
+    let r = gw.post("/api/projects/big/snapshots").fetch().await;
     assert_over_cap(r).await;
-    assert!(versions(&gw, "big").await.is_empty());
+    assert!(gw.snapshots("big").await.unwrap().is_empty());
     assert_eq!(files(&dir), before);
 
     // A project under the cap hibernates and opens as usual.
     gw.open_project("small").await.unwrap();
-    exec_ok(&gw, "small", "head -c 100000 /dev/urandom > s.bin").await;
-    let small = files(&gw.project_dir("small"));
-    let r = gw
-        .post("/api/projects/small/hibernate")
-        .send()
+    gw.exec_ok("small", "head -c 100000 /dev/urandom > s.bin")
         .await
         .unwrap();
+    let small = files(&gw.project_dir("small"));
+    let r = gw.post("/api/projects/small/hibernate").fetch().await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
-    let r = gw.post("/api/projects/small/open").send().await.unwrap();
+    let r = gw.post("/api/projects/small/open").fetch().await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     assert_eq!(files(&gw.project_dir("small")), small);
 }
@@ -149,10 +123,8 @@ async fn an_object_put_reads_no_more_than_a_pack() {
         .await
         .unwrap();
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    let r = http.put(&url).body(body).send().await.unwrap();
-    assert_eq!(r.status(), 413);
-    let v: Value = r.json().await.unwrap();
-    assert_eq!(v["error"]["code"], "payload_too_large", "{v}");
+    let r = http.put(&url).body(body).fetch().await;
+    expect_error(r, 413, "payload_too_large").await;
     assert!(
         !gw.data_dir
             .join(format!("archives/alpha/packs/{id}"))

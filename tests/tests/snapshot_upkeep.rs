@@ -13,66 +13,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures::{SinkExt as _, StreamExt as _};
 use serde_json::{Value, json};
+use tests::Fetch as _;
 use tests::S3Server;
 use tests::gateway::Gateway;
 use tests::postgres::{Postgres, create_db};
 use tokio_tungstenite::tungstenite::Message;
 
 const T: Duration = Duration::from_secs(60);
-
-async fn exec_ok(gw: &Gateway, p: &str, script: &str) -> String {
-    let r = gw
-        .post(&format!("/api/projects/{p}/exec"))
-        .json(&json!({"argv": ["sh", "-c", script]}))
-        .send()
-        .await
-        .unwrap();
-    let v: Value = r.json().await.unwrap();
-    assert_eq!(v["exit_code"], 0, "{script}: {v}");
-    v["stdout"].as_str().unwrap().to_owned()
-}
-
-async fn versions(gw: &Gateway, p: &str) -> Vec<Value> {
-    let r = gw
-        .get(&format!("/api/projects/{p}/snapshots"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    r.json().await.unwrap()
-}
-
-async fn status(gw: &Gateway, p: &str) -> String {
-    let v: Value = gw
-        .get(&format!("/api/projects/{p}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v["status"].as_str().unwrap_or_default().to_owned()
-}
-
-async fn hibernate(gw: &Gateway, p: &str) -> Value {
-    let r = gw
-        .post(&format!("/api/projects/{p}/hibernate"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
-    r.json().await.unwrap()
-}
-
-async fn open(gw: &Gateway, p: &str, body: Value) {
-    let r = gw
-        .post(&format!("/api/projects/{p}/open"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
-}
 
 /// Waits until `f` holds, polling.
 async fn until<F, Fut>(what: &str, mut f: F)
@@ -96,7 +43,7 @@ async fn versions_until(
 ) -> Vec<Value> {
     let deadline = Instant::now() + T;
     loop {
-        let list = versions(gw, p).await;
+        let list = gw.snapshots(p).await.unwrap();
         if pred(&list) {
             return list;
         }
@@ -152,7 +99,7 @@ async fn an_open_project_is_snapshotted_on_schedule_without_stopping_anything() 
         .await
         .unwrap();
     gw.open_project("sched").await.unwrap();
-    exec_ok(&gw, "sched", "echo v1 > a.txt").await;
+    gw.exec_ok("sched", "echo v1 > a.txt").await.unwrap();
     let url = format!(
         "ws://{}/api/projects/sched/terminal?token={}&cols=80&rows=24",
         gw.addr,
@@ -171,7 +118,7 @@ async fn an_open_project_is_snapshotted_on_schedule_without_stopping_anything() 
     })
     .await;
     let first = list.iter().find(|v| with_a(v)).unwrap().clone();
-    assert_eq!(status(&gw, "sched").await, "active");
+    assert_eq!(gw.status("sched").await.unwrap(), "active");
     terminal_says(&mut ws, "echo v2 > a.txt; echo still-$((2+2))", "still-4").await;
     let first_id = first["id"].as_str().unwrap().to_owned();
     assert!(first["files"].as_u64().unwrap() >= 1, "{first}");
@@ -186,9 +133,11 @@ async fn an_open_project_is_snapshotted_on_schedule_without_stopping_anything() 
     drop(ws);
 
     // The scheduled version restores what the project held then.
-    hibernate(&gw, "sched").await;
-    open(&gw, "sched", json!({"snapshot": first_id})).await;
-    assert_eq!(exec_ok(&gw, "sched", "cat a.txt").await, "v1\n");
+    gw.hibernate("sched").await.unwrap();
+    gw.call("sched", "open", &json!({"snapshot": first_id}))
+        .await
+        .unwrap();
+    assert_eq!(gw.exec_ok("sched", "cat a.txt").await.unwrap(), "v1\n");
 }
 
 #[tokio::test]
@@ -209,9 +158,8 @@ async fn an_unchanged_project_is_not_snapshotted_again() {
     let r = gw
         .put("/api/projects/calm/files/a.txt")
         .body("one")
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert!(r.status().is_success());
     // One may come before the write (a project with no version is due at
     // once); then one with it.
@@ -223,18 +171,17 @@ async fn an_unchanged_project_is_not_snapshotted_again() {
     // (A cut that began just before the write's activity was recorded is
     // followed by one more.)
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let n = scheduled(&versions(&gw, "calm").await);
+    let n = scheduled(&gw.snapshots("calm").await.unwrap());
     // Several intervals with nothing done: no new version.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let list = versions(&gw, "calm").await;
+    let list = gw.snapshots("calm").await.unwrap();
     assert_eq!(scheduled(&list), n, "{list:?}");
     // A change: the next one comes.
     let r = gw
         .put("/api/projects/calm/files/a.txt")
         .body("two!")
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert!(r.status().is_success());
     versions_until(&gw, "calm", "a snapshot after the change", |l| {
         scheduled(l) > n && l[0]["reason"] == "scheduled" && l[0]["bytes"] == 4
@@ -265,14 +212,16 @@ async fn retention_removes_versions_older_than_the_days_beyond_the_newest_kept()
     gw.open_project("ret").await.unwrap();
     let mut ids = Vec::new();
     for i in 0..4 {
-        exec_ok(&gw, "ret", &format!("echo {i} > a.txt")).await;
-        let r = gw.post("/api/projects/ret/snapshots").send().await.unwrap();
+        gw.exec_ok("ret", &format!("echo {i} > a.txt"))
+            .await
+            .unwrap();
+        let r = gw.post("/api/projects/ret/snapshots").fetch().await;
         assert_eq!(r.status(), 201);
         let v: Value = r.json().await.unwrap();
         ids.push(v["id"].as_str().unwrap().to_owned());
     }
     // All younger than the retention: all kept, beyond the newest two.
-    assert_eq!(versions(&gw, "ret").await.len(), 4);
+    assert_eq!(gw.snapshots("ret").await.unwrap().len(), 4);
     let dir = gw.data_dir.join("archives/ret");
     let count = |sub: &str| std::fs::read_dir(dir.join(sub)).unwrap().count();
     assert_eq!(count("snapshots"), 4);
@@ -294,12 +243,14 @@ async fn retention_removes_versions_older_than_the_days_beyond_the_newest_kept()
     assert_eq!(count("snapshots"), 2);
     // A new version (the hibernation's) pushes the older one out at once
     // (it is past the retention); what stays is whole.
-    hibernate(&gw, "ret").await;
-    let list = versions(&gw, "ret").await;
+    gw.hibernate("ret").await.unwrap();
+    let list = gw.snapshots("ret").await.unwrap();
     assert_eq!(list.len(), 2, "{list:?}");
     assert_eq!(list[1]["id"], ids[3].as_str());
-    open(&gw, "ret", json!({"snapshot": ids[3]})).await;
-    assert_eq!(exec_ok(&gw, "ret", "cat a.txt").await, "3\n");
+    gw.call("ret", "open", &json!({"snapshot": ids[3]}))
+        .await
+        .unwrap();
+    assert_eq!(gw.exec_ok("ret", "cat a.txt").await.unwrap(), "3\n");
 }
 
 /// Sets a file's mtime `ago` in the past.
@@ -329,13 +280,10 @@ async fn collection_removes_old_orphans_only() {
         .await
         .unwrap();
     gw.open_project("gc").await.unwrap();
-    exec_ok(
-        &gw,
-        "gc",
-        "head -c 300000 /dev/urandom > r.bin; echo x > x.txt",
-    )
-    .await;
-    let p = hibernate(&gw, "gc").await;
+    gw.exec_ok("gc", "head -c 300000 /dev/urandom > r.bin; echo x > x.txt")
+        .await
+        .unwrap();
+    let p = gw.hibernate("gc").await.unwrap();
     let sid = p["snapshot"]["id"].as_str().unwrap().to_owned();
     let dir = gw.data_dir.join("archives/gc");
     let referenced: Vec<_> = std::fs::read_dir(dir.join("packs"))
@@ -374,8 +322,8 @@ async fn collection_removes_old_orphans_only() {
         assert!(p.exists(), "{} is referenced", p.display());
     }
     assert!(dir.join(format!("snapshots/{sid}")).exists());
-    open(&gw, "gc", json!({})).await;
-    assert_eq!(exec_ok(&gw, "gc", "cat x.txt").await, "x\n");
+    gw.call("gc", "open", &json!({})).await.unwrap();
+    assert_eq!(gw.exec_ok("gc", "cat x.txt").await.unwrap(), "x\n");
 }
 
 #[tokio::test]
@@ -399,15 +347,16 @@ async fn collection_in_s3_removes_an_orphan_once_past_the_grace() {
         .await
         .unwrap();
     gw.open_project("s3gc").await.unwrap();
-    exec_ok(&gw, "s3gc", "head -c 300000 /dev/urandom > r.bin").await;
-    hibernate(&gw, "s3gc").await;
+    gw.exec_ok("s3gc", "head -c 300000 /dev/urandom > r.bin")
+        .await
+        .unwrap();
+    gw.hibernate("s3gc").await.unwrap();
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let (http, endpoint) = (&http, &s3.endpoint);
     let listing = || async move {
         http.get(format!("{endpoint}/gcb?list-type=2&prefix=pre/s3gc/"))
-            .send()
+            .fetch()
             .await
-            .unwrap()
             .text()
             .await
             .unwrap()
@@ -420,9 +369,8 @@ async fn collection_in_s3_removes_an_orphan_once_past_the_grace() {
     let put = http
         .put(format!("{}/gcb/{orphan}", s3.endpoint))
         .body("orphan")
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert!(put.status().is_success(), "{}", put.status());
     // Young: still there a few collections later.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -444,23 +392,20 @@ async fn collection_in_s3_removes_an_orphan_once_past_the_grace() {
         packs_before,
         "{after}"
     );
-    open(&gw, "s3gc", json!({})).await;
+    gw.call("s3gc", "open", &json!({})).await.unwrap();
 }
 
 /// sha256 of every file, by path, as the project sees it.
 async fn digests(gw: &Gateway, p: &str) -> BTreeMap<String, String> {
-    exec_ok(
-        gw,
-        p,
-        "find . -type f -print0 | sort -z | xargs -0 sha256sum",
-    )
-    .await
-    .lines()
-    .map(|l| {
-        let (sum, path) = l.split_once("  ").unwrap();
-        (path.to_owned(), sum.to_owned())
-    })
-    .collect()
+    gw.exec_ok(p, "find . -type f -print0 | sort -z | xargs -0 sha256sum")
+        .await
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let (sum, path) = l.split_once("  ").unwrap();
+            (path.to_owned(), sum.to_owned())
+        })
+        .collect()
 }
 
 #[tokio::test]
@@ -524,45 +469,46 @@ async fn collection_racing_hibernations_on_another_replica_deletes_nothing_refer
     };
     let p = "big";
     worker.open_project(p).await.unwrap();
-    exec_ok(
-        worker,
-        p,
-        "mkdir -p src node_modules/m && \
+    worker
+        .exec_ok(
+            p,
+            "mkdir -p src node_modules/m && \
          for i in $(seq 1 1500); do echo \"file $i $RANDOM\" > src/f$i.txt; done && \
          for i in $(seq 1 300); do head -c 20000 /dev/urandom > node_modules/m/b$i; done && \
          head -c 8000000 /dev/urandom > big.bin",
-    )
-    .await;
+        )
+        .await
+        .unwrap();
     let mut ids = Vec::new();
     for round in 0..3 {
         let want = digests(worker, p).await;
-        let v = hibernate(worker, p).await;
+        let v = worker.hibernate(p).await.unwrap();
         ids.push((
             v["snapshot"]["id"].as_str().unwrap().to_owned(),
             want.clone(),
         ));
         // Opened on either replica: every byte comes back.
-        open(
-            if round % 2 == 0 { collector } else { worker },
-            p,
-            json!({}),
-        )
-        .await;
+        let opener = if round % 2 == 0 { collector } else { worker };
+        opener.call(p, "open", &json!({})).await.unwrap();
         assert_eq!(digests(worker, p).await, want, "round {round}");
-        exec_ok(
-            worker,
-            p,
-            &format!(
-                "for i in $(seq 1 50); do echo r{round} >> src/f$i.txt; done; \
+        worker
+            .exec_ok(
+                p,
+                &format!(
+                    "for i in $(seq 1 50); do echo r{round} >> src/f$i.txt; done; \
                  head -c 1000000 /dev/urandom > r{round}.bin"
-            ),
-        )
-        .await;
+                ),
+            )
+            .await
+            .unwrap();
     }
     // Every version still restores whole: nothing they reference went.
     for (sid, want) in &ids {
-        hibernate(worker, p).await;
-        open(worker, p, json!({"snapshot": sid})).await;
+        worker.hibernate(p).await.unwrap();
+        worker
+            .call(p, "open", &json!({"snapshot": sid}))
+            .await
+            .unwrap();
         assert_eq!(&digests(worker, p).await, want, "snapshot {sid}");
     }
     // And the collector did run all along: an orphan goes at once, with
@@ -576,5 +522,5 @@ async fn collection_racing_hibernations_on_another_replica_deletes_nothing_refer
         !orphan.exists()
     })
     .await;
-    assert_eq!(status(collector, p).await, "active");
+    assert_eq!(collector.status(p).await.unwrap(), "active");
 }

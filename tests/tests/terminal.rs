@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail};
 use futures::{SinkExt as _, StreamExt as _};
 use serde_json::{Value, json};
+use tests::Fetch as _;
 use tests::gateway::Gateway;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -233,9 +234,8 @@ async fn shell_inside_a_container_and_unknown_sessions() {
     let r = gw
         .post("/api/projects/ct/containers")
         .json(&json!({"name": "web", "port": tests::free_port(), "start": "sleep 600", "env": {"GREETING": "from-web"}}))
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status().as_u16(), 201, "{}", r.text().await.unwrap());
 
     // A stopped container has no shell.
@@ -253,9 +253,8 @@ async fn shell_inside_a_container_and_unknown_sessions() {
 
     let r = gw
         .post("/api/projects/ct/containers/web/start")
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
     let mut ws = connect(&gw, "ct", "container=web").await.unwrap();
     session(&mut ws).await.unwrap();
@@ -310,21 +309,15 @@ async fn a_terminal_wakes_a_hibernated_project() {
     let r = gw
         .put("/api/projects/sleepy/files/note.txt")
         .body("kept across hibernation")
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert!(r.status().is_success());
-    let r = gw
-        .post("/api/projects/sleepy/hibernate")
-        .send()
-        .await
-        .unwrap();
+    let r = gw.post("/api/projects/sleepy/hibernate").fetch().await;
     assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
     let p: Value = gw
         .get("/api/projects/sleepy")
-        .send()
+        .fetch()
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -341,9 +334,8 @@ async fn a_terminal_wakes_a_hibernated_project() {
     .unwrap();
     let p: Value = gw
         .get("/api/projects/sleepy")
-        .send()
+        .fetch()
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();

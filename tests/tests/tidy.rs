@@ -2,8 +2,8 @@
 //! test does it: plain text scans, no compilation, milliseconds.
 //!
 //! - every Rust file opens with a `//!` comment saying what it is for;
-//! - product code (each crate's `src/`, unit-test modules aside) has no
-//!   `unwrap()`/`expect(`: errors are handled or carried;
+//! - product code (each crate's `src/`, unit-test modules and files aside)
+//!   has no `unwrap()`/`expect(`: errors are handled or carried;
 //! - `allow(deprecated)` states its reason (`reason = "..."`);
 //! - no product source file is longer than 800 lines;
 //! - the gateway's modules import each other along the layering that
@@ -17,11 +17,11 @@ use std::path::{Path, PathBuf};
 const MAX_LINES: usize = 800;
 
 /// Crates whose `src/` is product code (shipped in a binary or a library).
-const PRODUCT_CRATES: &[&str] = &["agent", "gateway", "fs", "proto", "snapshot"];
+const PRODUCT_CRATES: &[&str] = &["agent", "gateway", "fs", "pause", "proto", "snapshot"];
 
 /// Folders holding Rust files of the workspace (product, tests, benches).
 const ALL_RUST: &[&str] = &[
-    "agent", "gateway", "fs", "proto", "snapshot", "tests", "bench", "fuzz",
+    "agent", "gateway", "fs", "pause", "proto", "snapshot", "tests", "bench", "fuzz",
 ];
 
 fn workspace() -> PathBuf {
@@ -87,6 +87,21 @@ fn product_lines(text: &str) -> Vec<(usize, &str)> {
     out
 }
 
+/// A unit-test module in a file of its own: `x/tests.rs`, declared as
+/// `#[cfg(test)] mod tests;` by `x.rs` or `x/mod.rs`.
+fn is_test_module(path: &Path) -> bool {
+    let (Some(name), Some(dir)) = (path.file_name(), path.parent()) else {
+        return false;
+    };
+    name == "tests.rs"
+        && [dir.with_extension("rs"), dir.join("mod.rs")]
+            .iter()
+            .any(|parent| {
+                std::fs::read_to_string(parent)
+                    .is_ok_and(|text| text.contains("#[cfg(test)]\nmod tests;"))
+            })
+}
+
 #[test]
 fn every_file_opens_with_a_module_comment() {
     let mut bad = Vec::new();
@@ -107,6 +122,9 @@ fn every_file_opens_with_a_module_comment() {
 fn no_unwrap_or_expect_in_product_code() {
     let mut bad = Vec::new();
     for path in files_under(PRODUCT_CRATES, "src") {
+        if is_test_module(&path) {
+            continue;
+        }
         let text = read(&path);
         for (n, line) in product_lines(&text) {
             if line.contains(".unwrap()") || line.contains(".expect(") {
@@ -138,12 +156,7 @@ fn allow_deprecated_states_a_reason() {
 /// Files over the cap today, each with the length it may not pass, to be
 /// split (issue 13): a file on this list may shrink, never grow, and one
 /// that fits the cap must leave the list.
-const TOO_LONG: &[(&str, usize)] = &[
-    ("agent/src/archive/extract.rs", 960),
-    ("gateway/src/agent_client.rs", 1072),
-    ("gateway/src/store/postgres.rs", 924),
-    ("gateway/src/store/sqlite.rs", 918),
-];
+const TOO_LONG: &[(&str, usize)] = &[];
 
 #[test]
 fn no_product_file_over_800_lines() {
@@ -225,6 +238,8 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
     ("error", &["*"]),
     ("ids", &["*except error"]),
     ("tls", &["*"]),
+    ("agent_types", &["*"]),
+    ("activity", &["*"]),
     ("metrics", &["*except error"]),
     (
         "store",
@@ -254,6 +269,7 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
     (
         "agent_client",
         &[
+            "runtime",
             "state",
             "lifecycle",
             "idle",
@@ -283,33 +299,39 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
         "templates",
         &["state", "lifecycle", "idle", "preview", "api", "runtime"],
     ),
-    ("lifecycle", &["api", "preview", "server"]),
+    (
+        "config",
+        &[
+            "state",
+            "lifecycle",
+            "idle",
+            "preview",
+            "api",
+            "auth",
+            "server",
+            "store",
+            "archive_store",
+            "agent_client",
+        ],
+    ),
+    (
+        "auth",
+        &["state", "lifecycle", "idle", "preview", "api", "server"],
+    ),
+    ("lifecycle", &["api", "preview", "server", "idle"]),
     ("idle", &["api", "preview", "server"]),
-    ("state", &["api", "server", "lifecycle"]),
+    ("state", &["api", "server", "lifecycle", "idle"]),
     ("preview", &["api", "server"]),
     ("api", &["server"]),
 ];
 
-/// Import cycles that exist and are to be broken (issue 13), the hub of
-/// shared state. `state::AppState` holds the idle tracker, the preview
-/// proxy's state, the auth keys and the config, and those modules take an
-/// `AppState` (the config names the preview host style). The set may only
-/// shrink: the test fails when one of these modules leaves the cycle
-/// without the list being updated.
-const KNOWN_CYCLES: &[&[&str]] = &[
-    &[
-        "archive_store",
-        "auth",
-        "config",
-        "idle",
-        "lifecycle",
-        "preview",
-        "state",
-    ],
-    // The agent client takes the endpoint and exec types the runtime trait
-    // defines, and the runtime holds agent clients.
-    &["agent_client", "runtime"],
-];
+/// Import cycles that exist and are to be broken (issue 13); the set may
+/// only shrink: the test fails when a module leaves a cycle without the list
+/// being updated. What is left of the state hub: `state::AppState` holds the
+/// preview proxy's state (its connection pool, record caches and share
+/// links), the preview handlers take an `AppState`, and a preview wakes its
+/// project through `lifecycle`, which takes an `AppState` too.
+const KNOWN_CYCLES: &[&[&str]] = &[&["lifecycle", "preview", "state"]];
 
 #[test]
 fn gateway_modules_follow_the_layering() {

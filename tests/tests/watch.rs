@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use futures::StreamExt as _;
 use serde_json::{Value, json};
+use tests::Fetch as _;
 use tests::gateway::Gateway;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -63,9 +64,8 @@ async fn events_from_the_api_and_from_processes() {
     let r = gw
         .put("/api/projects/w/files/src/app.js")
         .body("console.log(1)")
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert!(r.status().is_success());
     wait_for(&mut ws, "the API write", |v| {
         v["path"] == "src/app.js" && (v["kind"] == "created" || v["kind"] == "modified")
@@ -109,11 +109,7 @@ async fn events_from_the_api_and_from_processes() {
     .unwrap();
 
     // A deletion through the API.
-    let r = gw
-        .delete("/api/projects/w/files/src/app.js")
-        .send()
-        .await
-        .unwrap();
+    let r = gw.delete("/api/projects/w/files/src/app.js").fetch().await;
     assert_eq!(r.status().as_u16(), 204);
     wait_for(&mut ws, "the API delete", |v| {
         v["path"] == "src/app.js" && v["kind"] == "removed"
@@ -126,9 +122,8 @@ async fn events_from_the_api_and_from_processes() {
     let r = gw
         .put("/api/projects/w/files/second.txt")
         .body("2")
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert!(r.status().is_success());
     wait_for(&mut other, "the write, second watcher", |v| {
         v["path"] == "second.txt"
@@ -201,9 +196,8 @@ async fn token_in_the_subprotocol_offer() {
     let r = gw
         .put("/api/projects/w3/files/seen.txt")
         .body("x")
-        .send()
-        .await
-        .unwrap();
+        .fetch()
+        .await;
     assert!(r.status().is_success());
     wait_for(&mut ws, "the write", |v| v["path"] == "seen.txt")
         .await

@@ -10,6 +10,7 @@
 //! is ignored. Matching is case-insensitive, as DNS is. This module is pure so
 //! it can be tested as a table, like coder's `coderd/workspaceapps/appurl`.
 
+pub use crate::config::HostStyle;
 use crate::ids::is_dns_label;
 
 /// What a preview host names.
@@ -22,16 +23,6 @@ pub struct PreviewHost {
     /// A port other than the container's declared one, from the
     /// `{port}-{container}` form.
     pub port: Option<u16>,
-}
-
-/// How preview host names are made from a container and a project.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum HostStyle {
-    /// `{container}.{project}.{domain}`: two labels below the domain.
-    #[default]
-    Dotted,
-    /// `{container}--{project}.{domain}`: one label, for one wildcard certificate.
-    Flat,
 }
 
 /// The longest DNS label (RFC 1035): a flat host's one label must fit.

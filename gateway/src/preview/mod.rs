@@ -407,7 +407,7 @@ async fn serve(
     // share links) may wake a project, but not keep it from sleeping; and
     // made-up hosts never reach the tracker.
     if access.is_user() {
-        crate::idle::touch(state, &target.project);
+        state.touch(&target.project);
     }
     let route = match state
         .runtime

@@ -11,29 +11,12 @@ mod listeners;
 pub mod local;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use bytes::Bytes;
 use futures::stream::BoxStream;
 
+pub use crate::agent_types::{AgentAddress, AgentEndpoint, ExecOutput, ExecSpec};
 use crate::error::Result;
-
-/// How to reach a project's agent.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct AgentEndpoint {
-    pub address: AgentAddress,
-    /// The agent's shared token, sent as `authorization: Bearer <token>`.
-    pub token: String,
-}
-
-/// An agent's listening address.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum AgentAddress {
-    /// A Unix socket path (local runtime).
-    Unix(PathBuf),
-    /// An `http://host:port` URI (Kubernetes: the file-manager Service).
-    Tcp(String),
-}
 
 /// What starting a container needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,32 +81,6 @@ pub struct ShellSession {
     /// The exit code, sent after the output ended (`None` when the process
     /// was lost, e.g. its pod was deleted).
     pub exit: tokio::sync::oneshot::Receiver<Option<i32>>,
-}
-
-/// A one-shot command.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ExecSpec {
-    pub argv: Vec<String>,
-    /// Relative to the project root; empty = the root.
-    pub cwd: String,
-    pub env: BTreeMap<String, String>,
-    pub stdin: Vec<u8>,
-    pub timeout_ms: u32,
-    /// Cap for each of stdout and stderr; 0 = the agent's default (1 MiB).
-    pub max_output_bytes: u64,
-}
-
-/// What a one-shot command did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ExecOutput {
-    /// -1 when killed by a signal or the timeout.
-    pub exit_code: i32,
-    pub stdout: Vec<u8>,
-    pub stderr: Vec<u8>,
-    pub duration_ms: u64,
-    pub timed_out: bool,
-    /// Whether stdout or stderr was cut at the cap.
-    pub truncated: bool,
 }
 
 /// What the runtime knows of a dev server's process.

@@ -6,111 +6,25 @@
 //! server offers it; `require`; `disable`), with server certificates checked
 //! against the system's roots (`SSL_CERT_FILE` adds one) and Mozilla's.
 
-use chrono::{DateTime, TimeZone as _, Utc};
+mod rows;
+mod schema;
+
+use chrono::{DateTime, Utc};
 use tokio::sync::RwLock;
-use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, Row};
+use tokio_postgres::Client;
+
+use rows::{
+    CONTAINER_COLS, PROJECT_COLS, SHARE_COLS, archive_row, container_row, db, from_ms,
+    is_unique_violation, log_row, ms, project_row, share_row,
+};
+pub use schema::SCHEMA_VERSION;
+use schema::migrate;
 
 use super::{
-    ArchiveVersion, CommandLogEntry, Container, ContainerStatus, LogPage, PreviewCode, Project,
-    ProjectStatus, Share, Store, Transition, WriteEntry,
+    ArchiveVersion, CommandLogEntry, Container, LogPage, PreviewCode, Project, ProjectStatus,
+    Share, Store, Transition, WriteEntry,
 };
 use crate::error::{Error, Result};
-
-/// Schema changes in order; entry `i` moves the database to version `i + 1`.
-/// Never edit a released entry: add a new one. Times are unix milliseconds,
-/// as in the SQLite store, so both stores hold the same values.
-const MIGRATIONS: &[&str] = &[
-    // 1: the first schema.
-    "CREATE TABLE projects (
-        id TEXT PRIMARY KEY,
-        name TEXT NOT NULL,
-        status TEXT NOT NULL,
-        created_at BIGINT NOT NULL,
-        updated_at BIGINT NOT NULL,
-        hibernated_at BIGINT
-    );
-    CREATE TABLE containers (
-        project TEXT NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
-        name TEXT NOT NULL,
-        status TEXT NOT NULL,
-        port INTEGER NOT NULL,
-        start TEXT NOT NULL,
-        install TEXT,
-        env TEXT NOT NULL,
-        public BOOLEAN NOT NULL,
-        template TEXT,
-        created_at BIGINT NOT NULL,
-        PRIMARY KEY (project, name)
-    );
-    CREATE TABLE archives (
-        project TEXT NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
-        version BIGINT NOT NULL,
-        key TEXT NOT NULL,
-        size BIGINT NOT NULL,
-        sha256 TEXT NOT NULL,
-        files BIGINT NOT NULL,
-        created_at BIGINT NOT NULL,
-        PRIMARY KEY (project, version)
-    );
-    CREATE TABLE command_log (
-        seq BIGSERIAL PRIMARY KEY,
-        project TEXT NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
-        ts BIGINT NOT NULL,
-        label TEXT NOT NULL,
-        command TEXT NOT NULL,
-        exit_code INTEGER,
-        duration_ms BIGINT NOT NULL,
-        stdout TEXT NOT NULL,
-        stderr TEXT NOT NULL
-    );
-    CREATE INDEX command_log_project ON command_log(project, seq);
-    CREATE INDEX command_log_ts ON command_log(ts);",
-    // 2: declared extra ports, cut log output, share links, one-time preview codes.
-    "ALTER TABLE containers ADD COLUMN ports TEXT NOT NULL DEFAULT '[]';
-    ALTER TABLE command_log ADD COLUMN truncated BOOLEAN NOT NULL DEFAULT FALSE;
-    CREATE TABLE shares (
-        id TEXT PRIMARY KEY,
-        project TEXT NOT NULL,
-        container TEXT NOT NULL,
-        label TEXT,
-        secret_sha256 TEXT NOT NULL,
-        created_by TEXT NOT NULL,
-        created_at BIGINT NOT NULL,
-        expires_at BIGINT NOT NULL,
-        wake BOOLEAN NOT NULL,
-        FOREIGN KEY (project, container) REFERENCES containers(project, name) ON DELETE CASCADE
-    );
-    CREATE INDEX shares_container ON shares(project, container);
-    CREATE TABLE preview_codes (
-        code_sha256 TEXT PRIMARY KEY,
-        project TEXT NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
-        container TEXT NOT NULL,
-        sub TEXT NOT NULL,
-        expires_at BIGINT NOT NULL,
-        token_exp BIGINT NOT NULL
-    );",
-    // 3: which dev servers ran when the project was hibernated.
-    "ALTER TABLE containers ADD COLUMN running_at_hibernation BOOLEAN NOT NULL DEFAULT FALSE;",
-    // 4: snapshots: a version's snapshot id, why it was taken, what it uploaded.
-    "ALTER TABLE archives ADD COLUMN snapshot TEXT;
-    ALTER TABLE archives ADD COLUMN reason TEXT NOT NULL DEFAULT 'hibernate';
-    ALTER TABLE archives ADD COLUMN uploaded_bytes BIGINT NOT NULL DEFAULT 0;",
-    // 5: coordination of replicas: leases (project locks, the elected
-    // replica) and the last activity on each project.
-    "CREATE TABLE leases (
-        name TEXT PRIMARY KEY,
-        holder TEXT NOT NULL,
-        expires_at BIGINT NOT NULL
-    );
-    ALTER TABLE projects ADD COLUMN last_activity BIGINT;",
-];
-
-/// The schema version this build migrates to.
-pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
-
-/// Key of the advisory lock held while migrating ("devgate" in ASCII).
-const MIGRATION_LOCK: i64 = 0x0064_6576_6761_7465;
 
 /// The advisory-lock key of a project's write gate: 64 bits of a hash of
 /// the id (a collision only makes two projects wait for each other's writes).
@@ -198,37 +112,6 @@ async fn connect(url: &str) -> std::result::Result<Client, tokio_postgres::Error
     Ok(client)
 }
 
-async fn migrate(client: &mut Client) -> std::result::Result<(), tokio_postgres::Error> {
-    let tx = client.transaction().await?;
-    // Held to the end of the transaction: another replica waits here and
-    // then finds the schema current.
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-        .await?;
-    tx.batch_execute(
-        "CREATE TABLE IF NOT EXISTS devgate_schema (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
-    )
-    .await?;
-    let current: i64 = tx
-        .query_one("SELECT COALESCE(MAX(version), 0) FROM devgate_schema", &[])
-        .await?
-        .get(0);
-    for (i, sql) in MIGRATIONS
-        .iter()
-        .enumerate()
-        .skip(usize::try_from(current).unwrap_or(usize::MAX))
-    {
-        let version = i as i64 + 1;
-        tx.batch_execute(sql).await?;
-        tx.execute(
-            "INSERT INTO devgate_schema (version, applied_at) VALUES ($1, $2)",
-            &[&version, &Utc::now().timestamp_millis()],
-        )
-        .await?;
-        tracing::info!(version, "state store migrated");
-    }
-    tx.commit().await
-}
-
 /// The TLS connector: server certificates verified against the system's
 /// roots and Mozilla's (the distroless image has no system store).
 fn tls() -> tokio_postgres_rustls::MakeRustlsConnect {
@@ -245,108 +128,6 @@ fn tls() -> tokio_postgres_rustls::MakeRustlsConnect {
         .with_root_certificates(roots)
         .with_no_client_auth();
     tokio_postgres_rustls::MakeRustlsConnect::new(config)
-}
-
-fn db(e: tokio_postgres::Error) -> Error {
-    Error::Store(Box::new(e))
-}
-
-fn is_unique_violation(e: &tokio_postgres::Error) -> bool {
-    e.code() == Some(&SqlState::UNIQUE_VIOLATION)
-}
-
-fn ms(t: DateTime<Utc>) -> i64 {
-    t.timestamp_millis()
-}
-
-fn from_ms(v: i64) -> DateTime<Utc> {
-    Utc.timestamp_millis_opt(v).single().unwrap_or_default()
-}
-
-// `Row::get` panics on a column type mismatch; the columns and their types
-// are fixed by MIGRATIONS above and read back in the same order.
-
-const PROJECT_COLS: &str = "id, name, status, created_at, updated_at, hibernated_at";
-
-fn project_row(r: &Row) -> Project {
-    let status: String = r.get(2);
-    Project {
-        id: r.get(0),
-        name: r.get(1),
-        status: ProjectStatus::parse(&status).unwrap_or(ProjectStatus::Failed),
-        created_at: from_ms(r.get(3)),
-        updated_at: from_ms(r.get(4)),
-        hibernated_at: r.get::<_, Option<i64>>(5).map(from_ms),
-    }
-}
-
-const CONTAINER_COLS: &str = "project, name, status, port, start, install, env, public, template, created_at, ports, running_at_hibernation";
-
-fn container_row(r: &Row) -> Container {
-    let status: String = r.get(2);
-    let env: String = r.get(6);
-    let template: Option<String> = r.get(8);
-    Container {
-        project: r.get(0),
-        name: r.get(1),
-        status: ContainerStatus::parse(&status).unwrap_or(ContainerStatus::Failed),
-        port: u16::try_from(r.get::<_, i32>(3)).unwrap_or_default(),
-        start: r.get(4),
-        install: r.get(5),
-        env: serde_json::from_str(&env).unwrap_or_default(),
-        public: r.get(7),
-        template: template.and_then(|t| serde_json::from_str(&t).ok()),
-        created_at: from_ms(r.get(9)),
-        ports: serde_json::from_str(r.get::<_, &str>(10)).unwrap_or_default(),
-        running_at_hibernation: r.get(11),
-    }
-}
-
-const SHARE_COLS: &str =
-    "id, project, container, label, secret_sha256, created_by, created_at, expires_at, wake";
-
-fn share_row(r: &Row) -> Share {
-    Share {
-        id: r.get(0),
-        project: r.get(1),
-        container: r.get(2),
-        label: r.get(3),
-        secret_sha256: r.get(4),
-        created_by: r.get(5),
-        created_at: from_ms(r.get(6)),
-        expires_at: from_ms(r.get(7)),
-        wake: r.get(8),
-    }
-}
-
-fn log_row(r: &Row) -> CommandLogEntry {
-    CommandLogEntry {
-        id: r.get(0),
-        project: r.get(1),
-        ts: from_ms(r.get(2)),
-        label: r.get(3),
-        command: r.get(4),
-        exit_code: r.get(5),
-        duration_ms: r.get::<_, i64>(6) as u64,
-        stdout: r.get(7),
-        stderr: r.get(8),
-        truncated: r.get(9),
-    }
-}
-
-fn archive_row(r: &Row) -> ArchiveVersion {
-    ArchiveVersion {
-        project: r.get(0),
-        version: r.get(1),
-        key: r.get(2),
-        size: r.get::<_, i64>(3) as u64,
-        sha256: r.get(4),
-        files: r.get::<_, i64>(5) as u64,
-        created_at: from_ms(r.get(6)),
-        snapshot: r.get(7),
-        reason: r.get(8),
-        uploaded_bytes: r.get::<_, i64>(9) as u64,
-    }
 }
 
 #[async_trait::async_trait]

@@ -5,102 +5,23 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use chrono::{DateTime, TimeZone as _, Utc};
+mod rows;
+mod schema;
+
+use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension as _, params};
 
+use rows::{
+    CONTAINER_COLS, SHARE_COLS, archive_row, container_row, db, from_ms, is_unique_violation, ms,
+    project_row, share_row,
+};
+use schema::MIGRATIONS;
+
 use super::{
-    ArchiveVersion, CommandLogEntry, Container, ContainerStatus, LogPage, PreviewCode, Project,
-    ProjectStatus, Share, Store, Transition, WriteEntry,
+    ArchiveVersion, CommandLogEntry, Container, LogPage, PreviewCode, Project, ProjectStatus,
+    Share, Store, Transition, WriteEntry,
 };
 use crate::error::{Error, Result};
-
-/// Schema changes in order; entry `i` moves the database to version `i + 1`.
-/// Never edit a released entry: add a new one.
-const MIGRATIONS: &[&str] = &[
-    // 1: the first schema.
-    "CREATE TABLE projects (
-        id TEXT PRIMARY KEY,
-        name TEXT NOT NULL,
-        status TEXT NOT NULL,
-        created_at INTEGER NOT NULL,
-        updated_at INTEGER NOT NULL,
-        hibernated_at INTEGER
-    );
-    CREATE TABLE containers (
-        project TEXT NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
-        name TEXT NOT NULL,
-        status TEXT NOT NULL,
-        port INTEGER NOT NULL,
-        start TEXT NOT NULL,
-        install TEXT,
-        env TEXT NOT NULL,
-        public INTEGER NOT NULL,
-        template TEXT,
-        created_at INTEGER NOT NULL,
-        PRIMARY KEY (project, name)
-    );
-    CREATE TABLE archives (
-        project TEXT NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
-        version INTEGER NOT NULL,
-        key TEXT NOT NULL,
-        size INTEGER NOT NULL,
-        sha256 TEXT NOT NULL,
-        files INTEGER NOT NULL,
-        created_at INTEGER NOT NULL,
-        PRIMARY KEY (project, version)
-    );
-    CREATE TABLE command_log (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
-        project TEXT NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
-        ts INTEGER NOT NULL,
-        label TEXT NOT NULL,
-        command TEXT NOT NULL,
-        exit_code INTEGER,
-        duration_ms INTEGER NOT NULL,
-        stdout TEXT NOT NULL,
-        stderr TEXT NOT NULL
-    );
-    CREATE INDEX command_log_project ON command_log(project, seq);
-    CREATE INDEX command_log_ts ON command_log(ts);",
-    // 2: declared extra ports, cut log output, share links, one-time preview codes.
-    "ALTER TABLE containers ADD COLUMN ports TEXT NOT NULL DEFAULT '[]';
-    ALTER TABLE command_log ADD COLUMN truncated INTEGER NOT NULL DEFAULT 0;
-    CREATE TABLE shares (
-        id TEXT PRIMARY KEY,
-        project TEXT NOT NULL,
-        container TEXT NOT NULL,
-        label TEXT,
-        secret_sha256 TEXT NOT NULL,
-        created_by TEXT NOT NULL,
-        created_at INTEGER NOT NULL,
-        expires_at INTEGER NOT NULL,
-        wake INTEGER NOT NULL,
-        FOREIGN KEY (project, container) REFERENCES containers(project, name) ON DELETE CASCADE
-    );
-    CREATE INDEX shares_container ON shares(project, container);
-    CREATE TABLE preview_codes (
-        code_sha256 TEXT PRIMARY KEY,
-        project TEXT NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
-        container TEXT NOT NULL,
-        sub TEXT NOT NULL,
-        expires_at INTEGER NOT NULL,
-        token_exp INTEGER NOT NULL
-    );",
-    // 3: which dev servers ran when the project was hibernated.
-    "ALTER TABLE containers ADD COLUMN running_at_hibernation INTEGER NOT NULL DEFAULT 0;",
-    // 4: snapshots: a version's snapshot id, why it was taken, what it uploaded.
-    "ALTER TABLE archives ADD COLUMN snapshot TEXT;
-    ALTER TABLE archives ADD COLUMN reason TEXT NOT NULL DEFAULT 'hibernate';
-    ALTER TABLE archives ADD COLUMN uploaded_bytes INTEGER NOT NULL DEFAULT 0;",
-    // 5: coordination of replicas: leases (project locks, the elected
-    // replica) and the last activity on each project.
-    "CREATE TABLE leases (
-        name TEXT PRIMARY KEY,
-        holder TEXT NOT NULL,
-        expires_at INTEGER NOT NULL
-    );
-    ALTER TABLE projects ADD COLUMN last_activity INTEGER;",
-];
 
 /// SQLite behind the [`Store`] trait.
 #[derive(Clone)]
@@ -154,89 +75,6 @@ impl SqliteStore {
         .await
         .map_err(|e| Error::Store(Box::new(e)))?
     }
-}
-
-fn db(e: rusqlite::Error) -> Error {
-    Error::Store(Box::new(e))
-}
-
-fn ms(t: DateTime<Utc>) -> i64 {
-    t.timestamp_millis()
-}
-
-fn from_ms(v: i64) -> DateTime<Utc> {
-    Utc.timestamp_millis_opt(v).single().unwrap_or_default()
-}
-
-fn is_unique_violation(e: &rusqlite::Error) -> bool {
-    matches!(e, rusqlite::Error::SqliteFailure(f, _)
-        if f.code == rusqlite::ErrorCode::ConstraintViolation)
-}
-
-fn project_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Project> {
-    let status: String = r.get(2)?;
-    Ok(Project {
-        id: r.get(0)?,
-        name: r.get(1)?,
-        status: ProjectStatus::parse(&status).unwrap_or(ProjectStatus::Failed),
-        created_at: from_ms(r.get(3)?),
-        updated_at: from_ms(r.get(4)?),
-        hibernated_at: r.get::<_, Option<i64>>(5)?.map(from_ms),
-    })
-}
-
-const CONTAINER_COLS: &str = "project, name, status, port, start, install, env, public, template, created_at, ports, running_at_hibernation";
-
-fn container_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Container> {
-    let status: String = r.get(2)?;
-    let env: String = r.get(6)?;
-    let template: Option<String> = r.get(8)?;
-    Ok(Container {
-        project: r.get(0)?,
-        name: r.get(1)?,
-        status: ContainerStatus::parse(&status).unwrap_or(ContainerStatus::Failed),
-        port: r.get(3)?,
-        start: r.get(4)?,
-        install: r.get(5)?,
-        env: serde_json::from_str(&env).unwrap_or_default(),
-        public: r.get(7)?,
-        template: template.and_then(|t| serde_json::from_str(&t).ok()),
-        created_at: from_ms(r.get(9)?),
-        ports: serde_json::from_str(&r.get::<_, String>(10)?).unwrap_or_default(),
-        running_at_hibernation: r.get(11)?,
-    })
-}
-
-const SHARE_COLS: &str =
-    "id, project, container, label, secret_sha256, created_by, created_at, expires_at, wake";
-
-fn share_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Share> {
-    Ok(Share {
-        id: r.get(0)?,
-        project: r.get(1)?,
-        container: r.get(2)?,
-        label: r.get(3)?,
-        secret_sha256: r.get(4)?,
-        created_by: r.get(5)?,
-        created_at: from_ms(r.get(6)?),
-        expires_at: from_ms(r.get(7)?),
-        wake: r.get(8)?,
-    })
-}
-
-fn archive_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ArchiveVersion> {
-    Ok(ArchiveVersion {
-        project: r.get(0)?,
-        version: r.get(1)?,
-        key: r.get(2)?,
-        size: r.get::<_, i64>(3)? as u64,
-        sha256: r.get(4)?,
-        files: r.get::<_, i64>(5)? as u64,
-        created_at: from_ms(r.get(6)?),
-        snapshot: r.get(7)?,
-        reason: r.get(8)?,
-        uploaded_bytes: r.get::<_, i64>(9)? as u64,
-    })
 }
 
 #[async_trait::async_trait]
@@ -830,89 +668,4 @@ impl Store for SqliteStore {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn project(id: &str) -> Project {
-        let now = Utc::now();
-        Project {
-            id: id.into(),
-            name: id.into(),
-            status: ProjectStatus::Created,
-            created_at: now,
-            updated_at: now,
-            hibernated_at: None,
-        }
-    }
-
-    #[tokio::test]
-    async fn projects_containers_logs() {
-        let s = SqliteStore::in_memory().unwrap();
-        s.create_project(&project("a")).await.unwrap();
-        assert!(matches!(
-            s.create_project(&project("a")).await,
-            Err(Error::Conflict(_))
-        ));
-        s.transition(
-            "a",
-            &[ProjectStatus::Created],
-            ProjectStatus::Active,
-            Utc::now(),
-        )
-        .await
-        .unwrap();
-        assert_eq!(
-            s.get_project("a").await.unwrap().unwrap().status,
-            ProjectStatus::Active
-        );
-        let k = Container {
-            project: "a".into(),
-            name: "web".into(),
-            status: ContainerStatus::Stopped,
-            port: 5173,
-            start: "npm run dev".into(),
-            install: None,
-            env: [("K".to_owned(), "V".to_owned())].into(),
-            public: true,
-            template: None,
-            created_at: Utc::now(),
-            ports: vec![24678],
-            running_at_hibernation: false,
-        };
-        s.create_container(&k).await.unwrap();
-        assert_eq!(s.list_containers("a").await.unwrap()[0].ports, [24678]);
-        assert_eq!(s.list_containers("a").await.unwrap()[0].env["K"], "V");
-        let mut k2 = k.clone();
-        k2.running_at_hibernation = true;
-        s.update_container(&k2).await.unwrap();
-        let got = s.get_container("a", "web").await.unwrap().unwrap();
-        assert!(got.running_at_hibernation, "{got:?}");
-        let e = CommandLogEntry {
-            id: 0,
-            truncated: false,
-            project: "a".into(),
-            ts: Utc::now() - chrono::Duration::days(6),
-            label: "exec".into(),
-            command: "ls".into(),
-            exit_code: Some(0),
-            duration_ms: 3,
-            stdout: "x".into(),
-            stderr: "".into(),
-        };
-        s.append_log(&e).await.unwrap();
-        let all = LogPage {
-            limit: 100,
-            before: None,
-        };
-        assert_eq!(s.list_logs("a", all).await.unwrap().len(), 1);
-        assert_eq!(
-            s.prune_logs(Utc::now() - chrono::Duration::days(5))
-                .await
-                .unwrap(),
-            1
-        );
-        s.delete_project("a").await.unwrap();
-        assert!(s.get_project("a").await.unwrap().is_none());
-        assert!(s.list_containers("a").await.unwrap().is_empty());
-    }
-}
+mod tests;
