@@ -91,6 +91,16 @@ fn fill(s: &Staging, m: &Manifest) -> Result<(Targets, Vec<usize>)> {
     for (i, e) in m.entries.iter().enumerate() {
         match e.kind {
             Kind::Dir if e.path.is_empty() => {}
+            // A top-level directory is made under a random name, then
+            // renamed: ext4 starts its search for the group of a top
+            // directory at the hash of its name, so the same names would
+            // land, cycle after cycle, in the groups the last teardown
+            // emptied (see `spread_hint`).
+            Kind::Dir if !e.path.contains('/') => {
+                let tmp = devgate_fs::temp::restore_dir_name(rand::random());
+                s.dir.create_dir(&tmp)?;
+                s.dir.rename(&tmp, &s.dir, &e.path)?;
+            }
             Kind::Dir => s.dir.create_dir(&e.path)?,
             Kind::File => {
                 let f = s
