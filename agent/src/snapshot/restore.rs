@@ -23,8 +23,8 @@ pub(crate) struct Staging {
     targets: Targets,
 }
 
-/// Makes the staging directory with every directory and (empty, sized)
-/// file of the manifest, and answers which packs are needed.
+/// Makes the staging directory with every directory and empty file of the
+/// manifest, and answers which packs are needed.
 pub(crate) fn prepare(root: &Dir, m: &Manifest) -> Result<(Staging, Vec<usize>)> {
     // Nothing of the snapshot may exist in the root already: the restore
     // never overwrites.
@@ -102,11 +102,14 @@ fn fill(s: &Staging, m: &Manifest) -> Result<(Targets, Vec<usize>)> {
                 s.dir.rename(&tmp, &s.dir, &e.path)?;
             }
             Kind::Dir => s.dir.create_dir(&e.path)?,
-            Kind::File => {
-                let f = s
-                    .dir
+            // An empty file is made here; the others by the first of their
+            // chunks to arrive (`apply_pack`), so that making thousands of
+            // inodes overlaps the downloads and spreads over their threads.
+            Kind::File if e.chunks.is_empty() => {
+                s.dir
                     .open_with(&e.path, OpenOptions::new().write(true).create_new(true))?;
-                f.set_len(e.size)?;
+            }
+            Kind::File => {
                 let mut offset = 0u64;
                 for c in &e.chunks {
                     targets.entry(*c).or_default().push((i, offset));
@@ -139,7 +142,12 @@ pub(crate) fn apply_pack(s: &Staging, m: &Manifest, id: &Id, bytes: Vec<u8>) -> 
         let data = pack.chunk(&c).map_err(snapshot_error)?;
         for &(entry, offset) in places {
             let path = &m.entries[entry].path;
-            let f = s.dir.open_with(path, OpenOptions::new().write(true))?;
+            // Made by whichever pack brings its first chunk: the staging
+            // directory is this restore's own, so an existing file is one
+            // it made. Its size is the manifest's once every chunk is in.
+            let f = s
+                .dir
+                .open_with(path, OpenOptions::new().write(true).create(true))?;
             f.write_all_at(&data, offset)?;
             written += 1;
         }
@@ -353,10 +361,59 @@ mod tests {
         let (s, _) = prepare(&root, &m).unwrap();
         let err = apply_pack(&s, &m, &pid, bytes).unwrap_err();
         assert!(matches!(err, Error::FailedPrecondition(_)), "{err}");
-        let staged = std::fs::read(tmp.path().join(&s.name).join("a/b/f.txt")).unwrap();
-        assert!(staged.iter().all(|&b| b == 0), "nothing written");
+        assert!(
+            !tmp.path().join(&s.name).join("a/b/f.txt").exists(),
+            "nothing written"
+        );
         let name = s.name.clone();
         discard(&root, &name);
         assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_file_split_over_two_packs_and_an_empty_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = root(&tmp);
+        let (a, b) = (vec![1u8; 1000], vec![2u8; 500]);
+        let pack = |data: &[u8]| {
+            let mut p = PackBuilder::new();
+            p.add(Id::of(data), &compress(data).unwrap(), data.len() as u32);
+            p.finish()
+        };
+        let (pa, ba, ca) = pack(&a);
+        let (pb, bb, cb) = pack(&b);
+        let m = Manifest {
+            format: FORMAT,
+            created_ns: 0,
+            entries: vec![
+                entry("", Kind::Dir, vec![], 0),
+                entry("big", Kind::File, vec![Id::of(&a), Id::of(&b)], 1500),
+                entry("empty", Kind::File, vec![], 0),
+            ],
+            packs: vec![
+                PackRef {
+                    id: pa,
+                    size: ba.len() as u64,
+                    chunks: ca,
+                },
+                PackRef {
+                    id: pb,
+                    size: bb.len() as u64,
+                    chunks: cb,
+                },
+            ],
+        };
+        m.validate().unwrap();
+        let (s, packs) = prepare(&root, &m).unwrap();
+        assert_eq!(packs, vec![0, 1]);
+        // The second pack first: the file is made by whichever comes first.
+        assert_eq!(apply_pack(&s, &m, &pb, bb).unwrap(), 1);
+        assert_eq!(apply_pack(&s, &m, &pa, ba).unwrap(), 1);
+        finish(&root, s, &m).unwrap();
+        assert_eq!(
+            std::fs::read(tmp.path().join("big")).unwrap(),
+            [a, b].concat()
+        );
+        assert_eq!(std::fs::read(tmp.path().join("empty")).unwrap(), b"");
     }
 }
