@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::path::Path;
 
 use cap_std::fs::{Dir, FileExt as _, OpenOptions, Permissions, PermissionsExt as _};
 use devgate_snapshot::{Id, Kind, Manifest, Pack};
@@ -29,10 +30,10 @@ pub(crate) fn prepare(root: &Dir, m: &Manifest) -> Result<(Staging, Vec<usize>)>
     // Nothing of the snapshot may exist in the root already: the restore
     // never overwrites.
     for e in &m.entries {
-        if !e.path.is_empty() && !e.path.contains('/') && root.symlink_metadata(&e.path).is_ok() {
+        if e.is_top_level() && root.symlink_metadata(&e.path).is_ok() {
             return Err(Error::AlreadyExists(format!(
                 "{} exists already: a snapshot is restored into an empty project",
-                e.path
+                e.path.display()
             )));
         }
     }
@@ -59,7 +60,7 @@ pub(crate) fn prepare(root: &Dir, m: &Manifest) -> Result<(Staging, Vec<usize>)>
 /// places its subdirectories, and so the files in them, in block groups
 /// with room, rather than next to the staging directory. On ext4 without a
 /// journal every new inode skips the group's recently deleted ones (freed
-/// in the last 30 s, 5 min while unwritten), one buffer lookup each; a
+/// in the last minute, several while unwritten), one buffer lookup each; a
 /// restore right after the teardown of the same project (the user's
 /// hibernate-then-open, and the benchmark's) would otherwise allocate its
 /// thousands of inodes in the groups that teardown just emptied, at about a
@@ -90,13 +91,13 @@ fn fill(s: &Staging, m: &Manifest) -> Result<(Targets, Vec<usize>)> {
     }
     for (i, e) in m.entries.iter().enumerate() {
         match e.kind {
-            Kind::Dir if e.path.is_empty() => {}
+            Kind::Dir if e.path.as_os_str().is_empty() => {}
             // A top-level directory is made under a random name, then
             // renamed: ext4 starts its search for the group of a top
             // directory at the hash of its name, so the same names would
             // land, cycle after cycle, in the groups the last teardown
             // emptied (see `spread_hint`).
-            Kind::Dir if !e.path.contains('/') => {
+            Kind::Dir if e.is_top_level() => {
                 let tmp = devgate_fs::temp::restore_dir_name(rand::random());
                 s.dir.create_dir(&tmp)?;
                 s.dir.rename(&tmp, &s.dir, &e.path)?;
@@ -190,18 +191,18 @@ pub(crate) fn stamps(root: &Dir, m: &Manifest) -> Vec<Option<super::create::Stam
 fn settle(s: &Staging, m: &Manifest) -> Result<()> {
     for e in &m.entries {
         if e.kind == Kind::Symlink {
-            let target = e.target.as_deref().unwrap_or_default();
-            rustix::fs::symlinkat(target, &s.dir, e.path.as_str()).map_err(io::Error::from)?;
+            let target = e.target.as_deref().unwrap_or(Path::new(""));
+            rustix::fs::symlinkat(target, &s.dir, e.path.as_path()).map_err(io::Error::from)?;
         }
     }
     // Deepest first, so setting a directory's time comes after its content.
     for e in m.entries.iter().rev() {
-        if e.path.is_empty() {
+        if e.path.as_os_str().is_empty() {
             continue;
         }
         // A top-level directory gets its mode and time once moved into
         // place: moving a directory needs write access to it.
-        let top_dir = e.kind == Kind::Dir && !e.path.contains('/');
+        let top_dir = e.kind == Kind::Dir && e.is_top_level();
         if top_dir {
             continue;
         }
@@ -216,34 +217,34 @@ fn settle(s: &Staging, m: &Manifest) -> Result<()> {
 
 fn move_in(root: &Dir, s: &Staging, m: &Manifest) -> Result<()> {
     for e in &m.entries {
-        if e.path.is_empty() || e.path.contains('/') {
+        if !e.is_top_level() {
             continue;
         }
         // renameat2(RENAME_NOREPLACE): an entry that appeared meanwhile is
         // never replaced.
         rustix::fs::renameat_with(
             &s.dir,
-            e.path.as_str(),
+            e.path.as_path(),
             root,
-            e.path.as_str(),
+            e.path.as_path(),
             rustix::fs::RenameFlags::NOREPLACE,
         )
         .map_err(|err| {
             Error::Io(io::Error::new(
                 io::Error::from(err).kind(),
-                format!("cannot move {} into place: {err}", e.path),
+                format!("cannot move {} into place: {err}", e.path.display()),
             ))
         })?;
         crate::pause::at_blocking("restore-commit");
     }
     for e in m.entries.iter().rev() {
-        if e.kind == Kind::Dir && !e.path.is_empty() && !e.path.contains('/') {
+        if e.kind == Kind::Dir && e.is_top_level() {
             root.set_permissions(&e.path, Permissions::from_mode(e.mode))?;
             set_mtime(root, &e.path, e.mtime_ns)?;
         }
     }
-    if let Some(r) = m.entries.iter().find(|e| e.path.is_empty()) {
-        set_mtime(root, ".", r.mtime_ns)?;
+    if let Some(r) = m.entries.iter().find(|e| e.path.as_os_str().is_empty()) {
+        set_mtime(root, Path::new("."), r.mtime_ns)?;
     }
     Ok(())
 }
@@ -257,7 +258,7 @@ pub(crate) fn discard(root: &Dir, name: &str) {
     }
 }
 
-fn set_mtime(dir: &Dir, path: &str, ns: i64) -> Result<()> {
+fn set_mtime(dir: &Dir, path: &Path, ns: i64) -> Result<()> {
     let t = Timespec {
         tv_sec: ns.div_euclid(1_000_000_000),
         tv_nsec: ns.rem_euclid(1_000_000_000) as _,
@@ -415,5 +416,39 @@ mod tests {
             [a, b].concat()
         );
         assert_eq!(std::fs::read(tmp.path().join("empty")).unwrap(), b"");
+    }
+
+    #[test]
+    fn names_and_targets_that_are_not_utf8_are_restored_as_they_were() {
+        use std::ffi::OsStr;
+        use std::os::unix::ffi::OsStrExt as _;
+        let src = tempfile::tempdir().unwrap();
+        let dir = src.path().join(OsStr::from_bytes(b"caf\xe9"));
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join(OsStr::from_bytes(b"n\xff.txt")), b"latin-1").unwrap();
+        std::os::unix::fs::symlink(OsStr::from_bytes(b"../\xfe"), dir.join("link")).unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let (m, _) = super::super::create::cut(&root(&src), None, None, tx, &stop).unwrap();
+        assert_eq!(m.format, devgate_snapshot::FORMAT_BYTES);
+        let (id, bytes) = m.encode().unwrap();
+        let m = Manifest::decode(&bytes, &id).unwrap();
+
+        let dst = tempfile::tempdir().unwrap();
+        let droot = root(&dst);
+        let (s, _) = prepare(&droot, &m).unwrap();
+        let mut written = 0;
+        while let Ok(p) = rx.try_recv() {
+            written += apply_pack(&s, &m, &p.id, p.bytes).unwrap();
+        }
+        assert_eq!(written, placements(&s));
+        finish(&droot, s, &m).unwrap();
+        let out = dst.path().join(OsStr::from_bytes(b"caf\xe9"));
+        assert_eq!(
+            std::fs::read(out.join(OsStr::from_bytes(b"n\xff.txt"))).unwrap(),
+            b"latin-1"
+        );
+        let link = std::fs::read_link(out.join("link")).unwrap();
+        assert_eq!(link.as_os_str().as_bytes(), b"../\xfe");
     }
 }
