@@ -229,6 +229,7 @@ async fn run_create(
     mut urls: Urls,
     events: &Events,
 ) -> Result<(SnapshotDone, create::Stamps)> {
+    let t0 = std::time::Instant::now();
     let (pack_tx, mut pack_rx) = mpsc::channel::<create::NewPack>(2);
     let stop = Arc::new(AtomicBool::new(false));
     let producer = {
@@ -272,6 +273,8 @@ async fn run_create(
         .map_err(|e| Error::Internal(format!("snapshot task failed: {e}")))?;
     let (uploaded, count) = uploaded?;
     let (manifest, by_entry) = manifest?;
+    // Walk, chunks and uploads (they overlap).
+    let walked = t0.elapsed();
     let (files, bytes) = manifest.totals();
     let (id, encoded) = tokio::task::spawn_blocking(move || manifest.encode())
         .await
@@ -285,7 +288,17 @@ async fn run_create(
             .await
             .map_err(|_| Error::Unavailable("the gateway went away".into()))?;
     }
-    tracing::info!(snapshot = %id, files, bytes, uploaded, packs = count, "snapshot cut");
+    tracing::info!(
+        snapshot = %id,
+        files,
+        bytes,
+        uploaded,
+        packs = count,
+        manifest_bytes = encoded.len(),
+        cut_ms = walked.as_millis() as u64,
+        manifest_ms = (t0.elapsed() - walked).as_millis() as u64,
+        "snapshot cut"
+    );
     Ok((
         SnapshotDone {
             id: id.to_hex(),
