@@ -1,4 +1,4 @@
-//! The snapshot format of devgate (format 1), documented for a second reader
+//! The snapshot format of devgate (formats 1 and 2), documented for a second reader
 //! in `docs/snapshot-format.md`: a manifest listing every path of a project
 //! folder, and content-defined chunks of its files, compressed and stored in
 //! pack objects. Every object is named by (or lists) the blake3 hash of its
@@ -13,7 +13,7 @@ mod manifest;
 mod pack;
 
 pub use chunk::{CHUNK_AVG, CHUNK_MAX, CHUNK_MIN, Chunker};
-pub use manifest::{Entry, FORMAT, Kind, MANIFEST_MAX, Manifest, PackChunk, PackRef};
+pub use manifest::{Entry, FORMAT, FORMAT_BYTES, Kind, MANIFEST_MAX, Manifest, PackChunk, PackRef};
 pub use pack::{PACK_MAX, PACK_TARGET, Pack, PackBuilder, compress};
 
 use std::fmt;

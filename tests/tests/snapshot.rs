@@ -73,6 +73,10 @@ touch -d '@1600000000.123456789' run.sh big.bin
 touch -h -d '@1500000000.5' outside
 touch -d '@1400000000.25' empty/deeper
 touch -d '@1400000000.75' empty
+latin="$(printf 'caf\351')"
+mkdir "$latin"
+printf 'latin-1' > "$latin/$(printf 'n\377.txt')"
+ln -s "$(printf '../\376')" "$latin/$(printf 'l\375')"
 "#;
 
 #[tokio::test]
@@ -90,6 +94,9 @@ async fn hibernation_keeps_everything_and_the_second_one_uploads_next_to_nothing
         "outside",
         "dangling",
         "zero",
+        // Names and a target that are not UTF-8 (format 2, `path_hex`).
+        "caf\u{FFFD}/n\u{FFFD}.txt",
+        "caf\u{FFFD}/l\u{FFFD}",
     ] {
         assert!(
             before.contains_key(p),

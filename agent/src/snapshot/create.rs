@@ -4,7 +4,9 @@
 //! on a blocking thread; finished packs go to the uploader on a channel.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::ffi::OsStr;
 use std::io;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use cap_fs_ext::{DirExt as _, FollowSymlinks, OpenOptionsFollowExt as _};
@@ -109,7 +111,7 @@ pub(crate) fn cut(
     };
     let meta = root.dir_metadata()?;
     let mut entries = vec![Entry {
-        path: String::new(),
+        path: PathBuf::new(),
         kind: Kind::Dir,
         size: 0,
         mode: meta.mode() & 0o7777,
@@ -117,7 +119,7 @@ pub(crate) fn cut(
         target: None,
         chunks: vec![],
     }];
-    walk(root, "", &mut w, &mut entries)?;
+    walk(root, Path::new(""), &mut w, &mut entries)?;
     w.flush()?;
     tracing::debug!(
         reused = w.reused_files,
@@ -135,6 +137,7 @@ pub(crate) fn cut(
         entries,
         packs,
     };
+    m.format = m.needed_format();
     m.sort();
     m.validate()
         .map_err(|e| Error::Internal(format!("the snapshot cut is invalid: {e}")))?;
@@ -145,9 +148,9 @@ pub(crate) fn cut(
 struct Writer<'a> {
     /// Files of the previous snapshot with the stamp they had: path to
     /// (stamp, chunks).
-    unchanged: HashMap<String, (Stamp, Vec<Id>)>,
+    unchanged: HashMap<PathBuf, (Stamp, Vec<Id>)>,
     /// Stamps of this cut's files, by path.
-    stamps: HashMap<String, Stamp>,
+    stamps: HashMap<PathBuf, Stamp>,
     reused_files: usize,
     /// Chunks of the previous snapshot: id to index in `previous_packs`.
     known: HashMap<Id, usize>,
@@ -164,7 +167,7 @@ struct Writer<'a> {
 impl Writer<'_> {
     /// The chunks of a file the previous snapshot holds unchanged (same
     /// stamp), marking their packs as used; `None` when it must be read.
-    fn reuse(&mut self, path: &str, now: &Stamp) -> Option<Vec<Id>> {
+    fn reuse(&mut self, path: &Path, now: &Stamp) -> Option<Vec<Id>> {
         let (stamp, chunks) = self.unchanged.remove(path)?;
         if stamp != *now {
             return None;
@@ -207,7 +210,9 @@ impl Writer<'_> {
     }
 }
 
-fn walk(dir: &Dir, prefix: &str, w: &mut Writer<'_>, out: &mut Vec<Entry>) -> Result<()> {
+/// Names are any bytes: one that is not UTF-8 makes the manifest format 2
+/// (`path_hex`), as does such a symlink target.
+fn walk(dir: &Dir, prefix: &Path, w: &mut Writer<'_>, out: &mut Vec<Entry>) -> Result<()> {
     if w.stop.load(Ordering::Relaxed) {
         return Err(Error::Unavailable("snapshot cancelled".into()));
     }
@@ -215,28 +220,19 @@ fn walk(dir: &Dir, prefix: &str, w: &mut Writer<'_>, out: &mut Vec<Entry>) -> Re
     for entry in dir.entries()? {
         let entry = entry?;
         let name = entry.file_name();
-        let Some(name) = name.to_str() else {
-            // Never left out silently: the hibernation fails and the project
-            // stays active with its files.
-            return Err(Error::FailedPrecondition(format!(
-                "{prefix}/{}: file names that are not UTF-8 cannot be snapshotted yet",
-                name.to_string_lossy()
-            )));
-        };
-        // The agent's own entries; and a volume's `lost+found` (root's,
-        // unreadable, made again by the file system), at the root only.
-        if devgate_fs::temp::is_agent_entry(name) || (prefix.is_empty() && name == "lost+found") {
+        // The agent's own entries (ASCII names); and a volume's
+        // `lost+found` (root's, unreadable, made again by the file
+        // system), at the root only.
+        let agents = name.to_str().is_some_and(devgate_fs::temp::is_agent_entry);
+        let top = prefix.as_os_str().is_empty();
+        if agents || (top && name == "lost+found") {
             continue;
         }
-        names.push(name.to_owned());
+        names.push(name);
     }
     names.sort();
     for name in names {
-        let path = if prefix.is_empty() {
-            name.clone()
-        } else {
-            format!("{prefix}/{name}")
-        };
+        let path = prefix.join(&name);
         let meta = match dir.symlink_metadata(&name) {
             Ok(m) => m,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
@@ -267,18 +263,13 @@ fn walk(dir: &Dir, prefix: &str, w: &mut Writer<'_>, out: &mut Vec<Entry>) -> Re
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(e.into()),
             };
-            let Some(target) = target.to_str() else {
-                return Err(Error::FailedPrecondition(format!(
-                    "{path}: symlink targets that are not UTF-8 cannot be snapshotted yet"
-                )));
-            };
             out.push(Entry {
                 path,
-                size: target.len() as u64,
+                size: target.as_os_str().len() as u64,
                 kind: Kind::Symlink,
                 mode,
                 mtime_ns: mtime,
-                target: Some(target.to_owned()),
+                target: Some(target),
                 chunks: vec![],
             });
         } else if ft.is_file() {
@@ -311,7 +302,7 @@ fn walk(dir: &Dir, prefix: &str, w: &mut Writer<'_>, out: &mut Vec<Entry>) -> Re
         } else {
             // Sockets, FIFOs and devices hold no data and mean nothing
             // after a restart.
-            tracing::info!(path = %path, "snapshot leaves out a socket, fifo or device");
+            tracing::info!(path = %path.display(), "snapshot leaves out a socket, fifo or device");
         }
     }
     Ok(())
@@ -322,7 +313,7 @@ type FileRead = (u64, u32, i64, Vec<Id>);
 /// Reads a file's chunks; reads again when the file changed meanwhile
 /// (size, mtime or ctime differ before and after), so each file is
 /// consistent. `None` when it went away.
-fn read_file(dir: &Dir, name: &str, path: &str, w: &mut Writer<'_>) -> Result<Option<FileRead>> {
+fn read_file(dir: &Dir, name: &OsStr, path: &Path, w: &mut Writer<'_>) -> Result<Option<FileRead>> {
     read_file_with(dir, name, path, w, &mut |_| {})
 }
 
@@ -330,8 +321,8 @@ fn read_file(dir: &Dir, name: &str, path: &str, w: &mut Writer<'_>) -> Result<Op
 /// the file's metadata is looked at again (the tests change the file there).
 fn read_file_with(
     dir: &Dir,
-    name: &str,
-    path: &str,
+    name: &OsStr,
+    path: &Path,
     w: &mut Writer<'_>,
     between: &mut dyn FnMut(usize),
 ) -> Result<Option<FileRead>> {
@@ -363,7 +354,7 @@ fn read_file_with(
             && (before.ctime(), before.ctime_nsec()) == (after.ctime(), after.ctime_nsec());
         if stable {
             if let Some(stamp) = Stamp::settled(&after, seen_ns) {
-                w.stamps.insert(path.to_owned(), stamp);
+                w.stamps.insert(path.to_path_buf(), stamp);
             }
             return Ok(Some((
                 size,
@@ -372,10 +363,11 @@ fn read_file_with(
                 chunks,
             )));
         }
-        tracing::debug!(path, "file changed while read; reading it again");
+        tracing::debug!(path = %path.display(), "file changed while read; reading it again");
     }
     Err(Error::Unavailable(format!(
-        "{path} kept changing while it was read ({REREADS} times)"
+        "{} kept changing while it was read ({REREADS} times)",
+        path.display()
     )))
 }
 
@@ -427,12 +419,18 @@ mod tests {
         let stop = AtomicBool::new(false);
         let (mut w, _rx) = writer(&stop);
         let mut calls = 0;
-        let got = read_file_with(&root, "f.txt", "f.txt", &mut w, &mut |attempt| {
-            calls += 1;
-            if attempt == 0 {
-                std::fs::write(&file, b"the new, longer content").unwrap();
-            }
-        })
+        let got = read_file_with(
+            &root,
+            "f.txt".as_ref(),
+            "f.txt".as_ref(),
+            &mut w,
+            &mut |attempt| {
+                calls += 1;
+                if attempt == 0 {
+                    std::fs::write(&file, b"the new, longer content").unwrap();
+                }
+            },
+        )
         .unwrap()
         .unwrap();
         assert_eq!(calls, 2, "read once more after the change");
@@ -449,14 +447,20 @@ mod tests {
         let root = open_root(tmp.path());
         let stop = AtomicBool::new(false);
         let (mut w, _rx) = writer(&stop);
-        let got = read_file_with(&root, "f.txt", "f.txt", &mut w, &mut |attempt| {
-            if attempt == 0 {
-                // Same size, same mtime: only the ctime tells.
-                std::fs::write(&file, b"BBBB").unwrap();
-                let f = std::fs::File::options().write(true).open(&file).unwrap();
-                f.set_modified(mtime).unwrap();
-            }
-        })
+        let got = read_file_with(
+            &root,
+            "f.txt".as_ref(),
+            "f.txt".as_ref(),
+            &mut w,
+            &mut |attempt| {
+                if attempt == 0 {
+                    // Same size, same mtime: only the ctime tells.
+                    std::fs::write(&file, b"BBBB").unwrap();
+                    let f = std::fs::File::options().write(true).open(&file).unwrap();
+                    f.set_modified(mtime).unwrap();
+                }
+            },
+        )
         .unwrap()
         .unwrap();
         assert_eq!(got.3, vec![Id::of(b"BBBB")], "never the torn read");
@@ -476,10 +480,16 @@ mod tests {
         let stop = AtomicBool::new(false);
         let (mut w, _rx) = writer(&stop);
         let mut calls = 0;
-        let err = read_file_with(&root, "busy.log", "logs/busy.log", &mut w, &mut |attempt| {
-            calls += 1;
-            std::fs::write(&file, "x".repeat(attempt + 2)).unwrap();
-        })
+        let err = read_file_with(
+            &root,
+            "busy.log".as_ref(),
+            "logs/busy.log".as_ref(),
+            &mut w,
+            &mut |attempt| {
+                calls += 1;
+                std::fs::write(&file, "x".repeat(attempt + 2)).unwrap();
+            },
+        )
         .unwrap_err();
         assert_eq!(calls, REREADS, "bounded");
         let msg = err.to_string();

@@ -229,6 +229,7 @@ async fn run_create(
     mut urls: Urls,
     events: &Events,
 ) -> Result<(SnapshotDone, create::Stamps)> {
+    let t0 = std::time::Instant::now();
     let (pack_tx, mut pack_rx) = mpsc::channel::<create::NewPack>(2);
     let stop = Arc::new(AtomicBool::new(false));
     let producer = {
@@ -272,6 +273,8 @@ async fn run_create(
         .map_err(|e| Error::Internal(format!("snapshot task failed: {e}")))?;
     let (uploaded, count) = uploaded?;
     let (manifest, by_entry) = manifest?;
+    // Walk, chunks and uploads (they overlap).
+    let walked = t0.elapsed();
     let (files, bytes) = manifest.totals();
     let (id, encoded) = tokio::task::spawn_blocking(move || manifest.encode())
         .await
@@ -285,7 +288,17 @@ async fn run_create(
             .await
             .map_err(|_| Error::Unavailable("the gateway went away".into()))?;
     }
-    tracing::info!(snapshot = %id, files, bytes, uploaded, packs = count, "snapshot cut");
+    tracing::info!(
+        snapshot = %id,
+        files,
+        bytes,
+        uploaded,
+        packs = count,
+        manifest_bytes = encoded.len(),
+        cut_ms = walked.as_millis() as u64,
+        manifest_ms = (t0.elapsed() - walked).as_millis() as u64,
+        "snapshot cut"
+    );
     Ok((
         SnapshotDone {
             id: id.to_hex(),
@@ -308,6 +321,7 @@ async fn run_restore(
     mut urls: Urls,
     events: &Events,
 ) -> Result<(SnapshotDone, create::Stamps)> {
+    let t0 = std::time::Instant::now();
     let root = state.root.dir().try_clone()?;
     let (staging, packs) = {
         let root = root.try_clone()?;
@@ -316,21 +330,36 @@ async fn run_restore(
             .await
             .map_err(|e| Error::Internal(format!("restore task failed: {e}")))??
     };
+    let prepared = t0.elapsed();
     let staging = Arc::new(staging);
     let name = staging.name.clone();
+    // URLs are asked for a batch at a time, the next batch while the packs
+    // of the previous ones download: up to TRANSFERS packs are in flight at
+    // any time, with no pause between batches.
     let fetched = async {
-        let mut written = 0usize;
-        for batch in packs.chunks(URL_BATCH) {
-            let ids: Vec<Id> = batch.iter().map(|&i| manifest.packs[i].id).collect();
-            let targets = urls.ask(events, &ids).await?;
-            let counts: Vec<usize> = futures::stream::iter(batch.iter().copied().zip(targets))
-                .map(|(i, url)| fetch_pack(id, staging.clone(), manifest.clone(), i, url))
-                .buffer_unordered(TRANSFERS)
-                .try_collect()
-                .await?;
-            written += counts.iter().sum::<usize>();
-            crate::pause::at("restore-download").await;
-        }
+        let (url_tx, url_rx) = mpsc::channel::<(usize, String)>(URL_BATCH);
+        let ask = async {
+            let url_tx = url_tx;
+            for batch in packs.chunks(URL_BATCH) {
+                let ids: Vec<Id> = batch.iter().map(|&i| manifest.packs[i].id).collect();
+                let targets = urls.ask(events, &ids).await?;
+                for pair in batch.iter().copied().zip(targets) {
+                    if url_tx.send(pair).await.is_err() {
+                        // The downloads failed; their error is the answer.
+                        return Ok(());
+                    }
+                }
+            }
+            Ok::<_, Error>(())
+        };
+        let download = ReceiverStream::new(url_rx)
+            .map(|(i, url)| fetch_pack(id, staging.clone(), manifest.clone(), i, url))
+            .buffer_unordered(TRANSFERS)
+            .try_fold(0usize, |written, n| async move {
+                crate::pause::at("restore-download").await;
+                Ok(written + n)
+            });
+        let ((), written) = futures::try_join!(ask, download)?;
         if written != restore::placements(&staging) {
             return Err(Error::FailedPrecondition(format!(
                 "snapshot {id}: {} chunk placements expected, {written} written",
@@ -344,6 +373,7 @@ async fn run_restore(
         let _ = tokio::task::spawn_blocking(move || restore::discard(&root, &name)).await;
         return Err(e);
     }
+    let downloaded = t0.elapsed();
     let staging = Arc::try_unwrap(staging)
         .map_err(|_| Error::Internal("restore staging still shared".into()))?;
     let m = manifest.clone();
@@ -354,7 +384,16 @@ async fn run_restore(
     .await
     .map_err(|e| Error::Internal(format!("restore task failed: {e}")))??;
     let (files, bytes) = manifest.totals();
-    tracing::info!(snapshot = %id, files, bytes, "snapshot restored");
+    tracing::info!(
+        snapshot = %id,
+        files,
+        bytes,
+        packs = packs.len(),
+        prepare_ms = prepared.as_millis() as u64,
+        download_ms = (downloaded - prepared).as_millis() as u64,
+        finish_ms = (t0.elapsed() - downloaded).as_millis() as u64,
+        "snapshot restored"
+    );
     Ok((
         SnapshotDone {
             id: id.to_hex(),
