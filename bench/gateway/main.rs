@@ -196,7 +196,7 @@ async fn main() -> Result<()> {
              | gateway | {:.0} | {:.2} ms | {:.2} ms | |\n\
              {base_row}\
              | nginx, plain `proxy_pass` (a new upstream connection per request) | {:.0} | {:.2} ms | {:.2} ms | {} |\n\
-             | nginx, upstream `keepalive 128` pool | {:.0} | {:.2} ms | {:.2} ms | {} |\n\n\
+             | nginx, upstream `keepalive 64` pool (`proxy_http_version 1.1`, `Connection \"\"`) | {:.0} | {:.2} ms | {:.2} ms | {} |\n\n\
              Every round, req/s: {rounds}\n",
             args.duration,
             args.rounds,
@@ -411,7 +411,10 @@ http {
   client_body_temp_path tmp; proxy_temp_path tmp; fastcgi_temp_path tmp; uwsgi_temp_path tmp; scgi_temp_path tmp;
   keepalive_requests 1000000;
   sendfile on;
-  upstream up_bench { server 127.0.0.1:__UP_PORT__; keepalive 128; keepalive_requests 1000000; }
+  # The tuned proxy an operator would compare with: a pool of idle upstream
+  # connections (`keepalive 64`, one per wrk connection), HTTP/1.1 to the
+  # upstream and no `Connection: close` forwarded.
+  upstream up_bench { server 127.0.0.1:__UP_PORT__; keepalive 64; keepalive_requests 1000000; }
   map $host $preview {
     hostnames;
     default "";
