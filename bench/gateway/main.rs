@@ -6,8 +6,11 @@
 //! against nginx as a Host-routed reverse proxy to the same upstream (plain
 //! `proxy_pass`, and with an upstream keepalive pool); a 4 KiB
 //! file GET with a token on one connection against nginx serving the same
-//! file statically; 50 MB of terminal output through the PTY; keystroke echo
-//! over 500 keys; the gateway's RSS with 1,000 idle terminal WebSockets.
+//! file statically; 50 MB of terminal output through the PTY and keystroke
+//! echo over 500 keys, each round with this crate's Rust client and with a
+//! browser-like node client (`term-client.mjs`) against the gateway, wetty
+//! and terminado (peers started here, all running `bash --norc
+//! --noprofile`); the gateway's RSS with 1,000 idle terminal WebSockets.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -30,7 +33,9 @@ struct Args {
     /// Seconds of each wrk run.
     #[arg(long, default_value_t = 8)]
     duration: u64,
-    /// Rounds of each wrk comparison, alternating gateway and nginx (the median is reported).
+    /// Rounds of each comparison, the targets interleaved in every round
+    /// (wrk: gateway and nginx; terminal: each client and server). Every
+    /// round is reported, and the median.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
     /// Megabytes of terminal output to push through the PTY.
@@ -58,6 +63,15 @@ struct Args {
     /// round, interleaved with the others.
     #[arg(long)]
     baseline: Option<PathBuf>,
+    /// The folder of the node terminal client (`term-client.mjs`), its
+    /// `node_modules` (ws, socket.io-client, wetty) and
+    /// `terminado_server.py`.
+    #[arg(long, default_value = "bench/gateway")]
+    peers_dir: PathBuf,
+    /// A Python with terminado and tornado (run.sh makes a venv); without
+    /// it terminado is left out.
+    #[arg(long)]
+    terminado_python: Option<PathBuf>,
 }
 
 impl Args {
@@ -285,41 +299,149 @@ async fn main() -> Result<()> {
         ));
     }
 
-    if args.runs("terminal") {
-        eprintln!("== terminal throughput");
+    if args.runs("terminal") || args.runs("echo") {
+        let peers = TermPeers::start(&args).await?;
+        let load0 = loadavg();
         let file = project_dir.join("big.txt");
-        write_text(&file, args.terminal_mb * 1_000_000)?;
-        let mut best: Option<(usize, f64)> = None;
-        for _ in 0..3 {
-            let (bytes, secs) = terminal_throughput(&gw, "cat big.txt").await?;
-            if best.is_none_or(|(b, s)| bytes as f64 / secs > b as f64 / s) {
-                best = Some((bytes, secs));
+        let file = if args.runs("terminal") {
+            write_text(&file, args.terminal_mb * 1_000_000)?;
+            Some(file.canonicalize()?)
+        } else {
+            None
+        };
+        // The node client's targets: the gateway (the same bash as the
+        // peers run, so readline's echo is the same work), wetty, terminado.
+        let bash = "exec%20bash%20--norc%20--noprofile";
+        let mut targets: Vec<(String, &str, String)> = Vec::new();
+        if peers.node.is_some() {
+            targets.push((
+                "node `ws` → gateway".into(),
+                "devgate",
+                format!("ws://{gw_addr}/api/projects/bench/terminal?cmd={bash}"),
+            ));
+        }
+        if let Some(w) = &peers.wetty {
+            targets.push((
+                format!("node `socket.io` → wetty {}", w.version),
+                "wetty",
+                format!("http://127.0.0.1:{}/socket.io", w.port),
+            ));
+        }
+        if let Some(t) = &peers.terminado {
+            targets.push((
+                format!("node `ws` → terminado {}", t.version),
+                "terminado",
+                format!("ws://127.0.0.1:{}/websocket", t.port),
+            ));
+        }
+        let mut names = vec!["Rust client → gateway".to_owned()];
+        names.extend(targets.iter().map(|(n, _, _)| n.clone()));
+        // Every round runs each client once, interleaved.
+        let mut mbs = vec![Vec::new(); names.len()];
+        let mut echo = vec![Vec::new(); names.len()];
+        for round in 0..args.rounds {
+            if let Some(file) = &file {
+                eprintln!("== terminal throughput, round {round}");
+                let (bytes, secs) = terminal_throughput(&gw, "cat big.txt").await?;
+                mbs[0].push(bytes as f64 / 1e6 / secs);
+                for (i, (name, proto, url)) in targets.iter().enumerate() {
+                    let r = peers.client(proto, url, &token, "throughput", file, 0)?;
+                    let got = r["bytes"].as_f64().unwrap_or_default();
+                    // `\n` becomes `\r\n` on the way: never fewer bytes than the file.
+                    anyhow::ensure!(
+                        got >= (args.terminal_mb * 1_000_000) as f64,
+                        "{name}: only {got} bytes of output"
+                    );
+                    let v = r["mb_s"].as_f64().unwrap_or_default();
+                    eprintln!("  {name}: {v:.1} MB/s in {} messages", r["frames"]);
+                    mbs[i + 1].push(v);
+                }
+                eprintln!("  Rust client → gateway: {:.1} MB/s", mbs[0][round]);
+            }
+            if args.runs("echo") {
+                eprintln!("== keystroke echo, round {round}");
+                let mut lat = echo_latency(&gw, args.keys).await?;
+                lat.sort_by(f64::total_cmp);
+                echo[0].push((pct(&lat, 50.0), pct(&lat, 99.0)));
+                for (i, (name, proto, url)) in targets.iter().enumerate() {
+                    let r = peers.client(proto, url, &token, "echo", Path::new(""), args.keys)?;
+                    let p = (
+                        r["p50_ms"].as_f64().unwrap_or_default(),
+                        r["p99_ms"].as_f64().unwrap_or_default(),
+                    );
+                    eprintln!("  {name}: p50 {:.3} ms, p99 {:.3} ms", p.0, p.1);
+                    echo[i + 1].push(p);
+                }
             }
         }
-        let (bytes, secs) = best.context("no terminal run")?;
-        std::fs::remove_file(&file)?;
-        report.push(format!(
-            "### Terminal output\n\n`cat` of a {} MB text file in a terminal session: {} bytes reached the \
-             WebSocket client (the PTY turns `\\n` into `\\r\\n`) in {:.3} s: **{:.0} MB/s** (best of 3).\n",
-            args.terminal_mb,
-            bytes,
-            secs,
-            bytes as f64 / 1e6 / secs,
-        ));
-    }
-
-    if args.runs("echo") {
-        eprintln!("== keystroke echo");
-        let mut lat = echo_latency(&gw, args.keys).await?;
-        lat.sort_by(f64::total_cmp);
-        report.push(format!(
-            "### Keystroke echo\n\n{} keys typed one at a time at a bash prompt (readline echoes each), \
-             time from the WebSocket send to the echoed byte: **p50 {:.3} ms**, p99 {:.3} ms, max {:.3} ms.\n",
-            lat.len(),
-            pct(&lat, 50.0),
-            pct(&lat, 99.0),
-            lat.last().copied().unwrap_or_default(),
-        ));
+        if let Some(file) = &file {
+            std::fs::remove_file(file)?;
+        }
+        let load = format!(
+            "Load average (1/5/15 min) before the terminal parts: {load0}; after: {}. {}\n",
+            loadavg(),
+            peers.notes.join(" "),
+        );
+        let med = |v: &[f64]| {
+            let mut v = v.to_vec();
+            v.sort_by(f64::total_cmp);
+            v.get(v.len() / 2).copied().unwrap_or_default()
+        };
+        if file.is_some() {
+            let mut t = format!(
+                "### Terminal output, every round\n\n{load}\n`cat` of a {} MB text file (lines of 100 bytes) at a shell prompt; MB/s of \
+                 output received (the PTY turns `\\n` into `\\r\\n`: {} bytes). The Rust client (`tokio-tungstenite`) \
+                 opens a session running `cat big.txt` and times the session frame to the exit frame. The node client \
+                 (`bench/gateway/term-client.mjs`, one message at a time as a page reads them) types \
+                 `cat FILE; echo __DO\"\"NE__` into `bash --norc --noprofile` and times the keystroke to the marker.\n\n\
+                 | client → server | MB/s per round | median |\n|---|---|---|\n",
+                args.terminal_mb,
+                args.terminal_mb * 1_010_000,
+            );
+            for (name, v) in names.iter().zip(&mbs) {
+                let rounds: Vec<String> = v.iter().map(|x| format!("{x:.1}")).collect();
+                t.push_str(&format!(
+                    "| {name} | {} | **{:.1}** |\n",
+                    rounds.join(" / "),
+                    med(v)
+                ));
+            }
+            if let (Some(node), Some(wetty)) = (
+                names
+                    .iter()
+                    .position(|n| n.starts_with("node `ws` → gateway")),
+                names.iter().position(|n| n.contains("wetty")),
+            ) {
+                let (g, w) = (med(&mbs[node]), med(&mbs[wetty]));
+                t.push_str(&format!(
+                    "\nIssue 14's target, through the node client: ≥ 2× wetty and ≥ 100 MB/s. Median {g:.1} MB/s = **{:.2}× wetty**: {}.\n",
+                    g / w,
+                    if g >= 2.0 * w && g >= 100.0 { "met" } else { "not met" },
+                ));
+            }
+            report.push(t);
+        }
+        if args.runs("echo") {
+            let mut t = format!(
+                "### Keystroke echo, every round\n\n{load}\n{} keys typed one at a time at a bash prompt (readline echoes each; \
+                 Ctrl-U every 50), time from the send to the first output holding the key. The Rust client types into \
+                 the gateway's default shell; the node client into `bash --norc --noprofile` on every server.\n\n\
+                 | client → server | p50 per round (ms) | p99 per round (ms) | median p50 |\n|---|---|---|---|\n",
+                args.keys,
+            );
+            for (name, v) in names.iter().zip(&echo) {
+                let p50: Vec<String> = v.iter().map(|x| format!("{:.3}", x.0)).collect();
+                let p99: Vec<String> = v.iter().map(|x| format!("{:.3}", x.1)).collect();
+                let m: Vec<f64> = v.iter().map(|x| x.0).collect();
+                t.push_str(&format!(
+                    "| {name} | {} | {} | **{:.3}** |\n",
+                    p50.join(" / "),
+                    p99.join(" / "),
+                    med(&m),
+                ));
+            }
+            report.push(t);
+        }
     }
 
     if args.runs("idle") {
@@ -381,6 +503,195 @@ impl Drop for Nginx {
             .status();
         let _ = self.0.wait();
     }
+}
+
+/// A peer server started for the terminal parts, stopped (SIGTERM, then
+/// its PTYs' shells get SIGHUP) on drop.
+struct Peer {
+    child: std::process::Child,
+    port: u16,
+    version: String,
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// The terminal parts' node client and peer servers; a missing one is left
+/// out with a note for the report.
+struct TermPeers {
+    /// `node` and the client script, when both are there.
+    node: Option<(String, PathBuf)>,
+    wetty: Option<Peer>,
+    terminado: Option<Peer>,
+    notes: Vec<String>,
+}
+
+impl TermPeers {
+    async fn start(args: &Args) -> Result<TermPeers> {
+        let mut notes = Vec::new();
+        let dir = args
+            .peers_dir
+            .canonicalize()
+            .with_context(|| format!("{}", args.peers_dir.display()))?;
+        let script = dir.join("term-client.mjs");
+        let node_ok = Command::new("node")
+            .args(["-e", "require('ws'); require('socket.io-client')"])
+            .current_dir(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        let node = if node_ok && script.is_file() {
+            let v = Command::new("node").arg("--version").output()?;
+            let v = String::from_utf8_lossy(&v.stdout).trim().to_owned();
+            notes.push(format!("Node client: node {v}."));
+            Some((v, script))
+        } else {
+            notes.push(format!(
+                "The node client did not run: node or its packages missing in {} (run.sh installs them).",
+                dir.display()
+            ));
+            None
+        };
+        let wetty_bin = dir.join("node_modules/.bin/wetty");
+        let wetty = if node.is_some() && wetty_bin.is_file() {
+            let port = tests::free_port();
+            let version = package_version(&dir.join("node_modules/wetty/package.json"));
+            let child = Command::new(&wetty_bin)
+                .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+                .args(["--command", "bash --norc --noprofile"])
+                .current_dir(&dir)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .context("start wetty")?;
+            let p = Peer {
+                child,
+                port,
+                version,
+            };
+            wait_port(port).await?;
+            notes.push(format!(
+                "wetty {} (npm) runs `bash --norc --noprofile` as root on its own PTY (node-pty); the node client uses socket.io's websocket transport and acknowledges every 256 KiB as wetty's page does.",
+                p.version
+            ));
+            Some(p)
+        } else {
+            notes.push("wetty did not run: not installed (run.sh installs it).".into());
+            None
+        };
+        let terminado = match &args.terminado_python {
+            Some(py) if node.is_some() => {
+                let port = tests::free_port();
+                let v = Command::new(py)
+                    .args([
+                        "-c",
+                        "import terminado, tornado; print(terminado.__version__, tornado.version)",
+                    ])
+                    .output()?;
+                let v = String::from_utf8_lossy(&v.stdout).trim().to_owned();
+                let (version, tornado) = v.split_once(' ').unwrap_or((&v, "?"));
+                let child = Command::new(py)
+                    .arg(dir.join("terminado_server.py"))
+                    .arg(port.to_string())
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::inherit())
+                    .spawn()
+                    .context("start terminado")?;
+                let p = Peer {
+                    child,
+                    port,
+                    version: version.to_owned(),
+                };
+                wait_port(port).await?;
+                notes.push(format!(
+                    "terminado {version} on tornado {tornado} (`bench/gateway/terminado_server.py`, one `bash --norc --noprofile` per socket)."
+                ));
+                Some(p)
+            }
+            _ => {
+                notes.push(
+                    "terminado did not run: no `--terminado-python` (run.sh passes its venv)."
+                        .into(),
+                );
+                None
+            }
+        };
+        Ok(TermPeers {
+            node,
+            wetty,
+            terminado,
+            notes,
+        })
+    }
+
+    /// Runs the node client once; its JSON answer.
+    fn client(
+        &self,
+        proto: &str,
+        url: &str,
+        token: &str,
+        mode: &str,
+        file: &Path,
+        keys: usize,
+    ) -> Result<Value> {
+        let (_, script) = self.node.as_ref().context("no node client")?;
+        let out = Command::new("node")
+            .arg(script)
+            .args([
+                "--proto", proto, "--url", url, "--token", token, "--mode", mode,
+            ])
+            .arg("--file")
+            .arg(file)
+            .args(["--keys", &keys.to_string()])
+            .stdin(Stdio::null())
+            .stderr(Stdio::inherit())
+            .output()
+            .context("run node")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "node client ({proto} {mode}) failed: {}",
+            out.status
+        );
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+}
+
+fn package_version(path: &Path) -> String {
+    std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .and_then(|v| v["version"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
+}
+
+async fn wait_port(port: u16) -> Result<()> {
+    tests::eventually(
+        Duration::from_secs(30),
+        &format!("a peer to listen on {port}"),
+        || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()
+                .map(|_| ())
+        },
+    )
+    .await
+}
+
+/// `/proc/loadavg`'s three averages.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 const UPSTREAM_CONF: &str = r#"user root;
