@@ -305,77 +305,162 @@ async fn main() -> Result<()> {
         let file = project_dir.join("big.txt");
         let file = if args.runs("terminal") {
             write_text(&file, args.terminal_mb * 1_000_000)?;
+            if let Some((b, _)) = &base {
+                std::fs::copy(&file, b.project_dir("bench").join("big.txt"))?;
+            }
             Some(file.canonicalize()?)
         } else {
             None
         };
-        // The node client's targets: the gateway (the same bash as the
-        // peers run, so readline's echo is the same work), wetty, terminado.
+        // The node client runs the same bash as the peers on every server,
+        // so readline's echo is the same work.
         let bash = "exec%20bash%20--norc%20--noprofile";
-        let mut targets: Vec<(String, &str, String)> = Vec::new();
-        if peers.node.is_some() {
-            targets.push((
-                "node `ws` → gateway".into(),
-                "devgate",
-                format!("ws://{gw_addr}/api/projects/bench/terminal?cmd={bash}"),
+        let mut clients = vec![("Rust client → gateway".to_owned(), Client::Rust(&gw))];
+        if let Some((b, _)) = &base {
+            clients.push((
+                "Rust client → baseline gateway (`--baseline`)".into(),
+                Client::Rust(b),
             ));
         }
+        if peers.node.is_some() {
+            clients.push((
+                "node `ws` → gateway".into(),
+                Client::Node(
+                    "devgate",
+                    format!("ws://{gw_addr}/api/projects/bench/terminal?cmd={bash}"),
+                    token.clone(),
+                    file.clone(),
+                ),
+            ));
+            if let Some((b, _)) = &base {
+                clients.push((
+                    "node `ws` → baseline gateway (`--baseline`)".into(),
+                    Client::Node(
+                        "devgate",
+                        format!("ws://{}/api/projects/bench/terminal?cmd={bash}", b.addr),
+                        b.admin_token(),
+                        file.as_ref()
+                            .map(|_| b.project_dir("bench").join("big.txt").canonicalize())
+                            .transpose()?,
+                    ),
+                ));
+            }
+        }
         if let Some(w) = &peers.wetty {
-            targets.push((
+            clients.push((
                 format!("node `socket.io` → wetty {}", w.version),
-                "wetty",
-                format!("http://127.0.0.1:{}/socket.io", w.port),
+                Client::Node(
+                    "wetty",
+                    format!("http://127.0.0.1:{}/socket.io", w.port),
+                    String::new(),
+                    file.clone(),
+                ),
             ));
         }
         if let Some(t) = &peers.terminado {
-            targets.push((
+            clients.push((
                 format!("node `ws` → terminado {}", t.version),
-                "terminado",
-                format!("ws://127.0.0.1:{}/websocket", t.port),
+                Client::Node(
+                    "terminado",
+                    format!("ws://127.0.0.1:{}/websocket", t.port),
+                    String::new(),
+                    file.clone(),
+                ),
             ));
         }
-        let mut names = vec!["Rust client → gateway".to_owned()];
-        names.extend(targets.iter().map(|(n, _, _)| n.clone()));
+        let names: Vec<String> = clients.iter().map(|(n, _)| n.clone()).collect();
+        // The server side of each client's target, for the CPU time it spends
+        // on a run: the gateway and its agent, or the peer's process.
+        let gw_pids = |g: &Gateway| {
+            [
+                pid_with_arg(&g.data_dir),
+                pid_with_arg(&g.project_dir("bench")),
+            ]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<u32>>()
+        };
+        let servers: Vec<Vec<u32>> = names
+            .iter()
+            .map(|n| {
+                if n.contains("wetty") {
+                    peers.wetty.iter().map(|p| p.child.id()).collect()
+                } else if n.contains("terminado") {
+                    peers.terminado.iter().map(|p| p.child.id()).collect()
+                } else if n.contains("baseline") {
+                    base.as_ref().map(|(b, _)| gw_pids(b)).unwrap_or_default()
+                } else {
+                    gw_pids(&gw)
+                }
+            })
+            .collect();
+        let mut cpu = vec![Vec::new(); names.len()];
         // Every round runs each client once, interleaved.
         let mut mbs = vec![Vec::new(); names.len()];
         let mut echo = vec![Vec::new(); names.len()];
         for round in 0..args.rounds {
-            if let Some(file) = &file {
+            if file.is_some() {
                 eprintln!("== terminal throughput, round {round}");
-                let (bytes, secs) = terminal_throughput(&gw, "cat big.txt").await?;
-                mbs[0].push(bytes as f64 / 1e6 / secs);
-                for (i, (name, proto, url)) in targets.iter().enumerate() {
-                    let r = peers.client(proto, url, &token, "throughput", file, 0)?;
-                    let got = r["bytes"].as_f64().unwrap_or_default();
-                    // `\n` becomes `\r\n` on the way: never fewer bytes than the file.
-                    anyhow::ensure!(
-                        got >= (args.terminal_mb * 1_000_000) as f64,
-                        "{name}: only {got} bytes of output"
-                    );
-                    let v = r["mb_s"].as_f64().unwrap_or_default();
-                    eprintln!("  {name}: {v:.1} MB/s in {} messages", r["frames"]);
-                    mbs[i + 1].push(v);
+                for (i, (name, client)) in clients.iter().enumerate() {
+                    let cpu0 = cpu_secs(&servers[i]);
+                    let v = match client {
+                        Client::Rust(g) => {
+                            let (bytes, secs) = terminal_throughput(g, "cat big.txt").await?;
+                            eprintln!("  {name}: {:.1} MB/s", bytes as f64 / 1e6 / secs);
+                            bytes as f64 / 1e6 / secs
+                        }
+                        Client::Node(proto, url, token, file) => {
+                            let file = file.as_deref().context("no file")?;
+                            let r = peers.client(proto, url, token, "throughput", file, 0)?;
+                            let got = r["bytes"].as_f64().unwrap_or_default();
+                            // `\n` becomes `\r\n` on the way: never fewer bytes than the file.
+                            anyhow::ensure!(
+                                got >= (args.terminal_mb * 1_000_000) as f64,
+                                "{name}: only {got} bytes of output"
+                            );
+                            let v = r["mb_s"].as_f64().unwrap_or_default();
+                            eprintln!("  {name}: {v:.1} MB/s in {} messages", r["frames"]);
+                            v
+                        }
+                    };
+                    mbs[i].push(v);
+                    cpu[i].push(cpu_secs(&servers[i]) - cpu0);
                 }
-                eprintln!("  Rust client → gateway: {:.1} MB/s", mbs[0][round]);
             }
             if args.runs("echo") {
                 eprintln!("== keystroke echo, round {round}");
-                let mut lat = echo_latency(&gw, args.keys).await?;
-                lat.sort_by(f64::total_cmp);
-                echo[0].push((pct(&lat, 50.0), pct(&lat, 99.0)));
-                for (i, (name, proto, url)) in targets.iter().enumerate() {
-                    let r = peers.client(proto, url, &token, "echo", Path::new(""), args.keys)?;
-                    let p = (
-                        r["p50_ms"].as_f64().unwrap_or_default(),
-                        r["p99_ms"].as_f64().unwrap_or_default(),
-                    );
+                for (i, (name, client)) in clients.iter().enumerate() {
+                    let p = match client {
+                        Client::Rust(g) => {
+                            let mut lat = echo_latency(g, args.keys).await?;
+                            lat.sort_by(f64::total_cmp);
+                            (pct(&lat, 50.0), pct(&lat, 99.0))
+                        }
+                        Client::Node(proto, url, token, _) => {
+                            let r = peers.client(
+                                proto,
+                                url,
+                                token,
+                                "echo",
+                                Path::new(""),
+                                args.keys,
+                            )?;
+                            (
+                                r["p50_ms"].as_f64().unwrap_or_default(),
+                                r["p99_ms"].as_f64().unwrap_or_default(),
+                            )
+                        }
+                    };
                     eprintln!("  {name}: p50 {:.3} ms, p99 {:.3} ms", p.0, p.1);
-                    echo[i + 1].push(p);
+                    echo[i].push(p);
                 }
             }
         }
         if let Some(file) = &file {
             std::fs::remove_file(file)?;
+            if let Some((b, _)) = &base {
+                std::fs::remove_file(b.project_dir("bench").join("big.txt"))?;
+            }
         }
         let load = format!(
             "Load average (1/5/15 min) before the terminal parts: {load0}; after: {}. {}\n",
@@ -394,16 +479,21 @@ async fn main() -> Result<()> {
                  opens a session running `cat big.txt` and times the session frame to the exit frame. The node client \
                  (`bench/gateway/term-client.mjs`, one message at a time as a page reads them) types \
                  `cat FILE; echo __DO\"\"NE__` into `bash --norc --noprofile` and times the keystroke to the marker.\n\n\
-                 | client → server | MB/s per round | median |\n|---|---|---|\n",
+                 The last column is the CPU time the server side spent during the run (user + system, from \
+                 `/proc`: the gateway and its agent, or the peer's process; not the shell, `cat` or the kernel's \
+                 PTY work, which are the same for all).\n\n\
+                 | client → server | MB/s per round | median | server CPU s per run |\n|---|---|---|---|\n",
                 args.terminal_mb,
                 args.terminal_mb * 1_010_000,
             );
-            for (name, v) in names.iter().zip(&mbs) {
+            for ((name, v), c) in names.iter().zip(&mbs).zip(&cpu) {
                 let rounds: Vec<String> = v.iter().map(|x| format!("{x:.1}")).collect();
+                let c: Vec<String> = c.iter().map(|x| format!("{x:.2}")).collect();
                 t.push_str(&format!(
-                    "| {name} | {} | **{:.1}** |\n",
+                    "| {name} | {} | **{:.1}** | {} |\n",
                     rounds.join(" / "),
-                    med(v)
+                    med(v),
+                    c.join(" / "),
                 ));
             }
             if let (Some(node), Some(wetty)) = (
@@ -503,6 +593,15 @@ impl Drop for Nginx {
             .status();
         let _ = self.0.wait();
     }
+}
+
+/// A terminal client of the terminal parts: this crate's, against a
+/// gateway; or the node one, with its protocol, URL and token.
+enum Client<'a> {
+    Rust(&'a Gateway),
+    /// Protocol, URL, token, and which copy of the file to `cat` (each
+    /// gateway's shells run as its project's own user).
+    Node(&'static str, String, String, Option<PathBuf>),
 }
 
 /// A peer server started for the terminal parts, stopped (SIGTERM, then
@@ -685,6 +784,24 @@ async fn wait_port(port: u16) -> Result<()> {
         },
     )
     .await
+}
+
+/// User + system CPU seconds of these processes (all their threads).
+fn cpu_secs(pids: &[u32]) -> f64 {
+    // /proc counts in USER_HZ, 100 a second on Linux.
+    let tick = 100.0;
+    pids.iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .filter_map(|stat| {
+            // Fields after the command name, which may hold spaces: utime
+            // and stime are the 14th and 15th of the whole line.
+            let rest = stat.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let u: f64 = f.get(11)?.parse().ok()?;
+            let s: f64 = f.get(12)?.parse().ok()?;
+            Some((u + s) / tick)
+        })
+        .sum()
 }
 
 /// `/proc/loadavg`'s three averages.
