@@ -368,6 +368,12 @@ async fn main() -> Result<()> {
                 ),
             ));
         }
+        if file.is_some() {
+            clients.push((
+                "no server: `cat` on a PTY, read by a Rust loop (the floor)".into(),
+                Client::Floor,
+            ));
+        }
         let names: Vec<String> = clients.iter().map(|(n, _)| n.clone()).collect();
         // The server side of each client's target, for the CPU time it spends
         // on a run: the gateway and its agent, or the peer's process.
@@ -383,7 +389,9 @@ async fn main() -> Result<()> {
         let servers: Vec<Vec<u32>> = names
             .iter()
             .map(|n| {
-                if n.contains("wetty") {
+                if n.starts_with("no server") {
+                    Vec::new()
+                } else if n.contains("wetty") {
                     peers.wetty.iter().map(|p| p.child.id()).collect()
                 } else if n.contains("terminado") {
                     peers.terminado.iter().map(|p| p.child.id()).collect()
@@ -404,6 +412,13 @@ async fn main() -> Result<()> {
                 for (i, (name, client)) in clients.iter().enumerate() {
                     let cpu0 = cpu_secs(&servers[i]);
                     let v = match client {
+                        Client::Floor => {
+                            let file = project_dir.join("big.txt");
+                            let (bytes, secs) =
+                                tokio::task::spawn_blocking(move || bare_pty(&file)).await??;
+                            eprintln!("  {name}: {:.1} MB/s", bytes as f64 / 1e6 / secs);
+                            bytes as f64 / 1e6 / secs
+                        }
                         Client::Rust(g) => {
                             let (bytes, secs) = terminal_throughput(g, "cat big.txt").await?;
                             eprintln!("  {name}: {:.1} MB/s", bytes as f64 / 1e6 / secs);
@@ -431,6 +446,7 @@ async fn main() -> Result<()> {
                 eprintln!("== keystroke echo, round {round}");
                 for (i, (name, client)) in clients.iter().enumerate() {
                     let p = match client {
+                        Client::Floor => continue,
                         Client::Rust(g) => {
                             let mut lat = echo_latency(g, args.keys).await?;
                             lat.sort_by(f64::total_cmp);
@@ -479,6 +495,9 @@ async fn main() -> Result<()> {
                  opens a session running `cat big.txt` and times the session frame to the exit frame. The node client \
                  (`bench/gateway/term-client.mjs`, one message at a time as a page reads them) types \
                  `cat FILE; echo __DO\"\"NE__` into `bash --norc --noprofile` and times the keystroke to the marker.\n\n\
+                 The floor row is `cat` on a PTY of the bench's own, read in 64 KiB reads by a plain loop: \
+                 no server, no socket, no client (a PTY read gives at most 4 KiB, and each refill of the \
+                 terminal's 4 KiB buffer is a hand-off through a kernel worker).\n\n\
                  The last column is the CPU time the server side spent during the run (user + system, from \
                  `/proc`: the gateway and its agent, or the peer's process; not the shell, `cat` or the kernel's \
                  PTY work, which are the same for all).\n\n\
@@ -488,7 +507,11 @@ async fn main() -> Result<()> {
             );
             for ((name, v), c) in names.iter().zip(&mbs).zip(&cpu) {
                 let rounds: Vec<String> = v.iter().map(|x| format!("{x:.1}")).collect();
-                let c: Vec<String> = c.iter().map(|x| format!("{x:.2}")).collect();
+                let c: Vec<String> = if name.starts_with("no server") {
+                    vec!["–".into()]
+                } else {
+                    c.iter().map(|x| format!("{x:.2}")).collect()
+                };
                 t.push_str(&format!(
                     "| {name} | {} | **{:.1}** | {} |\n",
                     rounds.join(" / "),
@@ -519,7 +542,7 @@ async fn main() -> Result<()> {
                  | client → server | p50 per round (ms) | p99 per round (ms) | median p50 |\n|---|---|---|---|\n",
                 args.keys,
             );
-            for (name, v) in names.iter().zip(&echo) {
+            for (name, v) in names.iter().zip(&echo).filter(|(_, v)| !v.is_empty()) {
                 let p50: Vec<String> = v.iter().map(|x| format!("{:.3}", x.0)).collect();
                 let p99: Vec<String> = v.iter().map(|x| format!("{:.3}", x.1)).collect();
                 let m: Vec<f64> = v.iter().map(|x| x.0).collect();
@@ -598,6 +621,9 @@ impl Drop for Nginx {
 /// A terminal client of the terminal parts: this crate's, against a
 /// gateway; or the node one, with its protocol, URL and token.
 enum Client<'a> {
+    /// No server: `cat` on a PTY of this process, read by a plain loop
+    /// (the floor the kernel's PTY sets on this machine).
+    Floor,
     Rust(&'a Gateway),
     /// Protocol, URL, token, and which copy of the file to `cat` (each
     /// gateway's shells run as its project's own user).
@@ -784,6 +810,49 @@ async fn wait_port(port: u16) -> Result<()> {
         },
     )
     .await
+}
+
+/// `cat file` on a PTY of its own, its master read in 64 KiB reads until
+/// the end of output: the bytes and seconds from the spawn. No server, no
+/// socket, no client: what the kernel's PTY gives on this machine.
+fn bare_pty(file: &Path) -> Result<(usize, f64)> {
+    use std::io::Read as _;
+    let pair = portable_pty::native_pty_system()
+        .openpty(portable_pty::PtySize {
+            rows: 24,
+            cols: 80,
+            pixel_width: 0,
+            pixel_height: 0,
+        })
+        .map_err(|e| anyhow::anyhow!("openpty: {e:#}"))?;
+    let mut reader = pair
+        .master
+        .try_clone_reader()
+        .map_err(|e| anyhow::anyhow!("pty reader: {e:#}"))?;
+    let mut cmd = portable_pty::CommandBuilder::new("cat");
+    cmd.arg(file);
+    let t0 = Instant::now();
+    let mut child = pair
+        .slave
+        .spawn_command(cmd)
+        .map_err(|e| anyhow::anyhow!("spawn cat: {e:#}"))?;
+    // Our copy of the slave must close, or the read never ends.
+    drop(pair.slave);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut bytes = 0;
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => bytes += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            // EIO once `cat` exited and closed the terminal.
+            Err(_) => break,
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let status = child.wait()?;
+    anyhow::ensure!(status.success(), "cat on a pty: {status:?}");
+    Ok((bytes, secs))
 }
 
 /// User + system CPU seconds of these processes (all their threads).
