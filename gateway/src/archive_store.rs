@@ -171,16 +171,25 @@ impl ArchiveStore {
     }
 
     /// Removes the temporary files of folder puts that never finished (the
-    /// gateway was killed): those older than this call whose writer is gone
-    /// (a live writer holds a lock on its file, whichever process it is).
-    /// Answers how many were removed; an S3 store has none (a PUT is whole
-    /// or absent).
-    pub async fn sweep_temporaries(&self) -> Result<usize> {
+    /// gateway was killed): those written before `before` whose writer is
+    /// gone (a live writer holds a lock on its file, whichever process it
+    /// is), in the whole folder or only under `project`'s prefix. Answers
+    /// how many were removed; an S3 store has none (a PUT is whole or
+    /// absent). The start-up recovery sweeps everything; the snapshot GC
+    /// sweeps each project it collects.
+    pub async fn sweep_temporaries(
+        &self,
+        project: Option<&str>,
+        before: std::time::SystemTime,
+    ) -> Result<usize> {
         let Kind::Folder(dir) = &self.kind else {
             return Ok(0);
         };
-        let (dir, before) = (dir.clone(), std::time::SystemTime::now());
-        tokio::task::spawn_blocking(move || sweep_dir(&dir, before, 0))
+        let (dir, depth) = match project {
+            Some(p) => (dir.join(self.project_prefix(p)), 1),
+            None => (dir.clone(), 0),
+        };
+        tokio::task::spawn_blocking(move || sweep_dir(&dir, before, depth))
             .await
             .map_err(Error::internal)
     }

@@ -309,7 +309,13 @@ async fn collection_removes_old_orphans_only() {
     for f in [&old_pack, &young_pack, &old_manifest, &old_temp] {
         std::fs::write(f, b"orphan").unwrap();
     }
-    for f in [&old_pack, &old_manifest, &old_temp] {
+    // An old temporary file a writer still holds (its lock, as a slow put
+    // on another replica sharing the folder would) stays.
+    let held_temp = dir.join("packs/.4567.tmp");
+    std::fs::write(&held_temp, b"being written").unwrap();
+    let writer = std::fs::File::open(&held_temp).unwrap();
+    writer.lock().unwrap();
+    for f in [&old_pack, &old_manifest, &old_temp, &held_temp] {
         age(f, Duration::from_secs(3600));
     }
     let gone = [&old_pack, &old_manifest, &old_temp];
@@ -318,6 +324,11 @@ async fn collection_removes_old_orphans_only() {
     })
     .await;
     assert!(young_pack.exists(), "a pack younger than the grace stays");
+    assert!(
+        held_temp.exists(),
+        "a temporary file its writer holds stays"
+    );
+    drop(writer);
     for p in &referenced {
         assert!(p.exists(), "{} is referenced", p.display());
     }

@@ -63,7 +63,11 @@ pub async fn reconcile(state: AppState) {
 
 /// The folder archive store's temporary files of puts cut short.
 async fn sweep(state: AppState) {
-    match state.archives.sweep_temporaries().await {
+    match state
+        .archives
+        .sweep_temporaries(None, std::time::SystemTime::now())
+        .await
+    {
         Ok(0) => {}
         Ok(n) => tracing::info!(
             removed = n,

@@ -326,8 +326,9 @@ async fn prune(state: &AppState, id: &str) {
 }
 
 /// Removes the project's packs that no recorded snapshot references, the
-/// manifests no version records, and temporary files of writes cut short,
-/// each only once it is older than `--snapshot-gc-grace`. The references
+/// manifests no version records, and temporary files of folder writes cut
+/// short that no writer holds, each only once it is older than
+/// `--snapshot-gc-grace`. The references
 /// are read now, under the caller's lock of the project; when one recorded
 /// manifest cannot be read, nothing is removed. Answers how many objects
 /// went.
@@ -352,17 +353,11 @@ pub async fn collect(state: &AppState, id: &str) -> Result<usize> {
         let Some(rest) = key.strip_prefix(&prefix) else {
             continue;
         };
-        let temporary = |name: &str| name.starts_with('.') && name.ends_with(".tmp");
+        // Anything else (a folder put's temporary file) is the sweep's, below.
         let dead = if let Some(name) = rest.strip_prefix("packs/") {
-            match Id::parse(name) {
-                Ok(pack) => !live.contains(&pack),
-                Err(_) => temporary(name),
-            }
+            Id::parse(name).is_ok_and(|pack| !live.contains(&pack))
         } else if let Some(name) = rest.strip_prefix("snapshots/") {
-            match Id::parse(name) {
-                Ok(_) => !recorded.contains(&key),
-                Err(_) => temporary(name),
-            }
+            Id::parse(name).is_ok() && !recorded.contains(&key)
         } else {
             false
         };
@@ -372,6 +367,10 @@ pub async fn collect(state: &AppState, id: &str) -> Result<usize> {
             removed += 1;
         }
     }
+    // Temporary files of folder puts cut short, past the grace and held by
+    // no writer (the same sweep as at start-up, for this project only).
+    let before = now.checked_sub(grace).unwrap_or(SystemTime::UNIX_EPOCH);
+    removed += state.archives.sweep_temporaries(Some(id), before).await?;
     Ok(removed)
 }
 
