@@ -10,7 +10,6 @@ mod error;
 mod fs;
 mod git;
 pub mod init;
-mod pause;
 mod process;
 mod snapshot;
 mod watch;

@@ -362,7 +362,7 @@ fn write_atomic(path: &Path, body: &[u8]) -> Result<()> {
             .map_err(std::io::Error::from)?;
         f.write_all(body)?;
         f.sync_all()?;
-        crate::pause::at_blocking("archive-rename");
+        devgate_pause::at_blocking("archive-rename");
         std::fs::rename(&tmp, path)?;
         if let Ok(d) = std::fs::File::open(parent) {
             let _ = d.sync_all();

@@ -17,7 +17,6 @@ pub mod lease;
 pub mod lifecycle;
 pub mod local_files;
 pub mod metrics;
-pub mod pause;
 pub mod preview;
 pub mod runtime;
 pub mod s3;

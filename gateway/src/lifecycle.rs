@@ -288,7 +288,7 @@ async fn restore(state: &AppState, p: &mut Project, wanted: Option<&str>) -> Res
         .observe(elapsed.as_secs_f64());
     match result {
         Ok(restored) => {
-            crate::pause::at("restore-files").await;
+            devgate_pause::at("restore-files").await;
             for mut c in state.store.list_containers(&id).await? {
                 if c.status != ContainerStatus::Stopped {
                     c.status = ContainerStatus::Stopped;
@@ -405,7 +405,7 @@ pub async fn hibernate_unless_busy(
             return Err(e);
         }
     };
-    crate::pause::at("hibernate-quiesce").await;
+    devgate_pause::at("hibernate-quiesce").await;
     if let Err(e) = quiesce(state, id).await {
         tracing::error!(project = id, error = %crate::error::Chain(&e), "cannot stop the project's processes; the project stays active");
         drop(writes);
@@ -487,7 +487,7 @@ pub async fn hibernate_unless_busy(
         uploaded_bytes: taken.uploaded_bytes,
     };
     state.store.add_archive(&archive).await?;
-    crate::pause::at("hibernate-record").await;
+    devgate_pause::at("hibernate-record").await;
     state
         .metrics
         .archive_bytes
@@ -500,7 +500,7 @@ pub async fn hibernate_unless_busy(
     // from the archive into a clean environment rather than trusting a
     // half-removed folder.
     set_status(state, &mut p, ProjectStatus::Hibernated).await?;
-    crate::pause::at("hibernate-teardown").await;
+    devgate_pause::at("hibernate-teardown").await;
     progress(
         state,
         id,

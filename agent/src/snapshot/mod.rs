@@ -259,7 +259,7 @@ async fn run_create(
                 .buffer_unordered(TRANSFERS)
                 .try_collect::<Vec<()>>()
                 .await?;
-            crate::pause::at("snapshot-upload").await;
+            devgate_pause::at("snapshot-upload").await;
         }
         Ok::<_, Error>((uploaded, count))
     };
@@ -356,7 +356,7 @@ async fn run_restore(
             .map(|(i, url)| fetch_pack(id, staging.clone(), manifest.clone(), i, url))
             .buffer_unordered(TRANSFERS)
             .try_fold(0usize, |written, n| async move {
-                crate::pause::at("restore-download").await;
+                devgate_pause::at("restore-download").await;
                 Ok(written + n)
             });
         let ((), written) = futures::try_join!(ask, download)?;

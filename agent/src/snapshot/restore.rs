@@ -235,7 +235,7 @@ fn move_in(root: &Dir, s: &Staging, m: &Manifest) -> Result<()> {
                 format!("cannot move {} into place: {err}", e.path.display()),
             ))
         })?;
-        crate::pause::at_blocking("restore-commit");
+        devgate_pause::at_blocking("restore-commit");
     }
     for e in m.entries.iter().rev() {
         if e.kind == Kind::Dir && e.is_top_level() {

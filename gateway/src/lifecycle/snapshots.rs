@@ -71,7 +71,7 @@ pub(super) async fn take_snapshot(
     let budget = Budget::new(state.config.snapshot_max_bytes);
     let sign = |packs| sign_packs(state, id, Method::Put, packs, Scope::Create(&budget)).boxed();
     let (done, manifest) = client.snapshot_create(prev, &sign).await?;
-    crate::pause::at("hibernate-verify").await;
+    devgate_pause::at("hibernate-verify").await;
     progress(state, id, "verify", "checking the snapshot in the store");
     let sid = Id::parse(&done.id)
         .map_err(|e| Error::internal(format!("the agent's snapshot id: {e}")))?;
@@ -101,7 +101,7 @@ pub(super) async fn take_snapshot(
             "manifest {key} reads back differently"
         )));
     }
-    crate::pause::at("hibernate-manifest").await;
+    devgate_pause::at("hibernate-manifest").await;
     let (files, bytes) = m.totals();
     Ok(Taken {
         id: done.id,
