@@ -248,6 +248,51 @@ fn base_and_overlays_render_to_valid_objects() {
     }
 }
 
+/// Production previews are flat hosts (one label under the preview domain),
+/// so the one wildcard certificate on the Ingress covers every preview, and
+/// the Ingress routes that wildcard, not every host, to the gateway.
+#[test]
+fn production_previews_get_one_wildcard_certificate() {
+    let prod = render("overlays/production");
+    let cm = &find(&prod, "ConfigMap", "devgate-gateway")["data"];
+    assert_eq!(cm["GATEWAY_PREVIEW_HOST_STYLE"], "flat");
+    let domain = cm["GATEWAY_PREVIEW_DOMAIN"].as_str().unwrap();
+    let wildcard = format!("*.{domain}");
+    let ingress = &find(&prod, "Ingress", "devgate-gateway")["spec"];
+    let tls = ingress["tls"].as_array().unwrap();
+    let preview_tls = tls
+        .iter()
+        .find(|t| {
+            t["hosts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|h| h == &wildcard)
+        })
+        .unwrap_or_else(|| panic!("no TLS entry covers {wildcard}: {tls:?}"));
+    assert!(
+        preview_tls["secretName"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty())
+    );
+    let rules = ingress["rules"].as_array().unwrap();
+    assert!(
+        rules.iter().any(|r| r["host"] == wildcard),
+        "no rule for {wildcard}: {rules:?}"
+    );
+    // Every rule names a host that a TLS entry covers: no plain-HTTP catch-all.
+    for r in rules {
+        let host = r["host"]
+            .as_str()
+            .unwrap_or_else(|| panic!("a rule without a host: {r}"));
+        assert!(
+            tls.iter()
+                .any(|t| t["hosts"].as_array().unwrap().iter().any(|h| h == host)),
+            "{host} has no certificate"
+        );
+    }
+}
+
 /// Every variable the gateway reads, from its own flag definitions.
 fn gateway_variables() -> Vec<String> {
     gateway::Config::command()
