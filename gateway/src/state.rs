@@ -7,13 +7,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
-use tokio::sync::broadcast;
 
 use crate::agent_client::{AgentClient, AgentPool};
 use crate::archive_store::ArchiveStore;
 use crate::auth::Keys;
 use crate::config::Config;
 use crate::error::{Error, Result};
+pub use crate::events::{Events, ProjectEvent, head_and_tail};
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
 use crate::store::{CommandLogEntry, Container, Project, ProjectStatus, Store};
@@ -194,33 +194,6 @@ impl AppState {
         let project = entry.project.clone();
         self.emit(&project, "log", &entry);
     }
-}
-
-/// `text` cut to at most `cap` bytes: its first and last halves around a
-/// line saying how much was left out (cuts fall on character boundaries);
-/// `true` when something was cut.
-pub fn head_and_tail(text: &str, cap: usize) -> (String, bool) {
-    if text.len() <= cap {
-        return (text.to_owned(), false);
-    }
-    let half = cap / 2;
-    let mut head = half;
-    while !text.is_char_boundary(head) {
-        head -= 1;
-    }
-    let mut tail = text.len() - half;
-    while !text.is_char_boundary(tail) {
-        tail += 1;
-    }
-    let cut = tail - head;
-    (
-        format!(
-            "{}\n[... {cut} bytes left out ...]\n{}",
-            &text[..head],
-            &text[tail..]
-        ),
-        true,
-    )
 }
 
 /// The write gate of every project: see [`AppState::write_gates`]. Two
@@ -438,41 +411,6 @@ impl StatusCache {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(project);
-    }
-}
-
-/// One server-sent event of a project.
-#[derive(Debug, Clone, Serialize)]
-pub struct ProjectEvent {
-    /// SSE event name: `status`, `progress` or `log`.
-    pub event: String,
-    pub data: serde_json::Value,
-}
-
-/// Per-project broadcast of [`ProjectEvent`]s.
-#[derive(Clone, Default)]
-pub struct Events {
-    channels: Arc<Mutex<HashMap<String, broadcast::Sender<ProjectEvent>>>>,
-}
-
-impl Events {
-    /// Subscribes to a project's events.
-    pub fn subscribe(&self, project: &str) -> broadcast::Receiver<ProjectEvent> {
-        let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(project.to_owned())
-            .or_insert_with(|| broadcast::channel(256).0)
-            .subscribe()
-    }
-
-    /// Sends to current subscribers; none is fine.
-    pub fn send(&self, project: &str, event: ProjectEvent) {
-        let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(tx) = map.get(project)
-            && tx.send(event).is_err()
-        {
-            // Nobody listens any more: drop the channel.
-            map.remove(project);
-        }
     }
 }
 

@@ -6,6 +6,7 @@
 pub mod devserver;
 pub mod gateway;
 pub mod postgres;
+pub mod sse;
 
 pub use http::{Fetch, error_of, expect_error};
 mod http;

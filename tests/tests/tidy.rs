@@ -240,6 +240,20 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
     ("tls", &["*"]),
     ("agent_types", &["*"]),
     ("activity", &["*"]),
+    (
+        "events",
+        &[
+            "runtime",
+            "state",
+            "lifecycle",
+            "idle",
+            "preview",
+            "api",
+            "auth",
+            "agent_client",
+            "server",
+        ],
+    ),
     ("metrics", &["*except error"]),
     (
         "store",
