@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use futures::StreamExt as _;
 use serde_json::{Value, json};
 use tests::Fetch as _;
 use tests::gateway::Gateway;
