@@ -444,6 +444,59 @@ fn images_run_as_non_root_and_e2e_script_parses() {
     );
 }
 
+/// The images build for amd64 and arm64: each Rust build stage takes its
+/// target from BuildKit's `TARGETARCH` through `rust-target.sh`, which maps
+/// both architectures (and refuses others), and no triple is written in.
+#[test]
+fn images_build_for_amd64_and_arm64() {
+    let script = k8s_dir().join("images/rust-target.sh");
+    let run = |arch: &str| {
+        let out = std::process::Command::new("sh")
+            .arg(&script)
+            .arg(arch)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        )
+    };
+    assert_eq!(run("amd64"), (true, "x86_64-unknown-linux-musl".to_owned()));
+    assert_eq!(
+        run("arm64"),
+        (true, "aarch64-unknown-linux-musl".to_owned())
+    );
+    assert!(
+        !run("s390x").0,
+        "an architecture without a build is refused"
+    );
+    // No argument (the classic builder sets no TARGETARCH): this machine's.
+    let own = run("");
+    assert!(own.0 && own.1.ends_with("-unknown-linux-musl"), "{own:?}");
+    for name in ["gateway", "agent", "dev"] {
+        let text =
+            std::fs::read_to_string(k8s_dir().join(format!("images/{name}.Dockerfile"))).unwrap();
+        assert!(
+            !text.contains("x86_64") && !text.contains("aarch64"),
+            "{name}: a target triple written in"
+        );
+        let build = text
+            .split("\nFROM ")
+            .find(|stage| stage.starts_with("rust:"))
+            .unwrap_or_else(|| panic!("{name}: no Rust build stage"));
+        assert!(build.contains("ARG TARGETARCH"), "{name}");
+        assert!(
+            build.contains("rustup target add \"$(rust-target \"$TARGETARCH\")\""),
+            "{name}: the target is not added for TARGETARCH"
+        );
+        assert!(
+            build.contains("--target \"$target\"")
+                && build.contains("target=\"$(rust-target \"$TARGETARCH\")\""),
+            "{name}: cargo does not build for TARGETARCH"
+        );
+    }
+}
+
 #[test]
 fn an_admission_policy_confines_the_gateway_to_devgate_namespaces() {
     for overlay in ["base", "overlays/minikube", "overlays/production"] {
