@@ -19,6 +19,7 @@ pub mod lifecycle;
 pub mod local_files;
 pub mod metrics;
 pub mod preview;
+pub mod preview_state;
 pub mod runtime;
 pub mod s3;
 pub mod server;
@@ -209,7 +210,7 @@ pub async fn build_state_with(
         None => events::Events::default(),
     };
     Ok(AppState {
-        preview: Arc::new(preview::PreviewState::new(&metrics)),
+        preview: Arc::new(preview_state::PreviewState::new(&metrics)),
         metrics,
         config: Arc::new(config.clone()),
         keys: auth::Keys::new(&secret, config.max_token_ttl),

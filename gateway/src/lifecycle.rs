@@ -698,3 +698,19 @@ pub async fn start_container(
         }
     }
 }
+
+/// Makes sure a project is active, restoring it first when it is
+/// hibernated (terminals and previews wake their project). Other states
+/// answer 409 `project_not_active`; an unknown project 404.
+pub async fn ensure_active(state: &AppState, project: &str) -> Result<()> {
+    let p = state.project(project).await?;
+    match p.status {
+        ProjectStatus::Active => Ok(()),
+        ProjectStatus::Hibernated => {
+            tracing::info!(project, "waking a hibernated project");
+            open(state, project).await?;
+            Ok(())
+        }
+        _ => Err(Error::ProjectNotActive(project.to_owned())),
+    }
+}

@@ -50,7 +50,7 @@ pub struct AppState {
     /// loop and GC.
     pub leader: Arc<std::sync::atomic::AtomicBool>,
     /// The preview proxy's pool, caches, wake limits and share links in use.
-    pub preview: Arc<crate::preview::PreviewState>,
+    pub preview: Arc<crate::preview_state::PreviewState>,
 }
 
 /// The token extractors (`auth::Claims`, `auth::QueryClaims`) take the keys
