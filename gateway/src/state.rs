@@ -51,6 +51,9 @@ pub struct AppState {
     pub leader: Arc<std::sync::atomic::AtomicBool>,
     /// The preview proxy's pool, caches, wake limits and share links in use.
     pub preview: Arc<crate::preview_state::PreviewState>,
+    /// The snapshot collector's cache: each manifest's pack ids, by manifest
+    /// key (a key names its content's hash, so entries never go stale).
+    pub manifest_packs: Arc<Mutex<HashMap<String, Arc<Vec<devgate_snapshot::Id>>>>>,
 }
 
 /// The token extractors (`auth::Claims`, `auth::QueryClaims`) take the keys

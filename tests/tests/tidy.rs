@@ -6,6 +6,7 @@
 //!   has no `unwrap()`/`expect(`: errors are handled or carried;
 //! - `allow(deprecated)` states its reason (`reason = "..."`);
 //! - no product source file is longer than 800 lines;
+//! - the gateway keeps no state in process-wide statics (`AppState` holds it);
 //! - the gateway's modules import each other along the layering that
 //!   ARCHITECTURE.md states ("Layering"): no import against it, and no
 //!   cycle; files over the cap are listed below as debt, which may only
@@ -151,6 +152,49 @@ fn allow_deprecated_states_a_reason() {
         bad.is_empty(),
         "allow of deprecated items without a reason: {bad:#?}"
     );
+}
+
+/// The gateway keeps its state in `AppState` (built per gateway, so tests
+/// and replicas in one process never share it), not in process-wide
+/// statics. The statics it has, each with the reason it may stay.
+const GATEWAY_STATICS: &[(&str, &str)] = &[
+    // The global allocator is process-wide by nature.
+    ("gateway/src/main.rs", "ALLOC"),
+    // One S3 client (its connection pool) per process; it holds no project state.
+    ("gateway/src/s3.rs", "CLIENT"),
+];
+
+#[test]
+fn the_gateway_keeps_no_state_in_statics() {
+    let mut found = Vec::new();
+    for path in files_under(&["gateway"], "src") {
+        if is_test_module(&path) {
+            continue;
+        }
+        let text = read(&path);
+        for (_, line) in product_lines(&text) {
+            let t = line.trim_start();
+            let t = t.strip_prefix("pub ").unwrap_or(t);
+            if let Some(rest) = t.strip_prefix("static ") {
+                let name: String = rest
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                found.push((rel(&path), name));
+            }
+        }
+    }
+    let allowed: Vec<(String, String)> = GATEWAY_STATICS
+        .iter()
+        .map(|(f, n)| (f.to_string(), n.to_string()))
+        .collect();
+    let extra: Vec<_> = found.iter().filter(|s| !allowed.contains(s)).collect();
+    assert!(
+        extra.is_empty(),
+        "statics in the gateway (keep state in AppState): {extra:#?}"
+    );
+    let gone: Vec<_> = allowed.iter().filter(|s| !found.contains(s)).collect();
+    assert!(gone.is_empty(), "listed statics that are gone: {gone:#?}");
 }
 
 /// Files over the cap today, each with the length it may not pass, to be

@@ -12,8 +12,8 @@
 //! a step whose replica stalled past its lease.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use chrono::Utc;
@@ -374,17 +374,20 @@ pub async fn collect(state: &AppState, id: &str) -> Result<usize> {
     Ok(removed)
 }
 
-/// Manifests' pack ids, by manifest key. A manifest's key names its
-/// content's hash, so an entry never goes stale; the map is emptied when
-/// it grows past this many.
+/// How many manifests' pack ids [`AppState::manifest_packs`] keeps. A
+/// manifest's key names its content's hash, so an entry never goes stale;
+/// the map is emptied when it grows past this many.
 const PACKS_CACHED: usize = 4096;
-type PackCache = Mutex<HashMap<String, Arc<Vec<Id>>>>;
-static PACKS: LazyLock<PackCache> = LazyLock::new(Mutex::default);
 
 /// The packs snapshot `sid` (manifest at `key`) references, read and
 /// checked once per process.
 async fn packs_of(state: &AppState, key: &str, sid: &str) -> Result<Arc<Vec<Id>>> {
-    let cache = || PACKS.lock().unwrap_or_else(|p| p.into_inner());
+    let cache = || {
+        state
+            .manifest_packs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    };
     if let Some(p) = cache().get(key) {
         return Ok(p.clone());
     }
