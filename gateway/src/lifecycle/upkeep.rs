@@ -55,30 +55,21 @@ async fn snapshot_locked(
             "the project's lease was lost during the snapshot".into(),
         ));
     }
-    let (exit_code, stdout, stderr) = match &result {
-        Ok(t) => (
-            0,
-            format!(
-                "snapshot {}: {} files, {} bytes, {} bytes uploaded",
-                t.id, t.files, t.bytes, t.uploaded_bytes
-            ),
-            String::new(),
-        ),
-        Err(e) => (1, String::new(), e.to_string()),
-    };
     state
-        .log_command(CommandLogEntry {
-            id: 0,
-            truncated: false,
-            project: id.to_owned(),
-            ts: Utc::now(),
-            label: "snapshot".into(),
-            command: format!("snapshot version {version} ({reason})"),
-            exit_code: Some(exit_code),
-            duration_ms: t0.elapsed().as_millis() as u64,
-            stdout,
-            stderr,
-        })
+        .log_command(
+            CommandLogEntry::new(
+                id,
+                "snapshot",
+                format!("snapshot version {version} ({reason})"),
+            )
+            .took(t0.elapsed())
+            .outcome(&result, |t| {
+                format!(
+                    "snapshot {}: {} files, {} bytes, {} bytes uploaded",
+                    t.id, t.files, t.bytes, t.uploaded_bytes
+                )
+            }),
+        )
         .await;
     let taken = result?;
     let v = ArchiveVersion {

@@ -437,10 +437,7 @@ async fn wake_or_refuse(
                 }
             }
             crate::lifecycle::ensure_active(state, p).await?;
-            {
-                let _guard = state.locks.lock(p).await?;
-                crate::lifecycle::start_container(state, p, c).await?;
-            }
+            crate::lifecycle::containers::start(state, p, c).await?;
             let route = state
                 .runtime
                 .container_route(p, c, port)
