@@ -224,8 +224,7 @@ impl WriteGates {
     }
 
     fn gate(&self, project: &str) -> Arc<tokio::sync::RwLock<()>> {
-        let mut map = self.gates.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(project.to_owned()).or_default().clone()
+        per_project(&self.gates, project)
     }
 
     /// Held by a request that changes files. While a hibernation (on any
@@ -452,8 +451,7 @@ impl ProjectLocks {
     }
 
     fn local(&self, project: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut map = self.locks.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(project.to_owned()).or_default().clone()
+        per_project(&self.locks, project)
     }
 
     /// Waits for the project's lock.
@@ -483,6 +481,23 @@ impl ProjectLocks {
     }
 }
 
+/// Past this many entries, a per-project lock map drops the locks nobody
+/// holds or waits for, so the maps do not grow with every project ever
+/// touched (deleted ones included).
+const PRUNE_AT: usize = 1024;
+
+/// The project's entry of a map of per-project locks, made when missing.
+/// An entry only the map holds (no guard, no waiter: both hold a clone) is
+/// free to drop: whoever comes next makes a new one, and nobody can hold
+/// the old one.
+fn per_project<T: Default>(map: &Mutex<HashMap<String, Arc<T>>>, project: &str) -> Arc<T> {
+    let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+    if map.len() >= PRUNE_AT && !map.contains_key(project) {
+        map.retain(|_, lock| Arc::strong_count(lock) > 1);
+    }
+    map.entry(project.to_owned()).or_default().clone()
+}
+
 /// The store lease of a project's lock.
 pub fn lease_name(project: &str) -> String {
     format!("project:{project}")
@@ -503,6 +518,24 @@ mod tests {
         // Never inside a character: é is two bytes.
         let (cut, _) = head_and_tail(&"é".repeat(50), 11);
         assert!(cut.starts_with("éé\n") && cut.ends_with("\néé"), "{cut}");
+    }
+
+    #[tokio::test]
+    async fn per_project_locks_do_not_grow_without_bound() {
+        let map: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>> = Mutex::default();
+        // Held ones stay (with their identity), free ones go once the map is full.
+        let held = per_project(&map, "held").lock_owned().await;
+        for i in 0..3 * PRUNE_AT {
+            let _guard = per_project(&map, &format!("p{i}")).lock_owned().await;
+        }
+        let len = map.lock().unwrap().len();
+        assert!(len <= PRUNE_AT + 1, "{len}");
+        assert!(
+            per_project(&map, "held").try_lock().is_err(),
+            "a held lock was dropped"
+        );
+        drop(held);
+        assert!(per_project(&map, "held").try_lock().is_ok());
     }
 
     #[test]
