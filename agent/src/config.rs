@@ -73,6 +73,51 @@ pub struct Config {
     /// gateway's child process in the local runtime.
     #[arg(long, env = "AGENT_DIE_WITH_PARENT")]
     pub die_with_parent: bool,
+
+    /// A dev server to run from the start as a managed background process
+    /// (`sh -c COMMAND`, in its own process group, output in the process's
+    /// log, stopped with the agent): how the agent that is PID 1 of a
+    /// Kubernetes dev pod runs the container's start command. It gets the
+    /// agent's environment minus `AGENT_*` and `AWS_*`, like every child.
+    #[arg(long, env = "AGENT_START", value_name = "COMMAND")]
+    pub start: Option<String>,
+
+    /// The background-process name of --start (clients read its logs and
+    /// state by this name).
+    #[arg(long, env = "AGENT_START_NAME", default_value = "dev")]
+    pub start_name: String,
+
+    /// The working directory of --start, relative to --root.
+    #[arg(long, env = "AGENT_START_CWD", default_value = "")]
+    pub start_cwd: String,
+
+    /// Copy this executable to PATH (mode 0755, atomically) and exit: the
+    /// init-container step that puts the static agent into a dev pod's
+    /// emptyDir, so the agent runs in any image.
+    #[arg(long, env = "AGENT_COPY_TO", value_name = "PATH")]
+    pub copy_to: Option<PathBuf>,
+}
+
+/// Copies the running executable to `to` (through a temporary file beside
+/// it, renamed into place, so a reader never sees half a binary).
+pub fn copy_self(to: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let exe = std::env::current_exe().context("cannot find the agent executable")?;
+    let dir = to
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let tmp = dir.join(format!(".agent-copy-{}", std::process::id()));
+    let copied = std::fs::copy(&exe, &tmp)
+        .and_then(|_| std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)))
+        .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, to));
+    if let Err(error) = copied {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(error)
+            .with_context(|| format!("cannot copy {} to {}", exe.display(), to.display()));
+    }
+    Ok(())
 }
 
 impl Config {
@@ -160,6 +205,13 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
         .set_serving::<proto::v1::filesystem_server::FilesystemServer<crate::fs::FsService>>()
         .await;
 
+    let process = crate::process::ProcessService::new(state.clone());
+    if let Some(command) = &config.start {
+        process
+            .start_managed(&config.start_name, command, &config.start_cwd)
+            .with_context(|| format!("cannot start --start {command:?}"))?;
+    }
+
     let auth = Auth(Arc::from(format!("Bearer {token}")));
     let router = Server::builder()
         .tcp_nodelay(true)
@@ -173,7 +225,7 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
             ),
         )
         .add_service(proto::v1::process_server::ProcessServer::with_interceptor(
-            crate::process::ProcessService::new(state.clone()),
+            process,
             auth.clone(),
         ))
         .add_service(proto::v1::git_server::GitServer::with_interceptor(

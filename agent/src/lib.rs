@@ -1,7 +1,7 @@
 //! The agent: one gRPC server with the Filesystem, Process, Git, Archive,
 //! Snapshot and Health services over a directory root (the project volume). The library
-//! exposes only what `main.rs` needs: the config, tracing, the init and
-//! `serve`; every module is private, so the compiler reports dead code.
+//! exposes only what `main.rs` needs: the config, tracing, the init,
+//! `copy_self` (the init-container step) and `serve`; every module is private, so the compiler reports dead code.
 
 mod archive;
 mod cancel;
@@ -14,7 +14,7 @@ mod process;
 mod snapshot;
 mod watch;
 
-pub use config::{Config, init_tracing};
+pub use config::{Config, copy_self, init_tracing};
 
 use std::sync::Arc;
 

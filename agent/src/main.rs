@@ -19,6 +19,17 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::SUCCESS;
         }
     };
+    // The init-container step of a dev pod: copy, and nothing else (as PID 1
+    // of its container it must not become the init either).
+    if let Some(to) = &config.copy_to {
+        return match agent::copy_self(to) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("agent: {error:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     agent::init_tracing(&config);
     // Project files are made with the usual modes (the local gateway runs
     // with umask 077 and the agent inherits it).

@@ -409,3 +409,144 @@ async fn running_processes_are_limited() -> anyhow::Result<()> {
     f.start("b", "touch ran; sleep 300").await?;
     Ok(())
 }
+
+/// `--start`: the agent runs a dev server from its own start as the managed
+/// background process `--start-name`, in `--start-cwd`, with the agent's
+/// environment minus its `AGENT_*` (the token stays the agent's); its log
+/// reads by name; a stop ends the whole process group; and SIGTERM to the
+/// agent (a pod's stop) ends the group of the restarted server too.
+#[tokio::test]
+async fn the_start_flag_runs_a_dev_server_as_a_managed_process() -> anyhow::Result<()> {
+    let root = tempfile::tempdir()?;
+    std::fs::create_dir(root.path().join("web"))?;
+    // A grandchild that ignores SIGTERM: only a group kill reaches it.
+    let start = "(trap '' TERM; exec sleep 300) & echo $! > grandchild.pid; \
+                 echo \"port=$PORT token=${AGENT_TOKEN:-none} in=$(basename \"$PWD\")\"; wait";
+    let agent = tests::Agent::start_with_args(
+        root.path(),
+        &[("PORT".into(), "5173".into())],
+        &[
+            "--start",
+            start,
+            "--start-name",
+            "web",
+            "--start-cwd",
+            "web",
+        ],
+    )
+    .await?;
+    let mut f = Fixture {
+        client: ProcessClient::new(agent.channel().await?),
+        agent,
+        root,
+    };
+    let listed = f.list().await?;
+    let [web] = listed.as_slice() else {
+        panic!("one managed process: {listed:?}")
+    };
+    assert_eq!(web.name, "web");
+    assert!(web.running && web.pid > 0, "{web:?}");
+    let mut s = f.logs("web", 0, true).await?;
+    let (out, _) = read_log(&mut s, 0, Some("\n")).await?;
+    assert_eq!(
+        String::from_utf8(out)?,
+        "port=5173 token=none in=web\n",
+        "the agent's env without its own AGENT_* variables, in --start-cwd"
+    );
+    drop(s);
+    let grandchild = f.pid_file("web/grandchild.pid").await?;
+
+    // A stop ends the whole group (the grandchild ignores SIGTERM).
+    let stopped = f
+        .client
+        .stop_background(f.agent.req(StopBackgroundRequest {
+            name: "web".into(),
+            grace_ms: 300,
+        }))
+        .await?
+        .into_inner();
+    assert!(!stopped.running);
+    tests::eventually(WAIT, "the grandchild to die on stop", || async move {
+        gone(grandchild).then_some(())
+    })
+    .await?;
+
+    // Started again (as the gateway restarts a container), then SIGTERM to
+    // the agent: its shutdown ends the group before it exits.
+    std::fs::remove_file(f.root.path().join("web/grandchild.pid"))?;
+    f.start("web", &format!("cd web; {start}")).await?;
+    let grandchild = f.pid_file("web/grandchild.pid").await?;
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &f.agent.pid().to_string()])
+        .status()?;
+    assert!(status.success());
+    let agent = &mut f.agent;
+    let code = tests::eventually(WAIT, "the agent to exit", || {
+        let r = agent.proc.0.try_wait();
+        async move { r.ok().flatten() }
+    })
+    .await?;
+    assert_eq!(code.code(), Some(0));
+    tests::eventually(
+        WAIT,
+        "the grandchild to die with the agent",
+        || async move { gone(grandchild).then_some(()) },
+    )
+    .await?;
+    Ok(())
+}
+
+/// A --start that cannot start (its working directory is not under the
+/// root) stops the agent with a clear error, as a bad flag does: the pod
+/// then shows the failure instead of serving without its dev server.
+#[tokio::test]
+async fn a_start_that_cannot_start_fails_the_agent() -> anyhow::Result<()> {
+    let root = tempfile::tempdir()?;
+    let out = tokio::process::Command::new(tests::bin("agent"))
+        .arg("--root")
+        .arg(root.path())
+        .args(["--socket", "/nonexistent/never.sock"])
+        .args(["--start", "true", "--start-cwd", "../elsewhere"])
+        .env("AGENT_TOKEN", "t")
+        .output()
+        .await?;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot start --start"), "{err}");
+    Ok(())
+}
+
+/// `--copy-to`: the init-container step copies the running binary (mode
+/// 0755, whole) and exits without serving; the copy is the same agent.
+#[tokio::test]
+async fn copy_to_installs_the_agent_binary() -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir()?;
+    let to = dir.path().join("agent");
+    let status = tokio::process::Command::new(tests::bin("agent"))
+        .arg("--copy-to")
+        .arg(&to)
+        .status()
+        .await?;
+    assert!(status.success());
+    assert_eq!(std::fs::read(&to)?, std::fs::read(tests::bin("agent"))?);
+    assert_eq!(std::fs::metadata(&to)?.permissions().mode() & 0o777, 0o755);
+    let names: Vec<_> = std::fs::read_dir(dir.path())?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<Result<_, _>>()?;
+    assert_eq!(names, ["agent"], "no temporary file left");
+    let version = tokio::process::Command::new(&to)
+        .arg("--version")
+        .output()
+        .await?;
+    assert!(version.status.success());
+    assert!(String::from_utf8_lossy(&version.stdout).starts_with("agent "));
+
+    let status = tokio::process::Command::new(tests::bin("agent"))
+        .arg("--copy-to")
+        .arg(dir.path().join("missing/agent"))
+        .status()
+        .await?;
+    assert!(!status.success(), "a missing directory is an error");
+    Ok(())
+}

@@ -73,6 +73,19 @@ impl ProcessService {
         }
     }
 
+    /// Starts the agent's own dev server (`--start`): `sh -c command` as
+    /// the background process `name` in `cwd`, exactly as a client's
+    /// StartBackground would (the same log, stop and shutdown).
+    pub(crate) fn start_managed(&self, name: &str, command: &str, cwd: &str) -> Result<(), Error> {
+        let spec = background::StartSpec {
+            name: name.to_owned(),
+            argv: vec!["sh".into(), "-c".into(), command.to_owned()],
+            cwd: self.cwd(cwd)?,
+            env: std::collections::HashMap::new(),
+        };
+        self.procs.start(spec).map(|_| ())
+    }
+
     fn cwd(&self, cwd: &str) -> Result<std::path::PathBuf, Error> {
         spawn::resolve_cwd(&self.state.root, cwd)
     }
