@@ -309,8 +309,9 @@ where
     rpc.await.map(|r| r.into_inner()).map_err(Error::from)
 }
 
-/// One cached client per project, replaced when the project's endpoint changes
-/// (a restarted agent has a new token).
+/// One cached client per key (a project, or `{project}/{container}` for the
+/// agent of a container's dev pod), replaced when the endpoint changes (a
+/// restarted agent has a new token).
 #[derive(Clone, Default)]
 pub struct AgentPool {
     clients: Arc<Mutex<HashMap<String, (AgentEndpoint, AgentClient)>>>,
@@ -330,11 +331,13 @@ impl AgentPool {
         Ok(c)
     }
 
-    /// Forgets a project's client (its agent stopped).
+    /// Forgets a project's clients (its agents stopped): the project
+    /// agent's and those of its containers' agents (`{project}/{container}`).
     pub fn forget(&self, project: &str) {
+        let prefix = format!("{project}/");
         self.clients
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(project);
+            .retain(|key, _| key != project && !key.starts_with(&prefix));
     }
 }

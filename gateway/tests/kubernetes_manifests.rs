@@ -366,11 +366,12 @@ fn rbac_is_least_privilege() {
         }
     }
     let set = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<BTreeSet<_>>();
-    // kube-rs's exec and port-forward are WebSocket upgrades: the API server
-    // authorizes them as `get`, and from 1.35 also as `create`
-    // (kubernetes_real.rs shows the 403 without `get`).
-    assert_eq!(verbs_of("pods/exec"), set(&["create", "get"]));
-    assert_eq!(verbs_of("pods/portforward"), set(&["create", "get"]));
+    // Terminals, exec and logs of dev containers go to the agent in the dev
+    // pod, and a gateway in the cluster dials Services: no exec, no logs,
+    // no port-forward by default.
+    for sub in ["pods/exec", "pods/attach", "pods/log", "pods/portforward"] {
+        assert_eq!(verbs_of(sub), set(&[]), "{sub}");
+    }
     assert_eq!(
         verbs_of("secrets"),
         set(&["create", "patch", "delete"]),
@@ -400,6 +401,37 @@ fn rbac_is_least_privilege() {
     let binding = find(&objects, "ClusterRoleBinding", "devgate-gateway");
     assert_eq!(binding["subjects"][0]["name"], "devgate-gateway");
     assert_eq!(binding["subjects"][0]["namespace"], "devgate");
+}
+
+/// The opt-in RBAC of a gateway outside the cluster: port-forward only, with
+/// both verbs the API server checks for kube-rs's WebSocket upgrade (`get`,
+/// and from 1.35 also `create`; kubernetes_real.rs runs with it), bound to
+/// the gateway's service account; no overlay includes it.
+#[test]
+fn port_forward_rbac_is_opt_in_and_only_port_forward() {
+    let path = k8s_dir().join("optional/port-forward-rbac.yaml");
+    let docs = kustomize::read_docs(&path).expect("read the port-forward RBAC");
+    let role = find(&docs, "ClusterRole", "devgate-gateway-port-forward");
+    assert_eq!(
+        role["rules"],
+        json!([{"apiGroups": [""], "resources": ["pods/portforward"], "verbs": ["get", "create"]}])
+    );
+    let binding = find(&docs, "ClusterRoleBinding", "devgate-gateway-port-forward");
+    assert_eq!(binding["roleRef"]["name"], "devgate-gateway-port-forward");
+    assert_eq!(
+        binding["subjects"],
+        json!([{"kind": "ServiceAccount", "name": "devgate-gateway", "namespace": "devgate"}])
+    );
+    assert_eq!(docs.len(), 2);
+    for overlay in ["base", "overlays/minikube", "overlays/production"] {
+        let objects = render(overlay);
+        assert!(
+            !objects
+                .iter()
+                .any(|o| o["metadata"]["name"] == "devgate-gateway-port-forward"),
+            "{overlay} includes the opt-in port-forward RBAC"
+        );
+    }
 }
 
 #[test]

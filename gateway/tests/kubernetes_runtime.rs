@@ -410,6 +410,8 @@ fn web() -> ContainerSpec {
         env: BTreeMap::from([
             ("VITE_FLAG".to_owned(), "1".to_owned()),
             ("HOST".to_owned(), "::".to_owned()),
+            // Never configures the pod's agent.
+            ("AGENT_ROOT".to_owned(), "/".to_owned()),
         ]),
     }
 }
@@ -440,10 +442,50 @@ async fn start_applies_a_deployment_and_service_then_stop_deletes_them() {
     assert_eq!(labels["devgate.dev/project"], "demo");
     assert_eq!(labels["devgate.dev/container"], "web");
     let pod = &d["spec"]["template"]["spec"];
+    // The agent, copied from its image into an emptyDir by an init
+    // container, is the dev container's command (PID 1 in any image).
+    let init = &pod["initContainers"][0];
+    assert_eq!(init["name"], "install-agent");
+    assert_eq!(init["image"], "devgate/agent:test");
+    assert_eq!(
+        init["command"],
+        json!(["/usr/local/bin/agent", "--copy-to", "/devgate/agent"])
+    );
+    assert_eq!(
+        init["volumeMounts"],
+        json!([{"name": "devgate-agent", "mountPath": "/devgate"}])
+    );
+    assert_eq!(
+        init["securityContext"]["capabilities"]["drop"],
+        json!(["ALL"])
+    );
+    assert_eq!(pod["initContainers"].as_array().unwrap().len(), 1);
     let c = &pod["containers"][0];
-    assert_eq!(c["command"], json!(["sh", "-c", "npm run dev -- --host"]));
+    assert_eq!(c["command"], json!(["/devgate/agent"]));
+    assert!(c.get("args").is_none(), "the image's CMD is not passed");
     assert_eq!(c["workingDir"], "/app/web");
     assert_eq!(c["ports"][0]["containerPort"], 5173);
+    assert_eq!(
+        c["ports"][1],
+        json!({"name": "grpc", "containerPort": 7070, "protocol": "TCP"})
+    );
+    let agent_mount = c["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "devgate-agent")
+        .expect("the agent's volume");
+    assert_eq!(
+        agent_mount,
+        &json!({"name": "devgate-agent", "mountPath": "/devgate", "readOnly": true})
+    );
+    let agent_volume = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "devgate-agent")
+        .expect("the agent's emptyDir");
+    assert_eq!(agent_volume["emptyDir"]["sizeLimit"], "128Mi");
     let env: BTreeMap<String, String> = c["env"]
         .as_array()
         .unwrap()
@@ -458,9 +500,29 @@ async fn start_applies_a_deployment_and_service_then_stop_deletes_them() {
     assert_eq!(env["PORT"], "5173");
     assert_eq!(env["HOST"], "::", "the container's env wins");
     assert_eq!(env["VITE_FLAG"], "1");
+    // The agent's settings, not the container's AGENT_ROOT: it serves the
+    // volume and runs the start command as its managed process `web`.
+    assert_eq!(env["AGENT_ROOT"], "/app");
+    assert_eq!(env["AGENT_LISTEN"], "0.0.0.0:7070");
+    assert_eq!(env["AGENT_START"], "npm run dev -- --host");
+    assert_eq!(env["AGENT_START_NAME"], "web");
+    assert_eq!(env["AGENT_START_CWD"], "web");
     assert_eq!(
-        c["envFrom"][0]["secretRef"],
-        json!({"name": "dev-web-env", "optional": true})
+        c["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["name"] == "AGENT_ROOT")
+            .count(),
+        1
+    );
+    // The agent's token from its Secret, listed last so that it wins.
+    assert_eq!(
+        c["envFrom"],
+        json!([
+            {"secretRef": {"name": "dev-web-env", "optional": true}},
+            {"secretRef": {"name": "agent", "optional": false}},
+        ])
     );
     assert_eq!(
         c["resources"]["limits"],
@@ -479,6 +541,12 @@ async fn start_applies_a_deployment_and_service_then_stop_deletes_them() {
         "project-storage"
     );
     assert_eq!(s["spec"]["ports"][0]["port"], 5173);
+    assert_eq!(
+        s["spec"]["ports"][1],
+        json!({"name": "grpc", "port": 7070, "targetPort": 7070, "protocol": "TCP"})
+    );
+    // The agent stays reachable while the dev server is down.
+    assert_eq!(s["spec"]["publishNotReadyAddresses"], true);
     assert_eq!(s["spec"]["selector"]["devgate.dev/container"], "web");
 
     // The route is known without asking again.
@@ -524,6 +592,33 @@ async fn start_applies_a_deployment_and_service_then_stop_deletes_them() {
     .await
     .fail(404, "NotFound", "not found");
     assert!(matches!(call.await.unwrap(), Err(Error::Unavailable(_))));
+}
+
+/// A container declaring the agent's port is refused before any API call:
+/// the agent shares the dev pod's network namespace.
+#[tokio::test]
+async fn a_container_on_the_agents_port_is_refused() {
+    let (rt, mut api) = runtime(&[]);
+    for spec in [
+        ContainerSpec {
+            port: 7070,
+            ..web()
+        },
+        ContainerSpec {
+            ports: vec![3000, 7070],
+            ..web()
+        },
+    ] {
+        let e = rt
+            .start_container("demo", &spec)
+            .await
+            .expect_err("refused");
+        assert!(
+            matches!(&e, Error::BadRequest(m) if m.contains("7070")),
+            "{e:?}"
+        );
+    }
+    assert_eq!(api.try_next(Duration::from_millis(100)).await, None);
 }
 
 #[tokio::test]

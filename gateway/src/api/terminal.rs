@@ -1,6 +1,9 @@
-//! The terminal WebSocket (`GET /api/projects/{p}/terminal`), bridged to the
-//! agent's PTY sessions (or, for a runtime whose container shells it runs
-//! itself, to a session this gateway keeps in [`hosted`]).
+//! The terminal WebSocket (`GET /api/projects/{p}/terminal`), bridged to
+//! agents' PTY sessions: the project's agent for a shell beside the files;
+//! for a container, the agent that runs its dev server (the local runtime:
+//! the project's; Kubernetes: the one in the dev pod). A container session's
+//! id is `{container}_{agent's id}`, so a reattach finds its agent from the
+//! id alone.
 //!
 //! Server to client: first `{"type":"session","id","offset","truncated"}`,
 //! then binary frames of output, `{"type":"exit","code"}` and a close at the
@@ -15,14 +18,12 @@
 //! making the gateway buffer; the client's keystrokes go through a bounded
 //! queue the other way.
 
-pub mod hosted;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Extension, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use axum::routing::get;
 use bytes::{Bytes, BytesMut};
@@ -46,9 +47,7 @@ use crate::store::ContainerStatus;
 
 /// The terminal routes.
 pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/projects/{p}/terminal", get(terminal))
-        .layer(Extension(hosted::Sessions::default()))
+    Router::new().route("/api/projects/{p}/terminal", get(terminal))
 }
 
 /// Output frames are coalesced up to this size when the session has more
@@ -158,7 +157,6 @@ pub struct Attached {
 
 async fn terminal(
     State(state): State<AppState>,
-    Extension(hosted): Extension<hosted::Sessions>,
     Path(project): Path<String>,
     QueryClaims(claims): QueryClaims,
     query: std::result::Result<
@@ -173,8 +171,8 @@ async fn terminal(
     // A terminal opened on a hibernated project wakes it.
     crate::lifecycle::ensure_active(&state, &project).await?;
     let attached = match &params.session {
-        Some(id) => reattach(&state, &hosted, &project, id, params.offset).await?,
-        None => open(&state, &hosted, &project, &params).await?,
+        Some(id) => reattach(&state, &project, id, params.offset).await?,
+        None => open(&state, &project, &params).await?,
     };
     let span = tracing::info_span!(
         "terminal",
@@ -213,12 +211,7 @@ async fn terminal(
 
 /// Starts a new session (a shell at the project root, or in a container) and
 /// attaches to it from its first byte.
-async fn open(
-    state: &AppState,
-    hosted: &hosted::Sessions,
-    project: &str,
-    p: &Params,
-) -> Result<Attached> {
+async fn open(state: &AppState, project: &str, p: &Params) -> Result<Attached> {
     let Some(name) = &p.container else {
         let agent = state.agent_of_active(project).await?;
         let session = agent
@@ -236,46 +229,60 @@ async fn open(
     if c.status != ContainerStatus::Running {
         return Err(Error::Conflict(format!("container {name} is not running")));
     }
-    match state.runtime.container_shell(project, name, &c.env).await? {
-        ShellTarget::Agent { endpoint, cwd, env } => {
-            let agent = state.agents.get(project, &endpoint)?;
-            let session = agent
-                .start_pty(PtySpec {
-                    argv: p.argv(),
-                    cwd,
-                    env,
-                    cols: p.cols,
-                    rows: p.rows,
-                })
-                .await?;
-            attach_agent(&agent, &session.id, Some(0)).await
-        }
-        target @ ShellTarget::PodExec { .. } => {
-            let cols = u16::try_from(p.cols).unwrap_or(80);
-            let rows = u16::try_from(p.rows).unwrap_or(24);
-            let shell = state
-                .runtime
-                .open_shell(&target, p.argv(), cols, rows)
-                .await?;
-            let id = hosted.insert(project, shell);
-            hosted.attach(project, &id, Some(0))
-        }
-    }
+    let ShellTarget::Agent { endpoint, cwd, env } =
+        state.runtime.container_shell(project, name, &c.env).await?;
+    let agent = container_agent(state, project, name, &endpoint)?;
+    let session = agent
+        .start_pty(PtySpec {
+            argv: p.argv(),
+            cwd,
+            env,
+            cols: p.cols,
+            rows: p.rows,
+        })
+        .await?;
+    let mut attached = attach_agent(&agent, &session.id, Some(0)).await?;
+    attached.id = format!("{name}{CONTAINER_SESSION}{}", attached.id);
+    Ok(attached)
 }
 
-/// Attaches to an existing session: one this gateway keeps, else the agent's.
+/// Between the container and the agent's session id in a container
+/// session's id: neither a container name (a DNS label) nor an agent's id
+/// (hex) holds it.
+const CONTAINER_SESSION: char = '_';
+
+/// The client of the agent of a container's shells, cached apart from the
+/// project's agent (on Kubernetes it is another agent).
+fn container_agent(
+    state: &AppState,
+    project: &str,
+    name: &str,
+    endpoint: &crate::runtime::AgentEndpoint,
+) -> Result<crate::agent_client::AgentClient> {
+    state.agents.get(&format!("{project}/{name}"), endpoint)
+}
+
+/// Attaches to an existing session: a container's (its id names the
+/// container) through that container's agent, else the project agent's.
 async fn reattach(
     state: &AppState,
-    hosted: &hosted::Sessions,
     project: &str,
     id: &str,
     offset: Option<u64>,
 ) -> Result<Attached> {
-    if hosted.contains(project, id) {
-        return hosted.attach(project, id, offset);
-    }
-    let agent = state.agent_of_active(project).await?;
-    attach_agent(&agent, id, offset).await
+    let Some((name, session)) = id.split_once(CONTAINER_SESSION) else {
+        let agent = state.agent_of_active(project).await?;
+        return attach_agent(&agent, id, offset).await;
+    };
+    ids::container_name(name)?;
+    let ShellTarget::Agent { endpoint, .. } = state
+        .runtime
+        .container_shell(project, name, &BTreeMap::new())
+        .await?;
+    let agent = container_agent(state, project, name, &endpoint)?;
+    let mut attached = attach_agent(&agent, session, offset).await?;
+    attached.id = id.to_owned();
+    Ok(attached)
 }
 
 async fn attach_agent(

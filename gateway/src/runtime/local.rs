@@ -400,15 +400,6 @@ fn free_port() -> Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
-fn join_cwd(name: &str, cwd: &str) -> String {
-    let cwd = cwd.trim_matches('/');
-    if cwd.is_empty() {
-        name.to_owned()
-    } else {
-        format!("{name}/{cwd}")
-    }
-}
-
 #[async_trait::async_trait]
 impl Runtime for LocalRuntime {
     fn name(&self) -> &'static str {
@@ -558,7 +549,7 @@ impl Runtime for LocalRuntime {
         mut spec: ExecSpec,
     ) -> Result<ExecOutput> {
         let client = self.client(project).await?;
-        spec.cwd = join_cwd(name, &spec.cwd);
+        spec.cwd = super::container_cwd(name, &spec.cwd);
         if let Some(port) = self
             .routes
             .lock()

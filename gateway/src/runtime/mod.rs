@@ -50,37 +50,27 @@ impl ContainerRoute {
     }
 }
 
-/// Where an interactive shell for a container runs.
+/// Where an interactive shell for a container runs: a PTY session of an
+/// agent (local: the project's; Kubernetes: the one that is PID 1 of the
+/// container's dev pod), started with this cwd and env.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ShellTarget {
-    /// A PTY session of the project's agent, started with this cwd and env.
     Agent {
         endpoint: AgentEndpoint,
         cwd: String,
         env: BTreeMap<String, String>,
     },
-    /// An exec into a pod's container (Kubernetes).
-    PodExec {
-        namespace: String,
-        pod: String,
-        container: String,
-    },
 }
 
-/// An interactive process the runtime runs itself (a pod exec): keystrokes
-/// in, terminal output out, the exit code at the end. The gateway keeps the
-/// session (replay, reattach) exactly as it keeps an agent PTY session.
-pub struct ShellSession {
-    /// Keystrokes; dropping the sender closes the process's stdin (its output
-    /// is still read to the end).
-    pub input: tokio::sync::mpsc::Sender<Bytes>,
-    /// Terminal size changes, `(cols, rows)`.
-    pub resize: tokio::sync::mpsc::Sender<(u16, u16)>,
-    /// Output; ends once the process ended and everything it wrote was read.
-    pub output: tokio::sync::mpsc::Receiver<Bytes>,
-    /// The exit code, sent after the output ended (`None` when the process
-    /// was lost, e.g. its pod was deleted).
-    pub exit: tokio::sync::oneshot::Receiver<Option<i32>>,
+/// The agent-relative working directory of a command in container `name`:
+/// `{name}` joined with the client's `cwd` (its slashes trimmed).
+pub(crate) fn container_cwd(name: &str, cwd: &str) -> String {
+    let cwd = cwd.trim_matches('/');
+    if cwd.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{name}/{cwd}")
+    }
 }
 
 /// What the runtime knows of a dev server's process.
@@ -131,8 +121,9 @@ pub trait Runtime: Send + Sync + 'static {
         port: Option<u16>,
     ) -> Result<ContainerRoute>;
 
-    /// Where an interactive shell inside a running container runs (local: a PTY
-    /// of the agent with cwd `/{name}` and the container's env).
+    /// Where an interactive shell inside a running container runs: a PTY of
+    /// the agent that runs the container's dev server (local: the project's
+    /// agent; Kubernetes: the dev pod's), cwd `/{name}`, the container's env.
     async fn container_shell(
         &self,
         project: &str,
@@ -140,28 +131,11 @@ pub trait Runtime: Send + Sync + 'static {
         env: &BTreeMap<String, String>,
     ) -> Result<ShellTarget>;
 
-    /// Runs a one-shot command inside a container (local: through the agent,
-    /// cwd `/{name}` joined with `spec.cwd`, the container's env under `spec.env`).
+    /// Runs a one-shot command inside a container through the agent that runs
+    /// its dev server, cwd `/{name}` joined with `spec.cwd`, the container's
+    /// env under `spec.env`.
     async fn container_exec(&self, project: &str, name: &str, spec: ExecSpec)
     -> Result<ExecOutput>;
-
-    /// Opens an interactive session for a shell target this runtime runs
-    /// itself (`ShellTarget::PodExec`: an exec over the Kubernetes WebSocket
-    /// protocol) with a TTY of `cols` x `rows`; `argv` empty = a login shell.
-    /// Runtimes whose shells are agent PTYs answer `Error::Unavailable`.
-    async fn open_shell(
-        &self,
-        target: &ShellTarget,
-        argv: Vec<String>,
-        cols: u16,
-        rows: u16,
-    ) -> Result<ShellSession> {
-        let _ = (target, argv, cols, rows);
-        Err(crate::error::Error::Unavailable(format!(
-            "the {} runtime opens no shells itself",
-            self.name()
-        )))
-    }
 
     /// A container's dev-server output from the start; with `follow`, the stream
     /// stays open for new output until the server ends.

@@ -3,6 +3,9 @@
 //! accepted connection carried to a ready pod of that component through the
 //! API server's port-forward (`pods/portforward`, WebSocket). Callers then
 //! dial `127.0.0.1:{local}` exactly as they would dial the in-cluster Service.
+//! Opt-in (`--k8s-agent-access port-forward`), with its own RBAC
+//! (`k8s/optional/port-forward-rbac.yaml`); in the cluster the gateway dials
+//! Services and pods directly and needs no `pods/portforward`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -13,7 +16,7 @@ use kube::Api;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use super::pods::{Kube, ready_pod};
+use super::pods::{Kube, ready_pod, running_pod};
 use crate::error::{Error, Result};
 
 /// (namespace, label selector, port) → the loopback listener and its stop switch.
@@ -27,13 +30,15 @@ pub(crate) struct Forwards {
 
 impl Forwards {
     /// The loopback address that forwards to `port` of a ready pod matching
-    /// `selector` in `ns`; made on first use.
+    /// `selector` in `ns` (of a running one, ready or not, with
+    /// `ready_only` false: a dev pod's agent); made on first use.
     pub(crate) async fn local(
         self: &Arc<Self>,
         kube: &Kube,
         ns: &str,
         selector: &str,
         port: u16,
+        ready_only: bool,
     ) -> Result<SocketAddr> {
         let key = (ns.to_owned(), selector.to_owned(), port);
         if let Some((addr, _)) = self.lock().get(&key) {
@@ -63,7 +68,9 @@ impl Forwards {
                     Ok((stream, _)) => {
                         let (kube, pods, selector) = (kube.clone(), pods.clone(), selector.clone());
                         tokio::spawn(async move {
-                            if let Err(error) = carry(&kube, &pods, &selector, port, stream).await {
+                            if let Err(error) =
+                                carry(&kube, &pods, &selector, port, ready_only, stream).await
+                            {
                                 tracing::warn!(%error, selector, port, "port-forward connection failed");
                             }
                         });
@@ -101,9 +108,14 @@ async fn carry(
     pods: &Api<Pod>,
     selector: &str,
     port: u16,
+    ready_only: bool,
     mut stream: TcpStream,
 ) -> Result<()> {
-    let pod = ready_pod(kube, pods, selector).await?;
+    let pod = if ready_only {
+        ready_pod(kube, pods, selector).await?
+    } else {
+        running_pod(kube, pods, selector).await?
+    };
     let mut forwarder = kube
         .call(
             &format!("port-forward {pod}:{port}"),

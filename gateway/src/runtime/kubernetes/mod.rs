@@ -1,12 +1,12 @@
 //! The Kubernetes runtime: each project is a namespace `{prefix}{id}` with a
 //! NetworkPolicy, the `project-storage` volume, the agent's Secret and the
 //! file-manager Deployment and Service; each running dev server a Deployment
-//! and Service `dev-{name}`. Every write is a server-side apply with one field
+//! and Service `dev-{name}` whose pod runs the agent as PID 1 (terminals,
+//! exec and logs of the container go to that agent over gRPC). Every write is a server-side apply with one field
 //! manager, so opening again converges a half-made project. The only module
 //! of the gateway that imports kube-rs.
 
 mod config;
-mod exec;
 mod forward;
 pub mod objects;
 mod pods;
@@ -21,19 +21,23 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::Api;
-use kube::api::{DeleteParams, LogParams, Patch, PatchParams};
+use kube::api::{DeleteParams, Patch, PatchParams};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sha2::{Digest as _, Sha256};
 
 pub use self::config::{Access, KubernetesArgs, Resources, Settings};
-use self::objects::{DEV_CONTAINER, FIELD_MANAGER, FILE_MANAGER};
+use self::objects::{FIELD_MANAGER, FILE_MANAGER};
 pub use self::pods::Kube;
 use super::{
-    AgentAddress, AgentEndpoint, ByteStream, ContainerRoute, ContainerSpec, ExecOutput, ExecSpec,
-    Runtime, ShellSession, ShellTarget,
+    AgentAddress, AgentEndpoint, ByteStream, ContainerRoute, ContainerSpec, ContainerState,
+    ExecOutput, ExecSpec, Runtime, ShellTarget,
 };
+use crate::agent_client::AgentClient;
 use crate::error::{Error, Result};
+
+/// (project, container) → the client of the agent in that dev pod.
+type DevAgents = HashMap<(String, String), (AgentEndpoint, AgentClient)>;
 
 /// The lifecycle on a cluster, through the API server.
 pub struct KubernetesRuntime {
@@ -44,6 +48,8 @@ pub struct KubernetesRuntime {
     ready: Mutex<HashSet<String>>,
     /// Running dev servers seen by this gateway: (project, name) → port.
     running: Mutex<HashMap<(String, String), u16>>,
+    /// Clients of the agents in dev pods, reused between calls.
+    dev_agents: Mutex<DevAgents>,
     forwards: Arc<forward::Forwards>,
 }
 
@@ -59,6 +65,7 @@ impl KubernetesRuntime {
             settings: Arc::new(settings),
             ready: Mutex::default(),
             running: Mutex::default(),
+            dev_agents: Mutex::default(),
             forwards: Arc::default(),
         }
     }
@@ -139,24 +146,81 @@ impl KubernetesRuntime {
         }
     }
 
-    /// Where the agent is reached: the Service's DNS name, or a loopback
-    /// listener carried through the API server's port-forward.
+    /// Where the project's agent is reached: the Service's DNS name, or a
+    /// loopback listener carried through the API server's port-forward.
     async fn agent_address(&self, project: &str) -> Result<String> {
+        let labels = objects::file_manager_labels(project);
+        self.address_of(project, FILE_MANAGER, &labels).await
+    }
+
+    /// Where the agent of a component (the file-manager, or a dev pod whose
+    /// Service is `service`) is reached, as [`Self::agent_address`].
+    async fn address_of(
+        &self,
+        project: &str,
+        service: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<String> {
         let ns = self.namespace(project);
         match self.settings.access {
             Access::Service => Ok(format!(
-                "http://{FILE_MANAGER}.{ns}.svc:{}",
+                "http://{service}.{ns}.svc:{}",
                 self.settings.agent_port
             )),
             Access::PortForward => {
-                let selector = objects::selector(&objects::file_manager_labels(project));
+                let selector = objects::selector(labels);
+                // The file-manager's agent once ready; a dev pod's whenever
+                // it runs (it serves while the dev server is down).
+                let ready_only = service == FILE_MANAGER;
                 let addr = self
                     .forwards
-                    .local(&self.kube, &ns, &selector, self.settings.agent_port)
+                    .local(
+                        &self.kube,
+                        &ns,
+                        &selector,
+                        self.settings.agent_port,
+                        ready_only,
+                    )
                     .await?;
                 Ok(format!("http://{addr}"))
             }
         }
+    }
+
+    /// The endpoint of the agent in a running container's dev pod (the
+    /// project's token: one Secret per namespace).
+    async fn dev_agent(&self, project: &str, name: &str) -> Result<AgentEndpoint> {
+        // Not running (no Deployment): a clear answer, not a dial error.
+        self.running_port(project, name).await?;
+        let address = self
+            .address_of(
+                project,
+                &objects::dev_name(name),
+                &objects::dev_labels(project, name),
+            )
+            .await?;
+        Ok(self.endpoint(project, address))
+    }
+
+    /// A client of the agent in a running container's dev pod, reused while
+    /// its endpoint stays the same.
+    async fn dev_client(&self, project: &str, name: &str) -> Result<AgentClient> {
+        let endpoint = self.dev_agent(project, name).await?;
+        let key = (project.to_owned(), name.to_owned());
+        let mut map = self.dev_agents_lock();
+        if let Some((e, c)) = map.get(&key)
+            && *e == endpoint
+        {
+            return Ok(c.clone());
+        }
+        let client = AgentClient::connect_lazy(&endpoint)?;
+        map.insert(key, (endpoint, client.clone()));
+        Ok(client)
+    }
+
+    fn dev_agents_lock(&self) -> std::sync::MutexGuard<'_, DevAgents> {
+        // Single inserts and removals: consistent even after a panic.
+        self.dev_agents.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Waits, up to the ready timeout, for a terminating namespace to be gone;
@@ -252,6 +316,41 @@ impl KubernetesRuntime {
         }
     }
 
+    /// A start whose Deployment was already there with the same spec makes
+    /// no new pod ([`same_pod_stays`]); when the server in that pod has ended (it exited, or was
+    /// stopped through the agent), its agent starts it again, as the local
+    /// runtime starts an ended server. A pod that is not up (a new one is
+    /// coming) is left to its own `--start`.
+    async fn restart_if_ended(&self, project: &str, spec: &ContainerSpec) {
+        let restart = async {
+            let address = self
+                .address_of(
+                    project,
+                    &objects::dev_name(&spec.name),
+                    &objects::dev_labels(project, &spec.name),
+                )
+                .await?;
+            let client = AgentClient::connect_lazy(&self.endpoint(project, address))?;
+            let procs = client.list_background().await?;
+            if procs.iter().any(|p| p.name == spec.name && !p.running) {
+                tracing::info!(project, container = %spec.name, "dev server had ended; starting it again in its pod");
+                client
+                    .start_background(&spec.name, &spec.start, &spec.name, BTreeMap::new())
+                    .await?;
+            }
+            Ok::<(), Error>(())
+        };
+        match tokio::time::timeout(std::time::Duration::from_secs(10), restart).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::debug!(project, container = %spec.name, error = %crate::error::Chain(&error), "no running dev pod to restart the server in");
+            }
+            Err(_) => {
+                tracing::debug!(project, container = %spec.name, "the dev pod's agent did not answer in time")
+            }
+        }
+    }
+
     fn ready_lock(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
         // Single inserts and removals: consistent even after a panic.
         self.ready.lock().unwrap_or_else(|p| p.into_inner())
@@ -313,6 +412,18 @@ impl KubernetesRuntime {
             .insert((project.to_owned(), name.to_owned()), port);
         Ok(port)
     }
+}
+
+/// Whether an applied Deployment keeps the pod it had: it has one, and the
+/// apply changed nothing of its spec (the generation its status describes
+/// is still the current one).
+fn same_pod_stays(d: &Deployment) -> bool {
+    let Some(status) = &d.status else {
+        return false;
+    };
+    status.replicas.unwrap_or(0) >= 1
+        && d.metadata.generation.is_some()
+        && status.observed_generation == d.metadata.generation
 }
 
 /// A Deployment whose current spec has a ready, updated pod.
@@ -421,22 +532,32 @@ impl Runtime for KubernetesRuntime {
     }
 
     async fn start_container(&self, project: &str, spec: &ContainerSpec) -> Result<ContainerRoute> {
+        let agent_port = self.settings.agent_port;
+        if spec.port == agent_port || spec.ports.contains(&agent_port) {
+            return Err(Error::BadRequest(format!(
+                "port {agent_port} is the agent's in dev containers on this gateway; declare another port"
+            )));
+        }
         let ns = self.namespace(project);
         let client = &self.kube.client;
         let name = objects::dev_name(&spec.name);
         tracing::info!(project, container = %spec.name, "starting dev server");
-        self.apply(
-            &Api::<Deployment>::namespaced(client.clone(), &ns),
-            &name,
-            &objects::dev_server(&self.settings, &ns, project, spec),
-        )
-        .await?;
+        let applied = self
+            .apply(
+                &Api::<Deployment>::namespaced(client.clone(), &ns),
+                &name,
+                &objects::dev_server(&self.settings, &ns, project, spec),
+            )
+            .await?;
         self.apply(
             &Api::<Service>::namespaced(client.clone(), &ns),
             &name,
-            &objects::dev_service(&ns, project, spec),
+            &objects::dev_service(&self.settings, &ns, project, spec),
         )
         .await?;
+        if same_pod_stays(&applied) {
+            self.restart_if_ended(project, spec).await;
+        }
         let selector = objects::selector(&objects::dev_labels(project, &spec.name));
         self.wait_ready(&ns, &name, &selector).await?;
         self.running_lock()
@@ -449,10 +570,13 @@ impl Runtime for KubernetesRuntime {
         let client = &self.kube.client;
         let dev = objects::dev_name(name);
         tracing::info!(project, container = name, "stopping dev server");
-        self.running_lock()
-            .remove(&(project.to_owned(), name.to_owned()));
+        let key = (project.to_owned(), name.to_owned());
+        self.running_lock().remove(&key);
+        self.dev_agents_lock().remove(&key);
         let selector = objects::selector(&objects::dev_labels(project, name));
         self.forwards.forget(&ns, Some(&selector));
+        // The pod's SIGTERM reaches its agent, which stops the server's
+        // process group and ends the container's terminals.
         self.delete(&Api::<Deployment>::namespaced(client.clone(), &ns), &dev)
             .await?;
         self.delete(&Api::<Service>::namespaced(client.clone(), &ns), &dev)
@@ -490,7 +614,7 @@ impl Runtime for KubernetesRuntime {
                 let selector = objects::selector(&objects::dev_labels(project, name));
                 let addr = self
                     .forwards
-                    .local(&self.kube, &ns, &selector, port)
+                    .local(&self.kube, &ns, &selector, port, true)
                     .await?;
                 Ok(ContainerRoute {
                     host: addr.ip().to_string(),
@@ -504,111 +628,61 @@ impl Runtime for KubernetesRuntime {
         &self,
         project: &str,
         name: &str,
-        _env: &BTreeMap<String, String>,
+        env: &BTreeMap<String, String>,
     ) -> Result<ShellTarget> {
-        // The pod already has the container's env; a shell there sees it.
-        let (_, pod) = self.dev_pod(project, name).await?;
-        Ok(ShellTarget::PodExec {
-            namespace: self.namespace(project),
-            pod,
-            container: DEV_CONTAINER.to_owned(),
+        // The pod has PORT and HOST already; the container's current env
+        // goes on top, as in the local runtime.
+        let endpoint = self.dev_agent(project, name).await?;
+        Ok(ShellTarget::Agent {
+            endpoint,
+            cwd: name.to_owned(),
+            env: env
+                .iter()
+                .filter(|(k, _)| !k.starts_with("AGENT_"))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
         })
-    }
-
-    async fn open_shell(
-        &self,
-        target: &ShellTarget,
-        argv: Vec<String>,
-        cols: u16,
-        rows: u16,
-    ) -> Result<ShellSession> {
-        let ShellTarget::PodExec {
-            namespace,
-            pod,
-            container,
-        } = target
-        else {
-            return Err(Error::internal(
-                "the kubernetes runtime opens pod shells only",
-            ));
-        };
-        let pods: Api<Pod> = Api::namespaced(self.kube.client.clone(), namespace);
-        exec::open_shell(&self.kube, &pods, pod, container, argv, cols, rows).await
     }
 
     async fn container_exec(
         &self,
         project: &str,
         name: &str,
-        spec: ExecSpec,
+        mut spec: ExecSpec,
     ) -> Result<ExecOutput> {
-        let (pods, pod) = self.dev_pod(project, name).await?;
-        if spec.argv.is_empty() {
-            return Err(Error::BadRequest("argv is empty".into()));
-        }
-        // cwd and env are applied inside the container by `sh` and `env`, so
-        // the argv itself reaches the program unchanged (no shell parsing).
-        let cwd = if spec.cwd.is_empty() {
-            format!("{}/{name}", objects::PROJECT_ROOT)
-        } else {
-            format!(
-                "{}/{name}/{}",
-                objects::PROJECT_ROOT,
-                spec.cwd.trim_start_matches('/')
-            )
-        };
-        let mut argv = vec![
-            "sh".to_owned(),
-            "-c".to_owned(),
-            "cd -- \"$0\" && exec \"$@\"".to_owned(),
-            cwd,
-        ];
-        if !spec.env.is_empty() {
-            argv.push("env".to_owned());
-            argv.extend(spec.env.iter().map(|(k, v)| format!("{k}={v}")));
-        }
-        argv.extend(spec.argv);
-        exec::run(
-            &self.kube,
-            &pods,
-            &pod,
-            DEV_CONTAINER,
-            argv,
-            spec.stdin,
-            spec.timeout_ms,
-            match spec.max_output_bytes {
-                0 => 1 << 20,
-                n => n,
-            },
-        )
-        .await
+        let client = self.dev_client(project, name).await?;
+        spec.cwd = super::container_cwd(name, &spec.cwd);
+        client.run(spec).await
     }
 
     async fn container_logs(&self, project: &str, name: &str, follow: bool) -> Result<ByteStream> {
-        use futures::AsyncReadExt as _;
-        let (pods, pod) = self.dev_pod(project, name).await?;
-        let params = LogParams {
-            container: Some(DEV_CONTAINER.to_owned()),
-            follow,
-            ..LogParams::default()
-        };
-        let reader = self
-            .kube
-            .call(&format!("logs of {pod}"), pods.log_stream(&pod, &params))
+        use futures::StreamExt as _;
+        let client = self.dev_client(project, name).await?;
+        match client.background_logs(name, 0, follow).await {
+            Ok(s) => Ok(s),
+            // The agent has not started it (yet): no output.
+            Err(Error::NotFound(_)) => Ok(futures::stream::empty().boxed()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn container_state(&self, project: &str, name: &str) -> Result<Option<ContainerState>> {
+        match self.running_port(project, name).await {
+            Ok(_) => {}
+            // No Deployment: nothing runs.
+            Err(Error::Unavailable(_)) => return Ok(Some(ContainerState::Absent)),
+            Err(e) => return Err(e),
+        }
+        let procs = self
+            .dev_client(project, name)
+            .await?
+            .list_background()
             .await?;
-        let stream = futures::stream::unfold(Some(Box::pin(reader)), |reader| async move {
-            let mut reader = reader?;
-            let mut buf = vec![0u8; 16 * 1024];
-            match reader.read(&mut buf).await {
-                Ok(0) => None,
-                Ok(n) => {
-                    buf.truncate(n);
-                    Some((Ok(bytes::Bytes::from(buf)), Some(reader)))
-                }
-                Err(e) => Some((Err(Error::Io(e)), None)),
-            }
-        });
-        Ok(Box::pin(stream))
+        Ok(Some(match procs.iter().find(|p| p.name == name) {
+            Some(p) if p.running => ContainerState::Running,
+            Some(p) => ContainerState::Exited(p.exit_code),
+            None => ContainerState::Absent,
+        }))
     }
 
     async fn teardown(&self, project: &str) -> Result<()> {
@@ -616,6 +690,7 @@ impl Runtime for KubernetesRuntime {
         tracing::info!(project, namespace = %ns, "deleting project namespace");
         self.ready_lock().remove(project);
         self.running_lock().retain(|(p, _), _| p != project);
+        self.dev_agents_lock().retain(|(p, _), _| p != project);
         self.forwards.forget(&ns, None);
         let api: Api<Namespace> = Api::all(self.kube.client.clone());
         self.delete(&api, &ns).await?;

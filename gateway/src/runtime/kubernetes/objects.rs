@@ -37,8 +37,19 @@ pub const LIMITS: &str = "project-limits";
 pub const STORAGE: &str = "project-storage";
 pub const AGENT_SECRET: &str = "agent";
 pub const FILE_MANAGER: &str = "file-manager";
-/// The container name in dev-server pods (exec and logs target it).
+/// The container name in dev-server pods: the agent as PID 1, running the
+/// dev server as its managed process.
 pub const DEV_CONTAINER: &str = "dev";
+/// The init container of dev-server pods that copies the agent in.
+pub const AGENT_INSTALL: &str = "install-agent";
+/// The agent image's static binary (`k8s/images/agent.Dockerfile`).
+pub const AGENT_IMAGE_BIN: &str = "/usr/local/bin/agent";
+/// The `emptyDir` of a dev pod that holds the copied agent, and where it is
+/// mounted (read-only in the dev container).
+pub const AGENT_VOLUME: &str = "devgate-agent";
+pub const AGENT_DIR: &str = "/devgate";
+/// The agent in a dev container, copied there by the init container.
+pub const DEV_AGENT_BIN: &str = "/devgate/agent";
 /// Where the project volume is mounted in every pod.
 pub const PROJECT_ROOT: &str = "/app";
 /// The uid and gid pods run as (the images' non-root user).
@@ -516,10 +527,17 @@ pub fn file_manager_service(s: &Settings, ns: &str, project: &str) -> Service {
     )
 }
 
-/// A dev server: its start command in `/app/{name}` with `PORT` and `HOST`,
-/// its env and the optional Secret `dev-{name}-env` (the platform may create
-/// it in the project namespace for API keys), on the file-manager's node
-/// when the volume is ReadWriteOnce.
+/// A dev server: the agent, copied from the agent image into an `emptyDir`
+/// by an init container (the way service meshes inject their proxy), is PID
+/// 1 of the dev container, whatever its image; it runs the start command in
+/// `/app/{name}` as its managed background process `{name}` (`--start`: log,
+/// process-group stop on SIGTERM) and serves terminals, exec and logs over
+/// the same gRPC as the file-manager's agent, with the same token and
+/// nothing else of the platform. The server gets `PORT`, `HOST`, its env
+/// (without `AGENT_*`, which the agent never passes on) and the optional
+/// Secret `dev-{name}-env` (the platform may create it in the project
+/// namespace for API keys); the pod runs on the file-manager's node when
+/// the volume is ReadWriteOnce.
 pub fn dev_server(s: &Settings, ns: &str, project: &str, spec: &ContainerSpec) -> Deployment {
     let name = dev_name(&spec.name);
     let mut vars: Vec<(String, String)> = vec![
@@ -529,30 +547,72 @@ pub fn dev_server(s: &Settings, ns: &str, project: &str, spec: &ContainerSpec) -
         ("HOME".to_owned(), "/tmp".to_owned()),
     ];
     // The container's own env wins over the defaults above.
-    for (k, v) in &spec.env {
+    for (k, v) in spec.env.iter().filter(|(k, _)| !k.starts_with("AGENT_")) {
         vars.retain(|(name, _)| name != k);
         vars.push((k.clone(), v.clone()));
     }
+    // The agent's settings last: nothing of the container's overrides them
+    // (`env` also wins over every `envFrom` Secret).
+    vars.extend([
+        ("AGENT_ROOT".to_owned(), PROJECT_ROOT.to_owned()),
+        (
+            "AGENT_LISTEN".to_owned(),
+            format!("0.0.0.0:{}", s.agent_port),
+        ),
+        ("AGENT_LOG_FORMAT".to_owned(), "json".to_owned()),
+        ("AGENT_START".to_owned(), spec.start.clone()),
+        ("AGENT_START_NAME".to_owned(), spec.name.clone()),
+        ("AGENT_START_CWD".to_owned(), spec.name.clone()),
+        // Within the pod's termination grace period below.
+        ("AGENT_GRACE_SECS".to_owned(), "5".to_owned()),
+    ]);
+    let mut volume_mounts = mounts();
+    volume_mounts.push(VolumeMount {
+        name: AGENT_VOLUME.to_owned(),
+        mount_path: AGENT_DIR.to_owned(),
+        // The server runs as the agent's user: it must not replace it.
+        read_only: Some(true),
+        ..VolumeMount::default()
+    });
     let container = Container {
         name: DEV_CONTAINER.to_owned(),
         image: Some(s.dev_image.clone()),
         image_pull_policy: Some(s.image_pull_policy.clone()),
-        command: Some(vec!["sh".to_owned(), "-c".to_owned(), spec.start.clone()]),
+        command: Some(vec![DEV_AGENT_BIN.to_owned()]),
         working_dir: Some(format!("{PROJECT_ROOT}/{}", spec.name)),
         env: Some(env(vars)),
-        env_from: Some(vec![EnvFromSource {
-            secret_ref: Some(SecretEnvSource {
-                name: format!("{name}-env"),
-                optional: Some(true),
-            }),
-            ..EnvFromSource::default()
-        }]),
-        ports: Some(vec![ContainerPort {
-            name: Some("http".to_owned()),
-            container_port: i32::from(spec.port),
-            protocol: Some("TCP".to_owned()),
-            ..ContainerPort::default()
-        }]),
+        // The agent's Secret last, so that its token wins over a key of the
+        // same name in the platform's Secret.
+        env_from: Some(vec![
+            EnvFromSource {
+                secret_ref: Some(SecretEnvSource {
+                    name: format!("{name}-env"),
+                    optional: Some(true),
+                }),
+                ..EnvFromSource::default()
+            },
+            EnvFromSource {
+                secret_ref: Some(SecretEnvSource {
+                    name: AGENT_SECRET.to_owned(),
+                    optional: Some(false),
+                }),
+                ..EnvFromSource::default()
+            },
+        ]),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("http".to_owned()),
+                container_port: i32::from(spec.port),
+                protocol: Some("TCP".to_owned()),
+                ..ContainerPort::default()
+            },
+            ContainerPort {
+                name: Some("grpc".to_owned()),
+                container_port: i32::from(s.agent_port),
+                protocol: Some("TCP".to_owned()),
+                ..ContainerPort::default()
+            },
+        ]),
         readiness_probe: Some(Probe {
             tcp_socket: Some(TCPSocketAction {
                 port: IntOrString::Int(i32::from(spec.port)),
@@ -565,7 +625,25 @@ pub fn dev_server(s: &Settings, ns: &str, project: &str, spec: &ContainerSpec) -
         // Dev tools write caches outside the project (npm, pip, next); the
         // root filesystem stays writable, everything else is locked down.
         security_context: Some(container_security(false)),
-        volume_mounts: Some(mounts()),
+        volume_mounts: Some(volume_mounts),
+        ..Container::default()
+    };
+    let install = Container {
+        name: AGENT_INSTALL.to_owned(),
+        image: Some(s.agent_image.clone()),
+        image_pull_policy: Some(s.image_pull_policy.clone()),
+        command: Some(vec![
+            AGENT_IMAGE_BIN.to_owned(),
+            "--copy-to".to_owned(),
+            DEV_AGENT_BIN.to_owned(),
+        ]),
+        resources: Some(resources(&s.agent_resources, &s.ephemeral_storage_limit)),
+        security_context: Some(container_security(true)),
+        volume_mounts: Some(vec![VolumeMount {
+            name: AGENT_VOLUME.to_owned(),
+            mount_path: AGENT_DIR.to_owned(),
+            ..VolumeMount::default()
+        }]),
         ..Container::default()
     };
     let affinity = (s.access_mode == "ReadWriteOnce").then(|| Affinity {
@@ -582,9 +660,19 @@ pub fn dev_server(s: &Settings, ns: &str, project: &str, spec: &ContainerSpec) -
         }),
         ..Affinity::default()
     });
+    let mut volumes = volumes(s);
+    volumes.push(Volume {
+        name: AGENT_VOLUME.to_owned(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            size_limit: Some(Quantity(AGENT_VOLUME_SIZE.to_owned())),
+            ..EmptyDirVolumeSource::default()
+        }),
+        ..Volume::default()
+    });
     let pod = PodSpec {
+        init_containers: Some(vec![install]),
         containers: vec![container],
-        volumes: Some(volumes(s)),
+        volumes: Some(volumes),
         security_context: Some(pod_security()),
         affinity,
         runtime_class_name: s.runtime_class.clone(),
@@ -596,12 +684,34 @@ pub fn dev_server(s: &Settings, ns: &str, project: &str, spec: &ContainerSpec) -
     deployment(&name, ns, dev_labels(project, &spec.name), None, pod)
 }
 
-pub fn dev_service(ns: &str, project: &str, spec: &ContainerSpec) -> Service {
-    service(
+/// The size limit of the `emptyDir` holding a dev pod's agent (a static
+/// release binary is a few tens of MB).
+const AGENT_VOLUME_SIZE: &str = "128Mi";
+
+/// A dev server's Service: its declared port, and the gRPC port of the agent
+/// in its pod.
+pub fn dev_service(s: &Settings, ns: &str, project: &str, spec: &ContainerSpec) -> Service {
+    let mut svc = service(
         &dev_name(&spec.name),
         ns,
         dev_labels(project, &spec.name),
         "http",
         spec.port,
-    )
+    );
+    if let Some(spec) = svc.spec.as_mut() {
+        // The agent serves while the dev server is down (crashed, or not
+        // listening yet): its terminals, logs and exit code stay reachable.
+        // One pod per Deployment, so readiness never chose between pods.
+        spec.publish_not_ready_addresses = Some(true);
+    }
+    if let Some(ports) = svc.spec.as_mut().and_then(|s| s.ports.as_mut()) {
+        ports.push(ServicePort {
+            name: Some("grpc".to_owned()),
+            port: i32::from(s.agent_port),
+            target_port: Some(IntOrString::Int(i32::from(s.agent_port))),
+            protocol: Some("TCP".to_owned()),
+            ..ServicePort::default()
+        });
+    }
+    svc
 }

@@ -83,6 +83,26 @@ pub(crate) fn is_ready(pod: &Pod) -> bool {
 
 /// The name of a ready pod matching `selector`; `Unavailable` when none is.
 pub(crate) async fn ready_pod(kube: &Kube, pods: &Api<Pod>, selector: &str) -> Result<String> {
+    pick_pod(kube, pods, selector, is_ready, "ready").await
+}
+
+/// The name of a running pod matching `selector`, ready or not (a dev pod's
+/// agent serves while its server is down); `Unavailable` when none is.
+pub(crate) async fn running_pod(kube: &Kube, pods: &Api<Pod>, selector: &str) -> Result<String> {
+    let running = |pod: &Pod| {
+        pod.metadata.deletion_timestamp.is_none()
+            && pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+    };
+    pick_pod(kube, pods, selector, running, "running").await
+}
+
+async fn pick_pod(
+    kube: &Kube,
+    pods: &Api<Pod>,
+    selector: &str,
+    fits: impl Fn(&Pod) -> bool,
+    what: &str,
+) -> Result<String> {
     let list = kube
         .call(
             &format!("list pods {selector}"),
@@ -91,9 +111,9 @@ pub(crate) async fn ready_pod(kube: &Kube, pods: &Api<Pod>, selector: &str) -> R
         .await?;
     list.items
         .iter()
-        .find(|p| is_ready(p))
+        .find(|p| fits(p))
         .and_then(|p| p.metadata.name.clone())
-        .ok_or_else(|| Error::Unavailable(format!("no ready pod for {selector}")))
+        .ok_or_else(|| Error::Unavailable(format!("no {what} pod for {selector}")))
 }
 
 /// One line saying why the pods matching `selector` are not ready: each
