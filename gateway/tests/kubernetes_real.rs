@@ -49,6 +49,12 @@ async fn install_manifests(c: &Cluster) -> &'static Vec<String> {
             let admin = c.admin().await;
             let dir = testenv::repo().join("k8s/overlays/production");
             let mut objects = kustomize::render(&dir).expect("render the production overlay");
+            // The gateway of these tests runs off-cluster and reaches pods
+            // through the API server's port-forward: the opt-in RBAC.
+            objects.extend(
+                kustomize::read_docs(&testenv::repo().join("k8s/optional/port-forward-rbac.yaml"))
+                    .expect("read the port-forward RBAC"),
+            );
             // Namespaces first, as kubectl does.
             objects.sort_by_key(|o| o["kind"] != "Namespace");
             let mut applied = Vec::new();
@@ -271,6 +277,8 @@ async fn the_manifests_apply_and_the_service_account_gets_only_its_rules() {
         "ServiceAccount/devgate-gateway",
         "ClusterRole/devgate-gateway",
         "ClusterRoleBinding/devgate-gateway",
+        "ClusterRole/devgate-gateway-port-forward",
+        "ClusterRoleBinding/devgate-gateway-port-forward",
         "ConfigMap/devgate-gateway",
         "Deployment/devgate-gateway",
         "PodDisruptionBudget/devgate-gateway",
@@ -293,13 +301,11 @@ async fn the_manifests_apply_and_the_service_account_gets_only_its_rules() {
     for (verb, res, sub) in [
         ("create", "namespaces", None),
         ("patch", "deployments.apps", None),
-        ("create", "pods", Some("exec")),
+        // From the opt-in port-forward RBAC. kube-rs speaks WebSocket: the
+        // API server authorizes the upgrade as `get` (and, since 1.35, also
+        // `create`).
         ("create", "pods", Some("portforward")),
-        // kube-rs speaks WebSocket: the API server authorizes the upgrade as
-        // `get` (and, since 1.35, also `create`).
-        ("get", "pods", Some("exec")),
         ("get", "pods", Some("portforward")),
-        ("get", "pods", Some("log")),
     ] {
         assert!(
             can_i(&sa, verb, res, sub, "proj-any").await,
@@ -331,6 +337,19 @@ async fn the_manifests_apply_and_the_service_account_gets_only_its_rules() {
     assert_eq!(api_code(&e), 403, "{e}");
     assert!(!can_i(&sa, "update", "deployments.apps", None, "proj-any").await);
     assert!(!can_i(&sa, "get", "secrets", None, "proj-any").await);
+    // Terminals, exec and logs of containers go to the agent in the dev pod:
+    // no pod exec, attach or logs for the gateway.
+    for (verb, sub) in [
+        ("create", "exec"),
+        ("get", "exec"),
+        ("create", "attach"),
+        ("get", "log"),
+    ] {
+        assert!(
+            !can_i(&sa, verb, "pods", Some(sub), "proj-any").await,
+            "{verb} pods/{sub} granted"
+        );
+    }
 }
 
 /// The tail of a terminal WebSocket until `want` shows (within `T`).
@@ -355,11 +374,15 @@ async fn terminal_until(
     }
 }
 
-async fn terminal(
-    env: &Env,
-    project: &str,
-    query: &str,
-) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn terminal(env: &Env, project: &str, query: &str) -> Ws {
+    terminal_hello(env, project, query).await.0
+}
+
+/// A terminal and its first frame, `{"type": "session", "id", "offset", ...}`.
+async fn terminal_hello(env: &Env, project: &str, query: &str) -> (Ws, Value) {
     let url = format!(
         "ws://{}/api/projects/{project}/terminal?token={}&{query}",
         env.gw.addr,
@@ -368,11 +391,51 @@ async fn terminal(
     let (mut ws, _) = tokio_tungstenite::connect_async(url)
         .await
         .unwrap_or_else(|e| panic!("terminal upgrade: {e}; gateway log:\n{}", env.log()));
-    match tokio::time::timeout(T, ws.next()).await {
-        Ok(Some(Ok(Message::Text(t)))) => assert!(t.contains("\"session\""), "first frame {t}"),
+    let hello = match tokio::time::timeout(T, ws.next()).await {
+        Ok(Some(Ok(Message::Text(t)))) => {
+            let v: Value = serde_json::from_str(&t).expect("json");
+            assert_eq!(v["type"], "session", "first frame {t}");
+            v
+        }
         other => panic!("no session frame: {other:?}"),
+    };
+    (ws, hello)
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Terminal output until at least `n` bytes came (or the exit, when
+/// `until_exit`), within `T`; the exit frame's code.
+async fn terminal_read(ws: &mut Ws, out: &mut Vec<u8>, n: usize, until_exit: bool) -> Option<i64> {
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        if !until_exit && out.len() >= n {
+            return None;
+        }
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Ok(Some(Ok(Message::Binary(b)))) => out.extend_from_slice(&b),
+            Ok(Some(Ok(Message::Text(t)))) => {
+                let v: Value = serde_json::from_str(&t).expect("json");
+                if v["type"] == "exit" {
+                    return v["code"].as_i64();
+                }
+            }
+            Ok(Some(Ok(_))) => {}
+            other => panic!(
+                "terminal ended ({other:?}); output so far: {:?}",
+                String::from_utf8_lossy(out)
+            ),
+        }
     }
-    ws
 }
 
 /// The host directory of a project's volume, from the kubelet's record.
@@ -526,7 +589,28 @@ async fn a_project_lives_through_the_real_api_server() {
         "<h1>served from the pod</h1>"
     );
 
-    // Logs (pods/log, served by kwok from the process's output).
+    // The pod's spec as the kubelet ran it: the init container copied the
+    // agent into the emptyDir, and the dev container's program is that copy.
+    let dev_run = {
+        let r = env.c.kubelet.lock().unwrap_or_else(|p| p.into_inner());
+        r.running
+            .iter()
+            .find(|((n, pod), _)| n == ns && pod.starts_with("dev-web-"))
+            .map(|(_, run)| run.clone())
+            .expect("the kubelet runs the dev pod")
+    };
+    assert_eq!(dev_run.init_ran, ["install-agent"]);
+    let agent_dir = dev_run
+        .mounts
+        .get("/devgate")
+        .expect("the agent's emptyDir");
+    assert_eq!(dev_run.program, agent_dir.join("agent"));
+    assert_eq!(
+        std::fs::read(&dev_run.program).expect("the copied agent"),
+        std::fs::read(tests::bin("agent")).expect("the agent binary"),
+    );
+
+    // Logs: the dev server's output, kept by the agent in the dev pod.
     let logs = eventually(T, "the request in the dev server's log", || async {
         let r = env
             .gw
@@ -540,47 +624,92 @@ async fn a_project_lives_through_the_real_api_server() {
     .await;
     assert!(logs.contains("200"), "{logs}");
 
-    // A terminal inside the container: pods/exec over WebSocket into kwok,
-    // which runs the shell in the container's working dir.
-    // FIXME(issue 11): container terminals and exec should reach an agent in
-    // the dev pod over gRPC, like the project's; today they are pod execs
-    // (the reason the gateway still needs pods/exec).
-    let mut ws = terminal(&env, p, "container=web&cols=80&rows=24").await;
-    ws.send(Message::binary(
-        b"echo in-$((6*7)) $(basename $PWD)\n".to_vec(),
-    ))
-    .await
-    .expect("keys");
-    terminal_until(&mut ws, "in-42 web").await;
+    // A terminal inside the container: a PTY of the dev pod's agent, in the
+    // container's directory. It reattaches like the project's shell: a
+    // client that names the bytes it has gets exactly the rest.
+    let n = 30_000;
+    let cmd =
+        format!("stty -echo; echo in-$((6*7)) $(basename $PWD); seq 1 {n}; read x; echo end-$x");
+    let query = format!("container=web&cols=80&rows=24&cmd={}", urlencode(&cmd));
+    let (mut ws, hello) = terminal_hello(&env, p, &query).await;
+    let id = hello["id"].as_str().expect("session id").to_owned();
+    assert!(id.starts_with("web_"), "a container session names it: {id}");
+    assert_eq!(hello["offset"], 0);
+    let expected: Vec<u8> = format!(
+        "in-42 web\r\n{}",
+        (1..=n).map(|i| format!("{i}\r\n")).collect::<String>()
+    )
+    .into_bytes();
+    let mut first = Vec::new();
+    terminal_read(&mut ws, &mut first, 50_000, false).await;
+    drop(ws);
+    let had = first.len();
+    assert!(had < expected.len(), "the first client has part of it");
+    let (mut ws, hello) = terminal_hello(&env, p, &format!("session={id}&offset={had}")).await;
+    assert_eq!(
+        (
+            hello["id"].as_str(),
+            hello["offset"].as_u64(),
+            hello["truncated"].as_bool()
+        ),
+        (Some(id.as_str()), Some(had as u64), Some(false))
+    );
+    let mut rest = Vec::new();
+    terminal_read(&mut ws, &mut rest, expected.len() - had, false).await;
+    let mut joined = first;
+    joined.extend_from_slice(&rest);
+    assert_eq!(
+        String::from_utf8_lossy(&joined[..expected.len().min(joined.len())]),
+        String::from_utf8_lossy(&expected),
+        "no byte twice, none missing across the reattach"
+    );
+    ws.send(Message::binary(b"again\n".to_vec()))
+        .await
+        .expect("keys");
+    let code = terminal_read(&mut ws, &mut joined, 0, true).await;
+    assert_eq!(code, Some(0));
+    assert!(
+        String::from_utf8_lossy(&joined).contains("end-again"),
+        "the same shell took the input"
+    );
     drop(ws);
 
-    // Exec in the container: pods/exec through the API server and kwok. The
-    // kwok node has no /app (no mount namespace), so the `cd` the runtime
-    // puts first fails there; the answer proves the command reached the node
-    // with the container's working dir.
+    // Exec in the container: through the dev pod's agent, in the container's
+    // directory on the volume, with the pod's env (PORT: the kubelet's
+    // loopback port for 8000).
     let (s, out) = env
         .post(
             &format!("/api/projects/{p}/exec"),
-            json!({"argv": ["true"], "container": "web"}),
+            json!({"argv": ["sh", "-c", "pwd; echo \"port=$PORT token=${AGENT_TOKEN:-none}\""], "container": "web"}),
         )
         .await;
     assert_eq!(s, 200, "{out}; gateway log:\n{}", env.log());
-    assert_ne!(out["exit_code"], 0, "{out}");
-    assert!(
-        out["stderr"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("/app/web"),
+    assert_eq!(out["exit_code"], 0, "{out}");
+    let local_port = dev_run.ports[&8000];
+    assert_eq!(
+        out["stdout"],
+        format!(
+            "{}\nport={local_port} token=none\n",
+            volume.join("web").display()
+        ),
         "{out}"
     );
 
-    // Stop: the Deployment and its pod go, and so does the process.
+    // Stop: the Deployment and its pod go; the pod's agent stops the dev
+    // server's process group on its SIGTERM.
     let (s, c) = env
         .post(&format!("/api/projects/{p}/containers/web/stop"), json!({}))
         .await;
     assert_eq!(s, 200, "{c}");
     eventually(T, "the dev pod gone", || async {
         env.pods(ns, "dev-server").await.is_empty().then_some(())
+    })
+    .await;
+    eventually(T, "the dev server's port closed", || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", local_port))
+            .await
+            .is_err()
+            .then_some(())
     })
     .await;
     let e = Api::<Deployment>::namespaced(admin.clone(), ns)
@@ -827,6 +956,31 @@ async fn pod_security_restricted_admits_the_projects_pods_and_refuses_others() {
         )
         .await;
     assert_eq!(s, 200, "{c}; gateway log:\n{}", env.log());
+    // Its pod, with the agent's init container, was admitted; the same spec
+    // with that init container's security context removed is refused, so
+    // admission did check it.
+    let dev = env.pods(ns, "dev-server").await;
+    let [dev] = dev.as_slice() else {
+        panic!("one dev pod: {dev:?}")
+    };
+    let mut spec = serde_json::to_value(dev.spec.clone().expect("spec")).expect("json");
+    assert_eq!(spec["initContainers"][0]["name"], "install-agent");
+    spec["initContainers"][0]
+        .as_object_mut()
+        .expect("init container")
+        .remove("securityContext");
+    spec.as_object_mut().expect("spec").remove("nodeName");
+    let copy: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "init-without-context"},
+        "spec": spec,
+    }))
+    .expect("pod");
+    let e = Api::<Pod>::namespaced(env.admin.clone(), ns)
+        .create(&PostParams::default(), &copy)
+        .await
+        .expect_err("restricted checks init containers");
+    assert_eq!(api_code(&e), 403, "{e}");
+    assert!(e.to_string().contains("install-agent"), "{e}");
 
     // A pod with the defaults (may run as root, escalate privileges, keep
     // capabilities, no seccomp profile) is refused by admission, whoever

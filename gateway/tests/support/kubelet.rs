@@ -3,9 +3,13 @@
 //! devgate pod (label `app.kubernetes.io/managed-by=devgate`) bound to a node
 //! as a local process, the way a kubelet would run its container:
 //!
-//! - the command of the pod's container (`agent` is the workspace's agent
-//!   binary, anything else comes from this machine's PATH), its `env` and the
-//!   Secrets of its `envFrom` (read from the API server);
+//! - first its init containers, one after the other, each to a zero exit
+//!   (a dev pod's copies the agent into an emptyDir), then the command of
+//!   the pod's container: `agent` or the agent image's
+//!   `/usr/local/bin/agent` is the workspace's agent binary, a command under
+//!   a mount path runs from the volume's host directory (the dev pod's copied
+//!   agent), anything else comes from this machine's PATH; each with its
+//!   `env` and the Secrets of its `envFrom` (read from the API server);
 //! - volumes: a PersistentVolumeClaim is the hostPath directory of the volume
 //!   it is bound to (made by kube-controller-manager's provisioner, removed
 //!   with the claim), an emptyDir a fresh directory. There is no mount
@@ -60,7 +64,17 @@ pub(crate) struct RunningPod {
     pub(crate) mounts: BTreeMap<String, PathBuf>,
     /// Container port → loopback port.
     pub(crate) ports: BTreeMap<u16, u16>,
+    /// The init containers that ran to a zero exit, in order.
+    pub(crate) init_ran: Vec<String>,
+    /// The program the container runs, as a host path.
+    pub(crate) program: PathBuf,
 }
+
+/// How long an init container may run.
+const INIT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The agent image's binary (`k8s/images/agent.Dockerfile`).
+const AGENT_IMAGE_BIN: &str = "/usr/local/bin/agent";
 
 struct Proc {
     child: tokio::process::Child,
@@ -275,6 +289,90 @@ async fn env(
     Ok(out)
 }
 
+/// A container made ready to spawn: its command (output piped), where its
+/// mounts are, its ports and env.
+struct Prepared {
+    cmd: tokio::process::Command,
+    program: PathBuf,
+    mounts: BTreeMap<String, PathBuf>,
+    ports: BTreeMap<u16, u16>,
+    vars: Vec<(String, String)>,
+    cwd: String,
+}
+
+async fn prepare(
+    client: &Client,
+    ns: &str,
+    c: &Container,
+    vols: &BTreeMap<String, PathBuf>,
+    pod_dir: &Path,
+    agent_bin: &Path,
+) -> anyhow::Result<Prepared> {
+    let mut mounts = BTreeMap::new();
+    for m in c.volume_mounts.iter().flatten() {
+        let host = vols
+            .get(&m.name)
+            .ok_or_else(|| anyhow::anyhow!("mount of unknown volume {}", m.name))?;
+        mounts.insert(m.mount_path.clone(), host.clone());
+    }
+    let mut ports = BTreeMap::new();
+    for p in c.ports.iter().flatten() {
+        ports.insert(u16::try_from(p.container_port)?, free_port()?);
+    }
+    let vars = env(client, ns, c, &mounts, &ports).await?;
+    let cwd = c
+        .working_dir
+        .as_deref()
+        .map(|w| translate(&mounts, w))
+        .unwrap_or_else(|| pod_dir.display().to_string());
+    std::fs::create_dir_all(&cwd)?;
+    let mut argv: Vec<String> = c.command.clone().unwrap_or_default();
+    argv.extend(c.args.clone().unwrap_or_default());
+    let Some(first) = argv.first().cloned() else {
+        anyhow::bail!("no command (images' entrypoints are not known here)");
+    };
+    let args: Vec<String> = argv[1..].iter().map(|a| translate(&mounts, a)).collect();
+    let program = if first == "agent" || first == AGENT_IMAGE_BIN {
+        agent_bin.to_path_buf()
+    } else {
+        PathBuf::from(translate(&mounts, &first))
+    };
+    let is_agent = program.file_name().is_some_and(|n| n == "agent");
+    let mut cmd = if is_agent {
+        let mut cmd = tokio::process::Command::new(&program);
+        cmd.args(&args);
+        cmd
+    } else {
+        let mut cmd = tokio::process::Command::new("setpriv");
+        cmd.args(["--pdeathsig", "KILL", "--"])
+            .arg(&program)
+            .args(&args);
+        cmd
+    };
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .current_dir(&cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    if is_agent {
+        // The agent (the workspace's, or the copy in a dev pod) ends with
+        // this test process, and stops its process groups as it goes.
+        cmd.env("AGENT_DIE_WITH_PARENT", "true");
+    }
+    Ok(Prepared {
+        cmd,
+        program,
+        mounts,
+        ports,
+        vars,
+        cwd,
+    })
+}
+
 async fn start(
     client: &Client,
     pod: &Pod,
@@ -295,49 +393,48 @@ async fn start(
     let Some(vols) = volumes(client, pod, &ns, &pod_dir).await? else {
         return Ok(None);
     };
-    let mut mounts = BTreeMap::new();
-    for m in c.volume_mounts.iter().flatten() {
-        let host = vols
-            .get(&m.name)
-            .ok_or_else(|| anyhow::anyhow!("mount of unknown volume {}", m.name))?;
-        mounts.insert(m.mount_path.clone(), host.clone());
+
+    // Init containers: each to a zero exit before the next, as a kubelet
+    // runs them (no restarts here: a failure fails the pod).
+    let mut init_ran = Vec::new();
+    for init in spec.init_containers.iter().flatten() {
+        let mut p = prepare(client, &ns, init, &vols, &pod_dir, agent_bin).await?;
+        let log = pod_dir.join(format!("{}.log", init.name));
+        let out = Arc::new(Mutex::new(std::fs::File::create(&log)?));
+        let mut child = p.cmd.spawn()?;
+        let readers = [
+            child
+                .stdout
+                .take()
+                .map(|o| tokio::spawn(cri_log(o, "stdout", out.clone()))),
+            child
+                .stderr
+                .take()
+                .map(|e| tokio::spawn(cri_log(e, "stderr", out.clone()))),
+        ];
+        let status = tokio::time::timeout(INIT_TIMEOUT, child.wait())
+            .await
+            .map_err(|_| anyhow::anyhow!("init container {} did not finish", init.name))??;
+        for r in readers.into_iter().flatten() {
+            let _ = r.await;
+        }
+        if !status.success() {
+            let output = std::fs::read_to_string(&log).unwrap_or_default();
+            anyhow::bail!("init container {} failed ({status}): {output}", init.name);
+        }
+        init_ran.push(init.name.clone());
     }
-    let mut ports = BTreeMap::new();
-    for p in c.ports.iter().flatten() {
-        ports.insert(u16::try_from(p.container_port)?, free_port()?);
-    }
-    let vars = env(client, &ns, c, &mounts, &ports).await?;
-    let cwd = c
-        .working_dir
-        .as_deref()
-        .map(|w| translate(&mounts, w))
-        .unwrap_or_else(|| pod_dir.display().to_string());
-    std::fs::create_dir_all(&cwd)?;
-    let mut argv: Vec<String> = c.command.clone().unwrap_or_default();
-    argv.extend(c.args.clone().unwrap_or_default());
-    let Some(program) = argv.first().cloned() else {
-        anyhow::bail!("no command (images' entrypoints are not known here)");
-    };
+
+    let Prepared {
+        mut cmd,
+        program,
+        mounts,
+        ports,
+        vars,
+        cwd,
+    } = prepare(client, &ns, c, &vols, &pod_dir, agent_bin).await?;
     let log = pod_dir.join(format!("{}.log", c.name));
     let out = Arc::new(Mutex::new(std::fs::File::create(&log)?));
-    let mut cmd = if program == "agent" {
-        let mut cmd = tokio::process::Command::new(agent_bin);
-        cmd.args(&argv[1..]).arg("--die-with-parent");
-        cmd
-    } else {
-        let mut cmd = tokio::process::Command::new("setpriv");
-        cmd.args(["--pdeathsig", "KILL", "--"]).args(&argv);
-        cmd
-    };
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .current_dir(&cwd)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
     let mut child = cmd.spawn()?;
     if let Some(o) = child.stdout.take() {
         tokio::spawn(cri_log(o, "stdout", out.clone()));
@@ -393,7 +490,12 @@ async fn start(
         )
         .await?;
 
-    let running = RunningPod { mounts, ports };
+    let running = RunningPod {
+        mounts,
+        ports,
+        init_ran,
+        program,
+    };
     Ok(Some((child, running)))
 }
 
