@@ -1,4 +1,8 @@
 # The file-manager pod's image: the static (musl) `agent` binary, non-root.
+# The binary stays at /usr/local/bin/agent: every dev-server pod's init
+# container runs `/usr/local/bin/agent --copy-to /devgate/agent` from this
+# image to put the agent into the pod's emptyDir, where it runs as PID 1 of
+# the dev container whatever that image is (it is static: no libc needed).
 # The final stage is a slim Debian rather than distroless because the agent
 # runs tools for the project: a shell for terminals beside the files, git for
 # clones. Point GATEWAY_K8S_AGENT_IMAGE at the dev-server image instead (it

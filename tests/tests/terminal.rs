@@ -257,7 +257,13 @@ async fn shell_inside_a_container_and_unknown_sessions() {
         .await;
     assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
     let mut ws = connect(&gw, "ct", "container=web").await.unwrap();
-    session(&mut ws).await.unwrap();
+    let id = session(&mut ws).await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // A container session's id names its container, so a reattach finds
+    // the agent that runs it (on Kubernetes, the dev pod's) from the id.
+    assert!(id.starts_with("web_"), "{id}");
     keys(
         &mut ws,
         "echo \"[$(basename \"$PWD\")|$GREETING|${PORT:+port}]\"\n",
@@ -271,10 +277,35 @@ async fn shell_inside_a_container_and_unknown_sessions() {
     .await
     .unwrap();
     drop(ws);
+    // Reattached by id alone (no `container`), from the bytes it had: the
+    // same shell, nothing replayed.
+    let had = seen.bytes.len();
+    let mut ws = connect(&gw, "ct", &format!("session={id}&offset={had}"))
+        .await
+        .unwrap();
+    let hello = session(&mut ws).await.unwrap();
+    assert_eq!(
+        (hello["id"].as_str(), hello["offset"].as_u64()),
+        (Some(id.as_str()), Some(had as u64))
+    );
+    keys(&mut ws, "echo again-$((6*7))\n").await.unwrap();
+    let mut more = Seen::default();
+    read_until(&mut ws, &mut more, |s| s.text().contains("again-42\r\n"))
+        .await
+        .unwrap();
+    assert!(
+        !more.text().contains("[web|from-web|port]"),
+        "nothing before the offset again: {:?}",
+        more.text()
+    );
+    drop(ws);
 
     // Unknown sessions and bad parameters are HTTP errors, before any upgrade.
     for (query, status) in [
         ("session=nosuchsession", 404),
+        ("session=web_nosuchsession", 404),
+        ("session=nosuch_session", 404),
+        ("session=Bad-_x", 400),
         ("cols=0", 400),
         ("container=Bad_Name", 400),
     ] {

@@ -275,6 +275,8 @@ async fn reattach(
         return attach_agent(&agent, id, offset).await;
     };
     ids::container_name(name)?;
+    // An unknown container is an unknown session (404), whatever the runtime.
+    state.container(project, name).await?;
     let ShellTarget::Agent { endpoint, .. } = state
         .runtime
         .container_shell(project, name, &BTreeMap::new())

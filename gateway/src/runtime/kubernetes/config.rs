@@ -44,7 +44,8 @@ pub struct KubernetesArgs {
     #[arg(long = "k8s-agent-access", env = "GATEWAY_K8S_AGENT_ACCESS", value_enum, default_value_t = Access::Service)]
     pub access: Access,
 
-    /// TCP port the agent listens on in the file-manager pod.
+    /// TCP port the agent listens on in the file-manager pod and in every
+    /// dev-server pod (a container may not declare it).
     #[arg(
         long = "k8s-agent-port",
         env = "GATEWAY_K8S_AGENT_PORT",
