@@ -206,12 +206,9 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
         .await;
 
     let process = crate::process::ProcessService::new(state.clone());
-    if let Some(command) = &config.start {
-        process
-            .start_managed(&config.start_name, command, &config.start_cwd)
-            .with_context(|| format!("cannot start --start {command:?}"))?;
-    }
-
+    // `--start` begins once the listener is bound (below): the server then
+    // cannot take the agent's port first and be sent the gateway's token.
+    let managed = process.clone();
     let auth = Auth(Arc::from(format!("Bearer {token}")));
     let router = Server::builder()
         .tcp_nodelay(true)
@@ -267,6 +264,11 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
         Box::pin(router.serve_with_incoming_shutdown(incoming, stop))
     };
     let mut server = server;
+    if let Some(command) = &config.start {
+        managed
+            .start_managed(&config.start_name, command, &config.start_cwd)
+            .with_context(|| format!("cannot start --start {command:?}"))?;
+    }
 
     tokio::select! {
         res = &mut server => {

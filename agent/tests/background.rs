@@ -502,10 +502,12 @@ async fn the_start_flag_runs_a_dev_server_as_a_managed_process() -> anyhow::Resu
 #[tokio::test]
 async fn a_start_that_cannot_start_fails_the_agent() -> anyhow::Result<()> {
     let root = tempfile::tempdir()?;
+    let run = tempfile::tempdir()?;
     let out = tokio::process::Command::new(tests::bin("agent"))
         .arg("--root")
         .arg(root.path())
-        .args(["--socket", "/nonexistent/never.sock"])
+        .arg("--socket")
+        .arg(run.path().join("agent.sock"))
         .args(["--start", "true", "--start-cwd", "../elsewhere"])
         .env("AGENT_TOKEN", "t")
         .output()
@@ -548,5 +550,49 @@ async fn copy_to_installs_the_agent_binary() -> anyhow::Result<()> {
         .status()
         .await?;
     assert!(!status.success(), "a missing directory is an error");
+    Ok(())
+}
+
+/// `--start` begins only once the agent's listener is bound: the server can
+/// never take the agent's address first (and be sent the gateway's token).
+#[tokio::test]
+async fn the_start_flag_waits_for_the_listener() -> anyhow::Result<()> {
+    let root = tempfile::tempdir()?;
+    let run = tempfile::tempdir()?;
+    let socket = run.path().join("agent.sock");
+    let mut agent = tokio::process::Command::new(tests::bin("agent"))
+        .arg("--root")
+        .arg(root.path())
+        .arg("--socket")
+        .arg(&socket)
+        .args([
+            "--start",
+            "if [ -S \"$CHECK_SOCKET\" ]; then echo bound; else echo unbound; fi > seen.txt; exec sleep 300",
+        ])
+        .env("AGENT_TOKEN", "t")
+        .env("CHECK_SOCKET", &socket)
+        .kill_on_drop(true)
+        .spawn()?;
+    let seen = root.path().join("seen.txt");
+    let got = tests::eventually(WAIT, "the server's check", || {
+        let seen = seen.clone();
+        async move {
+            std::fs::read_to_string(seen)
+                .ok()
+                .filter(|s| s.ends_with('\n'))
+        }
+    })
+    .await?;
+    assert_eq!(got, "bound\n");
+    // SIGTERM: the agent stops the server's group before it exits.
+    let pid = agent.id().expect("running").to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()?
+            .success()
+    );
+    let code = tokio::time::timeout(WAIT, agent.wait()).await??;
+    assert_eq!(code.code(), Some(0));
     Ok(())
 }

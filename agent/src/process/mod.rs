@@ -40,6 +40,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 type Stream<T> = std::pin::Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send + 'static>>;
 
+#[derive(Clone)]
 pub(crate) struct ProcessService {
     state: State,
     sessions: Arc<pty::Sessions>,
