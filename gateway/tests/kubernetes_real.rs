@@ -542,10 +542,13 @@ async fn a_project_lives_through_the_real_api_server() {
     // through the API server's port-forward to the process the kubelet runs.
     env.put_file(p, "web/index.html", "<h1>served from the pod</h1>")
         .await;
+    // Serves until a file `stop` appears, then exits with 3.
+    let start = "rm -f stop; python3 -m http.server \"$PORT\" --bind \"$HOST\" & \
+                 while [ ! -e stop ]; do sleep 0.2; done; kill $!; exit 3";
     let (s, c) = env
         .post(
             &format!("/api/projects/{p}/containers"),
-            json!({"name": "web", "port": 8000, "start": "exec python3 -m http.server \"$PORT\" --bind \"$HOST\""}),
+            json!({"name": "web", "port": 8000, "start": start}),
         )
         .await;
     assert_eq!(s, 201, "{c}");
@@ -694,6 +697,53 @@ async fn a_project_lives_through_the_real_api_server() {
         ),
         "{out}"
     );
+
+    // The dev server ends by itself: the pod stays (its agent is PID 1), and
+    // the container becomes failed with the exit code its agent saw.
+    let pod_before = env.pods(ns, "dev-server").await[0].metadata.uid.clone();
+    env.put_file(p, "web/stop", "").await;
+    let shown = eventually(T, "the container failed with code 3", || async {
+        let (s, c) = env
+            .status(
+                reqwest::Method::GET,
+                &format!("/api/projects/{p}/containers/web"),
+                None,
+            )
+            .await;
+        (s == 200 && c["status"] == "failed").then_some(c)
+    })
+    .await;
+    assert_eq!(shown["exit_code"], 3, "{shown}");
+    // Started again with the same spec: the same pod, whose agent starts
+    // the server again (as the local runtime does), and it serves.
+    let (s, c) = env
+        .post(
+            &format!("/api/projects/{p}/containers/web/start"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, 200, "{c}; gateway log:\n{}", env.log());
+    assert_eq!(c["status"], "running");
+    let pods_after = env.pods(ns, "dev-server").await;
+    assert_eq!(pods_after.len(), 1);
+    assert_eq!(pods_after[0].metadata.uid, pod_before, "the same pod");
+    // kwok's pod stays Ready throughout (a real readiness probe would have
+    // turned it unready within seconds of the exit, and the start would
+    // wait for it again), so the server may not listen yet: as with the
+    // local runtime's restarts, it serves shortly.
+    eventually(T, "the restarted server serving", || async {
+        let page = env
+            .gw
+            .http()
+            .get(env.gw.url("/"))
+            .header("Host", format!("web.{p}.localhost"))
+            .bearer_auth(env.gw.token(&[p]))
+            .send()
+            .await
+            .ok()?;
+        (page.status().as_u16() == 200).then_some(())
+    })
+    .await;
 
     // Stop: the Deployment and its pod go; the pod's agent stops the dev
     // server's process group on its SIGTERM.
