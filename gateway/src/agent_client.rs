@@ -331,6 +331,18 @@ impl AgentPool {
         Ok(c)
     }
 
+    /// The client of the agent that runs container `container`'s shells at
+    /// `endpoint` (on Kubernetes, its dev pod's), cached apart from the
+    /// project agent's.
+    pub fn get_for_container(
+        &self,
+        project: &str,
+        container: &str,
+        endpoint: &AgentEndpoint,
+    ) -> Result<AgentClient> {
+        self.get(&format!("{project}/{container}"), endpoint)
+    }
+
     /// Forgets a project's clients (its agents stopped): the project
     /// agent's and those of its containers' agents (`{project}/{container}`).
     pub fn forget(&self, project: &str) {

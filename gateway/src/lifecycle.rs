@@ -547,6 +547,36 @@ pub async fn hibernate_unless_busy(
 /// Why a hibernation ends a terminal session: the `reason` of its exit frame.
 pub const HIBERNATED: &str = "hibernated";
 
+/// Ends the terminal sessions of the agent that runs a container's shells
+/// with the reason `hibernated`, before the container stops (on Kubernetes
+/// that agent is the dev pod's, which goes with it; locally it is the
+/// project's, whose sessions all end below anyway). Best effort: the stop
+/// that follows ends them regardless, only without the reason.
+async fn end_container_terminals(state: &AppState, id: &str, name: &str) {
+    let ended = async {
+        let crate::runtime::ShellTarget::Agent { endpoint, .. } = state
+            .runtime
+            .container_shell(id, name, &std::collections::BTreeMap::new())
+            .await?;
+        let client = state.agents.get_for_container(id, name, &endpoint)?;
+        let sessions = client.list_pty().await?;
+        let ends = sessions
+            .iter()
+            .filter(|s| !s.exited)
+            .map(|s| client.end_pty(&s.id, HIBERNATED));
+        for res in futures::future::join_all(ends).await {
+            match res {
+                Ok(()) | Err(Error::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok::<(), Error>(())
+    };
+    if let Err(error) = ended.await {
+        tracing::info!(project = id, container = name, error = %crate::error::Chain(&error), "cannot end the container's terminals before its stop");
+    }
+}
+
 /// Stops everything that runs in the project before its files are cut: dev
 /// servers (recorded stopped, and marked `running_at_hibernation` so an open
 /// can start them again), the agent's other background processes, then
@@ -575,6 +605,7 @@ async fn quiesce(state: &AppState, id: &str) -> Result<()> {
             }
             continue;
         }
+        end_container_terminals(state, id, &c.name).await;
         state.runtime.stop_container(id, &c.name).await?;
         c.status = ContainerStatus::Stopped;
         c.running_at_hibernation = true;

@@ -768,6 +768,34 @@ async fn a_project_lives_through_the_real_api_server() {
         .expect_err("gone");
     assert_eq!(api_code(&e), 404);
 
+    // Running again (a new pod), with a terminal open in it when the
+    // project hibernates: the terminal ends with the reason `hibernated`,
+    // as the project's own shells do.
+    let (s, c) = env
+        .post(
+            &format!("/api/projects/{p}/containers/web/start"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, 200, "{c}; gateway log:\n{}", env.log());
+    let mut ws = terminal(&env, p, "container=web&cols=80&rows=24").await;
+    ws.send(Message::binary(b"echo held-$((6*7))\n".to_vec()))
+        .await
+        .expect("keys");
+    terminal_until(&mut ws, "held-42").await;
+    let ended = tokio::spawn(async move {
+        let deadline = tokio::time::Instant::now() + T;
+        loop {
+            match tokio::time::timeout_at(deadline, ws.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) if t.contains("\"exit\"") => {
+                    return serde_json::from_str::<Value>(&t).expect("json");
+                }
+                Ok(Some(Ok(_))) => {}
+                other => panic!("no exit frame: {other:?}"),
+            }
+        }
+    });
+
     // Hibernate: archive, then the namespace is deleted and finalized by the
     // controller-manager (the gateway waits until it is gone); the volume
     // goes with its claim.
@@ -775,6 +803,8 @@ async fn a_project_lives_through_the_real_api_server() {
         .post(&format!("/api/projects/{p}/hibernate"), json!({}))
         .await;
     assert_eq!(s, 200, "{h}; gateway log:\n{}", env.log());
+    let exit = ended.await.expect("the terminal's reader");
+    assert_eq!(exit["reason"], "hibernated", "{exit}");
     assert_eq!(h["status"], "hibernated");
     let e = Api::<Namespace>::all(admin.clone())
         .get(ns)

@@ -231,7 +231,7 @@ async fn open(state: &AppState, project: &str, p: &Params) -> Result<Attached> {
     }
     let ShellTarget::Agent { endpoint, cwd, env } =
         state.runtime.container_shell(project, name, &c.env).await?;
-    let agent = container_agent(state, project, name, &endpoint)?;
+    let agent = state.agents.get_for_container(project, name, &endpoint)?;
     let session = agent
         .start_pty(PtySpec {
             argv: p.argv(),
@@ -250,17 +250,6 @@ async fn open(state: &AppState, project: &str, p: &Params) -> Result<Attached> {
 /// session's id: neither a container name (a DNS label) nor an agent's id
 /// (hex) holds it.
 const CONTAINER_SESSION: char = '_';
-
-/// The client of the agent of a container's shells, cached apart from the
-/// project's agent (on Kubernetes it is another agent).
-fn container_agent(
-    state: &AppState,
-    project: &str,
-    name: &str,
-    endpoint: &crate::runtime::AgentEndpoint,
-) -> Result<crate::agent_client::AgentClient> {
-    state.agents.get(&format!("{project}/{name}"), endpoint)
-}
 
 /// Attaches to an existing session: a container's (its id names the
 /// container) through that container's agent, else the project agent's.
@@ -281,7 +270,7 @@ async fn reattach(
         .runtime
         .container_shell(project, name, &BTreeMap::new())
         .await?;
-    let agent = container_agent(state, project, name, &endpoint)?;
+    let agent = state.agents.get_for_container(project, name, &endpoint)?;
     let mut attached = attach_agent(&agent, session, offset).await?;
     attached.id = id.to_owned();
     Ok(attached)
