@@ -406,11 +406,11 @@ fn rbac_is_least_privilege() {
 /// The opt-in RBAC of a gateway outside the cluster: port-forward only, with
 /// both verbs the API server checks for kube-rs's WebSocket upgrade (`get`,
 /// and from 1.35 also `create`; kubernetes_real.rs runs with it), bound to
-/// the gateway's service account; no overlay includes it.
+/// the gateway's service account; no overlay includes it, and `k8s/e2e.sh`
+/// applies it for its off-cluster shape.
 #[test]
 fn port_forward_rbac_is_opt_in_and_only_port_forward() {
-    let path = k8s_dir().join("optional/port-forward-rbac.yaml");
-    let docs = kustomize::read_docs(&path).expect("read the port-forward RBAC");
+    let docs = render("port-forward");
     let role = find(&docs, "ClusterRole", "devgate-gateway-port-forward");
     assert_eq!(
         role["rules"],
@@ -432,6 +432,11 @@ fn port_forward_rbac_is_opt_in_and_only_port_forward() {
             "{overlay} includes the opt-in port-forward RBAC"
         );
     }
+    let e2e = std::fs::read_to_string(k8s_dir().join("e2e.sh")).unwrap();
+    assert!(
+        e2e.contains("apply -k k8s/port-forward"),
+        "e2e.sh applies it"
+    );
 }
 
 #[test]

@@ -52,8 +52,8 @@ async fn install_manifests(c: &Cluster) -> &'static Vec<String> {
             // The gateway of these tests runs off-cluster and reaches pods
             // through the API server's port-forward: the opt-in RBAC.
             objects.extend(
-                kustomize::read_docs(&testenv::repo().join("k8s/optional/port-forward-rbac.yaml"))
-                    .expect("read the port-forward RBAC"),
+                kustomize::render(&testenv::repo().join("k8s/port-forward"))
+                    .expect("render the port-forward RBAC"),
             );
             // Namespaces first, as kubectl does.
             objects.sort_by_key(|o| o["kind"] != "Namespace");

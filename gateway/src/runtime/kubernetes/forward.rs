@@ -4,7 +4,7 @@
 //! API server's port-forward (`pods/portforward`, WebSocket). Callers then
 //! dial `127.0.0.1:{local}` exactly as they would dial the in-cluster Service.
 //! Opt-in (`--k8s-agent-access port-forward`), with its own RBAC
-//! (`k8s/optional/port-forward-rbac.yaml`); in the cluster the gateway dials
+//! (`k8s/port-forward/`); in the cluster the gateway dials
 //! Services and pods directly and needs no `pods/portforward`.
 
 use std::collections::HashMap;
