@@ -578,6 +578,30 @@ async fn start_applies_a_deployment_and_service_then_stop_deletes_them() {
     )
     .await
     .fail(404, "NotFound", "services \"dev-web\" not found");
+    // Then it waits for the pod to be gone (its agent stops the server's
+    // process group on the pod's SIGTERM), as the local runtime's stop does.
+    let pod_list = |items: Value| json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items});
+    let ex = api
+        .expect("GET", &format!("/api/v1/namespaces/{NS}/pods"))
+        .await;
+    assert!(
+        ex.query.contains("labelSelector=")
+            && ex.query.contains("devgate.dev%2Fcontainer%3Dweb")
+            && ex.query.contains("devgate.dev%2Fproject%3Ddemo"),
+        "{}",
+        ex.query
+    );
+    ex.respond(
+        200,
+        pod_list(json!([{"metadata": {"name": "dev-web-1", "deletionTimestamp": "2026-01-01T00:00:00Z"}}])),
+    );
+    assert!(
+        !call.is_finished(),
+        "answered while the pod was terminating"
+    );
+    api.expect("GET", &format!("/api/v1/namespaces/{NS}/pods"))
+        .await
+        .respond(200, pod_list(json!([])));
     call.await.unwrap().expect("stop");
 
     // Stopped: the route asks the API server, which knows no Deployment.

@@ -316,6 +316,31 @@ impl KubernetesRuntime {
         }
     }
 
+    /// Polls, up to the ready timeout, until no pod matches `selector`.
+    async fn wait_pods_gone(&self, ns: &str, selector: &str) -> Result<()> {
+        let pods: Api<Pod> = Api::namespaced(self.kube.client.clone(), ns);
+        let deadline = Instant::now() + self.settings.ready_timeout;
+        loop {
+            let list = self
+                .kube
+                .call(
+                    &format!("list pods {ns} {selector}"),
+                    pods.list(&kube::api::ListParams::default().labels(selector)),
+                )
+                .await?;
+            if list.items.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout(format!(
+                    "pods of {selector} in {ns} still there after {}s",
+                    self.settings.ready_timeout.as_secs()
+                )));
+            }
+            tokio::time::sleep(self.settings.poll_interval).await;
+        }
+    }
+
     /// A start whose Deployment was already there with the same spec makes
     /// no new pod ([`same_pod_stays`]); when the server in that pod has ended (it exited, or was
     /// stopped through the agent), its agent starts it again, as the local
@@ -580,7 +605,11 @@ impl Runtime for KubernetesRuntime {
         self.delete(&Api::<Deployment>::namespaced(client.clone(), &ns), &dev)
             .await?;
         self.delete(&Api::<Service>::namespaced(client.clone(), &ns), &dev)
-            .await
+            .await?;
+        // As the local runtime's stop, answer once the server is gone (a
+        // hibernation cuts its snapshot next): the pod ends when its agent
+        // has stopped the group, or when its grace period ran out.
+        self.wait_pods_gone(&ns, &selector).await
     }
 
     async fn container_route(
