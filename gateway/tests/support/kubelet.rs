@@ -18,10 +18,11 @@
 //! - ports: there is no network namespace either, so each container port gets
 //!   a free loopback port; env values naming the port (`3000`,
 //!   `0.0.0.0:3000`) get it instead, `HOST=0.0.0.0` becomes `127.0.0.1`;
-//! - then kwok is told where the pod is: a `PortForward` (each container port
-//!   to its loopback port), an `Exec` (commands run locally in the container's
-//!   working dir with its env) and a `Logs` (the process's output file), all
-//!   named after the pod;
+//! - then kwok is told where the pod is: a `PortForward` named after the pod
+//!   (each container port to its loopback port). No `Exec` or `Logs`: the
+//!   gateway never execs into pods nor reads their logs (it asks the agents);
+//!   each container's output goes to `<pod dir>/<container>.log` for a
+//!   failing test to look at;
 //! - readiness: once every port accepts connections, the pod is annotated
 //!   `devgate.test/started`, which kwok's pod-ready stage waits for
 //!   (`k8s/testenv/kwok-stages.yaml`): a pod is Ready only when its process
@@ -289,15 +290,13 @@ async fn env(
     Ok(out)
 }
 
-/// A container made ready to spawn: its command (output piped), where its
-/// mounts are, its ports and env.
+/// A container made ready to spawn: its command (output piped, env and
+/// working dir set), where its mounts are, its ports.
 struct Prepared {
     cmd: tokio::process::Command,
     program: PathBuf,
     mounts: BTreeMap<String, PathBuf>,
     ports: BTreeMap<u16, u16>,
-    vars: Vec<(String, String)>,
-    cwd: String,
 }
 
 async fn prepare(
@@ -368,8 +367,6 @@ async fn prepare(
         program,
         mounts,
         ports,
-        vars,
-        cwd,
     })
 }
 
@@ -430,8 +427,6 @@ async fn start(
         program,
         mounts,
         ports,
-        vars,
-        cwd,
     } = prepare(client, &ns, c, &vols, &pod_dir, agent_bin).await?;
     let log = pod_dir.join(format!("{}.log", c.name));
     let out = Arc::new(Mutex::new(std::fs::File::create(&log)?));
@@ -443,7 +438,7 @@ async fn start(
         tokio::spawn(cri_log(e, "stderr", out));
     }
 
-    // Where kwok sends this pod's port-forwards, execs and logs.
+    // Where kwok sends this pod's port-forwards.
     let rules = |kind: &str, plural: &str| {
         let ar = ApiResource {
             group: "kwok.x-k8s.io".into(),
@@ -469,26 +464,6 @@ async fn start(
             "metadata": meta, "spec": {"forwards": forwards}})),
         )
         .await?;
-    let envs: Vec<_> = vars
-        .iter()
-        .map(|(k, v)| json!({"name": k, "value": v}))
-        .collect();
-    rules("Exec", "execs")
-        .patch(&name, &pp, &Patch::Apply(json!({
-            "apiVersion": "kwok.x-k8s.io/v1alpha1", "kind": "Exec",
-            "metadata": meta,
-            "spec": {"execs": [{"containers": [c.name], "local": {"workDir": cwd, "envs": envs}}]}})))
-        .await?;
-    rules("Logs", "logs")
-        .patch(
-            &name,
-            &pp,
-            &Patch::Apply(json!({
-            "apiVersion": "kwok.x-k8s.io/v1alpha1", "kind": "Logs",
-            "metadata": meta,
-            "spec": {"logs": [{"containers": [c.name], "logsFile": log, "follow": true}]}})),
-        )
-        .await?;
 
     let running = RunningPod {
         mounts,
@@ -500,7 +475,7 @@ async fn start(
 }
 
 /// Copies a container's output into its log file in the CRI format
-/// kubelets write and kwok's Logs reads: `<RFC 3339 time> <stream> F <line>`.
+/// kubelets write: `<RFC 3339 time> <stream> F <line>`.
 async fn cri_log(
     from: impl tokio::io::AsyncRead + Unpin,
     stream: &'static str,
