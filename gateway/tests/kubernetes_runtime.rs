@@ -16,7 +16,7 @@ use std::time::Duration;
 use clap::Parser;
 use gateway::error::Error;
 use gateway::runtime::kubernetes::{KubernetesArgs, KubernetesRuntime, Settings};
-use gateway::runtime::{AgentAddress, ContainerSpec, Runtime};
+use gateway::runtime::{AgentAddress, ContainerSpec, Runtime, ShellTarget};
 use mock::{ApiServer, deployment, status_body};
 use serde_json::{Value, json};
 
@@ -555,6 +555,23 @@ async fn start_applies_a_deployment_and_service_then_stop_deletes_them() {
         .await
         .expect("route");
     assert_eq!(again, route);
+
+    // The container's shells are PTYs of the agent in its pod, reached at
+    // the dev Service's agent port with the project's token; the
+    // container's env goes along, never an AGENT_* key.
+    let shell = rt
+        .container_shell("demo", "web", &web().env)
+        .await
+        .expect("shell");
+    let ShellTarget::Agent { endpoint, cwd, env } = shell;
+    assert_eq!(
+        endpoint.address,
+        AgentAddress::Tcp("http://dev-web.proj-demo.svc:7070".into())
+    );
+    assert_eq!(endpoint.token, rt.agent_token("demo"));
+    assert_eq!(cwd, "web");
+    assert_eq!(env.get("VITE_FLAG").map(String::as_str), Some("1"));
+    assert!(!env.contains_key("AGENT_ROOT"), "{env:?}");
 
     // Stop: both deleted (the Service already gone counts as stopped).
     let call = spawn({
