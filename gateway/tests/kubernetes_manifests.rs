@@ -336,6 +336,8 @@ fn rbac_is_least_privilege() {
     assert_eq!(verbs_of("resourcequotas"), set(&["create", "patch"]));
     assert_eq!(verbs_of("limitranges"), set(&["create", "patch"]));
     assert!(verbs_of("events").is_superset(&set(&["get", "list"])));
+    // Read to decide whether a project volume may grow; never written.
+    assert_eq!(verbs_of("storageclasses"), set(&["get"]));
     for r in [
         "namespaces",
         "persistentvolumeclaims",

@@ -78,6 +78,11 @@ async fn expect_open_applies_over(api: &mut ApiServer, existing: bool) -> Vec<Va
     } else {
         check.fail(404, "NotFound", "not found");
     }
+    expect_applies(api, existing).await
+}
+
+/// The applies of an open, after its namespace check.
+async fn expect_applies(api: &mut ApiServer, existing: bool) -> Vec<Value> {
     let mut sent = Vec::new();
     sent.push(api.expect_apply(&format!("/api/v1/namespaces/{NS}")).await);
     sent.push(
@@ -116,7 +121,7 @@ async fn expect_open_applies_over(api: &mut ApiServer, existing: bool) -> Vec<Va
         );
     } else {
         get.fail(404, "NotFound", "not found");
-        sent.push(api.expect_apply(&pvc).await);
+        sent.push(expect_claim_create(api).await);
     }
     sent.push(
         api.expect_apply(&format!("/api/v1/namespaces/{NS}/secrets/agent"))
@@ -133,6 +138,25 @@ async fn expect_open_applies_over(api: &mut ApiServer, existing: bool) -> Vec<Va
             .await,
     );
     sent
+}
+
+/// The claim is created (POST, never applied), by the runtime's field
+/// manager; answers with the object as sent.
+async fn expect_claim_create(api: &mut ApiServer) -> Value {
+    let ex = api
+        .expect(
+            "POST",
+            &format!("/api/v1/namespaces/{NS}/persistentvolumeclaims"),
+        )
+        .await;
+    assert!(
+        ex.query.contains("fieldManager=devgate-gateway"),
+        "{}",
+        ex.query
+    );
+    let body = ex.body.clone().expect("create has a body");
+    ex.respond(201, body.clone());
+    body
 }
 
 async fn expect_deployment_get(api: &mut ApiServer, name: &str, ready: bool) {
@@ -152,8 +176,18 @@ async fn open_fresh_applies_the_environment_and_waits_for_the_agent() {
         async move { rt.ensure("demo").await }
     });
     let sent = expect_open_applies(&mut api).await;
+    // Not ready at first: the runtime watches the Deployment (a list by
+    // name, then a watch from its resourceVersion) instead of polling.
     expect_deployment_get(&mut api, "file-manager", false).await;
-    expect_deployment_get(&mut api, "file-manager", true).await;
+    let deployments = format!("/apis/apps/v1/namespaces/{NS}/deployments");
+    api.expect_list(&deployments, "file-manager").await.list(
+        "apps/v1",
+        "DeploymentList",
+        vec![deployment(NS, "file-manager", false)],
+    );
+    let watch = api.expect_watch(&deployments, "file-manager").await;
+    assert!(watch.query.contains("resourceVersion=1"), "{}", watch.query);
+    watch.events(&[json!({"type": "MODIFIED", "object": deployment(NS, "file-manager", true)})]);
     let endpoint = call.await.unwrap().expect("open");
 
     assert_eq!(
@@ -190,45 +224,48 @@ async fn open_fresh_applies_the_environment_and_waits_for_the_agent() {
         "restricted"
     );
 
-    // Ingress from the gateway's and the ingress controller's namespaces and
-    // the project itself; egress DNS, HTTPS, the S3 endpoint's port, the
-    // gateway's pods and the project itself.
+    // Ingress only from the gateway's pods (not its whole namespace, not
+    // the ingress controller: previews go through the gateway) and the
+    // project itself; egress DNS, the internet but not the cluster's
+    // ranges, the S3 endpoint's port, the gateway's pods and the project.
     let spec = &netpol["spec"];
     assert_eq!(spec["policyTypes"], json!(["Ingress", "Egress"]));
     assert_eq!(spec["podSelector"], json!({}));
-    let from = &spec["ingress"][0]["from"];
+    let gateway_pods = json!({
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "devgate"}},
+        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "devgate-gateway"}}
+    });
     assert_eq!(
-        from[0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
-        "devgate"
+        spec["ingress"],
+        json!([{"from": [gateway_pods, {"podSelector": {}}]}])
     );
     assert_eq!(
-        from[1]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
-        "ingress-nginx"
+        spec["egress"][0],
+        json!({"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]})
     );
     assert_eq!(
-        spec["egress"][0]["ports"],
-        json!([{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}])
+        spec["egress"][1],
+        json!({"to": [
+            {"ipBlock": {"cidr": "0.0.0.0/0", "except": [
+                "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16"]}},
+            {"ipBlock": {"cidr": "::/0", "except": ["fc00::/7", "fe80::/10"]}}
+        ]}),
+        "the internet, on any port, but not the cluster (pods, Services, nodes, metadata)"
     );
     assert_eq!(
-        spec["egress"][1]["ports"],
-        json!([{"protocol": "TCP", "port": 443}, {"protocol": "TCP", "port": 9000}])
+        spec["egress"][2],
+        json!({"ports": [{"protocol": "TCP", "port": 9000}]})
     );
     // The gateway (bundled templates): its pods on its port, not its whole
     // namespace.
     assert_eq!(
-        spec["egress"][2],
-        json!({
-            "to": [{
-                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "devgate"}},
-                "podSelector": {"matchLabels": {"app.kubernetes.io/name": "devgate-gateway"}}
-            }],
-            "ports": [{"protocol": "TCP", "port": 8080}]
-        })
+        spec["egress"][3],
+        json!({"to": [gateway_pods], "ports": [{"protocol": "TCP", "port": 8080}]})
     );
-    assert_eq!(spec["egress"][3]["to"], json!([{"podSelector": {}}]));
+    assert_eq!(spec["egress"][4]["to"], json!([{"podSelector": {}}]));
     assert_eq!(
         spec["egress"].as_array().unwrap().len(),
-        4,
+        5,
         "nothing else leaves the project"
     );
 
@@ -253,6 +290,8 @@ async fn open_fresh_applies_the_environment_and_waits_for_the_agent() {
     );
 
     let pod = &fm["spec"]["template"]["spec"];
+    // The file-manager follows the project's dev servers too (both ways).
+    assert_eq!(pod["affinity"], project_affinity());
     let c = &pod["containers"][0];
     assert_eq!(c["command"], json!(["agent"]));
     assert_eq!(c["image"], "devgate/agent:test");
@@ -333,7 +372,7 @@ async fn open_again_converges_a_half_made_project() {
     api.expect("GET", &pvc)
         .await
         .fail(404, "NotFound", "not found");
-    first.push(api.expect_apply(&pvc).await);
+    first.push(expect_claim_create(&mut api).await);
     let ex = api
         .expect("PATCH", &format!("/api/v1/namespaces/{NS}/secrets/agent"))
         .await;
@@ -468,12 +507,7 @@ async fn start_applies_a_deployment_and_service_then_stop_deletes_them() {
     );
     assert_eq!(c["securityContext"]["capabilities"]["drop"], json!(["ALL"]));
     assert_eq!(pod["runtimeClassName"], "gvisor");
-    let term = &pod["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0];
-    assert_eq!(term["topologyKey"], "kubernetes.io/hostname");
-    assert_eq!(
-        term["labelSelector"]["matchLabels"]["app.kubernetes.io/component"],
-        "file-manager"
-    );
+    assert_eq!(pod["affinity"], project_affinity());
     assert_eq!(
         pod["volumes"][0]["persistentVolumeClaim"]["claimName"],
         "project-storage"
@@ -526,8 +560,45 @@ async fn start_applies_a_deployment_and_service_then_stop_deletes_them() {
     assert!(matches!(call.await.unwrap(), Err(Error::Unavailable(_))));
 }
 
+/// The required pod affinity every pod of project `demo` carries.
+fn project_affinity() -> Value {
+    json!({"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{
+        "labelSelector": {"matchLabels": {"devgate.dev/project": "demo"}},
+        "topologyKey": "kubernetes.io/hostname"
+    }]}})
+}
+
+#[test]
+fn cluster_ranges_are_configurable() {
+    let s = settings(&["--k8s-cluster-cidrs", "10.8.0.0/14,fd00:10::/64"]);
+    let p = serde_json::to_value(gateway::runtime::kubernetes::objects::network_policy(
+        &s, NS, "demo",
+    ))
+    .unwrap();
+    assert_eq!(
+        p["spec"]["egress"][1]["to"],
+        json!([
+            {"ipBlock": {"cidr": "0.0.0.0/0", "except": ["10.8.0.0/14"]}},
+            {"ipBlock": {"cidr": "::/0", "except": ["fd00:10::/64"]}}
+        ])
+    );
+    schema::check(&{
+        let mut v = p.clone();
+        v["apiVersion"] = json!("networking.k8s.io/v1");
+        v["kind"] = json!("NetworkPolicy");
+        v
+    })
+    .expect("a valid NetworkPolicy");
+    let args = Args::parse_from(["test", "--k8s-cluster-cidrs", "10.0.0.0"]);
+    assert!(
+        Settings::new(&args.k, "proj-", "a", b"k")
+            .unwrap_err()
+            .contains("--k8s-cluster-cidrs")
+    );
+}
+
 #[tokio::test]
-async fn read_write_many_volumes_need_no_affinity() {
+async fn read_write_many_volumes_keep_the_same_affinity() {
     let (rt, mut api) = runtime(&["--k8s-access-mode", "ReadWriteMany"]);
     let call = spawn({
         let rt = rt.clone();
@@ -542,7 +613,12 @@ async fn read_write_many_volumes_need_no_affinity() {
         .await;
     expect_deployment_get(&mut api, "dev-web", true).await;
     call.await.unwrap().expect("start");
-    assert!(d["spec"]["template"]["spec"].get("affinity").is_none());
+    // One node per project whatever the access mode: a pod of the project
+    // is always with the others.
+    assert_eq!(
+        d["spec"]["template"]["spec"]["affinity"],
+        project_affinity()
+    );
     assert!(
         d["spec"]["template"]["spec"]
             .get("runtimeClassName")
@@ -569,18 +645,22 @@ async fn teardown_deletes_the_namespace_and_waits_until_it_is_gone_then_restore_
         .expect("DELETE", &format!("/api/v1/namespaces/{NS}"))
         .await;
     assert_eq!(ex.body.as_ref().unwrap()["propagationPolicy"], "Background");
-    let terminating = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS},
+    let terminating = json!({"apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": NS, "deletionTimestamp": "2026-01-01T00:00:00Z"},
         "status": {"phase": "Terminating"}});
     ex.respond(200, terminating.clone());
     api.expect("GET", &format!("/api/v1/namespaces/{NS}"))
         .await
         .respond(200, terminating.clone());
-    api.expect("GET", &format!("/api/v1/namespaces/{NS}"))
+    // Then a watch until it is gone.
+    api.expect_list("/api/v1/namespaces", NS).await.list(
+        "v1",
+        "NamespaceList",
+        vec![terminating.clone()],
+    );
+    api.expect_watch("/api/v1/namespaces", NS)
         .await
-        .respond(200, terminating);
-    api.expect("GET", &format!("/api/v1/namespaces/{NS}"))
-        .await
-        .fail(404, "NotFound", "gone");
+        .events(&[json!({"type": "DELETED", "object": terminating})]);
     call.await.unwrap().expect("teardown");
 
     // Not active any more: the agent is looked up again and is absent.
@@ -629,25 +709,57 @@ async fn teardown_times_out_when_the_namespace_stays() {
         let rt = rt.clone();
         async move { rt.teardown("demo").await }
     });
-    let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}, "status": {"phase": "Terminating"}});
+    let ns = json!({"apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": NS, "deletionTimestamp": "2026-01-01T00:00:00Z"},
+        "status": {"phase": "Terminating", "conditions": [{
+            "type": "NamespaceFinalizersRemaining", "status": "True",
+            "reason": "SomeFinalizersRemain",
+            "message": "Some content in the namespace has finalizers remaining: example.com/hold in 1 resource instances"}]}});
     api.expect("DELETE", &format!("/api/v1/namespaces/{NS}"))
         .await
         .respond(200, ns.clone());
+    let (result, gets) = answer_stuck_namespace(&mut api, call, &ns).await;
+    // Stuck: a clear error naming what holds it, after one bounded wait on
+    // a watch (the namespace read before and after it, no polling).
+    assert!(
+        matches!(&result, Err(Error::EnvironmentStuck(m))
+            if m.contains("still terminating") && m.contains("example.com/hold")),
+        "{result:?}"
+    );
+    assert_eq!(gets, 2, "one read before the watch, one after it");
+}
+
+/// Answers a wait on a namespace that stays terminating: its reads with
+/// `ns`, the watcher's list with it, and holds the watch open; gives the
+/// call's result and how many plain reads it made.
+async fn answer_stuck_namespace<T: std::fmt::Debug>(
+    api: &mut ApiServer,
+    call: tokio::task::JoinHandle<T>,
+    ns: &Value,
+) -> (T, usize) {
+    let mut held = Vec::new();
+    let mut gets = 0;
     let answer = async {
         loop {
-            api.expect("GET", &format!("/api/v1/namespaces/{NS}"))
-                .await
-                .respond(200, ns.clone());
+            let ex = api.expect_any().await;
+            match (ex.method.as_str(), ex.path.as_str()) {
+                ("GET", "/api/v1/namespaces") if ex.is_watch_of(NS) => held.push(ex.ignore()),
+                ("GET", "/api/v1/namespaces") if ex.is_list_of(NS) => {
+                    ex.list("v1", "NamespaceList", vec![ns.clone()]);
+                }
+                ("GET", "/api/v1/namespaces/proj-demo") => {
+                    gets += 1;
+                    ex.respond(200, ns.clone());
+                }
+                (m, p) => panic!("only waits, not {m} {p} ({})", ex.query),
+            }
         }
     };
     let result = tokio::select! {
         r = call => r.unwrap(),
         () = answer => unreachable!(),
     };
-    assert!(
-        matches!(&result, Err(Error::Timeout(m)) if m.contains("still terminating")),
-        "{result:?}"
-    );
+    (result, gets)
 }
 
 #[tokio::test]
@@ -658,11 +770,21 @@ async fn open_that_never_becomes_ready_says_why() {
         async move { rt.ensure("demo").await }
     });
     expect_open_applies(&mut api).await;
+    let mut held = Vec::new();
     let result = loop {
         let ex = api.expect_any().await;
         match ex.path.as_str() {
             p if p.ends_with("/deployments/file-manager") => {
                 ex.respond(200, deployment(NS, "file-manager", false))
+            }
+            // The watch: listed not ready, then nothing happens.
+            p if p.ends_with("/deployments") && ex.is_list_of("file-manager") => ex.list(
+                "apps/v1",
+                "DeploymentList",
+                vec![deployment(NS, "file-manager", false)],
+            ),
+            p if p.ends_with("/deployments") && ex.is_watch_of("file-manager") => {
+                held.push(ex.ignore());
             }
             p if p.ends_with("/pods") => {
                 assert!(ex.query.contains("labelSelector="), "{}", ex.query);
@@ -894,11 +1016,16 @@ async fn open_waits_for_a_namespace_still_terminating_then_makes_it_afresh() {
     api.expect("GET", &format!("/api/v1/namespaces/{NS}"))
         .await
         .respond(200, terminating.clone());
-    api.expect("GET", &format!("/api/v1/namespaces/{NS}"))
+    api.expect_list("/api/v1/namespaces", NS).await.list(
+        "v1",
+        "NamespaceList",
+        vec![terminating.clone()],
+    );
+    api.expect_watch("/api/v1/namespaces", NS)
         .await
-        .respond(200, terminating);
+        .events(&[json!({"type": "DELETED", "object": terminating})]);
     // Gone now: the open goes on with its applies.
-    expect_open_applies(&mut api).await;
+    expect_applies(&mut api, false).await;
     expect_deployment_get(&mut api, "file-manager", true).await;
     call.await
         .unwrap()
@@ -912,23 +1039,10 @@ async fn open_waits_for_a_namespace_still_terminating_then_makes_it_afresh() {
     });
     let terminating = json!({"apiVersion": "v1", "kind": "Namespace",
         "metadata": {"name": NS, "deletionTimestamp": "2026-01-01T00:00:00Z"}});
-    let answer = async {
-        loop {
-            let ex = api.expect_any().await;
-            assert_eq!(
-                (ex.method.as_str(), ex.path.as_str()),
-                ("GET", "/api/v1/namespaces/proj-demo"),
-                "only waits"
-            );
-            ex.respond(200, terminating.clone());
-        }
-    };
-    let result = tokio::select! {
-        r = call => r.unwrap(),
-        () = answer => unreachable!(),
-    };
+    let (result, _) = answer_stuck_namespace(&mut api, call, &terminating).await;
     assert!(
-        matches!(&result, Err(Error::Unavailable(m)) if m.contains("still being deleted")),
+        matches!(&result, Err(Error::EnvironmentStuck(m))
+            if m.contains("still terminating") && m.contains("reports no cause")),
         "{result:?}"
     );
 }

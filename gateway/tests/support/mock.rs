@@ -107,6 +107,26 @@ impl ApiServer {
         body
     }
 
+    /// The next request must be a watcher's list of the object `name` (a
+    /// GET on the collection `path`, selected by name, not a watch).
+    pub(crate) async fn expect_list(&mut self, path: &str, name: &str) -> Exchange {
+        let ex = self.expect("GET", path).await;
+        assert!(ex.is_list_of(name), "not a list of {name}: {:?}", ex.query);
+        ex
+    }
+
+    /// The next request must be a watch of the object `name` on the
+    /// collection `path`.
+    pub(crate) async fn expect_watch(&mut self, path: &str, name: &str) -> Exchange {
+        let ex = self.expect("GET", path).await;
+        assert!(
+            ex.is_watch_of(name),
+            "not a watch of {name}: {:?}",
+            ex.query
+        );
+        ex
+    }
+
     /// Takes the next request if one comes within `wait`.
     pub(crate) async fn try_next(&mut self, wait: Duration) -> Option<(String, String)> {
         match tokio::time::timeout(wait, self.handle.next_request()).await {
@@ -137,6 +157,49 @@ impl Exchange {
             self.path,
             self.query
         );
+    }
+
+    /// A list by name (kube-rs's watcher starts with one).
+    pub(crate) fn is_list_of(&self, name: &str) -> bool {
+        let pairs = form_urlencoded(&self.query);
+        pairs.contains(&("fieldSelector".into(), format!("metadata.name%3D{name}")))
+            && !pairs.iter().any(|(k, _)| k == "watch")
+    }
+
+    /// A watch by name.
+    pub(crate) fn is_watch_of(&self, name: &str) -> bool {
+        let pairs = form_urlencoded(&self.query);
+        pairs.contains(&("fieldSelector".into(), format!("metadata.name%3D{name}")))
+            && pairs.contains(&("watch".into(), "true".into()))
+    }
+
+    /// Answers a list with `items`, at resourceVersion 1.
+    pub(crate) fn list(self, api_version: &str, kind: &str, items: Vec<Value>) {
+        self.respond(
+            200,
+            json!({"apiVersion": api_version, "kind": kind,
+                "metadata": {"resourceVersion": "1"}, "items": items}),
+        );
+    }
+
+    /// Answers a watch with these events (`{"type", "object"}`), one JSON
+    /// document a line, then ends the stream (the watcher watches again).
+    pub(crate) fn events(self, events: &[Value]) {
+        let mut body = Vec::new();
+        for (i, e) in events.iter().enumerate() {
+            // Each event's object carries the resourceVersion the watcher
+            // goes on from.
+            let mut e = e.clone();
+            e["object"]["metadata"]["resourceVersion"] = json!((i + 2).to_string());
+            body.extend(serde_json::to_vec(&e).expect("json"));
+            body.push(b'\n');
+        }
+        let resp = Response::builder()
+            .status(StatusCode::OK)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body))
+            .expect("response");
+        self.send.send_response(resp);
     }
 
     /// Answers with a status and a JSON body.
