@@ -4,12 +4,14 @@
 //! answering 409, 403, 404, 500 or not at all; every object sent is checked
 //! against the Kubernetes schema (k8s-openapi types, no unknown field).
 
+#[path = "support/kustomize.rs"]
+mod kustomize;
 #[path = "support/mock.rs"]
 mod mock;
 #[path = "support/schema.rs"]
 mod schema;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,7 +41,7 @@ fn settings(extra: &[&str]) -> Settings {
         b"a gateway secret of some length",
     )
     .expect("settings");
-    s.poll_interval = Duration::from_millis(5);
+    s.rewatch_pause = Duration::from_millis(5);
     s.ready_timeout = Duration::from_millis(400);
     s.api_timeout = Duration::from_millis(300);
     s.s3_port = Some(9000);
@@ -890,14 +892,11 @@ async fn an_api_server_that_never_answers_times_out() {
     );
     drop(pending);
 
-    // And /readyz's probe fails the same way.
-    let call = spawn({
-        let rt = rt.clone();
-        async move { rt.ready().await }
-    });
-    let pending = api.expect("GET", "/version").await.ignore();
-    assert!(matches!(call.await.unwrap(), Err(Error::Timeout(_))));
-    drop(pending);
+    // But /readyz's probe does not ask the API server at all: a control
+    // plane that does not answer leaves the gateway ready (running
+    // projects are reached at their Services).
+    rt.ready().await.expect("ready without the API server");
+    assert_eq!(api.try_next(Duration::from_millis(100)).await, None);
 }
 
 #[tokio::test]
@@ -1044,5 +1043,255 @@ async fn open_waits_for_a_namespace_still_terminating_then_makes_it_afresh() {
         matches!(&result, Err(Error::EnvironmentStuck(m))
             if m.contains("still terminating") && m.contains("reports no cause")),
         "{result:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_existing_claim_grows_only_when_its_class_allows_it() {
+    for expandable in [true, false] {
+        let (rt, mut api) = runtime(&["--k8s-storage-size", "8Gi"]);
+        let call = spawn({
+            let rt = rt.clone();
+            async move { rt.ensure("demo").await }
+        });
+        api.expect("GET", &format!("/api/v1/namespaces/{NS}"))
+            .await
+            .respond(
+                200,
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}),
+            );
+        for path in [
+            format!("/api/v1/namespaces/{NS}"),
+            format!("/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies/project-isolation"),
+            format!("/api/v1/namespaces/{NS}/resourcequotas/project-quota"),
+            format!("/api/v1/namespaces/{NS}/limitranges/project-limits"),
+        ] {
+            api.expect_apply(&path).await;
+        }
+        let pvc = format!("/api/v1/namespaces/{NS}/persistentvolumeclaims/project-storage");
+        api.expect("GET", &pvc).await.respond(
+            200,
+            json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "project-storage", "namespace": NS},
+            "spec": {"storageClassName": "grows", "accessModes": ["ReadWriteOnce"],
+                "resources": {"requests": {"storage": "5Gi"}}},
+            "status": {"phase": "Bound"}}),
+        );
+        api.expect("GET", "/apis/storage.k8s.io/v1/storageclasses/grows")
+            .await
+            .respond(
+                200,
+                json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+                "metadata": {"name": "grows"}, "provisioner": "example.com/csi",
+                "allowVolumeExpansion": expandable}),
+            );
+        if expandable {
+            // Only the size, as a merge patch (an apply would also claim
+            // the immutable fields).
+            let ex = api.expect("PATCH", &pvc).await;
+            assert_eq!(ex.content_type, "application/merge-patch+json");
+            assert_eq!(
+                ex.body,
+                Some(json!({"spec": {"resources": {"requests": {"storage": "8Gi"}}}}))
+            );
+            ex.respond(
+                200,
+                json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                "metadata": {"name": "project-storage", "namespace": NS}}),
+            );
+        }
+        for path in [
+            format!("/api/v1/namespaces/{NS}/secrets/agent"),
+            format!("/apis/apps/v1/namespaces/{NS}/deployments/file-manager"),
+            format!("/api/v1/namespaces/{NS}/services/file-manager"),
+        ] {
+            api.expect_apply(&path).await;
+        }
+        expect_deployment_get(&mut api, "file-manager", true).await;
+        call.await.unwrap().expect("open");
+    }
+}
+
+/// A ready pod `dev-web-abc` of the dev server `web`.
+fn dev_pods() -> Value {
+    json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [{
+        "metadata": {"name": "dev-web-abc"},
+        "status": {"phase": "Running", "podIP": "10.1.2.3",
+            "conditions": [{"type": "Ready", "status": "True"}]}
+    }]})
+}
+
+#[tokio::test]
+async fn logs_exec_and_other_ports_of_a_dev_server_go_to_its_ready_pod() {
+    let (rt, mut api) = runtime(&[]);
+    let pods = format!("/api/v1/namespaces/{NS}/pods");
+    let call = spawn({
+        let rt = rt.clone();
+        async move { rt.container_logs("demo", "web", false).await.is_ok() }
+    });
+    api.expect("GET", &pods).await.respond(200, dev_pods());
+    let ex = api.expect("GET", &format!("{pods}/dev-web-abc/log")).await;
+    assert!(ex.query.contains("container=dev"), "{}", ex.query);
+    ex.respond(200, json!("log line"));
+    assert!(call.await.unwrap(), "logs");
+
+    let call = spawn({
+        let rt = rt.clone();
+        async move {
+            rt.container_exec(
+                "demo",
+                "web",
+                gateway::runtime::ExecSpec {
+                    argv: vec!["true".into()],
+                    cwd: String::new(),
+                    env: BTreeMap::new(),
+                    stdin: Vec::new(),
+                    timeout_ms: 1000,
+                    max_output_bytes: 0,
+                },
+            )
+            .await
+        }
+    });
+    api.expect("GET", &pods).await.respond(200, dev_pods());
+    api.expect("GET", &format!("{pods}/dev-web-abc/exec"))
+        .await
+        .fail(500, "InternalError", "no upgrade in this mock");
+    assert!(call.await.unwrap().is_err(), "the mock cannot upgrade");
+
+    // A port other than the declared one goes straight to the pod's address.
+    let call = spawn({
+        let rt = rt.clone();
+        async move { rt.container_route("demo", "web", Some(9229)).await }
+    });
+    expect_deployment_get(&mut api, "dev-web", true).await;
+    api.expect("GET", &pods).await.respond(200, dev_pods());
+    let mut pod = dev_pods()["items"][0].clone();
+    pod["apiVersion"] = json!("v1");
+    pod["kind"] = json!("Pod");
+    api.expect("GET", &format!("{pods}/dev-web-abc"))
+        .await
+        .respond(200, pod);
+    let route = call.await.unwrap().expect("route");
+    assert_eq!((route.host.as_str(), route.port), ("10.1.2.3", 9229));
+}
+
+/// The verb the API server authorizes a recorded request as, with its
+/// resource (`group/resource[/subresource]`); `None` for a non-resource URL.
+fn authorized_as(r: &mock::Sent) -> Vec<(String, String)> {
+    let segments: Vec<&str> = r.path.trim_start_matches('/').split('/').collect();
+    // /api/v1/... (core) or /apis/{group}/{version}/...
+    let (group, rest) = match segments.as_slice() {
+        ["api", _version, rest @ ..] => ("", rest),
+        ["apis", group, _version, rest @ ..] => (*group, rest),
+        _ => return Vec::new(),
+    };
+    // Namespaced: namespaces/{ns}/{resource}[/{name}[/{sub}]]; a path of
+    // two segments under `namespaces` is the namespace object itself.
+    let (resource, name, sub) = match rest {
+        ["namespaces", _ns, resource, tail @ ..] => (*resource, tail.first(), tail.get(1)),
+        [resource, tail @ ..] => (*resource, tail.first(), tail.get(1)),
+        [] => return Vec::new(),
+    };
+    let resource = match sub {
+        Some(s) => format!("{group}/{resource}/{s}"),
+        None => format!("{group}/{resource}"),
+    };
+    let watch = r.query.split('&').any(|p| p == "watch=true");
+    let verbs: &[&str] = match (r.method.as_str(), name, sub) {
+        // exec and port-forward are WebSocket upgrades (GET): `get`, and
+        // from Kubernetes 1.35 also `create`.
+        ("GET", Some(_), Some(s)) if *s == "exec" || *s == "portforward" => &["get", "create"],
+        ("GET", Some(_), _) => &["get"],
+        ("GET", None, _) if watch => &["watch"],
+        ("GET", None, _) => &["list"],
+        ("POST", None, _) => &["create"],
+        // A server-side apply may create the object: the API server then
+        // also checks `create`.
+        ("PATCH", Some(_), _) if r.content_type == "application/apply-patch+yaml" => {
+            &["patch", "create"]
+        }
+        ("PATCH", Some(_), _) => &["patch"],
+        ("PUT", Some(_), _) => &["update"],
+        ("DELETE", Some(_), _) => &["delete"],
+        ("DELETE", None, _) => &["deletecollection"],
+        (m, _, _) => panic!("unexpected request {m} {}", r.path),
+    };
+    verbs
+        .iter()
+        .map(|v| (resource.clone(), (*v).to_owned()))
+        .collect()
+}
+
+/// The ClusterRole of k8s/base as (`group/resource`, verb) pairs.
+fn granted() -> BTreeSet<(String, String)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../k8s/base");
+    let objects = kustomize::render(&dir).expect("render k8s/base");
+    let role = objects
+        .iter()
+        .find(|o| o["kind"] == "ClusterRole" && o["metadata"]["name"] == "devgate-gateway")
+        .expect("the gateway's ClusterRole");
+    let mut out = BTreeSet::new();
+    for rule in role["rules"].as_array().expect("rules") {
+        let list = |k: &str| -> Vec<String> {
+            rule[k]
+                .as_array()
+                .unwrap_or_else(|| panic!("{k} in {rule}"))
+                .iter()
+                .map(|v| v.as_str().expect("a string").to_owned())
+                .collect()
+        };
+        for group in list("apiGroups") {
+            for resource in list("resources") {
+                for verb in list("verbs") {
+                    out.insert((format!("{group}/{resource}"), verb));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Least privilege, checked against what the code does: every scenario of
+/// this file runs (the whole lifecycle: open fresh and again, expansion,
+/// start, logs, exec, other ports, port-forward access, stop, teardown,
+/// waits on watches, failures), every request the runtime sent is turned
+/// into the verb the API server authorizes it as, and that set must equal
+/// what k8s/base/rbac.yaml grants: nothing used is missing, nothing granted
+/// is unused.
+#[test]
+fn rbac_grants_exactly_the_verbs_the_recorded_requests_need() {
+    // Each scenario is a #[tokio::test] (a plain fn with its own runtime).
+    open_fresh_applies_the_environment_and_waits_for_the_agent();
+    open_again_converges_a_half_made_project();
+    agent_of_a_project_after_a_gateway_restart();
+    start_applies_a_deployment_and_service_then_stop_deletes_them();
+    read_write_many_volumes_keep_the_same_affinity();
+    teardown_deletes_the_namespace_and_waits_until_it_is_gone_then_restore_opens_afresh();
+    teardown_times_out_when_the_namespace_stays();
+    open_that_never_becomes_ready_says_why();
+    api_failures_map_to_clear_errors();
+    an_api_server_that_never_answers_times_out();
+    port_forward_access_serves_agents_on_loopback();
+    failures_of_start_stop_and_teardown_are_reported_not_swallowed();
+    open_waits_for_a_namespace_still_terminating_then_makes_it_afresh();
+    an_existing_claim_grows_only_when_its_class_allows_it();
+    logs_exec_and_other_ports_of_a_dev_server_go_to_its_ready_pod();
+
+    let sent = mock::sent();
+    assert!(
+        sent.len() > 100,
+        "the scenarios ran: {} requests",
+        sent.len()
+    );
+    let used: BTreeSet<(String, String)> = sent.iter().flat_map(authorized_as).collect();
+    let granted = granted();
+    let missing: Vec<_> = used.difference(&granted).collect();
+    let unused: Vec<_> = granted.difference(&used).collect();
+    assert!(
+        missing.is_empty() && unused.is_empty(),
+        "k8s/base/rbac.yaml differs from what the runtime sends:\n\
+         used but not granted: {missing:?}\n\
+         granted but never used: {unused:?}"
     );
 }

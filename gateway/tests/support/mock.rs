@@ -16,6 +16,37 @@ use tower_test::mock::{Handle, SendResponse};
 
 use super::schema;
 
+/// One request the runtime sent, as the API server's authorizer sees it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Sent {
+    pub(crate) method: String,
+    pub(crate) path: String,
+    pub(crate) query: String,
+    pub(crate) content_type: String,
+}
+
+/// Every request any mock API server of this test binary received.
+static SENT: std::sync::Mutex<Vec<Sent>> = std::sync::Mutex::new(Vec::new());
+
+/// What the runtime sent so far, across the binary's tests.
+pub(crate) fn sent() -> Vec<Sent> {
+    SENT.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+fn record(parts: &http::request::Parts) {
+    SENT.lock().unwrap_or_else(|p| p.into_inner()).push(Sent {
+        method: parts.method.to_string(),
+        path: parts.uri.path().to_owned(),
+        query: parts.uri.query().unwrap_or_default().to_owned(),
+        content_type: parts
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned(),
+    });
+}
+
 /// The test's side of the mock API server.
 pub(crate) struct ApiServer {
     handle: Handle<Request<Body>, Response<Body>>,
@@ -47,6 +78,7 @@ impl ApiServer {
             .unwrap_or_else(|_| panic!("no request came; expected {method} {path}"))
             .unwrap_or_else(|| panic!("client gone; expected {method} {path}"));
         let (parts, body) = req.into_parts();
+        record(&parts);
         let bytes = body.collect().await.expect("request body").to_bytes();
         let body = if bytes.is_empty() {
             None
@@ -86,6 +118,7 @@ impl ApiServer {
             .expect("no request came")
             .expect("client gone");
         let (parts, body) = req.into_parts();
+        record(&parts);
         let bytes = body.collect().await.expect("request body").to_bytes();
         Exchange {
             method: parts.method.to_string(),
@@ -130,7 +163,11 @@ impl ApiServer {
     /// Takes the next request if one comes within `wait`.
     pub(crate) async fn try_next(&mut self, wait: Duration) -> Option<(String, String)> {
         match tokio::time::timeout(wait, self.handle.next_request()).await {
-            Ok(Some((req, _send))) => Some((req.method().to_string(), req.uri().path().to_owned())),
+            Ok(Some((req, _send))) => {
+                let (parts, _) = req.into_parts();
+                record(&parts);
+                Some((parts.method.to_string(), parts.uri.path().to_owned()))
+            }
             _ => None,
         }
     }

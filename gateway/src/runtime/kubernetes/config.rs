@@ -256,8 +256,9 @@ pub struct Settings {
     pub runtime_class: Option<String>,
     pub ready_timeout: Duration,
     pub api_timeout: Duration,
-    /// How often readiness and deletion are polled.
-    pub poll_interval: Duration,
+    /// Pause before a watch that broke (410 Gone, a dropped connection, 5xx)
+    /// is made again; waits are watches, never polls.
+    pub rewatch_pause: Duration,
     /// A port the S3 endpoint listens on other than 443, opened for egress
     /// (agents GET and PUT snapshot packs on URLs the gateway signed).
     pub s3_port: Option<u16>,
@@ -340,7 +341,7 @@ impl Settings {
             runtime_class: Some(args.runtime_class.clone()).filter(|s| !s.is_empty()),
             ready_timeout: Duration::from_secs(args.ready_timeout_secs),
             api_timeout: Duration::from_secs(args.api_timeout_secs.max(1)),
-            poll_interval: Duration::from_secs(1),
+            rewatch_pause: Duration::from_secs(1),
             s3_port,
             token_key: token_key.to_vec(),
         };
