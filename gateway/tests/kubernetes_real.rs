@@ -905,6 +905,77 @@ async fn a_namespace_stuck_terminating() {
 }
 
 #[tokio::test]
+async fn a_rescheduled_file_manager_follows_its_dev_servers() {
+    let env = Env::start(&[]).await;
+    let (p, ns) = ("follow", "proj-follow");
+    env.gw
+        .open_project(p)
+        .await
+        .unwrap_or_else(|e| panic!("open: {e}; gateway log:\n{}", env.log()));
+    env.put_file(p, "web/index.html", "ok").await;
+    let (s, c) = env
+        .post(
+            &format!("/api/projects/{p}/containers"),
+            json!({"name": "web", "port": 8000, "start": "exec python3 -m http.server \"$PORT\" --bind \"$HOST\""}),
+        )
+        .await;
+    assert_eq!(s, 201, "{c}");
+    let (s, c) = env
+        .post(
+            &format!("/api/projects/{p}/containers/web/start"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, 200, "{c}; gateway log:\n{}", env.log());
+    let node = |pod: &Pod| pod.spec.as_ref().and_then(|s| s.node_name.clone());
+    let dev = env.pods(ns, "dev-server").await;
+    let [dev] = dev.as_slice() else {
+        panic!("one dev pod: {dev:?}")
+    };
+    let dev_node = node(dev).expect("scheduled");
+    let old = env.pods(ns, "file-manager").await;
+    let [old] = old.as_slice() else {
+        panic!("one file-manager pod: {old:?}")
+    };
+    assert_eq!(node(old), Some(dev_node.clone()));
+
+    // The file-manager's pod goes (a drain, an eviction); its replacement is
+    // scheduled by the real scheduler, and with required affinity to the
+    // project's pods it can only go where the dev server runs. (On this
+    // two-node cluster the scheduler happened to pick that node even
+    // without the affinity when tried, so the affinity in the pod is what
+    // is asserted beside the node.)
+    let old_name = old.metadata.name.clone().expect("name");
+    Api::<Pod>::namespaced(env.admin.clone(), ns)
+        .delete(&old_name, &Default::default())
+        .await
+        .expect("delete the file-manager pod");
+    let new = eventually(T, "a new file-manager pod scheduled", || async {
+        env.pods(ns, "file-manager")
+            .await
+            .into_iter()
+            .find(|p| p.metadata.name.as_deref() != Some(&old_name) && node(p).is_some())
+    })
+    .await;
+    assert_eq!(
+        node(&new),
+        Some(dev_node),
+        "the file-manager follows its dev server"
+    );
+    let affinity =
+        serde_json::to_value(new.spec.as_ref().and_then(|s| s.affinity.clone())).expect("json");
+    assert_eq!(
+        affinity["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0]["labelSelector"],
+        json!({"matchLabels": {"devgate.dev/project": p}})
+    );
+    // And the project's files are served again through the new pod.
+    eventually(T, "files through the new file-manager", || async {
+        (env.get_file(p, "web/index.html").await == (200, "ok".to_owned())).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn pod_security_restricted_admits_the_projects_pods_and_refuses_others() {
     let env = Env::start(&[]).await;
     let (p, ns) = ("psa", "proj-psa");
