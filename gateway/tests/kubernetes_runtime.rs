@@ -1176,6 +1176,80 @@ async fn logs_exec_and_other_ports_of_a_dev_server_go_to_its_ready_pod() {
     assert_eq!((route.host.as_str(), route.port), ("10.1.2.3", 9229));
 }
 
+#[tokio::test]
+async fn a_dev_server_the_quota_refuses_fails_at_once_unless_a_pod_is_going() {
+    let refused = {
+        let mut d = deployment(NS, "dev-web", false);
+        d["status"]["conditions"] = json!([{
+            "type": "ReplicaFailure", "status": "True", "reason": "FailedCreate",
+            "message": "pods \"dev-web-x\" is forbidden: exceeded quota: project-quota, requested: pods=1, used: pods=1, limited: pods=1"
+        }]);
+        d
+    };
+    let pods = format!("/api/v1/namespaces/{NS}/pods");
+    let deployments = format!("/apis/apps/v1/namespaces/{NS}/deployments");
+    for going in [false, true] {
+        let (rt, mut api) = runtime(&[]);
+        let call = spawn({
+            let rt = rt.clone();
+            async move { rt.start_container("demo", &web()).await }
+        });
+        api.expect_apply(&format!("{deployments}/dev-web")).await;
+        api.expect_apply(&format!("/api/v1/namespaces/{NS}/services/dev-web"))
+            .await;
+        api.expect("GET", &format!("{deployments}/dev-web"))
+            .await
+            .respond(200, refused.clone());
+        // Is a pod of the project on its way out (its quota coming back)?
+        let ex = api.expect("GET", &pods).await;
+        assert!(!ex.query.contains("labelSelector"), "{}", ex.query);
+        if !going {
+            ex.respond(
+                200,
+                json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": []}),
+            );
+            // No: a clear 409 at once, and the Deployment goes, so that it
+            // does not start behind the caller's back later.
+            api.expect("DELETE", &format!("{deployments}/dev-web"))
+                .await
+                .respond(200, json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}));
+            api.expect(
+                "DELETE",
+                &format!("/api/v1/namespaces/{NS}/services/dev-web"),
+            )
+            .await
+            .respond(
+                200,
+                json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}),
+            );
+            let err = call.await.unwrap().expect_err("over quota");
+            assert!(
+                matches!(&err, Error::Conflict(m) if m.contains("over its quota") && m.contains("pods=1")),
+                "{err:?}"
+            );
+        } else {
+            ex.respond(
+                200,
+                json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [{
+                    "metadata": {"name": "dev-web-old", "deletionTimestamp": "2026-01-01T00:00:00Z"}
+                }]}),
+            );
+            // Yes: wait on (the refusal stays in the status meanwhile) until
+            // the pod is made and ready.
+            api.expect_list(&deployments, "dev-web").await.list(
+                "apps/v1",
+                "DeploymentList",
+                vec![refused.clone()],
+            );
+            api.expect_watch(&deployments, "dev-web")
+                .await
+                .events(&[json!({"type": "MODIFIED", "object": deployment(NS, "dev-web", true)})]);
+            let route = call.await.unwrap().expect("started once the old pod went");
+            assert_eq!(route.port, 5173);
+        }
+    }
+}
+
 /// The verb the API server authorizes a recorded request as, with its
 /// resource (`group/resource[/subresource]`); `None` for a non-resource URL.
 fn authorized_as(r: &mock::Sent) -> Vec<(String, String)> {
@@ -1254,7 +1328,8 @@ fn granted() -> BTreeSet<(String, String)> {
 
 /// Least privilege, checked against what the code does: every scenario of
 /// this file runs (the whole lifecycle: open fresh and again, expansion,
-/// start, logs, exec, other ports, port-forward access, stop, teardown,
+/// start, a quota refusal, logs, exec, other ports, port-forward access,
+/// stop, teardown,
 /// waits on watches, failures), every request the runtime sent is turned
 /// into the verb the API server authorizes it as, and that set must equal
 /// what k8s/base/rbac.yaml grants: nothing used is missing, nothing granted
@@ -1277,6 +1352,7 @@ fn rbac_grants_exactly_the_verbs_the_recorded_requests_need() {
     open_waits_for_a_namespace_still_terminating_then_makes_it_afresh();
     an_existing_claim_grows_only_when_its_class_allows_it();
     logs_exec_and_other_ports_of_a_dev_server_go_to_its_ready_pod();
+    a_dev_server_the_quota_refuses_fails_at_once_unless_a_pod_is_going();
 
     let sent = mock::sent();
     assert!(

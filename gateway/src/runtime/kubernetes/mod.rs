@@ -217,25 +217,30 @@ impl KubernetesRuntime {
     /// Waits for a Deployment's pod to be ready, watching it; fails when the
     /// project's quota refuses its pod (at once, saying so) or after the
     /// ready timeout saying why (pod states and the namespace's warnings).
+    /// A refusal while a pod of the project is still terminating (a dev
+    /// server stopped just before) is waited out: its share of the quota
+    /// comes back when it is gone.
     async fn wait_ready(&self, ns: &str, name: &str, selector: &str) -> Result<()> {
         let api: Api<Deployment> = Api::namespaced(self.kube.client.clone(), ns);
+        let deadline = tokio::time::Instant::now() + self.settings.ready_timeout;
         let d = self
             .kube
             .call(&format!("get deployment {ns}/{name}"), api.get(name))
             .await?;
-        let seen = match wait::rollout(&d) {
+        let mut seen = match wait::rollout(&d) {
             Some(r) => Some(r),
-            None => {
-                wait::watch_until(
-                    &api,
-                    name,
-                    self.settings.ready_timeout,
-                    self.settings.rewatch_pause,
-                    |d| d.and_then(wait::rollout),
-                )
-                .await?
-            }
+            None => self.watch_rollout(&api, name, deadline, true).await?,
         };
+        if let Some(wait::Rollout::OverQuota(_)) = &seen
+            && pods::terminating(&self.kube, ns).await
+        {
+            tracing::info!(
+                namespace = ns,
+                deployment = name,
+                "over the quota while a pod of the project terminates; waiting for it"
+            );
+            seen = self.watch_rollout(&api, name, deadline, false).await?;
+        }
         match seen {
             Some(wait::Rollout::Ready) => Ok(()),
             Some(wait::Rollout::OverQuota(why)) => Err(Error::Conflict(format!(
@@ -249,6 +254,23 @@ impl KubernetesRuntime {
                 )))
             }
         }
+    }
+
+    /// Watches a Deployment until it is ready (or, with `quota`, refused by
+    /// the quota), up to `deadline`.
+    async fn watch_rollout(
+        &self,
+        api: &Api<Deployment>,
+        name: &str,
+        deadline: tokio::time::Instant,
+        quota: bool,
+    ) -> Result<Option<wait::Rollout>> {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        wait::watch_until(api, name, left, self.settings.rewatch_pause, |d| {
+            d.and_then(wait::rollout)
+                .filter(|r| quota || matches!(r, wait::Rollout::Ready))
+        })
+        .await
     }
 
     fn ready_lock(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
