@@ -167,7 +167,7 @@ impl AgentClient {
                     if n.packs.is_empty() || n.packs.len() > 64 {
                         return Err(Error::internal("the agent asked for a bad batch of urls"));
                     }
-                    let urls = sign(n.packs.clone()).await?;
+                    let urls = sign(n.packs.clone(), n.sizes).await?;
                     let urls = n
                         .packs
                         .into_iter()
@@ -207,9 +207,12 @@ impl AgentClient {
     }
 }
 
-/// Signs URLs for a batch of pack ids (hex), one per id, in order.
-pub type PackSigner<'a> =
-    dyn Fn(Vec<String>) -> futures::future::BoxFuture<'a, Result<Vec<String>>> + Send + Sync + 'a;
+/// Signs URLs for a batch of pack ids (hex), one per id, in order; the
+/// second list holds the packs' sizes (uploads) or nothing (downloads).
+pub type PackSigner<'a> = dyn Fn(Vec<String>, Vec<u64>) -> futures::future::BoxFuture<'a, Result<Vec<String>>>
+    + Send
+    + Sync
+    + 'a;
 
 /// What the agent reports at the end of a snapshot or a restore.
 #[derive(Debug, Clone, Default)]

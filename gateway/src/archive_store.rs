@@ -40,20 +40,12 @@ enum Kind {
     S3 { bucket: String, prefix: String },
 }
 
-/// A signed URL's method.
+/// What a signed URL allows: one `GET`, or one `PUT` of a body of exactly
+/// this many bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Method {
+pub enum Op {
     Get,
-    Put,
-}
-
-impl Method {
-    fn as_str(self) -> &'static str {
-        match self {
-            Method::Get => "GET",
-            Method::Put => "PUT",
-        }
-    }
+    Put(u64),
 }
 
 /// HMAC-SHA256 keyed with `key` (HMAC takes keys of any length, so the
@@ -113,30 +105,40 @@ impl ArchiveStore {
     }
 
     /// A URL the agent may `method` the object `key` at, for [`URL_TTL`].
-    pub async fn sign_url(&self, method: Method, key: &str) -> Result<String> {
+    pub async fn sign_url(&self, op: Op, key: &str) -> Result<String> {
         match &self.kind {
             Kind::S3 { bucket, .. } => {
-                crate::s3::presign(method == Method::Put, bucket, key, URL_TTL).await
+                let put = match op {
+                    Op::Get => None,
+                    Op::Put(len) => Some(len),
+                };
+                crate::s3::presign(put, bucket, key, URL_TTL).await
             }
             Kind::Folder(_) => {
                 let base = self.base.get().ok_or_else(|| {
                     Error::internal("the object route's address is not known yet")
                 })?;
                 let exp = now_secs() + URL_TTL.as_secs();
-                let sig = hex::encode(self.mac(method, key, exp)?.finalize().into_bytes());
-                Ok(format!("{base}/_objects/{key}?exp={exp}&sig={sig}"))
+                let sig = hex::encode(self.mac(op, key, exp)?.finalize().into_bytes());
+                Ok(match op {
+                    Op::Get => format!("{base}/_objects/{key}?exp={exp}&sig={sig}"),
+                    Op::Put(len) => format!("{base}/_objects/{key}?exp={exp}&len={len}&sig={sig}"),
+                })
             }
         }
     }
 
-    fn mac(&self, method: Method, key: &str, exp: u64) -> Result<Hmac<Sha256>> {
+    fn mac(&self, op: Op, key: &str, exp: u64) -> Result<Hmac<Sha256>> {
         let mut mac = keyed(&self.url_key)?;
-        mac.update(format!("{}\n{key}\n{exp}", method.as_str()).as_bytes());
+        match op {
+            Op::Get => mac.update(format!("GET\n{key}\n{exp}").as_bytes()),
+            Op::Put(len) => mac.update(format!("PUT\n{key}\n{exp}\n{len}").as_bytes()),
+        }
         Ok(mac)
     }
 
     /// Whether a folder URL's signature is good and unexpired.
-    pub fn check_url(&self, method: Method, key: &str, exp: u64, sig: &str) -> bool {
+    pub fn check_url(&self, op: Op, key: &str, exp: u64, sig: &str) -> bool {
         let now = now_secs();
         if exp < now || exp > now + URL_TTL.as_secs() {
             return false;
@@ -145,7 +147,7 @@ impl ArchiveStore {
             return false;
         };
         // Constant-time comparison.
-        self.mac(method, key, exp)
+        self.mac(op, key, exp)
             .is_ok_and(|mac| mac.verify_slice(&sig).is_ok())
     }
 
@@ -472,37 +474,25 @@ mod tests {
     }
 
     #[test]
-    fn folder_signatures_bind_method_key_and_expiry() {
+    fn folder_signatures_bind_method_length_key_and_expiry() {
         let s = ArchiveStore::new(ArchiveLocation::Folder("/x".into()), b"secret").unwrap();
         let other = ArchiveStore::new(ArchiveLocation::Folder("/x".into()), b"other").unwrap();
         let key = "a/packs/00";
         let exp = now_secs() + 60;
-        let sig = hex::encode(
-            s.mac(Method::Put, key, exp)
-                .unwrap()
-                .finalize()
-                .into_bytes(),
-        );
-        assert!(s.check_url(Method::Put, key, exp, &sig));
-        assert!(!s.check_url(Method::Get, key, exp, &sig));
-        assert!(!s.check_url(Method::Put, "b/packs/00", exp, &sig));
-        assert!(!s.check_url(Method::Put, key, exp + 1, &sig));
-        assert!(!other.check_url(Method::Put, key, exp, &sig));
+        let sig = hex::encode(s.mac(Op::Put(5), key, exp).unwrap().finalize().into_bytes());
+        assert!(s.check_url(Op::Put(5), key, exp, &sig));
+        assert!(!s.check_url(Op::Get, key, exp, &sig));
+        assert!(!s.check_url(Op::Put(5), "b/packs/00", exp, &sig));
+        assert!(!s.check_url(Op::Put(5), key, exp + 1, &sig));
+        assert!(!other.check_url(Op::Put(5), key, exp, &sig));
+        // Another length than signed.
+        assert!(!s.check_url(Op::Put(6), key, exp, &sig));
+        assert!(!s.check_url(Op::Put(0), key, exp, &sig));
         let old = now_secs() - 1;
-        let sig = hex::encode(
-            s.mac(Method::Put, key, old)
-                .unwrap()
-                .finalize()
-                .into_bytes(),
-        );
-        assert!(!s.check_url(Method::Put, key, old, &sig), "expired");
+        let sig = hex::encode(s.mac(Op::Put(5), key, old).unwrap().finalize().into_bytes());
+        assert!(!s.check_url(Op::Put(5), key, old, &sig), "expired");
         let far = now_secs() + 10 * URL_TTL.as_secs();
-        let sig = hex::encode(
-            s.mac(Method::Put, key, far)
-                .unwrap()
-                .finalize()
-                .into_bytes(),
-        );
-        assert!(!s.check_url(Method::Put, key, far, &sig), "too far ahead");
+        let sig = hex::encode(s.mac(Op::Put(5), key, far).unwrap().finalize().into_bytes());
+        assert!(!s.check_url(Op::Put(5), key, far, &sig), "too far ahead");
     }
 }

@@ -11,6 +11,7 @@ pub mod archive_store;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod events;
 pub mod idle;
 pub mod ids;
 pub mod lease;
@@ -18,6 +19,7 @@ pub mod lifecycle;
 pub mod local_files;
 pub mod metrics;
 pub mod preview;
+pub mod preview_state;
 pub mod runtime;
 pub mod s3;
 pub mod server;
@@ -157,11 +159,17 @@ pub async fn build_state_with(
         None => config.secret.clone(),
     };
     let secret = auth::load_or_create_secret(configured.as_deref(), &config.data_dir)?;
-    let store: Arc<dyn Store> = match &config.database_url {
-        Some(url) => Arc::new(store::postgres::PostgresStore::connect(url).await?),
-        None => Arc::new(
-            store::sqlite::SqliteStore::open(&config.data_dir.join("state.sqlite3"))
-                .context("cannot open the state store")?,
+    let (store, postgres): (Arc<dyn Store>, _) = match &config.database_url {
+        Some(url) => {
+            let pg = Arc::new(store::postgres::PostgresStore::connect(url).await?);
+            (pg.clone(), Some((pg, url)))
+        }
+        None => (
+            Arc::new(
+                store::sqlite::SqliteStore::open(&config.data_dir.join("state.sqlite3"))
+                    .context("cannot open the state store")?,
+            ),
+            None,
         ),
     };
     restrict_data_dir(&config.data_dir)?;
@@ -195,21 +203,28 @@ pub async fn build_state_with(
         Duration::from_secs(config.lease_secs),
     );
     let write_gates = state::WriteGates::new(store.clone());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    // Replicas on one database see each other's project events.
+    let events = match postgres {
+        Some((pg, url)) => events::Events::relayed(pg, url, &replica, shutdown.clone()),
+        None => events::Events::default(),
+    };
     Ok(AppState {
-        preview: Arc::new(preview::PreviewState::new(&metrics)),
+        preview: Arc::new(preview_state::PreviewState::new(&metrics)),
+        manifest_packs: Arc::default(),
         metrics,
         config: Arc::new(config.clone()),
         keys: auth::Keys::new(&secret, config.max_token_ttl),
         store,
         runtime,
         agents: agent_client::AgentPool::default(),
-        events: state::Events::default(),
+        events,
         locks: state::ProjectLocks::new(leases.clone()),
         leases,
         leader: Arc::default(),
         archives: Arc::new(archives),
         templates: Arc::new(templates),
-        shutdown: tokio_util::sync::CancellationToken::new(),
+        shutdown,
         listen_port: Arc::default(),
         activity: Arc::new(activity::Activity::new(
             std::time::Instant::now(),

@@ -14,17 +14,18 @@ use chrono::Utc;
 
 use crate::error::{Error, Result};
 use crate::metrics::{LifecycleLabels, OpLabels};
-use crate::runtime::ContainerSpec;
 use crate::state::AppState;
 use crate::store::{
     ArchiveVersion, CommandLogEntry, ContainerStatus, Project, ProjectStatus, Transition,
 };
 
+pub mod containers;
 mod recovery;
 mod signing;
 mod snapshots;
 pub mod upkeep;
 
+pub use containers::start_container;
 pub use recovery::reconcile;
 use snapshots::{restore_snapshot, step_agent, take_snapshot};
 pub use upkeep::snapshot_now;
@@ -310,23 +311,22 @@ async fn restore(state: &AppState, p: &mut Project, wanted: Option<&str>) -> Res
                     })
                     .inc_by(a.size);
                 state
-                    .log_command(CommandLogEntry {
-                        id: 0,
-                        truncated: false,
-                        project: id.clone(),
-                        ts: Utc::now(),
-                        label: "restore".into(),
-                        command: match &a.snapshot {
-                            Some(sid) => format!("restore snapshot {sid} (version {})", a.version),
-                            None => {
-                                format!("extract archive version {} ({})", a.version, a.key)
-                            }
-                        },
-                        exit_code: Some(0),
-                        duration_ms: elapsed.as_millis() as u64,
-                        stdout: format!("{} files, {} bytes", summary.files, summary.bytes),
-                        stderr: String::new(),
-                    })
+                    .log_command(
+                        CommandLogEntry::new(
+                            &id,
+                            "restore",
+                            match &a.snapshot {
+                                Some(sid) => {
+                                    format!("restore snapshot {sid} (version {})", a.version)
+                                }
+                                None => {
+                                    format!("extract archive version {} ({})", a.version, a.key)
+                                }
+                            },
+                        )
+                        .took(elapsed)
+                        .succeeded(format!("{} files, {} bytes", summary.files, summary.bytes)),
+                    )
                     .await;
             }
             set_status(state, p, ProjectStatus::Active).await?;
@@ -359,18 +359,11 @@ async fn restore(state: &AppState, p: &mut Project, wanted: Option<&str>) -> Res
             };
             let _ = set_status(state, p, back).await;
             state
-                .log_command(CommandLogEntry {
-                    id: 0,
-                    truncated: false,
-                    project: id.clone(),
-                    ts: Utc::now(),
-                    label: "restore".into(),
-                    command: "restore newest snapshot".into(),
-                    exit_code: Some(1),
-                    duration_ms: elapsed.as_millis() as u64,
-                    stdout: String::new(),
-                    stderr: e.to_string(),
-                })
+                .log_command(
+                    CommandLogEntry::new(&id, "restore", "restore newest snapshot")
+                        .took(elapsed)
+                        .failed(&e),
+                )
                 .await;
             Err(e)
         }
@@ -472,18 +465,11 @@ pub async fn hibernate_unless_busy(
             // manifest references the others, and retention removes them.
             set_status(state, &mut p, ProjectStatus::Active).await?;
             state
-                .log_command(CommandLogEntry {
-                    id: 0,
-                    truncated: false,
-                    project: id.to_owned(),
-                    ts: Utc::now(),
-                    label: "hibernate".into(),
-                    command: format!("snapshot version {version}"),
-                    exit_code: Some(1),
-                    duration_ms: elapsed.as_millis() as u64,
-                    stdout: String::new(),
-                    stderr: e.to_string(),
-                })
+                .log_command(
+                    CommandLogEntry::new(id, "hibernate", format!("snapshot version {version}"))
+                        .took(elapsed)
+                        .failed(&e),
+                )
                 .await;
             return Err(e);
         }
@@ -549,21 +535,14 @@ pub async fn hibernate_unless_busy(
     }
     state.agents.forget(id);
     state
-        .log_command(CommandLogEntry {
-            id: 0,
-            truncated: false,
-            project: id.to_owned(),
-            ts: Utc::now(),
-            label: "hibernate".into(),
-            command: format!("snapshot version {version}"),
-            exit_code: Some(0),
-            duration_ms: elapsed.as_millis() as u64,
-            stdout: format!(
-                "snapshot {}: {} files, {} bytes, {} bytes uploaded",
-                taken.id, taken.files, taken.bytes, taken.uploaded_bytes
-            ),
-            stderr: String::new(),
-        })
+        .log_command(
+            CommandLogEntry::new(id, "hibernate", format!("snapshot version {version}"))
+                .took(elapsed)
+                .succeeded(format!(
+                    "snapshot {}: {} files, {} bytes, {} bytes uploaded",
+                    taken.id, taken.files, taken.bytes, taken.uploaded_bytes
+                )),
+        )
         .await;
     upkeep::retain(state, id).await;
     tracing::info!(
@@ -662,53 +641,18 @@ pub async fn delete(state: &AppState, id: &str) -> Result<()> {
     Ok(())
 }
 
-/// Starts a container's dev server and records it running.
-pub async fn start_container(
-    state: &AppState,
-    id: &str,
-    name: &str,
-) -> Result<crate::store::Container> {
-    let mut c = state.container(id, name).await?;
-    if c.status == ContainerStatus::Running
-        && state.runtime.container_route(id, name, None).await.is_ok()
-    {
-        return Ok(c);
-    }
-    let spec = ContainerSpec {
-        name: c.name.clone(),
-        port: c.port,
-        ports: c.ports.clone(),
-        start: c.start.clone(),
-        env: c.env.clone(),
-    };
-    c.status = ContainerStatus::Starting;
-    state.store.update_container(&c).await?;
-    match state.runtime.start_container(id, &spec).await {
-        Ok(route) => {
-            tracing::info!(
-                project = id,
-                container = name,
-                port = route.port,
-                "container started"
-            );
-            c.status = ContainerStatus::Running;
-            state.store.update_container(&c).await?;
-            state.emit(
-                id,
-                "container",
-                serde_json::json!({"name": name, "status": "running"}),
-            );
-            Ok(c)
+/// Makes sure a project is active, restoring it first when it is
+/// hibernated (terminals and previews wake their project). Other states
+/// answer 409 `project_not_active`; an unknown project 404.
+pub async fn ensure_active(state: &AppState, project: &str) -> Result<()> {
+    let p = state.project(project).await?;
+    match p.status {
+        ProjectStatus::Active => Ok(()),
+        ProjectStatus::Hibernated => {
+            tracing::info!(project, "waking a hibernated project");
+            open(state, project).await?;
+            Ok(())
         }
-        Err(e) => {
-            c.status = ContainerStatus::Failed;
-            let _ = state.store.update_container(&c).await;
-            state.emit(
-                id,
-                "container",
-                serde_json::json!({"name": name, "status": "failed"}),
-            );
-            Err(e)
-        }
+        _ => Err(Error::ProjectNotActive(project.to_owned())),
     }
 }

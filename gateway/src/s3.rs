@@ -66,24 +66,27 @@ fn unavailable(what: &str, bucket: &str, key: &str, e: impl std::error::Error) -
     ))
 }
 
-/// A presigned URL for one `PUT` or `GET` of `key`, valid for `ttl`.
-pub async fn presign(put: bool, bucket: &str, key: &str, ttl: Duration) -> Result<String> {
+/// A presigned URL for one `GET` of `key`, or one `PUT` of a body of
+/// exactly `put` bytes (`content-length` is signed), valid for `ttl`.
+pub async fn presign(put: Option<u64>, bucket: &str, key: &str, ttl: Duration) -> Result<String> {
     presign_with(client().await, put, bucket, key, ttl).await
 }
 
 /// [`presign`] with the client `c`.
 pub async fn presign_with(
     c: &Client,
-    put: bool,
+    put: Option<u64>,
     bucket: &str,
     key: &str,
     ttl: Duration,
 ) -> Result<String> {
     let cfg = PresigningConfig::expires_in(ttl).map_err(Error::internal)?;
-    let req = if put {
+    let req = if let Some(len) = put {
+        let len = i64::try_from(len).map_err(Error::internal)?;
         c.put_object()
             .bucket(bucket)
             .key(key)
+            .content_length(len)
             .presigned(cfg)
             .await
             .map_err(|e| unavailable("presign", bucket, key, e))?

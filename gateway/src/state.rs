@@ -7,13 +7,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
-use tokio::sync::broadcast;
 
 use crate::agent_client::{AgentClient, AgentPool};
 use crate::archive_store::ArchiveStore;
 use crate::auth::Keys;
 use crate::config::Config;
 use crate::error::{Error, Result};
+pub use crate::events::{Events, ProjectEvent, head_and_tail};
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
 use crate::store::{CommandLogEntry, Container, Project, ProjectStatus, Store};
@@ -50,7 +50,10 @@ pub struct AppState {
     /// loop and GC.
     pub leader: Arc<std::sync::atomic::AtomicBool>,
     /// The preview proxy's pool, caches, wake limits and share links in use.
-    pub preview: Arc<crate::preview::PreviewState>,
+    pub preview: Arc<crate::preview_state::PreviewState>,
+    /// The snapshot collector's cache: each manifest's pack ids, by manifest
+    /// key (a key names its content's hash, so entries never go stale).
+    pub manifest_packs: Arc<Mutex<HashMap<String, Arc<Vec<devgate_snapshot::Id>>>>>,
 }
 
 /// The token extractors (`auth::Claims`, `auth::QueryClaims`) take the keys
@@ -196,33 +199,6 @@ impl AppState {
     }
 }
 
-/// `text` cut to at most `cap` bytes: its first and last halves around a
-/// line saying how much was left out (cuts fall on character boundaries);
-/// `true` when something was cut.
-pub fn head_and_tail(text: &str, cap: usize) -> (String, bool) {
-    if text.len() <= cap {
-        return (text.to_owned(), false);
-    }
-    let half = cap / 2;
-    let mut head = half;
-    while !text.is_char_boundary(head) {
-        head -= 1;
-    }
-    let mut tail = text.len() - half;
-    while !text.is_char_boundary(tail) {
-        tail += 1;
-    }
-    let cut = tail - head;
-    (
-        format!(
-            "{}\n[... {cut} bytes left out ...]\n{}",
-            &text[..head],
-            &text[tail..]
-        ),
-        true,
-    )
-}
-
 /// The write gate of every project: see [`AppState::write_gates`]. Two
 /// layers: a read-write lock per project in this process (a hibernation
 /// here waits for the changes in flight here), and the store's gate
@@ -248,8 +224,7 @@ impl WriteGates {
     }
 
     fn gate(&self, project: &str) -> Arc<tokio::sync::RwLock<()>> {
-        let mut map = self.gates.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(project.to_owned()).or_default().clone()
+        per_project(&self.gates, project)
     }
 
     /// Held by a request that changes files. While a hibernation (on any
@@ -441,41 +416,6 @@ impl StatusCache {
     }
 }
 
-/// One server-sent event of a project.
-#[derive(Debug, Clone, Serialize)]
-pub struct ProjectEvent {
-    /// SSE event name: `status`, `progress` or `log`.
-    pub event: String,
-    pub data: serde_json::Value,
-}
-
-/// Per-project broadcast of [`ProjectEvent`]s.
-#[derive(Clone, Default)]
-pub struct Events {
-    channels: Arc<Mutex<HashMap<String, broadcast::Sender<ProjectEvent>>>>,
-}
-
-impl Events {
-    /// Subscribes to a project's events.
-    pub fn subscribe(&self, project: &str) -> broadcast::Receiver<ProjectEvent> {
-        let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(project.to_owned())
-            .or_insert_with(|| broadcast::channel(256).0)
-            .subscribe()
-    }
-
-    /// Sends to current subscribers; none is fine.
-    pub fn send(&self, project: &str, event: ProjectEvent) {
-        let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(tx) = map.get(project)
-            && tx.send(event).is_err()
-        {
-            // Nobody listens any more: drop the channel.
-            map.remove(project);
-        }
-    }
-}
-
 /// One lock per project, so open, hibernate, restore, delete and container
 /// changes of a project never interleave, on this replica or any other: an
 /// async mutex in this process (a fast local layer: tasks here queue on it
@@ -511,8 +451,7 @@ impl ProjectLocks {
     }
 
     fn local(&self, project: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut map = self.locks.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(project.to_owned()).or_default().clone()
+        per_project(&self.locks, project)
     }
 
     /// Waits for the project's lock.
@@ -542,6 +481,23 @@ impl ProjectLocks {
     }
 }
 
+/// Past this many entries, a per-project lock map drops the locks nobody
+/// holds or waits for, so the maps do not grow with every project ever
+/// touched (deleted ones included).
+const PRUNE_AT: usize = 1024;
+
+/// The project's entry of a map of per-project locks, made when missing.
+/// An entry only the map holds (no guard, no waiter: both hold a clone) is
+/// free to drop: whoever comes next makes a new one, and nobody can hold
+/// the old one.
+fn per_project<T: Default>(map: &Mutex<HashMap<String, Arc<T>>>, project: &str) -> Arc<T> {
+    let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+    if map.len() >= PRUNE_AT && !map.contains_key(project) {
+        map.retain(|_, lock| Arc::strong_count(lock) > 1);
+    }
+    map.entry(project.to_owned()).or_default().clone()
+}
+
 /// The store lease of a project's lock.
 pub fn lease_name(project: &str) -> String {
     format!("project:{project}")
@@ -562,6 +518,24 @@ mod tests {
         // Never inside a character: é is two bytes.
         let (cut, _) = head_and_tail(&"é".repeat(50), 11);
         assert!(cut.starts_with("éé\n") && cut.ends_with("\néé"), "{cut}");
+    }
+
+    #[tokio::test]
+    async fn per_project_locks_do_not_grow_without_bound() {
+        let map: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>> = Mutex::default();
+        // Held ones stay (with their identity), free ones go once the map is full.
+        let held = per_project(&map, "held").lock_owned().await;
+        for i in 0..3 * PRUNE_AT {
+            let _guard = per_project(&map, &format!("p{i}")).lock_owned().await;
+        }
+        let len = map.lock().unwrap().len();
+        assert!(len <= PRUNE_AT + 1, "{len}");
+        assert!(
+            per_project(&map, "held").try_lock().is_err(),
+            "a held lock was dropped"
+        );
+        drop(held);
+        assert!(per_project(&map, "held").try_lock().is_ok());
     }
 
     #[test]

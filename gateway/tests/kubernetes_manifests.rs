@@ -276,6 +276,51 @@ fn base_and_overlays_render_to_valid_objects() {
     }
 }
 
+/// Production previews are flat hosts (one label under the preview domain),
+/// so the one wildcard certificate on the Ingress covers every preview, and
+/// the Ingress routes that wildcard, not every host, to the gateway.
+#[test]
+fn production_previews_get_one_wildcard_certificate() {
+    let prod = render("overlays/production");
+    let cm = &find(&prod, "ConfigMap", "devgate-gateway")["data"];
+    assert_eq!(cm["GATEWAY_PREVIEW_HOST_STYLE"], "flat");
+    let domain = cm["GATEWAY_PREVIEW_DOMAIN"].as_str().unwrap();
+    let wildcard = format!("*.{domain}");
+    let ingress = &find(&prod, "Ingress", "devgate-gateway")["spec"];
+    let tls = ingress["tls"].as_array().unwrap();
+    let preview_tls = tls
+        .iter()
+        .find(|t| {
+            t["hosts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|h| h == &wildcard)
+        })
+        .unwrap_or_else(|| panic!("no TLS entry covers {wildcard}: {tls:?}"));
+    assert!(
+        preview_tls["secretName"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty())
+    );
+    let rules = ingress["rules"].as_array().unwrap();
+    assert!(
+        rules.iter().any(|r| r["host"] == wildcard),
+        "no rule for {wildcard}: {rules:?}"
+    );
+    // Every rule names a host that a TLS entry covers: no plain-HTTP catch-all.
+    for r in rules {
+        let host = r["host"]
+            .as_str()
+            .unwrap_or_else(|| panic!("a rule without a host: {r}"));
+        assert!(
+            tls.iter()
+                .any(|t| t["hosts"].as_array().unwrap().iter().any(|h| h == host)),
+            "{host} has no certificate"
+        );
+    }
+}
+
 /// Every variable the gateway reads, from its own flag definitions.
 fn gateway_variables() -> Vec<String> {
     gateway::Config::command()
@@ -430,6 +475,59 @@ fn images_run_as_non_root_and_e2e_script_parses() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The images build for amd64 and arm64: each Rust build stage takes its
+/// target from BuildKit's `TARGETARCH` through `rust-target.sh`, which maps
+/// both architectures (and refuses others), and no triple is written in.
+#[test]
+fn images_build_for_amd64_and_arm64() {
+    let script = k8s_dir().join("images/rust-target.sh");
+    let run = |arch: &str| {
+        let out = std::process::Command::new("sh")
+            .arg(&script)
+            .arg(arch)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        )
+    };
+    assert_eq!(run("amd64"), (true, "x86_64-unknown-linux-musl".to_owned()));
+    assert_eq!(
+        run("arm64"),
+        (true, "aarch64-unknown-linux-musl".to_owned())
+    );
+    assert!(
+        !run("s390x").0,
+        "an architecture without a build is refused"
+    );
+    // No argument (the classic builder sets no TARGETARCH): this machine's.
+    let own = run("");
+    assert!(own.0 && own.1.ends_with("-unknown-linux-musl"), "{own:?}");
+    for name in ["gateway", "agent", "dev"] {
+        let text =
+            std::fs::read_to_string(k8s_dir().join(format!("images/{name}.Dockerfile"))).unwrap();
+        assert!(
+            !text.contains("x86_64") && !text.contains("aarch64"),
+            "{name}: a target triple written in"
+        );
+        let build = text
+            .split("\nFROM ")
+            .find(|stage| stage.starts_with("rust:"))
+            .unwrap_or_else(|| panic!("{name}: no Rust build stage"));
+        assert!(build.contains("ARG TARGETARCH"), "{name}");
+        assert!(
+            build.contains("rustup target add \"$(rust-target \"$TARGETARCH\")\""),
+            "{name}: the target is not added for TARGETARCH"
+        );
+        assert!(
+            build.contains("--target \"$target\"")
+                && build.contains("target=\"$(rust-target \"$TARGETARCH\")\""),
+            "{name}: cargo does not build for TARGETARCH"
+        );
+    }
 }
 
 #[test]

@@ -4,16 +4,23 @@
 # install commands should run beside the files.
 # Build from the repository root:
 #   docker build -f k8s/images/dev.Dockerfile -t devgate/dev:dev .
+# or, for both architectures:
+#   docker buildx build --platform linux/amd64,linux/arm64 -f k8s/images/dev.Dockerfile -t devgate/dev:dev .
+# Built for each platform of `docker buildx build --platform linux/amd64,linux/arm64`
+# (natively, or under QEMU emulation on a machine of the other architecture).
 FROM rust:1.95-bookworm AS build
+ARG TARGETARCH
+COPY k8s/images/rust-target.sh /usr/local/bin/rust-target
 RUN apt-get update && apt-get install -y --no-install-recommends musl-tools cmake clang \
     && rm -rf /var/lib/apt/lists/* \
-    && rustup target add x86_64-unknown-linux-musl
+    && rustup target add "$(rust-target "$TARGETARCH")"
 WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --target x86_64-unknown-linux-musl -p agent --bin agent \
-    && cp target/x86_64-unknown-linux-musl/release/agent /agent
+    target="$(rust-target "$TARGETARCH")" \
+    && cargo build --release --locked --target "$target" -p agent --bin agent \
+    && cp "target/$target/release/agent" /agent
 
 FROM node:20-bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends \

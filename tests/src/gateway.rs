@@ -2,6 +2,13 @@
 //! dir, a known secret (so tests can sign their own tokens), an optional
 //! archive location and extra environment (S3), started and awaited until it
 //! prints `listening on http://ADDR`; killed on drop.
+//!
+//! Against a cluster (`k8s/e2e.sh`): with `E2E_NAMESPACE_PREFIX` set, each
+//! gateway gets a namespace prefix of its own under it, so tests that use
+//! the same project ids never meet in one namespace; with
+//! `E2E_GATEWAY_URL` (and `E2E_GATEWAY_SECRET`), a gateway with default
+//! settings is the one already running there (the in-cluster shape) instead
+//! of a process of the test's.
 
 use std::io::BufRead as _;
 use std::path::{Path, PathBuf};
@@ -100,6 +107,12 @@ impl GatewayBuilder {
 
     /// Starts the gateway and waits for its `listening on` line.
     pub async fn start(self) -> Result<Gateway> {
+        if let Some(url) = std::env::var("E2E_GATEWAY_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+        {
+            return self.external(&url).await;
+        }
         let (temp, data_dir) = match &self.data_dir {
             Some(d) => (None, d.clone()),
             None => {
@@ -125,9 +138,80 @@ impl GatewayBuilder {
             http: reqwest::Client::builder().no_proxy().build()?,
             builder: self,
             uid_base: 300_000 + rand::random_range(0..100_000u32) * 2048,
+            namespace_prefix: std::env::var("E2E_NAMESPACE_PREFIX")
+                .ok()
+                .filter(|p| !p.is_empty())
+                .map(|p| format!("{p}{:04x}-", rand::random::<u16>())),
+            external: false,
             _temp: temp,
         };
         gw.spawn().await?;
+        Ok(gw)
+    }
+
+    /// The gateway at `url` (`http://IP:PORT`, e.g. a `kubectl port-forward`
+    /// of the in-cluster gateway's Service), whose secret is
+    /// `E2E_GATEWAY_SECRET`. Only a gateway with default settings can be that
+    /// one: a test that asks for settings of its own fails with a message.
+    /// Every project on it is deleted first, so each test starts from none,
+    /// as with a gateway of its own (run these tests one at a time).
+    async fn external(self, url: &str) -> Result<Gateway> {
+        let custom = !self.env.is_empty()
+            || !self.args.is_empty()
+            || self.archive.is_some()
+            || self.listen.is_some()
+            || self.data_dir.is_some()
+            || self.bins.is_some()
+            || self.no_secret
+            || self.secret.is_some();
+        ensure!(
+            !custom,
+            "this test starts a gateway with settings of its own, which the in-cluster \
+             shape (E2E_GATEWAY_URL) cannot give it"
+        );
+        let secret = std::env::var("E2E_GATEWAY_SECRET")
+            .context("E2E_GATEWAY_URL needs E2E_GATEWAY_SECRET (the gateway's GATEWAY_SECRET)")?;
+        let base = url.trim_end_matches('/').to_owned();
+        let addr = base
+            .strip_prefix("http://")
+            .and_then(|a| a.parse().ok())
+            .with_context(|| format!("E2E_GATEWAY_URL {url:?} is not http://IP:PORT"))?;
+        let temp = tempfile::tempdir()?;
+        let gw = Gateway {
+            base,
+            addr,
+            secret,
+            data_dir: temp.path().to_path_buf(),
+            proc: None,
+            stdout: Arc::default(),
+            http: reqwest::Client::builder().no_proxy().build()?,
+            builder: self,
+            uid_base: 0,
+            namespace_prefix: None,
+            external: true,
+            _temp: Some(temp),
+        };
+        let list: serde_json::Value = gw
+            .get("/api/projects")
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let ids = list
+            .as_array()
+            .or_else(|| list["projects"].as_array())
+            .cloned()
+            .unwrap_or_default();
+        for p in ids {
+            if let Some(id) = p["id"].as_str() {
+                gw.delete(&format!("/api/projects/{id}"))
+                    .send()
+                    .await?
+                    .error_for_status()
+                    .with_context(|| format!("cannot delete project {id} left on {url}"))?;
+            }
+        }
         Ok(gw)
     }
 }
@@ -145,6 +229,10 @@ pub struct Gateway {
     builder: GatewayBuilder,
     /// `--project-uid-base`: random, kept across restarts.
     uid_base: u32,
+    /// `GATEWAY_K8S_NAMESPACE_PREFIX` against a cluster, kept across restarts.
+    namespace_prefix: Option<String>,
+    /// The gateway of `E2E_GATEWAY_URL`, not a process of this test.
+    external: bool,
     _temp: Option<tempfile::TempDir>,
 }
 
@@ -174,6 +262,10 @@ impl Gateway {
     }
 
     async fn spawn(&mut self) -> Result<()> {
+        ensure!(
+            !self.external,
+            "the gateway of E2E_GATEWAY_URL cannot be restarted by a test"
+        );
         let bin = |name: &str| match &self.builder.bins {
             Some(dir) => dir.join(name),
             None => bin(name),
@@ -200,6 +292,15 @@ impl Gateway {
             && !self.builder.args.iter().any(|a| a == "--project-uid-base")
         {
             cmd.arg("--project-uid-base").arg(self.uid_base.to_string());
+        }
+        if let Some(prefix) = &self.namespace_prefix
+            && !self
+                .builder
+                .env
+                .iter()
+                .any(|(k, _)| k == "GATEWAY_K8S_NAMESPACE_PREFIX")
+        {
+            cmd.env("GATEWAY_K8S_NAMESPACE_PREFIX", prefix);
         }
         cmd.args(&self.builder.args)
             .env(

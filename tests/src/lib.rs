@@ -6,6 +6,7 @@
 pub mod devserver;
 pub mod gateway;
 pub mod postgres;
+pub mod sse;
 
 pub use http::{Fetch, error_of, expect_error};
 mod http;
@@ -110,21 +111,24 @@ pub const S3_SECRET_KEY: &str = "test-secret";
 pub const S3_REGION: &str = "us-east-1";
 
 impl S3Server {
+    /// Starts a server of `kind` on loopback; against a cluster
+    /// (`k8s/e2e.sh`), with `E2E_S3_HOST` set to an address of this machine
+    /// that pods reach, on every address, named by that one in
+    /// [`S3Server::endpoint`] (the URLs the gateway signs for agents).
     pub async fn start(kind: S3Kind) -> Result<S3Server> {
         let port = free_port();
+        let public = std::env::var("E2E_S3_HOST").ok().filter(|h| !h.is_empty());
+        let bind = if public.is_some() {
+            "0.0.0.0"
+        } else {
+            "127.0.0.1"
+        };
         let (child, root) = match kind {
             // `python3 -m` rather than the `moto_server` script: a fresh pyenv
             // install may not have made a shim for the script yet.
             S3Kind::Moto => {
                 let child = Command::new("python3")
-                    .args([
-                        "-m",
-                        "moto.server",
-                        "-H",
-                        "127.0.0.1",
-                        "-p",
-                        &port.to_string(),
-                    ])
+                    .args(["-m", "moto.server", "-H", bind, "-p", &port.to_string()])
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())
                     .spawn()
@@ -136,7 +140,7 @@ impl S3Server {
             S3Kind::S3sFs => {
                 let root = tempfile::tempdir()?;
                 let child = Command::new("s3s-fs")
-                    .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+                    .args(["--host", bind, "--port", &port.to_string()])
                     .args(["--access-key", S3_ACCESS_KEY, "--secret-key", S3_SECRET_KEY])
                     .arg(root.path())
                     .env("RUST_LOG", "error")
@@ -151,7 +155,7 @@ impl S3Server {
             }
         };
         let proc = Proc(child);
-        let endpoint = format!("http://127.0.0.1:{port}");
+        let endpoint = format!("http://{}:{port}", public.as_deref().unwrap_or("127.0.0.1"));
         let addr = format!("127.0.0.1:{port}");
         eventually(
             Duration::from_secs(30),

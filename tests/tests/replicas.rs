@@ -4,7 +4,9 @@
 //! random interleavings, and no acknowledged write is ever lost nor any
 //! archive the store references removed; idle hibernation leaves a project
 //! alone while a terminal is attached to the other replica; a replica
-//! killed while holding a project's lock frees it within its lease.
+//! killed while holding a project's lock frees it within its lease; a
+//! client streaming a project's events from one replica sees what the
+//! other does (PostgreSQL LISTEN/NOTIFY).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -15,6 +17,7 @@ use serde_json::{Value, json};
 use tests::Fetch as _;
 use tests::gateway::Gateway;
 use tests::postgres::{Postgres, create_db};
+use tests::sse::next_event;
 
 struct Replicas {
     a: Gateway,
@@ -311,6 +314,82 @@ async fn a_killed_lock_holder_frees_the_lock_within_its_lease() {
     assert!(waited < Duration::from_secs(3 + 3), "took {waited:?}");
     assert_eq!(r.status_b(p).await, "hibernated");
     let _ = create.await;
+}
+
+#[tokio::test]
+async fn events_reach_clients_of_every_replica() {
+    let r = replicas(&["--idle-hibernate-minutes", "0"]).await;
+    let p = "news";
+    r.a.open_project(p).await.unwrap();
+    // A client of replica b...
+    let resp = r.b.get(&format!("/api/projects/{p}/events")).fetch().await;
+    assert_eq!(resp.status(), 200);
+    let mut s = resp.bytes_stream();
+    let mut buf = String::new();
+    next_event(&mut s, &mut buf, |e, _| e == "project").await;
+    // ...sees a command replica a runs, output and all...
+    let exec =
+        r.a.post(&format!("/api/projects/{p}/exec"))
+            .json(&json!({"argv": ["echo", "ran-on-a"], "label": "on-a"}))
+            .fetch()
+            .await;
+    assert_eq!(exec.status(), 200);
+    let (_, v) = next_event(&mut s, &mut buf, |e, v| e == "log" && v["label"] == "on-a").await;
+    assert_eq!(v["stdout"], "ran-on-a\n");
+    // ...a large output cut to its head and tail (GET /logs has it whole)...
+    let exec = r
+        .a
+        .post(&format!("/api/projects/{p}/exec"))
+        .json(&json!({"argv": ["sh", "-c", "echo FIRST; head -c 60000 /dev/zero | tr '\\0' x; echo; echo LAST"], "label": "big"}))
+        .fetch()
+        .await;
+    assert_eq!(exec.status(), 200);
+    let (_, v) = next_event(&mut s, &mut buf, |e, v| e == "log" && v["label"] == "big").await;
+    let out = v["stdout"].as_str().unwrap();
+    assert!(
+        out.starts_with("FIRST\n") && out.ends_with("LAST\n"),
+        "{}",
+        out.len()
+    );
+    assert!(out.len() < 8000, "{}", out.len());
+    assert_eq!(v["truncated"], true);
+    // ...and the hibernation replica a does, step by step, each once.
+    let hib =
+        r.a.post(&format!("/api/projects/{p}/hibernate"))
+            .fetch()
+            .await;
+    assert_eq!(hib.status(), 200);
+    next_event(&mut s, &mut buf, |e, v| {
+        e == "status" && v["status"] == "hibernated"
+    })
+    .await;
+    // Replica a's own client gets each event once, not again from the relay.
+    let resp = r.a.get(&format!("/api/projects/{p}/events")).fetch().await;
+    let mut own = resp.bytes_stream();
+    let mut own_buf = String::new();
+    next_event(&mut own, &mut own_buf, |e, _| e == "project").await;
+    let open = r.a.post(&format!("/api/projects/{p}/open")).fetch().await;
+    assert_eq!(open.status(), 200);
+    r.a.exec_ok(p, "true").await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while let Ok(Some(Ok(chunk))) = tokio::time::timeout_at(deadline, own.next()).await {
+        own_buf.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let frames: Vec<&str> = own_buf
+        .split("\n\n")
+        .filter(|f| f.contains("data:"))
+        .collect();
+    let execs = frames
+        .iter()
+        .filter(|f| f.contains("\"label\":\"exec\""))
+        .count();
+    assert_eq!(execs, 1, "{own_buf}");
+    let distinct: std::collections::BTreeSet<&&str> = frames.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        frames.len(),
+        "an event came twice: {own_buf}"
+    );
 }
 
 impl Replicas {

@@ -291,7 +291,7 @@ async fn a_presigned_url_reaches_its_own_object_only() {
     )
     .unwrap();
     let client = gateway::s3::configure(s3.sdk_config(), true);
-    let presign = |put: bool, key: String, ttl: std::time::Duration| {
+    let presign = |put: Option<u64>, key: String, ttl: std::time::Duration| {
         let client = client.clone();
         async move {
             gateway::s3::presign_with(&client, put, "snaps", &key, ttl)
@@ -303,8 +303,13 @@ async fn a_presigned_url_reaches_its_own_object_only() {
     let id = devgate_snapshot::Id::of(&body);
     let (key_a, key_b) = (store.pack_key("alpha", &id), store.pack_key("beta", &id));
     assert_eq!(key_a, format!("pre/alpha/packs/{id}"));
-    let put_a = presign(true, key_a.clone(), URL_TTL).await;
+    let len = Some(body.len() as u64);
+    let put_a = presign(len, key_a.clone(), URL_TTL).await;
     assert!(put_a.contains("X-Amz-Signature="), "{put_a}");
+    assert!(
+        put_a.contains("content-length"),
+        "the length is not signed: {put_a}"
+    );
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
 
     // Project B's object with project A's URL: refused, nothing written.
@@ -333,9 +338,18 @@ async fn a_presigned_url_reaches_its_own_object_only() {
     assert_eq!(s3.get_object("snaps", &key_a).await.unwrap(), None);
 
     // An expired URL for A's own object: refused.
-    let short = presign(true, key_a.clone(), std::time::Duration::from_secs(1)).await;
+    let short = presign(len, key_a.clone(), std::time::Duration::from_secs(1)).await;
     tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
     let r = http.put(&short).body(body.clone()).fetch().await;
+    assert_eq!(r.status(), 403, "{}", r.text().await.unwrap());
+    assert_eq!(s3.get_object("snaps", &key_a).await.unwrap(), None);
+
+    // A body longer or shorter than signed: refused.
+    let mut longer = body.clone();
+    longer.extend_from_slice(b" and more");
+    let r = http.put(&put_a).body(longer).fetch().await;
+    assert_eq!(r.status(), 403, "{}", r.text().await.unwrap());
+    let r = http.put(&put_a).body(body[1..].to_vec()).fetch().await;
     assert_eq!(r.status(), 403, "{}", r.text().await.unwrap());
     assert_eq!(s3.get_object("snaps", &key_a).await.unwrap(), None);
 
@@ -347,7 +361,7 @@ async fn a_presigned_url_reaches_its_own_object_only() {
         Some(body.clone())
     );
     assert_eq!(s3.get_object("snaps", &key_b).await.unwrap(), None);
-    let get_a = presign(false, key_a.clone(), URL_TTL).await;
+    let get_a = presign(None, key_a.clone(), URL_TTL).await;
     let r = http.get(&get_a).fetch().await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.unwrap().to_vec(), body);
@@ -364,7 +378,7 @@ async fn a_presigned_url_reaches_its_own_object_only() {
 
 #[tokio::test]
 async fn a_signed_object_url_reaches_its_own_object_only() {
-    use gateway::archive_store::{ArchiveStore, Method};
+    use gateway::archive_store::{ArchiveStore, Op};
     use gateway::config::ArchiveLocation;
 
     let gw = Gateway::start().await.unwrap();
@@ -378,8 +392,9 @@ async fn a_signed_object_url_reaches_its_own_object_only() {
     store.set_base_url(gw.base.clone());
     let body = b"a pack's bytes".to_vec();
     let id = devgate_snapshot::Id::of(&body);
+    let len = body.len() as u64;
     let put_a = store
-        .sign_url(Method::Put, &format!("alpha/packs/{id}"))
+        .sign_url(Op::Put(len), &format!("alpha/packs/{id}"))
         .await
         .unwrap();
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
@@ -401,6 +416,17 @@ async fn a_signed_object_url_reaches_its_own_object_only() {
     assert_eq!(r.status(), 403);
     let r = http.put(&put_a).body("other bytes").fetch().await;
     assert_eq!(r.status(), 400);
+    // The length is signed: another one in the URL is refused, and a body
+    // of another length than signed too.
+    let longer = put_a.replace(&format!("len={len}"), &format!("len={}", len + 1));
+    assert_ne!(longer, put_a);
+    let r = http.put(&longer).body(body.clone()).fetch().await;
+    assert_eq!(r.status(), 403);
+    let no_len = put_a.replace(&format!("&len={len}"), "");
+    let r = http.put(&no_len).body(body.clone()).fetch().await;
+    assert_eq!(r.status(), 403);
+    let r = http.put(&put_a).body(body[1..].to_vec()).fetch().await;
+    assert_eq!(r.status(), 400);
     assert!(
         !gw.data_dir
             .join(format!("archives/alpha/packs/{id}"))
@@ -408,7 +434,7 @@ async fn a_signed_object_url_reaches_its_own_object_only() {
     );
     // Only pack keys are served, whatever the signature.
     let manifest = store
-        .sign_url(Method::Put, &format!("alpha/snapshots/{id}"))
+        .sign_url(Op::Put(len), &format!("alpha/snapshots/{id}"))
         .await
         .unwrap();
     let r = http.put(&manifest).body(body.clone()).fetch().await;
@@ -418,7 +444,7 @@ async fn a_signed_object_url_reaches_its_own_object_only() {
     let r = http.put(&put_a).body(body.clone()).fetch().await;
     assert_eq!(r.status(), 200);
     let get_a = store
-        .sign_url(Method::Get, &format!("alpha/packs/{id}"))
+        .sign_url(Op::Get, &format!("alpha/packs/{id}"))
         .await
         .unwrap();
     let r = http.get(&get_a).fetch().await;

@@ -106,7 +106,7 @@ async fn a_snapshot_over_the_cap_fails_and_changes_nothing() {
 /// contract's JSON error, nothing written.
 #[tokio::test]
 async fn an_object_put_reads_no_more_than_a_pack() {
-    use gateway::archive_store::{ArchiveStore, Method};
+    use gateway::archive_store::{ArchiveStore, Op};
     use gateway::config::ArchiveLocation;
 
     let gw = Gateway::start().await.unwrap();
@@ -119,7 +119,7 @@ async fn an_object_put_reads_no_more_than_a_pack() {
     let body = vec![7u8; devgate_snapshot::PACK_MAX as usize + 1];
     let id = devgate_snapshot::Id::of(&body);
     let url = store
-        .sign_url(Method::Put, &format!("alpha/packs/{id}"))
+        .sign_url(Op::Put(body.len() as u64), &format!("alpha/packs/{id}"))
         .await
         .unwrap();
     let http = reqwest::Client::builder().no_proxy().build().unwrap();

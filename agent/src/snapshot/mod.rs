@@ -78,11 +78,13 @@ struct Urls {
 }
 
 impl Urls {
-    /// Asks for the URLs of `packs` and waits for them.
-    async fn ask(&mut self, events: &Events, packs: &[Id]) -> Result<Vec<String>> {
+    /// Asks for the URLs of `packs` (of these `sizes`, for uploads; empty
+    /// for downloads) and waits for them.
+    async fn ask(&mut self, events: &Events, packs: &[Id], sizes: Vec<u64>) -> Result<Vec<String>> {
         let msg = SnapshotEvent {
             event: Some(snapshot_event::Event::NeedUrls(NeedUrls {
                 packs: packs.iter().map(Id::to_hex).collect(),
+                sizes,
             })),
         };
         events
@@ -251,7 +253,8 @@ async fn run_create(
                 }
             }
             let ids: Vec<Id> = batch.iter().map(|p| p.id).collect();
-            let targets = urls.ask(events, &ids).await?;
+            let sizes = batch.iter().map(|p| p.bytes.len() as u64).collect();
+            let targets = urls.ask(events, &ids, sizes).await?;
             uploaded += batch.iter().map(|p| p.bytes.len() as u64).sum::<u64>();
             count += batch.len() as u64;
             futures::stream::iter(batch.into_iter().zip(targets))
@@ -342,7 +345,7 @@ async fn run_restore(
             let url_tx = url_tx;
             for batch in packs.chunks(URL_BATCH) {
                 let ids: Vec<Id> = batch.iter().map(|&i| manifest.packs[i].id).collect();
-                let targets = urls.ask(events, &ids).await?;
+                let targets = urls.ask(events, &ids, Vec::new()).await?;
                 for pair in batch.iter().copied().zip(targets) {
                     if url_tx.send(pair).await.is_err() {
                         // The downloads failed; their error is the answer.

@@ -1,8 +1,8 @@
-//! Container (dev server) routes: create (template clone into `/{name}/` and
-//! `install`, both in the command log), list, start, stop, delete, logs.
+//! Container (dev server) routes: create, list, start, stop, delete, logs.
+//! The handlers check what the request says (names, ports, env) and leave
+//! the steps to `lifecycle::containers`.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -10,7 +10,6 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use chrono::Utc;
 use futures::StreamExt as _;
 use serde::Deserialize;
 use serde_json::Value;
@@ -21,9 +20,9 @@ use crate::auth::Claims;
 use crate::error::{Error, Result};
 use crate::ids;
 use crate::lifecycle;
-use crate::runtime::ExecSpec;
+use crate::lifecycle::containers::NewContainer;
 use crate::state::AppState;
-use crate::store::{CommandLogEntry, Container, ContainerStatus, ProjectStatus, Template};
+use crate::store::{Container, ContainerStatus, ProjectStatus, Template};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -53,14 +52,6 @@ struct CreateBody {
 
 /// Ports a container may declare besides its main one.
 const MAX_EXTRA_PORTS: usize = 16;
-
-/// Checks the project is active (409 `project_not_active` otherwise).
-async fn require_active(state: &AppState, p: &str) -> Result<()> {
-    if state.project(p).await?.status != ProjectStatus::Active {
-        return Err(Error::ProjectNotActive(p.to_owned()));
-    }
-    Ok(())
-}
 
 async fn create(
     claims: Claims,
@@ -100,161 +91,21 @@ async fn create(
             "env names must be non-empty and hold no '=' or NUL".into(),
         ));
     }
-    let _guard = state.locks.lock(&p).await?;
-    require_active(&state, &p).await?;
-    let existing = state.store.list_containers(&p).await?;
-    if existing.iter().any(|c| c.name == body.name) {
-        return Err(Error::Conflict(format!("container {} exists", body.name)));
-    }
-    for port in std::iter::once(body.port).chain(ports.iter().copied()) {
-        if let Some(other) = existing
-            .iter()
-            .find(|c| c.port == port || c.ports.contains(&port))
-        {
-            return Err(Error::Conflict(format!(
-                "port {port} is claimed by container {}",
-                other.name
-            )));
-        }
-    }
-    let client = state.agent_of_active(&p).await?;
-    let name = body.name.clone();
-    // Files go to /{name}/ now, not at start.
-    let mut created_dir = false;
-    if let Some(t) = &body.template {
-        let t0 = Instant::now();
-        // Bundled templates are served over git's dumb HTTP protocol, which
-        // cannot do shallow clones; they are small anyway.
-        let bundled = state
-            .templates
-            .iter()
-            .any(|(n, _)| t.git.ends_with(&format!("/templates/{n}.git")));
-        let r = client
-            .clone_repo(
-                &t.git,
-                t.git_ref.as_deref().unwrap_or(""),
-                &name,
-                true,
-                !bundled,
-            )
-            .await
-            .map_err(|e| match e {
-                // The agent says "failed precondition" for a clone that failed
-                // (bad URL, unknown ref): to the caller that is a bad template.
-                Error::PreconditionFailed(m) | Error::NotFound(m) => {
-                    Error::BadRequest(format!("template clone failed: {m}"))
-                }
-                other => other,
-            });
-        state
-            .log_command(CommandLogEntry {
-                id: 0,
-                truncated: false,
-                project: p.clone(),
-                ts: Utc::now(),
-                label: format!("{name}: clone"),
-                command: format!(
-                    "git clone {} {}{}",
-                    t.git,
-                    name,
-                    t.git_ref
-                        .as_deref()
-                        .map(|r| format!(" (ref {r})"))
-                        .unwrap_or_default()
-                ),
-                exit_code: Some(if r.is_ok() { 0 } else { 1 }),
-                duration_ms: t0.elapsed().as_millis() as u64,
-                stdout: r
-                    .as_ref()
-                    .map(|c| {
-                        let mut s = c.progress.join("\n");
-                        s.push_str(&format!("\ncommit {}, {} files", c.commit, c.files));
-                        s
-                    })
-                    .unwrap_or_default(),
-                stderr: r.as_ref().err().map(|e| e.to_string()).unwrap_or_default(),
-            })
-            .await;
-        r?;
-        created_dir = true;
-    } else {
-        match client.mkdir(&name, true).await {
-            Ok(_) => created_dir = true,
-            Err(Error::Conflict(_)) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    if let Some(install) = body.install.as_deref().filter(|s| !s.trim().is_empty()) {
-        let spec = ExecSpec {
-            argv: vec!["sh".into(), "-c".into(), install.to_owned()],
-            cwd: name.clone(),
-            env: body.env.clone(),
-            stdin: Vec::new(),
-            timeout_ms: 15 * 60 * 1000,
-            max_output_bytes: 0,
-        };
-        let r = client.run(spec).await;
-        let (code, out, err, ms) = match &r {
-            Ok(o) => (
-                o.exit_code,
-                String::from_utf8_lossy(&o.stdout).into_owned(),
-                String::from_utf8_lossy(&o.stderr).into_owned(),
-                o.duration_ms,
-            ),
-            Err(e) => (-1, String::new(), e.to_string(), 0),
-        };
-        state
-            .log_command(CommandLogEntry {
-                id: 0,
-                truncated: false,
-                project: p.clone(),
-                ts: Utc::now(),
-                label: format!("{name}: install"),
-                command: install.to_owned(),
-                exit_code: Some(code),
-                duration_ms: ms,
-                stdout: out,
-                stderr: err,
-            })
-            .await;
-        if r.is_err() || code != 0 {
-            // A failed request changes nothing: take back the files it added.
-            if created_dir {
-                let _ = client.remove(&name, true).await;
-            }
-            return Err(match r {
-                Err(e) => e,
-                Ok(_) => Error::BadRequest(format!(
-                    "install exited with code {code}; see the command log"
-                )),
-            });
-        }
-    }
-    let c = Container {
-        project: p.clone(),
-        name: name.clone(),
-        status: ContainerStatus::Stopped,
-        port: body.port,
-        ports,
-        start: body.start,
-        install: body.install,
-        env: body.env,
-        public: body.public,
-        template: body.template,
-        created_at: Utc::now(),
-        running_at_hibernation: false,
-    };
-    if let Err(e) = state.store.create_container(&c).await {
-        if created_dir {
-            let _ = client.remove(&name, true).await;
-        }
-        return Err(e);
-    }
-    state.emit(
+    let c = lifecycle::containers::create(
+        &state,
         &p,
-        "container",
-        serde_json::json!({"name": name, "status": "stopped"}),
-    );
+        NewContainer {
+            name: body.name,
+            template: body.template,
+            port: body.port,
+            ports,
+            start: body.start,
+            install: body.install,
+            env: body.env,
+            public: body.public,
+        },
+    )
+    .await?;
     Ok((StatusCode::CREATED, Json(container_json(&state, &c))).into_response())
 }
 
@@ -356,9 +207,7 @@ async fn start(
 ) -> Result<Json<Value>> {
     authorize(&claims, &p)?;
     ids::container_name(&c)?;
-    let _guard = state.locks.lock(&p).await?;
-    require_active(&state, &p).await?;
-    let c = lifecycle::start_container(&state, &p, &c).await?;
+    let c = lifecycle::containers::start(&state, &p, &c).await?;
     Ok(Json(container_json(&state, &c)))
 }
 
@@ -369,17 +218,7 @@ async fn stop(
 ) -> Result<Json<Value>> {
     authorize(&claims, &p)?;
     ids::container_name(&c)?;
-    let _guard = state.locks.lock(&p).await?;
-    require_active(&state, &p).await?;
-    let mut c = state.container(&p, &c).await?;
-    state.runtime.stop_container(&p, &c.name).await?;
-    c.status = ContainerStatus::Stopped;
-    state.store.update_container(&c).await?;
-    state.emit(
-        &p,
-        "container",
-        serde_json::json!({"name": c.name, "status": "stopped"}),
-    );
+    let c = lifecycle::containers::stop(&state, &p, &c).await?;
     Ok(Json(container_json(&state, &c)))
 }
 
@@ -397,27 +236,8 @@ async fn remove(
 ) -> Result<StatusCode> {
     authorize(&claims, &p)?;
     ids::container_name(&c)?;
-    let _guard = state.locks.lock(&p).await?;
-    let project = state.project(&p).await?;
-    let c = state.container(&p, &c).await?;
     let delete_files = matches!(q.delete_files.as_deref(), Some("true" | "1" | ""));
-    if project.status != ProjectStatus::Active && delete_files {
-        return Err(Error::ProjectNotActive(p));
-    }
-    state.runtime.stop_container(&p, &c.name).await?;
-    if delete_files {
-        let client = state.agent_of_active(&p).await?;
-        match client.remove(&c.name, true).await {
-            Ok(()) | Err(Error::NotFound(_)) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    state.store.delete_container(&p, &c.name).await?;
-    state.emit(
-        &p,
-        "container",
-        serde_json::json!({"name": c.name, "status": "deleted"}),
-    );
+    lifecycle::containers::remove(&state, &p, &c, delete_files).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -435,7 +255,7 @@ async fn logs(
 ) -> Result<Response> {
     authorize(&claims, &p)?;
     ids::container_name(&c)?;
-    require_active(&state, &p).await?;
+    state.require_active(&p).await?;
     let c = state.container(&p, &c).await?;
     let follow = matches!(q.follow.as_deref(), Some("true" | "1" | ""));
     let stream = state.runtime.container_logs(&p, &c.name, follow).await?;

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use axum::extract::{Path, Query, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -116,18 +115,11 @@ async fn exec(
         None => "exec".into(),
     });
     state
-        .log_command(CommandLogEntry {
-            id: 0,
-            truncated: false,
-            project: p.clone(),
-            ts: Utc::now(),
-            label,
-            command: shell_join(&body.argv),
-            exit_code: Some(out.exit_code),
-            duration_ms: out.duration_ms,
-            stdout: stdout.clone(),
-            stderr: stderr.clone(),
-        })
+        .log_command(
+            CommandLogEntry::new(&p, label, shell_join(&body.argv))
+                .took_ms(out.duration_ms)
+                .exited(out.exit_code, stdout.clone(), stderr.clone()),
+        )
         .await;
     Ok(Json(json!({
         "exit_code": out.exit_code,

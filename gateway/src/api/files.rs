@@ -12,7 +12,6 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use chrono::Utc;
 use futures::StreamExt as _;
 use serde::Deserialize;
 
@@ -454,22 +453,16 @@ async fn download(
                 Ok(ArchiveChunk::Data(d)) => Some(Ok(d)),
                 Ok(ArchiveChunk::Summary(s)) => {
                     tokio::spawn(async move {
-                        st.log_command(CommandLogEntry {
-                            id: 0,
-                            truncated: false,
-                            project,
-                            ts: Utc::now(),
-                            label: "archive".into(),
-                            command: if all {
-                                "download zip of the whole project".into()
-                            } else {
-                                "download zip of the project".into()
-                            },
-                            exit_code: Some(0),
-                            duration_ms: t0.elapsed().as_millis() as u64,
-                            stdout: format!("{} files, {} bytes", s.files, s.size),
-                            stderr: String::new(),
-                        })
+                        let command = if all {
+                            "download zip of the whole project"
+                        } else {
+                            "download zip of the project"
+                        };
+                        st.log_command(
+                            CommandLogEntry::new(&project, "archive", command)
+                                .took(t0.elapsed())
+                                .succeeded(format!("{} files, {} bytes", s.files, s.size)),
+                        )
                         .await
                     });
                     None
@@ -519,25 +512,11 @@ async fn upload(
     };
     let result = client.extract("", data, max, Some(caps)).await;
     state
-        .log_command(CommandLogEntry {
-            id: 0,
-            truncated: false,
-            project: p.clone(),
-            ts: Utc::now(),
-            label: "archive".into(),
-            command: "extract uploaded zip".into(),
-            exit_code: Some(if result.is_ok() { 0 } else { 1 }),
-            duration_ms: t0.elapsed().as_millis() as u64,
-            stdout: result
-                .as_ref()
-                .map(|s| format!("{} files, {} bytes", s.files, s.bytes))
-                .unwrap_or_default(),
-            stderr: result
-                .as_ref()
-                .err()
-                .map(|e| e.to_string())
-                .unwrap_or_default(),
-        })
+        .log_command(
+            CommandLogEntry::new(&p, "archive", "extract uploaded zip")
+                .took(t0.elapsed())
+                .outcome(&result, |s| format!("{} files, {} bytes", s.files, s.bytes)),
+        )
         .await;
     let s = result?;
     writing.finish().await?;

@@ -1,9 +1,10 @@
 //! `GET`/`PUT /_objects/{key}`: the pack objects of a folder archive store,
 //! for agents, on URLs the gateway signed (`ArchiveStore::sign_url`). No
-//! token: the HMAC in `sig` binds the method, the key and the expiry `exp`,
-//! so a URL handed out for one pack of one project reaches nothing else.
-//! Only pack keys (`{project}/packs/{64 hex}`) are served; a PUT body must
-//! hash to the key's id and be at most a pack's size, or nothing is written.
+//! token: the HMAC in `sig` binds the method, the key, the expiry `exp` and,
+//! for a PUT, the body's length `len`, so a URL handed out for one pack of
+//! one project reaches nothing else. Only pack keys
+//! (`{project}/packs/{64 hex}`) are served; a PUT body must be `len` bytes
+//! (at most a pack's size) and hash to the key's id, or nothing is written.
 
 use axum::Router;
 use axum::body::Body;
@@ -15,7 +16,7 @@ use devgate_snapshot::{Id, PACK_MAX};
 use http_body_util::BodyExt as _;
 use serde::Deserialize;
 
-use crate::archive_store::Method;
+use crate::archive_store::Op;
 use crate::error::{Error, Result};
 use crate::state::AppState;
 
@@ -27,10 +28,13 @@ pub fn routes() -> Router<AppState> {
 struct Signature {
     exp: u64,
     sig: String,
+    /// A PUT's body length.
+    #[serde(default)]
+    len: Option<u64>,
 }
 
 /// Checks the key's shape and the signature; answers the pack's id.
-fn check(state: &AppState, method: Method, key: &str, s: &Signature) -> Result<Id> {
+fn check(state: &AppState, op: Op, key: &str, s: &Signature) -> Result<Id> {
     if !state.archives.is_folder() {
         return Err(Error::NotFound("no such route".into()));
     }
@@ -42,7 +46,7 @@ fn check(state: &AppState, method: Method, key: &str, s: &Signature) -> Result<I
     let Some(id) = id else {
         return Err(Error::NotFound("no such object".into()));
     };
-    if !state.archives.check_url(method, key, s.exp, &s.sig) {
+    if !state.archives.check_url(op, key, s.exp, &s.sig) {
         return Err(Error::Forbidden(
             "the object URL's signature is invalid or expired".into(),
         ));
@@ -55,7 +59,7 @@ async fn get_object(
     Path(key): Path<String>,
     Query(s): Query<Signature>,
 ) -> Result<Response> {
-    check(&state, Method::Get, &key, &s)?;
+    check(&state, Op::Get, &key, &s)?;
     let bytes = state.archives.get(&key, PACK_MAX).await?;
     Ok((StatusCode::OK, bytes).into_response())
 }
@@ -66,12 +70,23 @@ async fn put_object(
     Query(s): Query<Signature>,
     body: Body,
 ) -> Result<Response> {
-    let id = check(&state, Method::Put, &key, &s)?;
+    let Some(len) = s.len else {
+        return Err(Error::Forbidden(
+            "the object URL's signature is invalid or expired".into(),
+        ));
+    };
+    let id = check(&state, Op::Put(len), &key, &s)?;
     let bytes = http_body_util::Limited::new(body, PACK_MAX as usize)
         .collect()
         .await
         .map_err(|_| Error::PayloadTooLarge(PACK_MAX))?
         .to_bytes();
+    if bytes.len() as u64 != len {
+        return Err(Error::BadRequest(format!(
+            "the body is {} bytes, the URL was signed for {len}",
+            bytes.len()
+        )));
+    }
     let got = Id::of(&bytes);
     if got != id {
         return Err(Error::BadRequest(format!(

@@ -171,7 +171,7 @@ async fn terminal(
     let Query(query) = query.map_err(|e| Error::BadRequest(e.body_text()))?;
     let params = Params::parse(&query)?;
     // A terminal opened on a hibernated project wakes it.
-    crate::preview::ensure_active(&state, &project).await?;
+    crate::lifecycle::ensure_active(&state, &project).await?;
     let attached = match &params.session {
         Some(id) => reattach(&state, &hosted, &project, id, params.offset).await?,
         None => open(&state, &hosted, &project, &params).await?,

@@ -3,10 +3,13 @@
 //! bounded by the operation:
 //! - a restore gets GET URLs for the packs of the manifest being restored,
 //!   and no others;
-//! - a create gets PUT URLs for at most `--snapshot-max-bytes` of packs:
-//!   the packs signed so far are measured in the store (each pack once it
-//!   is there), those not uploaded yet count [`PACK_TARGET`] each; once the
-//!   total reaches the cap, or more than [`OUTSTANDING_MAX`] signed packs
+//! - a create gets PUT URLs for at most `--snapshot-max-bytes` of packs.
+//!   The agent names each pack's size, at most `PACK_MAX`, and the URL
+//!   binds it: S3 signs `content-length`, a folder URL's HMAC covers it
+//!   and `PUT /_objects` takes exactly that many bytes. So the sizes the
+//!   budget counts are the sizes stored: packs measured in the store once
+//!   there, signed ones not uploaded yet by their named size. Once the
+//!   total passes the cap, or more than [`OUTSTANDING_MAX`] signed packs
 //!   are not uploaded yet, or the operation has had one URL per MiB of the
 //!   cap (at least [`OUTSTANDING_MAX`]), further URLs are refused (413
 //!   `payload_too_large`) and the snapshot fails, recording nothing. The
@@ -14,18 +17,16 @@
 //!   against the cap again. What a refused operation uploaded is named by
 //!   no manifest, and garbage collection removes it after its grace.
 //!
-//! In a folder store a pack is at most `PACK_MAX` bytes (`PUT /_objects`
-//! reads no more), so an operation stores at most the cap plus
-//! [`OUTSTANDING_MAX`] packs. An S3 presigned PUT binds no body size, so
-//! there the overshoot is [`OUTSTANDING_MAX`] objects of S3's own largest
-//! PUT, stopped at the next batch.
+//! A signed pack is stored once with its named size or not at all, so an
+//! operation stores at most the cap (packs repeated under another URL
+//! replace themselves with the same bytes: a pack's key is its hash).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
-use devgate_snapshot::{Id, PACK_TARGET};
+use devgate_snapshot::{Id, PACK_MAX};
 
-use crate::archive_store::Method;
+use crate::archive_store::Op;
 use crate::error::{Error, Result};
 use crate::state::AppState;
 
@@ -42,8 +43,8 @@ pub(super) struct Budget {
 struct Signed {
     /// Packs measured in the store, with their sizes.
     stored: HashMap<Id, u64>,
-    /// Packs signed and not found in the store yet.
-    outstanding: HashSet<Id>,
+    /// Packs signed and not found in the store yet, with their named sizes.
+    outstanding: HashMap<Id, u64>,
     /// URLs signed, repeats included.
     urls: u64,
 }
@@ -53,11 +54,11 @@ impl Signed {
         self.stored.values().sum()
     }
 
-    /// Bytes of the operation: measured, plus an estimate of those not
-    /// uploaded yet.
+    /// Bytes of the operation: measured, plus the named sizes of those not
+    /// uploaded yet (their URLs take no other size).
     fn estimate(&self) -> u64 {
         self.stored_bytes()
-            .saturating_add(self.outstanding.len() as u64 * PACK_TARGET as u64)
+            .saturating_add(self.outstanding.values().sum::<u64>())
     }
 }
 
@@ -96,8 +97,8 @@ impl Budget {
     }
 
     /// Admits a batch of packs to sign, or refuses it (and every later one).
-    async fn admit(&self, state: &AppState, project: &str, batch: &[Id]) -> Result<()> {
-        let pending: Vec<Id> = self.lock().outstanding.iter().copied().collect();
+    async fn admit(&self, state: &AppState, project: &str, batch: &[(Id, u64)]) -> Result<()> {
+        let pending: Vec<Id> = self.lock().outstanding.keys().copied().collect();
         let mut found = Vec::new();
         for pack in pending {
             if let Some(n) = state
@@ -113,7 +114,7 @@ impl Budget {
 
     /// [`Budget::admit`] once the outstanding packs found in the store
     /// (`found`, with their sizes) are known.
-    fn take(&self, found: Vec<(Id, u64)>, batch: &[Id]) -> Result<()> {
+    fn take(&self, found: Vec<(Id, u64)>, batch: &[(Id, u64)]) -> Result<()> {
         let mut s = self.lock();
         for (pack, n) in found {
             s.outstanding.remove(&pack);
@@ -123,16 +124,21 @@ impl Budget {
         if s.urls > self.url_cap() {
             return Err(self.over(format!("more than {} pack URLs", self.url_cap())));
         }
-        if s.estimate() >= self.max_bytes {
+        let adding: u64 = batch
+            .iter()
+            .filter(|(pack, _)| !s.stored.contains_key(pack) && !s.outstanding.contains_key(pack))
+            .map(|(_, n)| n)
+            .sum();
+        if s.estimate().saturating_add(adding) > self.max_bytes {
             return Err(self.over(format!(
-                "{} bytes stored and {} packs on their way",
+                "{} bytes stored, {} bytes signed and not uploaded yet, {adding} more asked for",
                 s.stored_bytes(),
-                s.outstanding.len()
+                s.outstanding.values().sum::<u64>()
             )));
         }
-        for pack in batch {
+        for (pack, n) in batch {
             if !s.stored.contains_key(pack) {
-                s.outstanding.insert(*pack);
+                s.outstanding.insert(*pack, *n);
             }
         }
         if s.outstanding.len() > OUTSTANDING_MAX {
@@ -153,14 +159,27 @@ pub(super) enum Scope<'a> {
     Restore(&'a HashSet<Id>),
 }
 
-/// Signed URLs for a batch of the project's packs, within `scope`.
+/// Signed URLs for a batch of the project's packs, within `scope`: GET
+/// URLs for a restore, PUT URLs of the named `sizes` for a create.
 pub(super) async fn sign_packs(
     state: &AppState,
     project: &str,
-    method: Method,
     packs: Vec<String>,
+    sizes: Vec<u64>,
     scope: Scope<'_>,
 ) -> Result<Vec<String>> {
+    if let Scope::Create(_) = scope {
+        if sizes.len() != packs.len() {
+            return Err(Error::internal(
+                "the agent named no size for each pack to upload (an agent older than the gateway?)",
+            ));
+        }
+        if let Some(n) = sizes.iter().find(|&&n| n == 0 || n > PACK_MAX) {
+            return Err(Error::internal(format!(
+                "the agent named a pack of {n} bytes (1 to {PACK_MAX})"
+            )));
+        }
+    }
     let mut ids = Vec::with_capacity(packs.len());
     for p in packs {
         let pack = Id::parse(&p)
@@ -174,13 +193,18 @@ pub(super) async fn sign_packs(
         }
         ids.push(pack);
     }
-    if let Scope::Create(budget) = scope {
-        budget.admit(state, project, &ids).await?;
-    }
+    let ops: Vec<Op> = match scope {
+        Scope::Create(budget) => {
+            let batch: Vec<(Id, u64)> = ids.iter().copied().zip(sizes.iter().copied()).collect();
+            budget.admit(state, project, &batch).await?;
+            sizes.into_iter().map(Op::Put).collect()
+        }
+        Scope::Restore(_) => vec![Op::Get; ids.len()],
+    };
     let mut urls = Vec::with_capacity(ids.len());
-    for pack in ids {
+    for (pack, op) in ids.into_iter().zip(ops) {
         let key = state.archives.pack_key(project, &pack);
-        urls.push(state.archives.sign_url(method, &key).await?);
+        urls.push(state.archives.sign_url(op, &key).await?);
     }
     Ok(urls)
 }
@@ -194,21 +218,27 @@ mod tests {
     }
 
     #[test]
-    fn a_create_is_refused_past_the_cap_measured_or_estimated() {
-        let b = Budget::new(10 << 20);
-        b.take(vec![], &[id(1)]).unwrap();
-        // Not uploaded yet: counts 4 MiB; a second batch is admitted.
-        b.take(vec![], &[id(2)]).unwrap();
-        // Both stored, 9 MiB in all: under the cap, admitted.
-        b.take(vec![(id(1), 5 << 20), (id(2), 4 << 20)], &[id(3)])
-            .unwrap();
-        // The third stored too: 13 MiB, refused, and so is every later batch.
-        let e = b.take(vec![(id(3), 4 << 20)], &[id(4)]).unwrap_err();
+    fn a_create_is_refused_past_the_cap_measured_or_named() {
+        const MIB: u64 = 1 << 20;
+        let b = Budget::new(10 * MIB);
+        b.take(vec![], &[(id(1), 5 * MIB)]).unwrap();
+        // Not uploaded yet: counts its named 5 MiB; 4 more fit.
+        b.take(vec![], &[(id(2), 4 * MIB)]).unwrap();
+        // 2 MiB more would pass the cap, though nothing is stored yet.
+        let e = b.take(vec![], &[(id(3), 2 * MIB)]).unwrap_err();
         assert!(matches!(e, Error::TooLarge(_)), "{e}");
         assert!(e.to_string().contains("--snapshot-max-bytes"), "{e}");
-        assert!(b.take(vec![], &[id(5)]).is_err());
-        b.check_total(10 << 20).unwrap();
-        assert!(b.check_total((10 << 20) + 1).is_err());
+        // Measured in the store as named: 9 MiB, and 1 MiB still fits exactly.
+        let b = Budget::new(10 * MIB);
+        b.take(vec![], &[(id(1), 5 * MIB), (id(2), 4 * MIB)])
+            .unwrap();
+        b.take(vec![(id(1), 5 * MIB), (id(2), 4 * MIB)], &[(id(3), MIB)])
+            .unwrap();
+        // The next byte is refused, and so is every later batch.
+        assert!(b.take(vec![(id(3), MIB)], &[(id(4), 1)]).is_err());
+        assert!(b.take(vec![], &[(id(5), 1)]).is_err());
+        b.check_total(10 * MIB).unwrap();
+        assert!(b.check_total(10 * MIB + 1).is_err());
     }
 
     #[test]
@@ -218,7 +248,7 @@ mod tests {
         let b = Budget::new(1 << 40);
         let mut n = 0;
         let refused = loop {
-            let batch: Vec<Id> = (n..n + 64).map(id).collect();
+            let batch: Vec<(Id, u64)> = (n..n + 64).map(|i| (id(i), 1)).collect();
             n += 64;
             if let Err(e) = b.take(vec![], &batch) {
                 break e;
@@ -229,7 +259,7 @@ mod tests {
         // One URL per MiB of the cap (at least OUTSTANDING_MAX), repeats
         // included: asking for the same stored pack again and again.
         let b = Budget::new(1 << 20);
-        let same = [id(0)];
+        let same = [(id(0), 1)];
         b.take(vec![], &same).unwrap();
         let mut urls = 1;
         let refused = loop {

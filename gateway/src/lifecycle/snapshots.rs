@@ -13,7 +13,6 @@ use futures::FutureExt as _;
 use super::progress;
 use super::signing::{Budget, Scope, sign_packs};
 use crate::agent_client::{AgentClient, ExtractSummary};
-use crate::archive_store::Method;
 use crate::error::{Error, Result};
 use crate::state::AppState;
 use crate::store::ArchiveVersion;
@@ -69,7 +68,7 @@ pub(super) async fn take_snapshot(
         }
     }
     let budget = Budget::new(state.config.snapshot_max_bytes);
-    let sign = |packs| sign_packs(state, id, Method::Put, packs, Scope::Create(&budget)).boxed();
+    let sign = |packs, sizes| sign_packs(state, id, packs, sizes, Scope::Create(&budget)).boxed();
     let (done, manifest) = client.snapshot_create(prev, &sign).await?;
     devgate_pause::at("hibernate-verify").await;
     progress(state, id, "verify", "checking the snapshot in the store");
@@ -124,7 +123,7 @@ pub(super) async fn restore_snapshot(
 ) -> Result<ExtractSummary> {
     let (bytes, m) = load_manifest(state, key, sid).await?;
     let allowed: HashSet<Id> = m.packs.iter().map(|p| p.id).collect();
-    let sign = |packs| sign_packs(state, id, Method::Get, packs, Scope::Restore(&allowed)).boxed();
+    let sign = |packs, sizes| sign_packs(state, id, packs, sizes, Scope::Restore(&allowed)).boxed();
     let done = client
         .snapshot_restore(sid.to_owned(), bytes, &sign)
         .await?;

@@ -12,8 +12,8 @@
 //! a step whose replica stalled past its lease.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use chrono::Utc;
@@ -55,30 +55,21 @@ async fn snapshot_locked(
             "the project's lease was lost during the snapshot".into(),
         ));
     }
-    let (exit_code, stdout, stderr) = match &result {
-        Ok(t) => (
-            0,
-            format!(
-                "snapshot {}: {} files, {} bytes, {} bytes uploaded",
-                t.id, t.files, t.bytes, t.uploaded_bytes
-            ),
-            String::new(),
-        ),
-        Err(e) => (1, String::new(), e.to_string()),
-    };
     state
-        .log_command(CommandLogEntry {
-            id: 0,
-            truncated: false,
-            project: id.to_owned(),
-            ts: Utc::now(),
-            label: "snapshot".into(),
-            command: format!("snapshot version {version} ({reason})"),
-            exit_code: Some(exit_code),
-            duration_ms: t0.elapsed().as_millis() as u64,
-            stdout,
-            stderr,
-        })
+        .log_command(
+            CommandLogEntry::new(
+                id,
+                "snapshot",
+                format!("snapshot version {version} ({reason})"),
+            )
+            .took(t0.elapsed())
+            .outcome(&result, |t| {
+                format!(
+                    "snapshot {}: {} files, {} bytes, {} bytes uploaded",
+                    t.id, t.files, t.bytes, t.uploaded_bytes
+                )
+            }),
+        )
         .await;
     let taken = result?;
     let v = ArchiveVersion {
@@ -374,17 +365,20 @@ pub async fn collect(state: &AppState, id: &str) -> Result<usize> {
     Ok(removed)
 }
 
-/// Manifests' pack ids, by manifest key. A manifest's key names its
-/// content's hash, so an entry never goes stale; the map is emptied when
-/// it grows past this many.
+/// How many manifests' pack ids [`AppState::manifest_packs`] keeps. A
+/// manifest's key names its content's hash, so an entry never goes stale;
+/// the map is emptied when it grows past this many.
 const PACKS_CACHED: usize = 4096;
-type PackCache = Mutex<HashMap<String, Arc<Vec<Id>>>>;
-static PACKS: LazyLock<PackCache> = LazyLock::new(Mutex::default);
 
 /// The packs snapshot `sid` (manifest at `key`) references, read and
 /// checked once per process.
 async fn packs_of(state: &AppState, key: &str, sid: &str) -> Result<Arc<Vec<Id>>> {
-    let cache = || PACKS.lock().unwrap_or_else(|p| p.into_inner());
+    let cache = || {
+        state
+            .manifest_packs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    };
     if let Some(p) = cache().get(key) {
         return Ok(p.clone());
     }

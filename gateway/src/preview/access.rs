@@ -10,22 +10,19 @@
 //! the share, which is looked up (cached for a second) on every request, so
 //! that a revoked link stops working at once.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use sha2::Digest as _;
-use tokio_util::sync::CancellationToken;
 
 use super::Refusal;
 use super::host::PreviewHost;
 use crate::auth::{PreviewClaims, now_secs, query_token};
 use crate::error::Error;
+pub use crate::preview_state::Shares;
 use crate::state::AppState;
-use crate::store::Share;
 
 /// The cookie that lets a browser into a private preview.
 pub const COOKIE: &str = "devgate_preview";
@@ -259,17 +256,6 @@ pub fn secure_context(host_name: &str, headers: &HeaderMap, trusted_peer: bool) 
     https || host_name == "localhost" || host_name.ends_with(".localhost")
 }
 
-/// Share links in use on this replica: their validity, cached briefly, and
-/// the cancellation of every upgraded connection (WebSocket) opened through
-/// each, so that revoking or expiring a link closes them. A revocation here
-/// closes them at once; one on another replica is seen by [`watch`] within
-/// its period.
-#[derive(Default)]
-pub struct Shares {
-    valid: Mutex<HashMap<String, (Option<Share>, Instant)>>,
-    live: Mutex<HashMap<String, Vec<CancellationToken>>>,
-}
-
 impl Shares {
     /// `Some(wake)` when share `id` exists, has not expired and is for this
     /// container.
@@ -297,42 +283,6 @@ impl Shares {
             && share.container == target.container
             && share.expires_at > chrono::Utc::now())
         .then_some(share.wake)
-    }
-
-    /// A cancellation for one upgraded connection opened through share `id`.
-    pub fn track(&self, id: &str) -> CancellationToken {
-        let token = CancellationToken::new();
-        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-        let list = live.entry(id.to_owned()).or_default();
-        list.retain(|t| !t.is_cancelled());
-        list.push(token.clone());
-        token
-    }
-
-    /// Share `id` was revoked: forget it and close its connections now.
-    pub fn revoke(&self, id: &str) {
-        self.valid
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
-        let tokens = self
-            .live
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
-        for t in tokens.into_iter().flatten() {
-            t.cancel();
-        }
-    }
-
-    /// Share ids with open connections (dropping those whose connections all ended).
-    fn live_ids(&self) -> Vec<String> {
-        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-        live.retain(|_, list| {
-            list.retain(|t| !t.is_cancelled());
-            !list.is_empty()
-        });
-        live.keys().cloned().collect()
     }
 }
 
@@ -415,17 +365,5 @@ mod tests {
         assert!(secure_context("web.demo.example.com", &https, true));
         // A client's own X-Forwarded-Proto is not believed.
         assert!(!secure_context("web.demo.example.com", &https, false));
-    }
-
-    #[test]
-    fn live_shares_are_cancelled_on_revoke() {
-        let shares = Shares::default();
-        let a = shares.track("s1");
-        let b = shares.track("s1");
-        let other = shares.track("s2");
-        assert_eq!(shares.live_ids().len(), 2);
-        shares.revoke("s1");
-        assert!(a.is_cancelled() && b.is_cancelled() && !other.is_cancelled());
-        assert_eq!(shares.live_ids(), ["s2"]);
     }
 }

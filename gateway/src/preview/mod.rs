@@ -17,21 +17,20 @@
 
 pub mod access;
 pub mod host;
-mod pool;
 mod proxy;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, Request};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use prometheus_client::metrics::counter::Counter;
 
-use crate::error::{Error, Result};
-use crate::metrics::{DirectionLabels, Metrics};
+use crate::error::Error;
+pub use crate::preview_state::PreviewState;
+use crate::preview_state::Record;
 use crate::runtime::ContainerRoute;
 use crate::state::AppState;
 use crate::store::{ContainerStatus, ProjectStatus};
@@ -47,68 +46,6 @@ const RECORD_TTL: Duration = Duration::from_secs(1);
 
 /// How long a woken container may take to accept connections.
 const WAKE_DEADLINE: Duration = Duration::from_secs(60);
-
-/// What the proxy keeps between requests: the dev-server connection pool,
-/// container records, the last wake by a request without credentials per
-/// project, share links in use, and the byte counters.
-pub struct PreviewState {
-    pool: Arc<pool::Pool>,
-    records: RecordCache,
-    public_wakes: Mutex<HashMap<String, Instant>>,
-    /// Share links in use on this replica (see [`access::Shares`]).
-    pub shares: access::Shares,
-    up: Counter,
-    down: Counter,
-}
-
-impl PreviewState {
-    pub fn new(metrics: &Metrics) -> PreviewState {
-        let counter = |d: &str| {
-            metrics
-                .proxied_bytes
-                .get_or_create(&DirectionLabels {
-                    direction: d.to_owned(),
-                })
-                .clone()
-        };
-        PreviewState {
-            pool: Arc::default(),
-            records: RecordCache::default(),
-            public_wakes: Mutex::default(),
-            shares: access::Shares::default(),
-            up: counter("upstream"),
-            down: counter("downstream"),
-        }
-    }
-
-    /// Forgets what is kept about a deleted project.
-    pub fn forget(&self, project: &str) {
-        self.records
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(project);
-        self.public_wakes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(project);
-    }
-
-    /// Takes the project's one wake by a request without credentials for
-    /// this interval: `Err(seconds to wait)` when it was taken already.
-    fn take_public_wake(&self, project: &str, interval: Duration) -> std::result::Result<(), u64> {
-        let mut wakes = self.public_wakes.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(at) = wakes.get(project)
-            && at.elapsed() < interval
-        {
-            return Err((interval - at.elapsed()).as_secs().max(1));
-        }
-        if wakes.len() > 10_000 {
-            wakes.retain(|_, at| at.elapsed() < interval);
-        }
-        wakes.insert(project.to_owned(), Instant::now());
-        Ok(())
-    }
-}
 
 /// `{scheme}://{preview host}[:port]` of a preview, as browsers reach it
 /// (`--preview-scheme`, `--preview-port` or the listening port).
@@ -132,22 +69,6 @@ pub fn origin(state: &AppState, target: &PreviewHost) -> String {
         cfg.preview_scheme,
         target.to_host(&cfg.preview_domain, cfg.preview_host_style)
     )
-}
-
-/// Makes sure a project is active, restoring it first when it is
-/// hibernated (terminals and previews wake their project). Other states
-/// answer 409 `project_not_active`; an unknown project 404.
-pub async fn ensure_active(state: &AppState, project: &str) -> Result<()> {
-    let p = state.project(project).await?;
-    match p.status {
-        ProjectStatus::Active => Ok(()),
-        ProjectStatus::Hibernated => {
-            tracing::info!(project, "waking a hibernated project");
-            crate::lifecycle::open(state, project).await?;
-            Ok(())
-        }
-        _ => Err(Error::ProjectNotActive(project.to_owned())),
-    }
 }
 
 /// Puts preview dispatch in front of `app`: a request whose `Host` names a
@@ -447,19 +368,6 @@ fn is_own_address(state: &AppState, route: &ContainerRoute) -> bool {
     }
 }
 
-/// The parts of a container's record the proxy needs, cached briefly.
-#[derive(Clone)]
-struct Record {
-    public: bool,
-    port: u16,
-    ports: Vec<u16>,
-}
-
-/// project → container → the record (`None`: no such container) and when it
-/// was read (nested so a lookup needs no owned key). Misses are cached too,
-/// so made-up container names cost one store read a second, not one each.
-type RecordCache = Mutex<HashMap<String, HashMap<String, (Option<Record>, Instant)>>>;
-
 async fn record(state: &AppState, target: &PreviewHost) -> std::result::Result<Record, Refusal> {
     let records = &state.preview.records;
     let missing = || {
@@ -528,11 +436,8 @@ async fn wake_or_refuse(
                     }
                 }
             }
-            ensure_active(state, p).await?;
-            {
-                let _guard = state.locks.lock(p).await?;
-                crate::lifecycle::start_container(state, p, c).await?;
-            }
+            crate::lifecycle::ensure_active(state, p).await?;
+            crate::lifecycle::containers::start(state, p, c).await?;
             let route = state
                 .runtime
                 .container_route(p, c, port)

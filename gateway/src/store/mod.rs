@@ -201,6 +201,67 @@ pub struct CommandLogEntry {
     pub truncated: bool,
 }
 
+impl CommandLogEntry {
+    /// An entry for `command`, run now for `project` under `label`: no exit
+    /// code, no output yet (the builders below add them).
+    pub fn new(project: &str, label: impl Into<String>, command: impl Into<String>) -> Self {
+        CommandLogEntry {
+            id: 0,
+            project: project.to_owned(),
+            ts: Utc::now(),
+            label: label.into(),
+            command: command.into(),
+            exit_code: None,
+            duration_ms: 0,
+            stdout: String::new(),
+            stderr: String::new(),
+            truncated: false,
+        }
+    }
+
+    /// How long it took.
+    pub fn took(mut self, elapsed: std::time::Duration) -> Self {
+        self.duration_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+        self
+    }
+
+    /// How long it took, in milliseconds.
+    pub fn took_ms(mut self, ms: u64) -> Self {
+        self.duration_ms = ms;
+        self
+    }
+
+    /// Its exit code and output.
+    pub fn exited(mut self, code: i32, stdout: String, stderr: String) -> Self {
+        self.exit_code = Some(code);
+        self.stdout = stdout;
+        self.stderr = stderr;
+        self
+    }
+
+    /// Exit code 0 with `summary` as its output.
+    pub fn succeeded(self, summary: String) -> Self {
+        self.exited(0, summary, String::new())
+    }
+
+    /// Exit code 1 with the error as its output on stderr.
+    pub fn failed(self, error: &impl std::fmt::Display) -> Self {
+        self.exited(1, String::new(), error.to_string())
+    }
+
+    /// [`Self::succeeded`] with `summary` of the value, or [`Self::failed`].
+    pub fn outcome<T, E: std::fmt::Display>(
+        self,
+        result: &std::result::Result<T, E>,
+        summary: impl FnOnce(&T) -> String,
+    ) -> Self {
+        match result {
+            Ok(v) => self.succeeded(summary(v)),
+            Err(e) => self.failed(e),
+        }
+    }
+}
+
 /// Which page of a command log: the `limit` newest entries with an id
 /// below `before` (all when `None`), answered oldest first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,6 +6,7 @@
 //! server offers it; `require`; `disable`), with server certificates checked
 //! against the system's roots (`SSL_CERT_FILE` adds one) and Mozilla's.
 
+pub mod relay;
 mod rows;
 mod schema;
 

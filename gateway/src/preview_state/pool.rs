@@ -55,7 +55,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a request got no answer from the dev server.
 #[derive(Debug, thiserror::Error)]
-pub(super) enum PoolError {
+pub(crate) enum PoolError {
     #[error("cannot connect to {0}: {1}")]
     Connect(String, std::io::Error),
     #[error("connecting to {0} timed out")]
@@ -67,7 +67,7 @@ pub(super) enum PoolError {
 }
 
 /// Idle connections by upstream authority (`host:port`), newest last.
-pub(super) struct Pool {
+pub(crate) struct Pool {
     idle: Mutex<HashMap<String, Vec<Idle>>>,
     last_sweep: Mutex<Instant>,
 }
@@ -128,7 +128,7 @@ impl Pool {
     /// reused connection (the dev server closed it while it sat idle) is
     /// sent once more on a fresh connection, as nginx does. An upgrade
     /// request always gets a fresh connection, never pooled afterwards.
-    pub(super) async fn send(
+    pub(crate) async fn send(
         self: &Arc<Self>,
         authority: &str,
         req: Request<Body>,
@@ -333,7 +333,7 @@ struct Back {
 /// A dev server's answer body: drives its connection, counts the bytes
 /// passed to the browser, and gives the connection back to the pool once
 /// the body has ended.
-pub(super) struct PooledBody {
+pub(crate) struct PooledBody {
     body: Incoming,
     back: Option<Back>,
     down: Counter,
