@@ -66,6 +66,11 @@ pub enum Error {
     /// or is not a valid snapshot): the message names it and says why.
     #[error("{0}")]
     SnapshotUnusable(String),
+    /// The project's environment cannot be made or removed and waiting will
+    /// not help (a Kubernetes namespace stuck terminating): 503, and the
+    /// project is marked `failed` until an operator clears it.
+    #[error("{0}")]
+    EnvironmentStuck(String),
 }
 
 impl Error {
@@ -96,7 +101,7 @@ impl Error {
             Error::RangeNotSatisfiable { .. } => {
                 (StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable")
             }
-            Error::Unavailable(_) | Error::AgentUnreachable(_) => {
+            Error::Unavailable(_) | Error::AgentUnreachable(_) | Error::EnvironmentStuck(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
             }
             Error::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
@@ -246,6 +251,11 @@ impl IntoResponse for Error {
                 Error::Unavailable(_) | Error::AgentUnreachable(_) => {
                     tracing::warn!(error = %Chain(&self), "request failed");
                     "the service or the project's environment is unavailable; try again".to_owned()
+                }
+                // The cause (what holds the namespace) is for the operator.
+                Error::EnvironmentStuck(_) => {
+                    tracing::error!(error = %Chain(&self), "project environment stuck");
+                    "the project's previous environment is stuck being removed and needs an operator; the project is marked failed and its snapshots are kept".to_owned()
                 }
                 Error::Timeout(_) => {
                     tracing::warn!(error = %Chain(&self), "request timed out");

@@ -216,8 +216,14 @@ async fn open_locked(state: &AppState, id: &str, snapshot: Option<&str>) -> Resu
             progress(state, id, "environment", "starting the environment");
             if let Err(e) = state.runtime.ensure(id).await {
                 tracing::warn!(project = id, error = %crate::error::Chain(&e), "cannot start the environment");
-                // A failed request changes nothing: back to where it was.
-                let _ = set_status(state, &mut p, previous).await;
+                // A failed request changes nothing: back to where it was;
+                // but an environment stuck for good is `failed`, so that
+                // the project says so until an operator clears it.
+                let back = match e {
+                    Error::EnvironmentStuck(_) => ProjectStatus::Failed,
+                    _ => previous,
+                };
+                let _ = set_status(state, &mut p, back).await;
                 return Err(e);
             }
             set_status(state, &mut p, ProjectStatus::Active).await?;
@@ -332,13 +338,21 @@ async fn restore(state: &AppState, p: &mut Project, wanted: Option<&str>) -> Res
             // Remove whatever was half extracted; the archive still holds
             // everything. Without an archive there is nothing to restore from,
             // so nothing is removed.
+            // A stuck environment is not cleaned again (that would wait
+            // out the same bound a second time): the project is `failed`,
+            // and opening it once an operator has cleared the environment
+            // restores the same snapshot.
+            let stuck = matches!(e, Error::EnvironmentStuck(_));
             if newest.is_some()
+                && !stuck
                 && let Err(error) = state.runtime.teardown(&id).await
             {
                 tracing::error!(project = %id, error = %crate::error::Chain(&error), "cannot clean up after a failed restore");
             }
             state.agents.forget(&id);
-            let back = if newest.is_some() {
+            let back = if stuck {
+                ProjectStatus::Failed
+            } else if newest.is_some() {
                 ProjectStatus::Hibernated
             } else {
                 previous

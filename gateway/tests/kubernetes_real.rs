@@ -861,9 +861,19 @@ async fn a_changed_storage_class_leaves_existing_volumes_alone() {
     gw.kill();
     drop(gw);
 
-    // The operator changes the class of project volumes; the gateway comes
-    // back (its start-up pass opens active projects) and is asked to open.
-    let env = Env::start_in(dir, &["--k8s-storage-class", "devgate-other"]).await;
+    // The operator changes the class and the size of project volumes; the
+    // gateway comes back (its start-up pass opens active projects) and is
+    // asked to open.
+    let env = Env::start_in(
+        dir,
+        &[
+            "--k8s-storage-class",
+            "devgate-other",
+            "--k8s-storage-size",
+            "7Gi",
+        ],
+    )
+    .await;
     let (s, o) = env
         .post(&format!("/api/projects/{p}/open"), json!({}))
         .await;
@@ -885,6 +895,14 @@ async fn a_changed_storage_class_leaves_existing_volumes_alone() {
         Some("devgate-standard"),
         "the existing volume keeps its class"
     );
+    // devgate-standard does not allow expansion: the size stays, and the
+    // log says why.
+    assert_eq!(claim_size(&pvc), "5Gi");
+    assert!(
+        env.log().contains("does not allow expansion"),
+        "{}",
+        env.log()
+    );
     assert_eq!(env.get_file(p, "kept.txt").await, (200, "kept".to_owned()));
 
     // A project opened now gets the new class.
@@ -900,6 +918,92 @@ async fn a_changed_storage_class_leaves_existing_volumes_alone() {
         pvc.spec.and_then(|s| s.storage_class_name).as_deref(),
         Some("devgate-other")
     );
+}
+
+fn claim_size(pvc: &PersistentVolumeClaim) -> String {
+    pvc.spec
+        .as_ref()
+        .and_then(|s| s.resources.as_ref())
+        .and_then(|r| r.requests.as_ref())
+        .and_then(|r| r.get("storage"))
+        .map(|q| q.0.clone())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_larger_size_expands_a_volume_whose_class_allows_it_and_nothing_shrinks() {
+    let c = cluster().await;
+    let admin = c.admin().await;
+    testenv::apply(
+        &admin,
+        &json!({
+            "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+            "metadata": {"name": "devgate-grow"},
+            "provisioner": "kubernetes.io/host-path",
+            "reclaimPolicy": "Delete",
+            "volumeBindingMode": "Immediate",
+            "allowVolumeExpansion": true
+        }),
+        "devgate-test",
+    )
+    .await
+    .expect("an expandable StorageClass");
+    let grow = |size: &'static str| {
+        [
+            "--k8s-storage-class",
+            "devgate-grow",
+            "--k8s-storage-size",
+            size,
+        ]
+    };
+    let env = Env::start(&grow("1Gi")).await;
+    let (p, ns) = ("grow", "proj-grow");
+    env.gw
+        .open_project(p)
+        .await
+        .unwrap_or_else(|e| panic!("open: {e}; gateway log:\n{}", env.log()));
+    env.put_file(p, "kept.txt", "kept").await;
+    let claims = Api::<PersistentVolumeClaim>::namespaced(admin.clone(), ns);
+    assert_eq!(
+        claim_size(&claims.get("project-storage").await.expect("pvc")),
+        "1Gi"
+    );
+
+    // Larger: the claim asks for it (the API server's resize admission
+    // checks the class), and the project keeps its files.
+    let Env { mut gw, dir, .. } = env;
+    gw.kill();
+    drop(gw);
+    let env = Env::start_in(dir, &grow("2Gi")).await;
+    let (s, o) = env
+        .post(&format!("/api/projects/{p}/open"), json!({}))
+        .await;
+    assert_eq!(s, 200, "{o}; gateway log:\n{}", env.log());
+    let pvc = claims.get("project-storage").await.expect("pvc");
+    assert_eq!(claim_size(&pvc), "2Gi", "gateway log:\n{}", env.log());
+    assert!(
+        env.log().contains("expanding the project volume"),
+        "{}",
+        env.log()
+    );
+    assert_eq!(env.get_file(p, "kept.txt").await, (200, "kept".to_owned()));
+
+    // Smaller: never shrunk, the project still opens.
+    let Env { mut gw, dir, .. } = env;
+    gw.kill();
+    drop(gw);
+    let env = Env::start_in(dir, &grow("1Gi")).await;
+    let (s, o) = env
+        .post(&format!("/api/projects/{p}/open"), json!({}))
+        .await;
+    assert_eq!(s, 200, "{o}; gateway log:\n{}", env.log());
+    assert_eq!(
+        claim_size(&claims.get("project-storage").await.expect("pvc")),
+        "2Gi"
+    );
+    assert!(env.log().contains("a claim never shrinks"), "{}", env.log());
+    assert!(!env.log().contains("code: 422"), "{}", env.log());
+    assert_eq!(env.get_file(p, "kept.txt").await, (200, "kept".to_owned()));
 }
 
 #[tokio::test]
@@ -960,19 +1064,29 @@ async fn a_namespace_stuck_terminating() {
     )
     .await;
 
-    // FIXME(issue 11): a namespace stuck in Terminating should give the
-    // project a clear `failed` state and message. Today an open waits the
-    // whole ready timeout and answers a generic 504, and the project stays
-    // `hibernated` (its archive untouched, so nothing is lost).
+    // Opening restores into a fresh namespace, which first waits for the
+    // old one to go: after one bounded wait (the ready timeout, on a
+    // watch), the open answers a clear 503 and the project is `failed`,
+    // its snapshot untouched; the log names what holds the namespace.
     let (s, o) = env
         .post(&format!("/api/projects/{p}/open"), json!({}))
         .await;
-    assert_eq!(s, 504, "{o}");
-    assert_eq!(o["error"]["code"], "timeout", "{o}");
+    assert_eq!(s, 503, "{o}");
+    assert_eq!(o["error"]["code"], "unavailable", "{o}");
+    let message = o["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("stuck being removed") && message.contains("failed"),
+        "{o}"
+    );
     let (_, now) = env
         .status(reqwest::Method::GET, &format!("/api/projects/{p}"), None)
         .await;
-    assert_eq!(now["status"], "hibernated", "{now}");
+    assert_eq!(now["status"], "failed", "{now}");
+    let log = env.log();
+    assert!(
+        log.contains("still terminating after 6s") && log.contains("devgate.test/hold"),
+        "the log names the cause:\n{log}"
+    );
 
     // Once the finalizer is gone the controller-manager finishes, and the
     // project opens with its files.
@@ -999,6 +1113,77 @@ async fn a_namespace_stuck_terminating() {
         env.get_file(p, "important.txt").await,
         (200, "do not lose me".to_owned())
     );
+}
+
+#[tokio::test]
+async fn a_rescheduled_file_manager_follows_its_dev_servers() {
+    let env = Env::start(&[]).await;
+    let (p, ns) = ("follow", "proj-follow");
+    env.gw
+        .open_project(p)
+        .await
+        .unwrap_or_else(|e| panic!("open: {e}; gateway log:\n{}", env.log()));
+    env.put_file(p, "web/index.html", "ok").await;
+    let (s, c) = env
+        .post(
+            &format!("/api/projects/{p}/containers"),
+            json!({"name": "web", "port": 8000, "start": "exec python3 -m http.server \"$PORT\" --bind \"$HOST\""}),
+        )
+        .await;
+    assert_eq!(s, 201, "{c}");
+    let (s, c) = env
+        .post(
+            &format!("/api/projects/{p}/containers/web/start"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, 200, "{c}; gateway log:\n{}", env.log());
+    let node = |pod: &Pod| pod.spec.as_ref().and_then(|s| s.node_name.clone());
+    let dev = env.pods(ns, "dev-server").await;
+    let [dev] = dev.as_slice() else {
+        panic!("one dev pod: {dev:?}")
+    };
+    let dev_node = node(dev).expect("scheduled");
+    let old = env.pods(ns, "file-manager").await;
+    let [old] = old.as_slice() else {
+        panic!("one file-manager pod: {old:?}")
+    };
+    assert_eq!(node(old), Some(dev_node.clone()));
+
+    // The file-manager's pod goes (a drain, an eviction); its replacement is
+    // scheduled by the real scheduler, and with required affinity to the
+    // project's pods it can only go where the dev server runs. (On this
+    // two-node cluster the scheduler happened to pick that node even
+    // without the affinity when tried, so the affinity in the pod is what
+    // is asserted beside the node.)
+    let old_name = old.metadata.name.clone().expect("name");
+    Api::<Pod>::namespaced(env.admin.clone(), ns)
+        .delete(&old_name, &Default::default())
+        .await
+        .expect("delete the file-manager pod");
+    let new = eventually(T, "a new file-manager pod scheduled", || async {
+        env.pods(ns, "file-manager")
+            .await
+            .into_iter()
+            .find(|p| p.metadata.name.as_deref() != Some(&old_name) && node(p).is_some())
+    })
+    .await;
+    assert_eq!(
+        node(&new),
+        Some(dev_node),
+        "the file-manager follows its dev server"
+    );
+    let affinity =
+        serde_json::to_value(new.spec.as_ref().and_then(|s| s.affinity.clone())).expect("json");
+    assert_eq!(
+        affinity["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0]["labelSelector"],
+        json!({"matchLabels": {"devgate.dev/project": p}})
+    );
+    // And the project's files are served again through the new pod.
+    eventually(T, "files through the new file-manager", || async {
+        (env.get_file(p, "web/index.html").await == (200, "ok".to_owned())).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -1086,7 +1271,7 @@ async fn pod_security_restricted_admits_the_projects_pods_and_refuses_others() {
 #[tokio::test]
 async fn a_project_over_its_quota() {
     // The runtime's own quota for each project namespace, here one pod.
-    let env = Env::start(&["--k8s-ready-timeout-secs", "6", "--k8s-quota-pods", "1"]).await;
+    let env = Env::start(&["--k8s-quota-pods", "1"]).await;
     let (p, ns) = ("quota", "proj-quota");
     env.gw
         .open_project(p)
@@ -1121,17 +1306,33 @@ async fn a_project_over_its_quota() {
             json!({}),
         )
         .await;
-    // The ReplicaSet cannot make the pod (quota admission), the start waits
-    // the ready timeout and names the cause in the gateway's log.
-    // FIXME(issue 11): the client gets only the generic 503, not "over its
-    // quota".
-    assert_eq!(s, 503, "{c}");
-    assert_eq!(c["error"]["code"], "unavailable", "{c}");
-    let log = env.log();
+    // The ReplicaSet cannot make the pod (quota admission); the runtime
+    // sees the Deployment's ReplicaFailure condition on its watch and says
+    // so (409, not the ready timeout's 503), and removes the Deployment so
+    // that it does not start behind the client's back later.
+    assert_eq!(s, 409, "{c}");
+    assert_eq!(c["error"]["code"], "conflict", "{c}");
+    let message = c["error"]["message"].as_str().unwrap_or_default();
     assert!(
-        log.contains("exceeded quota"),
-        "the cause is in the log:\n{log}"
+        message.contains("over its quota") && message.contains("exceeded quota"),
+        "{c}"
     );
+    eventually(T, "the refused Deployment removed", || async {
+        Api::<Deployment>::namespaced(env.admin.clone(), ns)
+            .get("dev-web")
+            .await
+            .is_err()
+            .then_some(())
+    })
+    .await;
+    let (_, list) = env
+        .status(
+            reqwest::Method::GET,
+            &format!("/api/projects/{p}/containers"),
+            None,
+        )
+        .await;
+    assert!(list.to_string().contains("\"failed\""), "{list}");
 }
 
 #[tokio::test]

@@ -4,12 +4,14 @@
 //! answering 409, 403, 404, 500 or not at all; every object sent is checked
 //! against the Kubernetes schema (k8s-openapi types, no unknown field).
 
+#[path = "support/kustomize.rs"]
+mod kustomize;
 #[path = "support/mock.rs"]
 mod mock;
 #[path = "support/schema.rs"]
 mod schema;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,7 +41,7 @@ fn settings(extra: &[&str]) -> Settings {
         b"a gateway secret of some length",
     )
     .expect("settings");
-    s.poll_interval = Duration::from_millis(5);
+    s.rewatch_pause = Duration::from_millis(5);
     s.ready_timeout = Duration::from_millis(400);
     s.api_timeout = Duration::from_millis(300);
     s.s3_port = Some(9000);
@@ -78,6 +80,11 @@ async fn expect_open_applies_over(api: &mut ApiServer, existing: bool) -> Vec<Va
     } else {
         check.fail(404, "NotFound", "not found");
     }
+    expect_applies(api, existing).await
+}
+
+/// The applies of an open, after its namespace check.
+async fn expect_applies(api: &mut ApiServer, existing: bool) -> Vec<Value> {
     let mut sent = Vec::new();
     sent.push(api.expect_apply(&format!("/api/v1/namespaces/{NS}")).await);
     sent.push(
@@ -116,7 +123,7 @@ async fn expect_open_applies_over(api: &mut ApiServer, existing: bool) -> Vec<Va
         );
     } else {
         get.fail(404, "NotFound", "not found");
-        sent.push(api.expect_apply(&pvc).await);
+        sent.push(expect_claim_create(api).await);
     }
     sent.push(
         api.expect_apply(&format!("/api/v1/namespaces/{NS}/secrets/agent"))
@@ -133,6 +140,25 @@ async fn expect_open_applies_over(api: &mut ApiServer, existing: bool) -> Vec<Va
             .await,
     );
     sent
+}
+
+/// The claim is created (POST, never applied), by the runtime's field
+/// manager; answers with the object as sent.
+async fn expect_claim_create(api: &mut ApiServer) -> Value {
+    let ex = api
+        .expect(
+            "POST",
+            &format!("/api/v1/namespaces/{NS}/persistentvolumeclaims"),
+        )
+        .await;
+    assert!(
+        ex.query.contains("fieldManager=devgate-gateway"),
+        "{}",
+        ex.query
+    );
+    let body = ex.body.clone().expect("create has a body");
+    ex.respond(201, body.clone());
+    body
 }
 
 async fn expect_deployment_get(api: &mut ApiServer, name: &str, ready: bool) {
@@ -152,8 +178,18 @@ async fn open_fresh_applies_the_environment_and_waits_for_the_agent() {
         async move { rt.ensure("demo").await }
     });
     let sent = expect_open_applies(&mut api).await;
+    // Not ready at first: the runtime watches the Deployment (a list by
+    // name, then a watch from its resourceVersion) instead of polling.
     expect_deployment_get(&mut api, "file-manager", false).await;
-    expect_deployment_get(&mut api, "file-manager", true).await;
+    let deployments = format!("/apis/apps/v1/namespaces/{NS}/deployments");
+    api.expect_list(&deployments, "file-manager").await.list(
+        "apps/v1",
+        "DeploymentList",
+        vec![deployment(NS, "file-manager", false)],
+    );
+    let watch = api.expect_watch(&deployments, "file-manager").await;
+    assert!(watch.query.contains("resourceVersion=1"), "{}", watch.query);
+    watch.events(&[json!({"type": "MODIFIED", "object": deployment(NS, "file-manager", true)})]);
     let endpoint = call.await.unwrap().expect("open");
 
     assert_eq!(
@@ -190,45 +226,48 @@ async fn open_fresh_applies_the_environment_and_waits_for_the_agent() {
         "restricted"
     );
 
-    // Ingress from the gateway's and the ingress controller's namespaces and
-    // the project itself; egress DNS, HTTPS, the S3 endpoint's port, the
-    // gateway's pods and the project itself.
+    // Ingress only from the gateway's pods (not its whole namespace, not
+    // the ingress controller: previews go through the gateway) and the
+    // project itself; egress DNS, the internet but not the cluster's
+    // ranges, the S3 endpoint's port, the gateway's pods and the project.
     let spec = &netpol["spec"];
     assert_eq!(spec["policyTypes"], json!(["Ingress", "Egress"]));
     assert_eq!(spec["podSelector"], json!({}));
-    let from = &spec["ingress"][0]["from"];
+    let gateway_pods = json!({
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "devgate"}},
+        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "devgate-gateway"}}
+    });
     assert_eq!(
-        from[0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
-        "devgate"
+        spec["ingress"],
+        json!([{"from": [gateway_pods, {"podSelector": {}}]}])
     );
     assert_eq!(
-        from[1]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
-        "ingress-nginx"
+        spec["egress"][0],
+        json!({"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]})
     );
     assert_eq!(
-        spec["egress"][0]["ports"],
-        json!([{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}])
+        spec["egress"][1],
+        json!({"to": [
+            {"ipBlock": {"cidr": "0.0.0.0/0", "except": [
+                "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16"]}},
+            {"ipBlock": {"cidr": "::/0", "except": ["fc00::/7", "fe80::/10"]}}
+        ]}),
+        "the internet, on any port, but not the cluster (pods, Services, nodes, metadata)"
     );
     assert_eq!(
-        spec["egress"][1]["ports"],
-        json!([{"protocol": "TCP", "port": 443}, {"protocol": "TCP", "port": 9000}])
+        spec["egress"][2],
+        json!({"ports": [{"protocol": "TCP", "port": 9000}]})
     );
     // The gateway (bundled templates): its pods on its port, not its whole
     // namespace.
     assert_eq!(
-        spec["egress"][2],
-        json!({
-            "to": [{
-                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "devgate"}},
-                "podSelector": {"matchLabels": {"app.kubernetes.io/name": "devgate-gateway"}}
-            }],
-            "ports": [{"protocol": "TCP", "port": 8080}]
-        })
+        spec["egress"][3],
+        json!({"to": [gateway_pods], "ports": [{"protocol": "TCP", "port": 8080}]})
     );
-    assert_eq!(spec["egress"][3]["to"], json!([{"podSelector": {}}]));
+    assert_eq!(spec["egress"][4]["to"], json!([{"podSelector": {}}]));
     assert_eq!(
         spec["egress"].as_array().unwrap().len(),
-        4,
+        5,
         "nothing else leaves the project"
     );
 
@@ -253,6 +292,8 @@ async fn open_fresh_applies_the_environment_and_waits_for_the_agent() {
     );
 
     let pod = &fm["spec"]["template"]["spec"];
+    // The file-manager follows the project's dev servers too (both ways).
+    assert_eq!(pod["affinity"], project_affinity());
     let c = &pod["containers"][0];
     assert_eq!(c["command"], json!(["agent"]));
     assert_eq!(c["image"], "devgate/agent:test");
@@ -333,7 +374,7 @@ async fn open_again_converges_a_half_made_project() {
     api.expect("GET", &pvc)
         .await
         .fail(404, "NotFound", "not found");
-    first.push(api.expect_apply(&pvc).await);
+    first.push(expect_claim_create(&mut api).await);
     let ex = api
         .expect("PATCH", &format!("/api/v1/namespaces/{NS}/secrets/agent"))
         .await;
@@ -530,12 +571,7 @@ async fn start_applies_a_deployment_and_service_then_stop_deletes_them() {
     );
     assert_eq!(c["securityContext"]["capabilities"]["drop"], json!(["ALL"]));
     assert_eq!(pod["runtimeClassName"], "gvisor");
-    let term = &pod["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0];
-    assert_eq!(term["topologyKey"], "kubernetes.io/hostname");
-    assert_eq!(
-        term["labelSelector"]["matchLabels"]["app.kubernetes.io/component"],
-        "file-manager"
-    );
+    assert_eq!(pod["affinity"], project_affinity());
     assert_eq!(
         pod["volumes"][0]["persistentVolumeClaim"]["claimName"],
         "project-storage"
@@ -662,8 +698,45 @@ async fn a_container_on_the_agents_port_is_refused() {
     assert_eq!(api.try_next(Duration::from_millis(100)).await, None);
 }
 
+/// The required pod affinity every pod of project `demo` carries.
+fn project_affinity() -> Value {
+    json!({"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{
+        "labelSelector": {"matchLabels": {"devgate.dev/project": "demo"}},
+        "topologyKey": "kubernetes.io/hostname"
+    }]}})
+}
+
+#[test]
+fn cluster_ranges_are_configurable() {
+    let s = settings(&["--k8s-cluster-cidrs", "10.8.0.0/14,fd00:10::/64"]);
+    let p = serde_json::to_value(gateway::runtime::kubernetes::objects::network_policy(
+        &s, NS, "demo",
+    ))
+    .unwrap();
+    assert_eq!(
+        p["spec"]["egress"][1]["to"],
+        json!([
+            {"ipBlock": {"cidr": "0.0.0.0/0", "except": ["10.8.0.0/14"]}},
+            {"ipBlock": {"cidr": "::/0", "except": ["fd00:10::/64"]}}
+        ])
+    );
+    schema::check(&{
+        let mut v = p.clone();
+        v["apiVersion"] = json!("networking.k8s.io/v1");
+        v["kind"] = json!("NetworkPolicy");
+        v
+    })
+    .expect("a valid NetworkPolicy");
+    let args = Args::parse_from(["test", "--k8s-cluster-cidrs", "10.0.0.0"]);
+    assert!(
+        Settings::new(&args.k, "proj-", "a", b"k")
+            .unwrap_err()
+            .contains("--k8s-cluster-cidrs")
+    );
+}
+
 #[tokio::test]
-async fn read_write_many_volumes_need_no_affinity() {
+async fn read_write_many_volumes_keep_the_same_affinity() {
     let (rt, mut api) = runtime(&["--k8s-access-mode", "ReadWriteMany"]);
     let call = spawn({
         let rt = rt.clone();
@@ -678,7 +751,12 @@ async fn read_write_many_volumes_need_no_affinity() {
         .await;
     expect_deployment_get(&mut api, "dev-web", true).await;
     call.await.unwrap().expect("start");
-    assert!(d["spec"]["template"]["spec"].get("affinity").is_none());
+    // One node per project whatever the access mode: a pod of the project
+    // is always with the others.
+    assert_eq!(
+        d["spec"]["template"]["spec"]["affinity"],
+        project_affinity()
+    );
     assert!(
         d["spec"]["template"]["spec"]
             .get("runtimeClassName")
@@ -705,18 +783,22 @@ async fn teardown_deletes_the_namespace_and_waits_until_it_is_gone_then_restore_
         .expect("DELETE", &format!("/api/v1/namespaces/{NS}"))
         .await;
     assert_eq!(ex.body.as_ref().unwrap()["propagationPolicy"], "Background");
-    let terminating = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS},
+    let terminating = json!({"apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": NS, "deletionTimestamp": "2026-01-01T00:00:00Z"},
         "status": {"phase": "Terminating"}});
     ex.respond(200, terminating.clone());
     api.expect("GET", &format!("/api/v1/namespaces/{NS}"))
         .await
         .respond(200, terminating.clone());
-    api.expect("GET", &format!("/api/v1/namespaces/{NS}"))
+    // Then a watch until it is gone.
+    api.expect_list("/api/v1/namespaces", NS).await.list(
+        "v1",
+        "NamespaceList",
+        vec![terminating.clone()],
+    );
+    api.expect_watch("/api/v1/namespaces", NS)
         .await
-        .respond(200, terminating);
-    api.expect("GET", &format!("/api/v1/namespaces/{NS}"))
-        .await
-        .fail(404, "NotFound", "gone");
+        .events(&[json!({"type": "DELETED", "object": terminating})]);
     call.await.unwrap().expect("teardown");
 
     // Not active any more: the agent is looked up again and is absent.
@@ -765,25 +847,57 @@ async fn teardown_times_out_when_the_namespace_stays() {
         let rt = rt.clone();
         async move { rt.teardown("demo").await }
     });
-    let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}, "status": {"phase": "Terminating"}});
+    let ns = json!({"apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": NS, "deletionTimestamp": "2026-01-01T00:00:00Z"},
+        "status": {"phase": "Terminating", "conditions": [{
+            "type": "NamespaceFinalizersRemaining", "status": "True",
+            "reason": "SomeFinalizersRemain",
+            "message": "Some content in the namespace has finalizers remaining: example.com/hold in 1 resource instances"}]}});
     api.expect("DELETE", &format!("/api/v1/namespaces/{NS}"))
         .await
         .respond(200, ns.clone());
+    let (result, gets) = answer_stuck_namespace(&mut api, call, &ns).await;
+    // Stuck: a clear error naming what holds it, after one bounded wait on
+    // a watch (the namespace read before and after it, no polling).
+    assert!(
+        matches!(&result, Err(Error::EnvironmentStuck(m))
+            if m.contains("still terminating") && m.contains("example.com/hold")),
+        "{result:?}"
+    );
+    assert_eq!(gets, 2, "one read before the watch, one after it");
+}
+
+/// Answers a wait on a namespace that stays terminating: its reads with
+/// `ns`, the watcher's list with it, and holds the watch open; gives the
+/// call's result and how many plain reads it made.
+async fn answer_stuck_namespace<T: std::fmt::Debug>(
+    api: &mut ApiServer,
+    call: tokio::task::JoinHandle<T>,
+    ns: &Value,
+) -> (T, usize) {
+    let mut held = Vec::new();
+    let mut gets = 0;
     let answer = async {
         loop {
-            api.expect("GET", &format!("/api/v1/namespaces/{NS}"))
-                .await
-                .respond(200, ns.clone());
+            let ex = api.expect_any().await;
+            match (ex.method.as_str(), ex.path.as_str()) {
+                ("GET", "/api/v1/namespaces") if ex.is_watch_of(NS) => held.push(ex.ignore()),
+                ("GET", "/api/v1/namespaces") if ex.is_list_of(NS) => {
+                    ex.list("v1", "NamespaceList", vec![ns.clone()]);
+                }
+                ("GET", "/api/v1/namespaces/proj-demo") => {
+                    gets += 1;
+                    ex.respond(200, ns.clone());
+                }
+                (m, p) => panic!("only waits, not {m} {p} ({})", ex.query),
+            }
         }
     };
     let result = tokio::select! {
         r = call => r.unwrap(),
         () = answer => unreachable!(),
     };
-    assert!(
-        matches!(&result, Err(Error::Timeout(m)) if m.contains("still terminating")),
-        "{result:?}"
-    );
+    (result, gets)
 }
 
 #[tokio::test]
@@ -794,11 +908,21 @@ async fn open_that_never_becomes_ready_says_why() {
         async move { rt.ensure("demo").await }
     });
     expect_open_applies(&mut api).await;
+    let mut held = Vec::new();
     let result = loop {
         let ex = api.expect_any().await;
         match ex.path.as_str() {
             p if p.ends_with("/deployments/file-manager") => {
                 ex.respond(200, deployment(NS, "file-manager", false))
+            }
+            // The watch: listed not ready, then nothing happens.
+            p if p.ends_with("/deployments") && ex.is_list_of("file-manager") => ex.list(
+                "apps/v1",
+                "DeploymentList",
+                vec![deployment(NS, "file-manager", false)],
+            ),
+            p if p.ends_with("/deployments") && ex.is_watch_of("file-manager") => {
+                held.push(ex.ignore());
             }
             p if p.ends_with("/pods") => {
                 assert!(ex.query.contains("labelSelector="), "{}", ex.query);
@@ -904,14 +1028,11 @@ async fn an_api_server_that_never_answers_times_out() {
     );
     drop(pending);
 
-    // And /readyz's probe fails the same way.
-    let call = spawn({
-        let rt = rt.clone();
-        async move { rt.ready().await }
-    });
-    let pending = api.expect("GET", "/version").await.ignore();
-    assert!(matches!(call.await.unwrap(), Err(Error::Timeout(_))));
-    drop(pending);
+    // But /readyz's probe does not ask the API server at all: a control
+    // plane that does not answer leaves the gateway ready (running
+    // projects are reached at their Services).
+    rt.ready().await.expect("ready without the API server");
+    assert_eq!(api.try_next(Duration::from_millis(100)).await, None);
 }
 
 #[tokio::test]
@@ -1030,11 +1151,16 @@ async fn open_waits_for_a_namespace_still_terminating_then_makes_it_afresh() {
     api.expect("GET", &format!("/api/v1/namespaces/{NS}"))
         .await
         .respond(200, terminating.clone());
-    api.expect("GET", &format!("/api/v1/namespaces/{NS}"))
+    api.expect_list("/api/v1/namespaces", NS).await.list(
+        "v1",
+        "NamespaceList",
+        vec![terminating.clone()],
+    );
+    api.expect_watch("/api/v1/namespaces", NS)
         .await
-        .respond(200, terminating);
+        .events(&[json!({"type": "DELETED", "object": terminating})]);
     // Gone now: the open goes on with its applies.
-    expect_open_applies(&mut api).await;
+    expect_applies(&mut api, false).await;
     expect_deployment_get(&mut api, "file-manager", true).await;
     call.await
         .unwrap()
@@ -1048,23 +1174,330 @@ async fn open_waits_for_a_namespace_still_terminating_then_makes_it_afresh() {
     });
     let terminating = json!({"apiVersion": "v1", "kind": "Namespace",
         "metadata": {"name": NS, "deletionTimestamp": "2026-01-01T00:00:00Z"}});
-    let answer = async {
-        loop {
-            let ex = api.expect_any().await;
-            assert_eq!(
-                (ex.method.as_str(), ex.path.as_str()),
-                ("GET", "/api/v1/namespaces/proj-demo"),
-                "only waits"
-            );
-            ex.respond(200, terminating.clone());
-        }
-    };
-    let result = tokio::select! {
-        r = call => r.unwrap(),
-        () = answer => unreachable!(),
-    };
+    let (result, _) = answer_stuck_namespace(&mut api, call, &terminating).await;
     assert!(
-        matches!(&result, Err(Error::Unavailable(m)) if m.contains("still being deleted")),
+        matches!(&result, Err(Error::EnvironmentStuck(m))
+            if m.contains("still terminating") && m.contains("reports no cause")),
         "{result:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_existing_claim_grows_only_when_its_class_allows_it() {
+    for expandable in [true, false] {
+        let (rt, mut api) = runtime(&["--k8s-storage-size", "8Gi"]);
+        let call = spawn({
+            let rt = rt.clone();
+            async move { rt.ensure("demo").await }
+        });
+        api.expect("GET", &format!("/api/v1/namespaces/{NS}"))
+            .await
+            .respond(
+                200,
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}),
+            );
+        for path in [
+            format!("/api/v1/namespaces/{NS}"),
+            format!("/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies/project-isolation"),
+            format!("/api/v1/namespaces/{NS}/resourcequotas/project-quota"),
+            format!("/api/v1/namespaces/{NS}/limitranges/project-limits"),
+        ] {
+            api.expect_apply(&path).await;
+        }
+        let pvc = format!("/api/v1/namespaces/{NS}/persistentvolumeclaims/project-storage");
+        api.expect("GET", &pvc).await.respond(
+            200,
+            json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "project-storage", "namespace": NS},
+            "spec": {"storageClassName": "grows", "accessModes": ["ReadWriteOnce"],
+                "resources": {"requests": {"storage": "5Gi"}}},
+            "status": {"phase": "Bound"}}),
+        );
+        api.expect("GET", "/apis/storage.k8s.io/v1/storageclasses/grows")
+            .await
+            .respond(
+                200,
+                json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+                "metadata": {"name": "grows"}, "provisioner": "example.com/csi",
+                "allowVolumeExpansion": expandable}),
+            );
+        if expandable {
+            // Only the size, as a merge patch (an apply would also claim
+            // the immutable fields).
+            let ex = api.expect("PATCH", &pvc).await;
+            assert_eq!(ex.content_type, "application/merge-patch+json");
+            assert_eq!(
+                ex.body,
+                Some(json!({"spec": {"resources": {"requests": {"storage": "8Gi"}}}}))
+            );
+            ex.respond(
+                200,
+                json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                "metadata": {"name": "project-storage", "namespace": NS}}),
+            );
+        }
+        for path in [
+            format!("/api/v1/namespaces/{NS}/secrets/agent"),
+            format!("/apis/apps/v1/namespaces/{NS}/deployments/file-manager"),
+            format!("/api/v1/namespaces/{NS}/services/file-manager"),
+        ] {
+            api.expect_apply(&path).await;
+        }
+        expect_deployment_get(&mut api, "file-manager", true).await;
+        call.await.unwrap().expect("open");
+    }
+}
+
+/// A ready pod `dev-web-abc` of the dev server `web`.
+fn dev_pods() -> Value {
+    json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [{
+        "metadata": {"name": "dev-web-abc"},
+        "status": {"phase": "Running", "podIP": "10.1.2.3",
+            "conditions": [{"type": "Ready", "status": "True"}]}
+    }]})
+}
+
+/// Logs and exec go to the dev pod's agent (no API request beyond the
+/// Deployment's port); only a port other than the declared one needs the
+/// API: it goes straight to the ready pod's address.
+#[tokio::test]
+async fn other_ports_of_a_dev_server_go_to_its_ready_pod() {
+    let (rt, mut api) = runtime(&[]);
+    let pods = format!("/api/v1/namespaces/{NS}/pods");
+    // A port other than the declared one goes straight to the pod's address.
+    let call = spawn({
+        let rt = rt.clone();
+        async move { rt.container_route("demo", "web", Some(9229)).await }
+    });
+    expect_deployment_get(&mut api, "dev-web", true).await;
+    api.expect("GET", &pods).await.respond(200, dev_pods());
+    let mut pod = dev_pods()["items"][0].clone();
+    pod["apiVersion"] = json!("v1");
+    pod["kind"] = json!("Pod");
+    api.expect("GET", &format!("{pods}/dev-web-abc"))
+        .await
+        .respond(200, pod);
+    let route = call.await.unwrap().expect("route");
+    assert_eq!((route.host.as_str(), route.port), ("10.1.2.3", 9229));
+}
+
+#[tokio::test]
+async fn a_dev_server_the_quota_refuses_fails_at_once_unless_a_pod_is_going() {
+    let refused = {
+        let mut d = deployment(NS, "dev-web", false);
+        d["status"]["conditions"] = json!([{
+            "type": "ReplicaFailure", "status": "True", "reason": "FailedCreate",
+            "message": "pods \"dev-web-x\" is forbidden: exceeded quota: project-quota, requested: pods=1, used: pods=1, limited: pods=1"
+        }]);
+        d
+    };
+    let pods = format!("/api/v1/namespaces/{NS}/pods");
+    let deployments = format!("/apis/apps/v1/namespaces/{NS}/deployments");
+    for going in [false, true] {
+        let (rt, mut api) = runtime(&[]);
+        let call = spawn({
+            let rt = rt.clone();
+            async move { rt.start_container("demo", &web()).await }
+        });
+        api.expect_apply(&format!("{deployments}/dev-web")).await;
+        api.expect_apply(&format!("/api/v1/namespaces/{NS}/services/dev-web"))
+            .await;
+        api.expect("GET", &format!("{deployments}/dev-web"))
+            .await
+            .respond(200, refused.clone());
+        // Is a pod of the project on its way out (its quota coming back)?
+        let ex = api.expect("GET", &pods).await;
+        assert!(!ex.query.contains("labelSelector"), "{}", ex.query);
+        if !going {
+            ex.respond(
+                200,
+                json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": []}),
+            );
+            // No: a clear 409 at once, and the Deployment goes, so that it
+            // does not start behind the caller's back later.
+            api.expect("DELETE", &format!("{deployments}/dev-web"))
+                .await
+                .respond(200, json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}));
+            api.expect(
+                "DELETE",
+                &format!("/api/v1/namespaces/{NS}/services/dev-web"),
+            )
+            .await
+            .respond(
+                200,
+                json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}),
+            );
+            // The removal waits for the dev server's pods: there are none.
+            let ex = api.expect("GET", &pods).await;
+            assert!(ex.query.contains("labelSelector"), "{}", ex.query);
+            ex.respond(
+                200,
+                json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": []}),
+            );
+            let err = call.await.unwrap().expect_err("over quota");
+            assert!(
+                matches!(&err, Error::Conflict(m) if m.contains("over its quota") && m.contains("pods=1")),
+                "{err:?}"
+            );
+        } else {
+            ex.respond(
+                200,
+                json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [{
+                    "metadata": {"name": "dev-web-old", "deletionTimestamp": "2026-01-01T00:00:00Z"}
+                }]}),
+            );
+            // Yes: wait on (the refusal stays in the status meanwhile) until
+            // the pod is made and ready.
+            api.expect_list(&deployments, "dev-web").await.list(
+                "apps/v1",
+                "DeploymentList",
+                vec![refused.clone()],
+            );
+            api.expect_watch(&deployments, "dev-web")
+                .await
+                .events(&[json!({"type": "MODIFIED", "object": deployment(NS, "dev-web", true)})]);
+            let route = call.await.unwrap().expect("started once the old pod went");
+            assert_eq!(route.port, 5173);
+        }
+    }
+}
+
+/// The verb the API server authorizes a recorded request as, with its
+/// resource (`group/resource[/subresource]`); `None` for a non-resource URL.
+fn authorized_as(r: &mock::Sent) -> Vec<(String, String)> {
+    let segments: Vec<&str> = r.path.trim_start_matches('/').split('/').collect();
+    // /api/v1/... (core) or /apis/{group}/{version}/...
+    let (group, rest) = match segments.as_slice() {
+        ["api", _version, rest @ ..] => ("", rest),
+        ["apis", group, _version, rest @ ..] => (*group, rest),
+        _ => return Vec::new(),
+    };
+    // Namespaced: namespaces/{ns}/{resource}[/{name}[/{sub}]]; a path of
+    // two segments under `namespaces` is the namespace object itself.
+    let (resource, name, sub) = match rest {
+        ["namespaces", _ns, resource, tail @ ..] => (*resource, tail.first(), tail.get(1)),
+        [resource, tail @ ..] => (*resource, tail.first(), tail.get(1)),
+        [] => return Vec::new(),
+    };
+    let resource = match sub {
+        Some(s) => format!("{group}/{resource}/{s}"),
+        None => format!("{group}/{resource}"),
+    };
+    let watch = r.query.split('&').any(|p| p == "watch=true");
+    let verbs: &[&str] = match (r.method.as_str(), name, sub) {
+        // exec and port-forward are WebSocket upgrades (GET): `get`, and
+        // from Kubernetes 1.35 also `create`.
+        ("GET", Some(_), Some(s)) if *s == "exec" || *s == "portforward" => &["get", "create"],
+        ("GET", Some(_), _) => &["get"],
+        ("GET", None, _) if watch => &["watch"],
+        ("GET", None, _) => &["list"],
+        ("POST", None, _) => &["create"],
+        // A server-side apply may create the object: the API server then
+        // also checks `create`.
+        ("PATCH", Some(_), _) if r.content_type == "application/apply-patch+yaml" => {
+            &["patch", "create"]
+        }
+        ("PATCH", Some(_), _) => &["patch"],
+        ("PUT", Some(_), _) => &["update"],
+        ("DELETE", Some(_), _) => &["delete"],
+        ("DELETE", None, _) => &["deletecollection"],
+        (m, _, _) => panic!("unexpected request {m} {}", r.path),
+    };
+    verbs
+        .iter()
+        .map(|v| (resource.clone(), (*v).to_owned()))
+        .collect()
+}
+
+/// The ClusterRole of k8s/base as (`group/resource`, verb) pairs.
+fn granted(kustomization: &str, role: &str) -> BTreeSet<(String, String)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../k8s")
+        .join(kustomization);
+    let objects = kustomize::render(&dir).expect("render the RBAC");
+    let role = objects
+        .iter()
+        .find(|o| o["kind"] == "ClusterRole" && o["metadata"]["name"] == role)
+        .expect("the gateway's ClusterRole");
+    let mut out = BTreeSet::new();
+    for rule in role["rules"].as_array().expect("rules") {
+        let list = |k: &str| -> Vec<String> {
+            rule[k]
+                .as_array()
+                .unwrap_or_else(|| panic!("{k} in {rule}"))
+                .iter()
+                .map(|v| v.as_str().expect("a string").to_owned())
+                .collect()
+        };
+        for group in list("apiGroups") {
+            for resource in list("resources") {
+                for verb in list("verbs") {
+                    out.insert((format!("{group}/{resource}"), verb));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Least privilege, checked against what the code does: every scenario of
+/// this file runs (the whole lifecycle: open fresh and again, expansion,
+/// start, a quota refusal, other ports, port-forward access, stop (waiting
+/// for the pod to go), teardown, waits on watches, failures), every request
+/// the runtime sent is turned into the verb the API server authorizes it
+/// as, and that set must equal what k8s/base/rbac.yaml grants, except
+/// port-forward, which must equal the opt-in k8s/port-forward/: nothing
+/// used is missing, nothing granted is unused. No pod exec or logs at all:
+/// containers' terminals, exec and logs go to the agent in the dev pod.
+#[test]
+fn rbac_grants_exactly_the_verbs_the_recorded_requests_need() {
+    // Each scenario is a #[tokio::test] (a plain fn with its own runtime).
+    open_fresh_applies_the_environment_and_waits_for_the_agent();
+    open_again_converges_a_half_made_project();
+    agent_of_a_project_after_a_gateway_restart();
+    start_applies_a_deployment_and_service_then_stop_deletes_them();
+    read_write_many_volumes_keep_the_same_affinity();
+    teardown_deletes_the_namespace_and_waits_until_it_is_gone_then_restore_opens_afresh();
+    teardown_times_out_when_the_namespace_stays();
+    open_that_never_becomes_ready_says_why();
+    api_failures_map_to_clear_errors();
+    an_api_server_that_never_answers_times_out();
+    port_forward_access_serves_agents_on_loopback();
+    failures_of_start_stop_and_teardown_are_reported_not_swallowed();
+    open_waits_for_a_namespace_still_terminating_then_makes_it_afresh();
+    an_existing_claim_grows_only_when_its_class_allows_it();
+    other_ports_of_a_dev_server_go_to_its_ready_pod();
+    a_dev_server_the_quota_refuses_fails_at_once_unless_a_pod_is_going();
+
+    let sent = mock::sent();
+    assert!(
+        sent.len() > 100,
+        "the scenarios ran: {} requests",
+        sent.len()
+    );
+    type Grants = BTreeSet<(String, String)>;
+    let (forwards, used): (Grants, Grants) = sent
+        .iter()
+        .flat_map(authorized_as)
+        .partition(|(resource, _)| resource == "/pods/portforward");
+    assert_eq!(
+        forwards,
+        granted("port-forward", "devgate-gateway-port-forward"),
+        "the opt-in port-forward RBAC is what port-forward access uses"
+    );
+    assert!(
+        !used
+            .iter()
+            .any(|(r, _)| r.ends_with("/exec") || r.ends_with("/log")),
+        "{used:?}"
+    );
+    let granted = granted("base", "devgate-gateway");
+    let missing: Vec<_> = used.difference(&granted).collect();
+    let unused: Vec<_> = granted.difference(&used).collect();
+    assert!(
+        missing.is_empty() && unused.is_empty(),
+        "k8s/base/rbac.yaml differs from what the runtime sends:\n\
+         used but not granted: {missing:?}\n\
+         granted but never used: {unused:?}"
     );
 }

@@ -16,6 +16,37 @@ use tower_test::mock::{Handle, SendResponse};
 
 use super::schema;
 
+/// One request the runtime sent, as the API server's authorizer sees it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Sent {
+    pub(crate) method: String,
+    pub(crate) path: String,
+    pub(crate) query: String,
+    pub(crate) content_type: String,
+}
+
+/// Every request any mock API server of this test binary received.
+static SENT: std::sync::Mutex<Vec<Sent>> = std::sync::Mutex::new(Vec::new());
+
+/// What the runtime sent so far, across the binary's tests.
+pub(crate) fn sent() -> Vec<Sent> {
+    SENT.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+fn record(parts: &http::request::Parts) {
+    SENT.lock().unwrap_or_else(|p| p.into_inner()).push(Sent {
+        method: parts.method.to_string(),
+        path: parts.uri.path().to_owned(),
+        query: parts.uri.query().unwrap_or_default().to_owned(),
+        content_type: parts
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned(),
+    });
+}
+
 /// The test's side of the mock API server.
 pub(crate) struct ApiServer {
     handle: Handle<Request<Body>, Response<Body>>,
@@ -47,6 +78,7 @@ impl ApiServer {
             .unwrap_or_else(|_| panic!("no request came; expected {method} {path}"))
             .unwrap_or_else(|| panic!("client gone; expected {method} {path}"));
         let (parts, body) = req.into_parts();
+        record(&parts);
         let bytes = body.collect().await.expect("request body").to_bytes();
         let body = if bytes.is_empty() {
             None
@@ -86,6 +118,7 @@ impl ApiServer {
             .expect("no request came")
             .expect("client gone");
         let (parts, body) = req.into_parts();
+        record(&parts);
         let bytes = body.collect().await.expect("request body").to_bytes();
         Exchange {
             method: parts.method.to_string(),
@@ -107,10 +140,34 @@ impl ApiServer {
         body
     }
 
+    /// The next request must be a watcher's list of the object `name` (a
+    /// GET on the collection `path`, selected by name, not a watch).
+    pub(crate) async fn expect_list(&mut self, path: &str, name: &str) -> Exchange {
+        let ex = self.expect("GET", path).await;
+        assert!(ex.is_list_of(name), "not a list of {name}: {:?}", ex.query);
+        ex
+    }
+
+    /// The next request must be a watch of the object `name` on the
+    /// collection `path`.
+    pub(crate) async fn expect_watch(&mut self, path: &str, name: &str) -> Exchange {
+        let ex = self.expect("GET", path).await;
+        assert!(
+            ex.is_watch_of(name),
+            "not a watch of {name}: {:?}",
+            ex.query
+        );
+        ex
+    }
+
     /// Takes the next request if one comes within `wait`.
     pub(crate) async fn try_next(&mut self, wait: Duration) -> Option<(String, String)> {
         match tokio::time::timeout(wait, self.handle.next_request()).await {
-            Ok(Some((req, _send))) => Some((req.method().to_string(), req.uri().path().to_owned())),
+            Ok(Some((req, _send))) => {
+                let (parts, _) = req.into_parts();
+                record(&parts);
+                Some((parts.method.to_string(), parts.uri.path().to_owned()))
+            }
             _ => None,
         }
     }
@@ -137,6 +194,49 @@ impl Exchange {
             self.path,
             self.query
         );
+    }
+
+    /// A list by name (kube-rs's watcher starts with one).
+    pub(crate) fn is_list_of(&self, name: &str) -> bool {
+        let pairs = form_urlencoded(&self.query);
+        pairs.contains(&("fieldSelector".into(), format!("metadata.name%3D{name}")))
+            && !pairs.iter().any(|(k, _)| k == "watch")
+    }
+
+    /// A watch by name.
+    pub(crate) fn is_watch_of(&self, name: &str) -> bool {
+        let pairs = form_urlencoded(&self.query);
+        pairs.contains(&("fieldSelector".into(), format!("metadata.name%3D{name}")))
+            && pairs.contains(&("watch".into(), "true".into()))
+    }
+
+    /// Answers a list with `items`, at resourceVersion 1.
+    pub(crate) fn list(self, api_version: &str, kind: &str, items: Vec<Value>) {
+        self.respond(
+            200,
+            json!({"apiVersion": api_version, "kind": kind,
+                "metadata": {"resourceVersion": "1"}, "items": items}),
+        );
+    }
+
+    /// Answers a watch with these events (`{"type", "object"}`), one JSON
+    /// document a line, then ends the stream (the watcher watches again).
+    pub(crate) fn events(self, events: &[Value]) {
+        let mut body = Vec::new();
+        for (i, e) in events.iter().enumerate() {
+            // Each event's object carries the resourceVersion the watcher
+            // goes on from.
+            let mut e = e.clone();
+            e["object"]["metadata"]["resourceVersion"] = json!((i + 2).to_string());
+            body.extend(serde_json::to_vec(&e).expect("json"));
+            body.push(b'\n');
+        }
+        let resp = Response::builder()
+            .status(StatusCode::OK)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body))
+            .expect("response");
+        self.send.send_response(resp);
     }
 
     /// Answers with a status and a JSON body.

@@ -6,6 +6,11 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
+/// Private, shared, link-local (cloud metadata) and unique-local ranges:
+/// where clusters put pods, Services and nodes.
+pub(super) const DEFAULT_CLUSTER_CIDRS: &str =
+    "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,100.64.0.0/10,169.254.0.0/16,fc00::/7,fe80::/10";
+
 /// Flags of the Kubernetes runtime; each also reads the variable beside it.
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Kubernetes runtime")]
@@ -31,13 +36,15 @@ pub struct KubernetesArgs {
     )]
     pub gateway_namespace: String,
 
-    /// The ingress controller's namespace: project NetworkPolicies admit traffic from it.
+    /// The cluster's own address ranges (pods, Services, nodes, link-local
+    /// metadata), comma-separated: project pods may reach the internet but
+    /// not these (NetworkPolicy `ipBlock.except`).
     #[arg(
-        long = "k8s-ingress-namespace",
-        env = "GATEWAY_K8S_INGRESS_NAMESPACE",
-        default_value = "ingress-nginx"
+        long = "k8s-cluster-cidrs",
+        env = "GATEWAY_K8S_CLUSTER_CIDRS",
+        default_value = DEFAULT_CLUSTER_CIDRS
     )]
-    pub ingress_namespace: String,
+    pub cluster_cidrs: String,
 
     /// How the gateway reaches agents and dev servers: `service` (in-cluster DNS)
     /// or `port-forward` (through the API server, for a gateway outside the cluster).
@@ -232,7 +239,8 @@ pub struct Settings {
     /// The port the gateway's pods listen on (its `--listen` port): project
     /// pods may reach the gateway there and nowhere else in its namespace.
     pub gateway_port: u16,
-    pub ingress_namespace: String,
+    /// Ranges project pods may not reach (validated CIDRs).
+    pub cluster_cidrs: Vec<String>,
     pub access: Access,
     pub agent_port: u16,
     pub storage_size: Quantity,
@@ -249,8 +257,9 @@ pub struct Settings {
     pub runtime_class: Option<String>,
     pub ready_timeout: Duration,
     pub api_timeout: Duration,
-    /// How often readiness and deletion are polled.
-    pub poll_interval: Duration,
+    /// Pause before a watch that broke (410 Gone, a dropped connection, 5xx)
+    /// is made again; waits are watches, never polls.
+    pub rewatch_pause: Duration,
     /// A port the S3 endpoint listens on other than 443, opened for egress
     /// (agents GET and PUT snapshot packs on URLs the gateway signed).
     pub s3_port: Option<u16>,
@@ -297,7 +306,7 @@ impl Settings {
             image_pull_policy: args.image_pull_policy.clone(),
             gateway_namespace: args.gateway_namespace.clone(),
             gateway_port: 8080,
-            ingress_namespace: args.ingress_namespace.clone(),
+            cluster_cidrs: cidrs(&args.cluster_cidrs)?,
             access: args.access,
             agent_port: args.agent_port,
             storage_size: quantity("--k8s-storage-size", &args.storage_size)?,
@@ -333,7 +342,7 @@ impl Settings {
             runtime_class: Some(args.runtime_class.clone()).filter(|s| !s.is_empty()),
             ready_timeout: Duration::from_secs(args.ready_timeout_secs),
             api_timeout: Duration::from_secs(args.api_timeout_secs.max(1)),
-            poll_interval: Duration::from_secs(1),
+            rewatch_pause: Duration::from_secs(1),
             s3_port,
             token_key: token_key.to_vec(),
         };
@@ -355,13 +364,11 @@ impl Settings {
                 settings.namespace_prefix
             ));
         }
-        for (flag, ns) in [
-            ("--k8s-gateway-namespace", &settings.gateway_namespace),
-            ("--k8s-ingress-namespace", &settings.ingress_namespace),
-        ] {
-            if !is_namespace_name(ns) {
-                return Err(format!("{flag} {ns:?} is not a namespace name"));
-            }
+        if !is_namespace_name(&settings.gateway_namespace) {
+            return Err(format!(
+                "--k8s-gateway-namespace {:?} is not a namespace name",
+                settings.gateway_namespace
+            ));
         }
         if settings.agent_image.is_empty() || settings.dev_image.is_empty() {
             return Err("--agent-image and --k8s-dev-image must not be empty".into());
@@ -404,6 +411,74 @@ fn quantity(flag: &str, v: &str) -> Result<Quantity, String> {
     }
 }
 
+/// The value of a quantity in whole units (bytes for storage), rounded
+/// down: digits with an optional fraction and a binary or decimal suffix, as
+/// [`quantity`] accepts and the API server writes back; `None` otherwise
+/// (an exponent form, or a value too large).
+pub(crate) fn quantity_bytes(v: &str) -> Option<u128> {
+    let digits_end = v
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(v.len());
+    let (number, suffix) = v.split_at(digits_end);
+    let (scale, divisor): (u128, u128) = match suffix {
+        "" => (1, 1),
+        "m" => (1, 1000),
+        "k" => (1000, 1),
+        "M" => (1000u128.pow(2), 1),
+        "G" => (1000u128.pow(3), 1),
+        "T" => (1000u128.pow(4), 1),
+        "P" => (1000u128.pow(5), 1),
+        "E" => (1000u128.pow(6), 1),
+        "Ki" => (1 << 10, 1),
+        "Mi" => (1 << 20, 1),
+        "Gi" => (1 << 30, 1),
+        "Ti" => (1 << 40, 1),
+        "Pi" => (1 << 50, 1),
+        "Ei" => (1 << 60, 1),
+        _ => return None,
+    };
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    if whole.is_empty() || fraction.len() > 18 || !fraction.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let whole: u128 = whole.parse().ok()?;
+    let frac_den = 10u128.pow(u32::try_from(fraction.len()).ok()?);
+    let frac_num: u128 = if fraction.is_empty() {
+        0
+    } else {
+        fraction.parse().ok()?
+    };
+    let total = whole
+        .checked_mul(scale)?
+        .checked_add(frac_num.checked_mul(scale)? / frac_den)?;
+    Some(total / divisor)
+}
+
+/// A comma-separated list of CIDRs (`10.0.0.0/8`, `fc00::/7`), each
+/// checked; an empty list is allowed (nothing excluded).
+fn cidrs(v: &str) -> Result<Vec<String>, String> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(|c| {
+            let ok = c.split_once('/').is_some_and(|(addr, len)| {
+                match (addr.parse::<std::net::IpAddr>(), len.parse::<u8>()) {
+                    (Ok(std::net::IpAddr::V4(_)), Ok(l)) => l <= 32 && !len.starts_with('+'),
+                    (Ok(std::net::IpAddr::V6(_)), Ok(l)) => l <= 128 && !len.starts_with('+'),
+                    _ => false,
+                }
+            });
+            if ok {
+                Ok(c.to_owned())
+            } else {
+                Err(format!(
+                    "--k8s-cluster-cidrs: {c:?} is not a CIDR (e.g. 10.0.0.0/8)"
+                ))
+            }
+        })
+        .collect()
+}
+
 /// The port of an `http(s)://host[:port][/...]` URL.
 fn endpoint_port(url: &str) -> Option<u16> {
     let (scheme, rest) = url.split_once("://")?;
@@ -432,6 +507,39 @@ mod tests {
         }
         for bad in ["", "Gi", "2GB", "-1", "1..5", ".5", "2 Gi"] {
             assert!(quantity("--x", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn quantity_values() {
+        assert_eq!(quantity_bytes("5Gi"), Some(5 << 30));
+        assert_eq!(quantity_bytes("5G"), Some(5_000_000_000));
+        assert_eq!(quantity_bytes("1.5Gi"), Some(3 << 29));
+        assert_eq!(quantity_bytes("1500M"), Some(1_500_000_000));
+        assert_eq!(quantity_bytes("1024"), Some(1024));
+        assert_eq!(quantity_bytes("1500m"), Some(1));
+        assert!(quantity_bytes("5Gi") > quantity_bytes("5G"));
+        for bad in ["", "Gi", "1e3", "2GB", "-1", "1..5"] {
+            assert_eq!(quantity_bytes(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn cluster_cidrs() {
+        assert_eq!(cidrs(DEFAULT_CLUSTER_CIDRS).unwrap().len(), 7);
+        assert_eq!(
+            cidrs(" 10.0.0.0/8 , fd00::/8").unwrap(),
+            ["10.0.0.0/8", "fd00::/8"]
+        );
+        assert!(cidrs("").unwrap().is_empty());
+        for bad in [
+            "10.0.0.0",
+            "10.0.0.0/33",
+            "fc00::/129",
+            "example/8",
+            "10.0.0.0/+8",
+        ] {
+            assert!(cidrs(bad).is_err(), "{bad}");
         }
     }
 

@@ -10,15 +10,14 @@ mod config;
 mod forward;
 pub mod objects;
 mod pods;
+mod storage;
+mod wait;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{
-    LimitRange, Namespace, PersistentVolumeClaim, Pod, ResourceQuota, Secret, Service,
-};
+use k8s_openapi::api::core::v1::{LimitRange, Namespace, Pod, ResourceQuota, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams};
@@ -223,103 +222,111 @@ impl KubernetesRuntime {
         self.dev_agents.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Waits, up to the ready timeout, for a terminating namespace to be gone;
-    /// an absent or live namespace returns at once.
+    /// Waits, up to the ready timeout, for a terminating namespace to be
+    /// gone; an absent or live namespace returns at once.
     async fn wait_until_gone_if_terminating(&self, ns: &str) -> Result<()> {
         let api: Api<Namespace> = Api::all(self.kube.client.clone());
-        let deadline = Instant::now() + self.settings.ready_timeout;
-        loop {
-            match self
-                .kube
-                .call(&format!("get namespace {ns}"), api.get(ns))
-                .await
-            {
-                Err(Error::NotFound(_)) => return Ok(()),
-                Err(e) => return Err(e),
-                Ok(n) if n.metadata.deletion_timestamp.is_none() => return Ok(()),
-                Ok(_) if Instant::now() >= deadline => {
-                    return Err(Error::Unavailable(format!(
-                        "namespace {ns} is still being deleted after {}s; open again later",
-                        self.settings.ready_timeout.as_secs()
-                    )));
-                }
-                Ok(_) => tokio::time::sleep(self.settings.poll_interval).await,
-            }
-        }
-    }
-
-    /// Polls a Deployment until its pod is ready, or fails after the ready
-    /// timeout saying why (pod states and the namespace's warning events).
-    async fn wait_ready(&self, ns: &str, name: &str, selector: &str) -> Result<()> {
-        let api: Api<Deployment> = Api::namespaced(self.kube.client.clone(), ns);
-        let deadline = Instant::now() + self.settings.ready_timeout;
-        loop {
-            let d = self
-                .kube
-                .call(&format!("get deployment {ns}/{name}"), api.get(name))
-                .await?;
-            if deployment_ready(&d) {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                let why = pods::why_not_ready(&self.kube, ns, selector).await;
-                return Err(Error::Unavailable(format!(
-                    "{ns}/{name} not ready after {}s: {why}",
-                    self.settings.ready_timeout.as_secs()
-                )));
-            }
-            tokio::time::sleep(self.settings.poll_interval).await;
-        }
-    }
-
-    /// Creates the project's volume claim when it is absent, and leaves an
-    /// existing one alone: a claim's spec is immutable once bound (the API
-    /// server answers 422 to a changed storage class or access mode), so a
-    /// changed `--k8s-storage-class` applies to new projects only, and the
-    /// files of existing ones stay where they are.
-    async fn ensure_storage(&self, ns: &str, project: &str) -> Result<()> {
-        let api = Api::<PersistentVolumeClaim>::namespaced(self.kube.client.clone(), ns);
-        let wanted = objects::storage(&self.settings, ns, project);
         match self
             .kube
-            .call(
-                &format!("get persistentvolumeclaim {ns}/{}", objects::STORAGE),
-                api.get(objects::STORAGE),
-            )
+            .call(&format!("get namespace {ns}"), api.get(ns))
             .await
         {
-            Err(Error::NotFound(_)) => {
-                self.apply(&api, objects::STORAGE, &wanted).await?;
-                Ok(())
-            }
+            Err(Error::NotFound(_)) => Ok(()),
             Err(e) => Err(e),
-            Ok(existing) => {
-                let class = |c: &PersistentVolumeClaim| {
-                    c.spec.as_ref().and_then(|s| s.storage_class_name.clone())
-                };
-                if wanted
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.storage_class_name.as_ref())
-                    .is_some()
-                    && class(&existing) != class(&wanted)
-                {
-                    tracing::info!(
-                        project,
-                        existing = ?class(&existing),
-                        configured = ?class(&wanted),
-                        "keeping the project volume's storage class (immutable)"
-                    );
-                }
-                Ok(())
+            Ok(n) if n.metadata.deletion_timestamp.is_none() => Ok(()),
+            Ok(_) => self.wait_namespace_gone(&api, ns, false).await,
+        }
+    }
+
+    /// Watches a namespace being deleted until it is gone (or, unless
+    /// `absent` is asked for, made again, live, by another replica). Still
+    /// there after the ready timeout, it is
+    /// stuck: something holds it (a finalizer nobody removes, content that
+    /// cannot be deleted), and waiting longer would only hang the caller, so
+    /// the answer is [`Error::EnvironmentStuck`] with what the namespace
+    /// controller says holds it.
+    async fn wait_namespace_gone(
+        &self,
+        api: &Api<Namespace>,
+        ns: &str,
+        absent: bool,
+    ) -> Result<()> {
+        let limit = self.settings.ready_timeout;
+        let gone_or_live = |n: Option<&Namespace>| {
+            n.is_none_or(|n| !absent && n.metadata.deletion_timestamp.is_none())
+        };
+        let gone = wait::watch_until(api, ns, limit, self.settings.rewatch_pause, |n| {
+            gone_or_live(n).then_some(())
+        })
+        .await?;
+        if gone.is_some() {
+            return Ok(());
+        }
+        let why = match self
+            .kube
+            .call(&format!("get namespace {ns}"), api.get(ns))
+            .await
+        {
+            Err(Error::NotFound(_)) => return Ok(()),
+            Ok(n) if gone_or_live(Some(&n)) => return Ok(()),
+            Ok(n) => wait::why_terminating(&n),
+            Err(e) => format!("namespace unreadable: {e}"),
+        };
+        Err(Error::EnvironmentStuck(format!(
+            "namespace {ns} still terminating after {}s: {why}",
+            limit.as_secs()
+        )))
+    }
+
+    /// Waits for a Deployment's pod to be ready, watching it; fails when the
+    /// project's quota refuses its pod (at once, saying so) or after the
+    /// ready timeout saying why (pod states and the namespace's warnings).
+    /// A refusal while a pod of the project is still terminating (a dev
+    /// server stopped just before) is waited out: its share of the quota
+    /// comes back when it is gone.
+    async fn wait_ready(&self, ns: &str, name: &str, selector: &str) -> Result<()> {
+        let api: Api<Deployment> = Api::namespaced(self.kube.client.clone(), ns);
+        let deadline = tokio::time::Instant::now() + self.settings.ready_timeout;
+        let d = self
+            .kube
+            .call(&format!("get deployment {ns}/{name}"), api.get(name))
+            .await?;
+        let mut seen = match wait::rollout(&d) {
+            Some(r) => Some(r),
+            None => self.watch_rollout(&api, name, deadline, true).await?,
+        };
+        if let Some(wait::Rollout::OverQuota(_)) = &seen
+            && pods::terminating(&self.kube, ns).await
+        {
+            tracing::info!(
+                namespace = ns,
+                deployment = name,
+                "over the quota while a pod of the project terminates; waiting for it"
+            );
+            seen = self.watch_rollout(&api, name, deadline, false).await?;
+        }
+        match seen {
+            Some(wait::Rollout::Ready) => Ok(()),
+            Some(wait::Rollout::OverQuota(why)) => Err(Error::Conflict(format!(
+                "{name} cannot start: the project is over its quota ({why}); stop a container first"
+            ))),
+            None => {
+                let why = pods::why_not_ready(&self.kube, ns, selector).await;
+                Err(Error::Unavailable(format!(
+                    "{ns}/{name} not ready after {}s: {why}",
+                    self.settings.ready_timeout.as_secs()
+                )))
             }
         }
     }
 
-    /// Polls, up to the ready timeout, until no pod matches `selector`.
+    /// Lists, up to the ready timeout, until no pod matches `selector`: the
+    /// one wait that polls (a list every `rewatch_pause`), since a dev
+    /// server's pods have no one name to watch and the ClusterRole grants no
+    /// `watch` on pods.
     async fn wait_pods_gone(&self, ns: &str, selector: &str) -> Result<()> {
         let pods: Api<Pod> = Api::namespaced(self.kube.client.clone(), ns);
-        let deadline = Instant::now() + self.settings.ready_timeout;
+        let deadline = tokio::time::Instant::now() + self.settings.ready_timeout;
         loop {
             let list = self
                 .kube
@@ -331,13 +338,13 @@ impl KubernetesRuntime {
             if list.items.is_empty() {
                 return Ok(());
             }
-            if Instant::now() >= deadline {
+            if tokio::time::Instant::now() >= deadline {
                 return Err(Error::Timeout(format!(
                     "pods of {selector} in {ns} still there after {}s",
                     self.settings.ready_timeout.as_secs()
                 )));
             }
-            tokio::time::sleep(self.settings.poll_interval).await;
+            tokio::time::sleep(self.settings.rewatch_pause).await;
         }
     }
 
@@ -374,6 +381,23 @@ impl KubernetesRuntime {
                 tracing::debug!(project, container = %spec.name, "the dev pod's agent did not answer in time")
             }
         }
+    }
+
+    /// Watches a Deployment until it is ready (or, with `quota`, refused by
+    /// the quota), up to `deadline`.
+    async fn watch_rollout(
+        &self,
+        api: &Api<Deployment>,
+        name: &str,
+        deadline: tokio::time::Instant,
+        quota: bool,
+    ) -> Result<Option<wait::Rollout>> {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        wait::watch_until(api, name, left, self.settings.rewatch_pause, |d| {
+            d.and_then(wait::rollout)
+                .filter(|r| quota || matches!(r, wait::Rollout::Ready))
+        })
+        .await
     }
 
     fn ready_lock(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
@@ -449,18 +473,6 @@ fn same_pod_stays(d: &Deployment) -> bool {
     status.replicas.unwrap_or(0) >= 1
         && d.metadata.generation.is_some()
         && status.observed_generation == d.metadata.generation
-}
-
-/// A Deployment whose current spec has a ready, updated pod.
-fn deployment_ready(d: &Deployment) -> bool {
-    let Some(status) = &d.status else {
-        return false;
-    };
-    let generation = d.metadata.generation.unwrap_or(0);
-    status.observed_generation.unwrap_or(0) >= generation
-        && status.updated_replicas.unwrap_or(0) >= 1
-        && status.ready_replicas.unwrap_or(0) >= 1
-        && status.replicas.unwrap_or(0) == status.updated_replicas.unwrap_or(0)
 }
 
 #[async_trait::async_trait]
@@ -543,7 +555,7 @@ impl Runtime for KubernetesRuntime {
                 )
                 .await
             {
-                Ok(d) => deployment_ready(&d),
+                Ok(d) => wait::deployment_ready(&d),
                 Err(Error::NotFound(_)) => false,
                 Err(e) => return Err(e),
             };
@@ -584,7 +596,17 @@ impl Runtime for KubernetesRuntime {
             self.restart_if_ended(project, spec).await;
         }
         let selector = objects::selector(&objects::dev_labels(project, &spec.name));
-        self.wait_ready(&ns, &name, &selector).await?;
+        if let Err(e) = self.wait_ready(&ns, &name, &selector).await {
+            // Refused by the quota: the Deployment would make its pod later,
+            // when a pod of the project goes, behind the caller's back.
+            if matches!(e, Error::Conflict(_))
+                && let Err(error) = self.stop_container(project, &spec.name).await
+            {
+                tracing::warn!(project, container = %spec.name, error = %crate::error::Chain(&error),
+                    "cannot remove a dev server the quota refused");
+            }
+            return Err(e);
+        }
         self.running_lock()
             .insert((project.to_owned(), spec.name.clone()), spec.port);
         self.container_route(project, &spec.name, None).await
@@ -725,54 +747,23 @@ impl Runtime for KubernetesRuntime {
         self.delete(&api, &ns).await?;
         // Gone means gone: a restore right after must not meet the old
         // namespace still terminating (its content cannot be re-created).
-        let deadline = Instant::now() + self.settings.ready_timeout;
-        loop {
-            match self
-                .kube
-                .call(&format!("get namespace {ns}"), api.get(&ns))
-                .await
-            {
-                Err(Error::NotFound(_)) => return Ok(()),
-                Err(e) => return Err(e),
-                Ok(_) if Instant::now() >= deadline => {
-                    return Err(Error::Timeout(format!(
-                        "namespace {ns} still terminating after {}s",
-                        self.settings.ready_timeout.as_secs()
-                    )));
-                }
-                Ok(_) => tokio::time::sleep(self.settings.poll_interval).await,
-            }
+        match self
+            .kube
+            .call(&format!("get namespace {ns}"), api.get(&ns))
+            .await
+        {
+            Err(Error::NotFound(_)) => Ok(()),
+            Err(e) => Err(e),
+            Ok(_) => self.wait_namespace_gone(&api, &ns, true).await,
         }
     }
 
+    /// Always ready: nothing the API server answers. Running projects are
+    /// reached at their Services (or, with port-forward access, through the
+    /// API server per request), so a control-plane upgrade or blip must not
+    /// make every replica unready and take every preview down with it; a
+    /// call that needs the API server fails on its own, with its error.
     async fn ready(&self) -> Result<()> {
-        self.kube
-            .call("get version", self.kube.client.apiserver_version())
-            .await
-            .map(|_| ())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn readiness_needs_an_updated_ready_pod() {
-        let mut d = Deployment::default();
-        assert!(!deployment_ready(&d));
-        d.metadata.generation = Some(2);
-        d.status = Some(k8s_openapi::api::apps::v1::DeploymentStatus {
-            observed_generation: Some(1),
-            replicas: Some(1),
-            updated_replicas: Some(1),
-            ready_replicas: Some(1),
-            ..Default::default()
-        });
-        assert!(!deployment_ready(&d), "status of an older spec");
-        d.status.as_mut().unwrap().observed_generation = Some(2);
-        assert!(deployment_ready(&d));
-        d.status.as_mut().unwrap().replicas = Some(2);
-        assert!(!deployment_ready(&d), "old pod still there");
+        Ok(())
     }
 }

@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::{
     VolumeResourceRequirements,
 };
 use k8s_openapi::api::networking::v1::{
-    NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
+    IPBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
     NetworkPolicyPort, NetworkPolicySpec,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -128,20 +128,38 @@ pub fn namespace(ns: &str, project: &str) -> Namespace {
     }
 }
 
-/// Ingress only from the gateway's namespace, the ingress controller and the
-/// project's own pods; egress only DNS, HTTPS, the S3 endpoint's port, the
-/// gateway's pods on the gateway's port (bundled templates are cloned from
-/// the gateway) and the project's own pods. Everything else is denied for every pod of the
-/// project.
 /// The `app.kubernetes.io/name` label of the gateway's pods (k8s/base).
 pub const GATEWAY_APP: &str = "devgate-gateway";
 
+/// What may reach a project's pods and what they may reach; everything
+/// else is denied for every pod of the project.
+///
+/// Ingress: the gateway's pods (it dials agents, proxies previews and
+/// terminals) and the project's own pods. Not the ingress controller:
+/// previews go through the gateway's preview proxy, never straight to a dev
+/// server.
+///
+/// Egress: DNS (port 53, wherever the cluster's resolver runs); the
+/// internet on any port, as a dev environment needs (git over SSH,
+/// registries, APIs), but not the cluster's own ranges
+/// (`--k8s-cluster-cidrs`: pods, Services, nodes, the cloud's metadata
+/// address); the S3 endpoint's port when it is not 443 (an in-cluster
+/// endpoint such as MinIO); the gateway's pods on the gateway's port
+/// (bundled templates are cloned from it); the project's own pods.
 pub fn network_policy(s: &Settings, ns: &str, project: &str) -> NetworkPolicy {
-    let from_namespace = |name: &str| NetworkPolicyPeer {
-        namespace_selector: Some(LabelSelector {
+    let gateway_namespace = LabelSelector {
+        match_labels: Some(BTreeMap::from([(
+            "kubernetes.io/metadata.name".to_owned(),
+            s.gateway_namespace.clone(),
+        )])),
+        ..LabelSelector::default()
+    };
+    let gateway_pods = NetworkPolicyPeer {
+        namespace_selector: Some(gateway_namespace),
+        pod_selector: Some(LabelSelector {
             match_labels: Some(BTreeMap::from([(
-                "kubernetes.io/metadata.name".to_owned(),
-                name.to_owned(),
+                "app.kubernetes.io/name".to_owned(),
+                GATEWAY_APP.to_owned(),
             )])),
             ..LabelSelector::default()
         }),
@@ -156,56 +174,65 @@ pub fn network_policy(s: &Settings, ns: &str, project: &str) -> NetworkPolicy {
         port: Some(IntOrString::Int(i32::from(port))),
         ..NetworkPolicyPort::default()
     };
-    let mut egress_ports = vec![port("TCP", 443)];
+    // The internet: everything but the cluster's ranges, per address family.
+    let internet: Vec<NetworkPolicyPeer> = [("0.0.0.0/0", false), ("::/0", true)]
+        .into_iter()
+        .map(|(all, v6)| NetworkPolicyPeer {
+            ip_block: Some(IPBlock {
+                cidr: all.to_owned(),
+                except: Some(
+                    s.cluster_cidrs
+                        .iter()
+                        .filter(|c| c.contains(':') == v6)
+                        .cloned()
+                        .collect(),
+                )
+                .filter(|e: &Vec<String>| !e.is_empty()),
+            }),
+            ..NetworkPolicyPeer::default()
+        })
+        .collect();
+    let mut egress = vec![
+        // DNS: the cluster's resolver, wherever it runs.
+        NetworkPolicyEgressRule {
+            to: None,
+            ports: Some(vec![port("UDP", 53), port("TCP", 53)]),
+        },
+        NetworkPolicyEgressRule {
+            to: Some(internet),
+            ports: None,
+        },
+    ];
     if let Some(p) = s.s3_port {
-        egress_ports.push(port("TCP", p));
+        egress.push(NetworkPolicyEgressRule {
+            to: None,
+            ports: Some(vec![port("TCP", p)]),
+        });
     }
+    egress.extend([
+        // Bundled templates: the agent clones them from the gateway, and
+        // only that: the gateway's pods on its own port, not everything
+        // else in its namespace.
+        NetworkPolicyEgressRule {
+            to: Some(vec![gateway_pods.clone()]),
+            ports: Some(vec![port("TCP", s.gateway_port)]),
+        },
+        // Dev servers of one project talk to each other.
+        NetworkPolicyEgressRule {
+            to: Some(vec![same_namespace.clone()]),
+            ports: None,
+        },
+    ]);
     NetworkPolicy {
         metadata: meta(NETWORK_POLICY, Some(ns), project_labels(project)),
         spec: Some(NetworkPolicySpec {
             pod_selector: Some(LabelSelector::default()),
             policy_types: Some(vec!["Ingress".to_owned(), "Egress".to_owned()]),
             ingress: Some(vec![NetworkPolicyIngressRule {
-                from: Some(vec![
-                    from_namespace(&s.gateway_namespace),
-                    from_namespace(&s.ingress_namespace),
-                    same_namespace.clone(),
-                ]),
+                from: Some(vec![gateway_pods, same_namespace]),
                 ports: None,
             }]),
-            egress: Some(vec![
-                // DNS: the cluster's resolver, wherever it runs.
-                NetworkPolicyEgressRule {
-                    to: None,
-                    ports: Some(vec![port("UDP", 53), port("TCP", 53)]),
-                },
-                // HTTPS (git, package registries, S3) and the S3 endpoint's port.
-                NetworkPolicyEgressRule {
-                    to: None,
-                    ports: Some(egress_ports),
-                },
-                // Bundled templates: the agent clones them from the gateway,
-                // and only that: the gateway's pods on its own port, not
-                // everything else in its namespace (user code runs here).
-                NetworkPolicyEgressRule {
-                    to: Some(vec![NetworkPolicyPeer {
-                        pod_selector: Some(LabelSelector {
-                            match_labels: Some(BTreeMap::from([(
-                                "app.kubernetes.io/name".to_owned(),
-                                GATEWAY_APP.to_owned(),
-                            )])),
-                            ..LabelSelector::default()
-                        }),
-                        ..from_namespace(&s.gateway_namespace)
-                    }]),
-                    ports: Some(vec![port("TCP", s.gateway_port)]),
-                },
-                // Dev servers of one project talk to each other.
-                NetworkPolicyEgressRule {
-                    to: Some(vec![same_namespace]),
-                    ports: None,
-                },
-            ]),
+            egress: Some(egress),
         }),
     }
 }
@@ -393,6 +420,33 @@ fn env(pairs: impl IntoIterator<Item = (String, String)>) -> Vec<EnvVar> {
         .collect()
 }
 
+/// Every pod of a project (file-manager and dev servers alike) must run on
+/// a node where a pod of the same project runs: all of a project's pods
+/// share one node, so a ReadWriteOnce volume is attached there only, and a
+/// rescheduled file-manager follows its dev servers instead of meeting
+/// Multi-Attach behind them. The first pod of a project, matching its own
+/// term, may go anywhere (the scheduler's rule for a term no other pod
+/// matches).
+fn project_affinity(project: &str) -> Affinity {
+    Affinity {
+        pod_affinity: Some(PodAffinity {
+            required_during_scheduling_ignored_during_execution: Some(vec![PodAffinityTerm {
+                label_selector: Some(LabelSelector {
+                    match_labels: Some(BTreeMap::from([(
+                        LABEL_PROJECT.to_owned(),
+                        project.to_owned(),
+                    )])),
+                    ..LabelSelector::default()
+                }),
+                topology_key: "kubernetes.io/hostname".to_owned(),
+                ..PodAffinityTerm::default()
+            }]),
+            ..PodAffinity::default()
+        }),
+        ..Affinity::default()
+    }
+}
+
 /// A Deployment of one replica: Recreate, since the volume is usually
 /// ReadWriteOnce and a rolling update would wait on the old pod's attachment.
 fn deployment(
@@ -477,6 +531,7 @@ pub fn file_manager(s: &Settings, ns: &str, project: &str, token_sha256: &str) -
         containers: vec![container],
         volumes: Some(volumes(s)),
         security_context: Some(pod_security()),
+        affinity: Some(project_affinity(project)),
         automount_service_account_token: Some(false),
         enable_service_links: Some(false),
         // The agent finishes writes and uploads within its own 20 s grace.
@@ -536,8 +591,8 @@ pub fn file_manager_service(s: &Settings, ns: &str, project: &str) -> Service {
 /// nothing else of the platform. The server gets `PORT`, `HOST`, its env
 /// (without `AGENT_*`, which the agent never passes on) and the optional
 /// Secret `dev-{name}-env` (the platform may create it in the project
-/// namespace for API keys); the pod runs on the file-manager's node when
-/// the volume is ReadWriteOnce.
+/// namespace for API keys); the pod runs on the node of the project's other
+/// pods ([`project_affinity`]).
 pub fn dev_server(s: &Settings, ns: &str, project: &str, spec: &ContainerSpec) -> Deployment {
     let name = dev_name(&spec.name);
     let mut vars: Vec<(String, String)> = vec![
@@ -646,20 +701,6 @@ pub fn dev_server(s: &Settings, ns: &str, project: &str, spec: &ContainerSpec) -
         }]),
         ..Container::default()
     };
-    let affinity = (s.access_mode == "ReadWriteOnce").then(|| Affinity {
-        pod_affinity: Some(PodAffinity {
-            required_during_scheduling_ignored_during_execution: Some(vec![PodAffinityTerm {
-                label_selector: Some(LabelSelector {
-                    match_labels: Some(file_manager_labels(project)),
-                    ..LabelSelector::default()
-                }),
-                topology_key: "kubernetes.io/hostname".to_owned(),
-                ..PodAffinityTerm::default()
-            }]),
-            ..PodAffinity::default()
-        }),
-        ..Affinity::default()
-    });
     let mut volumes = volumes(s);
     volumes.push(Volume {
         name: AGENT_VOLUME.to_owned(),
@@ -674,7 +715,7 @@ pub fn dev_server(s: &Settings, ns: &str, project: &str, spec: &ContainerSpec) -
         containers: vec![container],
         volumes: Some(volumes),
         security_context: Some(pod_security()),
-        affinity,
+        affinity: Some(project_affinity(project)),
         runtime_class_name: s.runtime_class.clone(),
         automount_service_account_token: Some(false),
         enable_service_links: Some(false),

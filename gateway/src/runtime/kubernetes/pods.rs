@@ -116,6 +116,28 @@ async fn pick_pod(
         .ok_or_else(|| Error::Unavailable(format!("no {what} pod for {selector}")))
 }
 
+/// Whether a pod of the namespace is terminating (its quota still counted);
+/// `false` when the pods cannot be listed.
+pub(crate) async fn terminating(kube: &Kube, ns: &str) -> bool {
+    let pods: Api<Pod> = Api::namespaced(kube.client.clone(), ns);
+    match kube
+        .call(
+            &format!("list pods {ns}"),
+            pods.list(&ListParams::default()),
+        )
+        .await
+    {
+        Ok(list) => list
+            .items
+            .iter()
+            .any(|p| p.metadata.deletion_timestamp.is_some()),
+        Err(error) => {
+            tracing::warn!(namespace = ns, error = %crate::error::Chain(&error), "cannot list the project's pods");
+            false
+        }
+    }
+}
+
 /// One line saying why the pods matching `selector` are not ready: each
 /// pod's waiting or terminated reasons, then the namespace's last warnings
 /// (image pulls, scheduling, volume binding, quota).
