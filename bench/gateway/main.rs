@@ -332,19 +332,9 @@ async fn main() -> Result<()> {
                     file.clone(),
                 ),
             ));
-            if let Some((b, _)) = &base {
-                clients.push((
-                    "node `ws` → baseline gateway (`--baseline`)".into(),
-                    Client::Node(
-                        "devgate",
-                        format!("ws://{}/api/projects/bench/terminal?cmd={bash}", b.addr),
-                        b.admin_token(),
-                        file.as_ref()
-                            .map(|_| b.project_dir("bench").join("big.txt").canonicalize())
-                            .transpose()?,
-                    ),
-                ));
-            }
+            // Not the baseline build: it predates the token in the
+            // WebSocket subprotocol (the way the page and this client send
+            // it) and answers the node client 401. Its Rust-client row stays.
         }
         if let Some(w) = &peers.wetty {
             clients.push((

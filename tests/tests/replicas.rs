@@ -132,7 +132,7 @@ async fn hibernate_races_open_and_writes_on_another_replica_and_loses_nothing() 
     // Acknowledged writes: path → content.
     let mut acknowledged: BTreeMap<String, String> = BTreeMap::new();
     let (mut refused, mut hibernated, mut opened) = (0, 0, 0);
-    const ROUNDS: usize = 30;
+    const ROUNDS: usize = 50;
     for round in 0..ROUNDS {
         let hib_on_b = rng.random_bool(0.5);
         let hib_delay = rng.random_range(0..40u64);

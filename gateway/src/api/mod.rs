@@ -12,6 +12,7 @@ pub mod previews;
 pub mod projects;
 pub mod terminal;
 pub mod watch;
+pub mod ws;
 
 use std::time::Instant;
 

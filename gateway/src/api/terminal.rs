@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use super::authorize;
-use super::watch::{Liveness, PEER_TIMEOUT, close_frame, ping_interval};
+use super::ws::{Liveness, PEER_TIMEOUT, READ_BUFFER, close_frame, ping_interval};
 use crate::agent_client::{PtyEvent, PtyInput, PtySpec};
 use crate::auth::QueryClaims;
 use crate::error::{Error, Result};
@@ -192,7 +192,7 @@ async fn terminal(
     let hold = state.activity.hold(&project);
     // A keystroke message is small; a paste may be large, but not unbounded.
     let ws = ws
-        .read_buffer_size(super::watch::READ_BUFFER)
+        .read_buffer_size(READ_BUFFER)
         .max_message_size(MAX_INPUT_MESSAGE)
         // Answers `devgate` to a browser that sent its token in the offer.
         .protocols([crate::auth::WS_PROTOCOL]);
