@@ -77,8 +77,10 @@ pub struct Config {
     /// A dev server to run from the start as a managed background process
     /// (`sh -c COMMAND`, in its own process group, output in the process's
     /// log, stopped with the agent): how the agent that is PID 1 of a
-    /// Kubernetes dev pod runs the container's start command. It gets the
-    /// agent's environment minus `AGENT_*` and `AWS_*`, like every child.
+    /// Kubernetes dev pod runs the container's start command. It, and every
+    /// other child of this agent, gets the agent's environment (the
+    /// container's) minus `AGENT_*`; without --start, `AWS_*` is withheld
+    /// too.
     #[arg(long, env = "AGENT_START", value_name = "COMMAND")]
     pub start: Option<String>,
 
@@ -176,6 +178,9 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
     // Handlers first: a SIGTERM during start-up then means "shut down
     // cleanly", not death by the default action.
     let mut signals = Signals::new()?;
+    if config.start.is_some() {
+        crate::process::spawn::in_dev_pod();
+    }
     let token = config.resolve_token()?;
     let root = devgate_fs::Root::open(&config.root)
         .with_context(|| format!("cannot open root {}", config.root.display()))?;

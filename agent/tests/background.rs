@@ -412,7 +412,8 @@ async fn running_processes_are_limited() -> anyhow::Result<()> {
 
 /// `--start`: the agent runs a dev server from its own start as the managed
 /// background process `--start-name`, in `--start-cwd`, with the agent's
-/// environment minus its `AGENT_*` (the token stays the agent's); its log
+/// environment (in a dev pod, the container's: `AWS_*` included) minus its
+/// `AGENT_*` (the token stays the agent's); its log
 /// reads by name; a stop ends the whole process group; and SIGTERM to the
 /// agent (a pod's stop) ends the group of the restarted server too.
 #[tokio::test]
@@ -421,10 +422,13 @@ async fn the_start_flag_runs_a_dev_server_as_a_managed_process() -> anyhow::Resu
     std::fs::create_dir(root.path().join("web"))?;
     // A grandchild that ignores SIGTERM: only a group kill reaches it.
     let start = "(trap '' TERM; exec sleep 300) & echo $! > grandchild.pid; \
-                 echo \"port=$PORT token=${AGENT_TOKEN:-none} in=$(basename \"$PWD\")\"; wait";
+                 echo \"port=$PORT token=${AGENT_TOKEN:-none} aws=${AWS_REGION:-none} in=$(basename \"$PWD\")\"; wait";
     let agent = tests::Agent::start_with_args(
         root.path(),
-        &[("PORT".into(), "5173".into())],
+        &[
+            ("PORT".into(), "5173".into()),
+            ("AWS_REGION".into(), "eu-test-1".into()),
+        ],
         &[
             "--start",
             start,
@@ -450,8 +454,8 @@ async fn the_start_flag_runs_a_dev_server_as_a_managed_process() -> anyhow::Resu
     let (out, _) = read_log(&mut s, 0, Some("\n")).await?;
     assert_eq!(
         String::from_utf8(out)?,
-        "port=5173 token=none in=web\n",
-        "the agent's env without its own AGENT_* variables, in --start-cwd"
+        "port=5173 token=none aws=eu-test-1 in=web\n",
+        "the agent's env (the container's, AWS_* included) without its own AGENT_* variables, in --start-cwd"
     );
     drop(s);
     let grandchild = f.pid_file("web/grandchild.pid").await?;

@@ -29,6 +29,10 @@ pub const CHANNEL: &str = "devgate_events";
 /// dropped (and logged) rather than held without bound.
 const QUEUE: usize = 4096;
 
+/// The event kinds this gateway sends (a relayed name is checked against
+/// them: it becomes an SSE `event:` line).
+const KNOWN_EVENTS: &[&str] = &["status", "progress", "log", "container", "lagged"];
+
 /// One server-sent event of a project.
 #[derive(Debug, Clone, Serialize)]
 pub struct ProjectEvent {
@@ -59,7 +63,13 @@ pub struct Events {
 struct Relay {
     origin: String,
     out: mpsc::Sender<String>,
+    /// An event could not be published (queue full, store error): the next
+    /// publication is preceded by a `lagged` for every project.
+    lost: Arc<std::sync::atomic::AtomicBool>,
 }
+
+/// The `project` of a wire event meant for every project (a `lagged`).
+const EVERY_PROJECT: &str = "*";
 
 /// An event on the wire between replicas.
 #[derive(Serialize, Deserialize)]
@@ -81,17 +91,27 @@ impl Events {
         stop: CancellationToken,
     ) -> Events {
         let (out, mut queued) = mpsc::channel::<String>(QUEUE);
+        let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let events = Events {
             channels: Arc::default(),
             relay: Some(Relay {
                 origin: origin.to_owned(),
                 out,
+                lost: lost.clone(),
             }),
         };
         // One publisher, so one replica's events stay in order.
+        let lag_all = wire_payload(origin, EVERY_PROJECT, &ProjectEvent::lagged());
         tokio::spawn(async move {
+            use std::sync::atomic::Ordering;
             while let Some(payload) = queued.recv().await {
+                if lost.swap(false, Ordering::Relaxed)
+                    && store.notify(CHANNEL, &lag_all).await.is_err()
+                {
+                    lost.store(true, Ordering::Relaxed);
+                }
                 if let Err(error) = store.notify(CHANNEL, &payload).await {
+                    lost.store(true, Ordering::Relaxed);
                     tracing::warn!(error = %crate::error::Chain(&error), "cannot relay a project event to the other replicas");
                 }
             }
@@ -123,6 +143,7 @@ impl Events {
         if let Some(relay) = &self.relay {
             let payload = wire_payload(&relay.origin, project, &event);
             if relay.out.try_send(payload).is_err() {
+                relay.lost.store(true, std::sync::atomic::Ordering::Relaxed);
                 tracing::warn!(project, event = %event.event, "the event relay is behind; an event reaches this replica's subscribers only");
             }
         }
@@ -150,7 +171,13 @@ impl Events {
             return;
         };
         let own = self.relay.as_ref().is_some_and(|r| r.origin == w.origin);
-        if !own {
+        if !KNOWN_EVENTS.contains(&w.event.as_str()) {
+            tracing::warn!(event = %w.event, "an event of an unknown kind was relayed; ignored");
+            return;
+        }
+        if !own && w.project == EVERY_PROJECT {
+            self.lag_all();
+        } else if !own {
             self.deliver(
                 &w.project,
                 ProjectEvent {
@@ -298,6 +325,7 @@ mod tests {
             relay: Some(Relay {
                 origin: "me".into(),
                 out,
+                lost: Arc::default(),
             }),
         };
         let mut rx = events.subscribe("demo");
@@ -309,5 +337,18 @@ mod tests {
         assert!(rx.try_recv().is_err());
         events.lag_all();
         assert_eq!(rx.recv().await.unwrap().event, "lagged");
+        // Another replica's "every project lagged", and a kind nobody sends.
+        events.heard(&wire_payload(
+            "other",
+            EVERY_PROJECT,
+            &ProjectEvent::lagged(),
+        ));
+        assert_eq!(rx.recv().await.unwrap().event, "lagged");
+        let odd = ProjectEvent {
+            event: "x\nevent: status".into(),
+            data: serde_json::json!({}),
+        };
+        events.heard(&wire_payload("other", "demo", &odd));
+        assert!(rx.try_recv().is_err());
     }
 }

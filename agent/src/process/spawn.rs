@@ -14,9 +14,32 @@ use crate::error::{Error, Result};
 use devgate_fs::Root;
 
 /// Environment variables of the agent itself that no child inherits: the
-/// agent's shared token and its S3 credentials belong to the platform, not
-/// to the user's code running in the project.
+/// agent's shared token and any S3 credentials of the environment it was
+/// started in belong to the platform, not to the user's code running in the
+/// project.
 const WITHHELD_PREFIXES: &[&str] = &["AGENT_", "AWS_"];
+
+/// In a dev pod (`--start`) the agent's environment is the container's own
+/// (its env and its Secret, given by the user) plus the agent's settings:
+/// only `AGENT_*` is the platform's there, so `AWS_*` passes to the
+/// container's processes as it does in any container.
+const WITHHELD_IN_DEV_POD: &[&str] = &["AGENT_"];
+
+static DEV_POD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Says the agent runs as PID 1 of a dev pod (`--start`): children inherit
+/// the container's environment, `AGENT_*` aside ([`WITHHELD_IN_DEV_POD`]).
+pub(crate) fn in_dev_pod() {
+    DEV_POD.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn withheld() -> &'static [&'static str] {
+    if DEV_POD.load(std::sync::atomic::Ordering::Relaxed) {
+        WITHHELD_IN_DEV_POD
+    } else {
+        WITHHELD_PREFIXES
+    }
+}
 
 /// Resolves a client-given working directory (relative to the root, `""` =
 /// the root) to a host path, refusing anything that leaves the root or is not
@@ -202,7 +225,7 @@ fn child_env(extra: &HashMap<String, String>) -> Result<Vec<(OsString, OsString)
     let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
         .filter(|(k, _)| {
             let k = k.to_string_lossy();
-            !WITHHELD_PREFIXES.iter().any(|p| k.starts_with(p)) && !extra.contains_key(k.as_ref())
+            !withheld().iter().any(|p| k.starts_with(p)) && !extra.contains_key(k.as_ref())
         })
         .collect();
     env.extend(

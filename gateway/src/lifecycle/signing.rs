@@ -17,9 +17,8 @@
 //!   against the cap again. What a refused operation uploaded is named by
 //!   no manifest, and garbage collection removes it after its grace.
 //!
-//! A signed pack is stored once with its named size or not at all, so an
-//! operation stores at most the cap (packs repeated under another URL
-//! replace themselves with the same bytes: a pack's key is its hash).
+//! A pack named again must keep its size (else the batch is refused), so an
+//! operation stores at most the cap.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -119,6 +118,17 @@ impl Budget {
         for (pack, n) in found {
             s.outstanding.remove(&pack);
             s.stored.insert(pack, n);
+        }
+        // A pack named again keeps its size: a URL for another size would
+        // store bytes the budget never counted.
+        for (pack, n) in batch {
+            if let Some(&before) = s.stored.get(pack).or_else(|| s.outstanding.get(pack))
+                && before != *n
+            {
+                return Err(self.over(format!(
+                    "pack {pack} named again with {n} bytes, {before} before"
+                )));
+            }
         }
         s.urls += batch.len() as u64;
         if s.urls > self.url_cap() {
@@ -239,6 +249,20 @@ mod tests {
         assert!(b.take(vec![], &[(id(5), 1)]).is_err());
         b.check_total(10 * MIB).unwrap();
         assert!(b.check_total(10 * MIB + 1).is_err());
+    }
+
+    #[test]
+    fn a_pack_named_again_keeps_its_size() {
+        const MIB: u64 = 1 << 20;
+        let b = Budget::new(MIB);
+        b.take(vec![], &[(id(1), 1)]).unwrap();
+        // The same size again (a retried upload) is fine...
+        b.take(vec![], &[(id(1), 1)]).unwrap();
+        // ...a larger one is refused, outstanding or stored.
+        assert!(b.take(vec![], &[(id(1), 64 * MIB)]).is_err());
+        let b = Budget::new(MIB);
+        b.take(vec![], &[(id(2), 1)]).unwrap();
+        assert!(b.take(vec![(id(2), 1)], &[(id(2), 64 * MIB)]).is_err());
     }
 
     #[test]

@@ -16,6 +16,13 @@ use super::PostgresStore;
 use super::rows::db;
 use crate::error::Result;
 
+/// How often the listening connection is asked a `SELECT 1`, and how long
+/// the answer may take: a connection that died without a word (a NAT or a
+/// failover that sent no reset) is noticed and made again within this,
+/// not after TCP's keep-alive of hours.
+const HEARTBEAT: Duration = Duration::from_secs(30);
+const HEARTBEAT_ANSWER: Duration = Duration::from_secs(10);
+
 /// The largest payload PostgreSQL's `NOTIFY` takes (8000 bytes in the
 /// default build), less a margin.
 pub const MAX_PAYLOAD: usize = 7900;
@@ -115,18 +122,32 @@ async fn listen_once(
         driver.abort();
         return Ok(false);
     }
-    while let Some(m) = messages.recv().await {
-        if let AsyncMessage::Notification(n) = m
-            && out
-                .send(Heard::Message(n.payload().to_owned()))
-                .await
-                .is_err()
-        {
-            driver.abort();
-            return Ok(false);
+    let mut heartbeat =
+        tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
+    loop {
+        tokio::select! {
+            m = messages.recv() => match m {
+                Some(AsyncMessage::Notification(n)) => {
+                    if out.send(Heard::Message(n.payload().to_owned())).await.is_err() {
+                        driver.abort();
+                        return Ok(false);
+                    }
+                }
+                Some(_) => {}
+                None => break,
+            },
+            _ = heartbeat.tick() => {
+                let answer =
+                    tokio::time::timeout(HEARTBEAT_ANSWER, client.simple_query("SELECT 1")).await;
+                if !matches!(answer, Ok(Ok(_))) {
+                    tracing::warn!(%channel, "the postgresql listening connection did not answer its heartbeat");
+                    break;
+                }
+            }
         }
     }
-    // Keep the client until the connection ended: dropping it closes it.
+    driver.abort();
+    // Kept until here: dropping the client closes the connection.
     drop(client);
     Ok(true)
 }
