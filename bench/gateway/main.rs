@@ -1001,7 +1001,14 @@ fn machine(no_deep_idle: bool) -> Result<String> {
 /// nginx (one worker) serving a 1 KiB file, run as the container's start
 /// command like any dev server. Returns the gateway and the upstream's port.
 async fn start_with_upstream(builder: tests::gateway::GatewayBuilder) -> Result<(Gateway, u16)> {
-    let gw = builder.env("RUST_LOG", "warn").start().await?;
+    // The idle part holds 1,000 terminals from one loopback address, past
+    // the default per-address cap (256): raise it (the baseline build
+    // ignores a variable it does not know).
+    let gw = builder
+        .env("RUST_LOG", "warn")
+        .env("GATEWAY_MAX_CONNECTIONS_PER_IP", "4096")
+        .start()
+        .await?;
     gw.open_project("bench").await?;
     let up_port = tests::free_port();
     let page: String = "x".repeat(1023) + "\n";
