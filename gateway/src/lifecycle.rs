@@ -573,18 +573,7 @@ async fn end_container_terminals(state: &AppState, id: &str, name: &str) {
             .container_shell(id, name, &std::collections::BTreeMap::new())
             .await?;
         let client = state.agents.get_for_container(id, name, &endpoint)?;
-        let sessions = client.list_pty().await?;
-        let ends = sessions
-            .iter()
-            .filter(|s| !s.exited)
-            .map(|s| client.end_pty(&s.id, HIBERNATED));
-        for res in futures::future::join_all(ends).await {
-            match res {
-                Ok(()) | Err(Error::NotFound(_)) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok::<(), Error>(())
+        end_terminals(&client).await.map(|_| ())
     };
     if let Err(error) = ended.await {
         tracing::info!(project = id, container = name, error = %crate::error::Chain(&error), "cannot end the container's terminals before its stop");
@@ -634,6 +623,14 @@ async fn quiesce(state: &AppState, id: &str) -> Result<()> {
             }
         }
     }
+    let terminals = end_terminals(&client).await?;
+    tracing::info!(project = id, terminals, "project quiesced");
+    Ok(())
+}
+
+/// Ends every live terminal session of an agent with the reason
+/// `hibernated` (one already gone is fine); answers how many it had.
+async fn end_terminals(client: &crate::agent_client::AgentClient) -> Result<usize> {
     let sessions = client.list_pty().await?;
     let ends = sessions
         .iter()
@@ -645,8 +642,7 @@ async fn quiesce(state: &AppState, id: &str) -> Result<()> {
             Err(e) => return Err(e),
         }
     }
-    tracing::info!(project = id, terminals = sessions.len(), "project quiesced");
-    Ok(())
+    Ok(sessions.len())
 }
 
 /// Removes the project: environment, archives, records.
