@@ -13,5 +13,5 @@ if ! command -v zip >/dev/null || ! command -v unzip >/dev/null; then
 fi
 hash -r
 
-cargo build --release -p agent -p bench --bins
+cargo build --release -p agent -p gateway -p bench --bins
 exec ./target/release/bench-agent "$@"

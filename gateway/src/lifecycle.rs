@@ -413,6 +413,7 @@ pub async fn hibernate_unless_busy(
         }
     };
     devgate_pause::at("hibernate-quiesce").await;
+    let phase = Instant::now();
     if let Err(e) = quiesce(state, id).await {
         tracing::error!(project = id, error = %crate::error::Chain(&e), "cannot stop the project's processes; the project stays active");
         drop(writes);
@@ -431,7 +432,10 @@ pub async fn hibernate_unless_busy(
             state.archives.describe()
         ),
     );
+    let quiesce_ms = phase.elapsed().as_millis() as u64;
+    let phase = Instant::now();
     let mut result = take_snapshot(state, id, previous.as_ref()).await;
+    let snapshot_ms = phase.elapsed().as_millis() as u64;
     if result.is_ok() {
         // Still the only one: the lease and the write gate held throughout
         // (a replica that stalled past its lease, or lost its store
@@ -507,6 +511,7 @@ pub async fn hibernate_unless_busy(
         "teardown",
         "snapshot verified; stopping the environment",
     );
+    let phase = Instant::now();
     for mut c in state.store.list_containers(id).await? {
         // Remembered, so that an open can start it again (`start_containers`);
         // `quiesce` already stopped and marked those that ran.
@@ -534,6 +539,7 @@ pub async fn hibernate_unless_busy(
         tracing::error!(project = id, error = %crate::error::Chain(&error), "teardown after hibernation failed");
     }
     state.agents.forget(id);
+    let teardown_ms = phase.elapsed().as_millis() as u64;
     state
         .log_command(
             CommandLogEntry::new(id, "hibernate", format!("snapshot version {version}"))
@@ -544,6 +550,7 @@ pub async fn hibernate_unless_busy(
                 )),
         )
         .await;
+    let phase = Instant::now();
     upkeep::retain(state, id).await;
     tracing::info!(
         project = id,
@@ -552,6 +559,10 @@ pub async fn hibernate_unless_busy(
         bytes = taken.bytes,
         uploaded = taken.uploaded_bytes,
         ms = elapsed.as_millis() as u64,
+        quiesce_ms,
+        snapshot_ms,
+        teardown_ms,
+        retain_ms = phase.elapsed().as_millis() as u64,
         "project hibernated"
     );
     drop(writes);

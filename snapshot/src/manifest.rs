@@ -194,12 +194,13 @@ impl Manifest {
         }
     }
 
-    /// The stored form: JSON compressed with zstd. Its blake3 is the
+    /// The stored form: JSON compressed with zstd, in one frame per
+    /// content-defined piece (see [`crate::split`]). Its blake3 is the
     /// snapshot's id.
     pub fn encode(&self) -> Result<(Id, Vec<u8>)> {
         let json = serde_json::to_vec(self)
             .map_err(|e| Error::Invalid(format!("cannot encode the manifest: {e}")))?;
-        let bytes = zstd::bulk::compress(&json, 3)?;
+        let bytes = crate::split::compress_pieces(&json)?;
         Ok((Id::of(&bytes), bytes))
     }
 

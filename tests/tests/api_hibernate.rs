@@ -547,3 +547,56 @@ async fn hibernation_stops_terminals_before_the_archive() {
     let restored: u64 = r.text().await.unwrap().trim().parse().unwrap();
     assert_eq!(restored, last, "the archive holds the process's last value");
 }
+
+/// The local runtime's teardown moves the folder to the data dir's trash in
+/// one rename and removes it in the background; a gateway killed before
+/// that ends removes the leftovers when it starts again.
+#[tokio::test]
+async fn a_torn_down_folder_goes_to_the_trash_and_is_removed() {
+    let mut gw = Gateway::start().await.unwrap();
+    gw.open_project("bin").await.unwrap();
+    gw.exec_ok(
+        "bin",
+        "mkdir -p a/b ro && for i in $(seq 200); do echo $i > a/b/f$i; done && echo x > ro/f && chmod 555 ro",
+    )
+    .await
+    .unwrap();
+    let dir = gw.project_dir("bin");
+    let trash = gw.data_dir.join("trash");
+    gw.hibernate("bin").await.unwrap();
+    assert!(
+        !dir.exists(),
+        "the folder left the project with the hibernation"
+    );
+    let empty = |t: &Path| std::fs::read_dir(t).unwrap().next().is_none();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !empty(&trash) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the trash was not emptied"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // The project opens with its files, in a new folder.
+    let r = gw.open("bin").await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    assert_eq!(
+        gw.exec_ok("bin", "cat a/b/f200 ro/f").await.unwrap(),
+        "200\nx\n"
+    );
+
+    // A leftover of a gateway killed mid-removal (read-only folders in it).
+    let left = trash.join("bin.00000000deadbeef");
+    std::fs::create_dir_all(left.join("x/y")).unwrap();
+    std::fs::write(left.join("x/y/z"), "z").unwrap();
+    std::fs::set_permissions(left.join("x"), std::fs::Permissions::from_mode(0o555)).unwrap();
+    gw.restart().await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !empty(&trash) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the leftover stayed: {left:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

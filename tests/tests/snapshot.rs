@@ -157,6 +157,63 @@ async fn hibernation_keeps_everything_and_the_second_one_uploads_next_to_nothing
     assert_eq!(tree(&dir), before);
 }
 
+/// A project of many files has a manifest of a few MB; it is stored in
+/// pieces, so hibernating the project unchanged stores a small index and no
+/// piece, and changing a few files stores only the pieces around them.
+#[tokio::test]
+async fn the_manifest_of_many_files_is_stored_again_only_where_it_changed() {
+    let gw = Gateway::start().await.unwrap();
+    gw.open_project("many").await.unwrap();
+    gw.exec_ok(
+        "many",
+        "mkdir -p src && cd src && for i in $(seq 20000); do echo \"line $i\" > f$i.ts; done",
+    )
+    .await
+    .unwrap();
+    let dir = gw.project_dir("many");
+    let first = gw.hibernate("many").await.unwrap();
+    let first = first["snapshot"]["uploaded_bytes"].as_u64().unwrap();
+    let manifest = std::fs::read_dir(gw.data_dir.join("archives/many/packs"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .min()
+        .unwrap();
+    assert!(
+        manifest > 500_000,
+        "the manifest's pack is {manifest} bytes"
+    );
+    let r = gw.open("many").await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let before = tree(&dir);
+
+    let p = gw.hibernate("many").await.unwrap();
+    let again = p["snapshot"]["uploaded_bytes"].as_u64().unwrap();
+    assert!(
+        again < 32 * 1024,
+        "uploaded {again} bytes for an unchanged project (first: {first})"
+    );
+    let r = gw.open("many").await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    assert_eq!(tree(&dir), before);
+
+    gw.exec_ok(
+        "many",
+        "for i in 5 500 5000 9000 15000; do echo edit >> src/f$i.ts; done",
+    )
+    .await
+    .unwrap();
+    let edited = tree(&dir);
+    let p = gw.hibernate("many").await.unwrap();
+    let up = p["snapshot"]["uploaded_bytes"].as_u64().unwrap();
+    assert!(
+        up < manifest / 2,
+        "uploaded {up} bytes for 5 changed files (the manifest's pack: {manifest})"
+    );
+    let r = gw.open("many").await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    assert_eq!(tree(&dir), edited);
+}
+
 #[tokio::test]
 async fn a_tampered_pack_fails_the_open_and_the_project_stays_hibernated() {
     let gw = Gateway::start().await.unwrap();
@@ -171,11 +228,13 @@ async fn a_tampered_pack_fails_the_open_and_the_project_stays_hibernated() {
     let p = gw.hibernate("tamper").await.unwrap();
     let id = p["snapshot"]["id"].as_str().unwrap().to_owned();
 
-    let packs: Vec<_> = std::fs::read_dir(gw.data_dir.join("archives/tamper/packs"))
+    // Two packs: the files' chunks, and the manifest's pieces (smaller).
+    let mut packs: Vec<_> = std::fs::read_dir(gw.data_dir.join("archives/tamper/packs"))
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
-    assert_eq!(packs.len(), 1, "{packs:?}");
+    assert_eq!(packs.len(), 2, "{packs:?}");
+    packs.sort_by_key(|p| std::cmp::Reverse(std::fs::metadata(p).unwrap().len()));
     let original = std::fs::read(&packs[0]).unwrap();
     let mut bad = original.clone();
     bad[original.len() / 2] ^= 0x40;
@@ -201,8 +260,25 @@ async fn a_tampered_pack_fails_the_open_and_the_project_stays_hibernated() {
         "nothing half-written"
     );
 
-    // The snapshot itself was never touched: with the pack repaired, it opens.
+    // The same with the pack of the manifest's pieces tampered with.
     std::fs::write(&packs[0], &original).unwrap();
+    let manifest_pack = std::fs::read(&packs[1]).unwrap();
+    let mut bad = manifest_pack.clone();
+    bad[12] ^= 0x40;
+    std::fs::write(&packs[1], &bad).unwrap();
+    let r = gw.open("tamper").await.unwrap();
+    assert_eq!(r.status(), 500);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "snapshot_unusable", "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains(&id) && msg.contains("pack"), "{msg}");
+    assert!(
+        !dir.exists() || std::fs::read_dir(&dir).unwrap().next().is_none(),
+        "nothing half-written"
+    );
+
+    // The snapshot itself was never touched: with the packs repaired, it opens.
+    std::fs::write(&packs[1], &manifest_pack).unwrap();
     let r = gw.open("tamper").await.unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     assert_eq!(tree(&dir), before);

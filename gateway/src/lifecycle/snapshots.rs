@@ -7,7 +7,9 @@
 use std::collections::HashSet;
 
 use bytes::Bytes;
-use devgate_snapshot::{Id, MANIFEST_MAX, Manifest};
+use std::collections::HashMap;
+
+use devgate_snapshot::{Id, MANIFEST_MAX, Manifest, PACK_MAX, Pack, SplitIndex};
 use futures::FutureExt as _;
 
 use super::progress;
@@ -50,17 +52,20 @@ pub(super) async fn take_snapshot(
     id: &str,
     previous: Option<&ArchiveVersion>,
 ) -> Result<Taken> {
+    let t = std::time::Instant::now();
     let client = step_agent(state, id).await?;
     state.archives.ensure_bucket().await?;
     let mut prev = None;
+    let mut prev_split = None;
     let mut known_packs = HashSet::new();
     if let Some(a) = previous
         && let Some(sid) = &a.snapshot
     {
-        match load_manifest(state, &a.key, sid).await {
-            Ok((bytes, m)) => {
-                known_packs = m.packs.iter().map(|p| p.id).collect();
-                prev = Some((sid.clone(), bytes));
+        match load_manifest(state, id, &a.key, sid).await {
+            Ok(loaded) => {
+                known_packs = loaded.manifest.packs.iter().map(|p| p.id).collect();
+                prev = Some((sid.clone(), loaded.bytes));
+                prev_split = loaded.split;
             }
             Err(error) => {
                 tracing::warn!(project = id, snapshot = %sid, error = %crate::error::Chain(&error), "cannot read the previous snapshot; every chunk is uploaded again");
@@ -69,7 +74,11 @@ pub(super) async fn take_snapshot(
     }
     let budget = Budget::new(state.config.snapshot_max_bytes);
     let sign = |packs, sizes| sign_packs(state, id, packs, sizes, Scope::Create(&budget)).boxed();
+    let previous_ms = t.elapsed().as_millis() as u64;
+    let t = std::time::Instant::now();
     let (done, manifest) = client.snapshot_create(prev, &sign).await?;
+    let create_ms = t.elapsed().as_millis() as u64;
+    let t = std::time::Instant::now();
     devgate_pause::at("hibernate-verify").await;
     progress(state, id, "verify", "checking the snapshot in the store");
     let sid = Id::parse(&done.id)
@@ -92,22 +101,62 @@ pub(super) async fn take_snapshot(
             }
         }
     }
+    // The manifest goes in pieces: the frames the previous snapshot's
+    // manifest did not have, packed, then the index under the snapshot's name.
+    let split = {
+        let bytes = manifest.clone();
+        tokio::task::spawn_blocking(move || SplitIndex::write(sid, &bytes, prev_split.as_ref()))
+            .await
+            .map_err(Error::internal)?
+            .map_err(|e| Error::internal(format!("the agent's manifest: {e}")))?
+    };
+    let mut manifest_bytes = 0u64;
+    for (pid, bytes) in split.new_packs {
+        let len = bytes.len() as u64;
+        manifest_bytes += len;
+        budget.check_total(new_bytes + manifest_bytes)?;
+        let key = state.archives.pack_key(id, &pid);
+        state.archives.put(&key, Bytes::from(bytes)).await?;
+        if state.archives.size(&key).await? != Some(len) {
+            return Err(Error::internal(format!(
+                "pack {key} of the manifest reads back with another size"
+            )));
+        }
+    }
+    let index = Bytes::from(
+        split
+            .index
+            .encode()
+            .map_err(|e| Error::internal(e.to_string()))?,
+    );
     let key = state.archives.manifest_key(id, &sid);
-    state.archives.put(&key, manifest.clone()).await?;
+    state.archives.put(&key, index.clone()).await?;
     let back = state.archives.get(&key, MANIFEST_MAX).await?;
-    if Id::of(&back) != sid {
+    if back != index {
         return Err(Error::internal(format!(
-            "manifest {key} reads back differently"
+            "manifest index {key} reads back differently"
         )));
     }
+    let packs = m.packs.iter().map(|p| p.id);
+    let packs = packs.chain(split.index.pack_ids().copied()).collect();
+    super::upkeep::remember_packs(state, &key, std::sync::Arc::new(packs));
     devgate_pause::at("hibernate-manifest").await;
+    tracing::info!(
+        project = id,
+        previous_ms,
+        create_ms,
+        verify_ms = t.elapsed().as_millis() as u64,
+        manifest_bytes = manifest.len(),
+        manifest_uploaded = manifest_bytes + index.len() as u64,
+        "snapshot taken"
+    );
     let (files, bytes) = m.totals();
     Ok(Taken {
         id: done.id,
         key,
         files,
         bytes,
-        uploaded_bytes: done.uploaded_bytes + manifest.len() as u64,
+        uploaded_bytes: done.uploaded_bytes + manifest_bytes + index.len() as u64,
     })
 }
 
@@ -121,11 +170,11 @@ pub(super) async fn restore_snapshot(
     key: &str,
     sid: &str,
 ) -> Result<ExtractSummary> {
-    let (bytes, m) = load_manifest(state, key, sid).await?;
-    let allowed: HashSet<Id> = m.packs.iter().map(|p| p.id).collect();
+    let loaded = load_manifest(state, id, key, sid).await?;
+    let allowed: HashSet<Id> = loaded.manifest.packs.iter().map(|p| p.id).collect();
     let sign = |packs, sizes| sign_packs(state, id, packs, sizes, Scope::Restore(&allowed)).boxed();
     let done = client
-        .snapshot_restore(sid.to_owned(), bytes, &sign)
+        .snapshot_restore(sid.to_owned(), loaded.bytes, &sign)
         .await?;
     Ok(ExtractSummary {
         files: done.files,
@@ -133,15 +182,36 @@ pub(super) async fn restore_snapshot(
     })
 }
 
-/// A stored manifest, checked against its id and the format's rules.
+/// A stored manifest, put together and checked.
+pub(super) struct Loaded {
+    /// The whole manifest (its blake3 is the snapshot id).
+    pub(super) bytes: Bytes,
+    pub(super) manifest: Manifest,
+    /// Where its pieces are, when stored in pieces (older snapshots are
+    /// stored whole).
+    pub(super) split: Option<SplitIndex>,
+}
+
+impl Loaded {
+    /// Every pack the snapshot needs: its data and its manifest's pieces.
+    pub(super) fn packs(&self) -> impl Iterator<Item = Id> + '_ {
+        let pieces = self.split.iter().flat_map(|s| s.pack_ids().copied());
+        self.manifest.packs.iter().map(|p| p.id).chain(pieces)
+    }
+}
+
+/// Reads snapshot `sid` of `project` (stored at `key`): the manifest whole,
+/// or its split index and the packs of its pieces; checked against its id
+/// and the format's rules.
 pub(super) async fn load_manifest(
     state: &AppState,
+    project: &str,
     key: &str,
     sid: &str,
-) -> Result<(Bytes, Manifest)> {
+) -> Result<Loaded> {
     let unusable = |e: String| Error::SnapshotUnusable(format!("snapshot {sid}: {e}"));
     let id = Id::parse(sid).map_err(|e| unusable(e.to_string()))?;
-    let bytes = state
+    let stored = state
         .archives
         .get(key, MANIFEST_MAX)
         .await
@@ -149,10 +219,51 @@ pub(super) async fn load_manifest(
             Error::NotFound(_) => unusable(format!("its manifest {key} is missing")),
             other => other,
         })?;
-    let m = decode_manifest(bytes.clone(), id)
+    let (bytes, split) = if Id::of(&stored) == id {
+        (stored, None)
+    } else {
+        let index = SplitIndex::decode(&stored, &id).map_err(|e| unusable(e.to_string()))?;
+        // A few packs (a writer keeps them at about 8), read one by one.
+        let mut packs: HashMap<Id, Pack> = HashMap::new();
+        for p in &index.packs {
+            let pkey = state.archives.pack_key(project, &p.id);
+            let body = state
+                .archives
+                .get(&pkey, PACK_MAX)
+                .await
+                .map_err(|e| match e {
+                    Error::NotFound(_) => {
+                        unusable(format!("pack {pkey} of its manifest is missing"))
+                    }
+                    other => other,
+                })?;
+            if body.len() as u64 != p.size {
+                return Err(unusable(format!(
+                    "pack {pkey} of its manifest is {} bytes, the index says {}",
+                    body.len(),
+                    p.size
+                )));
+            }
+            let pid = p.id;
+            let pack = tokio::task::spawn_blocking(move || Pack::open(body.to_vec(), &pid))
+                .await
+                .map_err(Error::internal)?
+                .map_err(|e| unusable(e.to_string()))?;
+            packs.insert(pid, pack);
+        }
+        let whole = index
+            .assemble(&packs)
+            .map_err(|e| unusable(e.to_string()))?;
+        (Bytes::from(whole), Some(index))
+    };
+    let manifest = decode_manifest(bytes.clone(), id)
         .await
         .map_err(|e| unusable(e.to_string()))?;
-    Ok((bytes, m))
+    Ok(Loaded {
+        bytes,
+        manifest,
+        split,
+    })
 }
 
 async fn decode_manifest(bytes: Bytes, id: Id) -> Result<Manifest, devgate_snapshot::Error> {

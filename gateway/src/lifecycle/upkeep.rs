@@ -329,7 +329,7 @@ pub async fn collect(state: &AppState, id: &str) -> Result<usize> {
     let mut recorded: HashSet<String> = HashSet::new();
     for a in state.store.list_archives(id).await? {
         if let Some(sid) = &a.snapshot {
-            live.extend(packs_of(state, &a.key, sid).await?.iter().copied());
+            live.extend(packs_of(state, id, &a.key, sid).await?.iter().copied());
             recorded.insert(a.key.clone());
         }
     }
@@ -372,7 +372,7 @@ const PACKS_CACHED: usize = 4096;
 
 /// The packs snapshot `sid` (manifest at `key`) references, read and
 /// checked once per process.
-async fn packs_of(state: &AppState, key: &str, sid: &str) -> Result<Arc<Vec<Id>>> {
+async fn packs_of(state: &AppState, id: &str, key: &str, sid: &str) -> Result<Arc<Vec<Id>>> {
     let cache = || {
         state
             .manifest_packs
@@ -382,12 +382,21 @@ async fn packs_of(state: &AppState, key: &str, sid: &str) -> Result<Arc<Vec<Id>>
     if let Some(p) = cache().get(key) {
         return Ok(p.clone());
     }
-    let (_, m) = load_manifest(state, key, sid).await?;
-    let packs: Arc<Vec<Id>> = Arc::new(m.packs.iter().map(|p| p.id).collect());
-    let mut c = cache();
+    let loaded = load_manifest(state, id, key, sid).await?;
+    let packs: Arc<Vec<Id>> = Arc::new(loaded.packs().collect());
+    remember_packs(state, key, packs.clone());
+    Ok(packs)
+}
+
+/// Caches the packs of the snapshot whose manifest is at `key` (a snapshot
+/// just written, so that the collection after it need not read it back).
+pub(super) fn remember_packs(state: &AppState, key: &str, packs: Arc<Vec<Id>>) {
+    let mut c = state
+        .manifest_packs
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
     if c.len() >= PACKS_CACHED {
         c.clear();
     }
-    c.insert(key.to_owned(), packs.clone());
-    Ok(packs)
+    c.insert(key.to_owned(), packs);
 }

@@ -26,6 +26,9 @@ const MAX_SOCKET_PATH: usize = 107;
 /// Projects as folders, agents as child processes.
 pub struct LocalRuntime {
     projects_dir: PathBuf,
+    /// Where a torn-down project's folder goes (one rename) before a
+    /// background thread removes it.
+    trash_dir: PathBuf,
     sockets_dir: PathBuf,
     agent_bin: PathBuf,
     /// One slot per project, so starting one project's agent (which waits for
@@ -139,6 +142,19 @@ impl LocalRuntime {
             // Project folders are the gateway user's alone.
             std::fs::set_permissions(&projects_dir, std::fs::Permissions::from_mode(0o700))?;
         }
+        // Folders of torn-down projects, removed in the background (a
+        // previous run's leftovers too).
+        let trash_dir = data_dir.join("trash");
+        std::fs::create_dir_all(&trash_dir)?;
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&trash_dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+        if let Ok(entries) = std::fs::read_dir(&trash_dir) {
+            for e in entries.flatten() {
+                discard(e.path());
+            }
+        }
         let mut sockets_dir = data_dir.join("run");
         // Socket paths are limited to 107 bytes; a deep data dir would not fit
         // `<run>/<40-char id>-<8 hex>.sock`, so those go to a short private temp dir.
@@ -173,6 +189,7 @@ impl LocalRuntime {
             isolation,
             extra_ports: Mutex::new(HashMap::new()),
             projects_dir,
+            trash_dir,
             sockets_dir,
             agent_bin,
             agents: Mutex::new(HashMap::new()),
@@ -607,16 +624,32 @@ impl Runtime for LocalRuntime {
                 tracing::warn!(%error, project, "cannot remove the project's home");
             }
         }
-        // Read-only folders of the project (Go's module cache, say) are made
-        // writable first: without root, their entries cannot go otherwise.
+        // The folder leaves the project at once (one rename), and a
+        // background thread removes it: tens of thousands of files take
+        // seconds to delete, which no hibernation or delete should wait for.
+        // The next open makes a new folder; a gateway stopped meanwhile
+        // removes the leftovers at its next start.
         let dir = self.project_dir(project);
-        match tokio::task::spawn_blocking(move || devgate_fs::temp::remove_tree_at(&dir))
-            .await
-            .map_err(Error::internal)?
-        {
-            Ok(()) => Ok(()),
+        let trash = self
+            .trash_dir
+            .join(format!("{project}.{:016x}", rand::random::<u64>()));
+        match std::fs::rename(&dir, &trash) {
+            Ok(()) => {
+                discard(trash);
+                Ok(())
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::Io(e)),
+            // Another file system (a mount per project): removed in place.
+            Err(_) => {
+                match tokio::task::spawn_blocking(move || devgate_fs::temp::remove_tree_at(&dir))
+                    .await
+                    .map_err(Error::internal)?
+                {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                    Err(e) => Err(Error::Io(e)),
+                }
+            }
         }
     }
 
@@ -640,5 +673,23 @@ impl Runtime for LocalRuntime {
             .cloned()
             .collect();
         futures::future::join_all(projects.iter().map(|p| self.stop_agent(p))).await;
+    }
+}
+
+/// Removes `path` (a torn-down project's folder in the trash) on a thread of
+/// its own. Read-only folders in it (Go's module cache, say) are made
+/// writable first: without root, their entries cannot go otherwise.
+fn discard(path: PathBuf) {
+    let spawned = std::thread::Builder::new()
+        .name("trash".into())
+        .spawn(move || {
+            if let Err(error) = devgate_fs::temp::remove_tree_at(&path)
+                && error.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(%error, path = %path.display(), "cannot remove a torn-down project's folder");
+            }
+        });
+    if let Err(error) = spawned {
+        tracing::warn!(%error, "cannot start removing a torn-down project's folder");
     }
 }
