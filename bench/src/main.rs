@@ -189,6 +189,9 @@ async fn main() -> Result<()> {
     let gw = tests::gateway::Gateway::builder()
         .envs(&s3.env())
         .archive(format!("s3://{BUCKET}/snapshots"))
+        // No scheduled snapshot racing the timed ones (a project with no
+        // version yet is due at once).
+        .args(&["--snapshot-interval", "off"])
         .start()
         .await?;
     gw.open_project("bench").await?;
@@ -201,11 +204,13 @@ async fn main() -> Result<()> {
         args.node_modules_files,
     )?;
     // A real history beside it: one commit of everything but node_modules
-    // (the snapshots keep `.git`, the zips leave it out).
+    // (the snapshots keep `.git`, the zips leave it out). No automatic
+    // `git gc`: it would pack the 7,000 loose objects in the background
+    // while the runs go on, and the runs would not see the same tree.
     sh(
         &proj,
         "printf 'node_modules/\\n' > .gitignore && git init -q && git add -A && \
-         git -c user.email=bench@example.com -c user.name=bench commit -q -m tree",
+         git -c gc.auto=0 -c user.email=bench@example.com -c user.name=bench commit -q -m tree",
         // The folder belongs to the project's user, not to this process.
         &[
             ("GIT_CONFIG_COUNT".into(), "1".into()),
@@ -274,12 +279,14 @@ async fn main() -> Result<()> {
         sh(
             &work,
             &format!(
-                "cp -a {0}/. {1}/ && chown -R --reference={1} {1} && find {1} -type f -exec cat {{}} + > /dev/null",
+                "o=$(stat -c %u:%g {1}) && cp -a {0}/. {1}/ && chown -R $o {1} && find {1} -type f -exec cat {{}} + > /dev/null",
                 proj.display(),
                 copy.display()
             ),
             &[],
         )?;
+        let entries = walk_files(&copy)?.len();
+        eprintln!("run {run}: {name} holds {entries} files");
         let requests_before = s3.requests()?;
         let t = Instant::now();
         let p = hibernate_project(&gw, &name).await?;

@@ -619,4 +619,17 @@ async fn a_file_rewritten_with_its_size_and_mtime_kept_is_read_again() {
     assert_eq!(std::fs::read(dir.join("other.txt")).unwrap(), b"keep");
     let m = std::fs::metadata(dir.join("same.txt")).unwrap();
     assert_eq!((m.mtime(), m.mtime_nsec()), (1_600_000_000, 500_000_000));
+
+    // Right after a restore (whose stamps do not wait for ctime to settle),
+    // the same rewrite is seen too.
+    gw.exec_ok(
+        "stamps",
+        "printf CCCCCCCC > same.txt && touch -d '@1600000000.5' same.txt",
+    )
+    .await
+    .unwrap();
+    gw.hibernate("stamps").await.unwrap();
+    let r = gw.open("stamps").await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    assert_eq!(std::fs::read(dir.join("same.txt")).unwrap(), b"CCCCCCCC");
 }

@@ -34,7 +34,7 @@ pub(crate) struct Stamp {
 /// How far a file's ctime must lie before the moment it was stat'ed for
 /// its stamp to be kept: a write in the same tick of the kernel's coarse
 /// clock could leave ctime unchanged (the "racy" case of git's index).
-const RACY_NS: i64 = 100_000_000;
+pub(crate) const RACY_NS: i64 = 100_000_000;
 
 impl Stamp {
     pub(crate) fn of(m: &cap_std::fs::Metadata) -> Stamp {

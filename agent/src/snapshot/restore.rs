@@ -172,16 +172,25 @@ pub(crate) fn finish(root: &Dir, s: Staging, m: &Manifest) -> Result<()> {
 /// The stamps of the files just restored (see `create::Stamp`): a file
 /// whose size or mtime is not the manifest's, or that cannot be stat'ed,
 /// gets none and is read by the next cut.
+///
+/// Unlike a cut's, these stamps do not wait for ctime to settle: the
+/// restore set every file's mtime to the manifest's, which lies in the
+/// past, and no process of the project runs before the restore ends, so a
+/// later write moves mtime to the present and cannot go unseen even when
+/// ctime stays in the same clock tick. (A manifest mtime within the racy
+/// window of now, a file written just before a hibernation and restored at
+/// once, still waits.)
 pub(crate) fn stamps(root: &Dir, m: &Manifest) -> Vec<Option<super::create::Stamp>> {
     let seen_ns = super::create::now_ns();
+    let old = seen_ns.saturating_sub(super::create::RACY_NS);
     m.entries
         .iter()
         .map(|e| {
-            if e.kind != Kind::File {
+            if e.kind != Kind::File || e.mtime_ns >= old {
                 return None;
             }
             let meta = root.symlink_metadata(&e.path).ok()?;
-            let stamp = super::create::Stamp::settled(&meta, seen_ns)?;
+            let stamp = super::create::Stamp::of(&meta);
             (meta.is_file() && stamp.size == e.size && stamp.mtime_ns == e.mtime_ns)
                 .then_some(stamp)
         })
