@@ -212,6 +212,7 @@ pub async fn build_state_with(
     Ok(AppState {
         preview: Arc::new(preview_state::PreviewState::new(&metrics)),
         manifest_packs: Arc::default(),
+        recent_manifests: Arc::default(),
         metrics,
         config: Arc::new(config.clone()),
         keys: auth::Keys::new(&secret, config.max_token_ttl),

@@ -674,6 +674,11 @@ pub async fn delete(state: &AppState, id: &str) -> Result<()> {
     state.statuses.forget(id);
     state.activity.forget(id);
     state.preview.forget(id);
+    state
+        .recent_manifests
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .forget(id);
     state.emit(id, "status", serde_json::json!({"status": "deleted"}));
     tracing::info!(project = id, "project deleted");
     Ok(())

@@ -54,6 +54,60 @@ pub struct AppState {
     /// The snapshot collector's cache: each manifest's pack ids, by manifest
     /// key (a key names its content's hash, so entries never go stale).
     pub manifest_packs: Arc<Mutex<HashMap<String, Arc<Vec<devgate_snapshot::Id>>>>>,
+    /// The newest manifest each project's snapshot or restore went through
+    /// on this replica, for the next hibernation's dedup.
+    pub recent_manifests: Arc<Mutex<RecentManifests>>,
+}
+
+/// A manifest as the next snapshot of its project needs it: the whole
+/// manifest for the agent, the packs of its chunks, and where its pieces
+/// are. Named by the snapshot id (its hash), so never stale.
+pub struct RecentManifest {
+    pub snapshot: String,
+    pub bytes: bytes::Bytes,
+    pub packs: Vec<devgate_snapshot::Id>,
+    pub split: Option<devgate_snapshot::SplitIndex>,
+}
+
+/// [`RecentManifest`]s by project, at most [`RecentManifests::MAX_BYTES`]
+/// of manifests in all (any others go when a new one would pass it).
+#[derive(Default)]
+pub struct RecentManifests {
+    by_project: HashMap<String, Arc<RecentManifest>>,
+    bytes: usize,
+}
+
+impl RecentManifests {
+    pub const MAX_BYTES: usize = 64 << 20;
+
+    /// The project's recent manifest when it is snapshot `snapshot`'s.
+    pub fn get(&self, project: &str, snapshot: &str) -> Option<Arc<RecentManifest>> {
+        self.by_project
+            .get(project)
+            .filter(|m| m.snapshot == snapshot)
+            .cloned()
+    }
+
+    pub fn put(&mut self, project: &str, m: RecentManifest) {
+        self.forget(project);
+        if m.bytes.len() > Self::MAX_BYTES {
+            return;
+        }
+        while self.bytes + m.bytes.len() > Self::MAX_BYTES {
+            let Some(k) = self.by_project.keys().next().cloned() else {
+                break;
+            };
+            self.forget(&k);
+        }
+        self.bytes += m.bytes.len();
+        self.by_project.insert(project.to_owned(), Arc::new(m));
+    }
+
+    pub fn forget(&mut self, project: &str) {
+        if let Some(old) = self.by_project.remove(project) {
+            self.bytes -= old.bytes.len();
+        }
+    }
 }
 
 /// The token extractors (`auth::Claims`, `auth::QueryClaims`) take the keys
@@ -606,5 +660,37 @@ mod tests {
             g.enter("p").await,
             Err(Error::ProjectNotActive(_))
         ));
+    }
+}
+
+#[cfg(test)]
+mod recent_tests {
+    use super::*;
+
+    fn m(snapshot: &str, len: usize) -> RecentManifest {
+        RecentManifest {
+            snapshot: snapshot.into(),
+            bytes: bytes::Bytes::from(vec![0u8; len]),
+            packs: vec![],
+            split: None,
+        }
+    }
+
+    #[test]
+    fn recent_manifests_are_bounded_in_bytes_and_named_by_snapshot() {
+        let mut r = RecentManifests::default();
+        r.put("a", m("s1", 40 << 20));
+        assert!(r.get("a", "s1").is_some());
+        assert!(r.get("a", "s2").is_none(), "another snapshot of a");
+        r.put("b", m("s2", 40 << 20));
+        assert!(r.get("a", "s1").is_none(), "a went to make room");
+        assert!(r.get("b", "s2").is_some());
+        assert_eq!(r.bytes, 40 << 20);
+        r.put("b", m("s3", 1));
+        assert_eq!(r.bytes, 1, "replaced, not added");
+        r.put("c", m("s4", RecentManifests::MAX_BYTES + 1));
+        assert!(r.get("c", "s4").is_none(), "too big to keep");
+        r.forget("b");
+        assert_eq!(r.bytes, 0);
     }
 }

@@ -16,8 +16,9 @@ use super::progress;
 use super::signing::{Budget, Scope, sign_packs};
 use crate::agent_client::{AgentClient, ExtractSummary};
 use crate::error::{Error, Result};
-use crate::state::AppState;
+use crate::state::{AppState, RecentManifest};
 use crate::store::ArchiveVersion;
+use std::sync::Arc;
 
 /// The agent of a project this replica is hibernating or snapshotting, under
 /// its lock. Not `agent_of_active`: the project may be `hibernating`, and its
@@ -61,11 +62,11 @@ pub(super) async fn take_snapshot(
     if let Some(a) = previous
         && let Some(sid) = &a.snapshot
     {
-        match load_manifest(state, id, &a.key, sid).await {
-            Ok(loaded) => {
-                known_packs = loaded.manifest.packs.iter().map(|p| p.id).collect();
-                prev = Some((sid.clone(), loaded.bytes));
-                prev_split = loaded.split;
+        match recent_or_load(state, id, &a.key, sid).await {
+            Ok(recent) => {
+                known_packs = recent.packs.iter().copied().collect();
+                prev = Some((sid.clone(), recent.bytes.clone()));
+                prev_split = recent.split.clone();
             }
             Err(error) => {
                 tracing::warn!(project = id, snapshot = %sid, error = %crate::error::Chain(&error), "cannot read the previous snapshot; every chunk is uploaded again");
@@ -137,9 +138,18 @@ pub(super) async fn take_snapshot(
             "manifest index {key} reads back differently"
         )));
     }
-    let packs = m.packs.iter().map(|p| p.id);
-    let packs = packs.chain(split.index.pack_ids().copied()).collect();
-    super::upkeep::remember_packs(state, &key, std::sync::Arc::new(packs));
+    let data_packs: Vec<Id> = m.packs.iter().map(|p| p.id).collect();
+    let all = data_packs.iter().copied();
+    let all = all.chain(split.index.pack_ids().copied()).collect();
+    super::upkeep::remember_packs(state, &key, std::sync::Arc::new(all));
+    remember_manifest(
+        state,
+        id,
+        done.id.clone(),
+        manifest.clone(),
+        data_packs,
+        Some(split.index),
+    );
     devgate_pause::at("hibernate-manifest").await;
     tracing::info!(
         project = id,
@@ -174,12 +184,63 @@ pub(super) async fn restore_snapshot(
     let allowed: HashSet<Id> = loaded.manifest.packs.iter().map(|p| p.id).collect();
     let sign = |packs, sizes| sign_packs(state, id, packs, sizes, Scope::Restore(&allowed)).boxed();
     let done = client
-        .snapshot_restore(sid.to_owned(), loaded.bytes, &sign)
+        .snapshot_restore(sid.to_owned(), loaded.bytes.clone(), &sign)
         .await?;
+    let packs = loaded.manifest.packs.iter().map(|p| p.id).collect();
+    remember_manifest(state, id, sid.to_owned(), loaded.bytes, packs, loaded.split);
     Ok(ExtractSummary {
         files: done.files,
         bytes: done.bytes,
     })
+}
+
+/// Keeps what the project's next snapshot needs of manifest `sid`.
+fn remember_manifest(
+    state: &AppState,
+    project: &str,
+    sid: String,
+    bytes: Bytes,
+    packs: Vec<Id>,
+    split: Option<SplitIndex>,
+) {
+    state
+        .recent_manifests
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .put(
+            project,
+            RecentManifest {
+                snapshot: sid,
+                bytes,
+                packs,
+                split,
+            },
+        );
+}
+
+/// What the next snapshot needs of snapshot `sid`: kept from this
+/// replica's last snapshot or restore of the project, else read.
+async fn recent_or_load(
+    state: &AppState,
+    project: &str,
+    key: &str,
+    sid: &str,
+) -> Result<Arc<RecentManifest>> {
+    let kept = state
+        .recent_manifests
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(project, sid);
+    if let Some(m) = kept {
+        return Ok(m);
+    }
+    let loaded = load_manifest(state, project, key, sid).await?;
+    Ok(Arc::new(RecentManifest {
+        snapshot: sid.to_owned(),
+        bytes: loaded.bytes,
+        packs: loaded.manifest.packs.iter().map(|p| p.id).collect(),
+        split: loaded.split,
+    }))
 }
 
 /// A stored manifest, put together and checked.
