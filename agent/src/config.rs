@@ -151,16 +151,31 @@ impl Config {
 }
 
 /// Starts `tracing` with `RUST_LOG` (default `info`) in the configured format.
+///
+/// `RUST_LOG` is a list of `level` and `target=level` directives (`warn`,
+/// `info,agent=debug`), parsed by `tracing_subscriber`'s `Targets`: no span or
+/// field filters, and no regex engine in the binary. As before, a value that
+/// does not parse means `info` and an empty one `error`.
 pub fn init_tracing(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(v) if v.trim().is_empty() => Targets::new().with_default(LevelFilter::ERROR),
+        Ok(v) => v
+            .parse::<Targets>()
+            .unwrap_or_else(|_| Targets::new().with_default(LevelFilter::INFO)),
+        Err(_) => Targets::new().with_default(LevelFilter::INFO),
+    };
+    // The builder's own filter lets everything through; `filter` decides.
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_max_level(LevelFilter::TRACE)
         .with_writer(std::io::stderr);
     if config.log_format == "json" {
-        builder.json().init();
+        builder.json().finish().with(filter).init();
     } else {
-        builder.init();
+        builder.finish().with(filter).init();
     }
 }
 
