@@ -13,8 +13,10 @@ if ! command -v zip >/dev/null || ! command -v unzip >/dev/null; then
 fi
 hash -r
 
-# The agent alone, as its image builds it (built with the gateway, shared
-# dependencies would get the union of both crates' features: a bigger binary).
-cargo build --release -p agent
+# The agent alone, as its image builds it (k8s/images/agent.Dockerfile):
+# built together with bench or the gateway, features are unified across
+# their dependencies (reqwest, the S3 SDK, ...) and the agent measured would
+# be larger than the one that ships.
+cargo build --release -p agent --bin agent
 cargo build --release -p gateway -p bench --bins
 exec ./target/release/bench-agent "$@"

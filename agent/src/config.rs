@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
+use futures::{StreamExt as _, TryStreamExt as _};
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
@@ -151,16 +152,31 @@ impl Config {
 }
 
 /// Starts `tracing` with `RUST_LOG` (default `info`) in the configured format.
+///
+/// `RUST_LOG` is a list of `level` and `target=level` directives (`warn`,
+/// `info,agent=debug`), parsed by `tracing_subscriber`'s `Targets`: no span or
+/// field filters, and no regex engine in the binary. As before, a value that
+/// does not parse means `info` and an empty one `error`.
 pub fn init_tracing(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(v) if v.trim().is_empty() => Targets::new().with_default(LevelFilter::ERROR),
+        Ok(v) => v
+            .parse::<Targets>()
+            .unwrap_or_else(|_| Targets::new().with_default(LevelFilter::INFO)),
+        Err(_) => Targets::new().with_default(LevelFilter::INFO),
+    };
+    // The builder's own filter lets everything through; `filter` decides.
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_max_level(LevelFilter::TRACE)
         .with_writer(std::io::stderr);
     if config.log_format == "json" {
-        builder.json().init();
+        builder.json().finish().with(filter).init();
     } else {
-        builder.init();
+        builder.finish().with(filter).init();
     }
 }
 
@@ -248,15 +264,15 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
     // The server stops accepting as soon as the shutdown token fires; the
     // same token ends long streams (watch, PTY attach) so that it can drain.
     let stop = state.shutdown.clone().cancelled_owned();
-    let server: std::pin::Pin<
-        Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>,
-    > = if let Some(path) = &config.socket {
+    // Both listeners yield the one connection type `Conn`: the server stack
+    // (tonic, hyper, h2) is compiled once, not once per listener type.
+    let incoming = if let Some(path) = &config.socket {
         // A stale socket from a previous run would make bind fail.
         let _ = std::fs::remove_file(path);
         let listener = tokio::net::UnixListener::bind(path)
             .with_context(|| format!("cannot listen on {}", path.display()))?;
         tracing::info!(socket = %path.display(), root = %config.root.display(), "agent listening");
-        Box::pin(router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop))
+        UnixListenerStream::new(listener).map_ok(Conn::Unix).boxed()
     } else {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
@@ -265,10 +281,12 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
         // The builder's `tcp_nodelay` applies only to listeners tonic binds
         // itself; sockets handed in need it here, or every small answer waits
         // for Nagle's delayed ACK (~40 ms per request).
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        Box::pin(router.serve_with_incoming_shutdown(incoming, stop))
+        TcpIncoming::from(listener)
+            .with_nodelay(Some(true))
+            .map_ok(Conn::Tcp)
+            .boxed()
     };
-    let mut server = server;
+    let mut server = Box::pin(router.serve_with_incoming_shutdown(incoming, stop));
     if let Some(command) = &config.start {
         managed
             .start_managed(&config.start_name, command, &config.start_cwd)
@@ -359,4 +377,82 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// An accepted connection of either listener.
+enum Conn {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+/// No connection info in the requests' extensions: no handler reads the
+/// peer's address.
+impl tonic::transport::server::Connected for Conn {
+    type ConnectInfo = ();
+
+    fn connect_info(&self) {}
+}
+
+impl tokio::io::AsyncRead for Conn {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Tcp(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Conn::Unix(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Conn {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Tcp(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Conn::Unix(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Tcp(s) => std::pin::Pin::new(s).poll_write_vectored(cx, bufs),
+            Conn::Unix(s) => std::pin::Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Conn::Tcp(s) => s.is_write_vectored(),
+            Conn::Unix(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Tcp(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Conn::Unix(s) => std::pin::Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Tcp(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Conn::Unix(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+        }
+    }
 }
