@@ -77,7 +77,8 @@ pub async fn run(
     tokio::spawn(lifecycle::upkeep::run(state.clone()));
 
     // Preview hosts are dispatched ahead of the API's router and middleware.
-    let app = preview::in_front(state.clone(), api::router(state.clone()));
+    let app = api::router(state.clone());
+    let front: server::Front = Arc::new(preview::front(state.clone()));
     let cancel = state.shutdown.clone();
     tokio::spawn({
         let cancel = cancel.clone();
@@ -103,7 +104,7 @@ pub async fn run(
         open: state.metrics.open_connections.clone(),
     };
     let grace = Duration::from_secs(config.grace_secs);
-    let server = tokio::spawn(server::serve(listener, app, limits, cancel, grace));
+    let server = tokio::spawn(server::serve(listener, app, front, limits, cancel, grace));
     announce(&config, &state, addr);
     server.await.context("server task failed")?;
     state.runtime.shutdown().await;

@@ -19,7 +19,7 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{Request, Response, header};
 use axum::response::IntoResponse as _;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -40,12 +40,27 @@ pub struct Limits {
     pub open: prometheus_client::metrics::gauge::Gauge,
 }
 
-/// Serves `app` on `listener` until `shutdown` is cancelled, then lets open
-/// requests finish within `grace` (WebSocket and other upgraded connections
-/// end on their own, through the same cancellation).
+/// What the listener calls before the router for every request: it takes
+/// the request (and answers it) or gives it back for the router. The preview
+/// proxy uses it, so that a request for a preview host costs no router
+/// clone, no route match and no middleware.
+pub type Front = Arc<dyn Fn(Request<Body>) -> Result<Answer, Request<Body>> + Send + Sync>;
+
+/// An answer on its way (the listener's services never fail: errors are
+/// answers too).
+pub type Answer = BoxFuture<'static, Result<Response<Body>, Infallible>>;
+
+/// A boxed, sendable future.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// Serves `app` (behind `front`) on `listener` until `shutdown` is
+/// cancelled, then lets open requests finish within `grace` (WebSocket and
+/// other upgraded connections end on their own, through the same
+/// cancellation).
 pub async fn serve(
     listener: TcpListener,
     app: Router,
+    front: Front,
     limits: Limits,
     shutdown: CancellationToken,
     grace: Duration,
@@ -55,7 +70,10 @@ pub async fn serve(
         open: limits.open.clone(),
         ..Counts::default()
     });
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // Every served connection is tracked, so that shutdown can wait for
+    // them (each ends gracefully: the request in flight is answered, then
+    // the connection closes).
+    let tracker = tokio_util::task::TaskTracker::new();
     // Refusals write a few bytes and linger briefly; bound how many do so at
     // once, so a flood of refused connections costs a fixed amount.
     let refusals = Arc::new(tokio::sync::Semaphore::new(256));
@@ -88,39 +106,57 @@ pub async fn serve(
         }
         let svc = ConnectionService {
             app: app.clone(),
+            front: front.clone(),
             peer,
         };
-        // HTTP/1.1 only: browsers speak it to a plain-http listener, and
-        // HTTP/2's streams would need limits of their own.
-        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        let mut builder = builder.http1_only();
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout)
-            .keep_alive(true);
         // The slot goes with the socket, so a connection upgraded to a
         // WebSocket (which hyper hands over) still counts until it closes.
         let io = Counted {
             io: tcp,
             _slot: slot,
         };
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(io), svc)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(error) = conn.await {
-                tracing::debug!(%error, "connection ended with an error");
-            }
-        });
+        tokio::spawn(tracker.track_future(serve_connection(
+            io,
+            svc,
+            limits.header_read_timeout,
+            shutdown.clone(),
+        )));
     }
     drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    tracker.close();
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
         tracing::warn!("grace period over with requests still in flight");
+    }
+}
+
+/// Serves HTTP/1.1 on one connection until the client closes it, it idles
+/// past the header-read timeout, or `shutdown` (then the request in flight
+/// is answered first). HTTP/1.1 only: browsers speak it to a plain-http
+/// listener, and HTTP/2's streams would need limits of their own; hyper's
+/// own HTTP/1 server, without hyper-util's protocol-sniffing wrapper.
+async fn serve_connection(
+    io: Counted,
+    svc: ConnectionService,
+    header_read_timeout: Duration,
+    shutdown: CancellationToken,
+) {
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades();
+    let mut conn = std::pin::pin!(conn);
+    let ended = tokio::select! {
+        biased;
+        ended = conn.as_mut() => ended,
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(error) = ended {
+        tracing::debug!(%error, "connection ended with an error");
     }
 }
 
@@ -176,20 +212,20 @@ impl tokio::io::AsyncWrite for Counted {
     }
 }
 
-/// One connection's service: the router, with the peer's address in the
-/// request's extensions (as axum's `ConnectInfo`) and the duplicate-`Host` check.
+/// One connection's service: the front (preview hosts), else the router,
+/// with the peer's address in the request's extensions (as axum's
+/// `ConnectInfo`) and the duplicate-`Host` check before either.
 #[derive(Clone)]
 struct ConnectionService {
     app: Router,
+    front: Front,
     peer: SocketAddr,
 }
 
 impl hyper::service::Service<Request<hyper::body::Incoming>> for ConnectionService {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Response<Body>, Infallible>> + Send>,
-    >;
+    type Future = Answer;
 
     fn call(&self, req: Request<hyper::body::Incoming>) -> Self::Future {
         use tower::ServiceExt as _;
@@ -200,7 +236,10 @@ impl hyper::service::Service<Request<hyper::body::Incoming>> for ConnectionServi
             return Box::pin(async move { Ok(resp) });
         }
         req.extensions_mut().insert(ConnectInfo(self.peer));
-        Box::pin(self.app.clone().oneshot(req))
+        match (self.front)(req) {
+            Ok(answer) => answer,
+            Err(req) => Box::pin(self.app.clone().oneshot(req)),
+        }
     }
 }
 
