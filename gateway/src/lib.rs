@@ -104,10 +104,22 @@ pub async fn run(
         open: state.metrics.open_connections.clone(),
     };
     let grace = Duration::from_secs(config.grace_secs);
-    let server = tokio::spawn(server::serve(listener, app, front, limits, cancel, grace));
+    let threads = match config.http_threads {
+        Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+        None => std::thread::available_parallelism().map_or(1, usize::from),
+    };
+    let server = tokio::spawn(server::serve(
+        listener, app, front, limits, cancel, grace, threads,
+    ));
     announce(&config, &state, addr);
-    server.await.context("server task failed")?;
+    let threads = server
+        .await
+        .context("server task failed")?
+        .context("cannot start the serving threads")?;
     state.runtime.shutdown().await;
+    // What requests left on the serving threads (agent clients, pooled
+    // connections) was used up to here.
+    threads.release().await;
     Ok(())
 }
 

@@ -57,6 +57,18 @@ pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T
 /// cancelled, then lets open requests finish within `grace` (WebSocket and
 /// other upgraded connections end on their own, through the same
 /// cancellation).
+///
+/// Connections are accepted here, counted against the caps, and each is
+/// then served for its whole life on one of `threads` threads, each with a
+/// single-threaded Tokio runtime of its own (thread per core, as nginx's
+/// workers): a request, the tasks it spawns and its dev-server connection
+/// (`preview_state::pool` keeps a shard per thread) stay on one thread, so
+/// a proxied request wakes no other thread. A new connection goes to the
+/// thread with the fewest open. With `threads` 0, connections are served on
+/// the calling runtime's workers instead. The threads are given back (their
+/// runtimes, and what requests left on them, dropped) by
+/// [`Threads::release`], after the caller has shut down what may still use
+/// them.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
@@ -64,7 +76,9 @@ pub async fn serve(
     limits: Limits,
     shutdown: CancellationToken,
     grace: Duration,
-) {
+    threads: usize,
+) -> std::io::Result<Threads> {
+    let mut serving = Threads::start(threads)?;
     let limits = Arc::new(limits);
     let counts = Arc::new(Counts {
         open: limits.open.clone(),
@@ -109,23 +123,182 @@ pub async fn serve(
             front: front.clone(),
             peer,
         };
+        let accepted = Accepted {
+            slot,
+            svc,
+            tracked: tracker.token(),
+            header_read_timeout: limits.header_read_timeout,
+            shutdown: shutdown.clone(),
+        };
+        serving.dispatch(tcp, accepted);
+    }
+    drop(listener);
+    tracker.close();
+    // No more connections for the threads: they serve what they hold.
+    let threads = serving.stop_accepting();
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        tracing::warn!("grace period over with requests still in flight");
+    }
+    Ok(threads)
+}
+
+/// An admitted connection on its way to the thread that serves it.
+struct Accepted {
+    slot: Slot,
+    svc: ConnectionService,
+    /// Keeps shutdown waiting until the connection has ended.
+    tracked: tokio_util::task::task_tracker::TaskTrackerToken,
+    header_read_timeout: Duration,
+    shutdown: CancellationToken,
+}
+
+impl Accepted {
+    /// Serves the connection on the current runtime; `load` counts it on its
+    /// thread until the socket closes.
+    fn spawn(self, tcp: TcpStream, load: Option<Load>) {
         // The slot goes with the socket, so a connection upgraded to a
         // WebSocket (which hyper hands over) still counts until it closes.
         let io = Counted {
             io: tcp,
-            _slot: slot,
+            _slot: self.slot,
+            _load: load,
         };
-        tokio::spawn(tracker.track_future(serve_connection(
-            io,
-            svc,
-            limits.header_read_timeout,
-            shutdown.clone(),
-        )));
+        let tracked = self.tracked;
+        let served = serve_connection(io, self.svc, self.header_read_timeout, self.shutdown);
+        tokio::spawn(async move {
+            served.await;
+            drop(tracked);
+        });
     }
-    drop(listener);
-    tracker.close();
-    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-        tracing::warn!("grace period over with requests still in flight");
+}
+
+/// The threads that serve connections (see [`serve`]).
+struct Serving {
+    workers: Vec<Worker>,
+    /// Where the search for the least loaded thread starts (turns, so that
+    /// ties are spread).
+    next: usize,
+    threads: Threads,
+}
+
+struct Worker {
+    tx: tokio::sync::mpsc::UnboundedSender<(std::net::TcpStream, Accepted)>,
+    /// Connections open on this thread (upgraded ones too).
+    open: Arc<AtomicUsize>,
+}
+
+/// The serving threads, kept until [`Threads::release`].
+pub struct Threads {
+    handles: Vec<std::thread::JoinHandle<()>>,
+    release: CancellationToken,
+}
+
+/// A connection's place in its thread's count.
+struct Load(Arc<AtomicUsize>);
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Threads {
+    /// Starts `n` serving threads (none for 0: see [`serve`]).
+    fn start(n: usize) -> std::io::Result<Serving> {
+        let release = CancellationToken::new();
+        let mut workers = Vec::with_capacity(n);
+        let mut handles = Vec::with_capacity(n);
+        for i in 0..n {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let (tx, mut rx) =
+                tokio::sync::mpsc::unbounded_channel::<(std::net::TcpStream, Accepted)>();
+            let open = Arc::new(AtomicUsize::new(0));
+            let (count, release) = (open.clone(), release.clone());
+            let handle = std::thread::Builder::new()
+                .name(format!("http-{i}"))
+                .spawn(move || {
+                    rt.block_on(async move {
+                        while let Some((tcp, accepted)) = rx.recv().await {
+                            // Registered with this thread's reactor.
+                            match TcpStream::from_std(tcp) {
+                                Ok(tcp) => accepted.spawn(tcp, Some(Load(count.clone()))),
+                                Err(error) => {
+                                    count.fetch_sub(1, Ordering::Relaxed);
+                                    tracing::warn!(%error, "cannot register a connection");
+                                }
+                            }
+                        }
+                        // Keep the runtime (its reactor, timers and tasks)
+                        // until nothing made here is used any more.
+                        release.cancelled().await;
+                    });
+                })?;
+            workers.push(Worker { tx, open });
+            handles.push(handle);
+        }
+        Ok(Serving {
+            workers,
+            next: 0,
+            threads: Threads { handles, release },
+        })
+    }
+
+    /// Ends the serving threads and waits for them (their runtimes drop
+    /// every task still on them).
+    pub async fn release(self) {
+        self.release.cancel();
+        let handles = self.handles;
+        let joined = tokio::task::spawn_blocking(move || {
+            for h in handles {
+                let _ = h.join();
+            }
+        });
+        if tokio::time::timeout(Duration::from_secs(5), joined)
+            .await
+            .is_err()
+        {
+            tracing::warn!("serving threads still running at exit");
+        }
+    }
+}
+
+impl Serving {
+    /// Hands `accepted` to the least loaded thread, or serves it here.
+    fn dispatch(&mut self, tcp: TcpStream, accepted: Accepted) {
+        let n = self.workers.len();
+        if n == 0 {
+            accepted.spawn(tcp, None);
+            return;
+        }
+        let start = self.next;
+        self.next = (self.next + 1) % n;
+        let pick = (0..n)
+            .map(|k| (start + k) % n)
+            .min_by_key(|&i| self.workers[i].open.load(Ordering::Relaxed))
+            .unwrap_or(0);
+        let worker = &self.workers[pick];
+        // Leaves this runtime's reactor for the chosen thread's.
+        let tcp = match tcp.into_std() {
+            Ok(tcp) => tcp,
+            Err(error) => {
+                tracing::warn!(%error, "cannot hand a connection over");
+                return;
+            }
+        };
+        worker.open.fetch_add(1, Ordering::Relaxed);
+        if worker.tx.send((tcp, accepted)).is_err() {
+            worker.open.fetch_sub(1, Ordering::Relaxed);
+            tracing::warn!("a serving thread has ended");
+        }
+    }
+
+    /// Closes the threads' queues: each serves what it holds, then waits for
+    /// [`Threads::release`].
+    fn stop_accepting(self) -> Threads {
+        drop(self.workers);
+        self.threads
     }
 }
 
@@ -164,6 +337,8 @@ async fn serve_connection(
 struct Counted {
     io: TcpStream,
     _slot: Slot,
+    /// Its place in its serving thread's count.
+    _load: Option<Load>,
 }
 
 impl tokio::io::AsyncRead for Counted {
