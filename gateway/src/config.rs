@@ -217,6 +217,14 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_HEADER_READ_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub header_read_timeout_secs: u64,
 
+    /// Threads that serve client connections, each with a single-threaded
+    /// runtime of its own; a connection stays on one for its whole life.
+    /// Unset: one per CPU core. 0: connections are served on the main
+    /// runtime's work-stealing workers, which suit handlers that compute
+    /// long between awaits better.
+    #[arg(long, env = "GATEWAY_HTTP_THREADS", value_parser = clap::value_parser!(u64).range(0..=1024))]
+    pub http_threads: Option<u64>,
+
     /// Open client connections allowed in total; above it a new connection
     /// gets 503 and is closed.
     #[arg(long, env = "GATEWAY_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]

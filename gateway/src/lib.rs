@@ -77,7 +77,8 @@ pub async fn run(
     tokio::spawn(lifecycle::upkeep::run(state.clone()));
 
     // Preview hosts are dispatched ahead of the API's router and middleware.
-    let app = preview::in_front(state.clone(), api::router(state.clone()));
+    let app = api::router(state.clone());
+    let front: server::Front = Arc::new(preview::front(state.clone()));
     let cancel = state.shutdown.clone();
     tokio::spawn({
         let cancel = cancel.clone();
@@ -103,10 +104,22 @@ pub async fn run(
         open: state.metrics.open_connections.clone(),
     };
     let grace = Duration::from_secs(config.grace_secs);
-    let server = tokio::spawn(server::serve(listener, app, limits, cancel, grace));
+    let threads = match config.http_threads {
+        Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+        None => std::thread::available_parallelism().map_or(1, usize::from),
+    };
+    let server = tokio::spawn(server::serve(
+        listener, app, front, limits, cancel, grace, threads,
+    ));
     announce(&config, &state, addr);
-    server.await.context("server task failed")?;
+    let threads = server
+        .await
+        .context("server task failed")?
+        .context("cannot start the serving threads")?;
     state.runtime.shutdown().await;
+    // What requests left on the serving threads (agent clients, pooled
+    // connections) was used up to here.
+    threads.release().await;
     Ok(())
 }
 

@@ -19,7 +19,7 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{Request, Response, header};
 use axum::response::IntoResponse as _;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -40,22 +40,54 @@ pub struct Limits {
     pub open: prometheus_client::metrics::gauge::Gauge,
 }
 
-/// Serves `app` on `listener` until `shutdown` is cancelled, then lets open
-/// requests finish within `grace` (WebSocket and other upgraded connections
-/// end on their own, through the same cancellation).
+/// What the listener calls before the router for every request: it takes
+/// the request (and answers it) or gives it back for the router. The preview
+/// proxy uses it, so that a request for a preview host costs no router
+/// clone, no route match and no middleware.
+pub type Front = Arc<dyn Fn(Request<Body>) -> Result<Answer, Request<Body>> + Send + Sync>;
+
+/// An answer on its way (the listener's services never fail: errors are
+/// answers too).
+pub type Answer = BoxFuture<'static, Result<Response<Body>, Infallible>>;
+
+/// A boxed, sendable future.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// Serves `app` (behind `front`) on `listener` until `shutdown` is
+/// cancelled, then lets open requests finish within `grace` (WebSocket and
+/// other upgraded connections end on their own, through the same
+/// cancellation).
+///
+/// Connections are accepted here, counted against the caps, and each is
+/// then served for its whole life on one of `threads` threads, each with a
+/// single-threaded Tokio runtime of its own (thread per core, as nginx's
+/// workers): a request, the tasks it spawns and its dev-server connection
+/// (`preview_state::pool` keeps a shard per thread) stay on one thread, so
+/// a proxied request wakes no other thread. A new connection goes to the
+/// thread with the fewest open. With `threads` 0, connections are served on
+/// the calling runtime's workers instead. The threads are given back (their
+/// runtimes, and what requests left on them, dropped) by
+/// [`Threads::release`], after the caller has shut down what may still use
+/// them.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
+    front: Front,
     limits: Limits,
     shutdown: CancellationToken,
     grace: Duration,
-) {
+    threads: usize,
+) -> std::io::Result<Threads> {
+    let mut serving = Threads::start(threads)?;
     let limits = Arc::new(limits);
     let counts = Arc::new(Counts {
         open: limits.open.clone(),
         ..Counts::default()
     });
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // Every served connection is tracked, so that shutdown can wait for
+    // them (each ends gracefully: the request in flight is answered, then
+    // the connection closes).
+    let tracker = tokio_util::task::TaskTracker::new();
     // Refusals write a few bytes and linger briefly; bound how many do so at
     // once, so a flood of refused connections costs a fixed amount.
     let refusals = Arc::new(tokio::sync::Semaphore::new(256));
@@ -88,39 +120,216 @@ pub async fn serve(
         }
         let svc = ConnectionService {
             app: app.clone(),
+            front: front.clone(),
             peer,
         };
-        // HTTP/1.1 only: browsers speak it to a plain-http listener, and
-        // HTTP/2's streams would need limits of their own.
-        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        let mut builder = builder.http1_only();
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout)
-            .keep_alive(true);
+        let accepted = Accepted {
+            slot,
+            svc,
+            tracked: tracker.token(),
+            header_read_timeout: limits.header_read_timeout,
+            shutdown: shutdown.clone(),
+        };
+        serving.dispatch(tcp, accepted);
+    }
+    drop(listener);
+    tracker.close();
+    // No more connections for the threads: they serve what they hold.
+    let threads = serving.stop_accepting();
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        tracing::warn!("grace period over with requests still in flight");
+    }
+    Ok(threads)
+}
+
+/// An admitted connection on its way to the thread that serves it.
+struct Accepted {
+    slot: Slot,
+    svc: ConnectionService,
+    /// Keeps shutdown waiting until the connection has ended.
+    tracked: tokio_util::task::task_tracker::TaskTrackerToken,
+    header_read_timeout: Duration,
+    shutdown: CancellationToken,
+}
+
+impl Accepted {
+    /// Serves the connection on the current runtime; `load` counts it on its
+    /// thread until the socket closes.
+    fn spawn(self, tcp: TcpStream, load: Option<Load>) {
         // The slot goes with the socket, so a connection upgraded to a
         // WebSocket (which hyper hands over) still counts until it closes.
         let io = Counted {
             io: tcp,
-            _slot: slot,
+            _slot: self.slot,
+            _load: load,
         };
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(io), svc)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let tracked = self.tracked;
+        let served = serve_connection(io, self.svc, self.header_read_timeout, self.shutdown);
         tokio::spawn(async move {
-            if let Err(error) = conn.await {
-                tracing::debug!(%error, "connection ended with an error");
-            }
+            served.await;
+            drop(tracked);
         });
     }
-    drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("grace period over with requests still in flight");
+}
+
+/// The threads that serve connections (see [`serve`]).
+struct Serving {
+    workers: Vec<Worker>,
+    /// Where the search for the least loaded thread starts (turns, so that
+    /// ties are spread).
+    next: usize,
+    threads: Threads,
+}
+
+struct Worker {
+    tx: tokio::sync::mpsc::UnboundedSender<(std::net::TcpStream, Accepted)>,
+    /// Connections open on this thread (upgraded ones too).
+    open: Arc<AtomicUsize>,
+}
+
+/// The serving threads, kept until [`Threads::release`].
+pub struct Threads {
+    handles: Vec<std::thread::JoinHandle<()>>,
+    release: CancellationToken,
+}
+
+/// A connection's place in its thread's count.
+struct Load(Arc<AtomicUsize>);
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Threads {
+    /// Starts `n` serving threads (none for 0: see [`serve`]).
+    fn start(n: usize) -> std::io::Result<Serving> {
+        let release = CancellationToken::new();
+        let mut workers = Vec::with_capacity(n);
+        let mut handles = Vec::with_capacity(n);
+        for i in 0..n {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let (tx, mut rx) =
+                tokio::sync::mpsc::unbounded_channel::<(std::net::TcpStream, Accepted)>();
+            let open = Arc::new(AtomicUsize::new(0));
+            let (count, release) = (open.clone(), release.clone());
+            let handle = std::thread::Builder::new()
+                .name(format!("http-{i}"))
+                .spawn(move || {
+                    rt.block_on(async move {
+                        while let Some((tcp, accepted)) = rx.recv().await {
+                            // Registered with this thread's reactor.
+                            match TcpStream::from_std(tcp) {
+                                Ok(tcp) => accepted.spawn(tcp, Some(Load(count.clone()))),
+                                Err(error) => {
+                                    count.fetch_sub(1, Ordering::Relaxed);
+                                    tracing::warn!(%error, "cannot register a connection");
+                                }
+                            }
+                        }
+                        // Keep the runtime (its reactor, timers and tasks)
+                        // until nothing made here is used any more.
+                        release.cancelled().await;
+                    });
+                })?;
+            workers.push(Worker { tx, open });
+            handles.push(handle);
+        }
+        Ok(Serving {
+            workers,
+            next: 0,
+            threads: Threads { handles, release },
+        })
+    }
+
+    /// Ends the serving threads and waits for them (their runtimes drop
+    /// every task still on them).
+    pub async fn release(self) {
+        self.release.cancel();
+        let handles = self.handles;
+        let joined = tokio::task::spawn_blocking(move || {
+            for h in handles {
+                let _ = h.join();
+            }
+        });
+        if tokio::time::timeout(Duration::from_secs(5), joined)
+            .await
+            .is_err()
+        {
+            tracing::warn!("serving threads still running at exit");
+        }
+    }
+}
+
+impl Serving {
+    /// Hands `accepted` to the least loaded thread, or serves it here.
+    fn dispatch(&mut self, tcp: TcpStream, accepted: Accepted) {
+        let n = self.workers.len();
+        if n == 0 {
+            accepted.spawn(tcp, None);
+            return;
+        }
+        let start = self.next;
+        self.next = (self.next + 1) % n;
+        let pick = (0..n)
+            .map(|k| (start + k) % n)
+            .min_by_key(|&i| self.workers[i].open.load(Ordering::Relaxed))
+            .unwrap_or(0);
+        let worker = &self.workers[pick];
+        // Leaves this runtime's reactor for the chosen thread's.
+        let tcp = match tcp.into_std() {
+            Ok(tcp) => tcp,
+            Err(error) => {
+                tracing::warn!(%error, "cannot hand a connection over");
+                return;
+            }
+        };
+        worker.open.fetch_add(1, Ordering::Relaxed);
+        if worker.tx.send((tcp, accepted)).is_err() {
+            worker.open.fetch_sub(1, Ordering::Relaxed);
+            tracing::warn!("a serving thread has ended");
+        }
+    }
+
+    /// Closes the threads' queues: each serves what it holds, then waits for
+    /// [`Threads::release`].
+    fn stop_accepting(self) -> Threads {
+        drop(self.workers);
+        self.threads
+    }
+}
+
+/// Serves HTTP/1.1 on one connection until the client closes it, it idles
+/// past the header-read timeout, or `shutdown` (then the request in flight
+/// is answered first). HTTP/1.1 only: browsers speak it to a plain-http
+/// listener, and HTTP/2's streams would need limits of their own; hyper's
+/// own HTTP/1 server, without hyper-util's protocol-sniffing wrapper.
+async fn serve_connection(
+    io: Counted,
+    svc: ConnectionService,
+    header_read_timeout: Duration,
+    shutdown: CancellationToken,
+) {
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades();
+    let mut conn = std::pin::pin!(conn);
+    let ended = tokio::select! {
+        biased;
+        ended = conn.as_mut() => ended,
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(error) = ended {
+        tracing::debug!(%error, "connection ended with an error");
     }
 }
 
@@ -128,6 +337,8 @@ pub async fn serve(
 struct Counted {
     io: TcpStream,
     _slot: Slot,
+    /// Its place in its serving thread's count.
+    _load: Option<Load>,
 }
 
 impl tokio::io::AsyncRead for Counted {
@@ -176,20 +387,20 @@ impl tokio::io::AsyncWrite for Counted {
     }
 }
 
-/// One connection's service: the router, with the peer's address in the
-/// request's extensions (as axum's `ConnectInfo`) and the duplicate-`Host` check.
+/// One connection's service: the front (preview hosts), else the router,
+/// with the peer's address in the request's extensions (as axum's
+/// `ConnectInfo`) and the duplicate-`Host` check before either.
 #[derive(Clone)]
 struct ConnectionService {
     app: Router,
+    front: Front,
     peer: SocketAddr,
 }
 
 impl hyper::service::Service<Request<hyper::body::Incoming>> for ConnectionService {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Response<Body>, Infallible>> + Send>,
-    >;
+    type Future = Answer;
 
     fn call(&self, req: Request<hyper::body::Incoming>) -> Self::Future {
         use tower::ServiceExt as _;
@@ -200,7 +411,10 @@ impl hyper::service::Service<Request<hyper::body::Incoming>> for ConnectionServi
             return Box::pin(async move { Ok(resp) });
         }
         req.extensions_mut().insert(ConnectInfo(self.peer));
-        Box::pin(self.app.clone().oneshot(req))
+        match (self.front)(req) {
+            Ok(answer) => answer,
+            Err(req) => Box::pin(self.app.clone().oneshot(req)),
+        }
     }
 }
 

@@ -162,6 +162,10 @@ const GATEWAY_STATICS: &[(&str, &str)] = &[
     ("gateway/src/main.rs", "ALLOC"),
     // One S3 client (its connection pool) per process; it holds no project state.
     ("gateway/src/s3.rs", "CLIENT"),
+    // Which shard of a preview pool a thread uses: a thread's number, no
+    // state (the idle connections are in each `Pool`, held by `AppState`).
+    ("gateway/src/preview_state/pool.rs", "NEXT_THREAD"),
+    ("gateway/src/preview_state/pool.rs", "SHARD"),
 ];
 
 #[test]

@@ -71,17 +71,32 @@ pub fn origin(state: &AppState, target: &PreviewHost) -> String {
     )
 }
 
-/// Puts preview dispatch in front of `app`: a request whose `Host` names a
-/// preview host goes straight to the proxy, before the API's router and its
-/// middleware (tracing span, metrics, JSON errors), which it never needs and
-/// which cost a proxied request more than the proxying itself; every other
-/// request goes to `app` unchanged.
-pub fn in_front(state: AppState, app: axum::Router) -> axum::Router {
-    use tower::Service as _;
+/// The preview dispatch that the listener runs in front of the API's
+/// router: a request whose `Host` names a preview host is taken and sent
+/// straight to the proxy, before the router and its middleware (tracing
+/// span, metrics, JSON errors), which it never needs and which cost a
+/// proxied request more than the proxying itself; every other request is
+/// given back, unchanged, for the router. The listener has checked the
+/// request's `Host` headers (at most one) and set its `ConnectInfo`.
+// The request is given back by value (a `Request` is a few hundred bytes
+// of head): boxing it would cost every API request an allocation.
+#[allow(clippy::type_complexity, clippy::result_large_err)]
+pub fn front(
+    state: AppState,
+) -> impl Fn(
+    Request,
+) -> Result<
+    std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Response, std::convert::Infallible>> + Send>,
+    >,
+    Request,
+> + Send
++ Sync
++ 'static {
     // One reference count per request rather than a clone of every handle
     // the state holds: this runs for every request the gateway serves.
     let state = Arc::new(state);
-    let svc = tower::service_fn(move |req: Request| {
+    move |req: Request| {
         let target = req
             .headers()
             .get(header::HOST)
@@ -94,18 +109,16 @@ pub fn in_front(state: AppState, app: axum::Router) -> axum::Router {
                     state.config.preview_host_style,
                 )
             });
-        let routed = match target {
-            Some(target) => Ok((state.clone(), target)),
-            None => Err(app.clone()),
-        };
-        async move {
-            match routed {
-                Ok((state, target)) => Ok(handle(&state, target, req).await),
-                Err(mut app) => app.call(req).await,
+        match target {
+            Some(target) => {
+                let state = state.clone();
+                Ok(Box::pin(
+                    async move { Ok(handle(&state, target, req).await) },
+                ))
             }
+            None => Err(req),
         }
-    });
-    axum::Router::new().fallback_service(svc)
+    }
 }
 
 /// Serves one request for a preview host.

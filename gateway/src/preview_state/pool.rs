@@ -11,6 +11,14 @@
 //! answer to return its connection, a checkout future, an executor hop), so
 //! the proxy keeps this small pool of its own.
 //!
+//! Idle connections are kept per thread (a shard of the pool each): the
+//! listener serves a client connection on one thread for its whole life
+//! (see `server.rs`), and a dev-server connection dialed there has its
+//! readiness reported to that thread's reactor; handing it to a request on
+//! another thread would wake that thread for every read of it. A thread
+//! whose shard is empty dials anew, as each nginx worker keeps its own
+//! keepalive pool.
+//!
 //! An upgrade (a WebSocket) gets a fresh connection with a driver task of its
 //! own, never returned: it belongs to the upgraded stream.
 
@@ -36,8 +44,23 @@ use tokio::net::TcpStream;
 /// checkout and skipped).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Idle connections kept per upstream; more are closed when returned.
+/// Idle connections kept per upstream in each shard; more are closed when
+/// returned.
 const MAX_IDLE_PER_UPSTREAM: usize = 1024;
+
+/// Shards of the pool; a thread uses the one of its sequence number (the
+/// order in which threads first used a pool) modulo this.
+const SHARDS: usize = 16;
+
+/// Idle connections by upstream authority (`host:port`), newest last.
+type Shard = HashMap<String, Vec<Idle>>;
+
+static NEXT_THREAD: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+thread_local! {
+    /// This thread's shard in every pool.
+    static SHARD: usize = NEXT_THREAD.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % SHARDS;
+}
 
 /// How long a pooled connection may take to become ready again.
 const READY_TIMEOUT: Duration = Duration::from_secs(1);
@@ -66,16 +89,16 @@ pub(crate) enum PoolError {
     Request(String, hyper::Error),
 }
 
-/// Idle connections by upstream authority (`host:port`), newest last.
+/// Idle connections, a shard per thread.
 pub(crate) struct Pool {
-    idle: Mutex<HashMap<String, Vec<Idle>>>,
+    shards: [Mutex<Shard>; SHARDS],
     last_sweep: Mutex<Instant>,
 }
 
 impl Default for Pool {
     fn default() -> Pool {
         Pool {
-            idle: Mutex::default(),
+            shards: std::array::from_fn(|_| Mutex::default()),
             last_sweep: Mutex::new(Instant::now()),
         }
     }
@@ -201,14 +224,18 @@ impl Pool {
         Ok(Response::from_parts(parts, body))
     }
 
-    /// The newest idle connection to `authority` that is still open, and
-    /// how long it sat idle.
+    /// This thread's shard.
+    fn shard(&self) -> std::sync::MutexGuard<'_, Shard> {
+        self.shards[SHARD.with(|s| *s)]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The newest idle connection to `authority` in this thread's shard
+    /// that is still open, and how long it sat idle.
     async fn checkout(&self, authority: &str) -> Option<(Conn, Duration)> {
         loop {
-            let idle = {
-                let mut map = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-                map.get_mut(authority)?.pop()?
-            };
+            let idle = self.shard().get_mut(authority)?.pop()?;
             let idle_for = idle.since.elapsed();
             if idle_for >= IDLE_TIMEOUT || idle.conn.sender.is_closed() {
                 continue;
@@ -245,15 +272,18 @@ impl Pool {
             }
             due
         };
-        let mut map = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if sweep {
             // Upstreams no longer asked for (a stopped container) keep no
-            // sockets open past the idle timeout.
-            map.retain(|_, list| {
-                list.retain(|i| now.duration_since(i.since) < IDLE_TIMEOUT);
-                !list.is_empty()
-            });
+            // sockets open past the idle timeout, in any shard.
+            for shard in &self.shards {
+                let mut map = shard.lock().unwrap_or_else(|p| p.into_inner());
+                map.retain(|_, list| {
+                    list.retain(|i| now.duration_since(i.since) < IDLE_TIMEOUT);
+                    !list.is_empty()
+                });
+            }
         }
+        let mut map = self.shard();
         let list = map.entry(authority).or_default();
         // Drop the ones that aged out (oldest first) while here.
         let fresh = list
