@@ -40,5 +40,7 @@ fi
 # bench client, the gateway and the agent, which inherit this limit.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
-cargo build --release -p gateway -p agent -p bench --bins
+# The agent alone, as its image builds it (see bench/run.sh).
+cargo build --release -p agent --bin agent
+cargo build --release -p gateway -p bench --bins
 exec ./target/release/bench-gateway --terminado-python "$venv/bin/python" "$@"
