@@ -31,6 +31,13 @@ const INDEX_MAX: u64 = 64 * 1024 * 1024;
 /// A writer stores every frame again, in fresh packs, rather than leave
 /// the manifest spread over more packs than this (each is one more read).
 pub const PACKS_MAX: usize = 8;
+/// Most frames a manifest may be split into (one per piece of at least
+/// [`PIECE_MIN`] bytes of JSON); a manifest framed otherwise (another
+/// writer's) is stored whole.
+pub const FRAMES_MAX: usize = (MANIFEST_MAX / PIECE_MIN as u64) as usize + 1;
+/// Largest frame stored as a piece (so its pack stays well below
+/// [`crate::PACK_MAX`]); a manifest with a larger one is stored whole.
+pub const FRAME_MAX: usize = 16 * 1024 * 1024;
 
 /// Where the frames of a stored manifest are.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,8 +97,24 @@ impl SplitIndex {
     /// those that `previous` (the index of the project's previous
     /// snapshot) does not hold; when the frames would lie in more than
     /// [`PACKS_MAX`] packs, every frame is packed again.
+    ///
+    /// A manifest in more than [`FRAMES_MAX`] frames, or with a frame over
+    /// [`FRAME_MAX`] (a single-frame manifest of an older writer, say), is
+    /// refused (`Error::Invalid`): the caller stores it whole.
     pub fn write(id: Id, bytes: &[u8], previous: Option<&SplitIndex>) -> Result<Split> {
         let frames = frames(bytes)?;
+        if frames.len() > FRAMES_MAX {
+            return Err(Error::Invalid(format!(
+                "manifest {id} is in {} frames (at most {FRAMES_MAX} are split)",
+                frames.len()
+            )));
+        }
+        if let Some(f) = frames.iter().find(|f| f.len() > FRAME_MAX) {
+            return Err(Error::Invalid(format!(
+                "manifest {id} has a frame of {} bytes (at most {FRAME_MAX} are split)",
+                f.len()
+            )));
+        }
         let mut known: HashMap<Id, usize> = HashMap::new();
         if let Some(p) = previous {
             for (i, pack) in p.packs.iter().enumerate() {
@@ -221,6 +244,20 @@ impl SplitIndex {
         if let Some(f) = self.frames.iter().find(|f| !held.contains(&f.id)) {
             return Err(bad(format!("frame {} is in no listed pack", f.id)));
         }
+        // Every pack listed is read: each must be needed, and once.
+        let wanted: HashSet<Id> = self.frames.iter().map(|f| f.id).collect();
+        let mut seen = HashSet::new();
+        for p in &self.packs {
+            if !seen.insert(p.id) {
+                return Err(bad(format!("pack {} is listed twice", p.id)));
+            }
+            if !p.chunks.iter().any(|c| wanted.contains(&c.id)) {
+                return Err(bad(format!("pack {} holds no frame of it", p.id)));
+            }
+        }
+        if self.frames.len() > FRAMES_MAX {
+            return Err(bad(format!("{} frames", self.frames.len())));
+        }
         Ok(())
     }
 
@@ -232,7 +269,7 @@ impl SplitIndex {
     /// The whole manifest, from its packs (read and checked by the caller
     /// with [`Pack::open`]), checked against its id.
     pub fn assemble(&self, packs: &HashMap<Id, Pack>) -> Result<Vec<u8>> {
-        let mut out = Vec::with_capacity(self.size as usize);
+        let mut out = Vec::with_capacity(self.size.min(64 << 20) as usize);
         let mut pack_of: HashMap<Id, &Id> = HashMap::new();
         for p in &self.packs {
             for c in &p.chunks {
@@ -347,6 +384,51 @@ mod tests {
         assert_eq!(read(&edit, &first.new_packs), bytes2);
         let m = Manifest::decode(&bytes2, &id2).unwrap();
         assert_eq!(m, manifest(40_000, "b"));
+    }
+
+    #[test]
+    fn a_manifest_framed_otherwise_is_refused_for_splitting() {
+        let m = manifest(200, "a");
+        let json = serde_json::to_vec(&m).unwrap();
+        // An older writer's single frame, over the frame bound.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let big: Vec<u8> = (0..FRAME_MAX + 10)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let one = zstd::bulk::compress(&big, 1).unwrap();
+        assert!(one.len() > FRAME_MAX);
+        assert!(matches!(
+            SplitIndex::write(Id::of(&one), &one, None),
+            Err(Error::Invalid(_))
+        ));
+        // A small single frame is fine.
+        let small = zstd::bulk::compress(&json, 3).unwrap();
+        let split = SplitIndex::write(Id::of(&small), &small, None).unwrap();
+        assert_eq!(split.index.frames.len(), 1);
+    }
+
+    #[test]
+    fn an_index_listing_a_pack_twice_or_for_nothing_is_refused() {
+        let (id, bytes) = manifest(5_000, "a").encode().unwrap();
+        let split = SplitIndex::write(id, &bytes, None).unwrap();
+        let mut twice = split.index.clone();
+        twice.packs.push(twice.packs[0].clone());
+        assert!(SplitIndex::decode(&twice.encode().unwrap(), &id).is_err());
+        let mut idle = split.index.clone();
+        idle.packs.push(crate::PackRef {
+            id: Id::of(b"unrelated"),
+            size: 100,
+            chunks: vec![PackChunk {
+                id: Id::of(b"x"),
+                len: 1,
+            }],
+        });
+        assert!(SplitIndex::decode(&idle.encode().unwrap(), &id).is_err());
     }
 
     #[test]

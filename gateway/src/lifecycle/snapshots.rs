@@ -102,53 +102,73 @@ pub(super) async fn take_snapshot(
             }
         }
     }
+    // A snapshot id is the hash of a manifest naming its own cut time: one
+    // already stored is a replay, never written over.
+    let key = state.archives.manifest_key(id, &sid);
+    if state.archives.size(&key).await?.is_some() {
+        return Err(Error::internal(format!(
+            "the agent's snapshot {sid} is already stored"
+        )));
+    }
     // The manifest goes in pieces: the frames the previous snapshot's
-    // manifest did not have, packed, then the index under the snapshot's name.
+    // manifest did not have, packed, then the index under the snapshot's
+    // name. One framed otherwise (an older agent's single frame) is stored
+    // whole, as before.
     let split = {
         let bytes = manifest.clone();
         tokio::task::spawn_blocking(move || SplitIndex::write(sid, &bytes, prev_split.as_ref()))
             .await
             .map_err(Error::internal)?
-            .map_err(|e| Error::internal(format!("the agent's manifest: {e}")))?
+    };
+    let split = match split {
+        Ok(s) => Some(s),
+        Err(devgate_snapshot::Error::Invalid(why)) => {
+            tracing::info!(project = id, snapshot = %sid, why, "manifest stored whole");
+            None
+        }
+        Err(e) => return Err(Error::internal(format!("the agent's manifest: {e}"))),
     };
     let mut manifest_bytes = 0u64;
-    for (pid, bytes) in split.new_packs {
-        let len = bytes.len() as u64;
-        manifest_bytes += len;
-        budget.check_total(new_bytes + manifest_bytes)?;
-        let key = state.archives.pack_key(id, &pid);
-        state.archives.put(&key, Bytes::from(bytes)).await?;
-        if state.archives.size(&key).await? != Some(len) {
-            return Err(Error::internal(format!(
-                "pack {key} of the manifest reads back with another size"
-            )));
+    let (stored, split_index) = match split {
+        Some(split) => {
+            for (pid, bytes) in split.new_packs {
+                let len = bytes.len() as u64;
+                manifest_bytes += len;
+                budget.check_total(new_bytes + manifest_bytes)?;
+                let key = state.archives.pack_key(id, &pid);
+                state.archives.put(&key, Bytes::from(bytes)).await?;
+                if state.archives.size(&key).await? != Some(len) {
+                    return Err(Error::internal(format!(
+                        "pack {key} of the manifest reads back with another size"
+                    )));
+                }
+            }
+            let index = split
+                .index
+                .encode()
+                .map_err(|e| Error::internal(e.to_string()))?;
+            (Bytes::from(index), Some(split.index))
         }
-    }
-    let index = Bytes::from(
-        split
-            .index
-            .encode()
-            .map_err(|e| Error::internal(e.to_string()))?,
-    );
-    let key = state.archives.manifest_key(id, &sid);
-    state.archives.put(&key, index.clone()).await?;
+        None => (manifest.clone(), None),
+    };
+    state.archives.put(&key, stored.clone()).await?;
     let back = state.archives.get(&key, MANIFEST_MAX).await?;
-    if back != index {
+    if back != stored {
         return Err(Error::internal(format!(
-            "manifest index {key} reads back differently"
+            "manifest {key} reads back differently"
         )));
     }
     let data_packs: Vec<Id> = m.packs.iter().map(|p| p.id).collect();
     let all = data_packs.iter().copied();
-    let all = all.chain(split.index.pack_ids().copied()).collect();
-    super::upkeep::remember_packs(state, &key, std::sync::Arc::new(all));
+    let all = all.chain(split_index.iter().flat_map(|s| s.pack_ids().copied()));
+    super::upkeep::remember_packs(state, &key, std::sync::Arc::new(all.collect()));
     remember_manifest(
         state,
         id,
         done.id.clone(),
         manifest.clone(),
         data_packs,
-        Some(split.index),
+        split_index,
     );
     devgate_pause::at("hibernate-manifest").await;
     tracing::info!(
@@ -157,7 +177,7 @@ pub(super) async fn take_snapshot(
         create_ms,
         verify_ms = t.elapsed().as_millis() as u64,
         manifest_bytes = manifest.len(),
-        manifest_uploaded = manifest_bytes + index.len() as u64,
+        manifest_uploaded = manifest_bytes + stored.len() as u64,
         "snapshot taken"
     );
     let (files, bytes) = m.totals();
@@ -166,7 +186,7 @@ pub(super) async fn take_snapshot(
         key,
         files,
         bytes,
-        uploaded_bytes: done.uploaded_bytes + manifest_bytes + index.len() as u64,
+        uploaded_bytes: done.uploaded_bytes + manifest_bytes + stored.len() as u64,
     })
 }
 
