@@ -26,9 +26,13 @@ const MAX_SOCKET_PATH: usize = 107;
 /// Projects as folders, agents as child processes.
 pub struct LocalRuntime {
     projects_dir: PathBuf,
-    /// Where a torn-down project's folder goes (one rename) before a
-    /// background thread removes it.
+    /// Where a torn-down project's folder goes (one rename) before the
+    /// trash thread removes it.
     trash_dir: PathBuf,
+    /// The trash thread: removes the folders sent to it, one at a time (a
+    /// burst of idle hibernations queues here instead of starting as many
+    /// removals at once).
+    trash: Mutex<std::sync::mpsc::Sender<PathBuf>>,
     sockets_dir: PathBuf,
     agent_bin: PathBuf,
     /// One slot per project, so starting one project's agent (which waits for
@@ -150,9 +154,10 @@ impl LocalRuntime {
             use std::os::unix::fs::PermissionsExt as _;
             std::fs::set_permissions(&trash_dir, std::fs::Permissions::from_mode(0o700))?;
         }
+        let trash = trash_thread()?;
         if let Ok(entries) = std::fs::read_dir(&trash_dir) {
             for e in entries.flatten() {
-                discard(e.path());
+                let _ = trash.send(e.path());
             }
         }
         let mut sockets_dir = data_dir.join("run");
@@ -190,6 +195,7 @@ impl LocalRuntime {
             extra_ports: Mutex::new(HashMap::new()),
             projects_dir,
             trash_dir,
+            trash: Mutex::new(trash),
             sockets_dir,
             agent_bin,
             agents: Mutex::new(HashMap::new()),
@@ -635,7 +641,14 @@ impl Runtime for LocalRuntime {
             .join(format!("{project}.{:016x}", rand::random::<u64>()));
         match std::fs::rename(&dir, &trash) {
             Ok(()) => {
-                discard(trash);
+                let queued = self
+                    .trash
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .send(trash);
+                if let Err(std::sync::mpsc::SendError(path)) = queued {
+                    tracing::warn!(path = %path.display(), "the trash thread is gone; removed at the next start");
+                }
                 Ok(())
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -676,20 +689,22 @@ impl Runtime for LocalRuntime {
     }
 }
 
-/// Removes `path` (a torn-down project's folder in the trash) on a thread of
-/// its own. Read-only folders in it (Go's module cache, say) are made
-/// writable first: without root, their entries cannot go otherwise.
-fn discard(path: PathBuf) {
-    let spawned = std::thread::Builder::new()
+/// Starts the thread that removes torn-down projects' folders (in the
+/// trash), one at a time, for as long as the runtime lives. Read-only
+/// folders in them (Go's module cache, say) are made writable first:
+/// without root, their entries cannot go otherwise.
+fn trash_thread() -> std::io::Result<std::sync::mpsc::Sender<PathBuf>> {
+    let (tx, rx) = std::sync::mpsc::channel::<PathBuf>();
+    std::thread::Builder::new()
         .name("trash".into())
         .spawn(move || {
-            if let Err(error) = devgate_fs::temp::remove_tree_at(&path)
-                && error.kind() != std::io::ErrorKind::NotFound
-            {
-                tracing::warn!(%error, path = %path.display(), "cannot remove a torn-down project's folder");
+            for path in rx {
+                if let Err(error) = devgate_fs::temp::remove_tree_at(&path)
+                    && error.kind() != std::io::ErrorKind::NotFound
+                {
+                    tracing::warn!(%error, path = %path.display(), "cannot remove a torn-down project's folder; removed at the next start");
+                }
             }
-        });
-    if let Err(error) = spawned {
-        tracing::warn!(%error, "cannot start removing a torn-down project's folder");
-    }
+        })?;
+    Ok(tx)
 }
