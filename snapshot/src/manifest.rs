@@ -172,6 +172,20 @@ pub struct PackChunk {
     pub len: u32,
 }
 
+/// Decompresses a stored zstd object (`what`, for errors) of at most `max`
+/// bytes decompressed.
+pub(crate) fn decompress(bytes: &[u8], max: u64, what: &str) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    zstd::stream::read::Decoder::new(bytes)?
+        .take(max + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| Error::Corrupt(format!("{what}: {e}")))?;
+    if out.len() as u64 > max {
+        return Err(Error::Invalid(format!("{what} is larger than {max} bytes")));
+    }
+    Ok(out)
+}
+
 /// A snapshot's manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -213,16 +227,7 @@ impl Manifest {
                 "manifest {expected} hashes to {got}"
             )));
         }
-        let mut json = Vec::new();
-        zstd::stream::read::Decoder::new(bytes)?
-            .take(MANIFEST_MAX + 1)
-            .read_to_end(&mut json)
-            .map_err(|e| Error::Corrupt(format!("manifest {expected}: {e}")))?;
-        if json.len() as u64 > MANIFEST_MAX {
-            return Err(Error::Invalid(format!(
-                "manifest {expected} is larger than {MANIFEST_MAX} bytes"
-            )));
-        }
+        let json = decompress(bytes, MANIFEST_MAX, &format!("manifest {expected}"))?;
         let m: Manifest = serde_json::from_slice(&json)
             .map_err(|e| Error::Corrupt(format!("manifest {expected}: {e}")))?;
         m.validate()?;

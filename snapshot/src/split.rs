@@ -12,7 +12,6 @@
 //! concatenated), which a reader checks after putting it together.
 
 use std::collections::{HashMap, HashSet};
-use std::io::Read as _;
 
 use serde::{Deserialize, Serialize};
 
@@ -195,16 +194,8 @@ impl SplitIndex {
     /// not the manifest itself, checking that it is a split index of that
     /// snapshot.
     pub fn decode(bytes: &[u8], expected: &Id) -> Result<SplitIndex> {
-        let mut json = Vec::new();
-        zstd::stream::read::Decoder::new(bytes)?
-            .take(INDEX_MAX + 1)
-            .read_to_end(&mut json)
-            .map_err(|e| Error::Corrupt(format!("manifest {expected}: {e}")))?;
-        if json.len() as u64 > INDEX_MAX {
-            return Err(Error::Invalid(format!(
-                "split index of {expected} is larger than {INDEX_MAX} bytes"
-            )));
-        }
+        let json =
+            crate::manifest::decompress(bytes, INDEX_MAX, &format!("split index of {expected}"))?;
         let index: SplitIndex = serde_json::from_slice(&json).map_err(|e| {
             Error::Corrupt(format!(
                 "manifest {expected}: neither the manifest nor its split index ({e})"
