@@ -324,12 +324,33 @@ impl Gateway {
                 cmd.stderr(f);
             }
             None => {
-                cmd.stderr(Stdio::inherit());
+                // Passed on to the test's stderr as it comes, the last lines
+                // kept for the error when the gateway ends before listening.
+                cmd.stderr(Stdio::piped());
             }
         }
         let mut child = cmd.spawn().context("spawn gateway")?;
         let out = child.stdout.take().context("gateway stdout")?;
-        let proc = Proc(child);
+        let last_lines: Arc<Mutex<std::collections::VecDeque<String>>> = Arc::default();
+        if let Some(err) = child.stderr.take() {
+            let last_lines = last_lines.clone();
+            std::thread::spawn(move || {
+                use std::io::Write as _;
+                let mut reader = std::io::BufReader::new(err);
+                let mut line = Vec::new();
+                while reader.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
+                    // Straight to fd 2, as an inherited stderr would be.
+                    let _ = std::io::stderr().lock().write_all(&line);
+                    let mut kept = last_lines.lock().unwrap_or_else(|p| p.into_inner());
+                    if kept.len() == 40 {
+                        kept.pop_front();
+                    }
+                    kept.push_back(String::from_utf8_lossy(&line).trim_end().to_owned());
+                    line.clear();
+                }
+            });
+        }
+        let mut proc = Proc(child);
         let (tx, rx) = std::sync::mpsc::channel::<String>();
         let lines = self.stdout.clone();
         std::thread::spawn(move || {
@@ -340,9 +361,34 @@ impl Gateway {
                 lines.lock().unwrap_or_else(|p| p.into_inner()).push(line);
             }
         });
-        let addr = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(60)))
-            .await?
-            .context("the gateway did not print `listening on` within 60 s")?;
+        let addr =
+            match tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(60)))
+                .await?
+            {
+                Ok(addr) => addr,
+                Err(error) => {
+                    // Ended (stdout closed) or still silent: say how, with its
+                    // last words.
+                    let what = match error {
+                        std::sync::mpsc::RecvTimeoutError::Disconnected => match proc.0.wait() {
+                            Ok(status) => format!("ended ({status}) before it printed"),
+                            Err(_) => "closed its stdout before it printed".to_owned(),
+                        },
+                        std::sync::mpsc::RecvTimeoutError::Timeout => {
+                            "did not print within 60 s".to_owned()
+                        }
+                    };
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let said = last_lines
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .iter()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join("\n");
+                    bail!("the gateway {what} `listening on`; its last lines on stderr:\n{said}");
+                }
+            };
         self.addr = addr
             .parse()
             .with_context(|| format!("bad listen address {addr}"))?;
@@ -359,13 +405,33 @@ impl Gateway {
 
     /// Kills the gateway (SIGKILL, as a crash would) and starts it again on
     /// the same port with the same data dir and secret.
+    ///
+    /// A gateway that ends before it listens is started again, twice at
+    /// most, as a supervisor would (on a port of the system's choosing when
+    /// its own was taken meanwhile); each failure is printed with the
+    /// gateway's last lines, so that a start that keeps failing still fails
+    /// the test, and a transient one is on record.
     pub async fn restart(&mut self) -> Result<()> {
         self.kill();
-        self.stdout
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
-        self.spawn().await
+        let mut tries = 0;
+        loop {
+            self.stdout
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
+            match self.spawn().await {
+                Ok(()) => return Ok(()),
+                Err(error) if tries < 2 => {
+                    tries += 1;
+                    eprintln!("the restarted gateway did not come up (try {tries}): {error:#}");
+                    if format!("{error:#}").contains("cannot listen on") {
+                        self.addr.set_port(0);
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(error) => return Err(error),
+            }
+        }
     }
 
     /// Kills the gateway process (SIGKILL); its agents end with it.
