@@ -528,8 +528,11 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 pub fn init_tracing(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only for a terminal: escape codes in a log file or `kubectl
+    // logs` are noise, and writing them cost every request span a little.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if config.log_format == "json" {
         builder.json().init();

@@ -222,7 +222,7 @@ pub async fn build_state_with(
         Some((pg, url)) => events::Events::relayed(pg, url, &replica, shutdown.clone()),
         None => events::Events::default(),
     };
-    Ok(AppState {
+    Ok(AppState::new(state::Shared {
         preview: Arc::new(preview_state::PreviewState::new(&metrics)),
         manifest_packs: Arc::default(),
         recent_manifests: Arc::default(),
@@ -246,7 +246,7 @@ pub async fn build_state_with(
         )),
         statuses: state::StatusCache::default(),
         write_gates,
-    })
+    }))
 }
 
 /// The runtime the config names.

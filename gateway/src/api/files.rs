@@ -175,7 +175,7 @@ async fn read(
     let source = match state.runtime.local_files(&p) {
         Some(folder) => {
             state.require_active(&p).await?;
-            Source::Local(local_files::open(&folder, &path)?)
+            Source::Local(local_files::open(&*folder?, &path)?)
         }
         None => Source::Agent(state.active_agent(&p).await?),
     };

@@ -45,6 +45,8 @@ pub struct LocalRuntime {
     /// Seconds an agent keeps a detached terminal session (`--pty-keep-secs`).
     pty_keep_secs: u64,
     local_reads: bool,
+    /// Handles on project folders for those reads.
+    folders: crate::local_files::Folders,
     /// A user per project, when the gateway runs as root.
     isolation: Option<std::sync::Arc<Isolation>>,
     /// (project, container) → other ports it declared, while it runs.
@@ -203,6 +205,7 @@ impl LocalRuntime {
             pool: AgentPool::default(),
             pty_keep_secs: 300,
             local_reads: true,
+            folders: Default::default(),
             spawner: Spawner::new()?,
         })
     }
@@ -451,8 +454,9 @@ impl Runtime for LocalRuntime {
         Ok(ep)
     }
 
-    fn local_files(&self, project: &str) -> Option<PathBuf> {
-        self.local_reads.then(|| self.project_dir(project))
+    fn local_files(&self, project: &str) -> Option<Result<std::sync::Arc<devgate_fs::Root>>> {
+        self.local_reads
+            .then(|| self.folders.get(&self.project_dir(project)))
     }
 
     async fn agent(&self, project: &str) -> Result<AgentEndpoint> {
@@ -636,6 +640,7 @@ impl Runtime for LocalRuntime {
         // The next open makes a new folder; a gateway stopped meanwhile
         // removes the leftovers at its next start.
         let dir = self.project_dir(project);
+        self.folders.forget(&dir);
         let trash = self
             .trash_dir
             .join(format!("{project}.{:016x}", rand::random::<u64>()));

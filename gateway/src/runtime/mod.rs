@@ -155,11 +155,11 @@ pub trait Runtime: Send + Sync + 'static {
     /// Checks the runtime can act (for `/readyz`).
     async fn ready(&self) -> Result<()>;
 
-    /// The folder holding a project's files, when it is on this gateway's
-    /// machine (local runtime): file reads then skip the agent and go
-    /// through the agent's resolver here (`local_files`). `None` (the
+    /// A handle on the folder holding a project's files, when it is on this
+    /// gateway's machine (local runtime): file reads then skip the agent and
+    /// go through the agent's resolver here (`local_files`). `None` (the
     /// default): every file operation goes to the agent.
-    fn local_files(&self, project: &str) -> Option<std::path::PathBuf> {
+    fn local_files(&self, project: &str) -> Option<Result<std::sync::Arc<devgate_fs::Root>>> {
         let _ = project;
         None
     }
