@@ -5,8 +5,8 @@
 //! In one run: the preview proxy (1 KiB upstream answer, `wrk -t2 -c64`)
 //! against nginx as a Host-routed reverse proxy to the same upstream (plain
 //! `proxy_pass`, and with an upstream keepalive pool); a 4 KiB
-//! file GET with a token on one connection against nginx serving the same
-//! file statically; 50 MB of terminal output through the PTY and keystroke
+//! file GET with a token, on one connection and on 64, against nginx serving
+//! the same file statically; 50 MB of terminal output through the PTY and keystroke
 //! echo over 500 keys, each round with this crate's Rust client and with a
 //! browser-like node client (`term-client.mjs`) against the gateway, wetty
 //! and terminado (peers started here, all running `bash --norc
@@ -286,6 +286,39 @@ async fn main() -> Result<()> {
              | nginx (static file) | {:.0} | {:.3} ms | {:.3} ms |\n\
              | gateway / nginx | **{:.0}%** | | |\n\n\
              Non-2xx answers in the median gateway run: {}. Every round, req/s: {rounds}\n",
+            args.duration,
+            args.rounds,
+            g.rps,
+            g.p50_ms,
+            g.p99_ms,
+            n.rps,
+            n.p50_ms,
+            n.p99_ms,
+            100.0 * g.rps / n.rps,
+            g.errors,
+        ));
+
+        // The same under load: 64 connections, as the preview proxy runs.
+        let (r, rounds) = compare_with(&args, 2, 64, &headers, &urls)?;
+        let g = r[0];
+        let n = r[urls.len() - 1];
+        let base_row = match &base {
+            Some(_) => format!(
+                "| baseline build (`--baseline`) | {:.0} | {:.3} ms | {:.3} ms | {:.1}% |\n",
+                r[1].rps,
+                r[1].p50_ms,
+                r[1].p99_ms,
+                100.0 * g.rps / r[1].rps,
+            ),
+            None => String::new(),
+        };
+        report.push(format!(
+            "### 4 KiB file GET with a token, 64 connections, `wrk -t2 -c64 -d{}s` (median of {} rounds)\n\n\
+             | | req/s | p50 | p99 | gateway / it |\n|---|---|---|---|---|\n\
+             | gateway | {:.0} | {:.3} ms | {:.3} ms | |\n\
+             {base_row}\
+             | nginx (static file) | {:.0} | {:.3} ms | {:.3} ms | **{:.0}%** |\n\n\
+             Non-2xx answers in the median gateway run: {}. Every round: {rounds}\n",
             args.duration,
             args.rounds,
             g.rps,
@@ -1209,7 +1242,10 @@ fn compare_with(
         .iter()
         .zip(&runs)
         .map(|((name, _), r)| {
-            let v: Vec<String> = r.iter().map(|w| format!("{:.0}", w.rps)).collect();
+            let v: Vec<String> = r
+                .iter()
+                .map(|w| format!("{:.0} (p50 {:.3} ms)", w.rps, w.p50_ms))
+                .collect();
             format!("{name} {}", v.join(" / "))
         })
         .collect::<Vec<_>>()
