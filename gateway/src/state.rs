@@ -31,12 +31,9 @@ impl AppState {
     }
 
     /// The fields, to change while setting up (tests put a runtime or an
-    /// activity record of their own), before the state is cloned.
-    ///
-    /// # Panics
-    /// Once the state has been cloned.
-    pub fn setup(&mut self) -> &mut Shared {
-        Arc::get_mut(&mut self.0).expect("the state is changed only before it is shared")
+    /// activity record of their own); `None` once the state has been cloned.
+    pub fn setup(&mut self) -> Option<&mut Shared> {
+        Arc::get_mut(&mut self.0)
     }
 }
 

@@ -38,7 +38,7 @@ async fn an_untouched_project_is_hibernated_and_opens_again_with_its_files() {
     config.agent_bin = Some(agent_bin());
     let mut state = gateway::build_state(&config).await.expect("state");
     // This gateway "started" an hour ago and saw nothing since.
-    state.setup().activity = Arc::new(Activity::started_at(
+    state.setup().unwrap().activity = Arc::new(Activity::started_at(
         Instant::now() - Duration::from_secs(3600),
     ));
     // Agents move snapshot packs of a folder store through the gateway's

@@ -39,7 +39,7 @@ async fn state_with_mock() -> (gateway::state::AppState, mock::ApiServer, tempfi
     .unwrap();
     settings.api_timeout = Duration::from_millis(300);
     let (client, api) = mock::pair();
-    state.setup().runtime = Arc::new(KubernetesRuntime::new(client, settings));
+    state.setup().unwrap().runtime = Arc::new(KubernetesRuntime::new(client, settings));
     (state, api, dir)
 }
 
@@ -65,7 +65,7 @@ async fn idle_projects_are_those_quiet_here_and_in_the_store() {
     let (mut state, mut api, _dir) = state_with_mock().await;
     // This gateway started two hours ago and saw no activity since, except
     // on `busy` (touched now) and `typing` (a connected terminal).
-    state.setup().activity = Arc::new(Activity::started_at(
+    state.setup().unwrap().activity = Arc::new(Activity::started_at(
         Instant::now() - Duration::from_secs(7200),
     ));
     let long_ago = Utc::now() - chrono::Duration::hours(3);
