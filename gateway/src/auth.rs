@@ -75,7 +75,7 @@ struct KeysInner {
     /// moves with time (a token past its `nbf` and within `--max-token-ttl`
     /// stays so), and it is checked again on every use. Only tokens with a
     /// valid signature get in; the map starts over when full.
-    verified: std::sync::Mutex<std::collections::HashMap<String, Claims>>,
+    verified: std::sync::Mutex<std::collections::HashMap<String, Arc<Claims>>>,
 }
 
 /// Seconds of clock skew allowed on `exp` and `nbf`.
@@ -144,14 +144,18 @@ impl Keys {
     /// Checks signature, expiry, not-before and the longest lifetime; any
     /// failure is 401.
     pub fn verify(&self, token: &str) -> Result<Claims, Error> {
+        let kept = self
+            .0
+            .verified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(token)
+            .cloned();
+        // As jsonwebtoken's check: expired once `exp < now - leeway`.
+        if let Some(claims) = kept
+            && claims.exp >= now_secs().saturating_sub(LEEWAY)
         {
-            let verified = self.0.verified.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(claims) = verified.get(token)
-                // As jsonwebtoken's check: expired once `exp < now - leeway`.
-                && claims.exp >= now_secs().saturating_sub(LEEWAY)
-            {
-                return Ok(claims.clone());
-            }
+            return Ok(Claims::clone(&claims));
         }
         let claims = jsonwebtoken::decode::<Claims>(token, &self.0.decoding, &self.0.validation)
             .map(|d| d.claims)
@@ -182,7 +186,7 @@ impl Keys {
         if verified.len() >= VERIFIED_KEPT {
             verified.clear();
         }
-        verified.insert(token.to_owned(), claims.clone());
+        verified.insert(token.to_owned(), Arc::new(claims.clone()));
         Ok(claims)
     }
 

@@ -532,7 +532,10 @@ pub fn init_tracing(config: &Config) {
     // logs` are noise, and writing them cost every request span a little.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        )
         .with_writer(std::io::stderr);
     if config.log_format == "json" {
         builder.json().init();

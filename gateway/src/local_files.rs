@@ -62,18 +62,24 @@ impl Folders {
         let unavailable = |e: std::io::Error| {
             Error::Unavailable(format!("cannot open the project's folder: {e}"))
         };
-        let named = rustix::fs::stat(folder).map_err(|e| unavailable(e.into()))?;
-        let id = (named.st_dev, named.st_ino);
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((dev, ino, root)) = open.get(folder)
-            && (*dev, *ino) == id
+        let named = match rustix::fs::stat(folder) {
+            Ok(st) => (st.st_dev, st.st_ino),
+            Err(e) => {
+                self.forget(folder);
+                return Err(unavailable(e.into()));
+            }
+        };
+        if let Some((dev, ino, root)) = self.lock().get(folder)
+            && (*dev, *ino) == named
         {
             return Ok(root.clone());
         }
-        // Kept under the identity of what was opened, not of what the path
-        // named a moment before.
+        // Opened without the lock (a slow file system stalls only this
+        // read), and kept under the identity of what was opened, not of what
+        // the path named a moment before.
         let root = Arc::new(Root::open(folder).map_err(unavailable)?);
         let opened = rustix::fs::fstat(root.dir()).map_err(|e| unavailable(e.into()))?;
+        let mut open = self.lock();
         if open.len() >= FOLDERS_KEPT {
             open.clear();
         }
@@ -84,12 +90,13 @@ impl Folders {
         Ok(root)
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, KeptFolder>> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Drops the handle on `folder` (its project was torn down).
     pub fn forget(&self, folder: &Path) {
-        self.open
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(folder);
+        self.lock().remove(folder);
     }
 }
 

@@ -77,11 +77,22 @@ async fn main() -> std::process::ExitCode {
         // Allowed (tests and demos use short ones), but worth a word.
         tracing::warn!("--secret is shorter than 16 bytes; use a long random one in production");
     }
-    let listener = match tokio::net::TcpListener::bind(config.listen).await {
-        Ok(l) => l,
-        Err(error) => {
-            eprintln!("gateway: cannot listen on {}: {error}", config.listen);
-            return std::process::ExitCode::FAILURE;
+    // A port still held for a moment (a previous process ending, another
+    // one's brief use of it) is tried again, five times half a second apart,
+    // as nginx does, before giving up.
+    let mut tries = 0;
+    let listener = loop {
+        match tokio::net::TcpListener::bind(config.listen).await {
+            Ok(l) => break l,
+            Err(error) if error.kind() == std::io::ErrorKind::AddrInUse && tries < 5 => {
+                tries += 1;
+                tracing::warn!(%error, listen = %config.listen, "address in use; trying again in 0.5 s");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            Err(error) => {
+                eprintln!("gateway: cannot listen on {}: {error}", config.listen);
+                return std::process::ExitCode::FAILURE;
+            }
         }
     };
     match gateway::run(listener, config, gateway::shutdown_signal()).await {

@@ -120,3 +120,40 @@ async fn sigterm_answers_the_request_in_flight_closes_idle_connections_and_exits
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A port held a moment longer by another process (a previous gateway still
+/// ending) is tried again for a few seconds instead of the start failing;
+/// one held for good still fails it, with the reason.
+#[tokio::test]
+async fn a_port_held_briefly_is_tried_again_at_start() {
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = held.local_addr().unwrap();
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(1200));
+        drop(held);
+    });
+    let t0 = Instant::now();
+    let gw = Gateway::builder().listen(addr).start().await.unwrap();
+    assert!(
+        t0.elapsed() >= Duration::from_millis(1000),
+        "listened at once on a port still held: {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(
+        gw.http()
+            .get(gw.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    release.join().unwrap();
+
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = held.local_addr().unwrap();
+    let error = Gateway::builder().listen(addr).start().await.err().unwrap();
+    let error = format!("{error:#}");
+    assert!(error.contains("cannot listen on"), "{error}");
+    drop(held);
+}

@@ -60,16 +60,70 @@ pub fn router(state: AppState) -> Router {
         ),
         None => app.fallback(|| async { Error::NotFound("no such route".into()) }),
     };
-    app.layer(axum::middleware::from_fn(json_errors))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), track))
-        .layer(axum::middleware::from_fn(trace))
+    app.layer(axum::middleware::from_fn_with_state(state.clone(), edge))
         .with_state(state)
+}
+
+/// What every API request goes through, in one layer (each `from_fn` layer
+/// costs a boxed future and a state clone per request): one span with the
+/// URI's `token` redacted, the contract's JSON body on every error answer,
+/// and the per-route metrics (by matched route, never the raw path).
+async fn edge(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let span = tracing::info_span!(
+        "request",
+        method = %req.method(),
+        uri = %crate::auth::redact_uri(req.uri()),
+        project = tracing::field::Empty,
+        container = tracing::field::Empty,
+    );
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().as_str().to_owned();
+    let t0 = Instant::now();
+    let resp = tracing::Instrument::instrument(
+        async move { json_errors(next.run(req).await).await },
+        span.clone(),
+    )
+    .await;
+    let elapsed = t0.elapsed();
+    let m = &state.metrics;
+    if let Some(f) = resp.extensions().get::<crate::error::FailedUpstream>() {
+        m.agent_rpc_errors
+            .get_or_create(&crate::metrics::RpcLabels {
+                op: route.clone(),
+                code: f.0.to_owned(),
+            })
+            .inc();
+    }
+    let status = resp.status().as_u16();
+    m.request_seconds
+        .get_or_create(&RouteLabels {
+            method: method.clone(),
+            route: route.clone(),
+        })
+        .observe(elapsed.as_secs_f64());
+    m.requests
+        .get_or_create(&RequestLabels {
+            method,
+            route,
+            status,
+        })
+        .inc();
+    let _e = span.enter();
+    if status >= 500 {
+        tracing::warn!(status, ms = elapsed.as_millis() as u64, "request failed");
+    } else {
+        tracing::debug!(status, ms = elapsed.as_millis() as u64, "request");
+    }
+    resp
 }
 
 /// Every error answer has the contract's JSON body, including axum's own
 /// (405, extractor rejections such as a bad query string), which are plain text.
-async fn json_errors(req: Request, next: Next) -> Response {
-    let resp = next.run(req).await;
+async fn json_errors(resp: Response) -> Response {
     let status = resp.status();
     let is_json = resp
         .headers()
@@ -100,66 +154,6 @@ async fn json_errors(req: Request, next: Next) -> Response {
         }
     }
     out
-}
-
-/// Counts requests and their latency by matched route (never the raw path).
-async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|m| m.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".into());
-    let method = req.method().as_str().to_owned();
-    let t0 = Instant::now();
-    let resp = next.run(req).await;
-    let m = &state.metrics;
-    if let Some(f) = resp.extensions().get::<crate::error::FailedUpstream>() {
-        m.agent_rpc_errors
-            .get_or_create(&crate::metrics::RpcLabels {
-                op: route.clone(),
-                code: f.0.to_owned(),
-            })
-            .inc();
-    }
-    m.request_seconds
-        .get_or_create(&RouteLabels {
-            method: method.clone(),
-            route: route.clone(),
-        })
-        .observe(t0.elapsed().as_secs_f64());
-    m.requests
-        .get_or_create(&RequestLabels {
-            method,
-            route,
-            status: resp.status().as_u16(),
-        })
-        .inc();
-    resp
-}
-
-/// One span per request, with the URI's `token` redacted.
-async fn trace(req: Request, next: Next) -> Response {
-    let span = tracing::info_span!(
-        "request",
-        method = %req.method(),
-        uri = %crate::auth::redact_uri(req.uri()),
-        project = tracing::field::Empty,
-        container = tracing::field::Empty,
-    );
-    let t0 = Instant::now();
-    let resp = tracing::Instrument::instrument(next.run(req), span.clone()).await;
-    let status = resp.status().as_u16();
-    let _e = span.enter();
-    if status >= 500 {
-        tracing::warn!(
-            status,
-            ms = t0.elapsed().as_millis() as u64,
-            "request failed"
-        );
-    } else {
-        tracing::debug!(status, ms = t0.elapsed().as_millis() as u64, "request");
-    }
-    resp
 }
 
 /// Checks a project id and that the token grants it: 400, then 403.

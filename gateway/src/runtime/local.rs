@@ -215,6 +215,39 @@ impl LocalRuntime {
         self.projects_dir.join(project)
     }
 
+    /// Moves a torn-down project's folder into the trash (removed by the
+    /// trash thread), or removes it in place on another file system.
+    async fn remove_folder(&self, project: &str, dir: PathBuf) -> Result<()> {
+        let trash = self
+            .trash_dir
+            .join(format!("{project}.{:016x}", rand::random::<u64>()));
+        match std::fs::rename(&dir, &trash) {
+            Ok(()) => {
+                let queued = self
+                    .trash
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .send(trash);
+                if let Err(std::sync::mpsc::SendError(path)) = queued {
+                    tracing::warn!(path = %path.display(), "the trash thread is gone; removed at the next start");
+                }
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            // Another file system (a mount per project): removed in place.
+            Err(_) => {
+                match tokio::task::spawn_blocking(move || devgate_fs::temp::remove_tree_at(&dir))
+                    .await
+                    .map_err(Error::internal)?
+                {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                    Err(e) => Err(Error::Io(e)),
+                }
+            }
+        }
+    }
+
     async fn client(&self, project: &str) -> Result<AgentClient> {
         let ep = self.agent(project).await?;
         self.pool.get(project, &ep)
@@ -454,6 +487,10 @@ impl Runtime for LocalRuntime {
         Ok(ep)
     }
 
+    fn has_local_files(&self) -> bool {
+        self.local_reads
+    }
+
     fn local_files(&self, project: &str) -> Option<Result<std::sync::Arc<devgate_fs::Root>>> {
         self.local_reads
             .then(|| self.folders.get(&self.project_dir(project)))
@@ -640,35 +677,11 @@ impl Runtime for LocalRuntime {
         // The next open makes a new folder; a gateway stopped meanwhile
         // removes the leftovers at its next start.
         let dir = self.project_dir(project);
+        let removed = self.remove_folder(project, dir.clone()).await;
+        // After the folder has left its path: a read racing the teardown can
+        // no longer take a handle on it.
         self.folders.forget(&dir);
-        let trash = self
-            .trash_dir
-            .join(format!("{project}.{:016x}", rand::random::<u64>()));
-        match std::fs::rename(&dir, &trash) {
-            Ok(()) => {
-                let queued = self
-                    .trash
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .send(trash);
-                if let Err(std::sync::mpsc::SendError(path)) = queued {
-                    tracing::warn!(path = %path.display(), "the trash thread is gone; removed at the next start");
-                }
-                Ok(())
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            // Another file system (a mount per project): removed in place.
-            Err(_) => {
-                match tokio::task::spawn_blocking(move || devgate_fs::temp::remove_tree_at(&dir))
-                    .await
-                    .map_err(Error::internal)?
-                {
-                    Ok(()) => Ok(()),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                    Err(e) => Err(Error::Io(e)),
-                }
-            }
-        }
+        removed
     }
 
     async fn ready(&self) -> Result<()> {
