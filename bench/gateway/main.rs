@@ -264,72 +264,36 @@ async fn main() -> Result<()> {
                 _ => auth.clone(),
             })
             .collect();
-        let (r, rounds) = compare_with(&args, 1, 1, &headers, &urls)?;
-        let g = r[0];
-        let n = r[urls.len() - 1];
-        let base_row = match &base {
-            Some(_) => format!(
-                "| baseline build (`--baseline`) | {:.0} | {:.3} ms | {:.3} ms |\n\
-                 | gateway / baseline | **{:.1}%** | | |\n",
-                r[1].rps,
-                r[1].p50_ms,
-                r[1].p99_ms,
-                100.0 * g.rps / r[1].rps,
-            ),
-            None => String::new(),
-        };
-        report.push(format!(
-            "### 4 KiB file GET with a token, one connection, `wrk -t1 -c1 -d{}s` (median of {} rounds)\n\n\
-             | | req/s | p50 | p99 |\n|---|---|---|---|\n\
-             | gateway (`GET /api/projects/p/files/f4k.bin`, bearer token) | {:.0} | {:.3} ms | {:.3} ms |\n\
-             {base_row}\
-             | nginx (static file) | {:.0} | {:.3} ms | {:.3} ms |\n\
-             | gateway / nginx | **{:.0}%** | | |\n\n\
-             Non-2xx answers in the median gateway run: {}. Every round, req/s: {rounds}\n",
-            args.duration,
-            args.rounds,
-            g.rps,
-            g.p50_ms,
-            g.p99_ms,
-            n.rps,
-            n.p50_ms,
-            n.p99_ms,
-            100.0 * g.rps / n.rps,
-            g.errors,
-        ));
-
-        // The same under load: 64 connections, as the preview proxy runs.
-        let (r, rounds) = compare_with(&args, 2, 64, &headers, &urls)?;
-        let g = r[0];
-        let n = r[urls.len() - 1];
-        let base_row = match &base {
-            Some(_) => format!(
-                "| baseline build (`--baseline`) | {:.0} | {:.3} ms | {:.3} ms | {:.1}% |\n",
-                r[1].rps,
-                r[1].p50_ms,
-                r[1].p99_ms,
-                100.0 * g.rps / r[1].rps,
-            ),
-            None => String::new(),
-        };
-        report.push(format!(
-            "### 4 KiB file GET with a token, 64 connections, `wrk -t2 -c64 -d{}s` (median of {} rounds)\n\n\
-             | | req/s | p50 | p99 | gateway / it |\n|---|---|---|---|---|\n\
-             | gateway | {:.0} | {:.3} ms | {:.3} ms | |\n\
-             {base_row}\
-             | nginx (static file) | {:.0} | {:.3} ms | {:.3} ms | **{:.0}%** |\n\n\
-             Non-2xx answers in the median gateway run: {}. Every round: {rounds}\n",
-            args.duration,
-            args.rounds,
-            g.rps,
-            g.p50_ms,
-            g.p99_ms,
-            n.rps,
-            n.p50_ms,
-            n.p99_ms,
-            100.0 * g.rps / n.rps,
-            g.errors,
-        ));
+        // One connection (latency), then 64 (throughput, as the proxy runs).
+        for (threads, conns, what) in [(1, 1, "one connection"), (2, 64, "64 connections")] {
+            let (r, rounds) = compare_with(&args, threads, conns, &headers, &urls)?;
+            let g = r[0];
+            let n = r[urls.len() - 1];
+            let row = |name: &str, w: &Wrk, vs: String| {
+                format!(
+                    "| {name} | {:.0} | {:.3} ms | {:.3} ms | {vs} |\n",
+                    w.rps, w.p50_ms, w.p99_ms
+                )
+            };
+            let mut table = row(
+                "gateway (`GET /api/projects/p/files/f4k.bin`, bearer token)",
+                &g,
+                String::new(),
+            );
+            if base.is_some() {
+                let vs = format!("{:.1}%", 100.0 * g.rps / r[1].rps);
+                table += &row("baseline build (`--baseline`)", &r[1], vs);
+            }
+            let vs = format!("**{:.0}%**", 100.0 * g.rps / n.rps);
+            table += &row("nginx (static file)", &n, vs);
+            report.push(format!(
+                "### 4 KiB file GET with a token, {what}, `wrk -t{threads} -c{conns} -d{}s` (median of {} rounds)\n\n\
+                 | | req/s | p50 | p99 | gateway / it |\n|---|---|---|---|---|\n\
+                 {table}\n\
+                 Non-2xx answers in the median gateway run: {}. Every round: {rounds}\n",
+                args.duration, args.rounds, g.errors,
+            ));
+        }
     }
 
     if args.runs("terminal") || args.runs("echo") {

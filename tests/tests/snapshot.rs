@@ -192,9 +192,7 @@ async fn the_manifest_of_many_files_is_stored_again_only_where_it_changed() {
         again < 32 * 1024,
         "uploaded {again} bytes for an unchanged project (first: {first})"
     );
-    let r = gw.open("many").await.unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
-    assert_eq!(tree(&dir), before);
+    opens_to(&gw, "many", &before).await;
 
     gw.exec_ok(
         "many",
@@ -209,9 +207,7 @@ async fn the_manifest_of_many_files_is_stored_again_only_where_it_changed() {
         up < manifest / 2,
         "uploaded {up} bytes for 5 changed files (the manifest's pack: {manifest})"
     );
-    let r = gw.open("many").await.unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
-    assert_eq!(tree(&dir), edited);
+    opens_to(&gw, "many", &edited).await;
 }
 
 #[tokio::test]
@@ -240,25 +236,30 @@ async fn a_tampered_pack_fails_the_open_and_the_project_stays_hibernated() {
     bad[original.len() / 2] ^= 0x40;
     std::fs::write(&packs[0], &bad).unwrap();
 
-    let r = gw.open("tamper").await.unwrap();
-    assert_eq!(r.status(), 500);
-    let v: Value = r.json().await.unwrap();
-    assert_eq!(v["error"]["code"], "snapshot_unusable", "{v}");
-    let msg = v["error"]["message"].as_str().unwrap();
-    assert!(msg.contains(&id) && msg.contains("pack"), "{msg}");
-    let p: Value = gw
-        .get("/api/projects/tamper")
-        .fetch()
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(p["status"], "hibernated");
     let dir = gw.project_dir("tamper");
-    assert!(
-        !dir.exists() || std::fs::read_dir(&dir).unwrap().next().is_none(),
-        "nothing half-written"
-    );
+    // The open is refused, naming the snapshot; nothing is written and the
+    // project stays hibernated.
+    let refused = || async {
+        let r = gw.open("tamper").await.unwrap();
+        assert_eq!(r.status(), 500);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "snapshot_unusable", "{v}");
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(&id) && msg.contains("pack"), "{msg}");
+        let p: Value = gw
+            .get("/api/projects/tamper")
+            .fetch()
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(p["status"], "hibernated");
+        assert!(
+            !dir.exists() || std::fs::read_dir(&dir).unwrap().next().is_none(),
+            "nothing half-written"
+        );
+    };
+    refused().await;
 
     // The same with the pack of the manifest's pieces tampered with.
     std::fs::write(&packs[0], &original).unwrap();
@@ -266,22 +267,18 @@ async fn a_tampered_pack_fails_the_open_and_the_project_stays_hibernated() {
     let mut bad = manifest_pack.clone();
     bad[12] ^= 0x40;
     std::fs::write(&packs[1], &bad).unwrap();
-    let r = gw.open("tamper").await.unwrap();
-    assert_eq!(r.status(), 500);
-    let v: Value = r.json().await.unwrap();
-    assert_eq!(v["error"]["code"], "snapshot_unusable", "{v}");
-    let msg = v["error"]["message"].as_str().unwrap();
-    assert!(msg.contains(&id) && msg.contains("pack"), "{msg}");
-    assert!(
-        !dir.exists() || std::fs::read_dir(&dir).unwrap().next().is_none(),
-        "nothing half-written"
-    );
+    refused().await;
 
     // The snapshot itself was never touched: with the packs repaired, it opens.
     std::fs::write(&packs[1], &manifest_pack).unwrap();
-    let r = gw.open("tamper").await.unwrap();
+    opens_to(&gw, "tamper", &before).await;
+}
+
+/// Opens `project` and checks its folder is `want`.
+async fn opens_to(gw: &Gateway, project: &str, want: &Tree) {
+    let r = gw.open(project).await.unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
-    assert_eq!(tree(&dir), before);
+    assert_eq!(&tree(&gw.project_dir(project)), want);
 }
 
 tests::on_both_s3_servers!(s3_snapshots_with_no_credentials_in_the_agent);
