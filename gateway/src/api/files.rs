@@ -172,16 +172,12 @@ async fn read(
 ) -> Result<Response> {
     authorize(&claims, &p)?;
     let path = ids::file_path(&raw)?;
-    let source = if state.runtime.has_local_files() {
-        // Active first, then the folder: a handle taken before a wait on
-        // the store could be of a folder torn down meanwhile.
-        state.require_active(&p).await?;
-        match state.runtime.local_files(&p) {
-            Some(folder) => Source::Local(local_files::open(&*folder?, &path)?),
-            None => Source::Agent(state.active_agent(&p).await?),
-        }
-    } else {
-        Source::Agent(state.active_agent(&p).await?)
+    // Active first, then the folder: a handle taken before a wait on the
+    // store could be of a folder torn down meanwhile.
+    state.require_active(&p).await?;
+    let source = match state.runtime.local_files(&p) {
+        Some(folder) => Source::Local(local_files::open(&*folder?, &path)?),
+        None => Source::Agent(state.agent_of_active(&p).await?),
     };
     let range = header_str(&headers, header::RANGE).and_then(parse_range);
     let if_none_match = header_str(&headers, header::IF_NONE_MATCH);

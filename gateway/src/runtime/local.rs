@@ -487,10 +487,6 @@ impl Runtime for LocalRuntime {
         Ok(ep)
     }
 
-    fn has_local_files(&self) -> bool {
-        self.local_reads
-    }
-
     fn local_files(&self, project: &str) -> Option<Result<std::sync::Arc<devgate_fs::Root>>> {
         self.local_reads
             .then(|| self.folders.get(&self.project_dir(project)))

@@ -164,12 +164,6 @@ pub trait Runtime: Send + Sync + 'static {
         None
     }
 
-    /// Whether [`Runtime::local_files`] gives handles at all (local runtime
-    /// with local reads on).
-    fn has_local_files(&self) -> bool {
-        false
-    }
-
     /// Called once when the gateway stops: release what the runtime holds
     /// (local: agents end with the gateway).
     async fn shutdown(&self) {}
