@@ -87,9 +87,38 @@ impl PackBuilder {
     }
 }
 
+/// Compression level of every frame the format writes.
+const LEVEL: i32 = 3;
+
 /// A chunk as stored in a pack: one zstd frame.
 pub fn compress(raw: &[u8]) -> Result<Vec<u8>> {
-    Ok(zstd::bulk::compress(raw, 3)?)
+    Ok(zstd::bulk::compress(raw, LEVEL)?)
+}
+
+/// Compresses chunk after chunk as [`compress`] does, byte for byte, with
+/// one zstd context and one output buffer kept for all of them (a new
+/// context per chunk allocates and clears its tables every time: a tenth
+/// of a cut's CPU for a tree of small files).
+pub struct ChunkCompressor {
+    zstd: zstd::bulk::Compressor<'static>,
+    out: Vec<u8>,
+}
+
+impl ChunkCompressor {
+    pub fn new() -> Result<ChunkCompressor> {
+        Ok(ChunkCompressor {
+            zstd: zstd::bulk::Compressor::new(LEVEL)?,
+            out: Vec::new(),
+        })
+    }
+
+    /// `raw` as one zstd frame, borrowed until the next call.
+    pub fn compress(&mut self, raw: &[u8]) -> Result<&[u8]> {
+        self.out.clear();
+        self.out.reserve(zstd::zstd_safe::compress_bound(raw.len()));
+        self.zstd.compress_to_buffer(raw, &mut self.out)?;
+        Ok(&self.out)
+    }
 }
 
 /// A pack read back and checked against its name.
@@ -179,5 +208,22 @@ mod tests {
         let mut bad = bytes;
         bad[10] ^= 1;
         assert!(matches!(Pack::open(bad, &id), Err(Error::Corrupt(_))));
+    }
+
+    #[test]
+    fn a_kept_compressor_writes_the_frames_a_new_one_does() {
+        let mut c = ChunkCompressor::new().unwrap();
+        let text: Vec<u8> = (0..300_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
+        for raw in [
+            &text[..],
+            b"hello",
+            &[][..],
+            &text[..1000],
+            &vec![7u8; 2 << 20][..],
+        ] {
+            assert_eq!(c.compress(raw).unwrap(), &compress(raw).unwrap()[..]);
+        }
     }
 }

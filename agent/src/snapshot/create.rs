@@ -1,7 +1,8 @@
 //! Cutting a snapshot: walk the whole root (never following a symlink,
 //! leaving out only the agent's own temporary entries), chunk every file,
 //! and pack the chunks the project's previous snapshot does not hold. Runs
-//! on a blocking thread; finished packs go to the uploader on a channel.
+//! on a blocking thread (read, chunk, hash) beside a packing thread
+//! (compress, pack); finished packs go to the uploader on a channel.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ffi::OsStr;
@@ -11,12 +12,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use cap_fs_ext::{DirExt as _, FollowSymlinks, OpenOptionsFollowExt as _};
 use cap_std::fs::{Dir, MetadataExt as _, OpenOptions};
-use devgate_snapshot::{Chunker, Entry, FORMAT, Id, Kind, Manifest, PackBuilder, PackRef};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+
+use devgate_snapshot::{
+    ChunkCompressor, Chunker, Entry, FORMAT, Id, Kind, Manifest, PackBuilder, PackRef,
+};
 
 use crate::error::{Error, Result};
 
 /// How often a file that changes while it is read is read again.
 const REREADS: usize = 5;
+
+/// Chunks waiting for the packing thread (each at most `CHUNK_MAX`, 2 MiB).
+const PACK_QUEUE: usize = 8;
 
 /// A regular file's identity as last seen by a cut or a restore of this
 /// agent: while inode, ctime, size and mtime are all unchanged, its content
@@ -96,17 +104,19 @@ pub(crate) fn cut(
             .collect(),
         _ => HashMap::new(),
     };
+    let abandon = AtomicBool::new(false);
+    let (to_pack, queue) = sync_channel(PACK_QUEUE);
     let mut w = Writer {
         unchanged,
         stamps: HashMap::new(),
         reused_files: 0,
-        known: previous.map(Manifest::chunk_packs).unwrap_or_default(),
-        previous_packs: previous.map(|m| m.packs.clone()).unwrap_or_default(),
-        used_previous: BTreeSet::new(),
-        fresh: HashSet::new(),
-        pack: PackBuilder::new(),
-        new_packs: Vec::new(),
-        out: packs_out,
+        chunker: Chunker::new(),
+        dedup: Dedup {
+            known: previous.map(Manifest::chunk_packs).unwrap_or_default(),
+            used_previous: BTreeSet::new(),
+            fresh: HashSet::new(),
+            to_pack,
+        },
         stop,
     };
     let meta = root.dir_metadata()?;
@@ -119,18 +129,40 @@ pub(crate) fn cut(
         target: None,
         chunks: vec![],
     }];
-    walk(root, Path::new(""), &mut w, &mut entries)?;
-    w.flush()?;
+    let (walked, new_packs) = std::thread::scope(|scope| {
+        let packer = std::thread::Builder::new()
+            .name("snapshot-pack".into())
+            .spawn_scoped(scope, || pack_chunks(queue, packs_out, &abandon))?;
+        let walked = walk(root, Path::new(""), &mut w, &mut entries);
+        if walked.is_err() {
+            abandon.store(true, Ordering::Relaxed);
+        }
+        // Closing the queue ends the packing thread (after its last pack).
+        let (closed, _) = sync_channel(0);
+        drop(std::mem::replace(&mut w.dedup.to_pack, closed));
+        let packed = packer
+            .join()
+            .unwrap_or_else(|_| Err(Error::Internal("the packing thread panicked".into())));
+        Ok::<_, Error>((walked, packed))
+    })?;
+    // A failed packer (upload ended) shows first as a closed queue in the walk.
+    let new_packs = match (walked, new_packs) {
+        (_, Err(e)) => return Err(e),
+        (Err(e), _) => return Err(e),
+        (Ok(()), Ok(p)) => p,
+    };
     tracing::debug!(
         reused = w.reused_files,
         "files whose stamp was unchanged, not read again"
     );
+    let previous_packs = previous.map(|m| &m.packs[..]).unwrap_or_default();
     let mut packs: Vec<PackRef> = w
+        .dedup
         .used_previous
         .iter()
-        .map(|&i| w.previous_packs[i].clone())
+        .map(|&i| previous_packs[i].clone())
         .collect();
-    packs.extend(w.new_packs);
+    packs.extend(new_packs);
     let mut m = Manifest {
         format: FORMAT,
         created_ns,
@@ -152,16 +184,19 @@ struct Writer<'a> {
     /// Stamps of this cut's files, by path.
     stamps: HashMap<PathBuf, Stamp>,
     reused_files: usize,
-    /// Chunks of the previous snapshot: id to index in `previous_packs`.
+    chunker: Chunker,
+    dedup: Dedup,
+    stop: &'a AtomicBool,
+}
+
+/// Which chunks are stored already, and the queue of the new ones.
+struct Dedup {
+    /// Chunks of the previous snapshot: id to index in its `packs`.
     known: HashMap<Id, usize>,
-    previous_packs: Vec<PackRef>,
     used_previous: BTreeSet<usize>,
     /// Chunks packed by this snapshot.
     fresh: HashSet<Id>,
-    pack: PackBuilder,
-    new_packs: Vec<PackRef>,
-    out: tokio::sync::mpsc::Sender<NewPack>,
-    stop: &'a AtomicBool,
+    to_pack: SyncSender<(Id, Vec<u8>)>,
 }
 
 impl Writer<'_> {
@@ -172,42 +207,62 @@ impl Writer<'_> {
         if stamp != *now {
             return None;
         }
-        let packs: Option<Vec<usize>> = chunks.iter().map(|c| self.known.get(c).copied()).collect();
-        self.used_previous.extend(packs?);
+        let known = &self.dedup.known;
+        let packs: Option<Vec<usize>> = chunks.iter().map(|c| known.get(c).copied()).collect();
+        self.dedup.used_previous.extend(packs?);
         self.reused_files += 1;
         Some(chunks)
     }
+}
 
+impl Dedup {
     fn chunk(&mut self, data: &[u8]) -> Result<Id> {
         let id = Id::of(data);
         if let Some(&i) = self.known.get(&id) {
             self.used_previous.insert(i);
         } else if self.fresh.insert(id) {
-            let compressed = devgate_snapshot::compress(data)
-                .map_err(|e| Error::Internal(format!("compress: {e}")))?;
-            self.pack.add(id, &compressed, data.len() as u32);
-            if self.pack.is_full() {
-                self.flush()?;
-            }
+            self.to_pack
+                .send((id, data.to_vec()))
+                .map_err(|_| Error::Unavailable("snapshot packing ended".into()))?;
         }
         Ok(id)
     }
+}
 
-    fn flush(&mut self) -> Result<()> {
-        if self.pack.is_empty() {
-            return Ok(());
-        }
-        let pack = std::mem::take(&mut self.pack);
+/// The packing thread: compresses the new chunks in the order they come,
+/// packs them and hands each full pack to the uploader. Returns the packs
+/// made; makes no last pack when the cut was `abandon`ed.
+fn pack_chunks(
+    queue: Receiver<(Id, Vec<u8>)>,
+    out: tokio::sync::mpsc::Sender<NewPack>,
+    abandon: &AtomicBool,
+) -> Result<Vec<PackRef>> {
+    let mut zstd = ChunkCompressor::new().map_err(|e| Error::Internal(format!("compress: {e}")))?;
+    let mut pack = PackBuilder::new();
+    let mut made = Vec::new();
+    let mut flush = |pack: PackBuilder| {
         let (id, bytes, chunks) = pack.finish();
-        self.new_packs.push(PackRef {
+        made.push(PackRef {
             id,
             size: bytes.len() as u64,
             chunks,
         });
-        self.out
-            .blocking_send(NewPack { id, bytes })
+        out.blocking_send(NewPack { id, bytes })
             .map_err(|_| Error::Unavailable("snapshot upload ended".into()))
+    };
+    for (id, data) in queue {
+        let compressed = zstd
+            .compress(&data)
+            .map_err(|e| Error::Internal(format!("compress: {e}")))?;
+        pack.add(id, compressed, data.len() as u32);
+        if pack.is_full() {
+            flush(std::mem::take(&mut pack))?;
+        }
     }
+    if !pack.is_empty() && !abandon.load(Ordering::Relaxed) {
+        flush(pack)?;
+    }
+    Ok(made)
 }
 
 /// Names are any bytes: one that is not UTF-8 makes the manifest format 2
@@ -340,10 +395,10 @@ fn read_file_with(
         }
         let mut chunks = Vec::new();
         let mut size = 0u64;
-        for data in Chunker::new(f.try_clone()?.into_std()) {
-            let data = data?;
+        let mut file = w.chunker.chunks(f.try_clone()?.into_std());
+        while let Some(data) = file.next_chunk()? {
             size += data.len() as u64;
-            chunks.push(w.chunk(&data)?);
+            chunks.push(w.dedup.chunk(data)?);
         }
         between(attempt);
         let seen_ns = now_ns();
@@ -388,19 +443,19 @@ pub(crate) fn now_ns() -> i64 {
 mod tests {
     use super::*;
 
-    fn writer(stop: &AtomicBool) -> (Writer<'_>, tokio::sync::mpsc::Receiver<NewPack>) {
-        let (tx, rx) = tokio::sync::mpsc::channel(64);
+    fn writer(stop: &AtomicBool) -> (Writer<'_>, Receiver<(Id, Vec<u8>)>) {
+        let (tx, rx) = sync_channel(64);
         let w = Writer {
             unchanged: HashMap::new(),
             stamps: HashMap::new(),
             reused_files: 0,
-            known: HashMap::new(),
-            previous_packs: Vec::new(),
-            used_previous: BTreeSet::new(),
-            fresh: HashSet::new(),
-            pack: PackBuilder::new(),
-            new_packs: Vec::new(),
-            out: tx,
+            chunker: Chunker::new(),
+            dedup: Dedup {
+                known: HashMap::new(),
+                used_previous: BTreeSet::new(),
+                fresh: HashSet::new(),
+                to_pack: tx,
+            },
             stop,
         };
         (w, rx)
