@@ -15,7 +15,7 @@ pub mod split;
 
 pub use chunk::{CHUNK_AVG, CHUNK_MAX, CHUNK_MIN, Chunker, Chunks};
 pub use manifest::{Entry, FORMAT, FORMAT_BYTES, Kind, MANIFEST_MAX, Manifest, PackChunk, PackRef};
-pub use pack::{ChunkCompressor, PACK_MAX, PACK_TARGET, Pack, PackBuilder, compress};
+pub use pack::{ChunkCompressor, ChunkReader, PACK_MAX, PACK_TARGET, Pack, PackBuilder, compress};
 pub use split::{FORMAT_SPLIT, SplitIndex};
 
 use std::fmt;

@@ -121,6 +121,40 @@ impl ChunkCompressor {
     }
 }
 
+/// Reads chunk after chunk out of packs with one zstd context and one
+/// buffer kept for all of them (a restore reads thousands).
+pub struct ChunkReader {
+    zstd: zstd::bulk::Decompressor<'static>,
+    out: Vec<u8>,
+}
+
+impl ChunkReader {
+    pub fn new() -> Result<ChunkReader> {
+        Ok(ChunkReader {
+            zstd: zstd::bulk::Decompressor::new()?,
+            out: Vec::new(),
+        })
+    }
+
+    /// Chunk `id` of `pack`, checked against its id, borrowed until the
+    /// next call.
+    pub fn read(&mut self, pack: &Pack, id: &Id) -> Result<&[u8]> {
+        let &(off, clen, len) = pack
+            .index
+            .get(id)
+            .ok_or_else(|| Error::Invalid(format!("chunk {id} is not in its pack")))?;
+        self.out.clear();
+        self.out.reserve(len);
+        self.zstd
+            .decompress_to_buffer(&pack.bytes[off..off + clen], &mut self.out)
+            .map_err(|e| Error::Corrupt(format!("chunk {id}: {e}")))?;
+        if self.out.len() != len || &Id::of(&self.out) != id {
+            return Err(Error::Corrupt(format!("chunk {id} does not match its id")));
+        }
+        Ok(&self.out)
+    }
+}
+
 /// A pack read back and checked against its name.
 pub struct Pack {
     bytes: Vec<u8>,
@@ -170,16 +204,7 @@ impl Pack {
 
     /// A chunk's plaintext, checked against its id.
     pub fn chunk(&self, id: &Id) -> Result<Vec<u8>> {
-        let &(off, clen, len) = self
-            .index
-            .get(id)
-            .ok_or_else(|| Error::Invalid(format!("chunk {id} is not in its pack")))?;
-        let raw = zstd::bulk::decompress(&self.bytes[off..off + clen], len)
-            .map_err(|e| Error::Corrupt(format!("chunk {id}: {e}")))?;
-        if raw.len() != len || &Id::of(&raw) != id {
-            return Err(Error::Corrupt(format!("chunk {id} does not match its id")));
-        }
-        Ok(raw)
+        Ok(ChunkReader::new()?.read(self, id)?.to_vec())
     }
 
     pub fn chunk_ids(&self) -> impl Iterator<Item = &Id> {
@@ -225,5 +250,22 @@ mod tests {
         ] {
             assert_eq!(c.compress(raw).unwrap(), &compress(raw).unwrap()[..]);
         }
+    }
+
+    #[test]
+    fn one_reader_reads_chunk_after_chunk() {
+        let chunks: Vec<Vec<u8>> = vec![vec![1u8; 300_000], b"small".to_vec(), vec![]];
+        let mut b = PackBuilder::new();
+        for c in &chunks {
+            b.add(Id::of(c), &compress(c).unwrap(), c.len() as u32);
+        }
+        let (id, bytes, _) = b.finish();
+        let p = Pack::open(bytes, &id).unwrap();
+        let mut r = ChunkReader::new().unwrap();
+        for c in chunks.iter().chain(chunks.iter().rev()) {
+            assert_eq!(r.read(&p, &Id::of(c)).unwrap(), &c[..]);
+        }
+        assert!(r.read(&p, &Id::of(b"nope")).is_err());
+        assert_eq!(r.read(&p, &Id::of(b"small")).unwrap(), b"small");
     }
 }

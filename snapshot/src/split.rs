@@ -15,7 +15,9 @@ use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, Id, MANIFEST_MAX, Pack, PackBuilder, PackChunk, PackRef, Result, compress};
+use crate::{
+    ChunkReader, Error, Id, MANIFEST_MAX, Pack, PackBuilder, PackChunk, PackRef, Result, compress,
+};
 
 /// The `format` of a split index (manifests themselves are 1 or 2).
 pub const FORMAT_SPLIT: u32 = 3;
@@ -267,6 +269,7 @@ impl SplitIndex {
                 pack_of.insert(c.id, &p.id);
             }
         }
+        let mut reader = ChunkReader::new()?;
         for f in &self.frames {
             let pid = pack_of
                 .get(&f.id)
@@ -274,7 +277,7 @@ impl SplitIndex {
             let pack = packs
                 .get(*pid)
                 .ok_or_else(|| Error::Invalid(format!("pack {pid} was not read")))?;
-            let frame = pack.chunk(&f.id)?;
+            let frame = reader.read(pack, &f.id)?;
             if frame.len() != f.len as usize {
                 return Err(Error::Corrupt(format!(
                     "frame {} is {} bytes, the index says {}",
@@ -283,7 +286,7 @@ impl SplitIndex {
                     f.len
                 )));
             }
-            out.extend_from_slice(&frame);
+            out.extend_from_slice(frame);
         }
         let got = Id::of(&out);
         if got != self.manifest {

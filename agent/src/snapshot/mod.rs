@@ -430,13 +430,13 @@ async fn fetch_pack(
             bytes.len()
         )));
     }
-    tokio::task::spawn_blocking(move || restore::apply_pack(&staging, &m, &pack_id, bytes.to_vec()))
-        .await
-        .map_err(|e| Error::Internal(format!("restore task failed: {e}")))?
-        .map_err(|e| match e {
-            Error::FailedPrecondition(m) => {
-                Error::FailedPrecondition(format!("snapshot {id}: {m}"))
-            }
-            other => other,
-        })
+    tokio::task::spawn_blocking(move || {
+        restore::apply_pack(&staging, &m, &pack_id, Vec::from(bytes))
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("restore task failed: {e}")))?
+    .map_err(|e| match e {
+        Error::FailedPrecondition(m) => Error::FailedPrecondition(format!("snapshot {id}: {m}")),
+        other => other,
+    })
 }

@@ -9,7 +9,7 @@ use std::io;
 use std::path::Path;
 
 use cap_std::fs::{Dir, FileExt as _, OpenOptions, Permissions, PermissionsExt as _};
-use devgate_snapshot::{Id, Kind, Manifest, Pack};
+use devgate_snapshot::{ChunkReader, Id, Kind, Manifest, Pack};
 use rustix::fs::{AtFlags, Timespec, Timestamps};
 
 use crate::error::{Error, Result};
@@ -135,12 +135,13 @@ fn fill(s: &Staging, m: &Manifest) -> Result<(Targets, Vec<usize>)> {
 /// the snapshot's files need. Answers how many chunk placements it wrote.
 pub(crate) fn apply_pack(s: &Staging, m: &Manifest, id: &Id, bytes: Vec<u8>) -> Result<usize> {
     let pack = Pack::open(bytes, id).map_err(snapshot_error)?;
+    let mut reader = ChunkReader::new().map_err(snapshot_error)?;
     let mut written = 0;
     for c in pack.chunk_ids().copied().collect::<Vec<_>>() {
         let Some(places) = s.targets.get(&c) else {
             continue;
         };
-        let data = pack.chunk(&c).map_err(snapshot_error)?;
+        let data = reader.read(&pack, &c).map_err(snapshot_error)?;
         for &(entry, offset) in places {
             let path = &m.entries[entry].path;
             // Made by whichever pack brings its first chunk: the staging
@@ -149,7 +150,7 @@ pub(crate) fn apply_pack(s: &Staging, m: &Manifest, id: &Id, bytes: Vec<u8>) -> 
             let f = s
                 .dir
                 .open_with(path, OpenOptions::new().write(true).create(true))?;
-            f.write_all_at(&data, offset)?;
+            f.write_all_at(data, offset)?;
             written += 1;
         }
     }
