@@ -10,7 +10,10 @@
 //! echo over 500 keys, each round with this crate's Rust client and with a
 //! browser-like node client (`term-client.mjs`) against the gateway, wetty
 //! and terminado (peers started here, all running `bash --norc
-//! --noprofile`); the gateway's RSS with 1,000 idle terminal WebSockets.
+//! --noprofile`); WebSocket echo through the preview proxy against nginx
+//! (upgrade headers, keepalive pool) to the same echo dev server, with this
+//! crate's client and a browser-like node client; the gateway's RSS with
+//! 1,000 idle terminal WebSockets.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -47,7 +50,11 @@ struct Args {
     /// Idle terminal WebSockets held open for the RSS figure.
     #[arg(long, default_value_t = 1000)]
     idle: usize,
-    /// Run only these parts (comma-separated: proxy, file, terminal, echo, idle).
+    /// Messages of each WebSocket echo series through the proxy.
+    #[arg(long, default_value_t = 2000)]
+    messages: usize,
+    /// Run only these parts (comma-separated: proxy, file, terminal, echo,
+    /// wsecho, idle).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Keep the CPUs out of deep idle states during the run (Linux PM QoS:
@@ -134,7 +141,11 @@ async fn main() -> Result<()> {
     let proxy_port = tests::free_port();
     let static_port = tests::free_port();
     let plain_port = tests::free_port();
+    let ws_proxy_port = tests::free_port();
+    let ws_up_port = tests::free_port();
     let conf = NGINX_CONF
+        .replace("__WS_PROXY_PORT__", &ws_proxy_port.to_string())
+        .replace("__WS_UP_PORT__", &ws_up_port.to_string())
         .replace("__PROXY_PORT__", &proxy_port.to_string())
         .replace("__STATIC_PORT__", &static_port.to_string())
         .replace("__PLAIN_PORT__", &plain_port.to_string())
@@ -470,11 +481,6 @@ async fn main() -> Result<()> {
             loadavg(),
             peers.notes.join(" "),
         );
-        let med = |v: &[f64]| {
-            let mut v = v.to_vec();
-            v.sort_by(f64::total_cmp);
-            v.get(v.len() / 2).copied().unwrap_or_default()
-        };
         if file.is_some() {
             let mut t = format!(
                 "### Terminal output, every round\n\n{load}\n`cat` of a {} MB text file (lines of 100 bytes) at a shell prompt; MB/s of \
@@ -542,6 +548,11 @@ async fn main() -> Result<()> {
             }
             report.push(t);
         }
+    }
+
+    if args.runs("wsecho") {
+        eprintln!("== WebSocket echo through the proxy vs nginx");
+        report.push(ws_echo(&args, &gw, ws_up_port, ws_proxy_port).await?);
     }
 
     if args.runs("idle") {
@@ -940,6 +951,30 @@ http {
     listen 127.0.0.1:__STATIC_PORT__;
     root __ROOT__;
   }
+  # WebSockets through the keepalive proxy, as nginx's documentation sets
+  # them up: HTTP/1.1, Upgrade passed on, `Connection: upgrade` only for an
+  # upgrade (other requests keep the pool's connections).
+  map $http_upgrade $connection_upgrade { default upgrade; '' ''; }
+  upstream ws_bench { server 127.0.0.1:__WS_UP_PORT__; keepalive 64; }
+  map $host $preview_ws {
+    hostnames;
+    default "";
+    wsup.bench.localhost ws_bench;
+  }
+  server {
+    listen 127.0.0.1:__WS_PROXY_PORT__;
+    location / {
+      if ($preview_ws = "") { return 404; }
+      proxy_pass http://$preview_ws;
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection $connection_upgrade;
+      proxy_set_header Host $host;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_buffering off;
+      proxy_read_timeout 1h;
+    }
+  }
 }
 "#;
 
@@ -1217,6 +1252,13 @@ fn compare_with(
     Ok((runs.into_iter().map(median).collect(), rounds))
 }
 
+/// The median of `v` (the upper one of an even count).
+fn med(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or_default()
+}
+
 fn median(mut v: Vec<Wrk>) -> Wrk {
     v.sort_by(|a, b| a.rps.total_cmp(&b.rps));
     v[v.len() / 2]
@@ -1348,4 +1390,178 @@ fn rss_kib(pid: u32) -> Result<u64> {
                 .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
         })
         .context("no VmRSS")
+}
+
+/// The WebSocket echo part: a public container `wsup` of the project runs
+/// `ws-echo-server.mjs` (node, the `ws` package copied into the project like
+/// any dev server's dependencies); each round measures, one after the
+/// other, the Rust client and the node client through the gateway's preview
+/// host and through nginx's keepalive proxy to the same server.
+async fn ws_echo(args: &Args, gw: &Gateway, up_port: u16, nginx_port: u16) -> Result<String> {
+    let dir = args.peers_dir.canonicalize()?;
+    let ws_pkg = dir.join("node_modules/ws");
+    anyhow::ensure!(
+        ws_pkg.join("package.json").is_file(),
+        "{} is missing (run.sh installs it)",
+        ws_pkg.display()
+    );
+    for sub in ["", "lib"] {
+        for e in std::fs::read_dir(ws_pkg.join(sub))? {
+            let path = e?.path();
+            if path.is_file() {
+                let name = path.file_name().context("file name")?.to_string_lossy();
+                let to = if sub.is_empty() {
+                    format!("wsup/node_modules/ws/{name}")
+                } else {
+                    format!("wsup/node_modules/ws/{sub}/{name}")
+                };
+                put(gw, &to, &std::fs::read(&path)?).await?;
+            }
+        }
+    }
+    put(
+        gw,
+        "wsup/echo.mjs",
+        &std::fs::read(dir.join("ws-echo-server.mjs"))?,
+    )
+    .await?;
+    let r = gw
+        .post("/api/projects/bench/containers")
+        .json(&json!({"name": "wsup", "port": up_port, "public": true, "start": "exec node echo.mjs"}))
+        .send()
+        .await?;
+    anyhow::ensure!(
+        r.status().as_u16() == 201,
+        "create container: {}",
+        r.text().await?
+    );
+    let r = gw
+        .post("/api/projects/bench/containers/wsup/start")
+        .send()
+        .await?;
+    anyhow::ensure!(
+        r.status().is_success(),
+        "start container: {}",
+        r.text().await?
+    );
+    wait_port(up_port).await?;
+
+    let host = "wsup.bench.localhost";
+    let targets = [("gateway", gw.addr.port()), ("nginx keepalive", nginx_port)];
+    let node_ok = Command::new("node")
+        .args(["-e", "require('ws')"])
+        .current_dir(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    // (client, server) -> every round's (p50, p99) in ms.
+    let mut runs: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    for round in 0..args.rounds {
+        for (name, port) in targets {
+            let url = format!("ws://127.0.0.1:{port}/");
+            let rust = ws_echo_rust(&url, host, args.messages).await?;
+            eprintln!(
+                "  round {round}: Rust -> {name}: p50 {:.3} p99 {:.3} ms",
+                rust.0, rust.1
+            );
+            push_run(&mut runs, format!("Rust → {name}"), rust);
+            if node_ok {
+                let out = Command::new("node")
+                    .arg(dir.join("ws-echo-client.mjs"))
+                    .args([
+                        "--url",
+                        &url,
+                        "--host",
+                        host,
+                        "--n",
+                        &args.messages.to_string(),
+                    ])
+                    .stdin(Stdio::null())
+                    .stderr(Stdio::inherit())
+                    .output()
+                    .context("run node")?;
+                anyhow::ensure!(
+                    out.status.success(),
+                    "ws-echo-client ({name}): {}",
+                    out.status
+                );
+                let v: Value = serde_json::from_slice(&out.stdout)?;
+                let node = (
+                    v["p50_ms"].as_f64().context("p50_ms")?,
+                    v["p99_ms"].as_f64().context("p99_ms")?,
+                );
+                eprintln!(
+                    "  round {round}: node -> {name}: p50 {:.3} p99 {:.3} ms",
+                    node.0, node.1
+                );
+                push_run(&mut runs, format!("node `ws` → {name}"), node);
+            }
+        }
+    }
+    let mut t = format!(
+        "### WebSocket echo through the preview proxy, every round\n\n\
+         One WebSocket to the echo dev server `wsup` (node, `ws-echo-server.mjs`), through the gateway's \
+         preview host and through nginx's keepalive proxy (upgrade headers passed on); {} text messages of \
+         64 bytes sent one at a time after 100 unmeasured, each timed from its send to its echo. Clients: \
+         this crate's (tokio-tungstenite) and a browser-like one (`ws-echo-client.mjs`, node `ws` with its \
+         defaults){}. In every round the targets run one after the other.\n\n\
+         | client → proxy | p50 per round (ms) | p99 per round (ms) | median p50 / p99 |\n|---|---|---|---|\n",
+        args.messages,
+        if node_ok {
+            ""
+        } else {
+            "; the node client did not run (no `ws` package)"
+        },
+    );
+    for (name, v) in &runs {
+        let p50: Vec<String> = v.iter().map(|x| format!("{:.3}", x.0)).collect();
+        let p99: Vec<String> = v.iter().map(|x| format!("{:.3}", x.1)).collect();
+        t.push_str(&format!(
+            "| {name} | {} | {} | **{:.3} / {:.3}** |\n",
+            p50.join(" / "),
+            p99.join(" / "),
+            med(&v.iter().map(|x| x.0).collect::<Vec<_>>()),
+            med(&v.iter().map(|x| x.1).collect::<Vec<_>>()),
+        ));
+    }
+    Ok(t)
+}
+
+fn push_run(runs: &mut Vec<(String, Vec<(f64, f64)>)>, name: String, r: (f64, f64)) {
+    match runs.iter_mut().find(|(n, _)| *n == name) {
+        Some((_, v)) => v.push(r),
+        None => runs.push((name, vec![r])),
+    }
+}
+
+/// One WebSocket, `n` text messages of 64 bytes one at a time (after 100
+/// unmeasured): the p50 and p99 of send-to-echo, in ms.
+async fn ws_echo_rust(url: &str, host: &str, n: usize) -> Result<(f64, f64)> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    let mut req = url.into_client_request()?;
+    req.headers_mut().insert("host", host.parse()?);
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await?;
+    let msg = "x".repeat(64);
+    let mut times = Vec::with_capacity(n);
+    for i in 0..n + 100 {
+        let t = Instant::now();
+        ws.send(Message::text(msg.clone())).await?;
+        loop {
+            match ws.next().await.context("the echo socket closed")?? {
+                Message::Text(got) => {
+                    anyhow::ensure!(got.as_str() == msg, "the echo differs from the message");
+                    break;
+                }
+                Message::Ping(_) | Message::Pong(_) => {}
+                other => bail!("unexpected message {other:?}"),
+            }
+        }
+        if i >= 100 {
+            times.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    let _ = ws.close(None).await;
+    times.sort_by(f64::total_cmp);
+    Ok((pct(&times, 50.0), pct(&times, 99.0)))
 }
