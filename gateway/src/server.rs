@@ -333,8 +333,10 @@ async fn serve_connection(
     }
 }
 
-/// A client socket with its place in the connection counts.
-struct Counted {
+/// A client socket with its place in the connection counts (the preview
+/// proxy takes it back out of an upgraded connection: see
+/// `preview::proxy`).
+pub(crate) struct Counted {
     io: TcpStream,
     _slot: Slot,
     /// Its place in its serving thread's count.

@@ -13,7 +13,8 @@ use crate::gateway::Gateway;
 /// A dev server with only the Python standard library, on `PORT` and, when
 /// set, also on `EXTRA_PORT`: GET answers the request it saw (and the port
 /// it came in on) as JSON, POST echoes the body, `Upgrade: websocket` is
-/// answered with an echoing WebSocket.
+/// answered with an echoing WebSocket (on a path ending in `?greet`, with a
+/// text frame `hello` sent in the same write as the 101's headers).
 pub const SERVER: &str = r#"
 import base64, hashlib, json, os, struct
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -47,7 +48,12 @@ class H(BaseHTTPRequestHandler):
         self.send_header("Upgrade", "websocket")
         self.send_header("Connection", "Upgrade")
         self.send_header("Sec-WebSocket-Accept", accept)
-        self.end_headers()
+        if self.path.endswith("?greet"):
+            # end_headers with the greeting appended: one write.
+            self._headers_buffer.append(b"\r\n\x81\x05hello")
+            self.flush_headers()
+        else:
+            self.end_headers()
         self.wfile.flush()
         self.close_connection = True
         r, w = self.rfile, self.wfile

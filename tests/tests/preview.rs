@@ -3,7 +3,8 @@
 //! private cookie flow (401 → /__preview/auth → cookie → 200), public
 //! previews, `X-Forwarded-*`, bodies both ways, WebSocket through a preview,
 //! the `{port}-` form, stopped 503, unknown 404, the wake of a hibernated
-//! project on a preview request, and the keep-alive pool to dev servers
+//! project on a preview request, bytes sent along with a WebSocket upgrade
+//! on either side, and the keep-alive pool to dev servers
 //! (connections reused, answers without a body handing theirs back, a
 //! connection the dev server closed while idle replaced without an error).
 
@@ -15,7 +16,9 @@ use tests::Fetch as _;
 use tests::devserver::{SERVER, browser, dev_server, dev_server_with, url, wait_status};
 use tests::expect_error;
 use tests::gateway::Gateway;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::Role;
 
 #[tokio::test]
 async fn private_preview_cookie_flow_and_forwarded_headers() {
@@ -234,6 +237,81 @@ async fn public_preview_websocket_port_form_stopped_and_unknown() {
     assert!(r.text().await.unwrap().contains("not running"));
     let r = b.get(url(&gw, host, "/")).fetch().await;
     expect_error(r, 503, "unavailable").await;
+}
+
+/// The proxy takes its sockets back out of the upgraded connections: what
+/// either side sent in the same write as its upgrade half (read by the
+/// proxy along with the headers) must still arrive, first and in order.
+#[tokio::test]
+async fn bytes_sent_along_with_a_websocket_upgrade_arrive_on_both_sides() {
+    let gw = Gateway::start().await.unwrap();
+    gw.open_project("demo").await.unwrap();
+    dev_server(&gw, "demo", "pub", true).await.unwrap();
+    let host = "pub.demo.localhost";
+    let b = browser(&gw, &[host]);
+    wait_status(&b, &url(&gw, host, "/"), None, 200).await;
+
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let mut out = format!(
+        "GET /hmr?greet HTTP/1.1\r\nHost: {host}:{}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n",
+        gw.addr.port()
+    )
+    .into_bytes();
+    // A masked text frame `early`, in the same write as the request.
+    let mask = [0x11u8, 0x22, 0x33, 0x44];
+    out.extend([0x81, 0x80 | 5]);
+    out.extend(mask);
+    out.extend(b"early".iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    s.write_all(&out).await.unwrap();
+
+    let mut head = Vec::new();
+    let end = loop {
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed before the 101: {:?}",
+            String::from_utf8_lossy(&head)
+        );
+        head.extend_from_slice(&buf[..n]);
+        if let Some(i) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{:?}",
+        String::from_utf8_lossy(&head)
+    );
+    let mut ws = tokio_tungstenite::WebSocketStream::from_partially_read(
+        s,
+        head[end..].to_vec(),
+        Role::Client,
+        None,
+    )
+    .await;
+    for want in ["hello", "echo:early"] {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .unwrap()
+        {
+            Some(Ok(Message::Text(t))) => assert_eq!(t.as_str(), want),
+            other => panic!("expected {want}, got {other:?}"),
+        }
+    }
+    ws.send(Message::text("later")).await.unwrap();
+    match tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .unwrap()
+    {
+        Some(Ok(Message::Text(t))) => assert_eq!(t.as_str(), "echo:later"),
+        other => panic!("expected the echo, got {other:?}"),
+    }
 }
 
 #[tokio::test]

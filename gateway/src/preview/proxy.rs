@@ -12,7 +12,11 @@ use axum::extract::{ConnectInfo, Request};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, Version, header};
 use axum::response::Response;
 use http_body_util::BodyExt as _;
+use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt as _;
+use tokio::net::TcpStream;
+use tokio_util::either::Either;
 
 use super::{COOKIE, Refusal};
 use crate::runtime::ContainerRoute;
@@ -282,8 +286,19 @@ pub(super) async fn proxy(
                     return;
                 }
             };
-            let mut client_io = TokioIo::new(client_io);
-            let mut upstream_io = TokioIo::new(upstream_io);
+            let (mut client_io, from_client) = take_socket::<crate::server::Counted>(client_io);
+            let (mut upstream_io, from_upstream) = take_socket::<TcpStream>(upstream_io);
+            let copied = async {
+                // What hyper read past the upgrade on either side goes first.
+                upstream_io.write_all(&from_client).await?;
+                client_io.write_all(&from_upstream).await?;
+                let (up_n, down_n) =
+                    tokio::io::copy_bidirectional(&mut client_io, &mut upstream_io).await?;
+                Ok::<_, std::io::Error>((
+                    up_n + from_client.len() as u64,
+                    down_n + from_upstream.len() as u64,
+                ))
+            };
             // A connection opened through a share link ends when the link is
             // revoked or expires; the others when either side closes.
             let revoked = async {
@@ -293,7 +308,7 @@ pub(super) async fn proxy(
                 }
             };
             tokio::select! {
-                copied = tokio::io::copy_bidirectional(&mut client_io, &mut upstream_io) => match copied {
+                copied = copied => match copied {
                     Ok((to_upstream, to_client)) => {
                         up.inc_by(to_upstream);
                         down.inc_by(to_client);
@@ -310,6 +325,21 @@ pub(super) async fn proxy(
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers, false);
     Ok(Response::from_parts(parts, Body::new(body)))
+}
+
+/// An upgraded connection's socket taken back out of hyper's `Upgraded`
+/// when it is of the gateway's own kind (`I` under hyper-util's `TokioIo`):
+/// a long-lived WebSocket then skips a boxed, rewinding layer on every read
+/// and write. With the bytes hyper had already read past the upgrade, which
+/// must be passed on first. Any other kind stays as it is.
+fn take_socket<I>(upgraded: Upgraded) -> (Either<I, TokioIo<Upgraded>>, bytes::Bytes)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+{
+    match upgraded.downcast::<TokioIo<I>>() {
+        Ok(parts) => (Either::Left(parts.io.into_inner()), parts.read_buf),
+        Err(upgraded) => (Either::Right(TokioIo::new(upgraded)), bytes::Bytes::new()),
+    }
 }
 
 #[cfg(test)]
