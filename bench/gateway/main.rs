@@ -552,7 +552,8 @@ async fn main() -> Result<()> {
 
     if args.runs("wsecho") {
         eprintln!("== WebSocket echo through the proxy vs nginx");
-        report.push(ws_echo(&args, &gw, ws_up_port, ws_proxy_port).await?);
+        let base = base.as_ref().map(|(b, _)| b);
+        report.push(ws_echo(&args, &gw, base, ws_up_port, ws_proxy_port).await?);
     }
 
     if args.runs("idle") {
@@ -1396,58 +1397,23 @@ fn rss_kib(pid: u32) -> Result<u64> {
 /// `ws-echo-server.mjs` (node, the `ws` package copied into the project like
 /// any dev server's dependencies); each round measures, one after the
 /// other, the Rust client and the node client through the gateway's preview
-/// host and through nginx's keepalive proxy to the same server.
-async fn ws_echo(args: &Args, gw: &Gateway, up_port: u16, nginx_port: u16) -> Result<String> {
-    let dir = args.peers_dir.canonicalize()?;
-    let ws_pkg = dir.join("node_modules/ws");
-    anyhow::ensure!(
-        ws_pkg.join("package.json").is_file(),
-        "{} is missing (run.sh installs it)",
-        ws_pkg.display()
-    );
-    for sub in ["", "lib"] {
-        for e in std::fs::read_dir(ws_pkg.join(sub))? {
-            let path = e?.path();
-            if path.is_file() {
-                let name = path.file_name().context("file name")?.to_string_lossy();
-                let to = if sub.is_empty() {
-                    format!("wsup/node_modules/ws/{name}")
-                } else {
-                    format!("wsup/node_modules/ws/{sub}/{name}")
-                };
-                put(gw, &to, &std::fs::read(&path)?).await?;
-            }
-        }
+/// host and through nginx's keepalive proxy to the same server (and through
+/// the `--baseline` gateway to its own such server).
+async fn ws_echo(
+    args: &Args,
+    gw: &Gateway,
+    base: Option<&Gateway>,
+    up_port: u16,
+    nginx_port: u16,
+) -> Result<String> {
+    ws_echo_server(args, gw, up_port).await?;
+    let mut targets = vec![("gateway", gw.addr.port()), ("nginx keepalive", nginx_port)];
+    if let Some(b) = base {
+        ws_echo_server(args, b, tests::free_port()).await?;
+        targets.insert(1, ("baseline", b.addr.port()));
     }
-    put(
-        gw,
-        "wsup/echo.mjs",
-        &std::fs::read(dir.join("ws-echo-server.mjs"))?,
-    )
-    .await?;
-    let r = gw
-        .post("/api/projects/bench/containers")
-        .json(&json!({"name": "wsup", "port": up_port, "public": true, "start": "exec node echo.mjs"}))
-        .send()
-        .await?;
-    anyhow::ensure!(
-        r.status().as_u16() == 201,
-        "create container: {}",
-        r.text().await?
-    );
-    let r = gw
-        .post("/api/projects/bench/containers/wsup/start")
-        .send()
-        .await?;
-    anyhow::ensure!(
-        r.status().is_success(),
-        "start container: {}",
-        r.text().await?
-    );
-    wait_port(up_port).await?;
-
+    let dir = args.peers_dir.canonicalize()?;
     let host = "wsup.bench.localhost";
-    let targets = [("gateway", gw.addr.port()), ("nginx keepalive", nginx_port)];
     let node_ok = Command::new("node")
         .args(["-e", "require('ws')"])
         .current_dir(&dir)
@@ -1458,7 +1424,7 @@ async fn ws_echo(args: &Args, gw: &Gateway, up_port: u16, nginx_port: u16) -> Re
     // (client, server) -> every round's (p50, p99) in ms.
     let mut runs: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
     for round in 0..args.rounds {
-        for (name, port) in targets {
+        for &(name, port) in &targets {
             let url = format!("ws://127.0.0.1:{port}/");
             let rust = ws_echo_rust(&url, host, args.messages).await?;
             eprintln!(
@@ -1526,6 +1492,59 @@ async fn ws_echo(args: &Args, gw: &Gateway, up_port: u16, nginx_port: u16) -> Re
         ));
     }
     Ok(t)
+}
+
+/// Starts the echo dev server `wsup` in `gw`'s project `bench`, on `up_port`.
+async fn ws_echo_server(args: &Args, gw: &Gateway, up_port: u16) -> Result<()> {
+    let dir = args.peers_dir.canonicalize()?;
+    let ws_pkg = dir.join("node_modules/ws");
+    anyhow::ensure!(
+        ws_pkg.join("package.json").is_file(),
+        "{} is missing (run.sh installs it)",
+        ws_pkg.display()
+    );
+    for sub in ["", "lib"] {
+        for e in std::fs::read_dir(ws_pkg.join(sub))? {
+            let path = e?.path();
+            if path.is_file() {
+                let name = path.file_name().context("file name")?.to_string_lossy();
+                let to = if sub.is_empty() {
+                    format!("wsup/node_modules/ws/{name}")
+                } else {
+                    format!("wsup/node_modules/ws/{sub}/{name}")
+                };
+                put(gw, &to, &std::fs::read(&path)?).await?;
+            }
+        }
+    }
+    put(
+        gw,
+        "wsup/echo.mjs",
+        &std::fs::read(dir.join("ws-echo-server.mjs"))?,
+    )
+    .await?;
+    let r = gw
+        .post("/api/projects/bench/containers")
+        .json(&json!({"name": "wsup", "port": up_port, "public": true, "start": "exec node echo.mjs"}))
+        .send()
+        .await?;
+    anyhow::ensure!(
+        r.status().as_u16() == 201,
+        "create container: {}",
+        r.text().await?
+    );
+    let r = gw
+        .post("/api/projects/bench/containers/wsup/start")
+        .send()
+        .await?;
+    anyhow::ensure!(
+        r.status().is_success(),
+        "start container: {}",
+        r.text().await?
+    );
+    wait_port(up_port).await?;
+
+    Ok(())
 }
 
 fn push_run(runs: &mut Vec<(String, Vec<(f64, f64)>)>, name: String, r: (f64, f64)) {
