@@ -6,7 +6,8 @@
 # agent and bench-gateway, and runs every part in one go (preview proxy vs
 # nginx, 4 KiB file GET vs nginx static, terminal throughput and keystroke
 # echo with the Rust client and a browser-like node client against wetty and
-# terminado, RSS with 1,000 idle terminals). Prints a Markdown report for
+# terminado, WebSocket echo through the preview proxy vs nginx's keepalive
+# proxy, RSS with 1,000 idle terminals). Prints a Markdown report for
 # BENCHMARKS.md; arguments go to bench-gateway (--help).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
