@@ -10,6 +10,7 @@ pub mod api;
 pub mod archive_store;
 pub mod auth;
 pub mod config;
+pub mod conn;
 pub mod error;
 pub mod events;
 pub mod idle;

@@ -24,6 +24,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use crate::conn::Counted;
 use crate::error::Error;
 
 /// The connection limits (from the config).
@@ -158,11 +159,7 @@ impl Accepted {
     fn spawn(self, tcp: TcpStream, load: Option<Load>) {
         // The slot goes with the socket, so a connection upgraded to a
         // WebSocket (which hyper hands over) still counts until it closes.
-        let io = Counted {
-            io: tcp,
-            _slot: self.slot,
-            _load: load,
-        };
+        let io = Counted::new(tcp, Box::new((self.slot, load)));
         let tracked = self.tracked;
         let served = serve_connection(io, self.svc, self.header_read_timeout, self.shutdown);
         tokio::spawn(async move {
@@ -330,62 +327,6 @@ async fn serve_connection(
     };
     if let Err(error) = ended {
         tracing::debug!(%error, "connection ended with an error");
-    }
-}
-
-/// A client socket with its place in the connection counts (the preview
-/// proxy takes it back out of an upgraded connection: see
-/// `preview::proxy`).
-pub(crate) struct Counted {
-    io: TcpStream,
-    _slot: Slot,
-    /// Its place in its serving thread's count.
-    _load: Option<Load>,
-}
-
-impl tokio::io::AsyncRead for Counted {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl tokio::io::AsyncWrite for Counted {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 

@@ -286,7 +286,7 @@ pub(super) async fn proxy(
                     return;
                 }
             };
-            let (mut client_io, from_client) = take_socket::<crate::server::Counted>(client_io);
+            let (mut client_io, from_client) = take_socket::<crate::conn::Counted>(client_io);
             let (mut upstream_io, from_upstream) = take_socket::<TcpStream>(upstream_io);
             let copied = async {
                 // What hyper read past the upgrade on either side goes first.
