@@ -595,11 +595,17 @@ async fn main() -> Result<()> {
         }
     }
 
-    // Stop the upstream through the API, so its nginx ends with its process group.
-    let _ = gw
-        .post("/api/projects/bench/containers/up/stop")
-        .send()
-        .await;
+    // Stop the dev servers through the API, so each ends with its process
+    // group (nginx's workers, node); a container that never started answers
+    // an error, which changes nothing.
+    for g in std::iter::once(&gw).chain(base.as_ref().map(|(b, _)| b)) {
+        for c in ["up", "wsup"] {
+            let _ = g
+                .post(&format!("/api/projects/bench/containers/{c}/stop"))
+                .send()
+                .await;
+        }
+    }
     println!("{}", report.join("\n"));
     Ok(())
 }

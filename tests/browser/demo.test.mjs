@@ -230,6 +230,17 @@ describe('the demo page as an IDE', { timeout: 20 * 60_000 }, () => {
     assert.equal(await page.locator('#editor-tabs [role="tab"]').count(), 2);
     await page.locator('#editor-tabs [role="tab"][data-path="notes.md"]').focus();
     await page.keyboard.press('Delete');
+    // Cancel, then Delete at once (in one task, before the browser fires the
+    // dialog's `close`): the dialog opened again must not take the first
+    // close as its own answer.
+    await dlg.waitFor();
+    await page.evaluate(() => {
+      document.querySelector('#dlg-actions button[data-action="cancel"]').click();
+      const t = document.querySelector('#editor-tabs [role="tab"][data-path="notes.md"]');
+      t.focus();
+      t.dispatchEvent(new KeyboardEvent('keydown', { key: 'Delete', bubbles: true }));
+    });
+    await dlg.waitFor();
     await dlg.getByRole('button', { name: 'Discard changes to notes.md' }).click();
     await until(page, () => window.__devgate.editor.tabs.length === 1);
     assert.deepEqual(await page.locator('#editor-tabs [role="tab"]').evaluateAll((els) => els.map((e) => e.dataset.path)), ['src/app.js']);

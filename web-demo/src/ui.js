@@ -37,6 +37,9 @@ export function showError(prefix, err) {
   toast(`${prefix}: ${msg}`, 'error', 7000);
 }
 
+/** Settles the last opening of the dialog (see `dialog`), while it has not. */
+let settlePending = null;
+
 /**
  * Opens the modal dialog. `actions` is a list of {label, value, kind}; resolves
  * with the value of the button pressed, or null on Escape.
@@ -45,6 +48,11 @@ export function showError(prefix, err) {
  */
 export function dialog({ title, body, actions, input, wide = false }) {
   const dlg = $('dlg');
+  // The browser fires `close` as a task after `close()`: a dialog opened
+  // again before that task ran (Cancel, then Delete at once) must not take
+  // the earlier close as its own. The earlier opening settles now, with its
+  // value, and the late event finds the dialog open and is ignored.
+  if (settlePending) settlePending();
   dlg.classList.toggle('wide', !!wide);
   $('dlg-title').textContent = title;
   const bodyEl = $('dlg-body');
@@ -88,13 +96,18 @@ export function dialog({ title, body, actions, input, wide = false }) {
   }
   return new Promise((resolve) => {
     const done = () => {
-      dlg.removeEventListener('close', done);
+      settlePending = null;
+      dlg.removeEventListener('close', onClose);
       const v = dlg.returnValue || null;
       if (input) resolve(v && v !== 'cancel' ? { value: v, text: field.value.trim() } : null);
       else resolve(v && v !== 'cancel' ? v : null);
     };
+    const onClose = () => {
+      if (!dlg.open) done();
+    };
+    settlePending = done;
     dlg.returnValue = '';
-    dlg.addEventListener('close', done);
+    dlg.addEventListener('close', onClose);
     dlg.showModal();
     if (field) {
       field.focus();

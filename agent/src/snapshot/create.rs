@@ -105,20 +105,6 @@ pub(crate) fn cut(
         _ => HashMap::new(),
     };
     let abandon = AtomicBool::new(false);
-    let (to_pack, queue) = sync_channel(PACK_QUEUE);
-    let mut w = Writer {
-        unchanged,
-        stamps: HashMap::new(),
-        reused_files: 0,
-        chunker: Chunker::new(),
-        dedup: Dedup {
-            known: previous.map(Manifest::chunk_packs).unwrap_or_default(),
-            used_previous: BTreeSet::new(),
-            fresh: HashSet::new(),
-            to_pack,
-        },
-        stop,
-    };
     let meta = root.dir_metadata()?;
     let mut entries = vec![Entry {
         path: PathBuf::new(),
@@ -129,21 +115,49 @@ pub(crate) fn cut(
         target: None,
         chunks: vec![],
     }];
-    let (walked, new_packs) = std::thread::scope(|scope| {
+    // The writer, and with it the packing queue's sender, belongs to the
+    // scope's closure: should the walk panic, unwinding drops it, which ends
+    // the packing thread that the scope then waits for (held outside, the
+    // queue would stay open and the scope would wait forever).
+    let (walked, new_packs, mut w) = std::thread::scope(|scope| {
+        let (to_pack, queue) = sync_channel(PACK_QUEUE);
         let packer = std::thread::Builder::new()
             .name("snapshot-pack".into())
             .spawn_scoped(scope, || pack_chunks(queue, packs_out, &abandon))?;
+        let mut w = Writer {
+            unchanged,
+            stamps: HashMap::new(),
+            reused_files: 0,
+            chunker: Chunker::new(),
+            dedup: Dedup {
+                known: previous.map(Manifest::chunk_packs).unwrap_or_default(),
+                used_previous: BTreeSet::new(),
+                fresh: HashSet::new(),
+                to_pack,
+            },
+            stop,
+        };
+        // Dropped before the writer when the walk unwinds: no last pack.
+        let mut unfinished = Abandon(Some(&abandon));
         let walked = walk(root, Path::new(""), &mut w, &mut entries);
-        if walked.is_err() {
-            abandon.store(true, Ordering::Relaxed);
+        if walked.is_ok() {
+            unfinished.0 = None;
         }
+        drop(unfinished);
         // Closing the queue ends the packing thread (after its last pack).
         let (closed, _) = sync_channel(0);
         drop(std::mem::replace(&mut w.dedup.to_pack, closed));
-        let packed = packer
-            .join()
-            .unwrap_or_else(|_| Err(Error::Internal("the packing thread panicked".into())));
-        Ok::<_, Error>((walked, packed))
+        let packed = packer.join().unwrap_or_else(|panic| {
+            let why = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(Error::Internal(format!(
+                "the packing thread panicked: {why}"
+            )))
+        });
+        Ok::<_, Error>((walked, packed, w))
     })?;
     // A failed packer (upload ended) shows first as a closed queue in the walk.
     let new_packs = match (walked, new_packs) {
@@ -229,9 +243,20 @@ impl Dedup {
     }
 }
 
+/// Sets its flag when dropped holding one: a walk that failed or unwound.
+struct Abandon<'a>(Option<&'a AtomicBool>);
+
+impl Drop for Abandon<'_> {
+    fn drop(&mut self) {
+        if let Some(flag) = self.0 {
+            flag.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
 /// The packing thread: compresses the new chunks in the order they come,
 /// packs them and hands each full pack to the uploader. Returns the packs
-/// made; makes no last pack when the cut was `abandon`ed.
+/// made; once the cut is `abandon`ed it packs and uploads nothing more.
 fn pack_chunks(
     queue: Receiver<(Id, Vec<u8>)>,
     out: tokio::sync::mpsc::Sender<NewPack>,
@@ -251,6 +276,9 @@ fn pack_chunks(
             .map_err(|_| Error::Unavailable("snapshot upload ended".into()))
     };
     for (id, data) in queue {
+        if abandon.load(Ordering::Relaxed) {
+            break;
+        }
         let compressed = zstd
             .compress(&data)
             .map_err(|e| Error::Internal(format!("compress: {e}")))?;
@@ -552,5 +580,69 @@ mod tests {
             msg.contains("logs/busy.log") && msg.contains("kept changing"),
             "{msg}"
         );
+    }
+
+    fn tree() -> tempfile::TempDir {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join("src")).unwrap();
+        for i in 0..20 {
+            std::fs::write(
+                tmp.path().join(format!("src/f{i}.txt")),
+                format!("file {i}"),
+            )
+            .unwrap();
+        }
+        tmp
+    }
+
+    #[test]
+    fn a_cut_whose_upload_ended_fails_and_returns() {
+        let tmp = tree();
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        drop(rx);
+        let stop = AtomicBool::new(false);
+        let err = cut(&open_root(tmp.path()), None, None, tx, &stop).unwrap_err();
+        assert!(err.to_string().contains("snapshot upload ended"), "{err}");
+    }
+
+    #[test]
+    fn a_cancelled_cut_fails_and_uploads_nothing() {
+        let tmp = tree();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(2);
+        let stop = AtomicBool::new(true);
+        let err = cut(&open_root(tmp.path()), None, None, tx, &stop).unwrap_err();
+        assert!(err.to_string().contains("cancelled"), "{err}");
+        assert!(rx.try_recv().is_err(), "no pack after a failed walk");
+    }
+
+    #[test]
+    fn a_whole_cut_lists_every_pack_it_uploaded() {
+        let tmp = tree();
+        std::fs::write(tmp.path().join("big.bin"), noise(9 << 20)).unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+        let stop = AtomicBool::new(false);
+        let (m, _) = cut(&open_root(tmp.path()), None, None, tx, &stop).unwrap();
+        let mut sent = Vec::new();
+        while let Ok(p) = rx.try_recv() {
+            sent.push(p.id);
+        }
+        let listed: Vec<Id> = m.packs.iter().map(|p| p.id).collect();
+        assert!(sent.len() >= 2, "9 MiB of noise makes more than one pack");
+        assert_eq!(sent, listed);
+        let files = m.entries.iter().filter(|e| e.kind == Kind::File).count();
+        assert_eq!(files, 21);
+    }
+
+    /// Incompressible bytes.
+    fn noise(n: usize) -> Vec<u8> {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
     }
 }

@@ -289,7 +289,10 @@ pub(super) async fn proxy(
             let (mut client_io, from_client) = take_socket::<crate::conn::Counted>(client_io);
             let (mut upstream_io, from_upstream) = take_socket::<TcpStream>(upstream_io);
             let copied = async {
-                // What hyper read past the upgrade on either side goes first.
+                // What hyper read past the upgrade on either side goes first
+                // (one direction after the other: at most what came in the
+                // same reads as the upgrade's head, which the kernel's socket
+                // buffers take without the other side reading).
                 upstream_io.write_all(&from_client).await?;
                 client_io.write_all(&from_upstream).await?;
                 let (up_n, down_n) =
@@ -338,7 +341,13 @@ where
 {
     match upgraded.downcast::<TokioIo<I>>() {
         Ok(parts) => (Either::Left(parts.io.into_inner()), parts.read_buf),
-        Err(upgraded) => (Either::Right(TokioIo::new(upgraded)), bytes::Bytes::new()),
+        Err(upgraded) => {
+            tracing::debug!(
+                kind = std::any::type_name::<I>(),
+                "an upgraded connection of another kind: copied through hyper's Upgraded"
+            );
+            (Either::Right(TokioIo::new(upgraded)), bytes::Bytes::new())
+        }
     }
 }
 
