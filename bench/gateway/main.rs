@@ -670,13 +670,7 @@ impl TermPeers {
             .canonicalize()
             .with_context(|| format!("{}", args.peers_dir.display()))?;
         let script = dir.join("term-client.mjs");
-        let node_ok = Command::new("node")
-            .args(["-e", "require('ws'); require('socket.io-client')"])
-            .current_dir(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
+        let node_ok = node_has(&dir, "require('ws'); require('socket.io-client')");
         let node = if node_ok && script.is_file() {
             let v = Command::new("node").arg("--version").output()?;
             let v = String::from_utf8_lossy(&v.stdout).trim().to_owned();
@@ -774,25 +768,37 @@ impl TermPeers {
         keys: usize,
     ) -> Result<Value> {
         let (_, script) = self.node.as_ref().context("no node client")?;
-        let out = Command::new("node")
-            .arg(script)
-            .args([
-                "--proto", proto, "--url", url, "--token", token, "--mode", mode,
-            ])
-            .arg("--file")
-            .arg(file)
-            .args(["--keys", &keys.to_string()])
-            .stdin(Stdio::null())
-            .stderr(Stdio::inherit())
-            .output()
-            .context("run node")?;
-        anyhow::ensure!(
-            out.status.success(),
-            "node client ({proto} {mode}) failed: {}",
-            out.status
-        );
-        Ok(serde_json::from_slice(&out.stdout)?)
+        let (file, keys) = (file.to_string_lossy(), keys.to_string());
+        let a = [
+            "--proto", proto, "--url", url, "--token", token, "--mode", mode, "--file", &file,
+            "--keys", &keys,
+        ];
+        node_client(script, &a, &format!("node client ({proto} {mode})"))
     }
+}
+
+/// Whether `node` runs the script `requires` (its `require`s) in `dir`.
+fn node_has(dir: &Path, requires: &str) -> bool {
+    Command::new("node")
+        .args(["-e", requires])
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Runs a node client script, which must succeed; its one JSON line.
+fn node_client(script: &Path, args: &[&str], what: &str) -> Result<Value> {
+    let out = Command::new("node")
+        .arg(script)
+        .args(args)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .context("run node")?;
+    anyhow::ensure!(out.status.success(), "{what} failed: {}", out.status);
+    Ok(serde_json::from_slice(&out.stdout)?)
 }
 
 fn package_version(path: &Path) -> String {
@@ -1053,26 +1059,13 @@ async fn start_with_upstream(builder: tests::gateway::GatewayBuilder) -> Result<
     let page: String = "x".repeat(1023) + "\n";
     put(&gw, "up/www/index.html", page.as_bytes()).await?;
     put(&gw, "up/nginx.conf.in", UPSTREAM_CONF.as_bytes()).await?;
-    let r = gw
-        .post("/api/projects/bench/containers")
-        .json(&json!({"name": "up", "port": up_port, "public": true,
-            "start": "mkdir -p tmp && sed \"s/__PORT__/$PORT/\" nginx.conf.in > nginx.conf && exec nginx -p \"$PWD/\" -c nginx.conf"}))
-        .send()
-        .await?;
-    anyhow::ensure!(
-        r.status().as_u16() == 201,
-        "create container: {}",
-        r.text().await?
-    );
-    let r = gw
-        .post("/api/projects/bench/containers/up/start")
-        .send()
-        .await?;
-    anyhow::ensure!(
-        r.status().is_success(),
-        "start container: {}",
-        r.text().await?
-    );
+    tests::devserver::start_container(
+        &gw,
+        "bench",
+        &json!({"name": "up", "port": up_port, "public": true,
+            "start": "mkdir -p tmp && sed \"s/__PORT__/$PORT/\" nginx.conf.in > nginx.conf && exec nginx -p \"$PWD/\" -c nginx.conf"}),
+    )
+    .await?;
     wait_http(
         &format!("127.0.0.1:{up_port}"),
         "up.bench.localhost",
@@ -1420,13 +1413,7 @@ async fn ws_echo(
     }
     let dir = args.peers_dir.canonicalize()?;
     let host = "wsup.bench.localhost";
-    let node_ok = Command::new("node")
-        .args(["-e", "require('ws')"])
-        .current_dir(&dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
+    let node_ok = node_has(&dir, "require('ws')");
     // (client, server) -> every round's (p50, p99) in ms.
     let mut runs: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
     for round in 0..args.rounds {
@@ -1439,26 +1426,12 @@ async fn ws_echo(
             );
             push_run(&mut runs, format!("Rust → {name}"), rust);
             if node_ok {
-                let out = Command::new("node")
-                    .arg(dir.join("ws-echo-client.mjs"))
-                    .args([
-                        "--url",
-                        &url,
-                        "--host",
-                        host,
-                        "--n",
-                        &args.messages.to_string(),
-                    ])
-                    .stdin(Stdio::null())
-                    .stderr(Stdio::inherit())
-                    .output()
-                    .context("run node")?;
-                anyhow::ensure!(
-                    out.status.success(),
-                    "ws-echo-client ({name}): {}",
-                    out.status
-                );
-                let v: Value = serde_json::from_slice(&out.stdout)?;
+                let n = args.messages.to_string();
+                let v = node_client(
+                    &dir.join("ws-echo-client.mjs"),
+                    &["--url", &url, "--host", host, "--n", &n],
+                    &format!("ws-echo-client ({name})"),
+                )?;
                 let node = (
                     v["p50_ms"].as_f64().context("p50_ms")?,
                     v["p99_ms"].as_f64().context("p99_ms")?,
@@ -1529,25 +1502,12 @@ async fn ws_echo_server(args: &Args, gw: &Gateway, up_port: u16) -> Result<()> {
         &std::fs::read(dir.join("ws-echo-server.mjs"))?,
     )
     .await?;
-    let r = gw
-        .post("/api/projects/bench/containers")
-        .json(&json!({"name": "wsup", "port": up_port, "public": true, "start": "exec node echo.mjs"}))
-        .send()
-        .await?;
-    anyhow::ensure!(
-        r.status().as_u16() == 201,
-        "create container: {}",
-        r.text().await?
-    );
-    let r = gw
-        .post("/api/projects/bench/containers/wsup/start")
-        .send()
-        .await?;
-    anyhow::ensure!(
-        r.status().is_success(),
-        "start container: {}",
-        r.text().await?
-    );
+    tests::devserver::start_container(
+        gw,
+        "bench",
+        &json!({"name": "wsup", "port": up_port, "public": true, "start": "exec node echo.mjs"}),
+    )
+    .await?;
     wait_port(up_port).await?;
 
     Ok(())

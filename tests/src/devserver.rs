@@ -133,13 +133,23 @@ pub async fn dev_server_with(
         .send()
         .await?;
     anyhow::ensure!(r.status().is_success(), "write server.py: {}", r.status());
+    start_container(
+        gw,
+        project,
+        &json!({"name": name, "port": crate::free_port(), "ports": ports,
+                "start": "exec python3 server.py",
+                "env": env, "public": public}),
+    )
+    .await
+}
+
+/// Creates the container `spec` (the body of `POST .../containers`, which
+/// must answer 201) in `project` and starts it (200).
+pub async fn start_container(gw: &Gateway, project: &str, spec: &serde_json::Value) -> Result<()> {
+    let name = spec["name"].as_str().unwrap_or_default();
     let r = gw
         .post(&format!("/api/projects/{project}/containers"))
-        .json(
-            &json!({"name": name, "port": crate::free_port(), "ports": ports,
-                      "start": "exec python3 server.py",
-                      "env": env, "public": public}),
-        )
+        .json(spec)
         .send()
         .await?;
     anyhow::ensure!(

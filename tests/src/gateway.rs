@@ -557,14 +557,21 @@ impl Gateway {
             .with_context(|| format!("{script}: no stdout in {v}"))
     }
 
+    /// The project as `GET /api/projects/{p}` answers it (200 or an error).
+    pub async fn project(&self, project: &str) -> Result<serde_json::Value> {
+        let r = self.get(&format!("/api/projects/{project}")).send().await?;
+        anyhow::ensure!(
+            r.status().is_success(),
+            "GET project {project}: {} {}",
+            r.status(),
+            r.text().await?
+        );
+        Ok(r.json().await?)
+    }
+
     /// The project's status (`GET /api/projects/{p}`).
     pub async fn status(&self, project: &str) -> Result<String> {
-        let v: serde_json::Value = self
-            .get(&format!("/api/projects/{project}"))
-            .send()
-            .await?
-            .json()
-            .await?;
+        let v = self.project(project).await?;
         Ok(v["status"].as_str().unwrap_or_default().to_owned())
     }
 

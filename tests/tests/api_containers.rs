@@ -568,13 +568,7 @@ async fn open_with_start_containers_restarts_what_ran_at_hibernation() {
         .fetch()
         .await;
     assert_eq!(r.status(), 400);
-    let v: Value = gw
-        .get("/api/projects/h")
-        .fetch()
-        .await
-        .json()
-        .await
-        .unwrap();
+    let v = gw.project("h").await.unwrap();
     assert_eq!(v["status"], "hibernated");
 
     let r = gw

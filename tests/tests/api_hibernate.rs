@@ -217,13 +217,7 @@ async fn hibernate_with_s3_unreachable_leaves_the_project_active_and_intact() {
         "{m}"
     );
 
-    let p: Value = gw
-        .get("/api/projects/keep")
-        .fetch()
-        .await
-        .json()
-        .await
-        .unwrap();
+    let p = gw.project("keep").await.unwrap();
     assert_eq!(p["status"], "active");
     assert!(p.get("archive").is_none());
     assert_eq!(snapshot(&gw.project_dir("keep")), before);
@@ -415,13 +409,7 @@ async fn a_zip_of_an_earlier_version_opens(s3: Option<&S3Server>) {
     assert!(status.success());
     gw.restart().await.unwrap();
 
-    let p: Value = gw
-        .get("/api/projects/old")
-        .fetch()
-        .await
-        .json()
-        .await
-        .unwrap();
+    let p = gw.project("old").await.unwrap();
     assert_eq!(p["status"], "hibernated");
     assert_eq!(p["snapshot"]["id"], Value::Null, "{p}");
     let r = gw.post("/api/projects/old/open").fetch().await;

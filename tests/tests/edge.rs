@@ -499,7 +499,7 @@ async fn share_links_expire_are_revoked_everywhere_and_wake_only_when_made_to() 
         .fetch()
         .await;
     assert_eq!(error_of(r).await, (503, "unavailable".to_owned()));
-    let p: Value = a.get("/api/projects/s").fetch().await.json().await.unwrap();
+    let p = a.project("s").await.unwrap();
     assert_eq!(p["status"], "hibernated");
     let r = c
         .get(url(&a, host, "/"))
@@ -507,7 +507,7 @@ async fn share_links_expire_are_revoked_everywhere_and_wake_only_when_made_to() 
         .fetch()
         .await;
     assert_eq!(r.status().as_u16(), 200);
-    let p: Value = a.get("/api/projects/s").fetch().await.json().await.unwrap();
+    let p = a.project("s").await.unwrap();
     assert_eq!(p["status"], "active");
 }
 
@@ -542,13 +542,7 @@ async fn strangers_wake_a_public_preview_at_most_once_per_interval() {
         .unwrap();
     assert!(retry > 500 && retry <= 600, "{retry}");
     assert_eq!(error_of(r).await, (429, "too_many_requests".to_owned()));
-    let p: Value = gw
-        .get("/api/projects/w")
-        .fetch()
-        .await
-        .json()
-        .await
-        .unwrap();
+    let p = gw.project("w").await.unwrap();
     assert_eq!(p["status"], "hibernated");
     // The project's own users are never limited.
     let r = c

@@ -295,7 +295,15 @@ async fn bytes_sent_along_with_a_websocket_upgrade_arrive_on_both_sides() {
         None,
     )
     .await;
-    for want in ["hello", "echo:early"] {
+    // The greeting, the early frame's echo, then a frame sent now.
+    for (send, want) in [
+        (None, "hello"),
+        (None, "echo:early"),
+        (Some("later"), "echo:later"),
+    ] {
+        if let Some(text) = send {
+            ws.send(Message::text(text)).await.unwrap();
+        }
         match tokio::time::timeout(Duration::from_secs(10), ws.next())
             .await
             .unwrap()
@@ -303,14 +311,6 @@ async fn bytes_sent_along_with_a_websocket_upgrade_arrive_on_both_sides() {
             Some(Ok(Message::Text(t))) => assert_eq!(t.as_str(), want),
             other => panic!("expected {want}, got {other:?}"),
         }
-    }
-    ws.send(Message::text("later")).await.unwrap();
-    match tokio::time::timeout(Duration::from_secs(10), ws.next())
-        .await
-        .unwrap()
-    {
-        Some(Ok(Message::Text(t))) => assert_eq!(t.as_str(), "echo:later"),
-        other => panic!("expected the echo, got {other:?}"),
     }
 }
 
@@ -340,25 +340,13 @@ async fn a_preview_request_wakes_a_hibernated_project() {
 
     let r = gw.post("/api/projects/nap/hibernate").fetch().await;
     assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
-    let p: Value = gw
-        .get("/api/projects/nap")
-        .fetch()
-        .await
-        .json()
-        .await
-        .unwrap();
+    let p = gw.project("nap").await.unwrap();
     assert_eq!(p["status"], "hibernated");
 
     // Unauthenticated requests do not wake anything.
     let r = b.get(url(&gw, host, "/")).fetch().await;
     assert_eq!(r.status().as_u16(), 401);
-    let p: Value = gw
-        .get("/api/projects/nap")
-        .fetch()
-        .await
-        .json()
-        .await
-        .unwrap();
+    let p = gw.project("nap").await.unwrap();
     assert_eq!(p["status"], "hibernated");
 
     // One request with the cookie: restored, dev server started, page served.
@@ -369,13 +357,7 @@ async fn a_preview_request_wakes_a_hibernated_project() {
         .await;
     assert_eq!(r.status().as_u16(), 200);
     assert_eq!(r.json::<Value>().await.unwrap()["path"], "/woken");
-    let p: Value = gw
-        .get("/api/projects/nap")
-        .fetch()
-        .await
-        .json()
-        .await
-        .unwrap();
+    let p = gw.project("nap").await.unwrap();
     assert_eq!(p["status"], "active");
     let c = &p["containers"].as_array().unwrap()[0];
     assert_eq!(c["status"], "running", "{p}");

@@ -246,13 +246,7 @@ async fn a_tampered_pack_fails_the_open_and_the_project_stays_hibernated() {
         assert_eq!(v["error"]["code"], "snapshot_unusable", "{v}");
         let msg = v["error"]["message"].as_str().unwrap();
         assert!(msg.contains(&id) && msg.contains("pack"), "{msg}");
-        let p: Value = gw
-            .get("/api/projects/tamper")
-            .fetch()
-            .await
-            .json()
-            .await
-            .unwrap();
+        let p = gw.project("tamper").await.unwrap();
         assert_eq!(p["status"], "hibernated");
         assert!(
             !dir.exists() || std::fs::read_dir(&dir).unwrap().next().is_none(),

@@ -9,7 +9,6 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use serde_json::Value;
 use tests::Fetch as _;
 use tests::expect_error;
 use tests::gateway::Gateway;
@@ -62,13 +61,7 @@ async fn a_snapshot_over_the_cap_fails_and_changes_nothing() {
 
     let r = gw.post("/api/projects/big/hibernate").fetch().await;
     assert_over_cap(r).await;
-    let p: Value = gw
-        .get("/api/projects/big")
-        .fetch()
-        .await
-        .json()
-        .await
-        .unwrap();
+    let p = gw.project("big").await.unwrap();
     assert_eq!(p["status"], "active", "{p}");
     assert_eq!(files(&dir), before);
     assert_eq!(gw.exec_ok("big", "sha256sum big.bin").await.unwrap(), sum);

@@ -345,13 +345,7 @@ async fn a_terminal_wakes_a_hibernated_project() {
     assert!(r.status().is_success());
     let r = gw.post("/api/projects/sleepy/hibernate").fetch().await;
     assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
-    let p: Value = gw
-        .get("/api/projects/sleepy")
-        .fetch()
-        .await
-        .json()
-        .await
-        .unwrap();
+    let p = gw.project("sleepy").await.unwrap();
     assert_eq!(p["status"], "hibernated");
 
     let mut ws = connect(&gw, "sleepy", "").await.unwrap();
@@ -363,13 +357,7 @@ async fn a_terminal_wakes_a_hibernated_project() {
     })
     .await
     .unwrap();
-    let p: Value = gw
-        .get("/api/projects/sleepy")
-        .fetch()
-        .await
-        .json()
-        .await
-        .unwrap();
+    let p = gw.project("sleepy").await.unwrap();
     assert_eq!(p["status"], "active");
 }
 

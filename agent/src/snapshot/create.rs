@@ -618,7 +618,9 @@ mod tests {
     #[test]
     fn a_whole_cut_lists_every_pack_it_uploaded() {
         let tmp = tree();
-        std::fs::write(tmp.path().join("big.bin"), noise(9 << 20)).unwrap();
+        let mut big = vec![0u8; 9 << 20];
+        rand::fill(&mut big[..]);
+        std::fs::write(tmp.path().join("big.bin"), big).unwrap();
         let (tx, mut rx) = tokio::sync::mpsc::channel(64);
         let stop = AtomicBool::new(false);
         let (m, _) = cut(&open_root(tmp.path()), None, None, tx, &stop).unwrap();
@@ -631,18 +633,5 @@ mod tests {
         assert_eq!(sent, listed);
         let files = m.entries.iter().filter(|e| e.kind == Kind::File).count();
         assert_eq!(files, 21);
-    }
-
-    /// Incompressible bytes.
-    fn noise(n: usize) -> Vec<u8> {
-        let mut x = 0x9E37_79B9_7F4A_7C15u64;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
     }
 }
