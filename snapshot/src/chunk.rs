@@ -106,7 +106,8 @@ impl<R: Read> Chunks<'_, R> {
         Ok(Some(&self.chunker.buf[chunk]))
     }
 
-    /// Every chunk, copied (tests and small inputs).
+    /// Every chunk, copied.
+    #[cfg(test)]
     pub fn collect_all(mut self) -> io::Result<Vec<Vec<u8>>> {
         let mut out = Vec::new();
         while let Some(c) = self.next_chunk()? {
