@@ -70,6 +70,11 @@ struct Args {
     /// round, interleaved with the others.
     #[arg(long)]
     baseline: Option<PathBuf>,
+    /// Also run the node terminal client against the `--baseline` build
+    /// (one that takes the token in the WebSocket subprotocol, as the page
+    /// sends it: builds from 2026-12-03 on; older ones answer it 401).
+    #[arg(long)]
+    baseline_node: bool,
     /// The folder of the node terminal client (`term-client.mjs`), its
     /// `node_modules` (ws, socket.io-client, wetty) and
     /// `terminado_server.py`.
@@ -340,9 +345,21 @@ async fn main() -> Result<()> {
                     file.clone(),
                 ),
             ));
-            // Not the baseline build: it predates the token in the
-            // WebSocket subprotocol (the way the page and this client send
-            // it) and answers the node client 401. Its Rust-client row stays.
+            // The baseline build only when asked: an old one predates the
+            // token in the WebSocket subprotocol (the way the page and this
+            // client send it) and answers the node client 401.
+            if let (Some((b, _)), true) = (&base, args.baseline_node) {
+                clients.push((
+                    "node `ws` → baseline gateway (`--baseline`)".into(),
+                    Client::Node(
+                        "devgate",
+                        format!("ws://{}/api/projects/bench/terminal?cmd={bash}", b.addr),
+                        b.admin_token(),
+                        file.as_ref()
+                            .map(|_| b.project_dir("bench").join("big.txt")),
+                    ),
+                ));
+            }
         }
         if let Some(w) = &peers.wetty {
             clients.push((

@@ -1,7 +1,15 @@
 //! The gateway's client of project agents: the one module that converts
 //! between the agent's protobuf messages and the gateway's own types. It
 //! connects over a Unix socket (local runtime) or TCP (Kubernetes) with the
-//! agent's token, and [`AgentPool`] caches one channel per project.
+//! agent's token, and [`AgentPool`] caches one client per project.
+//!
+//! A client holds one HTTP/2 connection to its agent for the gateway's
+//! shared runtime, and dials one more for each of the listener's serving
+//! threads that uses it (see `server`: each runs a single-threaded runtime).
+//! A call made on a serving thread (a terminal's keystrokes and output, a
+//! file read) then runs wholly on that thread: its connection's tasks live
+//! on the same runtime as the browser's socket, so a keystroke's echo wakes
+//! no other thread of the gateway on its way in or out.
 
 // `.into()` between proto byte fields and `Bytes`/`Vec<u8>` keeps compiling
 // whichever of the two the generated code uses.
@@ -36,35 +44,55 @@ const MAX_MESSAGE: usize = 64 << 20;
 /// A connection to one agent; cheap to clone.
 #[derive(Clone)]
 pub struct AgentClient {
+    /// The connection for callers outside the serving threads.
     channel: Channel,
+    /// A connection per serving thread (by its index), dialed (lazily) on
+    /// that thread's runtime the first time a call is made there.
+    local: Arc<Mutex<Vec<Option<Channel>>>>,
+    address: Arc<AgentAddress>,
     token: Arc<str>,
 }
 
 impl AgentClient {
     /// A lazily connected client: the first call dials.
     pub fn connect_lazy(endpoint: &AgentEndpoint) -> Result<AgentClient> {
-        let channel = match &endpoint.address {
-            AgentAddress::Unix(path) => {
-                let path = path.clone();
-                base_endpoint(Endpoint::from_static("http://agent.local"))
-                    .connect_with_connector_lazy(tower::service_fn(move |_: http::Uri| {
-                        let path = path.clone();
-                        async move {
-                            let s = tokio::net::UnixStream::connect(path).await?;
-                            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
-                        }
-                    }))
-            }
-            AgentAddress::Tcp(uri) => base_endpoint(
-                Endpoint::from_shared(uri.clone())
-                    .map_err(|e| Error::internal(format!("bad agent uri {uri}: {e}")))?,
-            )
-            .connect_lazy(),
-        };
         Ok(AgentClient {
-            channel,
+            channel: dial(&endpoint.address)?,
+            local: Arc::default(),
+            address: Arc::new(endpoint.address.clone()),
             token: Arc::from(endpoint.token.as_str()),
         })
+    }
+
+    /// The connection to use from the current thread: a serving thread's
+    /// own (dialed now if it has none yet), else the shared one.
+    fn channel(&self) -> Channel {
+        let Some(i) = crate::conn::serving_thread() else {
+            return self.channel.clone();
+        };
+        let mut local = self.local.lock().unwrap_or_else(|p| p.into_inner());
+        if local.len() <= i {
+            local.resize(i + 1, None);
+        }
+        if let Some(c) = &local[i] {
+            return c.clone();
+        }
+        // Dialing cannot fail here: the same address was dialed when the
+        // client was made.
+        match dial(&self.address) {
+            Ok(c) => {
+                local[i] = Some(c.clone());
+                c
+            }
+            Err(_) => self.channel.clone(),
+        }
+    }
+
+    /// How many serving threads have a connection of their own (tests).
+    #[cfg(test)]
+    fn local_channels(&self) -> usize {
+        let local = self.local.lock().unwrap_or_else(|p| p.into_inner());
+        local.iter().flatten().count()
     }
 
     fn req<T>(&self, msg: T) -> tonic::Request<T> {
@@ -78,28 +106,28 @@ impl AgentClient {
     }
 
     fn fs(&self) -> pb::filesystem_client::FilesystemClient<Channel> {
-        pb::filesystem_client::FilesystemClient::new(self.channel.clone())
+        pb::filesystem_client::FilesystemClient::new(self.channel())
             .max_decoding_message_size(MAX_MESSAGE)
     }
 
     fn process(&self) -> pb::process_client::ProcessClient<Channel> {
-        pb::process_client::ProcessClient::new(self.channel.clone())
+        pb::process_client::ProcessClient::new(self.channel())
             .max_decoding_message_size(MAX_MESSAGE)
     }
 
     fn git(&self) -> pb::git_client::GitClient<Channel> {
-        pb::git_client::GitClient::new(self.channel.clone()).max_decoding_message_size(MAX_MESSAGE)
+        pb::git_client::GitClient::new(self.channel()).max_decoding_message_size(MAX_MESSAGE)
     }
 
     fn archive(&self) -> pb::archive_client::ArchiveClient<Channel> {
-        pb::archive_client::ArchiveClient::new(self.channel.clone())
+        pb::archive_client::ArchiveClient::new(self.channel())
             .max_decoding_message_size(MAX_MESSAGE)
     }
 
     // ---- snapshots ----
 
     fn snapshot(&self) -> pb::snapshot_client::SnapshotClient<Channel> {
-        pb::snapshot_client::SnapshotClient::new(self.channel.clone())
+        pb::snapshot_client::SnapshotClient::new(self.channel())
             .max_decoding_message_size(MAX_MESSAGE)
     }
 
@@ -249,6 +277,30 @@ async fn unary<T>(
     }
 }
 
+/// A lazily connected channel to the agent at `address` (the first call
+/// dials), on the current runtime: its tasks are spawned there.
+fn dial(address: &AgentAddress) -> Result<Channel> {
+    Ok(match address {
+        AgentAddress::Unix(path) => {
+            let path = path.clone();
+            base_endpoint(Endpoint::from_static("http://agent.local")).connect_with_connector_lazy(
+                tower::service_fn(move |_: http::Uri| {
+                    let path = path.clone();
+                    async move {
+                        let s = tokio::net::UnixStream::connect(path).await?;
+                        Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
+                    }
+                }),
+            )
+        }
+        AgentAddress::Tcp(uri) => base_endpoint(
+            Endpoint::from_shared(uri.clone())
+                .map_err(|e| Error::internal(format!("bad agent uri {uri}: {e}")))?,
+        )
+        .connect_lazy(),
+    })
+}
+
 fn base_endpoint(e: Endpoint) -> Endpoint {
     e.connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
@@ -351,5 +403,48 @@ impl AgentPool {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|key, _| key != project && !key.starts_with(&prefix));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client() -> AgentClient {
+        AgentClient::connect_lazy(&AgentEndpoint {
+            address: AgentAddress::Unix("/nonexistent/agent.sock".into()),
+            token: "t".into(),
+        })
+        .unwrap()
+    }
+
+    /// A call from a serving thread gets that thread's own connection, made
+    /// once; a call from anywhere else, the shared one.
+    #[test]
+    fn each_serving_thread_dials_its_own_connection() {
+        let shared = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let c = shared.block_on(async { client() });
+        shared.block_on(async {
+            let _ = c.channel();
+        });
+        assert_eq!(c.local_channels(), 0, "not a serving thread");
+        for index in [1, 0, 1] {
+            let c = c.clone();
+            std::thread::spawn(move || {
+                crate::conn::set_serving_thread(index);
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    let _ = c.channel();
+                    let _ = c.channel();
+                });
+            })
+            .join()
+            .unwrap();
+        }
+        assert_eq!(c.local_channels(), 2, "one per serving thread, kept");
     }
 }

@@ -3,10 +3,29 @@
 //! serving thread's load): the listener wraps every accepted socket in one,
 //! hyper serves it, and the preview proxy takes it back out of a connection
 //! upgraded to a WebSocket (`preview::proxy`), so the counts hold for as
-//! long as the socket lives, upgraded or not. A leaf: it knows nothing of
-//! either side.
+//! long as the socket lives, upgraded or not. It also names the serving
+//! thread the current code runs on ([`serving_thread`]), so that what a
+//! request uses (an agent's connection, say) can be kept on that thread. A
+//! leaf: it knows nothing of either side.
+
+use std::cell::Cell;
 
 use tokio::net::TcpStream;
+
+thread_local! {
+    static SERVING_THREAD: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// Marks the current thread as the listener's serving thread `index` (each
+/// runs a single-threaded runtime of its own: `server`).
+pub fn set_serving_thread(index: usize) {
+    SERVING_THREAD.with(|t| t.set(Some(index)));
+}
+
+/// Which of the listener's serving threads the caller runs on, if any.
+pub fn serving_thread() -> Option<usize> {
+    SERVING_THREAD.with(Cell::get)
+}
 
 /// A socket and its place in the connection counts.
 pub struct Counted {
