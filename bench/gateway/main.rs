@@ -73,7 +73,7 @@ struct Args {
     /// Also run the node terminal client against the `--baseline` build
     /// (one that takes the token in the WebSocket subprotocol, as the page
     /// sends it: builds from 2026-12-03 on; older ones answer it 401).
-    #[arg(long)]
+    #[arg(long, requires = "baseline")]
     baseline_node: bool,
     /// The folder of the node terminal client (`term-client.mjs`), its
     /// `node_modules` (ws, socket.io-client, wetty) and
@@ -348,7 +348,9 @@ async fn main() -> Result<()> {
             // The baseline build only when asked: an old one predates the
             // token in the WebSocket subprotocol (the way the page and this
             // client send it) and answers the node client 401.
-            if let (Some((b, _)), true) = (&base, args.baseline_node) {
+            if args.baseline_node
+                && let Some((b, _)) = &base
+            {
                 clients.push((
                     "node `ws` → baseline gateway (`--baseline`)".into(),
                     Client::Node(

@@ -3,13 +3,14 @@
 //! connects over a Unix socket (local runtime) or TCP (Kubernetes) with the
 //! agent's token, and [`AgentPool`] caches one client per project.
 //!
-//! A client holds one HTTP/2 connection to its agent for the gateway's
-//! shared runtime, and dials one more for each of the listener's serving
-//! threads that uses it (see `server`: each runs a single-threaded runtime).
-//! A call made on a serving thread (a terminal's keystrokes and output, a
-//! file read) then runs wholly on that thread: its connection's tasks live
-//! on the same runtime as the browser's socket, so a keystroke's echo wakes
-//! no other thread of the gateway on its way in or out.
+//! A client holds one HTTP/2 connection to its agent, dialed on first use
+//! on the gateway's shared runtime (`conn::shared_runtime`), whichever
+//! thread asked. A terminal's attach, a stream that lives as long as the
+//! browser's socket, instead goes over a connection of the serving thread
+//! that holds that socket (see `server`: each runs a single-threaded
+//! runtime), dialed there the first time that thread attaches a terminal of
+//! this agent: its connection's tasks then run on the same runtime as the
+//! socket, so a keystroke and its echo cross no other gateway thread.
 
 // `.into()` between proto byte fields and `Bytes`/`Vec<u8>` keeps compiling
 // whichever of the two the generated code uses.
@@ -21,7 +22,7 @@ mod process;
 mod types;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -44,55 +45,81 @@ const MAX_MESSAGE: usize = 64 << 20;
 /// A connection to one agent; cheap to clone.
 #[derive(Clone)]
 pub struct AgentClient {
-    /// The connection for callers outside the serving threads.
-    channel: Channel,
-    /// A connection per serving thread (by its index), dialed (lazily) on
-    /// that thread's runtime the first time a call is made there.
-    local: Arc<Mutex<Vec<Option<Channel>>>>,
-    address: Arc<AgentAddress>,
+    dialer: Arc<Dialer>,
+    /// The connection of every call but terminal attaches made on a serving
+    /// thread; dialed on first use.
+    shared: Arc<OnceLock<Channel>>,
+    /// Terminal connections, by the id of the serving thread that made each.
+    terminals: Arc<Mutex<Vec<(usize, Channel)>>>,
     token: Arc<str>,
+}
+
+/// Where an agent listens, checked when the client is made.
+enum Dialer {
+    Unix(std::path::PathBuf),
+    Tcp(Box<Endpoint>),
 }
 
 impl AgentClient {
     /// A lazily connected client: the first call dials.
     pub fn connect_lazy(endpoint: &AgentEndpoint) -> Result<AgentClient> {
+        let dialer = match &endpoint.address {
+            AgentAddress::Unix(path) => Dialer::Unix(path.clone()),
+            AgentAddress::Tcp(uri) => Dialer::Tcp(Box::new(base_endpoint(
+                Endpoint::from_shared(uri.clone())
+                    .map_err(|e| Error::internal(format!("bad agent uri {uri}: {e}")))?,
+            ))),
+        };
         Ok(AgentClient {
-            channel: dial(&endpoint.address)?,
-            local: Arc::default(),
-            address: Arc::new(endpoint.address.clone()),
+            dialer: Arc::new(dialer),
+            shared: Arc::default(),
+            terminals: Arc::default(),
             token: Arc::from(endpoint.token.as_str()),
         })
     }
 
-    /// The connection to use from the current thread: a serving thread's
-    /// own (dialed now if it has none yet), else the shared one.
-    fn channel(&self) -> Channel {
-        let Some(i) = crate::conn::serving_thread() else {
-            return self.channel.clone();
-        };
-        let mut local = self.local.lock().unwrap_or_else(|p| p.into_inner());
-        if local.len() <= i {
-            local.resize(i + 1, None);
-        }
-        if let Some(c) = &local[i] {
-            return c.clone();
-        }
-        // Dialing cannot fail here: the same address was dialed when the
-        // client was made.
-        match dial(&self.address) {
-            Ok(c) => {
-                local[i] = Some(c.clone());
-                c
+    /// A lazily connected channel whose tasks run on the current runtime.
+    fn dial(&self) -> Channel {
+        match &*self.dialer {
+            Dialer::Unix(path) => {
+                let path = path.clone();
+                base_endpoint(Endpoint::from_static("http://agent.local"))
+                    .connect_with_connector_lazy(tower::service_fn(move |_: http::Uri| {
+                        let path = path.clone();
+                        async move {
+                            let s = tokio::net::UnixStream::connect(path).await?;
+                            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
+                        }
+                    }))
             }
-            Err(_) => self.channel.clone(),
+            Dialer::Tcp(endpoint) => Endpoint::clone(endpoint).connect_lazy(),
         }
     }
 
-    /// How many serving threads have a connection of their own (tests).
-    #[cfg(test)]
-    fn local_channels(&self) -> usize {
-        let local = self.local.lock().unwrap_or_else(|p| p.into_inner());
-        local.iter().flatten().count()
+    /// The shared connection, dialed on the shared runtime (or, before one
+    /// is recorded, the caller's).
+    fn channel(&self) -> Channel {
+        self.shared
+            .get_or_init(|| {
+                let _on = crate::conn::shared_runtime().map(|rt| rt.enter());
+                self.dial()
+            })
+            .clone()
+    }
+
+    /// The connection for a terminal attach: the caller's serving thread's
+    /// own, else the shared one.
+    fn terminal_channel(&self) -> Channel {
+        let Some(id) = crate::conn::serving_thread() else {
+            return self.channel();
+        };
+        let mut terminals = self.terminals.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, c)) = terminals.iter().find(|(t, _)| *t == id) {
+            return c.clone();
+        }
+        let c = self.dial();
+        terminals.push((id, c.clone()));
+        c
     }
 
     fn req<T>(&self, msg: T) -> tonic::Request<T> {
@@ -112,6 +139,12 @@ impl AgentClient {
 
     fn process(&self) -> pb::process_client::ProcessClient<Channel> {
         pb::process_client::ProcessClient::new(self.channel())
+            .max_decoding_message_size(MAX_MESSAGE)
+    }
+
+    /// The process service over [`Self::terminal_channel`].
+    fn terminal(&self) -> pb::process_client::ProcessClient<Channel> {
+        pb::process_client::ProcessClient::new(self.terminal_channel())
             .max_decoding_message_size(MAX_MESSAGE)
     }
 
@@ -277,30 +310,6 @@ async fn unary<T>(
     }
 }
 
-/// A lazily connected channel to the agent at `address` (the first call
-/// dials), on the current runtime: its tasks are spawned there.
-fn dial(address: &AgentAddress) -> Result<Channel> {
-    Ok(match address {
-        AgentAddress::Unix(path) => {
-            let path = path.clone();
-            base_endpoint(Endpoint::from_static("http://agent.local")).connect_with_connector_lazy(
-                tower::service_fn(move |_: http::Uri| {
-                    let path = path.clone();
-                    async move {
-                        let s = tokio::net::UnixStream::connect(path).await?;
-                        Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
-                    }
-                }),
-            )
-        }
-        AgentAddress::Tcp(uri) => base_endpoint(
-            Endpoint::from_shared(uri.clone())
-                .map_err(|e| Error::internal(format!("bad agent uri {uri}: {e}")))?,
-        )
-        .connect_lazy(),
-    })
-}
-
 fn base_endpoint(e: Endpoint) -> Endpoint {
     e.connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
@@ -408,43 +417,80 @@ impl AgentPool {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
     use super::*;
 
-    fn client() -> AgentClient {
-        AgentClient::connect_lazy(&AgentEndpoint {
-            address: AgentAddress::Unix("/nonexistent/agent.sock".into()),
+    /// An "agent" that accepts connections and never answers: counts them.
+    fn silent_agent(dir: &std::path::Path) -> (AgentEndpoint, Arc<AtomicUsize>) {
+        let path = dir.join("agent.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for s in listener.incoming() {
+                count.fetch_add(1, Ordering::SeqCst);
+                held.push(s);
+            }
+        });
+        let endpoint = AgentEndpoint {
+            address: AgentAddress::Unix(path),
             token: "t".into(),
-        })
-        .unwrap()
+        };
+        (endpoint, accepted)
     }
 
-    /// A call from a serving thread gets that thread's own connection, made
-    /// once; a call from anywhere else, the shared one.
+    /// Starts a call of each kind (none is answered) and gives up on it.
+    async fn call(c: &AgentClient, terminal: bool) {
+        let wait = Duration::from_millis(300);
+        if terminal {
+            let input = futures::stream::pending::<PtyInput>();
+            let _ = tokio::time::timeout(wait, c.attach_pty("s", None, input)).await;
+        } else {
+            let _ = tokio::time::timeout(wait, c.list_pty()).await;
+        }
+    }
+
+    /// Terminal attaches from a serving thread go over that thread's own
+    /// connection, dialed once and kept; every other call, from any
+    /// thread, over the one shared connection on the shared runtime.
     #[test]
-    fn each_serving_thread_dials_its_own_connection() {
-        let shared = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        let c = shared.block_on(async { client() });
-        shared.block_on(async {
-            let _ = c.channel();
-        });
-        assert_eq!(c.local_channels(), 0, "not a serving thread");
-        for index in [1, 0, 1] {
+    fn terminals_get_a_connection_per_serving_thread_the_rest_share_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (endpoint, accepted) = silent_agent(dir.path());
+        // Kept for the process: other tests' clients may dial on it too.
+        let shared: &'static tokio::runtime::Runtime = Box::leak(Box::new(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap(),
+        ));
+        crate::conn::set_shared_runtime(shared.handle().clone());
+        let c = AgentClient::connect_lazy(&endpoint).unwrap();
+        shared.block_on(call(&c, false));
+        shared.block_on(call(&c, true));
+        for _ in 0..2 {
             let c = c.clone();
             std::thread::spawn(move || {
-                crate::conn::set_serving_thread(index);
+                crate::conn::set_serving_thread();
                 let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
                     .build()
                     .unwrap();
                 rt.block_on(async {
-                    let _ = c.channel();
-                    let _ = c.channel();
+                    call(&c, true).await;
+                    call(&c, true).await;
+                    call(&c, false).await;
                 });
             })
             .join()
             .unwrap();
         }
-        assert_eq!(c.local_channels(), 2, "one per serving thread, kept");
+        std::thread::sleep(Duration::from_millis(200));
+        // The shared one, and one per serving thread.
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
     }
 }

@@ -216,7 +216,7 @@ impl Threads {
             let handle = std::thread::Builder::new()
                 .name(format!("http-{i}"))
                 .spawn(move || {
-                    crate::conn::set_serving_thread(i);
+                    crate::conn::set_serving_thread();
                     rt.block_on(async move {
                         while let Some((tcp, accepted)) = rx.recv().await {
                             // Registered with this thread's reactor.

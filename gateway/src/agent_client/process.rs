@@ -80,7 +80,7 @@ impl AgentClient {
             }),
         }));
         let s = self
-            .process()
+            .terminal()
             .attach_pty(self.req(msgs))
             .await?
             .into_inner();
