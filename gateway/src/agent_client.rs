@@ -50,7 +50,7 @@ pub struct AgentClient {
     /// thread; dialed on first use.
     shared: Arc<OnceLock<Channel>>,
     /// Terminal connections, by the id of the serving thread that made each.
-    terminals: Arc<Mutex<Vec<(usize, Channel)>>>,
+    terminals: Arc<Mutex<Vec<(std::thread::ThreadId, Channel)>>>,
     token: Arc<str>,
 }
 
@@ -96,13 +96,16 @@ impl AgentClient {
         }
     }
 
-    /// The shared connection, dialed on the shared runtime (or, before one
-    /// is recorded, the caller's).
+    /// The shared connection, dialed on the runtime of the gateway's own
+    /// tasks (from a serving thread, that runtime is entered to dial).
     fn channel(&self) -> Channel {
         self.shared
-            .get_or_init(|| {
-                let _on = crate::conn::shared_runtime().map(|rt| rt.enter());
-                self.dial()
+            .get_or_init(|| match crate::conn::shared_runtime() {
+                Some(rt) => {
+                    let _on = rt.enter();
+                    self.dial()
+                }
+                None => self.dial(),
             })
             .clone()
     }
@@ -460,22 +463,18 @@ mod tests {
     fn terminals_get_a_connection_per_serving_thread_the_rest_share_one() {
         let dir = tempfile::tempdir().unwrap();
         let (endpoint, accepted) = silent_agent(dir.path());
-        // Kept for the process: other tests' clients may dial on it too.
-        let shared: &'static tokio::runtime::Runtime = Box::leak(Box::new(
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-                .unwrap(),
-        ));
-        crate::conn::set_shared_runtime(shared.handle().clone());
+        let shared = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
         let c = AgentClient::connect_lazy(&endpoint).unwrap();
         shared.block_on(call(&c, false));
         shared.block_on(call(&c, true));
         for _ in 0..2 {
-            let c = c.clone();
+            let (c, on) = (c.clone(), shared.handle().clone());
             std::thread::spawn(move || {
-                crate::conn::set_serving_thread();
+                crate::conn::set_serving_thread(on);
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()

@@ -3,49 +3,42 @@
 //! serving thread's load): the listener wraps every accepted socket in one,
 //! hyper serves it, and the preview proxy takes it back out of a connection
 //! upgraded to a WebSocket (`preview::proxy`), so the counts hold for as
-//! long as the socket lives, upgraded or not. It also tells which runtime
-//! the current code runs on: one of the listener's serving threads
-//! ([`serving_thread`]), each a single-threaded runtime of its own, or the
-//! shared runtime ([`shared_runtime`]), so that a long-lived connection can
-//! be made where its users run. A leaf: it knows nothing of either side.
+//! long as the socket lives, upgraded or not. It also tells whether the
+//! current code runs on one of the listener's serving threads (each a
+//! single-threaded runtime of its own) and, there, which runtime runs its
+//! gateway's own tasks, so that a long-lived connection can be made where
+//! its users run. A leaf: it knows nothing of either side.
 
-use std::cell::Cell;
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::cell::RefCell;
 
 use tokio::net::TcpStream;
 
 thread_local! {
-    static SERVING_THREAD: Cell<Option<usize>> = const { Cell::new(None) };
+    /// On a serving thread: the runtime of its gateway's own tasks (each
+    /// gateway marks its own threads, so gateways in one process share
+    /// nothing here).
+    static SERVING: RefCell<Option<tokio::runtime::Handle>> = const { RefCell::new(None) };
 }
-
-/// Serving threads marked so far (their ids are never reused).
-static SERVING_THREADS: AtomicUsize = AtomicUsize::new(0);
-
-/// The runtime of the gateway's own tasks (the idle loop, upkeep, the
-/// lifecycle's background work), set once at start.
-static SHARED_RUNTIME: OnceLock<tokio::runtime::Handle> = OnceLock::new();
 
 /// Marks the current thread as one of the listener's serving threads (see
-/// `server`), with an id no other thread of the process gets.
-pub fn set_serving_thread() {
-    let id = SERVING_THREADS.fetch_add(1, Ordering::Relaxed);
-    SERVING_THREAD.with(|t| t.set(Some(id)));
+/// `server`); `shared` runs the gateway's own tasks (the idle loop,
+/// upkeep, the lifecycle's background work).
+pub fn set_serving_thread(shared: tokio::runtime::Handle) {
+    SERVING.with(|s| *s.borrow_mut() = Some(shared));
 }
 
-/// The id of the serving thread the caller runs on, if it runs on one.
-pub fn serving_thread() -> Option<usize> {
-    SERVING_THREAD.with(Cell::get)
+/// The serving thread the caller runs on, if it runs on one (a thread's id
+/// is never reused in the process).
+pub fn serving_thread() -> Option<std::thread::ThreadId> {
+    SERVING
+        .with(|s| s.borrow().is_some())
+        .then(|| std::thread::current().id())
 }
 
-/// Records the shared runtime (the first call wins).
-pub fn set_shared_runtime(handle: tokio::runtime::Handle) {
-    let _ = SHARED_RUNTIME.set(handle);
-}
-
-/// The shared runtime, once recorded.
-pub fn shared_runtime() -> Option<&'static tokio::runtime::Handle> {
-    SHARED_RUNTIME.get()
+/// The runtime of the gateway's own tasks, when the caller is on a serving
+/// thread (elsewhere, the caller's own runtime is that one).
+pub fn shared_runtime() -> Option<tokio::runtime::Handle> {
+    SERVING.with(|s| s.borrow().clone())
 }
 
 /// A socket and its place in the connection counts.

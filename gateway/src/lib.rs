@@ -51,9 +51,6 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     config.validate().map_err(anyhow::Error::msg)?;
-    // Agent connections used by the gateway's own tasks live here, not on
-    // whichever serving thread first asked for them.
-    conn::set_shared_runtime(tokio::runtime::Handle::current());
     let state = build_state(&config).await?;
     let addr = listener.local_addr()?;
     state

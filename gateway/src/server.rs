@@ -203,6 +203,8 @@ impl Threads {
     /// Starts `n` serving threads (none for 0: see [`serve`]).
     fn start(n: usize) -> std::io::Result<Serving> {
         let release = CancellationToken::new();
+        // The runtime this is called on runs the gateway's own tasks.
+        let shared = tokio::runtime::Handle::current();
         let mut workers = Vec::with_capacity(n);
         let mut handles = Vec::with_capacity(n);
         for i in 0..n {
@@ -212,11 +214,11 @@ impl Threads {
             let (tx, mut rx) =
                 tokio::sync::mpsc::unbounded_channel::<(std::net::TcpStream, Accepted)>();
             let open = Arc::new(AtomicUsize::new(0));
-            let (count, release) = (open.clone(), release.clone());
+            let (count, release, shared) = (open.clone(), release.clone(), shared.clone());
             let handle = std::thread::Builder::new()
                 .name(format!("http-{i}"))
                 .spawn(move || {
-                    crate::conn::set_serving_thread();
+                    crate::conn::set_serving_thread(shared);
                     rt.block_on(async move {
                         while let Some((tcp, accepted)) = rx.recv().await {
                             // Registered with this thread's reactor.

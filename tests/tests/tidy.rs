@@ -166,6 +166,9 @@ const GATEWAY_STATICS: &[(&str, &str)] = &[
     // state (the idle connections are in each `Pool`, held by `AppState`).
     ("gateway/src/preview_state/pool.rs", "NEXT_THREAD"),
     ("gateway/src/preview_state/pool.rs", "SHARD"),
+    // Per thread: whether it is one of a gateway's serving threads, and that
+    // gateway's runtime; set by each gateway's listener on its own threads.
+    ("gateway/src/conn.rs", "SERVING"),
 ];
 
 #[test]
