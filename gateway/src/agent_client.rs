@@ -3,12 +3,13 @@
 //! connects over a Unix socket (local runtime) or TCP (Kubernetes) with the
 //! agent's token, and [`AgentPool`] caches one client per project.
 //!
-//! A client holds one HTTP/2 connection to its agent, dialed on first use
-//! on the gateway's shared runtime (`conn::shared_runtime`), whichever
-//! thread asked. A terminal's attach, a stream that lives as long as the
-//! browser's socket, instead goes over a connection of the serving thread
-//! that holds that socket (see `server`: each runs a single-threaded
-//! runtime), dialed there the first time that thread attaches a terminal of
+//! A client holds one HTTP/2 connection to its agent, dialed on first use:
+//! from a serving thread (see `server`: each runs a single-threaded
+//! runtime), on the gateway's own runtime (`conn::shared_runtime`), so that
+//! it outlives the thread; from anywhere else, on the caller's runtime. A
+//! terminal's attach, a stream that lives as long as the browser's socket,
+//! instead goes over a connection of the serving thread that holds that
+//! socket, dialed there the first time that thread attaches a terminal of
 //! this agent: its connection's tasks then run on the same runtime as the
 //! socket, so a keystroke and its echo cross no other gateway thread.
 
@@ -420,76 +421,110 @@ impl AgentPool {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::mpsc;
     use std::time::Duration;
 
     use super::*;
 
-    /// An "agent" that accepts connections and never answers: counts them.
-    fn silent_agent(dir: &std::path::Path) -> (AgentEndpoint, Arc<AtomicUsize>) {
+    /// An "agent" that accepts connections and never answers: reports each.
+    fn silent_agent(dir: &std::path::Path) -> (AgentEndpoint, mpsc::Receiver<()>) {
         let path = dir.join("agent.sock");
         let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let count = accepted.clone();
+        let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             let mut held = Vec::new();
             for s in listener.incoming() {
-                count.fetch_add(1, Ordering::SeqCst);
                 held.push(s);
+                let _ = tx.send(());
             }
         });
         let endpoint = AgentEndpoint {
             address: AgentAddress::Unix(path),
             token: "t".into(),
         };
-        (endpoint, accepted)
+        (endpoint, rx)
     }
 
-    /// Starts a call of each kind (none is answered) and gives up on it.
-    async fn call(c: &AgentClient, terminal: bool) {
+    /// Starts a call of either kind and gives up on it: true when it was
+    /// still waiting for the (silent) agent, false when it failed at once
+    /// (its connection's tasks gone with their runtime).
+    async fn call(c: &AgentClient, terminal: bool) -> bool {
         let wait = Duration::from_millis(300);
         if terminal {
             let input = futures::stream::pending::<PtyInput>();
-            let _ = tokio::time::timeout(wait, c.attach_pty("s", None, input)).await;
+            tokio::time::timeout(wait, c.attach_pty("s", None, input))
+                .await
+                .is_err()
         } else {
-            let _ = tokio::time::timeout(wait, c.list_pty()).await;
+            tokio::time::timeout(wait, c.list_pty()).await.is_err()
         }
+    }
+
+    /// Runs `f` on a new serving thread of a gateway whose own runtime is
+    /// `shared`, and waits for it.
+    fn on_serving_thread<T: Send + 'static>(
+        shared: &tokio::runtime::Runtime,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> T {
+        let on = shared.handle().clone();
+        std::thread::spawn(move || {
+            crate::conn::set_serving_thread(on);
+            f()
+        })
+        .join()
+        .unwrap()
     }
 
     /// Terminal attaches from a serving thread go over that thread's own
     /// connection, dialed once and kept; every other call, from any
-    /// thread, over the one shared connection on the shared runtime.
+    /// thread, over one shared connection whose tasks run on the gateway's
+    /// own runtime, even when a serving thread dialed it.
     #[test]
     fn terminals_get_a_connection_per_serving_thread_the_rest_share_one() {
         let dir = tempfile::tempdir().unwrap();
-        let (endpoint, accepted) = silent_agent(dir.path());
+        let (endpoint, accepts) = silent_agent(dir.path());
+        let accepted = || accepts.recv_timeout(Duration::from_secs(10)).is_ok();
         let shared = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .unwrap();
         let c = AgentClient::connect_lazy(&endpoint).unwrap();
-        shared.block_on(call(&c, false));
-        shared.block_on(call(&c, true));
-        for _ in 0..2 {
-            let (c, on) = (c.clone(), shared.handle().clone());
-            std::thread::spawn(move || {
-                crate::conn::set_serving_thread(on);
+        // The first call of all, from a serving thread that then ends.
+        let first = c.clone();
+        let waited = on_serving_thread(&shared, move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(call(&first, false))
+        });
+        assert!(waited, "the shared connection's call waited for the agent");
+        assert!(accepted(), "the shared connection");
+        // Its tasks outlived that thread's runtime: a call from another
+        // serving thread, and one from outside, still wait on it.
+        for i in 0..2 {
+            let c = c.clone();
+            let waited = on_serving_thread(&shared, move || {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
                     .unwrap();
                 rt.block_on(async {
-                    call(&c, true).await;
-                    call(&c, true).await;
-                    call(&c, false).await;
-                });
-            })
-            .join()
-            .unwrap();
+                    let shared_ok = call(&c, false).await;
+                    let terminal_ok = call(&c, true).await && call(&c, true).await;
+                    (shared_ok, terminal_ok)
+                })
+            });
+            assert_eq!(waited, (true, true), "serving thread {i}");
+            assert!(accepted(), "serving thread {i}'s terminal connection");
         }
-        std::thread::sleep(Duration::from_millis(200));
-        // The shared one, and one per serving thread.
-        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+        assert!(shared.block_on(call(&c, false)));
+        assert!(shared.block_on(call(&c, true)), "outside: the shared one");
+        assert_eq!(c.terminals.lock().unwrap().len(), 2);
+        assert!(
+            accepts.recv_timeout(Duration::from_millis(300)).is_err(),
+            "no connection beyond the shared one and one per serving thread"
+        );
     }
 }
