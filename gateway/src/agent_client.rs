@@ -460,16 +460,24 @@ mod tests {
         }
     }
 
-    /// Runs `f` on a new serving thread of a gateway whose own runtime is
-    /// `shared`, and waits for it.
-    fn on_serving_thread<T: Send + 'static>(
+    /// Runs `f`'s future on a new serving thread (its own single-threaded
+    /// runtime) of a gateway whose own runtime is `shared`, and waits for it.
+    fn on_serving_thread<T, F>(
         shared: &tokio::runtime::Runtime,
-        f: impl FnOnce() -> T + Send + 'static,
-    ) -> T {
+        f: impl FnOnce() -> F + Send + 'static,
+    ) -> T
+    where
+        T: Send + 'static,
+        F: std::future::Future<Output = T>,
+    {
         let on = shared.handle().clone();
         std::thread::spawn(move || {
             crate::conn::set_serving_thread(on);
-            f()
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(f())
         })
         .join()
         .unwrap()
@@ -492,29 +500,17 @@ mod tests {
         let c = AgentClient::connect_lazy(&endpoint).unwrap();
         // The first call of all, from a serving thread that then ends.
         let first = c.clone();
-        let waited = on_serving_thread(&shared, move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(call(&first, false))
-        });
+        let waited = on_serving_thread(&shared, move || async move { call(&first, false).await });
         assert!(waited, "the shared connection's call waited for the agent");
         assert!(accepted(), "the shared connection");
         // Its tasks outlived that thread's runtime: a call from another
         // serving thread, and one from outside, still wait on it.
         for i in 0..2 {
             let c = c.clone();
-            let waited = on_serving_thread(&shared, move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                rt.block_on(async {
-                    let shared_ok = call(&c, false).await;
-                    let terminal_ok = call(&c, true).await && call(&c, true).await;
-                    (shared_ok, terminal_ok)
-                })
+            let waited = on_serving_thread(&shared, move || async move {
+                let shared_ok = call(&c, false).await;
+                let terminal_ok = call(&c, true).await && call(&c, true).await;
+                (shared_ok, terminal_ok)
             });
             assert_eq!(waited, (true, true), "serving thread {i}");
             assert!(accepted(), "serving thread {i}'s terminal connection");

@@ -22,12 +22,19 @@ use super::{COOKIE, Refusal};
 use crate::runtime::ContainerRoute;
 use crate::state::AppState;
 
+/// The pseudonym, as a literal (for `VIA_OURS`'s `concat!`).
+macro_rules! via_name {
+    () => {
+        "devgate"
+    };
+}
+
 /// The pseudonym this gateway adds to `Via` (RFC 9110 section 7.6.3) on
 /// requests it sends to dev servers; see `looped` for the loop guard.
-pub(super) const VIA_NAME: &str = "devgate";
+pub(super) const VIA_NAME: &str = via_name!();
 
 /// This gateway's own `Via` entry, when it is the first.
-const VIA_OURS: &str = "1.1 devgate";
+const VIA_OURS: &str = concat!("1.1 ", via_name!());
 
 /// Headers that describe one hop, never forwarded (RFC 9110 section 7.6.1).
 const HOP_BY_HOP: [&str; 8] = [
