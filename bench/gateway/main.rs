@@ -84,6 +84,11 @@ struct Args {
     /// it terminado is left out.
     #[arg(long)]
     terminado_python: Option<PathBuf>,
+    /// nginx's `worker_processes` for the proxy and static peers (`auto`:
+    /// one per core, the tuned default; `1` to compare with a gateway run
+    /// with `--http-threads 1` as a `--baseline` wrapper).
+    #[arg(long, default_value = "auto")]
+    nginx_workers: String,
 }
 
 impl Args {
@@ -148,7 +153,12 @@ async fn main() -> Result<()> {
     let plain_port = tests::free_port();
     let ws_proxy_port = tests::free_port();
     let ws_up_port = tests::free_port();
+    anyhow::ensure!(
+        args.nginx_workers == "auto" || args.nginx_workers.parse::<u16>().is_ok_and(|n| n > 0),
+        "--nginx-workers is `auto` or a positive number"
+    );
     let conf = NGINX_CONF
+        .replace("__WORKERS__", &args.nginx_workers)
         .replace("__WS_PROXY_PORT__", &ws_proxy_port.to_string())
         .replace("__WS_UP_PORT__", &ws_up_port.to_string())
         .replace("__PROXY_PORT__", &proxy_port.to_string())
@@ -227,6 +237,7 @@ async fn main() -> Result<()> {
              {base_row}\
              | nginx, plain `proxy_pass` (a new upstream connection per request) | {:.0} | {:.2} ms | {:.2} ms | {} |\n\
              | nginx, upstream `keepalive 64` pool (`proxy_http_version 1.1`, `Connection \"\"`) | {:.0} | {:.2} ms | {:.2} ms | {} |\n\n\
+             nginx's `worker_processes`: {}.\n\n\
              Every round, req/s: {rounds}\n",
             args.duration,
             args.rounds,
@@ -241,6 +252,7 @@ async fn main() -> Result<()> {
             n.p50_ms,
             n.p99_ms,
             verdict(&n),
+            args.nginx_workers,
         ));
     }
 
@@ -928,7 +940,7 @@ http {
 "#;
 
 const NGINX_CONF: &str = r#"user root;
-worker_processes auto;
+worker_processes __WORKERS__;
 daemon off;
 pid nginx.pid;
 error_log stderr warn;
