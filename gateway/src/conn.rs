@@ -44,6 +44,9 @@ pub fn shared_runtime() -> Option<tokio::runtime::Handle> {
 /// A socket and its place in the connection counts.
 pub struct Counted {
     io: TcpStream,
+    /// Bytes read from the socket and given back (see [`Counted::unread`]):
+    /// reads return them before anything more from the socket.
+    unread: bytes::Bytes,
     /// Released when the socket goes.
     _held: Box<dyn Send>,
 }
@@ -51,7 +54,24 @@ pub struct Counted {
 impl Counted {
     /// `io`, counted while `held` lives.
     pub fn new(io: TcpStream, held: Box<dyn Send>) -> Counted {
-        Counted { io, _held: held }
+        Counted {
+            io,
+            unread: bytes::Bytes::new(),
+            _held: held,
+        }
+    }
+
+    /// Gives back bytes read from this socket and not used: the next reads
+    /// return them first, in front of any given back before.
+    pub fn unread(&mut self, bytes: bytes::Bytes) {
+        if self.unread.is_empty() {
+            self.unread = bytes;
+        } else if !bytes.is_empty() {
+            let mut joined = bytes::BytesMut::with_capacity(bytes.len() + self.unread.len());
+            joined.extend_from_slice(&bytes);
+            joined.extend_from_slice(&self.unread);
+            self.unread = joined.freeze();
+        }
     }
 }
 
@@ -61,6 +81,11 @@ impl tokio::io::AsyncRead for Counted {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
+        if !self.unread.is_empty() {
+            let n = buf.remaining().min(self.unread.len());
+            buf.put_slice(&self.unread.split_to(n));
+            return std::task::Poll::Ready(Ok(()));
+        }
         std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
     }
 }

@@ -80,6 +80,9 @@ pub async fn run(
     // Preview hosts are dispatched ahead of the API's router and middleware.
     let app = api::router(state.clone());
     let front: server::Front = Arc::new(preview::front(state.clone()));
+    let fast: Option<server::Fast> = config
+        .preview_fast_path
+        .then(|| Arc::new(preview::fast(state.clone())) as server::Fast);
     let cancel = state.shutdown.clone();
     tokio::spawn({
         let cancel = cancel.clone();
@@ -110,7 +113,12 @@ pub async fn run(
         None => std::thread::available_parallelism().map_or(1, usize::from),
     };
     let server = tokio::spawn(server::serve(
-        listener, app, front, limits, cancel, grace, threads,
+        listener,
+        server::Services { app, front, fast },
+        limits,
+        cancel,
+        grace,
+        threads,
     ));
     announce(&config, &state, addr);
     let threads = server

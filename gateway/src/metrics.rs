@@ -87,6 +87,8 @@ pub struct Metrics {
     pub open_terminals: Gauge,
     pub open_websockets: Family<KindLabels, Gauge>,
     pub proxied_bytes: Family<DirectionLabels, Counter>,
+    /// Preview requests answered by the fast path (`preview::fast`).
+    pub preview_fast: Counter,
     /// Client connections open now.
     pub open_connections: Gauge,
     /// Requests and connections refused by a limit, by reason
@@ -149,6 +151,12 @@ impl Metrics {
             "Bytes passed through the preview proxy",
             proxied_bytes.clone(),
         );
+        let preview_fast = Counter::default();
+        registry.register(
+            "preview_fast_path_requests",
+            "Preview requests answered by the fast path (the others through hyper)",
+            preview_fast.clone(),
+        );
         let open_connections = Gauge::default();
         registry.register(
             "open_connections",
@@ -162,6 +170,7 @@ impl Metrics {
             refused.clone(),
         );
         Metrics {
+            preview_fast,
             open_connections,
             refused,
             requests,

@@ -28,6 +28,8 @@ pub struct PreviewState {
     pub shares: Shares,
     pub(crate) up: Counter,
     pub(crate) down: Counter,
+    /// Requests answered by the fast path.
+    pub(crate) fast: Counter,
 }
 
 impl PreviewState {
@@ -47,6 +49,7 @@ impl PreviewState {
             shares: Shares::default(),
             up: counter("upstream"),
             down: counter("downstream"),
+            fast: metrics.preview_fast.clone(),
         }
     }
 

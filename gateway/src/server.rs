@@ -47,6 +47,26 @@ pub struct Limits {
 /// clone, no route match and no middleware.
 pub type Front = Arc<dyn Fn(Request<Body>) -> Result<Answer, Request<Body>> + Send + Sync>;
 
+/// What serves a connection's requests: the fast path first (if any), then
+/// hyper, each request given to the front, else the router.
+pub struct Services {
+    pub app: Router,
+    pub front: Front,
+    pub fast: Option<Fast>,
+}
+
+/// What the listener may run on a new connection before hyper (the preview
+/// proxy's fast path): it serves the connection's requests itself for as
+/// long as it can, then ends the connection (`None`) or gives it back
+/// (`Some`), with the bytes it read and did not use put back in front
+/// ([`Counted::unread`]), for hyper to serve the rest of its life. It gets
+/// the client's address, the header-read timeout and the shutdown signal.
+pub type Fast = Arc<
+    dyn Fn(Counted, SocketAddr, Duration, CancellationToken) -> BoxFuture<'static, Option<Counted>>
+        + Send
+        + Sync,
+>;
+
 /// An answer on its way (the listener's services never fail: errors are
 /// answers too).
 pub type Answer = BoxFuture<'static, Result<Response<Body>, Infallible>>;
@@ -54,7 +74,7 @@ pub type Answer = BoxFuture<'static, Result<Response<Body>, Infallible>>;
 /// A boxed, sendable future.
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
-/// Serves `app` (behind `front`) on `listener` until `shutdown` is
+/// Serves `services` on `listener` until `shutdown` is
 /// cancelled, then lets open requests finish within `grace` (WebSocket and
 /// other upgraded connections end on their own, through the same
 /// cancellation).
@@ -72,13 +92,13 @@ pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T
 /// them.
 pub async fn serve(
     listener: TcpListener,
-    app: Router,
-    front: Front,
+    services: Services,
     limits: Limits,
     shutdown: CancellationToken,
     grace: Duration,
     threads: usize,
 ) -> std::io::Result<Threads> {
+    let Services { app, front, fast } = services;
     let mut serving = Threads::start(threads)?;
     let limits = Arc::new(limits);
     let counts = Arc::new(Counts {
@@ -128,6 +148,7 @@ pub async fn serve(
             slot,
             svc,
             tracked: tracker.token(),
+            fast: fast.clone(),
             header_read_timeout: limits.header_read_timeout,
             shutdown: shutdown.clone(),
         };
@@ -149,6 +170,7 @@ struct Accepted {
     svc: ConnectionService,
     /// Keeps shutdown waiting until the connection has ended.
     tracked: tokio_util::task::task_tracker::TaskTrackerToken,
+    fast: Option<Fast>,
     header_read_timeout: Duration,
     shutdown: CancellationToken,
 }
@@ -161,7 +183,13 @@ impl Accepted {
         // WebSocket (which hyper hands over) still counts until it closes.
         let io = Counted::new(tcp, Box::new((self.slot, load)));
         let tracked = self.tracked;
-        let served = serve_connection(io, self.svc, self.header_read_timeout, self.shutdown);
+        let served = serve_connection(
+            io,
+            self.svc,
+            self.fast,
+            self.header_read_timeout,
+            self.shutdown,
+        );
         tokio::spawn(async move {
             served.await;
             drop(tracked);
@@ -302,7 +330,8 @@ impl Serving {
     }
 }
 
-/// Serves HTTP/1.1 on one connection until the client closes it, it idles
+/// Serves HTTP/1.1 on one connection (after the fast path, if any, gave it
+/// back) until the client closes it, it idles
 /// past the header-read timeout, or `shutdown` (then the request in flight
 /// is answered first). HTTP/1.1 only: browsers speak it to a plain-http
 /// listener, and HTTP/2's streams would need limits of their own; hyper's
@@ -310,9 +339,17 @@ impl Serving {
 async fn serve_connection(
     io: Counted,
     svc: ConnectionService,
+    fast: Option<Fast>,
     header_read_timeout: Duration,
     shutdown: CancellationToken,
 ) {
+    let io = match fast {
+        Some(fast) => match fast(io, svc.peer, header_read_timeout, shutdown.clone()).await {
+            Some(io) => io,
+            None => return,
+        },
+        None => io,
+    };
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(header_read_timeout)

@@ -16,6 +16,7 @@
 //! most once per `--public-wake-interval` per project.
 
 pub mod access;
+mod fast;
 pub mod host;
 mod proxy;
 
@@ -36,6 +37,7 @@ use crate::state::AppState;
 use crate::store::{ContainerStatus, ProjectStatus};
 use access::Access;
 pub use access::{AUTH_PATH, COOKIE};
+pub use fast::fast;
 use host::PreviewHost;
 
 /// How long a container's store record (exists, public, ports) is reused
@@ -303,24 +305,64 @@ async fn serve(
     target: &PreviewHost,
     req: Request,
 ) -> std::result::Result<Response, Refusal> {
-    if looped(req.headers()) {
-        state.metrics.refuse("preview_loop");
-        return Err(Refusal::Loop);
-    }
     let peer = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0);
     let trusted_peer = trusted(state, peer);
-    let host_name = target.to_host(
-        &state.config.preview_domain,
-        state.config.preview_host_style,
-    );
-    let record = record(state, target).await?;
     if req.uri().path() == AUTH_PATH {
+        refuse_loops(state, req.headers())?;
+        record(state, target).await?;
+        let host_name = target.to_host(
+            &state.config.preview_domain,
+            state.config.preview_host_style,
+        );
         let (headers, query) = (req.headers(), req.uri().query());
         return access::auth_flow(state, target, &host_name, headers, query, trusted_peer).await;
     }
+    refuse_loops(state, req.headers())?;
+    let admitted = admit(state, target, req.headers()).await?;
+    let route = match live_route(state, target, admitted.port).await? {
+        Some(route) => route,
+        None => {
+            let route = wake_or_refuse(state, target, admitted.port, &admitted.access).await?;
+            not_own(state, target, route)?
+        }
+    };
+    let share = match admitted.access {
+        Access::Share { id, .. } => Some(id),
+        _ => None,
+    };
+    proxy::proxy(state, route, req, trusted_peer, share).await
+}
+
+/// 508 for a request that came back round through this gateway.
+fn refuse_loops(state: &AppState, headers: &HeaderMap) -> std::result::Result<(), Refusal> {
+    if looped(headers) {
+        state.metrics.refuse("preview_loop");
+        return Err(Refusal::Loop);
+    }
+    Ok(())
+}
+
+/// What a request for a preview host may reach.
+struct Admitted {
+    /// A port of `ports` asked for by the `{port}-` form; `None` for the
+    /// container's main port.
+    port: Option<u16>,
+    access: Access,
+}
+
+/// The checks every proxied request passes before a dev server is asked,
+/// on both paths (the proxy's and the fast path's): the container exists,
+/// the port asked for is one it declared, and the credentials allow it. A
+/// request of the project's users keeps the project awake.
+async fn admit(
+    state: &AppState,
+    target: &PreviewHost,
+    headers: &HeaderMap,
+) -> std::result::Result<Admitted, Refusal> {
+    let record = record(state, target).await?;
     // Only a port the container declared: its main one, or one of `ports`.
     let port = match target.port {
         None => None,
@@ -333,7 +375,11 @@ async fn serve(
             )));
         }
     };
-    let access = access::check(state, target, &host_name, req.headers()).await;
+    let host_name = target.to_host(
+        &state.config.preview_domain,
+        state.config.preview_host_style,
+    );
+    let access = access::check(state, target, &host_name, headers).await;
     if !record.public && access == Access::Anonymous {
         return Err(Refusal::Unauthorized);
     }
@@ -343,27 +389,42 @@ async fn serve(
     if access.is_user() {
         state.touch(&target.project);
     }
-    let route = match state
+    Ok(Admitted { port, access })
+}
+
+/// The dev server's address now (never this gateway's own), or `None` when
+/// the container has no route (stopped, its project hibernated): whether to
+/// wake it is the caller's choice.
+async fn live_route(
+    state: &AppState,
+    target: &PreviewHost,
+    port: Option<u16>,
+) -> std::result::Result<Option<ContainerRoute>, Refusal> {
+    match state
         .runtime
         .container_route(&target.project, &target.container, port)
         .await
     {
-        Ok(route) => route,
+        Ok(route) => not_own(state, target, route).map(Some),
         // A port this container may not use (another project's).
-        Err(Error::NotFound(why)) => return Err(Refusal::NotFound(why)),
-        Err(_) => wake_or_refuse(state, target, port, &access).await?,
-    };
+        Err(Error::NotFound(why)) => Err(Refusal::NotFound(why)),
+        Err(_) => Ok(None),
+    }
+}
+
+/// `route`, unless it would dial this gateway's own listener.
+fn not_own(
+    state: &AppState,
+    target: &PreviewHost,
+    route: ContainerRoute,
+) -> std::result::Result<ContainerRoute, Refusal> {
     if is_own_address(state, &route) {
         return Err(Refusal::NotFound(format!(
             "port {} declared by container {}",
             route.port, target.container
         )));
     }
-    let share = match access {
-        Access::Share { id, .. } => Some(id),
-        _ => None,
-    };
-    proxy::proxy(state, route, req, trusted_peer, share).await
+    Ok(route)
 }
 
 /// Whether `route` would dial this gateway's own listener.

@@ -19,6 +19,7 @@ use tokio::net::TcpStream;
 use tokio_util::either::Either;
 
 use super::{COOKIE, Refusal};
+use crate::auth::Keys;
 use crate::runtime::ContainerRoute;
 use crate::state::AppState;
 
@@ -48,6 +49,72 @@ const HOP_BY_HOP: [&str; 8] = [
     "transfer-encoding",
 ];
 
+/// Whether header `name` (any case) describes one hop.
+pub(super) fn hop_by_hop(name: &str) -> bool {
+    HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
+}
+
+/// Whether header `name` (any case) says where a request came from, which
+/// only a trusted proxy may tell a dev server.
+pub(super) fn spoofable(name: &str) -> bool {
+    name.get(..12)
+        .is_some_and(|p| p.eq_ignore_ascii_case("x-forwarded-"))
+        || ["forwarded", "x-real-ip", "true-client-ip", "x-client-ip"]
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(name))
+}
+
+/// A header value as text, when it is visible ASCII (as `HeaderValue::to_str`
+/// reads it).
+pub(super) fn visible(v: &[u8]) -> Option<&str> {
+    v.iter()
+        .all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
+        .then(|| std::str::from_utf8(v).ok())
+        .flatten()
+}
+
+/// Whether an `Authorization` value is a bearer token this gateway signed
+/// (valid or not).
+pub(super) fn gateway_bearer(keys: &Keys, v: &[u8]) -> bool {
+    visible(v)
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .is_some_and(|(_, t)| keys.is_ours(t.trim()))
+}
+
+/// Whether a `Cookie` value may carry the preview cookie.
+pub(super) fn mentions_preview_cookie(v: &[u8]) -> bool {
+    v.windows(COOKIE.len()).any(|w| w == COOKIE.as_bytes())
+}
+
+/// The cookie pairs of `Cookie` values other than the preview cookie, to be
+/// sent as one header (values that are not visible ASCII are dropped).
+pub(super) fn other_cookies<'a>(values: impl Iterator<Item = &'a [u8]>) -> Vec<&'a str> {
+    values
+        .filter_map(visible)
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty() && pair.split_once('=').map(|(k, _)| k) != Some(COOKIE))
+        .collect()
+}
+
+/// `X-Forwarded-For` for a request from `ip`: after the first value a
+/// trusted proxy sent, if any.
+pub(super) fn forwarded_for(prev: Option<&str>, ip: &str) -> String {
+    match prev {
+        Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
+        _ => ip.to_owned(),
+    }
+}
+
+/// `Via` with this gateway's entry after the first value sent, if any.
+pub(super) fn via(prev: Option<&str>) -> std::borrow::Cow<'static, str> {
+    match prev {
+        Some(prev) if !prev.is_empty() => format!("{prev}, 1.1 {VIA_NAME}").into(),
+        _ => VIA_OURS.into(),
+    }
+}
+
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     // The names `Connection` lists (usually none, or `keep-alive`).
     let listed: Vec<HeaderName> = headers
@@ -64,9 +131,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     let doomed: Vec<HeaderName> = headers
         .keys()
         .filter(|n| {
-            HOP_BY_HOP.contains(&n.as_str())
-                || (!keep_upgrade && *n == header::UPGRADE)
-                || listed.contains(n)
+            hop_by_hop(n.as_str()) || (!keep_upgrade && *n == header::UPGRADE) || listed.contains(n)
         })
         .cloned()
         .collect();
@@ -88,22 +153,18 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
 /// Removes the preview cookie from the `Cookie` headers: the dev server
 /// (user code) must never see the gateway's credentials.
 fn strip_cookie(headers: &mut HeaderMap) {
-    if !headers.get_all(header::COOKIE).iter().any(|v| {
-        v.as_bytes()
-            .windows(COOKIE.len())
-            .any(|w| w == COOKIE.as_bytes())
-    }) {
-        return;
-    }
-    let rest: Vec<String> = headers
+    if !headers
         .get_all(header::COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .map(str::trim)
-        .filter(|pair| !pair.is_empty() && pair.split_once('=').map(|(k, _)| k) != Some(COOKIE))
-        .map(str::to_owned)
-        .collect();
+        .any(|v| mentions_preview_cookie(v.as_bytes()))
+    {
+        return;
+    }
+    let rest: Vec<String> =
+        other_cookies(headers.get_all(header::COOKIE).iter().map(|v| v.as_bytes()))
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
     headers.remove(header::COOKIE);
     if !rest.is_empty()
         && let Ok(v) = HeaderValue::from_str(&rest.join("; "))
@@ -116,18 +177,12 @@ fn strip_cookie(headers: &mut HeaderMap) {
 /// cookie: every `Authorization` value that is a token the gateway signed
 /// (whoever sent it, valid or not), and `devgate.bearer.*` WebSocket
 /// subprotocol offers. The app's own credentials pass.
-fn strip_gateway_credentials(state: &AppState, h: &mut HeaderMap) {
+fn strip_gateway_credentials(keys: &Keys, h: &mut HeaderMap) {
     let auth: Vec<HeaderValue> = h.get_all(header::AUTHORIZATION).iter().cloned().collect();
     if !auth.is_empty() {
         h.remove(header::AUTHORIZATION);
         for v in auth {
-            let ours = v
-                .to_str()
-                .ok()
-                .and_then(|v| v.split_once(' '))
-                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-                .is_some_and(|(_, t)| state.keys.is_ours(t.trim()));
-            if !ours {
+            if !gateway_bearer(keys, v.as_bytes()) {
                 h.append(header::AUTHORIZATION, v);
             }
         }
@@ -173,19 +228,12 @@ fn set_forwarded(
     const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
     const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
     if !trusted_peer {
-        let spoofable: Vec<HeaderName> = h
+        let doomed: Vec<HeaderName> = h
             .keys()
-            .filter(|n| {
-                let n = n.as_str();
-                n.starts_with("x-forwarded-")
-                    || matches!(
-                        n,
-                        "forwarded" | "x-real-ip" | "true-client-ip" | "x-client-ip"
-                    )
-            })
+            .filter(|n| spoofable(n.as_str()))
             .cloned()
             .collect();
-        for name in spoofable {
+        for name in doomed {
             h.remove(name);
         }
     }
@@ -199,24 +247,38 @@ fn set_forwarded(
         h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     }
     if let Some(peer) = peer {
-        let ip = peer.ip().to_string();
-        let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-            Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
-            _ => ip,
-        };
+        let prev = h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok());
+        let xff = forwarded_for(prev, &peer.ip().to_string());
         if let Ok(v) = HeaderValue::from_str(&xff) {
             h.insert(X_FORWARDED_FOR, v);
         }
     }
-    let via = match h.get(header::VIA).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.is_empty() => {
-            HeaderValue::from_str(&format!("{prev}, 1.1 {VIA_NAME}")).ok()
-        }
-        _ => Some(HeaderValue::from_static(VIA_OURS)),
+    let via = match via(h.get(header::VIA).and_then(|v| v.to_str().ok())) {
+        std::borrow::Cow::Borrowed(ours) => Some(HeaderValue::from_static(ours)),
+        std::borrow::Cow::Owned(v) => HeaderValue::from_str(&v).ok(),
     };
     if let Some(v) = via {
         h.insert(header::VIA, v);
     }
+}
+
+/// The request headers a dev server gets (the fast path makes the same
+/// edits on a head's bytes; a test of `fast` holds them equal).
+pub(super) fn edit_request(
+    keys: &Keys,
+    h: &mut HeaderMap,
+    host: Option<HeaderValue>,
+    peer: Option<SocketAddr>,
+    trusted_peer: bool,
+    upgrade: bool,
+) {
+    strip_hop_by_hop(h, upgrade);
+    if upgrade {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    strip_cookie(h);
+    strip_gateway_credentials(keys, h);
+    set_forwarded(h, host, peer, trusted_peer);
 }
 
 pub(super) async fn proxy(
@@ -251,14 +313,14 @@ pub(super) async fn proxy(
     }
     parts.version = Version::HTTP_11;
 
-    let h = &mut parts.headers;
-    strip_hop_by_hop(h, upgrade);
-    if upgrade {
-        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    }
-    strip_cookie(h);
-    strip_gateway_credentials(state, h);
-    set_forwarded(h, original_host, peer, trusted_peer);
+    edit_request(
+        &state.keys,
+        &mut parts.headers,
+        original_host,
+        peer,
+        trusted_peer,
+        upgrade,
+    );
 
     let (up, down) = (state.preview.up.clone(), state.preview.down.clone());
     // Nothing to count in an empty body (most GETs): pass it as it is.

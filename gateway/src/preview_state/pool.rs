@@ -259,6 +259,26 @@ impl Pool {
         }
     }
 
+    /// Takes in an idle connection to `authority` dialed elsewhere (the
+    /// preview fast path's, when it hands its client connection to hyper
+    /// between two requests): the next request to that dev server on this
+    /// thread goes over it.
+    pub(crate) async fn adopt(&self, authority: String, tcp: TcpStream) {
+        match http1::handshake::<_, Body>(TokioIo::new(tcp)).await {
+            Ok((sender, driver)) => self.checkin(
+                authority,
+                Conn {
+                    sender,
+                    driver,
+                    closed: false,
+                },
+            ),
+            Err(error) => {
+                tracing::debug!(error = %crate::error::Chain(&error), "cannot adopt a dev server connection");
+            }
+        }
+    }
+
     fn checkin(&self, authority: String, conn: Conn) {
         if conn.closed || conn.sender.is_closed() {
             return;
@@ -305,7 +325,9 @@ impl Pool {
 /// is safe for any method; the connection caps bound what waiting costs.
 const STARTING_WAIT: Duration = Duration::from_secs(15);
 
-async fn dial(authority: &str) -> Result<TokioIo<TcpStream>, PoolError> {
+/// Dials `authority` (waiting up to [`STARTING_WAIT`] for a dev server that
+/// does not listen yet), with `TCP_NODELAY` set.
+pub(crate) async fn dial(authority: &str) -> Result<TokioIo<TcpStream>, PoolError> {
     let deadline = tokio::time::Instant::now() + STARTING_WAIT;
     let tcp = loop {
         match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(authority)).await {
