@@ -752,13 +752,11 @@ mod tests {
     use super::*;
     use axum::http::HeaderName;
 
+    type Pairs = Vec<(String, String)>;
+
     /// The headers a dev server gets, as sorted (lower-case name, value)
     /// pairs, from the fast path's edit of `pairs` and from the proxy's.
-    fn both_edits(
-        keys: &Keys,
-        pairs: &[(&str, &str)],
-        trusted: bool,
-    ) -> (Vec<(String, String)>, Vec<(String, String)>) {
+    fn both_edits(keys: &Keys, pairs: &[(&str, &str)], trusted: bool) -> (Pairs, Pairs) {
         let peer: SocketAddr = "192.0.2.7:50000".parse().unwrap();
         let mut raw = b"GET /p?q=1 HTTP/1.1\r\n".to_vec();
         for (k, v) in pairs {
@@ -774,7 +772,7 @@ mod tests {
         let mut sent = httparse::Request::new(&mut headers);
         assert!(sent.parse(&out).unwrap().is_complete(), "{out:?}");
         assert_eq!((sent.method, sent.path), (Some("GET"), Some("/p?q=1")));
-        let mut fast: Vec<(String, String)> = sent
+        let mut fast: Pairs = sent
             .headers
             .iter()
             .map(|h| {
@@ -795,7 +793,7 @@ mod tests {
         }
         let host = map.get(header::HOST).cloned();
         proxy::edit_request(keys, &mut map, host, Some(peer), trusted, false);
-        let mut slow: Vec<(String, String)> = map
+        let mut slow: Pairs = map
             .iter()
             .map(|(k, v)| {
                 (
