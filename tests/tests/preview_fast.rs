@@ -1,0 +1,328 @@
+//! The preview proxy's fast path on the real gateway, against a dev server
+//! that writes its answers byte by byte as scripted (a stdlib Python socket
+//! server run as the container's command): every framing of an answer
+//! (length, chunked in pieces with extensions and trailers, to the close,
+//! informational answers first, none for HEAD and 304), a 3 MiB body, what
+//! the dev server receives, a connection mixing plain requests with one the
+//! fast path hands to hyper (pipelined, answered in order, over the same
+//! dev-server connection), a dev-server connection closed while idle, and an
+//! answer framed ambiguously (hyper's 502). The gateway's counter of
+//! fast-path answers shows which path answered.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use tests::devserver::{browser, dev_server_with, url, wait_status};
+use tests::gateway::Gateway;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+/// A dev server answering by path with scripted bytes; `X-Conn` numbers
+/// its connections, idle ones are closed after 0.6 s.
+const RAW_SERVER: &str = r#"
+import os, socket, threading, time
+
+conns = [0]
+lock = threading.Lock()
+
+def read_head(f):
+    lines = []
+    while True:
+        line = f.readline(65537)
+        if not line:
+            return None
+        if line in (b"\r\n", b"\n"):
+            return lines
+        lines.append(line.decode("latin-1").rstrip("\r\n"))
+
+def serve(sock):
+    with lock:
+        conns[0] += 1
+        n = conns[0]
+    sock.settimeout(0.6)
+    f = sock.makefile("rb")
+    try:
+        while True:
+            lines = read_head(f)
+            if not lines:
+                return
+            method, path, _ = lines[0].split(" ", 2)
+            headers = [l.split(":", 1) for l in lines[1:]]
+            length = sum(int(v) for k, v in headers if k.lower() == "content-length")
+            body = f.read(length) if length else b""
+            c = ("X-Conn: %d\r\n" % n).encode()
+            def send(*parts):
+                for p in parts:
+                    sock.sendall(p)
+                    time.sleep(0.02)
+            if path == "/cl":
+                send(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n" + c + b"\r\nhello")
+            elif path == "/head-echo":
+                seen = "\n".join(lines).encode()
+                send(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n" % len(seen) + c + b"\r\n" + seen)
+            elif path == "/chunked":
+                send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-T\r\n" + c + b"\r\n5;ext=1\r",
+                     b"\nhel", b"lo\r\n6\r\n world\r", b"\n0\r\nX-T: t\r\n", b"\r\n")
+            elif path == "/close":
+                send(b"HTTP/1.1 200 OK\r\n" + c + b"\r\nuntil ", b"the close")
+                return
+            elif path == "/early":
+                send(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n",
+                     b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n" + c + b"\r\nok")
+            elif path == "/304":
+                send(b"HTTP/1.1 304 Not Modified\r\nETag: \"e\"\r\n" + c + b"\r\n")
+            elif path == "/big":
+                size = 3 * 1024 * 1024
+                sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n" % size + c + b"\r\n")
+                block = bytes(i % 251 for i in range(65536))
+                for _ in range(size // 65536):
+                    sock.sendall(block)
+            elif path == "/ambiguous":
+                send(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n" + c + b"\r\nhello!")
+                return
+            elif method == "HEAD":
+                send(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n" + c + b"\r\n")
+            else:
+                send(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n" % len(body) + c + b"\r\n" + body)
+    except (socket.timeout, ConnectionError):
+        pass
+    finally:
+        sock.close()
+
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(os.environ["PORT"])))
+s.listen(64)
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
+/// Answers counted by the gateway's fast path.
+async fn fast_answers(gw: &Gateway) -> u64 {
+    let metrics = gw.metrics().await.unwrap();
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("gateway_preview_fast_path_requests_total "))
+        .unwrap_or_else(|| panic!("no fast-path counter in {metrics}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Sends `raw` on a new connection to the gateway and reads until it closes.
+async fn exchange(gw: &Gateway, raw: &str) -> String {
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(raw.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut out))
+        .await
+        .expect("the gateway closes the connection")
+        .unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn plain_requests_take_the_fast_path_with_every_framing_and_the_rest_hyper() {
+    let gw = Gateway::start().await.unwrap();
+    gw.open_project("demo").await.unwrap();
+    dev_server_with(&gw, "demo", "raw", true, RAW_SERVER, &[])
+        .await
+        .unwrap();
+    let host = "raw.demo.localhost";
+    let authority = format!("{host}:{}", gw.addr.port());
+    let b = browser(&gw, &[host]);
+    wait_status(&b, &url(&gw, host, "/cl"), None, 200).await;
+    let before = fast_answers(&gw).await;
+
+    // Every framing, over one client connection (reqwest keeps it).
+    let r = b.get(url(&gw, host, "/cl")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let conn = r.headers()["x-conn"].to_str().unwrap().to_owned();
+    assert_eq!(r.text().await.unwrap(), "hello");
+    let r = b.get(url(&gw, host, "/chunked")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.headers()["transfer-encoding"], "chunked");
+    assert!(r.headers().get("trailer").is_none());
+    assert_eq!(r.headers()["x-conn"].to_str().unwrap(), conn, "kept");
+    assert_eq!(r.text().await.unwrap(), "hello world");
+    let r = b.get(url(&gw, host, "/early")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200, "the 103 is dropped");
+    assert_eq!(r.text().await.unwrap(), "ok");
+    let r = b.head(url(&gw, host, "/x")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.headers()["content-length"], "100");
+    assert_eq!(r.headers()["x-conn"].to_str().unwrap(), conn);
+    let r = b.get(url(&gw, host, "/304")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 304);
+    assert_eq!(r.headers()["etag"], "\"e\"");
+    let r = b.get(url(&gw, host, "/big")).send().await.unwrap();
+    assert_eq!(r.headers()["x-conn"].to_str().unwrap(), conn);
+    let big = r.bytes().await.unwrap();
+    assert_eq!(big.len(), 3 * 1024 * 1024);
+    assert!(
+        big.iter()
+            .enumerate()
+            .all(|(i, &b)| b == ((i % 65536) % 251) as u8)
+    );
+    // To the close: the dev server's connection and the client's end.
+    let r = b.get(url(&gw, host, "/close")).send().await.unwrap();
+    assert_eq!(r.headers()["connection"], "close");
+    assert_eq!(r.text().await.unwrap(), "until the close");
+    assert_eq!(fast_answers(&gw).await - before, 7);
+
+    // What the dev server received: the proxy's edits.
+    let r = b
+        .get(url(&gw, host, "/head-echo"))
+        .header("cookie", "theirs=1; devgate_preview=not-a-token")
+        .header("x-forwarded-for", "10.9.9.9")
+        .header("x-real-ip", "10.9.9.9")
+        .header("te", "trailers")
+        .send()
+        .await
+        .unwrap();
+    let seen = r.text().await.unwrap().to_ascii_lowercase();
+    let lines: Vec<&str> = seen.lines().collect();
+    assert_eq!(lines[0], "get /head-echo http/1.1");
+    for want in [
+        format!("host: {authority}"),
+        format!("x-forwarded-host: {authority}"),
+        "x-forwarded-for: 127.0.0.1".to_owned(),
+        "x-forwarded-proto: http".to_owned(),
+        "via: 1.1 devgate".to_owned(),
+        "cookie: theirs=1".to_owned(),
+    ] {
+        assert!(lines.contains(&want.as_str()), "{want:?} not in {lines:?}");
+    }
+    for gone in [
+        "x-real-ip",
+        "te:",
+        "connection",
+        "10.9.9.9",
+        "devgate_preview",
+    ] {
+        assert!(
+            !seen.contains(gone),
+            "{gone:?} reached the dev server: {seen}"
+        );
+    }
+
+    // One connection, pipelined: a plain GET (fast), a POST with a body
+    // (handed to hyper, with the bytes after it), a GET (hyper's now). All
+    // answered in order, over the dev-server connection the fast path
+    // dialed (given to the pool).
+    let before = fast_answers(&gw).await;
+    let out = exchange(
+        &gw,
+        &format!(
+            "GET /cl HTTP/1.1\r\nHost: {authority}\r\n\r\n\
+             POST /echo HTTP/1.1\r\nHost: {authority}\r\nContent-Length: 4\r\n\r\nbody\
+             GET /cl HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+        ),
+    )
+    .await;
+    let answers: Vec<&str> = out.split("HTTP/1.1 ").skip(1).collect();
+    assert_eq!(answers.len(), 3, "{out}");
+    assert!(
+        answers[0].starts_with("200") && answers[0].ends_with("hello"),
+        "{out}"
+    );
+    assert!(
+        answers[1].starts_with("200") && answers[1].ends_with("body"),
+        "{out}"
+    );
+    assert!(
+        answers[2].starts_with("200") && answers[2].ends_with("hello"),
+        "{out}"
+    );
+    let conns: Vec<&str> = answers
+        .iter()
+        .map(|a| {
+            a.lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .starts_with("x-conn:")
+                        .then(|| &l[7..])
+                })
+                .unwrap()
+                .trim()
+        })
+        .collect();
+    assert!(conns.iter().all(|c| *c == conns[0]), "{conns:?}");
+    assert_eq!(fast_answers(&gw).await - before, 1, "only the first");
+
+    // The dev server closes an idle connection after 0.6 s: the next plain
+    // request on the client's connection goes over a new one, no error.
+    let r = b.get(url(&gw, host, "/cl")).send().await.unwrap();
+    let first = r.headers()["x-conn"].to_str().unwrap().to_owned();
+    r.text().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let before = fast_answers(&gw).await;
+    let r = b.get(url(&gw, host, "/cl")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_ne!(r.headers()["x-conn"].to_str().unwrap(), first);
+    assert_eq!(r.text().await.unwrap(), "hello");
+    assert_eq!(fast_answers(&gw).await - before, 1);
+
+    // An answer with two lengths: not taken; hyper's answer is a 502.
+    let r = b.get(url(&gw, host, "/ambiguous")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 502);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "bad_gateway");
+
+    // Not plain: HTTP/1.0, absolute form, two Hosts. Each is
+    // answered as before (by hyper), none counted by the fast path.
+    let before = fast_answers(&gw).await;
+    let out = exchange(
+        &gw,
+        &format!("GET /cl HTTP/1.0\r\nHost: {authority}\r\n\r\n"),
+    )
+    .await;
+    assert!(
+        out.starts_with("HTTP/1.") && out.contains(" 200 ") && out.ends_with("hello"),
+        "{out}"
+    );
+    let out = exchange(
+        &gw,
+        &format!(
+            "GET http://{authority}/cl HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+        ),
+    )
+    .await;
+    assert!(
+        out.starts_with("HTTP/1.1 200") && out.ends_with("hello"),
+        "{out}"
+    );
+    let out = exchange(
+        &gw,
+        &format!("GET /cl HTTP/1.1\r\nHost: {authority}\r\nHost: {authority}\r\nConnection: close\r\n\r\n"),
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    assert_eq!(fast_answers(&gw).await - before, 0);
+}
+
+#[tokio::test]
+async fn without_the_fast_path_hyper_answers_the_same() {
+    let gw = Gateway::builder()
+        .env("GATEWAY_PREVIEW_FAST_PATH", "false")
+        .start()
+        .await
+        .unwrap();
+    gw.open_project("demo").await.unwrap();
+    dev_server_with(&gw, "demo", "raw", true, RAW_SERVER, &[])
+        .await
+        .unwrap();
+    let host = "raw.demo.localhost";
+    let b = browser(&gw, &[host]);
+    wait_status(&b, &url(&gw, host, "/cl"), None, 200).await;
+    for (path, body) in [
+        ("/cl", "hello"),
+        ("/chunked", "hello world"),
+        ("/early", "ok"),
+    ] {
+        let r = b.get(url(&gw, host, path)).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        assert_eq!(r.text().await.unwrap(), body);
+    }
+    assert_eq!(fast_answers(&gw).await, 0);
+}
