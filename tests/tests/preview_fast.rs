@@ -2,7 +2,9 @@
 //! that writes its answers byte by byte as scripted (a stdlib Python socket
 //! server run as the container's command): every framing of an answer
 //! (length, chunked in pieces with extensions and trailers, to the close,
-//! informational answers first, none for HEAD and 304), a 3 MiB body, what
+//! informational answers first, none for HEAD and 304; size lines of the
+//! gateway's own, an event stream's chunk passed on at once), a client that
+//! leaves while the dev server keeps it waiting, a 3 MiB body, what
 //! the dev server receives, a connection mixing plain requests with one the
 //! fast path hands to hyper (pipelined, answered in order, over the same
 //! dev-server connection), a dev-server connection closed while idle, and an
@@ -76,6 +78,14 @@ def serve(sock):
                 block = bytes(i % 251 for i in range(65536))
                 for _ in range(size // 65536):
                     sock.sendall(block)
+            elif path == "/sse":
+                send(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n" + c + b"\r\n",
+                     b"e\r\ndata: first\n\n\r\n")
+                time.sleep(8)
+                send(b"0\r\n\r\n")
+            elif path == "/hang":
+                time.sleep(30)
+                return
             elif path == "/ambiguous":
                 send(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n" + c + b"\r\nhello!")
                 return
@@ -109,6 +119,22 @@ async fn fast_answers(gw: &Gateway) -> u64 {
         .unwrap()
 }
 
+/// The dev-server connections (`X-Conn`) that raw answers came over.
+fn x_conns(answers: &[&str]) -> std::collections::BTreeSet<String> {
+    answers
+        .iter()
+        .map(|a| {
+            a.lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("x-conn")
+                        .then(|| v.trim().to_owned())
+                })
+                .unwrap_or_else(|| panic!("no X-Conn in {a}"))
+        })
+        .collect()
+}
+
 /// Sends `raw` on a new connection to the gateway and reads until it closes.
 async fn exchange(gw: &Gateway, raw: &str) -> String {
     let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
@@ -134,16 +160,14 @@ async fn plain_requests_take_the_fast_path_with_every_framing_and_the_rest_hyper
     wait_status(&b, &url(&gw, host, "/cl"), None, 200).await;
     let before = fast_answers(&gw).await;
 
-    // Every framing, over one client connection (reqwest keeps it).
+    // Every framing, through a client.
     let r = b.get(url(&gw, host, "/cl")).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
-    let conn = r.headers()["x-conn"].to_str().unwrap().to_owned();
     assert_eq!(r.text().await.unwrap(), "hello");
     let r = b.get(url(&gw, host, "/chunked")).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
     assert_eq!(r.headers()["transfer-encoding"], "chunked");
     assert!(r.headers().get("trailer").is_none());
-    assert_eq!(r.headers()["x-conn"].to_str().unwrap(), conn, "kept");
     assert_eq!(r.text().await.unwrap(), "hello world");
     let r = b.get(url(&gw, host, "/early")).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200, "the 103 is dropped");
@@ -151,12 +175,10 @@ async fn plain_requests_take_the_fast_path_with_every_framing_and_the_rest_hyper
     let r = b.head(url(&gw, host, "/x")).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
     assert_eq!(r.headers()["content-length"], "100");
-    assert_eq!(r.headers()["x-conn"].to_str().unwrap(), conn);
     let r = b.get(url(&gw, host, "/304")).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 304);
     assert_eq!(r.headers()["etag"], "\"e\"");
     let r = b.get(url(&gw, host, "/big")).send().await.unwrap();
-    assert_eq!(r.headers()["x-conn"].to_str().unwrap(), conn);
     let big = r.bytes().await.unwrap();
     assert_eq!(big.len(), 3 * 1024 * 1024);
     assert!(
@@ -169,6 +191,96 @@ async fn plain_requests_take_the_fast_path_with_every_framing_and_the_rest_hyper
     assert_eq!(r.headers()["connection"], "close");
     assert_eq!(r.text().await.unwrap(), "until the close");
     assert_eq!(fast_answers(&gw).await - before, 7);
+
+    // One client connection, its requests pipelined: answered in order,
+    // all over the one dev-server connection it keeps.
+    let before = fast_answers(&gw).await;
+    let get = |path: &str, extra: &str| {
+        format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\n{extra}\r\n")
+    };
+    let out = exchange(
+        &gw,
+        &[
+            get("/cl", ""),
+            get("/chunked", ""),
+            format!("HEAD /x HTTP/1.1\r\nHost: {authority}\r\n\r\n"),
+            get("/early", ""),
+            get("/304", ""),
+            get("/cl", "Connection: close\r\n"),
+        ]
+        .concat(),
+    )
+    .await;
+    let answers: Vec<&str> = out.split("HTTP/1.1 ").skip(1).collect();
+    let statuses: Vec<&str> = answers.iter().map(|a| &a[..3]).collect();
+    assert_eq!(
+        statuses,
+        ["200", "200", "200", "200", "304", "200"],
+        "{out}"
+    );
+    assert!(answers[0].ends_with("\r\n\r\nhello") && answers[5].ends_with("\r\n\r\nhello"));
+    assert!(answers[3].ends_with("\r\n\r\nok"), "{out}");
+    assert_eq!(x_conns(&answers).len(), 1, "{out}");
+    assert_eq!(fast_answers(&gw).await - before, 6);
+
+    // Chunks are passed on with size lines of the gateway's own (the dev
+    // server's extension dropped), trailers dropped.
+    let out = exchange(
+        &gw,
+        &format!("GET /chunked HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"),
+    )
+    .await;
+    assert!(
+        out.ends_with("\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"),
+        "{out:?}"
+    );
+    assert!(!out.contains("ext") && !out.contains("X-T: t"), "{out:?}");
+
+    // A chunk is passed on as soon as it is complete: an event stream's
+    // first event arrives while the dev server holds the rest.
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(format!("GET /sse HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let seen = tokio::time::timeout(Duration::from_secs(4), async {
+        while !String::from_utf8_lossy(&got).contains("data: first") {
+            let mut chunk = [0u8; 1024];
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed: {got:?}");
+            got.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await;
+    assert!(seen.is_ok(), "the first event was held back: {got:?}");
+    drop(s);
+
+    // A client that leaves while the dev server keeps it waiting leaves
+    // nothing behind: its connection's place in the caps is given back.
+    let open = |m: String| -> u64 {
+        m.lines()
+            .find_map(|l| l.strip_prefix("gateway_open_connections "))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let idle = open(gw.metrics().await.unwrap());
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(format!("GET /hang HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(open(gw.metrics().await.unwrap()), idle + 1);
+    drop(s);
+    tests::eventually(
+        Duration::from_secs(5),
+        "the left connection to be let go",
+        || async { (open(gw.metrics().await.unwrap()) == idle).then_some(()) },
+    )
+    .await
+    .unwrap();
 
     // What the dev server received: the proxy's edits.
     let r = b

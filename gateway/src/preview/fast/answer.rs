@@ -1,7 +1,8 @@
 //! The fast path's side of a dev server's answer: its head read and edited
 //! for the client, its framing, and its body passed on as framed.
 
-use bytes::Buf as _;
+use bytes::{Buf as _, BytesMut};
+use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use super::{MAX_CHUNK_LINE, MAX_HEAD, MAX_HEADERS, Upstream, push_header};
@@ -18,18 +19,39 @@ pub(super) enum Framing {
     Close,
 }
 
-/// Sends `request` on `up` and reads the answer's head. `Ok(None)`: the
-/// connection closed before a byte of the answer came. `Err(())`: no
-/// usable answer (broken, not HTTP/1, framed in a way this path does not
-/// take, an upgrade nobody asked for). Else the framing, whether the
-/// connection can serve another request, and the head for the client.
+/// The client's side while its answer is on the way: its socket, and what
+/// it sends meanwhile (its next request, kept for later).
+pub(super) struct Down<'a> {
+    pub io: &'a mut Counted,
+    pub buf: &'a mut BytesMut,
+}
+
+/// What became of a request sent to the dev server.
+pub(super) enum Sent {
+    /// The answer's head, edited, is in the head buffer.
+    Answer(Framing, bool),
+    /// The connection closed before a byte of the answer came (a kept one
+    /// the dev server timed out, usually).
+    Closed,
+    /// No usable answer: broken, not HTTP/1, framed in a way this path does
+    /// not take, or an upgrade nobody asked for.
+    Unusable,
+    /// The client closed its connection meanwhile.
+    ClientGone,
+    /// The dev server could not be reached (nothing was sent).
+    NoDevServer,
+}
+
+/// Sends `request` on `up` and reads the answer's head into `head`.
 pub(super) async fn exchange_once(
     up: &mut Upstream,
+    down: &mut Down<'_>,
     request: &[u8],
     head_only: bool,
-) -> Result<Option<(Framing, bool, Vec<u8>)>, ()> {
+    head: &mut Vec<u8>,
+) -> Sent {
     if up.tcp.write_all(request).await.is_err() {
-        return Ok(None);
+        return Sent::Closed;
     }
     up.buf.clear();
     let mut received = false;
@@ -40,25 +62,27 @@ pub(super) async fn exchange_once(
             Ok(httparse::Status::Complete(n)) => {
                 let code = resp.code.unwrap_or(0);
                 if code == 101 || !(100..=999).contains(&code) {
-                    return Err(());
+                    return Sent::Unusable;
                 }
                 if code < 200 {
                     // Informational: dropped, the final answer follows.
                     up.buf.advance(n);
                     continue;
                 }
-                let answer = edit_answer(&resp, head_only)?;
+                let Ok((framing, keep)) = edit_answer(&resp, head_only, head) else {
+                    return Sent::Unusable;
+                };
                 up.buf.advance(n);
-                return Ok(Some(answer));
+                return Sent::Answer(framing, keep);
             }
             Ok(httparse::Status::Partial) if up.buf.len() < MAX_HEAD => {}
-            _ => return Err(()),
+            _ => return Sent::Unusable,
         }
-        up.buf.reserve(16 * 1024);
-        match up.tcp.read_buf(&mut up.buf).await {
-            Ok(n) if n > 0 => received = true,
-            _ if !received => return Ok(None),
-            _ => return Err(()),
+        match fill(up, down).await {
+            Fill::More => received = true,
+            Fill::End if !received => return Sent::Closed,
+            Fill::End => return Sent::Unusable,
+            Fill::ClientGone => return Sent::ClientGone,
         }
     }
 }
@@ -66,11 +90,12 @@ pub(super) async fn exchange_once(
 /// The answer's framing, whether its connection may be kept, and its head
 /// for the client: hop-by-hop headers dropped (and those its `Connection`
 /// lists), `Transfer-Encoding: chunked` kept for a chunked body, which is
-/// passed on as it came.
+/// passed on chunk by chunk. The head goes into `head`.
 pub(super) fn edit_answer(
     resp: &httparse::Response<'_, '_>,
     head_only: bool,
-) -> Result<(Framing, bool, Vec<u8>), ()> {
+    head: &mut Vec<u8>,
+) -> Result<(Framing, bool), ()> {
     let code = resp.code.ok_or(())?;
     let mut chunked = false;
     let mut length: Option<u64> = None;
@@ -122,7 +147,7 @@ pub(super) fn edit_answer(
     } else {
         Framing::Close
     };
-    let mut head = Vec::with_capacity(1024);
+    head.clear();
     head.extend_from_slice(format!("HTTP/1.1 {code} ").as_bytes());
     head.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
     head.extend_from_slice(b"\r\n");
@@ -135,23 +160,23 @@ pub(super) fn edit_answer(
         {
             continue;
         }
-        push_header(&mut head, name.as_bytes(), h.value);
+        push_header(head, name.as_bytes(), h.value);
     }
     if framing == Framing::Chunked {
         head.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
     head.extend_from_slice(b"\r\n");
     let keep = !close && framing != Framing::Close;
-    Ok((framing, keep, head))
+    Ok((framing, keep))
 }
 
 /// Passes a body of `n` bytes after the head in `out`.
 pub(super) async fn pass_length(
-    io: &mut Counted,
     up: &mut Upstream,
+    down: &mut Down<'_>,
     out: &mut Vec<u8>,
     n: u64,
-    down: &prometheus_client::metrics::counter::Counter,
+    counted: &Counter,
 ) -> bool {
     let mut left = n;
     let first = up
@@ -161,36 +186,37 @@ pub(super) async fn pass_length(
     out.extend_from_slice(&up.buf[..first]);
     up.buf.advance(first);
     left -= first as u64;
-    if io.write_all(out).await.is_err() {
+    if down.io.write_all(out).await.is_err() {
         return false;
     }
     while left > 0 {
-        up.buf.reserve(64 * 1024);
-        match up.tcp.read_buf(&mut up.buf).await {
-            Ok(r) if r > 0 => {}
-            _ => return false,
+        if !matches!(fill(up, down).await, Fill::More) {
+            return false;
         }
         let take = up
             .buf
             .len()
             .min(usize::try_from(left).unwrap_or(usize::MAX));
-        if io.write_all(&up.buf[..take]).await.is_err() {
+        if down.io.write_all(&up.buf[..take]).await.is_err() {
             return false;
         }
         up.buf.advance(take);
         left -= take as u64;
     }
-    down.inc_by(n);
+    counted.inc_by(n);
     true
 }
 
-/// Passes a chunked body after the head in `out`, chunk by chunk as it
-/// came (extensions too), its trailers dropped.
+/// Passes a chunked body after the head in `out`, chunk by chunk: each
+/// size line written anew (`{size:x}\r\n`, extensions dropped: a line
+/// passed on as it came could end, for a parser in front, somewhere else
+/// than where it ended here), trailers dropped. What is complete goes to
+/// the client before waiting for more (server-sent events arrive as sent).
 pub(super) async fn pass_chunked(
-    io: &mut Counted,
     up: &mut Upstream,
+    down: &mut Down<'_>,
     out: &mut Vec<u8>,
-    down: &prometheus_client::metrics::counter::Counter,
+    counted: &Counter,
 ) -> bool {
     let mut total = 0u64;
     loop {
@@ -199,15 +225,15 @@ pub(super) async fn pass_chunked(
             match httparse::parse_chunk_size(&up.buf) {
                 Ok(httparse::Status::Complete(found)) => break found,
                 Ok(httparse::Status::Partial) if up.buf.len() < MAX_CHUNK_LINE => {
-                    if !fill(up).await {
+                    if !flush_then_fill(up, down, out).await {
                         return false;
                     }
                 }
                 _ => return false,
             }
         };
+        up.buf.advance(used);
         if size == 0 {
-            up.buf.advance(used);
             // The trailer section: lines up to an empty one, dropped.
             loop {
                 match up.buf.windows(2).position(|w| w == b"\r\n") {
@@ -217,7 +243,7 @@ pub(super) async fn pass_chunked(
                     }
                     Some(i) => up.buf.advance(i + 2),
                     None if up.buf.len() < MAX_HEAD => {
-                        if !fill(up).await {
+                        if !flush_then_fill(up, down, out).await {
                             return false;
                         }
                     }
@@ -225,25 +251,18 @@ pub(super) async fn pass_chunked(
                 }
             }
             out.extend_from_slice(b"0\r\n\r\n");
-            if io.write_all(out).await.is_err() {
+            if down.io.write_all(out).await.is_err() {
                 return false;
             }
-            down.inc_by(total);
+            counted.inc_by(total);
             return true;
         }
-        out.extend_from_slice(&up.buf[..used]);
-        up.buf.advance(used);
+        out.extend_from_slice(format!("{size:x}\r\n").as_bytes());
         total = total.saturating_add(size);
         let mut left = size;
         while left > 0 {
-            if up.buf.is_empty() {
-                if io.write_all(out).await.is_err() {
-                    return false;
-                }
-                out.clear();
-                if !fill(up).await {
-                    return false;
-                }
+            if up.buf.is_empty() && !flush_then_fill(up, down, out).await {
+                return false;
             }
             let take = up
                 .buf
@@ -255,7 +274,7 @@ pub(super) async fn pass_chunked(
         }
         // The chunk's own line end.
         while up.buf.len() < 2 {
-            if !fill(up).await {
+            if !flush_then_fill(up, down, out).await {
                 return false;
             }
         }
@@ -264,47 +283,91 @@ pub(super) async fn pass_chunked(
         }
         up.buf.advance(2);
         out.extend_from_slice(b"\r\n");
-        if out.len() >= 64 * 1024 {
-            if io.write_all(out).await.is_err() {
-                return false;
-            }
-            out.clear();
+        if out.len() >= 64 * 1024 && !flush(down, out).await {
+            return false;
         }
     }
 }
 
 /// Passes a body that ends when the dev server closes its connection.
 pub(super) async fn pass_to_close(
-    io: &mut Counted,
     up: &mut Upstream,
+    down: &mut Down<'_>,
     out: &mut Vec<u8>,
-    down: &prometheus_client::metrics::counter::Counter,
+    counted: &Counter,
 ) -> bool {
     let mut total = up.buf.len() as u64;
     out.extend_from_slice(&up.buf);
     up.buf.clear();
-    if io.write_all(out).await.is_err() {
+    if down.io.write_all(out).await.is_err() {
         return false;
     }
     loop {
-        up.buf.reserve(64 * 1024);
-        match up.tcp.read_buf(&mut up.buf).await {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(_) => return false,
+        match fill(up, down).await {
+            Fill::More => {}
+            Fill::End => break,
+            Fill::ClientGone => return false,
         }
         total += up.buf.len() as u64;
-        if io.write_all(&up.buf).await.is_err() {
+        if down.io.write_all(&up.buf).await.is_err() {
             return false;
         }
         up.buf.clear();
     }
-    down.inc_by(total);
+    counted.inc_by(total);
     true
 }
 
-/// Reads more from the dev server; false at its end or on an error.
-async fn fill(up: &mut Upstream) -> bool {
+/// Writes what `out` holds to the client.
+async fn flush(down: &mut Down<'_>, out: &mut Vec<u8>) -> bool {
+    if out.is_empty() {
+        return true;
+    }
+    let written = down.io.write_all(out).await.is_ok();
+    out.clear();
+    written
+}
+
+/// [`flush`], then [`fill`]: false unless more came.
+async fn flush_then_fill(up: &mut Upstream, down: &mut Down<'_>, out: &mut Vec<u8>) -> bool {
+    flush(down, out).await && matches!(fill(up, down).await, Fill::More)
+}
+
+/// What waiting for the dev server ended with.
+pub(super) enum Fill {
+    More,
+    /// Its end (or an error).
+    End,
+    ClientGone,
+}
+
+/// Reads more from the dev server, watching the client meanwhile: a client
+/// that closes its connection (as hyper notices mid-request) ends the wait,
+/// so a dev server that never answers holds nothing of a gone client.
+pub(super) async fn fill(up: &mut Upstream, down: &mut Down<'_>) -> Fill {
     up.buf.reserve(16 * 1024);
-    matches!(up.tcp.read_buf(&mut up.buf).await, Ok(n) if n > 0)
+    tokio::select! {
+        biased;
+        read = up.tcp.read_buf(&mut up.buf) => match read {
+            Ok(n) if n > 0 => Fill::More,
+            _ => Fill::End,
+        },
+        () = client_gone(down) => Fill::ClientGone,
+    }
+}
+
+/// Resolves when the client has closed its side or its connection broke;
+/// what it sends meanwhile (a pipelined request) is kept in its buffer, up
+/// to [`MAX_HEAD`] (past that, nothing more is read until the answer ends).
+async fn client_gone(down: &mut Down<'_>) {
+    loop {
+        if down.buf.len() >= MAX_HEAD {
+            return std::future::pending().await;
+        }
+        down.buf.reserve(4 * 1024);
+        match down.io.read_buf(down.buf).await {
+            Ok(n) if n > 0 => {}
+            _ => return,
+        }
+    }
 }

@@ -2,7 +2,7 @@
 //! preview host are proxied as bytes, their heads read with httparse, edited
 //! and written to the dev server, and the answer's head and body passed
 //! back, without building a request, a header map and a body for each side
-//! (what hyper and `http` cost a small proxied request is a third of its
+//! (what hyper and `http` cost a small proxied request is a fifth of its
 //! CPU; see BENCHMARKS.md).
 //!
 //! Only what is plain goes this way: an HTTP/1.1 `GET` or `HEAD` in origin
@@ -10,26 +10,30 @@
 //! upgrade, no `Connection` option but `keep-alive` or `close`, allowed by
 //! the same checks as every proxied request ([`super::admit`]) to a
 //! container that runs (no wake, no share link, no auth path). The first
-//! request that is not plain, every refusal and every error before a byte of
-//! the answer was sent hands the connection to hyper for the rest of its
-//! life, with the bytes read and not used put back in front: hyper serves
-//! that request as it serves every other (so refusals, wakes, limits and
-//! errors have one implementation), and the dev-server connection goes to
-//! the pool. A refused or failed `GET` or `HEAD` may so reach the dev
-//! server twice, as a retry of an idempotent request does.
+//! request that is not plain, every refusal and an answer this path does not
+//! take hand the connection to hyper for the rest of its life, with the
+//! bytes read and not used put back in front: hyper serves that request as
+//! it serves every other (so refusals, wakes, limits and errors have one
+//! implementation), and the dev-server connection goes to the pool. A `GET`
+//! or `HEAD` answered unusably so reaches the dev server twice, as a retry of
+//! an idempotent request does. A dev server that cannot be reached gets the
+//! proxy's own 502 here.
 //!
 //! The request's headers are edited as the proxy edits them (see `proxy`):
 //! hop-by-hop headers dropped, the gateway's cookie and tokens removed,
 //! `X-Forwarded-*` and `Via` set, believed from the client only when it is a
 //! trusted proxy. A unit test holds both edits equal. The answer is framed
 //! as the dev server framed it: `Content-Length` (passed on as it is),
-//! chunked (passed on chunk by chunk, trailers dropped), or up to the close
-//! of its connection (the client's connection then closes too); informational
-//! answers (1xx) are dropped, as hyper drops them.
+//! chunked (each chunk passed on once complete, under a size line of its
+//! own, extensions and trailers dropped), or up to the close of its
+//! connection (the client's connection then closes too); informational
+//! answers (1xx) are dropped, as hyper drops them. While it waits for the
+//! dev server, a client that leaves ends the wait.
 //!
 //! Each client connection keeps its dev-server connection for its next
 //! requests to the same container, and replaces it once when it turns out
-//! closed before an answer came (the dev server timed it out while idle).
+//! closed before an answer came (the dev server timed it out while idle),
+//! or drops it when it has anything to read between two answers.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -45,16 +49,17 @@ use tokio_util::sync::CancellationToken;
 
 use super::access::Access;
 use super::host::PreviewHost;
-use super::{AUTH_PATH, proxy};
+use super::{AUTH_PATH, Refusal, proxy};
 use crate::auth::Keys;
 use crate::conn::Counted;
+use crate::preview_state::pool;
 use crate::state::AppState;
 
 mod answer;
 #[cfg(test)]
 mod tests;
 
-use answer::{Framing, exchange_once, pass_chunked, pass_length, pass_to_close};
+use answer::{Down, Framing, Sent, exchange_once, pass_chunked, pass_length, pass_to_close};
 
 /// Request headers read at most (hyper's default too); more hands over.
 const MAX_HEADERS: usize = 100;
@@ -88,6 +93,7 @@ pub fn fast(
                 buf: BytesMut::with_capacity(8 * 1024),
                 up: None,
                 out: Vec::with_capacity(4 * 1024),
+                head: Vec::with_capacity(4 * 1024),
             };
             match conn
                 .serve(&state, peer, header_read_timeout, &shutdown)
@@ -108,8 +114,11 @@ struct Client {
     buf: BytesMut,
     /// The dev-server connection of the last request, kept for the next.
     up: Option<Upstream>,
-    /// The head being written (reused).
+    /// The request head for the dev server (reused).
     out: Vec<u8>,
+    /// The answer's head for the client, then what of its body is on the
+    /// way (reused).
+    head: Vec<u8>,
 }
 
 struct Upstream {
@@ -133,6 +142,8 @@ struct Plain {
     head_len: usize,
     head_only: bool,
     close: bool,
+    /// Whether a refusal is a page (a browser navigating) or JSON.
+    html: bool,
 }
 
 impl Client {
@@ -209,9 +220,21 @@ impl Client {
             };
             let authority = route.authority();
             edit_request(&state.keys, &req, trusted_peer, &ip, &mut self.out);
-            let sent = self.exchange(&authority, plain.head_only).await;
-            let Some((framing, keep_up)) = sent else {
-                return Served::HandOver;
+            let (framing, keep_up) = match self.exchange(&authority, plain.head_only).await {
+                Sent::Answer(framing, keep_up) => (framing, keep_up),
+                Sent::ClientGone => return Served::Closed,
+                Sent::Closed | Sent::Unusable => return Served::HandOver,
+                Sent::NoDevServer => {
+                    self.buf.advance(plain.head_len);
+                    if !self
+                        .refuse(Refusal::BadGateway, plain.html, plain.close)
+                        .await
+                        || plain.close
+                    {
+                        return Served::Closed;
+                    }
+                    continue;
+                }
             };
             // Counted before the client can see the answer.
             state.preview.fast.inc();
@@ -233,49 +256,55 @@ impl Client {
 
     /// Sends the head in `out` to `authority` (over the kept connection,
     /// or a new one; a kept one found closed before any answer is replaced
-    /// once) and reads the answer's head, which it leaves, edited, in `out`
-    /// (the dev server's connection keeps the rest of what it read). `None`
-    /// when there is no usable answer: the request is then hyper's.
-    async fn exchange(&mut self, authority: &str, head_only: bool) -> Option<(Framing, bool)> {
-        if self.up.as_ref().is_some_and(|u| u.authority != authority) {
+    /// once) and reads the answer's head into `head` (the dev server's
+    /// connection keeps the rest of what it read). Anything but an answer
+    /// leaves no dev-server connection kept.
+    async fn exchange(&mut self, authority: &str, head_only: bool) -> Sent {
+        if self
+            .up
+            .as_ref()
+            .is_some_and(|u| u.authority != authority || stale(&u.tcp))
+        {
             self.up = None;
         }
-        let request = std::mem::take(&mut self.out);
-        let mut answer = None;
         for attempt in 0..2 {
             let reused = self.up.is_some();
             if !reused {
-                let tcp = super::super::preview_state::pool::dial(authority)
-                    .await
-                    .ok()?
-                    .into_inner();
+                // As the pool dials: a dev server that does not listen yet
+                // (just started) is waited for a while; then the answer is
+                // the proxy's 502.
+                let Ok(tcp) = pool::dial(authority).await else {
+                    return Sent::NoDevServer;
+                };
+                let tcp = tcp.into_inner();
                 self.up = Some(Upstream {
                     authority: authority.to_owned(),
                     tcp,
                     buf: BytesMut::with_capacity(16 * 1024),
                 });
             }
-            let up = self.up.as_mut()?;
-            match exchange_once(up, &request, head_only).await {
-                Ok(Some(a)) => {
-                    answer = Some(a);
-                    break;
-                }
+            let Some(up) = self.up.as_mut() else {
+                return Sent::Unusable;
+            };
+            let mut down = Down {
+                io: &mut self.io,
+                buf: &mut self.buf,
+            };
+            match exchange_once(up, &mut down, &self.out, head_only, &mut self.head).await {
+                answer @ Sent::Answer(..) => return answer,
                 // Closed before answering: the dev server timed out the
                 // kept connection; a new one gets the request once more.
-                Ok(None) if reused && attempt == 0 => self.up = None,
-                _ => {
+                Sent::Closed if reused && attempt == 0 => self.up = None,
+                other => {
                     self.up = None;
-                    break;
+                    return other;
                 }
             }
         }
-        let (framing, keep_up, head) = answer?;
-        self.out = head;
-        Some((framing, keep_up))
+        Sent::Unusable
     }
 
-    /// Writes the answer's head (in `out`) and its body, as framed. False
+    /// Writes the answer's head (in `head`) and its body, as framed. False
     /// when either side failed part way (the client's connection then
     /// closes: its answer is cut short).
     async fn pass_answer(&mut self, state: &AppState, framing: Framing, close: bool) -> bool {
@@ -283,16 +312,21 @@ impl Client {
             return false;
         };
         if close || framing == Framing::Close {
-            let end = self.out.len() - 2;
-            self.out.truncate(end);
-            self.out.extend_from_slice(b"connection: close\r\n\r\n");
+            let end = self.head.len() - 2;
+            self.head.truncate(end);
+            self.head.extend_from_slice(b"connection: close\r\n\r\n");
         }
-        let down = &state.preview.down;
+        let counted = &state.preview.down;
+        let out = &mut self.head;
+        let mut down = Down {
+            io: &mut self.io,
+            buf: &mut self.buf,
+        };
         let passed = match framing {
-            Framing::Empty => self.io.write_all(&self.out).await.is_ok(),
-            Framing::Length(n) => pass_length(&mut self.io, up, &mut self.out, n, down).await,
-            Framing::Chunked => pass_chunked(&mut self.io, up, &mut self.out, down).await,
-            Framing::Close => pass_to_close(&mut self.io, up, &mut self.out, down).await,
+            Framing::Empty => down.io.write_all(out).await.is_ok(),
+            Framing::Length(n) => pass_length(up, &mut down, out, n, counted).await,
+            Framing::Chunked => pass_chunked(up, &mut down, out, counted).await,
+            Framing::Close => pass_to_close(up, &mut down, out, counted).await,
         };
         if !passed {
             self.up = None;
@@ -300,17 +334,49 @@ impl Client {
         passed
     }
 
+    /// Answers with `refusal`'s page or JSON error, as the proxy does.
+    /// False when the client is gone.
+    async fn refuse(&mut self, refusal: Refusal, html: bool, close: bool) -> bool {
+        let (parts, body) = refusal.answer(html).into_parts();
+        let Ok(body) = http_body_util::BodyExt::collect(body).await else {
+            return false;
+        };
+        let body = body.to_bytes();
+        let out = &mut self.head;
+        out.clear();
+        out.extend_from_slice(format!("HTTP/1.1 {}\r\n", parts.status).as_bytes());
+        for (name, value) in &parts.headers {
+            push_header(out, name.as_str().as_bytes(), value.as_bytes());
+        }
+        push_header(out, b"content-length", body.len().to_string().as_bytes());
+        if close {
+            push_header(out, b"connection", b"close");
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&body);
+        self.io.write_all(out).await.is_ok()
+    }
+
     /// The connection for hyper, with what was read and not used put back;
     /// the kept dev-server connection goes to the pool.
     async fn hand_over(mut self, state: &AppState) -> Counted {
         if let Some(up) = self.up.take()
             && up.buf.is_empty()
+            && !stale(&up.tcp)
         {
             state.preview.pool.adopt(up.authority, up.tcp).await;
         }
         self.io.unread(self.buf.freeze());
         self.io
     }
+}
+
+/// Whether a kept dev-server connection has something to read between two
+/// answers: its end, or bytes that answer nothing (a body sent after a
+/// `HEAD`'s answer, say). Either way it is not used again.
+fn stale(tcp: &TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    !matches!(tcp.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
 }
 
 /// The request, when the fast path takes it.
@@ -324,11 +390,18 @@ fn plain(state: &AppState, req: &httparse::Request<'_, '_>, head_len: usize) -> 
         _ => return None,
     };
     let path = req.path?;
-    if !path.starts_with('/') || path.split('?').next() == Some(AUTH_PATH) {
+    // Origin form, a target hyper takes too (it refuses some bytes httparse
+    // lets through, and a `#`), and not the auth flow.
+    if !path.starts_with('/')
+        || path.contains('#')
+        || path.parse::<axum::http::uri::PathAndQuery>().is_err()
+        || path.split('?').next() == Some(AUTH_PATH)
+    {
         return None;
     }
     let mut host = None;
     let mut close = false;
+    let mut html = false;
     for h in req.headers.iter() {
         let name = h.name;
         let is = |n: &str| name.eq_ignore_ascii_case(n);
@@ -345,6 +418,8 @@ fn plain(state: &AppState, req: &httparse::Request<'_, '_>, head_len: usize) -> 
                 && h.value.windows(15).any(|w| w == b"devgate.bearer."))
         {
             return None;
+        } else if is("accept") {
+            html |= proxy::visible(h.value).is_some_and(|v| v.contains("text/html"));
         } else if is("connection") {
             for option in proxy::visible(h.value)?.split(',').map(str::trim) {
                 if option.eq_ignore_ascii_case("close") {
@@ -365,6 +440,7 @@ fn plain(state: &AppState, req: &httparse::Request<'_, '_>, head_len: usize) -> 
         head_len,
         head_only,
         close,
+        html,
     })
 }
 

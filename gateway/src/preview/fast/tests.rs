@@ -159,7 +159,9 @@ fn answer(raw: &str, head_only: bool) -> Result<(Framing, bool, String), ()> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
     assert!(resp.parse(raw.as_bytes()).unwrap().is_complete());
-    edit_answer(&resp, head_only).map(|(f, keep, head)| (f, keep, String::from_utf8(head).unwrap()))
+    let mut head = Vec::new();
+    edit_answer(&resp, head_only, &mut head)
+        .map(|(f, keep)| (f, keep, String::from_utf8(head).unwrap()))
 }
 
 #[test]
