@@ -151,7 +151,9 @@ async fn exchange(gw: &Gateway, raw: &str) -> String {
 async fn plain_requests_take_the_fast_path_with_every_framing_and_the_rest_hyper() {
     let gw = Gateway::start().await.unwrap();
     gw.open_project("demo").await.unwrap();
-    dev_server_with(&gw, "demo", "raw", true, RAW_SERVER, &[])
+    // A second declared port, where nothing listens.
+    let silent = tests::free_port();
+    dev_server_with(&gw, "demo", "raw", true, RAW_SERVER, &[silent])
         .await
         .unwrap();
     let host = "raw.demo.localhost";
@@ -374,6 +376,34 @@ async fn plain_requests_take_the_fast_path_with_every_framing_and_the_rest_hyper
     assert_ne!(r.headers()["x-conn"].to_str().unwrap(), first);
     assert_eq!(r.text().await.unwrap(), "hello");
     assert_eq!(fast_answers(&gw).await - before, 1);
+
+    // A declared port where nothing listens: after the wait for a dev
+    // server starting, the proxy's 502, its page for a browser; a HEAD's
+    // without a body (what follows on the connection stays in step).
+    let silent_host = format!("{silent}-{authority}");
+    let get = format!(
+        "GET / HTTP/1.1\r\nHost: {silent_host}\r\nAccept: text/html\r\nConnection: close\r\n\r\n"
+    );
+    let head = format!(
+        "HEAD / HTTP/1.1\r\nHost: {silent_host}\r\n\r\n\
+         GET /cl HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+    );
+    let (get, head) = tokio::join!(exchange(&gw, &get), exchange(&gw, &head));
+    assert!(get.starts_with("HTTP/1.1 502 Bad Gateway\r\n"), "{get}");
+    assert!(
+        get.contains("text/html") && get.ends_with("</html>\n"),
+        "{get}"
+    );
+    let answers: Vec<&str> = head.split("HTTP/1.1 ").skip(1).collect();
+    assert_eq!(answers.len(), 2, "{head}");
+    assert!(
+        answers[0].starts_with("502") && answers[0].ends_with("\r\n\r\n"),
+        "{head}"
+    );
+    assert!(
+        answers[1].starts_with("200") && answers[1].ends_with("hello"),
+        "{head}"
+    );
 
     // An answer with two lengths: not taken; hyper's answer is a 502.
     let r = b.get(url(&gw, host, "/ambiguous")).send().await.unwrap();

@@ -24,6 +24,10 @@ pub(super) enum Framing {
 pub(super) struct Down<'a> {
     pub io: &'a mut Counted,
     pub buf: &'a mut BytesMut,
+    /// The current request's head, at the front of `buf`: bytes past it are
+    /// a pipelined request, whose client has not gone even when it has
+    /// closed its side (it waits for both answers, which hyper gives too).
+    pub head_len: usize,
 }
 
 /// What became of a request sent to the dev server.
@@ -50,7 +54,12 @@ pub(super) async fn exchange_once(
     head_only: bool,
     head: &mut Vec<u8>,
 ) -> Sent {
-    if up.tcp.write_all(request).await.is_err() {
+    let written = tokio::select! {
+        biased;
+        written = up.tcp.write_all(request) => written.is_ok(),
+        () = client_gone(down) => return Sent::ClientGone,
+    };
+    if !written {
         return Sent::Closed;
     }
     up.buf.clear();
@@ -359,7 +368,7 @@ pub(super) async fn fill(up: &mut Upstream, down: &mut Down<'_>) -> Fill {
 /// Resolves when the client has closed its side or its connection broke;
 /// what it sends meanwhile (a pipelined request) is kept in its buffer, up
 /// to [`MAX_HEAD`] (past that, nothing more is read until the answer ends).
-async fn client_gone(down: &mut Down<'_>) {
+pub(super) async fn client_gone(down: &mut Down<'_>) {
     loop {
         if down.buf.len() >= MAX_HEAD {
             return std::future::pending().await;
@@ -367,6 +376,8 @@ async fn client_gone(down: &mut Down<'_>) {
         down.buf.reserve(4 * 1024);
         match down.io.read_buf(down.buf).await {
             Ok(n) if n > 0 => {}
+            // Its side closed after a pipelined request: it still waits.
+            Ok(_) if down.buf.len() > down.head_len => return std::future::pending().await,
             _ => return,
         }
     }

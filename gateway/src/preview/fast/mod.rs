@@ -220,17 +220,13 @@ impl Client {
             };
             let authority = route.authority();
             edit_request(&state.keys, &req, trusted_peer, &ip, &mut self.out);
-            let (framing, keep_up) = match self.exchange(&authority, plain.head_only).await {
+            let (framing, keep_up) = match self.exchange(&authority, &plain).await {
                 Sent::Answer(framing, keep_up) => (framing, keep_up),
                 Sent::ClientGone => return Served::Closed,
                 Sent::Closed | Sent::Unusable => return Served::HandOver,
                 Sent::NoDevServer => {
                     self.buf.advance(plain.head_len);
-                    if !self
-                        .refuse(Refusal::BadGateway, plain.html, plain.close)
-                        .await
-                        || plain.close
-                    {
+                    if !self.refuse(Refusal::BadGateway, &plain).await || plain.close {
                         return Served::Closed;
                     }
                     continue;
@@ -238,7 +234,7 @@ impl Client {
             };
             // Counted before the client can see the answer.
             state.preview.fast.inc();
-            let passed = self.pass_answer(state, framing, plain.close).await;
+            let passed = self.pass_answer(state, framing, &plain).await;
             self.buf.advance(plain.head_len);
             if !passed || framing == Framing::Close {
                 return Served::Closed;
@@ -259,7 +255,7 @@ impl Client {
     /// once) and reads the answer's head into `head` (the dev server's
     /// connection keeps the rest of what it read). Anything but an answer
     /// leaves no dev-server connection kept.
-    async fn exchange(&mut self, authority: &str, head_only: bool) -> Sent {
+    async fn exchange(&mut self, authority: &str, plain: &Plain) -> Sent {
         if self
             .up
             .as_ref()
@@ -273,7 +269,17 @@ impl Client {
                 // As the pool dials: a dev server that does not listen yet
                 // (just started) is waited for a while; then the answer is
                 // the proxy's 502.
-                let Ok(tcp) = pool::dial(authority).await else {
+                let mut down = Down {
+                    io: &mut self.io,
+                    buf: &mut self.buf,
+                    head_len: plain.head_len,
+                };
+                let dialed = tokio::select! {
+                    biased;
+                    dialed = pool::dial(authority) => dialed,
+                    () = answer::client_gone(&mut down) => return Sent::ClientGone,
+                };
+                let Ok(tcp) = dialed else {
                     return Sent::NoDevServer;
                 };
                 let tcp = tcp.into_inner();
@@ -289,12 +295,20 @@ impl Client {
             let mut down = Down {
                 io: &mut self.io,
                 buf: &mut self.buf,
+                head_len: plain.head_len,
             };
-            match exchange_once(up, &mut down, &self.out, head_only, &mut self.head).await {
+            let sent = exchange_once(up, &mut down, &self.out, plain.head_only, &mut self.head);
+            match sent.await {
                 answer @ Sent::Answer(..) => return answer,
                 // Closed before answering: the dev server timed out the
                 // kept connection; a new one gets the request once more.
                 Sent::Closed if reused && attempt == 0 => self.up = None,
+                // A new connection closed unanswered: the dev server's
+                // failure, answered here (hyper's pool would send it again).
+                Sent::Closed => {
+                    self.up = None;
+                    return Sent::NoDevServer;
+                }
                 other => {
                     self.up = None;
                     return other;
@@ -307,11 +321,11 @@ impl Client {
     /// Writes the answer's head (in `head`) and its body, as framed. False
     /// when either side failed part way (the client's connection then
     /// closes: its answer is cut short).
-    async fn pass_answer(&mut self, state: &AppState, framing: Framing, close: bool) -> bool {
+    async fn pass_answer(&mut self, state: &AppState, framing: Framing, plain: &Plain) -> bool {
         let Some(up) = self.up.as_mut() else {
             return false;
         };
-        if close || framing == Framing::Close {
+        if plain.close || framing == Framing::Close {
             let end = self.head.len() - 2;
             self.head.truncate(end);
             self.head.extend_from_slice(b"connection: close\r\n\r\n");
@@ -321,6 +335,7 @@ impl Client {
         let mut down = Down {
             io: &mut self.io,
             buf: &mut self.buf,
+            head_len: plain.head_len,
         };
         let passed = match framing {
             Framing::Empty => down.io.write_all(out).await.is_ok(),
@@ -334,10 +349,10 @@ impl Client {
         passed
     }
 
-    /// Answers with `refusal`'s page or JSON error, as the proxy does.
-    /// False when the client is gone.
-    async fn refuse(&mut self, refusal: Refusal, html: bool, close: bool) -> bool {
-        let (parts, body) = refusal.answer(html).into_parts();
+    /// Answers with `refusal`'s page or JSON error, as the proxy does (no
+    /// body for a `HEAD`). False when the client is gone.
+    async fn refuse(&mut self, refusal: Refusal, plain: &Plain) -> bool {
+        let (parts, body) = refusal.answer(plain.html).into_parts();
         let Ok(body) = http_body_util::BodyExt::collect(body).await else {
             return false;
         };
@@ -349,11 +364,13 @@ impl Client {
             push_header(out, name.as_str().as_bytes(), value.as_bytes());
         }
         push_header(out, b"content-length", body.len().to_string().as_bytes());
-        if close {
+        if plain.close {
             push_header(out, b"connection", b"close");
         }
         out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(&body);
+        if !plain.head_only {
+            out.extend_from_slice(&body);
+        }
         self.io.write_all(out).await.is_ok()
     }
 
