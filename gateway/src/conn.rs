@@ -84,6 +84,11 @@ impl tokio::io::AsyncRead for Counted {
         if !self.unread.is_empty() {
             let n = buf.remaining().min(self.unread.len());
             buf.put_slice(&self.unread.split_to(n));
+            if self.unread.is_empty() {
+                // Let go of the buffer they were read into (the fast path's,
+                // 8 KiB), which would otherwise live as long as the socket.
+                self.unread = bytes::Bytes::new();
+            }
             return std::task::Poll::Ready(Ok(()));
         }
         std::pin::Pin::new(&mut self.io).poll_read(cx, buf)

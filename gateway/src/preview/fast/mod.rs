@@ -92,8 +92,8 @@ pub fn fast(
                 io,
                 buf: BytesMut::with_capacity(8 * 1024),
                 up: None,
-                out: Vec::with_capacity(4 * 1024),
-                head: Vec::with_capacity(4 * 1024),
+                out: Vec::new(),
+                head: Vec::new(),
             };
             match conn
                 .serve(&state, peer, header_read_timeout, &shutdown)
