@@ -525,6 +525,30 @@ export class Containers {
       ul.replaceChildren(h('li', { class: 'empty' }, 'No containers yet. Add one from a template with the + button.'));
       return;
     }
+    // The list is rebuilt on every change (a status event, say): a control
+    // that had the focus gets it back in the new list, else keyboard users
+    // would find themselves at the top of the page.
+    const had = ul.contains(document.activeElement) ? document.activeElement : null;
+    const where = had && {
+      name: had.closest('li.container')?.dataset.name,
+      label: had.getAttribute('aria-label'),
+      isName: had.classList.contains('name'),
+    };
+    this.fill(ul, pending);
+    if (where) {
+      const li = [...ul.querySelectorAll('li.container')].find((l) => l.dataset.name === where.name);
+      const buttons = li ? [...li.querySelectorAll('button')] : [];
+      const back =
+        buttons.find((b) => (where.isName ? b.classList.contains('name') : b.getAttribute('aria-label') === where.label) && !b.disabled) ||
+        buttons.find((b) => b.classList.contains('name')) ||
+        ul.querySelector('button:not([disabled])') ||
+        $('container-add');
+      back?.focus();
+    }
+  }
+
+  /** Puts the containers (and those being added) in the list. */
+  fill(ul, pending) {
     ul.replaceChildren(
       ...pending,
       ...this.list.map((c) => {
