@@ -548,6 +548,28 @@ describe('the demo page as an IDE', { timeout: 20 * 60_000 }, () => {
     assert.deepEqual(unlabelled, []);
   });
 
+  test('13b: the containers list, rebuilt on a status event, keeps a keyboard user\'s focus', { timeout: STEP }, async () => {
+    const focused = () =>
+      page.evaluate(() => {
+        const a = document.activeElement;
+        const li = a && a.closest('#container-list li.container');
+        return li ? `${li.dataset.name} ${a.classList.contains('name') ? 'name' : a.getAttribute('aria-label')}` : a ? a.tagName : null;
+      });
+    await page.locator('#container-list li[data-name="crashy"] button.name').focus();
+    assert.equal(await focused(), 'crashy name');
+    // What a status event does: the list is rebuilt, its buttons replaced.
+    const before = await page.evaluate(() => {
+      const b = document.activeElement;
+      window.__devgate.containers.render();
+      return b.isConnected;
+    });
+    assert.equal(before, false, 'the rebuild replaced the focused button');
+    assert.equal(await focused(), 'crashy name');
+    await page.locator('#container-list li[data-name="crashy"] button[aria-label="Remove container crashy"]').focus();
+    await page.evaluate(() => window.__devgate.containers.render());
+    assert.equal(await focused(), 'crashy Remove container crashy');
+  });
+
   test('14: 400 px: panes stack, tabs switch between them, the shell keeps at least 20 columns', { timeout: STEP }, async () => {
     await page.setViewportSize({ width: 400, height: 800 });
     await page.locator('#views').waitFor();
