@@ -187,14 +187,7 @@ pub(super) async fn pass_length(
     n: u64,
     counted: &Counter,
 ) -> bool {
-    let mut left = n;
-    let first = up
-        .buf
-        .len()
-        .min(usize::try_from(left).unwrap_or(usize::MAX));
-    out.extend_from_slice(&up.buf[..first]);
-    up.buf.advance(first);
-    left -= first as u64;
+    let mut left = n - take(up, out, n);
     if down.io.write_all(out).await.is_err() {
         return false;
     }
@@ -202,15 +195,16 @@ pub(super) async fn pass_length(
         if !matches!(fill(up, down).await, Fill::More) {
             return false;
         }
-        let take = up
+        // Straight from the dev server's buffer to the client.
+        let part = up
             .buf
             .len()
             .min(usize::try_from(left).unwrap_or(usize::MAX));
-        if down.io.write_all(&up.buf[..take]).await.is_err() {
+        if down.io.write_all(&up.buf[..part]).await.is_err() {
             return false;
         }
-        up.buf.advance(take);
-        left -= take as u64;
+        up.buf.advance(part);
+        left -= part as u64;
     }
     counted.inc_by(n);
     true
@@ -273,13 +267,7 @@ pub(super) async fn pass_chunked(
             if up.buf.is_empty() && !flush_then_fill(up, down, out).await {
                 return false;
             }
-            let take = up
-                .buf
-                .len()
-                .min(usize::try_from(left).unwrap_or(usize::MAX));
-            out.extend_from_slice(&up.buf[..take]);
-            up.buf.advance(take);
-            left -= take as u64;
+            left -= take(up, out, left);
         }
         // The chunk's own line end.
         while up.buf.len() < 2 {
@@ -325,6 +313,17 @@ pub(super) async fn pass_to_close(
     }
     counted.inc_by(total);
     true
+}
+
+/// Moves up to `left` bytes of what the dev server sent to `out`; how many.
+fn take(up: &mut Upstream, out: &mut Vec<u8>, left: u64) -> u64 {
+    let n = up
+        .buf
+        .len()
+        .min(usize::try_from(left).unwrap_or(usize::MAX));
+    out.extend_from_slice(&up.buf[..n]);
+    up.buf.advance(n);
+    n as u64
 }
 
 /// Writes what `out` holds to the client.

@@ -163,12 +163,10 @@ impl Client {
             let deadline = tokio::time::Instant::now() + header_read_timeout;
             // A whole head, within the header-read timeout (which also
             // closes a connection idle between requests).
-            loop {
-                let mut scratch = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                match httparse::Request::new(&mut scratch).parse(&self.buf) {
-                    Ok(httparse::Status::Complete(_)) => break,
-                    Ok(httparse::Status::Partial) if self.buf.len() < MAX_HEAD => {}
-                    _ => return Served::HandOver,
+            // (Found by its blank line, so that the head is parsed once.)
+            while !head_complete(&self.buf) {
+                if self.buf.len() >= MAX_HEAD {
+                    return Served::HandOver;
                 }
                 self.buf.reserve(8 * 1024);
                 let idle = self.buf.is_empty();
@@ -185,6 +183,8 @@ impl Client {
             }
             let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
             let mut req = httparse::Request::new(&mut headers);
+            // Anything but a whole head here (too many headers, bad bytes,
+            // blank lines before the request line) is hyper's to answer.
             let Ok(httparse::Status::Complete(head_len)) = req.parse(&self.buf) else {
                 return Served::HandOver;
             };
@@ -386,6 +386,12 @@ impl Client {
         self.io.unread(self.buf.freeze());
         self.io
     }
+}
+
+/// Whether `buf` holds a blank line, which ends a head (httparse takes bare
+/// LF line ends too).
+fn head_complete(buf: &[u8]) -> bool {
+    buf.windows(2).any(|w| w == b"\n\n") || buf.windows(3).any(|w| w == b"\n\r\n")
 }
 
 /// Whether a kept dev-server connection has something to read between two

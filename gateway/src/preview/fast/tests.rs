@@ -233,3 +233,13 @@ fn answers_are_framed_as_the_dev_server_framed_them() {
     let (f, _, _) = answer("HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n", false).unwrap();
     assert_eq!(f, Framing::Length(5));
 }
+
+#[test]
+fn a_head_is_found_by_its_blank_line() {
+    assert!(head_complete(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
+    assert!(head_complete(b"GET / HTTP/1.1\nHost: a\n\n"));
+    assert!(head_complete(b"GET / HTTP/1.1\r\n\r\nGET /next"));
+    assert!(!head_complete(b"GET / HTTP/1.1\r\nHost: a\r\n"));
+    assert!(!head_complete(b"GET / HTTP/1.1\r\nHost: a\r\n\r"));
+    assert!(!head_complete(b""));
+}
