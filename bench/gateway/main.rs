@@ -205,7 +205,23 @@ async fn main() -> Result<()> {
             check_body(&url, "up.bench.localhost", &page).await?;
             urls.insert(1, ("baseline", url));
         }
-        let (r, rounds) = compare(&args, 2, 64, host, &urls)?;
+        // Who serves each target, for its CPU and context switches per
+        // request: the gateway process, or nginx's workers (the upstream's
+        // CPU, the same for all, is left out).
+        let workers = children(_nginx.0.id());
+        let pids: Vec<Vec<u32>> = urls
+            .iter()
+            .map(|(name, _)| match *name {
+                "gateway" => gw.pid().into_iter().collect(),
+                "baseline" => base
+                    .as_ref()
+                    .and_then(|(b, _)| b.pid())
+                    .into_iter()
+                    .collect(),
+                _ => workers.clone(),
+            })
+            .collect();
+        let (r, rounds) = compare(&args, 2, 64, host, &urls, &pids)?;
         let g = r[0];
         let (n, p) = (r[urls.len() - 2], r[urls.len() - 1]);
         let verdict = |o: &Wrk| {
@@ -219,12 +235,14 @@ async fn main() -> Result<()> {
                 }
             )
         };
+        let spent = |w: &Wrk| format!("{:.1} µs | {:.2} + {:.2}", w.cpu_us, w.sleeps, w.preempted);
         let base_row = match &base {
             Some(_) => format!(
-                "| baseline build (`--baseline`) | {:.0} | {:.2} ms | {:.2} ms | {} ({:+.1}% req/s) |\n",
+                "| baseline build (`--baseline`) | {:.0} | {:.2} ms | {:.2} ms | {} | {} ({:+.1}% req/s) |\n",
                 r[1].rps,
                 r[1].p50_ms,
                 r[1].p99_ms,
+                spent(&r[1]),
                 verdict(&r[1]),
                 100.0 * (g.rps / r[1].rps - 1.0),
             ),
@@ -232,27 +250,33 @@ async fn main() -> Result<()> {
         };
         report.push(format!(
             "### Preview proxy, 1 KiB upstream answer, `wrk -t2 -c64 -d{}s` (median of {} rounds)\n\n\
-             | | req/s | p50 | p99 | gateway vs it |\n|---|---|---|---|---|\n\
-             | gateway | {:.0} | {:.2} ms | {:.2} ms | |\n\
+             | | req/s | p50 | p99 | CPU / request | switches / request (sleeps + preempted) | gateway vs it |\n|---|---|---|---|---|---|---|\n\
+             | gateway | {:.0} | {:.2} ms | {:.2} ms | {} | |\n\
              {base_row}\
-             | nginx, plain `proxy_pass` (a new upstream connection per request) | {:.0} | {:.2} ms | {:.2} ms | {} |\n\
-             | nginx, upstream `keepalive 64` pool (`proxy_http_version 1.1`, `Connection \"\"`) | {:.0} | {:.2} ms | {:.2} ms | {} |\n\n\
-             nginx's `worker_processes`: {}.\n\n\
+             | nginx, plain `proxy_pass` (a new upstream connection per request) | {:.0} | {:.2} ms | {:.2} ms | {} | {} |\n\
+             | nginx, upstream `keepalive 64` pool (`proxy_http_version 1.1`, `Connection \"\"`) | {:.0} | {:.2} ms | {:.2} ms | {} | {} |\n\n\
+             nginx's `worker_processes`: {}. CPU and context switches are the proxy's own \
+             (the gateway process, or nginx's workers: {} of them) over the round's wrk run, \
+             per request served, from `/proc`; the upstream's are left out.\n\n\
              Every round, req/s: {rounds}\n",
             args.duration,
             args.rounds,
             g.rps,
             g.p50_ms,
             g.p99_ms,
+            spent(&g),
             p.rps,
             p.p50_ms,
             p.p99_ms,
+            spent(&p),
             verdict(&p),
             n.rps,
             n.p50_ms,
             n.p99_ms,
+            spent(&n),
             verdict(&n),
             args.nginx_workers,
+            workers.len(),
         ));
     }
 
@@ -294,7 +318,7 @@ async fn main() -> Result<()> {
             .collect();
         // One connection (latency), then 64 (throughput, as the proxy runs).
         for (threads, conns, what) in [(1, 1, "one connection"), (2, 64, "64 connections")] {
-            let (r, rounds) = compare_with(&args, threads, conns, &headers, &urls)?;
+            let (r, rounds) = compare_with(&args, threads, conns, &headers, &urls, &[])?;
             let g = r[0];
             let n = r[urls.len() - 1];
             let row = |name: &str, w: &Wrk, vs: String| {
@@ -1174,6 +1198,77 @@ struct Wrk {
     rps: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// What the processes serving the target spent per request over the
+    /// run (when they were given): CPU time (user + system, µs), and how
+    /// often one of their threads went to sleep (voluntary context
+    /// switches) or was preempted (involuntary).
+    cpu_us: f64,
+    sleeps: f64,
+    preempted: f64,
+}
+
+/// CPU time and context switches of a set of processes, all their threads
+/// (from `/proc`; switches of threads that ended in between are lost).
+#[derive(Debug, Clone, Copy, Default)]
+struct Usage {
+    cpu_s: f64,
+    sleeps: u64,
+    preempted: u64,
+}
+
+fn usage(pids: &[u32]) -> Usage {
+    // USER_HZ, the unit of /proc's CPU times: 100 on every Linux port.
+    const TICKS: f64 = 100.0;
+    let mut u = Usage::default();
+    for pid in pids {
+        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            && let Some((_, rest)) = stat.rsplit_once(')')
+        {
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            // utime and stime (fields 14 and 15), thread-group totals.
+            u.cpu_s += (ticks(11) + ticks(12)) / TICKS;
+        }
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+                continue;
+            };
+            for line in status.lines() {
+                let count = |prefix: &str| {
+                    line.strip_prefix(prefix)
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                };
+                if let Some(n) = count("voluntary_ctxt_switches:") {
+                    u.sleeps += n;
+                } else if let Some(n) = count("nonvoluntary_ctxt_switches:") {
+                    u.preempted += n;
+                }
+            }
+        }
+    }
+    u
+}
+
+/// The processes whose parent is `parent` (nginx's workers).
+fn children(parent: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let (_, rest) = s.rsplit_once(')')?;
+                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(parent)
+        })
+        .collect()
 }
 
 fn wrk(threads: usize, conns: usize, secs: u64, header: &str, url: &str) -> Result<Wrk> {
@@ -1238,15 +1333,18 @@ fn ms(v: &str) -> Result<f64> {
 /// `wrk` against each URL in turn, `args.rounds` times (the URLs
 /// interleaved in every round, after a 2 s warm-up of each). Returns each
 /// URL's median run and every round's req/s, for the report.
+/// `pids[i]`, when given, are the processes serving URL `i`: what they
+/// spend per request goes in its results.
 fn compare(
     args: &Args,
     threads: usize,
     conns: usize,
     header: &str,
     urls: &[(&str, String)],
+    pids: &[Vec<u32>],
 ) -> Result<(Vec<Wrk>, String)> {
     let headers = vec![header.to_string(); urls.len()];
-    compare_with(args, threads, conns, &headers, urls)
+    compare_with(args, threads, conns, &headers, urls, pids)
 }
 
 /// [`compare`] with one header per URL.
@@ -1256,6 +1354,7 @@ fn compare_with(
     conns: usize,
     headers: &[String],
     urls: &[(&str, String)],
+    pids: &[Vec<u32>],
 ) -> Result<(Vec<Wrk>, String)> {
     for ((_, url), header) in urls.iter().zip(headers) {
         wrk(threads, conns, 2, header, url)?;
@@ -1263,7 +1362,16 @@ fn compare_with(
     let mut runs = vec![Vec::new(); urls.len()];
     for round in 0..args.rounds {
         for (i, ((name, url), header)) in urls.iter().zip(headers).enumerate() {
-            let w = wrk(threads, conns, args.duration, header, url)?;
+            let serving = pids.get(i).map(Vec::as_slice).unwrap_or_default();
+            let before = usage(serving);
+            let mut w = wrk(threads, conns, args.duration, header, url)?;
+            let after = usage(serving);
+            if !serving.is_empty() {
+                let requests = w.rps * args.duration as f64;
+                w.cpu_us = (after.cpu_s - before.cpu_s) * 1e6 / requests;
+                w.sleeps = after.sleeps.saturating_sub(before.sleeps) as f64 / requests;
+                w.preempted = after.preempted.saturating_sub(before.preempted) as f64 / requests;
+            }
             eprintln!("  round {round}: {name} {w:?}");
             runs[i].push(w);
         }
@@ -1274,7 +1382,17 @@ fn compare_with(
         .map(|((name, _), r)| {
             let v: Vec<String> = r
                 .iter()
-                .map(|w| format!("{:.0} (p50 {:.3} ms)", w.rps, w.p50_ms))
+                .map(|w| {
+                    let spent = if w.cpu_us > 0.0 {
+                        format!(
+                            ", {:.1} µs CPU, {:.2} + {:.2} switches",
+                            w.cpu_us, w.sleeps, w.preempted
+                        )
+                    } else {
+                        String::new()
+                    };
+                    format!("{:.0} (p50 {:.3} ms{spent})", w.rps, w.p50_ms)
+                })
                 .collect();
             format!("{name} {}", v.join(" / "))
         })
