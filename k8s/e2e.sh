@@ -25,7 +25,9 @@
 # their own can run (a test asking for some fails saying so); select them
 # with --test (the default: api_projects, api_files). They share the one
 # gateway, so each starts by deleting every project on it and they run one
-# at a time: use a cluster of its own for this shape.
+# at a time: use a cluster of its own for this shape, and say so with
+# E2E_WIPE=yes (without it the shape does not run; a test that finds
+# projects on the gateway without it fails and deletes none).
 #
 # Tests that look into the local runtime's project folders (`project_dir`)
 # or clone bundled templates from a gateway off the pods' network fail
@@ -46,6 +48,9 @@ kubectl version --request-timeout=10s >/dev/null 2>&1 || die "the API server of 
 echo "== cluster: context '$context'"
 shape=${E2E_SHAPE:-off-cluster}
 case "$shape" in off-cluster | in-cluster) ;; *) die "E2E_SHAPE is off-cluster or in-cluster, not '$shape'" ;; esac
+if [ "$shape" = in-cluster ] && [ "${E2E_WIPE:-}" != yes ]; then
+  die "the in-cluster shape deletes every project on the gateway of context '$context' (each test starts from none): run it on a cluster of its own, with E2E_WIPE=yes"
+fi
 
 tag=${E2E_IMAGE_TAG:-dev}
 if [ "${E2E_BUILD_IMAGES:-0}" = 1 ]; then
@@ -127,6 +132,7 @@ if [ "$shape" = in-cluster ]; then
   export E2E_GATEWAY_URL="http://127.0.0.1:$port"
   E2E_GATEWAY_SECRET=$(kubectl -n "$sa_ns" get secret devgate-gateway -o jsonpath='{.data.GATEWAY_SECRET}' | base64 -d)
   export E2E_GATEWAY_SECRET
+  export E2E_GATEWAY_WIPE=yes
   if [ $# -eq 0 ]; then set -- --test api_projects --test api_files; fi
   # One gateway for every test: each test starts by deleting the projects
   # the one before left, so they run one at a time.

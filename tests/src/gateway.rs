@@ -111,7 +111,11 @@ impl GatewayBuilder {
             .ok()
             .filter(|u| !u.is_empty())
         {
-            return self.external(&url).await;
+            let secret = std::env::var("E2E_GATEWAY_SECRET").context(
+                "E2E_GATEWAY_URL needs E2E_GATEWAY_SECRET (the gateway's GATEWAY_SECRET)",
+            )?;
+            let wipe = std::env::var("E2E_GATEWAY_WIPE").is_ok_and(|w| w == "yes");
+            return self.external(&url, secret, wipe).await;
         }
         let (temp, data_dir) = match &self.data_dir {
             Some(d) => (None, d.clone()),
@@ -150,12 +154,15 @@ impl GatewayBuilder {
     }
 
     /// The gateway at `url` (`http://IP:PORT`, e.g. a `kubectl port-forward`
-    /// of the in-cluster gateway's Service), whose secret is
-    /// `E2E_GATEWAY_SECRET`. Only a gateway with default settings can be that
-    /// one: a test that asks for settings of its own fails with a message.
-    /// Every project on it is deleted first, so each test starts from none,
-    /// as with a gateway of its own (run these tests one at a time).
-    async fn external(self, url: &str) -> Result<Gateway> {
+    /// of the in-cluster gateway's Service), whose secret is `secret`
+    /// (`E2E_GATEWAY_SECRET`). Only a gateway with default settings can be
+    /// that one: a test that asks for settings of its own fails with a
+    /// message. Every project on it is deleted first, so each test starts
+    /// from none, as with a gateway of its own (run these tests one at a
+    /// time); only when `wipe` (`E2E_GATEWAY_WIPE=yes`) says they may go: a
+    /// gateway holding projects fails the test otherwise, naming them, and
+    /// keeps them.
+    pub async fn external(self, url: &str, secret: String, wipe: bool) -> Result<Gateway> {
         let custom = !self.env.is_empty()
             || !self.args.is_empty()
             || self.archive.is_some()
@@ -169,8 +176,6 @@ impl GatewayBuilder {
             "this test starts a gateway with settings of its own, which the in-cluster \
              shape (E2E_GATEWAY_URL) cannot give it"
         );
-        let secret = std::env::var("E2E_GATEWAY_SECRET")
-            .context("E2E_GATEWAY_URL needs E2E_GATEWAY_SECRET (the gateway's GATEWAY_SECRET)")?;
         let base = url.trim_end_matches('/').to_owned();
         let addr = base
             .strip_prefix("http://")
@@ -203,14 +208,25 @@ impl GatewayBuilder {
             .or_else(|| list["projects"].as_array())
             .cloned()
             .unwrap_or_default();
-        for p in ids {
-            if let Some(id) = p["id"].as_str() {
-                gw.delete(&format!("/api/projects/{id}"))
-                    .send()
-                    .await?
-                    .error_for_status()
-                    .with_context(|| format!("cannot delete project {id} left on {url}"))?;
-            }
+        let ids: Vec<String> = ids
+            .iter()
+            .filter_map(|p| p["id"].as_str().map(str::to_owned))
+            .collect();
+        ensure!(
+            wipe || ids.is_empty(),
+            "the gateway at {url} holds {} project(s) ({}{}): a test deletes every project on \
+             it first, so it is not run there unless E2E_GATEWAY_WIPE=yes says they may go \
+             (k8s/e2e.sh: E2E_WIPE=yes, on a cluster of the tests' own)",
+            ids.len(),
+            ids.iter().take(5).cloned().collect::<Vec<_>>().join(", "),
+            if ids.len() > 5 { ", ..." } else { "" },
+        );
+        for id in ids {
+            gw.delete(&format!("/api/projects/{id}"))
+                .send()
+                .await?
+                .error_for_status()
+                .with_context(|| format!("cannot delete project {id} left on {url}"))?;
         }
         Ok(gw)
     }

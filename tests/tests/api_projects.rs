@@ -506,3 +506,57 @@ async fn every_error_has_the_json_body() {
         assert!(v["error"]["message"].is_string(), "{v}");
     }
 }
+
+/// The in-cluster shape of `k8s/e2e.sh` points the tests at a gateway that
+/// is not theirs (`E2E_GATEWAY_URL`), and each test deletes every project on
+/// it first: only when `E2E_GATEWAY_WIPE=yes` says they may go. Without it a
+/// gateway holding projects fails the test, naming them, and keeps them.
+#[tokio::test]
+async fn a_gateway_that_is_not_the_tests_keeps_its_projects_unless_told() {
+    let gw = Gateway::start().await.unwrap();
+    for id in ["keep-me", "mine-too"] {
+        let r = gw
+            .post("/api/projects")
+            .json(&json!({"id": id}))
+            .fetch()
+            .await;
+        assert_eq!(r.status(), 201);
+    }
+
+    let refused = Gateway::builder()
+        .external(&gw.base, gw.secret.clone(), false)
+        .await
+        .err()
+        .expect("a gateway with projects is refused without E2E_GATEWAY_WIPE");
+    let why = format!("{refused:#}");
+    assert!(
+        why.contains("2 project(s)") && why.contains("keep-me") && why.contains("mine-too"),
+        "{why}"
+    );
+    assert!(why.contains("E2E_GATEWAY_WIPE=yes"), "{why}");
+    let ids = |v: Value| -> Vec<String> {
+        let list = v.as_array().cloned().unwrap_or_default();
+        let mut ids: Vec<String> = list
+            .iter()
+            .filter_map(|p| p["id"].as_str().map(str::to_owned))
+            .collect();
+        ids.sort();
+        ids
+    };
+    let list: Value = gw.get("/api/projects").fetch().await.json().await.unwrap();
+    assert_eq!(ids(list), ["keep-me", "mine-too"]);
+
+    // Told: every project goes, and the tests' gateway is the one there.
+    let external = Gateway::builder()
+        .external(&gw.base, gw.secret.clone(), true)
+        .await
+        .unwrap();
+    let list: Value = external
+        .get("/api/projects")
+        .fetch()
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(ids(list).is_empty());
+}
