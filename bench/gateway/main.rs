@@ -221,7 +221,15 @@ async fn main() -> Result<()> {
                 _ => workers.clone(),
             })
             .collect();
-        let (r, rounds) = compare(&args, 2, 64, host, &urls, &pids)?;
+        let (r, rounds, runs) = compare(&args, 2, 64, host, &urls, &pids)?;
+        // Round by round (the targets of a round ran back to back): how the
+        // gateway's req/s compares with nginx keepalive's.
+        let keepalive = urls.len() - 2;
+        let ratios: Vec<String> = runs[0]
+            .iter()
+            .zip(&runs[keepalive])
+            .map(|(g, n)| format!("{:.2}", g.rps / n.rps))
+            .collect();
         let g = r[0];
         let (n, p) = (r[urls.len() - 2], r[urls.len() - 1]);
         let verdict = |o: &Wrk| {
@@ -255,6 +263,7 @@ async fn main() -> Result<()> {
              {base_row}\
              | nginx, plain `proxy_pass` (a new upstream connection per request) | {:.0} | {:.2} ms | {:.2} ms | {} | {} |\n\
              | nginx, upstream `keepalive 64` pool (`proxy_http_version 1.1`, `Connection \"\"`) | {:.0} | {:.2} ms | {:.2} ms | {} | {} |\n\n\
+             Gateway / nginx keepalive, req/s round by round: {}.\n\n\
              nginx's `worker_processes`: {}. CPU and context switches are the proxy's own \
              (the gateway process, or nginx's workers: {} of them) over the round's wrk run, \
              per request served, from `/proc`; the upstream's are left out.\n\n\
@@ -275,6 +284,7 @@ async fn main() -> Result<()> {
             n.p99_ms,
             spent(&n),
             verdict(&n),
+            ratios.join(", "),
             args.nginx_workers,
             workers.len(),
         ));
@@ -318,7 +328,7 @@ async fn main() -> Result<()> {
             .collect();
         // One connection (latency), then 64 (throughput, as the proxy runs).
         for (threads, conns, what) in [(1, 1, "one connection"), (2, 64, "64 connections")] {
-            let (r, rounds) = compare_with(&args, threads, conns, &headers, &urls, &[])?;
+            let (r, rounds, _) = compare_with(&args, threads, conns, &headers, &urls, &[])?;
             let g = r[0];
             let n = r[urls.len() - 1];
             let row = |name: &str, w: &Wrk, vs: String| {
@@ -1342,7 +1352,7 @@ fn compare(
     header: &str,
     urls: &[(&str, String)],
     pids: &[Vec<u32>],
-) -> Result<(Vec<Wrk>, String)> {
+) -> Result<(Vec<Wrk>, String, Vec<Vec<Wrk>>)> {
     let headers = vec![header.to_string(); urls.len()];
     compare_with(args, threads, conns, &headers, urls, pids)
 }
@@ -1355,7 +1365,7 @@ fn compare_with(
     headers: &[String],
     urls: &[(&str, String)],
     pids: &[Vec<u32>],
-) -> Result<(Vec<Wrk>, String)> {
+) -> Result<(Vec<Wrk>, String, Vec<Vec<Wrk>>)> {
     for ((_, url), header) in urls.iter().zip(headers) {
         wrk(threads, conns, 2, header, url)?;
     }
@@ -1398,7 +1408,8 @@ fn compare_with(
         })
         .collect::<Vec<_>>()
         .join("; ");
-    Ok((runs.into_iter().map(median).collect(), rounds))
+    let medians = runs.iter().cloned().map(median).collect();
+    Ok((medians, rounds, runs))
 }
 
 /// The median of `v` (the upper one of an even count).
