@@ -232,6 +232,13 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_PREVIEW_FAST_PATH", default_value_t = true, action = clap::ArgAction::Set)]
     pub preview_fast_path: bool,
 
+    /// How long a dev server may take to answer a proxied request: the time
+    /// from sending it to the answer's head (the body may then stream for as
+    /// long as it likes); past it the client gets 504. `0` or `off`: no
+    /// limit.
+    #[arg(long, env = "GATEWAY_PREVIEW_ANSWER_TIMEOUT", default_value = "5m", value_parser = parse_duration_or_off)]
+    pub preview_answer_timeout: std::time::Duration,
+
     /// Open client connections allowed in total; above it a new connection
     /// gets 503 and is closed.
     #[arg(long, env = "GATEWAY_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]

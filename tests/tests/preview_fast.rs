@@ -8,8 +8,10 @@
 //! the dev server receives, a connection mixing plain requests with one the
 //! fast path hands to hyper (pipelined, answered in order, over the same
 //! dev-server connection), a dev-server connection closed while idle, and an
-//! answer framed ambiguously (hyper's 502). The gateway's counter of
-//! fast-path answers shows which path answered.
+//! answer framed ambiguously (hyper's 502); a dev server that sends no answer
+//! within `--preview-answer-timeout` (504 on both paths, an event stream
+//! under way not cut). The gateway's counter of fast-path answers shows
+//! which path answered.
 
 use std::time::Duration;
 
@@ -453,4 +455,111 @@ async fn without_the_fast_path_hyper_answers_the_same() {
         assert_eq!(r.text().await.unwrap(), body);
     }
     assert_eq!(fast_answers(&gw).await, 0);
+}
+
+/// A dev server that takes a request and sends no answer gets
+/// `--preview-answer-timeout` (1 s here): the client then gets 504 (a page
+/// for a browser, else the JSON error), on the fast path and on hyper's,
+/// and its connection goes on; an answer whose head came in time streams
+/// on past it.
+#[tokio::test]
+async fn a_dev_server_that_does_not_answer_in_time_gets_504_on_both_paths() {
+    let gw = Gateway::builder()
+        .arg("--preview-answer-timeout")
+        .arg("1s")
+        .start()
+        .await
+        .unwrap();
+    gw.open_project("demo").await.unwrap();
+    dev_server_with(&gw, "demo", "raw", true, RAW_SERVER, &[])
+        .await
+        .unwrap();
+    let host = "raw.demo.localhost";
+    let authority = format!("{host}:{}", gw.addr.port());
+    let b = browser(&gw, &[host]);
+    wait_status(&b, &url(&gw, host, "/cl"), None, 200).await;
+    let timeouts = |m: String| -> u64 {
+        m.lines()
+            .find_map(|l| {
+                l.strip_prefix("gateway_refused_total{reason=\"preview_answer_timeout\"} ")
+            })
+            .map_or(0, |v| v.trim().parse().unwrap())
+    };
+    assert_eq!(timeouts(gw.metrics().await.unwrap()), 0);
+
+    // The fast path: 504 after the limit, then the next request on the
+    // same connection answered.
+    let before = fast_answers(&gw).await;
+    let started = std::time::Instant::now();
+    let out = exchange(
+        &gw,
+        &format!(
+            "GET /hang HTTP/1.1\r\nHost: {authority}\r\n\r\n\
+             GET /cl HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+        ),
+    )
+    .await;
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(950) && waited < Duration::from_secs(10),
+        "{waited:?}"
+    );
+    let got = answers(&out);
+    assert_eq!(got.len(), 2, "{out}");
+    assert!(got[0].starts_with("504 "), "{out}");
+    assert!(got[0].contains("\"code\":\"timeout\""), "{out}");
+    assert!(is(got[1], "200", "hello"), "{out}");
+    assert_eq!(fast_answers(&gw).await - before, 1, "the /cl");
+
+    // A browser gets the page.
+    let out = exchange(
+        &gw,
+        &format!(
+            "GET /hang HTTP/1.1\r\nHost: {authority}\r\nAccept: text/html\r\nConnection: close\r\n\r\n"
+        ),
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 504 "), "{out}");
+    assert!(
+        out.contains("text/html") && out.contains("Dev server not answering"),
+        "{out}"
+    );
+
+    // Hyper's path (a request with a body is not plain): the same 504.
+    let r = b
+        .post(url(&gw, host, "/hang"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 504);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "timeout");
+    assert_eq!(timeouts(gw.metrics().await.unwrap()), 3);
+
+    // An event stream whose head came in time is not cut at the limit.
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(format!("GET /sse HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(4), async {
+        while !String::from_utf8_lossy(&got).contains("data: first") {
+            let mut chunk = [0u8; 1024];
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed: {got:?}");
+            got.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await
+    .unwrap();
+    let mut more = [0u8; 1024];
+    let quiet = tokio::time::timeout(Duration::from_millis(2500), s.read(&mut more)).await;
+    assert!(
+        quiet.is_err(),
+        "the stream was cut or answered again past the limit: {:?}",
+        quiet.map(|n| String::from_utf8_lossy(&more[..n.unwrap_or(0)]).into_owned())
+    );
+    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"));
+    assert_eq!(timeouts(gw.metrics().await.unwrap()), 3);
 }

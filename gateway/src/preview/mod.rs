@@ -10,7 +10,8 @@
 //! `Authorization`, its preview cookie) are removed; `X-Forwarded-*` are set
 //! by the gateway, believed from the client only when it is a trusted proxy.
 //! Private previews need a preview cookie (see [`access`]). A stopped
-//! container answers 503, an unknown one or an undeclared port 404, and a
+//! container answers 503, an unknown one or an undeclared port 404, a dev
+//! server that sends no answer within `--preview-answer-timeout` 504, and a
 //! hibernated project is woken (restored, the container started) when the
 //! request may wake it: a user's always, a public or share-link request at
 //! most once per `--public-wake-interval` per project.
@@ -157,6 +158,9 @@ pub enum Refusal {
     /// The request came back round through this gateway.
     Loop,
     BadGateway,
+    /// The dev server sent no answer within `--preview-answer-timeout`
+    /// (seconds).
+    Timeout(u64),
     Internal(Error),
 }
 
@@ -218,6 +222,15 @@ impl Refusal {
                 "Dev server not answering",
                 "The container is running but its dev server does not answer on its port yet."
                     .to_owned(),
+            ),
+            Refusal::Timeout(secs) => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+                "Dev server not answering",
+                format!(
+                    "The dev server took the request but sent no answer within {secs} s. \
+                     Its log may say why."
+                ),
             ),
             Refusal::Internal(error) => {
                 let (status, code) = error.status_and_code();

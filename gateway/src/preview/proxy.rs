@@ -336,17 +336,26 @@ pub(super) async fn proxy(
         }))
     };
     let upstream_req = axum::http::Request::from_parts(parts, body);
-    let mut resp = match state
+    let authority = route.authority();
+    let sent = state
         .preview
         .pool
-        .send(&route.authority(), upstream_req, upgrade, down.clone())
-        .await
-    {
-        Ok(r) => r,
-        Err(error) => {
+        .send(&authority, upstream_req, upgrade, down.clone());
+    // The answer's head within `--preview-answer-timeout` (dropping the
+    // request closes its dev-server connection).
+    let limit = state.config.preview_answer_timeout;
+    let answered = if limit.is_zero() {
+        Ok(sent.await)
+    } else {
+        tokio::time::timeout(limit, sent).await
+    };
+    let mut resp = match answered {
+        Ok(Ok(r)) => r,
+        Ok(Err(error)) => {
             tracing::debug!(error = %crate::error::Chain(&error), "dev server did not answer");
             return Err(Refusal::BadGateway);
         }
+        Err(_) => return Err(answer_timeout(state, limit)),
     };
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -412,6 +421,14 @@ pub(super) async fn proxy(
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers, false);
     Ok(Response::from_parts(parts, Body::new(body)))
+}
+
+/// A dev server that sent no answer's head within `limit`: counted (metric
+/// `gateway_refused_total{reason="preview_answer_timeout"}`), answered 504.
+pub(super) fn answer_timeout(state: &AppState, limit: std::time::Duration) -> Refusal {
+    tracing::debug!(?limit, "dev server sent no answer in time");
+    state.metrics.refuse("preview_answer_timeout");
+    Refusal::Timeout(limit.as_secs())
 }
 
 /// An upgraded connection's socket taken back out of hyper's `Upgraded`

@@ -17,7 +17,8 @@
 //! implementation), and the dev-server connection goes to the pool. A `GET`
 //! or `HEAD` answered unusably so reaches the dev server twice, as a retry of
 //! an idempotent request does. A dev server that cannot be reached gets the
-//! proxy's own 502 here.
+//! proxy's own 502 here, one that sends no answer's head within
+//! `--preview-answer-timeout` its 504.
 //!
 //! The request's headers are edited as the proxy edits them (see `proxy`):
 //! hop-by-hop headers dropped, the gateway's cookie and tokens removed,
@@ -220,7 +221,26 @@ impl Client {
             };
             let authority = route.authority();
             edit_request(&state.keys, &req, trusted_peer, &ip, &mut self.out);
-            let (framing, keep_up) = match self.exchange(&authority, &plain).await {
+            // The answer's head within `--preview-answer-timeout`, as on the
+            // hyper path; a dev server late past it loses its connection.
+            let limit = state.config.preview_answer_timeout;
+            let exchanged = if limit.is_zero() {
+                Some(self.exchange(&authority, &plain).await)
+            } else {
+                tokio::time::timeout(limit, self.exchange(&authority, &plain))
+                    .await
+                    .ok()
+            };
+            let Some(exchanged) = exchanged else {
+                self.up = None;
+                self.buf.advance(plain.head_len);
+                let refusal = proxy::answer_timeout(state, limit);
+                if !self.refuse(refusal, &plain).await || plain.close {
+                    return Served::Closed;
+                }
+                continue;
+            };
+            let (framing, keep_up) = match exchanged {
                 Sent::Answer(framing, keep_up) => (framing, keep_up),
                 Sent::ClientGone => return Served::Closed,
                 Sent::Closed | Sent::Unusable => return Served::HandOver,
