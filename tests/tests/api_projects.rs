@@ -513,7 +513,14 @@ async fn every_error_has_the_json_body() {
 /// gateway holding projects fails the test, naming them, and keeps them.
 #[tokio::test]
 async fn a_gateway_that_is_not_the_tests_keeps_its_projects_unless_told() {
-    let gw = Gateway::start().await.unwrap();
+    // A gateway of this test's own, always (a secret of its own: with
+    // E2E_GATEWAY_URL set this test fails saying so, never touching that
+    // gateway's projects).
+    let gw = Gateway::builder()
+        .secret("the-harness-test-secret-of-forty-chars-!")
+        .start()
+        .await
+        .unwrap();
     for id in ["keep-me", "mine-too"] {
         let r = gw
             .post("/api/projects")

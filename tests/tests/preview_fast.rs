@@ -537,6 +537,36 @@ async fn a_dev_server_that_does_not_answer_in_time_gets_504_on_both_paths() {
     assert_eq!(v["error"]["code"], "timeout");
     assert_eq!(timeouts(gw.metrics().await.unwrap()), 3);
 
+    // An upload that takes longer than the limit is not cut: the clock
+    // starts once the body has been passed on (here the dev server answers
+    // as soon as it has it). A byte every 0.4 s, 2 s in all (the dev server
+    // gives up on a connection quiet for 0.6 s).
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(
+        format!(
+            "POST /echo HTTP/1.1\r\nHost: {authority}\r\nContent-Length: 6\r\n\
+             Connection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    for byte in b"abcdef" {
+        s.write_all(&[*byte]).await.unwrap();
+        if *byte != b'f' {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
+    }
+    assert!(started.elapsed() > Duration::from_millis(1500));
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    let out = String::from_utf8_lossy(&out);
+    assert!(is(&out[9..], "200", "abcdef"), "{out}");
+
     // An event stream whose head came in time is not cut at the limit.
     let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     s.write_all(format!("GET /sse HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes())

@@ -158,9 +158,8 @@ pub enum Refusal {
     /// The request came back round through this gateway.
     Loop,
     BadGateway,
-    /// The dev server sent no answer within `--preview-answer-timeout`
-    /// (seconds).
-    Timeout(u64),
+    /// The dev server sent no answer within `--preview-answer-timeout`.
+    Timeout(Duration),
     Internal(Error),
 }
 
@@ -223,13 +222,14 @@ impl Refusal {
                 "The container is running but its dev server does not answer on its port yet."
                     .to_owned(),
             ),
-            Refusal::Timeout(secs) => (
+            Refusal::Timeout(limit) => (
                 StatusCode::GATEWAY_TIMEOUT,
                 "timeout",
                 "Dev server not answering",
                 format!(
-                    "The dev server took the request but sent no answer within {secs} s. \
-                     Its log may say why."
+                    "The dev server took the request but sent no answer within {}. \
+                     Its log may say why.",
+                    humantime::format_duration(limit)
                 ),
             ),
             Refusal::Internal(error) => {

@@ -323,17 +323,26 @@ pub(super) async fn proxy(
     );
 
     let (up, down) = (state.preview.up.clone(), state.preview.down.clone());
-    // Nothing to count in an empty body (most GETs): pass it as it is.
-    let body = if upgrade || axum::body::HttpBody::is_end_stream(&body) {
-        body
+    // Nothing to count in an empty body (most GETs): pass it as it is. A
+    // body says when it has all been passed on (see below).
+    let (body, body_sent) = if upgrade || axum::body::HttpBody::is_end_stream(&body) {
+        (body, None)
     } else {
         let up = up.clone();
-        Body::new(body.map_frame(move |f| {
+        let (sent, body_sent) = tokio::sync::oneshot::channel();
+        let counted = body.map_frame(move |f| {
             if let Some(d) = f.data_ref() {
                 up.inc_by(d.len() as u64);
             }
             f
-        }))
+        });
+        (
+            Body::new(Passed {
+                body: counted,
+                sent: Some(sent),
+            }),
+            Some(body_sent),
+        )
     };
     let upstream_req = axum::http::Request::from_parts(parts, body);
     let authority = route.authority();
@@ -341,21 +350,34 @@ pub(super) async fn proxy(
         .preview
         .pool
         .send(&authority, upstream_req, upgrade, down.clone());
-    // The answer's head within `--preview-answer-timeout` (dropping the
-    // request closes its dev-server connection).
+    // The answer's head within `--preview-answer-timeout` of the request
+    // sent: for one with a body, counted from its end (an upload takes as
+    // long as it takes). Dropping the request closes its dev-server
+    // connection.
     let limit = state.config.preview_answer_timeout;
+    let late = async {
+        if let Some(body_sent) = body_sent {
+            // Its end passed on, or the body dropped (sent or failed).
+            let _ = body_sent.await;
+        }
+        tokio::time::sleep(limit).await;
+    };
     let answered = if limit.is_zero() {
-        Ok(sent.await)
+        Some(sent.await)
     } else {
-        tokio::time::timeout(limit, sent).await
+        tokio::select! {
+            biased;
+            answered = sent => Some(answered),
+            () = late => None,
+        }
     };
     let mut resp = match answered {
-        Ok(Ok(r)) => r,
-        Ok(Err(error)) => {
+        Some(Ok(r)) => r,
+        Some(Err(error)) => {
             tracing::debug!(error = %crate::error::Chain(&error), "dev server did not answer");
             return Err(Refusal::BadGateway);
         }
-        Err(_) => return Err(answer_timeout(state, limit)),
+        None => return Err(answer_timeout(state, limit)),
     };
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -428,7 +450,47 @@ pub(super) async fn proxy(
 pub(super) fn answer_timeout(state: &AppState, limit: std::time::Duration) -> Refusal {
     tracing::debug!(?limit, "dev server sent no answer in time");
     state.metrics.refuse("preview_answer_timeout");
-    Refusal::Timeout(limit.as_secs())
+    Refusal::Timeout(limit)
+}
+
+/// A request body that says (once) when it has all been passed on: its
+/// last frame taken, or the body dropped (hyper drops it once sent, or when
+/// the exchange fails).
+struct Passed<B> {
+    body: B,
+    sent: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl<B> hyper::body::Body for Passed<B>
+where
+    B: hyper::body::Body + Unpin,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.body).poll_frame(cx);
+        let ended = match &polled {
+            std::task::Poll::Ready(None) => true,
+            std::task::Poll::Ready(Some(_)) => self.body.is_end_stream(),
+            std::task::Poll::Pending => false,
+        };
+        if ended && let Some(sent) = self.sent.take() {
+            let _ = sent.send(());
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// An upgraded connection's socket taken back out of hyper's `Upgraded`
