@@ -109,16 +109,60 @@ while True:
     threading.Thread(target=serve, args=(c,), daemon=True).start()
 "#;
 
-/// Answers counted by the gateway's fast path.
-async fn fast_answers(gw: &Gateway) -> u64 {
+/// The value of the gateway's metric line starting with `name` (0 when
+/// absent: a counter not yet incremented).
+async fn metric(gw: &Gateway, name: &str) -> u64 {
     let metrics = gw.metrics().await.unwrap();
     metrics
         .lines()
-        .find_map(|l| l.strip_prefix("gateway_preview_fast_path_requests_total "))
-        .unwrap_or_else(|| panic!("no fast-path counter in {metrics}"))
-        .trim()
-        .parse()
-        .unwrap()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+/// Answers counted by the gateway's fast path.
+async fn fast_answers(gw: &Gateway) -> u64 {
+    metric(gw, "gateway_preview_fast_path_requests_total").await
+}
+
+/// A gateway (from `builder`) with project `demo` running [`RAW_SERVER`] as
+/// the public container `raw` (and `ports` declared), answering: the
+/// gateway, a client that resolves the preview host, and the host's
+/// authority (`raw.demo.localhost:PORT`).
+async fn raw_dev_server(
+    builder: tests::gateway::GatewayBuilder,
+    ports: &[u16],
+) -> (Gateway, reqwest::Client, String) {
+    let gw = builder.start().await.unwrap();
+    gw.open_project("demo").await.unwrap();
+    dev_server_with(&gw, "demo", "raw", true, RAW_SERVER, ports)
+        .await
+        .unwrap();
+    let host = "raw.demo.localhost";
+    let b = browser(&gw, &[host]);
+    wait_status(&b, &url(&gw, host, "/cl"), None, 200).await;
+    let authority = format!("{host}:{}", gw.addr.port());
+    (gw, b, authority)
+}
+
+/// Opens `/sse` on a new connection and reads until its first event has
+/// come (within 4 s): the connection, and what it read.
+async fn first_event(gw: &Gateway, authority: &str) -> (tokio::net::TcpStream, Vec<u8>) {
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(format!("GET /sse HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let seen = tokio::time::timeout(Duration::from_secs(4), async {
+        while !String::from_utf8_lossy(&got).contains("data: first") {
+            let mut chunk = [0u8; 1024];
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed: {got:?}");
+            got.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await;
+    assert!(seen.is_ok(), "the first event was held back: {got:?}");
+    (s, got)
 }
 
 /// The dev-server connections (`X-Conn`) that raw answers came over.
@@ -162,17 +206,10 @@ async fn exchange(gw: &Gateway, raw: &str) -> String {
 
 #[tokio::test]
 async fn plain_requests_take_the_fast_path_with_every_framing_and_the_rest_hyper() {
-    let gw = Gateway::start().await.unwrap();
-    gw.open_project("demo").await.unwrap();
     // A second declared port, where nothing listens.
     let silent = tests::free_port();
-    dev_server_with(&gw, "demo", "raw", true, RAW_SERVER, &[silent])
-        .await
-        .unwrap();
+    let (gw, b, authority) = raw_dev_server(Gateway::builder(), &[silent]).await;
     let host = "raw.demo.localhost";
-    let authority = format!("{host}:{}", gw.addr.port());
-    let b = browser(&gw, &[host]);
-    wait_status(&b, &url(&gw, host, "/cl"), None, 200).await;
     let before = fast_answers(&gw).await;
 
     // Every framing, through a client.
@@ -253,46 +290,24 @@ async fn plain_requests_take_the_fast_path_with_every_framing_and_the_rest_hyper
 
     // A chunk is passed on as soon as it is complete: an event stream's
     // first event arrives while the dev server holds the rest.
-    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    s.write_all(format!("GET /sse HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut got = Vec::new();
-    let seen = tokio::time::timeout(Duration::from_secs(4), async {
-        while !String::from_utf8_lossy(&got).contains("data: first") {
-            let mut chunk = [0u8; 1024];
-            let n = s.read(&mut chunk).await.unwrap();
-            assert!(n > 0, "closed: {got:?}");
-            got.extend_from_slice(&chunk[..n]);
-        }
-    })
-    .await;
-    assert!(seen.is_ok(), "the first event was held back: {got:?}");
-    drop(s);
+    drop(first_event(&gw, &authority).await);
 
     // A client that leaves while the dev server keeps it waiting leaves
     // nothing behind: its connection's place in the caps is given back.
-    let open = |m: String| -> u64 {
-        m.lines()
-            .find_map(|l| l.strip_prefix("gateway_open_connections "))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
-    };
+    let open = "gateway_open_connections";
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let idle = open(gw.metrics().await.unwrap());
+    let idle = metric(&gw, open).await;
     let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     s.write_all(format!("GET /hang HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes())
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(open(gw.metrics().await.unwrap()), idle + 1);
+    assert_eq!(metric(&gw, open).await, idle + 1);
     drop(s);
     tests::eventually(
         Duration::from_secs(5),
         "the left connection to be let go",
-        || async { (open(gw.metrics().await.unwrap()) == idle).then_some(()) },
+        || async { (metric(&gw, open).await == idle).then_some(()) },
     )
     .await
     .unwrap();
@@ -433,18 +448,9 @@ async fn plain_requests_take_the_fast_path_with_every_framing_and_the_rest_hyper
 
 #[tokio::test]
 async fn without_the_fast_path_hyper_answers_the_same() {
-    let gw = Gateway::builder()
-        .env("GATEWAY_PREVIEW_FAST_PATH", "false")
-        .start()
-        .await
-        .unwrap();
-    gw.open_project("demo").await.unwrap();
-    dev_server_with(&gw, "demo", "raw", true, RAW_SERVER, &[])
-        .await
-        .unwrap();
+    let builder = Gateway::builder().env("GATEWAY_PREVIEW_FAST_PATH", "false");
+    let (gw, b, _) = raw_dev_server(builder, &[]).await;
     let host = "raw.demo.localhost";
-    let b = browser(&gw, &[host]);
-    wait_status(&b, &url(&gw, host, "/cl"), None, 200).await;
     for (path, body) in [
         ("/cl", "hello"),
         ("/chunked", "hello world"),
@@ -464,28 +470,11 @@ async fn without_the_fast_path_hyper_answers_the_same() {
 /// on past it.
 #[tokio::test]
 async fn a_dev_server_that_does_not_answer_in_time_gets_504_on_both_paths() {
-    let gw = Gateway::builder()
-        .arg("--preview-answer-timeout")
-        .arg("1s")
-        .start()
-        .await
-        .unwrap();
-    gw.open_project("demo").await.unwrap();
-    dev_server_with(&gw, "demo", "raw", true, RAW_SERVER, &[])
-        .await
-        .unwrap();
+    let builder = Gateway::builder().args(&["--preview-answer-timeout", "1s"]);
+    let (gw, b, authority) = raw_dev_server(builder, &[]).await;
     let host = "raw.demo.localhost";
-    let authority = format!("{host}:{}", gw.addr.port());
-    let b = browser(&gw, &[host]);
-    wait_status(&b, &url(&gw, host, "/cl"), None, 200).await;
-    let timeouts = |m: String| -> u64 {
-        m.lines()
-            .find_map(|l| {
-                l.strip_prefix("gateway_refused_total{reason=\"preview_answer_timeout\"} ")
-            })
-            .map_or(0, |v| v.trim().parse().unwrap())
-    };
-    assert_eq!(timeouts(gw.metrics().await.unwrap()), 0);
+    let timeouts = r#"gateway_refused_total{reason="preview_answer_timeout"}"#;
+    assert_eq!(metric(&gw, timeouts).await, 0);
 
     // The fast path: 504 after the limit, then the next request on the
     // same connection answered.
@@ -535,7 +524,7 @@ async fn a_dev_server_that_does_not_answer_in_time_gets_504_on_both_paths() {
     assert_eq!(r.status().as_u16(), 504);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], "timeout");
-    assert_eq!(timeouts(gw.metrics().await.unwrap()), 3);
+    assert_eq!(metric(&gw, timeouts).await, 3);
 
     // An upload that takes longer than the limit is not cut: the clock
     // starts once the body has been passed on (here the dev server answers
@@ -568,21 +557,7 @@ async fn a_dev_server_that_does_not_answer_in_time_gets_504_on_both_paths() {
     assert!(is(&out[9..], "200", "abcdef"), "{out}");
 
     // An event stream whose head came in time is not cut at the limit.
-    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    s.write_all(format!("GET /sse HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut got = Vec::new();
-    tokio::time::timeout(Duration::from_secs(4), async {
-        while !String::from_utf8_lossy(&got).contains("data: first") {
-            let mut chunk = [0u8; 1024];
-            let n = s.read(&mut chunk).await.unwrap();
-            assert!(n > 0, "closed: {got:?}");
-            got.extend_from_slice(&chunk[..n]);
-        }
-    })
-    .await
-    .unwrap();
+    let (mut s, got) = first_event(&gw, &authority).await;
     let mut more = [0u8; 1024];
     let quiet = tokio::time::timeout(Duration::from_millis(2500), s.read(&mut more)).await;
     assert!(
@@ -591,5 +566,5 @@ async fn a_dev_server_that_does_not_answer_in_time_gets_504_on_both_paths() {
         quiet.map(|n| String::from_utf8_lossy(&more[..n.unwrap_or(0)]).into_owned())
     );
     assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"));
-    assert_eq!(timeouts(gw.metrics().await.unwrap()), 3);
+    assert_eq!(metric(&gw, timeouts).await, 3);
 }
