@@ -471,7 +471,8 @@ async fn without_the_fast_path_hyper_answers_the_same() {
 #[tokio::test]
 async fn a_dev_server_that_does_not_answer_in_time_gets_504_on_both_paths() {
     let builder = Gateway::builder().args(&["--preview-answer-timeout", "1s"]);
-    let (gw, b, authority) = raw_dev_server(builder, &[]).await;
+    let (late_fast, late_hyper) = (tests::free_port(), tests::free_port());
+    let (gw, b, authority) = raw_dev_server(builder, &[late_fast, late_hyper]).await;
     let host = "raw.demo.localhost";
     let timeouts = r#"gateway_refused_total{reason="preview_answer_timeout"}"#;
     assert_eq!(metric(&gw, timeouts).await, 0);
@@ -567,4 +568,54 @@ async fn a_dev_server_that_does_not_answer_in_time_gets_504_on_both_paths() {
     );
     assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"));
     assert_eq!(metric(&gw, timeouts).await, 3);
+
+    // A dev server that starts listening 2 s after the request (just
+    // started): the wait for it does not count, on either path (a DELETE
+    // goes to hyper's).
+    for (port, method) in [(late_fast, "GET"), (late_hyper, "DELETE")] {
+        let listener = listen_late(port, Duration::from_secs(2));
+        let started = std::time::Instant::now();
+        let out = exchange(
+            &gw,
+            &format!(
+                "{method} / HTTP/1.1\r\nHost: {port}-{authority}\r\nConnection: close\r\n\r\n"
+            ),
+        )
+        .await;
+        let waited = started.elapsed();
+        assert!(is(&out[9..], "200", "late"), "{method}: {out}");
+        assert!(
+            waited >= Duration::from_millis(1900),
+            "{method}: {waited:?}"
+        );
+        listener.abort();
+    }
+    assert_eq!(metric(&gw, timeouts).await, 3);
+}
+
+/// After `after`, listens on `port` and answers every request `200 late`
+/// at once.
+fn listen_late(port: u16, after: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        tokio::time::sleep(after).await;
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                while !head.ends_with(b"\r\n\r\n") {
+                    let mut byte = [0u8; 1];
+                    if s.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nlate")
+                    .await;
+            });
+        }
+    })
 }

@@ -346,19 +346,30 @@ pub(super) async fn proxy(
     };
     let upstream_req = axum::http::Request::from_parts(parts, body);
     let authority = route.authority();
-    let sent = state
-        .preview
-        .pool
-        .send(&authority, upstream_req, upgrade, down.clone());
+    let (connected_tx, connected) = tokio::sync::oneshot::channel();
+    let sent = state.preview.pool.send(
+        &authority,
+        upstream_req,
+        upgrade,
+        down.clone(),
+        connected_tx,
+    );
     // The answer's head within `--preview-answer-timeout` of the request
-    // sent: for one with a body, counted from its end (an upload takes as
-    // long as it takes). Dropping the request closes its dev-server
-    // connection.
+    // sent: not counting the wait for a dev server just starting, and for a
+    // request with a body, counted from its end (an upload takes as long as
+    // it takes). Dropping the request closes its dev-server connection.
     let limit = state.config.preview_answer_timeout;
     let late = async {
-        if let Some(body_sent) = body_sent {
+        // Each also ends when its sender is dropped (the exchange failed,
+        // which `sent` then says first).
+        match body_sent {
             // Its end passed on, or the body dropped (sent or failed).
-            let _ = body_sent.await;
+            Some(body_sent) => {
+                let _ = body_sent.await;
+            }
+            None => {
+                let _ = connected.await;
+            }
         }
         tokio::time::sleep(limit).await;
     };

@@ -151,15 +151,19 @@ impl Pool {
     /// reused connection (the dev server closed it while it sat idle) is
     /// sent once more on a fresh connection, as nginx does. An upgrade
     /// request always gets a fresh connection, never pooled afterwards.
+    /// `connected` is told once a connection is in hand, before the request
+    /// goes out (after any wait for a dev server that is just starting).
     pub(crate) async fn send(
         self: &Arc<Self>,
         authority: &str,
         req: Request<Body>,
         upgrade: bool,
         down: Counter,
+        connected: tokio::sync::oneshot::Sender<()>,
     ) -> Result<Response<PooledBody>, PoolError> {
         if upgrade {
             let mut sender = connect_upgradable(authority).await?;
+            let _ = connected.send(());
             let resp = sender
                 .send_request(req)
                 .await
@@ -176,6 +180,7 @@ impl Pool {
             Some((c, idle_for)) => (c, Some(idle_for)),
             None => (connect(authority).await?, None),
         };
+        let _ = connected.send(());
         // Kept for a second try only when it can be sent twice safely (no
         // body, a method whose repeat changes nothing more: RFC 9110 section
         // 9.2.2) and the connection sat idle long enough for the dev server

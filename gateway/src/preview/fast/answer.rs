@@ -44,6 +44,8 @@ pub(super) enum Sent {
     ClientGone,
     /// The dev server could not be reached (nothing was sent).
     NoDevServer,
+    /// Sent, and no answer's head within `--preview-answer-timeout`.
+    Late,
 }
 
 /// Sends `request` on `up` and reads the answer's head into `head`.

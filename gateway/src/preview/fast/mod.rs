@@ -221,29 +221,20 @@ impl Client {
             };
             let authority = route.authority();
             edit_request(&state.keys, &req, trusted_peer, &ip, &mut self.out);
-            // The answer's head within `--preview-answer-timeout`, as on the
-            // hyper path; a dev server late past it loses its connection.
             let limit = state.config.preview_answer_timeout;
-            let exchanged = if limit.is_zero() {
-                Some(self.exchange(&authority, &plain).await)
-            } else {
-                tokio::time::timeout(limit, self.exchange(&authority, &plain))
-                    .await
-                    .ok()
-            };
-            let Some(exchanged) = exchanged else {
-                self.up = None;
-                self.buf.advance(plain.head_len);
-                let refusal = proxy::answer_timeout(state, limit);
-                if !self.refuse(refusal, &plain).await || plain.close {
-                    return Served::Closed;
-                }
-                continue;
-            };
+            let exchanged = self.exchange(&authority, &plain, limit).await;
             let (framing, keep_up) = match exchanged {
                 Sent::Answer(framing, keep_up) => (framing, keep_up),
                 Sent::ClientGone => return Served::Closed,
                 Sent::Closed | Sent::Unusable => return Served::HandOver,
+                Sent::Late => {
+                    self.buf.advance(plain.head_len);
+                    let refusal = proxy::answer_timeout(state, limit);
+                    if !self.refuse(refusal, &plain).await || plain.close {
+                        return Served::Closed;
+                    }
+                    continue;
+                }
                 Sent::NoDevServer => {
                     self.buf.advance(plain.head_len);
                     if !self.refuse(Refusal::BadGateway, &plain).await || plain.close {
@@ -274,8 +265,12 @@ impl Client {
     /// or a new one; a kept one found closed before any answer is replaced
     /// once) and reads the answer's head into `head` (the dev server's
     /// connection keeps the rest of what it read). Anything but an answer
-    /// leaves no dev-server connection kept.
-    async fn exchange(&mut self, authority: &str, plain: &Plain) -> Sent {
+    /// leaves no dev-server connection kept. The answer's head must come
+    /// within `limit` (zero: no limit) of the request's first sending, as
+    /// on hyper's path: the wait for a dev server that does not listen yet
+    /// comes before it and does not count.
+    async fn exchange(&mut self, authority: &str, plain: &Plain, limit: Duration) -> Sent {
+        let mut deadline = None;
         if self
             .up
             .as_ref()
@@ -318,7 +313,15 @@ impl Client {
                 head_len: plain.head_len,
             };
             let sent = exchange_once(up, &mut down, &self.out, plain.head_only, &mut self.head);
-            match sent.await {
+            let sent = if limit.is_zero() {
+                sent.await
+            } else {
+                let deadline = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + limit);
+                tokio::time::timeout_at(deadline, sent)
+                    .await
+                    .unwrap_or(Sent::Late)
+            };
+            match sent {
                 answer @ Sent::Answer(..) => return answer,
                 // Closed before answering: the dev server timed out the
                 // kept connection; a new one gets the request once more.
