@@ -170,8 +170,14 @@ pub fn init_tracing(config: &Config) {
         Err(_) => Targets::new().with_default(LevelFilter::INFO),
     };
     // The builder's own filter lets everything through; `filter` decides.
+    // Colours only for a terminal, as the gateway's: escape codes in
+    // `kubectl logs` or the local runtime's log files are noise.
     let builder = tracing_subscriber::fmt()
         .with_max_level(LevelFilter::TRACE)
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        )
         .with_writer(std::io::stderr);
     if config.log_format == "json" {
         builder.json().finish().with(filter).init();

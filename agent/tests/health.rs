@@ -181,3 +181,40 @@ async fn token_from_a_file_and_tcp_listener() -> anyhow::Result<()> {
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
     Ok(())
 }
+
+/// Logs written to a pipe (a log file, `kubectl logs`) are plain text: no
+/// colour escape codes around the time, the level or the fields.
+#[test]
+fn logs_to_a_pipe_carry_no_escape_codes() {
+    use std::io::BufRead as _;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = std::process::Command::new(tests::bin("agent"));
+    cmd.arg("--root")
+        .arg(dir.path())
+        .arg("--socket")
+        .arg(dir.path().join("agent.sock"))
+        .env("AGENT_TOKEN", "t")
+        .env("RUST_LOG", "info")
+        .env_remove("NO_COLOR")
+        .env_remove("AGENT_LOG_FORMAT")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let _agent = tests::Proc(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { return };
+            if line.contains("agent listening") {
+                let _ = tx.send(line);
+                return;
+            }
+        }
+    });
+    let line = rx
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("the agent logs that it listens");
+    assert!(line.contains("INFO"), "{line:?}");
+    assert!(!line.contains('\x1b'), "escape codes in {line:?}");
+}
