@@ -189,6 +189,11 @@ fn logs_to_a_pipe_carry_no_escape_codes() {
     use std::io::BufRead as _;
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = std::process::Command::new(tests::bin("agent"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("AGENT_") {
+            cmd.env_remove(k);
+        }
+    }
     cmd.arg("--root")
         .arg(dir.path())
         .arg("--socket")
@@ -196,7 +201,6 @@ fn logs_to_a_pipe_carry_no_escape_codes() {
         .env("AGENT_TOKEN", "t")
         .env("RUST_LOG", "info")
         .env_remove("NO_COLOR")
-        .env_remove("AGENT_LOG_FORMAT")
         .stdin(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped());
     let mut child = cmd.spawn().unwrap();

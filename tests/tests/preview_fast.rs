@@ -21,7 +21,9 @@ use tests::gateway::Gateway;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// A dev server answering by path with scripted bytes; `X-Conn` numbers
-/// its connections, idle ones are closed after 0.6 s.
+/// its connections, idle ones are closed after 0.6 s. After `/restart`, the
+/// next request on that connection closes it unanswered and the server
+/// stops listening, as a dev server restarting does.
 const RAW_SERVER: &str = r#"
 import os, socket, threading, time
 
@@ -44,10 +46,14 @@ def serve(sock):
         n = conns[0]
     sock.settimeout(0.6)
     f = sock.makefile("rb")
+    restarting = False
     try:
         while True:
             lines = read_head(f)
             if not lines:
+                return
+            if restarting:
+                s.shutdown(socket.SHUT_RDWR)
                 return
             method, path, _ = lines[0].split(" ", 2)
             headers = [l.split(":", 1) for l in lines[1:]]
@@ -85,6 +91,9 @@ def serve(sock):
                      b"e\r\ndata: first\n\n\r\n")
                 time.sleep(8)
                 send(b"0\r\n\r\n")
+            elif path == "/restart":
+                send(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n" + c + b"\r\nfirst")
+                restarting = True
             elif path == "/hang":
                 time.sleep(30)
                 return
@@ -105,7 +114,10 @@ s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("127.0.0.1", int(os.environ["PORT"])))
 s.listen(64)
 while True:
-    c, _ = s.accept()
+    try:
+        c, _ = s.accept()
+    except OSError:
+        time.sleep(3600)
     threading.Thread(target=serve, args=(c,), daemon=True).start()
 "#;
 
@@ -471,8 +483,11 @@ async fn without_the_fast_path_hyper_answers_the_same() {
 #[tokio::test]
 async fn a_dev_server_that_does_not_answer_in_time_gets_504_on_both_paths() {
     let builder = Gateway::builder().args(&["--preview-answer-timeout", "1s"]);
-    let (late_fast, late_hyper) = (tests::free_port(), tests::free_port());
-    let (gw, b, authority) = raw_dev_server(builder, &[late_fast, late_hyper]).await;
+    // Two ports held (bound, not listening: a dial is refused) for dev
+    // servers that start late, at the end.
+    let late = [held_port(), held_port()];
+    let ports = late.each_ref().map(|(_, port)| *port);
+    let (gw, b, authority) = raw_dev_server(builder, &ports).await;
     let host = "raw.demo.localhost";
     let timeouts = r#"gateway_refused_total{reason="preview_answer_timeout"}"#;
     assert_eq!(metric(&gw, timeouts).await, 0);
@@ -572,8 +587,9 @@ async fn a_dev_server_that_does_not_answer_in_time_gets_504_on_both_paths() {
     // A dev server that starts listening 2 s after the request (just
     // started): the wait for it does not count, on either path (a DELETE
     // goes to hyper's).
-    for (port, method) in [(late_fast, "GET"), (late_hyper, "DELETE")] {
-        let listener = listen_late(port, Duration::from_secs(2));
+    for ((socket, port), (method, fast)) in late.into_iter().zip([("GET", 1), ("DELETE", 0)]) {
+        let before = fast_answers(&gw).await;
+        let listener = listen_late(socket, Duration::from_secs(2));
         let started = std::time::Instant::now();
         let out = exchange(
             &gw,
@@ -583,35 +599,82 @@ async fn a_dev_server_that_does_not_answer_in_time_gets_504_on_both_paths() {
         )
         .await;
         let waited = started.elapsed();
-        assert!(is(&out[9..], "200", "late"), "{method}: {out}");
+        assert!(
+            is(out.get(9..).unwrap_or(&out), "200", "late"),
+            "{method}: {out}"
+        );
         assert!(
             waited >= Duration::from_millis(1900),
             "{method}: {waited:?}"
         );
+        assert_eq!(fast_answers(&gw).await - before, fast, "{method}");
         listener.abort();
     }
     assert_eq!(metric(&gw, timeouts).await, 3);
+
+    // A second dial is on the clock: a dev server that closes its kept
+    // connection on the next request and stops listening (restarting) gets
+    // that request a 504 at the limit, not a 502 after the dial's 15 s.
+    let mut c = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    c.write_all(format!("GET /restart HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while !got.ends_with(b"first") {
+        let mut chunk = [0u8; 1024];
+        let n = c.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "{}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&chunk[..n]);
+    }
+    let started = std::time::Instant::now();
+    c.write_all(
+        format!("GET /again HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), c.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    let waited = started.elapsed();
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 504 "), "{out}");
+    assert!(waited < Duration::from_secs(5), "{waited:?}");
+    assert_eq!(metric(&gw, timeouts).await, 4);
 }
 
-/// After `after`, listens on `port` and answers every request `200 late`
+/// Reads one request head off `s` (byte by byte: nothing past it).
+async fn read_head(s: &mut tokio::net::TcpStream) {
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        if s.read(&mut byte).await.unwrap_or(0) == 0 {
+            return;
+        }
+        head.push(byte[0]);
+    }
+}
+
+/// A loopback port held by a socket bound to it and not listening: a dial
+/// to it is refused, and no other socket can take the port meanwhile.
+fn held_port() -> (tokio::net::TcpSocket, u16) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = socket.local_addr().unwrap().port();
+    (socket, port)
+}
+
+/// After `after`, listens on `socket` and answers every request `200 late`
 /// at once.
-fn listen_late(port: u16, after: Duration) -> tokio::task::JoinHandle<()> {
+fn listen_late(socket: tokio::net::TcpSocket, after: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         tokio::time::sleep(after).await;
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-            .await
-            .unwrap();
+        let listener = socket.listen(64).unwrap();
         loop {
             let (mut s, _) = listener.accept().await.unwrap();
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                while !head.ends_with(b"\r\n\r\n") {
-                    let mut byte = [0u8; 1];
-                    if s.read(&mut byte).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    head.push(byte[0]);
-                }
+                read_head(&mut s).await;
                 let _ = s
                     .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nlate")
                     .await;

@@ -152,7 +152,8 @@ impl Pool {
     /// sent once more on a fresh connection, as nginx does. An upgrade
     /// request always gets a fresh connection, never pooled afterwards.
     /// `connected` is told once a connection is in hand, before the request
-    /// goes out (after any wait for a dev server that is just starting).
+    /// goes out (after any wait for a dev server that is just starting; a
+    /// second dial, after a kept connection failed, comes after it).
     pub(crate) async fn send(
         self: &Arc<Self>,
         authority: &str,

@@ -268,7 +268,7 @@ impl Client {
     /// leaves no dev-server connection kept. The answer's head must come
     /// within `limit` (zero: no limit) of the request's first sending, as
     /// on hyper's path: the wait for a dev server that does not listen yet
-    /// comes before it and does not count.
+    /// comes before it and does not count (a second dial's does).
     async fn exchange(&mut self, authority: &str, plain: &Plain, limit: Duration) -> Sent {
         let mut deadline = None;
         if self
@@ -289,10 +289,19 @@ impl Client {
                     buf: &mut self.buf,
                     head_len: plain.head_len,
                 };
+                // A second dial (a kept connection was found closed) is on
+                // the clock the first send started, as on hyper's path.
+                let late = async {
+                    match deadline {
+                        Some(deadline) => tokio::time::sleep_until(deadline).await,
+                        None => std::future::pending().await,
+                    }
+                };
                 let dialed = tokio::select! {
                     biased;
                     dialed = pool::dial(authority) => dialed,
                     () = answer::client_gone(&mut down) => return Sent::ClientGone,
+                    () = late => return Sent::Late,
                 };
                 let Ok(tcp) = dialed else {
                     return Sent::NoDevServer;
