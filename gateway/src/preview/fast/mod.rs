@@ -227,17 +227,14 @@ impl Client {
                 Sent::Answer(framing, keep_up) => (framing, keep_up),
                 Sent::ClientGone => return Served::Closed,
                 Sent::Closed | Sent::Unusable => return Served::HandOver,
-                Sent::Late => {
+                // The proxy's own answer; the client's connection goes on.
+                refused @ (Sent::Late | Sent::NoDevServer) => {
                     self.buf.advance(plain.head_len);
-                    let refusal = proxy::answer_timeout(state, limit);
+                    let refusal = match refused {
+                        Sent::Late => proxy::answer_timeout(state, limit),
+                        _ => Refusal::BadGateway,
+                    };
                     if !self.refuse(refusal, &plain).await || plain.close {
-                        return Served::Closed;
-                    }
-                    continue;
-                }
-                Sent::NoDevServer => {
-                    self.buf.advance(plain.head_len);
-                    if !self.refuse(Refusal::BadGateway, &plain).await || plain.close {
                         return Served::Closed;
                     }
                     continue;
