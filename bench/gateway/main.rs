@@ -931,17 +931,22 @@ fn bare_pty(file: &Path) -> Result<(usize, f64)> {
     Ok((bytes, secs))
 }
 
+/// The fields of `/proc/{pid}/stat` after the command name (which may hold
+/// spaces): `[0]` is the state (field 3 of the whole line), `[1]` the parent.
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
 /// User + system CPU seconds of these processes (all their threads).
 fn cpu_secs(pids: &[u32]) -> f64 {
     // /proc counts in USER_HZ, 100 a second on Linux.
     let tick = 100.0;
     pids.iter()
-        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
-        .filter_map(|stat| {
-            // Fields after the command name, which may hold spaces: utime
-            // and stime are the 14th and 15th of the whole line.
-            let rest = stat.rsplit_once(')')?.1;
-            let f: Vec<&str> = rest.split_whitespace().collect();
+        .filter_map(|&pid| {
+            // utime and stime, the 14th and 15th fields of the whole line.
+            let f = stat_fields(pid)?;
             let u: f64 = f.get(11)?.parse().ok()?;
             let s: f64 = f.get(12)?.parse().ok()?;
             Some((u + s) / tick)
@@ -1227,18 +1232,11 @@ struct Usage {
 }
 
 fn usage(pids: &[u32]) -> Usage {
-    // USER_HZ, the unit of /proc's CPU times: 100 on every Linux port.
-    const TICKS: f64 = 100.0;
-    let mut u = Usage::default();
+    let mut u = Usage {
+        cpu_s: cpu_secs(pids),
+        ..Usage::default()
+    };
     for pid in pids {
-        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            && let Some((_, rest)) = stat.rsplit_once(')')
-        {
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-            // utime and stime (fields 14 and 15), thread-group totals.
-            u.cpu_s += (ticks(11) + ticks(12)) / TICKS;
-        }
         let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
             continue;
         };
@@ -1269,15 +1267,7 @@ fn children(parent: u32) -> Vec<u32> {
     };
     dir.flatten()
         .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|s| {
-                    let (_, rest) = s.rsplit_once(')')?;
-                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
-                })
-                == Some(parent)
-        })
+        .filter(|&pid| stat_fields(pid).and_then(|f| f.get(1)?.parse::<u32>().ok()) == Some(parent))
         .collect()
 }
 
