@@ -196,22 +196,7 @@ impl GatewayBuilder {
             external: true,
             _temp: Some(temp),
         };
-        let list: serde_json::Value = gw
-            .get("/api/projects")
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
-        let ids = list
-            .as_array()
-            .or_else(|| list["projects"].as_array())
-            .cloned()
-            .unwrap_or_default();
-        let ids: Vec<String> = ids
-            .iter()
-            .filter_map(|p| p["id"].as_str().map(str::to_owned))
-            .collect();
+        let ids = gw.project_ids().await?;
         ensure!(
             wipe || ids.is_empty(),
             "the gateway at {url} holds {} project(s) ({}{}): a test deletes every project on \
@@ -583,6 +568,27 @@ impl Gateway {
             r.text().await?
         );
         Ok(r.json().await?)
+    }
+
+    /// The ids of every project the gateway holds (`GET /api/projects`),
+    /// in its order.
+    pub async fn project_ids(&self) -> Result<Vec<String>> {
+        let list: serde_json::Value = self
+            .get("/api/projects")
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let list = list
+            .as_array()
+            .or_else(|| list["projects"].as_array())
+            .cloned()
+            .unwrap_or_default();
+        Ok(list
+            .iter()
+            .filter_map(|p| p["id"].as_str().map(str::to_owned))
+            .collect())
     }
 
     /// The project's status (`GET /api/projects/{p}`).

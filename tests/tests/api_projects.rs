@@ -541,29 +541,14 @@ async fn a_gateway_that_is_not_the_tests_keeps_its_projects_unless_told() {
         "{why}"
     );
     assert!(why.contains("E2E_GATEWAY_WIPE=yes"), "{why}");
-    let ids = |v: Value| -> Vec<String> {
-        let list = v.as_array().cloned().unwrap_or_default();
-        let mut ids: Vec<String> = list
-            .iter()
-            .filter_map(|p| p["id"].as_str().map(str::to_owned))
-            .collect();
-        ids.sort();
-        ids
-    };
-    let list: Value = gw.get("/api/projects").fetch().await.json().await.unwrap();
-    assert_eq!(ids(list), ["keep-me", "mine-too"]);
+    let mut kept = gw.project_ids().await.unwrap();
+    kept.sort();
+    assert_eq!(kept, ["keep-me", "mine-too"]);
 
     // Told: every project goes, and the tests' gateway is the one there.
     let external = Gateway::builder()
         .external(&gw.base, gw.secret.clone(), true)
         .await
         .unwrap();
-    let list: Value = external
-        .get("/api/projects")
-        .fetch()
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert!(ids(list).is_empty());
+    assert!(external.project_ids().await.unwrap().is_empty());
 }

@@ -156,6 +156,27 @@ async fn raw_dev_server(
     (gw, b, authority)
 }
 
+/// Reads `s` until what was read holds `seek` (within 4 s): all of it.
+async fn read_until(s: &mut tokio::net::TcpStream, seek: &[u8]) -> Vec<u8> {
+    let mut got = Vec::new();
+    let seen = tokio::time::timeout(Duration::from_secs(4), async {
+        while !got.windows(seek.len()).any(|w| w == seek) {
+            let mut chunk = [0u8; 1024];
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await;
+    assert!(
+        seen.is_ok(),
+        "{:?} held back: {}",
+        String::from_utf8_lossy(seek),
+        String::from_utf8_lossy(&got)
+    );
+    got
+}
+
 /// Opens `/sse` on a new connection and reads until its first event has
 /// come (within 4 s): the connection, and what it read.
 async fn first_event(gw: &Gateway, authority: &str) -> (tokio::net::TcpStream, Vec<u8>) {
@@ -163,17 +184,7 @@ async fn first_event(gw: &Gateway, authority: &str) -> (tokio::net::TcpStream, V
     s.write_all(format!("GET /sse HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes())
         .await
         .unwrap();
-    let mut got = Vec::new();
-    let seen = tokio::time::timeout(Duration::from_secs(4), async {
-        while !String::from_utf8_lossy(&got).contains("data: first") {
-            let mut chunk = [0u8; 1024];
-            let n = s.read(&mut chunk).await.unwrap();
-            assert!(n > 0, "closed: {got:?}");
-            got.extend_from_slice(&chunk[..n]);
-        }
-    })
-    .await;
-    assert!(seen.is_ok(), "the first event was held back: {got:?}");
+    let got = read_until(&mut s, b"data: first").await;
     (s, got)
 }
 
@@ -619,13 +630,7 @@ async fn a_dev_server_that_does_not_answer_in_time_gets_504_on_both_paths() {
     c.write_all(format!("GET /restart HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes())
         .await
         .unwrap();
-    let mut got = Vec::new();
-    while !got.ends_with(b"first") {
-        let mut chunk = [0u8; 1024];
-        let n = c.read(&mut chunk).await.unwrap();
-        assert!(n > 0, "{}", String::from_utf8_lossy(&got));
-        got.extend_from_slice(&chunk[..n]);
-    }
+    read_until(&mut c, b"first").await;
     let started = std::time::Instant::now();
     c.write_all(
         format!("GET /again HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n").as_bytes(),
