@@ -233,9 +233,10 @@ pub struct Config {
     pub preview_fast_path: bool,
 
     /// How long a dev server may take to answer a proxied request: the time
-    /// from sending it (a request with a body: from its body's end) to the
-    /// answer's head (the answer's body may then stream for as long as it
-    /// likes); past it the client gets 504. `0` or `off`: no limit.
+    /// from sending it (after any wait for a dev server just starting; a
+    /// request with a body: from its body's end) to the answer's head (the
+    /// answer's body may then stream for as long as it likes); past it the
+    /// client gets 504. `0` or `off`: no limit.
     #[arg(long, env = "GATEWAY_PREVIEW_ANSWER_TIMEOUT", default_value = "5m", value_parser = parse_duration_or_off)]
     pub preview_answer_timeout: std::time::Duration,
 
